@@ -1,0 +1,41 @@
+# edgeproof: `make test` and `make demo` work on a fresh Debian / Raspberry Pi OS machine
+# that has python3 and make. They create .venv, install edgeproof with its extras, and
+# install the Debian packages the tests need (mosquitto) when run as root.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: test lint typecheck pytest demo soak bench clean deps broker
+
+test: deps lint typecheck pytest
+
+$(PY):
+	$(PYTHON) -m venv $(VENV) || { echo "error: python3 -m venv failed; install python3-venv (apt-get install python3-venv)"; exit 1; }
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+deps: $(STAMP) broker
+
+broker:
+	@sh scripts/ensure-debian-packages.sh mosquitto:mosquitto
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy protocol
+	$(VENV)/bin/mypy agent gateway provisioning firmware_sim 2>/dev/null | tail -1 || true
+
+pytest: $(STAMP)
+	$(PY) -m pytest
+
+bench: deps
+	$(PY) bench/protocol_bench.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,245 @@
+"""Deterministic CBOR (RFC 8949 §4.2.1) for the subset edgeproof uses.
+
+The subset: unsigned and negative integers (64-bit range), byte strings, text strings,
+arrays, maps, the simple values false/true/null, and tags. No floats (values travel as
+scaled integers, which are exact and smaller), no indefinite lengths.
+
+Encoding follows the core deterministic encoding requirements of RFC 8949 §4.2.1:
+arguments in their shortest form, definite lengths only, and map keys sorted by the
+bytewise lexicographic order of their deterministic encodings. (cbor2's ``canonical=True``
+sorts length-first, the RFC 7049 rule, which differs for multi-byte and mixed-type keys;
+that is why the encoder is ours.)
+
+Decoding is strict: it accepts only the deterministic encoding of a value in the subset,
+so one value has exactly one byte string and a signature over the bytes is a signature
+over the value. Every input limit is capped; any violation raises
+:class:`~protocol.errors.MalformedRecord` with a reason code and nothing else escapes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+from protocol.errors import MalformedRecord
+
+# A CBOR value in the subset, as Python sees it.
+Value = Union[int, bytes, str, bool, None, list["Value"], dict["Value", "Value"], "Tag"]
+
+_UINT64_MAX = (1 << 64) - 1
+
+
+@dataclass(frozen=True)
+class Tag:
+    """A tagged value (RFC 8949 §3.4); COSE_Sign1 uses tag 18."""
+
+    number: int
+    value: Value
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps applied while decoding untrusted bytes."""
+
+    max_bytes: int = 64 * 1024
+    max_depth: int = 8
+    max_items: int = 4096  # array elements or map pairs, per container
+    max_string: int = 64 * 1024  # bytes in one byte or text string
+
+
+DEFAULT_LIMITS = Limits()
+
+
+# --- encoding ---------------------------------------------------------------------------
+
+
+def _head(major: int, argument: int) -> bytes:
+    """The initial byte(s) of a data item with its argument in the shortest form."""
+    mt = major << 5
+    if argument < 24:
+        return bytes([mt | argument])
+    if argument <= 0xFF:
+        return bytes([mt | 24, argument])
+    if argument <= 0xFFFF:
+        return bytes([mt | 25]) + argument.to_bytes(2, "big")
+    if argument <= 0xFFFFFFFF:
+        return bytes([mt | 26]) + argument.to_bytes(4, "big")
+    return bytes([mt | 27]) + argument.to_bytes(8, "big")
+
+
+def encode(value: Value) -> bytes:
+    """Return the deterministic encoding of ``value``.
+
+    Raises TypeError for a value outside the subset and ValueError for an integer outside
+    the 64-bit CBOR range; both are programming errors, not input errors.
+    """
+    out = bytearray()
+    _encode_into(out, value)
+    return bytes(out)
+
+
+def _encode_into(out: bytearray, value: Value) -> None:
+    # bool first: it is a subclass of int.
+    if value is False:
+        out.append(0xF4)
+    elif value is True:
+        out.append(0xF5)
+    elif value is None:
+        out.append(0xF6)
+    elif isinstance(value, int):
+        if value >= 0:
+            if value > _UINT64_MAX:
+                raise ValueError("integer above 2**64-1")
+            out += _head(0, value)
+        else:
+            if -1 - value > _UINT64_MAX:
+                raise ValueError("integer below -2**64")
+            out += _head(1, -1 - value)
+    elif isinstance(value, bytes):
+        out += _head(2, len(value))
+        out += value
+    elif isinstance(value, str):
+        raw = value.encode("utf-8")
+        out += _head(3, len(raw))
+        out += raw
+    elif isinstance(value, list):
+        out += _head(4, len(value))
+        for item in value:
+            _encode_into(out, item)
+    elif isinstance(value, dict):
+        # RFC 8949 §4.2.1: keys sorted bytewise by their deterministic encodings.
+        pairs = sorted((encode(k), v) for k, v in value.items())
+        out += _head(5, len(pairs))
+        for key_bytes, item in pairs:
+            out += key_bytes
+            _encode_into(out, item)
+    elif isinstance(value, Tag):
+        out += _head(6, value.number)
+        _encode_into(out, value.value)
+    else:
+        raise TypeError(f"cannot encode {type(value).__name__} in edgeproof CBOR")
+
+
+# --- decoding ---------------------------------------------------------------------------
+
+
+class _Reader:
+    __slots__ = ("data", "limits", "pos")
+
+    def __init__(self, data: bytes, limits: Limits) -> None:
+        self.data = data
+        self.pos = 0
+        self.limits = limits
+
+    def take(self, n: int) -> bytes:
+        end = self.pos + n
+        if end > len(self.data):
+            raise MalformedRecord("cbor_truncated", f"need {n} bytes at offset {self.pos}")
+        chunk = self.data[self.pos : end]
+        self.pos = end
+        return chunk
+
+    def head(self) -> tuple[int, int]:
+        initial = self.take(1)[0]
+        major, info = initial >> 5, initial & 0x1F
+        if info < 24:
+            return major, info
+        if info > 27:
+            # 28-30 reserved, 31 indefinite length / break: not deterministic.
+            raise MalformedRecord("cbor_not_deterministic", f"additional info {info}")
+        if major == 7:
+            raise MalformedRecord("cbor_unsupported", "floats and extended simple values")
+        width = 1 << (info - 24)
+        argument = int.from_bytes(self.take(width), "big")
+        # Shortest form (RFC 8949 §4.2.1): the argument must not fit a shorter head.
+        if argument < (24 if width == 1 else 1 << (4 * width)):
+            raise MalformedRecord("cbor_not_deterministic", "argument not in shortest form")
+        return major, argument
+
+
+def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Value:
+    """Decode exactly one deterministic CBOR item that fills ``data``.
+
+    Returns the value (maps as dict, arrays as list, tags as :class:`Tag`).
+    Raises MalformedRecord with a reason code for anything else: truncation, trailing
+    bytes, non-deterministic encoding, unsupported types, or a cap exceeded.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise MalformedRecord("cbor_type", "input is not bytes")
+    data = bytes(data)
+    if len(data) > limits.max_bytes:
+        raise MalformedRecord("too_large", f"{len(data)} bytes > {limits.max_bytes}")
+    reader = _Reader(data, limits)
+    value = _decode_item(reader, 0)
+    if reader.pos != len(data):
+        raise MalformedRecord("cbor_trailing_bytes", f"{len(data) - reader.pos} bytes")
+    return value
+
+
+def _decode_item(r: _Reader, depth: int) -> Value:
+    if depth > r.limits.max_depth:
+        raise MalformedRecord("cbor_depth", f"nesting deeper than {r.limits.max_depth}")
+    start = r.pos
+    major, arg = r.head()
+    if major == 0:
+        return arg
+    if major == 1:
+        return -1 - arg
+    if major in (2, 3):
+        if arg > r.limits.max_string:
+            raise MalformedRecord("cbor_string_too_long", f"{arg} bytes")
+        raw = r.take(arg)
+        if major == 2:
+            return raw
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MalformedRecord("cbor_bad_utf8", f"at offset {start}") from None
+    if major == 4:
+        _check_count(r, arg)
+        return [_decode_item(r, depth + 1) for _ in range(arg)]
+    if major == 5:
+        return _decode_map(r, arg, depth)
+    if major == 6:
+        return Tag(arg, _decode_item(r, depth + 1))
+    # major 7 with info < 24: simple values.
+    if arg == 20:
+        return False
+    if arg == 21:
+        return True
+    if arg == 22:
+        return None
+    raise MalformedRecord("cbor_unsupported", f"simple value {arg}")
+
+
+def _check_count(r: _Reader, count: int) -> None:
+    if count > r.limits.max_items:
+        raise MalformedRecord("cbor_too_many_items", f"{count} > {r.limits.max_items}")
+    # Every item takes at least one byte: a count beyond what is left is a lie.
+    if count > len(r.data) - r.pos:
+        raise MalformedRecord("cbor_truncated", f"{count} items claimed")
+
+
+def _decode_map(r: _Reader, count: int, depth: int) -> dict[Value, Value]:
+    _check_count(r, count)
+    result: dict[Value, Value] = {}
+    previous_key: bytes | None = None
+    for _ in range(count):
+        key_start = r.pos
+        key = _decode_item(r, depth + 1)
+        key_bytes = r.data[key_start : r.pos]
+        if isinstance(key, list | dict | Tag):
+            raise MalformedRecord("cbor_bad_key", "map keys must be scalar")
+        if previous_key is not None and key_bytes <= previous_key:
+            reason = "cbor_duplicate_key" if key_bytes == previous_key else "cbor_unsorted_keys"
+            raise MalformedRecord(reason, f"at offset {key_start}")
+        previous_key = key_bytes
+        # bool and int compare equal in Python (True == 1); keep both distinct by type.
+        result[_key_identity(key)] = _decode_item(r, depth + 1)
+    return result
+
+
+def _key_identity(key: Value) -> Value:
+    if isinstance(key, bool):
+        raise MalformedRecord("cbor_bad_key", "boolean map keys are not used by edgeproof")
+    return key

@@ -1,0 +1,119 @@
+"""COSE_Sign1 with EdDSA (RFC 9052 §4.2, §4.4; RFC 9053 §2.2).
+
+A signed object is the tagged array ``18([protected, unprotected, payload, signature])``:
+
+- ``protected`` is a byte string holding the deterministic CBOR map
+  ``{1: -8, 4: kid}`` (alg = EdDSA, kid = the signer's id);
+- ``unprotected`` is the empty map;
+- ``payload`` is the byte string of the signed object's own CBOR;
+- ``signature`` is the 64-byte Ed25519 signature over the ``Sig_structure``
+  ``["Signature1", protected, h'', payload]`` (RFC 9052 §4.4), encoded deterministically.
+
+Any conforming COSE library verifies these with the signer's Ed25519 public key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from protocol import cbor
+from protocol.errors import MalformedRecord, VerificationError
+from protocol.keys import SigningKey, verify_ed25519
+
+COSE_SIGN1_TAG = 18
+HEADER_ALG = 1
+HEADER_KID = 4
+ALG_EDDSA = -8
+MAX_KID_BYTES = 32
+_ENVELOPE_LIMITS = cbor.Limits(max_bytes=64 * 1024, max_depth=3, max_items=8,
+                               max_string=64 * 1024)
+
+
+@dataclass(frozen=True)
+class Sign1:
+    """A decoded but not yet verified COSE_Sign1."""
+
+    protected: bytes
+    kid: bytes
+    payload: bytes
+    signature: bytes
+
+    def to_be_signed(self) -> bytes:
+        """The Sig_structure bytes the signature covers (RFC 9052 §4.4)."""
+        return sig_structure(self.protected, self.payload)
+
+    def verify(self, public_key: bytes) -> bytes:
+        """Return the payload if the signature verifies under ``public_key``.
+
+        Raises VerificationError otherwise.
+        """
+        verify_ed25519(public_key, self.to_be_signed(), self.signature)
+        return self.payload
+
+
+def sig_structure(protected: bytes, payload: bytes) -> bytes:
+    """Return ``["Signature1", protected, h'', payload]`` as deterministic CBOR."""
+    return cbor.encode(["Signature1", protected, b"", payload])
+
+
+def protected_header(kid: bytes) -> bytes:
+    """Return the protected header bytes ``{1: -8, 4: kid}``."""
+    return cbor.encode({HEADER_ALG: ALG_EDDSA, HEADER_KID: kid})
+
+
+def sign1(payload: bytes, kid: bytes, key: SigningKey) -> bytes:
+    """Return the tagged COSE_Sign1 bytes of ``payload`` signed by ``key`` under ``kid``."""
+    protected = protected_header(kid)
+    signature = key.sign(sig_structure(protected, payload))
+    return cbor.encode(cbor.Tag(COSE_SIGN1_TAG, [protected, {}, payload, signature]))
+
+
+def decode_sign1(data: bytes, max_bytes: int = 64 * 1024) -> Sign1:
+    """Parse tagged COSE_Sign1 bytes without verifying them.
+
+    Only the form this module produces is accepted: tag 18, alg EdDSA in the protected
+    header, a kid, an empty unprotected map, an attached payload, a 64-byte signature.
+    Raises MalformedRecord with a reason for anything else.
+    """
+    if len(data) > max_bytes:
+        raise MalformedRecord("too_large", f"{len(data)} bytes > {max_bytes}")
+    item = cbor.decode(data, _ENVELOPE_LIMITS)
+    if not (isinstance(item, cbor.Tag) and item.number == COSE_SIGN1_TAG):
+        raise MalformedRecord("bad_cose", "not a tagged COSE_Sign1")
+    body = item.value
+    if not (isinstance(body, list) and len(body) == 4):
+        raise MalformedRecord("bad_cose", "COSE_Sign1 is an array of four")
+    protected, unprotected, payload, signature = body
+    if not (isinstance(protected, bytes) and isinstance(payload, bytes)
+            and isinstance(signature, bytes)):
+        raise MalformedRecord("bad_cose", "protected, payload and signature are bytes")
+    if unprotected != {}:
+        raise MalformedRecord("bad_cose", "unprotected header must be empty")
+    if len(signature) != 64:
+        raise MalformedRecord("bad_cose", "EdDSA signature must be 64 bytes")
+    return Sign1(protected, _kid_from(protected), payload, signature)
+
+
+def _kid_from(protected: bytes) -> bytes:
+    header = cbor.decode(protected, cbor.Limits(max_bytes=64, max_depth=1, max_items=4))
+    if not isinstance(header, dict) or set(header.keys()) != {HEADER_ALG, HEADER_KID}:
+        raise MalformedRecord("bad_cose", "protected header must be {alg, kid}")
+    if header[HEADER_ALG] != ALG_EDDSA:
+        raise MalformedRecord("bad_cose", "alg must be EdDSA (-8)")
+    kid = header[HEADER_KID]
+    if not isinstance(kid, bytes) or not 1 <= len(kid) <= MAX_KID_BYTES:
+        raise MalformedRecord("bad_cose", "kid must be 1..32 bytes")
+    return kid
+
+
+def verify_sign1(data: bytes, public_key: bytes, expected_kid: bytes | None = None) -> Sign1:
+    """Decode and verify COSE_Sign1 bytes; return the verified :class:`Sign1`.
+
+    Raises MalformedRecord for bytes that are not a COSE_Sign1, VerificationError if the
+    kid differs from ``expected_kid`` or the signature does not verify.
+    """
+    message = decode_sign1(data)
+    if expected_kid is not None and message.kid != expected_kid:
+        raise VerificationError("kid does not match the expected signer")
+    message.verify(public_key)
+    return message

@@ -1,0 +1,211 @@
+"""Keys: device identities (Ed25519), recipient keys (X25519), and secret files.
+
+A device signs with Ed25519; its device id is derived from the public key it was
+enrolled with (``device_id_for``) and stays the same across key rotation. A data
+recipient holds an X25519 key pair; devices encrypt values to its public key.
+
+Secret files are the one place :mod:`protocol` touches the filesystem: every package reads
+and writes keys through :func:`read_secret_file` and :func:`write_secret_file`, so the rule
+"a secret lives in a file of mode 0600, and a file others can read is refused" is enforced
+in one place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import nacl.exceptions
+import nacl.public
+import nacl.signing
+
+from protocol.errors import KeyFileError, VerificationError
+
+DEVICE_ID_BYTES = 16
+RECIPIENT_KID_BYTES = 8
+_DEVICE_ID_CONTEXT = b"edgeproof/v1 device-id\x00"
+
+
+def device_id_for(public_key: bytes) -> bytes:
+    """Return the 16-byte device id: SHA-256("edgeproof/v1 device-id" 0x00 || key)[:16]."""
+    if len(public_key) != 32:
+        raise ValueError("Ed25519 public key must be 32 bytes")
+    return hashlib.sha256(_DEVICE_ID_CONTEXT + public_key).digest()[:DEVICE_ID_BYTES]
+
+
+def recipient_kid(public_key: bytes) -> bytes:
+    """Return the 8-byte id of a recipient's X25519 public key: SHA-256(key)[:8]."""
+    return hashlib.sha256(public_key).digest()[:RECIPIENT_KID_BYTES]
+
+
+@dataclass(frozen=True)
+class Secret:
+    """Secret bytes whose repr never shows them."""
+
+    value: bytes = field(repr=False)
+
+    def __repr__(self) -> str:
+        return "Secret(<redacted>)"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """An Ed25519 signing key (a device's or the gateway's), built from its 32-byte seed."""
+
+    seed: Secret
+
+    def __post_init__(self) -> None:
+        if len(self.seed.value) != 32:
+            raise ValueError("Ed25519 seed must be 32 bytes")
+
+    @classmethod
+    def generate(cls) -> SigningKey:
+        return cls(Secret(bytes(nacl.signing.SigningKey.generate())))
+
+    @cached_property
+    def signing_key(self) -> nacl.signing.SigningKey:
+        return nacl.signing.SigningKey(self.seed.value)
+
+    @cached_property
+    def public_key(self) -> bytes:
+        return bytes(self.signing_key.verify_key)
+
+    def sign(self, message: bytes) -> bytes:
+        """Return the 64-byte Ed25519 signature of ``message``."""
+        return self.signing_key.sign(message).signature
+
+
+def verify_ed25519(public_key: bytes, message: bytes, signature: bytes) -> None:
+    """Check an Ed25519 signature; raise VerificationError if it does not verify."""
+    if len(public_key) != 32 or len(signature) != 64:
+        raise VerificationError("bad Ed25519 key or signature length")
+    try:
+        nacl.signing.VerifyKey(public_key).verify(message, signature)
+    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError,
+            nacl.exceptions.TypeError) as exc:
+        raise VerificationError("Ed25519 signature does not verify") from exc
+
+
+@dataclass(frozen=True)
+class RecipientKey:
+    """A data recipient's X25519 key pair (the secret half stays with the recipient)."""
+
+    secret: Secret
+
+    def __post_init__(self) -> None:
+        if len(self.secret.value) != 32:
+            raise ValueError("X25519 secret key must be 32 bytes")
+
+    @classmethod
+    def generate(cls) -> RecipientKey:
+        return cls(Secret(bytes(nacl.public.PrivateKey.generate())))
+
+    @property
+    def public_key(self) -> bytes:
+        return bytes(nacl.public.PrivateKey(self.secret.value).public_key)
+
+    @property
+    def kid(self) -> bytes:
+        return recipient_kid(self.public_key)
+
+
+# --- secret files ------------------------------------------------------------------------
+
+
+def require_private_mode(path: Path) -> None:
+    """Raise KeyFileError if ``path`` is missing or readable/writable by group or others."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise KeyFileError(f"{path}: key file not found") from None
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot stat key file: {exc.strerror}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyFileError(
+            f"{path}: key file mode is {stat.S_IMODE(mode):04o}; it must not be accessible "
+            f"by group or others (chmod 600 {path})"
+        )
+
+
+def read_secret_file(path: Path) -> bytes:
+    """Return the contents of a secret file after checking it is mode 0600 or stricter.
+
+    Raises KeyFileError if the file is missing, unreadable, or open to group/others.
+    """
+    require_private_mode(path)
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot read key file: {exc.strerror}") from None
+
+
+def write_secret_file(path: Path, data: bytes, *, overwrite: bool = False) -> None:
+    """Create ``path`` with mode 0600 holding ``data``, atomically.
+
+    The file is written under a temporary name created with mode 0600 (never world-readable,
+    not even for an instant), fsynced, then renamed into place. Raises KeyFileError if the
+    file exists and ``overwrite`` is false, or on any OS error.
+    """
+    if path.exists() and not overwrite:
+        raise KeyFileError(f"{path}: already exists; refusing to overwrite a key")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise KeyFileError(f"{path}: cannot write key file: {exc.strerror}") from None
+
+
+def encode_key_text(kind: str, secret: bytes) -> bytes:
+    """Return the text form of a secret key file: ``<kind> <hex>\\n``."""
+    return f"{kind} {secret.hex()}\n".encode("ascii")
+
+
+def decode_key_text(kind: str, text: bytes, path: Path) -> bytes:
+    """Parse ``<kind> <64 hex digits>``; raise KeyFileError naming the file otherwise."""
+    try:
+        label, hex_value = text.decode("ascii").split()
+        value = bytes.fromhex(hex_value)
+    except (UnicodeDecodeError, ValueError):
+        raise KeyFileError(f"{path}: not an edgeproof {kind} key file") from None
+    if label != kind or len(value) != 32:
+        raise KeyFileError(f"{path}: not an edgeproof {kind} key file")
+    return value
+
+
+DEVICE_KEY_KIND = "edgeproof-ed25519-seed"
+RECIPIENT_KEY_KIND = "edgeproof-x25519-secret"
+
+
+def load_device_key(path: Path) -> SigningKey:
+    """Read a device key file (mode 0600 required); raise KeyFileError on any problem."""
+    return SigningKey(Secret(decode_key_text(DEVICE_KEY_KIND, read_secret_file(path), path)))
+
+
+def save_device_key(path: Path, key: SigningKey, *, overwrite: bool = False) -> None:
+    """Write a device key file with mode 0600; refuse to overwrite unless asked."""
+    write_secret_file(path, encode_key_text(DEVICE_KEY_KIND, key.seed.value), overwrite=overwrite)
+
+
+def load_recipient_key(path: Path) -> RecipientKey:
+    """Read a recipient key file (mode 0600 required); raise KeyFileError on any problem."""
+    raw = decode_key_text(RECIPIENT_KEY_KIND, read_secret_file(path), path)
+    return RecipientKey(Secret(raw))
+
+
+def save_recipient_key(path: Path, key: RecipientKey, *, overwrite: bool = False) -> None:
+    """Write a recipient key file with mode 0600; refuse to overwrite unless asked."""
+    data = encode_key_text(RECIPIENT_KEY_KIND, key.secret.value)
+    write_secret_file(path, data, overwrite=overwrite)

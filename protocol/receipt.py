@@ -1,0 +1,150 @@
+"""Receipts: the gateway's signed answer to one batch.
+
+A receipt is a COSE_Sign1 made by the gateway's Ed25519 key (kid = the 4-byte C2SP key id
+of the gateway's verifier key) over the deterministic CBOR map::
+
+    1  version       uint, 1
+    2  device_id     bstr 16
+    3  batch_id      uint, echoed from the batch
+    4  outcomes      array of [seq or null, record hash[:16], status, detail]
+                       status 0 accepted   detail = leaf index (uint)
+                       status 1 duplicate  detail = the original leaf index (uint)
+                       status 2 rejected   detail = reason code (tstr)
+    5  checkpoint    tstr, the latest signed checkpoint note
+    6  issued_ms     uint, the gateway's wall clock
+    7  settled_micro uint, the device's settled credit so far (micro-credits)
+
+Only a receipt that verifies under the configured gateway key may remove records from a
+device's outbox.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+from protocol import cbor, cose
+from protocol.errors import MalformedRecord
+from protocol.keys import SigningKey
+
+RECEIPT_VERSION = 1
+HASH_PREFIX_BYTES = 16
+MAX_RECEIPT_BYTES = 96 * 1024
+MAX_CHECKPOINT_CHARS = 8192
+
+
+class Status(IntEnum):
+    ACCEPTED = 0
+    DUPLICATE = 1
+    REJECTED = 2
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the gateway did with one record of the batch."""
+
+    seq: int | None
+    hash_prefix: bytes
+    status: Status
+    leaf_index: int | None = None
+    reason: str | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.hash_prefix) != HASH_PREFIX_BYTES:
+            raise MalformedRecord("bad_receipt", "record hash prefix must be 16 bytes")
+        if self.status is Status.REJECTED:
+            if not self.reason or self.leaf_index is not None:
+                raise MalformedRecord("bad_receipt", "a rejection carries a reason only")
+        elif self.leaf_index is None or self.leaf_index < 0 or self.reason is not None:
+            raise MalformedRecord("bad_receipt", "an accepted record carries a leaf index only")
+
+    def to_cbor_value(self) -> cbor.Value:
+        detail: cbor.Value = self.reason if self.status is Status.REJECTED else self.leaf_index
+        return [self.seq, self.hash_prefix, int(self.status), detail]
+
+    @classmethod
+    def from_cbor_value(cls, item: cbor.Value) -> Outcome:
+        if not (isinstance(item, list) and len(item) == 4):
+            raise MalformedRecord("bad_receipt", "outcome is [seq, hash, status, detail]")
+        seq, prefix, status, detail = item
+        if not ((seq is None or _is_uint(seq)) and isinstance(prefix, bytes) and _is_uint(status)):
+            raise MalformedRecord("bad_receipt", "outcome fields have the wrong types")
+        assert isinstance(status, int)
+        if status not in (0, 1, 2):
+            raise MalformedRecord("bad_receipt", f"unknown status {status}")
+        code = Status(status)
+        if code is Status.REJECTED:
+            if not isinstance(detail, str):
+                raise MalformedRecord("bad_receipt", "rejection reason must be text")
+            return cls(_opt_int(seq), prefix, code, reason=detail)
+        if not _is_uint(detail):
+            raise MalformedRecord("bad_receipt", "leaf index must be an unsigned integer")
+        assert isinstance(detail, int)
+        return cls(_opt_int(seq), prefix, code, leaf_index=detail)
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """A gateway's signed answer to one batch."""
+
+    device_id: bytes
+    batch_id: int
+    outcomes: tuple[Outcome, ...]
+    checkpoint: str
+    issued_ms: int
+    settled_micro: int = 0
+
+    def to_cbor(self) -> bytes:
+        """Return the receipt payload's deterministic CBOR."""
+        return cbor.encode({
+            1: RECEIPT_VERSION,
+            2: self.device_id,
+            3: self.batch_id,
+            4: [o.to_cbor_value() for o in self.outcomes],
+            5: self.checkpoint,
+            6: self.issued_ms,
+            7: self.settled_micro,
+        })
+
+    def sign(self, key: SigningKey, kid: bytes) -> bytes:
+        """Return the receipt as COSE_Sign1 bytes signed by the gateway key."""
+        return cose.sign1(self.to_cbor(), kid, key)
+
+    @classmethod
+    def from_cbor(cls, data: bytes) -> Receipt:
+        """Decode a receipt payload; raise MalformedRecord on any error."""
+        limits = cbor.Limits(max_bytes=MAX_RECEIPT_BYTES, max_depth=3, max_items=1000,
+                             max_string=MAX_CHECKPOINT_CHARS)
+        item = cbor.decode(data, limits)
+        if not isinstance(item, dict) or set(item.keys()) != set(range(1, 8)):
+            raise MalformedRecord("bad_receipt", "receipt map keys must be 1..7")
+        if item[1] != RECEIPT_VERSION:
+            raise MalformedRecord("bad_version", f"unsupported receipt version {item[1]!r}")
+        device_id, batch_id, outcomes = item[2], item[3], item[4]
+        checkpoint, issued, settled = item[5], item[6], item[7]
+        if not (isinstance(device_id, bytes) and _is_uint(batch_id) and isinstance(outcomes, list)
+                and isinstance(checkpoint, str) and _is_uint(issued) and _is_uint(settled)):
+            raise MalformedRecord("bad_receipt", "receipt fields have the wrong types")
+        assert isinstance(batch_id, int) and isinstance(issued, int) and isinstance(settled, int)
+        return cls(device_id, batch_id, tuple(Outcome.from_cbor_value(o) for o in outcomes),
+                   checkpoint, issued, settled)
+
+    @classmethod
+    def verify(cls, data: bytes, gateway_public_key: bytes, gateway_kid: bytes) -> Receipt:
+        """Verify signed receipt bytes and return the receipt.
+
+        Raises MalformedRecord for bytes that are not a receipt and VerificationError if it
+        is not signed by the given gateway key.
+        """
+        if len(data) > MAX_RECEIPT_BYTES + 256:
+            raise MalformedRecord("too_large", f"receipt of {len(data)} bytes")
+        message = cose.verify_sign1(data, gateway_public_key, expected_kid=gateway_kid)
+        return cls.from_cbor(message.payload)
+
+
+def _is_uint(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _opt_int(x: cbor.Value) -> int | None:
+    return x if isinstance(x, int) and not isinstance(x, bool) else None

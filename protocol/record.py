@@ -1,0 +1,405 @@
+"""Records: what a device says, as a deterministic CBOR map.
+
+A record is the payload of a COSE_Sign1 (see :mod:`protocol.cose`); the signer's device
+id travels as the COSE ``kid`` and is not repeated in the payload. The map (integer keys,
+RFC 8949 §4.2.1 deterministic encoding) is::
+
+    1  version        uint, 1
+    2  boot           uint, the device's boot counter (increments on every agent start)
+    3  seq            uint, per-device sequence number, never reused
+    4  prev           bstr 32, SHA-256 of the previous record's signed bytes (zeros for seq 0)
+    5  wall_ms        uint, wall-clock time in ms since the Unix epoch
+    6  clock_synced   bool, whether the wall clock was synchronised (NTP) at that time
+    7  mono_ms        uint, monotonic clock in ms since boot
+    8  stream         tstr, the stream name ("climate", "tv", "usage", ...)
+
+and exactly one body key:
+
+    9  values         array of [mantissa int, exponent int, unit tstr]  (plaintext)
+    10 sealed         [key_delta uint, ciphertext bstr]   values encrypted (protocol.sealing)
+    11 usage          [start_mono_ms, end_mono_ms, usage_ms, rate_micro_per_hour]
+    12 gap            [first_seq, last_seq, reason tstr]   records the device dropped
+    13 key_epoch      {1: ephemeral X25519 key, 2: {stream: [[recipient kid, wrapped key]]}}
+    14 key_rotation   bstr 32, the device's next Ed25519 public key
+
+A value is ``mantissa × 10^exponent`` in ``unit`` (SenML units: "Cel", "%RH", "s", ...):
+exact, and smaller on the wire than a float.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from protocol import cbor
+from protocol.errors import MalformedRecord
+
+VERSION = 1
+GENESIS_PREV = bytes(32)
+MAX_RECORD_BYTES = 4096
+MAX_STREAM_CHARS = 64
+MAX_UNIT_CHARS = 16
+MAX_VALUES = 16
+MAX_RECIPIENTS = 32
+MAX_REASON_CHARS = 64
+_UINT64_MAX = (1 << 64) - 1
+_RECORD_LIMITS = cbor.Limits(
+    max_bytes=MAX_RECORD_BYTES, max_depth=5, max_items=64, max_string=MAX_RECORD_BYTES
+)
+
+K_VERSION, K_BOOT, K_SEQ, K_PREV, K_WALL, K_SYNCED, K_MONO, K_STREAM = range(1, 9)
+K_VALUES, K_SEALED, K_USAGE, K_GAP, K_KEY_EPOCH, K_KEY_ROTATION = range(9, 15)
+HEADER_KEYS = frozenset(range(1, 9))
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One measured value: ``mantissa × 10**exponent`` in ``unit``."""
+
+    mantissa: int
+    exponent: int
+    unit: str
+
+    def __post_init__(self) -> None:
+        _require_int(self.mantissa, "mantissa", signed=True)
+        if not -30 <= self.exponent <= 30:
+            raise MalformedRecord("bad_value", "exponent out of range")
+        _require_text(self.unit, "unit", MAX_UNIT_CHARS)
+
+    @property
+    def value(self) -> Decimal:
+        return Decimal(self.mantissa).scaleb(self.exponent)
+
+    def to_cbor_value(self) -> cbor.Value:
+        return [self.mantissa, self.exponent, self.unit]
+
+    @classmethod
+    def from_cbor_value(cls, item: cbor.Value) -> Measurement:
+        if not (isinstance(item, list) and len(item) == 3):
+            raise MalformedRecord("bad_value", "a value is [mantissa, exponent, unit]")
+        mantissa, exponent, unit = item
+        if not (_is_int(mantissa) and _is_int(exponent) and isinstance(unit, str)):
+            raise MalformedRecord("bad_value", "a value is [int, int, text]")
+        assert isinstance(mantissa, int) and isinstance(exponent, int)  # for mypy
+        return cls(mantissa, exponent, unit)
+
+
+def encode_values(values: tuple[Measurement, ...]) -> bytes:
+    """Return the deterministic CBOR of a value list (the plaintext that gets sealed)."""
+    return cbor.encode([m.to_cbor_value() for m in values])
+
+
+def decode_values(data: bytes) -> tuple[Measurement, ...]:
+    """Decode a value list; raise MalformedRecord if it is not one."""
+    return _values_from(cbor.decode(data, _RECORD_LIMITS))
+
+
+def _values_from(item: cbor.Value) -> tuple[Measurement, ...]:
+    if not isinstance(item, list) or not 1 <= len(item) <= MAX_VALUES:
+        raise MalformedRecord("bad_value", f"values must be a list of 1..{MAX_VALUES}")
+    return tuple(Measurement.from_cbor_value(v) for v in item)
+
+
+@dataclass(frozen=True)
+class Values:
+    """Plaintext values (a stream with no recipients configured)."""
+
+    values: tuple[Measurement, ...]
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """Values encrypted for the recipients of the key epoch at ``seq - key_delta``."""
+
+    key_delta: int
+    ciphertext: bytes
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Usage measured on the device's monotonic clock within one boot."""
+
+    start_mono_ms: int
+    end_mono_ms: int
+    usage_ms: int
+    rate_micro_per_hour: int
+
+    @property
+    def credit_micro(self) -> int:
+        """The credit this record earns: floor(usage_ms × rate / 3,600,000) micro-credits."""
+        return credit_micro(self.usage_ms, self.rate_micro_per_hour)
+
+
+def credit_micro(usage_ms: int, rate_micro_per_hour: int) -> int:
+    """The one credit rule, used by agent and gateway alike (integers only, floor)."""
+    return (usage_ms * rate_micro_per_hour) // 3_600_000
+
+
+@dataclass(frozen=True)
+class Gap:
+    """The device dropped records ``first_seq..last_seq`` (inclusive) for ``reason``."""
+
+    first_seq: int
+    last_seq: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One recipient's wrapped key for one stream."""
+
+    recipient_kid: bytes
+    wrapped_key: bytes
+
+
+@dataclass(frozen=True)
+class KeyEpoch:
+    """A new ephemeral X25519 key and each stream's key wrapped for its recipients."""
+
+    ephemeral_public: bytes
+    grants: tuple[tuple[str, tuple[Grant, ...]], ...]  # sorted by stream name
+
+    def grants_for(self, stream: str) -> tuple[Grant, ...]:
+        for name, grants in self.grants:
+            if name == stream:
+                return grants
+        return ()
+
+
+@dataclass(frozen=True)
+class KeyRotation:
+    """The device announces its next public key, signed by its current one."""
+
+    new_public_key: bytes
+
+
+Body = Values | Sealed | Usage | Gap | KeyEpoch | KeyRotation
+
+
+@dataclass(frozen=True)
+class Record:
+    """One record as its device signed it. Validates when built."""
+
+    boot: int
+    seq: int
+    prev: bytes
+    wall_ms: int
+    clock_synced: bool
+    mono_ms: int
+    stream: str
+    body: Body
+
+    def __post_init__(self) -> None:
+        for name in ("boot", "seq", "wall_ms", "mono_ms"):
+            _require_int(getattr(self, name), name)
+        if not (isinstance(self.prev, bytes) and len(self.prev) == 32):
+            raise MalformedRecord("bad_field", "prev must be 32 bytes")
+        if not isinstance(self.clock_synced, bool):
+            raise MalformedRecord("bad_field", "clock_synced must be a bool")
+        _require_text(self.stream, "stream", MAX_STREAM_CHARS)
+        _validate_body(self.body, self.seq)
+
+    def header_map(self) -> dict[cbor.Value, cbor.Value]:
+        """The header fields (keys 1..8) as a CBOR map."""
+        return {
+            K_VERSION: VERSION,
+            K_BOOT: self.boot,
+            K_SEQ: self.seq,
+            K_PREV: self.prev,
+            K_WALL: self.wall_ms,
+            K_SYNCED: self.clock_synced,
+            K_MONO: self.mono_ms,
+            K_STREAM: self.stream,
+        }
+
+    def to_cbor(self) -> bytes:
+        """Return the record's deterministic CBOR encoding (the COSE payload)."""
+        fields = self.header_map()
+        key, value = _body_to_cbor(self.body)
+        fields[key] = value
+        return cbor.encode(fields)
+
+    @classmethod
+    def from_cbor(cls, data: bytes) -> Record:
+        """Decode a record payload; raise MalformedRecord with a reason if it is not one."""
+        if len(data) > MAX_RECORD_BYTES:
+            raise MalformedRecord("too_large", f"record payload {len(data)} bytes")
+        item = cbor.decode(data, _RECORD_LIMITS)
+        if not isinstance(item, dict):
+            raise MalformedRecord("bad_record", "record is not a map")
+        if item.get(K_VERSION) != VERSION:
+            raise MalformedRecord("bad_version", f"unsupported version {item.get(K_VERSION)!r}")
+        missing = HEADER_KEYS - item.keys()
+        if missing:
+            raise MalformedRecord("bad_record", f"missing fields {sorted(missing)}")
+        body_keys = set(item.keys()) - HEADER_KEYS
+        if len(body_keys) != 1:
+            raise MalformedRecord("bad_record", "a record has exactly one body")
+        (body_key,) = body_keys
+        try:
+            return cls(
+                boot=_int(item[K_BOOT]),
+                seq=_int(item[K_SEQ]),
+                prev=_bytes(item[K_PREV]),
+                wall_ms=_int(item[K_WALL]),
+                clock_synced=_bool(item[K_SYNCED]),
+                mono_ms=_int(item[K_MONO]),
+                stream=_text(item[K_STREAM]),
+                body=_body_from_cbor(body_key, item[body_key]),
+            )
+        except (TypeError, ValueError) as exc:
+            raise MalformedRecord("bad_field", str(exc)) from None
+
+
+# --- body codecs -------------------------------------------------------------------------
+
+
+def _body_to_cbor(body: Body) -> tuple[int, cbor.Value]:
+    if isinstance(body, Values):
+        return K_VALUES, [m.to_cbor_value() for m in body.values]
+    if isinstance(body, Sealed):
+        return K_SEALED, [body.key_delta, body.ciphertext]
+    if isinstance(body, Usage):
+        return K_USAGE, [body.start_mono_ms, body.end_mono_ms, body.usage_ms,
+                         body.rate_micro_per_hour]
+    if isinstance(body, Gap):
+        return K_GAP, [body.first_seq, body.last_seq, body.reason]
+    if isinstance(body, KeyEpoch):
+        grants: dict[cbor.Value, cbor.Value] = {
+            stream: [[g.recipient_kid, g.wrapped_key] for g in gs] for stream, gs in body.grants
+        }
+        return K_KEY_EPOCH, {1: body.ephemeral_public, 2: grants}
+    return K_KEY_ROTATION, body.new_public_key
+
+
+def _body_from_cbor(key: cbor.Value, item: cbor.Value) -> Body:
+    if key == K_VALUES:
+        return Values(_values_from(item))
+    if key == K_SEALED:
+        delta, ciphertext = _fixed_list(item, 2)
+        return Sealed(_int(delta), _bytes(ciphertext))
+    if key == K_USAGE:
+        start, end, used, rate = (_int(x) for x in _fixed_list(item, 4))
+        return Usage(start, end, used, rate)
+    if key == K_GAP:
+        first, last, reason = _fixed_list(item, 3)
+        return Gap(_int(first), _int(last), _text(reason))
+    if key == K_KEY_EPOCH:
+        return _key_epoch_from(item)
+    if key == K_KEY_ROTATION:
+        return KeyRotation(_bytes(item))
+    raise MalformedRecord("bad_record", f"unknown body key {key!r}")
+
+
+def _key_epoch_from(item: cbor.Value) -> KeyEpoch:
+    if not isinstance(item, dict) or set(item.keys()) != {1, 2}:
+        raise MalformedRecord("bad_key_epoch", "key epoch is {1: key, 2: grants}")
+    grants_map = item[2]
+    if not isinstance(grants_map, dict):
+        raise MalformedRecord("bad_key_epoch", "grants must be a map")
+    grants = []
+    for stream, entries in grants_map.items():
+        if not isinstance(entries, list):
+            raise MalformedRecord("bad_key_epoch", "grant list expected")
+        pairs = tuple(Grant(*(_bytes(x) for x in _fixed_list(e, 2))) for e in entries)
+        grants.append((_text(stream), pairs))
+    return KeyEpoch(_bytes(item[1]), tuple(sorted(grants)))
+
+
+def _validate_body(body: Body, seq: int) -> None:
+    if isinstance(body, Values):
+        if not 1 <= len(body.values) <= MAX_VALUES:
+            raise MalformedRecord("bad_value", f"1..{MAX_VALUES} values per record")
+    elif isinstance(body, Sealed):
+        _require_int(body.key_delta, "key_delta")
+        if body.key_delta < 1 or body.key_delta > seq:
+            raise MalformedRecord("bad_sealed", "key_delta must point to an earlier record")
+        if not 16 <= len(body.ciphertext) <= 1024:
+            raise MalformedRecord("bad_sealed", "ciphertext length out of range")
+    elif isinstance(body, Usage):
+        for name in ("start_mono_ms", "end_mono_ms", "usage_ms", "rate_micro_per_hour"):
+            _require_int(getattr(body, name), name)
+        if body.end_mono_ms < body.start_mono_ms:
+            raise MalformedRecord("bad_usage", "interval ends before it starts")
+    elif isinstance(body, Gap):
+        _require_int(body.first_seq, "first_seq")
+        _require_int(body.last_seq, "last_seq")
+        if not body.first_seq <= body.last_seq < seq:
+            raise MalformedRecord("bad_gap", "gap must be a range of earlier sequence numbers")
+        _require_text(body.reason, "reason", MAX_REASON_CHARS)
+    elif isinstance(body, KeyEpoch):
+        _validate_key_epoch(body)
+    elif isinstance(body, KeyRotation):
+        if len(body.new_public_key) != 32:
+            raise MalformedRecord("bad_rotation", "new public key must be 32 bytes")
+    else:
+        raise MalformedRecord("bad_record", f"unknown body {type(body).__name__}")
+
+
+def _validate_key_epoch(body: KeyEpoch) -> None:
+    if len(body.ephemeral_public) != 32:
+        raise MalformedRecord("bad_key_epoch", "ephemeral key must be 32 bytes")
+    names = [name for name, _ in body.grants]
+    if names != sorted(set(names)):
+        raise MalformedRecord("bad_key_epoch", "streams must be unique and sorted")
+    for name, grants in body.grants:
+        _require_text(name, "stream", MAX_STREAM_CHARS)
+        if not 1 <= len(grants) <= MAX_RECIPIENTS:
+            raise MalformedRecord("bad_key_epoch", f"1..{MAX_RECIPIENTS} recipients per stream")
+        for grant in grants:
+            if len(grant.recipient_kid) != 8 or len(grant.wrapped_key) != 48:
+                raise MalformedRecord("bad_key_epoch", "grant is [8-byte kid, 48-byte key]")
+
+
+# --- small typed accessors ---------------------------------------------------------------
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _require_int(x: object, name: str, *, signed: bool = False) -> None:
+    if not _is_int(x):
+        raise MalformedRecord("bad_field", f"{name} must be an integer")
+    assert isinstance(x, int)
+    low = -(1 << 63) if signed else 0
+    if not low <= x <= _UINT64_MAX:
+        raise MalformedRecord("bad_field", f"{name} out of range")
+
+
+def _require_text(x: object, name: str, max_chars: int) -> None:
+    if not isinstance(x, str) or not 1 <= len(x) <= max_chars:
+        raise MalformedRecord("bad_field", f"{name} must be text of 1..{max_chars} characters")
+    if not x.isprintable():
+        raise MalformedRecord("bad_field", f"{name} has control characters")
+
+
+def _int(x: cbor.Value) -> int:
+    if not _is_int(x):
+        raise MalformedRecord("bad_field", "integer expected")
+    assert isinstance(x, int)
+    return x
+
+
+def _bool(x: cbor.Value) -> bool:
+    if not isinstance(x, bool):
+        raise MalformedRecord("bad_field", "bool expected")
+    return x
+
+
+def _bytes(x: cbor.Value) -> bytes:
+    if not isinstance(x, bytes):
+        raise MalformedRecord("bad_field", "byte string expected")
+    return x
+
+
+def _text(x: cbor.Value) -> str:
+    if not isinstance(x, str):
+        raise MalformedRecord("bad_field", "text expected")
+    return x
+
+
+def _fixed_list(x: cbor.Value, n: int) -> list[cbor.Value]:
+    if not isinstance(x, list) or len(x) != n:
+        raise MalformedRecord("bad_field", f"array of {n} expected")
+    return x

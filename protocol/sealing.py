@@ -1,0 +1,186 @@
+"""Encrypting values so that only a stream's recipients can read them.
+
+Construction (details and security reasoning in docs/PROTOCOL.md, "Encryption"):
+
+1. A *key epoch* starts with a key-epoch record at sequence number ``E``. The device makes
+   a fresh ephemeral X25519 key pair and, for every stream with recipients, a fresh random
+   32-byte stream key. For each recipient it performs ONE X25519 agreement
+   ``shared = X25519(eph_secret, recipient_public)`` and, for each stream that recipient
+   is granted, derives a single-use wrapping key::
+
+       kek = BLAKE2b-256(key=shared, person="edgeproof-wrap1\\0",
+                         data=eph_public || recipient_public || utf8(stream))
+
+   and wraps the stream key with XChaCha20-Poly1305 (nonce: 24 zero bytes, which is safe
+   because ``kek`` is used once) and associated data ``cbor([device_id, E, stream])``.
+2. Each value record in that epoch (sequence number ``s > E``) encrypts its value list
+   with the stream key: XChaCha20-Poly1305, nonce ``16 zero bytes || s as 8-byte big
+   endian`` (sequence numbers are never reused, so a nonce never repeats under a key),
+   associated data ``cbor([device_id, header, s - E])`` where ``header`` is the record's
+   header map (keys 1..8). A ciphertext moved to another record, device, stream or epoch
+   fails to open.
+
+A recipient never shares key material with another: a recipient granted stream A learns
+nothing about stream B's key. The gateway never needs or holds a recipient key.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import nacl.bindings
+import nacl.encoding
+import nacl.exceptions
+import nacl.hash
+import nacl.public
+
+from protocol import cbor
+from protocol.errors import VerificationError
+from protocol.keys import RecipientKey, Secret, recipient_kid
+from protocol.record import (
+    Grant,
+    KeyEpoch,
+    Measurement,
+    Record,
+    Sealed,
+    decode_values,
+    encode_values,
+)
+
+WRAP_PERSON = b"edgeproof-wrap1\x00"
+_ZERO_NONCE = bytes(24)
+_aead_encrypt = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt
+_aead_decrypt = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt
+
+RandomBytes = Callable[[int], bytes]
+
+
+@dataclass(frozen=True)
+class EpochKeys:
+    """The secret half of a key epoch, kept in memory by the device only."""
+
+    key_seq: int
+    stream_keys: Mapping[str, Secret] = field(repr=False)
+
+
+def _shared_secret(secret: bytes, public: bytes) -> bytes:
+    try:
+        return nacl.bindings.crypto_scalarmult(secret, public)
+    except (nacl.exceptions.RuntimeError, nacl.exceptions.ValueError,
+            nacl.exceptions.TypeError) as exc:
+        # libsodium refuses low-order points (an all-zero shared secret).
+        raise VerificationError("X25519 key agreement failed (low-order point)") from exc
+
+
+def _kek(shared: bytes, eph_public: bytes, recipient_public: bytes, stream: str) -> bytes:
+    data = eph_public + recipient_public + stream.encode("utf-8")
+    return nacl.hash.blake2b(data, digest_size=32, key=shared, person=WRAP_PERSON,
+                             encoder=nacl.encoding.RawEncoder)
+
+
+def _wrap_aad(device_id: bytes, key_seq: int, stream: str) -> bytes:
+    return cbor.encode([device_id, key_seq, stream])
+
+
+def new_key_epoch(
+    device_id: bytes,
+    key_seq: int,
+    recipients: Mapping[str, Sequence[bytes]],
+    random_bytes: RandomBytes = os.urandom,
+) -> tuple[KeyEpoch, EpochKeys]:
+    """Start a key epoch at ``key_seq`` for ``recipients`` (stream -> X25519 public keys).
+
+    Returns the record body to sign and send, and the stream keys to keep in memory.
+    ``random_bytes`` is injectable so test vectors are reproducible.
+    """
+    eph_secret = random_bytes(32)
+    eph_public = nacl.bindings.crypto_scalarmult_base(eph_secret)
+    shared_by_recipient: dict[bytes, bytes] = {}
+    grants: list[tuple[str, tuple[Grant, ...]]] = []
+    stream_keys: dict[str, Secret] = {}
+    for stream in sorted(recipients):
+        stream_key = random_bytes(32)
+        stream_keys[stream] = Secret(stream_key)
+        stream_grants = []
+        for public in sorted(set(recipients[stream])):
+            if public not in shared_by_recipient:  # one agreement per recipient per epoch
+                shared_by_recipient[public] = _shared_secret(eph_secret, public)
+            kek = _kek(shared_by_recipient[public], eph_public, public, stream)
+            wrapped = _aead_encrypt(stream_key, _wrap_aad(device_id, key_seq, stream),
+                                    _ZERO_NONCE, kek)
+            stream_grants.append(Grant(recipient_kid(public), wrapped))
+        grants.append((stream, tuple(stream_grants)))
+    return KeyEpoch(eph_public, tuple(grants)), EpochKeys(key_seq, stream_keys)
+
+
+def value_nonce(seq: int) -> bytes:
+    """The 24-byte nonce of the value record with sequence number ``seq``."""
+    return bytes(16) + seq.to_bytes(8, "big")
+
+
+def value_aad(device_id: bytes, record_header: Mapping[cbor.Value, cbor.Value],
+              key_delta: int) -> bytes:
+    """Associated data binding a ciphertext to its device, record header and epoch."""
+    return cbor.encode([device_id, dict(record_header), key_delta])
+
+
+def seal_values(
+    device_id: bytes,
+    header: Record,
+    epoch: EpochKeys,
+    values: Sequence[Measurement],
+) -> Sealed:
+    """Encrypt ``values`` for the record whose header fields are those of ``header``.
+
+    ``header`` is a record with the final header fields (its body is ignored). Raises
+    KeyError if the epoch has no key for the stream and ValueError if the epoch does not
+    precede the record.
+    """
+    key_delta = header.seq - epoch.key_seq
+    if key_delta < 1:
+        raise ValueError("a key epoch must precede the records it encrypts")
+    stream_key = epoch.stream_keys[header.stream].value
+    aad = value_aad(device_id, header.header_map(), key_delta)
+    ciphertext = _aead_encrypt(encode_values(tuple(values)), aad,
+                               value_nonce(header.seq), stream_key)
+    return Sealed(key_delta, ciphertext)
+
+
+def unwrap_stream_key(device_id: bytes, key_seq: int, epoch: KeyEpoch, stream: str,
+                      recipient: RecipientKey) -> bytes:
+    """Return the stream key wrapped for ``recipient`` in a key epoch.
+
+    Raises VerificationError if the recipient has no grant for the stream or the wrapped
+    key does not open (wrong key, tampered record).
+    """
+    kid = recipient.kid
+    grant = next((g for g in epoch.grants_for(stream) if g.recipient_kid == kid), None)
+    if grant is None:
+        raise VerificationError(f"no key for this recipient on stream {stream!r}")
+    public = recipient.public_key
+    shared = _shared_secret(recipient.secret.value, epoch.ephemeral_public)
+    kek = _kek(shared, epoch.ephemeral_public, public, stream)
+    try:
+        return bytes(_aead_decrypt(grant.wrapped_key, _wrap_aad(device_id, key_seq, stream),
+                                   _ZERO_NONCE, kek))
+    except nacl.exceptions.CryptoError as exc:
+        raise VerificationError("wrapped stream key does not open") from exc
+
+
+def open_values(device_id: bytes, record: Record, stream_key: bytes) -> tuple[Measurement, ...]:
+    """Decrypt a sealed record's values with its stream key.
+
+    Raises VerificationError if the record is not sealed or the ciphertext does not open
+    (wrong key, or ciphertext moved from another record).
+    """
+    body = record.body
+    if not isinstance(body, Sealed):
+        raise VerificationError("record carries no sealed values")
+    aad = value_aad(device_id, record.header_map(), body.key_delta)
+    try:
+        plaintext = _aead_decrypt(body.ciphertext, aad, value_nonce(record.seq), stream_key)
+    except nacl.exceptions.CryptoError as exc:
+        raise VerificationError("sealed values do not open") from exc
+    return decode_values(bytes(plaintext))
