@@ -1,0 +1,348 @@
+"""Records, COSE_Sign1, sealing, batches and receipts: round trips, vectors, attacks."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import stat
+from pathlib import Path
+
+import cbor2
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pycose.algorithms import EdDSA
+from pycose.headers import KID, Algorithm
+from pycose.keys import OKPKey
+from pycose.keys.curves import Ed25519
+from pycose.messages import Sign1Message
+
+from protocol import cbor
+from protocol.batch import Batch, device_id_from_topic, receipts_topic, records_topic
+from protocol.cose import sign1, verify_sign1
+from protocol.errors import KeyFileError, MalformedRecord, VerificationError
+from protocol.keys import (
+    RecipientKey,
+    Secret,
+    SigningKey,
+    device_id_for,
+    load_device_key,
+    save_device_key,
+)
+from protocol.receipt import Outcome, Receipt, Status
+from protocol.record import (
+    GENESIS_PREV,
+    Gap,
+    Measurement,
+    Record,
+    Sealed,
+    Usage,
+    Values,
+    credit_micro,
+)
+from protocol.sealing import (
+    new_key_epoch,
+    open_values,
+    seal_values,
+    unwrap_stream_key,
+    value_nonce,
+)
+from protocol.signed import parse_signed_record, sign_record, verify_signed_record
+from tests.vectors import make_record_vectors
+
+VECTORS = Path(__file__).parent / "vectors" / "records.json"
+
+
+def _pycose_message(raw: bytes) -> Sign1Message:
+    # pycose 1.1 expects the list/dict cbor2 5.x produced; cbor2 6 returns a tuple and a
+    # frozendict inside tags, so hand pycose the COSE object in the shape it expects.
+    tagged = cbor2.loads(raw)
+    assert tagged.tag == 18
+    protected, unprotected, payload, signature = tagged.value
+    return Sign1Message.from_cose_obj([protected, dict(unprotected), payload, signature], True)
+
+
+@pytest.fixture(scope="module")
+def device() -> tuple[SigningKey, bytes]:
+    key = SigningKey(Secret(bytes(range(32))))
+    return key, device_id_for(key.public_key)
+
+
+def _record(seq: int = 0, body: object = None, stream: str = "cpu") -> Record:
+    return Record(boot=1, seq=seq, prev=GENESIS_PREV, wall_ms=1_764_403_200_000,
+                  clock_synced=True, mono_ms=5_000, stream=stream,
+                  body=body or Values((Measurement(473, -1, "Cel"),)))  # type: ignore[arg-type]
+
+
+# --- vectors ----------------------------------------------------------------------------
+
+
+def test_committed_record_vectors_match_generator_byte_for_byte() -> None:
+    assert VECTORS.read_text() == make_record_vectors.render()
+
+
+def test_every_vector_verifies_with_an_independent_cose_library() -> None:
+    for vec in json.loads(VECTORS.read_text()):
+        raw = bytes.fromhex(vec["cose_sign1"])
+        message = _pycose_message(raw)
+        message.key = OKPKey(crv=Ed25519, x=bytes.fromhex(vec["device_public_key"]))
+        assert message.verify_signature(), vec["description"]
+        assert message.phdr[KID] == bytes.fromhex(vec["device_id"])
+        assert message.payload.hex() == vec["payload_cbor"]
+        assert cbor2.loads(message.payload)[3] == vec["payload"]["seq"]
+
+
+def test_sealed_vector_decrypts_with_recipient_key_alone() -> None:
+    vec = next(v for v in json.loads(VECTORS.read_text()) if "recipient_secret_key" in v)
+    device_id = bytes.fromhex(vec["device_id"])
+    public = bytes.fromhex(vec["device_public_key"])
+    epoch = verify_signed_record(bytes.fromhex(vec["key_epoch_cose_sign1"]), public)
+    sealed = verify_signed_record(bytes.fromhex(vec["cose_sign1"]), public)
+    recipient = RecipientKey(Secret(bytes.fromhex(vec["recipient_secret_key"])))
+    stream_key = unwrap_stream_key(device_id, epoch.record.seq, epoch.record.body,  # type: ignore[arg-type]
+                                   sealed.record.stream, recipient)
+    values = open_values(device_id, sealed.record, stream_key)
+    assert [[m.mantissa, m.exponent, m.unit] for m in values] == vec["plaintext"]
+
+
+# --- signing ----------------------------------------------------------------------------
+
+
+def test_record_round_trips_through_cose(device: tuple[SigningKey, bytes]) -> None:
+    key, device_id = device
+    signed = sign_record(_record(), device_id, key)
+    again = verify_signed_record(signed.raw, key.public_key, device_id)
+    assert again.record == signed.record
+    assert again.raw == signed.raw
+
+
+def test_pycose_signed_message_verifies_here(device: tuple[SigningKey, bytes]) -> None:
+    key, device_id = device
+    message = Sign1Message(phdr={Algorithm: EdDSA, KID: device_id},
+                           payload=_record().to_cbor())
+    message.key = OKPKey(crv=Ed25519, d=key.seed.value, x=key.public_key)
+    verified = verify_signed_record(message.encode(), key.public_key, device_id)
+    assert verified.record == _record()
+
+
+def test_every_single_bit_flip_of_a_signed_record_fails(device: tuple[SigningKey, bytes]) -> None:
+    key, device_id = device
+    raw = sign_record(_record(), device_id, key).raw
+    for bit in range(len(raw) * 8):
+        flipped = bytearray(raw)
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        with pytest.raises(VerificationError):
+            verify_signed_record(bytes(flipped), key.public_key, device_id)
+
+
+def test_record_signed_by_another_key_rejected(device: tuple[SigningKey, bytes]) -> None:
+    key, device_id = device
+    forger = SigningKey.generate()
+    raw = sign_record(_record(), device_id, forger).raw  # claims the victim's kid
+    with pytest.raises(VerificationError):
+        verify_signed_record(raw, key.public_key, device_id)
+
+
+def test_record_under_another_device_id_rejected(device: tuple[SigningKey, bytes]) -> None:
+    key, device_id = device
+    raw = sign_record(_record(), bytes(16), key).raw
+    with pytest.raises(VerificationError, match="another device"):
+        verify_signed_record(raw, key.public_key, device_id)
+
+
+def test_cose_with_other_algorithm_rejected(device: tuple[SigningKey, bytes]) -> None:
+    key, _ = device
+    protected = cbor.encode({1: -7, 4: b"k"})  # ES256 claimed
+    raw = cbor.encode(cbor.Tag(18, [protected, {}, b"x", bytes(64)]))
+    with pytest.raises(MalformedRecord, match="EdDSA"):
+        verify_sign1(raw, key.public_key)
+
+
+def test_untagged_or_detached_cose_rejected(device: tuple[SigningKey, bytes]) -> None:
+    key, _ = device
+    raw = sign1(b"payload", b"kid", key)
+    untagged = cbor.encode(cbor.decode(raw).value)  # type: ignore[union-attr]
+    with pytest.raises(MalformedRecord):
+        verify_sign1(untagged, key.public_key)
+    detached = cbor.encode(cbor.Tag(18, [cbor.encode({1: -8, 4: b"kid"}), {}, None, bytes(64)]))
+    with pytest.raises(MalformedRecord):
+        verify_sign1(detached, key.public_key)
+
+
+# --- record validation ------------------------------------------------------------------
+
+
+def test_record_with_two_bodies_rejected() -> None:
+    fields = cbor.decode(_record().to_cbor())
+    assert isinstance(fields, dict)
+    fields[12] = [0, 0, "x"]
+    with pytest.raises(MalformedRecord, match="exactly one body"):
+        Record.from_cbor(cbor.encode(fields))
+
+
+def test_gap_must_point_backwards() -> None:
+    with pytest.raises(MalformedRecord):
+        _record(seq=5, body=Gap(5, 9, "outbox_full"))
+
+
+def test_usage_credit_is_integer_floor() -> None:
+    usage = Usage(0, 3_600_000, 3_599_999, 1_000_000)
+    assert usage.credit_micro == 999_999
+    assert credit_micro(3_600_000, 1_000_000) == 1_000_000
+    assert credit_micro(1, 3_599_999) == 0
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=400))
+def test_random_bytes_never_escape_record_decoders(data: bytes) -> None:
+    for decoder in (Record.from_cbor, parse_signed_record, Batch.from_cbor, Receipt.from_cbor):
+        with contextlib.suppress(MalformedRecord):
+            decoder(data)  # type: ignore[operator]
+
+
+@settings(max_examples=300)
+@given(st.integers(min_value=0), st.integers(min_value=0, max_value=255))
+def test_mutated_signed_records_raise_only_verification_errors(position: int, byte: int) -> None:
+    key = SigningKey(Secret(bytes(range(32))))
+    device_id = device_id_for(key.public_key)
+    raw = bytearray(sign_record(_record(), device_id, key).raw)
+    raw[position % len(raw)] = byte
+    with contextlib.suppress(VerificationError):
+        verify_signed_record(bytes(raw), key.public_key, device_id)
+
+
+# --- sealing ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sealed_setup(device: tuple[SigningKey, bytes]) -> dict[str, object]:
+    _key, device_id = device
+    alice, bob, eve = RecipientKey.generate(), RecipientKey.generate(), RecipientKey.generate()
+    body, keys = new_key_epoch(device_id, 7, {"climate": [alice.public_key],
+                                              "presence": [alice.public_key, bob.public_key]})
+    epoch = _record(seq=7, body=body, stream="keys")
+    values = [Measurement(214, -1, "Cel")]
+    header = _record(seq=8, stream="climate")
+    record = dataclasses.replace(header, body=seal_values(device_id, header, keys, values))
+    return {"alice": alice, "bob": bob, "eve": eve, "epoch": epoch, "record": record,
+            "device_id": device_id, "keys": keys, "values": values}
+
+
+def test_granted_recipient_decrypts(sealed_setup: dict[str, object]) -> None:
+    s = sealed_setup
+    key = unwrap_stream_key(s["device_id"], 7, s["epoch"].body, "climate", s["alice"])  # type: ignore[arg-type, attr-defined]
+    assert list(open_values(s["device_id"], s["record"], key)) == s["values"]  # type: ignore[arg-type]
+
+
+def test_recipient_not_granted_a_stream_cannot_open_it(sealed_setup: dict[str, object]) -> None:
+    s = sealed_setup
+    for stranger in (s["bob"], s["eve"]):
+        with pytest.raises(VerificationError, match="no key"):
+            unwrap_stream_key(s["device_id"], 7, s["epoch"].body, "climate", stranger)  # type: ignore[arg-type, attr-defined]
+    # Bob's presence key does not open the climate stream either.
+    bob_presence = unwrap_stream_key(s["device_id"], 7, s["epoch"].body, "presence", s["bob"])  # type: ignore[arg-type, attr-defined]
+    with pytest.raises(VerificationError):
+        open_values(s["device_id"], s["record"], bob_presence)  # type: ignore[arg-type]
+
+
+def test_ciphertext_moved_to_another_record_does_not_open(sealed_setup: dict[str, object]) -> None:
+    s = sealed_setup
+    record: Record = s["record"]  # type: ignore[assignment]
+    key = unwrap_stream_key(s["device_id"], 7, s["epoch"].body, "climate", s["alice"])  # type: ignore[arg-type, attr-defined]
+    for changed in (dataclasses.replace(record, seq=9, body=Sealed(2, record.body.ciphertext)),  # type: ignore[union-attr]
+                    dataclasses.replace(record, wall_ms=record.wall_ms + 1),
+                    dataclasses.replace(record, clock_synced=False),
+                    dataclasses.replace(record, stream="presence")):
+        with pytest.raises(VerificationError):
+            open_values(s["device_id"], changed, key)  # type: ignore[arg-type]
+    with pytest.raises(VerificationError):
+        open_values(bytes(16), record, key)
+
+
+def test_wrapped_key_bound_to_its_epoch_and_device(sealed_setup: dict[str, object]) -> None:
+    s = sealed_setup
+    with pytest.raises(VerificationError):
+        unwrap_stream_key(s["device_id"], 6, s["epoch"].body, "climate", s["alice"])  # type: ignore[arg-type, attr-defined]
+    with pytest.raises(VerificationError):
+        unwrap_stream_key(bytes(16), 7, s["epoch"].body, "climate", s["alice"])  # type: ignore[arg-type, attr-defined]
+
+
+def test_low_order_recipient_key_refused(device: tuple[SigningKey, bytes]) -> None:
+    _, device_id = device
+    with pytest.raises(VerificationError, match="low-order"):
+        new_key_epoch(device_id, 0, {"climate": [bytes(32)]})
+
+
+def test_nonces_differ_for_every_record_of_an_epoch(sealed_setup: dict[str, object]) -> None:
+    assert len({value_nonce(seq) for seq in range(10_000)}) == 10_000
+
+
+# --- batches, topics, receipts ------------------------------------------------------------
+
+
+def test_batch_round_trip_and_caps() -> None:
+    batch = Batch(42, (b"a", b"b"))
+    assert Batch.from_cbor(batch.to_cbor()) == batch
+    with pytest.raises(MalformedRecord):
+        Batch(1, ())
+    with pytest.raises(MalformedRecord):
+        Batch.from_cbor(cbor.encode({1: 1, 2: 1, 3: [b"x"] * 1001}))
+
+
+def test_topics_name_one_device_exactly() -> None:
+    device_id = bytes(range(16))
+    assert device_id_from_topic(records_topic(device_id)) == device_id
+    assert device_id_from_topic(receipts_topic(device_id), "receipts") == device_id
+    for bad in ("edgeproof/v1/devices/+/records", "edgeproof/v1/devices/ABC/records",
+                records_topic(device_id).upper(), records_topic(device_id) + "/x",
+                "edgeproof/v1/devices/" + "00" * 17 + "/records"):
+        with pytest.raises(MalformedRecord):
+            device_id_from_topic(bad)
+
+
+def test_receipt_round_trip_and_forgery(device: tuple[SigningKey, bytes]) -> None:
+    gateway = SigningKey.generate()
+    _, device_id = device
+    receipt = Receipt(device_id, 5, (
+        Outcome(0, bytes(16), Status.ACCEPTED, leaf_index=10),
+        Outcome(1, bytes(16), Status.DUPLICATE, leaf_index=3),
+        Outcome(None, bytes(16), Status.REJECTED, reason="malformed"),
+    ), "checkpoint note\n", 1_764_403_200_000, 12)
+    raw = receipt.sign(gateway, b"\x01\x02\x03\x04")
+    assert Receipt.verify(raw, gateway.public_key, b"\x01\x02\x03\x04") == receipt
+    with pytest.raises(VerificationError):
+        Receipt.verify(raw, SigningKey.generate().public_key, b"\x01\x02\x03\x04")
+    with pytest.raises(VerificationError):
+        Receipt.verify(raw, gateway.public_key, b"\x09\x09\x09\x09")
+    forged = receipt.sign(SigningKey.generate(), b"\x01\x02\x03\x04")
+    with pytest.raises(VerificationError):
+        Receipt.verify(forged, gateway.public_key, b"\x01\x02\x03\x04")
+
+
+# --- key files --------------------------------------------------------------------------
+
+
+def test_key_file_written_0600_and_refused_when_readable_by_others(tmp_path: Path) -> None:
+    path = tmp_path / "device.key"
+    key = SigningKey.generate()
+    save_device_key(path, key)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_device_key(path).public_key == key.public_key
+    os.chmod(path, 0o644)
+    with pytest.raises(KeyFileError, match="chmod 600"):
+        load_device_key(path)
+
+
+def test_key_file_never_overwritten_silently(tmp_path: Path) -> None:
+    path = tmp_path / "device.key"
+    save_device_key(path, SigningKey.generate())
+    with pytest.raises(KeyFileError, match="refusing to overwrite"):
+        save_device_key(path, SigningKey.generate())
+
+
+def test_secret_repr_is_redacted() -> None:
+    key = SigningKey.generate()
+    assert key.seed.value.hex() not in repr(key)
+    assert "redacted" in repr(key)
