@@ -53,18 +53,25 @@ DEFAULT_LIMITS = Limits()
 # --- encoding ---------------------------------------------------------------------------
 
 
+# Heads of arguments below 24 are one byte; build them once.
+_SMALL_HEADS = [[bytes([(major << 5) | arg]) for arg in range(24)] for major in range(8)]
+# Encodings of map keys seen before (the record format uses a handful of small keys).
+_KEY_CACHE: dict[tuple[type, Value], bytes] = {}
+_KEY_CACHE_MAX = 4096
+
+
 def _head(major: int, argument: int) -> bytes:
     """The initial byte(s) of a data item with its argument in the shortest form."""
-    mt = major << 5
     if argument < 24:
-        return bytes([mt | argument])
+        return _SMALL_HEADS[major][argument]
+    mt = major << 5
     if argument <= 0xFF:
-        return bytes([mt | 24, argument])
+        return bytes((mt | 24, argument))
     if argument <= 0xFFFF:
-        return bytes([mt | 25]) + argument.to_bytes(2, "big")
+        return bytes((mt | 25,)) + argument.to_bytes(2, "big")
     if argument <= 0xFFFFFFFF:
-        return bytes([mt | 26]) + argument.to_bytes(4, "big")
-    return bytes([mt | 27]) + argument.to_bytes(8, "big")
+        return bytes((mt | 26,)) + argument.to_bytes(4, "big")
+    return bytes((mt | 27,)) + argument.to_bytes(8, "big")
 
 
 def encode(value: Value) -> bytes:
@@ -78,15 +85,21 @@ def encode(value: Value) -> bytes:
     return bytes(out)
 
 
+def _encode_key(key: Value) -> bytes:
+    cache_key = (type(key), key)
+    cached = _KEY_CACHE.get(cache_key)
+    if cached is None:
+        cached = encode(key)
+        if len(_KEY_CACHE) < _KEY_CACHE_MAX and not isinstance(key, Tag):
+            _KEY_CACHE[cache_key] = cached
+    return cached
+
+
 def _encode_into(out: bytearray, value: Value) -> None:
-    # bool first: it is a subclass of int.
-    if value is False:
-        out.append(0xF4)
-    elif value is True:
-        out.append(0xF5)
-    elif value is None:
-        out.append(0xF6)
-    elif isinstance(value, int):
+    kind = type(value)
+    # Exact type checks first: bool is a subclass of int and must not encode as one.
+    if kind is int:
+        assert isinstance(value, int)
         if value >= 0:
             if value > _UINT64_MAX:
                 raise ValueError("integer above 2**64-1")
@@ -95,29 +108,49 @@ def _encode_into(out: bytearray, value: Value) -> None:
             if -1 - value > _UINT64_MAX:
                 raise ValueError("integer below -2**64")
             out += _head(1, -1 - value)
-    elif isinstance(value, bytes):
+    elif kind is bytes:
+        assert isinstance(value, bytes)
         out += _head(2, len(value))
         out += value
-    elif isinstance(value, str):
+    elif kind is str:
+        assert isinstance(value, str)
         raw = value.encode("utf-8")
         out += _head(3, len(raw))
         out += raw
-    elif isinstance(value, list):
+    elif kind is list:
+        assert isinstance(value, list)
         out += _head(4, len(value))
         for item in value:
             _encode_into(out, item)
-    elif isinstance(value, dict):
+    elif kind is dict:
+        assert isinstance(value, dict)
         # RFC 8949 §4.2.1: keys sorted bytewise by their deterministic encodings.
-        pairs = sorted((encode(k), v) for k, v in value.items())
+        pairs = sorted((_encode_key(k), v) for k, v in value.items())
         out += _head(5, len(pairs))
         for key_bytes, item in pairs:
             out += key_bytes
             _encode_into(out, item)
-    elif isinstance(value, Tag):
+    elif value is False:
+        out.append(0xF4)
+    elif value is True:
+        out.append(0xF5)
+    elif value is None:
+        out.append(0xF6)
+    elif kind is Tag:
+        assert isinstance(value, Tag)
         out += _head(6, value.number)
         _encode_into(out, value.value)
     else:
-        raise TypeError(f"cannot encode {type(value).__name__} in edgeproof CBOR")
+        raise TypeError(f"cannot encode {kind.__name__} in edgeproof CBOR")
+
+
+def head(major: int, argument: int) -> bytes:
+    """The head of a data item of major type ``major`` (for framing encodings by hand)."""
+    if 0 <= argument < 24:
+        return _SMALL_HEADS[major][argument]
+    if not 0 <= argument <= _UINT64_MAX:
+        raise ValueError("CBOR argument out of range")
+    return _head(major, argument)
 
 
 # --- decoding ---------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+import nacl.bindings
 import nacl.exceptions
 import nacl.public
 import nacl.signing
@@ -69,16 +70,17 @@ class SigningKey:
         return cls(Secret(bytes(nacl.signing.SigningKey.generate())))
 
     @cached_property
-    def signing_key(self) -> nacl.signing.SigningKey:
-        return nacl.signing.SigningKey(self.seed.value)
+    def _keypair(self) -> tuple[bytes, bytes]:
+        public, secret = nacl.bindings.crypto_sign_seed_keypair(self.seed.value)
+        return bytes(public), bytes(secret)
 
-    @cached_property
+    @property
     def public_key(self) -> bytes:
-        return bytes(self.signing_key.verify_key)
+        return self._keypair[0]
 
     def sign(self, message: bytes) -> bytes:
         """Return the 64-byte Ed25519 signature of ``message``."""
-        return self.signing_key.sign(message).signature
+        return nacl.bindings.crypto_sign(message, self._keypair[1])[:64]
 
 
 def verify_ed25519(public_key: bytes, message: bytes, signature: bytes) -> None:
@@ -86,7 +88,7 @@ def verify_ed25519(public_key: bytes, message: bytes, signature: bytes) -> None:
     if len(public_key) != 32 or len(signature) != 64:
         raise VerificationError("bad Ed25519 key or signature length")
     try:
-        nacl.signing.VerifyKey(public_key).verify(message, signature)
+        nacl.bindings.crypto_sign_open(signature + message, public_key)
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError,
             nacl.exceptions.TypeError) as exc:
         raise VerificationError("Ed25519 signature does not verify") from exc

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import cached_property
 
 from protocol import cbor
 from protocol.errors import MalformedRecord
@@ -86,7 +87,16 @@ class Measurement:
 
 def encode_values(values: tuple[Measurement, ...]) -> bytes:
     """Return the deterministic CBOR of a value list (the plaintext that gets sealed)."""
-    return cbor.encode([m.to_cbor_value() for m in values])
+    parts = [cbor.head(4, len(values))]
+    for m in values:
+        unit = m.unit.encode("utf-8")
+        parts += (b"\x83", _int_cbor(m.mantissa), _int_cbor(m.exponent),
+                  cbor.head(3, len(unit)), unit)
+    return b"".join(parts)
+
+
+def _int_cbor(value: int) -> bytes:
+    return cbor.head(0, value) if value >= 0 else cbor.head(1, -1 - value)
 
 
 def decode_values(data: bytes) -> tuple[Measurement, ...]:
@@ -190,9 +200,11 @@ class Record:
     body: Body
 
     def __post_init__(self) -> None:
-        for name in ("boot", "seq", "wall_ms", "mono_ms"):
-            _require_int(getattr(self, name), name)
-        if not (isinstance(self.prev, bytes) and len(self.prev) == 32):
+        for value, name in ((self.boot, "boot"), (self.seq, "seq"), (self.wall_ms, "wall_ms"),
+                            (self.mono_ms, "mono_ms")):
+            if type(value) is not int or not 0 <= value <= _UINT64_MAX:
+                raise MalformedRecord("bad_field", f"{name} must be an unsigned 64-bit integer")
+        if not (type(self.prev) is bytes and len(self.prev) == 32):
             raise MalformedRecord("bad_field", "prev must be 32 bytes")
         if not isinstance(self.clock_synced, bool):
             raise MalformedRecord("bad_field", "clock_synced must be a bool")
@@ -212,12 +224,29 @@ class Record:
             K_STREAM: self.stream,
         }
 
+    @cached_property
+    def _header_fields(self) -> bytes:
+        # The key/value pairs 1..8 in their deterministic encoding, framed by hand because
+        # every record is encoded at least twice (associated data and payload). Keys are
+        # single-byte integers, so ascending order is RFC 8949 §4.2.1 order; the tests
+        # check these bytes against cbor.encode(header_map()).
+        stream = self.stream.encode("utf-8")
+        return b"".join((
+            b"\x01\x01\x02", cbor.head(0, self.boot), b"\x03", cbor.head(0, self.seq),
+            b"\x04\x58\x20", self.prev, b"\x05", cbor.head(0, self.wall_ms),
+            b"\x06\xf5" if self.clock_synced else b"\x06\xf4", b"\x07",
+            cbor.head(0, self.mono_ms), b"\x08", cbor.head(3, len(stream)), stream,
+        ))
+
+    def header_cbor(self) -> bytes:
+        """The deterministic CBOR of :meth:`header_map` (a map of eight entries)."""
+        return b"\xa8" + self._header_fields
+
     def to_cbor(self) -> bytes:
         """Return the record's deterministic CBOR encoding (the COSE payload)."""
-        fields = self.header_map()
         key, value = _body_to_cbor(self.body)
-        fields[key] = value
-        return cbor.encode(fields)
+        # Body keys (9..14) are single bytes above every header key: they sort last.
+        return b"".join((b"\xa9", self._header_fields, cbor.head(0, key), cbor.encode(value)))
 
     @classmethod
     def from_cbor(cls, data: bytes) -> Record:

@@ -120,10 +120,13 @@ def value_nonce(seq: int) -> bytes:
     return bytes(16) + seq.to_bytes(8, "big")
 
 
-def value_aad(device_id: bytes, record_header: Mapping[cbor.Value, cbor.Value],
-              key_delta: int) -> bytes:
-    """Associated data binding a ciphertext to its device, record header and epoch."""
-    return cbor.encode([device_id, dict(record_header), key_delta])
+def value_aad(device_id: bytes, record: Record, key_delta: int) -> bytes:
+    """Associated data binding a ciphertext to its device, record header and epoch.
+
+    The bytes of ``cbor([device_id, header map, key_delta])``.
+    """
+    return b"".join((b"\x83", cbor.head(2, len(device_id)), device_id, record.header_cbor(),
+                     cbor.head(0, key_delta)))
 
 
 def seal_values(
@@ -142,7 +145,7 @@ def seal_values(
     if key_delta < 1:
         raise ValueError("a key epoch must precede the records it encrypts")
     stream_key = epoch.stream_keys[header.stream].value
-    aad = value_aad(device_id, header.header_map(), key_delta)
+    aad = value_aad(device_id, header, key_delta)
     ciphertext = _aead_encrypt(encode_values(tuple(values)), aad,
                                value_nonce(header.seq), stream_key)
     return Sealed(key_delta, ciphertext)
@@ -178,7 +181,7 @@ def open_values(device_id: bytes, record: Record, stream_key: bytes) -> tuple[Me
     body = record.body
     if not isinstance(body, Sealed):
         raise VerificationError("record carries no sealed values")
-    aad = value_aad(device_id, record.header_map(), body.key_delta)
+    aad = value_aad(device_id, record, body.key_delta)
     try:
         plaintext = _aead_decrypt(body.ciphertext, aad, value_nonce(record.seq), stream_key)
     except nacl.exceptions.CryptoError as exc:

@@ -41,6 +41,7 @@ from protocol.record import (
     Usage,
     Values,
     credit_micro,
+    encode_values,
 )
 from protocol.sealing import (
     new_key_epoch,
@@ -346,3 +347,23 @@ def test_secret_repr_is_redacted() -> None:
     key = SigningKey.generate()
     assert key.seed.value.hex() not in repr(key)
     assert "redacted" in repr(key)
+
+
+@given(st.integers(min_value=0, max_value=2**64 - 1), st.integers(min_value=0, max_value=2**64 - 1),
+       st.booleans(), st.text(min_size=1, max_size=64).filter(str.isprintable),
+       st.lists(st.tuples(st.integers(min_value=-(2**63), max_value=2**64 - 1),
+                          st.integers(min_value=-30, max_value=30),
+                          st.text(min_size=1, max_size=16).filter(str.isprintable)),
+                min_size=1, max_size=16))
+def test_hand_framed_encodings_equal_the_generic_encoder(
+    seq: int, wall: int, synced: bool, stream: str, values: list[tuple[int, int, str]]
+) -> None:
+    measurements = tuple(Measurement(*v) for v in values)
+    record = Record(boot=seq // 3, seq=seq, prev=bytes(range(32)), wall_ms=wall,
+                    clock_synced=synced, mono_ms=wall // 7, stream=stream,
+                    body=Values(measurements))
+    fields = record.header_map()
+    assert record.header_cbor() == cbor.encode(fields)
+    assert record.to_cbor() == cbor.encode({**fields, 9: [m.to_cbor_value() for m in measurements]})
+    assert Record.from_cbor(record.to_cbor()) == record
+    assert encode_values(measurements) == cbor.encode([m.to_cbor_value() for m in measurements])

@@ -1,0 +1,95 @@
+"""Protocol benchmark: the sign and verify paths against bare Ed25519 in the same run.
+
+Prints one line per figure and ends with one line of JSON:
+  sign_path_ratio    records built, sealed for one recipient and signed per second,
+                     divided by bare nacl Ed25519 signatures per second (goal >= 0.6)
+  verify_path_ratio  records decoded and verified per second over bare verifies per
+                     second (goal >= 0.85)
+  bytes_per_reading  one DHT22 reading (temperature and humidity), one recipient,
+                     signature included (goal <= 200)
+Never asserts; run it as `python bench/protocol_bench.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import nacl.signing
+
+from protocol.keys import RecipientKey, SigningKey, device_id_for
+from protocol.record import GENESIS_PREV, Measurement, Record, Values
+from protocol.sealing import new_key_epoch, seal_values
+from protocol.signed import sign_record, verify_signed_record
+
+N = 20_000
+WALL_MS = 1_764_403_200_000
+
+
+def rate(label: str, n: int, fn: Callable[[int], object]) -> float:
+    """Run fn(i) for i in range(n), best of three rounds; print and return ops/s."""
+    best = 0.0
+    for _ in range(3):
+        start = time.perf_counter()
+        for i in range(n):
+            fn(i)
+        best = max(best, n / (time.perf_counter() - start))
+    print(f"{label:<42} {best:>12,.0f} /s")
+    return best
+
+
+def main() -> None:
+    key = SigningKey.generate()
+    device_id = device_id_for(key.public_key)
+    recipient = RecipientKey.generate()
+    epoch_body, epoch = new_key_epoch(device_id, 0, {"climate": [recipient.public_key]})
+    values = (Measurement(214, -1, "Cel"), Measurement(553, -1, "%RH"))
+    placeholder = Values(values)
+    message = b"x" * 120
+
+    bare = nacl.signing.SigningKey.generate()
+    bare_sign = rate("bare nacl Ed25519 sign", N, lambda i: bare.sign(message))
+
+    def build_seal_sign(i: int) -> bytes:
+        seq = i + 1
+        header = Record(boot=1, seq=seq, prev=GENESIS_PREV, wall_ms=WALL_MS + seq,
+                        clock_synced=True, mono_ms=1000 + seq, stream="climate",
+                        body=placeholder)
+        sealed = seal_values(device_id, header, epoch, values)
+        record = Record(boot=1, seq=seq, prev=GENESIS_PREV, wall_ms=WALL_MS + seq,
+                        clock_synced=True, mono_ms=1000 + seq, stream="climate", body=sealed)
+        return sign_record(record, device_id, key).raw
+
+    sign_path = rate("build + seal (1 recipient) + sign", N, build_seal_sign)
+
+    signed = [build_seal_sign(i) for i in range(N)]
+    bare_verify_key = bare.verify_key
+    bare_signed = bare.sign(message)
+    bare_verify = rate("bare nacl Ed25519 verify", N,
+                       lambda i: bare_verify_key.verify(bare_signed))
+    public = key.public_key
+    verify_path = rate("decode + verify record", N,
+                       lambda i: verify_signed_record(signed[i], public, device_id))
+
+    typical = signed[100]  # seq 101, small sequence numbers as on a young device
+    print(f"{'bytes per DHT22 reading (seq 101)':<42} {len(typical):>12}")
+    print(f"{'bytes of the key-epoch record (1 recipient)':<42} "
+          f"{len(sign_record(Record(1, 0, GENESIS_PREV, WALL_MS, True, 1000, 'keys', epoch_body), device_id, key).raw):>12}")  # noqa: E501
+    print(json.dumps({
+        "sign_path_per_s": round(sign_path),
+        "bare_sign_per_s": round(bare_sign),
+        "sign_path_ratio": round(sign_path / bare_sign, 3),
+        "verify_path_per_s": round(verify_path),
+        "bare_verify_per_s": round(bare_verify),
+        "verify_path_ratio": round(verify_path / bare_verify, 3),
+        "bytes_per_reading": len(typical),
+    }))
+
+
+if __name__ == "__main__":
+    main()
