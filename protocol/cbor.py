@@ -157,25 +157,23 @@ def head(major: int, argument: int) -> bytes:
 
 
 class _Reader:
-    __slots__ = ("data", "limits", "pos")
+    __slots__ = ("data", "end", "limits", "pos")
 
     def __init__(self, data: bytes, limits: Limits) -> None:
         self.data = data
+        self.end = len(data)
         self.pos = 0
         self.limits = limits
 
-    def take(self, n: int) -> bytes:
-        end = self.pos + n
-        if end > len(self.data):
-            raise MalformedRecord("cbor_truncated", f"need {n} bytes at offset {self.pos}")
-        chunk = self.data[self.pos : end]
-        self.pos = end
-        return chunk
-
     def head(self) -> tuple[int, int]:
-        initial = self.take(1)[0]
+        """Read one head; return (major type, argument) after the shortest-form check."""
+        data, pos = self.data, self.pos
+        if pos >= self.end:
+            raise MalformedRecord("cbor_truncated", f"need 1 byte at offset {pos}")
+        initial = data[pos]
         major, info = initial >> 5, initial & 0x1F
         if info < 24:
+            self.pos = pos + 1
             return major, info
         if info > 27:
             # 28-30 reserved, 31 indefinite length / break: not deterministic.
@@ -183,11 +181,23 @@ class _Reader:
         if major == 7:
             raise MalformedRecord("cbor_unsupported", "floats and extended simple values")
         width = 1 << (info - 24)
-        argument = int.from_bytes(self.take(width), "big")
+        stop = pos + 1 + width
+        if stop > self.end:
+            raise MalformedRecord("cbor_truncated", f"need {width} bytes at offset {pos + 1}")
+        argument = int.from_bytes(data[pos + 1 : stop], "big")
         # Shortest form (RFC 8949 §4.2.1): the argument must not fit a shorter head.
         if argument < (24 if width == 1 else 1 << (4 * width)):
             raise MalformedRecord("cbor_not_deterministic", "argument not in shortest form")
+        self.pos = stop
         return major, argument
+
+    def take(self, n: int) -> bytes:
+        pos = self.pos
+        stop = pos + n
+        if stop > self.end:
+            raise MalformedRecord("cbor_truncated", f"need {n} bytes at offset {pos}")
+        self.pos = stop
+        return self.data[pos:stop]
 
 
 def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Value:
@@ -212,22 +222,23 @@ def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Value:
 def _decode_item(r: _Reader, depth: int) -> Value:
     if depth > r.limits.max_depth:
         raise MalformedRecord("cbor_depth", f"nesting deeper than {r.limits.max_depth}")
-    start = r.pos
     major, arg = r.head()
     if major == 0:
         return arg
-    if major == 1:
-        return -1 - arg
-    if major in (2, 3):
+    if major == 2:
         if arg > r.limits.max_string:
             raise MalformedRecord("cbor_string_too_long", f"{arg} bytes")
-        raw = r.take(arg)
-        if major == 2:
-            return raw
+        return r.take(arg)
+    if major == 3:
+        if arg > r.limits.max_string:
+            raise MalformedRecord("cbor_string_too_long", f"{arg} bytes")
+        start = r.pos
         try:
-            return raw.decode("utf-8")
+            return r.take(arg).decode("utf-8")
         except UnicodeDecodeError:
             raise MalformedRecord("cbor_bad_utf8", f"at offset {start}") from None
+    if major == 1:
+        return -1 - arg
     if major == 4:
         _check_count(r, arg)
         return [_decode_item(r, depth + 1) for _ in range(arg)]
@@ -261,18 +272,16 @@ def _decode_map(r: _Reader, count: int, depth: int) -> dict[Value, Value]:
         key_start = r.pos
         key = _decode_item(r, depth + 1)
         key_bytes = r.data[key_start : r.pos]
-        if isinstance(key, list | dict | Tag):
-            raise MalformedRecord("cbor_bad_key", "map keys must be scalar")
+        # Keys are integers or strings. Booleans are refused too: True == 1 in Python, so
+        # they would collide with integer keys.
+        if type(key) not in _KEY_TYPES:
+            raise MalformedRecord("cbor_bad_key", "map keys must be integers or strings")
         if previous_key is not None and key_bytes <= previous_key:
             reason = "cbor_duplicate_key" if key_bytes == previous_key else "cbor_unsorted_keys"
             raise MalformedRecord(reason, f"at offset {key_start}")
         previous_key = key_bytes
-        # bool and int compare equal in Python (True == 1); keep both distinct by type.
-        result[_key_identity(key)] = _decode_item(r, depth + 1)
+        result[key] = _decode_item(r, depth + 1)
     return result
 
 
-def _key_identity(key: Value) -> Value:
-    if isinstance(key, bool):
-        raise MalformedRecord("cbor_bad_key", "boolean map keys are not used by edgeproof")
-    return key
+_KEY_TYPES = frozenset({int, str, bytes})

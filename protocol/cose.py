@@ -107,7 +107,10 @@ def decode_sign1(data: bytes, max_bytes: int = 64 * 1024) -> Sign1:
     return Sign1(protected, _kid_from(protected), payload, signature)
 
 
+@functools.lru_cache(maxsize=1024)
 def _kid_from(protected: bytes) -> bytes:
+    # Cached: every record of a device carries the same protected header. Only successful
+    # parses are cached (an exception is not).
     header = cbor.decode(protected, cbor.Limits(max_bytes=64, max_depth=1, max_items=4))
     if not isinstance(header, dict) or set(header.keys()) != {HEADER_ALG, HEADER_KID}:
         raise MalformedRecord("bad_cose", "protected header must be {alg, kid}")
