@@ -1,0 +1,281 @@
+"""The gateway's HTTP API (FastAPI): registry for admins, proofs and records for anyone.
+
+The endpoint table lives in docs/ARCHITECTURE.md and docs/GATEWAY.md; the OpenAPI
+description is generated from this module (``edgeproof-gateway openapi``) and kept in
+docs/openapi.json, which a test compares with :func:`create_app`'s.
+
+Admin endpoints need ``Authorization: Bearer <token>``; the token comes from a mode-0600
+file and is compared in constant time (:func:`hmac.compare_digest`). There is no default
+token. Everything else is public and read-only.
+"""
+
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Response, params
+from fastapi.responses import PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from gateway.metrics import CONTENT_TYPE, GatewayMetrics
+from gateway.store import Device, DeviceExists, DeviceNotFound, Leaf, LogStore
+from protocol import cbor, merkle
+from protocol.keys import Secret
+
+API_VERSION = "1"
+MAX_RATE_MICRO_PER_HOUR = 10**12
+_HEX_ID = r"^[0-9a-f]{32}$"
+_bearer = HTTPBearer(auto_error=False, description="the admin token")
+
+
+@dataclass(frozen=True)
+class ApiContext:
+    """What the API reads from: the store, the metrics, the keys, a clock."""
+
+    store: LogStore
+    metrics: GatewayMetrics
+    verifier_key: str
+    admin_token: Secret
+    wall_ms: Callable[[], int]
+    health: Callable[[], dict[str, object]]
+
+
+class RegisterDevice(BaseModel):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    public_key: str = Field(pattern=r"^[0-9a-f]{64}$", description="Ed25519 public key, hex")
+    owner: str = Field(min_length=1, max_length=128)
+    rate_micro_per_hour: int = Field(ge=0, le=MAX_RATE_MICRO_PER_HOUR)
+
+
+class DeviceOut(BaseModel):
+    name: str
+    device_id: str
+    public_key: str = Field(description="the enrolled key (hex)")
+    current_key: str = Field(description="the key after accepted rotations (hex)")
+    owner: str
+    status: str
+    rate_micro_per_hour: int
+    settled_micro: int
+    equivocated: bool
+    registered_ms: int
+    revoked_ms: int | None
+
+
+class InclusionProof(BaseModel):
+    index: int
+    tree_size: int
+    leaf_hash: str
+    proof: list[str]
+
+
+class ConsistencyProof(BaseModel):
+    old_size: int
+    new_size: int
+    proof: list[str]
+
+
+class LeafOut(BaseModel):
+    index: int
+    device_id: str
+    seq: int
+    stream: str
+    received_ms: int
+    clock_unsynced: bool
+    record: str = Field(description="the exact signed record bytes (COSE_Sign1), hex")
+
+
+class DeviceRecords(BaseModel):
+    device_id: str
+    records: list[LeafOut]
+
+
+class CheckpointOut(BaseModel):
+    number: int
+    size: int
+    root_hash: str
+    issued_ms: int
+    note: str
+
+
+class BalanceOut(BaseModel):
+    owner: str
+    balance_micro: int
+
+
+class Balances(BaseModel):
+    checkpoint_size: int | None = Field(description="tree size of the checkpoint covering "
+                                        "`checkpointed`")
+    checkpointed: list[BalanceOut]
+    checkpointed_cbor: str = Field(description="the canonical table the checkpoint's "
+                                   "`balances` line hashes (hex)")
+    current: list[BalanceOut]
+
+
+def _device_out(device: Device) -> DeviceOut:
+    return DeviceOut(
+        name=device.name, device_id=device.device_id.hex(), public_key=device.enrolled_key.hex(),
+        current_key=device.current_key.hex(), owner=device.owner, status=device.status,
+        rate_micro_per_hour=device.rate_micro_per_hour, settled_micro=device.settled_micro,
+        equivocated=bool(device.flags & 1), registered_ms=device.registered_ms,
+        revoked_ms=device.revoked_ms)
+
+
+def _leaf_out(leaf: Leaf) -> LeafOut:
+    return LeafOut(index=leaf.index, device_id=leaf.device_id.hex(), seq=leaf.seq,
+                   stream=leaf.stream, received_ms=leaf.received_ms,
+                   clock_unsynced=bool(leaf.flags & 1), record=leaf.raw.hex())
+
+
+def _decode_balances(data: bytes) -> list[BalanceOut]:
+    table = cbor.decode(data, cbor.Limits(max_bytes=max(len(data), 1), max_items=1 << 20))
+    assert isinstance(table, list)
+    out = []
+    for row in table:
+        assert isinstance(row, list) and isinstance(row[0], str) and isinstance(row[1], int)
+        out.append(BalanceOut(owner=row[0], balance_micro=row[1]))
+    return out
+
+
+def create_app(ctx: ApiContext) -> FastAPI:
+    """Return the FastAPI application serving ``ctx``."""
+    app = FastAPI(title="edgeproof gateway", version=API_VERSION,
+                  description="Registry, Merkle log proofs, records, checkpoints and metrics "
+                              "of an edgeproof ledger gateway.")
+    def require_admin(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> None:
+        expected = ctx.admin_token.value
+        given = credentials.credentials.encode("utf-8") if credentials else b""
+        if not given or not hmac.compare_digest(given, expected):
+            raise HTTPException(401, "admin token required",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    admin = [Depends(require_admin)]
+    _admin_routes(app, ctx, admin)
+    _log_routes(app, ctx)
+    _service_routes(app, ctx)
+    return app
+
+
+def _admin_routes(app: FastAPI, ctx: ApiContext, admin: list[params.Depends]) -> None:
+    @app.post("/v1/devices", status_code=201, response_model=DeviceOut, dependencies=admin,
+              tags=["admin"], summary="Register a device")
+    def register(body: RegisterDevice) -> DeviceOut:
+        try:
+            device = ctx.store.register_device(body.name, bytes.fromhex(body.public_key),
+                                               body.owner, body.rate_micro_per_hour,
+                                               ctx.wall_ms())
+        except DeviceExists as exc:
+            raise HTTPException(409, str(exc)) from None
+        return _device_out(device)
+
+    @app.get("/v1/devices", response_model=list[DeviceOut], dependencies=admin,
+             tags=["admin"], summary="List devices")
+    def list_devices() -> list[DeviceOut]:
+        return [_device_out(d) for d in ctx.store.devices()]
+
+    @app.post("/v1/devices/{device_id}/revoke", response_model=DeviceOut, dependencies=admin,
+              tags=["admin"], summary="Revoke a device (its next record is rejected)")
+    def revoke(device_id: Annotated[str, Path(pattern=_HEX_ID)]) -> DeviceOut:
+        try:
+            return _device_out(ctx.store.revoke_device(bytes.fromhex(device_id), ctx.wall_ms()))
+        except DeviceNotFound as exc:
+            raise HTTPException(404, str(exc)) from None
+
+
+def _log_routes(app: FastAPI, ctx: ApiContext) -> None:
+    store = ctx.store
+
+    @app.get("/v1/checkpoint", response_class=PlainTextResponse, tags=["log"],
+             summary="The latest signed checkpoint (C2SP signed note)")
+    def checkpoint() -> str:
+        latest = store.latest_checkpoint()
+        if latest is None:
+            raise HTTPException(503, "no checkpoint yet")
+        return latest.note
+
+    @app.get("/v1/checkpoints", response_model=list[CheckpointOut], tags=["log"],
+             summary="Checkpoints in issue order (the local anchor chain)")
+    def checkpoints(after: Annotated[int, Query(ge=0)] = 0,
+                    limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[CheckpointOut]:
+        return [CheckpointOut(number=c.number, size=c.size, root_hash=c.root_hash.hex(),
+                              issued_ms=c.issued_ms, note=c.note)
+                for c in store.checkpoints(after, limit)]
+
+    @app.get("/v1/proofs/inclusion", response_model=InclusionProof, tags=["log"],
+             summary="Inclusion proof of a leaf in a tree size (RFC 9162 §2.1.3)")
+    def inclusion(index: Annotated[int, Query(ge=0)],
+                  tree_size: Annotated[int, Query(ge=1)]) -> InclusionProof:
+        if index >= tree_size or tree_size > store.size():
+            raise HTTPException(400, "need 0 <= index < tree_size <= log size")
+        proof = merkle.inclusion_proof_from_nodes(store, index, tree_size)
+        return InclusionProof(index=index, tree_size=tree_size,
+                              leaf_hash=store.get_node(0, index).hex(),
+                              proof=[h.hex() for h in proof])
+
+    @app.get("/v1/proofs/consistency", response_model=ConsistencyProof, tags=["log"],
+             summary="Consistency proof between two tree sizes (RFC 9162 §2.1.4)")
+    def consistency(old_size: Annotated[int, Query(ge=1)],
+                    new_size: Annotated[int, Query(ge=1)]) -> ConsistencyProof:
+        if old_size > new_size or new_size > store.size():
+            raise HTTPException(400, "need 1 <= old_size <= new_size <= log size")
+        proof = merkle.consistency_proof_from_nodes(store, old_size, new_size)
+        return ConsistencyProof(old_size=old_size, new_size=new_size,
+                                proof=[h.hex() for h in proof])
+
+    @app.get("/v1/leaves/{index}", response_model=LeafOut, tags=["log"],
+             summary="A logged record by leaf index")
+    def leaf(index: Annotated[int, Path(ge=0)]) -> LeafOut:
+        found = store.leaf(index)
+        if found is None:
+            raise HTTPException(404, f"no leaf {index}")
+        return _leaf_out(found)
+
+    @app.get("/v1/devices/{device_id}/records", response_model=DeviceRecords, tags=["log"],
+             summary="A device's logged records in sequence order (ciphertext stays sealed)")
+    def device_records(device_id: Annotated[str, Path(pattern=_HEX_ID)],
+                       after_seq: Annotated[int, Query(ge=-1)] = -1,
+                       limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> DeviceRecords:
+        leaves = store.device_records(bytes.fromhex(device_id), after_seq, limit)
+        return DeviceRecords(device_id=device_id, records=[_leaf_out(x) for x in leaves])
+
+    @app.get("/v1/balances", response_model=Balances, tags=["log"],
+             summary="Settled credit per owner: as of the latest checkpoint, and now")
+    def balances() -> Balances:
+        latest = store.latest_checkpoint()
+        current = [BalanceOut(owner=b.owner, balance_micro=b.balance_micro)
+                   for b in store.balances()]
+        if latest is None:
+            return Balances(checkpoint_size=None, checkpointed=[], checkpointed_cbor="",
+                            current=current)
+        return Balances(checkpoint_size=latest.size,
+                        checkpointed=_decode_balances(latest.balances),
+                        checkpointed_cbor=latest.balances.hex(), current=current)
+
+
+def _service_routes(app: FastAPI, ctx: ApiContext) -> None:
+    @app.get("/v1/verifier-key", response_class=PlainTextResponse, tags=["log"],
+             summary="The gateway's verifier key (C2SP signed-note verifier text)")
+    def verifier_key() -> str:
+        return ctx.verifier_key
+
+    @app.get("/v1/stats", tags=["service"], summary="Counters as JSON")
+    def stats() -> dict[str, object]:
+        latest = ctx.store.latest_checkpoint()
+        return {"log_size": ctx.store.size(),
+                "checkpoint_size": latest.size if latest else None,
+                **ctx.store.counts(), **ctx.metrics.snapshot()}
+
+    @app.get("/metrics", response_class=PlainTextResponse, tags=["service"],
+             summary="Prometheus text format")
+    def metrics() -> Response:
+        return Response(ctx.metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/healthz", tags=["service"], summary="Liveness and MQTT connection state")
+    def healthz(response: Response) -> dict[str, object]:
+        health = ctx.health()
+        if not health.get("ok"):
+            response.status_code = 503
+        return health

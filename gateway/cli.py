@@ -1,0 +1,122 @@
+"""``edgeproof-gateway``: run the gateway, make its key, print its verifier key, dump OpenAPI.
+
+Thin by design: parse arguments, call the library, turn expected errors into one line on
+stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from gateway.config import load_config
+from gateway.gatewaykey import GatewayKey, load_gateway_key, save_gateway_key
+from protocol.errors import EdgeproofError, MalformedRecord
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgeproof-gateway",
+        description="The edgeproof ledger gateway: MQTT ingest, verification, Merkle log, "
+                    "receipts, checkpoints and the HTTP API.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the gateway service (systemd runs this)")
+    run.add_argument("--config", type=Path, required=True, help="gateway TOML config file")
+    run.add_argument("--log-level", default="INFO",
+                     choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log verbosity")
+    keygen = sub.add_parser("keygen", help="make the gateway's signing key (C2SP note key)")
+    keygen.add_argument("--name", required=True,
+                        help="key name = checkpoint origin, e.g. gateway.example.org/edgeproof")
+    keygen.add_argument("--out", type=Path, required=True, help="private key file (mode 0600)")
+    keygen.add_argument("--json", action="store_true", help="print JSON")
+    verifier = sub.add_parser("verifier-key", help="print the verifier key of the config's key")
+    verifier.add_argument("--config", type=Path, required=True, help="gateway TOML config file")
+    verifier.add_argument("--json", action="store_true", help="print JSON")
+    openapi = sub.add_parser("openapi", help="write the API's OpenAPI description")
+    openapi.add_argument("--out", type=Path, help="file to write (default: stdout)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the process exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "keygen":
+            return _keygen(args)
+        if args.command == "verifier-key":
+            return _verifier_key(args)
+        return _openapi(args)
+    except EdgeproofError as exc:
+        print(f"edgeproof-gateway: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    try:
+        key = GatewayKey.generate(args.name)
+    except MalformedRecord:
+        print(f"edgeproof-gateway: error: --name {args.name!r} is not a valid key name "
+              "(printable, no spaces or '+')", file=sys.stderr)
+        return EXIT_USAGE
+    save_gateway_key(args.out, key)
+    _print_key(key.verifier_text(), key.name, args.json)
+    return EXIT_OK
+
+
+def _verifier_key(args: argparse.Namespace) -> int:
+    key = load_gateway_key(load_config(args.config).key_file)
+    _print_key(key.verifier_text(), key.name, args.json)
+    return EXIT_OK
+
+
+def _print_key(verifier: str, name: str, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"name": name, "verifier_key": verifier}))
+    else:
+        print(verifier)
+
+
+def _openapi(args: argparse.Namespace) -> int:
+    from gateway.openapi import openapi_text  # noqa: PLC0415 - FastAPI only when asked
+
+    text = openapi_text()
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        args.out.write_text(text, encoding="utf-8")
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    # Imported here so keygen/verifier-key stay fast and need no FastAPI/uvicorn.
+    from gateway.service import GatewayService  # noqa: PLC0415
+
+    logging.basicConfig(level=args.log_level, stream=sys.stdout,
+                        format="%(levelname)s %(name)s: %(message)s")
+    service = GatewayService(load_config(args.config))
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        service.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        service.start()
+        service.run()
+    finally:
+        service.close()
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""Gateway configuration: one TOML file, validated into frozen dataclasses at start.
+
+The documented reference is ``examples/gateway.toml``. Unknown keys and bad values raise
+:class:`~protocol.errors.ConfigError` naming the key (``section.key``). Relative paths are
+resolved against the directory of the config file. Secrets (broker password, admin token,
+gateway key) are never in the config itself, only the paths of mode-0600 files.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from protocol.errors import ConfigError
+
+DEFAULT_CLIENT_ID = "edgeproof-gateway"
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """How to reach the MQTT broker."""
+
+    host: str
+    port: int
+    tls: bool
+    client_id: str = DEFAULT_CLIENT_ID
+    username: str | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    shared_group: str | None = None
+    session_expiry_s: int = 7 * 24 * 3600
+    keepalive_s: int = 30
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """When checkpoints are issued: every ``interval_s`` or every ``every_leaves`` leaves."""
+
+    interval_s: float = 60.0
+    every_leaves: int = 1000
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps applied to untrusted input before and while decoding."""
+
+    max_batch_bytes: int = 512 * 1024
+    max_record_bytes: int = 4096 + 256
+    max_future_skew_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """The whole gateway configuration."""
+
+    broker: BrokerConfig
+    data_dir: Path
+    key_file: Path
+    admin_token_file: Path
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    checkpoints: CheckpointConfig = CheckpointConfig()
+    limits: Limits = Limits()
+    anchor: str = "local"
+    verify_threads: int = 2
+
+    @property
+    def db_path(self) -> Path:
+        """The SQLite log database inside ``data_dir``."""
+        return self.data_dir / "gateway.sqlite"
+
+
+_SECTIONS: dict[str, frozenset[str]] = {
+    "gateway": frozenset({"data_dir", "key_file", "admin_token_file", "verify_threads"}),
+    "broker": frozenset({"url", "client_id", "username", "password_file", "ca_file",
+                         "shared_group", "session_expiry_s", "keepalive_s"}),
+    "http": frozenset({"bind"}),
+    "checkpoints": frozenset({"interval_s", "every_leaves"}),
+    "limits": frozenset({"max_batch_bytes", "max_record_bytes", "max_future_skew_s"}),
+    "anchor": frozenset({"backend"}),
+}
+_REQUIRED = {"gateway": ("data_dir", "key_file", "admin_token_file"), "broker": ("url",)}
+
+
+def load_config(path: Path) -> GatewayConfig:
+    """Read and validate a gateway config file; return it.
+
+    Raises ConfigError naming the file or the offending ``section.key``.
+    """
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(raw, base_dir=path.resolve().parent)
+
+
+def parse_config(raw: dict[str, Any], base_dir: Path) -> GatewayConfig:
+    """Validate a parsed TOML document; return the config or raise ConfigError."""
+    for section, table in raw.items():
+        if section not in _SECTIONS:
+            raise ConfigError(f"unknown config section [{section}]")
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{section}] must be a table")
+        for key in table:
+            if key not in _SECTIONS[section]:
+                raise ConfigError(f"unknown config key {section}.{key}")
+    for section, keys in _REQUIRED.items():
+        for key in keys:
+            if key not in raw.get(section, {}):
+                raise ConfigError(f"missing required config key {section}.{key}")
+    reader = _Reader(raw, base_dir)
+    host, port = _parse_bind(reader.text("http", "bind", "127.0.0.1:8080"))
+    return GatewayConfig(
+        broker=_broker(reader),
+        data_dir=reader.path("gateway", "data_dir"),
+        key_file=reader.path("gateway", "key_file"),
+        admin_token_file=reader.path("gateway", "admin_token_file"),
+        verify_threads=reader.integer("gateway", "verify_threads", 2, low=1, high=64),
+        http_host=host,
+        http_port=port,
+        checkpoints=CheckpointConfig(
+            interval_s=reader.number("checkpoints", "interval_s", 60.0, low=0.05),
+            every_leaves=reader.integer("checkpoints", "every_leaves", 1000, low=1),
+        ),
+        limits=Limits(
+            max_batch_bytes=reader.integer("limits", "max_batch_bytes", 512 * 1024,
+                                           low=64, high=512 * 1024),
+            max_record_bytes=reader.integer("limits", "max_record_bytes", 4096 + 256,
+                                            low=64, high=4096 + 256),
+            max_future_skew_s=reader.number("limits", "max_future_skew_s", 300.0, low=0.0),
+        ),
+        anchor=_anchor_backend(reader),
+    )
+
+
+def _broker(reader: _Reader) -> BrokerConfig:
+    url = reader.text("broker", "url", "")
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ConfigError(f"broker.url must look like mqtt://host:1883 or mqtts://host:8883, "
+                          f"got {url!r}")
+    if parts.path not in ("", "/") or parts.username or parts.password:
+        raise ConfigError("broker.url must not carry a path or credentials "
+                          "(use broker.username and broker.password_file)")
+    tls = parts.scheme == "mqtts"
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError:
+        raise ConfigError(f"broker.url has a bad port: {url!r}") from None
+    group = reader.optional_text("broker", "shared_group")
+    if group is not None and (not group or any(c in group for c in "/+#")):
+        raise ConfigError("broker.shared_group must be a name without '/', '+' or '#'")
+    client_id = reader.text("broker", "client_id", DEFAULT_CLIENT_ID)
+    if not 1 <= len(client_id) <= 64:
+        raise ConfigError("broker.client_id must be 1..64 characters")
+    return BrokerConfig(
+        host=parts.hostname, port=port, tls=tls, client_id=client_id,
+        username=reader.optional_text("broker", "username"),
+        password_file=reader.optional_path("broker", "password_file"),
+        ca_file=reader.optional_path("broker", "ca_file"),
+        shared_group=group,
+        session_expiry_s=reader.integer("broker", "session_expiry_s", 7 * 24 * 3600,
+                                        low=1, high=0xFFFFFFFF),
+        keepalive_s=reader.integer("broker", "keepalive_s", 30, low=5, high=3600),
+    )
+
+
+def _anchor_backend(reader: _Reader) -> str:
+    backend = reader.text("anchor", "backend", "local")
+    if backend != "local":
+        raise ConfigError(f"anchor.backend {backend!r} is not available (supported: local)")
+    return backend
+
+
+def _parse_bind(bind: str) -> tuple[str, int]:
+    host, sep, port_text = bind.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(f"http.bind must be host:port, got {bind!r}")
+    return host.strip("[]"), int(port_text)
+
+
+class _Reader:
+    """Typed access to the parsed TOML with errors that name the key."""
+
+    def __init__(self, raw: dict[str, Any], base_dir: Path) -> None:
+        self.raw = raw
+        self.base_dir = base_dir
+
+    def _get(self, section: str, key: str) -> Any:
+        return self.raw.get(section, {}).get(key)
+
+    def text(self, section: str, key: str, default: str) -> str:
+        value = self._get(section, key)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            raise ConfigError(f"{section}.{key} must be a string")
+        return value
+
+    def optional_text(self, section: str, key: str) -> str | None:
+        value = self._get(section, key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{section}.{key} must be a non-empty string")
+        return value
+
+    def path(self, section: str, key: str) -> Path:
+        value = self.optional_text(section, key)
+        if value is None:
+            raise ConfigError(f"missing required config key {section}.{key}")
+        return self._resolve(value)
+
+    def optional_path(self, section: str, key: str) -> Path | None:
+        value = self.optional_text(section, key)
+        return None if value is None else self._resolve(value)
+
+    def _resolve(self, value: str) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.base_dir / path
+
+    def integer(self, section: str, key: str, default: int, *, low: int = 0,
+                high: int | None = None) -> int:
+        value = self._get(section, key)
+        if value is None:
+            return default
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{section}.{key} must be an integer")
+        if value < low or (high is not None and value > high):
+            bound = f"{low}..{high}" if high is not None else f">= {low}"
+            raise ConfigError(f"{section}.{key} must be {bound}, got {value}")
+        return value
+
+    def number(self, section: str, key: str, default: float, *, low: float) -> float:
+        value = self._get(section, key)
+        if value is None:
+            return default
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ConfigError(f"{section}.{key} must be a number")
+        if value < low:
+            raise ConfigError(f"{section}.{key} must be >= {low}, got {value}")
+        return float(value)

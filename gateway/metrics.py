@@ -1,0 +1,95 @@
+"""Gateway metrics: Prometheus collectors in the gateway's own registry.
+
+A private :class:`prometheus_client.CollectorRegistry` (not the process-global one) so that
+several gateways in one test process never share counters. Every rejection is counted per
+reason code (:mod:`protocol.reasons`); every batch that could not even be read is counted
+per reason too. ``/metrics`` serves :meth:`GatewayMetrics.render`; ``/v1/stats`` serves
+:meth:`GatewayMetrics.snapshot`.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from protocol import reasons
+
+PREFIX = "edgeproof_gateway"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                30.0, 60.0)
+
+
+class GatewayMetrics:
+    """All counters and gauges of one gateway."""
+
+    def __init__(self) -> None:
+        """Create the collectors in a fresh registry, every reason label pre-set to 0."""
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.records_accepted = Counter(f"{PREFIX}_records_accepted", "Records appended to the log",
+                                        registry=r)
+        self.records_duplicate = Counter(f"{PREFIX}_records_duplicate",
+                                         "Records already logged (answered with their leaf)",
+                                         registry=r)
+        self.rejections = Counter(f"{PREFIX}_rejections", "Records rejected, per reason code",
+                                  ["reason"], registry=r)
+        for code in sorted(reasons.GATEWAY_REASONS):
+            self.rejections.labels(reason=code)
+        self.batches = Counter(f"{PREFIX}_batches", "MQTT batches processed", registry=r)
+        self.batches_unreadable = Counter(
+            f"{PREFIX}_batches_unreadable",
+            "Messages that were not a readable batch on a well-formed topic, per reason",
+            ["reason"], registry=r)
+        self.equivocations = Counter(f"{PREFIX}_equivocations",
+                                     "Different records signed under an already used seq",
+                                     registry=r)
+        self.gaps_declared = Counter(f"{PREFIX}_gaps_declared",
+                                     "Gap records accepted (sequence numbers a device dropped)",
+                                     registry=r)
+        self.unsynced_records = Counter(f"{PREFIX}_records_clock_unsynced",
+                                        "Accepted records whose device clock was not synced",
+                                        registry=r)
+        self.receipts = Counter(f"{PREFIX}_receipts_published", "Receipts handed to MQTT",
+                                registry=r)
+        self.receipt_failures = Counter(f"{PREFIX}_receipt_publish_failures",
+                                        "Receipts MQTT refused (the device will resend)",
+                                        registry=r)
+        self.checkpoints = Counter(f"{PREFIX}_checkpoints", "Checkpoints signed and stored",
+                                   registry=r)
+        self.log_size = Gauge(f"{PREFIX}_log_size", "Leaves in the Merkle log", registry=r)
+        self.checkpoint_size = Gauge(f"{PREFIX}_checkpoint_size",
+                                     "Tree size of the latest checkpoint", registry=r)
+        self.ingest_lag = Histogram(f"{PREFIX}_ingest_lag_seconds",
+                                    "Time from MQTT arrival to the batch's commit",
+                                    buckets=_LAG_BUCKETS, registry=r)
+        self.storage_errors = Counter(f"{PREFIX}_storage_errors",
+                                      "Batches not processed because the store failed "
+                                      "(left unacknowledged for redelivery)", registry=r)
+
+    def reject(self, reason: str) -> None:
+        """Count one rejected record."""
+        self.rejections.labels(reason=reason).inc()
+
+    def render(self) -> bytes:
+        """Return the Prometheus text exposition of every collector."""
+        return generate_latest(self.registry)
+
+    def _total(self, name: str, **labels: str) -> int:
+        value = self.registry.get_sample_value(f"{PREFIX}_{name}_total", labels or None)
+        return int(value or 0)
+
+    def snapshot(self) -> dict[str, object]:
+        """Return the counters as plain JSON-able values (for /v1/stats)."""
+        names = ("records_accepted", "records_duplicate", "batches", "equivocations",
+                 "gaps_declared", "records_clock_unsynced", "receipts_published",
+                 "receipt_publish_failures", "checkpoints", "storage_errors")
+        snap: dict[str, object] = {name: self._total(name) for name in names}
+        snap["rejections"] = {code: self._total("rejections", reason=code)
+                              for code in sorted(reasons.GATEWAY_REASONS)}
+        unreadable: dict[str, int] = {}
+        for metric in self.batches_unreadable.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    unreadable[sample.labels["reason"]] = int(sample.value)
+        snap["batches_unreadable"] = unreadable
+        return snap

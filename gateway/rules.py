@@ -1,0 +1,177 @@
+"""Stateful verification: the rules that need the registry and the log.
+
+:func:`decide` runs inside the sequencer's write transaction, for one record that passed
+the stateless checks of :mod:`gateway.verify`, and returns a :class:`Decision`. Rules, in
+order (the first that fails names the reason; docs/GATEWAY.md has the table):
+
+1. the signer (COSE kid) is a registered device (``unknown_device``), not revoked
+   (``revoked_device``), and the device named by the topic (``wrong_topic``);
+2. the same bytes already logged under (device, seq): ``duplicate`` with the original
+   leaf index, no further checks (they passed when it was logged);
+3. the signature verifies under the device's key for that sequence number, which is the
+   enrolled key or the key announced by the last accepted rotation before it
+   (``bad_signature``);
+4. another record already logged under (device, seq): ``equivocation``, evidence kept and
+   the device flagged;
+5. chain (``chain_mismatch``): seq 0 has prev = 32 zero bytes; if seq-1 is logged, prev is
+   its hash; if seq+1 is logged, its prev is this record's hash;
+6. time: a synced wall clock more than ``max_future_skew`` ahead of the gateway's clock is
+   ``future_timestamp``; an unsynced clock is accepted and flagged on the leaf;
+7. body rules: usage (``rate_mismatch``, ``usage_future``, ``usage_too_long``,
+   ``usage_overlap``), key rotation (``bad_rotation``); gaps are recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from gateway.store import (
+    FLAG_CLOCK_UNSYNCED,
+    STATUS_REVOKED,
+    Device,
+    GapEntry,
+    KeyEntry,
+    LoggedLink,
+    LogTransaction,
+    NewLeaf,
+    UsageEntry,
+)
+from gateway.verify import PreparedRecord
+from protocol import reasons
+from protocol.record import GENESIS_PREV, Gap, KeyRotation, Record, Usage, credit_micro
+
+log = logging.getLogger(__name__)
+_SIGNED_MAX = (1 << 63) - 1
+
+ACCEPTED = "accepted"
+DUPLICATE = "duplicate"
+REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What happened to one record."""
+
+    kind: str  # ACCEPTED, DUPLICATE or REJECTED
+    leaf_index: int | None = None
+    reason: str | None = None
+    unsynced: bool = False
+    gap: bool = False
+
+    @classmethod
+    def rejected(cls, reason: str) -> Decision:
+        return cls(REJECTED, reason=reason)
+
+
+@dataclass(frozen=True)
+class Context:
+    """Per-batch facts the rules need besides the store."""
+
+    topic_device: bytes
+    now_ms: int  # the gateway's wall clock
+    max_future_skew_ms: int
+    received_ms: int
+
+
+def decide(tx: LogTransaction, item: PreparedRecord, ctx: Context) -> Decision:
+    """Apply the stateful rules to one record and append it if every rule passes."""
+    if item.reject is not None:
+        return Decision.rejected(item.reject)
+    record = item.record
+    assert record is not None
+    device = tx.device(item.kid)
+    refused = _check_identity(device, item.kid, ctx)
+    if refused:
+        return Decision.rejected(refused)
+    assert device is not None
+    near = tx.leaves_near(device.device_id, record.seq)
+    logged = near.get(record.seq)
+    if logged is not None and logged.record_hash == item.hash:
+        return Decision(DUPLICATE, leaf_index=logged.index)
+    if not item.signature_valid(device.key_for_seq(record.seq)):
+        return Decision.rejected(reasons.BAD_SIGNATURE)
+    if logged is not None:
+        tx.add_equivocation(device.device_id, record.seq, item.raw, ctx.received_ms)
+        log.warning("equivocation: device %s signed two records with seq %d",
+                    device.device_id.hex(), record.seq)
+        return Decision.rejected(reasons.EQUIVOCATION)
+    refused = _check_chain(record, item.hash, near) or _check_time(record, ctx)
+    refused = refused or _check_body(tx, device, record)
+    if refused:
+        return Decision.rejected(refused)
+    return _append(tx, device, item, ctx)
+
+
+def _check_identity(device: Device | None, kid: bytes, ctx: Context) -> str | None:
+    if device is None:
+        return reasons.UNKNOWN_DEVICE
+    if device.status == STATUS_REVOKED:
+        return reasons.REVOKED_DEVICE
+    if kid != ctx.topic_device:
+        return reasons.WRONG_TOPIC
+    return None
+
+
+def _check_chain(record: Record, own_hash: bytes, near: dict[int, LoggedLink]) -> str | None:
+    if record.seq == 0 and record.prev != GENESIS_PREV:
+        return reasons.CHAIN_MISMATCH
+    before, after = near.get(record.seq - 1), near.get(record.seq + 1)
+    if before is not None and before.record_hash != record.prev:
+        return reasons.CHAIN_MISMATCH
+    if after is not None and after.prev != own_hash:
+        return reasons.CHAIN_MISMATCH
+    return None
+
+
+def _check_time(record: Record, ctx: Context) -> str | None:
+    if record.clock_synced and record.wall_ms > ctx.now_ms + ctx.max_future_skew_ms:
+        return reasons.FUTURE_TIMESTAMP
+    return None
+
+
+def _check_body(tx: LogTransaction, device: Device, record: Record) -> str | None:
+    body = record.body
+    if isinstance(body, Usage):
+        return _check_usage(tx, device, record, body)
+    if isinstance(body, KeyRotation):
+        stale = device.keys[-1].from_seq > record.seq
+        reused = body.new_public_key == device.current_key or tx.key_in_use(body.new_public_key)
+        return reasons.BAD_ROTATION if stale or reused else None
+    return None
+
+
+def _check_usage(tx: LogTransaction, device: Device, record: Record, usage: Usage) -> str | None:
+    if usage.rate_micro_per_hour != device.rate_micro_per_hour:
+        return reasons.RATE_MISMATCH
+    if usage.end_mono_ms > record.mono_ms:
+        return reasons.USAGE_FUTURE
+    if usage.usage_ms > usage.end_mono_ms - usage.start_mono_ms:
+        return reasons.USAGE_TOO_LONG
+    credit = credit_micro(usage.usage_ms, device.rate_micro_per_hour)
+    if device.settled_micro + credit > _SIGNED_MAX:  # would overflow the store's integers
+        return reasons.USAGE_TOO_LONG
+    if tx.usage_overlaps(device.device_id, record.boot, usage.start_mono_ms, usage.end_mono_ms):
+        return reasons.USAGE_OVERLAP
+    return None
+
+
+def _append(tx: LogTransaction, device: Device, item: PreparedRecord, ctx: Context) -> Decision:
+    record = item.record
+    assert record is not None
+    flags = 0 if record.clock_synced else FLAG_CLOCK_UNSYNCED
+    index = tx.append(NewLeaf(device.device_id, record.seq, item.hash, record.prev, item.raw,
+                              record.stream, ctx.received_ms, flags))
+    body = record.body
+    if isinstance(body, Usage):
+        credit = credit_micro(body.usage_ms, device.rate_micro_per_hour)
+        tx.add_usage(UsageEntry(device.device_id, record.seq, record.boot, body.start_mono_ms,
+                                body.end_mono_ms, body.usage_ms, credit))
+    elif isinstance(body, Gap):
+        tx.add_gap(GapEntry(device.device_id, record.seq, body.first_seq, body.last_seq,
+                            body.reason))
+    elif isinstance(body, KeyRotation):
+        # The new key signs every record after this one (docs/GATEWAY.md, "Key rotation").
+        tx.add_key(device.device_id, KeyEntry(record.seq + 1, body.new_public_key))
+    return Decision(ACCEPTED, leaf_index=index, unsynced=bool(flags),
+                    gap=isinstance(body, Gap))

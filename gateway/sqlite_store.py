@@ -1,0 +1,432 @@
+"""The SQLite implementation of :class:`gateway.store.LogStore`.
+
+Durability: WAL journal with ``synchronous=FULL`` (a commit survives a power cut, unlike
+``NORMAL``), one transaction per MQTT batch. A batch's leaves, the perfect-subtree nodes
+they complete (RFC 9162 §2.1.1 hashes, addressed by ``(level, index)``), the dedup index
+``UNIQUE(device_id, seq)``, usage, gaps, key history and credit change together or not at
+all, so a ``kill -9`` can neither duplicate a leaf nor lose one that a receipt announced
+(receipts go out only after the commit).
+
+The tree frontier (:class:`protocol.merkle.CompactRange`) is rebuilt at open from the
+stored nodes: the peaks of a tree of size n are exactly its stored perfect subtrees, so no
+separate state can disagree with the leaves. Appends are O(1) amortised; a proof reads
+O(log n) nodes by primary key.
+
+Connections: one for the sequencer's writes, one (locked) for registry writes from the
+API, and one per reading thread. sqlite3 errors are re-raised as StorageError.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from gateway.store import (
+    DEVICE_EQUIVOCATED,
+    STATUS_ACTIVE,
+    STATUS_REVOKED,
+    Balance,
+    Device,
+    DeviceExists,
+    DeviceNotFound,
+    GapEntry,
+    KeyEntry,
+    Leaf,
+    LoggedLink,
+    NewLeaf,
+    StoredCheckpoint,
+    UsageEntry,
+)
+from protocol import merkle
+from protocol.errors import StorageError
+from protocol.keys import device_id_for
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS leaves (
+    idx INTEGER PRIMARY KEY, device_id BLOB NOT NULL, seq INTEGER NOT NULL,
+    hash BLOB NOT NULL, prev BLOB NOT NULL, raw BLOB NOT NULL, stream TEXT NOT NULL,
+    received_ms INTEGER NOT NULL, flags INTEGER NOT NULL,
+    UNIQUE (device_id, seq));
+CREATE TABLE IF NOT EXISTS nodes (
+    level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL,
+    PRIMARY KEY (level, idx)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS devices (
+    device_id BLOB PRIMARY KEY, name TEXT NOT NULL UNIQUE, public_key BLOB NOT NULL UNIQUE,
+    owner TEXT NOT NULL, rate_micro_per_hour INTEGER NOT NULL, status TEXT NOT NULL,
+    flags INTEGER NOT NULL DEFAULT 0, settled_micro INTEGER NOT NULL DEFAULT 0,
+    registered_ms INTEGER NOT NULL, revoked_ms INTEGER);
+CREATE TABLE IF NOT EXISTS device_keys (
+    device_id BLOB NOT NULL, from_seq INTEGER NOT NULL, public_key BLOB NOT NULL UNIQUE,
+    PRIMARY KEY (device_id, from_seq));
+CREATE TABLE IF NOT EXISTS gaps (
+    device_id BLOB NOT NULL, seq INTEGER NOT NULL, first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL, reason TEXT NOT NULL, PRIMARY KEY (device_id, seq));
+CREATE TABLE IF NOT EXISTS usage (
+    device_id BLOB NOT NULL, seq INTEGER NOT NULL, boot INTEGER NOT NULL,
+    start_mono_ms INTEGER NOT NULL, end_mono_ms INTEGER NOT NULL, usage_ms INTEGER NOT NULL,
+    credit_micro INTEGER NOT NULL, PRIMARY KEY (device_id, seq));
+CREATE INDEX IF NOT EXISTS usage_by_boot ON usage (device_id, boot, start_mono_ms);
+CREATE TABLE IF NOT EXISTS equivocations (
+    device_id BLOB NOT NULL, seq INTEGER NOT NULL, hash BLOB NOT NULL, raw BLOB NOT NULL,
+    received_ms INTEGER NOT NULL, PRIMARY KEY (device_id, seq, hash));
+CREATE TABLE IF NOT EXISTS checkpoints (
+    number INTEGER PRIMARY KEY, size INTEGER NOT NULL, root BLOB NOT NULL,
+    note TEXT NOT NULL, issued_ms INTEGER NOT NULL, balances BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS anchors (
+    checkpoint_number INTEGER NOT NULL, backend TEXT NOT NULL, reference TEXT NOT NULL,
+    anchored_ms INTEGER NOT NULL, PRIMARY KEY (checkpoint_number, backend));
+"""
+_LEAF_COLUMNS = "idx, device_id, seq, hash, raw, stream, received_ms, flags"
+_CHECKPOINT_COLUMNS = "number, size, root, note, issued_ms, balances"
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    # FULL: a committed batch (and so every receipt we sent) survives a power cut.
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+@contextmanager
+def _storage_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise StorageError(f"gateway store: {what} failed: {exc}") from None
+
+
+def _leaf(row: tuple[int, bytes, int, bytes, bytes, str, int, int]) -> Leaf:
+    return Leaf(*row)
+
+
+def _checkpoint(row: tuple[int, int, bytes, str, int, bytes]) -> StoredCheckpoint:
+    return StoredCheckpoint(*row)
+
+
+class SQLiteLogStore:
+    """A :class:`gateway.store.LogStore` in one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        """Open (creating if needed) the store at ``path``; raise StorageError on failure."""
+        self.path = path
+        with _storage_errors("open"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = _connect(path)
+            self._writer.executescript(_SCHEMA)
+            self._writer.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                                 (str(SCHEMA_VERSION),))
+            self._registry = _connect(path)
+        self._registry_lock = threading.Lock()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._range = self._restore_range()
+
+    def _restore_range(self) -> merkle.CompactRange:
+        with _storage_errors("restore tree"):
+            row = self._writer.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM leaves").fetchone()
+            size = int(row[0])
+            peaks = []
+            position = 0
+            for level in range(size.bit_length() - 1, -1, -1):
+                if size & (1 << level):
+                    peaks.append((level, self._node(self._writer, level, position >> level)))
+                    position += 1 << level
+        return merkle.CompactRange.from_state(peaks)
+
+    # --- connections ----------------------------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            with _storage_errors("open reader"):
+                conn = _connect(self.path)
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    def close(self) -> None:
+        """Close every connection (the store cannot be used afterwards)."""
+        with self._readers_lock:
+            readers, self._readers = self._readers, []
+        for conn in [self._writer, self._registry, *readers]:
+            conn.close()
+
+    # --- the sequencer's transaction ---------------------------------------------------
+
+    def size(self) -> int:
+        """The number of committed leaves."""
+        return self._range.size
+
+    @contextmanager
+    def transaction(self) -> Iterator[_Transaction]:
+        """Open the single writer's transaction; commit on exit, roll back on any error.
+
+        Raises StorageError if the database fails (the transaction is then rolled back and
+        the in-memory tree frontier restored).
+        """
+        with self._write_lock:
+            saved = self._range.to_state()
+            with _storage_errors("begin"):
+                self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield _Transaction(self._writer, self._range)
+                with _storage_errors("commit"):
+                    self._writer.execute("COMMIT")
+            except BaseException:
+                self._range = merkle.CompactRange.from_state(saved)
+                if self._writer.in_transaction:
+                    self._writer.execute("ROLLBACK")
+                raise
+
+    # --- reads -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _node(conn: sqlite3.Connection, level: int, index: int) -> bytes:
+        row = conn.execute("SELECT hash FROM nodes WHERE level = ? AND idx = ?",
+                           (level, index)).fetchone()
+        if row is None:
+            raise StorageError(f"gateway store: tree node ({level}, {index}) is missing")
+        return bytes(row[0])
+
+    def get_node(self, level: int, index: int) -> bytes:
+        """Return a stored perfect-subtree hash; raise StorageError if it is missing."""
+        with _storage_errors("read node"):
+            return self._node(self._reader(), level, index)
+
+    def root(self, size: int) -> bytes:
+        """Return the Merkle root of the first ``size`` leaves (RFC 9162 §2.1.1)."""
+        return merkle.root_from_nodes(self, size)
+
+    def leaf(self, index: int) -> Leaf | None:
+        """Return the leaf at ``index``, or None."""
+        with _storage_errors("read leaf"):
+            row = self._reader().execute(
+                f"SELECT {_LEAF_COLUMNS} FROM leaves WHERE idx = ?", (index,)).fetchone()  # noqa: S608
+        return None if row is None else _leaf(row)
+
+    def device_records(self, device_id: bytes, after_seq: int, limit: int) -> list[Leaf]:
+        """Return a device's leaves with seq > after_seq in seq order, at most ``limit``."""
+        with _storage_errors("read records"):
+            rows = self._reader().execute(
+                f"SELECT {_LEAF_COLUMNS} FROM leaves WHERE device_id = ? AND seq > ? "  # noqa: S608
+                "ORDER BY seq LIMIT ?", (device_id, after_seq, limit)).fetchall()
+        return [_leaf(r) for r in rows]
+
+    def device(self, device_id: bytes) -> Device | None:
+        """Return the registered device, or None."""
+        with _storage_errors("read device"):
+            return _load_device(self._reader(), device_id)
+
+    def devices(self) -> list[Device]:
+        """Return every registered device, by name."""
+        with _storage_errors("list devices"):
+            conn = self._reader()
+            ids = [r[0] for r in conn.execute("SELECT device_id FROM devices ORDER BY name")]
+            found = [_load_device(conn, bytes(i)) for i in ids]
+        return [d for d in found if d is not None]
+
+    def balances(self) -> list[Balance]:
+        """Return the settled balance of every owner that has a device, ordered by owner."""
+        with _storage_errors("read balances"):
+            return _balances(self._reader())
+
+    def latest_checkpoint(self) -> StoredCheckpoint | None:
+        """Return the newest checkpoint, or None before the first."""
+        with _storage_errors("read checkpoint"):
+            row = self._reader().execute(
+                f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints "  # noqa: S608
+                "ORDER BY number DESC LIMIT 1").fetchone()
+        return None if row is None else _checkpoint(row)
+
+    def checkpoints(self, after_number: int, limit: int) -> list[StoredCheckpoint]:
+        """Return checkpoints with number > after_number, oldest first."""
+        with _storage_errors("read checkpoints"):
+            rows = self._reader().execute(
+                f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints WHERE number > ? "  # noqa: S608
+                "ORDER BY number LIMIT ?", (after_number, limit)).fetchall()
+        return [_checkpoint(r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        """Return table counts for /v1/stats."""
+        queries = {
+            "devices": "SELECT COUNT(*) FROM devices",
+            "devices_revoked": "SELECT COUNT(*) FROM devices WHERE status = 'revoked'",
+            "devices_equivocated": "SELECT COUNT(*) FROM devices WHERE flags & 1",
+            "gaps_declared": "SELECT COUNT(*) FROM gaps",
+            "equivocations": "SELECT COUNT(*) FROM equivocations",
+            "usage_records": "SELECT COUNT(*) FROM usage",
+            "checkpoints": "SELECT COUNT(*) FROM checkpoints",
+        }
+        with _storage_errors("count"):
+            conn = self._reader()
+            return {name: int(conn.execute(q).fetchone()[0]) for name, q in queries.items()}
+
+    # --- checkpoints and anchors (written by the sequencer thread) --------------------
+
+    def add_checkpoint(self, size: int, root_hash: bytes, note: str, issued_ms: int,
+                       balances: bytes) -> StoredCheckpoint:
+        """Persist a signed checkpoint durably; return it with its number."""
+        with self._write_lock, _storage_errors("store checkpoint"):
+            cur = self._writer.execute(
+                "INSERT INTO checkpoints (size, root, note, issued_ms, balances) "
+                "VALUES (?, ?, ?, ?, ?)", (size, root_hash, note, issued_ms, balances))
+            number = int(cur.lastrowid or 0)
+        return StoredCheckpoint(number, size, root_hash, note, issued_ms, balances)
+
+    def add_anchor(self, checkpoint_number: int, backend: str, reference: str,
+                   anchored_ms: int) -> None:
+        """Remember where a checkpoint was anchored (idempotent)."""
+        with self._write_lock, _storage_errors("store anchor"):
+            self._writer.execute("INSERT OR IGNORE INTO anchors VALUES (?, ?, ?, ?)",
+                                 (checkpoint_number, backend, reference, anchored_ms))
+
+    # --- registry (the admin API) --------------------------------------------------------
+
+    def register_device(self, name: str, public_key: bytes, owner: str,
+                        rate_micro_per_hour: int, now_ms: int) -> Device:
+        """Register a device; raise DeviceExists if its name or key is already known."""
+        device_id = device_id_for(public_key)
+        with self._registry_lock, _storage_errors("register device"):
+            conn = self._registry
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                clash = conn.execute(
+                    "SELECT 1 FROM devices WHERE name = ? OR device_id = ? UNION ALL "
+                    "SELECT 1 FROM device_keys WHERE public_key = ?",
+                    (name, device_id, public_key)).fetchone()
+                if clash is not None:
+                    raise DeviceExists(f"a device with name {name!r} or this key exists")
+                conn.execute(
+                    "INSERT INTO devices (device_id, name, public_key, owner, "
+                    "rate_micro_per_hour, status, registered_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (device_id, name, public_key, owner, rate_micro_per_hour, STATUS_ACTIVE,
+                     now_ms))
+                conn.execute("INSERT INTO device_keys VALUES (?, 0, ?)", (device_id, public_key))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            found = _load_device(conn, device_id)
+        assert found is not None
+        return found
+
+    def revoke_device(self, device_id: bytes, now_ms: int) -> Device:
+        """Revoke a device at once; raise DeviceNotFound. Revoking twice keeps the first time."""
+        with self._registry_lock, _storage_errors("revoke device"):
+            conn = self._registry
+            conn.execute(
+                "UPDATE devices SET status = ?, revoked_ms = COALESCE(revoked_ms, ?) "
+                "WHERE device_id = ?", (STATUS_REVOKED, now_ms, device_id))
+            found = _load_device(conn, device_id)
+        if found is None:
+            raise DeviceNotFound(f"no device {device_id.hex()}")
+        return found
+
+
+class _Transaction:
+    """A :class:`gateway.store.LogTransaction` over the writer connection."""
+
+    def __init__(self, conn: sqlite3.Connection, tree: merkle.CompactRange) -> None:
+        self._conn = conn
+        self._tree = tree
+
+    @property
+    def size(self) -> int:
+        return self._tree.size
+
+    def device(self, device_id: bytes) -> Device | None:
+        with _storage_errors("read device"):
+            return _load_device(self._conn, device_id)
+
+    def leaves_near(self, device_id: bytes, seq: int) -> dict[int, LoggedLink]:
+        with _storage_errors("dedup lookup"):
+            rows = self._conn.execute(
+                "SELECT seq, idx, hash, prev FROM leaves "
+                "WHERE device_id = ? AND seq BETWEEN ? AND ?",
+                (device_id, max(seq - 1, 0), seq + 1)).fetchall()
+        return {int(s): LoggedLink(int(i), bytes(h), bytes(p)) for s, i, h, p in rows}
+
+    def usage_overlaps(self, device_id: bytes, boot: int, start: int, end: int) -> bool:
+        with _storage_errors("usage lookup"):
+            row = self._conn.execute(
+                "SELECT 1 FROM usage WHERE device_id = ? AND boot = ? AND start_mono_ms < ? "
+                "AND end_mono_ms > ? LIMIT 1", (device_id, boot, max(end, start + 1),
+                                                start)).fetchone()
+        return row is not None
+
+    def append(self, leaf: NewLeaf) -> int:
+        index = self._tree.size
+        with _storage_errors("append leaf"):
+            self._conn.execute(
+                "INSERT INTO leaves VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (index, leaf.device_id, leaf.seq, leaf.record_hash, leaf.prev, leaf.raw,
+                 leaf.stream, leaf.received_ms, leaf.flags))
+            completed = self._tree.append(merkle.leaf_hash(leaf.raw))
+            self._conn.executemany("INSERT INTO nodes VALUES (?, ?, ?)", completed)
+        return index
+
+    def add_usage(self, usage: UsageEntry) -> None:
+        with _storage_errors("add usage"):
+            self._conn.execute(
+                "INSERT INTO usage VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (usage.device_id, usage.seq, usage.boot, usage.start_mono_ms,
+                 usage.end_mono_ms, usage.usage_ms, usage.credit_micro))
+            self._conn.execute(
+                "UPDATE devices SET settled_micro = settled_micro + ? WHERE device_id = ?",
+                (usage.credit_micro, usage.device_id))
+
+    def add_gap(self, gap: GapEntry) -> None:
+        with _storage_errors("add gap"):
+            self._conn.execute("INSERT OR IGNORE INTO gaps VALUES (?, ?, ?, ?, ?)",
+                               (gap.device_id, gap.seq, gap.first_seq, gap.last_seq,
+                                gap.reason))
+
+    def add_key(self, device_id: bytes, entry: KeyEntry) -> None:
+        with _storage_errors("add key"):
+            self._conn.execute("INSERT INTO device_keys VALUES (?, ?, ?)",
+                               (device_id, entry.from_seq, entry.public_key))
+
+    def add_equivocation(self, device_id: bytes, seq: int, raw: bytes, received_ms: int) -> None:
+        with _storage_errors("add equivocation"):
+            self._conn.execute(
+                "INSERT OR IGNORE INTO equivocations VALUES (?, ?, ?, ?, ?)",
+                (device_id, seq, merkle.leaf_hash(raw), raw, received_ms))
+            self._conn.execute("UPDATE devices SET flags = flags | ? WHERE device_id = ?",
+                               (DEVICE_EQUIVOCATED, device_id))
+
+    def key_in_use(self, public_key: bytes) -> bool:
+        """Whether any device ever used ``public_key``."""
+        with _storage_errors("key lookup"):
+            row = self._conn.execute("SELECT 1 FROM device_keys WHERE public_key = ?",
+                                     (public_key,)).fetchone()
+        return row is not None
+
+
+def _load_device(conn: sqlite3.Connection, device_id: bytes) -> Device | None:
+    row = conn.execute(
+        "SELECT name, owner, rate_micro_per_hour, status, flags, settled_micro, registered_ms, "
+        "revoked_ms FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+    if row is None:
+        return None
+    keys = tuple(KeyEntry(int(s), bytes(k)) for s, k in conn.execute(
+        "SELECT from_seq, public_key FROM device_keys WHERE device_id = ? ORDER BY from_seq",
+        (device_id,)))
+    name, owner, rate, status, flags, settled, registered, revoked = row
+    return Device(device_id, name, owner, rate, status, keys, flags, settled, registered, revoked)
+
+
+def _balances(conn: sqlite3.Connection) -> list[Balance]:
+    rows = conn.execute("SELECT owner, SUM(settled_micro) FROM devices GROUP BY owner")
+    # Order by the owner's UTF-8 bytes so the canonical table does not depend on collation.
+    found = [Balance(owner, int(total)) for owner, total in rows]
+    return sorted(found, key=lambda b: b.owner.encode("utf-8"))

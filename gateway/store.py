@@ -1,0 +1,282 @@
+"""The log store interface: what the gateway needs from its database.
+
+:class:`LogStore` is a :class:`typing.Protocol` so that a PostgreSQL store can replace the
+SQLite one (:mod:`gateway.sqlite_store`) for a multi-worker deployment without touching the
+sequencer, the checkpointer or the API. Three roles share one store:
+
+- the *sequencer* (one thread, one writer of the log) opens :meth:`LogStore.transaction`,
+  reads registry and log state and appends leaves inside it; everything one batch changes
+  (leaves, tree nodes, dedup index, usage, gaps, keys, credit) commits atomically;
+- the *registry* (the admin API) registers and revokes devices;
+- *readers* (the public API, the checkpointer) read leaves, nodes, checkpoints, balances.
+
+Every method raises :class:`~protocol.errors.StorageError` when the database fails;
+registry conflicts raise :class:`DeviceExists` / :class:`DeviceNotFound`.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+from protocol.errors import ConfigError
+
+STATUS_ACTIVE = "active"
+STATUS_REVOKED = "revoked"
+
+# Leaf flags (bit set): facts about an accepted record worth keeping with it.
+FLAG_CLOCK_UNSYNCED = 1  # the device said its wall clock was not synchronised
+
+# Device flags.
+DEVICE_EQUIVOCATED = 1  # the device signed two different records under one sequence number
+
+
+class DeviceExists(ConfigError):
+    """A device with this name or public key is already registered."""
+
+
+class DeviceNotFound(ConfigError):
+    """No device has this id."""
+
+
+@dataclass(frozen=True)
+class KeyEntry:
+    """A device key valid for records with ``seq >= from_seq`` (until the next entry)."""
+
+    from_seq: int
+    public_key: bytes
+
+
+@dataclass(frozen=True)
+class Device:
+    """A registered device as the registry knows it."""
+
+    device_id: bytes
+    name: str
+    owner: str
+    rate_micro_per_hour: int
+    status: str
+    keys: tuple[KeyEntry, ...]  # ordered by from_seq; keys[0] is the enrolled key
+    flags: int
+    settled_micro: int
+    registered_ms: int
+    revoked_ms: int | None
+
+    @property
+    def enrolled_key(self) -> bytes:
+        return self.keys[0].public_key
+
+    @property
+    def current_key(self) -> bytes:
+        return self.keys[-1].public_key
+
+    def key_for_seq(self, seq: int) -> bytes:
+        """Return the key that signs record ``seq``: the last entry with from_seq <= seq."""
+        chosen = self.keys[0].public_key
+        for entry in self.keys:
+            if entry.from_seq <= seq:
+                chosen = entry.public_key
+        return chosen
+
+
+@dataclass(frozen=True)
+class NewLeaf:
+    """A verified record to append to the log."""
+
+    device_id: bytes
+    seq: int
+    record_hash: bytes  # SHA-256 of the exact signed bytes (the chain hash)
+    prev: bytes  # the record's own prev field (kept to check the chain from either side)
+    raw: bytes  # the exact signed bytes; the Merkle leaf is leaf_hash(raw)
+    stream: str
+    received_ms: int
+    flags: int = 0
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """A logged record."""
+
+    index: int
+    device_id: bytes
+    seq: int
+    record_hash: bytes
+    raw: bytes
+    stream: str
+    received_ms: int
+    flags: int
+
+
+@dataclass(frozen=True)
+class LoggedLink:
+    """Where a logged record sits and how it links: leaf index, its hash, its prev."""
+
+    index: int
+    record_hash: bytes
+    prev: bytes
+
+
+@dataclass(frozen=True)
+class UsageEntry:
+    """An accepted usage interval and the credit the gateway computed for it."""
+
+    device_id: bytes
+    seq: int
+    boot: int
+    start_mono_ms: int
+    end_mono_ms: int
+    usage_ms: int
+    credit_micro: int
+
+
+@dataclass(frozen=True)
+class GapEntry:
+    """Sequence numbers a device declared dropped, in the record at ``seq``."""
+
+    device_id: bytes
+    seq: int
+    first_seq: int
+    last_seq: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    """A signed checkpoint as persisted (before it is ever published)."""
+
+    number: int  # 1, 2, 3, ... in issue order
+    size: int
+    root_hash: bytes
+    note: str
+    issued_ms: int
+    balances: bytes  # the canonical balances table it commits to
+
+
+@dataclass(frozen=True)
+class Balance:
+    """The settled credit of one owner, in micro-credits."""
+
+    owner: str
+    balance_micro: int
+
+
+class LogTransaction(Protocol):
+    """One batch's view of the store inside a single write transaction."""
+
+    @property
+    def size(self) -> int:
+        """The number of leaves, including those appended in this transaction."""
+        ...
+
+    def device(self, device_id: bytes) -> Device | None:
+        """Return the registered device, or None."""
+        ...
+
+    def leaves_near(self, device_id: bytes, seq: int) -> dict[int, LoggedLink]:
+        """Return ``{seq: link}`` for the logged records seq-1, seq and seq+1 of a device."""
+        ...
+
+    def key_in_use(self, public_key: bytes) -> bool:
+        """Whether any device ever registered or rotated to ``public_key``."""
+        ...
+
+    def usage_overlaps(self, device_id: bytes, boot: int, start: int, end: int) -> bool:
+        """Whether an accepted usage interval of that boot intersects ``[start, end)``."""
+        ...
+
+    def append(self, leaf: NewLeaf) -> int:
+        """Append a leaf (and its tree nodes); return its index."""
+        ...
+
+    def add_usage(self, usage: UsageEntry) -> None:
+        """Record an accepted usage interval and add its credit to the device."""
+        ...
+
+    def add_gap(self, gap: GapEntry) -> None:
+        """Record a declared gap."""
+        ...
+
+    def add_key(self, device_id: bytes, entry: KeyEntry) -> None:
+        """Add a rotated key to the device's key history."""
+        ...
+
+    def add_equivocation(self, device_id: bytes, seq: int, raw: bytes, received_ms: int) -> None:
+        """Keep the evidence of an equivocation and flag the device."""
+        ...
+
+
+class LogStore(Protocol):
+    """The gateway's database: an append-only Merkle log plus registry and settlement."""
+
+    def size(self) -> int:
+        """The number of committed leaves."""
+        ...
+
+    def transaction(self) -> AbstractContextManager[LogTransaction]:
+        """Open the single writer's transaction; commit on exit, roll back on error."""
+        ...
+
+    def get_node(self, level: int, index: int) -> bytes:
+        """Return a stored perfect-subtree hash (a :class:`protocol.merkle.NodeReader`)."""
+        ...
+
+    def root(self, size: int) -> bytes:
+        """Return the Merkle root of the first ``size`` leaves."""
+        ...
+
+    def leaf(self, index: int) -> Leaf | None:
+        """Return the leaf at ``index``, or None."""
+        ...
+
+    def device_records(self, device_id: bytes, after_seq: int, limit: int) -> list[Leaf]:
+        """Return a device's leaves with seq > after_seq in seq order, at most ``limit``."""
+        ...
+
+    def device(self, device_id: bytes) -> Device | None:
+        """Return the registered device, or None."""
+        ...
+
+    def devices(self) -> list[Device]:
+        """Return every registered device, by name."""
+        ...
+
+    def register_device(self, name: str, public_key: bytes, owner: str,
+                        rate_micro_per_hour: int, now_ms: int) -> Device:
+        """Register a device; raise DeviceExists if its name or key is taken."""
+        ...
+
+    def revoke_device(self, device_id: bytes, now_ms: int) -> Device:
+        """Revoke a device; raise DeviceNotFound. Revoking twice is a no-op."""
+        ...
+
+    def balances(self) -> list[Balance]:
+        """Return the settled balance of every owner, ordered by owner."""
+        ...
+
+    def add_checkpoint(self, size: int, root_hash: bytes, note: str, issued_ms: int,
+                       balances: bytes) -> StoredCheckpoint:
+        """Persist a signed checkpoint (durably, before anyone sees it)."""
+        ...
+
+    def latest_checkpoint(self) -> StoredCheckpoint | None:
+        """Return the newest checkpoint, or None before the first."""
+        ...
+
+    def checkpoints(self, after_number: int, limit: int) -> list[StoredCheckpoint]:
+        """Return checkpoints with number > after_number, oldest first."""
+        ...
+
+    def add_anchor(self, checkpoint_number: int, backend: str, reference: str,
+                   anchored_ms: int) -> None:
+        """Remember where a checkpoint was anchored."""
+        ...
+
+    def counts(self) -> dict[str, int]:
+        """Return table counts for /v1/stats (devices, revoked, gaps, equivocations, ...)."""
+        ...
+
+    def close(self) -> None:
+        """Close every connection."""
+        ...
+
