@@ -1,0 +1,219 @@
+"""``edgeproof-verify``: check records offline, trusting nobody; decrypt granted streams.
+
+    edgeproof-verify record --gateway URL (--leaf N | --file RECORD) [--gateway-key KEY]
+                            [--rpc URL] [--save BUNDLE] [--json]
+    edgeproof-verify bundle BUNDLE [--gateway-key KEY] [--json]          (no network)
+    edgeproof-verify decrypt --gateway URL --device ID --key FILE [--stream S ...] [--json]
+
+Exit status 0 only when every requested check passed; 1 when a check failed; 2 for bad
+usage or when something could not be fetched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from protocol.bundle import EthereumAnchor, ProofBundle, verify_bundle
+from protocol.checkpoint import Checkpoint, checkpoint_hash
+from protocol.errors import EdgeproofError, MalformedRecord, VerificationError
+from protocol.keys import load_recipient_key
+from protocol.note import NoteVerifier
+from protocol.signed import parse_signed_record
+from verifier.client import GatewayClient, JsonRpcClient, LoggedRecord
+from verifier.recipient import key_for_seq, open_records
+
+
+class UsageError(EdgeproofError):
+    """Bad command-line input."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgeproof-verify",
+        description="Verify edgeproof records, proofs, checkpoints and anchors; "
+                    "decrypt the streams a recipient was granted.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    record = sub.add_parser("record", help="verify one logged record against a gateway")
+    which = record.add_mutually_exclusive_group(required=True)
+    which.add_argument("--leaf", type=int, metavar="N", help="leaf index in the gateway's log")
+    which.add_argument("--file", type=Path, metavar="RECORD",
+                       help="a signed record (raw COSE_Sign1 bytes, or hex)")
+    record.add_argument("--gateway", required=True, metavar="URL", help="http://host:port")
+    record.add_argument("--gateway-key", metavar="KEY",
+                        help="the gateway verifier key you trust (text, or a file holding it); "
+                             "without it the gateway's own key is used and reported as such")
+    record.add_argument("--rpc", metavar="URL",
+                        help="Ethereum JSON-RPC URL: also check the checkpoint's anchor")
+    record.add_argument("--save", type=Path, metavar="BUNDLE",
+                        help="write a proof bundle that `bundle` can verify offline")
+    record.add_argument("--json", action="store_true", help="machine-readable output")
+
+    bundle = sub.add_parser("bundle", help="verify a saved proof bundle with no network")
+    bundle.add_argument("path", type=Path, metavar="BUNDLE")
+    bundle.add_argument("--gateway-key", metavar="KEY", help="the gateway key you trust")
+    bundle.add_argument("--json", action="store_true")
+
+    decrypt = sub.add_parser("decrypt", help="decrypt a device's records with a recipient key")
+    decrypt.add_argument("--gateway", required=True, metavar="URL")
+    decrypt.add_argument("--device", required=True, metavar="ID", help="device id (32 hex)")
+    decrypt.add_argument("--key", required=True, type=Path, metavar="FILE",
+                         help="the recipient's X25519 key file (mode 0600)")
+    decrypt.add_argument("--stream", action="append", metavar="S",
+                         help="only this stream (repeatable)")
+    decrypt.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "bundle":
+            return _cmd_bundle(args)
+        if args.command == "record":
+            return _cmd_record(args)
+        return _cmd_decrypt(args)
+    except VerificationError as exc:
+        print(f"edgeproof-verify: FAILED: {exc}", file=sys.stderr)
+        return 1
+    except (EdgeproofError, OSError) as exc:
+        print(f"edgeproof-verify: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _read_key_arg(value: str | None) -> str | None:
+    if value is None:
+        return None
+    path = Path(value)
+    if "+" not in value and path.is_file():
+        return path.read_text().strip()
+    return value.strip()
+
+
+def _print_report(passed: list[tuple[str, str]], extra: dict[str, object],
+                  as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"ok": True, "checks": [{"check": name, "detail": detail}
+                                                  for name, detail in passed], **extra}))
+        return
+    for name, detail in passed:
+        print(f"ok  {name}: {detail}")
+    for key, value in extra.items():
+        print(f"--  {key}: {value}")
+    print("all requested checks passed")
+
+
+def _cmd_bundle(args: argparse.Namespace) -> int:
+    try:
+        text = args.path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{args.path}: {exc.strerror}") from None
+    bundle = ProofBundle.from_json(text)
+    report = verify_bundle(bundle, _read_key_arg(args.gateway_key))
+    _print_report(report.passed, {"offline": True}, args.json)
+    return 0
+
+
+def _cmd_record(args: argparse.Namespace) -> int:
+    client = GatewayClient(args.gateway)
+    logged = _find_record(client, args.leaf, args.file)
+    trusted = _read_key_arg(args.gateway_key)
+    gateway_key = trusted or client.verifier_key()
+    keys = client.device_keys(logged.device_id)
+    extra: dict[str, object] = {}
+    note, anchor = _checkpoint_and_anchor(client, args.rpc, logged.index, gateway_key, extra)
+    size = Checkpoint.from_note(note, NoteVerifier.from_text(gateway_key)).size
+    bundle = ProofBundle(
+        record=logged.record, device_public_key=key_for_seq(keys, logged.seq),
+        leaf_index=logged.index, tree_size=size,
+        inclusion_proof=tuple(client.inclusion_proof(logged.index, size)),
+        checkpoint=note, gateway_key=gateway_key, anchor=anchor)
+    report = verify_bundle(bundle, trusted)
+    if args.save:
+        args.save.write_text(bundle.to_json())
+        extra["bundle"] = str(args.save)
+    _print_report(report.passed, extra, args.json)
+    return 0
+
+
+def _find_record(client: GatewayClient, leaf: int | None, path: Path | None) -> LoggedRecord:
+    if leaf is not None:
+        if leaf < 0:
+            raise UsageError("--leaf must be >= 0")
+        return client.leaf(leaf)
+    assert path is not None
+    raw = _read_record_file(path)
+    message, record = parse_signed_record(raw)
+    for logged in client.device_records(message.kid, record.seq - 1, 1):
+        if logged.seq == record.seq:
+            if logged.record != raw:
+                raise VerificationError("record: the gateway logged other bytes under this "
+                                        "device and sequence number")
+            return logged
+    raise VerificationError("record: not in the gateway's log")
+
+
+def _read_record_file(path: Path) -> bytes:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{path}: {exc.strerror}") from None
+    text = raw.strip()
+    if text and all(c in b"0123456789abcdefABCDEF" for c in text):
+        return bytes.fromhex(text.decode("ascii"))
+    return raw
+
+
+def _checkpoint_and_anchor(client: GatewayClient, rpc: str | None, index: int,
+                           gateway_key: str, extra: dict[str, object]
+                           ) -> tuple[str, EthereumAnchor | None]:
+    """The checkpoint to prove against and, with ``rpc``, its anchor on the chain."""
+    if rpc is None:
+        return client.checkpoint(), None
+    info = client.anchor(None)
+    if info is None or info.get("backend") != "ethereum":
+        raise VerificationError("anchor: the gateway reports no Ethereum anchor yet")
+    note = info.get("note")
+    tx_hash = info.get("tx_hash")
+    if not isinstance(note, str) or not isinstance(tx_hash, str):
+        raise MalformedRecord("bad_response", "anchor without note or transaction hash")
+    if Checkpoint.from_note(note, NoteVerifier.from_text(gateway_key)).size <= index:
+        raise VerificationError("anchor: the latest anchored checkpoint predates this record")
+    chain = JsonRpcClient(rpc)
+    tx_input, block, status = chain.transaction(tx_hash)
+    if status != 1:
+        raise VerificationError(f"anchor: transaction {tx_hash} failed on chain")
+    extra["anchored_checkpoint_hash"] = checkpoint_hash(note).hex()
+    return note, EthereumAnchor(chain.chain_id(), tx_hash, block, tx_input)
+
+
+def _cmd_decrypt(args: argparse.Namespace) -> int:
+    try:
+        device_id = bytes.fromhex(args.device)
+    except ValueError:
+        raise UsageError("--device must be the 32-hex-digit device id") from None
+    if len(device_id) != 16:
+        raise UsageError("--device must be the 32-hex-digit device id")
+    recipient = load_recipient_key(args.key)
+    client = GatewayClient(args.gateway)
+    records = client.all_device_records(device_id)
+    opened = open_records(records, client.device_keys(device_id), recipient,
+                          set(args.stream) if args.stream else None)
+    if args.json:
+        print(json.dumps([{"seq": o.seq, "stream": o.stream, "wall_ms": o.wall_ms,
+                           "status": o.status, "detail": o.detail,
+                           "values": [[m.mantissa, m.exponent, m.unit] for m in o.values]}
+                          for o in opened]))
+    else:
+        for o in opened:
+            shown = ", ".join(f"{m.value} {m.unit}" for m in o.values) or o.detail
+            print(f"{o.seq:>8}  {o.stream:<16} {o.status:<11} {shown}")
+    return 1 if any(o.status == "error" for o in opened) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Fetching what a verifier needs: a gateway's public API and an Ethereum JSON-RPC node.
+
+Everything fetched here is untrusted input: responses are size-capped, parsed strictly,
+and only ever fed to :mod:`protocol` verification, which fails closed. Network and HTTP
+failures become :class:`~protocol.errors.TransportError`; a response that does not have
+the expected shape becomes :class:`~protocol.errors.MalformedRecord`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from protocol.errors import MalformedRecord, TransportError
+
+MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+TIMEOUT_S = 10.0
+
+
+def _get(session: requests.Session, url: str, **params: int | str) -> requests.Response:
+    try:
+        response = session.get(url, params=params, timeout=TIMEOUT_S, stream=True)
+        body = response.raw.read(MAX_RESPONSE_BYTES + 1, decode_content=True)
+    except requests.RequestException as exc:
+        raise TransportError(f"cannot reach {url}: {exc.__class__.__name__}") from None
+    if len(body) > MAX_RESPONSE_BYTES:
+        raise MalformedRecord("too_large", f"response from {url} over {MAX_RESPONSE_BYTES} bytes")
+    response._content = body
+    if response.status_code != 200:
+        detail = body[:200].decode("utf-8", "replace").strip()
+        raise TransportError(f"{url}: HTTP {response.status_code} {detail}")
+    return response
+
+
+def _json(response: requests.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        raise MalformedRecord("bad_response", f"{response.url}: not JSON") from None
+
+
+def _hex(value: object, what: str) -> bytes:
+    if not isinstance(value, str):
+        raise MalformedRecord("bad_response", f"{what} is not hex text")
+    try:
+        return bytes.fromhex(value.removeprefix("0x"))
+    except ValueError:
+        raise MalformedRecord("bad_response", f"{what} is not hex") from None
+
+
+def _int(value: object, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise MalformedRecord("bad_response", f"{what} is not a non-negative integer")
+    return value
+
+
+@dataclass(frozen=True)
+class LoggedRecord:
+    """A record as the gateway serves it."""
+
+    index: int
+    device_id: bytes
+    seq: int
+    stream: str
+    record: bytes
+
+
+class GatewayClient:
+    """The public, read-only part of a gateway's HTTP API."""
+
+    def __init__(self, base_url: str, session: requests.Session | None = None) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise MalformedRecord("bad_url", f"gateway URL must be http(s)://...: {base_url}")
+        self.base = base_url.rstrip("/")
+        self.session = session or requests.Session()
+
+    def verifier_key(self) -> str:
+        return _get(self.session, f"{self.base}/v1/verifier-key").text.strip()
+
+    def checkpoint(self) -> str:
+        return _get(self.session, f"{self.base}/v1/checkpoint").text
+
+    def leaf(self, index: int) -> LoggedRecord:
+        return _logged(_json(_get(self.session, f"{self.base}/v1/leaves/{index}")))
+
+    def device_records(self, device_id: bytes, after_seq: int = -1,
+                       limit: int = 1000) -> list[LoggedRecord]:
+        data = _json(_get(self.session, f"{self.base}/v1/devices/{device_id.hex()}/records",
+                          after_seq=after_seq, limit=limit))
+        records = data.get("records") if isinstance(data, dict) else None
+        if not isinstance(records, list):
+            raise MalformedRecord("bad_response", "device records: no list")
+        return [_logged(r) for r in records]
+
+    def all_device_records(self, device_id: bytes) -> list[LoggedRecord]:
+        """Every logged record of a device, in sequence order (paged)."""
+        out: list[LoggedRecord] = []
+        after = -1
+        while True:
+            page = self.device_records(device_id, after)
+            out += page
+            if len(page) < 1000:
+                return out
+            after = page[-1].seq
+
+    def device_keys(self, device_id: bytes) -> list[tuple[int, bytes]]:
+        """The device's keys as ``(from_seq, public key)``, oldest first."""
+        data = _json(_get(self.session, f"{self.base}/v1/devices/{device_id.hex()}/keys"))
+        keys = data.get("keys") if isinstance(data, dict) else None
+        if not isinstance(keys, list) or not keys:
+            raise MalformedRecord("bad_response", "device keys: no list")
+        return [(_int(k.get("from_seq"), "from_seq"), _hex(k.get("public_key"), "public_key"))
+                for k in keys if isinstance(k, dict)]
+
+    def inclusion_proof(self, index: int, tree_size: int) -> list[bytes]:
+        data = _json(_get(self.session, f"{self.base}/v1/proofs/inclusion", index=index,
+                          tree_size=tree_size))
+        proof = data.get("proof") if isinstance(data, dict) else None
+        if not isinstance(proof, list) or len(proof) > 64:
+            raise MalformedRecord("bad_response", "inclusion proof: no list")
+        return [_hex(node, "proof node") for node in proof]
+
+    def anchor(self, tree_size: int | None = None) -> dict[str, Any] | None:
+        """The anchor of the checkpoint of ``tree_size`` (default: the latest anchored one).
+
+        Returns None when the gateway has no such anchor.
+        """
+        params = {} if tree_size is None else {"size": tree_size}
+        try:
+            data = _json(_get(self.session, f"{self.base}/v1/anchors", **params))
+        except TransportError as exc:
+            if "HTTP 404" in str(exc):
+                return None
+            raise
+        return data if isinstance(data, dict) else None
+
+
+def _logged(data: object) -> LoggedRecord:
+    if not isinstance(data, dict):
+        raise MalformedRecord("bad_response", "record: not an object")
+    stream = data.get("stream")
+    if not isinstance(stream, str):
+        raise MalformedRecord("bad_response", "record: no stream")
+    return LoggedRecord(_int(data.get("index"), "index"), _hex(data.get("device_id"), "device id"),
+                        _int(data.get("seq"), "seq"), stream, _hex(data.get("record"), "record"))
+
+
+class JsonRpcClient:
+    """The two Ethereum JSON-RPC calls a verifier makes."""
+
+    def __init__(self, url: str, session: requests.Session | None = None) -> None:
+        self.url = url
+        self.session = session or requests.Session()
+
+    def call(self, method: str, *params: object) -> Any:
+        payload = {"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}
+        try:
+            response = self.session.post(self.url, json=payload, timeout=TIMEOUT_S)
+        except requests.RequestException as exc:
+            raise TransportError(f"cannot reach {self.url}: {exc.__class__.__name__}") from None
+        data = _json(response)
+        if not isinstance(data, dict) or "error" in data:
+            error = data.get("error") if isinstance(data, dict) else data
+            raise TransportError(f"{method}: {error}")
+        return data.get("result")
+
+    def transaction(self, tx_hash: str) -> tuple[bytes, int, int]:
+        """Return (input data, block number, receipt status) of a mined transaction."""
+        tx = self.call("eth_getTransactionByHash", tx_hash)
+        receipt = self.call("eth_getTransactionReceipt", tx_hash)
+        if not isinstance(tx, dict) or not isinstance(receipt, dict):
+            raise TransportError(f"transaction {tx_hash} not found or not mined")
+        block = receipt.get("blockNumber")
+        status = receipt.get("status")
+        if not isinstance(block, str) or not isinstance(status, str):
+            raise MalformedRecord("bad_response", "receipt without block number or status")
+        return _hex(tx.get("input"), "input"), int(block, 16), int(status, 16)
+
+    def chain_id(self) -> int:
+        result = self.call("eth_chainId")
+        if not isinstance(result, str):
+            raise MalformedRecord("bad_response", "eth_chainId")
+        return int(result, 16)
