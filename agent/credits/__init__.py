@@ -1,0 +1,8 @@
+"""Usage metering and credit: on-time on the monotonic clock, claimed in two phases.
+
+See docs/AGENT.md, "Usage and credit", and :mod:`agent.credits.meter`.
+"""
+
+from agent.credits.meter import UsageClaim, UsageMeter
+
+__all__ = ["UsageClaim", "UsageMeter"]
