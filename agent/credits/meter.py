@@ -109,7 +109,7 @@ class UsageMeter:
         self.boot = boot
         self.rate_micro_per_hour = rate_micro_per_hour
         self.checkpoint_interval_ms = round(checkpoint_interval_s * 1000)
-        self.clock_regressions = 0
+        self.late_observations = 0
         self._lock = threading.RLock()
         self._window_start: int | None = None
         self._closed_ms = 0
@@ -266,7 +266,7 @@ class UsageMeter:
                 "emitted_ms": self.emitted_ms, "emitted_micro": self.emitted_micro,
                 "pending_claims": len(self._pending()), "pending_micro": self.pending_micro,
                 "accrued_micro": self.accrued_micro, "settled_micro": self.settled_micro,
-                "recoveries": self.recoveries, "clock_regressions": self.clock_regressions,
+                "recoveries": self.recoveries, "late_observations": self.late_observations,
                 "last_checkpoint_mono_ms": self._last_checkpoint_ms,
             }
 
@@ -308,9 +308,13 @@ class UsageMeter:
             (self.boot, 1 if start is not None else 0, self.stream))
 
     def _advance(self, now: int) -> int:
-        """Return ``now`` clamped to the latest time seen (mono never goes back; count it)."""
+        """Return ``now`` clamped to the latest time seen, counting late observations.
+
+        An edge stamped on gpiozero's thread and a poll stamped at the top of the main loop
+        can arrive out of order by a few ms; neither may make usage negative or double.
+        """
         if self._last_ms is not None and now < self._last_ms:
-            self.clock_regressions += 1
+            self.late_observations += 1
             now = self._last_ms
         self._last_ms = now
         if self._window_start is None:

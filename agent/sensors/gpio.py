@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from agent.sensors.base import IO_ERROR, Sensor, SensorUnavailable
+from agent.sensors.base import CLOSED, IO_ERROR, Sensor, SensorUnavailable
 from protocol.errors import SensorReadError
 from protocol.record import Measurement
 
@@ -71,13 +71,16 @@ class DigitalInputSensor(Sensor):
         self._watchers: list[Callable[[bool], None]] = []
 
     def is_active(self) -> bool:
-        """Return the input's level now. Raises SensorReadError (``io_error``, ``closed``)."""
-        if self.closed:
-            raise SensorReadError(self.name, "closed")
-        try:
-            return bool(self._device.is_active)
-        except Exception as exc:
-            raise SensorReadError(self.name, IO_ERROR) from exc
+        """Return the input's level now (for polling the usage meter).
+
+        Raises SensorReadError (``io_error``, ``closed``), counted in ``errors``.
+        """
+        with self._lock:
+            try:
+                return self._level()
+            except SensorReadError as exc:
+                self.errors[exc.reason] += 1
+                raise
 
     def watch(self, callback: Callable[[bool], None]) -> None:
         """Call ``callback(is_active)`` on every edge of the input.
@@ -98,7 +101,15 @@ class DigitalInputSensor(Sensor):
             callback(False)
 
     def _read_raw(self, now_mono_ms: int) -> tuple[Measurement, ...]:
-        return (Measurement(1 if self.is_active() else 0, 0, ON_OFF_UNIT),)
+        return (Measurement(1 if self._level() else 0, 0, ON_OFF_UNIT),)
+
+    def _level(self) -> bool:
+        if self.closed:
+            raise SensorReadError(self.name, CLOSED)
+        try:
+            return bool(self._device.is_active)
+        except Exception as exc:
+            raise SensorReadError(self.name, IO_ERROR) from exc
 
     def _close(self) -> None:
         self._watchers.clear()

@@ -201,11 +201,11 @@ def test_meter_state_from_a_later_boot_is_refused(tmp_path: Path) -> None:
         meter_at(tmp_path, boot=4)
 
 
-def test_monotonic_time_going_backwards_is_clamped_and_counted(tmp_path: Path) -> None:
+def test_observation_stamped_before_an_earlier_one_is_clamped_and_counted(tmp_path: Path) -> None:
     meter = meter_at(tmp_path)
     meter.observe(True, 10_000)
-    meter.observe(False, 4_000)  # a caller bug: treated as "still 10 s", never negative
-    assert meter.clock_regressions == 1
+    meter.observe(False, 4_000)  # arrives late: treated as "at 10 s", never negative
+    assert meter.late_observations == 1
     assert meter.take_usage(20_000) is None
 
 

@@ -71,6 +71,9 @@ def test_edges_reach_watchers_in_order_and_stop_after_close(pins: MockFactory) -
     sensor.close()
     with pytest.raises(SensorReadError, match="closed"):
         sensor.read(5)
+    with pytest.raises(SensorReadError, match="closed"):
+        sensor.is_active()
+    assert sensor.errors == {"closed": 2}
 
 
 def test_pin_already_in_use_fails_that_sensor_with_hardware_missing(pins: MockFactory) -> None:
