@@ -11,6 +11,7 @@ import json
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -106,7 +107,9 @@ def _run(args: argparse.Namespace) -> int:
     service = GatewayService(load_config(args.config))
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        service.request_stop()
+        # Not request_stop() here: the handler runs on the main thread, which may hold the
+        # queue's lock at this very moment; a helper thread can wait for it.
+        threading.Thread(target=service.request_stop, name="gateway-stop").start()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

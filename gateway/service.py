@@ -103,7 +103,8 @@ class GatewayService:
         self._wall_ms, self._monotonic = clock_ms, monotonic
         self._notifier = notifier or Notifier()
         self._stop = threading.Event()
-        self._pending: queue.Queue[tuple[Message, Future[PreparedBatch]]] = queue.Queue()
+        # None is the wake-up sentinel put by request_stop.
+        self._pending: queue.Queue[tuple[Message, Future[PreparedBatch]] | None] = queue.Queue()
         self.key = load_gateway_key(config.key_file)
         admin_token = load_admin_token(config)
         self.metrics = GatewayMetrics()
@@ -140,8 +141,9 @@ class GatewayService:
                  self.store.size(), self.config.http_host, self.http.port)
 
     def request_stop(self) -> None:
-        """Ask :meth:`run` to return after the batch in progress (signal-safe)."""
+        """Ask :meth:`run` to return after the batch in progress (not from a signal handler)."""
         self._stop.set()
+        self._pending.put(None)
 
     def run(self) -> None:
         """Process batches until :meth:`request_stop`; raise if the broker or store fails."""
@@ -150,11 +152,12 @@ class GatewayService:
             if self.ingest.fatal:
                 raise ConfigError(self.ingest.fatal)
             try:
-                message, future = self._pending.get(timeout=self._idle_timeout())
+                item = self._pending.get(timeout=self._idle_timeout())
             except queue.Empty:
                 self.sequencer.checkpoint_if_due()
             else:
-                self._process(message, future)
+                if item is not None:
+                    self._process(*item)
             self._last_progress = self._monotonic()
             interval = self._notifier.watchdog_interval_s
             if interval is not None and self._last_progress - watchdog_at >= interval:

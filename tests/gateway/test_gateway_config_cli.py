@@ -1,0 +1,123 @@
+"""Config validation and the thin CLI (called as main([...]))."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import stat
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+from gateway.config import load_config
+from gateway.sdnotify import Notifier
+from protocol.errors import ConfigError
+from protocol.note import NoteVerifier
+from tests.gateway.gwkit import write_gateway_files
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_example_config_is_valid_and_documented() -> None:
+    config = load_config(REPO / "examples" / "gateway.toml")
+    assert config.broker.port == 1883 and config.broker.client_id == "edgeproof-gateway"
+    assert config.http_port == 8080 and config.checkpoints.every_leaves == 1000
+    assert config.limits.max_batch_bytes == 512 * 1024 and config.anchor == "local"
+    assert config.db_path == Path("/var/lib/edgeproof-gateway/gateway.sqlite")
+
+
+@pytest.mark.parametrize(("snippet", "named"), [
+    ('[broker]\nurl = "mqtt://h"\nbogus = 1\n', "broker.bogus"),
+    ('[broker]\nurl = "mqtt://h"\n[nope]\nx = 1\n', "[nope]"),
+    ('[broker]\nurl = "http://h"\n', "broker.url"),
+    ('[broker]\nurl = "mqtt://h"\nshared_group = "a/b"\n', "broker.shared_group"),
+    ('[broker]\nurl = "mqtt://h"\n[http]\nbind = "nohost"\n', "http.bind"),
+    ('[broker]\nurl = "mqtt://h"\n[limits]\nmax_batch_bytes = 10000000\n',
+     "limits.max_batch_bytes"),
+    ('[broker]\nurl = "mqtt://h"\n[checkpoints]\nevery_leaves = "many"\n',
+     "checkpoints.every_leaves"),
+    ('[broker]\nurl = "mqtt://h"\n[anchor]\nbackend = "carrier-pigeon"\n', "anchor.backend"),
+    ('[broker]\nbogus_url = 1\n', "broker.bogus_url"),
+])
+def test_bad_config_names_the_key(tmp_path, snippet, named) -> None:
+    path = tmp_path / "g.toml"
+    path.write_text('[gateway]\ndata_dir = "d"\nkey_file = "k"\nadmin_token_file = "t"\n'
+                    + snippet)
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        load_config(path)
+
+
+def test_missing_required_key_is_named(tmp_path) -> None:
+    path = tmp_path / "g.toml"
+    path.write_text('[broker]\nurl = "mqtt://h"\n')
+    with pytest.raises(ConfigError, match=re.escape("gateway.data_dir")):
+        load_config(path)
+
+
+def test_keygen_writes_a_private_key_and_prints_the_verifier(tmp_path, capsys) -> None:
+    out = tmp_path / "gw.key"
+    assert main(["keygen", "--name", "gw.example/log", "--out", str(out), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert NoteVerifier.from_text(printed["verifier_key"]).name == "gw.example/log"
+    assert "PRIVATE" not in printed["verifier_key"]
+    assert main(["keygen", "--name", "gw.example/log", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already exists" in err
+    assert main(["keygen", "--name", "bad name+", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_verifier_key_command_reads_the_config(tmp_path, capsys) -> None:
+    files = write_gateway_files(tmp_path, broker_port=1)
+    assert main(["verifier-key", "--config", str(files.config)]) == 0
+    assert capsys.readouterr().out.strip() == files.key.verifier_text()
+
+
+def test_run_refuses_a_key_file_others_can_read(tmp_path, capsys) -> None:
+    files = write_gateway_files(tmp_path, broker_port=1)
+    os.chmod(tmp_path / "gateway.key", 0o644)
+    assert main(["run", "--config", str(files.config)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "chmod 600" in err
+
+
+def test_run_without_a_broker_fails_with_one_line(tmp_path, capsys) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, not listening: connection refused
+        files = write_gateway_files(tmp_path, broker_port=port)
+        assert main(["run", "--config", str(files.config)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "broker" in err
+
+
+def test_every_command_has_help(capsys) -> None:
+    for command in ([], ["run"], ["keygen"], ["verifier-key"], ["openapi"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*command, "--help"])
+        assert exit_info.value.code == 0
+    assert "edgeproof-gateway" in capsys.readouterr().out
+
+
+def test_openapi_command_writes_the_description(tmp_path) -> None:
+    out = tmp_path / "openapi.json"
+    assert main(["openapi", "--out", str(out)]) == 0
+    assert "/v1/proofs/inclusion" in json.loads(out.read_text())["paths"]
+
+
+def test_sd_notify_sends_datagrams_to_the_notify_socket(tmp_path) -> None:
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(str(path))
+        notifier = Notifier({"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "4000000"})
+        assert notifier.watchdog_interval_s == 2.0
+        notifier.ready("log size 0")
+        notifier.watchdog()
+        assert server.recv(100) == b"READY=1\nSTATUS=log size 0"
+        assert server.recv(100) == b"WATCHDOG=1"
+    silent = Notifier({})
+    assert not silent.enabled
+    silent.ready("nothing happens")
