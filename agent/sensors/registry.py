@@ -87,10 +87,11 @@ class SensorConfig:
                 and self.pin in BCM_PINS, "pin", "must be a BCM GPIO number 0..27",
             )
         if self.kind == "dht22":
-            _check(self.interval_s >= DATASHEET_SPACING_S, "interval_s",
-                   f"a DHT22 cannot be read more often than every {DATASHEET_SPACING_S} s")
             _check(self.min_spacing_s >= DATASHEET_SPACING_S, "min_spacing_s",
                    f"must be at least {DATASHEET_SPACING_S} s")
+            _check(self.interval_s >= self.min_spacing_s, "interval_s",
+                   f"a DHT22 cannot be read more often than every {self.min_spacing_s} s "
+                   "(min_spacing_s)")
         _check(self.pull_up is None or (self.kind in DIGITAL_KINDS
                                         and isinstance(self.pull_up, bool)),
                "pull_up", "is a bool and applies to motion, button and power_sense only")

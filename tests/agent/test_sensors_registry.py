@@ -171,6 +171,9 @@ def test_sensor_table_round_trip_with_recipients() -> None:
 
 @pytest.mark.parametrize(("table", "key"), [
     ({"kind": "dht22", "stream": "climate", "interval_s": 1, "pin": 4}, "interval_s"),
+    ({"kind": "dht22", "stream": "climate", "interval_s": 2, "pin": 4}, "interval_s"),
+    ({"kind": "dht22", "stream": "climate", "interval_s": 30, "pin": 4,
+      "min_spacing_s": 1.0}, "min_spacing_s"),
     ({"kind": "dht22", "stream": "climate", "interval_s": 30}, "pin"),
     ({"kind": "cpu_temp", "stream": "cpu", "interval_s": 30, "pin": 4}, "pin"),
     ({"kind": "motion", "stream": "p", "interval_s": 1, "pin": 40}, "pin"),
