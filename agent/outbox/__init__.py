@@ -1,0 +1,24 @@
+"""The crash-safe outbox (SQLite, WAL, group commit) and the device's durable counters."""
+
+from agent.outbox.model import (
+    FULL_POLICIES,
+    OutboxSettings,
+    OutboxStats,
+    ReceiptResult,
+)
+from agent.outbox.sqlite import DatabaseCorrupt
+from agent.outbox.state import DeviceState
+from agent.outbox.store import Build, GapSigner, Outbox, read_stats
+
+__all__ = [
+    "FULL_POLICIES",
+    "Build",
+    "DatabaseCorrupt",
+    "DeviceState",
+    "GapSigner",
+    "Outbox",
+    "OutboxSettings",
+    "OutboxStats",
+    "ReceiptResult",
+    "read_stats",
+]

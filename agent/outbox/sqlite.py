@@ -1,0 +1,129 @@
+"""SQLite plumbing shared by the outbox and the device state file.
+
+Every database the agent writes is opened the same way: WAL journal, ``synchronous=FULL``
+(in WAL mode ``NORMAL`` can lose a committed transaction after a power cut; ``FULL`` fsyncs
+the WAL at each commit), explicit transactions, and a corruption check at open. sqlite3
+exceptions stop here: callers see :class:`~protocol.errors.StorageError` or
+:class:`DatabaseCorrupt`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from protocol.errors import StorageError
+
+log = logging.getLogger(__name__)
+
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
+# Smaller pages mean fewer bytes written per small commit (an SD card wears per byte
+# written); records are a few hundred bytes, so a 1 KiB page wastes little.
+PAGE_SIZE = 1024
+
+
+class DatabaseCorrupt(StorageError):
+    """The database file is not a readable SQLite database (moved aside by the caller)."""
+
+
+def is_corruption(exc: sqlite3.Error) -> bool:
+    """Whether a sqlite3 error means the file itself is damaged (not busy, not disk full)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+    text = str(exc).lower()
+    return "malformed" in text or "not a database" in text
+
+
+def storage_error(exc: sqlite3.Error, what: str) -> StorageError:
+    """Translate a sqlite3 error into our tree (corruption gets its own type)."""
+    if isinstance(exc, sqlite3.DatabaseError) and is_corruption(exc):
+        return DatabaseCorrupt(f"{what}: {exc}")
+    return StorageError(f"{what}: {exc}")
+
+
+def connect(path: Path, schema: str) -> sqlite3.Connection:
+    """Open (or create) ``path`` in WAL mode, check it, and apply ``schema``.
+
+    Returns the connection in autocommit mode (transactions are explicit). Raises
+    DatabaseCorrupt if the file is not a healthy SQLite database and StorageError for any
+    other failure (missing directory, permissions, disk full).
+    """
+    conn = None
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                               timeout=10.0)
+        conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # takes effect only on a new file
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StorageError(f"{path}: cannot use WAL journal (got {mode})")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA journal_size_limit=4194304")
+        check = conn.execute("PRAGMA quick_check").fetchall()
+        if check != [("ok",)]:
+            raise DatabaseCorrupt(f"{path}: quick_check failed: {check[:3]}")
+        conn.executescript(schema)
+        return conn
+    except sqlite3.Error as exc:
+        if conn is not None:
+            conn.close()
+        raise storage_error(exc, str(path)) from None
+    except StorageError:
+        if conn is not None:
+            conn.close()
+        raise
+
+
+def move_aside(path: Path, wall_ms: int) -> Path:
+    """Rename a damaged database (and its WAL) to ``<name>.corrupt-<UTC time>``; return it.
+
+    The shared-memory index is deleted (it is rebuilt from the WAL). Raises StorageError if
+    the rename fails.
+    """
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(wall_ms / 1000))
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while target.exists():
+        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+        n += 1
+    try:
+        if path.exists():
+            os.replace(path, target)
+        wal = path.with_name(path.name + "-wal")
+        if wal.exists():
+            os.replace(wal, target.with_name(target.name + "-wal"))
+        path.with_name(path.name + "-shm").unlink(missing_ok=True)
+    except OSError as exc:
+        raise StorageError(f"{path}: cannot move damaged database aside: {exc.strerror}") from None
+    return target
+
+
+@contextmanager
+def translated(what: str) -> Iterator[None]:
+    """Run a block, turning sqlite3 errors into StorageError / DatabaseCorrupt."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise storage_error(exc, what) from None
+
+
+def open_or_move_aside(path: Path, schema: str, wall_ms: Callable[[], int],
+                       on_corrupt: Callable[[Path, str], None]) -> tuple[sqlite3.Connection, bool]:
+    """Open ``path``; if it is corrupt, move it aside, report, and start a new file.
+
+    Returns the connection and whether a damaged file was replaced. Raises StorageError if
+    even a fresh file cannot be opened (the agent then stops with that one error instead of
+    crash-looping over a damaged file).
+    """
+    try:
+        return connect(path, schema), False
+    except DatabaseCorrupt as exc:
+        moved = move_aside(path, wall_ms())
+        on_corrupt(moved, str(exc))
+        return connect(path, schema), True

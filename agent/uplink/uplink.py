@@ -1,0 +1,383 @@
+"""The uplink: sends committed outbox records in batches and applies verified receipts.
+
+It runs in its own thread and owns the MQTT transport. Rules (docs/AGENT.md, "Uplink"):
+
+- Batches (:class:`protocol.batch.Batch`) go out as QoS 1 on the device's records topic when
+  ``batch_max_records`` are waiting or the batch interval (with ± jitter) has passed.
+- A PUBACK removes nothing; a failed PUBACK reason code is counted and the batch retried.
+  Only a receipt that verifies under the configured gateway key removes records.
+- A batch without a receipt after ``receipt_timeout_ms`` is sent again (the gateway
+  deduplicates on device and sequence number). A time-out also drops the number of batches
+  allowed in flight to one, and each receipt raises it by one (up to
+  ``max_inflight_batches``), as TCP does after a retransmission time-out: a broker that
+  drops what it cannot queue is not flooded again at full rate.
+- Reconnects back off exponentially with jitter; credentials refused or "not authorised"
+  stop the uplink with a clear, permanent error instead of hammering the broker.
+- ``heartbeat_ms`` advances on every loop iteration so the service's watchdog can tell a
+  stuck network thread from an idle one.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from agent.clock import Clock
+from agent.outbox import Outbox
+from agent.uplink.settings import GatewayKey, UplinkSettings
+from agent.uplink.transport import (
+    NOT_AUTHORISED,
+    BrokerSettings,
+    Connected,
+    ConnectionLost,
+    Event,
+    MqttTransport,
+    PubAck,
+    Received,
+    Refused,
+    SubAck,
+)
+from protocol.batch import Batch, receipts_topic, records_topic
+from protocol.errors import EdgeproofError, RejectedByPeer, TransportError, VerificationError
+from protocol.receipt import Receipt
+
+log = logging.getLogger(__name__)
+
+TransportFactory = Callable[[BrokerSettings, str], MqttTransport]
+
+
+@dataclass
+class _Batch:
+    batch_id: int
+    seqs: tuple[int, ...]
+    deadline_ms: int
+    mid: int | None = None
+    pubacked: bool = False
+
+
+@dataclass(frozen=True)
+class UplinkStatus:
+    """A snapshot for ``status`` and logs."""
+
+    state: str
+    error: str | None
+    inflight_batches: int
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+class Uplink:
+    """Moves records from the outbox to the gateway and receipts back (one thread)."""
+
+    def __init__(self, settings: UplinkSettings, broker: BrokerSettings, gateway: GatewayKey,
+                 *, device_id: bytes, boot: int, outbox: Outbox, clock: Clock,
+                 rng: random.Random | None = None,
+                 transport_factory: TransportFactory = MqttTransport) -> None:
+        self.settings = settings
+        self._broker = broker
+        self._gateway = gateway
+        self._device_id = device_id
+        self._outbox = outbox
+        self._clock = clock
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self._make_transport = transport_factory
+        self._records_topic = records_topic(device_id)
+        self._receipts_topic = receipts_topic(device_id)
+        self._batch_base = (boot & 0xFFFFFFFF) << 32
+        self._batch_counter = 0
+        self._state = "disconnected"
+        self._error: str | None = None
+        self._attempts = 0
+        self._next_attempt = 0
+        self._connect_started = 0
+        self._inflight: dict[int, _Batch] = {}
+        self._window = settings.max_inflight_batches
+        self._by_mid: dict[int, int] = {}
+        self._resend: set[int] = set()
+        self._cursor = -1  # every committed record up to here was put into a batch
+        self._next_flush = 0
+        self._flushing = False
+        self.counters: Counter[str] = Counter()
+        self.heartbeat_ms = clock.mono_ms()
+        self._stop = threading.Event()
+        self._idle = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._transport: MqttTransport | None = None
+
+    # --- life cycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the uplink thread."""
+        self._thread = threading.Thread(target=self.run, name="edgeproof-uplink", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Ask the thread to stop, disconnect cleanly, and wait up to ``timeout_s``."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def failed(self) -> bool:
+        return self._state == "failed"
+
+    def status(self) -> UplinkStatus:
+        return UplinkStatus(self._state, self._error, len(self._inflight), dict(self.counters))
+
+    def flush(self, timeout_s: float) -> bool:
+        """Send everything committed now and wait for receipts, at most ``timeout_s``.
+
+        Returns whether the outbox was fully receipted (nothing waiting, nothing in flight).
+        """
+        self._idle.clear()
+        self._flushing = True
+        return self._idle.wait(timeout_s)
+
+    def run(self) -> None:
+        """The thread body: connect, poll, send, expire, until stopped or failed."""
+        try:
+            self._transport = self._make_transport(self._broker, self._device_id.hex())
+        except EdgeproofError as exc:
+            self._fail(str(exc))
+            return
+        while not self._stop.is_set():
+            now = self._clock.mono_ms()
+            self.heartbeat_ms = now
+            try:
+                self._step(now)
+            except RejectedByPeer as exc:
+                self._fail(str(exc))
+                break
+            except EdgeproofError as exc:  # storage or transport trouble: back off, go on
+                self.counters["step_errors"] += 1
+                log.warning("uplink: %s", exc)
+                self._disconnect(now)
+            except Exception:  # a bug must not silently end the uplink thread
+                self.counters["step_errors"] += 1
+                log.exception("uplink: unexpected error; reconnecting")
+                self._disconnect(now)
+        if self._transport is not None:
+            self._transport.close()
+        if self._state != "failed":
+            self._state = "stopped"
+
+    def _fail(self, message: str) -> None:
+        self._state = "failed"
+        self._error = message
+        self.counters["permanent_errors"] += 1
+        log.error("UPLINK STOPPED: %s. Records stay in the outbox; fix the configuration "
+                  "and restart the agent.", message)
+        if self._transport is not None:
+            self._transport.close()
+
+    # --- one iteration ------------------------------------------------------------------
+
+    def _step(self, now: int) -> None:
+        transport = self._transport
+        assert transport is not None
+        poll_s = self.settings.poll_ms / 1000
+        if not transport.up:
+            if self._state != "disconnected":
+                self._state = "disconnected"
+            if now >= self._next_attempt:
+                self._connect(now)
+            else:
+                self._stop.wait(min(poll_s, (self._next_attempt - now) / 1000))
+            return
+        for event in transport.poll(poll_s):
+            self._handle(event, now)
+        if (self._state == "connecting"
+                and now - self._connect_started > self._broker.connect_timeout_s * 1000):
+            raise TransportError("no CONNACK from the broker in time")
+        if self._state == "ready":
+            self._expire(now)
+            self._send(now)
+            self._outbox.maybe_commit()
+
+    def _connect(self, now: int) -> None:
+        assert self._transport is not None
+        self._state = "connecting"
+        self._connect_started = now
+        self.counters["connect_attempts"] += 1
+        try:
+            self._transport.connect()
+        except TransportError as exc:
+            self._schedule_retry(now, str(exc))
+
+    def _disconnect(self, now: int) -> None:
+        if self._transport is not None:
+            self._transport.close()
+        self._schedule_retry(now, "disconnected")
+
+    def _schedule_retry(self, now: int, why: str) -> None:
+        self._state = "disconnected"
+        delay = min(self.settings.backoff_max_ms,
+                    self.settings.backoff_min_ms * (2 ** min(self._attempts, 20)))
+        delay = int(delay * self._rng.uniform(0.5, 1.0))  # jitter: devices don't stampede
+        self._attempts += 1
+        self._next_attempt = now + delay
+        log.warning("uplink: %s; retrying in %.1f s", why, delay / 1000)
+
+    # --- events -------------------------------------------------------------------------
+
+    def _handle(self, event: Event, now: int) -> None:
+        assert self._transport is not None
+        if isinstance(event, Connected):
+            self.counters["connects"] += 1
+            log.info("uplink: connected to %s (session present: %s)", self._broker.url,
+                     event.session_present)
+            self._state = "subscribing"
+            self._transport.subscribe(self._receipts_topic)
+        elif isinstance(event, Refused):
+            self.counters[f"connack_{event.code:#04x}"] += 1
+            if event.permanent:
+                raise RejectedByPeer(f"broker {self._broker.url} refused the connection: "
+                                     f"{event.reason} (CONNACK {event.code:#04x})")
+            self._transport.close()
+            self._schedule_retry(now, f"broker refused: {event.reason}")
+        elif isinstance(event, ConnectionLost):
+            self.counters["connection_lost"] += 1
+            self._schedule_retry(now, f"connection lost ({event.reason})")
+        elif isinstance(event, SubAck):
+            self._on_suback(event, now)
+        elif isinstance(event, PubAck):
+            self._on_puback(event, now)
+        elif isinstance(event, Received):
+            self._on_message(event)
+
+    def _on_suback(self, event: SubAck, now: int) -> None:
+        if event.ok:
+            self._state = "ready"
+            self._attempts = 0
+            return
+        if event.code == NOT_AUTHORISED:
+            raise RejectedByPeer(f"not authorised to subscribe to {self._receipts_topic}")
+        assert self._transport is not None
+        self._transport.close()
+        self._schedule_retry(now, f"subscribe refused: {event.reason}")
+
+    def _on_puback(self, event: PubAck, now: int) -> None:
+        batch_id = self._by_mid.pop(event.mid, None)
+        batch = self._inflight.get(batch_id) if batch_id is not None else None
+        if event.ok:
+            self.counters["pubacks"] += 1
+            if batch is not None:
+                batch.pubacked = True
+            return
+        # paho calls this "published" too; the reason code says the broker refused it.
+        self.counters[f"puback_failed_{event.code:#04x}"] += 1
+        if event.code == NOT_AUTHORISED:
+            raise RejectedByPeer(f"not authorised to publish on {self._records_topic}")
+        log.warning("uplink: broker refused batch (%s, PUBACK %#04x); will resend",
+                    event.reason, event.code)
+        if batch is not None:
+            batch.deadline_ms = min(batch.deadline_ms, now + self.settings.backoff_min_ms)
+
+    def _on_message(self, event: Received) -> None:
+        if event.topic != self._receipts_topic:
+            self.counters["unexpected_messages"] += 1
+            return
+        try:
+            receipt = Receipt.verify(event.payload, self._gateway.public_key,
+                                     self._gateway.key_id)
+        except VerificationError as exc:
+            self.counters["bad_receipts"] += 1
+            log.warning("uplink: ignored a receipt that does not verify: %s", exc)
+            return
+        if receipt.device_id != self._device_id:
+            self.counters["foreign_receipts"] += 1
+            return
+        result = self._outbox.apply_receipt(receipt)
+        self.counters["receipts"] += 1
+        self._window = min(self.settings.max_inflight_batches, self._window + 1)
+        batch = self._inflight.pop(receipt.batch_id, None)
+        if batch is not None:
+            if batch.mid is not None:
+                self._by_mid.pop(batch.mid, None)
+            answered = {o.seq for o in receipt.outcomes}
+            self._resend.update(s for s in batch.seqs if s not in answered)
+        log.debug("uplink: receipt for batch %d: %s", receipt.batch_id, result)
+
+    # --- sending ------------------------------------------------------------------------
+
+    def _expire(self, now: int) -> None:
+        expired = False
+        for batch_id, batch in list(self._inflight.items()):
+            if now >= batch.deadline_ms:
+                expired = True
+                del self._inflight[batch_id]
+                if batch.mid is not None:
+                    self._by_mid.pop(batch.mid, None)
+                self._resend.update(batch.seqs)
+                self.counters["receipt_timeouts"] += 1
+                log.info("uplink: no receipt for batch %d (%d records) in time; resending",
+                         batch_id, len(batch.seqs))
+        if expired:
+            self._window = 1
+
+    def _send(self, now: int) -> None:
+        s = self.settings
+        while len(self._inflight) < min(self._window, s.max_inflight_batches):
+            if not (self._resend or self._due(now)):
+                break
+            rows = self._next_rows()
+            if not rows:
+                break
+            self._publish(rows, now)
+        if self._flushing and not self._inflight and not self._resend \
+                and self._outbox.committed_through <= self._cursor:
+            self._idle.set()
+
+    def _due(self, now: int) -> bool:
+        waiting = self._outbox.committed_through - self._cursor
+        if waiting <= 0:
+            return False
+        return (self._flushing or waiting >= self.settings.batch_max_records
+                or now >= self._next_flush)
+
+    def _next_rows(self) -> list[tuple[int, bytes]]:
+        s = self.settings
+        if self._resend:
+            wanted = sorted(self._resend)[: s.batch_max_records]
+            rows = _within(self._outbox.fetch(wanted), s.batch_max_bytes)
+            last = rows[-1][0] if rows else wanted[-1]
+            self._resend.difference_update(w for w in wanted if w <= last)
+            if rows:
+                return rows
+        committed = self._outbox.committed_through
+        rows = self._outbox.unsent(self._cursor, s.batch_max_records, s.batch_max_bytes)
+        # Numbers without a record (burned or already removed) are skipped for good.
+        self._cursor = rows[-1][0] if rows else max(self._cursor, committed)
+        return rows
+
+    def _publish(self, rows: list[tuple[int, bytes]], now: int) -> None:
+        assert self._transport is not None
+        self._batch_counter += 1
+        batch_id = self._batch_base | (self._batch_counter & 0xFFFFFFFF)
+        payload = Batch(batch_id, tuple(raw for _, raw in rows)).to_cbor()
+        mid = self._transport.publish(self._records_topic, payload)
+        seqs = tuple(seq for seq, _ in rows)
+        self._inflight[batch_id] = _Batch(batch_id, seqs, now + self.settings.receipt_timeout_ms,
+                                          mid)
+        self._by_mid[mid] = batch_id
+        self.counters["batches_sent"] += 1
+        self.counters["records_sent"] += len(seqs)
+        jitter = self._rng.uniform(-self.settings.batch_jitter, self.settings.batch_jitter)
+        self._next_flush = now + int(self.settings.batch_interval_ms * (1 + jitter))
+
+
+def _within(rows: list[tuple[int, bytes]], max_bytes: int) -> list[tuple[int, bytes]]:
+    out: list[tuple[int, bytes]] = []
+    total = 0
+    for seq, raw in rows:
+        if out and total + len(raw) > max_bytes:
+            break
+        out.append((seq, raw))
+        total += len(raw)
+    return out

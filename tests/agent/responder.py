@@ -1,0 +1,150 @@
+"""A small receipt responder built from protocol/, answering batches as the gateway would.
+
+It subscribes to every device's records topic on a real broker, verifies each record's
+signature under the registered device key, deduplicates on (device, seq), gives accepted
+records leaf indexes, and publishes a gateway-signed receipt on the device's receipts
+topic. Tests can pause it (no receipts), slow it down (a slow subscriber), reject streams,
+and inspect what it logged. It stands in for gateway/ in the agent's tests until those can
+use the real gateway.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass, field
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from protocol import reasons
+from protocol.batch import TOPIC_PREFIX, Batch, device_id_from_topic, receipts_topic
+from protocol.errors import VerificationError
+from protocol.keys import Secret, SigningKey, device_id_for
+from protocol.note import NoteSigner
+from protocol.receipt import HASH_PREFIX_BYTES, Outcome, Receipt, Status
+from protocol.record import Usage
+from protocol.signed import SignedRecord, parse_signed_record, verify_signed_record
+
+GATEWAY_SEED = bytes(range(32))
+
+
+@dataclass
+class Logged:
+    """What the responder logged for one device."""
+
+    records: dict[int, SignedRecord] = field(default_factory=dict)  # seq -> first accepted
+    duplicates: int = 0
+    equivocations: list[int] = field(default_factory=list)  # seqs seen with another hash
+    rejected: dict[int, str] = field(default_factory=dict)
+    settled_micro: int = 0
+
+
+class Responder:
+    """Answers batches on a broker with protocol receipts (see the module docstring)."""
+
+    def __init__(self, broker_url: str, *, name: str = "test-gateway",
+                 seed: bytes = GATEWAY_SEED) -> None:
+        host_port = broker_url.split("://", 1)[1]
+        self.host, port = host_port.rsplit(":", 1)
+        self.port = int(port)
+        self.signer = NoteSigner(name, seed)
+        self._key = SigningKey(Secret(seed))
+        self.devices: dict[bytes, bytes] = {}  # device id -> public key
+        self.logged: dict[bytes, Logged] = {}
+        self.reject_streams: dict[str, str] = {}
+        self.paused = False
+        self.delay_s = 0.0  # per message: a slow subscriber
+        self.batches_seen = 0
+        self.receipts_sent = 0
+        self._leaves = 0
+        self._lock = threading.Lock()
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-responder",
+                                   protocol=mqtt.MQTTv5)
+        self._client.on_connect = self._on_connect
+        self._client.on_message = self._on_message
+        self._client.reconnect_delay_set(0.1, 1)
+
+    @property
+    def verifier_key(self) -> str:
+        return self.signer.verifier_text()
+
+    def register(self, public_key: bytes) -> bytes:
+        device_id = device_id_for(public_key)
+        self.devices[device_id] = public_key
+        return device_id
+
+    def start(self) -> Responder:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        self._client.connect(self.host, self.port, keepalive=10, clean_start=False,
+                             properties=props)
+        self._client.loop_start()
+        return self
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def _on_connect(self, client: mqtt.Client, _u: object, _f: object, rc: object,
+                    _p: object) -> None:
+        client.subscribe(f"{TOPIC_PREFIX}+/records", qos=1)
+
+    def _on_message(self, client: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if self.paused:
+            return
+        device_id = device_id_from_topic(message.topic)
+        batch = Batch.from_cbor(message.payload)
+        with self._lock:
+            self.batches_seen += 1
+            outcomes = tuple(self._judge(device_id, raw) for raw in batch.records)
+            log = self.logged.setdefault(device_id, Logged())
+            receipt = Receipt(device_id, batch.batch_id, outcomes, "test-checkpoint\n",
+                              int(time.time() * 1000), log.settled_micro)
+        client.publish(receipts_topic(device_id), receipt.sign(self._key, self.signer.key_id),
+                       qos=1)
+        self.receipts_sent += 1
+
+    def _judge(self, device_id: bytes, raw: bytes) -> Outcome:
+        prefix = hashlib.sha256(raw).digest()[:HASH_PREFIX_BYTES]
+        log = self.logged.setdefault(device_id, Logged())
+        try:
+            _msg, record = parse_signed_record(raw)
+            signed = verify_signed_record(raw, self.devices[device_id], device_id)
+        except (VerificationError, KeyError):
+            return Outcome(None, prefix, Status.REJECTED, reason=reasons.BAD_SIGNATURE)
+        seq = record.seq
+        if record.stream in self.reject_streams:
+            log.rejected[seq] = self.reject_streams[record.stream]
+            return Outcome(seq, prefix, Status.REJECTED, reason=self.reject_streams[record.stream])
+        known = log.records.get(seq)
+        if known is not None:
+            if known.raw != raw:
+                log.equivocations.append(seq)
+                return Outcome(seq, prefix, Status.REJECTED, reason=reasons.EQUIVOCATION)
+            log.duplicates += 1
+            return Outcome(seq, prefix, Status.DUPLICATE, leaf_index=self._leaf_of(log, seq))
+        log.records[seq] = signed
+        if isinstance(record.body, Usage):
+            log.settled_micro += record.body.credit_micro
+        self._leaves += 1
+        return Outcome(seq, prefix, Status.ACCEPTED, leaf_index=self._leaves - 1)
+
+    @staticmethod
+    def _leaf_of(log: Logged, seq: int) -> int:
+        return sorted(log.records).index(seq)
+
+    def wait_for(self, predicate: object, timeout_s: float = 20.0) -> bool:
+        """Poll ``predicate()`` until true or the time-out; return its last value."""
+        assert callable(predicate)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(0.05)
+        return bool(predicate())

@@ -1,0 +1,212 @@
+"""The uplink against a real Mosquitto and a receipt responder built from protocol/."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.clock import SystemClock
+from agent.outbox import DeviceState, Outbox, OutboxSettings
+from agent.records import EpochPolicy, RecordFactory, RecordWriter
+from agent.uplink import BrokerSettings, GatewayKey, Uplink, UplinkSettings, parse_broker_url
+from firmware_sim.broker import MosquittoBroker
+from protocol import reasons
+from protocol.keys import Secret, SigningKey, device_id_for
+from protocol.record import Measurement
+from tests.agent.responder import Responder
+
+FAST = UplinkSettings(batch_max_records=20, batch_interval_ms=100, receipt_timeout_ms=1500,
+                      backoff_min_ms=100, backoff_max_ms=500, poll_ms=20)
+
+
+class Device:
+    """An outbox, a record writer and an uplink in this process."""
+
+    def __init__(self, tmp: Path, broker_url: str, gateway_key: str,
+                 settings: UplinkSettings = FAST, username: str | None = None,
+                 password: str | None = None) -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.clock = SystemClock()
+        key = SigningKey.generate()
+        self.public_key = key.public_key
+        self.device_id = device_id_for(key.public_key)
+        self.state = DeviceState.open(tmp / "state.sqlite", self.clock.wall_ms)
+        self.outbox = Outbox(tmp / "outbox.sqlite",
+                             OutboxSettings(commit_window_ms=50, commit_max_records=10),
+                             self.state, self.clock)
+        factory = RecordFactory(self.device_id, key, self.outbox.boot, self.clock)
+        self.outbox.attach(factory)
+        self.writer = RecordWriter(factory, self.outbox, {}, policy=EpochPolicy(),
+                                   clock=self.clock)
+        host, port, tls = parse_broker_url(broker_url)
+        broker = BrokerSettings(broker_url, host, port, tls, username=username,
+                                password=Secret(password.encode()) if password else None,
+                                connect_timeout_s=2.0)
+        self.uplink = Uplink(settings, broker, GatewayKey.from_text(gateway_key),
+                             device_id=self.device_id, boot=self.outbox.boot,
+                             outbox=self.outbox, clock=self.clock, rng=random.Random(7))
+
+    def write(self, n: int) -> list[int]:
+        seqs = []
+        for i in range(n):
+            seq = self.writer.write_values("cpu", (Measurement(i, -1, "Cel"),),
+                                           self.clock.mono_ms())
+            assert seq is not None
+            seqs.append(seq)
+        self.outbox.commit()
+        return seqs
+
+    def depth(self) -> int:
+        return self.outbox.stats().depth
+
+    def close(self) -> None:
+        self.uplink.stop()
+        self.outbox.close()
+        self.state.close()
+
+
+@pytest.fixture
+def responder(broker: MosquittoBroker) -> Iterator[Responder]:
+    r = Responder(broker.url).start()
+    yield r
+    r.stop()
+
+
+@pytest.fixture
+def device(tmp_path: Path, broker: MosquittoBroker, responder: Responder) -> Iterator[Device]:
+    d = Device(tmp_path, broker.url, responder.verifier_key)
+    responder.register(d.public_key)
+    yield d
+    d.close()
+
+
+def logged_seqs(responder: Responder, device: Device) -> set[int]:
+    log = responder.logged.get(device.device_id)
+    return set(log.records) if log else set()
+
+
+def test_readings_arrive_and_receipts_empty_the_outbox(device: Device,
+                                                       responder: Responder) -> None:
+    seqs = device.write(50)
+    device.uplink.start()
+    assert responder.wait_for(lambda: device.depth() == 0)
+    assert logged_seqs(responder, device) == set(seqs)
+    stats = device.outbox.stats()
+    assert stats.counter("receipt_delivered") == 50
+    assert stats.counters["last_receipt_batch"] >> 32 == device.outbox.boot
+
+
+def test_broker_outage_backlog_drains_with_nothing_lost_or_duplicated(
+        device: Device, responder: Responder, broker: MosquittoBroker) -> None:
+    device.uplink.start()
+    first = device.write(20)
+    assert responder.wait_for(lambda: device.depth() == 0)
+    broker.stop()
+    during = device.write(60)  # committed while the broker is away
+    time.sleep(0.5)
+    assert device.depth() == 60
+    broker.start()
+    assert responder.wait_for(lambda: device.depth() == 0, timeout_s=30)
+    log = responder.logged[device.device_id]
+    assert set(log.records) == set(first) | set(during)
+    assert log.equivocations == []
+    assert device.uplink.counters["connects"] >= 2
+
+
+def test_no_receipt_means_nothing_is_deleted(device: Device, responder: Responder) -> None:
+    responder.paused = True
+    seqs = device.write(30)
+    device.uplink.start()
+    assert responder.wait_for(lambda: device.uplink.counters["pubacks"] >= 2)
+    time.sleep(0.3)
+    assert device.depth() == 30  # PUBACKs arrived; nothing was removed
+    responder.paused = False
+    assert responder.wait_for(lambda: device.depth() == 0)  # resent after the time-out
+    assert logged_seqs(responder, device) == set(seqs)
+    assert device.uplink.counters["receipt_timeouts"] >= 1
+
+
+def test_broker_that_acknowledges_but_drops_loses_nothing(tmp_path: Path) -> None:
+    broker = MosquittoBroker(tmp_path / "broker", max_queued_messages=1,
+                             max_inflight_messages=1)
+    broker.start()
+    try:
+        responder = Responder(broker.url).start()
+        responder.delay_s = 0.02  # a slow subscriber: the broker's queue overflows
+        settings = UplinkSettings(batch_max_records=5, batch_interval_ms=10,
+                                  receipt_timeout_ms=800, max_inflight_batches=20,
+                                  backoff_min_ms=100, poll_ms=10)
+        device = Device(tmp_path / "dev", broker.url, responder.verifier_key, settings)
+        responder.register(device.public_key)
+        seqs = device.write(100)
+        device.uplink.start()
+        assert responder.wait_for(lambda: device.depth() == 0, timeout_s=60)
+        assert logged_seqs(responder, device) == set(seqs)
+        assert device.uplink.counters["receipt_timeouts"] >= 1  # the broker did drop some
+        device.close()
+        responder.stop()
+    finally:
+        broker.kill()
+
+
+def test_receipt_from_another_key_removes_nothing(tmp_path: Path,
+                                                  broker: MosquittoBroker) -> None:
+    impostor = Responder(broker.url, seed=bytes(32 * [7])).start()
+    trusted = Responder(broker.url)  # its key is configured; it never answers
+    device = Device(tmp_path / "dev", broker.url, trusted.verifier_key)
+    impostor.register(device.public_key)
+    try:
+        device.write(10)
+        device.uplink.start()
+        assert impostor.wait_for(lambda: device.uplink.counters["bad_receipts"] >= 1)
+        assert device.depth() == 10
+    finally:
+        device.close()
+        impostor.stop()
+
+
+def test_rejected_records_move_to_dead_letters_with_the_reason(
+        device: Device, responder: Responder) -> None:
+    responder.reject_streams["cpu"] = reasons.FUTURE_TIMESTAMP
+    device.write(5)
+    device.uplink.start()
+    assert responder.wait_for(lambda: device.depth() == 0)
+    assert device.outbox.stats().dead_letters == {reasons.FUTURE_TIMESTAMP: 5}
+
+
+def _password_file(tmp: Path, user: str, password: str) -> Path:
+    path = tmp / "passwd"
+    path.write_text("")
+    subprocess.run(["mosquitto_passwd", "-b", str(path), user, password], check=True,
+                   capture_output=True)
+    return path
+
+
+def test_bad_credentials_stop_the_uplink_with_a_clear_error(tmp_path: Path) -> None:
+    # Started as root, mosquitto would drop to its own user and fail to read tmp_path.
+    broker = MosquittoBroker(tmp_path / "broker", extra_config="user root\n",
+                             password_file=_password_file(tmp_path, "dev", "right"))
+    broker.start()
+    try:
+        device = Device(tmp_path / "dev", broker.url, Responder(broker.url).verifier_key,
+                        username="dev", password="wrong")
+        device.write(3)
+        device.uplink.start()
+        deadline = time.monotonic() + 10
+        while not device.uplink.failed and time.monotonic() < deadline:
+            time.sleep(0.05)
+        status = device.uplink.status()
+        assert status.state == "failed"
+        assert status.error is not None and "refused" in status.error
+        assert "0x86" in status.error or "0x87" in status.error
+        time.sleep(0.5)
+        assert device.uplink.counters["connect_attempts"] == 1  # no hammering
+        assert device.depth() == 3
+        device.close()
+    finally:
+        broker.kill()
