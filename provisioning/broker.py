@@ -1,0 +1,158 @@
+"""The fleet's broker files, derived from its records, and where they are installed.
+
+The password file and ACL are never edited in place: they are rendered from the service
+users (``broker/service.passwd``, the gateway) and the device records that are not revoked,
+then written to ``FLEET/broker/`` and to the directory ``broker-config --out`` last wrote to
+(remembered in ``broker/out_dir``), and the broker is told to reload. A device change
+therefore always leaves the broker's view equal to the fleet's records.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+from dataclasses import dataclass
+from pathlib import Path
+
+from protocol.errors import ConfigError, StorageError
+from provisioning import mosquitto
+from provisioning.devices_store import load_records
+from provisioning.fleet import SERVICE_PASSWD, FleetConfig, check_broker_url
+
+PASSWD = "passwd"  # noqa: S105 - a file name, not a password
+ACL = "acl"
+CONF = "mosquitto.conf"
+OUT_DIR_MARKER = "out_dir"
+
+
+def service_users(fleet: FleetConfig) -> list[mosquitto.BrokerUser]:
+    """Return the service users (``user:hash`` lines of broker/service.passwd)."""
+    path = fleet.root / SERVICE_PASSWD
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise StorageError(f"{path}: cannot read: {exc.strerror}") from None
+    users = []
+    for line in lines:
+        if line.strip() and not line.startswith("#"):
+            name, sep, hashed = line.partition(":")
+            if not sep:
+                raise ConfigError(f"{path}: line {line[:20]!r}... is not user:hash")
+            users.append(mosquitto.BrokerUser(name, hashed))
+    return users
+
+
+def render_files(fleet: FleetConfig) -> tuple[str, str]:
+    """Return (password file, ACL) for the fleet as it stands."""
+    active = [r for r in load_records(fleet) if r.active]
+    users = service_users(fleet) + [
+        mosquitto.BrokerUser(r.broker_user, r.broker_password_hash) for r in active
+    ]
+    acl = mosquitto.render_acl(mosquitto.GATEWAY_USER, [bytes.fromhex(r.device_id) for r in active])
+    return mosquitto.render_password_file(users), acl
+
+
+def installed_dir(fleet: FleetConfig) -> Path | None:
+    """Return the directory ``broker-config --out`` last wrote to, if any."""
+    marker = fleet.broker_dir / OUT_DIR_MARKER
+    try:
+        text = marker.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StorageError(f"{marker}: cannot read: {exc.strerror}") from None
+    return Path(text) if text else None
+
+
+@dataclass(frozen=True)
+class RefreshResult:
+    """What a refresh did: the directories written and the reload outcome in one line."""
+
+    written: tuple[Path, ...]
+    reload_message: str
+    reloaded: bool
+
+
+def refresh(fleet: FleetConfig) -> RefreshResult:
+    """Rewrite the broker files from the records and ask the broker to reload.
+
+    Returns what was done; a missing reload configuration is not an error (the message says
+    what to run). Raises StorageError if the files cannot be written, TransportError if a
+    configured reload fails.
+    """
+    passwd, acl = render_files(fleet)
+    targets = [fleet.broker_dir]
+    out = installed_dir(fleet)
+    if out is not None and out != fleet.broker_dir:
+        targets.append(out)
+    for target in targets:
+        mosquitto.write_broker_file(target / PASSWD, passwd)
+        mosquitto.write_broker_file(target / ACL, acl)
+    if out is None:
+        return RefreshResult(tuple(targets), "no broker files installed yet; run "
+                             f"edgeproof-provision broker-config --fleet {fleet.root} --out DIR",
+                             False)
+    if not fleet.broker_control.configured:
+        return RefreshResult(tuple(targets), "tell the broker to reload: "
+                             f"{mosquitto.RELOAD_HINT}", False)
+    return RefreshResult(tuple(targets), mosquitto.reload_broker(fleet.broker_control), True)
+
+
+@dataclass(frozen=True)
+class BrokerConfigRequest:
+    """What ``broker-config`` was asked for."""
+
+    out: Path
+    bind: str | None = None
+    port: int | None = None
+    data_dir: Path = Path("/var/lib/mosquitto")
+    run_as: str = "mosquitto"
+    max_queued_messages: int = 100_000
+    tls: mosquitto.TlsListener | None = None
+
+
+def write_broker_config(fleet: FleetConfig, req: BrokerConfigRequest) -> list[Path]:
+    """Write mosquitto.conf, passwd and acl into ``req.out``; remember it; return the files.
+
+    Later device changes rewrite passwd and acl there too. Raises ConfigError or
+    StorageError.
+    """
+    _, url_port = check_broker_url(fleet.broker_url, "fleet.broker_url")
+    out = req.out.absolute()
+    try:
+        out.mkdir(parents=True, exist_ok=True, mode=0o750)
+    except OSError as exc:
+        raise StorageError(f"{out}: cannot create: {exc.strerror}") from None
+    settings = mosquitto.ListenerSettings(
+        port=req.port or url_port, bind=req.bind, data_dir=req.data_dir.absolute(),
+        password_file=out / PASSWD, acl_file=out / ACL, run_as=req.run_as,
+        max_queued_messages=req.max_queued_messages, tls=req.tls,
+    )
+    passwd, acl = render_files(fleet)
+    try:
+        mosquitto.write_broker_file(out / PASSWD, passwd)
+        mosquitto.write_broker_file(out / ACL, acl)
+        (out / CONF).write_text(mosquitto.render_mosquitto_conf(settings, fleet_name=fleet.name),
+                                encoding="utf-8")
+        _hand_over(out, req.run_as)
+        mosquitto.write_broker_file(fleet.broker_dir / OUT_DIR_MARKER, f"{out}\n")
+    except OSError as exc:
+        raise StorageError(f"{out}: cannot write broker files: {exc.strerror}") from None
+    return [out / CONF, out / PASSWD, out / ACL]
+
+
+def _hand_over(out: Path, user: str) -> None:
+    """As root, give the directory, password file and ACL to the broker's user.
+
+    Mosquitto reads them after dropping to that user; later rewrites keep the owner
+    (:func:`mosquitto.write_broker_file`). Not root: the files stay ours, and the broker
+    must run as us (``--run-as``) or the operator hands them over.
+    """
+    if os.geteuid() != 0 or user == "root":
+        return
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise ConfigError(f"--run-as {user!r}: no such user on this machine") from None
+    for path in (out, out / PASSWD, out / ACL):
+        os.chown(path, entry.pw_uid, entry.pw_gid)

@@ -1,0 +1,157 @@
+"""A live fleet for the provisioning tests: a fleet made by ``init``, the real Mosquitto
+started with the config ``broker-config`` wrote, and the real gateway started with the
+config ``init`` wrote (``python -m gateway.cli run --config``).
+
+Helpers live here; conftest.py only exposes the fixtures.
+"""
+
+from __future__ import annotations
+
+import getpass
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from firmware_sim.broker import MosquittoBroker, free_port
+from protocol.note import NoteVerifier
+from provisioning import fleet as fleet_mod
+from provisioning.cli import main
+
+GATEWAY_START_TIMEOUT = 30.0
+
+
+def gateway_importable() -> bool:
+    try:
+        return importlib.util.find_spec("gateway.cli") is not None
+    except ImportError:
+        return False
+
+
+def provision(*argv: str) -> int:
+    """Run ``edgeproof-provision`` in-process; return its exit code."""
+    return main(list(argv))
+
+
+def init_fleet(root: Path, broker_port: int, gateway_port: int) -> None:
+    code = provision("init", str(root), "--broker", f"mqtt://127.0.0.1:{broker_port}",
+                     "--gateway", f"http://127.0.0.1:{gateway_port}", "--name", "test.fleet",
+                     "--owner", "alice", "--rate", "1000000")
+    assert code == 0
+
+
+def set_fleet_option(root: Path, key: str, value: str) -> None:
+    """Set a `[broker]` option in fleet.toml as an operator would, by editing the file."""
+    path = root / fleet_mod.FLEET_FILE
+    lines = path.read_text().splitlines()
+    out = [f'{key} = "{value}"' if line.startswith(f"{key} =") else line for line in lines]
+    path.write_text("\n".join(out) + "\n")
+
+
+@dataclass
+class GatewayProcess:
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+
+def start_gateway(config: Path, url: str, log: Path) -> GatewayProcess:
+    """Start the real gateway and wait until its HTTP API answers."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "--config",
+                                 str(config)], stdout=out, stderr=out)
+    gw = GatewayProcess(proc, url, log)
+    deadline = time.monotonic() + GATEWAY_START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gateway exited at start: {log.read_text()[-2000:]}")
+        try:
+            if requests.get(f"{url}/v1/verifier-key", timeout=1).status_code == 200:
+                return gw
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    gw.stop()
+    raise RuntimeError(f"gateway did not answer within {GATEWAY_START_TIMEOUT} s")
+
+
+@dataclass
+class LiveFleet:
+    root: Path
+    broker: MosquittoBroker
+    gateway: GatewayProcess
+    broker_dir: Path
+
+    @property
+    def config(self) -> fleet_mod.FleetConfig:
+        return fleet_mod.load_fleet(self.root)
+
+    @property
+    def verifier(self) -> NoteVerifier:
+        return NoteVerifier.from_text(self.config.gateway_verifier_key)
+
+    def gateway_password(self) -> str:
+        return (self.root / fleet_mod.GATEWAY_BROKER_PASSWORD).read_text().strip()
+
+    def run(self, *argv: str) -> int:
+        return provision(*argv, "--fleet", str(self.root))
+
+
+def write_broker_files(root: Path, out: Path, extra: Sequence[str] = ()) -> Path:
+    """Run broker-config for a loopback listener owned by this user; return mosquitto.conf."""
+    code = provision("broker-config", "--fleet", str(root), "--out", str(out),
+                     "--bind", "127.0.0.1", "--data-dir", str(out / "data"),
+                     "--run-as", getpass.getuser(), *extra)
+    assert code == 0
+    (out / "data").mkdir(exist_ok=True)
+    return out / "mosquitto.conf"
+
+
+def live_fleet_fixture(tmp_path_factory: pytest.TempPathFactory,
+                       broker_args: Callable[[Path], Sequence[str]] = lambda base: (),
+                       ) -> Iterator[LiveFleet]:
+    """A fleet with its broker (reloaded through a pid file) and its gateway running.
+
+    ``broker_args(base_dir)`` returns extra ``broker-config`` arguments (e.g. TLS files).
+    """
+    if not gateway_importable():
+        pytest.skip("the gateway package is not importable yet (gateway/ not built)")
+    base = tmp_path_factory.mktemp("live")
+    broker_port, gateway_port = free_port(), free_port()
+    root = base / "fleet"
+    init_fleet(root, broker_port, gateway_port)
+    broker_dir = base / "broker"
+    conf = write_broker_files(root, broker_dir, broker_args(base))
+    broker = MosquittoBroker(broker_dir, port=broker_port, config_file=conf)
+    broker.start()
+    pid_file = broker_dir / "mosquitto.pid"
+    assert broker.process is not None
+    pid_file.write_text(f"{broker.process.pid}\n")
+    set_fleet_option(root, "pid_file", str(pid_file))
+    gateway = start_gateway(root / fleet_mod.GATEWAY_CONFIG, f"http://127.0.0.1:{gateway_port}",
+                            base / "gateway.log")
+    try:
+        yield LiveFleet(root, broker, gateway, broker_dir)
+    finally:
+        gateway.stop()
+        broker.kill()
+
+
+def mode(path: Path) -> int:
+    return os.stat(path).st_mode & 0o777
