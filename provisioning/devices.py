@@ -116,8 +116,9 @@ def provision(fleet: FleetConfig, api: GatewayAPI, dev: NewDevice, terms: Terms,
     left behind), ConfigError / StorageError for local failures.
     """
     final = bundle_dir(fleet, dev.name)
+    for stale in fleet.devices_dir.glob(f".{dev.name}.tmp-*"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = fleet.devices_dir / f".{dev.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
         record = _build_bundle(fleet, tmp, dev, terms, token)
         device_id = api.register(name=dev.name, public_key=dev.public_key, owner=terms.owner,

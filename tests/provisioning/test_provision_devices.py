@@ -308,3 +308,16 @@ def test_bundle_agent_config_is_accepted_by_the_agent(live_fleet: LiveFleet) -> 
     assert cfg.usage is not None and cfg.usage.rate_micro_per_hour == 1_000_000
     auditor = (live_fleet.root / "recipients/auditor.pub").read_text().strip()
     assert set(cfg.stream_recipients().values()) == {(bytes.fromhex(auditor),)}
+
+
+def test_a_bundle_half_built_by_a_killed_run_is_invisible_and_cleaned_up(
+        live_fleet: LiveFleet, capsys: Capture) -> None:
+    stale = live_fleet.config.devices_dir / ".crashed.tmp-999999"
+    (stale / "etc/edgeproof").mkdir(parents=True)
+    (stale / "etc/edgeproof/agent.toml").write_text("half")
+    capsys.readouterr()
+    assert live_fleet.run("device", "list", "--local", "--json") == 0
+    assert "crashed" not in capsys.readouterr().out
+    assert live_fleet.run("device", "add", "crashed") == 0
+    assert not stale.exists()
+    assert (bundle_dir(live_fleet.config, "crashed") / RECORD).exists()

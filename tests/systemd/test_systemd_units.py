@@ -96,6 +96,15 @@ def test_agent_unit_runs_the_agent_as_the_service_user() -> None:
         assert d[key] == [value], key
 
 
+def test_agent_unit_leaves_gpio_libraries_what_they_need() -> None:
+    d = directives("agent")
+    # lgpio makes FIFOs in the working directory; "/" is read-only under ProtectSystem=strict.
+    assert d["WorkingDirectory"] == ["/run/edgeproof"] and d["RuntimeDirectory"] == ["edgeproof"]
+    # gpiozero and Blinka read the board revision from /proc/cpuinfo or /proc/device-tree.
+    assert "ProcSubset" not in d
+    assert d["ProtectSystem"] == ["strict"]
+
+
 def test_gateway_unit_has_no_devices() -> None:
     d = directives("gateway")
     assert d["DevicePolicy"] == ["closed"] and d["PrivateDevices"] == ["yes"]
