@@ -10,7 +10,7 @@ from typing import Any
 from protocol.errors import ConfigError, EdgeproofError, TransportError
 from provisioning import broker, devices
 from provisioning.devices_store import DEVICE_KEY, DeviceRecord, bundle_dir, load_records
-from provisioning.fleet import FleetConfig, load_fleet, read_admin_token
+from provisioning.fleet import FleetConfig, changing, load_fleet, read_admin_token
 from provisioning.gateway_api import GatewayAPI
 from provisioning.output import Output
 
@@ -106,17 +106,18 @@ def _provision(args: argparse.Namespace, new: Sequence[devices.NewDevice]) -> in
     if terms.rate_micro_per_hour < 0:
         raise ConfigError("--rate must be >= 0")
     api = _api(cfg)
-    devices.check_free(cfg, api.list_devices(), new)
-    made: list[DeviceRecord] = []
-    with out.progress("provisioning", len(new)) as bar:
-        for dev in new:
-            try:
-                made.append(devices.provision(cfg, api, dev, terms))
-            except EdgeproofError as exc:
-                raise EdgeproofError(_partial(dev.name, exc, made)) from None
-            bar.advance(bar.task_ids[0])
-    _report_added(out, cfg, made)
-    return _refresh_broker(out, cfg)
+    with changing(cfg):
+        devices.check_free(cfg, api.list_devices(), new)
+        made: list[DeviceRecord] = []
+        with out.progress("provisioning", len(new)) as bar:
+            for dev in new:
+                try:
+                    made.append(devices.provision(cfg, api, dev, terms))
+                except EdgeproofError as exc:
+                    raise EdgeproofError(_partial(dev.name, exc, made)) from None
+                bar.advance(bar.task_ids[0])
+        _report_added(out, cfg, made)
+        return _refresh_broker(out, cfg)
 
 
 def _partial(name: str, exc: EdgeproofError, made: Sequence[DeviceRecord]) -> str:
@@ -188,8 +189,9 @@ def run_list(args: argparse.Namespace) -> int:
 def run_revoke(args: argparse.Namespace) -> int:
     out = Output(as_json=args.json)
     cfg = load_fleet(args.fleet)
-    outcome = devices.revoke(cfg, _api(cfg), args.name)
-    result = broker.refresh(cfg)
+    with changing(cfg):
+        outcome = devices.revoke(cfg, _api(cfg), args.name)
+        result = broker.refresh(cfg)
     if out.as_json:
         out.json({"name": args.name, "device_id": outcome.record.device_id,
                   "gateway_revoked": outcome.record.gateway_revoked,
@@ -207,7 +209,9 @@ def run_revoke(args: argparse.Namespace) -> int:
 
 def run_rotate(args: argparse.Namespace) -> int:
     out = Output(as_json=args.json)
-    outcome = devices.rotate(load_fleet(args.fleet), args.name)
+    cfg = load_fleet(args.fleet)
+    with changing(cfg):
+        outcome = devices.rotate(cfg, args.name)
     if out.as_json:
         out.json({"name": args.name, "device_id": outcome.record.device_id,
                   "next_key_file": str(outcome.next_key_file) if outcome.next_key_file else None,

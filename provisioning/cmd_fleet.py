@@ -96,7 +96,8 @@ def _recipient_json(r: recipients.Recipient) -> dict[str, str]:
 def run_recipient_add(args: argparse.Namespace) -> int:
     out = Output(as_json=args.json)
     cfg = fleet.load_fleet(args.fleet)
-    r = recipients.add_recipient(cfg, args.name)
+    with fleet.changing(cfg):
+        r = recipients.add_recipient(cfg, args.name)
     if out.as_json:
         out.json(_recipient_json(r))
     else:
@@ -163,9 +164,11 @@ def _tls(args: argparse.Namespace) -> mosquitto.TlsListener | None:
 def run_broker_config(args: argparse.Namespace) -> int:
     out = Output(as_json=args.json)
     cfg = fleet.load_fleet(args.fleet)
-    files = broker.write_broker_config(cfg, broker.BrokerConfigRequest(
+    request = broker.BrokerConfigRequest(
         out=args.out, bind=args.bind, port=args.port, data_dir=args.data_dir,
-        run_as=args.run_as, tls=_tls(args)))
+        run_as=args.run_as, tls=_tls(args))
+    with fleet.changing(cfg):
+        files = broker.write_broker_config(cfg, request)
     if out.as_json:
         out.json({"files": [str(f) for f in files]})
     else:

@@ -20,11 +20,12 @@ copied to ``/etc/edgeproof`` on the gateway host unchanged; see docs/OPERATIONS.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
 import shutil
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -294,6 +295,31 @@ def _render_fleet_toml(req: InitRequest, signer: NoteSigner) -> str:
             "\"systemctl reload mosquitto\". Empty: provisioning says what to run."
         ),
     )
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def changing(fleet: FleetConfig) -> Iterator[None]:
+    """Hold the fleet's lock while a command changes it; raise ConfigError if it is held.
+
+    Two commands changing one fleet at once could each rewrite the broker files from a view
+    that lacks the other's device; the second one is refused instead of waiting silently.
+    """
+    try:
+        fd = os.open(fleet.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StorageError(f"{fleet.root}: cannot open the fleet lock: {exc.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"{fleet.root}: another edgeproof-provision command is changing "
+                              "this fleet; try again when it has finished") from None
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def read_admin_token(fleet: FleetConfig) -> str:

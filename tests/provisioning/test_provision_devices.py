@@ -21,7 +21,7 @@ from provisioning.devices_store import (
     bundle_dir,
     load_record,
 )
-from provisioning.fleet import ADMIN_TOKEN, GATEWAY_CONFIG, load_fleet, read_admin_token
+from provisioning.fleet import ADMIN_TOKEN, GATEWAY_CONFIG, changing, load_fleet, read_admin_token
 from provisioning.gateway_api import GatewayAPI
 from tests.provisioning.provision_live import (
     LiveFleet,
@@ -321,3 +321,13 @@ def test_a_bundle_half_built_by_a_killed_run_is_invisible_and_cleaned_up(
     assert live_fleet.run("device", "add", "crashed") == 0
     assert not stale.exists()
     assert (bundle_dir(live_fleet.config, "crashed") / RECORD).exists()
+
+
+def test_a_second_command_changing_the_fleet_at_once_is_refused(
+        live_fleet: LiveFleet, capsys: Capture) -> None:
+    with changing(live_fleet.config):
+        capsys.readouterr()
+        assert live_fleet.run("device", "add", "racer") == 1
+        assert "another edgeproof-provision command" in one_error_line(capsys)
+    assert not bundle_dir(live_fleet.config, "racer").exists()
+    assert live_fleet.run("device", "add", "racer") == 0
