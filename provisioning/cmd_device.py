@@ -108,16 +108,28 @@ def _provision(args: argparse.Namespace, new: Sequence[devices.NewDevice]) -> in
     api = _api(cfg)
     with changing(cfg):
         devices.check_free(cfg, api.list_devices(), new)
-        made: list[DeviceRecord] = []
-        with out.progress("provisioning", len(new)) as bar:
-            for dev in new:
-                try:
-                    made.append(devices.provision(cfg, api, dev, terms))
-                except EdgeproofError as exc:
-                    raise EdgeproofError(_partial(dev.name, exc, made)) from None
-                bar.advance(bar.task_ids[0])
-        _report_added(out, cfg, made)
-        return _refresh_broker(out, cfg)
+        made, failure = _provision_each(out, cfg, api, new, terms)
+        if made:  # complete devices stay, and the broker must learn about them
+            _report_added(out, cfg, made)
+            _refresh_broker(out, cfg)
+    if failure:
+        raise EdgeproofError(failure)
+    return 0
+
+
+def _provision_each(out: Output, cfg: FleetConfig, api: GatewayAPI,
+                    new: Sequence[devices.NewDevice], terms: devices.Terms,
+                    ) -> tuple[list[DeviceRecord], str]:
+    """Provision in order, stopping at the first failure; return (made, failure line)."""
+    made: list[DeviceRecord] = []
+    with out.progress("provisioning", len(new)) as bar:
+        for dev in new:
+            try:
+                made.append(devices.provision(cfg, api, dev, terms))
+            except EdgeproofError as exc:
+                return made, _partial(dev.name, exc, made)
+            bar.advance(bar.task_ids[0])
+    return made, ""
 
 
 def _partial(name: str, exc: EdgeproofError, made: Sequence[DeviceRecord]) -> str:
@@ -145,13 +157,12 @@ def _record_json(cfg: FleetConfig, r: DeviceRecord) -> dict[str, Any]:
             "device_key": str(bundle / DEVICE_KEY) if r.key_origin == "factory" else None}
 
 
-def _refresh_broker(out: Output, cfg: FleetConfig) -> int:
+def _refresh_broker(out: Output, cfg: FleetConfig) -> None:
     try:
         result = broker.refresh(cfg)
     except EdgeproofError as exc:
         raise EdgeproofError(f"the fleet is updated, but the broker is not: {exc}") from None
     out.note(f"broker: {result.reload_message}")
-    return 0
 
 
 # --- list --------------------------------------------------------------------------------
