@@ -40,6 +40,8 @@ class ApiContext:
     admin_token: Secret
     wall_ms: Callable[[], int]
     health: Callable[[], dict[str, object]]
+    # gateway.anchor.Anchor.lookup: where a checkpoint was anchored on a chain, or None.
+    anchor_lookup: Callable[[int | None], dict[str, object] | None] = lambda size: None
 
 
 class RegisterDevice(BaseModel):
@@ -91,12 +93,39 @@ class DeviceRecords(BaseModel):
     records: list[LeafOut]
 
 
+class DeviceKey(BaseModel):
+    from_seq: int = Field(description="the first sequence number signed with this key")
+    public_key: str = Field(description="Ed25519 public key, hex")
+
+
+class DeviceKeys(BaseModel):
+    device_id: str
+    status: str
+    keys: list[DeviceKey]
+
+
 class CheckpointOut(BaseModel):
     number: int
     size: int
     root_hash: str
     issued_ms: int
     note: str
+
+
+class AnchorOut(BaseModel):
+    backend: str = Field(description="the anchor backend, `ethereum`")
+    chain_id: int
+    tx_hash: str = Field(description="the anchoring transaction (0x hex)")
+    block_number: int
+    status: int = Field(description="receipt status: 1 = success")
+    checkpoint_hash: str = Field(description="SHA-256 of the signed note (hex); the "
+                                 "transaction input is `EPv1` (45 50 76 31) || this hash")
+    size: int = Field(description="tree size of the anchored checkpoint")
+    note: str = Field(description="the anchored checkpoint (signed note)")
+    anchored_ms: int
+    sender: str
+    to: str
+    data_prefix: str
 
 
 class BalanceOut(BaseModel):
@@ -204,6 +233,16 @@ def _log_routes(app: FastAPI, ctx: ApiContext) -> None:
                               issued_ms=c.issued_ms, note=c.note)
                 for c in store.checkpoints(after, limit)]
 
+    @app.get("/v1/anchors", response_model=AnchorOut, tags=["log"],
+             summary="Where a checkpoint was anchored on a chain (latest, or covering size)",
+             responses={404: {"description": "no such anchor (or the anchor is local)"}})
+    def anchors(size: Annotated[int | None, Query(ge=1)] = None) -> AnchorOut:
+        found = ctx.anchor_lookup(size)
+        if found is None:
+            raise HTTPException(404, "no chain anchor" + (f" covering size {size}" if size
+                                                          else "") + " yet")
+        return AnchorOut.model_validate(found)
+
     @app.get("/v1/proofs/inclusion", response_model=InclusionProof, tags=["log"],
              summary="Inclusion proof of a leaf in a tree size (RFC 9162 §2.1.3)")
     def inclusion(index: Annotated[int, Query(ge=0)],
@@ -240,6 +279,18 @@ def _log_routes(app: FastAPI, ctx: ApiContext) -> None:
                        limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> DeviceRecords:
         leaves = store.device_records(bytes.fromhex(device_id), after_seq, limit)
         return DeviceRecords(device_id=device_id, records=[_leaf_out(x) for x in leaves])
+
+    @app.get("/v1/devices/{device_id}/keys", response_model=DeviceKeys, tags=["log"],
+             summary="A device's public keys: the enrolled one and each accepted rotation")
+    def device_keys(device_id: Annotated[str, Path(pattern=_HEX_ID)]) -> DeviceKeys:
+        # Public keys are not secrets: verifiers and recipients need them to check
+        # signatures. The first key is self-certifying (the device id is derived from it).
+        device = store.device(bytes.fromhex(device_id))
+        if device is None:
+            raise HTTPException(404, f"no device {device_id}")
+        return DeviceKeys(device_id=device_id, status=device.status,
+                          keys=[DeviceKey(from_seq=k.from_seq, public_key=k.public_key.hex())
+                                for k in device.keys])
 
     @app.get("/v1/balances", response_model=Balances, tags=["log"],
              summary="Settled credit per owner: as of the latest checkpoint, and now")

@@ -1,0 +1,172 @@
+"""edgeproof-verify against a real gateway: records, bundles, tampering, recipient access."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from firmware_sim.broker import MosquittoBroker
+from protocol.bundle import ProofBundle
+from protocol.keys import RecipientKey, save_recipient_key
+from protocol.note import NoteSigner
+from protocol.receipt import Status
+from protocol.record import Measurement, Record, Values
+from protocol.sealing import new_key_epoch, seal_values
+from tests.gateway.conftest import RunningGateway, start_gateway
+from tests.gateway.gwkit import DeviceClient, TestDevice, register, write_gateway_files
+from verifier.cli import main as verify
+
+
+@dataclasses.dataclass
+class World:
+    gateway: RunningGateway
+    device: TestDevice
+    keys: dict[str, Path]
+    leaves: dict[str, int]  # stream -> a leaf index holding a record of that stream
+
+
+@pytest.fixture
+def world(broker: MosquittoBroker, tmp_path: Path) -> Iterator[World]:
+    gateway = start_gateway(write_gateway_files(tmp_path / "gw", broker.port, every_leaves=1))
+    client = DeviceClient(broker.port, gateway.verifier)
+    try:
+        yield _populate(gateway, client, tmp_path)
+    finally:
+        client.close()
+        gateway.stop()
+
+
+def _populate(gateway: RunningGateway, client: DeviceClient, tmp: Path) -> World:
+    recipients = {name: RecipientKey.generate() for name in ("alice", "bob", "eve")}
+    keys = {}
+    for name, key in recipients.items():
+        keys[name] = tmp / f"{name}.key"
+        save_recipient_key(keys[name], key)
+    device = TestDevice.create("meter-1", seed=11)
+    register(gateway.base_url, device)
+    epoch_body, epoch = new_key_epoch(device.device_id, 0, {
+        "climate": [recipients["alice"].public_key],
+        "presence": [recipients["alice"].public_key, recipients["bob"].public_key]})
+    raws = [device.next(epoch_body, stream="keys").raw]
+    for stream, value in (("climate", Measurement(214, -1, "Cel")),
+                          ("presence", Measurement(1, 0, "/")),
+                          ("climate", Measurement(219, -1, "Cel"))):
+        header = Record(device.boot, device.seq, device.prev, device.wall_ms + 1000, True,
+                        device.mono_ms + 1000, stream, Values((value,)))
+        raws.append(device.next(seal_values(device.device_id, header, epoch, [value]),
+                                stream=stream).raw)
+    raws.append(device.next(Values((Measurement(473, -1, "Cel"),)), stream="cpu").raw)
+    client.send(device, raws, batch_id=1)
+    receipt = client.wait_for(device.device_id, 1)
+    assert all(o.status is Status.ACCEPTED for o in receipt.outcomes)
+    leaves = {}
+    for outcome, signed in zip(receipt.outcomes, device.signed, strict=True):
+        leaves.setdefault(signed.record.stream, outcome.leaf_index)
+    _wait_for_checkpoint(gateway.base_url, len(raws))
+    return World(gateway, device, keys, leaves)  # type: ignore[arg-type]
+
+
+def _wait_for_checkpoint(base_url: str, size: int) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        response = httpx.get(f"{base_url}/v1/checkpoint")
+        if response.status_code == 200 and int(response.text.split("\n")[1]) >= size:
+            return
+        time.sleep(0.1)
+    raise AssertionError("no checkpoint covering the records")
+
+
+def test_logged_record_verifies_and_its_bundle_verifies_offline(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle = tmp_path / "proof.json"
+    leaf = world.leaves["climate"]
+    assert verify(["record", "--gateway", world.gateway.base_url, "--leaf", str(leaf),
+                   "--gateway-key", world.gateway.verifier, "--save", str(bundle),
+                   "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [c["check"] for c in report["checks"]] == [
+        "gateway key", "record signature", "checkpoint signature", "inclusion proof"]
+    world.gateway.stop()  # no network from here on
+    assert verify(["bundle", str(bundle), "--gateway-key", world.gateway.verifier]) == 0
+    assert "all requested checks passed" in capsys.readouterr().out
+
+
+def test_record_given_as_a_file_is_found_in_the_log(world: World, tmp_path: Path) -> None:
+    path = tmp_path / "record.cose"
+    path.write_bytes(world.device.signed[4].raw)
+    assert verify(["record", "--gateway", world.gateway.base_url, "--file", str(path),
+                   "--gateway-key", world.gateway.verifier]) == 0
+    forged = tmp_path / "forged.cose"
+    raw = bytearray(world.device.signed[4].raw)
+    raw[-1] ^= 1
+    forged.write_bytes(bytes(raw))
+    assert verify(["record", "--gateway", world.gateway.base_url, "--file", str(forged),
+                   "--gateway-key", world.gateway.verifier]) == 1
+
+
+@pytest.mark.parametrize(("tamper", "check"), [
+    (lambda b: dataclasses.replace(b, record=b.record[:-1] + bytes([b.record[-1] ^ 0x80])),
+     "record signature"),
+    (lambda b: dataclasses.replace(b, inclusion_proof=(bytes(32), *b.inclusion_proof[1:])),
+     "inclusion proof"),
+    (lambda b: dataclasses.replace(b, leaf_index=b.leaf_index ^ 1), "inclusion proof"),
+    (lambda b: dataclasses.replace(b, checkpoint=b.checkpoint.replace("\n", "\n\n", 1)),
+     "checkpoint signature"),
+])
+def test_tampered_bundle_fails_with_the_check_named(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str], tamper: object,
+    check: str
+) -> None:
+    path = tmp_path / "proof.json"
+    assert verify(["record", "--gateway", world.gateway.base_url, "--leaf",
+                   str(world.leaves["cpu"]), "--gateway-key", world.gateway.verifier,
+                   "--save", str(path)]) == 0
+    capsys.readouterr()
+    bundle = ProofBundle.from_json(path.read_text())
+    path.write_text(tamper(bundle).to_json())  # type: ignore[operator]
+    assert verify(["bundle", str(path), "--gateway-key", world.gateway.verifier]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"edgeproof-verify: FAILED: {check}:")
+
+
+def test_gateway_not_trusted_by_the_auditor_fails(world: World) -> None:
+    impostor = NoteSigner("gateway.test/edgeproof", bytes(32)).verifier_text()
+    assert verify(["record", "--gateway", world.gateway.base_url, "--leaf", "0",
+                   "--gateway-key", impostor]) == 1
+
+
+def test_recipient_decrypts_exactly_the_streams_it_was_granted(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def opened(name: str) -> dict[str, set[str]]:
+        assert verify(["decrypt", "--gateway", world.gateway.base_url,
+                       "--device", world.device.device_id.hex(),
+                       "--key", str(world.keys[name]), "--json"]) == 0
+        by_stream: dict[str, set[str]] = {}
+        for row in json.loads(capsys.readouterr().out):
+            by_stream.setdefault(row["stream"], set()).add(row["status"])
+        return by_stream
+
+    assert opened("alice") == {"climate": {"decrypted"}, "presence": {"decrypted"},
+                               "cpu": {"plaintext"}}
+    assert opened("bob") == {"climate": {"not_granted"}, "presence": {"decrypted"},
+                             "cpu": {"plaintext"}}
+    assert opened("eve") == {"climate": {"not_granted"}, "presence": {"not_granted"},
+                             "cpu": {"plaintext"}}
+
+
+def test_decrypted_values_are_the_ones_the_device_sealed(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert verify(["decrypt", "--gateway", world.gateway.base_url, "--device",
+                   world.device.device_id.hex(), "--key", str(world.keys["alice"]),
+                   "--stream", "climate", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["values"] for r in rows] == [[[214, -1, "Cel"]], [[219, -1, "Cel"]]]
