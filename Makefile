@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint typecheck pytest demo soak bench clean deps broker
+.PHONY: test lint typecheck pytest demo soak bench clean deps broker chain
 
 test: deps lint typecheck pytest
 
@@ -19,10 +19,14 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-deps: $(STAMP) broker
+deps: $(STAMP) broker chain
 
 broker:
 	@sh scripts/ensure-debian-packages.sh mosquitto:mosquitto
+
+# ganache (a real local Ethereum node for the chain-anchor tests) in .tools/node_modules.
+chain:
+	@sh scripts/ensure-ganache.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
