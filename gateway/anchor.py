@@ -10,7 +10,10 @@ The default backend, :class:`LocalAnchor`, is the chain of signed checkpoints it
 checkpoint carries ``prev <base64(SHA-256 of the previous signed note)>``
 (:func:`protocol.checkpoint.checkpoint_hash`), so rewriting any earlier checkpoint breaks
 every later one. Its "anchoring" is therefore immediate, and its reference is that hash.
-An ``ethereum`` backend (issue 6) implements the same interface.
+:class:`gateway.eth_anchor.EthereumAnchor` (``anchor.backend = "ethereum"``) queues each
+checkpoint and anchors the latest one per interval on its own thread; it keeps the
+transaction hash, block number and status in its own queue file and serves them through
+``lookup`` (``GET /v1/anchors``). ``start``/``close`` bracket a backend's background work.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from prometheus_client import CollectorRegistry
+
+from gateway.config import GatewayConfig
 from protocol.checkpoint import checkpoint_hash
 
 
@@ -45,6 +51,26 @@ class Anchor(Protocol):
         """
         ...
 
+    def start(self) -> None:
+        """Begin background work (resuming anchors queued by an earlier run).
+
+        Raises :class:`protocol.errors.ConfigError` if the target is misconfigured (for
+        example a chain whose id differs from the configured one).
+        """
+        ...
+
+    def close(self) -> None:
+        """Stop background work; whatever is still queued stays persisted for the next run."""
+        ...
+
+    def lookup(self, min_size: int | None) -> dict[str, object] | None:
+        """Where a checkpoint was anchored (``GET /v1/anchors``), as JSON, or None.
+
+        ``min_size=None``: the latest anchored checkpoint; otherwise the earliest anchored
+        checkpoint whose tree size is at least ``min_size`` (it covers those leaves).
+        """
+        ...
+
 
 class LocalAnchor:
     """The signed-checkpoint chain itself (each note names its predecessor's hash)."""
@@ -59,3 +85,28 @@ class LocalAnchor:
         """Return the note's hash as its reference; the chain needs nothing else."""
         reference = base64.b64encode(checkpoint_hash(checkpoint_note)).decode("ascii")
         return AnchorResult(self.name, reference, self._wall_ms())
+
+    def start(self) -> None:
+        """Nothing runs in the background."""
+
+    def close(self) -> None:
+        """Nothing to stop."""
+
+    def lookup(self, min_size: int | None) -> None:
+        """None: the local chain is served by ``GET /v1/checkpoints``."""
+        return None
+
+
+def open_anchor(config: GatewayConfig, wall_ms: Callable[[], int],
+                monotonic: Callable[[], float], registry: CollectorRegistry) -> Anchor:
+    """Build the configured backend (``anchor.backend``); ``start()`` is the caller's.
+
+    Raises KeyFileError/ConfigError/StorageError when the ethereum backend cannot be set up.
+    """
+    if config.ethereum is None:
+        return LocalAnchor(wall_ms)
+    # Imported here so a local-anchor gateway never loads eth-account.
+    from gateway.eth_anchor import QUEUE_FILE, EthereumAnchor  # noqa: PLC0415
+
+    return EthereumAnchor(config.ethereum, config.data_dir / QUEUE_FILE, wall_ms=wall_ms,
+                          monotonic=monotonic, registry=registry)

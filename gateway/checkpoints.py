@@ -68,6 +68,9 @@ class Checkpointer:
         if self._latest is not None:
             self._check_latest(self._latest)
             metrics.checkpoint_size.set(self._latest.size)
+            # Hand it over again (anchors are idempotent per note): a crash between
+            # persisting a checkpoint and anchoring it must not leave it unanchored.
+            self._anchor_checkpoint(self._latest)
 
     def _check_latest(self, latest: StoredCheckpoint) -> None:
         size = self._store.size()

@@ -8,6 +8,7 @@ gateway key) are never in the config itself, only the paths of mode-0600 files.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit
 from protocol.errors import ConfigError
 
 DEFAULT_CLIENT_ID = "edgeproof-gateway"
+_ETH_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,21 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class EthereumAnchorConfig:
+    """The ``ethereum`` anchor backend (docs/GATEWAY.md, "Ethereum anchor")."""
+
+    rpc_url: str
+    key_file: Path  # hex secp256k1 private key, mode 0600
+    chain_id: int  # must equal the node's eth_chainId (checked at start)
+    interval_s: float = 600.0  # at most one anchoring transaction per interval
+    to_address: str | None = None  # None: the sender's own address
+    confirmations: int = 1
+    gas_limit: int | None = None  # None: eth_estimateGas plus a margin
+    resend_after_s: float = 180.0  # a transaction missing or pending this long is re-sent
+    max_attempts: int = 3  # reverted transactions per checkpoint before it is a failure
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """The whole gateway configuration."""
 
@@ -66,6 +83,7 @@ class GatewayConfig:
     limits: Limits = Limits()
     anchor: str = "local"
     verify_threads: int = 2
+    ethereum: EthereumAnchorConfig | None = None  # set when anchor == "ethereum"
 
     @property
     def db_path(self) -> Path:
@@ -80,7 +98,9 @@ _SECTIONS: dict[str, frozenset[str]] = {
     "http": frozenset({"bind"}),
     "checkpoints": frozenset({"interval_s", "every_leaves"}),
     "limits": frozenset({"max_batch_bytes", "max_record_bytes", "max_future_skew_s"}),
-    "anchor": frozenset({"backend"}),
+    "anchor": frozenset({"backend", "rpc_url", "key_file", "chain_id", "interval_s",
+                         "to_address", "confirmations", "gas_limit", "resend_after_s",
+                         "max_attempts"}),
 }
 _REQUIRED = {"gateway": ("data_dir", "key_file", "admin_token_file"), "broker": ("url",)}
 
@@ -135,6 +155,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path) -> GatewayConfig:
             max_future_skew_s=reader.number("limits", "max_future_skew_s", 300.0, low=0.0),
         ),
         anchor=_anchor_backend(reader),
+        ethereum=_ethereum_anchor(reader),
     )
 
 
@@ -172,9 +193,41 @@ def _broker(reader: _Reader) -> BrokerConfig:
 
 def _anchor_backend(reader: _Reader) -> str:
     backend = reader.text("anchor", "backend", "local")
-    if backend != "local":
-        raise ConfigError(f"anchor.backend {backend!r} is not available (supported: local)")
+    if backend not in ("local", "ethereum"):
+        raise ConfigError(f"anchor.backend {backend!r} is not available "
+                          "(supported: local, ethereum)")
     return backend
+
+
+def _ethereum_anchor(reader: _Reader) -> EthereumAnchorConfig | None:
+    if _anchor_backend(reader) != "ethereum":
+        for key in reader.raw.get("anchor", {}):
+            if key != "backend":
+                raise ConfigError(f"anchor.{key} applies only to backend = \"ethereum\"")
+        return None
+    for key in ("rpc_url", "key_file", "chain_id"):
+        if key not in reader.raw["anchor"]:
+            raise ConfigError(f"missing required config key anchor.{key}")
+    rpc_url = reader.text("anchor", "rpc_url", "")
+    parts = urlsplit(rpc_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"anchor.rpc_url must look like http://host:8545, got {rpc_url!r}")
+    to_address = reader.optional_text("anchor", "to_address")
+    if to_address is not None and _ETH_ADDRESS.fullmatch(to_address) is None:
+        raise ConfigError("anchor.to_address must be 0x followed by 40 hex digits")
+    gas_limit = reader._get("anchor", "gas_limit")
+    return EthereumAnchorConfig(
+        rpc_url=rpc_url,
+        key_file=reader.path("anchor", "key_file"),
+        chain_id=reader.integer("anchor", "chain_id", 0, low=1, high=2**53),
+        interval_s=reader.number("anchor", "interval_s", 600.0, low=0.05),
+        to_address=to_address,
+        confirmations=reader.integer("anchor", "confirmations", 1, low=1, high=256),
+        gas_limit=None if gas_limit is None else reader.integer(
+            "anchor", "gas_limit", 0, low=21_000, high=30_000_000),
+        resend_after_s=reader.number("anchor", "resend_after_s", 180.0, low=0.05),
+        max_attempts=reader.integer("anchor", "max_attempts", 3, low=1, high=100),
+    )
 
 
 def _parse_bind(bind: str) -> tuple[str, int]:

@@ -29,7 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import uvicorn
 
-from gateway.anchor import LocalAnchor
+from gateway.anchor import open_anchor
 from gateway.api import ApiContext, create_app
 from gateway.checkpoints import Checkpointer
 from gateway.config import GatewayConfig
@@ -109,8 +109,8 @@ class GatewayService:
         admin_token = load_admin_token(config)
         self.metrics = GatewayMetrics()
         self.store = SQLiteLogStore(config.db_path)
-        anchor = LocalAnchor(clock_ms)
-        self.checkpointer = Checkpointer(self.store, self.key, anchor,
+        self.anchor = open_anchor(config, clock_ms, monotonic, self.metrics.registry)
+        self.checkpointer = Checkpointer(self.store, self.key, self.anchor,
                                          config=config.checkpoints, metrics=self.metrics,
                                          wall_ms=clock_ms, monotonic=monotonic)
         self.sequencer = Sequencer(self.store, self.checkpointer, self.key,
@@ -121,7 +121,7 @@ class GatewayService:
         self.ingest = MqttIngest(config.broker, self._on_message, monotonic)
         self.ingest.on_publish_failure = self.metrics.receipt_failures.inc
         api = ApiContext(self.store, self.metrics, self.key.verifier_text(), admin_token,
-                         clock_ms, self._health)
+                         clock_ms, self._health, self.anchor.lookup)
         self.http = HttpServer(create_app(api), config.http_host, config.http_port)
         self._last_progress = monotonic()
 
@@ -134,6 +134,7 @@ class GatewayService:
         """
         self.checkpointer.latest_note()
         self.checkpointer.issue()  # a crash may have left leaves after the last checkpoint
+        self.anchor.start()  # ConfigError if an ethereum node is on another chain
         self.http.start()
         self.ingest.start()
         self._notifier.ready(self._status())
@@ -173,6 +174,7 @@ class GatewayService:
         try:
             self.checkpointer.issue()
         finally:
+            self.anchor.close()  # anchors still queued are persisted for the next run
             self.http.stop()
             self.store.close()
 

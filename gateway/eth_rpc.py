@@ -1,0 +1,135 @@
+"""A small Ethereum JSON-RPC client (``requests``) for the ``ethereum`` anchor backend.
+
+Only the calls the anchor makes, each with a time-out, so a slow node can never hold the
+anchor's worker thread for long. Errors are mapped onto the one exception tree:
+
+- the node cannot be reached, times out, answers with an HTTP error or with something
+  that is not a JSON-RPC answer: :class:`~protocol.errors.TransportError` (retry later);
+- the node answers with a JSON-RPC error object: :class:`RpcError` (it refused this call:
+  a transaction that would revert, a nonce already used, insufficient funds, ...).
+
+Quantities are hex strings on the wire (Ethereum JSON-RPC, "hex value encoding").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import requests
+
+from protocol.errors import RejectedByPeer, TransportError
+
+DEFAULT_TIMEOUT_S = 5.0
+MAX_ANSWER_BYTES = 4 * 1024 * 1024
+
+
+class RpcError(RejectedByPeer):
+    """The node answered a call with a JSON-RPC error object."""
+
+    def __init__(self, method: str, code: int, message: str) -> None:
+        super().__init__(f"{method}: node error {code}: {message}")
+        self.method, self.code, self.message = method, code, message
+
+    @property
+    def reverted(self) -> bool:
+        """Whether the node says the call's execution reverted (EVM REVERT)."""
+        return "revert" in self.message.lower()
+
+
+def quantity(value: object, what: str) -> int:
+    """Decode a JSON-RPC hex quantity ("0x1a"); raise TransportError if it is not one."""
+    if not isinstance(value, str) or not value.startswith("0x"):
+        raise TransportError(f"node answered a malformed {what}: {value!r}")
+    try:
+        return int(value, 16)
+    except ValueError:
+        raise TransportError(f"node answered a malformed {what}: {value!r}") from None
+
+
+class JsonRpc:
+    """One node's JSON-RPC endpoint."""
+
+    def __init__(self, url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 session: requests.Session | None = None) -> None:
+        self.url = url
+        self._timeout_s = timeout_s
+        self._session = session or requests.Session()
+        self._next_id = 0
+
+    def call(self, method: str, *params: object) -> Any:
+        """Call ``method``; return its ``result``. Raise TransportError or RpcError."""
+        self._next_id += 1
+        body = {"jsonrpc": "2.0", "id": self._next_id, "method": method, "params": list(params)}
+        try:
+            response = self._session.post(self.url, json=body, timeout=self._timeout_s)
+            content = response.content
+        except requests.RequestException as exc:
+            raise TransportError(f"{method}: node unreachable at {self.url}: "
+                                 f"{type(exc).__name__}") from None
+        if len(content) > MAX_ANSWER_BYTES:
+            raise TransportError(f"{method}: node answer larger than {MAX_ANSWER_BYTES} bytes")
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise TransportError(f"{method}: node answered HTTP {response.status_code} "
+                                 "without a JSON-RPC object")
+        error = answer.get("error")
+        if error is not None:
+            if not isinstance(error, dict):
+                raise TransportError(f"{method}: node answered a malformed error")
+            code = error.get("code")
+            raise RpcError(method, code if isinstance(code, int) else 0,
+                           str(error.get("message", ""))[:300])
+        if "result" not in answer:
+            raise TransportError(f"{method}: node answer has neither result nor error")
+        return answer["result"]
+
+    # --- the calls the anchor makes -------------------------------------------------------
+
+    def chain_id(self) -> int:
+        """eth_chainId (EIP-695)."""
+        return quantity(self.call("eth_chainId"), "chain id")
+
+    def block_number(self) -> int:
+        """eth_blockNumber: the head block."""
+        return quantity(self.call("eth_blockNumber"), "block number")
+
+    def nonce(self, address: str, block: str) -> int:
+        """eth_getTransactionCount at ``block`` ("latest" = mined, "pending")."""
+        return quantity(self.call("eth_getTransactionCount", address, block), "nonce")
+
+    def gas_price(self) -> int:
+        """eth_gasPrice in wei (legacy, type-0 transactions)."""
+        return quantity(self.call("eth_gasPrice"), "gas price")
+
+    def estimate_gas(self, sender: str, to: str, data: bytes) -> int:
+        """eth_estimateGas for a call; RpcError with ``reverted`` if it would revert."""
+        call = {"from": sender, "to": to, "value": "0x0", "data": "0x" + data.hex()}
+        return quantity(self.call("eth_estimateGas", call), "gas estimate")
+
+    def send_raw(self, raw: bytes) -> str:
+        """eth_sendRawTransaction; return the transaction hash the node reports."""
+        result = self.call("eth_sendRawTransaction", "0x" + raw.hex())
+        if not isinstance(result, str):
+            raise TransportError("eth_sendRawTransaction: node answered no transaction hash")
+        return result.lower()
+
+    def receipt(self, tx_hash: str) -> dict[str, Any] | None:
+        """eth_getTransactionReceipt: None while the transaction is not mined."""
+        return self._object("eth_getTransactionReceipt", tx_hash)
+
+    def transaction(self, tx_hash: str) -> dict[str, Any] | None:
+        """eth_getTransactionByHash: None if the node does not know the transaction."""
+        return self._object("eth_getTransactionByHash", tx_hash)
+
+    def _object(self, method: str, tx_hash: str) -> dict[str, Any] | None:
+        result = self.call(method, tx_hash)
+        if result is not None and not isinstance(result, dict):
+            raise TransportError(f"{method}: node answered a malformed object")
+        return result
+
+    def close(self) -> None:
+        """Close the HTTP session."""
+        self._session.close()
