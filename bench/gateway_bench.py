@@ -1,0 +1,241 @@
+"""Gateway benchmark: drain a preloaded broker end to end, and proofs at 1M leaves.
+
+1. A private Mosquitto starts; the gateway (``python -m gateway.cli run``, a child process)
+   starts once so its persistent session exists, the devices are registered over HTTP,
+   and it stops (SIGTERM).
+2. Signed batches from several devices are published while the gateway is away; the
+   broker queues them for the gateway's session.
+3. The gateway starts again and is timed until the last receipt arrives (ingest, verify,
+   log, receipt published). ``records_per_s`` counts from the first receipt to the last
+   (process start-up is reported separately as ``startup_s``).
+4. Bare Ed25519 verifies per second (PyNaCl, one thread) are measured in the same run;
+   ``ratio_to_bare_verify`` = records_per_s / that.
+5. A 1,000,000-leaf SQLite store is built through the store's own append path, and
+   inclusion and consistency proofs are timed through the store (``proof_ms_at_1m_leaves``
+   is the mean over both kinds).
+6. ``checkpoint_lag_s``: from the last receipt until a checkpoint covers the whole log.
+
+Prints progress to stderr and ends with ONE line of JSON on stdout. Never asserts.
+Run: ``python bench/gateway_bench.py [--records 60000] [--leaves 1000000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import nacl.signing
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from firmware_sim.broker import MosquittoBroker, free_port  # noqa: E402
+from gateway.sqlite_store import SQLiteLogStore  # noqa: E402
+from gateway.store import NewLeaf  # noqa: E402
+from protocol import merkle  # noqa: E402
+from protocol.batch import Batch, records_topic  # noqa: E402
+from protocol.cose import decode_sign1  # noqa: E402
+from protocol.receipt import Receipt, Status  # noqa: E402
+from tests.gateway.gwkit import TestDevice, register, write_gateway_files  # noqa: E402
+
+BATCH_RECORDS = 100
+
+
+def log(message: str) -> None:
+    print(f"[gateway_bench] {message}", file=sys.stderr, flush=True)
+
+
+class Gateway:
+    def __init__(self, config: Path, http_port: int, logfile: Path) -> None:
+        self.config, self.url, self.logfile = config, f"http://127.0.0.1:{http_port}", logfile
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait_healthy: bool = True) -> None:
+        with self.logfile.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config),
+                 "--log-level", "WARNING"], cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+        if wait_healthy:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.05)
+            raise RuntimeError("gateway did not start; see " + str(self.logfile))
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=60)
+
+
+class ReceiptCounter:
+    """Collects raw receipts (decoded after the run, to keep this side cheap)."""
+
+    def __init__(self, port: int) -> None:
+        self.payloads: list[bytes] = []
+        self.first: float | None = None
+        self.last = 0.0
+        self.done = threading.Event()
+        self.expected = 0
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-receipts",
+                                  protocol=mqtt.MQTTv5)
+        self.client.on_message = self._on_message
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *a: subscribed.set()
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe("edgeproof/v1/devices/+/receipts", qos=1)
+        self.client.loop_start()
+        subscribed.wait(10)
+
+    def _on_message(self, client: object, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        now = time.monotonic()
+        self.first = self.first if self.first is not None else now
+        self.last = now
+        self.payloads.append(bytes(msg.payload))
+        if len(self.payloads) >= self.expected:
+            self.done.set()
+
+
+def bare_verify_rate(records: list[bytes], public_key: bytes, seconds: float = 2.0) -> float:
+    """Ed25519 verifies per second (PyNaCl, one thread) of the bench's own records."""
+    verify_key = nacl.signing.VerifyKey(public_key)
+    jobs = [(s.to_be_signed(), s.signature) for s in map(decode_sign1, records)]
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for message, signature in jobs:
+            verify_key.verify(message, signature)
+        count += len(jobs)
+    return count / (time.perf_counter() - start)
+
+
+def drain(workdir: Path, n_records: int, n_devices: int) -> dict[str, float]:
+    broker = MosquittoBroker(workdir / "broker", max_queued_messages=1_000_000)
+    broker.start()
+    http_port = free_port()
+    files = write_gateway_files(workdir / "gw", broker.port, http_port=http_port,
+                                every_leaves=1000, interval_s=1.0,
+                                client_id="edgeproof-gateway-bench")
+    gateway = Gateway(files.config, http_port, workdir / "gateway.log")
+    try:
+        gateway.start()  # creates the persistent session
+        fleet = [TestDevice.create(f"bench-{i}", 1000 + i) for i in range(n_devices)]
+        for dev in fleet:
+            register(gateway.url, dev)
+        gateway.stop()
+        log(f"signing {n_records} records from {n_devices} devices")
+        payloads: list[tuple[bytes, bytes]] = []
+        per_device = n_records // n_devices
+        for dev in fleet:
+            for batch_id in range(per_device // BATCH_RECORDS):
+                batch = Batch(batch_id + 1, tuple(dev.records(BATCH_RECORDS)))
+                payloads.append((dev.device_id, batch.to_cbor()))
+        random.Random(1).shuffle(payloads)  # interleave devices as a fleet would
+        total = len(payloads) * BATCH_RECORDS
+        counter = ReceiptCounter(broker.port)
+        counter.expected = len(payloads)
+        publisher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-devices",
+                                protocol=mqtt.MQTTv5)
+        publisher.connect("127.0.0.1", broker.port)
+        publisher.loop_start()
+        infos = [publisher.publish(records_topic(d), p, qos=1) for d, p in payloads]
+        for info in infos:
+            info.wait_for_publish(60)
+        log(f"preloaded {len(payloads)} batches ({total} records); starting the gateway")
+        started = time.monotonic()
+        gateway.start(wait_healthy=False)
+        counter.done.wait(600)
+        receipts_done = time.monotonic()
+        lag = _checkpoint_lag(gateway, total, receipts_done)
+        accepted = sum(1 for p in counter.payloads
+                       for o in Receipt.from_cbor(decode_sign1(p).payload).outcomes
+                       if o.status is Status.ACCEPTED)
+        first = counter.first or receipts_done
+        rate = (total - BATCH_RECORDS) / max(counter.last - first, 1e-9)
+        sample_device, sample_payload = payloads[0]
+        sample_key = next(d.enrolled_key for d in fleet if d.device_id == sample_device)
+        bare = bare_verify_rate(list(Batch.from_cbor(sample_payload).records), sample_key)
+        publisher.loop_stop()
+        counter.client.loop_stop()
+        return {"records": total, "accepted": accepted, "records_per_s": rate,
+                "startup_s": first - started, "drain_s": receipts_done - started,
+                "checkpoint_lag_s": lag, "bare_verify_per_s": bare}
+    finally:
+        gateway.stop()
+        broker.kill()
+
+
+def _checkpoint_lag(gateway: Gateway, total: int, since: float) -> float:
+    while time.monotonic() - since < 120:
+        try:
+            stats = httpx.get(f"{gateway.url}/v1/stats", timeout=2).json()
+            if (stats.get("checkpoint_size") or 0) >= total:
+                return time.monotonic() - since
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.01)
+    return float("nan")
+
+
+def proofs_at(workdir: Path, n_leaves: int, samples: int = 200) -> dict[str, float]:
+    store = SQLiteLogStore(workdir / "big.sqlite")
+    log(f"building a {n_leaves}-leaf store")
+    started = time.monotonic()
+    device = b"\x01" * 16
+    chunk = 50_000
+    for begin in range(0, n_leaves, chunk):
+        with store.transaction() as tx:
+            for i in range(begin, min(begin + chunk, n_leaves)):
+                raw = i.to_bytes(8, "big")
+                tx.append(NewLeaf(device, i, raw * 4, bytes(32), raw, "s", 0))
+    build_s = time.monotonic() - started
+    rng = random.Random(7)
+    inclusion, consistency = [], []
+    for _ in range(samples):
+        index = rng.randrange(n_leaves)
+        t = time.perf_counter()
+        merkle.inclusion_proof_from_nodes(store, index, n_leaves)
+        inclusion.append(time.perf_counter() - t)
+        old = rng.randrange(1, n_leaves)
+        t = time.perf_counter()
+        merkle.consistency_proof_from_nodes(store, old, n_leaves)
+        consistency.append(time.perf_counter() - t)
+    store.close()
+    inc_ms = 1000 * sum(inclusion) / samples
+    con_ms = 1000 * sum(consistency) / samples
+    return {"proof_ms_at_1m_leaves": (inc_ms + con_ms) / 2, "inclusion_proof_ms": inc_ms,
+            "consistency_proof_ms": con_ms, "store_build_s": build_s,
+            "leaves": n_leaves}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=60_000)
+    parser.add_argument("--devices", type=int, default=20)
+    parser.add_argument("--leaves", type=int, default=1_000_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
+        result = drain(Path(tmp), args.records, args.devices)
+        result.update(proofs_at(Path(tmp), args.leaves))
+    result["ratio_to_bare_verify"] = result["records_per_s"] / result["bare_verify_per_s"]
+    print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v)
+                      for k, v in result.items()}, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
