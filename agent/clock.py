@@ -36,10 +36,18 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    """The real clocks. ``wall_synced`` asks the kernel via adjtimex(2) (read only)."""
+    """The real clocks. ``wall_synced`` asks the kernel via adjtimex(2) (read only).
+
+    The sync state is asked at most once a second: it changes rarely and every record
+    carries it, so the system call stays off the per-record path.
+    """
+
+    SYNC_CACHE_NS = 1_000_000_000
 
     def __init__(self) -> None:
         self._adjtimex = _load_adjtimex()
+        self._synced = False
+        self._synced_until = 0
 
     def wall_ms(self) -> int:
         return time.time_ns() // 1_000_000
@@ -48,6 +56,13 @@ class SystemClock:
         return time.monotonic_ns() // 1_000_000
 
     def wall_synced(self) -> bool:
+        now = time.monotonic_ns()
+        if now >= self._synced_until:
+            self._synced = self._ask_kernel()
+            self._synced_until = now + self.SYNC_CACHE_NS
+        return self._synced
+
+    def _ask_kernel(self) -> bool:
         if self._adjtimex is None:
             return False
         # struct timex with modes = 0 only reads the state; 512 bytes covers every ABI.

@@ -10,7 +10,6 @@ others as plaintext values.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -129,10 +128,13 @@ class RecordWriter:
             return self._outbox.append(stream, plain)
         epoch = self._current_epoch()
 
+        placeholder = Values(values)
+
         def sealed(seq: int, prev: bytes) -> bytes:
-            header = self._factory.header(seq, prev, stream, mono_ms, Values(values))
+            header = self._factory.header(seq, prev, stream, mono_ms, placeholder)
             body = seal_values(self._factory.device_id, header, epoch, values)
-            return self._factory.sign(dataclasses.replace(header, body=body))
+            return self._factory.sign(Record(header.boot, seq, prev, header.wall_ms,
+                                             header.clock_synced, mono_ms, stream, body))
 
         seq = self._outbox.append(stream, sealed)
         self._epoch_records += 1

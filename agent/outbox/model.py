@@ -22,8 +22,8 @@ class OutboxSettings:
 
     max_bytes: int = 64 * 1024 * 1024
     full_policy: FullPolicy = "drop-oldest"
-    commit_window_ms: int = 1000
-    commit_max_records: int = 32
+    commit_window_ms: int = 5000
+    commit_max_records: int = 256
     dead_letter_max: int = 10_000
 
 

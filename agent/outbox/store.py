@@ -34,7 +34,7 @@ from typing import Protocol
 
 from agent.clock import Clock
 from agent.outbox.model import OutboxSettings, OutboxStats, ReceiptResult, consecutive_runs
-from agent.outbox.sqlite import move_aside, open_or_move_aside, translated
+from agent.outbox.sqlite import move_aside, open_or_move_aside, storage_error, translated
 from agent.outbox.state import DeviceState
 from protocol import reasons
 from protocol.errors import StorageError
@@ -168,23 +168,29 @@ class Outbox:
         and declared later as a gap). Raises StorageError (DatabaseCorrupt for a damaged
         file) if the database fails; nothing is stored then.
         """
-        with self._lock, translated(str(self.path)):
-            seq = self._next_seq()
-            raw = build(seq, self._head_hash)
-            dropped: list[int] = []
-            if not protected and self._bytes + len(raw) > self.settings.max_bytes:
-                dropped = self._make_room(len(raw))
-                if self._bytes + len(raw) > self.settings.max_bytes:
-                    self._refuse(seq)
-                    self._declare_dropped(dropped)
-                    return None
-            self._store(seq, stream, protected, raw)
-            self._declare_dropped(dropped)
-            if not protected and self._rejected is not None:
-                self._declare_rejected()
-            if self._txn_records >= self.settings.commit_max_records:
-                self.commit()
-            return seq
+        with self._lock:
+            try:
+                return self._append(stream, build, protected)
+            except sqlite3.Error as exc:  # inline, not translated(): this is the hot path
+                raise storage_error(exc, str(self.path)) from None
+
+    def _append(self, stream: str, build: Build, protected: bool) -> int | None:
+        seq = self._next_seq()
+        raw = build(seq, self._head_hash)
+        dropped: list[int] = []
+        if not protected and self._bytes + len(raw) > self.settings.max_bytes:
+            dropped = self._make_room(len(raw))
+            if self._bytes + len(raw) > self.settings.max_bytes:
+                self._refuse(seq)
+                self._declare_dropped(dropped)
+                return None
+        self._store(seq, stream, protected, raw)
+        self._declare_dropped(dropped)
+        if not protected and self._rejected is not None:
+            self._declare_rejected()
+        if self._txn_records >= self.settings.commit_max_records:
+            self.commit()
+        return seq
 
     def _next_seq(self) -> int:
         seq = self._head_seq + 1
@@ -344,18 +350,23 @@ class Outbox:
                                       "ORDER BY seq", (stream,)).fetchall()
         return [(int(s), bytes(r)) for s, r in rows]
 
-    def apply_receipt(self, receipt: Receipt) -> ReceiptResult:
+    def apply_receipt(self, receipt: Receipt, sent: tuple[int, ...] = ()) -> ReceiptResult:
         """Apply a receipt that the caller has ALREADY verified with the gateway key.
 
         Accepted and duplicate records are deleted; rejected ones move to the dead-letter
         table with the gateway's reason. An outcome whose record hash does not match the
-        stored record removes nothing. Returns what happened. Raises StorageError.
+        stored record removes nothing. An outcome without a sequence number (the gateway
+        could not read it) is matched by record hash among ``sent``, the batch's sequence
+        numbers. Returns what happened. Raises StorageError.
         """
         result = ReceiptResult()
         with self._lock, translated(str(self.path)):
             self._begin()
             for outcome in receipt.outcomes:
-                self._apply_outcome(outcome.seq, outcome.hash_prefix, outcome.status,
+                seq = outcome.seq
+                if seq is None:
+                    seq = self._seq_by_hash(outcome.hash_prefix, sent)
+                self._apply_outcome(seq, outcome.hash_prefix, outcome.status,
                                     outcome.reason, result)
             settled = max(receipt.settled_micro, self._counters.get("settled_micro", 0))
             self._write_meta({"c_last_receipt_ms": self._clock.wall_ms(),
@@ -368,6 +379,28 @@ class Outbox:
                 self._bump(f"receipt_{name}", getattr(result, name))
             self._prune_dead_letters()
         return result
+
+    def dead_letter(self, seq: int, reason: str) -> bool:
+        """Move one record to the dead letters (the gateway refused the batch holding only
+        it). Returns whether it was there. Raises StorageError."""
+        result = ReceiptResult()
+        with self._lock, translated(str(self.path)):
+            self._begin()
+            row = self._conn.execute("SELECT raw FROM records WHERE seq = ?", (seq,)).fetchone()
+            if row is None:
+                return False
+            prefix = hashlib.sha256(row[0]).digest()[:HASH_PREFIX_BYTES]
+            self._apply_outcome(seq, prefix, Status.REJECTED, reason, result)
+            self._bump("receipt_rejected", result.rejected)
+            self._write_meta({"head_seq": self._head_seq, "head_hash": self._head_hash})
+        return True
+
+    def _seq_by_hash(self, prefix: bytes, candidates: tuple[int, ...]) -> int | None:
+        for seq in candidates:
+            row = self._conn.execute("SELECT raw FROM records WHERE seq = ?", (seq,)).fetchone()
+            if row is not None and hashlib.sha256(row[0]).digest()[:HASH_PREFIX_BYTES] == prefix:
+                return seq
+        return None
 
     def _apply_outcome(self, seq: int | None, prefix: bytes, status: Status,
                        reason: str | None, result: ReceiptResult) -> None:

@@ -19,6 +19,7 @@ It runs in its own thread and owns the MQTT transport. Rules (docs/AGENT.md, "Up
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import threading
@@ -43,7 +44,7 @@ from agent.uplink.transport import (
 )
 from protocol.batch import Batch, receipts_topic, records_topic
 from protocol.errors import EdgeproofError, RejectedByPeer, TransportError, VerificationError
-from protocol.receipt import Receipt
+from protocol.receipt import HASH_PREFIX_BYTES, Receipt
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class _Batch:
     batch_id: int
     seqs: tuple[int, ...]
     deadline_ms: int
+    payload_prefix: bytes
     mid: int | None = None
     pubacked: bool = False
 
@@ -95,6 +97,8 @@ class Uplink:
         self._connect_started = 0
         self._inflight: dict[int, _Batch] = {}
         self._window = settings.max_inflight_batches
+        self._batch_records = settings.batch_max_records  # shrinks if the gateway refuses
+        self._batch_bytes = settings.batch_max_bytes      # a batch as a whole
         self._by_mid: dict[int, int] = {}
         self._resend: set[int] = set()
         self._cursor = -1  # every committed record up to here was put into a batch
@@ -293,16 +297,46 @@ class Uplink:
         if receipt.device_id != self._device_id:
             self.counters["foreign_receipts"] += 1
             return
-        result = self._outbox.apply_receipt(receipt)
+        refused = self._refused_batch(receipt)
+        if refused is not None:
+            self._on_batch_refused(*refused)
+            return
+        batch = self._inflight.pop(receipt.batch_id, None)
+        result = self._outbox.apply_receipt(receipt, batch.seqs if batch else ())
         self.counters["receipts"] += 1
         self._window = min(self.settings.max_inflight_batches, self._window + 1)
-        batch = self._inflight.pop(receipt.batch_id, None)
         if batch is not None:
             if batch.mid is not None:
                 self._by_mid.pop(batch.mid, None)
             answered = {o.seq for o in receipt.outcomes}
-            self._resend.update(s for s in batch.seqs if s not in answered)
+            if None not in answered:  # else the outbox matched them by hash
+                self._resend.update(s for s in batch.seqs if s not in answered)
         log.debug("uplink: receipt for batch %d: %s", receipt.batch_id, result)
+
+    def _refused_batch(self, receipt: Receipt) -> tuple[_Batch, str] | None:
+        """A receipt refusing a whole batch names no seq, only the batch payload's hash."""
+        if len(receipt.outcomes) != 1 or receipt.outcomes[0].seq is not None:
+            return None
+        outcome = receipt.outcomes[0]
+        for batch in self._inflight.values():
+            if batch.payload_prefix == outcome.hash_prefix:
+                return batch, outcome.reason or "unknown"
+        return None
+
+    def _on_batch_refused(self, batch: _Batch, reason: str) -> None:
+        del self._inflight[batch.batch_id]
+        self.counters[f"batches_refused_{reason}"] += 1
+        if len(batch.seqs) == 1:
+            self._outbox.dead_letter(batch.seqs[0], reason)
+            log.error("uplink: gateway refused record %d on its own (%s): dead letter",
+                      batch.seqs[0], reason)
+            return
+        # Most likely too large for this gateway: halve the batches and send again.
+        self._batch_records = max(1, len(batch.seqs) // 2)
+        self._batch_bytes = max(1, self._batch_bytes // 2)
+        self._resend.update(batch.seqs)
+        log.error("uplink: gateway refused a batch of %d records (%s); sending smaller "
+                  "batches", len(batch.seqs), reason)
 
     # --- sending ------------------------------------------------------------------------
 
@@ -338,20 +372,20 @@ class Uplink:
         waiting = self._outbox.committed_through - self._cursor
         if waiting <= 0:
             return False
-        return (self._flushing or waiting >= self.settings.batch_max_records
+        return (self._flushing or waiting >= self._batch_records
                 or now >= self._next_flush)
 
     def _next_rows(self) -> list[tuple[int, bytes]]:
-        s = self.settings
+        max_records, max_bytes = self._batch_records, self._batch_bytes
         if self._resend:
-            wanted = sorted(self._resend)[: s.batch_max_records]
-            rows = _within(self._outbox.fetch(wanted), s.batch_max_bytes)
+            wanted = sorted(self._resend)[:max_records]
+            rows = _within(self._outbox.fetch(wanted), max_bytes)
             last = rows[-1][0] if rows else wanted[-1]
             self._resend.difference_update(w for w in wanted if w <= last)
             if rows:
                 return rows
         committed = self._outbox.committed_through
-        rows = self._outbox.unsent(self._cursor, s.batch_max_records, s.batch_max_bytes)
+        rows = self._outbox.unsent(self._cursor, max_records, max_bytes)
         # Numbers without a record (burned or already removed) are skipped for good.
         self._cursor = rows[-1][0] if rows else max(self._cursor, committed)
         return rows
@@ -363,8 +397,9 @@ class Uplink:
         payload = Batch(batch_id, tuple(raw for _, raw in rows)).to_cbor()
         mid = self._transport.publish(self._records_topic, payload)
         seqs = tuple(seq for seq, _ in rows)
+        prefix = hashlib.sha256(payload).digest()[:HASH_PREFIX_BYTES]
         self._inflight[batch_id] = _Batch(batch_id, seqs, now + self.settings.receipt_timeout_ms,
-                                          mid)
+                                          prefix, mid)
         self._by_mid[mid] = batch_id
         self.counters["batches_sent"] += 1
         self.counters["records_sent"] += len(seqs)

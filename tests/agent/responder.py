@@ -56,6 +56,7 @@ class Responder:
         self.devices: dict[bytes, bytes] = {}  # device id -> public key
         self.logged: dict[bytes, Logged] = {}
         self.reject_streams: dict[str, str] = {}
+        self.refuse_batches_over: int | None = None  # refuse larger batches whole (too_large)
         self.paused = False
         self.delay_s = 0.0  # per message: a slow subscriber
         self.batches_seen = 0
@@ -100,6 +101,17 @@ class Responder:
             return
         device_id = device_id_from_topic(message.topic)
         batch = Batch.from_cbor(message.payload)
+        limit = self.refuse_batches_over
+        if limit is not None and len(batch.records) > limit:
+            # As the gateway answers a batch it cannot take: one outcome, no seq, the
+            # payload's hash, batch id 0.
+            prefix = hashlib.sha256(message.payload).digest()[:HASH_PREFIX_BYTES]
+            outcome = Outcome(None, prefix, Status.REJECTED, reason=reasons.TOO_LARGE)
+            refusal = Receipt(device_id, 0, (outcome,), "test-checkpoint\n",
+                              int(time.time() * 1000), 0)
+            client.publish(receipts_topic(device_id),
+                           refusal.sign(self._key, self.signer.key_id), qos=1)
+            return
         with self._lock:
             self.batches_seen += 1
             outcomes = tuple(self._judge(device_id, raw) for raw in batch.records)
@@ -115,9 +127,14 @@ class Responder:
         log = self.logged.setdefault(device_id, Logged())
         try:
             _msg, record = parse_signed_record(raw)
+        except VerificationError:
+            return Outcome(None, prefix, Status.REJECTED, reason=reasons.MALFORMED)
+        if device_id not in self.devices:
+            return Outcome(record.seq, prefix, Status.REJECTED, reason=reasons.UNKNOWN_DEVICE)
+        try:
             signed = verify_signed_record(raw, self.devices[device_id], device_id)
-        except (VerificationError, KeyError):
-            return Outcome(None, prefix, Status.REJECTED, reason=reasons.BAD_SIGNATURE)
+        except VerificationError:
+            return Outcome(record.seq, prefix, Status.REJECTED, reason=reasons.BAD_SIGNATURE)
         seq = record.seq
         if record.stream in self.reject_streams:
             log.rejected[seq] = self.reject_streams[record.stream]

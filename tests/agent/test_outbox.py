@@ -284,3 +284,19 @@ def test_protected_records_are_never_dropped(tmp_path: Path, policy: str) -> Non
             epochs.append(box.writer.start_epoch())
     kept = {s for s, _ in box.stored()}
     assert set(epochs) <= kept
+
+
+def test_outcome_without_seq_is_matched_by_record_hash_within_the_batch(
+        tmp_path: Path) -> None:
+    box = Box(tmp_path)
+    for i in range(3):
+        box.reading(i)
+    box.outbox.commit()
+    raw = dict(box.outbox.fetch([1]))[1]
+    outcome = Outcome(None, hashlib.sha256(raw).digest()[:16], Status.REJECTED,
+                      reason=reasons.MALFORMED)
+    receipt = Receipt(box.device_id, 1, (outcome,), "cp\n", 0, 0)
+    assert box.outbox.apply_receipt(receipt).unknown == 1  # no batch given: nothing matched
+    assert box.outbox.apply_receipt(receipt, sent=(0, 1, 2)).rejected == 1
+    assert [s for s, _ in box.stored()] == [0, 2]
+    assert box.outbox.stats().dead_letters == {reasons.MALFORMED: 1}

@@ -210,3 +210,26 @@ def test_bad_credentials_stop_the_uplink_with_a_clear_error(tmp_path: Path) -> N
         device.close()
     finally:
         broker.kill()
+
+
+def test_batches_the_gateway_refuses_whole_are_split_and_still_delivered(
+        device: Device, responder: Responder) -> None:
+    responder.refuse_batches_over = 3
+    seqs = device.write(40)
+    device.uplink.start()
+    assert responder.wait_for(lambda: device.depth() == 0)
+    assert logged_seqs(responder, device) == set(seqs)
+    assert device.uplink.counters[f"batches_refused_{reasons.TOO_LARGE}"] >= 1
+    assert device.outbox.stats().dead_letters == {}
+
+
+def test_unknown_device_rejections_reach_dead_letters_not_endless_resends(
+        tmp_path: Path, broker: MosquittoBroker, responder: Responder) -> None:
+    stranger = Device(tmp_path / "stranger", broker.url, responder.verifier_key)
+    try:
+        stranger.write(4)
+        stranger.uplink.start()
+        assert responder.wait_for(lambda: stranger.depth() == 0)
+        assert stranger.outbox.stats().dead_letters == {reasons.UNKNOWN_DEVICE: 4}
+    finally:
+        stranger.close()

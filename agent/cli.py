@@ -1,0 +1,259 @@
+"""``edgeproof-agent``: keygen, run, status.
+
+Thin by design: parse arguments, build the config, call the service, turn expected errors
+into one line on stderr and a non-zero exit code (1 runtime, 2 configuration).
+
+    edgeproof-agent keygen --state-dir DIR
+    edgeproof-agent run --config FILE [--simulate]
+    edgeproof-agent run --simulate --state-dir DIR --broker URL --gateway-key KEY
+    edgeproof-agent status (--config FILE | --state-dir DIR) [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import FrameType
+
+from agent.clock import SystemClock
+from agent.config import AgentConfig, env_overrides, load_config
+from agent.identity import create_identity, ensure_state_dir, load_identity
+from agent.sensors import load_simulated_hardware
+from agent.service import AgentService, ServiceOptions
+from agent.status import collect_status
+from protocol.errors import ConfigError, EdgeproofError
+
+PROG = "edgeproof-agent"
+
+# Laptop mode (run --simulate without --config): the simulated wiring of firmware_sim, every
+# sensor reporting every few seconds so records flow at once.
+LAPTOP_DEFAULTS: dict[str, object] = {
+    "sensors": [
+        {"kind": "dht22", "stream": "climate", "pin": 4, "interval_s": 5.0},
+        {"kind": "cpu_temp", "stream": "cpu", "interval_s": 5.0},
+        {"kind": "power_sense", "stream": "tv", "pin": 17, "interval_s": 5.0},
+        {"kind": "motion", "stream": "presence", "pin": 27, "interval_s": 5.0},
+    ],
+    "usage": {"input": "tv", "rate_micro_per_hour": 1_000_000,
+              "checkpoint_interval_s": 30.0, "report_interval_s": 60.0},
+    "uplink": {"batch_interval_s": 2.0},
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    return run_cli(argv, os.environ)
+
+
+def run_cli(argv: list[str] | None, environ: Mapping[str, str]) -> int:
+    """:func:`main` with the environment passed in (tests use this)."""
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args, environ))
+    except ConfigError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except EdgeproofError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="The edgeproof device agent.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    keygen = sub.add_parser("keygen", help="create the device key (never overwrites one)",
+                            description="Create the device's Ed25519 key in STATE_DIR "
+                            "(mode 0600) and print its public key in hex.")
+    keygen.add_argument("--state-dir", type=Path, help="where the key goes "
+                        "(default $EDGEPROOF_STATE_DIR)")
+    keygen.add_argument("--json", action="store_true", help="print JSON")
+    keygen.set_defaults(func=_cmd_keygen)
+
+    run = sub.add_parser("run", help="run the agent (systemd runs this)",
+                         description="Run the agent. With --config FILE as a service; "
+                         "without it (laptop mode) --simulate, --state-dir, --broker and "
+                         "--gateway-key are needed. Flags override $EDGEPROOF_* variables, "
+                         "which override the file.")
+    run.add_argument("--config", type=Path, help="the agent's TOML configuration")
+    run.add_argument("--simulate", action="store_true",
+                     help="use simulated hardware (the only way to get it)")
+    run.add_argument("--state-dir", help="device key, outbox and state (overrides config)")
+    run.add_argument("--broker", help="mqtt://host:1883 or mqtts://host:8883")
+    run.add_argument("--gateway-key", help="gateway verifier key text, or a file holding it")
+    run.add_argument("--seed", type=int, default=None, help="simulation seed (default 1)")
+    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    run.set_defaults(func=_cmd_run)
+
+    status = sub.add_parser("status", help="outbox, dead letters, receipts, credit",
+                            description="Show the outbox depth and bytes, dead letters by "
+                            "reason, drops, the last receipt and credit accrued/sent/settled.")
+    status.add_argument("--config", type=Path, help="the agent's TOML configuration")
+    status.add_argument("--state-dir", type=Path, help="the agent's state directory")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(func=_cmd_status)
+    return parser
+
+
+# --- keygen --------------------------------------------------------------------------------
+
+
+def _cmd_keygen(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    state_dir = args.state_dir or _env_path(environ, "EDGEPROOF_STATE_DIR")
+    if state_dir is None:
+        raise ConfigError("keygen: --state-dir is required")
+    identity = create_identity(state_dir / "device.key")
+    if args.json:
+        print(json.dumps({"public_key": identity.public_key_hex,
+                          "device_id": identity.device_id.hex(),
+                          "key_file": str(state_dir / "device.key")}))
+    else:
+        print(identity.public_key_hex)
+        print(f"created {state_dir / 'device.key'} (device id {identity.device_id.hex()})",
+              file=sys.stderr)
+    return 0
+
+
+# --- run -----------------------------------------------------------------------------------
+
+
+def build_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> AgentConfig:
+    """The config ``run`` would use: file (or laptop defaults), env, then flags."""
+    if args.config is None and not args.simulate:
+        raise ConfigError("run: --config FILE is required (or --simulate for laptop mode)")
+    overrides = env_overrides(environ)
+    for target, value in ((("agent", "state_dir"), args.state_dir),
+                          (("mqtt", "broker"), args.broker),
+                          (("gateway", "key"), args.gateway_key),
+                          (("agent", "log_level"), args.log_level),
+                          (("agent", "sim_seed"), args.seed)):
+        if value is not None:
+            overrides[target] = value
+    if args.config is None:
+        for flag, target in (("--state-dir", ("agent", "state_dir")),
+                             ("--broker", ("mqtt", "broker")),
+                             ("--gateway-key", ("gateway", "key"))):
+            if target not in overrides:
+                raise ConfigError(f"run: laptop mode needs {flag} (or --config FILE)")
+    config = load_config(args.config, overrides, LAPTOP_DEFAULTS)
+    backend = "simulated" if args.simulate else "hardware"
+    return _with_backend(config, backend)
+
+
+def _with_backend(config: AgentConfig, backend: str) -> AgentConfig:
+    from dataclasses import replace  # noqa: PLC0415 - only needed here
+    return replace(config, backend=backend)
+
+
+def _cmd_run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    stop = threading.Event()
+    _on_signals(stop)  # first: a SIGTERM during start-up still ends in a clean shutdown
+    config = build_run_config(args, environ)
+    _setup_logging(config.log_level)
+    log = logging.getLogger(PROG)
+    ensure_state_dir(config.state_dir)
+    if args.config is None and not config.key_file.exists():
+        identity = create_identity(config.key_file)
+        log.warning("created a new device identity in %s: public key %s (device id %s); "
+                    "enroll it with the gateway", config.key_file, identity.public_key_hex,
+                    identity.device_id.hex())
+    load_identity(config.key_file)  # fail fast, before any hardware is touched
+    clock = SystemClock()
+    sim = None
+    if config.backend == "simulated":
+        sim = load_simulated_hardware(config.sim_seed, config.state_dir, clock)
+    service = AgentService(config, clock, sim=sim,
+                           options=ServiceOptions(environ=dict(environ)))
+    try:
+        service.start()
+        service.run(stop)
+    finally:
+        if sim is not None:
+            sim.close()
+    return 0
+
+
+def _on_signals(stop: threading.Event) -> None:
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger(PROG).info("signal %d: stopping", signum)
+        stop.set()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+
+
+def _setup_logging(level: str) -> None:
+    # journald adds timestamps and the unit name; keep lines short.
+    logging.basicConfig(stream=sys.stdout, level=level.upper(),
+                        format="%(levelname)s %(name)s: %(message)s", force=True)
+
+
+# --- status --------------------------------------------------------------------------------
+
+
+def _cmd_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    state_dir: Path | None
+    if args.config is not None:
+        state_dir = load_config(args.config, env_overrides(environ)).state_dir
+    else:
+        state_dir = args.state_dir or _env_path(environ, "EDGEPROOF_STATE_DIR")
+    if state_dir is None:
+        raise ConfigError("status: --config FILE or --state-dir DIR is required")
+    status = collect_status(state_dir)
+    if args.json:
+        print(json.dumps(status, sort_keys=True))
+    else:
+        print(_status_text(status))
+    return 0
+
+
+def _status_text(status: dict[str, object]) -> str:
+    outbox = status["outbox"]
+    credit = status["credit"]
+    agent = status["agent"]
+    assert isinstance(outbox, dict) and isinstance(credit, dict) and isinstance(agent, dict)
+    dead = outbox["dead_letters"]
+    dead_text = ", ".join(f"{k}: {v}" for k, v in dead.items()) if dead else "none"
+    last = outbox.get("last_receipt_ms")
+    last_text = "never" if last is None else (
+        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(last) / 1000))
+        + f" (batch {outbox.get('last_receipt_batch')})")
+    uplink = agent.get("uplink") if isinstance(agent.get("uplink"), dict) else {}
+    assert isinstance(uplink, dict)
+    uplink_text = uplink.get("state", "unknown")
+    if uplink.get("error"):
+        uplink_text = f"FAILED: {uplink['error']}"
+    lines = [
+        f"state dir     {status['state_dir']}",
+        f"outbox        {outbox['depth']} records, {outbox['bytes']} bytes "
+        f"(last seq {outbox['last_seq']})",
+        f"dead letters  {dead_text}",
+        f"drops         {outbox['dropped']} records in {outbox['drop_events']} events, "
+        f"{outbox['gaps_declared']} gaps declared, {outbox['corrupt_outboxes']} damaged "
+        f"outboxes replaced",
+        f"last receipt  {last_text}",
+        f"credit        accrued {_micro(credit['accrued_micro'])}, "
+        f"sent {_micro(credit['sent_micro'])}, settled {_micro(credit['settled_micro'])}",
+        f"uplink        {uplink_text} (as of the agent's last status write)",
+    ]
+    return "\n".join(lines)
+
+
+def _micro(value: object) -> str:
+    return "unknown" if value is None else f"{value} micro-credits"
+
+
+def _env_path(environ: Mapping[str, str], name: str) -> Path | None:
+    value = environ.get(name)
+    return Path(value) if value else None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,324 @@
+"""The agent's configuration: TOML in, typed frozen dataclasses out, validated at start.
+
+``examples/agent.toml`` is the documented reference (a test loads it). Every unknown key
+and every bad value raises :class:`~protocol.errors.ConfigError` naming the key, e.g.
+``outbox.full_policy: must be one of drop-oldest, reject-new``. Relative paths are
+resolved against the directory of the config file.
+
+Precedence: command-line flags > environment variables (``EDGEPROOF_STATE_DIR``,
+``EDGEPROOF_BROKER``, ``EDGEPROOF_GATEWAY_KEY``, ``EDGEPROOF_MQTT_USERNAME``,
+``EDGEPROOF_MQTT_PASSWORD_FILE``, ``EDGEPROOF_LOG_LEVEL``) > the file > defaults.
+Secrets (the MQTT password) stay in mode-0600 files and are read only when the service
+starts (:func:`broker_settings`).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.config_reader import Table
+from agent.outbox import FULL_POLICIES, OutboxSettings
+from agent.records import EpochPolicy
+from agent.sensors import DEFAULT_PIN_FACTORY, SensorConfig, validate_sensor_configs
+from agent.uplink.settings import GatewayKey, UplinkSettings
+from agent.uplink.transport import BrokerSettings, parse_broker_url
+from protocol.errors import ConfigError
+from protocol.keys import Secret, read_secret_file
+
+DEFAULT_STATE_DIR = Path("/var/lib/edgeproof")
+ENV_OVERRIDES = {
+    "EDGEPROOF_STATE_DIR": ("agent", "state_dir"),
+    "EDGEPROOF_BROKER": ("mqtt", "broker"),
+    "EDGEPROOF_GATEWAY_KEY": ("gateway", "key"),
+    "EDGEPROOF_MQTT_USERNAME": ("mqtt", "username"),
+    "EDGEPROOF_MQTT_PASSWORD_FILE": ("mqtt", "password_file"),
+    "EDGEPROOF_LOG_LEVEL": ("agent", "log_level"),
+}
+LOG_LEVELS = ("debug", "info", "warning", "error")
+USAGE_INPUT_KINDS = ("power_sense", "motion", "button")
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    """The broker connection as configured (the password stays in its file until start)."""
+
+    url: str
+    host: str
+    port: int
+    tls: bool
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    username: str | None = None
+    password_file: Path | None = None
+    keepalive_s: int = 30
+    session_expiry_s: int = 7 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class UsageConfig:
+    """The usage meter: which digital input, the reward rate, checkpoints and reports."""
+
+    input: str
+    rate_micro_per_hour: int
+    checkpoint_interval_s: float = 60.0
+    report_interval_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """The main loop: final flush bound, status file period, uplink watchdog."""
+
+    final_flush_s: float = 5.0
+    status_interval_s: float = 60.0
+    uplink_watchdog_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything the agent needs to run, validated."""
+
+    state_dir: Path
+    key_file: Path
+    backend: str
+    pin_factory: str
+    sim_seed: int
+    log_level: str
+    mqtt: MqttConfig
+    gateway: GatewayKey
+    uplink: UplinkSettings
+    outbox: OutboxSettings
+    epoch: EpochPolicy
+    recipients: Mapping[str, bytes]
+    sensors: tuple[SensorConfig, ...]
+    usage: UsageConfig | None
+    service: ServiceSettings = field(default_factory=ServiceSettings)
+
+    def stream_recipients(self) -> dict[str, tuple[bytes, ...]]:
+        """Stream name -> the X25519 public keys its values are sealed for."""
+        return {s.stream: tuple(self.recipients[name] for name in s.recipients)
+                for s in self.sensors if s.recipients}
+
+
+def read_toml(path: Path) -> dict[str, object]:
+    """Parse a TOML file; raise ConfigError naming the file on any problem."""
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+
+
+def apply_overrides(data: dict[str, object], overrides: Mapping[tuple[str, str], object]
+                    ) -> dict[str, object]:
+    """Return ``data`` with ``(section, key) -> value`` overrides applied (None = unset)."""
+    out: dict[str, object] = {k: (dict(v) if isinstance(v, dict) else v)
+                              for k, v in data.items()}
+    for (section, key), value in overrides.items():
+        if value is None:
+            continue
+        table = out.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{section}: must be a table")
+        table[key] = value
+    return out
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[tuple[str, str], object]:
+    """The overrides named by ``EDGEPROOF_*`` environment variables that are set."""
+    return {target: environ[name] for name, target in ENV_OVERRIDES.items()
+            if environ.get(name)}
+
+
+def parse_config(data: Mapping[str, object], base_dir: Path) -> AgentConfig:
+    """Validate a parsed TOML document; return the config. Raises ConfigError naming the key."""
+    root = Table(data, "", base_dir)
+    agent = root.table("agent")
+    state_dir = agent.path("state_dir", DEFAULT_STATE_DIR)
+    assert state_dir is not None
+    cfg_agent = dict(
+        state_dir=state_dir,
+        key_file=agent.path("key_file", state_dir / "device.key"),
+        backend="hardware",  # only the --simulate flag selects simulated hardware
+        pin_factory=agent.string("pin_factory", DEFAULT_PIN_FACTORY),
+        sim_seed=agent.integer("sim_seed", 1, low=0),
+        log_level=agent.choice("log_level", LOG_LEVELS, "info"),
+    )
+    agent.finish()
+    recipients = _recipients(root.table("recipients"))
+    sensors = _sensors(data.get("sensors", []), recipients)
+    config = AgentConfig(
+        **cfg_agent,  # type: ignore[arg-type]  # each value was checked above
+        mqtt=_mqtt(root.table("mqtt")),
+        gateway=_gateway(root.table("gateway")),
+        uplink=_uplink(root.table("uplink")),
+        outbox=_outbox(root.table("outbox")),
+        epoch=_epoch(root.table("encryption")),
+        recipients=recipients,
+        sensors=sensors,
+        usage=_usage(root.optional_table("usage"), sensors),
+        service=_service(root.table("service")),
+    )
+    root.finish(allowed=("sensors",))
+    return config
+
+
+def load_config(path: Path | None, overrides: Mapping[tuple[str, str], object],
+                defaults: Mapping[str, object] | None = None) -> AgentConfig:
+    """Load ``path`` (or ``defaults`` when there is no file), apply overrides, validate."""
+    data = read_toml(path) if path is not None else dict(defaults or {})
+    base = path.parent if path is not None else Path.cwd()
+    return parse_config(apply_overrides(data, overrides), base)
+
+
+# --- sections ------------------------------------------------------------------------------
+
+
+def _mqtt(t: Table) -> MqttConfig:
+    url = t.string("broker", None)
+    if url is None:
+        raise ConfigError("mqtt.broker: required (e.g. mqtts://broker.example.net:8883)")
+    host, port, tls = parse_broker_url(url, "mqtt.broker")
+    username = t.string("username", None)
+    password_file = t.path("password_file", None)
+    if password_file is not None and username is None:
+        raise ConfigError("mqtt.password_file: needs mqtt.username")
+    cert, key = t.path("cert_file", None), t.path("key_file", None)
+    if (cert is None) != (key is None):
+        raise ConfigError("mqtt.cert_file: cert_file and key_file go together")
+    ca = t.path("ca_file", None)
+    if not tls and (ca or cert):
+        raise ConfigError("mqtt.ca_file: TLS files need an mqtts:// broker URL")
+    out = MqttConfig(url, host, port, tls, ca, cert, key, username, password_file,
+                     keepalive_s=t.integer("keepalive_s", 30, low=5, high=3600),
+                     session_expiry_s=t.integer("session_expiry_s", 7 * 24 * 3600, low=60,
+                                                high=0xFFFFFFFF))
+    t.finish()
+    return out
+
+
+def _gateway(t: Table) -> GatewayKey:
+    text, key_file = t.string("key", None), t.path("key_file", None)
+    t.finish()
+    if text is not None:
+        return GatewayKey.from_text_or_file(text, "gateway.key")
+    if key_file is not None:
+        return GatewayKey.from_text_or_file(str(key_file), "gateway.key_file")
+    raise ConfigError("gateway.key: required (the gateway's verifier key text, or key_file)")
+
+
+def _uplink(t: Table) -> UplinkSettings:
+    ms = t.millis
+    backoff_min = ms("backoff_min_s", 1.0, low=0.05)
+    out = UplinkSettings(
+        batch_max_records=t.integer("batch_max_records", 256, low=1, high=1000),
+        batch_max_bytes=t.integer("batch_max_bytes", 64 * 1024, low=4608, high=512 * 1024 - 64),
+        batch_interval_ms=ms("batch_interval_s", 2.0, low=0.01),
+        batch_jitter=t.number("batch_jitter", 0.2, low=0.0, high=0.9),
+        receipt_timeout_ms=ms("receipt_timeout_s", 30.0, low=0.2),
+        max_inflight_batches=t.integer("max_inflight_batches", 8, low=1, high=100),
+        backoff_min_ms=backoff_min,
+        backoff_max_ms=ms("backoff_max_s", 60.0, low=backoff_min / 1000),
+    )
+    t.finish()
+    return out
+
+
+def _outbox(t: Table) -> OutboxSettings:
+    out = OutboxSettings(
+        max_bytes=t.integer("max_bytes", 64 * 1024 * 1024, low=64 * 1024),
+        full_policy=t.choice("full_policy", FULL_POLICIES, "drop-oldest"),  # type: ignore[arg-type]
+        commit_window_ms=t.millis("commit_window_s", 5.0, low=0.0, high=3600),
+        commit_max_records=t.integer("commit_max_records", 256, low=1, high=100_000),
+        dead_letter_max=t.integer("dead_letter_max", 10_000, low=1),
+    )
+    t.finish()
+    return out
+
+
+def _epoch(t: Table) -> EpochPolicy:
+    out = EpochPolicy(max_records=t.integer("epoch_records", 1000, low=1),
+                      max_ms=t.millis("epoch_s", 3600.0, low=1.0))
+    t.finish()
+    return out
+
+
+def _service(t: Table) -> ServiceSettings:
+    out = ServiceSettings(
+        final_flush_s=t.number("final_flush_s", 5.0, low=0.0, high=300.0),
+        status_interval_s=t.number("status_interval_s", 60.0, low=0.1),
+        uplink_watchdog_s=t.number("uplink_watchdog_s", 60.0, low=1.0),
+    )
+    t.finish()
+    return out
+
+
+def _recipients(t: Table) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for name in t.keys():  # noqa: SIM118 - Table is not a dict
+        text = t.string(name, None) or ""
+        try:
+            key = bytes.fromhex(text)
+        except ValueError:
+            key = b""
+        if len(key) != 32:
+            raise ConfigError(f"recipients.{name}: must be an X25519 public key, 64 hex digits")
+        out[name] = key
+    t.finish()
+    return out
+
+
+def _sensors(raw: object, recipients: Mapping[str, bytes]) -> tuple[SensorConfig, ...]:
+    if not isinstance(raw, list) or not all(isinstance(x, dict) for x in raw):
+        raise ConfigError("sensors: must be an array of tables ([[sensors]])")
+    configs = tuple(SensorConfig.from_table(table, f"sensors[{i}]")
+                    for i, table in enumerate(raw))
+    validate_sensor_configs(configs)
+    for i, config in enumerate(configs):
+        for name in config.recipients:
+            if name not in recipients:
+                raise ConfigError(f"sensors[{i}].recipients: unknown recipient {name!r} "
+                                  f"(define it under [recipients])")
+    return configs
+
+
+def _usage(t: Table | None, sensors: tuple[SensorConfig, ...]) -> UsageConfig | None:
+    if t is None:
+        return None
+    stream = t.string("input", None)
+    inputs = {s.stream: s.kind for s in sensors if s.kind in USAGE_INPUT_KINDS}
+    if stream not in inputs:
+        raise ConfigError(f"usage.input: must name a configured digital input sensor "
+                          f"({', '.join(sorted(inputs)) or 'none configured'})")
+    assert stream is not None
+    rate = t.optional_integer("rate_micro_per_hour", low=0)
+    if rate is None:
+        raise ConfigError("usage.rate_micro_per_hour: required (micro-credits per hour)")
+    out = UsageConfig(stream, rate,
+                      checkpoint_interval_s=t.number("checkpoint_interval_s", 60.0, low=0.1,
+                                                     high=86_400.0),
+                      report_interval_s=t.number("report_interval_s", 300.0, low=0.1))
+    t.finish()
+    return out
+
+
+def broker_settings(mqtt: MqttConfig) -> BrokerSettings:
+    """Resolve the broker settings, reading the password file (mode 0600 required).
+
+    Raises ConfigError (KeyFileError) if the password file is missing or open to others.
+    """
+    password = None
+    if mqtt.password_file is not None:
+        raw = read_secret_file(mqtt.password_file).decode("utf-8", "replace").strip()
+        if not raw:
+            raise ConfigError("mqtt.password_file: the file is empty")
+        password = Secret(raw.encode("utf-8"))
+    return BrokerSettings(url=mqtt.url, host=mqtt.host, port=mqtt.port, tls=mqtt.tls,
+                          ca_file=mqtt.ca_file, cert_file=mqtt.cert_file,
+                          key_file=mqtt.key_file, username=mqtt.username, password=password,
+                          keepalive_s=mqtt.keepalive_s, session_expiry_s=mqtt.session_expiry_s)

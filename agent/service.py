@@ -1,0 +1,317 @@
+"""The agent service: sampler, usage meter, outbox and uplink, in one main loop.
+
+:meth:`AgentService.start` opens everything (refusing a device key that others can read),
+:meth:`AgentService.step` does one iteration and returns when it next has work,
+:meth:`AgentService.run` loops until asked to stop, and :meth:`AgentService.shutdown`
+stops sampling, does one bounded final flush and closes everything. Tests drive ``step``
+with a manual clock; the CLI calls ``run``.
+
+One iteration: move the simulated world (``--simulate`` only), read every sensor that is
+due (a failing sensor is counted and skipped; it never stops another), feed the usage
+meter, emit a usage record when one is due, close the outbox's group commit when its
+window has passed, watch the uplink thread, refresh ``status.json`` and ping systemd's
+watchdog (only here, so a hung loop is noticed).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+
+from agent.clock import Clock
+from agent.config import AgentConfig, broker_settings
+from agent.credits import UsageMeter
+from agent.identity import load_identity
+from agent.outbox import DatabaseCorrupt, DeviceState, Outbox
+from agent.records import RecordFactory, RecordWriter
+from agent.sdnotify import Notifier
+from agent.sensors import DigitalInputSensor, Sensor, SensorSet, SimulatedHardware, build_sensors
+from agent.status import CREDITS_FILE, OUTBOX_FILE, STATE_FILE, write_status
+from agent.uplink import BrokerSettings, MqttTransport, Uplink
+from agent.uplink.uplink import TransportFactory
+from agent.usage_reports import UsageReporter
+from protocol.errors import SensorReadError, StorageError
+
+log = logging.getLogger(__name__)
+
+IDLE_WAKE_MS = 1000  # the loop runs at least this often (meter polling, watchdogs)
+
+
+@dataclass
+class _Schedule:
+    sensor: Sensor
+    next_ms: int
+
+
+@dataclass
+class ServiceOptions:
+    """Things tests and the CLI inject."""
+
+    environ: dict[str, str] = field(default_factory=dict)
+    rng: random.Random | None = None
+    random_bytes: Callable[[int], bytes] = os.urandom
+    transport_factory: TransportFactory = MqttTransport
+    broker: BrokerSettings | None = None  # resolved from config (password file) if None
+    # The simulated world's true time (default: the agent's wall clock). Tests that step the
+    # device's wall clock keep the world on its own time, as a real TV would be.
+    world_wall_s: Callable[[], float] | None = None
+
+
+class AgentService:
+    """One agent: owns the outbox, sensors, meter and uplink between start and shutdown."""
+
+    def __init__(self, config: AgentConfig, clock: Clock, *,
+                 sim: SimulatedHardware | None = None,
+                 options: ServiceOptions | None = None) -> None:
+        self.config = config
+        self.clock = clock
+        self.sim = sim
+        self.options = options or ServiceOptions()
+        self.notifier = Notifier(self.options.environ)
+        self.counters: Counter[str] = Counter()
+        self._warned: set[tuple[str, str]] = set()
+        self._next_usage_ms = 0
+        self._next_status_ms = 0
+        self.uplink: Uplink | None = None
+        self.reporter: UsageReporter | None = None
+        self._input: DigitalInputSensor | None = None
+        self._schedule: list[_Schedule] = []
+
+    # --- start --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open state, outbox, sensors, meter; start a key epoch and the uplink.
+
+        Raises ConfigError (KeyFileError for a key file others can read) or StorageError.
+        """
+        cfg = self.config
+        self.identity = load_identity(cfg.key_file)
+        broker = self.options.broker or broker_settings(cfg.mqtt)
+        self.state = DeviceState.open(cfg.state_dir / STATE_FILE, self.clock.wall_ms)
+        self.outbox = Outbox(cfg.state_dir / OUTBOX_FILE, cfg.outbox, self.state, self.clock)
+        self.boot = self.outbox.boot
+        self.factory = RecordFactory(self.identity.device_id, self.identity.key, self.boot,
+                                     self.clock)
+        self.outbox.attach(self.factory)
+        self.writer = RecordWriter(self.factory, self.outbox, cfg.stream_recipients(),
+                                   policy=cfg.epoch, clock=self.clock,
+                                   random_bytes=self.options.random_bytes)
+        self.sensors = self._build_sensors()
+        self._open_meter()
+        self.writer.start_epoch()
+        self.outbox.commit()
+        self.uplink = self._new_uplink(broker)
+        self._broker = broker
+        self.uplink.start()
+        log.info("agent started: device %s, boot %d, %d sensors, outbox %s",
+                 self.identity.device_id.hex(), self.boot, len(self.sensors.sensors),
+                 self.outbox.path)
+        self.notifier.ready(self._status_line())
+
+    def _build_sensors(self) -> SensorSet:
+        cfg = self.config
+        # Simulated hardware is passed in only for --simulate (never a fallback).
+        backend = "simulated" if self.sim is not None else "hardware"
+        sensors = build_sensors(cfg.sensors, backend, sim=self.sim, pin_factory=cfg.pin_factory)
+        for failure in sensors.failures:
+            self.counters["sensor_build_failures"] += 1
+            log.error("sensor %s (%s) unavailable: %s", failure.config.stream,
+                      failure.config.kind, failure.detail)
+        now = self.clock.mono_ms()
+        self._schedule = [_Schedule(s, now) for s in sensors.sensors]
+        return sensors
+
+    def _open_meter(self) -> None:
+        usage = self.config.usage
+        if usage is None:
+            return
+        meter = UsageMeter(self.config.state_dir / CREDITS_FILE, usage.input,
+                           usage.rate_micro_per_hour, usage.checkpoint_interval_s, self.boot)
+        self.reporter = UsageReporter(meter, self.writer, self.outbox)
+        self.reporter.resolve_pending()
+        try:
+            sensor = self.sensors.by_stream(usage.input)
+        except KeyError:
+            log.error("usage input %s is unavailable; no usage is measured", usage.input)
+            return
+        if isinstance(sensor, DigitalInputSensor):
+            self._input = sensor
+            sensor.watch(lambda on: meter.observe(on, self.clock.mono_ms()))
+        self._next_usage_ms = self.clock.mono_ms() + round(usage.report_interval_s * 1000)
+
+    def _new_uplink(self, broker: BrokerSettings) -> Uplink:
+        return Uplink(self.config.uplink, broker, self.config.gateway,
+                      device_id=self.identity.device_id, boot=self.boot, outbox=self.outbox,
+                      clock=self.clock, rng=self.options.rng,
+                      transport_factory=self.options.transport_factory)
+
+    # --- one iteration ------------------------------------------------------------------
+
+    def step(self) -> int:
+        """Do whatever is due now; return the monotonic time (ms) of the next work."""
+        now = self.clock.mono_ms()
+        if self.sim is not None:
+            world = self.options.world_wall_s
+            self.sim.advance(world() if world else self.clock.wall_ms() / 1000, now)
+        self._sample(now)
+        self._meter(now)
+        self._guarded(self.outbox.maybe_commit)
+        self._watch_uplink(now)
+        if now >= self._next_status_ms:
+            self._next_status_ms = now + round(self.config.service.status_interval_s * 1000)
+            self.write_status()
+        self.counters["loops"] += 1
+        self.notifier.watchdog(now, progressed=True)
+        return self._next_wake(now)
+
+    def _sample(self, now: int) -> None:
+        for item in self._schedule:
+            if now < item.next_ms:
+                continue
+            interval = round(item.sensor.interval_s * 1000)
+            # Keep the cadence; after a long stall, skip missed slots instead of bursting.
+            item.next_ms = max(item.next_ms + interval, now + interval // 2)
+            try:
+                reading = item.sensor.read(now)
+            except SensorReadError as exc:
+                self._sensor_error(item.sensor, exc)
+                continue
+            self.counters["readings"] += 1
+            self._guarded(partial(self.writer.write_values, reading.stream, reading.values,
+                                  reading.mono_ms))
+
+    def _sensor_error(self, sensor: Sensor, exc: SensorReadError) -> None:
+        self.counters["sensor_errors"] += 1
+        key = (sensor.name, exc.reason)
+        level = logging.DEBUG if key in self._warned else logging.WARNING
+        self._warned.add(key)
+        log.log(level, "sensor %s: no reading (%s); counted", sensor.name, exc.reason)
+
+    def _meter(self, now: int) -> None:
+        if self.reporter is None:
+            return
+        meter = self.reporter.meter
+        if self._input is not None:
+            try:
+                meter.observe(self._input.is_active(), now)
+            except SensorReadError as exc:
+                self._sensor_error(self._input, exc)
+        self._guarded(lambda: meter.tick(now))
+        if now >= self._next_usage_ms and self.config.usage is not None:
+            self._next_usage_ms = now + round(self.config.usage.report_interval_s * 1000)
+            self._guarded(lambda: self.reporter.report(now) if self.reporter else None)
+
+    def _guarded(self, action: Callable[[], object]) -> None:
+        """Run a storage action; a damaged outbox is replaced, other failures are counted."""
+        try:
+            action()
+        except DatabaseCorrupt as exc:
+            self.counters["outbox_replaced"] += 1
+            log.error("outbox damaged while running (%s); replacing it", exc)
+            try:
+                self.outbox.recover()
+            except StorageError as again:
+                self.counters["storage_errors"] += 1
+                log.error("cannot replace the outbox: %s", again)
+        except StorageError as exc:
+            self.counters["storage_errors"] += 1
+            log.error("storage error (record not stored, counted): %s", exc)
+
+    def _watch_uplink(self, now: int) -> None:
+        uplink = self.uplink
+        if uplink is None or uplink.failed:
+            return
+        stuck_ms = now - uplink.heartbeat_ms
+        if uplink.alive() and stuck_ms <= self.config.service.uplink_watchdog_s * 1000:
+            return
+        self.counters["uplink_restarts"] += 1
+        log.error("uplink thread %s; starting a new one",
+                  "died" if not uplink.alive() else f"made no progress for {stuck_ms} ms")
+        uplink.stop(timeout_s=0)
+        self.uplink = self._new_uplink(self._broker)
+        self.uplink.start()
+
+    def _next_wake(self, now: int) -> int:
+        wake = now + IDLE_WAKE_MS
+        for item in self._schedule:
+            wake = min(wake, item.next_ms)
+        if self.reporter is not None:
+            wake = min(wake, self._next_usage_ms)
+        due = self.outbox.commit_due_ms()
+        if due is not None:
+            wake = min(wake, due)
+        return max(wake, now + 1)
+
+    # --- run, stop ----------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Loop until ``stop`` is set, then shut down (bounded final flush)."""
+        while not stop.is_set():
+            wake = self.step()
+            delay_ms = max(0, wake - self.clock.mono_ms())
+            stop.wait(min(delay_ms, IDLE_WAKE_MS) / 1000)
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Stop sampling, emit the usage so far, flush for at most ``final_flush_s``, close."""
+        self.notifier.stopping()
+        now = self.clock.mono_ms()
+        if self.reporter is not None:
+            self._guarded(lambda: self.reporter.report(now) if self.reporter else None)
+        self._guarded(self.outbox.commit)
+        if self.uplink is not None:
+            if not self.uplink.failed and self.config.service.final_flush_s > 0:
+                done = self.uplink.flush(self.config.service.final_flush_s)
+                log.info("final flush %s", "complete" if done else "timed out; records kept")
+            self.uplink.stop()
+        self.write_status()
+        if self.reporter is not None:
+            self.reporter.meter.close(self.clock.mono_ms())
+        self.sensors.close()
+        self._guarded(self.outbox.close)
+        self.state.close()
+        log.info("agent stopped")
+
+    # --- status -------------------------------------------------------------------------
+
+    def status(self) -> dict[str, object]:
+        """A JSON-ready snapshot of the running agent (what ``status.json`` holds)."""
+        uplink = self.uplink.status() if self.uplink is not None else None
+        return {
+            "pid": os.getpid(),
+            "updated_wall_ms": self.clock.wall_ms(),
+            "device_id": self.identity.device_id.hex(),
+            "public_key": self.identity.public_key_hex,
+            "boot": self.boot,
+            "uplink": None if uplink is None else {
+                "state": uplink.state, "error": uplink.error,
+                "inflight_batches": uplink.inflight_batches, "counters": uplink.counters},
+            "sensors": [s.status() for s in self.sensors.sensors],
+            "sensor_failures": [{"stream": f.config.stream, "reason": f.reason,
+                                 "detail": f.detail} for f in self.sensors.failures],
+            "usage": self.reporter.meter.status() if self.reporter else None,
+            "service": dict(self.counters),
+        }
+
+    def write_status(self) -> None:
+        try:
+            write_status(self.config.state_dir, self.status())
+        except StorageError as exc:
+            self.counters["status_write_errors"] += 1
+            log.warning("%s", exc)
+        self.notifier.status(self._status_line())
+
+    def _status_line(self) -> str:
+        uplink = self.uplink.status() if self.uplink is not None else None
+        state = uplink.state if uplink else "starting"
+        if uplink and uplink.error:
+            state = f"FAILED: {uplink.error}"
+        return (f"uplink {state}; outbox {self.outbox.bytes_used} bytes; "
+                f"{self.counters['readings']} readings, "
+                f"{self.counters['sensor_errors']} sensor errors")

@@ -1,0 +1,189 @@
+"""Agent benchmark: the write path in-process, and a real simulated agent as a process.
+
+Prints one line per figure and ends with one line of JSON:
+  readings_per_s                DHT22-like readings built, sealed for one recipient, signed
+                                and committed to the outbox (default group commit), per s
+  bare_sign_per_s               bare nacl Ed25519 signatures per second, same run
+  ratio_to_bare_sign            readings_per_s / bare_sign_per_s (goal >= 0.5)
+  rss_mib                       resident memory of `edgeproof-agent run --simulate` at steady
+                                state, from /proc/<pid>/status (goal <= 40)
+  disk_bytes_per_reading        bytes the agent process wrote to disk (/proc/<pid>/io
+                                write_bytes: outbox, WAL, state, meter, status file) per
+                                reading, default commit window, receipts flowing (goal <= 1024)
+  cpu_percent_at_1hz_4_sensors  that process's CPU time over the window / wall time (goal < 1)
+The agent process runs 4 simulated sensors at 1 Hz against a real Mosquitto with a receipt
+responder answering. Never asserts; run it as `python bench/agent_bench.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import nacl.signing
+
+from agent.cli import main as agent_cli
+from agent.clock import SystemClock
+from agent.outbox import DeviceState, Outbox, OutboxSettings
+from agent.records import EpochPolicy, RecordFactory, RecordWriter
+from firmware_sim.broker import MosquittoBroker
+from protocol.keys import RecipientKey, SigningKey, device_id_for, load_device_key
+from protocol.record import Measurement
+from tests.agent.responder import Responder
+
+ROOT = Path(__file__).resolve().parents[1]
+N_READINGS = 20_000
+N_SIGN = 20_000
+WARMUP_S = 8.0
+WINDOW_S = 30.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def write_path_rate(tmp: Path) -> float:
+    """Readings/s through build + seal + sign + outbox commit (default settings)."""
+    clock = SystemClock()
+    state = DeviceState.open(tmp / "state.sqlite", clock.wall_ms)
+    outbox = Outbox(tmp / "outbox.sqlite", OutboxSettings(max_bytes=1 << 30), state, clock)
+    key = SigningKey.generate()
+    factory = RecordFactory(device_id_for(key.public_key), key, outbox.boot, clock)
+    outbox.attach(factory)
+    writer = RecordWriter(factory, outbox, {"climate": [RecipientKey.generate().public_key]},
+                          policy=EpochPolicy(max_records=N_READINGS * 2), clock=clock)
+    writer.start_epoch()
+    start = time.perf_counter()
+    for i in range(N_READINGS):
+        values = (Measurement(215 + i % 7, -1, "Cel"), Measurement(480 + i % 11, -1, "%RH"))
+        writer.write_values("climate", values, clock.mono_ms())
+        outbox.maybe_commit()
+    outbox.commit()
+    elapsed = time.perf_counter() - start
+    outbox.close()
+    state.close()
+    return N_READINGS / elapsed
+
+
+def bare_sign_rate() -> float:
+    key = nacl.signing.SigningKey.generate()
+    message = bytes(180)
+    best = 0.0
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(N_SIGN):
+            key.sign(message)
+        best = max(best, N_SIGN / (time.perf_counter() - start))
+    return best
+
+
+def agent_config(path: Path, state: Path, broker: str, gateway_key: str) -> Path:
+    sensors = "".join(
+        f'[[sensors]]\nkind = "{kind}"\nstream = "{stream}"\ninterval_s = 1\n{pin}\n'
+        for kind, stream, pin in (("cpu_temp", "cpu", ""), ("power_sense", "tv", "pin = 17"),
+                                  ("motion", "presence", "pin = 27"),
+                                  ("button", "button", "pin = 22")))
+    path.write_text(f"""
+[agent]
+state_dir = "{state}"
+log_level = "warning"
+[gateway]
+key = "{gateway_key}"
+[mqtt]
+broker = "{broker}"
+[usage]
+input = "tv"
+rate_micro_per_hour = 1000000
+{sensors}""")
+    return path
+
+
+def proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def proc_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def proc_write_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    return 0
+
+
+def running_agent(tmp: Path) -> dict[str, float]:
+    """Start a simulated agent as a process and measure it over a steady-state window."""
+    broker = MosquittoBroker(tmp / "broker")
+    broker.start()
+    responder = Responder(broker.url).start()
+    state = tmp / "state"
+    with open(os.devnull, "w") as quiet:
+        saved, sys.stdout = sys.stdout, quiet
+        try:
+            agent_cli(["keygen", "--state-dir", str(state)])
+        finally:
+            sys.stdout = saved
+    device_id = responder.register(load_device_key(state / "device.key").public_key)
+    config = agent_config(tmp / "agent.toml", state, broker.url, responder.verifier_key)
+    log = (tmp / "agent.log").open("ab")
+    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(config),
+                             "--simulate"], stdout=log, stderr=log, cwd=ROOT)
+    try:
+        time.sleep(WARMUP_S)
+        logged = responder.logged.get(device_id)
+        n0 = len(logged.records) if logged else 0
+        cpu0, io0, t0 = proc_cpu_s(proc.pid), proc_write_bytes(proc.pid), time.monotonic()
+        time.sleep(WINDOW_S)
+        cpu1, io1, t1 = proc_cpu_s(proc.pid), proc_write_bytes(proc.pid), time.monotonic()
+        rss = proc_rss_mib(proc.pid)
+        n1 = len(responder.logged[device_id].records)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        responder.stop()
+        broker.kill()
+        log.close()
+    readings = max(1, n1 - n0)
+    return {"rss_mib": rss, "disk_bytes_per_reading": (io1 - io0) / readings,
+            "cpu_percent_at_1hz_4_sensors": 100 * (cpu1 - cpu0) / (t1 - t0),
+            "records_in_window": readings, "window_s": t1 - t0}
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="edgeproof-agent-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        (tmp / "write").mkdir()
+        readings = write_path_rate(tmp / "write")
+        print(f"readings_per_s                {readings:12.0f}  build+seal+sign+outbox commit")
+        bare = bare_sign_rate()
+        print(f"bare_sign_per_s               {bare:12.0f}  nacl Ed25519")
+        print(f"ratio_to_bare_sign            {readings / bare:12.3f}  goal >= 0.5")
+        live = running_agent(tmp)
+        print(f"rss_mib                       {live['rss_mib']:12.1f}  goal <= 40")
+        print(f"disk_bytes_per_reading        {live['disk_bytes_per_reading']:12.0f}  goal <= 1024"
+              f" ({live['records_in_window']:.0f} records in {live['window_s']:.0f} s)")
+        print(f"cpu_percent_at_1hz_4_sensors  {live['cpu_percent_at_1hz_4_sensors']:12.2f}"
+              "  goal < 1")
+    print(json.dumps({
+        "readings_per_s": round(readings),
+        "bare_sign_per_s": round(bare),
+        "ratio_to_bare_sign": round(readings / bare, 3),
+        "rss_mib": round(live["rss_mib"], 1),
+        "disk_bytes_per_reading": round(live["disk_bytes_per_reading"]),
+        "cpu_percent_at_1hz_4_sensors": round(live["cpu_percent_at_1hz_4_sensors"], 2),
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""edgeproof-agent's command line and configuration: keygen, config errors, status."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from agent.cli import _parser, build_run_config, main, run_cli
+from agent.clock import ManualClock
+from agent.config import load_config
+from agent.sensors import load_simulated_hardware
+from agent.service import AgentService
+from protocol import reasons
+from protocol.errors import ConfigError
+from protocol.keys import load_device_key
+from tests.agent.responder import Responder
+
+REPO = Path(__file__).resolve().parents[2]
+GATEWAY_KEY = Responder("mqtt://127.0.0.1:1").verifier_key
+Capture = pytest.CaptureFixture[str]
+
+
+def minimal(tmp_path: Path, extra: str = "", agent: str = "") -> Path:
+    path = tmp_path / "agent.toml"
+    path.write_text(f"""
+[agent]
+state_dir = "state"
+{agent}
+[gateway]
+key = "{GATEWAY_KEY}"
+[mqtt]
+broker = "mqtt://127.0.0.1:9"
+{extra}
+""")
+    return path
+
+
+def test_example_config_is_valid_and_complete() -> None:
+    cfg = load_config(REPO / "examples" / "agent.toml", {})
+    assert cfg.state_dir == Path("/var/lib/edgeproof")
+    assert cfg.mqtt.tls and cfg.mqtt.port == 8883 and cfg.mqtt.username
+    assert cfg.outbox.commit_window_ms == 5000 and cfg.outbox.full_policy == "drop-oldest"
+    assert [s.stream for s in cfg.sensors] == ["climate", "cpu", "tv", "presence"]
+    assert set(cfg.stream_recipients()) == {"climate", "presence"}
+    assert cfg.usage is not None and cfg.usage.input == "tv"
+    assert cfg.backend == "hardware"  # only --simulate selects simulated hardware
+
+
+@pytest.mark.parametrize(("extra", "named"), [
+    ("[outbox]\nfull_policy = \"drop-newest\"", "outbox.full_policy"),
+    ("[outbox]\ncommit_windw_s = 1", "outbox.commit_windw_s: unknown key"),
+    ("[uplink]\nbatch_max_records = 0", "uplink.batch_max_records"),
+    ("[recipients]\nacme = \"abcd\"", "recipients.acme"),
+    ("[[sensors]]\nkind = \"cpu_temp\"\nstream = \"cpu\"\ninterval_s = 1\n"
+     "recipients = [\"nobody\"]", "sensors[0].recipients"),
+    ("[usage]\ninput = \"tv\"\nrate_micro_per_hour = 1", "usage.input"),
+])
+def test_bad_config_is_refused_with_the_key_named(tmp_path: Path, extra: str,
+                                                  named: str) -> None:
+    path = minimal(tmp_path, extra)
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        load_config(path, {})
+
+
+def test_simulation_cannot_be_chosen_in_the_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"agent\.backend: unknown key"):
+        load_config(minimal(tmp_path, agent='backend = "simulated"'), {})
+
+
+def test_bad_broker_url_and_gateway_key_are_named(tmp_path: Path) -> None:
+    path = minimal(tmp_path)
+    with pytest.raises(ConfigError, match=r"mqtt\.broker"):
+        load_config(path, {("mqtt", "broker"): "http://example.org"})
+    with pytest.raises(ConfigError, match=r"gateway\.key"):
+        load_config(path, {("gateway", "key"): "name+0000+AAAA"})
+
+
+def test_flags_override_environment_which_overrides_the_file(tmp_path: Path,
+                                                             capsys: Capture) -> None:
+    path = minimal(tmp_path)
+    env = {"EDGEPROOF_STATE_DIR": str(tmp_path / "from-env")}
+    assert load_config(path, {}).state_dir == tmp_path / "state"  # relative to the file
+    args = _parser().parse_args(["run", "--config", str(path)])
+    assert build_run_config(args, env).state_dir == tmp_path / "from-env"
+    args = _parser().parse_args(["run", "--config", str(path), "--state-dir",
+                                 str(tmp_path / "flag")])
+    assert build_run_config(args, env).state_dir == tmp_path / "flag"
+
+
+def test_keygen_prints_the_public_key_and_refuses_to_overwrite(tmp_path: Path,
+                                                               capsys: Capture) -> None:
+    state = tmp_path / "state"
+    assert main(["keygen", "--state-dir", str(state)]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed == load_device_key(state / "device.key").public_key.hex()
+    assert (state / "device.key").stat().st_mode & 0o777 == 0o600
+    assert main(["keygen", "--state-dir", str(state), "--json"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "refusing to overwrite" in err
+    assert load_device_key(state / "device.key").public_key.hex() == printed
+
+
+def test_run_without_config_or_simulate_fails_with_one_line(capsys: Capture) -> None:
+    assert main(["run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("edgeproof-agent: error: ") and err.count("\n") == 1
+
+
+def test_laptop_mode_names_the_missing_flag(tmp_path: Path, capsys: Capture) -> None:
+    assert run_cli(["run", "--simulate", "--state-dir", str(tmp_path)], {}) == 2
+    assert "--broker" in capsys.readouterr().err
+
+
+def test_run_refuses_a_key_file_others_can_read(tmp_path: Path, capsys: Capture) -> None:
+    path = minimal(tmp_path)
+    assert main(["keygen", "--state-dir", str(tmp_path / "state")]) == 0
+    (tmp_path / "state" / "device.key").chmod(0o604)
+    assert main(["run", "--config", str(path)]) == 2
+    assert "chmod 600" in capsys.readouterr().err
+
+
+def test_status_reports_outbox_dead_letters_drops_and_credit(tmp_path: Path,
+                                                            capsys: Capture) -> None:
+    path = minimal(tmp_path, "[service]\nfinal_flush_s = 0\n[[sensors]]\nkind = \"cpu_temp\"\n"
+                   "stream = \"cpu\"\ninterval_s = 1")
+    assert main(["keygen", "--state-dir", str(tmp_path / "state")]) == 0
+    cfg = load_config(path, {})
+    clock = ManualClock()
+    sim = load_simulated_hardware(1, tmp_path, clock)
+    service = AgentService(cfg, clock, sim=sim)
+    service.start()
+    for _ in range(3):
+        clock.advance(1000)
+        service.step()
+    service.outbox.dead_letter(0, reasons.FUTURE_TIMESTAMP)
+    service.shutdown()
+    sim.close()
+    capsys.readouterr()
+    assert main(["status", "--config", str(path), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["outbox"]["depth"] == 2 and status["outbox"]["bytes"] > 0
+    assert status["outbox"]["dead_letters"] == {reasons.FUTURE_TIMESTAMP: 1}
+    assert status["outbox"]["dropped"] == 0
+    assert status["outbox"]["last_receipt_ms"] is None
+    assert set(status["credit"]) == {"accrued_micro", "sent_micro", "settled_micro"}
+    assert main(["status", "--state-dir", str(tmp_path / "state")]) == 0
+    text = capsys.readouterr().out
+    assert "2 records" in text and "future_timestamp: 1" in text
+
+
+def test_status_of_a_directory_without_agent_state_fails_cleanly(tmp_path: Path,
+                                                                 capsys: Capture) -> None:
+    assert main(["status", "--state-dir", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", [[], ["keygen"], ["run"], ["status"]])
+def test_every_command_has_help(command: list[str], capsys: Capture) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([*command, "--help"])
+    assert exc.value.code == 0
+    assert "usage: edgeproof-agent" in capsys.readouterr().out
