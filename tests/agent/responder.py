@@ -4,8 +4,8 @@ It subscribes to every device's records topic on a real broker, verifies each re
 signature under the registered device key, deduplicates on (device, seq), gives accepted
 records leaf indexes, and publishes a gateway-signed receipt on the device's receipts
 topic. Tests can pause it (no receipts), slow it down (a slow subscriber), reject streams,
-and inspect what it logged. It stands in for gateway/ in the agent's tests until those can
-use the real gateway.
+and inspect what it logged. Tests that need this control use it; the end-to-end tests
+use the real gateway (:class:`RealGateway`, also here).
 """
 
 from __future__ import annotations
@@ -14,12 +14,18 @@ import hashlib
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+import httpx
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from firmware_sim.broker import MosquittoBroker
+from gateway.config import load_config as load_gateway_config
+from gateway.service import GatewayService
 from protocol import reasons
 from protocol.batch import TOPIC_PREFIX, Batch, device_id_from_topic, receipts_topic
 from protocol.errors import VerificationError
@@ -28,6 +34,7 @@ from protocol.note import NoteSigner
 from protocol.receipt import HASH_PREFIX_BYTES, Outcome, Receipt, Status
 from protocol.record import Usage
 from protocol.signed import SignedRecord, parse_signed_record, verify_signed_record
+from tests.gateway.gwkit import ADMIN_TOKEN, write_gateway_files
 
 GATEWAY_SEED = bytes(range(32))
 
@@ -165,3 +172,48 @@ class Responder:
                 return True
             time.sleep(0.05)
         return bool(predicate())
+
+
+RATE = 3_600_000  # micro-credits per hour registered for test devices
+
+
+class RealGateway:
+    """The real gateway (gateway/) in this process, on its own threads."""
+
+    def __init__(self, tmp: Path, broker: MosquittoBroker) -> None:
+        files = write_gateway_files(tmp, broker.port)
+        self.service = GatewayService(load_gateway_config(files.config))
+        self.service.start()
+        self.thread = threading.Thread(target=self.service.run, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.service.http.port}"
+        self.verifier = self.service.key.verifier_text()
+
+    def register(self, name: str, public_key: bytes) -> str:
+        reply = httpx.post(f"{self.url}/v1/devices", json={
+            "name": name, "public_key": public_key.hex(), "owner": "alice",
+            "rate_micro_per_hour": RATE}, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        assert reply.status_code == 201, reply.text
+        return str(reply.json()["device_id"])
+
+    def device(self, device_id: str) -> dict[str, Any]:
+        """The registry entry (status, settled_micro, equivocated, ...)."""
+        reply = httpx.get(f"{self.url}/v1/devices",
+                          headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        return next(d for d in reply.json() if d["device_id"] == device_id)
+
+    def records(self, device_id: str) -> list[dict[str, Any]]:
+        """Every record the gateway logged for the device, in sequence order."""
+        out: list[dict[str, Any]] = []
+        while True:
+            after = out[-1]["seq"] if out else -1
+            page = httpx.get(f"{self.url}/v1/devices/{device_id}/records",
+                             params={"after_seq": after, "limit": 1000}).json()["records"]
+            if not page:
+                return out
+            out.extend(page)
+
+    def stop(self) -> None:
+        self.service.request_stop()
+        self.thread.join(20)
+        self.service.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from protocol.errors import KeyFileError, TransportError
 from protocol.keys import SigningKey, device_id_for, load_device_key
 from protocol.record import Gap, Usage, Values
 from protocol.signed import parse_signed_record, record_hash
-from tests.agent.responder import Responder
+from tests.agent.responder import RATE, RealGateway, Responder
 
 UNREACHABLE = "mqtt://127.0.0.1:9"  # discard port: nothing listens
 
@@ -130,51 +129,52 @@ class JumpClock(SystemClock):
         return (self._wall0 + self.mono_ms() - self._mono0) / 1000
 
 
-@pytest.fixture
-def responder(broker: MosquittoBroker) -> Iterator[Responder]:
-    r = Responder(broker.url).start()
-    yield r
-    r.stop()
-
-
 def test_wall_clock_jump_backwards_keeps_order_and_usage(
-        tmp_path: Path, broker: MosquittoBroker, responder: Responder) -> None:
-    cfg = config(tmp_path, broker.url, responder.verifier_key,
+        tmp_path: Path, broker: MosquittoBroker) -> None:
+    gateway = RealGateway(tmp_path / "gw", broker)
+    state = tmp_path / "agent"
+    cfg = config(state, broker.url, gateway.verifier,
                  sensors=[{"kind": "power_sense", "stream": "tv", "pin": 17, "interval_s": 0.1},
                           {"kind": "cpu_temp", "stream": "cpu", "interval_s": 0.1}],
-                 usage={"input": "tv", "rate_micro_per_hour": 3_600_000,
+                 usage={"input": "tv", "rate_micro_per_hour": RATE,
                         "checkpoint_interval_s": 0.2, "report_interval_s": 0.4},
                  service={"final_flush_s": 5.0, "status_interval_s": 1.0})
     clock = JumpClock(evening())
-    sim = load_simulated_hardware(1, tmp_path, clock)
+    sim = load_simulated_hardware(1, state, clock)
     service = AgentService(cfg, clock, sim=sim,
                            options=ServiceOptions(world_wall_s=clock.world_s))
-    device_id = responder.register(create_or_load_public(cfg))
+    device_id = gateway.register("jumper", create_or_load_public(cfg))
     stop = threading.Event()
     runner = threading.Thread(target=service.run, args=(stop,))
-    service.start()
-    runner.start()
-    time.sleep(1.2)
-    clock.offset_ms = -3_600_000  # NTP-less Pi after a power cut: an hour back
-    time.sleep(1.2)
-    stop.set()
-    runner.join(20)
-    sim.close()
-    log = responder.logged[device_id]
-    seqs = sorted(log.records)
-    assert seqs == list(range(len(seqs))) and log.equivocations == []
-    records = [log.records[s] for s in seqs]
-    for before, after in pairwise(records):
-        assert after.record.prev == record_hash(before.raw)
-        assert after.record.mono_ms >= before.record.mono_ms
-    walls = [r.record.wall_ms for r in records]
-    assert any(b < a for a, b in pairwise(walls))  # the jump is visible
-    usage = [r.record.body for r in records if isinstance(r.record.body, Usage)]
+    try:
+        service.start()
+        runner.start()
+        time.sleep(1.2)
+        clock.offset_ms = -3_600_000  # NTP-less Pi after a power cut: an hour back
+        time.sleep(1.2)
+        stop.set()
+        runner.join(20)
+        sim.close()
+        logged = gateway.records(device_id)
+        registry = gateway.device(device_id)
+    finally:
+        gateway.stop()
+    status = collect_status(state)
+    assert status["outbox"] == {**status["outbox"], "depth": 0, "dead_letters": {}}  # type: ignore[dict-item]
+    raws = [bytes.fromhex(r["record"]) for r in logged]
+    records = [parse_signed_record(raw)[1] for raw in raws]
+    assert [r.seq for r in records] == list(range(len(records)))  # order is the sequence
+    for (raw, before), (_, after) in pairwise(zip(raws, records, strict=True)):
+        assert after.prev == record_hash(raw)
+        assert after.mono_ms >= before.mono_ms
+    walls = [r.wall_ms for r in records]
+    assert any(b < a for a, b in pairwise(walls))  # the jump is visible, and accepted
+    usage = [r.body for r in records if isinstance(r.body, Usage)]
     assert len(usage) >= 3
     for a, b in pairwise(usage):
         assert b.start_mono_ms == a.end_mono_ms  # contiguous, no overlap, nothing twice
     assert all(u.usage_ms == u.end_mono_ms - u.start_mono_ms for u in usage)  # TV was on
-    assert collect_status(tmp_path)["outbox"]["depth"] == 0  # type: ignore[index]
+    assert registry["settled_micro"] == sum(u.credit_micro for u in usage) > 0
 
 
 def create_or_load_public(cfg: AgentConfig) -> bytes:

@@ -1,7 +1,7 @@
 """The agent as a real process: kill -9 at random moments, SIGTERM, laptop mode.
 
-Checked from the outside only: what the receipt responder logged and what the outbox file
-holds, never the agent's memory.
+Checked from the outside only: what the real gateway logged (its HTTP API) and what the
+outbox file holds, never the agent's memory.
 """
 
 from __future__ import annotations
@@ -14,15 +14,18 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from itertools import pairwise
 from pathlib import Path
 
 from agent.cli import main
+from agent.status import collect_status
 from firmware_sim.broker import MosquittoBroker
+from protocol import reasons
 from protocol.keys import load_device_key
 from protocol.record import Usage
-from protocol.signed import record_hash
-from tests.agent.responder import Responder
+from protocol.signed import parse_signed_record, record_hash
+from tests.agent.responder import RealGateway, Responder
 
 KILLS = 20
 SEED = 20_240_607
@@ -93,51 +96,78 @@ def committed(outbox: Path) -> dict[int, bytes]:
 
 def test_kill_9_at_20_random_moments_never_reuses_a_seq_and_loses_nothing(
         tmp_path: Path, broker: MosquittoBroker) -> None:
-    responder = Responder(broker.url).start()
+    gateway = RealGateway(tmp_path / "gw", broker)
     state = tmp_path / "state"
     assert main(["keygen", "--state-dir", str(state)]) == 0
-    device_id = responder.register(load_device_key(state / "device.key").public_key)
-    config = fast_config(tmp_path / "agent.toml", state, broker.url, responder.verifier_key)
+    device_id = gateway.register("killed", load_device_key(state / "device.key").public_key)
+    config = fast_config(tmp_path / "agent.toml", state, broker.url, gateway.verifier)
     log = tmp_path / "agent.log"
     rng = random.Random(SEED)
     must_arrive: dict[int, bytes] = {}
     try:
         for _ in range(KILLS):
             proc = agent("--config", str(config), "--simulate", log=log)
-            time.sleep(rng.uniform(0.3, 2.0))
+            if rng.random() < 0.2:  # now and then while it is still starting up
+                time.sleep(rng.uniform(0.0, 0.5))
+            else:  # mostly while it samples, commits and sends
+                assert wait_for(lambda p=proc: running(state, p.pid), 30)
+                time.sleep(rng.uniform(0.0, 0.6))
             proc.kill()  # SIGKILL: no flush, no close, an open transaction in flight
             assert proc.wait(10) == -signal.SIGKILL
             for seq, digest in committed(state / "outbox.sqlite").items():
                 assert must_arrive.setdefault(seq, digest) == digest  # never reused
-        before = len(responder.logged[device_id].records) if device_id in responder.logged else 0
+        before = len(gateway.records(device_id))
         proc = agent("--config", str(config), "--simulate", log=log)
 
         def arrived() -> bool:  # the last run is up and everything once committed is in
-            logged = responder.logged.get(device_id)
-            return (logged is not None and len(logged.records) > before + 20
-                    and must_arrive.keys() <= logged.records.keys())
+            logged = logged_hashes(gateway.records(device_id))
+            return len(logged) > before + 20 and must_arrive.keys() <= logged.keys()
 
-        ok = responder.wait_for(arrived, 30)
+        ok = wait_for(arrived, 30)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, log.read_text()[-2000:]
         assert ok
+        records = gateway.records(device_id)
+        registry = gateway.device(device_id)
     finally:
-        responder.stop()
-    logged = responder.logged[device_id]
-    assert logged.equivocations == []  # no number ever carried two different records
-    seqs = sorted(logged.records)
-    assert seqs == list(range(len(seqs)))  # no hole: nothing committed was lost
+        gateway.stop()
+    assert not registry["equivocated"]  # no number ever carried two different records
+    logged = logged_hashes(records)
+    assert sorted(logged) == list(range(len(logged)))  # no hole: nothing committed was lost
     for seq, digest in must_arrive.items():  # every record once seen committed arrived
-        assert logged.records[seq].hash == digest
-    records = [logged.records[s] for s in seqs]
-    for before, after in pairwise(records):
-        assert after.record.prev == record_hash(before.raw)
-    assert len({r.record.boot for r in records}) >= KILLS // 2  # most kills hit a live agent
+        assert logged[seq] == digest
+    raws = [bytes.fromhex(r["record"]) for r in records]
+    signed = [parse_signed_record(raw)[1] for raw in raws]
+    for (raw, _), (_, after_rec) in pairwise(zip(raws, signed, strict=True)):
+        assert after_rec.prev == record_hash(raw)  # the chain holds across every kill
+    assert len({r.boot for r in signed}) >= KILLS // 2  # most kills hit a working agent
     assert committed(state / "outbox.sqlite") == {}  # the final SIGTERM flushed everything
-    usage = sorted((r.record.boot, r.record.body.start_mono_ms, r.record.body.end_mono_ms)
-                    for r in records if isinstance(r.record.body, Usage))
-    for a, b in pairwise(usage):
-        assert a[0] != b[0] or a[2] <= b[1]  # no usage interval counted twice
+    dead = collect_status(state)["outbox"]["dead_letters"]  # type: ignore[index]
+    assert set(dead) <= {reasons.USAGE_OVERLAP}  # a re-sent claim at most, never counted
+    usage = [r.body for r in signed if isinstance(r.body, Usage)]  # none if the TV was off
+    assert sum(u.credit_micro for u in usage) == registry["settled_micro"]
+
+
+def running(state: Path, pid: int) -> bool:
+    """Whether process ``pid`` has written status.json (it does so in its first loop)."""
+    try:
+        return int(json.loads((state / "status.json").read_text())["pid"]) == pid
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def logged_hashes(records: list[dict[str, object]]) -> dict[int, bytes]:
+    return {int(str(r["seq"])): hashlib.sha256(bytes.fromhex(str(r["record"]))).digest()
+            for r in records}
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
 
 
 def test_laptop_mode_creates_an_identity_says_so_and_stops_cleanly_on_sigterm(

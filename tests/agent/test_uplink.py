@@ -29,10 +29,11 @@ class Device:
 
     def __init__(self, tmp: Path, broker_url: str, gateway_key: str,
                  settings: UplinkSettings = FAST, username: str | None = None,
-                 password: str | None = None) -> None:
+                 password: str | None = None, key: SigningKey | None = None) -> None:
         tmp.mkdir(parents=True, exist_ok=True)
         self.clock = SystemClock()
-        key = SigningKey.generate()
+        key = key or SigningKey.generate()
+        self.key = key
         self.public_key = key.public_key
         self.device_id = device_id_for(key.public_key)
         self.state = DeviceState.open(tmp / "state.sqlite", self.clock.wall_ms)
