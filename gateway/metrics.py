@@ -66,9 +66,9 @@ class GatewayMetrics:
                                       "Batches not processed because the store failed "
                                       "(left unacknowledged for redelivery)", registry=r)
 
-    def reject(self, reason: str) -> None:
-        """Count one rejected record."""
-        self.rejections.labels(reason=reason).inc()
+    def reject(self, reason: str, count: int = 1) -> None:
+        """Count rejected records."""
+        self.rejections.labels(reason=reason).inc(count)
 
     def render(self) -> bytes:
         """Return the Prometheus text exposition of every collector."""

@@ -39,7 +39,17 @@ from gateway.store import (
 )
 from gateway.verify import PreparedRecord
 from protocol import reasons
-from protocol.record import GENESIS_PREV, Gap, KeyRotation, Record, Usage, credit_micro
+from protocol.record import (
+    GENESIS_PREV,
+    Gap,
+    KeyEpoch,
+    KeyRotation,
+    Record,
+    Sealed,
+    Usage,
+    Values,
+    credit_micro,
+)
 
 log = logging.getLogger(__name__)
 _SIGNED_MAX = (1 << 63) - 1
@@ -74,33 +84,72 @@ class Context:
     received_ms: int
 
 
-def decide(tx: LogTransaction, item: PreparedRecord, ctx: Context) -> Decision:
+class BatchView:
+    """One batch's cached view of the registry and of its devices' chain neighbours.
+
+    Read once per batch and device inside the transaction, then kept current as the
+    batch appends, so a batch of n records costs a few queries rather than 3n.
+    """
+
+    def __init__(self, tx: LogTransaction, items: list[PreparedRecord]) -> None:
+        self.tx = tx
+        self._devices: dict[bytes, Device | None] = {}
+        self._links: dict[bytes, dict[int, LoggedLink]] = {}
+        self._ranges: dict[bytes, tuple[int, int]] = {}
+        for item in items:
+            if item.record is not None and item.reject is None:
+                low, high = self._ranges.get(item.kid, (item.record.seq, item.record.seq))
+                self._ranges[item.kid] = (min(low, item.record.seq), max(high, item.record.seq))
+
+    def device(self, device_id: bytes) -> Device | None:
+        if device_id not in self._devices:
+            self._devices[device_id] = self.tx.device(device_id)
+        return self._devices[device_id]
+
+    def refresh(self, device_id: bytes) -> None:
+        """Forget the cached device (after a rotation or credit changed it)."""
+        self._devices.pop(device_id, None)
+
+    def links(self, device_id: bytes) -> dict[int, LoggedLink]:
+        found = self._links.get(device_id)
+        if found is None:
+            low, high = self._ranges[device_id]
+            found = self._links[device_id] = self.tx.links(device_id, low - 1, high + 1)
+        return found
+
+
+def decide(view: BatchView, item: PreparedRecord, ctx: Context) -> Decision:
     """Apply the stateful rules to one record and append it if every rule passes."""
     if item.reject is not None:
         return Decision.rejected(item.reject)
     record = item.record
     assert record is not None
-    device = tx.device(item.kid)
+    device = view.device(item.kid)
     refused = _check_identity(device, item.kid, ctx)
     if refused:
         return Decision.rejected(refused)
     assert device is not None
-    near = tx.leaves_near(device.device_id, record.seq)
+    near = view.links(device.device_id)
     logged = near.get(record.seq)
     if logged is not None and logged.record_hash == item.hash:
         return Decision(DUPLICATE, leaf_index=logged.index)
     if not item.signature_valid(device.key_for_seq(record.seq)):
         return Decision.rejected(reasons.BAD_SIGNATURE)
     if logged is not None:
-        tx.add_equivocation(device.device_id, record.seq, item.raw, ctx.received_ms)
+        view.tx.add_equivocation(device.device_id, record.seq, item.raw, ctx.received_ms)
+        view.refresh(device.device_id)
         log.warning("equivocation: device %s signed two records with seq %d",
                     device.device_id.hex(), record.seq)
         return Decision.rejected(reasons.EQUIVOCATION)
     refused = _check_chain(record, item.hash, near) or _check_time(record, ctx)
-    refused = refused or _check_body(tx, device, record)
+    refused = refused or _check_body(view.tx, device, record)
     if refused:
         return Decision.rejected(refused)
-    return _append(tx, device, item, ctx)
+    decision = _append(view.tx, device, item, ctx)
+    near[record.seq] = LoggedLink(decision.leaf_index or 0, item.hash, record.prev)
+    if not isinstance(record.body, Values | Sealed | KeyEpoch):
+        view.refresh(device.device_id)  # usage credit, a new key
+    return decision
 
 
 def _check_identity(device: Device | None, kid: bytes, ctx: Context) -> str | None:

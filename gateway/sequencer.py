@@ -1,8 +1,10 @@
 """The sequencer: the one writer of the log.
 
-For each prepared batch, in arrival order, :meth:`Sequencer.commit` opens one store
-transaction, applies the stateful rules (:mod:`gateway.rules`) to every record, appends
-the accepted ones, and commits. Only after the commit does it issue a checkpoint (when one
+For each prepared batch, in arrival order, the sequencer applies the stateful rules
+(:mod:`gateway.rules`) to every record and appends the accepted ones inside one store
+transaction. Batches that queued up behind each other share that transaction (group
+commit, :meth:`Sequencer.commit_group`): each is processed exactly as on its own, they
+only share the fsync. Only after the commit does it issue a checkpoint (when one
 is due) and build the receipt, so a receipt never names a leaf that a crash could lose,
 and a crash before the commit leaves no trace (the broker redelivers the batch, which is
 then processed as if new). A batch redelivered after its commit is answered again with
@@ -12,6 +14,7 @@ the same leaf indices (``duplicate``).
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,9 +22,10 @@ from gateway.checkpoints import Checkpointer
 from gateway.config import Limits
 from gateway.gatewaykey import GatewayKey
 from gateway.metrics import GatewayMetrics
-from gateway.rules import ACCEPTED, DUPLICATE, Context, Decision, decide
-from gateway.store import LogStore
+from gateway.rules import ACCEPTED, DUPLICATE, BatchView, Context, Decision, decide
+from gateway.store import LogStore, LogTransaction
 from gateway.verify import PreparedBatch, PreparedRecord
+from protocol import reasons
 from protocol.batch import receipts_topic
 from protocol.receipt import HASH_PREFIX_BYTES, Outcome, Receipt, Status
 
@@ -51,61 +55,72 @@ class Sequencer:
         metrics.log_size.set(store.size())
 
     def commit(self, batch: PreparedBatch) -> SignedReceipt | None:
-        """Apply one batch durably; return the signed receipt to publish.
+        """Apply one batch durably; return the signed receipt to publish (see commit_group)."""
+        return self.commit_group([batch])[0]
 
-        Returns None only when the topic names no device (there is nowhere to answer).
-        Raises StorageError if the store fails; nothing of the batch is then kept.
+    def commit_group(self, batches: list[PreparedBatch]) -> list[SignedReceipt | None]:
+        """Apply several batches in ONE transaction (group commit); return their receipts.
+
+        Each batch is processed exactly as on its own, in order (a later batch sees what an
+        earlier one appended); the group only shares the commit, and its fsync. A receipt
+        is None only when the topic names no device (there is nowhere to answer). Raises
+        StorageError if the store fails; nothing of the group is then kept.
         """
-        self._metrics.batches.inc()
+        tally: Counter[str] = Counter()
+        now = self._wall_ms()
+        results: list[tuple[PreparedBatch, tuple[Outcome, ...], int] | None] = []
+        with self._store.transaction() as tx:
+            for batch in batches:
+                results.append(self._apply(tx, batch, now, tally))
+        self._count(tally, len(batches))
+        done = self._monotonic()
+        for batch in batches:
+            self._metrics.ingest_lag.observe(max(0.0, done - batch.arrived))
+        self.checkpoint_if_due()
+        return [None if r is None else self._receipt(r[0].topic_device or b"",
+                                                     r[0].batch_id or 0, r[1], r[2])
+                for r in results]
+
+    def _apply(self, tx: LogTransaction, batch: PreparedBatch, now: int,
+               tally: Counter[str]) -> tuple[PreparedBatch, tuple[Outcome, ...], int] | None:
         if batch.topic_device is None:
-            self._metrics.batches_unreadable.labels(reason=batch.reject or "wrong_topic").inc()
+            tally[f"unreadable:{batch.reject or reasons.WRONG_TOPIC}"] += 1
             return None
         if batch.reject is not None:
-            self._metrics.batches_unreadable.labels(reason=batch.reject).inc()
-            self._metrics.reject(batch.reject)
+            tally[f"unreadable:{batch.reject}"] += 1
+            tally[f"rejected:{batch.reject}"] += 1
             outcome = Outcome(None, batch.payload_hash[:HASH_PREFIX_BYTES], Status.REJECTED,
                               reason=batch.reject)
-            return self._receipt(batch.topic_device, 0, (outcome,), self._settled(batch))
-        now = self._wall_ms()
-        ctx = Context(batch.topic_device, now, self._skew_ms, now)
-        with self._store.transaction() as tx:
-            decisions = [decide(tx, item, ctx) for item in batch.records]
-            device = tx.device(batch.topic_device)
-        settled = device.settled_micro if device is not None else 0
-        self._metrics.ingest_lag.observe(max(0.0, self._monotonic() - batch.arrived))
-        self._metrics.log_size.set(self._store.size())
-        outcomes = tuple(self._outcome(item, d) for item, d in zip(batch.records, decisions,
-                                                                    strict=True))
-        self.checkpoint_if_due()
-        return self._receipt(batch.topic_device, batch.batch_id or 0, outcomes, settled)
+            outcomes: tuple[Outcome, ...] = (outcome,)
+        else:
+            ctx = Context(batch.topic_device, now, self._skew_ms, now)
+            view = BatchView(tx, batch.records)
+            outcomes = tuple(_outcome(item, decide(view, item, ctx), tally)
+                             for item in batch.records)
+        device = tx.device(batch.topic_device)
+        return batch, outcomes, device.settled_micro if device is not None else 0
+
+    def _count(self, tally: Counter[str], batches: int) -> None:
+        """Update the metrics once per group (a Counter.inc per record is measurable)."""
+        m = self._metrics
+        m.batches.inc(batches)
+        m.log_size.set(self._store.size())
+        for key, n in tally.items():
+            kind, _, reason = key.partition(":")
+            if kind == "rejected":
+                m.reject(reason, n)
+            elif kind == "unreadable":
+                m.batches_unreadable.labels(reason=reason).inc(n)
+        m.records_accepted.inc(tally["accepted"])
+        m.records_duplicate.inc(tally["duplicate"])
+        m.unsynced_records.inc(tally["unsynced"])
+        m.gaps_declared.inc(tally["gap"])
+        m.equivocations.inc(tally[f"rejected:{reasons.EQUIVOCATION}"])
 
     def checkpoint_if_due(self) -> None:
         """Issue a checkpoint if the interval or leaf count says so."""
         if self._checkpointer.due():
             self._checkpointer.issue()
-
-    def _settled(self, batch: PreparedBatch) -> int:
-        device = self._store.device(batch.topic_device) if batch.topic_device else None
-        return device.settled_micro if device is not None else 0
-
-    def _outcome(self, item: PreparedRecord, decision: Decision) -> Outcome:
-        seq = item.record.seq if item.record is not None else None
-        prefix = item.hash[:HASH_PREFIX_BYTES]
-        if decision.kind == ACCEPTED:
-            self._metrics.records_accepted.inc()
-            if decision.unsynced:
-                self._metrics.unsynced_records.inc()
-            if decision.gap:
-                self._metrics.gaps_declared.inc()
-            return Outcome(seq, prefix, Status.ACCEPTED, leaf_index=decision.leaf_index)
-        if decision.kind == DUPLICATE:
-            self._metrics.records_duplicate.inc()
-            return Outcome(seq, prefix, Status.DUPLICATE, leaf_index=decision.leaf_index)
-        assert decision.reason is not None
-        self._metrics.reject(decision.reason)
-        if decision.reason == "equivocation":
-            self._metrics.equivocations.inc()
-        return Outcome(seq, prefix, Status.REJECTED, reason=decision.reason)
 
     def _receipt(self, device_id: bytes, batch_id: int, outcomes: tuple[Outcome, ...],
                  settled: int) -> SignedReceipt:
@@ -113,3 +128,19 @@ class Sequencer:
                           self._wall_ms(), settled)
         return SignedReceipt(receipts_topic(device_id), receipt.sign(self._key.signing_key,
                                                                      self._key.kid), receipt)
+
+
+def _outcome(item: PreparedRecord, decision: Decision, tally: Counter[str]) -> Outcome:
+    seq = item.record.seq if item.record is not None else None
+    prefix = item.hash[:HASH_PREFIX_BYTES]
+    if decision.kind == ACCEPTED:
+        tally["accepted"] += 1
+        tally["unsynced"] += decision.unsynced
+        tally["gap"] += decision.gap
+        return Outcome(seq, prefix, Status.ACCEPTED, leaf_index=decision.leaf_index)
+    if decision.kind == DUPLICATE:
+        tally["duplicate"] += 1
+        return Outcome(seq, prefix, Status.DUPLICATE, leaf_index=decision.leaf_index)
+    assert decision.reason is not None
+    tally[f"rejected:{decision.reason}"] += 1
+    return Outcome(seq, prefix, Status.REJECTED, reason=decision.reason)

@@ -46,6 +46,8 @@ from protocol.keys import Secret, read_secret_file
 log = logging.getLogger(__name__)
 MIN_ADMIN_TOKEN_CHARS = 16
 STORAGE_RETRIES = 3
+MAX_GROUP_BATCHES = 16  # batches committed together when they queue up (one fsync)
+_Pending = tuple[Message, Future[PreparedBatch]]
 
 
 def wall_ms() -> int:
@@ -104,7 +106,7 @@ class GatewayService:
         self._notifier = notifier or Notifier()
         self._stop = threading.Event()
         # None is the wake-up sentinel put by request_stop.
-        self._pending: queue.Queue[tuple[Message, Future[PreparedBatch]] | None] = queue.Queue()
+        self._pending: queue.Queue[_Pending | None] = queue.Queue()
         self.key = load_gateway_key(config.key_file)
         admin_token = load_admin_token(config)
         self.metrics = GatewayMetrics()
@@ -157,8 +159,9 @@ class GatewayService:
             except queue.Empty:
                 self.sequencer.checkpoint_if_due()
             else:
-                if item is not None:
-                    self._process(*item)
+                group = self._group(item)
+                if group:
+                    self._process(group)
             self._last_progress = self._monotonic()
             interval = self._notifier.watchdog_interval_s
             if interval is not None and self._last_progress - watchdog_at >= interval:
@@ -185,22 +188,36 @@ class GatewayService:
                                    message.arrived, self.config.limits, self.store.device)
         self._pending.put((message, future))
 
-    def _process(self, message: Message, future: Future[PreparedBatch]) -> None:
-        prepared = future.result()
+    def _group(self, first: _Pending | None) -> list[_Pending]:
+        """The first batch plus those already waiting behind it (one group commit)."""
+        group = [] if first is None else [first]
+        while len(group) < MAX_GROUP_BATCHES:
+            try:
+                item = self._pending.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                group.append(item)
+        return group
+
+    def _process(self, group: list[_Pending]) -> None:
+        prepared = [future.result() for _, future in group]
         for attempt in range(1, STORAGE_RETRIES + 1):
             try:
-                signed = self.sequencer.commit(prepared)
+                receipts = self.sequencer.commit_group(prepared)
                 break
             except StorageError as exc:
-                self.metrics.storage_errors.inc()
-                log.error("store failed on batch from %s (attempt %d): %s", message.topic,
-                          attempt, exc)
+                self.metrics.storage_errors.inc(len(group))
+                log.error("store failed on %d batches (attempt %d): %s", len(group), attempt,
+                          exc)
                 if attempt == STORAGE_RETRIES:
                     raise
                 time.sleep(0.2 * attempt)
-        if signed is not None and self.ingest.publish(signed.topic, signed.payload):
-            self.metrics.receipts.inc()
-        self.ingest.ack(message)
+        # Receipts only after the commit; the MQTT ack only after the receipt is queued.
+        for (message, _), signed in zip(group, receipts, strict=True):
+            if signed is not None and self.ingest.publish(signed.topic, signed.payload):
+                self.metrics.receipts.inc()
+            self.ingest.ack(message)
 
     def _idle_timeout(self) -> float:
         return min(1.0, max(0.01, self.checkpointer.seconds_until_due()))

@@ -173,8 +173,8 @@ class LogTransaction(Protocol):
         """Return the registered device, or None."""
         ...
 
-    def leaves_near(self, device_id: bytes, seq: int) -> dict[int, LoggedLink]:
-        """Return ``{seq: link}`` for the logged records seq-1, seq and seq+1 of a device."""
+    def links(self, device_id: bytes, first_seq: int, last_seq: int) -> dict[int, LoggedLink]:
+        """Return ``{seq: link}`` for a device's logged records in [first_seq, last_seq]."""
         ...
 
     def key_in_use(self, public_key: bytes) -> bool:
@@ -186,7 +186,12 @@ class LogTransaction(Protocol):
         ...
 
     def append(self, leaf: NewLeaf) -> int:
-        """Append a leaf (and its tree nodes); return its index."""
+        """Append a leaf (and its tree nodes); return its index.
+
+        The rows may be buffered until the transaction commits; a (device, seq) that is
+        already logged makes the whole transaction fail with StorageError, so callers
+        check :meth:`links` first.
+        """
         ...
 
     def add_usage(self, usage: UsageEntry) -> None:

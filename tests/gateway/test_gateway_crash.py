@@ -9,7 +9,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from tests.gateway.gwkit import DeviceClient, TestDevice, batch_bytes, register,
 REPO = Path(__file__).resolve().parents[2]
 KILLS = 10
 RECORDS_PER_BATCH = 10
+BURST_BATCHES = 20  # per device and kill: 600 records
 
 
 class GatewayProcess:
@@ -57,23 +57,21 @@ class GatewayProcess:
         return self.proc.wait(timeout=30)
 
 
-class Publisher(threading.Thread):
-    """Devices sending batches at a steady pace until stopped."""
+class Publisher:
+    """Devices sending bursts of batches (each device's batches in chain order)."""
 
     def __init__(self, client: DeviceClient, fleet: list[TestDevice]) -> None:
-        super().__init__(daemon=True)
         self.client, self.fleet = client, fleet
         self.sent: dict[tuple[bytes, int], list[bytes]] = {}
-        self.stop = threading.Event()
+        self._ids = itertools.count(1)
 
-    def run(self) -> None:
-        for batch_id in itertools.count(1):
+    def burst(self, batches_per_device: int) -> None:
+        for _ in range(batches_per_device):
+            batch_id = next(self._ids)
             for dev in self.fleet:
                 records = dev.records(RECORDS_PER_BATCH)
                 self.sent[(dev.device_id, batch_id)] = records
                 self.client.send(dev, records, batch_id)
-            if self.stop.wait(0.03):
-                return
 
 
 def test_kill9_loses_nothing_and_never_forks(broker: MosquittoBroker, tmp_path: Path) -> None:
@@ -89,16 +87,15 @@ def test_kill9_loses_nothing_and_never_forks(broker: MosquittoBroker, tmp_path: 
         register(gateway.url, dev)
     client = DeviceClient(broker.port, files.key.verifier_text())
     publisher = Publisher(client, fleet)
-    publisher.start()
     notes: set[str] = set()
     for _ in range(KILLS):
-        time.sleep(rng.uniform(0.3, 1.2))
+        # A burst queues up, then the gateway dies somewhere in the middle of draining it.
+        publisher.burst(BURST_BATCHES)
+        time.sleep(rng.uniform(0.02, 0.3))
         notes.update(c["note"] for c in httpx.get(f"{gateway.url}/v1/checkpoints",
                                                   params={"limit": 1000}).json())
         assert gateway.signal(signal.SIGKILL) == -signal.SIGKILL
         gateway.start()
-    publisher.stop.set()
-    publisher.join()
     print(f"t={time.monotonic() - t0:.1f} kills done")
 
     # Devices resend every batch they have no receipt for (a receipt may die with the
