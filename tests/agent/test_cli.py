@@ -122,6 +122,22 @@ def test_run_refuses_a_key_file_others_can_read(tmp_path: Path, capsys: Capture)
     assert "chmod 600" in capsys.readouterr().err
 
 
+def test_run_refuses_a_password_file_others_can_read_and_never_prints_it(
+        tmp_path: Path, capsys: Capture) -> None:
+    secret = "correct horse battery staple"
+    (tmp_path / "mqtt.password").write_text(secret)
+    (tmp_path / "mqtt.password").chmod(0o640)
+    path = minimal(tmp_path, '[mqtt]\nusername = "dev"\npassword_file = "mqtt.password"')
+    path.write_text(path.read_text().replace('[mqtt]\nbroker = "mqtt://127.0.0.1:9"\n', "")
+                    .replace('[mqtt]\n', '[mqtt]\nbroker = "mqtt://127.0.0.1:9"\n'))
+    assert main(["keygen", "--state-dir", str(tmp_path / "state")]) == 0
+    capsys.readouterr()
+    assert main(["run", "--config", str(path)]) == 2
+    out = capsys.readouterr()
+    assert "mqtt.password" in out.err and "chmod 600" in out.err
+    assert secret not in out.err + out.out
+
+
 def test_status_reports_outbox_dead_letters_drops_and_credit(tmp_path: Path,
                                                             capsys: Capture) -> None:
     path = minimal(tmp_path, "[service]\nfinal_flush_s = 0\n[[sensors]]\nkind = \"cpu_temp\"\n"

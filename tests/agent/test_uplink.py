@@ -13,9 +13,17 @@ import pytest
 from agent.clock import SystemClock
 from agent.outbox import DeviceState, Outbox, OutboxSettings
 from agent.records import EpochPolicy, RecordFactory, RecordWriter
-from agent.uplink import BrokerSettings, GatewayKey, Uplink, UplinkSettings, parse_broker_url
-from firmware_sim.broker import MosquittoBroker
+from agent.uplink import (
+    BrokerSettings,
+    GatewayKey,
+    MqttTransport,
+    Uplink,
+    UplinkSettings,
+    parse_broker_url,
+)
+from firmware_sim.broker import MosquittoBroker, free_port
 from protocol import reasons
+from protocol.errors import KeyFileError
 from protocol.keys import Secret, SigningKey, device_id_for
 from protocol.record import Measurement
 from tests.agent.responder import Responder
@@ -29,7 +37,8 @@ class Device:
 
     def __init__(self, tmp: Path, broker_url: str, gateway_key: str,
                  settings: UplinkSettings = FAST, username: str | None = None,
-                 password: str | None = None, key: SigningKey | None = None) -> None:
+                 password: str | None = None, key: SigningKey | None = None,
+                 tls: tuple[Path, Path, Path] | None = None) -> None:
         tmp.mkdir(parents=True, exist_ok=True)
         self.clock = SystemClock()
         key = key or SigningKey.generate()
@@ -44,8 +53,10 @@ class Device:
         self.outbox.attach(factory)
         self.writer = RecordWriter(factory, self.outbox, {}, policy=EpochPolicy(),
                                    clock=self.clock)
-        host, port, tls = parse_broker_url(broker_url)
-        broker = BrokerSettings(broker_url, host, port, tls, username=username,
+        host, port, use_tls = parse_broker_url(broker_url)
+        ca, cert, client_key = tls if tls else (None, None, None)
+        broker = BrokerSettings(broker_url, host, port, use_tls, ca_file=ca, cert_file=cert,
+                                key_file=client_key, username=username,
                                 password=Secret(password.encode()) if password else None,
                                 connect_timeout_s=2.0)
         self.uplink = Uplink(settings, broker, GatewayKey.from_text(gateway_key),
@@ -234,3 +245,59 @@ def test_unknown_device_rejections_reach_dead_letters_not_endless_resends(
         assert stranger.outbox.stats().dead_letters == {reasons.UNKNOWN_DEVICE: 4}
     finally:
         stranger.close()
+
+
+def _tls_files(tmp: Path) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate (openssl)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    files = {n: tmp / n for n in ("ca.key", "ca.crt", "server.key", "server.crt",
+                                  "client.key", "client.crt")}
+
+    def ssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=tmp)
+
+    ssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=edgeproof test CA")
+    for name, extra in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "")):
+        ssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
+        ext = tmp / f"{name}.ext"
+        ext.write_text(extra + "\n")
+        ssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", f"{name}.crt", "-days", "2", "-extfile", str(ext))
+    files["client.key"].chmod(0o600)
+    return files
+
+
+def test_tls_with_ca_and_client_certificate_delivers(tmp_path: Path) -> None:
+    tls = _tls_files(tmp_path / "tls")
+    tls_port = free_port()
+    broker = MosquittoBroker(tmp_path / "broker", extra_config=(
+        f"user root\nlistener {tls_port} 127.0.0.1\ncafile {tls['ca.crt']}\n"
+        f"certfile {tls['server.crt']}\nkeyfile {tls['server.key']}\n"
+        "require_certificate true\n"))
+    broker.start()
+    try:
+        responder = Responder(broker.url).start()  # on the plain listener
+        url = f"mqtts://127.0.0.1:{tls_port}"
+        device = Device(tmp_path / "dev", url, responder.verifier_key,
+                        tls=(tls["ca.crt"], tls["client.crt"], tls["client.key"]))
+        responder.register(device.public_key)
+        seqs = device.write(10)
+        device.uplink.start()
+        assert responder.wait_for(lambda: device.depth() == 0)
+        assert logged_seqs(responder, device) == set(seqs)
+        device.close()
+        responder.stop()
+    finally:
+        broker.kill()
+
+
+def test_tls_client_key_readable_by_others_is_refused(tmp_path: Path) -> None:
+    tls = _tls_files(tmp_path / "tls")
+    tls["client.key"].chmod(0o644)
+    broker = BrokerSettings("mqtts://127.0.0.1:8883", "127.0.0.1", 8883, True,
+                            ca_file=tls["ca.crt"], cert_file=tls["client.crt"],
+                            key_file=tls["client.key"])
+    with pytest.raises(KeyFileError, match="chmod 600"):
+        MqttTransport(broker, "x")
