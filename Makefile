@@ -41,5 +41,11 @@ pytest: $(STAMP)
 bench: deps
 	$(PY) bench/protocol_bench.py
 
+# The one-command demo (README, "Demo"); options go in DEMO_ARGS, for example
+# make demo DEMO_ARGS="--devices 3 --duration 30". It needs the venv and mosquitto only.
+DEMO_ARGS ?=
+demo: $(STAMP) broker
+	$(PY) -m firmware_sim.cli demo $(DEMO_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

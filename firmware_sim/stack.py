@@ -1,0 +1,285 @@
+"""A private edgeproof installation in one directory: a fleet, its broker and its gateway.
+
+Everything is made the way an operator makes it (docs/OPERATIONS.md), only on loopback and
+in a temporary directory: ``edgeproof-provision init`` creates the fleet,
+``broker-config`` writes the locked-down Mosquitto config (anonymous access off, PBKDF2
+password file, per-device ACL), the real ``mosquitto`` runs it, the fleet is told to reload
+the broker through a pid file, and the real gateway runs as its own process from the
+``gateway.toml`` that ``init`` wrote. Devices and recipients are added with
+``edgeproof-provision`` too, so registration goes over the gateway's HTTP API and each
+device gets its own broker credential.
+
+Used by the demo, by ``edgeproof-sim fleet``'s tests, and by anyone who wants a whole
+installation for a test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import io
+import json
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from firmware_sim import fleet_mqtt
+from firmware_sim.broker import MosquittoBroker, free_port
+from firmware_sim.procs import Child, spawn
+from protocol.errors import EdgeproofError, RejectedByPeer, TransportError
+from provisioning import cli as provision_cli
+from provisioning import fleet as fleet_files
+from provisioning.devices_store import AGENT_CONFIG, BROKER_PASSWORD, DEVICE_KEY, STATE
+
+GATEWAY_START_TIMEOUT_S = 30.0
+LOGIN_TIMEOUT_S = 10.0
+
+
+class StackError(EdgeproofError):
+    """A step of building or running the private installation failed."""
+
+
+class Interrupted(EdgeproofError):
+    """The user asked to stop (Ctrl-C or SIGTERM) while a step was running."""
+
+
+@dataclass(frozen=True)
+class SimDevice:
+    """A provisioned device and its bundle (laid out like the device's file system)."""
+
+    name: str
+    device_id: str
+    bundle: Path
+
+    @property
+    def config(self) -> Path:
+        return self.bundle / AGENT_CONFIG
+
+    @property
+    def password_file(self) -> Path:
+        return self.bundle / BROKER_PASSWORD
+
+    @property
+    def state_dir(self) -> Path:
+        return self.bundle / STATE
+
+    @property
+    def key_file(self) -> Path:
+        return self.bundle / DEVICE_KEY
+
+
+def run_provision(argv: Sequence[str]) -> str:
+    """Run ``edgeproof-provision ARGV`` in this process; return what it printed on stdout.
+
+    Raises StackError with its one-line diagnostic if it fails.
+    """
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = provision_cli.main(list(argv))
+    if code != 0:
+        lines = [line for line in err.getvalue().splitlines() if line.strip()]
+        raise StackError(lines[-1] if lines else f"edgeproof-provision {argv[0]} failed")
+    return out.getvalue()
+
+
+@dataclass
+class Stack:
+    """A fleet directory with its Mosquitto and gateway running, all under ``workdir``."""
+
+    workdir: Path
+    owner: str = "demo-household"
+    rate_micro_per_hour: int = 3_600_000
+    checkpoint_interval_s: int = 2
+    should_stop: Callable[[], bool] = lambda: False
+    broker_port: int = field(default_factory=free_port)
+    gateway_port: int = field(default_factory=free_port)
+    broker: MosquittoBroker | None = None
+    gateway: Child | None = None
+    started_pids: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def fleet_dir(self) -> Path:
+        return self.workdir / "fleet"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.workdir / "broker"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    @property
+    def broker_url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.broker_port}"
+
+    @property
+    def fleet_config(self) -> Path:
+        return self.fleet_dir / fleet_files.FLEET_FILE
+
+    @property
+    def verifier_key(self) -> str:
+        return fleet_files.load_fleet(self.fleet_dir).gateway_verifier_key
+
+    # --- start ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Create the fleet, start the broker and the gateway; return once both serve.
+
+        Raises StackError (or Interrupted when ``should_stop()`` turns true).
+        """
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.provision("init", str(self.fleet_dir), "--broker", self.broker_url,
+                       "--gateway", self.gateway_url, "--name", "demo.local/edgeproof",
+                       "--owner", self.owner, "--rate", str(self.rate_micro_per_hour))
+        self._start_broker()
+        self._tune_gateway_config()
+        self._start_gateway()
+
+    def provision(self, *argv: str) -> str:
+        """Run one ``edgeproof-provision`` command; return its stdout. Raises StackError."""
+        self.check_stop()
+        return run_provision(argv)
+
+    def check_stop(self) -> None:
+        """Raise Interrupted if the user asked to stop."""
+        if self.should_stop():
+            raise Interrupted("interrupted")
+
+    def _start_broker(self) -> None:
+        data = self.broker_dir / "data"
+        self.provision("broker-config", "--fleet", str(self.fleet_dir), "--out",
+                       str(self.broker_dir), "--bind", "127.0.0.1", "--port",
+                       str(self.broker_port), "--data-dir", str(data),
+                       "--run-as", getpass.getuser())
+        data.mkdir(parents=True, exist_ok=True)
+        self.broker = MosquittoBroker(self.broker_dir, port=self.broker_port,
+                                      config_file=self.broker_dir / "mosquitto.conf")
+        try:
+            self.broker.start()
+        except RuntimeError as exc:
+            raise StackError(f"mosquitto: {exc}") from None
+        assert self.broker.process is not None
+        self.started_pids["broker"] = self.broker.process.pid
+        pid_file = self.broker_dir / "mosquitto.pid"
+        pid_file.write_text(f"{self.broker.process.pid}\n", encoding="ascii")
+        # As an operator would (OPERATIONS.md §2.4): tell the fleet how to reload the broker,
+        # so every device change reaches it.
+        self._set_fleet_option("pid_file", str(pid_file))
+
+    def _set_fleet_option(self, key: str, value: str) -> None:
+        path = self.fleet_config
+        lines = path.read_text(encoding="utf-8").splitlines()
+        if not any(line.startswith(f"{key} =") for line in lines):
+            raise StackError(f"{path}: no {key} line to set")
+        out = [f"{key} = {json.dumps(value)}" if line.startswith(f"{key} =") else line
+               for line in lines]
+        path.write_text("\n".join(out) + "\n", encoding="utf-8")
+
+    def _tune_gateway_config(self) -> None:
+        """Checkpoint every few seconds, so a record is provable soon after it is logged."""
+        path = self.fleet_dir / fleet_files.GATEWAY_CONFIG
+        text = path.read_text(encoding="utf-8")
+        if "checkpoints" in tomllib.loads(text):
+            return
+        path.write_text(text.rstrip("\n") + "\n\n[checkpoints]\n"
+                        f"interval_s = {self.checkpoint_interval_s}\nevery_leaves = 1000\n",
+                        encoding="utf-8")
+
+    def _start_gateway(self) -> None:
+        config = self.fleet_dir / fleet_files.GATEWAY_CONFIG
+        self.gateway = spawn("gateway", [sys.executable, "-m", "gateway.cli", "run",
+                                         "--config", str(config)],
+                             self.workdir / "logs" / "gateway.log")
+        self.started_pids["gateway"] = self.gateway.pid
+        deadline = time.monotonic() + GATEWAY_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            self.check_stop()
+            if not self.gateway.alive():
+                raise StackError(f"the gateway exited at start: {self.gateway.log_tail()}")
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{self.gateway_url}/healthz", timeout=1).status_code == 200:
+                    return
+            time.sleep(0.1)
+        raise StackError(f"the gateway did not become healthy within "
+                         f"{GATEWAY_START_TIMEOUT_S:.0f} s: {self.gateway.log_tail()}")
+
+    # --- recipients and devices -------------------------------------------------------------
+
+    def add_recipient(self, name: str) -> Path:
+        """Create a data recipient; return its secret key file."""
+        self.provision("recipient", "add", name, "--fleet", str(self.fleet_dir), "--json")
+        return self.fleet_dir / fleet_files.RECIPIENTS_DIR / f"{name}.key"
+
+    def add_devices(self, prefix: str, count: int, recipients: Sequence[str] = ()
+                    ) -> list[SimDevice]:
+        """Provision ``prefix-001`` .. ``prefix-<count>`` and wait until the broker knows them.
+
+        Returns the devices. Raises StackError.
+        """
+        argv = ["device", "add", prefix, "--count", str(count), "--fleet", str(self.fleet_dir),
+                "--json"]
+        for name in recipients:
+            argv += ["--recipient", name]
+        made = json.loads(self.provision(*argv))
+        devices = [SimDevice(d["name"], d["device_id"], Path(d["bundle"])) for d in made]
+        if devices:
+            self.wait_for_login(devices[-1])
+        return devices
+
+    def wait_for_login(self, device: SimDevice) -> None:
+        """Return once the broker accepts ``device``'s credential (it reloads asynchronously).
+
+        Raises StackError if it still refuses after LOGIN_TIMEOUT_S.
+        """
+        password = device.password_file.read_text(encoding="utf-8").strip()
+        deadline = time.monotonic() + LOGIN_TIMEOUT_S
+        last = ""
+        while time.monotonic() < deadline:
+            self.check_stop()
+            try:
+                fleet_mqtt.check_login("127.0.0.1", self.broker_port, device.device_id,
+                                       password, timeout_s=2.0)
+                return
+            except (RejectedByPeer, TransportError) as exc:
+                last = str(exc)
+            time.sleep(0.1)
+        raise StackError(f"the broker does not accept {device.name}'s credential: {last}")
+
+    # --- gateway API -------------------------------------------------------------------------
+
+    def get(self, path: str, **params: Any) -> Any:
+        """GET a public gateway endpoint; return its JSON. Raises StackError."""
+        try:
+            response = requests.get(f"{self.gateway_url}{path}", params=params, timeout=5)
+        except requests.RequestException as exc:
+            raise StackError(f"gateway {path}: {exc.__class__.__name__}") from None
+        if response.status_code != 200:
+            raise StackError(f"gateway {path}: HTTP {response.status_code}")
+        return response.json()
+
+    def stats(self) -> dict[str, Any]:
+        """The gateway's counters (``GET /v1/stats``). Raises StackError."""
+        data = self.get("/v1/stats")
+        if not isinstance(data, dict):
+            raise StackError("gateway /v1/stats: not a JSON object")
+        return data
+
+    # --- stop --------------------------------------------------------------------------------
+
+    def pids(self) -> dict[str, int]:
+        """The process ids of the broker and the gateway, as started (also after close)."""
+        return dict(self.started_pids)
+
+    def close(self) -> None:
+        """Stop the gateway (it signs a final checkpoint), then the broker. Idempotent."""
+        if self.gateway is not None:
+            self.gateway.stop(timeout_s=20)
+        if self.broker is not None:
+            self.broker.stop()
