@@ -1,0 +1,147 @@
+"""``edgeproof-sim``: the one-command demo and the fleet simulator.
+
+    edgeproof-sim demo [--devices N] [--duration SECONDS] [--seed S] [--keep] [--json]
+    edgeproof-sim fleet --config FLEET_TOML --devices N [--duration S] [--rate HZ] [--json]
+
+Thin by design: parse arguments, run :mod:`firmware_sim.demo` or :mod:`firmware_sim.fleet`,
+print the result, and turn a failure into one line on stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from firmware_sim.demo import Demo, DemoOptions, Signals
+from firmware_sim.stack import Interrupted
+from firmware_sim.view import LiveView, PlainView, View, print_report
+from protocol.errors import EdgeproofError
+
+PROG = "edgeproof-sim"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Simulated edgeproof devices: "
+                                     "the one-command demo and a fleet simulator for load runs.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo = sub.add_parser(
+        "demo", help="run a private broker, gateway and simulated devices, then verify",
+        description="Start a private Mosquitto (locked down: no anonymous access, one "
+        "password and ACL per device) and gateway in a temporary directory, provision "
+        "simulated devices through the real provisioning path, run them with a live view, "
+        "prove one of their records offline with edgeproof-verify, and stop everything. "
+        "Ctrl-C ends the run early (and still verifies); a second Ctrl-C stops at once.")
+    demo.add_argument("--devices", type=int, default=5, metavar="N",
+                      help="simulated devices (default 5)")
+    demo.add_argument("--duration", type=float, default=60.0, metavar="SECONDS",
+                      help="how long the devices run (default 60)")
+    demo.add_argument("--seed", type=int, default=1, help="simulation seed (default 1)")
+    demo.add_argument("--keep", action="store_true",
+                      help="keep the temporary directory (fleet, logs, proof bundle)")
+    demo.add_argument("--json", action="store_true",
+                      help="print one JSON object at the end (progress goes to stderr)")
+    demo.set_defaults(handler=_cmd_demo)
+
+    fleet = sub.add_parser(
+        "fleet", help="many simulated devices in one process against a real gateway",
+        description="Run N lightweight simulated devices in this process against the gateway "
+        "and broker of an existing fleet (fleet.toml from edgeproof-provision init). Each "
+        "signs real records with its own key and publishes batches over its own MQTT "
+        "connection with its own credential. Devices PREFIX-001.. are taken from the fleet's "
+        "bundles, or provisioned (device add --count N) if the fleet has none. Prints "
+        "throughput per interval and one JSON line at the end.")
+    fleet.add_argument("--config", type=Path, required=True, metavar="FLEET_TOML",
+                       help="the fleet's fleet.toml (or its directory)")
+    fleet.add_argument("--devices", type=int, required=True, metavar="N")
+    fleet.add_argument("--duration", type=float, default=60.0, metavar="S",
+                       help="how long the devices produce records (default 60)")
+    fleet.add_argument("--rate", type=float, default=1.0, metavar="HZ",
+                       help="readings per second per device (default 1)")
+    fleet.add_argument("--prefix", default="fleetsim",
+                       help="device name prefix (default fleetsim)")
+    fleet.add_argument("--batch-interval", type=float, default=1.0, metavar="S",
+                       help="a device sends what it has this often (default 1)")
+    fleet.add_argument("--interval", type=float, default=5.0, metavar="S",
+                       help="print throughput this often (default 5)")
+    fleet.add_argument("--json", action="store_true",
+                       help="only the final JSON line on stdout (intervals go to stderr)")
+    fleet.set_defaults(handler=_cmd_fleet)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; return the exit code."""
+    args = _parser().parse_args(argv)
+    return int(args.handler(args))
+
+
+def _fail(message: str, code: int = EXIT_FAILED) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return code
+
+
+# --- demo ------------------------------------------------------------------------------------
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.devices < 1 or args.duration <= 0:
+        return _fail("--devices must be >= 1 and --duration > 0", EXIT_USAGE)
+    console = Console()
+    live = not args.json and console.is_terminal
+    view: View = LiveView(console) if live else PlainView(sys.stderr if args.json
+                                                          else sys.stdout)
+    signals = Signals()
+    signals.install()
+    demo = Demo(DemoOptions(devices=args.devices, duration_s=args.duration, seed=args.seed,
+                            keep=args.keep), view, signals)
+    code = EXIT_OK
+    try:
+        summary = demo.run()
+    except Interrupted:
+        summary = {**demo.summary(), "ok": False, "error": "interrupted; everything it "
+                   "started is stopped"}
+        code = 128 + (signals.abort_signal or signal.SIGINT)
+    finally:
+        signals.restore()
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+    elif demo.snapshot.devices and code == EXIT_OK:
+        print_report(console, summary, demo.snapshot)
+    if code != EXIT_OK:
+        return _fail(str(summary["error"]), code)
+    if not summary["ok"]:
+        return _fail(str(summary["error"] or "verification failed"))
+    return EXIT_OK
+
+
+# --- fleet -----------------------------------------------------------------------------------
+
+
+def _cmd_fleet(args: argparse.Namespace) -> int:
+    from firmware_sim.fleet import FleetOptions, run_fleet  # noqa: PLC0415 - demo needs none of it
+
+    if args.devices < 1 or args.duration <= 0 or args.rate <= 0 or args.batch_interval <= 0:
+        return _fail("--devices, --duration, --rate and --batch-interval must be > 0",
+                     EXIT_USAGE)
+    config = args.config if args.config.is_dir() else args.config.parent
+    options = FleetOptions(fleet_dir=config, devices=args.devices, duration_s=args.duration,
+                           rate_hz=args.rate, prefix=args.prefix,
+                           batch_interval_s=args.batch_interval, report_every_s=args.interval)
+    progress = sys.stderr if args.json else sys.stdout
+    try:
+        result = run_fleet(options, progress)
+    except EdgeproofError as exc:
+        return _fail(str(exc))
+    print(json.dumps(result, sort_keys=True), flush=True)
+    return EXIT_OK if result["unreceipted"] == 0 and result["failed_devices"] == 0 \
+        else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

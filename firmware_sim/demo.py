@@ -1,0 +1,261 @@
+"""``edgeproof-sim demo``: the whole story in one command, on one machine.
+
+1. A private installation in a temporary directory (:class:`firmware_sim.stack.Stack`):
+   the fleet made by ``edgeproof-provision init``, the real Mosquitto on a free loopback
+   port with the locked-down config ``broker-config`` wrote, the real gateway as its own
+   process; a data recipient ``acme`` (and ``outsider``, granted nothing); N devices from
+   ``device add --count N --recipient acme`` (HTTP registration, one broker credential each).
+2. Every device runs as its own agent process from its bundle, over simulated hardware
+   (:mod:`firmware_sim.demo_agent`), for ``--duration`` seconds, while a live table shows
+   per device readings, committed, receipted, outbox depth, credit accrued and settled, and
+   the gateway's log size, checkpoints and rejections (:mod:`firmware_sim.view`).
+3. The agents stop (SIGTERM: a final flush), the gateway checkpoints everything, and one
+   sealed reading is proved offline and opened by its recipient
+   (:mod:`firmware_sim.demo_verify`).
+4. Everything started is stopped, the directory removed (unless ``--keep``), a summary
+   printed (``--json``: one object).
+
+Signals: a first Ctrl-C while the devices run ends the run early and still verifies and
+summarises; a Ctrl-C at any other moment, a second one, or SIGTERM stops everything at
+once (exit 130 or 143). Every path goes through the same cleanup.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from firmware_sim.demo_devices import FINAL_FLUSH_S, DemoDevice, write_demo_config
+from firmware_sim.demo_verify import Verification, verify
+from firmware_sim.procs import stop_all
+from firmware_sim.stack import Interrupted, Stack, StackError
+from firmware_sim.view import GatewayRow, Snapshot, View
+from protocol.errors import EdgeproofError
+
+RECIPIENT, OUTSIDER = "acme", "outsider"
+POLL_S = 0.5
+SETTLE_TIMEOUT_S = 15.0
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    devices: int = 5
+    duration_s: float = 60.0
+    seed: int = 1
+    keep: bool = False
+
+
+class Signals:
+    """SIGINT and SIGTERM turned into two flags the demo checks between steps."""
+
+    def __init__(self) -> None:
+        self.finish_early = False
+        self.abort_signal: int | None = None
+        self.running = False  # the devices' run is in progress: a first Ctrl-C ends it
+        self.wake = threading.Event()
+        self._saved: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._saved[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+        self._saved.clear()
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if signum == signal.SIGINT and self.running and not self.finish_early:
+            self.finish_early = True
+        elif self.abort_signal is None:
+            self.abort_signal = signum
+        self.wake.set()
+
+    @property
+    def aborted(self) -> bool:
+        return self.abort_signal is not None
+
+    def check(self) -> None:
+        """Raise Interrupted if the demo must stop now."""
+        if self.aborted:
+            raise Interrupted("interrupted")
+
+
+class Demo:
+    """One run of the demo; :meth:`run` returns the summary (also after a failure)."""
+
+    def __init__(self, options: DemoOptions, view: View, signals: Signals,
+                 workdir: Path | None = None) -> None:
+        self.options = options
+        self.view = view
+        self.signals = signals
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="edgeproof-demo-"))
+        self.stack = Stack(self.workdir, should_stop=lambda: signals.aborted)
+        self.devices: list[DemoDevice] = []
+        self.snapshot = Snapshot(0.0, options.duration_s, (), GatewayRow())
+        self.verification = Verification()
+        self.elapsed_s = 0.0
+        self.error = ""
+
+    # --- the story ---------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        """Run every step and clean up; return the summary. Raises Interrupted on abort."""
+        try:
+            self._setup()
+            self._run_devices()
+            self._stop_devices()
+            self._settle()
+            self.view.note("proving one reading offline and opening it as its recipient ...")
+            self.verification = verify(
+                self.stack, [d.device for d in self.devices],
+                covered=self.snapshot.gateway.checkpoint_size, workdir=self.workdir,
+                recipient_key=self._key(RECIPIENT), outsider_key=self._key(OUTSIDER))
+            self.error = self.verification.error
+        except Interrupted:
+            raise
+        except (EdgeproofError, OSError) as exc:  # a step failed: say which, clean up
+            self.error = str(exc)
+        finally:
+            self._cleanup()
+        self.signals.check()
+        return self.summary()
+
+    def _key(self, recipient: str) -> Path:
+        return self.stack.fleet_dir / "recipients" / f"{recipient}.key"
+
+    def _setup(self) -> None:
+        n = self.options.devices
+        self.view.note(f"edgeproof demo: a private broker, gateway and {n} simulated "
+                       f"devices in {self.workdir}")
+        self.stack.start()
+        self.view.note(f"broker {self.stack.broker_url} (anonymous off, password file, ACL), "
+                       f"gateway {self.stack.gateway_url}")
+        for name in (RECIPIENT, OUTSIDER):
+            self.stack.add_recipient(name)
+        made = self.stack.add_devices("dev", n, [RECIPIENT])
+        self.view.note(f"provisioned {n} devices over the gateway's API, values sealed to "
+                       f"'{RECIPIENT}'; starting their agents")
+        for index, device in enumerate(made):
+            write_demo_config(device)
+            self.devices.append(DemoDevice(device, index))
+        for d in self.devices:
+            self.signals.check()
+            d.start(self.workdir / "logs", self.options.seed)
+
+    def _run_devices(self) -> None:
+        self.signals.check()
+        duration = self.options.duration_s
+        self.view.note(f"running {len(self.devices)} devices for {duration:.0f} s")
+        start = time.monotonic()
+        self.signals.running = True
+        self.view.start()
+        try:
+            while not (self.signals.finish_early or self.signals.aborted):
+                self.elapsed_s = time.monotonic() - start
+                self.snapshot = self._snapshot()
+                self.view.update(self.snapshot)
+                self._check_alive()
+                if self.elapsed_s >= duration:
+                    break
+                self.signals.wake.wait(min(POLL_S, duration - self.elapsed_s))
+        finally:
+            self.signals.running = False
+            self.view.stop()
+        self.signals.check()
+        if self.signals.finish_early:
+            self.view.note(f"Ctrl-C: ending the run early after {self.elapsed_s:.0f} s")
+
+    def _snapshot(self) -> Snapshot:
+        return Snapshot(self.elapsed_s, self.options.duration_s,
+                        tuple(d.row() for d in self.devices), self._gateway_row())
+
+    def _gateway_row(self) -> GatewayRow:
+        try:
+            stats = self.stack.stats()
+        except StackError:
+            if self.stack.gateway is not None and self.stack.gateway.alive():
+                return self.snapshot.gateway  # a slow answer; the next poll will do
+            raise
+        return GatewayRow(log_size=int(stats["log_size"]),
+                          checkpoints=int(stats["checkpoints"]),
+                          checkpoint_size=int(stats.get("checkpoint_size") or 0),
+                          rejections=sum(int(v) for v in stats["rejections"].values()),
+                          duplicates=int(stats["records_duplicate"]))
+
+    def _check_alive(self) -> None:
+        for d in self.devices:
+            if d.child is not None and not d.child.alive():
+                raise StackError(f"device {d.name} stopped (exit {d.child.process.returncode}):"
+                                 f" {d.child.log_tail(1)}")
+        if self.stack.gateway is not None and not self.stack.gateway.alive():
+            raise StackError(f"the gateway stopped: {self.stack.gateway.log_tail(1)}")
+
+    def _stop_devices(self) -> None:
+        self.view.note("stopping the devices (each flushes its outbox for up to "
+                       f"{FINAL_FLUSH_S} s)")
+        children = [d.child for d in self.devices if d.child is not None]
+        codes = stop_all(children, timeout_s=FINAL_FLUSH_S + 10)
+        for d in self.devices:
+            d.exit_code = codes.get(d.name)
+        self.snapshot = self._snapshot()
+
+    def _settle(self) -> None:
+        """Wait until a checkpoint covers the whole log (the gateway signs one every 2 s)."""
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        gateway = self._gateway_row()
+        while gateway.checkpoint_size < gateway.log_size and time.monotonic() < deadline:
+            self.signals.check()
+            self.signals.wake.wait(0.2)
+            gateway = self._gateway_row()
+        self.snapshot = Snapshot(self.elapsed_s, self.options.duration_s,
+                                 self.snapshot.devices, gateway)
+
+    def _cleanup(self) -> None:
+        self.view.stop()
+        children = [d.child for d in self.devices if d.child is not None and d.child.alive()]
+        if children:
+            stop_all(children, timeout_s=FINAL_FLUSH_S + 5)
+        try:
+            self.stack.close()
+        finally:
+            if not self.options.keep:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # --- the result ----------------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        """The run as one JSON-ready object (what ``--json`` prints)."""
+        s, g = self.snapshot, self.snapshot.gateway
+        v = self.verification
+        return {
+            "ok": not self.error and v.verified,
+            "error": self.error or None,
+            "devices": len(self.devices),
+            "duration_s": round(self.elapsed_s, 1),
+            "ended_early": self.signals.finish_early,
+            "readings": s.total("readings"), "committed": s.total("committed"),
+            "receipted": s.total("receipted"), "outbox_depth": s.total("outbox"),
+            "dead_letters": s.total("dead_letters"),
+            "credit_accrued_micro": s.total("accrued_micro"),
+            "credit_settled_micro": s.total("settled_micro"),
+            "log_size": g.log_size, "checkpoints": g.checkpoints,
+            "checkpoint_size": g.checkpoint_size, "duplicates": g.duplicates,
+            "rejections": g.rejections,
+            "verified": v.verified, "decrypted": v.decrypted.get("status") == "decrypted",
+            "verification": v.as_json(),
+            "per_device": [{**vars(row), "exit_code": d.exit_code}
+                           for d, row in zip(self.devices, s.devices, strict=False)],
+            "processes": {**self.stack.pids(),
+                          "agents": [d.child.pid for d in self.devices if d.child]},
+            "ports": {"broker": self.stack.broker_port, "gateway": self.stack.gateway_port},
+            "workdir": str(self.workdir), "kept": self.options.keep,
+            "commands": v.commands if self.options.keep else [],
+        }

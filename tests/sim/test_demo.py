@@ -1,0 +1,132 @@
+"""``edgeproof-sim demo`` as a user runs it: a real broker, gateway and agents come up, a
+sealed reading is proved offline and opened by its recipient only, and nothing the demo
+started survives it, whether it ran to the end, was cut short by Ctrl-C, or was
+terminated."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from firmware_sim.procs import pid_alive
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO_TIMEOUT_S = 90
+
+
+@dataclass
+class DemoRun:
+    process: subprocess.Popen[str]
+    lines: queue.Queue[str]
+
+    def wait_for_line(self, needle: str, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                assert self.process.poll() is None, "the demo exited before: " + needle
+                continue
+            if needle in line:
+                return
+        raise AssertionError(f"no {needle!r} from the demo within {timeout_s} s")
+
+    def finish(self) -> tuple[int, dict[str, Any]]:
+        out, _ = self.process.communicate(timeout=DEMO_TIMEOUT_S)
+        return self.process.returncode, json.loads(out)
+
+
+@pytest.fixture
+def start_demo() -> Iterator[Any]:
+    runs: list[DemoRun] = []
+
+    def start(*args: str) -> DemoRun:
+        proc = subprocess.Popen([sys.executable, "-m", "firmware_sim.cli", "demo", *args,
+                                 "--json"], cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+        lines: queue.Queue[str] = queue.Queue()
+
+        def pump() -> None:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                lines.put(line)
+
+        threading.Thread(target=pump, daemon=True).start()
+        run = DemoRun(proc, lines)
+        runs.append(run)
+        return run
+
+    yield start
+    for run in runs:  # a failed assertion must not leave a demo running
+        if run.process.poll() is None:
+            run.process.kill()
+            run.process.wait()
+
+
+def assert_nothing_survives(summary: dict[str, Any]) -> None:
+    procs = summary["processes"]
+    pids = [procs["broker"], procs["gateway"], *procs["agents"]]
+    assert len(pids) == 2 + summary["devices"]
+    assert [p for p in pids if pid_alive(p)] == []
+    for port in summary["ports"].values():
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    assert not Path(summary["workdir"]).exists()
+
+
+def test_demo_proves_a_sealed_reading_and_leaves_nothing_running(start_demo: Any) -> None:
+    code, summary = start_demo("--devices", "2", "--duration", "15").finish()
+    assert code == 0, summary["error"]
+    assert summary["ok"] and summary["verified"] and summary["decrypted"]
+    assert summary["devices"] == 2 and summary["receipted"] > 0
+    # Every committed record reached the log exactly once, nothing is left or rejected.
+    assert summary["log_size"] == summary["committed"] == summary["receipted"]
+    assert summary["outbox_depth"] == 0 and summary["dead_letters"] == 0
+    assert summary["rejections"] == 0 and summary["duplicates"] == 0
+    assert summary["checkpoint_size"] == summary["log_size"]
+    verification = summary["verification"]
+    assert verification["record"]["stream"] == "climate"
+    checks = {c["check"] for c in verification["offline_checks"]}
+    assert {"record signature", "checkpoint signature", "inclusion proof"} <= checks
+    assert verification["decrypted"]["status"] == "decrypted"
+    assert verification["decrypted"]["values"]
+    assert verification["not_granted"]["status"] == "not_granted"
+    assert verification["not_granted"]["values"] == []
+    assert_nothing_survives(summary)
+
+
+def test_ctrl_c_mid_run_ends_early_still_verifies_and_stops_everything(
+        start_demo: Any) -> None:
+    run = start_demo("--devices", "1", "--duration", "120")
+    run.wait_for_line("running 1 devices")
+    time.sleep(5)  # long enough for readings to be logged and checkpointed
+    run.process.send_signal(signal.SIGINT)
+    code, summary = run.finish()
+    assert code == 0, summary["error"]
+    assert summary["ended_early"] and summary["duration_s"] < 60
+    assert summary["verified"] and summary["receipted"] > 0
+    assert_nothing_survives(summary)
+
+
+def test_sigterm_during_the_run_stops_everything_and_exits_143(start_demo: Any) -> None:
+    run = start_demo("--devices", "1", "--duration", "120")
+    run.wait_for_line("running 1 devices")
+    time.sleep(1)
+    run.process.send_signal(signal.SIGTERM)
+    code, summary = run.finish()
+    assert code == 128 + signal.SIGTERM
+    assert not summary["ok"] and "interrupted" in summary["error"]
+    assert_nothing_survives(summary)
