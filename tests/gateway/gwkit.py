@@ -112,7 +112,8 @@ class GatewayFiles:
 
 def write_gateway_files(tmp: Path, broker_port: int, *, http_port: int = 0,
                         every_leaves: int = 1000, interval_s: float = 0.5,
-                        extra: str = "", client_id: str = "edgeproof-gateway-test") -> GatewayFiles:
+                        extra: str = "", client_id: str = "edgeproof-gateway-test",
+                        broker_extra: str = "") -> GatewayFiles:
     """Write key, admin token and a config TOML for a gateway under ``tmp``."""
     tmp.mkdir(parents=True, exist_ok=True)
     key_path = tmp / "gateway.key"
@@ -134,6 +135,7 @@ admin_token_file = "admin-token"
 [broker]
 url = "mqtt://127.0.0.1:{broker_port}"
 client_id = "{client_id}"
+{broker_extra}
 
 [http]
 bind = "127.0.0.1:{http_port}"

@@ -7,14 +7,18 @@ import os
 import re
 import socket
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from firmware_sim.broker import MosquittoBroker
 from gateway.cli import main
 from gateway.config import load_config
+from gateway.ingest import subscription_filter
 from gateway.sdnotify import Notifier
 from protocol.errors import ConfigError
+from protocol.keys import write_secret_file
 from protocol.note import NoteVerifier
 from tests.gateway.gwkit import write_gateway_files
 
@@ -121,3 +125,34 @@ def test_sd_notify_sends_datagrams_to_the_notify_socket(tmp_path) -> None:
     silent = Notifier({})
     assert not silent.enabled
     silent.ready("nothing happens")
+
+
+def test_bad_broker_credentials_stop_the_gateway_with_one_line(tmp_path, capsys) -> None:
+    passwd = tmp_path / "passwd"
+    passwd.write_text("")
+    subprocess.run(["mosquitto_passwd", "-b", str(passwd), "gateway", "right"], check=True,
+                   capture_output=True)
+    # Started as root, mosquitto would drop to its own user and fail to read tmp_path.
+    broker = MosquittoBroker(tmp_path / "broker", extra_config="user root\n",
+                             password_file=passwd)
+    broker.start()
+    try:
+        (tmp_path / "gw").mkdir()
+        write_secret_file(tmp_path / "gw" / "broker-password", b"wrong\n")
+        files = write_gateway_files(
+            tmp_path / "gw", broker.port,
+            broker_extra='username = "gateway"\npassword_file = "broker-password"')
+        assert main(["run", "--config", str(files.config)]) == 1
+    finally:
+        broker.kill()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "refused" in err and "wrong" not in err
+
+
+def test_shared_group_subscribes_to_a_shared_subscription(tmp_path) -> None:
+    path = tmp_path / "g.toml"
+    path.write_text('[gateway]\ndata_dir = "d"\nkey_file = "k"\nadmin_token_file = "t"\n'
+                    '[broker]\nurl = "mqtt://h"\nshared_group = "workers"\n')
+    config = load_config(path)
+    assert (subscription_filter(config.broker)
+            == "$share/workers/edgeproof/v1/devices/+/records")
