@@ -40,7 +40,7 @@ from gateway.sdnotify import Notifier
 from gateway.sequencer import Sequencer
 from gateway.sqlite_store import SQLiteLogStore
 from gateway.verify import PreparedBatch, prepare_batch
-from protocol.errors import ConfigError, StorageError
+from protocol.errors import ConfigError, RejectedByPeer, StorageError
 from protocol.keys import Secret, read_secret_file
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ class GatewayService:
         watchdog_at = self._monotonic()
         while not self._stop.is_set():
             if self.ingest.fatal:
-                raise ConfigError(self.ingest.fatal)
+                raise RejectedByPeer(self.ingest.fatal)
             try:
                 item = self._pending.get(timeout=self._idle_timeout())
             except queue.Empty:

@@ -129,6 +129,9 @@ class SQLiteLogStore:
         self._readers_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._range = self._restore_range()
+        # What readers may see: the tree size as of the last COMMIT (the frontier moves
+        # ahead during a transaction, before its nodes are visible to other connections).
+        self._committed_size = self._range.size
 
     def _restore_range(self) -> merkle.CompactRange:
         with _storage_errors("restore tree"):
@@ -165,7 +168,7 @@ class SQLiteLogStore:
 
     def size(self) -> int:
         """The number of committed leaves."""
-        return self._range.size
+        return self._committed_size
 
     @contextmanager
     def transaction(self) -> Iterator[_Transaction]:
@@ -184,6 +187,7 @@ class SQLiteLogStore:
                 tx.flush()
                 with _storage_errors("commit"):
                     self._writer.execute("COMMIT")
+                self._committed_size = self._range.size
             except BaseException:
                 self._range = merkle.CompactRange.from_state(saved)
                 if self._writer.in_transaction:
