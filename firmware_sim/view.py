@@ -176,9 +176,10 @@ class PlainView:
         if snapshot.elapsed_s >= self._next_s:
             self._next_s = snapshot.elapsed_s + self.every_s
             self.note(plain_line(snapshot))
+            self._last = None  # printed
 
     def stop(self) -> None:
-        if self._last is not None:
+        if self._last is not None:  # the final figures of the run, if not printed yet
             self.note(plain_line(self._last))
             self._last = None
 

@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from firmware_sim.demo_agent import world_offset_s
+from firmware_sim.hardware import TvSchedule
 from firmware_sim.procs import pid_alive
 
 REPO = Path(__file__).resolve().parents[2]
@@ -130,3 +132,13 @@ def test_sigterm_during_the_run_stops_everything_and_exits_143(start_demo: Any) 
     assert code == 128 + signal.SIGTERM
     assert not summary["ok"] and "interrupted" in summary["error"]
     assert_nothing_survives(summary)
+
+
+def test_demo_world_switches_the_tv_on_after_the_lead_time() -> None:
+    # At any real time of day the demo's household is just before its first TV session,
+    # so credit accrues within a one-minute demo.
+    for seed, now in ((1, 1_700_000_000.0), (7, 1_700_040_000.0)):
+        tv = TvSchedule(seed)
+        world = now + world_offset_s(tv, now, 4.0)
+        assert not tv.is_on(world + 3.9)
+        assert tv.is_on(world + 4.0) and tv.is_on(world + 60.0)
