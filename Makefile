@@ -41,6 +41,12 @@ pytest: $(STAMP)
 bench: deps
 	$(PY) bench/protocol_bench.py
 
+# The fault-injection soak (tests/faults/test_soak.py): SOAK_FAULTS seeded faults against a
+# provisioned broker, gateway and agents, then the delivery invariants from the outside.
+SOAK_FAULTS ?= 200
+soak: deps
+	SOAK_FAULTS=$(SOAK_FAULTS) $(PY) -m pytest tests/faults/test_soak.py -m soak -s
+
 # The one-command demo (README, "Demo"); options go in DEMO_ARGS, for example
 # make demo DEMO_ARGS="--devices 3 --duration 30". It needs the venv and mosquitto only.
 DEMO_ARGS ?=

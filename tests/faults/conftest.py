@@ -1,0 +1,47 @@
+"""Fixtures of the fault-injection suite: a provisioned testbed and a wire observer.
+
+Soak tests (``@pytest.mark.soak``) run only when ``SOAK_FAULTS`` is set (``make soak``);
+``make test`` runs the small fault counts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from firmware_sim.invariants import WireObserver
+from firmware_sim.testbed import Testbed
+from tests.faults.chaos import fault_agents
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get("SOAK_FAULTS"):
+        return
+    skip = pytest.mark.skip(reason="soak test: run `make soak` (sets SOAK_FAULTS)")
+    for item in items:
+        if "soak" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def testbed(tmp_path: Path) -> Iterator[Testbed]:
+    """Broker, gateway and the four fault agents of one provisioned fleet."""
+    tb = Testbed(tmp_path / "tb", fault_agents())
+    try:
+        yield tb.start()
+    finally:
+        tb.close()
+
+
+@pytest.fixture
+def observer(testbed: Testbed) -> Iterator[WireObserver]:
+    """Sees every batch on every records topic (QoS 0, its own client id)."""
+    user, password = testbed.gateway_broker_login()
+    obs = WireObserver(testbed.broker_port, user, password)
+    try:
+        yield obs
+    finally:
+        obs.close()
