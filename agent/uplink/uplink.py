@@ -137,11 +137,18 @@ class Uplink:
     def flush(self, timeout_s: float) -> bool:
         """Send everything committed now and wait for receipts, at most ``timeout_s``.
 
-        Returns whether the outbox was fully receipted (nothing waiting, nothing in flight).
+        Returns early when the connection fails meanwhile (the records stay in the
+        outbox). Returns whether everything committed was receipted.
         """
         self._idle.clear()
         self._flushing = True
-        return self._idle.wait(timeout_s)
+        if self._state not in ("disconnected", "failed", "stopped"):
+            self._idle.wait(timeout_s)
+        return self._drained()
+
+    def _drained(self) -> bool:
+        return (not self._inflight and not self._resend
+                and self._outbox.committed_through <= self._cursor)
 
     def run(self) -> None:
         """The thread body: connect, poll, send, expire, until stopped or failed."""
@@ -220,6 +227,8 @@ class Uplink:
         self._schedule_retry(now, "disconnected")
 
     def _schedule_retry(self, now: int, why: str) -> None:
+        if self._flushing:  # shutting down and the broker is away: the records wait
+            self._idle.set()
         self._state = "disconnected"
         delay = min(self.settings.backoff_max_ms,
                     self.settings.backoff_min_ms * (2 ** min(self._attempts, 20)))
@@ -364,8 +373,7 @@ class Uplink:
             if not rows:
                 break
             self._publish(rows, now)
-        if self._flushing and not self._inflight and not self._resend \
-                and self._outbox.committed_through <= self._cursor:
+        if self._flushing and self._drained():
             self._idle.set()
 
     def _due(self, now: int) -> bool:
