@@ -102,8 +102,10 @@ def _run(args: argparse.Namespace) -> int:
     # Imported here so keygen/verifier-key stay fast and need no FastAPI/uvicorn.
     from gateway.service import GatewayService  # noqa: PLC0415
 
+    # force=True: main() may run many times in one process (tests); each run logs to the
+    # sys.stdout of its own time, never to a stream an earlier caller has closed.
     logging.basicConfig(level=args.log_level, stream=sys.stdout,
-                        format="%(levelname)s %(name)s: %(message)s")
+                        format="%(levelname)s %(name)s: %(message)s", force=True)
     service = GatewayService(load_config(args.config))
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
