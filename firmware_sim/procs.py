@@ -25,7 +25,7 @@ from pathlib import Path
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
@@ -89,7 +89,7 @@ def spawn(name: str, argv: Sequence[str], log: Path, *,
         process = subprocess.Popen(  # noqa: S603 - our own interpreter and modules
             list(argv), stdout=out, stderr=out, stdin=subprocess.DEVNULL,
             env=dict(env) if env is not None else None, process_group=0,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, before any thread runs
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl, before any thread runs
         )
     return Child(name, process, log)
 

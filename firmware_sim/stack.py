@@ -160,7 +160,8 @@ class Stack:
                        "--run-as", getpass.getuser())
         data.mkdir(parents=True, exist_ok=True)
         self.broker = MosquittoBroker(self.broker_dir, port=self.broker_port,
-                                      config_file=self.broker_dir / "mosquitto.conf")
+                                      config_file=self.broker_dir / "mosquitto.conf",
+                                      die_with_parent=True)
         try:
             self.broker.start()
         except RuntimeError as exc:
