@@ -6,9 +6,10 @@ from agent.outbox.model import (
     OutboxStats,
     ReceiptResult,
 )
+from agent.outbox.rows import read_stats, within_bytes
 from agent.outbox.sqlite import DatabaseCorrupt
 from agent.outbox.state import DeviceState
-from agent.outbox.store import Build, GapSigner, Outbox, read_stats
+from agent.outbox.store import Build, GapSigner, Outbox
 
 __all__ = [
     "FULL_POLICIES",
@@ -21,4 +22,5 @@ __all__ = [
     "OutboxStats",
     "ReceiptResult",
     "read_stats",
+    "within_bytes",
 ]

@@ -34,11 +34,19 @@ from typing import Protocol
 
 from agent.clock import Clock
 from agent.outbox.model import OutboxSettings, OutboxStats, ReceiptResult, consecutive_runs
+from agent.outbox.rows import (
+    SCHEMA,
+    hash_prefix,
+    prune_dead_letters,
+    read_stats,
+    seq_by_hash,
+    within_bytes,
+)
 from agent.outbox.sqlite import move_aside, open_or_move_aside, storage_error, translated
 from agent.outbox.state import DeviceState
 from protocol import reasons
 from protocol.errors import StorageError
-from protocol.receipt import HASH_PREFIX_BYTES, Receipt, Status
+from protocol.receipt import Receipt, Status
 from protocol.record import GENESIS_PREV, Gap
 
 log = logging.getLogger(__name__)
@@ -46,15 +54,6 @@ log = logging.getLogger(__name__)
 Build = Callable[[int, bytes], bytes]
 """Builds the signed record for ``(seq, prev)``; returns its exact signed bytes."""
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS records (
-    seq INTEGER PRIMARY KEY, stream TEXT NOT NULL, protected INTEGER NOT NULL,
-    raw BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS dead_letters (
-    seq INTEGER PRIMARY KEY, stream TEXT NOT NULL, reason TEXT NOT NULL,
-    at_ms INTEGER NOT NULL, raw BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value);
-"""
 _GAP_DECLARE_MS = 60_000  # an open reject-new run is declared at least once a minute
 
 
@@ -84,7 +83,7 @@ class Outbox:
     def _open_file(self) -> None:
         fresh = not self.path.exists()
         self._conn, replaced = open_or_move_aside(
-            self.path, _SCHEMA, self._clock.wall_ms, self._report_corrupt)
+            self.path, SCHEMA, self._clock.wall_ms, self._report_corrupt)
         self._txn_open = False
         self._txn_started = 0
         self._txn_records = 0
@@ -330,7 +329,7 @@ class Outbox:
             rows = self._conn.execute(
                 "SELECT seq, raw FROM records WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
                 (after_seq, self._committed_through, max_records)).fetchall()
-        return _within_bytes([(int(s), bytes(r)) for s, r in rows], max_bytes)
+        return within_bytes([(int(s), bytes(r)) for s, r in rows], max_bytes)
 
     def fetch(self, seqs: list[int]) -> list[tuple[int, bytes]]:
         """Return the committed records among ``seqs`` that are still in the outbox."""
@@ -365,7 +364,7 @@ class Outbox:
             for outcome in receipt.outcomes:
                 seq = outcome.seq
                 if seq is None:
-                    seq = self._seq_by_hash(outcome.hash_prefix, sent)
+                    seq = seq_by_hash(self._conn, outcome.hash_prefix, sent)
                 self._apply_outcome(seq, outcome.hash_prefix, outcome.status,
                                     outcome.reason, result)
             settled = max(receipt.settled_micro, self._counters.get("settled_micro", 0))
@@ -389,18 +388,10 @@ class Outbox:
             row = self._conn.execute("SELECT raw FROM records WHERE seq = ?", (seq,)).fetchone()
             if row is None:
                 return False
-            prefix = hashlib.sha256(row[0]).digest()[:HASH_PREFIX_BYTES]
-            self._apply_outcome(seq, prefix, Status.REJECTED, reason, result)
+            self._apply_outcome(seq, hash_prefix(row[0]), Status.REJECTED, reason, result)
             self._bump("receipt_rejected", result.rejected)
             self._write_meta({"head_seq": self._head_seq, "head_hash": self._head_hash})
         return True
-
-    def _seq_by_hash(self, prefix: bytes, candidates: tuple[int, ...]) -> int | None:
-        for seq in candidates:
-            row = self._conn.execute("SELECT raw FROM records WHERE seq = ?", (seq,)).fetchone()
-            if row is not None and hashlib.sha256(row[0]).digest()[:HASH_PREFIX_BYTES] == prefix:
-                return seq
-        return None
 
     def _apply_outcome(self, seq: int | None, prefix: bytes, status: Status,
                        reason: str | None, result: ReceiptResult) -> None:
@@ -413,7 +404,7 @@ class Outbox:
             result.unknown += 1
             return
         stream, raw = row[0], bytes(row[1])
-        if hashlib.sha256(raw).digest()[:HASH_PREFIX_BYTES] != prefix:
+        if hash_prefix(raw) != prefix:
             result.mismatched += 1
             log.error("receipt names seq %d with another record hash; record kept", seq)
             return
@@ -431,12 +422,8 @@ class Outbox:
         self._bytes -= len(raw)
 
     def _prune_dead_letters(self) -> None:
-        count = int(self._conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0])
-        excess = count - self.settings.dead_letter_max
-        if excess > 0:
-            self._conn.execute("DELETE FROM dead_letters WHERE seq IN "
-                               "(SELECT seq FROM dead_letters ORDER BY seq LIMIT ?)", (excess,))
-            self._bump("dead_letters_pruned", excess)
+        self._bump("dead_letters_pruned",
+                   prune_dead_letters(self._conn, self.settings.dead_letter_max))
 
     # --- counters and status ------------------------------------------------------------
 
@@ -470,29 +457,3 @@ class Outbox:
             self.commit()
             self._state.set_many({"receipted_through": self._receipted_through()})
             self._conn.close()
-
-
-def read_stats(conn: sqlite3.Connection, corrupt_outboxes: int) -> OutboxStats:
-    """Read :class:`OutboxStats` from an outbox database (also used by ``status``)."""
-    depth, size = conn.execute(
-        "SELECT count(*), coalesce(sum(length(raw)), 0) FROM records").fetchone()
-    dead = dict(conn.execute(
-        "SELECT reason, count(*) FROM dead_letters GROUP BY reason ORDER BY reason").fetchall())
-    meta = dict(conn.execute("SELECT name, value FROM meta").fetchall())
-    counters = {k[2:]: int(v) for k, v in meta.items() if k.startswith("c_")}
-    last = conn.execute("SELECT max(seq) FROM records").fetchone()[0]
-    head = max(int(meta.get("head_seq", -1)), -1 if last is None else int(last))
-    return OutboxStats(depth=int(depth), bytes=int(size), head_seq=head,
-                       dead_letters={str(k): int(v) for k, v in dead.items()},
-                       counters=counters, corrupt_outboxes=corrupt_outboxes)
-
-
-def _within_bytes(rows: list[tuple[int, bytes]], max_bytes: int) -> list[tuple[int, bytes]]:
-    out: list[tuple[int, bytes]] = []
-    total = 0
-    for seq, raw in rows:
-        if out and total + len(raw) > max_bytes:
-            break
-        out.append((seq, raw))
-        total += len(raw)
-    return out

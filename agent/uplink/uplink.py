@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent.clock import Clock
-from agent.outbox import Outbox
+from agent.outbox import Outbox, within_bytes
 from agent.uplink.settings import GatewayKey, UplinkSettings
 from agent.uplink.transport import (
     NOT_AUTHORISED,
@@ -387,7 +387,7 @@ class Uplink:
         max_records, max_bytes = self._batch_records, self._batch_bytes
         if self._resend:
             wanted = sorted(self._resend)[:max_records]
-            rows = _within(self._outbox.fetch(wanted), max_bytes)
+            rows = within_bytes(self._outbox.fetch(wanted), max_bytes)
             last = rows[-1][0] if rows else wanted[-1]
             self._resend.difference_update(w for w in wanted if w <= last)
             if rows:
@@ -413,14 +413,3 @@ class Uplink:
         self.counters["records_sent"] += len(seqs)
         jitter = self._rng.uniform(-self.settings.batch_jitter, self.settings.batch_jitter)
         self._next_flush = now + int(self.settings.batch_interval_ms * (1 + jitter))
-
-
-def _within(rows: list[tuple[int, bytes]], max_bytes: int) -> list[tuple[int, bytes]]:
-    out: list[tuple[int, bytes]] = []
-    total = 0
-    for seq, raw in rows:
-        if out and total + len(raw) > max_bytes:
-            break
-        out.append((seq, raw))
-        total += len(raw)
-    return out
