@@ -6,9 +6,10 @@ Threads:
   stateless checks (:func:`gateway.verify.prepare_batch`) to a small pool (signature
   checks run in parallel; PyNaCl releases the GIL) and queues the future in arrival order;
 - the *sequencer thread* (the caller of :meth:`GatewayService.run`) takes the futures in
-  order, commits each batch (:class:`gateway.sequencer.Sequencer`), publishes the receipt,
-  then acknowledges the MQTT message; it also issues interval checkpoints and pings the
-  systemd watchdog when it made progress;
+  order, commits the batches (those already queued together, in one group commit;
+  :class:`gateway.sequencer.Sequencer`), publishes each receipt, then acknowledges each
+  MQTT message; it also issues interval checkpoints and pings the systemd watchdog when
+  it made progress;
 - uvicorn serves the API on its own thread.
 
 The number of batches in flight is bounded by the broker: with manual acknowledgements it
