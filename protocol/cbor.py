@@ -200,6 +200,21 @@ class _Reader:
         return self.data[pos:stop]
 
 
+def read_head(data: bytes, pos: int) -> tuple[int, int, int]:
+    """Read one head at ``pos``; return (major type, argument, position after the head).
+
+    For hand-written fast paths over known layouts. Raises MalformedRecord exactly as
+    :func:`decode` would for a truncated or non-shortest head.
+    """
+    initial = data[pos] if pos < len(data) else -1
+    if initial >= 0 and initial & 0x1F < 24:
+        return initial >> 5, initial & 0x1F, pos + 1  # the common one-byte head
+    reader = _Reader(data, DEFAULT_LIMITS)
+    reader.pos = pos
+    major, argument = reader.head()
+    return major, argument, reader.pos
+
+
 def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Value:
     """Decode exactly one deterministic CBOR item that fills ``data``.
 

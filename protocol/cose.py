@@ -90,6 +90,9 @@ def decode_sign1(data: bytes, max_bytes: int = 64 * 1024) -> Sign1:
     """
     if len(data) > max_bytes:
         raise MalformedRecord("too_large", f"{len(data)} bytes > {max_bytes}")
+    fast = _decode_sign1_fast(data)
+    if fast is not None:
+        return fast
     item = cbor.decode(data, _ENVELOPE_LIMITS)
     if not (isinstance(item, cbor.Tag) and item.number == COSE_SIGN1_TAG):
         raise MalformedRecord("bad_cose", "not a tagged COSE_Sign1")
@@ -105,6 +108,36 @@ def decode_sign1(data: bytes, max_bytes: int = 64 * 1024) -> Sign1:
     if len(signature) != 64:
         raise MalformedRecord("bad_cose", "EdDSA signature must be 64 bytes")
     return Sign1(protected, _kid_from(protected), payload, signature)
+
+
+def _decode_sign1_fast(data: bytes) -> Sign1 | None:
+    """The envelope exactly as :func:`sign1` frames it, parsed without the generic decoder.
+
+    Returns None for anything else, and the caller takes the generic path, which accepts
+    the same inputs and reports the precise error: this is only a shortcut.
+    """
+    if data[:2] != b"\xd2\x84":
+        return None
+    try:
+        major, length, pos = cbor.read_head(data, 2)
+        if major != 2:
+            return None
+        protected = data[pos:pos + length]
+        pos += length
+        if data[pos:pos + 1] != b"\xa0":
+            return None
+        major, length, pos = cbor.read_head(data, pos + 1)
+        if major != 2:
+            return None
+        payload = data[pos:pos + length]
+        pos += length
+        if data[pos:pos + 2] != b"\x58\x40" or len(data) != pos + 66:
+            return None
+        if len(protected) + len(payload) + 66 > len(data):
+            return None
+        return Sign1(protected, _kid_from(protected), payload, data[pos + 2:])
+    except MalformedRecord:
+        return None
 
 
 @functools.lru_cache(maxsize=1024)

@@ -253,6 +253,9 @@ class Record:
         """Decode a record payload; raise MalformedRecord with a reason if it is not one."""
         if len(data) > MAX_RECORD_BYTES:
             raise MalformedRecord("too_large", f"record payload {len(data)} bytes")
+        fast = _record_fast(data)
+        if fast is not None:
+            return fast
         item = cbor.decode(data, _RECORD_LIMITS)
         if not isinstance(item, dict):
             raise MalformedRecord("bad_record", "record is not a map")
@@ -278,6 +281,42 @@ class Record:
             )
         except (TypeError, ValueError) as exc:
             raise MalformedRecord("bad_field", str(exc)) from None
+
+
+def _record_fast(data: bytes) -> Record | None:
+    """Parse the header as :meth:`Record.to_cbor` frames it, without the generic decoder.
+
+    A shortcut only: the result is returned only if re-encoding it reproduces ``data``
+    byte for byte, i.e. only for the deterministic encoding of a valid record, which the
+    generic path would accept with the same result. Anything else returns None and goes
+    the generic way, which reports the precise error.
+    """
+    try:
+        if data[:3] != b"\xa9\x01\x01":
+            return None
+        fields: list[int | bytes | str | bool] = []
+        pos = 3
+        for key in (K_BOOT, K_SEQ, K_PREV, K_WALL, K_SYNCED, K_MONO, K_STREAM):
+            if data[pos] != key:
+                return None
+            major, arg, pos = cbor.read_head(data, pos + 1)
+            if major == 0:
+                fields.append(arg)
+            elif major in (2, 3) and pos + arg <= len(data):
+                raw = data[pos:pos + arg]
+                fields.append(raw if major == 2 else raw.decode("utf-8"))
+                pos += arg
+            elif major == 7 and arg in (20, 21):
+                fields.append(arg == 21)
+            else:
+                return None
+        body_key = data[pos]
+        body = _body_from_cbor(body_key, cbor.decode(data[pos + 1:], _RECORD_LIMITS))
+        boot, seq, prev, wall, synced, mono, stream = fields
+        record = Record(boot, seq, prev, wall, synced, mono, stream, body)  # type: ignore[arg-type]
+    except (MalformedRecord, IndexError, UnicodeDecodeError, ValueError, TypeError):
+        return None
+    return record if record.to_cbor() == data else None
 
 
 # --- body codecs -------------------------------------------------------------------------

@@ -367,3 +367,24 @@ def test_hand_framed_encodings_equal_the_generic_encoder(
     assert record.to_cbor() == cbor.encode({**fields, 9: [m.to_cbor_value() for m in measurements]})
     assert Record.from_cbor(record.to_cbor()) == record
     assert encode_values(measurements) == cbor.encode([m.to_cbor_value() for m in measurements])
+
+
+@settings(max_examples=300)
+@given(st.integers(min_value=0, max_value=2**64 - 1), st.integers(min_value=0),
+       st.integers(min_value=0, max_value=255), st.booleans())
+def test_fast_record_decoder_never_accepts_what_the_generic_one_refuses(
+    seq: int, position: int, byte: int, mutate: bool
+) -> None:
+    from protocol.record import _record_fast  # noqa: PLC0415 - the private shortcut under test
+
+    payload = bytearray(_record(seq=seq).to_cbor())
+    if mutate:
+        payload[position % len(payload)] = byte
+    fast = _record_fast(bytes(payload))
+    if fast is None:
+        return
+    generic = cbor.decode(bytes(payload))
+    assert isinstance(generic, dict)
+    assert cbor.encode(generic) == bytes(payload)
+    assert fast.to_cbor() == bytes(payload)
+    assert fast.seq == generic[3] and fast.stream == generic[8]
