@@ -16,7 +16,9 @@ one line per figure and ends with ONE line of JSON. Never asserts.
   receipt_latency_p50_ms/p99_ms 50 devices (RecordWriter + Outbox + Uplink each, in this
                                 process, default batch and commit settings) reading once a
                                 second; time from a reading's commit request to the receipt
-                                removing it from the outbox (goal p99 < 2,000)
+                                removing it from the outbox (goal p99 < 2,000). Only
+                                committed records are sent, so the default group-commit
+                                window (outbox.commit_window_s, 5 s) is a floor here
   receipt_latency_p99_ms_batch_0_5s   the same with 0.5 s batches and a 0.25 s commit window
   wire_bytes_per_reading        MQTT payload bytes per reading as they travelled in that run
                                 (counted by a subscriber on every records topic)
