@@ -37,6 +37,10 @@ ENV_OVERRIDES = {
     "EDGEPROOF_MQTT_PASSWORD_FILE": ("mqtt", "password_file"),
     "EDGEPROOF_LOG_LEVEL": ("agent", "log_level"),
 }
+# Overrides that name files: a relative one is relative to where the command was typed,
+# not to the config file (which is what relative paths *inside* the file are relative to).
+PATH_OVERRIDES = frozenset({("agent", "state_dir"), ("agent", "key_file"),
+                            ("mqtt", "password_file")})
 LOG_LEVELS = ("debug", "info", "warning", "error")
 USAGE_INPUT_KINDS = ("power_sense", "motion", "button")
 
@@ -125,7 +129,8 @@ def apply_overrides(data: dict[str, object], overrides: Mapping[tuple[str, str],
         table = out.setdefault(section, {})
         if not isinstance(table, dict):
             raise ConfigError(f"{section}: must be a table")
-        table[key] = value
+        is_path = (section, key) in PATH_OVERRIDES and isinstance(value, str | Path)
+        table[key] = str(Path(value).absolute()) if is_path else value  # type: ignore[arg-type]
     return out
 
 

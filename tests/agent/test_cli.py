@@ -16,6 +16,7 @@ from agent.service import AgentService
 from protocol import reasons
 from protocol.errors import ConfigError
 from protocol.keys import load_device_key
+from protocol.note import NoteSigner
 from tests.agent.responder import Responder
 
 REPO = Path(__file__).resolve().parents[2]
@@ -179,3 +180,24 @@ def test_every_command_has_help(command: list[str], capsys: Capture) -> None:
         main([*command, "--help"])
     assert exc.value.code == 0
     assert "usage: edgeproof-agent" in capsys.readouterr().out
+
+
+VKEY = NoteSigner("gateway.test", bytes(32)).verifier_text()
+
+
+def test_relative_override_paths_are_relative_to_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config_dir = tmp_path / "etc"
+    config_dir.mkdir()
+    (config_dir / "agent.toml").write_text(
+        '[mqtt]\nbroker = "mqtt://127.0.0.1:1883"\nusername = "u"\n'
+        f'password_file = "broker.password"\n[gateway]\nkey = "{VKEY}"\n')
+    monkeypatch.chdir(tmp_path)
+    from_file = load_config(config_dir / "agent.toml", {})
+    assert from_file.mqtt.password_file == config_dir / "broker.password"
+    overridden = load_config(config_dir / "agent.toml",
+                             {("mqtt", "password_file"): "secrets/pw",
+                              ("agent", "state_dir"): "state"})
+    assert overridden.mqtt.password_file == tmp_path / "secrets" / "pw"
+    assert overridden.state_dir == tmp_path / "state"
