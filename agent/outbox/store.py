@@ -19,6 +19,9 @@ Guarantees (docs/AGENT.md, "Outbox"):
   duplicate records are deleted, rejected ones move to ``dead_letters`` with the reason.
 - **A damaged file** is moved aside with a loud error, counted, and a new outbox started; the
   range that may be lost is declared with a gap record (reason ``outbox_corrupt``).
+- **A held record** (:meth:`Outbox.append_held`, the key rotation's) holds back every later
+  record from the uplink until a receipt settles it; its outcome is kept in ``meta`` in the
+  transaction that applies the receipt (:meth:`Outbox.held_outcome`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import hashlib
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -113,6 +116,7 @@ class Outbox:
             mono = self._clock.mono_ms()
             self._rejected = (int(meta["rej_first"]), int(meta["rej_last"]), mono)
         self._committed_through = self._head_seq
+        self._held = self._find_held(meta)
         self._bytes = int(self._conn.execute(
             "SELECT coalesce(sum(length(raw)), 0) FROM records").fetchone()[0])
         if self.boot < 0:  # first open in this process: a new boot
@@ -122,6 +126,13 @@ class Outbox:
             self._state.set_many({"seq_reserved": reserved})
         self._reserved = reserved
         self._write_meta({"boot": self.boot, "seq_reserved": reserved}, autocommit=True)
+
+    def _find_held(self, meta: dict[str, object]) -> int | None:
+        if meta.get("held_seq") is None or meta.get("held_status") is not None:
+            return None
+        seq = int(str(meta["held_seq"]))
+        row = self._conn.execute("SELECT 1 FROM records WHERE seq = ?", (seq,)).fetchone()
+        return seq if row is not None else None
 
     def _mark_lost(self) -> None:
         low = self._state.get("receipted_through", -1) + 1
@@ -172,6 +183,58 @@ class Outbox:
                 return self._append(stream, build, protected)
             except sqlite3.Error as exc:  # inline, not translated(): this is the hot path
                 raise storage_error(exc, str(self.path)) from None
+
+    def append_held(self, stream: str, build: Build,
+                    note: Callable[[int], Mapping[str, object]]) -> int:
+        """Append a protected record that holds back every later one; commit (fsync) it.
+
+        ``note(seq)`` returns meta values stored in the same transaction as the record, so
+        the caller's intent and the record become durable together or not at all. Records
+        after it are not handed to the uplink until a receipt settles it (accepted,
+        duplicate or rejected; see :meth:`held_outcome`). Returns its sequence number.
+        Raises StorageError; nothing is stored then.
+        """
+        with self._lock:
+            try:
+                self._begin()
+                seq = self._next_seq()
+                raw = build(seq, self._head_hash)  # both before any write: if either fails,
+                values = note(seq)                 # nothing half-made joins the open group
+                self._store(seq, stream, True, raw)
+                self._write_meta({**values, "held_seq": seq, "held_status": None,
+                                  "held_reason": None})
+                self.commit()
+            except sqlite3.Error as exc:
+                raise storage_error(exc, str(self.path)) from None
+            self._held = seq
+            return seq
+
+    def held_outcome(self, seq: int) -> tuple[str, str | None] | None:
+        """What the gateway said about held record ``seq``: None while it is still held,
+        else ``(status, reason)`` with status ``accepted``, ``duplicate``, ``rejected`` or
+        ``unknown`` (the outbox holding it was replaced). Raises StorageError."""
+        with self._lock, translated(str(self.path)):
+            if self._held == seq:
+                return None
+            meta = dict(self._conn.execute(
+                "SELECT name, value FROM meta WHERE name IN "
+                "('held_seq', 'held_status', 'held_reason')").fetchall())
+        if meta.get("held_seq") != seq or meta.get("held_status") is None:
+            return "unknown", None
+        reason = meta.get("held_reason")
+        return str(meta["held_status"]), None if reason is None else str(reason)
+
+    def read_notes(self, names: tuple[str, ...]) -> dict[str, object]:
+        """Return the meta values ``names`` that are set. Raises StorageError."""
+        with self._lock, translated(str(self.path)):
+            rows = self._conn.execute("SELECT name, value FROM meta").fetchall()
+        return {str(k): v for k, v in rows if k in names and v is not None}
+
+    def write_notes(self, values: Mapping[str, object]) -> None:
+        """Durably set meta values (commits the open group, fsync). Raises StorageError."""
+        with self._lock, translated(str(self.path)):
+            self._write_meta(dict(values))
+            self.commit()
 
     def _append(self, stream: str, build: Build, protected: bool) -> int | None:
         seq = self._next_seq()
@@ -318,26 +381,36 @@ class Outbox:
         """Every record with a sequence number up to this one is committed (or gone)."""
         return self._committed_through
 
+    @property
+    def sendable_through(self) -> int:
+        """The uplink may send records up to this one: committed, and not behind a held
+        record that still waits for its receipt."""
+        with self._lock:
+            if self._held is None:
+                return self._committed_through
+            return min(self._committed_through, self._held)
+
     # --- what the uplink reads and what receipts remove --------------------------------
 
     def unsent(self, after_seq: int, max_records: int, max_bytes: int) -> list[tuple[int, bytes]]:
-        """Return committed records with seq > ``after_seq`` in order, within the limits.
+        """Return sendable records with seq > ``after_seq`` in order, within the limits.
 
         At least one record is returned if any is there, however large.
         """
         with self._lock, translated(str(self.path)):
             rows = self._conn.execute(
                 "SELECT seq, raw FROM records WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
-                (after_seq, self._committed_through, max_records)).fetchall()
+                (after_seq, self.sendable_through, max_records)).fetchall()
         return within_bytes([(int(s), bytes(r)) for s, r in rows], max_bytes)
 
     def fetch(self, seqs: list[int]) -> list[tuple[int, bytes]]:
-        """Return the committed records among ``seqs`` that are still in the outbox."""
+        """Return the sendable records among ``seqs`` that are still in the outbox."""
         with self._lock, translated(str(self.path)):
             out = []
+            limit = self.sendable_through
             for seq in sorted(seqs):
                 row = self._conn.execute("SELECT raw FROM records WHERE seq = ? AND seq <= ?",
-                                         (seq, self._committed_through)).fetchone()
+                                         (seq, limit)).fetchone()
                 if row is not None:
                     out.append((seq, bytes(row[0])))
         return out
@@ -418,6 +491,9 @@ class Outbox:
             result.duplicates += 1
         else:
             result.delivered += 1
+        if seq == self._held:  # settled: the records behind it may go (same transaction)
+            self._held = None
+            self._write_meta({"held_status": status.name.lower(), "held_reason": reason})
         self._conn.execute("DELETE FROM records WHERE seq = ?", (seq,))
         self._bytes -= len(raw)
 

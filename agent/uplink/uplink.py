@@ -6,6 +6,8 @@ It runs in its own thread and owns the MQTT transport. Rules (docs/AGENT.md, "Up
   ``batch_max_records`` are waiting or the batch interval (with ± jitter) has passed.
 - A PUBACK removes nothing; a failed PUBACK reason code is counted and the batch retried.
   Only a receipt that verifies under the configured gateway key removes records.
+- Records behind a held one (a key rotation awaiting its receipt) are not sent before that
+  receipt arrived (:attr:`Outbox.sendable_through`).
 - A batch without a receipt after ``receipt_timeout_ms`` is sent again (the gateway
   deduplicates on device and sequence number). A time-out also drops the number of batches
   allowed in flight to one, and each receipt raises it by one (up to
@@ -148,7 +150,7 @@ class Uplink:
 
     def _drained(self) -> bool:
         return (not self._inflight and not self._resend
-                and self._outbox.committed_through <= self._cursor)
+                and self._outbox.sendable_through <= self._cursor)
 
     def run(self) -> None:
         """The thread body: connect, poll, send, expire, until stopped or failed."""
@@ -377,7 +379,7 @@ class Uplink:
             self._idle.set()
 
     def _due(self, now: int) -> bool:
-        waiting = self._outbox.committed_through - self._cursor
+        waiting = self._outbox.sendable_through - self._cursor
         if waiting <= 0:
             return False
         return (self._flushing or waiting >= self._batch_records
@@ -392,10 +394,12 @@ class Uplink:
             self._resend.difference_update(w for w in wanted if w <= last)
             if rows:
                 return rows
-        committed = self._outbox.committed_through
+        # Records behind a held one (a key rotation awaiting its receipt) wait: the gateway
+        # must log the rotation before it can check the records signed with the new key.
+        sendable = self._outbox.sendable_through
         rows = self._outbox.unsent(self._cursor, max_records, max_bytes)
         # Numbers without a record (burned or already removed) are skipped for good.
-        self._cursor = rows[-1][0] if rows else max(self._cursor, committed)
+        self._cursor = rows[-1][0] if rows else max(self._cursor, sendable)
         return rows
 
     def _publish(self, rows: list[tuple[int, bytes]], now: int) -> None:
