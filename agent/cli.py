@@ -243,7 +243,19 @@ def _status_text(status: dict[str, object]) -> str:
         f"sent {_micro(credit['sent_micro'])}, settled {_micro(credit['settled_micro'])}",
         f"uplink        {uplink_text} (as of the agent's last status write)",
     ]
+    rotation = agent.get("rotation")
+    if isinstance(rotation, dict) and rotation.get("state", "none") != "none":
+        lines.append(f"key rotation  {_rotation_text(rotation)}")
     return "\n".join(lines)
+
+
+def _rotation_text(rotation: dict[str, object]) -> str:
+    text = f"{rotation.get('state')} (record {rotation.get('seq')})"
+    if rotation.get("reason"):
+        text += f": {rotation['reason']}"
+    if rotation.get("error"):
+        text += f"; {rotation['error']}"
+    return text
 
 
 def _micro(value: object) -> str:

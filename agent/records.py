@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 KEYS_STREAM = "keys"
 GAP_STREAM = "gap"
 USAGE_STREAM = "usage"
-RESERVED_STREAMS = frozenset({KEYS_STREAM, GAP_STREAM, USAGE_STREAM, "rotation"})
+ROTATION_STREAM = "rotation"
+RESERVED_STREAMS = frozenset({KEYS_STREAM, GAP_STREAM, USAGE_STREAM, ROTATION_STREAM})
 
 
 class RecordFactory:
@@ -38,6 +39,15 @@ class RecordFactory:
         self.boot = boot
         self._key = key
         self._clock = clock
+
+    @property
+    def public_key(self) -> bytes:
+        """The public half of the key that signs the next record."""
+        return self._key.public_key
+
+    def use_key(self, key: SigningKey) -> None:
+        """Sign every later record with ``key`` (a key rotation; the device id stays)."""
+        self._key = key
 
     def header(self, seq: int, prev: bytes, stream: str, mono_ms: int, body: Body, *,
                boot: int | None = None) -> Record:

@@ -9,8 +9,8 @@ with a manual clock; the CLI calls ``run``.
 One iteration: move the simulated world (``--simulate`` only), read every sensor that is
 due (a failing sensor is counted and skipped; it never stops another), feed the usage
 meter, emit a usage record when one is due, close the outbox's group commit when its
-window has passed, watch the uplink thread, refresh ``status.json`` and ping systemd's
-watchdog (only here, so a hung loop is noticed).
+window has passed, finish a key rotation the gateway has answered, watch the uplink thread,
+refresh ``status.json`` and ping systemd's watchdog (only here, so a hung loop is noticed).
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ from functools import partial
 from agent.clock import Clock
 from agent.config import AgentConfig, broker_settings
 from agent.credits import UsageMeter
-from agent.identity import load_identity
+from agent.identity import Identity, KeyFiles, load_identity
 from agent.outbox import DatabaseCorrupt, DeviceState, Outbox
 from agent.records import RecordFactory, RecordWriter
+from agent.rotation import KeyRotator, Step
 from agent.sdnotify import Notifier
 from agent.sensors import DigitalInputSensor, Sensor, SensorSet, SimulatedHardware, build_sensors
 from agent.status import CREDITS_FILE, OUTBOX_FILE, STATE_FILE, write_status
@@ -37,6 +38,7 @@ from agent.uplink import BrokerSettings, MqttTransport, Uplink
 from agent.uplink.uplink import TransportFactory
 from agent.usage_reports import UsageReporter
 from protocol.errors import SensorReadError, StorageError
+from protocol.keys import SigningKey, load_device_key
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,8 @@ class ServiceOptions:
     # The simulated world's true time (default: the agent's wall clock). Tests that step the
     # device's wall clock keep the world on its own time, as a real TV would be.
     world_wall_s: Callable[[], float] | None = None
+    # Called at each step of a key rotation (agent/rotation.py); crash tests stop there.
+    rotation_step: Step | None = None
 
 
 class AgentService:
@@ -88,16 +92,23 @@ class AgentService:
     def start(self) -> None:
         """Open state, outbox, sensors, meter; start a key epoch and the uplink.
 
-        Raises ConfigError (KeyFileError for a key file others can read) or StorageError.
+        Finishes a key rotation a crash interrupted and announces ``device.next.key`` if
+        one is waiting (agent/rotation.py). Raises ConfigError (KeyFileError for a key file
+        others can read) or StorageError.
         """
         cfg = self.config
-        self.identity = load_identity(cfg.key_file)
+        load_device_key(cfg.key_file)  # refuse a key others can read before opening anything
         broker = self.options.broker or broker_settings(cfg.mqtt)
         self.state = DeviceState.open(cfg.state_dir / STATE_FILE, self.clock.wall_ms)
         self.outbox = Outbox(cfg.state_dir / OUTBOX_FILE, cfg.outbox, self.state, self.clock)
+        self.rotation = KeyRotator(KeyFiles(cfg.key_file), self.outbox,
+                                   step=self.options.rotation_step)
+        self.rotation.reconcile()  # before anything is signed: the right key in device.key
+        self.identity = load_identity(cfg.key_file, self.rotation.device_id)
         self.boot = self.outbox.boot
         self.factory = RecordFactory(self.identity.device_id, self.identity.key, self.boot,
                                      self.clock)
+        self.rotation.attach(self.factory, self._use_key)
         self.outbox.attach(self.factory)
         self.writer = RecordWriter(self.factory, self.outbox, cfg.stream_recipients(),
                                    policy=cfg.epoch, clock=self.clock,
@@ -105,6 +116,7 @@ class AgentService:
         self.sensors = self._build_sensors()
         self._open_meter()
         self.writer.start_epoch()
+        self._guarded(self.rotation.begin_if_requested)
         self.outbox.commit()
         self.uplink = self._new_uplink(broker)
         self._broker = broker
@@ -113,6 +125,9 @@ class AgentService:
                  self.identity.device_id.hex(), self.boot, len(self.sensors.sensors),
                  self.outbox.path)
         self.notifier.ready(self._status_line())
+
+    def _use_key(self, key: SigningKey) -> None:
+        self.identity = Identity(key, self.identity.device_id)
 
     def _build_sensors(self) -> SensorSet:
         cfg = self.config
@@ -162,6 +177,7 @@ class AgentService:
         self._sample(now)
         self._meter(now)
         self._guarded(self.outbox.maybe_commit)
+        self._guarded(self.rotation.poll)
         self._watch_uplink(now)
         if now >= self._next_status_ms:
             self._next_status_ms = now + round(self.config.service.status_interval_s * 1000)
@@ -296,6 +312,7 @@ class AgentService:
             "sensor_failures": [{"stream": f.config.stream, "reason": f.reason,
                                  "detail": f.detail} for f in self.sensors.failures],
             "usage": self.reporter.meter.status() if self.reporter else None,
+            "rotation": self.rotation.status(),
             "service": dict(self.counters),
         }
 
@@ -312,6 +329,8 @@ class AgentService:
         state = uplink.state if uplink else "starting"
         if uplink and uplink.error:
             state = f"FAILED: {uplink.error}"
+        if self.rotation.state == "rejected" and self.rotation.error:
+            state += "; KEY ROTATION REJECTED"
         return (f"uplink {state}; outbox {self.outbox.bytes_used} bytes; "
                 f"{self.counters['readings']} readings, "
                 f"{self.counters['sensor_errors']} sensor errors")
