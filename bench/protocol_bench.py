@@ -24,7 +24,7 @@ import nacl.signing
 
 from protocol.keys import RecipientKey, SigningKey, device_id_for
 from protocol.record import GENESIS_PREV, Measurement, Record, Values
-from protocol.sealing import new_key_epoch, seal_values
+from protocol.sealing import new_key_epoch, seal_record
 from protocol.signed import sign_record, verify_signed_record
 
 N = 20_000
@@ -60,10 +60,7 @@ def main() -> None:
         header = Record(boot=1, seq=seq, prev=GENESIS_PREV, wall_ms=WALL_MS + seq,
                         clock_synced=True, mono_ms=1000 + seq, stream="climate",
                         body=placeholder)
-        sealed = seal_values(device_id, header, epoch, values)
-        record = Record(boot=1, seq=seq, prev=GENESIS_PREV, wall_ms=WALL_MS + seq,
-                        clock_synced=True, mono_ms=1000 + seq, stream="climate", body=sealed)
-        return sign_record(record, device_id, key).raw
+        return sign_record(seal_record(device_id, header, epoch, values), device_id, key).raw
 
     sign_path = rate("build + seal (1 recipient) + sign", N, build_seal_sign)
 

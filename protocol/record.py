@@ -95,6 +95,22 @@ def encode_values(values: tuple[Measurement, ...]) -> bytes:
     return b"".join(parts)
 
 
+def _uint(value: int) -> bytes:
+    # cbor.head(0, value) for the unsigned integers of a validated record header.
+    if value < 24:
+        return _SMALL_UINTS[value]
+    if value <= 0xFF:
+        return bytes((0x18, value))
+    if value <= 0xFFFF:
+        return b"\x19" + value.to_bytes(2, "big")
+    if value <= 0xFFFFFFFF:
+        return b"\x1a" + value.to_bytes(4, "big")
+    return b"\x1b" + value.to_bytes(8, "big")
+
+
+_SMALL_UINTS = [bytes((n,)) for n in range(24)]
+
+
 def _int_cbor(value: int) -> bytes:
     return cbor.head(0, value) if value >= 0 else cbor.head(1, -1 - value)
 
@@ -232,11 +248,19 @@ class Record:
         # check these bytes against cbor.encode(header_map()).
         stream = self.stream.encode("utf-8")
         return b"".join((
-            b"\x01\x01\x02", cbor.head(0, self.boot), b"\x03", cbor.head(0, self.seq),
-            b"\x04\x58\x20", self.prev, b"\x05", cbor.head(0, self.wall_ms),
-            b"\x06\xf5" if self.clock_synced else b"\x06\xf4", b"\x07",
-            cbor.head(0, self.mono_ms), b"\x08", cbor.head(3, len(stream)), stream,
+            b"\x01\x01\x02", _uint(self.boot), b"\x03", _uint(self.seq), b"\x04\x58\x20",
+            self.prev, b"\x05", _uint(self.wall_ms),
+            b"\x06\xf5\x07" if self.clock_synced else b"\x06\xf4\x07",
+            _uint(self.mono_ms), b"\x08", cbor.head(3, len(stream)), stream,
         ))
+
+    def with_body(self, body: Body) -> Record:
+        """This record with another body; the header's encoding is reused, not redone."""
+        record = Record(self.boot, self.seq, self.prev, self.wall_ms, self.clock_synced,
+                        self.mono_ms, self.stream, body)
+        if "_header_fields" in self.__dict__:
+            record.__dict__["_header_fields"] = self.__dict__["_header_fields"]
+        return record
 
     def header_cbor(self) -> bytes:
         """The deterministic CBOR of :meth:`header_map` (a map of eight entries)."""

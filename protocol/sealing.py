@@ -151,6 +151,16 @@ def seal_values(
     return Sealed(key_delta, ciphertext)
 
 
+def seal_record(device_id: bytes, header: Record, epoch: EpochKeys,
+                values: Sequence[Measurement]) -> Record:
+    """Return ``header`` with its body replaced by ``values`` sealed for the epoch's stream.
+
+    The same as ``header.with_body(seal_values(...))``: the header is encoded once for the
+    associated data and reused for the payload. Raises as :func:`seal_values`.
+    """
+    return header.with_body(seal_values(device_id, header, epoch, values))
+
+
 def unwrap_stream_key(device_id: bytes, key_seq: int, epoch: KeyEpoch, stream: str,
                       recipient: RecipientKey) -> bytes:
     """Return the stream key wrapped for ``recipient`` in a key epoch.

@@ -388,3 +388,16 @@ def test_fast_record_decoder_never_accepts_what_the_generic_one_refuses(
     assert cbor.encode(generic) == bytes(payload)
     assert fast.to_cbor() == bytes(payload)
     assert fast.seq == generic[3] and fast.stream == generic[8]
+
+
+def test_seal_record_reuses_the_header_without_changing_a_byte(
+    sealed_setup: dict[str, object]
+) -> None:
+    from protocol.sealing import seal_record  # noqa: PLC0415
+
+    s = sealed_setup
+    header = _record(seq=8, stream="climate")
+    header.header_cbor()  # the cached encoding is what seal_record carries over
+    fast = seal_record(s["device_id"], header, s["keys"], s["values"])  # type: ignore[arg-type]
+    slow = dataclasses.replace(header, body=fast.body)
+    assert fast == slow and fast.to_cbor() == slow.to_cbor()
