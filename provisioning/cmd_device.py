@@ -9,7 +9,13 @@ from typing import Any
 
 from protocol.errors import ConfigError, EdgeproofError, TransportError
 from provisioning import broker, devices
-from provisioning.devices_store import DEVICE_KEY, DeviceRecord, bundle_dir, load_records
+from provisioning.devices_store import (
+    DEVICE_KEY,
+    DeviceRecord,
+    bundle_dir,
+    load_record,
+    load_records,
+)
 from provisioning.fleet import FleetConfig, changing, load_fleet, read_admin_token
 from provisioning.gateway_api import GatewayAPI
 from provisioning.output import Output
@@ -218,11 +224,23 @@ def run_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gateway_current_key(cfg: FleetConfig, name: str) -> str | None:
+    """The device's current key at the gateway (None if the gateway cannot say)."""
+    try:
+        record = load_record(cfg, name)
+        listed = {d.device_id: d for d in _api(cfg).list_devices()}
+    except EdgeproofError:
+        return None
+    found = listed.get(record.device_id)
+    return found.current_key if found else None
+
+
 def run_rotate(args: argparse.Namespace) -> int:
     out = Output(as_json=args.json)
     cfg = load_fleet(args.fleet)
     with changing(cfg):
-        outcome = devices.rotate(cfg, args.name)
+        outcome = devices.rotate(cfg, args.name,
+                                 gateway_current_key=_gateway_current_key(cfg, args.name))
     if out.as_json:
         out.json({"name": args.name, "device_id": outcome.record.device_id,
                   "next_key_file": str(outcome.next_key_file) if outcome.next_key_file else None,

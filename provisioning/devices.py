@@ -221,13 +221,17 @@ class RotateOutcome:
     instructions: str
 
 
-def rotate(fleet: FleetConfig, name: str, key: SigningKey | None = None) -> RotateOutcome:
+def rotate(fleet: FleetConfig, name: str, key: SigningKey | None = None, *,
+           gateway_current_key: str | None = None) -> RotateOutcome:
     """Prepare a key rotation for device ``name``; return where the next key is or what to do.
 
     For a factory device the next key is written as ``var/lib/edgeproof/device.next.key`` in
     its bundle; the agent announces it in a KeyRotation record signed by the current key and
-    switches over once the gateway's receipt accepts it, so the device id and chain carry on.
-    Raises ConfigError for an unknown or revoked device or a rotation already pending.
+    signs everything after it with the new key, so the device id and chain carry on
+    (docs/AGENT.md, "Key rotation"). A previous rotation counts as finished once the
+    gateway's current key (``gateway_current_key``, from its device list) is that rotation's
+    key; the bundle then takes the new key as its ``device.key`` before the next one is made.
+    Raises ConfigError for an unknown or revoked device or a rotation still pending.
     """
     record = load_record(fleet, name)
     if not record.active:
@@ -236,6 +240,8 @@ def rotate(fleet: FleetConfig, name: str, key: SigningKey | None = None) -> Rota
         return RotateOutcome(record, None, _on_device_rotation_steps(name))
     bundle = bundle_dir(fleet, name)
     path = bundle / NEXT_KEY
+    if record.next_public_key and gateway_current_key == record.next_public_key:
+        record = _finish_rotation(bundle, record)
     if path.exists() or record.next_public_key:
         raise ConfigError(f"device {name!r} already has a pending rotation ({path})")
     key = key or SigningKey.generate()
@@ -249,6 +255,16 @@ def rotate(fleet: FleetConfig, name: str, key: SigningKey | None = None) -> Rota
         f"copy {path} to /var/lib/edgeproof/device.next.key on {name} (owner edgeproof, "
         "mode 0600) and restart edgeproof-agent; it announces the new key in a rotation "
         "record signed by the current key"))
+
+
+def _finish_rotation(bundle: Path, record: DeviceRecord) -> DeviceRecord:
+    """The gateway now knows the pending key: make it the bundle's current key."""
+    next_key = bundle / NEXT_KEY
+    if next_key.exists():
+        os.replace(next_key, bundle / DEVICE_KEY)
+    finished = replace(record, next_public_key="")
+    save_record(bundle, finished)
+    return finished
 
 
 def _on_device_rotation_steps(name: str) -> str:

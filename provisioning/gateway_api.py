@@ -33,6 +33,7 @@ class GatewayDevice:
     owner: str
     status: str
     rate_micro_per_hour: int
+    current_key: str = ""  # after accepted key rotations (hex)
 
 
 class GatewayAPI:
@@ -130,4 +131,5 @@ def _device(item: dict[str, Any]) -> GatewayDevice:
         public_key=str(item.get("public_key", "")), owner=str(item.get("owner", "")),
         status=str(item.get("status", "")),
         rate_micro_per_hour=int(item.get("rate_micro_per_hour", 0)),
+        current_key=str(item.get("current_key", "")),
     )

@@ -10,6 +10,7 @@ import pytest
 import requests
 
 from firmware_sim.broker import free_port
+from protocol.errors import ConfigError
 from protocol.keys import SigningKey, device_id_for, load_device_key
 from provisioning import broker as broker_mod
 from provisioning.devices_store import (
@@ -331,3 +332,22 @@ def test_a_second_command_changing_the_fleet_at_once_is_refused(
         assert "another edgeproof-provision command" in one_error_line(capsys)
     assert not bundle_dir(live_fleet.config, "racer").exists()
     assert live_fleet.run("device", "add", "racer") == 0
+
+
+def test_rotate_again_once_the_gateway_has_taken_the_pending_key(
+        live_fleet: LiveFleet, capsys: Capture) -> None:
+    from provisioning import devices  # noqa: PLC0415
+
+    assert live_fleet.run("device", "add", "rotor2") == 0
+    assert live_fleet.run("device", "rotate", "rotor2") == 0
+    bundle = bundle_dir(live_fleet.config, "rotor2")
+    pending = load_device_key(bundle / NEXT_KEY).public_key.hex()
+    # The gateway still names the old key: the rotation is pending, no second one.
+    with pytest.raises(ConfigError, match="pending rotation"):
+        devices.rotate(live_fleet.config, "rotor2", gateway_current_key="00" * 32)
+    # Once the gateway's current key is the pending one, the bundle moves on to it and a
+    # new next key is made.
+    outcome = devices.rotate(live_fleet.config, "rotor2", gateway_current_key=pending)
+    assert outcome.next_key_file == bundle / NEXT_KEY
+    assert load_device_key(bundle / DEVICE_KEY).public_key.hex() == pending
+    assert load_record(live_fleet.config, "rotor2").next_public_key not in ("", pending)
