@@ -30,7 +30,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
-from functools import cached_property
 
 from protocol import cbor
 from protocol.errors import MalformedRecord
@@ -240,12 +239,20 @@ class Record:
             K_STREAM: self.stream,
         }
 
-    @cached_property
+    @property
     def _header_fields(self) -> bytes:
         # The key/value pairs 1..8 in their deterministic encoding, framed by hand because
         # every record is encoded at least twice (associated data and payload). Keys are
         # single-byte integers, so ascending order is RFC 8949 §4.2.1 order; the tests
-        # check these bytes against cbor.encode(header_map()).
+        # check these bytes against cbor.encode(header_map()). Cached in the instance
+        # dict by hand: functools.cached_property takes one lock for all instances on
+        # Python 3.11, which the gateway's verify threads would contend for.
+        cached = self.__dict__.get("_header_bytes")
+        if cached is None:
+            cached = self.__dict__["_header_bytes"] = self._encode_header_fields()
+        return cached
+
+    def _encode_header_fields(self) -> bytes:
         stream = self.stream.encode("utf-8")
         return b"".join((
             b"\x01\x01\x02", _uint(self.boot), b"\x03", _uint(self.seq), b"\x04\x58\x20",
@@ -258,8 +265,8 @@ class Record:
         """This record with another body; the header's encoding is reused, not redone."""
         record = Record(self.boot, self.seq, self.prev, self.wall_ms, self.clock_synced,
                         self.mono_ms, self.stream, body)
-        if "_header_fields" in self.__dict__:
-            record.__dict__["_header_fields"] = self.__dict__["_header_fields"]
+        if "_header_bytes" in self.__dict__:
+            record.__dict__["_header_bytes"] = self.__dict__["_header_bytes"]
         return record
 
     def header_cbor(self) -> bytes:
@@ -278,8 +285,13 @@ class Record:
         if len(data) > MAX_RECORD_BYTES:
             raise MalformedRecord("too_large", f"record payload {len(data)} bytes")
         fast = _record_fast(data)
-        if fast is not None:
-            return fast
+        return fast if fast is not None else cls.from_cbor_strict(data)
+
+    @classmethod
+    def from_cbor_strict(cls, data: bytes) -> Record:
+        """:meth:`from_cbor` through the generic decoder only (no shortcut); same result."""
+        if len(data) > MAX_RECORD_BYTES:
+            raise MalformedRecord("too_large", f"record payload {len(data)} bytes")
         item = cbor.decode(data, _RECORD_LIMITS)
         if not isinstance(item, dict):
             raise MalformedRecord("bad_record", "record is not a map")
@@ -310,10 +322,11 @@ class Record:
 def _record_fast(data: bytes) -> Record | None:
     """Parse the header as :meth:`Record.to_cbor` frames it, without the generic decoder.
 
-    A shortcut only: the result is returned only if re-encoding it reproduces ``data``
-    byte for byte, i.e. only for the deterministic encoding of a valid record, which the
-    generic path would accept with the same result. Anything else returns None and goes
-    the generic way, which reports the precise error.
+    A shortcut only, as strict as the generic path: the header is read in the one order
+    and form the deterministic encoding allows (keys 1..8 ascending, shortest heads, exact
+    types checked by Record), the body with the strict generic decoder, which must consume
+    the rest exactly. Anything else returns None and goes the generic way, which reports
+    the precise error. A hypothesis test holds the two paths to the same answers.
     """
     try:
         if data[:3] != b"\xa9\x01\x01":
@@ -340,7 +353,7 @@ def _record_fast(data: bytes) -> Record | None:
         record = Record(boot, seq, prev, wall, synced, mono, stream, body)  # type: ignore[arg-type]
     except (MalformedRecord, IndexError, UnicodeDecodeError, ValueError, TypeError):
         return None
-    return record if record.to_cbor() == data else None
+    return record
 
 
 # --- body codecs -------------------------------------------------------------------------
