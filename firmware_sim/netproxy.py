@@ -174,11 +174,13 @@ class NetProxy:
                 self._flowing.wait()  # blackhole: hold the bytes until restored or closed
                 if pair.closed:
                     break
-                dst.sendall(data)
+                # Counted before the send: once the peer has the bytes, a test may read the
+                # counters at once (counting after sendall raced with it).
                 if up:
                     self.counters.bytes_up += len(data)
                 else:
                     self.counters.bytes_down += len(data)
+                dst.sendall(data)
         except OSError:
             pass
         finally:
