@@ -66,7 +66,10 @@ def test_hardware_backend_on_a_machine_without_gpio_fails_clearly_and_never_uses
     assert built.sensors == []
     reasons = {f.config.stream: (f.reason, f.detail) for f in built.failures}
     assert {r for r, _ in reasons.values()} == {"hardware_missing"}
-    assert "adafruit_dht" in reasons["climate"][1]
+    # Without the `pi` extra the chip library is missing; with it (a laptop with `.[dev]`)
+    # the library loads but the board has no such pin. Either way: that sensor only.
+    assert ("adafruit_dht" in reasons["climate"][1]
+            or "board pin D4 unavailable" in reasons["climate"][1])
     for stream in ("cpu", "tv", "presence", "button"):
         assert "pin factory 'lgpio' unavailable" in reasons[stream][1]
 
