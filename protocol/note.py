@@ -149,6 +149,17 @@ def _parse_ed25519_key_material(text: str, what: str) -> bytes:
     return raw[1:]
 
 
+def _split_key_text(text: str, reason: str, form: str, what: str) -> tuple[str, bytes, bytes]:
+    """Split ``name+hexid+base64`` key text; return (name, key id, 32-byte key material)."""
+    # The base64 key may itself contain "+": split off name and ID only.
+    parts = text.split("+", 2)
+    if len(parts) != 3:
+        raise MalformedRecord(reason, f"want {form}")
+    name, id_hex, key_b64 = parts
+    _require_name(name)
+    return name, _parse_key_id_hex(id_hex), _parse_ed25519_key_material(key_b64, what)
+
+
 @dataclass(frozen=True)
 class NoteSignature:
     """One signature line of a note: key name, 4-byte key ID and raw signature bytes."""
@@ -298,14 +309,8 @@ class NoteSigner:
         """
         if not isinstance(text, str) or not text.startswith(_PRIVATE_PREFIX):
             raise MalformedRecord("bad_private_key", "missing PRIVATE+KEY+ prefix")
-        # The base64 key may itself contain "+": split off name and ID only.
-        parts = text[len(_PRIVATE_PREFIX) :].split("+", 2)
-        if len(parts) != 3:
-            raise MalformedRecord("bad_private_key", "want PRIVATE+KEY+name+id+key")
-        name, id_hex, key_b64 = parts
-        _require_name(name)
-        key_id = _parse_key_id_hex(id_hex)
-        seed = _parse_ed25519_key_material(key_b64, "private_key")
+        name, key_id, seed = _split_key_text(text[len(_PRIVATE_PREFIX):], "bad_private_key",
+                                             "PRIVATE+KEY+name+id+key", "private_key")
         signer = cls(name, seed)
         if signer.key_id != key_id:
             raise MalformedRecord("key_id_mismatch", "key ID does not match name and key")
@@ -409,14 +414,8 @@ class NoteVerifier:
         """
         if not isinstance(text, str):
             raise MalformedRecord("bad_verifier_key", "verifier key must be str")
-        # The base64 key may itself contain "+": split off name and ID only.
-        parts = text.split("+", 2)
-        if len(parts) != 3:
-            raise MalformedRecord("bad_verifier_key", "want name+id+key")
-        name, id_hex, key_b64 = parts
-        _require_name(name)
-        key_id = _parse_key_id_hex(id_hex)
-        public_key = _parse_ed25519_key_material(key_b64, "public_key")
+        name, key_id, public_key = _split_key_text(text, "bad_verifier_key", "name+id+key",
+                                                   "public_key")
         verifier = cls(name, public_key)
         if verifier.key_id != key_id:
             raise MalformedRecord("key_id_mismatch", "key ID does not match name and key")
