@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from firmware_sim.procs import die_with_parent
+from firmware_sim.procs import die_with_parent, signal_and_wait
 
 
 def free_port() -> int:
@@ -122,15 +122,8 @@ class MosquittoBroker:
             time.sleep(0.2)  # mosquitto applies the reload asynchronously
 
     def _signal_and_wait(self, sig: int) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        if self.process is not None:
+            signal_and_wait(self.process, sig, timeout_s=10)
         self.process = None
 
     def __enter__(self) -> MosquittoBroker:

@@ -26,6 +26,7 @@ from typing import Any
 import requests
 
 from firmware_sim.broker import free_port
+from firmware_sim.procs import signal_and_wait
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CHAIN_ID = 1337
@@ -128,15 +129,8 @@ class GanacheNode:
         self._signal_and_wait(signal.SIGKILL)
 
     def _signal_and_wait(self, sig: int) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        if self.process is not None:
+            signal_and_wait(self.process, sig, timeout_s=20)
         self.process = None
 
     def rpc(self, method: str, *params: object, timeout: float = 10.0) -> Any:

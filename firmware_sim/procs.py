@@ -109,6 +109,17 @@ def stop_all(children: Sequence[Child], timeout_s: float) -> dict[str, int]:
     return codes
 
 
+def signal_and_wait(process: subprocess.Popen[bytes], sig: int, timeout_s: float) -> None:
+    """Send ``sig`` to a running process and reap it; SIGKILL if it outlives ``timeout_s``."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
 def pid_alive(pid: int) -> bool:
     """Whether a process with this pid exists (and is not a zombie of ours)."""
     try:

@@ -271,7 +271,36 @@ def _check_text_for_signing(text: str) -> bytes:
         raise MalformedRecord("not_utf8", "note text has unpaired surrogates") from exc
 
 
-class NoteSigner:
+class _NamedKey:
+    """What signer and verifier share: a key name, its key ID and the public key."""
+
+    __slots__ = ("_key_id", "_name", "_public_key")
+    _name: str
+    _key_id: bytes
+    _public_key: bytes
+
+    @property
+    def name(self) -> str:
+        """The key name of signature lines."""
+        return self._name
+
+    @property
+    def key_id(self) -> bytes:
+        """The 4-byte key ID (see :func:`compute_key_id`)."""
+        return self._key_id
+
+    @property
+    def public_key(self) -> bytes:
+        """The 32-byte Ed25519 public key."""
+        return self._public_key
+
+    def verifier_text(self) -> str:
+        """Return the verifier key text ``<name>+<hex id>+<base64(0x01 || pubkey)>``."""
+        raw = bytes([ALG_ED25519]) + self._public_key
+        return f"{self._name}+{self._key_id.hex()}+{_b64encode(raw)}"
+
+
+class NoteSigner(_NamedKey):
     """An Ed25519 signed-note signer: a key name plus a 32-byte Ed25519 seed.
 
     The seed is held privately and never appears in ``repr``. Construct from a seed with
@@ -280,7 +309,7 @@ class NoteSigner:
     free of I/O.
     """
 
-    __slots__ = ("_key_id", "_name", "_public_key", "_seed", "_signing_key")
+    __slots__ = ("_seed", "_signing_key")
 
     def __init__(self, name: str, seed: bytes) -> None:
         """Create a signer; raise :class:`MalformedRecord` for a bad name or seed length."""
@@ -315,26 +344,6 @@ class NoteSigner:
         if signer.key_id != key_id:
             raise MalformedRecord("key_id_mismatch", "key ID does not match name and key")
         return signer
-
-    @property
-    def name(self) -> str:
-        """The key name that appears in signature lines."""
-        return self._name
-
-    @property
-    def key_id(self) -> bytes:
-        """The 4-byte key ID (see :func:`compute_key_id`)."""
-        return self._key_id
-
-    @property
-    def public_key(self) -> bytes:
-        """The 32-byte Ed25519 public key."""
-        return self._public_key
-
-    def verifier_text(self) -> str:
-        """Return the verifier key text ``<name>+<hex id>+<base64(0x01 || pubkey)>``."""
-        raw = bytes([ALG_ED25519]) + self._public_key
-        return f"{self._name}+{self._key_id.hex()}+{_b64encode(raw)}"
 
     def private_text(self) -> str:
         """Return the secret key-file text ``PRIVATE+KEY+<name>+<hex id>+<base64(0x01||seed)>``.
@@ -387,10 +396,10 @@ def sign_note(body: str, signers: Sequence[NoteSigner]) -> str:
     return note
 
 
-class NoteVerifier:
+class NoteVerifier(_NamedKey):
     """A trusted Ed25519 signed-note key: name, key ID and 32-byte public key."""
 
-    __slots__ = ("_key_id", "_name", "_public_key", "_verify_key")
+    __slots__ = ("_verify_key",)
 
     def __init__(self, name: str, public_key: bytes) -> None:
         """Create a verifier; raise :class:`MalformedRecord` for a bad name or key length."""
@@ -420,26 +429,6 @@ class NoteVerifier:
         if verifier.key_id != key_id:
             raise MalformedRecord("key_id_mismatch", "key ID does not match name and key")
         return verifier
-
-    @property
-    def name(self) -> str:
-        """The key name expected in signature lines."""
-        return self._name
-
-    @property
-    def key_id(self) -> bytes:
-        """The 4-byte key ID (see :func:`compute_key_id`)."""
-        return self._key_id
-
-    @property
-    def public_key(self) -> bytes:
-        """The 32-byte Ed25519 public key."""
-        return self._public_key
-
-    def verifier_text(self) -> str:
-        """Return the verifier key text ``<name>+<hex id>+<base64(0x01 || pubkey)>``."""
-        raw = bytes([ALG_ED25519]) + self._public_key
-        return f"{self._name}+{self._key_id.hex()}+{_b64encode(raw)}"
 
     def _verifies(self, text: bytes, sig: bytes) -> bool:
         if len(sig) != ED25519_SIGNATURE_BYTES:
