@@ -29,6 +29,7 @@ from agent.identity import create_identity, ensure_state_dir, load_identity
 from agent.sensors import load_simulated_hardware
 from agent.service import AgentService, ServiceOptions
 from agent.status import collect_status
+from osutil.lockfile import hold_lock
 from protocol.errors import ConfigError, EdgeproofError
 
 PROG = "edgeproof-agent"
@@ -158,8 +159,19 @@ def _cmd_run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     _on_signals(stop)  # first: a SIGTERM during start-up still ends in a clean shutdown
     config = build_run_config(args, environ)
     _setup_logging(config.log_level)
-    log = logging.getLogger(PROG)
     ensure_state_dir(config.state_dir)
+    # One agent per state dir: two would sign the same sequence numbers. Held until exit.
+    lock = hold_lock(config.state_dir, "agent")
+    try:
+        _run_locked(args, config, environ, stop)
+    finally:
+        lock.release()
+    return 0
+
+
+def _run_locked(args: argparse.Namespace, config: AgentConfig, environ: Mapping[str, str],
+                stop: threading.Event) -> None:
+    log = logging.getLogger(PROG)
     if args.config is None and not config.key_file.exists():
         identity = create_identity(config.key_file)
         log.warning("created a new device identity in %s: public key %s (device id %s); "
@@ -178,7 +190,6 @@ def _cmd_run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     finally:
         if sim is not None:
             sim.close()
-    return 0
 
 
 def _on_signals(stop: threading.Event) -> None:

@@ -1,8 +1,9 @@
-"""SQLite plumbing shared by the outbox and the device state file.
+"""SQLite plumbing shared by every database a runtime package keeps on a device.
 
-Every database the agent writes is opened the same way: WAL journal, ``synchronous=FULL``
-(in WAL mode ``NORMAL`` can lose a committed transaction after a power cut; ``FULL`` fsyncs
-the WAL at each commit), explicit transactions, and a corruption check at open. sqlite3
+The agent's outbox, device state file and usage meter are opened the same way: WAL
+journal, ``synchronous=FULL`` (in WAL mode ``NORMAL`` can lose a committed transaction
+after a power cut; ``FULL`` fsyncs the WAL at each commit), explicit transactions, and a
+corruption check at open; a damaged file is moved aside, never crash-looped over. sqlite3
 exceptions stop here: callers see :class:`~protocol.errors.StorageError` or
 :class:`DatabaseCorrupt`.
 """
@@ -111,6 +112,24 @@ def translated(what: str) -> Iterator[None]:
         yield
     except sqlite3.Error as exc:
         raise storage_error(exc, what) from None
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection, what: str) -> Iterator[None]:
+    """Run a block in one ``BEGIN IMMEDIATE`` ... ``COMMIT`` on an autocommit connection.
+
+    Any exception rolls the transaction back and propagates; sqlite3 errors come out as
+    StorageError (DatabaseCorrupt for a damaged file) naming ``what``.
+    """
+    with translated(what):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
 
 def open_or_move_aside(path: Path, schema: str, wall_ms: Callable[[], int],
