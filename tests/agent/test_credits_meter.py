@@ -236,8 +236,6 @@ def test_accrued_counts_emitted_pending_and_open_window(tmp_path: Path) -> None:
     assert meter.emitted_micro == 1_000_000
     assert meter.pending_micro == 500_000
     assert meter.accrued_micro == 1_750_000
-    meter.add_settled(1_000_000)
-    assert meter.status()["settled_micro"] == 1_000_000
 
 
 @pytest.mark.parametrize(("rate", "interval", "boot", "key"), [
@@ -255,3 +253,17 @@ def test_bad_meter_settings_are_config_errors(
 def test_unusable_state_file_is_a_storage_error(tmp_path: Path) -> None:
     with pytest.raises(StorageError):
         UsageMeter(tmp_path / "no-such-dir" / "u.sqlite", "usage", RATE, 60, 1)
+
+
+def test_damaged_meter_file_is_moved_aside_reported_and_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "u.sqlite"
+    path.write_bytes(b"not a database" * 500)
+    reported: list[tuple[Path, str]] = []
+    meter = UsageMeter(path, "usage", RATE, 60, 1, wall_ms=lambda: 0,
+                       on_damaged=lambda moved, why: reported.append((moved, why)))
+    (moved, why), = reported
+    assert moved == tmp_path / "u.sqlite.corrupt-19700101T000000Z"
+    assert moved.read_bytes().startswith(b"not a database") and "not a database" in why
+    assert meter.status()["damaged_files"] == 1
+    meter.observe(True, 0)
+    assert meter.take_usage(60_000) == Usage(0, 60_000, 60_000, RATE)  # measures afresh

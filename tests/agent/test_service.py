@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
+from agent.cli import main as agent_main
 from agent.clock import ManualClock, SystemClock
 from agent.config import AgentConfig, parse_config
-from agent.credits import UsageMeter
+from agent.credits import MeterDamaged, UsageMeter
 from agent.identity import create_identity
 from agent.outbox import DeviceState, Outbox, OutboxSettings
 from agent.records import EpochPolicy, RecordFactory, RecordWriter
@@ -202,6 +203,73 @@ def test_corrupt_outbox_is_moved_aside_and_the_agent_keeps_running(
     finally:
         service.shutdown()
         sim.close()
+
+
+def test_corrupt_credits_file_is_moved_aside_counted_shown_and_the_agent_keeps_running(
+        tmp_path: Path, gateway_key: str, caplog: pytest.LogCaptureFixture,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = config(tmp_path, UNREACHABLE, gateway_key,
+                 sensors=[{"kind": "power_sense", "stream": "tv", "pin": 17, "interval_s": 1.0}],
+                 usage={"input": "tv", "rate_micro_per_hour": RATE,
+                        "checkpoint_interval_s": 1.0, "report_interval_s": 2.0})
+    (tmp_path / "credits.sqlite").write_bytes(b"\x00garbage" * 1000)
+    clock = ManualClock(wall_ms=int(evening() * 1000))
+    sim = load_simulated_hardware(1, tmp_path, clock)
+    service = AgentService(cfg, clock, sim=sim)
+    service.start()  # before: StorageError at every start, a restart loop under systemd
+    try:
+        for _ in range(5):
+            clock.advance(1000)
+            service.step()
+        moved = list(tmp_path.glob("credits.sqlite.corrupt-*"))
+        assert len(moved) == 1 and moved[0].read_bytes().startswith(b"\x00garbage")
+        assert "CREDITS DAMAGED" in caplog.text
+        usage = [r.body for r in outbox_records(service) if isinstance(r.body, Usage)]
+        assert usage and usage[0].usage_ms > 0  # the new meter measures and claims again
+    finally:
+        service.shutdown()
+        sim.close()
+    status = collect_status(tmp_path)
+    assert status["credit"]["corrupt_credits"] == 1  # type: ignore[index]
+    capsys.readouterr()
+    assert agent_main(["status", "--state-dir", str(tmp_path)]) == 0
+    assert "1 damaged credits files replaced" in capsys.readouterr().out
+
+
+def test_credits_file_damaged_while_running_is_replaced_not_the_outbox(
+        tmp_path: Path, gateway_key: str) -> None:
+    cfg = config(tmp_path, UNREACHABLE, gateway_key,
+                 sensors=[{"kind": "power_sense", "stream": "tv", "pin": 17, "interval_s": 1.0}],
+                 usage={"input": "tv", "rate_micro_per_hour": RATE,
+                        "checkpoint_interval_s": 1.0, "report_interval_s": 2.0})
+    clock = ManualClock(wall_ms=int(evening() * 1000))
+    sim = load_simulated_hardware(1, tmp_path, clock)
+    service = AgentService(cfg, clock, sim=sim)
+    service.start()
+    try:
+        clock.advance(1000)
+        service.step()
+        assert service.reporter is not None
+        meter = service.reporter.meter
+
+        def damaged(now_mono_ms: int) -> None:
+            raise MeterDamaged("usage meter tv: database disk image is malformed")
+        meter.tick = damaged  # type: ignore[method-assign]  # what SQLITE_CORRUPT raises
+        clock.advance(1000)
+        service.step()
+        del meter.tick
+        assert service.counters["credits_replaced"] == 1
+        assert service.counters["outbox_replaced"] == 0
+        assert list(tmp_path.glob("credits.sqlite.corrupt-*"))
+        assert not list(tmp_path.glob("outbox.sqlite.corrupt-*"))
+        for _ in range(4):
+            clock.advance(1000)
+            service.step()
+        assert any(isinstance(r.body, Usage) for r in outbox_records(service))
+    finally:
+        service.shutdown()
+        sim.close()
+    assert collect_status(tmp_path)["credit"]["corrupt_credits"] == 1  # type: ignore[index]
 
 
 def test_key_file_readable_by_others_refuses_to_start(tmp_path: Path, gateway_key: str) -> None:
