@@ -337,8 +337,10 @@ def device_keys(gateway: RealGateway, device_id: str) -> list[tuple[int, str]]:
 
 
 def verify_leaf(gateway: RealGateway, index: int) -> int:
+    # --wait: a leaf just logged is covered only by the gateway's next checkpoint; the
+    # verifier waits for that condition (bounded) instead of racing the checkpoint timer.
     return verify_main(["record", "--gateway", gateway.url, "--leaf", str(index),
-                        "--gateway-key", gateway.verifier, "--json"])
+                        "--gateway-key", gateway.verifier, "--wait", "--json"])
 
 
 def test_records_before_and_after_a_rotation_are_accepted_and_verify_with_their_keys(
