@@ -31,6 +31,7 @@ from agent.clock import SystemClock
 from agent.identity import ensure_state_dir, load_identity
 from agent.sensors import load_simulated_hardware
 from agent.service import AgentService, ServiceOptions
+from osutil.lockfile import hold_lock
 from protocol.errors import ConfigError, EdgeproofError
 
 
@@ -105,19 +106,23 @@ def _run(run_args: argparse.Namespace, clock_file: Path) -> int:
     logging.basicConfig(stream=sys.stdout, level=config.log_level.upper(),
                         format="%(levelname)s %(name)s: %(message)s", force=True)
     ensure_state_dir(config.state_dir)
-    load_identity(config.key_file)
-    sim = None
-    if config.backend == "simulated":
-        # The world keeps true time: give it the unshifted clocks.
-        sim = load_simulated_hardware(config.sim_seed, config.state_dir, SystemClock())
-    options = ServiceOptions(environ=dict(os.environ), world_wall_s=time.time)
-    service = AgentService(config, clock, sim=sim, options=options)
+    lock = hold_lock(config.state_dir, "agent")  # as edgeproof-agent run: one per state dir
     try:
-        service.start()
-        service.run(stop)
+        load_identity(config.key_file)
+        sim = None
+        if config.backend == "simulated":
+            # The world keeps true time: give it the unshifted clocks.
+            sim = load_simulated_hardware(config.sim_seed, config.state_dir, SystemClock())
+        options = ServiceOptions(environ=dict(os.environ), world_wall_s=time.time)
+        service = AgentService(config, clock, sim=sim, options=options)
+        try:
+            service.start()
+            service.run(stop)
+        finally:
+            if sim is not None:
+                sim.close()
     finally:
-        if sim is not None:
-            sim.close()
+        lock.release()
     return 0
 
 
