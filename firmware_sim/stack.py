@@ -37,8 +37,9 @@ from provisioning import cli as provision_cli
 from provisioning import fleet as fleet_files
 from provisioning.devices_store import AGENT_CONFIG, BROKER_PASSWORD, DEVICE_KEY, STATE
 
-GATEWAY_START_TIMEOUT_S = 30.0
-LOGIN_TIMEOUT_S = 10.0
+# Bounds for a slow, loaded machine; both waits return as soon as the condition holds.
+GATEWAY_START_TIMEOUT_S = 60.0
+LOGIN_TIMEOUT_S = 30.0
 
 
 class StackError(EdgeproofError):

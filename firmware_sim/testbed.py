@@ -40,7 +40,7 @@ from firmware_sim.testbed_agent import write_clock_file
 from protocol.errors import RejectedByPeer, TransportError
 
 REPO = Path(__file__).resolve().parents[1]
-START_TIMEOUT_S = 30.0
+START_TIMEOUT_S = 60.0  # a bound for a slow, loaded machine: start() returns when healthy
 TomlValue = str | int | float | bool | Sequence[str | int | float | bool]
 
 
@@ -104,7 +104,7 @@ def provision(*argv: str) -> str:
     return run_provision(argv)
 
 
-def wait_for_login(port: int, username: str, password: str, timeout_s: float = 10.0) -> None:
+def wait_for_login(port: int, username: str, password: str, timeout_s: float = 30.0) -> None:
     """Return once the broker accepts this login (it re-reads its files asynchronously after
     ``device add``). Raises StackError if it still refuses after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s

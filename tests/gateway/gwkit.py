@@ -186,7 +186,7 @@ class DeviceClient:
     def send(self, device: TestDevice, records: list[bytes], batch_id: int) -> None:
         self.publish(device.device_id, batch_bytes(records, batch_id))
 
-    def wait_for(self, device_id: bytes, batch_id: int, timeout: float = 20.0,
+    def wait_for(self, device_id: bytes, batch_id: int, timeout: float = 60.0,
                  count: int = 1) -> Receipt:
         """Return the ``count``-th receipt for (device, batch id)."""
         deadline = time.monotonic() + timeout

@@ -104,7 +104,7 @@ def make_anchor(tmp_path: Path, node: GanacheNode, key: str, clock: FakeClock,
                                   interval_s=5.0, resend_after_s=30.0)
     config = replace(config, **overrides)  # type: ignore[arg-type]
     return EthereumAnchor(config, tmp_path / "anchor-ethereum.sqlite", wall_ms=lambda: 1,
-                          monotonic=clock, timing=EthTiming(rpc_timeout_s=2.0))
+                          monotonic=clock, timing=EthTiming(rpc_timeout_s=10.0))
 
 
 def drive(anchor: EthereumAnchor, clock: FakeClock, done: Callable[[], bool],
@@ -452,7 +452,7 @@ interval_s = 0.2
     assert checkpoint_hash(note) in on_chain
 
 
-def wait_for_anchor(base_url: str, size: int, timeout: float = 30.0) -> dict[str, object]:
+def wait_for_anchor(base_url: str, size: int, timeout: float = 60.0) -> dict[str, object]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         response = httpx.get(f"{base_url}/v1/anchors", params={"size": size})

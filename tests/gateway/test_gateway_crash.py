@@ -40,7 +40,7 @@ class GatewayProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config)],
                 cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60  # a bound for a slow machine; returns when healthy
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.log.read_text()[-2000:]
             try:

@@ -25,7 +25,7 @@ from protocol.note import NoteVerifier
 from provisioning import fleet as fleet_mod
 from provisioning.cli import main
 
-GATEWAY_START_TIMEOUT = 30.0
+GATEWAY_START_TIMEOUT = 60.0  # a bound for a slow, loaded machine
 
 
 def gateway_importable() -> bool:
