@@ -30,6 +30,7 @@ from agent.sensors import load_simulated_hardware
 from agent.service import AgentService, ServiceOptions
 from agent.status import collect_status
 from protocol.errors import ConfigError, EdgeproofError
+from runtime.lograte import limit_repeats
 
 PROG = "edgeproof-agent"
 
@@ -193,6 +194,7 @@ def _setup_logging(level: str) -> None:
     # journald adds timestamps and the unit name; keep lines short.
     logging.basicConfig(stream=sys.stdout, level=level.upper(),
                         format="%(levelname)s %(name)s: %(message)s", force=True)
+    limit_repeats()  # one repeated failure must not flood the journal (runtime.lograte)
 
 
 # --- status --------------------------------------------------------------------------------
