@@ -1,4 +1,4 @@
-"""The HTTP API over real loopback HTTP: admin auth, proofs, records, OpenAPI."""
+"""The HTTP API over real loopback HTTP: admin auth, proofs, records, OpenAPI, bad input."""
 
 from __future__ import annotations
 
@@ -125,3 +125,40 @@ def test_metrics_and_health_are_served(gateway) -> None:
         assert name in text
     health = httpx.get(f"{gateway.base_url}/healthz")
     assert health.status_code == 200 and health.json()["mqtt_connected"] is True
+
+
+@pytest.mark.parametrize("path", [
+    "/v1/leaves/9223372036854775808",
+    "/v1/leaves/99999999999999999999999999999999",
+    "/v1/checkpoints?after=9223372036854775808",
+    "/v1/checkpoints?limit=9223372036854775808",
+    f"/v1/devices/{'0' * 32}/records?after_seq=9223372036854775808",
+    "/v1/proofs/inclusion?index=9223372036854775808&tree_size=1",
+    "/v1/proofs/inclusion?index=0&tree_size=9223372036854775808",
+    "/v1/proofs/consistency?old_size=1&new_size=9223372036854775808",
+    "/v1/anchors?size=9223372036854775808",
+    "/v1/leaves/-1",
+    "/v1/checkpoints?after=abc",
+])
+def test_huge_or_bad_integers_get_400_with_one_line_not_a_500(gateway, path) -> None:
+    response = httpx.get(f"{gateway.base_url}{path}")
+    assert response.status_code == 400, response.text
+    detail = response.json()["detail"]
+    assert isinstance(detail, str) and "\n" not in detail and "parameter" in detail
+
+
+def test_largest_integers_in_range_get_an_answer_not_a_500(gateway) -> None:
+    top = 2**63 - 1
+    url = gateway.base_url
+    assert httpx.get(f"{url}/v1/leaves/{top}").status_code == 404
+    assert httpx.get(f"{url}/v1/checkpoints", params={"after": top}).json() == []
+    records = httpx.get(f"{url}/v1/devices/{'0' * 32}/records", params={"after_seq": top})
+    assert records.status_code == 200 and records.json()["records"] == []
+    assert httpx.get(f"{url}/v1/proofs/inclusion",
+                     params={"index": 0, "tree_size": top}).status_code == 400
+
+
+def test_interactive_docs_pages_are_not_served(gateway) -> None:
+    for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+        assert httpx.get(f"{gateway.base_url}{path}").status_code == 404
+    assert httpx.get(f"{gateway.base_url}/openapi.json").status_code == 200
