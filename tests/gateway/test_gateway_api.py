@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import stat
 from pathlib import Path
 
 import httpx
@@ -14,7 +16,8 @@ from gateway.openapi import openapi_text
 from protocol import merkle
 from protocol.checkpoint import Checkpoint, checkpoint_hash
 from protocol.note import NoteVerifier
-from tests.gateway.gwkit import ADMIN_TOKEN, TestDevice, register
+from tests.gateway.conftest import start_gateway
+from tests.gateway.gwkit import ADMIN_TOKEN, TestDevice, register, write_gateway_files
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -156,6 +159,40 @@ def test_largest_integers_in_range_get_an_answer_not_a_500(gateway) -> None:
     assert records.status_code == 200 and records.json()["records"] == []
     assert httpx.get(f"{url}/v1/proofs/inclusion",
                      params={"index": 0, "tree_size": top}).status_code == 400
+
+
+def test_data_files_are_private_whatever_the_umask(broker, tmp_path) -> None:
+    old = os.umask(0o022)
+    try:
+        running = start_gateway(write_gateway_files(tmp_path / "gw", broker.port))
+    finally:
+        os.umask(old)
+    try:
+        dev = TestDevice.create("dev-modes", 44)
+        register(running.base_url, dev)  # a write: the WAL and its index exist now
+        data = running.files.data_dir
+        files = sorted(p.name for p in data.iterdir())
+        assert {"gateway.sqlite", "gateway.sqlite-wal", "gateway.sqlite-shm"} <= set(files)
+        for name in files:
+            assert stat.S_IMODE((data / name).stat().st_mode) == 0o600, name
+        assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    finally:
+        running.stop()
+
+
+def test_enrolling_a_key_another_device_rotated_to_names_that_device(gateway, devices) -> None:
+    holder = TestDevice.create("dev-holder", 45)
+    register(gateway.base_url, holder)
+    claimed = TestDevice.create("dev-claimed", 46)
+    devices.send(holder, [holder.next().raw, holder.rotate(claimed.key).raw], 1)
+    receipt = devices.wait_for(holder.device_id, 1)
+    assert [o.status.name for o in receipt.outcomes] == ["ACCEPTED", "ACCEPTED"]
+    response = httpx.post(f"{gateway.base_url}/v1/devices", json={
+        "name": claimed.name, "public_key": claimed.enrolled_key.hex(), "owner": "o",
+        "rate_micro_per_hour": 1}, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert response.status_code == 409
+    detail = response.json()["detail"]
+    assert f"'dev-holder' ({holder.device_id.hex()}, rotated to it at seq 1)" in detail
 
 
 def test_interactive_docs_pages_are_not_served(gateway) -> None:
