@@ -170,7 +170,9 @@ class _GuardedH11Protocol(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm()
-        if len(self.connections) > self._limits.max_connections:
+        # Connections closed in this loop turn leave the set only at the next one.
+        open_now = sum(1 for c in self.connections if not c.transport.is_closing())
+        if open_now > self._limits.max_connections:
             self._make_room()
 
     def handle_events(self) -> None:
