@@ -6,8 +6,9 @@ Mosquitto:
 
 1. baseline: the idle gateway's RSS (VmRSS) and honest ``GET /healthz`` latency;
 2. three unauthenticated ``POST /v1/devices`` at once, each declaring a 200 MB body and
-   sending it as fast as the server takes it: how many bytes the server consumed before it
-   answered or closed, the status it answered, and the gateway's peak RSS (VmHWM);
+   sending it as fast as the socket takes it until an answer arrives: ``body_bytes_sent``
+   (what ``send()`` accepted: the server's reads plus both kernels' socket buffers), the
+   status answered, and the gateway's peak RSS (VmHWM);
 3. 1,100 half-sent requests (headers never finished) held open, while honest
    ``GET /healthz`` requests keep being made: how many succeeded, how many half-sent
    connections the server closed within ``--wait`` seconds, "Too many open files" lines and
