@@ -218,7 +218,7 @@ def create_app(ctx: ApiContext, limits: HttpLimits | None = None) -> FastAPI:
         RequestGuard, admin_token=ctx.admin_token.value,
         admin_routes=[r for r in app.routes if isinstance(r, APIRoute) and "admin" in r.tags],
         max_body_bytes=limits.max_body_bytes,
-        on_reject=lambda reason: ctx.metrics.http_rejections.labels(reason=reason).inc())
+        on_reject=ctx.metrics.http_rejected)
     return app
 
 

@@ -77,6 +77,10 @@ class GatewayMetrics:
         """Count rejected records."""
         self.rejections.labels(reason=reason).inc(count)
 
+    def http_rejected(self, reason: str) -> None:
+        """Count an HTTP request or connection refused (gateway.http_guard reasons)."""
+        self.http_rejections.labels(reason=reason).inc()
+
     def render(self) -> bytes:
         """Return the Prometheus text exposition of every collector."""
         return generate_latest(self.registry)

@@ -127,7 +127,7 @@ class GatewayService:
                          clock_ms, self._health, self.anchor.lookup)
         self.http = HttpServer(
             create_app(api, config.http), config.http_host, config.http_port, config.http,
-            lambda reason: self.metrics.http_rejections.labels(reason=reason).inc())
+            self.metrics.http_rejected)
         self._last_progress = monotonic()
 
     # --- lifecycle ---------------------------------------------------------------------------
