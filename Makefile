@@ -34,7 +34,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy protocol runtime verifier agent gateway provisioning firmware_sim
+	$(VENV)/bin/mypy protocol osutil verifier agent gateway provisioning firmware_sim
 
 pytest: $(STAMP)
 	$(PY) -m pytest

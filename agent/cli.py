@@ -29,8 +29,8 @@ from agent.identity import create_identity, ensure_state_dir, load_identity
 from agent.sensors import load_simulated_hardware
 from agent.service import AgentService, ServiceOptions
 from agent.status import collect_status
+from osutil.lograte import limit_repeats
 from protocol.errors import ConfigError, EdgeproofError
-from runtime.lograte import limit_repeats
 
 PROG = "edgeproof-agent"
 
@@ -194,7 +194,7 @@ def _setup_logging(level: str) -> None:
     # journald adds timestamps and the unit name; keep lines short.
     logging.basicConfig(stream=sys.stdout, level=level.upper(),
                         format="%(levelname)s %(name)s: %(message)s", force=True)
-    limit_repeats()  # one repeated failure must not flood the journal (runtime.lograte)
+    limit_repeats()  # one repeated failure must not flood the journal (osutil.lograte)
 
 
 # --- status --------------------------------------------------------------------------------

@@ -18,8 +18,8 @@ from types import FrameType
 
 from gateway.config import GatewayConfig, load_config
 from gateway.gatewaykey import GatewayKey, load_gateway_key, save_gateway_key
+from osutil.lograte import limit_repeats
 from protocol.errors import EdgeproofError, MalformedRecord
-from runtime.lograte import limit_repeats
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 

@@ -1,4 +1,4 @@
-"""runtime.lograte: one failure repeated thousands of times must not flood the journal."""
+"""osutil.lograte: one failure repeated thousands of times must not flood the journal."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from gateway import cli
-from runtime.lograte import RepeatLimiter
+from osutil.lograte import RepeatLimiter
 
 
 class Clock:
@@ -65,7 +65,7 @@ def test_report_at_shutdown_counts_what_is_still_suppressed(logged, caplog) -> N
     logger, _, limiter, _ = logged
     for _ in range(10):
         logger.error("broker refused: %s", "bad credentials")
-    with caplog.at_level(logging.INFO, logger="runtime.lograte"):
+    with caplog.at_level(logging.INFO, logger="osutil.lograte"):
         limiter.report()
     assert ("7 more lines like test.lograte: 'broker refused: %s' were suppressed"
             in caplog.messages)

@@ -1,4 +1,7 @@
-"""Keep one repeated error from flooding the journal: a rate limit per kind of log line.
+"""``osutil.lograte``: keep one repeated error from flooding the journal.
+
+A rate limit per kind of log line, installed by the agent and the gateway on their log
+handlers (docs/OPERATIONS.md, "Read the logs").
 
 A service that fails the same way thousands of times a second (a full file-handle table,
 a broker refusing every connection) must not turn that into hundreds of megabytes of
