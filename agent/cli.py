@@ -30,6 +30,7 @@ from agent.sensors import load_simulated_hardware
 from agent.service import AgentService, ServiceOptions
 from agent.status import collect_status
 from osutil.lockfile import hold_lock
+from osutil.lograte import limit_repeats
 from protocol.errors import ConfigError, EdgeproofError
 
 PROG = "edgeproof-agent"
@@ -204,6 +205,7 @@ def _setup_logging(level: str) -> None:
     # journald adds timestamps and the unit name; keep lines short.
     logging.basicConfig(stream=sys.stdout, level=level.upper(),
                         format="%(levelname)s %(name)s: %(message)s", force=True)
+    limit_repeats()  # one repeated failure must not flood the journal (osutil.lograte)
 
 
 # --- status --------------------------------------------------------------------------------

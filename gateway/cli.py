@@ -19,6 +19,7 @@ from types import FrameType
 from gateway.config import GatewayConfig, load_config
 from gateway.gatewaykey import GatewayKey, load_gateway_key, save_gateway_key
 from osutil.lockfile import hold_lock
+from osutil.lograte import limit_repeats
 from protocol.errors import EdgeproofError, MalformedRecord
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
@@ -108,9 +109,12 @@ def _run(args: argparse.Namespace) -> int:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     # One gateway per data dir: two would append to the same log. Held until exit.
     lock = hold_lock(config.data_dir, "gateway")
+    # One failure repeated thousands of times a second must not flood the journal.
+    limiter = limit_repeats()
     try:
         _run_locked(config)
     finally:
+        limiter.report()
         lock.release()
     return EXIT_OK
 

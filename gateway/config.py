@@ -55,6 +55,22 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class HttpLimits:
+    """What one HTTP client may cost the API (docs/GATEWAY.md, "HTTP limits").
+
+    A client holding no credential must not be able to fill memory, file handles or the
+    log: bodies are capped before they are read, a request must arrive whole within
+    ``request_timeout_s`` and at most ``max_connections`` connections are kept open.
+    """
+
+    max_body_bytes: int = 64 * 1024
+    request_timeout_s: float = 10.0
+    keepalive_timeout_s: int = 5
+    max_connections: int = 256
+    max_header_bytes: int = 16 * 1024
+
+
+@dataclass(frozen=True)
 class EthereumAnchorConfig:
     """The ``ethereum`` anchor backend (docs/GATEWAY.md, "Ethereum anchor")."""
 
@@ -79,6 +95,7 @@ class GatewayConfig:
     admin_token_file: Path
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    http: HttpLimits = HttpLimits()
     checkpoints: CheckpointConfig = CheckpointConfig()
     limits: Limits = Limits()
     anchor: str = "local"
@@ -95,7 +112,8 @@ _SECTIONS: dict[str, frozenset[str]] = {
     "gateway": frozenset({"data_dir", "key_file", "admin_token_file", "verify_threads"}),
     "broker": frozenset({"url", "client_id", "username", "password_file", "ca_file",
                          "shared_group", "session_expiry_s", "keepalive_s"}),
-    "http": frozenset({"bind"}),
+    "http": frozenset({"bind", "max_body_bytes", "request_timeout_s", "keepalive_timeout_s",
+                       "max_connections"}),
     "checkpoints": frozenset({"interval_s", "every_leaves"}),
     "limits": frozenset({"max_batch_bytes", "max_record_bytes", "max_future_skew_s"}),
     "anchor": frozenset({"backend", "rpc_url", "key_file", "chain_id", "interval_s",
@@ -143,6 +161,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path) -> GatewayConfig:
         verify_threads=reader.integer("gateway", "verify_threads", 2, low=1, high=64),
         http_host=host,
         http_port=port,
+        http=_http_limits(reader),
         checkpoints=CheckpointConfig(
             interval_s=reader.number("checkpoints", "interval_s", 60.0, low=0.05),
             every_leaves=reader.integer("checkpoints", "every_leaves", 1000, low=1),
@@ -188,6 +207,16 @@ def _broker(reader: _Reader) -> BrokerConfig:
         session_expiry_s=reader.integer("broker", "session_expiry_s", 7 * 24 * 3600,
                                         low=1, high=0xFFFFFFFF),
         keepalive_s=reader.integer("broker", "keepalive_s", 30, low=5, high=3600),
+    )
+
+
+def _http_limits(reader: _Reader) -> HttpLimits:
+    return HttpLimits(
+        max_body_bytes=reader.integer("http", "max_body_bytes", 64 * 1024,
+                                      low=1024, high=16 * 1024 * 1024),
+        request_timeout_s=reader.number("http", "request_timeout_s", 10.0, low=0.1),
+        keepalive_timeout_s=reader.integer("http", "keepalive_timeout_s", 5, low=1, high=3600),
+        max_connections=reader.integer("http", "max_connections", 256, low=4, high=65536),
     )
 
 

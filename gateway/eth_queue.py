@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.sqlite_store import create_private_database
 from protocol.errors import StorageError
 
 QUEUED, SENDING, CONFIRMED, FAILED, SUPERSEDED = (
@@ -90,7 +91,7 @@ class AnchorQueue:
         self.path = path
         self._lock = threading.Lock()
         with self._errors("open"):
-            path.parent.mkdir(parents=True, exist_ok=True)
+            create_private_database(path)
             self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                          timeout=30.0)
             self._conn.execute("PRAGMA journal_mode=WAL")

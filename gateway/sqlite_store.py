@@ -18,6 +18,7 @@ API, and one per reading thread. sqlite3 errors are re-raised as StorageError.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -85,6 +86,39 @@ _LEAF_COLUMNS = "idx, device_id, seq, hash, raw, stream, received_ms, flags"
 _CHECKPOINT_COLUMNS = "number, size, root, note, issued_ms, balances"
 
 
+def create_private_database(path: Path) -> None:
+    """Create the database file (and its directory) readable by the owner only.
+
+    SQLite gives the ``-wal`` and ``-shm`` files the mode of the database file, so the
+    three are 0600 whatever the umask (outside systemd it is often 022). Files an older
+    version left readable by others are tightened.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for part in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if part.exists() and part.stat().st_mode & 0o077:
+            part.chmod(0o600)
+
+
+def _refuse_claimed(conn: sqlite3.Connection, name: str, public_key: bytes) -> None:
+    """Raise DeviceExists if the name is taken or the key belongs to a device already.
+
+    A public key belongs for good to the first device that claims it, by enrolment or by
+    an accepted rotation (docs/PROTOCOL.md, "Key rotation"); the error names that device.
+    """
+    row = conn.execute("SELECT device_id FROM devices WHERE name = ?", (name,)).fetchone()
+    if row is not None:
+        raise DeviceExists(f"a device named {name!r} exists (device {bytes(row[0]).hex()})")
+    row = conn.execute(
+        "SELECT d.name, d.device_id, k.from_seq FROM device_keys k JOIN devices d "
+        "ON d.device_id = k.device_id WHERE k.public_key = ?", (public_key,)).fetchone()
+    if row is not None:
+        how = "enrolled with it" if row[2] == 0 else f"rotated to it at seq {row[2] - 1}"
+        raise DeviceExists(f"this public key belongs to device {row[0]!r} "
+                           f"({bytes(row[1]).hex()}, {how}); a key belongs to one device "
+                           "for good: make a new key")
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -117,7 +151,7 @@ class SQLiteLogStore:
         """Open (creating if needed) the store at ``path``; raise StorageError on failure."""
         self.path = path
         with _storage_errors("open"):
-            path.parent.mkdir(parents=True, exist_ok=True)
+            create_private_database(path)
             self._writer = _connect(path)
             self._writer.executescript(_SCHEMA)
             self._writer.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
@@ -306,12 +340,7 @@ class SQLiteLogStore:
             conn = self._registry
             conn.execute("BEGIN IMMEDIATE")
             try:
-                clash = conn.execute(
-                    "SELECT 1 FROM devices WHERE name = ? OR device_id = ? UNION ALL "
-                    "SELECT 1 FROM device_keys WHERE public_key = ?",
-                    (name, device_id, public_key)).fetchone()
-                if clash is not None:
-                    raise DeviceExists(f"a device with name {name!r} or this key exists")
+                _refuse_claimed(conn, name, public_key)
                 conn.execute(
                     "INSERT INTO devices (device_id, name, public_key, owner, "
                     "rate_micro_per_hour, status, registered_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",

@@ -113,7 +113,7 @@ class GatewayFiles:
 def write_gateway_files(tmp: Path, broker_port: int, *, http_port: int = 0,
                         every_leaves: int = 1000, interval_s: float = 0.5,
                         extra: str = "", client_id: str = "edgeproof-gateway-test",
-                        broker_extra: str = "") -> GatewayFiles:
+                        broker_extra: str = "", http_extra: str = "") -> GatewayFiles:
     """Write key, admin token and a config TOML for a gateway under ``tmp``."""
     tmp.mkdir(parents=True, exist_ok=True)
     key_path = tmp / "gateway.key"
@@ -139,6 +139,7 @@ client_id = "{client_id}"
 
 [http]
 bind = "127.0.0.1:{http_port}"
+{http_extra}
 
 [checkpoints]
 interval_s = {interval_s}

@@ -14,7 +14,7 @@ import pytest
 
 from firmware_sim.broker import MosquittoBroker
 from gateway.cli import main
-from gateway.config import load_config
+from gateway.config import HttpLimits, load_config
 from gateway.ingest import subscription_filter
 from gateway.sdnotify import Notifier
 from protocol.errors import ConfigError
@@ -29,6 +29,7 @@ def test_example_config_is_valid_and_documented() -> None:
     config = load_config(REPO / "examples" / "gateway.toml")
     assert config.broker.port == 1883 and config.broker.client_id == "edgeproof-gateway"
     assert config.http_port == 8080 and config.checkpoints.every_leaves == 1000
+    assert config.http == HttpLimits()  # the example documents the defaults
     assert config.limits.max_batch_bytes == 512 * 1024 and config.anchor == "local"
     assert config.db_path == Path("/var/lib/edgeproof-gateway/gateway.sqlite")
 
@@ -39,6 +40,8 @@ def test_example_config_is_valid_and_documented() -> None:
     ('[broker]\nurl = "http://h"\n', "broker.url"),
     ('[broker]\nurl = "mqtt://h"\nshared_group = "a/b"\n', "broker.shared_group"),
     ('[broker]\nurl = "mqtt://h"\n[http]\nbind = "nohost"\n', "http.bind"),
+    ('[broker]\nurl = "mqtt://h"\n[http]\nmax_connections = 1\n', "http.max_connections"),
+    ('[broker]\nurl = "mqtt://h"\n[http]\nmax_body_bytes = 1e9\n', "http.max_body_bytes"),
     ('[broker]\nurl = "mqtt://h"\n[limits]\nmax_batch_bytes = 10000000\n',
      "limits.max_batch_bytes"),
     ('[broker]\nurl = "mqtt://h"\n[checkpoints]\nevery_leaves = "many"\n',
