@@ -105,17 +105,19 @@ def _run(args: argparse.Namespace) -> int:
     # sys.stdout of its own time, never to a stream an earlier caller has closed.
     logging.basicConfig(level=args.log_level, stream=sys.stdout,
                         format="%(levelname)s %(name)s: %(message)s", force=True)
-    config = load_config(args.config)
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    # One gateway per data dir: two would append to the same log. Held until exit.
-    lock = hold_lock(config.data_dir, "gateway")
     # One failure repeated thousands of times a second must not flood the journal.
     limiter = limit_repeats()
     try:
-        _run_locked(config)
+        config = load_config(args.config)
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        # One gateway per data dir: two would append to the same log. Held until exit.
+        lock = hold_lock(config.data_dir, "gateway")
+        try:
+            _run_locked(config)
+        finally:
+            lock.release()
     finally:
         limiter.report()
-        lock.release()
     return EXIT_OK
 
 
