@@ -41,6 +41,7 @@ import requests
 from firmware_sim.fleet_device import Chain, DeviceSettings, FleetDevice
 from firmware_sim.fleet_mqtt import Hub, Link
 from firmware_sim.stack import run_provision
+from osutil.brokerurl import parse_broker_url
 from protocol.errors import ConfigError, StorageError, TransportError
 from protocol.keys import load_device_key, read_secret_file
 from protocol.note import NoteVerifier
@@ -54,7 +55,7 @@ from provisioning.devices_store import (
     bundle_dir,
     load_records,
 )
-from provisioning.fleet import FleetConfig, check_broker_url, load_fleet
+from provisioning.fleet import FleetConfig, load_fleet
 
 STATE_FILE = "fleetsim.json"
 SAVE_EVERY_S = 5.0
@@ -189,8 +190,8 @@ def _raise_fd_limit(needed: int) -> None:
 
 def build_devices(cfg: FleetConfig, options: FleetOptions, hub: Hub) -> list[FleetDevice]:
     """Load keys, credentials and chains; make one device (and MQTT link) per record."""
-    host, port = check_broker_url(cfg.broker_url, "fleet.broker_url")
-    if cfg.broker_url.startswith("mqtts:"):
+    host, port, tls = parse_broker_url(cfg.broker_url, "fleet.broker_url")
+    if tls:
         raise ConfigError("edgeproof-sim fleet speaks plain mqtt:// only")
     verifier = NoteVerifier.from_text(cfg.gateway_verifier_key)
     settings = DeviceSettings(rate_hz=options.rate_hz, batch_interval_s=options.batch_interval_s,

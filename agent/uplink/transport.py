@@ -25,7 +25,6 @@ import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -61,25 +60,6 @@ class BrokerSettings:
     keepalive_s: int = 30
     session_expiry_s: int = 7 * 24 * 3600
     connect_timeout_s: float = 10.0
-
-
-def parse_broker_url(url: str, key: str = "mqtt.broker") -> tuple[str, int, bool]:
-    """Return ``(host, port, tls)`` for ``mqtt://host[:port]`` or ``mqtts://host[:port]``.
-
-    Raises ConfigError naming ``key`` for anything else.
-    """
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        raise ConfigError(f"{key}: not a valid URL: {url!r}") from None
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ConfigError(f"{key}: must look like mqtt://host:1883 or mqtts://host:8883, "
-                          f"got {url!r}")
-    if parts.path not in ("", "/") or parts.query or parts.username:
-        raise ConfigError(f"{key}: no path, query or credentials in the URL ({url!r})")
-    tls = parts.scheme == "mqtts"
-    return parts.hostname, port or (8883 if tls else 1883), tls
 
 
 @dataclass(frozen=True)
