@@ -7,7 +7,7 @@ by that prefix they are provisioned first (``device add PREFIX --count N``: regi
 the gateway's API, one broker credential each). Each device
 (:class:`firmware_sim.fleet_device.FleetDevice`) signs real records with its own key and
 publishes batches over its own MQTT connection; all connections share one thread
-(:class:`firmware_sim.fleet_mqtt.Hub`).
+(:class:`osutil.mqtt.Hub`).
 
 A sequence number is never reused across runs: each device's chain (boot, next seq, last
 hash) is kept in ``<bundle>/var/lib/edgeproof/fleetsim.json``, saved every few seconds
@@ -39,11 +39,11 @@ from typing import Any, TextIO
 import requests
 
 from firmware_sim.fleet_device import Chain, DeviceSettings, FleetDevice
-from firmware_sim.fleet_mqtt import Hub, Link
 from firmware_sim.stack import run_provision
 from osutil.brokerurl import parse_broker_url
+from osutil.mqtt import ClientOptions, Hub, MqttClient
 from protocol.errors import ConfigError, StorageError, TransportError
-from protocol.keys import load_device_key, read_secret_file
+from protocol.keys import Secret, load_device_key, read_secret_file
 from protocol.note import NoteVerifier
 from protocol.record import GENESIS_PREV
 from protocol.signed import parse_signed_record, record_hash
@@ -202,8 +202,9 @@ def build_devices(cfg: FleetConfig, options: FleetOptions, hub: Hub) -> list[Fle
     for i, rec in enumerate(records):
         bundle = bundle_dir(cfg, rec.name)
         password = read_secret_file(bundle / BROKER_PASSWORD).decode("utf-8").strip()
-        link = Link(hub, client_id=rec.device_id, host=host, port=port,
-                    username=rec.broker_user, password=password)
+        link = MqttClient(ClientOptions(
+            host=host, port=port, client_id=rec.device_id, username=rec.broker_user,
+            password=Secret(password.encode("utf-8")), session_expiry_s=3600), hub)
         chain = load_chain(_state_path(cfg, rec.name), cfg.gateway_url, rec.device_id)
         devices.append(FleetDevice(
             rec.name, bytes.fromhex(rec.device_id), load_device_key(bundle / DEVICE_KEY),
@@ -329,6 +330,7 @@ def _result(devices: list[FleetDevice], timing: dict[str, float]) -> dict[str, A
         "resent": sum(x.resent for x in c), "batches": sum(x.batches for x in c),
         "receipts": sum(x.receipts for x in c), "bad_receipts": sum(x.bad_receipts for x in c),
         "puback_failures": sum(x.puback_failures for x in c),
+        "puback_timeouts": sum(x.puback_timeouts for x in c),
         "connection_losses": sum(x.connection_losses for x in c),
         "failed_devices": len(failed), "failures": failed[:5],
         "p50_latency_ms": round(_pct(latencies, 0.5), 1),
