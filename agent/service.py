@@ -32,12 +32,12 @@ from agent.identity import Identity, KeyFiles, load_identity
 from agent.outbox import DatabaseCorrupt, DeviceState, Outbox
 from agent.records import RecordFactory, RecordWriter
 from agent.rotation import KeyRotator, Step
-from agent.sdnotify import Notifier
 from agent.sensors import DigitalInputSensor, Sensor, SensorSet, SimulatedHardware, build_sensors
 from agent.status import CREDITS_FILE, OUTBOX_FILE, STATE_FILE, write_status
 from agent.uplink import BrokerSettings, MqttTransport, Uplink
 from agent.uplink.uplink import TransportFactory
 from agent.usage_reports import UsageReporter
+from osutil.sdnotify import Notifier
 from protocol.errors import SensorReadError, StorageError
 from protocol.keys import SigningKey, load_device_key
 

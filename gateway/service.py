@@ -38,10 +38,10 @@ from gateway.gatewaykey import load_gateway_key
 from gateway.http_guard import server_config
 from gateway.ingest import Message, MqttIngest
 from gateway.metrics import GatewayMetrics
-from gateway.sdnotify import Notifier
 from gateway.sequencer import Sequencer
 from gateway.sqlite_store import SQLiteLogStore
 from gateway.verify import PreparedBatch, prepare_batch
+from osutil.sdnotify import Notifier
 from protocol.errors import ConfigError, RejectedByPeer, StorageError
 from protocol.keys import Secret, read_secret_file
 
@@ -153,7 +153,6 @@ class GatewayService:
 
     def run(self) -> None:
         """Process batches until :meth:`request_stop`; raise if the broker or store fails."""
-        watchdog_at = self._monotonic()
         while not self._stop.is_set():
             if self.ingest.fatal:
                 raise RejectedByPeer(self.ingest.fatal)
@@ -166,11 +165,8 @@ class GatewayService:
                 if group:
                     self._process(group)
             self._last_progress = self._monotonic()
-            interval = self._notifier.watchdog_interval_s
-            if interval is not None and self._last_progress - watchdog_at >= interval:
-                self._notifier.watchdog()
+            if self._notifier.watchdog(round(self._last_progress * 1000), progressed=True):
                 self._notifier.status(self._status())
-                watchdog_at = self._last_progress
 
     def close(self) -> None:
         """Stop ingest, sign a final checkpoint, stop HTTP, close the store."""

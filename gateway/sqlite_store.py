@@ -18,11 +18,10 @@ API, and one per reading thread. sqlite3 errors are re-raised as StorageError.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from gateway.store import (
@@ -41,6 +40,7 @@ from gateway.store import (
     StoredCheckpoint,
     UsageEntry,
 )
+from osutil.sqlite import Pragmas, connect, transaction, translated
 from protocol import merkle
 from protocol.errors import StorageError
 from protocol.keys import device_id_for
@@ -86,20 +86,6 @@ _LEAF_COLUMNS = "idx, device_id, seq, hash, raw, stream, received_ms, flags"
 _CHECKPOINT_COLUMNS = "number, size, root, note, issued_ms, balances"
 
 
-def create_private_database(path: Path) -> None:
-    """Create the database file (and its directory) readable by the owner only.
-
-    SQLite gives the ``-wal`` and ``-shm`` files the mode of the database file, so the
-    three are 0600 whatever the umask (outside systemd it is often 022). Files an older
-    version left readable by others are tightened.
-    """
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-    for part in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-        if part.exists() and part.stat().st_mode & 0o077:
-            part.chmod(0o600)
-
-
 def _refuse_claimed(conn: sqlite3.Connection, name: str, public_key: bytes) -> None:
     """Raise DeviceExists if the name is taken or the key belongs to a device already.
 
@@ -119,21 +105,19 @@ def _refuse_claimed(conn: sqlite3.Connection, name: str, public_key: bytes) -> N
                            "for good: make a new key")
 
 
+# FULL: a committed batch (and so every receipt we sent) survives a power cut. No
+# quick_check at open (it reads the whole log, which grows without bound) and never moved
+# aside: a damaged log stops the gateway with the error instead of starting a new one.
+GATEWAY_PRAGMAS = Pragmas(synchronous="FULL", page_size=None, journal_size_limit=None,
+                          busy_timeout_s=30.0, quick_check=False)
+
+
 def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
-    conn.execute("PRAGMA journal_mode=WAL")
-    # FULL: a committed batch (and so every receipt we sent) survives a power cut.
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA busy_timeout=30000")
-    return conn
+    return connect(path, pragmas=GATEWAY_PRAGMAS)
 
 
-@contextmanager
-def _storage_errors(what: str) -> Iterator[None]:
-    try:
-        yield
-    except sqlite3.Error as exc:
-        raise StorageError(f"gateway store: {what} failed: {exc}") from None
+def _storage_errors(what: str) -> AbstractContextManager[None]:
+    return translated(f"gateway store: {what} failed")
 
 
 def _leaf(row: tuple[int, bytes, int, bytes, bytes, str, int, int]) -> Leaf:
@@ -151,7 +135,7 @@ class SQLiteLogStore:
         """Open (creating if needed) the store at ``path``; raise StorageError on failure."""
         self.path = path
         with _storage_errors("open"):
-            create_private_database(path)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._writer = _connect(path)
             self._writer.executescript(_SCHEMA)
             self._writer.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
@@ -213,20 +197,15 @@ class SQLiteLogStore:
         """
         with self._write_lock:
             saved = self._range.to_state()
-            with _storage_errors("begin"):
-                self._writer.execute("BEGIN IMMEDIATE")
             try:
-                tx = _Transaction(self._writer, self._range)
-                yield tx
-                tx.flush()
-                with _storage_errors("commit"):
-                    self._writer.execute("COMMIT")
-                self._committed_size = self._range.size
+                with transaction(self._writer, "gateway store: transaction failed"):
+                    tx = _Transaction(self._writer, self._range)
+                    yield tx
+                    tx.flush()
             except BaseException:
                 self._range = merkle.CompactRange.from_state(saved)
-                if self._writer.in_transaction:
-                    self._writer.execute("ROLLBACK")
                 raise
+            self._committed_size = self._range.size
 
     # --- reads -------------------------------------------------------------------------------
 
@@ -338,8 +317,7 @@ class SQLiteLogStore:
         device_id = device_id_for(public_key)
         with self._registry_lock, _storage_errors("register device"):
             conn = self._registry
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(conn, "gateway store: register device failed"):
                 _refuse_claimed(conn, name, public_key)
                 conn.execute(
                     "INSERT INTO devices (device_id, name, public_key, owner, "
@@ -347,10 +325,6 @@ class SQLiteLogStore:
                     (device_id, name, public_key, owner, rate_micro_per_hour, STATUS_ACTIVE,
                      now_ms))
                 conn.execute("INSERT INTO device_keys VALUES (?, 0, ?)", (device_id, public_key))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
             found = _load_device(conn, device_id)
         assert found is not None
         return found

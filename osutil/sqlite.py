@@ -1,9 +1,11 @@
-"""SQLite plumbing shared by every database a runtime package keeps on a device.
+"""SQLite plumbing shared by every database a runtime package keeps.
 
-The agent's outbox, device state file and usage meter are opened the same way: WAL
+The agent's outbox, device state file and usage meter, the gateway's log store and its
+anchor queue are opened the same way (each with its own :class:`Pragmas`): WAL
 journal, ``synchronous=FULL`` (in WAL mode ``NORMAL`` can lose a committed transaction
-after a power cut; ``FULL`` fsyncs the WAL at each commit), explicit transactions, and a
-corruption check at open; a damaged file is moved aside, never crash-looped over. sqlite3
+after a power cut; ``FULL`` fsyncs the WAL at each commit), explicit transactions, and on
+the device a corruption check at open, with a damaged file moved aside, never crash-looped
+over (the gateway's log is never moved aside: it stops with the error). sqlite3
 exceptions stop here: callers see :class:`~protocol.errors.StorageError` or
 :class:`DatabaseCorrupt`.
 """
@@ -16,6 +18,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from protocol.errors import StorageError
@@ -49,28 +52,56 @@ def storage_error(exc: sqlite3.Error, what: str) -> StorageError:
     return StorageError(f"{what}: {exc}")
 
 
-def connect(path: Path, schema: str) -> sqlite3.Connection:
-    """Open (or create) ``path`` in WAL mode, check it, and apply ``schema``.
+@dataclass(frozen=True)
+class Pragmas:
+    """How a database is opened: each database states its own durability choices.
 
-    Returns the connection in autocommit mode (transactions are explicit). Raises
-    DatabaseCorrupt if the file is not a healthy SQLite database and StorageError for any
-    other failure (missing directory, permissions, disk full).
+    The defaults are the device's (an SD card): 1 KiB pages, a 4 MiB cap on the WAL left
+    behind after a checkpoint, and a ``quick_check`` at every open so a damaged file is
+    found before it is written to. ``synchronous`` is FULL everywhere we keep data that a
+    peer was told is safe (a record, a receipt, a signed transaction): in WAL mode NORMAL
+    can lose a committed transaction after a power cut.
     """
+
+    synchronous: str = "FULL"
+    page_size: int | None = PAGE_SIZE  # None: SQLite's default (applies to new files only)
+    journal_size_limit: int | None = 4 * 1024 * 1024
+    busy_timeout_s: float = 10.0
+    quick_check: bool = True
+
+
+DEVICE = Pragmas()
+
+
+def connect(path: Path, schema: str = "", pragmas: Pragmas = DEVICE) -> sqlite3.Connection:
+    """Open (or create) ``path`` in WAL mode with ``pragmas``, check it, apply ``schema``.
+
+    Returns the connection in autocommit mode (transactions are explicit, see
+    :func:`transaction`) usable from any thread. Raises DatabaseCorrupt if the file is not
+    a healthy SQLite database and StorageError for any other failure (missing directory,
+    permissions, disk full).
+    """
+    if pragmas.synchronous not in ("FULL", "EXTRA", "NORMAL"):
+        raise ValueError(f"synchronous={pragmas.synchronous!r}")
     conn = None
     try:
+        create_private_file(path)
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                               timeout=10.0)
-        conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # takes effect only on a new file
+                               timeout=pragmas.busy_timeout_s)
+        if pragmas.page_size is not None:  # takes effect only on a new file
+            conn.execute(f"PRAGMA page_size={int(pragmas.page_size)}")
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise StorageError(f"{path}: cannot use WAL journal (got {mode})")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA journal_size_limit=4194304")
-        check = conn.execute("PRAGMA quick_check").fetchall()
-        if check != [("ok",)]:
-            raise DatabaseCorrupt(f"{path}: quick_check failed: {check[:3]}")
-        conn.executescript(schema)
-        return conn
+        conn.execute(f"PRAGMA synchronous={pragmas.synchronous}")
+        if pragmas.journal_size_limit is not None:
+            conn.execute(f"PRAGMA journal_size_limit={int(pragmas.journal_size_limit)}")
+        if pragmas.quick_check:
+            check = conn.execute("PRAGMA quick_check").fetchall()
+            if check != [("ok",)]:
+                raise DatabaseCorrupt(f"{path}: quick_check failed: {check[:3]}")
+        if schema:
+            conn.executescript(schema)
     except sqlite3.Error as exc:
         if conn is not None:
             conn.close()
@@ -79,6 +110,24 @@ def connect(path: Path, schema: str) -> sqlite3.Connection:
         if conn is not None:
             conn.close()
         raise
+    except OSError as exc:
+        if conn is not None:
+            conn.close()
+        raise StorageError(f"{path}: {exc.strerror or exc}") from None
+    return conn
+
+
+def create_private_file(path: Path) -> None:
+    """Create ``path`` readable by the owner only, if missing (its directory must exist).
+
+    SQLite gives the ``-wal`` and ``-shm`` files the mode of the database file, so the
+    three are 0600 whatever the umask (outside systemd it is often 022). Files an older
+    version left readable by others are tightened. Raises OSError.
+    """
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for part in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if part.exists() and part.stat().st_mode & 0o077:
+            part.chmod(0o600)
 
 
 def move_aside(path: Path, wall_ms: int) -> Path:

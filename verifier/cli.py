@@ -21,13 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from osutil.jsonrpc import JsonRpc
 from protocol.bundle import EthereumAnchor, ProofBundle, verify_bundle
 from protocol.checkpoint import Checkpoint, checkpoint_hash
 from protocol.errors import EdgeproofError, MalformedRecord, VerificationError
 from protocol.keys import load_recipient_key
 from protocol.note import NoteVerifier
 from protocol.signed import parse_signed_record
-from verifier.client import GatewayClient, JsonRpcClient, LoggedRecord
+from verifier.client import TIMEOUT_S, GatewayClient, LoggedRecord, anchoring_transaction
 from verifier.recipient import key_for_seq, open_records
 
 
@@ -254,12 +255,15 @@ def _anchor(rpc: str, note: str, info: dict[str, Any],
             extra: dict[str, object]) -> EthereumAnchor:
     """The transaction that anchored ``note``, as the chain at ``rpc`` reports it."""
     tx_hash = str(info["tx_hash"])
-    chain = JsonRpcClient(rpc)
-    tx_input, block, status = chain.transaction(tx_hash)
-    if status != 1:
-        raise VerificationError(f"anchor: transaction {tx_hash} failed on chain")
-    extra["anchored_checkpoint_hash"] = checkpoint_hash(note).hex()
-    return EthereumAnchor(chain.chain_id(), tx_hash, block, tx_input)
+    chain = JsonRpc(rpc, timeout_s=TIMEOUT_S)
+    try:
+        tx_input, block, status = anchoring_transaction(chain, tx_hash)
+        if status != 1:
+            raise VerificationError(f"anchor: transaction {tx_hash} failed on chain")
+        extra["anchored_checkpoint_hash"] = checkpoint_hash(note).hex()
+        return EthereumAnchor(chain.chain_id(), tx_hash, block, tx_input)
+    finally:
+        chain.close()
 
 
 def _cmd_decrypt(args: argparse.Namespace) -> int:

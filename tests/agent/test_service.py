@@ -19,13 +19,13 @@ from agent.credits import MeterDamaged, UsageMeter
 from agent.identity import create_identity
 from agent.outbox import DeviceState, Outbox, OutboxSettings
 from agent.records import EpochPolicy, RecordFactory, RecordWriter
-from agent.sdnotify import Notifier
 from agent.sensors import load_simulated_hardware
 from agent.service import AgentService, ServiceOptions
 from agent.status import collect_status
 from agent.usage_reports import UsageReporter
 from firmware_sim.broker import MosquittoBroker
 from firmware_sim.hardware import DHTFaults, TvSchedule
+from osutil.sdnotify import Notifier
 from protocol import reasons
 from protocol.errors import KeyFileError, TransportError
 from protocol.keys import SigningKey, device_id_for, load_device_key

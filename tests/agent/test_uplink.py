@@ -19,9 +19,9 @@ from agent.uplink import (
     MqttTransport,
     Uplink,
     UplinkSettings,
-    parse_broker_url,
 )
 from firmware_sim.broker import MosquittoBroker, free_port
+from osutil.brokerurl import parse_broker_url
 from protocol import reasons
 from protocol.errors import KeyFileError
 from protocol.keys import Secret, SigningKey, device_id_for
@@ -53,7 +53,7 @@ class Device:
         self.outbox.attach(factory)
         self.writer = RecordWriter(factory, self.outbox, {}, policy=EpochPolicy(),
                                    clock=self.clock)
-        host, port, use_tls = parse_broker_url(broker_url)
+        host, port, use_tls = parse_broker_url(broker_url, "broker_url")
         ca, cert, client_key = tls if tls else (None, None, None)
         broker = BrokerSettings(broker_url, host, port, use_tls, ca_file=ca, cert_file=cert,
                                 key_file=client_key, username=username,

@@ -16,7 +16,7 @@ from firmware_sim.broker import MosquittoBroker
 from gateway.cli import main
 from gateway.config import HttpLimits, load_config
 from gateway.ingest import subscription_filter
-from gateway.sdnotify import Notifier
+from osutil.sdnotify import Notifier
 from protocol.errors import ConfigError
 from protocol.keys import write_secret_file
 from protocol.note import NoteVerifier
@@ -120,9 +120,9 @@ def test_sd_notify_sends_datagrams_to_the_notify_socket(tmp_path) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
         server.bind(str(path))
         notifier = Notifier({"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "4000000"})
-        assert notifier.watchdog_interval_s == 2.0
+        assert notifier.watchdog_ms == 4000
         notifier.ready("log size 0")
-        notifier.watchdog()
+        notifier.watchdog(0, progressed=True)
         assert server.recv(100) == b"READY=1\nSTATUS=log size 0"
         assert server.recv(100) == b"WATCHDOG=1"
     silent = Notifier({})
