@@ -1,6 +1,6 @@
 """End-to-end benchmark: agent components, a real Mosquitto and a real gateway process.
 
-Everything runs on a provisioned testbed (firmware_sim.testbed: ``edgeproof-provision``
+Everything runs on a provisioned testbed (tests.harness.testbed: ``edgeproof-provision``
 fleet, Mosquitto with its generated config and ACL, ``python -m gateway.cli run``). Prints
 one line per figure and ends with ONE line of JSON. Never asserts.
 
@@ -53,12 +53,12 @@ from agent.clock import ManualClock, SystemClock
 from agent.outbox import DeviceState, Outbox, OutboxSettings
 from agent.records import EpochPolicy, RecordFactory, RecordWriter
 from agent.uplink import BrokerSettings, GatewayKey, Uplink, UplinkSettings
-from firmware_sim.testbed import DeviceCredentials, Testbed, provision, wait_for_login
 from protocol.batch import Batch
 from protocol.keys import Secret, SigningKey, load_device_key
 from protocol.receipt import Receipt
 from protocol.record import Measurement
 from protocol.signed import parse_signed_record
+from tests.harness.testbed import DeviceCredentials, Testbed, provision, wait_for_login
 
 CLIMATE = (Measurement(214, -1, "Cel"), Measurement(473, -1, "%RH"))
 DAY_MS = 86_400_000

@@ -1,4 +1,4 @@
-"""The agent with a wall clock a test can step: ``python -m firmware_sim.testbed_agent``.
+"""The agent with a wall clock a test can step: ``python -m tests.harness.testbed_agent``.
 
 The agent has no flag to shift its wall clock (a real device gets its time from the
 kernel), but a fault test needs a Pi's clock jumping backwards after a power cut or
@@ -10,7 +10,7 @@ read at start and again on every SIGUSR1, so a running agent's clock jumps at on
 monotonic clock is never shifted (it cannot jump on a real device either), and the
 simulated world keeps true time (a TV schedule does not follow a wrong clock).
 
-Usage: ``python -m firmware_sim.testbed_agent --clock-file FILE -- <edgeproof-agent run args>``
+Usage: ``python -m tests.harness.testbed_agent --clock-file FILE -- <edgeproof-agent run args>``
 """
 
 from __future__ import annotations

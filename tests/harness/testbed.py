@@ -7,12 +7,12 @@ broker passwords and ACL), then runs every part as its own process:
 - Mosquitto with the generated, locked-down config (:class:`~firmware_sim.broker.MosquittoBroker`);
 - the gateway, ``python -m gateway.cli run --config <fleet's gateway.toml>``;
 - N agents, ``python -m agent.cli run --config FILE --simulate`` (or, for agents whose wall
-  clock a test steps, :mod:`firmware_sim.testbed_agent`), each connected to the broker
-  through its own :class:`~firmware_sim.netproxy.NetProxy` so its network can be cut.
+  clock a test steps, :mod:`tests.harness.testbed_agent`), each connected to the broker
+  through its own :class:`~tests.harness.netproxy.NetProxy` so its network can be cut.
 
 Each component can be killed with SIGKILL, stopped and started again; the broker can come
 back with or without its persistence. Nothing here asserts: the invariants are checked
-from the outside by :mod:`firmware_sim.invariants`.
+from the outside by :mod:`tests.harness.invariants`.
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ import httpx
 
 from firmware_sim.broker import MosquittoBroker, free_port
 from firmware_sim.fleet_mqtt import check_login
-from firmware_sim.netproxy import NetProxy
 from firmware_sim.procs import Child, spawn
 from firmware_sim.stack import StackError, run_provision
-from firmware_sim.testbed_agent import write_clock_file
 from protocol.errors import RejectedByPeer, TransportError
+from tests.harness.netproxy import NetProxy
+from tests.harness.testbed_agent import write_clock_file
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 30.0
 TomlValue = str | int | float | bool | Sequence[str | int | float | bool]
 
@@ -78,7 +78,7 @@ class AgentSpec:
     full_policy: str = "drop-oldest"
     commit_window_s: float = 0.5
     final_flush_s: float = 20.0
-    shiftable_clock: bool = True  # run through firmware_sim.testbed_agent
+    shiftable_clock: bool = True  # run through tests.harness.testbed_agent
     usage_report_s: float = 5.0
 
 
@@ -189,7 +189,7 @@ class AgentProcess(Process):
         self.clock_file = root / "clock.json"
         args = ["--config", str(self.config), "--simulate", "--state-dir", str(self.state_dir)]
         if spec.shiftable_clock:
-            argv = [sys.executable, "-m", "firmware_sim.testbed_agent", "--clock-file",
+            argv = [sys.executable, "-m", "tests.harness.testbed_agent", "--clock-file",
                     str(self.clock_file), "--", *args]
         else:
             argv = [sys.executable, "-m", "agent.cli", "run", *args]
