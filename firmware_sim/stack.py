@@ -119,8 +119,8 @@ class Stack:
         self.broker = MosquittoBroker(self.broker_dir, port=self.broker_port,
                                       config_file=self.broker_dir / "mosquitto.conf",
                                       die_with_parent=True)
-        self.gateway = GatewayProcess(self.fleet_dir / fleet_files.GATEWAY_CONFIG,
-                                      self.gateway_url, self.workdir / "logs" / "gateway.log")
+        self.gateway = GatewayProcess(self.gateway_config, self.gateway_url,
+                                      self.workdir / "logs" / "gateway.log")
 
     @property
     def fleet_dir(self) -> Path:
@@ -211,7 +211,7 @@ class Stack:
 
     def _tune_gateway_config(self) -> None:
         """Checkpoint every few seconds, so a record is provable soon after it is logged."""
-        path = self.fleet_dir / fleet_files.GATEWAY_CONFIG
+        path = self.gateway_config
         text = path.read_text(encoding="utf-8")
         if "checkpoints" in tomllib.loads(text):
             return
