@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.clock import ManualClock
 from agent.credits import UsageMeter
 from agent.sensors import DigitalInputSensor, SensorConfig, build_sensors
 from firmware_sim.hardware import SimulatedHardware
@@ -18,24 +19,6 @@ from protocol.record import Usage, credit_micro
 
 RATE = 1_000_000  # micro-credits per hour of use
 DAY = 19_700
-
-
-class Clock:
-    """The device's clocks. The wall clock can be stepped on its own, as after a power cut."""
-
-    def __init__(self, wall_s: float, mono_ms: int = 10_000) -> None:
-        self.mono = mono_ms
-        self.wall = round(wall_s * 1000)
-
-    def mono_ms(self) -> int:
-        return self.mono
-
-    def wall_ms(self) -> int:
-        return self.wall
-
-    def advance(self, ms: int) -> None:
-        self.mono += ms
-        self.wall += ms
 
 
 def meter_at(tmp_path: Path, boot: int = 1, interval_s: float = 60.0) -> UsageMeter:
@@ -49,7 +32,7 @@ def run_evening(tmp_path: Path, seed: int, *, wall_jump_ms: int = 0, poll: bool 
     Returns (metered usage ms, the schedule's on-time in s computed from the model).
     """
     start = DAY * DAY_S + 18 * 3600 + 1800
-    clock = Clock(start)
+    clock = ManualClock(wall_ms=round(start * 1000), mono_ms=10_000)
     hw = SimulatedHardware(seed, tmp_path / "world", clock)
     sensors = build_sensors([SensorConfig("power_sense", "tv", 1, pin=17)], "simulated", sim=hw)
     tv = sensors.by_stream("tv")
@@ -60,7 +43,7 @@ def run_evening(tmp_path: Path, seed: int, *, wall_jump_ms: int = 0, poll: bool 
     true_s = start
     for second in range(5 * 3600):
         if second == 2 * 3600 + 1234:
-            clock.wall += wall_jump_ms  # the device's wall clock steps; the world does not
+            clock.jump_wall(wall_jump_ms)  # the device's wall clock steps; the world does not
         hw.advance(true_s, clock.mono_ms())
         if poll:
             meter.observe(tv.is_active(), clock.mono_ms())

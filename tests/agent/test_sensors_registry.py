@@ -1,8 +1,9 @@
 """Building sensors for a named backend: isolation of failures, no silent mock fallback,
-config validation. (That the agent never imports firmware_sim is tests/test_import_rules.py.)"""
+config validation, and the one-way import of the simulated hardware."""
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,8 @@ from typing import Any
 import pytest
 from gpiozero.pins.mock import MockFactory
 
+import agent
+from agent.clock import ManualClock
 from agent.sensors import (
     DHT22Sensor,
     DigitalInputSensor,
@@ -31,17 +34,9 @@ ALL_KINDS = [
 ]
 
 
-class Clock:
-    def mono_ms(self) -> int:
-        return 1_000
-
-    def wall_ms(self) -> int:
-        return 1_700_000_000_000
-
-
 @pytest.fixture
 def sim(tmp_path: Path) -> Iterator[SimulatedHardware]:
-    hw = load_simulated_hardware(5, tmp_path, Clock())
+    hw = load_simulated_hardware(5, tmp_path, ManualClock())
     yield hw
     hw.close()
 
@@ -135,9 +130,25 @@ def test_simulated_dht_runs_the_real_driver(sim: Any) -> None:
 
 def test_missing_simulated_hardware_module_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="simulated hardware unavailable"):
-        load_simulated_hardware(1, tmp_path, Clock(), module_name="firmware_sim.no_such")
+        load_simulated_hardware(1, tmp_path, ManualClock(), module_name="firmware_sim.no_such")
     with pytest.raises(ConfigError, match="has no SimulatedHardware"):
-        load_simulated_hardware(1, tmp_path, Clock(), module_name="firmware_sim.hardware.models")
+        load_simulated_hardware(1, tmp_path, ManualClock(),
+                                module_name="firmware_sim.hardware.models")
+
+
+def test_agent_never_imports_firmware_sim_statically() -> None:
+    root = Path(agent.__file__).parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [f"{path.name}: {n}" for n in names
+                          if n.split(".")[0] in ("firmware_sim", "gateway", "provisioning")]
+    assert offenders == []
 
 
 # --- configuration -------------------------------------------------------------------------

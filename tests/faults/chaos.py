@@ -1,4 +1,4 @@
-"""Seeded fault injection against a :class:`firmware_sim.testbed.Testbed`.
+"""Seeded fault injection against a :class:`tests.harness.testbed.Testbed`.
 
 :class:`Chaos` applies one fault at a time at a random (seeded) moment, lets the system
 run under it for a random while, and undoes it: ``kill -9`` of an agent, the gateway or
@@ -27,7 +27,8 @@ import httpx
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from firmware_sim.invariants import (
+from protocol.batch import Batch, records_topic
+from tests.harness.invariants import (
     LogView,
     OutboxView,
     Report,
@@ -36,8 +37,7 @@ from firmware_sim.invariants import (
     check_device,
     check_log,
 )
-from firmware_sim.testbed import AgentProcess, AgentSpec, SensorSpec, Testbed
-from protocol.batch import Batch, records_topic
+from tests.harness.testbed import AgentProcess, AgentSpec, SensorSpec, Testbed
 
 FAULT_KINDS = ("kill_agent", "kill_gateway", "kill_broker", "broker_no_persistence",
                "net_cut", "net_blackhole", "clock_jump", "outbox_cap", "duplicate_reorder")
@@ -280,7 +280,7 @@ def _wait_drained(tb: Testbed, timeout_s: float = 120.0) -> None:
 
 def check_all(tb: Testbed, observer: WireObserver | None, notes: set[str], *,
               drained: bool) -> Report:
-    """Every invariant of firmware_sim.invariants over the whole testbed."""
+    """Every invariant of tests.harness.invariants over the whole testbed."""
     views = {a.spec.name: OutboxView.read(a.outbox, bytes.fromhex(a.device_id))
              for a in tb.agents.values()}  # outboxes first: the log can only be ahead
     log = LogView.read(tb.gateway_db)

@@ -27,13 +27,14 @@ import httpx
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from firmware_sim.invariants import LogView, OutboxView, check_device
-from firmware_sim.testbed import AgentSpec, DeviceCredentials, Testbed
+from firmware_sim.stack import SimDevice
 from protocol.batch import Batch, receipts_topic, records_topic
 from protocol.keys import load_device_key
 from protocol.note import NoteVerifier
 from protocol.receipt import Receipt, Status
 from tests.faults.badinput import DUPLICATE, Hostile, HostileFactory, Mallory
+from tests.harness.invariants import LogView, OutboxView, check_device
+from tests.harness.testbed import AgentSpec, Testbed
 
 COUNTS = {"random_bytes": 1500, "truncated": 1500, "nested": 1000, "oversize": 40,
           "wrong_key": 1500, "bit_flip": 1500, "wrong_kid": 1000, "replay": 1000,
@@ -47,7 +48,7 @@ RECEIPTS_TIMEOUT_S = 300.0
 class Attacker:
     """Mallory's MQTT client: publishes, and collects its verified receipts."""
 
-    def __init__(self, tb: Testbed, creds: DeviceCredentials, verifier_key: str) -> None:
+    def __init__(self, tb: Testbed, creds: SimDevice, verifier_key: str) -> None:
         verifier = NoteVerifier.from_text(verifier_key)
         self._public, self._kid = verifier.public_key, verifier.key_id
         self.device_id = bytes.fromhex(creds.device_id)
