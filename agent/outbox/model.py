@@ -9,14 +9,20 @@ from typing import Literal
 FullPolicy = Literal["drop-oldest", "reject-new"]
 FULL_POLICIES: tuple[str, ...] = ("drop-oldest", "reject-new")
 
+# The gap reason for numbers an unclean stop followed by a reboot (a power cut, a kernel
+# crash) left unaccounted for. A drop reason like protocol.reasons.OUTBOX_FULL; it lives
+# here until protocol/reasons.py (owned by the protocol work) takes it over.
+UNCLEAN_REBOOT = "unclean_reboot"
+
 
 @dataclass(frozen=True)
 class OutboxSettings:
     """How the outbox commits and how big it may grow.
 
-    ``commit_window_ms`` / ``commit_max_records`` form the group-commit window: a power cut
-    loses at most the records appended since the last commit (at most that long or that
-    many). ``max_bytes`` bounds the stored signed bytes; ``full_policy`` says what happens
+    ``commit_window_ms`` / ``commit_max_records`` form the group-commit window: a crash of
+    the process loses nothing (the journal), a power cut at most the records appended since
+    the last commit (at most that long or that many), declared as a gap. ``max_bytes``
+    bounds the stored signed bytes; ``full_policy`` says what happens
     when it is reached.
     """
 

@@ -35,14 +35,18 @@ _SCHEMA = "CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value INTEGE
 class DeviceState:
     """The device's durable counters (see the module docstring)."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: Path,
+                 on_durable: Callable[[], None] | None = None) -> None:
         self._conn = conn
         self.path = path
+        self._on_durable = on_durable
 
     @classmethod
-    def open(cls, path: Path, wall_ms: Callable[[], int]) -> DeviceState:
+    def open(cls, path: Path, wall_ms: Callable[[], int],
+             on_durable: Callable[[], None] | None = None) -> DeviceState:
         """Open or create the state file; a damaged one is moved aside with a loud error.
 
+        ``on_durable`` is called after each fsynced commit (the tests' power-cut model).
         Raises StorageError if no usable file can be opened.
         """
         def corrupt(moved: Path, why: str) -> None:
@@ -50,7 +54,7 @@ class DeviceState:
                       path, why, moved)
 
         conn, _ = open_or_move_aside(path, _SCHEMA, wall_ms, corrupt)
-        return cls(conn, path)
+        return cls(conn, path, on_durable)
 
     def get(self, name: str, default: int = 0) -> int:
         """Return counter ``name`` (``default`` if it was never set)."""
@@ -66,6 +70,8 @@ class DeviceState:
                 "INSERT INTO state(name, value) VALUES(?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
                 list(values.items()))
+        if self._on_durable is not None:
+            self._on_durable()
 
     def next_boot(self, at_least: int = 0) -> int:
         """Increment and durably store the boot counter; return the new value.

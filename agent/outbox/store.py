@@ -5,10 +5,18 @@ Guarantees (docs/AGENT.md, "Outbox"):
 - **Sequence numbers** are assigned here, inside the transaction that stores the record,
   from a durable reservation in :class:`~agent.outbox.state.DeviceState`; a number is never
   reused, not after ``kill -9`` and not after a damaged outbox file is replaced.
-- **Group commit**: appends go into one open transaction that commits when the window
-  (``commit_window_ms``) ends or ``commit_max_records`` are pending, with
-  ``synchronous=FULL``. That window is the durability window after a power cut. Only
-  committed records are handed to the uplink.
+- **Journal, then group commit**: every change is first handed to the kernel in the
+  journal (:mod:`agent.outbox.journal`, one ``write``, no fsync), so a ``kill -9`` of the
+  agent loses nothing: the next start replays it. SQLite gets the changes in one
+  transaction when the window (``commit_window_ms``) ends or ``commit_max_records`` are
+  pending (``synchronous=FULL``: one fsync per window); records receipted before that
+  never touch SQLite. The window is what a power cut can lose.
+- **Sending before the fsync, never reusing a number**: a record may be sent once it is in
+  the journal and its number is at most ``send_limit``, a bound written durably with each
+  group commit. After a reboot that followed an unclean stop (a power cut or a kernel
+  crash: the kernel's boot id changed) the journal may have lost its tail: numbering
+  resumes above ``send_limit`` and a ``gap`` record (reason ``unclean_reboot``) declares
+  the numbers the device can no longer account for.
 - **Bounded in bytes** with a full policy: ``drop-oldest`` deletes the oldest unprotected
   records (about a tenth of the cap at a time), ``reject-new`` refuses the new record and
   burns its number. Either way the drop is counted and declared to the gateway with a
@@ -27,6 +35,7 @@ Guarantees (docs/AGENT.md, "Outbox"):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import sqlite3
@@ -36,7 +45,14 @@ from pathlib import Path
 from typing import Protocol
 
 from agent.clock import Clock
-from agent.outbox.model import OutboxSettings, OutboxStats, ReceiptResult, consecutive_runs
+from agent.outbox.journal import Dropped, Journal, Op, Refused, Stored, kernel_boot_id, read_journal
+from agent.outbox.model import (
+    UNCLEAN_REBOOT,
+    OutboxSettings,
+    OutboxStats,
+    ReceiptResult,
+    consecutive_runs,
+)
 from agent.outbox.rows import (
     SCHEMA,
     hash_prefix,
@@ -50,7 +66,7 @@ from osutil.sqlite import move_aside, open_or_move_aside, storage_error, transla
 from protocol import reasons
 from protocol.errors import StorageError
 from protocol.receipt import Receipt, Status
-from protocol.record import GENESIS_PREV, Gap
+from protocol.record import GENESIS_PREV, Body, Gap
 
 log = logging.getLogger(__name__)
 
@@ -65,20 +81,34 @@ class GapSigner(Protocol):
 
     def sign_gap(self, seq: int, prev: bytes, gap: Gap) -> bytes: ...
 
+    def sign_body(self, seq: int, prev: bytes, stream: str, body: Body, *,
+                  mono_ms: int | None = None, boot: int | None = None) -> bytes: ...
+
+
+Pending = tuple[str, bool, bytes]  # stream, protected, signed bytes
+
 
 class Outbox:
     """The device's crash-safe outbox. Thread-safe (one connection behind a lock)."""
 
     def __init__(self, path: Path, settings: OutboxSettings, state: DeviceState,
-                 clock: Clock) -> None:
+                 clock: Clock, *, kernel_boot: Callable[[], str] = kernel_boot_id,
+                 on_durable: Callable[[], None] | None = None) -> None:
+        """``kernel_boot`` names the running kernel (tests simulate a reboot with it);
+        ``on_durable`` is called right after each fsynced commit (the power-cut model in
+        the tests snapshots the files there)."""
         self.path = path
         self.settings = settings
         self._state = state
         self._clock = clock
+        self._kernel_boot = kernel_boot
+        self._on_durable = on_durable
         self._lock = threading.RLock()
         self._signer: GapSigner | None = None
         self.boot = -1
         self.generation = 0  # bumped when a damaged file is replaced while running
+        self._journal = Journal(path.with_name(path.name + ".journal"))
+        self._send_ahead = max(64, 2 * settings.commit_max_records)
         self._open_file()
 
     # --- opening, recovery ---------------------------------------------------------------
@@ -91,8 +121,10 @@ class Outbox:
         self._txn_started = 0
         self._txn_records = 0
         self._rejected: tuple[int, int, int] | None = None  # (first, last, since mono)
+        self._pending: dict[int, Pending] = {}  # journaled, not yet in SQLite (seq order)
+        self._unclean: tuple[int, int, int, int] | None = None  # first, last, boot, mono
         with translated(str(self.path)):
-            self._load()
+            self._load(replay=not (fresh or replaced))
         issued_before = self._state.seq_reserved > 0
         self._lost: tuple[int, int] | None = None
         if replaced or (fresh and issued_before and self._head_seq < 0):
@@ -103,7 +135,7 @@ class Outbox:
                   "were not yet receipted are declared as a gap.", self.path, why, moved)
         self._state.count("corrupt_outboxes")
 
-    def _load(self) -> None:
+    def _load(self, replay: bool) -> None:
         meta = dict(self._conn.execute("SELECT name, value FROM meta").fetchall())
         self._counters = {k[2:]: int(v) for k, v in meta.items() if k.startswith("c_")}
         self._head_seq = int(meta.get("head_seq", -1))
@@ -116,23 +148,76 @@ class Outbox:
             mono = self._clock.mono_ms()
             self._rejected = (int(meta["rej_first"]), int(meta["rej_last"]), mono)
         self._committed_through = self._head_seq
-        self._held = self._find_held(meta)
         self._bytes = int(self._conn.execute(
             "SELECT coalesce(sum(length(raw)), 0) FROM records").fetchone()[0])
+        self._generation = int(meta.get("journal_gen", 0))
+        self._send_limit = int(meta.get("send_limit", self._head_seq))
+        if replay:
+            self._replay()
+        self._held = self._find_held(meta)
         if self.boot < 0:  # first open in this process: a new boot
             self.boot = self._state.next_boot(at_least=int(meta.get("boot", -1)) + 1)
+        kernel = self._kernel_boot()
+        previous = meta.get("running_kernel")
+        if previous is not None and (not kernel or previous != kernel):
+            self._resume_after_reboot(int(meta.get("boot", -1)),
+                                      int(meta.get("commit_mono_ms", 0)))
         reserved = max(self._state.seq_reserved, int(meta.get("seq_reserved", 0)))
         if reserved > self._state.seq_reserved:  # the state file was lost; the copy wins
             self._state.set_many({"seq_reserved": reserved})
         self._reserved = reserved
-        self._write_meta({"boot": self.boot, "seq_reserved": reserved}, autocommit=True)
+        # Durable before anything is sent: this run is under way (unclean until close()).
+        self._write_meta({"boot": self.boot, "seq_reserved": reserved,
+                          "running_kernel": kernel})
+        self.commit()
+
+    def _replay(self) -> None:
+        """Apply what the journal holds beyond the last commit (a crash of the process)."""
+        generation, ops = read_journal(self._journal.path)
+        if generation != self._generation or not ops:
+            return  # none, or already in SQLite (the commit was durable, the reset was not)
+        for op in ops:
+            self._apply(op)
+        log.warning("outbox: replayed %d changes a crash left in the journal (through seq "
+                    "%d)", len(ops), self._head_seq)
+
+    def _apply(self, op: Op) -> None:
+        self._begin()
+        if isinstance(op, Stored):
+            self._pending[op.seq] = (op.stream, op.protected, op.raw)
+            self._head_seq, self._head_hash = op.seq, hashlib.sha256(op.raw).digest()
+            self._bytes += len(op.raw)
+            self._txn_records += 1
+            if op.stream == "gap":
+                self._bump("gaps_declared")
+        elif isinstance(op, Dropped):
+            self._bytes -= self._delete(op.seqs)
+            self._bump("dropped", len(op.seqs))
+            self._bump("drop_events")
+            self._write_meta({"head_seq": self._head_seq, "head_hash": self._head_hash})
+        else:
+            self._refused(op.seq)
+
+    def _resume_after_reboot(self, boot: int, mono_ms: int) -> None:
+        """The last run stopped uncleanly and the kernel rebooted since: the journal's tail
+        may be gone, and any number up to ``send_limit`` may have been sent. Resume above
+        it (never reusing a number) and declare what cannot be accounted for."""
+        if self._send_limit <= self._head_seq:
+            return  # nothing beyond what survived was allowed out
+        first, high = self._head_seq + 1, self._send_limit + 1
+        # `high` was never sent (above the limit): the gap record after it has no logged
+        # neighbour to contradict its zero `prev`.
+        self._unclean = (first, high, boot, mono_ms)
+        self._head_seq, self._head_hash = high, GENESIS_PREV
+        log.error("outbox: the last run (boot %d) stopped without closing and the device "
+                  "rebooted since; records %d..%d may be lost (unsynced at the power cut) and "
+                  "are declared as a gap", boot, first, high)
 
     def _find_held(self, meta: dict[str, object]) -> int | None:
         if meta.get("held_seq") is None or meta.get("held_status") is not None:
             return None
         seq = int(str(meta["held_seq"]))
-        row = self._conn.execute("SELECT 1 FROM records WHERE seq = ?", (seq,)).fetchone()
-        return seq if row is not None else None
+        return seq if self._row(seq) is not None else None
 
     def _mark_lost(self) -> None:
         low = self._state.get("receipted_through", -1) + 1
@@ -153,6 +238,14 @@ class Outbox:
                 self._lost = None
                 self._append_gap(first, last, reasons.OUTBOX_CORRUPT)
                 self.commit()
+            if self._unclean is not None:
+                # Signed as the boot that lost them, at its last durable moment: the gap
+                # names that boot, and its time span starts at this record's mono_ms.
+                first, last, boot, mono = self._unclean
+                self._unclean = None
+                self._append_gap(first, last, UNCLEAN_REBOOT,
+                                 boot=boot if boot >= 0 else None, mono_ms=mono)
+                self.commit()
 
     def recover(self) -> None:
         """Replace a file that turned out damaged while running; declare what may be lost.
@@ -162,6 +255,7 @@ class Outbox:
         with self._lock:
             with contextlib.suppress(sqlite3.Error):  # it is damaged; we only let go of it
                 self._conn.close()
+            self._journal.close()
             moved = move_aside(self.path, self._clock.wall_ms())
             self._report_corrupt(moved, "error while running")
             self._open_file()  # a fresh file after issued numbers: marks the lost range
@@ -263,7 +357,9 @@ class Outbox:
 
     def _receipted_through(self) -> int:
         row = self._conn.execute("SELECT min(seq) FROM records").fetchone()
-        return int(row[0]) - 1 if row[0] is not None else self._committed_through
+        if row[0] is not None:
+            return int(row[0]) - 1
+        return next(iter(self._pending)) - 1 if self._pending else self._head_seq
 
     def _begin(self) -> None:
         if not self._txn_open:
@@ -273,12 +369,35 @@ class Outbox:
             self._txn_records = 0
 
     def _store(self, seq: int, stream: str, protected: bool, raw: bytes) -> None:
+        self._journal.append(Stored(seq, stream, protected, raw))  # raises before any change
         self._begin()
-        self._conn.execute("INSERT INTO records(seq, stream, protected, raw) VALUES(?,?,?,?)",
-                           (seq, stream, int(protected), raw))
+        self._pending[seq] = (stream, protected, raw)
         self._head_seq, self._head_hash = seq, hashlib.sha256(raw).digest()
         self._bytes += len(raw)
         self._txn_records += 1
+
+    def _delete(self, seqs: tuple[int, ...]) -> int:
+        """Delete stored records (pending or in SQLite); return the bytes freed."""
+        freed = 0
+        for seq in seqs:
+            item = self._pending.pop(seq, None)
+            if item is not None:
+                freed += len(item[2])
+                continue
+            row = self._conn.execute("SELECT length(raw) FROM records WHERE seq = ?",
+                                     (seq,)).fetchone()
+            if row is not None:
+                freed += int(row[0])
+                self._conn.execute("DELETE FROM records WHERE seq = ?", (seq,))
+        return freed
+
+    def _row(self, seq: int) -> tuple[str, bytes] | None:
+        item = self._pending.get(seq)
+        if item is not None:
+            return item[0], item[2]
+        row = self._conn.execute("SELECT stream, raw FROM records WHERE seq = ?",
+                                 (seq,)).fetchone()
+        return None if row is None else (str(row[0]), bytes(row[1]))
 
     def _make_room(self, need: int) -> list[int]:
         if self.settings.full_policy != "drop-oldest":
@@ -298,10 +417,16 @@ class Outbox:
             if not chunk:
                 break
         rows.close()
+        for seq, (_, protected, raw) in self._pending.items():  # the newest come last
+            if self._bytes - freed <= target:
+                break
+            if not protected:
+                dropped.append(seq)
+                freed += len(raw)
         if dropped:
+            self._journal.append(Dropped(tuple(dropped)))
             self._begin()
-            self._conn.executemany("DELETE FROM records WHERE seq = ?", [(s,) for s in dropped])
-            self._bytes -= freed
+            self._bytes -= self._delete(tuple(dropped))
             self._bump("dropped", len(dropped))
             self._bump("drop_events")
             self._write_meta({"head_seq": self._head_seq, "head_hash": self._head_hash})
@@ -310,6 +435,10 @@ class Outbox:
         return dropped
 
     def _refuse(self, seq: int) -> None:
+        self._journal.append(Refused(seq))
+        self._refused(seq)
+
+    def _refused(self, seq: int) -> None:
         # The number is burned (never reused); the chain continues from the last kept record.
         self._begin()
         self._head_seq = seq
@@ -335,11 +464,17 @@ class Outbox:
         self._conn.execute("DELETE FROM meta WHERE name IN ('rej_first', 'rej_last')")
         self._append_gap(first, last, reasons.OUTBOX_FULL)
 
-    def _append_gap(self, first: int, last: int, reason: str) -> None:
+    def _append_gap(self, first: int, last: int, reason: str, *, boot: int | None = None,
+                    mono_ms: int | None = None) -> None:
         if self._signer is None:
             raise StorageError("outbox has no gap signer attached")
         seq = self._next_seq()
-        raw = self._signer.sign_gap(seq, self._head_hash, Gap(first, last, reason))
+        gap = Gap(first, last, reason)
+        if boot is None and mono_ms is None:
+            raw = self._signer.sign_gap(seq, self._head_hash, gap)
+        else:
+            raw = self._signer.sign_body(seq, self._head_hash, "gap", gap, mono_ms=mono_ms,
+                                         boot=boot)
         self._store(seq, "gap", True, raw)
         self._bump("gaps_declared")
         log.warning("declared gap %d..%d (%s) in record %d", first, last, reason, seq)
@@ -347,11 +482,36 @@ class Outbox:
     # --- committing ---------------------------------------------------------------------
 
     def commit(self) -> None:
-        """Commit the open group (fsync). Raises StorageError if the commit fails."""
+        """Commit the open group (fsync) and start the journal anew.
+
+        Records still pending go into SQLite (those receipted meanwhile never do), with the
+        deferred deletions and the new ``send_limit``. Raises StorageError if the commit
+        fails (the journal is kept, so a crash then still replays it).
+        """
         with self._lock, translated(str(self.path)):
-            if self._txn_open:
-                self._conn.execute("COMMIT")
+            if self._txn_open or self._pending:
+                self._begin()
+                self._conn.executemany(
+                    "INSERT INTO records(seq, stream, protected, raw) VALUES(?,?,?,?)",
+                    [(s, st, int(p), raw) for s, (st, p, raw) in self._pending.items()])
+                generation = self._generation + 1
+                limit = max(self._send_limit, self._head_seq + self._send_ahead)
+                self._write_meta({"journal_gen": generation, "send_limit": limit,
+                                  "head_seq": self._head_seq, "head_hash": self._head_hash,
+                                  "commit_mono_ms": self._clock.mono_ms()})
+                try:
+                    self._conn.execute("COMMIT")
+                except sqlite3.Error:
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                    self._txn_open = False
+                    raise
                 self._txn_open = False
+                self._pending.clear()
+                self._generation, self._send_limit = generation, limit
+                if self._on_durable is not None:
+                    self._on_durable()
+                self._journal.start(generation)
             self._committed_through = self._head_seq
 
     def maybe_commit(self) -> bool:
@@ -364,7 +524,8 @@ class Outbox:
             if self._rejected is not None and now - self._rejected[2] >= _GAP_DECLARE_MS:
                 with translated(str(self.path)):
                     self._declare_rejected()
-            if self._txn_open and now - self._txn_started >= self.settings.commit_window_ms:
+            if ((self._txn_open or self._pending)
+                    and now - self._txn_started >= self.settings.commit_window_ms):
                 self.commit()
                 return True
             return False
@@ -382,13 +543,18 @@ class Outbox:
         return self._committed_through
 
     @property
+    def send_limit(self) -> int:
+        """The highest number the last durable commit allows out (see the module doc)."""
+        return self._send_limit
+
+    @property
     def sendable_through(self) -> int:
-        """The uplink may send records up to this one: committed, and not behind a held
-        record that still waits for its receipt."""
+        """The uplink may send records up to this one: in the journal (a crash of the
+        process keeps them), within the durable ``send_limit`` (a power cut can never make
+        a sent number reused), and not behind a held record awaiting its receipt."""
         with self._lock:
-            if self._held is None:
-                return self._committed_through
-            return min(self._committed_through, self._held)
+            limit = min(self._head_seq, self._send_limit)
+            return limit if self._held is None else min(limit, self._held)
 
     # --- what the uplink reads and what receipts remove --------------------------------
 
@@ -398,10 +564,16 @@ class Outbox:
         At least one record is returned if any is there, however large.
         """
         with self._lock, translated(str(self.path)):
-            rows = self._conn.execute(
+            limit = self.sendable_through
+            rows = [(int(s), bytes(r)) for s, r in self._conn.execute(
                 "SELECT seq, raw FROM records WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
-                (after_seq, self.sendable_through, max_records)).fetchall()
-        return within_bytes([(int(s), bytes(r)) for s, r in rows], max_bytes)
+                (after_seq, limit, max_records)).fetchall()]
+            for seq, (_, _, raw) in self._pending.items():  # all above the committed ones
+                if len(rows) >= max_records or seq > limit:
+                    break
+                if seq > after_seq:
+                    rows.append((seq, raw))
+        return within_bytes(rows, max_bytes)
 
     def fetch(self, seqs: list[int]) -> list[tuple[int, bytes]]:
         """Return the sendable records among ``seqs`` that are still in the outbox."""
@@ -409,10 +581,9 @@ class Outbox:
             out = []
             limit = self.sendable_through
             for seq in sorted(seqs):
-                row = self._conn.execute("SELECT raw FROM records WHERE seq = ? AND seq <= ?",
-                                         (seq, limit)).fetchone()
+                row = self._row(seq) if seq <= limit else None
                 if row is not None:
-                    out.append((seq, bytes(row[0])))
+                    out.append((seq, row[1]))
         return out
 
     def records_of_stream(self, stream: str) -> list[tuple[int, bytes]]:
@@ -420,7 +591,8 @@ class Outbox:
         with self._lock, translated(str(self.path)):
             rows = self._conn.execute("SELECT seq, raw FROM records WHERE stream = ? "
                                       "ORDER BY seq", (stream,)).fetchall()
-        return [(int(s), bytes(r)) for s, r in rows]
+            pending = [(s, raw) for s, (st, _, raw) in self._pending.items() if st == stream]
+        return [(int(s), bytes(r)) for s, r in rows] + pending
 
     def apply_receipt(self, receipt: Receipt, sent: tuple[int, ...] = ()) -> ReceiptResult:
         """Apply a receipt that the caller has ALREADY verified with the gateway key.
@@ -437,7 +609,7 @@ class Outbox:
             for outcome in receipt.outcomes:
                 seq = outcome.seq
                 if seq is None:
-                    seq = seq_by_hash(self._conn, outcome.hash_prefix, sent)
+                    seq = self._seq_by_hash(outcome.hash_prefix, sent)
                 self._apply_outcome(seq, outcome.hash_prefix, outcome.status,
                                     outcome.reason, result)
             settled = max(receipt.settled_micro, self._counters.get("settled_micro", 0))
@@ -458,10 +630,10 @@ class Outbox:
         result = ReceiptResult()
         with self._lock, translated(str(self.path)):
             self._begin()
-            row = self._conn.execute("SELECT raw FROM records WHERE seq = ?", (seq,)).fetchone()
+            row = self._row(seq)
             if row is None:
                 return False
-            self._apply_outcome(seq, hash_prefix(row[0]), Status.REJECTED, reason, result)
+            self._apply_outcome(seq, hash_prefix(row[1]), Status.REJECTED, reason, result)
             self._bump("receipt_rejected", result.rejected)
             self._write_meta({"head_seq": self._head_seq, "head_hash": self._head_hash})
         return True
@@ -471,12 +643,11 @@ class Outbox:
         if seq is None:
             result.unknown += 1
             return
-        row = self._conn.execute("SELECT stream, raw FROM records WHERE seq = ?",
-                                 (seq,)).fetchone()
+        row = self._row(seq)
         if row is None:
             result.unknown += 1
             return
-        stream, raw = row[0], bytes(row[1])
+        stream, raw = row
         if hash_prefix(raw) != prefix:
             result.mismatched += 1
             log.error("receipt names seq %d with another record hash; record kept", seq)
@@ -494,8 +665,14 @@ class Outbox:
         if seq == self._held:  # settled: the records behind it may go (same transaction)
             self._held = None
             self._write_meta({"held_status": status.name.lower(), "held_reason": reason})
-        self._conn.execute("DELETE FROM records WHERE seq = ?", (seq,))
-        self._bytes -= len(raw)
+        self._bytes -= self._delete((seq,))
+
+    def _seq_by_hash(self, prefix: bytes, candidates: tuple[int, ...]) -> int | None:
+        for seq in candidates:
+            item = self._pending.get(seq)
+            if item is not None and hash_prefix(item[2]) == prefix:
+                return seq
+        return seq_by_hash(self._conn, prefix, candidates)
 
     def _prune_dead_letters(self) -> None:
         self._bump("dead_letters_pruned",
@@ -519,17 +696,27 @@ class Outbox:
     def stats(self) -> OutboxStats:
         """Return the outbox's depth, size, dead letters and counters."""
         with self._lock, translated(str(self.path)):
-            return read_stats(self._conn, self._state.get("corrupt_outboxes"))
+            stats = read_stats(self._conn, self._state.get("corrupt_outboxes"))
+            pending = sum(len(raw) for _, _, raw in self._pending.values())
+            return dataclasses.replace(stats, depth=stats.depth + len(self._pending),
+                                       bytes=stats.bytes + pending,
+                                       head_seq=max(stats.head_seq, self._head_seq))
 
     @property
     def bytes_used(self) -> int:
         return self._bytes
 
     def close(self) -> None:
-        """Declare an open rejected run, commit, record the receipt low-water mark, close."""
+        """Declare an open rejected run, commit, record the receipt low-water mark, close.
+
+        The final commit also marks the stop as clean (no ``running_kernel``), so the next
+        start declares nothing."""
         with self._lock, translated(str(self.path)):
             if self._rejected is not None and self._signer is not None:
                 self._declare_rejected()
+            self._begin()
+            self._conn.execute("DELETE FROM meta WHERE name = 'running_kernel'")
             self.commit()
             self._state.set_many({"receipted_through": self._receipted_through()})
             self._conn.close()
+            self._journal.close()

@@ -43,8 +43,10 @@ class Box:
         self.state.close()
 
     def crash(self) -> None:
-        """Drop everything without committing (the open transaction rolls back)."""
+        """kill -9: nothing more is written, the open transaction rolls back; what was
+        handed to the kernel (the journal) stays."""
         self.outbox._conn.close()
+        self.outbox._journal.close()
         self.state.close()
 
     def reading(self, value: int = 1, stream: str = "cpu") -> int | None:
@@ -92,13 +94,15 @@ def test_restart_continues_sequence_and_chain(tmp_path: Path) -> None:
         assert record.prev == record_hash(raws[seq - 1])
 
 
-def test_uncommitted_records_are_never_offered_for_sending(tmp_path: Path) -> None:
+def test_records_are_offered_once_journaled_without_waiting_for_the_window(
+        tmp_path: Path) -> None:
     box = Box(tmp_path, OutboxSettings(commit_window_ms=1000, commit_max_records=100))
     box.reading()
-    assert box.outbox.unsent(-1, 100, 1 << 30) == []
+    assert [s for s, _ in box.outbox.unsent(-1, 100, 1 << 30)] == [0]
+    assert box.outbox.committed_through == -1  # not yet fsynced: only in the journal
     box.clock.advance(1000)
     assert box.outbox.maybe_commit()
-    assert len(box.outbox.unsent(-1, 100, 1 << 30)) == 1
+    assert box.outbox.committed_through == 0
 
 
 def test_group_commits_when_the_record_limit_is_reached(tmp_path: Path) -> None:
@@ -110,20 +114,36 @@ def test_group_commits_when_the_record_limit_is_reached(tmp_path: Path) -> None:
     assert box.outbox.committed_through == 3
 
 
-def test_crash_loses_only_the_open_window_and_reuses_no_sent_number(tmp_path: Path) -> None:
+def test_kill_9_inside_the_window_loses_nothing_and_declares_no_gap(tmp_path: Path) -> None:
     box = Box(tmp_path, OutboxSettings(commit_window_ms=60_000, commit_max_records=3))
-    for i in range(5):  # 0..2 committed, 3..4 open
+    for i in range(5):  # 0..2 committed, 3..4 only in the journal
         box.reading(i)
     sent = dict(box.outbox.unsent(-1, 100, 1 << 30))
-    assert sorted(sent) == [0, 1, 2]
-    box.crash()
+    assert sorted(sent) == [0, 1, 2, 3, 4]
+    box.crash()  # same kernel: what was written to the journal survives
     box.open()
     box.reading(99)
     records = box.stored()
-    assert [s for s, _ in records] == [0, 1, 2, 3]
-    assert records[3][1].prev == record_hash(sent[2])
-    for seq, raw in sent.items():  # what could have been sent is unchanged
+    assert [s for s, _ in records] == [0, 1, 2, 3, 4, 5]
+    assert gaps_of(records) == []
+    assert records[5][1].prev == record_hash(sent[4])
+    for seq, raw in sent.items():
         assert dict(box.outbox.unsent(-1, 100, 1 << 30))[seq] == raw
+
+
+def test_kill_9_replays_drops_and_refusals_as_well_as_records(tmp_path: Path) -> None:
+    box = Box(tmp_path, OutboxSettings(max_bytes=2000, full_policy="reject-new",
+                                       commit_window_ms=60_000, commit_max_records=10_000))
+    while box.reading() is not None:
+        pass
+    refused = box.outbox.stats().counter("rejected_new")
+    box.crash()
+    box.open()
+    assert box.outbox.stats().counter("rejected_new") == refused == 1
+    box.outbox.close()  # declares the refused run
+    box.open()
+    gaps = gaps_of(box.stored())
+    assert len(gaps) == 1 and gaps[0].first_seq == gaps[0].last_seq
 
 
 def test_boot_counter_increments_on_every_start(tmp_path: Path) -> None:

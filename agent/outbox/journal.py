@@ -1,0 +1,179 @@
+"""The outbox's journal: what happened since the last group commit, handed to the kernel.
+
+A process crash is not a power cut: bytes passed to ``write(2)`` live in the kernel's page
+cache and survive the death of the process that wrote them; only ``fsync`` makes them
+survive a power cut. The outbox appends every change it has not yet committed to SQLite
+(each signed record, each drop, each refused number) here with one unbuffered ``write``
+and no fsync, then commits to SQLite (fsync) once per window and starts the journal
+anew. The next start replays it, so a ``kill -9`` loses nothing that was written here.
+
+Format: a header ``b"EPJ1"`` + the 8-byte commit generation it follows (big-endian), then
+frames ``length (4) | crc32 (4) | payload``. A payload is an operation byte and its fields:
+
+- ``R`` seq (8), protected (1), stream length (1), stream, record bytes: a stored record;
+- ``D`` seq (8) ...: records dropped by the full policy;
+- ``X`` seq (8): a number refused (burned) by the ``reject-new`` policy.
+
+Reading stops at the first frame that is short or fails its CRC: a write torn by a power
+cut (or a kill inside ``write``) is a tail that never returned to the writer, so nothing
+it held was ever sent.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from protocol.errors import StorageError
+
+MAGIC = b"EPJ1"
+_HEADER = struct.Struct(">4sQ")
+_FRAME = struct.Struct(">II")
+_SEQ = struct.Struct(">Q")
+_RECORD = struct.Struct(">QBB")
+MAX_FRAME = 1 << 24
+BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
+
+
+def kernel_boot_id() -> str:
+    """The running kernel's boot id (a new one after every reboot); '' if unreadable.
+
+    It tells a crash of the agent process (same kernel: the page cache and so the journal
+    survived) from a reboot after a power cut or a kernel crash (it may not have).
+    """
+    try:
+        return BOOT_ID_FILE.read_text(encoding="ascii").strip()
+    except OSError:
+        return ""
+
+
+@dataclass(frozen=True)
+class Stored:
+    seq: int
+    stream: str
+    protected: bool
+    raw: bytes
+
+
+@dataclass(frozen=True)
+class Dropped:
+    seqs: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Refused:
+    seq: int
+
+
+Op = Stored | Dropped | Refused
+
+
+def _encode(op: Op) -> bytes:
+    if isinstance(op, Stored):
+        name = op.stream.encode()
+        return b"R" + _RECORD.pack(op.seq, int(op.protected), len(name)) + name + op.raw
+    if isinstance(op, Dropped):
+        return b"D" + b"".join(_SEQ.pack(s) for s in op.seqs)
+    return b"X" + _SEQ.pack(op.seq)
+
+
+def _decode(payload: bytes) -> Op | None:
+    kind, body = payload[:1], payload[1:]
+    if kind == b"R" and len(body) >= _RECORD.size:
+        seq, protected, n = _RECORD.unpack_from(body)
+        start = _RECORD.size
+        return Stored(seq, body[start:start + n].decode(errors="replace"), bool(protected),
+                      bytes(body[start + n:]))
+    if kind == b"D" and len(body) % _SEQ.size == 0:
+        return Dropped(tuple(s for (s,) in _SEQ.iter_unpack(body)))
+    if kind == b"X" and len(body) == _SEQ.size:
+        return Refused(_SEQ.unpack(body)[0])
+    return None
+
+
+def read_journal(path: Path) -> tuple[int | None, list[Op]]:
+    """Return the generation the journal at ``path`` follows and its intact operations.
+
+    ``(None, [])`` if there is no journal or no header. Raises StorageError if the file
+    exists but cannot be read.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None, []
+    except OSError as exc:
+        raise StorageError(f"{path}: cannot read the outbox journal: {exc.strerror}") from None
+    if len(data) < _HEADER.size:
+        return None, []
+    magic, generation = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        return None, []
+    ops: list[Op] = []
+    at = _HEADER.size
+    while at + _FRAME.size <= len(data):
+        length, crc = _FRAME.unpack_from(data, at)
+        payload = data[at + _FRAME.size:at + _FRAME.size + length]
+        if length > MAX_FRAME or len(payload) != length or zlib.crc32(payload) != crc:
+            break  # a torn tail: never returned to the writer, so never sent
+        op = _decode(payload)
+        if op is None:
+            break
+        ops.append(op)
+        at += _FRAME.size + length
+    return generation, ops
+
+
+class Journal:
+    """The append side: one file descriptor, one ``write`` per operation, never fsynced."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._pending_header = b""  # written with the first operation of a generation
+        self.bytes_written = 0
+
+    def start(self, generation: int) -> None:
+        """Empty the journal; later operations follow commit ``generation``.
+
+        The header is written with the first operation, so a window without changes
+        writes nothing. Raises StorageError.
+        """
+        try:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            os.ftruncate(self._fd, 0)
+            os.lseek(self._fd, 0, os.SEEK_SET)
+        except OSError as exc:
+            raise StorageError(f"{self.path}: cannot reset the outbox journal: "
+                               f"{exc.strerror}") from None
+        self._pending_header = _HEADER.pack(MAGIC, generation)
+
+    def append(self, op: Op) -> None:
+        """Hand one operation to the kernel (survives a crash of this process).
+
+        Raises StorageError (disk full, I/O error); the caller then stores nothing.
+        """
+        if self._fd is None:
+            raise StorageError(f"{self.path}: the outbox journal is not open")
+        payload = _encode(op)
+        frame = _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
+        if self._pending_header:
+            frame = self._pending_header + frame
+        view = memoryview(frame)
+        try:
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError as exc:
+            # A partial frame may be left; it fails its CRC and ends the replay there.
+            raise StorageError(f"{self.path}: cannot append to the outbox journal: "
+                               f"{exc.strerror}") from None
+        self._pending_header = b""
+        self.bytes_written += len(frame)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
