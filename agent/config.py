@@ -212,7 +212,7 @@ def _uplink(t: Table) -> UplinkSettings:
     out = UplinkSettings(
         batch_max_records=t.integer("batch_max_records", 256, low=1, high=1000),
         batch_max_bytes=t.integer("batch_max_bytes", 64 * 1024, low=4608, high=512 * 1024 - 64),
-        batch_interval_ms=ms("batch_interval_s", 2.0, low=0.01),
+        batch_interval_ms=ms("batch_interval_s", 1.0, low=0.01),
         batch_jitter=t.number("batch_jitter", 0.2, low=0.0, high=0.9),
         receipt_timeout_ms=ms("receipt_timeout_s", 30.0, low=0.2),
         max_inflight_batches=t.integer("max_inflight_batches", 8, low=1, high=100),

@@ -156,16 +156,22 @@ class Journal:
 
         Raises StorageError (disk full, I/O error); the caller then stores nothing.
         """
+        self._write(_encode(op))
+
+    def append_record(self, seq: int, stream: str, protected: bool, raw: bytes) -> None:
+        """:meth:`append` of ``Stored(seq, stream, protected, raw)``, on the hot path."""
+        name = stream.encode()
+        self._write(b"".join((b"R", _RECORD.pack(seq, protected, len(name)), name, raw)))
+
+    def _write(self, payload: bytes) -> None:
         if self._fd is None:
             raise StorageError(f"{self.path}: the outbox journal is not open")
-        payload = _encode(op)
-        frame = _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
-        if self._pending_header:
-            frame = self._pending_header + frame
-        view = memoryview(frame)
+        frame = b"".join((self._pending_header, _FRAME.pack(len(payload), zlib.crc32(payload)),
+                          payload))
         try:
-            while view:
-                view = view[os.write(self._fd, view):]
+            written = os.write(self._fd, frame)
+            while written < len(frame):
+                written += os.write(self._fd, frame[written:])
         except OSError as exc:
             # A partial frame may be left; it fails its CRC and ends the replay there.
             raise StorageError(f"{self.path}: cannot append to the outbox journal: "

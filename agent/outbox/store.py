@@ -122,7 +122,8 @@ class Outbox:
         self._txn_records = 0
         self._rejected: tuple[int, int, int] | None = None  # (first, last, since mono)
         self._pending: dict[int, Pending] = {}  # journaled, not yet in SQLite (seq order)
-        self._unclean: tuple[int, int, int, int] | None = None  # first, last, boot, mono
+        # Gaps owed for unclean reboots: (first, last, boot, mono), kept in meta until signed.
+        self._unclean: list[tuple[int, int, int, int]] = []
         with translated(str(self.path)):
             self._load(replay=not (fresh or replaced))
         issued_before = self._state.seq_reserved > 0
@@ -159,6 +160,9 @@ class Outbox:
             self.boot = self._state.next_boot(at_least=int(meta.get("boot", -1)) + 1)
         kernel = self._kernel_boot()
         previous = meta.get("running_kernel")
+        owed = str(meta.get("unclean_gaps") or "")  # a crash before they were signed
+        self._unclean = [(a, b, c, d) for a, b, c, d in
+                         (map(int, item.split(",")) for item in owed.split(";") if item)]
         if previous is not None and (not kernel or previous != kernel):
             self._resume_after_reboot(int(meta.get("boot", -1)),
                                       int(meta.get("commit_mono_ms", 0)))
@@ -207,7 +211,9 @@ class Outbox:
         first, high = self._head_seq + 1, self._send_limit + 1
         # `high` was never sent (above the limit): the gap record after it has no logged
         # neighbour to contradict its zero `prev`.
-        self._unclean = (first, high, boot, mono_ms)
+        self._unclean.append((first, high, boot, mono_ms))
+        self._write_meta({"unclean_gaps": ";".join(",".join(map(str, gap))
+                                                   for gap in self._unclean)})
         self._head_seq, self._head_hash = high, GENESIS_PREV
         log.error("outbox: the last run (boot %d) stopped without closing and the device "
                   "rebooted since; records %d..%d may be lost (unsynced at the power cut) and "
@@ -238,13 +244,14 @@ class Outbox:
                 self._lost = None
                 self._append_gap(first, last, reasons.OUTBOX_CORRUPT)
                 self.commit()
-            if self._unclean is not None:
+            if self._unclean:
                 # Signed as the boot that lost them, at its last durable moment: the gap
                 # names that boot, and its time span starts at this record's mono_ms.
-                first, last, boot, mono = self._unclean
-                self._unclean = None
-                self._append_gap(first, last, UNCLEAN_REBOOT,
-                                 boot=boot if boot >= 0 else None, mono_ms=mono)
+                for first, last, boot, mono in self._unclean:
+                    self._append_gap(first, last, UNCLEAN_REBOOT,
+                                     boot=boot if boot >= 0 else None, mono_ms=mono)
+                self._unclean = []
+                self._conn.execute("DELETE FROM meta WHERE name = 'unclean_gaps'")
                 self.commit()
 
     def recover(self) -> None:
@@ -294,7 +301,11 @@ class Outbox:
                 seq = self._next_seq()
                 raw = build(seq, self._head_hash)  # both before any write: if either fails,
                 values = note(seq)                 # nothing half-made joins the open group
-                self._store(seq, stream, True, raw)
+                # Not journaled: the record and its notes become durable together in the
+                # commit below or not at all (a replayed record without its notes would
+                # be sent as an announcement nobody follows). Nobody sees it before: the
+                # lock is held throughout.
+                self._store(seq, stream, True, raw, journal=False)
                 self._write_meta({**values, "held_seq": seq, "held_status": None,
                                   "held_reason": None})
                 self.commit()
@@ -368,10 +379,16 @@ class Outbox:
             self._txn_started = self._clock.mono_ms()
             self._txn_records = 0
 
-    def _store(self, seq: int, stream: str, protected: bool, raw: bytes) -> None:
-        self._journal.append(Stored(seq, stream, protected, raw))  # raises before any change
-        self._begin()
-        self._pending[seq] = (stream, protected, raw)
+    def _store(self, seq: int, stream: str, protected: bool, raw: bytes, *,
+               journal: bool = True) -> None:
+        if journal:
+            self._journal.append_record(seq, stream, protected, raw)  # raises before change
+            self._begin()
+            self._pending[seq] = (stream, protected, raw)
+        else:
+            self._begin()
+            self._conn.execute("INSERT INTO records(seq, stream, protected, raw) "
+                               "VALUES(?,?,?,?)", (seq, stream, int(protected), raw))
         self._head_seq, self._head_hash = seq, hashlib.sha256(raw).digest()
         self._bytes += len(raw)
         self._txn_records += 1

@@ -15,7 +15,7 @@ class UplinkSettings:
 
     batch_max_records: int = 256
     batch_max_bytes: int = 64 * 1024
-    batch_interval_ms: int = 2_000
+    batch_interval_ms: int = 1_000
     batch_jitter: float = 0.2  # the interval varies by ± this fraction
     receipt_timeout_ms: int = 30_000
     max_inflight_batches: int = 8

@@ -1,4 +1,4 @@
-"""The uplink: sends committed outbox records in batches and applies verified receipts.
+"""The uplink: sends outbox records in batches and applies verified receipts.
 
 It runs in its own thread and owns the MQTT transport. Rules (docs/AGENT.md, "Uplink"):
 
@@ -6,8 +6,13 @@ It runs in its own thread and owns the MQTT transport. Rules (docs/AGENT.md, "Up
   ``batch_max_records`` are waiting or the batch interval (with ± jitter) has passed.
 - A PUBACK removes nothing; a failed PUBACK reason code is counted and the batch retried.
   Only a receipt that verifies under the configured gateway key removes records.
-- Records behind a held one (a key rotation awaiting its receipt) are not sent before that
+- A record may go as soon as the outbox has handed it to the kernel (its journal) and its
+  number is within the durable send limit; the group commit (fsync) is not waited for.
+  Records behind a held one (a key rotation awaiting its receipt) are not sent before that
   receipt arrived (:attr:`Outbox.sendable_through`).
+- Receipts only change the outbox's open group; their deletions reach the disk with the
+  next group commit (no fsync of their own). A crash before it causes a resend, which the
+  gateway answers ``duplicate``.
 - A batch without a receipt after ``receipt_timeout_ms`` is sent again (the gateway
   deduplicates on device and sequence number). A time-out also drops the number of batches
   allowed in flight to one, and each receipt raises it by one (up to
@@ -103,7 +108,7 @@ class Uplink:
         self._batch_bytes = settings.batch_max_bytes      # a batch as a whole
         self._by_mid: dict[int, int] = {}
         self._resend: set[int] = set()
-        self._cursor = -1  # every committed record up to here was put into a batch
+        self._cursor = -1  # every sendable record up to here was put into a batch
         self._next_flush = 0
         self._flushing = False
         self.counters: Counter[str] = Counter()
@@ -137,7 +142,7 @@ class Uplink:
         return UplinkStatus(self._state, self._error, len(self._inflight), dict(self.counters))
 
     def flush(self, timeout_s: float) -> bool:
-        """Send everything committed now and wait for receipts, at most ``timeout_s``.
+        """Send everything sendable now and wait for receipts, at most ``timeout_s``.
 
         Returns early when the connection fails meanwhile (the records stay in the
         outbox). Returns whether everything committed was receipted.

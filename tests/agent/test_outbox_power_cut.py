@@ -137,3 +137,25 @@ def test_power_cuts_at_random_moments_never_reuse_a_sent_number(tmp_path: Path) 
         assert seq not in sent or sent[seq] == raw
     declared = {s for g in gaps_of(records) for s in range(g.first_seq, g.last_seq + 1)}
     assert set(sent) <= set(stored) | declared  # whatever is missing is declared
+
+
+def test_crash_before_the_unclean_reboot_gap_is_signed_still_declares_it(
+        tmp_path: Path) -> None:
+    box = PowerCutBox(tmp_path, OutboxSettings())
+    for i in range(3):
+        box.reading(i)
+    box.outbox.commit()
+    box.reading(3)
+    original_open = box.open
+    box.open = lambda: None  # type: ignore[method-assign]
+    box.power_cut(journal_kept=0.0)  # the durable image is back, nothing opened yet
+    box.open = original_open  # type: ignore[method-assign]
+    box.state = DeviceState.open(box.dir / "state.sqlite", box.clock.wall_ms)
+    killed = Outbox(box.dir / "outbox.sqlite", box.settings, box.state, box.clock,
+                    kernel_boot=lambda: box.kernel)  # opened after the reboot ...
+    killed._conn.close()  # ... and killed before attach() signed the gap
+    killed._journal.close()
+    box.state.close()
+    box.open()  # same kernel: a process crash, but the owed gap is still declared
+    gaps = gaps_of(box.stored())
+    assert [(g.first_seq, g.reason) for g in gaps] == [(3, UNCLEAN_REBOOT)]
