@@ -1,7 +1,8 @@
 """The agent as a real process: kill -9 at random moments, SIGTERM, laptop mode.
 
-Checked from the outside only: what the real gateway logged (its HTTP API) and what the
-outbox file holds, never the agent's memory.
+Checked from the outside only: what the real gateway logged (its HTTP API), what the
+outbox file holds and what the sensors handed over (tests/agent/handover_agent.py), never
+the agent's memory.
 """
 
 from __future__ import annotations
@@ -23,16 +24,18 @@ from agent.status import collect_status
 from firmware_sim.broker import MosquittoBroker
 from protocol import reasons
 from protocol.keys import load_device_key
-from protocol.record import Usage
+from protocol.record import Record, Usage, Values
 from protocol.signed import parse_signed_record, record_hash
 from tests.agent.responder import RealGateway, Responder
 
+ROOT = Path(__file__).resolve().parents[2]
 KILLS = 20
 SEED = 20_240_607
 
 
 def fast_config(path: Path, state_dir: Path, broker: str, gateway_key: str) -> Path:
-    """Sensors every 50 ms, short commit window and batch interval: records flow at once."""
+    """Three sensors every 50 ms (60 readings/s), the default group-commit window (5 s, so
+    every kill lands inside it), short batch interval: records flow at once."""
     path.write_text(f"""
 [agent]
 state_dir = "{state_dir}"
@@ -41,8 +44,6 @@ log_level = "warning"
 key = "{gateway_key}"
 [mqtt]
 broker = "{broker}"
-[outbox]
-commit_window_s = 0.1
 [uplink]
 batch_interval_s = 0.1
 receipt_timeout_s = 2.0
@@ -74,10 +75,24 @@ report_interval_s = 0.3
     return path
 
 
-def agent(*args: str, log: Path) -> subprocess.Popen[bytes]:
+def agent(*args: str, log: Path, handover: Path | None = None) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "agent.cli", "run", *args]
+    if handover is not None:
+        command = [sys.executable, "-m", "tests.agent.handover_agent", "--handover",
+                   str(handover), "--", *args]
     with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "agent.cli", "run", *args],
-                                stdout=out, stderr=out)
+        return subprocess.Popen(command, stdout=out, stderr=out, cwd=ROOT)
+
+
+def handed_over(path: Path) -> list[tuple[int, str, int]]:
+    """Every reading the sensors handed to the agent, in order: (boot, stream, mono_ms).
+    A line cut short by the kill was never returned to the agent and is left out."""
+    out = []
+    for line in path.read_bytes().decode().splitlines():
+        parts = line.split()
+        if len(parts) == 3 and line.endswith(parts[2]):
+            out.append((int(parts[0]), parts[1], int(parts[2])))
+    return out
 
 
 def committed(outbox: Path) -> dict[int, bytes]:
@@ -94,7 +109,7 @@ def committed(outbox: Path) -> dict[int, bytes]:
     return {int(seq): hashlib.sha256(raw).digest() for seq, raw in rows}
 
 
-def test_kill_9_at_20_random_moments_never_reuses_a_seq_and_loses_nothing(
+def test_kill_9_at_20_random_moments_loses_no_sampled_reading_and_reuses_no_seq(
         tmp_path: Path, broker: MosquittoBroker) -> None:
     gateway = RealGateway(tmp_path / "gw", broker)
     state = tmp_path / "state"
@@ -102,11 +117,12 @@ def test_kill_9_at_20_random_moments_never_reuses_a_seq_and_loses_nothing(
     device_id = gateway.register("killed", load_device_key(state / "device.key").public_key)
     config = fast_config(tmp_path / "agent.toml", state, broker.url, gateway.verifier)
     log = tmp_path / "agent.log"
+    handover = tmp_path / "handed-over.txt"
     rng = random.Random(SEED)
     must_arrive: dict[int, bytes] = {}
     try:
         for _ in range(KILLS):
-            proc = agent("--config", str(config), "--simulate", log=log)
+            proc = agent("--config", str(config), "--simulate", log=log, handover=handover)
             if rng.random() < 0.2:  # now and then while it is still starting up
                 time.sleep(rng.uniform(0.0, 0.5))
             else:  # mostly while it samples, commits and sends
@@ -117,11 +133,14 @@ def test_kill_9_at_20_random_moments_never_reuses_a_seq_and_loses_nothing(
             for seq, digest in committed(state / "outbox.sqlite").items():
                 assert must_arrive.setdefault(seq, digest) == digest  # never reused
         before = len(gateway.records(device_id))
-        proc = agent("--config", str(config), "--simulate", log=log)
+        proc = agent("--config", str(config), "--simulate", log=log, handover=handover)
+        killed = handed_over(handover)
 
-        def arrived() -> bool:  # the last run is up and everything once committed is in
-            logged = logged_hashes(gateway.records(device_id))
-            return len(logged) > before + 20 and must_arrive.keys() <= logged.keys()
+        def arrived() -> bool:  # the last run is up; everything once committed and sampled
+            records = gateway.records(device_id)
+            logged = logged_hashes(records)
+            return (len(logged) > before + 20 and must_arrive.keys() <= logged.keys()
+                    and readings_missing(killed, records) <= KILLS)
 
         ok = wait_for(arrived, 60)
         proc.send_signal(signal.SIGTERM)
@@ -132,12 +151,18 @@ def test_kill_9_at_20_random_moments_never_reuses_a_seq_and_loses_nothing(
     finally:
         gateway.stop()
     assert not registry["equivocated"]  # no number ever carried two different records
+    readings = [key for key in map(reading_key, signed_records(records)) if key is not None]
+    assert len(readings) == len(set(readings))  # no reading logged twice
+    sampled = handed_over(handover)
+    assert len(sampled) > 20 * KILLS and set(sampled) - set(readings) <= in_flight(sampled)
+    # At most the one reading each killed process had taken but not yet written (the
+    # microseconds between read() and write()) may be missing; in practice none is.
     logged = logged_hashes(records)
     assert sorted(logged) == list(range(len(logged)))  # no hole: nothing committed was lost
     for seq, digest in must_arrive.items():  # every record once seen committed arrived
         assert logged[seq] == digest
-    raws = [bytes.fromhex(r["record"]) for r in records]
-    signed = [parse_signed_record(raw)[1] for raw in raws]
+    raws = [bytes.fromhex(str(r["record"])) for r in records]
+    signed = signed_records(records)
     for (raw, _), (_, after_rec) in pairwise(zip(raws, signed, strict=True)):
         assert after_rec.prev == record_hash(raw)  # the chain holds across every kill
     assert len({r.boot for r in signed}) >= KILLS // 2  # most kills hit a working agent
@@ -146,6 +171,30 @@ def test_kill_9_at_20_random_moments_never_reuses_a_seq_and_loses_nothing(
     assert set(dead) <= {reasons.USAGE_OVERLAP}  # a re-sent claim at most, never counted
     usage = [r.body for r in signed if isinstance(r.body, Usage)]  # none if the TV was off
     assert sum(u.credit_micro for u in usage) == registry["settled_micro"]
+
+
+def signed_records(records: list[dict[str, object]]) -> list[Record]:
+    return [parse_signed_record(bytes.fromhex(str(r["record"])))[1] for r in records]
+
+
+def reading_key(record: Record) -> tuple[int, str, int] | None:
+    return (record.boot, record.stream, record.mono_ms) if isinstance(record.body, Values) \
+        else None
+
+
+def in_flight(sampled: list[tuple[int, str, int]]) -> set[tuple[int, str, int]]:
+    """The last reading of each boot but the newest: taken, perhaps not yet written, when
+    the process was killed (the main loop handles one reading at a time)."""
+    last: dict[int, tuple[int, str, int]] = {}
+    for key in sampled:
+        last[key[0]] = key
+    return {key for boot, key in last.items() if boot != max(last)}
+
+
+def readings_missing(sampled: list[tuple[int, str, int]],
+                     records: list[dict[str, object]]) -> int:
+    logged = {reading_key(r) for r in signed_records(records)}
+    return sum(1 for key in sampled if key not in logged)
 
 
 def running(state: Path, pid: int) -> bool:
