@@ -18,6 +18,10 @@ Prints one line per figure and ends with one line of JSON:
                                 is emptied at every group commit, long before the kernel's
                                 30 s write-back of dirty pages)
   cpu_percent_at_1hz_4_sensors  that process's CPU time over the window / wall time (goal < 1)
+  wal_bytes_per_reading_commit_each   the design not taken (docs/AGENT.md): every record its
+                                own SQLite commit (synchronous=NORMAL, 1 KiB pages, the
+                                outbox's records table and head in meta), WAL bytes appended
+                                per record, checkpoints off
 The agent process runs 4 simulated sensors at 1 Hz against a real Mosquitto with a receipt
 responder answering. Never asserts; run it as `python bench/agent_bench.py`.
 """
@@ -28,6 +32,7 @@ import argparse
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -41,6 +46,7 @@ import nacl.signing
 from agent.cli import main as agent_cli
 from agent.clock import SystemClock
 from agent.outbox import DeviceState, Outbox, OutboxSettings
+from agent.outbox.rows import SCHEMA
 from agent.records import EpochPolicy, RecordFactory, RecordWriter
 from firmware_sim.broker import MosquittoBroker
 from protocol.keys import RecipientKey, SigningKey, device_id_for, load_device_key
@@ -85,6 +91,25 @@ def write_path_rates(tmp: Path) -> tuple[float, float]:
     outbox.close()
     state.close()
     return best_path, best_bare
+
+
+def commit_each_wal_bytes(tmp: Path, n: int = 400) -> float:
+    """WAL bytes per record if every record were its own SQLite commit (no fsync)."""
+    conn = sqlite3.connect(tmp / "each.sqlite", isolation_level=None)
+    conn.execute("PRAGMA page_size=1024")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.executescript(SCHEMA)
+    raw = os.urandom(180)  # about a signed reading
+    for seq in range(n):
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO records VALUES (?, 'cpu', 0, ?)", (seq, raw))
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('head_seq', ?)", (seq,))
+        conn.execute("COMMIT")
+    size = (tmp / "each.sqlite-wal").stat().st_size
+    conn.close()
+    return size / n
 
 
 def agent_config(path: Path, state: Path, broker: str, gateway_key: str,
@@ -182,6 +207,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"readings_per_s                {readings:12.0f}  build+seal+sign+outbox commit")
         print(f"bare_sign_per_s               {bare:12.0f}  nacl Ed25519")
         print(f"ratio_to_bare_sign            {readings / bare:12.3f}  goal >= 0.5")
+        each = commit_each_wal_bytes(tmp / "write")
         live = running_agent(tmp, args.commit_window_s)
         print(f"rss_mib                       {live['rss_mib']:12.1f}  goal <= 40")
         print(f"disk_bytes_per_reading        {live['disk_bytes_per_reading']:12.0f}  goal <= 1024"
@@ -190,6 +216,7 @@ def main(argv: list[str] | None = None) -> None:
               "  minus dirty pages truncated before write-back")
         print(f"cpu_percent_at_1hz_4_sensors  {live['cpu_percent_at_1hz_4_sensors']:12.2f}"
               "  goal < 1")
+        print(f"wal_bytes_per_reading_commit_each {each:8.0f}  the design not taken")
     print(json.dumps({
         "loadavg": Path("/proc/loadavg").read_text().split()[:3],
         "readings_per_s": round(readings),
@@ -199,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         "disk_bytes_per_reading": round(live["disk_bytes_per_reading"]),
         "disk_bytes_per_reading_net": round(live["disk_bytes_per_reading_net"]),
         "cpu_percent_at_1hz_4_sensors": round(live["cpu_percent_at_1hz_4_sensors"], 2),
+        "wal_bytes_per_reading_commit_each": round(each),
     }))
 
 

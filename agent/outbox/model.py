@@ -59,6 +59,8 @@ class OutboxStats:
             "drop_events": c("drop_events"),
             "rejected_new": c("rejected_new"),
             "gaps_declared": c("gaps_declared"),
+            "journal_replays": c("journal_replays"),
+            "unclean_reboots": c("unclean_reboots"),
             "delivered": c("receipt_delivered"),
             "duplicates": c("receipt_duplicates"),
             "rejected_by_gateway": c("receipt_rejected"),

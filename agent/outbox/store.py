@@ -182,6 +182,7 @@ class Outbox:
             return  # none, or already in SQLite (the commit was durable, the reset was not)
         for op in ops:
             self._apply(op)
+        self._bump("journal_replays")
         log.warning("outbox: replayed %d changes a crash left in the journal (through seq "
                     "%d)", len(ops), self._head_seq)
 
@@ -211,6 +212,8 @@ class Outbox:
         first, high = self._head_seq + 1, self._send_limit + 1
         # `high` was never sent (above the limit): the gap record after it has no logged
         # neighbour to contradict its zero `prev`.
+        self._begin()
+        self._bump("unclean_reboots")
         self._unclean.append((first, high, boot, mono_ms))
         self._write_meta({"unclean_gaps": ";".join(",".join(map(str, gap))
                                                    for gap in self._unclean)})

@@ -126,6 +126,7 @@ def test_kill_9_inside_the_window_loses_nothing_and_declares_no_gap(tmp_path: Pa
     records = box.stored()
     assert [s for s, _ in records] == [0, 1, 2, 3, 4, 5]
     assert gaps_of(records) == []
+    assert box.outbox.stats().counter("journal_replays") == 1
     assert records[5][1].prev == record_hash(sent[4])
     for seq, raw in sent.items():
         assert dict(box.outbox.unsent(-1, 100, 1 << 30))[seq] == raw

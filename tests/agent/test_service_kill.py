@@ -145,8 +145,10 @@ def test_kill_9_at_20_random_moments_loses_no_sampled_reading_and_reuses_no_seq(
         ok = wait_for(arrived, 60)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, log.read_text()[-2000:]
-        assert ok
         records = gateway.records(device_id)
+        assert ok, (f"{readings_missing(killed, records)} handed-over readings not logged, "
+                    f"{len(must_arrive.keys() - logged_hashes(records).keys())} committed "
+                    "records missing")
         registry = gateway.device(device_id)
     finally:
         gateway.stop()
