@@ -21,9 +21,11 @@ from types import FrameType
 
 from agent import cli as agent_cli
 from agent.clock import SystemClock
+from agent.config import AgentConfig
 from agent.identity import ensure_state_dir
 from agent.sensors import Reading, load_simulated_hardware
 from agent.service import AgentService, ServiceOptions
+from osutil.lockfile import hold_lock
 
 
 def noting(read: Callable[[int], Reading], fd: int, boot: int) -> Callable[[int], Reading]:
@@ -51,13 +53,22 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(stream=sys.stdout, level=config.log_level.upper(),
                         format="%(levelname)s %(name)s: %(message)s", force=True)
     ensure_state_dir(config.state_dir)
+    lock = hold_lock(config.state_dir, "agent")  # as edgeproof-agent run: one per state dir
+    try:
+        run(config, args.handover, stop)
+    finally:
+        lock.release()
+    return 0
+
+
+def run(config: AgentConfig, handover: str, stop: threading.Event) -> None:
     clock = SystemClock()
     sim = None
     if config.backend == "simulated":
         sim = load_simulated_hardware(config.sim_seed, config.state_dir, clock)
     service = AgentService(config, clock, sim=sim,
                            options=ServiceOptions(environ=dict(os.environ)))
-    fd = os.open(args.handover, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    fd = os.open(handover, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         service.start()
         for sensor in service.sensors.sensors:
@@ -67,7 +78,6 @@ def main(argv: list[str] | None = None) -> int:
         os.close(fd)
         if sim is not None:
             sim.close()
-    return 0
 
 
 if __name__ == "__main__":
