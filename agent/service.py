@@ -32,7 +32,14 @@ from agent.identity import Identity, KeyFiles, load_identity
 from agent.outbox import DatabaseCorrupt, DeviceState, Outbox
 from agent.records import RecordFactory, RecordWriter
 from agent.rotation import KeyRotator, Step
-from agent.sensors import DigitalInputSensor, Sensor, SensorSet, SimulatedHardware, build_sensors
+from agent.sensors import (
+    DigitalInputSensor,
+    Reading,
+    Sensor,
+    SensorSet,
+    SimulatedHardware,
+    build_sensors,
+)
 from agent.status import CREDITS_FILE, OUTBOX_FILE, STATE_FILE, write_status
 from agent.uplink import BrokerSettings, MqttTransport, Uplink
 from agent.uplink.uplink import TransportFactory
@@ -66,6 +73,9 @@ class ServiceOptions:
     world_wall_s: Callable[[], float] | None = None
     # Called at each step of a key rotation (agent/rotation.py); crash tests stop there.
     rotation_step: Step | None = None
+    # Called with every reading a sensor hands over, before it is written (the kill test
+    # notes them outside the agent: tests/agent/handover_agent.py).
+    on_reading: Callable[[Reading], None] | None = None
 
 
 class AgentService:
@@ -208,6 +218,8 @@ class AgentService:
                 self._sensor_error(item.sensor, exc)
                 continue
             self.counters["readings"] += 1
+            if self.options.on_reading is not None:
+                self.options.on_reading(reading)
             self._guarded(partial(self.writer.write_values, reading.stream, reading.values,
                                   reading.mono_ms))
 
