@@ -217,7 +217,8 @@ def _status_text(status: dict[str, object]) -> str:
         f"outboxes replaced",
         f"last receipt  {last_text}",
         f"credit        accrued {_micro(credit['accrued_micro'])}, "
-        f"sent {_micro(credit['sent_micro'])}, settled {_micro(credit['settled_micro'])}",
+        f"sent {_micro(credit['sent_micro'])}, settled {_micro(credit['settled_micro'])}, "
+        f"{credit['corrupt_credits']} damaged credits files replaced",
         f"uplink        {uplink_text} (as of the agent's last status write)",
     ]
     rotation = agent.get("rotation")
