@@ -58,9 +58,9 @@ _SIGNED_REJECTIONS = frozenset({
 class IngestBudget:
     """Bounds of the ingest queue (docs/GATEWAY.md, "Fair share and bounded ingest").
 
-    The per-device bounds are above what one device can have in flight over QoS 1
-    (Mosquitto's ``max_inflight_messages`` 20 × ``max_batch_bytes``), so only a QoS 0 flood
-    reaches them.
+    An agent stays far below the per-device bounds (``max_inflight_batches`` 8 batches of
+    at most 64 KiB without a receipt); a device that floods, over QoS 0 or QoS 1, reaches
+    them.
     """
 
     max_messages: int = 1024

@@ -17,9 +17,9 @@ Threads:
   checkpoints and pings the systemd watchdog when it made progress;
 - uvicorn serves the API on its own thread.
 
-QoS 1 batches in flight are also bounded by the broker: with manual acknowledgements it
-sends at most its in-flight limit (Mosquitto ``max_inflight_messages``) of unacknowledged
-messages; QoS 0 messages bypass that limit, which is why the queue has its own.
+The broker sends unacknowledged QoS 1 messages up to the Receive Maximum the gateway
+announces (MQTT v5; Mosquitto's ``max_inflight_messages`` does not limit it) and QoS 0
+messages without any limit, which is why the queue has bounds of its own.
 Stopping (:meth:`request_stop`, wired to SIGTERM by the CLI) finishes the batch
 in progress, disconnects (queued but unprocessed messages stay unacknowledged and are
 redelivered to the next run), signs a final checkpoint and closes the store.
