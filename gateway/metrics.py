@@ -72,6 +72,36 @@ class GatewayMetrics:
         self.storage_errors = Counter(f"{PREFIX}_storage_errors",
                                       "Batches not processed because the store failed "
                                       "(left unacknowledged for redelivery)", registry=r)
+        self.ingest_dropped = Counter(
+            f"{PREFIX}_ingest_dropped",
+            "MQTT messages dropped before verification (no receipt; the device resends), "
+            "per reason and device (hex id, or 'unregistered')", ["reason", "device"],
+            registry=r)
+        self.ingest_queue_messages = Gauge(f"{PREFIX}_ingest_queue_messages",
+                                           "Messages waiting in the ingest queue", registry=r)
+        self.ingest_queue_bytes = Gauge(f"{PREFIX}_ingest_queue_bytes",
+                                        "Bytes charged to messages in the ingest queue",
+                                        registry=r)
+        self.ingest_queue_peak_messages = Gauge(
+            f"{PREFIX}_ingest_queue_peak_messages",
+            "Most messages ever waiting in the ingest queue at once", registry=r)
+        self.ingest_queue_peak_bytes = Gauge(
+            f"{PREFIX}_ingest_queue_peak_bytes",
+            "Most bytes ever charged to the ingest queue at once", registry=r)
+        self.ingest_oldest_age = Gauge(f"{PREFIX}_ingest_oldest_age_seconds",
+                                       "Age of the oldest message in the ingest queue",
+                                       registry=r)
+        self.devices_quarantined = Gauge(
+            f"{PREFIX}_devices_quarantined",
+            "Devices whose messages are dropped after too many bad signatures in a row",
+            registry=r)
+        self.quarantines = Counter(f"{PREFIX}_quarantines",
+                                   "Times a device was put in quarantine for bad signatures",
+                                   registry=r)
+        self.evidence_skipped = Counter(
+            f"{PREFIX}_equivocation_evidence_skipped",
+            "Equivocations counted but not stored (the device's evidence is full)",
+            registry=r)
 
     def reject(self, reason: str, count: int = 1) -> None:
         """Count rejected records."""
@@ -103,4 +133,16 @@ class GatewayMetrics:
                 if sample.name.endswith("_total"):
                     unreadable[sample.labels["reason"]] = int(sample.value)
         snap["batches_unreadable"] = unreadable
+        dropped: dict[str, dict[str, int]] = {}
+        for metric in self.ingest_dropped.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    by_device = dropped.setdefault(sample.labels["reason"], {})
+                    by_device[sample.labels["device"]] = int(sample.value)
+        snap["ingest_dropped"] = dropped
+        snap["ingest_queue"] = {
+            name: int(self.registry.get_sample_value(f"{PREFIX}_ingest_queue_{name}") or 0)
+            for name in ("messages", "bytes", "peak_messages", "peak_bytes")}
+        snap["quarantines"] = self._total("quarantines")
+        snap["equivocation_evidence_skipped"] = self._total("equivocation_evidence_skipped")
         return snap

@@ -11,8 +11,9 @@ order (the first that fails names the reason; docs/GATEWAY.md has the table):
 3. the signature verifies under the device's key for that sequence number, which is the
    enrolled key or the key announced by the last accepted rotation before it
    (``bad_signature``);
-4. another record already logged under (device, seq): ``equivocation``, evidence kept and
-   the device flagged;
+4. another record already logged under (device, seq): ``equivocation``, the device
+   flagged, and the evidence kept for the first ``Context.max_evidence`` of the device
+   (the sequencer counts every one and logs them once per device per interval);
 5. chain (``chain_mismatch``): seq 0 has prev = 32 zero bytes; if seq-1 is logged, prev is
    its hash; if seq+1 is logged, its prev is this record's hash;
 6. time: a synced wall clock more than ``max_future_skew`` ahead of the gateway's clock is
@@ -23,7 +24,6 @@ order (the first that fails names the reason; docs/GATEWAY.md has the table):
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 from gateway.store import (
@@ -51,7 +51,6 @@ from protocol.record import (
     credit_micro,
 )
 
-log = logging.getLogger(__name__)
 _SIGNED_MAX = (1 << 63) - 1
 
 ACCEPTED = "accepted"
@@ -68,6 +67,7 @@ class Decision:
     reason: str | None = None
     unsynced: bool = False
     gap: bool = False
+    evidence_kept: bool = True  # for an equivocation: False once the device's evidence is full
 
     @classmethod
     def rejected(cls, reason: str) -> Decision:
@@ -82,6 +82,7 @@ class Context:
     now_ms: int  # the gateway's wall clock
     max_future_skew_ms: int
     received_ms: int
+    max_evidence: int = 16  # equivocation records kept per device; later ones only counted
 
 
 class BatchView:
@@ -136,11 +137,11 @@ def decide(view: BatchView, item: PreparedRecord, ctx: Context) -> Decision:
     if not item.signature_valid(device.key_for_seq(record.seq)):
         return Decision.rejected(reasons.BAD_SIGNATURE)
     if logged is not None:
-        view.tx.add_equivocation(device.device_id, record.seq, item.raw, ctx.received_ms)
-        view.refresh(device.device_id)
-        log.warning("equivocation: device %s signed two records with seq %d",
-                    device.device_id.hex(), record.seq)
-        return Decision.rejected(reasons.EQUIVOCATION)
+        kept = view.tx.equivocation_evidence(device.device_id) < ctx.max_evidence
+        if kept:
+            view.tx.add_equivocation(device.device_id, record.seq, item.raw, ctx.received_ms)
+            view.refresh(device.device_id)
+        return Decision(REJECTED, reason=reasons.EQUIVOCATION, evidence_kept=kept)
     refused = _check_chain(record, item.hash, near) or _check_time(record, ctx)
     refused = refused or _check_body(view.tx, device, record)
     if refused:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from gateway.checkpoints import Checkpointer
 from gateway.config import Limits
+from gateway.fairness import ThrottledLog
 from gateway.gatewaykey import GatewayKey
 from gateway.metrics import GatewayMetrics
 from gateway.rules import ACCEPTED, DUPLICATE, BatchView, Context, Decision, decide
@@ -52,6 +53,7 @@ class Sequencer:
         self._skew_ms = int(limits.max_future_skew_s * 1000)
         self._metrics = metrics
         self._wall_ms, self._monotonic = wall_ms, monotonic
+        self._equivocation_log = ThrottledLog(monotonic)
         metrics.log_size.set(store.size())
 
     def commit(self, batch: PreparedBatch) -> SignedReceipt | None:
@@ -73,6 +75,7 @@ class Sequencer:
             for batch in batches:
                 results.append(self._apply(tx, batch, now, tally))
         self._count(tally, len(batches))
+        self._report_equivocations(results)
         done = self._monotonic()
         for batch in batches:
             self._metrics.ingest_lag.observe(max(0.0, done - batch.arrived))
@@ -116,6 +119,21 @@ class Sequencer:
         m.unsynced_records.inc(tally["unsynced"])
         m.gaps_declared.inc(tally["gap"])
         m.equivocations.inc(tally[f"rejected:{reasons.EQUIVOCATION}"])
+        m.evidence_skipped.inc(tally["evidence_skipped"])
+
+    def _report_equivocations(
+            self, results: list[tuple[PreparedBatch, tuple[Outcome, ...], int] | None]) -> None:
+        """One warning per device per interval, however many equivocations it sends."""
+        for result in results:
+            if result is None or result[0].topic_device is None:
+                continue
+            n = sum(1 for o in result[1] if o.reason == reasons.EQUIVOCATION)
+            device = result[0].topic_device
+            count = self._equivocation_log.event(device, "equivocation", n) if n else None
+            if count is not None:
+                log.warning("equivocation: device %s signed %d record(s) with an already "
+                            "logged seq (evidence kept for its first ones; all counted)",
+                            device.hex(), count)
 
     def checkpoint_if_due(self) -> None:
         """Issue a checkpoint if the interval or leaf count says so."""
@@ -143,4 +161,5 @@ def _outcome(item: PreparedRecord, decision: Decision, tally: Counter[str]) -> O
         return Outcome(seq, prefix, Status.DUPLICATE, leaf_index=decision.leaf_index)
     assert decision.reason is not None
     tally[f"rejected:{decision.reason}"] += 1
+    tally["evidence_skipped"] += not decision.evidence_kept
     return Outcome(seq, prefix, Status.REJECTED, reason=decision.reason)

@@ -2,31 +2,39 @@
 
 Threads:
 
-- paho's network thread calls :meth:`GatewayService._on_message`, which only submits the
-  stateless checks (:func:`gateway.verify.prepare_batch`) to a small pool (signature
-  checks run in parallel; PyNaCl releases the GIL) and queues the future in arrival order;
-- the *sequencer thread* (the caller of :meth:`GatewayService.run`) takes the futures in
-  order, commits the batches (those already queued together, in one group commit;
-  :class:`gateway.sequencer.Sequencer`), publishes each receipt, then acknowledges each
-  MQTT message; it also issues interval checkpoints and pings the systemd watchdog when
-  it made progress;
+- paho's network thread calls :meth:`GatewayService._on_message`, which only applies the
+  cheap checks (topic, size cap, registration, quarantine) and puts the message into the
+  device's queue of the :class:`gateway.fairness.FairQueue` (bounded per device and in
+  total; what does not fit is dropped, counted and acknowledged);
+- the *sequencer thread* (the caller of :meth:`GatewayService.run`) takes messages from
+  the queue in deficit-round-robin order across devices and submits the stateless checks
+  (:func:`gateway.verify.prepare_batch`) to a small pool (signature checks run in
+  parallel; PyNaCl releases the GIL), keeping at most ``MAX_GROUP_BATCHES`` messages or
+  ``MAX_INFLIGHT_BYTES`` in flight, so a device that floods waits behind everyone
+  else's next message, not the other way round; it commits the verified batches in order
+  (those ready together, in one group commit; :class:`gateway.sequencer.Sequencer`),
+  publishes each receipt, then acknowledges each MQTT message; it also issues interval
+  checkpoints and pings the systemd watchdog when it made progress;
 - uvicorn serves the API on its own thread.
 
-The number of batches in flight is bounded by the broker: with manual acknowledgements it
-sends at most its in-flight limit (Mosquitto ``max_inflight_messages``) of unacknowledged
-messages. Stopping (:meth:`request_stop`, wired to SIGTERM by the CLI) finishes the batch
+The broker sends unacknowledged QoS 1 messages up to the Receive Maximum the gateway
+announces (MQTT v5; Mosquitto's ``max_inflight_messages`` does not limit it) and QoS 0
+messages without any limit, which is why the queue has bounds of its own.
+Stopping (:meth:`request_stop`, wired to SIGTERM by the CLI) finishes the batch
 in progress, disconnects (queued but unprocessed messages stay unacknowledged and are
 redelivered to the next run), signs a final checkpoint and closes the store.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import uvicorn
 
@@ -34,22 +42,57 @@ from gateway.anchor import open_anchor
 from gateway.api import ApiContext, create_app
 from gateway.checkpoints import Checkpointer
 from gateway.config import GatewayConfig, HttpLimits
+from gateway.fairness import (
+    OVER_SHARE,
+    QUARANTINED,
+    UNREGISTERED,
+    FairQueue,
+    IngestBudget,
+    SignatureBreaker,
+    ThrottledLog,
+    device_label,
+)
 from gateway.gatewaykey import load_gateway_key
 from gateway.http_guard import server_config
 from gateway.ingest import Message, MqttIngest
 from gateway.metrics import GatewayMetrics
 from gateway.sequencer import Sequencer
 from gateway.sqlite_store import SQLiteLogStore
-from gateway.verify import PreparedBatch, prepare_batch
+from gateway.store import STATUS_REVOKED
+from gateway.verify import PreparedBatch, oversize_batch, prepare_batch
 from osutil.sdnotify import Notifier
-from protocol.errors import ConfigError, RejectedByPeer, StorageError
+from protocol import reasons
+from protocol.batch import device_id_from_topic
+from protocol.errors import ConfigError, MalformedRecord, RejectedByPeer, StorageError
 from protocol.keys import Secret, read_secret_file
+from protocol.receipt import Outcome
 
 log = logging.getLogger(__name__)
 MIN_ADMIN_TOKEN_CHARS = 16
 STORAGE_RETRIES = 3
 MAX_GROUP_BATCHES = 16  # batches committed together when they queue up (one fsync)
-_Pending = tuple[Message, Future[PreparedBatch]]
+# Bytes handed to the verify pool ahead of the sequencer: enough to keep both verify threads
+# and group commit busy with ordinary batches, little enough that a message taken from the
+# fair queue now waits behind at most about one big batch already in flight.
+MAX_INFLIGHT_BYTES = 128 * 1024
+BACKLOG_MAX_AGE_S = 10.0  # /healthz: a queued message older than this is a backlog
+BACKLOG_MAX_FILL = 0.75   # /healthz: so is a queue fuller than this share of its bounds
+
+
+@dataclass(frozen=True)
+class _Work:
+    """A message admitted to the queue; ``ready`` when the cheap checks already decided."""
+
+    message: Message
+    ready: PreparedBatch | None = None
+
+
+@dataclass(frozen=True)
+class _InFlight:
+    device: bytes
+    message: Message
+    future: Future[PreparedBatch]
+    cost: int
 
 
 def wall_ms() -> int:
@@ -106,11 +149,15 @@ class GatewayService:
         self._wall_ms, self._monotonic = clock_ms, monotonic
         self._notifier = notifier or Notifier()
         self._stop = threading.Event()
-        # None is the wake-up sentinel put by request_stop.
-        self._pending: queue.Queue[_Pending | None] = queue.Queue()
+        self.budget = IngestBudget()
+        self._queue: FairQueue[_Work] = FairQueue(self.budget)
+        self._inflight: deque[_InFlight] = deque()
+        self.breaker = SignatureBreaker(monotonic)
+        self._drop_log = ThrottledLog(monotonic)
         self.key = load_gateway_key(config.key_file)
         admin_token = load_admin_token(config)
         self.metrics = GatewayMetrics()
+        self._watch_queue()
         self.store = SQLiteLogStore(config.db_path)
         self.anchor = open_anchor(config, clock_ms, monotonic, self.metrics.registry)
         self.checkpointer = Checkpointer(self.store, self.key, self.anchor,
@@ -149,21 +196,19 @@ class GatewayService:
     def request_stop(self) -> None:
         """Ask :meth:`run` to return after the batch in progress (not from a signal handler)."""
         self._stop.set()
-        self._pending.put(None)
+        self._queue.wake()
 
     def run(self) -> None:
         """Process batches until :meth:`request_stop`; raise if the broker or store fails."""
         while not self._stop.is_set():
             if self.ingest.fatal:
                 raise RejectedByPeer(self.ingest.fatal)
-            try:
-                item = self._pending.get(timeout=self._idle_timeout())
-            except queue.Empty:
-                self.sequencer.checkpoint_if_due()
+            self._dispatch()
+            if self._inflight:
+                self._process(self._group())
             else:
-                group = self._group(item)
-                if group:
-                    self._process(group)
+                self._queue.wait(self._idle_timeout())
+                self.sequencer.checkpoint_if_due()
             self._last_progress = self._monotonic()
             if self._notifier.watchdog(round(self._last_progress * 1000), progressed=True):
                 self._notifier.status(self._status())
@@ -183,24 +228,84 @@ class GatewayService:
     # --- the pipeline ----------------------------------------------------------------------
 
     def _on_message(self, message: Message) -> None:
-        future = self._pool.submit(prepare_batch, message.topic, message.payload,
-                                   message.arrived, self.config.limits, self.store.device)
-        self._pending.put((message, future))
+        """Admit one message (paho's network thread): cheap checks only, then queue it."""
+        try:
+            device_id = device_id_from_topic(message.topic)
+        except MalformedRecord:  # nowhere to answer: count it and let it go
+            self.metrics.batches.inc()
+            self.metrics.batches_unreadable.labels(reason=reasons.WRONG_TOPIC).inc()
+            self.ingest.ack(message)
+            return
+        try:
+            device = self.store.device(device_id)
+        except StorageError:  # never let an exception end paho's network thread
+            device = None  # the sequencer decides with the store's real answer later
+        key = device_id if device is not None else UNREGISTERED
+        if device is not None and device.status != STATUS_REVOKED \
+                and self.breaker.blocked(device_id):
+            self._drop(key, message, QUARANTINED)
+            return
+        work = _Work(message)
+        if len(message.payload) > self.config.limits.max_batch_bytes:
+            # Decided already (too_large): keep only its hash, not the payload.
+            ready = oversize_batch(message.topic, message.payload, message.arrived)
+            work = _Work(dataclasses.replace(message, payload=b""), ready)
+        for victim, dropped in self._queue.offer(key, work, len(work.message.payload),
+                                                 message.arrived):
+            self._drop(victim, dropped.message, OVER_SHARE)
 
-    def _group(self, first: _Pending | None) -> list[_Pending]:
-        """The first batch plus those already waiting behind it (one group commit)."""
-        group = [] if first is None else [first]
-        while len(group) < MAX_GROUP_BATCHES:
-            try:
-                item = self._pending.get_nowait()
-            except queue.Empty:
-                break
-            if item is not None:
-                group.append(item)
+    def _drop(self, key: bytes, message: Message, reason: str) -> None:
+        """Count a message dropped before verification and acknowledge it.
+
+        An unacknowledged QoS 1 message would hold a slot of the broker's in-flight window
+        (shared by every device) until the next reconnect; the device has no receipt for
+        it and sends it again on its own timer.
+        """
+        label = device_label(key)
+        self.metrics.ingest_dropped.labels(reason=reason, device=label).inc()
+        self.ingest.ack(message)
+        count = self._drop_log.event(key, reason)
+        if count is not None:
+            log.warning("ingest: dropped %d message(s) of device %s (%s); it will resend",
+                        count, label, reason)
+
+    def _dispatch(self) -> None:
+        """Move messages from the fair queue to the verify pool while there is room."""
+        while len(self._inflight) < MAX_GROUP_BATCHES and (
+                not self._inflight or self._inflight_bytes() < MAX_INFLIGHT_BYTES):
+            taken = self._queue.pop()
+            if taken is None:
+                return
+            device, work = taken
+            message = work.message
+            if device != UNREGISTERED and self.breaker.blocked(device):
+                self._drop(device, message, QUARANTINED)
+                continue
+            future: Future[PreparedBatch]
+            if work.ready is not None:
+                future = Future()
+                future.set_result(work.ready)
+            else:
+                future = self._pool.submit(prepare_batch, message.topic, message.payload,
+                                           message.arrived, self.config.limits,
+                                           self.store.device)
+            self._inflight.append(_InFlight(device, message, future,
+                                            self.budget.cost(len(message.payload))))
+
+    def _inflight_bytes(self) -> int:
+        return sum(item.cost for item in self._inflight)
+
+    def _group(self) -> list[_InFlight]:
+        """The oldest batch in flight plus those verified behind it (one group commit)."""
+        group = [self._inflight.popleft()]
+        group[0].future.result()
+        while self._inflight and len(group) < MAX_GROUP_BATCHES \
+                and self._inflight[0].future.done():
+            group.append(self._inflight.popleft())
         return group
 
-    def _process(self, group: list[_Pending]) -> None:
-        prepared = [future.result() for _, future in group]
+    def _process(self, group: list[_InFlight]) -> None:
+        prepared = [item.future.result() for item in group]
         for attempt in range(1, STORAGE_RETRIES + 1):
             try:
                 receipts = self.sequencer.commit_group(prepared)
@@ -213,10 +318,35 @@ class GatewayService:
                     raise
                 time.sleep(0.2 * attempt)
         # Receipts only after the commit; the MQTT ack only after the receipt is queued.
-        for (message, _), signed in zip(group, receipts, strict=True):
+        for item, signed in zip(group, receipts, strict=True):
             if signed is not None and self.ingest.publish(signed.topic, signed.payload):
                 self.metrics.receipts.inc()
-            self.ingest.ack(message)
+            self.ingest.ack(item.message)
+            if signed is not None and item.device != UNREGISTERED:
+                self._watch_signatures(item.device, signed.receipt.outcomes)
+
+    def _watch_signatures(self, device: bytes, outcomes: tuple[Outcome, ...]) -> None:
+        cooloff = self.breaker.observe(device, outcomes)
+        if cooloff is None:
+            return
+        self.metrics.quarantines.inc()
+        log.warning("ingest: device %s sent %d bad signatures in a row; its messages are "
+                    "dropped for %.0f s", device.hex(), self.breaker.threshold, cooloff)
+        for work in self._queue.drain(device):
+            self._drop(device, work.message, QUARANTINED)
+
+    def _watch_queue(self) -> None:
+        m, q = self.metrics, self._queue
+        m.ingest_queue_messages.set_function(lambda: q.messages)
+        m.ingest_queue_bytes.set_function(lambda: q.bytes)
+        m.ingest_queue_peak_messages.set_function(lambda: q.peak_messages)
+        m.ingest_queue_peak_bytes.set_function(lambda: q.peak_bytes)
+        m.ingest_oldest_age.set_function(self._backlog_age)
+        m.devices_quarantined.set_function(self.breaker.quarantined)
+
+    def _backlog_age(self) -> float:
+        oldest = self._queue.backlog().oldest_arrived
+        return 0.0 if oldest is None else max(0.0, self._monotonic() - oldest)
 
     def _idle_timeout(self) -> float:
         return min(1.0, max(0.01, self.checkpointer.seconds_until_due()))
@@ -227,7 +357,21 @@ class GatewayService:
                 f"mqtt {'up' if self.ingest.connected else 'down'}")
 
     def _health(self) -> dict[str, object]:
-        stalled = self._monotonic() - self._last_progress > 30.0
-        return {"ok": self.ingest.connected and not stalled and not self.ingest.fatal,
+        """/healthz: not ok (503) when MQTT is down, the sequencer stalls, or a backlog grows."""
+        now = self._monotonic()
+        stalled = now - self._last_progress > 30.0
+        backlog = self._queue.backlog()
+        age = 0.0 if backlog.oldest_arrived is None else max(0.0, now - backlog.oldest_arrived)
+        b = self.budget
+        backlogged = (age > BACKLOG_MAX_AGE_S
+                      or backlog.messages > BACKLOG_MAX_FILL * b.max_messages
+                      or backlog.bytes > BACKLOG_MAX_FILL * b.max_bytes)
+        ok = self.ingest.connected and not stalled and not self.ingest.fatal and not backlogged
+        return {"ok": ok, "status": "ok" if ok else "backlog" if backlogged else "down",
                 "mqtt_connected": self.ingest.connected, "log_size": self.store.size(),
-                "sequencer_stalled": stalled}
+                "sequencer_stalled": stalled,
+                "backlog": {"messages": backlog.messages, "bytes": backlog.bytes,
+                            "oldest_age_s": round(age, 3), "in_flight": len(self._inflight),
+                            "max_messages": b.max_messages, "max_bytes": b.max_bytes,
+                            "max_age_s": BACKLOG_MAX_AGE_S},
+                "devices_quarantined": self.breaker.quarantined()}

@@ -425,6 +425,12 @@ class _Transaction:
             self._conn.execute("UPDATE devices SET flags = flags | ? WHERE device_id = ?",
                                (DEVICE_EQUIVOCATED, device_id))
 
+    def equivocation_evidence(self, device_id: bytes) -> int:
+        with _storage_errors("count equivocations"):
+            row = self._conn.execute("SELECT COUNT(*) FROM equivocations WHERE device_id = ?",
+                                     (device_id,)).fetchone()
+        return int(row[0])
+
     def key_in_use(self, public_key: bytes) -> bool:
         """Whether any device ever used ``public_key``."""
         with _storage_errors("key lookup"):

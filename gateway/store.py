@@ -210,6 +210,10 @@ class LogTransaction(Protocol):
         """Keep the evidence of an equivocation and flag the device."""
         ...
 
+    def equivocation_evidence(self, device_id: bytes) -> int:
+        """How many equivocation records are kept as evidence for the device."""
+        ...
+
 
 class LogStore(Protocol):
     """The gateway's database: an append-only Merkle log plus registry and settlement."""

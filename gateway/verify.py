@@ -15,7 +15,8 @@ and per record:
 4. decode as a COSE_Sign1 holding a record (``malformed``); integer fields above 2**63-1
    are ``malformed`` too (the store's integers are signed 64-bit);
 5. the signature against the key the registry holds for that device and sequence number,
-   read from a snapshot (:class:`KeyLookup`). The sequencer re-checks the key inside its
+   read from a snapshot (:class:`KeyLookup`); not for an unknown or revoked signer, whose
+   records the rules reject before the signature anyway. The sequencer re-checks the key inside its
    transaction (a rotation or registration may have landed in between) and verifies
    again only when the key differs.
 
@@ -28,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.config import Limits
-from gateway.store import Device
+from gateway.store import STATUS_REVOKED, Device
 from protocol import reasons
 from protocol.batch import Batch, device_id_from_topic
 from protocol.cose import Sign1
@@ -115,6 +116,16 @@ def prepare_batch(topic: str, payload: bytes, arrived: float, limits: Limits,
     return prepared
 
 
+def oversize_batch(topic: str, payload: bytes, arrived: float) -> PreparedBatch:
+    """The batch for a payload already known to be over ``max_batch_bytes`` (``too_large``).
+
+    Ingest decides this before queueing, so the queue keeps the hash, not the payload.
+    """
+    prepared = PreparedBatch(topic, device_id_from_topic(topic), arrived, record_hash(payload))
+    prepared.reject = reasons.TOO_LARGE
+    return prepared
+
+
 def _prepare_record(raw: bytes, limits: Limits, keys: KeyLookup,
                     devices: dict[bytes, Device | None]) -> PreparedRecord:
     item = PreparedRecord(raw, record_hash(raw))
@@ -131,7 +142,8 @@ def _prepare_record(raw: bytes, limits: Limits, keys: KeyLookup,
     if kid not in devices:
         devices[kid] = keys(kid)
     device = devices[kid]
-    if device is not None:
+    # Unknown and revoked signers are rejected before the signature rule: verify nothing.
+    if device is not None and device.status != STATUS_REVOKED:
         item.signature_valid(device.key_for_seq(item.record.seq))
     return item
 
