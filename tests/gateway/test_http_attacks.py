@@ -20,8 +20,8 @@ import httpx
 import pytest
 
 from firmware_sim.broker import MosquittoBroker, free_port
+from firmware_sim.procs import GatewayProcess
 from tests.gateway.gwkit import ADMIN_TOKEN, write_gateway_files
-from tests.gateway.test_gateway_crash import GatewayProcess
 
 MAX_BODY = 4096
 MAX_CONNECTIONS = 32
@@ -59,15 +59,13 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     port = free_port()
     files = write_gateway_files(tmp / "gw", broker.port, http_port=port,
                                 http_extra=HTTP_LIMITS)
-    process = GatewayProcess(files.config, port, tmp / "gateway.log")
+    process = GatewayProcess(files.config, f"http://127.0.0.1:{port}", tmp / "gateway.log")
     try:
         process.start()
         yield Served(process, port, tmp / "gateway.log")
-        assert process.signal(15) == 0
+        assert process.stop() == 0
     finally:
-        if process.proc is not None and process.proc.poll() is None:
-            process.proc.kill()
-            process.proc.wait()
+        process.kill()
         broker.kill()
 
 
