@@ -219,7 +219,8 @@ def test_ten_thousand_hostile_messages_each_rejected_with_a_reason_honest_record
             - honest_before
         print(f"t={time.monotonic() - t0:.1f} {len(attacker.receipts)} receipts, {dropped} "
               f"dropped over share or quarantined, broker refused {refused_by_broker}, "
-              f"health {dict(health.codes)}, honest records logged meanwhile {honest_during} (per tenth of the flood: {progress})")
+              f"health {dict(health.codes)}, honest records logged meanwhile {honest_during} "
+              f"(per tenth of the flood: {progress})")
         after = _rejections(tb)
 
         answers = _match(hostile, attacker.receipts)
