@@ -88,10 +88,23 @@ def encode_values(values: tuple[Measurement, ...]) -> bytes:
     """Return the deterministic CBOR of a value list (the plaintext that gets sealed)."""
     parts = [cbor.head(4, len(values))]
     for m in values:
-        unit = m.unit.encode("utf-8")
-        parts += (b"\x83", _int_cbor(m.mantissa), _int_cbor(m.exponent),
-                  cbor.head(3, len(unit)), unit)
+        parts += (b"\x83", _int_cbor(m.mantissa), _int_cbor(m.exponent), _text_cbor(m.unit))
     return b"".join(parts)
+
+
+def _text_cbor(text: str) -> bytes:
+    # Units and stream names come from a handful of configured strings: encode each once.
+    cached = _TEXT_CACHE.get(text)
+    if cached is None:
+        raw = text.encode("utf-8")
+        cached = cbor.head(3, len(raw)) + raw
+        if len(_TEXT_CACHE) < _TEXT_CACHE_MAX:
+            _TEXT_CACHE[text] = cached
+    return cached
+
+
+_TEXT_CACHE: dict[str, bytes] = {}
+_TEXT_CACHE_MAX = 1024
 
 
 def _uint(value: int) -> bytes:
@@ -111,7 +124,15 @@ _SMALL_UINTS = [bytes((n,)) for n in range(24)]
 
 
 def _int_cbor(value: int) -> bytes:
-    return cbor.head(0, value) if value >= 0 else cbor.head(1, -1 - value)
+    # The head of a validated (64-bit) integer: major type 0 or 1, shortest argument.
+    if 0 <= value < 24:
+        return _SMALL_UINTS[value]
+    if -24 <= value < 0:
+        return _SMALL_NINTS[-1 - value]
+    return _uint(value) if value >= 0 else cbor.head(1, -1 - value)
+
+
+_SMALL_NINTS = [bytes((0x20 | n,)) for n in range(24)]
 
 
 def decode_values(data: bytes) -> tuple[Measurement, ...]:
@@ -201,7 +222,7 @@ class KeyRotation:
 Body = Values | Sealed | Usage | Gap | KeyEpoch | KeyRotation
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Record:
     """One record as its device signed it. Validates when built."""
 
@@ -214,17 +235,40 @@ class Record:
     stream: str
     body: Body
 
-    def __post_init__(self) -> None:
-        for value, name in ((self.boot, "boot"), (self.seq, "seq"), (self.wall_ms, "wall_ms"),
-                            (self.mono_ms, "mono_ms")):
-            if type(value) is not int or not 0 <= value <= _UINT64_MAX:
-                raise MalformedRecord("bad_field", f"{name} must be an unsigned 64-bit integer")
+    def __init__(self, boot: int, seq: int, prev: bytes, wall_ms: int, clock_synced: bool,  # noqa: PLR0917 - the dataclass signature, used positionally
+                 mono_ms: int, stream: str, body: Body) -> None:
+        # The dataclass __init__ of a frozen class sets each field through
+        # object.__setattr__; writing the instance dict directly does the same in half the
+        # time, and every record on the sign and verify paths is built here. Raises
+        # MalformedRecord if a field is invalid.
+        fields = self.__dict__
+        fields["boot"] = boot
+        fields["seq"] = seq
+        fields["prev"] = prev
+        fields["wall_ms"] = wall_ms
+        fields["clock_synced"] = clock_synced
+        fields["mono_ms"] = mono_ms
+        fields["stream"] = stream
+        fields["body"] = body
+        self._validate_header()
+        _validate_body(body, seq)
+
+    def _validate_header(self) -> None:
+        boot, seq, wall, mono = self.boot, self.seq, self.wall_ms, self.mono_ms
+        # One combined test on the hot path; the loop below only names the culprit.
+        if not (type(boot) is int and type(seq) is int and type(wall) is int
+                and type(mono) is int and 0 <= boot <= _UINT64_MAX and 0 <= seq <= _UINT64_MAX
+                and 0 <= wall <= _UINT64_MAX and 0 <= mono <= _UINT64_MAX):
+            for value, name in ((boot, "boot"), (seq, "seq"), (wall, "wall_ms"),
+                                (mono, "mono_ms")):
+                if type(value) is not int or not 0 <= value <= _UINT64_MAX:
+                    raise MalformedRecord("bad_field",
+                                          f"{name} must be an unsigned 64-bit integer")
         if not (type(self.prev) is bytes and len(self.prev) == 32):
             raise MalformedRecord("bad_field", "prev must be 32 bytes")
-        if not isinstance(self.clock_synced, bool):
+        if type(self.clock_synced) is not bool:
             raise MalformedRecord("bad_field", "clock_synced must be a bool")
         _require_text(self.stream, "stream", MAX_STREAM_CHARS)
-        _validate_body(self.body, self.seq)
 
     def header_map(self) -> dict[cbor.Value, cbor.Value]:
         """The header fields (keys 1..8) as a CBOR map."""
@@ -253,20 +297,24 @@ class Record:
         return cached
 
     def _encode_header_fields(self) -> bytes:
-        stream = self.stream.encode("utf-8")
         return b"".join((
             b"\x01\x01\x02", _uint(self.boot), b"\x03", _uint(self.seq), b"\x04\x58\x20",
             self.prev, b"\x05", _uint(self.wall_ms),
             b"\x06\xf5\x07" if self.clock_synced else b"\x06\xf4\x07",
-            _uint(self.mono_ms), b"\x08", cbor.head(3, len(stream)), stream,
+            _uint(self.mono_ms), b"\x08", _text_cbor(self.stream),
         ))
 
     def with_body(self, body: Body) -> Record:
-        """This record with another body; the header's encoding is reused, not redone."""
-        record = Record(self.boot, self.seq, self.prev, self.wall_ms, self.clock_synced,
-                        self.mono_ms, self.stream, body)
-        if "_header_bytes" in self.__dict__:
-            record.__dict__["_header_bytes"] = self.__dict__["_header_bytes"]
+        """This record with another body; the header's encoding is reused, not redone.
+
+        Only the new body is validated: the header fields are this record's, checked when
+        it was built. Raises MalformedRecord if the body is not valid for this record.
+        """
+        _validate_body(body, self.seq)
+        record = object.__new__(Record)
+        fields = record.__dict__
+        fields.update(self.__dict__)  # the header fields and their cached encoding, if any
+        fields["body"] = body
         return record
 
     def header_cbor(self) -> bytes:
@@ -275,9 +323,8 @@ class Record:
 
     def to_cbor(self) -> bytes:
         """Return the record's deterministic CBOR encoding (the COSE payload)."""
-        key, value = _body_to_cbor(self.body)
         # Body keys (9..14) are single bytes above every header key: they sort last.
-        return b"".join((b"\xa9", self._header_fields, cbor.head(0, key), cbor.encode(value)))
+        return b"".join((b"\xa9", self._header_fields, _body_cbor(self.body)))
 
     @classmethod
     def from_cbor(cls, data: bytes) -> Record:
@@ -324,39 +371,75 @@ def _record_fast(data: bytes) -> Record | None:
 
     A shortcut only, as strict as the generic path: the header is read in the one order
     and form the deterministic encoding allows (keys 1..8 ascending, shortest heads, exact
-    types checked by Record), the body with the strict generic decoder, which must consume
-    the rest exactly. Anything else returns None and goes the generic way, which reports
-    the precise error. A hypothesis test holds the two paths to the same answers.
+    types checked by Record), a sealed body by hand in its one form, any other body with
+    the strict generic decoder; either must consume the rest exactly. Anything else returns
+    None and goes the generic way, which reports the precise error. A hypothesis test holds
+    the two paths to the same answers.
     """
+    read_head = cbor.read_head
     try:
-        if data[:3] != b"\xa9\x01\x01":
+        if len(data) > MAX_RECORD_BYTES or data[:4] != b"\xa9\x01\x01\x02":
             return None
-        fields: list[int | bytes | str | bool] = []
-        pos = 3
-        for key in (K_BOOT, K_SEQ, K_PREV, K_WALL, K_SYNCED, K_MONO, K_STREAM):
-            if data[pos] != key:
-                return None
-            major, arg, pos = cbor.read_head(data, pos + 1)
-            if major == 0:
-                fields.append(arg)
-            elif major in (2, 3) and pos + arg <= len(data):
-                raw = data[pos:pos + arg]
-                fields.append(raw if major == 2 else raw.decode("utf-8"))
-                pos += arg
-            elif major == 7 and arg in (20, 21):
-                fields.append(arg == 21)
-            else:
-                return None
-        body_key = data[pos]
-        body = _body_from_cbor(body_key, cbor.decode(data[pos + 1:], _RECORD_LIMITS))
-        boot, seq, prev, wall, synced, mono, stream = fields
-        record = Record(boot, seq, prev, wall, synced, mono, stream, body)  # type: ignore[arg-type]
+        major, boot, pos = read_head(data, 4)
+        if major or data[pos] != K_SEQ:
+            return None
+        major, seq, pos = read_head(data, pos + 1)
+        if major or data[pos:pos + 3] != b"\x04\x58\x20":
+            return None
+        prev = data[pos + 3:pos + 35]
+        if data[pos + 35] != K_WALL:
+            return None
+        major, wall, pos = read_head(data, pos + 36)
+        synced_and_key = data[pos:pos + 3]
+        if major or synced_and_key not in _SYNCED_AND_MONO_KEY:
+            return None
+        major, mono, pos = read_head(data, pos + 3)
+        if major or data[pos] != K_STREAM:
+            return None
+        major, length, pos = read_head(data, pos + 1)
+        stop = pos + length
+        if major != 3 or stop >= len(data):
+            return None
+        stream = data[pos:stop].decode("utf-8")
+        body: Body | None = _sealed_fast(data, stop) if data[stop] == K_SEALED else None
+        if body is None:
+            body = _body_from_cbor(data[stop], cbor.decode(data[stop + 1:], _RECORD_LIMITS))
+        return Record(boot, seq, prev, wall, _SYNCED_AND_MONO_KEY[synced_and_key], mono,
+                      stream, body)
     except (MalformedRecord, IndexError, UnicodeDecodeError, ValueError, TypeError):
         return None
-    return record
+
+
+_SYNCED_AND_MONO_KEY = {b"\x06\xf5\x07": True, b"\x06\xf4\x07": False}
+
+
+def _sealed_fast(data: bytes, pos: int) -> Sealed | None:
+    """``10: [key_delta, ciphertext]`` at ``pos``, filling the rest of ``data``; else None."""
+    if data[pos + 1] != 0x82:
+        return None
+    major, key_delta, pos = cbor.read_head(data, pos + 2)
+    if major:
+        return None
+    major, length, pos = cbor.read_head(data, pos)
+    if major != 2 or pos + length != len(data):
+        return None
+    return Sealed(key_delta, data[pos:])
 
 
 # --- body codecs -------------------------------------------------------------------------
+
+
+def _body_cbor(body: Body) -> bytes:
+    """The body's key and value in their deterministic encoding."""
+    if type(body) is Sealed:
+        # Hand-framed on the hot path: 0x0a, array of two, key_delta, the ciphertext.
+        ciphertext = body.ciphertext
+        return b"".join((b"\x0a\x82", _uint(body.key_delta), cbor.head(2, len(ciphertext)),
+                         ciphertext))
+    if type(body) is Values:
+        return b"\x09" + encode_values(body.values)
+    key, value = _body_to_cbor(body)
+    return cbor.head(0, key) + cbor.encode(value)
 
 
 def _body_to_cbor(body: Body) -> tuple[int, cbor.Value]:

@@ -372,6 +372,7 @@ def test_hand_framed_encodings_equal_the_generic_encoder(
 _FAST_PATH_BODIES = [
     Values((Measurement(214, -1, "Cel"), Measurement(-553, 2, "%RH"))),
     Sealed(3, bytes(40)),
+    Sealed(2, bytes(300)),
     Usage(10, 5000, 4000, 360_000),
     Gap(1, 2, "outbox_full"),
 ]
@@ -412,3 +413,24 @@ def test_seal_record_reuses_the_header_without_changing_a_byte(
     fast = seal_record(s["device_id"], header, s["keys"], s["values"])  # type: ignore[arg-type]
     slow = dataclasses.replace(header, body=fast.body)
     assert fast == slow and fast.to_cbor() == slow.to_cbor()
+
+
+def test_sealing_shortcut_gives_the_public_bindings_bytes() -> None:
+    import nacl.bindings  # noqa: PLC0415
+
+    from protocol.sealing import _seal_fast  # noqa: PLC0415 - the private shortcut under test
+
+    for size in (0, 1, 18, 200, 1024):
+        plaintext, aad = os.urandom(size), os.urandom(size % 97)
+        nonce, key = os.urandom(24), os.urandom(32)
+        expected = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
+            plaintext, aad, nonce, key)
+        assert _seal_fast(plaintext, aad, nonce, key) == expected
+
+
+def test_with_body_refuses_a_body_that_does_not_fit_the_record() -> None:
+    header = _record(seq=4, stream="climate")
+    with pytest.raises(MalformedRecord):
+        header.with_body(Sealed(5, bytes(34)))  # its key epoch would follow the record
+    with pytest.raises(MalformedRecord):
+        header.with_body(Gap(4, 4, "outbox_full"))  # a gap must lie before the record
