@@ -18,17 +18,22 @@ from dataclasses import dataclass
 from agent.clock import Clock
 from agent.outbox import Outbox
 from protocol.keys import SigningKey
-from protocol.record import Body, Gap, Measurement, Record, Usage, Values
+from protocol.record import (
+    GAP_STREAM,
+    KEYS_STREAM,
+    USAGE_STREAM,
+    Body,
+    Gap,
+    Measurement,
+    Record,
+    Usage,
+    Values,
+)
 from protocol.sealing import EpochKeys, new_key_epoch, seal_record
 from protocol.signed import sign_record
 
 log = logging.getLogger(__name__)
 
-KEYS_STREAM = "keys"
-GAP_STREAM = "gap"
-USAGE_STREAM = "usage"
-ROTATION_STREAM = "rotation"
-RESERVED_STREAMS = frozenset({KEYS_STREAM, GAP_STREAM, USAGE_STREAM, ROTATION_STREAM})
 
 
 class RecordFactory:

@@ -51,6 +51,13 @@ K_VERSION, K_BOOT, K_SEQ, K_PREV, K_WALL, K_SYNCED, K_MONO, K_STREAM = range(1, 
 K_VALUES, K_SEALED, K_USAGE, K_GAP, K_KEY_EPOCH, K_KEY_ROTATION = range(9, 15)
 HEADER_KEYS = frozenset(range(1, 9))
 
+# The streams of records that are not readings (PROTOCOL.md §3.1); no sensor may use them.
+KEYS_STREAM = "keys"
+GAP_STREAM = "gap"
+USAGE_STREAM = "usage"
+ROTATION_STREAM = "rotation"
+RESERVED_STREAMS = frozenset({KEYS_STREAM, GAP_STREAM, USAGE_STREAM, ROTATION_STREAM})
+
 
 @dataclass(frozen=True)
 class Measurement:

@@ -39,7 +39,6 @@ from agent.clock import Clock
 from agent.outbox.model import OutboxSettings, OutboxStats, ReceiptResult, consecutive_runs
 from agent.outbox.rows import (
     SCHEMA,
-    hash_prefix,
     prune_dead_letters,
     read_stats,
     seq_by_hash,
@@ -49,8 +48,8 @@ from agent.outbox.sqlite import move_aside, open_or_move_aside, storage_error, t
 from agent.outbox.state import DeviceState
 from protocol import reasons
 from protocol.errors import StorageError
-from protocol.receipt import Receipt, Status
-from protocol.record import GENESIS_PREV, Gap
+from protocol.receipt import Receipt, Status, hash_prefix
+from protocol.record import GAP_STREAM, GENESIS_PREV, Gap
 
 log = logging.getLogger(__name__)
 
@@ -340,7 +339,7 @@ class Outbox:
             raise StorageError("outbox has no gap signer attached")
         seq = self._next_seq()
         raw = self._signer.sign_gap(seq, self._head_hash, Gap(first, last, reason))
-        self._store(seq, "gap", True, raw)
+        self._store(seq, GAP_STREAM, True, raw)
         self._bump("gaps_declared")
         log.warning("declared gap %d..%d (%s) in record %d", first, last, reason, seq)
 
