@@ -8,8 +8,9 @@ RFC 8949 §4.2.1 deterministic encoding) is::
     2  boot           uint, the device's boot counter (increments on every agent start)
     3  seq            uint, per-device sequence number, never reused
     4  prev           bstr 32, SHA-256 of the previous record's signed bytes (zeros for seq 0)
-    5  wall_ms        uint, wall-clock time in ms since the Unix epoch
-    6  clock_synced   bool, whether the wall clock was synchronised (NTP) at that time
+    5  wall_ms        uint, wall-clock time in ms since the Unix epoch, clock synchronised
+    6  wall_unsynced  uint, the same when the wall clock was NOT synchronised (NTP);
+                      exactly one of 5 and 6 is present (``Record.clock_synced``)
     7  mono_ms        uint, monotonic clock in ms since boot
     8  stream         tstr, the stream name ("climate", "tv", "usage", ...)
 
@@ -47,9 +48,10 @@ _RECORD_LIMITS = cbor.Limits(
     max_bytes=MAX_RECORD_BYTES, max_depth=5, max_items=64, max_string=MAX_RECORD_BYTES
 )
 
-K_VERSION, K_BOOT, K_SEQ, K_PREV, K_WALL, K_SYNCED, K_MONO, K_STREAM = range(1, 9)
+K_VERSION, K_BOOT, K_SEQ, K_PREV, K_WALL, K_WALL_UNSYNCED, K_MONO, K_STREAM = range(1, 9)
 K_VALUES, K_SEALED, K_USAGE, K_GAP, K_KEY_EPOCH, K_KEY_ROTATION = range(9, 15)
-HEADER_KEYS = frozenset(range(1, 9))
+HEADER_KEYS = frozenset(range(1, 9))  # all but one of K_WALL and K_WALL_UNSYNCED present
+_REQUIRED_KEYS = HEADER_KEYS - {K_WALL, K_WALL_UNSYNCED}
 
 # The streams of records that are not readings (PROTOCOL.md §3.1); no sensor may use them.
 KEYS_STREAM = "keys"
@@ -278,14 +280,13 @@ class Record:
         _require_text(self.stream, "stream", MAX_STREAM_CHARS)
 
     def header_map(self) -> dict[cbor.Value, cbor.Value]:
-        """The header fields (keys 1..8) as a CBOR map."""
+        """The header fields (keys 1..8, wall time under 5 or 6) as a CBOR map."""
         return {
             K_VERSION: VERSION,
             K_BOOT: self.boot,
             K_SEQ: self.seq,
             K_PREV: self.prev,
-            K_WALL: self.wall_ms,
-            K_SYNCED: self.clock_synced,
+            K_WALL if self.clock_synced else K_WALL_UNSYNCED: self.wall_ms,
             K_MONO: self.mono_ms,
             K_STREAM: self.stream,
         }
@@ -306,9 +307,8 @@ class Record:
     def _encode_header_fields(self) -> bytes:
         return b"".join((
             b"\x01\x01\x02", _uint(self.boot), b"\x03", _uint(self.seq), b"\x04\x58\x20",
-            self.prev, b"\x05", _uint(self.wall_ms),
-            b"\x06\xf5\x07" if self.clock_synced else b"\x06\xf4\x07",
-            _uint(self.mono_ms), b"\x08", _text_cbor(self.stream),
+            self.prev, b"\x05" if self.clock_synced else b"\x06", _uint(self.wall_ms),
+            b"\x07", _uint(self.mono_ms), b"\x08", _text_cbor(self.stream),
         ))
 
     def with_body(self, body: Body) -> Record:
@@ -325,13 +325,13 @@ class Record:
         return record
 
     def header_cbor(self) -> bytes:
-        """The deterministic CBOR of :meth:`header_map` (a map of eight entries)."""
-        return b"\xa8" + self._header_fields
+        """The deterministic CBOR of :meth:`header_map` (a map of seven entries)."""
+        return b"\xa7" + self._header_fields
 
     def to_cbor(self) -> bytes:
         """Return the record's deterministic CBOR encoding (the COSE payload)."""
         # Body keys (9..14) are single bytes above every header key: they sort last.
-        return b"".join((b"\xa9", self._header_fields, _body_cbor(self.body)))
+        return b"".join((b"\xa8", self._header_fields, _body_cbor(self.body)))
 
     @classmethod
     def from_cbor(cls, data: bytes) -> Record:
@@ -351,9 +351,12 @@ class Record:
             raise MalformedRecord("bad_record", "record is not a map")
         if item.get(K_VERSION) != VERSION:
             raise MalformedRecord("bad_version", f"unsupported version {item.get(K_VERSION)!r}")
-        missing = HEADER_KEYS - item.keys()
+        missing = _REQUIRED_KEYS - item.keys()
         if missing:
             raise MalformedRecord("bad_record", f"missing fields {sorted(missing)}")
+        walls = [key for key in (K_WALL, K_WALL_UNSYNCED) if key in item]
+        if len(walls) != 1:
+            raise MalformedRecord("bad_record", "exactly one of wall_ms and wall_unsynced")
         body_keys = set(item.keys()) - HEADER_KEYS
         if len(body_keys) != 1:
             raise MalformedRecord("bad_record", "a record has exactly one body")
@@ -363,8 +366,8 @@ class Record:
                 boot=_int(item[K_BOOT]),
                 seq=_int(item[K_SEQ]),
                 prev=_bytes(item[K_PREV]),
-                wall_ms=_int(item[K_WALL]),
-                clock_synced=_bool(item[K_SYNCED]),
+                wall_ms=_int(item[walls[0]]),
+                clock_synced=walls[0] == K_WALL,
                 mono_ms=_int(item[K_MONO]),
                 stream=_text(item[K_STREAM]),
                 body=_body_from_cbor(body_key, item[body_key]),
@@ -377,7 +380,7 @@ def _record_fast(data: bytes) -> Record | None:
     """Parse the header as :meth:`Record.to_cbor` frames it, without the generic decoder.
 
     A shortcut only, as strict as the generic path: the header is read in the one order
-    and form the deterministic encoding allows (keys 1..8 ascending, shortest heads, exact
+    and form the deterministic encoding allows (keys ascending, shortest heads, exact
     types checked by Record), a sealed body by hand in its one form, any other body with
     the strict generic decoder; either must consume the rest exactly. Anything else returns
     None and goes the generic way, which reports the precise error. A hypothesis test holds
@@ -385,7 +388,7 @@ def _record_fast(data: bytes) -> Record | None:
     """
     read_head = cbor.read_head
     try:
-        if len(data) > MAX_RECORD_BYTES or data[:4] != b"\xa9\x01\x01\x02":
+        if len(data) > MAX_RECORD_BYTES or data[:4] != b"\xa8\x01\x01\x02":
             return None
         major, boot, pos = read_head(data, 4)
         if major or data[pos] != K_SEQ:
@@ -394,13 +397,13 @@ def _record_fast(data: bytes) -> Record | None:
         if major or data[pos:pos + 3] != b"\x04\x58\x20":
             return None
         prev = data[pos + 3:pos + 35]
-        if data[pos + 35] != K_WALL:
+        wall_key = data[pos + 35]
+        if wall_key not in {K_WALL, K_WALL_UNSYNCED}:
             return None
         major, wall, pos = read_head(data, pos + 36)
-        synced_and_key = data[pos:pos + 3]
-        if major or synced_and_key not in _SYNCED_AND_MONO_KEY:
+        if major or data[pos] != K_MONO:
             return None
-        major, mono, pos = read_head(data, pos + 3)
+        major, mono, pos = read_head(data, pos + 1)
         if major or data[pos] != K_STREAM:
             return None
         major, length, pos = read_head(data, pos + 1)
@@ -411,13 +414,9 @@ def _record_fast(data: bytes) -> Record | None:
         body: Body | None = _sealed_fast(data, stop) if data[stop] == K_SEALED else None
         if body is None:
             body = _body_from_cbor(data[stop], cbor.decode(data[stop + 1:], _RECORD_LIMITS))
-        return Record(boot, seq, prev, wall, _SYNCED_AND_MONO_KEY[synced_and_key], mono,
-                      stream, body)
+        return Record(boot, seq, prev, wall, wall_key == K_WALL, mono, stream, body)
     except (MalformedRecord, IndexError, UnicodeDecodeError, ValueError, TypeError):
         return None
-
-
-_SYNCED_AND_MONO_KEY = {b"\x06\xf5\x07": True, b"\x06\xf4\x07": False}
 
 
 def _sealed_fast(data: bytes, pos: int) -> Sealed | None:
@@ -573,12 +572,6 @@ def _int(x: cbor.Value) -> int:
     if not _is_int(x):
         raise MalformedRecord("bad_field", "integer expected")
     assert isinstance(x, int)
-    return x
-
-
-def _bool(x: cbor.Value) -> bool:
-    if not isinstance(x, bool):
-        raise MalformedRecord("bad_field", "bool expected")
     return x
 
 

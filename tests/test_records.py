@@ -183,6 +183,32 @@ def test_record_with_two_bodies_rejected() -> None:
         Record.from_cbor(cbor.encode(fields))
 
 
+@pytest.mark.parametrize("wall_fields", [
+    {5: 1_764_403_200_000, 6: 1_764_403_200_000},  # synced and unsynced at once
+    {5: 1_764_403_200_000, 6: True},  # the earlier draft's clock_synced bool
+    {},  # no wall time at all
+    {6: False},  # unsynced wall time that is not a time
+])
+def test_record_with_ambiguous_or_missing_wall_time_rejected(
+    wall_fields: dict[int, object]
+) -> None:
+    fields = cbor.decode(_record().to_cbor())
+    assert isinstance(fields, dict)
+    del fields[5]
+    fields.update(wall_fields)  # type: ignore[arg-type]
+    with pytest.raises(MalformedRecord):
+        Record.from_cbor(cbor.encode(fields))
+
+
+@pytest.mark.parametrize("synced", [True, False])
+def test_clock_sync_state_survives_the_wall_time_key(synced: bool) -> None:
+    record = dataclasses.replace(_record(), clock_synced=synced)
+    payload = record.to_cbor()
+    assert payload[:1] == b"\xa8" and record.header_cbor()[:1] == b"\xa7"
+    assert (5 in cbor.decode(payload)) is synced  # type: ignore[operator]
+    assert Record.from_cbor(payload) == record == Record.from_cbor_strict(payload)
+
+
 def test_gap_must_point_backwards() -> None:
     with pytest.raises(MalformedRecord):
         _record(seq=5, body=Gap(5, 9, "outbox_full"))
@@ -381,13 +407,14 @@ _FAST_PATH_BODIES = [
 @settings(max_examples=1500)
 @given(st.integers(min_value=3, max_value=2**64 - 1), st.sampled_from(_FAST_PATH_BODIES),
        st.lists(st.tuples(st.integers(min_value=0), st.integers(min_value=0, max_value=255)),
-                max_size=3))
+                max_size=3), st.booleans())
 def test_fast_record_decoder_never_accepts_what_the_generic_one_refuses(
-    seq: int, body: object, mutations: list[tuple[int, int]]
+    seq: int, body: object, mutations: list[tuple[int, int]], synced: bool
 ) -> None:
     from protocol.record import _record_fast  # noqa: PLC0415 - the private shortcut under test
 
-    payload = bytearray(_record(seq=seq, body=body).to_cbor())
+    record = dataclasses.replace(_record(seq=seq, body=body), clock_synced=synced)
+    payload = bytearray(record.to_cbor())
     for position, byte in mutations:
         payload[position % len(payload)] = byte
     fast = _record_fast(bytes(payload))
