@@ -34,7 +34,7 @@ MAX_RECEIPT_BYTES = 96 * 1024
 MAX_CHECKPOINT_CHARS = 8192
 
 
-def hash_prefix(data: bytes) -> bytes:
+def hash_prefix(data: bytes | bytearray | memoryview) -> bytes:
     """The 16 bytes by which a receipt outcome names a record (or a batch refused whole).
 
     The first HASH_PREFIX_BYTES of SHA-256 of the exact signed (or payload) bytes.
