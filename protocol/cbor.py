@@ -18,6 +18,7 @@ over the value. Every input limit is capped; any violation raises
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import Union
 
@@ -220,12 +221,16 @@ def read_head(data: bytes, pos: int) -> tuple[int, int, int]:
     stop = pos + (2, 3, 5, 9)[info - 24]
     if stop > end:
         raise MalformedRecord("cbor_truncated", f"need {stop - pos - 1} bytes at offset {pos + 1}")
-    argument = int.from_bytes(data[pos + 1:stop], "big")
+    argument: int = _UNPACK[info - 24](data, pos + 1)[0]
     # Shortest form (RFC 8949 §4.2.1), as _Reader.head checks it: the least argument that
     # needs each width.
     if argument < (24, 1 << 8, 1 << 16, 1 << 32)[info - 24]:
         raise MalformedRecord("cbor_not_deterministic", "argument not in shortest form")
     return major, argument, stop
+
+
+# Big-endian arguments of 1, 2, 4 and 8 bytes, read in place (no slice, no int.from_bytes).
+_UNPACK = tuple(struct.Struct(f">{code}").unpack_from for code in "BHIQ")
 
 
 def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Value:

@@ -390,8 +390,12 @@ def _record_fast(data: bytes) -> Record | None:
     try:
         if len(data) > MAX_RECORD_BYTES or data[:4] != b"\xa8\x01\x01\x02":
             return None
-        major, boot, pos = read_head(data, 4)
-        if major or data[pos] != K_SEQ:
+        boot, pos = data[4], 5  # a boot counter below 24 has a one-byte head
+        if boot >= 24:
+            major, boot, pos = read_head(data, 4)
+            if major:
+                return None
+        if data[pos] != K_SEQ:
             return None
         major, seq, pos = read_head(data, pos + 1)
         if major or data[pos:pos + 3] != b"\x04\x58\x20":
@@ -406,9 +410,15 @@ def _record_fast(data: bytes) -> Record | None:
         major, mono, pos = read_head(data, pos + 1)
         if major or data[pos] != K_STREAM:
             return None
-        major, length, pos = read_head(data, pos + 1)
+        initial = data[pos + 1]
+        if 0x60 <= initial < 0x78:  # a text string shorter than 24 bytes: one-byte head
+            length, pos = initial - 0x60, pos + 2
+        else:
+            major, length, pos = read_head(data, pos + 1)
+            if major != 3:
+                return None
         stop = pos + length
-        if major != 3 or stop >= len(data):
+        if stop >= len(data):
             return None
         stream = data[pos:stop].decode("utf-8")
         body: Body | None = _sealed_fast(data, stop) if data[stop] == K_SEALED else None
