@@ -214,6 +214,11 @@ def read_head(data: bytes, pos: int) -> tuple[int, int, int]:
     major, info = initial >> 5, initial & 0x1F
     if info < 24:
         return major, info, pos + 1  # the common one-byte head
+    if info == 24 and major != 7 and pos + 2 <= end:  # the next most common: one byte more
+        argument = data[pos + 1]
+        if argument < 24:
+            raise MalformedRecord("cbor_not_deterministic", "argument not in shortest form")
+        return major, argument, pos + 2
     if info > 27:
         raise MalformedRecord("cbor_not_deterministic", f"additional info {info}")
     if major == 7:

@@ -30,7 +30,7 @@ _ENVELOPE_LIMITS = cbor.Limits(max_bytes=64 * 1024, max_depth=3, max_items=8,
                                max_string=64 * 1024)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Sign1:
     """A decoded but not yet verified COSE_Sign1."""
 
@@ -38,6 +38,15 @@ class Sign1:
     kid: bytes
     payload: bytes
     signature: bytes
+
+    def __init__(self, protected: bytes, kid: bytes, payload: bytes, signature: bytes) -> None:
+        # One per record verified: the instance dict is written directly, as in
+        # protocol.record.Record.__init__ (the frozen dataclass __init__ takes twice as long).
+        fields = self.__dict__
+        fields["protected"] = protected
+        fields["kid"] = kid
+        fields["payload"] = payload
+        fields["signature"] = signature
 
     def to_be_signed(self) -> bytes:
         """The Sig_structure bytes the signature covers (RFC 9052 §4.4)."""
