@@ -7,7 +7,9 @@ Prints one line per figure and ends with one line of JSON:
                      second (goal >= 0.85)
   bytes_per_reading  one DHT22 reading (temperature and humidity), one recipient,
                      signature included (goal <= 200)
-Never asserts; run it as `python bench/protocol_bench.py`.
+Rates are per CPU-second of the bench thread, best of three rounds, each path's rounds
+interleaved with its bare baseline's; the baselines sign and verify distinct messages, as
+the paths do distinct records. Never asserts; run it as `python bench/protocol_bench.py`.
 """
 
 from __future__ import annotations
