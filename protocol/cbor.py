@@ -215,7 +215,7 @@ def read_head(data: bytes, pos: int) -> tuple[int, int, int]:
     if info < 24:
         return major, info, pos + 1  # the common one-byte head
     if info == 24 and major != 7 and pos + 2 <= end:  # the next most common: one byte more
-        argument = data[pos + 1]
+        argument: int = data[pos + 1]
         if argument < 24:
             raise MalformedRecord("cbor_not_deterministic", "argument not in shortest form")
         return major, argument, pos + 2
@@ -226,7 +226,7 @@ def read_head(data: bytes, pos: int) -> tuple[int, int, int]:
     stop = pos + (2, 3, 5, 9)[info - 24]
     if stop > end:
         raise MalformedRecord("cbor_truncated", f"need {stop - pos - 1} bytes at offset {pos + 1}")
-    argument: int = _UNPACK[info - 24](data, pos + 1)[0]
+    argument = _UNPACK[info - 24](data, pos + 1)[0]
     # Shortest form (RFC 8949 §4.2.1), as _Reader.head checks it: the least argument that
     # needs each width.
     if argument < (24, 1 << 8, 1 << 16, 1 << 32)[info - 24]:
