@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+SIM_STAMP := $(VENV)/.installed-sim
 
 .PHONY: test lint typecheck pytest demo soak bench clean deps broker chain
 
@@ -17,7 +18,14 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
-	touch $(STAMP)
+	touch $(STAMP) $(SIM_STAMP)
+
+# The demo needs only the sim extra (no linters, no test tools): its own stamp in the same
+# venv, so `make demo` on a fresh checkout installs that much and `make test` the rest.
+$(SIM_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[sim]'
+	touch $(SIM_STAMP)
 
 deps: $(STAMP) broker chain
 
@@ -34,7 +42,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy protocol verifier agent gateway provisioning firmware_sim
+	$(VENV)/bin/mypy --explicit-package-bases protocol osutil verifier agent gateway provisioning \
+		firmware_sim tests/harness
 
 pytest: $(STAMP)
 	$(PY) -m pytest
@@ -47,9 +56,9 @@ bench: deps
 	$(PY) bench/e2e_bench.py
 
 # The one-command demo (README, "Demo"); options go in DEMO_ARGS, for example
-# make demo DEMO_ARGS="--devices 3 --duration 30". It needs the venv and mosquitto only.
+# make demo DEMO_ARGS="--devices 3 --duration 30". It needs the sim extra and mosquitto only.
 DEMO_ARGS ?=
-demo: $(STAMP) broker
+demo: $(SIM_STAMP) broker
 	$(PY) -m firmware_sim.cli demo $(DEMO_ARGS)
 
 # The fault-injection soak (tests/faults/test_soak.py): SOAK_FAULTS seeded faults against a

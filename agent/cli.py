@@ -15,19 +15,17 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import FrameType
 
 from agent.clock import SystemClock
 from agent.config import AgentConfig, env_overrides, load_config
-from agent.identity import create_identity, ensure_state_dir, load_identity
-from agent.sensors import load_simulated_hardware
-from agent.service import AgentService, ServiceOptions
+from agent.identity import create_identity, ensure_state_dir
+from agent.run import run_agent, setup_logging, stop_on_signals
+from agent.service import ServiceOptions
 from agent.status import collect_status
 from protocol.errors import ConfigError, EdgeproofError
 
@@ -153,11 +151,17 @@ def _with_backend(config: AgentConfig, backend: str) -> AgentConfig:
     return replace(config, backend=backend)
 
 
+def run_config(argv: list[str], environ: Mapping[str, str]) -> AgentConfig:
+    """The config ``edgeproof-agent run ARGV`` would use (for runners that inject a clock
+    or service options). Raises ConfigError; exits with a usage message on bad flags."""
+    return build_run_config(_parser().parse_args(["run", *argv]), environ)
+
+
 def _cmd_run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     stop = threading.Event()
-    _on_signals(stop)  # first: a SIGTERM during start-up still ends in a clean shutdown
+    stop_on_signals(stop, PROG)  # first: a SIGTERM during start-up still ends in a clean shutdown
     config = build_run_config(args, environ)
-    _setup_logging(config.log_level)
+    setup_logging(config.log_level)
     log = logging.getLogger(PROG)
     ensure_state_dir(config.state_dir)
     if args.config is None and not config.key_file.exists():
@@ -165,34 +169,7 @@ def _cmd_run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         log.warning("created a new device identity in %s: public key %s (device id %s); "
                     "enroll it with the gateway", config.key_file, identity.public_key_hex,
                     identity.device_id.hex())
-    load_identity(config.key_file)  # fail fast, before any hardware is touched
-    clock = SystemClock()
-    sim = None
-    if config.backend == "simulated":
-        sim = load_simulated_hardware(config.sim_seed, config.state_dir, clock)
-    service = AgentService(config, clock, sim=sim,
-                           options=ServiceOptions(environ=dict(environ)))
-    try:
-        service.start()
-        service.run(stop)
-    finally:
-        if sim is not None:
-            sim.close()
-    return 0
-
-
-def _on_signals(stop: threading.Event) -> None:
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        logging.getLogger(PROG).info("signal %d: stopping", signum)
-        stop.set()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, handler)
-
-
-def _setup_logging(level: str) -> None:
-    # journald adds timestamps and the unit name; keep lines short.
-    logging.basicConfig(stream=sys.stdout, level=level.upper(),
-                        format="%(levelname)s %(name)s: %(message)s", force=True)
+    return run_agent(config, SystemClock(), ServiceOptions(environ=dict(environ)), stop)
 
 
 # --- status --------------------------------------------------------------------------------

@@ -14,17 +14,17 @@ starts (:func:`broker_settings`).
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.config_reader import Table
 from agent.outbox import FULL_POLICIES, OutboxSettings
 from agent.records import EpochPolicy
 from agent.sensors import DEFAULT_PIN_FACTORY, SensorConfig, validate_sensor_configs
 from agent.uplink.settings import GatewayKey, UplinkSettings
-from agent.uplink.transport import BrokerSettings, parse_broker_url
+from agent.uplink.transport import BrokerSettings
+from osutil.brokerurl import parse_broker_url
+from osutil.toml_table import Table, read_toml
 from protocol.errors import ConfigError
 from protocol.keys import Secret, read_secret_file
 
@@ -105,17 +105,6 @@ class AgentConfig:
         """Stream name -> the X25519 public keys its values are sealed for."""
         return {s.stream: tuple(self.recipients[name] for name in s.recipients)
                 for s in self.sensors if s.recipients}
-
-
-def read_toml(path: Path) -> dict[str, object]:
-    """Parse a TOML file; raise ConfigError naming the file on any problem."""
-    try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
 
 
 def apply_overrides(data: dict[str, object], overrides: Mapping[tuple[str, str], object]

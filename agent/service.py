@@ -23,20 +23,21 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 from agent.clock import Clock
 from agent.config import AgentConfig, broker_settings
-from agent.credits import UsageMeter
+from agent.credits import MeterDamaged, UsageMeter
 from agent.identity import Identity, KeyFiles, load_identity
 from agent.outbox import DatabaseCorrupt, DeviceState, Outbox
 from agent.records import RecordFactory, RecordWriter
 from agent.rotation import KeyRotator, Step
-from agent.sdnotify import Notifier
 from agent.sensors import DigitalInputSensor, Sensor, SensorSet, SimulatedHardware, build_sensors
 from agent.status import CREDITS_FILE, OUTBOX_FILE, STATE_FILE, write_status
 from agent.uplink import BrokerSettings, MqttTransport, Uplink
 from agent.uplink.uplink import TransportFactory
 from agent.usage_reports import UsageReporter
+from osutil.sdnotify import Notifier
 from protocol.errors import SensorReadError, StorageError
 from protocol.keys import SigningKey, load_device_key
 
@@ -147,7 +148,8 @@ class AgentService:
         if usage is None:
             return
         meter = UsageMeter(self.config.state_dir / CREDITS_FILE, usage.input,
-                           usage.rate_micro_per_hour, usage.checkpoint_interval_s, self.boot)
+                           usage.rate_micro_per_hour, usage.checkpoint_interval_s, self.boot,
+                           wall_ms=self.clock.wall_ms, on_damaged=self._credits_damaged)
         self.reporter = UsageReporter(meter, self.writer, self.outbox)
         self.reporter.resolve_pending()
         try:
@@ -159,6 +161,13 @@ class AgentService:
             self._input = sensor
             sensor.watch(lambda on: meter.observe(on, self.clock.mono_ms()))
         self._next_usage_ms = self.clock.mono_ms() + round(usage.report_interval_s * 1000)
+
+    def _credits_damaged(self, moved: Path, why: str) -> None:
+        # Declared like a damaged outbox: a loud line, a durable count, shown by `status`.
+        log.error("CREDITS DAMAGED: %s (%s). Moved to %s; starting a new usage meter. Usage "
+                  "not yet in a usage record (pending claims, the open window) is lost.",
+                  self.config.state_dir / CREDITS_FILE, why, moved)
+        self.state.count("corrupt_credits")
 
     def _new_uplink(self, broker: BrokerSettings) -> Uplink:
         return Uplink(self.config.uplink, broker, self.config.gateway,
@@ -215,18 +224,30 @@ class AgentService:
         meter = self.reporter.meter
         if self._input is not None:
             try:
-                meter.observe(self._input.is_active(), now)
+                active = self._input.is_active()
             except SensorReadError as exc:
                 self._sensor_error(self._input, exc)
+            else:
+                self._guarded(lambda: meter.observe(active, now))
         self._guarded(lambda: meter.tick(now))
         if now >= self._next_usage_ms and self.config.usage is not None:
             self._next_usage_ms = now + round(self.config.usage.report_interval_s * 1000)
             self._guarded(lambda: self.reporter.report(now) if self.reporter else None)
 
     def _guarded(self, action: Callable[[], object]) -> None:
-        """Run a storage action; a damaged outbox is replaced, other failures are counted."""
+        """Run a storage action; a damaged outbox or usage meter file is replaced, other
+        failures are counted."""
         try:
             action()
+        except MeterDamaged as exc:
+            self.counters["credits_replaced"] += 1
+            log.error("usage meter damaged while running (%s); replacing it", exc)
+            try:
+                if self.reporter is not None:
+                    self.reporter.meter.recover(self.clock.mono_ms())
+            except StorageError as again:
+                self.counters["storage_errors"] += 1
+                log.error("cannot replace the usage meter: %s", again)
         except DatabaseCorrupt as exc:
             self.counters["outbox_replaced"] += 1
             log.error("outbox damaged while running (%s); replacing it", exc)

@@ -2,8 +2,8 @@
 
 The running agent writes ``status.json`` (uplink state, sensors, usage meter, service
 counters) every ``service.status_interval_s`` and at shutdown; the outbox figures are read
-live from ``outbox.sqlite`` and the device counters from ``state.sqlite``, so ``status``
-works whether or not the agent is running.
+live from ``outbox.sqlite`` and the device counters (boot, damaged outbox and credits files
+moved aside) from ``state.sqlite``, so ``status`` works whether or not the agent is running.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ def collect_status(state_dir: Path) -> dict[str, object]:
         "accrued_micro": usage.get("accrued_micro") if usage else None,
         "sent_micro": usage.get("emitted_micro") if usage else None,
         "settled_micro": outbox.get("settled_micro"),
+        "corrupt_credits": state.get("corrupt_credits", 0),
     }
     return {"state_dir": str(state_dir), "boot": state.get("boot"),
             "outbox": outbox, "credit": credit, "agent": agent}

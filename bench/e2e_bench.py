@@ -1,6 +1,6 @@
 """End-to-end benchmark: agent components, a real Mosquitto and a real gateway process.
 
-Everything runs on a provisioned testbed (firmware_sim.testbed: ``edgeproof-provision``
+Everything runs on a provisioned testbed (tests.harness.testbed: ``edgeproof-provision``
 fleet, Mosquitto with its generated config and ACL, ``python -m gateway.cli run``). Prints
 one line per figure and ends with ONE line of JSON. Never asserts.
 
@@ -44,7 +44,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import httpx
 import nacl.signing
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -53,12 +52,13 @@ from agent.clock import ManualClock, SystemClock
 from agent.outbox import DeviceState, Outbox, OutboxSettings
 from agent.records import EpochPolicy, RecordFactory, RecordWriter
 from agent.uplink import BrokerSettings, GatewayKey, Uplink, UplinkSettings
-from firmware_sim.testbed import DeviceCredentials, Testbed, provision, wait_for_login
+from firmware_sim.stack import SimDevice
 from protocol.batch import Batch
 from protocol.keys import Secret, SigningKey, load_device_key
 from protocol.receipt import Receipt
 from protocol.record import Measurement
 from protocol.signed import parse_signed_record
+from tests.harness.testbed import Testbed
 
 CLIMATE = (Measurement(214, -1, "Cel"), Measurement(473, -1, "%RH"))
 DAY_MS = 86_400_000
@@ -94,7 +94,7 @@ class BenchClock(ManualClock):
 class Device:
     """One device's agent pipeline minus sensors: writer, outbox, uplink."""
 
-    def __init__(self, tb: Testbed, creds: DeviceCredentials, workdir: Path, *,
+    def __init__(self, tb: Testbed, creds: SimDevice, workdir: Path, *,
                  clock: SystemClock | BenchClock, outbox_settings: OutboxSettings) -> None:
         workdir.mkdir(parents=True)
         self.tb, self.creds = tb, creds
@@ -172,7 +172,7 @@ def backlog_drain(tb: Testbed, work: Path, readings: int) -> dict[str, float]:
     log(f"backlog: {depth} records committed in {made_s:.1f} s with the broker down "
         f"({device.outbox.bytes_used / 1e6:.1f} MB)")
     tb.start_broker()
-    _wait_healthy(tb)
+    tb.gateway.wait_healthy(60)  # until it is connected to the broker again
     clock.go_live()  # from here on receipts commit on the real group-commit window
     t0 = time.perf_counter()
     device.start_uplink(tb.verifier_key())
@@ -188,17 +188,6 @@ def backlog_drain(tb: Testbed, work: Path, readings: int) -> dict[str, float]:
         f"({rate:,.0f} records/s; flush complete: {done}; uplink {counters})")
     return {"backlog_records": depth, "backlog_drain_s": round(took, 2),
             "backlog_drain_records_per_s": round(rate), "backlog_left": left}
-
-
-def _wait_healthy(tb: Testbed, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{tb.gateway_url}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
 
 
 def bare_verify_rate(n: int = 20_000) -> float:
@@ -250,9 +239,9 @@ def receipt_latency(tb: Testbed, work: Path, devices: int, seconds: float, *,
                     prefix: str = "lat", uplink: UplinkSettings | None = None,
                     outbox: OutboxSettings | None = None
                     ) -> tuple[dict[str, float], list[bytes]]:
-    creds = json.loads(_provision_many(tb, prefix, devices))
+    creds = tb.stack.add_devices(prefix, devices)
     clock = SystemClock()
-    fleet = [Device(tb, _creds(tb, c), work / f"{prefix}{n}", clock=clock,
+    fleet = [Device(tb, c, work / f"{prefix}{n}", clock=clock,
                     outbox_settings=outbox or OutboxSettings()) for n, c in enumerate(creds)]
     verifier = tb.verifier_key()
     for device in fleet:
@@ -308,23 +297,6 @@ def receipt_latency(tb: Testbed, work: Path, devices: int, seconds: float, *,
     return ({"latency_devices": devices, "latency_readings": len(latencies),
              "receipt_latency_p50_ms": round(p50), "receipt_latency_p99_ms": round(p99),
              "wire_bytes_per_reading": round(per_reading, 1)}, wire.sample)
-
-
-def _provision_many(tb: Testbed, prefix: str, n: int) -> str:
-    out = provision("device", "add", prefix, "--count", str(n), "--fleet", str(tb.fleet),
-                    "--json")
-    last = json.loads(out)[-1]
-    creds = _creds(tb, last)
-    wait_for_login(tb.broker_port, creds.username, creds.password)
-    return out
-
-
-def _creds(tb: Testbed, entry: dict[str, str]) -> DeviceCredentials:
-    bundle = tb.fleet / "devices" / entry["name"]
-    password = (bundle / "etc/edgeproof/broker.password").read_text().strip()
-    return DeviceCredentials(entry["name"], entry["device_id"],
-                             bundle / "var/lib/edgeproof/device.key", entry["device_id"],
-                             password)
 
 
 # --- wire size -------------------------------------------------------------------------------

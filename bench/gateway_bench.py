@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -42,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from firmware_sim.broker import MosquittoBroker, free_port  # noqa: E402
+from firmware_sim.procs import GatewayProcess  # noqa: E402
 from gateway.sqlite_store import SQLiteLogStore  # noqa: E402
 from gateway.store import NewLeaf  # noqa: E402
 from protocol import merkle  # noqa: E402
@@ -55,33 +54,6 @@ BATCH_RECORDS = 100
 
 def log(message: str) -> None:
     print(f"[gateway_bench] {message}", file=sys.stderr, flush=True)
-
-
-class Gateway:
-    def __init__(self, config: Path, http_port: int, logfile: Path) -> None:
-        self.config, self.url, self.logfile = config, f"http://127.0.0.1:{http_port}", logfile
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, wait_healthy: bool = True) -> None:
-        with self.logfile.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config),
-                 "--log-level", "WARNING"], cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-        if wait_healthy:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.05)
-            raise RuntimeError("gateway did not start; see " + str(self.logfile))
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=60)
 
 
 class ReceiptCounter:
@@ -131,13 +103,15 @@ def drain(workdir: Path, n_records: int, n_devices: int) -> dict[str, float]:
     files = write_gateway_files(workdir / "gw", broker.port, http_port=http_port,
                                 every_leaves=1000, interval_s=1.0,
                                 client_id="edgeproof-gateway-bench")
-    gateway = Gateway(files.config, http_port, workdir / "gateway.log")
+    gateway = GatewayProcess(files.config, f"http://127.0.0.1:{http_port}",
+                             workdir / "gateway.log", extra_args=("--log-level", "WARNING"),
+                             cwd=REPO)
     try:
         gateway.start()  # creates the persistent session
         fleet = [TestDevice.create(f"bench-{i}", 1000 + i) for i in range(n_devices)]
         for dev in fleet:
             register(gateway.url, dev)
-        gateway.stop()
+        gateway.stop(timeout_s=60)
         log(f"signing {n_records} records from {n_devices} devices")
         payloads: list[tuple[bytes, bytes]] = []
         per_device = n_records // n_devices
@@ -162,7 +136,7 @@ def drain(workdir: Path, n_records: int, n_devices: int) -> dict[str, float]:
         bare_before = bare_verify_rate(sample_records, sample_key)
         log(f"preloaded {len(payloads)} batches ({total} records); starting the gateway")
         started = time.monotonic()
-        gateway.start(wait_healthy=False)
+        gateway.spawn()  # not waiting for /healthz: the backlog is what is measured
         counter.done.wait(600)
         receipts_done = time.monotonic()
         lag = _checkpoint_lag(gateway, total, receipts_done)
@@ -179,11 +153,11 @@ def drain(workdir: Path, n_records: int, n_devices: int) -> dict[str, float]:
                 "startup_s": first - started, "drain_s": receipts_done - started,
                 "checkpoint_lag_s": lag, "bare_verify_per_s": bare}
     finally:
-        gateway.stop()
+        gateway.stop(timeout_s=60)
         broker.kill()
 
 
-def _checkpoint_lag(gateway: Gateway, total: int, since: float) -> float:
+def _checkpoint_lag(gateway: GatewayProcess, total: int, since: float) -> float:
     while time.monotonic() - since < 120:
         try:
             stats = httpx.get(f"{gateway.url}/v1/stats", timeout=2).json()

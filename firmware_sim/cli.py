@@ -5,24 +5,24 @@
 
 Thin by design: parse arguments, run :mod:`firmware_sim.demo` or :mod:`firmware_sim.fleet`,
 print the result, and turn a failure into one line on stderr and a non-zero exit code.
+Both commands need the ``sim`` extra (``pip install 'edgeproof[sim]'``); they import it only
+when they run, so ``--help`` works on a base install and a missing extra is one clear line.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import signal
 import sys
 from pathlib import Path
 
-from rich.console import Console
-
-from firmware_sim.demo import Demo, DemoOptions, Signals
-from firmware_sim.stack import Interrupted
-from firmware_sim.view import LiveView, PlainView, View, print_report
 from protocol.errors import EdgeproofError
 
 PROG = "edgeproof-sim"
+OWN_PACKAGES = frozenset({"protocol", "agent", "gateway", "provisioning", "verifier",
+                          "firmware_sim"})
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
@@ -78,7 +78,13 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; return the exit code."""
     args = _parser().parse_args(argv)
-    return int(args.handler(args))
+    try:
+        return int(args.handler(args))
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.split(".")[0] in OWN_PACKAGES:
+            raise
+        return _fail(f"{args.command} needs the 'sim' extra (no module named {exc.name!r}); "
+                     "install it with: pip install 'edgeproof[sim]'")
 
 
 def _fail(message: str, code: int = EXIT_FAILED) -> int:
@@ -92,6 +98,14 @@ def _fail(message: str, code: int = EXIT_FAILED) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     if args.devices < 1 or args.duration <= 0:
         return _fail("--devices must be >= 1 and --duration > 0", EXIT_USAGE)
+    # The sim extra, imported here so that --help and a missing extra need none of it.
+    from rich.console import Console  # noqa: PLC0415
+
+    from firmware_sim.demo import Demo, DemoOptions, Signals  # noqa: PLC0415
+    from firmware_sim.stack import Interrupted  # noqa: PLC0415
+    from firmware_sim.view import LiveView, PlainView, View, print_report  # noqa: PLC0415
+
+    importlib.import_module("gateway.service")  # the demo runs the gateway: fail before it
     console = Console()
     live = not args.json and console.is_terminal
     view: View = LiveView(console) if live else PlainView(sys.stderr if args.json
@@ -124,7 +138,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_fleet(args: argparse.Namespace) -> int:
-    from firmware_sim.fleet import FleetOptions, run_fleet  # noqa: PLC0415 - demo needs none of it
+    from firmware_sim.fleet import FleetOptions, run_fleet  # noqa: PLC0415 - the sim extra
 
     if args.devices < 1 or args.duration <= 0 or args.rate <= 0 or args.batch_interval <= 0:
         return _fail("--devices, --duration, --rate and --batch-interval must be > 0",

@@ -181,7 +181,7 @@ class Demo:
         try:
             stats = self.stack.stats()
         except StackError:
-            if self.stack.gateway is not None and self.stack.gateway.alive():
+            if self.stack.gateway.running:
                 return self.snapshot.gateway  # a slow answer; the next poll will do
             raise
         return GatewayRow(log_size=int(stats["log_size"]),
@@ -195,7 +195,7 @@ class Demo:
             if d.child is not None and not d.child.alive():
                 raise StackError(f"device {d.name} stopped (exit {d.child.process.returncode}):"
                                  f" {d.child.log_tail(1)}")
-        if self.stack.gateway is not None and not self.stack.gateway.alive():
+        if self.stack.gateway.starts and not self.stack.gateway.running:
             raise StackError(f"the gateway stopped: {self.stack.gateway.log_tail(1)}")
 
     def _stop_devices(self) -> None:

@@ -18,19 +18,17 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import FrameType
 
-from agent.cli import build_run_config
+from agent.cli import run_config
 from agent.clock import SystemClock
-from agent.identity import ensure_state_dir, load_identity
-from agent.service import AgentService, ServiceOptions
-from firmware_sim.hardware import SimulatedHardware, TvSchedule
+from agent.run import run_agent, setup_logging, stop_on_signals
+from agent.service import ServiceOptions
+from firmware_sim.hardware import TvSchedule
 from firmware_sim.hardware.models import DAY_S
 from protocol.errors import ConfigError, EdgeproofError
 
@@ -65,12 +63,7 @@ def run(argv: list[str] | None, environ: Mapping[str, str]) -> int:
     """:func:`main` with the environment passed in."""
     args = _parser().parse_args(argv)
     stop = threading.Event()
-
-    def on_signal(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
+    stop_on_signals(stop, PROG)
     try:
         return _run(args, environ, stop)
     except ConfigError as exc:
@@ -82,26 +75,17 @@ def run(argv: list[str] | None, environ: Mapping[str, str]) -> int:
 
 
 def _run(args: argparse.Namespace, environ: Mapping[str, str], stop: threading.Event) -> int:
-    run_args = argparse.Namespace(config=args.config, simulate=True, state_dir=args.state_dir,
-                                  broker=None, gateway_key=None, log_level=None, seed=args.seed)
-    config = build_run_config(run_args, environ)
-    logging.basicConfig(stream=sys.stdout, level=config.log_level.upper(),
-                        format="%(levelname)s %(name)s: %(message)s", force=True)
-    ensure_state_dir(config.state_dir)
-    load_identity(config.key_file)  # fail fast, before any hardware is touched
+    argv = ["--config", str(args.config), "--simulate"]
+    argv += ["--state-dir", args.state_dir] if args.state_dir is not None else []
+    argv += ["--seed", str(args.seed)] if args.seed is not None else []
+    config = run_config(argv, environ)
+    setup_logging(config.log_level)
     clock = SystemClock()
-    sim = SimulatedHardware(seed=config.sim_seed, state_dir=config.state_dir, clock=clock)
-    offset = world_offset_s(sim.tv, clock.wall_ms() / 1000, args.tv_on_in)
+    offset = world_offset_s(TvSchedule(config.sim_seed), clock.wall_ms() / 1000, args.tv_on_in)
     logging.getLogger(PROG).info("simulated world runs %+.0f s from real time", offset)
     options = ServiceOptions(environ=dict(environ),
                              world_wall_s=lambda: time.time() + offset)
-    service = AgentService(config, clock, sim=sim, options=options)
-    try:
-        service.start()
-        service.run(stop)
-    finally:
-        sim.close()
-    return 0
+    return run_agent(config, clock, options, stop)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ by that prefix they are provisioned first (``device add PREFIX --count N``: regi
 the gateway's API, one broker credential each). Each device
 (:class:`firmware_sim.fleet_device.FleetDevice`) signs real records with its own key and
 publishes batches over its own MQTT connection; all connections share one thread
-(:class:`firmware_sim.fleet_mqtt.Hub`).
+(:class:`osutil.mqtt.Hub`).
 
 A sequence number is never reused across runs: each device's chain (boot, next seq, last
 hash) is kept in ``<bundle>/var/lib/edgeproof/fleetsim.json``, saved every few seconds
@@ -39,10 +39,11 @@ from typing import Any, TextIO
 import requests
 
 from firmware_sim.fleet_device import Chain, DeviceSettings, FleetDevice
-from firmware_sim.fleet_mqtt import Hub, Link
 from firmware_sim.stack import run_provision
+from osutil.brokerurl import parse_broker_url
+from osutil.mqtt import ClientOptions, Hub, MqttClient
 from protocol.errors import ConfigError, StorageError, TransportError
-from protocol.keys import load_device_key, read_secret_file
+from protocol.keys import Secret, load_device_key, read_secret_file
 from protocol.note import NoteVerifier
 from protocol.record import GENESIS_PREV
 from protocol.signed import parse_signed_record, record_hash
@@ -54,7 +55,7 @@ from provisioning.devices_store import (
     bundle_dir,
     load_records,
 )
-from provisioning.fleet import FleetConfig, check_broker_url, load_fleet
+from provisioning.fleet import FleetConfig, load_fleet
 
 STATE_FILE = "fleetsim.json"
 SAVE_EVERY_S = 5.0
@@ -189,8 +190,8 @@ def _raise_fd_limit(needed: int) -> None:
 
 def build_devices(cfg: FleetConfig, options: FleetOptions, hub: Hub) -> list[FleetDevice]:
     """Load keys, credentials and chains; make one device (and MQTT link) per record."""
-    host, port = check_broker_url(cfg.broker_url, "fleet.broker_url")
-    if cfg.broker_url.startswith("mqtts:"):
+    host, port, tls = parse_broker_url(cfg.broker_url, "fleet.broker_url")
+    if tls:
         raise ConfigError("edgeproof-sim fleet speaks plain mqtt:// only")
     verifier = NoteVerifier.from_text(cfg.gateway_verifier_key)
     settings = DeviceSettings(rate_hz=options.rate_hz, batch_interval_s=options.batch_interval_s,
@@ -201,8 +202,9 @@ def build_devices(cfg: FleetConfig, options: FleetOptions, hub: Hub) -> list[Fle
     for i, rec in enumerate(records):
         bundle = bundle_dir(cfg, rec.name)
         password = read_secret_file(bundle / BROKER_PASSWORD).decode("utf-8").strip()
-        link = Link(hub, client_id=rec.device_id, host=host, port=port,
-                    username=rec.broker_user, password=password)
+        link = MqttClient(ClientOptions(
+            host=host, port=port, client_id=rec.device_id, username=rec.broker_user,
+            password=Secret(password.encode("utf-8")), session_expiry_s=3600), hub)
         chain = load_chain(_state_path(cfg, rec.name), cfg.gateway_url, rec.device_id)
         devices.append(FleetDevice(
             rec.name, bytes.fromhex(rec.device_id), load_device_key(bundle / DEVICE_KEY),
@@ -328,6 +330,7 @@ def _result(devices: list[FleetDevice], timing: dict[str, float]) -> dict[str, A
         "resent": sum(x.resent for x in c), "batches": sum(x.batches for x in c),
         "receipts": sum(x.receipts for x in c), "bad_receipts": sum(x.bad_receipts for x in c),
         "puback_failures": sum(x.puback_failures for x in c),
+        "puback_timeouts": sum(x.puback_timeouts for x in c),
         "connection_losses": sum(x.connection_losses for x in c),
         "failed_devices": len(failed), "failures": failed[:5],
         "p50_latency_ms": round(_pct(latencies, 0.5), 1),

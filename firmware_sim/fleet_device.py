@@ -21,7 +21,16 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from firmware_sim.fleet_mqtt import Connected, Link, Lost, Message, PubAck, Refused, SubAck
+from osutil.mqtt import (
+    AckTimeout,
+    Connected,
+    ConnectionLost,
+    MqttClient,
+    PubAck,
+    Received,
+    Refused,
+    SubAck,
+)
 from protocol.batch import Batch, receipts_topic, records_topic
 from protocol.errors import EdgeproofError, TransportError
 from protocol.keys import SigningKey
@@ -81,6 +90,7 @@ class DeviceCounters:
     receipts: int = 0
     bad_receipts: int = 0
     puback_failures: int = 0
+    puback_timeouts: int = 0
     connects: int = 0
     connection_losses: int = 0
 
@@ -89,7 +99,7 @@ class FleetDevice:
     """A simulated device; :meth:`step` is called from the fleet's one thread."""
 
     def __init__(self, name: str, device_id: bytes, key: SigningKey, *, chain: Chain,
-                 link: Link, gateway: NoteVerifier, settings: DeviceSettings,
+                 link: MqttClient, gateway: NoteVerifier, settings: DeviceSettings,
                  rng: random.Random, wall_ms: Callable[[], int]) -> None:
         self.name, self.device_id, self.key, self.chain = name, device_id, key, chain
         self.link, self.gateway, self.settings = link, gateway, settings
@@ -180,12 +190,14 @@ class FleetDevice:
                 self._fail(f"broker refused the login: {event.reason}")
             else:
                 self._retry(now_s, event.reason)
-        elif isinstance(event, Lost):
+        elif isinstance(event, ConnectionLost):
             self.counters.connection_losses += 1
             self._retry(now_s, event.reason)
         elif isinstance(event, PubAck) and not event.ok:
             self.counters.puback_failures += 1  # the receipt time-out resends the batch
-        elif isinstance(event, Message) and event.topic == self._receipts:
+        elif isinstance(event, AckTimeout):
+            self.counters.puback_timeouts += 1  # likewise; counts a stalled connection
+        elif isinstance(event, Received) and event.topic == self._receipts:
             self._on_receipt(event.payload, now_s)
 
     def _fail(self, why: str) -> None:

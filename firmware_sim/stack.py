@@ -9,8 +9,8 @@ the broker through a pid file, and the real gateway runs as its own process from
 ``edgeproof-provision`` too, so registration goes over the gateway's HTTP API and each
 device gets its own broker credential.
 
-Used by the demo, by ``edgeproof-sim fleet``'s tests, and by anyone who wants a whole
-installation for a test.
+Used by the demo, by ``edgeproof-sim fleet``'s tests, by the fault harness
+(``tests/harness/testbed.py`` adds agents and faults on top) and by the provisioning tests.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import contextlib
 import getpass
 import io
 import json
-import sys
 import time
 import tomllib
 from collections.abc import Callable, Sequence
@@ -31,14 +30,14 @@ import requests
 
 from firmware_sim import fleet_mqtt
 from firmware_sim.broker import MosquittoBroker, free_port
-from firmware_sim.procs import Child, spawn
+from firmware_sim.procs import GatewayProcess, StartError
 from protocol.errors import EdgeproofError, RejectedByPeer, TransportError
 from provisioning import cli as provision_cli
 from provisioning import fleet as fleet_files
 from provisioning.devices_store import AGENT_CONFIG, BROKER_PASSWORD, DEVICE_KEY, STATE
 
-GATEWAY_START_TIMEOUT_S = 30.0
-LOGIN_TIMEOUT_S = 10.0
+# A bound for a slow, loaded machine; the wait returns as soon as the login works.
+LOGIN_TIMEOUT_S = 30.0
 
 
 class StackError(EdgeproofError):
@@ -73,6 +72,16 @@ class SimDevice:
     def key_file(self) -> Path:
         return self.bundle / DEVICE_KEY
 
+    @property
+    def username(self) -> str:
+        """The device's broker login (``device add`` makes it the device id)."""
+        return self.device_id
+
+    @property
+    def password(self) -> str:
+        """The device's broker password, read from its bundle."""
+        return self.password_file.read_text(encoding="utf-8").strip()
+
 
 def run_provision(argv: Sequence[str]) -> str:
     """Run ``edgeproof-provision ARGV`` in this process; return what it printed on stdout.
@@ -94,14 +103,25 @@ class Stack:
 
     workdir: Path
     owner: str = "demo-household"
+    name: str = "demo.local/edgeproof"
     rate_micro_per_hour: int = 3_600_000
-    checkpoint_interval_s: int = 2
+    checkpoint_interval_s: float = 2
+    every_leaves: int = 1000
     should_stop: Callable[[], bool] = lambda: False
+    # Extra ``broker-config`` arguments (e.g. TLS files), given the working directory.
+    broker_args: Callable[[Path], Sequence[str]] = lambda workdir: ()
     broker_port: int = field(default_factory=free_port)
     gateway_port: int = field(default_factory=free_port)
-    broker: MosquittoBroker | None = None
-    gateway: Child | None = None
+    broker: MosquittoBroker = field(init=False)
+    gateway: GatewayProcess = field(init=False)
     started_pids: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.broker = MosquittoBroker(self.broker_dir, port=self.broker_port,
+                                      config_file=self.broker_dir / "mosquitto.conf",
+                                      die_with_parent=True)
+        self.gateway = GatewayProcess(self.gateway_config, self.gateway_url,
+                                      self.workdir / "logs" / "gateway.log")
 
     @property
     def fleet_dir(self) -> Path:
@@ -124,6 +144,10 @@ class Stack:
         return self.fleet_dir / fleet_files.FLEET_FILE
 
     @property
+    def gateway_config(self) -> Path:
+        return self.fleet_dir / fleet_files.GATEWAY_CONFIG
+
+    @property
     def verifier_key(self) -> str:
         return fleet_files.load_fleet(self.fleet_dir).gateway_verifier_key
 
@@ -136,11 +160,15 @@ class Stack:
         """
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.provision("init", str(self.fleet_dir), "--broker", self.broker_url,
-                       "--gateway", self.gateway_url, "--name", "demo.local/edgeproof",
+                       "--gateway", self.gateway_url, "--name", self.name,
                        "--owner", self.owner, "--rate", str(self.rate_micro_per_hour))
-        self._start_broker()
+        self._configure_broker()
+        self.start_broker()
+        # As an operator would (OPERATIONS.md §2.4): tell the fleet how to reload the broker,
+        # so every device change reaches it.
+        self._set_fleet_option("pid_file", str(self.broker_dir / "mosquitto.pid"))
         self._tune_gateway_config()
-        self._start_gateway()
+        self.start_gateway()
 
     def provision(self, *argv: str) -> str:
         """Run one ``edgeproof-provision`` command; return its stdout. Raises StackError."""
@@ -152,16 +180,18 @@ class Stack:
         if self.should_stop():
             raise Interrupted("interrupted")
 
-    def _start_broker(self) -> None:
+    def _configure_broker(self) -> None:
         data = self.broker_dir / "data"
         self.provision("broker-config", "--fleet", str(self.fleet_dir), "--out",
                        str(self.broker_dir), "--bind", "127.0.0.1", "--port",
                        str(self.broker_port), "--data-dir", str(data),
-                       "--run-as", getpass.getuser())
+                       "--run-as", getpass.getuser(), *self.broker_args(self.workdir))
         data.mkdir(parents=True, exist_ok=True)
-        self.broker = MosquittoBroker(self.broker_dir, port=self.broker_port,
-                                      config_file=self.broker_dir / "mosquitto.conf",
-                                      die_with_parent=True)
+
+    def start_broker(self, config_file: Path | None = None) -> None:
+        """Start Mosquitto (with ``config_file``, default the generated one) and write its pid
+        file, through which ``edgeproof-provision`` reloads it. Raises StackError."""
+        self.broker.config_file = config_file or self.broker_dir / "mosquitto.conf"
         try:
             self.broker.start()
         except RuntimeError as exc:
@@ -170,9 +200,6 @@ class Stack:
         self.started_pids["broker"] = self.broker.process.pid
         pid_file = self.broker_dir / "mosquitto.pid"
         pid_file.write_text(f"{self.broker.process.pid}\n", encoding="ascii")
-        # As an operator would (OPERATIONS.md §2.4): tell the fleet how to reload the broker,
-        # so every device change reaches it.
-        self._set_fleet_option("pid_file", str(pid_file))
 
     def _set_fleet_option(self, key: str, value: str) -> None:
         path = self.fleet_config
@@ -185,31 +212,22 @@ class Stack:
 
     def _tune_gateway_config(self) -> None:
         """Checkpoint every few seconds, so a record is provable soon after it is logged."""
-        path = self.fleet_dir / fleet_files.GATEWAY_CONFIG
+        path = self.gateway_config
         text = path.read_text(encoding="utf-8")
         if "checkpoints" in tomllib.loads(text):
             return
         path.write_text(text.rstrip("\n") + "\n\n[checkpoints]\n"
-                        f"interval_s = {self.checkpoint_interval_s}\nevery_leaves = 1000\n",
-                        encoding="utf-8")
+                        f"interval_s = {self.checkpoint_interval_s}\n"
+                        f"every_leaves = {self.every_leaves}\n", encoding="utf-8")
 
-    def _start_gateway(self) -> None:
-        config = self.fleet_dir / fleet_files.GATEWAY_CONFIG
-        self.gateway = spawn("gateway", [sys.executable, "-m", "gateway.cli", "run",
-                                         "--config", str(config)],
-                             self.workdir / "logs" / "gateway.log")
+    def start_gateway(self) -> None:
+        """Start (or restart) the gateway; return once it is healthy. Raises StackError."""
+        try:
+            self.gateway.start(check=self.check_stop)
+        except StartError as exc:
+            raise StackError(str(exc)) from None
+        assert self.gateway.pid is not None
         self.started_pids["gateway"] = self.gateway.pid
-        deadline = time.monotonic() + GATEWAY_START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            self.check_stop()
-            if not self.gateway.alive():
-                raise StackError(f"the gateway exited at start: {self.gateway.log_tail()}")
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{self.gateway_url}/healthz", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise StackError(f"the gateway did not become healthy within "
-                         f"{GATEWAY_START_TIMEOUT_S:.0f} s: {self.gateway.log_tail()}")
 
     # --- recipients and devices -------------------------------------------------------------
 
@@ -228,6 +246,19 @@ class Stack:
                 "--json"]
         for name in recipients:
             argv += ["--recipient", name]
+        return self._device_add(argv)
+
+    def add_device(self, name: str, recipients: Sequence[str] = ()) -> SimDevice:
+        """Provision one device called ``name``; return it once the broker knows it.
+
+        Raises StackError.
+        """
+        argv = ["device", "add", name, "--fleet", str(self.fleet_dir), "--json"]
+        for recipient in recipients:
+            argv += ["--recipient", recipient]
+        return self._device_add(argv)[0]
+
+    def _device_add(self, argv: list[str]) -> list[SimDevice]:
         made = json.loads(self.provision(*argv))
         devices = [SimDevice(d["name"], d["device_id"], Path(d["bundle"])) for d in made]
         if devices:
@@ -239,7 +270,7 @@ class Stack:
 
         Raises StackError if it still refuses after LOGIN_TIMEOUT_S.
         """
-        password = device.password_file.read_text(encoding="utf-8").strip()
+        password = device.password
         deadline = time.monotonic() + LOGIN_TIMEOUT_S
         last = ""
         while time.monotonic() < deadline:
@@ -280,7 +311,5 @@ class Stack:
 
     def close(self) -> None:
         """Stop the gateway (it signs a final checkpoint), then the broker. Idempotent."""
-        if self.gateway is not None:
-            self.gateway.stop(timeout_s=20)
-        if self.broker is not None:
-            self.broker.stop()
+        self.gateway.stop(timeout_s=20)
+        self.broker.stop()

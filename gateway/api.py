@@ -6,19 +6,25 @@ docs/openapi.json, which a test compares with :func:`create_app`'s.
 
 Admin endpoints need ``Authorization: Bearer <token>``; the token comes from a mode-0600
 file and is compared in constant time (:func:`hmac.compare_digest`). There is no default
-token. Everything else is public and read-only.
+token. The token and the body size are checked by :class:`gateway.http_guard.RequestGuard`
+before any body is read. Everything else is public and read-only. Bad parameters
+(including integers past 2^63-1, the store's range) answer 400 with a one-line detail.
 """
 
-import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, HTTPException, Path, Query, Response, params
-from fastapi.responses import PlainTextResponse
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response, params
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
+from gateway.config import HttpLimits
+from gateway.http_guard import RequestGuard, token_matches
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from gateway.store import Device, DeviceExists, DeviceNotFound, Leaf, LogStore
 from protocol import cbor, merkle
@@ -27,6 +33,7 @@ from protocol.keys import Secret
 API_VERSION = "1"
 MAX_RATE_MICRO_PER_HOUR = 10**12
 _HEX_ID = r"^[0-9a-f]{32}$"
+MAX_INT = 2**63 - 1  # the store's integers are signed 64-bit (SQLite INTEGER)
 _bearer = HTTPBearer(auto_error=False, description="the admin token")
 
 
@@ -167,17 +174,38 @@ def _decode_balances(data: bytes) -> list[BalanceOut]:
     return out
 
 
-def create_app(ctx: ApiContext) -> FastAPI:
-    """Return the FastAPI application serving ``ctx``."""
+async def _parameter_error(request: Request, exc: Exception) -> Response:
+    """A bad path or query parameter: 400 with one line; body errors keep FastAPI's 422."""
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    where = [str(part) for part in first.get("loc", ())]
+    if not where or where[0] not in ("path", "query"):
+        return await request_validation_exception_handler(request, exc)
+    return JSONResponse({"detail": f"{where[0]} parameter {'.'.join(where[1:])}: "
+                                   f"{first.get('msg', 'invalid')}"}, status_code=400)
+
+
+def create_app(ctx: ApiContext, limits: HttpLimits | None = None) -> FastAPI:
+    """Return the FastAPI application serving ``ctx``, guarded by ``limits``.
+
+    ``/docs`` and ``/redoc`` are off: the API is for programs, the description is
+    ``/openapi.json`` (and docs/openapi.json), and Swagger UI would make browsers load
+    scripts from a CDN (docs/GATEWAY.md, "HTTP API").
+    """
+    limits = limits or HttpLimits()
     app = FastAPI(title="edgeproof gateway", version=API_VERSION,
                   description="Registry, Merkle log proofs, records, checkpoints and metrics "
-                              "of an edgeproof ledger gateway.")
+                              "of an edgeproof ledger gateway.",
+                  docs_url=None, redoc_url=None)
+
     def require_admin(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> None:
-        expected = ctx.admin_token.value
+        # RequestGuard has already refused a wrong token; this declares the scheme in the
+        # OpenAPI description and stays as a second check.
         given = credentials.credentials.encode("utf-8") if credentials else b""
-        if not given or not hmac.compare_digest(given, expected):
+        if not token_matches(given, ctx.admin_token.value):
             raise HTTPException(401, "admin token required",
                                 headers={"WWW-Authenticate": "Bearer"})
 
@@ -185,6 +213,12 @@ def create_app(ctx: ApiContext) -> FastAPI:
     _admin_routes(app, ctx, admin)
     _log_routes(app, ctx)
     _service_routes(app, ctx)
+    app.add_exception_handler(RequestValidationError, _parameter_error)
+    app.add_middleware(
+        RequestGuard, admin_token=ctx.admin_token.value,
+        admin_routes=[r for r in app.routes if isinstance(r, APIRoute) and "admin" in r.tags],
+        max_body_bytes=limits.max_body_bytes,
+        on_reject=ctx.metrics.http_rejected)
     return app
 
 
@@ -227,7 +261,7 @@ def _log_routes(app: FastAPI, ctx: ApiContext) -> None:
 
     @app.get("/v1/checkpoints", response_model=list[CheckpointOut], tags=["log"],
              summary="Checkpoints in issue order (the local anchor chain)")
-    def checkpoints(after: Annotated[int, Query(ge=0)] = 0,
+    def checkpoints(after: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
                     limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[CheckpointOut]:
         return [CheckpointOut(number=c.number, size=c.size, root_hash=c.root_hash.hex(),
                               issued_ms=c.issued_ms, note=c.note)
@@ -236,7 +270,7 @@ def _log_routes(app: FastAPI, ctx: ApiContext) -> None:
     @app.get("/v1/anchors", response_model=AnchorOut, tags=["log"],
              summary="Where a checkpoint was anchored on a chain (latest, or covering size)",
              responses={404: {"description": "no such anchor (or the anchor is local)"}})
-    def anchors(size: Annotated[int | None, Query(ge=1)] = None) -> AnchorOut:
+    def anchors(size: Annotated[int | None, Query(ge=1, le=MAX_INT)] = None) -> AnchorOut:
         found = ctx.anchor_lookup(size)
         if found is None:
             raise HTTPException(404, "no chain anchor" + (f" covering size {size}" if size
@@ -245,8 +279,8 @@ def _log_routes(app: FastAPI, ctx: ApiContext) -> None:
 
     @app.get("/v1/proofs/inclusion", response_model=InclusionProof, tags=["log"],
              summary="Inclusion proof of a leaf in a tree size (RFC 9162 §2.1.3)")
-    def inclusion(index: Annotated[int, Query(ge=0)],
-                  tree_size: Annotated[int, Query(ge=1)]) -> InclusionProof:
+    def inclusion(index: Annotated[int, Query(ge=0, le=MAX_INT)],
+                  tree_size: Annotated[int, Query(ge=1, le=MAX_INT)]) -> InclusionProof:
         if index >= tree_size or tree_size > store.size():
             raise HTTPException(400, "need 0 <= index < tree_size <= log size")
         proof = merkle.inclusion_proof_from_nodes(store, index, tree_size)
@@ -256,8 +290,8 @@ def _log_routes(app: FastAPI, ctx: ApiContext) -> None:
 
     @app.get("/v1/proofs/consistency", response_model=ConsistencyProof, tags=["log"],
              summary="Consistency proof between two tree sizes (RFC 9162 §2.1.4)")
-    def consistency(old_size: Annotated[int, Query(ge=1)],
-                    new_size: Annotated[int, Query(ge=1)]) -> ConsistencyProof:
+    def consistency(old_size: Annotated[int, Query(ge=1, le=MAX_INT)],
+                    new_size: Annotated[int, Query(ge=1, le=MAX_INT)]) -> ConsistencyProof:
         if old_size > new_size or new_size > store.size():
             raise HTTPException(400, "need 1 <= old_size <= new_size <= log size")
         proof = merkle.consistency_proof_from_nodes(store, old_size, new_size)
@@ -266,7 +300,7 @@ def _log_routes(app: FastAPI, ctx: ApiContext) -> None:
 
     @app.get("/v1/leaves/{index}", response_model=LeafOut, tags=["log"],
              summary="A logged record by leaf index")
-    def leaf(index: Annotated[int, Path(ge=0)]) -> LeafOut:
+    def leaf(index: Annotated[int, Path(ge=0, le=MAX_INT)]) -> LeafOut:
         found = store.leaf(index)
         if found is None:
             raise HTTPException(404, f"no leaf {index}")
@@ -275,7 +309,7 @@ def _log_routes(app: FastAPI, ctx: ApiContext) -> None:
     @app.get("/v1/devices/{device_id}/records", response_model=DeviceRecords, tags=["log"],
              summary="A device's logged records in sequence order (ciphertext stays sealed)")
     def device_records(device_id: Annotated[str, Path(pattern=_HEX_ID)],
-                       after_seq: Annotated[int, Query(ge=-1)] = -1,
+                       after_seq: Annotated[int, Query(ge=-1, le=MAX_INT)] = -1,
                        limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> DeviceRecords:
         leaves = store.device_records(bytes.fromhex(device_id), after_seq, limit)
         return DeviceRecords(device_id=device_id, records=[_leaf_out(x) for x in leaves])

@@ -16,8 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from gateway.config import load_config
+from gateway.config import GatewayConfig, load_config
 from gateway.gatewaykey import GatewayKey, load_gateway_key, save_gateway_key
+from osutil.lockfile import hold_lock
+from osutil.lograte import limit_repeats
 from protocol.errors import EdgeproofError, MalformedRecord
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
@@ -99,14 +101,31 @@ def _openapi(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    # Imported here so keygen/verifier-key stay fast and need no FastAPI/uvicorn.
-    from gateway.service import GatewayService  # noqa: PLC0415
-
     # force=True: main() may run many times in one process (tests); each run logs to the
     # sys.stdout of its own time, never to a stream an earlier caller has closed.
     logging.basicConfig(level=args.log_level, stream=sys.stdout,
                         format="%(levelname)s %(name)s: %(message)s", force=True)
-    service = GatewayService(load_config(args.config))
+    # One failure repeated thousands of times a second must not flood the journal.
+    limiter = limit_repeats()
+    try:
+        config = load_config(args.config)
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        # One gateway per data dir: two would append to the same log. Held until exit.
+        lock = hold_lock(config.data_dir, "gateway")
+        try:
+            _run_locked(config)
+        finally:
+            lock.release()
+    finally:
+        limiter.report()
+    return EXIT_OK
+
+
+def _run_locked(config: GatewayConfig) -> None:
+    # Imported here so keygen/verifier-key stay fast and need no FastAPI/uvicorn.
+    from gateway.service import GatewayService  # noqa: PLC0415
+
+    service = GatewayService(config)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         # Not request_stop() here: the handler runs on the main thread, which may hold the
@@ -120,7 +139,6 @@ def _run(args: argparse.Namespace) -> int:
         service.run()
     finally:
         service.close()
-    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -9,12 +9,13 @@ gateway key) are never in the config itself, only the paths of mode-0600 files.
 from __future__ import annotations
 
 import re
-import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
+from osutil.brokerurl import parse_broker_url
+from osutil.toml_table import Table, read_toml
 from protocol.errors import ConfigError
 from protocol.signed import MAX_SIGNED_RECORD_BYTES
 
@@ -56,6 +57,22 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class HttpLimits:
+    """What one HTTP client may cost the API (docs/GATEWAY.md, "HTTP limits").
+
+    A client holding no credential must not be able to fill memory, file handles or the
+    log: bodies are capped before they are read, a request must arrive whole within
+    ``request_timeout_s`` and at most ``max_connections`` connections are kept open.
+    """
+
+    max_body_bytes: int = 64 * 1024
+    request_timeout_s: float = 10.0
+    keepalive_timeout_s: int = 5
+    max_connections: int = 256
+    max_header_bytes: int = 16 * 1024
+
+
+@dataclass(frozen=True)
 class EthereumAnchorConfig:
     """The ``ethereum`` anchor backend (docs/GATEWAY.md, "Ethereum anchor")."""
 
@@ -80,6 +97,7 @@ class GatewayConfig:
     admin_token_file: Path
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    http: HttpLimits = HttpLimits()
     checkpoints: CheckpointConfig = CheckpointConfig()
     limits: Limits = Limits()
     anchor: str = "local"
@@ -96,7 +114,8 @@ _SECTIONS: dict[str, frozenset[str]] = {
     "gateway": frozenset({"data_dir", "key_file", "admin_token_file", "verify_threads"}),
     "broker": frozenset({"url", "client_id", "username", "password_file", "ca_file",
                          "shared_group", "session_expiry_s", "keepalive_s"}),
-    "http": frozenset({"bind"}),
+    "http": frozenset({"bind", "max_body_bytes", "request_timeout_s", "keepalive_timeout_s",
+                       "max_connections"}),
     "checkpoints": frozenset({"interval_s", "every_leaves"}),
     "limits": frozenset({"max_batch_bytes", "max_record_bytes", "max_future_skew_s"}),
     "anchor": frozenset({"backend", "rpc_url", "key_file", "chain_id", "interval_s",
@@ -111,16 +130,10 @@ def load_config(path: Path) -> GatewayConfig:
 
     Raises ConfigError naming the file or the offending ``section.key``.
     """
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse_config(raw, base_dir=path.resolve().parent)
+    return parse_config(read_toml(path), base_dir=path.resolve().parent)
 
 
-def parse_config(raw: dict[str, Any], base_dir: Path) -> GatewayConfig:
+def parse_config(raw: Mapping[str, object], base_dir: Path) -> GatewayConfig:
     """Validate a parsed TOML document; return the config or raise ConfigError."""
     for section, table in raw.items():
         if section not in _SECTIONS:
@@ -130,104 +143,106 @@ def parse_config(raw: dict[str, Any], base_dir: Path) -> GatewayConfig:
         for key in table:
             if key not in _SECTIONS[section]:
                 raise ConfigError(f"unknown config key {section}.{key}")
+    root = Table(raw, "", base_dir)
     for section, keys in _REQUIRED.items():
+        table = root.table(section)
         for key in keys:
-            if key not in raw.get(section, {}):
-                raise ConfigError(f"missing required config key {section}.{key}")
-    reader = _Reader(raw, base_dir)
-    host, port = _parse_bind(reader.text("http", "bind", "127.0.0.1:8080"))
+            if key not in table:
+                raise table.missing(key)
+    gateway, checkpoints, limits = (root.table(name)
+                                    for name in ("gateway", "checkpoints", "limits"))
+    bind = root.table("http").string("bind", "127.0.0.1:8080")
+    assert bind is not None
+    host, port = _parse_bind(bind)
     return GatewayConfig(
-        broker=_broker(reader),
-        data_dir=reader.path("gateway", "data_dir"),
-        key_file=reader.path("gateway", "key_file"),
-        admin_token_file=reader.path("gateway", "admin_token_file"),
-        verify_threads=reader.integer("gateway", "verify_threads", 2, low=1, high=64),
+        broker=_broker(root.table("broker")),
+        data_dir=gateway.required_path("data_dir"),
+        key_file=gateway.required_path("key_file"),
+        admin_token_file=gateway.required_path("admin_token_file"),
+        verify_threads=gateway.integer("verify_threads", 2, low=1, high=64),
         http_host=host,
         http_port=port,
+        http=_http_limits(root.table("http")),
         checkpoints=CheckpointConfig(
-            interval_s=reader.number("checkpoints", "interval_s", 60.0, low=0.05),
-            every_leaves=reader.integer("checkpoints", "every_leaves", 1000, low=1),
+            interval_s=checkpoints.number("interval_s", 60.0, low=0.05),
+            every_leaves=checkpoints.integer("every_leaves", 1000, low=1),
         ),
         limits=Limits(
-            max_batch_bytes=reader.integer("limits", "max_batch_bytes", 512 * 1024,
+            max_batch_bytes=limits.integer("max_batch_bytes", 512 * 1024,
                                            low=64, high=512 * 1024),
-            max_record_bytes=reader.integer("limits", "max_record_bytes", MAX_SIGNED_RECORD_BYTES,
+            max_record_bytes=limits.integer("max_record_bytes", MAX_SIGNED_RECORD_BYTES,
                                             low=64, high=MAX_SIGNED_RECORD_BYTES),
-            max_future_skew_s=reader.number("limits", "max_future_skew_s", 300.0, low=0.0),
+            max_future_skew_s=limits.number("max_future_skew_s", 300.0, low=0.0),
         ),
-        anchor=_anchor_backend(reader),
-        ethereum=_ethereum_anchor(reader),
+        anchor=_anchor_backend(root.table("anchor")),
+        ethereum=_ethereum_anchor(root.table("anchor")),
     )
 
 
-def _broker(reader: _Reader) -> BrokerConfig:
-    url = reader.text("broker", "url", "")
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ConfigError(f"broker.url must look like mqtt://host:1883 or mqtts://host:8883, "
-                          f"got {url!r}")
-    if parts.path not in ("", "/") or parts.username or parts.password:
-        raise ConfigError("broker.url must not carry a path or credentials "
-                          "(use broker.username and broker.password_file)")
-    tls = parts.scheme == "mqtts"
-    try:
-        port = parts.port or (8883 if tls else 1883)
-    except ValueError:
-        raise ConfigError(f"broker.url has a bad port: {url!r}") from None
-    group = reader.optional_text("broker", "shared_group")
-    if group is not None and (not group or any(c in group for c in "/+#")):
+def _broker(broker: Table) -> BrokerConfig:
+    address = parse_broker_url(broker.required_string("url"), broker.name("url"))
+    group = broker.string("shared_group", None)
+    if group is not None and any(c in group for c in "/+#"):
         raise ConfigError("broker.shared_group must be a name without '/', '+' or '#'")
-    client_id = reader.text("broker", "client_id", DEFAULT_CLIENT_ID)
-    if not 1 <= len(client_id) <= 64:
+    client_id = broker.string("client_id", DEFAULT_CLIENT_ID)
+    if client_id is None or not 1 <= len(client_id) <= 64:
         raise ConfigError("broker.client_id must be 1..64 characters")
     return BrokerConfig(
-        host=parts.hostname, port=port, tls=tls, client_id=client_id,
-        username=reader.optional_text("broker", "username"),
-        password_file=reader.optional_path("broker", "password_file"),
-        ca_file=reader.optional_path("broker", "ca_file"),
+        host=address.host, port=address.port, tls=address.tls, client_id=client_id,
+        username=broker.string("username", None),
+        password_file=broker.path("password_file", None),
+        ca_file=broker.path("ca_file", None),
         shared_group=group,
-        session_expiry_s=reader.integer("broker", "session_expiry_s", 7 * 24 * 3600,
+        session_expiry_s=broker.integer("session_expiry_s", 7 * 24 * 3600,
                                         low=1, high=0xFFFFFFFF),
-        keepalive_s=reader.integer("broker", "keepalive_s", 30, low=5, high=3600),
+        keepalive_s=broker.integer("keepalive_s", 30, low=5, high=3600),
     )
 
 
-def _anchor_backend(reader: _Reader) -> str:
-    backend = reader.text("anchor", "backend", "local")
+def _http_limits(http: Table) -> HttpLimits:
+    return HttpLimits(
+        max_body_bytes=http.integer("max_body_bytes", 64 * 1024,
+                                    low=1024, high=16 * 1024 * 1024),
+        request_timeout_s=http.number("request_timeout_s", 10.0, low=0.1),
+        keepalive_timeout_s=http.integer("keepalive_timeout_s", 5, low=1, high=3600),
+        max_connections=http.integer("max_connections", 256, low=4, high=65536),
+    )
+
+
+def _anchor_backend(anchor: Table) -> str:
+    backend = anchor.string("backend", "local")
     if backend not in ("local", "ethereum"):
         raise ConfigError(f"anchor.backend {backend!r} is not available "
                           "(supported: local, ethereum)")
     return backend
 
 
-def _ethereum_anchor(reader: _Reader) -> EthereumAnchorConfig | None:
-    if _anchor_backend(reader) != "ethereum":
-        for key in reader.raw.get("anchor", {}):
+def _ethereum_anchor(anchor: Table) -> EthereumAnchorConfig | None:
+    if _anchor_backend(anchor) != "ethereum":
+        for key in anchor:
             if key != "backend":
                 raise ConfigError(f"anchor.{key} applies only to backend = \"ethereum\"")
         return None
     for key in ("rpc_url", "key_file", "chain_id"):
-        if key not in reader.raw["anchor"]:
-            raise ConfigError(f"missing required config key anchor.{key}")
-    rpc_url = reader.text("anchor", "rpc_url", "")
+        if key not in anchor:
+            raise anchor.missing(key)
+    rpc_url = anchor.required_string("rpc_url")
     parts = urlsplit(rpc_url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"anchor.rpc_url must look like http://host:8545, got {rpc_url!r}")
-    to_address = reader.optional_text("anchor", "to_address")
+    to_address = anchor.string("to_address", None)
     if to_address is not None and _ETH_ADDRESS.fullmatch(to_address) is None:
         raise ConfigError("anchor.to_address must be 0x followed by 40 hex digits")
-    gas_limit = reader._get("anchor", "gas_limit")
     return EthereumAnchorConfig(
         rpc_url=rpc_url,
-        key_file=reader.path("anchor", "key_file"),
-        chain_id=reader.integer("anchor", "chain_id", 0, low=1, high=2**53),
-        interval_s=reader.number("anchor", "interval_s", 600.0, low=0.05),
+        key_file=anchor.required_path("key_file"),
+        chain_id=anchor.integer("chain_id", 0, low=1, high=2**53),
+        interval_s=anchor.number("interval_s", 600.0, low=0.05),
         to_address=to_address,
-        confirmations=reader.integer("anchor", "confirmations", 1, low=1, high=256),
-        gas_limit=None if gas_limit is None else reader.integer(
-            "anchor", "gas_limit", 0, low=21_000, high=30_000_000),
-        resend_after_s=reader.number("anchor", "resend_after_s", 180.0, low=0.05),
-        max_attempts=reader.integer("anchor", "max_attempts", 3, low=1, high=100),
+        confirmations=anchor.integer("confirmations", 1, low=1, high=256),
+        gas_limit=anchor.optional_integer("gas_limit", low=21_000, high=30_000_000),
+        resend_after_s=anchor.number("resend_after_s", 180.0, low=0.05),
+        max_attempts=anchor.integer("max_attempts", 3, low=1, high=100),
     )
 
 
@@ -236,66 +251,3 @@ def _parse_bind(bind: str) -> tuple[str, int]:
     if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ConfigError(f"http.bind must be host:port, got {bind!r}")
     return host.strip("[]"), int(port_text)
-
-
-class _Reader:
-    """Typed access to the parsed TOML with errors that name the key."""
-
-    def __init__(self, raw: dict[str, Any], base_dir: Path) -> None:
-        self.raw = raw
-        self.base_dir = base_dir
-
-    def _get(self, section: str, key: str) -> Any:
-        return self.raw.get(section, {}).get(key)
-
-    def text(self, section: str, key: str, default: str) -> str:
-        value = self._get(section, key)
-        if value is None:
-            return default
-        if not isinstance(value, str):
-            raise ConfigError(f"{section}.{key} must be a string")
-        return value
-
-    def optional_text(self, section: str, key: str) -> str | None:
-        value = self._get(section, key)
-        if value is None:
-            return None
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{section}.{key} must be a non-empty string")
-        return value
-
-    def path(self, section: str, key: str) -> Path:
-        value = self.optional_text(section, key)
-        if value is None:
-            raise ConfigError(f"missing required config key {section}.{key}")
-        return self._resolve(value)
-
-    def optional_path(self, section: str, key: str) -> Path | None:
-        value = self.optional_text(section, key)
-        return None if value is None else self._resolve(value)
-
-    def _resolve(self, value: str) -> Path:
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else self.base_dir / path
-
-    def integer(self, section: str, key: str, default: int, *, low: int = 0,
-                high: int | None = None) -> int:
-        value = self._get(section, key)
-        if value is None:
-            return default
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ConfigError(f"{section}.{key} must be an integer")
-        if value < low or (high is not None and value > high):
-            bound = f"{low}..{high}" if high is not None else f">= {low}"
-            raise ConfigError(f"{section}.{key} must be {bound}, got {value}")
-        return value
-
-    def number(self, section: str, key: str, default: float, *, low: float) -> float:
-        value = self._get(section, key)
-        if value is None:
-            return default
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise ConfigError(f"{section}.{key} must be a number")
-        if value < low:
-            raise ConfigError(f"{section}.{key} must be >= {low}, got {value}")
-        return float(value)

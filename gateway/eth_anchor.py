@@ -10,7 +10,7 @@ to all of them; they are counted as ``superseded``.
 
 Transactions are legacy (type 0, EIP-155 chain id), signed locally with eth-account from
 a hex private key in a mode-0600 file; the node never holds the key. The backend talks
-JSON-RPC over ``requests`` (:mod:`gateway.eth_rpc`) on its own worker thread, so the
+JSON-RPC over ``requests`` (:mod:`osutil.jsonrpc`) on its own worker thread, so the
 sequencer never waits for the chain: :meth:`EthereumAnchor.anchor` only persists the
 checkpoint in the queue (:mod:`gateway.eth_queue`) and returns None.
 
@@ -42,7 +42,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from gateway.config import EthereumAnchorConfig
 from gateway.eth_queue import CONFIRMED, FAILED, QUEUED, SENDING, AnchorQueue, QueuedAnchor, SentTx
-from gateway.eth_rpc import JsonRpc, RpcError, quantity
+from osutil.jsonrpc import JsonRpc, RpcError, quantity
 from protocol.checkpoint import Checkpoint, checkpoint_hash
 from protocol.errors import ConfigError, KeyFileError, StorageError, TransportError
 from protocol.keys import Secret, read_secret_file

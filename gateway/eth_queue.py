@@ -28,6 +28,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.sqlite_store import GATEWAY_PRAGMAS
+from osutil.sqlite import connect, transaction
 from protocol.errors import StorageError
 
 QUEUED, SENDING, CONFIRMED, FAILED, SUPERSEDED = (
@@ -91,12 +93,8 @@ class AnchorQueue:
         self._lock = threading.Lock()
         with self._errors("open"):
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                                         timeout=30.0)
-            self._conn.execute("PRAGMA journal_mode=WAL")
             # FULL: a transaction we signed must never be forgotten (PITFALLS.md, SQLite).
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.executescript(_SCHEMA)
+            self._conn = connect(path, _SCHEMA, GATEWAY_PRAGMAS)
 
     @contextmanager
     def _errors(self, what: str) -> Iterator[None]:
@@ -109,14 +107,9 @@ class AnchorQueue:
 
     @contextmanager
     def _write(self, what: str) -> Iterator[sqlite3.Connection]:
-        with self._lock, self._errors(what):
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+        with self._lock, self._errors(what), \
+                transaction(self._conn, f"anchor queue {self.path}: {what} failed"):
+            yield self._conn
 
     def _one(self, sql: str, params: tuple[object, ...]) -> QueuedAnchor | None:
         with self._lock, self._errors("read"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from gateway.http_guard import REJECTION_REASONS
 from protocol import reasons
 
 PREFIX = "edgeproof_gateway"
@@ -54,6 +55,12 @@ class GatewayMetrics:
         self.receipt_failures = Counter(f"{PREFIX}_receipt_publish_failures",
                                         "Receipts MQTT refused (the device will resend)",
                                         registry=r)
+        self.http_rejections = Counter(
+            f"{PREFIX}_http_rejections",
+            "HTTP requests or connections refused before the API did any work, per reason",
+            ["reason"], registry=r)
+        for code in REJECTION_REASONS:
+            self.http_rejections.labels(reason=code)
         self.checkpoints = Counter(f"{PREFIX}_checkpoints", "Checkpoints signed and stored",
                                    registry=r)
         self.log_size = Gauge(f"{PREFIX}_log_size", "Leaves in the Merkle log", registry=r)
@@ -69,6 +76,10 @@ class GatewayMetrics:
     def reject(self, reason: str, count: int = 1) -> None:
         """Count rejected records."""
         self.rejections.labels(reason=reason).inc(count)
+
+    def http_rejected(self, reason: str) -> None:
+        """Count an HTTP request or connection refused (gateway.http_guard reasons)."""
+        self.http_rejections.labels(reason=reason).inc()
 
     def render(self) -> bytes:
         """Return the Prometheus text exposition of every collector."""

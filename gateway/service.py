@@ -33,14 +33,15 @@ import uvicorn
 from gateway.anchor import open_anchor
 from gateway.api import ApiContext, create_app
 from gateway.checkpoints import Checkpointer
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, HttpLimits
 from gateway.gatewaykey import load_gateway_key
+from gateway.http_guard import server_config
 from gateway.ingest import Message, MqttIngest
 from gateway.metrics import GatewayMetrics
-from gateway.sdnotify import Notifier
 from gateway.sequencer import Sequencer
 from gateway.sqlite_store import SQLiteLogStore
 from gateway.verify import PreparedBatch, prepare_batch
+from osutil.sdnotify import Notifier
 from protocol.errors import ConfigError, RejectedByPeer, StorageError
 from protocol.keys import Secret, read_secret_file
 
@@ -68,10 +69,9 @@ def load_admin_token(config: GatewayConfig) -> Secret:
 class HttpServer:
     """uvicorn on a background thread."""
 
-    def __init__(self, app: object, host: str, port: int) -> None:
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning",  # type: ignore[arg-type]
-                                lifespan="off", access_log=False)
-        self._server = uvicorn.Server(config)
+    def __init__(self, app: object, host: str, port: int, limits: HttpLimits,
+                 on_reject: Callable[[str], None]) -> None:
+        self._server = uvicorn.Server(server_config(app, host, port, limits, on_reject))
         self._thread = threading.Thread(target=self._server.run, name="gateway-http",
                                         daemon=True)
 
@@ -125,7 +125,9 @@ class GatewayService:
         self.ingest.on_publish_failure = self.metrics.receipt_failures.inc
         api = ApiContext(self.store, self.metrics, self.key.verifier_text(), admin_token,
                          clock_ms, self._health, self.anchor.lookup)
-        self.http = HttpServer(create_app(api), config.http_host, config.http_port)
+        self.http = HttpServer(
+            create_app(api, config.http), config.http_host, config.http_port, config.http,
+            self.metrics.http_rejected)
         self._last_progress = monotonic()
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -151,7 +153,6 @@ class GatewayService:
 
     def run(self) -> None:
         """Process batches until :meth:`request_stop`; raise if the broker or store fails."""
-        watchdog_at = self._monotonic()
         while not self._stop.is_set():
             if self.ingest.fatal:
                 raise RejectedByPeer(self.ingest.fatal)
@@ -164,11 +165,8 @@ class GatewayService:
                 if group:
                     self._process(group)
             self._last_progress = self._monotonic()
-            interval = self._notifier.watchdog_interval_s
-            if interval is not None and self._last_progress - watchdog_at >= interval:
-                self._notifier.watchdog()
+            if self._notifier.watchdog(round(self._last_progress * 1000), progressed=True):
                 self._notifier.status(self._status())
-                watchdog_at = self._last_progress
 
     def close(self) -> None:
         """Stop ingest, sign a final checkpoint, stop HTTP, close the store."""

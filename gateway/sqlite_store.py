@@ -21,7 +21,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from gateway.store import (
@@ -40,6 +40,7 @@ from gateway.store import (
     StoredCheckpoint,
     UsageEntry,
 )
+from osutil.sqlite import Pragmas, connect, transaction, translated
 from protocol import merkle
 from protocol.errors import StorageError
 from protocol.keys import device_id_for
@@ -85,21 +86,38 @@ _LEAF_COLUMNS = "idx, device_id, seq, hash, raw, stream, received_ms, flags"
 _CHECKPOINT_COLUMNS = "number, size, root, note, issued_ms, balances"
 
 
+def _refuse_claimed(conn: sqlite3.Connection, name: str, public_key: bytes) -> None:
+    """Raise DeviceExists if the name is taken or the key belongs to a device already.
+
+    A public key belongs for good to the first device that claims it, by enrolment or by
+    an accepted rotation (docs/PROTOCOL.md, "Key rotation"); the error names that device.
+    """
+    row = conn.execute("SELECT device_id FROM devices WHERE name = ?", (name,)).fetchone()
+    if row is not None:
+        raise DeviceExists(f"a device named {name!r} exists (device {bytes(row[0]).hex()})")
+    row = conn.execute(
+        "SELECT d.name, d.device_id, k.from_seq FROM device_keys k JOIN devices d "
+        "ON d.device_id = k.device_id WHERE k.public_key = ?", (public_key,)).fetchone()
+    if row is not None:
+        how = "enrolled with it" if row[2] == 0 else f"rotated to it at seq {row[2] - 1}"
+        raise DeviceExists(f"this public key belongs to device {row[0]!r} "
+                           f"({bytes(row[1]).hex()}, {how}); a key belongs to one device "
+                           "for good: make a new key")
+
+
+# FULL: a committed batch (and so every receipt we sent) survives a power cut. No
+# quick_check at open (it reads the whole log, which grows without bound) and never moved
+# aside: a damaged log stops the gateway with the error instead of starting a new one.
+GATEWAY_PRAGMAS = Pragmas(synchronous="FULL", page_size=None, journal_size_limit=None,
+                          busy_timeout_s=30.0, quick_check=False)
+
+
 def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
-    conn.execute("PRAGMA journal_mode=WAL")
-    # FULL: a committed batch (and so every receipt we sent) survives a power cut.
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA busy_timeout=30000")
-    return conn
+    return connect(path, pragmas=GATEWAY_PRAGMAS)
 
 
-@contextmanager
-def _storage_errors(what: str) -> Iterator[None]:
-    try:
-        yield
-    except sqlite3.Error as exc:
-        raise StorageError(f"gateway store: {what} failed: {exc}") from None
+def _storage_errors(what: str) -> AbstractContextManager[None]:
+    return translated(f"gateway store: {what} failed")
 
 
 def _leaf(row: tuple[int, bytes, int, bytes, bytes, str, int, int]) -> Leaf:
@@ -117,7 +135,7 @@ class SQLiteLogStore:
         """Open (creating if needed) the store at ``path``; raise StorageError on failure."""
         self.path = path
         with _storage_errors("open"):
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._writer = _connect(path)
             self._writer.executescript(_SCHEMA)
             self._writer.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
@@ -179,20 +197,15 @@ class SQLiteLogStore:
         """
         with self._write_lock:
             saved = self._range.to_state()
-            with _storage_errors("begin"):
-                self._writer.execute("BEGIN IMMEDIATE")
             try:
-                tx = _Transaction(self._writer, self._range)
-                yield tx
-                tx.flush()
-                with _storage_errors("commit"):
-                    self._writer.execute("COMMIT")
-                self._committed_size = self._range.size
+                with transaction(self._writer, "gateway store: transaction failed"):
+                    tx = _Transaction(self._writer, self._range)
+                    yield tx
+                    tx.flush()
             except BaseException:
                 self._range = merkle.CompactRange.from_state(saved)
-                if self._writer.in_transaction:
-                    self._writer.execute("ROLLBACK")
                 raise
+            self._committed_size = self._range.size
 
     # --- reads -------------------------------------------------------------------------------
 
@@ -304,24 +317,14 @@ class SQLiteLogStore:
         device_id = device_id_for(public_key)
         with self._registry_lock, _storage_errors("register device"):
             conn = self._registry
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                clash = conn.execute(
-                    "SELECT 1 FROM devices WHERE name = ? OR device_id = ? UNION ALL "
-                    "SELECT 1 FROM device_keys WHERE public_key = ?",
-                    (name, device_id, public_key)).fetchone()
-                if clash is not None:
-                    raise DeviceExists(f"a device with name {name!r} or this key exists")
+            with transaction(conn, "gateway store: register device failed"):
+                _refuse_claimed(conn, name, public_key)
                 conn.execute(
                     "INSERT INTO devices (device_id, name, public_key, owner, "
                     "rate_micro_per_hour, status, registered_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (device_id, name, public_key, owner, rate_micro_per_hour, STATUS_ACTIVE,
                      now_ms))
                 conn.execute("INSERT INTO device_keys VALUES (?, 0, ?)", (device_id, public_key))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
             found = _load_device(conn, device_id)
         assert found is not None
         return found

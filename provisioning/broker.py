@@ -14,10 +14,11 @@ import pwd
 from dataclasses import dataclass
 from pathlib import Path
 
+from osutil.brokerurl import parse_broker_url
 from protocol.errors import ConfigError, StorageError
 from provisioning import mosquitto
 from provisioning.devices_store import load_records
-from provisioning.fleet import SERVICE_PASSWD, FleetConfig, check_broker_url
+from provisioning.fleet import SERVICE_PASSWD, FleetConfig
 
 PASSWD = "passwd"  # noqa: S105 - a file name, not a password
 ACL = "acl"
@@ -117,7 +118,7 @@ def write_broker_config(fleet: FleetConfig, req: BrokerConfigRequest) -> list[Pa
     Later device changes rewrite passwd and acl there too. Raises ConfigError or
     StorageError.
     """
-    _, url_port = check_broker_url(fleet.broker_url, "fleet.broker_url")
+    url_port = parse_broker_url(fleet.broker_url, "fleet.broker_url").port
     out = req.out.absolute()
     try:
         out.mkdir(parents=True, exist_ok=True, mode=0o750)

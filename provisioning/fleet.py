@@ -24,13 +24,13 @@ import fcntl
 import os
 import secrets
 import shutil
-import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
+from osutil.brokerurl import parse_broker_url
+from osutil.toml_table import Table, read_toml
 from protocol.errors import ConfigError, EdgeproofError, MalformedRecord, StorageError
 from protocol.keys import read_secret_file, write_secret_file
 from protocol.note import NoteSigner, NoteVerifier
@@ -83,20 +83,6 @@ class FleetConfig:
         return self.root / BROKER_DIR
 
 
-def check_broker_url(url: str, key: str = "broker_url") -> tuple[str, int]:
-    """Return (host, port) of an ``mqtt://`` or ``mqtts://`` URL; raise ConfigError naming key."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ConfigError(f"{key} must look like mqtt://host:1883 or mqtts://host:8883, "
-                          f"got {url!r}")
-    if parts.path not in ("", "/") or parts.username or parts.password:
-        raise ConfigError(f"{key} must not carry a path or credentials, got {url!r}")
-    try:
-        return parts.hostname, parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-    except ValueError:
-        raise ConfigError(f"{key} has a bad port: {url!r}") from None
-
-
 def check_gateway_url(url: str, key: str = "gateway_url") -> tuple[str, int]:
     """Return (host, port) of an ``http(s)://`` URL; raise ConfigError naming ``key``."""
     parts = urlsplit(url)
@@ -118,82 +104,51 @@ def load_fleet(root: Path) -> FleetConfig:
 
     Raises ConfigError naming the file or the offending ``section.key``.
     """
-    path = root / FLEET_FILE
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{root}: not a fleet directory (no {FLEET_FILE}); "
-                          f"create one with: edgeproof-provision init {root} ...") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    raw = read_toml(root / FLEET_FILE,
+                    missing=f"{root}: not a fleet directory (no {FLEET_FILE}); "
+                            f"create one with: edgeproof-provision init {root} ...")
     return _parse(raw, root.resolve())
 
 
-def _parse(raw: dict[str, Any], root: Path) -> FleetConfig:
+def _parse(raw: dict[str, object], root: Path) -> FleetConfig:
     for section, table in raw.items():
         if section not in _SECTIONS or not isinstance(table, dict):
             raise ConfigError(f"{FLEET_FILE}: unknown section [{section}]")
         for key in table:
             if key not in _SECTIONS[section]:
                 raise ConfigError(f"{FLEET_FILE}: unknown key {section}.{key}")
-    get = _Getter(raw)
-    broker_url = get.text("fleet", "broker_url")
-    check_broker_url(broker_url, "fleet.broker_url")
-    gateway_url = get.text("fleet", "gateway_url").rstrip("/")
+    top = Table(raw, "", root)
+    fleet, gateway, devices, broker = (top.table(name)
+                                       for name in ("fleet", "gateway", "devices", "broker"))
+    broker_url = fleet.required_string("broker_url")
+    parse_broker_url(broker_url, "fleet.broker_url")
+    gateway_url = fleet.required_string("gateway_url").rstrip("/")
     check_gateway_url(gateway_url, "fleet.gateway_url")
-    verifier = get.text("fleet", "gateway_verifier_key")
+    verifier = fleet.required_string("gateway_verifier_key")
     try:
         NoteVerifier.from_text(verifier)
     except MalformedRecord as exc:
         raise ConfigError(f"fleet.gateway_verifier_key is not a verifier key: {exc}") from None
-    pid_file = get.text("broker", "pid_file", "")
+    pid_file = broker.string("pid_file", "", allow_empty=True)
+    timeout_s = gateway.number("timeout_s", 10.0)
+    if timeout_s <= 0:
+        raise ConfigError(f"{gateway.name('timeout_s')}: must be a number > 0")
+    rate = devices.optional_integer("rate_micro_per_hour", low=0)
+    if rate is None:
+        raise devices.missing("rate_micro_per_hour")
     return FleetConfig(
-        root=root, name=get.text("fleet", "name"), broker_url=broker_url,
+        root=root, name=fleet.required_string("name"), broker_url=broker_url,
         gateway_url=gateway_url, gateway_verifier_key=verifier,
-        admin_token_file=root / get.text("gateway", "admin_token_file", str(ADMIN_TOKEN)),
-        timeout_s=get.number("gateway", "timeout_s", 10.0),
-        default_owner=get.text("devices", "owner"),
-        default_rate=get.integer("devices", "rate_micro_per_hour"),
+        admin_token_file=root / (gateway.string("admin_token_file", str(ADMIN_TOKEN))
+                                 or str(ADMIN_TOKEN)),
+        timeout_s=timeout_s,
+        default_owner=devices.required_string("owner"),
+        default_rate=rate,
         broker_control=mosquitto.BrokerControl(
             pid_file=(root / pid_file) if pid_file else None,
-            reload_command=get.text("broker", "reload_command", ""),
+            reload_command=broker.string("reload_command", "", allow_empty=True) or "",
         ),
     )
-
-
-class _Getter:
-    """Typed reads from the parsed TOML; errors name ``section.key``."""
-
-    _MISSING = object()
-
-    def __init__(self, raw: dict[str, Any]) -> None:
-        self.raw = raw
-
-    def _get(self, section: str, key: str, default: object) -> object:
-        value = self.raw.get(section, {}).get(key, default)
-        if value is self._MISSING:
-            raise ConfigError(f"{FLEET_FILE}: missing required key {section}.{key}")
-        return value
-
-    def text(self, section: str, key: str, default: object = _MISSING) -> str:
-        value = self._get(section, key, default)
-        if not isinstance(value, str):
-            raise ConfigError(f"{FLEET_FILE}: {section}.{key} must be a string")
-        return value
-
-    def integer(self, section: str, key: str, default: object = _MISSING) -> int:
-        value = self._get(section, key, default)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ConfigError(f"{FLEET_FILE}: {section}.{key} must be an integer >= 0")
-        return value
-
-    def number(self, section: str, key: str, default: float) -> float:
-        value = self._get(section, key, default)
-        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-            raise ConfigError(f"{FLEET_FILE}: {section}.{key} must be a number > 0")
-        return float(value)
 
 
 # --- creating ----------------------------------------------------------------------------
@@ -222,7 +177,7 @@ def init_fleet(req: InitRequest, *, token: TokenSource = secrets.token_urlsafe,
     the end, so a failure leaves nothing behind. Raises ConfigError for bad input or an
     existing fleet, StorageError when the files cannot be written.
     """
-    check_broker_url(req.broker_url, "--broker")
+    parse_broker_url(req.broker_url, "--broker")
     gw_host, gw_port = check_gateway_url(req.gateway_url, "--gateway")
     name = req.name or f"{gw_host}/edgeproof"
     try:

@@ -1,12 +1,13 @@
 """``edgeproof-verify``: check records offline, trusting nobody; decrypt granted streams.
 
     edgeproof-verify record --gateway URL (--leaf N | --file RECORD) [--gateway-key KEY]
-                            [--rpc URL] [--save BUNDLE] [--json]
+                            [--rpc URL] [--wait [SECONDS]] [--save BUNDLE] [--json]
     edgeproof-verify bundle BUNDLE [--gateway-key KEY] [--json]          (no network)
     edgeproof-verify decrypt --gateway URL --device ID --key FILE [--stream S ...] [--json]
 
 Exit status 0 only when every requested check passed; 1 when a check failed; 2 for bad
-usage or when something could not be fetched.
+usage, when something could not be fetched, or when the record is logged but no checkpoint
+(with ``--rpc``: no anchored checkpoint) covers it yet (``--wait`` waits for one).
 """
 
 from __future__ import annotations
@@ -14,21 +15,53 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from osutil.jsonrpc import JsonRpc
 from protocol.bundle import EthereumAnchor, ProofBundle, verify_bundle
 from protocol.checkpoint import Checkpoint, checkpoint_hash
 from protocol.errors import EdgeproofError, MalformedRecord, VerificationError
 from protocol.keys import load_recipient_key
 from protocol.note import NoteVerifier
 from protocol.signed import parse_signed_record
-from verifier.client import GatewayClient, JsonRpcClient, LoggedRecord
+from verifier.client import TIMEOUT_S, GatewayClient, LoggedRecord, anchoring_transaction
 from verifier.recipient import key_for_seq, open_records
 
 
 class UsageError(EdgeproofError):
     """Bad command-line input."""
+
+
+class NotYetCovered(EdgeproofError):
+    """The record is logged, but no (anchored) checkpoint covers it yet: not a failed check."""
+
+
+DEFAULT_WAIT_S = 120.0  # twice the gateway's default checkpoint interval
+MAX_WAIT_S = 86_400.0
+POLL_S = 0.5
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """How long ``record`` waits for a covering checkpoint (0: not at all); clocks injectable."""
+
+    seconds: float = 0.0
+    monotonic: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+
+
+def _wait_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= MAX_WAIT_S:
+        raise argparse.ArgumentTypeError(f"must be in (0, {MAX_WAIT_S:.0f}] seconds")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
                              "without it the gateway's own key is used and reported as such")
     record.add_argument("--rpc", metavar="URL",
                         help="Ethereum JSON-RPC URL: also check the checkpoint's anchor")
+    record.add_argument("--wait", type=_wait_seconds, nargs="?", const=DEFAULT_WAIT_S,
+                        metavar="SECONDS",
+                        help="if no checkpoint covers the record yet, poll the gateway until "
+                             f"one does (default {DEFAULT_WAIT_S:.0f} s), then verify")
     record.add_argument("--save", type=Path, metavar="BUNDLE",
                         help="write a proof bundle that `bundle` can verify offline")
     record.add_argument("--json", action="store_true", help="machine-readable output")
@@ -69,13 +106,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, waiting: Waiting | None = None) -> int:
+    """Run the command line; return the exit status. ``waiting`` injects clocks (tests)."""
     args = _parser().parse_args(argv)
     try:
         if args.command == "bundle":
             return _cmd_bundle(args)
         if args.command == "record":
-            return _cmd_record(args)
+            base = waiting or Waiting()
+            return _cmd_record(args, Waiting(args.wait or 0.0, base.monotonic, base.sleep))
         return _cmd_decrypt(args)
     except VerificationError as exc:
         print(f"edgeproof-verify: FAILED: {exc}", file=sys.stderr)
@@ -118,15 +157,16 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_record(args: argparse.Namespace) -> int:
+def _cmd_record(args: argparse.Namespace, waiting: Waiting) -> int:
     client = GatewayClient(args.gateway)
     logged = _find_record(client, args.leaf, args.file)
     trusted = _read_key_arg(args.gateway_key)
     gateway_key = trusted or client.verifier_key()
     keys = client.device_keys(logged.device_id)
     extra: dict[str, object] = {}
-    note, anchor = _checkpoint_and_anchor(client, args.rpc, logged.index, gateway_key, extra)
-    size = Checkpoint.from_note(note, NoteVerifier.from_text(gateway_key)).size
+    note, size, info = _covering_checkpoint(client, args.rpc is not None, logged.index,
+                                            gateway_key, waiting)
+    anchor = None if info is None else _anchor(args.rpc, note, info, extra)
     bundle = ProofBundle(
         record=logged.record, device_public_key=key_for_seq(keys, logged.seq),
         leaf_index=logged.index, tree_size=size,
@@ -168,27 +208,62 @@ def _read_record_file(path: Path) -> bytes:
     return raw
 
 
-def _checkpoint_and_anchor(client: GatewayClient, rpc: str | None, index: int,
-                           gateway_key: str, extra: dict[str, object]
-                           ) -> tuple[str, EthereumAnchor | None]:
-    """The checkpoint to prove against and, with ``rpc``, its anchor on the chain."""
-    if rpc is None:
-        return client.checkpoint(), None
+def _covering_checkpoint(client: GatewayClient, anchored: bool, index: int,
+                         gateway_key: str, waiting: Waiting
+                         ) -> tuple[str, int, dict[str, Any] | None]:
+    """The signed note to prove leaf ``index`` against, its size, and with ``anchored`` the
+    gateway's anchor information: the latest checkpoint, or the latest anchored one.
+
+    A record logged after that checkpoint is not covered yet; with ``waiting.seconds`` the
+    gateway is polled until a covering one appears. Raises NotYetCovered (one line saying
+    so, and how to wait) when none covers it (in time), VerificationError if a note's
+    signature fails, TransportError or MalformedRecord when fetching fails.
+    """
+    verifier = NoteVerifier.from_text(gateway_key)
+    what = "an anchored checkpoint" if anchored else "a checkpoint"
+    deadline = waiting.monotonic() + waiting.seconds
+    while True:
+        info = _anchor_info(client) if anchored else None
+        note = client.checkpoint() if not anchored else None if info is None else info["note"]
+        size = None if note is None else Checkpoint.from_note(note, verifier).size
+        if note is not None and size is not None and size > index:
+            return note, size, info
+        latest = "none yet" if size is None else f"latest size {size}"
+        if waiting.seconds <= 0:
+            raise NotYetCovered(f"leaf {index} is logged but not yet covered by {what} "
+                                f"({latest}); rerun with --wait to wait for one")
+        left = deadline - waiting.monotonic()
+        if left <= 0:
+            raise NotYetCovered(f"leaf {index} is still not covered by {what} after "
+                                f"waiting {waiting.seconds:g} s ({latest})")
+        waiting.sleep(min(POLL_S, left))
+
+
+def _anchor_info(client: GatewayClient) -> dict[str, Any] | None:
+    """The gateway's latest Ethereum anchor (None: none yet), with note and transaction."""
     info = client.anchor(None)
-    if info is None or info.get("backend") != "ethereum":
-        raise VerificationError("anchor: the gateway reports no Ethereum anchor yet")
-    note = info.get("note")
-    tx_hash = info.get("tx_hash")
-    if not isinstance(note, str) or not isinstance(tx_hash, str):
+    if info is None:
+        return None
+    if info.get("backend") != "ethereum":
+        raise VerificationError("anchor: the gateway reports no Ethereum anchor")
+    if not isinstance(info.get("note"), str) or not isinstance(info.get("tx_hash"), str):
         raise MalformedRecord("bad_response", "anchor without note or transaction hash")
-    if Checkpoint.from_note(note, NoteVerifier.from_text(gateway_key)).size <= index:
-        raise VerificationError("anchor: the latest anchored checkpoint predates this record")
-    chain = JsonRpcClient(rpc)
-    tx_input, block, status = chain.transaction(tx_hash)
-    if status != 1:
-        raise VerificationError(f"anchor: transaction {tx_hash} failed on chain")
-    extra["anchored_checkpoint_hash"] = checkpoint_hash(note).hex()
-    return note, EthereumAnchor(chain.chain_id(), tx_hash, block, tx_input)
+    return info
+
+
+def _anchor(rpc: str, note: str, info: dict[str, Any],
+            extra: dict[str, object]) -> EthereumAnchor:
+    """The transaction that anchored ``note``, as the chain at ``rpc`` reports it."""
+    tx_hash = str(info["tx_hash"])
+    chain = JsonRpc(rpc, timeout_s=TIMEOUT_S)
+    try:
+        tx_input, block, status = anchoring_transaction(chain, tx_hash)
+        if status != 1:
+            raise VerificationError(f"anchor: transaction {tx_hash} failed on chain")
+        extra["anchored_checkpoint_hash"] = checkpoint_hash(note).hex()
+        return EthereumAnchor(chain.chain_id(), tx_hash, block, tx_input)
+    finally:
+        chain.close()
 
 
 def _cmd_decrypt(args: argparse.Namespace) -> int:

@@ -1,5 +1,8 @@
 """Fetching what a verifier needs: a gateway's public API and an Ethereum JSON-RPC node.
 
+The JSON-RPC client itself is :class:`osutil.jsonrpc.JsonRpc` (shared with the gateway's
+anchor); this module only reads the anchoring transaction out of its answers.
+
 Everything fetched here is untrusted input: responses are size-capped, parsed strictly,
 and only ever fed to :mod:`protocol` verification, which fails closed. Network and HTTP
 failures become :class:`~protocol.errors.TransportError`; a response that does not have
@@ -13,6 +16,7 @@ from typing import Any
 
 import requests
 
+from osutil.jsonrpc import JsonRpc, quantity
 from protocol.errors import MalformedRecord, TransportError
 
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
@@ -147,39 +151,19 @@ def _logged(data: object) -> LoggedRecord:
                         _int(data.get("seq"), "seq"), stream, _hex(data.get("record"), "record"))
 
 
-class JsonRpcClient:
-    """The two Ethereum JSON-RPC calls a verifier makes."""
+def anchoring_transaction(rpc: JsonRpc, tx_hash: str) -> tuple[bytes, int, int]:
+    """Return (input data, block number, receipt status) of a mined transaction.
 
-    def __init__(self, url: str, session: requests.Session | None = None) -> None:
-        self.url = url
-        self.session = session or requests.Session()
-
-    def call(self, method: str, *params: object) -> Any:
-        payload = {"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}
-        try:
-            response = self.session.post(self.url, json=payload, timeout=TIMEOUT_S)
-        except requests.RequestException as exc:
-            raise TransportError(f"cannot reach {self.url}: {exc.__class__.__name__}") from None
-        data = _json(response)
-        if not isinstance(data, dict) or "error" in data:
-            error = data.get("error") if isinstance(data, dict) else data
-            raise TransportError(f"{method}: {error}")
-        return data.get("result")
-
-    def transaction(self, tx_hash: str) -> tuple[bytes, int, int]:
-        """Return (input data, block number, receipt status) of a mined transaction."""
-        tx = self.call("eth_getTransactionByHash", tx_hash)
-        receipt = self.call("eth_getTransactionReceipt", tx_hash)
-        if not isinstance(tx, dict) or not isinstance(receipt, dict):
-            raise TransportError(f"transaction {tx_hash} not found or not mined")
-        block = receipt.get("blockNumber")
-        status = receipt.get("status")
-        if not isinstance(block, str) or not isinstance(status, str):
-            raise MalformedRecord("bad_response", "receipt without block number or status")
-        return _hex(tx.get("input"), "input"), int(block, 16), int(status, 16)
-
-    def chain_id(self) -> int:
-        result = self.call("eth_chainId")
-        if not isinstance(result, str):
-            raise MalformedRecord("bad_response", "eth_chainId")
-        return int(result, 16)
+    Raises TransportError if the node is unreachable, refuses, or does not know the
+    transaction as mined; MalformedRecord if its answer lacks the fields a verifier needs.
+    """
+    tx = rpc.transaction(tx_hash)
+    receipt = rpc.receipt(tx_hash)
+    if tx is None or receipt is None:
+        raise TransportError(f"transaction {tx_hash} not found or not mined")
+    try:
+        block = quantity(receipt.get("blockNumber"), "block number")
+        status = quantity(receipt.get("status"), "receipt status")
+    except TransportError as exc:
+        raise MalformedRecord("bad_response", str(exc)) from None
+    return _hex(tx.get("input"), "input"), block, status

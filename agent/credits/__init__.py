@@ -3,6 +3,6 @@
 See docs/AGENT.md, "Usage and credit", and :mod:`agent.credits.meter`.
 """
 
-from agent.credits.meter import UsageClaim, UsageMeter
+from agent.credits.meter import MeterDamaged, UsageClaim, UsageMeter
 
-__all__ = ["UsageClaim", "UsageMeter"]
+__all__ = ["MeterDamaged", "UsageClaim", "UsageMeter"]

@@ -32,21 +32,37 @@ A claim's times are on the monotonic clock of ``claim.boot``: the record that ca
 must declare that boot.
 
 **Credit** is ``protocol.record.credit_micro(usage_ms, rate)``: integers, floor, per
-usage record; the gateway recomputes it per record with the same function.
-``settled_micro`` is filled from gateway receipts (``add_settled``).
+usage record; the gateway recomputes it per record with the same function. What the
+gateway settled comes from its receipts (the outbox keeps it), not from the meter.
+
+**A damaged file** (not a healthy SQLite database at open, or SQLite reporting corruption
+while running) is moved aside to ``<name>.corrupt-<UTC time>`` and a new file started, as
+the outbox does (:mod:`osutil.sqlite`); the caller's ``on_damaged`` hook counts and reports
+it. The pending claims and the open window in the damaged file are lost: usage since the
+last claim that reached the outbox is not credited.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from osutil.sqlite import DatabaseCorrupt, move_aside, open_or_move_aside, transaction, translated
 from protocol.errors import ConfigError, StorageError
 from protocol.record import Usage, credit_micro
+
+OnDamaged = Callable[[Path, str], None]
+"""Called with where a damaged meter file was moved and why."""
+
+
+class MeterDamaged(DatabaseCorrupt):
+    """The meter's file turned out damaged while running; :meth:`UsageMeter.recover` it."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meter (
@@ -58,7 +74,7 @@ CREATE TABLE IF NOT EXISTS meter (
     rate_micro_per_hour INTEGER NOT NULL,
     emitted_ms INTEGER NOT NULL,
     emitted_micro INTEGER NOT NULL,
-    settled_micro INTEGER NOT NULL,
+    settled_micro INTEGER NOT NULL,      -- unused (0); kept so older files still open
     last_emitted_boot INTEGER NOT NULL,
     last_emitted_end_mono_ms INTEGER NOT NULL,
     recoveries INTEGER NOT NULL
@@ -97,14 +113,20 @@ class UsageMeter:
         rate_micro_per_hour: int,
         checkpoint_interval_s: float,
         boot: int,
+        *,
+        wall_ms: Callable[[], int] | None = None,
+        on_damaged: OnDamaged | None = None,
     ) -> None:
         """Open (or create) the meter state in ``path`` for ``stream`` at boot ``boot``.
 
         If the file holds an earlier boot, that boot's window is closed at its last
-        checkpoint into a pending claim. Raises ConfigError for bad arguments and
-        StorageError if the file cannot be used or holds a later boot.
+        checkpoint into a pending claim. A damaged file is moved aside (named with
+        ``wall_ms``, default the system clock), ``on_damaged`` is called and a new file
+        started. Raises ConfigError for bad arguments and StorageError if no usable file
+        can be opened or it holds a later boot.
         """
         _check_args(rate_micro_per_hour, checkpoint_interval_s, boot)
+        self.path = path
         self.stream = stream
         self.boot = boot
         self.rate_micro_per_hour = rate_micro_per_hour
@@ -116,9 +138,39 @@ class UsageMeter:
         self._on_since: int | None = None
         self._last_ms: int | None = None
         self._last_checkpoint_ms: int | None = None
-        self._db = _connect(path)
+        self._wall_ms = wall_ms or _system_wall_ms
+        self._on_damaged = on_damaged
+        self.damaged_files = 0  # moved aside by this meter (the caller keeps the durable count)
+        self._db = self._open_file()
         with self._lock, self._transaction():
             self._open_boot()
+
+    def _open_file(self) -> sqlite3.Connection:
+        conn, _ = open_or_move_aside(self.path, _SCHEMA, self._wall_ms, self._damaged)
+        return conn
+
+    def _damaged(self, moved: Path, why: str) -> None:
+        self.damaged_files += 1
+        if self._on_damaged is not None:
+            self._on_damaged(moved, why)
+
+    def recover(self, now_mono_ms: int) -> None:
+        """Replace a file that turned out damaged while running; start a new window.
+
+        The damaged file's pending claims and window are lost (reported through
+        ``on_damaged``). Raises StorageError if no new file can be created.
+        """
+        with self._lock:
+            with contextlib.suppress(sqlite3.Error):  # it is damaged; we only let go of it
+                self._db.close()
+            self._damaged(move_aside(self.path, self._wall_ms()), "error while running")
+            self._db = self._open_file()
+            self._window_start, self._closed_ms = None, 0
+            self._on_since = None
+            self._last_checkpoint_ms = None
+            with self._transaction():
+                self._open_boot()
+            self._write_checkpoint(self._advance(now_mono_ms))
 
     # --- observing -----------------------------------------------------------------------
 
@@ -210,12 +262,6 @@ class UsageMeter:
         with self._lock:
             return self._pending()
 
-    def add_settled(self, micro: int) -> None:
-        """Add credit the gateway confirmed in a receipt to ``settled_micro``."""
-        with self._lock, self._transaction():
-            self._db.execute("UPDATE meter SET settled_micro = settled_micro + ? "
-                             "WHERE stream = ?", (micro, self.stream))
-
     # --- counters --------------------------------------------------------------------------
 
     @property
@@ -226,10 +272,6 @@ class UsageMeter:
     def emitted_micro(self) -> int:
         """Credit of every committed claim, each floored on its own (as the gateway does)."""
         return int(self._row("emitted_micro")[0])
-
-    @property
-    def settled_micro(self) -> int:
-        return int(self._row("settled_micro")[0])
 
     @property
     def pending_micro(self) -> int:
@@ -265,8 +307,9 @@ class UsageMeter:
                 "rate_micro_per_hour": self.rate_micro_per_hour,
                 "emitted_ms": self.emitted_ms, "emitted_micro": self.emitted_micro,
                 "pending_claims": len(self._pending()), "pending_micro": self.pending_micro,
-                "accrued_micro": self.accrued_micro, "settled_micro": self.settled_micro,
+                "accrued_micro": self.accrued_micro,
                 "recoveries": self.recoveries, "late_observations": self.late_observations,
+                "damaged_files": self.damaged_files,
                 "last_checkpoint_mono_ms": self._last_checkpoint_ms,
             }
 
@@ -342,13 +385,15 @@ class UsageMeter:
             (start, now, used, self.rate_micro_per_hour, self.stream))
 
     def _pending(self) -> list[UsageClaim]:
-        rows = self._db.execute(
-            "SELECT boot, start_mono_ms, end_mono_ms, usage_ms, rate_micro_per_hour "
-            "FROM claims WHERE stream = ? ORDER BY boot, start_mono_ms", (self.stream,))
+        with self._translated():
+            rows = self._db.execute(
+                "SELECT boot, start_mono_ms, end_mono_ms, usage_ms, rate_micro_per_hour "
+                "FROM claims WHERE stream = ? ORDER BY boot, start_mono_ms",
+                (self.stream,)).fetchall()
         return [UsageClaim(b, Usage(s, e, u, r)) for b, s, e, u, r in rows]
 
     def _row(self, *columns: str) -> tuple[int, ...]:
-        with self._lock:
+        with self._lock, self._translated():
             row = self._db.execute(
                 f"SELECT {', '.join(columns)} FROM meter WHERE stream = ?",  # noqa: S608 - fixed names
                 (self.stream,)).fetchone()
@@ -356,27 +401,32 @@ class UsageMeter:
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
+        with self._damage_marked(), transaction(self._db, self._what):
+            yield
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        with self._damage_marked(), translated(self._what):
+            yield
+
+    @property
+    def _what(self) -> str:
+        return f"usage meter {self.stream} ({self.path})"
+
+    @staticmethod
+    @contextmanager
+    def _damage_marked() -> Iterator[None]:
+        """Tell the meter's damage apart from the outbox's (the service recovers each)."""
         try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise StorageError(f"usage meter {self.stream}: {exc}") from exc
+            yield
+        except MeterDamaged:
+            raise
+        except DatabaseCorrupt as exc:
+            raise MeterDamaged(str(exc)) from None
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    try:
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")  # WAL + NORMAL can lose a commit on power cut
-        db.executescript(_SCHEMA)
-        return db
-    except sqlite3.Error as exc:
-        raise StorageError(f"usage meter {path}: {exc}") from exc
+def _system_wall_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def _check_args(rate: int, interval_s: float, boot: int) -> None:

@@ -7,9 +7,9 @@ from agent.outbox.model import (
     ReceiptResult,
 )
 from agent.outbox.rows import read_stats, within_bytes
-from agent.outbox.sqlite import DatabaseCorrupt
 from agent.outbox.state import DeviceState
 from agent.outbox.store import Build, GapSigner, Outbox
+from osutil.sqlite import DatabaseCorrupt
 
 __all__ = [
     "FULL_POLICIES",

@@ -24,7 +24,7 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.outbox.sqlite import open_or_move_aside, translated
+from osutil.sqlite import open_or_move_aside, transaction, translated
 
 log = logging.getLogger(__name__)
 
@@ -61,17 +61,11 @@ class DeviceState:
 
     def set_many(self, values: dict[str, int]) -> None:
         """Durably set several counters in one transaction (fsynced before returning)."""
-        with translated(str(self.path)):
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.executemany(
-                    "INSERT INTO state(name, value) VALUES(?, ?) "
-                    "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-                    list(values.items()))
-                self._conn.execute("COMMIT")
-            except sqlite3.Error:
-                self._conn.execute("ROLLBACK")
-                raise
+        with transaction(self._conn, str(self.path)):
+            self._conn.executemany(
+                "INSERT INTO state(name, value) VALUES(?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                list(values.items()))
 
     def next_boot(self, at_least: int = 0) -> int:
         """Increment and durably store the boot counter; return the new value.

@@ -44,8 +44,8 @@ from agent.outbox.rows import (
     seq_by_hash,
     within_bytes,
 )
-from agent.outbox.sqlite import move_aside, open_or_move_aside, storage_error, translated
 from agent.outbox.state import DeviceState
+from osutil.sqlite import move_aside, open_or_move_aside, storage_error, translated
 from protocol import reasons
 from protocol.errors import StorageError
 from protocol.receipt import Receipt, Status, hash_prefix

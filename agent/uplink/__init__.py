@@ -1,7 +1,7 @@
 """The MQTT uplink: batches out, verified receipts back (paho only in transport.py)."""
 
 from agent.uplink.settings import GatewayKey, UplinkSettings
-from agent.uplink.transport import BrokerSettings, MqttTransport, parse_broker_url
+from agent.uplink.transport import BrokerSettings, MqttTransport
 from agent.uplink.uplink import Uplink, UplinkStatus
 
 __all__ = [
@@ -11,5 +11,4 @@ __all__ = [
     "Uplink",
     "UplinkSettings",
     "UplinkStatus",
-    "parse_broker_url",
 ]

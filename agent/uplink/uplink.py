@@ -31,13 +31,13 @@ from dataclasses import dataclass, field
 from agent.clock import Clock
 from agent.outbox import Outbox, within_bytes
 from agent.uplink.settings import GatewayKey, UplinkSettings
-from agent.uplink.transport import (
+from agent.uplink.transport import BrokerSettings, MqttTransport
+from osutil.mqtt import (
     NOT_AUTHORISED,
-    BrokerSettings,
+    AckTimeout,
     Connected,
     ConnectionLost,
     Event,
-    MqttTransport,
     PubAck,
     Received,
     Refused,
@@ -262,6 +262,9 @@ class Uplink:
             self._on_suback(event, now)
         elif isinstance(event, PubAck):
             self._on_puback(event, now)
+        elif isinstance(event, AckTimeout):
+            # The batch's receipt time-out resends it; this counts a stalled connection.
+            self.counters["puback_timeouts"] += 1
         elif isinstance(event, Received):
             self._on_message(event)
 

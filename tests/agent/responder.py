@@ -162,7 +162,7 @@ class Responder:
     def _leaf_of(log: Logged, seq: int) -> int:
         return sorted(log.records).index(seq)
 
-    def wait_for(self, predicate: object, timeout_s: float = 20.0) -> bool:
+    def wait_for(self, predicate: object, timeout_s: float = 60.0) -> bool:
         """Poll ``predicate()`` until true or the time-out; return its last value."""
         assert callable(predicate)
         deadline = time.monotonic() + timeout_s

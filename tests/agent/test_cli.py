@@ -162,7 +162,8 @@ def test_status_reports_outbox_dead_letters_drops_and_credit(tmp_path: Path,
     assert status["outbox"]["dead_letters"] == {reasons.FUTURE_TIMESTAMP: 1}
     assert status["outbox"]["dropped"] == 0
     assert status["outbox"]["last_receipt_ms"] is None
-    assert set(status["credit"]) == {"accrued_micro", "sent_micro", "settled_micro"}
+    assert set(status["credit"]) == {"accrued_micro", "sent_micro", "settled_micro",
+                                     "corrupt_credits"}
     assert main(["status", "--state-dir", str(tmp_path / "state")]) == 0
     text = capsys.readouterr().out
     assert "2 records" in text and "future_timestamp: 1" in text

@@ -49,7 +49,7 @@ def test_tv_usage_credit_matches_between_agent_and_gateway_to_the_micro_credit(
         "sensors": [{"kind": "power_sense", "stream": "tv", "pin": 17, "interval_s": 0.2}],
         "usage": {"input": "tv", "rate_micro_per_hour": RATE, "checkpoint_interval_s": 0.2,
                   "report_interval_s": 0.5},
-        "service": {"final_flush_s": 10.0},
+        "service": {"final_flush_s": 60.0},  # a bound: the flush ends when all is receipted
     }, state)
     identity = create_identity(cfg.key_file)
     device_id = gateway.register("tv-credit", identity.key.public_key)
@@ -62,7 +62,15 @@ def test_tv_usage_credit_matches_between_agent_and_gateway_to_the_micro_credit(
     runner = threading.Thread(target=service.run, args=(stop,))
     service.start()
     runner.start()
-    time.sleep(4.0)
+
+    def usage_with_credit_logged() -> int:
+        bodies = [parse_signed_record(bytes.fromhex(r["record"]))[1].body
+                  for r in gateway.records(device_id) if r["stream"] == "usage"]
+        return sum(isinstance(b, Usage) and b.usage_ms > 0 for b in bodies)
+    # A condition, not a fixed time: the TV came on and its usage reached the log.
+    deadline = time.monotonic() + 60
+    while usage_with_credit_logged() < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
     stop.set()
     runner.join(30)
     sim.close()

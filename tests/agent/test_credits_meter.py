@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.clock import ManualClock
 from agent.credits import UsageMeter
 from agent.sensors import DigitalInputSensor, SensorConfig, build_sensors
 from firmware_sim.hardware import SimulatedHardware
@@ -18,24 +19,6 @@ from protocol.record import Usage, credit_micro
 
 RATE = 1_000_000  # micro-credits per hour of use
 DAY = 19_700
-
-
-class Clock:
-    """The device's clocks. The wall clock can be stepped on its own, as after a power cut."""
-
-    def __init__(self, wall_s: float, mono_ms: int = 10_000) -> None:
-        self.mono = mono_ms
-        self.wall = round(wall_s * 1000)
-
-    def mono_ms(self) -> int:
-        return self.mono
-
-    def wall_ms(self) -> int:
-        return self.wall
-
-    def advance(self, ms: int) -> None:
-        self.mono += ms
-        self.wall += ms
 
 
 def meter_at(tmp_path: Path, boot: int = 1, interval_s: float = 60.0) -> UsageMeter:
@@ -49,7 +32,7 @@ def run_evening(tmp_path: Path, seed: int, *, wall_jump_ms: int = 0, poll: bool 
     Returns (metered usage ms, the schedule's on-time in s computed from the model).
     """
     start = DAY * DAY_S + 18 * 3600 + 1800
-    clock = Clock(start)
+    clock = ManualClock(wall_ms=round(start * 1000), mono_ms=10_000)
     hw = SimulatedHardware(seed, tmp_path / "world", clock)
     sensors = build_sensors([SensorConfig("power_sense", "tv", 1, pin=17)], "simulated", sim=hw)
     tv = sensors.by_stream("tv")
@@ -60,7 +43,7 @@ def run_evening(tmp_path: Path, seed: int, *, wall_jump_ms: int = 0, poll: bool 
     true_s = start
     for second in range(5 * 3600):
         if second == 2 * 3600 + 1234:
-            clock.wall += wall_jump_ms  # the device's wall clock steps; the world does not
+            clock.jump_wall(wall_jump_ms)  # the device's wall clock steps; the world does not
         hw.advance(true_s, clock.mono_ms())
         if poll:
             meter.observe(tv.is_active(), clock.mono_ms())
@@ -236,8 +219,6 @@ def test_accrued_counts_emitted_pending_and_open_window(tmp_path: Path) -> None:
     assert meter.emitted_micro == 1_000_000
     assert meter.pending_micro == 500_000
     assert meter.accrued_micro == 1_750_000
-    meter.add_settled(1_000_000)
-    assert meter.status()["settled_micro"] == 1_000_000
 
 
 @pytest.mark.parametrize(("rate", "interval", "boot", "key"), [
@@ -255,3 +236,17 @@ def test_bad_meter_settings_are_config_errors(
 def test_unusable_state_file_is_a_storage_error(tmp_path: Path) -> None:
     with pytest.raises(StorageError):
         UsageMeter(tmp_path / "no-such-dir" / "u.sqlite", "usage", RATE, 60, 1)
+
+
+def test_damaged_meter_file_is_moved_aside_reported_and_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "u.sqlite"
+    path.write_bytes(b"not a database" * 500)
+    reported: list[tuple[Path, str]] = []
+    meter = UsageMeter(path, "usage", RATE, 60, 1, wall_ms=lambda: 0,
+                       on_damaged=lambda moved, why: reported.append((moved, why)))
+    (moved, why), = reported
+    assert moved == tmp_path / "u.sqlite.corrupt-19700101T000000Z"
+    assert moved.read_bytes().startswith(b"not a database") and "not a database" in why
+    assert meter.status()["damaged_files"] == 1
+    meter.observe(True, 0)
+    assert meter.take_usage(60_000) == Usage(0, 60_000, 60_000, RATE)  # measures afresh

@@ -12,6 +12,7 @@ from statistics import mean
 
 import pytest
 
+from agent.clock import ManualClock
 from agent.sensors.base import SensorUnavailable
 from agent.sensors.dht22 import DHT22Sensor
 from firmware_sim.hardware import ClimateModel, DHTFaults, SimulatedHardware
@@ -26,37 +27,19 @@ from protocol.errors import ConfigError, SensorReadError
 START_WALL_MS = 1_700_000_000_000  # 2023-11-14 22:13 UTC
 
 
-class Clock:
-    """The agent's clocks, moved by the test."""
-
-    def __init__(self) -> None:
-        self.mono = 5_000
-        self.wall = START_WALL_MS
-
-    def mono_ms(self) -> int:
-        return self.mono
-
-    def wall_ms(self) -> int:
-        return self.wall
-
-    def advance(self, ms: int) -> None:
-        self.mono += ms
-        self.wall += ms
-
-
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> ManualClock:
+    return ManualClock(wall_ms=START_WALL_MS, mono_ms=5_000)
 
 
-def make_world(tmp_path: Path, clock: Clock, seed: int = 7,
+def make_world(tmp_path: Path, clock: ManualClock, seed: int = 7,
                faults: DHTFaults | None = None) -> SimulatedHardware:
     return SimulatedHardware(seed, tmp_path / f"world-{seed}", clock,
                              dht_faults=faults or DHTFaults(0, 0, 0))
 
 
 @pytest.fixture
-def world(tmp_path: Path, clock: Clock) -> Iterator[SimulatedHardware]:
+def world(tmp_path: Path, clock: ManualClock) -> Iterator[SimulatedHardware]:
     hw = make_world(tmp_path, clock)
     yield hw
     hw.close()
@@ -71,7 +54,7 @@ def chip(hw: SimulatedHardware) -> SimDHT22:
 
 
 def test_routine_failures_are_counted_per_reason_and_yield_no_reading(
-        tmp_path: Path, clock: Clock) -> None:
+        tmp_path: Path, clock: ManualClock) -> None:
     hw = make_world(tmp_path, clock, faults=DHTFaults(checksum=0.2, full_buffer=0.2,
                                                      not_found=0.1))
     sensor = open_sensor(hw)
@@ -79,9 +62,9 @@ def test_routine_failures_are_counted_per_reason_and_yield_no_reading(
     for _ in range(400):
         due = sensor.next_attempt_mono_ms
         if due is not None:
-            clock.mono = max(clock.mono, due)
+            clock.advance(max(0, due - clock.mono_ms()))
         try:
-            readings.append(sensor.read(clock.mono))
+            readings.append(sensor.read(clock.mono_ms()))
         except SensorReadError as exc:
             assert exc.sensor == "climate"
     failures = chip(hw).failures
@@ -96,12 +79,12 @@ def test_routine_failures_are_counted_per_reason_and_yield_no_reading(
 
 
 def test_cached_value_within_2s_is_never_stamped_as_new(
-        world: SimulatedHardware, clock: Clock) -> None:
+        world: SimulatedHardware, clock: ManualClock) -> None:
     sensor = open_sensor(world)
-    first = sensor.read(clock.mono)
+    first = sensor.read(clock.mono_ms())
     clock.advance(1_000)
     with pytest.raises(SensorReadError) as err:
-        sensor.read(clock.mono)
+        sensor.read(clock.mono_ms())
     assert err.value.reason == "too_soon"
     assert chip(world).attempts == 1
     # The trap is real: the library itself would have answered with its cached value.
@@ -113,31 +96,31 @@ def test_cached_value_within_2s_is_never_stamped_as_new(
 
 
 def test_failed_read_followed_by_early_call_does_not_return_stale_value(
-        world: SimulatedHardware, clock: Clock) -> None:
+        world: SimulatedHardware, clock: ManualClock) -> None:
     sensor = open_sensor(world)
-    sensor.read(clock.mono)
+    sensor.read(clock.mono_ms())
     clock.advance(2_100)
     world.dht_module().faults = DHTFaults(checksum=1.0, full_buffer=0, not_found=0)
     with pytest.raises(SensorReadError, match="checksum"):
-        sensor.read(clock.mono)
+        sensor.read(clock.mono_ms())
     clock.advance(1_000)
     # The library would now hand back the pre-failure value without an error ...
     assert chip(world).humidity is not None
     # ... but the driver refuses to touch the chip, so no stale value is stamped.
     with pytest.raises(SensorReadError, match="too_soon"):
-        sensor.read(clock.mono)
+        sensor.read(clock.mono_ms())
     assert sensor.reads_ok == 1
 
 
 def test_chip_is_never_touched_twice_within_2s_whatever_the_sampler_does(
-        tmp_path: Path, clock: Clock) -> None:
+        tmp_path: Path, clock: ManualClock) -> None:
     hw = make_world(tmp_path, clock, faults=DHTFaults(checksum=0.3, full_buffer=0.1))
     sensor = open_sensor(hw, interval_s=10.0)
     rng = random.Random(3)
     for _ in range(1_000):
         clock.advance(rng.choice([0, 1, 500, 1_999, 2_000, 2_099, 2_100, 2_500, 4_000]))
         with contextlib.suppress(SensorReadError):
-            sensor.read(clock.mono)
+            sensor.read(clock.mono_ms())
     touches = chip(hw).attempt_times_ms
     gaps = [b - a for a, b in itertools.pairwise(touches)]
     assert len(touches) > 100
@@ -147,34 +130,34 @@ def test_chip_is_never_touched_twice_within_2s_whatever_the_sampler_does(
 
 
 def test_backoff_grows_to_the_interval_and_resets_after_success(
-        world: SimulatedHardware, clock: Clock) -> None:
+        world: SimulatedHardware, clock: ManualClock) -> None:
     sensor = open_sensor(world, interval_s=30.0)
     world.dht_module().faults = DHTFaults(checksum=1.0, full_buffer=0, not_found=0)
     waits = []
     for _ in range(7):
         with pytest.raises(SensorReadError):
-            sensor.read(clock.mono)
+            sensor.read(clock.mono_ms())
         waits.append(sensor.retry_after_s)
-        assert sensor.next_attempt_mono_ms == clock.mono + round(sensor.retry_after_s * 1000)
-        clock.mono = sensor.next_attempt_mono_ms
+        assert sensor.next_attempt_mono_ms == clock.mono_ms() + round(sensor.retry_after_s * 1000)
+        clock.advance(sensor.next_attempt_mono_ms - clock.mono_ms())
     assert waits == [2.1, 4.2, 8.4, 16.8, 30.0, 30.0, 30.0]
     assert sensor.consecutive_failures == 7
     world.dht_module().faults = DHTFaults(0, 0, 0)
-    reading = sensor.read(clock.mono)
-    assert reading.mono_ms == clock.mono
+    reading = sensor.read(clock.mono_ms())
+    assert reading.mono_ms == clock.mono_ms()
     assert sensor.consecutive_failures == 0
     assert sensor.retry_after_s == 2.1
 
 
 def read_series(tmp_path: Path, seed: int, n: int = 60) -> list[object]:
-    clock = Clock()
+    clock = ManualClock(wall_ms=START_WALL_MS, mono_ms=5_000)
     hw = make_world(tmp_path, clock, seed=seed, faults=DHTFaults(0.1, 0.1, 0.05))
     sensor = open_sensor(hw)
     out: list[object] = []
     for _ in range(n):
         clock.advance(30_000)
         try:
-            out.append(sensor.read(clock.mono).values)
+            out.append(sensor.read(clock.mono_ms()).values)
         except SensorReadError as exc:
             out.append(exc.reason)
     hw.close()
@@ -191,7 +174,7 @@ def test_simulated_dht_replays_exactly_with_the_same_seed(tmp_path: Path) -> Non
 
 
 def test_driver_over_simulated_chip_reports_plausible_room_climate(
-        tmp_path: Path, clock: Clock) -> None:
+        tmp_path: Path, clock: ManualClock) -> None:
     hw = SimulatedHardware(1, tmp_path, clock, climate=ClimateModel(epoch_s=0),
                            dht_faults=DHTFaults(0.05, 0.05, 0))
     sensor = open_sensor(hw, interval_s=60.0)
@@ -199,7 +182,7 @@ def test_driver_over_simulated_chip_reports_plausible_room_climate(
     for _ in range(24 * 60):  # one simulated day, a read a minute
         clock.advance(60_000)
         try:
-            t, h = sensor.read(clock.mono).values
+            t, h = sensor.read(clock.mono_ms()).values
         except SensorReadError:
             continue
         assert (t.unit, t.exponent, h.unit, h.exponent) == ("Cel", -1, "%RH", -1)
@@ -212,14 +195,14 @@ def test_driver_over_simulated_chip_reports_plausible_room_climate(
     hw.close()
 
 
-def test_calibration_offset_and_drift_show_in_readings(tmp_path: Path, clock: Clock) -> None:
+def test_calibration_offset_and_drift_show_in_readings(tmp_path: Path, clock: ManualClock) -> None:
     climate = ClimateModel(noise_c=0, noise_rh=0, offset_c=0.5, drift_c_per_day=0.1,
-                           epoch_s=clock.wall / 1000)
+                           epoch_s=clock.wall_ms() / 1000)
     hw = SimulatedHardware(1, tmp_path, clock, climate=climate, dht_faults=DHTFaults(0, 0, 0))
     sensor = open_sensor(hw)
     clock.advance(10 * 86_400_000)  # ten days later, same time of day
-    t, _ = sensor.read(clock.mono).values
-    true_t, _ = climate.true_values(clock.wall / 1000)
+    t, _ = sensor.read(clock.mono_ms()).values
+    true_t, _ = climate.true_values(clock.wall_ms() / 1000)
     assert float(t.value) == pytest.approx(true_t + 0.5 + 1.0, abs=0.051)
     hw.close()
 
@@ -281,10 +264,10 @@ def test_chip_that_cannot_be_opened_is_hardware_missing() -> None:
 
 
 def test_close_releases_the_chip_and_later_reads_fail_closed(
-        world: SimulatedHardware, clock: Clock) -> None:
+        world: SimulatedHardware, clock: ManualClock) -> None:
     sensor = open_sensor(world)
     sensor.close()
     sensor.close()
     assert chip(world).exited
     with pytest.raises(SensorReadError, match="closed"):
-        sensor.read(clock.mono)
+        sensor.read(clock.mono_ms())

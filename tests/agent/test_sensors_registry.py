@@ -13,6 +13,7 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 import agent
+from agent.clock import ManualClock
 from agent.sensors import (
     DHT22Sensor,
     DigitalInputSensor,
@@ -33,17 +34,9 @@ ALL_KINDS = [
 ]
 
 
-class Clock:
-    def mono_ms(self) -> int:
-        return 1_000
-
-    def wall_ms(self) -> int:
-        return 1_700_000_000_000
-
-
 @pytest.fixture
 def sim(tmp_path: Path) -> Iterator[SimulatedHardware]:
-    hw = load_simulated_hardware(5, tmp_path, Clock())
+    hw = load_simulated_hardware(5, tmp_path, ManualClock())
     yield hw
     hw.close()
 
@@ -137,9 +130,10 @@ def test_simulated_dht_runs_the_real_driver(sim: Any) -> None:
 
 def test_missing_simulated_hardware_module_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="simulated hardware unavailable"):
-        load_simulated_hardware(1, tmp_path, Clock(), module_name="firmware_sim.no_such")
+        load_simulated_hardware(1, tmp_path, ManualClock(), module_name="firmware_sim.no_such")
     with pytest.raises(ConfigError, match="has no SimulatedHardware"):
-        load_simulated_hardware(1, tmp_path, Clock(), module_name="firmware_sim.hardware.models")
+        load_simulated_hardware(1, tmp_path, ManualClock(),
+                                module_name="firmware_sim.hardware.models")
 
 
 def test_agent_never_imports_firmware_sim_statically() -> None:

@@ -5,25 +5,27 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent.cli import main as agent_main
 from agent.clock import ManualClock, SystemClock
 from agent.config import AgentConfig, parse_config
-from agent.credits import UsageMeter
+from agent.credits import MeterDamaged, UsageMeter
 from agent.identity import create_identity
 from agent.outbox import DeviceState, Outbox, OutboxSettings
 from agent.records import EpochPolicy, RecordFactory, RecordWriter
-from agent.sdnotify import Notifier
 from agent.sensors import load_simulated_hardware
 from agent.service import AgentService, ServiceOptions
 from agent.status import collect_status
 from agent.usage_reports import UsageReporter
 from firmware_sim.broker import MosquittoBroker
 from firmware_sim.hardware import DHTFaults, TvSchedule
+from osutil.sdnotify import Notifier
 from protocol import reasons
 from protocol.errors import KeyFileError, TransportError
 from protocol.keys import SigningKey, device_id_for, load_device_key
@@ -138,7 +140,7 @@ def test_wall_clock_jump_backwards_keeps_order_and_usage(
                           {"kind": "cpu_temp", "stream": "cpu", "interval_s": 0.1}],
                  usage={"input": "tv", "rate_micro_per_hour": RATE,
                         "checkpoint_interval_s": 0.2, "report_interval_s": 0.4},
-                 service={"final_flush_s": 5.0, "status_interval_s": 1.0})
+                 service={"final_flush_s": 60.0, "status_interval_s": 1.0})
     clock = JumpClock(evening())
     sim = load_simulated_hardware(1, state, clock)
     service = AgentService(cfg, clock, sim=sim,
@@ -149,9 +151,14 @@ def test_wall_clock_jump_backwards_keeps_order_and_usage(
     try:
         service.start()
         runner.start()
-        time.sleep(1.2)
+
+        def usage_logged() -> int:
+            return sum(r["stream"] == "usage" for r in gateway.records(device_id))
+        # Conditions, not a fixed time: usage logged before the jump, and more after it.
+        assert wait_until(lambda: usage_logged() >= 2)
         clock.offset_ms = -3_600_000  # NTP-less Pi after a power cut: an hour back
-        time.sleep(1.2)
+        before = usage_logged()
+        assert wait_until(lambda: usage_logged() >= before + 2)
         stop.set()
         runner.join(20)
         sim.close()
@@ -175,6 +182,16 @@ def test_wall_clock_jump_backwards_keeps_order_and_usage(
         assert b.start_mono_ms == a.end_mono_ms  # contiguous, no overlap, nothing twice
     assert all(u.usage_ms == u.end_mono_ms - u.start_mono_ms for u in usage)  # TV was on
     assert registry["settled_micro"] == sum(u.credit_micro for u in usage) > 0
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float = 60.0) -> bool:
+    """Poll ``predicate`` until it holds; the bound is generous (a slow, loaded machine)."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def create_or_load_public(cfg: AgentConfig) -> bytes:
@@ -202,6 +219,73 @@ def test_corrupt_outbox_is_moved_aside_and_the_agent_keeps_running(
     finally:
         service.shutdown()
         sim.close()
+
+
+def test_corrupt_credits_file_is_moved_aside_counted_shown_and_the_agent_keeps_running(
+        tmp_path: Path, gateway_key: str, caplog: pytest.LogCaptureFixture,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = config(tmp_path, UNREACHABLE, gateway_key,
+                 sensors=[{"kind": "power_sense", "stream": "tv", "pin": 17, "interval_s": 1.0}],
+                 usage={"input": "tv", "rate_micro_per_hour": RATE,
+                        "checkpoint_interval_s": 1.0, "report_interval_s": 2.0})
+    (tmp_path / "credits.sqlite").write_bytes(b"\x00garbage" * 1000)
+    clock = ManualClock(wall_ms=int(evening() * 1000))
+    sim = load_simulated_hardware(1, tmp_path, clock)
+    service = AgentService(cfg, clock, sim=sim)
+    service.start()  # before: StorageError at every start, a restart loop under systemd
+    try:
+        for _ in range(5):
+            clock.advance(1000)
+            service.step()
+        moved = list(tmp_path.glob("credits.sqlite.corrupt-*"))
+        assert len(moved) == 1 and moved[0].read_bytes().startswith(b"\x00garbage")
+        assert "CREDITS DAMAGED" in caplog.text
+        usage = [r.body for r in outbox_records(service) if isinstance(r.body, Usage)]
+        assert usage and usage[0].usage_ms > 0  # the new meter measures and claims again
+    finally:
+        service.shutdown()
+        sim.close()
+    status = collect_status(tmp_path)
+    assert status["credit"]["corrupt_credits"] == 1  # type: ignore[index]
+    capsys.readouterr()
+    assert agent_main(["status", "--state-dir", str(tmp_path)]) == 0
+    assert "1 damaged credits files replaced" in capsys.readouterr().out
+
+
+def test_credits_file_damaged_while_running_is_replaced_not_the_outbox(
+        tmp_path: Path, gateway_key: str) -> None:
+    cfg = config(tmp_path, UNREACHABLE, gateway_key,
+                 sensors=[{"kind": "power_sense", "stream": "tv", "pin": 17, "interval_s": 1.0}],
+                 usage={"input": "tv", "rate_micro_per_hour": RATE,
+                        "checkpoint_interval_s": 1.0, "report_interval_s": 2.0})
+    clock = ManualClock(wall_ms=int(evening() * 1000))
+    sim = load_simulated_hardware(1, tmp_path, clock)
+    service = AgentService(cfg, clock, sim=sim)
+    service.start()
+    try:
+        clock.advance(1000)
+        service.step()
+        assert service.reporter is not None
+        meter = service.reporter.meter
+
+        def damaged(now_mono_ms: int) -> None:
+            raise MeterDamaged("usage meter tv: database disk image is malformed")
+        meter.tick = damaged  # type: ignore[method-assign]  # what SQLITE_CORRUPT raises
+        clock.advance(1000)
+        service.step()
+        del meter.tick
+        assert service.counters["credits_replaced"] == 1
+        assert service.counters["outbox_replaced"] == 0
+        assert list(tmp_path.glob("credits.sqlite.corrupt-*"))
+        assert not list(tmp_path.glob("outbox.sqlite.corrupt-*"))
+        for _ in range(4):
+            clock.advance(1000)
+            service.step()
+        assert any(isinstance(r.body, Usage) for r in outbox_records(service))
+    finally:
+        service.shutdown()
+        sim.close()
+    assert collect_status(tmp_path)["credit"]["corrupt_credits"] == 1  # type: ignore[index]
 
 
 def test_key_file_readable_by_others_refuses_to_start(tmp_path: Path, gateway_key: str) -> None:

@@ -64,7 +64,7 @@ def test_the_gateway_accepts_sealed_plain_usage_and_key_records_and_receipts_emp
             {"kind": "cpu_temp", "stream": "cpu", "interval_s": 0.1, "recipients": ["acme"]}],
         "usage": {"input": "tv", "rate_micro_per_hour": RATE, "checkpoint_interval_s": 0.2,
                   "report_interval_s": 0.5},
-        "service": {"final_flush_s": 10.0},
+        "service": {"final_flush_s": 60.0},  # a bound: the flush ends when all is receipted
     }, state)
     identity = create_identity(cfg.key_file)
     device_id = gateway.register("e2e-agent", identity.key.public_key)
@@ -78,7 +78,12 @@ def test_the_gateway_accepts_sealed_plain_usage_and_key_records_and_receipts_emp
     runner = threading.Thread(target=service.run, args=(stop,))
     service.start()
     runner.start()
-    time.sleep(2.0)
+
+    def enough_logged() -> bool:  # a condition, not a fixed time: the assertions' inputs
+        logged = gateway.records(device_id)
+        streams = [r["stream"] for r in logged]
+        return {"keys", "tv", "usage"} <= set(streams) and streams.count("cpu") > 5
+    assert wait(enough_logged, timeout=60.0)
     stop.set()
     runner.join(30)
     sim.close()

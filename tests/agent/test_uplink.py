@@ -19,9 +19,9 @@ from agent.uplink import (
     MqttTransport,
     Uplink,
     UplinkSettings,
-    parse_broker_url,
 )
 from firmware_sim.broker import MosquittoBroker, free_port
+from osutil.brokerurl import parse_broker_url
 from protocol import reasons
 from protocol.errors import KeyFileError
 from protocol.keys import Secret, SigningKey, device_id_for
@@ -53,7 +53,7 @@ class Device:
         self.outbox.attach(factory)
         self.writer = RecordWriter(factory, self.outbox, {}, policy=EpochPolicy(),
                                    clock=self.clock)
-        host, port, use_tls = parse_broker_url(broker_url)
+        host, port, use_tls = parse_broker_url(broker_url, "broker_url")
         ca, cert, client_key = tls if tls else (None, None, None)
         broker = BrokerSettings(broker_url, host, port, use_tls, ca_file=ca, cert_file=cert,
                                 key_file=client_key, username=username,
@@ -123,7 +123,7 @@ def test_broker_outage_backlog_drains_with_nothing_lost_or_duplicated(
     time.sleep(0.5)
     assert device.depth() == 60
     broker.start()
-    assert responder.wait_for(lambda: device.depth() == 0, timeout_s=30)
+    assert responder.wait_for(lambda: device.depth() == 0, timeout_s=60)
     log = responder.logged[device.device_id]
     assert set(log.records) == set(first) | set(during)
     assert log.equivocations == []
@@ -209,7 +209,7 @@ def test_bad_credentials_stop_the_uplink_with_a_clear_error(tmp_path: Path) -> N
                         username="dev", password="wrong")
         device.write(3)
         device.uplink.start()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while not device.uplink.failed and time.monotonic() < deadline:
             time.sleep(0.05)
         status = device.uplink.status()

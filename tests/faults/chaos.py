@@ -1,4 +1,4 @@
-"""Seeded fault injection against a :class:`firmware_sim.testbed.Testbed`.
+"""Seeded fault injection against a :class:`tests.harness.testbed.Testbed`.
 
 :class:`Chaos` applies one fault at a time at a random (seeded) moment, lets the system
 run under it for a random while, and undoes it: ``kill -9`` of an agent, the gateway or
@@ -27,7 +27,8 @@ import httpx
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from firmware_sim.invariants import (
+from protocol.batch import Batch, records_topic
+from tests.harness.invariants import (
     LogView,
     OutboxView,
     Report,
@@ -36,8 +37,7 @@ from firmware_sim.invariants import (
     check_device,
     check_log,
 )
-from firmware_sim.testbed import AgentProcess, AgentSpec, SensorSpec, Testbed
-from protocol.batch import Batch, records_topic
+from tests.harness.testbed import AgentProcess, AgentSpec, SensorSpec, Testbed
 
 FAULT_KINDS = ("kill_agent", "kill_gateway", "kill_broker", "broker_no_persistence",
                "net_cut", "net_blackhole", "clock_jump", "outbox_cap", "duplicate_reorder")
@@ -156,7 +156,9 @@ class Chaos:
                                        key=lambda a: a.spec.name))
         before = _dropped(agent)
         self.tb.cut([agent.spec.name])
-        deadline = time.monotonic() + 30
+        # Until the outbox is full and drops: about half a minute at the sensors' cadence,
+        # longer on a loaded machine; the bound is generous, the wait ends at the first drop.
+        deadline = time.monotonic() + 120
         while _dropped(agent) <= before and time.monotonic() < deadline:
             time.sleep(0.2)
         time.sleep(self.rng.uniform(0.0, 1.0))
@@ -247,7 +249,7 @@ def settle(tb: Testbed, log: Callable[[str], None] = print) -> None:
     for agent in tb.agents.values():
         if not agent.running:
             agent.start()
-    time.sleep(3.0)  # every agent reconnects and sends what it has
+    _wait_drained(tb)  # every agent reconnects and sends what it has
     for agent in sorted(tb.agents.values(), key=lambda a: a.spec.name):
         for attempt in range(3):
             code = agent.stop(timeout_s=60)
@@ -256,12 +258,29 @@ def settle(tb: Testbed, log: Callable[[str], None] = print) -> None:
             if not view.pending or attempt == 2:
                 break
             agent.start()
-            time.sleep(3.0)
+            _wait_drained(tb)
+
+
+def _wait_drained(tb: Testbed, timeout_s: float = 120.0) -> None:
+    """Wait (bounded) until the gateway receipted every record the running agents held when
+    called (agents keep reading, so "empty" would rarely hold): a condition, not a fixed
+    time, so a slow machine gets the time it needs and a fast one none extra."""
+    def pending(agent: AgentProcess) -> list[int]:
+        with contextlib.suppress(sqlite3.Error):
+            return sorted(OutboxView.read(agent.outbox, bytes.fromhex(agent.device_id)).pending)
+        return []
+    heads = {name: max(pending(a), default=-1) for name, a in tb.agents.items() if a.running}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if all(min(pending(tb.agents[name]), default=head + 1) > head
+               for name, head in heads.items()):
+            return
+        time.sleep(0.2)
 
 
 def check_all(tb: Testbed, observer: WireObserver | None, notes: set[str], *,
               drained: bool) -> Report:
-    """Every invariant of firmware_sim.invariants over the whole testbed."""
+    """Every invariant of tests.harness.invariants over the whole testbed."""
     views = {a.spec.name: OutboxView.read(a.outbox, bytes.fromhex(a.device_id))
              for a in tb.agents.values()}  # outboxes first: the log can only be ahead
     log = LogView.read(tb.gateway_db)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from firmware_sim.invariants import WireObserver
-from firmware_sim.testbed import Testbed
 from tests.faults.chaos import fault_agents
+from tests.harness.invariants import WireObserver
+from tests.harness.testbed import Testbed
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -7,7 +7,12 @@ records signed with a wrong key or naming a wrong kid, bit-flipped records, repl
 records signed with its real key that break the rules (equivocation, chain, time, usage,
 rotation). Meanwhile an honest agent runs. The gateway must stay healthy, answer every
 message with a receipt carrying a right reason code, count each rejection exactly once
-per reason, and log every one of the honest agent's records exactly once.
+per reason, keep logging the honest agent's records while the flood goes on, and log every
+one of them exactly once.
+
+Nothing here counts per wall-clock window: the flood goes out in tenths, and after each
+tenth (while the gateway still works through it) the honest device's log must grow, within
+a bound generous enough for a machine twice as slow.
 """
 
 from __future__ import annotations
@@ -22,24 +27,28 @@ import httpx
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from firmware_sim.invariants import LogView, OutboxView, check_device
-from firmware_sim.testbed import AgentSpec, DeviceCredentials, Testbed
+from firmware_sim.stack import SimDevice
 from protocol.batch import Batch, receipts_topic, records_topic
 from protocol.keys import load_device_key
 from protocol.note import NoteVerifier
 from protocol.receipt import Receipt, Status
 from tests.faults.badinput import DUPLICATE, Hostile, HostileFactory, Mallory
+from tests.harness.invariants import LogView, OutboxView, check_device
+from tests.harness.testbed import AgentSpec, Testbed
 
 COUNTS = {"random_bytes": 1500, "truncated": 1500, "nested": 1000, "oversize": 40,
           "wrong_key": 1500, "bit_flip": 1500, "wrong_kid": 1000, "replay": 1000,
           "forged": 1200}
 HONEST_RECORDS = 20
+FLOOD_PARTS = 10
+PROGRESS_TIMEOUT_S = 60.0  # per tenth of the flood: a bound, not an expected time
+RECEIPTS_TIMEOUT_S = 300.0
 
 
 class Attacker:
     """Mallory's MQTT client: publishes, and collects its verified receipts."""
 
-    def __init__(self, tb: Testbed, creds: DeviceCredentials, verifier_key: str) -> None:
+    def __init__(self, tb: Testbed, creds: SimDevice, verifier_key: str) -> None:
         verifier = NoteVerifier.from_text(verifier_key)
         self._public, self._kid = verifier.public_key, verifier.key_id
         self.device_id = bytes.fromhex(creds.device_id)
@@ -107,11 +116,45 @@ def _honest_history(tb: Testbed, attacker: Attacker, key_file: Path) -> Mallory:
     m.honest_batches = [Batch(n, tuple(m.history[n * 5:(n + 1) * 5])).to_cbor()
                         for n in range(4)]
     attacker.publish(m.honest_batches)
-    attacker.wait_receipts(4, 30)
+    attacker.wait_receipts(4, RECEIPTS_TIMEOUT_S)
     assert [o.status for r in attacker.receipts for o in r.outcomes] == \
         [Status.ACCEPTED] * HONEST_RECORDS
     attacker.receipts.clear()
     return m
+
+
+def _honest_logged(tb: Testbed, device_id: bytes) -> int:
+    return len(LogView.read(tb.gateway_db).of_device(device_id))
+
+
+def _wait_honest_beyond(tb: Testbed, device_id: bytes, count: int) -> int:
+    """Wait until the gateway logged more than ``count`` of the device's records; return
+    how many it logged (``count`` if none more came within PROGRESS_TIMEOUT_S)."""
+    deadline = time.monotonic() + PROGRESS_TIMEOUT_S
+    while True:
+        now = _honest_logged(tb, device_id)
+        if now > count or time.monotonic() > deadline:
+            return now
+        time.sleep(0.1)
+
+
+def _flood(tb: Testbed, attacker: Attacker, hostile: list[Hostile],
+           honest: bytes) -> tuple[int, list[int]]:
+    """Publish the flood in FLOOD_PARTS parts; after each, wait for honest progress.
+
+    Returns how many messages the broker refused and, per part, how many honest records
+    the gateway logged meanwhile (each must be > 0: receipts keep flowing).
+    """
+    refused = 0
+    progress = []
+    seen = _honest_logged(tb, honest)
+    size = -(-len(hostile) // FLOOD_PARTS)
+    for start in range(0, len(hostile), size):
+        refused += attacker.publish([h.payload for h in hostile[start:start + size]])
+        now = _wait_honest_beyond(tb, honest, seen)
+        progress.append(now - seen)
+        seen = now
+    return refused, progress
 
 
 def test_ten_thousand_hostile_messages_each_rejected_with_a_reason_honest_records_flow(
@@ -122,7 +165,7 @@ def test_ten_thousand_hostile_messages_each_rejected_with_a_reason_honest_record
         creds = tb.add_device("mallory")
         attacker = Attacker(tb, creds, tb.verifier_key())
         mallory = _honest_history(tb, attacker, creds.key_file)
-        time.sleep(2.0)
+        assert _wait_honest_beyond(tb, bytes.fromhex(honest.device_id), 9) >= 10
         logged = httpx.get(f"{tb.gateway_url}/v1/devices/{honest.device_id}/records",
                            params={"limit": 50}, timeout=10).json()["records"]
         mallory.foreign = [bytes.fromhex(r["record"]) for r in logged]
@@ -133,14 +176,14 @@ def test_ten_thousand_hostile_messages_each_rejected_with_a_reason_honest_record
         print(f"t={time.monotonic() - t0:.1f} sending {len(hostile)} hostile messages")
 
         health = _HealthWatch(tb.gateway_url)
-        refused_by_broker = attacker.publish([h.payload for h in hostile])
-        attacker.wait_receipts(len(hostile) - refused_by_broker, 120)
+        refused_by_broker, progress = _flood(tb, attacker, hostile, mallory.other_device)
+        attacker.wait_receipts(len(hostile) - refused_by_broker, RECEIPTS_TIMEOUT_S)
         health.stop()
         honest_during = len(LogView.read(tb.gateway_db).of_device(mallory.other_device)) \
             - honest_before
         print(f"t={time.monotonic() - t0:.1f} {len(attacker.receipts)} receipts, broker "
               f"refused {refused_by_broker}, health {dict(health.codes)}, honest records "
-              f"logged meanwhile {honest_during}")
+              f"logged meanwhile {honest_during} (per tenth of the flood: {progress})")
         after = _rejections(tb)
 
         answers = _match(hostile, attacker.receipts)
@@ -152,15 +195,19 @@ def test_ten_thousand_hostile_messages_each_rejected_with_a_reason_honest_record
               f"{dict(after - before)}")
 
         assert tb.gateway.running and tb.gateway.starts == 1
-        # Never unhealthy; a poll that timed out on a loaded machine (code 0) is tolerated.
+        # Never unhealthy; a poll that timed out on a loaded machine (code 0) is tolerated,
+        # as long as the API answered during the flood and answers after it.
         assert set(health.codes) <= {200, 0}, health.codes
-        assert health.codes[200] >= 0.9 * sum(health.codes.values()), health.codes
+        assert health.codes[200] > 0, health.codes
+        assert httpx.get(f"{tb.gateway_url}/healthz", timeout=30).status_code == 200
         assert attacker.unverified == 0
         assert sum(sent.values()) >= 10_000
         assert len(answers) == len(hostile) - refused_by_broker  # every message answered once
         assert wrong == [], Counter(map(str, wrong))
         assert counted == len(hostile) - replays_dup - refused_by_broker
-        assert honest_during >= 50  # the honest device's records kept flowing under attack
+        # The honest device's records kept flowing under attack: after every tenth of the
+        # flood, more of them were logged (each exactly once: check_device below).
+        assert all(n > 0 for n in progress), progress
 
         code = honest.stop(timeout_s=60)
         view = OutboxView.read(honest.outbox, bytes.fromhex(honest.device_id))

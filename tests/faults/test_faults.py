@@ -3,7 +3,7 @@
 The fleet (tests/faults/chaos.py): one agent through ``edgeproof-agent run``, one whose wall
 clock is stepped, two with a 64 KiB outbox (drop-oldest and reject-new). After the faults
 everything is undone, each agent stops after its final flush, and the invariants of
-firmware_sim.invariants are checked against the gateway's log and the agents' outboxes.
+tests.harness.invariants are checked against the gateway's log and the agents' outboxes.
 The large count is the soak test (test_soak.py, ``make soak``).
 """
 
@@ -13,10 +13,10 @@ import random
 import sqlite3
 import time
 
-from firmware_sim.invariants import WireObserver
-from firmware_sim.testbed import Testbed
 from protocol.signed import parse_signed_record
 from tests.faults.chaos import FAULT_KINDS, Chaos, check_all, settle
+from tests.harness.invariants import WireObserver
+from tests.harness.testbed import Testbed
 
 SEED = 7
 

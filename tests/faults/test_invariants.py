@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import random
 
-from firmware_sim.invariants import LogView, OutboxView, check_device, check_log
 from protocol.keys import Secret, SigningKey, device_id_for
 from protocol.record import GENESIS_PREV, Gap, Measurement, Record, Usage, Values
 from protocol.signed import sign_record
+from tests.harness.invariants import LogView, OutboxView, check_device, check_log
 
 KEY = SigningKey(Secret(random.Random(3).randbytes(32)))
 DEV = device_id_for(KEY.public_key)

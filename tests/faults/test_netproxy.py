@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from firmware_sim.netproxy import NetProxy
+from tests.harness.netproxy import NetProxy
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ import time
 
 import pytest
 
-from firmware_sim.invariants import WireObserver
-from firmware_sim.testbed import Testbed
 from tests.faults.chaos import FAULT_KINDS, Chaos, check_all, settle
+from tests.harness.invariants import WireObserver
+from tests.harness.testbed import Testbed
 
 DEFAULT_FAULTS = 200
 CHECK_EVERY = 25

@@ -113,7 +113,7 @@ class GatewayFiles:
 def write_gateway_files(tmp: Path, broker_port: int, *, http_port: int = 0,
                         every_leaves: int = 1000, interval_s: float = 0.5,
                         extra: str = "", client_id: str = "edgeproof-gateway-test",
-                        broker_extra: str = "") -> GatewayFiles:
+                        broker_extra: str = "", http_extra: str = "") -> GatewayFiles:
     """Write key, admin token and a config TOML for a gateway under ``tmp``."""
     tmp.mkdir(parents=True, exist_ok=True)
     key_path = tmp / "gateway.key"
@@ -139,6 +139,7 @@ client_id = "{client_id}"
 
 [http]
 bind = "127.0.0.1:{http_port}"
+{http_extra}
 
 [checkpoints]
 interval_s = {interval_s}
@@ -186,7 +187,7 @@ class DeviceClient:
     def send(self, device: TestDevice, records: list[bytes], batch_id: int) -> None:
         self.publish(device.device_id, batch_bytes(records, batch_id))
 
-    def wait_for(self, device_id: bytes, batch_id: int, timeout: float = 20.0,
+    def wait_for(self, device_id: bytes, batch_id: int, timeout: float = 60.0,
                  count: int = 1) -> Receipt:
         """Return the ``count``-th receipt for (device, batch id)."""
         deadline = time.monotonic() + timeout

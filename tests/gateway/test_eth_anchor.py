@@ -1,4 +1,4 @@
-"""The ``ethereum`` anchor against a real ganache node (firmware_sim.chain).
+"""The ``ethereum`` anchor against a real ganache node (tests.harness.chain).
 
 Most tests drive :meth:`EthereumAnchor.step` directly with an injected monotonic clock, so
 intervals, back-off and re-send time-outs pass without sleeping; the node, its chain and
@@ -20,7 +20,6 @@ import pytest
 from eth_account import Account
 
 from firmware_sim.broker import MosquittoBroker, free_port
-from firmware_sim.chain import ETHER, GanacheNode
 from gateway.cli import main as gateway_main
 from gateway.config import EthereumAnchorConfig, parse_config
 from gateway.eth_anchor import ANCHOR_PREFIX, EthereumAnchor, EthTiming, anchor_data
@@ -31,6 +30,7 @@ from protocol.errors import ConfigError, KeyFileError
 from protocol.keys import write_secret_file
 from tests.gateway.conftest import start_gateway
 from tests.gateway.gwkit import DeviceClient, TestDevice, register, write_gateway_files
+from tests.harness.chain import ETHER, GanacheNode
 
 CHAIN_ID = 1337
 # Runtime code PUSH1 0 PUSH1 0 REVERT, behind init code that copies and returns it.
@@ -104,7 +104,7 @@ def make_anchor(tmp_path: Path, node: GanacheNode, key: str, clock: FakeClock,
                                   interval_s=5.0, resend_after_s=30.0)
     config = replace(config, **overrides)  # type: ignore[arg-type]
     return EthereumAnchor(config, tmp_path / "anchor-ethereum.sqlite", wall_ms=lambda: 1,
-                          monotonic=clock, timing=EthTiming(rpc_timeout_s=2.0))
+                          monotonic=clock, timing=EthTiming(rpc_timeout_s=10.0))
 
 
 def drive(anchor: EthereumAnchor, clock: FakeClock, done: Callable[[], bool],
@@ -452,7 +452,7 @@ interval_s = 0.2
     assert checkpoint_hash(note) in on_chain
 
 
-def wait_for_anchor(base_url: str, size: int, timeout: float = 30.0) -> dict[str, object]:
+def wait_for_anchor(base_url: str, size: int, timeout: float = 60.0) -> dict[str, object]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         response = httpx.get(f"{base_url}/v1/anchors", params={"size": size})

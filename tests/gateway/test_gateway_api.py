@@ -1,9 +1,11 @@
-"""The HTTP API over real loopback HTTP: admin auth, proofs, records, OpenAPI."""
+"""The HTTP API over real loopback HTTP: admin auth, proofs, records, OpenAPI, bad input."""
 
 from __future__ import annotations
 
 import base64
 import json
+import os
+import stat
 from pathlib import Path
 
 import httpx
@@ -14,7 +16,8 @@ from protocol import merkle
 from protocol.checkpoint import Checkpoint, checkpoint_hash
 from protocol.note import NoteVerifier
 from protocol.record import GENESIS_PREV
-from tests.gateway.gwkit import ADMIN_TOKEN, TestDevice, register
+from tests.gateway.conftest import start_gateway
+from tests.gateway.gwkit import ADMIN_TOKEN, TestDevice, register, write_gateway_files
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -125,3 +128,74 @@ def test_metrics_and_health_are_served(gateway) -> None:
         assert name in text
     health = httpx.get(f"{gateway.base_url}/healthz")
     assert health.status_code == 200 and health.json()["mqtt_connected"] is True
+
+
+@pytest.mark.parametrize("path", [
+    "/v1/leaves/9223372036854775808",
+    "/v1/leaves/99999999999999999999999999999999",
+    "/v1/checkpoints?after=9223372036854775808",
+    "/v1/checkpoints?limit=9223372036854775808",
+    f"/v1/devices/{'0' * 32}/records?after_seq=9223372036854775808",
+    "/v1/proofs/inclusion?index=9223372036854775808&tree_size=1",
+    "/v1/proofs/inclusion?index=0&tree_size=9223372036854775808",
+    "/v1/proofs/consistency?old_size=1&new_size=9223372036854775808",
+    "/v1/anchors?size=9223372036854775808",
+    "/v1/leaves/-1",
+    "/v1/checkpoints?after=abc",
+])
+def test_huge_or_bad_integers_get_400_with_one_line_not_a_500(gateway, path) -> None:
+    response = httpx.get(f"{gateway.base_url}{path}")
+    assert response.status_code == 400, response.text
+    detail = response.json()["detail"]
+    assert isinstance(detail, str) and "\n" not in detail and "parameter" in detail
+
+
+def test_largest_integers_in_range_get_an_answer_not_a_500(gateway) -> None:
+    top = 2**63 - 1
+    url = gateway.base_url
+    assert httpx.get(f"{url}/v1/leaves/{top}").status_code == 404
+    assert httpx.get(f"{url}/v1/checkpoints", params={"after": top}).json() == []
+    records = httpx.get(f"{url}/v1/devices/{'0' * 32}/records", params={"after_seq": top})
+    assert records.status_code == 200 and records.json()["records"] == []
+    assert httpx.get(f"{url}/v1/proofs/inclusion",
+                     params={"index": 0, "tree_size": top}).status_code == 400
+
+
+def test_data_files_are_private_whatever_the_umask(broker, tmp_path) -> None:
+    old = os.umask(0o022)
+    try:
+        running = start_gateway(write_gateway_files(tmp_path / "gw", broker.port))
+    finally:
+        os.umask(old)
+    try:
+        dev = TestDevice.create("dev-modes", 44)
+        register(running.base_url, dev)  # a write: the WAL and its index exist now
+        data = running.files.data_dir
+        files = sorted(p.name for p in data.iterdir())
+        assert {"gateway.sqlite", "gateway.sqlite-wal", "gateway.sqlite-shm"} <= set(files)
+        for name in files:
+            assert stat.S_IMODE((data / name).stat().st_mode) == 0o600, name
+        assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    finally:
+        running.stop()
+
+
+def test_enrolling_a_key_another_device_rotated_to_names_that_device(gateway, devices) -> None:
+    holder = TestDevice.create("dev-holder", 45)
+    register(gateway.base_url, holder)
+    claimed = TestDevice.create("dev-claimed", 46)
+    devices.send(holder, [holder.next().raw, holder.rotate(claimed.key).raw], 1)
+    receipt = devices.wait_for(holder.device_id, 1)
+    assert [o.status.name for o in receipt.outcomes] == ["ACCEPTED", "ACCEPTED"]
+    response = httpx.post(f"{gateway.base_url}/v1/devices", json={
+        "name": claimed.name, "public_key": claimed.enrolled_key.hex(), "owner": "o",
+        "rate_micro_per_hour": 1}, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert response.status_code == 409
+    detail = response.json()["detail"]
+    assert f"'dev-holder' ({holder.device_id.hex()}, rotated to it at seq 1)" in detail
+
+
+def test_interactive_docs_pages_are_not_served(gateway) -> None:
+    for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+        assert httpx.get(f"{gateway.base_url}{path}").status_code == 404
+    assert httpx.get(f"{gateway.base_url}/openapi.json").status_code == 200

@@ -14,9 +14,9 @@ import pytest
 
 from firmware_sim.broker import MosquittoBroker
 from gateway.cli import main
-from gateway.config import load_config
+from gateway.config import HttpLimits, load_config
 from gateway.ingest import subscription_filter
-from gateway.sdnotify import Notifier
+from osutil.sdnotify import Notifier
 from protocol.errors import ConfigError
 from protocol.keys import write_secret_file
 from protocol.note import NoteVerifier
@@ -29,6 +29,7 @@ def test_example_config_is_valid_and_documented() -> None:
     config = load_config(REPO / "examples" / "gateway.toml")
     assert config.broker.port == 1883 and config.broker.client_id == "edgeproof-gateway"
     assert config.http_port == 8080 and config.checkpoints.every_leaves == 1000
+    assert config.http == HttpLimits()  # the example documents the defaults
     assert config.limits.max_batch_bytes == 512 * 1024 and config.anchor == "local"
     assert config.db_path == Path("/var/lib/edgeproof-gateway/gateway.sqlite")
 
@@ -39,6 +40,8 @@ def test_example_config_is_valid_and_documented() -> None:
     ('[broker]\nurl = "http://h"\n', "broker.url"),
     ('[broker]\nurl = "mqtt://h"\nshared_group = "a/b"\n', "broker.shared_group"),
     ('[broker]\nurl = "mqtt://h"\n[http]\nbind = "nohost"\n', "http.bind"),
+    ('[broker]\nurl = "mqtt://h"\n[http]\nmax_connections = 1\n', "http.max_connections"),
+    ('[broker]\nurl = "mqtt://h"\n[http]\nmax_body_bytes = 1e9\n', "http.max_body_bytes"),
     ('[broker]\nurl = "mqtt://h"\n[limits]\nmax_batch_bytes = 10000000\n',
      "limits.max_batch_bytes"),
     ('[broker]\nurl = "mqtt://h"\n[checkpoints]\nevery_leaves = "many"\n',
@@ -117,9 +120,9 @@ def test_sd_notify_sends_datagrams_to_the_notify_socket(tmp_path) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
         server.bind(str(path))
         notifier = Notifier({"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "4000000"})
-        assert notifier.watchdog_interval_s == 2.0
+        assert notifier.watchdog_ms == 4000
         notifier.ready("log size 0")
-        notifier.watchdog()
+        notifier.watchdog(0, progressed=True)
         assert server.recv(100) == b"READY=1\nSTATUS=log size 0"
         assert server.recv(100) == b"WATCHDOG=1"
     silent = Notifier({})

@@ -7,14 +7,13 @@ import itertools
 import random
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
 from firmware_sim.broker import MosquittoBroker, free_port
+from firmware_sim.procs import GatewayProcess
 from protocol import merkle
 from protocol.checkpoint import Checkpoint, checkpoint_hash
 from protocol.note import NoteVerifier
@@ -25,35 +24,6 @@ REPO = Path(__file__).resolve().parents[2]
 KILLS = 10
 RECORDS_PER_BATCH = 10
 BURST_BATCHES = 20  # per device and kill: 600 records
-
-
-class GatewayProcess:
-    """``python -m gateway.cli run`` as a child process."""
-
-    def __init__(self, config: Path, http_port: int, log: Path) -> None:
-        self.config, self.url, self.log = config, f"http://127.0.0.1:{http_port}", log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config)],
-                cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()[-2000:]
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError("gateway did not become healthy")
-
-    def signal(self, sig: int) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        return self.proc.wait(timeout=30)
 
 
 class Publisher:
@@ -79,7 +49,8 @@ def test_kill9_loses_nothing_and_never_forks(broker: MosquittoBroker, tmp_path: 
     http_port = free_port()
     files = write_gateway_files(tmp_path / "gw", broker.port, http_port=http_port,
                                 every_leaves=400, interval_s=0.3)
-    gateway = GatewayProcess(files.config, http_port, tmp_path / "gateway.log")
+    gateway = GatewayProcess(files.config, f"http://127.0.0.1:{http_port}",
+                             tmp_path / "gateway.log", cwd=REPO)
     gateway.start()
     fleet = [TestDevice.create(f"crash-{i}", 100 + i) for i in range(3)]
     for dev in fleet:
@@ -93,7 +64,7 @@ def test_kill9_loses_nothing_and_never_forks(broker: MosquittoBroker, tmp_path: 
         time.sleep(rng.uniform(0.02, 0.3))
         notes.update(c["note"] for c in httpx.get(f"{gateway.url}/v1/checkpoints",
                                                   params={"limit": 1000}).json())
-        assert gateway.signal(signal.SIGKILL) == -signal.SIGKILL
+        assert gateway.kill() == -signal.SIGKILL
         gateway.start()
     print(f"t={time.monotonic() - t0:.1f} kills done")
 
@@ -119,7 +90,7 @@ def test_kill9_loses_nothing_and_never_forks(broker: MosquittoBroker, tmp_path: 
                 assert leaf_of.setdefault(raw, outcome.leaf_index) == outcome.leaf_index
     print(f"t={time.monotonic() - t0:.1f} receipts checked")
 
-    assert gateway.signal(signal.SIGTERM) == 0  # graceful stop: final checkpoint, exit 0
+    assert gateway.stop(timeout_s=30) == 0  # graceful stop: final checkpoint, exit 0
     client.close()
     gateway.start()
     try:
@@ -131,7 +102,7 @@ def test_kill9_loses_nothing_and_never_forks(broker: MosquittoBroker, tmp_path: 
                            notes)
         print(f"t={time.monotonic() - t0:.1f} checkpoints checked")
     finally:
-        gateway.signal(signal.SIGTERM)
+        gateway.stop(timeout_s=30)
 
 
 def _check_log(db: Path, sent: dict[tuple[bytes, int], list[bytes]],

@@ -1,31 +1,26 @@
-"""A live fleet for the provisioning tests: a fleet made by ``init``, the real Mosquitto
-started with the config ``broker-config`` wrote, and the real gateway started with the
-config ``init`` wrote (``python -m gateway.cli run --config``).
+"""A live fleet for the provisioning tests: the demo's private installation
+(:class:`firmware_sim.stack.Stack`: a fleet made by ``init``, the real Mosquitto started with
+the config ``broker-config`` wrote, the real gateway started with the config ``init`` wrote).
 
 Helpers live here; conftest.py only exposes the fixtures.
 """
 
 from __future__ import annotations
 
-import getpass
 import importlib.util
 import os
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import requests
 
-from firmware_sim.broker import MosquittoBroker, free_port
+from firmware_sim.broker import MosquittoBroker
+from firmware_sim.procs import GatewayProcess
+from firmware_sim.stack import Stack
 from protocol.note import NoteVerifier
 from provisioning import fleet as fleet_mod
 from provisioning.cli import main
-
-GATEWAY_START_TIMEOUT = 30.0
 
 
 def gateway_importable() -> bool:
@@ -56,47 +51,24 @@ def set_fleet_option(root: Path, key: str, value: str) -> None:
 
 
 @dataclass
-class GatewayProcess:
-    process: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-
-
-def start_gateway(config: Path, url: str, log: Path) -> GatewayProcess:
-    """Start the real gateway and wait until its HTTP API answers."""
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "--config",
-                                 str(config)], stdout=out, stderr=out)
-    gw = GatewayProcess(proc, url, log)
-    deadline = time.monotonic() + GATEWAY_START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"gateway exited at start: {log.read_text()[-2000:]}")
-        try:
-            if requests.get(f"{url}/v1/verifier-key", timeout=1).status_code == 200:
-                return gw
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    gw.stop()
-    raise RuntimeError(f"gateway did not answer within {GATEWAY_START_TIMEOUT} s")
-
-
-@dataclass
 class LiveFleet:
-    root: Path
-    broker: MosquittoBroker
-    gateway: GatewayProcess
-    broker_dir: Path
+    stack: Stack
+
+    @property
+    def root(self) -> Path:
+        return self.stack.fleet_dir
+
+    @property
+    def broker(self) -> MosquittoBroker:
+        return self.stack.broker
+
+    @property
+    def gateway(self) -> GatewayProcess:
+        return self.stack.gateway
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.stack.broker_dir
 
     @property
     def config(self) -> fleet_mod.FleetConfig:
@@ -113,16 +85,6 @@ class LiveFleet:
         return provision(*argv, "--fleet", str(self.root))
 
 
-def write_broker_files(root: Path, out: Path, extra: Sequence[str] = ()) -> Path:
-    """Run broker-config for a loopback listener owned by this user; return mosquitto.conf."""
-    code = provision("broker-config", "--fleet", str(root), "--out", str(out),
-                     "--bind", "127.0.0.1", "--data-dir", str(out / "data"),
-                     "--run-as", getpass.getuser(), *extra)
-    assert code == 0
-    (out / "data").mkdir(exist_ok=True)
-    return out / "mosquitto.conf"
-
-
 def live_fleet_fixture(tmp_path_factory: pytest.TempPathFactory,
                        broker_args: Callable[[Path], Sequence[str]] = lambda base: (),
                        ) -> Iterator[LiveFleet]:
@@ -132,25 +94,13 @@ def live_fleet_fixture(tmp_path_factory: pytest.TempPathFactory,
     """
     if not gateway_importable():
         pytest.skip("the gateway package is not importable yet (gateway/ not built)")
-    base = tmp_path_factory.mktemp("live")
-    broker_port, gateway_port = free_port(), free_port()
-    root = base / "fleet"
-    init_fleet(root, broker_port, gateway_port)
-    broker_dir = base / "broker"
-    conf = write_broker_files(root, broker_dir, broker_args(base))
-    broker = MosquittoBroker(broker_dir, port=broker_port, config_file=conf)
-    broker.start()
-    pid_file = broker_dir / "mosquitto.pid"
-    assert broker.process is not None
-    pid_file.write_text(f"{broker.process.pid}\n")
-    set_fleet_option(root, "pid_file", str(pid_file))
-    gateway = start_gateway(root / fleet_mod.GATEWAY_CONFIG, f"http://127.0.0.1:{gateway_port}",
-                            base / "gateway.log")
+    stack = Stack(tmp_path_factory.mktemp("live"), owner="alice", name="test.fleet",
+                  rate_micro_per_hour=1_000_000, broker_args=broker_args)
     try:
-        yield LiveFleet(root, broker, gateway, broker_dir)
+        stack.start()
+        yield LiveFleet(stack)
     finally:
-        gateway.stop()
-        broker.kill()
+        stack.close()
 
 
 def mode(path: Path) -> int:

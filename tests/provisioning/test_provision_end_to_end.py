@@ -24,7 +24,7 @@ import requests
 from provisioning.devices_store import AGENT_CONFIG, BROKER_PASSWORD, ETC, STATE, bundle_dir
 from tests.provisioning.provision_live import LiveFleet
 
-RECORDS_WAIT_S = 30.0
+RECORDS_WAIT_S = 60.0  # a bound for a slow, loaded machine; waits return at once
 
 
 def install_bundle(bundle: Path, root: Path) -> Path:

@@ -138,7 +138,7 @@ def test_revoked_device_has_no_topic_even_with_a_valid_certificate(
         finally:
             device.close()
 
-    deadline = time.monotonic() + 10.0
+    deadline = time.monotonic() + 30.0  # the broker's reload, on a slow machine too
     while not denied():
         assert time.monotonic() < deadline, "revoked device can still publish over TLS"
         time.sleep(0.1)

@@ -57,7 +57,9 @@ def test_every_record_sent_is_receipted_once_and_logged_once(
         stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
     result = run_fleet(stack, capsys, "--duration", "8", "--rate", "2")
     assert result["devices"] == DEVICES and result["failed_devices"] == 0
-    assert result["records_sent"] > DEVICES * 8  # ~2 Hz for 8 s each
+    # Every device sent (no count per time window: a loaded machine sends fewer, and that
+    # is not what this test is about).
+    assert result["records_sent"] >= DEVICES
     assert result["accepted"] == result["receipted"] == result["records_sent"]
     assert result["duplicates"] == result["rejected"] == result["unreceipted"] == 0
     assert result["p50_latency_ms"] > 0
@@ -67,6 +69,7 @@ def test_every_record_sent_is_receipted_once_and_logged_once(
     chains = logged_chains(stack)
     assert len(chains) == DEVICES  # provisioned through the real path: device add --count
     for name, chain in chains.items():
+        assert chain, name
         assert [seq for seq, _ in chain] == list(range(len(chain))), name
 
 

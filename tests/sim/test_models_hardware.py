@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.clock import ManualClock
 from firmware_sim.hardware import (
     ClimateModel,
     DHTFaults,
@@ -21,29 +22,13 @@ from firmware_sim.hardware.models import DAY_S
 DAY = 19_700  # 2023-12-09, days since the epoch
 
 
-class Clock:
-    def __init__(self, wall_s: float) -> None:
-        self.mono = 0
-        self.wall = round(wall_s * 1000)
-
-    def mono_ms(self) -> int:
-        return self.mono
-
-    def wall_ms(self) -> int:
-        return self.wall
-
-    def advance(self, ms: int) -> None:
-        self.mono += ms
-        self.wall += ms
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(wall_ms=(DAY * DAY_S + 18 * 3600) * 1000, mono_ms=0)
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock(DAY * DAY_S + 18 * 3600)
-
-
-@pytest.fixture
-def world(tmp_path: Path, clock: Clock) -> Iterator[SimulatedHardware]:
+def world(tmp_path: Path, clock: ManualClock) -> Iterator[SimulatedHardware]:
     hw = SimulatedHardware(42, tmp_path, clock, dht_faults=DHTFaults(0, 0, 0))
     yield hw
     hw.close()
@@ -98,8 +83,8 @@ def test_climate_curve_peaks_in_the_afternoon_within_its_band() -> None:
 
 
 def test_advance_drives_the_power_sense_pin_from_the_tv_schedule(
-        world: SimulatedHardware, clock: Clock) -> None:
-    start = clock.wall / 1000
+        world: SimulatedHardware, clock: ManualClock) -> None:
+    start = clock.wall_ms() / 1000
     for second in range(0, 5 * 3600, 30):
         world.advance(start + second, second * 1000)
         assert world.pin_level(17) == world.tv.is_on(start + second)
@@ -108,8 +93,8 @@ def test_advance_drives_the_power_sense_pin_from_the_tv_schedule(
 
 
 def test_button_press_pulls_the_line_low_for_its_duration(
-        world: SimulatedHardware, clock: Clock) -> None:
-    t = clock.wall / 1000
+        world: SimulatedHardware, clock: ManualClock) -> None:
+    t = clock.wall_ms() / 1000
     world.button.press(t + 10, 0.5)
     world.advance(t + 10.2, 10_200)
     assert not world.pin_level(22)
@@ -124,15 +109,15 @@ def test_cpu_temperature_file_holds_integer_millidegrees(world: SimulatedHardwar
 
 
 def test_world_time_runs_on_with_the_monotonic_clock_between_advances(
-        world: SimulatedHardware, clock: Clock) -> None:
-    world.advance(1_000_000.0, clock.mono)
-    clock.mono += 2_500
-    clock.wall -= 3_600_000  # the device's wall clock jumps back; the world does not
+        world: SimulatedHardware, clock: ManualClock) -> None:
+    world.advance(1_000_000.0, clock.mono_ms())
+    clock.advance(2_500)
+    clock.jump_wall(-3_600_000)  # the device's wall clock jumps back; the world does not
     assert math.isclose(world.world_wall_s(), 1_000_002.5)
 
 
 def test_stand_in_returns_its_cache_within_2s_like_the_real_library(
-        world: SimulatedHardware, clock: Clock) -> None:
+        world: SimulatedHardware, clock: ManualClock) -> None:
     chip = world.dht_module().DHT22(world.dht_pin(4), use_pulseio=False)
     first = (chip.temperature, chip.humidity)
     clock.advance(2_000)  # not "more than 2.0 s"
@@ -144,7 +129,7 @@ def test_stand_in_returns_its_cache_within_2s_like_the_real_library(
 
 
 def test_stand_in_keeps_stale_values_after_a_failed_attempt(
-        world: SimulatedHardware, clock: Clock) -> None:
+        world: SimulatedHardware, clock: ManualClock) -> None:
     module = world.dht_module()
     chip = module.DHT22(4, use_pulseio=False)
     before = chip.temperature
@@ -171,9 +156,9 @@ def test_fault_rates_must_be_probabilities() -> None:
         DHTFaults(checksum=0.7, full_buffer=0.5)
 
 
-def test_close_releases_every_mock_pin(tmp_path: Path, clock: Clock) -> None:
+def test_close_releases_every_mock_pin(tmp_path: Path, clock: ManualClock) -> None:
     hw = SimulatedHardware(1, tmp_path, clock)
-    hw.advance(clock.wall / 1000, 0)
+    hw.advance(clock.wall_ms() / 1000, 0)
     assert hw.pin_factory().pins
     hw.close()
     assert hw.pin_factory().pins == {}

@@ -1,10 +1,14 @@
-"""A small Ethereum JSON-RPC client (``requests``) for the ``ethereum`` anchor backend.
+"""A small Ethereum JSON-RPC client (``requests``): the gateway's anchor and the verifier.
 
-Only the calls the anchor makes, each with a time-out, so a slow node can never hold the
-anchor's worker thread for long. Errors are mapped onto the one exception tree:
+The gateway's ``ethereum`` anchor sends and watches transactions with it; the verifier
+reads an anchoring transaction back with it. Every call has a time-out, so a slow node
+can never hold a caller for long, and every answer is read with a size cap before it is
+parsed (a node is untrusted input to a verifier). Errors are mapped onto the one
+exception tree:
 
-- the node cannot be reached, times out, answers with an HTTP error or with something
-  that is not a JSON-RPC answer: :class:`~protocol.errors.TransportError` (retry later);
+- the node cannot be reached, times out, answers with an HTTP error, with more than
+  :data:`MAX_ANSWER_BYTES`, or with something that is not a JSON-RPC answer:
+  :class:`~protocol.errors.TransportError` (retry later);
 - the node answers with a JSON-RPC error object: :class:`RpcError` (it refused this call:
   a transaction that would revert, a nonce already used, insufficient funds, ...).
 
@@ -13,9 +17,11 @@ Quantities are hex strings on the wire (Ethereum JSON-RPC, "hex value encoding")
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import requests
+import urllib3
 
 from protocol.errors import RejectedByPeer, TransportError
 
@@ -51,6 +57,7 @@ class JsonRpc:
 
     def __init__(self, url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S,
                  session: requests.Session | None = None) -> None:
+        """Talk to the node at ``url`` (nothing is sent until the first call)."""
         self.url = url
         self._timeout_s = timeout_s
         self._session = session or requests.Session()
@@ -61,19 +68,21 @@ class JsonRpc:
         self._next_id += 1
         body = {"jsonrpc": "2.0", "id": self._next_id, "method": method, "params": list(params)}
         try:
-            response = self._session.post(self.url, json=body, timeout=self._timeout_s)
-            content = response.content
-        except requests.RequestException as exc:
+            with self._session.post(self.url, json=body, timeout=self._timeout_s,
+                                    stream=True) as response:
+                status = response.status_code
+                content = response.raw.read(MAX_ANSWER_BYTES + 1, decode_content=True)
+        except (requests.RequestException, OSError, urllib3.exceptions.HTTPError) as exc:
             raise TransportError(f"{method}: node unreachable at {self.url}: "
                                  f"{type(exc).__name__}") from None
         if len(content) > MAX_ANSWER_BYTES:
             raise TransportError(f"{method}: node answer larger than {MAX_ANSWER_BYTES} bytes")
         try:
-            answer = response.json()
+            answer = json.loads(content)
         except ValueError:
             answer = None
         if not isinstance(answer, dict):
-            raise TransportError(f"{method}: node answered HTTP {response.status_code} "
+            raise TransportError(f"{method}: node answered HTTP {status} "
                                  "without a JSON-RPC object")
         error = answer.get("error")
         if error is not None:
@@ -86,7 +95,7 @@ class JsonRpc:
             raise TransportError(f"{method}: node answer has neither result nor error")
         return answer["result"]
 
-    # --- the calls the anchor makes -------------------------------------------------------
+    # --- the calls the anchor and the verifier make ---------------------------------------
 
     def chain_id(self) -> int:
         """eth_chainId (EIP-695)."""

@@ -1,16 +1,16 @@
-"""The agent with a wall clock a test can step: ``python -m firmware_sim.testbed_agent``.
+"""The agent with a wall clock a test can step: ``python -m tests.harness.testbed_agent``.
 
 The agent has no flag to shift its wall clock (a real device gets its time from the
 kernel), but a fault test needs a Pi's clock jumping backwards after a power cut or
 forwards when NTP steps it. This runner builds the agent exactly as ``edgeproof-agent run``
-does (:func:`agent.cli.build_run_config`, the same service, the same signals), except that
+does (:func:`agent.cli.run_config`, then :func:`agent.run.run_agent`), except that
 the clock it injects is a :class:`ShiftedClock`: the system clocks plus a wall-clock offset
 read from a small JSON file, ``{"offset_ms": -86400000, "synced": false}``. The file is
 read at start and again on every SIGUSR1, so a running agent's clock jumps at once. The
 monotonic clock is never shifted (it cannot jump on a real device either), and the
 simulated world keeps true time (a TV schedule does not follow a wrong clock).
 
-Usage: ``python -m firmware_sim.testbed_agent --clock-file FILE -- <edgeproof-agent run args>``
+Usage: ``python -m tests.harness.testbed_agent --clock-file FILE -- <edgeproof-agent run args>``
 """
 
 from __future__ import annotations
@@ -26,11 +26,10 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from agent import cli as agent_cli
+from agent.cli import run_config
 from agent.clock import SystemClock
-from agent.identity import ensure_state_dir, load_identity
-from agent.sensors import load_simulated_hardware
-from agent.service import AgentService, ServiceOptions
+from agent.run import run_agent, setup_logging, stop_on_signals
+from agent.service import ServiceOptions
 from protocol.errors import ConfigError, EdgeproofError
 
 
@@ -74,51 +73,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clock-file", type=Path, required=True)
     parser.add_argument("agent_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
-    rest = [a for a in args.agent_args if a != "--"]
-    run_args = agent_cli._parser().parse_args(["run", *rest])
-    try:
-        return _run(run_args, args.clock_file)
-    except ConfigError as exc:
-        print(f"testbed-agent: error: {exc}", file=sys.stderr)
-        return 2
-    except EdgeproofError as exc:
-        print(f"testbed-agent: error: {exc}", file=sys.stderr)
-        return 1
-
-
-def _run(run_args: argparse.Namespace, clock_file: Path) -> int:
     stop = threading.Event()
-    clock = ShiftedClock(clock_file)
-
-    def on_stop(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
+    stop_on_signals(stop, "testbed-agent")
+    clock = ShiftedClock(args.clock_file)
 
     def on_usr1(_signum: int, _frame: FrameType | None) -> None:
         clock.reload()
         logging.getLogger("testbed-agent").warning(
             "wall clock now offset by %d ms (synced: %s)", clock.offset_ms, clock.synced)
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_stop)
     signal.signal(signal.SIGUSR1, on_usr1)
-    config = agent_cli.build_run_config(run_args, os.environ)
-    logging.basicConfig(stream=sys.stdout, level=config.log_level.upper(),
-                        format="%(levelname)s %(name)s: %(message)s", force=True)
-    ensure_state_dir(config.state_dir)
-    load_identity(config.key_file)
-    sim = None
-    if config.backend == "simulated":
-        # The world keeps true time: give it the unshifted clocks.
-        sim = load_simulated_hardware(config.sim_seed, config.state_dir, SystemClock())
-    options = ServiceOptions(environ=dict(os.environ), world_wall_s=time.time)
-    service = AgentService(config, clock, sim=sim, options=options)
     try:
-        service.start()
-        service.run(stop)
-    finally:
-        if sim is not None:
-            sim.close()
-    return 0
+        config = run_config([a for a in args.agent_args if a != "--"], os.environ)
+        setup_logging(config.log_level)
+        # The world keeps true time: give it the unshifted clocks.
+        options = ServiceOptions(environ=dict(os.environ), world_wall_s=time.time)
+        return run_agent(config, clock, options, stop, world_clock=SystemClock())
+    except ConfigError as exc:
+        print(f"testbed-agent: error: {exc}", file=sys.stderr)
+        return 2
+    except EdgeproofError as exc:
+        print(f"testbed-agent: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,16 +1,39 @@
-"""A typed reader over one TOML table that names the key in every error.
+"""Configuration files: read a TOML file, then a typed reader over each table.
 
-Each getter marks its key as known; :meth:`Table.finish` then rejects whatever is left, so
-a misspelt key is an error instead of a silently ignored setting.
+The agent's, the gateway's and the fleet's config files are read by the same code, so a
+bad value gets the same kind of one-line :class:`~protocol.errors.ConfigError` everywhere,
+naming the key (``section.key: must be ...``). Each getter marks its key as known;
+:meth:`Table.finish` then rejects whatever is left, so a misspelt key is an error instead
+of a silently ignored setting.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+import tomllib
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from protocol.errors import ConfigError
+
+
+def read_toml(path: Path, *, missing: str | None = None) -> dict[str, object]:
+    """Parse the TOML file ``path``; return its top-level table.
+
+    Raises ConfigError naming the file if it cannot be read or is not valid TOML; if it
+    does not exist and ``missing`` is given, ConfigError with that message instead.
+    """
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        if missing is not None:
+            raise ConfigError(missing) from None
+        raise ConfigError(f"{path}: cannot read config (no such file)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
 
 
 class Table:
@@ -25,12 +48,23 @@ class Table:
     def _name(self, key: str) -> str:
         return f"{self._where}.{key}" if self._where else key
 
+    def name(self, key: str) -> str:
+        """The dotted name of ``key`` as error messages print it."""
+        return self._name(key)
+
     def _get(self, key: str) -> object:
         self._seen.add(key)
         return self._data.get(key)
 
     def keys(self) -> list[str]:
+        """The keys present in the table (whether read or not)."""
         return list(self._data)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._data))
 
     def table(self, key: str) -> Table:
         """The sub-table ``key`` (an empty one if absent)."""
@@ -45,28 +79,50 @@ class Table:
             raise ConfigError(f"{self._name(key)}: must be a table")
         return Table(value, self._name(key), self._base)
 
-    def string(self, key: str, default: str | None) -> str | None:
+    def missing(self, key: str) -> ConfigError:
+        """The error for a required ``key`` that is absent."""
+        return ConfigError(f"{self._name(key)}: missing required key")
+
+    def string(self, key: str, default: str | None, *, allow_empty: bool = False
+               ) -> str | None:
+        """The string at ``key``, or ``default`` if absent; empty only if ``allow_empty``."""
         value = self._get(key)
         if value is None:
             return default
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{self._name(key)}: must be a non-empty string")
+        if not isinstance(value, str) or not (value or allow_empty):
+            raise ConfigError(f"{self._name(key)}: must be a "
+                              f"{'string' if allow_empty else 'non-empty string'}")
+        return value
+
+    def required_string(self, key: str) -> str:
+        """The non-empty string at ``key``; ConfigError if it is absent."""
+        value = self.string(key, None)
+        if value is None:
+            raise self.missing(key)
         return value
 
     def path(self, key: str, default: Path | None) -> Path | None:
+        """The path at ``key`` (``~`` expanded, relative to the base), or ``default``."""
         text = self.string(key, None)
         if text is None:
             return default
         path = Path(text).expanduser()
         return path if path.is_absolute() else (self._base / path)
 
+    def required_path(self, key: str) -> Path:
+        """The path at ``key``; ConfigError if it is absent."""
+        value = self.path(key, None)
+        if value is None:
+            raise self.missing(key)
+        return value
+
     def choice(self, key: str, options: Iterable[str], default: str) -> str:
-        options = tuple(options)
+        """The string at ``key`` (or ``default``), which must be one of ``options``."""
+        allowed = tuple(options)
         value = self.string(key, default)
-        if value not in options:
-            raise ConfigError(f"{self._name(key)}: must be one of {', '.join(options)} "
+        if value is None or value not in allowed:
+            raise ConfigError(f"{self._name(key)}: must be one of {', '.join(allowed)} "
                               f"(got {value!r})")
-        assert value is not None
         return value
 
     def integer(self, key: str, default: int, *, low: int | None = None,

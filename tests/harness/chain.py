@@ -28,7 +28,7 @@ import requests
 from firmware_sim.broker import free_port
 from firmware_sim.procs import signal_and_wait
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CHAIN_ID = 1337
 ETHER = 10**18
 
@@ -95,7 +95,7 @@ class GanacheNode:
             return
         self.db_path.mkdir(parents=True, exist_ok=True)
         log = open(self.workdir / "ganache.log", "ab")  # noqa: SIM115 - kept open for the child
-        self.process = subprocess.Popen(  # noqa: S603 - fixed binary, generated arguments
+        self.process = subprocess.Popen(
             self.command(), stdout=log, stderr=log, stdin=subprocess.DEVNULL,
             start_new_session=True)
         log.close()

@@ -1,0 +1,70 @@
+"""Running one agent: the single entry point behind ``edgeproof-agent run``.
+
+The CLI, the demo's devices (``firmware_sim.demo_agent``) and the test runners
+(``tests/harness/testbed_agent.py``, ``tests/agent/rotation_agent.py``) all build a config
+the same way (:func:`agent.cli.run_config`) and run it through :func:`run_agent`; they
+differ only in the clock and the service options they inject.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from types import FrameType
+
+from agent.clock import Clock
+from agent.config import AgentConfig
+from agent.identity import ensure_state_dir, load_identity
+from agent.sensors import load_simulated_hardware
+from agent.service import AgentService, ServiceOptions
+from osutil.lockfile import hold_lock
+from osutil.lograte import limit_repeats
+
+
+def run_agent(config: AgentConfig, clock: Clock, options: ServiceOptions,
+              stop: threading.Event, *, world_clock: Clock | None = None) -> int:
+    """Run the agent described by ``config`` until ``stop`` is set; return the exit code (0).
+
+    Checks the state directory and the device key before any hardware is touched. With the
+    ``simulated`` backend the simulated hardware runs on ``world_clock`` (default ``clock``)
+    and is released at the end. Raises ConfigError for a bad config or missing simulation,
+    and EdgeproofError (KeyFileError, StorageError, ...) when the agent cannot start.
+    """
+    ensure_state_dir(config.state_dir)
+    # One agent per state dir: two would sign the same sequence numbers. Held until exit;
+    # raises AlreadyRunning naming the other process's pid.
+    lock = hold_lock(config.state_dir, "agent")
+    try:
+        load_identity(config.key_file)  # fail fast, before any hardware is touched
+        sim = None
+        if config.backend == "simulated":
+            sim = load_simulated_hardware(config.sim_seed, config.state_dir,
+                                          world_clock or clock)
+        service = AgentService(config, clock, sim=sim, options=options)
+        try:
+            service.start()
+            service.run(stop)
+        finally:
+            if sim is not None:
+                sim.close()
+    finally:
+        lock.release()
+    return 0
+
+
+def stop_on_signals(stop: threading.Event, name: str) -> None:
+    """Set ``stop`` on SIGTERM or SIGINT (logged under ``name``): a clean shutdown."""
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger(name).info("signal %d: stopping", signum)
+        stop.set()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+
+
+def setup_logging(level: str) -> None:
+    """Log to stdout at ``level`` (journald adds timestamps and the unit name)."""
+    logging.basicConfig(stream=sys.stdout, level=level.upper(),
+                        format="%(levelname)s %(name)s: %(message)s", force=True)
+    limit_repeats()  # one repeated failure must not flood the journal (osutil.lograte)

@@ -1,0 +1,52 @@
+"""Broker URLs: ``mqtt://host[:port]`` and ``mqtts://host[:port]``, parsed in one place.
+
+The agent's ``mqtt.broker``, the gateway's ``broker.url`` and the fleet's ``broker_url``
+all mean the same thing, so they are read by the same function. A URL without a port gets
+the scheme's registered port, named here rather than left to a library: 1883 for plain
+MQTT, 8883 for MQTT over TLS (IANA service names ``mqtt`` and ``secure-mqtt``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+from urllib.parse import urlsplit
+
+from protocol.errors import ConfigError
+
+MQTT_DEFAULT_PORT = 1883
+MQTTS_DEFAULT_PORT = 8883
+DEFAULT_PORTS = {"mqtt": MQTT_DEFAULT_PORT, "mqtts": MQTTS_DEFAULT_PORT}
+
+
+class BrokerAddress(NamedTuple):
+    """Where a broker listens and whether to speak TLS to it."""
+
+    host: str
+    port: int
+    tls: bool
+
+
+def parse_broker_url(url: str, key: str) -> BrokerAddress:
+    """Return host, port and TLS flag of ``mqtt://host[:port]`` or ``mqtts://host[:port]``.
+
+    A missing port is the scheme's default (:data:`DEFAULT_PORTS`). Raises ConfigError
+    naming ``key`` (the setting the URL came from) for another scheme, a missing host, a
+    bad port, or a path, query, fragment or credentials in the URL (credentials belong in a
+    mode-0600 file, never in a URL that ends up in logs).
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"{key}: not a valid URL or bad port: {url!r}") from None
+    if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
+        raise ConfigError(f"{key}: must look like mqtt://host:{MQTT_DEFAULT_PORT} or "
+                          f"mqtts://host:{MQTTS_DEFAULT_PORT}, got {url!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment \
+            or parts.username is not None or parts.password is not None:
+        raise ConfigError(f"{key}: no path, query or credentials in the URL ({url!r}); "
+                          f"the user name and password file are settings of their own")
+    if port == 0:
+        raise ConfigError(f"{key}: port 0 is not a broker port ({url!r})")
+    return BrokerAddress(parts.hostname, port or DEFAULT_PORTS[parts.scheme],
+                         parts.scheme == "mqtts")
