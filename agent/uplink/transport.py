@@ -7,7 +7,12 @@ objects, message info) leaves this module.
 
 How paho is used, and why (see ../shared/PITFALLS.md):
 
-- MQTT v5, ``CallbackAPIVersion.VERSION2``, an explicit client id (the device id in hex).
+- MQTT v5, ``CallbackAPIVersion.VERSION2``, an explicit client id: the broker user name
+  when there is one (an edgeproof broker makes the user name the client id, so that no
+  credential can take over another's session), else the device id in hex (a TLS
+  certificate's CN, which that broker makes the user name).
+- A Maximum Packet Size on CONNECT (MQTT 5 §3.1.2.11.4) of the largest receipt: the broker
+  drops anything larger instead of sending it to the device.
 - A persistent session: ``clean_start=False`` on *every* connect plus a Session Expiry
   Interval (MQTT 5 §3.1.2.11.2); paho's default would start clean on the first connect.
 - The same client object is reconnected, so paho re-sends its unacknowledged QoS 1 PUBLISH
@@ -34,6 +39,7 @@ from paho.mqtt.properties import Properties
 
 from protocol.errors import ConfigError, TransportError
 from protocol.keys import Secret, require_private_mode
+from protocol.mqtt_sizes import MAX_RECEIPT_PACKET_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +137,12 @@ class MqttTransport:
     """A paho client driven by one thread through :meth:`poll`."""
 
     def __init__(self, broker: BrokerSettings, client_id: str) -> None:
+        """``client_id`` (the device id in hex) is used when there is no broker user name."""
         self.broker = broker
         self._events: list[Event] = []
         self._up = False  # a socket is open (connecting or connected)
         self._started = False
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=broker.username or client_id,
                              protocol=mqtt.MQTTv5)
         client.connect_timeout = broker.connect_timeout_s
         # Batches are already bounded by the uplink; paho queues in memory only.
@@ -192,6 +199,7 @@ class MqttTransport:
         """
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.broker.session_expiry_s
+        props.MaximumPacketSize = MAX_RECEIPT_PACKET_BYTES
         try:
             if not self._started:
                 rc = self._client.connect(self.broker.host, self.broker.port,
