@@ -201,7 +201,8 @@ def build_devices(cfg: FleetConfig, options: FleetOptions, hub: Hub) -> list[Fle
     for i, rec in enumerate(records):
         bundle = bundle_dir(cfg, rec.name)
         password = read_secret_file(bundle / BROKER_PASSWORD).decode("utf-8").strip()
-        link = Link(hub, client_id=rec.device_id, host=host, port=port,
+        # The broker binds client ids to user names: the user name is the session.
+        link = Link(hub, client_id=rec.broker_user, host=host, port=port,
                     username=rec.broker_user, password=password)
         chain = load_chain(_state_path(cfg, rec.name), cfg.gateway_url, rec.device_id)
         devices.append(FleetDevice(

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import selectors
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -265,13 +264,16 @@ def check_login(host: str, port: int, username: str, password: str,
                 timeout_s: float = 5.0) -> None:
     """Log in once with these credentials (clean session, nothing kept) and log out.
 
+    The broker makes the user name the client id (use_username_as_clientid), so this is
+    that user's session: use it before the device first connects, never while it runs
+    (it would close the device's connection and discard its session).
+
     Returns when the broker accepted them. Raises RejectedByPeer if it refused them for
     good, TransportError if it did not answer within ``timeout_s``.
     """
     hub = Hub()
-    link = Link(hub, client_id=f"edgeproof-sim-probe-{uuid.uuid4().hex[:12]}", host=host,
-                port=port, username=username, password=password, session_expiry_s=0,
-                clean_start=True)
+    link = Link(hub, client_id=username, host=host, port=port, username=username,
+                password=password, session_expiry_s=0, clean_start=True)
     try:
         link.connect()
         deadline = time.monotonic() + timeout_s

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import json
+import secrets
 import shutil
 import signal
 import sys
@@ -38,9 +39,12 @@ from firmware_sim.procs import Child, spawn
 from firmware_sim.stack import StackError, run_provision
 from firmware_sim.testbed_agent import write_clock_file
 from protocol.errors import RejectedByPeer, TransportError
+from provisioning.broker import add_gateway_user
+from provisioning.fleet import changing, load_fleet
 
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 30.0
+OBSERVER_USER = "observer"  # a gateway-rights broker user for wire observers (tests, benches)
 TomlValue = str | int | float | bool | Sequence[str | int | float | bool]
 
 
@@ -242,6 +246,7 @@ class Testbed:
                                       self.gateway_url, workdir / "gateway.log")
         self.agents: dict[str, AgentProcess] = {}
         self._proxies: list[NetProxy] = []
+        self._observer_login: tuple[str, str] | None = None
 
     # --- setting up ------------------------------------------------------------------------
 
@@ -374,10 +379,18 @@ class Testbed:
         data: dict[str, object] = httpx.get(f"{self.gateway_url}/v1/stats", timeout=10).json()
         return data
 
-    def gateway_broker_login(self) -> tuple[str, str]:
-        """The gateway's broker user and password (an observer may read every records topic)."""
-        password = (self.fleet / "gateway/etc/edgeproof/broker.password").read_text().strip()
-        return "gateway", password
+    def observer_broker_login(self) -> tuple[str, str]:
+        """A broker user and password of its own with the gateway's rights (it may read every
+        records topic), made on first use. Not the gateway's own login: the broker makes the
+        user name the client id, so sharing it would close the gateway's connection."""
+        if self._observer_login is None:
+            password = secrets.token_urlsafe(18)
+            cfg = load_fleet(self.fleet)
+            with changing(cfg):
+                add_gateway_user(cfg, OBSERVER_USER, password)
+            wait_for_login(self.broker_port, OBSERVER_USER, password)
+            self._observer_login = (OBSERVER_USER, password)
+        return self._observer_login
 
     @property
     def gateway_db(self) -> Path:

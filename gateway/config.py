@@ -176,12 +176,15 @@ def _broker(reader: _Reader) -> BrokerConfig:
     group = reader.optional_text("broker", "shared_group")
     if group is not None and (not group or any(c in group for c in "/+#")):
         raise ConfigError("broker.shared_group must be a name without '/', '+' or '#'")
-    client_id = reader.text("broker", "client_id", DEFAULT_CLIENT_ID)
+    username = reader.optional_text("broker", "username")
+    # Default: the user name, which an edgeproof broker makes the client id anyway
+    # (use_username_as_clientid); so each gateway worker with its own user has its own session.
+    client_id = reader.text("broker", "client_id", username or DEFAULT_CLIENT_ID)
     if not 1 <= len(client_id) <= 64:
         raise ConfigError("broker.client_id must be 1..64 characters")
     return BrokerConfig(
         host=parts.hostname, port=port, tls=tls, client_id=client_id,
-        username=reader.optional_text("broker", "username"),
+        username=username,
         password_file=reader.optional_path("broker", "password_file"),
         ca_file=reader.optional_path("broker", "ca_file"),
         shared_group=group,
