@@ -1,6 +1,6 @@
 # edgeproof: `make test` and `make demo` work on a fresh Debian / Raspberry Pi OS machine
 # that has python3 and make. They create .venv, install edgeproof with its extras, and
-# install the Debian packages the tests need (mosquitto) when run as root.
+# install the Debian packages the tests need (mosquitto, postgresql) when run as root.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SIM_STAMP := $(VENV)/.installed-sim
 
-.PHONY: test lint typecheck pytest demo soak bench clean deps broker chain
+.PHONY: test lint typecheck pytest demo soak bench clean deps broker chain postgresql
 
 test: deps lint typecheck pytest
 
@@ -27,12 +27,18 @@ $(SIM_STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.[sim]'
 	touch $(SIM_STAMP)
 
-deps: $(STAMP) broker chain
+deps: $(STAMP) broker chain postgresql
 
 broker:
 	@sh scripts/ensure-debian-packages.sh mosquitto:mosquitto
 	@sh scripts/ensure-debian-packages.sh shellcheck:shellcheck 2>/dev/null || \
 		echo "note: shellcheck is not installed; the installer lint test will be skipped"
+
+# PostgreSQL for the PostgreSQL store's tests (tests/pg.py runs a private cluster; the
+# server this package may start on 5432 is never used). Debian keeps initdb off PATH.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		sh scripts/ensure-debian-packages.sh initdb:postgresql
 
 # ganache (a real local Ethereum node for the chain-anchor tests) in .tools/node_modules.
 chain:

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from osutil.brokerurl import parse_broker_url
 from osutil.toml_table import Table, read_toml
@@ -88,6 +88,20 @@ class EthereumAnchorConfig:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    """Where the log lives (docs/GATEWAY.md, "Store").
+
+    ``sqlite`` (the default): ``gateway.sqlite`` in the data directory. ``postgresql``: the
+    database that ``dsn`` names (libpq key=value or URI form, never with a password); the
+    password, if the server asks for one, is in ``password_file`` (mode 0600).
+    """
+
+    backend: str = "sqlite"
+    dsn: str | None = None
+    password_file: Path | None = None
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """The whole gateway configuration."""
 
@@ -103,6 +117,7 @@ class GatewayConfig:
     anchor: str = "local"
     verify_threads: int = 2
     ethereum: EthereumAnchorConfig | None = None  # set when anchor == "ethereum"
+    store: StoreConfig = StoreConfig()
 
     @property
     def db_path(self) -> Path:
@@ -121,6 +136,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
     "anchor": frozenset({"backend", "rpc_url", "key_file", "chain_id", "interval_s",
                          "to_address", "confirmations", "gas_limit", "resend_after_s",
                          "max_attempts"}),
+    "store": frozenset({"backend", "dsn", "password_file"}),
 }
 _REQUIRED = {"gateway": ("data_dir", "key_file", "admin_token_file"), "broker": ("url",)}
 
@@ -176,6 +192,7 @@ def parse_config(raw: Mapping[str, object], base_dir: Path) -> GatewayConfig:
         ),
         anchor=_anchor_backend(root.table("anchor")),
         ethereum=_ethereum_anchor(root.table("anchor")),
+        store=_store(root.table("store")),
     )
 
 
@@ -247,6 +264,85 @@ def _ethereum_anchor(anchor: Table) -> EthereumAnchorConfig | None:
         resend_after_s=anchor.number("resend_after_s", 180.0, low=0.05),
         max_attempts=anchor.integer("max_attempts", 3, low=1, high=100),
     )
+
+
+def _store(store: Table) -> StoreConfig:
+    backend = store.string("backend", "sqlite")
+    if backend not in ("sqlite", "postgresql"):
+        raise ConfigError(f"store.backend {backend!r} is not available "
+                          "(supported: sqlite, postgresql)")
+    if backend == "sqlite":
+        for key in store:
+            if key != "backend":
+                raise ConfigError(f"store.{key} applies only to backend = \"postgresql\"")
+        return StoreConfig()
+    if "dsn" not in store:
+        raise store.missing("dsn")
+    dsn = store.required_string("dsn")
+    if "password" in dsn_keys(dsn, store.name("dsn")):
+        raise ConfigError("store.dsn must not contain a password: put it in a mode-0600 file "
+                          "and name that file in store.password_file")
+    return StoreConfig(backend=backend, dsn=dsn,
+                       password_file=store.path("password_file", None))
+
+
+_URI_SCHEMES = ("postgresql://", "postgres://")
+
+
+def dsn_keys(dsn: str, where: str = "dsn") -> dict[str, str]:
+    """Return the parameters of a libpq connection string (key=value or URI form).
+
+    Only what the gateway checks is taken apart: a URI's user, password and host, and its
+    query parameters. Raises ConfigError naming ``where`` if the string is malformed.
+    """
+    if dsn.startswith(_URI_SCHEMES):
+        parts = urlsplit(dsn)
+        found = dict(parse_qsl(parts.query, keep_blank_values=True))
+        try:
+            if parts.password is not None:
+                found["password"] = parts.password
+            if parts.username:
+                found.setdefault("user", parts.username)
+            if parts.hostname:
+                found.setdefault("host", parts.hostname)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: malformed URI: {exc}") from None
+        return found
+    found = {}
+    position = 0
+    while True:
+        match = _DSN_KEY.match(dsn, position)
+        if match is None:
+            if dsn[position:].strip():
+                raise ConfigError(f"{where}: expected key=value at {dsn[position:][:20]!r}")
+            return found
+        value, position = _dsn_value(dsn, match.end(), where)
+        found[match.group(1)] = value
+
+
+_DSN_KEY = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*")
+
+
+def _dsn_value(dsn: str, start: int, where: str) -> tuple[str, int]:
+    """Read one value (quoted with ' and backslash escapes, or bare) from ``start``."""
+    quoted = dsn.startswith("'", start)
+    position = start + 1 if quoted else start
+    value: list[str] = []
+    while position < len(dsn):
+        char = dsn[position]
+        if char == "\\" and position + 1 < len(dsn):
+            value.append(dsn[position + 1])
+            position += 2
+            continue
+        if quoted and char == "'":
+            return "".join(value), position + 1
+        if not quoted and char.isspace():
+            break
+        value.append(char)
+        position += 1
+    if quoted:
+        raise ConfigError(f"{where}: unterminated quoted value")
+    return "".join(value), position
 
 
 def _parse_bind(bind: str) -> tuple[str, int]:

@@ -58,7 +58,7 @@ from gateway.ingest import Message, MqttIngest
 from gateway.metrics import GatewayMetrics
 from gateway.sequencer import Sequencer
 from gateway.sqlite_store import SQLiteLogStore
-from gateway.store import STATUS_REVOKED
+from gateway.store import STATUS_REVOKED, LogStore
 from gateway.verify import PreparedBatch, oversize_batch, prepare_batch
 from osutil.sdnotify import Notifier
 from protocol import reasons
@@ -107,6 +107,29 @@ def load_admin_token(config: GatewayConfig) -> Secret:
         raise ConfigError(f"gateway.admin_token_file: token must have at least "
                           f"{MIN_ADMIN_TOKEN_CHARS} characters")
     return Secret(token)
+
+
+def open_store(config: GatewayConfig) -> LogStore:
+    """Open the configured log store ([store]); raise StorageError/KeyFileError/ConfigError.
+
+    psycopg is imported only for ``backend = "postgresql"``, so a SQLite gateway does not
+    need it (nor libpq).
+    """
+    if config.store.backend != "postgresql":
+        return SQLiteLogStore(config.db_path)
+    from gateway.pg_store import PostgresLogStore  # noqa: PLC0415
+
+    assert config.store.dsn is not None
+    password = None
+    if config.store.password_file is not None:
+        try:
+            password = read_secret_file(config.store.password_file).decode().rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise ConfigError(f"store.password_file {config.store.password_file} "
+                              "is not UTF-8 text") from None
+        if not password:
+            raise ConfigError(f"store.password_file {config.store.password_file} is empty")
+    return PostgresLogStore(config.store.dsn, password)
 
 
 class HttpServer:
@@ -158,7 +181,7 @@ class GatewayService:
         admin_token = load_admin_token(config)
         self.metrics = GatewayMetrics()
         self._watch_queue()
-        self.store = SQLiteLogStore(config.db_path)
+        self.store = open_store(config)
         self.anchor = open_anchor(config, clock_ms, monotonic, self.metrics.registry)
         self.checkpointer = Checkpointer(self.store, self.key, self.anchor,
                                          config=config.checkpoints, metrics=self.metrics,

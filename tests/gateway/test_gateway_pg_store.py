@@ -1,0 +1,161 @@
+"""The PostgreSQL store where it differs from SQLite: configuration, the password file, a
+server that is down or drops the connection, several processes opening one database."""
+
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+
+import pytest
+
+from firmware_sim.broker import free_port
+from gateway.config import StoreConfig, dsn_keys, load_config
+from gateway.pg_store import PostgresLogStore
+from gateway.service import open_store
+from gateway.store import NewLeaf
+from protocol import merkle
+from protocol.errors import ConfigError, KeyFileError, StorageError
+from tests.pg import PostgresCluster
+
+HEAD = '[gateway]\ndata_dir = "d"\nkey_file = "k"\nadmin_token_file = "t"\n' \
+       '[broker]\nurl = "mqtt://h"\n'
+
+
+def leaf(i: int) -> NewLeaf:
+    return NewLeaf(b"d" * 16, i, bytes(32), bytes(32), f"record {i}".encode(), "s", 0)
+
+
+def _config(tmp_path: Path, store: str) -> Path:
+    path = tmp_path / "g.toml"
+    path.write_text(HEAD + "[store]\n" + store)
+    return path
+
+
+@pytest.mark.parametrize("dsn", [
+    "host=db port=5432 dbname=log user=gw password=hunter2",
+    "host=db user=gw password = 'with spaces'",
+    "postgresql://gw:hunter2@db:5432/log",
+    "postgresql://gw@db/log?password=hunter2",
+])
+def test_password_in_the_dsn_is_refused(tmp_path: Path, dsn: str) -> None:
+    path = _config(tmp_path, f'backend = "postgresql"\ndsn = "{dsn}"\n')
+    with pytest.raises(ConfigError, match="must not contain a password") as caught:
+        load_config(path)
+    assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("store", "named"), [
+    ('backend = "mysql"\n', "store.backend"),
+    ('backend = "postgresql"\n', "store.dsn"),
+    ('dsn = "host=db"\n', "store.dsn applies only"),
+    ('backend = "postgresql"\ndsn = "host=\'db"\n', "unterminated"),
+    ('backend = "postgresql"\ndsn = "host db"\n', "expected key=value"),
+    ('backend = "postgresql"\ndsn = "host=db"\nbogus = 1\n', "store.bogus"),
+])
+def test_bad_store_config_names_the_key(tmp_path: Path, store: str, named: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        load_config(_config(tmp_path, store))
+
+
+def test_dsn_values_may_be_quoted_and_escaped() -> None:
+    assert dsn_keys(r"host=db application_name='a \'b\' c' user=gw") == {
+        "host": "db", "application_name": "a 'b' c", "user": "gw"}
+    assert dsn_keys("postgresql://gw@db:5433/log?sslmode=require") == {
+        "sslmode": "require", "user": "gw", "host": "db"}
+
+
+def test_sqlite_stays_the_default(tmp_path: Path) -> None:
+    config = load_config(_config(tmp_path, ""))
+    assert config.store == StoreConfig(backend="sqlite")
+    config = load_config(_config(tmp_path, 'backend = "postgresql"\ndsn = "host=db"\n'
+                                           'password_file = "pw"\n'))
+    assert config.store == StoreConfig("postgresql", "host=db", tmp_path / "pw")
+
+
+def test_password_file_readable_by_others_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("secret\n")
+    (tmp_path / "pw").chmod(0o644)
+    config = load_config(_config(tmp_path, 'backend = "postgresql"\ndsn = "host=127.0.0.1"\n'
+                                           'password_file = "pw"\n'))
+    with pytest.raises(KeyFileError, match="0644"):
+        open_store(config)
+
+
+def test_gateway_opens_the_database_with_the_password_file(
+        tmp_path: Path, postgres: PostgresCluster, pg_database: str) -> None:
+    dsn = postgres.dsn(pg_database)
+    config = load_config(_config(tmp_path, f'backend = "postgresql"\ndsn = "{dsn}"\n'
+                                           f'password_file = "{postgres.password_file}"\n'))
+    store = open_store(config)
+    try:
+        assert isinstance(store, PostgresLogStore) and store.size() == 0
+    finally:
+        store.close()
+
+
+def test_wrong_password_is_a_storage_error_that_does_not_echo_it(
+        postgres: PostgresCluster, pg_database: str) -> None:
+    with pytest.raises(StorageError, match="gateway store: open failed") as caught:
+        PostgresLogStore(postgres.dsn(pg_database), "not-the-password")
+    assert "not-the-password" not in str(caught.value)
+
+
+def test_server_down_is_a_storage_error_not_a_crash(postgres: PostgresCluster) -> None:
+    with pytest.raises(StorageError, match="gateway store: open failed"):
+        PostgresLogStore(f"host=127.0.0.1 port={free_port()} dbname=x user=x "
+                         "connect_timeout=5", "pw")
+
+
+def test_connection_dropped_mid_batch_rolls_back_and_the_next_batch_continues_the_tree(
+        postgres: PostgresCluster, pg_database: str) -> None:
+    store = PostgresLogStore(postgres.dsn(pg_database), postgres.password)
+    with store.transaction() as tx:
+        for i in range(3):
+            tx.append(leaf(i))
+    assert store.leaf(0) is not None  # this thread's reader connection is open
+    with pytest.raises(StorageError), store.transaction() as tx:
+        tx.append(leaf(3))
+        # The server (or a failover) drops every connection of the gateway mid-batch.
+        postgres.execute_as_admin(
+            "postgres", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()", (pg_database,))
+        tx.append(leaf(4))
+    assert store.size() == 3
+    with store.transaction() as tx:  # a new connection; the frontier is rebuilt
+        assert tx.append(leaf(3)) == 3
+    hashes = [merkle.leaf_hash(f"record {i}".encode()) for i in range(4)]
+    assert store.size() == 4 and store.root(4) == merkle.root(hashes)  # readers reconnect too
+    store.close()
+
+
+def test_two_gateways_creating_the_schema_at_once_both_open(
+        postgres: PostgresCluster, pg_database: str) -> None:
+    opened: list[PostgresLogStore] = []
+    failed: list[BaseException] = []
+    barrier = threading.Barrier(2)
+
+    def open_one() -> None:
+        barrier.wait()
+        try:
+            opened.append(PostgresLogStore(postgres.dsn(pg_database), postgres.password))
+        except BaseException as exc:
+            failed.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failed and len(opened) == 2
+    for store in opened:
+        store.close()
+
+
+def test_database_of_another_schema_version_is_refused(
+        postgres: PostgresCluster, pg_database: str) -> None:
+    PostgresLogStore(postgres.dsn(pg_database), postgres.password).close()
+    postgres.execute_as_admin(pg_database,
+                              "UPDATE meta SET value = '99' WHERE key = 'schema_version'", ())
+    with pytest.raises(StorageError, match="schema version 99"):
+        PostgresLogStore(postgres.dsn(pg_database), postgres.password)

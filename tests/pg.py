@@ -1,0 +1,186 @@
+"""A private PostgreSQL cluster for the test session, like the private Mosquitto.
+
+``initdb`` and ``pg_ctl`` from Debian's postgresql package (in /usr/lib/postgresql/<v>/bin,
+off PATH) build a cluster in a fresh temporary directory and start it on a free loopback port
+with its socket in that directory, so a PostgreSQL that the machine already runs (on 5432)
+changes nothing: no test ever connects to it, and PG* variables of the environment are not
+passed on. initdb refuses to run as root, which our machines and CI are: then the cluster
+runs as the ``postgres`` user (runuser) in a directory it owns.
+
+Password authentication (scram-sha-256) over TCP: an admin role creates one database per
+test, owned by the ``edgeproof`` role whose password is in a mode-0600 file, the way an
+operator sets up a gateway (docs/OPERATIONS.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import itertools
+import os
+import pwd
+import re
+import secrets
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+
+from firmware_sim.broker import free_port
+from protocol.keys import write_secret_file
+
+ADMIN = "edgeproof_admin"
+USER = "edgeproof"
+_START_TIMEOUT_S = 120  # pg_ctl -t: a loaded 2-core machine starts a cluster slowly
+_START_ATTEMPTS = 3  # the free port may be taken between probing and listening
+
+
+class PostgresMissing(RuntimeError):
+    """initdb / pg_ctl are not installed."""
+
+
+def postgres_bin_dir() -> Path:
+    """Return the directory holding initdb and pg_ctl (newest Debian version first).
+
+    Raises PostgresMissing saying what to install.
+    """
+    on_path = shutil.which("initdb")
+    if on_path:
+        return Path(on_path).parent
+
+    def version(path: str) -> tuple[int, ...]:
+        match = re.search(r"/postgresql/([0-9.]+)/", path)
+        return tuple(int(p) for p in match.group(1).split(".")) if match else (0,)
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=version)
+    if not found:
+        raise PostgresMissing("PostgreSQL's initdb was not found; install it with: "
+                              "apt-get install postgresql (make test does so as root)")
+    return Path(found[-1]).parent
+
+
+def _clean_env() -> dict[str, str]:
+    """The environment without PG* variables (PGHOST, PGPORT, PGDATA... of this machine)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+
+
+@dataclass
+class PostgresCluster:
+    """One private PostgreSQL server: its directory, port and the gateway role's password."""
+
+    workdir: Path
+    bin_dir: Path = field(default_factory=postgres_bin_dir)
+    port: int = 0
+    password: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    _admin_password: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    _counter: itertools.count[int] = field(default_factory=itertools.count)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "data"
+
+    @property
+    def password_file(self) -> Path:
+        """The ``edgeproof`` role's password, mode 0600 (what ``[store] password_file`` names)."""
+        return self.workdir / "edgeproof.password"
+
+    def dsn(self, dbname: str) -> str:
+        """A password-less DSN for ``dbname`` as the ``edgeproof`` role."""
+        return f"host=127.0.0.1 port={self.port} dbname={dbname} user={USER}"
+
+    def _run(self, *argv: str) -> None:
+        prefix: list[str] = []
+        if os.geteuid() == 0:  # initdb and postgres refuse root
+            prefix = ["runuser", "-u", "postgres", "--"]
+        result = subprocess.run([*prefix, *argv], cwd=self.workdir, env=_clean_env(),
+                                capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"{Path(argv[0]).name} failed ({result.returncode}): "
+                               f"{(result.stderr or result.stdout).strip()[-2000:]}")
+
+    def start(self) -> None:
+        """initdb, then start the server on a free port; create the ``edgeproof`` role."""
+        self.workdir.mkdir(mode=0o700, exist_ok=True)
+        pwfile = self.workdir / "admin.password"
+        pwfile.write_text(self._admin_password)
+        pwfile.chmod(0o600)
+        if os.geteuid() == 0:
+            owner = pwd.getpwnam("postgres")
+            for path in (self.workdir, pwfile):
+                os.chown(path, owner.pw_uid, owner.pw_gid)
+        self._run(str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", ADMIN,
+                  f"--pwfile={pwfile}", "--auth=scram-sha-256", "--encoding=UTF8",
+                  "--locale=C", "--no-sync")
+        pwfile.unlink()
+        for attempt in range(_START_ATTEMPTS):
+            self.port = free_port()
+            # A test cluster: no fsync (nothing here survives a power cut anyway).
+            options = (f"-p {self.port} -h 127.0.0.1 -k {self.workdir} -c fsync=off "
+                       "-c full_page_writes=off -c max_connections=200")
+            try:
+                self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-l",
+                          str(self.workdir / "server.log"), "-w", "-t", str(_START_TIMEOUT_S),
+                          "-o", options, "start")
+                break
+            except RuntimeError:
+                if attempt == _START_ATTEMPTS - 1:
+                    raise RuntimeError(f"PostgreSQL did not start: {self.log_tail()}") from None
+        with self._admin() as conn:
+            conn.execute(f"CREATE ROLE {USER} LOGIN PASSWORD '{self.password}'".encode())
+        write_secret_file(self.password_file, self.password.encode())
+
+    def log_tail(self, lines: int = 5) -> str:
+        try:
+            text = (self.workdir / "server.log").read_text(errors="replace")
+        except OSError:
+            return "(no server log)"
+        return " | ".join(text.strip().splitlines()[-lines:])
+
+    def _admin(self) -> psycopg.Connection[tuple[object, ...]]:
+        return psycopg.connect(host="127.0.0.1", port=self.port, dbname="postgres", user=ADMIN,
+                               password=self._admin_password, autocommit=True)
+
+    def create_database(self) -> str:
+        """Create an empty database owned by ``edgeproof``; return its name."""
+        name = f"edgeproof_test_{next(self._counter)}"
+        with self._admin() as conn:
+            conn.execute(f"CREATE DATABASE {name} OWNER {USER}".encode())
+        return name
+
+    def drop_database(self, name: str) -> None:
+        """Drop a test database, closing whatever still uses it."""
+        with self._admin() as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)".encode())
+
+    def execute_as_admin(self, dbname: str, query: str, params: tuple[object, ...]) -> None:
+        """Run one statement in ``dbname`` as the admin (tests that tamper with a log)."""
+        with psycopg.connect(host="127.0.0.1", port=self.port, dbname=dbname, user=ADMIN,
+                             password=self._admin_password, autocommit=True) as conn:
+            conn.execute(query.encode(), params)
+
+    def stop(self) -> None:
+        """Stop the server (fast shutdown) and remove its directory."""
+        if self.port:
+            with contextlib.suppress(RuntimeError):
+                self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast",
+                          "-w", "stop")
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def start_cluster() -> PostgresCluster:
+    """Start a private cluster in a new temporary directory (``/tmp/edgeproof-pg-*``).
+
+    Not under pytest's tmp_path: that tree is private to root, and the cluster runs as the
+    postgres user. Raises PostgresMissing if PostgreSQL is not installed.
+    """
+    bin_dir = postgres_bin_dir()
+    cluster = PostgresCluster(Path(tempfile.mkdtemp(prefix="edgeproof-pg-")), bin_dir)
+    try:
+        cluster.start()
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
