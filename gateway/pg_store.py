@@ -53,9 +53,11 @@ from protocol.errors import StorageError
 from protocol.keys import device_id_for
 
 SCHEMA_VERSION = 1
-# Advisory lock keys (pg_advisory_xact_lock): schema creation, and the registry (key claims).
+# Advisory lock keys: schema creation and the registry (key claims), held per transaction;
+# the log's single writer, held by the writer connection's session.
 _SCHEMA_LOCK = 0x65_64_67_65_01  # "edge" 1
 _REGISTRY_LOCK = 0x65_64_67_65_02
+_WRITER_LOCK = 0x65_64_67_65_03
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL);
 CREATE TABLE IF NOT EXISTS leaves (
@@ -168,19 +170,35 @@ class _Link:
 class PostgresLogStore:
     """A :class:`gateway.store.LogStore` in one PostgreSQL database."""
 
-    def __init__(self, dsn: str, password: str | None = None) -> None:
+    def __init__(self, dsn: str, password: str | None = None, *,
+                 writer_wait_s: float = 10.0) -> None:
         """Connect to ``dsn`` and create the tables if needed; raise StorageError on failure.
 
-        ``password`` comes from the operator's 0600 password file, never from the DSN.
+        ``password`` comes from the operator's 0600 password file, never from the DSN. The
+        store is the log's only writer: if another process holds the writer lock for
+        ``writer_wait_s`` (a gateway killed a moment ago releases it as soon as the server
+        notices), opening fails with StorageError.
         """
         self._dsn, self._password = dsn, password
-        self._writer = _Link(self._connect)
+        self._writer_wait_ms = max(1, round(writer_wait_s * 1000))
+        self._writer = _Link(self._connect_writer)
         self._registry = _Link(self._connect)
         self._registry_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._local = threading.local()
         self._readers: list[_Link] = []
         self._readers_lock = threading.Lock()
+        try:
+            self._create_schema()
+        except BaseException:
+            self.close()
+            raise
+        self._range = self._restore_range()
+        # What readers may see: the tree size as of the last COMMIT (the frontier moves
+        # ahead during a transaction, before its rows are visible to other connections).
+        self._committed_size = self._range.size
+
+    def _create_schema(self) -> None:
         with _storage_errors("open"):
             conn = self._writer.get()
             with conn.transaction():
@@ -193,19 +211,35 @@ class PostgresLogStore:
                 row = conn.execute(
                     "SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if row is None or row[0] != str(SCHEMA_VERSION):
-            self.close()
             raise StorageError(f"gateway store: the database has schema version "
                                f"{row[0] if row else None}, this gateway needs "
                                f"{SCHEMA_VERSION}")
-        self._range = self._restore_range()
-        # What readers may see: the tree size as of the last COMMIT (the frontier moves
-        # ahead during a transaction, before its rows are visible to other connections).
-        self._committed_size = self._range.size
 
     def _connect(self) -> Conn:
         conn: Conn = psycopg.connect(
             self._dsn, password=self._password, autocommit=True, prepare_threshold=0,
             connect_timeout=_CONNECT_TIMEOUT_S, application_name="edgeproof-gateway")
+        return conn
+
+    def _connect_writer(self) -> Conn:
+        """A connection holding the writer lock for its whole session.
+
+        Two writers would each extend their own copy of the tree frontier; the lock makes a
+        second gateway process on the same database fail at start instead.
+        """
+        conn = self._connect()
+        try:
+            conn.execute("SELECT set_config('lock_timeout', %s, false)",
+                         (f"{self._writer_wait_ms}ms",))
+            conn.execute("SELECT pg_advisory_lock(%s)", (_WRITER_LOCK,))
+            conn.execute("SELECT set_config('lock_timeout', '0', false)")
+        except pg_errors.LockNotAvailable:
+            conn.close()
+            raise StorageError("gateway store: another gateway process writes this database "
+                               "(one writer per log: docs/GATEWAY.md, \"The store\")") from None
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def _restore_range(self) -> merkle.CompactRange:

@@ -155,11 +155,14 @@ class PostgresCluster:
         with self._admin() as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)".encode())
 
-    def execute_as_admin(self, dbname: str, query: str, params: tuple[object, ...]) -> None:
-        """Run one statement in ``dbname`` as the admin (tests that tamper with a log)."""
+    def execute_as_admin(self, dbname: str, query: str,
+                         params: tuple[object, ...]) -> list[tuple[object, ...]]:
+        """Run one statement in ``dbname`` as the admin (tests that tamper with a log or look
+        at the server's sessions); return its rows, if any."""
         with psycopg.connect(host="127.0.0.1", port=self.port, dbname=dbname, user=ADMIN,
                              password=self._admin_password, autocommit=True) as conn:
-            conn.execute(query.encode(), params)
+            cur = conn.execute(query.encode(), params)
+            return cur.fetchall() if cur.description else []
 
     def stop(self) -> None:
         """Stop the server (fast shutdown) and remove its directory."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -129,27 +130,49 @@ def test_connection_dropped_mid_batch_rolls_back_and_the_next_batch_continues_th
     store.close()
 
 
-def test_two_gateways_creating_the_schema_at_once_both_open(
+def test_second_writer_on_one_database_is_refused_instead_of_forking_the_frontier(
         postgres: PostgresCluster, pg_database: str) -> None:
+    first = PostgresLogStore(postgres.dsn(pg_database), postgres.password)
+    with pytest.raises(StorageError, match="another gateway process writes this database"):
+        PostgresLogStore(postgres.dsn(pg_database), postgres.password, writer_wait_s=0.2)
+    with first.transaction() as tx:
+        tx.append(leaf(0))
+    first.close()  # the lock goes with the session
+    second = PostgresLogStore(postgres.dsn(pg_database), postgres.password, writer_wait_s=0.2)
+    with second.transaction() as tx:
+        assert tx.append(leaf(1)) == 1
+    second.close()
+
+
+def test_writer_killed_without_closing_releases_the_log_to_the_next_one(
+        postgres: PostgresCluster, pg_database: str) -> None:
+    first = PostgresLogStore(postgres.dsn(pg_database), postgres.password)
     opened: list[PostgresLogStore] = []
     failed: list[BaseException] = []
-    barrier = threading.Barrier(2)
 
-    def open_one() -> None:
-        barrier.wait()
+    def open_second() -> None:  # waits for the writer lock
         try:
             opened.append(PostgresLogStore(postgres.dsn(pg_database), postgres.password))
         except BaseException as exc:
             failed.append(exc)
 
-    threads = [threading.Thread(target=open_one) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not failed and len(opened) == 2
-    for store in opened:
-        store.close()
+    waiter = threading.Thread(target=open_second)
+    waiter.start()
+    deadline = time.monotonic() + 60
+    while not postgres.execute_as_admin(
+            "postgres", "SELECT 1 FROM pg_stat_activity WHERE datname = %s "
+            "AND wait_event_type = 'Lock' AND wait_event = 'advisory'", (pg_database,)):
+        assert time.monotonic() < deadline, "the second writer never waited for the lock"
+        time.sleep(0.02)
+    # The first process dies (its sessions end without a goodbye): only the lock waiter stays.
+    postgres.execute_as_admin(
+        "postgres", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+        "AND pid <> pg_backend_pid() AND wait_event_type IS DISTINCT FROM 'Lock'",
+        (pg_database,))
+    waiter.join()
+    assert not failed and len(opened) == 1
+    opened[0].close()
+    first.close()
 
 
 def test_database_of_another_schema_version_is_refused(
