@@ -182,6 +182,7 @@ class PostgresLogStore:
         self._dsn, self._password = dsn, password
         self._writer_wait_ms = max(1, round(writer_wait_s * 1000))
         self._writer = _Link(self._connect_writer)
+        self._frontier_unknown = False  # a transaction lost its connection (see transaction)
         self._registry = _Link(self._connect)
         self._registry_lock = threading.Lock()
         self._write_lock = threading.Lock()
@@ -299,9 +300,10 @@ class PostgresLogStore:
         was lost and the COMMIT's outcome is unknown).
         """
         with self._write_lock:
-            if self._writer.lost:
+            if self._frontier_unknown or self._writer.lost:
                 self._range = self._restore_range()
                 self._committed_size = self._range.size
+                self._frontier_unknown = False
             saved = self._range.to_state()
             try:
                 with _storage_errors("transaction"):
@@ -313,6 +315,9 @@ class PostgresLogStore:
                         tx.flush()
             except BaseException:
                 self._range = merkle.CompactRange.from_state(saved)
+                # Kept until the next transaction, even if a checkpoint write reconnects
+                # in between: only the database knows whether the COMMIT happened.
+                self._frontier_unknown = self._writer.lost
                 raise
             self._committed_size = self._range.size
 

@@ -130,6 +130,32 @@ def test_connection_dropped_mid_batch_rolls_back_and_the_next_batch_continues_th
     store.close()
 
 
+def test_after_a_lost_commit_answer_the_tree_is_rebuilt_from_the_database(
+        postgres: PostgresCluster, pg_database: str) -> None:
+    store = PostgresLogStore(postgres.dsn(pg_database), postgres.password)
+    with store.transaction() as tx:
+        tx.append(leaf(0))
+    with pytest.raises(StorageError), store.transaction() as tx:
+        tx.append(leaf(1))
+        postgres.execute_as_admin(
+            "postgres", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()", (pg_database,))
+    # As if that COMMIT had happened and only its answer was lost: the leaf is in the
+    # database (written here by another writer while the lock was free).
+    other = PostgresLogStore(postgres.dsn(pg_database), postgres.password)
+    with other.transaction() as tx:
+        assert tx.append(leaf(1)) == 1
+    other.close()
+    # A checkpoint write reconnects the writer in between; the frontier must still be
+    # rebuilt before the next batch, or it would append over leaf 1.
+    store.add_checkpoint(1, store.root(1), "note", 1, b"")
+    with store.transaction() as tx:
+        assert tx.append(leaf(2)) == 2
+    hashes = [merkle.leaf_hash(f"record {i}".encode()) for i in range(3)]
+    assert store.size() == 3 and store.root(3) == merkle.root(hashes)
+    store.close()
+
+
 def test_second_writer_on_one_database_is_refused_instead_of_forking_the_frontier(
         postgres: PostgresCluster, pg_database: str) -> None:
     first = PostgresLogStore(postgres.dsn(pg_database), postgres.password)
