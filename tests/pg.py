@@ -74,6 +74,7 @@ class PostgresCluster:
     workdir: Path
     bin_dir: Path = field(default_factory=postgres_bin_dir)
     port: int = 0
+    durable: bool = False  # fsync on (benchmarks); tests run without it
     password: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     _admin_password: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     _counter: itertools.count[int] = field(default_factory=itertools.count)
@@ -117,9 +118,9 @@ class PostgresCluster:
         pwfile.unlink()
         for attempt in range(_START_ATTEMPTS):
             self.port = free_port()
-            # A test cluster: no fsync (nothing here survives a power cut anyway).
-            options = (f"-p {self.port} -h 127.0.0.1 -k {self.workdir} -c fsync=off "
-                       "-c full_page_writes=off -c max_connections=200")
+            options = f"-p {self.port} -h 127.0.0.1 -k {self.workdir} -c max_connections=200"
+            if not self.durable:  # a test cluster: nothing in it must survive a power cut
+                options += " -c fsync=off -c full_page_writes=off"
             try:
                 self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-l",
                           str(self.workdir / "server.log"), "-w", "-t", str(_START_TIMEOUT_S),
@@ -173,14 +174,16 @@ class PostgresCluster:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def start_cluster() -> PostgresCluster:
-    """Start a private cluster in a new temporary directory (``/tmp/edgeproof-pg-*``).
+def start_cluster(*, durable: bool = False) -> PostgresCluster:
+    """Start a private cluster in a new temporary directory (``/tmp/edgeproof-pg-*``);
+    ``durable`` keeps fsync on (what a benchmark must measure).
 
     Not under pytest's tmp_path: that tree is private to root, and the cluster runs as the
     postgres user. Raises PostgresMissing if PostgreSQL is not installed.
     """
     bin_dir = postgres_bin_dir()
-    cluster = PostgresCluster(Path(tempfile.mkdtemp(prefix="edgeproof-pg-")), bin_dir)
+    cluster = PostgresCluster(Path(tempfile.mkdtemp(prefix="edgeproof-pg-")), bin_dir,
+                              durable=durable)
     try:
         cluster.start()
     except BaseException:
