@@ -27,6 +27,7 @@ from agent.identity import create_identity, ensure_state_dir
 from agent.run import run_agent, setup_logging, stop_on_signals
 from agent.service import ServiceOptions
 from agent.status import collect_status
+from osutil.cli import EXIT_FAILED, EXIT_USAGE, add_log_level, add_version
 from protocol.errors import ConfigError, EdgeproofError
 
 PROG = "edgeproof-agent"
@@ -58,14 +59,19 @@ def run_cli(argv: list[str] | None, environ: Mapping[str, str]) -> int:
         return int(args.func(args, environ))
     except ConfigError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except EdgeproofError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="The edgeproof device agent.")
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="The edgeproof device agent: read sensors, sign and seal "
+        "every reading, keep it in a crash-safe outbox and send it to the gateway.",
+        epilog="Exit status: 0 ok, 1 runtime failure, 2 usage or configuration error, "
+        "130 interrupted (docs/CLI.md).")
+    add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     keygen = sub.add_parser("keygen", help="create the device key (never overwrites one)",
@@ -88,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--broker", help="mqtt://host:1883 or mqtts://host:8883")
     run.add_argument("--gateway-key", help="gateway verifier key text, or a file holding it")
     run.add_argument("--seed", type=int, default=None, help="simulation seed (default 1)")
-    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    add_log_level(run)
     run.set_defaults(func=_cmd_run)
 
     status = sub.add_parser("status", help="outbox, dead letters, receipts, credit",

@@ -106,7 +106,7 @@ def load_fleet(root: Path) -> FleetConfig:
     """
     raw = read_toml(root / FLEET_FILE,
                     missing=f"{root}: not a fleet directory (no {FLEET_FILE}); "
-                            f"create one with: edgeproof-provision init {root} ...")
+                            f"create one with: edgeproof-provision init --fleet {root} ...")
     return _parse(raw, root.resolve())
 
 
