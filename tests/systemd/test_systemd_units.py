@@ -193,8 +193,10 @@ def test_uninstall_keeps_keys_and_state_unless_purged() -> None:
     assert "rm -rf /opt/edgeproof" in kept.stdout
     assert "kept /etc/edgeproof and /var/lib/edgeproof" in kept.stdout
     assert not re.search(r"rm -rf .*(/etc/edgeproof|/var/lib/edgeproof)", kept.stdout)
-    purged = dry_run("--uninstall", "--purge")
-    assert re.search(r"rm -rf /etc/edgeproof /var/lib/edgeproof", purged.stdout)
+    purged = dry_run("--uninstall", "--role", "gateway", "--purge")
+    assert purged.returncode == 0, purged.stderr
+    assert "rm -rf /var/lib/edgeproof/gateway /var/lib/edgeproof-gateway" in purged.stdout
+    assert not re.search(r"rm -rf /etc/edgeproof|rm -rf /var/lib/edgeproof( |$)", purged.stdout)
 
 
 def test_installer_rejects_unknown_role_with_one_line() -> None:
