@@ -105,14 +105,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.devices < 1 or args.duration <= 0:
         return _fail("--devices must be >= 1 and --duration > 0", EXIT_USAGE)
     # The sim extra, imported here so that --help and a missing extra need none of it.
-    from rich.console import Console  # noqa: PLC0415
-
     from firmware_sim.demo import Demo, DemoOptions, Signals  # noqa: PLC0415
     from firmware_sim.stack import Interrupted  # noqa: PLC0415
-    from firmware_sim.view import LiveView, PlainView, View, print_report  # noqa: PLC0415
+    from firmware_sim.view import (  # noqa: PLC0415
+        LiveView,
+        PlainView,
+        View,
+        demo_console,
+        print_report,
+    )
 
     importlib.import_module("gateway.service")  # the demo runs the gateway: fail before it
-    console = Console()
+    console = demo_console()
     live = not args.json and console.is_terminal
     view: View = LiveView(console) if live else PlainView(sys.stderr if args.json
                                                           else sys.stdout)
