@@ -12,11 +12,13 @@ one page at a time, plus the device's key epochs.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TextIO
 
+from protocol.errors import TransportError
 from protocol.keys import RecipientKey
 from verifier.client import GatewayClient
 from verifier.recipient import Opened, Opener
@@ -68,13 +70,26 @@ def show_records(client: GatewayClient, device_id: bytes, recipient: RecipientKe
     """Print the device's readings (and with ``follow`` the new ones, until interrupted).
 
     Returns the number of records whose signature or sealing failed (shown as ``error``).
-    Raises TransportError / MalformedRecord when the gateway cannot be read, and lets
-    KeyboardInterrupt through (the CLI turns it into exit 130).
+    Raises TransportError / MalformedRecord when the gateway cannot be read (following, a
+    gateway that goes away is said once on stderr and polled again until it is back), and
+    lets KeyboardInterrupt through (the CLI turns it into exit 130).
     """
     opener = Opener(client.device_keys(device_id), recipient, streams)
-    after, errors, first = -1, 0, True
+    after, errors, first, outage = -1, 0, True, False
     while True:
-        page = client.device_records(device_id, after, PAGE)
+        try:
+            page = client.device_records(device_id, after, PAGE)
+        except TransportError as exc:
+            if first or not follow.enabled:
+                raise
+            if not outage:
+                print(f"edgeproof-verify: {exc}; still polling", file=sys.stderr, flush=True)
+            outage = True
+            follow.sleep(follow.interval_s)
+            continue
+        if outage:
+            print("edgeproof-verify: the gateway answers again", file=sys.stderr, flush=True)
+            outage = False
         if page:
             if follow.enabled and not first:
                 opener.keys = client.device_keys(device_id)  # the device may have rotated

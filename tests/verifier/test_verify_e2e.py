@@ -245,6 +245,27 @@ def test_records_follow_prints_a_record_logged_while_it_waits(
     assert polls == [0.25, 0.25]
 
 
+def test_records_follow_says_once_when_the_gateway_goes_away_and_keeps_polling(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    polls: list[float] = []
+
+    def between_polls(interval: float) -> None:
+        polls.append(interval)
+        if len(polls) == 1:
+            world.gateway.stop()
+        elif len(polls) == 3:  # two polls failed while it was gone; enough
+            raise KeyboardInterrupt
+
+    assert verify(["records", "--gateway", world.gateway.base_url, "--device",
+                   world.device.device_id.hex(), "--follow"],
+                  Waiting(sleep=between_polls)) == 130
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 4  # what was there before it went away
+    err = captured.err.splitlines()
+    assert len(err) == 1 and "cannot reach" in err[0] and err[0].endswith("still polling")
+
+
 def _iso(wall_ms: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall_ms // 1000)) + \
         f".{wall_ms % 1000:03d}Z"
