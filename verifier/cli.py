@@ -34,7 +34,7 @@ from protocol.note import NoteVerifier
 from protocol.signed import parse_signed_record
 from verifier.client import TIMEOUT_S, GatewayClient, LoggedRecord, anchoring_transaction
 from verifier.recipient import key_for_seq, open_records
-from verifier.records import Follow, show_records
+from verifier.records import Follow, as_line, show_records
 
 
 class UsageError(EdgeproofError):
@@ -365,13 +365,13 @@ def _cmd_decrypt(args: argparse.Namespace) -> int:
                           set(args.stream) if args.stream else None)
     if args.json:
         print(json.dumps([{"seq": o.seq, "stream": o.stream, "wall_ms": o.wall_ms,
-                           "status": o.status, "detail": o.detail,
+                           "clock_synced": o.clock_synced, "status": o.status,
+                           "detail": o.detail,
                            "values": [[m.mantissa, m.exponent, m.unit] for m in o.values]}
                           for o in opened]))
     else:
-        for o in opened:
-            shown = ", ".join(f"{m.value} {m.unit}" for m in o.values) or o.detail
-            print(f"{o.seq:>8}  {o.stream:<16} {o.status:<11} {shown}")
+        for o in opened:  # the same lines as `records`: with the wall time and clock state
+            print(as_line(o))
     return 1 if any(o.status == "error" for o in opened) else 0
 
 

@@ -172,6 +172,12 @@ def test_decrypted_values_are_the_ones_the_device_sealed(
                    "--stream", "climate", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["values"] for r in rows] == [[[214, -1, "Cel"]], [[219, -1, "Cel"]]]
+    assert verify(["decrypt", "--gateway", world.gateway.base_url, "--device",
+                   world.device.device_id.hex(), "--key", str(world.keys["alice"]),
+                   "--stream", "climate"]) == 0
+    first = capsys.readouterr().out.splitlines()[0].split()
+    assert first[1:] == [_iso(world.device.signed[1].record.wall_ms), "synced", "climate",
+                         "decrypted", "21.4", "Cel"]
 
 
 def test_unpinned_gateway_key_is_reported_untrusted_with_its_real_source(
