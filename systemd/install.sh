@@ -9,7 +9,9 @@
 # Installing needs Python 3.11 or newer. It creates the `edgeproof` system user (in the
 # `gpio` group when it exists), a virtualenv in /opt/edgeproof/venv with edgeproof installed
 # from this checkout (the `pi` extra on a Raspberry Pi for the agent, the `gateway` and
-# `provision` extras for the gateway), the unit file, and enables it. The service is started
+# `provision` extras for the gateway), links the role's commands into /usr/local/bin
+# (edgeproof-agent or edgeproof-gateway and edgeproof-provision; edgeproof-verify for both),
+# installs the unit file, and enables it. The service is started
 # only once its config (/etc/edgeproof/agent.toml or gateway.toml) exists. Running it again
 # upgrades in place.
 #
@@ -34,6 +36,7 @@ UNIT_DIR=$ROOT/etc/systemd/system
 CONF_DIR=$ROOT/etc/edgeproof
 STATE_DIR=$ROOT/var/lib/edgeproof
 MOSQUITTO_CONF=$ROOT/etc/mosquitto/mosquitto.conf
+BIN_DIR=$ROOT/usr/local/bin
 SERVICE_USER=edgeproof
 SOURCE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # The files each role's --purge deletes from $CONF_DIR (names the docs and the provisioning
@@ -227,6 +230,40 @@ install_unit() {
     fi
 }
 
+# The role's commands on PATH: links in /usr/local/bin (never over a file that is not ours).
+role_commands() {
+    if [[ $1 == gateway ]]; then
+        echo edgeproof-gateway edgeproof-provision edgeproof-verify
+    else
+        echo edgeproof-agent edgeproof-verify
+    fi
+}
+
+link_commands() {
+    local cmd target
+    run install -d -m 0755 "$BIN_DIR"
+    for cmd in $(role_commands "$role"); do
+        target=$BIN_DIR/$cmd
+        if [[ -e $target && ! -L $target ]]; then
+            say "warning: $target exists and is not edgeproof's link; left as it is"
+            continue
+        fi
+        run ln -sfn "$VENV/bin/$cmd" "$target"
+    done
+    say "commands on PATH: $(role_commands "$role") (links in $BIN_DIR)"
+}
+
+# Remove the links into $PREFIX that link_commands made, once no unit needs them.
+unlink_commands() {
+    local cmd target
+    for cmd in edgeproof-agent edgeproof-gateway edgeproof-provision edgeproof-verify; do
+        target=$BIN_DIR/$cmd
+        if [[ -L $target && $(readlink "$target") == "$PREFIX"/* ]]; then
+            run rm -f "$target"
+        fi
+    done
+}
+
 # The roles uninstall removes: the one given, or both.
 uninstall_roles() {
     if [[ $role_given == yes ]]; then
@@ -263,6 +300,7 @@ uninstall() {
         say "kept $PREFIX: another edgeproof unit still uses it"
     else
         run rm -rf "$PREFIX"
+        unlink_commands
     fi
     if [[ $purge == yes ]]; then
         purge_role
@@ -353,6 +391,7 @@ main() {
     create_user
     create_dirs
     install_venv
+    link_commands
     install_unit
     say "done: edgeproof $role installed"
 }

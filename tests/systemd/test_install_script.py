@@ -42,6 +42,10 @@ def installed_root(tmp_path: Path) -> Path:
         (root / name).write_text(name)
     (root / "etc/mosquitto/mosquitto.conf.debian").write_text("debian's own\n")
     (root / "etc/mosquitto/mosquitto.conf").symlink_to("edgeproof/mosquitto.conf")
+    (root / "usr/local/bin").mkdir(parents=True)
+    for cmd in ("edgeproof-agent", "edgeproof-gateway", "edgeproof-verify"):
+        (root / "usr/local/bin" / cmd).symlink_to(root / "opt/edgeproof/venv/bin" / cmd)
+    (root / "usr/local/bin/edgeproof-provision").write_text("someone else's\n")
     return root
 
 
@@ -115,7 +119,17 @@ def test_last_role_purged_leaves_no_edgeproof_files(tmp_path: Path) -> None:
         done = install_sh(root, "--uninstall", "--role", role, "--purge", "--yes")
         assert done.returncode == 0, done.stderr
     left = [name for name in tree(root) if "edgeproof" in name]
-    assert left == ["etc/mosquitto/edgeproof", "etc/mosquitto/edgeproof/mosquitto.conf"]
+    assert left == ["etc/mosquitto/edgeproof", "etc/mosquitto/edgeproof/mosquitto.conf",
+                    "usr/local/bin/edgeproof-provision"]  # not a link of ours: kept
+
+
+def test_commands_leave_the_path_with_the_last_unit(tmp_path: Path) -> None:
+    root = installed_root(tmp_path)
+    bin_dir = root / "usr/local/bin"
+    assert install_sh(root, "--uninstall", "--role", "agent").returncode == 0
+    assert (bin_dir / "edgeproof-verify").is_symlink()  # the gateway still uses the venv
+    assert install_sh(root, "--uninstall", "--role", "gateway").returncode == 0
+    assert sorted(p.name for p in bin_dir.iterdir()) == ["edgeproof-provision"]
 
 
 def test_gateway_uninstall_restores_the_mosquitto_config_and_keeps_keys(tmp_path: Path) -> None:

@@ -181,6 +181,8 @@ def test_install_dry_run_plans_user_venv_and_enabled_unit_for_each_role() -> Non
         assert f"systemctl enable edgeproof-{role}.service" in plan
         assert "python3 -m venv /opt/edgeproof/venv" in plan or "/opt/edgeproof/venv" in plan
         assert "/opt/edgeproof/venv/bin/pip install" in plan
+        assert f"ln -sfn /opt/edgeproof/venv/bin/edgeproof-{role} /usr/local/bin/edgeproof-{role}" \
+            in plan
         assert extras in plan
         assert "systemctl start" not in plan.replace("sudo systemctl start", "")
 
