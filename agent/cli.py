@@ -264,7 +264,7 @@ def _rate_text(rate: object) -> str:
 
 
 def _broker_text(uplink: dict[str, object]) -> str:
-    return f" to {uplink['broker']}" if uplink.get("broker") else ""
+    return f", broker {uplink['broker']}" if uplink.get("broker") else ""
 
 
 def _rotation_text(rotation: dict[str, object]) -> str:
