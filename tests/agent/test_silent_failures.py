@@ -137,6 +137,27 @@ def test_wrong_gateway_key_is_said_once_in_log_status_and_systemd_line_and_recov
         trusted.stop()
 
 
+def test_broker_that_acknowledges_but_no_gateway_answers_is_named_as_the_likely_cause(
+        tmp_path: Path, broker: MosquittoBroker) -> None:
+    # The case: a URL reaching some other Mosquitto, which PUBACKs everything.
+    from tests.agent.test_uplink import Device  # noqa: PLC0415 - its outbox+uplink rig
+
+    device = Device(tmp_path / "dev", broker.url, Responder(broker.url).verifier_key)
+    try:
+        far_future = device.clock.mono_ms() + 10**9
+        assert device.uplink.receipt_health(far_future).waiting_ms is None  # idle: never late
+        device.write(3)
+        device.uplink.start()
+        assert Responder(broker.url).wait_for(lambda: device.uplink.counters["pubacks"] >= 1)
+        health = device.uplink.receipt_health(far_future)
+        assert health.waiting_ms is not None and health.waiting_ms >= 10**9 - 10**6
+        assert health.problem.startswith("no receipt arrived (")
+        assert "PUBACKs from the broker" in health.problem and broker.url in health.problem
+        assert health.last_verified_mono_ms is None
+    finally:
+        device.close()
+
+
 def test_broker_url_without_port_shows_the_default_port_it_will_use() -> None:
     assert describe_broker_url("mqtt://127.0.0.1") == (
         "mqtt://127.0.0.1:1883 (port 1883: the mqtt:// default)")
