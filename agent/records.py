@@ -18,17 +18,22 @@ from dataclasses import dataclass
 from agent.clock import Clock
 from agent.outbox import Outbox
 from protocol.keys import SigningKey
-from protocol.record import Body, Gap, Measurement, Record, Usage, Values
-from protocol.sealing import EpochKeys, new_key_epoch, seal_values
+from protocol.record import (
+    GAP_STREAM,
+    KEYS_STREAM,
+    USAGE_STREAM,
+    Body,
+    Gap,
+    Measurement,
+    Record,
+    Usage,
+    Values,
+)
+from protocol.sealing import EpochKeys, new_key_epoch, seal_record
 from protocol.signed import sign_record
 
 log = logging.getLogger(__name__)
 
-KEYS_STREAM = "keys"
-GAP_STREAM = "gap"
-USAGE_STREAM = "usage"
-ROTATION_STREAM = "rotation"
-RESERVED_STREAMS = frozenset({KEYS_STREAM, GAP_STREAM, USAGE_STREAM, ROTATION_STREAM})
 
 
 class RecordFactory:
@@ -142,9 +147,8 @@ class RecordWriter:
 
         def sealed(seq: int, prev: bytes) -> bytes:
             header = self._factory.header(seq, prev, stream, mono_ms, placeholder)
-            body = seal_values(self._factory.device_id, header, epoch, values)
-            return self._factory.sign(Record(header.boot, seq, prev, header.wall_ms,
-                                             header.clock_synced, mono_ms, stream, body))
+            return self._factory.sign(
+                seal_record(self._factory.device_id, header, epoch, values))
 
         seq = self._outbox.append(stream, sealed)
         self._epoch_records += 1

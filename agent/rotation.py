@@ -41,10 +41,10 @@ from pathlib import Path
 
 from agent.identity import KeyFiles
 from agent.outbox import Outbox
-from agent.records import ROTATION_STREAM, RecordFactory
+from agent.records import RecordFactory
 from protocol.errors import KeyFileError
 from protocol.keys import SigningKey, load_device_key, save_device_key
-from protocol.record import KeyRotation
+from protocol.record import ROTATION_STREAM, KeyRotation
 
 log = logging.getLogger(__name__)
 

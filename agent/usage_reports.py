@@ -14,9 +14,9 @@ import logging
 
 from agent.credits import UsageMeter
 from agent.outbox import Outbox
-from agent.records import USAGE_STREAM, RecordWriter
+from agent.records import RecordWriter
 from protocol.errors import MalformedRecord
-from protocol.record import Usage
+from protocol.record import USAGE_STREAM, Usage
 from protocol.signed import parse_signed_record
 
 log = logging.getLogger(__name__)

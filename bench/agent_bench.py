@@ -6,6 +6,9 @@ Prints one line per figure and ends with one line of JSON:
                                 (best of three rounds, interleaved with the next figure)
   bare_sign_per_s               bare nacl Ed25519 signatures per second, same run
   ratio_to_bare_sign            readings_per_s / bare_sign_per_s (goal >= 0.5)
+  records_ratio_to_bare_sign    the record path alone (RecordWriter: build + seal + sign, no
+                                outbox) over bare signatures, same rounds: the part of
+                                ratio_to_bare_sign that is not the outbox
   rss_mib                       resident memory of `edgeproof-agent run --simulate` at steady
                                 state, from /proc/<pid>/status (goal <= 40)
   disk_bytes_per_reading        bytes the agent process wrote to disk (/proc/<pid>/io
@@ -37,7 +40,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -50,7 +55,7 @@ from agent.outbox.rows import SCHEMA
 from agent.records import EpochPolicy, RecordFactory, RecordWriter
 from firmware_sim.broker import MosquittoBroker
 from protocol.keys import RecipientKey, SigningKey, device_id_for, load_device_key
-from protocol.record import Measurement
+from protocol.record import GENESIS_PREV, Measurement
 from tests.agent.responder import Responder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,9 +66,25 @@ WINDOW_S = 30.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def write_path_rates(tmp: Path) -> tuple[float, float]:
+class _NoStorage:
+    """In place of the outbox, to time the record path alone: builds, stores nothing."""
+
+    generation = 0
+
+    def __init__(self) -> None:
+        self.seq = 0
+
+    def append(self, stream: str, build: Callable[[int, bytes], bytes], *,
+               protected: bool = False) -> int:
+        self.seq += 1
+        build(self.seq, GENESIS_PREV)
+        return self.seq
+
+
+def write_path_rates(tmp: Path) -> tuple[float, float, float]:
     """Best of three rounds, interleaved: readings/s through build + seal + sign + outbox
-    commit (default group commit), and bare nacl Ed25519 signatures/s."""
+    commit (default group commit), bare nacl Ed25519 signatures/s, and readings/s through
+    the record path alone (no outbox)."""
     clock = SystemClock()
     state = DeviceState.open(tmp / "state.sqlite", clock.wall_ms)
     outbox = Outbox(tmp / "outbox.sqlite", OutboxSettings(max_bytes=1 << 30), state, clock)
@@ -75,7 +96,10 @@ def write_path_rates(tmp: Path) -> tuple[float, float]:
     writer.start_epoch()
     bare = nacl.signing.SigningKey.generate()
     message = bytes(180)
-    best_path = best_bare = 0.0
+    alone = RecordWriter(factory, cast(Outbox, _NoStorage()),
+                         {"climate": [RecipientKey.generate().public_key]},
+                         policy=EpochPolicy(max_records=N_READINGS * 10), clock=clock)
+    best_path = best_bare = best_records = 0.0
     for _ in range(3):
         start = time.perf_counter()
         for i in range(N_READINGS):
@@ -88,9 +112,14 @@ def write_path_rates(tmp: Path) -> tuple[float, float]:
         for _ in range(N_SIGN):
             bare.sign(message)
         best_bare = max(best_bare, N_SIGN / (time.perf_counter() - start))
+        start = time.perf_counter()
+        for i in range(N_READINGS):
+            values = (Measurement(215 + i % 7, -1, "Cel"), Measurement(480 + i % 11, -1, "%RH"))
+            alone.write_values("climate", values, clock.mono_ms())
+        best_records = max(best_records, N_READINGS / (time.perf_counter() - start))
     outbox.close()
     state.close()
-    return best_path, best_bare
+    return best_path, best_bare, best_records
 
 
 def commit_each_wal_bytes(tmp: Path, n: int = 400) -> float:
@@ -203,10 +232,11 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="edgeproof-agent-bench-") as tmp_name:
         tmp = Path(tmp_name)
         (tmp / "write").mkdir()
-        readings, bare = write_path_rates(tmp / "write")
+        readings, bare, records = write_path_rates(tmp / "write")
         print(f"readings_per_s                {readings:12.0f}  build+seal+sign+outbox commit")
         print(f"bare_sign_per_s               {bare:12.0f}  nacl Ed25519")
         print(f"ratio_to_bare_sign            {readings / bare:12.3f}  goal >= 0.5")
+        print(f"records_ratio_to_bare_sign    {records / bare:12.3f}  record path, no outbox")
         each = commit_each_wal_bytes(tmp / "write")
         live = running_agent(tmp, args.commit_window_s)
         print(f"rss_mib                       {live['rss_mib']:12.1f}  goal <= 40")
@@ -222,6 +252,7 @@ def main(argv: list[str] | None = None) -> None:
         "readings_per_s": round(readings),
         "bare_sign_per_s": round(bare),
         "ratio_to_bare_sign": round(readings / bare, 3),
+        "records_ratio_to_bare_sign": round(records / bare, 3),
         "rss_mib": round(live["rss_mib"], 1),
         "disk_bytes_per_reading": round(live["disk_bytes_per_reading"]),
         "disk_bytes_per_reading_net": round(live["disk_bytes_per_reading_net"]),

@@ -34,9 +34,9 @@ from gateway.store import Balance, LogStore, StoredCheckpoint
 from protocol import cbor
 from protocol.checkpoint import Checkpoint, checkpoint_hash
 from protocol.errors import StorageError, TransportError
+from protocol.record import GENESIS_PREV
 
 log = logging.getLogger(__name__)
-GENESIS_PREV = bytes(32)
 
 
 def canonical_balances(balances: list[Balance]) -> bytes:

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from osutil.brokerurl import parse_broker_url
 from osutil.toml_table import Table, read_toml
 from protocol.errors import ConfigError
+from protocol.signed import MAX_SIGNED_RECORD_BYTES
 
 DEFAULT_CLIENT_ID = "edgeproof-gateway"
 _ETH_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
@@ -51,7 +52,7 @@ class Limits:
     """Caps applied to untrusted input before and while decoding."""
 
     max_batch_bytes: int = 512 * 1024
-    max_record_bytes: int = 4096 + 256
+    max_record_bytes: int = MAX_SIGNED_RECORD_BYTES
     max_future_skew_s: float = 300.0
 
 
@@ -169,8 +170,8 @@ def parse_config(raw: Mapping[str, object], base_dir: Path) -> GatewayConfig:
         limits=Limits(
             max_batch_bytes=limits.integer("max_batch_bytes", 512 * 1024,
                                            low=64, high=512 * 1024),
-            max_record_bytes=limits.integer("max_record_bytes", 4096 + 256,
-                                            low=64, high=4096 + 256),
+            max_record_bytes=limits.integer("max_record_bytes", MAX_SIGNED_RECORD_BYTES,
+                                            low=64, high=MAX_SIGNED_RECORD_BYTES),
             max_future_skew_s=limits.number("max_future_skew_s", 300.0, low=0.0),
         ),
         anchor=_anchor_backend(root.table("anchor")),

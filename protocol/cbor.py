@@ -18,6 +18,7 @@ over the value. Every input limit is capped; any violation raises
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import Union
 
@@ -206,13 +207,35 @@ def read_head(data: bytes, pos: int) -> tuple[int, int, int]:
     For hand-written fast paths over known layouts. Raises MalformedRecord exactly as
     :func:`decode` would for a truncated or non-shortest head.
     """
-    initial = data[pos] if pos < len(data) else -1
-    if initial >= 0 and initial & 0x1F < 24:
-        return initial >> 5, initial & 0x1F, pos + 1  # the common one-byte head
-    reader = _Reader(data, DEFAULT_LIMITS)
-    reader.pos = pos
-    major, argument = reader.head()
-    return major, argument, reader.pos
+    end = len(data)
+    if pos >= end:
+        raise MalformedRecord("cbor_truncated", f"need 1 byte at offset {pos}")
+    initial = data[pos]
+    major, info = initial >> 5, initial & 0x1F
+    if info < 24:
+        return major, info, pos + 1  # the common one-byte head
+    if info == 24 and major != 7 and pos + 2 <= end:  # the next most common: one byte more
+        argument: int = data[pos + 1]
+        if argument < 24:
+            raise MalformedRecord("cbor_not_deterministic", "argument not in shortest form")
+        return major, argument, pos + 2
+    if info > 27:
+        raise MalformedRecord("cbor_not_deterministic", f"additional info {info}")
+    if major == 7:
+        raise MalformedRecord("cbor_unsupported", "floats and extended simple values")
+    stop = pos + (2, 3, 5, 9)[info - 24]
+    if stop > end:
+        raise MalformedRecord("cbor_truncated", f"need {stop - pos - 1} bytes at offset {pos + 1}")
+    argument = _UNPACK[info - 24](data, pos + 1)[0]
+    # Shortest form (RFC 8949 §4.2.1), as _Reader.head checks it: the least argument that
+    # needs each width.
+    if argument < (24, 1 << 8, 1 << 16, 1 << 32)[info - 24]:
+        raise MalformedRecord("cbor_not_deterministic", "argument not in shortest form")
+    return major, argument, stop
+
+
+# Big-endian arguments of 1, 2, 4 and 8 bytes, read in place (no slice, no int.from_bytes).
+_UNPACK = tuple(struct.Struct(f">{code}").unpack_from for code in "BHIQ")
 
 
 def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Value:

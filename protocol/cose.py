@@ -30,7 +30,7 @@ _ENVELOPE_LIMITS = cbor.Limits(max_bytes=64 * 1024, max_depth=3, max_items=8,
                                max_string=64 * 1024)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Sign1:
     """A decoded but not yet verified COSE_Sign1."""
 
@@ -38,6 +38,15 @@ class Sign1:
     kid: bytes
     payload: bytes
     signature: bytes
+
+    def __init__(self, protected: bytes, kid: bytes, payload: bytes, signature: bytes) -> None:
+        # One per record verified: the instance dict is written directly, as in
+        # protocol.record.Record.__init__ (the frozen dataclass __init__ takes twice as long).
+        fields = self.__dict__
+        fields["protected"] = protected
+        fields["kid"] = kid
+        fields["payload"] = payload
+        fields["signature"] = signature
 
     def to_be_signed(self) -> bytes:
         """The Sig_structure bytes the signature covers (RFC 9052 §4.4)."""
@@ -71,14 +80,25 @@ def protected_header(kid: bytes) -> bytes:
     return cbor.encode({HEADER_ALG: ALG_EDDSA, HEADER_KID: kid})
 
 
+@functools.lru_cache(maxsize=256)
+def _framed_protected(kid: bytes) -> bytes:
+    # The protected header as the byte string it travels as: its head, then its bytes.
+    protected = protected_header(kid)
+    return cbor.head(2, len(protected)) + protected
+
+
 def sign1(payload: bytes, kid: bytes, key: SigningKey) -> bytes:
     """Return the tagged COSE_Sign1 bytes of ``payload`` signed by ``key`` under ``kid``."""
-    protected = protected_header(kid)
-    signature = key.sign(sig_structure(protected, payload))
-    # Same bytes as cbor.encode(Tag(18, [protected, {}, payload, signature])), framed by
-    # hand on the hot path: tag 18 (0xd2), array of 4 (0x84), empty map (0xa0).
-    return b"".join((b"\xd2\x84", cbor.head(2, len(protected)), protected, b"\xa0",
-                     cbor.head(2, len(payload)), payload, b"\x58\x40", signature))
+    # The Sig_structure (see sig_structure) and the envelope share the framed protected
+    # header and the payload's head, so each is made once. Same bytes as
+    # cbor.encode(Tag(18, [protected, {}, payload, signature])), framed by hand on the hot
+    # path: tag 18 (0xd2), array of 4 (0x84), empty map (0xa0).
+    protected = _framed_protected(kid)
+    payload_head = cbor.head(2, len(payload))
+    signature = key.sign(b"".join((_SIG_STRUCTURE_PREFIX, protected, b"\x40", payload_head,
+                                   payload)))
+    return b"".join((b"\xd2\x84", protected, b"\xa0", payload_head, payload, b"\x58\x40",
+                     signature))
 
 
 def decode_sign1(data: bytes, max_bytes: int = 64 * 1024) -> Sign1:

@@ -20,6 +20,7 @@ device's outbox.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -31,6 +32,14 @@ RECEIPT_VERSION = 1
 HASH_PREFIX_BYTES = 16
 MAX_RECEIPT_BYTES = 96 * 1024
 MAX_CHECKPOINT_CHARS = 8192
+
+
+def hash_prefix(data: bytes | bytearray | memoryview) -> bytes:
+    """The 16 bytes by which a receipt outcome names a record (or a batch refused whole).
+
+    The first HASH_PREFIX_BYTES of SHA-256 of the exact signed (or payload) bytes.
+    """
+    return hashlib.sha256(data).digest()[:HASH_PREFIX_BYTES]
 
 
 class Status(IntEnum):

@@ -8,8 +8,9 @@ RFC 8949 §4.2.1 deterministic encoding) is::
     2  boot           uint, the device's boot counter (increments on every agent start)
     3  seq            uint, per-device sequence number, never reused
     4  prev           bstr 32, SHA-256 of the previous record's signed bytes (zeros for seq 0)
-    5  wall_ms        uint, wall-clock time in ms since the Unix epoch
-    6  clock_synced   bool, whether the wall clock was synchronised (NTP) at that time
+    5  wall_ms        uint, wall-clock time in ms since the Unix epoch, clock synchronised
+    6  wall_unsynced  uint, the same when the wall clock was NOT synchronised (NTP);
+                      exactly one of 5 and 6 is present (``Record.clock_synced``)
     7  mono_ms        uint, monotonic clock in ms since boot
     8  stream         tstr, the stream name ("climate", "tv", "usage", ...)
 
@@ -47,9 +48,17 @@ _RECORD_LIMITS = cbor.Limits(
     max_bytes=MAX_RECORD_BYTES, max_depth=5, max_items=64, max_string=MAX_RECORD_BYTES
 )
 
-K_VERSION, K_BOOT, K_SEQ, K_PREV, K_WALL, K_SYNCED, K_MONO, K_STREAM = range(1, 9)
+K_VERSION, K_BOOT, K_SEQ, K_PREV, K_WALL, K_WALL_UNSYNCED, K_MONO, K_STREAM = range(1, 9)
 K_VALUES, K_SEALED, K_USAGE, K_GAP, K_KEY_EPOCH, K_KEY_ROTATION = range(9, 15)
-HEADER_KEYS = frozenset(range(1, 9))
+HEADER_KEYS = frozenset(range(1, 9))  # all but one of K_WALL and K_WALL_UNSYNCED present
+_REQUIRED_KEYS = HEADER_KEYS - {K_WALL, K_WALL_UNSYNCED}
+
+# The streams of records that are not readings (PROTOCOL.md §3.1); no sensor may use them.
+KEYS_STREAM = "keys"
+GAP_STREAM = "gap"
+USAGE_STREAM = "usage"
+ROTATION_STREAM = "rotation"
+RESERVED_STREAMS = frozenset({KEYS_STREAM, GAP_STREAM, USAGE_STREAM, ROTATION_STREAM})
 
 
 @dataclass(frozen=True)
@@ -88,10 +97,23 @@ def encode_values(values: tuple[Measurement, ...]) -> bytes:
     """Return the deterministic CBOR of a value list (the plaintext that gets sealed)."""
     parts = [cbor.head(4, len(values))]
     for m in values:
-        unit = m.unit.encode("utf-8")
-        parts += (b"\x83", _int_cbor(m.mantissa), _int_cbor(m.exponent),
-                  cbor.head(3, len(unit)), unit)
+        parts += (b"\x83", _int_cbor(m.mantissa), _int_cbor(m.exponent), _text_cbor(m.unit))
     return b"".join(parts)
+
+
+def _text_cbor(text: str) -> bytes:
+    # Units and stream names come from a handful of configured strings: encode each once.
+    cached = _TEXT_CACHE.get(text)
+    if cached is None:
+        raw = text.encode("utf-8")
+        cached = cbor.head(3, len(raw)) + raw
+        if len(_TEXT_CACHE) < _TEXT_CACHE_MAX:
+            _TEXT_CACHE[text] = cached
+    return cached
+
+
+_TEXT_CACHE: dict[str, bytes] = {}
+_TEXT_CACHE_MAX = 1024
 
 
 def _uint(value: int) -> bytes:
@@ -111,7 +133,15 @@ _SMALL_UINTS = [bytes((n,)) for n in range(24)]
 
 
 def _int_cbor(value: int) -> bytes:
-    return cbor.head(0, value) if value >= 0 else cbor.head(1, -1 - value)
+    # The head of a validated (64-bit) integer: major type 0 or 1, shortest argument.
+    if 0 <= value < 24:
+        return _SMALL_UINTS[value]
+    if -24 <= value < 0:
+        return _SMALL_NINTS[-1 - value]
+    return _uint(value) if value >= 0 else cbor.head(1, -1 - value)
+
+
+_SMALL_NINTS = [bytes((0x20 | n,)) for n in range(24)]
 
 
 def decode_values(data: bytes) -> tuple[Measurement, ...]:
@@ -201,7 +231,7 @@ class KeyRotation:
 Body = Values | Sealed | Usage | Gap | KeyEpoch | KeyRotation
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Record:
     """One record as its device signed it. Validates when built."""
 
@@ -214,27 +244,49 @@ class Record:
     stream: str
     body: Body
 
-    def __post_init__(self) -> None:
-        for value, name in ((self.boot, "boot"), (self.seq, "seq"), (self.wall_ms, "wall_ms"),
-                            (self.mono_ms, "mono_ms")):
-            if type(value) is not int or not 0 <= value <= _UINT64_MAX:
-                raise MalformedRecord("bad_field", f"{name} must be an unsigned 64-bit integer")
+    def __init__(self, boot: int, seq: int, prev: bytes, wall_ms: int, clock_synced: bool,  # noqa: PLR0917 - the dataclass signature, used positionally
+                 mono_ms: int, stream: str, body: Body) -> None:
+        # The dataclass __init__ of a frozen class sets each field through
+        # object.__setattr__; writing the instance dict directly does the same in half the
+        # time, and every record on the sign and verify paths is built here. Raises
+        # MalformedRecord if a field is invalid.
+        fields = self.__dict__
+        fields["boot"] = boot
+        fields["seq"] = seq
+        fields["prev"] = prev
+        fields["wall_ms"] = wall_ms
+        fields["clock_synced"] = clock_synced
+        fields["mono_ms"] = mono_ms
+        fields["stream"] = stream
+        fields["body"] = body
+        self._validate_header()
+        _validate_body(body, seq)
+
+    def _validate_header(self) -> None:
+        boot, seq, wall, mono = self.boot, self.seq, self.wall_ms, self.mono_ms
+        # One combined test on the hot path; the loop below only names the culprit.
+        if not (type(boot) is int and type(seq) is int and type(wall) is int
+                and type(mono) is int and 0 <= boot <= _UINT64_MAX and 0 <= seq <= _UINT64_MAX
+                and 0 <= wall <= _UINT64_MAX and 0 <= mono <= _UINT64_MAX):
+            for value, name in ((boot, "boot"), (seq, "seq"), (wall, "wall_ms"),
+                                (mono, "mono_ms")):
+                if type(value) is not int or not 0 <= value <= _UINT64_MAX:
+                    raise MalformedRecord("bad_field",
+                                          f"{name} must be an unsigned 64-bit integer")
         if not (type(self.prev) is bytes and len(self.prev) == 32):
             raise MalformedRecord("bad_field", "prev must be 32 bytes")
-        if not isinstance(self.clock_synced, bool):
+        if type(self.clock_synced) is not bool:
             raise MalformedRecord("bad_field", "clock_synced must be a bool")
         _require_text(self.stream, "stream", MAX_STREAM_CHARS)
-        _validate_body(self.body, self.seq)
 
     def header_map(self) -> dict[cbor.Value, cbor.Value]:
-        """The header fields (keys 1..8) as a CBOR map."""
+        """The header fields (keys 1..8, wall time under 5 or 6) as a CBOR map."""
         return {
             K_VERSION: VERSION,
             K_BOOT: self.boot,
             K_SEQ: self.seq,
             K_PREV: self.prev,
-            K_WALL: self.wall_ms,
-            K_SYNCED: self.clock_synced,
+            K_WALL if self.clock_synced else K_WALL_UNSYNCED: self.wall_ms,
             K_MONO: self.mono_ms,
             K_STREAM: self.stream,
         }
@@ -253,31 +305,33 @@ class Record:
         return cached
 
     def _encode_header_fields(self) -> bytes:
-        stream = self.stream.encode("utf-8")
         return b"".join((
             b"\x01\x01\x02", _uint(self.boot), b"\x03", _uint(self.seq), b"\x04\x58\x20",
-            self.prev, b"\x05", _uint(self.wall_ms),
-            b"\x06\xf5\x07" if self.clock_synced else b"\x06\xf4\x07",
-            _uint(self.mono_ms), b"\x08", cbor.head(3, len(stream)), stream,
+            self.prev, b"\x05" if self.clock_synced else b"\x06", _uint(self.wall_ms),
+            b"\x07", _uint(self.mono_ms), b"\x08", _text_cbor(self.stream),
         ))
 
     def with_body(self, body: Body) -> Record:
-        """This record with another body; the header's encoding is reused, not redone."""
-        record = Record(self.boot, self.seq, self.prev, self.wall_ms, self.clock_synced,
-                        self.mono_ms, self.stream, body)
-        if "_header_bytes" in self.__dict__:
-            record.__dict__["_header_bytes"] = self.__dict__["_header_bytes"]
+        """This record with another body; the header's encoding is reused, not redone.
+
+        Only the new body is validated: the header fields are this record's, checked when
+        it was built. Raises MalformedRecord if the body is not valid for this record.
+        """
+        _validate_body(body, self.seq)
+        record = object.__new__(Record)
+        fields = record.__dict__
+        fields.update(self.__dict__)  # the header fields and their cached encoding, if any
+        fields["body"] = body
         return record
 
     def header_cbor(self) -> bytes:
-        """The deterministic CBOR of :meth:`header_map` (a map of eight entries)."""
-        return b"\xa8" + self._header_fields
+        """The deterministic CBOR of :meth:`header_map` (a map of seven entries)."""
+        return b"\xa7" + self._header_fields
 
     def to_cbor(self) -> bytes:
         """Return the record's deterministic CBOR encoding (the COSE payload)."""
-        key, value = _body_to_cbor(self.body)
         # Body keys (9..14) are single bytes above every header key: they sort last.
-        return b"".join((b"\xa9", self._header_fields, cbor.head(0, key), cbor.encode(value)))
+        return b"".join((b"\xa8", self._header_fields, _body_cbor(self.body)))
 
     @classmethod
     def from_cbor(cls, data: bytes) -> Record:
@@ -297,9 +351,12 @@ class Record:
             raise MalformedRecord("bad_record", "record is not a map")
         if item.get(K_VERSION) != VERSION:
             raise MalformedRecord("bad_version", f"unsupported version {item.get(K_VERSION)!r}")
-        missing = HEADER_KEYS - item.keys()
+        missing = _REQUIRED_KEYS - item.keys()
         if missing:
             raise MalformedRecord("bad_record", f"missing fields {sorted(missing)}")
+        walls = [key for key in (K_WALL, K_WALL_UNSYNCED) if key in item]
+        if len(walls) != 1:
+            raise MalformedRecord("bad_record", "exactly one of wall_ms and wall_unsynced")
         body_keys = set(item.keys()) - HEADER_KEYS
         if len(body_keys) != 1:
             raise MalformedRecord("bad_record", "a record has exactly one body")
@@ -309,8 +366,8 @@ class Record:
                 boot=_int(item[K_BOOT]),
                 seq=_int(item[K_SEQ]),
                 prev=_bytes(item[K_PREV]),
-                wall_ms=_int(item[K_WALL]),
-                clock_synced=_bool(item[K_SYNCED]),
+                wall_ms=_int(item[walls[0]]),
+                clock_synced=walls[0] == K_WALL,
                 mono_ms=_int(item[K_MONO]),
                 stream=_text(item[K_STREAM]),
                 body=_body_from_cbor(body_key, item[body_key]),
@@ -323,40 +380,82 @@ def _record_fast(data: bytes) -> Record | None:
     """Parse the header as :meth:`Record.to_cbor` frames it, without the generic decoder.
 
     A shortcut only, as strict as the generic path: the header is read in the one order
-    and form the deterministic encoding allows (keys 1..8 ascending, shortest heads, exact
-    types checked by Record), the body with the strict generic decoder, which must consume
-    the rest exactly. Anything else returns None and goes the generic way, which reports
-    the precise error. A hypothesis test holds the two paths to the same answers.
+    and form the deterministic encoding allows (keys ascending, shortest heads, exact
+    types checked by Record), a sealed body by hand in its one form, any other body with
+    the strict generic decoder; either must consume the rest exactly. Anything else returns
+    None and goes the generic way, which reports the precise error. A hypothesis test holds
+    the two paths to the same answers.
     """
+    read_head = cbor.read_head
     try:
-        if data[:3] != b"\xa9\x01\x01":
+        if len(data) > MAX_RECORD_BYTES or data[:4] != b"\xa8\x01\x01\x02":
             return None
-        fields: list[int | bytes | str | bool] = []
-        pos = 3
-        for key in (K_BOOT, K_SEQ, K_PREV, K_WALL, K_SYNCED, K_MONO, K_STREAM):
-            if data[pos] != key:
+        boot, pos = data[4], 5  # a boot counter below 24 has a one-byte head
+        if boot >= 24:
+            major, boot, pos = read_head(data, 4)
+            if major:
                 return None
-            major, arg, pos = cbor.read_head(data, pos + 1)
-            if major == 0:
-                fields.append(arg)
-            elif major in (2, 3) and pos + arg <= len(data):
-                raw = data[pos:pos + arg]
-                fields.append(raw if major == 2 else raw.decode("utf-8"))
-                pos += arg
-            elif major == 7 and arg in (20, 21):
-                fields.append(arg == 21)
-            else:
+        if data[pos] != K_SEQ:
+            return None
+        major, seq, pos = read_head(data, pos + 1)
+        if major or data[pos:pos + 3] != b"\x04\x58\x20":
+            return None
+        prev = data[pos + 3:pos + 35]
+        wall_key = data[pos + 35]
+        if wall_key not in {K_WALL, K_WALL_UNSYNCED}:
+            return None
+        major, wall, pos = read_head(data, pos + 36)
+        if major or data[pos] != K_MONO:
+            return None
+        major, mono, pos = read_head(data, pos + 1)
+        if major or data[pos] != K_STREAM:
+            return None
+        initial = data[pos + 1]
+        if 0x60 <= initial < 0x78:  # a text string shorter than 24 bytes: one-byte head
+            length, pos = initial - 0x60, pos + 2
+        else:
+            major, length, pos = read_head(data, pos + 1)
+            if major != 3:
                 return None
-        body_key = data[pos]
-        body = _body_from_cbor(body_key, cbor.decode(data[pos + 1:], _RECORD_LIMITS))
-        boot, seq, prev, wall, synced, mono, stream = fields
-        record = Record(boot, seq, prev, wall, synced, mono, stream, body)  # type: ignore[arg-type]
+        stop = pos + length
+        if stop >= len(data):
+            return None
+        stream = data[pos:stop].decode("utf-8")
+        body: Body | None = _sealed_fast(data, stop) if data[stop] == K_SEALED else None
+        if body is None:
+            body = _body_from_cbor(data[stop], cbor.decode(data[stop + 1:], _RECORD_LIMITS))
+        return Record(boot, seq, prev, wall, wall_key == K_WALL, mono, stream, body)
     except (MalformedRecord, IndexError, UnicodeDecodeError, ValueError, TypeError):
         return None
-    return record
+
+
+def _sealed_fast(data: bytes, pos: int) -> Sealed | None:
+    """``10: [key_delta, ciphertext]`` at ``pos``, filling the rest of ``data``; else None."""
+    if data[pos + 1] != 0x82:
+        return None
+    major, key_delta, pos = cbor.read_head(data, pos + 2)
+    if major:
+        return None
+    major, length, pos = cbor.read_head(data, pos)
+    if major != 2 or pos + length != len(data):
+        return None
+    return Sealed(key_delta, data[pos:])
 
 
 # --- body codecs -------------------------------------------------------------------------
+
+
+def _body_cbor(body: Body) -> bytes:
+    """The body's key and value in their deterministic encoding."""
+    if type(body) is Sealed:
+        # Hand-framed on the hot path: 0x0a, array of two, key_delta, the ciphertext.
+        ciphertext = body.ciphertext
+        return b"".join((b"\x0a\x82", _uint(body.key_delta), cbor.head(2, len(ciphertext)),
+                         ciphertext))
+    if type(body) is Values:
+        return b"\x09" + encode_values(body.values)
+    key, value = _body_to_cbor(body)
+    return cbor.head(0, key) + cbor.encode(value)
 
 
 def _body_to_cbor(body: Body) -> tuple[int, cbor.Value]:
@@ -483,12 +582,6 @@ def _int(x: cbor.Value) -> int:
     if not _is_int(x):
         raise MalformedRecord("bad_field", "integer expected")
     assert isinstance(x, int)
-    return x
-
-
-def _bool(x: cbor.Value) -> bool:
-    if not isinstance(x, bool):
-        raise MalformedRecord("bad_field", "bool expected")
     return x
 
 

@@ -53,6 +53,34 @@ WRAP_PERSON = b"edgeproof-wrap1\x00"
 _ZERO_NONCE = bytes(24)
 _aead_encrypt = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt
 _aead_decrypt = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt
+_AEAD_TAG_BYTES = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_ABYTES
+
+try:  # PyNaCl's own cffi handle on libsodium; see _seal_fast for why.
+    from nacl._sodium import ffi as _ffi
+    from nacl._sodium import lib as _lib
+except ImportError:  # pragma: no cover - a PyNaCl that moved it: the public binding is used
+    _ffi = _lib = None
+
+
+def _seal_fast(plaintext: bytes, aad: bytes, nonce: bytes, key: bytes) -> bytes:
+    """XChaCha20-Poly1305 encryption: the same bytes as ``_aead_encrypt``, faster.
+
+    PyNaCl's binding checks its arguments with seven ``ensure`` calls and formats three
+    error messages on every call, failing or not: about 3 µs of Python around 1.4 µs of
+    libsodium, once per sealed reading (profiled in bench/protocol_bench.py). Here every
+    argument is ours: bytes, a 24-byte nonce, a 32-byte stream key (checked once when the
+    key is made); so the hot path calls the same libsodium function through PyNaCl's own
+    cffi module. A test holds it to the public binding's output.
+    """
+    if _lib is None or len(nonce) != 24 or len(key) != 32:
+        return _aead_encrypt(plaintext, aad, nonce, key)
+    length = len(plaintext) + _AEAD_TAG_BYTES
+    out = _ffi.new("unsigned char[]", length)
+    rc = _lib.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        out, _ffi.NULL, plaintext, len(plaintext), aad, len(aad), _ffi.NULL, nonce, key)
+    if rc != 0:  # libsodium documents no failure for valid lengths; never return garbage
+        return _aead_encrypt(plaintext, aad, nonce, key)
+    return bytes(_ffi.buffer(out, length))
 
 RandomBytes = Callable[[int], bytes]
 
@@ -146,8 +174,8 @@ def seal_values(
         raise ValueError("a key epoch must precede the records it encrypts")
     stream_key = epoch.stream_keys[header.stream].value
     aad = value_aad(device_id, header, key_delta)
-    ciphertext = _aead_encrypt(encode_values(tuple(values)), aad,
-                               value_nonce(header.seq), stream_key)
+    ciphertext = _seal_fast(encode_values(tuple(values)), aad, value_nonce(header.seq),
+                            stream_key)
     return Sealed(key_delta, ciphertext)
 
 

@@ -148,3 +148,23 @@ def test_mutated_encodings_never_escape_as_other_errors(
         encoded[position % len(encoded)] = byte
     with contextlib.suppress(MalformedRecord):
         cbor.decode(bytes(encoded))
+
+
+@settings(max_examples=1000)
+@given(st.binary(min_size=1, max_size=12), st.integers(min_value=0, max_value=11))
+def test_hand_path_head_reader_refuses_exactly_what_the_decoder_refuses(
+    data: bytes, pos: int
+) -> None:
+    # read_head serves the hand-written fast paths; it must agree with the strict decoder's
+    # head reading on every input: same value, or the same refusal.
+    reader = cbor._Reader(data, cbor.DEFAULT_LIMITS)
+    reader.pos = pos
+    try:
+        expected: tuple[int, int, int] | str = (*reader.head(), reader.pos)
+    except MalformedRecord as exc:
+        expected = exc.reason
+    try:
+        got: tuple[int, int, int] | str = cbor.read_head(data, pos)
+    except MalformedRecord as exc:
+        got = exc.reason
+    assert got == expected

@@ -183,6 +183,32 @@ def test_record_with_two_bodies_rejected() -> None:
         Record.from_cbor(cbor.encode(fields))
 
 
+@pytest.mark.parametrize("wall_fields", [
+    {5: 1_764_403_200_000, 6: 1_764_403_200_000},  # synced and unsynced at once
+    {5: 1_764_403_200_000, 6: True},  # the earlier draft's clock_synced bool
+    {},  # no wall time at all
+    {6: False},  # unsynced wall time that is not a time
+])
+def test_record_with_ambiguous_or_missing_wall_time_rejected(
+    wall_fields: dict[int, object]
+) -> None:
+    fields = cbor.decode(_record().to_cbor())
+    assert isinstance(fields, dict)
+    del fields[5]
+    fields.update(wall_fields)  # type: ignore[arg-type]
+    with pytest.raises(MalformedRecord):
+        Record.from_cbor(cbor.encode(fields))
+
+
+@pytest.mark.parametrize("synced", [True, False])
+def test_clock_sync_state_survives_the_wall_time_key(synced: bool) -> None:
+    record = dataclasses.replace(_record(), clock_synced=synced)
+    payload = record.to_cbor()
+    assert payload[:1] == b"\xa8" and record.header_cbor()[:1] == b"\xa7"
+    assert (5 in cbor.decode(payload)) is synced  # type: ignore[operator]
+    assert Record.from_cbor(payload) == record == Record.from_cbor_strict(payload)
+
+
 def test_gap_must_point_backwards() -> None:
     with pytest.raises(MalformedRecord):
         _record(seq=5, body=Gap(5, 9, "outbox_full"))
@@ -372,6 +398,7 @@ def test_hand_framed_encodings_equal_the_generic_encoder(
 _FAST_PATH_BODIES = [
     Values((Measurement(214, -1, "Cel"), Measurement(-553, 2, "%RH"))),
     Sealed(3, bytes(40)),
+    Sealed(2, bytes(300)),
     Usage(10, 5000, 4000, 360_000),
     Gap(1, 2, "outbox_full"),
 ]
@@ -380,13 +407,14 @@ _FAST_PATH_BODIES = [
 @settings(max_examples=1500)
 @given(st.integers(min_value=3, max_value=2**64 - 1), st.sampled_from(_FAST_PATH_BODIES),
        st.lists(st.tuples(st.integers(min_value=0), st.integers(min_value=0, max_value=255)),
-                max_size=3))
+                max_size=3), st.booleans())
 def test_fast_record_decoder_never_accepts_what_the_generic_one_refuses(
-    seq: int, body: object, mutations: list[tuple[int, int]]
+    seq: int, body: object, mutations: list[tuple[int, int]], synced: bool
 ) -> None:
     from protocol.record import _record_fast  # noqa: PLC0415 - the private shortcut under test
 
-    payload = bytearray(_record(seq=seq, body=body).to_cbor())
+    record = dataclasses.replace(_record(seq=seq, body=body), clock_synced=synced)
+    payload = bytearray(record.to_cbor())
     for position, byte in mutations:
         payload[position % len(payload)] = byte
     fast = _record_fast(bytes(payload))
@@ -412,3 +440,24 @@ def test_seal_record_reuses_the_header_without_changing_a_byte(
     fast = seal_record(s["device_id"], header, s["keys"], s["values"])  # type: ignore[arg-type]
     slow = dataclasses.replace(header, body=fast.body)
     assert fast == slow and fast.to_cbor() == slow.to_cbor()
+
+
+def test_sealing_shortcut_gives_the_public_bindings_bytes() -> None:
+    import nacl.bindings  # noqa: PLC0415
+
+    from protocol.sealing import _seal_fast  # noqa: PLC0415 - the private shortcut under test
+
+    for size in (0, 1, 18, 200, 1024):
+        plaintext, aad = os.urandom(size), os.urandom(size % 97)
+        nonce, key = os.urandom(24), os.urandom(32)
+        expected = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
+            plaintext, aad, nonce, key)
+        assert _seal_fast(plaintext, aad, nonce, key) == expected
+
+
+def test_with_body_refuses_a_body_that_does_not_fit_the_record() -> None:
+    header = _record(seq=4, stream="climate")
+    with pytest.raises(MalformedRecord):
+        header.with_body(Sealed(5, bytes(34)))  # its key epoch would follow the record
+    with pytest.raises(MalformedRecord):
+        header.with_body(Gap(4, 4, "outbox_full"))  # a gap must lie before the record

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 
 from agent.outbox.model import OutboxStats
-from protocol.receipt import HASH_PREFIX_BYTES
+from protocol.receipt import hash_prefix
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -17,11 +16,6 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     at_ms INTEGER NOT NULL, raw BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value);
 """
-
-
-def hash_prefix(raw: bytes) -> bytes:
-    """The record-hash prefix a receipt names a record by (SHA-256 of the signed bytes)."""
-    return hashlib.sha256(raw).digest()[:HASH_PREFIX_BYTES]
 
 
 def seq_by_hash(conn: sqlite3.Connection, prefix: bytes,

@@ -55,7 +55,6 @@ from agent.outbox.model import (
 )
 from agent.outbox.rows import (
     SCHEMA,
-    hash_prefix,
     prune_dead_letters,
     read_stats,
     seq_by_hash,
@@ -65,8 +64,8 @@ from agent.outbox.state import DeviceState
 from osutil.sqlite import move_aside, open_or_move_aside, storage_error, translated
 from protocol import reasons
 from protocol.errors import StorageError
-from protocol.receipt import Receipt, Status
-from protocol.record import GENESIS_PREV, Body, Gap
+from protocol.receipt import Receipt, Status, hash_prefix
+from protocol.record import GAP_STREAM, GENESIS_PREV, Body, Gap
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +192,7 @@ class Outbox:
             self._head_seq, self._head_hash = op.seq, hashlib.sha256(op.raw).digest()
             self._bytes += len(op.raw)
             self._txn_records += 1
-            if op.stream == "gap":
+            if op.stream == GAP_STREAM:
                 self._bump("gaps_declared")
         elif isinstance(op, Dropped):
             self._bytes -= self._delete(op.seqs)
@@ -493,9 +492,9 @@ class Outbox:
         if boot is None and mono_ms is None:
             raw = self._signer.sign_gap(seq, self._head_hash, gap)
         else:
-            raw = self._signer.sign_body(seq, self._head_hash, "gap", gap, mono_ms=mono_ms,
+            raw = self._signer.sign_body(seq, self._head_hash, GAP_STREAM, gap, mono_ms=mono_ms,
                                          boot=boot)
-        self._store(seq, "gap", True, raw)
+        self._store(seq, GAP_STREAM, True, raw)
         self._bump("gaps_declared")
         log.warning("declared gap %d..%d (%s) in record %d", first, last, reason, seq)
 

@@ -41,11 +41,10 @@ from agent.sensors.pin_factory import (
 )
 from agent.sensors.simulated import SimulatedHardware
 from protocol.errors import ConfigError, SensorReadError
-from protocol.record import MAX_STREAM_CHARS
+from protocol.record import MAX_STREAM_CHARS, RESERVED_STREAMS
 
 KINDS = ("dht22", "cpu_temp", *DIGITAL_KINDS)
 BACKENDS = ("hardware", "simulated")
-RESERVED_STREAMS = frozenset({"keys", "usage", "gap", "rotation"})  # docs/ARCHITECTURE.md
 BCM_PINS = range(28)  # GPIO0..GPIO27 on the 40-pin header
 
 

@@ -31,7 +31,6 @@ It runs in its own thread and owns the MQTT transport. Rules (docs/AGENT.md, "Up
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 import threading
@@ -57,7 +56,7 @@ from osutil.mqtt import (
 )
 from protocol.batch import Batch, receipts_topic, records_topic
 from protocol.errors import EdgeproofError, RejectedByPeer, TransportError, VerificationError
-from protocol.receipt import HASH_PREFIX_BYTES, Receipt
+from protocol.receipt import Receipt, hash_prefix
 
 log = logging.getLogger(__name__)
 
@@ -471,7 +470,7 @@ class Uplink:
         payload = Batch(batch_id, tuple(raw for _, raw in rows)).to_cbor()
         mid = self._transport.publish(self._records_topic, payload)
         seqs = tuple(seq for seq, _ in rows)
-        prefix = hashlib.sha256(payload).digest()[:HASH_PREFIX_BYTES]
+        prefix = hash_prefix(payload)
         self._inflight[batch_id] = _Batch(batch_id, seqs, now + self.settings.receipt_timeout_ms,
                                           prefix, mid)
         self._by_mid[mid] = batch_id

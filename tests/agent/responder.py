@@ -10,7 +10,6 @@ use the real gateway (:class:`RealGateway`, also here).
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from protocol.batch import TOPIC_PREFIX, Batch, device_id_from_topic, receipts_t
 from protocol.errors import VerificationError
 from protocol.keys import Secret, SigningKey, device_id_for
 from protocol.note import NoteSigner
-from protocol.receipt import HASH_PREFIX_BYTES, Outcome, Receipt, Status
+from protocol.receipt import Outcome, Receipt, Status, hash_prefix
 from protocol.record import Usage
 from protocol.signed import SignedRecord, parse_signed_record, verify_signed_record
 from tests.gateway.gwkit import ADMIN_TOKEN, write_gateway_files
@@ -112,7 +111,7 @@ class Responder:
         if limit is not None and len(batch.records) > limit:
             # As the gateway answers a batch it cannot take: one outcome, no seq, the
             # payload's hash, batch id 0.
-            prefix = hashlib.sha256(message.payload).digest()[:HASH_PREFIX_BYTES]
+            prefix = hash_prefix(message.payload)
             outcome = Outcome(None, prefix, Status.REJECTED, reason=reasons.TOO_LARGE)
             refusal = Receipt(device_id, 0, (outcome,), "test-checkpoint\n",
                               int(time.time() * 1000), 0)
@@ -130,7 +129,7 @@ class Responder:
         self.receipts_sent += 1
 
     def _judge(self, device_id: bytes, raw: bytes) -> Outcome:
-        prefix = hashlib.sha256(raw).digest()[:HASH_PREFIX_BYTES]
+        prefix = hash_prefix(raw)
         log = self.logged.setdefault(device_id, Logged())
         try:
             _msg, record = parse_signed_record(raw)

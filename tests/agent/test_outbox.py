@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from agent.outbox import DeviceState, Outbox, OutboxSettings
 from agent.records import EpochPolicy, RecordFactory, RecordWriter
 from protocol import reasons
 from protocol.keys import RecipientKey, SigningKey, device_id_for
-from protocol.receipt import Outcome, Receipt, Status
+from protocol.receipt import Outcome, Receipt, Status, hash_prefix
 from protocol.record import Gap, KeyEpoch, Measurement, Record
 from protocol.signed import parse_signed_record, record_hash
 
@@ -64,7 +63,7 @@ class Box:
         rows = dict(self.outbox.fetch(seqs))
         outcomes = []
         for i, seq in enumerate(seqs):
-            prefix = hashlib.sha256(rows[seq]).digest()[:16]
+            prefix = hash_prefix(rows[seq])
             if tamper:
                 prefix = bytes(16)
             if status is Status.REJECTED:
@@ -314,7 +313,7 @@ def test_outcome_without_seq_is_matched_by_record_hash_within_the_batch(
         box.reading(i)
     box.outbox.commit()
     raw = dict(box.outbox.fetch([1]))[1]
-    outcome = Outcome(None, hashlib.sha256(raw).digest()[:16], Status.REJECTED,
+    outcome = Outcome(None, hash_prefix(raw), Status.REJECTED,
                       reason=reasons.MALFORMED)
     receipt = Receipt(box.device_id, 1, (outcome,), "cp\n", 0, 0)
     assert box.outbox.apply_receipt(receipt).unknown == 1  # no batch given: nothing matched

@@ -28,13 +28,12 @@ from agent.cli import main as agent_main
 from agent.clock import Clock, ManualClock, SystemClock
 from agent.config import AgentConfig, parse_config
 from agent.identity import KeyFiles, create_identity
-from agent.outbox.rows import hash_prefix
 from agent.service import AgentService, ServiceOptions
 from agent.status import collect_status
 from firmware_sim.broker import MosquittoBroker
 from protocol import reasons
 from protocol.keys import SigningKey, load_device_key, save_device_key
-from protocol.receipt import Outcome, Receipt, Status
+from protocol.receipt import Outcome, Receipt, Status, hash_prefix
 from protocol.record import KeyRotation, Measurement
 from protocol.signed import parse_signed_record, record_hash, verify_signed_record
 from tests.agent.responder import RealGateway, Responder

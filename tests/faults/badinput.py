@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from protocol import cbor
 from protocol.batch import Batch
 from protocol.keys import Secret, SigningKey
+from protocol.receipt import hash_prefix
 from protocol.record import KeyRotation, Measurement, Record, Usage, Values
 from protocol.signed import sign_record
 
@@ -37,7 +38,7 @@ class Hostile:
 
     @property
     def hash16(self) -> bytes:
-        return hashlib.sha256(self.payload).digest()[:16]
+        return hash_prefix(self.payload)
 
 
 @dataclass

@@ -11,11 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.checkpoints import GENESIS_PREV
 from gateway.openapi import openapi_text
 from protocol import merkle
 from protocol.checkpoint import Checkpoint, checkpoint_hash
 from protocol.note import NoteVerifier
+from protocol.record import GENESIS_PREV
 from tests.gateway.conftest import start_gateway
 from tests.gateway.gwkit import ADMIN_TOKEN, TestDevice, register, write_gateway_files
 

@@ -46,7 +46,7 @@ from protocol.batch import Batch, device_id_from_topic
 from protocol.checkpoint import Checkpoint, checkpoint_hash
 from protocol.errors import EdgeproofError
 from protocol.note import NoteVerifier
-from protocol.record import Gap, Usage
+from protocol.record import GENESIS_PREV, Gap, Usage
 from protocol.signed import parse_signed_record
 
 
@@ -271,7 +271,7 @@ def _all_checkpoints(http: httpx.Client) -> list[dict[str, object]]:
 
 def _check_chain(parsed: list[Checkpoint], notes: list[str], report: Report) -> None:
     by_size: dict[int, bytes] = {}
-    prev_hash, prev_size = bytes(32), 0
+    prev_hash, prev_size = GENESIS_PREV, 0
     for cp, note in zip(parsed, notes, strict=True):
         if by_size.setdefault(cp.size, cp.root_hash) != cp.root_hash:
             report.add(f"two checkpoints of size {cp.size} have different roots (a fork)")
