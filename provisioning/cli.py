@@ -31,6 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; return the exit code (0 on success, 1 on a failure, 2 on bad usage)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C before the command's own handling: one line, no trace
+        print("edgeproof-provision: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
