@@ -45,8 +45,11 @@ def _add_init(groups: _Groups) -> None:
     p.add_argument("--name", metavar="ORIGIN",
                    help="the gateway key's name (default: <gateway host>/edgeproof)")
     p.add_argument("--owner", help="default owner of new devices (default: the key name)")
-    p.add_argument("--rate", type=int, default=0, metavar="MICRO_PER_HOUR",
-                   help="default credit rate of new devices, micro-credits per hour")
+    p.add_argument("--rate", type=int, default=fleet.DEFAULT_RATE_MICRO_PER_HOUR,
+                   metavar="MICRO_PER_HOUR",
+                   help="default credit rate of new devices, micro-credits per hour "
+                   f"(default {fleet.DEFAULT_RATE_MICRO_PER_HOUR}: one credit per hour of "
+                   "use; 0 earns nothing)")
     _json_flag(p)
     p.set_defaults(handler=run_init)
 
@@ -61,10 +64,14 @@ def run_init(args: argparse.Namespace) -> int:
     if out.as_json:
         out.json({"fleet": str(cfg.root), "name": cfg.name, "broker_url": cfg.broker_url,
                   "gateway_url": cfg.gateway_url, "gateway_config": str(gateway_config),
-                  "gateway_verifier_key": cfg.gateway_verifier_key})
+                  "gateway_verifier_key": cfg.gateway_verifier_key,
+                  "gateway_verifier_key_file": str(cfg.root / fleet.VERIFIER_KEY_FILE),
+                  "default_rate_micro_per_hour": cfg.default_rate})
         return 0
     out.line(f"fleet created in {cfg.root}")
     out.line(f"gateway verifier key: {cfg.gateway_verifier_key}")
+    out.line(f"  (also in {cfg.root / fleet.VERIFIER_KEY_FILE}, for --gateway-key)")
+    out.line(f"credit rate of new devices: {cfg.default_rate} micro-credits per hour")
     out.line(f"gateway config:       {gateway_config}")
     out.line("next: edgeproof-provision broker-config --fleet "
              f"{cfg.root} --out /etc/mosquitto/edgeproof, then start the gateway with "

@@ -153,6 +153,14 @@ def _device_args(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None, waiting: Waiting | None = None) -> int:
     """Run the command line; return the exit status. ``waiting`` injects clocks (tests)."""
+    try:
+        return _main(argv, waiting)
+    except KeyboardInterrupt:  # Ctrl-C before the command's own handling: one line, no trace
+        print("edgeproof-verify: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Sequence[str] | None, waiting: Waiting | None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "bundle":

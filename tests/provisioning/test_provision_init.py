@@ -148,6 +148,22 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
         assert "usage:" in capsys.readouterr().out
 
 
+def test_fleet_made_by_hand_earns_credit_and_names_a_verifier_key_file_that_exists(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Issue 13: the by-hand path earned nothing (rate 0) and the README's
+    # trusted-gateway.vkey was never written.
+    root = tmp_path / "fleet"
+    assert provision("init", str(root), "--broker", "mqtt://b:1883", "--gateway",
+                     "http://g:8080") == 0
+    out = capsys.readouterr().out
+    cfg = fleet_mod.load_fleet(root)
+    assert cfg.default_rate == fleet_mod.DEFAULT_RATE_MICRO_PER_HOUR > 0
+    vkey = root / fleet_mod.VERIFIER_KEY_FILE
+    assert vkey.read_text() == cfg.gateway_verifier_key + "\n"
+    assert mode(vkey) == 0o644  # public: auditors and agents read it
+    assert str(vkey) in out and "1000000 micro-credits per hour" in out
+
+
 def test_gateway_config_uses_its_broker_user_name_as_client_id(tmp_path: Path) -> None:
     # The broker binds client ids to user names; a different id would just be replaced.
     root = tmp_path / "fleet"
