@@ -109,7 +109,11 @@ class PostgresCluster:
         pwfile.write_text(self._admin_password)
         pwfile.chmod(0o600)
         if os.geteuid() == 0:
-            owner = pwd.getpwnam("postgres")
+            try:
+                owner = pwd.getpwnam("postgres")
+            except KeyError:
+                raise PostgresMissing("running as root, PostgreSQL needs the 'postgres' user "
+                                      "(Debian's postgresql package creates it)") from None
             for path in (self.workdir, pwfile):
                 os.chown(path, owner.pw_uid, owner.pw_gid)
         self._run(str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", ADMIN,
