@@ -1,11 +1,15 @@
 """A private PostgreSQL cluster for the test session, like the private Mosquitto.
 
-``initdb`` and ``pg_ctl`` from Debian's postgresql package (in /usr/lib/postgresql/<v>/bin,
-off PATH) build a cluster in a fresh temporary directory and start it on a free loopback port
-with its socket in that directory, so a PostgreSQL that the machine already runs (on 5432)
-changes nothing: no test ever connects to it, and PG* variables of the environment are not
-passed on. initdb refuses to run as root, which our machines and CI are: then the cluster
-runs as the ``postgres`` user (runuser) in a directory it owns.
+``initdb`` from Debian's postgresql package (in /usr/lib/postgresql/<v>/bin, off PATH)
+builds a cluster in a fresh temporary directory, and its ``postgres`` server runs on a free
+loopback port with its socket in that directory, so a PostgreSQL that the machine already
+runs (on 5432) changes nothing: no test ever connects to it, and PG* variables of the
+environment are not passed on. initdb and postgres refuse to run as root, which our machines
+and CI are: then both run as the ``postgres`` user in a directory it owns.
+
+The server is a direct child of the test process (not daemonised by ``pg_ctl``), in its own
+process group and asked by the kernel to shut down when the test process dies
+(``firmware_sim.procs.die_with_parent``), so an interrupted run leaves no server behind.
 
 Password authentication (scram-sha-256) over TCP: an admin role creates one database per
 test, owned by the ``edgeproof`` role whose password is in a mode-0600 file, the way an
@@ -22,19 +26,23 @@ import pwd
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
 
 from firmware_sim.broker import free_port
+from firmware_sim.procs import die_with_parent
 from protocol.keys import write_secret_file
 
 ADMIN = "edgeproof_admin"
 USER = "edgeproof"
-_START_TIMEOUT_S = 120  # pg_ctl -t: a loaded 2-core machine starts a cluster slowly
+_START_TIMEOUT_S = 120  # a loaded 2-core machine starts a cluster slowly
+_STOP_TIMEOUT_S = 60
 _START_ATTEMPTS = 3  # the free port may be taken between probing and listening
 
 
@@ -78,6 +86,7 @@ class PostgresCluster:
     password: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     _admin_password: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     _counter: itertools.count[int] = field(default_factory=itertools.count)
+    _server: subprocess.Popen[bytes] | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -92,15 +101,17 @@ class PostgresCluster:
         """A password-less DSN for ``dbname`` as the ``edgeproof`` role."""
         return f"host=127.0.0.1 port={self.port} dbname={dbname} user={USER}"
 
-    def _run(self, *argv: str) -> None:
-        prefix: list[str] = []
-        if os.geteuid() == 0:  # initdb and postgres refuse root
-            prefix = ["runuser", "-u", "postgres", "--"]
-        result = subprocess.run([*prefix, *argv], cwd=self.workdir, env=_clean_env(),
-                                capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise RuntimeError(f"{Path(argv[0]).name} failed ({result.returncode}): "
-                               f"{(result.stderr or result.stdout).strip()[-2000:]}")
+    def _owner(self) -> tuple[int, int] | None:
+        """(uid, gid) of the postgres user when running as root (initdb and postgres refuse
+        root); None otherwise."""
+        if os.geteuid() != 0:
+            return None
+        try:
+            entry = pwd.getpwnam("postgres")
+        except KeyError:
+            raise PostgresMissing("running as root, PostgreSQL needs the 'postgres' user "
+                                  "(Debian's postgresql package creates it)") from None
+        return entry.pw_uid, entry.pw_gid
 
     def start(self) -> None:
         """initdb, then start the server on a free port; create the ``edgeproof`` role."""
@@ -108,34 +119,59 @@ class PostgresCluster:
         pwfile = self.workdir / "admin.password"
         pwfile.write_text(self._admin_password)
         pwfile.chmod(0o600)
-        if os.geteuid() == 0:
-            try:
-                owner = pwd.getpwnam("postgres")
-            except KeyError:
-                raise PostgresMissing("running as root, PostgreSQL needs the 'postgres' user "
-                                      "(Debian's postgresql package creates it)") from None
+        owner = self._owner()
+        if owner is not None:
             for path in (self.workdir, pwfile):
-                os.chown(path, owner.pw_uid, owner.pw_gid)
-        self._run(str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", ADMIN,
-                  f"--pwfile={pwfile}", "--auth=scram-sha-256", "--encoding=UTF8",
-                  "--locale=C", "--no-sync")
+                os.chown(path, *owner)
+        result = subprocess.run(
+            [str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", ADMIN,
+             f"--pwfile={pwfile}", "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C",
+             "--no-sync"],
+            cwd=self.workdir, env=_clean_env(), capture_output=True, text=True, check=False,
+            user=owner[0] if owner else None, group=owner[1] if owner else None,
+            extra_groups=[] if owner else None)
         pwfile.unlink()
+        if result.returncode != 0:
+            raise RuntimeError(f"initdb failed ({result.returncode}): "
+                               f"{(result.stderr or result.stdout).strip()[-2000:]}")
         for attempt in range(_START_ATTEMPTS):
-            self.port = free_port()
-            options = f"-p {self.port} -h 127.0.0.1 -k {self.workdir} -c max_connections=200"
-            if not self.durable:  # a test cluster: nothing in it must survive a power cut
-                options += " -c fsync=off -c full_page_writes=off"
-            try:
-                self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-l",
-                          str(self.workdir / "server.log"), "-w", "-t", str(_START_TIMEOUT_S),
-                          "-o", options, "start")
+            if self._serve(owner):
                 break
-            except RuntimeError:
-                if attempt == _START_ATTEMPTS - 1:
-                    raise RuntimeError(f"PostgreSQL did not start: {self.log_tail()}") from None
+            if attempt == _START_ATTEMPTS - 1:
+                raise RuntimeError(f"PostgreSQL did not start: {self.log_tail()}")
         with self._admin() as conn:
             conn.execute(f"CREATE ROLE {USER} LOGIN PASSWORD '{self.password}'".encode())
         write_secret_file(self.password_file, self.password.encode())
+
+    def _serve(self, owner: tuple[int, int] | None) -> bool:
+        """Start postgres on a free port; return whether it accepts connections.
+
+        False if it exited (the port was taken between probing and listening).
+        """
+        self.port = free_port()
+        argv = [str(self.bin_dir / "postgres"), "-D", str(self.data_dir), "-p", str(self.port),
+                "-h", "127.0.0.1", "-k", str(self.workdir), "-c", "max_connections=200"]
+        if not self.durable:  # a test cluster: nothing in it must survive a power cut
+            argv += ["-c", "fsync=off", "-c", "full_page_writes=off"]
+        with open(self.workdir / "server.log", "ab") as log:
+            self._server = subprocess.Popen(
+                argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=self.workdir,
+                env=_clean_env(), process_group=0,
+                user=owner[0] if owner else None, group=owner[1] if owner else None,
+                extra_groups=[] if owner else None,
+                # after the uid change (which would clear it), before exec
+                preexec_fn=die_with_parent)  # noqa: PLW1509 - only prctl
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._server.poll() is not None:
+                return False
+            try:
+                self._admin().close()
+                return True
+            except psycopg.OperationalError:
+                time.sleep(0.05)
+        raise RuntimeError(f"PostgreSQL did not accept connections within "
+                           f"{_START_TIMEOUT_S} s: {self.log_tail()}")
 
     def log_tail(self, lines: int = 5) -> str:
         try:
@@ -170,11 +206,16 @@ class PostgresCluster:
             return cur.fetchall() if cur.description else []
 
     def stop(self) -> None:
-        """Stop the server (fast shutdown) and remove its directory."""
-        if self.port:
-            with contextlib.suppress(RuntimeError):
-                self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast",
-                          "-w", "stop")
+        """Stop the server (fast shutdown: SIGINT) and remove its directory."""
+        server, self._server = self._server, None
+        if server is not None and server.poll() is None:
+            server.send_signal(signal.SIGINT)
+            try:
+                server.wait(timeout=_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
