@@ -47,11 +47,11 @@ _START_ATTEMPTS = 3  # the free port may be taken between probing and listening
 
 
 class PostgresMissing(RuntimeError):
-    """initdb / pg_ctl are not installed."""
+    """initdb / postgres are not installed."""
 
 
 def postgres_bin_dir() -> Path:
-    """Return the directory holding initdb and pg_ctl (newest Debian version first).
+    """Return the directory holding initdb and postgres (newest Debian version first).
 
     Raises PostgresMissing saying what to install.
     """
