@@ -195,10 +195,10 @@ class PostgresLogStore:
         self._readers_lock = threading.Lock()
         try:
             self._create_schema()
+            self._range = self._restore_range()
         except BaseException:
             self.close()
             raise
-        self._range = self._restore_range()
         # What readers may see: the tree size as of the last COMMIT (the frontier moves
         # ahead during a transaction, before its rows are visible to other connections).
         self._committed_size = self._range.size
