@@ -104,7 +104,7 @@ class MqttIngest:
         Raises RejectedByPeer for bad credentials or missing authorisation, and
         TransportError if the broker cannot be reached within ``timeout`` seconds.
         """
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho-mqtt: unannotated
         props.SessionExpiryInterval = self._config.session_expiry_s
         try:
             self._client.connect(self._config.host, self._config.port,
