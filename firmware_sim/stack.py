@@ -278,9 +278,10 @@ class Stack:
             try:
                 fleet_mqtt.check_login("127.0.0.1", self.broker_port, device.device_id,
                                        password, timeout_s=2.0)
-                return
             except (RejectedByPeer, TransportError) as exc:
                 last = str(exc)
+            else:
+                return
             time.sleep(0.1)
         raise StackError(f"the broker does not accept {device.name}'s credential: {last}")
 
