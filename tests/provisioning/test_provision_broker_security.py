@@ -65,7 +65,8 @@ def is_refused(live: LiveFleet, user: str, password: str) -> bool:
 
 def gateway_probe(live: LiveFleet) -> Probe:
     probe = connect(live.broker.port, "gateway", live.gateway_password())
-    assert probe.connack is not None and not probe.connack.is_failure
+    assert probe.connack is not None
+    assert not probe.connack.is_failure
     return probe
 
 
@@ -148,7 +149,8 @@ def test_wrong_password_is_refused(live_fleet: LiveFleet) -> None:
 def test_unknown_user_and_anonymous_are_refused(live_fleet: LiveFleet) -> None:
     assert is_refused(live_fleet, "0" * 32, "whatever")
     anonymous = connect(live_fleet.broker.port, None, None)
-    assert anonymous.connack is not None and str(anonymous.connack) in REFUSED
+    assert anonymous.connack is not None
+    assert str(anonymous.connack) in REFUSED
 
 
 def test_gateway_user_cannot_publish_records_as_a_device(live_fleet: LiveFleet) -> None:

@@ -133,7 +133,8 @@ def test_tampered_bundle_fails_with_the_check_named(
     path.write_text(tamper(bundle).to_json())  # type: ignore[operator]
     assert verify(["bundle", str(path), "--gateway-key", world.gateway.verifier]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"edgeproof-verify: FAILED: {check}:")
+    assert len(err) == 1
+    assert err[0].startswith(f"edgeproof-verify: FAILED: {check}:")
 
 
 def test_gateway_not_trusted_by_the_auditor_fails(world: World) -> None:
