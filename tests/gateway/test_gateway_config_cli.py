@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_example_config_is_valid_and_documented() -> None:
     config = load_config(REPO / "examples" / "gateway.toml")
     assert config.broker.port == 1883
-    assert config.broker.client_id == "edgeproof-gateway"
+    assert config.broker.client_id == "gateway"
     assert config.http_port == 8080
     assert config.checkpoints.every_leaves == 1000
     assert config.http == HttpLimits()  # the example documents the defaults
