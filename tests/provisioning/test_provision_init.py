@@ -163,7 +163,8 @@ def test_fleet_made_by_hand_earns_credit_and_names_a_verifier_key_file_that_exis
     vkey = root / fleet_mod.VERIFIER_KEY_FILE
     assert vkey.read_text() == cfg.gateway_verifier_key + "\n"
     assert mode(vkey) == 0o644  # public: auditors and agents read it
-    assert str(vkey) in out and "1000000 micro-credits per hour" in out
+    assert str(vkey) in out
+    assert "1000000 micro-credits per hour" in out
 
 
 def test_gateway_config_uses_its_broker_user_name_as_client_id(tmp_path: Path) -> None:
