@@ -21,6 +21,7 @@ from eth_account import Account
 from prometheus_client import Counter
 
 from firmware_sim.broker import MosquittoBroker, free_port
+from gateway.anchor import LocalAnchor
 from gateway.cli import main as gateway_main
 from gateway.config import EthereumAnchorConfig, parse_config
 from gateway.eth_anchor import ANCHOR_PREFIX, EthereumAnchor, EthTiming, anchor_data
@@ -216,7 +217,26 @@ def test_checkpoint_hashes_appear_in_the_anchoring_transactions_input(
     assert covering is not None
     assert covering["size"] == 6
     assert anchor.lookup(10) is None
+    listed = anchor.listing(0, 10)  # what GET /v1/anchors/list pages through
+    assert [a["note"] for a in listed] == sent and [a["size"] for a in listed] == [3, 6, 9]
+    assert [a["size"] for a in anchor.listing(3, 1)] == [6]
+    assert anchor.listing(9, 10) == []
     anchor.close()
+
+
+def test_empty_checkpoint_is_never_anchored_by_either_backend(
+        chain: GanacheNode, tmp_path: Path, notes: Notes) -> None:
+    empty = notes.next(grow=0)  # size 0: the checkpoint a gateway signs at first start
+    anchor = make_anchor(tmp_path, chain, KEYS["hashes"], FakeClock())
+    assert anchor.anchor(empty) is None
+    assert anchor.entry(empty) is None  # not queued: no transaction is ever spent on it
+    assert sum(anchor._queue.counts().values()) == 0
+    anchor.close()
+    local = LocalAnchor(lambda: 1)
+    assert local.anchor(empty) is None
+    first = notes.next(grow=1)
+    result = local.anchor(first)
+    assert result is not None and result.backend == "local"
 
 
 def test_checkpoints_queued_within_an_interval_anchor_only_the_latest(
@@ -467,6 +487,15 @@ interval_s = 0.2
         assert note in served
         metrics = httpx.get(f"{running.base_url}/metrics").text
         assert "edgeproof_gateway_anchors_confirmed_total" in metrics
+        listed = httpx.get(f"{running.base_url}/v1/anchors/list",
+                           params={"after_size": 0, "limit": 1000}).json()
+        assert note in [a["note"] for a in listed]
+        assert [a["size"] for a in listed] == sorted({a["size"] for a in listed}) and \
+            all(a["size"] >= 1 for a in listed)
+        first = httpx.get(f"{running.base_url}/v1/anchors/list", params={"limit": 1}).json()
+        assert first == listed[:1]
+        empty_note = httpx.get(f"{running.base_url}/v1/checkpoints").json()[0]
+        assert empty_note["size"] == 0
     finally:
         devices.close()
         running.stop()
@@ -474,6 +503,7 @@ interval_s = 0.2
     on_chain = anchored_hashes(sender_txs(chain, address_of(KEYS["gateway"])))
     assert len(on_chain) == len(set(on_chain)) >= 1  # every anchor distinct
     assert checkpoint_hash(note) in on_chain
+    assert checkpoint_hash(empty_note["note"]) not in on_chain  # size 0: never anchored
 
 
 def wait_for_anchor(base_url: str, size: int, timeout: float = 60.0) -> dict[str, object]:
