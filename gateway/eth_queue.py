@@ -186,6 +186,15 @@ class AnchorQueue:
         return self._one("WHERE state = ? AND size >= ? ORDER BY size LIMIT 1",
                          (CONFIRMED, min_size))
 
+    def confirmed_after(self, after_size: int, limit: int) -> list[QueuedAnchor]:
+        """Up to ``limit`` confirmed anchors with tree size > ``after_size``, smallest first."""
+        with self._lock, self._errors("list"):
+            rows = self._conn.execute(
+                f"SELECT {_ANCHOR_COLUMNS} FROM anchors "  # noqa: S608
+                "WHERE state = ? AND size > ? ORDER BY size LIMIT ?",
+                (CONFIRMED, after_size, limit)).fetchall()
+        return [QueuedAnchor(*row) for row in rows]
+
     def txs(self, checkpoint_hash: bytes, nonce: int) -> list[SentTx]:
         """The transactions signed for a checkpoint with ``nonce``, oldest first."""
         with self._lock, self._errors("read transactions"):

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 FullPolicy = Literal["drop-oldest", "reject-new"]
-FULL_POLICIES: tuple[str, ...] = ("drop-oldest", "reject-new")
+FULL_POLICIES: tuple[FullPolicy, ...] = ("drop-oldest", "reject-new")
 
 # The gap reason for numbers an unclean stop followed by a reboot (a power cut, a kernel
 # crash) left unaccounted for. A drop reason like protocol.reasons.OUTBOX_FULL; it lives

@@ -11,6 +11,7 @@ this process, or as a process killed with SIGKILL right after it committed the r
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 import subprocess
@@ -91,8 +92,8 @@ def kill(service: AgentService) -> None:
         service.uplink.stop(timeout_s=5)
     # Closing a connection without COMMIT rolls the open transaction back, as a dead
     # process's would be at the next open. Private on purpose: no public call may commit.
-    service.outbox._conn.close()
-    service.state._conn.close()
+    service.outbox._conn.close()  # noqa: SLF001
+    service.state._conn.close()  # noqa: SLF001
 
 
 def write(service: AgentService, n: int) -> None:
@@ -234,7 +235,8 @@ def test_kill_around_the_accepting_receipt_finishes_the_rotation_at_restart(
             answer(service, delivered, Status.DUPLICATE)  # re-sent: a duplicate
         service.step()
         assert service.rotation.state == "accepted"
-        assert not files.prev.exists() and not files.next.exists()
+        assert not files.prev.exists()
+        assert not files.next.exists()
         write(service, 2)
         records = dict(sorted((delivered | stored(state)).items()))
         (r,) = rotation_seqs(records)
@@ -266,7 +268,8 @@ def test_rejected_rotation_returns_to_the_old_key_even_after_a_crash(
         assert service.rotation.state == "rejected"
         assert load_device_key(files.current).public_key == k0.public_key
         assert load_device_key(files.rejected).public_key == k1.public_key
-        assert not files.prev.exists() and not files.next.exists()
+        assert not files.prev.exists()
+        assert not files.next.exists()
         write(service, 2)
         records = stored(state)
         (r,) = rotation_seqs(records)
@@ -276,10 +279,12 @@ def test_rejected_rotation_returns_to_the_old_key_even_after_a_crash(
         check_chain_and_keys(records, device_id, [(0, k0.public_key), (r + 1, k1.public_key),
                                                   (r + 3, k0.public_key)])
         status = service.status()["rotation"]
-        assert isinstance(status, dict) and status["reason"] == reasons.BAD_ROTATION
+        assert isinstance(status, dict)
+        assert status["reason"] == reasons.BAD_ROTATION
         if step is None:  # the running agent says so loudly; a restarted one keeps the state
             assert status["counters"] == {"announced": 1, "rejected": 1}
-            assert "KEY ROTATION REJECTED" in service._status_line()
+            # The line the service sends to systemd (STATUS=); no public reader.
+            assert "KEY ROTATION REJECTED" in service._status_line()  # noqa: SLF001
     finally:
         service.shutdown()
     # The refused key is never announced again, even if someone puts it back.
@@ -344,7 +349,7 @@ def verify_leaf(gateway: RealGateway, index: int) -> int:
 
 def test_records_before_and_after_a_rotation_are_accepted_and_verify_with_their_keys(
         device: tuple[Path, SigningKey, SigningKey, bytes], broker: MosquittoBroker,
-        gateway: RealGateway, capsys: pytest.CaptureFixture[str]) -> None:
+        gateway: RealGateway, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     state, k0, k1, _ = device
     files = KeyFiles(state / "device.key")
     files.next.rename(state.parent / "next.key")  # the operator has not rotated yet
@@ -377,6 +382,26 @@ def test_records_before_and_after_a_rotation_are_accepted_and_verify_with_their_
     capsys.readouterr()
     for x in (logged[0], rotations[0], logged[-1]):  # old key, rotation, new key
         assert verify_leaf(gateway, x["index"]) == 0, capsys.readouterr().err
+    # A record signed with the new key, checked offline from its saved bundle alone: the
+    # bundle carries the enrolment key and the rotation record with its inclusion proof.
+    saved = tmp_path / "after-rotation.json"
+    assert verify_main(["record", "--gateway", gateway.url, "--leaf", str(logged[-1]["index"]),
+                        "--gateway-key", gateway.verifier, "--save", str(saved)]) == 0
+    capsys.readouterr()
+    bundle = json.loads(saved.read_text())
+    assert bundle["device_public_key"] == k0.public_key.hex()
+    assert [bytes.fromhex(x["record"]) for x in bundle["rotations"]] == [
+        bytes.fromhex(rotations[0]["record"])]
+    offline = ["bundle", str(saved), "--gateway-key", gateway.verifier]
+    assert verify_main(offline) == 0, capsys.readouterr().err
+    assert "rotation at seq" in capsys.readouterr().out
+    good = dict(bundle)
+    tampered = bytearray.fromhex(bundle["rotations"][0]["record"])
+    tampered[-1] ^= 1
+    for broken in ([], [{**bundle["rotations"][0], "record": tampered.hex()}]):
+        saved.write_text(json.dumps({**good, "rotations": broken}))
+        assert verify_main(offline) == 1
+        assert "FAILED: record signature" in capsys.readouterr().err
     assert collect_status(state)["outbox"]["dead_letters"] == {}  # type: ignore[index]
     assert not files.prev.exists()
 
@@ -401,7 +426,8 @@ def test_gateway_rejecting_the_rotation_leaves_the_device_signing_acceptably(
     assert status["outbox"]["dead_letters"] == {  # type: ignore[index]
         reasons.BAD_ROTATION: 1, reasons.BAD_SIGNATURE: 3}
     rotation = status["agent"]["rotation"]  # type: ignore[index]
-    assert rotation["state"] == "rejected" and rotation["reason"] == reasons.BAD_ROTATION
+    assert rotation["state"] == "rejected"
+    assert rotation["reason"] == reasons.BAD_ROTATION
     assert agent_main(["status", "--state-dir", str(state)]) == 0
     assert "key rotation  rejected" in capsys.readouterr().out
     logged = gateway.records(device_id)

@@ -18,8 +18,10 @@ from pathlib import Path
 import httpx
 import pytest
 from eth_account import Account
+from prometheus_client import Counter
 
 from firmware_sim.broker import MosquittoBroker, free_port
+from gateway.anchor import LocalAnchor
 from gateway.cli import main as gateway_main
 from gateway.config import EthereumAnchorConfig, parse_config
 from gateway.eth_anchor import ANCHOR_PREFIX, EthereumAnchor, EthTiming, anchor_data
@@ -36,6 +38,12 @@ CHAIN_ID = 1337
 # Runtime code PUSH1 0 PUSH1 0 REVERT, behind init code that copies and returns it.
 REVERTING_RUNTIME = bytes.fromhex("60006000fd")
 REVERTING_INIT = bytes.fromhex("6005600c60003960056000f3") + REVERTING_RUNTIME
+
+
+def counted(counter: Counter) -> float:
+    """A prometheus counter's value (or a labelled child's), read through collect()."""
+    return next(sample.value for family in counter.collect() for sample in family.samples
+                if sample.name.endswith("_total"))
 
 
 def eth_key(n: int) -> str:
@@ -189,21 +197,49 @@ def test_checkpoint_hashes_appear_in_the_anchoring_transactions_input(
         drive(anchor, clock, lambda: state(anchor, sent[-1]) == CONFIRMED)
     for note in sent:
         entry = anchor.entry(note)
-        assert entry is not None and entry.status == 1 and entry.chain_id == CHAIN_ID
+        assert entry is not None
+        assert entry.status == 1
+        assert entry.chain_id == CHAIN_ID
         tx = chain.rpc("eth_getTransactionByHash", entry.tx_hash)
         assert bytes.fromhex(tx["input"][2:]) == b"EPv1" + checkpoint_hash(note)
         assert bytes.fromhex(tx["input"][2:]) == anchor_data(note)
         assert tx["to"].lower() == anchor.address.lower()  # default target: the sender
-        assert int(tx["value"], 16) == 0 and int(tx["blockNumber"], 16) == entry.block_number
+        assert int(tx["value"], 16) == 0
+        assert int(tx["blockNumber"], 16) == entry.block_number
     on_chain = sender_txs(chain, anchor.address)
     assert anchored_hashes(on_chain) == [checkpoint_hash(n) for n in sent]
     assert [tx.nonce for tx in on_chain] == [0, 1, 2]
     latest = anchor.lookup(None)
-    assert latest is not None and latest["note"] == sent[-1] and latest["backend"] == "ethereum"
+    assert latest is not None
+    assert latest["note"] == sent[-1]
+    assert latest["backend"] == "ethereum"
     covering = anchor.lookup(4)  # the earliest anchored checkpoint with size >= 4: the 2nd
-    assert covering is not None and covering["size"] == 6
+    assert covering is not None
+    assert covering["size"] == 6
     assert anchor.lookup(10) is None
+    listed = anchor.listing(0, 10)  # what GET /v1/anchors/list pages through
+    assert [a["note"] for a in listed] == sent
+    assert [a["size"] for a in listed] == [3, 6, 9]
+    assert [a["size"] for a in anchor.listing(3, 1)] == [6]
+    assert anchor.listing(9, 10) == []
     anchor.close()
+
+
+def test_empty_checkpoint_is_never_anchored_by_either_backend(
+        chain: GanacheNode, tmp_path: Path, notes: Notes) -> None:
+    empty = notes.next(grow=0)  # size 0: the checkpoint a gateway signs at first start
+    anchor = make_anchor(tmp_path, chain, KEYS["hashes"], FakeClock())
+    assert anchor.anchor(empty) is None
+    assert anchor.entry(empty) is None  # not queued: no transaction is ever spent on it
+    # Nothing in the queue at all (any state): its counts have no public reader.
+    assert sum(anchor._queue.counts().values()) == 0  # noqa: SLF001
+    anchor.close()
+    local = LocalAnchor(lambda: 1)
+    assert local.anchor(empty) is None
+    first = notes.next(grow=1)
+    result = local.anchor(first)
+    assert result is not None
+    assert result.backend == "local"
 
 
 def test_checkpoints_queued_within_an_interval_anchor_only_the_latest(
@@ -220,7 +256,7 @@ def test_checkpoints_queued_within_an_interval_anchor_only_the_latest(
     assert [state(anchor, n) for n in later[:-1]] == [SUPERSEDED] * 3
     assert anchored_hashes(sender_txs(chain, anchor.address)) == [
         checkpoint_hash(first), checkpoint_hash(later[-1])]
-    assert anchor.metrics.superseded._value.get() == 3
+    assert counted(anchor.metrics.superseded) == 3
     anchor.close()
 
 
@@ -235,17 +271,21 @@ def test_stuck_transaction_is_replaced_with_the_same_nonce(
     try:
         anchor.step()  # sent; it stays pending while the miner is stopped
         first = anchor.entry(note)
-        assert first is not None and first.state == "sending"
+        assert first is not None
+        assert first.state == "sending"
         clock.now += 31  # resend_after_s passed: replace it (same nonce, higher gas price)
         anchor.step()
-        assert anchor.metrics.retries.labels(reason="stuck")._value.get() == 1
+        assert counted(anchor.metrics.retries.labels(reason="stuck")) == 1
     finally:
         chain.rpc("miner_start")
     drive(anchor, clock, lambda: state(anchor, note) == CONFIRMED)
     entry = anchor.entry(note)
-    assert entry is not None and entry.nonce == 1
-    original, replacement = anchor._queue.txs(entry.checkpoint_hash, 1)
-    assert replacement.gas_price > original.gas_price and entry.tx_hash == replacement.tx_hash
+    assert entry is not None
+    assert entry.nonce == 1
+    # What the anchor persisted before sending (its write-ahead log) has no public reader.
+    original, replacement = anchor._queue.txs(entry.checkpoint_hash, 1)  # noqa: SLF001
+    assert replacement.gas_price > original.gas_price
+    assert entry.tx_hash == replacement.tx_hash
     # ganache 7.9 files a replacement under a block its block list does not show, so the
     # chain is checked through receipts and the account's nonce instead of a block scan.
     assert chain.rpc("eth_getTransactionReceipt", original.tx_hash) is None
@@ -274,10 +314,12 @@ def test_nonce_used_by_another_transaction_is_not_counted_as_an_anchor(
     finally:
         chain.rpc("miner_start")
     drive(anchor, clock, lambda: state(anchor, note) == CONFIRMED)
-    assert anchor.metrics.retries.labels(reason="nonce_taken")._value.get() == 1
+    assert counted(anchor.metrics.retries.labels(reason="nonce_taken")) == 1
     entry = anchor.entry(note)
-    assert entry is not None and entry.nonce == 2  # a fresh nonce, after the taken one
-    (lost,) = anchor._queue.txs(entry.checkpoint_hash, 1)
+    assert entry is not None
+    assert entry.nonce == 2
+    # What the anchor persisted before sending (its write-ahead log) has no public reader.
+    (lost,) = anchor._queue.txs(entry.checkpoint_hash, 1)  # noqa: SLF001
     assert chain.rpc("eth_getTransactionReceipt", lost.tx_hash) is None
     assert int(chain.rpc("eth_getTransactionCount", anchor.address, "latest"), 16) == 3
     mined = chain.rpc("eth_getTransactionByHash", entry.tx_hash)
@@ -303,10 +345,12 @@ def test_reverted_anchor_is_retried_then_reported_as_a_failure(
     assert [tx.status for tx in on_chain] == [0, 0]  # two attempts, both reverted
     assert all(tx.to.lower() == contract.lower() for tx in on_chain)
     assert anchored_hashes(on_chain) == []
-    assert anchor.metrics.retries.labels(reason="reverted")._value.get() == 1
-    assert anchor.metrics.failures._value.get() == 1
+    assert counted(anchor.metrics.retries.labels(reason="reverted")) == 1
+    assert counted(anchor.metrics.failures) == 1
     entry = anchor.entry(note)
-    assert entry is not None and entry.status == 0 and entry.tx_hash == on_chain[-1].hash
+    assert entry is not None
+    assert entry.status == 0
+    assert entry.tx_hash == on_chain[-1].hash
     assert anchor.lookup(None) is None  # a failed anchor is never served as one
     # The next checkpoint is tried afresh.
     nxt = notes.next()
@@ -326,10 +370,11 @@ def test_target_that_would_revert_is_never_sent(
     anchor.anchor(note)
     drive(anchor, clock, lambda: state(anchor, note) == FAILED)
     assert sender_txs(chain, anchor.address) == []  # eth_estimateGas said it would revert
-    assert anchor.metrics.retries.labels(reason="reverted")._value.get() == 2
-    assert anchor.metrics.failures._value.get() == 1
+    assert counted(anchor.metrics.retries.labels(reason="reverted")) == 2
+    assert counted(anchor.metrics.failures) == 1
     entry = anchor.entry(note)
-    assert entry is not None and "revert" in (entry.detail or "")
+    assert entry is not None
+    assert "revert" in (entry.detail or "")
     anchor.close()
 
 
@@ -392,16 +437,17 @@ def test_node_restart_mid_run_loses_and_duplicates_no_anchor(
             backoff.append(anchor.step())
             clock.now += backoff[-1]
         assert backoff == [1.0, 2.0, 4.0, 8.0]  # exponential back-off
-        assert anchor.metrics.rpc_errors.labels(kind="unreachable")._value.get() == 4
+        assert counted(anchor.metrics.rpc_errors.labels(kind="unreachable")) == 4
 
         node.start()  # same database, same port; the pool is empty (instamine again)
         drive(anchor, clock, lambda: state(anchor, fourth) == CONFIRMED)
         assert state(anchor, second) == CONFIRMED
         assert state(anchor, third) == SUPERSEDED
-        assert anchor.metrics.retries.labels(reason="dropped")._value.get() == 1
+        assert counted(anchor.metrics.retries.labels(reason="dropped")) == 1
         on_chain = sender_txs(node, anchor.address)
         assert anchored_hashes(on_chain) == [checkpoint_hash(n) for n in (first, second, fourth)]
-        assert [tx.nonce for tx in on_chain] == [0, 1, 2] and len(on_chain) == 3
+        assert [tx.nonce for tx in on_chain] == [0, 1, 2]
+        assert len(on_chain) == 3
         anchor.close()
     finally:
         node.kill()
@@ -438,11 +484,21 @@ interval_s = 0.2
         assert bytes.fromhex(tx["input"][2:]) == b"EPv1" + checkpoint_hash(note)
         assert answer["checkpoint_hash"] == checkpoint_hash(note).hex()
         assert answer["block_number"] == int(tx["blockNumber"], 16)
-        assert answer["chain_id"] == CHAIN_ID and answer["status"] == 1
+        assert answer["chain_id"] == CHAIN_ID
+        assert answer["status"] == 1
         served = {c["note"] for c in httpx.get(f"{running.base_url}/v1/checkpoints").json()}
         assert note in served
         metrics = httpx.get(f"{running.base_url}/metrics").text
         assert "edgeproof_gateway_anchors_confirmed_total" in metrics
+        listed = httpx.get(f"{running.base_url}/v1/anchors/list",
+                           params={"after_size": 0, "limit": 1000}).json()
+        assert note in [a["note"] for a in listed]
+        assert [a["size"] for a in listed] == sorted({a["size"] for a in listed})
+        assert all(a["size"] >= 1 for a in listed)
+        first = httpx.get(f"{running.base_url}/v1/anchors/list", params={"limit": 1}).json()
+        assert first == listed[:1]
+        empty_note = httpx.get(f"{running.base_url}/v1/checkpoints").json()[0]
+        assert empty_note["size"] == 0
     finally:
         devices.close()
         running.stop()
@@ -450,6 +506,7 @@ interval_s = 0.2
     on_chain = anchored_hashes(sender_txs(chain, address_of(KEYS["gateway"])))
     assert len(on_chain) == len(set(on_chain)) >= 1  # every anchor distinct
     assert checkpoint_hash(note) in on_chain
+    assert checkpoint_hash(empty_note["note"]) not in on_chain  # size 0: never anchored
 
 
 def wait_for_anchor(base_url: str, size: int, timeout: float = 60.0) -> dict[str, object]:
@@ -479,7 +536,9 @@ chain_id = 1
     files = write_gateway_files(gw_dir, free_port(), extra=extra)
     assert gateway_main(["run", "--config", str(files.config), "--log-level", "ERROR"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "anchor.chain_id is 1" in err[0] and "1337" in err[0]
+    assert len(err) == 1
+    assert "anchor.chain_id is 1" in err[0]
+    assert "1337" in err[0]
 
 
 def test_gateway_with_a_world_readable_anchor_key_exits_with_one_line(
@@ -497,7 +556,9 @@ chain_id = {CHAIN_ID}
     files = write_gateway_files(gw_dir, free_port(), extra=extra)
     assert gateway_main(["run", "--config", str(files.config)]) == 2  # a configuration error
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "eth.key" in err[0] and "0644" in err[0]
+    assert len(err) == 1
+    assert "eth.key" in err[0]
+    assert "0644" in err[0]
 
 
 # --- configuration -----------------------------------------------------------------------
@@ -517,8 +578,10 @@ ETH = {"backend": "ethereum", "rpc_url": "http://127.0.0.1:8545", "key_file": "e
 def test_ethereum_anchor_config_is_parsed_with_defaults(tmp_path: Path) -> None:
     config = parse_config(config_with(dict(ETH)), tmp_path)
     eth = config.ethereum
-    assert config.anchor == "ethereum" and eth is not None
-    assert eth.key_file == tmp_path / "eth.key" and eth.chain_id == 1337
+    assert config.anchor == "ethereum"
+    assert eth is not None
+    assert eth.key_file == tmp_path / "eth.key"
+    assert eth.chain_id == 1337
     assert (eth.confirmations, eth.to_address, eth.gas_limit) == (1, None, None)
 
 

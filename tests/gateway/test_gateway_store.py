@@ -49,7 +49,8 @@ def test_store_proofs_equal_list_proofs_and_survive_reopen(store_factory: StoreF
         tx.append(leaf(total))
         total += 1
     hashes = [merkle.leaf_hash(f"record {i}".encode()) for i in range(total)]
-    assert store.size() == total and store.root(total) == merkle.root(hashes)
+    assert store.size() == total
+    assert store.root(total) == merkle.root(hashes)
     for size in range(1, total + 1):
         for index in range(0, size, 7):
             assert (merkle.inclusion_proof_from_nodes(store, index, size)
@@ -63,10 +64,16 @@ def test_failed_batch_leaves_no_trace(store_factory: StoreFactory) -> None:
     store = store_factory.open()
     with store.transaction() as tx:
         tx.append(leaf(0))
-    with pytest.raises(StorageError), store.transaction() as tx:
-        tx.append(leaf(1))
-        tx.append(leaf(1))  # the dedup index refuses a second (device, seq)
-    assert store.size() == 1 and store.leaf(1) is None
+
+    def append_twice() -> None:
+        with store.transaction() as tx:
+            tx.append(leaf(1))
+            tx.append(leaf(1))  # the dedup index refuses a second (device, seq)
+
+    with pytest.raises(StorageError):
+        append_twice()
+    assert store.size() == 1
+    assert store.leaf(1) is None
     with store.transaction() as tx:
         assert tx.append(leaf(1)) == 1  # same index again, frontier restored
     hashes = [merkle.leaf_hash(f"record {i}".encode()) for i in range(2)]
@@ -100,7 +107,8 @@ def test_registry_rejects_duplicates_and_revokes(store_factory: StoreFactory) ->
     with pytest.raises(DeviceExists):
         store.register_device("b", b"k" * 32, "alice", 10, 1)
     revoked = store.revoke_device(device.device_id, 5)
-    assert revoked.status == "revoked" and revoked.revoked_ms == 5
+    assert revoked.status == "revoked"
+    assert revoked.revoked_ms == 5
     assert store.revoke_device(device.device_id, 9).revoked_ms == 5
     with pytest.raises(DeviceNotFound):
         store.revoke_device(b"\0" * 16, 1)
