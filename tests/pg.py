@@ -167,9 +167,10 @@ class PostgresCluster:
                 return False
             try:
                 self._admin().close()
-                return True
             except psycopg.OperationalError:
                 time.sleep(0.05)
+            else:
+                return True
         raise RuntimeError(f"PostgreSQL did not accept connections within "
                            f"{_START_TIMEOUT_S} s: {self.log_tail()}")
 

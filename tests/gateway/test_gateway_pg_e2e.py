@@ -79,6 +79,7 @@ def test_gateway_on_postgresql_logs_records_across_kill9_and_they_verify(
         logged = [store.leaf(i) for i in range(store.size())]
         assert [x.raw for x in logged if x is not None] == first + second
         latest = store.latest_checkpoint()
-        assert latest is not None and latest.size == 8
+        assert latest is not None
+        assert latest.size == 8
     finally:
         store.close()

@@ -90,7 +90,8 @@ def test_gateway_opens_the_database_with_the_password_file(
                                            f'password_file = "{postgres.password_file}"\n'))
     store = open_store(config)
     try:
-        assert isinstance(store, PostgresLogStore) and store.size() == 0
+        assert isinstance(store, PostgresLogStore)
+        assert store.size() == 0
     finally:
         store.close()
 
@@ -108,6 +109,13 @@ def test_server_down_is_a_storage_error_not_a_crash(postgres: PostgresCluster) -
                          "connect_timeout=5", "pw")
 
 
+def _drop_connections(postgres: PostgresCluster, dbname: str) -> None:
+    """End every session on ``dbname`` (as a server restart or failover does)."""
+    postgres.execute_as_admin(
+        "postgres", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = %s AND pid <> pg_backend_pid()", (dbname,))
+
+
 def test_connection_dropped_mid_batch_rolls_back_and_the_next_batch_continues_the_tree(
         postgres: PostgresCluster, pg_database: str) -> None:
     store = PostgresLogStore(postgres.dsn(pg_database), postgres.password)
@@ -115,18 +123,22 @@ def test_connection_dropped_mid_batch_rolls_back_and_the_next_batch_continues_th
         for i in range(3):
             tx.append(leaf(i))
     assert store.leaf(0) is not None  # this thread's reader connection is open
-    with pytest.raises(StorageError), store.transaction() as tx:
-        tx.append(leaf(3))
-        # The server (or a failover) drops every connection of the gateway mid-batch.
-        postgres.execute_as_admin(
-            "postgres", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = %s AND pid <> pg_backend_pid()", (pg_database,))
-        tx.append(leaf(4))
+
+    def batch_cut_off() -> None:
+        with store.transaction() as tx:
+            tx.append(leaf(3))
+            # The server (or a failover) drops every connection of the gateway mid-batch.
+            _drop_connections(postgres, pg_database)
+            tx.append(leaf(4))
+
+    with pytest.raises(StorageError):
+        batch_cut_off()
     assert store.size() == 3
     with store.transaction() as tx:  # a new connection; the frontier is rebuilt
         assert tx.append(leaf(3)) == 3
     hashes = [merkle.leaf_hash(f"record {i}".encode()) for i in range(4)]
-    assert store.size() == 4 and store.root(4) == merkle.root(hashes)  # readers reconnect too
+    assert store.size() == 4
+    assert store.root(4) == merkle.root(hashes)
     store.close()
 
 
@@ -135,11 +147,14 @@ def test_after_a_lost_commit_answer_the_tree_is_rebuilt_from_the_database(
     store = PostgresLogStore(postgres.dsn(pg_database), postgres.password)
     with store.transaction() as tx:
         tx.append(leaf(0))
-    with pytest.raises(StorageError), store.transaction() as tx:
-        tx.append(leaf(1))
-        postgres.execute_as_admin(
-            "postgres", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = %s AND pid <> pg_backend_pid()", (pg_database,))
+
+    def batch_cut_off() -> None:
+        with store.transaction() as tx:
+            tx.append(leaf(1))
+            _drop_connections(postgres, pg_database)
+
+    with pytest.raises(StorageError):
+        batch_cut_off()
     # As if that COMMIT had happened and only its answer was lost: the leaf is in the
     # database (written here by another writer while the lock was free).
     other = PostgresLogStore(postgres.dsn(pg_database), postgres.password)
@@ -152,7 +167,8 @@ def test_after_a_lost_commit_answer_the_tree_is_rebuilt_from_the_database(
     with store.transaction() as tx:
         assert tx.append(leaf(2)) == 2
     hashes = [merkle.leaf_hash(f"record {i}".encode()) for i in range(3)]
-    assert store.size() == 3 and store.root(3) == merkle.root(hashes)
+    assert store.size() == 3
+    assert store.root(3) == merkle.root(hashes)
     store.close()
 
 
@@ -174,12 +190,12 @@ def test_writer_killed_without_closing_releases_the_log_to_the_next_one(
         postgres: PostgresCluster, pg_database: str) -> None:
     first = PostgresLogStore(postgres.dsn(pg_database), postgres.password)
     opened: list[PostgresLogStore] = []
-    failed: list[BaseException] = []
+    failed: list[StorageError] = []
 
     def open_second() -> None:  # waits for the writer lock
         try:
             opened.append(PostgresLogStore(postgres.dsn(pg_database), postgres.password))
-        except BaseException as exc:
+        except StorageError as exc:
             failed.append(exc)
 
     waiter = threading.Thread(target=open_second)
@@ -196,7 +212,8 @@ def test_writer_killed_without_closing_releases_the_log_to_the_next_one(
         "AND pid <> pg_backend_pid() AND wait_event_type IS DISTINCT FROM 'Lock'",
         (pg_database,))
     waiter.join()
-    assert not failed and len(opened) == 1
+    assert not failed
+    assert len(opened) == 1
     opened[0].close()
     first.close()
 

@@ -95,7 +95,8 @@ def test_readers_never_see_a_batch_before_its_commit(store_factory: StoreFactory
         reader.start()
         reader.join()
     assert seen == [0, None]
-    assert store.size() == 1 and store.leaf(0) is not None
+    assert store.size() == 1
+    assert store.leaf(0) is not None
     store.close()
 
 
@@ -127,7 +128,8 @@ def test_key_a_device_rotated_to_cannot_enrol_another_device(
     with pytest.raises(DeviceExists, match="rotated to it at seq 7"):
         store.register_device("b", b"n" * 32, "bob", 10, 2)
     found = store.device(device.device_id)
-    assert found is not None and found.key_for_seq(7) == b"k" * 32
+    assert found is not None
+    assert found.key_for_seq(7) == b"k" * 32
     assert found.current_key == b"n" * 32
     assert [d.name for d in store.devices()] == ["a"]
     store.close()
@@ -150,7 +152,8 @@ def test_usage_credit_settles_to_the_owner_and_overlaps_are_found(
     assert [(x.owner, x.balance_micro) for x in store.balances()] == [
         ("alice", 7), ("zoë", 2**41)]
     counts = store.counts()
-    assert counts["usage_records"] == 3 and counts["gaps_declared"] == 1
+    assert counts["usage_records"] == 3
+    assert counts["gaps_declared"] == 1
     store.close()
 
 
@@ -164,7 +167,8 @@ def test_equivocation_evidence_is_kept_once_and_flags_the_device(
         tx.add_equivocation(device.device_id, 4, b"a third record", 3)
         assert tx.equivocation_evidence(device.device_id) == 2
     found = store.device(device.device_id)
-    assert found is not None and found.flags & DEVICE_EQUIVOCATED
+    assert found is not None
+    assert found.flags & DEVICE_EQUIVOCATED
     assert store.counts()["devices_equivocated"] == 1
     store.close()
 
@@ -201,7 +205,8 @@ def test_gateway_refuses_a_log_that_disagrees_with_its_checkpoint(
         for i in range(4):
             tx.append(leaf(i))
     issued = checkpointer(store).issue()
-    assert issued is not None and issued.size == 4
+    assert issued is not None
+    assert issued.size == 4
     store.close()
     store_factory.set_node_hash(2, 0, bytes(32))  # someone rewrites history under the gateway
     store = store_factory.open()
