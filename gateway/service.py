@@ -48,6 +48,7 @@ from gateway.fairness import (
     UNREGISTERED,
     FairQueue,
     IngestBudget,
+    IngestDrop,
     SignatureBreaker,
     ThrottledLog,
     device_label,
@@ -233,7 +234,7 @@ class GatewayService:
             device_id = device_id_from_topic(message.topic)
         except MalformedRecord:  # nowhere to answer: count it and let it go
             self.metrics.batches.inc()
-            self.metrics.batches_unreadable.labels(reason=reasons.WRONG_TOPIC).inc()
+            self.metrics.batches_unreadable.labels(reason=reasons.WRONG_TOPIC.value).inc()
             self.ingest.ack(message)
             return
         try:
@@ -254,7 +255,7 @@ class GatewayService:
                                                  message.arrived):
             self._drop(victim, dropped.message, OVER_SHARE)
 
-    def _drop(self, key: bytes, message: Message, reason: str) -> None:
+    def _drop(self, key: bytes, message: Message, reason: IngestDrop) -> None:
         """Count a message dropped before verification and acknowledge it.
 
         An unacknowledged QoS 1 message would hold a slot of the broker's in-flight window
@@ -262,7 +263,7 @@ class GatewayService:
         it and sends it again on its own timer.
         """
         label = device_label(key)
-        self.metrics.ingest_dropped.labels(reason=reason, device=label).inc()
+        self.metrics.ingest_dropped.labels(reason=reason.value, device=label).inc()
         self.ingest.ack(message)
         count = self._drop_log.event(key, reason)
         if count is not None:
