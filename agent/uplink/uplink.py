@@ -32,6 +32,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum, unique
 
 from agent.clock import Clock
 from agent.outbox import Outbox, within_bytes
@@ -67,11 +68,23 @@ class _Batch:
     pubacked: bool = False
 
 
+@unique
+class UplinkState(StrEnum):
+    """Where the uplink's connection stands; the value is what ``status --json`` shows."""
+
+    DISCONNECTED = "disconnected"  # no connection; the next attempt is scheduled (backoff)
+    CONNECTING = "connecting"      # CONNECT sent, waiting for the CONNACK
+    SUBSCRIBING = "subscribing"    # connected, waiting for the receipts subscription
+    READY = "ready"                # sending batches and applying receipts
+    FAILED = "failed"              # a permanent error (bad credentials): stopped for good
+    STOPPED = "stopped"            # stopped on request
+
+
 @dataclass(frozen=True)
 class UplinkStatus:
     """A snapshot for ``status`` and logs."""
 
-    state: str
+    state: UplinkState
     error: str | None
     inflight_batches: int
     counters: dict[str, int] = field(default_factory=dict)
@@ -96,7 +109,7 @@ class Uplink:
         self._receipts_topic = receipts_topic(device_id)
         self._batch_base = (boot & 0xFFFFFFFF) << 32
         self._batch_counter = 0
-        self._state = "disconnected"
+        self._state = UplinkState.DISCONNECTED
         self._error: str | None = None
         self._attempts = 0
         self._next_attempt = 0
@@ -135,7 +148,7 @@ class Uplink:
 
     @property
     def failed(self) -> bool:
-        return self._state == "failed"
+        return self._state is UplinkState.FAILED
 
     def status(self) -> UplinkStatus:
         return UplinkStatus(self._state, self._error, len(self._inflight), dict(self.counters))
@@ -148,7 +161,8 @@ class Uplink:
         """
         self._idle.clear()
         self._flushing = True
-        if self._state not in ("disconnected", "failed", "stopped"):
+        if self._state not in (UplinkState.DISCONNECTED, UplinkState.FAILED,
+                               UplinkState.STOPPED):
             self._idle.wait(timeout_s)
         return self._drained()
 
@@ -181,11 +195,11 @@ class Uplink:
                 self._disconnect(now)
         if self._transport is not None:
             self._transport.close()
-        if self._state != "failed":
-            self._state = "stopped"
+        if self._state is not UplinkState.FAILED:
+            self._state = UplinkState.STOPPED
 
     def _fail(self, message: str) -> None:
-        self._state = "failed"
+        self._state = UplinkState.FAILED
         self._error = message
         self.counters["permanent_errors"] += 1
         log.error("UPLINK STOPPED: %s. Records stay in the outbox; fix the configuration "
@@ -200,8 +214,8 @@ class Uplink:
         assert transport is not None
         poll_s = self.settings.poll_ms / 1000
         if not transport.up:
-            if self._state != "disconnected":
-                self._state = "disconnected"
+            if self._state is not UplinkState.DISCONNECTED:
+                self._state = UplinkState.DISCONNECTED
             if now >= self._next_attempt:
                 self._connect(now)
             else:
@@ -209,17 +223,17 @@ class Uplink:
             return
         for event in transport.poll(poll_s):
             self._handle(event, now)
-        if (self._state == "connecting"
+        if (self._state is UplinkState.CONNECTING
                 and now - self._connect_started > self._broker.connect_timeout_s * 1000):
             raise TransportError("no CONNACK from the broker in time")
-        if self._state == "ready":
+        if self._state is UplinkState.READY:
             self._expire(now)
             self._send(now)
             self._outbox.maybe_commit()
 
     def _connect(self, now: int) -> None:
         assert self._transport is not None
-        self._state = "connecting"
+        self._state = UplinkState.CONNECTING
         self._connect_started = now
         self.counters["connect_attempts"] += 1
         try:
@@ -235,7 +249,7 @@ class Uplink:
     def _schedule_retry(self, now: int, why: str) -> None:
         if self._flushing:  # shutting down and the broker is away: the records wait
             self._idle.set()
-        self._state = "disconnected"
+        self._state = UplinkState.DISCONNECTED
         delay = min(self.settings.backoff_max_ms,
                     self.settings.backoff_min_ms * (2 ** min(self._attempts, 20)))
         delay = int(delay * self._rng.uniform(0.5, 1.0))  # jitter: devices don't stampede
@@ -251,7 +265,7 @@ class Uplink:
             self.counters["connects"] += 1
             log.info("uplink: connected to %s (session present: %s)", self._broker.url,
                      event.session_present)
-            self._state = "subscribing"
+            self._state = UplinkState.SUBSCRIBING
             self._transport.subscribe(self._receipts_topic)
         elif isinstance(event, Refused):
             self.counters[f"connack_{event.code:#04x}"] += 1
@@ -275,7 +289,7 @@ class Uplink:
 
     def _on_suback(self, event: SubAck, now: int) -> None:
         if event.ok:
-            self._state = "ready"
+            self._state = UplinkState.READY
             self._attempts = 0
             return
         if event.code == NOT_AUTHORISED:
