@@ -153,7 +153,7 @@ def decide(view: BatchView, item: PreparedRecord, ctx: Context) -> Decision:
 def _check_identity(device: Device | None, kid: bytes, ctx: Context) -> Reason | None:
     if device is None:
         return reasons.UNKNOWN_DEVICE
-    if device.status == STATUS_REVOKED:
+    if device.status is STATUS_REVOKED:
         return reasons.REVOKED_DEVICE
     if kid != ctx.topic_device:
         return reasons.WRONG_TOPIC

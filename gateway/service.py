@@ -242,7 +242,7 @@ class GatewayService:
         except StorageError:  # never let an exception end paho's network thread
             device = None  # the sequencer decides with the store's real answer later
         key = device_id if device is not None else UNREGISTERED
-        if device is not None and device.status != STATUS_REVOKED \
+        if device is not None and device.status is not STATUS_REVOKED \
                 and self.breaker.blocked(device_id):
             self._drop(key, message, QUARANTINED)
             return

@@ -144,7 +144,7 @@ def _prepare_record(raw: bytes, limits: Limits, keys: KeyLookup,
         devices[kid] = keys(kid)
     device = devices[kid]
     # Unknown and revoked signers are rejected before the signature rule: verify nothing.
-    if device is not None and device.status != STATUS_REVOKED:
+    if device is not None and device.status is not STATUS_REVOKED:
         item.signature_valid(device.key_for_seq(item.record.seq))
     return item
 
