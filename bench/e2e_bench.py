@@ -204,14 +204,14 @@ def bare_verify_rate(n: int = 20_000) -> float:
 
 
 class WireCounter:
-    """Counts payload bytes and records on every records topic (the gateway's ACL login)."""
+    """Counts payload bytes and records on every records topic (a login with the gateway's ACL)."""
 
     def __init__(self, tb: Testbed) -> None:
         self.bytes = self.records = self.messages = 0
         self.counting = False
         self.sample: list[bytes] = []
-        user, password = tb.gateway_broker_login()
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-wire",
+        user, password = tb.observer_broker_login()
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=user,
                              protocol=mqtt.MQTTv5)
         client.username_pw_set(user, password)
         client.on_connect = lambda c, *_: c.subscribe("edgeproof/v1/devices/+/records", qos=0)

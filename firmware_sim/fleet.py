@@ -202,8 +202,9 @@ def build_devices(cfg: FleetConfig, options: FleetOptions, hub: Hub) -> list[Fle
     for i, rec in enumerate(records):
         bundle = bundle_dir(cfg, rec.name)
         password = read_secret_file(bundle / BROKER_PASSWORD).decode("utf-8").strip()
+        # The broker binds client ids to user names: the user name is the session.
         link = MqttClient(ClientOptions(
-            host=host, port=port, client_id=rec.device_id, username=rec.broker_user,
+            host=host, port=port, client_id=rec.broker_user, username=rec.broker_user,
             password=Secret(password.encode("utf-8")), session_expiry_s=3600), hub)
         chain = load_chain(_state_path(cfg, rec.name), cfg.gateway_url, rec.device_id)
         devices.append(FleetDevice(

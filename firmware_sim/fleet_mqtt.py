@@ -9,7 +9,6 @@ provisions or revokes a device.
 from __future__ import annotations
 
 import time
-import uuid
 
 from osutil.mqtt import ClientOptions, Connected, ConnectionLost, Hub, MqttClient, Refused
 from protocol.errors import RejectedByPeer, TransportError
@@ -20,12 +19,16 @@ def check_login(host: str, port: int, username: str, password: str,
                 timeout_s: float = 5.0) -> None:
     """Log in once with these credentials (clean session, nothing kept) and log out.
 
-    Returns when the broker accepted them. Raises RejectedByPeer if it refused them,
-    TransportError if it did not answer within ``timeout_s``.
+    The broker makes the user name the client id (use_username_as_clientid), so this is
+    that user's session: use it before the device first connects, never while it runs
+    (it would close the device's connection and discard its session).
+
+    Returns when the broker accepted them. Raises RejectedByPeer if it refused them for
+    good, TransportError if it did not answer within ``timeout_s``.
     """
     hub = Hub()
     client = MqttClient(ClientOptions(
-        host=host, port=port, client_id=f"edgeproof-sim-probe-{uuid.uuid4().hex[:12]}",
+        host=host, port=port, client_id=username,
         username=username, password=Secret(password.encode("utf-8")), session_expiry_s=0,
         clean_start=True), hub)
     try:

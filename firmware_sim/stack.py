@@ -270,19 +270,24 @@ class Stack:
 
         Raises StackError if it still refuses after LOGIN_TIMEOUT_S.
         """
-        password = device.password
+        self.wait_for_user(device.device_id, device.password, f"{device.name}'s credential")
+
+    def wait_for_user(self, username: str, password: str, what: str) -> None:
+        """Return once the broker accepts this login (it reloads asynchronously after a
+        change). Raises StackError naming ``what`` if it still refuses after LOGIN_TIMEOUT_S.
+        """
         deadline = time.monotonic() + LOGIN_TIMEOUT_S
         last = ""
         while time.monotonic() < deadline:
             self.check_stop()
             try:
-                fleet_mqtt.check_login("127.0.0.1", self.broker_port, device.device_id,
-                                       password, timeout_s=2.0)
+                fleet_mqtt.check_login("127.0.0.1", self.broker_port, username, password,
+                                       timeout_s=2.0)
                 return
             except (RejectedByPeer, TransportError) as exc:
                 last = str(exc)
             time.sleep(0.1)
-        raise StackError(f"the broker does not accept {device.name}'s credential: {last}")
+        raise StackError(f"the broker does not accept {what}: {last}")
 
     # --- gateway API -------------------------------------------------------------------------
 

@@ -184,12 +184,15 @@ def _broker(broker: Table) -> BrokerConfig:
     group = broker.string("shared_group", None)
     if group is not None and any(c in group for c in "/+#"):
         raise ConfigError("broker.shared_group must be a name without '/', '+' or '#'")
-    client_id = broker.string("client_id", DEFAULT_CLIENT_ID)
+    username = broker.string("username", None)
+    # Default: the user name, which an edgeproof broker makes the client id anyway
+    # (use_username_as_clientid); so each gateway worker with its own user has its own session.
+    client_id = broker.string("client_id", username or DEFAULT_CLIENT_ID)
     if client_id is None or not 1 <= len(client_id) <= 64:
         raise ConfigError("broker.client_id must be 1..64 characters")
     return BrokerConfig(
         host=address.host, port=address.port, tls=address.tls, client_id=client_id,
-        username=broker.string("username", None),
+        username=username,
         password_file=broker.path("password_file", None),
         ca_file=broker.path("ca_file", None),
         shared_group=group,

@@ -37,6 +37,7 @@ from gateway.config import BrokerConfig
 from protocol.batch import TOPIC_PREFIX
 from protocol.errors import RejectedByPeer, TransportError
 from protocol.keys import read_secret_file
+from protocol.mqtt_sizes import MAX_RECORDS_PACKET_BYTES
 
 log = logging.getLogger(__name__)
 RECORDS_FILTER = f"{TOPIC_PREFIX}+/records"
@@ -106,6 +107,8 @@ class MqttIngest:
         """
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self._config.session_expiry_s
+        # MQTT 5 §3.1.2.11.4: the broker drops, never sends, anything larger than a full batch.
+        props.MaximumPacketSize = MAX_RECORDS_PACKET_BYTES
         try:
             self._client.connect(self._config.host, self._config.port,
                                  keepalive=self._config.keepalive_s, clean_start=False,

@@ -31,6 +31,8 @@ from protocol.keys import SigningKey
 RECEIPT_VERSION = 1
 HASH_PREFIX_BYTES = 16
 MAX_RECEIPT_BYTES = 96 * 1024
+# The COSE_Sign1 around the payload: protected header, kid, 64-byte signature, framing.
+MAX_SIGNED_RECEIPT_BYTES = MAX_RECEIPT_BYTES + 256
 MAX_CHECKPOINT_CHARS = 8192
 
 
@@ -147,7 +149,7 @@ class Receipt:
         Raises MalformedRecord for bytes that are not a receipt and VerificationError if it
         is not signed by the given gateway key.
         """
-        if len(data) > MAX_RECEIPT_BYTES + 256:
+        if len(data) > MAX_SIGNED_RECEIPT_BYTES:
             raise MalformedRecord("too_large", f"receipt of {len(data)} bytes")
         message = cose.verify_sign1(data, gateway_public_key, expected_kid=gateway_kid)
         return cls.from_cbor(message.payload)

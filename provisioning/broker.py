@@ -44,13 +44,38 @@ def service_users(fleet: FleetConfig) -> list[mosquitto.BrokerUser]:
 
 
 def render_files(fleet: FleetConfig) -> tuple[str, str]:
-    """Return (password file, ACL) for the fleet as it stands."""
+    """Return (password file, ACL) for the fleet as it stands.
+
+    Every service user gets the gateway's rights: ``gateway`` and any further gateway
+    worker (each needs its own user, because the broker makes a user name the client id).
+    """
     active = [r for r in load_records(fleet) if r.active]
-    users = service_users(fleet) + [
+    service = service_users(fleet)
+    users = service + [
         mosquitto.BrokerUser(r.broker_user, r.broker_password_hash) for r in active
     ]
-    acl = mosquitto.render_acl(mosquitto.GATEWAY_USER, [bytes.fromhex(r.device_id) for r in active])
+    acl = mosquitto.render_acl([u.name for u in service],
+                               [bytes.fromhex(r.device_id) for r in active])
     return mosquitto.render_password_file(users), acl
+
+
+def add_gateway_user(fleet: FleetConfig, name: str, password: str) -> RefreshResult:
+    """Add broker user ``name`` with the gateway's rights (another gateway worker of a
+    shared subscription); rewrite the broker files and reload as a device change does.
+
+    The caller holds the fleet lock (:func:`provisioning.fleet.changing`) and keeps the
+    password (mode 0600) for that worker's ``broker.password_file``. Raises ConfigError for
+    a name already in use or one shaped like a device id, StorageError if a file cannot be
+    written, TransportError if a configured reload fails.
+    """
+    existing = service_users(fleet)
+    taken = {u.name for u in existing} | {r.broker_user for r in load_records(fleet)}
+    looks_like_device = len(name) == 32 and all(c in "0123456789abcdef" for c in name)
+    if name in taken or looks_like_device:
+        raise ConfigError(f"broker user {name!r} is taken or looks like a device id")
+    users = [*existing, mosquitto.BrokerUser(name, mosquitto.hash_password(password))]
+    mosquitto.write_broker_file(fleet.root / SERVICE_PASSWD, mosquitto.render_password_file(users))
+    return refresh(fleet)
 
 
 def installed_dir(fleet: FleetConfig) -> Path | None:
@@ -109,6 +134,7 @@ class BrokerConfigRequest:
     data_dir: Path = Path("/var/lib/mosquitto")
     run_as: str = "mosquitto"
     max_queued_messages: int = 100_000
+    max_queued_bytes: int = mosquitto.DEFAULT_MAX_QUEUED_BYTES
     tls: mosquitto.TlsListener | None = None
 
 
@@ -127,7 +153,8 @@ def write_broker_config(fleet: FleetConfig, req: BrokerConfigRequest) -> list[Pa
     settings = mosquitto.ListenerSettings(
         port=req.port or url_port, bind=req.bind, data_dir=req.data_dir.absolute(),
         password_file=out / PASSWD, acl_file=out / ACL, run_as=req.run_as,
-        max_queued_messages=req.max_queued_messages, tls=req.tls,
+        max_queued_messages=req.max_queued_messages, max_queued_bytes=req.max_queued_bytes,
+        tls=req.tls,
     )
     passwd, acl = render_files(fleet)
     try:

@@ -133,6 +133,10 @@ def _add_broker_config(groups: _Groups) -> None:
     p.add_argument("--port", type=int, help="listener port (default: the broker URL's)")
     p.add_argument("--data-dir", type=Path, default=Path("/var/lib/mosquitto"),
                    help="Mosquitto's persistence directory (default: /var/lib/mosquitto)")
+    p.add_argument("--max-queued-bytes", type=int, default=mosquitto.DEFAULT_MAX_QUEUED_BYTES,
+                   metavar="BYTES", help="bytes Mosquitto queues per session at most (default: "
+                   f"{mosquitto.DEFAULT_MAX_QUEUED_BYTES}, {mosquitto.QUEUED_FULL_PACKETS} "
+                   "full-size batches)")
     p.add_argument("--run-as", default="mosquitto", metavar="USER",
                    help="the user Mosquitto runs as; it must be able to read the password "
                    "file and ACL (default: mosquitto; run as root to hand them over)")
@@ -161,12 +165,19 @@ def _tls(args: argparse.Namespace) -> mosquitto.TlsListener | None:
                                  args.crlfile.absolute() if args.crlfile else None)
 
 
+def _positive(value: int, flag: str) -> int:
+    if value < 1:
+        raise ConfigError(f"{flag} must be at least 1, got {value}")
+    return value
+
+
 def run_broker_config(args: argparse.Namespace) -> int:
     out = Output(as_json=args.json)
     cfg = fleet.load_fleet(args.fleet)
     request = broker.BrokerConfigRequest(
         out=args.out, bind=args.bind, port=args.port, data_dir=args.data_dir,
-        run_as=args.run_as, tls=_tls(args))
+        run_as=args.run_as, max_queued_bytes=_positive(args.max_queued_bytes,
+                                                       "--max-queued-bytes"), tls=_tls(args))
     with fleet.changing(cfg):
         files = broker.write_broker_config(cfg, request)
     if out.as_json:

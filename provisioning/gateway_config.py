@@ -43,7 +43,8 @@ def render(*, broker_url: str, http_bind: str) -> str:
             "url": broker_url,
             "username": GATEWAY_USER,
             "password_file": "broker.password",
-            "client_id": "edgeproof-gateway",
+            # The broker makes the user name the client id (use_username_as_clientid).
+            "client_id": GATEWAY_USER,
         }),
         tomlwrite.table("http", {"bind": http_bind}),
         comment=(

@@ -4,6 +4,12 @@
 thread), which calls :meth:`~osutil.mqtt.MqttClient.poll` to run the network I/O and gets
 back plain event objects. How paho is used, and why (MQTT v5, persistent session, PUBACK
 reason codes, permanent CONNACK codes), is said once, in :mod:`osutil.mqtt`.
+
+The client id is the broker user name when there is one (an edgeproof broker makes the user
+name the client id, so that no credential can take over another's session), else the device
+id in hex (a TLS certificate's CN, which that broker makes the user name). CONNECT carries a
+Maximum Packet Size (MQTT 5 §3.1.2.11.4) of the largest receipt: the broker drops anything
+larger instead of sending it to the device.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from pathlib import Path
 
 from osutil.mqtt import ClientOptions, MqttClient, TlsFiles
 from protocol.keys import Secret
+from protocol.mqtt_sizes import MAX_RECEIPT_PACKET_BYTES
 
 
 @dataclass(frozen=True)
@@ -38,12 +45,14 @@ class MqttTransport(MqttClient):
 
     def __init__(self, broker: BrokerSettings, client_id: str) -> None:
         """Build it; raise KeyFileError for a TLS key readable by others, ConfigError for
-        unusable TLS files."""
+        unusable TLS files. ``client_id`` (the device id in hex) is used only when there is no
+        broker user name."""
         self.broker = broker
         tls = TlsFiles(broker.ca_file, broker.cert_file, broker.key_file) if broker.tls \
             else None
         super().__init__(ClientOptions(
-            host=broker.host, port=broker.port, client_id=client_id,
+            host=broker.host, port=broker.port, client_id=broker.username or client_id,
             username=broker.username, password=broker.password, tls=tls,
             keepalive_s=broker.keepalive_s, session_expiry_s=broker.session_expiry_s,
-            connect_timeout_s=broker.connect_timeout_s, label=broker.url))
+            connect_timeout_s=broker.connect_timeout_s, label=broker.url,
+            maximum_packet_size=MAX_RECEIPT_PACKET_BYTES))

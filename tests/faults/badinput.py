@@ -16,8 +16,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from protocol import cbor
-from protocol.batch import Batch
+from protocol.batch import MAX_BATCH_BYTES, Batch
 from protocol.keys import Secret, SigningKey
+from protocol.mqtt_sizes import PROPERTIES_ALLOWANCE_BYTES
 from protocol.receipt import hash_prefix
 from protocol.record import KeyRotation, Measurement, Record, Usage, Values
 from protocol.signed import sign_record
@@ -113,7 +114,10 @@ class HostileFactory:
     def _oversize(self) -> Iterator[Hostile]:
         while True:
             if self.rng.random() < 0.5:  # over the batch cap (512 KiB)
-                size = self.rng.randint(512 * 1024 + 1, 1024 * 1024)
+                # ...but within the broker's packet cap, so the gateway sees it; a larger
+                # packet is refused by the broker (test_provision_broker_attacks.py).
+                size = self.rng.randint(MAX_BATCH_BYTES + 1,
+                                        MAX_BATCH_BYTES + PROPERTIES_ALLOWANCE_BYTES)
                 yield self._whole("oversize", self.rng.randbytes(size), {"too_large"})
             else:  # a batch whose one record is over the record cap
                 big = cbor.encode(self.rng.randbytes(self.rng.randint(4400, 60_000)))

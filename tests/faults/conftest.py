@@ -39,7 +39,7 @@ def testbed(tmp_path: Path) -> Iterator[Testbed]:
 @pytest.fixture
 def observer(testbed: Testbed) -> Iterator[WireObserver]:
     """Sees every batch on every records topic (QoS 0, its own client id)."""
-    user, password = testbed.gateway_broker_login()
+    user, password = testbed.observer_broker_login()
     obs = WireObserver(testbed.broker_port, user, password)
     try:
         yield obs

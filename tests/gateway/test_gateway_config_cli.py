@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_example_config_is_valid_and_documented() -> None:
     config = load_config(REPO / "examples" / "gateway.toml")
-    assert config.broker.port == 1883 and config.broker.client_id == "edgeproof-gateway"
+    assert config.broker.port == 1883 and config.broker.client_id == "gateway"
     assert config.http_port == 8080 and config.checkpoints.every_leaves == 1000
     assert config.http == HttpLimits()  # the example documents the defaults
     assert config.limits.max_batch_bytes == 512 * 1024 and config.anchor == "local"

@@ -286,17 +286,18 @@ def _check_chain(parsed: list[Checkpoint], notes: list[str], report: Report) -> 
 class WireObserver:
     """Subscribes to every records topic and remembers each (device, seq)'s record hashes.
 
-    It logs in with the gateway's broker user (whose ACL reads every records topic) under
-    its own client id, with QoS 0 and no session, so it never takes a message from the
-    gateway. It may miss messages while the broker is down; it never invents any.
+    It logs in with a broker user of its own that has the gateway's rights (its ACL reads
+    every records topic; the broker makes the user name the client id, so the gateway's own
+    login would close the gateway's connection), with QoS 0 and no session, so it never
+    takes a message from the gateway. It may miss messages while the broker is down; it
+    never invents any.
     """
 
-    def __init__(self, port: int, username: str, password: str,
-                 client_id: str = "testbed-observer") -> None:
+    def __init__(self, port: int, username: str, password: str) -> None:
         self.seen: dict[bytes, dict[int, set[bytes]]] = defaultdict(lambda: defaultdict(set))
         self.messages = 0
         self._lock = threading.Lock()
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=username,
                              protocol=mqtt.MQTTv5)
         client.username_pw_set(username, password)
         client.on_connect = lambda c, *_: c.subscribe("edgeproof/v1/devices/+/records", qos=0)

@@ -19,6 +19,7 @@ from the outside by :mod:`tests.harness.invariants`.
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 import signal
 import sys
@@ -32,10 +33,14 @@ from typing import Any
 from firmware_sim.broker import MosquittoBroker
 from firmware_sim.procs import GatewayProcess, Process
 from firmware_sim.stack import SimDevice, Stack, StackError
+from provisioning.broker import add_gateway_user
+from provisioning.fleet import changing, load_fleet
 from tests.harness.netproxy import NetProxy
 from tests.harness.testbed_agent import write_clock_file
 
 REPO = Path(__file__).resolve().parents[2]
+
+OBSERVER_USER = "observer"  # a gateway-rights broker user for wire observers (tests, benches)
 TomlValue = str | int | float | bool | Sequence[str | int | float | bool]
 
 
@@ -142,6 +147,7 @@ class Testbed:
                            every_leaves=every_leaves)
         self.agents: dict[str, AgentProcess] = {}
         self._proxies: list[NetProxy] = []
+        self._observer_login: tuple[str, str] | None = None
 
     @property
     def fleet(self) -> Path:
@@ -267,10 +273,18 @@ class Testbed:
     def stats(self) -> dict[str, Any]:
         return self.stack.stats()
 
-    def gateway_broker_login(self) -> tuple[str, str]:
-        """The gateway's broker user and password (an observer may read every records topic)."""
-        password = (self.fleet / "gateway/etc/edgeproof/broker.password").read_text().strip()
-        return "gateway", password
+    def observer_broker_login(self) -> tuple[str, str]:
+        """A broker user and password of its own with the gateway's rights (it may read every
+        records topic), made on first use. Not the gateway's own login: the broker makes the
+        user name the client id, so sharing it would close the gateway's connection."""
+        if self._observer_login is None:
+            password = secrets.token_urlsafe(18)
+            cfg = load_fleet(self.fleet)
+            with changing(cfg):
+                add_gateway_user(cfg, OBSERVER_USER, password)
+            self.stack.wait_for_user(OBSERVER_USER, password, "the observer's login")
+            self._observer_login = (OBSERVER_USER, password)
+        return self._observer_login
 
     @property
     def gateway_db(self) -> Path:

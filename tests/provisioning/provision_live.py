@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import secrets
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,11 @@ from firmware_sim.procs import GatewayProcess
 from firmware_sim.stack import Stack
 from protocol.note import NoteVerifier
 from provisioning import fleet as fleet_mod
+from provisioning.broker import add_gateway_user
 from provisioning.cli import main
+from tests.provisioning.provision_probe import Probe, connect
+
+WATCHER_USER = "watcher"
 
 
 def gateway_importable() -> bool:
@@ -69,6 +75,7 @@ class LiveFleet:
     @property
     def broker_dir(self) -> Path:
         return self.stack.broker_dir
+    _watcher: tuple[str, str] | None = None
 
     @property
     def config(self) -> fleet_mod.FleetConfig:
@@ -80,6 +87,18 @@ class LiveFleet:
 
     def gateway_password(self) -> str:
         return (self.root / fleet_mod.GATEWAY_BROKER_PASSWORD).read_text().strip()
+
+    def watcher_login(self) -> tuple[str, str]:
+        """A second broker user with the gateway's rights (as a second gateway worker would
+        have), made on first use. The gateway's own login would be the gateway's session:
+        the broker makes the user name the client id."""
+        if self._watcher is None:
+            password = secrets.token_urlsafe(18)
+            cfg = self.config
+            with fleet_mod.changing(cfg):
+                add_gateway_user(cfg, WATCHER_USER, password)
+            self._watcher = (WATCHER_USER, password)
+        return self._watcher
 
     def run(self, *argv: str) -> int:
         return provision(*argv, "--fleet", str(self.root))
@@ -105,3 +124,19 @@ def live_fleet_fixture(tmp_path_factory: pytest.TempPathFactory,
 
 def mode(path: Path) -> int:
     return os.stat(path).st_mode & 0o777
+
+
+def gateway_probe(live: LiveFleet, timeout: float = 30.0) -> Probe:
+    """A client with the gateway's rights: a second gateway user, as a second gateway worker
+    has (the gateway's own user would be the running gateway's session, since the broker
+    makes the user name the client id). Retries while the broker applies the reload that
+    added the user."""
+    user, password = live.watcher_login()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        probe = connect(live.broker.port, user, password, client_id=user)
+        if probe.connack is not None and not probe.connack.is_failure:
+            return probe
+        probe.close()
+        time.sleep(0.05)
+    raise AssertionError(f"{user} never accepted by the broker")

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 _ids = itertools.count()
@@ -31,6 +33,9 @@ class Probe:
     subscribed: threading.Event = field(default_factory=threading.Event)
     pubacks: dict[int, ReasonCode] = field(default_factory=dict)
     acked: threading.Condition = field(default_factory=threading.Condition)
+    session_present: bool = False
+    lost: threading.Event = field(default_factory=threading.Event)  # connection closed
+    disconnect_reasons: list[str] = field(default_factory=list)
 
     def subscribe(self, topic: str, timeout: float = 5.0) -> ReasonCode:
         """Subscribe with QoS 1; return the broker's SUBACK reason code."""
@@ -56,21 +61,28 @@ class Probe:
 
 
 def connect(port: int, username: str | None, password: str | None,
-            timeout: float = 5.0, client: mqtt.Client | None = None) -> Probe:
+            timeout: float = 5.0, client: mqtt.Client | None = None, *,
+            client_id: str | None = None, session_expiry_s: int = 0,
+            reconnect: bool = True) -> Probe:
     """Connect a fresh MQTT v5 client (or ``client``, e.g. set up for TLS); return the probe.
 
+    ``client_id`` defaults to a fresh ``probe-N``; ``session_expiry_s`` > 0 keeps a
+    persistent session (``clean_start=False``). ``reconnect=False`` stops paho from
+    reconnecting after the broker closed the connection (so a closed probe stays closed).
     Check ``probe.connack``: a refused connection is returned, not raised, and a connection
     closed before any CONNACK (a TLS peer rejecting our certificate) leaves it None.
     """
     client = client or mqtt.Client(CallbackAPIVersion.VERSION2,
-                                   client_id=f"probe-{next(_ids)}", protocol=mqtt.MQTTv5)
+                                   client_id=client_id or f"probe-{next(_ids)}",
+                                   protocol=mqtt.MQTTv5)
     probe = Probe(client)
     if username is not None:
         client.username_pw_set(username, password)
 
-    def on_connect(c: mqtt.Client, u: object, flags: object, rc: ReasonCode,
+    def on_connect(c: mqtt.Client, u: object, flags: mqtt.ConnectFlags, rc: ReasonCode,
                    props: object) -> None:
         probe.connack = rc
+        probe.session_present = bool(flags.session_present)
         probe.connected.set()
 
     def on_message(c: mqtt.Client, u: object, msg: mqtt.MQTTMessage) -> None:
@@ -89,12 +101,18 @@ def connect(port: int, username: str | None, password: str | None,
 
     def on_disconnect(c: mqtt.Client, u: object, flags: object, rc: ReasonCode,
                       props: object) -> None:
+        probe.disconnect_reasons.append(str(rc))
+        probe.lost.set()
         probe.connected.set()  # closed: stop waiting for a CONNACK that will not come
+        if not reconnect:
+            c.disconnect()  # tells paho's loop not to reconnect
 
     client.on_disconnect = on_disconnect
     client.on_connect, client.on_message = on_connect, on_message
     client.on_subscribe, client.on_publish = on_subscribe, on_publish
-    client.connect("127.0.0.1", port)
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = session_expiry_s
+    client.connect("127.0.0.1", port, clean_start=session_expiry_s == 0, properties=props)
     client.loop_start()
     if not probe.connected.wait(timeout) or (probe.connack is not None
                                              and probe.connack.is_failure):

@@ -18,7 +18,7 @@ from protocol.receipt import Receipt, Status
 from protocol.record import GENESIS_PREV, Measurement, Record, Values
 from protocol.signed import sign_record
 from provisioning.devices_store import BROKER_PASSWORD, DEVICE_KEY, bundle_dir, load_record
-from tests.provisioning.provision_live import LiveFleet, set_fleet_option
+from tests.provisioning.provision_live import LiveFleet, gateway_probe, set_fleet_option
 from tests.provisioning.provision_probe import REFUSED, Probe, connect
 
 QUIET_WAIT_S = 1.0  # how long "nothing arrives" is watched for
@@ -61,12 +61,6 @@ def is_refused(live: LiveFleet, user: str, password: str) -> bool:
     probe = connect(live.broker.port, user, password)
     probe.close()
     return probe.connack is not None and str(probe.connack) in REFUSED
-
-
-def gateway_probe(live: LiveFleet) -> Probe:
-    probe = connect(live.broker.port, "gateway", live.gateway_password())
-    assert probe.connack is not None and not probe.connack.is_failure
-    return probe
 
 
 def test_device_publishes_on_its_own_records_topic_and_the_gateway_user_receives_it(

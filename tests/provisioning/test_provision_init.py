@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from gateway.config import load_config, parse_config
+from protocol.errors import ConfigError
 from protocol.keys import load_recipient_key
 from protocol.note import NoteSigner
 from provisioning import fleet as fleet_mod
+from provisioning.broker import add_gateway_user, render_files
 from provisioning.cli import main
 from tests.provisioning.provision_live import init_fleet, mode, provision
 
@@ -143,3 +146,28 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
             main([*cmd, "--help"])
         assert exit_info.value.code == 0
         assert "usage:" in capsys.readouterr().out
+
+
+def test_gateway_config_uses_its_broker_user_name_as_client_id(tmp_path: Path) -> None:
+    # The broker binds client ids to user names; a different id would just be replaced.
+    root = tmp_path / "fleet"
+    init_fleet(root, 1883, 8080)
+    broker = load_config(root / fleet_mod.GATEWAY_CONFIG).broker
+    assert broker.client_id == broker.username == "gateway"
+    raw = {"gateway": {"data_dir": "d", "key_file": "k", "admin_token_file": "t"},
+           "broker": {"url": "mqtt://b:1883", "username": "gateway-2"}}
+    assert parse_config(raw, tmp_path).broker.client_id == "gateway-2"  # a second worker
+
+
+def test_second_gateway_user_gets_the_gateways_rights_and_no_device_name(tmp_path: Path) -> None:
+    root = tmp_path / "fleet"
+    init_fleet(root, 1883, 8080)
+    cfg = fleet_mod.load_fleet(root)
+    add_gateway_user(cfg, "gateway-2", "a long enough password")
+    passwd, acl = render_files(cfg)
+    assert [line.split(":")[0] for line in passwd.splitlines()] == ["gateway", "gateway-2"]
+    assert "user gateway-2\ntopic read edgeproof/v1/devices/+/records\n" in acl
+    for taken in ("gateway", "gateway-2", "0" * 32):
+        with pytest.raises(ConfigError):
+            add_gateway_user(cfg, taken, "x")
+    assert mode(root / fleet_mod.SERVICE_PASSWD) == 0o600

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from protocol import mqtt_sizes
+from protocol.batch import MAX_BATCH_BYTES, records_topic
 from protocol.errors import ConfigError, TransportError, VerificationError
+from protocol.receipt import MAX_SIGNED_RECEIPT_BYTES
 from provisioning import mosquitto
 
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
@@ -58,7 +61,7 @@ def test_user_name_that_would_break_the_password_file_is_refused() -> None:
 
 def test_acl_gives_each_device_only_its_own_topics() -> None:
     a, b = bytes(range(16)), bytes(range(16, 32))
-    acl = mosquitto.render_acl("gateway", [a, b])
+    acl = mosquitto.render_acl(["gateway"], [a, b])
     block_a = acl.split(f"user {a.hex()}\n")[1].split("\n\n")[0].splitlines()
     assert block_a == [f"topic write edgeproof/v1/devices/{a.hex()}/records",
                        f"topic read edgeproof/v1/devices/{a.hex()}/receipts"]
@@ -79,6 +82,31 @@ def test_broker_config_turns_anonymous_access_off_and_keeps_queues(tmp_path: Pat
                      "max_queued_messages 100000", "listener 1883"):
         assert expected in lines
     assert "allow_anonymous true" not in conf
+
+
+def test_broker_config_limits_follow_the_protocols_caps(tmp_path: Path) -> None:
+    settings = mosquitto.ListenerSettings(
+        port=1883, bind=None, data_dir=tmp_path, password_file=tmp_path / "passwd",
+        acl_file=tmp_path / "acl",
+        tls=mosquitto.TlsListener(8883, tmp_path / "ca", tmp_path / "crt", tmp_path / "key"))
+    lines = [line for line in mosquitto.render_mosquitto_conf(settings, fleet_name="f")
+             .splitlines() if line and not line.startswith("#")]
+    # Both listeners bind client ids to user names.
+    assert lines.count("use_username_as_clientid true") == 2
+    assert "retain_available false" in lines
+    assert f"max_packet_size {mqtt_sizes.MAX_PACKET_BYTES}" in lines
+    assert f"max_queued_bytes {mosquitto.DEFAULT_MAX_QUEUED_BYTES}" in lines
+    # The largest batch and receipt with the longest topic fit; the limit is not far above.
+    assert MAX_BATCH_BYTES + len(records_topic(bytes(16))) + 9 <= mqtt_sizes.MAX_PACKET_BYTES
+    assert mqtt_sizes.MAX_RECEIPT_PACKET_BYTES > MAX_SIGNED_RECEIPT_BYTES
+    assert mqtt_sizes.MAX_PACKET_BYTES < MAX_BATCH_BYTES + 4096
+
+
+def test_every_service_user_gets_the_gateways_rights_and_nothing_else() -> None:
+    acl = mosquitto.render_acl(["gateway", "gateway-2"], [bytes(16)])
+    blocks = {b.splitlines()[0]: b.splitlines()[1:] for b in acl.split("\n\n")[1:]}
+    assert blocks["user gateway-2"] == blocks["user gateway"]
+    assert mosquitto.render_acl("gateway", []) == mosquitto.render_acl(["gateway"], [])
 
 
 def test_reload_without_control_is_a_config_error() -> None:

@@ -22,7 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from firmware_sim.broker import free_port
 from protocol.batch import records_topic
 from provisioning.devices_store import load_record
-from tests.provisioning.provision_live import LiveFleet, live_fleet_fixture
+from tests.provisioning.provision_live import LiveFleet, gateway_probe, live_fleet_fixture
 from tests.provisioning.provision_probe import Probe, connect
 
 OPENSSL = shutil.which("openssl")
@@ -98,7 +98,7 @@ def test_certificate_cn_is_the_acl_user_over_tls(tls_fleet: TlsFleet) -> None:
     me = load_record(live.config, "tls-dev").device_id
     other = load_record(live.config, "tls-other").device_id
     make_cert(tls_fleet.pki, "ca", "tls-dev", me)
-    watcher = connect(live.broker.port, "gateway", live.gateway_password())
+    watcher = gateway_probe(live)
     device = tls_connect(tls_fleet, "tls-dev")
     assert device is not None and device.connack is not None
     assert not device.connack.is_failure, device.connack
