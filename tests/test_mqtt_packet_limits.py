@@ -12,10 +12,11 @@ from collections.abc import Callable
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.uplink.transport import BrokerSettings, Connected, MqttTransport, Received, SubAck
+from agent.uplink.transport import BrokerSettings, MqttTransport
 from firmware_sim.broker import MosquittoBroker
 from gateway.config import BrokerConfig
 from gateway.ingest import Message, MqttIngest
+from osutil.mqtt import Connected, Received, SubAck
 from protocol.batch import receipts_topic, records_topic
 from protocol.mqtt_sizes import MAX_RECEIPT_PACKET_BYTES, MAX_RECORDS_PACKET_BYTES
 
