@@ -6,7 +6,7 @@ into one line on stderr and a non-zero exit code (1 runtime, 2 configuration).
     edgeproof-agent keygen --state-dir DIR
     edgeproof-agent run --config FILE [--simulate]
     edgeproof-agent run --simulate --state-dir DIR --broker URL --gateway-key KEY
-    edgeproof-agent status (--config FILE | --state-dir DIR) [--json]
+    edgeproof-agent status [--config FILE | --state-dir DIR] [--json]
 """
 
 from __future__ import annotations
@@ -27,9 +27,11 @@ from agent.identity import create_identity, ensure_state_dir
 from agent.run import run_agent, setup_logging, stop_on_signals
 from agent.service import ServiceOptions
 from agent.status import collect_status
+from osutil.cli import EXIT_FAILED, EXIT_USAGE, add_log_level, add_version
 from protocol.errors import ConfigError, EdgeproofError
 
 PROG = "edgeproof-agent"
+DEFAULT_CONFIG = Path("/etc/edgeproof/agent.toml")  # where systemd/install.sh puts it
 
 # Laptop mode (run --simulate without --config): the simulated wiring of firmware_sim, every
 # sensor reporting every few seconds so records flow at once.
@@ -48,7 +50,11 @@ LAPTOP_DEFAULTS: dict[str, object] = {
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code."""
-    return run_cli(argv, os.environ)
+    try:
+        return run_cli(argv, os.environ)
+    except KeyboardInterrupt:  # Ctrl-C before the command's own handling: one line, no trace
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
 
 
 def run_cli(argv: list[str] | None, environ: Mapping[str, str]) -> int:
@@ -58,14 +64,19 @@ def run_cli(argv: list[str] | None, environ: Mapping[str, str]) -> int:
         return int(args.func(args, environ))
     except ConfigError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except EdgeproofError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="The edgeproof device agent.")
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="The edgeproof device agent: read sensors, sign and seal "
+        "every reading, keep it in a crash-safe outbox and send it to the gateway.",
+        epilog="Exit status: 0 ok, 1 runtime failure, 2 usage or configuration error, "
+        "130 interrupted (docs/CLI.md).")
+    add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     keygen = sub.add_parser("keygen", help="create the device key (never overwrites one)",
@@ -88,13 +99,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--broker", help="mqtt://host:1883 or mqtts://host:8883")
     run.add_argument("--gateway-key", help="gateway verifier key text, or a file holding it")
     run.add_argument("--seed", type=int, default=None, help="simulation seed (default 1)")
-    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    add_log_level(run)
     run.set_defaults(func=_cmd_run)
 
     status = sub.add_parser("status", help="outbox, dead letters, receipts, credit",
                             description="Show the outbox depth and bytes, dead letters by "
-                            "reason, drops, the last receipt and credit accrued/sent/settled.")
-    status.add_argument("--config", type=Path, help="the agent's TOML configuration")
+                            "reason, drops, the last receipt, whether receipts are overdue, "
+                            "and credit accrued/sent/settled.")
+    status.add_argument("--config", type=Path, help="the agent's TOML configuration "
+                        f"(default {DEFAULT_CONFIG} unless --state-dir or "
+                        "$EDGEPROOF_STATE_DIR is given)")
     status.add_argument("--state-dir", type=Path, help="the agent's state directory")
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(func=_cmd_status)
@@ -176,14 +190,18 @@ def _cmd_run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def _cmd_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    state_dir: Path | None
-    if args.config is not None:
-        state_dir = load_config(args.config, env_overrides(environ)).state_dir
-    else:
-        state_dir = args.state_dir or _env_path(environ, "EDGEPROOF_STATE_DIR")
-    if state_dir is None:
-        raise ConfigError("status: --config FILE or --state-dir DIR is required")
+    state_dir = args.state_dir or _env_path(environ, "EDGEPROOF_STATE_DIR")
+    config = args.config
+    if config is None and state_dir is None:
+        if not DEFAULT_CONFIG.exists():
+            raise ConfigError(f"status: no {DEFAULT_CONFIG}; give --config FILE or "
+                              f"--state-dir DIR")
+        config = DEFAULT_CONFIG
+    if config is not None:
+        state_dir = load_config(config, env_overrides(environ)).state_dir
+    assert state_dir is not None
     status = collect_status(state_dir)
+    status["config"] = None if config is None else str(config)
     if args.json:
         print(json.dumps(status, sort_keys=True))
     else:
@@ -207,8 +225,9 @@ def _status_text(status: dict[str, object]) -> str:
     uplink_text = uplink.get("state", "unknown")
     if uplink.get("error"):
         uplink_text = f"FAILED: {uplink['error']}"
+    source = f" (from {status['config']})" if status.get("config") else ""
     lines = [
-        f"state dir     {status['state_dir']}",
+        f"state dir     {status['state_dir']}{source}",
         f"outbox        {outbox['depth']} records, {outbox['bytes']} bytes "
         f"(last seq {outbox['last_seq']})",
         f"dead letters  {dead_text}",
@@ -216,15 +235,42 @@ def _status_text(status: dict[str, object]) -> str:
         f"{outbox['gaps_declared']} gaps declared, {outbox['corrupt_outboxes']} damaged "
         f"outboxes replaced",
         f"last receipt  {last_text}",
+        f"receipts      {_receipts_text(agent.get('receipts'))}",
         f"credit        accrued {_micro(credit['accrued_micro'])}, "
         f"sent {_micro(credit['sent_micro'])}, settled {_micro(credit['settled_micro'])}, "
-        f"{credit['corrupt_credits']} damaged credits files replaced",
-        f"uplink        {uplink_text} (as of the agent's last status write)",
+        f"{credit['corrupt_credits']} damaged credits files replaced"
+        f"{_rate_text(agent.get('credit_rate_micro_per_hour', -1))}",
+        f"uplink        {uplink_text}{_broker_text(uplink)} "
+        f"(as of the agent's last status write)",
     ]
+    plain = agent.get("plaintext_streams")
+    if isinstance(plain, list) and plain:
+        lines.append(f"sealing       plaintext (no recipients): {', '.join(map(str, plain))}")
     rotation = agent.get("rotation")
     if isinstance(rotation, dict) and rotation.get("state", "none") != "none":
         lines.append(f"key rotation  {_rotation_text(rotation)}")
     return "\n".join(lines)
+
+
+def _receipts_text(receipts: object) -> str:
+    if not isinstance(receipts, dict):
+        return "unknown (the agent has not written its status yet)"
+    if receipts.get("overdue"):
+        return (f"OVERDUE: no verified receipt for {receipts.get('waiting_s')} s; "
+                f"{receipts.get('problem')}")
+    if receipts.get("waiting_s") is None:
+        return "ok (nothing waiting)"
+    return f"ok (oldest sent batch waiting {receipts.get('waiting_s')} s)"
+
+
+def _rate_text(rate: object) -> str:
+    if rate is None:
+        return " (no [usage]: earns nothing)"
+    return " (rate 0: earns nothing; see usage.rate_micro_per_hour)" if rate == 0 else ""
+
+
+def _broker_text(uplink: dict[str, object]) -> str:
+    return f", broker {uplink['broker']}" if uplink.get("broker") else ""
 
 
 def _rotation_text(rotation: dict[str, object]) -> str:

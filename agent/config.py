@@ -218,9 +218,16 @@ def _uplink(t: Table) -> UplinkSettings:
         max_inflight_batches=t.integer("max_inflight_batches", 8, low=1, high=100),
         backoff_min_ms=backoff_min,
         backoff_max_ms=ms("backoff_max_s", 60.0, low=backoff_min / 1000),
+        receipt_overdue_ms=_optional_millis(t, "receipt_overdue_s"),
     )
     t.finish()
     return out
+
+
+def _optional_millis(t: Table, key: str) -> int | None:
+    if key not in t:
+        return None
+    return t.millis(key, 0.0, low=0.1)
 
 
 def _outbox(t: Table) -> OutboxSettings:

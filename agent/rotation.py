@@ -154,12 +154,12 @@ class KeyRotator:
         n = self._notes
         if n is None:
             return
-        if n.state == REJECTED:
+        if n.state is REJECTED:
             self._settle(n, want=n.old, other=n.new, source=self.files.prev,
                          stash=self.files.rejected)
             return
         self._settle(n, want=n.new, other=n.old, source=self.files.next, stash=self.files.prev)
-        if n.state == ACCEPTED:
+        if n.state is ACCEPTED:
             self._drop_prev()
 
     def _settle(self, n: RotationNotes, *, want: bytes, other: bytes, source: Path,
@@ -230,7 +230,7 @@ class KeyRotator:
         n = self._notes
         if new == current:
             return f"{self.files.next}: holds the key already in use; nothing to announce"
-        if n is not None and n.state == REJECTED and new == n.new:
+        if n is not None and n.state is REJECTED and new == n.new:
             return (f"{self.files.next}: the gateway already rejected this key ({n.reason}, "
                     f"record {n.seq}); make a new one with edgeproof-provision device rotate")
         if n is not None and new == n.old:

@@ -9,8 +9,9 @@ with a manual clock; the CLI calls ``run``.
 One iteration: move the simulated world (``--simulate`` only), read every sensor that is
 due (a failing sensor is counted and skipped; it never stops another), feed the usage
 meter, emit a usage record when one is due, close the outbox's group commit when its
-window has passed, finish a key rotation the gateway has answered, watch the uplink thread,
-refresh ``status.json`` and ping systemd's watchdog (only here, so a hung loop is noticed).
+window has passed, finish a key rotation the gateway has answered, watch the uplink thread
+and whether receipts still arrive, refresh ``status.json`` and ping systemd's watchdog (only
+here, so a hung loop is noticed).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from agent.uplink import BrokerSettings, MqttTransport, Uplink
 from agent.uplink.uplink import TransportFactory
 from agent.usage_reports import UsageReporter
 from osutil.sdnotify import Notifier
-from protocol.errors import SensorReadError, StorageError
+from protocol.errors import ConfigError, SensorReadError, StorageError
 from protocol.keys import SigningKey, load_device_key
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,17 @@ class ServiceOptions:
     on_reading: Callable[[Reading], None] | None = None
 
 
+class NoWorkingSensors(ConfigError):
+    """No configured sensor could be opened: an agent measuring nothing must not run."""
+
+
+def _no_sensors_message(sensors: SensorSet) -> str:
+    failed = "; ".join(f"{f.config.stream} ({f.config.kind}): {f.detail}"
+                       for f in sensors.failures)
+    return (f"no sensor could be opened, nothing to measure ({failed}); on a machine "
+            f"without this hardware run with --simulate")
+
+
 class AgentService:
     """One agent: owns the outbox, sensors, meter and uplink between start and shutdown."""
 
@@ -97,6 +109,8 @@ class AgentService:
         self.reporter: UsageReporter | None = None
         self._input: DigitalInputSensor | None = None
         self._schedule: list[_Schedule] = []
+        self._overdue_since_ms: int | None = None  # receipts overdue since (mono ms)
+        self._unanswered_from_ms = 0
 
     # --- start --------------------------------------------------------------------------
 
@@ -110,6 +124,7 @@ class AgentService:
         cfg = self.config
         load_device_key(cfg.key_file)  # refuse a key others can read before opening anything
         broker = self.options.broker or broker_settings(cfg.mqtt)
+        self.sensors = self._build_sensors()  # before any state: refusing to start opens none
         self.state = DeviceState.open(cfg.state_dir / STATE_FILE, self.clock.wall_ms)
         self.outbox = Outbox(cfg.state_dir / OUTBOX_FILE, cfg.outbox, self.state, self.clock)
         self.rotation = KeyRotator(KeyFiles(cfg.key_file), self.outbox,
@@ -124,18 +139,37 @@ class AgentService:
         self.writer = RecordWriter(self.factory, self.outbox, cfg.stream_recipients(),
                                    policy=cfg.epoch, clock=self.clock,
                                    random_bytes=self.options.random_bytes)
-        self.sensors = self._build_sensors()
         self._open_meter()
         self.writer.start_epoch()
         self._guarded(self.rotation.begin_if_requested)
         self.outbox.commit()
         self.uplink = self._new_uplink(broker)
         self._broker = broker
+        log.info("uplink: connecting to %s", self.uplink.broker_text)
         self.uplink.start()
         log.info("agent started: device %s, boot %d, %d sensors, outbox %s",
                  self.identity.device_id.hex(), self.boot, len(self.sensors.sensors),
                  self.outbox.path)
+        self._say_what_earns_and_seals()
         self.notifier.ready(self._status_line())
+
+    def _say_what_earns_and_seals(self) -> None:
+        """One info line each when nothing earns credit or a stream is not sealed."""
+        usage = self.config.usage
+        if usage is None:
+            log.info("credit: no [usage] section; this agent earns no credit")
+        elif usage.rate_micro_per_hour == 0:
+            log.info("credit: usage.rate_micro_per_hour is 0; usage of %s is measured but "
+                     "earns no credit (device add/enroll --rate sets it)", usage.input)
+        plain = self.plaintext_streams()
+        if plain:
+            log.info("sealing: stream%s %s sent in plaintext (no recipients); device "
+                     "add/enroll --recipient NAME seals them", "s" if len(plain) > 1 else "",
+                     ", ".join(plain))
+
+    def plaintext_streams(self) -> list[str]:
+        """Configured streams whose values go unsealed (no recipients)."""
+        return [s.stream for s in self.config.sensors if not s.recipients]
 
     def _use_key(self, key: SigningKey) -> None:
         self.identity = Identity(key, self.identity.device_id)
@@ -149,6 +183,13 @@ class AgentService:
             self.counters["sensor_build_failures"] += 1
             log.error("sensor %s (%s) unavailable: %s", failure.config.stream,
                       failure.config.kind, failure.detail)
+        if not cfg.sensors:
+            log.warning("no sensors configured ([[sensors]]): this agent measures nothing")
+        elif not sensors.sensors:
+            sensors.close()
+            message = _no_sensors_message(sensors)
+            self.notifier.status(f"not started: {message}")  # systemctl status shows why
+            raise NoWorkingSensors(message)
         now = self.clock.mono_ms()
         self._schedule = [_Schedule(s, now) for s in sensors.sensors]
         return sensors
@@ -198,6 +239,7 @@ class AgentService:
         self._guarded(self.outbox.maybe_commit)
         self._guarded(self.rotation.poll)
         self._watch_uplink(now)
+        self._watch_receipts(now)
         if now >= self._next_status_ms:
             self._next_status_ms = now + round(self.config.service.status_interval_s * 1000)
             self.write_status()
@@ -286,6 +328,41 @@ class AgentService:
         self.uplink = self._new_uplink(self._broker)
         self.uplink.start()
 
+    def _watch_receipts(self, now: int) -> None:
+        """Say once when sent records go unanswered too long, and once when that ends."""
+        if self.uplink is None:
+            return
+        health = self.uplink.receipt_health(now)
+        limit = self.config.uplink.overdue_after_ms
+        if self._overdue_since_ms is None:
+            if health.waiting_ms is None or health.waiting_ms < limit:
+                return
+            self._overdue_since_ms = now
+            self._unanswered_from_ms = now - health.waiting_ms
+            self.counters["receipts_overdue"] += 1
+            log.warning("no verified receipt for %d s; %s", health.waiting_ms // 1000,
+                        health.problem)
+            self.write_status()
+            return
+        verified = health.last_verified_mono_ms
+        if verified is not None and verified >= self._overdue_since_ms:
+            log.info("receipts: verified receipts arrive again (none for %d s before)",
+                     (verified - self._unanswered_from_ms) // 1000)
+            self._overdue_since_ms = None
+            self.write_status()
+
+    def receipts_status(self) -> dict[str, object]:
+        """Whether receipts are overdue, for how long, and the likely reason."""
+        now = self.clock.mono_ms()
+        health = self.uplink.receipt_health(now) if self.uplink is not None else None
+        waiting = None if health is None or health.waiting_ms is None else health.waiting_ms
+        return {
+            "overdue": self._overdue_since_ms is not None,
+            "waiting_s": None if waiting is None else waiting // 1000,
+            "overdue_after_s": self.config.uplink.overdue_after_ms / 1000,
+            "problem": health.problem if health is not None and waiting is not None else None,
+        }
+
     def _next_wake(self, now: int) -> int:
         wake = now + IDLE_WAKE_MS
         for item in self._schedule:
@@ -338,9 +415,14 @@ class AgentService:
             "device_id": self.identity.device_id.hex(),
             "public_key": self.identity.public_key_hex,
             "boot": self.boot,
-            "uplink": None if uplink is None else {
+            "uplink": None if uplink is None or self.uplink is None else {
                 "state": uplink.state.value, "error": uplink.error,
+                "broker": self.uplink.broker_text,
                 "inflight_batches": uplink.inflight_batches, "counters": uplink.counters},
+            "receipts": self.receipts_status(),
+            "plaintext_streams": self.plaintext_streams(),
+            "credit_rate_micro_per_hour": (None if self.config.usage is None
+                                           else self.config.usage.rate_micro_per_hour),
             "sensors": [s.status() for s in self.sensors.sensors],
             "sensor_failures": [{"stream": f.config.stream, "reason": f.reason,
                                  "detail": f.detail} for f in self.sensors.failures],
@@ -364,6 +446,10 @@ class AgentService:
             state = f"FAILED: {uplink.error}"
         if self.rotation.state is RotationState.REJECTED and self.rotation.error:
             state += "; KEY ROTATION REJECTED"
+        if self._overdue_since_ms is not None and self.uplink is not None:
+            health = self.uplink.receipt_health(self.clock.mono_ms())
+            waiting = (health.waiting_ms or 0) // 1000
+            state += f"; NO RECEIPTS for {waiting} s: {health.problem}"
         return (f"uplink {state}; outbox {self.outbox.bytes_used} bytes; "
                 f"{self.counters['readings']} readings, "
                 f"{self.counters['sensor_errors']} sensor errors")

@@ -1,7 +1,7 @@
 """``edgeproof-sim``: the one-command demo and the fleet simulator.
 
     edgeproof-sim demo [--devices N] [--duration SECONDS] [--seed S] [--keep] [--json]
-    edgeproof-sim fleet --config FLEET_TOML --devices N [--duration S] [--rate HZ] [--json]
+    edgeproof-sim fleet --fleet FLEET_DIR --devices N [--duration S] [--rate HZ] [--json]
 
 Thin by design: parse arguments, run :mod:`firmware_sim.demo` or :mod:`firmware_sim.fleet`,
 print the result, and turn a failure into one line on stderr and a non-zero exit code.
@@ -18,17 +18,20 @@ import signal
 import sys
 from pathlib import Path
 
-from protocol.errors import EdgeproofError
+from osutil.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_version
+from protocol.errors import ConfigError, EdgeproofError
 
 PROG = "edgeproof-sim"
-OWN_PACKAGES = frozenset({"protocol", "agent", "gateway", "provisioning", "verifier",
+OWN_PACKAGES = frozenset({"protocol", "osutil", "agent", "gateway", "provisioning", "verifier",
                           "firmware_sim"})
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Simulated edgeproof devices: "
-                                     "the one-command demo and a fleet simulator for load runs.")
+                                     "the one-command demo and a fleet simulator for load runs.",
+                                     epilog="Exit status: 0 ok, 1 runtime failure, 2 usage or "
+                                     "configuration error, 130 interrupted (docs/CLI.md).")
+    add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = sub.add_parser(
         "demo", help="run a private broker, gateway and simulated devices, then verify",
@@ -56,8 +59,11 @@ def _parser() -> argparse.ArgumentParser:
         "connection with its own credential. Devices PREFIX-001.. are taken from the fleet's "
         "bundles, or provisioned (device add --count N) if the fleet has none. Prints "
         "throughput per interval and one JSON line at the end.")
-    fleet.add_argument("--config", type=Path, required=True, metavar="FLEET_TOML",
-                       help="the fleet's fleet.toml (or its directory)")
+    fleet.add_argument("--fleet", type=Path, metavar="FLEET_DIR",
+                       help="the fleet directory made by edgeproof-provision init "
+                       "(required; its fleet.toml is accepted too)")
+    # The spelling before docs/CLI.md's one convention, kept as a hidden alias.
+    fleet.add_argument("--config", dest="fleet", type=Path, help=argparse.SUPPRESS)
     fleet.add_argument("--devices", type=int, required=True, metavar="N")
     fleet.add_argument("--duration", type=float, default=60.0, metavar="S",
                        help="how long the devices produce records (default 60)")
@@ -77,6 +83,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; return the exit code."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C before the command's own handling: one line, no trace
+        print("edgeproof-sim: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     try:
         return int(args.handler(args))
@@ -99,14 +113,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.devices < 1 or args.duration <= 0:
         return _fail("--devices must be >= 1 and --duration > 0", EXIT_USAGE)
     # The sim extra, imported here so that --help and a missing extra need none of it.
-    from rich.console import Console  # noqa: PLC0415
-
     from firmware_sim.demo import Demo, DemoOptions, Signals  # noqa: PLC0415
     from firmware_sim.stack import Interrupted  # noqa: PLC0415
-    from firmware_sim.view import LiveView, PlainView, View, print_report  # noqa: PLC0415
+    from firmware_sim.view import (  # noqa: PLC0415
+        LiveView,
+        PlainView,
+        View,
+        demo_console,
+        print_report,
+    )
 
     importlib.import_module("gateway.service")  # the demo runs the gateway: fail before it
-    console = Console()
+    console = demo_console()
     live = not args.json and console.is_terminal
     view: View = LiveView(console) if live else PlainView(sys.stderr if args.json
                                                           else sys.stdout)
@@ -140,16 +158,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_fleet(args: argparse.Namespace) -> int:
     from firmware_sim.fleet import FleetOptions, run_fleet  # noqa: PLC0415 - the sim extra
 
+    if args.fleet is None:
+        return _fail("fleet: --fleet FLEET_DIR is required", EXIT_USAGE)
     if args.devices < 1 or args.duration <= 0 or args.rate <= 0 or args.batch_interval <= 0:
         return _fail("--devices, --duration, --rate and --batch-interval must be > 0",
                      EXIT_USAGE)
-    config = args.config if args.config.is_dir() else args.config.parent
+    config = args.fleet if args.fleet.is_dir() else args.fleet.parent
     options = FleetOptions(fleet_dir=config, devices=args.devices, duration_s=args.duration,
                            rate_hz=args.rate, prefix=args.prefix,
                            batch_interval_s=args.batch_interval, report_every_s=args.interval)
     progress = sys.stderr if args.json else sys.stdout
     try:
         result = run_fleet(options, progress)
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_USAGE)
     except EdgeproofError as exc:
         return _fail(str(exc))
     print(json.dumps(result, sort_keys=True), flush=True)

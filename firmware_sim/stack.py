@@ -159,7 +159,7 @@ class Stack:
         Raises StackError (or Interrupted when ``should_stop()`` turns true).
         """
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.provision("init", str(self.fleet_dir), "--broker", self.broker_url,
+        self.provision("init", "--fleet", str(self.fleet_dir), "--broker", self.broker_url,
                        "--gateway", self.gateway_url, "--name", self.name,
                        "--owner", self.owner, "--rate", str(self.rate_micro_per_hour))
         self._configure_broker()

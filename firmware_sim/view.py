@@ -22,6 +22,18 @@ from rich.text import Text
 
 REFRESH_PER_SECOND = 2
 PLAIN_EVERY_S = 5.0
+# When the output is a file or a pipe there is no terminal width to respect: rich would
+# assume 80 columns and fold the final table and the long lines. None of ours is this wide.
+PIPE_WIDTH = 400
+
+
+def demo_console(stream: TextIO | None = None) -> Console:
+    """The console the demo prints on: the terminal's own on a terminal; otherwise one that
+    never wraps (a fixed wide width, no soft wrapping), so a log file reads like the screen."""
+    console = Console(file=stream)
+    if console.is_terminal:
+        return console
+    return Console(file=stream, width=PIPE_WIDTH, soft_wrap=True)
 
 
 @dataclass(frozen=True)

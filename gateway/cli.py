@@ -1,7 +1,8 @@
 """``edgeproof-gateway``: run the gateway, make its key, print its verifier key, dump OpenAPI.
 
 Thin by design: parse arguments, call the library, turn expected errors into one line on
-stderr and a non-zero exit code.
+stderr and an exit code of the shared convention (docs/CLI.md): 0 ok, 1 runtime failure,
+2 usage or configuration error, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -18,38 +19,55 @@ from types import FrameType
 
 from gateway.config import GatewayConfig, load_config
 from gateway.gatewaykey import GatewayKey, load_gateway_key, save_gateway_key
+from osutil.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_log_level, add_version
 from osutil.lockfile import hold_lock
 from osutil.lograte import limit_repeats
-from protocol.errors import EdgeproofError, MalformedRecord
-
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+from protocol.errors import ConfigError, EdgeproofError, MalformedRecord
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgeproof-gateway",
         description="The edgeproof ledger gateway: MQTT ingest, verification, Merkle log, "
-                    "receipts, checkpoints and the HTTP API.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the gateway service (systemd runs this)")
+                    "receipts, checkpoints and the HTTP API.",
+        epilog="Exit status: 0 ok, 1 runtime failure, 2 usage or configuration error, "
+               "130 interrupted (docs/CLI.md).")
+    add_version(parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="run the gateway service (systemd runs this)",
+                         description="Run the gateway: MQTT ingest, verification, the Merkle "
+                         "log, receipts, checkpoints, anchors and the HTTP API, until SIGTERM "
+                         "or Ctrl-C.")
     run.add_argument("--config", type=Path, required=True, help="gateway TOML config file")
-    run.add_argument("--log-level", default="INFO",
-                     choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log verbosity")
-    keygen = sub.add_parser("keygen", help="make the gateway's signing key (C2SP note key)")
+    add_log_level(run, "info")
+    keygen = sub.add_parser("keygen", help="make the gateway's signing key (C2SP note key)",
+                            description="Create the gateway's Ed25519 signing key (a C2SP "
+                            "signed-note key, file mode 0600) and print its verifier key.")
     keygen.add_argument("--name", required=True,
                         help="key name = checkpoint origin, e.g. gateway.example.org/edgeproof")
     keygen.add_argument("--out", type=Path, required=True, help="private key file (mode 0600)")
     keygen.add_argument("--json", action="store_true", help="print JSON")
-    verifier = sub.add_parser("verifier-key", help="print the verifier key of the config's key")
+    verifier = sub.add_parser("verifier-key", help="print the verifier key of the config's key",
+                              description="Print the verifier key (name+id+public key) of "
+                              "the signing key the config names: what verifiers pin.")
     verifier.add_argument("--config", type=Path, required=True, help="gateway TOML config file")
     verifier.add_argument("--json", action="store_true", help="print JSON")
-    openapi = sub.add_parser("openapi", help="write the API's OpenAPI description")
+    openapi = sub.add_parser("openapi", help="write the API's OpenAPI description",
+                             description="Write the HTTP API's OpenAPI 3 description (JSON).")
     openapi.add_argument("--out", type=Path, help="file to write (default: stdout)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the process exit code."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C before the command's own handling: one line, no trace
+        print("edgeproof-gateway: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
@@ -59,9 +77,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "verifier-key":
             return _verifier_key(args)
         return _openapi(args)
+    except ConfigError as exc:
+        print(f"edgeproof-gateway: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except EdgeproofError as exc:
         print(f"edgeproof-gateway: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_FAILED
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -103,7 +124,7 @@ def _openapi(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     # force=True: main() may run many times in one process (tests); each run logs to the
     # sys.stdout of its own time, never to a stream an earlier caller has closed.
-    logging.basicConfig(level=args.log_level, stream=sys.stdout,
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stdout,
                         format="%(levelname)s %(name)s: %(message)s", force=True)
     # One failure repeated thousands of times a second must not flood the journal.
     limiter = limit_repeats()

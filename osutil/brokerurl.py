@@ -50,3 +50,21 @@ def parse_broker_url(url: str, key: str) -> BrokerAddress:
         raise ConfigError(f"{key}: port 0 is not a broker port ({url!r})")
     return BrokerAddress(parts.hostname, port or DEFAULT_PORTS[parts.scheme],
                          parts.scheme == "mqtts")
+
+
+def describe_broker_url(url: str) -> str:
+    """``url`` with its port spelled out, for logs and status: a default port is said to be
+    one (``mqtt://h:1883 (port 1883: the mqtt:// default)``), so a URL that was meant to
+    name another port shows where it really points. Unparseable URLs come back unchanged.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return url
+    default = DEFAULT_PORTS.get(parts.scheme)
+    if port is not None or default is None or not parts.hostname:
+        return url
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return (f"{parts.scheme}://{host}:{default} "
+            f"(port {default}: the {parts.scheme}:// default)")

@@ -10,19 +10,20 @@ from __future__ import annotations
 import argparse
 import sys
 
-from protocol.errors import EdgeproofError
+from osutil.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, add_version
+from protocol.errors import ConfigError, EdgeproofError
 from provisioning import cmd_device, cmd_fleet
 
 PROG = "edgeproof-provision"
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser for every command."""
     parser = argparse.ArgumentParser(
-        prog=PROG, description="Provision an edgeproof fleet: gateway, broker, devices.")
+        prog=PROG, description="Provision an edgeproof fleet: gateway, broker, devices.",
+        epilog="Every command names its fleet with --fleet FLEET_DIR. Exit status: 0 ok, "
+        "1 runtime failure, 2 usage or configuration error, 130 interrupted (docs/CLI.md).")
+    add_version(parser)
     groups = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     cmd_fleet.add_commands(groups)
     cmd_device.add_commands(groups)
@@ -30,11 +31,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; return the exit code (0 on success, 1 on a failure, 2 on bad usage)."""
+    """Run one command; return the exit code (0 ok, 1 failure, 2 usage or configuration,
+    130 interrupted)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C before the command's own handling: one line, no trace
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         code: int = args.handler(args)
+    except ConfigError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except EdgeproofError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_FAILED

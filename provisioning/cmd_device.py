@@ -36,7 +36,8 @@ def add_commands(groups: _Groups) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--fleet", required=True, type=Path, metavar="FLEET_DIR")
+    p.add_argument("--fleet", required=True, type=Path, metavar="FLEET_DIR",
+                   help="the fleet directory made by init")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 

@@ -36,14 +36,20 @@ def _add_init(groups: _Groups) -> None:
     p = groups.add_parser("init", help="create a fleet: gateway key, admin token, configs",
                           description="Create a fleet directory with the gateway's signing key, "
                           "admin token, broker credential and config, and fleet.toml.")
-    p.add_argument("fleet_dir", type=Path, metavar="FLEET_DIR", help="new (or empty) directory")
+    p.add_argument("--fleet", type=Path, metavar="FLEET_DIR",
+                   help="the fleet directory to create (new or empty)")
+    # The spelling before docs/CLI.md's one convention (`init DIR`), kept as a hidden alias.
+    p.add_argument("fleet_dir", type=Path, nargs="?", help=argparse.SUPPRESS)
     p.add_argument("--broker", required=True, metavar="URL", help="mqtt://host:1883 or mqtts://")
     p.add_argument("--gateway", required=True, metavar="URL", help="http://host:8080")
     p.add_argument("--name", metavar="ORIGIN",
                    help="the gateway key's name (default: <gateway host>/edgeproof)")
     p.add_argument("--owner", help="default owner of new devices (default: the key name)")
-    p.add_argument("--rate", type=int, default=0, metavar="MICRO_PER_HOUR",
-                   help="default credit rate of new devices, micro-credits per hour")
+    p.add_argument("--rate", type=int, default=fleet.DEFAULT_RATE_MICRO_PER_HOUR,
+                   metavar="MICRO_PER_HOUR",
+                   help="default credit rate of new devices, micro-credits per hour "
+                   f"(default {fleet.DEFAULT_RATE_MICRO_PER_HOUR}: one credit per hour of "
+                   "use; 0 earns nothing)")
     _json_flag(p)
     p.set_defaults(handler=run_init)
 
@@ -51,22 +57,35 @@ def _add_init(groups: _Groups) -> None:
 def run_init(args: argparse.Namespace) -> int:
     out = Output(as_json=args.json)
     cfg = fleet.init_fleet(fleet.InitRequest(
-        root=args.fleet_dir, broker_url=args.broker, gateway_url=args.gateway,
+        root=_init_dir(args), broker_url=args.broker, gateway_url=args.gateway,
         name=args.name, owner=args.owner, rate_micro_per_hour=args.rate,
     ))
     gateway_config = cfg.root / fleet.GATEWAY_CONFIG
     if out.as_json:
         out.json({"fleet": str(cfg.root), "name": cfg.name, "broker_url": cfg.broker_url,
                   "gateway_url": cfg.gateway_url, "gateway_config": str(gateway_config),
-                  "gateway_verifier_key": cfg.gateway_verifier_key})
+                  "gateway_verifier_key": cfg.gateway_verifier_key,
+                  "gateway_verifier_key_file": str(cfg.root / fleet.VERIFIER_KEY_FILE),
+                  "default_rate_micro_per_hour": cfg.default_rate})
         return 0
     out.line(f"fleet created in {cfg.root}")
     out.line(f"gateway verifier key: {cfg.gateway_verifier_key}")
+    out.line(f"  (also in {cfg.root / fleet.VERIFIER_KEY_FILE}, for --gateway-key)")
+    out.line(f"credit rate of new devices: {cfg.default_rate} micro-credits per hour")
     out.line(f"gateway config:       {gateway_config}")
     out.line("next: edgeproof-provision broker-config --fleet "
              f"{cfg.root} --out /etc/mosquitto/edgeproof, then start the gateway with "
              f"edgeproof-gateway run --config {gateway_config}")
     return 0
+
+
+def _init_dir(args: argparse.Namespace) -> Path:
+    if args.fleet is not None and args.fleet_dir is not None and args.fleet != args.fleet_dir:
+        raise ConfigError("init: give the fleet directory once, as --fleet FLEET_DIR")
+    root: Path | None = args.fleet or args.fleet_dir
+    if root is None:
+        raise ConfigError("init: --fleet FLEET_DIR is required")
+    return root
 
 
 # --- recipients --------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 Layout (paths relative to the fleet directory)::
 
     fleet.toml                          the fleet's config (this module)
+    trusted-gateway.vkey                the gateway's verifier key text (public, 0644):
+                                        what agents and edgeproof-verify --gateway-key trust
     gateway/etc/edgeproof/gateway.toml  the gateway's config (provisioning.gateway_config)
     gateway/etc/edgeproof/gateway.key   the gateway's C2SP signing key        (0600)
     gateway/etc/edgeproof/admin.token   the gateway's admin bearer token      (0600)
@@ -46,6 +48,10 @@ BROKER_DIR = Path("broker")
 SERVICE_PASSWD = BROKER_DIR / "service.passwd"
 DEVICES_DIR = Path("devices")
 RECIPIENTS_DIR = Path("recipients")
+VERIFIER_KEY_FILE = Path("trusted-gateway.vkey")
+# New devices' credit rate unless init --rate or device add/enroll --rate says otherwise:
+# one credit (10^6 micro-credits) per hour of use, so a fleet made by hand earns something.
+DEFAULT_RATE_MICRO_PER_HOUR = 1_000_000
 
 _SECTIONS: dict[str, frozenset[str]] = {
     "fleet": frozenset({"name", "broker_url", "gateway_url", "gateway_verifier_key"}),
@@ -106,7 +112,7 @@ def load_fleet(root: Path) -> FleetConfig:
     """
     raw = read_toml(root / FLEET_FILE,
                     missing=f"{root}: not a fleet directory (no {FLEET_FILE}); "
-                            f"create one with: edgeproof-provision init {root} ...")
+                            f"create one with: edgeproof-provision init --fleet {root} ...")
     return _parse(raw, root.resolve())
 
 
@@ -163,7 +169,7 @@ class InitRequest:
     gateway_url: str
     name: str | None = None
     owner: str | None = None
-    rate_micro_per_hour: int = 0
+    rate_micro_per_hour: int = DEFAULT_RATE_MICRO_PER_HOUR
 
 
 TokenSource = Callable[[int], str]
@@ -227,6 +233,9 @@ def _write_fleet_files(tmp: Path, req: InitRequest, signer: NoteSigner, token: T
     (tmp / GATEWAY_CONFIG).write_text(
         gateway_config.render(broker_url=req.broker_url, http_bind=http_bind), encoding="utf-8")
     (tmp / FLEET_FILE).write_text(_render_fleet_toml(req, signer), encoding="utf-8")
+    vkey = tmp / VERIFIER_KEY_FILE  # a public key: readable by anyone who can reach it
+    vkey.write_text(signer.verifier_text() + "\n", encoding="ascii")
+    vkey.chmod(0o644)
 
 
 def _render_fleet_toml(req: InitRequest, signer: NoteSigner) -> str:

@@ -73,6 +73,6 @@ def test_report_at_shutdown_counts_what_is_still_suppressed(logged, caplog) -> N
 
 def test_the_gateway_cli_limits_repeats_on_its_log_handler(tmp_path, capsys) -> None:
     # The run fails at once (no config), but the limiter is installed first and reported.
-    assert cli.main(["run", "--config", str(tmp_path / "missing.toml")]) == 1
+    assert cli.main(["run", "--config", str(tmp_path / "missing.toml")]) == 2  # config error
     root = logging.getLogger()
     assert any(isinstance(f, RepeatLimiter) for h in root.handlers for f in h.filters)

@@ -114,7 +114,7 @@ def test_second_gateway_on_the_same_data_dir_refuses_naming_the_first_and_kill9_
     other = write_gateway_files(tmp_path / "gw", broker.port, http_port=free_port(),
                                 client_id="edgeproof-gateway-second")
     second = refused([sys.executable, "-m", "gateway.cli", "run", "--config", str(other.config)])
-    assert second.returncode == 1
+    assert second.returncode == 2  # as the agent: docs/CLI.md
     assert second.stderr.count("\n") == 1, second.stderr
     assert f"already in use by gateway pid {first.pid}" in second.stderr
     assert first.alive() and healthy()

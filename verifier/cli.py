@@ -3,11 +3,14 @@
     edgeproof-verify record --gateway URL (--leaf N | --file RECORD) [--gateway-key KEY]
                             [--rpc URL] [--wait [SECONDS]] [--save BUNDLE] [--json]
     edgeproof-verify bundle BUNDLE [--gateway-key KEY] [--json]          (no network)
+    edgeproof-verify records --gateway URL --device ID [--key FILE] [--stream S ...]
+                             [--json] [--follow [--interval S]]
     edgeproof-verify decrypt --gateway URL --device ID --key FILE [--stream S ...] [--json]
 
-Exit status 0 only when every requested check passed; 1 when a check failed; 2 for bad
-usage, when something could not be fetched, or when the record is logged but no checkpoint
-(with ``--rpc``: no anchored checkpoint) covers it yet (``--wait`` waits for one).
+Exit status (docs/CLI.md) 0 only when every requested check passed; 1 when a check failed;
+2 for bad usage, when something could not be fetched, or when the record is logged but no
+checkpoint (with ``--rpc``: no anchored checkpoint) covers it yet (``--wait`` waits for
+one); 130 when interrupted (how ``records --follow`` ends).
 """
 
 from __future__ import annotations
@@ -21,15 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from osutil.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, add_version
 from osutil.jsonrpc import JsonRpc
 from protocol.bundle import EthereumAnchor, ProofBundle, verify_bundle
 from protocol.checkpoint import Checkpoint, checkpoint_hash
 from protocol.errors import EdgeproofError, MalformedRecord, VerificationError
-from protocol.keys import load_recipient_key
+from protocol.keys import RecipientKey, load_recipient_key
 from protocol.note import NoteVerifier
 from protocol.signed import parse_signed_record
 from verifier.client import TIMEOUT_S, GatewayClient, LoggedRecord, anchoring_transaction
 from verifier.recipient import key_for_seq, open_records
+from verifier.records import Follow, as_line, show_records
 
 
 class UsageError(EdgeproofError):
@@ -43,6 +48,7 @@ class NotYetCovered(EdgeproofError):
 DEFAULT_WAIT_S = 120.0  # twice the gateway's default checkpoint interval
 MAX_WAIT_S = 86_400.0
 POLL_S = 0.5
+FOLLOW_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -68,18 +74,28 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgeproof-verify",
         description="Verify edgeproof records, proofs, checkpoints and anchors; "
-                    "decrypt the streams a recipient was granted.")
-    sub = parser.add_subparsers(dest="command", required=True)
+                    "show a device's readings; decrypt the streams a recipient was granted.",
+        epilog="Exit status: 0 every check passed, 1 a check failed, 2 usage error or "
+               "nothing to check yet (unreachable, not yet covered), 130 interrupted "
+               "(docs/CLI.md).")
+    add_version(parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    record = sub.add_parser("record", help="verify one logged record against a gateway")
+    record = sub.add_parser(
+        "record", help="verify one logged record against a gateway",
+        description="Fetch a logged record, its device key, a covering checkpoint and an "
+        "inclusion proof (and with --rpc the anchoring transaction) and check each. Pin the "
+        "gateway's verifier key with --gateway-key; without it the key is fetched from the "
+        "gateway being checked and reported as untrusted.")
     which = record.add_mutually_exclusive_group(required=True)
     which.add_argument("--leaf", type=int, metavar="N", help="leaf index in the gateway's log")
     which.add_argument("--file", type=Path, metavar="RECORD",
                        help="a signed record (raw COSE_Sign1 bytes, or hex)")
     record.add_argument("--gateway", required=True, metavar="URL", help="http://host:port")
     record.add_argument("--gateway-key", metavar="KEY",
-                        help="the gateway verifier key you trust (text, or a file holding it); "
-                             "without it the gateway's own key is used and reported as such")
+                        help="the gateway verifier key you trust (text, or a file holding it, "
+                             "e.g. from `edgeproof-gateway verifier-key`); without it the "
+                             "key is fetched from the gateway itself and reported as untrusted")
     record.add_argument("--rpc", metavar="URL",
                         help="Ethereum JSON-RPC URL: also check the checkpoint's anchor")
     record.add_argument("--wait", type=_wait_seconds, nargs="?", const=DEFAULT_WAIT_S,
@@ -90,24 +106,61 @@ def _parser() -> argparse.ArgumentParser:
                         help="write a proof bundle that `bundle` can verify offline")
     record.add_argument("--json", action="store_true", help="machine-readable output")
 
-    bundle = sub.add_parser("bundle", help="verify a saved proof bundle with no network")
-    bundle.add_argument("path", type=Path, metavar="BUNDLE")
-    bundle.add_argument("--gateway-key", metavar="KEY", help="the gateway key you trust")
-    bundle.add_argument("--json", action="store_true")
+    bundle = sub.add_parser(
+        "bundle", help="verify a saved proof bundle with no network",
+        description="Check a proof bundle written by `record --save` offline. Pin the "
+        "gateway's verifier key with --gateway-key; without it the key the bundle carries "
+        "is used and reported as untrusted.")
+    bundle.add_argument("path", type=Path, metavar="BUNDLE", help="the bundle's JSON file")
+    bundle.add_argument("--gateway-key", metavar="KEY",
+                        help="the gateway verifier key you trust (text, or a file holding it)")
+    bundle.add_argument("--json", action="store_true", help="machine-readable output")
 
-    decrypt = sub.add_parser("decrypt", help="decrypt a device's records with a recipient key")
-    decrypt.add_argument("--gateway", required=True, metavar="URL")
-    decrypt.add_argument("--device", required=True, metavar="ID", help="device id (32 hex)")
+    records = sub.add_parser(
+        "records", help="show a device's readings with their times (--follow for new ones)",
+        description="Print a device's logged readings, one line each: sequence number, wall "
+        "time (ISO 8601, UTC), whether the device's clock was synchronised, stream, values. "
+        "Every record's signature is checked first. Plaintext streams need no key; sealed "
+        "ones open with --key and otherwise show as `sealed (no key)`. --follow keeps "
+        "polling the gateway for new records until Ctrl-C.")
+    _device_args(records)
+    records.add_argument("--key", type=Path, metavar="FILE",
+                         help="a recipient's X25519 key file (mode 0600): open sealed streams")
+    records.add_argument("--json", action="store_true",
+                         help="one JSON object per line (JSON Lines)")
+    records.add_argument("--follow", action="store_true",
+                         help="keep printing new records as they are logged, until Ctrl-C")
+    records.add_argument("--interval", type=_wait_seconds, default=FOLLOW_S, metavar="S",
+                         help=f"with --follow, poll this often (default {FOLLOW_S:g} s)")
+
+    decrypt = sub.add_parser(
+        "decrypt", help="decrypt a device's records with a recipient key",
+        description="Verify a device's records and open the sealed streams the recipient "
+        "key was granted (see `records` for readings with their times and no key needed).")
+    _device_args(decrypt)
     decrypt.add_argument("--key", required=True, type=Path, metavar="FILE",
                          help="the recipient's X25519 key file (mode 0600)")
-    decrypt.add_argument("--stream", action="append", metavar="S",
-                         help="only this stream (repeatable)")
-    decrypt.add_argument("--json", action="store_true")
+    decrypt.add_argument("--json", action="store_true", help="one JSON array of records")
     return parser
+
+
+def _device_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gateway", required=True, metavar="URL", help="http://host:port")
+    parser.add_argument("--device", required=True, metavar="ID", help="device id (32 hex)")
+    parser.add_argument("--stream", action="append", metavar="S",
+                        help="only this stream (repeatable)")
 
 
 def main(argv: Sequence[str] | None = None, waiting: Waiting | None = None) -> int:
     """Run the command line; return the exit status. ``waiting`` injects clocks (tests)."""
+    try:
+        return _main(argv, waiting)
+    except KeyboardInterrupt:  # Ctrl-C before the command's own handling: one line, no trace
+        print("edgeproof-verify: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Sequence[str] | None, waiting: Waiting | None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "bundle":
@@ -115,13 +168,16 @@ def main(argv: Sequence[str] | None = None, waiting: Waiting | None = None) -> i
         if args.command == "record":
             base = waiting or Waiting()
             return _cmd_record(args, Waiting(args.wait or 0.0, base.monotonic, base.sleep))
+        if args.command == "records":
+            base = waiting or Waiting()
+            return _cmd_records(args, Follow(args.follow, args.interval, base.sleep))
         return _cmd_decrypt(args)
     except VerificationError as exc:
         print(f"edgeproof-verify: FAILED: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     except (EdgeproofError, OSError) as exc:
         print(f"edgeproof-verify: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
 
 
 def _read_key_arg(value: str | None) -> str | None:
@@ -134,16 +190,28 @@ def _read_key_arg(value: str | None) -> str | None:
 
 
 def _print_report(passed: list[tuple[str, str]], extra: dict[str, object],
-                  as_json: bool) -> None:
+                  as_json: bool, untrusted_key_from: str | None) -> None:
+    """Print the passed checks. ``untrusted_key_from`` says where the gateway key came
+    from when none was pinned (None: --gateway-key was given and matched): then every
+    signature check rests on a key nobody vouched for, and the output says so."""
+    if untrusted_key_from is not None:
+        passed = [(name, detail) for name, detail in passed if name != "gateway key"]
     if as_json:
+        trust = {} if untrusted_key_from is None else {
+            "gateway_key": {"trusted": False, "source": untrusted_key_from}}
         print(json.dumps({"ok": True, "checks": [{"check": name, "detail": detail}
-                                                  for name, detail in passed], **extra}))
+                                                  for name, detail in passed],
+                          **trust, **extra}))
         return
+    if untrusted_key_from is not None:
+        print(f"warn  gateway key: UNTRUSTED, taken from {untrusted_key_from}; pin the key "
+              "you trust with --gateway-key")
     for name, detail in passed:
         print(f"ok  {name}: {detail}")
     for key, value in extra.items():
         print(f"--  {key}: {value}")
-    print("all requested checks passed")
+    print("all requested checks passed" if untrusted_key_from is None else
+          "all requested checks passed, against a gateway key that was not pinned")
 
 
 def _cmd_bundle(args: argparse.Namespace) -> int:
@@ -152,9 +220,11 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UsageError(f"{args.path}: {exc.strerror}") from None
     bundle = ProofBundle.from_json(text)
-    report = verify_bundle(bundle, _read_key_arg(args.gateway_key))
-    _print_report(report.passed, {"offline": True}, args.json)
-    return 0
+    trusted = _read_key_arg(args.gateway_key)
+    report = verify_bundle(bundle, trusted)
+    _print_report(report.passed, {"offline": True}, args.json,
+                  None if trusted else f"the bundle {args.path}")
+    return EXIT_OK
 
 
 def _cmd_record(args: argparse.Namespace, waiting: Waiting) -> int:
@@ -176,8 +246,9 @@ def _cmd_record(args: argparse.Namespace, waiting: Waiting) -> int:
     if args.save:
         args.save.write_text(bundle.to_json())
         extra["bundle"] = str(args.save)
-    _print_report(report.passed, extra, args.json)
-    return 0
+    _print_report(report.passed, extra, args.json,
+                  None if trusted else f"the live gateway at {client.base}")
+    return EXIT_OK
 
 
 def _find_record(client: GatewayClient, leaf: int | None, path: Path | None) -> LoggedRecord:
@@ -266,13 +337,35 @@ def _anchor(rpc: str, note: str, info: dict[str, Any],
         chain.close()
 
 
-def _cmd_decrypt(args: argparse.Namespace) -> int:
+def _device_id(text: str) -> bytes:
     try:
-        device_id = bytes.fromhex(args.device)
+        device_id = bytes.fromhex(text)
     except ValueError:
         raise UsageError("--device must be the 32-hex-digit device id") from None
     if len(device_id) != 16:
         raise UsageError("--device must be the 32-hex-digit device id")
+    return device_id
+
+
+def _cmd_records(args: argparse.Namespace, follow: Follow) -> int:
+    device_id = _device_id(args.device)
+    recipient: RecipientKey | None = None if args.key is None else load_recipient_key(args.key)
+    client = GatewayClient(args.gateway)
+    try:
+        errors = show_records(client, device_id, recipient,
+                              streams=set(args.stream) if args.stream else None,
+                              json_lines=args.json, follow=follow, out=sys.stdout)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    if errors:
+        print(f"edgeproof-verify: FAILED: {errors} record(s) did not verify (shown as error)",
+              file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _cmd_decrypt(args: argparse.Namespace) -> int:
+    device_id = _device_id(args.device)
     recipient = load_recipient_key(args.key)
     client = GatewayClient(args.gateway)
     records = client.all_device_records(device_id)
@@ -280,13 +373,13 @@ def _cmd_decrypt(args: argparse.Namespace) -> int:
                           set(args.stream) if args.stream else None)
     if args.json:
         print(json.dumps([{"seq": o.seq, "stream": o.stream, "wall_ms": o.wall_ms,
-                           "status": o.status, "detail": o.detail,
+                           "clock_synced": o.clock_synced, "status": o.status,
+                           "detail": o.detail,
                            "values": [[m.mantissa, m.exponent, m.unit] for m in o.values]}
                           for o in opened]))
     else:
-        for o in opened:
-            shown = ", ".join(f"{m.value} {m.unit}" for m in o.values) or o.detail
-            print(f"{o.seq:>8}  {o.stream:<16} {o.status:<11} {shown}")
+        for o in opened:  # the same lines as `records`: with the wall time and clock state
+            print(as_line(o))
     return 1 if any(o.status == "error" for o in opened) else 0
 
 

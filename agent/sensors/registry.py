@@ -7,7 +7,8 @@ guessed:
 
 - ``"hardware"``: the pin factory named by ``pin_factory`` (default ``lgpio``) and the
   real ``adafruit_dht``. If they are missing, the sensors that need them fail with
-  ``hardware_missing``; nothing falls back to mock pins.
+  ``hardware_missing``; nothing falls back to mock pins. ``cpu_temp`` needs neither: it
+  reads the kernel's thermal zone under ``thermal_dir`` (agent/sensors/cpu.py).
 - ``"simulated"``: the ``SimulatedHardware`` passed in as ``sim`` supplies the pin factory,
   the DHT stand-in and the CPU temperature file; the same drivers run on top.
 """
@@ -17,10 +18,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from agent.sensors.base import Sensor, SensorUnavailable
-from agent.sensors.cpu import DEFAULT_SENSOR_FILE, CPUTemperatureSensor
+from agent.sensors.cpu import THERMAL_DIR, CPUTemperatureSensor
 from agent.sensors.dht22 import (
     DATASHEET_SPACING_S,
     DEFAULT_MIN_SPACING_S,
@@ -192,6 +194,7 @@ def build_sensors(
     sim: SimulatedHardware | None = None,
     pin_factory: str = DEFAULT_PIN_FACTORY,
     pin_factory_loader: PinFactoryLoader = load_pin_factory,
+    thermal_dir: Path = THERMAL_DIR,
 ) -> SensorSet:
     """Build a driver for each config on ``backend`` ("hardware" or "simulated").
 
@@ -199,7 +202,7 @@ def build_sensors(
     ``failures`` (reason ``hardware_missing`` with a detail), the rest in ``sensors``.
     Raises ConfigError for an unknown backend, a missing or unexpected ``sim``, a bad
     ``pin_factory`` name (``mock`` with hardware), or duplicate streams or pins.
-    ``pin_factory_loader`` exists for tests of the hardware path.
+    ``pin_factory_loader`` and ``thermal_dir`` exist for tests of the hardware path.
     """
     if backend not in BACKENDS:
         raise ConfigError(f"backend: unknown {backend!r}; choose one of {BACKENDS}")
@@ -220,13 +223,14 @@ def build_sensors(
     result = SensorSet([], [], owned)
     for config in configs:
         try:
-            result.sensors.append(_build_one(config, factory, sim))
+            result.sensors.append(_build_one(config, factory, sim, thermal_dir))
         except SensorReadError as exc:
             result.failures.append(SensorFailure(config, exc))
     return result
 
 
-def _build_one(config: SensorConfig, factory: LazyPinFactory, sim: Any) -> Sensor:
+def _build_one(config: SensorConfig, factory: LazyPinFactory, sim: Any,
+               thermal_dir: Path) -> Sensor:
     if config.kind == "dht22":
         assert config.pin is not None  # validated
         if sim is not None:
@@ -235,12 +239,13 @@ def _build_one(config: SensorConfig, factory: LazyPinFactory, sim: Any) -> Senso
             module, pin = import_dht_library(config.stream), board_pin(config.stream, config.pin)
         return DHT22Sensor(config.stream, config.interval_s, pin, dht_module=module,
                            min_spacing_s=config.min_spacing_s)
-    pins = _factory_for(config, factory)
-    if config.kind == "cpu_temp":
+    if config.kind == "cpu_temp":  # the kernel's thermal zone: no pins involved
         path = config.sensor_file
-        if path is None:
-            path = str(sim.cpu_temp_file()) if sim is not None else DEFAULT_SENSOR_FILE
-        return CPUTemperatureSensor(config.stream, config.interval_s, pins, path)
+        if path is None and sim is not None:
+            path = str(sim.cpu_temp_file())
+        return CPUTemperatureSensor(config.stream, config.interval_s, path,
+                                    thermal_dir=thermal_dir)
+    pins = _factory_for(config, factory)
     assert config.pin is not None  # validated
     device = open_input_device(config.stream, config.kind, config.pin, pins, config.pull_up)
     return DigitalInputSensor(config.stream, config.interval_s, config.kind, device)

@@ -22,6 +22,16 @@ class UplinkSettings:
     backoff_min_ms: int = 1_000
     backoff_max_ms: int = 60_000
     poll_ms: int = 100
+    # Sent records without a verified receipt for this long: say so (log, status, systemd).
+    # None: twice the receipt time-out plus one batch interval (default 61 s).
+    receipt_overdue_ms: int | None = None
+
+    @property
+    def overdue_after_ms(self) -> int:
+        """When waiting for a receipt counts as a failure worth reporting (ms)."""
+        if self.receipt_overdue_ms is not None:
+            return self.receipt_overdue_ms
+        return 2 * self.receipt_timeout_ms + self.batch_interval_ms
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,11 @@ It runs in its own thread and owns the MQTT transport. Rules (docs/AGENT.md, "Up
   stop the uplink with a clear, permanent error instead of hammering the broker.
 - ``heartbeat_ms`` advances on every loop iteration so the service's watchdog can tell a
   stuck network thread from an idle one.
+- :meth:`Uplink.receipt_health` says how long sent records have waited for a verified
+  receipt and the likeliest reason (the last receipt that failed to verify, or none
+  arriving at all); the service turns that into one warning, ``status`` and the systemd
+  status line (docs/AGENT.md, "When receipts stop"). A receipt that does not verify is
+  logged once per reason, then counted only, until a verified one arrives.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from agent.clock import Clock
 from agent.outbox import Outbox, within_bytes
 from agent.uplink.settings import GatewayKey, UplinkSettings
 from agent.uplink.transport import BrokerSettings, MqttTransport
+from osutil.brokerurl import describe_broker_url
 from osutil.mqtt import (
     NOT_AUTHORISED,
     AckTimeout,
@@ -78,6 +84,15 @@ class UplinkState(StrEnum):
     READY = "ready"                # sending batches and applying receipts
     FAILED = "failed"              # a permanent error (bad credentials): stopped for good
     STOPPED = "stopped"            # stopped on request
+
+
+@dataclass(frozen=True)
+class ReceiptHealth:
+    """How long sent records have waited for a verified receipt, and the likely reason."""
+
+    waiting_ms: int | None  # None: nothing sent is waiting for a receipt
+    problem: str
+    last_verified_mono_ms: int | None  # the last verified receipt (this uplink's lifetime)
 
 
 @dataclass(frozen=True)
@@ -129,6 +144,11 @@ class Uplink:
         self._idle = threading.Event()
         self._thread: threading.Thread | None = None
         self._transport: MqttTransport | None = None
+        self.broker_text = describe_broker_url(broker.url)
+        self._unanswered_since: int | None = None  # first send not followed by a receipt
+        self._last_verified_ms: int | None = None
+        self._last_refusal: str | None = None
+        self._refusals_logged: set[str] = set()
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -152,6 +172,20 @@ class Uplink:
 
     def status(self) -> UplinkStatus:
         return UplinkStatus(self._state, self._error, len(self._inflight), dict(self.counters))
+
+    def receipt_health(self, now_ms: int) -> ReceiptHealth:
+        """How long records sent have waited for a verified receipt (None: none waiting)."""
+        since = self._unanswered_since
+        waiting = None if since is None else max(0, now_ms - since)
+        if self._last_refusal is not None:
+            problem = f"last receipt refused: {self._last_refusal}"
+        elif self._state is not UplinkState.READY:
+            problem = f"uplink {self._state} ({self.broker_text})"
+        else:
+            problem = (f"no receipt arrived ({self.counters['pubacks']} PUBACKs from the "
+                       f"broker): is {self.broker_text} the fleet's broker, and is the "
+                       f"gateway running?")
+        return ReceiptHealth(waiting, problem, self._last_verified_ms)
 
     def flush(self, timeout_s: float) -> bool:
         """Send everything sendable now and wait for receipts, at most ``timeout_s``.
@@ -263,7 +297,7 @@ class Uplink:
         assert self._transport is not None
         if isinstance(event, Connected):
             self.counters["connects"] += 1
-            log.info("uplink: connected to %s (session present: %s)", self._broker.url,
+            log.info("uplink: connected to %s (session present: %s)", self.broker_text,
                      event.session_present)
             self._state = UplinkState.SUBSCRIBING
             self._transport.subscribe(self._receipts_topic)
@@ -323,12 +357,12 @@ class Uplink:
             receipt = Receipt.verify(event.payload, self._gateway.public_key,
                                      self._gateway.key_id)
         except VerificationError as exc:
-            self.counters["bad_receipts"] += 1
-            log.warning("uplink: ignored a receipt that does not verify: %s", exc)
+            self._bad_receipt(exc)
             return
         if receipt.device_id != self._device_id:
             self.counters["foreign_receipts"] += 1
             return
+        self._receipt_verified(receipt.batch_id)
         refused = self._refused_batch(receipt)
         if refused is not None:
             self._on_batch_refused(*refused)
@@ -344,6 +378,26 @@ class Uplink:
             if None not in answered:  # else the outbox matched them by hash
                 self._resend.update(s for s in batch.seqs if s not in answered)
         log.debug("uplink: receipt for batch %d: %s", receipt.batch_id, result)
+
+    def _bad_receipt(self, exc: VerificationError) -> None:
+        # Logged once per reason (then counted only) until a receipt verifies again: a
+        # wrong gateway key would otherwise log one line per receipt, forever.
+        self.counters["bad_receipts"] += 1
+        reason = f"{exc} (check gateway.key: it must be this fleet's gateway verifier key)"
+        self._last_refusal = reason
+        level = logging.DEBUG if reason in self._refusals_logged else logging.WARNING
+        self._refusals_logged.add(reason)
+        log.log(level, "uplink: ignored a receipt that does not verify: %s; further ones "
+                "are counted (bad_receipts), not logged", reason)
+
+    def _receipt_verified(self, batch_id: int) -> None:
+        now = self._clock.mono_ms()
+        self._last_verified_ms = now
+        self._last_refusal = None
+        self._refusals_logged.clear()
+        # Other batches in flight wait from now on; none in flight: nothing waits.
+        others = any(b != batch_id for b in self._inflight)
+        self._unanswered_since = now if others else None
 
     def _refused_batch(self, receipt: Receipt) -> tuple[_Batch, str] | None:
         """A receipt refusing a whole batch names no seq, only the batch payload's hash."""
@@ -434,6 +488,8 @@ class Uplink:
         self._inflight[batch_id] = _Batch(batch_id, seqs, now + self.settings.receipt_timeout_ms,
                                           prefix, mid)
         self._by_mid[mid] = batch_id
+        if self._unanswered_since is None:
+            self._unanswered_since = now
         self.counters["batches_sent"] += 1
         self.counters["records_sent"] += len(seqs)
         jitter = self._rng.uniform(-self.settings.batch_jitter, self.settings.batch_jitter)

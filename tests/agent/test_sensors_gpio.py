@@ -93,7 +93,7 @@ def test_cpu_temperature_reads_millidegrees_as_tenths_of_celsius(
         pins: MockFactory, tmp_path: Path) -> None:
     path = tmp_path / "temp"
     write_millidegrees(path, "47234\n")
-    sensor = CPUTemperatureSensor("cpu", 10.0, pins, str(path))
+    sensor = CPUTemperatureSensor("cpu", 10.0, str(path))
     assert sensor.read(1).values == (Measurement(472, -1, "Cel"),)
     write_millidegrees(path, "47250\n")
     assert sensor.read(2).values == (Measurement(473, -1, "Cel"),)  # half rounds up
@@ -105,7 +105,7 @@ def test_cpu_temperature_file_vanishing_or_garbled_is_counted_io_error(
         pins: MockFactory, tmp_path: Path) -> None:
     path = tmp_path / "temp"
     write_millidegrees(path, "50000\n")
-    sensor = CPUTemperatureSensor("cpu", 10.0, pins, str(path))
+    sensor = CPUTemperatureSensor("cpu", 10.0, str(path))
     path.unlink()
     with pytest.raises(SensorReadError, match="io_error"):
         sensor.read(1)
@@ -122,5 +122,5 @@ def test_cpu_temperature_file_vanishing_or_garbled_is_counted_io_error(
 def test_cpu_temperature_missing_at_start_is_hardware_missing(
         pins: MockFactory, tmp_path: Path) -> None:
     with pytest.raises(SensorUnavailable) as err:
-        CPUTemperatureSensor("cpu", 10.0, pins, str(tmp_path / "no-such-zone"))
+        CPUTemperatureSensor("cpu", 10.0, str(tmp_path / "no-such-zone"))
     assert "no-such-zone" in err.value.detail

@@ -52,10 +52,12 @@ def test_simulated_backend_builds_every_kind_in_config_order_and_closes_them_all
     assert all(s.closed for s in built.sensors)
 
 
-def test_hardware_backend_on_a_machine_without_gpio_fails_clearly_and_never_uses_mock() -> None:
+def test_hardware_backend_on_a_machine_without_gpio_fails_clearly_and_never_uses_mock(
+        tmp_path: Path) -> None:
     if importlib.util.find_spec("lgpio") is not None:
         pytest.skip("this machine has lgpio: the hardware path is real here")
-    built = build_sensors(ALL_KINDS, "hardware", pin_factory="lgpio")
+    built = build_sensors(ALL_KINDS, "hardware", pin_factory="lgpio",
+                          thermal_dir=tmp_path / "no-thermal-zones")
     assert built.sensors == []
     reasons = {f.config.stream: (f.reason, f.detail) for f in built.failures}
     assert {r for r, _ in reasons.values()} == {"hardware_missing"}
@@ -63,8 +65,9 @@ def test_hardware_backend_on_a_machine_without_gpio_fails_clearly_and_never_uses
     # the library loads but the board has no such pin. Either way: that sensor only.
     assert ("adafruit_dht" in reasons["climate"][1]
             or "board pin D4 unavailable" in reasons["climate"][1])
-    for stream in ("cpu", "tv", "presence", "button"):
+    for stream in ("tv", "presence", "button"):
         assert "pin factory 'lgpio' unavailable" in reasons[stream][1]
+    assert "no thermal zone" in reasons["cpu"][1]  # the CPU thermometer needs no GPIO
 
 
 def test_mock_pin_factory_cannot_be_chosen_for_real_hardware() -> None:
@@ -120,6 +123,40 @@ def test_a_failing_pin_factory_is_tried_once_and_reported_for_each_sensor() -> N
     assert calls == ["native"]
     assert [f.detail for f in built.failures] == [
         "pin factory 'native' unavailable: no /dev/gpiochip0"] * 3
+
+
+def fake_thermal_dir(root: Path, zones: list[tuple[str, str]]) -> Path:
+    """A stand-in for /sys/class/thermal: one ``thermal_zoneN`` per (type, millidegrees)."""
+    for i, (kind, temp) in enumerate(zones):
+        zone = root / f"thermal_zone{i}"
+        zone.mkdir(parents=True)
+        (zone / "type").write_text(kind + "\n")
+        (zone / "temp").write_text(temp + "\n")
+    return root
+
+
+def test_laptop_without_gpio_still_reads_cpu_temperature_from_the_thermal_zone(
+        tmp_path: Path) -> None:
+    # A laptop: no GPIO pin factory, an ACPI zone first and the CPU package second.
+    def no_gpio(name: str) -> Any:
+        raise PinFactoryUnavailable(name, "no /dev/gpiochip0")
+
+    thermal = fake_thermal_dir(tmp_path / "thermal", [("acpitz", "27800"),
+                                                      ("x86_pkg_temp", "51250")])
+    built = build_sensors(ALL_KINDS[1:3], "hardware", pin_factory_loader=no_gpio,
+                          thermal_dir=thermal)
+    assert [s.name for s in built.sensors] == ["cpu"]
+    assert [(f.config.stream, f.reason) for f in built.failures] == [("tv", "hardware_missing")]
+    assert built.by_stream("cpu").read(1).values[0].mantissa == 513  # x86_pkg_temp, not acpitz
+    built.close()
+
+
+def test_machine_without_thermal_zone_reports_cpu_temp_missing_naming_the_directory(
+        tmp_path: Path) -> None:
+    built = build_sensors(ALL_KINDS[1:2], "hardware", thermal_dir=tmp_path / "empty")
+    assert built.sensors == []
+    assert "no thermal zone" in built.failures[0].detail
+    assert "pin factory" not in built.failures[0].detail
 
 
 def test_simulated_dht_runs_the_real_driver(sim: Any) -> None:

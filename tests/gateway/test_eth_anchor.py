@@ -474,7 +474,7 @@ key_file = "eth.key"
 chain_id = 1
 """
     files = write_gateway_files(gw_dir, free_port(), extra=extra)
-    assert gateway_main(["run", "--config", str(files.config), "--log-level", "ERROR"]) == 1
+    assert gateway_main(["run", "--config", str(files.config), "--log-level", "ERROR"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "anchor.chain_id is 1" in err[0] and "1337" in err[0]
 
@@ -492,7 +492,7 @@ key_file = "eth.key"
 chain_id = {CHAIN_ID}
 """
     files = write_gateway_files(gw_dir, free_port(), extra=extra)
-    assert gateway_main(["run", "--config", str(files.config)]) == 1
+    assert gateway_main(["run", "--config", str(files.config)]) == 2  # a configuration error
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "eth.key" in err[0] and "0644" in err[0]
 

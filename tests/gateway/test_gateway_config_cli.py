@@ -71,7 +71,7 @@ def test_keygen_writes_a_private_key_and_prints_the_verifier(tmp_path, capsys) -
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     assert NoteVerifier.from_text(printed["verifier_key"]).name == "gw.example/log"
     assert "PRIVATE" not in printed["verifier_key"]
-    assert main(["keygen", "--name", "gw.example/log", "--out", str(out)]) == 1
+    assert main(["keygen", "--name", "gw.example/log", "--out", str(out)]) == 2  # config error
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "already exists" in err
     assert main(["keygen", "--name", "bad name+", "--out", str(tmp_path / "x")]) == 2
@@ -86,7 +86,7 @@ def test_verifier_key_command_reads_the_config(tmp_path, capsys) -> None:
 def test_run_refuses_a_key_file_others_can_read(tmp_path, capsys) -> None:
     files = write_gateway_files(tmp_path, broker_port=1)
     os.chmod(tmp_path / "gateway.key", 0o644)
-    assert main(["run", "--config", str(files.config)]) == 1
+    assert main(["run", "--config", str(files.config)]) == 2  # a configuration error
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "chmod 600" in err
 

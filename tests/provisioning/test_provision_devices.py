@@ -100,7 +100,7 @@ def test_enrolling_a_key_that_is_already_registered_is_refused(
     key = SigningKey.generate().public_key.hex()
     assert live_fleet.run("device", "enroll", "first-holder", "--public-key", key) == 0
     capsys.readouterr()
-    assert live_fleet.run("device", "enroll", "second-holder", "--public-key", key) == 1
+    assert live_fleet.run("device", "enroll", "second-holder", "--public-key", key) == 2
     assert "already registered" in one_error_line(capsys)
     assert not bundle_dir(live_fleet.config, "second-holder").exists()
 
@@ -110,7 +110,7 @@ def test_duplicate_name_in_the_fleet_gives_one_line_and_changes_nothing(
     assert live_fleet.run("device", "add", "twin") == 0
     before = (bundle_dir(live_fleet.config, "twin") / RECORD).read_bytes()
     capsys.readouterr()
-    assert live_fleet.run("device", "add", "twin") == 1
+    assert live_fleet.run("device", "add", "twin") == 2
     assert "already exists" in one_error_line(capsys)
     assert (bundle_dir(live_fleet.config, "twin") / RECORD).read_bytes() == before
 
@@ -122,7 +122,7 @@ def test_name_taken_at_the_gateway_gives_one_line_and_writes_nothing(
                  rate_micro_per_hour=0)
     before = fleet_files(live_fleet.root)
     capsys.readouterr()
-    assert live_fleet.run("device", "add", "elsewhere") == 1
+    assert live_fleet.run("device", "add", "elsewhere") == 2
     assert "already registered at the gateway" in one_error_line(capsys)
     assert fleet_files(live_fleet.root) == before
 
@@ -131,7 +131,7 @@ def test_count_with_one_taken_name_provisions_none_of_them(
         live_fleet: LiveFleet, capsys: Capture) -> None:
     assert live_fleet.run("device", "add", "row-002") == 0
     capsys.readouterr()
-    assert live_fleet.run("device", "add", "row", "--count", "3") == 1
+    assert live_fleet.run("device", "add", "row", "--count", "3") == 2
     assert "row-002" in one_error_line(capsys)
     assert not bundle_dir(live_fleet.config, "row-001").exists()
     assert "row-001" not in gateway_devices(live_fleet)
@@ -169,7 +169,7 @@ def test_recipients_chosen_at_add_are_the_streams_recipients(
     assert agent["recipients"] == {"insurer": public}
     assert agent["sensors"] and all(s["recipients"] == ["insurer"] for s in agent["sensors"])
     capsys.readouterr()
-    assert live_fleet.run("device", "add", "lonely", "--recipient", "nobody") == 1
+    assert live_fleet.run("device", "add", "lonely", "--recipient", "nobody") == 2
     assert "no recipient 'nobody'" in one_error_line(capsys)
     assert "lonely" not in gateway_devices(live_fleet)
 
@@ -233,7 +233,7 @@ def test_rotate_writes_the_next_key_for_a_factory_device_once(
     assert next_key.public_key != load_device_key(bundle / DEVICE_KEY).public_key
     assert load_record(live_fleet.config, "rotor").next_public_key == next_key.public_key.hex()
     capsys.readouterr()
-    assert live_fleet.run("device", "rotate", "rotor") == 1
+    assert live_fleet.run("device", "rotate", "rotor") == 2
     assert "pending rotation" in one_error_line(capsys)
 
 
@@ -267,7 +267,7 @@ def test_unreachable_gateway_gives_one_line_and_leaves_nothing(
 def test_bad_public_key_is_one_line(tmp_path: Path, capsys: Capture) -> None:
     root = tmp_path / "fleet"
     init_fleet(root, free_port(), free_port())
-    assert provision("device", "enroll", "x", "--fleet", str(root), "--public-key", "abc") == 1
+    assert provision("device", "enroll", "x", "--fleet", str(root), "--public-key", "abc") == 2
     assert "64 hex digits" in one_error_line(capsys)
 
 
@@ -328,7 +328,7 @@ def test_a_second_command_changing_the_fleet_at_once_is_refused(
         live_fleet: LiveFleet, capsys: Capture) -> None:
     with changing(live_fleet.config):
         capsys.readouterr()
-        assert live_fleet.run("device", "add", "racer") == 1
+        assert live_fleet.run("device", "add", "racer") == 2
         assert "another edgeproof-provision command" in one_error_line(capsys)
     assert not bundle_dir(live_fleet.config, "racer").exists()
     assert live_fleet.run("device", "add", "racer") == 0

@@ -61,7 +61,7 @@ def test_init_refuses_to_overwrite_an_existing_fleet(
     before = snapshot(root)
     capsys.readouterr()
     assert provision("init", str(root), "--broker", "mqtt://x:1883",
-                     "--gateway", "http://x:8080") == 1
+                     "--gateway", "http://x:8080") == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "already exists" in err
     assert snapshot(root) == before
@@ -71,7 +71,7 @@ def test_init_refuses_a_non_empty_directory(tmp_path: Path) -> None:
     (tmp_path / "stuff").mkdir()
     (tmp_path / "stuff" / "notes.txt").write_text("mine")
     assert provision("init", str(tmp_path / "stuff"), "--broker", "mqtt://x:1883",
-                     "--gateway", "http://x:8080") == 1
+                     "--gateway", "http://x:8080") == 2
     assert [p.name for p in (tmp_path / "stuff").iterdir()] == ["notes.txt"]
 
 
@@ -82,7 +82,7 @@ def test_bad_init_input_leaves_nothing(tmp_path: Path, flag: str, value: str,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     args = {"--broker": "mqtt://b:1883", "--gateway": "http://g:8080", flag: value}
     argv = ["init", str(tmp_path / "fleet")] + [x for kv in args.items() for x in kv]
-    assert main(argv) == 1
+    assert main(argv) == 2
     assert capsys.readouterr().err.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
 
@@ -117,7 +117,7 @@ def test_unknown_key_in_fleet_toml_is_named(tmp_path: Path,
     init_fleet(root, 1883, 8080)
     path = root / fleet_mod.FLEET_FILE
     path.write_text(path.read_text().replace("[broker]\n", "[broker]\nreload = 1\n"))
-    assert provision("recipient", "list", "--fleet", str(root)) == 1
+    assert provision("recipient", "list", "--fleet", str(root)) == 2
     assert "broker.reload" in capsys.readouterr().err
 
 
@@ -131,7 +131,7 @@ def test_recipient_key_pair_secret_is_0600_and_public_half_matches(
     key = load_recipient_key(secret)
     assert (root / "recipients/acme.pub").read_text().strip() == key.public_key.hex()
     capsys.readouterr()
-    assert provision("recipient", "add", "acme", "--fleet", str(root)) == 1
+    assert provision("recipient", "add", "acme", "--fleet", str(root)) == 2
     assert "already exists" in capsys.readouterr().err
     assert provision("recipient", "list", "--fleet", str(root), "--json") == 0
     assert key.public_key.hex() in capsys.readouterr().out
@@ -146,6 +146,22 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
             main([*cmd, "--help"])
         assert exit_info.value.code == 0
         assert "usage:" in capsys.readouterr().out
+
+
+def test_fleet_made_by_hand_earns_credit_and_names_a_verifier_key_file_that_exists(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Issue 13: the by-hand path earned nothing (rate 0) and the README's
+    # trusted-gateway.vkey was never written.
+    root = tmp_path / "fleet"
+    assert provision("init", str(root), "--broker", "mqtt://b:1883", "--gateway",
+                     "http://g:8080") == 0
+    out = capsys.readouterr().out
+    cfg = fleet_mod.load_fleet(root)
+    assert cfg.default_rate == fleet_mod.DEFAULT_RATE_MICRO_PER_HOUR > 0
+    vkey = root / fleet_mod.VERIFIER_KEY_FILE
+    assert vkey.read_text() == cfg.gateway_verifier_key + "\n"
+    assert mode(vkey) == 0o644  # public: auditors and agents read it
+    assert str(vkey) in out and "1000000 micro-credits per hour" in out
 
 
 def test_gateway_config_uses_its_broker_user_name_as_client_id(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 def run_fleet(stack: Stack, capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
     capsys.readouterr()
-    code = main(["fleet", "--config", str(stack.fleet_config), "--devices", str(DEVICES),
+    code = main(["fleet", "--fleet", str(stack.fleet_config), "--devices", str(DEVICES),
                  "--json", *args])
     out = capsys.readouterr().out.strip().splitlines()
     result: dict[str, Any] = json.loads(out[-1])

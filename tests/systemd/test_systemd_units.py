@@ -181,6 +181,8 @@ def test_install_dry_run_plans_user_venv_and_enabled_unit_for_each_role() -> Non
         assert f"systemctl enable edgeproof-{role}.service" in plan
         assert "python3 -m venv /opt/edgeproof/venv" in plan or "/opt/edgeproof/venv" in plan
         assert "/opt/edgeproof/venv/bin/pip install" in plan
+        assert f"ln -sfn /opt/edgeproof/venv/bin/edgeproof-{role} /usr/local/bin/edgeproof-{role}" \
+            in plan
         assert extras in plan
         assert "systemctl start" not in plan.replace("sudo systemctl start", "")
 
@@ -193,8 +195,10 @@ def test_uninstall_keeps_keys_and_state_unless_purged() -> None:
     assert "rm -rf /opt/edgeproof" in kept.stdout
     assert "kept /etc/edgeproof and /var/lib/edgeproof" in kept.stdout
     assert not re.search(r"rm -rf .*(/etc/edgeproof|/var/lib/edgeproof)", kept.stdout)
-    purged = dry_run("--uninstall", "--purge")
-    assert re.search(r"rm -rf /etc/edgeproof /var/lib/edgeproof", purged.stdout)
+    purged = dry_run("--uninstall", "--role", "gateway", "--purge")
+    assert purged.returncode == 0, purged.stderr
+    assert "rm -rf /var/lib/edgeproof/gateway /var/lib/edgeproof-gateway" in purged.stdout
+    assert not re.search(r"rm -rf /etc/edgeproof|rm -rf /var/lib/edgeproof( |$)", purged.stdout)
 
 
 def test_installer_rejects_unknown_role_with_one_line() -> None:

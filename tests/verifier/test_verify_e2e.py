@@ -20,6 +20,7 @@ from protocol.record import Measurement, Record, Values
 from protocol.sealing import new_key_epoch, seal_values
 from tests.gateway.conftest import RunningGateway, start_gateway
 from tests.gateway.gwkit import DeviceClient, TestDevice, register, write_gateway_files
+from verifier.cli import Waiting
 from verifier.cli import main as verify
 
 
@@ -29,6 +30,7 @@ class World:
     device: TestDevice
     keys: dict[str, Path]
     leaves: dict[str, int]  # stream -> a leaf index holding a record of that stream
+    client: DeviceClient
 
 
 @pytest.fixture
@@ -69,7 +71,7 @@ def _populate(gateway: RunningGateway, client: DeviceClient, tmp: Path) -> World
     for outcome, signed in zip(receipt.outcomes, device.signed, strict=True):
         leaves.setdefault(signed.record.stream, outcome.leaf_index)
     _wait_for_checkpoint(gateway.base_url, len(raws))
-    return World(gateway, device, keys, leaves)  # type: ignore[arg-type]
+    return World(gateway, device, keys, leaves, client)  # type: ignore[arg-type]
 
 
 def _wait_for_checkpoint(base_url: str, size: int) -> None:
@@ -170,3 +172,106 @@ def test_decrypted_values_are_the_ones_the_device_sealed(
                    "--stream", "climate", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["values"] for r in rows] == [[[214, -1, "Cel"]], [[219, -1, "Cel"]]]
+    assert verify(["decrypt", "--gateway", world.gateway.base_url, "--device",
+                   world.device.device_id.hex(), "--key", str(world.keys["alice"]),
+                   "--stream", "climate"]) == 0
+    first = capsys.readouterr().out.splitlines()[0].split()
+    assert first[1:] == [_iso(world.device.signed[1].record.wall_ms), "synced", "climate",
+                         "decrypted", "21.4", "Cel"]
+
+
+def test_unpinned_gateway_key_is_reported_untrusted_with_its_real_source(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle = tmp_path / "proof.json"
+    assert verify(["record", "--gateway", world.gateway.base_url, "--leaf", "1",
+                   "--save", str(bundle)]) == 0
+    out = capsys.readouterr().out
+    assert (f"warn  gateway key: UNTRUSTED, taken from the live gateway at "
+            f"{world.gateway.base_url}") in out
+    assert "ok  gateway key" not in out and "bundle (not independently" not in out
+    assert out.rstrip().endswith("against a gateway key that was not pinned")
+    assert verify(["bundle", str(bundle), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["gateway_key"] == {"trusted": False, "source": f"the bundle {bundle}"}
+    assert "gateway key" not in [c["check"] for c in report["checks"]]
+    assert verify(["bundle", str(bundle), "--gateway-key", world.gateway.verifier]) == 0
+    assert "ok  gateway key: matches the trusted key" in capsys.readouterr().out
+
+
+def test_records_without_a_key_show_plaintext_with_times_and_sealed_as_no_key(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert verify(["records", "--gateway", world.gateway.base_url,
+                   "--device", world.device.device_id.hex()]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    by_stream = {line.split()[3]: line for line in lines}
+    cpu = world.device.signed[4].record
+    assert by_stream["cpu"].split()[1:] == [
+        _iso(cpu.wall_ms), "synced", "cpu", "plaintext", "47.3", "Cel"]
+    assert "sealed (no key)" in by_stream["climate"] and "21.4" not in by_stream["climate"]
+    assert len(lines) == 4  # the key-epoch record carries no reading
+
+
+def test_records_with_a_key_open_granted_streams_as_json_lines(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert verify(["records", "--gateway", world.gateway.base_url, "--device",
+                   world.device.device_id.hex(), "--key", str(world.keys["bob"]),
+                   "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["stream"], r["status"]) for r in rows] == [
+        ("climate", "not_granted"), ("presence", "decrypted"), ("climate", "not_granted"),
+        ("cpu", "plaintext")]
+    presence = rows[1]
+    assert presence["values"] == [{"value": "1", "unit": "/", "mantissa": 1, "exponent": 0}]
+    assert presence["wall_time"] == _iso(world.device.signed[2].record.wall_ms)
+    assert presence["clock_synced"] is True
+
+
+def test_records_follow_prints_a_record_logged_while_it_waits(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    polls: list[float] = []
+
+    def between_polls(interval: float) -> None:
+        polls.append(interval)
+        if len(polls) == 1:  # log one more reading, then let records poll again
+            raw = world.device.next(Values((Measurement(480, -1, "Cel"),)), stream="cpu").raw
+            world.client.send(world.device, [raw], batch_id=2)
+            world.client.wait_for(world.device.device_id, 2)
+            return
+        raise KeyboardInterrupt  # what Ctrl-C does
+
+    assert verify(["records", "--gateway", world.gateway.base_url, "--device",
+                   world.device.device_id.hex(), "--stream", "cpu", "--follow",
+                   "--interval", "0.25"], Waiting(sleep=between_polls)) == 130
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[-2] for line in lines] == ["47.3", "48.0"]
+    assert polls == [0.25, 0.25]
+
+
+def test_records_follow_says_once_when_the_gateway_goes_away_and_keeps_polling(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    polls: list[float] = []
+
+    def between_polls(interval: float) -> None:
+        polls.append(interval)
+        if len(polls) == 1:
+            world.gateway.stop()
+        elif len(polls) == 3:  # two polls failed while it was gone; enough
+            raise KeyboardInterrupt
+
+    assert verify(["records", "--gateway", world.gateway.base_url, "--device",
+                   world.device.device_id.hex(), "--follow"],
+                  Waiting(sleep=between_polls)) == 130
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 4  # what was there before it went away
+    err = captured.err.splitlines()
+    assert len(err) == 1 and "cannot reach" in err[0] and err[0].endswith("still polling")
+
+
+def _iso(wall_ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall_ms // 1000)) + \
+        f".{wall_ms % 1000:03d}Z"
