@@ -54,10 +54,13 @@ def _config(kind: str, **extra: Any) -> SensorConfig:
 
 
 def _failing_pin(pin: Any) -> Callable[[], None]:
+    def unreadable() -> bool:
+        raise OSError(5, "EIO")  # a pin that stops answering (a bad GPIO line)
+
     def fail() -> None:
-        def unreadable() -> bool:
-            raise OSError(5, "EIO")  # a pin that stops answering (a bad GPIO line)
-        pin._get_state = unreadable  # the fake pin below our code
+        # MockPin reads its level through _get_state: the fake pin below our code fails.
+        # The factory is reset and closed after the test, so the patch dies with the pin.
+        pytest.MonkeyPatch().setattr(pin, "_get_state", unreadable)
     return fail
 
 
