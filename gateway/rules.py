@@ -55,6 +55,7 @@ from protocol.record import (
 
 _SIGNED_MAX = (1 << 63) - 1
 
+
 @dataclass(frozen=True)
 class Decision:
     """What happened to one record: the receipt's status, with its leaf index or reason."""
