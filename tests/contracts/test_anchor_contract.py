@@ -64,7 +64,9 @@ def _checked(anchor: Anchor, note: str) -> str | None:
     result = anchor.anchor(note)
     if result is None:
         return None
-    assert result.backend == anchor.name and result.reference and result.anchored_ms >= 0
+    assert result.backend == anchor.name
+    assert result.reference
+    assert result.anchored_ms >= 0
     return result.reference
 
 
@@ -131,7 +133,7 @@ class EthereumRig:
                 assert immediate in (None, entry.tx_hash)
                 return entry.tx_hash
             self.clock.now += self.eth.step()  # the worker's next step, without sleeping
-        raise AssertionError(f"checkpoint not anchored: {self.eth.entry(note)}")
+        pytest.fail(f"checkpoint not anchored: {self.eth.entry(note)}")
 
     def committed_hash(self, reference: str) -> bytes:
         tx = self.node.rpc("eth_getTransactionByHash", reference)
@@ -243,7 +245,8 @@ def test_checkpoint_queued_before_a_restart_is_still_anchored_after_it(
 
 
 def test_lookup_before_any_anchor_finds_nothing(rig: AnchorRig) -> None:
-    assert rig.anchor.lookup(None) is None and rig.anchor.lookup(1) is None
+    assert rig.anchor.lookup(None) is None
+    assert rig.anchor.lookup(1) is None
 
 
 def test_lookup_of_a_size_no_anchored_checkpoint_covers_is_not_found(
@@ -259,10 +262,15 @@ def test_lookup_finds_the_earliest_anchored_checkpoint_covering_the_size(
     rig.settle(second)
     covering, latest = rig.anchor.lookup(4), rig.anchor.lookup(None)
     if not rig.serves_lookup:  # served by GET /v1/checkpoints instead
-        assert covering is None and latest is None
+        assert covering is None
+        assert latest is None
         return
-    assert covering is not None and covering["backend"] == rig.anchor.name
-    assert covering["size"] == 6 and covering["note"] == second
-    assert latest is not None and latest["note"] == second
+    assert covering is not None
+    assert covering["backend"] == rig.anchor.name
+    assert covering["size"] == 6
+    assert covering["note"] == second
+    assert latest is not None
+    assert latest["note"] == second
     exact = rig.anchor.lookup(3)
-    assert exact is not None and exact["note"] == first
+    assert exact is not None
+    assert exact["note"] == first

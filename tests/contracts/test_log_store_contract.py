@@ -103,7 +103,8 @@ def test_store_proofs_from_stored_nodes_equal_proofs_from_the_leaves(db: Reopena
     written.append(leaf(len(written)))
     append(store, written[-1])
     hashes, total = leaf_hashes(written), len(written)
-    assert store.size() == total and store.root(total) == merkle.root(hashes)
+    assert store.size() == total
+    assert store.root(total) == merkle.root(hashes)
     for size in range(1, total + 1):
         for index in range(0, size, 7):
             assert (merkle.inclusion_proof_from_nodes(store, index, size)
@@ -121,8 +122,8 @@ def test_store_hands_out_consecutive_indices_from_zero(store: LogStore) -> None:
 
 def test_store_refuses_a_second_leaf_for_the_same_device_and_seq(store: LogStore) -> None:
     append(store, leaf(0))
-    with pytest.raises(StorageError), store.transaction() as tx:
-        tx.append(leaf(1, seq=0))
+    with pytest.raises(StorageError):
+        append(store, leaf(1, seq=0))
     assert store.size() == 1
 
 
@@ -130,11 +131,17 @@ def test_failed_transaction_leaves_no_trace(store: LogStore) -> None:
     append(store, leaf(0))
     store.register_device("a", b"k" * 32, "alice", 3600, 1)
     device_id = device_id_for(b"k" * 32)
-    with pytest.raises(StorageError), store.transaction() as tx:
-        tx.append(leaf(1))
-        tx.add_usage(UsageEntry(device_id, 1, 7, 0, 1000, 1000, 1))
-        tx.append(leaf(1))  # the dedup index refuses a second (device, seq)
-    assert store.size() == 1 and store.leaf(1) is None
+
+    def batch_with_a_repeated_seq() -> None:
+        with store.transaction() as tx:
+            tx.append(leaf(1))
+            tx.add_usage(UsageEntry(device_id, 1, 7, 0, 1000, 1000, 1))
+            tx.append(leaf(1))  # the dedup index refuses a second (device, seq)
+
+    with pytest.raises(StorageError):
+        batch_with_a_repeated_seq()
+    assert store.size() == 1
+    assert store.leaf(1) is None
     assert store.balances()[0].balance_micro == 0
     with store.transaction() as tx:
         assert not tx.usage_overlaps(device_id, 7, 0, 1000)
@@ -143,10 +150,18 @@ def test_failed_transaction_leaves_no_trace(store: LogStore) -> None:
 
 
 def test_exception_inside_a_transaction_rolls_it_back(store: LogStore) -> None:
-    with pytest.raises(RuntimeError), store.transaction() as tx:
-        tx.append(leaf(0))
-        raise RuntimeError("the sequencer failed mid-batch")
-    assert store.size() == 0 and store.leaf(0) is None
+    class SequencerFailed(Exception):
+        pass
+
+    def failing_batch() -> None:
+        with store.transaction() as tx:
+            tx.append(leaf(0))
+            raise SequencerFailed
+
+    with pytest.raises(SequencerFailed):
+        failing_batch()
+    assert store.size() == 0
+    assert store.leaf(0) is None
 
 
 def test_transaction_sees_its_own_appends_before_the_commit(store: LogStore) -> None:
@@ -171,7 +186,8 @@ def test_committed_leaves_survive_a_reopen_unchanged(db: Reopenable) -> None:
 
 def test_leaf_beyond_the_log_is_not_found(store: LogStore) -> None:
     append(store, leaf(0))
-    assert store.leaf(1) is None and store.leaf(10**6) is None
+    assert store.leaf(1) is None
+    assert store.leaf(10**6) is None
 
 
 def test_device_records_are_paged_in_seq_order_after_the_cursor(store: LogStore) -> None:
@@ -186,7 +202,8 @@ def test_links_show_only_the_devices_own_neighbours_in_range(store: LogStore) ->
     with store.transaction() as tx:
         links = tx.links(DEVICE, 1, 5)
     assert sorted(links) == [1, 2]
-    assert links[1].index == 1 and links[1].record_hash == leaf(1).record_hash
+    assert links[1].index == 1
+    assert links[1].record_hash == leaf(1).record_hash
     assert links[2].prev == leaf(2).prev
 
 
@@ -217,7 +234,8 @@ def test_registered_device_is_found_under_the_id_of_its_key(store: LogStore) -> 
 def test_revoking_twice_keeps_the_first_revocation_time(store: LogStore) -> None:
     device = store.register_device("a", b"k" * 32, "alice", 10, 1)
     revoked = store.revoke_device(device.device_id, 5)
-    assert revoked.status == STATUS_REVOKED and revoked.revoked_ms == 5
+    assert revoked.status == STATUS_REVOKED
+    assert revoked.revoked_ms == 5
     assert store.revoke_device(device.device_id, 9).revoked_ms == 5
 
 
@@ -230,12 +248,15 @@ def test_rotated_key_signs_from_its_seq_and_stays_in_use(store: LogStore) -> Non
     device = store.register_device("a", b"k" * 32, "alice", 10, 1)
     with store.transaction() as tx:
         tx.add_key(device.device_id, KeyEntry(5, b"n" * 32))
-        assert tx.key_in_use(b"n" * 32) and tx.key_in_use(b"k" * 32)
+        assert tx.key_in_use(b"n" * 32)
+        assert tx.key_in_use(b"k" * 32)
         assert not tx.key_in_use(b"x" * 32)
     found = store.device(device.device_id)
     assert found is not None
-    assert found.key_for_seq(4) == b"k" * 32 and found.key_for_seq(5) == b"n" * 32
-    assert found.enrolled_key == b"k" * 32 and found.current_key == b"n" * 32
+    assert found.key_for_seq(4) == b"k" * 32
+    assert found.key_for_seq(5) == b"n" * 32
+    assert found.enrolled_key == b"k" * 32
+    assert found.current_key == b"n" * 32
 
 
 # --- settlement and evidence --------------------------------------------------------------
@@ -248,7 +269,8 @@ def test_usage_credit_settles_to_the_device_and_its_owner(store: LogStore) -> No
         tx.add_usage(UsageEntry(a.device_id, 0, 1, 0, 1000, 1000, 7))
         tx.add_usage(UsageEntry(b.device_id, 0, 1, 0, 1000, 1000, 5))
     found = store.device(a.device_id)
-    assert found is not None and found.settled_micro == 7
+    assert found is not None
+    assert found.settled_micro == 7
     assert [(x.owner, x.balance_micro) for x in store.balances()] == [("alice", 12)]
 
 
@@ -268,7 +290,8 @@ def test_equivocation_flags_the_device_and_keeps_its_evidence(store: LogStore) -
         tx.add_equivocation(a.device_id, 3, b"other bytes", 9)
         assert tx.equivocation_evidence(a.device_id) == 1
     found = store.device(a.device_id)
-    assert found is not None and found.flags & DEVICE_EQUIVOCATED
+    assert found is not None
+    assert found.flags & DEVICE_EQUIVOCATED
     assert store.counts()["equivocations"] == 1
 
 
@@ -282,7 +305,8 @@ def test_declared_gap_is_counted(store: LogStore) -> None:
 
 
 def test_no_checkpoint_before_the_first_is_issued(store: LogStore) -> None:
-    assert store.latest_checkpoint() is None and store.checkpoints(0, 10) == []
+    assert store.latest_checkpoint() is None
+    assert store.checkpoints(0, 10) == []
 
 
 def test_checkpoints_are_numbered_in_issue_order_and_survive_a_reopen(db: Reopenable) -> None:

@@ -190,18 +190,23 @@ def read_at(rig: Rig, now: int) -> Any:
 
 def test_reading_is_stamped_when_asked_and_names_its_stream(rig: Rig) -> None:
     reading = read_at(rig, STEP_MS)
-    assert reading.stream == rig.sensor.name and reading.mono_ms == STEP_MS
-    assert reading.values and all(isinstance(v, Measurement) for v in reading.values)
+    assert reading.stream == rig.sensor.name
+    assert reading.mono_ms == STEP_MS
+    assert reading.values
+    assert all(isinstance(v, Measurement) for v in reading.values)
     assert all(type(v.mantissa) is int for v in reading.values)  # exact, never a float
 
 
 def test_every_successful_read_is_counted(rig: Rig) -> None:
     for n in range(1, 4):
         read_at(rig, n * STEP_MS)
-    assert rig.sensor.reads_ok == 3 and not rig.sensor.errors
+    assert rig.sensor.reads_ok == 3
+    assert not rig.sensor.errors
     status = rig.sensor.status()
-    assert status["reads_ok"] == 3 and status["errors"] == {}
-    assert status["stream"] == rig.sensor.name and status["kind"] == rig.sensor.kind
+    assert status["reads_ok"] == 3
+    assert status["errors"] == {}
+    assert status["stream"] == rig.sensor.name
+    assert status["kind"] == rig.sensor.kind
     assert status["interval_s"] == rig.sensor.interval_s
 
 
@@ -213,7 +218,8 @@ def test_failure_below_the_driver_is_a_typed_counted_error_not_a_library_excepti
     with pytest.raises(SensorReadError) as err:
         rig.sensor.read(2 * STEP_MS)
     assert err.value.reason == rig.broken_reason
-    assert rig.sensor.errors == {rig.broken_reason: 1} and rig.sensor.reads_ok == 1
+    assert rig.sensor.errors == {rig.broken_reason: 1}
+    assert rig.sensor.reads_ok == 1
     assert rig.sensor.status()["errors"] == {rig.broken_reason: 1}
 
 
@@ -230,4 +236,5 @@ def test_read_after_close_fails_closed_and_is_counted(rig: Rig) -> None:
 def test_closing_twice_is_harmless(rig: Rig) -> None:
     rig.sensor.close()
     rig.sensor.close()
-    assert rig.sensor.closed and "close_failed" not in rig.sensor.errors
+    assert rig.sensor.closed
+    assert "close_failed" not in rig.sensor.errors
