@@ -26,7 +26,7 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry
 
 from gateway.config import GatewayConfig
-from protocol.checkpoint import checkpoint_hash
+from protocol.checkpoint import Checkpoint, checkpoint_hash
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,9 @@ class Anchor(Protocol):
 
     def anchor(self, checkpoint_note: str) -> AnchorResult | None:
         """Anchor one persisted checkpoint note; return the result, or None if queued.
+
+        No backend anchors the empty checkpoint (size 0, signed at first start): it commits
+        to no record; ``anchor`` returns None for it and records nothing.
 
         Raises :class:`protocol.errors.TransportError` for a transient failure the caller
         may retry; never blocks for long.
@@ -71,6 +74,12 @@ class Anchor(Protocol):
         """
         ...
 
+    def listing(self, after_size: int, limit: int) -> list[dict[str, object]] | None:
+        """Up to ``limit`` anchors (as in ``lookup``) of checkpoints with tree size greater
+        than ``after_size``, smallest first (``GET /v1/anchors/list``); None if the backend
+        keeps no chain anchors (``local``)."""
+        ...
+
 
 class LocalAnchor:
     """The signed-checkpoint chain itself (each note names its predecessor's hash)."""
@@ -81,8 +90,13 @@ class LocalAnchor:
         """``wall_ms`` is the clock that stamps results."""
         self._wall_ms = wall_ms
 
-    def anchor(self, checkpoint_note: str) -> AnchorResult:
-        """Return the note's hash as its reference; the chain needs nothing else."""
+    def anchor(self, checkpoint_note: str) -> AnchorResult | None:
+        """Return the note's hash as its reference; the chain needs nothing else.
+
+        None for the empty checkpoint (size 0): it is the chain's start, not an anchor.
+        """
+        if note_size(checkpoint_note) == 0:
+            return None
         reference = base64.b64encode(checkpoint_hash(checkpoint_note)).decode("ascii")
         return AnchorResult(self.name, reference, self._wall_ms())
 
@@ -95,6 +109,15 @@ class LocalAnchor:
     def lookup(self, min_size: int | None) -> None:
         """None: the local chain is served by ``GET /v1/checkpoints``."""
         return None
+
+    def listing(self, after_size: int, limit: int) -> None:
+        """None: the local chain is served by ``GET /v1/checkpoints``."""
+        return None
+
+
+def note_size(note: str) -> int:
+    """The tree size a signed checkpoint note names."""
+    return Checkpoint.from_body(note.split("\n\n", 1)[0] + "\n").size
 
 
 def open_anchor(config: GatewayConfig, wall_ms: Callable[[], int],

@@ -49,6 +49,9 @@ class ApiContext:
     health: Callable[[], dict[str, object]]
     # gateway.anchor.Anchor.lookup: where a checkpoint was anchored on a chain, or None.
     anchor_lookup: Callable[[int | None], dict[str, object] | None] = lambda size: None
+    # gateway.anchor.Anchor.listing: chain anchors after a tree size, or None (local).
+    anchor_listing: Callable[[int, int], list[dict[str, object]] | None] = \
+        lambda after_size, limit: None
 
 
 class RegisterDevice(BaseModel):
@@ -276,6 +279,20 @@ def _log_routes(app: FastAPI, ctx: ApiContext) -> None:
             raise HTTPException(404, "no chain anchor" + (f" covering size {size}" if size
                                                           else "") + " yet")
         return AnchorOut.model_validate(found)
+
+    @app.get("/v1/anchors/list", response_model=list[AnchorOut], tags=["log"],
+             summary="Every chain anchor, smallest tree size first, a page at a time",
+             description="Anchors of checkpoints with tree size greater than `after_size`, "
+             "at most `limit`; the next page starts after the last size returned. An empty "
+             "list means no more (yet).",
+             responses={404: {"description": "the anchor is local (see /v1/checkpoints)"}})
+    def anchors_list(after_size: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
+                     limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[AnchorOut]:
+        found = ctx.anchor_listing(after_size, limit)
+        if found is None:
+            raise HTTPException(404, "no chain anchors: the anchor is local "
+                                "(see /v1/checkpoints)")
+        return [AnchorOut.model_validate(a) for a in found]
 
     @app.get("/v1/proofs/inclusion", response_model=InclusionProof, tags=["log"],
              summary="Inclusion proof of a leaf in a tree size (RFC 9162 §2.1.3)")

@@ -40,10 +40,11 @@ from eth_account import Account
 from eth_utils.address import is_checksum_address, to_checksum_address
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from gateway.anchor import note_size
 from gateway.config import EthereumAnchorConfig
 from gateway.eth_queue import CONFIRMED, FAILED, QUEUED, SENDING, AnchorQueue, QueuedAnchor, SentTx
 from osutil.jsonrpc import JsonRpc, RpcError, quantity
-from protocol.checkpoint import Checkpoint, checkpoint_hash
+from protocol.checkpoint import checkpoint_hash
 from protocol.errors import ConfigError, KeyFileError, StorageError, TransportError
 from protocol.keys import Secret, read_secret_file
 
@@ -84,11 +85,6 @@ def load_eth_key(path: Path) -> tuple[Secret, str]:
     except (ValueError, TypeError):
         raise KeyFileError(f"{path}: not a valid secp256k1 private key") from None
     return Secret(key), address
-
-
-def _note_size(note: str) -> int:
-    body = note.split("\n\n", 1)[0] + "\n"  # the signed note's text (C2SP signed-note)
-    return Checkpoint.from_body(body).size
 
 
 class _Metrics:
@@ -169,11 +165,15 @@ class EthereumAnchor:
     def anchor(self, checkpoint_note: str) -> None:
         """Queue a persisted checkpoint (idempotent); return None: the worker anchors it.
 
+        The empty checkpoint (size 0, signed at first start) is not anchored: it commits to
+        no record, and ``GET /v1/anchors?size=N`` (N >= 1) could never name it.
         Raises StorageError if the queue cannot be written.
         """
+        size = note_size(checkpoint_note)
+        if size == 0:
+            return
         digest = checkpoint_hash(checkpoint_note)
-        if self._queue.add(digest, _note_size(checkpoint_note), checkpoint_note,
-                           self._wall_ms()):
+        if self._queue.add(digest, size, checkpoint_note, self._wall_ms()):
             self._update_gauges()
             self._wake.set()
 
@@ -208,8 +208,13 @@ class EthereumAnchor:
     def lookup(self, min_size: int | None) -> dict[str, object] | None:
         """The latest confirmed anchor, or the earliest covering ``min_size`` leaves, as JSON."""
         found = self._queue.confirmed(min_size)
-        if found is None:
-            return None
+        return None if found is None else self._as_json(found)
+
+    def listing(self, after_size: int, limit: int) -> list[dict[str, object]]:
+        """Confirmed anchors of checkpoints larger than ``after_size``, smallest first."""
+        return [self._as_json(found) for found in self._queue.confirmed_after(after_size, limit)]
+
+    def _as_json(self, found: QueuedAnchor) -> dict[str, object]:
         return {"backend": self.name, "chain_id": found.chain_id, "tx_hash": found.tx_hash,
                 "block_number": found.block_number, "status": found.status,
                 "checkpoint_hash": found.checkpoint_hash.hex(), "size": found.size,

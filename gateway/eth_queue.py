@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum, unique
 from pathlib import Path
+from typing import Any
 
 from gateway.sqlite_store import GATEWAY_PRAGMAS
 from osutil.sqlite import connect, transaction
@@ -128,12 +129,7 @@ class AnchorQueue:
         with self._lock, self._errors("read"):
             row = self._conn.execute(f"SELECT {_ANCHOR_COLUMNS} FROM anchors {sql}",  # noqa: S608
                                      params).fetchone()
-        if row is None:
-            return None
-        (digest, size, note, queued_ms, state, attempts, nonce, tx_hash, block_number, status,
-         chain_id, final_ms, detail) = row
-        return QueuedAnchor(digest, size, note, queued_ms, AnchorState(state), attempts, nonce,
-                            tx_hash, block_number, status, chain_id, final_ms, detail)
+        return _entry(row) if row is not None else None
 
     # --- writes -----------------------------------------------------------------------------
 
@@ -205,6 +201,15 @@ class AnchorQueue:
         return self._one("WHERE state = ? AND size >= ? ORDER BY size LIMIT 1",
                          (CONFIRMED.value, min_size))
 
+    def confirmed_after(self, after_size: int, limit: int) -> list[QueuedAnchor]:
+        """Up to ``limit`` confirmed anchors with tree size > ``after_size``, smallest first."""
+        with self._lock, self._errors("list"):
+            rows = self._conn.execute(
+                f"SELECT {_ANCHOR_COLUMNS} FROM anchors "  # noqa: S608
+                "WHERE state = ? AND size > ? ORDER BY size LIMIT ?",
+                (CONFIRMED.value, after_size, limit)).fetchall()
+        return [_entry(row) for row in rows]
+
     def txs(self, checkpoint_hash: bytes, nonce: int) -> list[SentTx]:
         """The transactions signed for a checkpoint with ``nonce``, oldest first."""
         with self._lock, self._errors("read transactions"):
@@ -226,3 +231,11 @@ class AnchorQueue:
         """Close the database."""
         with self._lock, self._errors("close"):
             self._conn.close()
+
+
+def _entry(row: Any) -> QueuedAnchor:  # a sqlite3 row: its values are untyped
+    """A row of ``_ANCHOR_COLUMNS`` as a typed entry (the state as its enum)."""
+    (digest, size, note, queued_ms, state, attempts, nonce, tx_hash, block_number, status,
+     chain_id, final_ms, detail) = row
+    return QueuedAnchor(digest, size, note, queued_ms, AnchorState(state), attempts,
+                        nonce, tx_hash, block_number, status, chain_id, final_ms, detail)

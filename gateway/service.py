@@ -172,7 +172,8 @@ class GatewayService:
         self.ingest = MqttIngest(config.broker, self._on_message, monotonic)
         self.ingest.on_publish_failure = self.metrics.receipt_failures.inc
         api = ApiContext(self.store, self.metrics, self.key.verifier_text(), admin_token,
-                         clock_ms, self._health, self.anchor.lookup)
+                         clock_ms, self._health, self.anchor.lookup,
+                         self.anchor.listing)
         self.http = HttpServer(
             create_app(api, config.http), config.http_host, config.http_port, config.http,
             self.metrics.http_rejected)

@@ -1,19 +1,30 @@
 """Proof bundles: everything needed to check one record offline, in one JSON file.
 
-A bundle holds a record's signed bytes, the device key it was signed with, its leaf index
-and an inclusion proof into a tree of ``tree_size`` leaves, the gateway's signed checkpoint
-of that size and the gateway's verifier key, and optionally the anchor of that checkpoint
-on a chain. :func:`verify_bundle` checks all of it with no network and returns a report of
-the checks that passed, or raises :class:`VerificationError` naming the check that failed.
+A bundle holds a record's signed bytes, the device's enrolment key, every key-rotation
+record of the device before the record (each with its leaf index and inclusion proof), the
+record's leaf index and an inclusion proof into a tree of ``tree_size`` leaves, the
+gateway's signed checkpoint of that size and the gateway's verifier key, and optionally the
+anchor of that checkpoint on a chain. :func:`verify_bundle` checks all of it with no
+network and returns a report of the checks that passed, or raises
+:class:`VerificationError` naming the check that failed.
+
+The key that signed the record is derived, never taken on trust (docs/PROTOCOL.md §3.3,
+§15): the enrolment key must hash to the record's device id, each rotation record must be
+signed by the key before it and be in the same checkpoint, and the record must verify under
+the key the last rotation before it names.
 
 The gateway's key in the bundle is only a claim: an auditor passes the key they trust
 (``trusted_gateway_key``) and the bundle must match it.
+
+Version 1 bundles (``edgeproof-proof-bundle/1``, one ``device_public_key`` and no
+rotations) are still read; one whose key is not the enrolment key fails, because nothing in
+it proves that key was ever the device's.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -22,12 +33,15 @@ from protocol.checkpoint import Checkpoint, checkpoint_hash
 from protocol.errors import EdgeproofError, MalformedRecord, VerificationError
 from protocol.keys import device_id_for
 from protocol.note import NoteVerifier
-from protocol.signed import SignedRecord, verify_signed_record
+from protocol.record import KeyRotation
+from protocol.signed import SignedRecord, parse_signed_record, verify_signed_record
 
 T = TypeVar("T")
-BUNDLE_FORMAT = "edgeproof-proof-bundle/1"
-MAX_BUNDLE_BYTES = 256 * 1024
+BUNDLE_FORMAT = "edgeproof-proof-bundle/2"
+BUNDLE_FORMAT_V1 = "edgeproof-proof-bundle/1"
+MAX_BUNDLE_BYTES = 1024 * 1024
 MAX_PROOF_NODES = 64
+MAX_ROTATIONS = 128
 
 
 @dataclass(frozen=True)
@@ -45,8 +59,26 @@ class EthereumAnchor:
 
 
 @dataclass(frozen=True)
+class RotationProof:
+    """A logged key-rotation record of the device and its inclusion proof."""
+
+    record: bytes
+    leaf_index: int
+    inclusion_proof: tuple[bytes, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"record": self.record.hex(), "leaf_index": self.leaf_index,
+                "inclusion_proof": [node.hex() for node in self.inclusion_proof]}
+
+
+@dataclass(frozen=True)
 class ProofBundle:
-    """One record with its inclusion proof, checkpoint and (optional) anchor."""
+    """One record with its inclusion proof, checkpoint and (optional) anchor.
+
+    ``device_public_key`` is the device's enrolment key (in a version 1 bundle: the key
+    that signed the record); ``rotations`` are the device's key-rotation records with a
+    smaller seq than the record's, in seq order, proved against the same checkpoint.
+    """
 
     record: bytes
     device_public_key: bytes
@@ -56,13 +88,16 @@ class ProofBundle:
     checkpoint: str
     gateway_key: str
     anchor: EthereumAnchor | None = None
+    rotations: tuple[RotationProof, ...] = ()
+    version: int = 2
 
     def to_json(self) -> str:
-        """Return the bundle as JSON text (hex for bytes)."""
+        """Return the bundle as JSON text (hex for bytes), in the current format."""
         return json.dumps({
             "format": BUNDLE_FORMAT,
             "record": self.record.hex(),
             "device_public_key": self.device_public_key.hex(),
+            "rotations": [r.to_json() for r in self.rotations],
             "leaf_index": self.leaf_index,
             "tree_size": self.tree_size,
             "inclusion_proof": [node.hex() for node in self.inclusion_proof],
@@ -80,22 +115,45 @@ class ProofBundle:
             data = json.loads(text)
         except (ValueError, UnicodeDecodeError):
             raise MalformedRecord("bad_bundle", "not JSON") from None
-        if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
-            raise MalformedRecord("bad_bundle", f"format must be {BUNDLE_FORMAT!r}")
-        proof = _field(data, "inclusion_proof", list)
-        if len(proof) > MAX_PROOF_NODES:
-            raise MalformedRecord("bad_bundle", "inclusion proof too long")
+        formats = {BUNDLE_FORMAT: 2, BUNDLE_FORMAT_V1: 1}
+        if not isinstance(data, dict) or data.get("format") not in formats:
+            raise MalformedRecord("bad_bundle", f"format must be {BUNDLE_FORMAT!r} "
+                                  f"(or {BUNDLE_FORMAT_V1!r})")
+        version = formats[data["format"]]
+        rotations: tuple[RotationProof, ...] = ()
+        if version >= 2:
+            items = _field(data, "rotations", list)
+            if len(items) > MAX_ROTATIONS:
+                raise MalformedRecord("bad_bundle", f"more than {MAX_ROTATIONS} rotations")
+            rotations = tuple(_rotation_from(item) for item in items)
         anchor = data.get("anchor")
         return cls(
             record=_hex(_field(data, "record", str), "record"),
             device_public_key=_hex(_field(data, "device_public_key", str), "device_public_key"),
             leaf_index=_field(data, "leaf_index", int),
             tree_size=_field(data, "tree_size", int),
-            inclusion_proof=tuple(_hex(n, "inclusion_proof") for n in proof),
+            inclusion_proof=_proof(data, "inclusion_proof"),
             checkpoint=_field(data, "checkpoint", str),
             gateway_key=_field(data, "gateway_key", str),
             anchor=_anchor_from(anchor) if anchor is not None else None,
+            rotations=rotations,
+            version=version,
         )
+
+
+def _proof(data: dict[str, Any], name: str) -> tuple[bytes, ...]:
+    proof = _field(data, name, list)
+    if len(proof) > MAX_PROOF_NODES:
+        raise MalformedRecord("bad_bundle", f"{name} too long")
+    return tuple(_hex(node, name) for node in proof)
+
+
+def _rotation_from(data: object) -> RotationProof:
+    if not isinstance(data, dict):
+        raise MalformedRecord("bad_bundle", "each rotation must be an object")
+    return RotationProof(record=_hex(_field(data, "record", str), "rotation record"),
+                         leaf_index=_field(data, "leaf_index", int),
+                         inclusion_proof=_proof(data, "inclusion_proof"))
 
 
 def _field(data: dict[str, Any], name: str, kind: type) -> Any:
@@ -168,13 +226,49 @@ def _gateway_key(bundle: ProofBundle, trusted: str | None) -> tuple[None, str]:
     return None, "matches the trusted key"
 
 
+def key_in_force(enrolment_key: bytes, rotations: Sequence[bytes], device_id: bytes,
+                 seq: int) -> tuple[bytes, int | None]:
+    """The device key that signs record ``seq`` (docs/PROTOCOL.md §3.3), and the seq of the
+    rotation that named it (None: the enrolment key).
+
+    ``rotations`` are the signed bytes of every key-rotation record of the device with a
+    seq below ``seq``, in seq order. The enrolment key must hash to ``device_id``; each
+    rotation must be the device's, signed by the key in force at its seq; the key a rotation
+    at seq ``r`` names signs every record after ``r``. Raises VerificationError otherwise.
+    A verifier cannot see a rotation the list leaves out; the record's signature then fails.
+    """
+    if device_id_for(enrolment_key) != device_id:
+        raise VerificationError("the device key in the bundle is not the device's enrolment "
+                                "key (its device id differs)")
+    key, since, last_seq = enrolment_key, None, -1
+    for raw in rotations:
+        rotation = verify_signed_record(raw, key, device_id)
+        body, rseq = rotation.record.body, rotation.record.seq
+        if not isinstance(body, KeyRotation):
+            raise VerificationError(f"the record at seq {rseq} given as a rotation is not one")
+        if not last_seq < rseq < seq:
+            raise VerificationError(f"rotation at seq {rseq} out of order (rotations must be "
+                                    f"in increasing seq order, before seq {seq})")
+        key, since, last_seq = body.new_public_key, rseq, rseq
+    return key, since
+
+
 def _record(bundle: ProofBundle) -> tuple[SignedRecord, str]:
-    signed = verify_signed_record(bundle.record, bundle.device_public_key)
-    note = "enrolment key" if device_id_for(bundle.device_public_key) == signed.device_id \
-        else "a rotated key"
-    r = signed.record
-    return signed, (f"device {signed.device_id.hex()} seq {r.seq} stream {r.stream!r}, "
-                    f"signed with its {note}")
+    message, record = parse_signed_record(bundle.record)
+    if bundle.version == 1 and device_id_for(bundle.device_public_key) != message.kid:
+        raise VerificationError("version 1 bundle of a record signed with a rotated key: "
+                                "nothing proves the key is the device's; save the bundle "
+                                "again")
+    try:
+        key, since = key_in_force(bundle.device_public_key,
+                                  [r.record for r in bundle.rotations], message.kid, record.seq)
+    except VerificationError as exc:
+        raise VerificationError(f"device key: {exc}") from exc
+    signed = verify_signed_record(bundle.record, key, message.kid)
+    note = "its enrolment key" if since is None else \
+        f"the key its rotation at seq {since} named ({len(bundle.rotations)} rotation(s) checked)"
+    return signed, (f"device {signed.device_id.hex()} seq {record.seq} stream "
+                    f"{record.stream!r}, signed with {note}")
 
 
 def _checkpoint(bundle: ProofBundle) -> tuple[Checkpoint, str]:
@@ -191,7 +285,16 @@ def _inclusion(bundle: ProofBundle, checkpoint: Checkpoint | None) -> tuple[None
     merkle.verify_inclusion(merkle.leaf_hash(bundle.record), bundle.leaf_index,
                             bundle.tree_size, list(bundle.inclusion_proof),
                             checkpoint.root_hash)
-    return None, f"leaf {bundle.leaf_index} of {bundle.tree_size} is in the checkpoint's root"
+    for rotation in bundle.rotations:
+        try:
+            merkle.verify_inclusion(merkle.leaf_hash(rotation.record), rotation.leaf_index,
+                                    bundle.tree_size, list(rotation.inclusion_proof),
+                                    checkpoint.root_hash)
+        except VerificationError as exc:
+            raise VerificationError(f"rotation at leaf {rotation.leaf_index}: {exc}") from exc
+    rotations = f", with {len(bundle.rotations)} key rotation(s)" if bundle.rotations else ""
+    return None, (f"leaf {bundle.leaf_index} of {bundle.tree_size}{rotations} "
+                  "in the checkpoint's root")
 
 
 def _anchor(bundle: ProofBundle) -> tuple[None, str]:

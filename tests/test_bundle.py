@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Any
 
 import pytest
 
 from protocol import merkle
-from protocol.bundle import EthereumAnchor, ProofBundle, verify_bundle
+from protocol.bundle import EthereumAnchor, ProofBundle, RotationProof, verify_bundle
 from protocol.checkpoint import Checkpoint, checkpoint_hash
 from protocol.errors import MalformedRecord, VerificationError
 from protocol.keys import Secret, SigningKey, device_id_for
 from protocol.note import NoteSigner
-from protocol.record import GENESIS_PREV, Measurement, Record, Values
-from protocol.signed import sign_record
+from protocol.record import (
+    GENESIS_PREV,
+    ROTATION_STREAM,
+    Body,
+    KeyRotation,
+    Measurement,
+    Record,
+    Values,
+)
+from protocol.signed import parse_signed_record, sign_record
 
 GATEWAY = NoteSigner("gateway.test/log", bytes(range(32)))
 
@@ -98,3 +107,107 @@ def test_anchor_must_carry_the_checkpoint_hash() -> None:
 def test_malformed_bundle_files_rejected_with_reason(text: str) -> None:
     with pytest.raises(MalformedRecord):
         ProofBundle.from_json(text)
+
+
+# --- a record signed after a key rotation (docs/PROTOCOL.md §3.3, §15) -------------------
+
+K0 = SigningKey(Secret(bytes(range(1, 33))))
+K1 = SigningKey(Secret(bytes(range(2, 34))))
+ROTATION_SEQ = 2
+
+
+def _rotated_log(size: int = 6) -> tuple[list[bytes], str]:
+    """A device log whose record 2 rotates K0 -> K1; records 3.. are signed with K1."""
+    device_id = device_id_for(K0.public_key)
+    records: list[bytes] = []
+    prev = GENESIS_PREV
+    for seq in range(size):
+        body: Body = Values((Measurement(400 + seq, -1, "Cel"),))
+        stream = "cpu"
+        if seq == ROTATION_SEQ:
+            body, stream = KeyRotation(K1.public_key), ROTATION_STREAM
+        key = K0 if seq <= ROTATION_SEQ else K1
+        signed = sign_record(Record(1, seq, prev, 1_764_403_200_000 + seq, True, seq, stream,
+                                    body), device_id, key)
+        prev = signed.hash
+        records.append(signed.raw)
+    leaves = [merkle.leaf_hash(r) for r in records]
+    return records, Checkpoint(GATEWAY.name, size, merkle.root(leaves)).sign(GATEWAY)
+
+
+def _rotated_bundle(index: int = 5) -> ProofBundle:
+    records, note = _rotated_log()
+    leaves = [merkle.leaf_hash(r) for r in records]
+    rotations = tuple(RotationProof(records[ROTATION_SEQ], ROTATION_SEQ, tuple(
+        merkle.inclusion_proof(leaves, ROTATION_SEQ))) for _ in range(index > ROTATION_SEQ))
+    return ProofBundle(records[index], K0.public_key, index, len(records),
+                       tuple(merkle.inclusion_proof(leaves, index)), note,
+                       GATEWAY.verifier_text(), rotations=rotations)
+
+
+def test_record_signed_after_a_rotation_verifies_offline_from_its_bundle() -> None:
+    bundle = ProofBundle.from_json(_rotated_bundle().to_json())
+    assert bundle == _rotated_bundle() and len(bundle.rotations) == 1
+    report = verify_bundle(bundle, trusted_gateway_key=GATEWAY.verifier_text())
+    checks = dict(report.passed)
+    assert "rotation at seq 2" in checks["record signature"]
+    assert "1 key rotation" in checks["inclusion proof"]
+    # The rotation record itself and a record before it need no rotation.
+    for index in (ROTATION_SEQ, 0):
+        verify_bundle(_rotated_bundle(index), trusted_gateway_key=GATEWAY.verifier_text())
+
+
+def _swap_rotation(b: ProofBundle, **changes: Any) -> ProofBundle:
+    return dataclasses.replace(b, rotations=(dataclasses.replace(b.rotations[0], **changes),))
+
+
+def _unlogged_rotation() -> bytes:
+    """A rotation to K1 at seq 2 correctly signed by K0, but other bytes than were logged."""
+    records, _ = _rotated_log()
+    _, record = parse_signed_record(records[ROTATION_SEQ])
+    return sign_record(dataclasses.replace(record, mono_ms=record.mono_ms + 1),
+                       device_id_for(K0.public_key), K0).raw
+
+
+@pytest.mark.parametrize(("change", "failed_check"), [
+    (lambda b: dataclasses.replace(b, rotations=()), "record signature"),  # removed
+    (lambda b: _swap_rotation(b, record=b.rotations[0].record[:-1] + bytes(
+        [b.rotations[0].record[-1] ^ 1])), "record signature"),  # tampered signature
+    (lambda b: _swap_rotation(b, record=_rotated_log()[0][1]), "record signature"),  # not one
+    (lambda b: dataclasses.replace(b, rotations=b.rotations * 2), "record signature"),
+    (lambda b: dataclasses.replace(b, device_public_key=K1.public_key), "record signature"),
+    (lambda b: _swap_rotation(b, record=_unlogged_rotation()), "inclusion proof"),
+    (lambda b: _swap_rotation(b, leaf_index=3), "inclusion proof"),
+    (lambda b: _swap_rotation(b, inclusion_proof=b.rotations[0].inclusion_proof[1:]),
+     "inclusion proof"),
+])
+def test_tampered_or_missing_rotation_fails_verification(change: object,
+                                                         failed_check: str) -> None:
+    bundle = change(_rotated_bundle())  # type: ignore[operator]
+    with pytest.raises(VerificationError, match=rf"^{failed_check}:"):
+        verify_bundle(bundle, trusted_gateway_key=GATEWAY.verifier_text())
+
+
+def test_rotation_after_the_record_is_refused_as_out_of_order() -> None:
+    records, _ = _rotated_log()  # record 1, bundled with the rotation at seq 2 after it
+    before = dataclasses.replace(_rotated_bundle(), record=records[1], leaf_index=1,
+                                 inclusion_proof=tuple(merkle.inclusion_proof(
+                                     [merkle.leaf_hash(r) for r in records], 1)))
+    with pytest.raises(VerificationError, match="out of order"):
+        verify_bundle(before)
+
+
+def _as_version_1(bundle: ProofBundle, key: bytes) -> str:
+    data = json.loads(bundle.to_json())
+    del data["rotations"]
+    return json.dumps({**data, "format": "edgeproof-proof-bundle/1",
+                       "device_public_key": key.hex()})
+
+
+def test_version_1_bundles_stay_readable_but_an_unproven_rotated_key_fails() -> None:
+    old = ProofBundle.from_json(_as_version_1(_bundle(), K0.public_key))
+    assert old.version == 1 and old.rotations == ()
+    verify_bundle(old, trusted_gateway_key=GATEWAY.verifier_text())
+    rotated = ProofBundle.from_json(_as_version_1(_rotated_bundle(), K1.public_key))
+    with pytest.raises(VerificationError, match=r"^record signature: version 1 bundle"):
+        verify_bundle(rotated, trusted_gateway_key=GATEWAY.verifier_text())

@@ -26,14 +26,14 @@ from typing import Any
 
 from osutil.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, add_version
 from osutil.jsonrpc import JsonRpc
-from protocol.bundle import EthereumAnchor, ProofBundle, verify_bundle
+from protocol.bundle import EthereumAnchor, ProofBundle, RotationProof, verify_bundle
 from protocol.checkpoint import Checkpoint, checkpoint_hash
 from protocol.errors import EdgeproofError, MalformedRecord, VerificationError
 from protocol.keys import RecipientKey, load_recipient_key
 from protocol.note import NoteVerifier
 from protocol.signed import parse_signed_record
 from verifier.client import TIMEOUT_S, GatewayClient, LoggedRecord, anchoring_transaction
-from verifier.recipient import key_for_seq, open_records
+from verifier.recipient import open_records
 from verifier.records import Follow, as_line, show_records
 
 
@@ -238,10 +238,11 @@ def _cmd_record(args: argparse.Namespace, waiting: Waiting) -> int:
                                             gateway_key, waiting)
     anchor = None if info is None else _anchor(args.rpc, note, info, extra)
     bundle = ProofBundle(
-        record=logged.record, device_public_key=key_for_seq(keys, logged.seq),
+        record=logged.record, device_public_key=keys[0][1],
         leaf_index=logged.index, tree_size=size,
         inclusion_proof=tuple(client.inclusion_proof(logged.index, size)),
-        checkpoint=note, gateway_key=gateway_key, anchor=anchor)
+        checkpoint=note, gateway_key=gateway_key, anchor=anchor,
+        rotations=_rotations(client, logged, keys, size))
     report = verify_bundle(bundle, trusted)
     if args.save:
         args.save.write_text(bundle.to_json())
@@ -249,6 +250,32 @@ def _cmd_record(args: argparse.Namespace, waiting: Waiting) -> int:
     _print_report(report.passed, extra, args.json,
                   None if trusted else f"the live gateway at {client.base}")
     return EXIT_OK
+
+
+def _rotations(client: GatewayClient, logged: LoggedRecord, keys: list[tuple[int, bytes]],
+               size: int) -> tuple[RotationProof, ...]:
+    """The device's key-rotation records before ``logged``, each with its inclusion proof
+    in the tree of ``size`` leaves, so the bundle proves the key that signed the record.
+
+    A key the gateway lists from seq ``f > 0`` was named by the rotation record at seq
+    ``f - 1`` (docs/PROTOCOL.md §3.3). Raises VerificationError if the gateway does not
+    serve that record, or it was logged after the checkpoint (it cannot be proved there).
+    """
+    proofs = []
+    for from_seq, _ in keys[1:]:
+        if from_seq > logged.seq:
+            break
+        found = [r for r in client.device_records(logged.device_id, from_seq - 2, 1)
+                 if r.seq == from_seq - 1]
+        if not found:
+            raise VerificationError(f"record signature: the gateway serves no rotation "
+                                    f"record at seq {from_seq - 1}")
+        if found[0].index >= size:
+            raise VerificationError(f"record signature: the rotation at seq {from_seq - 1} "
+                                    f"is not covered by the checkpoint of size {size}")
+        proofs.append(RotationProof(found[0].record, found[0].index,
+                                    tuple(client.inclusion_proof(found[0].index, size))))
+    return tuple(proofs)
 
 
 def _find_record(client: GatewayClient, leaf: int | None, path: Path | None) -> LoggedRecord:

@@ -11,6 +11,7 @@ this process, or as a process killed with SIGKILL right after it committed the r
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 import subprocess
@@ -344,7 +345,7 @@ def verify_leaf(gateway: RealGateway, index: int) -> int:
 
 def test_records_before_and_after_a_rotation_are_accepted_and_verify_with_their_keys(
         device: tuple[Path, SigningKey, SigningKey, bytes], broker: MosquittoBroker,
-        gateway: RealGateway, capsys: pytest.CaptureFixture[str]) -> None:
+        gateway: RealGateway, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     state, k0, k1, _ = device
     files = KeyFiles(state / "device.key")
     files.next.rename(state.parent / "next.key")  # the operator has not rotated yet
@@ -377,6 +378,26 @@ def test_records_before_and_after_a_rotation_are_accepted_and_verify_with_their_
     capsys.readouterr()
     for x in (logged[0], rotations[0], logged[-1]):  # old key, rotation, new key
         assert verify_leaf(gateway, x["index"]) == 0, capsys.readouterr().err
+    # A record signed with the new key, checked offline from its saved bundle alone: the
+    # bundle carries the enrolment key and the rotation record with its inclusion proof.
+    saved = tmp_path / "after-rotation.json"
+    assert verify_main(["record", "--gateway", gateway.url, "--leaf", str(logged[-1]["index"]),
+                        "--gateway-key", gateway.verifier, "--save", str(saved)]) == 0
+    capsys.readouterr()
+    bundle = json.loads(saved.read_text())
+    assert bundle["device_public_key"] == k0.public_key.hex()
+    assert [bytes.fromhex(x["record"]) for x in bundle["rotations"]] == [
+        bytes.fromhex(rotations[0]["record"])]
+    offline = ["bundle", str(saved), "--gateway-key", gateway.verifier]
+    assert verify_main(offline) == 0, capsys.readouterr().err
+    assert "rotation at seq" in capsys.readouterr().out
+    good = dict(bundle)
+    tampered = bytearray.fromhex(bundle["rotations"][0]["record"])
+    tampered[-1] ^= 1
+    for broken in ([], [{**bundle["rotations"][0], "record": tampered.hex()}]):
+        saved.write_text(json.dumps({**good, "rotations": broken}))
+        assert verify_main(offline) == 1
+        assert "FAILED: record signature" in capsys.readouterr().err
     assert collect_status(state)["outbox"]["dead_letters"] == {}  # type: ignore[index]
     assert not files.prev.exists()
 

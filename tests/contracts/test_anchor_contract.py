@@ -44,7 +44,7 @@ class AnchorRig(Protocol):
     """One backend under test, and what the suite needs to observe it."""
 
     anchor: Anchor
-    serves_lookup: bool  # False: GET /v1/anchors has nothing from it (LocalAnchor)
+    serves_lookup: bool  # False: GET /v1/anchors(/list) has nothing from it (LocalAnchor)
 
     def settle(self, note: str) -> str:
         """Hand ``note`` to ``anchor()``, drive until anchored; return the reference."""
@@ -56,6 +56,10 @@ class AnchorRig(Protocol):
 
     def reopen(self) -> Anchor:
         """Close the backend and open it again on the same files."""
+        ...
+
+    def recorded(self, note: str) -> bool:
+        """Whether the backend kept anything for ``note`` (queued, sent or anchored)."""
         ...
 
 
@@ -91,6 +95,9 @@ class LocalRig:
         self.anchor.close()
         self.anchor = LocalAnchor(lambda: 1_700_000_000_000)
         return self.anchor
+
+    def recorded(self, note: str) -> bool:
+        return False  # stateless: the gateway's store keeps the local results
 
 
 # --- ethereum -----------------------------------------------------------------------------
@@ -147,6 +154,9 @@ class EthereumRig:
         self.anchor = self.eth
         return self.anchor
 
+    def recorded(self, note: str) -> bool:
+        return self.eth.entry(note) is not None
+
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GanacheNode]:
@@ -197,6 +207,7 @@ class Notes:
     size: int = 0
 
     def next(self, grow: int = 3) -> str:
+        """The next checkpoint, ``grow`` leaves larger (0 at first: the empty checkpoint)."""
         self.size += grow
         return Checkpoint(self.key.name, self.size, self.rng.randbytes(32),
                           (f"prev {'A' * 43}=",)).sign(self.key.note_signer)
@@ -274,3 +285,32 @@ def test_lookup_finds_the_earliest_anchored_checkpoint_covering_the_size(
     exact = rig.anchor.lookup(3)
     assert exact is not None
     assert exact["note"] == first
+
+
+def test_empty_checkpoint_is_never_anchored(rig: AnchorRig, notes: Notes) -> None:
+    empty = notes.next(grow=0)  # size 0: the checkpoint a gateway signs at first start
+    assert rig.anchor.anchor(empty) is None  # it commits to no record
+    assert not rig.recorded(empty)  # not queued: nothing is ever spent on it
+    assert rig.anchor.lookup(None) is None
+    assert rig.anchor.listing(0, 10) in (None, [])
+    first = notes.next(grow=1)  # the first real checkpoint is anchored as usual
+    assert rig.committed_hash(rig.settle(first)) == checkpoint_hash(first)
+
+
+def test_listing_pages_through_anchored_checkpoints_smallest_first(
+        rig: AnchorRig, notes: Notes) -> None:
+    sent = [notes.next() for _ in range(3)]  # sizes 3, 6, 9
+    for note in sent:
+        rig.settle(note)
+    listed = rig.anchor.listing(0, 10)
+    if not rig.serves_lookup:  # served by GET /v1/checkpoints instead
+        assert listed is None
+        return
+    assert listed is not None
+    assert [a["note"] for a in listed] == sent
+    assert [a["size"] for a in listed] == [3, 6, 9]
+    assert all(a["backend"] == rig.anchor.name for a in listed)
+    page = rig.anchor.listing(3, 1)
+    assert page is not None
+    assert [a["size"] for a in page] == [6]
+    assert rig.anchor.listing(9, 10) == []

@@ -199,7 +199,7 @@ def test_checkpoint_hashes_appear_in_the_anchoring_transactions_input(
     on_chain = sender_txs(chain, anchor.address)
     assert anchored_hashes(on_chain) == [checkpoint_hash(n) for n in sent]
     assert [tx.nonce for tx in on_chain] == [0, 1, 2]
-    # lookup, idempotence and restarts: tests/contracts/test_anchor_contract.py
+    # lookup, listing, idempotence and restarts: tests/contracts/test_anchor_contract.py
     anchor.close()
 
 
@@ -440,6 +440,15 @@ interval_s = 0.2
         assert note in served
         metrics = httpx.get(f"{running.base_url}/metrics").text
         assert "edgeproof_gateway_anchors_confirmed_total" in metrics
+        listed = httpx.get(f"{running.base_url}/v1/anchors/list",
+                           params={"after_size": 0, "limit": 1000}).json()
+        assert note in [a["note"] for a in listed]
+        assert [a["size"] for a in listed] == sorted({a["size"] for a in listed}) and \
+            all(a["size"] >= 1 for a in listed)
+        first = httpx.get(f"{running.base_url}/v1/anchors/list", params={"limit": 1}).json()
+        assert first == listed[:1]
+        empty_note = httpx.get(f"{running.base_url}/v1/checkpoints").json()[0]
+        assert empty_note["size"] == 0
     finally:
         devices.close()
         running.stop()
@@ -447,6 +456,7 @@ interval_s = 0.2
     on_chain = anchored_hashes(sender_txs(chain, address_of(KEYS["gateway"])))
     assert len(on_chain) == len(set(on_chain)) >= 1  # every anchor distinct
     assert checkpoint_hash(note) in on_chain
+    assert checkpoint_hash(empty_note["note"]) not in on_chain  # size 0: never anchored
 
 
 def wait_for_anchor(base_url: str, size: int, timeout: float = 60.0) -> dict[str, object]:

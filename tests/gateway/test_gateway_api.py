@@ -140,6 +140,10 @@ def test_metrics_and_health_are_served(gateway) -> None:
     "/v1/proofs/inclusion?index=0&tree_size=9223372036854775808",
     "/v1/proofs/consistency?old_size=1&new_size=9223372036854775808",
     "/v1/anchors?size=9223372036854775808",
+    "/v1/anchors/list?after_size=9223372036854775808",
+    "/v1/anchors/list?after_size=-1",
+    "/v1/anchors/list?limit=0",
+    "/v1/anchors/list?limit=1001",
     "/v1/leaves/-1",
     "/v1/checkpoints?after=abc",
 ])
@@ -159,6 +163,8 @@ def test_largest_integers_in_range_get_an_answer_not_a_500(gateway) -> None:
     assert records.status_code == 200 and records.json()["records"] == []
     assert httpx.get(f"{url}/v1/proofs/inclusion",
                      params={"index": 0, "tree_size": top}).status_code == 400
+    local = httpx.get(f"{url}/v1/anchors/list", params={"after_size": top, "limit": 1000})
+    assert local.status_code == 404 and "local" in local.json()["detail"]  # no chain anchors
 
 
 def test_data_files_are_private_whatever_the_umask(broker, tmp_path) -> None:
