@@ -213,7 +213,9 @@ def _status_text(status: dict[str, object]) -> str:
     outbox = status["outbox"]
     credit = status["credit"]
     agent = status["agent"]
-    assert isinstance(outbox, dict) and isinstance(credit, dict) and isinstance(agent, dict)
+    assert isinstance(outbox, dict)
+    assert isinstance(credit, dict)
+    assert isinstance(agent, dict)
     dead = outbox["dead_letters"]
     dead_text = ", ".join(f"{k}: {v}" for k, v in dead.items()) if dead else "none"
     last = outbox.get("last_receipt_ms")

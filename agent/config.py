@@ -118,8 +118,10 @@ def apply_overrides(data: dict[str, object], overrides: Mapping[tuple[str, str],
         table = out.setdefault(section, {})
         if not isinstance(table, dict):
             raise ConfigError(f"{section}: must be a table")
-        is_path = (section, key) in PATH_OVERRIDES and isinstance(value, str | Path)
-        table[key] = str(Path(value).absolute()) if is_path else value  # type: ignore[arg-type]
+        if (section, key) in PATH_OVERRIDES and isinstance(value, str | Path):
+            table[key] = str(Path(value).absolute())
+        else:
+            table[key] = value
     return out
 
 
@@ -135,19 +137,22 @@ def parse_config(data: Mapping[str, object], base_dir: Path) -> AgentConfig:
     agent = root.table("agent")
     state_dir = agent.path("state_dir", DEFAULT_STATE_DIR)
     assert state_dir is not None
-    cfg_agent = dict(
-        state_dir=state_dir,
-        key_file=agent.path("key_file", state_dir / "device.key"),
-        backend="hardware",  # only the --simulate flag selects simulated hardware
-        pin_factory=agent.string("pin_factory", DEFAULT_PIN_FACTORY),
-        sim_seed=agent.integer("sim_seed", 1, low=0),
-        log_level=agent.choice("log_level", LOG_LEVELS, "info"),
-    )
+    key_file = agent.path("key_file", state_dir / "device.key")
+    pin_factory = agent.string("pin_factory", DEFAULT_PIN_FACTORY)
+    sim_seed = agent.integer("sim_seed", 1, low=0)
+    log_level = agent.choice("log_level", LOG_LEVELS, "info")
+    assert key_file is not None
+    assert pin_factory is not None
     agent.finish()
     recipients = _recipients(root.table("recipients"))
     sensors = _sensors(data.get("sensors", []), recipients)
     config = AgentConfig(
-        **cfg_agent,  # type: ignore[arg-type]  # each value was checked above
+        state_dir=state_dir,
+        key_file=key_file,
+        backend="hardware",  # only the --simulate flag selects simulated hardware
+        pin_factory=pin_factory,
+        sim_seed=sim_seed,
+        log_level=log_level,
         mqtt=_mqtt(root.table("mqtt")),
         gateway=_gateway(root.table("gateway")),
         uplink=_uplink(root.table("uplink")),
@@ -233,7 +238,7 @@ def _optional_millis(t: Table, key: str) -> int | None:
 def _outbox(t: Table) -> OutboxSettings:
     out = OutboxSettings(
         max_bytes=t.integer("max_bytes", 64 * 1024 * 1024, low=64 * 1024),
-        full_policy=t.choice("full_policy", FULL_POLICIES, "drop-oldest"),  # type: ignore[arg-type]
+        full_policy=t.choice("full_policy", FULL_POLICIES, "drop-oldest"),
         commit_window_ms=t.millis("commit_window_s", 5.0, low=0.0, high=3600),
         commit_max_records=t.integer("commit_max_records", 256, low=1, high=100_000),
         dead_letter_max=t.integer("dead_letter_max", 10_000, low=1),

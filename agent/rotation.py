@@ -270,12 +270,11 @@ class KeyRotator:
     def _rejected(self, n: RotationNotes, reason: str) -> None:
         try:
             old = load_device_key(self.files.prev)
-            if old.public_key != n.old:
-                raise KeyFileError(f"{self.files.prev}: not the key that was replaced")
         except KeyFileError as exc:
-            self._stuck = True
-            self._problem(f"KEY ROTATION REJECTED by the gateway ({reason}, record {n.seq}) "
-                          f"and the old key cannot be restored: {exc}")
+            self._cannot_restore(n, reason, str(exc))
+            return
+        if old.public_key != n.old:
+            self._cannot_restore(n, reason, f"{self.files.prev}: not the key that was replaced")
             return
         self._outbox.write_notes({"rot_state": REJECTED.value, "rot_reason": reason})
         self._notes = replace(n, state=REJECTED, reason=reason)
@@ -322,6 +321,11 @@ class KeyRotator:
             _sync_dir(self.files.prev.parent)
         except (OSError, KeyFileError) as exc:
             self._problem(f"{self.files.prev}: cannot delete the old key: {exc}")
+
+    def _cannot_restore(self, n: RotationNotes, reason: str, why: str) -> None:
+        self._stuck = True
+        self._problem(f"KEY ROTATION REJECTED by the gateway ({reason}, record {n.seq}) "
+                      f"and the old key cannot be restored: {why}")
 
     def _problem(self, message: str) -> None:
         if message != self.error:

@@ -270,9 +270,9 @@ class FleetDevice:
         self._inflight.pop(receipt.batch_id, None)
         for outcome in receipt.outcomes:
             pending = self._pending.get(outcome.seq) if outcome.seq is not None else None
-            if pending is None or pending.hash16 != outcome.hash_prefix:
+            if outcome.seq is None or pending is None or pending.hash16 != outcome.hash_prefix:
                 continue  # answered already (a resend), or not ours
-            del self._pending[outcome.seq]  # type: ignore[arg-type]
+            del self._pending[outcome.seq]
             if outcome.status is Status.ACCEPTED:
                 self.counters.accepted += 1
                 self.latencies_ms.append((now_s - pending.created_s) * 1000)

@@ -283,9 +283,10 @@ class Stack:
             try:
                 fleet_mqtt.check_login("127.0.0.1", self.broker_port, username, password,
                                        timeout_s=2.0)
-                return
             except (RejectedByPeer, TransportError) as exc:
                 last = str(exc)
+            else:
+                return
             time.sleep(0.1)
         raise StackError(f"the broker does not accept {what}: {last}")
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TextIO
 
 from rich import box
-from rich.console import Console, Group
+from rich.console import Console, Group, JustifyMethod
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
@@ -96,7 +96,8 @@ def device_table(snapshot: Snapshot, title: str | None = None) -> Table:
                   box=box.SIMPLE_HEAD, pad_edge=False, padding=0)
     totals = {name: str(snapshot.total(name)) for name in
               ("readings", "committed", "receipted", "outbox", "dead_letters")}
-    columns = [("device", "total", "left"), ("readings", totals["readings"], "right"),
+    columns: list[tuple[str, str, JustifyMethod]] = [
+               ("device", "total", "left"), ("readings", totals["readings"], "right"),
                ("committed", totals["committed"], "right"),
                ("receipted", totals["receipted"], "right"),
                ("outbox", totals["outbox"], "right"),
@@ -109,7 +110,7 @@ def device_table(snapshot: Snapshot, title: str | None = None) -> Table:
         if header == "uplink":  # a failure's text is long; the status command shows it all
             table.add_column(header, no_wrap=True, overflow="ellipsis", max_width=14)
         else:
-            table.add_column(header, footer=footer, justify=justify,  # type: ignore[arg-type]
+            table.add_column(header, footer=footer, justify=justify,
                              no_wrap=True, min_width=max(widest, len(footer)))
     for d in snapshot.devices:
         uplink = Text(d.uplink, style="red" if d.uplink.startswith("FAILED") else "")

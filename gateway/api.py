@@ -172,7 +172,9 @@ def _decode_balances(data: bytes) -> list[BalanceOut]:
     assert isinstance(table, list)
     out = []
     for row in table:
-        assert isinstance(row, list) and isinstance(row[0], str) and isinstance(row[1], int)
+        assert isinstance(row, list)
+        assert isinstance(row[0], str)
+        assert isinstance(row[1], int)
         out.append(BalanceOut(owner=row[0], balance_micro=row[1]))
     return out
 

@@ -106,15 +106,18 @@ class RequestGuard:
             await _refuse(send, 413, f"request body over {self._max_body} bytes")
             return
         chunked = declared is None and _header(scope, b"transfer-encoding") is not None
-        await _CappedBody(self, send, has_body=chunked or bool(declared and int(declared)))(
+        has_body = chunked or bool(declared and int(declared))
+        await _CappedBody(self.app, send, self._max_body, self._reject, has_body=has_body)(
             scope, receive)
 
 
 class _CappedBody:
     """One request: counts the body while the app reads it; refuses it at the cap."""
 
-    def __init__(self, guard: RequestGuard, send: Send, *, has_body: bool) -> None:
-        self._guard, self._send = guard, send
+    def __init__(self, app: ASGIApp, send: Send, max_body: int, reject: Reject, *,
+                 has_body: bool) -> None:
+        self._app, self._send = app, send
+        self._max_body, self._reject = max_body, reject
         self._received = 0
         self._body_done = not has_body
         self._started = False
@@ -128,19 +131,19 @@ class _CappedBody:
             if message["type"] == "http.request":
                 self._received += len(message.get("body", b""))
                 self._body_done = not message.get("more_body", False)
-                if self._received > self._guard._max_body:
+                if self._received > self._max_body:
                     await self._refuse()
                     return {"type": "http.disconnect"}
             return message
 
-        await self._guard.app(scope, capped_receive, self._checked_send)
+        await self._app(scope, capped_receive, self._checked_send)
 
     async def _refuse(self) -> None:
         self._refused = True
-        self._guard._reject(BODY_TOO_LARGE)
+        self._reject(BODY_TOO_LARGE)
         if not self._started:
             self._started = True
-            await _refuse(self._send, 413, f"request body over {self._guard._max_body} bytes")
+            await _refuse(self._send, 413, f"request body over {self._max_body} bytes")
 
     async def _checked_send(self, message: Message) -> None:
         if self._refused:
@@ -167,6 +170,8 @@ class _GuardedH11Protocol(H11Protocol):
     _deadline: asyncio.TimerHandle | None = None
     _waiting_since = 0.0
 
+    # uvicorn's H11Protocol narrows asyncio's BaseTransport to Transport (and ignores
+    # [override] itself); this override keeps uvicorn's signature.
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm()
@@ -202,16 +207,21 @@ class _GuardedH11Protocol(H11Protocol):
 
     def _timed_out(self) -> None:
         self._deadline = None
-        self._drop(REQUEST_TIMEOUT)
+        self.drop_connection(REQUEST_TIMEOUT)
+
+    def request_waiting_since(self) -> float | None:
+        """The loop time since which this connection has waited for a request, or None."""
+        return None if self._deadline is None else self._waiting_since
 
     def _make_room(self) -> None:
         """Close the connection that has waited longest for its request (maybe this one)."""
-        waiting = [c for c in self.connections
-                   if isinstance(c, _GuardedH11Protocol) and c._deadline is not None]
-        victim = min(waiting, key=lambda c: c._waiting_since, default=self)
-        victim._drop(TOO_MANY_CONNECTIONS)
+        waiting = [(since, c) for c in self.connections if isinstance(c, _GuardedH11Protocol)
+                   and (since := c.request_waiting_since()) is not None]
+        victim = min(waiting, key=lambda w: w[0], default=(0.0, self))[1]
+        victim.drop_connection(TOO_MANY_CONNECTIONS)
 
-    def _drop(self, reason: str) -> None:
+    def drop_connection(self, reason: str) -> None:
+        """Close this connection (if still open), counting ``reason``."""
         self._disarm()
         if not self.transport.is_closing():
             self._counter.reject(reason)

@@ -105,7 +105,7 @@ class MqttIngest:
         Raises RejectedByPeer for bad credentials or missing authorisation, and
         TransportError if the broker cannot be reached within ``timeout`` seconds.
         """
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho-mqtt: unannotated
         props.SessionExpiryInterval = self._config.session_expiry_s
         # MQTT 5 §3.1.2.11.4: the broker drops, never sends, anything larger than a full batch.
         props.MaximumPacketSize = MAX_RECORDS_PACKET_BYTES

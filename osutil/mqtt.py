@@ -236,7 +236,7 @@ class MqttClient:
         Raises TransportError if the connection cannot be opened.
         """
         opts = self.options
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho-mqtt: unannotated
         props.SessionExpiryInterval = opts.session_expiry_s
         if opts.maximum_packet_size is not None:
             props.MaximumPacketSize = opts.maximum_packet_size

@@ -88,20 +88,7 @@ def connect(path: Path, schema: str = "", pragmas: Pragmas = DEVICE) -> sqlite3.
         create_private_file(path)
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                timeout=pragmas.busy_timeout_s)
-        if pragmas.page_size is not None:  # takes effect only on a new file
-            conn.execute(f"PRAGMA page_size={int(pragmas.page_size)}")
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise StorageError(f"{path}: cannot use WAL journal (got {mode})")
-        conn.execute(f"PRAGMA synchronous={pragmas.synchronous}")
-        if pragmas.journal_size_limit is not None:
-            conn.execute(f"PRAGMA journal_size_limit={int(pragmas.journal_size_limit)}")
-        if pragmas.quick_check:
-            check = conn.execute("PRAGMA quick_check").fetchall()
-            if check != [("ok",)]:
-                raise DatabaseCorrupt(f"{path}: quick_check failed: {check[:3]}")
-        if schema:
-            conn.executescript(schema)
+        _prepare(conn, path, schema, pragmas)
     except sqlite3.Error as exc:
         if conn is not None:
             conn.close()
@@ -115,6 +102,28 @@ def connect(path: Path, schema: str = "", pragmas: Pragmas = DEVICE) -> sqlite3.
             conn.close()
         raise StorageError(f"{path}: {exc.strerror or exc}") from None
     return conn
+
+
+def _prepare(conn: sqlite3.Connection, path: Path, schema: str, pragmas: Pragmas) -> None:
+    """Set ``pragmas`` on a new connection, check the file, apply ``schema``.
+
+    Raises StorageError if WAL cannot be used, DatabaseCorrupt if the check fails, and
+    sqlite3.Error as SQLite raises it.
+    """
+    if pragmas.page_size is not None:  # takes effect only on a new file
+        conn.execute(f"PRAGMA page_size={int(pragmas.page_size)}")
+    mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        raise StorageError(f"{path}: cannot use WAL journal (got {mode})")
+    conn.execute(f"PRAGMA synchronous={pragmas.synchronous}")
+    if pragmas.journal_size_limit is not None:
+        conn.execute(f"PRAGMA journal_size_limit={int(pragmas.journal_size_limit)}")
+    if pragmas.quick_check:
+        check = conn.execute("PRAGMA quick_check").fetchall()
+        if check != [("ok",)]:
+            raise DatabaseCorrupt(f"{path}: quick_check failed: {check[:3]}")
+    if schema:
+        conn.executescript(schema)
 
 
 def create_private_file(path: Path) -> None:

@@ -13,8 +13,11 @@ import math
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 from protocol.errors import ConfigError
+
+_Choice = TypeVar("_Choice", bound=str)
 
 
 def read_toml(path: Path, *, missing: str | None = None) -> dict[str, object]:
@@ -116,14 +119,17 @@ class Table:
             raise self.missing(key)
         return value
 
-    def choice(self, key: str, options: Iterable[str], default: str) -> str:
-        """The string at ``key`` (or ``default``), which must be one of ``options``."""
+    def choice(self, key: str, options: Iterable[_Choice], default: _Choice) -> _Choice:
+        """The string at ``key`` (or ``default``), which must be one of ``options``.
+
+        Returns the matching option itself, so a ``Literal`` set of options types the result.
+        """
         allowed = tuple(options)
         value = self.string(key, default)
         if value is None or value not in allowed:
             raise ConfigError(f"{self._name(key)}: must be one of {', '.join(allowed)} "
                               f"(got {value!r})")
-        return value
+        return allowed[allowed.index(value)]
 
     def integer(self, key: str, default: int, *, low: int | None = None,
                 high: int | None = None) -> int:

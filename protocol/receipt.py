@@ -138,7 +138,9 @@ class Receipt:
         if not (isinstance(device_id, bytes) and _is_uint(batch_id) and isinstance(outcomes, list)
                 and isinstance(checkpoint, str) and _is_uint(issued) and _is_uint(settled)):
             raise MalformedRecord("bad_receipt", "receipt fields have the wrong types")
-        assert isinstance(batch_id, int) and isinstance(issued, int) and isinstance(settled, int)
+        assert isinstance(batch_id, int)
+        assert isinstance(issued, int)
+        assert isinstance(settled, int)
         return cls(device_id, batch_id, tuple(Outcome.from_cbor_value(o) for o in outcomes),
                    checkpoint, issued, settled)
 

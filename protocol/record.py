@@ -89,7 +89,8 @@ class Measurement:
         mantissa, exponent, unit = item
         if not (_is_int(mantissa) and _is_int(exponent) and isinstance(unit, str)):
             raise MalformedRecord("bad_value", "a value is [int, int, text]")
-        assert isinstance(mantissa, int) and isinstance(exponent, int)  # for mypy
+        assert isinstance(mantissa, int)  # for mypy
+        assert isinstance(exponent, int)
         return cls(mantissa, exponent, unit)
 
 

@@ -126,17 +126,18 @@ def provision(fleet: FleetConfig, api: GatewayAPI, dev: NewDevice, terms: Terms,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    try:
-        if device_id != record.device_id:
-            raise StorageError(f"gateway gave {dev.name!r} device id {device_id}, "
-                               f"expected {record.device_id}")
-        tmp.rename(final)
-    except (OSError, StorageError) as exc:
-        _undo_registration(api, record.device_id)
-        shutil.rmtree(tmp, ignore_errors=True)
-        detail = exc.strerror if isinstance(exc, OSError) else str(exc)
-        raise StorageError(f"{final}: {detail}; its registration was revoked again") from None
-    return record
+    if device_id != record.device_id:
+        detail = f"gateway gave {dev.name!r} device id {device_id}, expected {record.device_id}"
+    else:
+        try:
+            tmp.rename(final)
+        except OSError as exc:
+            detail = str(exc.strerror)
+        else:
+            return record
+    _undo_registration(api, record.device_id)
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise StorageError(f"{final}: {detail}; its registration was revoked again")
 
 
 def _undo_registration(api: GatewayAPI, device_id: str) -> None:

@@ -147,7 +147,8 @@ def _rotated_bundle(index: int = 5) -> ProofBundle:
 
 def test_record_signed_after_a_rotation_verifies_offline_from_its_bundle() -> None:
     bundle = ProofBundle.from_json(_rotated_bundle().to_json())
-    assert bundle == _rotated_bundle() and len(bundle.rotations) == 1
+    assert bundle == _rotated_bundle()
+    assert len(bundle.rotations) == 1
     report = verify_bundle(bundle, trusted_gateway_key=GATEWAY.verifier_text())
     checks = dict(report.passed)
     assert "rotation at seq 2" in checks["record signature"]
@@ -206,7 +207,8 @@ def _as_version_1(bundle: ProofBundle, key: bytes) -> str:
 
 def test_version_1_bundles_stay_readable_but_an_unproven_rotated_key_fails() -> None:
     old = ProofBundle.from_json(_as_version_1(_bundle(), K0.public_key))
-    assert old.version == 1 and old.rotations == ()
+    assert old.version == 1
+    assert old.rotations == ()
     verify_bundle(old, trusted_gateway_key=GATEWAY.verifier_text())
     rotated = ProofBundle.from_json(_as_version_1(_rotated_bundle(), K1.public_key))
     with pytest.raises(VerificationError, match=r"^record signature: version 1 bundle"):

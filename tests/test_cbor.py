@@ -157,7 +157,7 @@ def test_hand_path_head_reader_refuses_exactly_what_the_decoder_refuses(
 ) -> None:
     # read_head serves the hand-written fast paths; it must agree with the strict decoder's
     # head reading on every input: same value, or the same refusal.
-    reader = cbor._Reader(data, cbor.DEFAULT_LIMITS)
+    reader = cbor._Reader(data, cbor.DEFAULT_LIMITS)  # noqa: SLF001 - the decoder's own reader
     reader.pos = pos
     try:
         expected: tuple[int, int, int] | str = (*reader.head(), reader.pos)

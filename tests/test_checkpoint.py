@@ -97,7 +97,8 @@ def _mth(leaves: list[bytes]) -> bytes:
 
 def _load_generator() -> ModuleType:
     spec = importlib.util.spec_from_file_location("make_checkpoint_vectors", GENERATOR_PATH)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -839,7 +840,8 @@ def test_vectors_file_is_reproducible_from_fixed_seeds() -> None:
 
 def test_vectors_verify_with_their_vkeys() -> None:
     vectors = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))
-    assert isinstance(vectors, list) and vectors
+    assert isinstance(vectors, list)
+    assert vectors
     for vector in vectors:
         assert set(vector) == {"description", "note", "vkey"}
         verifier = NoteVerifier.from_text(vector["vkey"])

@@ -80,7 +80,8 @@ def test_log_level_takes_any_case_in_every_cli() -> None:
         for action in parser._actions:
             if "--log-level" in action.option_strings:
                 found.append(path)
-                assert action.type is log_level and action.choices is None, path
+                assert action.type is log_level, path
+                assert action.choices is None, path
                 for given, parsed in (("DEBUG", "debug"), ("Info", "info"), ("error", "error")):
                     argv = [*_required(parser), "--log-level", given]
                     assert parser.parse_known_args(argv)[0].log_level == parsed, path
@@ -102,7 +103,8 @@ def test_a_fleet_is_named_by_the_fleet_option_everywhere() -> None:
                 named.append(path)
                 assert action.option_strings == ["--fleet"], path
                 assert action.metavar == "FLEET_DIR", path
-    assert "edgeproof-provision init" in named and "edgeproof-sim fleet" in named
+    assert "edgeproof-provision init" in named
+    assert "edgeproof-sim fleet" in named
 
 
 def test_config_errors_exit_2_in_every_cli(tmp_path: Path,
@@ -115,13 +117,15 @@ def test_config_errors_exit_2_in_every_cli(tmp_path: Path,
     assert provision_main(["init", "--broker", "mqtt://h:1", "--gateway", "http://h:2"]) \
         == EXIT_USAGE
     errors = capsys.readouterr().err.splitlines()
-    assert len(errors) == 4 and all(": error: " in line for line in errors), errors
+    assert len(errors) == 4, errors
+    assert all(": error: " in line for line in errors), errors
 
 
 def test_old_fleet_spellings_still_work(tmp_path: Path) -> None:
     init = provision_parser().parse_args(["init", str(tmp_path), "--broker", "mqtt://h:1",
                                           "--gateway", "http://h:2"])
-    assert init.fleet_dir == tmp_path and init.fleet is None
+    assert init.fleet_dir == tmp_path
+    assert init.fleet is None
     fleet = sim_parser().parse_args(["fleet", "--config", str(tmp_path), "--devices", "1"])
     assert fleet.fleet == tmp_path
 

@@ -265,6 +265,15 @@ def test_consistency_from_empty_tree_accepts_only_empty_proof_and_empty_root() -
 TAMPER_CASES = [(i, n) for n in (1, 2, 3, 5, 7, 8, 13, 16, 31, 64, 100) for i in {0, n // 2, n - 1}]
 
 
+def _verifies(check: Callable[..., object], *args: object) -> bool:
+    """Whether ``check(*args)`` accepts; False when it raises VerificationError."""
+    try:
+        check(*args)
+    except VerificationError:
+        return False
+    return True
+
+
 def _inclusion_mutants(proof: list[bytes]) -> list[tuple[str, list[bytes]]]:
     mutants: list[tuple[str, list[bytes]]] = [
         ("extra node", [*proof, ROOTS[3]]),
@@ -289,10 +298,9 @@ def _inclusion_mutants(proof: list[bytes]) -> list[tuple[str, list[bytes]]]:
 @pytest.mark.parametrize(("index", "size"), TAMPER_CASES)
 def test_tampered_inclusion_proof_is_rejected(index: int, size: int) -> None:
     proof = inclusion_proof(LEAVES[:size], index)
-    for what, mutant in _inclusion_mutants(proof):
-        with pytest.raises(VerificationError):
-            verify_inclusion(LEAVES[index], index, size, mutant, ROOTS[size])
-            pytest.fail(f"{what} verified")
+    accepted = [what for what, mutant in _inclusion_mutants(proof)
+                if _verifies(verify_inclusion, LEAVES[index], index, size, mutant, ROOTS[size])]
+    assert accepted == []
 
 
 def test_every_byte_of_a_proof_node_matters() -> None:
@@ -378,10 +386,9 @@ CONSISTENCY_TAMPER_CASES = [(1, 2), (1, 8), (2, 8), (3, 7), (4, 9), (6, 8), (7, 
 def test_tampered_consistency_proof_is_rejected(old: int, new: int) -> None:
     proof = consistency_proof(LEAVES[:new], old)
     old_root, new_root = ROOTS[old], ROOTS[new]
-    for what, mutant in _inclusion_mutants(proof):
-        with pytest.raises(VerificationError):
-            verify_consistency(old, new, old_root, new_root, mutant)
-            pytest.fail(f"{what} verified")
+    accepted = [what for what, mutant in _inclusion_mutants(proof)
+                if _verifies(verify_consistency, old, new, old_root, new_root, mutant)]
+    assert accepted == []
     # For a perfect old tree the old root is the proof's first node, so a wrong one shows
     # up as a wrong new root; either way the message names a root.
     with pytest.raises(VerificationError, match=r"reproduce the (old|new) root"):
@@ -571,7 +578,7 @@ def test_compact_range_restored_from_state_continues_correctly(restart_at: int) 
     ],
 )
 def test_compact_range_rejects_malformed_state(state: list[tuple[int, bytes]]) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^peak (levels|hash)"):
         CompactRange.from_state(state)
 
 

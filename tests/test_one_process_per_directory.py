@@ -78,7 +78,8 @@ def test_second_agent_on_the_same_state_dir_refuses_naming_the_first_and_kill9_l
     assert second.returncode == 2
     assert second.stderr.count("\n") == 1, second.stderr
     assert f"already in use by agent pid {first.pid}" in second.stderr
-    assert first.alive() and holds_lock(lock, first)()
+    assert first.alive()
+    assert holds_lock(lock, first)()
     assert (state / "outbox.sqlite").stat().st_size >= outbox_before  # untouched by it
 
     kill9(first)
@@ -117,7 +118,8 @@ def test_second_gateway_on_the_same_data_dir_refuses_naming_the_first_and_kill9_
     assert second.returncode == 2  # as the agent: docs/CLI.md
     assert second.stderr.count("\n") == 1, second.stderr
     assert f"already in use by gateway pid {first.pid}" in second.stderr
-    assert first.alive() and healthy()
+    assert first.alive()
+    assert healthy()
 
     kill9(first)
     files = write_gateway_files(tmp_path / "gw", broker.port, http_port=port)

@@ -111,7 +111,8 @@ def test_checkpoint_bodies_have_no_empty_line_before_or_after_extension_lines() 
     for vec in json.loads((VECTORS / "checkpoints.json").read_text()):
         body, signatures = vec["note"].split("\n\n", 1)
         lines = body.split("\n")
-        assert all(lines) and len(lines) >= 3, vec["description"]
+        assert all(lines), vec["description"]
+        assert len(lines) >= 3, vec["description"]
         assert signatures.startswith("\u2014 ")
     with_ext = Checkpoint("o", 1, bytes(32), ("prev x", "balances y")).to_body()
     assert with_ext == f"o\n1\n{'A' * 43}=\nprev x\nbalances y\n"
@@ -185,7 +186,8 @@ def test_vector_payload_json_is_the_documented_reading_of_the_cbor() -> None:
                 payload["stream"]) == (wire[1], wire[2], wire[3], wire[7], wire[8])
         assert payload["prev"] == wire[4].hex()
         wall_key = 5 if payload["clock_synced"] else 6
-        assert payload["wall_ms"] == wire[wall_key] and 11 - wall_key not in wire
+        assert payload["wall_ms"] == wire[wall_key]
+        assert 11 - wall_key not in wire
         body = payload["body"]
         (key, item), = ((k, v) for k, v in wire.items() if k >= 9)
         kind = ["values", "sealed", "usage", "gap", "key_epoch", "key_rotation"][key - 9]

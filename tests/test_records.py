@@ -204,7 +204,8 @@ def test_record_with_ambiguous_or_missing_wall_time_rejected(
 def test_clock_sync_state_survives_the_wall_time_key(synced: bool) -> None:
     record = dataclasses.replace(_record(), clock_synced=synced)
     payload = record.to_cbor()
-    assert payload[:1] == b"\xa8" and record.header_cbor()[:1] == b"\xa7"
+    assert payload[:1] == b"\xa8"
+    assert record.header_cbor()[:1] == b"\xa7"
     assert (5 in cbor.decode(payload)) is synced  # type: ignore[operator]
     assert Record.from_cbor(payload) == record == Record.from_cbor_strict(payload)
 
@@ -439,7 +440,8 @@ def test_seal_record_reuses_the_header_without_changing_a_byte(
     header.header_cbor()  # the cached encoding is what seal_record carries over
     fast = seal_record(s["device_id"], header, s["keys"], s["values"])  # type: ignore[arg-type]
     slow = dataclasses.replace(header, body=fast.body)
-    assert fast == slow and fast.to_cbor() == slow.to_cbor()
+    assert fast == slow
+    assert fast.to_cbor() == slow.to_cbor()
 
 
 def test_sealing_shortcut_gives_the_public_bindings_bytes() -> None:

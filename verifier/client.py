@@ -11,6 +11,7 @@ the expected shape becomes :class:`~protocol.errors.MalformedRecord`.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,26 +24,54 @@ MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 TIMEOUT_S = 10.0
 
 
-def _get(session: requests.Session, url: str, **params: int | str) -> requests.Response:
+@dataclass(frozen=True)
+class _Fetched:
+    """A size-capped HTTP 200 answer, read in full (the body is bytes from the network)."""
+
+    url: str
+    body: bytes
+    encoding: str
+
+    @property
+    def text(self) -> str:
+        try:
+            return self.body.decode(self.encoding, "replace")
+        except LookupError:  # a charset Python does not know: read it as UTF-8, as requests does
+            return self.body.decode("utf-8", "replace")
+
+
+def _read_capped(response: requests.Response, cap: int) -> bytes:
+    """At most ``cap + 1`` bytes of the decoded body: enough to tell that it is over ``cap``."""
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_content(chunk_size=64 * 1024):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > cap:
+            break
+    return b"".join(chunks)[: cap + 1]
+
+
+def _get(session: requests.Session, url: str, **params: int | str) -> _Fetched:
     try:
-        response = session.get(url, params=params, timeout=TIMEOUT_S, stream=True)
-        body = response.raw.read(MAX_RESPONSE_BYTES + 1, decode_content=True)
+        with session.get(url, params=params, timeout=TIMEOUT_S, stream=True) as response:
+            body = _read_capped(response, MAX_RESPONSE_BYTES)
     except requests.RequestException as exc:
         raise TransportError(f"cannot reach {url}: {exc.__class__.__name__}") from None
     if len(body) > MAX_RESPONSE_BYTES:
         raise MalformedRecord("too_large", f"response from {url} over {MAX_RESPONSE_BYTES} bytes")
-    response._content = body
     if response.status_code != 200:
         detail = body[:200].decode("utf-8", "replace").strip()
         raise TransportError(f"{url}: HTTP {response.status_code} {detail}")
-    return response
+    encoding = requests.utils.get_encoding_from_headers(response.headers) or "utf-8"
+    return _Fetched(response.url, body, encoding)
 
 
-def _json(response: requests.Response) -> Any:
+def _json(fetched: _Fetched) -> Any:
     try:
-        return response.json()
-    except ValueError:
-        raise MalformedRecord("bad_response", f"{response.url}: not JSON") from None
+        return json.loads(fetched.body)
+    except ValueError:  # also UnicodeDecodeError: a body in no UTF encoding
+        raise MalformedRecord("bad_response", f"{fetched.url}: not JSON") from None
 
 
 def _hex(value: object, what: str) -> bytes:

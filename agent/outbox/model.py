@@ -10,7 +10,7 @@ from protocol.reasons import DropReason
 from protocol.receipt import Status
 
 FullPolicy = Literal["drop-oldest", "reject-new"]
-FULL_POLICIES: tuple[str, ...] = ("drop-oldest", "reject-new")
+FULL_POLICIES: tuple[FullPolicy, ...] = ("drop-oldest", "reject-new")
 
 # The gap reason for numbers an unclean stop followed by a reboot (a power cut, a kernel
 # crash) left unaccounted for; one of the typed drop reasons in protocol/reasons.py.

@@ -90,9 +90,10 @@ class Sensor(abc.ABC):
         converted to reason ``driver_error``.
         """
         with self._lock:
+            if self._closed:
+                self.errors[CLOSED] += 1
+                raise SensorReadError(self.name, CLOSED)
             try:
-                if self._closed:
-                    raise SensorReadError(self.name, CLOSED)
                 values = self._read_raw(now_mono_ms)
             except SensorReadError as exc:
                 self.errors[exc.reason] += 1
@@ -115,7 +116,7 @@ class Sensor(abc.ABC):
             self._closed = True
             try:
                 self._close()
-            except Exception:  # closing a broken device must not stop shutdown; count it
+            except Exception:  # noqa: BLE001 - closing a broken device must not stop shutdown; counted
                 self.errors["close_failed"] += 1
 
     def _close(self) -> None:  # noqa: B027 - optional hook; most drivers hold nothing

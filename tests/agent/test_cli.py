@@ -42,11 +42,15 @@ broker = "mqtt://127.0.0.1:9"
 def test_example_config_is_valid_and_complete() -> None:
     cfg = load_config(REPO / "examples" / "agent.toml", {})
     assert cfg.state_dir == Path("/var/lib/edgeproof")
-    assert cfg.mqtt.tls and cfg.mqtt.port == 8883 and cfg.mqtt.username
-    assert cfg.outbox.commit_window_ms == 5000 and cfg.outbox.full_policy == "drop-oldest"
+    assert cfg.mqtt.tls
+    assert cfg.mqtt.port == 8883
+    assert cfg.mqtt.username
+    assert cfg.outbox.commit_window_ms == 5000
+    assert cfg.outbox.full_policy == "drop-oldest"
     assert [s.stream for s in cfg.sensors] == ["climate", "cpu", "tv", "presence"]
     assert set(cfg.stream_recipients()) == {"climate", "presence"}
-    assert cfg.usage is not None and cfg.usage.input == "tv"
+    assert cfg.usage is not None
+    assert cfg.usage.input == "tv"
     assert cfg.backend == "hardware"  # only --simulate selects simulated hardware
 
 
@@ -100,14 +104,16 @@ def test_keygen_prints_the_public_key_and_refuses_to_overwrite(tmp_path: Path,
     assert (state / "device.key").stat().st_mode & 0o777 == 0o600
     assert main(["keygen", "--state-dir", str(state), "--json"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "refusing to overwrite" in err
+    assert err.count("\n") == 1
+    assert "refusing to overwrite" in err
     assert load_device_key(state / "device.key").public_key.hex() == printed
 
 
 def test_run_without_config_or_simulate_fails_with_one_line(capsys: Capture) -> None:
     assert main(["run"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("edgeproof-agent: error: ") and err.count("\n") == 1
+    assert err.startswith("edgeproof-agent: error: ")
+    assert err.count("\n") == 1
 
 
 def test_laptop_mode_names_the_missing_flag(tmp_path: Path, capsys: Capture) -> None:
@@ -135,7 +141,8 @@ def test_run_refuses_a_password_file_others_can_read_and_never_prints_it(
     capsys.readouterr()
     assert main(["run", "--config", str(path)]) == 2
     out = capsys.readouterr()
-    assert "mqtt.password" in out.err and "chmod 600" in out.err
+    assert "mqtt.password" in out.err
+    assert "chmod 600" in out.err
     assert secret not in out.err + out.out
 
 
@@ -158,7 +165,8 @@ def test_status_reports_outbox_dead_letters_drops_and_credit(tmp_path: Path,
     capsys.readouterr()
     assert main(["status", "--config", str(path), "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
-    assert status["outbox"]["depth"] == 2 and status["outbox"]["bytes"] > 0
+    assert status["outbox"]["depth"] == 2
+    assert status["outbox"]["bytes"] > 0
     assert status["outbox"]["dead_letters"] == {reasons.FUTURE_TIMESTAMP: 1}
     assert status["outbox"]["dropped"] == 0
     assert status["outbox"]["last_receipt_ms"] is None
@@ -166,7 +174,8 @@ def test_status_reports_outbox_dead_letters_drops_and_credit(tmp_path: Path,
                                      "corrupt_credits"}
     assert main(["status", "--state-dir", str(tmp_path / "state")]) == 0
     text = capsys.readouterr().out
-    assert "2 records" in text and "future_timestamp: 1" in text
+    assert "2 records" in text
+    assert "future_timestamp: 1" in text
 
 
 def test_status_of_a_directory_without_agent_state_fails_cleanly(tmp_path: Path,

@@ -246,7 +246,8 @@ def test_damaged_meter_file_is_moved_aside_reported_and_replaced(tmp_path: Path)
                        on_damaged=lambda moved, why: reported.append((moved, why)))
     (moved, why), = reported
     assert moved == tmp_path / "u.sqlite.corrupt-19700101T000000Z"
-    assert moved.read_bytes().startswith(b"not a database") and "not a database" in why
+    assert moved.read_bytes().startswith(b"not a database")
+    assert "not a database" in why
     assert meter.status()["damaged_files"] == 1
     meter.observe(True, 0)
     assert meter.take_usage(60_000) == Usage(0, 60_000, 60_000, RATE)  # measures afresh

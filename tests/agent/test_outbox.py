@@ -43,9 +43,10 @@ class Box:
 
     def crash(self) -> None:
         """kill -9: nothing more is written, the open transaction rolls back; what was
-        handed to the kernel (the journal) stays."""
-        self.outbox._conn.close()
-        self.outbox._journal.close()
+        handed to the kernel (the journal) stays. Private on purpose: no public call may
+        close the outbox without committing."""
+        self.outbox._conn.close()  # noqa: SLF001
+        self.outbox._journal.close()  # noqa: SLF001
         self.state.close()
 
     def reading(self, value: int = 1, stream: str = "cpu") -> int | None:
@@ -143,7 +144,8 @@ def test_kill_9_replays_drops_and_refusals_as_well_as_records(tmp_path: Path) ->
     box.outbox.close()  # declares the refused run
     box.open()
     gaps = gaps_of(box.stored())
-    assert len(gaps) == 1 and gaps[0].first_seq == gaps[0].last_seq
+    assert len(gaps) == 1
+    assert gaps[0].first_seq == gaps[0].last_seq
 
 
 def test_boot_counter_increments_on_every_start(tmp_path: Path) -> None:
@@ -182,7 +184,8 @@ def test_reject_new_refuses_counts_and_declares_the_refused_numbers(tmp_path: Pa
     box = Box(tmp_path, OutboxSettings(max_bytes=64 * 1024, full_policy="reject-new"))
     results = [box.reading(i) for i in range(600)]
     refused = [i for i, r in enumerate(results) if r is None]
-    assert refused and box.outbox.stats().counter("rejected_new") == len(refused)
+    assert refused
+    assert box.outbox.stats().counter("rejected_new") == len(refused)
     kept = [s for s, _ in box.stored()]
     box.outbox.apply_receipt(box.receipt(kept[:100]))  # a receipt makes room
     seq = box.reading(7)
@@ -201,7 +204,8 @@ def test_reject_new_run_is_declared_at_shutdown(tmp_path: Path) -> None:
     box.close()
     box.open()
     gaps = gaps_of(box.stored())
-    assert len(gaps) == 1 and gaps[0].last_seq == len(results) - 1
+    assert len(gaps) == 1
+    assert gaps[0].last_seq == len(results) - 1
 
 
 def test_receipt_removes_accepted_and_duplicates_and_dead_letters_rejections(
@@ -225,7 +229,8 @@ def test_receipt_naming_another_record_hash_removes_nothing(tmp_path: Path) -> N
     box.reading()
     box.outbox.commit()
     result = box.outbox.apply_receipt(box.receipt([0], tamper=True))
-    assert result.mismatched == 1 and result.removed == 0
+    assert result.mismatched == 1
+    assert result.removed == 0
     assert [s for s, _ in box.stored()] == [0]
 
 
@@ -238,14 +243,18 @@ def test_corrupt_outbox_is_moved_aside_and_the_loss_declared(tmp_path: Path) -> 
     (tmp_path / "outbox.sqlite-wal").unlink(missing_ok=True)
     box.open()
     moved = list(tmp_path.glob("outbox.sqlite.corrupt-*"))
-    assert len(moved) == 1 and moved[0].read_bytes().startswith(b"this is not")
+    assert len(moved) == 1
+    assert moved[0].read_bytes().startswith(b"this is not")
     assert box.outbox.stats().corrupt_outboxes == 1
     box.reading(1)
     records = box.stored()
     gap = records[0][1].body
-    assert isinstance(gap, Gap) and gap.reason == reasons.OUTBOX_CORRUPT
-    assert gap.first_seq == 0 and gap.last_seq >= 9  # nothing was receipted
-    assert records[0][0] > 9 and records[1][0] == records[0][0] + 1  # no number reused
+    assert isinstance(gap, Gap)
+    assert gap.reason == reasons.OUTBOX_CORRUPT
+    assert gap.first_seq == 0
+    assert gap.last_seq >= 9
+    assert records[0][0] > 9
+    assert records[1][0] == records[0][0] + 1
 
 
 def test_deleted_outbox_never_restarts_the_sequence_at_zero(tmp_path: Path) -> None:
@@ -260,7 +269,8 @@ def test_deleted_outbox_never_restarts_the_sequence_at_zero(tmp_path: Path) -> N
     box.open()
     records = box.stored()
     gap = records[0][1].body
-    assert isinstance(gap, Gap) and gap.first_seq == 3  # receipted records are not declared
+    assert isinstance(gap, Gap)
+    assert gap.first_seq == 3
     assert records[0][0] > 2
 
 
@@ -288,7 +298,8 @@ def test_damage_found_while_running_is_replaced_without_reusing_numbers(
     box.outbox.recover()
     assert list(tmp_path.glob("outbox.sqlite.corrupt-*"))
     seq = box.reading(5)
-    assert seq is not None and seq > before + 1
+    assert seq is not None
+    assert seq > before + 1
     assert box.outbox.generation == 1
 
 

@@ -92,8 +92,8 @@ def kill(service: AgentService) -> None:
         service.uplink.stop(timeout_s=5)
     # Closing a connection without COMMIT rolls the open transaction back, as a dead
     # process's would be at the next open. Private on purpose: no public call may commit.
-    service.outbox._conn.close()
-    service.state._conn.close()
+    service.outbox._conn.close()  # noqa: SLF001
+    service.state._conn.close()  # noqa: SLF001
 
 
 def write(service: AgentService, n: int) -> None:
@@ -235,7 +235,8 @@ def test_kill_around_the_accepting_receipt_finishes_the_rotation_at_restart(
             answer(service, delivered, Status.DUPLICATE)  # re-sent: a duplicate
         service.step()
         assert service.rotation.state == "accepted"
-        assert not files.prev.exists() and not files.next.exists()
+        assert not files.prev.exists()
+        assert not files.next.exists()
         write(service, 2)
         records = dict(sorted((delivered | stored(state)).items()))
         (r,) = rotation_seqs(records)
@@ -267,7 +268,8 @@ def test_rejected_rotation_returns_to_the_old_key_even_after_a_crash(
         assert service.rotation.state == "rejected"
         assert load_device_key(files.current).public_key == k0.public_key
         assert load_device_key(files.rejected).public_key == k1.public_key
-        assert not files.prev.exists() and not files.next.exists()
+        assert not files.prev.exists()
+        assert not files.next.exists()
         write(service, 2)
         records = stored(state)
         (r,) = rotation_seqs(records)
@@ -277,10 +279,12 @@ def test_rejected_rotation_returns_to_the_old_key_even_after_a_crash(
         check_chain_and_keys(records, device_id, [(0, k0.public_key), (r + 1, k1.public_key),
                                                   (r + 3, k0.public_key)])
         status = service.status()["rotation"]
-        assert isinstance(status, dict) and status["reason"] == reasons.BAD_ROTATION
+        assert isinstance(status, dict)
+        assert status["reason"] == reasons.BAD_ROTATION
         if step is None:  # the running agent says so loudly; a restarted one keeps the state
             assert status["counters"] == {"announced": 1, "rejected": 1}
-            assert "KEY ROTATION REJECTED" in service._status_line()
+            # The line the service sends to systemd (STATUS=); no public reader.
+            assert "KEY ROTATION REJECTED" in service._status_line()  # noqa: SLF001
     finally:
         service.shutdown()
     # The refused key is never announced again, even if someone puts it back.
@@ -422,7 +426,8 @@ def test_gateway_rejecting_the_rotation_leaves_the_device_signing_acceptably(
     assert status["outbox"]["dead_letters"] == {  # type: ignore[index]
         reasons.BAD_ROTATION: 1, reasons.BAD_SIGNATURE: 3}
     rotation = status["agent"]["rotation"]  # type: ignore[index]
-    assert rotation["state"] == "rejected" and rotation["reason"] == reasons.BAD_ROTATION
+    assert rotation["state"] == "rejected"
+    assert rotation["reason"] == reasons.BAD_ROTATION
     assert agent_main(["status", "--state-dir", str(state)]) == 0
     assert "key rotation  rejected" in capsys.readouterr().out
     logged = gateway.records(device_id)

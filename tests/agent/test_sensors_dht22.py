@@ -59,6 +59,7 @@ def test_routine_failures_are_counted_per_reason_and_yield_no_reading(
                                                      not_found=0.1))
     sensor = open_sensor(hw)
     readings = []
+    failed_sensors = set()
     for _ in range(400):
         due = sensor.next_attempt_mono_ms
         if due is not None:
@@ -66,7 +67,8 @@ def test_routine_failures_are_counted_per_reason_and_yield_no_reading(
         try:
             readings.append(sensor.read(clock.mono_ms()))
         except SensorReadError as exc:
-            assert exc.sensor == "climate"
+            failed_sensors.add(exc.sensor)
+    assert failed_sensors <= {"climate"}
     failures = chip(hw).failures
     assert sensor.errors == {
         "checksum": failures[CHECKSUM_MESSAGE],
@@ -92,7 +94,8 @@ def test_cached_value_within_2s_is_never_stamped_as_new(
     assert cached_temperature is not None
     assert round(cached_temperature * 10) == first.values[0].mantissa
     assert chip(world).attempts == 1
-    assert sensor.reads_ok == 1 and sensor.errors["too_soon"] == 1
+    assert sensor.reads_ok == 1
+    assert sensor.errors["too_soon"] == 1
 
 
 def test_failed_read_followed_by_early_call_does_not_return_stale_value(
@@ -189,9 +192,11 @@ def test_driver_over_simulated_chip_reports_plausible_room_climate(
         temperatures.append(float(t.value))
         humidities.append(float(h.value))
     assert len(temperatures) > 0.8 * 24 * 60
-    assert 17.0 < min(temperatures) < 18.5 and 23.5 < max(temperatures) < 25.0
+    assert 17.0 < min(temperatures) < 18.5
+    assert 23.5 < max(temperatures) < 25.0
     assert 20.5 < mean(temperatures) < 21.5
-    assert min(humidities) > 30.0 and max(humidities) < 60.0
+    assert min(humidities) > 30.0
+    assert max(humidities) < 60.0
     hw.close()
 
 

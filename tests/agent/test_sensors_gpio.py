@@ -43,7 +43,8 @@ def test_power_sense_reads_one_while_the_line_is_high(pins: MockFactory) -> None
     assert level(sensor, 2) == 1
     pins.pin(17).drive_low()
     assert level(sensor, 3) == 0
-    assert sensor.reads_ok == 3 and not sensor.errors
+    assert sensor.reads_ok == 3
+    assert not sensor.errors
 
 
 def test_button_is_active_low_with_its_pull_up(pins: MockFactory) -> None:

@@ -90,13 +90,15 @@ def test_the_gateway_accepts_sealed_plain_usage_and_key_records_and_receipts_emp
     status = collect_status(state)
     outbox = status["outbox"]
     assert isinstance(outbox, dict)
-    assert outbox["depth"] == 0 and outbox["dead_letters"] == {}, outbox
+    assert outbox["depth"] == 0, outbox
+    assert outbox["dead_letters"] == {}, outbox
     logged = gateway.records(device_id)
     streams = {r["stream"] for r in logged}
     assert {"keys", "tv", "cpu", "usage"} <= streams
     assert [r["seq"] for r in logged] == list(range(len(logged)))
     credit = status["credit"]
-    assert isinstance(credit, dict) and credit["settled_micro"] > 0  # from the receipts
+    assert isinstance(credit, dict)
+    assert credit["settled_micro"] > 0
     assert credit["settled_micro"] == credit["sent_micro"]
     opened = 0  # the recipient opens the sealed values from what the gateway logged
     epoch = None
@@ -105,7 +107,8 @@ def test_the_gateway_accepts_sealed_plain_usage_and_key_records_and_receipts_emp
         if isinstance(record.body, KeyEpoch):
             epoch = (record.seq, record.body)
         elif record.stream == "cpu":
-            assert epoch is not None and isinstance(record.body, Sealed)
+            assert epoch is not None
+            assert isinstance(record.body, Sealed)
             key = unwrap_stream_key(identity.device_id, epoch[0], epoch[1], "cpu", recipient)
             (value,) = open_values(identity.device_id, record, key)
             assert value.unit == "Cel"
@@ -140,7 +143,8 @@ def test_a_full_outbox_declares_its_drops_and_the_gateway_accepts_the_gap(
     declared: set[int] = set()
     for g in gaps:
         record = parse_signed_record(bytes.fromhex(g["record"]))[1]
-        assert isinstance(record.body, Gap) and record.body.reason == reasons.OUTBOX_FULL
+        assert isinstance(record.body, Gap)
+        assert record.body.reason == reasons.OUTBOX_FULL
         declared |= set(range(record.body.first_seq, record.body.last_seq + 1))
     assert len(declared) == dropped
     assert seqs.isdisjoint(declared)
@@ -171,5 +175,7 @@ def test_after_a_damaged_outbox_the_gateway_accepts_the_declared_loss_and_the_ne
     logged = gateway.records(device_id)
     assert len(logged) == 10 + 1 + 10
     gap = parse_signed_record(bytes.fromhex(logged[10]["record"]))[1]
-    assert isinstance(gap.body, Gap) and gap.body.reason == reasons.OUTBOX_CORRUPT
-    assert gap.body.first_seq <= 10 and gap.body.last_seq >= 14  # the 5 unsent are declared
+    assert isinstance(gap.body, Gap)
+    assert gap.body.reason == reasons.OUTBOX_CORRUPT
+    assert gap.body.first_seq <= 10
+    assert gap.body.last_seq >= 14

@@ -157,7 +157,8 @@ def test_kill_9_at_20_random_moments_loses_no_sampled_reading_and_reuses_no_seq(
     assert len(readings) == len(set(readings))  # no reading logged twice
     sampled = handed_over(handover)
     missing = {key[1:] for key in sampled} - set(readings)
-    assert len(sampled) > 20 * KILLS and missing <= {key[1:] for key in in_flight(sampled)}
+    assert len(sampled) > 20 * KILLS
+    assert missing <= {key[1:] for key in in_flight(sampled)}
     # At most the one reading each killed process had taken but not yet written (the
     # microseconds between read() and write()) may be missing; in practice none is.
     logged = logged_hashes(records)
@@ -241,7 +242,8 @@ def test_laptop_mode_creates_an_identity_says_so_and_stops_cleanly_on_sigterm(
         proc.kill()
         responder.stop()
     text = log.read_text()
-    assert "created a new device identity" in text and public in text
+    assert "created a new device identity" in text
+    assert public in text
     status = json.loads((state / "status.json").read_text())
     assert status["uplink"]["state"] == "stopped"
     assert [s["stream"] for s in status["sensors"]] == ["climate", "cpu", "tv", "presence"]

@@ -104,10 +104,12 @@ def test_wrong_gateway_key_is_said_once_in_log_status_and_systemd_line_and_recov
         service.step()
         said = warnings_like(caplog, "no verified receipt for")
         assert len(said) == 1
-        assert "last receipt refused" in said[0] and "check gateway.key" in said[0]
+        assert "last receipt refused" in said[0]
+        assert "check gateway.key" in said[0]
         assert any("NO RECEIPTS for" in m and "check gateway.key" in m for m in drain(server))
         status = collect_status(state)["agent"]
-        assert isinstance(status, dict) and status["receipts"]["overdue"] is True
+        assert isinstance(status, dict)
+        assert status["receipts"]["overdue"] is True
         assert "check gateway.key" in status["receipts"]["problem"]
         capsys.readouterr()
         assert agent_cli.main(["status", "--state-dir", str(state)]) == 0
@@ -150,9 +152,11 @@ def test_broker_that_acknowledges_but_no_gateway_answers_is_named_as_the_likely_
         device.uplink.start()
         assert Responder(broker.url).wait_for(lambda: device.uplink.counters["pubacks"] >= 1)
         health = device.uplink.receipt_health(far_future)
-        assert health.waiting_ms is not None and health.waiting_ms >= 10**9 - 10**6
+        assert health.waiting_ms is not None
+        assert health.waiting_ms >= 10**9 - 10**6
         assert health.problem.startswith("no receipt arrived (")
-        assert "PUBACKs from the broker" in health.problem and broker.url in health.problem
+        assert "PUBACKs from the broker" in health.problem
+        assert broker.url in health.problem
         assert health.last_verified_mono_ms is None
     finally:
         device.close()
@@ -193,7 +197,8 @@ def test_startup_says_where_it_connects_and_that_rate_0_and_plaintext_earn_and_s
     assert agent["uplink"]["broker"] == "mqtt://127.0.0.1:9"
     assert agent_cli.main(["status", "--state-dir", str(state)]) == 0
     text = capsys.readouterr().out
-    assert "rate 0: earns nothing" in text and "plaintext (no recipients): cpu, tv" in text
+    assert "rate 0: earns nothing" in text
+    assert "plaintext (no recipients): cpu, tv" in text
 
 
 def test_laptop_without_sensor_hardware_refuses_to_run_measuring_nothing(
@@ -209,8 +214,10 @@ def test_laptop_without_sensor_hardware_refuses_to_run_measuring_nothing(
     assert agent_cli.main(["run", "--config", str(path)]) == 2
     out = capsys.readouterr()
     line = [x for x in out.err.splitlines() if x]
-    assert len(line) == 1 and "no sensor could be opened" in line[0]
-    assert "--simulate" in line[0] and "no-thermal-zone" in line[0]
+    assert len(line) == 1
+    assert "no sensor could be opened" in line[0]
+    assert "--simulate" in line[0]
+    assert "no-thermal-zone" in line[0]
     assert not (state / "outbox.sqlite").exists()  # refused before any state was opened
 
 
@@ -219,7 +226,9 @@ def test_status_without_flags_reads_the_installed_config_and_says_so(
     monkeypatch.setattr(agent_cli, "DEFAULT_CONFIG", tmp_path / "missing.toml")
     assert agent_cli.run_cli(["status"], {}) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "missing.toml" in err and "--state-dir" in err
+    assert err.count("\n") == 1
+    assert "missing.toml" in err
+    assert "--state-dir" in err
     state = tmp_path / "state"
     path = write_config(state, UNREACHABLE, Responder(UNREACHABLE).verifier_key)
     clock = ManualClock()
@@ -254,4 +263,5 @@ def test_ctrl_c_before_a_command_handles_signals_is_one_line_and_exit_130(
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", interrupted)
     assert main([]) == 130
     out = capsys.readouterr()
-    assert out.err == f"{prog}: interrupted\n" and "Traceback" not in out.out
+    assert out.err == f"{prog}: interrupted\n"
+    assert "Traceback" not in out.out

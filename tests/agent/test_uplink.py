@@ -214,7 +214,8 @@ def test_bad_credentials_stop_the_uplink_with_a_clear_error(tmp_path: Path) -> N
             time.sleep(0.05)
         status = device.uplink.status()
         assert status.state == "failed"
-        assert status.error is not None and "refused" in status.error
+        assert status.error is not None
+        assert "refused" in status.error
         assert "0x86" in status.error or "0x87" in status.error
         time.sleep(0.5)
         assert device.uplink.counters["connect_attempts"] == 1  # no hammering

@@ -16,9 +16,20 @@ from tests.faults.chaos import fault_agents
 from tests.harness.invariants import WireObserver
 from tests.harness.testbed import Testbed
 
+# The soak's length grows with SOAK_FAULTS, so its time-out does too (pyproject's default of
+# 600 s is for one test of the normal suite): a generous bound per fault, far above what one
+# fault with its recovery takes, so only a hang hits it.
+SOAK_TIMEOUT_BASE_S = 600
+SOAK_TIMEOUT_PER_FAULT_S = 30
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if os.environ.get("SOAK_FAULTS"):
+    faults = os.environ.get("SOAK_FAULTS")
+    if faults:
+        timeout = SOAK_TIMEOUT_BASE_S + SOAK_TIMEOUT_PER_FAULT_S * int(faults)
+        for item in items:
+            if "soak" in item.keywords:
+                item.add_marker(pytest.mark.timeout(timeout))
         return
     skip = pytest.mark.skip(reason="soak test: run `make soak` (sets SOAK_FAULTS)")
     for item in items:

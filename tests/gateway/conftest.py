@@ -44,7 +44,7 @@ def start_gateway(files: GatewayFiles) -> RunningGateway:
     def run() -> None:
         try:
             service.run()
-        except BaseException as exc:  # surfaced by the fixture's teardown
+        except BaseException as exc:  # noqa: BLE001 - thread boundary; the teardown re-raises it
             errors.append(exc)
 
     thread = threading.Thread(target=run, name="gateway-sequencer", daemon=True)

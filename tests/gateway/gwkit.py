@@ -20,6 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.gatewaykey import GatewayKey, load_gateway_key, save_gateway_key
 from protocol.batch import Batch, receipts_topic, records_topic
+from protocol.errors import VerificationError
 from protocol.keys import Secret, SigningKey, device_id_for, write_secret_file
 from protocol.note import NoteVerifier
 from protocol.receipt import Receipt
@@ -171,7 +172,7 @@ class DeviceClient:
     def _on_message(self, client: object, userdata: object, msg: mqtt.MQTTMessage) -> None:
         try:
             receipt = Receipt.verify(bytes(msg.payload), self._public, self._kid)
-        except Exception:
+        except VerificationError:
             self.bad_receipts += 1
             return
         assert receipts_topic(receipt.device_id) == msg.topic

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 from eth_account import Account
+from prometheus_client import Counter
 
 from firmware_sim.broker import MosquittoBroker, free_port
 from gateway.cli import main as gateway_main
@@ -37,6 +38,12 @@ CHAIN_ID = 1337
 # Runtime code PUSH1 0 PUSH1 0 REVERT, behind init code that copies and returns it.
 REVERTING_RUNTIME = bytes.fromhex("60006000fd")
 REVERTING_INIT = bytes.fromhex("6005600c60003960056000f3") + REVERTING_RUNTIME
+
+
+def counted(counter: Counter) -> float:
+    """A prometheus counter's value (or a labelled child's), read through collect()."""
+    return next(sample.value for family in counter.collect() for sample in family.samples
+                if sample.name.endswith("_total"))
 
 
 def eth_key(n: int) -> str:
@@ -190,12 +197,15 @@ def test_checkpoint_hashes_appear_in_the_anchoring_transactions_input(
         drive(anchor, clock, lambda: state(anchor, sent[-1]) == CONFIRMED)
     for note in sent:
         entry = anchor.entry(note)
-        assert entry is not None and entry.status == 1 and entry.chain_id == CHAIN_ID
+        assert entry is not None
+        assert entry.status == 1
+        assert entry.chain_id == CHAIN_ID
         tx = chain.rpc("eth_getTransactionByHash", entry.tx_hash)
         assert bytes.fromhex(tx["input"][2:]) == b"EPv1" + checkpoint_hash(note)
         assert bytes.fromhex(tx["input"][2:]) == anchor_data(note)
         assert tx["to"].lower() == anchor.address.lower()  # default target: the sender
-        assert int(tx["value"], 16) == 0 and int(tx["blockNumber"], 16) == entry.block_number
+        assert int(tx["value"], 16) == 0
+        assert int(tx["blockNumber"], 16) == entry.block_number
     on_chain = sender_txs(chain, anchor.address)
     assert anchored_hashes(on_chain) == [checkpoint_hash(n) for n in sent]
     assert [tx.nonce for tx in on_chain] == [0, 1, 2]
@@ -217,7 +227,7 @@ def test_checkpoints_queued_within_an_interval_anchor_only_the_latest(
     assert [state(anchor, n) for n in later[:-1]] == [SUPERSEDED] * 3
     assert anchored_hashes(sender_txs(chain, anchor.address)) == [
         checkpoint_hash(first), checkpoint_hash(later[-1])]
-    assert anchor.metrics.superseded._value.get() == 3
+    assert counted(anchor.metrics.superseded) == 3
     anchor.close()
 
 
@@ -232,17 +242,21 @@ def test_stuck_transaction_is_replaced_with_the_same_nonce(
     try:
         anchor.step()  # sent; it stays pending while the miner is stopped
         first = anchor.entry(note)
-        assert first is not None and first.state == "sending"
+        assert first is not None
+        assert first.state == "sending"
         clock.now += 31  # resend_after_s passed: replace it (same nonce, higher gas price)
         anchor.step()
-        assert anchor.metrics.retries.labels(reason="stuck")._value.get() == 1
+        assert counted(anchor.metrics.retries.labels(reason="stuck")) == 1
     finally:
         chain.rpc("miner_start")
     drive(anchor, clock, lambda: state(anchor, note) == CONFIRMED)
     entry = anchor.entry(note)
-    assert entry is not None and entry.nonce == 1
-    original, replacement = anchor._queue.txs(entry.checkpoint_hash, 1)
-    assert replacement.gas_price > original.gas_price and entry.tx_hash == replacement.tx_hash
+    assert entry is not None
+    assert entry.nonce == 1
+    # What the anchor persisted before sending (its write-ahead log) has no public reader.
+    original, replacement = anchor._queue.txs(entry.checkpoint_hash, 1)  # noqa: SLF001
+    assert replacement.gas_price > original.gas_price
+    assert entry.tx_hash == replacement.tx_hash
     # ganache 7.9 files a replacement under a block its block list does not show, so the
     # chain is checked through receipts and the account's nonce instead of a block scan.
     assert chain.rpc("eth_getTransactionReceipt", original.tx_hash) is None
@@ -271,10 +285,12 @@ def test_nonce_used_by_another_transaction_is_not_counted_as_an_anchor(
     finally:
         chain.rpc("miner_start")
     drive(anchor, clock, lambda: state(anchor, note) == CONFIRMED)
-    assert anchor.metrics.retries.labels(reason="nonce_taken")._value.get() == 1
+    assert counted(anchor.metrics.retries.labels(reason="nonce_taken")) == 1
     entry = anchor.entry(note)
-    assert entry is not None and entry.nonce == 2  # a fresh nonce, after the taken one
-    (lost,) = anchor._queue.txs(entry.checkpoint_hash, 1)
+    assert entry is not None
+    assert entry.nonce == 2
+    # What the anchor persisted before sending (its write-ahead log) has no public reader.
+    (lost,) = anchor._queue.txs(entry.checkpoint_hash, 1)  # noqa: SLF001
     assert chain.rpc("eth_getTransactionReceipt", lost.tx_hash) is None
     assert int(chain.rpc("eth_getTransactionCount", anchor.address, "latest"), 16) == 3
     mined = chain.rpc("eth_getTransactionByHash", entry.tx_hash)
@@ -300,10 +316,12 @@ def test_reverted_anchor_is_retried_then_reported_as_a_failure(
     assert [tx.status for tx in on_chain] == [0, 0]  # two attempts, both reverted
     assert all(tx.to.lower() == contract.lower() for tx in on_chain)
     assert anchored_hashes(on_chain) == []
-    assert anchor.metrics.retries.labels(reason="reverted")._value.get() == 1
-    assert anchor.metrics.failures._value.get() == 1
+    assert counted(anchor.metrics.retries.labels(reason="reverted")) == 1
+    assert counted(anchor.metrics.failures) == 1
     entry = anchor.entry(note)
-    assert entry is not None and entry.status == 0 and entry.tx_hash == on_chain[-1].hash
+    assert entry is not None
+    assert entry.status == 0
+    assert entry.tx_hash == on_chain[-1].hash
     assert anchor.lookup(None) is None  # a failed anchor is never served as one
     # The next checkpoint is tried afresh.
     nxt = notes.next()
@@ -323,10 +341,11 @@ def test_target_that_would_revert_is_never_sent(
     anchor.anchor(note)
     drive(anchor, clock, lambda: state(anchor, note) == FAILED)
     assert sender_txs(chain, anchor.address) == []  # eth_estimateGas said it would revert
-    assert anchor.metrics.retries.labels(reason="reverted")._value.get() == 2
-    assert anchor.metrics.failures._value.get() == 1
+    assert counted(anchor.metrics.retries.labels(reason="reverted")) == 2
+    assert counted(anchor.metrics.failures) == 1
     entry = anchor.entry(note)
-    assert entry is not None and "revert" in (entry.detail or "")
+    assert entry is not None
+    assert "revert" in (entry.detail or "")
     anchor.close()
 
 
@@ -389,16 +408,17 @@ def test_node_restart_mid_run_loses_and_duplicates_no_anchor(
             backoff.append(anchor.step())
             clock.now += backoff[-1]
         assert backoff == [1.0, 2.0, 4.0, 8.0]  # exponential back-off
-        assert anchor.metrics.rpc_errors.labels(kind="unreachable")._value.get() == 4
+        assert counted(anchor.metrics.rpc_errors.labels(kind="unreachable")) == 4
 
         node.start()  # same database, same port; the pool is empty (instamine again)
         drive(anchor, clock, lambda: state(anchor, fourth) == CONFIRMED)
         assert state(anchor, second) == CONFIRMED
         assert state(anchor, third) == SUPERSEDED
-        assert anchor.metrics.retries.labels(reason="dropped")._value.get() == 1
+        assert counted(anchor.metrics.retries.labels(reason="dropped")) == 1
         on_chain = sender_txs(node, anchor.address)
         assert anchored_hashes(on_chain) == [checkpoint_hash(n) for n in (first, second, fourth)]
-        assert [tx.nonce for tx in on_chain] == [0, 1, 2] and len(on_chain) == 3
+        assert [tx.nonce for tx in on_chain] == [0, 1, 2]
+        assert len(on_chain) == 3
         anchor.close()
     finally:
         node.kill()
@@ -435,7 +455,8 @@ interval_s = 0.2
         assert bytes.fromhex(tx["input"][2:]) == b"EPv1" + checkpoint_hash(note)
         assert answer["checkpoint_hash"] == checkpoint_hash(note).hex()
         assert answer["block_number"] == int(tx["blockNumber"], 16)
-        assert answer["chain_id"] == CHAIN_ID and answer["status"] == 1
+        assert answer["chain_id"] == CHAIN_ID
+        assert answer["status"] == 1
         served = {c["note"] for c in httpx.get(f"{running.base_url}/v1/checkpoints").json()}
         assert note in served
         metrics = httpx.get(f"{running.base_url}/metrics").text
@@ -443,8 +464,8 @@ interval_s = 0.2
         listed = httpx.get(f"{running.base_url}/v1/anchors/list",
                            params={"after_size": 0, "limit": 1000}).json()
         assert note in [a["note"] for a in listed]
-        assert [a["size"] for a in listed] == sorted({a["size"] for a in listed}) and \
-            all(a["size"] >= 1 for a in listed)
+        assert [a["size"] for a in listed] == sorted({a["size"] for a in listed})
+        assert all(a["size"] >= 1 for a in listed)
         first = httpx.get(f"{running.base_url}/v1/anchors/list", params={"limit": 1}).json()
         assert first == listed[:1]
         empty_note = httpx.get(f"{running.base_url}/v1/checkpoints").json()[0]
@@ -486,7 +507,9 @@ chain_id = 1
     files = write_gateway_files(gw_dir, free_port(), extra=extra)
     assert gateway_main(["run", "--config", str(files.config), "--log-level", "ERROR"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "anchor.chain_id is 1" in err[0] and "1337" in err[0]
+    assert len(err) == 1
+    assert "anchor.chain_id is 1" in err[0]
+    assert "1337" in err[0]
 
 
 def test_gateway_with_a_world_readable_anchor_key_exits_with_one_line(
@@ -504,7 +527,9 @@ chain_id = {CHAIN_ID}
     files = write_gateway_files(gw_dir, free_port(), extra=extra)
     assert gateway_main(["run", "--config", str(files.config)]) == 2  # a configuration error
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "eth.key" in err[0] and "0644" in err[0]
+    assert len(err) == 1
+    assert "eth.key" in err[0]
+    assert "0644" in err[0]
 
 
 # --- configuration -----------------------------------------------------------------------
@@ -524,8 +549,10 @@ ETH = {"backend": "ethereum", "rpc_url": "http://127.0.0.1:8545", "key_file": "e
 def test_ethereum_anchor_config_is_parsed_with_defaults(tmp_path: Path) -> None:
     config = parse_config(config_with(dict(ETH)), tmp_path)
     eth = config.ethereum
-    assert config.anchor == "ethereum" and eth is not None
-    assert eth.key_file == tmp_path / "eth.key" and eth.chain_id == 1337
+    assert config.anchor == "ethereum"
+    assert eth is not None
+    assert eth.key_file == tmp_path / "eth.key"
+    assert eth.chain_id == 1337
     assert (eth.confirmations, eth.to_address, eth.gas_limit) == (1, None, None)
 
 

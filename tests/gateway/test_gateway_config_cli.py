@@ -27,10 +27,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_example_config_is_valid_and_documented() -> None:
     config = load_config(REPO / "examples" / "gateway.toml")
-    assert config.broker.port == 1883 and config.broker.client_id == "gateway"
-    assert config.http_port == 8080 and config.checkpoints.every_leaves == 1000
+    assert config.broker.port == 1883
+    assert config.broker.client_id == "gateway"
+    assert config.http_port == 8080
+    assert config.checkpoints.every_leaves == 1000
     assert config.http == HttpLimits()  # the example documents the defaults
-    assert config.limits.max_batch_bytes == 512 * 1024 and config.anchor == "local"
+    assert config.limits.max_batch_bytes == 512 * 1024
+    assert config.anchor == "local"
     assert config.db_path == Path("/var/lib/edgeproof-gateway/gateway.sqlite")
 
 
@@ -73,7 +76,8 @@ def test_keygen_writes_a_private_key_and_prints_the_verifier(tmp_path, capsys) -
     assert "PRIVATE" not in printed["verifier_key"]
     assert main(["keygen", "--name", "gw.example/log", "--out", str(out)]) == 2  # config error
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "already exists" in err
+    assert err.count("\n") == 1
+    assert "already exists" in err
     assert main(["keygen", "--name", "bad name+", "--out", str(tmp_path / "x")]) == 2
 
 
@@ -88,7 +92,8 @@ def test_run_refuses_a_key_file_others_can_read(tmp_path, capsys) -> None:
     os.chmod(tmp_path / "gateway.key", 0o644)
     assert main(["run", "--config", str(files.config)]) == 2  # a configuration error
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "chmod 600" in err
+    assert err.count("\n") == 1
+    assert "chmod 600" in err
 
 
 def test_run_without_a_broker_fails_with_one_line(tmp_path, capsys) -> None:
@@ -98,7 +103,8 @@ def test_run_without_a_broker_fails_with_one_line(tmp_path, capsys) -> None:
         files = write_gateway_files(tmp_path, broker_port=port)
         assert main(["run", "--config", str(files.config)]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "broker" in err
+    assert err.count("\n") == 1
+    assert "broker" in err
 
 
 def test_every_command_has_help(capsys) -> None:
@@ -149,7 +155,9 @@ def test_bad_broker_credentials_stop_the_gateway_with_one_line(tmp_path, capsys)
     finally:
         broker.kill()
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "refused" in err and "wrong" not in err
+    assert err.count("\n") == 1
+    assert "refused" in err
+    assert "wrong" not in err
 
 
 def test_shared_group_subscribes_to_a_shared_subscription(tmp_path) -> None:

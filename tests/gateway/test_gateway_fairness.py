@@ -159,7 +159,8 @@ def test_qos0_flood_keeps_ingest_memory_bounded_and_is_rejected_cheaply(
     assert 0 < queue["peak_messages"] <= budget.device_messages + 1
     assert queue["peak_bytes"] <= budget.device_bytes + budget.cost(2000)
     dropped = _dropped(stats, flooder)
-    assert dropped["signature_quarantine"] > 0 and stats["quarantines"] >= 1
+    assert dropped["signature_quarantine"] > 0
+    assert stats["quarantines"] >= 1
     rejected = stats["rejections"]
     assert isinstance(rejected, dict)
     assert rejected["bad_signature"] == answered * FLOOD_RECORDS
@@ -214,9 +215,11 @@ def test_healthz_reports_a_backlog_instead_of_ok(paused_gateway, broker) -> None
         clock.offset += 60.0  # the sequencer has not taken it for a minute
         response = httpx.get(f"{base}/healthz", timeout=10)
         body = response.json()
-        assert response.status_code == 503 and body["ok"] is False
+        assert response.status_code == 503
+        assert body["ok"] is False
         assert body["status"] == "backlog"
-        assert body["backlog"]["messages"] == 1 and body["backlog"]["oldest_age_s"] >= 60
+        assert body["backlog"]["messages"] == 1
+        assert body["backlog"]["oldest_age_s"] >= 60
         run()
         assert [o.status for o in devices.wait_for(dev.device_id, 1).outcomes] == \
             [Status.ACCEPTED] * 2
@@ -226,7 +229,8 @@ def test_healthz_reports_a_backlog_instead_of_ok(paused_gateway, broker) -> None
 
         _wait(healthy, "/healthz to recover")
         body = httpx.get(f"{base}/healthz", timeout=10).json()
-        assert body["status"] == "ok" and body["backlog"]["messages"] == 0
+        assert body["status"] == "ok"
+        assert body["backlog"]["messages"] == 0
     finally:
         devices.close()
 
@@ -282,4 +286,5 @@ def test_full_queue_pushes_out_the_longest_device_not_the_quiet_one() -> None:
         assert queue.offer(b"flood", f"f{n}", 100, 0.0) == []
     assert queue.offer(b"flood", "f4", 100, 0.0) == [(b"flood", "f4")]  # its own share
     assert queue.offer(b"quiet", "q0", 100, 0.0) == [(b"flood", "f3")]  # pushed out
-    assert queue.messages == 4 and queue.held_by(b"quiet") == 1
+    assert queue.messages == 4
+    assert queue.held_by(b"quiet") == 1

@@ -35,7 +35,7 @@ from firmware_sim.procs import GatewayProcess, Process
 from firmware_sim.stack import SimDevice, Stack, StackError
 from provisioning.broker import add_gateway_user
 from provisioning.fleet import changing, load_fleet
-from tests.harness.netproxy import NetProxy
+from tests.harness.netproxy import CutMode, NetProxy
 from tests.harness.testbed_agent import write_clock_file
 
 REPO = Path(__file__).resolve().parents[2]
@@ -253,10 +253,10 @@ class Testbed:
 
     # --- the network -------------------------------------------------------------------------
 
-    def cut(self, names: Sequence[str] | None = None, mode: str = "reset") -> None:
+    def cut(self, names: Sequence[str] | None = None, mode: CutMode = "reset") -> None:
         """Cut the named agents' (default: every agent's) link to the broker."""
         for agent in self._select(names):
-            agent.proxy.cut(mode)  # type: ignore[arg-type]
+            agent.proxy.cut(mode)
 
     def restore(self, names: Sequence[str] | None = None) -> None:
         for agent in self._select(names):

@@ -83,7 +83,8 @@ def test_node_error_object_is_a_refusal_with_its_code(node: Node) -> None:
         "code": -32000, "message": "execution reverted"}}).encode())
     with pytest.raises(RpcError) as info:
         JsonRpc(node.url).estimate_gas("0x" + "11" * 20, "0x" + "22" * 20, b"\x01")
-    assert info.value.code == -32000 and info.value.reverted
+    assert info.value.code == -32000
+    assert info.value.reverted
 
 
 @pytest.mark.parametrize("answer", [

@@ -63,7 +63,8 @@ def test_publish_is_acknowledged_by_mid_and_the_session_persists(
     mid = client.publish("t/dev-1", b"hello")
     events = pump(client, lambda ev: has(PubAck)(ev) and has(Received)(ev))
     ack = next(e for e in events if isinstance(e, PubAck))
-    assert (ack.mid, ack.ok, ack.code) == (mid, True, 0) and client.unacked == 0
+    assert (ack.mid, ack.ok, ack.code) == (mid, True, 0)
+    assert client.unacked == 0
     assert Received("t/dev-1", b"hello") in events
     client.close()
     again = MqttClient(options(broker, "dev-1"))  # same client id: the broker kept the session
@@ -78,10 +79,12 @@ def test_missing_puback_is_reported_once_as_a_timeout() -> None:
     client = MqttClient(ClientOptions(host="127.0.0.1", port=1, client_id="offline",
                                       ack_timeout_s=5.0), monotonic=lambda: now[0])
     mid = client.publish("t/x", b"queued while offline")  # paho keeps it for the next connect
-    assert client.unacked == 1 and client.take_events() == []
+    assert client.unacked == 1
+    assert client.take_events() == []
     now[0] += 5.0
     assert client.take_events() == [AckTimeout(mid)]
-    assert client.take_events() == [] and client.unacked == 0
+    assert client.take_events() == []
+    assert client.unacked == 0
 
 
 @pytest.fixture
@@ -104,7 +107,8 @@ def test_wrong_password_is_refused_for_good(locked_broker: MosquittoBroker) -> N
         client.connect()
         events = pump(client, has(Refused))
         refused = next(e for e in events if isinstance(e, Refused))
-        assert refused.permanent and refused.code in (0x86, 0x87)
+        assert refused.permanent
+        assert refused.code in (0x86, 0x87)
         client.close()
     finally:
         locked_broker.kill()
@@ -121,7 +125,9 @@ def test_puback_with_a_failure_reason_code_is_not_a_success(
         mid = client.publish("forbidden/topic", b"x")
         events = pump(client, has(PubAck))
         ack = next(e for e in events if isinstance(e, PubAck))
-        assert ack.mid == mid and not ack.ok and ack.code == 0x87
+        assert ack.mid == mid
+        assert not ack.ok
+        assert ack.code == 0x87
         client.close()
     finally:
         locked_broker.kill()

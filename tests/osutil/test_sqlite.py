@@ -51,7 +51,8 @@ def test_garbage_file_is_corrupt_and_moved_aside_not_crash_looped(tmp_path: Path
                                         lambda moved, why: reported.append((moved, why)))
     assert replaced
     (moved, _), = reported
-    assert moved.name.startswith("outbox.sqlite.corrupt-20231114T") and moved.exists()
+    assert moved.name.startswith("outbox.sqlite.corrupt-20231114T")
+    assert moved.exists()
     assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 0
     conn.close()
 
@@ -60,12 +61,21 @@ def test_failed_transaction_leaves_nothing_behind(tmp_path: Path) -> None:
     conn = connect(tmp_path / "t.sqlite", SCHEMA)
     with transaction(conn, "insert"):
         conn.execute("INSERT INTO t VALUES (1, 'kept')")
-    with pytest.raises(RuntimeError), transaction(conn, "insert"):
-        conn.execute("INSERT INTO t VALUES (2, 'rolled back')")
-        raise RuntimeError("crash mid-transaction")
-    with pytest.raises(StorageError, match=r"^insert: "), transaction(conn, "insert"):
-        conn.execute("INSERT INTO t VALUES (3, 'also rolled back')")
-        conn.execute("INSERT INTO t VALUES (1, 'duplicate key')")
+
+    def crash_mid_transaction() -> None:
+        with transaction(conn, "insert"):
+            conn.execute("INSERT INTO t VALUES (2, 'rolled back')")
+            raise RuntimeError("crash mid-transaction")
+
+    def violate_a_key() -> None:
+        with transaction(conn, "insert"):
+            conn.execute("INSERT INTO t VALUES (3, 'also rolled back')")
+            conn.execute("INSERT INTO t VALUES (1, 'duplicate key')")
+
+    with pytest.raises(RuntimeError):
+        crash_mid_transaction()
+    with pytest.raises(StorageError, match=r"^insert: "):
+        violate_a_key()
     assert conn.execute("SELECT k FROM t").fetchall() == [(1,)]
     assert not conn.in_transaction
     conn.close()

@@ -38,7 +38,8 @@ def gateway_disconnects_since(live: LiveFleet, offset: int) -> list[str]:
 def attacker(live: LiveFleet, user: str, password: str, client_id: str) -> Probe:
     """The enrolled device's own credential with someone else's client id (clean start)."""
     probe = connect(live.broker.port, user, password, client_id=client_id, reconnect=False)
-    assert probe.connack is not None and not probe.connack.is_failure, probe.connack
+    assert probe.connack is not None
+    assert not probe.connack.is_failure, probe.connack
     return probe
 
 

@@ -142,7 +142,8 @@ def test_wrong_password_is_refused(live_fleet: LiveFleet) -> None:
 def test_unknown_user_and_anonymous_are_refused(live_fleet: LiveFleet) -> None:
     assert is_refused(live_fleet, "0" * 32, "whatever")
     anonymous = connect(live_fleet.broker.port, None, None)
-    assert anonymous.connack is not None and str(anonymous.connack) in REFUSED
+    assert anonymous.connack is not None
+    assert str(anonymous.connack) in REFUSED
 
 
 def test_gateway_user_cannot_publish_records_as_a_device(live_fleet: LiveFleet) -> None:

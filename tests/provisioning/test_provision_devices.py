@@ -167,7 +167,8 @@ def test_recipients_chosen_at_add_are_the_streams_recipients(
     public = (live_fleet.root / "recipients/insurer.pub").read_text().strip()
     agent = tomllib.loads((bundle_dir(live_fleet.config, "shared") / AGENT_CONFIG).read_text())
     assert agent["recipients"] == {"insurer": public}
-    assert agent["sensors"] and all(s["recipients"] == ["insurer"] for s in agent["sensors"])
+    assert agent["sensors"]
+    assert all(s["recipients"] == ["insurer"] for s in agent["sensors"])
     capsys.readouterr()
     assert live_fleet.run("device", "add", "lonely", "--recipient", "nobody") == 2
     assert "no recipient 'nobody'" in one_error_line(capsys)
@@ -197,7 +198,8 @@ def test_revoke_removes_the_broker_credential_and_revokes_at_the_gateway(
     capsys.readouterr()
     assert live_fleet.run("device", "revoke", "retired", "--json") == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["gateway_revoked"] and out["broker_reloaded"]
+    assert out["gateway_revoked"]
+    assert out["broker_reloaded"]
     assert gateway_devices(live_fleet)["retired"] == "revoked"
     assert f"{user}:" not in (live_fleet.broker_dir / "passwd").read_text()
     assert user not in (live_fleet.broker_dir / "acl").read_text()
@@ -244,7 +246,8 @@ def test_rotate_of_an_enrolled_device_prints_steps_and_writes_no_key(
     capsys.readouterr()
     assert live_fleet.run("device", "rotate", "self-made", "--json") == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["next_key_file"] is None and "on the device" in out["instructions"]
+    assert out["next_key_file"] is None
+    assert "on the device" in out["instructions"]
     assert not (bundle_dir(live_fleet.config, "self-made") / NEXT_KEY).exists()
 
 
@@ -306,7 +309,8 @@ def test_bundle_agent_config_is_accepted_by_the_agent(live_fleet: LiveFleet) -> 
     assert cfg.mqtt.password_file == Path("/etc/edgeproof/broker.password")
     assert cfg.state_dir == Path("/var/lib/edgeproof")
     assert cfg.key_file == Path("/var/lib/edgeproof/device.key")
-    assert cfg.usage is not None and cfg.usage.rate_micro_per_hour == 1_000_000
+    assert cfg.usage is not None
+    assert cfg.usage.rate_micro_per_hour == 1_000_000
     auditor = (live_fleet.root / "recipients/auditor.pub").read_text().strip()
     assert set(cfg.stream_recipients().values()) == {(bytes.fromhex(auditor),)}
 

@@ -111,4 +111,5 @@ def test_enrolled_device_keeps_its_key_and_is_cut_off_by_revoke(
         while "UPLINK STOPPED" not in log.read_text() and time.monotonic() < deadline:
             time.sleep(0.1)
         stopped = [line for line in log.read_text().splitlines() if "UPLINK STOPPED" in line]
-        assert stopped and "Not authorized" in stopped[0], log.read_text()[-3000:]
+        assert stopped, log.read_text()[-3000:]
+        assert "Not authorized" in stopped[0], log.read_text()[-3000:]

@@ -63,7 +63,8 @@ def test_init_refuses_to_overwrite_an_existing_fleet(
     assert provision("init", str(root), "--broker", "mqtt://x:1883",
                      "--gateway", "http://x:8080") == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "already exists" in err
+    assert err.count("\n") == 1
+    assert "already exists" in err
     assert snapshot(root) == before
 
 
@@ -75,7 +76,7 @@ def test_init_refuses_a_non_empty_directory(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "stuff").iterdir()] == ["notes.txt"]
 
 
-@pytest.mark.parametrize("flag,value", [("--broker", "http://b:1883"),
+@pytest.mark.parametrize(("flag", "value"), [("--broker", "http://b:1883"),
                                         ("--gateway", "mqtt://g:8080"),
                                         ("--name", "has space")])
 def test_bad_init_input_leaves_nothing(tmp_path: Path, flag: str, value: str,
@@ -97,7 +98,8 @@ def test_generated_gateway_config_is_accepted_by_the_gateway(tmp_path: Path) -> 
     assert cfg.key_file == etc / "gateway.key"
     assert cfg.admin_token_file == etc / "admin.token"
     assert cfg.broker.password_file == etc / "broker.password"
-    assert cfg.broker.username == "gateway" and cfg.broker.port == 1884
+    assert cfg.broker.username == "gateway"
+    assert cfg.broker.port == 1884
     assert (cfg.http_host, cfg.http_port) == ("127.0.0.1", 8081)
     assert cfg.data_dir.resolve() == (root / "gateway/var/lib/edgeproof/gateway").resolve()
 
@@ -161,7 +163,8 @@ def test_fleet_made_by_hand_earns_credit_and_names_a_verifier_key_file_that_exis
     vkey = root / fleet_mod.VERIFIER_KEY_FILE
     assert vkey.read_text() == cfg.gateway_verifier_key + "\n"
     assert mode(vkey) == 0o644  # public: auditors and agents read it
-    assert str(vkey) in out and "1000000 micro-credits per hour" in out
+    assert str(vkey) in out
+    assert "1000000 micro-credits per hour" in out
 
 
 def test_gateway_config_uses_its_broker_user_name_as_client_id(tmp_path: Path) -> None:

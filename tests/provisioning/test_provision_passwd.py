@@ -65,7 +65,8 @@ def test_acl_gives_each_device_only_its_own_topics() -> None:
     block_a = acl.split(f"user {a.hex()}\n")[1].split("\n\n")[0].splitlines()
     assert block_a == [f"topic write edgeproof/v1/devices/{a.hex()}/records",
                        f"topic read edgeproof/v1/devices/{a.hex()}/receipts"]
-    assert "topic readwrite" not in acl and "#" not in acl.replace("# ", "")
+    assert "topic readwrite" not in acl
+    assert "#" not in acl.replace("# ", "")
     gateway = acl.split("user gateway\n")[1].split("\n\n")[0].splitlines()
     assert gateway == ["topic read edgeproof/v1/devices/+/records",
                        "topic read $share/+/edgeproof/v1/devices/+/records",

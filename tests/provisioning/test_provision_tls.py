@@ -100,7 +100,8 @@ def test_certificate_cn_is_the_acl_user_over_tls(tls_fleet: TlsFleet) -> None:
     make_cert(tls_fleet.pki, "ca", "tls-dev", me)
     watcher = gateway_probe(live)
     device = tls_connect(tls_fleet, "tls-dev")
-    assert device is not None and device.connack is not None
+    assert device is not None
+    assert device.connack is not None
     assert not device.connack.is_failure, device.connack
     try:
         watcher.subscribe("edgeproof/v1/devices/+/records")

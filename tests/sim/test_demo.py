@@ -103,12 +103,17 @@ def assert_nothing_survives(summary: dict[str, Any]) -> None:
 def test_demo_proves_a_sealed_reading_and_leaves_nothing_running(start_demo: Any) -> None:
     code, summary = start_demo("--devices", "2", "--duration", "15").finish()
     assert code == 0, summary["error"]
-    assert summary["ok"] and summary["verified"] and summary["decrypted"]
-    assert summary["devices"] == 2 and summary["receipted"] > 0
+    assert summary["ok"]
+    assert summary["verified"]
+    assert summary["decrypted"]
+    assert summary["devices"] == 2
+    assert summary["receipted"] > 0
     # Every committed record reached the log exactly once, nothing is left or rejected.
     assert summary["log_size"] == summary["committed"] == summary["receipted"]
-    assert summary["outbox_depth"] == 0 and summary["dead_letters"] == 0
-    assert summary["rejections"] == 0 and summary["duplicates"] == 0
+    assert summary["outbox_depth"] == 0
+    assert summary["dead_letters"] == 0
+    assert summary["rejections"] == 0
+    assert summary["duplicates"] == 0
     assert summary["checkpoint_size"] == summary["log_size"]
     verification = summary["verification"]
     assert verification["record"]["stream"] == "climate"
@@ -130,8 +135,10 @@ def test_ctrl_c_mid_run_ends_early_still_verifies_and_stops_everything(
     run.process.send_signal(signal.SIGINT)
     code, summary = run.finish()
     assert code == 0, summary["error"]
-    assert summary["ended_early"] and summary["duration_s"] < 120  # before its end
-    assert summary["verified"] and summary["receipted"] > 0
+    assert summary["ended_early"]
+    assert summary["duration_s"] < 120
+    assert summary["verified"]
+    assert summary["receipted"] > 0
     assert_nothing_survives(summary)
 
 
@@ -142,7 +149,8 @@ def test_sigterm_during_the_run_stops_everything_and_exits_143(start_demo: Any) 
     run.process.send_signal(signal.SIGTERM)
     code, summary = run.finish()
     assert code == 128 + signal.SIGTERM
-    assert not summary["ok"] and "interrupted" in summary["error"]
+    assert not summary["ok"]
+    assert "interrupted" in summary["error"]
     assert_nothing_survives(summary)
 
 
@@ -153,4 +161,5 @@ def test_demo_world_switches_the_tv_on_after_the_lead_time() -> None:
         tv = TvSchedule(seed)
         world = now + world_offset_s(tv, now, 4.0)
         assert not tv.is_on(world + 3.9)
-        assert tv.is_on(world + 4.0) and tv.is_on(world + 60.0)
+        assert tv.is_on(world + 4.0)
+        assert tv.is_on(world + 60.0)

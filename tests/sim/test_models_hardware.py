@@ -76,8 +76,10 @@ def test_presence_is_far_likelier_while_the_tv_is_on() -> None:
 def test_climate_curve_peaks_in_the_afternoon_within_its_band() -> None:
     climate = ClimateModel()
     temps = [climate.true_values(DAY * DAY_S + h * 3600)[0] for h in range(24)]
-    assert max(temps) == pytest.approx(24.0) and min(temps) == pytest.approx(18.0)
-    assert temps.index(max(temps)) == 15 and temps.index(min(temps)) == 3
+    assert max(temps) == pytest.approx(24.0)
+    assert min(temps) == pytest.approx(18.0)
+    assert temps.index(max(temps)) == 15
+    assert temps.index(min(temps)) == 3
     hums = [climate.true_values(DAY * DAY_S + h * 3600)[1] for h in range(24)]
     assert hums.index(min(hums)) == 15  # humidity moves opposite to temperature
 

@@ -35,7 +35,8 @@ def run_base(*argv: str) -> subprocess.CompletedProcess[str]:
 def test_help_needs_no_extra() -> None:
     done = run_base("--help")
     assert done.returncode == 0, done.stderr
-    assert "demo" in done.stdout and "fleet" in done.stdout
+    assert "demo" in done.stdout
+    assert "fleet" in done.stdout
 
 
 def test_demo_without_sim_extra_is_one_line_error() -> None:

@@ -68,8 +68,10 @@ def test_help_shows_the_usage_and_no_script_code() -> None:
     done = subprocess.run(["bash", str(INSTALL_SH), "--help"], capture_output=True, text=True,
                           timeout=30, check=False)
     assert done.returncode == 0
-    assert "--purge" in done.stdout and "--yes" in done.stdout
-    assert "set -euo pipefail" not in done.stdout and "#" not in done.stdout
+    assert "--purge" in done.stdout
+    assert "--yes" in done.stdout
+    assert "set -euo pipefail" not in done.stdout
+    assert "#" not in done.stdout
 
 
 def test_purge_without_confirmation_deletes_nothing(tmp_path: Path) -> None:
@@ -78,7 +80,8 @@ def test_purge_without_confirmation_deletes_nothing(tmp_path: Path) -> None:
     done = install_sh(root, "--uninstall", "--role", "gateway", "--purge")
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1
-    assert "signing key" in done.stderr and "--yes" in done.stderr
+    assert "signing key" in done.stderr
+    assert "--yes" in done.stderr
     assert tree(root) == before  # not even the unit was removed
 
 
@@ -86,7 +89,8 @@ def test_purge_without_a_role_is_refused(tmp_path: Path) -> None:
     root = installed_root(tmp_path)
     before = tree(root)
     done = install_sh(root, "--uninstall", "--purge", "--yes")
-    assert done.returncode == 1 and "--role" in done.stderr
+    assert done.returncode == 1
+    assert "--role" in done.stderr
     assert tree(root) == before
 
 
@@ -137,7 +141,8 @@ def test_gateway_uninstall_restores_the_mosquitto_config_and_keeps_keys(tmp_path
     done = install_sh(root, "--uninstall", "--role", "gateway")
     assert done.returncode == 0, done.stderr
     conf = root / "etc/mosquitto/mosquitto.conf"
-    assert not conf.is_symlink() and conf.read_text() == "debian's own\n"
+    assert not conf.is_symlink()
+    assert conf.read_text() == "debian's own\n"
     assert not (root / "etc/mosquitto/mosquitto.conf.debian").exists()
     for name in (*GATEWAY_FILES, *AGENT_FILES, SHARED):
         assert (root / name).exists(), name

@@ -99,7 +99,8 @@ def test_agent_unit_runs_the_agent_as_the_service_user() -> None:
 def test_agent_unit_leaves_gpio_libraries_what_they_need() -> None:
     d = directives("agent")
     # lgpio makes FIFOs in the working directory; "/" is read-only under ProtectSystem=strict.
-    assert d["WorkingDirectory"] == ["/run/edgeproof"] and d["RuntimeDirectory"] == ["edgeproof"]
+    assert d["WorkingDirectory"] == ["/run/edgeproof"]
+    assert d["RuntimeDirectory"] == ["edgeproof"]
     # gpiozero and Blinka read the board revision from /proc/cpuinfo or /proc/device-tree.
     assert "ProcSubset" not in d
     assert d["ProtectSystem"] == ["strict"]
@@ -107,8 +108,10 @@ def test_agent_unit_leaves_gpio_libraries_what_they_need() -> None:
 
 def test_gateway_unit_has_no_devices() -> None:
     d = directives("gateway")
-    assert d["DevicePolicy"] == ["closed"] and d["PrivateDevices"] == ["yes"]
-    assert "DeviceAllow" not in d and "SupplementaryGroups" not in d
+    assert d["DevicePolicy"] == ["closed"]
+    assert d["PrivateDevices"] == ["yes"]
+    assert "DeviceAllow" not in d
+    assert "SupplementaryGroups" not in d
 
 
 PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
@@ -154,7 +157,8 @@ def test_python_stack_runs_under_memory_deny_write_execute() -> None:
                             text=True, timeout=120, cwd=REPO, check=False)
     if result.returncode == 77:
         pytest.skip("kernel has no PR_SET_MDWE (Linux < 6.3)")
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "ok", result.stderr[-2000:]
 
 
 def test_install_script_is_shellcheck_clean() -> None:
@@ -204,4 +208,5 @@ def test_uninstall_keeps_keys_and_state_unless_purged() -> None:
 def test_installer_rejects_unknown_role_with_one_line() -> None:
     result = dry_run("--role", "toaster")
     assert result.returncode == 1
-    assert result.stderr.count("\n") == 1 and "--role" in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert "--role" in result.stderr

@@ -135,7 +135,8 @@ def test_tampered_bundle_fails_with_the_check_named(
     path.write_text(tamper(bundle).to_json())  # type: ignore[operator]
     assert verify(["bundle", str(path), "--gateway-key", world.gateway.verifier]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"edgeproof-verify: FAILED: {check}:")
+    assert len(err) == 1
+    assert err[0].startswith(f"edgeproof-verify: FAILED: {check}:")
 
 
 def test_gateway_not_trusted_by_the_auditor_fails(world: World) -> None:
@@ -189,7 +190,8 @@ def test_unpinned_gateway_key_is_reported_untrusted_with_its_real_source(
     out = capsys.readouterr().out
     assert (f"warn  gateway key: UNTRUSTED, taken from the live gateway at "
             f"{world.gateway.base_url}") in out
-    assert "ok  gateway key" not in out and "bundle (not independently" not in out
+    assert "ok  gateway key" not in out
+    assert "bundle (not independently" not in out
     assert out.rstrip().endswith("against a gateway key that was not pinned")
     assert verify(["bundle", str(bundle), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -209,7 +211,8 @@ def test_records_without_a_key_show_plaintext_with_times_and_sealed_as_no_key(
     cpu = world.device.signed[4].record
     assert by_stream["cpu"].split()[1:] == [
         _iso(cpu.wall_ms), "synced", "cpu", "plaintext", "47.3", "Cel"]
-    assert "sealed (no key)" in by_stream["climate"] and "21.4" not in by_stream["climate"]
+    assert "sealed (no key)" in by_stream["climate"]
+    assert "21.4" not in by_stream["climate"]
     assert len(lines) == 4  # the key-epoch record carries no reading
 
 
@@ -269,7 +272,9 @@ def test_records_follow_says_once_when_the_gateway_goes_away_and_keeps_polling(
     captured = capsys.readouterr()
     assert len(captured.out.splitlines()) == 4  # what was there before it went away
     err = captured.err.splitlines()
-    assert len(err) == 1 and "cannot reach" in err[0] and err[0].endswith("still polling")
+    assert len(err) == 1
+    assert "cannot reach" in err[0]
+    assert err[0].endswith("still polling")
 
 
 def _iso(wall_ms: int) -> str:
