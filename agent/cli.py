@@ -27,8 +27,8 @@ from agent.identity import create_identity, ensure_state_dir
 from agent.run import run_agent, setup_logging, stop_on_signals
 from agent.service import ServiceOptions
 from agent.status import collect_status
-from osutil.cli import EXIT_FAILED, EXIT_USAGE, add_log_level, add_version
-from protocol.errors import ConfigError, EdgeproofError
+from osutil.cli import add_log_level, add_version, run_command
+from protocol.errors import ConfigError
 
 PROG = "edgeproof-agent"
 DEFAULT_CONFIG = Path("/etc/edgeproof/agent.toml")  # where systemd/install.sh puts it
@@ -49,25 +49,14 @@ LAPTOP_DEFAULTS: dict[str, object] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; return the exit code."""
-    try:
-        return run_cli(argv, os.environ)
-    except KeyboardInterrupt:  # Ctrl-C before the command's own handling: one line, no trace
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    """Run the command line; return the exit code (docs/CLI.md)."""
+    return run_command(PROG, lambda: run_cli(argv, os.environ))
 
 
 def run_cli(argv: list[str] | None, environ: Mapping[str, str]) -> int:
     """:func:`main` with the environment passed in (tests use this)."""
     args = _parser().parse_args(argv)
-    try:
-        return int(args.func(args, environ))
-    except ConfigError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except EdgeproofError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    return run_command(PROG, lambda: int(args.func(args, environ)))
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -37,6 +37,7 @@ import os
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from enum import StrEnum, unique
 from pathlib import Path
 
 from agent.identity import KeyFiles
@@ -44,12 +45,28 @@ from agent.outbox import Outbox
 from agent.records import RecordFactory
 from protocol.errors import KeyFileError
 from protocol.keys import SigningKey, load_device_key, save_device_key
+from protocol.receipt import Status
 from protocol.record import ROTATION_STREAM, KeyRotation
 
 log = logging.getLogger(__name__)
 
-ANNOUNCED, ACCEPTED, REJECTED = "announced", "accepted", "rejected"
-UNCONFIRMED = "unconfirmed"  # the outbox holding the record was replaced before its receipt
+
+
+@unique
+class RotationState(StrEnum):
+    """Where the last key rotation stands; the value is what ``status --json`` shows and
+    what the outbox's ``rot_state`` note holds."""
+
+    NONE = "none"                # no rotation was ever recorded
+    ANNOUNCED = "announced"      # the rotation record is in the outbox, no receipt yet
+    ACCEPTED = "accepted"        # the gateway logged it: the new key signs from now on
+    REJECTED = "rejected"        # the gateway refused it: the old key stays
+    UNCONFIRMED = "unconfirmed"  # the outbox holding the record was replaced before its receipt
+
+
+ANNOUNCED, ACCEPTED, REJECTED = (RotationState.ANNOUNCED, RotationState.ACCEPTED,
+                                 RotationState.REJECTED)
+UNCONFIRMED = RotationState.UNCONFIRMED
 NOTE_NAMES = ("rot_state", "rot_seq", "rot_old", "rot_new", "rot_device", "rot_reason")
 
 Step = Callable[[str], None]
@@ -60,7 +77,7 @@ Step = Callable[[str], None]
 class RotationNotes:
     """The last key rotation as the outbox recorded it."""
 
-    state: str
+    state: RotationState
     seq: int
     old: bytes
     new: bytes
@@ -72,12 +89,17 @@ class RotationNotes:
         if "rot_state" not in meta:
             return None
         reason = meta.get("rot_reason")
-        return cls(str(meta["rot_state"]), int(str(meta["rot_seq"])), _blob(meta["rot_old"]),
+        try:
+            state = RotationState(str(meta["rot_state"]))
+        except ValueError:
+            raise KeyFileError(f"outbox: key rotation note has an unknown state "
+                               f"{str(meta['rot_state'])[:32]!r}") from None
+        return cls(state, int(str(meta["rot_seq"])), _blob(meta["rot_old"]),
                    _blob(meta["rot_new"]), _blob(meta["rot_device"]),
                    None if reason is None else str(reason))
 
     def as_meta(self) -> dict[str, object]:
-        return {"rot_state": self.state, "rot_seq": self.seq, "rot_old": self.old,
+        return {"rot_state": self.state.value, "rot_seq": self.seq, "rot_old": self.old,
                 "rot_new": self.new, "rot_device": self.device_id, "rot_reason": self.reason}
 
 
@@ -108,15 +130,15 @@ class KeyRotator:
         return self._notes.device_id if self._notes else None
 
     @property
-    def state(self) -> str:
+    def state(self) -> RotationState:
         if self._notes is None:
-            return "none"
+            return RotationState.NONE
         return UNCONFIRMED if self._unconfirmed else self._notes.state
 
     def status(self) -> dict[str, object]:
         """The ``rotation`` section of the agent's status (public keys only)."""
         n = self._notes
-        return {"state": self.state, "seq": n.seq if n else None,
+        return {"state": self.state.value, "seq": n.seq if n else None,
                 "new_public_key": n.new.hex() if n else None,
                 "reason": n.reason if n else None, "error": self.error,
                 "counters": dict(self.counters)}
@@ -132,12 +154,12 @@ class KeyRotator:
         n = self._notes
         if n is None:
             return
-        if n.state == REJECTED:
+        if n.state is REJECTED:
             self._settle(n, want=n.old, other=n.new, source=self.files.prev,
                          stash=self.files.rejected)
             return
         self._settle(n, want=n.new, other=n.old, source=self.files.next, stash=self.files.prev)
-        if n.state == ACCEPTED:
+        if n.state is ACCEPTED:
             self._drop_prev()
 
     def _settle(self, n: RotationNotes, *, want: bytes, other: bytes, source: Path,
@@ -208,7 +230,7 @@ class KeyRotator:
         n = self._notes
         if new == current:
             return f"{self.files.next}: holds the key already in use; nothing to announce"
-        if n is not None and n.state == REJECTED and new == n.new:
+        if n is not None and n.state is REJECTED and new == n.new:
             return (f"{self.files.next}: the gateway already rejected this key ({n.reason}, "
                     f"record {n.seq}); make a new one with edgeproof-provision device rotate")
         if n is not None and new == n.old:
@@ -225,11 +247,10 @@ class KeyRotator:
         outcome = self._outbox.held_outcome(n.seq)
         if outcome is None:
             return
-        status, reason = outcome
-        if status in ("accepted", "duplicate"):
+        if outcome.status in (Status.ACCEPTED, Status.DUPLICATE):
             self._accepted(n)
-        elif status == "rejected":
-            self._rejected(n, reason or "unknown")
+        elif outcome.status is Status.REJECTED:
+            self._rejected(n, outcome.reason or "unknown")
         else:
             self._unconfirmed = True
             self._problem(f"the outbox holding key rotation record {n.seq} was replaced before "
@@ -237,7 +258,7 @@ class KeyRotator:
                           "gateway's key list lacks it, see docs/AGENT.md, Key rotation")
 
     def _accepted(self, n: RotationNotes) -> None:
-        self._outbox.write_notes({"rot_state": ACCEPTED})
+        self._outbox.write_notes({"rot_state": ACCEPTED.value})
         self._notes = replace(n, state=ACCEPTED)
         self.counters["accepted"] += 1
         self._step("accepted")
@@ -255,7 +276,7 @@ class KeyRotator:
         if old.public_key != n.old:
             self._cannot_restore(n, reason, f"{self.files.prev}: not the key that was replaced")
             return
-        self._outbox.write_notes({"rot_state": REJECTED, "rot_reason": reason})
+        self._outbox.write_notes({"rot_state": REJECTED.value, "rot_reason": reason})
         self._notes = replace(n, state=REJECTED, reason=reason)
         self._use(old)  # the gateway still expects the old key for every later record
         self.counters["rejected"] += 1

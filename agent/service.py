@@ -32,7 +32,7 @@ from agent.credits import MeterDamaged, UsageMeter
 from agent.identity import Identity, KeyFiles, load_identity
 from agent.outbox import DatabaseCorrupt, DeviceState, Outbox
 from agent.records import RecordFactory, RecordWriter
-from agent.rotation import KeyRotator, Step
+from agent.rotation import KeyRotator, RotationState, Step
 from agent.sensors import (
     DigitalInputSensor,
     Reading,
@@ -416,7 +416,7 @@ class AgentService:
             "public_key": self.identity.public_key_hex,
             "boot": self.boot,
             "uplink": None if uplink is None or self.uplink is None else {
-                "state": uplink.state, "error": uplink.error,
+                "state": uplink.state.value, "error": uplink.error,
                 "broker": self.uplink.broker_text,
                 "inflight_batches": uplink.inflight_batches, "counters": uplink.counters},
             "receipts": self.receipts_status(),
@@ -441,10 +441,10 @@ class AgentService:
 
     def _status_line(self) -> str:
         uplink = self.uplink.status() if self.uplink is not None else None
-        state = uplink.state if uplink else "starting"
+        state = uplink.state.value if uplink else "starting"
         if uplink and uplink.error:
             state = f"FAILED: {uplink.error}"
-        if self.rotation.state == "rejected" and self.rotation.error:
+        if self.rotation.state is RotationState.REJECTED and self.rotation.error:
             state += "; KEY ROTATION REJECTED"
         if self._overdue_since_ms is not None and self.uplink is not None:
             health = self.uplink.receipt_health(self.clock.mono_ms())

@@ -18,7 +18,7 @@ import signal
 import sys
 from pathlib import Path
 
-from osutil.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_version
+from osutil.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_version, run_command
 from protocol.errors import ConfigError, EdgeproofError
 
 PROG = "edgeproof-sim"
@@ -83,11 +83,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; return the exit code."""
-    try:
-        return _main(argv)
-    except KeyboardInterrupt:  # Ctrl-C before the command's own handling: one line, no trace
-        print("edgeproof-sim: interrupted", file=sys.stderr)
-        return 130
+    return run_command("edgeproof-sim", lambda: _main(argv))
 
 
 def _main(argv: list[str] | None) -> int:

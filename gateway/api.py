@@ -155,7 +155,7 @@ class Balances(BaseModel):
 def _device_out(device: Device) -> DeviceOut:
     return DeviceOut(
         name=device.name, device_id=device.device_id.hex(), public_key=device.enrolled_key.hex(),
-        current_key=device.current_key.hex(), owner=device.owner, status=device.status,
+        current_key=device.current_key.hex(), owner=device.owner, status=device.status.value,
         rate_micro_per_hour=device.rate_micro_per_hour, settled_micro=device.settled_micro,
         equivocated=bool(device.flags & 1), registered_ms=device.registered_ms,
         revoked_ms=device.revoked_ms)
@@ -341,7 +341,7 @@ def _log_routes(app: FastAPI, ctx: ApiContext) -> None:
         device = store.device(bytes.fromhex(device_id))
         if device is None:
             raise HTTPException(404, f"no device {device_id}")
-        return DeviceKeys(device_id=device_id, status=device.status,
+        return DeviceKeys(device_id=device_id, status=device.status.value,
                           keys=[DeviceKey(from_seq=k.from_seq, public_key=k.public_key.hex())
                                 for k in device.keys])
 

@@ -19,7 +19,7 @@ from types import FrameType
 
 from gateway.config import GatewayConfig, load_config
 from gateway.gatewaykey import GatewayKey, load_gateway_key, save_gateway_key
-from osutil.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_log_level, add_version
+from osutil.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_log_level, add_version, run_command
 from osutil.lockfile import hold_lock
 from osutil.lograte import limit_repeats
 from protocol.errors import ConfigError, EdgeproofError, MalformedRecord
@@ -60,11 +60,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the process exit code."""
-    try:
-        return _main(argv)
-    except KeyboardInterrupt:  # Ctrl-C before the command's own handling: one line, no trace
-        print("edgeproof-gateway: interrupted", file=sys.stderr)
-        return 130
+    return run_command("edgeproof-gateway", lambda: _main(argv))
 
 
 def _main(argv: Sequence[str] | None) -> int:

@@ -26,14 +26,28 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum, unique
 from pathlib import Path
+from typing import Any
 
 from gateway.sqlite_store import GATEWAY_PRAGMAS
 from osutil.sqlite import connect, transaction
 from protocol.errors import StorageError
 
-QUEUED, SENDING, CONFIRMED, FAILED, SUPERSEDED = (
-    "queued", "sending", "confirmed", "failed", "superseded")
+
+@unique
+class AnchorState(StrEnum):
+    """Where a checkpoint's anchoring stands (the diagram above); the value is stored."""
+
+    QUEUED = "queued"
+    SENDING = "sending"
+    CONFIRMED = "confirmed"
+    FAILED = "failed"
+    SUPERSEDED = "superseded"
+
+
+QUEUED, SENDING, CONFIRMED = AnchorState.QUEUED, AnchorState.SENDING, AnchorState.CONFIRMED
+FAILED, SUPERSEDED = AnchorState.FAILED, AnchorState.SUPERSEDED
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS anchors (
@@ -60,7 +74,7 @@ class QueuedAnchor:
     size: int
     note: str
     queued_ms: int
-    state: str
+    state: AnchorState
     attempts: int  # transactions (or estimates) that reverted
     nonce: int | None  # the nonce of the transactions in flight (state sending)
     tx_hash: str | None  # the mined transaction (confirmed, or the last reverted one)
@@ -115,7 +129,7 @@ class AnchorQueue:
         with self._lock, self._errors("read"):
             row = self._conn.execute(f"SELECT {_ANCHOR_COLUMNS} FROM anchors {sql}",  # noqa: S608
                                      params).fetchone()
-        return QueuedAnchor(*row) if row is not None else None
+        return _entry(row) if row is not None else None
 
     # --- writes -----------------------------------------------------------------------------
 
@@ -124,7 +138,7 @@ class AnchorQueue:
         with self._write("queue checkpoint") as conn:
             cur = conn.execute(
                 "INSERT OR IGNORE INTO anchors (checkpoint_hash, size, note, queued_ms, state) "
-                "VALUES (?, ?, ?, ?, ?)", (checkpoint_hash, size, note, now_ms, QUEUED))
+                "VALUES (?, ?, ?, ?, ?)", (checkpoint_hash, size, note, now_ms, QUEUED.value))
             return cur.rowcount == 1
 
     def supersede_older(self, size: int, now_ms: int) -> int:
@@ -133,7 +147,8 @@ class AnchorQueue:
             cur = conn.execute(
                 "UPDATE anchors SET state = ?, final_ms = ?, detail = ? "
                 "WHERE state = ? AND size < ?",
-                (SUPERSEDED, now_ms, f"covered by the checkpoint of size {size}", QUEUED, size))
+                (SUPERSEDED.value, now_ms, f"covered by the checkpoint of size {size}",
+                 QUEUED.value, size))
             return cur.rowcount
 
     def record_tx(self, tx: SentTx) -> None:
@@ -143,9 +158,9 @@ class AnchorQueue:
                          (tx.tx_hash, tx.checkpoint_hash, tx.nonce, tx.gas_price, tx.gas,
                           tx.raw, tx.created_ms))
             conn.execute("UPDATE anchors SET state = ?, nonce = ? WHERE checkpoint_hash = ?",
-                         (SENDING, tx.nonce, tx.checkpoint_hash))
+                         (SENDING.value, tx.nonce, tx.checkpoint_hash))
 
-    def finish(self, checkpoint_hash: bytes, state: str, *, tx_hash: str | None,
+    def finish(self, checkpoint_hash: bytes, state: AnchorState, *, tx_hash: str | None,
                block_number: int | None, status: int | None, chain_id: int, now_ms: int,
                attempts: int, detail: str | None = None) -> None:
         """Record the final outcome of a checkpoint (``confirmed`` or ``failed``)."""
@@ -153,7 +168,7 @@ class AnchorQueue:
             conn.execute(
                 "UPDATE anchors SET state = ?, tx_hash = ?, block_number = ?, status = ?, "
                 "chain_id = ?, final_ms = ?, attempts = ?, detail = ? WHERE checkpoint_hash = ?",
-                (state, tx_hash, block_number, status, chain_id, now_ms, attempts, detail,
+                (state.value, tx_hash, block_number, status, chain_id, now_ms, attempts, detail,
                  checkpoint_hash))
 
     def requeue(self, checkpoint_hash: bytes, attempts: int, detail: str,
@@ -163,17 +178,17 @@ class AnchorQueue:
             conn.execute(
                 "UPDATE anchors SET state = ?, nonce = NULL, attempts = ?, detail = ?, "
                 "tx_hash = COALESCE(?, tx_hash) WHERE checkpoint_hash = ?",
-                (QUEUED, attempts, detail, tx_hash, checkpoint_hash))
+                (QUEUED.value, attempts, detail, tx_hash, checkpoint_hash))
 
     # --- reads ------------------------------------------------------------------------------
 
     def in_flight(self) -> QueuedAnchor | None:
         """The checkpoint whose transaction is out (at most one at a time)."""
-        return self._one("WHERE state = ? ORDER BY size LIMIT 1", (SENDING,))
+        return self._one("WHERE state = ? ORDER BY size LIMIT 1", (SENDING.value,))
 
     def newest_queued(self) -> QueuedAnchor | None:
         """The largest checkpoint waiting to be sent."""
-        return self._one("WHERE state = ? ORDER BY size DESC LIMIT 1", (QUEUED,))
+        return self._one("WHERE state = ? ORDER BY size DESC LIMIT 1", (QUEUED.value,))
 
     def get(self, checkpoint_hash: bytes) -> QueuedAnchor | None:
         """One checkpoint's entry."""
@@ -182,9 +197,9 @@ class AnchorQueue:
     def confirmed(self, min_size: int | None) -> QueuedAnchor | None:
         """The latest confirmed anchor, or the earliest one covering ``min_size`` leaves."""
         if min_size is None:
-            return self._one("WHERE state = ? ORDER BY size DESC LIMIT 1", (CONFIRMED,))
+            return self._one("WHERE state = ? ORDER BY size DESC LIMIT 1", (CONFIRMED.value,))
         return self._one("WHERE state = ? AND size >= ? ORDER BY size LIMIT 1",
-                         (CONFIRMED, min_size))
+                         (CONFIRMED.value, min_size))
 
     def confirmed_after(self, after_size: int, limit: int) -> list[QueuedAnchor]:
         """Up to ``limit`` confirmed anchors with tree size > ``after_size``, smallest first."""
@@ -192,8 +207,8 @@ class AnchorQueue:
             rows = self._conn.execute(
                 f"SELECT {_ANCHOR_COLUMNS} FROM anchors "  # noqa: S608
                 "WHERE state = ? AND size > ? ORDER BY size LIMIT ?",
-                (CONFIRMED, after_size, limit)).fetchall()
-        return [QueuedAnchor(*row) for row in rows]
+                (CONFIRMED.value, after_size, limit)).fetchall()
+        return [_entry(row) for row in rows]
 
     def txs(self, checkpoint_hash: bytes, nonce: int) -> list[SentTx]:
         """The transactions signed for a checkpoint with ``nonce``, oldest first."""
@@ -210,10 +225,17 @@ class AnchorQueue:
         with self._lock, self._errors("count"):
             rows = self._conn.execute("SELECT state, COUNT(*) FROM anchors GROUP BY state")
             found = dict(rows.fetchall())
-        return {s: int(found.get(s, 0)) for s in (QUEUED, SENDING, CONFIRMED, FAILED,
-                                                  SUPERSEDED)}
+        return {s.value: int(found.get(s.value, 0)) for s in AnchorState}
 
     def close(self) -> None:
         """Close the database."""
         with self._lock, self._errors("close"):
             self._conn.close()
+
+
+def _entry(row: Any) -> QueuedAnchor:  # a sqlite3 row: its values are untyped
+    """A row of ``_ANCHOR_COLUMNS`` as a typed entry (the state as its enum)."""
+    (digest, size, note, queued_ms, state, attempts, nonce, tx_hash, block_number, status,
+     chain_id, final_ms, detail) = row
+    return QueuedAnchor(digest, size, note, queued_ms, AnchorState(state), attempts,
+                        nonce, tx_hash, block_number, status, chain_id, final_ms, detail)

@@ -30,6 +30,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum, unique
 from typing import Generic, TypeVar
 
 from protocol import reasons
@@ -40,11 +41,22 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 UNREGISTERED = b""  # the key of the one queue shared by topics naming no registered device
 
-# Drop reasons (metrics label ``reason`` of ``ingest_dropped_total``; never on the wire: a
-# dropped message gets no receipt, and the device sends it again).
-OVER_SHARE = "over_share"          # the device holds its whole share of the ingest queue
-QUARANTINED = "signature_quarantine"  # the device sent too many bad signatures in a row
-DROP_REASONS = (OVER_SHARE, QUARANTINED)
+
+@unique
+class IngestDrop(StrEnum):
+    """Why a message was dropped before verification.
+
+    The value is the metrics label ``reason`` of ``ingest_dropped_total``; never on the
+    wire: a dropped message gets no receipt, and the device sends it again.
+    """
+
+    OVER_SHARE = "over_share"                # the device holds its whole share of the queue
+    QUARANTINED = "signature_quarantine"     # too many bad signatures in a row
+
+
+OVER_SHARE = IngestDrop.OVER_SHARE
+QUARANTINED = IngestDrop.QUARANTINED
+DROP_REASONS = tuple(IngestDrop)
 
 # Rejections that prove the record's signature verified (the rules after the signature).
 _SIGNED_REJECTIONS = frozenset({

@@ -14,6 +14,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gateway.http_guard import REJECTION_REASONS
 from protocol import reasons
+from protocol.reasons import Reason
 
 PREFIX = "edgeproof_gateway"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -35,7 +36,7 @@ class GatewayMetrics:
         self.rejections = Counter(f"{PREFIX}_rejections", "Records rejected, per reason code",
                                   ["reason"], registry=r)
         for code in sorted(reasons.GATEWAY_REASONS):
-            self.rejections.labels(reason=code)
+            self.rejections.labels(reason=code.value)
         self.batches = Counter(f"{PREFIX}_batches", "MQTT batches processed", registry=r)
         self.batches_unreadable = Counter(
             f"{PREFIX}_batches_unreadable",
@@ -59,8 +60,8 @@ class GatewayMetrics:
             f"{PREFIX}_http_rejections",
             "HTTP requests or connections refused before the API did any work, per reason",
             ["reason"], registry=r)
-        for code in REJECTION_REASONS:
-            self.http_rejections.labels(reason=code)
+        for http_code in REJECTION_REASONS:
+            self.http_rejections.labels(reason=http_code)
         self.checkpoints = Counter(f"{PREFIX}_checkpoints", "Checkpoints signed and stored",
                                    registry=r)
         self.log_size = Gauge(f"{PREFIX}_log_size", "Leaves in the Merkle log", registry=r)
@@ -103,9 +104,9 @@ class GatewayMetrics:
             "Equivocations counted but not stored (the device's evidence is full)",
             registry=r)
 
-    def reject(self, reason: str, count: int = 1) -> None:
+    def reject(self, reason: Reason, count: int = 1) -> None:
         """Count rejected records."""
-        self.rejections.labels(reason=reason).inc(count)
+        self.rejections.labels(reason=reason.value).inc(count)
 
     def http_rejected(self, reason: str) -> None:
         """Count an HTTP request or connection refused (gateway.http_guard reasons)."""
@@ -125,7 +126,7 @@ class GatewayMetrics:
                  "gaps_declared", "records_clock_unsynced", "receipts_published",
                  "receipt_publish_failures", "checkpoints", "storage_errors")
         snap: dict[str, object] = {name: self._total(name) for name in names}
-        snap["rejections"] = {code: self._total("rejections", reason=code)
+        snap["rejections"] = {code.value: self._total("rejections", reason=code.value)
                               for code in sorted(reasons.GATEWAY_REASONS)}
         unreadable: dict[str, int] = {}
         for metric in self.batches_unreadable.collect():

@@ -41,6 +41,7 @@ from gateway.store import (
     Device,
     DeviceExists,
     DeviceNotFound,
+    DeviceStatus,
     GapEntry,
     KeyEntry,
     Leaf,
@@ -442,7 +443,7 @@ class PostgresLogStore:
                         "rate_micro_per_hour, status, registered_ms) "
                         "VALUES (%s, %s, %s, %s, %s, %s, %s)",
                         (device_id, name, public_key, owner, rate_micro_per_hour,
-                         STATUS_ACTIVE, now_ms))
+                         STATUS_ACTIVE.value, now_ms))
                     conn.execute("INSERT INTO device_keys VALUES (%s, 0, %s)",
                                  (device_id, public_key))
             except pg_errors.UniqueViolation:
@@ -458,7 +459,7 @@ class PostgresLogStore:
             conn = self._registry.get()
             conn.execute(
                 "UPDATE devices SET status = %s, revoked_ms = COALESCE(revoked_ms, %s) "
-                "WHERE device_id = %s", (STATUS_REVOKED, now_ms, device_id))
+                "WHERE device_id = %s", (STATUS_REVOKED.value, now_ms, device_id))
             found = _load_device(conn, device_id)
         if found is None:
             raise DeviceNotFound(f"no device {device_id.hex()}")
@@ -584,5 +585,6 @@ def _load_device(conn: Conn, device_id: bytes) -> Device | None:
         "SELECT from_seq, public_key FROM device_keys WHERE device_id = %s ORDER BY from_seq",
         (device_id,)).fetchall())
     name, owner, rate, status, flags, settled, registered, revoked = row
-    return Device(device_id, str(name), str(owner), int(rate), str(status), keys, int(flags),
+    return Device(device_id, str(name), str(owner), int(rate), DeviceStatus(status), keys,
+                  int(flags),
                   int(settled), int(registered), None if revoked is None else int(revoked))

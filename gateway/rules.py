@@ -39,6 +39,8 @@ from gateway.store import (
 )
 from gateway.verify import PreparedRecord
 from protocol import reasons
+from protocol.reasons import Reason
+from protocol.receipt import Status
 from protocol.record import (
     GENESIS_PREV,
     Gap,
@@ -53,25 +55,21 @@ from protocol.record import (
 
 _SIGNED_MAX = (1 << 63) - 1
 
-ACCEPTED = "accepted"
-DUPLICATE = "duplicate"
-REJECTED = "rejected"
-
 
 @dataclass(frozen=True)
 class Decision:
-    """What happened to one record."""
+    """What happened to one record: the receipt's status, with its leaf index or reason."""
 
-    kind: str  # ACCEPTED, DUPLICATE or REJECTED
+    kind: Status
     leaf_index: int | None = None
-    reason: str | None = None
+    reason: Reason | None = None
     unsynced: bool = False
     gap: bool = False
     evidence_kept: bool = True  # for an equivocation: False once the device's evidence is full
 
     @classmethod
-    def rejected(cls, reason: str) -> Decision:
-        return cls(REJECTED, reason=reason)
+    def rejected(cls, reason: Reason) -> Decision:
+        return cls(Status.REJECTED, reason=reason)
 
 
 @dataclass(frozen=True)
@@ -133,7 +131,7 @@ def decide(view: BatchView, item: PreparedRecord, ctx: Context) -> Decision:
     near = view.links(device.device_id)
     logged = near.get(record.seq)
     if logged is not None and logged.record_hash == item.hash:
-        return Decision(DUPLICATE, leaf_index=logged.index)
+        return Decision(Status.DUPLICATE, leaf_index=logged.index)
     if not item.signature_valid(device.key_for_seq(record.seq)):
         return Decision.rejected(reasons.BAD_SIGNATURE)
     if logged is not None:
@@ -141,7 +139,7 @@ def decide(view: BatchView, item: PreparedRecord, ctx: Context) -> Decision:
         if kept:
             view.tx.add_equivocation(device.device_id, record.seq, item.raw, ctx.received_ms)
             view.refresh(device.device_id)
-        return Decision(REJECTED, reason=reasons.EQUIVOCATION, evidence_kept=kept)
+        return Decision(Status.REJECTED, reason=reasons.EQUIVOCATION, evidence_kept=kept)
     refused = _check_chain(record, item.hash, near) or _check_time(record, ctx)
     refused = refused or _check_body(view.tx, device, record)
     if refused:
@@ -153,17 +151,17 @@ def decide(view: BatchView, item: PreparedRecord, ctx: Context) -> Decision:
     return decision
 
 
-def _check_identity(device: Device | None, kid: bytes, ctx: Context) -> str | None:
+def _check_identity(device: Device | None, kid: bytes, ctx: Context) -> Reason | None:
     if device is None:
         return reasons.UNKNOWN_DEVICE
-    if device.status == STATUS_REVOKED:
+    if device.status is STATUS_REVOKED:
         return reasons.REVOKED_DEVICE
     if kid != ctx.topic_device:
         return reasons.WRONG_TOPIC
     return None
 
 
-def _check_chain(record: Record, own_hash: bytes, near: dict[int, LoggedLink]) -> str | None:
+def _check_chain(record: Record, own_hash: bytes, near: dict[int, LoggedLink]) -> Reason | None:
     if record.seq == 0 and record.prev != GENESIS_PREV:
         return reasons.CHAIN_MISMATCH
     before, after = near.get(record.seq - 1), near.get(record.seq + 1)
@@ -174,13 +172,13 @@ def _check_chain(record: Record, own_hash: bytes, near: dict[int, LoggedLink]) -
     return None
 
 
-def _check_time(record: Record, ctx: Context) -> str | None:
+def _check_time(record: Record, ctx: Context) -> Reason | None:
     if record.clock_synced and record.wall_ms > ctx.now_ms + ctx.max_future_skew_ms:
         return reasons.FUTURE_TIMESTAMP
     return None
 
 
-def _check_body(tx: LogTransaction, device: Device, record: Record) -> str | None:
+def _check_body(tx: LogTransaction, device: Device, record: Record) -> Reason | None:
     body = record.body
     if isinstance(body, Usage):
         return _check_usage(tx, device, record, body)
@@ -191,7 +189,7 @@ def _check_body(tx: LogTransaction, device: Device, record: Record) -> str | Non
     return None
 
 
-def _check_usage(tx: LogTransaction, device: Device, record: Record, usage: Usage) -> str | None:
+def _check_usage(tx: LogTransaction, device: Device, record: Record, usage: Usage) -> Reason | None:
     if usage.rate_micro_per_hour != device.rate_micro_per_hour:
         return reasons.RATE_MISMATCH
     if usage.end_mono_ms > record.mono_ms:
@@ -223,5 +221,5 @@ def _append(tx: LogTransaction, device: Device, item: PreparedRecord, ctx: Conte
     elif isinstance(body, KeyRotation):
         # The new key signs every record after this one (docs/GATEWAY.md, "Key rotation").
         tx.add_key(device.device_id, KeyEntry(record.seq + 1, body.new_public_key))
-    return Decision(ACCEPTED, leaf_index=index, unsynced=bool(flags),
+    return Decision(Status.ACCEPTED, leaf_index=index, unsynced=bool(flags),
                     gap=isinstance(body, Gap))

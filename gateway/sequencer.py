@@ -16,18 +16,19 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.checkpoints import Checkpointer
 from gateway.config import Limits
 from gateway.fairness import ThrottledLog
 from gateway.gatewaykey import GatewayKey
 from gateway.metrics import GatewayMetrics
-from gateway.rules import ACCEPTED, DUPLICATE, BatchView, Context, Decision, decide
+from gateway.rules import BatchView, Context, Decision, decide
 from gateway.store import LogStore, LogTransaction
 from gateway.verify import PreparedBatch, PreparedRecord
 from protocol import reasons
 from protocol.batch import receipts_topic
+from protocol.reasons import Reason
 from protocol.receipt import HASH_PREFIX_BYTES, Outcome, Receipt, Status
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,19 @@ class SignedReceipt:
     topic: str
     payload: bytes
     receipt: Receipt
+
+
+@dataclass
+class _Tally:
+    """What one group commit did, counted by typed outcome (turned into metrics once)."""
+
+    accepted: int = 0
+    duplicate: int = 0
+    unsynced: int = 0
+    gaps: int = 0
+    evidence_skipped: int = 0
+    rejected: Counter[Reason] = field(default_factory=Counter)    # records, by reason
+    unreadable: Counter[Reason] = field(default_factory=Counter)  # whole batches, by reason
 
 
 class Sequencer:
@@ -68,7 +82,7 @@ class Sequencer:
         is None only when the topic names no device (there is nowhere to answer). Raises
         StorageError if the store fails; nothing of the group is then kept.
         """
-        tally: Counter[str] = Counter()
+        tally = _Tally()
         now = self._wall_ms()
         results: list[tuple[PreparedBatch, tuple[Outcome, ...], int] | None] = []
         with self._store.transaction() as tx:
@@ -85,13 +99,13 @@ class Sequencer:
                 for r in results]
 
     def _apply(self, tx: LogTransaction, batch: PreparedBatch, now: int,
-               tally: Counter[str]) -> tuple[PreparedBatch, tuple[Outcome, ...], int] | None:
+               tally: _Tally) -> tuple[PreparedBatch, tuple[Outcome, ...], int] | None:
         if batch.topic_device is None:
-            tally[f"unreadable:{batch.reject or reasons.WRONG_TOPIC}"] += 1
+            tally.unreadable[batch.reject or reasons.WRONG_TOPIC] += 1
             return None
         if batch.reject is not None:
-            tally[f"unreadable:{batch.reject}"] += 1
-            tally[f"rejected:{batch.reject}"] += 1
+            tally.unreadable[batch.reject] += 1
+            tally.rejected[batch.reject] += 1
             outcome = Outcome(None, batch.payload_hash[:HASH_PREFIX_BYTES], Status.REJECTED,
                               reason=batch.reject)
             outcomes: tuple[Outcome, ...] = (outcome,)
@@ -103,23 +117,21 @@ class Sequencer:
         device = tx.device(batch.topic_device)
         return batch, outcomes, device.settled_micro if device is not None else 0
 
-    def _count(self, tally: Counter[str], batches: int) -> None:
+    def _count(self, tally: _Tally, batches: int) -> None:
         """Update the metrics once per group (a Counter.inc per record is measurable)."""
         m = self._metrics
         m.batches.inc(batches)
         m.log_size.set(self._store.size())
-        for key, n in tally.items():
-            kind, _, reason = key.partition(":")
-            if kind == "rejected":
-                m.reject(reason, n)
-            elif kind == "unreadable":
-                m.batches_unreadable.labels(reason=reason).inc(n)
-        m.records_accepted.inc(tally["accepted"])
-        m.records_duplicate.inc(tally["duplicate"])
-        m.unsynced_records.inc(tally["unsynced"])
-        m.gaps_declared.inc(tally["gap"])
-        m.equivocations.inc(tally[f"rejected:{reasons.EQUIVOCATION}"])
-        m.evidence_skipped.inc(tally["evidence_skipped"])
+        for reason, n in tally.rejected.items():
+            m.reject(reason, n)
+        for reason, n in tally.unreadable.items():
+            m.batches_unreadable.labels(reason=reason.value).inc(n)
+        m.records_accepted.inc(tally.accepted)
+        m.records_duplicate.inc(tally.duplicate)
+        m.unsynced_records.inc(tally.unsynced)
+        m.gaps_declared.inc(tally.gaps)
+        m.equivocations.inc(tally.rejected[reasons.EQUIVOCATION])
+        m.evidence_skipped.inc(tally.evidence_skipped)
 
     def _report_equivocations(
             self, results: list[tuple[PreparedBatch, tuple[Outcome, ...], int] | None]) -> None:
@@ -148,18 +160,18 @@ class Sequencer:
                                                                      self._key.kid), receipt)
 
 
-def _outcome(item: PreparedRecord, decision: Decision, tally: Counter[str]) -> Outcome:
+def _outcome(item: PreparedRecord, decision: Decision, tally: _Tally) -> Outcome:
     seq = item.record.seq if item.record is not None else None
     prefix = item.hash[:HASH_PREFIX_BYTES]
-    if decision.kind == ACCEPTED:
-        tally["accepted"] += 1
-        tally["unsynced"] += decision.unsynced
-        tally["gap"] += decision.gap
-        return Outcome(seq, prefix, Status.ACCEPTED, leaf_index=decision.leaf_index)
-    if decision.kind == DUPLICATE:
-        tally["duplicate"] += 1
-        return Outcome(seq, prefix, Status.DUPLICATE, leaf_index=decision.leaf_index)
-    assert decision.reason is not None
-    tally[f"rejected:{decision.reason}"] += 1
-    tally["evidence_skipped"] += not decision.evidence_kept
-    return Outcome(seq, prefix, Status.REJECTED, reason=decision.reason)
+    if decision.kind is Status.ACCEPTED:
+        tally.accepted += 1
+        tally.unsynced += decision.unsynced
+        tally.gaps += decision.gap
+    elif decision.kind is Status.DUPLICATE:
+        tally.duplicate += 1
+    else:
+        assert decision.reason is not None
+        tally.rejected[decision.reason] += 1
+        tally.evidence_skipped += not decision.evidence_kept
+    return Outcome(seq, prefix, decision.kind, leaf_index=decision.leaf_index,
+                   reason=decision.reason)

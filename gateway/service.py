@@ -48,6 +48,7 @@ from gateway.fairness import (
     UNREGISTERED,
     FairQueue,
     IngestBudget,
+    IngestDrop,
     SignatureBreaker,
     ThrottledLog,
     device_label,
@@ -257,7 +258,7 @@ class GatewayService:
             device_id = device_id_from_topic(message.topic)
         except MalformedRecord:  # nowhere to answer: count it and let it go
             self.metrics.batches.inc()
-            self.metrics.batches_unreadable.labels(reason=reasons.WRONG_TOPIC).inc()
+            self.metrics.batches_unreadable.labels(reason=reasons.WRONG_TOPIC.value).inc()
             self.ingest.ack(message)
             return
         try:
@@ -265,7 +266,7 @@ class GatewayService:
         except StorageError:  # never let an exception end paho's network thread
             device = None  # the sequencer decides with the store's real answer later
         key = device_id if device is not None else UNREGISTERED
-        if device is not None and device.status != STATUS_REVOKED \
+        if device is not None and device.status is not STATUS_REVOKED \
                 and self.breaker.blocked(device_id):
             self._drop(key, message, QUARANTINED)
             return
@@ -278,7 +279,7 @@ class GatewayService:
                                                  message.arrived):
             self._drop(victim, dropped.message, OVER_SHARE)
 
-    def _drop(self, key: bytes, message: Message, reason: str) -> None:
+    def _drop(self, key: bytes, message: Message, reason: IngestDrop) -> None:
         """Count a message dropped before verification and acknowledge it.
 
         An unacknowledged QoS 1 message would hold a slot of the broker's in-flight window
@@ -286,7 +287,7 @@ class GatewayService:
         it and sends it again on its own timer.
         """
         label = device_label(key)
-        self.metrics.ingest_dropped.labels(reason=reason, device=label).inc()
+        self.metrics.ingest_dropped.labels(reason=reason.value, device=label).inc()
         self.ingest.ack(message)
         count = self._drop_log.event(key, reason)
         if count is not None:

@@ -32,6 +32,7 @@ from gateway.store import (
     Device,
     DeviceExists,
     DeviceNotFound,
+    DeviceStatus,
     GapEntry,
     KeyEntry,
     Leaf,
@@ -322,7 +323,7 @@ class SQLiteLogStore:
                 conn.execute(
                     "INSERT INTO devices (device_id, name, public_key, owner, "
                     "rate_micro_per_hour, status, registered_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (device_id, name, public_key, owner, rate_micro_per_hour, STATUS_ACTIVE,
+                    (device_id, name, public_key, owner, rate_micro_per_hour, STATUS_ACTIVE.value,
                      now_ms))
                 conn.execute("INSERT INTO device_keys VALUES (?, 0, ?)", (device_id, public_key))
             found = _load_device(conn, device_id)
@@ -335,7 +336,7 @@ class SQLiteLogStore:
             conn = self._registry
             conn.execute(
                 "UPDATE devices SET status = ?, revoked_ms = COALESCE(revoked_ms, ?) "
-                "WHERE device_id = ?", (STATUS_REVOKED, now_ms, device_id))
+                "WHERE device_id = ?", (STATUS_REVOKED.value, now_ms, device_id))
             found = _load_device(conn, device_id)
         if found is None:
             raise DeviceNotFound(f"no device {device_id.hex()}")
@@ -449,7 +450,8 @@ def _load_device(conn: sqlite3.Connection, device_id: bytes) -> Device | None:
         "SELECT from_seq, public_key FROM device_keys WHERE device_id = ? ORDER BY from_seq",
         (device_id,)))
     name, owner, rate, status, flags, settled, registered, revoked = row
-    return Device(device_id, name, owner, rate, status, keys, flags, settled, registered, revoked)
+    return Device(device_id, name, owner, rate, DeviceStatus(status), keys, flags, settled,
+                  registered, revoked)
 
 
 def _balances(conn: sqlite3.Connection) -> list[Balance]:

@@ -18,12 +18,22 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from enum import StrEnum, unique
 from typing import Protocol
 
 from protocol.errors import ConfigError
 
-STATUS_ACTIVE = "active"
-STATUS_REVOKED = "revoked"
+
+@unique
+class DeviceStatus(StrEnum):
+    """A registered device's standing; the value is what the store and the API hold."""
+
+    ACTIVE = "active"
+    REVOKED = "revoked"
+
+
+STATUS_ACTIVE = DeviceStatus.ACTIVE
+STATUS_REVOKED = DeviceStatus.REVOKED
 
 # Leaf flags (bit set): facts about an accepted record worth keeping with it.
 FLAG_CLOCK_UNSYNCED = 1  # the device said its wall clock was not synchronised
@@ -56,7 +66,7 @@ class Device:
     name: str
     owner: str
     rate_micro_per_hour: int
-    status: str
+    status: DeviceStatus
     keys: tuple[KeyEntry, ...]  # ordered by from_seq; keys[0] is the enrolled key
     flags: int
     settled_micro: int

@@ -34,6 +34,7 @@ from protocol import reasons
 from protocol.batch import Batch, device_id_from_topic
 from protocol.cose import Sign1
 from protocol.errors import MalformedRecord, VerificationError
+from protocol.reasons import Reason
 from protocol.record import Gap, Record, Usage
 from protocol.signed import parse_signed_record, record_hash
 
@@ -51,7 +52,7 @@ class PreparedRecord:
     hash: bytes  # protocol.signed.record_hash(raw)
     sign1: Sign1 | None = None
     record: Record | None = None
-    reject: str | None = None  # a reason code if a stateless check already failed
+    reject: Reason | None = None  # a reason code if a stateless check already failed
     good_key: bytes | None = None  # the key the signature verified under
     bad_key: bytes | None = None  # a key the signature did NOT verify under
 
@@ -85,7 +86,7 @@ class PreparedBatch:
     arrived: float  # monotonic seconds when paho handed it over
     payload_hash: bytes
     batch_id: int | None = None
-    reject: str | None = None  # the whole message is unreadable, with this reason
+    reject: Reason | None = None  # the whole message is unreadable, with this reason
     records: list[PreparedRecord] = field(default_factory=list)
 
 
@@ -143,12 +144,12 @@ def _prepare_record(raw: bytes, limits: Limits, keys: KeyLookup,
         devices[kid] = keys(kid)
     device = devices[kid]
     # Unknown and revoked signers are rejected before the signature rule: verify nothing.
-    if device is not None and device.status != STATUS_REVOKED:
+    if device is not None and device.status is not STATUS_REVOKED:
         item.signature_valid(device.key_for_seq(item.record.seq))
     return item
 
 
-def _reason_for(exc: MalformedRecord) -> str:
+def _reason_for(exc: MalformedRecord) -> Reason:
     return reasons.TOO_LARGE if exc.reason in _TOO_LARGE_CODES else reasons.MALFORMED
 
 

@@ -6,13 +6,21 @@
 - ``--version`` on every top-level parser: the installed package's version;
 - ``--log-level`` takes ``debug``, ``info``, ``warning`` or ``error`` in any case.
 
-Standard library only, so a CLI's ``--help`` and ``--version`` stay fast.
+- :func:`run_command`: a configuration error, any other failure and Ctrl-C each end in one
+  line on stderr and their exit code, never a traceback.
+
+Standard library and :mod:`protocol.errors` only, so a CLI's ``--help`` and ``--version``
+stay fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
 from importlib import metadata
+
+from protocol.errors import ConfigError, EdgeproofError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -55,3 +63,24 @@ def add_log_level(parser: argparse.ArgumentParser, default: str | None = None) -
     shown = f" (default {default})" if default else ""
     parser.add_argument("--log-level", type=log_level, default=default, metavar="LEVEL",
                         help=f"{', '.join(LOG_LEVELS)}, any case{shown}")
+
+
+def run_command(prog: str, body: Callable[[], int]) -> int:
+    """Run one command's ``body``; return its exit code, or the code of how it failed.
+
+    A :class:`ConfigError` prints ``PROG: error: ...`` and gives :data:`EXIT_USAGE`, any
+    other :class:`EdgeproofError` gives :data:`EXIT_FAILED`, and Ctrl-C (also before the
+    command installed its own signal handling) prints ``PROG: interrupted`` and gives
+    :data:`EXIT_INTERRUPTED`. Anything else is a bug and keeps its traceback.
+    """
+    try:
+        return body()
+    except ConfigError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except EdgeproofError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

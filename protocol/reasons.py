@@ -3,34 +3,65 @@
 Every rejection and drop carries one of these stable codes. They are counted per code in
 ``/metrics`` and ``status``, sent back to the device in receipts, and documented in
 docs/PROTOCOL.md ("Reason codes"). Add codes; never change the meaning of one.
+
+The codes are :class:`enum.StrEnum` members: code that decides takes and returns the enum,
+so a misspelt code is a type error; the wire carries the member's value (a text string),
+and what arrives from the wire stays a plain ``str``, since a newer peer may send a code
+this version does not know. The module-level names are the members under their old names.
 """
 
 from __future__ import annotations
 
+from enum import StrEnum, unique
 from typing import Final
 
-# Rejected by the gateway (sent in receipts; permanent for that record).
-MALFORMED: Final = "malformed"                # bytes are not a well-formed signed record
-TOO_LARGE: Final = "too_large"                # over a size cap
-BAD_SIGNATURE: Final = "bad_signature"        # signature does not verify under the device key
-UNKNOWN_DEVICE: Final = "unknown_device"      # kid is not a registered device
-REVOKED_DEVICE: Final = "revoked_device"      # the device was revoked
-WRONG_TOPIC: Final = "wrong_topic"            # signer differs from the device in the topic
-EQUIVOCATION: Final = "equivocation"          # another record already holds this sequence number
-CHAIN_MISMATCH: Final = "chain_mismatch"      # prev hash disagrees with the neighbouring record
-FUTURE_TIMESTAMP: Final = "future_timestamp"  # synced wall clock beyond the allowed skew
-USAGE_OVERLAP: Final = "usage_overlap"        # usage interval overlaps an earlier one
-USAGE_TOO_LONG: Final = "usage_too_long"      # more usage than elapsed time
-USAGE_FUTURE: Final = "usage_future"          # interval ends after the record was made
-RATE_MISMATCH: Final = "rate_mismatch"        # claimed rate differs from the device's policy
-BAD_ROTATION: Final = "bad_rotation"          # key rotation not acceptable
 
-GATEWAY_REASONS: Final = frozenset({
-    MALFORMED, TOO_LARGE, BAD_SIGNATURE, UNKNOWN_DEVICE, REVOKED_DEVICE, WRONG_TOPIC,
-    EQUIVOCATION, CHAIN_MISMATCH, FUTURE_TIMESTAMP, USAGE_OVERLAP, USAGE_TOO_LONG,
-    USAGE_FUTURE, RATE_MISMATCH, BAD_ROTATION,
-})
+@unique
+class Reason(StrEnum):
+    """Why the gateway rejected a record (sent in receipts; permanent for that record)."""
 
-# Dropped by the agent before sending (declared to the gateway in gap records).
-OUTBOX_FULL: Final = "outbox_full"            # the outbox byte cap applied its full policy
-OUTBOX_CORRUPT: Final = "outbox_corrupt"      # the outbox database was unreadable and moved aside
+    MALFORMED = "malformed"                # bytes are not a well-formed signed record
+    TOO_LARGE = "too_large"                # over a size cap
+    BAD_SIGNATURE = "bad_signature"        # signature does not verify under the device key
+    UNKNOWN_DEVICE = "unknown_device"      # kid is not a registered device
+    REVOKED_DEVICE = "revoked_device"      # the device was revoked
+    WRONG_TOPIC = "wrong_topic"            # signer differs from the device in the topic
+    EQUIVOCATION = "equivocation"          # another record already holds this sequence number
+    CHAIN_MISMATCH = "chain_mismatch"      # prev hash disagrees with the neighbouring record
+    FUTURE_TIMESTAMP = "future_timestamp"  # synced wall clock beyond the allowed skew
+    USAGE_OVERLAP = "usage_overlap"        # usage interval overlaps an earlier one
+    USAGE_TOO_LONG = "usage_too_long"      # more usage than elapsed time
+    USAGE_FUTURE = "usage_future"          # interval ends after the record was made
+    RATE_MISMATCH = "rate_mismatch"        # claimed rate differs from the device's policy
+    BAD_ROTATION = "bad_rotation"          # key rotation not acceptable
+
+
+@unique
+class DropReason(StrEnum):
+    """Why the agent dropped records before sending (declared to the gateway in gaps)."""
+
+    OUTBOX_FULL = "outbox_full"        # the outbox byte cap applied its full policy
+    OUTBOX_CORRUPT = "outbox_corrupt"  # the outbox database was unreadable and moved aside
+    UNCLEAN_REBOOT = "unclean_reboot"  # a power cut or kernel crash lost uncommitted numbers
+
+
+MALFORMED: Final = Reason.MALFORMED
+TOO_LARGE: Final = Reason.TOO_LARGE
+BAD_SIGNATURE: Final = Reason.BAD_SIGNATURE
+UNKNOWN_DEVICE: Final = Reason.UNKNOWN_DEVICE
+REVOKED_DEVICE: Final = Reason.REVOKED_DEVICE
+WRONG_TOPIC: Final = Reason.WRONG_TOPIC
+EQUIVOCATION: Final = Reason.EQUIVOCATION
+CHAIN_MISMATCH: Final = Reason.CHAIN_MISMATCH
+FUTURE_TIMESTAMP: Final = Reason.FUTURE_TIMESTAMP
+USAGE_OVERLAP: Final = Reason.USAGE_OVERLAP
+USAGE_TOO_LONG: Final = Reason.USAGE_TOO_LONG
+USAGE_FUTURE: Final = Reason.USAGE_FUTURE
+RATE_MISMATCH: Final = Reason.RATE_MISMATCH
+BAD_ROTATION: Final = Reason.BAD_ROTATION
+
+GATEWAY_REASONS: Final = frozenset(Reason)
+
+OUTBOX_FULL: Final = DropReason.OUTBOX_FULL
+OUTBOX_CORRUPT: Final = DropReason.OUTBOX_CORRUPT
+UNCLEAN_REBOOT: Final = DropReason.UNCLEAN_REBOOT

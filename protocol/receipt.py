@@ -70,7 +70,9 @@ class Outcome:
             raise MalformedRecord("bad_receipt", "an accepted record carries a leaf index only")
 
     def to_cbor_value(self) -> cbor.Value:
-        detail: cbor.Value = self.reason if self.status is Status.REJECTED else self.leaf_index
+        # str(): a reasons.Reason member goes on the wire as its plain text value
+        detail: cbor.Value = (str(self.reason) if self.status is Status.REJECTED
+                              else self.leaf_index)
         return [self.seq, self.hash_prefix, int(self.status), detail]
 
     @classmethod

@@ -468,7 +468,7 @@ def _body_to_cbor(body: Body) -> tuple[int, cbor.Value]:
         return K_USAGE, [body.start_mono_ms, body.end_mono_ms, body.usage_ms,
                          body.rate_micro_per_hour]
     if isinstance(body, Gap):
-        return K_GAP, [body.first_seq, body.last_seq, body.reason]
+        return K_GAP, [body.first_seq, body.last_seq, str(body.reason)]  # a StrEnum: plain text
     if isinstance(body, KeyEpoch):
         grants: dict[cbor.Value, cbor.Value] = {
             stream: [[g.recipient_kid, g.wrapped_key] for g in gs] for stream, gs in body.grants

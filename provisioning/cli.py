@@ -8,10 +8,8 @@ into one line on stderr and a non-zero exit code. Tests call :func:`main` with a
 from __future__ import annotations
 
 import argparse
-import sys
 
-from osutil.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, add_version
-from protocol.errors import ConfigError, EdgeproofError
+from osutil.cli import add_version, run_command
 from provisioning import cmd_device, cmd_fleet
 
 PROG = "edgeproof-provision"
@@ -32,29 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; return the exit code (0 ok, 1 failure, 2 usage or configuration,
-    130 interrupted)."""
-    try:
-        return _main(argv)
-    except KeyboardInterrupt:  # Ctrl-C before the command's own handling: one line, no trace
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    130 interrupted; docs/CLI.md)."""
+    return run_command(PROG, lambda: _run(argv))
 
 
-def _main(argv: list[str] | None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        code: int = args.handler(args)
-    except ConfigError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except EdgeproofError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    return code
+def _run(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from osutil.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, add_version
+from osutil.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, add_version, run_command
 from osutil.jsonrpc import JsonRpc
 from protocol.bundle import EthereumAnchor, ProofBundle, RotationProof, verify_bundle
 from protocol.checkpoint import Checkpoint, checkpoint_hash
@@ -153,11 +153,7 @@ def _device_args(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None, waiting: Waiting | None = None) -> int:
     """Run the command line; return the exit status. ``waiting`` injects clocks (tests)."""
-    try:
-        return _main(argv, waiting)
-    except KeyboardInterrupt:  # Ctrl-C before the command's own handling: one line, no trace
-        print("edgeproof-verify: interrupted", file=sys.stderr)
-        return 130
+    return run_command("edgeproof-verify", lambda: _main(argv, waiting))
 
 
 def _main(argv: Sequence[str] | None, waiting: Waiting | None) -> int:

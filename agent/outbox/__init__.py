@@ -2,6 +2,7 @@
 
 from agent.outbox.model import (
     FULL_POLICIES,
+    HeldOutcome,
     OutboxSettings,
     OutboxStats,
     ReceiptResult,
@@ -17,6 +18,7 @@ __all__ = [
     "DatabaseCorrupt",
     "DeviceState",
     "GapSigner",
+    "HeldOutcome",
     "Outbox",
     "OutboxSettings",
     "OutboxStats",

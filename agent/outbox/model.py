@@ -6,13 +6,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from protocol.reasons import DropReason
+from protocol.receipt import Status
+
 FullPolicy = Literal["drop-oldest", "reject-new"]
 FULL_POLICIES: tuple[FullPolicy, ...] = ("drop-oldest", "reject-new")
 
 # The gap reason for numbers an unclean stop followed by a reboot (a power cut, a kernel
-# crash) left unaccounted for. A drop reason like protocol.reasons.OUTBOX_FULL; it lives
-# here until protocol/reasons.py (owned by the protocol work) takes it over.
-UNCLEAN_REBOOT = "unclean_reboot"
+# crash) left unaccounted for; one of the typed drop reasons in protocol/reasons.py.
+UNCLEAN_REBOOT = DropReason.UNCLEAN_REBOOT
 
 
 @dataclass(frozen=True)
@@ -97,3 +99,16 @@ def consecutive_runs(seqs: Iterable[int]) -> list[tuple[int, int]]:
         else:
             runs.append((seq, seq))
     return runs
+
+
+@dataclass(frozen=True)
+class HeldOutcome:
+    """What the gateway said about a held record (:meth:`Outbox.held_outcome`).
+
+    ``status`` is None when nobody knows: the outbox holding the record was replaced before
+    its receipt came. ``reason`` is the gateway's reason code for a rejection (as received:
+    a newer gateway may send a code this agent does not know).
+    """
+
+    status: Status | None
+    reason: str | None = None

@@ -48,6 +48,7 @@ from agent.clock import Clock
 from agent.outbox.journal import Dropped, Journal, Op, Refused, Stored, kernel_boot_id, read_journal
 from agent.outbox.model import (
     UNCLEAN_REBOOT,
+    HeldOutcome,
     OutboxSettings,
     OutboxStats,
     ReceiptResult,
@@ -64,6 +65,7 @@ from agent.outbox.state import DeviceState
 from osutil.sqlite import move_aside, open_or_move_aside, storage_error, translated
 from protocol import reasons
 from protocol.errors import StorageError
+from protocol.reasons import DropReason
 from protocol.receipt import Receipt, Status, hash_prefix
 from protocol.record import GAP_STREAM, GENESIS_PREV, Body, Gap
 
@@ -316,20 +318,21 @@ class Outbox:
             self._held = seq
             return seq
 
-    def held_outcome(self, seq: int) -> tuple[str, str | None] | None:
+    def held_outcome(self, seq: int) -> HeldOutcome | None:
         """What the gateway said about held record ``seq``: None while it is still held,
-        else ``(status, reason)`` with status ``accepted``, ``duplicate``, ``rejected`` or
-        ``unknown`` (the outbox holding it was replaced). Raises StorageError."""
+        else its receipt's status and reason, or status None when unknown (the outbox
+        holding it was replaced). Raises StorageError."""
         with self._lock, translated(str(self.path)):
             if self._held == seq:
                 return None
             meta = dict(self._conn.execute(
                 "SELECT name, value FROM meta WHERE name IN "
                 "('held_seq', 'held_status', 'held_reason')").fetchall())
-        if meta.get("held_seq") != seq or meta.get("held_status") is None:
-            return "unknown", None
+        status = Status.__members__.get(str(meta.get("held_status")).upper())
+        if meta.get("held_seq") != seq or status is None:
+            return HeldOutcome(None)
         reason = meta.get("held_reason")
-        return str(meta["held_status"]), None if reason is None else str(reason)
+        return HeldOutcome(status, None if reason is None else str(reason))
 
     def read_notes(self, names: tuple[str, ...]) -> dict[str, object]:
         """Return the meta values ``names`` that are set. Raises StorageError."""
@@ -483,7 +486,7 @@ class Outbox:
         self._conn.execute("DELETE FROM meta WHERE name IN ('rej_first', 'rej_last')")
         self._append_gap(first, last, reasons.OUTBOX_FULL)
 
-    def _append_gap(self, first: int, last: int, reason: str, *, boot: int | None = None,
+    def _append_gap(self, first: int, last: int, reason: DropReason, *, boot: int | None = None,
                     mono_ms: int | None = None) -> None:
         if self._signer is None:
             raise StorageError("outbox has no gap signer attached")

@@ -2,7 +2,7 @@
 
 from agent.uplink.settings import GatewayKey, UplinkSettings
 from agent.uplink.transport import BrokerSettings, MqttTransport
-from agent.uplink.uplink import Uplink, UplinkStatus
+from agent.uplink.uplink import Uplink, UplinkState, UplinkStatus
 
 __all__ = [
     "BrokerSettings",
@@ -10,5 +10,6 @@ __all__ = [
     "MqttTransport",
     "Uplink",
     "UplinkSettings",
+    "UplinkState",
     "UplinkStatus",
 ]

@@ -37,6 +37,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum, unique
 
 from agent.clock import Clock
 from agent.outbox import Outbox, within_bytes
@@ -73,6 +74,18 @@ class _Batch:
     pubacked: bool = False
 
 
+@unique
+class UplinkState(StrEnum):
+    """Where the uplink's connection stands; the value is what ``status --json`` shows."""
+
+    DISCONNECTED = "disconnected"  # no connection; the next attempt is scheduled (backoff)
+    CONNECTING = "connecting"      # CONNECT sent, waiting for the CONNACK
+    SUBSCRIBING = "subscribing"    # connected, waiting for the receipts subscription
+    READY = "ready"                # sending batches and applying receipts
+    FAILED = "failed"              # a permanent error (bad credentials): stopped for good
+    STOPPED = "stopped"            # stopped on request
+
+
 @dataclass(frozen=True)
 class ReceiptHealth:
     """How long sent records have waited for a verified receipt, and the likely reason."""
@@ -86,7 +99,7 @@ class ReceiptHealth:
 class UplinkStatus:
     """A snapshot for ``status`` and logs."""
 
-    state: str
+    state: UplinkState
     error: str | None
     inflight_batches: int
     counters: dict[str, int] = field(default_factory=dict)
@@ -111,7 +124,7 @@ class Uplink:
         self._receipts_topic = receipts_topic(device_id)
         self._batch_base = (boot & 0xFFFFFFFF) << 32
         self._batch_counter = 0
-        self._state = "disconnected"
+        self._state = UplinkState.DISCONNECTED
         self._error: str | None = None
         self._attempts = 0
         self._next_attempt = 0
@@ -155,7 +168,7 @@ class Uplink:
 
     @property
     def failed(self) -> bool:
-        return self._state == "failed"
+        return self._state is UplinkState.FAILED
 
     def status(self) -> UplinkStatus:
         return UplinkStatus(self._state, self._error, len(self._inflight), dict(self.counters))
@@ -166,7 +179,7 @@ class Uplink:
         waiting = None if since is None else max(0, now_ms - since)
         if self._last_refusal is not None:
             problem = f"last receipt refused: {self._last_refusal}"
-        elif self._state != "ready":
+        elif self._state is not UplinkState.READY:
             problem = f"uplink {self._state} ({self.broker_text})"
         else:
             problem = (f"no receipt arrived ({self.counters['pubacks']} PUBACKs from the "
@@ -182,7 +195,8 @@ class Uplink:
         """
         self._idle.clear()
         self._flushing = True
-        if self._state not in ("disconnected", "failed", "stopped"):
+        if self._state not in (UplinkState.DISCONNECTED, UplinkState.FAILED,
+                               UplinkState.STOPPED):
             self._idle.wait(timeout_s)
         return self._drained()
 
@@ -215,11 +229,11 @@ class Uplink:
                 self._disconnect(now)
         if self._transport is not None:
             self._transport.close()
-        if self._state != "failed":
-            self._state = "stopped"
+        if self._state is not UplinkState.FAILED:
+            self._state = UplinkState.STOPPED
 
     def _fail(self, message: str) -> None:
-        self._state = "failed"
+        self._state = UplinkState.FAILED
         self._error = message
         self.counters["permanent_errors"] += 1
         log.error("UPLINK STOPPED: %s. Records stay in the outbox; fix the configuration "
@@ -234,8 +248,8 @@ class Uplink:
         assert transport is not None
         poll_s = self.settings.poll_ms / 1000
         if not transport.up:
-            if self._state != "disconnected":
-                self._state = "disconnected"
+            if self._state is not UplinkState.DISCONNECTED:
+                self._state = UplinkState.DISCONNECTED
             if now >= self._next_attempt:
                 self._connect(now)
             else:
@@ -243,17 +257,17 @@ class Uplink:
             return
         for event in transport.poll(poll_s):
             self._handle(event, now)
-        if (self._state == "connecting"
+        if (self._state is UplinkState.CONNECTING
                 and now - self._connect_started > self._broker.connect_timeout_s * 1000):
             raise TransportError("no CONNACK from the broker in time")
-        if self._state == "ready":
+        if self._state is UplinkState.READY:
             self._expire(now)
             self._send(now)
             self._outbox.maybe_commit()
 
     def _connect(self, now: int) -> None:
         assert self._transport is not None
-        self._state = "connecting"
+        self._state = UplinkState.CONNECTING
         self._connect_started = now
         self.counters["connect_attempts"] += 1
         try:
@@ -269,7 +283,7 @@ class Uplink:
     def _schedule_retry(self, now: int, why: str) -> None:
         if self._flushing:  # shutting down and the broker is away: the records wait
             self._idle.set()
-        self._state = "disconnected"
+        self._state = UplinkState.DISCONNECTED
         delay = min(self.settings.backoff_max_ms,
                     self.settings.backoff_min_ms * (2 ** min(self._attempts, 20)))
         delay = int(delay * self._rng.uniform(0.5, 1.0))  # jitter: devices don't stampede
@@ -285,7 +299,7 @@ class Uplink:
             self.counters["connects"] += 1
             log.info("uplink: connected to %s (session present: %s)", self.broker_text,
                      event.session_present)
-            self._state = "subscribing"
+            self._state = UplinkState.SUBSCRIBING
             self._transport.subscribe(self._receipts_topic)
         elif isinstance(event, Refused):
             self.counters[f"connack_{event.code:#04x}"] += 1
@@ -309,7 +323,7 @@ class Uplink:
 
     def _on_suback(self, event: SubAck, now: int) -> None:
         if event.ok:
-            self._state = "ready"
+            self._state = UplinkState.READY
             self._attempts = 0
             return
         if event.code == NOT_AUTHORISED:

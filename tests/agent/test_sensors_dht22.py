@@ -268,11 +268,7 @@ def test_chip_that_cannot_be_opened_is_hardware_missing() -> None:
     assert "gpiochip0" in str(err.value)
 
 
-def test_close_releases_the_chip_and_later_reads_fail_closed(
-        world: SimulatedHardware, clock: ManualClock) -> None:
-    sensor = open_sensor(world)
-    sensor.close()
-    sensor.close()
+def test_close_releases_the_chip(world: SimulatedHardware) -> None:
+    # Reads after close fail closed on every driver: tests/contracts/test_sensor_contract.py.
+    open_sensor(world).close()
     assert chip(world).exited
-    with pytest.raises(SensorReadError, match="closed"):
-        sensor.read(clock.mono_ms())

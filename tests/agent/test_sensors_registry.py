@@ -41,13 +41,13 @@ def sim(tmp_path: Path) -> Iterator[SimulatedHardware]:
     hw.close()
 
 
-def test_simulated_backend_builds_every_kind_and_each_reads(sim: Any) -> None:
+def test_simulated_backend_builds_every_kind_in_config_order_and_closes_them_all(
+        sim: Any) -> None:
+    # That each kind reads, fails and closes as a sensor must, on every backend, is in
+    # tests/contracts/test_sensor_contract.py.
     built = build_sensors(ALL_KINDS, "simulated", sim=sim)
     assert built.failures == []
     assert [s.name for s in built.sensors] == [c.stream for c in ALL_KINDS]
-    sim.advance(1_700_000_000.0, 1_000)
-    for sensor in built.sensors:
-        assert sensor.read(1_000).stream == sensor.name
     built.close()
     assert all(s.closed for s in built.sensors)
 

@@ -1,4 +1,5 @@
-"""The ``ethereum`` anchor against a real ganache node (tests.harness.chain).
+"""The ``ethereum`` anchor against a real ganache node (tests.harness.chain): what only this
+backend does. What every anchor backend must do is in tests/contracts/test_anchor_contract.py.
 
 Most tests drive :meth:`EthereumAnchor.step` directly with an injected monotonic clock, so
 intervals, back-off and re-send time-outs pass without sleeping; the node, its chain and
@@ -21,7 +22,6 @@ from eth_account import Account
 from prometheus_client import Counter
 
 from firmware_sim.broker import MosquittoBroker, free_port
-from gateway.anchor import LocalAnchor
 from gateway.cli import main as gateway_main
 from gateway.config import EthereumAnchorConfig, parse_config
 from gateway.eth_anchor import ANCHOR_PREFIX, EthereumAnchor, EthTiming, anchor_data
@@ -209,37 +209,8 @@ def test_checkpoint_hashes_appear_in_the_anchoring_transactions_input(
     on_chain = sender_txs(chain, anchor.address)
     assert anchored_hashes(on_chain) == [checkpoint_hash(n) for n in sent]
     assert [tx.nonce for tx in on_chain] == [0, 1, 2]
-    latest = anchor.lookup(None)
-    assert latest is not None
-    assert latest["note"] == sent[-1]
-    assert latest["backend"] == "ethereum"
-    covering = anchor.lookup(4)  # the earliest anchored checkpoint with size >= 4: the 2nd
-    assert covering is not None
-    assert covering["size"] == 6
-    assert anchor.lookup(10) is None
-    listed = anchor.listing(0, 10)  # what GET /v1/anchors/list pages through
-    assert [a["note"] for a in listed] == sent
-    assert [a["size"] for a in listed] == [3, 6, 9]
-    assert [a["size"] for a in anchor.listing(3, 1)] == [6]
-    assert anchor.listing(9, 10) == []
+    # lookup, listing, idempotence and restarts: tests/contracts/test_anchor_contract.py
     anchor.close()
-
-
-def test_empty_checkpoint_is_never_anchored_by_either_backend(
-        chain: GanacheNode, tmp_path: Path, notes: Notes) -> None:
-    empty = notes.next(grow=0)  # size 0: the checkpoint a gateway signs at first start
-    anchor = make_anchor(tmp_path, chain, KEYS["hashes"], FakeClock())
-    assert anchor.anchor(empty) is None
-    assert anchor.entry(empty) is None  # not queued: no transaction is ever spent on it
-    # Nothing in the queue at all (any state): its counts have no public reader.
-    assert sum(anchor._queue.counts().values()) == 0  # noqa: SLF001
-    anchor.close()
-    local = LocalAnchor(lambda: 1)
-    assert local.anchor(empty) is None
-    first = notes.next(grow=1)
-    result = local.anchor(first)
-    assert result is not None
-    assert result.backend == "local"
 
 
 def test_checkpoints_queued_within_an_interval_anchor_only_the_latest(
