@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import itertools
-import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +30,9 @@ from gateway.anchor import Anchor, LocalAnchor
 from gateway.config import EthereumAnchorConfig
 from gateway.eth_anchor import ANCHOR_PREFIX, EthereumAnchor, EthTiming
 from gateway.eth_queue import CONFIRMED
-from gateway.gatewaykey import GatewayKey
-from protocol.checkpoint import Checkpoint, checkpoint_hash
+from protocol.checkpoint import checkpoint_hash
 from protocol.keys import write_secret_file
+from tests.checkpoint_notes import Notes, make_notes
 from tests.harness.chain import ETHER, GanacheNode
 
 CHAIN_ID = 1337
@@ -198,24 +197,9 @@ def rig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AnchorRig]:
         made.anchor.close()
 
 
-@dataclass
-class Notes:
-    """Signed checkpoint notes of a growing log, the way the checkpointer makes them."""
-
-    key: GatewayKey
-    rng: random.Random
-    size: int = 0
-
-    def next(self, grow: int = 3) -> str:
-        """The next checkpoint, ``grow`` leaves larger (0 at first: the empty checkpoint)."""
-        self.size += grow
-        return Checkpoint(self.key.name, self.size, self.rng.randbytes(32),
-                          (f"prev {'A' * 43}=",)).sign(self.key.note_signer)
-
-
 @pytest.fixture
 def notes() -> Notes:
-    return Notes(GatewayKey.generate("gateway.test/edgeproof"), random.Random(6))
+    return make_notes()
 
 
 # --- the contract -------------------------------------------------------------------------

@@ -10,7 +10,6 @@ transactions from the anchor's sender.
 from __future__ import annotations
 
 import hashlib
-import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -26,10 +25,10 @@ from gateway.cli import main as gateway_main
 from gateway.config import EthereumAnchorConfig, parse_config
 from gateway.eth_anchor import ANCHOR_PREFIX, EthereumAnchor, EthTiming, anchor_data
 from gateway.eth_queue import CONFIRMED, FAILED, SUPERSEDED
-from gateway.gatewaykey import GatewayKey
-from protocol.checkpoint import Checkpoint, checkpoint_hash
+from protocol.checkpoint import checkpoint_hash
 from protocol.errors import ConfigError, KeyFileError
 from protocol.keys import write_secret_file
+from tests.checkpoint_notes import Notes, make_notes
 from tests.gateway.conftest import start_gateway
 from tests.gateway.gwkit import DeviceClient, TestDevice, register, write_gateway_files
 from tests.harness.chain import ETHER, GanacheNode
@@ -79,23 +78,9 @@ class FakeClock:
         return self.now
 
 
-@dataclass
-class Notes:
-    """Signed checkpoint notes of a growing log, the way the checkpointer makes them."""
-
-    key: GatewayKey
-    rng: random.Random
-    size: int = 0
-
-    def next(self, grow: int = 3) -> str:
-        self.size += grow
-        return Checkpoint(self.key.name, self.size, self.rng.randbytes(32),
-                          (f"prev {'A' * 43}=",)).sign(self.key.note_signer)
-
-
 @pytest.fixture
 def notes() -> Notes:
-    return Notes(GatewayKey.generate("gateway.test/edgeproof"), random.Random(6))
+    return make_notes()
 
 
 def write_key(path: Path, key: str) -> Path:
