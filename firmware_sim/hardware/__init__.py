@@ -9,7 +9,8 @@ simulation is asked for. It supplies:
   motion sensor correlated with the TV (:class:`~firmware_sim.hardware.models.PresenceModel`)
   and a push button (active low);
 - a stand-in for the ``adafruit_dht`` module (:mod:`firmware_sim.hardware.dht22`) reading a
-  :class:`~firmware_sim.hardware.models.ClimateModel`;
+  :class:`~firmware_sim.hardware.models.ClimateModel`, with seeded sensor faults
+  (:mod:`firmware_sim.hardware.faults`: bias, drift, stuck, noise, spikes, dropout);
 - a CPU temperature file in millidegrees, like sysfs, written by a thermal model.
 
 **Time.** The world's time is anchored by :meth:`SimulatedHardware.advance` (wall seconds,
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ from gpiozero.pins.mock import MockFactory
 
 from agent.sensors.simulated import HardwareClock
 from firmware_sim.hardware.dht22 import DHTFaults, SimDHTModule
+from firmware_sim.hardware.faults import SensorFault
 from firmware_sim.hardware.models import (
     ButtonModel,
     ClimateModel,
@@ -47,6 +50,7 @@ __all__ = [
     "CpuThermalModel",
     "DHTFaults",
     "PresenceModel",
+    "SensorFault",
     "SimulatedHardware",
     "TvSchedule",
     "Wiring",
@@ -77,6 +81,7 @@ class SimulatedHardware:
         *,
         wiring: Wiring | None = None,
         dht_faults: DHTFaults | None = None,
+        sensor_faults: Mapping[str, tuple[SensorFault, ...]] | None = None,
         climate: ClimateModel | None = None,
         tv: TvSchedule | None = None,
         thermal: CpuThermalModel | None = None,
@@ -95,7 +100,8 @@ class SimulatedHardware:
         self._factory = MockFactory()
         self._pins: dict[int, Any] = {}
         self._dht = SimDHTModule(seed, self.climate, dht_faults or DHTFaults(),
-                                 clock.mono_ms, self.world_wall_s)
+                                 clock.mono_ms, self.world_wall_s,
+                                 sensor_faults=sensor_faults)
         self._cpu_file = Path(state_dir) / "sim" / "cpu_temp"
         self._cpu_file.parent.mkdir(parents=True, exist_ok=True)
         self._cpu_written_s: float | None = None

@@ -13,16 +13,20 @@ with ``.temperature``, ``.humidity`` and ``.exit()``. Like adafruit-circuitpytho
 
 Values come from :class:`~firmware_sim.hardware.models.ClimateModel` at the world's time,
 with one ``random.Random`` per pin seeded from the world seed, so a run with the same seed
-and the same read times replays exactly.
+and the same read times replays exactly. Seeded sensor faults
+(:mod:`firmware_sim.hardware.faults`, keyed by quantity) change the values a chip reports:
+a miscalibrated or drifting DHT22 reads wrong without any library error; one that drops
+out fails with "DHT sensor not found".
 """
 
 from __future__ import annotations
 
 import collections
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from firmware_sim.hardware.faults import FaultySensor, SensorFault
 from firmware_sim.hardware.models import ClimateModel
 
 LIBRARY_SPACING_MS = 2000  # adafruit_dht: re-read only if more than 2.0 s since last call
@@ -61,6 +65,8 @@ class SimDHT22:
         self.attempt_times_ms: list[int] = []
         self.failures: collections.Counter[str] = collections.Counter()
         self.exited = False
+        fault_rng = random.Random(f"dht-fault:{module.seed}:{pin}")  # noqa: S311 - seeded
+        self._faulty = {q: FaultySensor(f, fault_rng) for q, f in module.sensor_faults.items()}
 
     @property
     def temperature(self) -> float | None:
@@ -83,12 +89,26 @@ class SimDHT22:
         self.attempt_times_ms.append(now)
         draw = self._rng.random()
         # Draw the values on every attempt so a failure does not shift later values.
-        temperature, humidity = self._module.climate.sample(self._module.wall_s(), self._rng)
+        sampled = self._module.climate.sample(self._module.wall_s(), self._rng)
+        temperature, humidity = self._apply_faults(*sampled)
         failure = self._failure_for(draw)
+        if temperature is None or humidity is None:
+            failure = failure or NOT_FOUND_MESSAGE  # a dropped-out chip does not answer
         if failure is not None:
             self.failures[failure] += 1
             raise RuntimeError(failure)
         self._temperature, self._humidity = temperature, humidity
+
+    def _apply_faults(self, temperature: float, humidity: float
+                      ) -> tuple[float | None, float | None]:
+        """The seeded sensor faults (bias, drift, stuck, ...) on this chip's values."""
+        if not self._faulty:
+            return temperature, humidity
+        elapsed = self._module.wall_s() - self._module.climate.epoch_s
+        t, rh = (self._faulty[q].apply(v, elapsed) if q in self._faulty else v
+                 for q, v in (("temperature", temperature), ("humidity", humidity)))
+        return (None if t is None else round(t, 1),
+                None if rh is None else round(min(max(rh, 0.0), 100.0), 1))
 
     @property
     def attempts(self) -> int:
@@ -116,8 +136,11 @@ class SimDHTModule:
         faults: DHTFaults,
         mono_ms: Callable[[], int],
         wall_s: Callable[[], float],
+        *,
+        sensor_faults: Mapping[str, tuple[SensorFault, ...]] | None = None,
     ) -> None:
         self.seed = seed
+        self.sensor_faults = dict(sensor_faults or {})  # quantity -> faults, every pin
         self.climate = climate
         self.faults = faults
         self.mono_ms = mono_ms

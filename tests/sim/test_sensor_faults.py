@@ -1,0 +1,125 @@
+"""Seeded sensor faults on simulated sensors: each kind changes what a sensor reports the
+way the validator must later notice, from the same config the demo and bench use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from statistics import mean, pstdev
+
+import pytest
+
+from agent.clock import ManualClock
+from agent.sensors.dht22 import DHT22Sensor
+from firmware_sim.hardware import ClimateModel, DHTFaults, SensorFault, SimulatedHardware
+from firmware_sim.sites import SimSensor, SimSite, SiteRun, load_sites
+from protocol.errors import ConfigError, SensorReadError
+
+REPO = Path(__file__).resolve().parents[2]
+FLAT = ClimateModel(amplitude_c=0.0, humidity_amplitude=0.0)  # truth: 21.0 °C, 45 %RH
+
+
+def run_site(faults: tuple[SensorFault, ...], minutes: int = 120, noise: float = 0.1
+             ) -> dict[str, list[float | None]]:
+    sensors = (SimSensor("a", 0.5, noise=noise), SimSensor("b", 0.5, noise=noise),
+               SimSensor("f", 0.5, noise=noise, faults=faults))
+    run = SiteRun(SimSite("room", "temperature", sensors, FLAT), seed=5)
+    out: dict[str, list[float | None]] = {"a": [], "b": [], "f": []}
+    for minute in range(minutes):
+        for name, value in run.read(minute * 60.0).items():
+            out[name].append(value)
+    return out
+
+
+def present(values: list[float | None]) -> list[float]:
+    return [v for v in values if v is not None]
+
+
+def test_miscalibrated_sensor_reads_its_bias_above_the_truth() -> None:
+    values = run_site((SensorFault("bias", magnitude=1.5),))
+    assert mean(present(values["f"])) == pytest.approx(22.5, abs=0.05)
+
+
+def test_drifting_sensor_error_grows_by_its_rate_per_day() -> None:
+    values = run_site((SensorFault("drift", magnitude=2.4),), minutes=120, noise=0.0)
+    assert values["f"][0] == pytest.approx(21.0)
+    assert values["f"][119] == pytest.approx(21.0 + 2.4 * 119 / 1440, abs=0.051)
+
+
+def test_stuck_sensor_repeats_the_value_it_had_when_it_stuck() -> None:
+    values = run_site((SensorFault("stuck", start_s=600, end_s=3600),))
+    stuck = values["f"][10:60]
+    assert len(set(stuck)) == 1
+    assert len(set(values["f"][60:])) > 1  # released when the fault ends
+
+
+def test_noisy_sensor_scatters_by_its_extra_noise() -> None:
+    values = run_site((SensorFault("noise", magnitude=2.0),), minutes=600)
+    assert pstdev(present(values["f"])) > 1.5
+    assert pstdev(present(values["a"])) < 0.3
+
+
+def test_spiking_sensor_jumps_by_its_magnitude_at_its_rate() -> None:
+    values = run_site((SensorFault("spike", magnitude=5.0, rate=0.1),), minutes=1000)
+    spikes = [v for v in present(values["f"]) if abs(v - 21.0) > 4.0]
+    assert 50 < len(spikes) < 150
+
+
+def test_dropped_out_sensor_reports_nothing_during_the_dropout() -> None:
+    values = run_site((SensorFault("dropout", start_s=1200, end_s=2400),))
+    assert values["f"][20:40] == [None] * 20
+    assert None not in values["f"][:20] + values["f"][40:]
+
+
+def test_forged_sensor_replays_another_sensors_values_with_its_delay() -> None:
+    values = run_site((SensorFault("replay", source="a", delay_s=300),))
+    assert values["f"][5:] == values["a"][:-5]
+
+
+def test_same_seed_replays_the_same_readings() -> None:
+    faults = (SensorFault("spike", magnitude=3.0, rate=0.2), SensorFault("noise", magnitude=1))
+    assert run_site(faults) == run_site(faults)
+
+
+def test_example_sites_config_loads_with_every_fault_kind() -> None:
+    sites = load_sites(REPO / "examples" / "quality-sites.toml")
+    kinds = {f.kind for site in sites for s in site.sensors for f in s.faults}
+    assert kinds == {"bias", "drift", "stuck", "noise", "spike", "dropout", "replay"}
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('[[site]]\nname="r"\n[[site.sensor]]\nname="a"\n', "at least 3 sensors"),
+    ('[[site]]\nname="r"\nquantity="pressure"\n', "quantity"),
+    ('[[site]]\nname="r"\n' + '[[site.sensor]]\nname="a"\n[[site.sensor.fault]]\nkind="melt"\n'
+     * 3, r"site\[0\]\.sensor\[0\]\.fault\[0\]\.kind"),
+    ('[[site]]\nname="r"\n' + '[[site.sensor]]\nname="a"\ncolour="red"\n' * 3, "colour"),
+    ('[[site]]\nname="r"\n' + '[[site.sensor]]\nname="a"\n[[site.sensor.fault]]\n'
+     'kind="replay"\n' * 3, "source"),
+])
+def test_bad_sites_config_is_one_error_naming_the_key(tmp_path: Path, text: str,
+                                                      message: str) -> None:
+    path = tmp_path / "sites.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_sites(path)
+
+
+def test_simulated_dht22_reports_a_configured_bias(tmp_path: Path) -> None:
+    clock = ManualClock(wall_ms=1_700_000_000_000, mono_ms=5_000)
+    climate = ClimateModel(noise_c=0, noise_rh=0, epoch_s=clock.wall_ms() / 1000)
+    hw = SimulatedHardware(1, tmp_path, clock, climate=climate, dht_faults=DHTFaults(0, 0, 0),
+                           sensor_faults={"temperature": (SensorFault("bias", magnitude=1.5),)})
+    sensor = DHT22Sensor("climate", 30, hw.dht_pin(4), dht_module=hw.dht_module())
+    t, _ = sensor.read(clock.mono_ms()).values
+    true_t, _ = climate.true_values(clock.wall_ms() / 1000)
+    assert float(t.value) == pytest.approx(true_t + 1.5, abs=0.051)
+    hw.close()
+
+
+def test_simulated_dht22_dropout_fails_like_a_missing_chip(tmp_path: Path) -> None:
+    clock = ManualClock(wall_ms=1_700_000_000_000, mono_ms=5_000)
+    hw = SimulatedHardware(1, tmp_path, clock, dht_faults=DHTFaults(0, 0, 0),
+                           sensor_faults={"humidity": (SensorFault("dropout"),)})
+    sensor = DHT22Sensor("climate", 30, hw.dht_pin(4), dht_module=hw.dht_module())
+    with pytest.raises(SensorReadError, match="not_found"):
+        sensor.read(clock.mono_ms())
+    hw.close()
