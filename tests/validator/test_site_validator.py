@@ -1,0 +1,173 @@
+"""The validator's consensus and per-sensor states, one test per fault kind: each fault
+makes its sensor faulty for the right reason, and leaves the honest sensors healthy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from firmware_sim.hardware import SensorFault
+from firmware_sim.sites import SimSensor, SimSite, SiteRun
+from validator import SensorSpec, SiteSpec, SiteValidator, Thresholds, WindowVerdict
+
+H = 3600.0
+WINDOW_S = Thresholds().window_s
+
+
+def run(faulty: Sequence[SensorFault], hours: float, *, sensors: int = 3,
+        quantity: str = "temperature", seed: int = 1) -> list[WindowVerdict]:
+    """A site of honest DHT22s (small calibration offsets) plus sensor "x" with ``faulty``."""
+    offsets = (0.1, -0.1, 0.05, -0.05)
+    honest = tuple(SimSensor(f"h{i}", 0.5, offset=offsets[i]) for i in range(sensors - 1))
+    site = SimSite("room", "temperature" if quantity == "temperature" else "humidity",
+                   (*honest, SimSensor("x", 0.5, faults=tuple(faulty))))
+    sim = SiteRun(site, seed)
+    validator = SiteValidator(SiteSpec("room", site.quantity,
+                                       tuple(SensorSpec(s.name, 0.5) for s in site.sensors)))
+    verdicts = []
+    for w in range(int(hours * H) // WINDOW_S):
+        readings: dict[str, list[tuple[float, float]]] = {s.name: [] for s in site.sensors}
+        for m in range(WINDOW_S // 60):
+            t = float(w * WINDOW_S + m * 60)
+            for name, value in sim.read(t).items():
+                if value is not None:
+                    readings[name].append((t, value))
+        verdicts.append(validator.judge(w * WINDOW_S, readings))
+    return verdicts
+
+
+def states(verdicts: list[WindowVerdict], sensor: str) -> list[str]:
+    return [v.of(sensor).state for v in verdicts]
+
+
+def first_faulty_h(verdicts: list[WindowVerdict], sensor: str = "x") -> float:
+    return next(v.start_s + v.window_s for v in verdicts if v.of(sensor).state == "faulty") / H
+
+
+def reasons(verdicts: list[WindowVerdict], sensor: str = "x") -> set[str]:
+    return {r for v in verdicts for r in v.of(sensor).reasons}
+
+
+def honest_never_flagged(verdicts: list[WindowVerdict]) -> bool:
+    return all(s.state in ("healthy", "recovered")
+               for v in verdicts for s in v.sensors if s.sensor != "x")
+
+
+def test_healthy_site_stays_healthy_for_a_day() -> None:
+    verdicts = run((), 24)
+    assert {s.state for v in verdicts for s in v.sensors} == {"healthy"}
+
+
+def test_consensus_is_the_rooms_value_despite_a_miscalibrated_sensor() -> None:
+    verdicts = run((SensorFault("bias", magnitude=3.0),), 2)
+    site = SimSite("room", "temperature", ())
+    for v in verdicts:
+        truth = site.truth(v.start_s + v.window_s / 2)
+        assert v.consensus == pytest.approx(truth, abs=0.3)
+
+
+def test_miscalibrated_sensor_turns_faulty_within_an_hour_and_alone() -> None:
+    verdicts = run((SensorFault("bias", magnitude=1.0),), 6)
+    assert first_faulty_h(verdicts) <= 1.0
+    assert reasons(verdicts) == {"bias"}
+    assert honest_never_flagged(verdicts)
+
+
+def test_one_bad_window_makes_a_sensor_suspect_not_faulty() -> None:
+    verdicts = run((SensorFault("bias", start_s=H, end_s=H + WINDOW_S, magnitude=3.0),), 4)
+    assert "suspect" in states(verdicts, "x")
+    assert "faulty" not in states(verdicts, "x")
+    assert states(verdicts, "x")[-1] == "healthy"
+
+
+def test_slow_drift_of_a_tenth_of_a_degree_a_day_is_caught_before_it_is_a_bias() -> None:
+    verdicts = run((SensorFault("drift", magnitude=0.1),), 72, seed=3)
+    caught = first_faulty_h(verdicts)
+    assert caught <= 60
+    assert reasons([v for v in verdicts if v.start_s < caught * H]) == {"drift"}
+    assert 0.1 * caught / 24 < 0.5  # its error was still within the stated accuracy
+    assert honest_never_flagged(verdicts)
+
+
+def test_drifting_middle_sensor_of_three_does_not_flag_its_neighbour() -> None:
+    # x starts between h0 (+0.1) and h1 (-0.1) and drifts up past h0: the median follows x
+    # until it passes, which must not read as h0 drifting down.
+    verdicts = run((SensorFault("drift", magnitude=0.3),), 48)
+    assert honest_never_flagged(verdicts)
+    assert "drift" in reasons(verdicts)
+
+
+def test_stuck_sensor_is_caught() -> None:
+    verdicts = run((SensorFault("stuck", start_s=H),), 4)
+    assert first_faulty_h(verdicts) <= 2.0
+    assert "stuck" in reasons(verdicts)
+    assert honest_never_flagged(verdicts)
+
+
+def test_noisy_sensor_is_caught() -> None:
+    verdicts = run((SensorFault("noise", start_s=H, magnitude=1.0),), 4)
+    assert first_faulty_h(verdicts) <= 2.0
+    assert "noise" in reasons(verdicts)
+    assert honest_never_flagged(verdicts)
+
+
+def test_spiking_sensor_is_caught() -> None:
+    verdicts = run((SensorFault("spike", start_s=H, magnitude=1.5, rate=0.2),), 4)
+    assert first_faulty_h(verdicts) <= 2.0
+    assert "spike" in reasons(verdicts)
+    assert honest_never_flagged(verdicts)
+
+
+def test_long_dropout_is_caught_and_a_short_one_is_not() -> None:
+    long = run((SensorFault("dropout", start_s=H, end_s=4 * H),), 5)
+    assert first_faulty_h(long) <= 2.0
+    assert reasons(long) == {"dropout"}
+    short = run((SensorFault("dropout", start_s=H, end_s=H + 1200),), 3)
+    assert set(states(short, "x")) == {"healthy"}
+
+
+def test_device_replaying_another_sensors_values_is_caught_and_its_source_is_not() -> None:
+    verdicts = run((SensorFault("replay", start_s=H, source="h0", delay_s=900),), 4,
+                   sensors=4)
+    assert first_faulty_h(verdicts) <= 2.0
+    assert reasons(verdicts) == {"replay"}
+    assert honest_never_flagged(verdicts)
+
+
+def test_sensor_recovers_after_its_fault_ends_then_is_healthy_again() -> None:
+    verdicts = run((SensorFault("bias", end_s=2 * H, magnitude=2.0),), 8)
+    seen = states(verdicts, "x")
+    assert seen.index("faulty") < seen.index("recovered")
+    assert seen[-1] == "healthy"
+
+
+def test_five_sensor_site_judges_a_second_fault_while_one_is_faulty() -> None:
+    verdicts = run((SensorFault("bias", magnitude=2.0),), 3, sensors=5)
+    assert first_faulty_h(verdicts) <= 1.0
+    assert honest_never_flagged(verdicts)
+
+
+def test_windows_out_of_order_or_off_boundary_are_refused() -> None:
+    validator = SiteValidator(SiteSpec("room", "temperature",
+                                       tuple(SensorSpec(n, 0.5) for n in "abc")))
+    validator.judge(WINDOW_S, {})
+    with pytest.raises(ValueError, match="in order"):
+        validator.judge(0, {})
+    with pytest.raises(ValueError, match="boundary"):
+        validator.judge(WINDOW_S * 2 + 1, {})
+
+
+def test_site_of_two_sensors_is_refused_no_majority() -> None:
+    with pytest.raises(ValueError, match="3"):
+        SiteSpec("room", "temperature", (SensorSpec("a", 0.5), SensorSpec("b", 0.5)))
+
+
+def test_readings_of_undeclared_sensors_are_ignored() -> None:
+    validator = SiteValidator(SiteSpec("room", "temperature",
+                                       tuple(SensorSpec(n, 0.5) for n in "abc")))
+    readings = {n: [(m * 60.0, 21.0 + (m % 3) / 10) for m in range(10)] for n in "abc"}
+    readings["intruder"] = [(m * 60.0, 99.0) for m in range(10)]
+    verdict = validator.judge(0, readings)
+    assert [s.sensor for s in verdict.sensors] == ["a", "b", "c"]
+    assert verdict.consensus == pytest.approx(21.09, abs=0.01)

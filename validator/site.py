@@ -1,0 +1,143 @@
+"""One site's validator: feed it each window's readings, get the window's verdict.
+
+Per window (``Thresholds.window_s``, fed in increasing order, empty windows included):
+
+1. readings go into one-minute buckets; sensors not declared at the site are ignored;
+2. the consensus per bucket is the median of the *trusted* sensors (not faulty) that
+   gave enough readings in the window (the quorum);
+3. each sensor's residuals against it feed the detectors; the drift detector follows the
+   differences between pairs of sensors and the replay detector raw values;
+4. each sensor's state machine takes the window as good, bad, missing or unjudged (a
+   trusted sensor needs two trusted peers: with a quorum under three, a disagreement
+   cannot say who is wrong).
+
+docs/QUALITY.md describes the algorithm and argues its thresholds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from statistics import median
+
+from validator.detectors import DAY_S, DriftTracker, ReplayDetector, window_reasons
+from validator.model import Reason, SensorVerdict, SiteSpec, State, Thresholds, WindowVerdict
+from validator.states import SensorState
+from validator.window import (
+    Buckets,
+    WindowStats,
+    bucket_consensus,
+    bucketize,
+    same_run,
+    window_stats,
+)
+
+
+class SiteValidator:
+    """The consensus and per-sensor states of one site, window after window."""
+
+    def __init__(self, spec: SiteSpec, thresholds: Thresholds | None = None) -> None:
+        self.spec = spec
+        self.th = thresholds or Thresholds()
+        self._accuracy = {s.name: s.accuracy for s in spec.sensors}
+        self._states = {name: SensorState(self.th) for name in spec.names()}
+        names = spec.names()
+        self._drift = {(a, b): DriftTracker(self.th)
+                       for i, a in enumerate(names) for b in names[i + 1:]}
+        self._replay = ReplayDetector(self.th)
+        self._runs = {name: (math.nan, 0) for name in names}  # (last value, times in a row)
+        self._last_start: int | None = None
+
+    def state(self, sensor: str) -> State:
+        """The current state of ``sensor``; KeyError if the site has no such sensor."""
+        return self._states[sensor].state
+
+    def judge(self, start_s: int, readings: Mapping[str, Iterable[tuple[float, float]]]
+              ) -> WindowVerdict:
+        """Judge the window starting at ``start_s`` from ``{sensor: [(time_s, value)]}``.
+
+        Raises ValueError if ``start_s`` is not on a window boundary or not after the last.
+        """
+        th = self.th
+        if start_s % th.window_s or (self._last_start is not None
+                                     and start_s <= self._last_start):
+            raise ValueError("windows must start on a boundary and come in order")
+        self._last_start = start_s
+        first, count = start_s // th.bucket_s, th.window_s // th.bucket_s
+        known = {name: readings.get(name, ()) for name in self.spec.names()}
+        buckets = bucketize(known, th.bucket_s, first, count)
+        trusted_before = self._trusted()
+        quorum = [s for s in trusted_before if len(buckets[s]) >= th.min_readings]
+        consensus = bucket_consensus(buckets, quorum, first, count)
+        stats = {s: window_stats(buckets[s], consensus) for s in self.spec.names()}
+        replays = self._replay.judge(buckets, first, count)
+        for name in self.spec.names():
+            self._runs[name] = same_run(self._runs[name], buckets[name])
+        drifting = self._track_drift(buckets, start_s / DAY_S)
+        verdicts = tuple(self._judge_sensor(s, stats, quorum, replays, drifting)
+                         for s in self.spec.names())
+        means = [m for s in quorum if (m := stats[s].mean_value) is not None]
+        return WindowVerdict(self.spec.name, self.spec.quantity, start_s, th.window_s,
+                             median(means) if means else None, verdicts)
+
+    def _trusted(self) -> list[str]:
+        return [s for s in self.spec.names() if self._states[s].state != "faulty"]
+
+    def _track_drift(self, buckets: Buckets, day: float) -> set[str]:
+        """Feed each pair's mean difference; return the sensors drifting against most others.
+
+        Pairs, not residuals against the consensus: with three sensors the median *is* a
+        drifting sensor until it passes a neighbour, and its drift would show on the
+        neighbour. A sensor drifts when its difference drifts against more than half of the
+        sensors it could be compared with (and at least two); a healthy sensor drifts
+        against the drifting one only.
+        """
+        th = self.th
+        for (a, b), tracker in self._drift.items():
+            common = [buckets[a][k] - buckets[b][k] for k in buckets[a] if k in buckets[b]]
+            if len(common) >= th.min_readings:
+                tracker.add(day, sum(common) / len(common))
+        out: set[str] = set()
+        for name in self.spec.names():
+            pairs = [(pair, t) for pair, t in self._drift.items() if name in pair]
+            fitted = [t for _, t in pairs if t.slope() is not None]
+            against = sum(t.drifting(self._accuracy[name]) for t in fitted)
+            if against >= 2 and 2 * against > len(fitted):
+                out.add(name)
+        return out
+
+    def _reset_drift(self, sensor: str) -> None:
+        for pair, tracker in self._drift.items():
+            if sensor in pair:
+                tracker.reset()
+
+    def _judge_sensor(self, sensor: str, stats: Mapping[str, WindowStats], quorum: list[str],
+                      replays: Mapping[str, str], drifting: set[str]) -> SensorVerdict:
+        th, state, own = self.th, self._states[sensor], stats[sensor]
+        before = state.state
+        reasons: list[Reason] = []
+        peers = [s for s in quorum if s != sensor]
+        if own.readings < th.min_readings:
+            reasons = state.missing()
+        elif len(peers) < 2:
+            if sensor in replays:
+                reasons = ["replay"]
+                state.judged(reasons)
+            else:
+                state.unjudged()
+        else:
+            reasons = window_reasons(own, self._accuracy[sensor], th)
+            if self._runs[sensor][1] >= th.stuck_min_readings and \
+                    any(stats[p].distinct > 1 for p in peers):
+                reasons.append("stuck")
+            if sensor in drifting:
+                reasons.append("drift")
+            if sensor in replays:
+                reasons.append("replay")
+            state.judged(reasons)
+        entered = state.state != before and (
+            state.state == "recovered" or (state.state == "faulty" and "drift" not in reasons))
+        if entered:
+            self._reset_drift(sensor)  # the fault's step must not read as a drift
+        residual = own.mean_residual if own.residuals else None
+        return SensorVerdict(sensor, state.state, tuple(reasons), own.readings, residual)

@@ -1,0 +1,69 @@
+"""A sensor's state over windows: healthy, suspect, faulty, recovered.
+
+One bad window makes a sensor *suspect*, never *faulty*: it turns faulty when
+``faulty_bad`` of its last ``faulty_of`` judged windows were bad. A faulty sensor is
+*recovered* after ``faulty_clear`` good windows running, and healthy again after a further
+``recovered_clear``; a bad window while recovered makes it suspect, with its earlier bad
+windows still counted. Windows that could not be judged (too few readings, or too few
+trusted peers) change nothing, except that ``dropout_windows`` windows running without
+enough readings make the sensor faulty at once ("dropout": the silence is the evidence).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from validator.model import Reason, State, Thresholds
+
+
+class SensorState:
+    """The state machine of one sensor (docs/QUALITY.md §2)."""
+
+    def __init__(self, th: Thresholds) -> None:
+        self._th = th
+        self.state: State = "healthy"
+        self._recent: deque[bool] = deque(maxlen=th.faulty_of)
+        self._good_run = 0
+        self._missing_run = 0
+        self._on_probation = False
+
+    def missing(self) -> list[Reason]:
+        """A window without enough readings; returns ["dropout"] once it has lasted."""
+        self._missing_run += 1
+        if self._missing_run >= self._th.dropout_windows:
+            # The silence itself is the evidence, over dropout_windows windows already.
+            self._judged(bad=True)
+            self.state = "faulty"
+            self._on_probation = True
+            return ["dropout"]
+        return []
+
+    def unjudged(self) -> None:
+        """A window with readings but no quorum of trusted peers to judge them against."""
+        self._missing_run = 0
+
+    def judged(self, reasons: list[Reason]) -> None:
+        """A window judged against the consensus; bad if it has any reason."""
+        self._missing_run = 0
+        self._judged(bad=bool(reasons))
+
+    def _judged(self, *, bad: bool) -> None:
+        th = self._th
+        self._recent.append(bad)
+        self._good_run = 0 if bad else self._good_run + 1
+        if bad:
+            if sum(self._recent) >= th.faulty_bad:
+                self.state = "faulty"
+                self._on_probation = True
+            elif self.state != "faulty":
+                self.state = "suspect"
+            return
+        if self.state == "faulty" and self._good_run >= th.faulty_clear:
+            self.state = "recovered"
+            self._good_run = 0
+        elif self.state == "suspect" and self._good_run >= th.suspect_clear:
+            self.state = "recovered" if self._on_probation else "healthy"
+            self._good_run = 0
+        elif self.state == "recovered" and self._good_run >= th.recovered_clear:
+            self.state = "healthy"
+            self._on_probation = False
