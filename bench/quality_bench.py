@@ -1,0 +1,251 @@
+"""Quality benchmark: the validator over a simulated week of co-located sensors with faults
+injected at random on a seeded schedule.
+
+Each simulated week (``--weeks``, default 5, seeds ``--seed`` upwards, so the rates rest on
+some 150 faults and 80 000 healthy sensor-windows): five sites of 3 to 5 sensors (three of
+temperature, DHT22 ±0.5 °C; two of humidity, declared ±2.5 %RH) read once a minute for
+``--days`` days (default 7). Each site gets faults one after another (a random sensor,
+kind, start, duration and size; never two at once, so a majority is always honest), of
+every kind firmware_sim knows: bias, drift, stuck, noise, spike, dropout, replay.
+Prints one line per figure and ends with one line of JSON:
+
+  detection_rate              faults of at least 1 °C or 5 %RH (and every stuck, dropout and
+                              replay fault) whose sensor turned faulty (goal >= 0.99)
+  false_flag_rate             healthy sensor-windows whose sensor was suspect or faulty
+                              (goal <= 0.001); a sensor counts as healthy from the window
+                              after its fault ended plus the recovery time (3 h)
+  false_faulty_rate           the same, counting only faulty
+  detection_delay_p95_min     from the fault's start (a drift: from when its error reached the
+                              size above) to the end of the window that made it faulty
+                              (goal <= 60)
+  forgery_caught / forgeries  replaying devices caught (goal: all)
+  validator_cpu_s_per_sensor_day   CPU seconds of the validator per sensor and simulated day
+                              (goal <= 0.05), and its ratio to a bare baseline measured in
+                              the same run (a plain mean per sensor and window)
+
+Never asserts; run it at low priority: ``nice python bench/quality_bench.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from firmware_sim.hardware.faults import FAULT_KINDS, SensorFault
+from firmware_sim.sites import SimSensor, SimSite, SiteRun
+from validator import FLAGGED, SensorSpec, SiteSpec, SiteValidator, Thresholds
+
+DAY_S = 86_400
+RECOVERY_S = 3 * 3600  # faulty_clear + recovered_clear windows of 10 minutes
+Readings = dict[str, list[tuple[float, float]]]
+
+
+@dataclass(frozen=True)
+class Quantity:
+    name: str
+    accuracy: float
+    noise: float
+    offset_sd: float
+    fault_size: float  # the size a fault must reach to count: 1 °C, 5 %RH
+
+
+TEMPERATURE = Quantity("temperature", 0.5, 0.1, 0.07, 1.0)
+HUMIDITY = Quantity("humidity", 2.5, 0.5, 0.4, 5.0)
+
+
+def random_fault(rng: random.Random, q: Quantity, sensor: str, others: list[str],
+                 start_s: float, duration_s: float) -> SensorFault:
+    """One fault of a random kind; sizes from the counting size to three times it."""
+    kind = rng.choice(FAULT_KINDS)
+    size = q.fault_size * rng.uniform(1.0, 3.0)
+    end_s = start_s + duration_s
+    if kind == "bias":
+        return SensorFault("bias", start_s, end_s, magnitude=rng.choice((-1, 1)) * size)
+    if kind == "drift":  # reaches the counting size within 0.3..1.5 days
+        rate = q.fault_size / rng.uniform(0.3, 1.5)
+        return SensorFault("drift", start_s, end_s, magnitude=rng.choice((-1, 1)) * rate)
+    if kind == "noise":
+        return SensorFault("noise", start_s, end_s, magnitude=size)
+    if kind == "spike":
+        return SensorFault("spike", start_s, end_s, magnitude=size, rate=0.2)
+    if kind == "replay":
+        return SensorFault("replay", start_s, end_s, source=rng.choice(others),
+                           delay_s=60 * rng.randint(2, 45))
+    return SensorFault(kind, start_s, end_s)  # stuck, dropout
+
+
+def make_site(index: int, rng: random.Random, days: float) -> SimSite:
+    q = TEMPERATURE if index < 3 else HUMIDITY
+    names = [f"s{index}-{i}" for i in range(rng.randint(3, 5))]
+    faults: dict[str, list[SensorFault]] = {n: [] for n in names}
+    at = rng.uniform(2, 12) * 3600
+    while True:
+        duration = rng.uniform(4, 30) * 3600
+        if at + duration > days * DAY_S:
+            break
+        sensor = rng.choice(names)
+        fault = random_fault(rng, q, sensor, [n for n in names if n != sensor], at, duration)
+        faults[sensor].append(fault)
+        at += duration + RECOVERY_S + rng.uniform(1, 8) * 3600
+    sensors = tuple(SimSensor(n, q.accuracy, offset=max(-2 * q.offset_sd, min(
+        2 * q.offset_sd, rng.gauss(0, q.offset_sd))), noise=q.noise, faults=tuple(faults[n]))
+        for n in names)
+    return SimSite(f"site{index}", "temperature" if q is TEMPERATURE else "humidity", sensors)
+
+
+def simulate(site: SimSite, seed: int, days: float, window_s: int) -> list[Readings]:
+    """Every window's readings of the site, one a minute per sensor."""
+    run = SiteRun(site, seed)
+    windows: list[Readings] = []
+    per_window = window_s // 60
+    for w in range(int(days * DAY_S) // window_s):
+        readings: Readings = {s.name: [] for s in site.sensors}
+        for m in range(per_window):
+            t = float(w * window_s + m * 60)
+            for name, value in run.read(t).items():
+                if value is not None:
+                    readings[name].append((t, value))
+        windows.append(readings)
+    return windows
+
+
+def counts(fault: SensorFault, q: Quantity) -> bool:
+    """Whether the fault is one the detection rate counts (big enough, or any size)."""
+    if fault.kind in ("bias", "noise", "spike"):
+        return abs(fault.magnitude) >= q.fault_size
+    if fault.kind == "drift":
+        assert fault.end_s is not None
+        return abs(fault.magnitude) * (fault.end_s - fault.start_s) / DAY_S >= q.fault_size
+    return True
+
+
+def counted_from(fault: SensorFault, q: Quantity) -> float:
+    if fault.kind == "drift":
+        return fault.start_s + q.fault_size / abs(fault.magnitude) * DAY_S
+    return fault.start_s
+
+
+@dataclass
+class Tally:
+    faults: int = 0
+    caught: int = 0
+    forgeries: int = 0
+    forgeries_caught: int = 0
+    healthy_windows: int = 0
+    flagged: int = 0
+    faulty: int = 0
+    missed: list[str] | None = None
+
+
+def score(site: SimSite, states: dict[str, list[str]], window_s: int, tally: Tally,
+          delays: list[float]) -> None:
+    q = TEMPERATURE if site.quantity == "temperature" else HUMIDITY
+    for sensor in site.sensors:
+        history = states[sensor.name]
+        for w, state in enumerate(history):
+            start = w * window_s
+            if any(f.start_s < start + window_s and start < (f.end_s or math.inf) + RECOVERY_S
+                   for f in sensor.faults):
+                continue
+            tally.healthy_windows += 1
+            tally.flagged += state in FLAGGED
+            tally.faulty += state == "faulty"
+        for fault in sensor.faults:
+            if not counts(fault, q):
+                continue
+            assert fault.end_s is not None
+            tally.faults += 1
+            tally.forgeries += fault.kind == "replay"
+            first = int(fault.start_s // window_s)
+            last = min(int(fault.end_s // window_s) + 1, len(history) - 1)
+            hit = next((w for w in range(first, last + 1) if history[w] == "faulty"), None)
+            if hit is None:
+                assert tally.missed is not None
+                tally.missed.append(f"{site.name}/{sensor.name}:{fault.kind}")
+                continue
+            tally.caught += 1
+            tally.forgeries_caught += fault.kind == "replay"
+            delays.append(max(0.0, (hit + 1) * window_s - counted_from(fault, q)) / 60)
+
+
+def baseline(windows: list[Readings]) -> None:
+    """The bare minimum a consumer of the same readings does: a mean per sensor and window."""
+    for readings in windows:
+        for items in readings.values():
+            if items:
+                sum(v for _, v in items) / len(items)
+
+
+def run_week(seed: int, days: float, th: Thresholds, tally: Tally, delays: list[float]
+             ) -> tuple[float, float, float]:
+    """One simulated week of five sites; returns (validator CPU s, baseline CPU s, sensor-days)."""
+    rng = random.Random(seed)
+    cpu = base_cpu = sensor_days = 0.0
+    for index in range(5):
+        site = make_site(index, rng, days)
+        windows = simulate(site, seed * 100 + index, days, th.window_s)
+        spec = SiteSpec(site.name, site.quantity,
+                        tuple(SensorSpec(s.name, s.accuracy) for s in site.sensors))
+        validator = SiteValidator(spec, th)
+        states: dict[str, list[str]] = {s.name: [] for s in site.sensors}
+        start = time.process_time()
+        for w, readings in enumerate(windows):
+            for v in validator.judge(w * th.window_s, readings).sensors:
+                states[v.sensor].append(v.state)
+        cpu += time.process_time() - start
+        start = time.process_time()
+        baseline(windows)
+        base_cpu += time.process_time() - start
+        sensor_days += len(site.sensors) * days
+        score(site, states, th.window_s, tally, delays)
+        print(f"seed {seed} {site.name:<6} {site.quantity:<11} sensors={len(site.sensors)} "
+              f"faults={sum(len(s.faults) for s in site.sensors)}")
+    return cpu, base_cpu, sensor_days
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=16)
+    parser.add_argument("--days", type=float, default=7.0)
+    parser.add_argument("--weeks", type=int, default=5,
+                        help="independent simulated weeks (seeds seed, seed+1, ...)")
+    args = parser.parse_args()
+    th = Thresholds()
+    tally, delays = Tally(missed=[]), []
+    cpu = base_cpu = sensor_days = 0.0
+    for week in range(args.weeks):
+        c, b, d = run_week(args.seed + week, args.days, th, tally, delays)
+        cpu, base_cpu, sensor_days = cpu + c, base_cpu + b, sensor_days + d
+    delays.sort()
+    p95 = delays[min(len(delays) - 1, math.ceil(0.95 * len(delays)) - 1)] if delays else 0.0
+    result = {
+        "detection_rate": round(tally.caught / tally.faults, 4) if tally.faults else None,
+        "faults": tally.faults,
+        "false_flag_rate": round(tally.flagged / tally.healthy_windows, 5),
+        "false_faulty_rate": round(tally.faulty / tally.healthy_windows, 5),
+        "healthy_sensor_windows": tally.healthy_windows,
+        "detection_delay_p95_min": round(p95, 1),
+        "forgery_caught": tally.forgeries_caught,
+        "forgeries": tally.forgeries,
+        "validator_cpu_s_per_sensor_day": round(cpu / sensor_days, 4),
+        "validator_vs_bare_mean_ratio": round(cpu / base_cpu, 1) if base_cpu else None,
+        "missed": tally.missed,
+        "seed": args.seed,
+        "weeks": args.weeks,
+        "days": args.days,
+    }
+    for key, value in result.items():
+        print(f"{key:<32} {value}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
