@@ -65,7 +65,8 @@ def register_body(type_name: str, decoder: BodyDecoder) -> None:
 def _register_known_types() -> None:
     # The body modules register themselves on import; importing them here (not at the top,
     # which would be circular) lets callers import this module alone.
-    import protocol.contract  # noqa: F401, PLC0415
+    import protocol.contract  # noqa: PLC0415
+    import protocol.quality  # noqa: F401, PLC0415
 
 
 def document_hash(signed_bytes: bytes) -> bytes:

@@ -66,6 +66,11 @@ class DocumentReason(StrEnum):
     DUPLICATE = "duplicate"                    # this exact document is already logged
     WRONG_TYPE = "wrong_type"                  # a document type not accepted here
     UNSIGNED_POLICY = "unsigned_policy"        # a device got a document its owner did not sign
+    # quality attestations (docs/PROTOCOL.md §18)
+    UNKNOWN_LEAF = "unknown_leaf"              # a leaf that is no record of that device/stream
+    NOT_READABLE = "not_readable"              # names a record the validator was not granted
+    OUTSIDE_WINDOW = "outside_window"          # names a record made outside the attested window
+    CONFLICTING = "conflicting"                # another attestation of this validator, site, window
 
 
 MALFORMED: Final = Reason.MALFORMED
