@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from osutil.cli import add_version, run_command
-from provisioning import cmd_device, cmd_fleet
+from provisioning import cmd_device, cmd_fleet, cmd_site
 
 PROG = "edgeproof-provision"
 
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     groups = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     cmd_fleet.add_commands(groups)
     cmd_device.add_commands(groups)
+    cmd_site.add_commands(groups)
     return parser
 
 

@@ -1,16 +1,18 @@
 """A small TOML writer for the configs provisioning generates.
 
 The standard library reads TOML (``tomllib``) but does not write it. The files we write are
-flat: tables of strings, integers, booleans and lists of those, plus arrays of tables, so a
-few lines suffice and no dependency is added. Strings are emitted as TOML basic strings with
-every control character escaped (TOML 1.0, "String"), so no value can break out of its line.
+flat: tables of strings, integers, finite floats, booleans and lists of those, plus arrays
+of tables, so a few lines suffice and no dependency is added. Strings are emitted as TOML
+basic strings with every control character escaped (TOML 1.0, "String"), so no value can
+break out of its line.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
-Scalar = str | int | bool
+Scalar = str | int | bool | float
 Value = Scalar | Sequence[Scalar]
 Table = Mapping[str, Value]
 
@@ -36,13 +38,15 @@ def _scalar(value: Scalar) -> str:
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return repr(value)  # shortest round-trip form, always with a '.' or an exponent
     if isinstance(value, str):
         return quote(value)
     raise TypeError(f"cannot write {type(value).__name__} as TOML")
 
 
 def _value(value: Value) -> str:
-    if isinstance(value, str | int | bool):
+    if isinstance(value, str | int | bool | float):
         return _scalar(value)
     return "[" + ", ".join(_scalar(v) for v in value) + "]"
 
