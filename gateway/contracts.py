@@ -11,7 +11,9 @@ that only one may pass, e.g. a revocation counter) the rules of docs/PROTOCOL.md
   not yet expired, every named device registered and with every stream asked for;
 - consent: the request is logged and unexpired, the consent is no wider, every device is
   targeted, registered, pinned to the signer as owner, and has every granted stream;
-- revocation: the consent is logged, signed by the same owner, with a higher counter.
+- revocation: the consent is logged, signed by the same owner, with a higher counter;
+- quality (a validator's attestation, :mod:`gateway.quality`): signed by a registered
+  recipient, naming only records it could read, inside the window, one per window slot.
 
 The gateway holds no owner key, so it cannot make a consent pass; neither can the operator.
 """
@@ -23,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.metrics import GatewayMetrics
+from gateway.quality import check_quality
 from gateway.store import (
     STATUS_ACTIVE,
     LogStore,
@@ -44,6 +47,7 @@ from protocol.contract import (
 )
 from protocol.documents import MAX_DOCUMENT_BYTES, Document, parse_document, verify_document
 from protocol.errors import MalformedRecord, RejectedDocument, VerificationError
+from protocol.quality import QUALITY
 from protocol.reasons import DocumentReason
 
 log = logging.getLogger(__name__)
@@ -111,6 +115,8 @@ class DocumentDesk:
             return _check_consent(tx, doc, now)
         if doc.type == REVOCATION:
             return _check_revocation(tx, doc, now)
+        if doc.type == QUALITY:
+            return check_quality(self._store, tx, doc, now)
         raise RejectedDocument(DocumentReason.WRONG_TYPE, f"{doc.type} is not logged here")
 
     def _check_request(self, tx: LogTransaction, doc: Document, now: int) -> NewDocument:

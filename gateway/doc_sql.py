@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS documents (
     received_ms {integer} NOT NULL);
 CREATE INDEX IF NOT EXISTS documents_by_type ON documents (type, idx);
 CREATE INDEX IF NOT EXISTS documents_by_signer ON documents (signer, type, counter);
+CREATE INDEX IF NOT EXISTS documents_by_ref ON documents (signer, type, ref);
 CREATE TABLE IF NOT EXISTS document_devices (
     device_id {blob} NOT NULL, idx {integer} NOT NULL, PRIMARY KEY (device_id, idx));
 CREATE TABLE IF NOT EXISTS device_streams (
@@ -114,6 +115,13 @@ def device_documents(run: Run, device_id: bytes, from_index: int,
     return [_stored(r) for r in rows]
 
 
+def document_by_ref(run: Run, signer: bytes, doc_type: str, ref: bytes
+                    ) -> StoredDocument | None:
+    rows = run(_SELECT + "WHERE d.signer = ? AND d.type = ? AND d.ref = ? ORDER BY d.idx "
+               "LIMIT 1", (signer, doc_type, ref))
+    return _stored(rows[0]) if rows else None
+
+
 def last_counter(run: Run, signer: bytes) -> int:
     rows = run("SELECT MAX(counter) FROM documents WHERE signer = ? AND type = 'revocation'",
                (signer,))
@@ -150,7 +158,7 @@ def recipients(run: Run) -> list[RecipientEntry]:
 
 def document_counts(run: Run) -> dict[str, int]:
     """Counts for /v1/stats: logged documents by type, and registered recipients."""
-    out = {f"documents_{t}": 0 for t in ("request", "consent", "revocation")}
+    out = {f"documents_{t}": 0 for t in ("request", "consent", "revocation", "quality")}
     for doc_type, n in run("SELECT type, COUNT(*) FROM documents GROUP BY type", ()):
         out[f"documents_{doc_type}"] = int(n)
     out["recipients"] = int(run("SELECT COUNT(*) FROM recipients", ())[0][0])

@@ -27,7 +27,7 @@ from protocol.keys import signer_id
 _HEX_32 = r"^[0-9a-f]{64}$"
 _HEX_ID = r"^[0-9a-f]{32}$"
 MAX_INT = 2**63 - 1
-DOCUMENT_TYPES = ("request", "consent", "revocation")
+DOCUMENT_TYPES = ("request", "consent", "revocation", "quality")
 
 
 class DocumentOut(BaseModel):
@@ -114,8 +114,9 @@ def document_routes(app: FastAPI, store: LogStore, desk: DocumentDesk | None,
 
     @app.get("/v1/documents", response_model=list[DocumentOut], tags=["documents"],
              summary="Logged documents in log order, a page at a time")
-    def documents(type: Annotated[str | None, Query(pattern="^(request|consent|revocation)$")]
-                  = None, after: Annotated[int, Query(ge=-1, le=MAX_INT)] = -1,
+    def documents(type: Annotated[str | None, Query(
+                  pattern="^(request|consent|revocation|quality)$")] = None,
+                  after: Annotated[int, Query(ge=-1, le=MAX_INT)] = -1,
                   limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[DocumentOut]:
         return [document_out(d) for d in store.documents(type, after, limit)]
 

@@ -509,6 +509,12 @@ class _Transaction:
         with _storage_errors("read counter"):
             return doc_sql.last_counter(_runner(self._conn), signer)
 
+    def document_by_ref(self, signer: bytes, doc_type: str, ref: bytes
+                        ) -> StoredDocument | None:
+        self.flush()
+        with _storage_errors("read document"):
+            return doc_sql.document_by_ref(_runner(self._conn), signer, doc_type, ref)
+
     def device_streams(self, device_id: bytes) -> frozenset[str]:
         self.flush()
         with _storage_errors("read streams"):

@@ -283,6 +283,12 @@ class LogTransaction(Protocol):
         """The highest revocation counter logged for ``signer`` (0 if none)."""
         ...
 
+    def document_by_ref(self, signer: bytes, doc_type: str, ref: bytes
+                        ) -> StoredDocument | None:
+        """The document of ``doc_type`` by ``signer`` with reference ``ref`` (a quality
+        attestation's window slot), including this transaction's; None if none."""
+        ...
+
     def device_streams(self, device_id: bytes) -> frozenset[str]:
         """The streams a device has logged records of (including this transaction's)."""
         ...

@@ -14,6 +14,7 @@ they raise :class:`~protocol.errors.RejectedDocument` with a
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,7 +28,7 @@ from protocol.documents import (
     require_uint,
 )
 from protocol.errors import MalformedRecord, RejectedDocument
-from protocol.keys import DEVICE_ID_BYTES
+from protocol.keys import DEVICE_ID_BYTES, recipient_kid
 from protocol.reasons import DocumentReason
 from protocol.record import MAX_STREAM_CHARS, Measurement
 
@@ -164,7 +165,7 @@ class LeafFacts:
     device_id: bytes
     stream: str
     wall_ms: int
-    readable_by: frozenset[bytes]  # X25519 keys the record's values are sealed to
+    sealed_to: frozenset[bytes] | None  # recipient kids of the record's key epoch; None: plain
 
 
 def attestation_of(doc: Document) -> QualityAttestation:
@@ -174,21 +175,27 @@ def attestation_of(doc: Document) -> QualityAttestation:
     return doc.body
 
 
+def slot_ref(site: str, window_start_ms: int) -> bytes:
+    """The 32-byte key of one validator's one window of one site: at most one attestation
+    per (signer, slot) is logged."""
+    return hashlib.sha256(b"edgeproof/v1 quality-slot\x00" + site.encode() + b"\x00"
+                          + window_start_ms.to_bytes(8, "big")).digest()
+
+
 def check_attestation(doc: Document, validator_box_key: bytes | None,
                       leaf: Callable[[int], LeafFacts | None],
-                      logged: Callable[[bytes, str, int], bytes | None]) -> QualityAttestation:
+                      previous: bytes | None) -> QualityAttestation:
     """The gateway's rules for a verified quality attestation; return its body.
 
     ``validator_box_key``: the X25519 key registered for the signer as a validator (None:
     not registered). ``leaf(index)``: facts of a logged record, None if no such record.
-    ``logged(signer_id, site, window_start_ms)``: the id of the attestation already logged
-    for that window, or None. Raises RejectedDocument (``unknown_signer``,
+    ``previous``: the id of the attestation this signer already logged for the same
+    :func:`slot_ref`, or None. Raises RejectedDocument (``unknown_signer``,
     ``unknown_leaf``, ``not_readable``, ``outside_window``, ``conflicting``, ``duplicate``).
     """
     body = attestation_of(doc)
     if validator_box_key is None:
         raise RejectedDocument(DocumentReason.UNKNOWN_SIGNER, "not a registered validator")
-    previous = logged(doc.signer_id, body.site, body.window_start_ms)
     if previous is not None:
         reason = DocumentReason.DUPLICATE if previous == doc.id else DocumentReason.CONFLICTING
         raise RejectedDocument(reason, f"{body.site} window {body.window_start_ms}")
@@ -203,7 +210,7 @@ def _check_leaf(facts: LeafFacts | None, index: int, device_id: bytes,
     if facts is None or facts.device_id != device_id or facts.stream != body.stream:
         raise RejectedDocument(DocumentReason.UNKNOWN_LEAF,
                                f"leaf {index} is no {body.stream} record of {device_id.hex()}")
-    if box_key not in facts.readable_by:
+    if facts.sealed_to is not None and recipient_kid(box_key) not in facts.sealed_to:
         raise RejectedDocument(DocumentReason.NOT_READABLE, f"leaf {index}")
     if not body.window_start_ms <= facts.wall_ms < body.window_end_ms:
         raise RejectedDocument(DocumentReason.OUTSIDE_WINDOW, f"leaf {index}")

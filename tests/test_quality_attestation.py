@@ -17,6 +17,7 @@ from pycose.keys.okp import OKPKey
 from protocol import cbor
 from protocol.documents import parse_document, sign_document, verify_document
 from protocol.errors import MalformedRecord, RejectedDocument
+from protocol.keys import recipient_kid
 from protocol.quality import (
     LeafFacts,
     QualityAttestation,
@@ -35,13 +36,12 @@ DOC = vectors.signed()
 
 def facts_for(body: QualityAttestation, readable: bytes = BOX):
     table = {leaf: LeafFacts(s.device_id, body.stream, body.window_start_ms + 1000 * leaf,
-                             frozenset({readable}))
+                             frozenset({recipient_kid(readable)}))
              for s in body.sensors for leaf in s.leaves}
     return table.get
 
 
-def nothing_logged(signer: bytes, site: str, start: int) -> bytes | None:
-    return None
+nothing_logged = None
 
 
 def test_committed_quality_vector_matches_generator_byte_for_byte() -> None:
@@ -95,6 +95,15 @@ def test_attestation_naming_a_record_the_validator_cannot_read_is_rejected() -> 
         check_attestation(DOC, BOX, facts_for(BODY, readable=b"\x09" * 32), nothing_logged)
 
 
+def test_attestation_naming_plaintext_records_is_accepted_anyone_reads_them() -> None:
+    known = facts_for(BODY)
+
+    def plain(index: int) -> LeafFacts | None:
+        facts = known(index)
+        return None if facts is None else replace(facts, sealed_to=None)
+    assert check_attestation(DOC, BOX, plain, nothing_logged) == BODY
+
+
 def test_attestation_naming_a_record_outside_its_window_is_rejected() -> None:
     known = facts_for(BODY)
 
@@ -108,9 +117,9 @@ def test_attestation_naming_a_record_outside_its_window_is_rejected() -> None:
 def test_second_different_attestation_for_one_window_is_conflicting_and_same_is_duplicate(
         ) -> None:
     with pytest.raises(RejectedDocument, match="conflicting"):
-        check_attestation(DOC, BOX, facts_for(BODY), lambda *_: b"\x01" * 32)
+        check_attestation(DOC, BOX, facts_for(BODY), b"\x01" * 32)
     with pytest.raises(RejectedDocument, match="duplicate"):
-        check_attestation(DOC, BOX, facts_for(BODY), lambda *_: DOC.id)
+        check_attestation(DOC, BOX, facts_for(BODY), DOC.id)
 
 
 def test_oversized_attestation_cannot_be_signed_or_parsed() -> None:

@@ -120,3 +120,20 @@ def test_device_pins_its_owner_keys_and_old_style_devices_have_none(db: Reopenab
     new, old = sorted(db.reopen().devices(), key=lambda d: d.name)
     assert (new.owner_key, new.owner_sealing_key) == (OWNER, b"z" * 32)
     assert (old.owner_key, old.owner_sealing_key) == (None, None)
+
+
+def test_quality_attestation_is_found_by_signer_type_and_window_slot(db: Reopenable) -> None:
+    slot, other_slot = b"s" * 32, b"t" * 32
+    with db.store.transaction() as tx:
+        assert tx.document_by_ref(OWNER, "quality", slot) is None
+        tx.append_document(doc(1, "quality", ref=slot))
+        found = tx.document_by_ref(OWNER, "quality", slot)  # seen inside its transaction
+        assert found is not None
+        assert found.index == 0
+    with db.reopen().transaction() as tx:
+        assert tx.document_by_ref(OWNER, "quality", other_slot) is None
+        assert tx.document_by_ref(b"x" * 32, "quality", slot) is None  # another validator
+        assert tx.document_by_ref(OWNER, "consent", slot) is None
+        found = tx.document_by_ref(OWNER, "quality", slot)
+        assert found is not None
+        assert found.doc_id == doc(1, "quality", ref=slot).doc_id

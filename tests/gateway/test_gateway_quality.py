@@ -1,0 +1,163 @@
+"""Quality attestations at a real gateway on the real broker: a validator (a registered
+recipient the devices seal their climate stream to) judges a window of three DHT22s and
+its signed verdicts are logged as a leaf; every bad attestation (unregistered validator,
+leaves that do not exist or that it cannot read, records outside the window, a second
+attestation for the window, oversized) is refused with a reason, counted, changing nothing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import httpx
+import pytest
+
+from protocol import merkle
+from protocol.documents import Document
+from protocol.keys import RecipientKey, Secret, SigningKey
+from protocol.quality import QualityAttestation
+from protocol.record import KEYS_STREAM, Measurement, Record, Values
+from protocol.sealing import EpochKeys, new_key_epoch, seal_record
+from protocol.signed import sign_record
+from tests.gateway.conftest import RunningGateway
+from tests.gateway.contractkit import ADMIN, rejections, submit, submitted
+from tests.gateway.gwkit import DeviceClient, TestDevice, register
+from validator import SensorSpec, SiteSpec, SiteValidator
+from validator.attest import attestation_for, sign_attestation
+
+T0_MS = 1_700_000_400_000  # on a 10-minute boundary
+MINUTE_MS = 60_000
+
+
+def sealed_reading(dev: TestDevice, keys: EpochKeys, tenths: int) -> bytes:
+    dev.mono_ms += MINUTE_MS
+    dev.wall_ms += MINUTE_MS
+    values = (Measurement(tenths, -1, "Cel"),)
+    header = Record(dev.boot, dev.seq, dev.prev, dev.wall_ms, dev.synced, dev.mono_ms,
+                    "climate", Values(values))
+    signed = sign_record(seal_record(dev.device_id, header, keys, values), dev.device_id,
+                         dev.key)
+    dev.seq += 1
+    dev.prev = signed.hash
+    dev.signed.append(signed)
+    return signed.raw
+
+
+@dataclass
+class Room:
+    """Three registered devices whose climate records are sealed to ``box`` (and their
+    leaf indices by device), and a validator registered as recipient ``hub``."""
+
+    base_url: str
+    signing: SigningKey
+    box: RecipientKey
+    devices: list[TestDevice]
+    leaves: dict[str, list[int]]
+    values: dict[str, list[tuple[float, float]]]
+
+    def attestation(self) -> QualityAttestation:
+        site = SiteSpec("living-room", "Cel", tuple(
+            SensorSpec(d.device_id.hex(), 0.5) for d in self.devices))
+        verdict = SiteValidator(site).judge(T0_MS // 1000, self.values)
+        return attestation_for(verdict, "climate", "Cel", self.leaves)
+
+    def signed(self, body: QualityAttestation | None = None,
+               key: SigningKey | None = None) -> Document:
+        return sign_attestation(body or self.attestation(), key or self.signing, T0_MS)
+
+
+def make_room(base_url: str, client: DeviceClient, sealed_to: str = "hub") -> Room:
+    signing, box = SigningKey(Secret(b"\x11" * 32)), RecipientKey(Secret(b"\x12" * 32))
+    other = RecipientKey(Secret(b"\x13" * 32))
+    for name, s, b in (("hub", signing, box), ("other", SigningKey(Secret(b"\x14" * 32)),
+                                               other)):
+        response = httpx.post(f"{base_url}/v1/recipients", headers=ADMIN, json={
+            "name": name, "signing_key": s.public_key.hex(), "sealing_key": b.public_key.hex()})
+        assert response.status_code == 201, response.text
+    seal_key = box if sealed_to == "hub" else other
+    room = Room(base_url, signing, box, [], {}, {})
+    for i, offset in enumerate((0, 1, 20)):  # the third reads 2.0 °C high
+        dev = TestDevice.create(f"dht-{i}", 100 + i)
+        dev.wall_ms = T0_MS - MINUTE_MS
+        register(base_url, dev)
+        body, keys = new_key_epoch(dev.device_id, 0, {"climate": [seal_key.public_key]})
+        epoch = dev.next(body, stream=KEYS_STREAM, advance_ms=0).raw
+        readings = [sealed_reading(dev, keys, 210 + offset + m % 3) for m in range(10)]
+        client.send(dev, [epoch, *readings], batch_id=1)
+        client.wait_for(dev.device_id, 1)
+        logged = httpx.get(f"{base_url}/v1/devices/{dev.device_id.hex()}/records").json()
+        name = dev.device_id.hex()
+        room.leaves[name] = [r["index"] for r in logged["records"] if r["stream"] == "climate"]
+        room.values[name] = [((T0_MS + m * MINUTE_MS) / 1000, (210 + offset + m % 3) / 10)
+                             for m in range(10)]
+        room.devices.append(dev)
+    return room
+
+
+@pytest.fixture
+def room(gateway: RunningGateway, devices: DeviceClient) -> Room:
+    return make_room(gateway.base_url, devices)
+
+
+def test_validators_attestation_is_logged_as_a_leaf_with_a_proof(
+        gateway: RunningGateway, room: Room) -> None:
+    body = room.attestation()
+    biased = body.of(room.devices[2].device_id)
+    assert (biased.state, biased.reasons) == ("suspect", ("bias",))
+    doc = room.signed(body)
+    index = submitted(gateway.base_url, doc)
+    listed = httpx.get(f"{gateway.base_url}/v1/documents", params={"type": "quality"}).json()
+    assert [d["document"] for d in listed] == [doc.raw.hex()]
+    store = gateway.service.store
+    size = store.size()
+    proof = merkle.inclusion_proof_from_nodes(store, index, size)
+    merkle.verify_inclusion(merkle.leaf_hash(doc.raw), index, size, proof, store.root(size))
+    assert submit(gateway.base_url, doc).status_code == 200  # the same bytes: already there
+
+
+def refused(gateway: RunningGateway, doc: Document | bytes, reason: str) -> None:
+    size = gateway.service.store.size()
+    response = submit(gateway.base_url, doc)
+    assert response.status_code == 400, response.text
+    assert response.json()["reason"] == reason
+    assert rejections(gateway.base_url)[reason] >= 1
+    assert gateway.service.store.size() == size
+
+
+def test_attestation_from_an_unregistered_validator_is_refused(
+        gateway: RunningGateway, room: Room) -> None:
+    refused(gateway, room.signed(key=SigningKey(Secret(b"\x15" * 32))), "unknown_signer")
+
+
+def test_attestation_naming_leaves_that_do_not_exist_or_are_not_its_devices_is_refused(
+        gateway: RunningGateway, room: Room) -> None:
+    body = room.attestation()
+    a, b, c = body.sensors
+    refused(gateway, room.signed(replace(body, sensors=(
+        replace(a, leaves=(*a.leaves, 10_000)), b, c))), "unknown_leaf")
+    refused(gateway, room.signed(replace(body, sensors=(
+        replace(a, leaves=b.leaves), replace(b, leaves=a.leaves), c))), "unknown_leaf")
+
+
+def test_attestation_naming_records_outside_its_window_is_refused(
+        gateway: RunningGateway, room: Room) -> None:
+    body = room.attestation()
+    refused(gateway, room.signed(replace(body, window_start_ms=T0_MS + 600_000)),
+            "outside_window")
+
+
+def test_second_different_attestation_for_the_same_window_is_refused_as_conflicting(
+        gateway: RunningGateway, room: Room) -> None:
+    body = room.attestation()
+    submitted(gateway.base_url, room.signed(body))
+    refused(gateway, room.signed(replace(body, consensus=None)), "conflicting")
+
+
+def test_oversized_attestation_is_refused(gateway: RunningGateway, room: Room) -> None:
+    raw = room.signed().raw
+    refused(gateway, raw + b"\x00" * 9000, "too_large")
+
+
+def test_attestation_of_records_not_sealed_to_the_validator_is_refused(
+        gateway: RunningGateway, devices: DeviceClient) -> None:
+    room = make_room(gateway.base_url, devices, sealed_to="other")
+    refused(gateway, room.signed(), "not_readable")
