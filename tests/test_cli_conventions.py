@@ -23,6 +23,8 @@ from gateway.cli import main as gateway_main
 from osutil.cli import EXIT_USAGE, log_level, package_version
 from provisioning.cli import build_parser as provision_parser
 from provisioning.cli import main as provision_main
+from validator.cli import _parser as validator_parser
+from validator.cli import main as validator_main
 from verifier.cli import _parser as verify_parser
 from verifier.cli import main as verify_main
 
@@ -32,6 +34,7 @@ CLIS: dict[str, tuple[Callable[[], argparse.ArgumentParser], Callable[..., int]]
     "edgeproof-provision": (provision_parser, provision_main),
     "edgeproof-verify": (verify_parser, verify_main),
     "edgeproof-sim": (sim_parser, sim_main),
+    "edgeproof-validator": (validator_parser, validator_main),
 }
 
 

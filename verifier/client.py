@@ -138,6 +138,23 @@ class GatewayClient:
                 return out
             after = page[-1].seq
 
+    def submit_document(self, raw: bytes) -> tuple[int, dict[str, Any]]:
+        """POST a signed document (``/v1/documents``); return (HTTP status, JSON body).
+
+        201 logged, 200 already logged, 400 refused (``reason`` in the body). Raises
+        TransportError if the gateway cannot be reached or answers otherwise.
+        """
+        url = f"{self.base}/v1/documents"
+        try:
+            response = self.session.post(url, data=raw, timeout=TIMEOUT_S,
+                                         headers={"Content-Type": "application/cose"})
+        except requests.RequestException as exc:
+            raise TransportError(f"cannot reach {url}: {exc.__class__.__name__}") from None
+        if response.status_code not in {200, 201, 400}:
+            raise TransportError(f"{url}: HTTP {response.status_code}")
+        body = response.json() if response.content else {}
+        return response.status_code, body if isinstance(body, dict) else {}
+
     def device_keys(self, device_id: bytes) -> list[tuple[int, bytes]]:
         """The device's keys as ``(from_seq, public key)``, oldest first."""
         data = _json(_get(self.session, f"{self.base}/v1/devices/{device_id.hex()}/keys"))

@@ -6,23 +6,27 @@ attestation for the window, oversized) is refused with a reason, counted, changi
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import httpx
 import pytest
 
 from protocol import merkle
 from protocol.documents import Document
-from protocol.keys import RecipientKey, Secret, SigningKey
+from protocol.keys import RecipientKey, Secret, SigningKey, save_recipient_key, save_signing_key
 from protocol.quality import QualityAttestation
 from protocol.record import KEYS_STREAM, Measurement, Record, Values
 from protocol.sealing import EpochKeys, new_key_epoch, seal_record
 from protocol.signed import sign_record
+from provisioning.sites import Site, SiteSensor, render
 from tests.gateway.conftest import RunningGateway
 from tests.gateway.contractkit import ADMIN, rejections, submit, submitted
 from tests.gateway.gwkit import DeviceClient, TestDevice, register
 from validator import SensorSpec, SiteSpec, SiteValidator
 from validator.attest import attestation_for, sign_attestation
+from validator.cli import main as validator_main
 
 T0_MS = 1_700_000_400_000  # on a 10-minute boundary
 MINUTE_MS = 60_000
@@ -161,3 +165,27 @@ def test_attestation_of_records_not_sealed_to_the_validator_is_refused(
         gateway: RunningGateway, devices: DeviceClient) -> None:
     room = make_room(gateway.base_url, devices, sealed_to="other")
     refused(gateway, room.signed(), "not_readable")
+
+
+def test_validator_role_reads_its_granted_streams_attests_each_window_once(
+        gateway: RunningGateway, room: Room, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    site = tmp_path / "living-room.toml"
+    site.write_text(render(Site("living-room", "climate", "Cel", "hub", tuple(
+        SiteSensor(f"dht-{i}", d.device_id.hex(), 0.5) for i, d in enumerate(room.devices)))))
+    save_signing_key(tmp_path / "hub.signing", room.signing)
+    save_recipient_key(tmp_path / "hub.key", room.box)
+    argv = ["once", "--site", str(site), "--gateway", gateway.base_url,
+            "--signing-key", str(tmp_path / "hub.signing"),
+            "--recipient-key", str(tmp_path / "hub.key"), "--json"]
+    assert validator_main(argv) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert (first["windows"], first["logged"], first["refused"]) == (1, 1, {})
+    assert first["states"][room.devices[2].device_id.hex()] == "suspect"
+    listed = httpx.get(f"{gateway.base_url}/v1/documents", params={"type": "quality"}).json()
+    assert len(listed) == 1
+    size = gateway.service.store.size()
+    assert validator_main(argv) == 0  # a rerun judges the same log into the same bytes
+    again = json.loads(capsys.readouterr().out)
+    assert (again["logged"], again["already_logged"]) == (0, 1)
+    assert gateway.service.store.size() == size
