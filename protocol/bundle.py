@@ -16,6 +16,11 @@ the key the last rotation before it names.
 The gateway's key in the bundle is only a claim: an auditor passes the key they trust
 (``trusted_gateway_key``) and the bundle must match it.
 
+A bundle may also carry the quality attestations (docs/PROTOCOL.md §18) whose verdicts name
+the record's leaf, each proved in the same checkpoint: :func:`verify_bundle` checks each
+signature, that it names this record of this device, and its inclusion, and reports the
+verdicts. Whether to trust a validator's key is the reader's decision, as with the gateway's.
+
 Version 1 bundles (``edgeproof-proof-bundle/1``, one ``device_public_key`` and no
 rotations) are still read; one whose key is not the enrolment key fails, because nothing in
 it proves that key was ever the device's.
@@ -30,9 +35,11 @@ from typing import Any, TypeVar
 
 from protocol import merkle
 from protocol.checkpoint import Checkpoint, checkpoint_hash
+from protocol.documents import verify_document
 from protocol.errors import EdgeproofError, MalformedRecord, VerificationError
 from protocol.keys import device_id_for
 from protocol.note import NoteVerifier
+from protocol.quality import QUALITY, QualityAttestation
 from protocol.record import KeyRotation
 from protocol.signed import SignedRecord, parse_signed_record, verify_signed_record
 
@@ -42,6 +49,7 @@ BUNDLE_FORMAT_V1 = "edgeproof-proof-bundle/1"
 MAX_BUNDLE_BYTES = 1024 * 1024
 MAX_PROOF_NODES = 64
 MAX_ROTATIONS = 128
+MAX_ATTESTATIONS = 64
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,19 @@ class RotationProof:
 
 
 @dataclass(frozen=True)
+class AttestationProof:
+    """A logged quality attestation naming the record, and its inclusion proof."""
+
+    document: bytes
+    leaf_index: int
+    inclusion_proof: tuple[bytes, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"document": self.document.hex(), "leaf_index": self.leaf_index,
+                "inclusion_proof": [node.hex() for node in self.inclusion_proof]}
+
+
+@dataclass(frozen=True)
 class ProofBundle:
     """One record with its inclusion proof, checkpoint and (optional) anchor.
 
@@ -90,9 +111,13 @@ class ProofBundle:
     anchor: EthereumAnchor | None = None
     rotations: tuple[RotationProof, ...] = ()
     version: int = 2
+    attestations: tuple[AttestationProof, ...] = ()
 
     def to_json(self) -> str:
-        """Return the bundle as JSON text (hex for bytes), in the current format."""
+        """Return the bundle as JSON text (hex for bytes), in the current format; the
+        ``attestations`` member only when there are some (older readers ignore it)."""
+        more = {"attestations": [a.to_json() for a in self.attestations]} \
+            if self.attestations else {}
         return json.dumps({
             "format": BUNDLE_FORMAT,
             "record": self.record.hex(),
@@ -104,6 +129,7 @@ class ProofBundle:
             "checkpoint": self.checkpoint,
             "gateway_key": self.gateway_key,
             "anchor": self.anchor.to_json() if self.anchor else None,
+            **more,
         }, indent=2) + "\n"
 
     @classmethod
@@ -127,6 +153,10 @@ class ProofBundle:
                 raise MalformedRecord("bad_bundle", f"more than {MAX_ROTATIONS} rotations")
             rotations = tuple(_rotation_from(item) for item in items)
         anchor = data.get("anchor")
+        items = data.get("attestations", [])
+        if not isinstance(items, list) or len(items) > MAX_ATTESTATIONS:
+            raise MalformedRecord("bad_bundle", f"attestations: a list of at most "
+                                  f"{MAX_ATTESTATIONS}")
         return cls(
             record=_hex(_field(data, "record", str), "record"),
             device_public_key=_hex(_field(data, "device_public_key", str), "device_public_key"),
@@ -138,6 +168,7 @@ class ProofBundle:
             anchor=_anchor_from(anchor) if anchor is not None else None,
             rotations=rotations,
             version=version,
+            attestations=tuple(_attestation_from(item) for item in items),
         )
 
 
@@ -154,6 +185,14 @@ def _rotation_from(data: object) -> RotationProof:
     return RotationProof(record=_hex(_field(data, "record", str), "rotation record"),
                          leaf_index=_field(data, "leaf_index", int),
                          inclusion_proof=_proof(data, "inclusion_proof"))
+
+
+def _attestation_from(data: object) -> AttestationProof:
+    if not isinstance(data, dict):
+        raise MalformedRecord("bad_bundle", "each attestation must be an object")
+    return AttestationProof(document=_hex(_field(data, "document", str), "attestation"),
+                            leaf_index=_field(data, "leaf_index", int),
+                            inclusion_proof=_proof(data, "inclusion_proof"))
 
 
 def _field(data: dict[str, Any], name: str, kind: type) -> Any:
@@ -190,6 +229,7 @@ class BundleReport:
     passed: list[tuple[str, str]] = field(default_factory=list)
     record: SignedRecord | None = None
     checkpoint: Checkpoint | None = None
+    verdicts: list[dict[str, Any]] = field(default_factory=list)
 
 
 def verify_bundle(bundle: ProofBundle, trusted_gateway_key: str | None = None) -> BundleReport:
@@ -197,13 +237,16 @@ def verify_bundle(bundle: ProofBundle, trusted_gateway_key: str | None = None) -
 
     Returns the report of passed checks. Raises VerificationError whose message starts
     with the name of the failed check: ``gateway key``, ``record signature``,
-    ``checkpoint signature``, ``inclusion proof`` or ``anchor``.
+    ``checkpoint signature``, ``inclusion proof``, ``quality attestations`` or ``anchor``.
     """
     report = BundleReport()
     _check(report, "gateway key", lambda: _gateway_key(bundle, trusted_gateway_key))
     report.record = _check(report, "record signature", lambda: _record(bundle))
     report.checkpoint = _check(report, "checkpoint signature", lambda: _checkpoint(bundle))
     _check(report, "inclusion proof", lambda: _inclusion(bundle, report.checkpoint))
+    if bundle.attestations:
+        report.verdicts = _check(report, "quality attestations",
+                                 lambda: _attestations(bundle, report))
     if bundle.anchor is not None:
         _check(report, "anchor", lambda: _anchor(bundle))
     return report
@@ -305,3 +348,37 @@ def _anchor(bundle: ProofBundle) -> tuple[None, str]:
         raise VerificationError("the anchoring transaction does not carry this checkpoint's hash")
     return None, (f"checkpoint hash in transaction {anchor.tx_hash} "
                   f"(chain {anchor.chain_id}, block {anchor.block_number})")
+
+
+def _attestations(bundle: ProofBundle, report: BundleReport
+                  ) -> tuple[list[dict[str, Any]], str]:
+    assert report.record is not None
+    assert report.checkpoint is not None
+    device_id = report.record.device_id
+    verdicts: list[dict[str, Any]] = []
+    lines: list[str] = []
+    for proof in bundle.attestations:
+        doc = verify_document(proof.document, expected_type=QUALITY)
+        assert isinstance(doc.body, QualityAttestation)
+        body = doc.body
+        try:
+            sensor = body.of(device_id)
+        except KeyError:
+            raise VerificationError(f"attestation at leaf {proof.leaf_index} does not name "
+                                    "this record's device") from None
+        if bundle.leaf_index not in sensor.leaves:
+            raise VerificationError(f"attestation at leaf {proof.leaf_index} does not name "
+                                    "this record")
+        merkle.verify_inclusion(merkle.leaf_hash(proof.document), proof.leaf_index,
+                                bundle.tree_size, list(proof.inclusion_proof),
+                                report.checkpoint.root_hash)
+        verdicts.append({"site": body.site, "field": f"{body.stream}/{body.field}",
+                         "window_start_ms": body.window_start_ms, "window_ms": body.window_ms,
+                         "state": sensor.state, "reasons": list(sensor.reasons),
+                         "consensus": None if body.consensus is None else
+                         str(body.consensus.value), "validator": doc.signer_id.hex(),
+                         "leaf_index": proof.leaf_index})
+        why = f" ({', '.join(sensor.reasons)})" if sensor.reasons else ""
+        lines.append(f"{body.site} {sensor.state}{why} by validator "
+                     f"{doc.signer_id.hex()[:16]} (leaf {proof.leaf_index})")
+    return verdicts, "; ".join(lines)

@@ -33,6 +33,7 @@ from protocol.keys import RecipientKey, load_recipient_key
 from protocol.note import NoteVerifier
 from protocol.signed import parse_signed_record
 from verifier.client import TIMEOUT_S, GatewayClient, LoggedRecord, anchoring_transaction
+from verifier.quality import covering_attestations
 from verifier.recipient import open_records
 from verifier.records import Follow, as_line, show_records
 
@@ -238,8 +239,11 @@ def _cmd_record(args: argparse.Namespace, waiting: Waiting) -> int:
         leaf_index=logged.index, tree_size=size,
         inclusion_proof=tuple(client.inclusion_proof(logged.index, size)),
         checkpoint=note, gateway_key=gateway_key, anchor=anchor,
-        rotations=_rotations(client, logged, keys, size))
+        rotations=_rotations(client, logged, keys, size),
+        attestations=covering_attestations(client, logged, size))
     report = verify_bundle(bundle, trusted)
+    if report.verdicts and args.json:
+        extra["verdicts"] = report.verdicts
     if args.save:
         args.save.write_text(bundle.to_json())
         extra["bundle"] = str(args.save)

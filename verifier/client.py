@@ -138,6 +138,16 @@ class GatewayClient:
                 return out
             after = page[-1].seq
 
+    def documents(self, doc_type: str, after: int = -1, limit: int = 1000
+                  ) -> list[tuple[int, bytes]]:
+        """One page of logged documents of ``doc_type``: (leaf index, exact bytes)."""
+        data = _json(_get(self.session, f"{self.base}/v1/documents", type=doc_type,
+                          after=after, limit=limit))
+        if not isinstance(data, list):
+            raise MalformedRecord("bad_response", "documents: no list")
+        return [(_int(d.get("index"), "index"), _hex(d.get("document"), "document"))
+                for d in data if isinstance(d, dict)]
+
     def submit_document(self, raw: bytes) -> tuple[int, dict[str, Any]]:
         """POST a signed document (``/v1/documents``); return (HTTP status, JSON body).
 

@@ -7,6 +7,7 @@ attestation for the window, oversized) is refused with a reason, counted, changi
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from tests.gateway.gwkit import DeviceClient, TestDevice, register
 from validator import SensorSpec, SiteSpec, SiteValidator
 from validator.attest import attestation_for, sign_attestation
 from validator.cli import main as validator_main
+from verifier.cli import main as verify_main
 
 T0_MS = 1_700_000_400_000  # on a 10-minute boundary
 MINUTE_MS = 60_000
@@ -189,3 +191,41 @@ def test_validator_role_reads_its_granted_streams_attests_each_window_once(
     again = json.loads(capsys.readouterr().out)
     assert (again["logged"], again["already_logged"]) == (0, 1)
     assert gateway.service.store.size() == size
+
+
+def wait_for_checkpoint_over(base_url: str, index: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        listed = httpx.get(f"{base_url}/v1/checkpoints").json()
+        if listed and max(c["size"] for c in listed) > index:
+            return
+        assert time.monotonic() < deadline, f"no checkpoint covers leaf {index}"
+        time.sleep(0.2)  # polling the condition: the gateway signs on its own interval
+
+
+def test_verify_shows_the_verdicts_covering_a_record_with_proofs_offline(
+        gateway: RunningGateway, room: Room, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    index = submitted(gateway.base_url, room.signed())
+    wait_for_checkpoint_over(gateway.base_url, index)
+    biased = room.devices[2].device_id.hex()
+    bundle = tmp_path / "reading.bundle.json"
+    capsys.readouterr()
+    assert verify_main(["record", "--gateway", gateway.base_url, "--leaf",
+                        str(room.leaves[biased][0]), "--gateway-key", gateway.verifier,
+                        "--save", str(bundle), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    [verdict] = report["verdicts"]
+    assert (verdict["site"], verdict["state"], verdict["reasons"]) == (
+        "living-room", "suspect", ["bias"])
+    assert verdict["leaf_index"] == index
+    # Offline: the bundle alone proves the verdict, and a forged one fails.
+    assert verify_main(["bundle", str(bundle), "--gateway-key", gateway.verifier]) == 0
+    assert "ok  quality attestations: living-room suspect (bias)" in capsys.readouterr().out
+    saved = json.loads(bundle.read_text())
+    forged = room.signed(replace(room.attestation(), consensus=None),
+                         key=SigningKey(Secret(b"\x16" * 32)))
+    saved["attestations"][0]["document"] = forged.raw.hex()
+    bundle.write_text(json.dumps(saved))
+    assert verify_main(["bundle", str(bundle), "--gateway-key", gateway.verifier]) == 1
+    assert "quality attestations" in capsys.readouterr().err

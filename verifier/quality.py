@@ -1,0 +1,39 @@
+"""The quality attestations that cover a record, for its proof bundle (PROTOCOL.md §18)."""
+
+from __future__ import annotations
+
+from protocol.bundle import MAX_ATTESTATIONS, AttestationProof
+from protocol.documents import parse_document
+from protocol.quality import QUALITY, QualityAttestation
+from verifier.client import GatewayClient, LoggedRecord
+
+PAGE = 1000
+
+
+def covering_attestations(client: GatewayClient, logged: LoggedRecord, size: int
+                          ) -> tuple[AttestationProof, ...]:
+    """The quality attestations (PROTOCOL.md §18) in the tree of ``size`` leaves whose
+    verdict on the record's device names its leaf, each with its inclusion proof. Which
+    validators to believe is the reader's call: the report names each by its signer id."""
+    found: list[AttestationProof] = []
+    after = -1
+    while len(found) < MAX_ATTESTATIONS:
+        page = client.documents(QUALITY, after)
+        for index, raw in page:
+            if index < size and _names(raw, logged):
+                proof = tuple(client.inclusion_proof(index, size))
+                found.append(AttestationProof(raw, index, proof))
+        if len(page) < PAGE or page[-1][0] >= size:
+            break
+        after = page[-1][0]
+    return tuple(found[:MAX_ATTESTATIONS])
+
+
+def _names(raw: bytes, logged: LoggedRecord) -> bool:
+    body = parse_document(raw).body  # its signature is checked with the bundle
+    if not isinstance(body, QualityAttestation):
+        return False
+    try:
+        return logged.index in body.of(logged.device_id).leaves
+    except KeyError:
+        return False
