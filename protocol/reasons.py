@@ -43,6 +43,23 @@ class DropReason(StrEnum):
     OUTBOX_FULL = "outbox_full"        # the outbox byte cap applied its full policy
     OUTBOX_CORRUPT = "outbox_corrupt"  # the outbox database was unreadable and moved aside
     UNCLEAN_REBOOT = "unclean_reboot"  # a power cut or kernel crash lost uncommitted numbers
+    REVOKED = "revoked"                # unsent records of a grant its owner revoked
+
+
+@unique
+class PolicyRefusal(StrEnum):
+    """Why a device refused an access policy document (counted in ``status``, agent-local)."""
+
+    MALFORMED = "malformed"            # not a well-formed, size-capped policy document
+    NOT_OWNER = "not_owner"            # not signed by the device's pinned owner key
+    NO_OWNER_KEY = "no_owner_key"      # the device has no pinned owner key: it takes none
+    OTHER_DEVICE = "other_device"      # the document does not name this device
+    UNKNOWN_STREAM = "unknown_stream"  # a stream this device does not have
+    EXPIRED = "expired"                # its period has provably ended
+    REVOKED = "revoked"                # a consent its owner already revoked (a replay)
+    UNKNOWN_CONSENT = "unknown_consent"  # a revocation of a consent the device never applied
+    FULL = "full"                      # the grant book is full (MAX_GRANTS)
+    UNKNOWN_KIND = "unknown_kind"      # a document type the device does not apply
 
 
 MALFORMED: Final = Reason.MALFORMED
@@ -65,3 +82,4 @@ GATEWAY_REASONS: Final = frozenset(Reason)
 OUTBOX_FULL: Final = DropReason.OUTBOX_FULL
 OUTBOX_CORRUPT: Final = DropReason.OUTBOX_CORRUPT
 UNCLEAN_REBOOT: Final = DropReason.UNCLEAN_REBOOT
+REVOKED: Final = DropReason.REVOKED
