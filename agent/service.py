@@ -169,7 +169,8 @@ class AgentService:
 
     def plaintext_streams(self) -> list[str]:
         """Configured streams whose values go unsealed (no recipients)."""
-        return [s.stream for s in self.config.sensors if not s.recipients]
+        sealed = self.config.stream_recipients()
+        return [s.stream for s in self.config.sensors if s.stream not in sealed]
 
     def _use_key(self, key: SigningKey) -> None:
         self.identity = Identity(key, self.identity.device_id)

@@ -50,16 +50,17 @@ class DropReason(StrEnum):
 class PolicyRefusal(StrEnum):
     """Why a device refused an access policy document (counted in ``status``, agent-local)."""
 
-    MALFORMED = "malformed"            # not a well-formed, size-capped policy document
-    NOT_OWNER = "not_owner"            # not signed by the device's pinned owner key
-    NO_OWNER_KEY = "no_owner_key"      # the device has no pinned owner key: it takes none
-    OTHER_DEVICE = "other_device"      # the document does not name this device
-    UNKNOWN_STREAM = "unknown_stream"  # a stream this device does not have
-    EXPIRED = "expired"                # its period has provably ended
-    REVOKED = "revoked"                # a consent its owner already revoked (a replay)
-    UNKNOWN_CONSENT = "unknown_consent"  # a revocation of a consent the device never applied
-    FULL = "full"                      # the grant book is full (MAX_GRANTS)
-    UNKNOWN_KIND = "unknown_kind"      # a document type the device does not apply
+    MALFORMED = "malformed"              # not a well-formed, size-capped document or delivery
+    BAD_SIGNATURE = "bad_signature"      # its signature does not verify under its own key
+    UNSIGNED_POLICY = "unsigned_policy"  # not signed by the device's pinned owner key
+    NO_OWNER_KEY = "no_owner_key"        # the device has no pinned owner key: it takes none
+    OTHER_DEVICE = "other_device"        # a consent that does not name this device
+    UNKNOWN_STREAM = "unknown_stream"    # a stream this device does not have
+    EXPIRED = "expired"                  # a consent whose period has provably ended
+    REVOKED = "revoked"                  # a consent its owner already revoked (a replay)
+    STALE_COUNTER = "stale_counter"      # a revocation counter not above the last applied
+    FULL = "full"                        # the grant book is full (agent/grants.py caps)
+    WRONG_TYPE = "wrong_type"            # a document type a device does not apply
 
 
 MALFORMED: Final = Reason.MALFORMED
