@@ -38,19 +38,23 @@ class GrantBook:
         """Load ``path`` (an absent file is an empty book). Raises StorageError if it is
         unreadable or damaged: a device must not forget a revocation silently."""
         self.path = path
-        self._lock = threading.Lock()
+        # Public so that the writer and the policy inbox can make "check the version, then
+        # seal" and "revoke, then withdraw" atomic against each other (agent/policy.py).
+        self.lock = threading.RLock()
         self._grants: dict[str, AccessGrant] = {}  # by derived stream
         self._revoked: dict[bytes, int] = {}       # consent hash -> its not_after_ms
         self.refused: Counter[str] = Counter()
         self.accepted: Counter[str] = Counter()
         self.version = 0
+        self.last_counter = 0  # the highest revocation counter applied (PROTOCOL.md §16.3)
+        self.next_index = 0    # the policy-sync position: every document below is applied
         self._load()
 
     # --- queries ------------------------------------------------------------------------
 
     def grants(self) -> tuple[AccessGrant, ...]:
         """Every accepted, unrevoked grant (in force or not), by derived stream name."""
-        with self._lock:
+        with self.lock:
             return tuple(self._grants[k] for k in sorted(self._grants))
 
     def in_force(self, wall_ms: int, synced: bool) -> tuple[AccessGrant, ...]:
@@ -58,34 +62,39 @@ class GrantBook:
         return tuple(g for g in self.grants() if g.in_force(wall_ms, synced))
 
     def is_revoked(self, consent_hash: bytes) -> bool:
-        with self._lock:
+        with self.lock:
             return consent_hash in self._revoked
 
     def knows(self, consent_hash: bytes) -> bool:
         """Whether a grant of this consent is in the book."""
-        with self._lock:
+        with self.lock:
             return any(g.consent_hash == consent_hash for g in self._grants.values())
 
     # --- changes ------------------------------------------------------------------------
 
     def add(self, grants: tuple[AccessGrant, ...]) -> None:
         """Accept the grants of one consent (already verified). Raises StorageError."""
-        with self._lock:
+        with self.lock:
             for grant in grants:
                 self._grants[grant.derived_stream] = grant
             self._changed("consents")
 
-    def revoke(self, consent_hash: bytes, not_after_ms: int) -> tuple[str, ...]:
-        """Remove every grant of ``consent_hash`` and remember it as revoked.
+    def revoke(self, consent_hash: bytes, not_after_ms: int, counter: int = 0
+               ) -> tuple[str, ...]:
+        """Remove every grant of ``consent_hash`` and remember it as revoked (until its
+        period ends, or ``not_after_ms`` for a consent the device never applied); raise
+        ``last_counter`` to ``counter``.
 
         Returns the derived streams that ended. Raises StorageError.
         """
-        with self._lock:
+        with self.lock:
             ended = tuple(k for k, g in self._grants.items() if g.consent_hash == consent_hash)
-            until = max([not_after_ms] + [self._grants[k].not_after_ms for k in ended])
+            if ended:
+                not_after_ms = max(self._grants[k].not_after_ms for k in ended)
             for name in ended:
                 del self._grants[name]
-            self._revoked[consent_hash] = until
+            self._revoked[consent_hash] = not_after_ms
+            self.last_counter = max(self.last_counter, counter)
             self._changed("revocations")
             return ended
 
@@ -93,7 +102,7 @@ class GrantBook:
         """Drop revocations and grants whose period has provably ended (bounded memory)."""
         if not synced:
             return
-        with self._lock:
+        with self.lock:
             old_revoked = [h for h, until in self._revoked.items() if until <= wall_ms]
             old_grants = [k for k, g in self._grants.items() if g.not_after_ms <= wall_ms]
             if not old_revoked and not old_grants:
@@ -105,14 +114,26 @@ class GrantBook:
             self._save()
             self.version += 1
 
+    def synced_to(self, next_index: int) -> None:
+        """Every policy document below leaf index ``next_index`` has been applied."""
+        with self.lock:
+            if next_index > self.next_index:
+                self.next_index = next_index
+                self._save()
+
+    def duplicate(self) -> None:
+        """Count a document applied before (delivered again): not a refusal."""
+        with self.lock:
+            self.accepted["duplicates"] += 1
+
     def room_for(self, count: int) -> bool:
-        with self._lock:
+        with self.lock:
             return (len(self._grants) + count <= MAX_GRANTS
                     and len(self._revoked) < MAX_REVOKED)
 
     def refuse(self, reason: str) -> None:
         """Count one refused document (persisted with the next change, shown in status)."""
-        with self._lock:
+        with self.lock:
             self.refused[reason] += 1
             try:
                 self._save()
@@ -128,7 +149,7 @@ class GrantBook:
 
     def status(self, wall_ms: int, synced: bool) -> dict[str, object]:
         """A JSON-ready view for ``status``: grants with their state, counters."""
-        with self._lock:
+        with self.lock:
             grants = [{
                 "consent": g.consent_hash.hex(), "stream": g.stream, "fields": list(g.fields),
                 "derived_stream": k, "recipient": g.recipient.hex(),
@@ -136,6 +157,7 @@ class GrantBook:
                 "not_after_ms": g.not_after_ms, "in_force": g.in_force(wall_ms, synced),
             } for k, g in sorted(self._grants.items())]
             return {"grants": grants, "revoked": len(self._revoked),
+                    "last_counter": self.last_counter, "next_index": self.next_index,
                     "accepted": dict(self.accepted), "refused": dict(self.refused)}
 
     # --- the file -----------------------------------------------------------------------
@@ -155,6 +177,8 @@ class GrantBook:
             self._revoked = {bytes.fromhex(h): int(t) for h, t in data["revoked"]}
             self.refused.update({str(k): int(v) for k, v in data["refused"].items()})
             self.accepted.update({str(k): int(v) for k, v in data["accepted"].items()})
+            self.last_counter = _int(data["last_counter"])
+            self.next_index = _int(data["next_index"])
         except (ValueError, KeyError, TypeError, VerificationError) as exc:
             raise StorageError(f"{self.path}: damaged grant book ({exc}); move it aside "
                                f"only after the owner re-sent its revocations") from None
@@ -164,6 +188,7 @@ class GrantBook:
             "grants": [_grant_to_json(g) for _, g in sorted(self._grants.items())],
             "revoked": sorted([h.hex(), t] for h, t in self._revoked.items()),
             "refused": dict(self.refused), "accepted": dict(self.accepted),
+            "last_counter": self.last_counter, "next_index": self.next_index,
         }
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         try:

@@ -198,21 +198,38 @@ class RecordWriter:
 
     def _write_granted(self, stream: str, values: tuple[Measurement, ...], mono_ms: int,
                        epoch: EpochKeys) -> None:
-        """Append the derived record of every grant of ``stream`` whose rate allows one."""
-        for name, grant in self._epoch_grants.items():
-            if grant.stream != stream:
-                continue
-            last = self._last_granted.get(name)
-            if last is not None and mono_ms - last < grant.min_interval_ms:
-                self.counters["granted_rate_skipped"] += 1
-                continue
-            subset = granted_values(values, grant.fields)
-            if not subset:
-                self.counters["granted_no_fields"] += 1
-                continue
-            self._append_sealed(name, subset, mono_ms, epoch)
-            self._last_granted[name] = mono_ms
-            self.counters["granted_records"] += 1
+        """Append the derived record of every grant of ``stream`` whose rate allows one.
+
+        Under the grant book's lock, and only if the book is still the one the epoch was
+        made from: a revocation applied meanwhile (by the uplink thread) either comes
+        after these records and withdraws them, or before and none is made.
+        """
+        assert self._book is not None
+        with self._book.lock:
+            if self._book.version != self._book_version:
+                self.counters["granted_deferred"] += 1  # the next reading starts an epoch
+                return
+            for name, grant in self._epoch_grants.items():
+                if grant.stream == stream and self._rate_allows(name, grant, mono_ms):
+                    self._write_one_granted(name, grant, values, mono_ms, epoch)
+
+    def _rate_allows(self, name: str, grant: AccessGrant, mono_ms: int) -> bool:
+        last = self._last_granted.get(name)
+        if last is not None and mono_ms - last < grant.min_interval_ms:
+            self.counters["granted_rate_skipped"] += 1
+            return False
+        return True
+
+    def _write_one_granted(self, name: str, grant: AccessGrant,
+                           values: tuple[Measurement, ...], mono_ms: int,
+                           epoch: EpochKeys) -> None:
+        subset = granted_values(values, grant.fields)
+        if not subset:
+            self.counters["granted_no_fields"] += 1
+            return
+        self._append_sealed(name, subset, mono_ms, epoch)
+        self._last_granted[name] = mono_ms
+        self.counters["granted_records"] += 1
 
     def _append_sealed(self, stream: str, values: tuple[Measurement, ...], mono_ms: int,
                        epoch: EpochKeys) -> int | None:

@@ -47,23 +47,6 @@ class DropReason(StrEnum):
 
 
 @unique
-class PolicyRefusal(StrEnum):
-    """Why a device refused an access policy document (counted in ``status``, agent-local)."""
-
-    MALFORMED = "malformed"              # not a well-formed, size-capped document or delivery
-    BAD_SIGNATURE = "bad_signature"      # its signature does not verify under its own key
-    UNSIGNED_POLICY = "unsigned_policy"  # not signed by the device's pinned owner key
-    NO_OWNER_KEY = "no_owner_key"        # the device has no pinned owner key: it takes none
-    OTHER_DEVICE = "other_device"        # a consent that does not name this device
-    UNKNOWN_STREAM = "unknown_stream"    # a stream this device does not have
-    EXPIRED = "expired"                  # a consent whose period has provably ended
-    REVOKED = "revoked"                  # a consent its owner already revoked (a replay)
-    STALE_COUNTER = "stale_counter"      # a revocation counter not above the last applied
-    FULL = "full"                        # the grant book is full (agent/grants.py caps)
-    WRONG_TYPE = "wrong_type"            # a document type a device does not apply
-
-
-@unique
 class DocumentReason(StrEnum):
     """Why a signed document (request, consent, revocation) was refused, by the gateway or
     by a device; counted per code in ``/metrics`` and the agent's status."""
@@ -84,6 +67,12 @@ class DocumentReason(StrEnum):
     DUPLICATE = "duplicate"                    # this exact document is already logged
     WRONG_TYPE = "wrong_type"                  # a document type not accepted here
     UNSIGNED_POLICY = "unsigned_policy"        # a device got a document its owner did not sign
+    # Refused by a device only (agent/policy.py):
+    NO_OWNER_KEY = "no_owner_key"              # the device pins no owner key: it applies none
+    OTHER_DEVICE = "other_device"              # a consent that does not name this device
+    CONSENT_EXPIRED = "consent_expired"        # a consent whose period has provably ended
+    CONSENT_REVOKED = "consent_revoked"        # a consent its owner already revoked (a replay)
+    GRANTS_FULL = "grants_full"                # the device's grant book is at its cap
 
 
 MALFORMED: Final = Reason.MALFORMED
