@@ -123,6 +123,7 @@ class RecordWriter:
         self._book_version = -1
         self._epoch_grants: dict[str, AccessGrant] = {}  # derived stream -> grant
         self._last_granted: dict[str, int] = {}  # derived stream -> mono_ms of its last record
+        self._checked = (False, 0, 0)  # sync state, wall from, wall until: grants unchanged
         self.counters: Counter[str] = Counter()
 
     @property
@@ -130,12 +131,19 @@ class RecordWriter:
         return frozenset(self._recipients)
 
     def _grants_in_force(self) -> tuple[AccessGrant, ...]:
+        """The book's grants in force now; notes when that set can next change."""
         if self._book is None:
             return ()
+        wall, synced = self._clock.wall_ms(), self._clock.wall_synced()
+        grants = self._book.grants()
+        # The set changes when the sync state does, or the wall clock crosses a grant's
+        # start or end (or steps back): checked per reading without walking the book.
+        self._checked = (synced, wall, min(
+            [g.not_before_ms for g in grants if g.not_before_ms > wall]
+            + [g.not_after_ms for g in grants if g.not_after_ms > wall], default=1 << 64))
         # A derived stream only makes sense when the full stream is sealed (to the owner).
-        return tuple(g for g in self._book.in_force(self._clock.wall_ms(),
-                                                     self._clock.wall_synced())
-                     if g.stream in self._recipients)
+        return tuple(g for g in grants
+                     if g.in_force(wall, synced) and g.stream in self._recipients)
 
     def start_epoch(self) -> int | None:
         """Append a ``keys`` record starting a new epoch; return its seq (None: no recipients).
@@ -173,6 +181,10 @@ class RecordWriter:
             return False
         if self._book.version != self._book_version:
             return True
+        synced, since, until = self._checked
+        wall = self._clock.wall_ms()
+        if self._clock.wall_synced() == synced and since <= wall < until:
+            return False
         return {g.derived_stream for g in self._grants_in_force()} != set(self._epoch_grants)
 
     def refresh_epoch(self) -> int | None:
