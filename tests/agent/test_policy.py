@@ -6,10 +6,12 @@ refusal must change nothing and be counted with its reason code.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from agent.cli import main
 from agent.clock import ManualClock
 from agent.grants import GrantBook
 from agent.outbox import DeviceState, Outbox, OutboxSettings
@@ -175,3 +177,16 @@ def test_same_consent_delivered_twice_starts_no_new_epoch(device: Device) -> Non
     device.deliver(consent, complete=False)
     assert device.book.version == version
     assert device.book.accepted["duplicates"] == 1
+
+
+def test_status_shows_refusals_by_reason_even_with_the_agent_down(
+        device: Device, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    device.deliver(device.consent(SigningKey.generate()))
+    device.deliver(device.consent())
+    device.outbox.commit()
+    assert main(["status", "--state-dir", str(tmp_path), "--json"]) == 0
+    grants = json.loads(capsys.readouterr().out)["grants"]
+    assert grants["refused"] == {"unsigned_policy": 1}
+    assert [g["fields"] for g in grants["grants"]] == [["Cel"]]
+    assert main(["status", "--state-dir", str(tmp_path)]) == 0
+    assert "REFUSED: unsigned_policy 1" in capsys.readouterr().out
