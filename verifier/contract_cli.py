@@ -6,6 +6,8 @@
                              [--min-interval S] --not-before T --not-after T
                              --purpose TEXT [--reward MICRO_PER_HOUR] [--json]
     edgeproof-verify document FILE [--signer HEX] [--json]       check one document offline
+    edgeproof-verify audit (--gateway URL --device ID [--save FILE] | --bundle FILE)
+                           [--from T] [--to T] [--gateway-key KEY] [--owner-key HEX] [--json]
 
 A recipient signs its request here and submits it; anyone checks a document's signature
 offline (with ``--signer``: that a given key, e.g. the owner key a device pinned, signed it).
@@ -15,15 +17,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from osutil.cli import EXIT_OK
+from protocol.audit import AuditBundle, verify_audit
 from protocol.contract import DataRequest, Terms
 from protocol.documents import sign_document, verify_document
 from protocol.errors import ConfigError, MalformedRecord
 from protocol.keys import SigningKey, load_recipient_key, load_signing_key, save_signing_key
+from verifier.audit import audit_json, build_audit, print_audit
 from verifier.client import DocumentClient
 from verifier.documents import (
     as_text,
@@ -33,7 +38,7 @@ from verifier.documents import (
     parse_time_ms,
 )
 
-COMMANDS = ("signing-key", "request", "document")
+COMMANDS = ("signing-key", "request", "document", "audit")
 
 
 def add_commands(sub: Any) -> None:
@@ -71,6 +76,27 @@ def add_commands(sub: Any) -> None:
     document.add_argument("--signer", metavar="HEX",
                           help="the Ed25519 public key that must have signed it")
     document.add_argument("--json", action="store_true", help="machine-readable output")
+    audit = sub.add_parser(
+        "audit", help="who could decrypt which fields of a device, from which consent, until",
+        description="For a device and a wall-time range, show every recipient that could "
+        "decrypt its data, which fields at which rate, from which consent (and request), "
+        "applied by which key epochs, until which revocation or expiry; proven from logged "
+        "leaves with inclusion proofs into one signed checkpoint. From a gateway (--save "
+        "writes the audit bundle) or offline from a bundle (--bundle).")
+    source = audit.add_mutually_exclusive_group(required=True)
+    source.add_argument("--gateway", metavar="URL", help="http://host:port")
+    source.add_argument("--bundle", type=Path, metavar="FILE", help="an audit bundle (offline)")
+    audit.add_argument("--device", metavar="ID", help="device id (32 hex; with --gateway)")
+    audit.add_argument("--from", dest="from_time", metavar="T", default="0",
+                       help="start, ms or ISO 8601 (default: the beginning)")
+    audit.add_argument("--to", dest="to_time", metavar="T",
+                       help="end, ms or ISO 8601 (default: now)")
+    audit.add_argument("--gateway-key", metavar="KEY",
+                       help="the gateway verifier key you trust (text or file)")
+    audit.add_argument("--owner-key", metavar="HEX",
+                       help="the owner's Ed25519 key you trust (else the bundle's, untrusted)")
+    audit.add_argument("--save", type=Path, metavar="FILE", help="write the audit bundle")
+    audit.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.command == "request":
         return _request(args)
+    if args.command == "audit":
+        return _audit(args)
     raw = _read_document(args.path)
     signer = None if args.signer is None else _key_hex(args.signer)
     doc = verify_document(raw, expected_signer=signer)
@@ -106,6 +134,40 @@ def _request(args: argparse.Namespace) -> int:
     info["duplicate"] = duplicate
     _emit(args.json, info)
     return EXIT_OK
+
+
+def _audit(args: argparse.Namespace) -> int:
+    trusted = gateway_key_arg(args.gateway_key)
+    if args.bundle is not None:
+        bundle = AuditBundle.from_json(args.bundle.read_bytes())
+    else:
+        if args.device is None:
+            raise ConfigError("audit --gateway needs --device ID")
+        device = parse_device_ids([args.device])[0]
+        to_ms = time.time_ns() // 1_000_000 if args.to_time is None else \
+            parse_time_ms(args.to_time)
+        client = DocumentClient(args.gateway)
+        bundle = build_audit(client, device, parse_time_ms(args.from_time), to_ms,
+                             trusted or client.verifier_key())
+        if args.save is not None:
+            args.save.write_text(bundle.to_json())
+    owner = None if args.owner_key is None else _key_hex(args.owner_key)
+    result = verify_audit(bundle, trusted, owner)
+    if args.json:
+        print(json.dumps(audit_json(result), sort_keys=True))
+    else:
+        print_audit(result, sys.stdout)
+    return EXIT_OK
+
+
+def gateway_key_arg(value: str | None) -> str | None:
+    """A ``--gateway-key`` argument: the key text, or a file holding it."""
+    if value is None:
+        return None
+    path = Path(value)
+    if "+" not in value and path.is_file():
+        return path.read_text(encoding="utf-8").strip()
+    return value.strip()
 
 
 def _read_document(path: Path) -> bytes:
