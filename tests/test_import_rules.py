@@ -1,12 +1,13 @@
 """The import rules of docs/ARCHITECTURE.md, enforced over every .py file of every package.
 
 Imports point one way: ``protocol`` imports none of our packages; ``osutil`` imports
-``protocol`` only; ``agent``, ``gateway``, ``provisioning``, ``verifier`` and ``validator``
-import ``protocol`` and ``osutil`` and never each other (provisioning, the verifier and the
-validator talk to the gateway over HTTP, like any outsider); ``firmware_sim`` may import
-everything. Every import statement counts, including those inside functions: a lazy import
-is still a dependency. Module names loaded from configuration (the agent's named
-simulated-hardware backend) are strings, not imports, and are not covered here.
+``protocol`` only; ``agent``, ``gateway``, ``provisioning`` and ``verifier`` import
+``protocol`` and ``osutil`` and never each other (provisioning and the verifier talk to
+the gateway over HTTP, like any outsider); ``owner`` and ``validator`` add ``verifier``
+(its HTTP client and record opener); ``firmware_sim`` may import everything. Every
+import statement counts, including those inside functions: a lazy import is still a
+dependency. Module names loaded from configuration (the agent's named simulated-hardware
+backend) are strings, not imports, and are not covered here.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 EVERYTHING = frozenset({"protocol", "osutil", "agent", "gateway", "provisioning", "verifier",
-                        "validator", "firmware_sim"})
+                        "owner", "validator", "firmware_sim"})
 # Which of our packages each package may import (its own is always allowed).
 MAY_IMPORT: dict[str, frozenset[str]] = {
     "protocol": frozenset(),
@@ -32,6 +33,9 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     # The running role reads values as a granted recipient, with the verifier's recipient
     # code (one implementation of opening records); the judging core imports neither.
     "validator": frozenset({"protocol", "osutil", "verifier"}),
+    # The owner is a recipient of its own devices' data: it reads and opens records, and
+    # reads and submits documents, with the verifier's client, opener and printers.
+    "owner": frozenset({"protocol", "osutil", "verifier"}),
     "firmware_sim": EVERYTHING,
 }
 # The two packages everything stands on also keep their third-party footprint small:

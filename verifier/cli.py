@@ -6,6 +6,7 @@
     edgeproof-verify records --gateway URL --device ID [--key FILE] [--stream S ...]
                              [--json] [--follow [--interval S]]
     edgeproof-verify decrypt --gateway URL --device ID --key FILE [--stream S ...] [--json]
+    edgeproof-verify signing-key | request | document ...   (verifier/contract_cli.py)
 
 Exit status (docs/CLI.md) 0 only when every requested check passed; 1 when a check failed;
 2 for bad usage, when something could not be fetched, or when the record is logged but no
@@ -32,6 +33,7 @@ from protocol.errors import EdgeproofError, MalformedRecord, VerificationError
 from protocol.keys import RecipientKey, load_recipient_key
 from protocol.note import NoteVerifier
 from protocol.signed import parse_signed_record
+from verifier import contract_cli
 from verifier.client import TIMEOUT_S, GatewayClient, LoggedRecord, anchoring_transaction
 from verifier.quality import covering_attestations
 from verifier.recipient import open_records
@@ -142,6 +144,7 @@ def _parser() -> argparse.ArgumentParser:
     decrypt.add_argument("--key", required=True, type=Path, metavar="FILE",
                          help="the recipient's X25519 key file (mode 0600)")
     decrypt.add_argument("--json", action="store_true", help="one JSON array of records")
+    contract_cli.add_commands(sub)
     return parser
 
 
@@ -168,6 +171,8 @@ def _main(argv: Sequence[str] | None, waiting: Waiting | None) -> int:
         if args.command == "records":
             base = waiting or Waiting()
             return _cmd_records(args, Follow(args.follow, args.interval, base.sleep))
+        if args.command in contract_cli.COMMANDS:
+            return contract_cli.run(args)
         return _cmd_decrypt(args)
     except VerificationError as exc:
         print(f"edgeproof-verify: FAILED: {exc}", file=sys.stderr)
@@ -175,15 +180,6 @@ def _main(argv: Sequence[str] | None, waiting: Waiting | None) -> int:
     except (EdgeproofError, OSError) as exc:
         print(f"edgeproof-verify: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-
-
-def _read_key_arg(value: str | None) -> str | None:
-    if value is None:
-        return None
-    path = Path(value)
-    if "+" not in value and path.is_file():
-        return path.read_text().strip()
-    return value.strip()
 
 
 def _print_report(passed: list[tuple[str, str]], extra: dict[str, object],
@@ -217,7 +213,7 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UsageError(f"{args.path}: {exc.strerror}") from None
     bundle = ProofBundle.from_json(text)
-    trusted = _read_key_arg(args.gateway_key)
+    trusted = contract_cli.gateway_key_arg(args.gateway_key)
     report = verify_bundle(bundle, trusted)
     _print_report(report.passed, {"offline": True}, args.json,
                   None if trusted else f"the bundle {args.path}")
@@ -227,7 +223,7 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
 def _cmd_record(args: argparse.Namespace, waiting: Waiting) -> int:
     client = GatewayClient(args.gateway)
     logged = _find_record(client, args.leaf, args.file)
-    trusted = _read_key_arg(args.gateway_key)
+    trusted = contract_cli.gateway_key_arg(args.gateway_key)
     gateway_key = trusted or client.verifier_key()
     keys = client.device_keys(logged.device_id)
     extra: dict[str, object] = {}
