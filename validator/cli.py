@@ -21,7 +21,7 @@ from osutil.cli import EXIT_FAILED, EXIT_OK, add_version, run_command
 from protocol.keys import load_recipient_key, load_signing_key
 from validator.run import Outcome, run_once
 from validator.sites import load_site
-from verifier.client import GatewayClient
+from verifier.client import DocumentClient
 
 PROG = "edgeproof-validator"
 
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     site = load_site(args.site)
-    outcome = run_once(GatewayClient(args.gateway), site, load_signing_key(args.signing_key),
+    outcome = run_once(DocumentClient(args.gateway), site, load_signing_key(args.signing_key),
                        load_recipient_key(args.recipient_key), time.time_ns() // 1_000_000)
     _print(outcome, as_json=args.json)
     return EXIT_FAILED if outcome.refused else EXIT_OK

@@ -21,7 +21,7 @@ from validator.attest import attestation_for, sign_attestation
 from validator.model import Thresholds, WindowVerdict
 from validator.site import SiteValidator
 from validator.sites import SiteFile
-from verifier.client import GatewayClient
+from verifier.client import DocumentClient, DocumentRefusedByGateway
 from verifier.recipient import Opener
 
 Readings = dict[str, list[tuple[float, float, int]]]  # sensor -> (wall_s, value, leaf index)
@@ -38,7 +38,7 @@ class Outcome:
     skipped: Counter[str] = field(default_factory=Counter)
 
 
-def collect(client: GatewayClient, site: SiteFile, key: RecipientKey, out: Outcome
+def collect(client: DocumentClient, site: SiteFile, key: RecipientKey, out: Outcome
             ) -> Readings:
     """Every usable reading of the site's sensors, by sensor name."""
     readings: Readings = {}
@@ -78,7 +78,7 @@ def judge(site: SiteFile, readings: Readings, now_s: float,
     return out
 
 
-def run_once(client: GatewayClient, site: SiteFile, signing: SigningKey,
+def run_once(client: DocumentClient, site: SiteFile, signing: SigningKey,
              sealing: RecipientKey, now_ms: int) -> Outcome:
     """Collect, judge, attest and submit every complete window; return what happened."""
     out = Outcome()
@@ -86,13 +86,15 @@ def run_once(client: GatewayClient, site: SiteFile, signing: SigningKey,
     for verdict, leaves in judge(site, readings, now_ms / 1000):
         out.verdicts.append(verdict)
         doc = attest(site, verdict, leaves, signing)
-        status, body = client.submit_document(doc.raw)
-        if status == 201:
-            out.logged += 1
-        elif status == 200:
+        try:
+            _, duplicate = client.submit(doc.raw)
+        except DocumentRefusedByGateway as exc:
+            out.refused[exc.reason or "unknown"] += 1
+            continue
+        if duplicate:
             out.already_logged += 1
         else:
-            out.refused[str(body.get("reason", "unknown"))] += 1
+            out.logged += 1
     return out
 
 

@@ -34,7 +34,13 @@ from protocol.keys import RecipientKey, load_recipient_key
 from protocol.note import NoteVerifier
 from protocol.signed import parse_signed_record
 from verifier import contract_cli
-from verifier.client import TIMEOUT_S, GatewayClient, LoggedRecord, anchoring_transaction
+from verifier.client import (
+    TIMEOUT_S,
+    DocumentClient,
+    GatewayClient,
+    LoggedRecord,
+    anchoring_transaction,
+)
 from verifier.quality import covering_attestations
 from verifier.recipient import open_records
 from verifier.records import Follow, as_line, show_records
@@ -221,7 +227,7 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
 
 
 def _cmd_record(args: argparse.Namespace, waiting: Waiting) -> int:
-    client = GatewayClient(args.gateway)
+    client = DocumentClient(args.gateway)
     logged = _find_record(client, args.leaf, args.file)
     trusted = contract_cli.gateway_key_arg(args.gateway_key)
     gateway_key = trusted or client.verifier_key()

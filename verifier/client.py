@@ -153,33 +153,6 @@ class GatewayClient:
                 return out
             after = page[-1].seq
 
-    def documents(self, doc_type: str, after: int = -1, limit: int = 1000
-                  ) -> list[tuple[int, bytes]]:
-        """One page of logged documents of ``doc_type``: (leaf index, exact bytes)."""
-        data = _json(_get(self.session, f"{self.base}/v1/documents", type=doc_type,
-                          after=after, limit=limit))
-        if not isinstance(data, list):
-            raise MalformedRecord("bad_response", "documents: no list")
-        return [(_int(d.get("index"), "index"), _hex(d.get("document"), "document"))
-                for d in data if isinstance(d, dict)]
-
-    def submit_document(self, raw: bytes) -> tuple[int, dict[str, Any]]:
-        """POST a signed document (``/v1/documents``); return (HTTP status, JSON body).
-
-        201 logged, 200 already logged, 400 refused (``reason`` in the body). Raises
-        TransportError if the gateway cannot be reached or answers otherwise.
-        """
-        url = f"{self.base}/v1/documents"
-        try:
-            response = self.session.post(url, data=raw, timeout=TIMEOUT_S,
-                                         headers={"Content-Type": "application/cose"})
-        except requests.RequestException as exc:
-            raise TransportError(f"cannot reach {url}: {exc.__class__.__name__}") from None
-        if response.status_code not in {200, 201, 400}:
-            raise TransportError(f"{url}: HTTP {response.status_code}")
-        body = response.json() if response.content else {}
-        return response.status_code, body if isinstance(body, dict) else {}
-
     def device_keys(self, device_id: bytes) -> list[tuple[int, bytes]]:
         """The device's keys as ``(from_seq, public key)``, oldest first."""
         data = _json(_get(self.session, f"{self.base}/v1/devices/{device_id.hex()}/keys"))

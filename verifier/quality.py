@@ -5,12 +5,12 @@ from __future__ import annotations
 from protocol.bundle import MAX_ATTESTATIONS, AttestationProof
 from protocol.documents import parse_document
 from protocol.quality import QUALITY, QualityAttestation
-from verifier.client import GatewayClient, LoggedRecord
+from verifier.client import DocumentClient, LoggedRecord
 
 PAGE = 1000
 
 
-def covering_attestations(client: GatewayClient, logged: LoggedRecord, size: int
+def covering_attestations(client: DocumentClient, logged: LoggedRecord, size: int
                           ) -> tuple[AttestationProof, ...]:
     """The quality attestations (PROTOCOL.md §19) in the tree of ``size`` leaves whose
     verdict on the record's device names its leaf, each with its inclusion proof. Which
@@ -18,14 +18,14 @@ def covering_attestations(client: GatewayClient, logged: LoggedRecord, size: int
     found: list[AttestationProof] = []
     after = -1
     while len(found) < MAX_ATTESTATIONS:
-        page = client.documents(QUALITY, after)
-        for index, raw in page:
-            if index < size and _names(raw, logged):
-                proof = tuple(client.inclusion_proof(index, size))
-                found.append(AttestationProof(raw, index, proof))
-        if len(page) < PAGE or page[-1][0] >= size:
+        page = client.documents(QUALITY, after, PAGE)
+        for doc in page:
+            if doc.index < size and _names(doc.raw, logged):
+                proof = tuple(client.inclusion_proof(doc.index, size))
+                found.append(AttestationProof(doc.raw, doc.index, proof))
+        if len(page) < PAGE or page[-1].index >= size:
             break
-        after = page[-1][0]
+        after = page[-1].index
     return tuple(found[:MAX_ATTESTATIONS])
 
 
