@@ -243,7 +243,24 @@ def _status_text(status: dict[str, object]) -> str:
     grants = status.get("grants")
     if isinstance(grants, dict):
         lines.append(f"grants        {_grants_text(grants)}")
+    notes = status.get("quality")
+    for note in notes if isinstance(notes, list) else []:
+        if isinstance(note, dict):
+            lines.append(f"quality       {_quality_text(note)}")
     return "\n".join(lines)
+
+
+def _quality_text(note: dict[str, object]) -> str:
+    """One validator's latest verdict on this sensor (docs/QUALITY.md)."""
+    state = str(note.get("state"))
+    reasons = note.get("reasons")
+    why = f" ({', '.join(map(str, reasons))})" if isinstance(reasons, list) and reasons else ""
+    start = note.get("window_start_ms")
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start // 1000)) \
+        if isinstance(start, int) else "?"
+    return (f"{note.get('site')} {note.get('field')}: "
+            f"{state.upper() if state in {'suspect', 'faulty'} else state}{why} "
+            f"in the window from {when}, by validator {str(note.get('validator'))[:16]}")
 
 
 def _grants_text(grants: dict[str, object]) -> str:

@@ -30,12 +30,14 @@ from collections.abc import Collection
 from agent.clock import Clock
 from agent.grants import GrantBook
 from agent.outbox import Outbox
+from agent.quality import QualityNotes
 from protocol import reasons
 from protocol.contract import Consent, Revocation
 from protocol.delivery import PolicyDelivery
 from protocol.documents import Document, verify_document
 from protocol.errors import MalformedRecord, VerificationError
 from protocol.grants import AccessGrant
+from protocol.quality import QUALITY, QualityAttestation
 from protocol.reasons import DocumentReason
 
 log = logging.getLogger(__name__)
@@ -58,10 +60,13 @@ class PolicyInbox:
     """Verifies and applies the documents delivered to one device."""
 
     def __init__(self, book: GrantBook, outbox: Outbox, *, device_id: bytes,
-                 owner: bytes | None, streams: Collection[str], clock: Clock) -> None:
+                 owner: bytes | None, streams: Collection[str], clock: Clock,
+                 quality: QualityNotes | None = None) -> None:
         """``owner`` is the pinned owner's Ed25519 public key (None: the device applies no
-        document); ``streams`` the streams the device has."""
+        document); ``streams`` the streams the device has; ``quality`` keeps the quality
+        verdicts on this device that arrive (None: they are refused as ``wrong_type``)."""
         self.book = book
+        self.quality = quality
         self._outbox = outbox
         self._device_id = device_id
         self._owner = owner
@@ -104,6 +109,8 @@ class PolicyInbox:
             self._consent(doc, doc.body)
         elif isinstance(doc.body, Revocation):
             self._revocation(doc.body)
+        elif isinstance(doc.body, QualityAttestation) and self.quality is not None:
+            self._quality(doc, doc.body)
         else:
             raise Refused(DocumentReason.WRONG_TYPE, f"a {doc.type} is not for devices")
 
@@ -116,6 +123,8 @@ class PolicyInbox:
             raise Refused(DocumentReason.MALFORMED, str(exc)) from None
         except VerificationError as exc:
             raise Refused(DocumentReason.BAD_SIGNATURE, str(exc)) from None
+        if doc.type == QUALITY:
+            return doc  # a validator's statement, informational: any signer (agent/quality.py)
         if doc.signer != self._owner:
             raise Refused(DocumentReason.UNSIGNED_POLICY,
                           f"{doc.type} signed by {doc.signer.hex()[:16]}…, not the owner")
@@ -165,6 +174,19 @@ class PolicyInbox:
         log.info("revocation of consent %s… applied (%s): ended %s, withdrew %d unsent "
                  "records", revocation.consent.hex()[:16], revocation.reason,
                  ", ".join(ended) or "no grant", len(gone))
+
+    def _quality(self, doc: Document, body: QualityAttestation) -> None:
+        assert self.quality is not None
+        try:
+            kept = self.quality.note(doc.signer_id, body, self._device_id)
+        except KeyError:
+            raise Refused(DocumentReason.OTHER_DEVICE, "the attestation does not name this "
+                          "device") from None
+        if kept:
+            state = body.of(self._device_id)
+            log.log(logging.WARNING if state.state in {"suspect", "faulty"} else logging.INFO,
+                    "quality: %s says this sensor is %s %s (site %s)",
+                    doc.signer_id.hex()[:16], state.state, ",".join(state.reasons), body.site)
 
     def _refused(self, reason: DocumentReason, detail: str) -> None:
         self.book.refuse(reason)

@@ -33,6 +33,7 @@ from agent.grants import GRANTS_FILE, GrantBook
 from agent.identity import Identity, KeyFiles, load_identity
 from agent.outbox import DatabaseCorrupt, DeviceState, Outbox
 from agent.policy import PolicyInbox
+from agent.quality import QUALITY_FILE, QualityNotes
 from agent.records import RecordFactory, RecordWriter
 from agent.rotation import KeyRotator, RotationState, Step
 from agent.sensors import (
@@ -142,7 +143,7 @@ class AgentService:
         self.policy = None if cfg.owner is None else PolicyInbox(
             self.grants, self.outbox, device_id=self.identity.device_id,
             owner=cfg.owner.public_key, streams={s.stream for s in cfg.sensors},
-            clock=self.clock)
+            clock=self.clock, quality=QualityNotes(cfg.state_dir / QUALITY_FILE))
         self.writer = RecordWriter(self.factory, self.outbox, cfg.stream_recipients(),
                                    policy=cfg.epoch, clock=self.clock,
                                    random_bytes=self.options.random_bytes,

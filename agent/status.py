@@ -16,6 +16,7 @@ from pathlib import Path
 from agent.clock import SystemClock
 from agent.grants import GRANTS_FILE, GrantBook
 from agent.outbox import read_stats
+from agent.quality import QUALITY_FILE, read_notes
 from protocol.errors import StorageError
 
 STATUS_FILE = "status.json"
@@ -56,6 +57,8 @@ def collect_status(state_dir: Path) -> dict[str, object]:
     }
     return {"state_dir": str(state_dir), "boot": state.get("boot"),
             "outbox": outbox, "credit": credit, "grants": _read_grants(state_dir),
+            "quality": sorted(read_notes(state_dir / QUALITY_FILE).values(),
+                              key=lambda n: str(n.get("site"))),
             "agent": agent}
 
 

@@ -22,7 +22,7 @@ from protocol.keys import signer_id
 
 Run = Callable[[str, tuple[Any, ...]], list[tuple[Any, ...]]]
 DOCUMENT_STREAM_PREFIX = "document/"
-DELIVERED_TYPES = ("consent", "revocation")
+DELIVERED_TYPES = ("consent", "revocation", "quality")
 
 
 def schema(blob: str, integer: str) -> str:
@@ -110,7 +110,7 @@ def documents(run: Run, doc_type: str | None, after_index: int,
 def device_documents(run: Run, device_id: bytes, from_index: int,
                      limit: int) -> list[StoredDocument]:
     rows = run(_SELECT + "JOIN document_devices dd ON dd.idx = d.idx "
-               "WHERE dd.device_id = ? AND dd.idx >= ? AND d.type IN (?, ?) "
+               "WHERE dd.device_id = ? AND dd.idx >= ? AND d.type IN (?, ?, ?) "
                "ORDER BY d.idx LIMIT ?", (device_id, from_index, *DELIVERED_TYPES, limit))
     return [_stored(r) for r in rows]
 

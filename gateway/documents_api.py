@@ -4,7 +4,8 @@
   revocation; the signature is the credential (:mod:`gateway.contracts` decides). 201 with
   the leaf index, 200 if those bytes are already logged, 400 with a reason code otherwise.
 - ``GET /v1/documents``, ``GET /v1/documents/{id}``: public, paged, exact bytes in hex.
-- ``GET /v1/devices/{id}/documents``: the consents and revocations concerning a device.
+- ``GET /v1/devices/{id}/documents``: the consents, revocations and quality attestations
+  concerning a device.
 - ``GET /v1/owners/{owner_key}/devices``: the devices pinned to an owner key.
 - ``POST /v1/recipients`` (admin), ``GET /v1/recipients/list``: who may submit requests
   (the listing has its own path: the admin guard matches paths, not methods).
@@ -130,7 +131,8 @@ def document_routes(app: FastAPI, store: LogStore, desk: DocumentDesk | None,
         return document_out(found)
 
     @app.get("/v1/devices/{device_id}/documents", response_model=list[DocumentOut],
-             tags=["documents"], summary="Consents and revocations concerning a device")
+             tags=["documents"],
+             summary="Consents, revocations and quality attestations concerning a device")
     def device_documents(device_id: Annotated[str, Path(pattern=_HEX_ID)],
                          from_index: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
                          limit: Annotated[int, Query(ge=1, le=1000)] = 100,

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from firmware_sim.broker import MosquittoBroker
 from protocol import merkle
 from protocol.documents import Document
 from protocol.keys import RecipientKey, Secret, SigningKey, save_recipient_key, save_signing_key
@@ -23,7 +24,7 @@ from protocol.sealing import EpochKeys, new_key_epoch, seal_record
 from protocol.signed import sign_record
 from provisioning.sites import Site, SiteSensor, render
 from tests.gateway.conftest import RunningGateway
-from tests.gateway.contractkit import ADMIN, rejections, submit, submitted
+from tests.gateway.contractkit import ADMIN, PolicyListener, rejections, submit, submitted
 from tests.gateway.gwkit import DeviceClient, TestDevice, register
 from validator import SensorSpec, SiteSpec, SiteValidator
 from validator.attest import attestation_for, sign_attestation
@@ -229,3 +230,16 @@ def test_verify_shows_the_verdicts_covering_a_record_with_proofs_offline(
     bundle.write_text(json.dumps(saved))
     assert verify_main(["bundle", str(bundle), "--gateway-key", gateway.verifier]) == 1
     assert "quality attestations" in capsys.readouterr().err
+
+
+def test_logged_attestation_is_delivered_to_every_device_it_judges(
+        gateway: RunningGateway, broker: MosquittoBroker, room: Room) -> None:
+    listener = PolicyListener(broker.port)
+    try:
+        doc = room.signed()
+        index = submitted(gateway.base_url, doc)
+        for dev in room.devices:
+            delivery = listener.wait(dev.device_id, complete=False)
+            assert delivery.documents == ((index, doc.raw),)
+    finally:
+        listener.close()
