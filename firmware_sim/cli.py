@@ -2,6 +2,7 @@
 
     edgeproof-sim demo [--devices N] [--duration SECONDS] [--seed S] [--keep] [--json]
     edgeproof-sim fleet --fleet FLEET_DIR --devices N [--duration S] [--rate HZ] [--json]
+    edgeproof-sim quality [--sites FILE] [--hours H] [--seed S] [--json]
 
 Thin by design: parse arguments, run :mod:`firmware_sim.demo` or :mod:`firmware_sim.fleet`,
 print the result, and turn a failure into one line on stderr and a non-zero exit code.
@@ -78,6 +79,20 @@ def _parser() -> argparse.ArgumentParser:
     fleet.add_argument("--json", action="store_true",
                        help="only the final JSON line on stdout (intervals go to stderr)")
     fleet.set_defaults(handler=_cmd_fleet)
+
+    quality = sub.add_parser(
+        "quality", help="co-located sensors with seeded faults through the validator",
+        description="Simulate the sites of a sites file (seeded faults: bias, drift, stuck, "
+        "noise, spikes, dropout, replay) at one reading a minute, judge every 10-minute "
+        "window with the quality validator, and print each change of a sensor's state "
+        "(docs/QUALITY.md). Offline: no broker or gateway.")
+    quality.add_argument("--sites", type=Path, default=Path("examples/quality-sites.toml"),
+                         metavar="FILE", help="sites file (default examples/quality-sites.toml)")
+    quality.add_argument("--hours", type=float, default=72.0, metavar="H",
+                         help="simulated hours (default 72)")
+    quality.add_argument("--seed", type=int, default=1, help="simulation seed (default 1)")
+    quality.add_argument("--json", action="store_true", help="one JSON object at the end")
+    quality.set_defaults(handler=_cmd_quality)
     return parser
 
 
@@ -95,6 +110,28 @@ def _main(argv: list[str] | None) -> int:
             raise
         return _fail(f"{args.command} needs the 'sim' extra (no module named {exc.name!r}); "
                      "install it with: pip install 'edgeproof[sim]'")
+
+
+def _cmd_quality(args: argparse.Namespace) -> int:
+    if args.hours <= 0:
+        return _fail("--hours must be > 0", EXIT_USAGE)
+    from firmware_sim.quality_demo import changes  # noqa: PLC0415
+    from firmware_sim.sites import load_sites  # noqa: PLC0415
+    caught: dict[str, list[str]] = {}
+    for site in load_sites(args.sites):
+        for c in changes(site, args.hours, args.seed):
+            if c.after == "faulty":
+                caught.setdefault(f"{c.site}/{c.sensor}", []).append(
+                    f"{c.start_s / 3600:.1f}h {','.join(c.reasons)}")
+            if not args.json:
+                print(f"{c.start_s / 3600:7.2f} h  {c.site}/{c.sensor}: {c.before} -> "
+                      f"{c.after} {','.join(c.reasons)}".rstrip())
+    if args.json:
+        print(json.dumps({"hours": args.hours, "seed": args.seed, "faulty": caught}))
+    else:
+        print("turned faulty: " + ("; ".join(f"{k} at {', '.join(v)}"
+                                             for k, v in sorted(caught.items())) or "none"))
+    return EXIT_OK
 
 
 def _fail(message: str, code: int = EXIT_FAILED) -> int:

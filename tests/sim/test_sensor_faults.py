@@ -3,6 +3,7 @@ way the validator must later notice, from the same config the demo and bench use
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from statistics import mean, pstdev
 
@@ -10,6 +11,7 @@ import pytest
 
 from agent.clock import ManualClock
 from agent.sensors.dht22 import DHT22Sensor
+from firmware_sim.cli import main as sim_main
 from firmware_sim.hardware import ClimateModel, DHTFaults, SensorFault, SimulatedHardware
 from firmware_sim.sites import SimSensor, SimSite, SiteRun, load_sites
 from protocol.errors import ConfigError, SensorReadError
@@ -123,3 +125,15 @@ def test_simulated_dht22_dropout_fails_like_a_missing_chip(tmp_path: Path) -> No
     with pytest.raises(SensorReadError, match="not_found"):
         sensor.read(clock.mono_ms())
     hw.close()
+
+
+def test_sim_quality_demo_catches_the_miscalibrated_sensor_and_only_it(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert sim_main(["quality", "--sites", str(REPO / "examples" / "quality-sites.toml"),
+                     "--hours", "72", "--json"]) == 0
+    faulty = json.loads(capsys.readouterr().out)["faulty"]
+    assert faulty["living-room/dht-c"][0].endswith("bias")
+    assert float(faulty["living-room/dht-c"][0].split("h")[0]) <= 1.0
+    assert "living-room/dht-a" not in faulty
+    assert "living-room/dht-b" not in faulty
+    assert faulty["hall/rh-forged"][0].endswith("replay")
