@@ -114,6 +114,7 @@ class AgentConfig:
     usage: UsageConfig | None
     service: ServiceSettings = field(default_factory=ServiceSettings)
     owner: OwnerConfig | None = None
+    sim_faults: Path | None = None  # seeded sensor faults of the simulated hardware (TOML)
 
     def stream_recipients(self) -> dict[str, tuple[bytes, ...]]:
         """Stream name -> the X25519 public keys its values are sealed for.
@@ -160,6 +161,7 @@ def parse_config(data: Mapping[str, object], base_dir: Path) -> AgentConfig:
     key_file = agent.path("key_file", state_dir / "device.key")
     pin_factory = agent.string("pin_factory", DEFAULT_PIN_FACTORY)
     sim_seed = agent.integer("sim_seed", 1, low=0)
+    sim_faults = agent.path("sim_faults", None)
     log_level = agent.choice("log_level", LOG_LEVELS, "info")
     assert key_file is not None
     assert pin_factory is not None
@@ -172,6 +174,7 @@ def parse_config(data: Mapping[str, object], base_dir: Path) -> AgentConfig:
         backend="hardware",  # only the --simulate flag selects simulated hardware
         pin_factory=pin_factory,
         sim_seed=sim_seed,
+        sim_faults=sim_faults,
         log_level=log_level,
         mqtt=_mqtt(root.table("mqtt")),
         gateway=_gateway(root.table("gateway")),

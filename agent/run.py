@@ -41,7 +41,8 @@ def run_agent(config: AgentConfig, clock: Clock, options: ServiceOptions,
         sim = None
         if config.backend == "simulated":
             sim = load_simulated_hardware(config.sim_seed, config.state_dir,
-                                          world_clock or clock)
+                                          world_clock or clock,
+                                          sensor_faults_file=config.sim_faults)
         service = AgentService(config, clock, sim=sim, options=options)
         try:
             service.start()

@@ -35,7 +35,7 @@ from gpiozero.pins.mock import MockFactory
 
 from agent.sensors.simulated import HardwareClock
 from firmware_sim.hardware.dht22 import DHTFaults, SimDHTModule
-from firmware_sim.hardware.faults import SensorFault
+from firmware_sim.hardware.faults import SensorFault, load_sensor_faults
 from firmware_sim.hardware.models import (
     ButtonModel,
     ClimateModel,
@@ -82,6 +82,7 @@ class SimulatedHardware:
         wiring: Wiring | None = None,
         dht_faults: DHTFaults | None = None,
         sensor_faults: Mapping[str, tuple[SensorFault, ...]] | None = None,
+        sensor_faults_file: Path | None = None,
         climate: ClimateModel | None = None,
         tv: TvSchedule | None = None,
         thermal: CpuThermalModel | None = None,
@@ -99,6 +100,8 @@ class SimulatedHardware:
         self._cpu_rng = random.Random(f"cpu:{seed}")  # noqa: S311 - seeded replayable simulation
         self._factory = MockFactory()
         self._pins: dict[int, Any] = {}
+        if sensor_faults_file is not None:
+            sensor_faults = {**load_sensor_faults(sensor_faults_file), **(sensor_faults or {})}
         self._dht = SimDHTModule(seed, self.climate, dht_faults or DHTFaults(),
                                  clock.mono_ms, self.world_wall_s,
                                  sensor_faults=sensor_faults)

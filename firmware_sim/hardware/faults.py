@@ -23,8 +23,10 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, get_args
 
+from osutil.toml_table import read_toml
 from protocol.errors import ConfigError
 
 FaultKind = Literal["bias", "drift", "stuck", "noise", "spike", "dropout", "replay"]
@@ -117,6 +119,19 @@ def faults_from_config(items: object, where: str) -> tuple[SensorFault, ...]:
     if not isinstance(items, list):
         raise ConfigError(f"{where}: must be an array of tables")
     return tuple(_fault_from_table(item, f"{where}[{i}]") for i, item in enumerate(items))
+
+
+def load_sensor_faults(path: Path) -> dict[str, tuple[SensorFault, ...]]:
+    """A simulated device's sensor faults by quantity: ``[[temperature]]`` and
+    ``[[humidity]]`` tables of the fields above (the agent's ``agent.sim_faults``).
+
+    Raises ConfigError naming the file and key.
+    """
+    data = read_toml(path)
+    unknown = set(data) - {"temperature", "humidity"}
+    if unknown:
+        raise ConfigError(f"{path}: {sorted(unknown)[0]}: unknown key (temperature, humidity)")
+    return {q: faults_from_config(items, f"{path}: {q}") for q, items in data.items()}
 
 
 def _fault_from_table(item: object, where: str) -> SensorFault:

@@ -4,15 +4,19 @@ way the validator must later notice, from the same config the demo and bench use
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 from statistics import mean, pstdev
 
 import pytest
 
 from agent.clock import ManualClock
+from agent.config import parse_config
+from agent.sensors import load_simulated_hardware
 from agent.sensors.dht22 import DHT22Sensor
 from firmware_sim.cli import main as sim_main
 from firmware_sim.hardware import ClimateModel, DHTFaults, SensorFault, SimulatedHardware
+from firmware_sim.hardware.faults import load_sensor_faults
 from firmware_sim.sites import SimSensor, SimSite, SiteRun, load_sites
 from protocol.errors import ConfigError, SensorReadError
 
@@ -137,3 +141,27 @@ def test_sim_quality_demo_catches_the_miscalibrated_sensor_and_only_it(
     assert "living-room/dht-a" not in faulty
     assert "living-room/dht-b" not in faulty
     assert faulty["hall/rh-forged"][0].endswith("replay")
+
+
+def test_agent_config_names_the_simulated_sensors_faults_file(tmp_path: Path) -> None:
+    faults = tmp_path / "faults.toml"
+    faults.write_text('[[temperature]]\nkind = "bias"\nmagnitude = 1.5\n')
+    text = (REPO / "examples" / "agent.toml").read_text().replace(
+        '# sim_faults = "faults.toml"', 'sim_faults = "faults.toml"')
+    config = parse_config(tomllib.loads(text), tmp_path)
+    assert config.sim_faults == faults
+    clock = ManualClock(wall_ms=1_700_000_000_000, mono_ms=5_000)
+    hw = load_simulated_hardware(1, tmp_path, clock, sensor_faults_file=config.sim_faults)
+    assert isinstance(hw, SimulatedHardware)
+    assert hw.dht_module().sensor_faults == {"temperature": (SensorFault("bias", magnitude=1.5),)}
+    hw.close()
+
+
+def test_bad_sensor_faults_file_is_one_error_naming_the_key(tmp_path: Path) -> None:
+    faults = tmp_path / "faults.toml"
+    faults.write_text('[[pressure]]\nkind = "bias"\n')
+    with pytest.raises(ConfigError, match="pressure"):
+        load_sensor_faults(faults)
+    faults.write_text('[[humidity]]\nkind = "bias"\nmagnitude = "high"\n')
+    with pytest.raises(ConfigError, match=r"humidity\[0\]\.magnitude"):
+        load_sensor_faults(faults)
