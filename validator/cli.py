@@ -1,7 +1,7 @@
 """``edgeproof-validator``: judge a site's sensors and attest the verdicts on the log.
 
     edgeproof-validator once --site FILE --gateway URL --signing-key FILE
-                             --recipient-key FILE [--json]
+                             --recipient-key FILE [--window-s S --bucket-s S] [--json]
 
 ``once`` reads the site's streams (as the recipient whose X25519 key file is given),
 judges every complete window, and submits one signed attestation per window; windows
@@ -18,7 +18,9 @@ import time
 from pathlib import Path
 
 from osutil.cli import EXIT_FAILED, EXIT_OK, add_version, run_command
+from protocol.errors import ConfigError
 from protocol.keys import load_recipient_key, load_signing_key
+from validator.model import Thresholds
 from validator.run import Outcome, run_once
 from validator.sites import load_site
 from verifier.client import DocumentClient
@@ -43,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
                       help="the validator's Ed25519 key file (registered as a recipient)")
     once.add_argument("--recipient-key", required=True, type=Path, metavar="FILE",
                       help="the validator's X25519 recipient key file (mode 0600)")
+    once.add_argument("--window-s", type=int, default=Thresholds.window_s, metavar="S",
+                      help=f"window length (default {Thresholds.window_s}; a multiple of "
+                      "--bucket-s)")
+    once.add_argument("--bucket-s", type=int, default=Thresholds.bucket_s, metavar="S",
+                      help=f"the readings' period (default {Thresholds.bucket_s})")
     once.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
@@ -54,8 +61,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     site = load_site(args.site)
+    try:
+        th = Thresholds(window_s=args.window_s, bucket_s=args.bucket_s)
+    except ValueError as exc:
+        raise ConfigError(f"--window-s/--bucket-s: {exc}") from None
     outcome = run_once(DocumentClient(args.gateway), site, load_signing_key(args.signing_key),
-                       load_recipient_key(args.recipient_key), time.time_ns() // 1_000_000)
+                       load_recipient_key(args.recipient_key), time.time_ns() // 1_000_000,
+                       th=th)
     _print(outcome, as_json=args.json)
     return EXIT_FAILED if outcome.refused else EXIT_OK
 

@@ -79,11 +79,12 @@ def judge(site: SiteFile, readings: Readings, now_s: float,
 
 
 def run_once(client: DocumentClient, site: SiteFile, signing: SigningKey,
-             sealing: RecipientKey, now_ms: int) -> Outcome:
+             sealing: RecipientKey, now_ms: int, *, th: Thresholds | None = None
+             ) -> Outcome:
     """Collect, judge, attest and submit every complete window; return what happened."""
     out = Outcome()
     readings = collect(client, site, sealing, out)
-    for verdict, leaves in judge(site, readings, now_ms / 1000):
+    for verdict, leaves in judge(site, readings, now_ms / 1000, th):
         out.verdicts.append(verdict)
         doc = attest(site, verdict, leaves, signing)
         try:
