@@ -6,7 +6,8 @@ some 150 faults and 80 000 healthy sensor-windows): five sites of 3 to 5 sensors
 temperature, DHT22 ±0.5 °C; two of humidity, declared ±2.5 %RH) read once a minute for
 ``--days`` days (default 7). Each site gets faults one after another (a random sensor,
 kind, start, duration and size; never two at once, so a majority is always honest), of
-every kind firmware_sim knows: bias, drift, stuck, noise, spike, dropout, replay.
+every kind firmware_sim knows: bias, drift, stuck, noise, spike, dropout, replay; and
+every reading of every sensor is missing with probability 5 % (routine read failures).
 Prints one line per figure and ends with one line of JSON:
 
   detection_rate              faults of at least 1 °C or 5 %RH (and every stuck, dropout and
@@ -101,9 +102,14 @@ def make_site(index: int, rng: random.Random, days: float) -> SimSite:
     return SimSite(f"site{index}", "temperature" if q is TEMPERATURE else "humidity", sensors)
 
 
+MISSED = 0.05  # routine read failures (a DHT22's checksum errors and timeouts)
+
+
 def simulate(site: SimSite, seed: int, days: float, window_s: int) -> list[Readings]:
-    """Every window's readings of the site, one a minute per sensor."""
+    """Every window's readings of the site, one a minute per sensor, each missing with
+    probability ``MISSED``."""
     run = SiteRun(site, seed)
+    lost = random.Random(f"missed:{seed}")
     windows: list[Readings] = []
     per_window = window_s // 60
     for w in range(int(days * DAY_S) // window_s):
@@ -111,7 +117,7 @@ def simulate(site: SimSite, seed: int, days: float, window_s: int) -> list[Readi
         for m in range(per_window):
             t = float(w * window_s + m * 60)
             for name, value in run.read(t).items():
-                if value is not None:
+                if value is not None and lost.random() >= MISSED:
                     readings[name].append((t, value))
         windows.append(readings)
     return windows

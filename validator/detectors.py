@@ -103,7 +103,8 @@ class ReplayDetector:
 
     Keeps every sensor's bucketed values for the longest lag plus one window (bounded).
     A window of sensor A is a replay of B at lag L when at least ``replay_match`` of A's
-    values equal B's values L buckets earlier, A's window holds at least
+    values equal B's values L buckets earlier (of those buckets where B has a value: a
+    reading of B that went missing cannot be compared), A's window holds at least
     ``replay_min_distinct`` distinct values (a flat signal matches anything), and the same
     (B, L) matched in A's previous window too.
     """
@@ -150,5 +151,12 @@ class ReplayDetector:
                 lag = bucket - other_bucket
                 if other != sensor and 1 <= lag <= th.replay_max_lag_buckets:
                     counts[other, lag] += 1
-        need = th.replay_match * len(slots)
-        return {key for key, n in counts.items() if n >= need}
+        found = set()
+        for (other, lag), n in counts.items():
+            if n < th.min_readings or n < th.replay_match * len(slots) / 2:
+                continue  # cheap bound first: most candidate lags match a handful of values
+            kept = self._history.get(other, {})
+            pairs = sum(1 for b in slots if b - lag in kept)  # both present: comparable
+            if n >= th.replay_match * pairs:
+                found.add((other, lag))
+        return found

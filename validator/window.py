@@ -34,11 +34,17 @@ def bucketize(readings: Mapping[str, Iterable[tuple[float, float]]], bucket_s: i
 
 def bucket_consensus(buckets: Buckets, trusted: Sequence[str], first: int, count: int
                      ) -> dict[int, float]:
-    """Per bucket, the median of the trusted sensors' values (at least two present)."""
+    """Per bucket, the median of the trusted sensors' values.
+
+    A bucket needs three of them when three or more are trusted (two otherwise): the median
+    of two is their mean, and a missed reading of one honest sensor would then put an
+    outlier's error half on the other honest one.
+    """
+    need = min(3, max(2, len(trusted)))
     out: dict[int, float] = {}
     for bucket in range(first, first + count):
         values = [buckets[s][bucket] for s in trusted if bucket in buckets.get(s, {})]
-        if len(values) >= 2:
+        if len(values) >= need:
             out[bucket] = median(values)
     return out
 
