@@ -3,6 +3,7 @@ makes its sensor faulty for the right reason, and leaves the honest sensors heal
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 
 import pytest
@@ -16,8 +17,11 @@ WINDOW_S = Thresholds().window_s
 
 
 def run(faulty: Sequence[SensorFault], hours: float, *, sensors: int = 3,
-        quantity: str = "temperature", seed: int = 1) -> list[WindowVerdict]:
-    """A site of honest DHT22s (small calibration offsets) plus sensor "x" with ``faulty``."""
+        quantity: str = "temperature", seed: int = 1, missed: float = 0.0
+        ) -> list[WindowVerdict]:
+    """A site of honest DHT22s (small calibration offsets) plus sensor "x" with ``faulty``;
+    each reading of each sensor missing with probability ``missed``."""
+    lost = random.Random(seed)
     offsets = (0.1, -0.1, 0.05, -0.05)
     honest = tuple(SimSensor(f"h{i}", 0.5, offset=offsets[i]) for i in range(sensors - 1))
     site = SimSite("room", "temperature" if quantity == "temperature" else "humidity",
@@ -31,7 +35,7 @@ def run(faulty: Sequence[SensorFault], hours: float, *, sensors: int = 3,
         for m in range(WINDOW_S // 60):
             t = float(w * WINDOW_S + m * 60)
             for name, value in sim.read(t).items():
-                if value is not None:
+                if value is not None and lost.random() >= missed:
                     readings[name].append((t, value))
         verdicts.append(validator.judge(w * WINDOW_S, readings))
     return verdicts
@@ -71,6 +75,14 @@ def test_miscalibrated_sensor_turns_faulty_within_an_hour_and_alone() -> None:
     verdicts = run((SensorFault("bias", magnitude=1.0),), 6)
     assert first_faulty_h(verdicts) <= 1.0
     assert reasons(verdicts) == {"bias"}
+    assert honest_never_flagged(verdicts)
+
+
+def test_missed_readings_do_not_put_an_outliers_error_on_an_honest_sensor() -> None:
+    # With a quarter of the readings missing, many minutes have one honest value and the
+    # outlier's: their median would be the mean, half the outlier's error on the honest one.
+    verdicts = run((SensorFault("bias", magnitude=3.0),), 6, missed=0.25)
+    assert first_faulty_h(verdicts) <= 1.0
     assert honest_never_flagged(verdicts)
 
 
