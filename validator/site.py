@@ -8,8 +8,8 @@ Per window (``Thresholds.window_s``, fed in increasing order, empty windows incl
 3. each sensor's residuals against it feed the detectors; the drift detector follows the
    differences between pairs of sensors and the replay detector raw values;
 4. each sensor's state machine takes the window as good, bad, missing or unjudged (a
-   trusted sensor needs two trusted peers: with a quorum under three, a disagreement
-   cannot say who is wrong).
+   trusted sensor needs two trusted peers to be found bad: with a quorum under three, a
+   disagreement cannot say who is wrong; two that agree are both good).
 
 docs/QUALITY.md describes the algorithm and argues its thresholds.
 """
@@ -123,8 +123,10 @@ class SiteValidator:
             if sensor in replays:
                 reasons = ["replay"]
                 state.judged(reasons)
+            elif peers and not window_reasons(own, self._accuracy[sensor], th):
+                state.judged([])  # agrees with its one trusted peer: good for both
             else:
-                state.unjudged()
+                state.unjudged()  # alone, or two that disagree: who is wrong is unknown
         else:
             reasons = window_reasons(own, self._accuracy[sensor], th)
             if self._runs[sensor][1] >= th.stuck_min_readings and \

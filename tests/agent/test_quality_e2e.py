@@ -115,8 +115,6 @@ def test_miscalibrated_agent_is_attested_faulty_and_its_owner_sees_it(
         assert outcome["logged"] >= 3
         assert outcome["refused"] == {}
         assert outcome["states"][device_ids[2]] == "faulty"
-        # An honest sensor may be left suspect by an early window (while the outlier was
-        # still in the consensus): with two trusted peers left nothing more judges it.
         assert outcome["states"][device_ids[0]] != "faulty"
         assert outcome["states"][device_ids[1]] != "faulty"
 

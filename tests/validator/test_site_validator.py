@@ -183,3 +183,24 @@ def test_readings_of_undeclared_sensors_are_ignored() -> None:
     verdict = validator.judge(0, readings)
     assert [s.sensor for s in verdict.sensors] == ["a", "b", "c"]
     assert verdict.consensus == pytest.approx(21.09, abs=0.01)
+
+
+def test_honest_sensor_left_suspect_clears_while_the_outlier_is_excluded() -> None:
+    # b has one bad window, then c turns faulty: only a and b remain trusted. Two trusted
+    # sensors that agree are both good, so b clears instead of staying suspect for as long
+    # as c is faulty.
+    validator = SiteValidator(SiteSpec("room", "temperature",
+                                       tuple(SensorSpec(n, 0.5) for n in "abc")))
+
+    def window(w: int, b_off: float, c_off: float) -> WindowVerdict:
+        start = w * WINDOW_S
+        base = {"a": 21.0, "b": 21.05 + b_off, "c": 20.95 + c_off}
+        return validator.judge(start, {n: [(start + m * 60.0, v + ((m + i) % 3) / 10)
+                                           for m in range(10)]
+                                       for i, (n, v) in enumerate(base.items())})
+    assert window(0, 2.0, 0.0).of("b").state == "suspect"
+    states = [window(w, 0.0, 3.0) for w in range(1, 12)]
+    assert states[2].of("c").state == "faulty"
+    assert states[-1].of("c").state == "faulty"
+    assert states[-1].of("b").state == "healthy"
+    assert all(v.of("a").state == "healthy" for v in states)
