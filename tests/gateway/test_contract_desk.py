@@ -109,3 +109,31 @@ def test_courier_bounds_pending_syncs_and_answers_a_flood_once(tmp_path: Path) -
     assert len(sent) == 2
     assert all(PolicyDelivery.from_cbor(p).complete for _, p in sent)
     store.close()
+
+
+def test_documents_from_strangers_never_take_the_logs_write_lock(tmp_path: Path) -> None:
+    store, _, desk, _, buyer, device_id, sealing = _setup(tmp_path)
+    opened: list[int] = []
+    real = store.transaction
+
+    def counting() -> object:
+        opened.append(1)
+        return real()
+
+    store.transaction = counting  # type: ignore[method-assign]
+    stranger = SigningKey.generate()
+    terms = Terms((("climate", ("Cel",)),), 60, T0, T0 + HOUR)
+    request = sign_document(DataRequest(sealing, (device_id,), (), terms, "p", 0), buyer, T0)
+    desk.submit(request.raw)
+    assert len(opened) == 1
+    floods = [
+        sign_document(DataRequest(sealing, (device_id,), (), terms, "p", 0), stranger, T0),
+        sign_document(Consent(request.id, sealing, (device_id,), terms), stranger, T0),
+    ]
+    for doc in floods * 20:
+        with pytest.raises(DocumentRefused):
+            desk.submit(doc.raw)
+    assert len(opened) == 1  # refused from committed state, before the write lock
+    desk.submit(request.raw)  # the same bytes again: a duplicate, also without the lock
+    assert len(opened) == 1
+    store.close()
