@@ -34,6 +34,7 @@ from firmware_sim.broker import MosquittoBroker
 from firmware_sim.procs import GatewayProcess, Process
 from firmware_sim.stack import SimDevice, Stack, StackError
 from provisioning.broker import add_gateway_user
+from protocol.keys import OwnerKey
 from provisioning.fleet import changing, load_fleet
 from tests.harness.netproxy import CutMode, NetProxy
 from tests.harness.testbed_agent import write_clock_file
@@ -80,6 +81,8 @@ class AgentSpec:
     final_flush_s: float = 20.0
     shiftable_clock: bool = True  # run through tests.harness.testbed_agent
     usage_report_s: float = 5.0
+    owner: OwnerKey | None = None  # pinned in [owner] (else the bundle's, if it has one)
+    clock_synced: bool | None = None  # the wall clock's sync state (None: the kernel's)
 
 
 def toml_document(tables: Mapping[str, Mapping[str, TomlValue]],
@@ -197,7 +200,7 @@ class Testbed:
         self._proxies.append(proxy)
         agent = AgentProcess(spec, root, device.device_id, proxy)
         agent.config.write_text(self._agent_toml(spec, device.config, agent))
-        write_clock_file(agent.clock_file, 0, None)
+        write_clock_file(agent.clock_file, 0, spec.clock_synced)
         self.agents[spec.name] = agent
         return agent
 
@@ -226,6 +229,11 @@ class Testbed:
         }
         if any(s["stream"] == usage["input"] for s in sensors):
             tables["usage"] = usage
+        if spec.owner is not None:
+            tables["owner"] = {"public_key": spec.owner.public_key.hex(),
+                               "sealing_key": spec.owner.sealing_public_key.hex()}
+        elif "owner" in base:
+            tables["owner"] = base["owner"]
         return tables
 
     # --- the broker ------------------------------------------------------------------------
@@ -278,13 +286,18 @@ class Testbed:
         records topic), made on first use. Not the gateway's own login: the broker makes the
         user name the client id, so sharing it would close the gateway's connection."""
         if self._observer_login is None:
-            password = secrets.token_urlsafe(18)
-            cfg = load_fleet(self.fleet)
-            with changing(cfg):
-                add_gateway_user(cfg, OBSERVER_USER, password)
-            self.stack.wait_for_user(OBSERVER_USER, password, "the observer's login")
-            self._observer_login = (OBSERVER_USER, password)
+            self._observer_login = self.gateway_rights_login(OBSERVER_USER)
         return self._observer_login
+
+    def gateway_rights_login(self, user: str) -> tuple[str, str]:
+        """Make a broker user ``user`` with the gateway's rights (read every records and
+        policy-sync topic, write every receipts and policy topic); return its login."""
+        password = secrets.token_urlsafe(18)
+        cfg = load_fleet(self.fleet)
+        with changing(cfg):
+            add_gateway_user(cfg, user, password)
+        self.stack.wait_for_user(user, password, f"the {user} login")
+        return user, password
 
     @property
     def gateway_db(self) -> Path:
