@@ -6,6 +6,7 @@
     edgeproof-verify records --gateway URL --device ID [--key FILE] [--stream S ...]
                              [--json] [--follow [--interval S]]
     edgeproof-verify decrypt --gateway URL --device ID --key FILE [--stream S ...] [--json]
+    edgeproof-verify signing-key | request | document ...   (verifier/contract_cli.py)
 
 Exit status (docs/CLI.md) 0 only when every requested check passed; 1 when a check failed;
 2 for bad usage, when something could not be fetched, or when the record is logged but no
@@ -32,6 +33,7 @@ from protocol.errors import EdgeproofError, MalformedRecord, VerificationError
 from protocol.keys import RecipientKey, load_recipient_key
 from protocol.note import NoteVerifier
 from protocol.signed import parse_signed_record
+from verifier import contract_cli
 from verifier.client import TIMEOUT_S, GatewayClient, LoggedRecord, anchoring_transaction
 from verifier.recipient import open_records
 from verifier.records import Follow, as_line, show_records
@@ -141,6 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     decrypt.add_argument("--key", required=True, type=Path, metavar="FILE",
                          help="the recipient's X25519 key file (mode 0600)")
     decrypt.add_argument("--json", action="store_true", help="one JSON array of records")
+    contract_cli.add_commands(sub)
     return parser
 
 
@@ -167,6 +170,8 @@ def _main(argv: Sequence[str] | None, waiting: Waiting | None) -> int:
         if args.command == "records":
             base = waiting or Waiting()
             return _cmd_records(args, Follow(args.follow, args.interval, base.sleep))
+        if args.command in contract_cli.COMMANDS:
+            return contract_cli.run(args)
         return _cmd_decrypt(args)
     except VerificationError as exc:
         print(f"edgeproof-verify: FAILED: {exc}", file=sys.stderr)
