@@ -248,14 +248,18 @@ class Stack:
             argv += ["--recipient", name]
         return self._device_add(argv)
 
-    def add_device(self, name: str, recipients: Sequence[str] = ()) -> SimDevice:
+    def add_device(self, name: str, recipients: Sequence[str] = (),
+                   owner_key: str | None = None) -> SimDevice:
         """Provision one device called ``name``; return it once the broker knows it.
 
+        ``owner_key`` is the owner's public line (``edgeproof-owner show``) to pin.
         Raises StackError.
         """
         argv = ["device", "add", name, "--fleet", str(self.fleet_dir), "--json"]
         for recipient in recipients:
             argv += ["--recipient", recipient]
+        if owner_key is not None:
+            argv += ["--owner-key", owner_key]
         return self._device_add(argv)[0]
 
     def _device_add(self, argv: list[str]) -> list[SimDevice]:

@@ -1,15 +1,19 @@
 """Consents, grants and revocations end to end: a real agent, Mosquitto and gateway.
 
-Each test provisions a fleet (tests.harness.testbed), runs one simulated device with a DHT22
-whose owner is pinned in its config, delivers policy documents to it over the broker as a
-party with the gateway's broker rights would (tests.harness.policy), and then reads what
-the gateway logged through its public HTTP API and opens it with each party's REAL X25519
-key (verifier.recipient, the code a recipient runs).
+Each test provisions a fleet (tests.harness.testbed) with one simulated device with a DHT22
+whose owner key is pinned at enrolment (``device add --owner-key``), registers a company as
+a recipient, and goes the real way: the company's signed request and the owner's consents
+and revocations are submitted to the gateway, which logs them and delivers them to the
+device. Forged documents go straight onto the device's policy topic from a party with the
+gateway's broker rights (tests.harness.policy), as a dishonest gateway or operator could.
+What the gateway logged is read through its public HTTP API and opened with each party's
+REAL X25519 key (verifier.recipient, the code a recipient runs).
 """
 
 from __future__ import annotations
 
 import base64
+import itertools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,21 +22,25 @@ from pathlib import Path
 import pytest
 
 from agent.status import collect_status
-from protocol.contract import Consent, Revocation, Terms
+from protocol.contract import Consent, DataRequest, Revocation, Terms
 from protocol.documents import Document, sign_document
 from protocol.errors import StorageError
-from protocol.keys import OwnerKey, RecipientKey, Secret, SigningKey
+from protocol.keys import OwnerKey, RecipientKey, Secret, SigningKey, load_recipient_key
 from protocol.record import Gap, KeyEpoch, Record
 from protocol.signed import parse_signed_record
 from provisioning.fleet import GATEWAY_KEY
 from tests.harness.invariants import WireObserver
 from tests.harness.policy import PolicyPusher
 from tests.harness.testbed import AgentProcess, AgentSpec, SensorSpec, Testbed
-from verifier.client import GatewayClient, LoggedRecord
+from verifier.client import DocumentClient, GatewayClient, LoggedRecord
 from verifier.recipient import Opened, open_records
 
 RATE_S = 5  # the consent's min_interval_s; the DHT22 reads every 2.5 s
 HOUR_MS = 3_600_000
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 @dataclass
@@ -44,18 +52,42 @@ class Bed:
     device_id: bytes
     owner: OwnerKey
     company: RecipientKey
+    company_signing: SigningKey
     pusher: PolicyPusher
     gateway: GatewayClient
+    documents: DocumentClient
+    counter: int = 0
 
-    def consent(self, signer: SigningKey | None = None) -> Document:
-        now = int(time.time() * 1000)
-        body = Consent(bytes(32), self.company.public_key, (self.device_id,),
-                       Terms((("climate", ("Cel",)),), RATE_S, now - 60_000, now + HOUR_MS))
-        return sign_document(body, signer or self.owner.signing, now)
+    def request(self) -> Document:
+        """The company's request for climate (both fields) at most every RATE_S, logged."""
+        wait_for("climate records at the gateway (a request needs the stream)",
+                 lambda: any(r.stream == "climate" for r in self.records()))
+        start = now_ms() - 60_000
+        doc = sign_document(DataRequest(
+            self.company.public_key, (self.device_id,), (),
+            Terms((("climate", ("%RH", "Cel")),), RATE_S, start, start + HOUR_MS),
+            "indoor climate study", 1000), self.company_signing, now_ms())
+        self.submit(doc)
+        return doc
 
-    def revocation(self, consent: Document, counter: int = 1) -> Document:
-        return sign_document(Revocation(consent.id, counter, "owner"), self.owner.signing,
-                             int(time.time() * 1000))
+    def consent(self, request: Document, signer: SigningKey | None = None) -> Document:
+        """A consent to temperature only (never humidity), at the request's rate."""
+        body = request.body
+        assert isinstance(body, DataRequest)
+        terms = Terms((("climate", ("Cel",)),), RATE_S, body.terms.not_before_ms,
+                      body.terms.not_after_ms)
+        return sign_document(Consent(request.id, self.company.public_key, (self.device_id,),
+                                     terms), signer or self.owner.signing, now_ms())
+
+    def revocation(self, consent: Document) -> Document:
+        self.counter += 1
+        return sign_document(Revocation(consent.id, self.counter, "owner"),
+                             self.owner.signing, now_ms())
+
+    def submit(self, doc: Document) -> int:
+        """Submit to the gateway (it logs and delivers); return the leaf index."""
+        index, _ = self.documents.submit(doc.raw)
+        return index
 
     def grants(self) -> dict[str, object]:
         """The device's grant book as ``edgeproof-agent status`` shows it ({} before any)."""
@@ -101,14 +133,18 @@ def bed(tmp_path: Path) -> Iterator[Bed]:
     pusher = None
     try:
         tb.start()
+        company = load_recipient_key(tb.stack.add_recipient("company"))
+        company_signing = SigningKey.generate()
+        tb.stack.provision("recipient", "register", "company", "--signing-key",
+                           company_signing.public_key.hex(), "--fleet", str(tb.fleet))
         pusher = PolicyPusher(tb.broker_port, *tb.gateway_rights_login("pusher"))
         agent = tb.add_agent(spec)
         agent.start()
         device_id = bytes.fromhex(agent.device_id)
         # Subscribed to its policy topic: the device asks for its documents (a sync).
         wait_for("the device's first policy sync", lambda: pusher.sync_count(device_id) > 0)
-        yield Bed(tb, agent, bytes.fromhex(agent.device_id), owner, RecipientKey.generate(),
-                  pusher, GatewayClient(tb.gateway_url))
+        yield Bed(tb, agent, device_id, owner, company, company_signing, pusher,
+                  GatewayClient(tb.gateway_url), DocumentClient(tb.gateway_url))
     finally:
         if pusher is not None:
             pusher.close()
@@ -124,14 +160,16 @@ def decrypted(opened: list[Opened]) -> list[Opened]:
 
 
 def test_consent_from_gateway_operator_or_other_owner_is_refused_by_device(bed: Bed) -> None:
-    forged = [bed.consent(gateway_signing_key(bed.tb)),  # the gateway's own key
-              bed.consent(SigningKey.generate()),         # an operator's key
-              bed.consent(OwnerKey.generate().signing)]   # another owner's key
+    request = bed.request()
+    forged = [bed.consent(request, gateway_signing_key(bed.tb)),  # the gateway's own key
+              bed.consent(request, SigningKey.generate()),         # an operator's key
+              bed.consent(request, OwnerKey.generate().signing)]   # another owner's key
+    # The gateway refuses to log them (not_owner); delivered anyway, over its broker login:
     bed.pusher.push(bed.device_id, forged)
     wait_for("three refusals", lambda: bed.grants().get("refused") == {"unsigned_policy": 3})
     assert bed.grants()["grants"] == []
-    # A legitimate consent afterwards proves the device was listening all along.
-    bed.pusher.push(bed.device_id, [bed.consent()])
+    # The owner's own consent afterwards proves the device was listening all along.
+    bed.submit(bed.consent(request))
     wait_for("derived records at the gateway", lambda: len(derived(bed.records())) >= 2)
     epochs = [r.body for r in bed.records() if isinstance(r.body, KeyEpoch)]
     named = {h for e in epochs for _, h in e.consents}
@@ -140,8 +178,8 @@ def test_consent_from_gateway_operator_or_other_owner_is_refused_by_device(bed: 
 
 
 def test_recipient_never_opens_a_field_or_a_rate_it_did_not_get(bed: Bed) -> None:
-    consent = bed.consent()
-    bed.pusher.push(bed.device_id, [consent])
+    consent = bed.consent(bed.request())
+    bed.submit(consent)
     wait_for("four derived records at the gateway", lambda: len(derived(bed.records())) >= 4)
     opened = bed.open_as(bed.company)
     got = decrypted(opened)
@@ -149,7 +187,7 @@ def test_recipient_never_opens_a_field_or_a_rate_it_did_not_get(bed: Bed) -> Non
     assert {m.unit for o in got for m in o.values} == {"Cel"}  # never humidity
     assert {o.status for o in opened if o.stream == "climate"} == {"not_granted"}
     granted = derived(bed.records())
-    spacing = [b.mono_ms - a.mono_ms for a, b in zip(granted, granted[1:], strict=False)
+    spacing = [b.mono_ms - a.mono_ms for a, b in itertools.pairwise(granted)
                if a.boot == b.boot]
     assert spacing
     assert min(spacing) >= RATE_S * 1000
@@ -159,10 +197,10 @@ def test_recipient_never_opens_a_field_or_a_rate_it_did_not_get(bed: Bed) -> Non
 
 
 def test_revoked_recipient_decrypts_nothing_sampled_after_revocation(bed: Bed) -> None:
-    consent = bed.consent()
-    bed.pusher.push(bed.device_id, [consent])
+    consent = bed.consent(bed.request())
+    bed.submit(consent)
     wait_for("derived records", lambda: len(derived(bed.records())) >= 2)
-    bed.pusher.push(bed.device_id, [bed.revocation(consent)])
+    bed.submit(bed.revocation(consent))
     wait_for("the revocation applied", lambda: bed.grants().get("grants") == [])
     applied_ms = int(time.time() * 1000)
     wait_for("readings after the revocation", lambda: sum(
@@ -181,9 +219,8 @@ def test_revoked_recipient_decrypts_nothing_sampled_after_revocation(bed: Bed) -
 
 def test_offline_device_applies_revocation_before_sending_anything_sealed_to_recipient(
         bed: Bed) -> None:
-    consent = bed.consent()
-    bed.pusher.serve(bed.device_id, [consent])
-    bed.pusher.push(bed.device_id, [consent])
+    consent = bed.consent(bed.request())
+    bed.submit(consent)
     wait_for("derived records", lambda: len(derived(bed.records())) >= 2)
     observer = WireObserver(bed.tb.broker_port, *bed.tb.observer_broker_login())
     try:
@@ -191,8 +228,8 @@ def test_offline_device_applies_revocation_before_sending_anything_sealed_to_rec
         made = _granted_records_made(bed)
         wait_for("two derived records sealed while offline",
                  lambda: _granted_records_made(bed) >= made + 3)
-        revoked_ms = int(time.time() * 1000)
-        bed.pusher.serve(bed.device_id, [consent, bed.revocation(consent)])
+        revoked_ms = now_ms()
+        bed.submit(bed.revocation(consent))  # logged; the device is away
         syncs = bed.pusher.sync_count(bed.device_id)
         bed.tb.restore(["dev"])
         wait_for("a sync after the reconnect", lambda: bed.pusher.sync_count(bed.device_id)

@@ -4,8 +4,8 @@
 ``policy`` topic and read every ``policy-sync`` topic, PROTOCOL.md §17) and delivers
 whatever documents a test gives it: exactly what a gateway, or an operator holding the
 gateway's broker login, could do. The device must apply only what its pinned owner signed,
-whoever delivers it. It can also answer a device's ``policy-sync`` with a given list of
-documents (``serve``), as the gateway does.
+whoever delivers it. It also counts each device's ``policy-sync`` requests (it receives a
+copy; the gateway answers them).
 """
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ from protocol.documents import Document
 
 
 class PolicyPusher:
-    """Delivers documents to devices' ``policy`` topics; answers their syncs if told to."""
+    """Delivers documents to devices' ``policy`` topics; counts their syncs."""
 
     def __init__(self, port: int, username: str, password: str) -> None:
         self._lock = threading.Lock()
-        self._served: dict[bytes, list[Document]] = {}
         self.syncs: dict[bytes, list[int]] = {}
         self._ready = threading.Event()
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=username,
@@ -49,14 +48,6 @@ class PolicyPusher:
         sync = PolicySync.from_cbor(bytes(msg.payload))
         with self._lock:
             self.syncs.setdefault(device, []).append(sync.from_index)
-            docs = self._served.get(device)
-        if docs is not None:  # in paho's network thread: publish, never wait here
-            self._publish(device, docs, complete=True, first_index=0)
-
-    def serve(self, device_id: bytes, docs: Sequence[Document]) -> None:
-        """Answer every later sync of ``device_id`` with ``docs`` (complete)."""
-        with self._lock:
-            self._served[device_id] = list(docs)
 
     def sync_count(self, device_id: bytes) -> int:
         with self._lock:
@@ -66,16 +57,12 @@ class PolicyPusher:
              first_index: int = 1000) -> None:
         """Publish one delivery of ``docs`` (leaf indexes from ``first_index``), QoS 1, and
         wait for the broker's PUBACK."""
-        info = self._publish(device_id, docs, complete=complete, first_index=first_index)
+        entries = tuple((first_index + i, d.raw) for i, d in enumerate(docs))
+        delivery = PolicyDelivery(entries, first_index + len(docs), complete)
+        info = self._client.publish(policy_topic(device_id), delivery.to_cbor(), qos=1)
         info.wait_for_publish(10)
         if not info.is_published():
             raise RuntimeError("policy pusher: delivery not acknowledged by the broker")
-
-    def _publish(self, device_id: bytes, docs: Sequence[Document], *, complete: bool,
-                 first_index: int) -> mqtt.MQTTMessageInfo:
-        entries = tuple((first_index + i, d.raw) for i, d in enumerate(docs))
-        delivery = PolicyDelivery(entries, first_index + len(docs), complete)
-        return self._client.publish(policy_topic(device_id), delivery.to_cbor(), qos=1)
 
     def close(self) -> None:
         self._client.loop_stop()

@@ -33,8 +33,8 @@ from typing import Any
 from firmware_sim.broker import MosquittoBroker
 from firmware_sim.procs import GatewayProcess, Process
 from firmware_sim.stack import SimDevice, Stack, StackError
+from protocol.keys import OwnerKey, OwnerPublic
 from provisioning.broker import add_gateway_user
-from protocol.keys import OwnerKey
 from provisioning.fleet import changing, load_fleet
 from tests.harness.netproxy import CutMode, NetProxy
 from tests.harness.testbed_agent import write_clock_file
@@ -81,7 +81,7 @@ class AgentSpec:
     final_flush_s: float = 20.0
     shiftable_clock: bool = True  # run through tests.harness.testbed_agent
     usage_report_s: float = 5.0
-    owner: OwnerKey | None = None  # pinned in [owner] (else the bundle's, if it has one)
+    owner: OwnerKey | None = None  # pinned at enrolment (device add --owner-key)
     clock_synced: bool | None = None  # the wall clock's sync state (None: the kernel's)
 
 
@@ -185,13 +185,15 @@ class Testbed:
             self.add_agent(spec).start()
         return self
 
-    def add_device(self, name: str) -> SimDevice:
-        """Provision one device (``device add``); return it once the broker accepts it."""
-        return self.stack.add_device(name)
+    def add_device(self, name: str, owner: OwnerKey | None = None) -> SimDevice:
+        """Provision one device (``device add``, pinning ``owner``'s keys if given); return
+        it once the broker accepts it."""
+        pinned = None if owner is None else OwnerPublic.of(owner).text()
+        return self.stack.add_device(name, owner_key=pinned)
 
     def add_agent(self, spec: AgentSpec) -> AgentProcess:
         """Provision a device for ``spec`` and install its agent (not started)."""
-        device = self.add_device(spec.name)
+        device = self.add_device(spec.name, spec.owner)
         root = self.workdir / "agents" / spec.name
         (root / "state").mkdir(parents=True, mode=0o700)
         shutil.copy2(device.key_file, root / "state/device.key")
@@ -229,10 +231,7 @@ class Testbed:
         }
         if any(s["stream"] == usage["input"] for s in sensors):
             tables["usage"] = usage
-        if spec.owner is not None:
-            tables["owner"] = {"public_key": spec.owner.public_key.hex(),
-                               "sealing_key": spec.owner.sealing_public_key.hex()}
-        elif "owner" in base:
+        if "owner" in base:  # pinned at enrolment
             tables["owner"] = base["owner"]
         return tables
 
