@@ -3,8 +3,10 @@
 1. A private installation in a temporary directory (:class:`firmware_sim.stack.Stack`):
    the fleet made by ``edgeproof-provision init``, the real Mosquitto on a free loopback
    port with the locked-down config ``broker-config`` wrote, the real gateway as its own
-   process; a data recipient ``acme`` (and ``outsider``, granted nothing); N devices from
-   ``device add --count N --recipient acme`` (HTTP registration, one broker credential each).
+   process; a data recipient ``acme``; N devices from ``device add --count N --recipient acme
+   --owner-key ...`` (HTTP registration, one broker credential each): the operator names
+   acme in the devices' configs, but a device with an owner seals only to its owner and
+   to what the owner consents to, so acme reads nothing.
 2. Every device runs as its own agent process from its bundle, over simulated hardware
    (:mod:`firmware_sim.demo_agent`), for ``--duration`` seconds, while a live table shows
    per device readings, committed, receipted, outbox depth, credit accrued and settled, and
@@ -44,9 +46,10 @@ from firmware_sim.procs import stop_all
 from firmware_sim.stack import Interrupted, Stack, StackError
 from firmware_sim.view import GatewayRow, Snapshot, View
 from protocol.errors import EdgeproofError
-from protocol.keys import OwnerKey, OwnerPublic
+from protocol.keys import OwnerKey, OwnerPublic, save_recipient_key
 
-RECIPIENT, OUTSIDER = "acme", "outsider"
+RECIPIENT = "acme"  # named by the operator in the devices' configs; granted nothing
+OWNER_SEALING_KEY = "owner-sealing.key"
 POLL_S = 0.5
 SETTLE_TIMEOUT_S = 15.0
 
@@ -125,11 +128,14 @@ class Demo:
             self._run_devices()
             self._stop_devices()
             self._settle()
-            self.view.note("proving one reading offline and opening it as its recipient ...")
+            self.view.note("proving one reading offline and opening it as its owner, and as "
+                           f"'{RECIPIENT}' whom only the operator named ...")
+            owner_key = self.workdir / OWNER_SEALING_KEY
+            save_recipient_key(owner_key, self.owner.sealing, overwrite=True)
             self.verification = verify(
                 self.stack, [d.device for d in self.devices],
                 covered=self.snapshot.gateway.checkpoint_size, workdir=self.workdir,
-                recipient_key=self._key(RECIPIENT), outsider_key=self._key(OUTSIDER))
+                recipient_key=owner_key, outsider_key=self._key(RECIPIENT))
             self.error = self.error or self.verification.error
         except Interrupted:
             raise
@@ -150,13 +156,12 @@ class Demo:
         self.stack.start()
         self.view.note(f"broker {self.stack.broker_url} (anonymous off, password file, ACL), "
                        f"gateway {self.stack.gateway_url}")
-        for name in (RECIPIENT, OUTSIDER):
-            self.stack.add_recipient(name)
+        self.stack.add_recipient(RECIPIENT)
         made = self.stack.add_devices("dev", n, [RECIPIENT],
                                       owner_key=OwnerPublic.of(self.owner).text())
-        self.view.note(f"provisioned {n} devices over the gateway's API, values sealed to "
-                       f"their owner and '{RECIPIENT}', the owner's key pinned; starting "
-                       f"their agents")
+        self.view.note(f"provisioned {n} devices over the gateway's API with their owner's "
+                       f"key pinned: values sealed to the owner only ('{RECIPIENT}', named by "
+                       f"the operator, is ignored); starting their agents")
         for index, device in enumerate(made):
             write_demo_config(device)
             self.devices.append(DemoDevice(device, index))

@@ -127,12 +127,14 @@ def gateway_signing_key(tb: Testbed) -> SigningKey:
 @pytest.fixture
 def bed(tmp_path: Path) -> Iterator[Bed]:
     owner = OwnerKey.generate()
+    # The operator also names a recipient of its choice in the device's config.
     spec = AgentSpec("dev", sensors=(SensorSpec("dht22", "climate", 2.5, pin=4),),
-                     owner=owner, clock_synced=True)
+                     owner=owner, clock_synced=True, recipients=("operator-pick",))
     tb = Testbed(tmp_path / "tb")
     pusher = None
     try:
         tb.start()
+        tb.stack.add_recipient("operator-pick")
         company = load_recipient_key(tb.stack.add_recipient("company"))
         company_signing = SigningKey.generate()
         tb.stack.provision("recipient", "register", "company", "--signing-key",
@@ -175,6 +177,17 @@ def test_consent_from_gateway_operator_or_other_owner_is_refused_by_device(bed: 
     named = {h for e in epochs for _, h in e.consents}
     assert named.isdisjoint({d.id for d in forged})
     assert not any(o.status == "decrypted" for o in bed.open_as(RecipientKey.generate()))
+
+
+def test_recipient_the_operator_configured_reads_nothing_of_an_owned_device(bed: Bed) -> None:
+    wait_for("climate readings", lambda: sum(
+        1 for r in bed.records() if r.stream == "climate") >= 2)
+    pick = load_recipient_key(bed.tb.fleet / "recipients" / "operator-pick.key")
+    opened = bed.open_as(pick)
+    assert opened
+    assert {o.status for o in opened} == {"not_granted"}
+    owner = [o for o in bed.open_as(bed.owner.sealing) if o.stream == "climate"]
+    assert {o.status for o in owner} == {"decrypted"}
 
 
 def test_recipient_never_opens_a_field_or_a_rate_it_did_not_get(bed: Bed) -> None:

@@ -82,6 +82,7 @@ class AgentSpec:
     shiftable_clock: bool = True  # run through tests.harness.testbed_agent
     usage_report_s: float = 5.0
     owner: OwnerKey | None = None  # pinned at enrolment (device add --owner-key)
+    recipients: tuple[str, ...] = ()  # device add --recipient (the operator's choice)
     clock_synced: bool | None = None  # the wall clock's sync state (None: the kernel's)
 
 
@@ -185,15 +186,16 @@ class Testbed:
             self.add_agent(spec).start()
         return self
 
-    def add_device(self, name: str, owner: OwnerKey | None = None) -> SimDevice:
-        """Provision one device (``device add``, pinning ``owner``'s keys if given); return
-        it once the broker accepts it."""
+    def add_device(self, name: str, owner: OwnerKey | None = None,
+                   recipients: Sequence[str] = ()) -> SimDevice:
+        """Provision one device (``device add``, pinning ``owner``'s keys if given, with the
+        operator's ``recipients``); return it once the broker accepts it."""
         pinned = None if owner is None else OwnerPublic.of(owner).text()
-        return self.stack.add_device(name, owner_key=pinned)
+        return self.stack.add_device(name, recipients, owner_key=pinned)
 
     def add_agent(self, spec: AgentSpec) -> AgentProcess:
         """Provision a device for ``spec`` and install its agent (not started)."""
-        device = self.add_device(spec.name, spec.owner)
+        device = self.add_device(spec.name, spec.owner, spec.recipients)
         root = self.workdir / "agents" / spec.name
         (root / "state").mkdir(parents=True, mode=0o700)
         shutil.copy2(device.key_file, root / "state/device.key")
@@ -210,7 +212,9 @@ class Testbed:
         base = tomllib.loads(bundle_config.read_text())
         sensors: list[dict[str, TomlValue]] = [
             {"kind": s.kind, "stream": s.stream, "interval_s": s.interval_s,
-             **({"pin": s.pin} if s.pin is not None else {})} for s in spec.sensors]
+             **({"pin": s.pin} if s.pin is not None else {}),
+             **({"recipients": list(spec.recipients)} if spec.recipients else {})}
+            for s in spec.sensors]
         usage = {**base["usage"], "checkpoint_interval_s": 1.0,
                  "report_interval_s": spec.usage_report_s}
         return toml_document(self._tables(spec, base, agent, sensors, usage),
@@ -233,6 +237,8 @@ class Testbed:
             tables["usage"] = usage
         if "owner" in base:  # pinned at enrolment
             tables["owner"] = base["owner"]
+        if spec.recipients:
+            tables["recipients"] = base["recipients"]
         return tables
 
     # --- the broker ------------------------------------------------------------------------
