@@ -116,15 +116,23 @@ class AgentConfig:
     owner: OwnerConfig | None = None
 
     def stream_recipients(self) -> dict[str, tuple[bytes, ...]]:
-        """Stream name -> the X25519 public keys its values are sealed for.
+        """Stream name -> the X25519 public keys its full values are sealed for.
 
-        With an owner, every stream is sealed to the owner's sealing key, plus the
-        recipients configured for it.
+        With an owner, every stream is sealed to the owner's sealing key and to nobody
+        else: who else reads what is the owner's decision, by signed consent (derived
+        streams, docs/AGENT.md), never the config's (see :meth:`ignored_recipients`).
+        Without an owner, each stream is sealed to the recipients configured for it.
         """
-        owner = (self.owner.sealing_key,) if self.owner is not None else ()
-        out = {s.stream: owner + tuple(self.recipients[name] for name in s.recipients)
-               for s in self.sensors}
-        return {stream: keys for stream, keys in out.items() if keys}
+        if self.owner is not None:
+            return {s.stream: (self.owner.sealing_key,) for s in self.sensors}
+        return {s.stream: tuple(self.recipients[name] for name in s.recipients)
+                for s in self.sensors if s.recipients}
+
+    def ignored_recipients(self) -> dict[str, tuple[str, ...]]:
+        """Stream -> the configured recipients NOT sealed to, because an owner is pinned."""
+        if self.owner is None:
+            return {}
+        return {s.stream: s.recipients for s in self.sensors if s.recipients}
 
 
 def apply_overrides(data: dict[str, object], overrides: Mapping[tuple[str, str], object]

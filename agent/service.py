@@ -169,6 +169,11 @@ class AgentService:
         elif usage.rate_micro_per_hour == 0:
             log.info("credit: usage.rate_micro_per_hour is 0; usage of %s is measured but "
                      "earns no credit (device add/enroll --rate sets it)", usage.input)
+        ignored = self.config.ignored_recipients()
+        if ignored:
+            log.warning("sealing: the owner is pinned, so the recipients configured for %s "
+                        "are NOT sealed to; only the owner's signed consents grant access",
+                        "; ".join(f"{s} ({', '.join(r)})" for s, r in sorted(ignored.items())))
         plain = self.plaintext_streams()
         if plain:
             log.info("sealing: stream%s %s sent in plaintext (no recipients); device "
@@ -441,6 +446,8 @@ class AgentService:
                 "inflight_batches": uplink.inflight_batches, "counters": uplink.counters},
             "receipts": self.receipts_status(),
             "plaintext_streams": self.plaintext_streams(),
+            "ignored_recipients": {s: list(r) for s, r in
+                                   self.config.ignored_recipients().items()},
             "credit_rate_micro_per_hour": (None if self.config.usage is None
                                            else self.config.usage.rate_micro_per_hour),
             "sensors": [s.status() for s in self.sensors.sensors],
