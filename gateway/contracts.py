@@ -195,12 +195,17 @@ def _check_consent(tx: LogTransaction, doc: Document, now: int) -> NewDocument:
 
 def _owner_keys(lookup: Callable[[bytes], Device | None],
                 devices: tuple[bytes, ...]) -> dict[bytes, bytes]:
-    """Device id -> pinned owner key, for the active devices that pin one."""
+    """Device id -> pinned owner key, for the active devices; RejectedDocument(not_owner)
+    for a device enrolled without an owner key (nobody can consent for it)."""
     owners: dict[bytes, bytes] = {}
     for device_id in devices:
         device = lookup(device_id)
-        if device is not None and device.status is STATUS_ACTIVE and device.owner_key:
-            owners[device_id] = device.owner_key
+        if device is None or device.status is not STATUS_ACTIVE:
+            continue  # check_owner: unknown_device
+        if device.owner_key is None:
+            raise RejectedDocument(DocumentReason.NOT_OWNER,
+                                   f"device {device_id.hex()} pins no owner key")
+        owners[device_id] = device.owner_key
     return owners
 
 
