@@ -236,7 +236,7 @@ def _local_mqtt(t: Table | None, sensors: tuple[SensorConfig, ...]) -> LocalMqtt
         discovery_prefix=check_topic_prefix(t.string("discovery_prefix", "homeassistant")
                                             or "", t.name("discovery_prefix")),
         device_name=t.string("device_name", None),
-        status_interval_s=t.number("status_interval_s", 30.0, low=1.0, high=86_400.0),
+        status_interval_s=t.number("status_interval_s", 30.0, low=0.1, high=86_400.0),
         streams=streams,
     )
     t.finish()
