@@ -8,8 +8,11 @@ port to allocate; the figures survive the agent (a stopped agent still shows its
 counters, and ``edgeproof_agent_status_updated_seconds`` says how old they are).
 
 prometheus_client builds the exposition (:class:`~prometheus_client.core.GaugeMetricFamily`
-and friends in a private registry) and ``write_to_textfile`` replaces the file atomically
-(a temporary file renamed over it), so the collector never reads half a file.
+and friends in a private registry, ``generate_latest``); the file is replaced atomically (a
+temporary file in the same directory renamed over it), so the collector never reads half a
+file. It is made mode 0644 whatever the service's umask (0077 under systemd): node_exporter
+runs as another user, and the file holds no secret. (prometheus_client's own
+``write_to_textfile`` would leave it 0600 under that umask.)
 
 Names follow the ``status --json`` keys: ``edgeproof_agent_<section>_<key>``, counters with
 ``_total`` (docs/AGENT.md, "Metrics", lists them).
@@ -17,11 +20,12 @@ Names follow the ``status --json`` keys: ``edgeproof_agent_<section>_<key>``, co
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, write_to_textfile
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -150,7 +154,15 @@ def write_textfile(path: Path, doc: Mapping[str, object]) -> None:
     """Atomically replace ``path`` with the metrics of ``doc``. Raises StorageError."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_StatusCollector(doc))
+    text = generate_latest(registry)
+    tmp = path.with_name(f".{path.name}.tmp")  # not *.prom: the collector skips it
     try:
-        write_to_textfile(str(path), registry)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.fchmod(fd, 0o644)  # the umask took bits off
+            os.write(fd, text)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
     except OSError as exc:
         raise StorageError(f"{path}: cannot write metrics ({exc.strerror})") from None

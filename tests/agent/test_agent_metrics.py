@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -21,7 +22,8 @@ def samples(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-def test_metrics_file_says_what_status_json_says(tmp_path: Path) -> None:
+def test_metrics_file_says_what_status_json_says_and_node_exporter_can_read_it(
+        tmp_path: Path) -> None:
     prom = tmp_path / "textfile" / "edgeproof.prom"
     prom.parent.mkdir()
     cfg = config(tmp_path, UNREACHABLE, Responder("mqtt://127.0.0.1:1").verifier_key,
@@ -33,6 +35,7 @@ def test_metrics_file_says_what_status_json_says(tmp_path: Path) -> None:
     clock = ManualClock(wall_ms=int(evening() * 1000))
     sim = load_simulated_hardware(1, tmp_path, clock)
     service = AgentService(cfg, clock, sim=sim)
+    old_umask = os.umask(0o077)  # as under systemd (UMask=0077)
     service.start()
     try:
         for _ in range(6):
@@ -41,6 +44,7 @@ def test_metrics_file_says_what_status_json_says(tmp_path: Path) -> None:
     finally:
         service.shutdown()  # the last status.json and the last metrics file, together
         sim.close()
+        os.umask(old_umask)
     status = collect_status(tmp_path)
     got = samples(prom)
     outbox, credit, agent = status["outbox"], status["credit"], status["agent"]
@@ -60,3 +64,4 @@ def test_metrics_file_says_what_status_json_says(tmp_path: Path) -> None:
     assert got[("edgeproof_agent_uplink_state", (("state", agent["uplink"]["state"]),))] == 1
     assert got[("edgeproof_agent_status_updated_seconds", ())] == agent["updated_wall_ms"] / 1000
     assert [p.name for p in prom.parent.iterdir()] == ["edgeproof.prom"]  # no temp file left
+    assert prom.stat().st_mode & 0o777 == 0o644  # node_exporter runs as another user

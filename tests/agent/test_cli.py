@@ -52,6 +52,12 @@ def test_example_config_is_valid_and_complete() -> None:
     assert cfg.usage is not None
     assert cfg.usage.input == "tv"
     assert cfg.backend == "hardware"  # only --simulate selects simulated hardware
+    assert cfg.local_mqtt is not None
+    assert cfg.local_mqtt.connection.host == "homeassistant.local"
+    assert cfg.local_mqtt.connection.username != cfg.mqtt.username  # its own credentials
+    assert cfg.local_mqtt.streams is None  # every stream without recipients
+    assert cfg.metrics is not None
+    assert cfg.metrics.textfile.suffix == ".prom"
 
 
 @pytest.mark.parametrize(("extra", "named"), [
