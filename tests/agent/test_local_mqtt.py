@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from agent.cli import main as agent_main
 from agent.clock import ManualClock, SystemClock
 from agent.sensors import Reading, load_simulated_hardware
 from agent.service import AgentService, ServiceOptions
@@ -62,7 +63,8 @@ def watcher(broker: MosquittoBroker) -> Iterator[Watcher]:
 
 
 def test_home_assistant_gets_unsealed_readings_credit_and_health_and_nothing_sealed(
-        tmp_path: Path, gateway_key: str, broker: MosquittoBroker, watcher: Watcher) -> None:
+        tmp_path: Path, gateway_key: str, broker: MosquittoBroker, watcher: Watcher,
+        capsys: pytest.CaptureFixture[str]) -> None:
     cfg = local_config(tmp_path, UNREACHABLE, gateway_key, broker.url)
     readings: list[Reading] = []
     clock = ManualClock(wall_ms=int(evening() * 1000))
@@ -109,6 +111,8 @@ def test_home_assistant_gets_unsealed_readings_credit_and_health_and_nothing_sea
     assert seen[f"edgeproof/{dev}/uplink"] == b"OFF"  # the fleet broker is unreachable
     local = status["agent"]["local_mqtt"]  # type: ignore[index]
     assert local["state"] == "stopped"
+    assert agent_main(["status", "--state-dir", str(tmp_path)]) == 0
+    assert f"local broker  stopped {broker.url}: " in capsys.readouterr().out
     assert local["counters"]["published"] >= len(configs) + 1
     assert local["counters"].get("ignored_messages", 0) == 0
 
