@@ -117,6 +117,7 @@ class AgentService:
         self.local: LocalPublisher | None = None  # the owner's broker ([local_mqtt])
         self._local_streams: frozenset[str] = frozenset()
         self._next_local_ms = 0
+        self._local_interval_ms = 0
 
     # --- start --------------------------------------------------------------------------
 
@@ -130,6 +131,8 @@ class AgentService:
         cfg = self.config
         load_device_key(cfg.key_file)  # refuse a key others can read before opening anything
         broker = self.options.broker or broker_settings(cfg.mqtt)
+        # The owner's broker's password file too, before anything is opened.
+        local_broker = broker_settings(cfg.local_mqtt.connection) if cfg.local_mqtt else None
         self.sensors = self._build_sensors()  # before any state: refusing to start opens none
         self.state = DeviceState.open(cfg.state_dir / STATE_FILE, self.clock.wall_ms)
         self.outbox = Outbox(cfg.state_dir / OUTBOX_FILE, cfg.outbox, self.state, self.clock)
@@ -153,21 +156,22 @@ class AgentService:
         self._broker = broker
         log.info("uplink: connecting to %s", self.uplink.broker_text)
         self.uplink.start()
-        self._start_local()
+        if local_broker is not None:
+            self._start_local(local_broker)
         log.info("agent started: device %s, boot %d, %d sensors, outbox %s",
                  self.identity.device_id.hex(), self.boot, len(self.sensors.sensors),
                  self.outbox.path)
         self._say_what_earns_and_seals()
         self.notifier.ready(self._status_line())
 
-    def _start_local(self) -> None:
-        """Start the publisher for the owner's broker, if ``[local_mqtt]`` is configured.
+    def _start_local(self, broker: BrokerSettings) -> None:
+        """Start the publisher for the owner's broker (``[local_mqtt]``).
 
         It gets the entity list and its broker only: nothing it receives can reach the
         record writer or the outbox (agent/local_mqtt/publisher.py)."""
         local = self.config.local_mqtt
-        if local is None:
-            return
+        assert local is not None
+        self._local_interval_ms = round(local.status_interval_s * 1000)
         unsealed = self.plaintext_streams()
         self._local_streams = frozenset(unsealed if local.streams is None else local.streams)
         device_hex = self.identity.device_id.hex()
@@ -178,8 +182,7 @@ class AgentService:
             credit=self.config.usage is not None)
         client_id = (local.client_id or local.connection.username
                      or f"edgeproof-{device_hex[:16]}")
-        self.local = LocalPublisher(device, entities, broker_settings(local.connection),
-                                    client_id)
+        self.local = LocalPublisher(device, entities, broker, client_id)
         log.info("local broker: publishing %d entities (streams: %s) to %s", len(entities),
                  ", ".join(sorted(self._local_streams)) or "none", local.connection.url)
         self.local.start()
@@ -275,8 +278,7 @@ class AgentService:
             self._next_status_ms = now + round(self.config.service.status_interval_s * 1000)
             self.write_status()
         if self.local is not None and now >= self._next_local_ms:
-            self._next_local_ms = now + round(self.config.local_mqtt.status_interval_s * 1000
-                                              if self.config.local_mqtt else IDLE_WAKE_MS)
+            self._next_local_ms = now + self._local_interval_ms
             self._guarded(self._offer_local_status)
         self.counters["loops"] += 1
         self.notifier.watchdog(now, progressed=True)

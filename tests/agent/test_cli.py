@@ -152,6 +152,24 @@ def test_run_refuses_a_password_file_others_can_read_and_never_prints_it(
     assert secret not in out.err + out.out
 
 
+def test_run_refuses_a_local_broker_password_file_others_can_read_before_opening_anything(
+        tmp_path: Path, capsys: Capture) -> None:
+    secret = "owner's broker password"
+    (tmp_path / "local.password").write_text(secret)
+    (tmp_path / "local.password").chmod(0o644)
+    path = minimal(tmp_path, '[local_mqtt]\nbroker = "mqtt://127.0.0.1:9"\nusername = "ha"\n'
+                   'password_file = "local.password"\n[[sensors]]\nkind = "cpu_temp"\n'
+                   'stream = "cpu"\ninterval_s = 1')
+    assert main(["keygen", "--state-dir", str(tmp_path / "state")]) == 0
+    capsys.readouterr()
+    assert main(["run", "--config", str(path), "--simulate"]) == 2
+    out = capsys.readouterr()
+    assert "local.password" in out.err
+    assert "chmod 600" in out.err
+    assert secret not in out.err + out.out
+    assert not (tmp_path / "state" / "outbox.sqlite").exists()  # refused before opening
+
+
 def test_status_reports_outbox_dead_letters_drops_and_credit(tmp_path: Path,
                                                             capsys: Capture) -> None:
     path = minimal(tmp_path, "[service]\nfinal_flush_s = 0\n[[sensors]]\nkind = \"cpu_temp\"\n"
