@@ -119,6 +119,10 @@ class LocalPublisher:
         return {"state": self.state, "broker": self.broker_text, "error": self.error,
                 "pending": pending, "counters": counters}
 
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self.counters[name] += 1
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="local-mqtt", daemon=True)
         self._thread.start()
@@ -147,7 +151,7 @@ class LocalPublisher:
                         self._check_connack()
             self._goodbye()
         except EdgeproofError as exc:  # never let the owner's broker take the agent down
-            self.counters["thread_errors"] += 1
+            self._count("thread_errors")
             self.state, self.error = "failed", str(exc)
             log.error("local broker %s: %s; publisher stopped", self.broker_text, exc)
 
@@ -162,14 +166,14 @@ class LocalPublisher:
         try:
             self._client.connect()
         except TransportError as exc:
-            self.counters["connect_failures"] += 1
+            self._count("connect_failures")
             self._disconnected(str(exc))
 
     def _check_connack(self) -> None:
         """A broker that accepts TCP but never answers CONNECT is given up on, and retried."""
         deadline = self._connect_deadline
         if deadline is not None and self._monotonic() > deadline:
-            self.counters["connack_timeouts"] += 1
+            self._count("connack_timeouts")
             self._client.close()
             self._disconnected("no CONNACK (the broker does not answer)")
 
@@ -188,7 +192,7 @@ class LocalPublisher:
             if isinstance(event, Connected):
                 self._on_connected()
             elif isinstance(event, Refused):
-                self.counters["refused"] += 1
+                self._count("refused")
                 self._client.close()
                 if event.permanent:
                     self._connected = False
@@ -199,19 +203,19 @@ class LocalPublisher:
                 else:
                     self._disconnected(f"refused: {event.reason}")
             elif isinstance(event, ConnectionLost):
-                self.counters["connections_lost"] += 1
+                self._count("connections_lost")
                 self._disconnected(f"connection lost: {event.reason}")
             elif isinstance(event, PubAck):
-                self.counters["published" if event.ok else "publish_refused"] += 1
+                self._count("published" if event.ok else "publish_refused")
             elif isinstance(event, AckTimeout):
-                self.counters["ack_timeouts"] += 1
+                self._count("ack_timeouts")
             elif isinstance(event, Received):  # never subscribed: cannot happen, never used
-                self.counters["ignored_messages"] += 1
+                self._count("ignored_messages")
 
     def _on_connected(self) -> None:
         self._connected, self._attempts, self._connect_deadline = True, 0, None
         self.state, self.error = "connected", None
-        self.counters["connects"] += 1
+        self._count("connects")
         log.info("local broker %s: connected; publishing %d entities", self.broker_text,
                  len(self.entities))
         for entity in self.entities.values():
@@ -234,7 +238,7 @@ class LocalPublisher:
         try:
             self._client.publish(topic, payload, retain=True)
         except TransportError as exc:
-            self.counters["publish_errors"] += 1
+            self._count("publish_errors")
             log.debug("local broker: %s", exc)
 
     def _goodbye(self) -> None:
