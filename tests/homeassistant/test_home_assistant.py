@@ -123,6 +123,11 @@ kind = "power_sense"
 stream = "tv"
 pin = 17
 interval_s = 1
+[[sensors]]
+kind = "motion"
+stream = "presence"
+pin = 27
+interval_s = 1
 [usage]
 input = "tv"
 rate_micro_per_hour = {RATE}
@@ -152,7 +157,7 @@ def ours(snap: Snapshot, node: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-EXPECTED = {"cpu_temperature", "tv", "credit_accrued", "credit_settled", "outbox_depth",
+EXPECTED = {"cpu_temperature", "tv", "presence", "credit_accrued", "credit_settled", "outbox_depth",
             "outbox_bytes", "outbox_dropped", "sensor_errors", "uplink", "problem"}
 
 
@@ -201,6 +206,7 @@ def test_home_assistant_shows_the_device_its_values_and_marks_it_unavailable_whe
         assert (temp["device_class"], temp["unit_of_measurement"], temp["state_class"]) == (
             "temperature", "°C", "measurement")
         assert attrs["tv"]["device_class"] == "power"
+        assert attrs["presence"]["device_class"] == "motion"
         assert (attrs["credit_accrued"]["unit_of_measurement"],
                 attrs["credit_accrued"]["state_class"]) == ("credits", "total_increasing")
         assert (attrs["outbox_bytes"]["device_class"],
