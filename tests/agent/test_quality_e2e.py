@@ -1,8 +1,9 @@
 """The whole quality loop with real agents: three simulated DHT22s in one room, one
 miscalibrated by its config (``agent.sim_faults``), each agent sealing its climate stream
-to its owner and to the validator ``hub``, through Mosquitto to the real gateway; the
-validator judges the windows and logs its attestations; the gateway delivers them; and the
-owner of the miscalibrated sensor sees it FAULTY in ``edgeproof-agent status``.
+to its owner, through Mosquitto to the real gateway; the owner's hub is the validator (a
+registered recipient whose X25519 key is the owner's sealing key, so it reads the full
+streams); it judges the windows and logs its attestations; the gateway delivers them; and
+the owner of the miscalibrated sensor sees it FAULTY in ``edgeproof-agent status``.
 
 Windows are 15 s of 3 s buckets here (``--window-s 15 --bucket-s 3``), so the loop runs in
 about a minute of real time; the algorithm is the same as with the default 10 minutes.
@@ -25,13 +26,7 @@ from agent.sensors import load_simulated_hardware
 from agent.service import AgentService
 from agent.status import collect_status
 from firmware_sim.broker import MosquittoBroker
-from protocol.keys import (
-    OwnerKey,
-    RecipientKey,
-    SigningKey,
-    save_recipient_key,
-    save_signing_key,
-)
+from protocol.keys import OwnerKey, SigningKey, save_recipient_key, save_signing_key
 from provisioning.sites import Site, SiteSensor, render
 from tests.agent.responder import RATE, RealGateway
 from tests.agent.test_service_gateway import wait
@@ -59,8 +54,8 @@ def gateway(tmp_path: Path, broker: MosquittoBroker) -> Iterator[RealGateway]:
 def test_miscalibrated_agent_is_attested_faulty_and_its_owner_sees_it(
         tmp_path: Path, broker: MosquittoBroker, gateway: RealGateway,
         capsys: pytest.CaptureFixture[str]) -> None:
-    owner, hub_signing, hub_box = OwnerKey.generate(), SigningKey.generate(), \
-        RecipientKey.generate()
+    owner, hub_signing = OwnerKey.generate(), SigningKey.generate()
+    hub_box = owner.sealing  # the owner's own hub reads what every stream is sealed to
     reply = httpx.post(f"{gateway.url}/v1/recipients", headers=ADMIN, json={
         "name": "hub", "signing_key": hub_signing.public_key.hex(),
         "sealing_key": hub_box.public_key.hex()})
@@ -76,11 +71,9 @@ def test_miscalibrated_agent_is_attested_faulty_and_its_owner_sees_it(
             "agent": agent, "mqtt": {"broker": broker.url},
             "gateway": {"key": gateway.verifier}, "outbox": {"commit_window_s": 0.1},
             "uplink": {"batch_interval_s": 0.2},
-            "recipients": {"hub": hub_box.public_key.hex()},
             "owner": {"public_key": owner.public_key.hex(),
                       "sealing_key": owner.sealing_public_key.hex()},
-            "sensors": [{"kind": "dht22", "stream": "climate", "pin": 4, "interval_s": 3.0,
-                         "recipients": ["hub"]}],
+            "sensors": [{"kind": "dht22", "stream": "climate", "pin": 4, "interval_s": 3.0}],
         }, state)
         identity = create_identity(cfg.key_file)
         reply = httpx.post(f"{gateway.url}/v1/devices", headers=ADMIN, json={
