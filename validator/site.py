@@ -123,7 +123,8 @@ class SiteValidator:
             if sensor in replays:
                 reasons = ["replay"]
                 state.judged(reasons)
-            elif peers and not window_reasons(own, self._accuracy[sensor], th):
+            elif peers and own.residuals >= th.min_readings and \
+                    not window_reasons(own, self._accuracy[sensor], th):
                 state.judged([])  # agrees with its one trusted peer: good for both
             else:
                 state.unjudged()  # alone, or two that disagree: who is wrong is unknown
@@ -136,7 +137,10 @@ class SiteValidator:
                 reasons.append("drift")
             if sensor in replays:
                 reasons.append("replay")
-            state.judged(reasons)
+            if reasons or own.residuals >= th.min_readings:
+                state.judged(reasons)
+            else:
+                state.unjudged()  # too few minutes with a consensus to call the window good
         entered = state.state != before and (
             state.state == "recovered" or (state.state == "faulty" and "drift" not in reasons))
         if entered:

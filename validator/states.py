@@ -4,9 +4,10 @@ One bad window makes a sensor *suspect*, never *faulty*: it turns faulty when
 ``faulty_bad`` of its last ``faulty_of`` judged windows were bad. A faulty sensor is
 *recovered* after ``faulty_clear`` good windows running, and healthy again after a further
 ``recovered_clear``; a bad window while recovered makes it suspect, with its earlier bad
-windows still counted. Windows that could not be judged (too few readings, or too few
-trusted peers) change nothing, except that ``dropout_windows`` windows running without
-enough readings make the sensor faulty at once ("dropout": the silence is the evidence).
+windows still counted. Windows that could not be judged (too few readings, too few
+trusted peers, or too few minutes with a consensus) change nothing, except that
+``dropout_windows`` windows running without enough readings make the sensor faulty at once
+("dropout": the silence is the evidence).
 """
 
 from __future__ import annotations

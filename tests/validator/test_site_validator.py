@@ -204,3 +204,25 @@ def test_honest_sensor_left_suspect_clears_while_the_outlier_is_excluded() -> No
     assert states[-1].of("c").state == "faulty"
     assert states[-1].of("b").state == "healthy"
     assert all(v.of("a").state == "healthy" for v in states)
+
+
+def test_window_with_too_few_comparable_minutes_is_not_counted_good() -> None:
+    # c reads 3 °C high; every other window the honest pair read in different minutes
+    # (a in the first three, b in the last three), so no minute has the three values a
+    # consensus needs. Such a window says nothing: counted as good, it would keep c
+    # suspect forever (bad, good, bad, good).
+    validator = SiteValidator(SiteSpec("room", "temperature",
+                                       tuple(SensorSpec(n, 0.5) for n in "abc")))
+
+    def window(w: int, *, full_pair: bool) -> WindowVerdict:
+        start = w * WINDOW_S
+
+        def values(base: float, i: int, minutes: range) -> list[tuple[float, float]]:
+            return [(start + m * 60.0, base + ((m + i) % 3) / 10) for m in minutes]
+        full = range(10)
+        return validator.judge(start, {"a": values(21.0, 0, full if full_pair else range(3)),
+                                       "b": values(21.05, 1, full if full_pair else range(7, 10)),
+                                       "c": values(23.95, 2, full)})
+    verdicts = [window(w, full_pair=w % 2 == 0) for w in range(6)]
+    assert verdicts[1].of("c").reasons == ()
+    assert verdicts[4].of("c").state == "faulty"
