@@ -99,6 +99,7 @@ class StoreConfig:
     backend: str = "sqlite"
     dsn: str | None = None
     password_file: Path | None = None
+    shared: bool = False  # several gateway processes, one elected sequencer (SCALING.md)
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
     "anchor": frozenset({"backend", "rpc_url", "key_file", "chain_id", "interval_s",
                          "to_address", "confirmations", "gas_limit", "resend_after_s",
                          "max_attempts"}),
-    "store": frozenset({"backend", "dsn", "password_file"}),
+    "store": frozenset({"backend", "dsn", "password_file", "shared"}),
 }
 _REQUIRED = {"gateway": ("data_dir", "key_file", "admin_token_file"), "broker": ("url",)}
 
@@ -170,7 +171,7 @@ def parse_config(raw: Mapping[str, object], base_dir: Path) -> GatewayConfig:
     bind = root.table("http").string("bind", "127.0.0.1:8080")
     assert bind is not None
     host, port = _parse_bind(bind)
-    return GatewayConfig(
+    config = GatewayConfig(
         broker=_broker(root.table("broker")),
         data_dir=gateway.required_path("data_dir"),
         key_file=gateway.required_path("key_file"),
@@ -194,6 +195,20 @@ def parse_config(raw: Mapping[str, object], base_dir: Path) -> GatewayConfig:
         ethereum=_ethereum_anchor(root.table("anchor")),
         store=_store(root.table("store")),
     )
+    _check_shared(config)
+    return config
+
+
+def _check_shared(config: GatewayConfig) -> None:
+    """A shared store needs a shared subscription and the local anchor (SCALING.md)."""
+    if not config.store.shared:
+        return
+    if not config.broker.shared_group:
+        raise ConfigError("store.shared needs broker.shared_group: every gateway process of "
+                          "the log subscribes to the same shared subscription")
+    if config.anchor != "local":
+        raise ConfigError("store.shared works with anchor.backend = \"local\" only for now "
+                          "(one process must own the chain queue)")
 
 
 def _broker(broker: Table) -> BrokerConfig:
@@ -283,7 +298,8 @@ def _store(store: Table) -> StoreConfig:
         raise ConfigError("store.dsn must not contain a password: put it in a mode-0600 file "
                           "and name that file in store.password_file")
     return StoreConfig(backend=backend, dsn=dsn,
-                       password_file=store.path("password_file", None))
+                       password_file=store.path("password_file", None),
+                       shared=store.boolean("shared", False))
 
 
 _URI_SCHEMES = ("postgresql://", "postgres://")
