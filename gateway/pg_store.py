@@ -282,6 +282,22 @@ class PostgresLogStore:
                                "(another gateway process holds the writer lock)")
         return conn
 
+    @contextmanager
+    def _fenced(self, what: str) -> Iterator[None]:
+        """Like _storage_errors; a shared store's writer session that ended is NotSequencer.
+
+        The lock ended with the session, so this process no longer sequences (whether the
+        failed statement ran is for the database to say: the next sequencer reads it).
+        """
+        try:
+            with _storage_errors(what):
+                yield
+        except StorageError as exc:
+            if self._shared and not isinstance(exc, NotSequencer) and self._writer.lost:
+                self._holds_lock = False
+                raise NotSequencer(f"{exc} (the sequencer's session ended)") from None
+            raise
+
     @property
     def term(self) -> int:
         """How many times this process took the writer lock (0: never; changes on each take)."""
@@ -391,7 +407,7 @@ class PostgresLogStore:
 
     def pending(self, limit: int) -> list[PendingBatch]:
         """The oldest ``limit`` queued batches (the sequencer's; NotSequencer otherwise)."""
-        with self._write_lock, _storage_errors("read queue"):
+        with self._write_lock, self._fenced("read queue"):
             rows = self._writer_conn().execute(
                 "SELECT id, topic, payload, payload_hash, reject, verdicts FROM pending "
                 "ORDER BY id LIMIT %s", (limit,)).fetchall()
@@ -407,7 +423,7 @@ class PostgresLogStore:
         was lost and the COMMIT's outcome is unknown).
         """
         with self._write_lock:
-            with _storage_errors("transaction"):
+            with self._fenced("transaction"):
                 conn = self._writer_conn()  # a new session marks the frontier unknown
             if self._frontier_unknown:
                 self._range = self._restore_range()
@@ -415,7 +431,7 @@ class PostgresLogStore:
                 self._frontier_unknown = False
             saved = self._range.to_state()
             try:
-                with _storage_errors("transaction"), conn.transaction():
+                with self._fenced("transaction"), conn.transaction():
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", (_REGISTRY_LOCK,))
                     tx = PgTransaction(conn, self._range)
                     yield tx
@@ -512,7 +528,7 @@ class PostgresLogStore:
         The number is the previous one plus one inside the INSERT (no sequence object, whose
         numbers a failed INSERT would skip).
         """
-        with self._write_lock, _storage_errors("store checkpoint"):
+        with self._write_lock, self._fenced("store checkpoint"):
             row = self._writer_conn().execute(
                 "INSERT INTO checkpoints (number, size, root, note, issued_ms, balances) "
                 "SELECT COALESCE(MAX(number), 0) + 1, %s, %s, %s, %s, %s FROM checkpoints "
@@ -523,7 +539,7 @@ class PostgresLogStore:
     def add_anchor(self, checkpoint_number: int, backend: str, reference: str,
                    anchored_ms: int) -> None:
         """Remember where a checkpoint was anchored (idempotent)."""
-        with self._write_lock, _storage_errors("store anchor"):
+        with self._write_lock, self._fenced("store anchor"):
             self._writer_conn().execute(
                 "INSERT INTO anchors VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
                 (checkpoint_number, backend, reference, anchored_ms))

@@ -1,0 +1,107 @@
+"""Election and fencing of the sequencer of a shared PostgreSQL store (gateway/cluster.py):
+one process leads at a time, a deposed sequencer cannot append or sign, the new one continues
+the tree from the database, and handed-over batches are sequenced exactly once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from gateway.pg_store import PostgresLogStore
+from gateway.store import NewLeaf, NotSequencer, PendingBatch
+from protocol import merkle
+from tests.pg import PostgresCluster
+
+WRITER_LOCK = 0x65_64_67_65_03  # gateway.pg_store._WRITER_LOCK
+
+
+def _leaf(n: int) -> NewLeaf:
+    raw = b"record-%d" % n
+    return NewLeaf(device_id=bytes(16), seq=n, record_hash=merkle.leaf_hash(raw), prev=bytes(32),
+                   raw=raw, stream="s", received_ms=n)
+
+
+def _append(store: PostgresLogStore, first: int, count: int) -> None:
+    with store.transaction() as tx:
+        for n in range(first, first + count):
+            tx.append(_leaf(n))
+
+
+@pytest.fixture
+def two(postgres: PostgresCluster, pg_database: str) -> Iterator[list[PostgresLogStore]]:
+    dsn = postgres.dsn(pg_database)
+    stores = [PostgresLogStore(dsn, postgres.password, shared=True) for _ in range(2)]
+    try:
+        yield stores
+    finally:
+        for store in stores:
+            store.close()
+
+
+def _terminate_sequencer_session(postgres: PostgresCluster, dbname: str) -> None:
+    """What a network partition or the server's keepalive timeout does: end the session."""
+    rows = postgres.execute_as_admin(
+        dbname, "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+        "AND granted AND classid = %s AND objid = %s",
+        (WRITER_LOCK >> 32, WRITER_LOCK & 0xFFFF_FFFF))
+    assert rows == [(True,)]
+
+
+def test_only_one_process_of_a_shared_store_can_append(
+        two: list[PostgresLogStore]) -> None:
+    a, b = two
+    assert a.lead()
+    assert not b.lead()
+    with pytest.raises(NotSequencer):
+        _append(b, 0, 1)
+    with pytest.raises(NotSequencer):
+        b.add_checkpoint(0, merkle.EMPTY_ROOT, "note", 0, b"")
+    _append(a, 0, 3)
+    assert b.size() == 3
+
+
+def test_deposed_sequencer_that_still_believes_it_leads_cannot_append(
+        two: list[PostgresLogStore], postgres: PostgresCluster, pg_database: str) -> None:
+    a, b = two
+    assert a.lead()
+    _append(a, 0, 4)
+    assert a.leading  # a has not noticed anything yet
+    _terminate_sequencer_session(postgres, pg_database)
+    assert b.lead()
+    _append(b, 4, 2)  # b continues the tree from the database
+    with pytest.raises(NotSequencer):  # a's session is gone and the new one has no lock
+        _append(a, 6, 1)
+    with pytest.raises(NotSequencer):
+        a.add_checkpoint(6, b.root(6), "note", 0, b"")
+    assert not a.lead()
+    assert b.size() == 6
+    assert [leaf.raw for leaf in (b.leaf(i) for i in range(6)) if leaf is not None] == \
+        [_leaf(n).raw for n in range(6)]
+
+
+def test_new_sequencer_continues_the_tree_without_a_fork(
+        two: list[PostgresLogStore], postgres: PostgresCluster, pg_database: str) -> None:
+    a, b = two
+    assert a.lead()
+    _append(a, 0, 5)
+    old_root = a.root(5)
+    a.close()  # the sequencer's process dies: its session ends, the lock is free
+    assert b.lead()
+    _append(b, 5, 6)
+    proof = merkle.consistency_proof_from_nodes(b, 5, 11)
+    merkle.verify_consistency(5, 11, old_root, b.root(11), proof)
+
+
+def test_handed_over_batch_is_sequenced_exactly_once_by_whoever_leads(
+        two: list[PostgresLogStore], postgres: PostgresCluster, pg_database: str) -> None:
+    a, b = two
+    assert a.lead()
+    b.enqueue([PendingBatch(0, "t", b"payload", bytes(32), None, b"")], now_ms=1)
+    with pytest.raises(NotSequencer):
+        b.pending(10)
+    taken = a.pending(10)
+    assert [p.payload for p in taken] == [b"payload"]
+    with a.transaction() as tx:
+        tx.consume_pending([p.id for p in taken])
+    assert a.pending(10) == []
