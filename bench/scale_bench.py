@@ -7,7 +7,9 @@
    PostgreSQL cluster (fsync on) and one MQTT shared subscription drain a preloaded backlog;
    one sequences, both verify (gateway/cluster.py). Records/s from the first receipt to the
    last, divided by the bare verify rate measured just before and just after.
-3. ``failover_s``: the two processes run under a steady load; the sequencer is killed with
+3. ``pg_sequencer_records_per_s``: where the single sequencer's limit lies: one process drains
+   a hand-over queue of batches already verified (from its first commit to its last).
+4. ``failover_s``: the two processes run under a steady load; the sequencer is killed with
    SIGKILL; from the kill until a checkpoint numbered above every checkpoint in the database
    at the kill exists (only the other process can have signed it). Then the devices resend
    what has no receipt (as real devices do) and the log is read: ``lost`` = records sent but
@@ -39,7 +41,10 @@ sys.path.insert(0, str(REPO))
 from bench.gateway_bench import BATCH_RECORDS, ReceiptCounter, bare_verify_rate, drain  # noqa: E402
 from firmware_sim.broker import MosquittoBroker, free_port  # noqa: E402
 from firmware_sim.procs import GatewayProcess  # noqa: E402
+from gateway.cluster import pending_batch  # noqa: E402
+from gateway.config import Limits  # noqa: E402
 from gateway.pg_store import PostgresLogStore  # noqa: E402
+from gateway.verify import prepare_batch  # noqa: E402
 from protocol.batch import Batch, records_topic  # noqa: E402
 from tests.gateway.gwkit import (  # noqa: E402
     DeviceClient,
@@ -89,6 +94,19 @@ def role(gateway: GatewayProcess) -> str | None:
         return None
 
 
+def _metric(gateway: GatewayProcess, name: str) -> float:
+    for _ in range(100):  # the gateway may still be starting its HTTP server
+        try:
+            text = httpx.get(f"{gateway.url}/metrics", timeout=2).text
+            break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    else:
+        return float("nan")
+    lines = [x for x in text.splitlines() if x.startswith(name + " ")]
+    return float(lines[0].split()[1]) if lines else 0.0
+
+
 def publish_all(port: int, payloads: list[tuple[bytes, bytes]]) -> None:
     publisher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-devices",
                             protocol=mqtt.MQTTv5)
@@ -117,6 +135,9 @@ def pg_pair(workdir: Path, n_records: int, n_devices: int) -> dict[str, float]:
             gateway.stop(timeout_s=60)
         result = _drain_pair(broker.port, gateways, fleet, n_records)
         result.update(_failover(broker.port, gateways, fleet, cluster, dbname))
+        for gateway in gateways:
+            gateway.stop(timeout_s=60)
+        result.update(_sequencer_only(gateways[0], fleet, cluster, dbname, n_records))
         return result
     finally:
         for gateway in gateways:
@@ -149,8 +170,10 @@ def _drain_pair(port: int, gateways: list[GatewayProcess], fleet: list[TestDevic
     bare = (bare_before + bare_verify_rate(sample, key)) / 2
     counter.client.loop_stop()
     counter.client.disconnect()
+    shares = [_metric(g, "edgeproof_gateway_batches_handed_over_total") for g in gateways]
     log(f"two processes: {rate:.0f} records/s, bare verify {bare:.0f}/s, "
-        f"{len(counter.payloads)} of {len(payloads)} receipts")
+        f"{len(counter.payloads)} of {len(payloads)} receipts; batches handed over to the "
+        f"sequencer by each: {shares}")
     return {"pg_two_process_records_per_s": rate, "pg_bare_verify_per_s": bare,
             "pg_two_process_ratio": rate / bare, "pg_records": total}
 
@@ -217,6 +240,38 @@ def _failover(port: int, gateways: list[GatewayProcess], fleet: list[TestDevice]
     log(f"failover load: {sum(len(r) for r in load.sent.values())} records sent, "
         f"lost {lost}, duplicated {duplicated}")
     return {"failover_s": failover, "lost": lost, "duplicated": duplicated}
+
+
+def _sequencer_only(gateway: GatewayProcess, fleet: list[TestDevice],
+                    cluster: PostgresCluster, dbname: str, n_records: int) -> dict[str, float]:
+    """The sequencer's own limit: one process drains a hand-over queue of verified batches."""
+    store = PostgresLogStore(cluster.dsn(dbname), cluster.password, shared=True)
+    try:
+        limits = Limits()
+        rows = []
+        for dev in fleet:
+            for batch_id in range(n_records // len(fleet) // BATCH_RECORDS):
+                payload = Batch(2_000_000 + batch_id, tuple(dev.records(BATCH_RECORDS))).to_cbor()
+                topic = records_topic(dev.device_id)
+                rows.append(pending_batch(prepare_batch(topic, payload, 0.0, limits,
+                                                        store.device), payload))
+        store.enqueue(rows, 0)
+        before = store.size()
+        total = len(rows) * BATCH_RECORDS
+        log(f"queued {len(rows)} verified batches; one process sequences them")
+        started = time.monotonic()
+        gateway.spawn()
+        first_size, first_at = before, started
+        while (size := store.size()) < before + total and time.monotonic() - started < 600:
+            if first_size == before and size > before:  # the first group committed
+                first_size, first_at = size, time.monotonic()
+            time.sleep(0.01)
+        elapsed = time.monotonic() - first_at
+    finally:
+        store.close()
+    rate = (before + total - first_size) / max(elapsed, 1e-9)  # from the first commit on
+    log(f"sequencer alone: {rate:.0f} records/s")
+    return {"pg_sequencer_records_per_s": rate}
 
 
 def _verifier_text(gateway: GatewayProcess) -> str:

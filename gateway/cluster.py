@@ -138,6 +138,7 @@ class Role:
         self._wall_ms, self._monotonic = wall_ms, monotonic
         self._term = 0
         self._elected_at: float | None = None
+        self._poll_at = 0.0  # when to look at the queue again (at once while it is busy)
         metrics.sequencer_leading.set(0)
 
     @property
@@ -178,10 +179,15 @@ class Role:
     def drain(self) -> list[SignedReceipt | None]:
         """Sequence up to TAKE_BATCHES handed-over batches in one transaction (the sequencer).
 
-        Returns their receipts to publish ([] when the queue is empty). Raises StorageError
-        (NotSequencer when another process took over).
+        Returns their receipts to publish ([] when the queue is empty or was looked at less
+        than POLL_S ago and found short). Raises StorageError (NotSequencer when another
+        process took over).
         """
+        now = self._monotonic()
+        if now < self._poll_at:
+            return []
         taken = self._store.pending(TAKE_BATCHES)
+        self._poll_at = now if len(taken) == TAKE_BATCHES else now + POLL_S
         if not taken:
             return []
         arrived = self._monotonic()
