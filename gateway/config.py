@@ -8,9 +8,10 @@ gateway key) are never in the config itself, only the paths of mode-0600 files.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
@@ -102,6 +103,11 @@ class StoreConfig:
     shared: bool = False  # several gateway processes, one elected sequencer (SCALING.md)
 
 
+def cores() -> int:
+    """The cores this process may run on (the default ``verify_workers``)."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
 @dataclass(frozen=True)
 class GatewayConfig:
     """The whole gateway configuration."""
@@ -116,7 +122,8 @@ class GatewayConfig:
     checkpoints: CheckpointConfig = CheckpointConfig()
     limits: Limits = Limits()
     anchor: str = "local"
-    verify_threads: int = 2
+    verify_threads: int = 2  # with verify_workers = 0: threads verifying in this process
+    verify_workers: int = field(default_factory=cores)  # 0: none, verify in-process
     ethereum: EthereumAnchorConfig | None = None  # set when anchor == "ethereum"
     store: StoreConfig = StoreConfig()
 
@@ -127,7 +134,8 @@ class GatewayConfig:
 
 
 _SECTIONS: dict[str, frozenset[str]] = {
-    "gateway": frozenset({"data_dir", "key_file", "admin_token_file", "verify_threads"}),
+    "gateway": frozenset({"data_dir", "key_file", "admin_token_file", "verify_threads",
+                          "verify_workers"}),
     "broker": frozenset({"url", "client_id", "username", "password_file", "ca_file",
                          "shared_group", "session_expiry_s", "keepalive_s"}),
     "http": frozenset({"bind", "max_body_bytes", "request_timeout_s", "keepalive_timeout_s",
@@ -177,6 +185,7 @@ def parse_config(raw: Mapping[str, object], base_dir: Path) -> GatewayConfig:
         key_file=gateway.required_path("key_file"),
         admin_token_file=gateway.required_path("admin_token_file"),
         verify_threads=gateway.integer("verify_threads", 2, low=1, high=64),
+        verify_workers=gateway.integer("verify_workers", cores(), low=0, high=64),
         http_host=host,
         http_port=port,
         http=_http_limits(root.table("http")),

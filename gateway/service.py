@@ -33,7 +33,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -61,8 +61,9 @@ from gateway.ingest import Message, MqttIngest
 from gateway.metrics import GatewayMetrics
 from gateway.sequencer import Sequencer, SignedReceipt
 from gateway.sqlite_store import SQLiteLogStore
-from gateway.store import STATUS_REVOKED, LogStore, NotSequencer
-from gateway.verify import PreparedBatch, oversize_batch, prepare_batch
+from gateway.store import STATUS_REVOKED, Device, LogStore, NotSequencer
+from gateway.verify import PreparedBatch, oversize_batch
+from gateway.verify_pool import VerifyPool
 from osutil.sdnotify import Notifier
 from protocol import reasons
 from protocol.batch import device_id_from_topic
@@ -199,8 +200,8 @@ class GatewayService:
             metrics=self.metrics, wall_ms=clock_ms, monotonic=monotonic)
         if self.role is None:
             self.metrics.sequencer_leading.set(1)
-        self._pool = ThreadPoolExecutor(max_workers=config.verify_threads,
-                                        thread_name_prefix="gateway-verify")
+        self._pool = VerifyPool(config.verify_workers, config.verify_threads, config.limits,
+                                self.metrics.registry)
         self.ingest = MqttIngest(config.broker, self._on_message, monotonic)
         self.ingest.on_publish_failure = self.metrics.receipt_failures.inc
         api = ApiContext(self.store, self.metrics, self.key.verifier_text(), admin_token,
@@ -223,6 +224,7 @@ class GatewayService:
         else:
             self.checkpointer.latest_note()
             self.checkpointer.issue()  # a crash may have left leaves after the last checkpoint
+        self._pool.start()
         self.anchor.start()  # ConfigError if an ethereum node is on another chain
         self.http.start()
         self.ingest.start()
@@ -256,7 +258,7 @@ class GatewayService:
         """Stop ingest, sign a final checkpoint, stop HTTP, close the store."""
         self._notifier.stopping()
         self.ingest.stop()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.close()
         try:
             if self.role is None or self.role.leading:
                 self.checkpointer.issue()
@@ -326,11 +328,17 @@ class GatewayService:
                 future = Future()
                 future.set_result(work.ready)
             else:
-                future = self._pool.submit(prepare_batch, message.topic, message.payload,
-                                           message.arrived, self.config.limits,
-                                           self.store.device)
+                future = self._pool.submit(message.topic, message.payload, message.arrived,
+                                           self._registry_entry(message.topic))
             self._inflight.append(_InFlight(device, message, future,
                                             self.budget.cost(len(message.payload))))
+
+    def _registry_entry(self, topic: str) -> Device | None:
+        """The topic's device as the registry holds it now (the sequencer re-checks its key)."""
+        try:
+            return self.store.device(device_id_from_topic(topic))
+        except (MalformedRecord, StorageError):
+            return None  # the worker rejects the topic, or the commit meets the store's error
 
     def _inflight_bytes(self) -> int:
         return sum(item.cost for item in self._inflight)

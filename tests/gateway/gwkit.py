@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import os
 import random
 import threading
 import time
@@ -32,6 +33,7 @@ from protocol.record import GENESIS_PREV, Gap, KeyRotation, Measurement, Record,
 from protocol.signed import SignedRecord, record_hash, sign_record
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
+VERIFY_WORKERS_ENV = "EDGEPROOF_TEST_VERIFY_WORKERS"
 RATE = 360_000  # micro-credits per hour: 100 per second of usage
 START_WALL_MS = 1_700_000_000_000
 
@@ -118,8 +120,17 @@ class GatewayFiles:
 def write_gateway_files(tmp: Path, broker_port: int, *, http_port: int = 0,
                         every_leaves: int = 1000, interval_s: float = 0.5,
                         extra: str = "", client_id: str = "edgeproof-gateway-test",
-                        broker_extra: str = "", http_extra: str = "") -> GatewayFiles:
-    """Write key, admin token and a config TOML for a gateway under ``tmp``."""
+                        broker_extra: str = "", http_extra: str = "",
+                        verify_workers: int | None = None) -> GatewayFiles:
+    """Write key, admin token and a config TOML for a gateway under ``tmp``.
+
+    ``verify_workers`` None leaves the gateway's default (one worker process per core),
+    unless ``EDGEPROOF_TEST_VERIFY_WORKERS`` is set (to run the suite with in-process
+    verification: ``EDGEPROOF_TEST_VERIFY_WORKERS=0 pytest tests/gateway``).
+    """
+    if verify_workers is None and os.environ.get(VERIFY_WORKERS_ENV):
+        verify_workers = int(os.environ[VERIFY_WORKERS_ENV])
+    workers = "" if verify_workers is None else f"verify_workers = {verify_workers}"
     tmp.mkdir(parents=True, exist_ok=True)
     key_path = tmp / "gateway.key"
     if key_path.exists():
@@ -136,6 +147,7 @@ def write_gateway_files(tmp: Path, broker_port: int, *, http_port: int = 0,
 data_dir = "data"
 key_file = "gateway.key"
 admin_token_file = "admin-token"
+{workers}
 
 [broker]
 url = "mqtt://127.0.0.1:{broker_port}"

@@ -143,7 +143,8 @@ def test_kill9_of_sequencer_or_verifier_forks_nothing_and_loses_nothing(
 
 def _handed_over(gateway: GatewayProcess) -> float:
     text = httpx.get(f"{gateway.url}/metrics", timeout=5).text
-    lines = [x for x in text.splitlines() if x.startswith("edgeproof_gateway_batches_handed_over_total")]
+    name = "edgeproof_gateway_batches_handed_over_total "
+    lines = [x for x in text.splitlines() if x.startswith(name)]
     return float(lines[0].split()[1]) if lines else 0.0
 
 
