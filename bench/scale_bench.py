@@ -10,10 +10,11 @@
 3. ``pg_sequencer_records_per_s``: where the single sequencer's limit lies: one process drains
    a hand-over queue of batches already verified (from its first commit to its last).
 4. ``failover_s``: the two processes run under a steady load; the sequencer is killed with
-   SIGKILL; from the kill until a checkpoint numbered above every checkpoint in the database
-   at the kill exists (only the other process can have signed it). Then the devices resend
-   what has no receipt (as real devices do) and the log is read: ``lost`` = records sent but
-   not logged, ``duplicated`` = leaves holding the same record twice.
+   SIGKILL; from the kill until a checkpoint signed after the killed process was reaped
+   (``issued_ms``, same machine clock) is in the database: only the other process can have
+   signed it. Then the devices resend what has no receipt (as real devices do) and the log
+   is read: ``lost`` = records sent but not logged, ``duplicated`` = leaves holding the same
+   record twice.
 
 Prints progress to stderr and ends with ONE line of JSON on stdout. Never asserts.
 Run: ``python bench/scale_bench.py [--records 30000]``.
@@ -203,10 +204,12 @@ class Load:
         self._thread.join()
 
 
-def _latest_number(cluster: PostgresCluster, dbname: str) -> int:
-    rows = cluster.execute_as_admin(dbname, "SELECT COALESCE(MAX(number), 0) FROM checkpoints",
-                                    ())
-    return int(str(rows[0][0]))
+def _signed_after(cluster: PostgresCluster, dbname: str, wall_ms: int) -> bool:
+    """Whether a checkpoint was signed after ``wall_ms`` (by a live process: the killed one
+    stamped its last one before it died, even if the server committed it a moment later)."""
+    rows = cluster.execute_as_admin(dbname, "SELECT COUNT(*) FROM checkpoints "
+                                    "WHERE issued_ms > %s", (wall_ms,))
+    return int(str(rows[0][0])) > 0
 
 
 def _failover(port: int, gateways: list[GatewayProcess], fleet: list[TestDevice],
@@ -220,8 +223,9 @@ def _failover(port: int, gateways: list[GatewayProcess], fleet: list[TestDevice]
     leader = next(g for g in gateways if role(g) == "sequencer")
     killed_at = time.monotonic()
     leader.kill()
-    number = _latest_number(cluster, dbname)
-    while _latest_number(cluster, dbname) <= number and time.monotonic() - killed_at < 60:
+    killed_wall_ms = time.time_ns() // 1_000_000  # reaped: it signs nothing after this
+    while not _signed_after(cluster, dbname, killed_wall_ms) \
+            and time.monotonic() - killed_at < 60:
         time.sleep(0.01)
     failover = time.monotonic() - killed_at
     log(f"failover: {failover:.2f} s from kill -9 to the next checkpoint")
@@ -297,7 +301,7 @@ def main() -> int:
     parser.add_argument("--devices", type=int, default=20)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp:
-        one = drain(Path(tmp) / "one", args.records, args.devices)
+        one = drain(Path(tmp) / "one", args.records, args.devices, None)
         result: dict[str, float] = {
             "one_process_records_per_s": one["records_per_s"],
             "one_bare_verify_per_s": one["bare_verify_per_s"],

@@ -160,14 +160,24 @@ class Role:
             self._metrics.sequencer_leading.set(0)
             return False
         if self._store.term != self._term:
-            self._checkpointer.reload()
-            self._term = self._store.term
-            self._metrics.sequencer_terms.inc()
-            issued = self._checkpointer.issue()
-            log.info("this process sequences the log now (log size %d; checkpoint %s)",
-                     self._store.size(), "signed" if issued else "unchanged")
+            try:
+                self._take_over()
+            except StorageError as exc:  # retried at the next election (NotSequencer: the
+                # session ended meanwhile, and with it the lock)
+                log.warning("taking over as the sequencer failed: %s", exc)
+                self._metrics.sequencer_leading.set(0)
+                return False
         self._metrics.sequencer_leading.set(1)
         return True
+
+    def _take_over(self) -> None:
+        self._checkpointer.reload()
+        self._term = self._store.term
+        self._metrics.sequencer_terms.inc()
+        issued = self._checkpointer.issue()
+        log.info("this process sequences the log now (term %d here; log size %d; "
+                 "checkpoint %s)", self._term, self._store.size(),
+                 "signed" if issued else "unchanged")
 
     def hand_over(self, batches: Sequence[PreparedBatch], payloads: Sequence[bytes]) -> None:
         """Commit verified batches to the sequencer's queue; raise StorageError if it fails."""
