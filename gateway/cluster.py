@@ -47,6 +47,11 @@ log = logging.getLogger(__name__)
 ELECT_EVERY_S = 0.5  # how often every process tries (or re-checks) the sequencer lock
 POLL_S = 0.05  # how often the idle sequencer looks at the hand-over queue
 TAKE_BATCHES = 16  # handed-over batches sequenced in one transaction
+# Bound of the hand-over queue: past it verifiers drop (counted, unacknowledged by receipt:
+# the device resends) instead of queueing, so a stalled sequencer does not make the table
+# grow with every resend. 4096 batches of 100 records are about 25 s of a million devices.
+MAX_PENDING_BATCHES = 4096
+DEPTH_EVERY_S = 1.0  # how often a verifier reads the queue's depth
 KEY_BYTES = 32
 _NONE, _GOOD, _BAD = 0, 1, 2  # a record's verdict: not checked, verified, did not verify
 
@@ -66,6 +71,8 @@ class SharedStore(LogStore, Protocol):
     def enqueue(self, batches: Sequence[PendingBatch], now_ms: int) -> None: ...
 
     def pending(self, limit: int) -> list[PendingBatch]: ...
+
+    def pending_depth(self) -> int: ...
 
 
 @runtime_checkable
@@ -139,6 +146,8 @@ class Role:
         self._term = 0
         self._elected_at: float | None = None
         self._poll_at = 0.0  # when to look at the queue again (at once while it is busy)
+        self._depth_at: float | None = None
+        self.queue_full = False  # as of the last look (DEPTH_EVERY_S)
         metrics.sequencer_leading.set(0)
 
     @property
@@ -178,6 +187,17 @@ class Role:
         log.info("this process sequences the log now (term %d here; log size %d; "
                  "checkpoint %s)", self._term, self._store.size(),
                  "signed" if issued else "unchanged")
+
+    def backlogged(self) -> bool:
+        """Whether the hand-over queue is at its bound (read at most every DEPTH_EVERY_S).
+
+        Raises StorageError if the depth cannot be read.
+        """
+        now = self._monotonic()
+        if self._depth_at is None or now - self._depth_at >= DEPTH_EVERY_S:
+            self._depth_at = now
+            self.queue_full = self._store.pending_depth() >= MAX_PENDING_BATCHES
+        return self.queue_full
 
     def hand_over(self, batches: Sequence[PreparedBatch], payloads: Sequence[bytes]) -> None:
         """Commit verified batches to the sequencer's queue; raise StorageError if it fails."""

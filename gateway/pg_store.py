@@ -405,6 +405,12 @@ class PostgresLogStore:
                     [(b.topic, b.payload, b.payload_hash, b.reject, b.verdicts, now_ms)
                      for b in batches])
 
+    def pending_depth(self) -> int:
+        """About how many batches wait in the queue (id span: two index lookups, any process)."""
+        row = self._read("read queue depth", lambda conn: conn.execute(
+            "SELECT COALESCE(MAX(id) - MIN(id) + 1, 0) FROM pending").fetchone())
+        return int(row[0]) if row else 0
+
     def pending(self, limit: int) -> list[PendingBatch]:
         """The oldest ``limit`` queued batches (the sequencer's; NotSequencer otherwise)."""
         with self._write_lock, self._fenced("read queue"):

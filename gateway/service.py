@@ -47,6 +47,7 @@ from gateway.config import GatewayConfig, HttpLimits
 from gateway.fairness import (
     OVER_SHARE,
     QUARANTINED,
+    SEQUENCER_BACKLOG,
     UNREGISTERED,
     FairQueue,
     IngestBudget,
@@ -363,6 +364,10 @@ class GatewayService:
             if self.role is None:
                 raise
             role = self.role
+            if self._retrying(len(group), role.backlogged):
+                for item in group:  # the device resends when no receipt comes
+                    self._drop(item.device, item.message, SEQUENCER_BACKLOG)
+                return
             payloads = [item.message.payload for item in group]
             self._retrying(len(group), lambda: role.hand_over(prepared, payloads))
         # Receipts only after the commit; the MQTT ack only after the receipt is queued.
@@ -451,6 +456,7 @@ class GatewayService:
         backlogged = (age > BACKLOG_MAX_AGE_S
                       or backlog.messages > BACKLOG_MAX_FILL * b.max_messages
                       or backlog.bytes > BACKLOG_MAX_FILL * b.max_bytes)
+        backlogged = backlogged or (self.role is not None and self.role.queue_full)
         ok = self.ingest.connected and not stalled and not self.ingest.fatal and not backlogged
         return {"ok": ok, "status": "ok" if ok else "backlog" if backlogged else "down",
                 "mqtt_connected": self.ingest.connected, "log_size": self.store.size(),

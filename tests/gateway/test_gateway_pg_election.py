@@ -11,6 +11,7 @@ import pytest
 from gateway.pg_store import PostgresLogStore
 from gateway.store import NewLeaf, NotSequencer, PendingBatch
 from protocol import merkle
+from protocol.errors import StorageError
 from tests.pg import PostgresCluster
 
 WRITER_LOCK = 0x65_64_67_65_03  # gateway.pg_store._WRITER_LOCK
@@ -26,6 +27,12 @@ def _append(store: PostgresLogStore, first: int, count: int) -> None:
     with store.transaction() as tx:
         for n in range(first, first + count):
             tx.append(_leaf(n))
+
+
+def _log_and_consume(store: PostgresLogStore, ids: list[int]) -> None:
+    with store.transaction() as tx:
+        tx.append(_leaf(0))
+        tx.consume_pending(ids)
 
 
 @pytest.fixture
@@ -100,8 +107,22 @@ def test_handed_over_batch_is_sequenced_exactly_once_by_whoever_leads(
     b.enqueue([PendingBatch(0, "t", b"payload", bytes(32), None, b"")], now_ms=1)
     with pytest.raises(NotSequencer):
         b.pending(10)
+    assert b.pending_depth() == 1  # any process reads the depth (verifiers bound the queue)
     taken = a.pending(10)
     assert [p.payload for p in taken] == [b"payload"]
     with a.transaction() as tx:
         tx.consume_pending([p.id for p in taken])
     assert a.pending(10) == []
+    assert b.pending_depth() == 0
+
+
+def test_batch_taken_by_another_writer_fails_the_transaction(
+        two: list[PostgresLogStore], postgres: PostgresCluster, pg_database: str) -> None:
+    a, b = two
+    assert a.lead()
+    b.enqueue([PendingBatch(0, "t", b"p", bytes(32), None, b"")], now_ms=1)
+    taken = a.pending(10)
+    postgres.execute_as_admin(pg_database, "DELETE FROM pending", ())
+    with pytest.raises(StorageError, match="taken by another writer"):
+        _log_and_consume(a, [p.id for p in taken])
+    assert a.size() == 0  # the leaf went with the rolled-back transaction
