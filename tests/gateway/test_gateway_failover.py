@@ -30,6 +30,7 @@ from tests.pg import PostgresCluster
 
 REPO = Path(__file__).resolve().parents[2]
 GROUP = "edgeproof-gateways"
+ROUNDS = 3  # hand-overs by kill -9 (then one by SIGTERM)
 WAIT_S = 60.0  # a bound for a loaded machine; every wait returns as soon as its condition holds
 
 
@@ -113,27 +114,35 @@ def test_kill9_of_sequencer_or_verifier_forks_nothing_and_loses_nothing(
         # The others verified their share and handed it to the sequencer via the database.
         assert sum(_handed_over(g) for g in cluster.gateways if g is not first) > 0
 
-        # kill -9 of the sequencer while a burst is in flight: another process takes over.
-        publisher.burst(10)
-        notes.update(_notes(first))
-        assert first.kill() == -signal.SIGKILL
-        second = cluster.sequencer()
-        assert second is not first
-        signed_before = _checkpoint_size(second)  # nothing larger can come from the dead one
-
-        # kill -9 of a process that only verifies, in the middle of a burst.
-        verifier = next(g for g in cluster.gateways if g.running and g is not second)
-        publisher.burst(10)
-        assert verifier.kill() == -signal.SIGKILL
-        first.start()  # systemd restarts both; their MQTT sessions hold what they had
-        verifier.start()
+        sequencer = first
+        for _ in range(ROUNDS):
+            # kill -9 of the sequencer while a burst is in flight: another one takes over.
+            publisher.burst(10)
+            notes.update(_notes(sequencer))
+            assert sequencer.kill() == -signal.SIGKILL
+            successor = cluster.sequencer()
+            assert successor is not sequencer
+            # kill -9 of a process that only verifies, in the middle of a burst.
+            verifier = next(g for g in cluster.gateways if g.running and g is not successor)
+            publisher.burst(10)
+            assert verifier.kill() == -signal.SIGKILL
+            sequencer.start()  # systemd restarts both; their MQTT sessions hold what they had
+            verifier.start()
+            sequencer = successor
+        # A graceful stop hands over too (final checkpoint, exit 0, the lock released).
+        notes.update(_notes(sequencer))
+        assert sequencer.stop(timeout_s=30) == 0
+        last = cluster.sequencer()
+        signed_before = _checkpoint_size(last)  # nothing larger can come from the others
+        sequencer.start()
+        publisher.burst(2)  # records that only the last sequencer can log and sign
         _resend_unanswered(client, publisher)
         _wait_all_answered(client, publisher)
         leaf_of = _check_receipts(client, publisher, notes)
-        _wait("a checkpoint of the whole log from the new sequencer",
-              lambda: _checkpoint_size(second) >= len(leaf_of) > signed_before)
-        notes.update(_notes(second))
-        check_checkpoints(second.url, NoteVerifier.from_text(cluster.key.verifier_text()),
+        _wait("a checkpoint of the whole log from the last sequencer",
+              lambda: _checkpoint_size(last) >= len(leaf_of) > signed_before)
+        notes.update(_notes(last))
+        check_checkpoints(last.url, NoteVerifier.from_text(cluster.key.verifier_text()),
                           notes)
     finally:
         client.close()
