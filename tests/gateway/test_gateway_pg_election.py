@@ -8,7 +8,15 @@ from collections.abc import Iterator
 
 import pytest
 
+from gateway import cluster
+from gateway.anchor import LocalAnchor
+from gateway.checkpoints import Checkpointer
+from gateway.cluster import Role
+from gateway.config import CheckpointConfig, Limits
+from gateway.gatewaykey import GatewayKey
+from gateway.metrics import GatewayMetrics
 from gateway.pg_store import PostgresLogStore
+from gateway.sequencer import Sequencer
 from gateway.store import NewLeaf, NotSequencer, PendingBatch
 from protocol import merkle
 from protocol.errors import StorageError
@@ -126,3 +134,58 @@ def test_batch_taken_by_another_writer_fails_the_transaction(
     with pytest.raises(StorageError, match="taken by another writer"):
         _log_and_consume(a, [p.id for p in taken])
     assert a.size() == 0  # the leaf went with the rolled-back transaction
+
+
+class Clock:
+    """An injected monotonic clock (seconds) that only moves when told."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _role(store: PostgresLogStore, key: GatewayKey, clock: Clock) -> Role:
+    metrics = GatewayMetrics()
+    checkpointer = Checkpointer(store, key, LocalAnchor(lambda: 0), config=CheckpointConfig(),
+                                metrics=metrics, wall_ms=lambda: 0, monotonic=clock)
+    sequencer = Sequencer(store, checkpointer, key, limits=Limits(), metrics=metrics,
+                          wall_ms=lambda: 0, monotonic=clock)
+    return Role(store, checkpointer, sequencer, limits=Limits(), metrics=metrics,
+                wall_ms=lambda: 0, monotonic=clock)
+
+
+def test_verifier_sees_a_full_queue_and_the_sequencer_empties_it(
+        two: list[PostgresLogStore], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cluster, "MAX_PENDING_BATCHES", 2)
+    key, clock = GatewayKey.generate("gateway.test/edgeproof"), Clock()
+    sequencer, verifier = (_role(store, key, clock) for store in two)
+    assert sequencer.elect(now=True)
+    assert not verifier.elect(now=True)
+    assert not verifier.backlogged()
+    unreadable = PendingBatch(0, "not/a/records/topic", b"", bytes(32), "wrong_topic", b"")
+    two[1].enqueue([unreadable, unreadable], now_ms=1)
+    assert not verifier.backlogged()  # read at most once a second
+    clock.now += cluster.DEPTH_EVERY_S
+    assert verifier.backlogged()
+    assert sequencer.drain() == [None, None]  # sequenced (counted), nowhere to answer
+    clock.now += cluster.DEPTH_EVERY_S
+    assert not verifier.backlogged()
+
+
+def test_new_sequencer_reloads_the_checkpoint_chain_of_the_old_one(
+        two: list[PostgresLogStore]) -> None:
+    key, clock = GatewayKey.generate("gateway.test/edgeproof"), Clock()
+    first_store, second_store = two
+    first, second = _role(first_store, key, clock), _role(second_store, key, clock)
+    assert first.elect(now=True)  # signs the first checkpoint (size 0)
+    _append(first_store, 0, 3)
+    assert not second.elect(now=True)
+    first_store.close()  # the sequencer's process is gone
+    assert second.elect(now=True)  # takes over and signs the 3 leaves the other left
+    latest = second_store.latest_checkpoint()
+    assert latest is not None
+    assert latest.number == 2
+    assert latest.size == 3
+    assert second.leading
