@@ -17,6 +17,12 @@ Threads:
   checkpoints and pings the systemd watchdog when it made progress;
 - uvicorn serves the API on its own thread.
 
+With ``[store] shared = true`` (several processes over one PostgreSQL database,
+:mod:`gateway.cluster`) the sequencer thread also takes part in the election; when this
+process is not the sequencer it commits its verified batches to the database's hand-over
+queue instead of the log (and publishes no receipt), and when it is, it also sequences the
+batches the others queued and publishes their receipts.
+
 The broker sends unacknowledged QoS 1 messages up to the Receive Maximum the gateway
 announces (MQTT v5; Mosquitto's ``max_inflight_messages`` does not limit it) and QoS 0
 messages without any limit, which is why the queue has bounds of its own.
