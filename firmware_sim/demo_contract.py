@@ -10,8 +10,8 @@
 4. The owner revokes; the device starts a key epoch without biolab; every later reading
    stays closed to biolab.
 5. The log shows all of it: the key epochs that name the consent, from which record to
-   which (an audit command over these leaves is h-docs' part; where it is missing the demo
-   prints what the leaves show and says so).
+   which, and the audit (``edgeproof-verify audit``: verifier.audit, protocol.audit) built
+   from the logged leaves with their inclusion proofs and verified under the owner key.
 """
 
 from __future__ import annotations
@@ -22,12 +22,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from firmware_sim.stack import Interrupted, SimDevice, Stack, StackError
+from protocol.audit import AuditBundle, verify_audit
 from protocol.contract import Consent, DataRequest, Revocation, Terms
 from protocol.documents import Document, sign_document
 from protocol.errors import EdgeproofError
 from protocol.keys import OwnerKey, RecipientKey, SigningKey, load_recipient_key
 from protocol.record import KeyEpoch, Record
 from protocol.signed import parse_signed_record
+from verifier.audit import NotCovered, build_audit
 from verifier.client import DocumentClient, GatewayClient
 from verifier.recipient import Opened, open_records
 
@@ -54,7 +56,7 @@ class StoryResult:
     closed_after_revocation: int = 0
     epochs_naming_consent: list[int] = field(default_factory=list)
     epoch_without_consent: int | None = None
-    audit: str = "not available in this build: the key epochs above are the logged evidence"
+    audit: str = ""
     ok: bool = False
     error: str = ""
 
@@ -82,6 +84,7 @@ class ContractStory:
             consent = self._request_and_consent(company, signing)
             self._company_reads(company, consent)
             self._owner_revokes(company, consent)
+            self._audit(consent)
             self.result.ok = self._held()
         except Interrupted:
             raise
@@ -161,13 +164,39 @@ class ContractStory:
         self.note(f"contract: after key epoch {after} (no consent named) {COMPANY} opens "
                   f"{r.opened_after_revocation} of {len(later)} later records")
         self.note(f"contract: the log shows it: key epochs {r.epochs_naming_consent} name the "
-                  f"consent, key epoch {after} and later do not; audit: {r.audit}")
+                  f"consent, key epoch {after} and later do not")
+
+    def _audit(self, consent: Document) -> None:
+        """The audit of the device over the logged leaves, once a checkpoint covers them."""
+        key = self.gateway.verifier_key()
+        bundles: list[AuditBundle] = []
+
+        def covered() -> bool:
+            try:
+                bundles.append(build_audit(self.documents, self.device_id, 0, _now_ms(), key))
+            except NotCovered:
+                return False
+            return True
+
+        self._wait("checkpoint covering the story", covered)
+        audit = verify_audit(bundles[-1], key, self.owner.public_key)
+        grant = next(g for g in audit.grants if g.consent.id == consent.id)
+        until = (f"revocation at leaf {grant.revocation_leaf}" if grant.revocation is not None
+                 else "not revoked")
+        self.result.audit = (
+            f"verified from {len(bundles[-1].leaves)} logged leaves in checkpoint "
+            f"{audit.checkpoint.size}: {COMPANY} could decrypt "
+            f"{', '.join(f for _, fs in grant.body.terms.streams for f in fs)} from consent "
+            f"leaf {grant.consent_leaf}, applied by key epochs "
+            f"{[e.seq for e in grant.epochs]}, until {until}")
+        self.note(f"contract: audit {self.result.audit}")
 
     def _held(self) -> bool:
         r = self.result
         return bool(r.temperature) and r.humidity_opened == 0 and r.humidity_closed > 0 \
             and r.granted_readings < r.readings_while_granted \
-            and r.opened_after_revocation == 0 and r.closed_after_revocation > 0
+            and r.opened_after_revocation == 0 and r.closed_after_revocation > 0 \
+            and bool(r.audit)
 
     # --- helpers -------------------------------------------------------------------------
 

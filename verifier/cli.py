@@ -181,15 +181,6 @@ def _main(argv: Sequence[str] | None, waiting: Waiting | None) -> int:
         return EXIT_USAGE
 
 
-def _read_key_arg(value: str | None) -> str | None:
-    if value is None:
-        return None
-    path = Path(value)
-    if "+" not in value and path.is_file():
-        return path.read_text().strip()
-    return value.strip()
-
-
 def _print_report(passed: list[tuple[str, str]], extra: dict[str, object],
                   as_json: bool, untrusted_key_from: str | None) -> None:
     """Print the passed checks. ``untrusted_key_from`` says where the gateway key came
@@ -221,7 +212,7 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UsageError(f"{args.path}: {exc.strerror}") from None
     bundle = ProofBundle.from_json(text)
-    trusted = _read_key_arg(args.gateway_key)
+    trusted = contract_cli.gateway_key_arg(args.gateway_key)
     report = verify_bundle(bundle, trusted)
     _print_report(report.passed, {"offline": True}, args.json,
                   None if trusted else f"the bundle {args.path}")
@@ -231,7 +222,7 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
 def _cmd_record(args: argparse.Namespace, waiting: Waiting) -> int:
     client = GatewayClient(args.gateway)
     logged = _find_record(client, args.leaf, args.file)
-    trusted = _read_key_arg(args.gateway_key)
+    trusted = contract_cli.gateway_key_arg(args.gateway_key)
     gateway_key = trusted or client.verifier_key()
     keys = client.device_keys(logged.device_id)
     extra: dict[str, object] = {}

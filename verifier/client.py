@@ -234,6 +234,19 @@ class DocumentClient(GatewayClient):
             if len(page) < 1000:
                 return out
 
+    def document(self, doc_id: bytes) -> LoggedDocument:
+        """One logged document by id (TransportError if the gateway has none)."""
+        found = _documents([_json(_get(self.session, f"{self.base}/v1/documents/{doc_id.hex()}"))])
+        return found[0]
+
+    def owner_key(self, device_id: bytes) -> bytes:
+        """The owner key the gateway registered for a device (MalformedRecord if none)."""
+        data = _json(_get(self.session, f"{self.base}/v1/devices/{device_id.hex()}/keys"))
+        key = _hex(data.get("owner_key") if isinstance(data, dict) else None, "owner_key")
+        if len(key) != 32:
+            raise MalformedRecord("bad_response", "the device has no owner key")
+        return key
+
     def owner_devices(self, owner_key: bytes) -> list[tuple[bytes, str, str]]:
         """(device id, name, status) of the devices pinned to an owner key."""
         data = _json(_get(self.session, f"{self.base}/v1/owners/{owner_key.hex()}/devices"))
@@ -275,6 +288,10 @@ def _logged(data: object) -> LoggedRecord:
     stream = data.get("stream")
     if not isinstance(stream, str):
         raise MalformedRecord("bad_response", "record: no stream")
+    if stream.startswith("document/"):  # PROTOCOL.md §8: documents are leaves too
+        raise MalformedRecord("not_a_record", f"leaf {data.get('index')} is a signed "
+                              f"{stream.removeprefix('document/')}, not a record: check it "
+                              "with `edgeproof-verify document` or `audit`")
     return LoggedRecord(_int(data.get("index"), "index"), _hex(data.get("device_id"), "device id"),
                         _int(data.get("seq"), "seq"), stream, _hex(data.get("record"), "record"))
 

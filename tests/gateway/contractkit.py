@@ -161,9 +161,10 @@ def sealed_reading(device: TestDevice, epoch_keys: EpochKeys,
     return device.next(seal_values(device.device_id, header, epoch_keys, values))
 
 
-def key_epoch(device: TestDevice, recipients: dict[str, list[bytes]]
-              ) -> tuple[SignedRecord, EpochKeys]:
-    """The device's next record: a key epoch sealing ``recipients`` (stream -> X25519 keys)."""
+def key_epoch(device: TestDevice, recipients: dict[str, list[bytes]],
+              consents: dict[str, bytes] | None = None) -> tuple[SignedRecord, EpochKeys]:
+    """The device's next record: a key epoch sealing ``recipients`` (stream -> X25519 keys),
+    naming the ``consents`` its derived streams apply."""
     body, keys = new_key_epoch(device.device_id, device.seq, recipients,
-                               random.Random(device.seq).randbytes)
+                               random.Random(device.seq).randbytes, consents)
     return device.next(body, stream="keys"), keys

@@ -142,6 +142,9 @@ def assert_contract_story_held(contract: dict[str, Any]) -> None:
     assert contract["closed_after_revocation"] > 0
     assert contract["epochs_naming_consent"]
     assert contract["epoch_without_consent"] > max(contract["epochs_naming_consent"])
+    # The audit, verified from the logged leaves under the owner key, says the same.
+    assert "could decrypt Cel" in contract["audit"]
+    assert "until revocation" in contract["audit"]
 
 
 def test_ctrl_c_mid_run_ends_early_still_verifies_and_stops_everything(
