@@ -19,6 +19,7 @@ const input = {
   sources,
   settings: {
     evmVersion: "shanghai",
+    viaIR: true,
     optimizer: { enabled: true, runs: 10000 },
     outputSelection: { "*": { "*": ["abi", "evm.bytecode.object"] } },
   },

@@ -72,7 +72,6 @@ def uint(answer: bytes) -> int:
 
 
 ROOT_POSTED = topic("RootPosted(uint64,bytes32,uint256)")
-CLAIMED = topic("Claimed(address,uint256,uint256)")
 FUNDED = topic("Funded(address,bytes32,uint256)")
 
 
