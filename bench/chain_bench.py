@@ -4,8 +4,9 @@ the time to build an epoch's tree for 10,000 owners.
 1. Bare baselines in the same run: the gas of a plain ERC-20 ``transfer`` to a fresh address
    (what any payout costs at least), the gas of a plain 0-value transaction (21,000), and
    the time of the bare keccak256 calls a 10,000-leaf tree needs (3n - 1 hashes).
-2. The epoch tree for ``--owners`` owners (random addresses, seeded amounts) built with
-   :class:`rewards.tree.DistributionTree` (and dumped to JSON), timed.
+2. The epoch for ``--owners`` bound owners (seeded balances and addresses), timed as the
+   gateway does it: decode the checkpoint's balances table, compute the amounts
+   (:mod:`rewards.epoch`), build the tree and its JSON dump.
 3. The distributor (contracts/, compiled by solcjs) funded, its root posted ``--posts``
    times (the first post writes a zero slot, the later ones overwrite; the worst is
    reported), then ``--claims`` first claims of different owners sent by a relayer (each
@@ -35,8 +36,10 @@ from eth_hash.auto import keccak
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from protocol import cbor  # noqa: E402
 from protocol.keys import Secret  # noqa: E402
 from rewards import distributor as abi  # noqa: E402
+from rewards.epoch import decode_balances, epoch_amounts  # noqa: E402
 from rewards.tree import DistributionTree, checked_address  # noqa: E402
 from tests.harness.chain import ETHER, GanacheNode  # noqa: E402
 from tests.harness.solidity import Deployment, address_of  # noqa: E402
@@ -64,9 +67,11 @@ def bare_hash_s(count: int) -> float:
     return time.perf_counter() - start
 
 
-def build_epoch(values: list[tuple[str, int]]) -> tuple[DistributionTree, float]:
+def build_epoch(table: bytes, wallets: dict[str, str]) -> tuple[DistributionTree, float]:
+    """What the gateway does per epoch: decode the checkpoint's balances table, compute
+    the amounts of the bound owners, build the tree and its JSON dump."""
     start = time.perf_counter()
-    tree = DistributionTree.build(values)
+    tree = epoch_amounts(decode_balances(table), wallets).tree()
     json.dumps(tree.dump())
     return tree, time.perf_counter() - start
 
@@ -78,11 +83,13 @@ def main() -> None:
     parser.add_argument("--posts", type=int, default=3)
     args = parser.parse_args()
     rng = random.Random(15)
-    values = [(checked_address("0x" + rng.randbytes(20).hex()), rng.randrange(1, 10**21))
-              for _ in range(args.owners)]
-    total = sum(n for _, n in values)
+    balances = [(rng.randbytes(16).hex(), rng.randrange(1, 10**9)) for _ in range(args.owners)]
+    wallets = {owner: checked_address("0x" + rng.randbytes(20).hex()) for owner, _ in balances}
+    table = cbor.encode([[owner, micro] for owner, micro in sorted(balances)])
     bare_s = bare_hash_s(3 * args.owners - 1)
-    tree, build_s = build_epoch(values)
+    tree, build_s = build_epoch(table, wallets)
+    values = [(leaf.address, leaf.amount) for leaf in tree.leaves]
+    total = sum(n for _, n in values)
     say(f"tree of {args.owners} owners: {build_s:.3f} s (bare keccak {bare_s:.3f} s)")
 
     names = ("issuer", "gateway", "company", "relayer")

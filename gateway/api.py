@@ -26,6 +26,8 @@ from pydantic import BaseModel, Field
 from gateway.config import HttpLimits
 from gateway.http_guard import RequestGuard, token_matches
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics
+from gateway.payout import PayoutWorker
+from gateway.payout_api import payout_routes
 from gateway.store import Device, DeviceExists, DeviceNotFound, Leaf, LogStore
 from protocol import cbor, merkle
 from protocol.keys import Secret
@@ -52,6 +54,7 @@ class ApiContext:
     # gateway.anchor.Anchor.listing: chain anchors after a tree size, or None (local).
     anchor_listing: Callable[[int, int], list[dict[str, object]] | None] = \
         lambda after_size, limit: None
+    payout: PayoutWorker | None = None  # [payout] configured: epochs, wallets, proofs
 
 
 class RegisterDevice(BaseModel):
@@ -218,6 +221,7 @@ def create_app(ctx: ApiContext, limits: HttpLimits | None = None) -> FastAPI:
     _admin_routes(app, ctx, admin)
     _log_routes(app, ctx)
     _service_routes(app, ctx)
+    payout_routes(app, ctx.payout, ctx.wall_ms)
     app.add_exception_handler(RequestValidationError, _parameter_error)
     app.add_middleware(
         RequestGuard, admin_token=ctx.admin_token.value,

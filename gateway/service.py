@@ -57,6 +57,7 @@ from gateway.gatewaykey import load_gateway_key
 from gateway.http_guard import server_config
 from gateway.ingest import Message, MqttIngest
 from gateway.metrics import GatewayMetrics
+from gateway.payout import PayoutWorker
 from gateway.sequencer import Sequencer
 from gateway.sqlite_store import SQLiteLogStore
 from gateway.store import STATUS_REVOKED, LogStore
@@ -192,11 +193,14 @@ class GatewayService:
                                    wall_ms=clock_ms, monotonic=monotonic)
         self._pool = ThreadPoolExecutor(max_workers=config.verify_threads,
                                         thread_name_prefix="gateway-verify")
+        self.payout = None if config.payout is None else PayoutWorker(
+            config.payout, self.store, config.data_dir, self.key.signing_key, wall_ms=clock_ms,
+            monotonic=monotonic, registry=self.metrics.registry)
         self.ingest = MqttIngest(config.broker, self._on_message, monotonic)
         self.ingest.on_publish_failure = self.metrics.receipt_failures.inc
         api = ApiContext(self.store, self.metrics, self.key.verifier_text(), admin_token,
                          clock_ms, self._health, self.anchor.lookup,
-                         self.anchor.listing)
+                         self.anchor.listing, self.payout)
         self.http = HttpServer(
             create_app(api, config.http), config.http_host, config.http_port, config.http,
             self.metrics.http_rejected)
@@ -212,6 +216,8 @@ class GatewayService:
         self.checkpointer.latest_note()
         self.checkpointer.issue()  # a crash may have left leaves after the last checkpoint
         self.anchor.start()  # ConfigError if an ethereum node is on another chain
+        if self.payout is not None:
+            self.payout.start()
         self.http.start()
         self.ingest.start()
         self._notifier.ready(self._status())
@@ -247,6 +253,8 @@ class GatewayService:
             self.checkpointer.issue()
         finally:
             self.anchor.close()  # anchors still queued are persisted for the next run
+            if self.payout is not None:
+                self.payout.close()  # a pending epoch is persisted for the next run
             self.http.stop()
             self.store.close()
 

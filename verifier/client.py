@@ -115,6 +115,22 @@ class GatewayClient:
     def checkpoint(self) -> str:
         return _get(self.session, f"{self.base}/v1/checkpoint").text
 
+    def payout_epoch(self, epoch: int | None) -> tuple[bytes, str, bytes]:
+        """An epoch's signed document, checkpoint note and balances table (None: latest)."""
+        path = "latest" if epoch is None else f"epochs/{epoch}"
+        data = _json(_get(self.session, f"{self.base}/v1/payouts/{path}"))
+        if not isinstance(data, dict) or not isinstance(data.get("checkpoint_note"), str):
+            raise MalformedRecord("bad_response", "payout epoch answer is not an epoch")
+        return (_hex(data.get("document"), "epoch document"), data["checkpoint_note"],
+                _hex(data.get("balances"), "balances table"))
+
+    def wallet_bindings(self) -> list[bytes]:
+        """Every wallet binding's signed bytes, in the order the gateway received them."""
+        data = _json(_get(self.session, f"{self.base}/v1/wallets"))
+        if not isinstance(data, list) or not all(isinstance(w, dict) for w in data):
+            raise MalformedRecord("bad_response", "wallet list is not a list of objects")
+        return [_hex(w.get("document"), "wallet binding") for w in data]
+
     def leaf(self, index: int) -> LoggedRecord:
         return _logged(_json(_get(self.session, f"{self.base}/v1/leaves/{index}")))
 

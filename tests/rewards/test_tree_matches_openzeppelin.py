@@ -84,3 +84,12 @@ def test_repeated_address_or_empty_distribution_is_refused() -> None:
         DistributionTree.build([(address, 1), (address.lower(), 2)])
     with pytest.raises(ValueError, match="at least one"):
         DistributionTree.build([])
+
+
+def test_committed_vector_is_still_the_tree_built() -> None:
+    vector = json.loads((REPO_ROOT / "tests" / "vectors" / "distribution_tree.json").read_text())
+    values = [(a, int(n)) for a, n in vector["values"]]
+    tree = DistributionTree.build(values)
+    assert "0x" + tree.root.hex() == vector["root"]
+    assert [["0x" + p.hex() for p in tree.proof(a)] for a, _ in values] == vector["proofs"]
+    assert tree.dump() == vector["dump"]
