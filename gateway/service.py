@@ -42,6 +42,8 @@ from gateway.anchor import open_anchor
 from gateway.api import ApiContext, create_app
 from gateway.checkpoints import Checkpointer
 from gateway.config import GatewayConfig, HttpLimits
+from gateway.contracts import DocumentDesk
+from gateway.courier import PolicyCourier
 from gateway.fairness import (
     OVER_SHARE,
     QUARANTINED,
@@ -65,6 +67,7 @@ from gateway.verify import PreparedBatch, oversize_batch, prepare_batch
 from osutil.sdnotify import Notifier
 from protocol import reasons
 from protocol.batch import device_id_from_topic
+from protocol.delivery import SYNC_SUFFIX, PolicySync, device_id_from_sync_topic
 from protocol.errors import ConfigError, MalformedRecord, RejectedByPeer, StorageError
 from protocol.keys import Secret, read_secret_file
 from protocol.receipt import Outcome
@@ -198,9 +201,11 @@ class GatewayService:
             monotonic=monotonic, registry=self.metrics.registry)
         self.ingest = MqttIngest(config.broker, self._on_message, monotonic)
         self.ingest.on_publish_failure = self.metrics.receipt_failures.inc
+        self.courier = PolicyCourier(self.store, self.ingest.publish, self.metrics, monotonic)
+        self.desk = DocumentDesk(self.store, self.metrics, clock_ms, self.courier.push)
         api = ApiContext(self.store, self.metrics, self.key.verifier_text(), admin_token,
                          clock_ms, self._health, self.anchor.lookup,
-                         self.anchor.listing, self.payout)
+                         self.anchor.listing, self.desk, self.payout)
         self.http = HttpServer(
             create_app(api, config.http), config.http_host, config.http_port, config.http,
             self.metrics.http_rejected)
@@ -219,6 +224,7 @@ class GatewayService:
         if self.payout is not None:
             self.payout.start()
         self.http.start()
+        self.courier.start()
         self.ingest.start()
         self._notifier.ready(self._status())
         log.info("gateway %s ready: log size %d, API on %s:%d", self.key.name,
@@ -248,6 +254,7 @@ class GatewayService:
         """Stop ingest, sign a final checkpoint, stop HTTP, close the store."""
         self._notifier.stopping()
         self.ingest.stop()
+        self.courier.stop()
         self._pool.shutdown(wait=True, cancel_futures=True)
         try:
             self.checkpointer.issue()
@@ -262,6 +269,9 @@ class GatewayService:
 
     def _on_message(self, message: Message) -> None:
         """Admit one message (paho's network thread): cheap checks only, then queue it."""
+        if message.topic.endswith("/" + SYNC_SUFFIX):
+            self._on_sync(message)
+            return
         try:
             device_id = device_id_from_topic(message.topic)
         except MalformedRecord:  # nowhere to answer: count it and let it go
@@ -286,6 +296,21 @@ class GatewayService:
         for victim, dropped in self._queue.offer(key, work, len(work.message.payload),
                                                  message.arrived):
             self._drop(victim, dropped.message, OVER_SHARE)
+
+    def _on_sync(self, message: Message) -> None:
+        """A device asks for its consents and revocations (PROTOCOL.md §17)."""
+        self.ingest.ack(message)
+        try:
+            device_id = device_id_from_sync_topic(message.topic)
+            from_index = PolicySync.from_cbor(message.payload).from_index
+            device = self.store.device(device_id)
+        except (MalformedRecord, StorageError):
+            self.metrics.policy_syncs_dropped.labels(reason="malformed").inc()
+            return
+        if device is None or device.status is STATUS_REVOKED:
+            self.metrics.policy_syncs_dropped.labels(reason="unregistered").inc()
+            return
+        self.courier.sync(device_id, from_index)
 
     def _drop(self, key: bytes, message: Message, reason: IngestDrop) -> None:
         """Count a message dropped before verification and acknowledge it.
