@@ -33,13 +33,19 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from gateway.config import PayoutConfig
 from gateway.eth_anchor import load_eth_key
 from gateway.payout_book import FAILED, PENDING, POSTED, PayoutBook, StoredEpoch
-from gateway.store import LogStore
+from gateway.store import LogStore, NewDocument
 from osutil.jsonrpc import JsonRpc, RpcError, quantity
-from protocol.documents import parse_document, sign_document
-from protocol.errors import StorageError, TransportError
+from protocol.documents import Document, parse_document, sign_document
+from protocol.errors import MalformedRecord, StorageError, TransportError, VerificationError
 from protocol.keys import SigningKey
 from rewards import distributor as abi
-from rewards.documents import BASE_UNITS_PER_MICRO, PayoutEpoch
+from rewards.documents import (
+    BASE_UNITS_PER_MICRO,
+    PayoutEpoch,
+    WalletBinding,
+    owner_name,
+    verify_wallet_binding,
+)
 from rewards.epoch import decode_balances, epoch_amounts
 from rewards.tree import DistributionTree
 
@@ -49,6 +55,24 @@ PREFIX = "edgeproof_gateway_payout"
 EPOCH_OUTCOMES = ("posted", "failed", "underfunded", "unchanged", "no_wallets")
 WALLET_REFUSALS = ("malformed", "bad_signature", "wrong_chain", "wallet_taken")
 RETRY_REASONS = ("dropped", "reverted", "nonce_taken")
+
+
+class WalletRefused(Exception):
+    """A wallet binding was refused: ``reason`` (counted), HTTP ``status``, one-line detail."""
+
+    def __init__(self, reason: str, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.reason, self.status, self.detail = reason, status, detail
+
+
+def log_document(store: LogStore, doc: Document, now_ms: int) -> int:
+    """Append a verified document as a leaf of the log (once); return its leaf index."""
+    with store.transaction() as tx:
+        existing = tx.document(doc.id)
+        if existing is not None:
+            return existing.index
+        return tx.append_document(NewDocument(doc.id, doc.type, doc.signer, doc.raw, None, 0,
+                                              (), now_ms))
 
 
 class _Metrics:
@@ -98,6 +122,7 @@ class PayoutWorker:
         self._trees: dict[int, DistributionTree] = {}
         self._stop, self._wake = threading.Event(), threading.Event()
         self._thread: threading.Thread | None = None
+        self._binding = threading.Lock()  # one binding decision at a time
 
     def start(self) -> None:
         """Start the worker thread."""
@@ -134,6 +159,47 @@ class PayoutWorker:
             self._wake.wait(timeout=delay)
             self._wake.clear()
 
+    # --- wallet bindings -----------------------------------------------------------------------
+
+    def bind_wallet(self, raw: bytes) -> tuple[WalletBinding, int]:
+        """Check an owner's binding, log it as a leaf and record it; return it and its index.
+
+        The same binding again returns where it was logged. Raises WalletRefused (counted).
+        """
+        try:
+            doc, binding = self._checked_binding(raw)
+            with self._binding:
+                index = self._record_binding(doc, binding)
+        except WalletRefused as exc:
+            self.metrics.wallets_refused.labels(reason=exc.reason).inc()
+            raise
+        self.wake()
+        return binding, index
+
+    def _record_binding(self, doc: Document, binding: WalletBinding) -> int:
+        owner = owner_name(binding.owner)
+        known = self.book.wallet_of(owner)
+        if known is not None and known != doc.raw:
+            raise WalletRefused("wallet_taken", 409, f"owner {owner} is already bound to a "
+                                "wallet; a binding is final")
+        index = log_document(self._store, doc, self._wall_ms())
+        if known is None:
+            self.book.add_wallet(owner, binding.checksum_address, doc.raw, index,
+                                 self._wall_ms())
+        return index
+
+    def _checked_binding(self, raw: bytes) -> tuple[Document, WalletBinding]:
+        try:
+            doc, binding = verify_wallet_binding(raw)
+        except MalformedRecord as exc:
+            raise WalletRefused("malformed", 400, f"not a wallet binding: {exc}") from None
+        except VerificationError as exc:
+            raise WalletRefused("bad_signature", 400, f"wallet binding refused: {exc}") from None
+        if binding.chain_id != self.config.chain_id:
+            raise WalletRefused("wrong_chain", 400, f"wallet binding is for chain "
+                                f"{binding.chain_id}, payouts are on {self.config.chain_id}")
+        return doc, binding
+
     # --- one step ------------------------------------------------------------------------------
 
     def step(self) -> float:
@@ -163,7 +229,7 @@ class PayoutWorker:
         checkpoint = self._store.latest_checkpoint()
         if checkpoint is None or checkpoint.size == 0:
             return
-        wallets = self.book.wallets()
+        wallets = self.book.wallets(before_size=checkpoint.size)
         amounts = epoch_amounts(decode_balances(checkpoint.balances), wallets)
         self.metrics.locked.set(amounts.locked_micro)
         if not amounts.values:
@@ -198,6 +264,9 @@ class PayoutWorker:
         self._wake.set()
 
     def _post(self, epoch: StoredEpoch) -> None:
+        if epoch.leaf_index is None:  # logged before it is posted
+            doc = parse_document(epoch.document)
+            self.book.set_leaf(epoch.epoch, log_document(self._store, doc, self._wall_ms()))
         body = _body(epoch)
         on_chain = abi.uint(self._view("epoch"))
         if on_chain >= epoch.epoch:

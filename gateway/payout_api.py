@@ -16,10 +16,9 @@ from fastapi import FastAPI, HTTPException, Path
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from gateway.payout import PayoutWorker
-from gateway.payout_book import StoredEpoch, WalletTaken
+from gateway.payout import PayoutWorker, WalletRefused
+from gateway.payout_book import StoredEpoch
 from protocol.documents import parse_document
-from protocol.errors import MalformedRecord, VerificationError
 from rewards.documents import PayoutEpoch, owner_name, verify_wallet_binding
 from rewards.tree import checked_address
 
@@ -35,6 +34,7 @@ class WalletIn(BaseModel):
 class WalletOut(BaseModel):
     owner: str
     address: str
+    leaf_index: int = Field(description="where the binding sits in the log")
     document: str
 
 
@@ -42,6 +42,7 @@ class EpochOut(BaseModel):
     epoch: int
     status: str
     checkpoint_size: int
+    leaf_index: int | None = Field(description="where the epoch document sits in the log")
     root: str
     total_micro: int
     total_base_units: str
@@ -69,6 +70,7 @@ def _epoch_out(epoch: StoredEpoch) -> EpochOut:
     body = parse_document(epoch.document).body
     assert isinstance(body, PayoutEpoch)
     return EpochOut(epoch=epoch.epoch, status=epoch.status, checkpoint_size=epoch.checkpoint_size,
+                    leaf_index=epoch.leaf_index,
                     root="0x" + body.root.hex(), total_micro=body.total_micro,
                     total_base_units=str(body.total_base_units), owners=body.owners,
                     locked_micro=body.locked_micro, tx_hash=epoch.tx_hash,
@@ -93,42 +95,26 @@ def payout_routes(app: FastAPI, worker: PayoutWorker | None,
 def _wallet_routes(app: FastAPI, configured: Callable[[], PayoutWorker],
                    wall_ms: Callable[[], int]) -> None:
 
-    def refuse(status: int, reason: str, detail: str) -> HTTPException:
-        configured().metrics.wallets_refused.labels(reason=reason).inc()
-        return HTTPException(status, detail)
-
     @app.post("/v1/wallets", status_code=201, response_model=WalletOut, tags=["payout"],
-              summary="Submit an owner's signed wallet binding")
+              summary="Submit an owner's signed wallet binding (logged as a leaf)")
     def add_wallet(body: WalletIn) -> WalletOut:
         payout = configured()
         raw = bytes.fromhex(body.document)
         try:
-            _, binding = verify_wallet_binding(raw)
-        except MalformedRecord as exc:
-            raise refuse(400, "malformed", f"not a wallet binding: {exc}") from None
-        except VerificationError as exc:
-            raise refuse(400, "bad_signature", f"wallet binding refused: {exc}") from None
-        if binding.chain_id != payout.config.chain_id:
-            raise refuse(400, "wrong_chain", f"wallet binding is for chain {binding.chain_id}, "
-                         f"payouts are on chain {payout.config.chain_id}")
-        owner = owner_name(binding.owner)
-        try:
-            payout.book.add_wallet(owner, binding.checksum_address, raw,
-                                   wall_ms())
-        except WalletTaken:
-            raise refuse(409, "wallet_taken", f"owner {owner} is already bound to a wallet; "
-                         "a binding is final") from None
-        payout.wake()
-        return WalletOut(owner=owner, address=binding.checksum_address, document=raw.hex())
+            binding, index = payout.bind_wallet(raw)
+        except WalletRefused as exc:
+            raise HTTPException(exc.status, exc.detail) from None
+        return WalletOut(owner=owner_name(binding.owner), address=binding.checksum_address,
+                         leaf_index=index, document=raw.hex())
 
     @app.get("/v1/wallets", response_model=list[WalletOut], tags=["payout"],
              summary="Every wallet binding with its signed bytes")
     def wallets() -> list[WalletOut]:
         payout = configured()
         out = []
-        for raw in payout.book.wallet_documents():
+        for index, raw in payout.book.wallet_documents():
             _, binding = verify_wallet_binding(raw)
-            out.append(WalletOut(owner=owner_name(binding.owner),
+            out.append(WalletOut(owner=owner_name(binding.owner), leaf_index=index,
                                  address=binding.checksum_address, document=raw.hex()))
         return out
 

@@ -3,7 +3,9 @@
 ``payout.sqlite`` in the data directory (``synchronous=FULL``, mode 0600). A wallet
 binding is stored with its exact signed bytes (served to anyone who recomputes an epoch);
 the first binding of an owner is final (a second one is refused: an owner's cumulative
-amount moving to another address would pay it twice). An epoch is stored with its signed
+amount moving to another address would pay it twice). Bindings and epoch documents are
+also leaves of the log (the book notes where); an epoch computed at a checkpoint of size N
+uses exactly the bindings logged below N. An epoch is stored with its signed
 document, the JSON dump of its tree, and the state of the transaction that posts its root:
 the raw signed transaction is written BEFORE it is broadcast, so a restart resumes it.
 """
@@ -24,16 +26,16 @@ PENDING, POSTED, FAILED = "pending", "posted", "failed"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS wallets (
     owner TEXT PRIMARY KEY, address TEXT NOT NULL, document BLOB NOT NULL,
-    received_ms INTEGER NOT NULL);
+    leaf_index INTEGER NOT NULL, received_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS epochs (
     epoch INTEGER PRIMARY KEY, checkpoint_size INTEGER NOT NULL, document BLOB NOT NULL,
     tree TEXT NOT NULL, note TEXT NOT NULL, balances BLOB NOT NULL, status TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
+    leaf_index INTEGER, attempts INTEGER NOT NULL DEFAULT 0,
     tx_hash TEXT, raw_tx BLOB, nonce INTEGER, block_number INTEGER, detail TEXT,
     created_ms INTEGER NOT NULL, final_ms INTEGER);
 """
-_EPOCH_COLUMNS = ("epoch, checkpoint_size, document, tree, note, balances, status, attempts, "
-                  "tx_hash, raw_tx, nonce, block_number, detail")
+_EPOCH_COLUMNS = ("epoch, checkpoint_size, document, tree, note, balances, status, leaf_index, "
+                  "attempts, tx_hash, raw_tx, nonce, block_number, detail")
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class StoredEpoch:
     note: str  # the signed checkpoint the epoch was computed at
     balances: bytes  # that checkpoint's canonical balances table
     status: str
+    leaf_index: int | None  # where its document was logged (None: not yet)
     attempts: int
     tx_hash: str | None
     raw_tx: bytes | None
@@ -67,33 +70,40 @@ class PayoutBook:
         self._conn = connect(path, _SCHEMA, GATEWAY_PRAGMAS)
         self._lock = threading.Lock()
 
-    def add_wallet(self, owner: str, address: str, document: bytes, now_ms: int) -> bool:
-        """Record an owner's binding; False if this exact binding is already there.
-
-        Raises WalletTaken if the owner is bound to another binding, StorageError.
-        """
-        with self._lock, transaction(self._conn, "add wallet binding"):
+    def wallet_of(self, owner: str) -> bytes | None:
+        """The signed bytes of the owner's binding, or None."""
+        with self._lock, translated("read wallet"):
             row = self._conn.execute("SELECT document FROM wallets WHERE owner = ?",
                                      (owner,)).fetchone()
-            if row is not None:
-                if bytes(row[0]) == document:
-                    return False
-                raise WalletTaken(owner)
-            self._conn.execute("INSERT INTO wallets VALUES (?, ?, ?, ?)",
-                               (owner, address, document, now_ms))
-        return True
+        return None if row is None else bytes(row[0])
 
-    def wallets(self) -> dict[str, str]:
-        """Every binding as owner -> checksum address, in the order they were received."""
+    def add_wallet(self, owner: str, address: str, document: bytes, leaf_index: int,
+                   now_ms: int) -> None:
+        """Record an owner's binding, logged at ``leaf_index``.
+
+        Raises WalletTaken if the owner already has one, StorageError.
+        """
+        with self._lock, transaction(self._conn, "add wallet binding"):
+            if self._conn.execute("SELECT 1 FROM wallets WHERE owner = ?",
+                                  (owner,)).fetchone() is not None:
+                raise WalletTaken(owner)
+            self._conn.execute("INSERT INTO wallets VALUES (?, ?, ?, ?, ?)",
+                               (owner, address, document, leaf_index, now_ms))
+
+    def wallets(self, before_size: int | None = None) -> dict[str, str]:
+        """Bindings logged below ``before_size`` (None: all) as owner -> checksum address."""
+        limit = 2**63 - 1 if before_size is None else before_size
         with self._lock, translated("read wallets"):
             return dict(self._conn.execute(
-                "SELECT owner, address FROM wallets ORDER BY rowid").fetchall())
+                "SELECT owner, address FROM wallets WHERE leaf_index < ? ORDER BY leaf_index",
+                (limit,)).fetchall())
 
-    def wallet_documents(self) -> list[bytes]:
-        """The signed bytes of every binding, in the order they were received."""
+    def wallet_documents(self) -> list[tuple[int, bytes]]:
+        """(leaf index, signed bytes) of every binding, in log order."""
         with self._lock, translated("read wallets"):
-            rows = self._conn.execute("SELECT document FROM wallets ORDER BY rowid").fetchall()
-        return [bytes(r[0]) for r in rows]
+            rows = self._conn.execute(
+                "SELECT leaf_index, document FROM wallets ORDER BY leaf_index").fetchall()
+        return [(int(r[0]), bytes(r[1])) for r in rows]
 
     def add_epoch(self, epoch: int, checkpoint: StoredCheckpoint, document: bytes, tree: str,
                   now_ms: int) -> None:
@@ -106,6 +116,12 @@ class PayoutBook:
                                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                                (epoch, checkpoint.size, document, tree, checkpoint.note,
                                 checkpoint.balances, PENDING, now_ms))
+
+    def set_leaf(self, epoch: int, leaf_index: int) -> None:
+        """Record where the epoch's document was logged."""
+        with self._lock, transaction(self._conn, "set epoch leaf"):
+            self._conn.execute("UPDATE epochs SET leaf_index = ? WHERE epoch = ?",
+                               (leaf_index, epoch))
 
     def record_tx(self, epoch: int, tx_hash: str, raw: bytes, nonce: int) -> None:
         """Persist a signed root post before it is broadcast."""
@@ -154,11 +170,12 @@ class PayoutBook:
 
 
 def _epoch(row: sqlite3.Row | tuple[object, ...]) -> StoredEpoch:
-    (epoch, size, document, tree, note, balances, status, attempts, tx_hash, raw, nonce, block,
-     detail) = row
+    (epoch, size, document, tree, note, balances, status, leaf, attempts, tx_hash, raw, nonce,
+     block, detail) = row
     return StoredEpoch(int(str(epoch)), int(str(size)), bytes(document),  # type: ignore[arg-type]
                        str(tree), str(note), bytes(balances),  # type: ignore[arg-type]
-                       str(status), int(str(attempts)),
+                       str(status), None if leaf is None else int(str(leaf)),
+                       int(str(attempts)),
                        None if tx_hash is None else str(tx_hash),
                        None if raw is None else bytes(raw),  # type: ignore[arg-type]
                        None if nonce is None else int(str(nonce)),

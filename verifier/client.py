@@ -124,12 +124,13 @@ class GatewayClient:
         return (_hex(data.get("document"), "epoch document"), data["checkpoint_note"],
                 _hex(data.get("balances"), "balances table"))
 
-    def wallet_bindings(self) -> list[bytes]:
-        """Every wallet binding's signed bytes, in the order the gateway received them."""
+    def wallet_bindings(self) -> list[tuple[int, bytes]]:
+        """(leaf index, signed bytes) of every wallet binding the gateway logged."""
         data = _json(_get(self.session, f"{self.base}/v1/wallets"))
         if not isinstance(data, list) or not all(isinstance(w, dict) for w in data):
             raise MalformedRecord("bad_response", "wallet list is not a list of objects")
-        return [_hex(w.get("document"), "wallet binding") for w in data]
+        return [(_int(w.get("leaf_index"), "leaf index"), _hex(w.get("document"), "binding"))
+                for w in data]
 
     def leaf(self, index: int) -> LoggedRecord:
         return _logged(_json(_get(self.session, f"{self.base}/v1/leaves/{index}")))

@@ -2,8 +2,9 @@
 
 Trusting neither the gateway nor the node: the epoch document must be signed by the
 gateway key; the checkpoint it names must be signed by that key and commit (its
-``balances`` line) to the balances table served with it; the first ``wallets`` bindings
-the gateway serves must each be signed by the owner they bind. From those alone the tree
+``balances`` line) to the balances table served with it; the bindings logged below that
+checkpoint's size must each be signed by the owner they bind (the first of an owner counts)
+and be ``wallets`` in number. From those alone the tree
 is rebuilt (:mod:`rewards.epoch`, :mod:`rewards.tree`); its root, total and locked credit
 must be the document's, and the distributor's ``RootPosted`` event for that epoch must
 carry the same root and total. Every mismatch raises VerificationError.
@@ -37,15 +38,16 @@ def verify_payout(client: GatewayClient, gateway_key: str, rpc: JsonRpc,
     if f"balances {base64.b64encode(digest).decode()}" not in checkpoint.extensions:
         raise VerificationError("the checkpoint does not commit to the served balances table")
     wallets: dict[str, str] = {}
-    bindings = client.wallet_bindings()
-    if len(bindings) < body.wallets:
-        raise VerificationError(f"epoch used {body.wallets} wallet bindings, "
-                                f"the gateway serves {len(bindings)}")
-    for binding_raw in bindings[: body.wallets]:
+    for index, binding_raw in sorted(client.wallet_bindings()):
+        if index >= checkpoint.size:
+            continue  # logged after the checkpoint: a later epoch's
         _, binding = verify_wallet_binding(binding_raw)
         if binding.chain_id != body.chain_id:
             raise VerificationError("a wallet binding is for another chain")
         wallets.setdefault(owner_name(binding.owner), binding.checksum_address)
+    if len(wallets) != body.wallets:
+        raise VerificationError(f"epoch used {body.wallets} wallet bindings, the gateway "
+                                f"serves {len(wallets)} logged below size {checkpoint.size}")
     amounts = epoch_amounts(decode_balances(balances), wallets)
     root = amounts.tree().root
     if (root, amounts.total_micro, amounts.locked_micro) != (

@@ -77,7 +77,7 @@ def checkpoint(store: SQLiteLogStore, size: int, balances: dict[str, int]) -> No
 def bind(worker: PayoutWorker, key: SigningKey, address: str, chain_id: int) -> str:
     owner_id = signer_id(key.public_key)
     doc = sign_document(WalletBinding(owner_id, bytes.fromhex(address[2:]), chain_id), key, 1)
-    worker.book.add_wallet(owner_name(owner_id), address, doc.raw, 1)
+    worker.bind_wallet(doc.raw)
     return owner_name(owner_id)
 
 
