@@ -31,7 +31,6 @@ from eth_account import Account
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from gateway.config import PayoutConfig
-from gateway.eth_anchor import load_eth_key
 from gateway.payout_book import FAILED, PENDING, POSTED, PayoutBook, StoredEpoch
 from gateway.store import LogStore, NewDocument
 from osutil.jsonrpc import JsonRpc, RpcError, quantity
@@ -47,6 +46,7 @@ from rewards.documents import (
     verify_wallet_binding,
 )
 from rewards.epoch import decode_balances, epoch_amounts
+from rewards.ethkey import load_eth_key
 from rewards.tree import DistributionTree
 
 log = logging.getLogger(__name__)

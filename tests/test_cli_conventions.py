@@ -23,6 +23,8 @@ from gateway.cli import main as gateway_main
 from osutil.cli import EXIT_USAGE, log_level, package_version
 from provisioning.cli import build_parser as provision_parser
 from provisioning.cli import main as provision_main
+from rewards.cli import _parser as wallet_parser
+from rewards.cli import main as wallet_main
 from verifier.cli import _parser as verify_parser
 from verifier.cli import main as verify_main
 
@@ -32,6 +34,7 @@ CLIS: dict[str, tuple[Callable[[], argparse.ArgumentParser], Callable[..., int]]
     "edgeproof-provision": (provision_parser, provision_main),
     "edgeproof-verify": (verify_parser, verify_main),
     "edgeproof-sim": (sim_parser, sim_main),
+    "edgeproof-wallet": (wallet_parser, wallet_main),
 }
 
 

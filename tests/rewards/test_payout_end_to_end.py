@@ -4,8 +4,9 @@ A real gateway (MQTT ingest from the real broker, SQLite log, HTTP API) with a `
 section, a real ganache node running the compiled contracts, a company that funded the
 distributor. The device sends usage records; its owner binds a wallet with a binding signed
 by its owner key; the gateway computes an epoch from the checkpointed balances and posts its
-root; the owner fetches its proof, checks it offline, claims with its wallet key and the
-tokens arrive. ``edgeproof-verify payout`` recomputes the epoch from the log and the chain.
+root; through ``edgeproof-wallet`` the owner sees its claimable amount (the gateway's
+proof checked against the root on chain), claims with its wallet key and sees the tokens
+arrive. ``edgeproof-verify payout`` recomputes the epoch from the log and the chain.
 Forged and second bindings are refused with one line and counted.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import stat
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,12 +25,19 @@ import pytest
 
 from firmware_sim.broker import MosquittoBroker
 from protocol.documents import sign_document
-from protocol.keys import Secret, SigningKey, signer_id, write_secret_file
+from protocol.keys import (
+    OwnerKey,
+    Secret,
+    SigningKey,
+    save_owner_key,
+    signer_id,
+    write_secret_file,
+)
 from protocol.record import credit_micro
 from rewards import distributor as abi
-from rewards.chain import send_and_wait
+from rewards.cli import main as wallet_main
 from rewards.documents import BASE_UNITS_PER_MICRO, WalletBinding, owner_name
-from rewards.tree import verify_claim
+from rewards.ethkey import load_eth_key
 from tests.gateway.conftest import RunningGateway, start_gateway
 from tests.gateway.gwkit import RATE, DeviceClient, TestDevice, register, write_gateway_files
 from tests.harness.chain import GanacheNode
@@ -83,14 +92,17 @@ interval_s = 0.2
 
 def test_credit_mined_by_a_tv_is_claimed_into_its_owners_wallet(
         payout_gateway: RunningGateway, deployed: Deployment, broker: MosquittoBroker,
-        chain: GanacheNode, capsys: pytest.CaptureFixture[str]) -> None:
+        chain: GanacheNode, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     base = payout_gateway.base_url
     company = address_of(KEYS["company"])
     deployed.give(company, 10**24)
     deployed.fund(KEYS["company"], 10**24, bytes(32))
-    owner = owner_key(b"alice")
+    owner = OwnerKey.generate()
+    save_owner_key(tmp_path / "owner.key", owner)
+    wallet_key = tmp_path / "wallet.key"  # a funded account: the claim pays its own gas
+    write_secret_file(wallet_key, KEYS["owner_a"].value.hex().encode())
     tv = TestDevice.create("tv-payout", 51)
-    register(base, tv, owner=owner_name(signer_id(owner.public_key)))
+    register(base, tv, owner=owner_name(owner.owner_id))
     tv.mono_ms = 100_000
     devices = DeviceClient(broker.port, payout_gateway.verifier)
     try:
@@ -98,29 +110,48 @@ def test_credit_mined_by_a_tv_is_claimed_into_its_owners_wallet(
         devices.wait_for(tv.device_id, 1)
     finally:
         devices.close()
-    earned = credit_micro(30_000, RATE)
+    earned = credit_micro(30_000, RATE) * BASE_UNITS_PER_MICRO
+    endpoints = ["--gateway", base, "--rpc", chain.url]
 
-    answer = httpx.post(f"{base}/v1/wallets",
-                        json={"document": binding(owner, owner, WALLET, chain.chain_id)})
-    assert answer.status_code == 201, answer.text
+    assert wallet_main(["bind", "--key", str(wallet_key), "--owner-key",
+                        str(tmp_path / "owner.key"), *endpoints]) == 0
+    assert WALLET in capsys.readouterr().out
     proof = wait_for("the owner's proof", lambda: (
         r.json() if (r := httpx.get(f"{base}/v1/payouts/proof/{WALLET}")).status_code == 200
         else None))
-    amount = int(proof["amount"])
-    assert amount == earned * BASE_UNITS_PER_MICRO
-    on_chain_root = deployed.rpc.eth_call(deployed.distributor, abi.view("merkleRoot"))
-    verify_claim(on_chain_root, WALLET, amount, [bytes.fromhex(p[2:]) for p in proof["proof"]])
+    assert int(proof["amount"]) == earned
+    assert wallet_main(["status", "--key", str(wallet_key), *endpoints, "--json"]) == 0
+    before = json.loads(capsys.readouterr().out)
+    assert (before["claimable"], before["claimed"], before["balance"]) == (str(earned), "0", "0")
 
-    send_and_wait(deployed.rpc, KEYS["owner_a"], deployed.distributor,
-                  abi.claim(WALLET, amount, [bytes.fromhex(p[2:]) for p in proof["proof"]]),
-                  chain_id=chain.chain_id)
-    assert deployed.balance(WALLET) == amount
+    assert wallet_main(["claim", "--key", str(wallet_key), *endpoints, "--json"]) == 0
+    after = json.loads(capsys.readouterr().out)
+    assert (after["claimable"], after["claimed"], after["balance"]) == ("0", str(earned),
+                                                                       str(earned))
+    assert deployed.balance(WALLET) == earned
+    assert wallet_main(["claim", "--key", str(wallet_key), *endpoints]) == 1
+    assert "nothing to claim" in capsys.readouterr().err
+    assert deployed.balance(WALLET) == earned
 
     status = verify_main(["payout", "--gateway", base, "--rpc", chain.url, "--json",
                           "--gateway-key", payout_gateway.verifier])
     report = json.loads(capsys.readouterr().out)
     assert status == 0
-    assert report["root"] == "0x" + on_chain_root.hex()
+    root = deployed.rpc.eth_call(deployed.distributor, abi.view("merkleRoot"))
+    assert report["root"] == "0x" + root.hex()
+
+
+def test_wallet_key_is_made_private_and_never_printed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key_file = tmp_path / "wallet.key"
+    assert wallet_main(["keygen", "--key", str(key_file)]) == 0
+    printed = capsys.readouterr().out
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    secret = key_file.read_text().strip()
+    assert secret not in printed
+    assert printed.strip() == load_eth_key(key_file)[1]
+    assert wallet_main(["keygen", "--key", str(key_file)]) == 2  # never overwritten
+    assert key_file.read_text().strip() == secret
 
 
 def test_forged_or_second_wallet_binding_is_refused_and_counted(
