@@ -82,6 +82,19 @@ class ServiceSettings:
 
 
 @dataclass(frozen=True)
+class OwnerConfig:
+    """The device's owner, pinned at enrolment (the bundle writes ``[owner]``).
+
+    ``public_key`` (Ed25519) is the only key whose consents and revocations the device
+    applies; ``sealing_key`` (X25519) is sealed every stream, so the owner reads all its
+    device's data.
+    """
+
+    public_key: bytes
+    sealing_key: bytes
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """Everything the agent needs to run, validated."""
 
@@ -100,11 +113,18 @@ class AgentConfig:
     sensors: tuple[SensorConfig, ...]
     usage: UsageConfig | None
     service: ServiceSettings = field(default_factory=ServiceSettings)
+    owner: OwnerConfig | None = None
 
     def stream_recipients(self) -> dict[str, tuple[bytes, ...]]:
-        """Stream name -> the X25519 public keys its values are sealed for."""
-        return {s.stream: tuple(self.recipients[name] for name in s.recipients)
-                for s in self.sensors if s.recipients}
+        """Stream name -> the X25519 public keys its values are sealed for.
+
+        With an owner, every stream is sealed to the owner's sealing key, plus the
+        recipients configured for it.
+        """
+        owner = (self.owner.sealing_key,) if self.owner is not None else ()
+        out = {s.stream: owner + tuple(self.recipients[name] for name in s.recipients)
+               for s in self.sensors}
+        return {stream: keys for stream, keys in out.items() if keys}
 
 
 def apply_overrides(data: dict[str, object], overrides: Mapping[tuple[str, str], object]
@@ -162,6 +182,7 @@ def parse_config(data: Mapping[str, object], base_dir: Path) -> AgentConfig:
         sensors=sensors,
         usage=_usage(root.optional_table("usage"), sensors),
         service=_service(root.table("service")),
+        owner=_owner(root.optional_table("owner")),
     )
     root.finish(allowed=("sensors",))
     return config
@@ -264,17 +285,29 @@ def _service(t: Table) -> ServiceSettings:
     return out
 
 
+def _owner(t: Table | None) -> OwnerConfig | None:
+    if t is None:
+        return None
+    out = OwnerConfig(_hex_key(t, "owner", "public_key", "an Ed25519 public key"),
+                      _hex_key(t, "owner", "sealing_key", "an X25519 public key"))
+    t.finish()
+    return out
+
+
+def _hex_key(t: Table, section: str, name: str, what: str) -> bytes:
+    text = t.string(name, None)
+    try:
+        key = bytes.fromhex(text or "")
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise ConfigError(f"{section}.{name}: must be {what}, 64 hex digits")
+    return key
+
+
 def _recipients(t: Table) -> dict[str, bytes]:
-    out: dict[str, bytes] = {}
-    for name in t.keys():  # noqa: SIM118 - Table is not a dict
-        text = t.string(name, None) or ""
-        try:
-            key = bytes.fromhex(text)
-        except ValueError:
-            key = b""
-        if len(key) != 32:
-            raise ConfigError(f"recipients.{name}: must be an X25519 public key, 64 hex digits")
-        out[name] = key
+    out = {name: _hex_key(t, "recipients", name, "an X25519 public key")
+           for name in t.keys()}  # noqa: SIM118 - Table is not a dict
     t.finish()
     return out
 

@@ -29,8 +29,10 @@ from pathlib import Path
 from agent.clock import Clock
 from agent.config import AgentConfig, broker_settings
 from agent.credits import MeterDamaged, UsageMeter
+from agent.grants import GRANTS_FILE, GrantBook
 from agent.identity import Identity, KeyFiles, load_identity
 from agent.outbox import DatabaseCorrupt, DeviceState, Outbox
+from agent.policy import PolicyInbox
 from agent.records import RecordFactory, RecordWriter
 from agent.rotation import KeyRotator, RotationState, Step
 from agent.sensors import (
@@ -136,9 +138,15 @@ class AgentService:
                                      self.clock)
         self.rotation.attach(self.factory, self._use_key)
         self.outbox.attach(self.factory)
+        self.grants = GrantBook(cfg.state_dir / GRANTS_FILE)
+        self.policy = None if cfg.owner is None else PolicyInbox(
+            self.grants, self.outbox, device_id=self.identity.device_id,
+            owner=cfg.owner.public_key, streams={s.stream for s in cfg.sensors},
+            clock=self.clock)
         self.writer = RecordWriter(self.factory, self.outbox, cfg.stream_recipients(),
                                    policy=cfg.epoch, clock=self.clock,
-                                   random_bytes=self.options.random_bytes)
+                                   random_bytes=self.options.random_bytes,
+                                   grants=self.grants if cfg.owner is not None else None)
         self._open_meter()
         self.writer.start_epoch()
         self._guarded(self.rotation.begin_if_requested)
@@ -169,7 +177,8 @@ class AgentService:
 
     def plaintext_streams(self) -> list[str]:
         """Configured streams whose values go unsealed (no recipients)."""
-        return [s.stream for s in self.config.sensors if not s.recipients]
+        sealed = self.config.stream_recipients()
+        return [s.stream for s in self.config.sensors if s.stream not in sealed]
 
     def _use_key(self, key: SigningKey) -> None:
         self.identity = Identity(key, self.identity.device_id)
@@ -224,7 +233,7 @@ class AgentService:
         return Uplink(self.config.uplink, broker, self.config.gateway,
                       device_id=self.identity.device_id, boot=self.boot, outbox=self.outbox,
                       clock=self.clock, rng=self.options.rng,
-                      transport_factory=self.options.transport_factory)
+                      transport_factory=self.options.transport_factory, policy=self.policy)
 
     # --- one iteration ------------------------------------------------------------------
 
@@ -236,6 +245,7 @@ class AgentService:
             self.sim.advance(world() if world else self.clock.wall_ms() / 1000, now)
         self._sample(now)
         self._meter(now)
+        self._apply_grants()
         self._guarded(self.outbox.maybe_commit)
         self._guarded(self.rotation.poll)
         self._watch_uplink(now)
@@ -264,6 +274,16 @@ class AgentService:
                 self.options.on_reading(reading)
             self._guarded(partial(self.writer.write_values, reading.stream, reading.values,
                                   reading.mono_ms))
+
+    def _apply_grants(self) -> None:
+        """A consent or revocation applied, or a grant that began, ended or lost its
+        proof (clock): start the key epoch that applies the change now, not at the next
+        reading."""
+        if self.policy is None:
+            return
+        self._guarded(lambda: self.grants.forget_ended(self.clock.wall_ms(),
+                                                       self.clock.wall_synced()))
+        self._guarded(self.writer.refresh_epoch)
 
     def _sensor_error(self, sensor: Sensor, exc: SensorReadError) -> None:
         self.counters["sensor_errors"] += 1
@@ -428,8 +448,19 @@ class AgentService:
                                  "detail": f.detail} for f in self.sensors.failures],
             "usage": self.reporter.meter.status() if self.reporter else None,
             "rotation": self.rotation.status(),
+            "grants": self.grants_status(),
             "service": dict(self.counters),
         }
+
+    def grants_status(self) -> dict[str, object] | None:
+        """The owner's grants as the device applies them, refusals by reason, and what the
+        writer made of them (None: this device pins no owner)."""
+        if self.policy is None:
+            return None
+        out = self.grants.status(self.clock.wall_ms(), self.clock.wall_synced())
+        out["owner"] = self.config.owner.public_key.hex() if self.config.owner else None
+        out["writer"] = dict(self.writer.counters)
+        return out
 
     def write_status(self) -> None:
         try:

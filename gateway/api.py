@@ -126,6 +126,8 @@ class DeviceKeys(BaseModel):
     device_id: str
     status: str
     keys: list[DeviceKey]
+    owner_key: str | None = Field(default=None, description="the owner's Ed25519 key pinned "
+                                  "at enrolment (hex), if any: only its consents apply")
 
 
 class CheckpointOut(BaseModel):
@@ -367,7 +369,8 @@ def _log_routes(app: FastAPI, ctx: ApiContext) -> None:
             raise HTTPException(404, f"no device {device_id}")
         return DeviceKeys(device_id=device_id, status=device.status.value,
                           keys=[DeviceKey(from_seq=k.from_seq, public_key=k.public_key.hex())
-                                for k in device.keys])
+                                for k in device.keys],
+                          owner_key=device.owner_key.hex() if device.owner_key else None)
 
     @app.get("/v1/balances", response_model=Balances, tags=["log"],
              summary="Settled credit per owner: as of the latest checkpoint, and now")

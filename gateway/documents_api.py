@@ -6,7 +6,8 @@
 - ``GET /v1/documents``, ``GET /v1/documents/{id}``: public, paged, exact bytes in hex.
 - ``GET /v1/devices/{id}/documents``: the consents and revocations concerning a device.
 - ``GET /v1/owners/{owner_key}/devices``: the devices pinned to an owner key.
-- ``POST /v1/recipients`` (admin), ``GET /v1/recipients``: who may submit requests.
+- ``POST /v1/recipients`` (admin), ``GET /v1/recipients/list``: who may submit requests
+  (the listing has its own path: the admin guard matches paths, not methods).
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ def document_routes(app: FastAPI, store: LogStore, desk: DocumentDesk | None,
             raise HTTPException(409, str(exc)) from None
         return _recipient_out(entry)
 
-    @app.get("/v1/recipients", response_model=list[RecipientOut], tags=["documents"],
+    @app.get("/v1/recipients/list", response_model=list[RecipientOut], tags=["documents"],
              summary="Registered data recipients (public keys)")
     def recipients() -> list[RecipientOut]:
         return [_recipient_out(r) for r in store.recipients()]

@@ -24,7 +24,7 @@ import nacl.exceptions
 import nacl.public
 import nacl.signing
 
-from protocol.errors import KeyFileError, VerificationError
+from protocol.errors import ConfigError, KeyFileError, VerificationError
 
 DEVICE_ID_BYTES = 16
 RECIPIENT_KID_BYTES = 8
@@ -226,6 +226,45 @@ class OwnerKey:
     @property
     def owner_id(self) -> bytes:
         return signer_id(self.signing.public_key)
+
+
+OWNER_PUBLIC_KIND = "edgeproof-owner"
+
+
+@dataclass(frozen=True)
+class OwnerPublic:
+    """An owner's two public keys, as devices pin them. Text form (one line, not secret):
+    ``edgeproof-owner <64 hex Ed25519> <64 hex X25519>``."""
+
+    public_key: bytes
+    sealing_key: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.public_key) != 32 or len(self.sealing_key) != 32:
+            raise ValueError("owner public keys are 32 bytes each")
+
+    @property
+    def owner_id(self) -> bytes:
+        return signer_id(self.public_key)
+
+    def text(self) -> str:
+        return f"{OWNER_PUBLIC_KIND} {self.public_key.hex()} {self.sealing_key.hex()}"
+
+    @classmethod
+    def of(cls, key: OwnerKey) -> OwnerPublic:
+        return cls(key.public_key, key.sealing_public_key)
+
+    @classmethod
+    def from_text(cls, text: str) -> OwnerPublic:
+        """Parse the text form; raise ConfigError with a one-line reason otherwise."""
+        parts = text.split()
+        try:
+            if len(parts) == 3 and parts[0] == OWNER_PUBLIC_KIND:
+                return cls(bytes.fromhex(parts[1]), bytes.fromhex(parts[2]))
+        except ValueError:
+            pass
+        raise ConfigError("an owner public key is 'edgeproof-owner <64 hex> <64 hex>' "
+                          "(what edgeproof-owner show prints)")
 
 
 def load_signing_key(path: Path) -> SigningKey:

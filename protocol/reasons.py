@@ -43,6 +43,7 @@ class DropReason(StrEnum):
     OUTBOX_FULL = "outbox_full"        # the outbox byte cap applied its full policy
     OUTBOX_CORRUPT = "outbox_corrupt"  # the outbox database was unreadable and moved aside
     UNCLEAN_REBOOT = "unclean_reboot"  # a power cut or kernel crash lost uncommitted numbers
+    REVOKED = "revoked"                # unsent records of a grant its owner revoked
 
 
 @unique
@@ -66,6 +67,12 @@ class DocumentReason(StrEnum):
     DUPLICATE = "duplicate"                    # this exact document is already logged
     WRONG_TYPE = "wrong_type"                  # a document type not accepted here
     UNSIGNED_POLICY = "unsigned_policy"        # a device got a document its owner did not sign
+    # Refused by a device only (agent/policy.py):
+    NO_OWNER_KEY = "no_owner_key"              # the device pins no owner key: it applies none
+    OTHER_DEVICE = "other_device"              # a consent that does not name this device
+    CONSENT_EXPIRED = "consent_expired"        # a consent whose period has provably ended
+    CONSENT_REVOKED = "consent_revoked"        # a consent its owner already revoked (a replay)
+    GRANTS_FULL = "grants_full"                # the device's grant book is at its cap
 
 
 MALFORMED: Final = Reason.MALFORMED
@@ -88,3 +95,4 @@ GATEWAY_REASONS: Final = frozenset(Reason)
 OUTBOX_FULL: Final = DropReason.OUTBOX_FULL
 OUTBOX_CORRUPT: Final = DropReason.OUTBOX_CORRUPT
 UNCLEAN_REBOOT: Final = DropReason.UNCLEAN_REBOOT
+REVOKED: Final = DropReason.REVOKED

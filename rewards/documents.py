@@ -1,6 +1,6 @@
 """The reward documents: an owner's wallet binding and the gateway's payout epoch.
 
-Bodies of :mod:`protocol.documents` (docs/PROTOCOL.md §18), registered on import:
+Bodies of :mod:`protocol.documents` (docs/PROTOCOL.md §19), registered on import:
 
 - :class:`WalletBinding` (type ``"wallet"``), signed by an OWNER key: the Ethereum address
   the owner's payouts go to. The owner it binds is the signer (its owner id); in the

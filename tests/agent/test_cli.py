@@ -48,7 +48,12 @@ def test_example_config_is_valid_and_complete() -> None:
     assert cfg.outbox.commit_window_ms == 5000
     assert cfg.outbox.full_policy == "drop-oldest"
     assert [s.stream for s in cfg.sensors] == ["climate", "cpu", "tv", "presence"]
-    assert set(cfg.stream_recipients()) == {"climate", "presence"}
+    assert cfg.owner is not None
+    # With an owner every stream is sealed to it; configured recipients add to that.
+    owner = cfg.owner.sealing_key
+    assert {s: len(k) for s, k in cfg.stream_recipients().items()} == {
+        "climate": 2, "cpu": 1, "tv": 1, "presence": 2}
+    assert all(keys[0] == owner for keys in cfg.stream_recipients().values())
     assert cfg.usage is not None
     assert cfg.usage.input == "tv"
     assert cfg.backend == "hardware"  # only --simulate selects simulated hardware

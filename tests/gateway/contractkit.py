@@ -16,6 +16,9 @@ from protocol.contract import Consent, DataRequest, Revocation, Terms
 from protocol.delivery import PolicyDelivery, policy_topic
 from protocol.documents import Document, sign_document
 from protocol.keys import OwnerKey, RecipientKey, Secret, SigningKey
+from protocol.record import Measurement, Record, Values
+from protocol.sealing import EpochKeys, new_key_epoch, seal_values
+from protocol.signed import SignedRecord
 from tests.gateway.gwkit import ADMIN_TOKEN, RATE, DeviceClient, TestDevice
 
 HOUR_MS = 3_600_000
@@ -148,3 +151,20 @@ class PolicyListener:
     def close(self) -> None:
         self._client.loop_stop()
         self._client.disconnect()
+
+
+def sealed_reading(device: TestDevice, epoch_keys: EpochKeys,
+                   values: tuple[Measurement, ...]) -> SignedRecord:
+    """The device's next climate record, its values sealed under ``epoch_keys``."""
+    header = Record(device.boot, device.seq, device.prev, device.wall_ms + 1000, device.synced,
+                    device.mono_ms + 1000, "climate", Values(values))
+    return device.next(seal_values(device.device_id, header, epoch_keys, values))
+
+
+def key_epoch(device: TestDevice, recipients: dict[str, list[bytes]],
+              consents: dict[str, bytes] | None = None) -> tuple[SignedRecord, EpochKeys]:
+    """The device's next record: a key epoch sealing ``recipients`` (stream -> X25519 keys),
+    naming the ``consents`` its derived streams apply."""
+    body, keys = new_key_epoch(device.device_id, device.seq, recipients,
+                               random.Random(device.seq).randbytes, consents)
+    return device.next(body, stream="keys"), keys
