@@ -25,8 +25,6 @@ from owner.cli import _parser as owner_parser
 from owner.cli import main as owner_main
 from provisioning.cli import build_parser as provision_parser
 from provisioning.cli import main as provision_main
-from rewards.cli import _parser as wallet_parser
-from rewards.cli import main as wallet_main
 from verifier.cli import _parser as verify_parser
 from verifier.cli import main as verify_main
 
@@ -37,7 +35,6 @@ CLIS: dict[str, tuple[Callable[[], argparse.ArgumentParser], Callable[..., int]]
     "edgeproof-verify": (verify_parser, verify_main),
     "edgeproof-sim": (sim_parser, sim_main),
     "edgeproof-owner": (owner_parser, owner_main),
-    "edgeproof-wallet": (wallet_parser, wallet_main),
 }
 
 

@@ -4,7 +4,7 @@ A real gateway (MQTT ingest from the real broker, SQLite log, HTTP API) with a `
 section, a real ganache node running the compiled contracts, a company that funded the
 distributor. The device sends usage records; its owner binds a wallet with a binding signed
 by its owner key; the gateway computes an epoch from the checkpointed balances and posts its
-root; through ``edgeproof-wallet`` the owner sees its claimable amount (the gateway's
+root; through ``edgeproof-owner wallet`` the owner sees its claimable amount (the gateway's
 proof checked against the root on chain), claims with its wallet key and sees the tokens
 arrive. ``edgeproof-verify payout`` recomputes the epoch from the log and the chain.
 Forged and second bindings are refused with one line and counted.
@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from firmware_sim.broker import MosquittoBroker
+from owner.cli import main as owner_main
 from protocol.documents import sign_document
 from protocol.keys import (
     OwnerKey,
@@ -35,7 +36,6 @@ from protocol.keys import (
 )
 from protocol.record import credit_micro
 from rewards import distributor as abi
-from rewards.cli import main as wallet_main
 from rewards.documents import BASE_UNITS_PER_MICRO, WalletBinding, owner_name
 from rewards.ethkey import load_eth_key
 from tests.gateway.conftest import RunningGateway, start_gateway
@@ -113,23 +113,25 @@ def test_credit_mined_by_a_tv_is_claimed_into_its_owners_wallet(
     earned = credit_micro(30_000, RATE) * BASE_UNITS_PER_MICRO
     endpoints = ["--gateway", base, "--rpc", chain.url]
 
-    assert wallet_main(["bind", "--key", str(wallet_key), "--owner-key",
-                        str(tmp_path / "owner.key"), *endpoints]) == 0
+    assert owner_main(["wallet", "bind", "--wallet-key", str(wallet_key), "--key",
+                       str(tmp_path / "owner.key"), *endpoints]) == 0
     assert WALLET in capsys.readouterr().out
     proof = wait_for("the owner's proof", lambda: (
         r.json() if (r := httpx.get(f"{base}/v1/payouts/proof/{WALLET}")).status_code == 200
         else None))
     assert int(proof["amount"]) == earned
-    assert wallet_main(["status", "--key", str(wallet_key), *endpoints, "--json"]) == 0
+    assert owner_main(["wallet", "status", "--wallet-key", str(wallet_key), *endpoints,
+                       "--json"]) == 0
     before = json.loads(capsys.readouterr().out)
     assert (before["claimable"], before["claimed"], before["balance"]) == (str(earned), "0", "0")
 
-    assert wallet_main(["claim", "--key", str(wallet_key), *endpoints, "--json"]) == 0
+    assert owner_main(["wallet", "claim", "--wallet-key", str(wallet_key), *endpoints,
+                       "--json"]) == 0
     after = json.loads(capsys.readouterr().out)
     assert (after["claimable"], after["claimed"], after["balance"]) == ("0", str(earned),
                                                                        str(earned))
     assert deployed.balance(WALLET) == earned
-    assert wallet_main(["claim", "--key", str(wallet_key), *endpoints]) == 1
+    assert owner_main(["wallet", "claim", "--wallet-key", str(wallet_key), *endpoints]) == 1
     assert "nothing to claim" in capsys.readouterr().err
     assert deployed.balance(WALLET) == earned
 
@@ -144,13 +146,13 @@ def test_credit_mined_by_a_tv_is_claimed_into_its_owners_wallet(
 def test_wallet_key_is_made_private_and_never_printed(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     key_file = tmp_path / "wallet.key"
-    assert wallet_main(["keygen", "--key", str(key_file)]) == 0
+    assert owner_main(["wallet", "keygen", "--wallet-key", str(key_file)]) == 0
     printed = capsys.readouterr().out
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     secret = key_file.read_text().strip()
     assert secret not in printed
     assert printed.strip() == load_eth_key(key_file)[1]
-    assert wallet_main(["keygen", "--key", str(key_file)]) == 2  # never overwritten
+    assert owner_main(["wallet", "keygen", "--wallet-key", str(key_file)]) == 2  # never overwritten
     assert key_file.read_text().strip() == secret
 
 
