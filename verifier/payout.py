@@ -3,11 +3,11 @@
 Trusting neither the gateway nor the node: the epoch document must be signed by the
 gateway key; the checkpoint it names must be signed by that key and commit (its
 ``balances`` line) to the balances table served with it; the bindings logged below that
-checkpoint's size must each be signed by the owner they bind (the first of an owner counts)
-and be ``wallets`` in number. From those alone the tree
-is rebuilt (:mod:`rewards.epoch`, :mod:`rewards.tree`); its root, total and locked credit
-must be the document's, and the distributor's ``RootPosted`` event for that epoch must
-carry the same root and total. Every mismatch raises VerificationError.
+checkpoint's size must each be signed by the owner they bind (the first of an owner counts),
+be leaves of that checkpoint's tree (inclusion proofs) and be ``wallets`` in number. From
+those alone the tree is rebuilt (:mod:`rewards.epoch`, :mod:`rewards.tree`); its root, total
+and locked credit must be the document's, and the distributor's ``RootPosted`` event for
+that epoch must carry the same root and total. Every mismatch raises VerificationError.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import base64
 import hashlib
 
 from osutil.jsonrpc import JsonRpc
+from protocol import merkle
 from protocol.checkpoint import Checkpoint
 from protocol.errors import VerificationError
 from protocol.note import NoteVerifier
@@ -42,6 +43,9 @@ def verify_payout(client: GatewayClient, gateway_key: str, rpc: JsonRpc,
         if index >= checkpoint.size:
             continue  # logged after the checkpoint: a later epoch's
         _, binding = verify_wallet_binding(binding_raw)
+        merkle.verify_inclusion(merkle.leaf_hash(binding_raw), index, checkpoint.size,
+                                client.inclusion_proof(index, checkpoint.size),
+                                checkpoint.root_hash)
         if binding.chain_id != body.chain_id:
             raise VerificationError("a wallet binding is for another chain")
         wallets.setdefault(owner_name(binding.owner), binding.checksum_address)

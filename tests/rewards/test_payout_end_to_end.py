@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from firmware_sim.broker import MosquittoBroker
+from gateway.gatewaykey import GatewayKey
 from owner.cli import main as owner_main
 from protocol.documents import sign_document
 from protocol.keys import (
@@ -141,6 +142,10 @@ def test_credit_mined_by_a_tv_is_claimed_into_its_owners_wallet(
     assert status == 0
     root = deployed.rpc.eth_call(deployed.distributor, abi.view("merkleRoot"))
     assert report["root"] == "0x" + root.hex()
+    impostor = GatewayKey.generate("gateway.test/edgeproof").verifier_text()
+    assert verify_main(["payout", "--gateway", base, "--rpc", chain.url,
+                        "--gateway-key", impostor]) == 1
+    assert "FAILED" in capsys.readouterr().err
 
 
 def test_wallet_key_is_made_private_and_never_printed(
