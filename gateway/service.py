@@ -260,9 +260,9 @@ class GatewayService:
             self.checkpointer.issue()
         finally:
             self.anchor.close()  # anchors still queued are persisted for the next run
-            if self.payout is not None:
-                self.payout.close()  # a pending epoch is persisted for the next run
             self.http.stop()
+            if self.payout is not None:  # after HTTP: the API reads its book
+                self.payout.close()  # a pending epoch is persisted for the next run
             self.store.close()
 
     # --- the pipeline ----------------------------------------------------------------------
