@@ -11,10 +11,11 @@ The chain is the judge of "posted": before (re)sending, the worker reads ``epoch
 ``merkleRoot()``; if the chain already holds this epoch's root, the epoch is done, whatever
 happened to our receipts. The contract refuses an epoch number that does not increase, so
 a root can never be posted twice. The raw transaction is persisted before it is broadcast;
-if the node loses it (restart, dropped) the same bytes are sent again; a reverted post is
-re-signed up to ``max_attempts`` times, then the epoch fails and the next one (cumulative,
-so nothing is lost) replaces it. A total the distributor's funding cannot cover is not
-posted (``underfunded``). Every outcome is counted in ``/metrics``.
+if the node loses it (restart, dropped) the same bytes are sent again; one pending for
+``resend_after_s`` (stuck) is replaced with the same nonce and a 12.5% higher gas price; a
+reverted post is re-signed up to ``max_attempts`` times, then the epoch fails and the next
+one (cumulative, so nothing is lost) replaces it. A total the distributor's funding cannot
+cover is not posted (``underfunded``). Every outcome is counted in ``/metrics``.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ BOOK_FILE = "payout.sqlite"
 PREFIX = "edgeproof_gateway_payout"
 EPOCH_OUTCOMES = ("posted", "failed", "underfunded", "unchanged", "no_wallets")
 WALLET_REFUSALS = ("malformed", "bad_signature", "wrong_chain", "wallet_taken")
-RETRY_REASONS = ("dropped", "reverted", "nonce_taken")
+RETRY_REASONS = ("dropped", "stuck", "reverted", "nonce_taken")
 
 
 class WalletRefused(Exception):
@@ -120,6 +121,7 @@ class PayoutWorker:
         self._next_epoch_at = 0.0
         self._errors = 0
         self._trees: dict[int, DistributionTree] = {}
+        self._pending_since: dict[str, float] = {}  # tx hash -> when first seen pending
         self._stop, self._wake = threading.Event(), threading.Event()
         self._thread: threading.Thread | None = None
         self._binding = threading.Lock()  # one binding decision at a time
@@ -285,8 +287,10 @@ class PayoutWorker:
             else:
                 self._reverted(epoch, "root post reverted on chain")
             return
-        if self._rpc.transaction(epoch.tx_hash) is not None:
-            return  # pending
+        pending = self._rpc.transaction(epoch.tx_hash)
+        if pending is not None:
+            self._follow_pending(epoch, body, pending)
+            return
         assert epoch.nonce is not None
         assert epoch.raw_tx is not None
         if self._rpc.nonce(self.address, "latest") > epoch.nonce:
@@ -298,7 +302,22 @@ class PayoutWorker:
                     epoch.tx_hash, epoch.epoch)
         self._broadcast(epoch.raw_tx)
 
-    def _send(self, epoch: StoredEpoch, body: PayoutEpoch) -> None:
+    def _follow_pending(self, epoch: StoredEpoch, body: PayoutEpoch,
+                        pending: dict[str, Any]) -> None:
+        """A post pending for ``resend_after_s`` is replaced: same nonce, 12.5% more gas price."""
+        assert epoch.tx_hash is not None
+        since = self._pending_since.setdefault(epoch.tx_hash, self._monotonic())
+        if self._monotonic() - since < self.config.resend_after_s:
+            return
+        price = quantity(pending.get("gasPrice"), "gas price")
+        self.metrics.retries.labels(reason="stuck").inc()
+        log.warning("payout: root post %s of epoch %d pending for %.0f s; replacing it",
+                    epoch.tx_hash, epoch.epoch, self._monotonic() - since)
+        self._pending_since.pop(epoch.tx_hash, None)
+        self._send(epoch, body, nonce=epoch.nonce, min_price=price + price // 8 + 1)
+
+    def _send(self, epoch: StoredEpoch, body: PayoutEpoch, *, nonce: int | None = None,
+              min_price: int = 0) -> None:
         data = abi.post_root(epoch.epoch, body.root, body.total_base_units)
         try:
             estimate = self._rpc.estimate_gas(self.address, self.config.distributor, data)
@@ -307,8 +326,10 @@ class PayoutWorker:
                 raise
             self._reverted(epoch, f"eth_estimateGas: {exc.message}")
             return
-        tx: dict[str, Any] = {"nonce": self._rpc.nonce(self.address, "pending"),
-                              "gasPrice": self._rpc.gas_price(), "to": self.config.distributor,
+        if nonce is None:
+            nonce = self._rpc.nonce(self.address, "pending")
+        tx: dict[str, Any] = {"nonce": nonce, "gasPrice": max(self._rpc.gas_price(), min_price),
+                              "to": self.config.distributor,
                               "gas": estimate + estimate // 5, "value": 0, "data": data,
                               "chainId": self.config.chain_id}
         signed = Account.sign_transaction(tx, self._key.value)

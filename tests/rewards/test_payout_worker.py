@@ -181,3 +181,34 @@ def test_total_beyond_the_funding_is_not_posted_and_counted(
 def test_balances_table_that_is_not_one_is_refused() -> None:
     with pytest.raises(Exception, match="rows must be"):
         decode_balances(cbor.encode([["alice", -1]]))
+
+
+def test_root_post_stuck_pending_is_replaced_with_the_same_nonce_and_posted_once(
+        tmp_path: Path, chain: GanacheNode, deployed: Deployment, store: SQLiteLogStore) -> None:
+    clock = Clock()
+    funded(deployed, 10**24)
+    worker = make_worker(tmp_path, chain, deployed, clock, store)
+    alice = bind(worker, owner_key(5), OWNER_A, chain.chain_id)
+    checkpoint(store, 5, {alice: 99})
+    worker.step()  # epoch computed
+    chain.rpc("miner_stop")
+    try:
+        worker.step()  # sent; stays pending
+        first = worker.book.latest()
+        assert first is not None
+        worker.step()  # pending, not yet for resend_after_s
+        clock.now += worker.config.resend_after_s + 1
+        worker.step()  # stuck: replaced with the same nonce, a higher gas price
+        second = worker.book.latest()
+        assert second is not None
+        assert second.tx_hash != first.tx_hash
+        assert second.nonce == first.nonce
+        assert counted(worker, "retries", reason="stuck") == 1
+    finally:
+        chain.rpc("miner_start")
+    worker.step()
+    done = worker.book.latest()
+    assert done is not None
+    assert done.status == POSTED
+    assert abi.uint(deployed.rpc.eth_call(deployed.distributor, abi.view("epoch"))) == 1
+    worker.close()
