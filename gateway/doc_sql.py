@@ -15,9 +15,11 @@ streams a device has.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from gateway.store import NewDocument, NewLeaf, RecipientEntry, StoredDocument
+from protocol import merkle
 from protocol.keys import signer_id
 
 Run = Callable[[str, tuple[Any, ...]], list[tuple[Any, ...]]]
@@ -79,6 +81,45 @@ def index_document(run: Run, doc: NewDocument, index: int) -> None:
     for device_id in sorted(set(doc.devices)):
         run("INSERT INTO document_devices VALUES (?, ?) ON CONFLICT DO NOTHING",
             (device_id, index))
+
+
+class DocumentMethods:
+    """The document methods of a store's transaction (:class:`gateway.store.LogTransaction`),
+    written once for both stores; a store's transaction provides the four hooks."""
+
+    _tree: merkle.CompactRange
+
+    def flush(self) -> None:
+        raise NotImplementedError
+
+    def append(self, leaf: NewLeaf) -> int:
+        raise NotImplementedError
+
+    def _run(self) -> Run:
+        raise NotImplementedError
+
+    def _errors(self, what: str) -> AbstractContextManager[None]:
+        raise NotImplementedError
+
+    def document(self, doc_id: bytes) -> StoredDocument | None:
+        self.flush()  # it may have been appended in this transaction
+        with self._errors("read document"):
+            return document(self._run(), doc_id)
+
+    def last_counter(self, signer: bytes) -> int:
+        with self._errors("read counter"):
+            return last_counter(self._run(), signer)
+
+    def device_streams(self, device_id: bytes) -> frozenset[str]:
+        self.flush()
+        with self._errors("read streams"):
+            return device_streams(self._run(), device_id)
+
+    def append_document(self, doc: NewDocument) -> int:
+        index = self.append(document_leaf(doc, self._tree.size))
+        with self._errors("index document"):
+            index_document(self._run(), doc, index)
+        return index
 
 
 _SELECT = ("SELECT d.idx, d.doc_id, d.type, d.signer, l.raw, d.ref, d.counter, d.received_ms "

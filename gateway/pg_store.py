@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypeVar
 
 import psycopg
@@ -47,7 +47,6 @@ from gateway.store import (
     KeyEntry,
     Leaf,
     LoggedLink,
-    NewDocument,
     NewLeaf,
     RecipientEntry,
     RecipientExists,
@@ -520,7 +519,7 @@ class PostgresLogStore:
         return found
 
 
-class _Transaction:
+class _Transaction(doc_sql.DocumentMethods):
     """A :class:`gateway.store.LogTransaction` over the writer connection."""
 
     def __init__(self, conn: Conn, tree: merkle.CompactRange) -> None:
@@ -622,25 +621,11 @@ class _Transaction:
                                      (public_key,)).fetchone()
         return row is not None
 
-    def document(self, doc_id: bytes) -> StoredDocument | None:
-        self.flush()
-        with _storage_errors("read document"):
-            return doc_sql.document(_runner(self._conn), doc_id)
+    def _run(self) -> doc_sql.Run:
+        return _runner(self._conn)
 
-    def last_counter(self, signer: bytes) -> int:
-        with _storage_errors("read counter"):
-            return doc_sql.last_counter(_runner(self._conn), signer)
-
-    def device_streams(self, device_id: bytes) -> frozenset[str]:
-        self.flush()
-        with _storage_errors("read streams"):
-            return doc_sql.device_streams(_runner(self._conn), device_id)
-
-    def append_document(self, doc: NewDocument) -> int:
-        index = self.append(doc_sql.document_leaf(doc, self._tree.size))
-        with _storage_errors("index document"):
-            doc_sql.index_document(_runner(self._conn), doc, index)
-        return index
+    def _errors(self, what: str) -> AbstractContextManager[None]:
+        return _storage_errors(what)
 
 
 def _load_devices(conn: Conn) -> list[Device]:

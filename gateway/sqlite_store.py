@@ -38,7 +38,6 @@ from gateway.store import (
     KeyEntry,
     Leaf,
     LoggedLink,
-    NewDocument,
     NewLeaf,
     RecipientEntry,
     RecipientExists,
@@ -403,7 +402,7 @@ class SQLiteLogStore:
         return found
 
 
-class _Transaction:
+class _Transaction(doc_sql.DocumentMethods):
     """A :class:`gateway.store.LogTransaction` over the writer connection."""
 
     def __init__(self, conn: sqlite3.Connection, tree: merkle.CompactRange) -> None:
@@ -500,25 +499,11 @@ class _Transaction:
                                      (public_key,)).fetchone()
         return row is not None
 
-    def document(self, doc_id: bytes) -> StoredDocument | None:
-        self.flush()
-        with _storage_errors("read document"):
-            return doc_sql.document(_runner(self._conn), doc_id)
+    def _run(self) -> doc_sql.Run:
+        return _runner(self._conn)
 
-    def last_counter(self, signer: bytes) -> int:
-        with _storage_errors("read counter"):
-            return doc_sql.last_counter(_runner(self._conn), signer)
-
-    def device_streams(self, device_id: bytes) -> frozenset[str]:
-        self.flush()
-        with _storage_errors("read streams"):
-            return doc_sql.device_streams(_runner(self._conn), device_id)
-
-    def append_document(self, doc: NewDocument) -> int:
-        index = self.append(doc_sql.document_leaf(doc, self._tree.size))
-        with _storage_errors("index document"):
-            doc_sql.index_document(_runner(self._conn), doc, index)
-        return index
+    def _errors(self, what: str) -> AbstractContextManager[None]:
+        return _storage_errors(what)
 
 
 def _load_device(conn: sqlite3.Connection, device_id: bytes) -> Device | None:

@@ -28,7 +28,7 @@ from protocol.documents import Document, sign_document, verify_document
 from protocol.errors import ConfigError
 from protocol.keys import OwnerKey
 from verifier.client import DocumentClient
-from verifier.documents import describe
+from verifier.documents import describe, parse_hex
 
 
 @dataclass(frozen=True)
@@ -63,12 +63,7 @@ def requests_for(client: DocumentClient, key: OwnerKey, *,
 
 
 def _find(client: DocumentClient, doc_id: str, doc_type: str) -> Document:
-    try:
-        wanted = bytes.fromhex(doc_id)
-    except ValueError:
-        wanted = b""
-    if len(wanted) != 32:
-        raise ConfigError(f"{doc_type} id {doc_id!r}: give 64 hex digits")
+    wanted = parse_hex(doc_id, 32, f"{doc_type} id")
     for logged in client.all_documents(doc_type):
         doc = verify_document(logged.raw, expected_type=doc_type)
         if doc.id == wanted:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protocol import merkle
-from protocol.bundle import key_in_force
+from protocol.bundle import json_field, json_hex, json_proof, key_in_force
 from protocol.checkpoint import Checkpoint
 from protocol.contract import (
     CONSENT,
@@ -106,31 +106,23 @@ class AuditBundle:
 def _leaf(item: object) -> ProvedLeaf:
     if not isinstance(item, dict) or item.get("kind") not in LEAF_KINDS:
         raise MalformedRecord("bad_bundle", f"a leaf is an object of kind {LEAF_KINDS}")
-    proof = item.get("inclusion_proof")
-    if not isinstance(proof, list) or len(proof) > 64:
-        raise MalformedRecord("bad_bundle", "inclusion_proof: a list of at most 64 nodes")
-    return ProvedLeaf(str(item["kind"]), _int(item, "leaf_index"), _hex(item, "bytes"),
-                      tuple(_hex({"n": n}, "n") for n in proof))
+    return ProvedLeaf(str(item["kind"]), _int(item, "leaf_index"),
+                      json_hex(item.get("bytes"), "bytes"), json_proof(item, "inclusion_proof"))
 
 
 def _hex(data: dict[str, Any], name: str) -> bytes:
-    try:
-        return bytes.fromhex(_str(data, name))
-    except ValueError:
-        raise MalformedRecord("bad_bundle", f"{name} is not hex") from None
+    return json_hex(data.get(name), name)
 
 
 def _str(data: dict[str, Any], name: str) -> str:
-    value = data.get(name)
-    if not isinstance(value, str):
-        raise MalformedRecord("bad_bundle", f"{name} must be text")
+    value: str = json_field(data, name, str)
     return value
 
 
 def _int(data: dict[str, Any], name: str) -> int:
-    value = data.get(name)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise MalformedRecord("bad_bundle", f"{name} must be a non-negative integer")
+    value: int = json_field(data, name, int)
+    if value < 0:
+        raise MalformedRecord("bad_bundle", f"{name} must not be negative")
     return value
 
 

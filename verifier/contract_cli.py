@@ -34,6 +34,7 @@ from verifier.documents import (
     as_text,
     describe,
     parse_device_ids,
+    parse_hex,
     parse_streams,
     parse_time_ms,
 )
@@ -111,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "audit":
         return _audit(args)
     raw = _read_document(args.path)
-    signer = None if args.signer is None else _key_hex(args.signer)
+    signer = None if args.signer is None else parse_hex(args.signer, 32, "--signer key")
     doc = verify_document(raw, expected_signer=signer)
     _emit(args.json, describe(doc))
     return EXIT_OK
@@ -120,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
 def _request(args: argparse.Namespace) -> int:
     signing = load_signing_key(args.signing_key)
     sealing = load_recipient_key(args.recipient_key).public_key
-    owners = tuple(sorted({_id16(o) for o in args.owner}))
+    owners = tuple(sorted({parse_hex(o, 16, "owner id") for o in args.owner}))
     terms = Terms(parse_streams(args.field), args.min_interval,
                   parse_time_ms(args.not_before), parse_time_ms(args.not_after))
     try:
@@ -151,7 +152,7 @@ def _audit(args: argparse.Namespace) -> int:
                              trusted or client.verifier_key())
         if args.save is not None:
             args.save.write_text(bundle.to_json())
-    owner = None if args.owner_key is None else _key_hex(args.owner_key)
+    owner = None if args.owner_key is None else parse_hex(args.owner_key, 32, "--owner-key")
     result = verify_audit(bundle, trusted, owner)
     if args.json:
         print(json.dumps(audit_json(result), sort_keys=True))
@@ -177,26 +178,6 @@ def _read_document(path: Path) -> bytes:
         return bytes.fromhex(text.decode("ascii")) if text and text[:2] != b"\xd2\x84" else data
     except (UnicodeDecodeError, ValueError):
         return data
-
-
-def _key_hex(text: str) -> bytes:
-    try:
-        key = bytes.fromhex(text)
-    except ValueError:
-        key = b""
-    if len(key) != 32:
-        raise ConfigError("--signer: give the 64 hex digits of an Ed25519 public key")
-    return key
-
-
-def _id16(text: str) -> bytes:
-    try:
-        value = bytes.fromhex(text)
-    except ValueError:
-        value = b""
-    if len(value) != 16:
-        raise ConfigError(f"owner id {text!r}: give 32 hex digits")
-    return value
 
 
 def _emit(as_json: bool, info: dict[str, object]) -> None:

@@ -41,18 +41,20 @@ def parse_streams(items: list[str]) -> Streams:
     return tuple(sorted((s, tuple(sorted(f))) for s, f in out.items()))
 
 
+def parse_hex(text: str, length: int, what: str) -> bytes:
+    """``length`` bytes given as hex (a key, an id); ConfigError naming ``what`` if not."""
+    try:
+        value = bytes.fromhex(text)
+    except ValueError:
+        value = b""
+    if len(value) != length:
+        raise ConfigError(f"{what} {text!r}: give {2 * length} hex digits")
+    return value
+
+
 def parse_device_ids(items: list[str]) -> tuple[bytes, ...]:
     """Device ids (32 hex digits each), sorted and without duplicates."""
-    ids = set()
-    for item in items:
-        try:
-            value = bytes.fromhex(item)
-        except ValueError:
-            value = b""
-        if len(value) != 16:
-            raise ConfigError(f"device id {item!r}: give 32 hex digits")
-        ids.add(value)
-    return tuple(sorted(ids))
+    return tuple(sorted({parse_hex(item, 16, "device id") for item in items}))
 
 
 def describe(doc: Document, index: int | None = None) -> dict[str, object]:
