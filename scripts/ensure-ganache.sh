@@ -42,6 +42,7 @@ if [ -n "$missing" ]; then
     fi
     echo "installing Debian packages:$missing"
     apt-get update -qq >/dev/null
+    # shellcheck disable=SC2086 # missing is a list of package names
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
 fi
 
