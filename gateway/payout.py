@@ -54,7 +54,8 @@ log = logging.getLogger(__name__)
 BOOK_FILE = "payout.sqlite"
 PREFIX = "edgeproof_gateway_payout"
 EPOCH_OUTCOMES = ("posted", "failed", "underfunded", "unchanged", "no_wallets")
-WALLET_REFUSALS = ("malformed", "bad_signature", "wrong_chain", "wallet_taken")
+WALLET_REFUSALS = ("malformed", "bad_signature", "wrong_chain", "unknown_owner",
+                   "wallet_taken")
 RETRY_REASONS = ("dropped", "stuck", "reverted", "nonce_taken")
 
 
@@ -200,6 +201,11 @@ class PayoutWorker:
         if binding.chain_id != self.config.chain_id:
             raise WalletRefused("wrong_chain", 400, f"wallet binding is for chain "
                                 f"{binding.chain_id}, payouts are on {self.config.chain_id}")
+        owner = owner_name(binding.owner)
+        # Only an owner with a registered device: a stranger minting owner keys cannot
+        # grow the log with bindings.
+        if all(balance.owner != owner for balance in self._store.balances()):
+            raise WalletRefused("unknown_owner", 404, f"no registered device has owner {owner}")
         return doc, binding
 
     # --- one step ------------------------------------------------------------------------------

@@ -165,6 +165,10 @@ def test_forged_or_second_wallet_binding_is_refused_and_counted(
         payout_gateway: RunningGateway, chain: GanacheNode) -> None:
     base = payout_gateway.base_url
     owner, forger = owner_key(b"bob"), owner_key(b"mallory")
+    deviceless = httpx.post(f"{base}/v1/wallets", json={
+        "document": binding(owner, owner, WALLET, chain.chain_id)})
+    assert deviceless.status_code == 404  # no registered device has this owner yet
+    register(base, TestDevice.create("tv-bob", 52), owner=owner_name(signer_id(owner.public_key)))
     forged = httpx.post(f"{base}/v1/wallets",
                         json={"document": binding(forger, owner, WALLET, chain.chain_id)})
     assert forged.status_code == 400
@@ -179,7 +183,7 @@ def test_forged_or_second_wallet_binding_is_refused_and_counted(
         "document": binding(owner, owner, address_of(KEYS["stranger"]), chain.chain_id)})
     assert second.status_code == 409
     metrics = httpx.get(f"{base}/metrics").text
-    for reason in ("bad_signature", "wrong_chain", "wallet_taken"):
+    for reason in ("unknown_owner", "bad_signature", "wrong_chain", "wallet_taken"):
         assert f'edgeproof_gateway_payout_wallets_refused_total{{reason="{reason}"}} 1.0' \
             in metrics
     listed = httpx.get(f"{base}/v1/wallets").json()

@@ -48,6 +48,7 @@ def owner_key(n: int) -> SigningKey:
 
 
 REGISTRIES: dict[int, CollectorRegistry] = {}  # each worker's own metrics registry
+worker_store: dict[int, SQLiteLogStore] = {}  # the store each worker reads
 
 
 def counted(worker: PayoutWorker, metric: str, suffix: str = "_total", **labels: str) -> float:
@@ -66,6 +67,7 @@ def make_worker(tmp_path: Path, node: GanacheNode, deployed: Deployment, clock: 
     worker = PayoutWorker(config, store, tmp_path, owner_key(99), wall_ms=clock.wall_ms,
                           monotonic=clock.monotonic, registry=registry)
     REGISTRIES[id(worker)] = registry
+    worker_store[id(worker)] = store
     return worker
 
 
@@ -76,6 +78,9 @@ def checkpoint(store: SQLiteLogStore, size: int, balances: dict[str, int]) -> No
 
 def bind(worker: PayoutWorker, key: SigningKey, address: str, chain_id: int) -> str:
     owner_id = signer_id(key.public_key)
+    device = SigningKey.generate()
+    worker_store[id(worker)].register_device(f"tv-{owner_id.hex()[:8]}", device.public_key,
+                                             owner_name(owner_id), 3600, 1)
     doc = sign_document(WalletBinding(owner_id, bytes.fromhex(address[2:]), chain_id), key, 1)
     worker.bind_wallet(doc.raw)
     return owner_name(owner_id)
