@@ -265,7 +265,8 @@ class PayoutWorker:
         doc = sign_document(body, self._signer, self._wall_ms())
         self.book.add_epoch(number, checkpoint, doc.raw, json.dumps(tree.dump()),
                             self._wall_ms())
-        self._trees[number] = tree
+        posted = last.epoch if last is not None else None
+        self._trees = {e: t for e, t in self._trees.items() if e == posted} | {number: tree}
         log.info("payout: epoch %d at checkpoint size %d: %d owners, %d micro-credits "
                  "(%d locked)", number, checkpoint.size, body.owners, body.total_micro,
                  body.locked_micro)
