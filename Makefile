@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SIM_STAMP := $(VENV)/.installed-sim
 
-.PHONY: test lint typecheck pytest demo soak bench clean deps broker chain postgresql
+.PHONY: test lint typecheck pytest demo soak bench clean deps broker chain postgresql homeassistant
 
 test: deps lint typecheck pytest
 
@@ -27,7 +27,7 @@ $(SIM_STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.[sim]'
 	touch $(SIM_STAMP)
 
-deps: $(STAMP) broker chain postgresql
+deps: $(STAMP) broker chain postgresql homeassistant
 
 broker:
 	@sh scripts/ensure-debian-packages.sh mosquitto:mosquitto
@@ -43,6 +43,11 @@ postgresql:
 # ganache (a real local Ethereum node for the chain-anchor tests) in .tools/node_modules.
 chain:
 	@sh scripts/ensure-ganache.sh
+
+# Home Assistant (a pinned release in .tools/ha-venv) for the Home Assistant test
+# (tests/homeassistant/): the agent's discovery configs checked by Home Assistant itself.
+homeassistant:
+	@sh scripts/ensure-home-assistant.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -344,7 +344,7 @@ def _log_routes(app: FastAPI, ctx: ApiContext) -> None:
                                 proof=[h.hex() for h in proof])
 
     @app.get("/v1/leaves/{index}", response_model=LeafOut, tags=["log"],
-             summary="A logged record by leaf index")
+             summary="A logged record (or signed document) by leaf index")
     def leaf(index: Annotated[int, Path(ge=0, le=MAX_INT)]) -> LeafOut:
         found = store.leaf(index)
         if found is None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from gateway.metrics import GatewayMetrics
 from gateway.store import (
     STATUS_ACTIVE,
+    Device,
     LogStore,
     LogTransaction,
     NewDocument,
@@ -91,6 +92,13 @@ class DocumentDesk:
     def _submit(self, raw: bytes) -> Logged:
         doc = _verified(raw)
         now = self._wall_ms()
+        logged = self._store.document(doc.id)
+        if logged is not None:
+            return Logged(logged, True, ())
+        try:
+            self._precheck(doc)
+        except RejectedDocument as exc:
+            raise DocumentRefused(DocumentReason(exc.reason), exc.detail) from None
         with self._store.transaction() as tx:
             existing = tx.document(doc.id)
             if existing is not None:
@@ -104,32 +112,52 @@ class DocumentDesk:
                                 new.counter, new.received_ms)
         return Logged(stored, False, new.devices)
 
+    def _precheck(self, doc: Document) -> None:
+        """Who may sign this, from committed state and before the log's write lock: a
+        document from anyone but a registered recipient or a device's owner never takes
+        the lock the sequencer needs (the full checks follow inside the transaction)."""
+        if doc.type == REQUEST:
+            request = body_of(doc, DataRequest)
+            registered = {r.signing_key: r for r in self._store.recipients()}
+            recipient = registered.get(doc.signer)
+            if recipient is None:
+                raise RejectedDocument(DocumentReason.UNKNOWN_SIGNER,
+                                       "not a registered recipient")
+            if recipient.sealing_key != request.recipient:
+                raise RejectedDocument(DocumentReason.UNKNOWN_SIGNER, "seals to another key "
+                                       f"than recipient {recipient.name!r}'s")
+        elif doc.type == CONSENT:
+            devices = body_of(doc, Consent).devices
+            check_owner(doc, devices, _owner_keys(self._store.device, devices))
+        elif doc.type == REVOCATION:
+            consent = self._store.document(body_of(doc, Revocation).consent)
+            if consent is None or consent.type != CONSENT:
+                raise RejectedDocument(DocumentReason.UNKNOWN_CONSENT, "no such logged consent")
+            if consent.signer != doc.signer:
+                raise RejectedDocument(DocumentReason.NOT_OWNER,
+                                       "signed by another key than the consent")
+
     def _check(self, tx: LogTransaction, doc: Document, now: int) -> NewDocument:
         if doc.type == REQUEST:
-            return self._check_request(tx, doc, now)
+            return _check_request(tx, doc, now)
         if doc.type == CONSENT:
             return _check_consent(tx, doc, now)
         if doc.type == REVOCATION:
             return _check_revocation(tx, doc, now)
         raise RejectedDocument(DocumentReason.WRONG_TYPE, f"{doc.type} is not logged here")
 
-    def _check_request(self, tx: LogTransaction, doc: Document, now: int) -> NewDocument:
-        request = body_of(doc, DataRequest)
-        registered = {r.signing_key: r for r in self._store.recipients()}
-        recipient = registered.get(doc.signer)
-        if recipient is None:
-            raise RejectedDocument(DocumentReason.UNKNOWN_SIGNER, "not a registered recipient")
-        if recipient.sealing_key != request.recipient:
-            raise RejectedDocument(DocumentReason.UNKNOWN_SIGNER,
-                                   f"seals to another key than recipient {recipient.name!r}'s")
-        if request.terms.not_after_ms <= now:
-            raise RejectedDocument(DocumentReason.REQUEST_EXPIRED, "its period is over")
-        for device_id in request.devices:
-            device = tx.device(device_id)
-            if device is None or device.status is not STATUS_ACTIVE:
-                raise RejectedDocument(DocumentReason.UNKNOWN_DEVICE, device_id.hex())
-        _require_streams(tx, request.devices, request.terms.streams)
-        return _new(doc, now, None, 0, ())
+
+
+def _check_request(tx: LogTransaction, doc: Document, now: int) -> NewDocument:
+    request = body_of(doc, DataRequest)  # its signer was checked by DocumentDesk._precheck
+    if request.terms.not_after_ms <= now:
+        raise RejectedDocument(DocumentReason.REQUEST_EXPIRED, "its period is over")
+    for device_id in request.devices:
+        device = tx.device(device_id)
+        if device is None or device.status is not STATUS_ACTIVE:
+            raise RejectedDocument(DocumentReason.UNKNOWN_DEVICE, device_id.hex())
+    _require_streams(tx, request.devices, request.terms.streams)
+    return _new(doc, now, None, 0, ())
 
 
 def _verified(raw: bytes) -> Document:
@@ -160,14 +188,25 @@ def _check_consent(tx: LogTransaction, doc: Document, now: int) -> NewDocument:
     consent = body_of(doc, Consent)
     request = _logged_body(tx, consent.request, REQUEST, DocumentReason.UNKNOWN_REQUEST)
     check_consent(doc, request, now)
-    owners: dict[bytes, bytes] = {}
-    for device_id in consent.devices:
-        device = tx.device(device_id)
-        if device is not None and device.status is STATUS_ACTIVE and device.owner_key:
-            owners[device_id] = device.owner_key
-    check_owner(doc, consent.devices, owners)
+    check_owner(doc, consent.devices, _owner_keys(tx.device, consent.devices))
     _require_streams(tx, consent.devices, consent.terms.streams)
     return _new(doc, now, consent.request, 0, consent.devices)
+
+
+def _owner_keys(lookup: Callable[[bytes], Device | None],
+                devices: tuple[bytes, ...]) -> dict[bytes, bytes]:
+    """Device id -> pinned owner key, for the active devices; RejectedDocument(not_owner)
+    for a device enrolled without an owner key (nobody can consent for it)."""
+    owners: dict[bytes, bytes] = {}
+    for device_id in devices:
+        device = lookup(device_id)
+        if device is None or device.status is not STATUS_ACTIVE:
+            continue  # check_owner: unknown_device
+        if device.owner_key is None:
+            raise RejectedDocument(DocumentReason.NOT_OWNER,
+                                   f"device {device_id.hex()} pins no owner key")
+        owners[device_id] = device.owner_key
+    return owners
 
 
 def _require_streams(tx: LogTransaction, devices: tuple[bytes, ...],

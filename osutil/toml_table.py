@@ -97,6 +97,15 @@ class Table:
                               f"{'string' if allow_empty else 'non-empty string'}")
         return value
 
+    def string_list(self, key: str) -> tuple[str, ...] | None:
+        """The list of strings at ``key``, or None if absent."""
+        value = self._get(key)
+        if value is None:
+            return None
+        if not (isinstance(value, list) and all(isinstance(x, str) for x in value)):
+            raise ConfigError(f"{self._name(key)}: must be a list of strings")
+        return tuple(value)
+
     def required_string(self, key: str) -> str:
         """The non-empty string at ``key``; ConfigError if it is absent."""
         value = self.string(key, None)

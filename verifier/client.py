@@ -305,6 +305,10 @@ def _logged(data: object) -> LoggedRecord:
     stream = data.get("stream")
     if not isinstance(stream, str):
         raise MalformedRecord("bad_response", "record: no stream")
+    if stream.startswith("document/"):  # PROTOCOL.md §8: documents are leaves too
+        raise MalformedRecord("not_a_record", f"leaf {data.get('index')} is a signed "
+                              f"{stream.removeprefix('document/')}, not a record: check it "
+                              "with `edgeproof-verify document` or `audit`")
     return LoggedRecord(_int(data.get("index"), "index"), _hex(data.get("device_id"), "device id"),
                         _int(data.get("seq"), "seq"), stream, _hex(data.get("record"), "record"))
 

@@ -278,6 +278,10 @@ class Uplink:
             raise TransportError("no CONNACK from the broker in time")
         if self._state is UplinkState.SYNCING and now >= self._sync_due_ms:
             self.counters["policy_sync_timeouts"] += 1
+            if self.counters["policy_sync_timeouts"] == 1:
+                log.warning("uplink: the gateway has not answered the policy sync; with grants "
+                            "in force nothing is sent until it does (asking again every "
+                            "%.0f s)", self.settings.receipt_timeout_ms / 1000)
             self._send_sync(now)
         if self._state is UplinkState.READY:
             self._expire(now)

@@ -24,7 +24,15 @@ from protocol.keys import (
 )
 from protocol.record import Measurement
 from tests.gateway.conftest import RunningGateway
-from tests.gateway.contractkit import ADMIN, HOUR_MS, key_epoch, now_ms, sealed_reading
+from tests.gateway.contractkit import (
+    ADMIN,
+    HOUR_MS,
+    Parties,
+    key_epoch,
+    now_ms,
+    sealed_reading,
+    submitted,
+)
 from tests.gateway.gwkit import RATE, DeviceClient, TestDevice
 from verifier.cli import main as verify_main
 
@@ -128,3 +136,14 @@ def test_owner_commands_refuse_bad_input_in_one_line(
     assert owner_main(["consent", "00" * 32, "--key", str(owner_file),
                        "--gateway", gateway.base_url]) == 2
     assert "no logged request" in capsys.readouterr().err
+
+
+def test_verify_record_on_a_document_leaf_says_what_it_is(
+        gateway: RunningGateway, devices: DeviceClient, capsys: Capture) -> None:
+    parties = Parties.enrol(gateway.base_url, devices)
+    index = submitted(gateway.base_url, parties.request())
+    capsys.readouterr()
+    assert verify_main(["record", "--gateway", gateway.base_url, "--leaf", str(index)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "is a signed request, not a record" in err

@@ -109,3 +109,49 @@ def test_courier_bounds_pending_syncs_and_answers_a_flood_once(tmp_path: Path) -
     assert len(sent) == 2
     assert all(PolicyDelivery.from_cbor(p).complete for _, p in sent)
     store.close()
+
+
+def test_documents_from_strangers_never_take_the_logs_write_lock(tmp_path: Path) -> None:
+    store, _, desk, _, buyer, device_id, sealing = _setup(tmp_path)
+    opened: list[int] = []
+    real = store.transaction
+
+    def counting() -> object:
+        opened.append(1)
+        return real()
+
+    store.transaction = counting  # type: ignore[method-assign]
+    stranger = SigningKey.generate()
+    terms = Terms((("climate", ("Cel",)),), 60, T0, T0 + HOUR)
+    request = sign_document(DataRequest(sealing, (device_id,), (), terms, "p", 0), buyer, T0)
+    desk.submit(request.raw)
+    assert len(opened) == 1
+    floods = [
+        sign_document(DataRequest(sealing, (device_id,), (), terms, "p", 0), stranger, T0),
+        sign_document(Consent(request.id, sealing, (device_id,), terms), stranger, T0),
+    ]
+    for doc in floods * 20:
+        with pytest.raises(DocumentRefused):
+            desk.submit(doc.raw)
+    assert len(opened) == 1  # refused from committed state, before the write lock
+    desk.submit(request.raw)  # the same bytes again: a duplicate, also without the lock
+    assert len(opened) == 1
+    store.close()
+
+
+def test_consent_for_a_device_enrolled_without_an_owner_key_is_refused(tmp_path: Path) -> None:
+    store, _, desk, owner, buyer, device_id, sealing = _setup(tmp_path)
+    legacy = store.register_device("old", SigningKey.generate().public_key, "o", 0, T0)
+    with store.transaction() as tx:
+        tx.append(NewLeaf(legacy.device_id, 0, bytes(32), bytes(32), b"l0", "climate", T0))
+    terms = Terms((("climate", ("Cel",)),), 60, T0, T0 + HOUR)
+    devices = tuple(sorted((device_id, legacy.device_id)))
+    request = sign_document(DataRequest(sealing, devices, (), terms, "p", 0), buyer, T0)
+    desk.submit(request.raw)
+    consent = sign_document(Consent(request.id, sealing, (legacy.device_id,), terms),
+                            owner.signing, T0)
+    with pytest.raises(DocumentRefused) as exc:
+        desk.submit(consent.raw)
+    assert exc.value.reason is DocumentReason.NOT_OWNER
+    assert "pins no owner key" in exc.value.detail
+    store.close()
