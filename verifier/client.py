@@ -130,13 +130,16 @@ class GatewayClient:
     def checkpoint(self) -> str:
         return _get(self.session, f"{self.base}/v1/checkpoint").text
 
-    def payout_epoch(self, epoch: int | None) -> tuple[bytes, str, bytes]:
-        """An epoch's signed document, checkpoint note and balances table (None: latest)."""
+    def payout_epoch(self, epoch: int | None) -> tuple[bytes, int | None, str, bytes]:
+        """An epoch's signed document, its leaf index, the checkpoint note it was computed at
+        and that checkpoint's balances table (``epoch`` None: the latest posted)."""
         path = "latest" if epoch is None else f"epochs/{epoch}"
         data = _json(_get(self.session, f"{self.base}/v1/payouts/{path}"))
         if not isinstance(data, dict) or not isinstance(data.get("checkpoint_note"), str):
             raise MalformedRecord("bad_response", "payout epoch answer is not an epoch")
-        return (_hex(data.get("document"), "epoch document"), data["checkpoint_note"],
+        leaf = data.get("leaf_index")
+        return (_hex(data.get("document"), "epoch document"),
+                None if leaf is None else _int(leaf, "leaf index"), data["checkpoint_note"],
                 _hex(data.get("balances"), "balances table"))
 
     def wallet_bindings(self) -> list[tuple[int, bytes]]:

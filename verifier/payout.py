@@ -1,13 +1,15 @@
 """Recompute a payout epoch from the log and compare it with the root on chain.
 
 Trusting neither the gateway nor the node: the epoch document must be signed by the
-gateway key; the checkpoint it names must be signed by that key and commit (its
-``balances`` line) to the balances table served with it; the bindings logged below that
-checkpoint's size must each be signed by the owner they bind (the first of an owner counts),
-be leaves of that checkpoint's tree (inclusion proofs) and be ``wallets`` in number. From
-those alone the tree is rebuilt (:mod:`rewards.epoch`, :mod:`rewards.tree`); its root, total
-and locked credit must be the document's, and the distributor's ``RootPosted`` event for
-that epoch must carry the same root and total. Every mismatch raises VerificationError.
+gateway key and be a leaf of the gateway's latest checkpoint; the checkpoint it names must
+be signed by that key and commit (its ``balances`` line) to the balances table served with
+it; the bindings logged below that checkpoint's size must each be signed by the owner they
+bind (the first of an owner counts), be leaves of that checkpoint's tree (inclusion proofs)
+and be ``wallets`` in number. From those alone the tree is rebuilt (:mod:`rewards.epoch`,
+:mod:`rewards.tree`); its root, total and locked credit must be the document's, and the
+distributor's ``RootPosted`` event for that epoch must carry the same root and total.
+Every mismatch raises VerificationError; an epoch document no checkpoint covers yet raises
+TransportError (exit 2: try again).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import hashlib
 from osutil.jsonrpc import JsonRpc
 from protocol import merkle
 from protocol.checkpoint import Checkpoint
-from protocol.errors import VerificationError
+from protocol.errors import TransportError, VerificationError
 from protocol.note import NoteVerifier
 from rewards import distributor as abi
 from rewards.documents import owner_name, verify_payout_epoch, verify_wallet_binding
@@ -30,8 +32,9 @@ def verify_payout(client: GatewayClient, gateway_key: str, rpc: JsonRpc,
                   epoch: int | None = None) -> dict[str, object]:
     """Recompute an epoch (None: the latest posted); return what was checked, or raise."""
     verifier = NoteVerifier.from_text(gateway_key)
-    raw, note, balances = client.payout_epoch(epoch)
+    raw, leaf_index, note, balances = client.payout_epoch(epoch)
     _, body = verify_payout_epoch(raw, verifier.public_key)
+    _check_logged(client, verifier, raw, leaf_index)
     checkpoint = Checkpoint.from_note(note, verifier)
     digest = hashlib.sha256(balances).digest()
     if checkpoint.size != body.checkpoint_size or digest != body.balances_hash:
@@ -69,6 +72,17 @@ def verify_payout(client: GatewayClient, gateway_key: str, rpc: JsonRpc,
             "root": "0x" + root.hex(), "owners": len(amounts.values),
             "total_micro": amounts.total_micro, "locked_micro": amounts.locked_micro,
             "distributor": "0x" + body.distributor.hex(), "chain_id": body.chain_id}
+
+
+def _check_logged(client: GatewayClient, verifier: NoteVerifier, raw: bytes,
+                  leaf_index: int | None) -> None:
+    """The epoch document must be a leaf of the gateway's latest checkpoint."""
+    latest = Checkpoint.from_note(client.checkpoint(), verifier)
+    if leaf_index is None or leaf_index >= latest.size:
+        raise TransportError("the epoch document is not covered by a checkpoint yet; "
+                             "try again after the next checkpoint")
+    merkle.verify_inclusion(merkle.leaf_hash(raw), leaf_index, latest.size,
+                            client.inclusion_proof(leaf_index, latest.size), latest.root_hash)
 
 
 def _posted_root(rpc: JsonRpc, distributor: str, epoch: int) -> tuple[bytes, int] | None:
