@@ -140,6 +140,14 @@ class Table:
                               f"(got {value!r})")
         return allowed[allowed.index(value)]
 
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise ConfigError(f"{self._name(key)}: must be true or false")
+        return value
+
     def integer(self, key: str, default: int, *, low: int | None = None,
                 high: int | None = None) -> int:
         value = self.optional_integer(key, low=low, high=high)
