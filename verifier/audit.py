@@ -84,6 +84,9 @@ def _story(audit: Audit, story: GrantStory) -> dict[str, object]:
                         "clock_synced": e.clock_synced, "stream": e.derived_stream}
                        for e in story.epochs if e.wall_ms < audit.to_ms],
     }
+    dropped = _dropped_by(audit, story)
+    if dropped is not None:
+        out["dropped_by"] = dropped
     if story.revocation is not None:
         revocation = body_of(story.revocation, Revocation)
         out["ended"] = {"by": "revocation", "leaf": story.revocation_leaf,
@@ -94,6 +97,20 @@ def _story(audit: Audit, story: GrantStory) -> dict[str, object]:
     else:
         out["ended"] = {"by": "not ended", "as_of_tree_size": audit.checkpoint.size}
     return out
+
+
+def _dropped_by(audit: Audit, story: GrantStory) -> dict[str, object] | None:
+    """The first key epoch after the last one applying the consent that no longer does:
+    from it on the device sealed nothing more to that grant."""
+    if not story.epochs:
+        return None
+    last = max(e.seq for e in story.epochs)
+    for leaf, record in audit.epochs:
+        body = record.body
+        if record.seq > last and isinstance(body, KeyEpoch) and story.consent.id not in {
+                c for _, c in body.consents}:
+            return {"seq": record.seq, "wall_time": wall_time(record.wall_ms), "leaf": leaf}
+    return None
 
 
 def audit_json(audit: Audit) -> dict[str, object]:
@@ -131,6 +148,10 @@ def print_audit(audit: Audit, out: TextIO) -> None:
         for e in g["applied_by"]:
             print(f"  applied by key epoch seq {e['seq']} at {e['wall_time']} (leaf "
                   f"{e['leaf']}, stream {e['stream']})", file=out)
+        if "dropped_by" in g:
+            d = g["dropped_by"]
+            print(f"  dropped by key epoch seq {d['seq']} at {d['wall_time']} (leaf "
+                  f"{d['leaf']}): nothing sealed to it after", file=out)
         ended = g["ended"]
         if ended["by"] == "revocation":
             print(f"  until revocation (leaf {ended['leaf']}, counter {ended['counter']}, "

@@ -76,6 +76,7 @@ def test_audit_shows_who_could_decrypt_what_from_which_consent_until_which_revoc
     assert [e["seq"] for e in grant["applied_by"]] == [epoch_seq]
     assert grant["ended"]["by"] == "revocation"
     assert grant["ended"]["counter"] == 1
+    assert grant["dropped_by"]["seq"] == epoch_seq + 1  # the device's next epoch drops it
     # Offline, from the bundle alone: the same answer.
     assert verify_main(["audit", "--bundle", str(bundle), "--gateway-key", gateway.verifier,
                         "--owner-key", key, "--json"]) == 0

@@ -123,6 +123,7 @@ def test_requests_from_unregistered_recipients_and_oversized_or_nested_documents
                        parties.buyer_sealing)
     assert submit(gateway.base_url, stranger.request()).json()["reason"] == "unknown_signer"
     assert submit(gateway.base_url, b"\xd2" * 9000).json()["reason"] == "too_large"
+    assert submit(gateway.base_url, b"\xd2" * 100_000).status_code == 413  # never read whole
     deep: cbor.Value = "x"
     for _ in range(20):
         deep = [deep]
