@@ -67,6 +67,7 @@ bench: deps
 	$(PY) bench/e2e_bench.py
 	$(PY) bench/store_bench.py
 	$(PY) bench/scale_bench.py
+	$(PY) bench/chain_bench.py
 	nice $(PY) bench/quality_bench.py
 
 # The one-command demo (README, "Demo"); options go in DEMO_ARGS, for example

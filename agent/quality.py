@@ -1,6 +1,6 @@
 """What validators say about this device: the latest quality verdicts that reached it.
 
-A quality attestation (PROTOCOL.md §19) naming this device arrives on the policy topic like
+A quality attestation (PROTOCOL.md §20) naming this device arrives on the policy topic like
 a consent. It changes nothing the device does; the owner sees it in ``edgeproof-agent
 status`` (a sensor turning suspect or faulty). The device checks the signature and that the
 attestation names it; the gateway only logs attestations of registered validators that

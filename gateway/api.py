@@ -28,6 +28,8 @@ from gateway.contracts import DocumentDesk
 from gateway.documents_api import document_routes
 from gateway.http_guard import RequestGuard, token_matches
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics
+from gateway.payout import PayoutWorker
+from gateway.payout_api import payout_routes
 from gateway.store import Device, DeviceExists, DeviceNotFound, Leaf, LogStore
 from protocol import cbor, merkle
 from protocol.keys import Secret
@@ -56,6 +58,7 @@ class ApiContext:
         lambda after_size, limit: None
     # gateway.contracts.DocumentDesk: checks and logs submitted documents (None: refused).
     desk: DocumentDesk | None = None
+    payout: PayoutWorker | None = None  # [payout] configured: epochs, wallets, proofs
 
 
 class RegisterDevice(BaseModel):
@@ -235,6 +238,7 @@ def create_app(ctx: ApiContext, limits: HttpLimits | None = None) -> FastAPI:
     _log_routes(app, ctx)
     document_routes(app, ctx.store, ctx.desk, admin, ctx.wall_ms)
     _service_routes(app, ctx)
+    payout_routes(app, ctx.payout, ctx.wall_ms)
     app.add_exception_handler(RequestValidationError, _parameter_error)
     app.add_middleware(
         RequestGuard, admin_token=ctx.admin_token.value,

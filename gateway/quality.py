@@ -1,4 +1,4 @@
-"""Quality attestations at the gateway's document desk (docs/PROTOCOL.md §19).
+"""Quality attestations at the gateway's document desk (docs/PROTOCOL.md §20).
 
 A validator is a registered recipient (``POST /v1/recipients``): its Ed25519 key signs the
 attestation and its X25519 key is the one the attested records must be sealed to. The

@@ -68,6 +68,7 @@ from gateway.gatewaykey import load_gateway_key
 from gateway.http_guard import server_config
 from gateway.ingest import Message, MqttIngest
 from gateway.metrics import GatewayMetrics
+from gateway.payout import PayoutWorker
 from gateway.sequencer import Sequencer, SignedReceipt
 from gateway.sqlite_store import SQLiteLogStore
 from gateway.store import STATUS_REVOKED, Device, LogStore, NotSequencer
@@ -212,13 +213,16 @@ class GatewayService:
             self.metrics.sequencer_leading.set(1)
         self._pool = VerifyPool(config.verify_workers, config.verify_threads, config.limits,
                                 self.metrics.registry)
+        self.payout = None if config.payout is None else PayoutWorker(
+            config.payout, self.store, config.data_dir, self.key.signing_key, wall_ms=clock_ms,
+            monotonic=monotonic, registry=self.metrics.registry)
         self.ingest = MqttIngest(config.broker, self._on_message, monotonic)
         self.ingest.on_publish_failure = self.metrics.receipt_failures.inc
         self.courier = PolicyCourier(self.store, self.ingest.publish, self.metrics, monotonic)
         self.desk = DocumentDesk(self.store, self.metrics, clock_ms, self.courier.push)
         api = ApiContext(self.store, self.metrics, self.key.verifier_text(), admin_token,
                          clock_ms, self._health, self.anchor.lookup,
-                         self.anchor.listing, self.desk)
+                         self.anchor.listing, self.desk, self.payout)
         self.http = HttpServer(
             create_app(api, config.http), config.http_host, config.http_port, config.http,
             self.metrics.http_rejected)
@@ -238,6 +242,8 @@ class GatewayService:
             self.checkpointer.issue()  # a crash may have left leaves after the last checkpoint
         self._pool.start()
         self.anchor.start()  # ConfigError if an ethereum node is on another chain
+        if self.payout is not None:
+            self.payout.start()
         self.http.start()
         self.courier.start()
         self.ingest.start()
@@ -279,6 +285,8 @@ class GatewayService:
         finally:
             self.anchor.close()  # anchors still queued are persisted for the next run
             self.http.stop()
+            if self.payout is not None:  # after HTTP: the API reads its book
+                self.payout.close()  # a pending epoch is persisted for the next run
             self.store.close()
 
     # --- the pipeline ----------------------------------------------------------------------

@@ -9,6 +9,7 @@
                             [--not-before T] [--not-after T]
     edgeproof-owner revoke CONSENT_ID --key FILE --gateway URL [--reason TEXT]
     edgeproof-owner data --key FILE --gateway URL [--device ID ...] [--stream S ...] [--json]
+    edgeproof-owner wallet keygen | bind | status | claim ...   (rewards/cli.py)
 
 The secret keys never leave the key file and are never printed. Consents and revocations
 are signed here and submitted to the gateway, which logs them and delivers them to the
@@ -27,6 +28,7 @@ from pathlib import Path
 from osutil.cli import EXIT_OK, add_version, run_command
 from owner import actions
 from protocol.keys import OwnerKey, OwnerPublic, load_owner_key, save_owner_key
+from rewards import cli as wallet_cli
 from verifier.client import DocumentClient
 from verifier.documents import as_text, parse_device_ids, parse_streams, parse_time_ms
 from verifier.records import Follow, show_records
@@ -93,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     data.add_argument("--stream", action="append", metavar="S", help="only this stream")
     for p in (devices, requests, consent, revoke, data):
         p.add_argument("--json", action="store_true", help="machine-readable output")
+    wallet_cli.add_commands(sub)
     return parser
 
 
@@ -118,6 +121,8 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"wrote {args.key} (mode 0600; keep it here, never share it)")
         print(OwnerPublic.of(key).text())
         return EXIT_OK
+    if args.command == "wallet":
+        return wallet_cli.run(args)
     key = load_owner_key(args.key)
     if args.command == "show":
         print(OwnerPublic.of(key).text())

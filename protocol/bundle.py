@@ -16,7 +16,7 @@ the key the last rotation before it names.
 The gateway's key in the bundle is only a claim: an auditor passes the key they trust
 (``trusted_gateway_key``) and the bundle must match it.
 
-A bundle may also carry the quality attestations (docs/PROTOCOL.md §19) whose verdicts name
+A bundle may also carry the quality attestations (docs/PROTOCOL.md §20) whose verdicts name
 the record's leaf, each proved in the same checkpoint: :func:`verify_bundle` checks each
 signature, that it names this record of this device, and its inclusion, and reports the
 verdicts. Whether to trust a validator's key is the reader's decision, as with the gateway's.

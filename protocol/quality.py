@@ -1,6 +1,6 @@
 """Quality attestations: a validator's signed verdicts on one window of one site.
 
-A body of :mod:`protocol.documents` (type ``"quality"``, docs/PROTOCOL.md §19), signed by
+A body of :mod:`protocol.documents` (type ``"quality"``, docs/PROTOCOL.md §20), signed by
 a registered validator's Ed25519 key: which site, which stream and field, which window,
 the consensus value, and per sensor (a device) its state after the window, why the window
 was bad, and the log indices of the records the verdict rests on.

@@ -181,7 +181,7 @@ def test_oversized_and_deeply_nested_documents_are_malformed() -> None:
 
 
 def test_unknown_document_type_and_record_bytes_are_not_documents() -> None:
-    payload = cbor.encode({1: 1, 2: "wallet", 3: OWNER.public_key, 4: 0, 5: {}})
+    payload = cbor.encode({1: 1, 2: "no_such_type", 3: OWNER.public_key, 4: 0, 5: {}})
     with pytest.raises(MalformedRecord) as exc:
         parse_document(cose.sign1(payload, signer_id(OWNER.public_key), OWNER))
     assert exc.value.reason == "unknown_document_type"

@@ -1,4 +1,4 @@
-"""Quality attestations (PROTOCOL.md §19): the bytes, and the gateway's rules for bad input
+"""Quality attestations (PROTOCOL.md §20): the bytes, and the gateway's rules for bad input
 (unregistered validator, leaves that do not exist or that it cannot read, records outside
 the window, conflicting attestations for one window, oversized) each refused with a reason."""
 

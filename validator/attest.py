@@ -1,4 +1,4 @@
-"""A window's verdict as a signed quality attestation (docs/PROTOCOL.md §19).
+"""A window's verdict as a signed quality attestation (docs/PROTOCOL.md §20).
 
 In the running role a sensor's name at its site is its device id in hex, so a verdict
 maps onto the attestation's devices directly; ``leaves`` says which logged records (leaf
@@ -24,7 +24,7 @@ def attestation_for(verdict: WindowVerdict, stream: str, field: str,
     """The attestation of ``verdict`` (sensor names are device ids in hex).
 
     Raises ValueError if a sensor name is not a device id; MalformedRecord if the result
-    breaks a cap of §19 (more than 64 leaves for a sensor).
+    breaks a cap of §20 (more than 64 leaves for a sensor).
     """
     sensors = []
     for v in verdict.sensors:

@@ -130,6 +130,26 @@ class GatewayClient:
     def checkpoint(self) -> str:
         return _get(self.session, f"{self.base}/v1/checkpoint").text
 
+    def payout_epoch(self, epoch: int | None) -> tuple[bytes, int | None, str, bytes]:
+        """An epoch's signed document, its leaf index, the checkpoint note it was computed at
+        and that checkpoint's balances table (``epoch`` None: the latest posted)."""
+        path = "latest" if epoch is None else f"epochs/{epoch}"
+        data = _json(_get(self.session, f"{self.base}/v1/payouts/{path}"))
+        if not isinstance(data, dict) or not isinstance(data.get("checkpoint_note"), str):
+            raise MalformedRecord("bad_response", "payout epoch answer is not an epoch")
+        leaf = data.get("leaf_index")
+        return (_hex(data.get("document"), "epoch document"),
+                None if leaf is None else _int(leaf, "leaf index"), data["checkpoint_note"],
+                _hex(data.get("balances"), "balances table"))
+
+    def wallet_bindings(self) -> list[tuple[int, bytes]]:
+        """(leaf index, signed bytes) of every wallet binding the gateway logged."""
+        data = _json(_get(self.session, f"{self.base}/v1/wallets"))
+        if not isinstance(data, list) or not all(isinstance(w, dict) for w in data):
+            raise MalformedRecord("bad_response", "wallet list is not a list of objects")
+        return [(_int(w.get("leaf_index"), "leaf index"), _hex(w.get("document"), "binding"))
+                for w in data]
+
     def leaf(self, index: int) -> LoggedRecord:
         return _logged(_json(_get(self.session, f"{self.base}/v1/leaves/{index}")))
 

@@ -1,4 +1,4 @@
-"""The quality attestations that cover a record, for its proof bundle (PROTOCOL.md §19)."""
+"""The quality attestations that cover a record, for its proof bundle (PROTOCOL.md §20)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ PAGE = 1000
 
 def covering_attestations(client: DocumentClient, logged: LoggedRecord, size: int
                           ) -> tuple[AttestationProof, ...]:
-    """The quality attestations (PROTOCOL.md §19) in the tree of ``size`` leaves whose
+    """The quality attestations (PROTOCOL.md §20) in the tree of ``size`` leaves whose
     verdict on the record's device names its leaf, each with its inclusion proof. Which
     validators to believe is the reader's call: the report names each by its signer id."""
     found: list[AttestationProof] = []

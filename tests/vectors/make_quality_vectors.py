@@ -3,7 +3,7 @@
 Run ``python tests/vectors/make_quality_vectors.py`` to rewrite the file; the tests
 regenerate it in memory and require byte equality with the committed copy.
 
-One vector (PROTOCOL.md §19): a validator's attestation of one ten-minute window of a
+One vector (PROTOCOL.md §20): a validator's attestation of one ten-minute window of a
 site of three DHT22s measuring temperature ("climate", "Cel"), one of them faulty for a
 bias, each verdict naming the log indices of the records judged.
 """
