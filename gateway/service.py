@@ -54,6 +54,7 @@ from gateway.fairness import (
     device_label,
 )
 from gateway.gatewaykey import load_gateway_key
+from gateway.history import History, Sample
 from gateway.http_guard import server_config
 from gateway.ingest import Message, MqttIngest
 from gateway.metrics import GatewayMetrics
@@ -194,9 +195,10 @@ class GatewayService:
                                         thread_name_prefix="gateway-verify")
         self.ingest = MqttIngest(config.broker, self._on_message, monotonic)
         self.ingest.on_publish_failure = self.metrics.receipt_failures.inc
+        self.history = History(self._sample, monotonic)
         api = ApiContext(self.store, self.metrics, self.key.verifier_text(), admin_token,
                          clock_ms, self._health, self.anchor.lookup,
-                         self.anchor.listing)
+                         self.anchor.listing, self.history, self.breaker.blocked)
         self.http = HttpServer(
             create_app(api, config.http), config.http_host, config.http_port, config.http,
             self.metrics.http_rejected)
@@ -235,6 +237,7 @@ class GatewayService:
                 self._queue.wait(self._idle_timeout())
                 self.sequencer.checkpoint_if_due()
             self._last_progress = self._monotonic()
+            self._sample_history()
             if self._notifier.watchdog(round(self._last_progress * 1000), progressed=True):
                 self._notifier.status(self._status())
 
@@ -359,6 +362,22 @@ class GatewayService:
                     "dropped for %.0f s", device.hex(), self.breaker.threshold, cooloff)
         for work in self._queue.drain(device):
             self._drop(device, work.message, QUARANTINED)
+
+    def _sample(self) -> Sample:
+        """The counters the dashboard charts (gateway.history), read from the metrics."""
+        snap = self.metrics.snapshot()
+        rejections = snap["rejections"]
+        assert isinstance(rejections, dict)
+        latest = self.checkpointer.latest
+        return Sample(self._wall_ms(), self.store.size(), latest.size if latest else 0,
+                      int(str(snap["records_accepted"])), int(str(snap["records_duplicate"])),
+                      {str(k): int(v) for k, v in rejections.items() if v})
+
+    def _sample_history(self) -> None:
+        try:
+            self.history.sample_if_due()
+        except StorageError as exc:  # a chart misses a point; the log goes on
+            log.warning("dashboard history: no sample: %s", exc)
 
     def _watch_queue(self) -> None:
         m, q = self.metrics, self._queue
