@@ -75,6 +75,7 @@ bench: deps
 	$(PY) bench/gateway_bench.py
 	$(PY) bench/e2e_bench.py
 	$(PY) bench/store_bench.py
+	$(PY) bench/dashboard_bench.py
 
 # The one-command demo (README, "Demo"); options go in DEMO_ARGS, for example
 # make demo DEMO_ARGS="--devices 3 --duration 30". It needs the sim extra and mosquitto only.
