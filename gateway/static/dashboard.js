@@ -119,7 +119,7 @@ window.addEventListener("resize", () => {
 // --- the summary ----------------------------------------------------------------------------
 
 function anchorText(anchor) {
-  if (anchor === null) return "pending on chain";
+  if (anchor === null) return "not on chain (yet)";
   if (anchor.backend === "local") return "local signed chain";
   return `${anchor.backend} chain ${anchor.chain_id}, block ${anchor.block_number}, tx ${anchor.tx_hash}`;
 }
