@@ -110,6 +110,31 @@ function drawCharts(series) {
   }
 }
 
+// Credit per owner on the table's page, as bars. Heights are floats for drawing only; the
+// table beside it shows the exact integer amounts.
+let ownerNames = [];
+
+function drawOwners(rows) {
+  if (typeof uPlot === "undefined") return;
+  ownerNames = rows.map((o) => o.owner);
+  const data = [rows.map((_, i) => i), rows.map((o) => Number(o.balance_micro) / 1e6)];
+  if (charts["chart-owners"]) {
+    charts["chart-owners"].plot.setData(data);
+    return;
+  }
+  const el = $("chart-owners");
+  const opts = {
+    width: chartWidth(el), height: 200, legend: { show: false },
+    series: [{}, { label: "settled credit", stroke: COLORS[0], fill: "rgba(47,111,223,0.35)",
+                   paths: uPlot.paths.bars({ size: [0.6, 80] }), points: { show: false } }],
+    scales: { x: { time: false, range: () => [-0.5, Math.max(ownerNames.length, 1) - 0.5] } },
+    axes: [{ splits: () => ownerNames.map((_, i) => i),
+             values: (u, splits) => splits.map((i) => ownerNames[i] ?? "") },
+           { label: "credits" }],
+  };
+  charts["chart-owners"] = { plot: new uPlot(opts, data, el), shape: "owners" };
+}
+
 window.addEventListener("resize", () => {
   for (const key of Object.keys(charts)) {
     charts[key].plot.setSize({ width: chartWidth($(key)), height: 200 });
@@ -159,8 +184,8 @@ function renderSummary(s) {
 // --- paged tables ---------------------------------------------------------------------------
 
 class Pager {
-  constructor(name, path, key, render) {
-    Object.assign(this, { name, path, key, render, cursors: [""], next: null });
+  constructor(name, path, key, render, draw) {
+    Object.assign(this, { name, path, key, render, draw, cursors: [""], next: null });
     $(`${name}-prev`).addEventListener("click", () => this.move(-1));
     $(`${name}-next`).addEventListener("click", () => this.move(1));
   }
@@ -178,6 +203,7 @@ class Pager {
     const rows = page[this.key];
     this.next = page.next_after;
     fillTable(`${this.name}-table`, rows, this.render);
+    if (this.draw) this.draw(rows);
     const first = (this.cursors.length - 1) * PAGE;
     setText(`${this.name}-page`, rows.length
       ? `(${first + 1}–${first + rows.length}${this.next === null ? "" : ", more"})` : "(none)");
@@ -207,7 +233,7 @@ const owners = new Pager("owners", "/v1/owners", "owners", (tr, o) => {
   cell(tr, o.owner);
   cell(tr, fmtInt(o.devices), "num");
   cell(tr, fmtMicro(o.balance_micro), "num");
-});
+}, drawOwners);
 
 // --- the loop ---------------------------------------------------------------------------------
 

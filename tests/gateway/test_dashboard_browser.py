@@ -18,6 +18,7 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
+from provisioning.fleet import load_fleet
 from tests.harness.browser import chromium, console_errors, wait_until
 from tests.harness.testbed import AgentSpec, Testbed
 
@@ -145,6 +146,32 @@ def test_dashboard_goes_offline_while_the_gateway_restarts_and_recovers_by_itsel
     assert number(browser, "checkpoint-size") == after["checkpoint_size"]
     assert len(table(browser, "devices-table")) == after["devices"]
     console_errors(browser)  # fetches that failed while it was down are expected there
+
+
+def test_revoked_device_shows_revoked_and_its_rejections_appear_by_reason(
+        testbed: Testbed, browser: WebDriver) -> None:
+    # Revoked at the gateway only (its broker login stays): what it sends next is refused.
+    token = load_fleet(testbed.fleet).admin_token_file.read_text().strip()
+    victim = testbed.agents["dash-b"]
+    httpx.post(f"{testbed.gateway_url}/v1/devices/{victim.device_id}/revoke",
+               headers={"Authorization": f"Bearer {token}"}, timeout=10).raise_for_status()
+    if not victim.running:  # the earlier tests stopped it
+        victim.start()
+    browser.get(f"{testbed.gateway_url}/dashboard")
+    wait_until(lambda: number(browser, "records-rejected") > 0, 60, "a rejection on the page")
+    wait_until(lambda: "revoked_device" in browser.find_element(By.ID, "chart-rejections").text,
+               30, "the revoked_device series in the rejections chart")
+    stats = quiesce(testbed)
+    wait_for_fresh_page(browser, stats["log_size"])
+    stats = api(testbed, "/v1/stats")
+    rejected = {k: v for k, v in stats["rejections"].items() if v}
+    assert set(rejected) == {"revoked_device"}
+    assert {r[0]: int(r[1].replace(",", "")) for r in table(browser, "rejections-table")} \
+        == rejected
+    assert number(browser, "records-rejected") == rejected["revoked_device"]
+    assert number(browser, "devices-revoked") == stats["devices_revoked"] == 1
+    states = {r[0]: r[3] for r in table(browser, "devices-table")}
+    assert states == {"dash-a": "active", "dash-b": "revoked"}
 
 
 def test_dashboard_is_served_with_a_policy_that_forbids_loads_from_elsewhere(
