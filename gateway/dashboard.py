@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import FastAPI, HTTPException, Query, Response
 from pydantic import BaseModel, Field
 
-from gateway.store import Device, LogStore, StoredCheckpoint
+from gateway.store import Device, LastRecord, StoredCheckpoint
 
 if TYPE_CHECKING:
     from gateway.api import ApiContext
@@ -153,7 +153,9 @@ def summary(ctx: ApiContext) -> dict[str, object]:
     stats = ctx.metrics.snapshot()
     counts = ctx.store.counts()
     latest = ctx.store.latest_checkpoint()
-    rejections = {k: v for k, v in dict(stats["rejections"]).items() if v}  # type: ignore[call-overload]
+    by_reason = stats["rejections"]
+    assert isinstance(by_reason, dict)
+    rejections = {str(k): int(v) for k, v in by_reason.items() if v}
     health = ctx.health()
     return {
         "gateway": {"name": ctx.verifier_key.split("+", 1)[0], "now_ms": ctx.wall_ms(),
@@ -176,21 +178,20 @@ def summary(ctx: ApiContext) -> dict[str, object]:
     }
 
 
-def _device_row(d: Device, ctx: ApiContext, last: dict[bytes, tuple[int, int]]) -> DashboardDevice:
-    seq, received = last.get(d.device_id, (None, None))
+def _device_row(d: Device, ctx: ApiContext, last: LastRecord | None) -> DashboardDevice:
     return DashboardDevice(
         name=d.name, device_id=d.device_id.hex(), owner=d.owner, status=d.status.value,
         equivocated=bool(d.flags & 1), quarantined=ctx.quarantined(d.device_id),
         settled_micro=d.settled_micro, registered_ms=d.registered_ms, revoked_ms=d.revoked_ms,
-        last_seq=seq, last_received_ms=received)
+        last_seq=last.seq if last else None,
+        last_received_ms=last.received_ms if last else None)
 
 
-def device_page(store: LogStore, ctx: ApiContext, after: str, limit: int) -> DevicePage:
+def device_page(ctx: ApiContext, after: str, limit: int) -> DevicePage:
     """One page of devices by name, with their newest record."""
-    devices = store.devices(after, limit)
-    last = {k: (v.seq, v.received_ms)
-            for k, v in store.last_records([d.device_id for d in devices]).items()}
-    rows = [_device_row(d, ctx, last) for d in devices]
+    devices = ctx.store.devices(after, limit)
+    last = ctx.store.last_records([d.device_id for d in devices])
+    rows = [_device_row(d, ctx, last.get(d.device_id)) for d in devices]
     return DevicePage(devices=rows, next_after=rows[-1].name if len(rows) == limit else None)
 
 
@@ -216,7 +217,7 @@ def add_dashboard_routes(app: FastAPI, ctx: ApiContext) -> None:
     @app.get("/v1/dashboard/devices", response_model=DevicePage, tags=["dashboard"],
              summary="Devices by name with their state, a page at a time")
     def dashboard_devices(after: Cursor = "", limit: PageLimit = DEFAULT_PAGE) -> DevicePage:
-        return device_page(ctx.store, ctx, after, limit)
+        return device_page(ctx, after, limit)
 
     @app.get("/v1/owners", response_model=OwnerPage, tags=["log"],
              summary="Settled credit per owner now, by owner (UTF-8 bytes), a page at a time")
