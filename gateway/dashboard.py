@@ -153,9 +153,7 @@ def summary(ctx: ApiContext) -> dict[str, object]:
     stats = ctx.metrics.snapshot()
     counts = ctx.store.counts()
     latest = ctx.store.latest_checkpoint()
-    by_reason = stats["rejections"]
-    assert isinstance(by_reason, dict)
-    rejections = {str(k): int(v) for k, v in by_reason.items() if v}
+    rejections = record_rejections(stats)
     health = ctx.health()
     return {
         "gateway": {"name": ctx.verifier_key.split("+", 1)[0], "now_ms": ctx.wall_ms(),
@@ -171,11 +169,35 @@ def summary(ctx: ApiContext) -> dict[str, object]:
         "records": {"accepted": stats["records_accepted"],
                     "duplicate": stats["records_duplicate"],
                     "rejected": sum(rejections.values())},
-        "rejections": rejections,
+        "rejections": {**rejections, **refused_messages(stats)},
         "recent_checkpoints": _recent_checkpoints(ctx),
         "series": ctx.history.series() if ctx.history else {},
         "sections": dict.fromkeys(SECTIONS),
     }
+
+
+def _counts(value: object) -> dict[str, int]:
+    assert isinstance(value, dict)
+    return {str(k): int(v) for k, v in value.items() if v}
+
+
+def record_rejections(stats: dict[str, object]) -> dict[str, int]:
+    """Records rejected so far per reason code (non-zero only), from metrics.snapshot()."""
+    return _counts(stats["rejections"])
+
+
+def refused_messages(stats: dict[str, object]) -> dict[str, int]:
+    """Whole MQTT messages refused so far, as ``batch REASON`` (unreadable: no record in
+    them was judged) and ``dropped REASON`` (dropped before verification, all devices),
+    non-zero only, from metrics.snapshot()."""
+    out = {f"batch {k}": v for k, v in _counts(stats["batches_unreadable"]).items()}
+    dropped = stats["ingest_dropped"]
+    assert isinstance(dropped, dict)
+    for reason, by_device in dropped.items():
+        total = sum(_counts(by_device).values())
+        if total:
+            out[f"dropped {reason}"] = total
+    return out
 
 
 def _device_row(d: Device, ctx: ApiContext, last: LastRecord | None) -> DashboardDevice:

@@ -42,6 +42,7 @@ from gateway.anchor import open_anchor
 from gateway.api import ApiContext, create_app
 from gateway.checkpoints import Checkpointer
 from gateway.config import GatewayConfig, HttpLimits
+from gateway.dashboard import record_rejections, refused_messages
 from gateway.fairness import (
     OVER_SHARE,
     QUARANTINED,
@@ -366,12 +367,10 @@ class GatewayService:
     def _sample(self) -> Sample:
         """The counters the dashboard charts (gateway.history), read from the metrics."""
         snap = self.metrics.snapshot()
-        rejections = snap["rejections"]
-        assert isinstance(rejections, dict)
         latest = self.checkpointer.latest
         return Sample(self._wall_ms(), self.store.size(), latest.size if latest else 0,
                       int(str(snap["records_accepted"])), int(str(snap["records_duplicate"])),
-                      {str(k): int(v) for k, v in rejections.items() if v})
+                      {**record_rejections(snap), **refused_messages(snap)})
 
     def _sample_history(self) -> None:
         try:

@@ -6,7 +6,8 @@ import httpx
 import pytest
 
 from gateway.history import History, Sample
-from tests.gateway.gwkit import ADMIN_TOKEN, TestDevice, register
+from tests.gateway.gwkit import ADMIN_TOKEN, TestDevice, batch_bytes, register
+from tests.harness.browser import wait_until
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -31,6 +32,27 @@ def test_dashboard_json_needs_no_token_and_reveals_no_secret(gateway, devices) -
                                      httpx.get(f"{url}/v1/dashboard/devices"),
                                      httpx.get(f"{url}/dashboard")])
     assert ADMIN_TOKEN not in text
+
+
+def test_refused_records_and_unreadable_messages_both_show_by_reason(gateway, devices) -> None:
+    dev = TestDevice.create("dev-noisy", 71)
+    register(gateway.base_url, dev)
+    devices.send(dev, dev.records(2), 1)
+    devices.wait_for(dev.device_id, 1)
+    devices.publish(dev.device_id, b"\xff not a batch")  # unreadable: refused whole
+    stranger = TestDevice.create("dev-stranger", 72)  # signs as a device never registered
+    devices.publish(dev.device_id, batch_bytes(stranger.records(1), 2))
+    url = gateway.base_url
+
+    def counted() -> dict[str, object] | None:
+        summary = httpx.get(f"{url}/v1/dashboard/summary").json()
+        series = summary["series"]["rejections_per_s"]
+        return summary if {"batch malformed", "unknown_device"} <= set(series) else None
+    summary = wait_until(counted, 30, "both reasons in the chart's series")
+    stats = httpx.get(f"{url}/v1/stats").json()
+    assert summary["rejections"]["batch malformed"] == stats["batches_unreadable"]["malformed"]
+    assert summary["rejections"]["unknown_device"] == stats["rejections"]["unknown_device"]
+    assert summary["records"]["rejected"] == sum(stats["rejections"].values())
 
 
 def test_device_pages_cover_every_device_once(gateway) -> None:

@@ -166,8 +166,11 @@ def test_revoked_device_shows_revoked_and_its_rejections_appear_by_reason(
     stats = api(testbed, "/v1/stats")
     rejected = {k: v for k, v in stats["rejections"].items() if v}
     assert set(rejected) == {"revoked_device"}
+    refused = {f"batch {k}": v for k, v in stats["batches_unreadable"].items() if v} | {
+        f"dropped {k}": sum(d.values()) for k, d in stats["ingest_dropped"].items()
+        if sum(d.values())}
     assert {r[0]: int(r[1].replace(",", "")) for r in table(browser, "rejections-table")} \
-        == rejected
+        == rejected | refused
     assert number(browser, "records-rejected") == rejected["revoked_device"]
     assert number(browser, "devices-revoked") == stats["devices_revoked"] == 1
     states = {r[0]: r[3] for r in table(browser, "devices-table")}
