@@ -151,7 +151,7 @@ def _checkpoint_row(c: StoredCheckpoint, anchor: dict[str, object] | None, *,
 def summary(ctx: ApiContext) -> dict[str, object]:
     """Everything the top of the page and its charts show (``/v1/dashboard/summary``)."""
     stats = ctx.metrics.snapshot()
-    counts = ctx.store.counts()
+    devices = ctx.store.device_counts()
     latest = ctx.store.latest_checkpoint()
     rejections = record_rejections(stats)
     health = ctx.health()
@@ -161,10 +161,10 @@ def summary(ctx: ApiContext) -> dict[str, object]:
                     "mqtt_connected": health.get("mqtt_connected")},
         "log_size": ctx.store.size(),
         "checkpoint_size": latest.size if latest else None,
-        "checkpoints": counts.get("checkpoints", 0),
-        "devices": {"registered": counts.get("devices", 0),
-                    "revoked": counts.get("devices_revoked", 0),
-                    "equivocated": counts.get("devices_equivocated", 0),
+        # Checkpoints are numbered 1, 2, 3, ... without gaps (LogStore.add_checkpoint).
+        "checkpoints": latest.number if latest else 0,
+        "devices": {"registered": devices.registered, "revoked": devices.revoked,
+                    "equivocated": devices.equivocated,
                     "quarantined": health.get("devices_quarantined", 0)},
         "records": {"accepted": stats["records_accepted"],
                     "duplicate": stats["records_duplicate"],

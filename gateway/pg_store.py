@@ -40,6 +40,7 @@ from gateway.store import (
     STATUS_REVOKED,
     Balance,
     Device,
+    DeviceCounts,
     DeviceExists,
     DeviceNotFound,
     DeviceStatus,
@@ -423,6 +424,14 @@ class PostgresLogStore:
         names = ("devices", "devices_revoked", "devices_equivocated", "gaps_declared",
                  "equivocations", "usage_records", "checkpoints")
         return {name: int(value) for name, value in zip(names, row, strict=True)}
+
+    def device_counts(self) -> DeviceCounts:
+        """Count registered, revoked and equivocated devices (one pass over the registry)."""
+        row = self._read("count devices", lambda conn: conn.execute(
+            "SELECT COUNT(*), COUNT(*) FILTER (WHERE status = 'revoked'), "
+            "COUNT(*) FILTER (WHERE flags & 1 <> 0) FROM devices").fetchone())
+        assert row is not None
+        return DeviceCounts(int(row[0]), int(row[1]), int(row[2]))
 
     # --- checkpoints and anchors (written by the sequencer thread) --------------------
 

@@ -31,6 +31,7 @@ from gateway.store import (
     STATUS_REVOKED,
     Balance,
     Device,
+    DeviceCounts,
     DeviceExists,
     DeviceNotFound,
     DeviceStatus,
@@ -317,6 +318,14 @@ class SQLiteLogStore:
         with _storage_errors("count"):
             conn = self._reader()
             return {name: int(conn.execute(q).fetchone()[0]) for name, q in queries.items()}
+
+    def device_counts(self) -> DeviceCounts:
+        """Count registered, revoked and equivocated devices (one pass over the registry)."""
+        with _storage_errors("count devices"):
+            row = self._reader().execute(
+                "SELECT COUNT(*), COALESCE(SUM(status = 'revoked'), 0), "
+                "COALESCE(SUM(flags & 1 <> 0), 0) FROM devices").fetchone()
+        return DeviceCounts(int(row[0]), int(row[1]), int(row[2]))
 
     # --- checkpoints and anchors (written by the sequencer thread) --------------------
 

@@ -189,6 +189,15 @@ class LastRecord:
     received_ms: int
 
 
+@dataclass(frozen=True)
+class DeviceCounts:
+    """How many devices are registered, revoked, and flagged for equivocation."""
+
+    registered: int
+    revoked: int
+    equivocated: int
+
+
 # The most rows one paged read returns (registry listings, owners, activity look-ups).
 MAX_PAGE = 1000
 
@@ -326,6 +335,10 @@ class LogStore(Protocol):
 
     def counts(self) -> dict[str, int]:
         """Return table counts for /v1/stats (devices, revoked, gaps, equivocations, ...)."""
+        ...
+
+    def device_counts(self) -> DeviceCounts:
+        """Count the registry only (its size, not the log's, bounds the work)."""
         ...
 
     def close(self) -> None:

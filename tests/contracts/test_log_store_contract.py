@@ -21,6 +21,7 @@ from gateway.sqlite_store import SQLiteLogStore
 from gateway.store import (
     DEVICE_EQUIVOCATED,
     STATUS_REVOKED,
+    DeviceCounts,
     DeviceExists,
     DeviceNotFound,
     GapEntry,
@@ -431,3 +432,14 @@ def test_owner_credits_page_by_owner_bytes_with_device_counts(store: LogStore) -
     rest = store.owner_credits(first[-1].owner, 10)
     assert [(o.owner, o.balance_micro, o.devices) for o in first + rest] == [
         ("Zed", 0, 1), ("alice", 2**40, 2), ("bob", 0, 1), ("zoë", 0, 1)]
+
+
+def test_device_counts_match_the_registry(store: LogStore) -> None:
+    assert store.device_counts() == DeviceCounts(0, 0, 0)
+    a = store.register_device("a", b"k" * 32, "o", 1, 1)
+    b = store.register_device("b", b"j" * 32, "o", 1, 1)
+    store.register_device("c", b"i" * 32, "o", 1, 1)
+    store.revoke_device(a.device_id, 2)
+    with store.transaction() as tx:
+        tx.add_equivocation(b.device_id, 0, b"x", 3)
+    assert store.device_counts() == DeviceCounts(registered=3, revoked=1, equivocated=1)
