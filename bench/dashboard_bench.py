@@ -3,8 +3,9 @@
 1. A SQLite store (the gateway's settings) gets ``--devices`` registered devices spread
    over ``--owners`` owners and ``--leaves`` logged records spread over the devices.
 2. The real FastAPI app (``gateway.api.create_app``) over Starlette's in-process client:
-   each dashboard request is timed ``--repeat`` times against a bare baseline measured in
-   the same run, the cheapest route there is (``GET /v1/verifier-key``, no store access).
+   each dashboard request is timed ``--repeat`` times (interleaved; medians) against a
+   bare baseline measured in the same run, the cheapest route there is
+   (``GET /v1/verifier-key``, no store access).
    ``summary_compute`` is the summary's computation alone (``gateway.dashboard.summary``,
    no HTTP): what the one poll per second that recomputes it adds; the request
    ``/v1/dashboard/summary`` itself (``summary_cached``) is answered from the cache.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -59,12 +61,18 @@ def fill(store: SQLiteLogStore, devices: int, owners: int, leaves: int) -> list[
     return ids
 
 
-def time_ms(call: Callable[[], object], repeat: int) -> float:
-    call()  # warm
-    start = time.perf_counter()
+def median_ms(calls: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
+    """Time every call ``repeat`` times, interleaved (so a busy moment hits all of them
+    alike); return each one's median in ms."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for call in calls.values():
+        call()  # warm
     for _ in range(repeat):
-        call()
-    return (time.perf_counter() - start) * 1000 / repeat
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append((time.perf_counter() - start) * 1000)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -96,11 +104,11 @@ def main() -> None:
             "owners_first_page": "/v1/owners?limit=50",
             "summary_cached": "/v1/dashboard/summary",
         }
-        figures: dict[str, float] = {}
-        for name, path in requests.items():
-            figures[name] = time_ms(lambda p=path: client.get(p).raise_for_status(),
-                                    args.repeat)
-        figures["summary_compute"] = time_ms(lambda: summary(ctx), args.repeat)
+        calls: dict[str, Callable[[], object]] = {
+            name: (lambda p=path: client.get(p).raise_for_status())
+            for name, path in requests.items()}
+        calls["summary_compute"] = lambda: summary(ctx)
+        figures = median_ms(calls, args.repeat)
         store.close()
     base = figures["baseline_verifier_key"]
     for name, ms in figures.items():
