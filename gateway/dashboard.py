@@ -1,12 +1,13 @@
 """The read-only dashboard: one page, its static files, and the JSON it polls.
 
-- ``GET /dashboard`` serves ``gateway/static/dashboard.html``; ``GET /dashboard/assets/NAME``
-  serves the page's script and style and the chart library (uPlot, installed into
-  ``gateway/static/vendor/`` by ``make`` from npm at a pinned version, checked against its
-  integrity hash: scripts/ensure-dashboard-assets.sh). Only the files named in
-  :data:`ASSETS` are served, each with its content type, ``nosniff`` and a Content Security
-  Policy that allows nothing from anywhere but this gateway (no inline script or style,
-  no frames, no form targets), so the page loads nothing from the network outside.
+- ``GET /dashboard`` (``GET /`` redirects there) serves ``gateway/static/dashboard.html``;
+  ``GET /dashboard/assets/NAME`` serves the page's script and style and the chart library
+  (uPlot, installed into ``gateway/static/vendor/`` by ``make`` from npm at a pinned
+  version, checked against its integrity hash: scripts/ensure-dashboard-assets.sh). Only
+  the files named in :data:`ASSETS` are served, each with its content type, ``nosniff``
+  and a Content Security Policy that allows nothing from anywhere but this gateway (no
+  inline script or style, no frames, no form targets), so the page loads nothing from
+  the network outside.
 - ``GET /v1/dashboard/summary``: what the page shows at the top and in its charts, in one
   request; computed at most once per :data:`SUMMARY_TTL_S` however many pages poll it.
 - ``GET /v1/dashboard/devices`` and ``GET /v1/owners``: the device table and credit per
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import FastAPI, HTTPException, Query, Response
+from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, Field
 
 from gateway.store import Device, LastRecord, StoredCheckpoint
@@ -220,6 +222,10 @@ def device_page(ctx: ApiContext, after: str, limit: int) -> DevicePage:
 def add_dashboard_routes(app: FastAPI, ctx: ApiContext) -> None:
     """Serve the page, its assets and its JSON on ``app``."""
     cached = _Cached(lambda: summary(ctx), SUMMARY_TTL_S)
+
+    @app.get("/", include_in_schema=False)
+    def root() -> Response:
+        return RedirectResponse("/dashboard", status_code=307)
 
     @app.get("/dashboard", include_in_schema=False)
     def dashboard() -> Response:

@@ -32,6 +32,9 @@ def test_dashboard_json_needs_no_token_and_reveals_no_secret(gateway, devices) -
                                      httpx.get(f"{url}/v1/dashboard/devices"),
                                      httpx.get(f"{url}/dashboard")])
     assert ADMIN_TOKEN not in text
+    home = httpx.get(f"{url}/", follow_redirects=True)
+    assert str(home.url) == f"{url}/dashboard"
+    assert home.headers["content-type"] == "text/html; charset=utf-8"
 
 
 def test_refused_records_and_unreadable_messages_both_show_by_reason(gateway, devices) -> None:
