@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 SIM_STAMP := $(VENV)/.installed-sim
 
 .PHONY: test lint typecheck pytest demo soak bench clean deps broker chain postgresql \
-	dashboard browser screenshot
+	homeassistant dashboard browser screenshot
 
 test: deps lint typecheck pytest
 
@@ -28,7 +28,7 @@ $(SIM_STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.[sim]'
 	touch $(SIM_STAMP)
 
-deps: $(STAMP) broker chain postgresql dashboard browser
+deps: $(STAMP) broker chain postgresql homeassistant dashboard browser
 
 broker:
 	@sh scripts/ensure-debian-packages.sh mosquitto:mosquitto
@@ -58,6 +58,11 @@ screenshot: deps
 chain:
 	@sh scripts/ensure-ganache.sh
 
+# Home Assistant (a pinned release in .tools/ha-venv) for the Home Assistant test
+# (tests/homeassistant/): the agent's discovery configs checked by Home Assistant itself.
+homeassistant:
+	@sh scripts/ensure-home-assistant.sh
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
@@ -75,6 +80,7 @@ bench: deps
 	$(PY) bench/gateway_bench.py
 	$(PY) bench/e2e_bench.py
 	$(PY) bench/store_bench.py
+	$(PY) bench/scale_bench.py
 	$(PY) bench/dashboard_bench.py
 
 # The one-command demo (README, "Demo"); options go in DEMO_ARGS, for example

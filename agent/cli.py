@@ -240,7 +240,22 @@ def _status_text(status: dict[str, object]) -> str:
     rotation = agent.get("rotation")
     if isinstance(rotation, dict) and rotation.get("state", "none") != "none":
         lines.append(f"key rotation  {_rotation_text(rotation)}")
+    local = agent.get("local_mqtt")
+    if isinstance(local, dict):
+        lines.append(f"local broker  {_local_text(local)}")
     return "\n".join(lines)
+
+
+def _local_text(local: dict[str, object]) -> str:
+    """The owner's broker ([local_mqtt]): state, error, what was published and lost."""
+    counters = local.get("counters")
+    c = counters if isinstance(counters, dict) else {}
+    state = str(local.get("state"))
+    if local.get("error"):
+        state += f" ({local['error']})"
+    return (f"{state} {local.get('broker')}: {c.get('published', 0)} published, "
+            f"{c.get('superseded', 0)} superseded, "
+            f"{c.get('connect_failures', 0) + c.get('connack_timeouts', 0)} failed connects")
 
 
 def _receipts_text(receipts: object) -> str:

@@ -18,6 +18,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.local_mqtt.settings import (
+    LocalMqttConfig,
+    MetricsConfig,
+    check_local_streams,
+    check_textfile,
+    check_topic_prefix,
+)
 from agent.outbox import FULL_POLICIES, OutboxSettings
 from agent.records import EpochPolicy
 from agent.sensors import DEFAULT_PIN_FACTORY, SensorConfig, validate_sensor_configs
@@ -60,6 +67,7 @@ class MqttConfig:
     password_file: Path | None = None
     keepalive_s: int = 30
     session_expiry_s: int = 7 * 24 * 3600
+    section: str = "mqtt"  # the config section, for error messages
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,8 @@ class AgentConfig:
     sensors: tuple[SensorConfig, ...]
     usage: UsageConfig | None
     service: ServiceSettings = field(default_factory=ServiceSettings)
+    local_mqtt: LocalMqttConfig | None = None
+    metrics: MetricsConfig | None = None
 
     def stream_recipients(self) -> dict[str, tuple[bytes, ...]]:
         """Stream name -> the X25519 public keys its values are sealed for."""
@@ -162,6 +172,8 @@ def parse_config(data: Mapping[str, object], base_dir: Path) -> AgentConfig:
         sensors=sensors,
         usage=_usage(root.optional_table("usage"), sensors),
         service=_service(root.table("service")),
+        local_mqtt=_local_mqtt(root.optional_table("local_mqtt"), sensors),
+        metrics=_metrics(root.optional_table("metrics")),
     )
     root.finish(allowed=("sensors",))
     return config
@@ -179,24 +191,62 @@ def load_config(path: Path | None, overrides: Mapping[tuple[str, str], object],
 
 
 def _mqtt(t: Table) -> MqttConfig:
+    out = _broker_connection(t, "mqtts://broker.example.net:8883")
+    t.finish()
+    return out
+
+
+def _broker_connection(t: Table, example: str) -> MqttConfig:
+    """The connection keys of a broker section (``[mqtt]``, ``[local_mqtt]``); the caller
+    reads its other keys and finishes the table."""
     url = t.string("broker", None)
     if url is None:
-        raise ConfigError("mqtt.broker: required (e.g. mqtts://broker.example.net:8883)")
-    host, port, tls = parse_broker_url(url, "mqtt.broker")
+        raise ConfigError(f"{t.name('broker')}: required (e.g. {example})")
+    host, port, tls = parse_broker_url(url, t.name("broker"))
     username = t.string("username", None)
     password_file = t.path("password_file", None)
     if password_file is not None and username is None:
-        raise ConfigError("mqtt.password_file: needs mqtt.username")
+        raise ConfigError(f"{t.name('password_file')}: needs {t.name('username')}")
     cert, key = t.path("cert_file", None), t.path("key_file", None)
     if (cert is None) != (key is None):
-        raise ConfigError("mqtt.cert_file: cert_file and key_file go together")
+        raise ConfigError(f"{t.name('cert_file')}: cert_file and key_file go together")
     ca = t.path("ca_file", None)
     if not tls and (ca or cert):
-        raise ConfigError("mqtt.ca_file: TLS files need an mqtts:// broker URL")
-    out = MqttConfig(url, host, port, tls, ca, cert, key, username, password_file,
-                     keepalive_s=t.integer("keepalive_s", 30, low=5, high=3600),
-                     session_expiry_s=t.integer("session_expiry_s", 7 * 24 * 3600, low=60,
-                                                high=0xFFFFFFFF))
+        raise ConfigError(f"{t.name('ca_file')}: TLS files need an mqtts:// broker URL")
+    return MqttConfig(url, host, port, tls, ca, cert, key, username, password_file,
+                      keepalive_s=t.integer("keepalive_s", 30, low=5, high=3600),
+                      session_expiry_s=t.integer("session_expiry_s", 7 * 24 * 3600, low=60,
+                                                 high=0xFFFFFFFF),
+                      section=t.name("broker").rsplit(".", 1)[0])
+
+
+def _local_mqtt(t: Table | None, sensors: tuple[SensorConfig, ...]) -> LocalMqttConfig | None:
+    if t is None:
+        return None
+    connection = _broker_connection(t, "mqtt://homeassistant.local:1883")
+    streams = t.string_list("streams")
+    if streams is not None:
+        check_local_streams(streams, {s.stream: bool(s.recipients) for s in sensors},
+                            t.name("streams"))
+    out = LocalMqttConfig(
+        connection,
+        client_id=t.string("client_id", None),
+        topic_prefix=check_topic_prefix(t.string("topic_prefix", "edgeproof") or "",
+                                        t.name("topic_prefix")),
+        discovery_prefix=check_topic_prefix(t.string("discovery_prefix", "homeassistant")
+                                            or "", t.name("discovery_prefix")),
+        device_name=t.string("device_name", None),
+        status_interval_s=t.number("status_interval_s", 30.0, low=0.1, high=86_400.0),
+        streams=streams,
+    )
+    t.finish()
+    return out
+
+
+def _metrics(t: Table | None) -> MetricsConfig | None:
+    if t is None:
+        return None
+    out = MetricsConfig(check_textfile(t.required_path("textfile"), t.name("textfile")))
     t.finish()
     return out
 
@@ -322,7 +372,7 @@ def broker_settings(mqtt: MqttConfig) -> BrokerSettings:
     if mqtt.password_file is not None:
         raw = read_secret_file(mqtt.password_file).decode("utf-8", "replace").strip()
         if not raw:
-            raise ConfigError("mqtt.password_file: the file is empty")
+            raise ConfigError(f"{mqtt.section}.password_file: the file is empty")
         password = Secret(raw.encode("utf-8"))
     return BrokerSettings(url=mqtt.url, host=mqtt.host, port=mqtt.port, tls=mqtt.tls,
                           ca_file=mqtt.ca_file, cert_file=mqtt.cert_file,

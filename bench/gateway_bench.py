@@ -17,7 +17,8 @@
 6. ``checkpoint_lag_s``: from the last receipt until a checkpoint covers the whole log.
 
 Prints progress to stderr and ends with ONE line of JSON on stdout. Never asserts.
-Run: ``python bench/gateway_bench.py [--records 60000] [--leaves 1000000]``.
+Run: ``python bench/gateway_bench.py [--records 60000] [--leaves 1000000]
+[--verify-workers N]`` (0: verification on threads in the gateway process).
 """
 
 from __future__ import annotations
@@ -96,13 +97,15 @@ def bare_verify_rate(records: list[bytes], public_key: bytes, seconds: float = 2
     return count / (time.perf_counter() - start)
 
 
-def drain(workdir: Path, n_records: int, n_devices: int) -> dict[str, float]:
+def drain(workdir: Path, n_records: int, n_devices: int,
+          verify_workers: int | None) -> dict[str, float]:
     broker = MosquittoBroker(workdir / "broker", max_queued_messages=1_000_000)
     broker.start()
     http_port = free_port()
     files = write_gateway_files(workdir / "gw", broker.port, http_port=http_port,
                                 every_leaves=1000, interval_s=1.0,
-                                client_id="edgeproof-gateway-bench")
+                                client_id="edgeproof-gateway-bench",
+                                verify_workers=verify_workers)
     gateway = GatewayProcess(files.config, f"http://127.0.0.1:{http_port}",
                              workdir / "gateway.log", extra_args=("--log-level", "WARNING"),
                              cwd=REPO)
@@ -205,9 +208,11 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=60_000)
     parser.add_argument("--devices", type=int, default=20)
     parser.add_argument("--leaves", type=int, default=1_000_000)
+    parser.add_argument("--verify-workers", type=int, default=None,
+                        help="[gateway] verify_workers (default: the gateway's, one per core)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
-        result = drain(Path(tmp), args.records, args.devices)
+        result = drain(Path(tmp), args.records, args.devices, args.verify_workers)
         result.update(proofs_at(Path(tmp), args.leaves))
     result["ratio_to_bare_verify"] = result["records_per_s"] / result["bare_verify_per_s"]
     print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v)

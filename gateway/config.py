@@ -8,9 +8,10 @@ gateway key) are never in the config itself, only the paths of mode-0600 files.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
@@ -99,6 +100,12 @@ class StoreConfig:
     backend: str = "sqlite"
     dsn: str | None = None
     password_file: Path | None = None
+    shared: bool = False  # several gateway processes, one elected sequencer (SCALING.md)
+
+
+def cores() -> int:
+    """The cores this process may run on (the default ``verify_workers``)."""
+    return max(1, len(os.sched_getaffinity(0)))
 
 
 @dataclass(frozen=True)
@@ -115,7 +122,8 @@ class GatewayConfig:
     checkpoints: CheckpointConfig = CheckpointConfig()
     limits: Limits = Limits()
     anchor: str = "local"
-    verify_threads: int = 2
+    verify_threads: int = 2  # with verify_workers = 0: threads verifying in this process
+    verify_workers: int = field(default_factory=cores)  # 0: none, verify in-process
     ethereum: EthereumAnchorConfig | None = None  # set when anchor == "ethereum"
     store: StoreConfig = StoreConfig()
 
@@ -126,7 +134,8 @@ class GatewayConfig:
 
 
 _SECTIONS: dict[str, frozenset[str]] = {
-    "gateway": frozenset({"data_dir", "key_file", "admin_token_file", "verify_threads"}),
+    "gateway": frozenset({"data_dir", "key_file", "admin_token_file", "verify_threads",
+                          "verify_workers"}),
     "broker": frozenset({"url", "client_id", "username", "password_file", "ca_file",
                          "shared_group", "session_expiry_s", "keepalive_s"}),
     "http": frozenset({"bind", "max_body_bytes", "request_timeout_s", "keepalive_timeout_s",
@@ -136,7 +145,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
     "anchor": frozenset({"backend", "rpc_url", "key_file", "chain_id", "interval_s",
                          "to_address", "confirmations", "gas_limit", "resend_after_s",
                          "max_attempts"}),
-    "store": frozenset({"backend", "dsn", "password_file"}),
+    "store": frozenset({"backend", "dsn", "password_file", "shared"}),
 }
 _REQUIRED = {"gateway": ("data_dir", "key_file", "admin_token_file"), "broker": ("url",)}
 
@@ -170,12 +179,13 @@ def parse_config(raw: Mapping[str, object], base_dir: Path) -> GatewayConfig:
     bind = root.table("http").string("bind", "127.0.0.1:8080")
     assert bind is not None
     host, port = _parse_bind(bind)
-    return GatewayConfig(
+    config = GatewayConfig(
         broker=_broker(root.table("broker")),
         data_dir=gateway.required_path("data_dir"),
         key_file=gateway.required_path("key_file"),
         admin_token_file=gateway.required_path("admin_token_file"),
         verify_threads=gateway.integer("verify_threads", 2, low=1, high=64),
+        verify_workers=gateway.integer("verify_workers", cores(), low=0, high=64),
         http_host=host,
         http_port=port,
         http=_http_limits(root.table("http")),
@@ -194,6 +204,20 @@ def parse_config(raw: Mapping[str, object], base_dir: Path) -> GatewayConfig:
         ethereum=_ethereum_anchor(root.table("anchor")),
         store=_store(root.table("store")),
     )
+    _check_shared(config)
+    return config
+
+
+def _check_shared(config: GatewayConfig) -> None:
+    """A shared store needs a shared subscription and the local anchor (SCALING.md)."""
+    if not config.store.shared:
+        return
+    if not config.broker.shared_group:
+        raise ConfigError("store.shared needs broker.shared_group: every gateway process of "
+                          "the log subscribes to the same shared subscription")
+    if config.anchor != "local":
+        raise ConfigError("store.shared works with anchor.backend = \"local\" only for now "
+                          "(one process must own the chain queue)")
 
 
 def _broker(broker: Table) -> BrokerConfig:
@@ -283,7 +307,8 @@ def _store(store: Table) -> StoreConfig:
         raise ConfigError("store.dsn must not contain a password: put it in a mode-0600 file "
                           "and name that file in store.password_file")
     return StoreConfig(backend=backend, dsn=dsn,
-                       password_file=store.path("password_file", None))
+                       password_file=store.path("password_file", None),
+                       shared=store.boolean("shared", False))
 
 
 _URI_SCHEMES = ("postgresql://", "postgres://")

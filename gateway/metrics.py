@@ -103,6 +103,16 @@ class GatewayMetrics:
             f"{PREFIX}_equivocation_evidence_skipped",
             "Equivocations counted but not stored (the device's evidence is full)",
             registry=r)
+        # Shared store (gateway.cluster): several processes, one elected sequencer.
+        self.sequencer_leading = Gauge(f"{PREFIX}_sequencer_leading",
+                                       "1 if this process sequences the log, else 0",
+                                       registry=r)
+        self.sequencer_terms = Counter(f"{PREFIX}_sequencer_terms",
+                                       "Times this process took over as the sequencer",
+                                       registry=r)
+        self.batches_handed_over = Counter(
+            f"{PREFIX}_batches_handed_over",
+            "Verified batches committed to the sequencer's queue in the database", registry=r)
 
     def reject(self, reason: Reason, count: int = 1) -> None:
         """Count rejected records."""

@@ -50,7 +50,9 @@ from gateway.store import (
     Leaf,
     LoggedLink,
     NewLeaf,
+    NotSequencer,
     OwnerCredit,
+    PendingBatch,
     StoredCheckpoint,
     UsageEntry,
 )
@@ -101,6 +103,10 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 CREATE TABLE IF NOT EXISTS anchors (
     checkpoint_number bigint NOT NULL, backend text NOT NULL, reference text NOT NULL,
     anchored_ms bigint NOT NULL, PRIMARY KEY (checkpoint_number, backend));
+CREATE TABLE IF NOT EXISTS pending (
+    id bigserial PRIMARY KEY, topic text NOT NULL, payload bytea NOT NULL,
+    payload_hash bytea NOT NULL, reject text, verdicts bytea NOT NULL,
+    queued_ms bigint NOT NULL);
 """
 _LEAF_COLUMNS = "idx, device_id, seq, hash, raw, stream, received_ms, flags"
 _CHECKPOINT_COLUMNS = "number, size, root, note, issued_ms, balances"
@@ -182,17 +188,22 @@ class PostgresLogStore:
     """A :class:`gateway.store.LogStore` in one PostgreSQL database."""
 
     def __init__(self, dsn: str, password: str | None = None, *,
-                 writer_wait_s: float = 10.0) -> None:
+                 writer_wait_s: float = 10.0, shared: bool = False) -> None:
         """Connect to ``dsn`` and create the tables if needed; raise StorageError on failure.
 
-        ``password`` comes from the operator's 0600 password file, never from the DSN. The
-        store is the log's only writer: if another process holds the writer lock for
-        ``writer_wait_s`` (a gateway killed a moment ago releases it as soon as the server
-        notices), opening fails with StorageError.
+        ``password`` comes from the operator's 0600 password file, never from the DSN. By
+        default the store is the log's only writer: if another process holds the writer lock
+        for ``writer_wait_s`` (a gateway killed a moment ago releases it as soon as the
+        server notices), opening fails with StorageError. With ``shared`` several gateway
+        processes open the same database and :meth:`lead` elects the one that writes
+        (docs/SCALING.md); the others raise :class:`NotSequencer` on every log write.
         """
         self._dsn, self._password = dsn, password
+        self._shared = shared
         self._writer_wait_ms = max(1, round(writer_wait_s * 1000))
         self._writer = _Link(self._connect_writer)
+        self._holds_lock = False  # the writer's current session holds the writer lock
+        self._term = 0  # sessions of this process that took the writer lock
         self._frontier_unknown = False  # a transaction lost its connection (see transaction)
         self._registry = _Link(self._connect)
         self._registry_lock = threading.Lock()
@@ -200,9 +211,12 @@ class PostgresLogStore:
         self._local = threading.local()
         self._readers: list[_Link] = []
         self._readers_lock = threading.Lock()
+        self._range = merkle.CompactRange.from_state([])
         try:
             self._create_schema()
-            self._range = self._restore_range()
+            if not shared:
+                self._range = self._restore_range()
+                self._frontier_unknown = False
         except BaseException:
             self.close()
             raise
@@ -212,7 +226,7 @@ class PostgresLogStore:
 
     def _create_schema(self) -> None:
         with _storage_errors("open"):
-            conn = self._writer.get()
+            conn = self._registry.get()
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
                 for statement in _SCHEMA.split(";"):
@@ -234,12 +248,18 @@ class PostgresLogStore:
         return conn
 
     def _connect_writer(self) -> Conn:
-        """A connection holding the writer lock for its whole session.
+        """The writer's connection; every write of the log runs on it.
 
-        Two writers would each extend their own copy of the tree frontier; the lock makes a
-        second gateway process on the same database fail at start instead.
+        Alone (not ``shared``) it takes the writer lock for its whole session, waiting up to
+        ``writer_wait_s``: two writers would each extend their own copy of the tree
+        frontier, so a second gateway process on the same database fails at start instead.
+        Shared, it connects without the lock and :meth:`lead` tries to take it. A new
+        session always rebuilds the frontier first: another writer may have appended.
         """
         conn = self._connect()
+        self._holds_lock, self._frontier_unknown = False, True
+        if self._shared:
+            return conn
         try:
             conn.execute("SELECT set_config('lock_timeout', %s, false)",
                          (f"{self._writer_wait_ms}ms",))
@@ -252,7 +272,79 @@ class PostgresLogStore:
         except BaseException:
             conn.close()
             raise
+        self._holds_lock = True
         return conn
+
+    def _writer_conn(self) -> Conn:
+        """The writer's connection, refusing (NotSequencer) unless its session holds the lock.
+
+        This is the fence: the server releases a session-level advisory lock only when the
+        session ends, and a session that ended runs no statement, so a write that reaches
+        the database ran while its process was the sequencer.
+        """
+        conn = self._writer.get()
+        if not self._holds_lock:
+            raise NotSequencer("gateway store: this process is not the sequencer "
+                               "(another gateway process holds the writer lock)")
+        return conn
+
+    @contextmanager
+    def _fenced(self, what: str) -> Iterator[None]:
+        """Like _storage_errors; a shared store's writer session that ended is NotSequencer.
+
+        The lock ended with the session, so this process no longer sequences (whether the
+        failed statement ran is for the database to say: the next sequencer reads it).
+        """
+        try:
+            with _storage_errors(what):
+                yield
+        except StorageError as exc:
+            if self._shared and not isinstance(exc, NotSequencer) and self._writer.lost:
+                self._holds_lock = False
+                raise NotSequencer(f"{exc} (the sequencer's session ended)") from None
+            raise
+
+    @property
+    def term(self) -> int:
+        """How many times this process took the writer lock (0: never; changes on each take)."""
+        return self._term
+
+    @property
+    def leading(self) -> bool:
+        """Whether the writer's session held the lock when last used (see :meth:`lead`)."""
+        return self._holds_lock and not self._writer.lost
+
+    def lead(self) -> bool:
+        """Try to become (or check that this process still is) the sequencer; never blocks.
+
+        Shared stores only. A probe on the writer's session tells whether it still holds the
+        lock; if it does not, one ``pg_try_advisory_lock`` on it tries to take it, and on
+        success the frontier is rebuilt from the database and the database's sequencer term
+        (``meta.sequencer_term``) goes up by one. Returns whether this process leads now.
+        """
+        assert self._shared, "lead() is for shared stores"
+        with self._write_lock:
+            try:
+                with _storage_errors("elect"):
+                    conn = self._writer.get()
+                    if self._holds_lock:
+                        conn.execute("SELECT 1")
+                        return True
+                    row = conn.execute("SELECT pg_try_advisory_lock(%s)",
+                                       (_WRITER_LOCK,)).fetchone()
+                    if row is None or not row[0]:
+                        return False
+                    self._holds_lock = True
+                    self._term += 1
+                    self._range = self._restore_range()
+                    self._committed_size = self._range.size
+                    self._frontier_unknown = False
+                    conn.execute(
+                        "INSERT INTO meta VALUES ('sequencer_term', '1') ON CONFLICT (key) "
+                        "DO UPDATE SET value = (meta.value::bigint + 1)::text")
+            except StorageError:
+                return False  # the session is gone (and its lock with it); retried next time
+            return True
 
     def _restore_range(self) -> merkle.CompactRange:
         with _storage_errors("restore tree"):
@@ -299,11 +391,43 @@ class PostgresLogStore:
     # --- the sequencer's transaction ---------------------------------------------------
 
     def size(self) -> int:
-        """The number of committed leaves."""
-        return self._committed_size
+        """The number of committed leaves (read from the database unless this process leads)."""
+        if not self._shared or self.leading:
+            return self._committed_size
+        row = self._read("read size", lambda conn: conn.execute(
+            "SELECT COALESCE(MAX(idx) + 1, 0) FROM leaves").fetchone())
+        return int(row[0]) if row else 0
+
+    # --- the hand-over queue of a shared store (docs/SCALING.md) ------------------------
+
+    def enqueue(self, batches: Sequence[PendingBatch], now_ms: int) -> None:
+        """Commit verified batches to the sequencer's queue in one transaction (any process)."""
+        with self._registry_lock, _storage_errors("hand over"):
+            conn = self._registry.get()
+            with conn.transaction(), conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO pending (topic, payload, payload_hash, reject, verdicts, "
+                    "queued_ms) VALUES (%s, %s, %s, %s, %s, %s)",
+                    [(b.topic, b.payload, b.payload_hash, b.reject, b.verdicts, now_ms)
+                     for b in batches])
+
+    def pending_depth(self) -> int:
+        """About how many batches wait in the queue (id span: two index lookups, any process)."""
+        row = self._read("read queue depth", lambda conn: conn.execute(
+            "SELECT COALESCE(MAX(id) - MIN(id) + 1, 0) FROM pending").fetchone())
+        return int(row[0]) if row else 0
+
+    def pending(self, limit: int) -> list[PendingBatch]:
+        """The oldest ``limit`` queued batches (the sequencer's; NotSequencer otherwise)."""
+        with self._write_lock, self._fenced("read queue"):
+            rows = self._writer_conn().execute(
+                "SELECT id, topic, payload, payload_hash, reject, verdicts FROM pending "
+                "ORDER BY id LIMIT %s", (limit,)).fetchall()
+        return [PendingBatch(int(i), str(t), bytes(p), bytes(h), None if r is None else str(r),
+                             bytes(v)) for i, t, p, h, r, v in rows]
 
     @contextmanager
-    def transaction(self) -> Iterator[_Transaction]:
+    def transaction(self) -> Iterator[PgTransaction]:
         """Open the single writer's transaction; commit on exit, roll back on any error.
 
         Raises StorageError if the database fails (the transaction is then rolled back and
@@ -311,24 +435,24 @@ class PostgresLogStore:
         was lost and the COMMIT's outcome is unknown).
         """
         with self._write_lock:
-            if self._frontier_unknown or self._writer.lost:
+            with self._fenced("transaction"):
+                conn = self._writer_conn()  # a new session marks the frontier unknown
+            if self._frontier_unknown:
                 self._range = self._restore_range()
                 self._committed_size = self._range.size
                 self._frontier_unknown = False
             saved = self._range.to_state()
             try:
-                with _storage_errors("transaction"):
-                    conn = self._writer.get()
-                    with conn.transaction():
-                        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_REGISTRY_LOCK,))
-                        tx = _Transaction(conn, self._range)
-                        yield tx
-                        tx.flush()
+                with self._fenced("transaction"), conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_REGISTRY_LOCK,))
+                    tx = PgTransaction(conn, self._range)
+                    yield tx
+                    tx.flush()
             except BaseException:
                 self._range = merkle.CompactRange.from_state(saved)
                 # Kept until the next transaction, even if a checkpoint write reconnects
                 # in between: only the database knows whether the COMMIT happened.
-                self._frontier_unknown = self._writer.lost
+                self._frontier_unknown = self._frontier_unknown or self._writer.lost
                 raise
             self._committed_size = self._range.size
 
@@ -442,8 +566,8 @@ class PostgresLogStore:
         The number is the previous one plus one inside the INSERT (no sequence object, whose
         numbers a failed INSERT would skip).
         """
-        with self._write_lock, _storage_errors("store checkpoint"):
-            row = self._writer.get().execute(
+        with self._write_lock, self._fenced("store checkpoint"):
+            row = self._writer_conn().execute(
                 "INSERT INTO checkpoints (number, size, root, note, issued_ms, balances) "
                 "SELECT COALESCE(MAX(number), 0) + 1, %s, %s, %s, %s, %s FROM checkpoints "
                 "RETURNING number", (size, root_hash, note, issued_ms, balances)).fetchone()
@@ -453,8 +577,8 @@ class PostgresLogStore:
     def add_anchor(self, checkpoint_number: int, backend: str, reference: str,
                    anchored_ms: int) -> None:
         """Remember where a checkpoint was anchored (idempotent)."""
-        with self._write_lock, _storage_errors("store anchor"):
-            self._writer.get().execute(
+        with self._write_lock, self._fenced("store anchor"):
+            self._writer_conn().execute(
                 "INSERT INTO anchors VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
                 (checkpoint_number, backend, reference, anchored_ms))
 
@@ -498,7 +622,7 @@ class PostgresLogStore:
         return found
 
 
-class _Transaction:
+class PgTransaction:
     """A :class:`gateway.store.LogTransaction` over the writer connection."""
 
     def __init__(self, conn: Conn, tree: merkle.CompactRange) -> None:
@@ -555,6 +679,14 @@ class _Transaction:
                                 leaf.raw, leaf.stream, leaf.received_ms, leaf.flags))
         self._node_rows += self._tree.append(merkle.leaf_hash(leaf.raw))
         return index
+
+    def consume_pending(self, ids: Sequence[int]) -> None:
+        """Delete handed-over batches in the transaction that sequences them (exactly once)."""
+        with _storage_errors("consume queue"):
+            cur = self._conn.execute("DELETE FROM pending WHERE id = ANY(%s)", (list(ids),))
+        if cur.rowcount != len(ids):
+            raise StorageError(f"gateway store: {len(ids) - cur.rowcount} queued batch(es) "
+                               "were taken by another writer")
 
     def add_usage(self, usage: UsageEntry) -> None:
         with _storage_errors("add usage"):

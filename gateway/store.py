@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from enum import StrEnum, unique
 from typing import Protocol
 
-from protocol.errors import ConfigError
+from protocol.errors import ConfigError, StorageError
 
 
 @unique
@@ -49,6 +49,24 @@ class DeviceExists(ConfigError):
 
 class DeviceNotFound(ConfigError):
     """No device has this id."""
+
+
+class NotSequencer(StorageError):
+    """This process does not hold the sequencer lock of a shared store (another one does,
+    or its session ended): it must not append, sign or anchor (docs/SCALING.md)."""
+
+
+@dataclass(frozen=True)
+class PendingBatch:
+    """A verified MQTT message that a non-sequencer process handed to the sequencer
+    through a shared store (docs/SCALING.md, "Hand-over through the database")."""
+
+    id: int
+    topic: str
+    payload: bytes  # b"" when the message was rejected whole before decoding
+    payload_hash: bytes
+    reject: str | None  # the reason code that rejected the whole message, if any
+    verdicts: bytes  # per record: what the verifying process found (gateway.cluster)
 
 
 @dataclass(frozen=True)

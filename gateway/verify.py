@@ -55,19 +55,25 @@ class PreparedRecord:
     reject: Reason | None = None  # a reason code if a stateless check already failed
     good_key: bytes | None = None  # the key the signature verified under
     bad_key: bytes | None = None  # a key the signature did NOT verify under
+    signer: bytes = b""  # the COSE kid, once parsed
 
     @property
     def kid(self) -> bytes:
-        assert self.sign1 is not None
-        return self.sign1.kid
+        assert self.record is not None
+        return self.signer
 
     def signature_valid(self, public_key: bytes) -> bool:
-        """Whether the signature verifies under ``public_key`` (cached per key)."""
+        """Whether the signature verifies under ``public_key`` (cached per key).
+
+        A record handed over by a worker process comes without its ``sign1`` (see
+        :mod:`gateway.verify_pool`); it is decoded again only if a different key is asked.
+        """
         if public_key == self.good_key:
             return True
         if public_key == self.bad_key:
             return False
-        assert self.sign1 is not None
+        if self.sign1 is None:
+            self.sign1, _ = parse_signed_record(self.raw)
         try:
             self.sign1.verify(public_key)
         except VerificationError:
@@ -139,7 +145,7 @@ def _prepare_record(raw: bytes, limits: Limits, keys: KeyLookup,
     except MalformedRecord as exc:
         item.reject = _reason_for(exc)
         return item
-    kid = item.sign1.kid
+    kid = item.signer = item.sign1.kid
     if kid not in devices:
         devices[kid] = keys(kid)
     device = devices[kid]

@@ -1,0 +1,247 @@
+"""Stateless verification in worker processes, so one gateway verifies on every core.
+
+:func:`gateway.verify.prepare_batch` (decode, caps, Ed25519) holds the GIL for most of a
+record's cost, so threads cannot spread it over cores. :class:`VerifyPool` runs it in
+``[gateway] verify_workers`` processes instead (default: one per core the process may run
+on; ``0`` keeps it on a thread pool inside the gateway process, as before) and hands the
+:class:`~gateway.verify.PreparedBatch` back to the sequencer, which keeps the parsed
+records: it never decodes or verifies a record again, except when the device's key
+changed meanwhile.
+
+- **Keys.** A worker has no store. With each message the sequencer sends the registry's
+  snapshot of the device the topic names (read when the message leaves the fair queue);
+  a record signed by any other kid is rejected by the rules before its signature matters.
+  Each record remembers the key its signature verified (or failed) under
+  (``PreparedRecord.good_key``/``bad_key``); the sequencer compares that with the key its
+  own transaction reads and verifies again when they differ, so a rotation or revocation
+  that lands while a batch is in a worker never lets a record in under a stale key.
+- **Bounded.** The pool holds only what the sequencer hands it, which the service bounds
+  (``MAX_GROUP_BATCHES`` messages, ``MAX_INFLIGHT_BYTES``); there is no queue of its own.
+- **A worker dies** (kill -9, out of memory): every job it and its siblings had is sent
+  again to a fresh set of workers (``gateway_verify_worker_restarts_total``). A job that
+  broke the pool twice is verified in the gateway process instead, so a message never
+  loops. Nothing is acknowledged before its records are committed, so nothing is lost,
+  and the job's result is delivered once, so nothing is committed twice.
+- **Start and stop.** Workers fork from a small server process started with the pool
+  (``forkserver``: the gateway's threads are never forked); :meth:`VerifyPool.start` waits
+  until every worker answered once. Workers ignore SIGINT and SIGTERM (systemd signals
+  the whole unit): the gateway finishes its batch in progress and then stops them.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from gateway.config import Limits
+from gateway.metrics import PREFIX
+from gateway.store import Device
+from gateway.verify import KeyLookup, PreparedBatch, PreparedRecord, prepare_batch
+from protocol.reasons import Reason
+from protocol.record import Body, Record
+
+log = logging.getLogger(__name__)
+MAX_ATTEMPTS = 2  # a job that broke the pool this often is verified in-process
+_START_TIMEOUT_S = 60.0
+_limits = Limits()  # set in each worker by _init_worker
+
+
+def _init_worker(limits: Limits) -> None:
+    global _limits  # noqa: PLW0603 - per-process state of a pool worker
+    _limits = limits
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _ping() -> int:
+    return os.getpid()
+
+
+def _lookup(device: Device | None) -> KeyLookup:
+    """The registry as a worker sees it: just the topic's device, as the sequencer read it."""
+    def lookup(kid: bytes) -> Device | None:
+        return device if device is not None and kid == device.device_id else None
+    return lookup
+
+
+def _prepare_in_worker(topic: str, payload: bytes, arrived: float,
+                       device: Device | None) -> _Packed:
+    return pack(prepare_batch(topic, payload, arrived, _limits, _lookup(device)))
+
+
+# A PreparedBatch as plain tuples: pickling the objects themselves costs about four times
+# as much on each side (measured: docs/GATEWAY.md "Performance"), and the parent's side
+# holds the sequencer's GIL. The record's Sign1 stays behind (see signature_valid).
+_Header = tuple[int, int, bytes, int, bool, int, str]
+_PackedRecord = tuple[bytes, bytes, Reason | None, bytes | None, bytes | None, bytes,
+                      _Header | None, Body | None]
+_Packed = tuple[bytes | None, bytes, int | None, Reason | None, list[_PackedRecord]]
+
+
+def pack(batch: PreparedBatch) -> _Packed:
+    """The batch as tuples for the trip back to the gateway process (no Sign1)."""
+    records: list[_PackedRecord] = []
+    for item in batch.records:
+        header: _Header | None = None
+        body: Body | None = None
+        if item.record is not None:
+            r = item.record
+            header = (r.boot, r.seq, r.prev, r.wall_ms, r.clock_synced, r.mono_ms, r.stream)
+            body = r.body
+        records.append((item.raw, item.hash, item.reject, item.good_key, item.bad_key,
+                        item.signer, header, body))
+    return batch.topic_device, batch.payload_hash, batch.batch_id, batch.reject, records
+
+
+def unpack(topic: str, arrived: float, packed: _Packed) -> PreparedBatch:
+    """Rebuild what :func:`pack` sent; records were validated in the worker already."""
+    topic_device, payload_hash, batch_id, reject, packed_records = packed
+    records = []
+    new = object.__new__
+    for raw, digest, why, good, bad, signer, header, body in packed_records:
+        record: Record | None = None
+        if header is not None:
+            record = new(Record)
+            fields = record.__dict__  # as Record.__init__ does, without validating again
+            (fields["boot"], fields["seq"], fields["prev"], fields["wall_ms"],
+             fields["clock_synced"], fields["mono_ms"], fields["stream"]) = header
+            fields["body"] = body
+        records.append(PreparedRecord(raw, digest, None, record, why, good, bad, signer))
+    return PreparedBatch(topic, topic_device, arrived, payload_hash, batch_id, reject, records)
+
+
+@dataclass(frozen=True)
+class _Job:
+    topic: str
+    payload: bytes
+    arrived: float
+    device: Device | None
+
+
+class VerifyPool:
+    """``workers`` verifying processes (or, with 0, ``threads`` threads in this process)."""
+
+    def __init__(self, workers: int, threads: int, limits: Limits,
+                 registry: CollectorRegistry) -> None:
+        """Prepare the pool; no process starts before :meth:`start`."""
+        self.workers, self._limits = workers, limits
+        self._lock = threading.Lock()
+        self._closing = False
+        self._generation = 0
+        self._local = ThreadPoolExecutor(max_workers=threads,
+                                         thread_name_prefix="gateway-verify")
+        self._executor: Executor = self._local
+        self.restarts = Counter(f"{PREFIX}_verify_worker_restarts",
+                                "Times the verify worker processes were replaced after one "
+                                "died (their jobs were verified again)", registry=registry)
+        self.fallbacks = Counter(f"{PREFIX}_verify_inprocess_fallbacks",
+                                 "Batches verified in the gateway process because workers "
+                                 "died twice on them", registry=registry)
+        Gauge(f"{PREFIX}_verify_workers", "Verify worker processes (0: verifying on threads "
+              "in the gateway process)", registry=registry).set(workers)
+
+    def start(self) -> None:
+        """Start the workers and wait until each answered; raise OSError if they cannot."""
+        if self.workers:
+            with self._lock:
+                self._executor = self._new_executor()
+            self._warm(self._executor)
+
+    def submit(self, topic: str, payload: bytes, arrived: float,
+               device: Device | None) -> Future[PreparedBatch]:
+        """Verify one message against ``device`` (the registry's entry for the topic)."""
+        job = _Job(topic, payload, arrived, device)
+        outer: Future[PreparedBatch] = Future()
+        if not self.workers:
+            return self._local.submit(self._in_process, job)
+        self._send(job, outer, 1)
+        return outer
+
+    def close(self) -> None:
+        """Stop the workers (jobs not started are cancelled; the messages stay unacked)."""
+        with self._lock:
+            self._closing = True
+            executor = self._executor
+        executor.shutdown(wait=True, cancel_futures=True)
+        self._local.shutdown(wait=True, cancel_futures=True)
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["gateway.verify_pool"])
+        return ProcessPoolExecutor(self.workers, mp_context=context,
+                                   initializer=_init_worker, initargs=(self._limits,))
+
+    def _warm(self, executor: Executor) -> None:
+        pings = [executor.submit(_ping) for _ in range(self.workers)]
+        for ping in pings:
+            ping.result(timeout=_START_TIMEOUT_S)
+
+    def _in_process(self, job: _Job) -> PreparedBatch:
+        return prepare_batch(job.topic, job.payload, job.arrived, self._limits,
+                             _lookup(job.device))
+
+    def _send(self, job: _Job, outer: Future[PreparedBatch], attempt: int) -> None:
+        with self._lock:
+            executor, generation, closing = self._executor, self._generation, self._closing
+        if closing:
+            outer.cancel()
+            return
+        if attempt > MAX_ATTEMPTS:
+            self.fallbacks.inc()
+            log.error("verify workers died twice on a batch from %s: verifying it in the "
+                      "gateway process", job.topic)
+            _complete(outer, lambda: self._in_process(job))
+            return
+        try:
+            inner = executor.submit(_prepare_in_worker, job.topic, job.payload, job.arrived,
+                                    job.device)
+        except (BrokenProcessPool, RuntimeError):  # broken, or shut down by a restart
+            self._restart(generation)
+            self._send(job, outer, attempt + 1)
+            return
+        inner.add_done_callback(lambda done: self._finished(done, job, outer, attempt,
+                                                            generation))
+
+    def _finished(self, inner: Future[_Packed], job: _Job, outer: Future[PreparedBatch],
+                  attempt: int, generation: int) -> None:
+        if inner.cancelled():
+            outer.cancel()
+            return
+        error = inner.exception()
+        if isinstance(error, BrokenProcessPool):
+            self._restart(generation)
+            self._send(job, outer, attempt + 1)
+        elif error is not None:
+            outer.set_exception(error)
+        else:
+            outer.set_result(unpack(job.topic, job.arrived, inner.result()))
+
+    def _restart(self, generation: int) -> None:
+        """Replace a broken executor once, however many of its jobs report it."""
+        with self._lock:
+            if self._closing or generation != self._generation:
+                return
+            old = self._executor
+            self._executor = self._new_executor()
+            self._generation += 1
+        self.restarts.inc()
+        log.error("a verify worker died; restarted the workers and sent their batches again")
+        old.shutdown(wait=False)
+
+
+def _complete(outer: Future[PreparedBatch], work: Callable[[], PreparedBatch]) -> None:
+    try:
+        outer.set_result(work())
+    except Exception as exc:  # noqa: BLE001 - handed to whoever waits for the result
+        outer.set_exception(exc)
