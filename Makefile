@@ -81,6 +81,7 @@ bench: deps
 	$(PY) bench/e2e_bench.py
 	$(PY) bench/store_bench.py
 	$(PY) bench/scale_bench.py
+	$(PY) bench/chain_bench.py
 	$(PY) bench/dashboard_bench.py
 
 # The one-command demo (README, "Demo"); options go in DEMO_ARGS, for example

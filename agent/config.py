@@ -90,6 +90,19 @@ class ServiceSettings:
 
 
 @dataclass(frozen=True)
+class OwnerConfig:
+    """The device's owner, pinned at enrolment (the bundle writes ``[owner]``).
+
+    ``public_key`` (Ed25519) is the only key whose consents and revocations the device
+    applies; ``sealing_key`` (X25519) is sealed every stream, so the owner reads all its
+    device's data.
+    """
+
+    public_key: bytes
+    sealing_key: bytes
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """Everything the agent needs to run, validated."""
 
@@ -108,13 +121,28 @@ class AgentConfig:
     sensors: tuple[SensorConfig, ...]
     usage: UsageConfig | None
     service: ServiceSettings = field(default_factory=ServiceSettings)
+    owner: OwnerConfig | None = None
     local_mqtt: LocalMqttConfig | None = None
     metrics: MetricsConfig | None = None
 
     def stream_recipients(self) -> dict[str, tuple[bytes, ...]]:
-        """Stream name -> the X25519 public keys its values are sealed for."""
+        """Stream name -> the X25519 public keys its full values are sealed for.
+
+        With an owner, every stream is sealed to the owner's sealing key and to nobody
+        else: who else reads what is the owner's decision, by signed consent (derived
+        streams, docs/AGENT.md), never the config's (see :meth:`ignored_recipients`).
+        Without an owner, each stream is sealed to the recipients configured for it.
+        """
+        if self.owner is not None:
+            return {s.stream: (self.owner.sealing_key,) for s in self.sensors}
         return {s.stream: tuple(self.recipients[name] for name in s.recipients)
                 for s in self.sensors if s.recipients}
+
+    def ignored_recipients(self) -> dict[str, tuple[str, ...]]:
+        """Stream -> the configured recipients NOT sealed to, because an owner is pinned."""
+        if self.owner is None:
+            return {}
+        return {s.stream: s.recipients for s in self.sensors if s.recipients}
 
 
 def apply_overrides(data: dict[str, object], overrides: Mapping[tuple[str, str], object]
@@ -172,6 +200,7 @@ def parse_config(data: Mapping[str, object], base_dir: Path) -> AgentConfig:
         sensors=sensors,
         usage=_usage(root.optional_table("usage"), sensors),
         service=_service(root.table("service")),
+        owner=_owner(root.optional_table("owner")),
         local_mqtt=_local_mqtt(root.optional_table("local_mqtt"), sensors),
         metrics=_metrics(root.optional_table("metrics")),
     )
@@ -314,17 +343,29 @@ def _service(t: Table) -> ServiceSettings:
     return out
 
 
+def _owner(t: Table | None) -> OwnerConfig | None:
+    if t is None:
+        return None
+    out = OwnerConfig(_hex_key(t, "owner", "public_key", "an Ed25519 public key"),
+                      _hex_key(t, "owner", "sealing_key", "an X25519 public key"))
+    t.finish()
+    return out
+
+
+def _hex_key(t: Table, section: str, name: str, what: str) -> bytes:
+    text = t.string(name, None)
+    try:
+        key = bytes.fromhex(text or "")
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise ConfigError(f"{section}.{name}: must be {what}, 64 hex digits")
+    return key
+
+
 def _recipients(t: Table) -> dict[str, bytes]:
-    out: dict[str, bytes] = {}
-    for name in t.keys():  # noqa: SIM118 - Table is not a dict
-        text = t.string(name, None) or ""
-        try:
-            key = bytes.fromhex(text)
-        except ValueError:
-            key = b""
-        if len(key) != 32:
-            raise ConfigError(f"recipients.{name}: must be an X25519 public key, 64 hex digits")
-        out[name] = key
+    out = {name: _hex_key(t, "recipients", name, "an X25519 public key")
+           for name in t.keys()}  # noqa: SIM118 - Table is not a dict
     t.finish()
     return out
 

@@ -29,10 +29,12 @@ from pathlib import Path
 from agent.clock import Clock
 from agent.config import AgentConfig, broker_settings
 from agent.credits import MeterDamaged, UsageMeter
+from agent.grants import GRANTS_FILE, GrantBook
 from agent.identity import Identity, KeyFiles, load_identity
 from agent.local_mqtt import DeviceInfo, LocalPublisher, device_entities
 from agent.local_mqtt.discovery import reading_states, status_states
 from agent.outbox import DatabaseCorrupt, DeviceState, Outbox
+from agent.policy import PolicyInbox
 from agent.records import RecordFactory, RecordWriter
 from agent.rotation import KeyRotator, RotationState, Step
 from agent.sensors import (
@@ -145,9 +147,15 @@ class AgentService:
                                      self.clock)
         self.rotation.attach(self.factory, self._use_key)
         self.outbox.attach(self.factory)
+        self.grants = GrantBook(cfg.state_dir / GRANTS_FILE)
+        self.policy = None if cfg.owner is None else PolicyInbox(
+            self.grants, self.outbox, device_id=self.identity.device_id,
+            owner=cfg.owner.public_key, streams={s.stream for s in cfg.sensors},
+            clock=self.clock)
         self.writer = RecordWriter(self.factory, self.outbox, cfg.stream_recipients(),
                                    policy=cfg.epoch, clock=self.clock,
-                                   random_bytes=self.options.random_bytes)
+                                   random_bytes=self.options.random_bytes,
+                                   grants=self.grants if cfg.owner is not None else None)
         self._open_meter()
         self.writer.start_epoch()
         self._guarded(self.rotation.begin_if_requested)
@@ -195,6 +203,11 @@ class AgentService:
         elif usage.rate_micro_per_hour == 0:
             log.info("credit: usage.rate_micro_per_hour is 0; usage of %s is measured but "
                      "earns no credit (device add/enroll --rate sets it)", usage.input)
+        ignored = self.config.ignored_recipients()
+        if ignored:
+            log.warning("sealing: the owner is pinned, so the recipients configured for %s "
+                        "are NOT sealed to; only the owner's signed consents grant access",
+                        "; ".join(f"{s} ({', '.join(r)})" for s, r in sorted(ignored.items())))
         plain = self.plaintext_streams()
         if plain:
             log.info("sealing: stream%s %s sent in plaintext (no recipients); device "
@@ -203,7 +216,8 @@ class AgentService:
 
     def plaintext_streams(self) -> list[str]:
         """Configured streams whose values go unsealed (no recipients)."""
-        return [s.stream for s in self.config.sensors if not s.recipients]
+        sealed = self.config.stream_recipients()
+        return [s.stream for s in self.config.sensors if s.stream not in sealed]
 
     def _use_key(self, key: SigningKey) -> None:
         self.identity = Identity(key, self.identity.device_id)
@@ -258,7 +272,7 @@ class AgentService:
         return Uplink(self.config.uplink, broker, self.config.gateway,
                       device_id=self.identity.device_id, boot=self.boot, outbox=self.outbox,
                       clock=self.clock, rng=self.options.rng,
-                      transport_factory=self.options.transport_factory)
+                      transport_factory=self.options.transport_factory, policy=self.policy)
 
     # --- one iteration ------------------------------------------------------------------
 
@@ -270,6 +284,7 @@ class AgentService:
             self.sim.advance(world() if world else self.clock.wall_ms() / 1000, now)
         self._sample(now)
         self._meter(now)
+        self._apply_grants()
         self._guarded(self.outbox.maybe_commit)
         self._guarded(self.rotation.poll)
         self._watch_uplink(now)
@@ -304,6 +319,16 @@ class AgentService:
             if self.local is not None and reading.stream in self._local_streams:
                 self.local.offer(reading_states(self.local.entities.values(), reading.stream,
                                                 reading.values))
+
+    def _apply_grants(self) -> None:
+        """A consent or revocation applied, or a grant that began, ended or lost its
+        proof (clock): start the key epoch that applies the change now, not at the next
+        reading."""
+        if self.policy is None:
+            return
+        self._guarded(lambda: self.grants.forget_ended(self.clock.wall_ms(),
+                                                       self.clock.wall_synced()))
+        self._guarded(self.writer.refresh_epoch)
 
     def _sensor_error(self, sensor: Sensor, exc: SensorReadError) -> None:
         self.counters["sensor_errors"] += 1
@@ -464,6 +489,8 @@ class AgentService:
                 "inflight_batches": uplink.inflight_batches, "counters": uplink.counters},
             "receipts": self.receipts_status(),
             "plaintext_streams": self.plaintext_streams(),
+            "ignored_recipients": {s: list(r) for s, r in
+                                   self.config.ignored_recipients().items()},
             "credit_rate_micro_per_hour": (None if self.config.usage is None
                                            else self.config.usage.rate_micro_per_hour),
             "sensors": [s.status() for s in self.sensors.sensors],
@@ -471,9 +498,20 @@ class AgentService:
                                  "detail": f.detail} for f in self.sensors.failures],
             "usage": self.reporter.meter.status() if self.reporter else None,
             "rotation": self.rotation.status(),
+            "grants": self.grants_status(),
             "service": dict(self.counters),
             "local_mqtt": self.local.status() if self.local is not None else None,
         }
+
+    def grants_status(self) -> dict[str, object] | None:
+        """The owner's grants as the device applies them, refusals by reason, and what the
+        writer made of them (None: this device pins no owner)."""
+        if self.policy is None:
+            return None
+        out = self.grants.status(self.clock.wall_ms(), self.clock.wall_synced())
+        out["owner"] = self.config.owner.public_key.hex() if self.config.owner else None
+        out["writer"] = dict(self.writer.counters)
+        return out
 
     def _offer_local_status(self) -> None:
         """Usage, credit, outbox and health to the local broker (raises StorageError)."""

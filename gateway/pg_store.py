@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
 
+from gateway import doc_sql
 from gateway.store import (
     DEVICE_EQUIVOCATED,
     MAX_PAGE,
@@ -53,7 +54,10 @@ from gateway.store import (
     NotSequencer,
     OwnerCredit,
     PendingBatch,
+    RecipientEntry,
+    RecipientExists,
     StoredCheckpoint,
+    StoredDocument,
     UsageEntry,
 )
 from protocol import merkle
@@ -81,6 +85,8 @@ CREATE TABLE IF NOT EXISTS devices (
     owner text NOT NULL, rate_micro_per_hour bigint NOT NULL, status text NOT NULL,
     flags integer NOT NULL DEFAULT 0, settled_micro bigint NOT NULL DEFAULT 0,
     registered_ms bigint NOT NULL, revoked_ms bigint);
+ALTER TABLE devices ADD COLUMN IF NOT EXISTS owner_key bytea;
+ALTER TABLE devices ADD COLUMN IF NOT EXISTS owner_sealing_key bytea;
 CREATE TABLE IF NOT EXISTS device_keys (
     device_id bytea NOT NULL, from_seq bigint NOT NULL, public_key bytea NOT NULL UNIQUE,
     PRIMARY KEY (device_id, from_seq));
@@ -107,7 +113,7 @@ CREATE TABLE IF NOT EXISTS pending (
     id bigserial PRIMARY KEY, topic text NOT NULL, payload bytea NOT NULL,
     payload_hash bytea NOT NULL, reject text, verdicts bytea NOT NULL,
     queued_ms bigint NOT NULL);
-"""
+""" + doc_sql.schema("bytea", "bigint")
 _LEAF_COLUMNS = "idx, device_id, seq, hash, raw, stream, received_ms, flags"
 _CHECKPOINT_COLUMNS = "number, size, root, note, issued_ms, balances"
 _CONNECT_TIMEOUT_S = 10
@@ -127,6 +133,13 @@ def _storage_errors(what: str) -> Iterator[None]:
     except psycopg.Error as exc:
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise StorageError(f"gateway store: {what} failed: {detail}") from None
+
+
+def _runner(conn: Conn) -> doc_sql.Run:
+    def run(sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        cur = conn.execute(sql.replace("?", "%s").encode(), params)
+        return cur.fetchall() if cur.description is not None else []
+    return run
 
 
 def _leaf(row: Sequence[Any]) -> Leaf:
@@ -234,6 +247,7 @@ class PostgresLogStore:
                         conn.execute(statement.encode(), prepare=False)
                 conn.execute("INSERT INTO meta VALUES ('schema_version', %s) "
                              "ON CONFLICT (key) DO NOTHING", (str(SCHEMA_VERSION),))
+                doc_sql.fill_streams_once(_runner(conn))
                 row = conn.execute(
                     "SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if row is None or row[0] != str(SCHEMA_VERSION):
@@ -547,7 +561,30 @@ class PostgresLogStore:
         assert row is not None
         names = ("devices", "devices_revoked", "devices_equivocated", "gaps_declared",
                  "equivocations", "usage_records", "checkpoints")
-        return {name: int(value) for name, value in zip(names, row, strict=True)}
+        counts = {name: int(value) for name, value in zip(names, row, strict=True)}
+        return counts | self._read("count documents",
+                                   lambda conn: doc_sql.document_counts(_runner(conn)))
+
+    def document(self, doc_id: bytes) -> StoredDocument | None:
+        """Return a logged document by id, or None."""
+        return self._read("read document",
+                          lambda conn: doc_sql.document(_runner(conn), doc_id))
+
+    def documents(self, doc_type: str | None, after_index: int,
+                  limit: int) -> list[StoredDocument]:
+        """Return documents with index > after_index in log order, at most ``limit``."""
+        return self._read("read documents", lambda conn: doc_sql.documents(
+            _runner(conn), doc_type, after_index, limit))
+
+    def device_documents(self, device_id: bytes, from_index: int,
+                         limit: int) -> list[StoredDocument]:
+        """Return a device's consents and revocations with index >= from_index."""
+        return self._read("read device documents", lambda conn: doc_sql.device_documents(
+            _runner(conn), device_id, from_index, limit))
+
+    def recipients(self) -> list[RecipientEntry]:
+        """Return every registered recipient, by name."""
+        return self._read("read recipients", lambda conn: doc_sql.recipients(_runner(conn)))
 
     def device_counts(self) -> DeviceCounts:
         """Count registered, revoked and equivocated devices (one pass over the registry)."""
@@ -584,8 +621,24 @@ class PostgresLogStore:
 
     # --- registry (the admin API) --------------------------------------------------------
 
+    def register_recipient(self, name: str, signing_key: bytes, sealing_key: bytes,
+                           now_ms: int) -> RecipientEntry:
+        """Register a recipient; raise RecipientExists if its name or a key is taken."""
+        entry = RecipientEntry(name, signing_key, sealing_key, now_ms)
+        with self._registry_lock, _storage_errors("register recipient"):
+            conn = self._registry.get()
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_REGISTRY_LOCK,))
+                clash = doc_sql.recipient_clash(_runner(conn), name, signing_key, sealing_key)
+                if clash is not None:
+                    raise RecipientExists(clash)
+                doc_sql.add_recipient(_runner(conn), entry)
+        return entry
+
     def register_device(self, name: str, public_key: bytes, owner: str,
-                        rate_micro_per_hour: int, now_ms: int) -> Device:
+                        rate_micro_per_hour: int, now_ms: int, *,
+                        owner_key: bytes | None = None,
+                        owner_sealing_key: bytes | None = None) -> Device:
         """Register a device; raise DeviceExists if its name or key is already known."""
         device_id = device_id_for(public_key)
         with self._registry_lock, _storage_errors("register device"):
@@ -596,10 +649,10 @@ class PostgresLogStore:
                     _refuse_claimed(conn, name, public_key)
                     conn.execute(
                         "INSERT INTO devices (device_id, name, public_key, owner, "
-                        "rate_micro_per_hour, status, registered_ms) "
-                        "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                        "rate_micro_per_hour, status, registered_ms, owner_key, "
+                        "owner_sealing_key) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
                         (device_id, name, public_key, owner, rate_micro_per_hour,
-                         STATUS_ACTIVE.value, now_ms))
+                         STATUS_ACTIVE.value, now_ms, owner_key, owner_sealing_key))
                     conn.execute("INSERT INTO device_keys VALUES (%s, 0, %s)",
                                  (device_id, public_key))
             except pg_errors.UniqueViolation:
@@ -622,7 +675,7 @@ class PostgresLogStore:
         return found
 
 
-class PgTransaction:
+class PgTransaction(doc_sql.DocumentMethods):
     """A :class:`gateway.store.LogTransaction` over the writer connection."""
 
     def __init__(self, conn: Conn, tree: merkle.CompactRange) -> None:
@@ -646,6 +699,7 @@ class PgTransaction:
                 copy.set_types(_NODE_TYPES)
                 for node in self._node_rows:
                     copy.write_row(node)
+            doc_sql.note_streams(_runner(self._conn), self._leaf_rows)
         self._leaf_rows, self._node_rows = [], []
 
     @property
@@ -731,6 +785,12 @@ class PgTransaction:
                                      (public_key,)).fetchone()
         return row is not None
 
+    def _run(self) -> doc_sql.Run:
+        return _runner(self._conn)
+
+    def _errors(self, what: str) -> AbstractContextManager[None]:
+        return _storage_errors(what)
+
 
 def _load_devices(conn: Conn, after_name: str, limit: int) -> list[Device]:
     ids = [bytes(r[0]) for r in conn.execute(
@@ -743,13 +803,15 @@ def _load_devices(conn: Conn, after_name: str, limit: int) -> list[Device]:
 def _load_device(conn: Conn, device_id: bytes) -> Device | None:
     row = conn.execute(
         "SELECT name, owner, rate_micro_per_hour, status, flags, settled_micro, registered_ms, "
-        "revoked_ms FROM devices WHERE device_id = %s", (device_id,)).fetchone()
+        "revoked_ms, owner_key, owner_sealing_key FROM devices WHERE device_id = %s",
+        (device_id,)).fetchone()
     if row is None:
         return None
     keys = tuple(KeyEntry(int(s), bytes(k)) for s, k in conn.execute(
         "SELECT from_seq, public_key FROM device_keys WHERE device_id = %s ORDER BY from_seq",
         (device_id,)).fetchall())
-    name, owner, rate, status, flags, settled, registered, revoked = row
+    name, owner, rate, status, flags, settled, registered, revoked, okey, oseal = row
     return Device(device_id, str(name), str(owner), int(rate), DeviceStatus(status), keys,
                   int(flags),
-                  int(settled), int(registered), None if revoked is None else int(revoked))
+                  int(settled), int(registered), None if revoked is None else int(revoked),
+                  None if okey is None else bytes(okey), None if oseal is None else bytes(oseal))

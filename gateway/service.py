@@ -50,6 +50,8 @@ from gateway.api import ApiContext, create_app
 from gateway.checkpoints import Checkpointer
 from gateway.cluster import POLL_S, Role
 from gateway.config import GatewayConfig, HttpLimits
+from gateway.contracts import DocumentDesk
+from gateway.courier import PolicyCourier
 from gateway.dashboard import record_rejections, refused_messages
 from gateway.fairness import (
     OVER_SHARE,
@@ -68,6 +70,7 @@ from gateway.history import History, Sample
 from gateway.http_guard import server_config
 from gateway.ingest import Message, MqttIngest
 from gateway.metrics import GatewayMetrics
+from gateway.payout import PayoutWorker
 from gateway.sequencer import Sequencer, SignedReceipt
 from gateway.sqlite_store import SQLiteLogStore
 from gateway.store import STATUS_REVOKED, Device, LogStore, NotSequencer
@@ -76,6 +79,7 @@ from gateway.verify_pool import VerifyPool
 from osutil.sdnotify import Notifier
 from protocol import reasons
 from protocol.batch import device_id_from_topic
+from protocol.delivery import SYNC_SUFFIX, PolicySync, device_id_from_sync_topic
 from protocol.errors import ConfigError, MalformedRecord, RejectedByPeer, StorageError
 from protocol.keys import Secret, read_secret_file
 from protocol.receipt import Outcome
@@ -211,12 +215,18 @@ class GatewayService:
             self.metrics.sequencer_leading.set(1)
         self._pool = VerifyPool(config.verify_workers, config.verify_threads, config.limits,
                                 self.metrics.registry)
+        self.payout = None if config.payout is None else PayoutWorker(
+            config.payout, self.store, config.data_dir, self.key.signing_key, wall_ms=clock_ms,
+            monotonic=monotonic, registry=self.metrics.registry)
         self.ingest = MqttIngest(config.broker, self._on_message, monotonic)
         self.ingest.on_publish_failure = self.metrics.receipt_failures.inc
         self.history = History(self._sample, monotonic)
+        self.courier = PolicyCourier(self.store, self.ingest.publish, self.metrics, monotonic)
+        self.desk = DocumentDesk(self.store, self.metrics, clock_ms, self.courier.push)
         api = ApiContext(self.store, self.metrics, self.key.verifier_text(), admin_token,
                          clock_ms, self._health, self.anchor.lookup,
-                         self.anchor.listing, self.history, self.breaker.blocked)
+                         self.anchor.listing, self.desk, self.payout,
+                         history=self.history, quarantined=self.breaker.blocked)
         self.http = HttpServer(
             create_app(api, config.http), config.http_host, config.http_port, config.http,
             self.metrics.http_rejected)
@@ -236,7 +246,10 @@ class GatewayService:
             self.checkpointer.issue()  # a crash may have left leaves after the last checkpoint
         self._pool.start()
         self.anchor.start()  # ConfigError if an ethereum node is on another chain
+        if self.payout is not None:
+            self.payout.start()
         self.http.start()
+        self.courier.start()
         self.ingest.start()
         self._notifier.ready(self._status())
         log.info("gateway %s ready: log size %d, API on %s:%d", self.key.name,
@@ -269,6 +282,7 @@ class GatewayService:
         """Stop ingest, sign a final checkpoint, stop HTTP, close the store."""
         self._notifier.stopping()
         self.ingest.stop()
+        self.courier.stop()
         self._pool.close()
         try:
             if self.role is None or self.role.leading:
@@ -276,12 +290,17 @@ class GatewayService:
         finally:
             self.anchor.close()  # anchors still queued are persisted for the next run
             self.http.stop()
+            if self.payout is not None:  # after HTTP: the API reads its book
+                self.payout.close()  # a pending epoch is persisted for the next run
             self.store.close()
 
     # --- the pipeline ----------------------------------------------------------------------
 
     def _on_message(self, message: Message) -> None:
         """Admit one message (paho's network thread): cheap checks only, then queue it."""
+        if message.topic.endswith("/" + SYNC_SUFFIX):
+            self._on_sync(message)
+            return
         try:
             device_id = device_id_from_topic(message.topic)
         except MalformedRecord:  # nowhere to answer: count it and let it go
@@ -306,6 +325,21 @@ class GatewayService:
         for victim, dropped in self._queue.offer(key, work, len(work.message.payload),
                                                  message.arrived):
             self._drop(victim, dropped.message, OVER_SHARE)
+
+    def _on_sync(self, message: Message) -> None:
+        """A device asks for its consents and revocations (PROTOCOL.md §17)."""
+        self.ingest.ack(message)
+        try:
+            device_id = device_id_from_sync_topic(message.topic)
+            from_index = PolicySync.from_cbor(message.payload).from_index
+            device = self.store.device(device_id)
+        except (MalformedRecord, StorageError):
+            self.metrics.policy_syncs_dropped.labels(reason="malformed").inc()
+            return
+        if device is None or device.status is STATUS_REVOKED:
+            self.metrics.policy_syncs_dropped.labels(reason="unregistered").inc()
+            return
+        self.courier.sync(device_id, from_index)
 
     def _drop(self, key: bytes, message: Message, reason: IngestDrop) -> None:
         """Count a message dropped before verification and acknowledge it.

@@ -76,19 +76,31 @@ class GatewayAPI:
             raise TransportError(f"{self.base_url}: unexpected device listing: {exc}") from None
 
     def register(self, *, name: str, public_key: bytes, owner: str,
-                 rate_micro_per_hour: int) -> str:
+                 rate_micro_per_hour: int, owner_keys: tuple[bytes, bytes] | None = None,
+                 ) -> str:
         """Register a device; return its device id (hex).
 
         Raises AlreadyRegistered (409), RejectedByPeer (other refusals) or TransportError.
         """
-        body = self._call("POST", "/v1/devices", json={
+        request: dict[str, object] = {
             "name": name, "public_key": public_key.hex(), "owner": owner,
             "rate_micro_per_hour": rate_micro_per_hour,
-        })
+        }
+        if owner_keys is not None:  # the owner's Ed25519 and X25519 keys, pinned
+            request["owner_key"], request["owner_sealing_key"] = (k.hex() for k in owner_keys)
+        body = self._call("POST", "/v1/devices", json=request)
         device_id = body.get("device_id") if isinstance(body, dict) else None
         if not isinstance(device_id, str):
             raise TransportError(f"{self.base_url}: registration answer has no device_id")
         return device_id
+
+    def register_recipient(self, name: str, signing_key: bytes, sealing_key: bytes) -> None:
+        """Register a data recipient's public keys, so the gateway logs its requests.
+
+        Raises AlreadyRegistered (409), RejectedByPeer or TransportError.
+        """
+        self._call("POST", "/v1/recipients", json={
+            "name": name, "signing_key": signing_key.hex(), "sealing_key": sealing_key.hex()})
 
     def revoke(self, device_id: str) -> None:
         """Revoke a device. Raises UnknownDevice, RejectedByPeer or TransportError."""

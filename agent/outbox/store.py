@@ -653,6 +653,37 @@ class Outbox:
                     out.append((seq, row[1]))
         return out
 
+    def withdraw(self, streams: tuple[str, ...], reason: DropReason) -> list[int]:
+        """Delete every stored record of ``streams`` and declare them with gap records.
+
+        For a revoked grant (its derived streams): what was sealed to the recipient and is
+        still here never leaves the device. A record already handed to the broker cannot
+        be called back; its receipt then finds nothing (counted as unknown). Returns the
+        withdrawn sequence numbers. Raises StorageError.
+        """
+        if not streams:
+            return []
+        with self._lock, translated(str(self.path)):
+            marks = ",".join("?" * len(streams))
+            stored = [int(s) for (s,) in self._conn.execute(
+                f"SELECT seq FROM records WHERE stream IN ({marks}) AND protected = 0",  # noqa: S608 - placeholders only
+                streams).fetchall()]
+            pending = [s for s, (st, p, _) in self._pending.items() if st in streams and not p]
+            gone = sorted(stored + pending)
+            if not gone:
+                return []
+            self._journal.append(Dropped(tuple(gone)))
+            self._begin()
+            self._bytes -= self._delete(tuple(gone))
+            self._bump("withdrawn", len(gone))
+            self._write_meta({"head_seq": self._head_seq, "head_hash": self._head_hash})
+            for first, last in consecutive_runs(gone):
+                self._append_gap(first, last, reason)
+            self.commit()
+            log.warning("withdrew %d unsent records of %s (%s)", len(gone),
+                        ", ".join(streams), reason)
+            return gone
+
     def records_of_stream(self, stream: str) -> list[tuple[int, bytes]]:
         """Return every stored record of ``stream`` (committed or not), in order."""
         with self._lock, translated(str(self.path)):

@@ -48,7 +48,13 @@ def test_example_config_is_valid_and_complete() -> None:
     assert cfg.outbox.commit_window_ms == 5000
     assert cfg.outbox.full_policy == "drop-oldest"
     assert [s.stream for s in cfg.sensors] == ["climate", "cpu", "tv", "presence"]
-    assert set(cfg.stream_recipients()) == {"climate", "presence"}
+    assert cfg.owner is not None
+    # With an owner every stream is sealed to it alone: the configured recipients are
+    # ignored (an operator's config grants nothing; the owner's consents do).
+    owner = cfg.owner.sealing_key
+    assert cfg.stream_recipients() == {s: (owner,) for s in ("climate", "cpu", "tv",
+                                                              "presence")}
+    assert cfg.ignored_recipients() == {"climate": ("acme",), "presence": ("acme",)}
     assert cfg.usage is not None
     assert cfg.usage.input == "tv"
     assert cfg.backend == "hardware"  # only --simulate selects simulated hardware
