@@ -52,8 +52,11 @@ SUMMARY_TTL_S = 1.0
 RECENT_CHECKPOINTS = 10
 DEFAULT_PAGE = 50
 MAX_DASHBOARD_PAGE = 200
-# Second-stage documents the page has slots for; None until this gateway serves them.
-SECTIONS = ("consents", "revocations", "quality")
+# Second-stage documents the page has panels for: where each is listed, or None while this
+# gateway does not serve it (quality verdicts: not yet).
+SECTIONS: dict[str, str | None] = {"consents": "/v1/documents?type=consent",
+                                   "revocations": "/v1/documents?type=revocation",
+                                   "quality": None}
 
 
 PageLimit = Annotated[int, Query(ge=1, le=MAX_DASHBOARD_PAGE)]
@@ -174,7 +177,7 @@ def summary(ctx: ApiContext) -> dict[str, object]:
         "rejections": {**rejections, **refused_messages(stats)},
         "recent_checkpoints": _recent_checkpoints(ctx),
         "series": ctx.history.series() if ctx.history else {},
-        "sections": dict.fromkeys(SECTIONS),
+        "sections": dict(SECTIONS),
     }
 
 

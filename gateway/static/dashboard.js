@@ -185,7 +185,8 @@ function renderSummary(s) {
 
 class Pager {
   constructor(name, path, key, render, draw) {
-    Object.assign(this, { name, path, key, render, draw, cursors: [""], next: null });
+    const first = key ? "" : -1;  // /v1/documents: indices after -1, i.e. from the first leaf
+    Object.assign(this, { name, path, key, render, draw, cursors: [first], next: null });
     $(`${name}-prev`).addEventListener("click", () => this.move(-1));
     $(`${name}-next`).addEventListener("click", () => this.move(1));
   }
@@ -199,9 +200,12 @@ class Pager {
 
   async load() {
     const after = this.cursors[this.cursors.length - 1];
-    const page = await getJson(`${this.path}?limit=${PAGE}&after=${encodeURIComponent(after)}`);
-    const rows = page[this.key];
-    this.next = page.next_after;
+    const sep = this.path.includes("?") ? "&" : "?";
+    const page = await getJson(`${this.path}${sep}limit=${PAGE}&after=${encodeURIComponent(after)}`);
+    // A cursor page ({rows, next_after}), or a plain list in log order (/v1/documents).
+    const rows = this.key ? page[this.key] : page;
+    this.next = this.key ? page.next_after
+      : (rows.length === PAGE ? rows[rows.length - 1].index : null);
     fillTable(`${this.name}-table`, rows, this.render);
     if (this.draw) this.draw(rows);
     const first = (this.cursors.length - 1) * PAGE;
@@ -235,6 +239,29 @@ const owners = new Pager("owners", "/v1/owners", "owners", (tr, o) => {
   cell(tr, fmtMicro(o.balance_micro), "num");
 }, drawOwners);
 
+// Consents and revocations (signed documents logged as leaves, GET /v1/documents), in log
+// order. A gateway without that endpoint answers 404: the panel then says so.
+function documentRow(tr, d) {
+  cell(tr, fmtInt(d.index), "num");
+  cell(tr, d.id.slice(0, 16) + "…", "id").title = d.id;
+  cell(tr, d.signer_id || d.signer.slice(0, 16), "id");
+  cell(tr, d.ref ? d.ref.slice(0, 16) + "…" : "–", "id");
+  cell(tr, fmtTime(d.received_ms));
+}
+
+const consents = new Pager("consents", "/v1/documents?type=consent", null, documentRow);
+const revocations = new Pager("revocations", "/v1/documents?type=revocation", null,
+                              documentRow);
+
+async function loadDocuments(pager) {
+  try {
+    await pager.load();
+  } catch (err) {
+    if (!String(err).includes("HTTP 404")) throw err;
+    setText(`${pager.name}-page`, "(not served by this gateway)");
+  }
+}
+
 // --- the loop ---------------------------------------------------------------------------------
 
 function online() {
@@ -256,7 +283,10 @@ async function poll() {
   try {
     const summary = await getJson("/v1/dashboard/summary");
     renderSummary(summary);
-    if (polls % TABLE_EVERY === 0) await Promise.all([devices.load(), owners.load()]);
+    if (polls % TABLE_EVERY === 0) {
+      await Promise.all([devices.load(), owners.load(), loadDocuments(consents),
+                         loadDocuments(revocations)]);
+    }
     online();
   } catch (err) {
     offline(err);

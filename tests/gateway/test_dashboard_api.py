@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from selenium.webdriver.common.by import By
 
 from gateway.history import History, Sample
+from tests.gateway.contractkit import Parties, submitted
 from tests.gateway.gwkit import ADMIN_TOKEN, TestDevice, batch_bytes, register
-from tests.harness.browser import wait_until
+from tests.harness.browser import chromium, console_errors, wait_until
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -23,7 +25,9 @@ def test_dashboard_json_needs_no_token_and_reveals_no_secret(gateway, devices) -
     owners = httpx.get(f"{url}/v1/owners").json()
     assert summary["log_size"] == 4
     assert summary["records"]["accepted"] == 4
-    assert summary["sections"] == {"consents": None, "revocations": None, "quality": None}
+    assert summary["sections"] == {"consents": "/v1/documents?type=consent",
+                                   "revocations": "/v1/documents?type=revocation",
+                                   "quality": None}
     assert [(d["name"], d["owner"], d["last_seq"], d["status"]) for d in page["devices"]] == [
         ("dev-dash", "carol", 3, "active")]
     assert owners == {"owners": [{"owner": "carol", "balance_micro": 0, "devices": 1}],
@@ -124,3 +128,30 @@ def test_history_keeps_only_the_newest_samples_and_rates_between_them() -> None:
     assert series["log_size"] == [20, 30, 40]
     assert series["records_per_s"] == [None, 5.0, 5.0]
     assert series["rejections_per_s"] == {"bad_signature": [None, 0.5, 0.0]}
+
+
+def test_dashboard_lists_logged_consents_and_revocations_as_the_api_does(
+        gateway, devices) -> None:
+    parties = Parties.enrol(gateway.base_url, devices, seed=81)
+    request = parties.request()
+    submitted(gateway.base_url, request)
+    consent = parties.consent(request)
+    consent_index = submitted(gateway.base_url, consent)
+    revocation_index = submitted(gateway.base_url, parties.revocation(consent))
+    url = gateway.base_url
+    with chromium() as browser:
+        browser.get(f"{url}/dashboard")
+
+        def rows(name: str) -> list[list[str]]:
+            found = browser.find_elements(By.CSS_SELECTOR, f"#{name}-table tbody tr")
+            return [[c.text for c in r.find_elements(By.TAG_NAME, "td")] for r in found]
+        wait_until(lambda: rows("consents") and rows("revocations"), 30,
+                   "the consent and revocation tables")
+        for name, index in (("consent", consent_index), ("revocation", revocation_index)):
+            listed = httpx.get(f"{url}/v1/documents", params={"type": name}).json()
+            assert [d["index"] for d in listed] == [index]
+            shown = rows(f"{name}s")
+            assert [int(r[0].replace(",", "")) for r in shown] == [index]
+            assert shown[0][1].rstrip("…") == listed[0]["id"][:16]
+            assert shown[0][3].rstrip("…") == listed[0]["ref"][:16]
+        assert console_errors(browser) == []
