@@ -244,7 +244,7 @@ const owners = new Pager("owners", "/v1/owners", "owners", (tr, o) => {
 function documentRow(tr, d) {
   cell(tr, fmtInt(d.index), "num");
   cell(tr, d.id.slice(0, 16) + "…", "id").title = d.id;
-  cell(tr, d.signer_id || d.signer.slice(0, 16), "id");
+  cell(tr, (d.signer_id || d.signer).slice(0, 16) + "…", "id").title = d.signer;
   cell(tr, d.ref ? d.ref.slice(0, 16) + "…" : "–", "id");
   cell(tr, fmtTime(d.received_ms));
 }
