@@ -1,0 +1,166 @@
+"""Consent gating (docs/PROTOCOL.md §19.4), recomputed from a real gateway's log and the
+distributor's Funded events on a real ganache node, and the rule's invariants on random logs.
+
+The gateway logs usage records (MQTT from a test device), the owner's consents and
+revocations (POST /v1/documents); a company funds the distributor for its request's terms;
+:func:`verifier.gating.recompute` reads all of it back (signatures verified) and gates it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from firmware_sim.broker import MosquittoBroker
+from firmware_sim.chain import GanacheNode
+from firmware_sim.solidity import Deployment, address_of
+from protocol.documents import Document
+from protocol.keys import signer_id
+from protocol.record import credit_micro
+from rewards.documents import BASE_UNITS_PER_MICRO
+from rewards.gating import ConsentLeaf, Event, Gated, RevocationLeaf, UsageLeaf, gate
+from tests.gateway.conftest import RunningGateway
+from tests.gateway.contractkit import Parties, now_ms, submitted
+from tests.gateway.gwkit import RATE, DeviceClient
+from tests.rewards.conftest import KEYS
+from verifier.client import DocumentClient
+from verifier.gating import recompute
+
+USED_MS = 30_000  # each usage record: 30 s of use
+EARNED = credit_micro(USED_MS, RATE)
+
+
+class World:
+    """A device with an owner and a company at a real gateway, a funded distributor."""
+
+    def __init__(self, gateway: RunningGateway, broker: MosquittoBroker, chain: GanacheNode,
+                 deployed: Deployment) -> None:
+        self.base, self.chain, self.deployed = gateway.base_url, chain, deployed
+        self.devices = DeviceClient(broker.port, gateway.verifier)
+        self.parties = Parties.enrol(self.base, self.devices, seed=31)
+        self.parties.device.wall_ms = now_ms()  # inside the consents' periods
+        self.parties.device.mono_ms = 1_000_000
+        self.batch = 10
+        self.company = address_of(KEYS["company"])
+        deployed.give(self.company, 10**24)
+
+    def use(self) -> None:
+        """The TV is used for USED_MS: one usage record, logged."""
+        device = self.parties.device
+        device.mono_ms += USED_MS
+        self.batch += 1
+        self.devices.send(device, [device.usage(device.mono_ms - USED_MS, device.mono_ms,
+                                                USED_MS).raw], self.batch)
+        self.devices.wait_for(device.device_id, self.batch)
+
+    def fund(self, request: Document, micro: int) -> None:
+        self.deployed.fund(KEYS["company"], micro * BASE_UNITS_PER_MICRO, request.id)
+
+    def recompute(self) -> Gated:
+        size = int(httpx.get(f"{self.base}/v1/stats").json()["log_size"])
+        return recompute(DocumentClient(self.base), self.deployed.rpc,
+                         self.deployed.distributor, size, BASE_UNITS_PER_MICRO)
+
+    @property
+    def owner_id(self) -> bytes:
+        return signer_id(self.parties.owner.signing.public_key)
+
+
+@pytest.fixture
+def world(payout_gateway: RunningGateway, broker: MosquittoBroker, chain: GanacheNode,
+          deployed: Deployment) -> Iterator[World]:
+    made = World(payout_gateway, broker, chain, deployed)
+    try:
+        yield made
+    finally:
+        made.devices.close()
+
+
+def test_credit_without_consent_stays_locked_and_a_revocation_stops_it_counting(
+        world: World) -> None:
+    request = world.parties.request()
+    submitted(world.base, request)
+    world.fund(request, 100 * EARNED)
+    world.use()  # before any consent: locked
+    consent = world.parties.consent(request)
+    submitted(world.base, consent)
+    world.use()  # consent in force: paid
+    world.use()
+    submitted(world.base, world.parties.revocation(consent))
+    world.use()  # revoked mid-epoch: locked from the revocation's leaf on
+
+    gated = world.recompute()
+    assert gated.settled_micro == 4 * EARNED
+    assert gated.owners == {world.owner_id: 2 * EARNED}
+    assert gated.paid == {request.id: 2 * EARNED}
+    assert gated.locked_micro == 2 * EARNED
+    assert gated.short_at == {}
+
+
+def test_a_company_is_never_paid_beyond_its_funding_and_more_funding_lowers_no_amount(
+        world: World) -> None:
+    rich, poor = world.parties.request(), world.parties.request(hours=25)
+    for request in (rich, poor):
+        submitted(world.base, request)
+        submitted(world.base, world.parties.consent(request))
+    world.fund(rich, 100 * EARNED)
+    world.fund(poor, EARNED // 2 + 1)  # less than its half of two records
+    world.use()
+    world.use()
+
+    before = world.recompute()  # each record's credit is split over the two requests
+    assert before.earned[poor.id] > EARNED // 2 + 1
+    assert before.paid[poor.id] == EARNED // 2 + 1
+    assert poor.id in before.short_at
+    assert before.paid[rich.id] <= 100 * EARNED
+    assert before.locked_micro == 2 * EARNED - sum(before.paid.values())
+
+    world.fund(poor, 10 * EARNED)  # the company tops up: the cap moves, nothing decreases
+    after = world.recompute()
+    assert after.owners[world.owner_id] == 2 * EARNED
+    assert after.owners[world.owner_id] >= before.owners[world.owner_id]
+    assert after.locked_micro == 0
+
+
+def random_log(rng: random.Random, n: int) -> list[Event]:
+    devices = [bytes([d]) * 16 for d in range(3)]
+    requests = [bytes([r]) * 32 for r in range(3)]
+    events: list[Event] = []
+    consents: list[bytes] = []
+    for leaf in range(n):
+        roll = rng.random()
+        if roll < 0.15:
+            consent = leaf.to_bytes(32, "big")
+            consents.append(consent)
+            events.append(ConsentLeaf(leaf, consent, bytes([rng.randrange(2)]) * 16,
+                                      rng.choice(requests),
+                                      frozenset(rng.sample(devices, rng.randint(1, 3))),
+                                      0, rng.choice((10**13, 500))))
+        elif roll < 0.25 and consents:
+            events.append(RevocationLeaf(leaf, rng.choice(consents)))
+        else:
+            events.append(UsageLeaf(leaf, rng.choice(devices), rng.randrange(1000),
+                                    rng.randrange(10_000)))
+    return events
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_logs_never_pay_beyond_funding_twice_or_less_than_before(seed: int) -> None:
+    rng = random.Random(seed)
+    events = random_log(rng, 300)
+    funded = {bytes([r]) * 32: rng.randrange(200_000) for r in range(3)}
+    whole = gate(events, funded)
+    for request, paid in whole.paid.items():
+        assert paid <= funded[request]
+        assert paid == min(funded[request], whole.earned[request])
+    assert whole.total_micro + whole.locked_micro == whole.settled_micro
+    # The log grows and the funding grows: no owner's cumulative amount ever decreases.
+    prefix = gate(events[:150], funded)
+    richer = gate(events, {r: f + rng.randrange(50_000) for r, f in funded.items()})
+    for owner, amount in prefix.owners.items():
+        assert whole.owners.get(owner, 0) >= amount
+    for owner, amount in whole.owners.items():
+        assert richer.owners.get(owner, 0) >= amount
