@@ -31,6 +31,10 @@ import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from protocol.contract import Consent, Revocation
+from protocol.documents import Document
+from protocol.keys import signer_id
+from protocol.record import Record, Usage
 from rewards.distributor import Funding
 
 
@@ -139,3 +143,29 @@ def _count(out: Gated, usage: UsageLeaf, in_force: Mapping[bytes, ConsentLeaf],
             owner = covering[request]
             out.owners[owner] = out.owners.get(owner, 0) + pay
             out.paid[request] = out.paid.get(request, 0) + pay
+
+
+# --- from logged leaves to events (the gateway and the verifier read the same way) ----------
+
+
+def consent_event(doc: Document, leaf: int) -> ConsentLeaf:
+    """The event of a verified consent document logged at ``leaf``."""
+    body = doc.body
+    assert isinstance(body, Consent)
+    return ConsentLeaf(leaf, doc.id, signer_id(doc.signer), body.request,
+                       frozenset(body.devices), body.terms.not_before_ms,
+                       body.terms.not_after_ms)
+
+
+def revocation_event(doc: Document, leaf: int) -> RevocationLeaf:
+    """The event of a verified revocation document logged at ``leaf``."""
+    body = doc.body
+    assert isinstance(body, Revocation)
+    return RevocationLeaf(leaf, body.consent)
+
+
+def usage_event(record: Record, device: bytes, leaf: int) -> UsageLeaf | None:
+    """The event of a logged record, if it is a usage record (None otherwise)."""
+    if not isinstance(record.body, Usage):
+        return None
+    return UsageLeaf(leaf, device, record.wall_ms, record.body.credit_micro)

@@ -18,18 +18,17 @@ from osutil.jsonrpc import JsonRpc
 from protocol.contract import Consent, Revocation
 from protocol.documents import verify_document
 from protocol.errors import VerificationError
-from protocol.keys import signer_id
-from protocol.record import Usage
 from protocol.signed import verify_signed_record
 from rewards import distributor as abi
 from rewards.gating import (
-    ConsentLeaf,
     Event,
     Gated,
-    RevocationLeaf,
     UsageLeaf,
+    consent_event,
     funded_micro,
     gate,
+    revocation_event,
+    usage_event,
 )
 from verifier.client import DocumentClient
 
@@ -56,9 +55,7 @@ def gated_from_log(client: DocumentClient, size: int, funded: dict[bytes, int]) 
                                         f"pinned owner of device {device.hex()}")
         signers[doc.id] = doc.signer
         devices.update(body.devices)
-        events.append(ConsentLeaf(logged.index, doc.id, signer_id(doc.signer), body.request,
-                                  frozenset(body.devices), body.terms.not_before_ms,
-                                  body.terms.not_after_ms))
+        events.append(consent_event(doc, logged.index))
     for logged in client.all_documents("revocation"):
         if logged.index >= size:
             continue
@@ -68,7 +65,7 @@ def gated_from_log(client: DocumentClient, size: int, funded: dict[bytes, int]) 
         if signers.get(revocation.consent, doc.signer) != doc.signer:
             raise VerificationError(f"revocation {doc.id.hex()} is not signed by its "
                                     "consent's owner")
-        events.append(RevocationLeaf(logged.index, revocation.consent))
+        events.append(revocation_event(doc, logged.index))
     for device in sorted(devices):
         events.extend(_usage(client, device, size))
     return gate(events, funded)
@@ -83,10 +80,11 @@ def _usage(client: DocumentClient, device: bytes, size: int) -> list[UsageLeaf]:
         key = [k for from_seq, k in keys if from_seq <= logged.seq][-1:]
         if not key:
             raise VerificationError(f"no key of device {device.hex()} for seq {logged.seq}")
-        record = verify_signed_record(logged.record, key[0], device).record
-        if not isinstance(record.body, Usage):
+        event = usage_event(verify_signed_record(logged.record, key[0], device).record, device,
+                            logged.index)
+        if event is None:
             raise VerificationError(f"leaf {logged.index} on 'usage' is not a usage record")
-        found.append(UsageLeaf(logged.index, device, record.wall_ms, record.body.credit_micro))
+        found.append(event)
     return found
 
 

@@ -39,9 +39,10 @@ def deployed(chain: GanacheNode) -> Deployment:
     return Deployment.on(chain, KEYS["issuer"], KEYS["gateway"])
 
 
-@pytest.fixture
-def payout_gateway(tmp_path: Path, broker: MosquittoBroker, chain: GanacheNode,
-                   deployed: Deployment) -> Iterator[RunningGateway]:
+def running_payout_gateway(tmp_path: Path, broker: MosquittoBroker, chain: GanacheNode,
+                           deployed: Deployment, *,
+                           consent_gated: bool) -> Iterator[RunningGateway]:
+    """A gateway with a [payout] section posting to ``deployed`` every 0.2 s."""
     key_file = tmp_path / "payout-eth.key"
     write_secret_file(key_file, KEYS["gateway"].value.hex().encode())
     extra = f"""
@@ -51,6 +52,7 @@ key_file = "{key_file}"
 chain_id = {chain.chain_id}
 distributor = "{deployed.distributor}"
 interval_s = 0.2
+consent_gated = {str(consent_gated).lower()}
 """
     running = start_gateway(write_gateway_files(tmp_path / "gw", broker.port, extra=extra,
                                                 interval_s=0.2))
@@ -59,3 +61,15 @@ interval_s = 0.2
     finally:
         running.stop()
     assert not running.errors, running.errors
+
+
+@pytest.fixture
+def payout_gateway(tmp_path: Path, broker: MosquittoBroker, chain: GanacheNode,
+                   deployed: Deployment) -> Iterator[RunningGateway]:
+    yield from running_payout_gateway(tmp_path, broker, chain, deployed, consent_gated=False)
+
+
+@pytest.fixture
+def gated_gateway(tmp_path: Path, broker: MosquittoBroker, chain: GanacheNode,
+                  deployed: Deployment) -> Iterator[RunningGateway]:
+    yield from running_payout_gateway(tmp_path, broker, chain, deployed, consent_gated=True)

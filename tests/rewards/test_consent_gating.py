@@ -8,8 +8,10 @@ revocations (POST /v1/documents); a company funds the distributor for its reques
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -17,8 +19,9 @@ import pytest
 from firmware_sim.broker import MosquittoBroker
 from firmware_sim.chain import GanacheNode
 from firmware_sim.solidity import Deployment, address_of
+from owner.cli import main as owner_main
 from protocol.documents import Document
-from protocol.keys import signer_id
+from protocol.keys import save_owner_key, signer_id, write_secret_file
 from protocol.record import credit_micro
 from rewards.documents import BASE_UNITS_PER_MICRO
 from rewards.gating import ConsentLeaf, Event, Gated, RevocationLeaf, UsageLeaf, gate
@@ -26,6 +29,8 @@ from tests.gateway.conftest import RunningGateway
 from tests.gateway.contractkit import Parties, now_ms, submitted
 from tests.gateway.gwkit import RATE, DeviceClient
 from tests.rewards.conftest import KEYS
+from tests.rewards.test_payout_end_to_end import wait_for
+from verifier.cli import main as verify_main
 from verifier.client import DocumentClient
 from verifier.gating import recompute
 
@@ -39,8 +44,9 @@ class World:
     def __init__(self, gateway: RunningGateway, broker: MosquittoBroker, chain: GanacheNode,
                  deployed: Deployment) -> None:
         self.base, self.chain, self.deployed = gateway.base_url, chain, deployed
+        self.verifier = gateway.verifier
         self.devices = DeviceClient(broker.port, gateway.verifier)
-        self.parties = Parties.enrol(self.base, self.devices, seed=31)
+        self.parties = Parties.enrol(self.base, self.devices, seed=31, owner_by_id=True)
         self.parties.device.wall_ms = now_ms()  # inside the consents' periods
         self.parties.device.mono_ms = 1_000_000
         self.batch = 10
@@ -77,6 +83,52 @@ def world(payout_gateway: RunningGateway, broker: MosquittoBroker, chain: Ganach
         yield made
     finally:
         made.devices.close()
+
+
+@pytest.fixture
+def gated_world(gated_gateway: RunningGateway, broker: MosquittoBroker, chain: GanacheNode,
+                deployed: Deployment) -> Iterator[World]:
+    made = World(gated_gateway, broker, chain, deployed)
+    try:
+        yield made
+    finally:
+        made.devices.close()
+
+
+def test_gated_epoch_pays_the_wallet_only_consented_funded_credit_and_verify_recomputes_it(
+        gated_world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    world = gated_world
+    request = world.parties.request()
+    submitted(world.base, request)
+    world.fund(request, 100 * EARNED)
+    world.use()  # no consent yet: locked
+    consent = world.parties.consent(request)
+    submitted(world.base, consent)
+    world.use()
+    submitted(world.base, world.parties.revocation(consent))
+    world.use()  # revoked: locked
+    save_owner_key(tmp_path / "owner.key", world.parties.owner)
+    wallet_key = tmp_path / "wallet.key"
+    write_secret_file(wallet_key, KEYS["owner_b"].value.hex().encode())
+    wallet = address_of(KEYS["owner_b"])
+    endpoints = ["--wallet-key", str(wallet_key), "--gateway", world.base,
+                 "--rpc", world.chain.url]
+    assert owner_main(["wallet", "bind", "--key", str(tmp_path / "owner.key"),
+                       *endpoints]) == 0
+    paid = EARNED * BASE_UNITS_PER_MICRO
+    wait_for("an epoch paying the consented credit", lambda: (
+        r.status_code == 200 and int(r.json()["amount"]) == paid
+        if (r := httpx.get(f"{world.base}/v1/payouts/proof/{wallet}")) else False))
+    assert owner_main(["wallet", "claim", *endpoints, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["balance"] == str(paid)
+    assert world.deployed.balance(wallet) == paid
+
+    assert verify_main(["payout", "--gateway", world.base, "--rpc", world.chain.url,
+                        "--json", "--gateway-key", world.verifier]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["consent_gated"] is True
+    assert report["total_micro"] == EARNED
+    assert report["locked_micro"] == 2 * EARNED
 
 
 def test_credit_without_consent_stays_locked_and_a_revocation_stops_it_counting(
