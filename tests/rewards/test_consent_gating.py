@@ -12,12 +12,13 @@ import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from firmware_sim.broker import MosquittoBroker
-from firmware_sim.chain import GanacheNode
+from firmware_sim.chain import REPO_ROOT, GanacheNode
 from firmware_sim.solidity import Deployment, address_of
 from owner.cli import main as owner_main
 from protocol.documents import Document
@@ -216,3 +217,29 @@ def test_random_logs_never_pay_beyond_funding_twice_or_less_than_before(seed: in
         assert whole.owners.get(owner, 0) >= amount
     for owner, amount in whole.owners.items():
         assert richer.owners.get(owner, 0) >= amount
+
+
+def vector_event(entry: dict[str, Any]) -> Event:
+    leaf = int(entry["leaf"])
+    if "usage" in entry:
+        u = entry["usage"]
+        return UsageLeaf(leaf, bytes.fromhex(u["device"]), u["wall_ms"], u["credit_micro"])
+    if "consent" in entry:
+        c = entry["consent"]
+        return ConsentLeaf(leaf, bytes.fromhex(c["id"]), bytes.fromhex(c["owner"]),
+                           bytes.fromhex(c["request"]),
+                           frozenset(bytes.fromhex(d) for d in c["devices"]),
+                           c["not_before_ms"], c["not_after_ms"])
+    return RevocationLeaf(leaf, bytes.fromhex(entry["revocation"]["consent"]))
+
+
+def test_the_hand_worked_vector_is_what_the_rule_pays() -> None:
+    vector = json.loads((REPO_ROOT / "tests" / "vectors" / "consent_gating.json").read_text())
+    funded = {bytes.fromhex(k): v for k, v in vector["funded_micro"].items()}
+    gated = gate([vector_event(e) for e in vector["events"]], funded)
+    expected = vector["expected"]
+    hexed = {name: {k.hex(): v for k, v in getattr(gated, name).items()}
+             for name in ("owners", "earned", "paid", "short_at")}
+    assert hexed == {name: expected[name] for name in hexed}
+    assert (gated.settled_micro, gated.locked_micro) == (expected["settled_micro"],
+                                                         expected["locked_micro"])
