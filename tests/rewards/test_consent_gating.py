@@ -123,6 +123,9 @@ def test_gated_epoch_pays_the_wallet_only_consented_funded_credit_and_verify_rec
     assert owner_main(["wallet", "claim", *endpoints, "--json"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["balance"] == str(paid)
     assert world.deployed.balance(wallet) == paid
+    assert owner_main(["wallet", "claim", *endpoints]) == 1  # nothing is paid twice
+    assert "nothing to claim" in capsys.readouterr().err
+    assert world.deployed.balance(wallet) == paid
 
     assert verify_main(["payout", "--gateway", world.base, "--rpc", world.chain.url,
                         "--json", "--gateway-key", world.verifier]) == 0
