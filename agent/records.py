@@ -107,8 +107,8 @@ class RecordWriter:
                  clock: Clock, random_bytes: Callable[[int], bytes] = os.urandom,
                  grants: GrantBook | None = None) -> None:
         """``recipients`` maps each stream to the keys its full values are sealed for (the
-        owner's, and any configured); ``grants`` is the device's grant book (none: no
-        derived streams)."""
+        owner's when one is pinned, else the configured ones); ``grants`` is the device's
+        grant book (None: no derived streams)."""
         self._factory = factory
         self._outbox = outbox
         self._recipients = {s: tuple(keys) for s, keys in recipients.items() if keys}

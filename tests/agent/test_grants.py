@@ -210,3 +210,15 @@ def test_damaged_grant_book_refuses_to_load(tmp_path: Path) -> None:
     (tmp_path / "grants.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(StorageError, match="damaged grant book"):
         GrantBook(tmp_path / "grants.json")
+
+
+def test_expiry_starts_a_key_epoch_without_the_grant_at_once(device: Device) -> None:
+    until = device.clock.wall_ms() + 5000
+    grant = device.grant(interval_ms=0, until_ms=until)
+    device.readings(1)
+    assert device.writer.refresh_epoch() is None  # nothing changed yet
+    device.clock.advance(10_000)  # past the end of the period, no reading in between
+    assert device.writer.refresh_epoch() is not None
+    epochs = [r.body for r in device.records() if isinstance(r.body, KeyEpoch)]
+    assert epochs[-2].consents == ((grant.derived_stream, grant.consent_hash),)
+    assert epochs[-1].consents == ()
