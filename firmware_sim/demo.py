@@ -21,6 +21,10 @@
 4. Everything started is stopped, the directory removed (unless ``--keep``), a summary
    printed (``--json``: one object).
 
+The gateway's dashboard (``/dashboard``, docs/GATEWAY.md) is live while the devices run;
+its URL is printed at the start. With ``--keep`` the devices run until Ctrl-C rather than
+for ``--duration`` (then the demo verifies and stops as usual, and keeps the directory).
+
 Signals: a first Ctrl-C while the devices run ends the run early and still verifies and
 summarises; a Ctrl-C at any other moment, a second one, or SIGTERM stops everything at
 once (exit 130 or 143). Every path goes through the same cleanup.
@@ -28,6 +32,7 @@ once (exit 130 or 143). Every path goes through the same cleanup.
 
 from __future__ import annotations
 
+import math
 import shutil
 import signal
 import tempfile
@@ -153,6 +158,11 @@ class Demo:
         self.signals.check()
         return self.summary()
 
+    @property
+    def dashboard_url(self) -> str:
+        """The gateway's read-only dashboard (live while the demo runs)."""
+        return f"{self.stack.gateway_url}/dashboard"
+
     def _key(self, recipient: str) -> Path:
         return self.stack.fleet_dir / "recipients" / f"{recipient}.key"
 
@@ -164,6 +174,7 @@ class Demo:
         self.stack.start()
         self.view.note(f"broker {self.stack.broker_url} (anonymous off, password file, ACL), "
                        f"gateway {self.stack.gateway_url}")
+        self.view.note(f"dashboard: {self.dashboard_url}")
         self.stack.add_recipient(RECIPIENT)
         made = self.stack.add_devices("dev", n, [RECIPIENT],
                                       owner_key=OwnerPublic.of(self.owner).text())
@@ -184,8 +195,9 @@ class Demo:
 
     def _run_devices(self) -> None:
         self.signals.check()
-        duration = self.options.duration_s
-        self.view.note(f"running {len(self.devices)} devices for {duration:.0f} s")
+        duration = self._duration_s
+        self.view.note(f"running {len(self.devices)} devices "
+                       + ("until Ctrl-C" if self.options.keep else f"for {duration:.0f} s"))
         start = time.monotonic()
         self.signals.running = True
         self.view.start()
@@ -205,8 +217,12 @@ class Demo:
         if self.signals.finish_early:
             self.view.note(f"Ctrl-C: ending the run early after {self.elapsed_s:.0f} s")
 
+    @property
+    def _duration_s(self) -> float:
+        return math.inf if self.options.keep else self.options.duration_s
+
     def _snapshot(self) -> Snapshot:
-        return Snapshot(self.elapsed_s, self.options.duration_s,
+        return Snapshot(self.elapsed_s, self._duration_s,
                         tuple(d.row() for d in self.devices), self._gateway_row())
 
     def _gateway_row(self) -> GatewayRow:
@@ -247,7 +263,7 @@ class Demo:
             self.signals.check()
             self.signals.wake.wait(0.2)
             gateway = self._gateway_row()
-        self.snapshot = Snapshot(self.elapsed_s, self.options.duration_s,
+        self.snapshot = Snapshot(self.elapsed_s, self._duration_s,
                                  self.snapshot.devices, gateway)
 
     def _cleanup(self) -> None:
@@ -294,6 +310,7 @@ class Demo:
                           "agents": [d.child.pid for d in self.devices if d.child]},
             "ports": {"broker": self.stack.broker_port, "gateway": self.stack.gateway_port,
                       "chain": self.payout_story.port},
+            "dashboard": self.dashboard_url,
             "workdir": str(self.workdir), "kept": self.options.keep,
             "commands": v.commands if self.options.keep else [],
         }

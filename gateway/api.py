@@ -25,12 +25,14 @@ from pydantic import BaseModel, Field
 
 from gateway.config import HttpLimits
 from gateway.contracts import DocumentDesk
+from gateway.dashboard import add_dashboard_routes
 from gateway.documents_api import document_routes
+from gateway.history import History
 from gateway.http_guard import RequestGuard, token_matches
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from gateway.payout import PayoutWorker
 from gateway.payout_api import payout_routes
-from gateway.store import Device, DeviceExists, DeviceNotFound, Leaf, LogStore
+from gateway.store import MAX_PAGE, Device, DeviceExists, DeviceNotFound, Leaf, LogStore
 from protocol import cbor, merkle
 from protocol.keys import Secret
 
@@ -59,6 +61,9 @@ class ApiContext:
     # gateway.contracts.DocumentDesk: checks and logs submitted documents (None: refused).
     desk: DocumentDesk | None = None
     payout: PayoutWorker | None = None  # [payout] configured: epochs, wallets, proofs
+    # The dashboard's time series (gateway.history), and whether a device is quarantined now.
+    history: History | None = None
+    quarantined: Callable[[bytes], bool] = lambda device_id: False
 
 
 class RegisterDevice(BaseModel):
@@ -239,6 +244,7 @@ def create_app(ctx: ApiContext, limits: HttpLimits | None = None) -> FastAPI:
     document_routes(app, ctx.store, ctx.desk, admin, ctx.wall_ms)
     _service_routes(app, ctx)
     payout_routes(app, ctx.payout, ctx.wall_ms)
+    add_dashboard_routes(app, ctx)
     app.add_exception_handler(RequestValidationError, _parameter_error)
     app.add_middleware(
         RequestGuard, admin_token=ctx.admin_token.value,
@@ -266,9 +272,14 @@ def _admin_routes(app: FastAPI, ctx: ApiContext, admin: list[params.Depends]) ->
         return _device_out(device)
 
     @app.get("/v1/devices", response_model=list[DeviceOut], dependencies=admin,
-             tags=["admin"], summary="List devices")
-    def list_devices() -> list[DeviceOut]:
-        return [_device_out(d) for d in ctx.store.devices()]
+             tags=["admin"], summary="List devices by name, a page at a time",
+             description="Devices whose name sorts after `after` (by bytes), at most "
+             "`limit`; the next page starts after the last name returned. A page shorter "
+             "than `limit` is the last.")
+    def list_devices(after: Annotated[str, Query(max_length=64)] = "",
+                     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = MAX_PAGE,
+                     ) -> list[DeviceOut]:
+        return [_device_out(d) for d in ctx.store.devices(after, limit)]
 
     @app.post("/v1/devices/{device_id}/revoke", response_model=DeviceOut, dependencies=admin,
               tags=["admin"], summary="Revoke a device (its next record is rejected)")

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from gateway.contracts import DocumentDesk, DocumentRefused
-from gateway.store import LogStore, RecipientEntry, RecipientExists, StoredDocument
+from gateway.store import MAX_PAGE, LogStore, RecipientEntry, RecipientExists, StoredDocument
 from protocol.errors import StorageError
 from protocol.keys import signer_id
 
@@ -141,8 +141,13 @@ def document_routes(app: FastAPI, store: LogStore, desk: DocumentDesk | None,
              tags=["documents"], summary="The devices pinned to an owner's Ed25519 key")
     def owner_devices(owner_key: Annotated[str, Path(pattern=_HEX_32)]) -> list[OwnedDevice]:
         key = bytes.fromhex(owner_key)
-        return [OwnedDevice(device_id=d.device_id.hex(), name=d.name, status=d.status.value)
-                for d in store.devices() if d.owner_key == key]
+        owned: list[OwnedDevice] = []
+        after = ""  # the registry is read a page at a time (LogStore.devices)
+        while page := store.devices(after, MAX_PAGE):
+            owned += [OwnedDevice(device_id=d.device_id.hex(), name=d.name,
+                                  status=d.status.value) for d in page if d.owner_key == key]
+            after = page[-1].name
+        return owned
 
     @app.post("/v1/recipients", status_code=201, response_model=RecipientOut,
               dependencies=admin, tags=["admin"], summary="Register a data recipient")

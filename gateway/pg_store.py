@@ -36,19 +36,23 @@ from psycopg import errors as pg_errors
 from gateway import doc_sql
 from gateway.store import (
     DEVICE_EQUIVOCATED,
+    MAX_PAGE,
     STATUS_ACTIVE,
     STATUS_REVOKED,
     Balance,
     Device,
+    DeviceCounts,
     DeviceExists,
     DeviceNotFound,
     DeviceStatus,
     GapEntry,
     KeyEntry,
+    LastRecord,
     Leaf,
     LoggedLink,
     NewLeaf,
     NotSequencer,
+    OwnerCredit,
     PendingBatch,
     RecipientEntry,
     RecipientExists,
@@ -94,6 +98,8 @@ CREATE TABLE IF NOT EXISTS usage (
     start_mono_ms bigint NOT NULL, end_mono_ms bigint NOT NULL, usage_ms bigint NOT NULL,
     credit_micro bigint NOT NULL, PRIMARY KEY (device_id, seq));
 CREATE INDEX IF NOT EXISTS usage_by_boot ON usage (device_id, boot, start_mono_ms);
+CREATE INDEX IF NOT EXISTS devices_by_owner ON devices (owner COLLATE "C");
+CREATE INDEX IF NOT EXISTS devices_by_name ON devices (name COLLATE "C");
 CREATE TABLE IF NOT EXISTS equivocations (
     device_id bytea NOT NULL, seq bigint NOT NULL, hash bytea NOT NULL, raw bytea NOT NULL,
     received_ms bigint NOT NULL, PRIMARY KEY (device_id, seq, hash));
@@ -500,9 +506,27 @@ class PostgresLogStore:
         """Return the registered device, or None."""
         return self._read("read device", lambda conn: _load_device(conn, device_id))
 
-    def devices(self) -> list[Device]:
-        """Return every registered device, by name."""
-        return self._read("list devices", _load_devices)
+    def devices(self, after_name: str = "", limit: int = MAX_PAGE) -> list[Device]:
+        """Return devices named after ``after_name``, by the names' bytes (COLLATE "C")."""
+        return self._read("list devices",
+                          lambda conn: _load_devices(conn, after_name, min(limit, MAX_PAGE)))
+
+    def last_records(self, device_ids: Sequence[bytes]) -> dict[bytes, LastRecord]:
+        """Return each device's newest logged record (one index probe per device)."""
+        ids = [bytes(i) for i in device_ids[:MAX_PAGE]]
+        rows = self._read("read last records", lambda conn: conn.execute(
+            "SELECT d.id, l.seq, l.received_ms FROM unnest(%s::bytea[]) AS d(id) "
+            "CROSS JOIN LATERAL (SELECT seq, received_ms FROM leaves WHERE device_id = d.id "
+            "ORDER BY seq DESC LIMIT 1) AS l", (ids,)).fetchall())
+        return {bytes(i): LastRecord(int(seq), int(ms)) for i, seq, ms in rows}
+
+    def owner_credits(self, after_owner: str, limit: int) -> list[OwnerCredit]:
+        """Return owners after ``after_owner`` (COLLATE "C": by UTF-8 bytes) with credit."""
+        rows = self._read("read owners", lambda conn: conn.execute(
+            'SELECT owner, SUM(settled_micro)::bigint, COUNT(*) FROM devices '
+            'WHERE owner COLLATE "C" > %s GROUP BY owner ORDER BY owner COLLATE "C" LIMIT %s',
+            (after_owner, min(limit, MAX_PAGE))).fetchall())
+        return [OwnerCredit(str(o), int(total), int(n)) for o, total, n in rows]
 
     def balances(self) -> list[Balance]:
         """Return the settled balance of every owner that has a device, ordered by owner."""
@@ -561,6 +585,14 @@ class PostgresLogStore:
     def recipients(self) -> list[RecipientEntry]:
         """Return every registered recipient, by name."""
         return self._read("read recipients", lambda conn: doc_sql.recipients(_runner(conn)))
+
+    def device_counts(self) -> DeviceCounts:
+        """Count registered, revoked and equivocated devices (one pass over the registry)."""
+        row = self._read("count devices", lambda conn: conn.execute(
+            "SELECT COUNT(*), COUNT(*) FILTER (WHERE status = 'revoked'), "
+            "COUNT(*) FILTER (WHERE flags & 1 <> 0) FROM devices").fetchone())
+        assert row is not None
+        return DeviceCounts(int(row[0]), int(row[1]), int(row[2]))
 
     # --- checkpoints and anchors (written by the sequencer thread) --------------------
 
@@ -760,9 +792,10 @@ class PgTransaction(doc_sql.DocumentMethods):
         return _storage_errors(what)
 
 
-def _load_devices(conn: Conn) -> list[Device]:
-    ids = [bytes(r[0]) for r in
-           conn.execute("SELECT device_id FROM devices ORDER BY name").fetchall()]
+def _load_devices(conn: Conn, after_name: str, limit: int) -> list[Device]:
+    ids = [bytes(r[0]) for r in conn.execute(
+        'SELECT device_id FROM devices WHERE name COLLATE "C" > %s ORDER BY name COLLATE "C" '
+        "LIMIT %s", (after_name, limit)).fetchall()]
     found = [_load_device(conn, i) for i in ids]
     return [d for d in found if d is not None]
 

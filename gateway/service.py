@@ -52,6 +52,7 @@ from gateway.cluster import POLL_S, Role
 from gateway.config import GatewayConfig, HttpLimits
 from gateway.contracts import DocumentDesk
 from gateway.courier import PolicyCourier
+from gateway.dashboard import record_rejections, refused_messages
 from gateway.fairness import (
     OVER_SHARE,
     QUARANTINED,
@@ -65,6 +66,7 @@ from gateway.fairness import (
     device_label,
 )
 from gateway.gatewaykey import load_gateway_key
+from gateway.history import History, Sample
 from gateway.http_guard import server_config
 from gateway.ingest import Message, MqttIngest
 from gateway.metrics import GatewayMetrics
@@ -218,11 +220,13 @@ class GatewayService:
             monotonic=monotonic, registry=self.metrics.registry)
         self.ingest = MqttIngest(config.broker, self._on_message, monotonic)
         self.ingest.on_publish_failure = self.metrics.receipt_failures.inc
+        self.history = History(self._sample, monotonic)
         self.courier = PolicyCourier(self.store, self.ingest.publish, self.metrics, monotonic)
         self.desk = DocumentDesk(self.store, self.metrics, clock_ms, self.courier.push)
         api = ApiContext(self.store, self.metrics, self.key.verifier_text(), admin_token,
                          clock_ms, self._health, self.anchor.lookup,
-                         self.anchor.listing, self.desk, self.payout)
+                         self.anchor.listing, self.desk, self.payout,
+                         history=self.history, quarantined=self.breaker.blocked)
         self.http = HttpServer(
             create_app(api, config.http), config.http_host, config.http_port, config.http,
             self.metrics.http_rejected)
@@ -270,6 +274,7 @@ class GatewayService:
                 if self.role is None or self.role.leading:
                     self.sequencer.checkpoint_if_due()
             self._last_progress = self._monotonic()
+            self._sample_history()
             if self._notifier.watchdog(round(self._last_progress * 1000), progressed=True):
                 self._notifier.status(self._status())
 
@@ -462,6 +467,20 @@ class GatewayService:
                     "dropped for %.0f s", device.hex(), self.breaker.threshold, cooloff)
         for work in self._queue.drain(device):
             self._drop(device, work.message, QUARANTINED)
+
+    def _sample(self) -> Sample:
+        """The counters the dashboard charts (gateway.history), read from the metrics."""
+        snap = self.metrics.snapshot()
+        latest = self.store.latest_checkpoint()  # the shared log's, also on a follower
+        return Sample(self._wall_ms(), self.store.size(), latest.size if latest else 0,
+                      int(str(snap["records_accepted"])), int(str(snap["records_duplicate"])),
+                      {**record_rejections(snap), **refused_messages(snap)})
+
+    def _sample_history(self) -> None:
+        try:
+            self.history.sample_if_due()
+        except StorageError as exc:  # a chart misses a point; the log goes on
+            log.warning("dashboard history: no sample: %s", exc)
 
     def _watch_queue(self) -> None:
         m, q = self.metrics, self._queue

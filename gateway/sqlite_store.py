@@ -20,25 +20,29 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from gateway import doc_sql
 from gateway.store import (
     DEVICE_EQUIVOCATED,
+    MAX_PAGE,
     STATUS_ACTIVE,
     STATUS_REVOKED,
     Balance,
     Device,
+    DeviceCounts,
     DeviceExists,
     DeviceNotFound,
     DeviceStatus,
     GapEntry,
     KeyEntry,
+    LastRecord,
     Leaf,
     LoggedLink,
     NewLeaf,
+    OwnerCredit,
     RecipientEntry,
     RecipientExists,
     StoredCheckpoint,
@@ -78,6 +82,7 @@ CREATE TABLE IF NOT EXISTS usage (
     start_mono_ms INTEGER NOT NULL, end_mono_ms INTEGER NOT NULL, usage_ms INTEGER NOT NULL,
     credit_micro INTEGER NOT NULL, PRIMARY KEY (device_id, seq));
 CREATE INDEX IF NOT EXISTS usage_by_boot ON usage (device_id, boot, start_mono_ms);
+CREATE INDEX IF NOT EXISTS devices_by_owner ON devices (owner);
 CREATE TABLE IF NOT EXISTS equivocations (
     device_id BLOB NOT NULL, seq INTEGER NOT NULL, hash BLOB NOT NULL, raw BLOB NOT NULL,
     received_ms INTEGER NOT NULL, PRIMARY KEY (device_id, seq, hash));
@@ -266,13 +271,36 @@ class SQLiteLogStore:
         with _storage_errors("read device"):
             return _load_device(self._reader(), device_id)
 
-    def devices(self) -> list[Device]:
-        """Return every registered device, by name."""
+    def devices(self, after_name: str = "", limit: int = MAX_PAGE) -> list[Device]:
+        """Return devices named after ``after_name`` (SQLite compares text bytewise)."""
         with _storage_errors("list devices"):
             conn = self._reader()
-            ids = [r[0] for r in conn.execute("SELECT device_id FROM devices ORDER BY name")]
+            ids = [r[0] for r in conn.execute(
+                "SELECT device_id FROM devices WHERE name > ? ORDER BY name LIMIT ?",
+                (after_name, min(limit, MAX_PAGE)))]
             found = [_load_device(conn, bytes(i)) for i in ids]
         return [d for d in found if d is not None]
+
+    def last_records(self, device_ids: Sequence[bytes]) -> dict[bytes, LastRecord]:
+        """Return each device's newest logged record (one index probe per device)."""
+        found: dict[bytes, LastRecord] = {}
+        with _storage_errors("read last records"):
+            conn = self._reader()
+            for device_id in device_ids[:MAX_PAGE]:
+                row = conn.execute("SELECT seq, received_ms FROM leaves WHERE device_id = ? "
+                                   "ORDER BY seq DESC LIMIT 1", (device_id,)).fetchone()
+                if row is not None:
+                    found[device_id] = LastRecord(int(row[0]), int(row[1]))
+        return found
+
+    def owner_credits(self, after_owner: str, limit: int) -> list[OwnerCredit]:
+        """Return owners after ``after_owner`` with their settled credit and device count."""
+        with _storage_errors("read owners"):
+            rows = self._reader().execute(
+                "SELECT owner, SUM(settled_micro), COUNT(*) FROM devices WHERE owner > ? "
+                "GROUP BY owner ORDER BY owner LIMIT ?",
+                (after_owner, min(limit, MAX_PAGE))).fetchall()
+        return [OwnerCredit(str(o), int(total), int(n)) for o, total, n in rows]
 
     def balances(self) -> list[Balance]:
         """Return the settled balance of every owner that has a device, ordered by owner."""
@@ -333,6 +361,14 @@ class SQLiteLogStore:
         """Return every registered recipient, by name."""
         with _storage_errors("read recipients"):
             return doc_sql.recipients(_runner(self._reader()))
+
+    def device_counts(self) -> DeviceCounts:
+        """Count registered, revoked and equivocated devices (one pass over the registry)."""
+        with _storage_errors("count devices"):
+            row = self._reader().execute(
+                "SELECT COUNT(*), COALESCE(SUM(status = 'revoked'), 0), "
+                "COALESCE(SUM(flags & 1 <> 0), 0) FROM devices").fetchone()
+        return DeviceCounts(int(row[0]), int(row[1]), int(row[2]))
 
     # --- checkpoints and anchors (written by the sequencer thread) --------------------
 

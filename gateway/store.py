@@ -16,6 +16,7 @@ registry conflicts raise :class:`DeviceExists` / :class:`DeviceNotFound`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum, unique
@@ -240,6 +241,36 @@ class Balance:
     balance_micro: int
 
 
+@dataclass(frozen=True)
+class OwnerCredit:
+    """One owner's settled credit and how many registered devices it has."""
+
+    owner: str
+    balance_micro: int
+    devices: int
+
+
+@dataclass(frozen=True)
+class LastRecord:
+    """A device's newest logged record: its seq and when the gateway received it."""
+
+    seq: int
+    received_ms: int
+
+
+@dataclass(frozen=True)
+class DeviceCounts:
+    """How many devices are registered, revoked, and flagged for equivocation."""
+
+    registered: int
+    revoked: int
+    equivocated: int
+
+
+# The most rows one paged read returns (registry listings, owners, activity look-ups).
+MAX_PAGE = 1000
+
+
 class LogTransaction(Protocol):
     """One batch's view of the store inside a single write transaction."""
 
@@ -341,8 +372,15 @@ class LogStore(Protocol):
         """Return the registered device, or None."""
         ...
 
-    def devices(self) -> list[Device]:
-        """Return every registered device, by name."""
+    def devices(self, after_name: str = "", limit: int = MAX_PAGE) -> list[Device]:
+        """Return registered devices named after ``after_name``, by name, at most ``limit``.
+
+        Names compare by their UTF-8 bytes; the next page starts after the last name.
+        """
+        ...
+
+    def last_records(self, device_ids: Sequence[bytes]) -> dict[bytes, LastRecord]:
+        """Return the newest logged record of each device that has one (at most MAX_PAGE ids)."""
         ...
 
     def register_device(self, name: str, public_key: bytes, owner: str,
@@ -385,6 +423,10 @@ class LogStore(Protocol):
         """Return the settled balance of every owner, ordered by owner."""
         ...
 
+    def owner_credits(self, after_owner: str, limit: int) -> list[OwnerCredit]:
+        """Return owners after ``after_owner`` (by UTF-8 bytes) with credit and device count."""
+        ...
+
     def add_checkpoint(self, size: int, root_hash: bytes, note: str, issued_ms: int,
                        balances: bytes) -> StoredCheckpoint:
         """Persist a signed checkpoint (durably, before anyone sees it)."""
@@ -405,6 +447,10 @@ class LogStore(Protocol):
 
     def counts(self) -> dict[str, int]:
         """Return table counts for /v1/stats (devices, revoked, gaps, equivocations, ...)."""
+        ...
+
+    def device_counts(self) -> DeviceCounts:
+        """Count the registry only (its size, not the log's, bounds the work)."""
         ...
 
     def close(self) -> None:

@@ -9,6 +9,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from firmware_sim.demo_agent import world_offset_s
@@ -166,6 +168,39 @@ def test_ctrl_c_mid_run_ends_early_still_verifies_and_stops_everything(
     assert summary["verified"]
     assert summary["receipted"] > 0
     assert_nothing_survives(summary)
+
+
+def test_keep_runs_past_its_duration_until_ctrl_c_with_the_dashboard_live(
+        start_demo: Any) -> None:
+    run = start_demo("--devices", "1", "--duration", "1", "--keep")
+    urls: list[str] = []
+
+    def dashboard_line(line: str) -> bool:
+        found = re.search(r"dashboard: (http://127\.0\.0\.1:\d+/dashboard)", line)
+        if found:
+            urls.append(found[1])
+        return found is not None
+    run.wait_for(dashboard_line, "the dashboard URL")
+    run.wait_for_line("running 1 devices until Ctrl-C")
+    # Past --duration (1 s) and still running: a progress line from at least 5 s in.
+    run.wait_for(lambda line: (m := re.match(r"\[\s*(\d+)s\]", line)) is not None
+                 and int(m[1]) >= 5 and receipted_and_checkpointed(line),
+                 "a progress line past the duration")
+    page = httpx.get(urls[0], timeout=10)
+    summary_now = httpx.get(urls[0].replace("/dashboard", "/v1/dashboard/summary"),
+                            timeout=10).json()
+    run.process.send_signal(signal.SIGINT)
+    code, summary = run.finish()
+    try:
+        assert page.status_code == 200
+        assert summary_now["log_size"] > 0
+        assert code == 0, summary["error"]
+        assert summary["ended_early"]
+        assert summary["verified"]
+        assert summary["dashboard"] == urls[0]
+        assert Path(summary["workdir"]).is_dir()  # --keep keeps the files
+    finally:
+        shutil.rmtree(summary["workdir"], ignore_errors=True)
 
 
 def test_sigterm_during_the_run_stops_everything_and_exits_143(start_demo: Any) -> None:
