@@ -20,6 +20,7 @@ from gateway.sequencer import Sequencer
 from gateway.store import NewLeaf, NotSequencer, PendingBatch
 from protocol import merkle
 from protocol.errors import StorageError
+from tests.harness.waiting import eventually
 from tests.pg import PostgresCluster
 
 WRITER_LOCK = 0x65_64_67_65_03  # gateway.pg_store._WRITER_LOCK
@@ -83,7 +84,8 @@ def test_deposed_sequencer_that_still_believes_it_leads_cannot_append(
     _append(a, 0, 4)
     assert a.leading  # a has not noticed anything yet
     _terminate_sequencer_session(postgres, pg_database)
-    assert b.lead()
+    # pg_terminate_backend signals the backend; the lock is free once it has exited.
+    eventually(b.lead, "the lock to pass to the other process")
     _append(b, 4, 2)  # b continues the tree from the database
     with pytest.raises(NotSequencer):  # a's session is gone and the new one has no lock
         _append(a, 6, 1)
@@ -102,7 +104,8 @@ def test_new_sequencer_continues_the_tree_without_a_fork(
     _append(a, 0, 5)
     old_root = a.root(5)
     a.close()  # the sequencer's process dies: its session ends, the lock is free
-    assert b.lead()
+    # The server ends the session (and frees the lock) a moment after the client has gone.
+    eventually(b.lead, "the lock to pass to the other process")
     _append(b, 5, 6)
     proof = merkle.consistency_proof_from_nodes(b, 5, 11)
     merkle.verify_consistency(5, 11, old_root, b.root(11), proof)
