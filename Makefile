@@ -88,7 +88,7 @@ bench: deps
 # The one-command demo (README, "Demo"); options go in DEMO_ARGS, for example
 # make demo DEMO_ARGS="--devices 3 --duration 30". It needs the sim extra and mosquitto only.
 DEMO_ARGS ?=
-demo: $(SIM_STAMP) broker dashboard
+demo: $(SIM_STAMP) broker chain dashboard
 	$(PY) -m firmware_sim.cli demo $(DEMO_ARGS)
 
 # The fault-injection soak (tests/faults/test_soak.py): SOAK_FAULTS seeded faults against a

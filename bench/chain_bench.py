@@ -36,13 +36,13 @@ from eth_hash.auto import keccak
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from firmware_sim.chain import ETHER, GanacheNode  # noqa: E402
+from firmware_sim.solidity import Deployment, address_of  # noqa: E402
 from protocol import cbor  # noqa: E402
 from protocol.keys import Secret  # noqa: E402
 from rewards import distributor as abi  # noqa: E402
 from rewards.epoch import decode_balances, epoch_amounts  # noqa: E402
 from rewards.tree import DistributionTree, checked_address  # noqa: E402
-from tests.harness.chain import ETHER, GanacheNode  # noqa: E402
-from tests.harness.solidity import Deployment, address_of  # noqa: E402
 
 TERMS = bytes(32)
 

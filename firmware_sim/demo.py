@@ -46,6 +46,7 @@ from typing import Any
 from agent.clock import SystemClock
 from firmware_sim.demo_contract import ContractStory, StoryResult
 from firmware_sim.demo_devices import FINAL_FLUSH_S, DemoDevice, write_demo_config
+from firmware_sim.demo_payout import PayoutResult, PayoutStory
 from firmware_sim.demo_verify import Verification, verify
 from firmware_sim.procs import stop_all
 from firmware_sim.stack import Interrupted, Stack, StackError
@@ -118,6 +119,8 @@ class Demo:
         self.verification = Verification()
         self.owner = OwnerKey.generate()  # made here for the demo; on the owner's machine in life
         self.contract = StoryResult()
+        self.payout_story = PayoutStory(self.workdir, view.note, signals.check)
+        self.payout = PayoutResult()
         self.elapsed_s = 0.0
         self.error = ""
 
@@ -130,6 +133,8 @@ class Demo:
             self.contract = ContractStory(self.stack, self.devices[0].device, self.owner,
                                           self.view.note, self.signals.check).run()
             self.error = self.contract.error
+            if self.contract.request_id:
+                self.payout_story.fund("biolab", bytes.fromhex(self.contract.request_id))
             self._run_devices()
             self._stop_devices()
             self._settle()
@@ -142,6 +147,8 @@ class Demo:
                 covered=self.snapshot.gateway.checkpoint_size, workdir=self.workdir,
                 recipient_key=owner_key, outsider_key=self._key(RECIPIENT))
             self.error = self.error or self.verification.error
+            self.payout = self.payout_story.claim(self.stack, self.owner)
+            self.error = self.error or self.payout.error
         except Interrupted:
             raise
         except (EdgeproofError, OSError) as exc:  # a step failed: say which, clean up
@@ -163,6 +170,7 @@ class Demo:
         n = self.options.devices
         self.view.note(f"edgeproof demo: a private broker, gateway and {n} simulated "
                        f"devices in {self.workdir}")
+        self.stack.extra_gateway_config = self.payout_story.prepare()
         self.stack.start()
         self.view.note(f"broker {self.stack.broker_url} (anonymous off, password file, ACL), "
                        f"gateway {self.stack.gateway_url}")
@@ -264,7 +272,10 @@ class Demo:
         if children:
             stop_all(children, timeout_s=FINAL_FLUSH_S + 5)
         try:
-            self.stack.close()
+            try:
+                self.stack.close()
+            finally:
+                self.payout_story.close()
         finally:
             if not self.options.keep:
                 shutil.rmtree(self.workdir, ignore_errors=True)
@@ -276,7 +287,7 @@ class Demo:
         s, g = self.snapshot, self.snapshot.gateway
         v = self.verification
         return {
-            "ok": not self.error and v.verified and self.contract.ok,
+            "ok": not self.error and v.verified and self.contract.ok and self.payout.ok,
             "error": self.error or None,
             "devices": len(self.devices),
             "duration_s": round(self.elapsed_s, 1),
@@ -292,11 +303,13 @@ class Demo:
             "verified": v.verified, "decrypted": v.decrypted.get("status") == "decrypted",
             "verification": v.as_json(),
             "contract": self.contract.as_json(),
+            "payout": self.payout.as_json(),
             "per_device": [{**vars(row), "exit_code": d.exit_code}
                            for d, row in zip(self.devices, s.devices, strict=False)],
-            "processes": {**self.stack.pids(),
+            "processes": {**self.stack.pids(), "chain": self.payout_story.pid,
                           "agents": [d.child.pid for d in self.devices if d.child]},
-            "ports": {"broker": self.stack.broker_port, "gateway": self.stack.gateway_port},
+            "ports": {"broker": self.stack.broker_port, "gateway": self.stack.gateway_port,
+                      "chain": self.payout_story.port},
             "dashboard": self.dashboard_url,
             "workdir": str(self.workdir), "kept": self.options.keep,
             "commands": v.commands if self.options.keep else [],

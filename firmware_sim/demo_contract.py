@@ -45,6 +45,7 @@ class StoryResult:
     """What each act showed (the demo summary's ``contract`` member)."""
 
     request_index: int | None = None
+    request_id: str = ""  # hex; the terms a company funds the distributor for
     consent_index: int | None = None
     revocation_index: int | None = None
     temperature: list[str] = field(default_factory=list)
@@ -111,6 +112,7 @@ class ContractStory:
         request = sign_document(DataRequest(company.public_key, (self.device_id,), (), terms,
                                             "indoor temperature study", 1000), signing, now)
         self.result.request_index = self._submit(request)
+        self.result.request_id = request.id.hex()
         self.note(f"contract: {COMPANY} requests {self.device.name}'s temperature only "
                   f"({STREAM}:{FIELD}), at most one reading per {RATE_S} s, for an hour "
                   f"(logged as leaf {self.result.request_index})")

@@ -108,6 +108,7 @@ class Stack:
     checkpoint_interval_s: float = 2
     every_leaves: int = 1000
     should_stop: Callable[[], bool] = lambda: False
+    extra_gateway_config: str = ""  # TOML sections appended to gateway.toml (e.g. [payout])
     # Extra ``broker-config`` arguments (e.g. TLS files), given the working directory.
     broker_args: Callable[[Path], Sequence[str]] = lambda workdir: ()
     broker_port: int = field(default_factory=free_port)
@@ -216,9 +217,10 @@ class Stack:
         text = path.read_text(encoding="utf-8")
         if "checkpoints" in tomllib.loads(text):
             return
+        extra = f"\n{self.extra_gateway_config}" if self.extra_gateway_config else ""
         path.write_text(text.rstrip("\n") + "\n\n[checkpoints]\n"
                         f"interval_s = {self.checkpoint_interval_s}\n"
-                        f"every_leaves = {self.every_leaves}\n", encoding="utf-8")
+                        f"every_leaves = {self.every_leaves}\n{extra}", encoding="utf-8")
 
     def start_gateway(self) -> None:
         """Start (or restart) the gateway; return once it is healthy. Raises StackError."""

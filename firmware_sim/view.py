@@ -224,6 +224,12 @@ def print_report(console: Console, summary: dict[str, Any], snapshot: Snapshot) 
                           f"{': ' + shown if shown else ''}", markup=False, highlight=False)
     for command in summary.get("commands") or []:
         console.print(f"re-check it yourself: {command}", markup=False, highlight=False)
+    payout = summary.get("payout") or {}
+    if payout.get("wallet"):
+        console.print(f"wallet {payout['wallet']}: claimed {int(payout['claimed']) / 10**18:.6f}"
+                      f" tokens for {credits(payout['settled_micro'])} settled; token balance "
+                      f"{int(payout['balance']) / 10**18:.6f} (distributor "
+                      f"{payout['distributor']})", markup=False, highlight=False)
     verdict = "VERIFIED" if summary["verified"] else "NOT verified"
     console.print(
         f"\n{verdict}. {summary['devices']} devices in {summary['duration_s']:.0f} s: "

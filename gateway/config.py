@@ -99,6 +99,7 @@ class PayoutConfig:
     interval_s: float = 3600.0  # at most one epoch per interval
     resend_after_s: float = 60.0  # a root post the node lost this long ago is re-sent
     max_attempts: int = 3  # reverted root posts per epoch before it is a failure
+    consent_gated: bool = False  # pay only consented, funded credit (PROTOCOL.md §19.4)
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
                          "max_attempts"}),
     "store": frozenset({"backend", "dsn", "password_file", "shared"}),
     "payout": frozenset({"rpc_url", "key_file", "chain_id", "distributor", "interval_s",
-                         "resend_after_s", "max_attempts"}),
+                         "resend_after_s", "max_attempts", "consent_gated"}),
 }
 _REQUIRED = {"gateway": ("data_dir", "key_file", "admin_token_file"), "broker": ("url",)}
 
@@ -242,6 +243,7 @@ def _payout(payout: Table) -> PayoutConfig:
         interval_s=payout.number("interval_s", 3600.0, low=0.05),
         resend_after_s=payout.number("resend_after_s", 60.0, low=0.05),
         max_attempts=payout.integer("max_attempts", 3, low=1, high=100),
+        consent_gated=payout.boolean("consent_gated", False),
     )
 
 

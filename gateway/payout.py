@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from gateway.config import PayoutConfig
 from gateway.payout_book import FAILED, PENDING, POSTED, PayoutBook, StoredEpoch
+from gateway.payout_gating import log_events
 from gateway.store import LogStore, NewDocument
 from osutil.jsonrpc import JsonRpc, RpcError, quantity
 from protocol.documents import Document, parse_document, sign_document
@@ -46,8 +47,9 @@ from rewards.documents import (
     owner_name,
     verify_wallet_binding,
 )
-from rewards.epoch import decode_balances, epoch_amounts
+from rewards.epoch import decode_balances, epoch_amounts, gated_amounts
 from rewards.ethkey import load_eth_key
+from rewards.gating import funded_micro, gate
 from rewards.tree import DistributionTree
 
 log = logging.getLogger(__name__)
@@ -101,6 +103,9 @@ class _Metrics:
             self.rpc_errors.labels(kind=kind)
         self.locked = Gauge(f"{PREFIX}_locked_micro",
                             "Settled credit of owners with no wallet (latest epoch)", registry=r)
+        self.short = Gauge(f"{PREFIX}_requests_short",
+                           "Requests whose funding does not cover what their consents earned "
+                           "(latest consent-gated epoch)", registry=r)
         self.posted_epoch = Gauge(f"{PREFIX}_posted_epoch", "Latest epoch on chain",
                                   registry=r)
 
@@ -238,7 +243,17 @@ class PayoutWorker:
         if checkpoint is None or checkpoint.size == 0:
             return
         wallets = self.book.wallets(before_size=checkpoint.size)
-        amounts = epoch_amounts(decode_balances(checkpoint.balances), wallets)
+        funding_block = None
+        if self.config.consent_gated:
+            funding_block = self._rpc.block_number()
+            fundings = [abi.decode_funded(entry) for entry in self._rpc.logs(
+                self.config.distributor, abi.FUNDED, 0, funding_block)]
+            gated = gate(log_events(self._store, checkpoint.size),
+                         funded_micro(fundings, BASE_UNITS_PER_MICRO))
+            amounts = gated_amounts(gated.owners, _settled(checkpoint.balances), wallets)
+            self.metrics.short.set(len(gated.short_at))
+        else:
+            amounts = epoch_amounts(decode_balances(checkpoint.balances), wallets)
         self.metrics.locked.set(amounts.locked_micro)
         if not amounts.values:
             self.metrics.epochs.labels(outcome="no_wallets").inc()
@@ -261,7 +276,7 @@ class PayoutWorker:
                            tree.root, amounts.total_micro, len(amounts.values),
                            amounts.locked_micro, self.config.chain_id,
                            bytes.fromhex(self.config.distributor[2:]), BASE_UNITS_PER_MICRO,
-                           len(wallets))
+                           len(wallets), funding_block)
         doc = sign_document(body, self._signer, self._wall_ms())
         self.book.add_epoch(number, checkpoint, doc.raw, json.dumps(tree.dump()),
                             self._wall_ms())
@@ -384,6 +399,11 @@ class PayoutWorker:
             tree = DistributionTree.load(epoch.tree)
             self._trees = {epoch.epoch: tree}
         return epoch, tree
+
+
+def _settled(balances: bytes) -> int:
+    """All settled credit of a checkpoint's balances table."""
+    return sum(micro for _, micro in decode_balances(balances))
 
 
 def _body(epoch: StoredEpoch) -> PayoutEpoch:

@@ -86,19 +86,25 @@ class PayoutEpoch:
     distributor: bytes  # 20 bytes
     rate: int  # token base units per micro-credit
     wallets: int  # how many wallet bindings (the first, in the order logged) it used
+    # Consent-gated epochs (§19.4) only: the block up to which Funded events were read.
+    funding_block: int | None = None
 
     def to_cbor_value(self) -> cbor.Value:
-        return {1: self.epoch, 2: self.checkpoint_size, 3: self.balances_hash, 4: self.root,
-                5: self.total_micro, 6: self.owners, 7: self.locked_micro, 8: self.chain_id,
-                9: self.distributor, 10: self.rate, 11: self.wallets}
+        body: dict[cbor.Value, cbor.Value] = {
+            1: self.epoch, 2: self.checkpoint_size, 3: self.balances_hash, 4: self.root,
+            5: self.total_micro, 6: self.owners, 7: self.locked_micro, 8: self.chain_id,
+            9: self.distributor, 10: self.rate, 11: self.wallets}
+        if self.funding_block is not None:
+            body[12] = self.funding_block
+        return body
 
     @classmethod
     def from_cbor_value(cls, value: cbor.Value) -> PayoutEpoch:
-        body = require_map(value, frozenset(range(1, 12)))
+        body = require_map(value, frozenset(range(1, 12)), optional=frozenset({12}))
         ints = {}
         for key, name in ((1, "epoch"), (2, "checkpoint_size"), (5, "total_micro"),
                           (6, "owners"), (7, "locked_micro"), (8, "chain_id"), (10, "rate"),
-                          (11, "wallets")):
+                          (11, "wallets"), *(((12, "funding_block"),) if 12 in body else ())):
             require_uint(body[key], name)
             number = body[key]
             assert isinstance(number, int)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from protocol import cbor
 from protocol.errors import VerificationError
-from rewards.documents import BASE_UNITS_PER_MICRO
+from rewards.documents import BASE_UNITS_PER_MICRO, owner_name
 from rewards.tree import DistributionTree
 
 MAX_BALANCES_BYTES = 64 * 1024 * 1024
@@ -67,3 +67,12 @@ def epoch_amounts(balances: list[tuple[str, int]], wallets: Mapping[str, str]) -
     values = tuple(sorted(((a, m * BASE_UNITS_PER_MICRO) for a, m in per_address.items()
                            if m > 0), key=lambda v: v[0].lower()))
     return EpochAmounts(values, total, locked)
+
+
+def gated_amounts(paid: Mapping[bytes, int], settled_micro: int,
+                  wallets: Mapping[str, str]) -> EpochAmounts:
+    """Cumulative amounts of consent-gated credit (§19.4): ``paid`` per owner id; what owners
+    without a binding earned and everything not paid is locked."""
+    amounts = epoch_amounts(sorted((owner_name(o), m) for o, m in paid.items()), wallets)
+    return EpochAmounts(amounts.values, amounts.total_micro,
+                        settled_micro - amounts.total_micro)

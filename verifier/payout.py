@@ -24,8 +24,10 @@ from protocol.errors import TransportError, VerificationError
 from protocol.note import NoteVerifier
 from rewards import distributor as abi
 from rewards.documents import owner_name, verify_payout_epoch, verify_wallet_binding
-from rewards.epoch import decode_balances, epoch_amounts
-from verifier.client import GatewayClient
+from rewards.epoch import decode_balances, epoch_amounts, gated_amounts
+from rewards.gating import funded_micro
+from verifier.client import DocumentClient, GatewayClient
+from verifier.gating import fundings, gated_from_log
 
 
 def verify_payout(client: GatewayClient, gateway_key: str, rpc: JsonRpc,
@@ -55,7 +57,14 @@ def verify_payout(client: GatewayClient, gateway_key: str, rpc: JsonRpc,
     if len(wallets) != body.wallets:
         raise VerificationError(f"epoch used {body.wallets} wallet bindings, the gateway "
                                 f"serves {len(wallets)} logged below size {checkpoint.size}")
-    amounts = epoch_amounts(decode_balances(balances), wallets)
+    if body.funding_block is None:
+        amounts = epoch_amounts(decode_balances(balances), wallets)
+    else:  # consent-gated (§19.4): from the consents, revocations, usage and Funded events
+        funded = funded_micro(fundings(rpc, "0x" + body.distributor.hex(), body.funding_block),
+                              body.rate)
+        gated = gated_from_log(DocumentClient(client.base), body.checkpoint_size, funded)
+        amounts = gated_amounts(gated.owners, sum(m for _, m in decode_balances(balances)),
+                                wallets)
     root = amounts.tree().root
     if (root, amounts.total_micro, amounts.locked_micro) != (
             body.root, body.total_micro, body.locked_micro):
@@ -71,7 +80,8 @@ def verify_payout(client: GatewayClient, gateway_key: str, rpc: JsonRpc,
     return {"epoch": body.epoch, "checkpoint_size": body.checkpoint_size,
             "root": "0x" + root.hex(), "owners": len(amounts.values),
             "total_micro": amounts.total_micro, "locked_micro": amounts.locked_micro,
-            "distributor": "0x" + body.distributor.hex(), "chain_id": body.chain_id}
+            "distributor": "0x" + body.distributor.hex(), "chain_id": body.chain_id,
+            "consent_gated": body.funding_block is not None}
 
 
 def _check_logged(client: GatewayClient, verifier: NoteVerifier, raw: bytes,

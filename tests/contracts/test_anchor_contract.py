@@ -4,7 +4,7 @@ One suite, run against every backend in ``BACKENDS``:
 
 - ``local``: :class:`gateway.anchor.LocalAnchor`, the signed-checkpoint chain itself;
 - ``ethereum``: :class:`gateway.eth_anchor.EthereumAnchor` against a real ganache node
-  (tests.harness.chain), its worker driven through ``step()`` with an injected monotonic
+  (firmware_sim.chain), its worker driven through ``step()`` with an injected monotonic
   clock so intervals pass without sleeping. The node starts only when this backend runs.
 
 A rig hands a checkpoint to the backend, drives it until the checkpoint is anchored and
@@ -26,6 +26,7 @@ from typing import Protocol
 
 import pytest
 
+from firmware_sim.chain import ETHER, GanacheNode
 from gateway.anchor import Anchor, LocalAnchor
 from gateway.config import EthereumAnchorConfig
 from gateway.eth_anchor import ANCHOR_PREFIX, EthereumAnchor, EthTiming
@@ -33,7 +34,6 @@ from gateway.eth_queue import CONFIRMED
 from protocol.checkpoint import checkpoint_hash
 from protocol.keys import write_secret_file
 from tests.checkpoint_notes import Notes, make_notes
-from tests.harness.chain import ETHER, GanacheNode
 
 CHAIN_ID = 1337
 ETH_KEYS = 16  # funded accounts: one fresh sender per test, so nonces never interfere

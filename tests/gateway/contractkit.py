@@ -42,13 +42,17 @@ class Parties:
     counter: int = 0
 
     @classmethod
-    def enrol(cls, base_url: str, devices: DeviceClient, seed: int = 7) -> Parties:
+    def enrol(cls, base_url: str, devices: DeviceClient, seed: int = 7, *,
+              owner_by_id: bool = False) -> Parties:
+        """``owner_by_id``: the balances table names the owner by its owner id (hex), as the
+        provisioning tool does for a device with an owner key, so a wallet binding applies."""
         rng = random.Random(seed)
         owner = OwnerKey(SigningKey(Secret(rng.randbytes(32))),
                          RecipientKey(Secret(rng.randbytes(32))))
         device = TestDevice.create(f"dev-{seed}", seed)
         response = httpx.post(f"{base_url}/v1/devices", headers=ADMIN, json={
-            "name": device.name, "public_key": device.enrolled_key.hex(), "owner": "olga",
+            "name": device.name, "public_key": device.enrolled_key.hex(),
+            "owner": owner.owner_id.hex() if owner_by_id else "olga",
             "rate_micro_per_hour": RATE, "owner_key": owner.public_key.hex(),
             "owner_sealing_key": owner.sealing_public_key.hex()})
         assert response.status_code == 201, response.text

@@ -1,4 +1,4 @@
-"""The ``ethereum`` anchor against a real ganache node (tests.harness.chain): what only this
+"""The ``ethereum`` anchor against a real ganache node (firmware_sim.chain): what only this
 backend does. What every anchor backend must do is in tests/contracts/test_anchor_contract.py.
 
 Most tests drive :meth:`EthereumAnchor.step` directly with an injected monotonic clock, so
@@ -21,6 +21,7 @@ from eth_account import Account
 from prometheus_client import Counter
 
 from firmware_sim.broker import MosquittoBroker, free_port
+from firmware_sim.chain import ETHER, GanacheNode
 from gateway.cli import main as gateway_main
 from gateway.config import EthereumAnchorConfig, parse_config
 from gateway.eth_anchor import ANCHOR_PREFIX, EthereumAnchor, EthTiming, anchor_data
@@ -31,7 +32,6 @@ from protocol.keys import write_secret_file
 from tests.checkpoint_notes import Notes, make_notes
 from tests.gateway.conftest import start_gateway
 from tests.gateway.gwkit import DeviceClient, TestDevice, register, write_gateway_files
-from tests.harness.chain import ETHER, GanacheNode
 
 CHAIN_ID = 1337
 # Runtime code PUSH1 0 PUSH1 0 REVERT, behind init code that copies and returns it.

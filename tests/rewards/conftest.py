@@ -8,9 +8,12 @@ from pathlib import Path
 import pytest
 from eth_hash.auto import keccak
 
-from protocol.keys import Secret
-from tests.harness.chain import ETHER, GanacheNode
-from tests.harness.solidity import Deployment
+from firmware_sim.broker import MosquittoBroker
+from firmware_sim.chain import ETHER, GanacheNode
+from firmware_sim.solidity import Deployment
+from protocol.keys import Secret, write_secret_file
+from tests.gateway.conftest import RunningGateway, start_gateway
+from tests.gateway.gwkit import write_gateway_files
 
 NAMES = ("issuer", "gateway", "company", "other_company", "owner_a", "owner_b", "stranger")
 
@@ -34,3 +37,39 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GanacheNode]:
 @pytest.fixture
 def deployed(chain: GanacheNode) -> Deployment:
     return Deployment.on(chain, KEYS["issuer"], KEYS["gateway"])
+
+
+def running_payout_gateway(tmp_path: Path, broker: MosquittoBroker, chain: GanacheNode,
+                           deployed: Deployment, *,
+                           consent_gated: bool) -> Iterator[RunningGateway]:
+    """A gateway with a [payout] section posting to ``deployed`` every 0.2 s."""
+    key_file = tmp_path / "payout-eth.key"
+    write_secret_file(key_file, KEYS["gateway"].value.hex().encode())
+    extra = f"""
+[payout]
+rpc_url = "{chain.url}"
+key_file = "{key_file}"
+chain_id = {chain.chain_id}
+distributor = "{deployed.distributor}"
+interval_s = 0.2
+consent_gated = {str(consent_gated).lower()}
+"""
+    running = start_gateway(write_gateway_files(tmp_path / "gw", broker.port, extra=extra,
+                                                interval_s=0.2))
+    try:
+        yield running
+    finally:
+        running.stop()
+    assert not running.errors, running.errors
+
+
+@pytest.fixture
+def payout_gateway(tmp_path: Path, broker: MosquittoBroker, chain: GanacheNode,
+                   deployed: Deployment) -> Iterator[RunningGateway]:
+    yield from running_payout_gateway(tmp_path, broker, chain, deployed, consent_gated=False)
+
+
+@pytest.fixture
+def gated_gateway(tmp_path: Path, broker: MosquittoBroker, chain: GanacheNode,
+                  deployed: Deployment) -> Iterator[RunningGateway]:
+    yield from running_payout_gateway(tmp_path, broker, chain, deployed, consent_gated=True)

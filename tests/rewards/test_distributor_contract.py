@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 
+from firmware_sim.solidity import Deployment, address_of
 from osutil.jsonrpc import RpcError
 from rewards import distributor as abi
 from rewards.tree import DistributionTree
-from tests.harness.solidity import Deployment, address_of
 from tests.rewards.conftest import KEYS
 
 TERMS = bytes(range(32))

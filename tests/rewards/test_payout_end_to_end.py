@@ -16,7 +16,7 @@ import hashlib
 import json
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,8 @@ import httpx
 import pytest
 
 from firmware_sim.broker import MosquittoBroker
+from firmware_sim.chain import GanacheNode
+from firmware_sim.solidity import Deployment, address_of
 from gateway.gatewaykey import GatewayKey
 from owner.cli import main as owner_main
 from protocol.documents import sign_document
@@ -39,10 +41,8 @@ from protocol.record import credit_micro
 from rewards import distributor as abi
 from rewards.documents import BASE_UNITS_PER_MICRO, WalletBinding, owner_name
 from rewards.ethkey import load_eth_key
-from tests.gateway.conftest import RunningGateway, start_gateway
-from tests.gateway.gwkit import RATE, DeviceClient, TestDevice, register, write_gateway_files
-from tests.harness.chain import GanacheNode
-from tests.harness.solidity import Deployment, address_of
+from tests.gateway.conftest import RunningGateway
+from tests.gateway.gwkit import RATE, DeviceClient, TestDevice, register
 from tests.rewards.conftest import KEYS
 from verifier.cli import main as verify_main
 
@@ -67,28 +67,6 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
             return found
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-@pytest.fixture
-def payout_gateway(tmp_path: Path, broker: MosquittoBroker, chain: GanacheNode,
-                   deployed: Deployment) -> Iterator[RunningGateway]:
-    key_file = tmp_path / "payout-eth.key"
-    write_secret_file(key_file, KEYS["gateway"].value.hex().encode())
-    extra = f"""
-[payout]
-rpc_url = "{chain.url}"
-key_file = "{key_file}"
-chain_id = {chain.chain_id}
-distributor = "{deployed.distributor}"
-interval_s = 0.2
-"""
-    running = start_gateway(write_gateway_files(tmp_path / "gw", broker.port, extra=extra,
-                                                interval_s=0.2))
-    try:
-        yield running
-    finally:
-        running.stop()
-    assert not running.errors, running.errors
 
 
 def test_credit_mined_by_a_tv_is_claimed_into_its_owners_wallet(

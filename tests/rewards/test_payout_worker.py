@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from firmware_sim.chain import GanacheNode
+from firmware_sim.solidity import Deployment, address_of
 from gateway.config import PayoutConfig
 from gateway.payout import PayoutWorker
 from gateway.payout_book import FAILED, POSTED
@@ -25,8 +27,6 @@ from rewards import distributor as abi
 from rewards.documents import BASE_UNITS_PER_MICRO, WalletBinding, owner_name
 from rewards.epoch import decode_balances
 from rewards.tree import verify_claim
-from tests.harness.chain import GanacheNode
-from tests.harness.solidity import Deployment, address_of
 from tests.rewards.conftest import KEYS
 
 OWNER_A, OWNER_B = address_of(KEYS["owner_a"]), address_of(KEYS["owner_b"])

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
+from firmware_sim.chain import REPO_ROOT
 from protocol.errors import VerificationError
 from rewards.tree import MAX_UINT256, DistributionTree, checked_address, verify_claim
-from tests.harness.chain import REPO_ROOT
 
 MODULES = REPO_ROOT / ".tools" / "node_modules"
 

@@ -94,8 +94,8 @@ def start_demo() -> Iterator[Any]:
 
 def assert_nothing_survives(summary: dict[str, Any]) -> None:
     procs = summary["processes"]
-    pids = [procs["broker"], procs["gateway"], *procs["agents"]]
-    assert len(pids) == 2 + summary["devices"]
+    pids = [procs["broker"], procs["gateway"], procs["chain"], *procs["agents"]]
+    assert len(pids) == 3 + summary["devices"]
     assert [p for p in pids if pid_alive(p)] == []
     for port in summary["ports"].values():
         with pytest.raises(ConnectionRefusedError):
@@ -129,6 +129,11 @@ def test_demo_proves_a_sealed_reading_and_leaves_nothing_running(start_demo: Any
     assert verification["not_granted"]["status"] == "not_granted"
     assert verification["not_granted"]["values"] == []
     assert_contract_story_held(summary["contract"])
+    # The owner's wallet holds exactly the credit its devices settled, as tokens.
+    payout = summary["payout"]
+    assert payout["ok"], payout["error"]
+    assert payout["settled_micro"] > 0
+    assert int(payout["balance"]) == int(payout["claimed"]) == payout["settled_micro"] * 10**12
     assert_nothing_survives(summary)
 
 

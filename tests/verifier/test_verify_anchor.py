@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from firmware_sim.broker import MosquittoBroker
+from firmware_sim.chain import ETHER, GanacheNode
 from protocol.bundle import ProofBundle
 from protocol.keys import write_secret_file
 from tests.gateway.conftest import start_gateway
 from tests.gateway.gwkit import DeviceClient, TestDevice, register, write_gateway_files
 from tests.gateway.test_eth_anchor import CHAIN_ID, eth_key, wait_for_anchor
-from tests.harness.chain import ETHER, GanacheNode
 from verifier.cli import main as verify
 
 GATEWAY_ETH_KEY = eth_key(101)

@@ -1,4 +1,4 @@
-"""A private Ethereum node (ganache) on a free loopback port, for tests and the demo.
+"""A private Ethereum node (ganache) on a free loopback port, for tests and the demo .
 
 It runs the real ``ganache`` npm package (installed into ``.tools/node_modules`` by
 ``scripts/ensure-ganache.sh``, i.e. ``make chain``) with its database in its own directory,
@@ -28,7 +28,7 @@ import requests
 from firmware_sim.broker import free_port
 from firmware_sim.procs import signal_and_wait
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHAIN_ID = 1337
 ETHER = 10**18
 
@@ -95,7 +95,7 @@ class GanacheNode:
             return
         self.db_path.mkdir(parents=True, exist_ok=True)
         log = open(self.workdir / "ganache.log", "ab")  # noqa: SIM115 - kept open for the child
-        self.process = subprocess.Popen(
+        self.process = subprocess.Popen(  # noqa: S603 - the pinned ganache, our arguments
             self.command(), stdout=log, stderr=log, stdin=subprocess.DEVNULL,
             start_new_session=True)
         log.close()

@@ -3,6 +3,7 @@
 :func:`compiled` runs ``node contracts/compile.js`` (solc and OpenZeppelin Contracts from
 ``.tools/node_modules``, installed by ``make chain``) once per process and keeps the ABI and
 bytecode of every contract in memory; nothing is written to the repository.
+Used by the tests and by the demo.
 :class:`Deployment` deploys the reward token and the distributor with keys the test names.
 """
 
@@ -19,11 +20,11 @@ from eth_abi.abi import encode
 from eth_account import Account
 from eth_utils.address import to_checksum_address
 
+from firmware_sim.chain import REPO_ROOT, GanacheNode
 from osutil.jsonrpc import JsonRpc
 from protocol.keys import Secret
 from rewards import distributor
 from rewards.chain import send_and_wait
-from tests.harness.chain import REPO_ROOT, GanacheNode
 
 MODULES = REPO_ROOT / ".tools" / "node_modules"
 TOKEN_SUPPLY = 10**9 * 10**18
@@ -43,8 +44,9 @@ def compiled() -> dict[str, Contract]:
     node = shutil.which("node")
     if node is None or not (MODULES / "solc").is_dir():
         raise RuntimeError("node or solc not found; install them with: make chain")
-    done = subprocess.run([node, str(REPO_ROOT / "contracts" / "compile.js"), str(MODULES)],
-                          capture_output=True, check=False, timeout=300)
+    done = subprocess.run(  # noqa: S603 - node from PATH, our own compile script
+        [node, str(REPO_ROOT / "contracts" / "compile.js"), str(MODULES)],
+        capture_output=True, check=False, timeout=300)
     if done.returncode != 0:
         raise RuntimeError(f"solc failed: {done.stderr.decode(errors='replace')[-2000:]}")
     found: dict[str, Contract] = {}
@@ -61,7 +63,7 @@ def address_of(key: Secret) -> str:
     return str(Account.from_key(key.value).address)
 
 
-def deploy(rpc: JsonRpc, key: Secret, chain_id: int, name: str, types: list[str],
+def deploy(rpc: JsonRpc, key: Secret, chain_id: int, name: str, *, types: list[str],
            args: list[Any]) -> tuple[str, dict[str, Any]]:
     """Deploy contract ``name`` with constructor ``args``; return its address and receipt."""
     code = compiled()[name].bytecode + encode(types, args)
@@ -85,11 +87,13 @@ class Deployment:
         """Deploy both contracts on ``node``."""
         made = cls(JsonRpc(node.url, timeout_s=30.0), node.chain_id, issuer, gateway)
         made.token, _ = deploy(made.rpc, issuer, node.chain_id, "RewardToken",
-                               ["string", "string", "address", "uint256"],
-                               ["Edgeproof Reward", "EPR", address_of(issuer), TOKEN_SUPPLY])
+                               types=["string", "string", "address", "uint256"],
+                               args=["Edgeproof Reward", "EPR", address_of(issuer),
+                                     TOKEN_SUPPLY])
         made.distributor, _ = deploy(made.rpc, issuer, node.chain_id,
-                                     "CumulativeMerkleDistributor", ["address", "address"],
-                                     [made.token, address_of(gateway)])
+                                     "CumulativeMerkleDistributor",
+                                     types=["address", "address"],
+                                     args=[made.token, address_of(gateway)])
         return made
 
     def send(self, key: Secret, to: str, data: bytes) -> dict[str, Any]:

@@ -1,0 +1,171 @@
+"""Consent gating: which settled credit a company's funding pays, from the log and the chain.
+
+The rule (docs/PROTOCOL.md §19.4), integers only, read in log order (leaf index):
+
+- A consent is *in force* from its own leaf until the leaf of a revocation of it. A usage
+  record at leaf ``u`` of device ``d``, made at ``wall_ms`` (its own signed time), earning
+  ``k`` micro-credits, counts for every consent in force at ``u`` that names ``d`` and whose
+  period ``[not_before_ms, not_after_ms)`` holds ``wall_ms``; the data a consent covers are
+  its devices in its period. Consents are counted per REQUEST (two consents of one owner to
+  one request count once); with ``m`` requests ``k`` is split into ``k // m`` each, the
+  ``k % m`` remaining micro-credits one each to the first requests by request id. A record
+  no consent covers earns a *locked* ``k``: settled, never paid (and never later unlocked by
+  a consent logged after it).
+- A request's shares are paid in log order while its funding lasts: a share ``s`` with
+  ``e`` earned before it in that request is paid ``min(s, max(0, funded - e))``. The first
+  share that does not fit marks the request *short* (its consents lapse, §19.5); everything
+  after it is locked. ``funded`` is the sum of the distributor's ``Funded`` events whose
+  ``terms`` is the request id, in base units, divided by the rate (floor).
+- An owner's cumulative amount is the sum of what was paid for its devices' records.
+
+Why it is a valid cumulative distribution: the log only grows and funding only grows, and
+every paid part above is non-decreasing in both, so no owner's amount ever decreases (the
+distributor pays each claim the difference to what was claimed: nothing is paid twice); a
+request's paid total never exceeds its funding; each record's credit is split into parts
+that add up to it, each part paid at most once.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from protocol.contract import Consent, Revocation
+from protocol.documents import Document
+from protocol.keys import signer_id
+from protocol.record import Record, Usage
+from rewards.distributor import Funding
+
+
+@dataclass(frozen=True)
+class UsageLeaf:
+    """A logged usage record and the credit the gateway settled for it."""
+
+    leaf: int
+    device: bytes
+    wall_ms: int
+    credit_micro: int
+
+
+@dataclass(frozen=True)
+class ConsentLeaf:
+    """A logged consent: its signer (the owner) and the terms that gate credit."""
+
+    leaf: int
+    consent: bytes  # document id
+    owner: bytes  # owner id (signer id of the owner key)
+    request: bytes  # the request's document id: the funding terms
+    devices: frozenset[bytes]
+    not_before_ms: int
+    not_after_ms: int
+
+
+@dataclass(frozen=True)
+class RevocationLeaf:
+    """A logged revocation (or, §19.5, lapse notice) of a consent."""
+
+    leaf: int
+    consent: bytes
+
+
+Event = UsageLeaf | ConsentLeaf | RevocationLeaf
+
+
+@dataclass
+class Gated:
+    """What an epoch pays: per owner, per request, and what stays locked (micro-credits)."""
+
+    owners: dict[bytes, int] = field(default_factory=dict)  # owner id -> paid
+    earned: dict[bytes, int] = field(default_factory=dict)  # request id -> earned
+    paid: dict[bytes, int] = field(default_factory=dict)  # request id -> paid (<= funded)
+    short_at: dict[bytes, int] = field(default_factory=dict)  # request -> first unfunded leaf
+    settled_micro: int = 0
+    locked_micro: int = 0
+
+    @property
+    def total_micro(self) -> int:
+        return sum(self.owners.values())
+
+
+def funded_micro(fundings: Iterable[Funding], rate: int) -> dict[bytes, int]:
+    """Funding per terms (request id) in micro-credits: floor(sum of amounts / rate)."""
+    base: dict[bytes, int] = {}
+    for funding in fundings:
+        base[funding.terms] = base.get(funding.terms, 0) + funding.amount
+    return {terms: amount // rate for terms, amount in base.items()}
+
+
+def split(credit: int, requests: list[bytes]) -> list[tuple[bytes, int]]:
+    """``credit`` split over ``requests`` (sorted, distinct): equal parts, the remainder one
+    micro-credit each to the first."""
+    share, rest = divmod(credit, len(requests))
+    return [(r, share + (1 if i < rest else 0)) for i, r in enumerate(requests)]
+
+
+def gate(events: Iterable[Event], funded: Mapping[bytes, int]) -> Gated:
+    """Apply the rule to ``events`` (any order: sorted by leaf here); raise ValueError if two
+    events claim one leaf."""
+    ordered = sorted(events, key=lambda e: e.leaf)
+    for before, after in itertools.pairwise(ordered):
+        if before.leaf == after.leaf:
+            raise ValueError(f"two events at leaf {after.leaf}")
+    in_force: dict[bytes, ConsentLeaf] = {}
+    out = Gated()
+    for event in ordered:
+        if isinstance(event, ConsentLeaf):
+            in_force[event.consent] = event
+        elif isinstance(event, RevocationLeaf):
+            in_force.pop(event.consent, None)
+        else:
+            _count(out, event, in_force, funded)
+    out.locked_micro = out.settled_micro - out.total_micro
+    return out
+
+
+def _count(out: Gated, usage: UsageLeaf, in_force: Mapping[bytes, ConsentLeaf],
+           funded: Mapping[bytes, int]) -> None:
+    out.settled_micro += usage.credit_micro
+    covering: dict[bytes, bytes] = {}  # request -> owner
+    for consent in in_force.values():
+        if (usage.device in consent.devices
+                and consent.not_before_ms <= usage.wall_ms < consent.not_after_ms):
+            covering[consent.request] = consent.owner
+    if not covering or usage.credit_micro == 0:
+        return
+    for request, share in split(usage.credit_micro, sorted(covering)):
+        earned_before = out.earned.get(request, 0)
+        out.earned[request] = earned_before + share
+        pay = min(share, max(0, funded.get(request, 0) - earned_before))
+        if pay < share:
+            out.short_at.setdefault(request, usage.leaf)
+        if pay:
+            owner = covering[request]
+            out.owners[owner] = out.owners.get(owner, 0) + pay
+            out.paid[request] = out.paid.get(request, 0) + pay
+
+
+# --- from logged leaves to events (the gateway and the verifier read the same way) ----------
+
+
+def consent_event(doc: Document, leaf: int) -> ConsentLeaf:
+    """The event of a verified consent document logged at ``leaf``."""
+    body = doc.body
+    assert isinstance(body, Consent)
+    return ConsentLeaf(leaf, doc.id, signer_id(doc.signer), body.request,
+                       frozenset(body.devices), body.terms.not_before_ms,
+                       body.terms.not_after_ms)
+
+
+def revocation_event(doc: Document, leaf: int) -> RevocationLeaf:
+    """The event of a verified revocation document logged at ``leaf``."""
+    body = doc.body
+    assert isinstance(body, Revocation)
+    return RevocationLeaf(leaf, body.consent)
+
+
+def usage_event(record: Record, device: bytes, leaf: int) -> UsageLeaf | None:
+    """The event of a logged record, if it is a usage record (None otherwise)."""
+    if not isinstance(record.body, Usage):
+        return None
+    return UsageLeaf(leaf, device, record.wall_ms, record.body.credit_micro)

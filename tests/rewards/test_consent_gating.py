@@ -1,0 +1,248 @@
+"""Consent gating (docs/PROTOCOL.md §19.4), recomputed from a real gateway's log and the
+distributor's Funded events on a real ganache node, and the rule's invariants on random logs.
+
+The gateway logs usage records (MQTT from a test device), the owner's consents and
+revocations (POST /v1/documents); a company funds the distributor for its request's terms;
+:func:`verifier.gating.recompute` reads all of it back (signatures verified) and gates it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from firmware_sim.broker import MosquittoBroker
+from firmware_sim.chain import REPO_ROOT, GanacheNode
+from firmware_sim.solidity import Deployment, address_of
+from owner.cli import main as owner_main
+from protocol.documents import Document
+from protocol.keys import save_owner_key, signer_id, write_secret_file
+from protocol.record import credit_micro
+from rewards.documents import BASE_UNITS_PER_MICRO
+from rewards.gating import ConsentLeaf, Event, Gated, RevocationLeaf, UsageLeaf, gate
+from tests.gateway.conftest import RunningGateway
+from tests.gateway.contractkit import Parties, now_ms, submitted
+from tests.gateway.gwkit import RATE, DeviceClient
+from tests.rewards.conftest import KEYS
+from tests.rewards.test_payout_end_to_end import wait_for
+from verifier.cli import main as verify_main
+from verifier.client import DocumentClient
+from verifier.gating import recompute
+
+USED_MS = 30_000  # each usage record: 30 s of use
+EARNED = credit_micro(USED_MS, RATE)
+
+
+class World:
+    """A device with an owner and a company at a real gateway, a funded distributor."""
+
+    def __init__(self, gateway: RunningGateway, broker: MosquittoBroker, chain: GanacheNode,
+                 deployed: Deployment) -> None:
+        self.base, self.chain, self.deployed = gateway.base_url, chain, deployed
+        self.verifier = gateway.verifier
+        self.devices = DeviceClient(broker.port, gateway.verifier)
+        self.parties = Parties.enrol(self.base, self.devices, seed=31, owner_by_id=True)
+        self.parties.device.wall_ms = now_ms()  # inside the consents' periods
+        self.parties.device.mono_ms = 1_000_000
+        self.batch = 10
+        self.company = address_of(KEYS["company"])
+        deployed.give(self.company, 10**24)
+
+    def use(self) -> None:
+        """The TV is used for USED_MS: one usage record, logged."""
+        device = self.parties.device
+        device.mono_ms += USED_MS
+        self.batch += 1
+        self.devices.send(device, [device.usage(device.mono_ms - USED_MS, device.mono_ms,
+                                                USED_MS).raw], self.batch)
+        self.devices.wait_for(device.device_id, self.batch)
+
+    def fund(self, request: Document, micro: int) -> None:
+        self.deployed.fund(KEYS["company"], micro * BASE_UNITS_PER_MICRO, request.id)
+
+    def recompute(self) -> Gated:
+        size = int(httpx.get(f"{self.base}/v1/stats").json()["log_size"])
+        return recompute(DocumentClient(self.base), self.deployed.rpc,
+                         self.deployed.distributor, size, BASE_UNITS_PER_MICRO)
+
+    @property
+    def owner_id(self) -> bytes:
+        return signer_id(self.parties.owner.signing.public_key)
+
+
+@pytest.fixture
+def world(payout_gateway: RunningGateway, broker: MosquittoBroker, chain: GanacheNode,
+          deployed: Deployment) -> Iterator[World]:
+    made = World(payout_gateway, broker, chain, deployed)
+    try:
+        yield made
+    finally:
+        made.devices.close()
+
+
+@pytest.fixture
+def gated_world(gated_gateway: RunningGateway, broker: MosquittoBroker, chain: GanacheNode,
+                deployed: Deployment) -> Iterator[World]:
+    made = World(gated_gateway, broker, chain, deployed)
+    try:
+        yield made
+    finally:
+        made.devices.close()
+
+
+def test_gated_epoch_pays_the_wallet_only_consented_funded_credit_and_verify_recomputes_it(
+        gated_world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    world = gated_world
+    request = world.parties.request()
+    submitted(world.base, request)
+    world.fund(request, 100 * EARNED)
+    world.use()  # no consent yet: locked
+    consent = world.parties.consent(request)
+    submitted(world.base, consent)
+    world.use()
+    submitted(world.base, world.parties.revocation(consent))
+    world.use()  # revoked: locked
+    save_owner_key(tmp_path / "owner.key", world.parties.owner)
+    wallet_key = tmp_path / "wallet.key"
+    write_secret_file(wallet_key, KEYS["owner_b"].value.hex().encode())
+    wallet = address_of(KEYS["owner_b"])
+    endpoints = ["--wallet-key", str(wallet_key), "--gateway", world.base,
+                 "--rpc", world.chain.url]
+    assert owner_main(["wallet", "bind", "--key", str(tmp_path / "owner.key"),
+                       *endpoints]) == 0
+    paid = EARNED * BASE_UNITS_PER_MICRO
+    wait_for("an epoch paying the consented credit", lambda: (
+        r.status_code == 200 and int(r.json()["amount"]) == paid
+        if (r := httpx.get(f"{world.base}/v1/payouts/proof/{wallet}")) else False))
+    assert owner_main(["wallet", "claim", *endpoints, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["balance"] == str(paid)
+    assert world.deployed.balance(wallet) == paid
+    assert owner_main(["wallet", "claim", *endpoints]) == 1  # nothing is paid twice
+    assert "nothing to claim" in capsys.readouterr().err
+    assert world.deployed.balance(wallet) == paid
+
+    assert verify_main(["payout", "--gateway", world.base, "--rpc", world.chain.url,
+                        "--json", "--gateway-key", world.verifier]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["consent_gated"] is True
+    assert report["total_micro"] == EARNED
+    assert report["locked_micro"] == 2 * EARNED
+
+
+def test_credit_without_consent_stays_locked_and_a_revocation_stops_it_counting(
+        world: World) -> None:
+    request = world.parties.request()
+    submitted(world.base, request)
+    world.fund(request, 100 * EARNED)
+    world.use()  # before any consent: locked
+    consent = world.parties.consent(request)
+    submitted(world.base, consent)
+    world.use()  # consent in force: paid
+    world.use()
+    submitted(world.base, world.parties.revocation(consent))
+    world.use()  # revoked mid-epoch: locked from the revocation's leaf on
+
+    gated = world.recompute()
+    assert gated.settled_micro == 4 * EARNED
+    assert gated.owners == {world.owner_id: 2 * EARNED}
+    assert gated.paid == {request.id: 2 * EARNED}
+    assert gated.locked_micro == 2 * EARNED
+    assert gated.short_at == {}
+
+
+def test_a_company_is_never_paid_beyond_its_funding_and_more_funding_lowers_no_amount(
+        world: World) -> None:
+    rich, poor = world.parties.request(), world.parties.request(hours=25)
+    for request in (rich, poor):
+        submitted(world.base, request)
+        submitted(world.base, world.parties.consent(request))
+    world.fund(rich, 100 * EARNED)
+    world.fund(poor, EARNED // 2 + 1)  # less than its half of two records
+    world.use()
+    world.use()
+
+    before = world.recompute()  # each record's credit is split over the two requests
+    assert before.earned[poor.id] > EARNED // 2 + 1
+    assert before.paid[poor.id] == EARNED // 2 + 1
+    assert poor.id in before.short_at
+    assert before.paid[rich.id] <= 100 * EARNED
+    assert before.locked_micro == 2 * EARNED - sum(before.paid.values())
+
+    world.fund(poor, 10 * EARNED)  # the company tops up: the cap moves, nothing decreases
+    after = world.recompute()
+    assert after.owners[world.owner_id] == 2 * EARNED
+    assert after.owners[world.owner_id] >= before.owners[world.owner_id]
+    assert after.locked_micro == 0
+
+
+def random_log(rng: random.Random, n: int) -> list[Event]:
+    devices = [bytes([d]) * 16 for d in range(3)]
+    requests = [bytes([r]) * 32 for r in range(3)]
+    events: list[Event] = []
+    consents: list[bytes] = []
+    for leaf in range(n):
+        roll = rng.random()
+        if roll < 0.15:
+            consent = leaf.to_bytes(32, "big")
+            consents.append(consent)
+            events.append(ConsentLeaf(leaf, consent, bytes([rng.randrange(2)]) * 16,
+                                      rng.choice(requests),
+                                      frozenset(rng.sample(devices, rng.randint(1, 3))),
+                                      0, rng.choice((10**13, 500))))
+        elif roll < 0.25 and consents:
+            events.append(RevocationLeaf(leaf, rng.choice(consents)))
+        else:
+            events.append(UsageLeaf(leaf, rng.choice(devices), rng.randrange(1000),
+                                    rng.randrange(10_000)))
+    return events
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_logs_never_pay_beyond_funding_twice_or_less_than_before(seed: int) -> None:
+    rng = random.Random(seed)
+    events = random_log(rng, 300)
+    funded = {bytes([r]) * 32: rng.randrange(200_000) for r in range(3)}
+    whole = gate(events, funded)
+    for request, paid in whole.paid.items():
+        assert paid <= funded[request]
+        assert paid == min(funded[request], whole.earned[request])
+    assert whole.total_micro + whole.locked_micro == whole.settled_micro
+    # The log grows and the funding grows: no owner's cumulative amount ever decreases.
+    prefix = gate(events[:150], funded)
+    richer = gate(events, {r: f + rng.randrange(50_000) for r, f in funded.items()})
+    for owner, amount in prefix.owners.items():
+        assert whole.owners.get(owner, 0) >= amount
+    for owner, amount in whole.owners.items():
+        assert richer.owners.get(owner, 0) >= amount
+
+
+def vector_event(entry: dict[str, Any]) -> Event:
+    leaf = int(entry["leaf"])
+    if "usage" in entry:
+        u = entry["usage"]
+        return UsageLeaf(leaf, bytes.fromhex(u["device"]), u["wall_ms"], u["credit_micro"])
+    if "consent" in entry:
+        c = entry["consent"]
+        return ConsentLeaf(leaf, bytes.fromhex(c["id"]), bytes.fromhex(c["owner"]),
+                           bytes.fromhex(c["request"]),
+                           frozenset(bytes.fromhex(d) for d in c["devices"]),
+                           c["not_before_ms"], c["not_after_ms"])
+    return RevocationLeaf(leaf, bytes.fromhex(entry["revocation"]["consent"]))
+
+
+def test_the_hand_worked_vector_is_what_the_rule_pays() -> None:
+    vector = json.loads((REPO_ROOT / "tests" / "vectors" / "consent_gating.json").read_text())
+    funded = {bytes.fromhex(k): v for k, v in vector["funded_micro"].items()}
+    gated = gate([vector_event(e) for e in vector["events"]], funded)
+    expected = vector["expected"]
+    hexed = {name: {k.hex(): v for k, v in getattr(gated, name).items()}
+             for name in ("owners", "earned", "paid", "short_at")}
+    assert hexed == {name: expected[name] for name in hexed}
+    assert (gated.settled_micro, gated.locked_micro) == (expected["settled_micro"],
+                                                         expected["locked_micro"])
