@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -46,6 +48,7 @@ from gateway.config import Limits
 from gateway.metrics import PREFIX
 from gateway.store import Device
 from gateway.verify import KeyLookup, PreparedBatch, PreparedRecord, prepare_batch
+from osutil.deathsig import die_with_parent
 from protocol.reasons import Reason
 from protocol.record import Body, Record
 
@@ -58,6 +61,10 @@ _limits = Limits()  # set in each worker by _init_worker
 def _init_worker(limits: Limits) -> None:
     global _limits  # noqa: PLW0603 - per-process state of a pool worker
     _limits = limits
+    # The forkserver exits with the gateway, even after a kill -9; a worker waiting for
+    # work would not notice (it waits on a lock a dead sibling may hold), so the kernel
+    # ends it then.
+    die_with_parent(signal.SIGKILL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
@@ -154,7 +161,10 @@ class VerifyPool:
         if self.workers:
             with self._lock:
                 self._executor = self._new_executor()
-            self._warm(self._executor)
+            for ping in self._warm(self._executor):
+                ping.result(timeout=_START_TIMEOUT_S)
+            threading.Thread(target=self._watch, name="gateway-verify-watch",
+                             daemon=True).start()
 
     def submit(self, topic: str, payload: bytes, arrived: float,
                device: Device | None) -> Future[PreparedBatch]:
@@ -165,6 +175,12 @@ class VerifyPool:
             return self._local.submit(self._in_process, job)
         self._send(job, outer, 1)
         return outer
+
+    def worker_pids(self) -> list[int]:
+        """The worker processes' ids now (empty with 0 workers or before :meth:`start`)."""
+        with self._lock:
+            executor = self._executor
+        return sorted(_processes(executor))
 
     def close(self) -> None:
         """Stop the workers (jobs not started are cancelled; the messages stay unacked)."""
@@ -182,10 +198,23 @@ class VerifyPool:
         return ProcessPoolExecutor(self.workers, mp_context=context,
                                    initializer=_init_worker, initargs=(self._limits,))
 
-    def _warm(self, executor: Executor) -> None:
-        pings = [executor.submit(_ping) for _ in range(self.workers)]
-        for ping in pings:
-            ping.result(timeout=_START_TIMEOUT_S)
+    def _warm(self, executor: Executor) -> list[Future[int]]:
+        """One trivial job per worker: the executor starts its processes on demand."""
+        return [executor.submit(_ping) for _ in range(self.workers)]
+
+    def _watch(self) -> None:
+        """Replace the workers as soon as one dies, not only when the next batch comes."""
+        while True:
+            with self._lock:
+                executor, generation, closing = (self._executor, self._generation,
+                                                 self._closing)
+            if closing:
+                return
+            sentinels = [p.sentinel for p in _processes(executor).values()]
+            if sentinels and multiprocessing.connection.wait(sentinels, timeout=1.0):
+                self._restart(generation)
+            elif not sentinels:
+                time.sleep(0.1)  # processes not started yet
 
     def _in_process(self, job: _Job) -> PreparedBatch:
         return prepare_batch(job.topic, job.payload, job.arrived, self._limits,
@@ -237,7 +266,15 @@ class VerifyPool:
             self._generation += 1
         self.restarts.inc()
         log.error("a verify worker died; restarted the workers and sent their batches again")
-        old.shutdown(wait=False)
+        old.shutdown(wait=False)  # its jobs fail as broken and are sent again
+        self._warm(self._executor)
+
+
+def _processes(executor: Executor) -> dict[int, multiprocessing.process.BaseProcess]:
+    """The executor's live worker processes by pid (it has no public view of them)."""
+    if not isinstance(executor, ProcessPoolExecutor):
+        return {}
+    return dict(executor._processes or {})  # noqa: SLF001
 
 
 def _complete(outer: Future[PreparedBatch], work: Callable[[], PreparedBatch]) -> None:
