@@ -17,7 +17,8 @@ changed meanwhile.
   that lands while a batch is in a worker never lets a record in under a stale key.
 - **Bounded.** The pool holds only what the sequencer hands it, which the service bounds
   (``MAX_GROUP_BATCHES`` messages, ``MAX_INFLIGHT_BYTES``); there is no queue of its own.
-- **A worker dies** (kill -9, out of memory): every job it and its siblings had is sent
+- **A worker dies** (kill -9, out of memory): when the executor reports it (at once for
+  the jobs it held, else at the next job), every job it and its siblings had is sent
   again to a fresh set of workers (``gateway_verify_worker_restarts_total``). A job that
   broke the pool twice is verified in the gateway process instead, so a message never
   loops. Nothing is acknowledged before its records are committed, so nothing is lost,
@@ -30,13 +31,12 @@ changed meanwhile.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
-import multiprocessing.connection
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -163,8 +163,6 @@ class VerifyPool:
                 self._executor = self._new_executor()
             for ping in self._warm(self._executor):
                 ping.result(timeout=_START_TIMEOUT_S)
-            threading.Thread(target=self._watch, name="gateway-verify-watch",
-                             daemon=True).start()
 
     def submit(self, topic: str, payload: bytes, arrived: float,
                device: Device | None) -> Future[PreparedBatch]:
@@ -202,20 +200,6 @@ class VerifyPool:
         """One trivial job per worker: the executor starts its processes on demand."""
         return [executor.submit(_ping) for _ in range(self.workers)]
 
-    def _watch(self) -> None:
-        """Replace the workers as soon as one dies, not only when the next batch comes."""
-        while True:
-            with self._lock:
-                executor, generation, closing = (self._executor, self._generation,
-                                                 self._closing)
-            if closing:
-                return
-            sentinels = [p.sentinel for p in _processes(executor).values()]
-            if sentinels and multiprocessing.connection.wait(sentinels, timeout=1.0):
-                self._restart(generation)
-            elif not sentinels:
-                time.sleep(0.1)  # processes not started yet
-
     def _in_process(self, job: _Job) -> PreparedBatch:
         return prepare_batch(job.topic, job.payload, job.arrived, self._limits,
                              _lookup(job.device))
@@ -239,16 +223,17 @@ class VerifyPool:
             self._restart(generation)
             self._send(job, outer, attempt + 1)
             return
-        inner.add_done_callback(lambda done: self._finished(done, job, outer, attempt,
-                                                            generation))
+        inner.add_done_callback(lambda done: self._finished(
+            done, job, outer, attempt, executor=executor, generation=generation))
 
     def _finished(self, inner: Future[_Packed], job: _Job, outer: Future[PreparedBatch],
-                  attempt: int, generation: int) -> None:
+                  attempt: int, *, executor: Executor, generation: int) -> None:
         if inner.cancelled():
             outer.cancel()
             return
         error = inner.exception()
         if isinstance(error, BrokenProcessPool):
+            _kill_workers(executor)
             self._restart(generation)
             self._send(job, outer, attempt + 1)
         elif error is not None:
@@ -266,6 +251,7 @@ class VerifyPool:
             self._generation += 1
         self.restarts.inc()
         log.error("a verify worker died; restarted the workers and sent their batches again")
+        _kill_workers(old)
         old.shutdown(wait=False)  # its jobs fail as broken and are sent again
         self._warm(self._executor)
 
@@ -275,6 +261,17 @@ def _processes(executor: Executor) -> dict[int, multiprocessing.process.BaseProc
     if not isinstance(executor, ProcessPoolExecutor):
         return {}
     return dict(executor._processes or {})  # noqa: SLF001
+
+
+def _kill_workers(executor: Executor) -> None:
+    """SIGKILL what is left of a broken executor's workers.
+
+    The executor ends them with SIGTERM and waits, but workers ignore SIGTERM (see the
+    module docstring), so it would wait for ever.
+    """
+    for process in _processes(executor).values():
+        with contextlib.suppress(OSError, ValueError):
+            process.kill()
 
 
 def _complete(outer: Future[PreparedBatch], work: Callable[[], PreparedBatch]) -> None:

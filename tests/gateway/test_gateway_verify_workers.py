@@ -253,6 +253,7 @@ def test_kill9_of_a_verify_worker_under_load_loses_and_duplicates_nothing(
             publisher.burst(BURST_BATCHES)  # queued up; a worker dies while they drain
             time.sleep(rng.uniform(0.02, 0.2))
             os.kill(rng.choice(workers), signal.SIGKILL)
+            publisher.burst(1)  # the pool notices a dead worker at the latest with new work
             workers = _wait_for_fresh_workers(gateway.pid, seen)
         for key in sorted(publisher.sent):  # no resend: every message answered once
             client.wait_for(*key, timeout=60)
