@@ -8,7 +8,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SIM_STAMP := $(VENV)/.installed-sim
 
-.PHONY: test lint typecheck pytest demo soak bench clean deps broker chain postgresql
+.PHONY: test lint typecheck pytest demo soak bench clean deps broker chain postgresql \
+	homeassistant dashboard browser screenshot
 
 test: deps lint typecheck pytest
 
@@ -27,7 +28,7 @@ $(SIM_STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.[sim]'
 	touch $(SIM_STAMP)
 
-deps: $(STAMP) broker chain postgresql
+deps: $(STAMP) broker chain postgresql homeassistant dashboard browser
 
 broker:
 	@sh scripts/ensure-debian-packages.sh mosquitto:mosquitto
@@ -40,9 +41,27 @@ postgresql:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 		sh scripts/ensure-debian-packages.sh initdb:postgresql
 
+# The dashboard's chart library (uPlot from npm at a pinned version, its tarball checked
+# against the pinned integrity hash) into gateway/static/vendor/ (gitignored).
+dashboard:
+	@sh scripts/ensure-dashboard-assets.sh
+
+# Headless Chromium and its driver for the dashboard's browser tests and screenshot.
+browser:
+	@sh scripts/ensure-debian-packages.sh chromium:chromium chromedriver:chromium-driver
+
+# Retake docs/img/dashboard.png: runs the demo, photographs its dashboard, stops it.
+screenshot: deps
+	$(PY) scripts/dashboard_screenshot.py --out docs/img/dashboard.png
+
 # ganache (a real local Ethereum node for the chain-anchor tests) in .tools/node_modules.
 chain:
 	@sh scripts/ensure-ganache.sh
+
+# Home Assistant (a pinned release in .tools/ha-venv) for the Home Assistant test
+# (tests/homeassistant/): the agent's discovery configs checked by Home Assistant itself.
+homeassistant:
+	@sh scripts/ensure-home-assistant.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -61,11 +80,14 @@ bench: deps
 	$(PY) bench/gateway_bench.py
 	$(PY) bench/e2e_bench.py
 	$(PY) bench/store_bench.py
+	$(PY) bench/scale_bench.py
+	$(PY) bench/chain_bench.py
+	$(PY) bench/dashboard_bench.py
 
 # The one-command demo (README, "Demo"); options go in DEMO_ARGS, for example
 # make demo DEMO_ARGS="--devices 3 --duration 30". It needs the sim extra and mosquitto only.
 DEMO_ARGS ?=
-demo: $(SIM_STAMP) broker
+demo: $(SIM_STAMP) broker dashboard
 	$(PY) -m firmware_sim.cli demo $(DEMO_ARGS)
 
 # The fault-injection soak (tests/faults/test_soak.py): SOAK_FAULTS seeded faults against a

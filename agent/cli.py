@@ -240,7 +240,38 @@ def _status_text(status: dict[str, object]) -> str:
     rotation = agent.get("rotation")
     if isinstance(rotation, dict) and rotation.get("state", "none") != "none":
         lines.append(f"key rotation  {_rotation_text(rotation)}")
+    grants = status.get("grants")
+    if isinstance(grants, dict):
+        lines.append(f"grants        {_grants_text(grants)}")
+    local = agent.get("local_mqtt")
+    if isinstance(local, dict):
+        lines.append(f"local broker  {_local_text(local)}")
     return "\n".join(lines)
+
+
+def _grants_text(grants: dict[str, object]) -> str:
+    listed = grants.get("grants")
+    items = listed if isinstance(listed, list) else []
+    in_force = [g for g in items if isinstance(g, dict) and g.get("in_force")]
+    text = (f"{len(in_force)} in force of {len(items)} "
+            f"({', '.join(str(g['derived_stream']) for g in in_force) or 'none'}), "
+            f"{grants.get('revoked')} revoked")
+    refused = grants.get("refused")
+    if isinstance(refused, dict) and refused:
+        text += "; REFUSED: " + ", ".join(f"{k} {v}" for k, v in sorted(refused.items()))
+    return text
+
+
+def _local_text(local: dict[str, object]) -> str:
+    """The owner's broker ([local_mqtt]): state, error, what was published and lost."""
+    counters = local.get("counters")
+    c = counters if isinstance(counters, dict) else {}
+    state = str(local.get("state"))
+    if local.get("error"):
+        state += f" ({local['error']})"
+    return (f"{state} {local.get('broker')}: {c.get('published', 0)} published, "
+            f"{c.get('superseded', 0)} superseded, "
+            f"{c.get('connect_failures', 0) + c.get('connack_timeouts', 0)} failed connects")
 
 
 def _receipts_text(receipts: object) -> str:

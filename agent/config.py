@@ -18,6 +18,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.local_mqtt.settings import (
+    LocalMqttConfig,
+    MetricsConfig,
+    check_local_streams,
+    check_textfile,
+    check_topic_prefix,
+)
 from agent.outbox import FULL_POLICIES, OutboxSettings
 from agent.records import EpochPolicy
 from agent.sensors import DEFAULT_PIN_FACTORY, SensorConfig, validate_sensor_configs
@@ -60,6 +67,7 @@ class MqttConfig:
     password_file: Path | None = None
     keepalive_s: int = 30
     session_expiry_s: int = 7 * 24 * 3600
+    section: str = "mqtt"  # the config section, for error messages
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,19 @@ class ServiceSettings:
 
 
 @dataclass(frozen=True)
+class OwnerConfig:
+    """The device's owner, pinned at enrolment (the bundle writes ``[owner]``).
+
+    ``public_key`` (Ed25519) is the only key whose consents and revocations the device
+    applies; ``sealing_key`` (X25519) is sealed every stream, so the owner reads all its
+    device's data.
+    """
+
+    public_key: bytes
+    sealing_key: bytes
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """Everything the agent needs to run, validated."""
 
@@ -100,11 +121,28 @@ class AgentConfig:
     sensors: tuple[SensorConfig, ...]
     usage: UsageConfig | None
     service: ServiceSettings = field(default_factory=ServiceSettings)
+    owner: OwnerConfig | None = None
+    local_mqtt: LocalMqttConfig | None = None
+    metrics: MetricsConfig | None = None
 
     def stream_recipients(self) -> dict[str, tuple[bytes, ...]]:
-        """Stream name -> the X25519 public keys its values are sealed for."""
+        """Stream name -> the X25519 public keys its full values are sealed for.
+
+        With an owner, every stream is sealed to the owner's sealing key and to nobody
+        else: who else reads what is the owner's decision, by signed consent (derived
+        streams, docs/AGENT.md), never the config's (see :meth:`ignored_recipients`).
+        Without an owner, each stream is sealed to the recipients configured for it.
+        """
+        if self.owner is not None:
+            return {s.stream: (self.owner.sealing_key,) for s in self.sensors}
         return {s.stream: tuple(self.recipients[name] for name in s.recipients)
                 for s in self.sensors if s.recipients}
+
+    def ignored_recipients(self) -> dict[str, tuple[str, ...]]:
+        """Stream -> the configured recipients NOT sealed to, because an owner is pinned."""
+        if self.owner is None:
+            return {}
+        return {s.stream: s.recipients for s in self.sensors if s.recipients}
 
 
 def apply_overrides(data: dict[str, object], overrides: Mapping[tuple[str, str], object]
@@ -162,6 +200,9 @@ def parse_config(data: Mapping[str, object], base_dir: Path) -> AgentConfig:
         sensors=sensors,
         usage=_usage(root.optional_table("usage"), sensors),
         service=_service(root.table("service")),
+        owner=_owner(root.optional_table("owner")),
+        local_mqtt=_local_mqtt(root.optional_table("local_mqtt"), sensors),
+        metrics=_metrics(root.optional_table("metrics")),
     )
     root.finish(allowed=("sensors",))
     return config
@@ -179,24 +220,62 @@ def load_config(path: Path | None, overrides: Mapping[tuple[str, str], object],
 
 
 def _mqtt(t: Table) -> MqttConfig:
+    out = _broker_connection(t, "mqtts://broker.example.net:8883")
+    t.finish()
+    return out
+
+
+def _broker_connection(t: Table, example: str) -> MqttConfig:
+    """The connection keys of a broker section (``[mqtt]``, ``[local_mqtt]``); the caller
+    reads its other keys and finishes the table."""
     url = t.string("broker", None)
     if url is None:
-        raise ConfigError("mqtt.broker: required (e.g. mqtts://broker.example.net:8883)")
-    host, port, tls = parse_broker_url(url, "mqtt.broker")
+        raise ConfigError(f"{t.name('broker')}: required (e.g. {example})")
+    host, port, tls = parse_broker_url(url, t.name("broker"))
     username = t.string("username", None)
     password_file = t.path("password_file", None)
     if password_file is not None and username is None:
-        raise ConfigError("mqtt.password_file: needs mqtt.username")
+        raise ConfigError(f"{t.name('password_file')}: needs {t.name('username')}")
     cert, key = t.path("cert_file", None), t.path("key_file", None)
     if (cert is None) != (key is None):
-        raise ConfigError("mqtt.cert_file: cert_file and key_file go together")
+        raise ConfigError(f"{t.name('cert_file')}: cert_file and key_file go together")
     ca = t.path("ca_file", None)
     if not tls and (ca or cert):
-        raise ConfigError("mqtt.ca_file: TLS files need an mqtts:// broker URL")
-    out = MqttConfig(url, host, port, tls, ca, cert, key, username, password_file,
-                     keepalive_s=t.integer("keepalive_s", 30, low=5, high=3600),
-                     session_expiry_s=t.integer("session_expiry_s", 7 * 24 * 3600, low=60,
-                                                high=0xFFFFFFFF))
+        raise ConfigError(f"{t.name('ca_file')}: TLS files need an mqtts:// broker URL")
+    return MqttConfig(url, host, port, tls, ca, cert, key, username, password_file,
+                      keepalive_s=t.integer("keepalive_s", 30, low=5, high=3600),
+                      session_expiry_s=t.integer("session_expiry_s", 7 * 24 * 3600, low=60,
+                                                 high=0xFFFFFFFF),
+                      section=t.name("broker").rsplit(".", 1)[0])
+
+
+def _local_mqtt(t: Table | None, sensors: tuple[SensorConfig, ...]) -> LocalMqttConfig | None:
+    if t is None:
+        return None
+    connection = _broker_connection(t, "mqtt://homeassistant.local:1883")
+    streams = t.string_list("streams")
+    if streams is not None:
+        check_local_streams(streams, {s.stream: bool(s.recipients) for s in sensors},
+                            t.name("streams"))
+    out = LocalMqttConfig(
+        connection,
+        client_id=t.string("client_id", None),
+        topic_prefix=check_topic_prefix(t.string("topic_prefix", "edgeproof") or "",
+                                        t.name("topic_prefix")),
+        discovery_prefix=check_topic_prefix(t.string("discovery_prefix", "homeassistant")
+                                            or "", t.name("discovery_prefix")),
+        device_name=t.string("device_name", None),
+        status_interval_s=t.number("status_interval_s", 30.0, low=0.1, high=86_400.0),
+        streams=streams,
+    )
+    t.finish()
+    return out
+
+
+def _metrics(t: Table | None) -> MetricsConfig | None:
+    if t is None:
+        return None
+    out = MetricsConfig(check_textfile(t.required_path("textfile"), t.name("textfile")))
     t.finish()
     return out
 
@@ -264,17 +343,29 @@ def _service(t: Table) -> ServiceSettings:
     return out
 
 
+def _owner(t: Table | None) -> OwnerConfig | None:
+    if t is None:
+        return None
+    out = OwnerConfig(_hex_key(t, "owner", "public_key", "an Ed25519 public key"),
+                      _hex_key(t, "owner", "sealing_key", "an X25519 public key"))
+    t.finish()
+    return out
+
+
+def _hex_key(t: Table, section: str, name: str, what: str) -> bytes:
+    text = t.string(name, None)
+    try:
+        key = bytes.fromhex(text or "")
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise ConfigError(f"{section}.{name}: must be {what}, 64 hex digits")
+    return key
+
+
 def _recipients(t: Table) -> dict[str, bytes]:
-    out: dict[str, bytes] = {}
-    for name in t.keys():  # noqa: SIM118 - Table is not a dict
-        text = t.string(name, None) or ""
-        try:
-            key = bytes.fromhex(text)
-        except ValueError:
-            key = b""
-        if len(key) != 32:
-            raise ConfigError(f"recipients.{name}: must be an X25519 public key, 64 hex digits")
-        out[name] = key
+    out = {name: _hex_key(t, "recipients", name, "an X25519 public key")
+           for name in t.keys()}  # noqa: SIM118 - Table is not a dict
     t.finish()
     return out
 
@@ -322,7 +413,7 @@ def broker_settings(mqtt: MqttConfig) -> BrokerSettings:
     if mqtt.password_file is not None:
         raw = read_secret_file(mqtt.password_file).decode("utf-8", "replace").strip()
         if not raw:
-            raise ConfigError("mqtt.password_file: the file is empty")
+            raise ConfigError(f"{mqtt.section}.password_file: the file is empty")
         password = Secret(raw.encode("utf-8"))
     return BrokerSettings(url=mqtt.url, host=mqtt.host, port=mqtt.port, tls=mqtt.tls,
                           ca_file=mqtt.ca_file, cert_file=mqtt.cert_file,

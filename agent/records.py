@@ -3,20 +3,30 @@
 :class:`RecordFactory` turns a body into signed bytes for a given ``(seq, prev)``; the
 outbox supplies both inside its transaction. :class:`RecordWriter` is what the service
 calls: it keeps the current key epoch, emits a ``keys`` record when one starts (at start,
-every ``epoch_records`` sealed records or ``epoch_ms`` of monotonic time, and after the
-outbox was replaced), seals the values of streams that have recipients, and sends the
-others as plaintext values.
+every ``epoch_records`` sealed records or ``epoch_ms`` of monotonic time, after the
+outbox was replaced, and whenever the grants in force change), seals the values of
+streams that have recipients, and sends the others as plaintext values.
+
+Grants (protocol/grants.py, agent/grants.py): for every owner's consent in force, each
+reading of its stream is followed by a *derived* record carrying only the granted values,
+sealed for that recipient alone, at most one per ``min_interval_ms`` of the reading's
+monotonic time. "In force" is decided at every reading with the device's own clock: a
+grant whose period cannot be proven (unsynchronised clock), has ended, or was revoked
+ends the key epoch that named it, so nothing sampled later is sealed to it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from agent.clock import Clock
+from agent.grants import GrantBook
 from agent.outbox import Outbox
+from protocol.grants import AccessGrant, epoch_recipients, granted_values
 from protocol.keys import SigningKey
 from protocol.record import (
     GAP_STREAM,
@@ -94,7 +104,11 @@ class RecordWriter:
 
     def __init__(self, factory: RecordFactory, outbox: Outbox,
                  recipients: Mapping[str, Sequence[bytes]], *, policy: EpochPolicy,
-                 clock: Clock, random_bytes: Callable[[int], bytes] = os.urandom) -> None:
+                 clock: Clock, random_bytes: Callable[[int], bytes] = os.urandom,
+                 grants: GrantBook | None = None) -> None:
+        """``recipients`` maps each stream to the keys its full values are sealed for (the
+        owner's when one is pinned, else the configured ones); ``grants`` is the device's
+        grant book (None: no derived streams)."""
         self._factory = factory
         self._outbox = outbox
         self._recipients = {s: tuple(keys) for s, keys in recipients.items() if keys}
@@ -105,20 +119,48 @@ class RecordWriter:
         self._epoch_records = 0
         self._epoch_started = 0
         self._outbox_generation = outbox.generation
+        self._book = grants
+        self._book_version = -1
+        self._epoch_grants: dict[str, AccessGrant] = {}  # derived stream -> grant
+        self._last_granted: dict[str, int] = {}  # derived stream -> mono_ms of its last record
+        self._checked = (False, 0, 0)  # sync state, wall from, wall until: grants unchanged
+        self.counters: Counter[str] = Counter()
 
     @property
     def sealed_streams(self) -> frozenset[str]:
         return frozenset(self._recipients)
 
+    def _grants_in_force(self) -> tuple[AccessGrant, ...]:
+        """The book's grants in force now; notes when that set can next change."""
+        if self._book is None:
+            return ()
+        wall, synced = self._clock.wall_ms(), self._clock.wall_synced()
+        grants = self._book.grants()
+        # The set changes when the sync state does, or the wall clock crosses a grant's
+        # start or end (or steps back): checked per reading without walking the book.
+        self._checked = (synced, wall, min(
+            [g.not_before_ms for g in grants if g.not_before_ms > wall]
+            + [g.not_after_ms for g in grants if g.not_after_ms > wall], default=1 << 64))
+        # A derived stream only makes sense when the full stream is sealed (to the owner).
+        return tuple(g for g in grants
+                     if g.in_force(wall, synced) and g.stream in self._recipients)
+
     def start_epoch(self) -> int | None:
-        """Append a ``keys`` record starting a new epoch; return its seq (None: no recipients)."""
-        if not self._recipients:
+        """Append a ``keys`` record starting a new epoch; return its seq (None: no recipients).
+
+        The epoch seals each stream for its recipients and each grant in force now for its
+        recipient (a derived stream), and names those grants' consents.
+        """
+        version = self._book.version if self._book is not None else 0
+        grants = self._grants_in_force()
+        recipients, consents = epoch_recipients(self._recipients, grants)
+        if not recipients:
             return None
         made: list[EpochKeys] = []
 
         def build(seq: int, prev: bytes) -> bytes:
-            body, keys = new_key_epoch(self._factory.device_id, seq, self._recipients,
-                                       self._random)
+            body, keys = new_key_epoch(self._factory.device_id, seq, recipients,
+                                       self._random, consents)
             made.append(keys)
             return self._factory.sign_body(seq, prev, KEYS_STREAM, body)
 
@@ -127,8 +169,27 @@ class RecordWriter:
         self._epoch_records = 0
         self._epoch_started = self._clock.mono_ms()
         self._outbox_generation = self._outbox.generation
-        log.info("key epoch started at seq %s for streams %s", seq, sorted(self._recipients))
+        self._book_version = version
+        self._epoch_grants = {g.derived_stream: g for g in grants}
+        self.counters["key_epochs"] += 1
+        log.info("key epoch started at seq %s for streams %s", seq, sorted(recipients))
         return seq
+
+    def grants_changed(self) -> bool:
+        """Whether the grants in force differ from those of the current epoch."""
+        if self._book is None or self._epoch is None:
+            return False
+        if self._book.version != self._book_version:
+            return True
+        synced, since, until = self._checked
+        wall = self._clock.wall_ms()
+        if self._clock.wall_synced() == synced and since <= wall < until:
+            return False
+        return {g.derived_stream for g in self._grants_in_force()} != set(self._epoch_grants)
+
+    def refresh_epoch(self) -> int | None:
+        """Start a new epoch at once if the grants in force changed; return its seq."""
+        return self.start_epoch() if self.grants_changed() else None
 
     def write_values(self, stream: str, values: tuple[Measurement, ...],
                      mono_ms: int) -> int | None:
@@ -142,7 +203,48 @@ class RecordWriter:
                                                mono_ms=mono_ms)
             return self._outbox.append(stream, plain)
         epoch = self._current_epoch()
+        seq = self._append_sealed(stream, values, mono_ms, epoch)
+        if self._epoch_grants:
+            self._write_granted(stream, values, mono_ms, epoch)
+        return seq
 
+    def _write_granted(self, stream: str, values: tuple[Measurement, ...], mono_ms: int,
+                       epoch: EpochKeys) -> None:
+        """Append the derived record of every grant of ``stream`` whose rate allows one.
+
+        Under the grant book's lock, and only if the book is still the one the epoch was
+        made from: a revocation applied meanwhile (by the uplink thread) either comes
+        after these records and withdraws them, or before and none is made.
+        """
+        assert self._book is not None
+        with self._book.lock:
+            if self._book.version != self._book_version:
+                self.counters["granted_deferred"] += 1  # the next reading starts an epoch
+                return
+            for name, grant in self._epoch_grants.items():
+                if grant.stream == stream and self._rate_allows(name, grant, mono_ms):
+                    self._write_one_granted(name, grant, values, mono_ms, epoch)
+
+    def _rate_allows(self, name: str, grant: AccessGrant, mono_ms: int) -> bool:
+        last = self._last_granted.get(name)
+        if last is not None and mono_ms - last < grant.min_interval_ms:
+            self.counters["granted_rate_skipped"] += 1
+            return False
+        return True
+
+    def _write_one_granted(self, name: str, grant: AccessGrant,
+                           values: tuple[Measurement, ...], mono_ms: int,
+                           epoch: EpochKeys) -> None:
+        subset = granted_values(values, grant.fields)
+        if not subset:
+            self.counters["granted_no_fields"] += 1
+            return
+        self._append_sealed(name, subset, mono_ms, epoch)
+        self._last_granted[name] = mono_ms
+        self.counters["granted_records"] += 1
+
+    def _append_sealed(self, stream: str, values: tuple[Measurement, ...], mono_ms: int,
+                       epoch: EpochKeys) -> int | None:
         placeholder = Values(values)
 
         def sealed(seq: int, prev: bytes) -> bytes:
@@ -169,7 +271,8 @@ class RecordWriter:
         now = self._clock.mono_ms()
         if (self._epoch is None or self._outbox.generation != self._outbox_generation
                 or self._epoch_records >= self._policy.max_records
-                or now - self._epoch_started >= self._policy.max_ms):
+                or now - self._epoch_started >= self._policy.max_ms
+                or self.grants_changed()):
             self.start_epoch()
         assert self._epoch is not None
         return self._epoch

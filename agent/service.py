@@ -29,8 +29,12 @@ from pathlib import Path
 from agent.clock import Clock
 from agent.config import AgentConfig, broker_settings
 from agent.credits import MeterDamaged, UsageMeter
+from agent.grants import GRANTS_FILE, GrantBook
 from agent.identity import Identity, KeyFiles, load_identity
+from agent.local_mqtt import DeviceInfo, LocalPublisher, device_entities
+from agent.local_mqtt.discovery import reading_states, status_states
 from agent.outbox import DatabaseCorrupt, DeviceState, Outbox
+from agent.policy import PolicyInbox
 from agent.records import RecordFactory, RecordWriter
 from agent.rotation import KeyRotator, RotationState, Step
 from agent.sensors import (
@@ -41,10 +45,11 @@ from agent.sensors import (
     SimulatedHardware,
     build_sensors,
 )
-from agent.status import CREDITS_FILE, OUTBOX_FILE, STATE_FILE, write_status
+from agent.status import CREDITS_FILE, OUTBOX_FILE, STATE_FILE, status_document, write_status
 from agent.uplink import BrokerSettings, MqttTransport, Uplink
 from agent.uplink.uplink import TransportFactory
 from agent.usage_reports import UsageReporter
+from osutil.cli import package_version
 from osutil.sdnotify import Notifier
 from protocol.errors import ConfigError, SensorReadError, StorageError
 from protocol.keys import SigningKey, load_device_key
@@ -111,6 +116,10 @@ class AgentService:
         self._schedule: list[_Schedule] = []
         self._overdue_since_ms: int | None = None  # receipts overdue since (mono ms)
         self._unanswered_from_ms = 0
+        self.local: LocalPublisher | None = None  # the owner's broker ([local_mqtt])
+        self._local_streams: frozenset[str] = frozenset()
+        self._next_local_ms = 0
+        self._local_interval_ms = 0
 
     # --- start --------------------------------------------------------------------------
 
@@ -124,6 +133,8 @@ class AgentService:
         cfg = self.config
         load_device_key(cfg.key_file)  # refuse a key others can read before opening anything
         broker = self.options.broker or broker_settings(cfg.mqtt)
+        # The owner's broker's password file too, before anything is opened.
+        local_broker = broker_settings(cfg.local_mqtt.connection) if cfg.local_mqtt else None
         self.sensors = self._build_sensors()  # before any state: refusing to start opens none
         self.state = DeviceState.open(cfg.state_dir / STATE_FILE, self.clock.wall_ms)
         self.outbox = Outbox(cfg.state_dir / OUTBOX_FILE, cfg.outbox, self.state, self.clock)
@@ -136,9 +147,15 @@ class AgentService:
                                      self.clock)
         self.rotation.attach(self.factory, self._use_key)
         self.outbox.attach(self.factory)
+        self.grants = GrantBook(cfg.state_dir / GRANTS_FILE)
+        self.policy = None if cfg.owner is None else PolicyInbox(
+            self.grants, self.outbox, device_id=self.identity.device_id,
+            owner=cfg.owner.public_key, streams={s.stream for s in cfg.sensors},
+            clock=self.clock)
         self.writer = RecordWriter(self.factory, self.outbox, cfg.stream_recipients(),
                                    policy=cfg.epoch, clock=self.clock,
-                                   random_bytes=self.options.random_bytes)
+                                   random_bytes=self.options.random_bytes,
+                                   grants=self.grants if cfg.owner is not None else None)
         self._open_meter()
         self.writer.start_epoch()
         self._guarded(self.rotation.begin_if_requested)
@@ -147,11 +164,36 @@ class AgentService:
         self._broker = broker
         log.info("uplink: connecting to %s", self.uplink.broker_text)
         self.uplink.start()
+        if local_broker is not None:
+            self._start_local(local_broker)
         log.info("agent started: device %s, boot %d, %d sensors, outbox %s",
                  self.identity.device_id.hex(), self.boot, len(self.sensors.sensors),
                  self.outbox.path)
         self._say_what_earns_and_seals()
         self.notifier.ready(self._status_line())
+
+    def _start_local(self, broker: BrokerSettings) -> None:
+        """Start the publisher for the owner's broker (``[local_mqtt]``).
+
+        It gets the entity list and its broker only: nothing it receives can reach the
+        record writer or the outbox (agent/local_mqtt/publisher.py)."""
+        local = self.config.local_mqtt
+        assert local is not None
+        self._local_interval_ms = round(local.status_interval_s * 1000)
+        unsealed = self.plaintext_streams()
+        self._local_streams = frozenset(unsealed if local.streams is None else local.streams)
+        device_hex = self.identity.device_id.hex()
+        device = DeviceInfo(device_hex, local.device_name or f"edgeproof {device_hex[:8]}",
+                            package_version(), local.topic_prefix, local.discovery_prefix)
+        entities = device_entities(
+            [(s.kind, s.stream) for s in self.config.sensors if s.stream in self._local_streams],
+            credit=self.config.usage is not None)
+        client_id = (local.client_id or local.connection.username
+                     or f"edgeproof-{device_hex[:16]}")
+        self.local = LocalPublisher(device, entities, broker, client_id)
+        log.info("local broker: publishing %d entities (streams: %s) to %s", len(entities),
+                 ", ".join(sorted(self._local_streams)) or "none", local.connection.url)
+        self.local.start()
 
     def _say_what_earns_and_seals(self) -> None:
         """One info line each when nothing earns credit or a stream is not sealed."""
@@ -161,6 +203,11 @@ class AgentService:
         elif usage.rate_micro_per_hour == 0:
             log.info("credit: usage.rate_micro_per_hour is 0; usage of %s is measured but "
                      "earns no credit (device add/enroll --rate sets it)", usage.input)
+        ignored = self.config.ignored_recipients()
+        if ignored:
+            log.warning("sealing: the owner is pinned, so the recipients configured for %s "
+                        "are NOT sealed to; only the owner's signed consents grant access",
+                        "; ".join(f"{s} ({', '.join(r)})" for s, r in sorted(ignored.items())))
         plain = self.plaintext_streams()
         if plain:
             log.info("sealing: stream%s %s sent in plaintext (no recipients); device "
@@ -169,7 +216,8 @@ class AgentService:
 
     def plaintext_streams(self) -> list[str]:
         """Configured streams whose values go unsealed (no recipients)."""
-        return [s.stream for s in self.config.sensors if not s.recipients]
+        sealed = self.config.stream_recipients()
+        return [s.stream for s in self.config.sensors if s.stream not in sealed]
 
     def _use_key(self, key: SigningKey) -> None:
         self.identity = Identity(key, self.identity.device_id)
@@ -224,7 +272,7 @@ class AgentService:
         return Uplink(self.config.uplink, broker, self.config.gateway,
                       device_id=self.identity.device_id, boot=self.boot, outbox=self.outbox,
                       clock=self.clock, rng=self.options.rng,
-                      transport_factory=self.options.transport_factory)
+                      transport_factory=self.options.transport_factory, policy=self.policy)
 
     # --- one iteration ------------------------------------------------------------------
 
@@ -236,6 +284,7 @@ class AgentService:
             self.sim.advance(world() if world else self.clock.wall_ms() / 1000, now)
         self._sample(now)
         self._meter(now)
+        self._apply_grants()
         self._guarded(self.outbox.maybe_commit)
         self._guarded(self.rotation.poll)
         self._watch_uplink(now)
@@ -243,6 +292,9 @@ class AgentService:
         if now >= self._next_status_ms:
             self._next_status_ms = now + round(self.config.service.status_interval_s * 1000)
             self.write_status()
+        if self.local is not None and now >= self._next_local_ms:
+            self._next_local_ms = now + self._local_interval_ms
+            self._guarded(self._offer_local_status)
         self.counters["loops"] += 1
         self.notifier.watchdog(now, progressed=True)
         return self._next_wake(now)
@@ -264,6 +316,19 @@ class AgentService:
                 self.options.on_reading(reading)
             self._guarded(partial(self.writer.write_values, reading.stream, reading.values,
                                   reading.mono_ms))
+            if self.local is not None and reading.stream in self._local_streams:
+                self.local.offer(reading_states(self.local.entities.values(), reading.stream,
+                                                reading.values))
+
+    def _apply_grants(self) -> None:
+        """A consent or revocation applied, or a grant that began, ended or lost its
+        proof (clock): start the key epoch that applies the change now, not at the next
+        reading."""
+        if self.policy is None:
+            return
+        self._guarded(lambda: self.grants.forget_ended(self.clock.wall_ms(),
+                                                       self.clock.wall_synced()))
+        self._guarded(self.writer.refresh_epoch)
 
     def _sensor_error(self, sensor: Sensor, exc: SensorReadError) -> None:
         self.counters["sensor_errors"] += 1
@@ -396,6 +461,9 @@ class AgentService:
                 done = self.uplink.flush(self.config.service.final_flush_s)
                 log.info("final flush %s", "complete" if done else "timed out; records kept")
             self.uplink.stop()
+        if self.local is not None:
+            self._guarded(self._offer_local_status)
+            self.local.stop()  # "offline" on the availability topic, then DISCONNECT
         self.write_status()
         if self.reporter is not None:
             self.reporter.meter.close(self.clock.mono_ms())
@@ -421,6 +489,8 @@ class AgentService:
                 "inflight_batches": uplink.inflight_batches, "counters": uplink.counters},
             "receipts": self.receipts_status(),
             "plaintext_streams": self.plaintext_streams(),
+            "ignored_recipients": {s: list(r) for s, r in
+                                   self.config.ignored_recipients().items()},
             "credit_rate_micro_per_hour": (None if self.config.usage is None
                                            else self.config.usage.rate_micro_per_hour),
             "sensors": [s.status() for s in self.sensors.sensors],
@@ -428,16 +498,49 @@ class AgentService:
                                  "detail": f.detail} for f in self.sensors.failures],
             "usage": self.reporter.meter.status() if self.reporter else None,
             "rotation": self.rotation.status(),
+            "grants": self.grants_status(),
             "service": dict(self.counters),
+            "local_mqtt": self.local.status() if self.local is not None else None,
         }
 
+    def grants_status(self) -> dict[str, object] | None:
+        """The owner's grants as the device applies them, refusals by reason, and what the
+        writer made of them (None: this device pins no owner)."""
+        if self.policy is None:
+            return None
+        out = self.grants.status(self.clock.wall_ms(), self.clock.wall_synced())
+        out["owner"] = self.config.owner.public_key.hex() if self.config.owner else None
+        out["writer"] = dict(self.writer.counters)
+        return out
+
+    def _offer_local_status(self) -> None:
+        """Usage, credit, outbox and health to the local broker (raises StorageError)."""
+        if self.local is not None:
+            self.local.offer(status_states(self.status(), self.outbox.stats().as_dict(),
+                                           credit=self.config.usage is not None))
+
     def write_status(self) -> None:
+        status = self.status()
         try:
-            write_status(self.config.state_dir, self.status())
+            write_status(self.config.state_dir, status)
         except StorageError as exc:
             self.counters["status_write_errors"] += 1
             log.warning("%s", exc)
+        if self.config.metrics is not None:
+            self._guarded(partial(self._write_metrics, self.config.metrics.textfile, status))
         self.notifier.status(self._status_line())
+
+    def _write_metrics(self, path: Path, status: dict[str, object]) -> None:
+        """The metrics file for node_exporter (agent/metrics.py); prometheus_client is
+        imported only by agents that write one (it costs RSS: docs/AGENT.md, "Metrics")."""
+        from agent.metrics import write_textfile  # noqa: PLC0415 - only with [metrics]
+        outbox = self.outbox.stats().as_dict()
+        state = {"boot": self.boot, "corrupt_credits": self.state.get("corrupt_credits")}
+        try:
+            write_textfile(path, status_document(status, outbox, state))
+        except StorageError as exc:
+            self.counters["metrics_write_errors"] += 1
+            log.warning("%s", exc)
 
     def _status_line(self) -> str:
         uplink = self.uplink.status() if self.uplink is not None else None

@@ -13,6 +13,8 @@ import os
 import sqlite3
 from pathlib import Path
 
+from agent.clock import SystemClock
+from agent.grants import GRANTS_FILE, GrantBook
 from agent.outbox import read_stats
 from protocol.errors import StorageError
 
@@ -43,7 +45,14 @@ def collect_status(state_dir: Path) -> dict[str, object]:
                            f"state directory?)")
     state = _read_state(state_dir / STATE_FILE)
     outbox = _read_outbox(state_dir / OUTBOX_FILE, state.get("corrupt_outboxes", 0))
-    agent = _read_json(state_dir / STATUS_FILE)
+    doc = status_document(_read_json(state_dir / STATUS_FILE), outbox, state)
+    return {"state_dir": str(state_dir), **doc, "grants": _read_grants(state_dir)}
+
+
+def status_document(agent: dict[str, object], outbox: dict[str, object],
+                    state: dict[str, int]) -> dict[str, object]:
+    """``boot``, ``outbox``, ``credit`` and ``agent`` as ``status --json`` shows them (the
+    running agent builds the same for its metrics file)."""
     raw_usage = agent.get("usage")
     usage: dict[str, object] | None = raw_usage if isinstance(raw_usage, dict) else None
     credit = {
@@ -52,8 +61,15 @@ def collect_status(state_dir: Path) -> dict[str, object]:
         "settled_micro": outbox.get("settled_micro"),
         "corrupt_credits": state.get("corrupt_credits", 0),
     }
-    return {"state_dir": str(state_dir), "boot": state.get("boot"),
-            "outbox": outbox, "credit": credit, "agent": agent}
+    return {"boot": state.get("boot"), "outbox": outbox, "credit": credit, "agent": agent}
+
+
+def _read_grants(state_dir: Path) -> dict[str, object] | None:
+    """The grant book as of now (read live: refusals count even while the agent is down)."""
+    if not (state_dir / GRANTS_FILE).exists():
+        return None
+    clock = SystemClock()
+    return GrantBook(state_dir / GRANTS_FILE).status(clock.wall_ms(), clock.wall_synced())
 
 
 def _read_outbox(path: Path, corrupt: int) -> dict[str, object]:

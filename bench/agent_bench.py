@@ -11,6 +11,10 @@ Prints one line per figure and ends with one line of JSON:
                                 ratio_to_bare_sign that is not the outbox
   rss_mib                       resident memory of `edgeproof-agent run --simulate` at steady
                                 state, from /proc/<pid>/status (goal <= 40)
+  rss_mib_local_mqtt            the same agent with [local_mqtt] publishing to a second
+                                Mosquitto (Home Assistant discovery, states every second)
+  rss_mib_local_mqtt_metrics    ... and [metrics] writing the node_exporter text file
+                                (prometheus_client imported); goal <= 40 with both on
   disk_bytes_per_reading        bytes the agent process wrote to disk (/proc/<pid>/io
                                 write_bytes: outbox, WAL, journal, state, meter, status file)
                                 per reading, default commit window, receipts flowing (goal
@@ -142,7 +146,7 @@ def commit_each_wal_bytes(tmp: Path, n: int = 400) -> float:
 
 
 def agent_config(path: Path, state: Path, broker: str, gateway_key: str,
-                 commit_window_s: float | None = None) -> Path:
+                 commit_window_s: float | None = None, extra: str = "") -> Path:
     sensors = "".join(
         f'[[sensors]]\nkind = "{kind}"\nstream = "{stream}"\ninterval_s = 1\n{pin}\n'
         for kind, stream, pin in (("cpu_temp", "cpu", ""), ("power_sense", "tv", "pin = 17"),
@@ -157,7 +161,7 @@ log_level = "warning"
 key = "{gateway_key}"
 [mqtt]
 broker = "{broker}"
-{outbox}[usage]
+{outbox}{extra}[usage]
 input = "tv"
 rate_micro_per_hour = 1000000
 {sensors}""")
@@ -183,10 +187,22 @@ def proc_write_bytes(pid: int) -> tuple[int, int]:
     return int(fields.get("write_bytes", 0)), int(fields.get("cancelled_write_bytes", 0))
 
 
-def running_agent(tmp: Path, commit_window_s: float | None = None) -> dict[str, float]:
-    """Start a simulated agent as a process and measure it over a steady-state window."""
+def running_agent(tmp: Path, commit_window_s: float | None = None, *, local: bool = False,
+                  metrics: bool = False) -> dict[str, float]:
+    """Start a simulated agent as a process and measure it over a steady-state window.
+
+    ``local``: with [local_mqtt] publishing to a second broker; ``metrics``: with [metrics].
+    """
+    tmp.mkdir(parents=True, exist_ok=True)
     broker = MosquittoBroker(tmp / "broker")
     broker.start()
+    local_broker = MosquittoBroker(tmp / "local-broker") if local else None
+    extra = ""
+    if local_broker is not None:
+        local_broker.start()
+        extra += f'[local_mqtt]\nbroker = "{local_broker.url}"\nstatus_interval_s = 1\n'
+    if metrics:
+        extra += f'[metrics]\ntextfile = "{tmp / "edgeproof.prom"}"\n'
     responder = Responder(broker.url).start()
     state = tmp / "state"
     with open(os.devnull, "w") as quiet:
@@ -197,7 +213,7 @@ def running_agent(tmp: Path, commit_window_s: float | None = None) -> dict[str, 
             sys.stdout = saved
     device_id = responder.register(load_device_key(state / "device.key").public_key)
     config = agent_config(tmp / "agent.toml", state, broker.url, responder.verifier_key,
-                          commit_window_s)
+                          commit_window_s, extra)
     log = (tmp / "agent.log").open("ab")
     proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(config),
                              "--simulate"], stdout=log, stderr=log, cwd=ROOT)
@@ -215,6 +231,8 @@ def running_agent(tmp: Path, commit_window_s: float | None = None) -> dict[str, 
         proc.wait(30)
         responder.stop()
         broker.kill()
+        if local_broker is not None:
+            local_broker.kill()
         log.close()
     readings = max(1, n1 - n0)
     return {"rss_mib": rss, "disk_bytes_per_reading": (io1[0] - io0[0]) / readings,
@@ -238,8 +256,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"ratio_to_bare_sign            {readings / bare:12.3f}  goal >= 0.5")
         print(f"records_ratio_to_bare_sign    {records / bare:12.3f}  record path, no outbox")
         each = commit_each_wal_bytes(tmp / "write")
-        live = running_agent(tmp, args.commit_window_s)
+        live = running_agent(tmp / "bare", args.commit_window_s)
+        local = running_agent(tmp / "local", args.commit_window_s, local=True)
+        both = running_agent(tmp / "both", args.commit_window_s, local=True, metrics=True)
         print(f"rss_mib                       {live['rss_mib']:12.1f}  goal <= 40")
+        print(f"rss_mib_local_mqtt            {local['rss_mib']:12.1f}  "
+              f"+{local['rss_mib'] - live['rss_mib']:.1f} MiB for [local_mqtt]")
+        print(f"rss_mib_local_mqtt_metrics    {both['rss_mib']:12.1f}  "
+              f"+{both['rss_mib'] - live['rss_mib']:.1f} MiB for both; goal <= 40")
         print(f"disk_bytes_per_reading        {live['disk_bytes_per_reading']:12.0f}  goal <= 1024"
               f" ({live['records_in_window']:.0f} records in {live['window_s']:.0f} s)")
         print(f"disk_bytes_per_reading_net    {live['disk_bytes_per_reading_net']:12.0f}"
@@ -254,6 +278,8 @@ def main(argv: list[str] | None = None) -> None:
         "ratio_to_bare_sign": round(readings / bare, 3),
         "records_ratio_to_bare_sign": round(records / bare, 3),
         "rss_mib": round(live["rss_mib"], 1),
+        "rss_mib_local_mqtt": round(local["rss_mib"], 1),
+        "rss_mib_local_mqtt_metrics": round(both["rss_mib"], 1),
         "disk_bytes_per_reading": round(live["disk_bytes_per_reading"]),
         "disk_bytes_per_reading_net": round(live["disk_bytes_per_reading_net"]),
         "cpu_percent_at_1hz_4_sensors": round(live["cpu_percent_at_1hz_4_sensors"], 2),

@@ -46,7 +46,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="how long the devices run (default 60)")
     demo.add_argument("--seed", type=int, default=1, help="simulation seed (default 1)")
     demo.add_argument("--keep", action="store_true",
-                      help="keep the temporary directory (fleet, logs, proof bundle)")
+                      help="run the devices until Ctrl-C instead of --duration (the "
+                      "dashboard stays live meanwhile), and keep the temporary directory "
+                      "(fleet, logs, proof bundle)")
     demo.add_argument("--json", action="store_true",
                       help="print one JSON object at the end (progress goes to stderr)")
     demo.set_defaults(handler=_cmd_demo)

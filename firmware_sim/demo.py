@@ -3,17 +3,27 @@
 1. A private installation in a temporary directory (:class:`firmware_sim.stack.Stack`):
    the fleet made by ``edgeproof-provision init``, the real Mosquitto on a free loopback
    port with the locked-down config ``broker-config`` wrote, the real gateway as its own
-   process; a data recipient ``acme`` (and ``outsider``, granted nothing); N devices from
-   ``device add --count N --recipient acme`` (HTTP registration, one broker credential each).
+   process; a data recipient ``acme``; N devices from ``device add --count N --recipient acme
+   --owner-key ...`` (HTTP registration, one broker credential each): the operator names
+   acme in the devices' configs, but a device with an owner seals only to its owner and
+   to what the owner consents to, so acme reads nothing.
 2. Every device runs as its own agent process from its bundle, over simulated hardware
    (:mod:`firmware_sim.demo_agent`), for ``--duration`` seconds, while a live table shows
    per device readings, committed, receipted, outbox depth, credit accrued and settled, and
    the gateway's log size, checkpoints and rejections (:mod:`firmware_sim.view`).
+   Every device pins one owner's keys (``device add --owner-key``); first the contract
+   story runs on the first device (:mod:`firmware_sim.demo_contract`): a company requests
+   temperature only at one reading a minute, the owner consents, the company reads the
+   temperature and not the humidity, the owner revokes, later readings stay closed to it.
 3. The agents stop (SIGTERM: a final flush), the gateway checkpoints everything, and one
    sealed reading is proved offline and opened by its recipient
    (:mod:`firmware_sim.demo_verify`).
 4. Everything started is stopped, the directory removed (unless ``--keep``), a summary
    printed (``--json``: one object).
+
+The gateway's dashboard (``/dashboard``, docs/GATEWAY.md) is live while the devices run;
+its URL is printed at the start. With ``--keep`` the devices run until Ctrl-C rather than
+for ``--duration`` (then the demo verifies and stops as usual, and keeps the directory).
 
 Signals: a first Ctrl-C while the devices run ends the run early and still verifies and
 summarises; a Ctrl-C at any other moment, a second one, or SIGTERM stops everything at
@@ -22,6 +32,7 @@ once (exit 130 or 143). Every path goes through the same cleanup.
 
 from __future__ import annotations
 
+import math
 import shutil
 import signal
 import tempfile
@@ -32,14 +43,18 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from agent.clock import SystemClock
+from firmware_sim.demo_contract import ContractStory, StoryResult
 from firmware_sim.demo_devices import FINAL_FLUSH_S, DemoDevice, write_demo_config
 from firmware_sim.demo_verify import Verification, verify
 from firmware_sim.procs import stop_all
 from firmware_sim.stack import Interrupted, Stack, StackError
 from firmware_sim.view import GatewayRow, Snapshot, View
 from protocol.errors import EdgeproofError
+from protocol.keys import OwnerKey, OwnerPublic, save_recipient_key
 
-RECIPIENT, OUTSIDER = "acme", "outsider"
+RECIPIENT = "acme"  # named by the operator in the devices' configs; granted nothing
+OWNER_SEALING_KEY = "owner-sealing.key"
 POLL_S = 0.5
 SETTLE_TIMEOUT_S = 15.0
 
@@ -101,6 +116,8 @@ class Demo:
         self.devices: list[DemoDevice] = []
         self.snapshot = Snapshot(0.0, options.duration_s, (), GatewayRow())
         self.verification = Verification()
+        self.owner = OwnerKey.generate()  # made here for the demo; on the owner's machine in life
+        self.contract = StoryResult()
         self.elapsed_s = 0.0
         self.error = ""
 
@@ -110,15 +127,21 @@ class Demo:
         """Run every step and clean up; return the summary. Raises Interrupted on abort."""
         try:
             self._setup()
+            self.contract = ContractStory(self.stack, self.devices[0].device, self.owner,
+                                          self.view.note, self.signals.check).run()
+            self.error = self.contract.error
             self._run_devices()
             self._stop_devices()
             self._settle()
-            self.view.note("proving one reading offline and opening it as its recipient ...")
+            self.view.note("proving one reading offline and opening it as its owner, and as "
+                           f"'{RECIPIENT}' whom only the operator named ...")
+            owner_key = self.workdir / OWNER_SEALING_KEY
+            save_recipient_key(owner_key, self.owner.sealing, overwrite=True)
             self.verification = verify(
                 self.stack, [d.device for d in self.devices],
                 covered=self.snapshot.gateway.checkpoint_size, workdir=self.workdir,
-                recipient_key=self._key(RECIPIENT), outsider_key=self._key(OUTSIDER))
-            self.error = self.verification.error
+                recipient_key=owner_key, outsider_key=self._key(RECIPIENT))
+            self.error = self.error or self.verification.error
         except Interrupted:
             raise
         except (EdgeproofError, OSError) as exc:  # a step failed: say which, clean up
@@ -127,6 +150,11 @@ class Demo:
             self._cleanup()
         self.signals.check()
         return self.summary()
+
+    @property
+    def dashboard_url(self) -> str:
+        """The gateway's read-only dashboard (live while the demo runs)."""
+        return f"{self.stack.gateway_url}/dashboard"
 
     def _key(self, recipient: str) -> Path:
         return self.stack.fleet_dir / "recipients" / f"{recipient}.key"
@@ -138,22 +166,30 @@ class Demo:
         self.stack.start()
         self.view.note(f"broker {self.stack.broker_url} (anonymous off, password file, ACL), "
                        f"gateway {self.stack.gateway_url}")
-        for name in (RECIPIENT, OUTSIDER):
-            self.stack.add_recipient(name)
-        made = self.stack.add_devices("dev", n, [RECIPIENT])
-        self.view.note(f"provisioned {n} devices over the gateway's API, values sealed to "
-                       f"'{RECIPIENT}'; starting their agents")
+        self.view.note(f"dashboard: {self.dashboard_url}")
+        self.stack.add_recipient(RECIPIENT)
+        made = self.stack.add_devices("dev", n, [RECIPIENT],
+                                      owner_key=OwnerPublic.of(self.owner).text())
+        self.view.note(f"provisioned {n} devices over the gateway's API with their owner's "
+                       f"key pinned: values sealed to the owner only ('{RECIPIENT}', named by "
+                       f"the operator, is ignored); starting their agents")
         for index, device in enumerate(made):
             write_demo_config(device)
             self.devices.append(DemoDevice(device, index))
+        unsynced = not SystemClock().wall_synced()
+        if unsynced:
+            self.view.note("this machine's clock is not NTP-synchronised: the devices are "
+                           "told to trust it (--unsafe-assume-clock-synced), or they would "
+                           "seal nothing to a grant")
         for d in self.devices:
             self.signals.check()
-            d.start(self.workdir / "logs", self.options.seed)
+            d.start(self.workdir / "logs", self.options.seed, assume_clock_synced=unsynced)
 
     def _run_devices(self) -> None:
         self.signals.check()
-        duration = self.options.duration_s
-        self.view.note(f"running {len(self.devices)} devices for {duration:.0f} s")
+        duration = self._duration_s
+        self.view.note(f"running {len(self.devices)} devices "
+                       + ("until Ctrl-C" if self.options.keep else f"for {duration:.0f} s"))
         start = time.monotonic()
         self.signals.running = True
         self.view.start()
@@ -173,8 +209,12 @@ class Demo:
         if self.signals.finish_early:
             self.view.note(f"Ctrl-C: ending the run early after {self.elapsed_s:.0f} s")
 
+    @property
+    def _duration_s(self) -> float:
+        return math.inf if self.options.keep else self.options.duration_s
+
     def _snapshot(self) -> Snapshot:
-        return Snapshot(self.elapsed_s, self.options.duration_s,
+        return Snapshot(self.elapsed_s, self._duration_s,
                         tuple(d.row() for d in self.devices), self._gateway_row())
 
     def _gateway_row(self) -> GatewayRow:
@@ -215,7 +255,7 @@ class Demo:
             self.signals.check()
             self.signals.wake.wait(0.2)
             gateway = self._gateway_row()
-        self.snapshot = Snapshot(self.elapsed_s, self.options.duration_s,
+        self.snapshot = Snapshot(self.elapsed_s, self._duration_s,
                                  self.snapshot.devices, gateway)
 
     def _cleanup(self) -> None:
@@ -236,7 +276,7 @@ class Demo:
         s, g = self.snapshot, self.snapshot.gateway
         v = self.verification
         return {
-            "ok": not self.error and v.verified,
+            "ok": not self.error and v.verified and self.contract.ok,
             "error": self.error or None,
             "devices": len(self.devices),
             "duration_s": round(self.elapsed_s, 1),
@@ -251,11 +291,13 @@ class Demo:
             "rejections": g.rejections,
             "verified": v.verified, "decrypted": v.decrypted.get("status") == "decrypted",
             "verification": v.as_json(),
+            "contract": self.contract.as_json(),
             "per_device": [{**vars(row), "exit_code": d.exit_code}
                            for d, row in zip(self.devices, s.devices, strict=False)],
             "processes": {**self.stack.pids(),
                           "agents": [d.child.pid for d in self.devices if d.child]},
             "ports": {"broker": self.stack.broker_port, "gateway": self.stack.gateway_port},
+            "dashboard": self.dashboard_url,
             "workdir": str(self.workdir), "kept": self.options.keep,
             "commands": v.commands if self.options.keep else [],
         }

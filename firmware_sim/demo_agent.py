@@ -2,6 +2,7 @@
 is set to an evening, so the TV comes on during a short demo and credit accrues.
 
     python -m firmware_sim.demo_agent --config FILE --state-dir DIR [--seed S] [--tv-on-in SECONDS]
+                                      [--unsafe-assume-clock-synced]
 
 Everything else is ``edgeproof-agent run --config FILE --simulate --state-dir DIR``: the
 same config loader with the same precedence (flags, then ``EDGEPROOF_*`` variables such as
@@ -11,6 +12,12 @@ evening viewing sessions (19:00-23:00 UTC), so a demo run at noon on real time w
 no usage at all. Here the world runs ``--tv-on-in`` seconds before the start of this
 household's first session of the day, and on from there at real speed. Only the world
 moves; the agent's own clocks (wall time in records, monotonic time for usage) are real.
+
+``--unsafe-assume-clock-synced`` makes the agent treat the wall clock as synchronised when
+the kernel says it is not (a container or laptop without NTP): a device whose clock is not
+synchronised seals nothing to an owner's grants (docs/AGENT.md), so the demo's contract
+story needs it there. It weakens a safety check, says so in a warning, and exists only
+in this simulator, never in ``edgeproof-agent``.
 """
 
 from __future__ import annotations
@@ -51,7 +58,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=None, help="simulation seed")
     parser.add_argument("--tv-on-in", type=float, default=5.0, metavar="SECONDS",
                         help="when the simulated TV switches on (default 5)")
+    parser.add_argument("--unsafe-assume-clock-synced", action="store_true",
+                        help="treat the wall clock as NTP-synchronised even when the kernel "
+                        "says it is not (weakens grant expiry; simulation only)")
     return parser
+
+
+class AssumedSyncedClock(SystemClock):
+    """The system clocks, with the wall clock reported as synchronised (see the module doc)."""
+
+    def wall_synced(self) -> bool:
+        return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,6 +98,11 @@ def _run(args: argparse.Namespace, environ: Mapping[str, str], stop: threading.E
     config = run_config(argv, environ)
     setup_logging(config.log_level)
     clock = SystemClock()
+    if args.unsafe_assume_clock_synced and not clock.wall_synced():
+        logging.getLogger(PROG).warning(
+            "UNSAFE: the wall clock is not synchronised, and is treated as if it were "
+            "(--unsafe-assume-clock-synced): grant periods are judged on an unproven clock")
+        clock = AssumedSyncedClock()
     offset = world_offset_s(TvSchedule(config.sim_seed), clock.wall_ms() / 1000, args.tv_on_in)
     logging.getLogger(PROG).info("simulated world runs %+.0f s from real time", offset)
     options = ServiceOptions(environ=dict(environ),

@@ -85,14 +85,17 @@ class DemoDevice:
     def name(self) -> str:
         return self.device.name
 
-    def start(self, logs: Path, seed: int) -> Child:
-        """Start the agent from the bundle; return its process."""
+    def start(self, logs: Path, seed: int, *, assume_clock_synced: bool = False) -> Child:
+        """Start the agent from the bundle; return its process. ``assume_clock_synced``:
+        the host clock is not NTP-synchronised and the demo's grants need it to be."""
         env = dict(os.environ, EDGEPROOF_MQTT_PASSWORD_FILE=str(self.device.password_file))
         tv_on_in = TV_ON_FIRST_S + TV_ON_STEP_S * self.index
-        self.child = spawn(self.name, [
-            sys.executable, "-m", "firmware_sim.demo_agent", "--config", str(self.device.config),
-            "--state-dir", str(self.device.state_dir), "--seed", str(seed + self.index),
-            "--tv-on-in", str(tv_on_in)], logs / f"{self.name}.log", env=env)
+        argv = [sys.executable, "-m", "firmware_sim.demo_agent", "--config",
+                str(self.device.config), "--state-dir", str(self.device.state_dir),
+                "--seed", str(seed + self.index), "--tv-on-in", str(tv_on_in)]
+        if assume_clock_synced:
+            argv.append("--unsafe-assume-clock-synced")
+        self.child = spawn(self.name, argv, logs / f"{self.name}.log", env=env)
         return self.child
 
     def row(self) -> DeviceRow:

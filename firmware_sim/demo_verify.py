@@ -6,9 +6,10 @@ It runs the verifier's own commands (``edgeproof-verify``, in this process):
    proof and the latest checkpoint from the gateway's public API and check them against
    the gateway key the fleet trusts, saving everything as a proof bundle;
 2. ``bundle BUNDLE --gateway-key KEY``: check the saved bundle again with no network;
-3. ``decrypt --device ID --key acme.key --stream S``: the recipient the stream was sealed
-   to reads the values;
-4. the same with a recipient the device was never told about: it reads nothing.
+3. ``decrypt --device ID --key KEY --stream S``: the key the stream was sealed to (the
+   device's owner's) reads the values;
+4. the same with a recipient nobody granted (``acme``: only the operator named it in the
+   device's config): it reads nothing.
 """
 
 from __future__ import annotations

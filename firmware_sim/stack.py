@@ -236,27 +236,30 @@ class Stack:
         self.provision("recipient", "add", name, "--fleet", str(self.fleet_dir), "--json")
         return self.fleet_dir / fleet_files.RECIPIENTS_DIR / f"{name}.key"
 
-    def add_devices(self, prefix: str, count: int, recipients: Sequence[str] = ()
-                    ) -> list[SimDevice]:
+    def add_devices(self, prefix: str, count: int, recipients: Sequence[str] = (),
+                    owner_key: str | None = None) -> list[SimDevice]:
         """Provision ``prefix-001`` .. ``prefix-<count>`` and wait until the broker knows them.
 
-        Returns the devices. Raises StackError.
+        ``owner_key``: the owner's public line to pin (as :meth:`add_device`). Returns the
+        devices. Raises StackError.
         """
         argv = ["device", "add", prefix, "--count", str(count), "--fleet", str(self.fleet_dir),
                 "--json"]
         for name in recipients:
             argv += ["--recipient", name]
-        return self._device_add(argv)
+        return self._device_add(argv + _owner_flag(owner_key))
 
-    def add_device(self, name: str, recipients: Sequence[str] = ()) -> SimDevice:
+    def add_device(self, name: str, recipients: Sequence[str] = (),
+                   owner_key: str | None = None) -> SimDevice:
         """Provision one device called ``name``; return it once the broker knows it.
 
+        ``owner_key`` is the owner's public line (``edgeproof-owner show``) to pin.
         Raises StackError.
         """
         argv = ["device", "add", name, "--fleet", str(self.fleet_dir), "--json"]
         for recipient in recipients:
             argv += ["--recipient", recipient]
-        return self._device_add(argv)[0]
+        return self._device_add(argv + _owner_flag(owner_key))[0]
 
     def _device_add(self, argv: list[str]) -> list[SimDevice]:
         made = json.loads(self.provision(*argv))
@@ -319,3 +322,7 @@ class Stack:
         """Stop the gateway (it signs a final checkpoint), then the broker. Idempotent."""
         self.gateway.stop(timeout_s=20)
         self.broker.stop()
+
+
+def _owner_flag(owner_key: str | None) -> list[str]:
+    return [] if owner_key is None else ["--owner-key", owner_key]

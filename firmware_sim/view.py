@@ -10,6 +10,7 @@ the demo builds from ``edgeproof-agent status`` data and the gateway's ``/v1/sta
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 from typing import Any, Protocol, TextIO
@@ -149,9 +150,10 @@ class LiveView:
         if s is None:
             return Group(Text("waiting for the first status ..."))
         left = max(0.0, s.duration_s - s.elapsed_s)
+        until = ("running until Ctrl-C" if left == math.inf
+                 else f"{left:.0f} s left (Ctrl-C ends early)")
         head = Text(f"edgeproof demo: {len(s.devices)} simulated devices, "
-                    f"{s.elapsed_s:.0f} s elapsed, {left:.0f} s left (Ctrl-C ends early)",
-                    style="bold")
+                    f"{s.elapsed_s:.0f} s elapsed, {until}", style="bold")
         return Group(head, device_table(s), Text(gateway_line(s.gateway)))
 
     def start(self) -> None:

@@ -24,9 +24,15 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from gateway.config import HttpLimits
+from gateway.contracts import DocumentDesk
+from gateway.dashboard import add_dashboard_routes
+from gateway.documents_api import document_routes
+from gateway.history import History
 from gateway.http_guard import RequestGuard, token_matches
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics
-from gateway.store import Device, DeviceExists, DeviceNotFound, Leaf, LogStore
+from gateway.payout import PayoutWorker
+from gateway.payout_api import payout_routes
+from gateway.store import MAX_PAGE, Device, DeviceExists, DeviceNotFound, Leaf, LogStore
 from protocol import cbor, merkle
 from protocol.keys import Secret
 
@@ -52,6 +58,12 @@ class ApiContext:
     # gateway.anchor.Anchor.listing: chain anchors after a tree size, or None (local).
     anchor_listing: Callable[[int, int], list[dict[str, object]] | None] = \
         lambda after_size, limit: None
+    # gateway.contracts.DocumentDesk: checks and logs submitted documents (None: refused).
+    desk: DocumentDesk | None = None
+    payout: PayoutWorker | None = None  # [payout] configured: epochs, wallets, proofs
+    # The dashboard's time series (gateway.history), and whether a device is quarantined now.
+    history: History | None = None
+    quarantined: Callable[[bytes], bool] = lambda device_id: False
 
 
 class RegisterDevice(BaseModel):
@@ -59,6 +71,11 @@ class RegisterDevice(BaseModel):
     public_key: str = Field(pattern=r"^[0-9a-f]{64}$", description="Ed25519 public key, hex")
     owner: str = Field(min_length=1, max_length=128)
     rate_micro_per_hour: int = Field(ge=0, le=MAX_RATE_MICRO_PER_HOUR)
+    owner_key: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$",
+                                  description="the owner's Ed25519 public key, hex: only "
+                                  "consents it signs reach the device")
+    owner_sealing_key: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$",
+                                          description="the owner's X25519 public key, hex")
 
 
 class DeviceOut(BaseModel):
@@ -73,6 +90,8 @@ class DeviceOut(BaseModel):
     equivocated: bool
     registered_ms: int
     revoked_ms: int | None
+    owner_key: str | None = None
+    owner_sealing_key: str | None = None
 
 
 class InclusionProof(BaseModel):
@@ -112,6 +131,8 @@ class DeviceKeys(BaseModel):
     device_id: str
     status: str
     keys: list[DeviceKey]
+    owner_key: str | None = Field(default=None, description="the owner's Ed25519 key pinned "
+                                  "at enrolment (hex), if any: only its consents apply")
 
 
 class CheckpointOut(BaseModel):
@@ -158,7 +179,10 @@ def _device_out(device: Device) -> DeviceOut:
         current_key=device.current_key.hex(), owner=device.owner, status=device.status.value,
         rate_micro_per_hour=device.rate_micro_per_hour, settled_micro=device.settled_micro,
         equivocated=bool(device.flags & 1), registered_ms=device.registered_ms,
-        revoked_ms=device.revoked_ms)
+        revoked_ms=device.revoked_ms,
+        owner_key=None if device.owner_key is None else device.owner_key.hex(),
+        owner_sealing_key=None if device.owner_sealing_key is None
+        else device.owner_sealing_key.hex())
 
 
 def _leaf_out(leaf: Leaf) -> LeafOut:
@@ -217,7 +241,10 @@ def create_app(ctx: ApiContext, limits: HttpLimits | None = None) -> FastAPI:
     admin = [Depends(require_admin)]
     _admin_routes(app, ctx, admin)
     _log_routes(app, ctx)
+    document_routes(app, ctx.store, ctx.desk, admin, ctx.wall_ms)
     _service_routes(app, ctx)
+    payout_routes(app, ctx.payout, ctx.wall_ms)
+    add_dashboard_routes(app, ctx)
     app.add_exception_handler(RequestValidationError, _parameter_error)
     app.add_middleware(
         RequestGuard, admin_token=ctx.admin_token.value,
@@ -232,17 +259,27 @@ def _admin_routes(app: FastAPI, ctx: ApiContext, admin: list[params.Depends]) ->
               tags=["admin"], summary="Register a device")
     def register(body: RegisterDevice) -> DeviceOut:
         try:
-            device = ctx.store.register_device(body.name, bytes.fromhex(body.public_key),
-                                               body.owner, body.rate_micro_per_hour,
-                                               ctx.wall_ms())
+            if (body.owner_key is None) != (body.owner_sealing_key is None):
+                raise HTTPException(422, "owner_key and owner_sealing_key come together")
+            device = ctx.store.register_device(
+                body.name, bytes.fromhex(body.public_key), body.owner,
+                body.rate_micro_per_hour, ctx.wall_ms(),
+                owner_key=None if body.owner_key is None else bytes.fromhex(body.owner_key),
+                owner_sealing_key=None if body.owner_sealing_key is None
+                else bytes.fromhex(body.owner_sealing_key))
         except DeviceExists as exc:
             raise HTTPException(409, str(exc)) from None
         return _device_out(device)
 
     @app.get("/v1/devices", response_model=list[DeviceOut], dependencies=admin,
-             tags=["admin"], summary="List devices")
-    def list_devices() -> list[DeviceOut]:
-        return [_device_out(d) for d in ctx.store.devices()]
+             tags=["admin"], summary="List devices by name, a page at a time",
+             description="Devices whose name sorts after `after` (by bytes), at most "
+             "`limit`; the next page starts after the last name returned. A page shorter "
+             "than `limit` is the last.")
+    def list_devices(after: Annotated[str, Query(max_length=64)] = "",
+                     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = MAX_PAGE,
+                     ) -> list[DeviceOut]:
+        return [_device_out(d) for d in ctx.store.devices(after, limit)]
 
     @app.post("/v1/devices/{device_id}/revoke", response_model=DeviceOut, dependencies=admin,
               tags=["admin"], summary="Revoke a device (its next record is rejected)")
@@ -318,7 +355,7 @@ def _log_routes(app: FastAPI, ctx: ApiContext) -> None:
                                 proof=[h.hex() for h in proof])
 
     @app.get("/v1/leaves/{index}", response_model=LeafOut, tags=["log"],
-             summary="A logged record by leaf index")
+             summary="A logged record (or signed document) by leaf index")
     def leaf(index: Annotated[int, Path(ge=0, le=MAX_INT)]) -> LeafOut:
         found = store.leaf(index)
         if found is None:
@@ -343,7 +380,8 @@ def _log_routes(app: FastAPI, ctx: ApiContext) -> None:
             raise HTTPException(404, f"no device {device_id}")
         return DeviceKeys(device_id=device_id, status=device.status.value,
                           keys=[DeviceKey(from_seq=k.from_seq, public_key=k.public_key.hex())
-                                for k in device.keys])
+                                for k in device.keys],
+                          owner_key=device.owner_key.hex() if device.owner_key else None)
 
     @app.get("/v1/balances", response_model=Balances, tags=["log"],
              summary="Settled credit per owner: as of the latest checkpoint, and now")

@@ -30,7 +30,7 @@ from gateway.anchor import Anchor
 from gateway.config import CheckpointConfig
 from gateway.gatewaykey import GatewayKey
 from gateway.metrics import GatewayMetrics
-from gateway.store import Balance, LogStore, StoredCheckpoint
+from gateway.store import Balance, LogStore, NotSequencer, StoredCheckpoint
 from protocol import cbor
 from protocol.checkpoint import Checkpoint, checkpoint_hash
 from protocol.errors import StorageError, TransportError
@@ -63,11 +63,17 @@ class Checkpointer:
         self._store, self._key, self._anchor = store, key, anchor
         self._config, self._metrics = config, metrics
         self._wall_ms, self._monotonic = wall_ms, monotonic
-        self._latest = store.latest_checkpoint()
-        self._issued_at = monotonic()
+        self._latest: StoredCheckpoint | None = None
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the latest checkpoint from the store again (a new sequencer of a shared
+        store, gateway.cluster); StorageError if it disagrees with the stored tree."""
+        self._latest = self._store.latest_checkpoint()
+        self._issued_at = self._monotonic()
         if self._latest is not None:
             self._check_latest(self._latest)
-            metrics.checkpoint_size.set(self._latest.size)
+            self._metrics.checkpoint_size.set(self._latest.size)
             # Hand it over again (anchors are idempotent per note): a crash between
             # persisting a checkpoint and anchoring it must not leave it unanchored.
             self._anchor_checkpoint(self._latest)
@@ -137,5 +143,8 @@ class Checkpointer:
                         stored.number, exc)
             return
         if result is not None:
-            self._store.add_anchor(stored.number, result.backend, result.reference,
-                                   result.anchored_ms)
+            try:
+                self._store.add_anchor(stored.number, result.backend, result.reference,
+                                       result.anchored_ms)
+            except NotSequencer:  # only the sequencer of a shared store writes; it anchors
+                log.debug("anchor of checkpoint %d left to the sequencer", stored.number)

@@ -89,6 +89,19 @@ class EthereumAnchorConfig:
 
 
 @dataclass(frozen=True)
+class PayoutConfig:
+    """Reward payout epochs (docs/OPERATIONS.md, "Reward payouts"): [payout]."""
+
+    rpc_url: str
+    key_file: Path  # hex secp256k1 key of the distributor's owner, mode 0600
+    chain_id: int
+    distributor: str  # the CumulativeMerkleDistributor's address
+    interval_s: float = 3600.0  # at most one epoch per interval
+    resend_after_s: float = 60.0  # a root post the node lost this long ago is re-sent
+    max_attempts: int = 3  # reverted root posts per epoch before it is a failure
+
+
+@dataclass(frozen=True)
 class StoreConfig:
     """Where the log lives (docs/GATEWAY.md, "Store").
 
@@ -100,6 +113,7 @@ class StoreConfig:
     backend: str = "sqlite"
     dsn: str | None = None
     password_file: Path | None = None
+    shared: bool = False  # several gateway processes, one elected sequencer (SCALING.md)
 
 
 def cores() -> int:
@@ -125,6 +139,7 @@ class GatewayConfig:
     verify_workers: int = field(default_factory=cores)  # 0: none, verify in-process
     ethereum: EthereumAnchorConfig | None = None  # set when anchor == "ethereum"
     store: StoreConfig = StoreConfig()
+    payout: PayoutConfig | None = None  # set when [payout] is configured
 
     @property
     def db_path(self) -> Path:
@@ -144,7 +159,9 @@ _SECTIONS: dict[str, frozenset[str]] = {
     "anchor": frozenset({"backend", "rpc_url", "key_file", "chain_id", "interval_s",
                          "to_address", "confirmations", "gas_limit", "resend_after_s",
                          "max_attempts"}),
-    "store": frozenset({"backend", "dsn", "password_file"}),
+    "store": frozenset({"backend", "dsn", "password_file", "shared"}),
+    "payout": frozenset({"rpc_url", "key_file", "chain_id", "distributor", "interval_s",
+                         "resend_after_s", "max_attempts"}),
 }
 _REQUIRED = {"gateway": ("data_dir", "key_file", "admin_token_file"), "broker": ("url",)}
 
@@ -178,7 +195,7 @@ def parse_config(raw: Mapping[str, object], base_dir: Path) -> GatewayConfig:
     bind = root.table("http").string("bind", "127.0.0.1:8080")
     assert bind is not None
     host, port = _parse_bind(bind)
-    return GatewayConfig(
+    config = GatewayConfig(
         broker=_broker(root.table("broker")),
         data_dir=gateway.required_path("data_dir"),
         key_file=gateway.required_path("key_file"),
@@ -202,7 +219,45 @@ def parse_config(raw: Mapping[str, object], base_dir: Path) -> GatewayConfig:
         anchor=_anchor_backend(root.table("anchor")),
         ethereum=_ethereum_anchor(root.table("anchor")),
         store=_store(root.table("store")),
+        payout=_payout(root.table("payout")) if "payout" in raw else None,
     )
+    _check_shared(config)
+    return config
+
+
+def _payout(payout: Table) -> PayoutConfig:
+    for key in ("rpc_url", "key_file", "chain_id", "distributor"):
+        if key not in payout:
+            raise payout.missing(key)
+    rpc_url = payout.required_string("rpc_url")
+    if not rpc_url.startswith(("http://", "https://")):
+        raise ConfigError(f"payout.rpc_url must look like http://host:8545, got {rpc_url!r}")
+    distributor = payout.required_string("distributor")
+    if len(distributor) != 42 or not distributor.startswith("0x") or any(
+            c not in "0123456789abcdefABCDEF" for c in distributor[2:]):
+        raise ConfigError("payout.distributor must be 0x followed by 40 hex digits")
+    return PayoutConfig(
+        rpc_url=rpc_url, key_file=payout.required_path("key_file"),
+        chain_id=payout.integer("chain_id", 0, low=1, high=2**53), distributor=distributor,
+        interval_s=payout.number("interval_s", 3600.0, low=0.05),
+        resend_after_s=payout.number("resend_after_s", 60.0, low=0.05),
+        max_attempts=payout.integer("max_attempts", 3, low=1, high=100),
+    )
+
+
+def _check_shared(config: GatewayConfig) -> None:
+    """A shared store needs a shared subscription and the local anchor (SCALING.md)."""
+    if not config.store.shared:
+        return
+    if not config.broker.shared_group:
+        raise ConfigError("store.shared needs broker.shared_group: every gateway process of "
+                          "the log subscribes to the same shared subscription")
+    if config.anchor != "local":
+        raise ConfigError("store.shared works with anchor.backend = \"local\" only for now "
+                          "(one process must own the chain queue)")
+    if config.payout is not None:
+        raise ConfigError("store.shared works without [payout] for now (one process must "
+                          "own the payout book and its transactions)")
 
 
 def _broker(broker: Table) -> BrokerConfig:
@@ -292,7 +347,8 @@ def _store(store: Table) -> StoreConfig:
         raise ConfigError("store.dsn must not contain a password: put it in a mode-0600 file "
                           "and name that file in store.password_file")
     return StoreConfig(backend=backend, dsn=dsn,
-                       password_file=store.path("password_file", None))
+                       password_file=store.path("password_file", None),
+                       shared=store.boolean("shared", False))
 
 
 _URI_SCHEMES = ("postgresql://", "postgres://")

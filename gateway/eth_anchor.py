@@ -45,8 +45,8 @@ from gateway.config import EthereumAnchorConfig
 from gateway.eth_queue import CONFIRMED, FAILED, QUEUED, SENDING, AnchorQueue, QueuedAnchor, SentTx
 from osutil.jsonrpc import JsonRpc, RpcError, quantity
 from protocol.checkpoint import checkpoint_hash
-from protocol.errors import ConfigError, KeyFileError, StorageError, TransportError
-from protocol.keys import Secret, read_secret_file
+from protocol.errors import ConfigError, StorageError, TransportError
+from rewards.ethkey import load_eth_key
 
 log = logging.getLogger(__name__)
 ANCHOR_PREFIX = b"EPv1"  # 4 bytes before the 32-byte checkpoint hash in the input data
@@ -68,23 +68,6 @@ class EthTiming:
 def anchor_data(checkpoint_note: str) -> bytes:
     """Return the transaction input that anchors a note: ``b"EPv1" || checkpoint_hash``."""
     return ANCHOR_PREFIX + checkpoint_hash(checkpoint_note)
-
-
-def load_eth_key(path: Path) -> tuple[Secret, str]:
-    """Read a hex secp256k1 private key (mode 0600); return it and its checksum address.
-
-    Raises KeyFileError if the file is missing, open to group/others or not a valid key.
-    """
-    text = read_secret_file(path).decode("ascii", errors="replace").strip()
-    hex_key = text.removeprefix("0x")
-    if len(hex_key) != 64 or any(c not in "0123456789abcdefABCDEF" for c in hex_key):
-        raise KeyFileError(f"{path}: not a hex secp256k1 private key (64 hex digits)")
-    key = bytes.fromhex(hex_key)
-    try:
-        address = str(Account.from_key(key).address)
-    except (ValueError, TypeError):
-        raise KeyFileError(f"{path}: not a valid secp256k1 private key") from None
-    return Secret(key), address
 
 
 class _Metrics:

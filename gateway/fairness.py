@@ -44,7 +44,8 @@ UNREGISTERED = b""  # the key of the one queue shared by topics naming no regist
 
 @unique
 class IngestDrop(StrEnum):
-    """Why a message was dropped before verification.
+    """Why a message was dropped before it was logged (before verification, except
+    ``sequencer_backlog``).
 
     The value is the metrics label ``reason`` of ``ingest_dropped_total``; never on the
     wire: a dropped message gets no receipt, and the device sends it again.
@@ -52,10 +53,12 @@ class IngestDrop(StrEnum):
 
     OVER_SHARE = "over_share"                # the device holds its whole share of the queue
     QUARANTINED = "signature_quarantine"     # too many bad signatures in a row
+    SEQUENCER_BACKLOG = "sequencer_backlog"  # shared store: the sequencer's queue is full
 
 
 OVER_SHARE = IngestDrop.OVER_SHARE
 QUARANTINED = IngestDrop.QUARANTINED
+SEQUENCER_BACKLOG = IngestDrop.SEQUENCER_BACKLOG
 DROP_REASONS = tuple(IngestDrop)
 
 # Rejections that prove the record's signature verified (the rules after the signature).

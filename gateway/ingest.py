@@ -1,9 +1,9 @@
 """MQTT transport of the gateway: the one module that touches paho-mqtt.
 
-Subscribes with QoS 1 to ``edgeproof/v1/devices/+/records`` (or, with a shared group, to
-``$share/<group>/edgeproof/v1/devices/+/records`` so several workers split the load), on a
-persistent MQTT v5 session (explicit client id, ``clean_start=False``, a session expiry),
-and publishes receipts with QoS 1.
+Subscribes with QoS 1 to ``edgeproof/v1/devices/+/records`` and ``.../+/policy-sync`` (or,
+with a shared group, to ``$share/<group>/...`` of both, so several workers split the load),
+on a persistent MQTT v5 session (explicit client id, ``clean_start=False``, a session
+expiry), and publishes receipts and policy deliveries with QoS 1.
 
 Acknowledgements are manual (paho ``manual_ack=True``): a PUBLISH is acknowledged only
 after its batch is committed to the log and its receipt handed to paho. A gateway that
@@ -35,12 +35,14 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gateway.config import BrokerConfig
 from protocol.batch import TOPIC_PREFIX
+from protocol.delivery import SYNC_SUFFIX
 from protocol.errors import RejectedByPeer, TransportError
 from protocol.keys import read_secret_file
 from protocol.mqtt_sizes import MAX_RECORDS_PACKET_BYTES
 
 log = logging.getLogger(__name__)
 RECORDS_FILTER = f"{TOPIC_PREFIX}+/records"
+SYNC_FILTER = f"{TOPIC_PREFIX}+/{SYNC_SUFFIX}"
 _PERMANENT = {"Bad user name or password", "Not authorized", "Banned",
               "Client identifier not valid"}
 
@@ -57,11 +59,11 @@ class Message:
     arrived: float  # monotonic seconds
 
 
-def subscription_filter(config: BrokerConfig) -> str:
+def subscription_filter(config: BrokerConfig, topic_filter: str = RECORDS_FILTER) -> str:
     """The topic filter to subscribe to (a shared subscription when a group is set)."""
     if config.shared_group:
-        return f"$share/{config.shared_group}/{RECORDS_FILTER}"
-    return RECORDS_FILTER
+        return f"$share/{config.shared_group}/{topic_filter}"
+    return topic_filter
 
 
 class MqttIngest:
@@ -163,7 +165,9 @@ class MqttIngest:
             return
         self._generation += 1
         options = SubscribeOptions(qos=1)
-        client.subscribe(subscription_filter(self._config), options=options)
+        # Records, and devices' policy-sync requests (PROTOCOL.md §17).
+        client.subscribe([(subscription_filter(self._config), options),
+                          (subscription_filter(self._config, SYNC_FILTER), options)])
         log.info("MQTT connected (session present: %s)", flags.session_present)
         self._connected.set()
 

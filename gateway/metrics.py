@@ -14,7 +14,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gateway.http_guard import REJECTION_REASONS
 from protocol import reasons
-from protocol.reasons import Reason
+from protocol.reasons import DocumentReason, Reason
 
 PREFIX = "edgeproof_gateway"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -99,10 +99,34 @@ class GatewayMetrics:
         self.quarantines = Counter(f"{PREFIX}_quarantines",
                                    "Times a device was put in quarantine for bad signatures",
                                    registry=r)
+        self.documents_accepted = Counter(
+            f"{PREFIX}_documents_accepted", "Signed documents logged, per type", ["type"],
+            registry=r)
+        self.documents_rejected = Counter(
+            f"{PREFIX}_documents_rejected", "Signed documents refused, per reason code",
+            ["reason"], registry=r)
+        for doc_code in DocumentReason:
+            self.documents_rejected.labels(reason=doc_code.value)
+        self.policy_deliveries = Counter(
+            f"{PREFIX}_policy_deliveries", "Policy messages (consents, revocations) handed to "
+            "MQTT, per kind (push, sync)", ["kind"], registry=r)
+        self.policy_syncs_dropped = Counter(
+            f"{PREFIX}_policy_syncs_dropped", "Policy-sync requests not answered, per reason",
+            ["reason"], registry=r)
         self.evidence_skipped = Counter(
             f"{PREFIX}_equivocation_evidence_skipped",
             "Equivocations counted but not stored (the device's evidence is full)",
             registry=r)
+        # Shared store (gateway.cluster): several processes, one elected sequencer.
+        self.sequencer_leading = Gauge(f"{PREFIX}_sequencer_leading",
+                                       "1 if this process sequences the log, else 0",
+                                       registry=r)
+        self.sequencer_terms = Counter(f"{PREFIX}_sequencer_terms",
+                                       "Times this process took over as the sequencer",
+                                       registry=r)
+        self.batches_handed_over = Counter(
+            f"{PREFIX}_batches_handed_over",
+            "Verified batches committed to the sequencer's queue in the database", registry=r)
 
     def reject(self, reason: Reason, count: int = 1) -> None:
         """Count rejected records."""
@@ -146,4 +170,7 @@ class GatewayMetrics:
             for name in ("messages", "bytes", "peak_messages", "peak_bytes")}
         snap["quarantines"] = self._total("quarantines")
         snap["equivocation_evidence_skipped"] = self._total("equivocation_evidence_skipped")
+        snap["documents_rejected"] = {code.value: self._total("documents_rejected",
+                                                              reason=code.value)
+                                      for code in DocumentReason}
         return snap

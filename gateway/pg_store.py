@@ -27,27 +27,37 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
 
+from gateway import doc_sql
 from gateway.store import (
     DEVICE_EQUIVOCATED,
+    MAX_PAGE,
     STATUS_ACTIVE,
     STATUS_REVOKED,
     Balance,
     Device,
+    DeviceCounts,
     DeviceExists,
     DeviceNotFound,
     DeviceStatus,
     GapEntry,
     KeyEntry,
+    LastRecord,
     Leaf,
     LoggedLink,
     NewLeaf,
+    NotSequencer,
+    OwnerCredit,
+    PendingBatch,
+    RecipientEntry,
+    RecipientExists,
     StoredCheckpoint,
+    StoredDocument,
     UsageEntry,
 )
 from protocol import merkle
@@ -75,6 +85,8 @@ CREATE TABLE IF NOT EXISTS devices (
     owner text NOT NULL, rate_micro_per_hour bigint NOT NULL, status text NOT NULL,
     flags integer NOT NULL DEFAULT 0, settled_micro bigint NOT NULL DEFAULT 0,
     registered_ms bigint NOT NULL, revoked_ms bigint);
+ALTER TABLE devices ADD COLUMN IF NOT EXISTS owner_key bytea;
+ALTER TABLE devices ADD COLUMN IF NOT EXISTS owner_sealing_key bytea;
 CREATE TABLE IF NOT EXISTS device_keys (
     device_id bytea NOT NULL, from_seq bigint NOT NULL, public_key bytea NOT NULL UNIQUE,
     PRIMARY KEY (device_id, from_seq));
@@ -86,6 +98,8 @@ CREATE TABLE IF NOT EXISTS usage (
     start_mono_ms bigint NOT NULL, end_mono_ms bigint NOT NULL, usage_ms bigint NOT NULL,
     credit_micro bigint NOT NULL, PRIMARY KEY (device_id, seq));
 CREATE INDEX IF NOT EXISTS usage_by_boot ON usage (device_id, boot, start_mono_ms);
+CREATE INDEX IF NOT EXISTS devices_by_owner ON devices (owner COLLATE "C");
+CREATE INDEX IF NOT EXISTS devices_by_name ON devices (name COLLATE "C");
 CREATE TABLE IF NOT EXISTS equivocations (
     device_id bytea NOT NULL, seq bigint NOT NULL, hash bytea NOT NULL, raw bytea NOT NULL,
     received_ms bigint NOT NULL, PRIMARY KEY (device_id, seq, hash));
@@ -95,7 +109,11 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 CREATE TABLE IF NOT EXISTS anchors (
     checkpoint_number bigint NOT NULL, backend text NOT NULL, reference text NOT NULL,
     anchored_ms bigint NOT NULL, PRIMARY KEY (checkpoint_number, backend));
-"""
+CREATE TABLE IF NOT EXISTS pending (
+    id bigserial PRIMARY KEY, topic text NOT NULL, payload bytea NOT NULL,
+    payload_hash bytea NOT NULL, reject text, verdicts bytea NOT NULL,
+    queued_ms bigint NOT NULL);
+""" + doc_sql.schema("bytea", "bigint")
 _LEAF_COLUMNS = "idx, device_id, seq, hash, raw, stream, received_ms, flags"
 _CHECKPOINT_COLUMNS = "number, size, root, note, issued_ms, balances"
 _CONNECT_TIMEOUT_S = 10
@@ -115,6 +133,13 @@ def _storage_errors(what: str) -> Iterator[None]:
     except psycopg.Error as exc:
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise StorageError(f"gateway store: {what} failed: {detail}") from None
+
+
+def _runner(conn: Conn) -> doc_sql.Run:
+    def run(sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        cur = conn.execute(sql.replace("?", "%s").encode(), params)
+        return cur.fetchall() if cur.description is not None else []
+    return run
 
 
 def _leaf(row: Sequence[Any]) -> Leaf:
@@ -176,17 +201,22 @@ class PostgresLogStore:
     """A :class:`gateway.store.LogStore` in one PostgreSQL database."""
 
     def __init__(self, dsn: str, password: str | None = None, *,
-                 writer_wait_s: float = 10.0) -> None:
+                 writer_wait_s: float = 10.0, shared: bool = False) -> None:
         """Connect to ``dsn`` and create the tables if needed; raise StorageError on failure.
 
-        ``password`` comes from the operator's 0600 password file, never from the DSN. The
-        store is the log's only writer: if another process holds the writer lock for
-        ``writer_wait_s`` (a gateway killed a moment ago releases it as soon as the server
-        notices), opening fails with StorageError.
+        ``password`` comes from the operator's 0600 password file, never from the DSN. By
+        default the store is the log's only writer: if another process holds the writer lock
+        for ``writer_wait_s`` (a gateway killed a moment ago releases it as soon as the
+        server notices), opening fails with StorageError. With ``shared`` several gateway
+        processes open the same database and :meth:`lead` elects the one that writes
+        (docs/SCALING.md); the others raise :class:`NotSequencer` on every log write.
         """
         self._dsn, self._password = dsn, password
+        self._shared = shared
         self._writer_wait_ms = max(1, round(writer_wait_s * 1000))
         self._writer = _Link(self._connect_writer)
+        self._holds_lock = False  # the writer's current session holds the writer lock
+        self._term = 0  # sessions of this process that took the writer lock
         self._frontier_unknown = False  # a transaction lost its connection (see transaction)
         self._registry = _Link(self._connect)
         self._registry_lock = threading.Lock()
@@ -194,9 +224,12 @@ class PostgresLogStore:
         self._local = threading.local()
         self._readers: list[_Link] = []
         self._readers_lock = threading.Lock()
+        self._range = merkle.CompactRange.from_state([])
         try:
             self._create_schema()
-            self._range = self._restore_range()
+            if not shared:
+                self._range = self._restore_range()
+                self._frontier_unknown = False
         except BaseException:
             self.close()
             raise
@@ -206,7 +239,7 @@ class PostgresLogStore:
 
     def _create_schema(self) -> None:
         with _storage_errors("open"):
-            conn = self._writer.get()
+            conn = self._registry.get()
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
                 for statement in _SCHEMA.split(";"):
@@ -214,6 +247,7 @@ class PostgresLogStore:
                         conn.execute(statement.encode(), prepare=False)
                 conn.execute("INSERT INTO meta VALUES ('schema_version', %s) "
                              "ON CONFLICT (key) DO NOTHING", (str(SCHEMA_VERSION),))
+                doc_sql.fill_streams_once(_runner(conn))
                 row = conn.execute(
                     "SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if row is None or row[0] != str(SCHEMA_VERSION):
@@ -228,12 +262,18 @@ class PostgresLogStore:
         return conn
 
     def _connect_writer(self) -> Conn:
-        """A connection holding the writer lock for its whole session.
+        """The writer's connection; every write of the log runs on it.
 
-        Two writers would each extend their own copy of the tree frontier; the lock makes a
-        second gateway process on the same database fail at start instead.
+        Alone (not ``shared``) it takes the writer lock for its whole session, waiting up to
+        ``writer_wait_s``: two writers would each extend their own copy of the tree
+        frontier, so a second gateway process on the same database fails at start instead.
+        Shared, it connects without the lock and :meth:`lead` tries to take it. A new
+        session always rebuilds the frontier first: another writer may have appended.
         """
         conn = self._connect()
+        self._holds_lock, self._frontier_unknown = False, True
+        if self._shared:
+            return conn
         try:
             conn.execute("SELECT set_config('lock_timeout', %s, false)",
                          (f"{self._writer_wait_ms}ms",))
@@ -246,7 +286,79 @@ class PostgresLogStore:
         except BaseException:
             conn.close()
             raise
+        self._holds_lock = True
         return conn
+
+    def _writer_conn(self) -> Conn:
+        """The writer's connection, refusing (NotSequencer) unless its session holds the lock.
+
+        This is the fence: the server releases a session-level advisory lock only when the
+        session ends, and a session that ended runs no statement, so a write that reaches
+        the database ran while its process was the sequencer.
+        """
+        conn = self._writer.get()
+        if not self._holds_lock:
+            raise NotSequencer("gateway store: this process is not the sequencer "
+                               "(another gateway process holds the writer lock)")
+        return conn
+
+    @contextmanager
+    def _fenced(self, what: str) -> Iterator[None]:
+        """Like _storage_errors; a shared store's writer session that ended is NotSequencer.
+
+        The lock ended with the session, so this process no longer sequences (whether the
+        failed statement ran is for the database to say: the next sequencer reads it).
+        """
+        try:
+            with _storage_errors(what):
+                yield
+        except StorageError as exc:
+            if self._shared and not isinstance(exc, NotSequencer) and self._writer.lost:
+                self._holds_lock = False
+                raise NotSequencer(f"{exc} (the sequencer's session ended)") from None
+            raise
+
+    @property
+    def term(self) -> int:
+        """How many times this process took the writer lock (0: never; changes on each take)."""
+        return self._term
+
+    @property
+    def leading(self) -> bool:
+        """Whether the writer's session held the lock when last used (see :meth:`lead`)."""
+        return self._holds_lock and not self._writer.lost
+
+    def lead(self) -> bool:
+        """Try to become (or check that this process still is) the sequencer; never blocks.
+
+        Shared stores only. A probe on the writer's session tells whether it still holds the
+        lock; if it does not, one ``pg_try_advisory_lock`` on it tries to take it, and on
+        success the frontier is rebuilt from the database and the database's sequencer term
+        (``meta.sequencer_term``) goes up by one. Returns whether this process leads now.
+        """
+        assert self._shared, "lead() is for shared stores"
+        with self._write_lock:
+            try:
+                with _storage_errors("elect"):
+                    conn = self._writer.get()
+                    if self._holds_lock:
+                        conn.execute("SELECT 1")
+                        return True
+                    row = conn.execute("SELECT pg_try_advisory_lock(%s)",
+                                       (_WRITER_LOCK,)).fetchone()
+                    if row is None or not row[0]:
+                        return False
+                    self._holds_lock = True
+                    self._term += 1
+                    self._range = self._restore_range()
+                    self._committed_size = self._range.size
+                    self._frontier_unknown = False
+                    conn.execute(
+                        "INSERT INTO meta VALUES ('sequencer_term', '1') ON CONFLICT (key) "
+                        "DO UPDATE SET value = (meta.value::bigint + 1)::text")
+            except StorageError:
+                return False  # the session is gone (and its lock with it); retried next time
+            return True
 
     def _restore_range(self) -> merkle.CompactRange:
         with _storage_errors("restore tree"):
@@ -293,11 +405,43 @@ class PostgresLogStore:
     # --- the sequencer's transaction ---------------------------------------------------
 
     def size(self) -> int:
-        """The number of committed leaves."""
-        return self._committed_size
+        """The number of committed leaves (read from the database unless this process leads)."""
+        if not self._shared or self.leading:
+            return self._committed_size
+        row = self._read("read size", lambda conn: conn.execute(
+            "SELECT COALESCE(MAX(idx) + 1, 0) FROM leaves").fetchone())
+        return int(row[0]) if row else 0
+
+    # --- the hand-over queue of a shared store (docs/SCALING.md) ------------------------
+
+    def enqueue(self, batches: Sequence[PendingBatch], now_ms: int) -> None:
+        """Commit verified batches to the sequencer's queue in one transaction (any process)."""
+        with self._registry_lock, _storage_errors("hand over"):
+            conn = self._registry.get()
+            with conn.transaction(), conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO pending (topic, payload, payload_hash, reject, verdicts, "
+                    "queued_ms) VALUES (%s, %s, %s, %s, %s, %s)",
+                    [(b.topic, b.payload, b.payload_hash, b.reject, b.verdicts, now_ms)
+                     for b in batches])
+
+    def pending_depth(self) -> int:
+        """About how many batches wait in the queue (id span: two index lookups, any process)."""
+        row = self._read("read queue depth", lambda conn: conn.execute(
+            "SELECT COALESCE(MAX(id) - MIN(id) + 1, 0) FROM pending").fetchone())
+        return int(row[0]) if row else 0
+
+    def pending(self, limit: int) -> list[PendingBatch]:
+        """The oldest ``limit`` queued batches (the sequencer's; NotSequencer otherwise)."""
+        with self._write_lock, self._fenced("read queue"):
+            rows = self._writer_conn().execute(
+                "SELECT id, topic, payload, payload_hash, reject, verdicts FROM pending "
+                "ORDER BY id LIMIT %s", (limit,)).fetchall()
+        return [PendingBatch(int(i), str(t), bytes(p), bytes(h), None if r is None else str(r),
+                             bytes(v)) for i, t, p, h, r, v in rows]
 
     @contextmanager
-    def transaction(self) -> Iterator[_Transaction]:
+    def transaction(self) -> Iterator[PgTransaction]:
         """Open the single writer's transaction; commit on exit, roll back on any error.
 
         Raises StorageError if the database fails (the transaction is then rolled back and
@@ -305,24 +449,24 @@ class PostgresLogStore:
         was lost and the COMMIT's outcome is unknown).
         """
         with self._write_lock:
-            if self._frontier_unknown or self._writer.lost:
+            with self._fenced("transaction"):
+                conn = self._writer_conn()  # a new session marks the frontier unknown
+            if self._frontier_unknown:
                 self._range = self._restore_range()
                 self._committed_size = self._range.size
                 self._frontier_unknown = False
             saved = self._range.to_state()
             try:
-                with _storage_errors("transaction"):
-                    conn = self._writer.get()
-                    with conn.transaction():
-                        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_REGISTRY_LOCK,))
-                        tx = _Transaction(conn, self._range)
-                        yield tx
-                        tx.flush()
+                with self._fenced("transaction"), conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_REGISTRY_LOCK,))
+                    tx = PgTransaction(conn, self._range)
+                    yield tx
+                    tx.flush()
             except BaseException:
                 self._range = merkle.CompactRange.from_state(saved)
                 # Kept until the next transaction, even if a checkpoint write reconnects
                 # in between: only the database knows whether the COMMIT happened.
-                self._frontier_unknown = self._writer.lost
+                self._frontier_unknown = self._frontier_unknown or self._writer.lost
                 raise
             self._committed_size = self._range.size
 
@@ -362,9 +506,27 @@ class PostgresLogStore:
         """Return the registered device, or None."""
         return self._read("read device", lambda conn: _load_device(conn, device_id))
 
-    def devices(self) -> list[Device]:
-        """Return every registered device, by name."""
-        return self._read("list devices", _load_devices)
+    def devices(self, after_name: str = "", limit: int = MAX_PAGE) -> list[Device]:
+        """Return devices named after ``after_name``, by the names' bytes (COLLATE "C")."""
+        return self._read("list devices",
+                          lambda conn: _load_devices(conn, after_name, min(limit, MAX_PAGE)))
+
+    def last_records(self, device_ids: Sequence[bytes]) -> dict[bytes, LastRecord]:
+        """Return each device's newest logged record (one index probe per device)."""
+        ids = [bytes(i) for i in device_ids[:MAX_PAGE]]
+        rows = self._read("read last records", lambda conn: conn.execute(
+            "SELECT d.id, l.seq, l.received_ms FROM unnest(%s::bytea[]) AS d(id) "
+            "CROSS JOIN LATERAL (SELECT seq, received_ms FROM leaves WHERE device_id = d.id "
+            "ORDER BY seq DESC LIMIT 1) AS l", (ids,)).fetchall())
+        return {bytes(i): LastRecord(int(seq), int(ms)) for i, seq, ms in rows}
+
+    def owner_credits(self, after_owner: str, limit: int) -> list[OwnerCredit]:
+        """Return owners after ``after_owner`` (COLLATE "C": by UTF-8 bytes) with credit."""
+        rows = self._read("read owners", lambda conn: conn.execute(
+            'SELECT owner, SUM(settled_micro)::bigint, COUNT(*) FROM devices '
+            'WHERE owner COLLATE "C" > %s GROUP BY owner ORDER BY owner COLLATE "C" LIMIT %s',
+            (after_owner, min(limit, MAX_PAGE))).fetchall())
+        return [OwnerCredit(str(o), int(total), int(n)) for o, total, n in rows]
 
     def balances(self) -> list[Balance]:
         """Return the settled balance of every owner that has a device, ordered by owner."""
@@ -399,7 +561,38 @@ class PostgresLogStore:
         assert row is not None
         names = ("devices", "devices_revoked", "devices_equivocated", "gaps_declared",
                  "equivocations", "usage_records", "checkpoints")
-        return {name: int(value) for name, value in zip(names, row, strict=True)}
+        counts = {name: int(value) for name, value in zip(names, row, strict=True)}
+        return counts | self._read("count documents",
+                                   lambda conn: doc_sql.document_counts(_runner(conn)))
+
+    def document(self, doc_id: bytes) -> StoredDocument | None:
+        """Return a logged document by id, or None."""
+        return self._read("read document",
+                          lambda conn: doc_sql.document(_runner(conn), doc_id))
+
+    def documents(self, doc_type: str | None, after_index: int,
+                  limit: int) -> list[StoredDocument]:
+        """Return documents with index > after_index in log order, at most ``limit``."""
+        return self._read("read documents", lambda conn: doc_sql.documents(
+            _runner(conn), doc_type, after_index, limit))
+
+    def device_documents(self, device_id: bytes, from_index: int,
+                         limit: int) -> list[StoredDocument]:
+        """Return a device's consents and revocations with index >= from_index."""
+        return self._read("read device documents", lambda conn: doc_sql.device_documents(
+            _runner(conn), device_id, from_index, limit))
+
+    def recipients(self) -> list[RecipientEntry]:
+        """Return every registered recipient, by name."""
+        return self._read("read recipients", lambda conn: doc_sql.recipients(_runner(conn)))
+
+    def device_counts(self) -> DeviceCounts:
+        """Count registered, revoked and equivocated devices (one pass over the registry)."""
+        row = self._read("count devices", lambda conn: conn.execute(
+            "SELECT COUNT(*), COUNT(*) FILTER (WHERE status = 'revoked'), "
+            "COUNT(*) FILTER (WHERE flags & 1 <> 0) FROM devices").fetchone())
+        assert row is not None
+        return DeviceCounts(int(row[0]), int(row[1]), int(row[2]))
 
     # --- checkpoints and anchors (written by the sequencer thread) --------------------
 
@@ -410,8 +603,8 @@ class PostgresLogStore:
         The number is the previous one plus one inside the INSERT (no sequence object, whose
         numbers a failed INSERT would skip).
         """
-        with self._write_lock, _storage_errors("store checkpoint"):
-            row = self._writer.get().execute(
+        with self._write_lock, self._fenced("store checkpoint"):
+            row = self._writer_conn().execute(
                 "INSERT INTO checkpoints (number, size, root, note, issued_ms, balances) "
                 "SELECT COALESCE(MAX(number), 0) + 1, %s, %s, %s, %s, %s FROM checkpoints "
                 "RETURNING number", (size, root_hash, note, issued_ms, balances)).fetchone()
@@ -421,15 +614,31 @@ class PostgresLogStore:
     def add_anchor(self, checkpoint_number: int, backend: str, reference: str,
                    anchored_ms: int) -> None:
         """Remember where a checkpoint was anchored (idempotent)."""
-        with self._write_lock, _storage_errors("store anchor"):
-            self._writer.get().execute(
+        with self._write_lock, self._fenced("store anchor"):
+            self._writer_conn().execute(
                 "INSERT INTO anchors VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
                 (checkpoint_number, backend, reference, anchored_ms))
 
     # --- registry (the admin API) --------------------------------------------------------
 
+    def register_recipient(self, name: str, signing_key: bytes, sealing_key: bytes,
+                           now_ms: int) -> RecipientEntry:
+        """Register a recipient; raise RecipientExists if its name or a key is taken."""
+        entry = RecipientEntry(name, signing_key, sealing_key, now_ms)
+        with self._registry_lock, _storage_errors("register recipient"):
+            conn = self._registry.get()
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_REGISTRY_LOCK,))
+                clash = doc_sql.recipient_clash(_runner(conn), name, signing_key, sealing_key)
+                if clash is not None:
+                    raise RecipientExists(clash)
+                doc_sql.add_recipient(_runner(conn), entry)
+        return entry
+
     def register_device(self, name: str, public_key: bytes, owner: str,
-                        rate_micro_per_hour: int, now_ms: int) -> Device:
+                        rate_micro_per_hour: int, now_ms: int, *,
+                        owner_key: bytes | None = None,
+                        owner_sealing_key: bytes | None = None) -> Device:
         """Register a device; raise DeviceExists if its name or key is already known."""
         device_id = device_id_for(public_key)
         with self._registry_lock, _storage_errors("register device"):
@@ -440,10 +649,10 @@ class PostgresLogStore:
                     _refuse_claimed(conn, name, public_key)
                     conn.execute(
                         "INSERT INTO devices (device_id, name, public_key, owner, "
-                        "rate_micro_per_hour, status, registered_ms) "
-                        "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                        "rate_micro_per_hour, status, registered_ms, owner_key, "
+                        "owner_sealing_key) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
                         (device_id, name, public_key, owner, rate_micro_per_hour,
-                         STATUS_ACTIVE.value, now_ms))
+                         STATUS_ACTIVE.value, now_ms, owner_key, owner_sealing_key))
                     conn.execute("INSERT INTO device_keys VALUES (%s, 0, %s)",
                                  (device_id, public_key))
             except pg_errors.UniqueViolation:
@@ -466,7 +675,7 @@ class PostgresLogStore:
         return found
 
 
-class _Transaction:
+class PgTransaction(doc_sql.DocumentMethods):
     """A :class:`gateway.store.LogTransaction` over the writer connection."""
 
     def __init__(self, conn: Conn, tree: merkle.CompactRange) -> None:
@@ -490,6 +699,7 @@ class _Transaction:
                 copy.set_types(_NODE_TYPES)
                 for node in self._node_rows:
                     copy.write_row(node)
+            doc_sql.note_streams(_runner(self._conn), self._leaf_rows)
         self._leaf_rows, self._node_rows = [], []
 
     @property
@@ -523,6 +733,14 @@ class _Transaction:
                                 leaf.raw, leaf.stream, leaf.received_ms, leaf.flags))
         self._node_rows += self._tree.append(merkle.leaf_hash(leaf.raw))
         return index
+
+    def consume_pending(self, ids: Sequence[int]) -> None:
+        """Delete handed-over batches in the transaction that sequences them (exactly once)."""
+        with _storage_errors("consume queue"):
+            cur = self._conn.execute("DELETE FROM pending WHERE id = ANY(%s)", (list(ids),))
+        if cur.rowcount != len(ids):
+            raise StorageError(f"gateway store: {len(ids) - cur.rowcount} queued batch(es) "
+                               "were taken by another writer")
 
     def add_usage(self, usage: UsageEntry) -> None:
         with _storage_errors("add usage"):
@@ -567,10 +785,17 @@ class _Transaction:
                                      (public_key,)).fetchone()
         return row is not None
 
+    def _run(self) -> doc_sql.Run:
+        return _runner(self._conn)
 
-def _load_devices(conn: Conn) -> list[Device]:
-    ids = [bytes(r[0]) for r in
-           conn.execute("SELECT device_id FROM devices ORDER BY name").fetchall()]
+    def _errors(self, what: str) -> AbstractContextManager[None]:
+        return _storage_errors(what)
+
+
+def _load_devices(conn: Conn, after_name: str, limit: int) -> list[Device]:
+    ids = [bytes(r[0]) for r in conn.execute(
+        'SELECT device_id FROM devices WHERE name COLLATE "C" > %s ORDER BY name COLLATE "C" '
+        "LIMIT %s", (after_name, limit)).fetchall()]
     found = [_load_device(conn, i) for i in ids]
     return [d for d in found if d is not None]
 
@@ -578,13 +803,15 @@ def _load_devices(conn: Conn) -> list[Device]:
 def _load_device(conn: Conn, device_id: bytes) -> Device | None:
     row = conn.execute(
         "SELECT name, owner, rate_micro_per_hour, status, flags, settled_micro, registered_ms, "
-        "revoked_ms FROM devices WHERE device_id = %s", (device_id,)).fetchone()
+        "revoked_ms, owner_key, owner_sealing_key FROM devices WHERE device_id = %s",
+        (device_id,)).fetchone()
     if row is None:
         return None
     keys = tuple(KeyEntry(int(s), bytes(k)) for s, k in conn.execute(
         "SELECT from_seq, public_key FROM device_keys WHERE device_id = %s ORDER BY from_seq",
         (device_id,)).fetchall())
-    name, owner, rate, status, flags, settled, registered, revoked = row
+    name, owner, rate, status, flags, settled, registered, revoked, okey, oseal = row
     return Device(device_id, str(name), str(owner), int(rate), DeviceStatus(status), keys,
                   int(flags),
-                  int(settled), int(registered), None if revoked is None else int(revoked))
+                  int(settled), int(registered), None if revoked is None else int(revoked),
+                  None if okey is None else bytes(okey), None if oseal is None else bytes(oseal))

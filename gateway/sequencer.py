@@ -74,13 +74,16 @@ class Sequencer:
         """Apply one batch durably; return the signed receipt to publish (see commit_group)."""
         return self.commit_group([batch])[0]
 
-    def commit_group(self, batches: list[PreparedBatch]) -> list[SignedReceipt | None]:
+    def commit_group(self, batches: list[PreparedBatch], within: Callable[[LogTransaction], None]
+                     = lambda tx: None) -> list[SignedReceipt | None]:
         """Apply several batches in ONE transaction (group commit); return their receipts.
 
         Each batch is processed exactly as on its own, in order (a later batch sees what an
         earlier one appended); the group only shares the commit, and its fsync. A receipt
         is None only when the topic names no device (there is nowhere to answer). Raises
-        StorageError if the store fails; nothing of the group is then kept.
+        StorageError if the store fails; nothing of the group is then kept. ``within`` runs
+        last inside the transaction (gateway.cluster deletes the batches it took from the
+        hand-over queue there, so they are sequenced exactly once).
         """
         tally = _Tally()
         now = self._wall_ms()
@@ -88,6 +91,7 @@ class Sequencer:
         with self._store.transaction() as tx:
             for batch in batches:
                 results.append(self._apply(tx, batch, now, tally))
+            within(tx)
         self._count(tally, len(batches))
         self._report_equivocations(results)
         done = self._monotonic()

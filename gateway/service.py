@@ -17,6 +17,12 @@ Threads:
   checkpoints and pings the systemd watchdog when it made progress;
 - uvicorn serves the API on its own thread.
 
+With ``[store] shared = true`` (several processes over one PostgreSQL database,
+:mod:`gateway.cluster`) the sequencer thread also takes part in the election; when this
+process is not the sequencer it commits its verified batches to the database's hand-over
+queue instead of the log (and publishes no receipt), and when it is, it also sequences the
+batches the others queued and publishes their receipts.
+
 The broker sends unacknowledged QoS 1 messages up to the Receive Maximum the gateway
 announces (MQTT v5; Mosquitto's ``max_inflight_messages`` does not limit it) and QoS 0
 messages without any limit, which is why the queue has bounds of its own.
@@ -35,16 +41,22 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import TypeVar
 
 import uvicorn
 
 from gateway.anchor import open_anchor
 from gateway.api import ApiContext, create_app
 from gateway.checkpoints import Checkpointer
+from gateway.cluster import POLL_S, Role
 from gateway.config import GatewayConfig, HttpLimits
+from gateway.contracts import DocumentDesk
+from gateway.courier import PolicyCourier
+from gateway.dashboard import record_rejections, refused_messages
 from gateway.fairness import (
     OVER_SHARE,
     QUARANTINED,
+    SEQUENCER_BACKLOG,
     UNREGISTERED,
     FairQueue,
     IngestBudget,
@@ -54,22 +66,26 @@ from gateway.fairness import (
     device_label,
 )
 from gateway.gatewaykey import load_gateway_key
+from gateway.history import History, Sample
 from gateway.http_guard import server_config
 from gateway.ingest import Message, MqttIngest
 from gateway.metrics import GatewayMetrics
-from gateway.sequencer import Sequencer
+from gateway.payout import PayoutWorker
+from gateway.sequencer import Sequencer, SignedReceipt
 from gateway.sqlite_store import SQLiteLogStore
-from gateway.store import STATUS_REVOKED, Device, LogStore
+from gateway.store import STATUS_REVOKED, Device, LogStore, NotSequencer
 from gateway.verify import PreparedBatch, oversize_batch
 from gateway.verify_pool import VerifyPool
 from osutil.sdnotify import Notifier
 from protocol import reasons
 from protocol.batch import device_id_from_topic
+from protocol.delivery import SYNC_SUFFIX, PolicySync, device_id_from_sync_topic
 from protocol.errors import ConfigError, MalformedRecord, RejectedByPeer, StorageError
 from protocol.keys import Secret, read_secret_file
 from protocol.receipt import Outcome
 
 log = logging.getLogger(__name__)
+_R = TypeVar("_R")
 MIN_ADMIN_TOKEN_CHARS = 16
 STORAGE_RETRIES = 3
 MAX_GROUP_BATCHES = 16  # batches committed together when they queue up (one fsync)
@@ -131,7 +147,7 @@ def open_store(config: GatewayConfig) -> LogStore:
                               "is not UTF-8 text") from None
         if not password:
             raise ConfigError(f"store.password_file {config.store.password_file} is empty")
-    return PostgresLogStore(config.store.dsn, password)
+    return PostgresLogStore(config.store.dsn, password, shared=config.store.shared)
 
 
 class HttpServer:
@@ -191,13 +207,26 @@ class GatewayService:
         self.sequencer = Sequencer(self.store, self.checkpointer, self.key,
                                    limits=config.limits, metrics=self.metrics,
                                    wall_ms=clock_ms, monotonic=monotonic)
+        # Several processes over one database (gateway.cluster); None: this one alone.
+        self.role = None if not config.store.shared else Role(
+            self.store, self.checkpointer, self.sequencer, limits=config.limits,
+            metrics=self.metrics, wall_ms=clock_ms, monotonic=monotonic)
+        if self.role is None:
+            self.metrics.sequencer_leading.set(1)
         self._pool = VerifyPool(config.verify_workers, config.verify_threads, config.limits,
                                 self.metrics.registry)
+        self.payout = None if config.payout is None else PayoutWorker(
+            config.payout, self.store, config.data_dir, self.key.signing_key, wall_ms=clock_ms,
+            monotonic=monotonic, registry=self.metrics.registry)
         self.ingest = MqttIngest(config.broker, self._on_message, monotonic)
         self.ingest.on_publish_failure = self.metrics.receipt_failures.inc
+        self.history = History(self._sample, monotonic)
+        self.courier = PolicyCourier(self.store, self.ingest.publish, self.metrics, monotonic)
+        self.desk = DocumentDesk(self.store, self.metrics, clock_ms, self.courier.push)
         api = ApiContext(self.store, self.metrics, self.key.verifier_text(), admin_token,
                          clock_ms, self._health, self.anchor.lookup,
-                         self.anchor.listing)
+                         self.anchor.listing, self.desk, self.payout,
+                         history=self.history, quarantined=self.breaker.blocked)
         self.http = HttpServer(
             create_app(api, config.http), config.http_host, config.http_port, config.http,
             self.metrics.http_rejected)
@@ -210,11 +239,17 @@ class GatewayService:
 
         Raises TransportError/RejectedByPeer if the broker is unreachable or refuses.
         """
-        self.checkpointer.latest_note()
-        self.checkpointer.issue()  # a crash may have left leaves after the last checkpoint
+        if self.role is not None:
+            self.role.elect(now=True)  # the sequencer signs its takeover checkpoint
+        else:
+            self.checkpointer.latest_note()
+            self.checkpointer.issue()  # a crash may have left leaves after the last checkpoint
         self._pool.start()
         self.anchor.start()  # ConfigError if an ethereum node is on another chain
+        if self.payout is not None:
+            self.payout.start()
         self.http.start()
+        self.courier.start()
         self.ingest.start()
         self._notifier.ready(self._status())
         log.info("gateway %s ready: log size %d, API on %s:%d", self.key.name,
@@ -231,12 +266,15 @@ class GatewayService:
             if self.ingest.fatal:
                 raise RejectedByPeer(self.ingest.fatal)
             self._dispatch()
+            drained = self._serve_role()
             if self._inflight:
                 self._process(self._group())
-            else:
+            elif not drained:
                 self._queue.wait(self._idle_timeout())
-                self.sequencer.checkpoint_if_due()
+                if self.role is None or self.role.leading:
+                    self.sequencer.checkpoint_if_due()
             self._last_progress = self._monotonic()
+            self._sample_history()
             if self._notifier.watchdog(round(self._last_progress * 1000), progressed=True):
                 self._notifier.status(self._status())
 
@@ -244,18 +282,25 @@ class GatewayService:
         """Stop ingest, sign a final checkpoint, stop HTTP, close the store."""
         self._notifier.stopping()
         self.ingest.stop()
+        self.courier.stop()
         self._pool.close()
         try:
-            self.checkpointer.issue()
+            if self.role is None or self.role.leading:
+                self.checkpointer.issue()
         finally:
             self.anchor.close()  # anchors still queued are persisted for the next run
             self.http.stop()
+            if self.payout is not None:  # after HTTP: the API reads its book
+                self.payout.close()  # a pending epoch is persisted for the next run
             self.store.close()
 
     # --- the pipeline ----------------------------------------------------------------------
 
     def _on_message(self, message: Message) -> None:
         """Admit one message (paho's network thread): cheap checks only, then queue it."""
+        if message.topic.endswith("/" + SYNC_SUFFIX):
+            self._on_sync(message)
+            return
         try:
             device_id = device_id_from_topic(message.topic)
         except MalformedRecord:  # nowhere to answer: count it and let it go
@@ -280,6 +325,21 @@ class GatewayService:
         for victim, dropped in self._queue.offer(key, work, len(work.message.payload),
                                                  message.arrived):
             self._drop(victim, dropped.message, OVER_SHARE)
+
+    def _on_sync(self, message: Message) -> None:
+        """A device asks for its consents and revocations (PROTOCOL.md §17)."""
+        self.ingest.ack(message)
+        try:
+            device_id = device_id_from_sync_topic(message.topic)
+            from_index = PolicySync.from_cbor(message.payload).from_index
+            device = self.store.device(device_id)
+        except (MalformedRecord, StorageError):
+            self.metrics.policy_syncs_dropped.labels(reason="malformed").inc()
+            return
+        if device is None or device.status is STATUS_REVOKED:
+            self.metrics.policy_syncs_dropped.labels(reason="unregistered").inc()
+            return
+        self.courier.sync(device_id, from_index)
 
     def _drop(self, key: bytes, message: Message, reason: IngestDrop) -> None:
         """Count a message dropped before verification and acknowledge it.
@@ -339,17 +399,21 @@ class GatewayService:
 
     def _process(self, group: list[_InFlight]) -> None:
         prepared = [item.future.result() for item in group]
-        for attempt in range(1, STORAGE_RETRIES + 1):
-            try:
-                receipts = self.sequencer.commit_group(prepared)
-                break
-            except StorageError as exc:
-                self.metrics.storage_errors.inc(len(group))
-                log.error("store failed on %d batches (attempt %d): %s", len(group), attempt,
-                          exc)
-                if attempt == STORAGE_RETRIES:
-                    raise
-                time.sleep(0.2 * attempt)
+        receipts: list[SignedReceipt | None] = [None] * len(group)
+        try:
+            if self.role is not None and not self.role.leading:
+                raise NotSequencer("another process sequences")  # noqa: TRY301
+            receipts = self._retrying(len(group), lambda: self.sequencer.commit_group(prepared))
+        except NotSequencer:
+            if self.role is None:
+                raise
+            role = self.role
+            if self._retrying(len(group), role.backlogged):
+                for item in group:  # the device resends when no receipt comes
+                    self._drop(item.device, item.message, SEQUENCER_BACKLOG)
+                return
+            payloads = [item.message.payload for item in group]
+            self._retrying(len(group), lambda: role.hand_over(prepared, payloads))
         # Receipts only after the commit; the MQTT ack only after the receipt is queued.
         for item, signed in zip(group, receipts, strict=True):
             if signed is not None and self.ingest.publish(signed.topic, signed.payload):
@@ -357,6 +421,42 @@ class GatewayService:
             self.ingest.ack(item.message)
             if signed is not None and item.device != UNREGISTERED:
                 self._watch_signatures(item.device, signed.receipt.outcomes)
+
+    def _retrying(self, batches: int, write: Callable[[], _R]) -> _R:
+        """Run a store write, retrying STORAGE_RETRIES times; NotSequencer is not retried."""
+        for attempt in range(1, STORAGE_RETRIES + 1):
+            try:
+                return write()
+            except NotSequencer:
+                raise
+            except StorageError as exc:
+                self.metrics.storage_errors.inc(batches)
+                log.error("store failed on %d batches (attempt %d): %s", batches, attempt, exc)
+                if attempt == STORAGE_RETRIES:
+                    raise
+                time.sleep(0.2 * attempt)
+        raise AssertionError("unreachable")
+
+    def _serve_role(self) -> bool:
+        """Shared store: elect, and as the sequencer take handed-over batches (one group).
+
+        Returns whether it sequenced any. Their receipts are published here; the MQTT
+        messages were acknowledged by the processes that verified them.
+        """
+        if self.role is None or not self.role.elect():
+            return False
+        try:
+            receipts = self.role.drain()
+        except NotSequencer:
+            return False
+        except StorageError as exc:  # the batches stay queued; the next round takes them
+            self.metrics.storage_errors.inc()
+            log.error("store failed sequencing handed-over batches: %s", exc)
+            return False
+        for signed in receipts:
+            if signed is not None and self.ingest.publish(signed.topic, signed.payload):
+                self.metrics.receipts.inc()
+        return bool(receipts)
 
     def _watch_signatures(self, device: bytes, outcomes: tuple[Outcome, ...]) -> None:
         cooloff = self.breaker.observe(device, outcomes)
@@ -367,6 +467,20 @@ class GatewayService:
                     "dropped for %.0f s", device.hex(), self.breaker.threshold, cooloff)
         for work in self._queue.drain(device):
             self._drop(device, work.message, QUARANTINED)
+
+    def _sample(self) -> Sample:
+        """The counters the dashboard charts (gateway.history), read from the metrics."""
+        snap = self.metrics.snapshot()
+        latest = self.store.latest_checkpoint()  # the shared log's, also on a follower
+        return Sample(self._wall_ms(), self.store.size(), latest.size if latest else 0,
+                      int(str(snap["records_accepted"])), int(str(snap["records_duplicate"])),
+                      {**record_rejections(snap), **refused_messages(snap)})
+
+    def _sample_history(self) -> None:
+        try:
+            self.history.sample_if_due()
+        except StorageError as exc:  # a chart misses a point; the log goes on
+            log.warning("dashboard history: no sample: %s", exc)
 
     def _watch_queue(self) -> None:
         m, q = self.metrics, self._queue
@@ -382,7 +496,8 @@ class GatewayService:
         return 0.0 if oldest is None else max(0.0, self._monotonic() - oldest)
 
     def _idle_timeout(self) -> float:
-        return min(1.0, max(0.01, self.checkpointer.seconds_until_due()))
+        longest = 1.0 if self.role is None else POLL_S
+        return min(longest, max(0.01, self.checkpointer.seconds_until_due()))
 
     def _status(self) -> str:
         latest = self.checkpointer.latest
@@ -399,10 +514,13 @@ class GatewayService:
         backlogged = (age > BACKLOG_MAX_AGE_S
                       or backlog.messages > BACKLOG_MAX_FILL * b.max_messages
                       or backlog.bytes > BACKLOG_MAX_FILL * b.max_bytes)
+        backlogged = backlogged or (self.role is not None and self.role.queue_full)
         ok = self.ingest.connected and not stalled and not self.ingest.fatal and not backlogged
         return {"ok": ok, "status": "ok" if ok else "backlog" if backlogged else "down",
                 "mqtt_connected": self.ingest.connected, "log_size": self.store.size(),
                 "sequencer_stalled": stalled,
+                "role": "single" if self.role is None else
+                        "sequencer" if self.role.leading else "verifier",
                 "backlog": {"messages": backlog.messages, "bytes": backlog.bytes,
                             "oldest_age_s": round(age, 3), "in_flight": len(self._inflight),
                             "max_messages": b.max_messages, "max_bytes": b.max_bytes,

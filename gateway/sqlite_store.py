@@ -20,25 +20,33 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
+from gateway import doc_sql
 from gateway.store import (
     DEVICE_EQUIVOCATED,
+    MAX_PAGE,
     STATUS_ACTIVE,
     STATUS_REVOKED,
     Balance,
     Device,
+    DeviceCounts,
     DeviceExists,
     DeviceNotFound,
     DeviceStatus,
     GapEntry,
     KeyEntry,
+    LastRecord,
     Leaf,
     LoggedLink,
     NewLeaf,
+    OwnerCredit,
+    RecipientEntry,
+    RecipientExists,
     StoredCheckpoint,
+    StoredDocument,
     UsageEntry,
 )
 from osutil.sqlite import Pragmas, connect, transaction, translated
@@ -61,7 +69,8 @@ CREATE TABLE IF NOT EXISTS devices (
     device_id BLOB PRIMARY KEY, name TEXT NOT NULL UNIQUE, public_key BLOB NOT NULL UNIQUE,
     owner TEXT NOT NULL, rate_micro_per_hour INTEGER NOT NULL, status TEXT NOT NULL,
     flags INTEGER NOT NULL DEFAULT 0, settled_micro INTEGER NOT NULL DEFAULT 0,
-    registered_ms INTEGER NOT NULL, revoked_ms INTEGER);
+    registered_ms INTEGER NOT NULL, revoked_ms INTEGER, owner_key BLOB,
+    owner_sealing_key BLOB);
 CREATE TABLE IF NOT EXISTS device_keys (
     device_id BLOB NOT NULL, from_seq INTEGER NOT NULL, public_key BLOB NOT NULL UNIQUE,
     PRIMARY KEY (device_id, from_seq));
@@ -73,6 +82,7 @@ CREATE TABLE IF NOT EXISTS usage (
     start_mono_ms INTEGER NOT NULL, end_mono_ms INTEGER NOT NULL, usage_ms INTEGER NOT NULL,
     credit_micro INTEGER NOT NULL, PRIMARY KEY (device_id, seq));
 CREATE INDEX IF NOT EXISTS usage_by_boot ON usage (device_id, boot, start_mono_ms);
+CREATE INDEX IF NOT EXISTS devices_by_owner ON devices (owner);
 CREATE TABLE IF NOT EXISTS equivocations (
     device_id BLOB NOT NULL, seq INTEGER NOT NULL, hash BLOB NOT NULL, raw BLOB NOT NULL,
     received_ms INTEGER NOT NULL, PRIMARY KEY (device_id, seq, hash));
@@ -82,7 +92,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 CREATE TABLE IF NOT EXISTS anchors (
     checkpoint_number INTEGER NOT NULL, backend TEXT NOT NULL, reference TEXT NOT NULL,
     anchored_ms INTEGER NOT NULL, PRIMARY KEY (checkpoint_number, backend));
-"""
+""" + doc_sql.schema("BLOB", "INTEGER")
 _LEAF_COLUMNS = "idx, device_id, seq, hash, raw, stream, received_ms, flags"
 _CHECKPOINT_COLUMNS = "number, size, root, note, issued_ms, balances"
 
@@ -117,6 +127,18 @@ def _connect(path: Path) -> sqlite3.Connection:
     return connect(path, pragmas=GATEWAY_PRAGMAS)
 
 
+def _runner(conn: sqlite3.Connection) -> doc_sql.Run:
+    return lambda sql, params: conn.execute(sql, params).fetchall()
+
+
+def _add_owner_columns(conn: sqlite3.Connection) -> None:
+    """Give a store made before owners had keys the devices' owner key columns."""
+    columns = {str(row[1]) for row in conn.execute("PRAGMA table_info(devices)")}
+    for column in ("owner_key", "owner_sealing_key"):
+        if column not in columns:
+            conn.execute(f"ALTER TABLE devices ADD COLUMN {column} BLOB")
+
+
 def _storage_errors(what: str) -> AbstractContextManager[None]:
     return translated(f"gateway store: {what} failed")
 
@@ -139,8 +161,10 @@ class SQLiteLogStore:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._writer = _connect(path)
             self._writer.executescript(_SCHEMA)
+            _add_owner_columns(self._writer)
             self._writer.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
                                  (str(SCHEMA_VERSION),))
+            doc_sql.fill_streams_once(_runner(self._writer))
             self._registry = _connect(path)
         self._registry_lock = threading.Lock()
         self._local = threading.local()
@@ -247,13 +271,36 @@ class SQLiteLogStore:
         with _storage_errors("read device"):
             return _load_device(self._reader(), device_id)
 
-    def devices(self) -> list[Device]:
-        """Return every registered device, by name."""
+    def devices(self, after_name: str = "", limit: int = MAX_PAGE) -> list[Device]:
+        """Return devices named after ``after_name`` (SQLite compares text bytewise)."""
         with _storage_errors("list devices"):
             conn = self._reader()
-            ids = [r[0] for r in conn.execute("SELECT device_id FROM devices ORDER BY name")]
+            ids = [r[0] for r in conn.execute(
+                "SELECT device_id FROM devices WHERE name > ? ORDER BY name LIMIT ?",
+                (after_name, min(limit, MAX_PAGE)))]
             found = [_load_device(conn, bytes(i)) for i in ids]
         return [d for d in found if d is not None]
+
+    def last_records(self, device_ids: Sequence[bytes]) -> dict[bytes, LastRecord]:
+        """Return each device's newest logged record (one index probe per device)."""
+        found: dict[bytes, LastRecord] = {}
+        with _storage_errors("read last records"):
+            conn = self._reader()
+            for device_id in device_ids[:MAX_PAGE]:
+                row = conn.execute("SELECT seq, received_ms FROM leaves WHERE device_id = ? "
+                                   "ORDER BY seq DESC LIMIT 1", (device_id,)).fetchone()
+                if row is not None:
+                    found[device_id] = LastRecord(int(row[0]), int(row[1]))
+        return found
+
+    def owner_credits(self, after_owner: str, limit: int) -> list[OwnerCredit]:
+        """Return owners after ``after_owner`` with their settled credit and device count."""
+        with _storage_errors("read owners"):
+            rows = self._reader().execute(
+                "SELECT owner, SUM(settled_micro), COUNT(*) FROM devices WHERE owner > ? "
+                "GROUP BY owner ORDER BY owner LIMIT ?",
+                (after_owner, min(limit, MAX_PAGE))).fetchall()
+        return [OwnerCredit(str(o), int(total), int(n)) for o, total, n in rows]
 
     def balances(self) -> list[Balance]:
         """Return the settled balance of every owner that has a device, ordered by owner."""
@@ -289,7 +336,39 @@ class SQLiteLogStore:
         }
         with _storage_errors("count"):
             conn = self._reader()
-            return {name: int(conn.execute(q).fetchone()[0]) for name, q in queries.items()}
+            counts = {name: int(conn.execute(q).fetchone()[0]) for name, q in queries.items()}
+            return counts | doc_sql.document_counts(_runner(conn))
+
+    def document(self, doc_id: bytes) -> StoredDocument | None:
+        """Return a logged document by id, or None."""
+        with _storage_errors("read document"):
+            return doc_sql.document(_runner(self._reader()), doc_id)
+
+    def documents(self, doc_type: str | None, after_index: int,
+                  limit: int) -> list[StoredDocument]:
+        """Return documents with index > after_index in log order, at most ``limit``."""
+        with _storage_errors("read documents"):
+            return doc_sql.documents(_runner(self._reader()), doc_type, after_index, limit)
+
+    def device_documents(self, device_id: bytes, from_index: int,
+                         limit: int) -> list[StoredDocument]:
+        """Return a device's consents and revocations with index >= from_index."""
+        with _storage_errors("read device documents"):
+            return doc_sql.device_documents(_runner(self._reader()), device_id, from_index,
+                                            limit)
+
+    def recipients(self) -> list[RecipientEntry]:
+        """Return every registered recipient, by name."""
+        with _storage_errors("read recipients"):
+            return doc_sql.recipients(_runner(self._reader()))
+
+    def device_counts(self) -> DeviceCounts:
+        """Count registered, revoked and equivocated devices (one pass over the registry)."""
+        with _storage_errors("count devices"):
+            row = self._reader().execute(
+                "SELECT COUNT(*), COALESCE(SUM(status = 'revoked'), 0), "
+                "COALESCE(SUM(flags & 1 <> 0), 0) FROM devices").fetchone()
+        return DeviceCounts(int(row[0]), int(row[1]), int(row[2]))
 
     # --- checkpoints and anchors (written by the sequencer thread) --------------------
 
@@ -312,8 +391,23 @@ class SQLiteLogStore:
 
     # --- registry (the admin API) --------------------------------------------------------
 
+    def register_recipient(self, name: str, signing_key: bytes, sealing_key: bytes,
+                           now_ms: int) -> RecipientEntry:
+        """Register a recipient; raise RecipientExists if its name or a key is taken."""
+        entry = RecipientEntry(name, signing_key, sealing_key, now_ms)
+        with self._registry_lock, _storage_errors("register recipient"):
+            conn = self._registry
+            with transaction(conn, "gateway store: register recipient failed"):
+                clash = doc_sql.recipient_clash(_runner(conn), name, signing_key, sealing_key)
+                if clash is not None:
+                    raise RecipientExists(clash)
+                doc_sql.add_recipient(_runner(conn), entry)
+        return entry
+
     def register_device(self, name: str, public_key: bytes, owner: str,
-                        rate_micro_per_hour: int, now_ms: int) -> Device:
+                        rate_micro_per_hour: int, now_ms: int, *,
+                        owner_key: bytes | None = None,
+                        owner_sealing_key: bytes | None = None) -> Device:
         """Register a device; raise DeviceExists if its name or key is already known."""
         device_id = device_id_for(public_key)
         with self._registry_lock, _storage_errors("register device"):
@@ -322,9 +416,10 @@ class SQLiteLogStore:
                 _refuse_claimed(conn, name, public_key)
                 conn.execute(
                     "INSERT INTO devices (device_id, name, public_key, owner, "
-                    "rate_micro_per_hour, status, registered_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "rate_micro_per_hour, status, registered_ms, owner_key, owner_sealing_key) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (device_id, name, public_key, owner, rate_micro_per_hour, STATUS_ACTIVE.value,
-                     now_ms))
+                     now_ms, owner_key, owner_sealing_key))
                 conn.execute("INSERT INTO device_keys VALUES (?, 0, ?)", (device_id, public_key))
             found = _load_device(conn, device_id)
         assert found is not None
@@ -343,7 +438,7 @@ class SQLiteLogStore:
         return found
 
 
-class _Transaction:
+class _Transaction(doc_sql.DocumentMethods):
     """A :class:`gateway.store.LogTransaction` over the writer connection."""
 
     def __init__(self, conn: sqlite3.Connection, tree: merkle.CompactRange) -> None:
@@ -363,6 +458,7 @@ class _Transaction:
             self._conn.executemany("INSERT INTO leaves VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                                    self._leaf_rows)
             self._conn.executemany("INSERT INTO nodes VALUES (?, ?, ?)", self._node_rows)
+            doc_sql.note_streams(_runner(self._conn), self._leaf_rows)
         self._leaf_rows, self._node_rows = [], []
 
     @property
@@ -439,19 +535,27 @@ class _Transaction:
                                      (public_key,)).fetchone()
         return row is not None
 
+    def _run(self) -> doc_sql.Run:
+        return _runner(self._conn)
+
+    def _errors(self, what: str) -> AbstractContextManager[None]:
+        return _storage_errors(what)
+
 
 def _load_device(conn: sqlite3.Connection, device_id: bytes) -> Device | None:
     row = conn.execute(
         "SELECT name, owner, rate_micro_per_hour, status, flags, settled_micro, registered_ms, "
-        "revoked_ms FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+        "revoked_ms, owner_key, owner_sealing_key FROM devices WHERE device_id = ?",
+        (device_id,)).fetchone()
     if row is None:
         return None
     keys = tuple(KeyEntry(int(s), bytes(k)) for s, k in conn.execute(
         "SELECT from_seq, public_key FROM device_keys WHERE device_id = ? ORDER BY from_seq",
         (device_id,)))
-    name, owner, rate, status, flags, settled, registered, revoked = row
+    name, owner, rate, status, flags, settled, registered, revoked, okey, oseal = row
     return Device(device_id, name, owner, rate, DeviceStatus(status), keys, flags, settled,
-                  registered, revoked)
+                  registered, revoked, None if okey is None else bytes(okey),
+                  None if oseal is None else bytes(oseal))
 
 
 def _balances(conn: sqlite3.Connection) -> list[Balance]:

@@ -16,12 +16,13 @@ registry conflicts raise :class:`DeviceExists` / :class:`DeviceNotFound`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum, unique
 from typing import Protocol
 
-from protocol.errors import ConfigError
+from protocol.errors import ConfigError, StorageError
 
 
 @unique
@@ -50,6 +51,28 @@ class DeviceNotFound(ConfigError):
     """No device has this id."""
 
 
+class RecipientExists(ConfigError):
+    """A recipient with this name or signing key is already registered."""
+
+
+class NotSequencer(StorageError):
+    """This process does not hold the sequencer lock of a shared store (another one does,
+    or its session ended): it must not append, sign or anchor (docs/SCALING.md)."""
+
+
+@dataclass(frozen=True)
+class PendingBatch:
+    """A verified MQTT message that a non-sequencer process handed to the sequencer
+    through a shared store (docs/SCALING.md, "Hand-over through the database")."""
+
+    id: int
+    topic: str
+    payload: bytes  # b"" when the message was rejected whole before decoding
+    payload_hash: bytes
+    reject: str | None  # the reason code that rejected the whole message, if any
+    verdicts: bytes  # per record: what the verifying process found (gateway.cluster)
+
+
 @dataclass(frozen=True)
 class KeyEntry:
     """A device key valid for records with ``seq >= from_seq`` (until the next entry)."""
@@ -72,6 +95,10 @@ class Device:
     settled_micro: int
     registered_ms: int
     revoked_ms: int | None
+    # The owner's Ed25519 and X25519 public keys pinned at enrolment (None: a device
+    # enrolled before owners had keys; nobody can then consent for it).
+    owner_key: bytes | None = None
+    owner_sealing_key: bytes | None = None
 
     @property
     def enrolled_key(self) -> bytes:
@@ -152,6 +179,49 @@ class GapEntry:
 
 
 @dataclass(frozen=True)
+class NewDocument:
+    """A verified, accepted signed document (request, consent, revocation) to log.
+
+    It becomes a leaf like a record: ``leaf_hash(raw)`` in the same tree; the leaves table
+    holds it under the signer id with seq ``-1 - index`` (no record has a negative seq) and
+    stream ``document/<type>``.
+    """
+
+    doc_id: bytes  # SHA-256 of raw
+    type: str
+    signer: bytes  # Ed25519 public key
+    raw: bytes
+    ref: bytes | None  # the request a consent names, the consent a revocation names
+    counter: int  # a revocation's counter; 0 otherwise
+    devices: tuple[bytes, ...]  # the devices it concerns (delivered to them)
+    received_ms: int
+
+
+@dataclass(frozen=True)
+class StoredDocument:
+    """A logged document."""
+
+    index: int
+    doc_id: bytes
+    type: str
+    signer: bytes
+    raw: bytes
+    ref: bytes | None
+    counter: int
+    received_ms: int
+
+
+@dataclass(frozen=True)
+class RecipientEntry:
+    """A registered data recipient: who may submit requests, and where data is sealed to."""
+
+    name: str
+    signing_key: bytes  # Ed25519: signs requests
+    sealing_key: bytes  # X25519: devices seal to it
+    registered_ms: int
+
+
+@dataclass(frozen=True)
 class StoredCheckpoint:
     """A signed checkpoint as persisted (before it is ever published)."""
 
@@ -169,6 +239,36 @@ class Balance:
 
     owner: str
     balance_micro: int
+
+
+@dataclass(frozen=True)
+class OwnerCredit:
+    """One owner's settled credit and how many registered devices it has."""
+
+    owner: str
+    balance_micro: int
+    devices: int
+
+
+@dataclass(frozen=True)
+class LastRecord:
+    """A device's newest logged record: its seq and when the gateway received it."""
+
+    seq: int
+    received_ms: int
+
+
+@dataclass(frozen=True)
+class DeviceCounts:
+    """How many devices are registered, revoked, and flagged for equivocation."""
+
+    registered: int
+    revoked: int
+    equivocated: int
+
+
+# The most rows one paged read returns (registry listings, owners, activity look-ups).
+MAX_PAGE = 1000
 
 
 class LogTransaction(Protocol):
@@ -224,6 +324,22 @@ class LogTransaction(Protocol):
         """How many equivocation records are kept as evidence for the device."""
         ...
 
+    def document(self, doc_id: bytes) -> StoredDocument | None:
+        """Return a logged document by id (including those appended in this transaction)."""
+        ...
+
+    def last_counter(self, signer: bytes) -> int:
+        """The highest revocation counter logged for ``signer`` (0 if none)."""
+        ...
+
+    def device_streams(self, device_id: bytes) -> frozenset[str]:
+        """The streams a device has logged records of (including this transaction's)."""
+        ...
+
+    def append_document(self, doc: NewDocument) -> int:
+        """Append a document as a leaf (and index it); return its leaf index."""
+        ...
+
 
 class LogStore(Protocol):
     """The gateway's database: an append-only Merkle log plus registry and settlement."""
@@ -256,13 +372,47 @@ class LogStore(Protocol):
         """Return the registered device, or None."""
         ...
 
-    def devices(self) -> list[Device]:
-        """Return every registered device, by name."""
+    def devices(self, after_name: str = "", limit: int = MAX_PAGE) -> list[Device]:
+        """Return registered devices named after ``after_name``, by name, at most ``limit``.
+
+        Names compare by their UTF-8 bytes; the next page starts after the last name.
+        """
+        ...
+
+    def last_records(self, device_ids: Sequence[bytes]) -> dict[bytes, LastRecord]:
+        """Return the newest logged record of each device that has one (at most MAX_PAGE ids)."""
         ...
 
     def register_device(self, name: str, public_key: bytes, owner: str,
-                        rate_micro_per_hour: int, now_ms: int) -> Device:
-        """Register a device; raise DeviceExists if its name or key is taken."""
+                        rate_micro_per_hour: int, now_ms: int, *,
+                        owner_key: bytes | None = None,
+                        owner_sealing_key: bytes | None = None) -> Device:
+        """Register a device (pinning its owner's public keys, if given); raise DeviceExists
+        if its name or key is taken."""
+        ...
+
+    def document(self, doc_id: bytes) -> StoredDocument | None:
+        """Return a logged document by id, or None."""
+        ...
+
+    def documents(self, doc_type: str | None, after_index: int,
+                  limit: int) -> list[StoredDocument]:
+        """Return documents (of one type, or all) with index > after_index, in log order."""
+        ...
+
+    def device_documents(self, device_id: bytes, from_index: int,
+                         limit: int) -> list[StoredDocument]:
+        """Return the consents and revocations concerning a device with index >=
+        from_index, in log order, at most ``limit``."""
+        ...
+
+    def register_recipient(self, name: str, signing_key: bytes, sealing_key: bytes,
+                           now_ms: int) -> RecipientEntry:
+        """Register a recipient; raise RecipientExists if its name or a key is taken."""
+        ...
+
+    def recipients(self) -> list[RecipientEntry]:
+        """Return every registered recipient, by name."""
         ...
 
     def revoke_device(self, device_id: bytes, now_ms: int) -> Device:
@@ -271,6 +421,10 @@ class LogStore(Protocol):
 
     def balances(self) -> list[Balance]:
         """Return the settled balance of every owner, ordered by owner."""
+        ...
+
+    def owner_credits(self, after_owner: str, limit: int) -> list[OwnerCredit]:
+        """Return owners after ``after_owner`` (by UTF-8 bytes) with credit and device count."""
         ...
 
     def add_checkpoint(self, size: int, root_hash: bytes, note: str, issued_ms: int,
@@ -293,6 +447,10 @@ class LogStore(Protocol):
 
     def counts(self) -> dict[str, int]:
         """Return table counts for /v1/stats (devices, revoked, gaps, equivocations, ...)."""
+        ...
+
+    def device_counts(self) -> DeviceCounts:
+        """Count the registry only (its size, not the log's, bounds the work)."""
         ...
 
     def close(self) -> None:

@@ -133,6 +133,26 @@ class JsonRpc:
         """eth_getTransactionByHash: None if the node does not know the transaction."""
         return self._object("eth_getTransactionByHash", tx_hash)
 
+    def eth_call(self, to: str, data: bytes, block: str = "latest") -> bytes:
+        """eth_call: run a read-only call; return its answer bytes (RpcError if it reverts)."""
+        result = self.call("eth_call", {"to": to, "data": "0x" + data.hex()}, block)
+        if not isinstance(result, str) or not result.startswith("0x"):
+            raise TransportError("eth_call: node answered no hex data")
+        try:
+            return bytes.fromhex(result[2:])
+        except ValueError:
+            raise TransportError("eth_call: node answered malformed hex data") from None
+
+    def logs(self, address: str, topic0: str, from_block: int,
+             to_block: int) -> list[dict[str, Any]]:
+        """eth_getLogs of one contract and event topic over a block range (inclusive)."""
+        result = self.call("eth_getLogs", {"address": address, "topics": [topic0],
+                                           "fromBlock": hex(from_block),
+                                           "toBlock": hex(to_block)})
+        if not isinstance(result, list) or not all(isinstance(e, dict) for e in result):
+            raise TransportError("eth_getLogs: node answered no list of log objects")
+        return result
+
     def _object(self, method: str, tx_hash: str) -> dict[str, Any] | None:
         result = self.call(method, tx_hash)
         if result is not None and not isinstance(result, dict):

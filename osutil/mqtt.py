@@ -76,6 +76,15 @@ class TlsFiles:
 
 
 @dataclass(frozen=True)
+class Will:
+    """The last will the broker publishes (QoS 1) if the connection ends without DISCONNECT."""
+
+    topic: str
+    payload: bytes
+    retain: bool = True
+
+
+@dataclass(frozen=True)
 class ClientOptions:
     """One connection's settings. ``password`` is a :class:`Secret` (redacted repr)."""
 
@@ -92,6 +101,7 @@ class ClientOptions:
     connect_timeout_s: float = 10.0
     ack_timeout_s: float = 30.0
     label: str = ""  # how errors name the broker (default host:port)
+    will: Will | None = None  # MQTT 5 §3.1.2.5: published by the broker if we vanish
 
     @property
     def where(self) -> str:
@@ -176,6 +186,9 @@ class MqttClient:
             client.username_pw_set(options.username, password)
         if options.tls is not None:
             _configure_tls(client, options.tls)
+        if options.will is not None:
+            client.will_set(options.will.topic, options.will.payload, qos=1,
+                            retain=options.will.retain)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -275,13 +288,14 @@ class MqttClient:
         events, self._events = self._events, []
         return events
 
-    def publish(self, topic: str, payload: bytes) -> int:
-        """Queue a QoS 1 PUBLISH; return its message id. Raises TransportError.
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> int:
+        """Queue a QoS 1 PUBLISH (``retain``: the broker keeps it as the topic's last value);
+        return its message id. Raises TransportError.
 
         Without a connection paho keeps the message and sends it after the next connect.
         """
         try:
-            info = self._client.publish(topic, payload, qos=1)
+            info = self._client.publish(topic, payload, qos=1, retain=retain)
         except (OSError, ValueError) as exc:
             raise TransportError(f"publish failed: {exc}") from None
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):

@@ -3,7 +3,8 @@
 The agent's outbox, device state file and usage meter, the gateway's log store and its
 anchor queue are opened the same way (each with its own :class:`Pragmas`): WAL
 journal, ``synchronous=FULL`` (in WAL mode ``NORMAL`` can lose a committed transaction
-after a power cut; ``FULL`` fsyncs the WAL at each commit), explicit transactions, and on
+after a power cut; ``FULL`` fsyncs the WAL at each commit; the outbox alone opens with
+``NORMAL`` and fsyncs its WAL itself, off the sampling thread), explicit transactions, and on
 the device a corruption check at open, with a damaged file moved aside, never crash-looped
 over (the gateway's log is never moved aside: it stops with the error). sqlite3
 exceptions stop here: callers see :class:`~protocol.errors.StorageError` or
@@ -191,7 +192,8 @@ def transaction(conn: sqlite3.Connection, what: str) -> Iterator[None]:
 
 
 def open_or_move_aside(path: Path, schema: str, wall_ms: Callable[[], int],
-                       on_corrupt: Callable[[Path, str], None]) -> tuple[sqlite3.Connection, bool]:
+                       on_corrupt: Callable[[Path, str], None],
+                       pragmas: Pragmas = DEVICE) -> tuple[sqlite3.Connection, bool]:
     """Open ``path``; if it is corrupt, move it aside, report, and start a new file.
 
     Returns the connection and whether a damaged file was replaced. Raises StorageError if
@@ -199,8 +201,8 @@ def open_or_move_aside(path: Path, schema: str, wall_ms: Callable[[], int],
     crash-looping over a damaged file).
     """
     try:
-        return connect(path, schema), False
+        return connect(path, schema, pragmas), False
     except DatabaseCorrupt as exc:
         moved = move_aside(path, wall_ms())
         on_corrupt(moved, str(exc))
-        return connect(path, schema), True
+        return connect(path, schema, pragmas), True

@@ -97,6 +97,15 @@ class Table:
                               f"{'string' if allow_empty else 'non-empty string'}")
         return value
 
+    def string_list(self, key: str) -> tuple[str, ...] | None:
+        """The list of strings at ``key``, or None if absent."""
+        value = self._get(key)
+        if value is None:
+            return None
+        if not (isinstance(value, list) and all(isinstance(x, str) for x in value)):
+            raise ConfigError(f"{self._name(key)}: must be a list of strings")
+        return tuple(value)
+
     def required_string(self, key: str) -> str:
         """The non-empty string at ``key``; ConfigError if it is absent."""
         value = self.string(key, None)
@@ -130,6 +139,14 @@ class Table:
             raise ConfigError(f"{self._name(key)}: must be one of {', '.join(allowed)} "
                               f"(got {value!r})")
         return allowed[allowed.index(value)]
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise ConfigError(f"{self._name(key)}: must be true or false")
+        return value
 
     def integer(self, key: str, default: int, *, low: int | None = None,
                 high: int | None = None) -> int:

@@ -122,48 +122,52 @@ class ProofBundle:
         version = formats[data["format"]]
         rotations: tuple[RotationProof, ...] = ()
         if version >= 2:
-            items = _field(data, "rotations", list)
+            items = json_field(data, "rotations", list)
             if len(items) > MAX_ROTATIONS:
                 raise MalformedRecord("bad_bundle", f"more than {MAX_ROTATIONS} rotations")
             rotations = tuple(_rotation_from(item) for item in items)
         anchor = data.get("anchor")
         return cls(
-            record=_hex(_field(data, "record", str), "record"),
-            device_public_key=_hex(_field(data, "device_public_key", str), "device_public_key"),
-            leaf_index=_field(data, "leaf_index", int),
-            tree_size=_field(data, "tree_size", int),
-            inclusion_proof=_proof(data, "inclusion_proof"),
-            checkpoint=_field(data, "checkpoint", str),
-            gateway_key=_field(data, "gateway_key", str),
+            record=json_hex(json_field(data, "record", str), "record"),
+            device_public_key=json_hex(json_field(data, "device_public_key", str),
+                                       "device_public_key"),
+            leaf_index=json_field(data, "leaf_index", int),
+            tree_size=json_field(data, "tree_size", int),
+            inclusion_proof=json_proof(data, "inclusion_proof"),
+            checkpoint=json_field(data, "checkpoint", str),
+            gateway_key=json_field(data, "gateway_key", str),
             anchor=_anchor_from(anchor) if anchor is not None else None,
             rotations=rotations,
             version=version,
         )
 
 
-def _proof(data: dict[str, Any], name: str) -> tuple[bytes, ...]:
-    proof = _field(data, name, list)
+def json_proof(data: dict[str, Any], name: str) -> tuple[bytes, ...]:
+    """An inclusion proof: a list of at most MAX_PROOF_NODES hex hashes."""
+    proof = json_field(data, name, list)
     if len(proof) > MAX_PROOF_NODES:
         raise MalformedRecord("bad_bundle", f"{name} too long")
-    return tuple(_hex(node, name) for node in proof)
+    return tuple(json_hex(node, name) for node in proof)
 
 
 def _rotation_from(data: object) -> RotationProof:
     if not isinstance(data, dict):
         raise MalformedRecord("bad_bundle", "each rotation must be an object")
-    return RotationProof(record=_hex(_field(data, "record", str), "rotation record"),
-                         leaf_index=_field(data, "leaf_index", int),
-                         inclusion_proof=_proof(data, "inclusion_proof"))
+    return RotationProof(record=json_hex(json_field(data, "record", str), "rotation record"),
+                         leaf_index=json_field(data, "leaf_index", int),
+                         inclusion_proof=json_proof(data, "inclusion_proof"))
 
 
-def _field(data: dict[str, Any], name: str, kind: type) -> Any:
+def json_field(data: dict[str, Any], name: str, kind: type) -> Any:
+    """``data[name]`` if it is a ``kind`` (never a bool); MalformedRecord("bad_bundle")."""
     value = data.get(name)
     if not isinstance(value, kind) or isinstance(value, bool):
         raise MalformedRecord("bad_bundle", f"{name} must be a {kind.__name__}")
     return value
 
 
-def _hex(value: object, name: str) -> bytes:
+def json_hex(value: object, name: str) -> bytes:
+    """Hex text as bytes; MalformedRecord("bad_bundle") naming ``name`` otherwise."""
     if not isinstance(value, str):
         raise MalformedRecord("bad_bundle", f"{name} must be hex text")
     try:
@@ -176,10 +180,10 @@ def _anchor_from(data: object) -> EthereumAnchor:
     if not isinstance(data, dict) or data.get("type") != "ethereum":
         raise MalformedRecord("bad_bundle", "anchor must be null or of type 'ethereum'")
     return EthereumAnchor(
-        chain_id=_field(data, "chain_id", int),
-        tx_hash=_field(data, "tx_hash", str),
-        block_number=_field(data, "block_number", int),
-        tx_input=_hex(_field(data, "tx_input", str), "tx_input"),
+        chain_id=json_field(data, "chain_id", int),
+        tx_hash=json_field(data, "tx_hash", str),
+        block_number=json_field(data, "block_number", int),
+        tx_input=json_hex(json_field(data, "tx_input", str), "tx_input"),
     )
 
 

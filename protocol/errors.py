@@ -66,3 +66,16 @@ class MalformedRecord(VerificationError):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+
+
+class RejectedDocument(VerificationError):
+    """A well-formed, validly signed document that breaks a rule (not the owner's device, a
+    consent wider than its request, a stale revocation counter, ...).
+
+    ``reason`` is a code of :class:`protocol.reasons.DocumentReason`.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail

@@ -24,11 +24,13 @@ import nacl.exceptions
 import nacl.public
 import nacl.signing
 
-from protocol.errors import KeyFileError, VerificationError
+from protocol.errors import ConfigError, KeyFileError, VerificationError
 
 DEVICE_ID_BYTES = 16
 RECIPIENT_KID_BYTES = 8
+SIGNER_ID_BYTES = 16
 _DEVICE_ID_CONTEXT = b"edgeproof/v1 device-id\x00"
+_SIGNER_ID_CONTEXT = b"edgeproof/v1 signer-id\x00"
 
 
 def device_id_for(public_key: bytes) -> bytes:
@@ -36,6 +38,14 @@ def device_id_for(public_key: bytes) -> bytes:
     if len(public_key) != 32:
         raise ValueError("Ed25519 public key must be 32 bytes")
     return hashlib.sha256(_DEVICE_ID_CONTEXT + public_key).digest()[:DEVICE_ID_BYTES]
+
+
+def signer_id(public_key: bytes) -> bytes:
+    """Return the 16-byte id of a document signer (an owner or a recipient's signing key):
+    SHA-256("edgeproof/v1 signer-id" 0x00 || Ed25519 public key)[:16]."""
+    if len(public_key) != 32:
+        raise ValueError("Ed25519 public key must be 32 bytes")
+    return hashlib.sha256(_SIGNER_ID_CONTEXT + public_key).digest()[:SIGNER_ID_BYTES]
 
 
 def recipient_kid(public_key: bytes) -> bytes:
@@ -191,14 +201,110 @@ DEVICE_KEY_KIND = "edgeproof-ed25519-seed"
 RECIPIENT_KEY_KIND = "edgeproof-x25519-secret"
 
 
+@dataclass(frozen=True)
+class OwnerKey:
+    """An owner's two key pairs: Ed25519 to sign consents and revocations, X25519 so that
+    its devices seal every stream to it. Made on the owner's machine; never leaves it."""
+
+    signing: SigningKey
+    sealing: RecipientKey
+
+    @classmethod
+    def generate(cls) -> OwnerKey:
+        return cls(SigningKey.generate(), RecipientKey.generate())
+
+    @property
+    def public_key(self) -> bytes:
+        """The Ed25519 public key that devices pin and that consents are checked against."""
+        return self.signing.public_key
+
+    @property
+    def sealing_public_key(self) -> bytes:
+        """The X25519 public key devices seal every stream to."""
+        return self.sealing.public_key
+
+    @property
+    def owner_id(self) -> bytes:
+        return signer_id(self.signing.public_key)
+
+
+OWNER_PUBLIC_KIND = "edgeproof-owner"
+
+
+@dataclass(frozen=True)
+class OwnerPublic:
+    """An owner's two public keys, as devices pin them. Text form (one line, not secret):
+    ``edgeproof-owner <64 hex Ed25519> <64 hex X25519>``."""
+
+    public_key: bytes
+    sealing_key: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.public_key) != 32 or len(self.sealing_key) != 32:
+            raise ValueError("owner public keys are 32 bytes each")
+
+    @property
+    def owner_id(self) -> bytes:
+        return signer_id(self.public_key)
+
+    def text(self) -> str:
+        return f"{OWNER_PUBLIC_KIND} {self.public_key.hex()} {self.sealing_key.hex()}"
+
+    @classmethod
+    def of(cls, key: OwnerKey) -> OwnerPublic:
+        return cls(key.public_key, key.sealing_public_key)
+
+    @classmethod
+    def from_text(cls, text: str) -> OwnerPublic:
+        """Parse the text form; raise ConfigError with a one-line reason otherwise."""
+        parts = text.split()
+        try:
+            if len(parts) == 3 and parts[0] == OWNER_PUBLIC_KIND:
+                return cls(bytes.fromhex(parts[1]), bytes.fromhex(parts[2]))
+        except ValueError:
+            pass
+        raise ConfigError("an owner public key is 'edgeproof-owner <64 hex> <64 hex>' "
+                          "(what edgeproof-owner show prints)")
+
+
+def load_signing_key(path: Path) -> SigningKey:
+    """Read an Ed25519 key file (a device's, or a recipient's signing key); mode 0600."""
+    return SigningKey(Secret(decode_key_text(DEVICE_KEY_KIND, read_secret_file(path), path)))
+
+
+def save_signing_key(path: Path, key: SigningKey, *, overwrite: bool = False) -> None:
+    """Write an Ed25519 key file with mode 0600; refuse to overwrite unless asked."""
+    write_secret_file(path, encode_key_text(DEVICE_KEY_KIND, key.seed.value), overwrite=overwrite)
+
+
+def load_owner_key(path: Path) -> OwnerKey:
+    """Read an owner key file: the device-key line, then the recipient-key line (mode 0600).
+
+    Raises KeyFileError if the file is missing, open to others, or not two such lines.
+    """
+    lines = read_secret_file(path).splitlines()
+    if len(lines) != 2:
+        raise KeyFileError(f"{path}: not an edgeproof owner key file")
+    seed = decode_key_text(DEVICE_KEY_KIND, lines[0], path)
+    secret = decode_key_text(RECIPIENT_KEY_KIND, lines[1], path)
+    return OwnerKey(SigningKey(Secret(seed)), RecipientKey(Secret(secret)))
+
+
+def save_owner_key(path: Path, key: OwnerKey, *, overwrite: bool = False) -> None:
+    """Write an owner key file (both secrets, one line each) with mode 0600."""
+    data = (encode_key_text(DEVICE_KEY_KIND, key.signing.seed.value)
+            + encode_key_text(RECIPIENT_KEY_KIND, key.sealing.secret.value))
+    write_secret_file(path, data, overwrite=overwrite)
+
+
 def load_device_key(path: Path) -> SigningKey:
     """Read a device key file (mode 0600 required); raise KeyFileError on any problem."""
-    return SigningKey(Secret(decode_key_text(DEVICE_KEY_KIND, read_secret_file(path), path)))
+    return load_signing_key(path)
 
 
 def save_device_key(path: Path, key: SigningKey, *, overwrite: bool = False) -> None:
     """Write a device key file with mode 0600; refuse to overwrite unless asked."""
-    write_secret_file(path, encode_key_text(DEVICE_KEY_KIND, key.seed.value), overwrite=overwrite)
+    save_signing_key(path, key, overwrite=overwrite)
 
 
 def load_recipient_key(path: Path) -> RecipientKey:

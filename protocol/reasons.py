@@ -43,6 +43,36 @@ class DropReason(StrEnum):
     OUTBOX_FULL = "outbox_full"        # the outbox byte cap applied its full policy
     OUTBOX_CORRUPT = "outbox_corrupt"  # the outbox database was unreadable and moved aside
     UNCLEAN_REBOOT = "unclean_reboot"  # a power cut or kernel crash lost uncommitted numbers
+    REVOKED = "revoked"                # unsent records of a grant its owner revoked
+
+
+@unique
+class DocumentReason(StrEnum):
+    """Why a signed document (request, consent, revocation) was refused, by the gateway or
+    by a device; counted per code in ``/metrics`` and the agent's status."""
+
+    MALFORMED = "malformed"                    # not a well-formed document (or nested too deep)
+    TOO_LARGE = "too_large"                    # over the document size cap
+    BAD_SIGNATURE = "bad_signature"            # signature does not verify under its signer key
+    UNKNOWN_SIGNER = "unknown_signer"          # a request from a recipient not registered
+    NOT_OWNER = "not_owner"                    # signer is not the owner of the device(s)
+    UNKNOWN_DEVICE = "unknown_device"          # a named device is not registered (or revoked)
+    UNKNOWN_STREAM = "unknown_stream"          # a stream the device does not have
+    UNKNOWN_REQUEST = "unknown_request"        # consent for a request that was never logged
+    REQUEST_EXPIRED = "request_expired"        # consent for a request whose period has ended
+    WIDER_THAN_REQUEST = "wider_than_request"  # consent grants more than the request asked
+    NOT_TARGETED = "not_targeted"              # consent for a device the request did not target
+    UNKNOWN_CONSENT = "unknown_consent"        # revocation of a consent that was never logged
+    STALE_COUNTER = "stale_counter"            # revocation counter not above the last one
+    DUPLICATE = "duplicate"                    # this exact document is already logged
+    WRONG_TYPE = "wrong_type"                  # a document type not accepted here
+    UNSIGNED_POLICY = "unsigned_policy"        # a device got a document its owner did not sign
+    # Refused by a device only (agent/policy.py):
+    NO_OWNER_KEY = "no_owner_key"              # the device pins no owner key: it applies none
+    OTHER_DEVICE = "other_device"              # a consent that does not name this device
+    CONSENT_EXPIRED = "consent_expired"        # a consent whose period has provably ended
+    CONSENT_REVOKED = "consent_revoked"        # a consent its owner already revoked (a replay)
+    GRANTS_FULL = "grants_full"                # the device's grant book is at its cap
 
 
 MALFORMED: Final = Reason.MALFORMED
@@ -65,3 +95,4 @@ GATEWAY_REASONS: Final = frozenset(Reason)
 OUTBOX_FULL: Final = DropReason.OUTBOX_FULL
 OUTBOX_CORRUPT: Final = DropReason.OUTBOX_CORRUPT
 UNCLEAN_REBOOT: Final = DropReason.UNCLEAN_REBOOT
+REVOKED: Final = DropReason.REVOKED

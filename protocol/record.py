@@ -20,7 +20,8 @@ and exactly one body key:
     10 sealed         [key_delta uint, ciphertext bstr]   values encrypted (protocol.sealing)
     11 usage          [start_mono_ms, end_mono_ms, usage_ms, rate_micro_per_hour]
     12 gap            [first_seq, last_seq, reason tstr]   records the device dropped
-    13 key_epoch      {1: ephemeral X25519 key, 2: {stream: [[recipient kid, wrapped key]]}}
+    13 key_epoch      {1: ephemeral X25519 key, 2: {stream: [[recipient kid, wrapped key]]},
+                       ? 3: {derived stream: consent hash}}  (the consents it applies)
     14 key_rotation   bstr 32, the device's next Ed25519 public key
 
 A value is ``mantissa × 10^exponent`` in ``unit`` (SenML units: "Cel", "%RH", "s", ...):
@@ -210,10 +211,17 @@ class Grant:
 
 @dataclass(frozen=True)
 class KeyEpoch:
-    """A new ephemeral X25519 key and each stream's key wrapped for its recipients."""
+    """A new ephemeral X25519 key and each stream's key wrapped for its recipients.
+
+    ``consents`` names, for each stream derived from an owner's consent (PROTOCOL.md §5.5),
+    the SHA-256 of the consent document it applies; sorted by stream name, and every
+    stream it names has grants. Empty when the epoch applies no consent (then key 3 is
+    absent on the wire, so epochs without consents encode as before).
+    """
 
     ephemeral_public: bytes
     grants: tuple[tuple[str, tuple[Grant, ...]], ...]  # sorted by stream name
+    consents: tuple[tuple[str, bytes], ...] = ()  # (derived stream, consent hash), sorted
 
     def grants_for(self, stream: str) -> tuple[Grant, ...]:
         for name, grants in self.grants:
@@ -473,7 +481,10 @@ def _body_to_cbor(body: Body) -> tuple[int, cbor.Value]:
         grants: dict[cbor.Value, cbor.Value] = {
             stream: [[g.recipient_kid, g.wrapped_key] for g in gs] for stream, gs in body.grants
         }
-        return K_KEY_EPOCH, {1: body.ephemeral_public, 2: grants}
+        epoch: dict[cbor.Value, cbor.Value] = {1: body.ephemeral_public, 2: grants}
+        if body.consents:
+            epoch[3] = dict(body.consents)
+        return K_KEY_EPOCH, epoch
     return K_KEY_ROTATION, body.new_public_key
 
 
@@ -497,8 +508,8 @@ def _body_from_cbor(key: cbor.Value, item: cbor.Value) -> Body:
 
 
 def _key_epoch_from(item: cbor.Value) -> KeyEpoch:
-    if not isinstance(item, dict) or set(item.keys()) != {1, 2}:
-        raise MalformedRecord("bad_key_epoch", "key epoch is {1: key, 2: grants}")
+    if not isinstance(item, dict) or set(item.keys()) not in ({1, 2}, {1, 2, 3}):
+        raise MalformedRecord("bad_key_epoch", "key epoch is {1: key, 2: grants, ? 3: consents}")
     grants_map = item[2]
     if not isinstance(grants_map, dict):
         raise MalformedRecord("bad_key_epoch", "grants must be a map")
@@ -508,7 +519,11 @@ def _key_epoch_from(item: cbor.Value) -> KeyEpoch:
             raise MalformedRecord("bad_key_epoch", "grant list expected")
         pairs = tuple(Grant(*(_bytes(x) for x in _fixed_list(e, 2))) for e in entries)
         grants.append((_text(stream), pairs))
-    return KeyEpoch(_bytes(item[1]), tuple(sorted(grants)))
+    consents_map = item.get(3, {})
+    if not isinstance(consents_map, dict) or (3 in item and not consents_map):
+        raise MalformedRecord("bad_key_epoch", "consents must be a non-empty map")
+    consents = tuple(sorted((_text(k), _bytes(v)) for k, v in consents_map.items()))
+    return KeyEpoch(_bytes(item[1]), tuple(sorted(grants)), consents)
 
 
 def _validate_body(body: Body, seq: int) -> None:
@@ -554,6 +569,12 @@ def _validate_key_epoch(body: KeyEpoch) -> None:
         for grant in grants:
             if len(grant.recipient_kid) != 8 or len(grant.wrapped_key) != 48:
                 raise MalformedRecord("bad_key_epoch", "grant is [8-byte kid, 48-byte key]")
+    derived = [name for name, _ in body.consents]
+    if derived != sorted(set(derived)) or not set(derived) <= set(names):
+        raise MalformedRecord("bad_key_epoch", "consents name distinct streams with grants")
+    for _, consent_hash in body.consents:
+        if type(consent_hash) is not bytes or len(consent_hash) != 32:
+            raise MalformedRecord("bad_key_epoch", "a consent hash is 32 bytes")
 
 
 # --- small typed accessors ---------------------------------------------------------------

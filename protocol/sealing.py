@@ -117,11 +117,14 @@ def new_key_epoch(
     key_seq: int,
     recipients: Mapping[str, Sequence[bytes]],
     random_bytes: RandomBytes = os.urandom,
+    consents: Mapping[str, bytes] | None = None,
 ) -> tuple[KeyEpoch, EpochKeys]:
     """Start a key epoch at ``key_seq`` for ``recipients`` (stream -> X25519 public keys).
 
-    Returns the record body to sign and send, and the stream keys to keep in memory.
-    ``random_bytes`` is injectable so test vectors are reproducible.
+    ``consents`` names the consent (by hash) each derived stream applies
+    (protocol.grants); it goes into the record as it is. Returns the record body to sign
+    and send, and the stream keys to keep in memory. ``random_bytes`` is injectable so
+    test vectors are reproducible.
     """
     eph_secret = random_bytes(32)
     eph_public = nacl.bindings.crypto_scalarmult_base(eph_secret)
@@ -140,7 +143,8 @@ def new_key_epoch(
                                     _ZERO_NONCE, kek)
             stream_grants.append(Grant(recipient_kid(public), wrapped))
         grants.append((stream, tuple(stream_grants)))
-    return KeyEpoch(eph_public, tuple(grants)), EpochKeys(key_seq, stream_keys)
+    named = tuple(sorted((consents or {}).items()))
+    return KeyEpoch(eph_public, tuple(grants), named), EpochKeys(key_seq, stream_keys)
 
 
 def value_nonce(seq: int) -> bytes:

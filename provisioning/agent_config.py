@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from protocol.keys import OwnerPublic
 from provisioning import tomlwrite
 from provisioning.devices_store import BROKER_PASSWORD, INSTALLED_ETC, INSTALLED_STATE
 from provisioning.recipients import Recipient
@@ -53,6 +54,7 @@ class AgentSettings:
     rate_micro_per_hour: int
     recipients: tuple[Recipient, ...] = ()
     sensors: tuple[Sensor, ...] = REFERENCE_SENSORS
+    owner: OwnerPublic | None = None  # pinned: only its consents apply; sealed every stream
 
 
 def render(s: AgentSettings) -> str:
@@ -67,6 +69,7 @@ def render(s: AgentSettings) -> str:
             "password_file": str(INSTALLED_ETC / BROKER_PASSWORD.name),
         }),
         tomlwrite.table("recipients", {r.name: r.public_key.hex() for r in s.recipients}),
+        *_owner(s.owner),
         *_sensors(s.sensors, [r.name for r in s.recipients]),
         tomlwrite.table("usage", {"input": USAGE_INPUT,
                                   "rate_micro_per_hour": s.rate_micro_per_hour}),
@@ -77,6 +80,13 @@ def render(s: AgentSettings) -> str:
         "and docs/AGENT.md. Edit [[sensors]] to match this device's wiring; keep\n"
         "usage.rate_micro_per_hour equal to the rate the gateway registered."
     ))
+
+
+def _owner(owner: OwnerPublic | None) -> list[str]:
+    if owner is None:
+        return []
+    return [tomlwrite.table("owner", {"public_key": owner.public_key.hex(),
+                                      "sealing_key": owner.sealing_key.hex()})]
 
 
 def _sensors(sensors: Sequence[Sensor], recipients: Sequence[str]) -> list[str]:

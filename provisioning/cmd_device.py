@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol.errors import ConfigError, EdgeproofError, TransportError
+from protocol.keys import OWNER_PUBLIC_KIND, OwnerPublic
 from provisioning import broker, devices
 from provisioning.devices_store import (
     DEVICE_KEY,
@@ -44,7 +45,12 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _terms_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipient", action="append", default=[], metavar="NAME",
                    help="seal the device's streams to this recipient (repeatable)")
-    p.add_argument("--owner", help="the device's owner (default: fleet.toml devices.owner)")
+    p.add_argument("--owner", help="the device's owner name (default: the owner id of "
+                   "--owner-key, else fleet.toml devices.owner)")
+    p.add_argument("--owner-key", metavar="KEY|FILE",
+                   help="pin the owner's public keys: the line `edgeproof-owner show` prints, "
+                   "or a file holding it; only consents that key signs reach the device, "
+                   "and every stream is sealed to the owner too")
     p.add_argument("--rate", type=int, metavar="MICRO_PER_HOUR",
                    help="credit rate in micro-credits per hour (default: fleet.toml)")
 
@@ -105,10 +111,13 @@ def run_enroll(args: argparse.Namespace) -> int:
 def _provision(args: argparse.Namespace, new: Sequence[devices.NewDevice]) -> int:
     out = Output(as_json=args.json)
     cfg = load_fleet(args.fleet)
+    owner_keys = None if args.owner_key is None else _owner_keys(args.owner_key)
+    default_owner = owner_keys.owner_id.hex() if owner_keys else cfg.default_owner
     terms = devices.Terms(
-        owner=args.owner or cfg.default_owner,
+        owner=args.owner or default_owner,
         rate_micro_per_hour=cfg.default_rate if args.rate is None else args.rate,
         recipients=devices.resolve_recipients(cfg, args.recipient),
+        owner_keys=owner_keys,
     )
     if terms.rate_micro_per_hour < 0:
         raise ConfigError("--rate must be >= 0")
@@ -122,6 +131,16 @@ def _provision(args: argparse.Namespace, new: Sequence[devices.NewDevice]) -> in
     if failure:
         raise EdgeproofError(failure)
     return 0
+
+
+def _owner_keys(value: str) -> OwnerPublic:
+    """The owner's public keys from the text itself or a file holding it (ConfigError)."""
+    if not value.startswith(OWNER_PUBLIC_KIND):
+        try:
+            value = Path(value).read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--owner-key {value}: cannot read: {exc}") from None
+    return OwnerPublic.from_text(value)
 
 
 def _provision_each(out: Output, cfg: FleetConfig, api: GatewayAPI,

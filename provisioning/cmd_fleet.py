@@ -8,6 +8,7 @@ from typing import Any
 
 from protocol.errors import ConfigError
 from provisioning import broker, fleet, mosquitto, recipients
+from provisioning.gateway_api import GatewayAPI
 from provisioning.output import Output
 
 _Groups = Any  # argparse's _SubParsersAction is private; typing it buys nothing here
@@ -102,6 +103,16 @@ def _add_recipient(groups: _Groups) -> None:
     _fleet_flag(add)
     _json_flag(add)
     add.set_defaults(handler=run_recipient_add)
+    reg = sub.add_parser("register", help="register a recipient at the gateway",
+                         description="Register recipient NAME (its X25519 key NAME.pub) with "
+                         "the Ed25519 key it signs data requests with, so the gateway logs "
+                         "its requests (`edgeproof-verify signing-key` makes one).")
+    reg.add_argument("name", metavar="NAME")
+    reg.add_argument("--signing-key", required=True, metavar="HEX",
+                     help="the recipient's Ed25519 public key (64 hex digits)")
+    _fleet_flag(reg)
+    _json_flag(reg)
+    reg.set_defaults(handler=run_recipient_register)
     lst = sub.add_parser("list", help="list recipients", description="List the fleet's recipients.")
     _fleet_flag(lst)
     _json_flag(lst)
@@ -122,6 +133,26 @@ def run_recipient_add(args: argparse.Namespace) -> int:
     else:
         out.line(f"recipient {r.name}: public key {r.public_key.hex()}")
         out.line(f"give {cfg.recipients_dir / (r.name + '.key')} to the recipient (a secret)")
+    return 0
+
+
+def run_recipient_register(args: argparse.Namespace) -> int:
+    out = Output(as_json=args.json)
+    cfg = fleet.load_fleet(args.fleet)
+    r = recipients.load_recipient(cfg, args.name)
+    try:
+        signing = bytes.fromhex(args.signing_key)
+    except ValueError:
+        signing = b""
+    if len(signing) != 32:
+        raise ConfigError("--signing-key: give the 64 hex digits of an Ed25519 public key")
+    GatewayAPI(cfg.gateway_url, fleet.read_admin_token(cfg),
+               timeout_s=cfg.timeout_s).register_recipient(r.name, signing, r.public_key)
+    if out.as_json:
+        out.json(_recipient_json(r) | {"signing_key": signing.hex()})
+    else:
+        out.line(f"recipient {r.name}: registered at {cfg.gateway_url}; its requests are "
+                 "logged from now on")
     return 0
 
 

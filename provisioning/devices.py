@@ -24,7 +24,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from protocol.errors import ConfigError, EdgeproofError, KeyFileError, StorageError
-from protocol.keys import SigningKey, device_id_for, save_device_key, write_secret_file
+from protocol.keys import (
+    OwnerPublic,
+    SigningKey,
+    device_id_for,
+    save_device_key,
+    write_secret_file,
+)
 from provisioning import agent_config, mosquitto
 from provisioning.devices_store import (
     AGENT_CONFIG,
@@ -91,6 +97,7 @@ class Terms:
     owner: str
     rate_micro_per_hour: int
     recipients: tuple[Recipient, ...] = ()
+    owner_keys: OwnerPublic | None = None  # the owner's public keys, pinned at enrolment
 
 
 def check_free(fleet: FleetConfig, registered: Sequence[GatewayDevice],
@@ -121,8 +128,11 @@ def provision(fleet: FleetConfig, api: GatewayAPI, dev: NewDevice, terms: Terms,
     tmp = fleet.devices_dir / f".{dev.name}.tmp-{os.getpid()}"
     try:
         record = _build_bundle(fleet, tmp, dev, terms, token)
-        device_id = api.register(name=dev.name, public_key=dev.public_key, owner=terms.owner,
-                                 rate_micro_per_hour=terms.rate_micro_per_hour)
+        pinned = terms.owner_keys
+        device_id = api.register(
+            name=dev.name, public_key=dev.public_key, owner=terms.owner,
+            rate_micro_per_hour=terms.rate_micro_per_hour,
+            owner_keys=None if pinned is None else (pinned.public_key, pinned.sealing_key))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -161,6 +171,7 @@ def _build_bundle(fleet: FleetConfig, tmp: Path, dev: NewDevice, terms: Terms,
         name=dev.name, device_id=dev.device_id, broker_url=fleet.broker_url,
         gateway_verifier_key=fleet.gateway_verifier_key,
         rate_micro_per_hour=terms.rate_micro_per_hour, recipients=terms.recipients,
+        owner=terms.owner_keys,
     )
     try:
         (tmp / AGENT_CONFIG).write_text(agent_config.render(settings), encoding="utf-8")

@@ -14,6 +14,8 @@ import requests
 
 from protocol.errors import RejectedByPeer, TransportError
 
+DEVICE_PAGE = 1000  # GET /v1/devices answers at most this many per request
+
 
 class AlreadyRegistered(RejectedByPeer):
     """The gateway already has a device with this name or public key (HTTP 409)."""
@@ -50,8 +52,21 @@ class GatewayAPI:
         return f"GatewayAPI({self.base_url!r})"  # never the token
 
     def list_devices(self) -> list[GatewayDevice]:
-        """Return every registered device. Raises TransportError or RejectedByPeer."""
-        body = self._call("GET", "/v1/devices")
+        """Return every registered device, a page at a time (``after``, ``limit``).
+
+        Raises TransportError or RejectedByPeer.
+        """
+        found: list[GatewayDevice] = []
+        after = ""
+        while True:
+            page = self._device_page(after)
+            found += page
+            if len(page) < DEVICE_PAGE:
+                return found
+            after = page[-1].name
+
+    def _device_page(self, after: str) -> list[GatewayDevice]:
+        body = self._call("GET", "/v1/devices", params={"after": after, "limit": DEVICE_PAGE})
         items = body.get("devices", body) if isinstance(body, dict) else body
         if not isinstance(items, list):
             raise TransportError(f"{self.base_url}: GET /v1/devices did not return a list")
@@ -61,29 +76,42 @@ class GatewayAPI:
             raise TransportError(f"{self.base_url}: unexpected device listing: {exc}") from None
 
     def register(self, *, name: str, public_key: bytes, owner: str,
-                 rate_micro_per_hour: int) -> str:
+                 rate_micro_per_hour: int, owner_keys: tuple[bytes, bytes] | None = None,
+                 ) -> str:
         """Register a device; return its device id (hex).
 
         Raises AlreadyRegistered (409), RejectedByPeer (other refusals) or TransportError.
         """
-        body = self._call("POST", "/v1/devices", json={
+        request: dict[str, object] = {
             "name": name, "public_key": public_key.hex(), "owner": owner,
             "rate_micro_per_hour": rate_micro_per_hour,
-        })
+        }
+        if owner_keys is not None:  # the owner's Ed25519 and X25519 keys, pinned
+            request["owner_key"], request["owner_sealing_key"] = (k.hex() for k in owner_keys)
+        body = self._call("POST", "/v1/devices", json=request)
         device_id = body.get("device_id") if isinstance(body, dict) else None
         if not isinstance(device_id, str):
             raise TransportError(f"{self.base_url}: registration answer has no device_id")
         return device_id
 
+    def register_recipient(self, name: str, signing_key: bytes, sealing_key: bytes) -> None:
+        """Register a data recipient's public keys, so the gateway logs its requests.
+
+        Raises AlreadyRegistered (409), RejectedByPeer or TransportError.
+        """
+        self._call("POST", "/v1/recipients", json={
+            "name": name, "signing_key": signing_key.hex(), "sealing_key": sealing_key.hex()})
+
     def revoke(self, device_id: str) -> None:
         """Revoke a device. Raises UnknownDevice, RejectedByPeer or TransportError."""
         self._call("POST", f"/v1/devices/{device_id}/revoke")
 
-    def _call(self, method: str, path: str, json: dict[str, Any] | None = None) -> Any:
+    def _call(self, method: str, path: str, json: dict[str, Any] | None = None,
+              params: dict[str, str | int] | None = None) -> Any:
         url = self.base_url + path
         try:
             resp = self._session.request(
-                method, url, json=json, timeout=self.timeout_s,
+                method, url, json=json, params=params, timeout=self.timeout_s,
                 headers={"Authorization": f"Bearer {self._token}"},
             )
         except requests.Timeout:

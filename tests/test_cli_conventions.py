@@ -21,6 +21,8 @@ from firmware_sim.cli import main as sim_main
 from gateway.cli import _parser as gateway_parser
 from gateway.cli import main as gateway_main
 from osutil.cli import EXIT_USAGE, log_level, package_version
+from owner.cli import _parser as owner_parser
+from owner.cli import main as owner_main
 from provisioning.cli import build_parser as provision_parser
 from provisioning.cli import main as provision_main
 from verifier.cli import _parser as verify_parser
@@ -32,6 +34,7 @@ CLIS: dict[str, tuple[Callable[[], argparse.ArgumentParser], Callable[..., int]]
     "edgeproof-provision": (provision_parser, provision_main),
     "edgeproof-verify": (verify_parser, verify_main),
     "edgeproof-sim": (sim_parser, sim_main),
+    "edgeproof-owner": (owner_parser, owner_main),
 }
 
 

@@ -3,7 +3,8 @@
 Imports point one way: ``protocol`` imports none of our packages; ``osutil`` imports
 ``protocol`` only; ``agent``, ``gateway``, ``provisioning`` and ``verifier`` import
 ``protocol`` and ``osutil`` and never each other (provisioning and the verifier talk to
-the gateway over HTTP, like any outsider); ``firmware_sim`` may import everything. Every
+the gateway over HTTP, like any outsider); ``owner`` adds ``verifier`` (its HTTP client and
+record opener); ``firmware_sim`` may import everything. Every
 import statement counts, including those inside functions: a lazy import is still a
 dependency. Module names loaded from configuration (the agent's named simulated-hardware
 backend) are strings, not imports, and are not covered here.
@@ -20,15 +21,19 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 EVERYTHING = frozenset({"protocol", "osutil", "agent", "gateway", "provisioning", "verifier",
-                        "firmware_sim"})
+                        "owner", "firmware_sim", "rewards"})
 # Which of our packages each package may import (its own is always allowed).
 MAY_IMPORT: dict[str, frozenset[str]] = {
     "protocol": frozenset(),
     "osutil": frozenset({"protocol"}),
     "agent": frozenset({"protocol", "osutil"}),
-    "gateway": frozenset({"protocol", "osutil"}),
+    "gateway": frozenset({"protocol", "osutil", "rewards"}),
     "provisioning": frozenset({"protocol", "osutil"}),
-    "verifier": frozenset({"protocol", "osutil"}),
+    "verifier": frozenset({"protocol", "osutil", "rewards"}),
+    "rewards": frozenset({"protocol", "osutil"}),
+    # The owner is a recipient of its own devices' data: it reads and opens records, and
+    # reads and submits documents, with the verifier's client, opener and printers.
+    "owner": frozenset({"protocol", "osutil", "verifier", "rewards"}),
     "firmware_sim": EVERYTHING,
 }
 # The two packages everything stands on also keep their third-party footprint small:

@@ -70,6 +70,10 @@ def test_sealed_vector_opens_with_aad_built_as_the_text_says_from_independent_co
     """§5.3 with libsodium and cbor2 only: device_id as a 16-byte byte string, E and s - E
     as unsigned integers, the stream as text, the header as a nested map (not its bytes)."""
     vec = next(v for v in _records() if "recipient_secret_key" in v)
+    assert _open_independently(vec) == vec["plaintext"]
+
+
+def _open_independently(vec: dict[str, object]) -> object:
     device_id = bytes.fromhex(str(vec["device_id"]))
     epoch = cbor2.loads(cbor2.loads(bytes.fromhex(str(vec["key_epoch_cose_sign1"]))).value[2])
     record = cbor2.loads(bytes.fromhex(str(vec["payload_cbor"])))
@@ -97,11 +101,30 @@ def test_sealed_vector_opens_with_aad_built_as_the_text_says_from_independent_co
     nonce = bytes(16) + seq.to_bytes(8, "big")
     values = cbor2.loads(sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
         ciphertext, aad, nonce, stream_key))
-    assert values == vec["plaintext"]
     header_as_bytes = cbor2.dumps([device_id, cbor2.dumps(header, canonical=True), key_delta])
     with pytest.raises(nacl.exceptions.CryptoError):  # the other reading does not open it
         sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(ciphertext, header_as_bytes, nonce,
                                                           stream_key)
+    return values
+
+
+# --- §5.5: derived streams ---------------------------------------------------------------
+
+
+def test_derived_record_vector_holds_only_granted_field_under_a_named_consent() -> None:
+    """§5.5 from independent code: the key epoch's key 3 maps the derived stream
+    ``<stream>~<6 bytes of the consent id>`` to the consent id, only the company's kid holds
+    that stream's key, and the record opens to the temperature alone."""
+    vec = [v for v in _records() if "recipient_secret_key" in v][-1]
+    epoch = cbor2.loads(cbor2.loads(bytes.fromhex(str(vec["key_epoch_cose_sign1"]))).value[2])
+    record = cbor2.loads(bytes.fromhex(str(vec["payload_cbor"])))
+    stream = record[8]
+    ((named, consent_id),) = epoch[13][3].items()
+    assert named == stream == "climate~" + consent_id[:6].hex()
+    company_kid = hashlib.sha256(bytes.fromhex(str(vec["recipient_public_key"]))).digest()[:8]
+    assert [bytes(k) for k, _ in epoch[13][2][stream]] == [company_kid]
+    assert company_kid not in [bytes(k) for k, _ in epoch[13][2]["climate"]]
+    assert _open_independently(vec) == vec["plaintext"] == [[214, -1, "Cel"]]
 
 
 # --- §9.2: checkpoint body and balances table ---------------------------------------------

@@ -6,6 +6,8 @@
     edgeproof-verify records --gateway URL --device ID [--key FILE] [--stream S ...]
                              [--json] [--follow [--interval S]]
     edgeproof-verify decrypt --gateway URL --device ID --key FILE [--stream S ...] [--json]
+    edgeproof-verify payout --gateway URL --rpc URL [--epoch N] [--gateway-key KEY] [--json]
+    edgeproof-verify signing-key | request | document ...   (verifier/contract_cli.py)
 
 Exit status (docs/CLI.md) 0 only when every requested check passed; 1 when a check failed;
 2 for bad usage, when something could not be fetched, or when the record is logged but no
@@ -32,7 +34,9 @@ from protocol.errors import EdgeproofError, MalformedRecord, VerificationError
 from protocol.keys import RecipientKey, load_recipient_key
 from protocol.note import NoteVerifier
 from protocol.signed import parse_signed_record
+from verifier import contract_cli
 from verifier.client import TIMEOUT_S, GatewayClient, LoggedRecord, anchoring_transaction
+from verifier.payout import verify_payout
 from verifier.recipient import open_records
 from verifier.records import Follow, as_line, show_records
 
@@ -141,6 +145,21 @@ def _parser() -> argparse.ArgumentParser:
     decrypt.add_argument("--key", required=True, type=Path, metavar="FILE",
                          help="the recipient's X25519 key file (mode 0600)")
     decrypt.add_argument("--json", action="store_true", help="one JSON array of records")
+
+    payout = sub.add_parser(
+        "payout", help="recompute a payout epoch from the log and compare it with the chain",
+        description="Fetch a payout epoch (the gateway-signed document, the checkpoint it "
+        "was computed at and its balances table) and the owners' wallet bindings, check every "
+        "signature, rebuild the distribution tree and compare its root and total with the "
+        "epoch and with the distributor's RootPosted event on chain.")
+    payout.add_argument("--gateway", required=True, metavar="URL", help="http://host:port")
+    payout.add_argument("--rpc", required=True, metavar="URL", help="Ethereum JSON-RPC URL")
+    payout.add_argument("--epoch", type=int, metavar="N",
+                        help="the epoch to check (default: the latest posted)")
+    payout.add_argument("--gateway-key", metavar="KEY",
+                        help="the gateway verifier key you trust (text, or a file holding it)")
+    payout.add_argument("--json", action="store_true", help="machine-readable output")
+    contract_cli.add_commands(sub)
     return parser
 
 
@@ -167,6 +186,10 @@ def _main(argv: Sequence[str] | None, waiting: Waiting | None) -> int:
         if args.command == "records":
             base = waiting or Waiting()
             return _cmd_records(args, Follow(args.follow, args.interval, base.sleep))
+        if args.command == "payout":
+            return _cmd_payout(args)
+        if args.command in contract_cli.COMMANDS:
+            return contract_cli.run(args)
         return _cmd_decrypt(args)
     except VerificationError as exc:
         print(f"edgeproof-verify: FAILED: {exc}", file=sys.stderr)
@@ -174,15 +197,6 @@ def _main(argv: Sequence[str] | None, waiting: Waiting | None) -> int:
     except (EdgeproofError, OSError) as exc:
         print(f"edgeproof-verify: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-
-
-def _read_key_arg(value: str | None) -> str | None:
-    if value is None:
-        return None
-    path = Path(value)
-    if "+" not in value and path.is_file():
-        return path.read_text().strip()
-    return value.strip()
 
 
 def _print_report(passed: list[tuple[str, str]], extra: dict[str, object],
@@ -210,13 +224,31 @@ def _print_report(passed: list[tuple[str, str]], extra: dict[str, object],
           "all requested checks passed, against a gateway key that was not pinned")
 
 
+def _cmd_payout(args: argparse.Namespace) -> int:
+    client = GatewayClient(args.gateway)
+    trusted = contract_cli.gateway_key_arg(args.gateway_key)
+    gateway_key = trusted or client.verifier_key()
+    rpc = JsonRpc(args.rpc, timeout_s=TIMEOUT_S)
+    try:
+        report = verify_payout(client, gateway_key, rpc, args.epoch)
+    finally:
+        rpc.close()
+    checks = [("epoch document", f"epoch {report['epoch']} signed by the gateway key"),
+              ("checkpoint", f"size {report['checkpoint_size']} commits to its balances"),
+              ("tree", f"recomputed root {report['root']} ({report['owners']} owners)"),
+              ("chain", f"RootPosted of epoch {report['epoch']} on the distributor "
+                        f"{report['distributor']} holds the same root and total")]
+    _print_report(checks, report, args.json, None if trusted else f"{args.gateway}")
+    return EXIT_OK
+
+
 def _cmd_bundle(args: argparse.Namespace) -> int:
     try:
         text = args.path.read_bytes()
     except OSError as exc:
         raise UsageError(f"{args.path}: {exc.strerror}") from None
     bundle = ProofBundle.from_json(text)
-    trusted = _read_key_arg(args.gateway_key)
+    trusted = contract_cli.gateway_key_arg(args.gateway_key)
     report = verify_bundle(bundle, trusted)
     _print_report(report.passed, {"offline": True}, args.json,
                   None if trusted else f"the bundle {args.path}")
@@ -226,7 +258,7 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
 def _cmd_record(args: argparse.Namespace, waiting: Waiting) -> int:
     client = GatewayClient(args.gateway)
     logged = _find_record(client, args.leaf, args.file)
-    trusted = _read_key_arg(args.gateway_key)
+    trusted = contract_cli.gateway_key_arg(args.gateway_key)
     gateway_key = trusted or client.verifier_key()
     keys = client.device_keys(logged.device_id)
     extra: dict[str, object] = {}

@@ -67,6 +67,21 @@ def _get(session: requests.Session, url: str, **params: int | str) -> _Fetched:
     return _Fetched(response.url, body, encoding)
 
 
+def _post(session: requests.Session, url: str, body: bytes) -> tuple[int, Any]:
+    """POST ``body``; return (status, parsed JSON answer). TransportError if unreachable."""
+    try:
+        with session.post(url, data=body, timeout=TIMEOUT_S, stream=True,
+                          headers={"Content-Type": "application/cose"}) as response:
+            answer = _read_capped(response, MAX_RESPONSE_BYTES)
+            status = response.status_code
+    except requests.RequestException as exc:
+        raise TransportError(f"cannot reach {url}: {exc.__class__.__name__}") from None
+    try:
+        return status, json.loads(answer)
+    except ValueError:
+        raise MalformedRecord("bad_response", f"{url}: HTTP {status}, not JSON") from None
+
+
 def _json(fetched: _Fetched) -> Any:
     try:
         return json.loads(fetched.body)
@@ -114,6 +129,26 @@ class GatewayClient:
 
     def checkpoint(self) -> str:
         return _get(self.session, f"{self.base}/v1/checkpoint").text
+
+    def payout_epoch(self, epoch: int | None) -> tuple[bytes, int | None, str, bytes]:
+        """An epoch's signed document, its leaf index, the checkpoint note it was computed at
+        and that checkpoint's balances table (``epoch`` None: the latest posted)."""
+        path = "latest" if epoch is None else f"epochs/{epoch}"
+        data = _json(_get(self.session, f"{self.base}/v1/payouts/{path}"))
+        if not isinstance(data, dict) or not isinstance(data.get("checkpoint_note"), str):
+            raise MalformedRecord("bad_response", "payout epoch answer is not an epoch")
+        leaf = data.get("leaf_index")
+        return (_hex(data.get("document"), "epoch document"),
+                None if leaf is None else _int(leaf, "leaf index"), data["checkpoint_note"],
+                _hex(data.get("balances"), "balances table"))
+
+    def wallet_bindings(self) -> list[tuple[int, bytes]]:
+        """(leaf index, signed bytes) of every wallet binding the gateway logged."""
+        data = _json(_get(self.session, f"{self.base}/v1/wallets"))
+        if not isinstance(data, list) or not all(isinstance(w, dict) for w in data):
+            raise MalformedRecord("bad_response", "wallet list is not a list of objects")
+        return [(_int(w.get("leaf_index"), "leaf index"), _hex(w.get("document"), "binding"))
+                for w in data]
 
     def leaf(self, index: int) -> LoggedRecord:
         return _logged(_json(_get(self.session, f"{self.base}/v1/leaves/{index}")))
@@ -170,12 +205,113 @@ class GatewayClient:
         return data if isinstance(data, dict) else None
 
 
+@dataclass(frozen=True)
+class LoggedDocument:
+    """A signed document as the gateway lists it (only ``index`` and ``raw`` are used for
+    anything that matters; the raw bytes are verified by the caller)."""
+
+    index: int
+    raw: bytes
+    received_ms: int
+
+
+class DocumentRefusedByGateway(TransportError):
+    """The gateway refused a submitted document; ``reason`` is its reason code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+class DocumentClient(GatewayClient):
+    """The gateway's document endpoints (PROTOCOL.md §16): list, read, submit."""
+
+    def documents(self, doc_type: str | None = None, after: int = -1,
+                  limit: int = 1000) -> list[LoggedDocument]:
+        params: dict[str, int | str] = {"after": after, "limit": limit}
+        if doc_type is not None:
+            params["type"] = doc_type
+        return _documents(_json(_get(self.session, f"{self.base}/v1/documents", **params)))
+
+    def all_documents(self, doc_type: str | None = None) -> list[LoggedDocument]:
+        """Every logged document (of one type), in log order (paged)."""
+        out: list[LoggedDocument] = []
+        while True:
+            page = self.documents(doc_type, out[-1].index if out else -1)
+            out += page
+            if len(page) < 1000:
+                return out
+
+    def device_documents(self, device_id: bytes) -> list[LoggedDocument]:
+        """Every consent and revocation concerning a device, in log order (paged)."""
+        out: list[LoggedDocument] = []
+        while True:
+            start = out[-1].index + 1 if out else 0
+            page = _documents(_json(_get(
+                self.session, f"{self.base}/v1/devices/{device_id.hex()}/documents",
+                from_index=start, limit=1000)))
+            out += page
+            if len(page) < 1000:
+                return out
+
+    def document(self, doc_id: bytes) -> LoggedDocument:
+        """One logged document by id (TransportError if the gateway has none)."""
+        found = _documents([_json(_get(self.session, f"{self.base}/v1/documents/{doc_id.hex()}"))])
+        return found[0]
+
+    def owner_key(self, device_id: bytes) -> bytes:
+        """The owner key the gateway registered for a device (MalformedRecord if none)."""
+        data = _json(_get(self.session, f"{self.base}/v1/devices/{device_id.hex()}/keys"))
+        key = _hex(data.get("owner_key") if isinstance(data, dict) else None, "owner_key")
+        if len(key) != 32:
+            raise MalformedRecord("bad_response", "the device has no owner key")
+        return key
+
+    def owner_devices(self, owner_key: bytes) -> list[tuple[bytes, str, str]]:
+        """(device id, name, status) of the devices pinned to an owner key."""
+        data = _json(_get(self.session, f"{self.base}/v1/owners/{owner_key.hex()}/devices"))
+        if not isinstance(data, list):
+            raise MalformedRecord("bad_response", "owner devices: no list")
+        return [(_hex(d.get("device_id"), "device id"), str(d.get("name")),
+                 str(d.get("status"))) for d in data if isinstance(d, dict)]
+
+    def submit(self, raw: bytes) -> tuple[int, bool]:
+        """Submit a signed document; return (leaf index, already logged).
+
+        Raises DocumentRefusedByGateway with the gateway's reason code if it refused.
+        """
+        status, answer = _post(self.session, f"{self.base}/v1/documents", raw)
+        if not isinstance(answer, dict):
+            raise MalformedRecord("bad_response", "submit: not an object")
+        if status in (200, 201):
+            return _int(answer.get("index"), "index"), bool(answer.get("duplicate"))
+        raise DocumentRefusedByGateway(str(answer.get("reason", "")),
+                                       f"gateway refused it: {answer.get('detail')}")
+
+
+def _documents(data: object) -> list[LoggedDocument]:
+    if not isinstance(data, list):
+        raise MalformedRecord("bad_response", "documents: no list")
+    out = []
+    for d in data:
+        if not isinstance(d, dict):
+            raise MalformedRecord("bad_response", "document: not an object")
+        out.append(LoggedDocument(_int(d.get("index"), "index"),
+                                  _hex(d.get("document"), "document"),
+                                  _int(d.get("received_ms"), "received_ms")))
+    return out
+
+
 def _logged(data: object) -> LoggedRecord:
     if not isinstance(data, dict):
         raise MalformedRecord("bad_response", "record: not an object")
     stream = data.get("stream")
     if not isinstance(stream, str):
         raise MalformedRecord("bad_response", "record: no stream")
+    if stream.startswith("document/"):  # PROTOCOL.md §8: documents are leaves too
+        raise MalformedRecord("not_a_record", f"leaf {data.get('index')} is a signed "
+                              f"{stream.removeprefix('document/')}, not a record: check it "
+                              "with `edgeproof-verify document` or `audit`")
     return LoggedRecord(_int(data.get("index"), "index"), _hex(data.get("device_id"), "device id"),
                         _int(data.get("seq"), "seq"), stream, _hex(data.get("record"), "record"))
 

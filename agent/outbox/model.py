@@ -61,6 +61,7 @@ class OutboxStats:
             "drop_events": c("drop_events"),
             "rejected_new": c("rejected_new"),
             "gaps_declared": c("gaps_declared"),
+            "withdrawn": c("withdrawn"),
             "journal_replays": c("journal_replays"),
             "unclean_reboots": c("unclean_reboots"),
             "delivered": c("receipt_delivered"),

@@ -9,14 +9,18 @@ Guarantees (docs/AGENT.md, "Outbox"):
   journal (:mod:`agent.outbox.journal`, one ``write``, no fsync), so a ``kill -9`` of the
   agent loses nothing: the next start replays it. SQLite gets the changes in one
   transaction when the window (``commit_window_ms``) ends or ``commit_max_records`` are
-  pending (``synchronous=FULL``: one fsync per window); records receipted before that
-  never touch SQLite. The window is what a power cut can lose.
+  pending; records receipted before that never touch SQLite. Such a group commit is made
+  durable by one fsync of the WAL on a background thread
+  (:mod:`agent.outbox.durability`), so sampling never waits for the disk; every other
+  commit (start-up, a held record, a usage claim, notes, close) fsyncs before it returns.
+  The window, and the fsync after it, is what a power cut can lose.
 - **Sending before the fsync, never reusing a number**: a record may be sent once it is in
-  the journal and its number is at most ``send_limit``, a bound written durably with each
-  group commit. After a reboot that followed an unclean stop (a power cut or a kernel
-  crash: the kernel's boot id changed) the journal may have lost its tail: numbering
-  resumes above ``send_limit`` and a ``gap`` record (reason ``unclean_reboot``) declares
-  the numbers the device can no longer account for.
+  the journal and its number is at most ``send_limit``, a bound written with each group
+  commit and raised only once that commit's fsync has returned. After a reboot that
+  followed an unclean stop (a power cut or a kernel crash: the kernel's boot id changed)
+  the journal may have lost its tail: numbering resumes above ``send_limit`` and a ``gap``
+  record (reason ``unclean_reboot``) declares the numbers the device can no longer
+  account for.
 - **Bounded in bytes** with a full policy: ``drop-oldest`` deletes the oldest unprotected
   records (about a tenth of the cap at a time), ``reject-new`` refuses the new record and
   burns its number. Either way the drop is counted and declared to the gateway with a
@@ -45,6 +49,7 @@ from pathlib import Path
 from typing import Protocol
 
 from agent.clock import Clock
+from agent.outbox.durability import Durability, Token, fsync_path
 from agent.outbox.journal import Dropped, Journal, Op, Refused, Stored, kernel_boot_id, read_journal
 from agent.outbox.model import (
     UNCLEAN_REBOOT,
@@ -62,7 +67,7 @@ from agent.outbox.rows import (
     within_bytes,
 )
 from agent.outbox.state import DeviceState
-from osutil.sqlite import move_aside, open_or_move_aside, storage_error, translated
+from osutil.sqlite import Pragmas, move_aside, open_or_move_aside, storage_error, translated
 from protocol import reasons
 from protocol.errors import StorageError
 from protocol.reasons import DropReason
@@ -75,6 +80,8 @@ Build = Callable[[int, bytes], bytes]
 """Builds the signed record for ``(seq, prev)``; returns its exact signed bytes."""
 
 _GAP_DECLARE_MS = 60_000  # an open reject-new run is declared at least once a minute
+# NORMAL: a COMMIT does not wait for the disk; agent.outbox.durability fsyncs the WAL.
+OUTBOX_PRAGMAS = Pragmas(synchronous="NORMAL")
 
 
 class GapSigner(Protocol):
@@ -94,10 +101,14 @@ class Outbox:
 
     def __init__(self, path: Path, settings: OutboxSettings, state: DeviceState,
                  clock: Clock, *, kernel_boot: Callable[[], str] = kernel_boot_id,
-                 on_durable: Callable[[], None] | None = None) -> None:
+                 on_durable: Callable[[], None] | None = None,
+                 background_fsync: bool = True,
+                 fsync: Callable[[Path], None] = fsync_path) -> None:
         """``kernel_boot`` names the running kernel (tests simulate a reboot with it);
-        ``on_durable`` is called right after each fsynced commit (the power-cut model in
-        the tests snapshots the files there)."""
+        ``on_durable`` is called right after each fsync (the power-cut model in the tests
+        snapshots the files there, with ``background_fsync=False`` so that group commits
+        are fsynced at a known moment); ``fsync`` flushes one file (tests block or fail
+        it)."""
         self.path = path
         self.settings = settings
         self._state = state
@@ -110,14 +121,21 @@ class Outbox:
         self.generation = 0  # bumped when a damaged file is replaced while running
         self._journal = Journal(path.with_name(path.name + ".journal"))
         self._send_ahead = max(64, 2 * settings.commit_max_records)
+        self._durable_lock = threading.Lock()  # the send limit, raised by the fsync thread
+        self._durability = Durability(path, self._made_durable, background=background_fsync,
+                                      fsync=fsync)
+        self._file_epoch = 0  # a new file (recover) ignores fsyncs of the one before
+        self._undurable: Token | None = None  # the last commit not yet known durable
         self._open_file()
 
     # --- opening, recovery ---------------------------------------------------------------
 
     def _open_file(self) -> None:
         fresh = not self.path.exists()
+        self._file_epoch += 1
+        self._undurable = None
         self._conn, replaced = open_or_move_aside(
-            self.path, SCHEMA, self._clock.wall_ms, self._report_corrupt)
+            self.path, SCHEMA, self._clock.wall_ms, self._report_corrupt, OUTBOX_PRAGMAS)
         self._txn_open = False
         self._txn_started = 0
         self._txn_records = 0
@@ -361,7 +379,7 @@ class Outbox:
         if not protected and self._rejected is not None:
             self._declare_rejected()
         if self._txn_records >= self.settings.commit_max_records:
-            self.commit()
+            self._commit(durable=False)
         return seq
 
     def _next_seq(self) -> int:
@@ -504,14 +522,24 @@ class Outbox:
     # --- committing ---------------------------------------------------------------------
 
     def commit(self) -> None:
-        """Commit the open group (fsync) and start the journal anew.
+        """Commit the open group, start the journal anew and fsync before returning.
 
         Records still pending go into SQLite (those receipted meanwhile never do), with the
-        deferred deletions and the new ``send_limit``. Raises StorageError if the commit
-        fails (the journal is kept, so a crash then still replays it).
+        deferred deletions and the new ``send_limit``; an earlier group commit whose
+        background fsync is still under way is durable too when this returns. Raises
+        StorageError if the commit or the fsync fails (the journal is kept, so a crash then
+        still replays it).
         """
+        self._commit(durable=True)
+
+    def _commit(self, *, durable: bool) -> None:
+        # A group commit (durable=False) leaves the fsync to the background thread: the
+        # send limit it writes is used only once that fsync has returned (_made_durable).
         with self._lock, translated(str(self.path)):
+            self._durability.check()
+            committed = False
             if self._txn_open or self._pending:
+                committed = True
                 self._begin()
                 self._conn.executemany(
                     "INSERT INTO records(seq, stream, protected, raw) VALUES(?,?,?,?)",
@@ -530,11 +558,28 @@ class Outbox:
                     raise
                 self._txn_open = False
                 self._pending.clear()
-                self._generation, self._send_limit = generation, limit
-                if self._on_durable is not None:
-                    self._on_durable()
-                self._journal.start(generation)
+                self._generation = generation
+                self._undurable = (self._file_epoch, limit)
+                if not durable:
+                    self._durability.request(self._undurable)
+                    self._journal.start(generation)
+            if durable and self._undurable is not None:
+                self._durability.sync_now(self._undurable)
+            if durable and committed:
+                self._journal.start(self._generation)
             self._committed_through = self._head_seq
+
+    def _made_durable(self, token: Token) -> None:
+        """The fsync of a commit returned (on the committing or the fsync thread)."""
+        epoch, limit = token
+        with self._durable_lock:
+            if epoch != self._file_epoch:
+                return  # a commit of a file recover() has since replaced
+            self._send_limit = max(self._send_limit, limit)
+            if self._undurable == token:
+                self._undurable = None
+        if self._on_durable is not None:
+            self._on_durable()
 
     def maybe_commit(self) -> bool:
         """Commit if the group-commit window has passed; declare an old open rejected run.
@@ -548,7 +593,7 @@ class Outbox:
                     self._declare_rejected()
             if ((self._txn_open or self._pending)
                     and now - self._txn_started >= self.settings.commit_window_ms):
-                self.commit()
+                self._commit(durable=False)
                 return True
             return False
 
@@ -607,6 +652,37 @@ class Outbox:
                 if row is not None:
                     out.append((seq, row[1]))
         return out
+
+    def withdraw(self, streams: tuple[str, ...], reason: DropReason) -> list[int]:
+        """Delete every stored record of ``streams`` and declare them with gap records.
+
+        For a revoked grant (its derived streams): what was sealed to the recipient and is
+        still here never leaves the device. A record already handed to the broker cannot
+        be called back; its receipt then finds nothing (counted as unknown). Returns the
+        withdrawn sequence numbers. Raises StorageError.
+        """
+        if not streams:
+            return []
+        with self._lock, translated(str(self.path)):
+            marks = ",".join("?" * len(streams))
+            stored = [int(s) for (s,) in self._conn.execute(
+                f"SELECT seq FROM records WHERE stream IN ({marks}) AND protected = 0",  # noqa: S608 - placeholders only
+                streams).fetchall()]
+            pending = [s for s, (st, p, _) in self._pending.items() if st in streams and not p]
+            gone = sorted(stored + pending)
+            if not gone:
+                return []
+            self._journal.append(Dropped(tuple(gone)))
+            self._begin()
+            self._bytes -= self._delete(tuple(gone))
+            self._bump("withdrawn", len(gone))
+            self._write_meta({"head_seq": self._head_seq, "head_hash": self._head_hash})
+            for first, last in consecutive_runs(gone):
+                self._append_gap(first, last, reason)
+            self.commit()
+            log.warning("withdrew %d unsent records of %s (%s)", len(gone),
+                        ", ".join(streams), reason)
+            return gone
 
     def records_of_stream(self, stream: str) -> list[tuple[int, bytes]]:
         """Return every stored record of ``stream`` (committed or not), in order."""
@@ -739,6 +815,7 @@ class Outbox:
             self._begin()
             self._conn.execute("DELETE FROM meta WHERE name = 'running_kernel'")
             self.commit()
+            self._durability.close()
             self._state.set_many({"receipted_through": self._receipted_through()})
             self._conn.close()
             self._journal.close()

@@ -22,6 +22,13 @@ It runs in its own thread and owns the MQTT transport. Rules (docs/AGENT.md, "Up
   stop the uplink with a clear, permanent error instead of hammering the broker.
 - ``heartbeat_ms`` advances on every loop iteration so the service's watchdog can tell a
   stuck network thread from an idle one.
+- With a policy inbox (a device that pins an owner key) it also subscribes to the device's
+  ``policy`` topic and, after every connect, asks the gateway for the documents it has not
+  applied (a ``policy-sync``, PROTOCOL.md §17). While grants are in force it sends NOTHING
+  until the gateway's complete answer is applied (state ``syncing``; the sync is repeated
+  every receipt time-out): a revocation logged while the device was offline is applied,
+  and the records sealed to the revoked recipient withdrawn, before any record leaves.
+  Deliveries are applied in this thread, in the order they arrive.
 - :meth:`Uplink.receipt_health` says how long sent records have waited for a verified
   receipt and the likeliest reason (the last receipt that failed to verify, or none
   arriving at all); the service turns that into one warning, ``status`` and the systemd
@@ -41,6 +48,7 @@ from enum import StrEnum, unique
 
 from agent.clock import Clock
 from agent.outbox import Outbox, within_bytes
+from agent.policy import PolicyInbox
 from agent.uplink.settings import GatewayKey, UplinkSettings
 from agent.uplink.transport import BrokerSettings, MqttTransport
 from osutil.brokerurl import describe_broker_url
@@ -56,6 +64,7 @@ from osutil.mqtt import (
     SubAck,
 )
 from protocol.batch import Batch, receipts_topic, records_topic
+from protocol.delivery import PolicySync, policy_topic, sync_topic
 from protocol.errors import EdgeproofError, RejectedByPeer, TransportError, VerificationError
 from protocol.receipt import Receipt, hash_prefix
 
@@ -81,6 +90,7 @@ class UplinkState(StrEnum):
     DISCONNECTED = "disconnected"  # no connection; the next attempt is scheduled (backoff)
     CONNECTING = "connecting"      # CONNECT sent, waiting for the CONNACK
     SUBSCRIBING = "subscribing"    # connected, waiting for the receipts subscription
+    SYNCING = "syncing"            # waiting for the gateway's complete policy answer
     READY = "ready"                # sending batches and applying receipts
     FAILED = "failed"              # a permanent error (bad credentials): stopped for good
     STOPPED = "stopped"            # stopped on request
@@ -111,7 +121,8 @@ class Uplink:
     def __init__(self, settings: UplinkSettings, broker: BrokerSettings, gateway: GatewayKey,
                  *, device_id: bytes, boot: int, outbox: Outbox, clock: Clock,
                  rng: random.Random | None = None,
-                 transport_factory: TransportFactory = MqttTransport) -> None:
+                 transport_factory: TransportFactory = MqttTransport,
+                 policy: PolicyInbox | None = None) -> None:
         self.settings = settings
         self._broker = broker
         self._gateway = gateway
@@ -122,6 +133,11 @@ class Uplink:
         self._make_transport = transport_factory
         self._records_topic = records_topic(device_id)
         self._receipts_topic = receipts_topic(device_id)
+        self._policy = policy
+        self._policy_topic = policy_topic(device_id)
+        self._sync_topic = sync_topic(device_id)
+        self._subacks_due = 0
+        self._sync_due_ms = 0
         self._batch_base = (boot & 0xFFFFFFFF) << 32
         self._batch_counter = 0
         self._state = UplinkState.DISCONNECTED
@@ -260,6 +276,13 @@ class Uplink:
         if (self._state is UplinkState.CONNECTING
                 and now - self._connect_started > self._broker.connect_timeout_s * 1000):
             raise TransportError("no CONNACK from the broker in time")
+        if self._state is UplinkState.SYNCING and now >= self._sync_due_ms:
+            self.counters["policy_sync_timeouts"] += 1
+            if self.counters["policy_sync_timeouts"] == 1:
+                log.warning("uplink: the gateway has not answered the policy sync; with grants "
+                            "in force nothing is sent until it does (asking again every "
+                            "%.0f s)", self.settings.receipt_timeout_ms / 1000)
+            self._send_sync(now)
         if self._state is UplinkState.READY:
             self._expire(now)
             self._send(now)
@@ -301,6 +324,10 @@ class Uplink:
                      event.session_present)
             self._state = UplinkState.SUBSCRIBING
             self._transport.subscribe(self._receipts_topic)
+            self._subacks_due = 1
+            if self._policy is not None:
+                self._transport.subscribe(self._policy_topic)
+                self._subacks_due = 2
         elif isinstance(event, Refused):
             self.counters[f"connack_{event.code:#04x}"] += 1
             if event.permanent:
@@ -319,18 +346,51 @@ class Uplink:
             # The batch's receipt time-out resends it; this counts a stalled connection.
             self.counters["puback_timeouts"] += 1
         elif isinstance(event, Received):
-            self._on_message(event)
+            if self._policy is not None and event.topic == self._policy_topic:
+                self._on_policy(event.payload, now)
+            else:
+                self._on_message(event)
 
     def _on_suback(self, event: SubAck, now: int) -> None:
         if event.ok:
-            self._state = UplinkState.READY
-            self._attempts = 0
+            self._subacks_due -= 1
+            if self._subacks_due <= 0:
+                self._attempts = 0
+                self._subscribed(now)
             return
         if event.code == NOT_AUTHORISED:
             raise RejectedByPeer(f"not authorised to subscribe to {self._receipts_topic}")
         assert self._transport is not None
         self._transport.close()
         self._schedule_retry(now, f"subscribe refused: {event.reason}")
+
+    def _subscribed(self, now: int) -> None:
+        """Both subscriptions stand: ask for policy documents, then send (or wait)."""
+        if self._policy is None:
+            self._state = UplinkState.READY
+            return
+        self._send_sync(now)
+        must_wait = self._policy.must_sync
+        self._state = UplinkState.SYNCING if must_wait else UplinkState.READY
+        if must_wait:
+            log.info("uplink: grants in force; waiting for the gateway's policy answer "
+                     "before sending")
+
+    def _send_sync(self, now: int) -> None:
+        assert self._transport is not None
+        assert self._policy is not None
+        sync = PolicySync(self._policy.book.next_index)
+        self._transport.publish(self._sync_topic, sync.to_cbor())
+        self._sync_due_ms = now + self.settings.receipt_timeout_ms
+        self.counters["policy_syncs"] += 1
+
+    def _on_policy(self, payload: bytes, now: int) -> None:
+        assert self._policy is not None
+        self.counters["policy_deliveries"] += 1
+        complete = self._policy.deliver(payload)
+        if complete and self._state is UplinkState.SYNCING:
+            self._state = UplinkState.READY
+            log.info("uplink: policy answer applied; sending")
 
     def _on_puback(self, event: PubAck, now: int) -> None:
         batch_id = self._by_mid.pop(event.mid, None)

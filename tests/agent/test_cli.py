@@ -48,10 +48,22 @@ def test_example_config_is_valid_and_complete() -> None:
     assert cfg.outbox.commit_window_ms == 5000
     assert cfg.outbox.full_policy == "drop-oldest"
     assert [s.stream for s in cfg.sensors] == ["climate", "cpu", "tv", "presence"]
-    assert set(cfg.stream_recipients()) == {"climate", "presence"}
+    assert cfg.owner is not None
+    # With an owner every stream is sealed to it alone: the configured recipients are
+    # ignored (an operator's config grants nothing; the owner's consents do).
+    owner = cfg.owner.sealing_key
+    assert cfg.stream_recipients() == {s: (owner,) for s in ("climate", "cpu", "tv",
+                                                              "presence")}
+    assert cfg.ignored_recipients() == {"climate": ("acme",), "presence": ("acme",)}
     assert cfg.usage is not None
     assert cfg.usage.input == "tv"
     assert cfg.backend == "hardware"  # only --simulate selects simulated hardware
+    assert cfg.local_mqtt is not None
+    assert cfg.local_mqtt.connection.host == "homeassistant.local"
+    assert cfg.local_mqtt.connection.username != cfg.mqtt.username  # its own credentials
+    assert cfg.local_mqtt.streams is None  # every stream without recipients
+    assert cfg.metrics is not None
+    assert cfg.metrics.textfile.suffix == ".prom"
 
 
 @pytest.mark.parametrize(("extra", "named"), [
@@ -144,6 +156,24 @@ def test_run_refuses_a_password_file_others_can_read_and_never_prints_it(
     assert "mqtt.password" in out.err
     assert "chmod 600" in out.err
     assert secret not in out.err + out.out
+
+
+def test_run_refuses_a_local_broker_password_file_others_can_read_before_opening_anything(
+        tmp_path: Path, capsys: Capture) -> None:
+    secret = "owner's broker password"
+    (tmp_path / "local.password").write_text(secret)
+    (tmp_path / "local.password").chmod(0o644)
+    path = minimal(tmp_path, '[local_mqtt]\nbroker = "mqtt://127.0.0.1:9"\nusername = "ha"\n'
+                   'password_file = "local.password"\n[[sensors]]\nkind = "cpu_temp"\n'
+                   'stream = "cpu"\ninterval_s = 1')
+    assert main(["keygen", "--state-dir", str(tmp_path / "state")]) == 0
+    capsys.readouterr()
+    assert main(["run", "--config", str(path), "--simulate"]) == 2
+    out = capsys.readouterr()
+    assert "local.password" in out.err
+    assert "chmod 600" in out.err
+    assert secret not in out.err + out.out
+    assert not (tmp_path / "state" / "outbox.sqlite").exists()  # refused before opening
 
 
 def test_status_reports_outbox_dead_letters_drops_and_credit(tmp_path: Path,

@@ -39,7 +39,8 @@ class PowerCutBox(Box):
         self.state = DeviceState.open(self.dir / "state.sqlite", self.clock.wall_ms,
                                       on_durable=self.snapshot)
         self.outbox = Outbox(self.dir / "outbox.sqlite", self.settings, self.state, self.clock,
-                             kernel_boot=lambda: self.kernel, on_durable=self.snapshot)
+                             kernel_boot=lambda: self.kernel, on_durable=self.snapshot,
+                             background_fsync=False)
         self.factory = RecordFactory(self.device_id, self.key, self.outbox.boot, self.clock)
         self.outbox.attach(self.factory)
         self.writer = RecordWriter(self.factory, self.outbox, self.recipients,

@@ -21,6 +21,7 @@ from gateway.sqlite_store import SQLiteLogStore
 from gateway.store import (
     DEVICE_EQUIVOCATED,
     STATUS_REVOKED,
+    DeviceCounts,
     DeviceExists,
     DeviceNotFound,
     GapEntry,
@@ -392,3 +393,53 @@ def test_anchoring_a_checkpoint_twice_is_not_an_error(store: LogStore) -> None:
     cp = store.add_checkpoint(1, b"a" * 32, "note 1", 10, b"")
     store.add_anchor(cp.number, "local", "ref", 11)
     store.add_anchor(cp.number, "local", "ref", 12)  # a retried anchor result
+
+
+# --- paged reads (the dashboard and the admin listing) -------------------------------------
+
+
+def test_device_listing_pages_by_name_bytes_without_repeats_or_holes(store: LogStore) -> None:
+    names = [f"dev-{i:03d}" for i in range(25)] + ["Zed", "alpha"]
+    for i, name in enumerate(names):
+        store.register_device(name, bytes([i]) * 32, "o", 1, 1)
+    seen: list[str] = []
+    after = ""
+    while page := store.devices(after, 10):
+        assert len(page) <= 10
+        seen += [d.name for d in page]
+        after = page[-1].name
+    assert seen == sorted(names, key=lambda n: n.encode())
+
+
+def test_last_records_name_each_devices_newest_leaf_and_skip_silent_ones(
+        store: LogStore) -> None:
+    a = store.register_device("a", b"k" * 32, "o", 1, 1)
+    b = store.register_device("b", b"j" * 32, "o", 1, 1)
+    append(store, leaf(0, a.device_id), leaf(1, a.device_id), leaf(2, a.device_id, seq=7))
+    found = store.last_records([a.device_id, b.device_id])
+    assert set(found) == {a.device_id}
+    assert (found[a.device_id].seq, found[a.device_id].received_ms) == (7, 1002)
+
+
+def test_owner_credits_page_by_owner_bytes_with_device_counts(store: LogStore) -> None:
+    owners = ["zoë", "Zed", "alice", "bob"]
+    for i, owner in enumerate(owners):
+        store.register_device(f"d{i}", bytes([i]) * 32, owner, 1, 1)
+    extra = store.register_device("d9", b"\x09" * 32, "alice", 1, 1)
+    with store.transaction() as tx:
+        tx.add_usage(UsageEntry(extra.device_id, 0, 1, 0, 1000, 1000, 2**40))
+    first = store.owner_credits("", 2)
+    rest = store.owner_credits(first[-1].owner, 10)
+    assert [(o.owner, o.balance_micro, o.devices) for o in first + rest] == [
+        ("Zed", 0, 1), ("alice", 2**40, 2), ("bob", 0, 1), ("zoë", 0, 1)]
+
+
+def test_device_counts_match_the_registry(store: LogStore) -> None:
+    assert store.device_counts() == DeviceCounts(0, 0, 0)
+    a = store.register_device("a", b"k" * 32, "o", 1, 1)
+    b = store.register_device("b", b"j" * 32, "o", 1, 1)
+    store.register_device("c", b"i" * 32, "o", 1, 1)
+    store.revoke_device(a.device_id, 2)
+    with store.transaction() as tx:
+        tx.add_equivocation(b.device_id, 0, b"x", 3)
+    assert store.device_counts() == DeviceCounts(registered=3, revoked=1, equivocated=1)

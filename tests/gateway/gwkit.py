@@ -8,6 +8,8 @@ gateway's receipts, verifying each under the gateway key.
 
 from __future__ import annotations
 
+import base64
+import itertools
 import os
 import random
 import threading
@@ -20,7 +22,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.gatewaykey import GatewayKey, load_gateway_key, save_gateway_key
+from protocol import merkle
 from protocol.batch import Batch, receipts_topic, records_topic
+from protocol.checkpoint import Checkpoint, checkpoint_hash
 from protocol.errors import VerificationError
 from protocol.keys import Secret, SigningKey, device_id_for, write_secret_file
 from protocol.note import NoteVerifier
@@ -231,3 +235,27 @@ def register(base_url: str, device: TestDevice, owner: str = "alice",
 
 def chain_hash(raw: bytes) -> bytes:
     return record_hash(raw)
+
+
+def check_checkpoints(url: str, verifier: NoteVerifier, notes: set[str]) -> None:
+    """Every note verifies, no two disagree on a size, each names a known predecessor, and
+    the gateway at ``url`` proves each consistent with the next and with the last."""
+    parsed = sorted(((Checkpoint.from_note(n, verifier), n) for n in notes),
+                    key=lambda pair: pair[0].size)
+    by_size: dict[int, bytes] = {}
+    for cp, _ in parsed:
+        assert by_size.setdefault(cp.size, cp.root_hash) == cp.root_hash  # no fork
+    chain = {checkpoint_hash(note): cp for cp, note in parsed}
+    for cp, _ in parsed:  # each note names a predecessor that is a known checkpoint
+        prev = base64.b64decode(cp.extensions[0].removeprefix("prev "))
+        assert prev == bytes(32) or chain[prev].size <= cp.size
+    sizes = [s for s in sorted(by_size) if s > 0]
+    # Each checkpoint against the next and against the last: with append-only prefixes
+    # consistency is transitive, so this covers every pair.
+    pairs = set(itertools.pairwise(sizes)) | {(s, sizes[-1]) for s in sizes}
+    with httpx.Client() as http:
+        for old, new in sorted(pairs):
+            proof = http.get(f"{url}/v1/proofs/consistency",
+                             params={"old_size": old, "new_size": new}).json()["proof"]
+            merkle.verify_consistency(old, new, by_size[old], by_size[new],
+                                      [bytes.fromhex(h) for h in proof])

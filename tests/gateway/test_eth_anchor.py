@@ -444,6 +444,12 @@ interval_s = 0.2
         assert answer["status"] == 1
         served = {c["note"] for c in httpx.get(f"{running.base_url}/v1/checkpoints").json()}
         assert note in served
+        # The dashboard shows the transaction next to its checkpoint.
+        rows = httpx.get(f"{running.base_url}/v1/dashboard/summary").json()[
+            "recent_checkpoints"]
+        on_page = {r["size"]: r["anchor"] for r in rows}
+        assert on_page[answer["size"]]["tx_hash"] == answer["tx_hash"]
+        assert on_page[answer["size"]]["block_number"] == answer["block_number"]
         metrics = httpx.get(f"{running.base_url}/metrics").text
         assert "edgeproof_gateway_anchors_confirmed_total" in metrics
         listed = httpx.get(f"{running.base_url}/v1/anchors/list",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import itertools
 import random
 import signal
@@ -14,11 +13,16 @@ import httpx
 
 from firmware_sim.broker import MosquittoBroker, free_port
 from firmware_sim.procs import GatewayProcess
-from protocol import merkle
-from protocol.checkpoint import Checkpoint, checkpoint_hash
 from protocol.note import NoteVerifier
 from protocol.receipt import Receipt, Status, hash_prefix
-from tests.gateway.gwkit import DeviceClient, TestDevice, batch_bytes, register, write_gateway_files
+from tests.gateway.gwkit import (
+    DeviceClient,
+    TestDevice,
+    batch_bytes,
+    check_checkpoints,
+    register,
+    write_gateway_files,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 KILLS = 10
@@ -98,7 +102,7 @@ def test_kill9_loses_nothing_and_never_forks(broker: MosquittoBroker, tmp_path: 
         print(f"t={time.monotonic() - t0:.1f} {len(leaf_of)} records, {len(notes)} checkpoints")
         notes.update(c["note"] for c in httpx.get(f"{gateway.url}/v1/checkpoints",
                                                   params={"limit": 1000}).json())
-        _check_checkpoints(gateway.url, NoteVerifier.from_text(files.key.verifier_text()),
+        check_checkpoints(gateway.url, NoteVerifier.from_text(files.key.verifier_text()),
                            notes)
         print(f"t={time.monotonic() - t0:.1f} checkpoints checked")
     finally:
@@ -117,25 +121,3 @@ def _check_log(db: Path, sent: dict[tuple[bytes, int], list[bytes]],
     assert sorted(logged) == sorted(every_record)  # nothing lost, nothing extra
     assert all(logged[index] == raw for raw, index in leaf_of.items())  # receipts were true
     assert latest[0] == len(rows)  # the SIGTERM checkpoint covers the whole log
-
-
-def _check_checkpoints(url: str, verifier: NoteVerifier, notes: set[str]) -> None:
-    parsed = sorted(((Checkpoint.from_note(n, verifier), n) for n in notes),
-                    key=lambda pair: pair[0].size)
-    by_size: dict[int, bytes] = {}
-    for cp, _ in parsed:
-        assert by_size.setdefault(cp.size, cp.root_hash) == cp.root_hash  # no fork
-    chain = {checkpoint_hash(note): cp for cp, note in parsed}
-    for cp, _ in parsed:  # each note names a predecessor that is a known checkpoint
-        prev = base64.b64decode(cp.extensions[0].removeprefix("prev "))
-        assert prev == bytes(32) or chain[prev].size <= cp.size
-    sizes = [s for s in sorted(by_size) if s > 0]
-    # Each checkpoint against the next and against the last: with append-only prefixes
-    # consistency is transitive, so this covers every pair.
-    pairs = set(itertools.pairwise(sizes)) | {(s, sizes[-1]) for s in sizes}
-    with httpx.Client() as http:
-        for old, new in sorted(pairs):
-            proof = http.get(f"{url}/v1/proofs/consistency",
-                             params={"old_size": old, "new_size": new}).json()["proof"]
-            merkle.verify_consistency(old, new, by_size[old], by_size[new],
-                                      [bytes.fromhex(h) for h in proof])

@@ -53,6 +53,9 @@ def test_password_in_the_dsn_is_refused(tmp_path: Path, dsn: str) -> None:
     ('backend = "postgresql"\ndsn = "host=\'db"\n', "unterminated"),
     ('backend = "postgresql"\ndsn = "host db"\n', "expected key=value"),
     ('backend = "postgresql"\ndsn = "host=db"\nbogus = 1\n', "store.bogus"),
+    ('shared = true\n', "store.shared applies only"),
+    ('backend = "postgresql"\ndsn = "host=db"\nshared = "yes"\n', "must be true or false"),
+    ('backend = "postgresql"\ndsn = "host=db"\nshared = true\n', "broker.shared_group"),
 ])
 def test_bad_store_config_names_the_key(tmp_path: Path, store: str, named: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(named)):

@@ -33,6 +33,7 @@ from typing import Any
 from firmware_sim.broker import MosquittoBroker
 from firmware_sim.procs import GatewayProcess, Process
 from firmware_sim.stack import SimDevice, Stack, StackError
+from protocol.keys import OwnerKey, OwnerPublic
 from provisioning.broker import add_gateway_user
 from provisioning.fleet import changing, load_fleet
 from tests.harness.netproxy import CutMode, NetProxy
@@ -80,6 +81,9 @@ class AgentSpec:
     final_flush_s: float = 20.0
     shiftable_clock: bool = True  # run through tests.harness.testbed_agent
     usage_report_s: float = 5.0
+    owner: OwnerKey | None = None  # pinned at enrolment (device add --owner-key)
+    recipients: tuple[str, ...] = ()  # device add --recipient (the operator's choice)
+    clock_synced: bool | None = None  # the wall clock's sync state (None: the kernel's)
 
 
 def toml_document(tables: Mapping[str, Mapping[str, TomlValue]],
@@ -182,13 +186,16 @@ class Testbed:
             self.add_agent(spec).start()
         return self
 
-    def add_device(self, name: str) -> SimDevice:
-        """Provision one device (``device add``); return it once the broker accepts it."""
-        return self.stack.add_device(name)
+    def add_device(self, name: str, owner: OwnerKey | None = None,
+                   recipients: Sequence[str] = ()) -> SimDevice:
+        """Provision one device (``device add``, pinning ``owner``'s keys if given, with the
+        operator's ``recipients``); return it once the broker accepts it."""
+        pinned = None if owner is None else OwnerPublic.of(owner).text()
+        return self.stack.add_device(name, recipients, owner_key=pinned)
 
     def add_agent(self, spec: AgentSpec) -> AgentProcess:
         """Provision a device for ``spec`` and install its agent (not started)."""
-        device = self.add_device(spec.name)
+        device = self.add_device(spec.name, spec.owner, spec.recipients)
         root = self.workdir / "agents" / spec.name
         (root / "state").mkdir(parents=True, mode=0o700)
         shutil.copy2(device.key_file, root / "state/device.key")
@@ -197,7 +204,7 @@ class Testbed:
         self._proxies.append(proxy)
         agent = AgentProcess(spec, root, device.device_id, proxy)
         agent.config.write_text(self._agent_toml(spec, device.config, agent))
-        write_clock_file(agent.clock_file, 0, None)
+        write_clock_file(agent.clock_file, 0, spec.clock_synced)
         self.agents[spec.name] = agent
         return agent
 
@@ -205,7 +212,9 @@ class Testbed:
         base = tomllib.loads(bundle_config.read_text())
         sensors: list[dict[str, TomlValue]] = [
             {"kind": s.kind, "stream": s.stream, "interval_s": s.interval_s,
-             **({"pin": s.pin} if s.pin is not None else {})} for s in spec.sensors]
+             **({"pin": s.pin} if s.pin is not None else {}),
+             **({"recipients": list(spec.recipients)} if spec.recipients else {})}
+            for s in spec.sensors]
         usage = {**base["usage"], "checkpoint_interval_s": 1.0,
                  "report_interval_s": spec.usage_report_s}
         return toml_document(self._tables(spec, base, agent, sensors, usage),
@@ -226,6 +235,10 @@ class Testbed:
         }
         if any(s["stream"] == usage["input"] for s in sensors):
             tables["usage"] = usage
+        if "owner" in base:  # pinned at enrolment
+            tables["owner"] = base["owner"]
+        if spec.recipients:
+            tables["recipients"] = base["recipients"]
         return tables
 
     # --- the broker ------------------------------------------------------------------------
@@ -278,13 +291,18 @@ class Testbed:
         records topic), made on first use. Not the gateway's own login: the broker makes the
         user name the client id, so sharing it would close the gateway's connection."""
         if self._observer_login is None:
-            password = secrets.token_urlsafe(18)
-            cfg = load_fleet(self.fleet)
-            with changing(cfg):
-                add_gateway_user(cfg, OBSERVER_USER, password)
-            self.stack.wait_for_user(OBSERVER_USER, password, "the observer's login")
-            self._observer_login = (OBSERVER_USER, password)
+            self._observer_login = self.gateway_rights_login(OBSERVER_USER)
         return self._observer_login
+
+    def gateway_rights_login(self, user: str) -> tuple[str, str]:
+        """Make a broker user ``user`` with the gateway's rights (read every records and
+        policy-sync topic, write every receipts and policy topic); return its login."""
+        password = secrets.token_urlsafe(18)
+        cfg = load_fleet(self.fleet)
+        with changing(cfg):
+            add_gateway_user(cfg, user, password)
+        self.stack.wait_for_user(user, password, f"the {user} login")
+        return user, password
 
     @property
     def gateway_db(self) -> Path:

@@ -11,7 +11,7 @@ import requests
 
 from firmware_sim.broker import free_port
 from protocol.errors import ConfigError
-from protocol.keys import SigningKey, device_id_for, load_device_key
+from protocol.keys import OwnerKey, OwnerPublic, SigningKey, device_id_for, load_device_key
 from provisioning import broker as broker_mod
 from provisioning.devices_store import (
     AGENT_CONFIG,
@@ -355,3 +355,37 @@ def test_rotate_again_once_the_gateway_has_taken_the_pending_key(
     assert outcome.next_key_file == bundle / NEXT_KEY
     assert load_device_key(bundle / DEVICE_KEY).public_key.hex() == pending
     assert load_record(live_fleet.config, "rotor2").next_public_key not in ("", pending)
+
+
+def test_owner_key_at_enrolment_is_pinned_at_the_gateway_and_in_the_bundle(
+        live_fleet: LiveFleet, tmp_path: Path, capsys: Capture) -> None:
+    owner = OwnerPublic.of(OwnerKey.generate())
+    key_file = tmp_path / "owner.pub"
+    key_file.write_text(owner.text() + "\n")
+    assert live_fleet.run("device", "add", "owned", "--owner-key", str(key_file)) == 0
+    agent = tomllib.loads((bundle_dir(live_fleet.config, "owned") / AGENT_CONFIG).read_text())
+    assert agent["owner"] == {"public_key": owner.public_key.hex(),
+                              "sealing_key": owner.sealing_key.hex()}
+    registered = requests.get(f"{live_fleet.gateway.url}/v1/owners/"
+                              f"{owner.public_key.hex()}/devices", timeout=10).json()
+    assert [d["name"] for d in registered] == ["owned"]
+    api = GatewayAPI(live_fleet.gateway.url, read_admin_token(live_fleet.config))
+    by_name = {d.name: d for d in api.list_devices()}
+    assert by_name["owned"].owner == owner.owner_id.hex()  # the owner is its key's id now
+    capsys.readouterr()
+    assert live_fleet.run("device", "add", "unowned", "--owner-key", "edgeproof-owner 12") == 2
+    assert "edgeproof-owner show" in one_error_line(capsys)
+
+
+def test_recipient_register_lets_the_gateway_log_its_requests(
+        live_fleet: LiveFleet, capsys: Capture) -> None:
+    assert live_fleet.run("recipient", "add", "buyer") == 0
+    signing = SigningKey.generate().public_key.hex()
+    assert live_fleet.run("recipient", "register", "buyer", "--signing-key", signing) == 0
+    listed = requests.get(f"{live_fleet.gateway.url}/v1/recipients/list", timeout=10).json()
+    public = (live_fleet.root / "recipients/buyer.pub").read_text().strip()
+    assert [(r["name"], r["signing_key"], r["sealing_key"]) for r in listed] == [
+        ("buyer", signing, public)]
+    capsys.readouterr()
+    assert live_fleet.run("recipient", "register", "buyer", "--signing-key", signing) == 1
+    assert "409" in one_error_line(capsys)

@@ -64,13 +64,20 @@ def test_acl_gives_each_device_only_its_own_topics() -> None:
     acl = mosquitto.render_acl(["gateway"], [a, b])
     block_a = acl.split(f"user {a.hex()}\n")[1].split("\n\n")[0].splitlines()
     assert block_a == [f"topic write edgeproof/v1/devices/{a.hex()}/records",
-                       f"topic read edgeproof/v1/devices/{a.hex()}/receipts"]
+                       f"topic read edgeproof/v1/devices/{a.hex()}/receipts",
+                       f"topic write edgeproof/v1/devices/{a.hex()}/policy-sync",
+                       f"topic read edgeproof/v1/devices/{a.hex()}/policy"]
     assert "topic readwrite" not in acl
     assert "#" not in acl.replace("# ", "")
     gateway = acl.split("user gateway\n")[1].split("\n\n")[0].splitlines()
     assert gateway == ["topic read edgeproof/v1/devices/+/records",
                        "topic read $share/+/edgeproof/v1/devices/+/records",
-                       "topic write edgeproof/v1/devices/+/receipts"]
+                       "topic write edgeproof/v1/devices/+/receipts",
+                       "topic read edgeproof/v1/devices/+/policy-sync",
+                       "topic read $share/+/edgeproof/v1/devices/+/policy-sync",
+                       "topic write edgeproof/v1/devices/+/policy"]
+    # Only the gateway may deliver consents and revocations: no device writes a policy topic.
+    assert "topic write edgeproof/v1/devices/" + a.hex() + "/policy\n" not in acl
 
 
 def test_broker_config_turns_anonymous_access_off_and_keeps_queues(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from firmware_sim.demo_agent import world_offset_s
@@ -27,7 +29,8 @@ from firmware_sim.hardware import TvSchedule
 from firmware_sim.procs import pid_alive
 
 REPO = Path(__file__).resolve().parents[2]
-DEMO_TIMEOUT_S = 180  # a bound for a slow, loaded machine; finish() returns at exit
+DEMO_TIMEOUT_S = 300  # a bound for a slow, loaded machine; finish() returns at exit
+STORY_TIMEOUT_S = 180  # set-up and the contract story, before the devices' run begins
 
 
 @dataclass
@@ -108,8 +111,10 @@ def test_demo_proves_a_sealed_reading_and_leaves_nothing_running(start_demo: Any
     assert summary["decrypted"]
     assert summary["devices"] == 2
     assert summary["receipted"] > 0
-    # Every committed record reached the log exactly once, nothing is left or rejected.
-    assert summary["log_size"] == summary["committed"] == summary["receipted"]
+    # Every committed record reached the log exactly once, nothing is left or rejected; the
+    # contract story's three documents (request, consent, revocation) are leaves too.
+    assert summary["log_size"] == summary["committed"] + 3
+    assert summary["committed"] == summary["receipted"]
     assert summary["outbox_depth"] == 0
     assert summary["dead_letters"] == 0
     assert summary["rejections"] == 0
@@ -123,13 +128,31 @@ def test_demo_proves_a_sealed_reading_and_leaves_nothing_running(start_demo: Any
     assert verification["decrypted"]["values"]
     assert verification["not_granted"]["status"] == "not_granted"
     assert verification["not_granted"]["values"] == []
+    assert_contract_story_held(summary["contract"])
     assert_nothing_survives(summary)
+
+
+def assert_contract_story_held(contract: dict[str, Any]) -> None:
+    """The company read temperature, never humidity, at its rate, and nothing once revoked."""
+    assert contract["ok"], contract["error"]
+    assert contract["temperature"]
+    assert all(t.endswith(" Cel") for t in contract["temperature"])
+    assert contract["humidity_opened"] == 0
+    assert contract["humidity_closed"] > 0
+    assert contract["granted_readings"] < contract["readings_while_granted"]
+    assert contract["opened_after_revocation"] == 0
+    assert contract["closed_after_revocation"] > 0
+    assert contract["epochs_naming_consent"]
+    assert contract["epoch_without_consent"] > max(contract["epochs_naming_consent"])
+    # The audit, verified from the logged leaves under the owner key, says the same.
+    assert "could decrypt Cel" in contract["audit"]
+    assert "until revocation" in contract["audit"]
 
 
 def test_ctrl_c_mid_run_ends_early_still_verifies_and_stops_everything(
         start_demo: Any) -> None:
     run = start_demo("--devices", "1", "--duration", "120")
-    run.wait_for_line("running 1 devices")
+    run.wait_for_line("running 1 devices", STORY_TIMEOUT_S)
     # A condition, not a fixed time: readings receipted and covered by a checkpoint.
     run.wait_for(receipted_and_checkpointed, "receipted, checkpointed records")
     run.process.send_signal(signal.SIGINT)
@@ -142,9 +165,42 @@ def test_ctrl_c_mid_run_ends_early_still_verifies_and_stops_everything(
     assert_nothing_survives(summary)
 
 
+def test_keep_runs_past_its_duration_until_ctrl_c_with_the_dashboard_live(
+        start_demo: Any) -> None:
+    run = start_demo("--devices", "1", "--duration", "1", "--keep")
+    urls: list[str] = []
+
+    def dashboard_line(line: str) -> bool:
+        found = re.search(r"dashboard: (http://127\.0\.0\.1:\d+/dashboard)", line)
+        if found:
+            urls.append(found[1])
+        return found is not None
+    run.wait_for(dashboard_line, "the dashboard URL")
+    run.wait_for_line("running 1 devices until Ctrl-C")
+    # Past --duration (1 s) and still running: a progress line from at least 5 s in.
+    run.wait_for(lambda line: (m := re.match(r"\[\s*(\d+)s\]", line)) is not None
+                 and int(m[1]) >= 5 and receipted_and_checkpointed(line),
+                 "a progress line past the duration")
+    page = httpx.get(urls[0], timeout=10)
+    summary_now = httpx.get(urls[0].replace("/dashboard", "/v1/dashboard/summary"),
+                            timeout=10).json()
+    run.process.send_signal(signal.SIGINT)
+    code, summary = run.finish()
+    try:
+        assert page.status_code == 200
+        assert summary_now["log_size"] > 0
+        assert code == 0, summary["error"]
+        assert summary["ended_early"]
+        assert summary["verified"]
+        assert summary["dashboard"] == urls[0]
+        assert Path(summary["workdir"]).is_dir()  # --keep keeps the files
+    finally:
+        shutil.rmtree(summary["workdir"], ignore_errors=True)
+
+
 def test_sigterm_during_the_run_stops_everything_and_exits_143(start_demo: Any) -> None:
     run = start_demo("--devices", "1", "--duration", "120")
-    run.wait_for_line("running 1 devices")
+    run.wait_for_line("running 1 devices", STORY_TIMEOUT_S)
     time.sleep(1)
     run.process.send_signal(signal.SIGTERM)
     code, summary = run.finish()

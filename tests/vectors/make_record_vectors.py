@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from protocol.grants import AccessGrant, epoch_recipients, granted_values  # noqa: E402
 from protocol.keys import RecipientKey, Secret, SigningKey, device_id_for  # noqa: E402
 from protocol.record import (  # noqa: E402
     GENESIS_PREV,
@@ -73,9 +74,12 @@ def body_json(record: Record) -> dict[str, Any]:
         return {"type": "gap", "first_seq": body.first_seq, "last_seq": body.last_seq,
                 "reason": body.reason}
     if isinstance(body, KeyEpoch):
-        return {"type": "key_epoch", "ephemeral_public": body.ephemeral_public.hex(),
-                "grants": {stream: [[g.recipient_kid.hex(), g.wrapped_key.hex()] for g in gs]
-                           for stream, gs in body.grants}}
+        out = {"type": "key_epoch", "ephemeral_public": body.ephemeral_public.hex(),
+               "grants": {stream: [[g.recipient_kid.hex(), g.wrapped_key.hex()] for g in gs]
+                          for stream, gs in body.grants}}
+        if body.consents:
+            out["consents"] = {stream: h.hex() for stream, h in body.consents}
+        return out
     assert isinstance(body, KeyRotation)
     return {"type": "key_rotation", "new_public_key": body.new_public_key.hex()}
 
@@ -146,7 +150,37 @@ def build() -> list[dict[str, Any]]:
     rotation = sign_record(make(10, gap.hash, "rotation", KeyRotation(next_key.public_key)),
                            device_id, key)
     vectors.append(vector("key rotation announced with the current key", key, rotation))
+    vectors += granted_vectors(device_id, next_key, rotation.hash, make)
     return vectors
+
+
+def granted_vectors(device_id: bytes, key: SigningKey, prev: bytes, make: Any
+                    ) -> list[dict[str, Any]]:
+    """A key epoch applying a consent (PROTOCOL.md §5.5) and the derived record it seals."""
+    owner = RecipientKey(Secret(fixed_bytes("owner sealing")))
+    company = RecipientKey(Secret(fixed_bytes("recipient company")))
+    consent_id = fixed_bytes("consent document")
+    grant = AccessGrant(consent_id, company.public_key, "climate", ("Cel",), 60_000,
+                        WALL_MS, WALL_MS + 86_400_000)
+    recipients, consents = epoch_recipients({"climate": (owner.public_key,)}, (grant,))
+    epoch_body, epoch_keys = new_key_epoch(device_id, 11, recipients,
+                                           CountingRandom("granted epoch"), consents)
+    epoch = sign_record(make(11, prev, "keys", epoch_body), device_id, key)
+    dht = [Measurement(214, -1, "Cel"), Measurement(553, -1, "%RH")]
+    granted = list(granted_values(dht, grant.fields))
+    header = make(13, fixed_bytes("record 12"), grant.derived_stream, Values(tuple(granted)))
+    derived = sign_record(header.with_body(seal_values(device_id, header, epoch_keys,
+                                                       granted)), device_id, key)
+    return [
+        vector("key epoch applying consent H(consent document): climate for the owner, "
+               "its derived stream for the company", key, epoch),
+        vector("derived record: the temperature only of a DHT22 reading, sealed for the "
+               "company (record 12 is the full reading, sealed for the owner)", key, derived,
+               recipient_secret_key=company.secret.value.hex(),
+               recipient_public_key=company.public_key.hex(),
+               key_epoch_cose_sign1=epoch.raw.hex(),
+               plaintext=[[m.mantissa, m.exponent, m.unit] for m in granted]),
+    ]
 
 
 def render() -> str:

@@ -1,0 +1,134 @@
+"""Making the outbox's group commits durable: one fsync of its WAL, off the sampling path.
+
+The outbox's SQLite file runs in WAL mode with ``synchronous=NORMAL``: a ``COMMIT`` hands
+the transaction's pages to the kernel (it survives a crash of the process, like the
+journal) but does not wait for the disk. Durability against a power cut is an explicit
+``fsync`` of the ``-wal`` file, which flushes every frame written so far, so one fsync
+covers the commit that asked for it and any earlier one.
+
+Who waits for it:
+
+- a **group commit** (the window ended, or ``commit_max_records`` are pending) asks for a
+  *background* fsync and returns at once: the thread that samples and signs never waits
+  for an SD card. When the fsync returns, :meth:`Durability` reports the commit's token
+  (its ``send_limit``) as durable, and only then may the uplink send up to that limit;
+- every **other commit** (start-up, a held rotation record, a usage claim, notes, close)
+  is made durable *inline* before it returns, because its caller acts on it at once.
+
+A failed fsync is kept and raised by the next commit (``StorageError``): after a failed
+fsync Linux may already have dropped the dirty pages, so the agent must not go on as if
+the data were safe. Tests replace the background thread by ``background=False`` (the
+power-cut model snapshots the files at each fsync, which needs the fsync to happen at a
+known moment); everything else is the same code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from protocol.errors import StorageError
+
+log = logging.getLogger(__name__)
+
+Token = tuple[int, int]
+"""What a commit made durable: (file epoch, send limit) as the outbox defines them."""
+
+
+def fsync_path(path: Path) -> None:
+    """fsync the file at ``path`` (a missing file has nothing to flush). Raises OSError."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Durability:
+    """fsyncs one SQLite file's WAL, inline or on its own thread, and reports the token."""
+
+    def __init__(self, db_path: Path, on_durable: Callable[[Token], None], *,
+                 background: bool = True, fsync: Callable[[Path], None] = fsync_path) -> None:
+        """``fsync`` flushes one path (tests pass one that blocks or fails)."""
+        self._fsync_path = fsync
+        self._wal = db_path.with_name(db_path.name + "-wal")
+        self._dir = db_path.parent
+        self._on_durable = on_durable
+        self._background = background
+        self._cond = threading.Condition(threading.Lock())
+        self._wanted: Token | None = None
+        self._error: StorageError | None = None
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._dir_synced = False
+        self.fsyncs = 0
+
+    def check(self) -> None:
+        """Raise the error a background fsync met, if any (the caller's next commit)."""
+        with self._cond:
+            if self._error is not None:
+                raise self._error
+
+    def sync_now(self, token: Token) -> None:
+        """fsync now (the caller waits), then report ``token``. Raises StorageError."""
+        self.check()
+        self._fsync()
+        self._on_durable(token)
+
+    def request(self, token: Token) -> None:
+        """Make ``token`` durable soon; inline when not in the background. Raises
+        StorageError (a failure of an earlier background fsync)."""
+        if not self._background:
+            self.sync_now(token)
+            return
+        with self._cond:
+            if self._error is not None:
+                raise self._error
+            self._wanted = token  # a later commit's fsync covers every earlier one
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="outbox-fsync",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Finish a requested fsync and stop the thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._wanted is None and not self._stopping:
+                    self._cond.wait()
+                token, self._wanted = self._wanted, None
+                if token is None:
+                    return
+            try:
+                self._fsync()
+            except StorageError as exc:
+                log.error("outbox: %s", exc)
+                with self._cond:
+                    self._error = exc
+                return
+            self._on_durable(token)
+
+    def _fsync(self) -> None:
+        try:
+            self._fsync_path(self._wal)
+            if not self._dir_synced:  # the WAL's directory entry, once per process
+                self._fsync_path(self._dir)
+                self._dir_synced = True
+        except OSError as exc:
+            raise StorageError(f"{self._wal}: fsync failed: {exc.strerror}") from None
+        self.fsyncs += 1

@@ -1,0 +1,232 @@
+"""Several gateway processes over one PostgreSQL database: who sequences, and the hand-over.
+
+With ``[store] shared = true`` every gateway process of a log subscribes to the same MQTT
+shared subscription and verifies what the broker gives it (:mod:`gateway.verify`). One of
+them at a time is the *sequencer*: the process whose writer session holds the store's
+writer lock (a session-level PostgreSQL advisory lock, :meth:`PostgresLogStore.lead`).
+docs/SCALING.md argues the choice of a lock over a lease row.
+
+- The sequencer commits what it verified itself straight away (as a lone gateway does), and
+  also takes the batches the others handed over, oldest first, deleting them from the
+  ``pending`` table in the transaction that sequences them: a batch is sequenced exactly
+  once, and a crash on either side of that COMMIT leaves it either queued or logged. It
+  signs checkpoints and publishes every receipt (it has them in hand at the commit).
+- Every other process commits its verified batches to ``pending`` with the verdict of each
+  record's signature check, and acknowledges the MQTT message only after that COMMIT; it
+  publishes no receipt. The sequencer decodes the batch again (cheap) but does not verify
+  the signatures again unless the device's key changed in between (rules re-check the key
+  inside the transaction, as for a lone gateway).
+- Every process tries to take the lock every ``ELECT_EVERY_S``; the lock is free as soon as
+  the server notices the sequencer's session ended (at once for a killed process on a live
+  machine, after the server's TCP keepalive for a dead machine). On taking it, a process
+  rebuilds the tree frontier from the database, reloads the latest checkpoint and signs a
+  checkpoint of everything its predecessor logged, so the checkpoint chain continues
+  without a fork.
+
+The fence: every write of the log runs on the session that holds the lock (the store
+refuses with :class:`NotSequencer` otherwise), and a session that lost its lock has ended
+and runs nothing, so a deposed sequencer that still believes it leads cannot append.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
+
+from gateway.checkpoints import Checkpointer
+from gateway.config import Limits
+from gateway.metrics import GatewayMetrics
+from gateway.sequencer import Sequencer, SignedReceipt
+from gateway.store import LogStore, LogTransaction, PendingBatch
+from gateway.verify import KeyLookup, PreparedBatch, PreparedRecord, prepare_batch
+from protocol.errors import ConfigError, StorageError
+from protocol.reasons import Reason
+
+log = logging.getLogger(__name__)
+ELECT_EVERY_S = 0.5  # how often every process tries (or re-checks) the sequencer lock
+POLL_S = 0.05  # how often the idle sequencer looks at the hand-over queue
+TAKE_BATCHES = 16  # handed-over batches sequenced in one transaction
+# Bound of the hand-over queue: past it verifiers drop (counted, unacknowledged by receipt:
+# the device resends) instead of queueing, so a stalled sequencer does not make the table
+# grow with every resend. 4096 batches of 100 records are about 25 s of a million devices.
+MAX_PENDING_BATCHES = 4096
+DEPTH_EVERY_S = 1.0  # how often a verifier reads the queue's depth
+KEY_BYTES = 32
+_NONE, _GOOD, _BAD = 0, 1, 2  # a record's verdict: not checked, verified, did not verify
+
+
+@runtime_checkable
+class SharedStore(LogStore, Protocol):
+    """A store several gateway processes share (gateway.pg_store with ``shared``)."""
+
+    @property
+    def term(self) -> int: ...
+
+    @property
+    def leading(self) -> bool: ...
+
+    def lead(self) -> bool: ...
+
+    def enqueue(self, batches: Sequence[PendingBatch], now_ms: int) -> None: ...
+
+    def pending(self, limit: int) -> list[PendingBatch]: ...
+
+    def pending_depth(self) -> int: ...
+
+
+@runtime_checkable
+class QueueTransaction(Protocol):
+    """A shared store's transaction, which can take batches off the hand-over queue."""
+
+    def consume_pending(self, ids: Sequence[int]) -> None: ...
+
+
+def verdicts(batch: PreparedBatch) -> bytes:
+    """Per record, one byte (not checked / verified / did not verify) and the key (32 bytes)."""
+    out = bytearray()
+    for item in batch.records:
+        if item.good_key is not None:
+            out += bytes([_GOOD]) + item.good_key
+        elif item.bad_key is not None:
+            out += bytes([_BAD]) + item.bad_key
+        else:
+            out += bytes([_NONE]) + bytes(KEY_BYTES)
+    return bytes(out)
+
+
+def pending_batch(batch: PreparedBatch, payload: bytes) -> PendingBatch:
+    """What a verifying process hands over for one message (id is the database's)."""
+    reject = None if batch.reject is None else batch.reject.value
+    return PendingBatch(0, batch.topic, payload if reject is None else b"",
+                        batch.payload_hash, reject, verdicts(batch))
+
+
+def reprepare(pending: PendingBatch, arrived: float, limits: Limits,
+              keys: KeyLookup) -> PreparedBatch:
+    """The sequencer's PreparedBatch for a handed-over one: decoded again, verdicts applied.
+
+    A verdict list that does not match the records (never from our own code) is ignored
+    and every signature verified here instead.
+    """
+    if pending.reject is not None:
+        batch = prepare_batch(pending.topic, b"", arrived, limits, keys)
+        batch.records, batch.payload_hash = [], pending.payload_hash
+        batch.reject = Reason(pending.reject)
+        return batch
+    batch = prepare_batch(pending.topic, pending.payload, arrived, limits, lambda _kid: None)
+    width = 1 + KEY_BYTES
+    if len(pending.verdicts) != width * len(batch.records):
+        return prepare_batch(pending.topic, pending.payload, arrived, limits, keys)
+    for i, item in enumerate(batch.records):
+        _apply_verdict(item, pending.verdicts[i * width:(i + 1) * width])
+    return batch
+
+
+def _apply_verdict(item: PreparedRecord, verdict: bytes) -> None:
+    kind, key = verdict[0], verdict[1:]
+    if kind == _GOOD:
+        item.good_key = key
+    elif kind == _BAD:
+        item.bad_key = key
+
+
+class Role:
+    """This process's part in a shared log: elect, hand over, or sequence the queue."""
+
+    def __init__(self, store: LogStore, checkpointer: Checkpointer, sequencer: Sequencer, *,
+                 limits: Limits, metrics: GatewayMetrics, wall_ms: Callable[[], int],
+                 monotonic: Callable[[], float]) -> None:
+        """Raise ConfigError if ``store`` cannot be shared (only PostgreSQL can)."""
+        if not isinstance(store, SharedStore):
+            raise ConfigError("store.shared needs backend = \"postgresql\"")
+        self._store, self._checkpointer, self._sequencer = store, checkpointer, sequencer
+        self._limits, self._metrics = limits, metrics
+        self._wall_ms, self._monotonic = wall_ms, monotonic
+        self._term = 0
+        self._elected_at: float | None = None
+        self._poll_at = 0.0  # when to look at the queue again (at once while it is busy)
+        self._depth_at: float | None = None
+        self.queue_full = False  # as of the last look (DEPTH_EVERY_S)
+        metrics.sequencer_leading.set(0)
+
+    @property
+    def leading(self) -> bool:
+        """Whether this process sequences (as of the last election or write)."""
+        return self._store.leading and self._term == self._store.term
+
+    def elect(self, *, now: bool = False) -> bool:
+        """Every ELECT_EVERY_S (or ``now``): take or re-check the lock; return whether we lead.
+
+        On a new term it reloads the latest checkpoint and signs one of everything logged
+        before it took over. Raises StorageError if that checkpoint cannot be written.
+        """
+        at = self._monotonic()
+        if not now and self._elected_at is not None and at - self._elected_at < ELECT_EVERY_S:
+            return self.leading
+        self._elected_at = at
+        if not self._store.lead():
+            self._metrics.sequencer_leading.set(0)
+            return False
+        if self._store.term != self._term:
+            try:
+                self._take_over()
+            except StorageError as exc:  # retried at the next election (NotSequencer: the
+                # session ended meanwhile, and with it the lock)
+                log.warning("taking over as the sequencer failed: %s", exc)
+                self._metrics.sequencer_leading.set(0)
+                return False
+        self._metrics.sequencer_leading.set(1)
+        return True
+
+    def _take_over(self) -> None:
+        self._checkpointer.reload()
+        self._term = self._store.term
+        self._metrics.sequencer_terms.inc()
+        issued = self._checkpointer.issue()
+        log.info("this process sequences the log now (term %d here; log size %d; "
+                 "checkpoint %s)", self._term, self._store.size(),
+                 "signed" if issued else "unchanged")
+
+    def backlogged(self) -> bool:
+        """Whether the hand-over queue is at its bound (read at most every DEPTH_EVERY_S).
+
+        Raises StorageError if the depth cannot be read.
+        """
+        now = self._monotonic()
+        if self._depth_at is None or now - self._depth_at >= DEPTH_EVERY_S:
+            self._depth_at = now
+            self.queue_full = self._store.pending_depth() >= MAX_PENDING_BATCHES
+        return self.queue_full
+
+    def hand_over(self, batches: Sequence[PreparedBatch], payloads: Sequence[bytes]) -> None:
+        """Commit verified batches to the sequencer's queue; raise StorageError if it fails."""
+        self._store.enqueue([pending_batch(b, p) for b, p in zip(batches, payloads,
+                                                                 strict=True)],
+                            self._wall_ms())
+        self._metrics.batches_handed_over.inc(len(batches))
+
+    def drain(self) -> list[SignedReceipt | None]:
+        """Sequence up to TAKE_BATCHES handed-over batches in one transaction (the sequencer).
+
+        Returns their receipts to publish ([] when the queue is empty or was looked at less
+        than POLL_S ago and found short). Raises StorageError (NotSequencer when another
+        process took over).
+        """
+        now = self._monotonic()
+        if now < self._poll_at:
+            return []
+        taken = self._store.pending(TAKE_BATCHES)
+        self._poll_at = now if len(taken) == TAKE_BATCHES else now + POLL_S
+        if not taken:
+            return []
+        arrived = self._monotonic()
+        prepared = [reprepare(p, arrived, self._limits, self._store.device) for p in taken]
+        ids = [p.id for p in taken]
+
+        def consume(tx: LogTransaction) -> None:
+            if not isinstance(tx, QueueTransaction):
+                raise StorageError("gateway store: this store has no hand-over queue")
+            tx.consume_pending(ids)
+
+        return self._sequencer.commit_group(prepared, within=consume)

@@ -1,0 +1,392 @@
+"""Reward payout epochs: amounts from the log, a root posted on chain, proofs for owners.
+
+Every ``payout.interval_s`` the worker takes the latest checkpoint, computes every bound
+owner's cumulative amount from the balances table that checkpoint commits to and the
+wallet bindings (:func:`rewards.epoch.epoch_amounts`), builds the OpenZeppelin standard
+tree, signs a ``payout_epoch`` document with the gateway key, persists it (with the tree)
+and posts its root to the distributor in a transaction signed with the ``[payout]`` key
+(``postRoot(epoch, root, total)``). Nothing changed since the last posted epoch: no epoch.
+
+The chain is the judge of "posted": before (re)sending, the worker reads ``epoch()`` and
+``merkleRoot()``; if the chain already holds this epoch's root, the epoch is done, whatever
+happened to our receipts. The contract refuses an epoch number that does not increase, so
+a root can never be posted twice. The raw transaction is persisted before it is broadcast;
+if the node loses it (restart, dropped) the same bytes are sent again; one pending for
+``resend_after_s`` (stuck) is replaced with the same nonce and a 12.5% higher gas price; a
+reverted post is re-signed up to ``max_attempts`` times, then the epoch fails and the next
+one (cumulative, so nothing is lost) replaces it. A total the distributor's funding cannot
+cover is not posted (``underfunded``). Every outcome is counted in ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from eth_account import Account
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from gateway.config import PayoutConfig
+from gateway.payout_book import FAILED, PENDING, POSTED, PayoutBook, StoredEpoch
+from gateway.store import LogStore, NewDocument
+from osutil.jsonrpc import JsonRpc, RpcError, quantity
+from protocol.documents import Document, parse_document, sign_document
+from protocol.errors import MalformedRecord, StorageError, TransportError, VerificationError
+from protocol.keys import SigningKey
+from rewards import distributor as abi
+from rewards.documents import (
+    BASE_UNITS_PER_MICRO,
+    PayoutEpoch,
+    WalletBinding,
+    owner_name,
+    verify_wallet_binding,
+)
+from rewards.epoch import decode_balances, epoch_amounts
+from rewards.ethkey import load_eth_key
+from rewards.tree import DistributionTree
+
+log = logging.getLogger(__name__)
+BOOK_FILE = "payout.sqlite"
+PREFIX = "edgeproof_gateway_payout"
+EPOCH_OUTCOMES = ("posted", "failed", "underfunded", "unchanged", "no_wallets")
+WALLET_REFUSALS = ("malformed", "bad_signature", "wrong_chain", "unknown_owner",
+                   "wallet_taken")
+RETRY_REASONS = ("dropped", "stuck", "reverted", "nonce_taken")
+
+
+class WalletRefused(Exception):
+    """A wallet binding was refused: ``reason`` (counted), HTTP ``status``, one-line detail."""
+
+    def __init__(self, reason: str, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.reason, self.status, self.detail = reason, status, detail
+
+
+def log_document(store: LogStore, doc: Document, now_ms: int) -> int:
+    """Append a verified document as a leaf of the log (once); return its leaf index."""
+    with store.transaction() as tx:
+        existing = tx.document(doc.id)
+        if existing is not None:
+            return existing.index
+        return tx.append_document(NewDocument(doc.id, doc.type, doc.signer, doc.raw, None, 0,
+                                              (), now_ms))
+
+
+class _Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.epochs = Counter(f"{PREFIX}_epochs", "Epoch attempts by outcome", ["outcome"],
+                              registry=r)
+        for outcome in EPOCH_OUTCOMES:
+            self.epochs.labels(outcome=outcome)
+        self.retries = Counter(f"{PREFIX}_retries", "Root posts re-sent, per reason",
+                               ["reason"], registry=r)
+        for reason in RETRY_REASONS:
+            self.retries.labels(reason=reason)
+        self.wallets_refused = Counter(f"{PREFIX}_wallets_refused",
+                                       "Wallet bindings refused, per reason", ["reason"],
+                                       registry=r)
+        for reason in WALLET_REFUSALS:
+            self.wallets_refused.labels(reason=reason)
+        self.transactions = Counter(f"{PREFIX}_transactions", "Root posts broadcast",
+                                    registry=r)
+        self.rpc_errors = Counter(f"{PREFIX}_rpc_errors", "Node calls that failed",
+                                  ["kind"], registry=r)
+        for kind in ("unreachable", "refused", "internal"):
+            self.rpc_errors.labels(kind=kind)
+        self.locked = Gauge(f"{PREFIX}_locked_micro",
+                            "Settled credit of owners with no wallet (latest epoch)", registry=r)
+        self.posted_epoch = Gauge(f"{PREFIX}_posted_epoch", "Latest epoch on chain",
+                                  registry=r)
+
+
+class PayoutWorker:
+    """Computes epochs and posts their roots, on its own thread."""
+
+    def __init__(self, config: PayoutConfig, store: LogStore, data_dir: Path,
+                 signer: SigningKey, *, wall_ms: Callable[[], int],
+                 monotonic: Callable[[], float], registry: CollectorRegistry) -> None:
+        """Load the key and open the book; raise KeyFileError/StorageError."""
+        self.config = config
+        self._key, self.address = load_eth_key(config.key_file)
+        self._store, self._signer = store, signer
+        self._wall_ms, self._monotonic = wall_ms, monotonic
+        self.book = PayoutBook(data_dir / BOOK_FILE)
+        self._rpc = JsonRpc(config.rpc_url, timeout_s=5.0)
+        self.metrics = _Metrics(registry)
+        self._next_epoch_at = 0.0
+        self._errors = 0
+        self._trees: dict[int, DistributionTree] = {}
+        self._pending_since: dict[str, float] = {}  # tx hash -> when first seen pending
+        self._stop, self._wake = threading.Event(), threading.Event()
+        self._thread: threading.Thread | None = None
+        self._binding = threading.Lock()  # one binding decision at a time
+
+    def start(self) -> None:
+        """Start the worker thread."""
+        log.info("payout: distributor %s on chain %d, poster %s", self.config.distributor,
+                 self.config.chain_id, self.address)
+        self._thread = threading.Thread(target=self._run, name="gateway-payout", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Make the worker look now (an epoch is due at once)."""
+        self._next_epoch_at = 0.0
+        self._wake.set()
+
+    def close(self) -> None:
+        """Stop the worker; a pending epoch is resumed by the next run."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=20)
+        self._rpc.close()
+        self.book.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                delay = self.step()
+            except StorageError as exc:
+                log.error("payout: book failed: %s", exc)
+                delay = 60.0
+            except Exception:  # the worker must not die silently; the error is logged
+                log.exception("payout: unexpected error in the worker")
+                self.metrics.rpc_errors.labels(kind="internal").inc()
+                delay = 60.0
+            self._wake.wait(timeout=delay)
+            self._wake.clear()
+
+    # --- wallet bindings -----------------------------------------------------------------------
+
+    def bind_wallet(self, raw: bytes) -> tuple[WalletBinding, int]:
+        """Check an owner's binding, log it as a leaf and record it; return it and its index.
+
+        The same binding again returns where it was logged. Raises WalletRefused (counted).
+        """
+        try:
+            doc, binding = self._checked_binding(raw)
+            with self._binding:
+                index = self._record_binding(doc, binding)
+        except WalletRefused as exc:
+            self.metrics.wallets_refused.labels(reason=exc.reason).inc()
+            raise
+        self.wake()
+        return binding, index
+
+    def _record_binding(self, doc: Document, binding: WalletBinding) -> int:
+        owner = owner_name(binding.owner)
+        known = self.book.wallet_of(owner)
+        if known is not None and known != doc.raw:
+            raise WalletRefused("wallet_taken", 409, f"owner {owner} is already bound to a "
+                                "wallet; a binding is final")
+        index = log_document(self._store, doc, self._wall_ms())
+        if known is None:
+            self.book.add_wallet(owner, binding.checksum_address, doc.raw, index,
+                                 self._wall_ms())
+        return index
+
+    def _checked_binding(self, raw: bytes) -> tuple[Document, WalletBinding]:
+        try:
+            doc, binding = verify_wallet_binding(raw)
+        except MalformedRecord as exc:
+            raise WalletRefused("malformed", 400, f"not a wallet binding: {exc}") from None
+        except VerificationError as exc:
+            raise WalletRefused("bad_signature", 400, f"wallet binding refused: {exc}") from None
+        if binding.chain_id != self.config.chain_id:
+            raise WalletRefused("wrong_chain", 400, f"wallet binding is for chain "
+                                f"{binding.chain_id}, payouts are on {self.config.chain_id}")
+        owner = owner_name(binding.owner)
+        # Only an owner with a registered device: a stranger minting owner keys cannot
+        # grow the log with bindings.
+        if all(balance.owner != owner for balance in self._store.balances()):
+            raise WalletRefused("unknown_owner", 404, f"no registered device has owner {owner}")
+        return doc, binding
+
+    # --- one step ------------------------------------------------------------------------------
+
+    def step(self) -> float:
+        """Post the pending epoch or make a due one; return seconds until the next step."""
+        try:
+            pending = self.book.latest(PENDING)
+            if pending is not None:
+                self._post(pending)
+            elif self._monotonic() >= self._next_epoch_at:
+                self._next_epoch_at = self._monotonic() + self.config.interval_s
+                self._new_epoch()
+        except (TransportError, RpcError) as exc:
+            kind = "refused" if isinstance(exc, RpcError) else "unreachable"
+            self.metrics.rpc_errors.labels(kind=kind).inc()
+            self._errors += 1
+            delay = min(60.0, 0.5 * 2.0 ** (self._errors - 1))
+            log.warning("payout: %s; retrying in %.1f s", exc, delay)
+            return delay
+        self._errors = 0
+        return 0.2 if self.book.latest(PENDING) is not None else min(
+            1.0, max(0.05, self._next_epoch_at - self._monotonic()))
+
+    def _view(self, name: str, *addresses: str) -> bytes:
+        return self._rpc.eth_call(self.config.distributor, abi.view(name, *addresses))
+
+    def _new_epoch(self) -> None:
+        checkpoint = self._store.latest_checkpoint()
+        if checkpoint is None or checkpoint.size == 0:
+            return
+        wallets = self.book.wallets(before_size=checkpoint.size)
+        amounts = epoch_amounts(decode_balances(checkpoint.balances), wallets)
+        self.metrics.locked.set(amounts.locked_micro)
+        if not amounts.values:
+            self.metrics.epochs.labels(outcome="no_wallets").inc()
+            return
+        tree = amounts.tree()
+        last = self.book.latest(POSTED)
+        if last is not None and _body(last).root == tree.root:
+            self.metrics.epochs.labels(outcome="unchanged").inc()
+            return
+        total = amounts.total_micro * BASE_UNITS_PER_MICRO
+        funded = abi.uint(self._view("totalFunded"))
+        if total > funded:
+            self.metrics.epochs.labels(outcome="underfunded").inc()
+            log.warning("payout: epoch total %d exceeds the distributor's funding %d; "
+                        "not posted", total, funded)
+            return
+        newest = self.book.latest()
+        number = max(newest.epoch if newest else 0, abi.uint(self._view("epoch"))) + 1
+        body = PayoutEpoch(number, checkpoint.size, hashlib.sha256(checkpoint.balances).digest(),
+                           tree.root, amounts.total_micro, len(amounts.values),
+                           amounts.locked_micro, self.config.chain_id,
+                           bytes.fromhex(self.config.distributor[2:]), BASE_UNITS_PER_MICRO,
+                           len(wallets))
+        doc = sign_document(body, self._signer, self._wall_ms())
+        self.book.add_epoch(number, checkpoint, doc.raw, json.dumps(tree.dump()),
+                            self._wall_ms())
+        posted = last.epoch if last is not None else None
+        self._trees = {e: t for e, t in self._trees.items() if e == posted} | {number: tree}
+        log.info("payout: epoch %d at checkpoint size %d: %d owners, %d micro-credits "
+                 "(%d locked)", number, checkpoint.size, body.owners, body.total_micro,
+                 body.locked_micro)
+        self._wake.set()
+
+    def _post(self, epoch: StoredEpoch) -> None:
+        if epoch.leaf_index is None:  # logged before it is posted
+            doc = parse_document(epoch.document)
+            self.book.set_leaf(epoch.epoch, log_document(self._store, doc, self._wall_ms()))
+        body = _body(epoch)
+        on_chain = abi.uint(self._view("epoch"))
+        if on_chain >= epoch.epoch:
+            if on_chain == epoch.epoch and self._view("merkleRoot") == body.root:
+                self._finish_posted(epoch)
+            else:
+                self._fail(epoch, f"chain is at epoch {on_chain} with another root")
+            return
+        if epoch.tx_hash is None:
+            self._send(epoch, body)
+            return
+        receipt = self._rpc.receipt(epoch.tx_hash)
+        if receipt is not None and receipt.get("blockNumber") is not None:
+            if quantity(receipt.get("status"), "receipt status") == 1:
+                self._finish_posted(epoch)  # mined after our view: seen next time anyway
+            else:
+                self._reverted(epoch, "root post reverted on chain")
+            return
+        pending = self._rpc.transaction(epoch.tx_hash)
+        if pending is not None:
+            self._follow_pending(epoch, body, pending)
+            return
+        assert epoch.nonce is not None
+        assert epoch.raw_tx is not None
+        if self._rpc.nonce(self.address, "latest") > epoch.nonce:
+            self.metrics.retries.labels(reason="nonce_taken").inc()
+            self.book.clear_tx(epoch.epoch, "nonce_taken", reverted=False)
+            return
+        self.metrics.retries.labels(reason="dropped").inc()
+        log.warning("payout: node lost root post %s of epoch %d; sending it again",
+                    epoch.tx_hash, epoch.epoch)
+        self._broadcast(epoch.raw_tx)
+
+    def _follow_pending(self, epoch: StoredEpoch, body: PayoutEpoch,
+                        pending: dict[str, Any]) -> None:
+        """A post pending for ``resend_after_s`` is replaced: same nonce, 12.5% more gas price."""
+        assert epoch.tx_hash is not None
+        since = self._pending_since.setdefault(epoch.tx_hash, self._monotonic())
+        if self._monotonic() - since < self.config.resend_after_s:
+            return
+        price = quantity(pending.get("gasPrice"), "gas price")
+        self.metrics.retries.labels(reason="stuck").inc()
+        log.warning("payout: root post %s of epoch %d pending for %.0f s; replacing it",
+                    epoch.tx_hash, epoch.epoch, self._monotonic() - since)
+        self._pending_since.pop(epoch.tx_hash, None)
+        self._send(epoch, body, nonce=epoch.nonce, min_price=price + price // 8 + 1)
+
+    def _send(self, epoch: StoredEpoch, body: PayoutEpoch, *, nonce: int | None = None,
+              min_price: int = 0) -> None:
+        data = abi.post_root(epoch.epoch, body.root, body.total_base_units)
+        try:
+            estimate = self._rpc.estimate_gas(self.address, self.config.distributor, data)
+        except RpcError as exc:
+            if not exc.reverted:
+                raise
+            self._reverted(epoch, f"eth_estimateGas: {exc.message}")
+            return
+        if nonce is None:
+            nonce = self._rpc.nonce(self.address, "pending")
+        tx: dict[str, Any] = {"nonce": nonce, "gasPrice": max(self._rpc.gas_price(), min_price),
+                              "to": self.config.distributor,
+                              "gas": estimate + estimate // 5, "value": 0, "data": data,
+                              "chainId": self.config.chain_id}
+        signed = Account.sign_transaction(tx, self._key.value)
+        tx_hash = "0x" + bytes(signed.hash).hex()
+        self.book.record_tx(epoch.epoch, tx_hash, bytes(signed.raw_transaction), tx["nonce"])
+        self._broadcast(bytes(signed.raw_transaction))
+
+    def _broadcast(self, raw: bytes) -> None:
+        self.metrics.transactions.inc()
+        self._rpc.send_raw(raw)
+
+    def _reverted(self, epoch: StoredEpoch, detail: str) -> None:
+        if epoch.attempts + 1 >= self.config.max_attempts:
+            self._fail(epoch, detail)
+            return
+        self.metrics.retries.labels(reason="reverted").inc()
+        log.warning("payout: epoch %d: %s; signing it again", epoch.epoch, detail)
+        self.book.clear_tx(epoch.epoch, detail, reverted=True)
+
+    def _fail(self, epoch: StoredEpoch, detail: str) -> None:
+        self.metrics.epochs.labels(outcome="failed").inc()
+        log.error("payout: epoch %d NOT posted: %s", epoch.epoch, detail)
+        self.book.finish(epoch.epoch, FAILED, self._wall_ms(), detail=detail)
+
+    def _finish_posted(self, epoch: StoredEpoch) -> None:
+        block = None
+        if epoch.tx_hash:
+            receipt = self._rpc.receipt(epoch.tx_hash)
+            if receipt is not None and receipt.get("blockNumber") is not None:
+                block = quantity(receipt.get("blockNumber"), "receipt block number")
+        self.book.finish(epoch.epoch, POSTED, self._wall_ms(), block_number=block)
+        self.metrics.epochs.labels(outcome="posted").inc()
+        self.metrics.posted_epoch.set(epoch.epoch)
+        log.info("payout: epoch %d root posted (block %s)", epoch.epoch, block)
+
+    # --- what the API serves -------------------------------------------------------------------
+
+    def posted_tree(self) -> tuple[StoredEpoch, DistributionTree] | None:
+        """The latest epoch whose root is on chain, with its tree (None before the first)."""
+        epoch = self.book.latest(POSTED)
+        if epoch is None:
+            return None
+        tree = self._trees.get(epoch.epoch)
+        if tree is None:
+            tree = DistributionTree.load(epoch.tree)
+            self._trees = {epoch.epoch: tree}
+        return epoch, tree
+
+
+def _body(epoch: StoredEpoch) -> PayoutEpoch:
+    body = parse_document(epoch.document).body
+    assert isinstance(body, PayoutEpoch)
+    return body

@@ -1,0 +1,1 @@
+"""edgeproof-owner: an owner's keys, consents, revocations and decrypted data."""

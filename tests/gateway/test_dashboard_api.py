@@ -1,0 +1,157 @@
+"""The dashboard's JSON: public, paged and bounded; and the in-memory history behind it."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from selenium.webdriver.common.by import By
+
+from gateway.history import History, Sample
+from tests.gateway.contractkit import Parties, submitted
+from tests.gateway.gwkit import ADMIN_TOKEN, TestDevice, batch_bytes, register
+from tests.harness.browser import chromium, console_errors, wait_until
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def test_dashboard_json_needs_no_token_and_reveals_no_secret(gateway, devices) -> None:
+    dev = TestDevice.create("dev-dash", 70)
+    register(gateway.base_url, dev, owner="carol")
+    devices.send(dev, dev.records(4), 1)
+    devices.wait_for(dev.device_id, 1)
+    url = gateway.base_url
+    summary = httpx.get(f"{url}/v1/dashboard/summary").json()
+    page = httpx.get(f"{url}/v1/dashboard/devices").json()
+    owners = httpx.get(f"{url}/v1/owners").json()
+    assert summary["log_size"] == 4
+    assert summary["records"]["accepted"] == 4
+    assert summary["sections"] == {"consents": "/v1/documents?type=consent",
+                                   "revocations": "/v1/documents?type=revocation",
+                                   "quality": None}
+    assert [(d["name"], d["owner"], d["last_seq"], d["status"]) for d in page["devices"]] == [
+        ("dev-dash", "carol", 3, "active")]
+    assert owners == {"owners": [{"owner": "carol", "balance_micro": 0, "devices": 1}],
+                      "next_after": None}
+    text = " ".join(r.text for r in [httpx.get(f"{url}/v1/dashboard/summary"),
+                                     httpx.get(f"{url}/v1/dashboard/devices"),
+                                     httpx.get(f"{url}/dashboard")])
+    assert ADMIN_TOKEN not in text
+    home = httpx.get(f"{url}/", follow_redirects=True)
+    assert str(home.url) == f"{url}/dashboard"
+    assert home.headers["content-type"] == "text/html; charset=utf-8"
+
+
+def test_refused_records_and_unreadable_messages_both_show_by_reason(gateway, devices) -> None:
+    dev = TestDevice.create("dev-noisy", 71)
+    register(gateway.base_url, dev)
+    devices.send(dev, dev.records(2), 1)
+    devices.wait_for(dev.device_id, 1)
+    devices.publish(dev.device_id, b"\xff not a batch")  # unreadable: refused whole
+    stranger = TestDevice.create("dev-stranger", 72)  # signs as a device never registered
+    devices.publish(dev.device_id, batch_bytes(stranger.records(1), 2))
+    url = gateway.base_url
+
+    def counted() -> dict[str, object] | None:
+        summary = httpx.get(f"{url}/v1/dashboard/summary").json()
+        series = summary["series"]["rejections_per_s"]
+        return summary if {"batch malformed", "unknown_device"} <= set(series) else None
+    summary = wait_until(counted, 30, "both reasons in the chart's series")
+    stats = httpx.get(f"{url}/v1/stats").json()
+    assert summary["rejections"]["batch malformed"] == stats["batches_unreadable"]["malformed"]
+    assert summary["rejections"]["unknown_device"] == stats["rejections"]["unknown_device"]
+    assert summary["records"]["rejected"] == sum(stats["rejections"].values())
+
+
+def test_device_pages_cover_every_device_once(gateway) -> None:
+    url = gateway.base_url
+    names = sorted(f"dev-{i:02d}" for i in range(7))
+    for i, name in enumerate(names):
+        register(url, TestDevice.create(name, 100 + i))
+    seen, after = [], ""
+    while True:
+        page = httpx.get(f"{url}/v1/dashboard/devices", params={"after": after,
+                                                                "limit": 3}).json()
+        seen += [d["name"] for d in page["devices"]]
+        if page["next_after"] is None:
+            break
+        after = page["next_after"]
+    assert seen == names
+    admin = httpx.get(f"{url}/v1/devices", params={"after": "dev-04", "limit": 2},
+                      headers=ADMIN).json()
+    assert [d["name"] for d in admin] == ["dev-05", "dev-06"]
+
+
+@pytest.mark.parametrize(("path", "params"), [
+    ("/v1/dashboard/devices", {"limit": 201}),
+    ("/v1/dashboard/devices", {"limit": 0}),
+    ("/v1/owners", {"limit": 10_000}),
+    ("/v1/owners", {"after": "x" * 257}),
+])
+def test_oversized_or_bad_page_requests_are_refused_in_one_line(gateway, path,
+                                                                params) -> None:
+    answer = httpx.get(f"{gateway.base_url}{path}", params=params)
+    assert answer.status_code == 400
+    assert answer.json()["detail"].startswith("query parameter ")
+
+
+def test_admin_listing_refuses_a_page_over_its_cap(gateway) -> None:
+    answer = httpx.get(f"{gateway.base_url}/v1/devices", params={"limit": 1001},
+                       headers=ADMIN)
+    assert answer.status_code == 400
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_history_keeps_only_the_newest_samples_and_rates_between_them() -> None:
+    clock = Clock()
+    state = {"accepted": 0, "bad": 0}
+
+    def read() -> Sample:
+        rejections = {"bad_signature": state["bad"]} if state["bad"] else {}
+        return Sample(int(clock.now * 1000), state["accepted"], 0, state["accepted"], 0,
+                      rejections)
+    history = History(read, clock, interval_s=2.0, capacity=3)
+    for step in range(5):
+        clock.now = 2.0 * step
+        state["accepted"] = 10 * step
+        state["bad"] = step // 3
+        assert history.sample_if_due()
+        assert not history.sample_if_due()  # not due again at the same moment
+    series = history.series()
+    assert series["t"] == [4.0, 6.0, 8.0]
+    assert series["log_size"] == [20, 30, 40]
+    assert series["records_per_s"] == [None, 5.0, 5.0]
+    assert series["rejections_per_s"] == {"bad_signature": [None, 0.5, 0.0]}
+
+
+def test_dashboard_lists_logged_consents_and_revocations_as_the_api_does(
+        gateway, devices) -> None:
+    parties = Parties.enrol(gateway.base_url, devices, seed=81)
+    request = parties.request()
+    submitted(gateway.base_url, request)
+    consent = parties.consent(request)
+    consent_index = submitted(gateway.base_url, consent)
+    revocation_index = submitted(gateway.base_url, parties.revocation(consent))
+    url = gateway.base_url
+    with chromium() as browser:
+        browser.get(f"{url}/dashboard")
+
+        def rows(name: str) -> list[list[str]]:
+            found = browser.find_elements(By.CSS_SELECTOR, f"#{name}-table tbody tr")
+            return [[c.text for c in r.find_elements(By.TAG_NAME, "td")] for r in found]
+        wait_until(lambda: rows("consents") and rows("revocations"), 30,
+                   "the consent and revocation tables")
+        for name, index in (("consent", consent_index), ("revocation", revocation_index)):
+            listed = httpx.get(f"{url}/v1/documents", params={"type": name}).json()
+            assert [d["index"] for d in listed] == [index]
+            shown = rows(f"{name}s")
+            assert [int(r[0].replace(",", "")) for r in shown] == [index]
+            assert shown[0][1].rstrip("…") == listed[0]["id"][:16]
+            assert shown[0][3].rstrip("…") == listed[0]["ref"][:16]
+        assert console_errors(browser) == []

@@ -1,0 +1,217 @@
+"""Three real gateway processes on one MQTT shared subscription over one PostgreSQL database:
+kill -9 of the sequencer hands over to another process with no fork of the log, kill -9 of a
+verifying process loses nothing, and every record is logged exactly once."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from firmware_sim.broker import MosquittoBroker, free_port
+from firmware_sim.procs import GatewayProcess
+from gateway.pg_store import PostgresLogStore
+from protocol.note import NoteVerifier
+from protocol.receipt import Receipt, Status, hash_prefix
+from tests.gateway.gwkit import (
+    DeviceClient,
+    TestDevice,
+    batch_bytes,
+    check_checkpoints,
+    register,
+    write_gateway_files,
+)
+from tests.gateway.test_gateway_crash import Publisher
+from tests.pg import PostgresCluster
+
+REPO = Path(__file__).resolve().parents[2]
+GROUP = "edgeproof-gateways"
+ROUNDS = 3  # hand-overs by kill -9 (then one by SIGTERM)
+WAIT_S = 60.0  # a bound for a loaded machine; every wait returns as soon as its condition holds
+
+
+def _wait(what: str, condition: Callable[[], bool], timeout_s: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _role(gateway: GatewayProcess) -> str | None:
+    if not gateway.running:
+        return None
+    try:
+        return str(httpx.get(f"{gateway.url}/healthz", timeout=2).json()["role"])
+    except (httpx.HTTPError, ValueError, KeyError):
+        return None
+
+
+def _checkpoint_size(gateway: GatewayProcess) -> int:
+    response = httpx.get(f"{gateway.url}/v1/checkpoint", timeout=5)
+    return int(response.text.split("\n")[1]) if response.status_code == 200 else -1
+
+
+class Cluster:
+    """Gateway processes of one log: own directory, HTTP port and MQTT client id each, the
+    same gateway key (copied, mode 0600), the same database and shared subscription."""
+
+    def __init__(self, root: Path, broker_port: int, postgres: PostgresCluster,
+                 dbname: str, size: int) -> None:
+        store = (f'[store]\nbackend = "postgresql"\ndsn = "{postgres.dsn(dbname)}"\n'
+                 f'password_file = "{postgres.password_file}"\nshared = true\n')
+        self.gateways: list[GatewayProcess] = []
+        key_file: Path | None = None
+        for i in range(size):
+            directory = root / f"gw{i}"
+            if key_file is not None:
+                directory.mkdir(parents=True)
+                shutil.copy2(key_file, directory / "gateway.key")
+            port = free_port()
+            files = write_gateway_files(
+                directory, broker_port, http_port=port, every_leaves=50, interval_s=0.3,
+                extra=store, client_id=f"edgeproof-gateway-{i}",
+                broker_extra=f'shared_group = "{GROUP}"')
+            key_file, self.key = directory / "gateway.key", files.key
+            self.gateways.append(GatewayProcess(files.config, f"http://127.0.0.1:{port}",
+                                                root / f"gateway{i}.log", cwd=REPO))
+
+    def start(self) -> None:
+        for gateway in self.gateways:
+            gateway.start()
+
+    def roles(self) -> list[str | None]:
+        return [_role(g) for g in self.gateways]
+
+    def sequencer(self) -> GatewayProcess:
+        """The one process that says it sequences (waits until exactly one does)."""
+        _wait("exactly one sequencer", lambda: self.roles().count("sequencer") == 1)
+        return self.gateways[self.roles().index("sequencer")]
+
+    def stop(self) -> None:
+        for gateway in self.gateways:
+            gateway.stop(timeout_s=30)
+
+
+def test_kill9_of_sequencer_or_verifier_forks_nothing_and_loses_nothing(
+        broker: MosquittoBroker, postgres: PostgresCluster, pg_database: str,
+        tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, broker.port, postgres, pg_database, size=3)
+    cluster.start()
+    client = DeviceClient(broker.port, cluster.key.verifier_text())
+    notes: set[str] = set()
+    try:
+        first = cluster.sequencer()
+        fleet = [TestDevice.create(f"shared-{i}", 300 + i) for i in range(3)]
+        for dev in fleet:
+            register(first.url, dev)
+        publisher = Publisher(client, fleet)
+        publisher.burst(10)  # spread over the three processes by the shared subscription
+        _wait_all_answered(client, publisher)
+        # The others verified their share and handed it to the sequencer via the database.
+        assert sum(_handed_over(g) for g in cluster.gateways if g is not first) > 0
+
+        sequencer = first
+        for _ in range(ROUNDS):
+            # kill -9 of the sequencer while a burst is in flight: another one takes over.
+            publisher.burst(10)
+            notes.update(_notes(sequencer))
+            assert sequencer.kill() == -signal.SIGKILL
+            successor = cluster.sequencer()
+            assert successor is not sequencer
+            # kill -9 of a process that only verifies, in the middle of a burst.
+            verifier = next(g for g in cluster.gateways if g.running and g is not successor)
+            publisher.burst(10)
+            assert verifier.kill() == -signal.SIGKILL
+            sequencer.start()  # systemd restarts both; their MQTT sessions hold what they had
+            verifier.start()
+            sequencer = successor
+        # A graceful stop hands over too (final checkpoint, exit 0, the lock released).
+        notes.update(_notes(sequencer))
+        assert sequencer.stop(timeout_s=30) == 0
+        last = cluster.sequencer()
+        signed_before = _checkpoint_size(last)  # nothing larger can come from the others
+        sequencer.start()
+        publisher.burst(2)  # records that only the last sequencer can log and sign
+        _resend_unanswered(client, publisher)
+        _wait_all_answered(client, publisher)
+        leaf_of = _check_receipts(client, publisher, notes)
+        _wait("a checkpoint of the whole log from the last sequencer",
+              lambda: _checkpoint_size(last) >= len(leaf_of) > signed_before)
+        notes.update(_notes(last))
+        check_checkpoints(last.url, NoteVerifier.from_text(cluster.key.verifier_text()),
+                          notes)
+    finally:
+        client.close()
+        cluster.stop()
+    _check_log(postgres, pg_database, publisher.sent, leaf_of)
+
+
+def _handed_over(gateway: GatewayProcess) -> float:
+    text = httpx.get(f"{gateway.url}/metrics", timeout=5).text
+    name = "edgeproof_gateway_batches_handed_over_total "
+    lines = [x for x in text.splitlines() if x.startswith(name)]
+    return float(lines[0].split()[1]) if lines else 0.0
+
+
+def _notes(gateway: GatewayProcess) -> set[str]:
+    return {c["note"] for c in httpx.get(f"{gateway.url}/v1/checkpoints",
+                                         params={"limit": 1000}).json()}
+
+
+def _answered(client: DeviceClient) -> set[tuple[bytes, int]]:
+    return {(r.device_id, r.batch_id) for r in list(client.receipts)}
+
+
+def _wait_all_answered(client: DeviceClient, publisher: Publisher) -> None:
+    _wait("a receipt for every batch", lambda: set(publisher.sent) <= _answered(client))
+
+
+def _resend_unanswered(client: DeviceClient, publisher: Publisher) -> None:
+    """What a device does for a batch it has no receipt for (the receipt may have died)."""
+    answered = _answered(client)
+    for (device_id, batch_id), records in sorted(publisher.sent.items()):
+        if (device_id, batch_id) not in answered:
+            client.publish(device_id, batch_bytes(records, batch_id))
+
+
+def _check_receipts(client: DeviceClient, publisher: Publisher,
+                    notes: set[str]) -> dict[bytes, int]:
+    """Every receipt accepts (or repeats) each record at one leaf index; return them."""
+    receipts: dict[tuple[bytes, int], list[Receipt]] = {}
+    for receipt in list(client.receipts):
+        receipts.setdefault((receipt.device_id, receipt.batch_id), []).append(receipt)
+    leaf_of: dict[bytes, int] = {}
+    for key, records in sorted(publisher.sent.items()):
+        for receipt in receipts[key]:
+            notes.add(receipt.checkpoint)
+            for raw, outcome in zip(records, receipt.outcomes, strict=True):
+                assert outcome.status in (Status.ACCEPTED, Status.DUPLICATE), outcome
+                assert outcome.hash_prefix == hash_prefix(raw)
+                assert outcome.leaf_index is not None
+                assert leaf_of.setdefault(raw, outcome.leaf_index) == outcome.leaf_index
+    return leaf_of
+
+
+def _check_log(postgres: PostgresCluster, dbname: str,
+               sent: dict[tuple[bytes, int], list[bytes]], leaf_of: dict[bytes, int]) -> None:
+    store = PostgresLogStore(postgres.dsn(dbname), postgres.password, shared=True)
+    try:
+        size = store.size()
+        logged = [leaf.raw for leaf in (store.leaf(i) for i in range(size)) if leaf is not None]
+        queued = store_pending_count(postgres, dbname)
+    finally:
+        store.close()
+    assert len(logged) == size  # no hole
+    assert len(set(logged)) == len(logged)  # nothing duplicated
+    assert sorted(logged) == sorted(raw for records in sent.values() for raw in records)
+    assert all(logged[index] == raw for raw, index in leaf_of.items())  # receipts were true
+    assert queued == 0  # nothing left behind in the hand-over queue
+
+
+def store_pending_count(postgres: PostgresCluster, dbname: str) -> int:
+    rows = postgres.execute_as_admin(dbname, "SELECT COUNT(*) FROM pending", ())
+    return int(str(rows[0][0]))

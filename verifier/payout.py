@@ -1,0 +1,97 @@
+"""Recompute a payout epoch from the log and compare it with the root on chain.
+
+Trusting neither the gateway nor the node: the epoch document must be signed by the
+gateway key and be a leaf of the gateway's latest checkpoint; the checkpoint it names must
+be signed by that key and commit (its ``balances`` line) to the balances table served with
+it; the bindings logged below that checkpoint's size must each be signed by the owner they
+bind (the first of an owner counts), be leaves of that checkpoint's tree (inclusion proofs)
+and be ``wallets`` in number. From those alone the tree is rebuilt (:mod:`rewards.epoch`,
+:mod:`rewards.tree`); its root, total and locked credit must be the document's, and the
+distributor's ``RootPosted`` event for that epoch must carry the same root and total.
+Every mismatch raises VerificationError; an epoch document no checkpoint covers yet raises
+TransportError (exit 2: try again).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+from osutil.jsonrpc import JsonRpc
+from protocol import merkle
+from protocol.checkpoint import Checkpoint
+from protocol.errors import TransportError, VerificationError
+from protocol.note import NoteVerifier
+from rewards import distributor as abi
+from rewards.documents import owner_name, verify_payout_epoch, verify_wallet_binding
+from rewards.epoch import decode_balances, epoch_amounts
+from verifier.client import GatewayClient
+
+
+def verify_payout(client: GatewayClient, gateway_key: str, rpc: JsonRpc,
+                  epoch: int | None = None) -> dict[str, object]:
+    """Recompute an epoch (None: the latest posted); return what was checked, or raise."""
+    verifier = NoteVerifier.from_text(gateway_key)
+    raw, leaf_index, note, balances = client.payout_epoch(epoch)
+    _, body = verify_payout_epoch(raw, verifier.public_key)
+    _check_logged(client, verifier, raw, leaf_index)
+    checkpoint = Checkpoint.from_note(note, verifier)
+    digest = hashlib.sha256(balances).digest()
+    if checkpoint.size != body.checkpoint_size or digest != body.balances_hash:
+        raise VerificationError("epoch names another checkpoint than the one served with it")
+    if f"balances {base64.b64encode(digest).decode()}" not in checkpoint.extensions:
+        raise VerificationError("the checkpoint does not commit to the served balances table")
+    wallets: dict[str, str] = {}
+    for index, binding_raw in sorted(client.wallet_bindings()):
+        if index >= checkpoint.size:
+            continue  # logged after the checkpoint: a later epoch's
+        _, binding = verify_wallet_binding(binding_raw)
+        merkle.verify_inclusion(merkle.leaf_hash(binding_raw), index, checkpoint.size,
+                                client.inclusion_proof(index, checkpoint.size),
+                                checkpoint.root_hash)
+        if binding.chain_id != body.chain_id:
+            raise VerificationError("a wallet binding is for another chain")
+        wallets.setdefault(owner_name(binding.owner), binding.checksum_address)
+    if len(wallets) != body.wallets:
+        raise VerificationError(f"epoch used {body.wallets} wallet bindings, the gateway "
+                                f"serves {len(wallets)} logged below size {checkpoint.size}")
+    amounts = epoch_amounts(decode_balances(balances), wallets)
+    root = amounts.tree().root
+    if (root, amounts.total_micro, amounts.locked_micro) != (
+            body.root, body.total_micro, body.locked_micro):
+        raise VerificationError(f"recomputed root 0x{root.hex()} / total {amounts.total_micro} "
+                                f"differ from the epoch's 0x{body.root.hex()} / "
+                                f"{body.total_micro}")
+    if rpc.chain_id() != body.chain_id:
+        raise VerificationError(f"node is on chain {rpc.chain_id()}, epoch on {body.chain_id}")
+    posted = _posted_root(rpc, "0x" + body.distributor.hex(), body.epoch)
+    if posted != (body.root, body.total_base_units):
+        raise VerificationError(f"the distributor holds no root {body.root.hex()} with total "
+                                f"{body.total_base_units} for epoch {body.epoch}")
+    return {"epoch": body.epoch, "checkpoint_size": body.checkpoint_size,
+            "root": "0x" + root.hex(), "owners": len(amounts.values),
+            "total_micro": amounts.total_micro, "locked_micro": amounts.locked_micro,
+            "distributor": "0x" + body.distributor.hex(), "chain_id": body.chain_id}
+
+
+def _check_logged(client: GatewayClient, verifier: NoteVerifier, raw: bytes,
+                  leaf_index: int | None) -> None:
+    """The epoch document must be a leaf of the gateway's latest checkpoint."""
+    latest = Checkpoint.from_note(client.checkpoint(), verifier)
+    if leaf_index is None or leaf_index >= latest.size:
+        raise TransportError("the epoch document is not covered by a checkpoint yet; "
+                             "try again after the next checkpoint")
+    merkle.verify_inclusion(merkle.leaf_hash(raw), leaf_index, latest.size,
+                            client.inclusion_proof(leaf_index, latest.size), latest.root_hash)
+
+
+def _posted_root(rpc: JsonRpc, distributor: str, epoch: int) -> tuple[bytes, int] | None:
+    """The (root, total) of the distributor's RootPosted event for ``epoch``, or None."""
+    topic = "0x" + epoch.to_bytes(32, "big").hex()
+    for entry in rpc.logs(distributor, abi.ROOT_POSTED, 0, rpc.block_number()):
+        topics = entry.get("topics") or []
+        if len(topics) == 2 and str(topics[1]).lower() == topic:
+            data = bytes.fromhex(str(entry.get("data", ""))[2:])
+            if len(data) == 64:
+                return data[:32], int.from_bytes(data[32:], "big")
+    return None
