@@ -100,6 +100,8 @@ class PayoutConfig:
     resend_after_s: float = 60.0  # a root post the node lost this long ago is re-sent
     max_attempts: int = 3  # reverted root posts per epoch before it is a failure
     consent_gated: bool = False  # pay only consented, funded credit (PROTOCOL.md §19.4)
+    # Validators (signer ids) whose faulty verdicts withhold credit (§19.4 rule 5), sorted.
+    quality_validators: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -162,7 +164,8 @@ _SECTIONS: dict[str, frozenset[str]] = {
                          "max_attempts"}),
     "store": frozenset({"backend", "dsn", "password_file", "shared"}),
     "payout": frozenset({"rpc_url", "key_file", "chain_id", "distributor", "interval_s",
-                         "resend_after_s", "max_attempts", "consent_gated"}),
+                         "resend_after_s", "max_attempts", "consent_gated",
+                         "quality_validators"}),
 }
 _REQUIRED = {"gateway": ("data_dir", "key_file", "admin_token_file"), "broker": ("url",)}
 
@@ -244,7 +247,24 @@ def _payout(payout: Table) -> PayoutConfig:
         resend_after_s=payout.number("resend_after_s", 60.0, low=0.05),
         max_attempts=payout.integer("max_attempts", 3, low=1, high=100),
         consent_gated=payout.boolean("consent_gated", False),
+        quality_validators=_validators(payout),
     )
+
+
+def _validators(payout: Table) -> tuple[bytes, ...]:
+    """``payout.quality_validators``: signer ids (32 hex digits) of trusted validators."""
+    names = payout.string_list("quality_validators") or ()
+    ids = set()
+    for name in names:
+        if not re.fullmatch(r"[0-9a-fA-F]{32}", name):
+            raise ConfigError("payout.quality_validators must be validator signer ids "
+                              f"(32 hex digits), got {name!r}")
+        ids.add(bytes.fromhex(name))
+    if ids and not payout.boolean("consent_gated", False):
+        raise ConfigError("payout.quality_validators needs payout.consent_gated = true")
+    if len(ids) > 64:
+        raise ConfigError("payout.quality_validators: at most 64")
+    return tuple(sorted(ids))
 
 
 def _check_shared(config: GatewayConfig) -> None:

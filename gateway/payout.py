@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from gateway.config import PayoutConfig
 from gateway.payout_book import FAILED, PENDING, POSTED, PayoutBook, StoredEpoch
-from gateway.payout_gating import log_events
+from gateway.payout_gating import log_events, quality_judge
 from gateway.store import LogStore, NewDocument
 from osutil.jsonrpc import JsonRpc, RpcError, quantity
 from protocol.documents import Document, parse_document, sign_document
@@ -106,6 +106,10 @@ class _Metrics:
         self.short = Gauge(f"{PREFIX}_requests_short",
                            "Requests whose funding does not cover what their consents earned "
                            "(latest consent-gated epoch)", registry=r)
+        self.withheld = Gauge(f"{PREFIX}_withheld_micro",
+                              "Settled credit withheld by a trusted validator's faulty verdict "
+                              "(latest consent-gated epoch, PROTOCOL.md §19.4 rule 5)",
+                              registry=r)
         self.posted_epoch = Gauge(f"{PREFIX}_posted_epoch", "Latest epoch on chain",
                                   registry=r)
 
@@ -248,8 +252,11 @@ class PayoutWorker:
             funding_block = self._rpc.block_number()
             fundings = [abi.decode_funded(entry) for entry in self._rpc.logs(
                 self.config.distributor, abi.FUNDED, 0, funding_block)]
+            judge = quality_judge(self._store, checkpoint.size,
+                                  self.config.quality_validators)
             gated = gate(log_events(self._store, checkpoint.size),
-                         funded_micro(fundings, BASE_UNITS_PER_MICRO))
+                         funded_micro(fundings, BASE_UNITS_PER_MICRO), judge.withheld)
+            self.metrics.withheld.set(gated.withheld_micro)
             amounts = gated_amounts(gated.owners, _settled(checkpoint.balances), wallets)
             self.metrics.short.set(len(gated.short_at))
         else:
@@ -276,7 +283,7 @@ class PayoutWorker:
                            tree.root, amounts.total_micro, len(amounts.values),
                            amounts.locked_micro, self.config.chain_id,
                            bytes.fromhex(self.config.distributor[2:]), BASE_UNITS_PER_MICRO,
-                           len(wallets), funding_block)
+                           len(wallets), funding_block, self.config.quality_validators)
         doc = sign_document(body, self._signer, self._wall_ms())
         self.book.add_epoch(number, checkpoint, doc.raw, json.dumps(tree.dump()),
                             self._wall_ms())

@@ -14,8 +14,24 @@ from gateway.store import LogStore
 from protocol.documents import parse_document
 from protocol.signed import parse_signed_record
 from rewards.gating import ConsentLeaf, Event, consent_event, revocation_event, usage_event
+from rewards.quality import QualityJudge, VerdictLeaf, verdict_events
 
 PAGE = 1000
+
+
+def quality_judge(store: LogStore, size: int, trusted: tuple[bytes, ...]) -> QualityJudge:
+    """The trusted validators' verdicts logged below ``size`` (§19.4 rule 5)."""
+    verdicts: list[VerdictLeaf] = []
+    after = -1
+    while trusted:
+        page = store.documents("quality", after, PAGE)
+        for stored in page:
+            if stored.index < size:
+                verdicts.extend(verdict_events(parse_document(stored.raw), stored.index))
+        if len(page) < PAGE:
+            break
+        after = page[-1].index
+    return QualityJudge(verdicts, trusted)
 
 
 def log_events(store: LogStore, size: int) -> list[Event]:

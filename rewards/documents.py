@@ -27,13 +27,14 @@ from protocol.documents import (
     require_uint,
     verify_document,
 )
-from protocol.errors import VerificationError
+from protocol.errors import MalformedRecord, VerificationError
 from protocol.keys import SIGNER_ID_BYTES, signer_id
 
 WALLET, PAYOUT_EPOCH = "wallet", "payout_epoch"
 # 1 credit = 1,000,000 micro-credits = 1 token = 10**18 base units (18 decimals).
 BASE_UNITS_PER_MICRO = 10**12
 ADDRESS_BYTES = 20
+MAX_VALIDATORS = 64  # trusted quality validators an epoch names (key 13)
 
 
 def owner_name(owner_id: bytes) -> str:
@@ -88,6 +89,17 @@ class PayoutEpoch:
     wallets: int  # how many wallet bindings (the first, in the order logged) it used
     # Consent-gated epochs (§19.4) only: the block up to which Funded events were read.
     funding_block: int | None = None
+    # Consent-gated epochs that follow quality (§19.4 rule 5): the trusted validators' signer
+    # ids, sorted; empty: no verdict counts (key 13 absent).
+    validators: tuple[bytes, ...] = ()
+
+    def __post_init__(self) -> None:
+        if list(self.validators) != sorted(set(self.validators)) \
+                or len(self.validators) > MAX_VALIDATORS:
+            raise MalformedRecord("bad_document", "validators must be sorted, unique, "
+                                  f"at most {MAX_VALIDATORS}")
+        for validator in self.validators:
+            require_bytes(validator, "validator", SIGNER_ID_BYTES)
 
     def to_cbor_value(self) -> cbor.Value:
         body: dict[cbor.Value, cbor.Value] = {
@@ -96,11 +108,16 @@ class PayoutEpoch:
             9: self.distributor, 10: self.rate, 11: self.wallets}
         if self.funding_block is not None:
             body[12] = self.funding_block
+        if self.validators:
+            body[13] = list(self.validators)
         return body
 
     @classmethod
     def from_cbor_value(cls, value: cbor.Value) -> PayoutEpoch:
-        body = require_map(value, frozenset(range(1, 12)), optional=frozenset({12}))
+        body = require_map(value, frozenset(range(1, 12)), optional=frozenset({12, 13}))
+        validators = body.get(13, [])
+        if not isinstance(validators, list) or (13 in body and not validators):
+            raise MalformedRecord("bad_document", "validators must be a non-empty array")
         ints = {}
         for key, name in ((1, "epoch"), (2, "checkpoint_size"), (5, "total_micro"),
                           (6, "owners"), (7, "locked_micro"), (8, "chain_id"), (10, "rate"),
@@ -111,7 +128,9 @@ class PayoutEpoch:
             ints[name] = number
         return cls(balances_hash=require_bytes(body[3], "balances_hash", 32),
                    root=require_bytes(body[4], "root", 32),
-                   distributor=require_bytes(body[9], "distributor", ADDRESS_BYTES), **ints)
+                   distributor=require_bytes(body[9], "distributor", ADDRESS_BYTES),
+                   validators=tuple(require_bytes(v, "validator", SIGNER_ID_BYTES)
+                                    for v in validators), **ints)
 
     @property
     def total_base_units(self) -> int:

@@ -28,7 +28,7 @@ that add up to it, each part paid at most once.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from protocol.contract import Consent, Revocation
@@ -82,6 +82,7 @@ class Gated:
     short_at: dict[bytes, int] = field(default_factory=dict)  # request -> first unfunded leaf
     settled_micro: int = 0
     locked_micro: int = 0
+    withheld_micro: int = 0  # credit of records a trusted quality verdict withheld (rule 5)
 
     @property
     def total_micro(self) -> int:
@@ -103,9 +104,11 @@ def split(credit: int, requests: list[bytes]) -> list[tuple[bytes, int]]:
     return [(r, share + (1 if i < rest else 0)) for i, r in enumerate(requests)]
 
 
-def gate(events: Iterable[Event], funded: Mapping[bytes, int]) -> Gated:
+def gate(events: Iterable[Event], funded: Mapping[bytes, int],
+         withheld: Callable[[UsageLeaf], bool] = lambda _: False) -> Gated:
     """Apply the rule to ``events`` (any order: sorted by leaf here); raise ValueError if two
-    events claim one leaf."""
+    events claim one leaf. ``withheld(usage)``: the record earns nothing (§19.4 rule 5, see
+    :class:`rewards.quality.QualityJudge`); its credit is locked and spends no funding."""
     ordered = sorted(events, key=lambda e: e.leaf)
     for before, after in itertools.pairwise(ordered):
         if before.leaf == after.leaf:
@@ -117,6 +120,9 @@ def gate(events: Iterable[Event], funded: Mapping[bytes, int]) -> Gated:
             in_force[event.consent] = event
         elif isinstance(event, RevocationLeaf):
             in_force.pop(event.consent, None)
+        elif withheld(event):
+            out.settled_micro += event.credit_micro
+            out.withheld_micro += event.credit_micro
         else:
             _count(out, event, in_force, funded)
     out.locked_micro = out.settled_micro - out.total_micro

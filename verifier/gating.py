@@ -18,6 +18,7 @@ from osutil.jsonrpc import JsonRpc
 from protocol.contract import Consent, Revocation
 from protocol.documents import verify_document
 from protocol.errors import VerificationError
+from protocol.keys import signer_id
 from protocol.signed import verify_signed_record
 from rewards import distributor as abi
 from rewards.gating import (
@@ -30,6 +31,7 @@ from rewards.gating import (
     revocation_event,
     usage_event,
 )
+from rewards.quality import QualityJudge, VerdictLeaf, verdict_events
 from verifier.client import DocumentClient
 
 
@@ -38,8 +40,23 @@ def fundings(rpc: JsonRpc, distributor: str, block: int) -> list[abi.Funding]:
     return [abi.decode_funded(entry) for entry in rpc.logs(distributor, abi.FUNDED, 0, block)]
 
 
-def gated_from_log(client: DocumentClient, size: int, funded: dict[bytes, int]) -> Gated:
-    """Gate the credit of the leaves below ``size`` with ``funded`` (request id -> micro)."""
+def quality_judge(client: DocumentClient, size: int,
+                  trusted: tuple[bytes, ...]) -> QualityJudge:
+    """The verdicts of the ``trusted`` validators logged below ``size`` (signatures verified;
+    an untrusted signer's attestation is skipped: it changes nothing, §19.4 rule 5)."""
+    verdicts: list[VerdictLeaf] = []
+    for logged in client.all_documents("quality") if trusted else []:
+        if logged.index < size:
+            doc = verify_document(logged.raw, expected_type="quality")
+            if signer_id(doc.signer) in trusted:
+                verdicts.extend(verdict_events(doc, logged.index))
+    return QualityJudge(verdicts, trusted)
+
+
+def gated_from_log(client: DocumentClient, size: int, funded: dict[bytes, int],
+                   trusted: tuple[bytes, ...] = ()) -> Gated:
+    """Gate the credit of the leaves below ``size`` with ``funded`` (request id -> micro),
+    withholding what the ``trusted`` validators' faulty verdicts exclude."""
     events: list[Event] = []
     signers: dict[bytes, bytes] = {}  # consent id -> owner key
     devices: set[bytes] = set()
@@ -68,7 +85,7 @@ def gated_from_log(client: DocumentClient, size: int, funded: dict[bytes, int]) 
         events.append(revocation_event(doc, logged.index))
     for device in sorted(devices):
         events.extend(_usage(client, device, size))
-    return gate(events, funded)
+    return gate(events, funded, quality_judge(client, size, trusted).withheld)
 
 
 def _usage(client: DocumentClient, device: bytes, size: int) -> list[UsageLeaf]:

@@ -62,7 +62,8 @@ def verify_payout(client: GatewayClient, gateway_key: str, rpc: JsonRpc,
     else:  # consent-gated (§19.4): from the consents, revocations, usage and Funded events
         funded = funded_micro(fundings(rpc, "0x" + body.distributor.hex(), body.funding_block),
                               body.rate)
-        gated = gated_from_log(DocumentClient(client.base), body.checkpoint_size, funded)
+        gated = gated_from_log(DocumentClient(client.base), body.checkpoint_size, funded,
+                               body.validators)
         amounts = gated_amounts(gated.owners, sum(m for _, m in decode_balances(balances)),
                                 wallets)
     root = amounts.tree().root
@@ -81,7 +82,8 @@ def verify_payout(client: GatewayClient, gateway_key: str, rpc: JsonRpc,
             "root": "0x" + root.hex(), "owners": len(amounts.values),
             "total_micro": amounts.total_micro, "locked_micro": amounts.locked_micro,
             "distributor": "0x" + body.distributor.hex(), "chain_id": body.chain_id,
-            "consent_gated": body.funding_block is not None}
+            "consent_gated": body.funding_block is not None,
+            "quality_validators": [v.hex() for v in body.validators]}
 
 
 def _check_logged(client: GatewayClient, verifier: NoteVerifier, raw: bytes,
