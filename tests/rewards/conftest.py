@@ -41,7 +41,8 @@ def deployed(chain: GanacheNode) -> Deployment:
 
 def running_payout_gateway(tmp_path: Path, broker: MosquittoBroker, chain: GanacheNode,
                            deployed: Deployment, *,
-                           consent_gated: bool) -> Iterator[RunningGateway]:
+                           consent_gated: bool, extra_payout: str = ""
+                           ) -> Iterator[RunningGateway]:
     """A gateway with a [payout] section posting to ``deployed`` every 0.2 s."""
     key_file = tmp_path / "payout-eth.key"
     write_secret_file(key_file, KEYS["gateway"].value.hex().encode())
@@ -53,7 +54,7 @@ chain_id = {chain.chain_id}
 distributor = "{deployed.distributor}"
 interval_s = 0.2
 consent_gated = {str(consent_gated).lower()}
-"""
+{extra_payout}"""
     running = start_gateway(write_gateway_files(tmp_path / "gw", broker.port, extra=extra,
                                                 interval_s=0.2))
     try:
