@@ -44,3 +44,20 @@ def test_good_payout_section_is_read(tmp_path: Path) -> None:
     config = load(tmp_path, BASE + GOOD)
     assert config.payout is not None
     assert config.payout.chain_id == 1337
+
+
+@pytest.mark.parametrize("extra", [
+    'consent_gated = true\nquality_validators = ["xyz"]\n',  # not a signer id
+    'consent_gated = true\nquality_validators = ["' + "ab" * 15 + '"]\n',  # too short
+    'quality_validators = ["' + "ab" * 16 + '"]\n',  # without consent gating
+])
+def test_bad_quality_validators_are_refused_naming_them(tmp_path: Path, extra: str) -> None:
+    with pytest.raises(ConfigError, match="payout.quality_validators"):
+        load(tmp_path, BASE + GOOD + extra)
+
+
+def test_quality_validators_are_read_as_sorted_signer_ids(tmp_path: Path) -> None:
+    config = load(tmp_path, BASE + GOOD + 'consent_gated = true\nquality_validators = ["'
+                  + "cd" * 16 + '", "' + "AB" * 16 + '"]\n')
+    assert config.payout is not None
+    assert config.payout.quality_validators == (b"\xab" * 16, b"\xcd" * 16)
