@@ -47,6 +47,7 @@ from agent.clock import SystemClock
 from firmware_sim.demo_contract import ContractStory, StoryResult
 from firmware_sim.demo_devices import FINAL_FLUSH_S, DemoDevice, write_demo_config
 from firmware_sim.demo_payout import PayoutResult, PayoutStory
+from firmware_sim.demo_quality import QualityResult, QualityStory
 from firmware_sim.demo_verify import Verification, verify
 from firmware_sim.procs import stop_all
 from firmware_sim.stack import Interrupted, Stack, StackError
@@ -121,6 +122,9 @@ class Demo:
         self.contract = StoryResult()
         self.payout_story = PayoutStory(self.workdir, view.note, signals.check)
         self.payout = PayoutResult()
+        self.quality_story = QualityStory(self.workdir, view.note)
+        self.room: list[DemoDevice] = []  # the quality site's devices (not in the table)
+        self.quality = QualityResult()
         self.elapsed_s = 0.0
         self.error = ""
 
@@ -136,8 +140,13 @@ class Demo:
             if self.contract.request_id:
                 self.payout_story.fund("biolab", bytes.fromhex(self.contract.request_id))
             self._run_devices()
+            self._wait_for_room()
             self._stop_devices()
             self._settle()
+            if self.signals.finish_early:
+                self.view.note("quality: the run ended early; the room is not judged")
+            else:
+                self.quality = self.quality_story.judge(self.stack, self.room)
             self.view.note("proving one reading offline and opening it as its owner, and as "
                            f"'{RECIPIENT}' whom only the operator named ...")
             owner_key = self.workdir / OWNER_SEALING_KEY
@@ -189,9 +198,28 @@ class Demo:
             self.view.note("this machine's clock is not NTP-synchronised: the devices are "
                            "told to trust it (--unsafe-assume-clock-synced), or they would "
                            "seal nothing to a grant")
-        for d in self.devices:
+        self.room = self.quality_story.prepare(self.stack, self.owner, n)
+        for d in [*self.devices, *self.room]:
             self.signals.check()
             d.start(self.workdir / "logs", self.options.seed, assume_clock_synced=unsynced)
+
+    def _wait_for_room(self) -> None:
+        """Let the quality site's agents run long enough for a verdict (a short run only)."""
+        remaining = self.quality_story.remaining_s()
+        if remaining <= 0 or self.signals.finish_early:
+            return
+        self.view.note(f"quality: the room's sensors run {remaining:.0f} s more for the "
+                       "validator's windows")
+        deadline = time.monotonic() + remaining
+        self.signals.running = True  # a first Ctrl-C ends the wait (and skips the verdict)
+        try:
+            while time.monotonic() < deadline and not (self.signals.aborted
+                                                       or self.signals.finish_early):
+                self._check_alive()
+                self.signals.wake.wait(min(POLL_S, max(0.0, deadline - time.monotonic())))
+        finally:
+            self.signals.running = False
+        self.signals.check()
 
     def _run_devices(self) -> None:
         self.signals.check()
@@ -239,7 +267,7 @@ class Demo:
                           duplicates=int(stats["records_duplicate"]))
 
     def _check_alive(self) -> None:
-        for d in self.devices:
+        for d in [*self.devices, *self.room]:
             if d.child is not None and not d.child.alive():
                 raise StackError(f"device {d.name} stopped (exit {d.child.process.returncode}):"
                                  f" {d.child.log_tail(1)}")
@@ -249,7 +277,7 @@ class Demo:
     def _stop_devices(self) -> None:
         self.view.note("stopping the devices (each flushes its outbox for up to "
                        f"{FINAL_FLUSH_S} s)")
-        children = [d.child for d in self.devices if d.child is not None]
+        children = [d.child for d in [*self.devices, *self.room] if d.child is not None]
         codes = stop_all(children, timeout_s=FINAL_FLUSH_S + 10)
         for d in self.devices:
             d.exit_code = codes.get(d.name)
@@ -268,7 +296,8 @@ class Demo:
 
     def _cleanup(self) -> None:
         self.view.stop()
-        children = [d.child for d in self.devices if d.child is not None and d.child.alive()]
+        children = [d.child for d in [*self.devices, *self.room]
+                    if d.child is not None and d.child.alive()]
         if children:
             stop_all(children, timeout_s=FINAL_FLUSH_S + 5)
         try:
@@ -287,7 +316,8 @@ class Demo:
         s, g = self.snapshot, self.snapshot.gateway
         v = self.verification
         return {
-            "ok": not self.error and v.verified and self.contract.ok and self.payout.ok,
+            "ok": (not self.error and v.verified and self.contract.ok and self.payout.ok
+                   and (self.quality.caught or self.signals.finish_early)),
             "error": self.error or None,
             "devices": len(self.devices),
             "duration_s": round(self.elapsed_s, 1),
@@ -304,10 +334,12 @@ class Demo:
             "verification": v.as_json(),
             "contract": self.contract.as_json(),
             "payout": self.payout.as_json(),
+            "quality": self.quality.as_json(),
             "per_device": [{**vars(row), "exit_code": d.exit_code}
                            for d, row in zip(self.devices, s.devices, strict=False)],
             "processes": {**self.stack.pids(), "chain": self.payout_story.pid,
-                          "agents": [d.child.pid for d in self.devices if d.child]},
+                          "agents": [d.child.pid for d in [*self.devices, *self.room]
+                                     if d.child]},
             "ports": {"broker": self.stack.broker_port, "gateway": self.stack.gateway_port,
                       "chain": self.payout_story.port},
             "dashboard": self.dashboard_url,

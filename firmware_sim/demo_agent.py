@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=None, help="simulation seed")
     parser.add_argument("--tv-on-in", type=float, default=5.0, metavar="SECONDS",
                         help="when the simulated TV switches on (default 5)")
+    parser.add_argument("--world-offset-s", type=float, default=None, metavar="SECONDS",
+                        help="run the simulated world this far ahead of real time instead "
+                        "(devices of one room share it, so they measure the same climate)")
     parser.add_argument("--unsafe-assume-clock-synced", action="store_true",
                         help="treat the wall clock as NTP-synchronised even when the kernel "
                         "says it is not (weakens grant expiry; simulation only)")
@@ -103,7 +106,10 @@ def _run(args: argparse.Namespace, environ: Mapping[str, str], stop: threading.E
             "UNSAFE: the wall clock is not synchronised, and is treated as if it were "
             "(--unsafe-assume-clock-synced): grant periods are judged on an unproven clock")
         clock = AssumedSyncedClock()
-    offset = world_offset_s(TvSchedule(config.sim_seed), clock.wall_ms() / 1000, args.tv_on_in)
+    offset = args.world_offset_s
+    if offset is None:
+        offset = world_offset_s(TvSchedule(config.sim_seed), clock.wall_ms() / 1000,
+                                args.tv_on_in)
     logging.getLogger(PROG).info("simulated world runs %+.0f s from real time", offset)
     options = ServiceOptions(environ=dict(environ),
                              world_wall_s=lambda: time.time() + offset)

@@ -38,8 +38,10 @@ TV_ON_FIRST_S = 4  # the first household's TV comes on this many seconds into th
 TV_ON_STEP_S = 3  # and each next one this much later
 
 
-def write_demo_config(device: SimDevice) -> None:
-    """Rewrite the bundle's agent.toml with the demo's short intervals (same keys otherwise).
+def write_demo_config(device: SimDevice, agent: dict[str, tomlwrite.Scalar] | None = None
+                      ) -> None:
+    """Rewrite the bundle's agent.toml with the demo's short intervals (same keys otherwise)
+    and ``agent`` added to its ``[agent]`` table (e.g. ``sim_faults``).
 
     Raises StorageError if the file cannot be read or written.
     """
@@ -52,6 +54,7 @@ def write_demo_config(device: SimDevice) -> None:
     for section, values in DEMO_SECTIONS.items():
         if section != "usage" or "usage" in data:
             data.setdefault(section, {}).update(values)
+    data.setdefault("agent", {}).update(agent or {})
     text = tomlwrite.document(*_sections(data), comment=(
         f"edgeproof agent config for the demo device {device.name!r}: the bundle's config\n"
         "from edgeproof-provision with the sampling, usage, batch and status intervals\n"
@@ -80,6 +83,7 @@ class DemoDevice:
     index: int
     child: Child | None = None
     exit_code: int | None = None
+    world_offset_s: float | None = None  # None: from the TV schedule (--tv-on-in)
 
     @property
     def name(self) -> str:
@@ -93,6 +97,8 @@ class DemoDevice:
         argv = [sys.executable, "-m", "firmware_sim.demo_agent", "--config",
                 str(self.device.config), "--state-dir", str(self.device.state_dir),
                 "--seed", str(seed + self.index), "--tv-on-in", str(tv_on_in)]
+        if self.world_offset_s is not None:
+            argv += ["--world-offset-s", str(self.world_offset_s)]
         if assume_clock_synced:
             argv.append("--unsafe-assume-clock-synced")
         self.child = spawn(self.name, argv, logs / f"{self.name}.log", env=env)

@@ -112,8 +112,11 @@ def test_demo_proves_a_sealed_reading_and_leaves_nothing_running(start_demo: Any
     assert summary["devices"] == 2
     assert summary["receipted"] > 0
     # Every committed record reached the log exactly once, nothing is left or rejected; the
-    # contract story's three documents (request, consent, revocation) are leaves too.
-    assert summary["log_size"] == summary["committed"] + 3
+    # contract story's three documents (request, consent, revocation) are leaves too, and
+    # the quality site's records and attestations.
+    quality = summary["quality"]
+    assert summary["log_size"] == (summary["committed"] + 3 + quality["committed"]
+                                   + quality["attestations_logged"])
     assert summary["committed"] == summary["receipted"]
     assert summary["outbox_depth"] == 0
     assert summary["dead_letters"] == 0
@@ -129,6 +132,12 @@ def test_demo_proves_a_sealed_reading_and_leaves_nothing_running(start_demo: Any
     assert verification["not_granted"]["status"] == "not_granted"
     assert verification["not_granted"]["values"] == []
     assert_contract_story_held(summary["contract"])
+    # The miscalibrated sensor of the room is caught by the owner's hub, its neighbours not.
+    assert quality["caught"]
+    assert quality["states"] == {"room-001": "healthy", "room-002": "healthy",
+                                 "room-003": "faulty"}
+    assert quality["reasons"]["room-003"] == ["bias"]
+    assert quality["refused"] == {}
     # The owner's wallet holds exactly the credit its devices settled, as tokens.
     payout = summary["payout"]
     assert payout["ok"], payout["error"]
