@@ -52,7 +52,7 @@ def test_good_payout_section_is_read(tmp_path: Path) -> None:
     'quality_validators = ["' + "ab" * 16 + '"]\n',  # without consent gating
 ])
 def test_bad_quality_validators_are_refused_naming_them(tmp_path: Path, extra: str) -> None:
-    with pytest.raises(ConfigError, match="payout.quality_validators"):
+    with pytest.raises(ConfigError, match=r"payout\.quality_validators"):
         load(tmp_path, BASE + GOOD + extra)
 
 
