@@ -17,15 +17,20 @@ from typing import Any
 import httpx
 import pytest
 
+from agent.policy import PolicyInbox
+from agent.uplink.settings import GatewayKey
 from firmware_sim.broker import MosquittoBroker
 from firmware_sim.chain import REPO_ROOT, GanacheNode
 from firmware_sim.solidity import Deployment, address_of
 from owner.cli import main as owner_main
-from protocol.documents import Document
+from protocol.contract import Lapse
+from protocol.delivery import PolicyDelivery
+from protocol.documents import Document, verify_document
 from protocol.keys import save_owner_key, signer_id, write_secret_file
 from protocol.record import credit_micro
 from rewards.documents import BASE_UNITS_PER_MICRO
 from rewards.gating import ConsentLeaf, Event, Gated, RevocationLeaf, UsageLeaf, gate
+from tests.agent.test_policy import Device as PolicyDevice
 from tests.gateway.conftest import RunningGateway
 from tests.gateway.contractkit import Parties, now_ms, submitted
 from tests.gateway.gwkit import RATE, DeviceClient
@@ -246,3 +251,60 @@ def test_the_hand_worked_vector_is_what_the_rule_pays() -> None:
     assert hexed == {name: expected[name] for name in hexed}
     assert (gated.settled_micro, gated.locked_micro) == (expected["settled_micro"],
                                                          expected["locked_micro"])
+
+
+def lapse_metric(base: str, name: str) -> float:
+    for line in httpx.get(f"{base}/metrics").text.splitlines():
+        if line.startswith(f"edgeproof_gateway_payout_{name} "):
+            return float(line.split()[1])
+    raise AssertionError(f"no metric {name}")
+
+
+def test_short_requests_lapsable_consent_lapses_once_and_the_device_stops_sealing_to_it(
+        gated_world: World, tmp_path: Path) -> None:
+    world = gated_world
+    poor, stingy = world.parties.request(), world.parties.request(hours=25)
+    submitted(world.base, poor)
+    submitted(world.base, stingy)
+    lapsable = world.parties.consent(poor, lapses=True)
+    kept = world.parties.consent(stingy)  # its owner did not allow a lapse
+    submitted(world.base, lapsable)
+    submitted(world.base, kept)
+    world.fund(poor, 1)
+    world.fund(stingy, 1)
+    world.use()
+    world.use()
+    device_id = world.parties.device.device_id.hex()
+
+    def delivered() -> list[dict[str, Any]] | None:
+        found: list[dict[str, Any]] = httpx.get(
+            f"{world.base}/v1/devices/{device_id}/documents").json()
+        return found if any(d["type"] == "lapse" for d in found) else None
+
+    docs = wait_for("a lapse notice delivered to the device", delivered)
+    notices = [d for d in docs if d["type"] == "lapse"]
+    assert [n["ref"] for n in notices] == [lapsable.id.hex()]
+    gateway_key = GatewayKey.from_text(world.verifier).public_key
+    notice = verify_document(bytes.fromhex(notices[0]["document"]), gateway_key, "lapse")
+    assert isinstance(notice.body, Lapse)
+    assert notice.body.consent == lapsable.raw
+    wait_for("a later epoch", lambda: lapse_metric(
+        world.base, "short_consents_without_lapse_term") == 1)
+    assert lapse_metric(world.base, "lapses_total") == 1  # once per consent
+
+    gated = world.recompute()  # the notice's leaf acts as a revocation's
+    assert set(gated.short_at) == {poor.id, stingy.id}
+
+    # The device (its real policy inbox and grant book) applies what the gateway delivers.
+    device = PolicyDevice(tmp_path)
+    device.clock.advance(now_ms() - device.clock.wall_ms())
+    inbox = PolicyInbox(device.book, device.outbox, device_id=world.parties.device.device_id,
+                        owner=world.parties.owner.public_key, streams={"climate"},
+                        clock=device.clock, gateway=gateway_key)
+    delivery = PolicyDelivery(tuple((d["index"], bytes.fromhex(d["document"])) for d in docs),
+                              docs[-1]["index"] + 1, True)
+    assert inbox.deliver(delivery.to_cbor())
+    assert [g.consent_hash for g in device.book.grants()] == [kept.id]
+    assert device.book.is_revoked(lapsable.id)
+    assert device.book.accepted["lapses"] == 1
+    assert device.book.refused == {}
