@@ -74,7 +74,8 @@ class World:
     def recompute(self) -> Gated:
         size = int(httpx.get(f"{self.base}/v1/stats").json()["log_size"])
         return recompute(DocumentClient(self.base), self.deployed.rpc,
-                         self.deployed.distributor, size, BASE_UNITS_PER_MICRO)
+                         self.deployed.distributor, size, BASE_UNITS_PER_MICRO,
+                         gateway=GatewayKey.from_text(self.verifier).public_key)
 
     @property
     def owner_id(self) -> bytes:
@@ -292,8 +293,18 @@ def test_short_requests_lapsable_consent_lapses_once_and_the_device_stops_sealin
         world.base, "short_consents_without_lapse_term") == 1)
     assert lapse_metric(world.base, "lapses_total") == 1  # once per consent
 
-    gated = world.recompute()  # the notice's leaf acts as a revocation's
+    gated = world.recompute()  # each notice checked against the chain; acts as a revocation
     assert set(gated.short_at) == {poor.id, stingy.id}
+    assert gated.owners == {world.owner_id: 2}  # each request paid what it funded, no more
+    save_owner_key(tmp_path / "owner.key", world.parties.owner)
+    write_secret_file(tmp_path / "wallet.key", KEYS["owner_a"].value.hex().encode())
+    assert owner_main(["wallet", "bind", "--key", str(tmp_path / "owner.key"), "--wallet-key",
+                       str(tmp_path / "wallet.key"), "--gateway", world.base,
+                       "--rpc", world.chain.url]) == 0
+    wait_for("a posted epoch", lambda: httpx.get(
+        f"{world.base}/v1/payouts/latest").status_code == 200)
+    assert verify_main(["payout", "--gateway", world.base, "--rpc", world.chain.url,
+                        "--gateway-key", world.verifier]) == 0
 
     # The device (its real policy inbox and grant book) applies what the gateway delivers.
     device = PolicyDevice(tmp_path)
