@@ -26,6 +26,7 @@ from owner.cli import main as owner_main
 from protocol.contract import Lapse
 from protocol.delivery import PolicyDelivery
 from protocol.documents import Document, verify_document
+from protocol.errors import VerificationError
 from protocol.keys import save_owner_key, signer_id, write_secret_file
 from protocol.record import credit_micro
 from rewards.documents import BASE_UNITS_PER_MICRO
@@ -38,7 +39,7 @@ from tests.rewards.conftest import KEYS
 from tests.rewards.test_payout_end_to_end import wait_for
 from verifier.cli import main as verify_main
 from verifier.client import DocumentClient
-from verifier.gating import recompute
+from verifier.gating import Chain, check_shortfall, recompute
 
 USED_MS = 30_000  # each usage record: 30 s of use
 EARNED = credit_micro(USED_MS, RATE)
@@ -319,3 +320,28 @@ def test_short_requests_lapsable_consent_lapses_once_and_the_device_stops_sealin
     assert device.book.is_revoked(lapsable.id)
     assert device.book.accepted["lapses"] == 1
     assert device.book.refused == {}
+
+
+def test_a_lapse_notice_the_chain_does_not_bear_out_fails_verification(
+        chain: GanacheNode, deployed: Deployment) -> None:
+    request, device = b"\x07" * 32, b"\x01" * 16
+    events: list[Event] = [ConsentLeaf(0, b"\x0c" * 32, b"\x0a" * 16, request,
+                                       frozenset({device}), 0, 10**15),
+                           UsageLeaf(1, device, 5, 10), UsageLeaf(2, device, 6, 10)]
+    company = address_of(KEYS["company"])
+    deployed.give(company, 10**24)
+    deployed.fund(KEYS["company"], 15 * BASE_UNITS_PER_MICRO, request)  # 15 of 20 earned
+    short_block = deployed.rpc.block_number()
+    deployed.fund(KEYS["company"], 100 * BASE_UNITS_PER_MICRO, request)  # topped up later
+    on_chain = Chain(deployed.rpc, deployed.distributor, BASE_UNITS_PER_MICRO, chain.chain_id)
+
+    def notice(short_at: int, block: int, distributor: str = deployed.distributor) -> Lapse:
+        return Lapse(b"consent bytes", request, short_at, block, chain.chain_id,
+                     bytes.fromhex(distributor[2:]))
+
+    check_shortfall(events, 3, notice(2, short_block), on_chain)  # true then: it stands
+    for false in (notice(1, short_block),  # not short yet at leaf 1
+                  notice(2, deployed.rpc.block_number()),  # covered at that block
+                  notice(2, short_block, "0x" + "11" * 20)):  # another distributor
+        with pytest.raises(VerificationError):
+            check_shortfall(events, 3, false, on_chain)
