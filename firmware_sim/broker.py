@@ -17,7 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from firmware_sim.procs import die_with_parent, signal_and_wait
+from firmware_sim.procs import signal_and_wait
+from osutil.deathsig import die_with_parent
 
 
 def free_port() -> int:

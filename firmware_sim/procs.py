@@ -16,8 +16,6 @@ started while it runs. On Linux each child also asks the kernel for SIGTERM when
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import http.client
 import os
 import signal
@@ -29,20 +27,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from osutil.deathsig import die_with_parent
 from protocol.errors import EdgeproofError
 
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 GATEWAY_START_TIMEOUT_S = 60.0  # a bound for a slow, loaded machine; returns when healthy
 
 
 class StartError(EdgeproofError):
     """A child process exited at start or did not become ready in time."""
-
-
-def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 @dataclass

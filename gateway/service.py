@@ -8,13 +8,14 @@ Threads:
   total; what does not fit is dropped, counted and acknowledged);
 - the *sequencer thread* (the caller of :meth:`GatewayService.run`) takes messages from
   the queue in deficit-round-robin order across devices and submits the stateless checks
-  (:func:`gateway.verify.prepare_batch`) to a small pool (signature checks run in
-  parallel; PyNaCl releases the GIL), keeping at most ``MAX_GROUP_BATCHES`` messages or
-  ``MAX_INFLIGHT_BYTES`` in flight, so a device that floods waits behind everyone
-  else's next message, not the other way round; it commits the verified batches in order
-  (those ready together, in one group commit; :class:`gateway.sequencer.Sequencer`),
-  publishes each receipt, then acknowledges each MQTT message; it also issues interval
-  checkpoints and pings the systemd watchdog when it made progress;
+  (:func:`gateway.verify.prepare_batch`) to the verify pool (worker processes, one per
+  core, :mod:`gateway.verify_pool`; or threads with ``verify_workers = 0``), keeping at
+  most ``MAX_GROUP_BATCHES`` messages or ``MAX_INFLIGHT_BYTES`` in flight, so a device
+  that floods waits behind everyone else's next message, not the other way round; it
+  commits the verified batches in order (those ready together, in one group commit;
+  :class:`gateway.sequencer.Sequencer`), publishes each receipt, then acknowledges each
+  MQTT message; it also issues interval checkpoints and pings the systemd watchdog when
+  it made progress;
 - uvicorn serves the API on its own thread.
 
 With ``[store] shared = true`` (several processes over one PostgreSQL database,

@@ -17,7 +17,8 @@ changed meanwhile.
   that lands while a batch is in a worker never lets a record in under a stale key.
 - **Bounded.** The pool holds only what the sequencer hands it, which the service bounds
   (``MAX_GROUP_BATCHES`` messages, ``MAX_INFLIGHT_BYTES``); there is no queue of its own.
-- **A worker dies** (kill -9, out of memory): every job it and its siblings had is sent
+- **A worker dies** (kill -9, out of memory): when the executor reports it (at once for
+  the jobs it held, else at the next job), every job it and its siblings had is sent
   again to a fresh set of workers (``gateway_verify_worker_restarts_total``). A job that
   broke the pool twice is verified in the gateway process instead, so a message never
   loops. Nothing is acknowledged before its records are committed, so nothing is lost,
@@ -30,6 +31,7 @@ changed meanwhile.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -46,6 +48,7 @@ from gateway.config import Limits
 from gateway.metrics import PREFIX
 from gateway.store import Device
 from gateway.verify import KeyLookup, PreparedBatch, PreparedRecord, prepare_batch
+from osutil.deathsig import die_with_parent
 from protocol.reasons import Reason
 from protocol.record import Body, Record
 
@@ -58,6 +61,10 @@ _limits = Limits()  # set in each worker by _init_worker
 def _init_worker(limits: Limits) -> None:
     global _limits  # noqa: PLW0603 - per-process state of a pool worker
     _limits = limits
+    # The forkserver exits with the gateway, even after a kill -9; a worker waiting for
+    # work would not notice (it waits on a lock a dead sibling may hold), so the kernel
+    # ends it then.
+    die_with_parent(signal.SIGKILL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
@@ -154,7 +161,8 @@ class VerifyPool:
         if self.workers:
             with self._lock:
                 self._executor = self._new_executor()
-            self._warm(self._executor)
+            for ping in self._warm(self._executor):
+                ping.result(timeout=_START_TIMEOUT_S)
 
     def submit(self, topic: str, payload: bytes, arrived: float,
                device: Device | None) -> Future[PreparedBatch]:
@@ -165,6 +173,12 @@ class VerifyPool:
             return self._local.submit(self._in_process, job)
         self._send(job, outer, 1)
         return outer
+
+    def worker_pids(self) -> list[int]:
+        """The worker processes' ids now (empty with 0 workers or before :meth:`start`)."""
+        with self._lock:
+            executor = self._executor
+        return sorted(_processes(executor))
 
     def close(self) -> None:
         """Stop the workers (jobs not started are cancelled; the messages stay unacked)."""
@@ -182,10 +196,9 @@ class VerifyPool:
         return ProcessPoolExecutor(self.workers, mp_context=context,
                                    initializer=_init_worker, initargs=(self._limits,))
 
-    def _warm(self, executor: Executor) -> None:
-        pings = [executor.submit(_ping) for _ in range(self.workers)]
-        for ping in pings:
-            ping.result(timeout=_START_TIMEOUT_S)
+    def _warm(self, executor: Executor) -> list[Future[int]]:
+        """One trivial job per worker: the executor starts its processes on demand."""
+        return [executor.submit(_ping) for _ in range(self.workers)]
 
     def _in_process(self, job: _Job) -> PreparedBatch:
         return prepare_batch(job.topic, job.payload, job.arrived, self._limits,
@@ -210,16 +223,17 @@ class VerifyPool:
             self._restart(generation)
             self._send(job, outer, attempt + 1)
             return
-        inner.add_done_callback(lambda done: self._finished(done, job, outer, attempt,
-                                                            generation))
+        inner.add_done_callback(lambda done: self._finished(
+            done, job, outer, attempt, executor=executor, generation=generation))
 
     def _finished(self, inner: Future[_Packed], job: _Job, outer: Future[PreparedBatch],
-                  attempt: int, generation: int) -> None:
+                  attempt: int, *, executor: Executor, generation: int) -> None:
         if inner.cancelled():
             outer.cancel()
             return
         error = inner.exception()
         if isinstance(error, BrokenProcessPool):
+            _kill_workers(executor)
             self._restart(generation)
             self._send(job, outer, attempt + 1)
         elif error is not None:
@@ -237,7 +251,27 @@ class VerifyPool:
             self._generation += 1
         self.restarts.inc()
         log.error("a verify worker died; restarted the workers and sent their batches again")
-        old.shutdown(wait=False)
+        _kill_workers(old)
+        old.shutdown(wait=False)  # its jobs fail as broken and are sent again
+        self._warm(self._executor)
+
+
+def _processes(executor: Executor) -> dict[int, multiprocessing.process.BaseProcess]:
+    """The executor's live worker processes by pid (it has no public view of them)."""
+    if not isinstance(executor, ProcessPoolExecutor):
+        return {}
+    return dict(executor._processes or {})  # noqa: SLF001
+
+
+def _kill_workers(executor: Executor) -> None:
+    """SIGKILL what is left of a broken executor's workers.
+
+    The executor ends them with SIGTERM and waits, but workers ignore SIGTERM (see the
+    module docstring), so it would wait for ever.
+    """
+    for process in _processes(executor).values():
+        with contextlib.suppress(OSError, ValueError):
+            process.kill()
 
 
 def _complete(outer: Future[PreparedBatch], work: Callable[[], PreparedBatch]) -> None:

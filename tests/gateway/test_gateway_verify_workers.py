@@ -1,0 +1,282 @@
+"""Verification in worker processes: stale keys, bad input, and their crashes.
+
+The pool here is the real one (forkserver worker processes) over a real SQLite store; the
+sequencer commits what the workers return, as the gateway does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cbor2
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+
+from firmware_sim.broker import MosquittoBroker, free_port
+from firmware_sim.procs import GatewayProcess
+from gateway.anchor import LocalAnchor
+from gateway.checkpoints import Checkpointer
+from gateway.config import CheckpointConfig, Limits
+from gateway.gatewaykey import GatewayKey
+from gateway.metrics import GatewayMetrics
+from gateway.sqlite_store import SQLiteLogStore
+from gateway.verify import PreparedBatch, prepare_batch
+from gateway.verify_pool import VerifyPool
+from protocol import reasons
+from protocol.batch import records_topic
+from protocol.receipt import Receipt, Status
+from tests.gateway.gwkit import (
+    RATE,
+    START_WALL_MS,
+    DeviceClient,
+    TestDevice,
+    batch_bytes,
+    make_key,
+    register,
+    write_gateway_files,
+)
+from tests.gateway.test_gateway_crash import REPO, Publisher
+from tests.gateway.test_gateway_crash import _check_log as check_log
+
+KILLS = 3
+BURST_BATCHES = 20  # per device and kill: 600 records
+NOW_MS = START_WALL_MS + 86_400_000
+
+
+@dataclasses.dataclass
+class Log:
+    store: SQLiteLogStore
+    checkpointer: Checkpointer
+
+    def commit(self, batches: list[PreparedBatch]) -> list[list[tuple[Status, str | None]]]:
+        from gateway.sequencer import Sequencer  # noqa: PLC0415 - after the store exists
+
+        metrics = GatewayMetrics()
+        sequencer = Sequencer(self.store, self.checkpointer,
+                              GatewayKey.generate("gateway.test/edgeproof"), limits=Limits(),
+                              metrics=metrics, wall_ms=lambda: NOW_MS, monotonic=lambda: 0.0)
+        receipts = sequencer.commit_group(batches)
+        return [[(o.status, o.reason) for o in r.receipt.outcomes] if r else []
+                for r in receipts]
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> Iterator[Log]:
+    store = SQLiteLogStore(tmp_path / "log.sqlite")
+    key = GatewayKey.generate("gateway.test/edgeproof")
+    checkpointer = Checkpointer(store, key, LocalAnchor(lambda: NOW_MS),
+                                config=CheckpointConfig(), metrics=GatewayMetrics(),
+                                wall_ms=lambda: NOW_MS, monotonic=lambda: 0.0)
+    try:
+        yield Log(store, checkpointer)
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def pool(registry: CollectorRegistry) -> Iterator[VerifyPool]:
+    verify = VerifyPool(2, 1, Limits(), registry)
+    verify.start()
+    try:
+        yield verify
+    finally:
+        verify.close()
+
+
+def enrol(log: Log, dev: TestDevice) -> None:
+    log.store.register_device(dev.name, dev.enrolled_key, "alice", RATE, NOW_MS)
+
+
+def test_stale_key_after_rotation_never_accepted_though_the_worker_verified_it(
+        log: Log, pool: VerifyPool) -> None:
+    dev = TestDevice.create("rotating", 11)
+    enrol(log, dev)
+    snapshot = log.store.device(dev.device_id)  # what the workers get: the enrolled key only
+    old_key = dev.key
+    topic = records_topic(dev.device_id)
+    first = [*dev.records(3), dev.rotate(make_key(random.Random(12))).raw]  # new key from seq 4
+    thief = dataclasses.replace(dev, key=old_key, signed=[])  # the leaked key, same chain
+    stolen = pool.submit(topic, batch_bytes(thief.records(2), 2), 0.0, snapshot).result()
+    assert all(r.good_key == old_key.public_key for r in stolen.records)
+    rotation = pool.submit(topic, batch_bytes(first, 1), 0.0, snapshot).result()
+
+    outcomes = log.commit([rotation, stolen])  # one group commit, rotation first
+
+    assert outcomes[0] == [(Status.ACCEPTED, None)] * 4
+    assert outcomes[1] == [(Status.REJECTED, reasons.BAD_SIGNATURE.value)] * 2
+    honest = pool.submit(topic, batch_bytes(dev.records(2), 3), 0.0, snapshot).result()
+    assert all(r.bad_key == old_key.public_key for r in honest.records)  # stale snapshot
+    assert log.commit([honest]) == [[(Status.ACCEPTED, None)] * 2]  # verified again, in
+    assert log.store.size() == 6
+
+
+def test_revocation_while_a_batch_is_in_a_worker_rejects_it(log: Log,
+                                                             pool: VerifyPool) -> None:
+    dev = TestDevice.create("revoked", 21)
+    enrol(log, dev)
+    snapshot = log.store.device(dev.device_id)
+    future = pool.submit(records_topic(dev.device_id), batch_bytes(dev.records(3), 1), 0.0,
+                         snapshot)
+    prepared = future.result()
+    assert all(r.good_key == dev.key.public_key for r in prepared.records)
+    log.store.revoke_device(dev.device_id, NOW_MS)
+
+    assert log.commit([prepared]) == [[(Status.REJECTED, reasons.REVOKED_DEVICE.value)] * 3]
+    assert log.store.size() == 0
+
+
+def test_malformed_and_oversized_input_in_a_worker_rejected_with_the_in_process_reasons(
+        ) -> None:
+    limits = Limits(max_batch_bytes=2000, max_record_bytes=64)  # every record is too large
+    dev = TestDevice.create("bad-input", 31)
+    topic = records_topic(dev.device_id)
+    good = dev.records(2)
+    cases = {
+        "not cbor": b"\xff\x00garbage",
+        "not a batch": cbor2.dumps({"hello": 1}),
+        "a record over max_record_bytes": batch_bytes(good, 1),
+        "over max_batch_bytes": batch_bytes(dev.records(20), 2),
+        "truncated": batch_bytes(good, 3)[:-7],
+        "wrong topic": batch_bytes(good, 4),
+    }
+    expected = {"not cbor": reasons.MALFORMED, "not a batch": reasons.MALFORMED,
+                "over max_batch_bytes": reasons.TOO_LARGE, "truncated": reasons.MALFORMED,
+                "wrong topic": reasons.WRONG_TOPIC}
+    pool = VerifyPool(1, 1, limits, CollectorRegistry())
+    pool.start()
+    try:
+        for name, payload in cases.items():
+            where = "edgeproof/v1/devices/nope/records" if name == "wrong topic" else topic
+            in_worker = pool.submit(where, payload, 0.0, None).result()
+            in_process = prepare_batch(where, payload, 0.0, limits, lambda _kid: None)
+            assert in_worker.reject is expected.get(name), name
+            assert in_worker.reject == in_process.reject, name
+            assert [r.reject for r in in_worker.records] == \
+                [r.reject for r in in_process.records], name
+            assert in_worker.payload_hash == in_process.payload_hash, name
+        too_large = pool.submit(topic, cases["a record over max_record_bytes"], 0.0,
+                                None).result()
+        assert [r.reject for r in too_large.records] == [reasons.TOO_LARGE] * 2
+    finally:
+        pool.close()
+
+
+def test_killed_worker_is_replaced_and_its_batches_verified_again(
+        log: Log, pool: VerifyPool, registry: CollectorRegistry) -> None:
+    dev = TestDevice.create("crash", 41)
+    enrol(log, dev)
+    snapshot = log.store.device(dev.device_id)
+    topic = records_topic(dev.device_id)
+    before = pool.worker_pids()
+    assert len(before) == 2
+    futures = [pool.submit(topic, batch_bytes(dev.records(50), i), 0.0, snapshot)
+               for i in range(1, 9)]
+    os.kill(before[0], signal.SIGKILL)
+    batches = [f.result(timeout=60) for f in futures]  # every one answered, none lost
+    later = pool.submit(topic, batch_bytes(dev.records(1), 9), 0.0, snapshot).result()
+
+    outcomes = log.commit([*batches, later])
+
+    assert outcomes == [[(Status.ACCEPTED, None)] * 50] * 8 + [[(Status.ACCEPTED, None)]]
+    assert log.store.size() == 401
+    restarts = registry.get_sample_value("edgeproof_gateway_verify_worker_restarts_total")
+    assert restarts == 1
+    assert before[0] not in pool.worker_pids()
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(p) for p in (task / "children").read_text().split()]
+    return [p for p in found if _alive(p)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def _verify_workers(gateway_pid: int) -> set[int]:
+    """The gateway's verify workers: the children of its forkserver process."""
+    for child in _children(gateway_pid):
+        cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        if b"forkserver" in cmdline:
+            return set(_children(child))
+    return set()
+
+
+def _wait_for_fresh_workers(gateway_pid: int, seen: set[int]) -> list[int]:
+    """Two workers that were not there before (the pool replaced the killed set)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        fresh = _verify_workers(gateway_pid) - seen
+        if len(fresh) >= 2:
+            seen.update(fresh)
+            return sorted(fresh)
+        time.sleep(0.05)
+    raise AssertionError("the gateway did not start two new verify workers")
+
+
+def test_kill9_of_a_verify_worker_under_load_loses_and_duplicates_nothing(
+        broker: MosquittoBroker, tmp_path: Path) -> None:
+    rng = random.Random(17)
+    http_port = free_port()
+    files = write_gateway_files(tmp_path / "gw", broker.port, http_port=http_port,
+                                every_leaves=400, interval_s=0.3, verify_workers=2)
+    gateway = GatewayProcess(files.config, f"http://127.0.0.1:{http_port}",
+                             tmp_path / "gateway.log", cwd=REPO)
+    gateway.start()
+    fleet = [TestDevice.create(f"worker-kill-{i}", 300 + i) for i in range(3)]
+    for dev in fleet:
+        register(gateway.url, dev)
+    client = DeviceClient(broker.port, files.key.verifier_text())
+    publisher = Publisher(client, fleet)
+    try:
+        seen: set[int] = set()
+        workers = _wait_for_fresh_workers(gateway.pid, seen)
+        for _ in range(KILLS):
+            publisher.burst(BURST_BATCHES)  # queued up; a worker dies while they drain
+            time.sleep(rng.uniform(0.02, 0.2))
+            os.kill(rng.choice(workers), signal.SIGKILL)
+            publisher.burst(1)  # the pool notices a dead worker at the latest with new work
+            workers = _wait_for_fresh_workers(gateway.pid, seen)
+        for key in sorted(publisher.sent):  # no resend: every message answered once
+            client.wait_for(*key, timeout=60)
+        metrics = httpx.get(f"{gateway.url}/metrics").text
+        restarts = _sample(metrics, "edgeproof_gateway_verify_worker_restarts_total")
+        assert restarts == KILLS
+        receipts: dict[tuple[bytes, int], Receipt] = {}
+        for receipt in list(client.receipts):
+            assert receipts.setdefault((receipt.device_id, receipt.batch_id), receipt) \
+                is receipt, "a batch answered twice"
+        leaf_of = {raw: o.leaf_index for key, records in publisher.sent.items()
+                   for raw, o in zip(records, receipts[key].outcomes, strict=True)
+                   if o.status is Status.ACCEPTED}
+        assert len(leaf_of) == sum(len(r) for r in publisher.sent.values())
+        assert gateway.stop(timeout_s=30) == 0
+        check_log(files.data_dir / "gateway.sqlite", publisher.sent, leaf_of)
+    finally:
+        client.close()
+        gateway.stop(timeout_s=30)
+
+
+def _sample(metrics: str, name: str) -> float:
+    for line in metrics.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
