@@ -24,13 +24,14 @@ from firmware_sim.chain import REPO_ROOT, GanacheNode
 from firmware_sim.solidity import Deployment, address_of
 from owner.cli import main as owner_main
 from protocol.contract import Lapse
-from protocol.delivery import PolicyDelivery
+from protocol.delivery import PolicyDelivery, policy_topic
 from protocol.documents import Document, verify_document
 from protocol.errors import VerificationError
 from protocol.keys import save_owner_key, signer_id, write_secret_file
 from protocol.record import credit_micro
 from rewards.documents import BASE_UNITS_PER_MICRO
 from rewards.gating import ConsentLeaf, Event, Gated, RevocationLeaf, UsageLeaf, gate
+from tests.agent.mqtt_watch import Watcher
 from tests.agent.test_policy import Device as PolicyDevice
 from tests.gateway.conftest import RunningGateway
 from tests.gateway.contractkit import Parties, now_ms, submitted
@@ -263,8 +264,10 @@ def lapse_metric(base: str, name: str) -> float:
 
 
 def test_short_requests_lapsable_consent_lapses_once_and_the_device_stops_sealing_to_it(
-        gated_world: World, tmp_path: Path) -> None:
+        gated_world: World, broker: MosquittoBroker, tmp_path: Path) -> None:
     world = gated_world
+    watcher = Watcher(f"mqtt://127.0.0.1:{broker.port}",
+                      policy_topic(world.parties.device.device_id))
     poor, stingy = world.parties.request(), world.parties.request(hours=25)
     submitted(world.base, poor)
     submitted(world.base, stingy)
@@ -290,6 +293,15 @@ def test_short_requests_lapsable_consent_lapses_once_and_the_device_stops_sealin
     notice = verify_document(bytes.fromhex(notices[0]["document"]), gateway_key, "lapse")
     assert isinstance(notice.body, Lapse)
     assert notice.body.consent == lapsable.raw
+
+    def pushed(latest: dict[str, bytes]) -> bool:  # the courier pushes it to the device
+        return any(notice.raw == raw for payload in latest.values()
+                   for _, raw in PolicyDelivery.from_cbor(payload).documents)
+
+    try:
+        assert watcher.wait_for(pushed)
+    finally:
+        watcher.stop()
     wait_for("a later epoch", lambda: lapse_metric(
         world.base, "short_consents_without_lapse_term") == 1)
     assert lapse_metric(world.base, "lapses_total") == 1  # once per consent
