@@ -54,6 +54,7 @@ from protocol.keys import (
 )
 from protocol.reasons import DocumentReason
 from tests.vectors import make_document_vectors
+from verifier.cli import main as verify_main
 
 VECTORS = Path(__file__).parent / "vectors" / "documents.json"
 T0 = make_document_vectors.T0_MS
@@ -382,3 +383,21 @@ def test_every_document_reason_code_is_named_in_protocol_md() -> None:
     text = (Path(__file__).parents[1] / "docs" / "PROTOCOL.md").read_text()
     missing = [r.value for r in DocumentReason if f"`{r.value}`" not in text]
     assert missing == []
+
+
+def test_verify_document_shows_a_lapse_notice_and_refuses_one_ending_an_unwilling_consent(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lapse = json.loads(VECTORS.read_text())["lapse"]
+    path = tmp_path / "notice.cose"
+    path.write_text(lapse["notice"]["cose_sign1"])
+    assert verify_main(["document", str(path), "--signer", lapse["gateway_public_key"],
+                        "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["type"], shown["consent"], shown["short_at"], shown["funding_block"]) == (
+        "lapse", lapse["consent"]["document_id"], 41, 17)
+    request = _request()
+    forged = sign_document(Lapse(_consent(request).raw, request.id, 3, 4, 1337, bytes(20)),
+                           GATEWAY, T0)
+    path.write_bytes(forged.raw)
+    assert verify_main(["document", str(path)]) == 1
+    assert "did not allow" in capsys.readouterr().err

@@ -40,6 +40,7 @@ from rewards.gating import (
     usage_event,
 )
 from verifier.client import DocumentClient
+from verifier.documents import lapsed_consent
 
 
 def fundings(rpc: JsonRpc, distributor: str, block: int) -> list[abi.Funding]:
@@ -109,14 +110,12 @@ def _lapses(client: DocumentClient, size: int, gateway: bytes | None,
             raise VerificationError("the log holds lapse notices: give the gateway key")
         lapse = verify_document(logged.raw, gateway, "lapse").body
         assert isinstance(lapse, Lapse)
-        consent_doc = verify_document(lapse.consent, expected_type="consent")
-        consent = consent_doc.body
-        assert isinstance(consent, Consent)
+        try:
+            consent_doc = lapsed_consent(lapse)
+        except VerificationError as exc:
+            raise VerificationError(f"lapse at leaf {logged.index}: {exc}") from None
         if signers.get(consent_doc.id) != consent_doc.signer:
             raise VerificationError(f"lapse at leaf {logged.index} embeds no logged consent")
-        if not consent.lapses_on_shortfall or consent.request != lapse.request:
-            raise VerificationError(f"lapse at leaf {logged.index} ends a consent whose owner "
-                                    "did not allow it, or names another request")
         if lapse.short_at >= logged.index:
             raise VerificationError(f"lapse at leaf {logged.index} precedes its short_at")
         found.append((logged.index, lapse))
