@@ -264,7 +264,8 @@ def lapse_metric(base: str, name: str) -> float:
 
 
 def test_short_requests_lapsable_consent_lapses_once_and_the_device_stops_sealing_to_it(
-        gated_world: World, broker: MosquittoBroker, tmp_path: Path) -> None:
+        gated_world: World, broker: MosquittoBroker, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
     world = gated_world
     watcher = Watcher(f"mqtt://127.0.0.1:{broker.port}",
                       policy_topic(world.parties.device.device_id))
@@ -318,6 +319,13 @@ def test_short_requests_lapsable_consent_lapses_once_and_the_device_stops_sealin
         f"{world.base}/v1/payouts/latest").status_code == 200)
     assert verify_main(["payout", "--gateway", world.base, "--rpc", world.chain.url,
                         "--gateway-key", world.verifier]) == 0
+    audit = ["audit", "--gateway", world.base, "--device", device_id, "--gateway-key",
+             world.verifier, "--owner-key", world.parties.owner.public_key.hex(), "--json"]
+    wait_for("the notice under a checkpoint", lambda: verify_main(audit) == 0)
+    ended = {g["consent"]: g["ended"] for g in json.loads(
+        capsys.readouterr().out.strip().splitlines()[-1])["grants"]}
+    assert ended[lapsable.id.hex()]["by"] == "lapse"  # the audit shows what ended it
+    assert ended[kept.id.hex()]["by"] == "not ended"
 
     # The device (its real policy inbox and grant book) applies what the gateway delivers.
     device = PolicyDevice(tmp_path)
