@@ -79,11 +79,11 @@ class GrantBook:
                 self._grants[grant.derived_stream] = grant
             self._changed("consents")
 
-    def revoke(self, consent_hash: bytes, not_after_ms: int, counter: int = 0
-               ) -> tuple[str, ...]:
+    def revoke(self, consent_hash: bytes, not_after_ms: int, counter: int = 0,
+               what: str = "revocations") -> tuple[str, ...]:
         """Remove every grant of ``consent_hash`` and remember it as revoked (until its
         period ends, or ``not_after_ms`` for a consent the device never applied); raise
-        ``last_counter`` to ``counter``.
+        ``last_counter`` to ``counter``; count it as ``what`` (a lapse: ``lapses``).
 
         Returns the derived streams that ended. Raises StorageError.
         """
@@ -95,7 +95,7 @@ class GrantBook:
                 del self._grants[name]
             self._revoked[consent_hash] = not_after_ms
             self.last_counter = max(self.last_counter, counter)
-            self._changed("revocations")
+            self._changed(what)
             return ended
 
     def forget_ended(self, wall_ms: int, synced: bool) -> None:

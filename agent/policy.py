@@ -17,6 +17,11 @@ key and is still refused (``unsigned_policy``); every refusal is counted by reas
   deliveries in its own thread, before it sends anything after a connect
   (agent/uplink/uplink.py, "syncing"), so an offline device applies a revocation before
   it sends anything sealed to the revoked recipient.
+- A **lapse notice** (PROTOCOL.md §19.4) is the one document not signed by the owner: it is
+  signed by the gateway key the device pinned for receipts (``gateway``) and embeds a
+  consent that must verify under the pinned owner key, name this device and carry the
+  owner's ``lapses_on_shortfall`` term. It is then applied like a revocation (grants
+  ended, unsent records withdrawn) without touching the owner's revocation counter.
 
 Thread-safe: the uplink thread delivers, the main thread writes records; the book's lock
 orders them.
@@ -32,10 +37,10 @@ from agent.grants import GrantBook
 from agent.outbox import Outbox
 from agent.quality import QualityNotes
 from protocol import reasons
-from protocol.contract import Consent, Revocation
+from protocol.contract import Consent, Lapse, Revocation, check_lapse
 from protocol.delivery import PolicyDelivery
 from protocol.documents import Document, verify_document
-from protocol.errors import MalformedRecord, VerificationError
+from protocol.errors import MalformedRecord, RejectedDocument, VerificationError
 from protocol.grants import AccessGrant
 from protocol.quality import QUALITY, QualityAttestation
 from protocol.reasons import DocumentReason
@@ -61,10 +66,11 @@ class PolicyInbox:
 
     def __init__(self, book: GrantBook, outbox: Outbox, *, device_id: bytes,
                  owner: bytes | None, streams: Collection[str], clock: Clock,
-                 quality: QualityNotes | None = None) -> None:
+                 quality: QualityNotes | None = None, gateway: bytes | None = None) -> None:
         """``owner`` is the pinned owner's Ed25519 public key (None: the device applies no
         document); ``streams`` the streams the device has; ``quality`` keeps the quality
-        verdicts on this device that arrive (None: they are refused as ``wrong_type``)."""
+        verdicts on this device that arrive (None: they are refused as ``wrong_type``);
+        ``gateway`` the gateway's pinned receipt key (None: lapse notices are refused)."""
         self.book = book
         self.quality = quality
         self._outbox = outbox
@@ -72,6 +78,7 @@ class PolicyInbox:
         self._owner = owner
         self._streams = frozenset(streams)
         self._clock = clock
+        self._gateway = gateway
 
     @property
     def must_sync(self) -> bool:
@@ -109,6 +116,8 @@ class PolicyInbox:
             self._consent(doc, doc.body)
         elif isinstance(doc.body, Revocation):
             self._revocation(doc.body)
+        elif isinstance(doc.body, Lapse):
+            self._lapse(doc)
         elif isinstance(doc.body, QualityAttestation) and self.quality is not None:
             self._quality(doc, doc.body)
         else:
@@ -125,6 +134,8 @@ class PolicyInbox:
             raise Refused(DocumentReason.BAD_SIGNATURE, str(exc)) from None
         if doc.type == QUALITY:
             return doc  # a validator's statement, informational: any signer (agent/quality.py)
+        if isinstance(doc.body, Lapse):
+            return doc  # the gateway's: checked against both pinned keys in _lapse
         if doc.signer != self._owner:
             raise Refused(DocumentReason.UNSIGNED_POLICY,
                           f"{doc.type} signed by {doc.signer.hex()[:16]}…, not the owner")
@@ -174,6 +185,31 @@ class PolicyInbox:
         log.info("revocation of consent %s… applied (%s): ended %s, withdrew %d unsent "
                  "records", revocation.consent.hex()[:16], revocation.reason,
                  ", ".join(ended) or "no grant", len(gone))
+
+    def _lapse(self, doc: Document) -> None:
+        assert self._owner is not None
+        if self._gateway is None:
+            raise Refused(DocumentReason.UNSIGNED_POLICY, "this device pins no gateway key")
+        try:
+            lapse, consent_doc = check_lapse(doc, self._gateway, self._owner)
+        except RejectedDocument as exc:
+            raise Refused(DocumentReason(exc.reason), exc.detail) from None
+        consent = consent_doc.body
+        assert isinstance(consent, Consent)
+        if self._device_id not in consent.devices:
+            raise Refused(DocumentReason.OTHER_DEVICE, "the consent does not name this device")
+        book = self.book
+        if book.is_revoked(consent_doc.id):
+            book.duplicate()  # already revoked or lapsed
+            return
+        with book.lock:  # as a revocation, but the owner's counter stays where it is
+            ended = book.revoke(consent_doc.id, self._clock.wall_ms() + _TOMBSTONE_MS,
+                                what="lapses")
+            gone = self._outbox.withdraw(ended, reasons.REVOKED)
+        log.warning("consent %s… lapsed (request %s… short at leaf %d, funding block %d): "
+                    "ended %s, withdrew %d unsent records", consent_doc.id.hex()[:16],
+                    lapse.request.hex()[:16], lapse.short_at, lapse.funding_block,
+                    ", ".join(ended) or "no grant", len(gone))
 
     def _quality(self, doc: Document, body: QualityAttestation) -> None:
         assert self.quality is not None

@@ -152,7 +152,8 @@ class AgentService:
         self.policy = None if cfg.owner is None else PolicyInbox(
             self.grants, self.outbox, device_id=self.identity.device_id,
             owner=cfg.owner.public_key, streams={s.stream for s in cfg.sensors},
-            clock=self.clock, quality=QualityNotes(cfg.state_dir / QUALITY_FILE))
+            clock=self.clock, quality=QualityNotes(cfg.state_dir / QUALITY_FILE),
+            gateway=cfg.gateway.public_key)
         self.writer = RecordWriter(self.factory, self.outbox, cfg.stream_recipients(),
                                    policy=cfg.epoch, clock=self.clock,
                                    random_bytes=self.options.random_bytes,

@@ -7,9 +7,9 @@ and PostgreSQL accept (``ON CONFLICT DO NOTHING``); each store runs them through
 A document is a leaf like a record (``leaves`` holds its exact bytes, under the signer id
 with seq ``-1 - index`` and stream ``document/<type>``); ``documents`` indexes it by id,
 type, signer, reference and counter, and ``document_devices`` by the devices it concerns
-(consents and revocations, for delivery). ``device_streams`` is every (device, stream) that
-has a logged record, kept up to date as leaves are flushed: a consent may only grant
-streams a device has.
+(consents, revocations, quality attestations and lapse notices, for delivery).
+``device_streams`` is every (device, stream) that has a logged record, kept up to date as
+leaves are flushed: a consent may only grant streams a device has.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from protocol.keys import signer_id
 
 Run = Callable[[str, tuple[Any, ...]], list[tuple[Any, ...]]]
 DOCUMENT_STREAM_PREFIX = "document/"
-DELIVERED_TYPES = ("consent", "revocation", "quality")
+DELIVERED_TYPES = ("consent", "revocation", "quality", "lapse")
 
 
 def schema(blob: str, integer: str) -> str:
@@ -157,7 +157,7 @@ def documents(run: Run, doc_type: str | None, after_index: int,
 def device_documents(run: Run, device_id: bytes, from_index: int,
                      limit: int) -> list[StoredDocument]:
     rows = run(_SELECT + "JOIN document_devices dd ON dd.idx = d.idx "
-               "WHERE dd.device_id = ? AND dd.idx >= ? AND d.type IN (?, ?, ?) "
+               "WHERE dd.device_id = ? AND dd.idx >= ? AND d.type IN (?, ?, ?, ?) "
                "ORDER BY d.idx LIMIT ?", (device_id, from_index, *DELIVERED_TYPES, limit))
     return [_stored(r) for r in rows]
 

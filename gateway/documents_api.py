@@ -117,7 +117,7 @@ def document_routes(app: FastAPI, store: LogStore, desk: DocumentDesk | None,
     @app.get("/v1/documents", response_model=list[DocumentOut], tags=["documents"],
              summary="Logged documents in log order, a page at a time")
     def documents(type: Annotated[str | None, Query(
-                  pattern="^(request|consent|revocation|quality)$")] = None,
+                  pattern="^(request|consent|revocation|quality|lapse)$")] = None,
                   after: Annotated[int, Query(ge=-1, le=MAX_INT)] = -1,
                   limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[DocumentOut]:
         return [document_out(d) for d in store.documents(type, after, limit)]
@@ -132,7 +132,8 @@ def document_routes(app: FastAPI, store: LogStore, desk: DocumentDesk | None,
 
     @app.get("/v1/devices/{device_id}/documents", response_model=list[DocumentOut],
              tags=["documents"],
-             summary="Consents, revocations and quality attestations concerning a device")
+             summary="Consents, revocations, quality attestations and lapse notices "
+             "concerning a device")
     def device_documents(device_id: Annotated[str, Path(pattern=_HEX_ID)],
                          from_index: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
                          limit: Annotated[int, Query(ge=1, le=1000)] = 100,

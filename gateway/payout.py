@@ -32,8 +32,10 @@ from eth_account import Account
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from gateway.config import PayoutConfig
+from gateway.contracts import Logged
 from gateway.payout_book import FAILED, PENDING, POSTED, PayoutBook, StoredEpoch
 from gateway.payout_gating import log_events, quality_judge
+from gateway.payout_lapse import Shortfall, issue_lapses
 from gateway.store import LogStore, NewDocument
 from osutil.jsonrpc import JsonRpc, RpcError, quantity
 from protocol.documents import Document, parse_document, sign_document
@@ -49,7 +51,7 @@ from rewards.documents import (
 )
 from rewards.epoch import decode_balances, epoch_amounts, gated_amounts
 from rewards.ethkey import load_eth_key
-from rewards.gating import funded_micro, gate
+from rewards.gating import Event, funded_micro, gate
 from rewards.tree import DistributionTree
 
 log = logging.getLogger(__name__)
@@ -110,6 +112,12 @@ class _Metrics:
                               "Settled credit withheld by a trusted validator's faulty verdict "
                               "(latest consent-gated epoch, PROTOCOL.md §19.4 rule 5)",
                               registry=r)
+        self.lapses = Counter(f"{PREFIX}_lapses",
+                              "Lapse notices logged: consents of short requests ended "
+                              "(PROTOCOL.md §19.4)", registry=r)
+        self.unlapsable = Gauge(f"{PREFIX}_short_consents_without_lapse_term",
+                                "Consents of short requests whose owner did not allow a lapse "
+                                "(latest consent-gated epoch)", registry=r)
         self.posted_epoch = Gauge(f"{PREFIX}_posted_epoch", "Latest epoch on chain",
                                   registry=r)
 
@@ -135,6 +143,7 @@ class PayoutWorker:
         self._stop, self._wake = threading.Event(), threading.Event()
         self._thread: threading.Thread | None = None
         self._binding = threading.Lock()  # one binding decision at a time
+        self.on_logged: Callable[[Logged], None] = lambda logged: None  # delivery (§17)
 
     def start(self) -> None:
         """Start the worker thread."""
@@ -252,13 +261,17 @@ class PayoutWorker:
             funding_block = self._rpc.block_number()
             fundings = [abi.decode_funded(entry) for entry in self._rpc.logs(
                 self.config.distributor, abi.FUNDED, 0, funding_block)]
+            events = log_events(self._store, checkpoint.size)
             judge = quality_judge(self._store, checkpoint.size,
                                   self.config.quality_validators)
-            gated = gate(log_events(self._store, checkpoint.size),
-                         funded_micro(fundings, BASE_UNITS_PER_MICRO), judge.withheld)
+            gated = gate(events, funded_micro(fundings, BASE_UNITS_PER_MICRO),
+                         judge.withheld)
             self.metrics.withheld.set(gated.withheld_micro)
             amounts = gated_amounts(gated.owners, _settled(checkpoint.balances), wallets)
             self.metrics.short.set(len(gated.short_at))
+            self._lapse(events, Shortfall(gated.short_at, funding_block, self.config.chain_id,
+                                          bytes.fromhex(self.config.distributor[2:])),
+                        checkpoint.size)
         else:
             amounts = epoch_amounts(decode_balances(checkpoint.balances), wallets)
         self.metrics.locked.set(amounts.locked_micro)
@@ -293,6 +306,19 @@ class PayoutWorker:
                  "(%d locked)", number, checkpoint.size, body.owners, body.total_micro,
                  body.locked_micro)
         self._wake.set()
+
+    def _lapse(self, events: list[Event], shortfall: Shortfall, size: int) -> None:
+        """Log (and hand to delivery) a lapse notice per lapsable consent of a short request
+        (PROTOCOL.md §19.4, gateway/payout_lapse.py)."""
+        outcome = issue_lapses(self._store, self._signer, events, shortfall, size=size,
+                               now_ms=self._wall_ms())
+        self.metrics.unlapsable.set(outcome.no_term)
+        for logged in outcome.logged:
+            self.metrics.lapses.inc()
+            log.warning("payout: consent %s… lapses, its request short of funding "
+                        "(notice at leaf %d)", (logged.document.ref or b"").hex()[:16],
+                        logged.document.index)
+            self.on_logged(logged)
 
     def _post(self, epoch: StoredEpoch) -> None:
         if epoch.leaf_index is None:  # logged before it is posted

@@ -10,6 +10,7 @@ running state between epochs instead).
 
 from __future__ import annotations
 
+from gateway.payout_lapse import lapse_events
 from gateway.store import LogStore
 from protocol.documents import parse_document
 from protocol.signed import parse_signed_record
@@ -35,7 +36,8 @@ def quality_judge(store: LogStore, size: int, trusted: tuple[bytes, ...]) -> Qua
 
 
 def log_events(store: LogStore, size: int) -> list[Event]:
-    """Consents, revocations and the usage records of consented devices below ``size``."""
+    """Consents, revocations, lapse notices and the usage records of consented devices
+    below ``size``."""
     events: list[Event] = []
     for doc_type in ("consent", "revocation"):
         after = -1
@@ -49,6 +51,7 @@ def log_events(store: LogStore, size: int) -> list[Event]:
             if len(page) < PAGE:
                 break
             after = page[-1].index
+    events.extend(lapse_events(store, size))  # a lapse notice's leaf acts as a revocation's
     devices = sorted({d for e in events if isinstance(e, ConsentLeaf) for d in e.devices})
     for device in devices:
         events.extend(_usage(store, device, size))

@@ -224,6 +224,8 @@ class GatewayService:
         self.history = History(self._sample, monotonic)
         self.courier = PolicyCourier(self.store, self.ingest.publish, self.metrics, monotonic)
         self.desk = DocumentDesk(self.store, self.metrics, clock_ms, self.courier.push)
+        if self.payout is not None:
+            self.payout.on_logged = self.courier.push  # lapse notices reach their devices
         api = ApiContext(self.store, self.metrics, self.key.verifier_text(), admin_token,
                          clock_ms, self._health, self.anchor.lookup,
                          self.anchor.listing, self.desk, self.payout,

@@ -408,8 +408,8 @@ class LogStore(Protocol):
 
     def device_documents(self, device_id: bytes, from_index: int,
                          limit: int) -> list[StoredDocument]:
-        """Return the consents and revocations concerning a device with index >=
-        from_index, in log order, at most ``limit``."""
+        """Return the consents, revocations, quality attestations and lapse notices
+        concerning a device with index >= from_index, in log order, at most ``limit``."""
         ...
 
     def register_recipient(self, name: str, signing_key: bytes, sealing_key: bytes,

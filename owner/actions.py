@@ -40,6 +40,7 @@ class Narrowing:
     min_interval_s: int | None
     not_before_ms: int | None
     not_after_ms: int | None
+    lapses_on_shortfall: bool = False  # the gateway may end it if funding runs short (§19.4)
 
 
 def _now_ms() -> int:
@@ -88,8 +89,8 @@ def consent(client: DocumentClient, key: OwnerKey, request_id: str,
                   else wanted.min_interval_s,
                   asked.not_before_ms if wanted.not_before_ms is None else wanted.not_before_ms,
                   asked.not_after_ms if wanted.not_after_ms is None else wanted.not_after_ms)
-    doc = sign_document(Consent(request_doc.id, request.recipient, devices, terms),
-                        key.signing, _now_ms())
+    doc = sign_document(Consent(request_doc.id, request.recipient, devices, terms,
+                                wanted.lapses_on_shortfall), key.signing, _now_ms())
     check_consent(doc, request_doc, _now_ms())  # the gateway's and the devices' rules
     return _submitted(client, doc)
 

@@ -6,7 +6,7 @@
     edgeproof-owner requests --key FILE --gateway URL [--all] [--json]
     edgeproof-owner consent REQUEST_ID --key FILE --gateway URL [--device ID ...]
                             [--field STREAM:FIELD[,FIELD] ...] [--min-interval S]
-                            [--not-before T] [--not-after T]
+                            [--not-before T] [--not-after T] [--lapse-on-shortfall]
     edgeproof-owner revoke CONSENT_ID --key FILE --gateway URL [--reason TEXT]
     edgeproof-owner data --key FILE --gateway URL [--device ID ...] [--stream S ...] [--json]
     edgeproof-owner wallet keygen | bind | status | claim ...   (rewards/cli.py)
@@ -78,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
                          help="at most one reading per S seconds (>= the request's)")
     consent.add_argument("--not-before", metavar="T", help="start (ms or ISO 8601)")
     consent.add_argument("--not-after", metavar="T", help="end (ms or ISO 8601)")
+    consent.add_argument("--lapse-on-shortfall", action="store_true",
+                         help="let the gateway end this consent with a signed lapse notice "
+                         "if the company's funding falls short (PROTOCOL.md §19.4)")
     revoke = sub.add_parser("revoke", help="revoke a consent",
                             description="Sign and submit a revocation of CONSENT_ID with the "
                             "next counter of this owner.")
@@ -140,7 +143,8 @@ def _main(argv: Sequence[str] | None) -> int:
         wanted = actions.Narrowing(
             parse_device_ids(args.device), parse_streams(args.field), args.min_interval,
             None if args.not_before is None else parse_time_ms(args.not_before),
-            None if args.not_after is None else parse_time_ms(args.not_after))
+            None if args.not_after is None else parse_time_ms(args.not_after),
+            args.lapse_on_shortfall)
         _emit(args.json, [actions.consent(client, key, args.request, wanted)])
         return EXIT_OK
     if args.command == "revoke":

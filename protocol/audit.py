@@ -27,15 +27,17 @@ from protocol.bundle import json_field, json_hex, json_proof, key_in_force
 from protocol.checkpoint import Checkpoint
 from protocol.contract import (
     CONSENT,
+    LAPSE,
     REQUEST,
     REVOCATION,
     Consent,
     Revocation,
     body_of,
     check_consent,
+    check_lapse,
 )
 from protocol.documents import Document, verify_document
-from protocol.errors import MalformedRecord, VerificationError
+from protocol.errors import MalformedRecord, RejectedDocument, VerificationError
 from protocol.keys import recipient_kid
 from protocol.note import NoteVerifier
 from protocol.record import KeyEpoch, KeyRotation, Record
@@ -44,7 +46,7 @@ from protocol.signed import parse_signed_record, verify_signed_record
 AUDIT_FORMAT = "edgeproof-audit-bundle/1"
 MAX_AUDIT_BYTES = 8 * 1024 * 1024
 MAX_LEAVES = 4096
-LEAF_KINDS = ("request", "consent", "revocation", "key_epoch", "rotation")
+LEAF_KINDS = ("request", "consent", "revocation", "lapse", "key_epoch", "rotation")
 
 
 @dataclass(frozen=True)
@@ -239,10 +241,29 @@ def _documents(bundle: AuditBundle, passed: list[tuple[str, str]]) -> dict[bytes
         last_counter = revocation.counter
         if story.revocation is None:
             story.revocation, story.revocation_leaf = doc, leaf.leaf_index
+    _lapses(bundle, grants)
     revoked = sum(g.revocation is not None for g in grants.values())
     passed.append(("documents", f"{len(grants)} consent(s) signed by the owner key, each "
                    f"answering a logged request; {revoked} revoked"))
     return grants
+
+
+def _lapses(bundle: AuditBundle, grants: dict[bytes, GrantStory]) -> None:
+    """Lapse notices (§19.4) end their consents like revocations, if the gateway signed them
+    and the owner's embedded consent allowed it."""
+    gateway = NoteVerifier.from_text(bundle.gateway_key).public_key
+    for leaf in _of_kind(bundle, "lapse"):
+        doc = verify_document(leaf.data, gateway, LAPSE)
+        try:
+            _, consent = check_lapse(doc, gateway, bundle.owner_key)
+        except RejectedDocument as exc:
+            raise VerificationError(f"lapse at leaf {leaf.leaf_index}: {exc}") from exc
+        story = grants.get(consent.id)
+        if story is None or story.consent_leaf > leaf.leaf_index:
+            raise VerificationError(f"lapse at leaf {leaf.leaf_index} names no earlier "
+                                    "consent of the bundle")
+        if story.revocation_leaf is None or leaf.leaf_index < story.revocation_leaf:
+            story.revocation, story.revocation_leaf = doc, leaf.leaf_index
 
 
 def _epochs(bundle: AuditBundle, grants: dict[bytes, GrantStory],

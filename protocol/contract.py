@@ -9,6 +9,9 @@ Bodies of :mod:`protocol.documents` (layout and reasoning in docs/PROTOCOL.md §
   granted, never wider than the request; self-contained, so a device enforces it alone.
 - :class:`Revocation` (``"revocation"``), signed by an owner: the consent's id and a counter
   that increases with every revocation of that owner.
+- :class:`Lapse` (``"lapse"``), signed by the GATEWAY: a consent whose owner allowed it
+  (``lapses_on_shortfall``) ends because its request's funding fell short (§19.4); it
+  embeds the consent's signed bytes, so a device checks it against its pinned owner key.
 
 The ``check_*`` functions are the rules both the gateway and a device apply; they raise
 :class:`~protocol.errors.RejectedDocument` with a :class:`~protocol.reasons.DocumentReason`.
@@ -23,18 +26,20 @@ from typing import TypeVar
 from protocol import cbor
 from protocol.documents import (
     Document,
+    document_hash,
     register_body,
     require_bytes,
     require_map,
     require_text,
     require_uint,
+    verify_document,
 )
-from protocol.errors import MalformedRecord, RejectedDocument
+from protocol.errors import MalformedRecord, RejectedDocument, VerificationError
 from protocol.keys import DEVICE_ID_BYTES, SIGNER_ID_BYTES, signer_id
 from protocol.reasons import DocumentReason
 from protocol.record import MAX_STREAM_CHARS, RESERVED_STREAMS
 
-REQUEST, CONSENT, REVOCATION = "request", "consent", "revocation"
+REQUEST, CONSENT, REVOCATION, LAPSE = "request", "consent", "revocation", "lapse"
 MAX_TARGETS = 64
 MAX_STREAMS = 16
 MAX_FIELDS = 16
@@ -146,6 +151,7 @@ class Consent:
     recipient: bytes
     devices: tuple[bytes, ...]
     terms: Terms
+    lapses_on_shortfall: bool = False  # key 8 (absent = false): the gateway may end it (§19.4)
 
     def __post_init__(self) -> None:
         require_bytes(self.request, "request", 32)
@@ -154,16 +160,22 @@ class Consent:
 
     def to_cbor_value(self) -> cbor.Value:
         t = self.terms
-        return {1: self.request, 2: self.recipient, 3: list(self.devices),
-                4: _streams_value(t.streams), 5: t.min_interval_s, 6: t.not_before_ms,
-                7: t.not_after_ms}
+        value: dict[cbor.Value, cbor.Value] = {
+            1: self.request, 2: self.recipient, 3: list(self.devices),
+            4: _streams_value(t.streams), 5: t.min_interval_s, 6: t.not_before_ms,
+            7: t.not_after_ms}
+        if self.lapses_on_shortfall:
+            value[8] = True
+        return value
 
     @classmethod
     def from_cbor_value(cls, value: cbor.Value) -> Consent:
-        m = require_map(value, frozenset(range(1, 8)))
+        m = require_map(value, frozenset(range(1, 8)), frozenset({8}))
+        if 8 in m and m[8] is not True:
+            raise MalformedRecord("bad_document", "lapses_on_shortfall is true or absent")
         terms = Terms(_streams(m[4]), _int(m[5]), _int(m[6]), _int(m[7]))
         return cls(require_bytes(m[1], "request", 32), require_bytes(m[2], "recipient", 32),
-                   _ids(m[3], "devices", DEVICE_ID_BYTES, allow_empty=False), terms)
+                   _ids(m[3], "devices", DEVICE_ID_BYTES, allow_empty=False), terms, 8 in m)
 
 
 @dataclass(frozen=True)
@@ -192,6 +204,46 @@ class Revocation:
                    require_text(m[3], "reason", MAX_REASON_CHARS))
 
 
+@dataclass(frozen=True)
+class Lapse:
+    """The gateway's signed notice that a consent lapses on a funding shortfall (``"lapse"``).
+
+    Anyone checks it against the log and the chain: at ``funding_block`` the request's
+    ``Funded`` total does not cover what its consents earned up to leaf ``short_at``."""
+
+    TYPE = LAPSE
+    consent: bytes  # the consent's exact signed bytes (its id is their SHA-256)
+    request: bytes
+    short_at: int
+    funding_block: int
+    chain_id: int
+    distributor: bytes  # 20-byte contract address
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.consent, bytes) or not self.consent:
+            raise MalformedRecord("bad_document", "consent must be its signed bytes")
+        require_bytes(self.request, "request", 32)
+        for name in ("short_at", "funding_block", "chain_id"):
+            require_uint(getattr(self, name), name)
+        require_bytes(self.distributor, "distributor", 20)
+
+    @property
+    def consent_id(self) -> bytes:
+        return document_hash(self.consent)
+
+    def to_cbor_value(self) -> cbor.Value:
+        return {1: self.consent, 2: self.request, 3: self.short_at, 4: self.funding_block,
+                5: self.chain_id, 6: self.distributor}
+
+    @classmethod
+    def from_cbor_value(cls, value: cbor.Value) -> Lapse:
+        m = require_map(value, frozenset(range(1, 7)))
+        if not isinstance(m[1], bytes):
+            raise MalformedRecord("bad_document", "consent must be its signed bytes")
+        return cls(m[1], require_bytes(m[2], "request", 32), _int(m[3]), _int(m[4]),
+                   _int(m[5]), require_bytes(m[6], "distributor", 20))
+
+
 def _int(value: cbor.Value) -> int:
     require_uint(value, "integer field")
     assert isinstance(value, int)
@@ -201,6 +253,7 @@ def _int(value: cbor.Value) -> int:
 register_body(REQUEST, DataRequest.from_cbor_value)
 register_body(CONSENT, Consent.from_cbor_value)
 register_body(REVOCATION, Revocation.from_cbor_value)
+register_body(LAPSE, Lapse.from_cbor_value)
 
 
 # --- the rules ----------------------------------------------------------------------------
@@ -281,6 +334,33 @@ def check_revocation(revocation_doc: Document, consent_doc: Document,
         raise RejectedDocument(DocumentReason.STALE_COUNTER,
                                f"counter {revocation.counter} <= last {last_counter}")
     return revocation
+
+
+def check_lapse(lapse_doc: Document, gateway: bytes, owner: bytes) -> tuple[Lapse, Document]:
+    """Check a lapse notice as a device does (§19.4); return its body and embedded consent.
+
+    Raises RejectedDocument: ``unsigned_policy`` (not signed by ``gateway``, the gateway key
+    the device pinned), ``bad_signature``/``malformed``/``not_owner`` (the embedded consent
+    does not verify under ``owner``), ``unknown_request`` (the notice names another request
+    than the consent), ``no_lapse_term`` (the owner did not allow it to lapse).
+    """
+    lapse = body_of(lapse_doc, Lapse)
+    if lapse_doc.signer != gateway:
+        raise RejectedDocument(DocumentReason.UNSIGNED_POLICY, "a lapse not signed by the gateway")
+    try:
+        consent_doc = verify_document(lapse.consent, expected_type=CONSENT)
+    except MalformedRecord as exc:
+        raise RejectedDocument(DocumentReason.MALFORMED, f"embedded consent: {exc}") from None
+    except VerificationError as exc:
+        raise RejectedDocument(DocumentReason.BAD_SIGNATURE, f"embedded consent: {exc}") from None
+    if consent_doc.signer != owner:
+        raise RejectedDocument(DocumentReason.NOT_OWNER, "the consent is not the owner's")
+    consent = body_of(consent_doc, Consent)
+    if consent.request != lapse.request:
+        raise RejectedDocument(DocumentReason.UNKNOWN_REQUEST, "notice names another request")
+    if not consent.lapses_on_shortfall:
+        raise RejectedDocument(DocumentReason.NO_LAPSE_TERM, "the owner did not allow a lapse")
+    return lapse, consent_doc
 
 
 def owner_id(public_key: bytes) -> bytes:

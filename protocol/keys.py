@@ -24,6 +24,7 @@ import nacl.exceptions
 import nacl.public
 import nacl.signing
 
+from protocol import sodium
 from protocol.errors import ConfigError, KeyFileError, VerificationError
 
 DEVICE_ID_BYTES = 16
@@ -90,7 +91,15 @@ class SigningKey:
 
     def sign(self, message: bytes) -> bytes:
         """Return the 64-byte Ed25519 signature of ``message``."""
-        return nacl.bindings.crypto_sign(message, self._keypair[1])[:64]
+        secret = self._keypair[1]
+        if sodium.lib is None:
+            return nacl.bindings.crypto_sign(message, secret)[:64]
+        # libsodium's crypto_sign straight through PyNaCl's cffi handle (protocol.sodium):
+        # the same bytes as the binding, without its argument checks on every record.
+        out = sodium.ffi.new("unsigned char[]", len(message) + 64)
+        if sodium.lib.crypto_sign(out, sodium.ffi.NULL, message, len(message), secret) != 0:
+            raise ValueError("libsodium crypto_sign failed")  # pragma: no cover - cannot fail
+        return bytes(sodium.ffi.buffer(out, 64))
 
 
 def verify_ed25519(public_key: bytes, message: bytes, signature: bytes) -> None:

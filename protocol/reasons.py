@@ -73,6 +73,7 @@ class DocumentReason(StrEnum):
     CONSENT_EXPIRED = "consent_expired"        # a consent whose period has provably ended
     CONSENT_REVOKED = "consent_revoked"        # a consent its owner already revoked (a replay)
     GRANTS_FULL = "grants_full"                # the device's grant book is at its cap
+    NO_LAPSE_TERM = "no_lapse_term"            # a lapse notice for a consent without the term
     # quality attestations (docs/PROTOCOL.md §20)
     UNKNOWN_LEAF = "unknown_leaf"              # a leaf that is no record of that device/stream
     NOT_READABLE = "not_readable"              # names a record the validator was not granted

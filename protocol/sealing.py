@@ -48,6 +48,8 @@ from protocol.record import (
     decode_values,
     encode_values,
 )
+from protocol.sodium import ffi as _ffi
+from protocol.sodium import lib as _lib
 
 WRAP_PERSON = b"edgeproof-wrap1\x00"
 _ZERO_NONCE = bytes(24)
@@ -55,11 +57,6 @@ _aead_encrypt = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt
 _aead_decrypt = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt
 _AEAD_TAG_BYTES = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_ABYTES
 
-try:  # PyNaCl's own cffi handle on libsodium; see _seal_fast for why.
-    from nacl._sodium import ffi as _ffi
-    from nacl._sodium import lib as _lib
-except ImportError:  # pragma: no cover - a PyNaCl that moved it: the public binding is used
-    _ffi = _lib = None
 
 
 def _seal_fast(plaintext: bytes, aad: bytes, nonce: bytes, key: bytes) -> bytes:

@@ -18,9 +18,11 @@ from protocol import cbor, cose
 from protocol.contract import (
     Consent,
     DataRequest,
+    Lapse,
     Revocation,
     Terms,
     check_consent,
+    check_lapse,
     check_owner,
     check_revocation,
     owner_id,
@@ -52,6 +54,7 @@ from protocol.keys import (
 )
 from protocol.reasons import DocumentReason
 from tests.vectors import make_document_vectors
+from verifier.cli import main as verify_main
 
 VECTORS = Path(__file__).parent / "vectors" / "documents.json"
 T0 = make_document_vectors.T0_MS
@@ -120,6 +123,48 @@ def test_document_vectors_hold_together_request_consent_revocation_delivery() ->
     assert [verify_document(d, expected_signer=owner).raw for _, d in delivery.documents] == [
         consent.raw, revocation.raw]
     assert delivery.to_cbor().hex() == data["delivery"]["payload_cbor"]
+
+
+def test_lapse_vector_verifies_with_an_independent_cose_library_and_as_a_device_checks_it(
+        ) -> None:
+    data = json.loads(VECTORS.read_text())
+    lapse = data["lapse"]
+    for vec in (lapse["consent"], lapse["notice"]):
+        message = _pycose(bytes.fromhex(vec["cose_sign1"]))
+        message.key = OKPKey(crv=Ed25519, x=bytes.fromhex(vec["signer_public_key"]))
+        assert message.verify_signature(), vec["description"]
+    notice_payload = cbor2.loads(bytes.fromhex(lapse["notice"]["payload_cbor"]))
+    assert notice_payload[2] == "lapse"
+    assert notice_payload[5][1].hex() == lapse["consent"]["cose_sign1"]  # embedded as signed
+    assert cbor2.loads(bytes.fromhex(lapse["consent"]["payload_cbor"]))[5][8] is True
+    gateway = bytes.fromhex(lapse["gateway_public_key"])
+    owner = bytes.fromhex(data["owner"]["signing_public_key"])
+    notice = verify_document(bytes.fromhex(lapse["notice"]["cose_sign1"]), gateway, "lapse")
+    body, consent = check_lapse(notice, gateway, owner)
+    assert (body.short_at, body.funding_block, consent.id.hex()) == (
+        41, 17, lapse["consent"]["document_id"])
+
+
+def test_lapse_notice_is_refused_unless_gateway_signed_and_the_consent_carries_the_term(
+        ) -> None:
+    request = _request()
+    plain, lapsable = _consent(request), _consent(request, lapses_on_shortfall=True)
+
+    def notice(consent: Document, key: SigningKey = GATEWAY) -> Document:
+        return sign_document(Lapse(consent.raw, request.id, 3, 4, 1337, bytes(20)), key, T0)
+
+    check_lapse(notice(lapsable), GATEWAY.public_key, OWNER.public_key)
+    refused = [(notice(plain), "no_lapse_term"), (notice(lapsable, OWNER), "unsigned_policy"),
+               (notice(_consent(request, OTHER_OWNER, lapses_on_shortfall=True)), "not_owner")]
+    for doc, reason in refused:
+        with pytest.raises(RejectedDocument) as err:
+            check_lapse(doc, GATEWAY.public_key, OWNER.public_key)
+        assert err.value.reason == reason
+    assert Consent.from_cbor_value(plain.body.to_cbor_value()).lapses_on_shortfall is False
+    bad = dict(lapsable.body.to_cbor_value())  # type: ignore[arg-type]
+    bad[8] = False  # absent means false; an explicit false is not canonical
+    with pytest.raises(MalformedRecord):
+        Consent.from_cbor_value(bad)
 
 
 # --- envelope -----------------------------------------------------------------------------
@@ -338,3 +383,21 @@ def test_every_document_reason_code_is_named_in_protocol_md() -> None:
     text = (Path(__file__).parents[1] / "docs" / "PROTOCOL.md").read_text()
     missing = [r.value for r in DocumentReason if f"`{r.value}`" not in text]
     assert missing == []
+
+
+def test_verify_document_shows_a_lapse_notice_and_refuses_one_ending_an_unwilling_consent(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lapse = json.loads(VECTORS.read_text())["lapse"]
+    path = tmp_path / "notice.cose"
+    path.write_text(lapse["notice"]["cose_sign1"])
+    assert verify_main(["document", str(path), "--signer", lapse["gateway_public_key"],
+                        "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["type"], shown["consent"], shown["short_at"], shown["funding_block"]) == (
+        "lapse", lapse["consent"]["document_id"], 41, 17)
+    request = _request()
+    forged = sign_document(Lapse(_consent(request).raw, request.id, 3, 4, 1337, bytes(20)),
+                           GATEWAY, T0)
+    path.write_bytes(forged.raw)
+    assert verify_main(["document", str(path)]) == 1
+    assert "did not allow" in capsys.readouterr().err

@@ -457,6 +457,20 @@ def test_sealing_shortcut_gives_the_public_bindings_bytes() -> None:
         assert _seal_fast(plaintext, aad, nonce, key) == expected
 
 
+def test_signing_shortcut_gives_the_public_bindings_signature() -> None:
+    import nacl.signing  # noqa: PLC0415
+
+    from protocol import sodium  # noqa: PLC0415
+
+    assert sodium.lib is not None  # the shortcut is in use on this PyNaCl
+    for size in (0, 1, 64, 199, 4096):
+        key = SigningKey.generate()
+        message = os.urandom(size)
+        expected = nacl.signing.SigningKey(key.seed.value).sign(message).signature
+        assert key.sign(message) == expected
+        nacl.signing.VerifyKey(key.public_key).verify(message, expected)
+
+
 def test_with_body_refuses_a_body_that_does_not_fit_the_record() -> None:
     header = _record(seq=4, stream="climate")
     with pytest.raises(MalformedRecord):

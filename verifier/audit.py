@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any, TextIO
 
-from protocol.audit import Audit, AuditBundle, GrantStory, ProvedLeaf
+from protocol.audit import LEAF_KINDS, Audit, AuditBundle, GrantStory, ProvedLeaf
 from protocol.checkpoint import Checkpoint
-from protocol.contract import CONSENT, Consent, Revocation, body_of
+from protocol.contract import CONSENT, Consent, Lapse, Revocation, body_of
 from protocol.documents import parse_document
 from protocol.errors import EdgeproofError
 from protocol.keys import recipient_kid
@@ -38,6 +38,8 @@ def build_audit(client: DocumentClient, device_id: bytes, from_ms: int, to_ms: i
     wanted: list[tuple[str, int, bytes]] = []
     for logged in client.device_documents(device_id):
         doc = parse_document(logged.raw)
+        if doc.type not in LEAF_KINDS:
+            continue  # a quality attestation: not part of who could read what
         wanted.append((doc.type, logged.index, logged.raw))
         if doc.type == CONSENT:
             request = client.document(body_of(doc, Consent).request)
@@ -87,7 +89,12 @@ def _story(audit: Audit, story: GrantStory) -> dict[str, object]:
     dropped = _dropped_by(audit, story)
     if dropped is not None:
         out["dropped_by"] = dropped
-    if story.revocation is not None:
+    if story.revocation is not None and isinstance(story.revocation.body, Lapse):
+        lapse = story.revocation.body
+        out["ended"] = {"by": "lapse", "leaf": story.revocation_leaf,
+                        "short_at": lapse.short_at, "funding_block": lapse.funding_block,
+                        "signed": wall_time(story.revocation.issued_ms)}
+    elif story.revocation is not None:
         revocation = body_of(story.revocation, Revocation)
         out["ended"] = {"by": "revocation", "leaf": story.revocation_leaf,
                         "counter": revocation.counter, "reason": revocation.reason,
@@ -156,6 +163,10 @@ def print_audit(audit: Audit, out: TextIO) -> None:
         if ended["by"] == "revocation":
             print(f"  until revocation (leaf {ended['leaf']}, counter {ended['counter']}, "
                   f"{ended['reason']}) signed {ended['signed']}", file=out)
+        elif ended["by"] == "lapse":
+            print(f"  until it lapsed (gateway notice at leaf {ended['leaf']}: its request "
+                  f"short at leaf {ended['short_at']}, funding block "
+                  f"{ended['funding_block']}) signed {ended['signed']}", file=out)
         elif ended["by"] == "expiry":
             print(f"  until it expired at {ended['at']}", file=out)
         else:

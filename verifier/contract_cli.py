@@ -70,9 +70,11 @@ def add_commands(sub: Any) -> None:
                          help="micro-credits per hour of data")
     request.add_argument("--json", action="store_true", help="machine-readable output")
     document = sub.add_parser("document", help="check a signed document offline",
-                              description="Verify a request, consent or revocation (raw "
-                              "COSE_Sign1 bytes, or hex) and print what it says. With "
-                              "--signer, also require that key to have signed it.")
+                              description="Verify a request, consent, revocation or lapse "
+                              "notice (raw COSE_Sign1 bytes, or hex) and print what it says "
+                              "(a notice: its embedded consent verified and carrying the "
+                              "lapse term). With --signer, also require that key to have "
+                              "signed it.")
     document.add_argument("path", type=Path, metavar="FILE")
     document.add_argument("--signer", metavar="HEX",
                           help="the Ed25519 public key that must have signed it")

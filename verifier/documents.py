@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from protocol.contract import Consent, DataRequest, Revocation, Streams
-from protocol.documents import Document
-from protocol.errors import ConfigError
+from protocol.contract import Consent, DataRequest, Lapse, Revocation, Streams
+from protocol.documents import Document, verify_document
+from protocol.errors import ConfigError, VerificationError
 from verifier.records import wall_time
 
 
@@ -75,9 +75,30 @@ def describe(doc: Document, index: int | None = None) -> dict[str, object]:
                    reward_micro_per_hour=body.reward_micro_per_hour)
     elif isinstance(body, Consent):
         out["request"] = body.request.hex()
+        if body.lapses_on_shortfall:
+            out["lapses_on_shortfall"] = True
     elif isinstance(body, Revocation):
         out.update(consent=body.consent.hex(), counter=body.counter, reason=body.reason)
+    elif isinstance(body, Lapse):
+        consent = lapsed_consent(body)
+        out.update(consent=consent.id.hex(), consent_signer_id=consent.signer_id.hex(),
+                   request=body.request.hex(), short_at=body.short_at,
+                   funding_block=body.funding_block, chain_id=body.chain_id,
+                   distributor="0x" + body.distributor.hex())
     return out
+
+
+def lapsed_consent(lapse: Lapse) -> Document:
+    """The consent a lapse notice embeds, verified (its own signature), with the owner's
+    ``lapses_on_shortfall`` term and the notice's request; else VerificationError. Whether
+    the request was short is checked against the chain by ``edgeproof-verify payout``."""
+    consent = verify_document(lapse.consent, expected_type="consent")
+    body = consent.body
+    if not isinstance(body, Consent) or not body.lapses_on_shortfall:
+        raise VerificationError("the lapse notice ends a consent whose owner did not allow it")
+    if body.request != lapse.request:
+        raise VerificationError("the lapse notice names another request than its consent")
+    return consent
 
 
 def as_text(info: dict[str, object]) -> str:

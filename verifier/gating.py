@@ -7,6 +7,12 @@ verified under the device's key for that sequence number; the credit recomputed 
 rule of §10). From the chain: the distributor's ``Funded`` events up to ``block``. Then
 :func:`rewards.gating.gate`. Anything that does not verify raises VerificationError.
 
+Lapse notices (§19.4) count as revocations of their consents, each checked: signed by the
+gateway key, embedding a logged consent (same signer) that carries ``lapses_on_shortfall``
+and names the notice's request, logged after its ``short_at`` leaf, and, with the chain at
+hand, TRUE: at its ``funding_block`` the request's ``Funded`` total does not cover what the
+request earned up to ``short_at`` (the rule run on the leaves up to it).
+
 Not checked here yet: the inclusion of those leaves in a signed checkpoint (``edgeproof-verify
 payout`` does that for wallet bindings), and that the gateway served every leaf (a gateway
 withholding a revocation or a usage record is caught by a full log audit, not by this).
@@ -14,8 +20,11 @@ withholding a revocation or a usage record is caught by a full log audit, not by
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from osutil.jsonrpc import JsonRpc
-from protocol.contract import Consent, Revocation
+from protocol.contract import Consent, Lapse, Revocation
 from protocol.documents import verify_document
 from protocol.errors import VerificationError
 from protocol.keys import signer_id
@@ -24,6 +33,7 @@ from rewards import distributor as abi
 from rewards.gating import (
     Event,
     Gated,
+    RevocationLeaf,
     UsageLeaf,
     consent_event,
     funded_micro,
@@ -33,6 +43,7 @@ from rewards.gating import (
 )
 from rewards.quality import QualityJudge, VerdictLeaf, verdict_events
 from verifier.client import DocumentClient
+from verifier.documents import lapsed_consent
 
 
 def fundings(rpc: JsonRpc, distributor: str, block: int) -> list[abi.Funding]:
@@ -53,10 +64,24 @@ def quality_judge(client: DocumentClient, size: int,
     return QualityJudge(verdicts, trusted)
 
 
-def gated_from_log(client: DocumentClient, size: int, funded: dict[bytes, int],
+@dataclass(frozen=True)
+class Chain:
+    """Where lapse notices are checked: the node, the distributor, the micro-credit rate."""
+
+    rpc: JsonRpc
+    distributor: str
+    rate: int
+    chain_id: int
+
+
+def gated_from_log(client: DocumentClient, size: int, funded: dict[bytes, int], *,
+                   gateway: bytes | None = None, chain: Chain | None = None,
                    trusted: tuple[bytes, ...] = ()) -> Gated:
-    """Gate the credit of the leaves below ``size`` with ``funded`` (request id -> micro),
-    withholding what the ``trusted`` validators' faulty verdicts exclude."""
+    """Gate the credit of the leaves below ``size`` with ``funded`` (request id -> micro).
+
+    ``gateway`` is the gateway's Ed25519 key (lapse notices without it raise); ``chain``
+    checks each notice's shortfall on chain (None: their signatures and consents only); the
+    ``trusted`` validators' faulty verdicts withhold credit (§19.4 rule 5)."""
     events: list[Event] = []
     signers: dict[bytes, bytes] = {}  # consent id -> owner key
     devices: set[bytes] = set()
@@ -83,9 +108,54 @@ def gated_from_log(client: DocumentClient, size: int, funded: dict[bytes, int],
             raise VerificationError(f"revocation {doc.id.hex()} is not signed by its "
                                     "consent's owner")
         events.append(revocation_event(doc, logged.index))
+    notices = _lapses(client, size, gateway, signers)
+    events.extend(RevocationLeaf(index, lapse.consent_id) for index, lapse in notices)
     for device in sorted(devices):
         events.extend(_usage(client, device, size))
-    return gate(events, funded, quality_judge(client, size, trusted).withheld)
+    withheld = quality_judge(client, size, trusted).withheld
+    if chain is not None:
+        for index, lapse in notices:
+            check_shortfall(events, index, lapse, chain, withheld)
+    return gate(events, funded, withheld)
+
+
+def _lapses(client: DocumentClient, size: int, gateway: bytes | None,
+            signers: dict[bytes, bytes]) -> list[tuple[int, Lapse]]:
+    found = []
+    for logged in client.all_documents("lapse"):
+        if logged.index >= size:
+            continue
+        if gateway is None:
+            raise VerificationError("the log holds lapse notices: give the gateway key")
+        lapse = verify_document(logged.raw, gateway, "lapse").body
+        assert isinstance(lapse, Lapse)
+        try:
+            consent_doc = lapsed_consent(lapse)
+        except VerificationError as exc:
+            raise VerificationError(f"lapse at leaf {logged.index}: {exc}") from None
+        if signers.get(consent_doc.id) != consent_doc.signer:
+            raise VerificationError(f"lapse at leaf {logged.index} embeds no logged consent")
+        if lapse.short_at >= logged.index:
+            raise VerificationError(f"lapse at leaf {logged.index} precedes its short_at")
+        found.append((logged.index, lapse))
+    return found
+
+
+def check_shortfall(events: list[Event], index: int, lapse: Lapse, chain: Chain,
+                    withheld: Callable[[UsageLeaf], bool] = lambda _: False) -> None:
+    """Raise VerificationError unless, at the notice's funding block, its request's funding
+    does not cover what it earned up to ``short_at`` (§19.4; ``withheld``: rule 5, as the
+    gateway gated it: a withheld record earns no request anything)."""
+    if (lapse.chain_id, "0x" + lapse.distributor.hex()) != (chain.chain_id,
+                                                             chain.distributor.lower()):
+        raise VerificationError(f"lapse at leaf {index} names another chain or distributor")
+    funded = funded_micro(fundings(chain.rpc, chain.distributor, lapse.funding_block),
+                          chain.rate)
+    before = gate([e for e in events if e.leaf <= lapse.short_at], funded, withheld)
+    if before.short_at.get(lapse.request) != lapse.short_at:
+        raise VerificationError(f"lapse at leaf {index}: request {lapse.request.hex()[:16]}… "
+                                f"was not short at leaf {lapse.short_at} with the funding of "
+                                f"block {lapse.funding_block}")
 
 
 def _usage(client: DocumentClient, device: bytes, size: int) -> list[UsageLeaf]:
@@ -106,7 +176,9 @@ def _usage(client: DocumentClient, device: bytes, size: int) -> list[UsageLeaf]:
 
 
 def recompute(client: DocumentClient, rpc: JsonRpc, distributor: str, size: int,
-              rate: int) -> Gated:
-    """Funding from the chain (latest block) and the log below ``size``, gated."""
+              rate: int, *, gateway: bytes | None = None) -> Gated:
+    """Funding from the chain (latest block) and the log below ``size``, gated; lapse
+    notices checked against the chain."""
     return gated_from_log(client, size, funded_micro(
-        fundings(rpc, distributor, rpc.block_number()), rate))
+        fundings(rpc, distributor, rpc.block_number()), rate), gateway=gateway,
+        chain=Chain(rpc, distributor, rate, rpc.chain_id()))

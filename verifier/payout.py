@@ -8,6 +8,7 @@ bind (the first of an owner counts), be leaves of that checkpoint's tree (inclus
 and be ``wallets`` in number. From those alone the tree is rebuilt (:mod:`rewards.epoch`,
 :mod:`rewards.tree`); its root, total and locked credit must be the document's, and the
 distributor's ``RootPosted`` event for that epoch must carry the same root and total.
+A consent-gated epoch's lapse notices are each checked against the chain (verifier/gating.py).
 Every mismatch raises VerificationError; an epoch document no checkpoint covers yet raises
 TransportError (exit 2: try again).
 """
@@ -27,7 +28,7 @@ from rewards.documents import owner_name, verify_payout_epoch, verify_wallet_bin
 from rewards.epoch import decode_balances, epoch_amounts, gated_amounts
 from rewards.gating import funded_micro
 from verifier.client import DocumentClient, GatewayClient
-from verifier.gating import fundings, gated_from_log
+from verifier.gating import Chain, fundings, gated_from_log
 
 
 def verify_payout(client: GatewayClient, gateway_key: str, rpc: JsonRpc,
@@ -62,8 +63,10 @@ def verify_payout(client: GatewayClient, gateway_key: str, rpc: JsonRpc,
     else:  # consent-gated (§19.4): from the consents, revocations, usage and Funded events
         funded = funded_micro(fundings(rpc, "0x" + body.distributor.hex(), body.funding_block),
                               body.rate)
+        chain = Chain(rpc, "0x" + body.distributor.hex(), body.rate, body.chain_id)
         gated = gated_from_log(DocumentClient(client.base), body.checkpoint_size, funded,
-                               body.validators)
+                               gateway=verifier.public_key, chain=chain,
+                               trusted=body.validators)
         amounts = gated_amounts(gated.owners, sum(m for _, m in decode_balances(balances)),
                                 wallets)
     root = amounts.tree().root

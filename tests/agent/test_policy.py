@@ -33,6 +33,7 @@ class Device:
         self.clock = ManualClock(wall_ms=T0)
         self.owner = OwnerKey.generate()
         self.company = RecipientKey.generate()
+        self.gateway = SigningKey.generate()  # the receipt key the device pins
         key = SigningKey.generate()
         self.device_id = device_id_for(key.public_key)
         self.state = DeviceState.open(tmp / "state.sqlite", self.clock.wall_ms)
@@ -45,13 +46,13 @@ class Device:
                                    policy=EpochPolicy(), clock=self.clock, grants=self.book)
         self.inbox = PolicyInbox(self.book, self.outbox, device_id=self.device_id,
                                  owner=self.owner.public_key, streams={"climate", "cpu"},
-                                 clock=self.clock)
+                                 clock=self.clock, gateway=self.gateway.public_key)
 
     def consent(self, key: SigningKey | None = None, *, devices: tuple[bytes, ...] | None = None,
                 streams: tuple[tuple[str, tuple[str, ...]], ...] = (("climate", ("Cel",)),),
-                until: int = T0 + HOUR) -> Document:
+                until: int = T0 + HOUR, lapses: bool = False) -> Document:
         body = Consent(bytes(32), self.company.public_key, devices or (self.device_id,),
-                       Terms(streams, 60, T0 - 1000, until))
+                       Terms(streams, 60, T0 - 1000, until), lapses)
         return sign_document(body, key or self.owner.signing, self.clock.wall_ms())
 
     def revocation(self, consent: Document, counter: int, key: SigningKey | None = None

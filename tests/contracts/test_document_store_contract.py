@@ -74,6 +74,15 @@ def test_documents_list_by_type_and_page_and_by_device(db: Reopenable) -> None:
     assert [d.index for d in store.device_documents(DEV_B, 0, 10)] == [2]
 
 
+def test_a_lapse_notice_is_delivered_to_the_devices_of_its_consent(db: Reopenable) -> None:
+    store = db.store  # PROTOCOL.md §19.4: the gateway's notice names the consent's devices
+    log_docs(store, doc(0), doc(1, "lapse", devices=(DEV_A,), signer=b"g" * 32),
+             doc(2, "payout_epoch", devices=(DEV_A,), signer=b"g" * 32))
+    assert [(d.index, d.type) for d in store.device_documents(DEV_A, 0, 10)] == [
+        (0, "consent"), (1, "lapse")]
+    assert store.device_documents(DEV_B, 0, 10) == []
+
+
 def test_transaction_sees_its_documents_counters_and_streams(db: Reopenable) -> None:
     store = db.store
     with store.transaction() as tx:

@@ -75,13 +75,14 @@ class Parties:
             self.buyer_signing, now_ms())
 
     def consent(self, request: Document, key: SigningKey | None = None,
-                fields: tuple[str, ...] = ("Cel",), stream: str = "climate") -> Document:
+                fields: tuple[str, ...] = ("Cel",), stream: str = "climate", *,
+                lapses: bool = False) -> Document:
         body = request.body
         assert isinstance(body, DataRequest)
         terms = Terms(((stream, fields),), 60, body.terms.not_before_ms,
                       body.terms.not_after_ms)
         return sign_document(Consent(request.id, self.buyer_sealing.public_key,
-                                     (self.device.device_id,), terms),
+                                     (self.device.device_id,), terms, lapses),
                              key or self.owner.signing, now_ms())
 
     def revocation(self, consent: Document, counter: int | None = None) -> Document:

@@ -102,6 +102,10 @@ def test_owner_and_recipient_command_lines_run_the_whole_contract(
     assert owner_main(["revoke", str(consent["id"]), *key]) == 0
     revocation = _json_out(capsys)[0]
     assert (revocation["consent"], revocation["counter"]) == (consent["id"], 1)
+    assert "lapses_on_shortfall" not in consent  # absent unless the owner allows it
+    assert owner_main(["consent", request_id, *key, "--field", "climate:Cel",
+                       "--lapse-on-shortfall"]) == 0
+    assert _json_out(capsys)[0]["lapses_on_shortfall"] is True  # signed into the consent
 
     # Anyone checks the logged consent offline, and that the pinned owner key signed it.
     logged = httpx.get(f"{url}/v1/documents/{consent['id']}").json()

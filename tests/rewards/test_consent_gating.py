@@ -17,15 +17,22 @@ from typing import Any
 import httpx
 import pytest
 
+from agent.policy import PolicyInbox
+from agent.uplink.settings import GatewayKey
 from firmware_sim.broker import MosquittoBroker
 from firmware_sim.chain import REPO_ROOT, GanacheNode
 from firmware_sim.solidity import Deployment, address_of
 from owner.cli import main as owner_main
-from protocol.documents import Document
+from protocol.contract import Lapse
+from protocol.delivery import PolicyDelivery, policy_topic
+from protocol.documents import Document, verify_document
+from protocol.errors import VerificationError
 from protocol.keys import save_owner_key, signer_id, write_secret_file
 from protocol.record import credit_micro
 from rewards.documents import BASE_UNITS_PER_MICRO
 from rewards.gating import ConsentLeaf, Event, Gated, RevocationLeaf, UsageLeaf, gate
+from tests.agent.mqtt_watch import Watcher
+from tests.agent.test_policy import Device as PolicyDevice
 from tests.gateway.conftest import RunningGateway
 from tests.gateway.contractkit import Parties, now_ms, submitted
 from tests.gateway.gwkit import RATE, DeviceClient
@@ -33,7 +40,7 @@ from tests.rewards.conftest import KEYS
 from tests.rewards.test_payout_end_to_end import wait_for
 from verifier.cli import main as verify_main
 from verifier.client import DocumentClient
-from verifier.gating import recompute
+from verifier.gating import Chain, check_shortfall, recompute
 
 USED_MS = 30_000  # each usage record: 30 s of use
 EARNED = credit_micro(USED_MS, RATE)
@@ -69,7 +76,8 @@ class World:
     def recompute(self) -> Gated:
         size = int(httpx.get(f"{self.base}/v1/stats").json()["log_size"])
         return recompute(DocumentClient(self.base), self.deployed.rpc,
-                         self.deployed.distributor, size, BASE_UNITS_PER_MICRO)
+                         self.deployed.distributor, size, BASE_UNITS_PER_MICRO,
+                         gateway=GatewayKey.from_text(self.verifier).public_key)
 
     @property
     def owner_id(self) -> bytes:
@@ -246,3 +254,114 @@ def test_the_hand_worked_vector_is_what_the_rule_pays() -> None:
     assert hexed == {name: expected[name] for name in hexed}
     assert (gated.settled_micro, gated.locked_micro) == (expected["settled_micro"],
                                                          expected["locked_micro"])
+
+
+def lapse_metric(base: str, name: str) -> float:
+    for line in httpx.get(f"{base}/metrics").text.splitlines():
+        if line.startswith(f"edgeproof_gateway_payout_{name} "):
+            return float(line.split()[1])
+    raise AssertionError(f"no metric {name}")
+
+
+def test_short_requests_lapsable_consent_lapses_once_and_the_device_stops_sealing_to_it(
+        gated_world: World, broker: MosquittoBroker, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    world = gated_world
+    watcher = Watcher(f"mqtt://127.0.0.1:{broker.port}",
+                      policy_topic(world.parties.device.device_id))
+    poor, stingy = world.parties.request(), world.parties.request(hours=25)
+    submitted(world.base, poor)
+    submitted(world.base, stingy)
+    lapsable = world.parties.consent(poor, lapses=True)
+    kept = world.parties.consent(stingy)  # its owner did not allow a lapse
+    submitted(world.base, lapsable)
+    submitted(world.base, kept)
+    world.fund(poor, 1)
+    world.fund(stingy, 1)
+    world.use()
+    world.use()
+    device_id = world.parties.device.device_id.hex()
+
+    def delivered() -> list[dict[str, Any]] | None:
+        found: list[dict[str, Any]] = httpx.get(
+            f"{world.base}/v1/devices/{device_id}/documents").json()
+        return found if any(d["type"] == "lapse" for d in found) else None
+
+    docs = wait_for("a lapse notice delivered to the device", delivered)
+    notices = [d for d in docs if d["type"] == "lapse"]
+    assert [n["ref"] for n in notices] == [lapsable.id.hex()]
+    gateway_key = GatewayKey.from_text(world.verifier).public_key
+    notice = verify_document(bytes.fromhex(notices[0]["document"]), gateway_key, "lapse")
+    assert isinstance(notice.body, Lapse)
+    assert notice.body.consent == lapsable.raw
+
+    def pushed(latest: dict[str, bytes]) -> bool:  # the courier pushes it to the device
+        return any(notice.raw == raw for payload in latest.values()
+                   for _, raw in PolicyDelivery.from_cbor(payload).documents)
+
+    try:
+        assert watcher.wait_for(pushed)
+    finally:
+        watcher.stop()
+    wait_for("a later epoch", lambda: lapse_metric(
+        world.base, "short_consents_without_lapse_term") == 1)
+    assert lapse_metric(world.base, "lapses_total") == 1  # once per consent
+
+    gated = world.recompute()  # each notice checked against the chain; acts as a revocation
+    assert set(gated.short_at) == {poor.id, stingy.id}
+    assert gated.owners == {world.owner_id: 2}  # each request paid what it funded, no more
+    save_owner_key(tmp_path / "owner.key", world.parties.owner)
+    write_secret_file(tmp_path / "wallet.key", KEYS["owner_a"].value.hex().encode())
+    assert owner_main(["wallet", "bind", "--key", str(tmp_path / "owner.key"), "--wallet-key",
+                       str(tmp_path / "wallet.key"), "--gateway", world.base,
+                       "--rpc", world.chain.url]) == 0
+    wait_for("a posted epoch", lambda: httpx.get(
+        f"{world.base}/v1/payouts/latest").status_code == 200)
+    assert verify_main(["payout", "--gateway", world.base, "--rpc", world.chain.url,
+                        "--gateway-key", world.verifier]) == 0
+    audit = ["audit", "--gateway", world.base, "--device", device_id, "--gateway-key",
+             world.verifier, "--owner-key", world.parties.owner.public_key.hex(), "--json"]
+    wait_for("the notice under a checkpoint", lambda: verify_main(audit) == 0)
+    ended = {g["consent"]: g["ended"] for g in json.loads(
+        capsys.readouterr().out.strip().splitlines()[-1])["grants"]}
+    assert ended[lapsable.id.hex()]["by"] == "lapse"  # the audit shows what ended it
+    assert ended[kept.id.hex()]["by"] == "not ended"
+
+    # The device (its real policy inbox and grant book) applies what the gateway delivers.
+    device = PolicyDevice(tmp_path)
+    device.clock.advance(now_ms() - device.clock.wall_ms())
+    inbox = PolicyInbox(device.book, device.outbox, device_id=world.parties.device.device_id,
+                        owner=world.parties.owner.public_key, streams={"climate"},
+                        clock=device.clock, gateway=gateway_key)
+    delivery = PolicyDelivery(tuple((d["index"], bytes.fromhex(d["document"])) for d in docs),
+                              docs[-1]["index"] + 1, True)
+    assert inbox.deliver(delivery.to_cbor())
+    assert [g.consent_hash for g in device.book.grants()] == [kept.id]
+    assert device.book.is_revoked(lapsable.id)
+    assert device.book.accepted["lapses"] == 1
+    assert device.book.refused == {}
+
+
+def test_a_lapse_notice_the_chain_does_not_bear_out_fails_verification(
+        chain: GanacheNode, deployed: Deployment) -> None:
+    request, device = b"\x07" * 32, b"\x01" * 16
+    events: list[Event] = [ConsentLeaf(0, b"\x0c" * 32, b"\x0a" * 16, request,
+                                       frozenset({device}), 0, 10**15),
+                           UsageLeaf(1, device, 5, 10), UsageLeaf(2, device, 6, 10)]
+    company = address_of(KEYS["company"])
+    deployed.give(company, 10**24)
+    deployed.fund(KEYS["company"], 15 * BASE_UNITS_PER_MICRO, request)  # 15 of 20 earned
+    short_block = deployed.rpc.block_number()
+    deployed.fund(KEYS["company"], 100 * BASE_UNITS_PER_MICRO, request)  # topped up later
+    on_chain = Chain(deployed.rpc, deployed.distributor, BASE_UNITS_PER_MICRO, chain.chain_id)
+
+    def notice(short_at: int, block: int, distributor: str = deployed.distributor) -> Lapse:
+        return Lapse(b"consent bytes", request, short_at, block, chain.chain_id,
+                     bytes.fromhex(distributor[2:]))
+
+    check_shortfall(events, 3, notice(2, short_block), on_chain)  # true then: it stands
+    for false in (notice(1, short_block),  # not short yet at leaf 1
+                  notice(2, deployed.rpc.block_number()),  # covered at that block
+                  notice(2, short_block, "0x" + "11" * 20)):  # another distributor
+        with pytest.raises(VerificationError):
+            check_shortfall(events, 3, false, on_chain)

@@ -8,7 +8,9 @@ devices at one reading a minute for a day; the owner of one device consents to t
 only, at one reading every two minutes, for the first twelve hours; then revokes. Each
 vector holds the signer's raw Ed25519 public key, the tagged COSE_Sign1 bytes, the payload
 CBOR, the document id and the payload as JSON; the last one is the MQTT delivery of the
-consent and the revocation to the device (PROTOCOL.md §17).
+consent and the revocation to the device (PROTOCOL.md §17). ``lapse`` is §19.4: a second
+consent of that owner carrying ``lapses_on_shortfall`` (key 8) and the gateway's signed
+notice that ends it, embedding the consent's exact bytes.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from protocol import cose  # noqa: E402
-from protocol.contract import Consent, DataRequest, Revocation, Terms  # noqa: E402
+from protocol.contract import Consent, DataRequest, Lapse, Revocation, Terms  # noqa: E402
 from protocol.delivery import PolicyDelivery, PolicySync, policy_topic, sync_topic  # noqa: E402
 from protocol.documents import Document, sign_document  # noqa: E402
 from protocol.keys import OwnerKey, RecipientKey, Secret, SigningKey, device_id_for  # noqa: E402
@@ -51,7 +53,13 @@ def body_json(doc: Document) -> dict[str, Any]:
                        reward_micro_per_hour=body.reward_micro_per_hour)
         else:
             out["request"] = body.request.hex()
+            if body.lapses_on_shortfall:
+                out["lapses_on_shortfall"] = True
         return out
+    if isinstance(body, Lapse):
+        return {"consent": body.consent.hex(), "request": body.request.hex(),
+                "short_at": body.short_at, "funding_block": body.funding_block,
+                "chain_id": body.chain_id, "distributor": body.distributor.hex()}
     assert isinstance(body, Revocation)
     return {"consent": body.consent.hex(), "counter": body.counter, "reason": body.reason}
 
@@ -88,6 +96,14 @@ def build() -> dict[str, Any]:
     revocation = sign_document(Revocation(consent=consent.id, counter=1, reason="owner"),
                                owner.signing, T0_MS + 2 * HOUR_MS)
     delivery = PolicyDelivery(((7, consent.raw), (9, revocation.raw)), 12, True)
+    gateway = SigningKey(Secret(fixed_bytes("gateway receipts")))
+    lapsable = sign_document(Consent(
+        request=request.id, recipient=buyer_sealing.public_key, devices=(device,),
+        terms=Terms((("climate", ("Cel",)),), 120, T0_MS, T0_MS + 12 * HOUR_MS),
+        lapses_on_shortfall=True), owner.signing, T0_MS + 3 * HOUR_MS)
+    notice = sign_document(Lapse(lapsable.raw, request.id, short_at=41, funding_block=17,
+                                 chain_id=1337, distributor=fixed_bytes("distributor", 20)),
+                           gateway, T0_MS + 5 * HOUR_MS)
     return {
         "owner": {"signing_public_key": owner.public_key.hex(),
                   "sealing_public_key": owner.sealing_public_key.hex(),
@@ -103,6 +119,11 @@ def build() -> dict[str, Any]:
                      "payload_cbor": delivery.to_cbor().hex(),
                      "sync_topic": sync_topic(device),
                      "sync_payload_cbor": PolicySync(7).to_cbor().hex()},
+        "lapse": {"gateway_public_key": gateway.public_key.hex(),
+                  "consent": vector("consent that lapses on shortfall (key 8 = true)",
+                                    lapsable),
+                  "notice": vector("the gateway's lapse notice: request short at leaf 41 "
+                                   "with the funding of block 17", notice)},
     }
 
 
