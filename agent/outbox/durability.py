@@ -24,15 +24,12 @@ known moment); everything else is the same code.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from protocol.errors import StorageError
-
-log = logging.getLogger(__name__)
 
 Token = tuple[int, int]
 """What a commit made durable: (file epoch, send limit) as the outbox defines them."""
@@ -116,8 +113,7 @@ class Durability:
                     return
             try:
                 self._fsync()
-            except StorageError as exc:
-                log.error("outbox: %s", exc)
+            except StorageError as exc:  # raised (and so logged) by the next commit
                 with self._cond:
                     self._error = exc
                 return
