@@ -12,6 +12,9 @@
   request; computed at most once per :data:`SUMMARY_TTL_S` however many pages poll it.
 - ``GET /v1/dashboard/devices`` and ``GET /v1/owners``: the device table and credit per
   owner, a page at a time (cursor: the last name or owner of the previous page).
+- ``GET /v1/dashboard/quality``: logged quality attestations (PROTOCOL.md §20) decoded
+  for the page, in log order, from the same paged store query as ``/v1/documents``
+  (cursor: the last leaf index), each sensor with its registered device name.
 
 Nothing here needs the admin token and nothing here is secret: it is what the public
 endpoints already reveal (device ids and keys, owners and balances, counters), arranged
@@ -30,7 +33,9 @@ from fastapi import FastAPI, HTTPException, Query, Response
 from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, Field
 
-from gateway.store import Device, LastRecord, StoredCheckpoint
+from gateway.store import Device, LastRecord, StoredCheckpoint, StoredDocument
+from protocol.documents import parse_document
+from protocol.quality import attestation_of
 
 if TYPE_CHECKING:
     from gateway.api import ApiContext
@@ -53,14 +58,15 @@ RECENT_CHECKPOINTS = 10
 DEFAULT_PAGE = 50
 MAX_DASHBOARD_PAGE = 200
 # Second-stage documents the page has panels for: where each is listed, or None while this
-# gateway does not serve it (quality verdicts: not yet).
+# gateway does not serve it.
 SECTIONS: dict[str, str | None] = {"consents": "/v1/documents?type=consent",
                                    "revocations": "/v1/documents?type=revocation",
-                                   "quality": None}
+                                   "quality": "/v1/dashboard/quality"}
 
 
 PageLimit = Annotated[int, Query(ge=1, le=MAX_DASHBOARD_PAGE)]
 Cursor = Annotated[str, Query(max_length=256)]
+LeafCursor = Annotated[int, Query(ge=-1, le=2**63 - 1)]
 
 
 class DashboardDevice(BaseModel):
@@ -94,6 +100,28 @@ class OwnerPage(BaseModel):
     owners: list[OwnerCreditOut]
     next_after: str | None = Field(description="pass as `after` for the next page; null "
                                    "on the last page")
+
+
+class SensorVerdict(BaseModel):
+    device_id: str
+    name: str | None = Field(description="its registered name; null if not registered here")
+    state: str = Field(description="`healthy`, `suspect`, `faulty` or `recovered`")
+    reasons: list[str]
+
+
+class QualityRow(BaseModel):
+    index: int = Field(description="leaf index in the log")
+    id: str = Field(description="document id (hex)")
+    signer_id: str = Field(description="the validator's signer id (hex)")
+    site: str
+    stream: str
+    field: str
+    window_start_ms: int
+    window_ms: int
+    consensus: str | None = Field(description="the consensus value with its unit, exact "
+                                  "decimal; null if there was none")
+    sensors: list[SensorVerdict]
+    received_ms: int
 
 
 def _asset(name: str) -> tuple[bytes, str]:
@@ -222,6 +250,32 @@ def device_page(ctx: ApiContext, after: str, limit: int) -> DevicePage:
     return DevicePage(devices=rows, next_after=rows[-1].name if len(rows) == limit else None)
 
 
+def quality_row(d: StoredDocument, names: dict[bytes, str | None],
+                ctx: ApiContext) -> QualityRow:
+    """One logged attestation decoded for the page; ``names`` caches device names."""
+    doc = parse_document(d.raw)  # verified when it was logged; decoded again with size caps
+    body = attestation_of(doc)
+    sensors = []
+    for s in body.sensors:
+        if s.device_id not in names:
+            found = ctx.store.device(s.device_id)
+            names[s.device_id] = found.name if found else None
+        sensors.append(SensorVerdict(device_id=s.device_id.hex(), name=names[s.device_id],
+                                     state=s.state, reasons=list(s.reasons)))
+    c = body.consensus
+    return QualityRow(index=d.index, id=d.doc_id.hex(), signer_id=doc.signer_id.hex(),
+                      site=body.site, stream=body.stream, field=body.field,
+                      window_start_ms=body.window_start_ms, window_ms=body.window_ms,
+                      consensus=None if c is None else f"{c.value:f} {c.unit}",
+                      sensors=sensors, received_ms=d.received_ms)
+
+
+def quality_page(ctx: ApiContext, after: int, limit: int) -> list[QualityRow]:
+    """At most ``limit`` quality attestations with index > ``after``, in log order."""
+    names: dict[bytes, str | None] = {}
+    return [quality_row(d, names, ctx) for d in ctx.store.documents("quality", after, limit)]
+
+
 def add_dashboard_routes(app: FastAPI, ctx: ApiContext) -> None:
     """Serve the page, its assets and its JSON on ``app``."""
     cached = _Cached(lambda: summary(ctx), SUMMARY_TTL_S)
@@ -249,6 +303,12 @@ def add_dashboard_routes(app: FastAPI, ctx: ApiContext) -> None:
              summary="Devices by name with their state, a page at a time")
     def dashboard_devices(after: Cursor = "", limit: PageLimit = DEFAULT_PAGE) -> DevicePage:
         return device_page(ctx, after, limit)
+
+    @app.get("/v1/dashboard/quality", response_model=list[QualityRow], tags=["dashboard"],
+             summary="Logged quality attestations decoded, in log order, a page at a time")
+    def dashboard_quality(after: LeafCursor = -1,
+                          limit: PageLimit = DEFAULT_PAGE) -> list[QualityRow]:
+        return quality_page(ctx, after, limit)
 
     @app.get("/v1/owners", response_model=OwnerPage, tags=["log"],
              summary="Settled credit per owner now, by owner (UTF-8 bytes), a page at a time")

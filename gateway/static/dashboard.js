@@ -253,6 +253,26 @@ const consents = new Pager("consents", "/v1/documents?type=consent", null, docum
 const revocations = new Pager("revocations", "/v1/documents?type=revocation", null,
                               documentRow);
 
+// Quality attestations (GET /v1/dashboard/quality, decoded by the gateway), in log order;
+// per sensor its name, id and state, suspect and faulty ones highlighted.
+function qualityRow(tr, q) {
+  cell(tr, fmtInt(q.index), "num");
+  cell(tr, new Date(q.window_start_ms).toISOString().replace(".000Z", "Z"));
+  cell(tr, q.site);
+  cell(tr, `${q.stream}/${q.field}`);
+  cell(tr, q.consensus === null ? "–" : q.consensus, "num");
+  const td = cell(tr, "", "sensors");
+  for (const s of q.sensors) {
+    const div = document.createElement("div");
+    const why = s.reasons.length ? ` (${s.reasons.join(", ")})` : "";
+    div.textContent = `${s.name ?? "?"} · ${s.device_id}: ${s.state}${why}`;
+    div.className = `verdict-${s.state}`;
+    td.appendChild(div);
+  }
+}
+
+const quality = new Pager("quality", "/v1/dashboard/quality", null, qualityRow);
+
 async function loadDocuments(pager) {
   try {
     await pager.load();
@@ -285,7 +305,7 @@ async function poll() {
     renderSummary(summary);
     if (polls % TABLE_EVERY === 0) {
       await Promise.all([devices.load(), owners.load(), loadDocuments(consents),
-                         loadDocuments(revocations)]);
+                         loadDocuments(revocations), loadDocuments(quality)]);
     }
     online();
   } catch (err) {

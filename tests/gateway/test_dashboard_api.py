@@ -9,6 +9,7 @@ from selenium.webdriver.common.by import By
 from gateway.history import History, Sample
 from tests.gateway.contractkit import Parties, submitted
 from tests.gateway.gwkit import ADMIN_TOKEN, TestDevice, batch_bytes, register
+from tests.gateway.test_gateway_quality import make_room
 from tests.harness.browser import chromium, console_errors, wait_until
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -27,7 +28,7 @@ def test_dashboard_json_needs_no_token_and_reveals_no_secret(gateway, devices) -
     assert summary["records"]["accepted"] == 4
     assert summary["sections"] == {"consents": "/v1/documents?type=consent",
                                    "revocations": "/v1/documents?type=revocation",
-                                   "quality": None}
+                                   "quality": "/v1/dashboard/quality"}
     assert [(d["name"], d["owner"], d["last_seq"], d["status"]) for d in page["devices"]] == [
         ("dev-dash", "carol", 3, "active")]
     assert owners == {"owners": [{"owner": "carol", "balance_micro": 0, "devices": 1}],
@@ -154,4 +155,37 @@ def test_dashboard_lists_logged_consents_and_revocations_as_the_api_does(
             assert [int(r[0].replace(",", "")) for r in shown] == [index]
             assert shown[0][1].rstrip("…") == listed[0]["id"][:16]
             assert shown[0][3].rstrip("…") == listed[0]["ref"][:16]
+        assert console_errors(browser) == []
+
+
+def test_dashboard_shows_logged_quality_verdicts_as_the_documents_api_lists_them(
+        gateway, devices) -> None:
+    url = gateway.base_url
+    room = make_room(url, devices)
+    doc = room.signed()
+    index = submitted(url, doc)
+    listed = httpx.get(f"{url}/v1/documents", params={"type": "quality"}).json()
+    assert [(d["index"], d["document"]) for d in listed] == [(index, doc.raw.hex())]
+    rows = httpx.get(f"{url}/v1/dashboard/quality").json()
+    body = room.attestation()
+    assert [(r["index"], r["id"], r["site"], r["window_start_ms"]) for r in rows] == [
+        (index, listed[0]["id"], body.site, body.window_start_ms)]
+    assert rows[0]["consensus"] == f"{body.consensus.value:f} {body.consensus.unit}"
+    names = {d.device_id: d.name for d in room.devices}
+    assert [(s["name"], s["device_id"], s["state"]) for s in rows[0]["sensors"]] == [
+        (names[s.device_id], s.device_id.hex(), s.state) for s in body.sensors]
+    assert httpx.get(f"{url}/v1/dashboard/quality", params={"after": index}).json() == []
+    assert httpx.get(f"{url}/v1/dashboard/quality", params={"limit": 201}).status_code == 400
+    with chromium() as browser:
+        browser.get(f"{url}/dashboard")
+        cells = "#quality-table tbody tr td"
+        wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, cells), 30,
+                   "the quality table")
+        shown = [c.text for c in browser.find_elements(By.CSS_SELECTOR, cells)]
+        assert int(shown[0].replace(",", "")) == index
+        assert shown[2:5] == [body.site, f"{body.stream}/{body.field}", rows[0]["consensus"]]
+        verdicts = browser.find_elements(By.CSS_SELECTOR, cells + ".sensors div")
+        assert [(v.text.split(" · ")[0], v.get_attribute("class")) for v in verdicts] == [
+            (s["name"], f"verdict-{s['state']}") for s in rows[0]["sensors"]]
+        assert "suspect" in {s["state"] for s in rows[0]["sensors"]}
         assert console_errors(browser) == []
