@@ -71,7 +71,7 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 pytest: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=15
 
 # Benchmarks print figures and ratios against bare baselines; each ends with a JSON line.
 bench: deps
