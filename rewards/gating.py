@@ -83,6 +83,10 @@ class Gated:
     settled_micro: int = 0
     locked_micro: int = 0
     withheld_micro: int = 0  # credit of records a trusted quality verdict withheld (rule 5)
+    # The same per device (device id -> micro-credits), for owners' and demo views.
+    device_settled: dict[bytes, int] = field(default_factory=dict)
+    device_paid: dict[bytes, int] = field(default_factory=dict)
+    device_withheld: dict[bytes, int] = field(default_factory=dict)
 
     @property
     def total_micro(self) -> int:
@@ -123,6 +127,8 @@ def gate(events: Iterable[Event], funded: Mapping[bytes, int],
         elif withheld(event):
             out.settled_micro += event.credit_micro
             out.withheld_micro += event.credit_micro
+            _add(out.device_settled, event.device, event.credit_micro)
+            _add(out.device_withheld, event.device, event.credit_micro)
         else:
             _count(out, event, in_force, funded)
     out.locked_micro = out.settled_micro - out.total_micro
@@ -132,6 +138,7 @@ def gate(events: Iterable[Event], funded: Mapping[bytes, int],
 def _count(out: Gated, usage: UsageLeaf, in_force: Mapping[bytes, ConsentLeaf],
            funded: Mapping[bytes, int]) -> None:
     out.settled_micro += usage.credit_micro
+    _add(out.device_settled, usage.device, usage.credit_micro)
     covering: dict[bytes, bytes] = {}  # request -> owner
     for consent in in_force.values():
         if (usage.device in consent.devices
@@ -149,6 +156,11 @@ def _count(out: Gated, usage: UsageLeaf, in_force: Mapping[bytes, ConsentLeaf],
             owner = covering[request]
             out.owners[owner] = out.owners.get(owner, 0) + pay
             out.paid[request] = out.paid.get(request, 0) + pay
+            _add(out.device_paid, usage.device, pay)
+
+
+def _add(totals: dict[bytes, int], key: bytes, amount: int) -> None:
+    totals[key] = totals.get(key, 0) + amount
 
 
 # --- from logged leaves to events (the gateway and the verifier read the same way) ----------
