@@ -1,7 +1,7 @@
 """``edgeproof-sim``: the one-command demo and the fleet simulator.
 
     edgeproof-sim demo [--devices N] [--duration SECONDS] [--seed S] [--keep] [--no-quality]
-                       [--json]
+                       [--no-contract] [--json]
     edgeproof-sim fleet --fleet FLEET_DIR --devices N [--duration S] [--rate HZ] [--json]
     edgeproof-sim quality [--sites FILE] [--hours H] [--seed S] [--json]
 
@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-quality", action="store_true",
                       help="leave out the room of three sensors (one miscalibrated) whose "
                       "validator's verdicts withhold credit: a shorter run")
+    demo.add_argument("--no-contract", action="store_true",
+                      help="leave out the contract story and the company's paid request: the "
+                      "owner consents to nothing, so nothing is paid (a shorter run)")
     demo.add_argument("--json", action="store_true",
                       help="print one JSON object at the end (progress goes to stderr)")
     demo.set_defaults(handler=_cmd_demo)
@@ -170,7 +173,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     signals = Signals()
     signals.install()
     demo = Demo(DemoOptions(devices=args.devices, duration_s=args.duration, seed=args.seed,
-                            keep=args.keep, quality=not args.no_quality), view, signals)
+                            keep=args.keep, quality=not args.no_quality,
+                            contract=not args.no_contract), view, signals)
     code = EXIT_OK
     try:
         summary = demo.run()

@@ -77,6 +77,7 @@ class DemoOptions:
     seed: int = 1
     keep: bool = False
     quality: bool = True  # the room of three sensors, one miscalibrated (--no-quality: none)
+    contract: bool = True  # the contract story and the paid request (--no-contract: none)
 
 
 class Signals:
@@ -144,13 +145,7 @@ class Demo:
         """Run every step and clean up; return the summary. Raises Interrupted on abort."""
         try:
             self._setup()
-            story = ContractStory(self.stack, self.devices[0].device, self.owner,
-                                  self.view.note, self.signals.check)
-            self.contract = story.run()
-            self.error = self.contract.error
-            if self.contract.request_id:
-                self.payout_story.fund(COMPANY, bytes.fromhex(self.contract.request_id))
-                self._reward(story)
+            self._contract()
             self._run_devices()
             self._wait_for_room()
             self._stop_devices()
@@ -168,11 +163,12 @@ class Demo:
                 covered=self.snapshot.gateway.checkpoint_size, workdir=self.workdir,
                 recipient_key=owner_key, outsider_key=self._key(RECIPIENT))
             self.error = self.error or self.verification.error
-            everyone = [*self.devices, *self.room]
-            self.payout = self.payout_story.claim(
-                self.stack, self.owner, {d.device.device_id: d.name for d in everyone},
-                {d.name: d.row().settled_micro for d in everyone})
-            self.error = self.error or self.payout.error
+            if self.options.contract:
+                everyone = [*self.devices, *self.room]
+                self.payout = self.payout_story.claim(
+                    self.stack, self.owner, {d.device.device_id: d.name for d in everyone},
+                    {d.name: d.row().settled_micro for d in everyone})
+                self.error = self.error or self.payout.error
         except Interrupted:
             raise
         except (EdgeproofError, OSError) as exc:  # a step failed: say which, clean up
@@ -217,16 +213,31 @@ class Demo:
         if self.options.quality:
             self.room = self.quality_story.prepare(self.stack, self.owner, n,
                                                    self.options.seed)
-            self.view.note("payout: the gateway pays only credit earned under an owner's "
-                           "consent to a company that funded it (consent gating, the default)"
+        self.view.note("payout: the gateway pays only credit earned under an owner's consent "
+                       "to a company that funded it (consent gating, the default)" + (
                            f", and withholds credit of sensors that validator '{VALIDATOR}' "
                            "judges faulty ([payout] quality_validators; the demo trusts the "
-                           "owner's hub, in life the operator names an independent validator)")
+                           "owner's hub, in life the operator names an independent validator)"
+                           if self.room else ""))
         for d in [*self.devices, *self.room]:
             self.signals.check()
             d.start(self.workdir / "logs", self.options.seed, assume_clock_synced=unsynced)
         if self.room:
             self.quality_story.watch(self.stack)
+
+    def _contract(self) -> None:
+        """The contract story, then the company's funding and paid request."""
+        if not self.options.contract:
+            self.view.note("contract: left out (--no-contract): no company asks and the owner "
+                           "consents to nothing, so nothing is paid")
+            return
+        story = ContractStory(self.stack, self.devices[0].device, self.owner,
+                              self.view.note, self.signals.check)
+        self.contract = story.run()
+        self.error = self.contract.error
+        if self.contract.request_id:
+            self.payout_story.fund(COMPANY, bytes.fromhex(self.contract.request_id))
+            self._reward(story)
 
     def _reward(self, story: ContractStory) -> None:
         """The company's paid request: every device but the story's (its consent is revoked)
@@ -362,7 +373,8 @@ class Demo:
         s, g = self.snapshot, self.snapshot.gateway
         v = self.verification
         return {
-            "ok": (not self.error and v.verified and self.contract.ok and self.payout.ok
+            "ok": (not self.error and v.verified
+                   and ((self.contract.ok and self.payout.ok) or not self.options.contract)
                    and (self.quality.caught or self.signals.finish_early
                         or not self.options.quality)),
             "error": self.error or None,

@@ -6,7 +6,8 @@ end, was cut short by Ctrl-C, or was terminated.
 
 One whole run (``finished_demo``, module-scoped) serves every test that only reads its
 outcome; the tests of Ctrl-C, SIGTERM and ``--keep`` need runs of their own, made as short
-as their point allows (one device, no quality room)."""
+as their point allows: one device, no quality room, and (SIGTERM, ``--keep``) no contract
+story either; the Ctrl-C run keeps the story so an early end still pays and claims."""
 
 from __future__ import annotations
 
@@ -262,7 +263,8 @@ def test_ctrl_c_mid_run_ends_early_still_verifies_and_stops_everything(
 
 def test_keep_runs_past_its_duration_until_ctrl_c_with_the_dashboard_live(
         start_demo: Any) -> None:
-    run = start_demo("--devices", "1", "--duration", "1", "--keep", "--no-quality")
+    run = start_demo("--devices", "1", "--duration", "1", "--keep", "--no-quality",
+                     "--no-contract")
     urls: list[str] = []
 
     def dashboard_line(line: str) -> bool:
@@ -294,7 +296,7 @@ def test_keep_runs_past_its_duration_until_ctrl_c_with_the_dashboard_live(
 
 
 def test_sigterm_during_the_run_stops_everything_and_exits_143(start_demo: Any) -> None:
-    run = start_demo("--devices", "1", "--duration", "120", "--no-quality")
+    run = start_demo("--devices", "1", "--duration", "120", "--no-quality", "--no-contract")
     run.wait_for_line("running 1 devices", STORY_TIMEOUT_S)
     run.wait_for(lambda line: re.match(r"\[\s*\d+s\]", line) is not None,
                  "a progress line of the run")
