@@ -182,8 +182,8 @@ class AgentService:
         local = self.config.local_mqtt
         assert local is not None
         self._local_interval_ms = round(local.status_interval_s * 1000)
-        unsealed = self.plaintext_streams()
-        self._local_streams = frozenset(unsealed if local.streams is None else local.streams)
+        owners = self.owner_streams()
+        self._local_streams = frozenset(owners if local.streams is None else local.streams)
         device_hex = self.identity.device_id.hex()
         device = DeviceInfo(device_hex, local.device_name or f"edgeproof {device_hex[:8]}",
                             package_version(), local.topic_prefix, local.discovery_prefix)
@@ -215,6 +215,15 @@ class AgentService:
             log.info("sealing: stream%s %s sent in plaintext (no recipients); device "
                      "add/enroll --recipient NAME seals them", "s" if len(plain) > 1 else "",
                      ", ".join(plain))
+
+    def owner_streams(self) -> list[str]:
+        """Configured streams that are the owner's alone: every stream when an owner is
+        pinned (each is sealed to the owner's key only; who else reads what goes by derived
+        streams, never these), else the plaintext ones. The local broker gets their values
+        as read, before sealing; a stream sealed for recipients without an owner never."""
+        if self.config.owner is not None:
+            return [s.stream for s in self.config.sensors]
+        return self.plaintext_streams()
 
     def plaintext_streams(self) -> list[str]:
         """Configured streams whose values go unsealed (no recipients)."""

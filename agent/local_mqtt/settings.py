@@ -48,13 +48,17 @@ def check_topic_prefix(value: str, name: str) -> str:
 
 
 def check_local_streams(streams: tuple[str, ...], sealed: dict[str, bool], name: str) -> None:
-    """Refuse a stream that is not configured or is sealed for recipients (ConfigError)."""
+    """Refuse a stream that is not configured or is sealed for others (ConfigError).
+
+    ``sealed`` maps each stream to whether it is sealed for recipients other than the
+    device's owner (a stream sealed to the owner alone is the owner's own, and allowed)."""
     for stream in streams:
         if stream not in sealed:
             raise ConfigError(f"{name}: unknown stream {stream!r} (not in [[sensors]])")
         if sealed[stream]:
-            raise ConfigError(f"{name}: stream {stream!r} is sealed for recipients; a "
-                              f"sealed stream is never published to the local broker")
+            raise ConfigError(f"{name}: stream {stream!r} is sealed for recipients "
+                              f"other than the owner; such a stream is never published "
+                              f"to the local broker")
 
 
 def check_textfile(path: Path, name: str) -> Path:

@@ -20,8 +20,8 @@ from agent.service import AgentService, ServiceOptions
 from agent.status import collect_status
 from firmware_sim.broker import MosquittoBroker
 from protocol.errors import ConfigError
-from protocol.keys import device_id_for, load_device_key
-from protocol.record import Values
+from protocol.keys import OwnerKey, device_id_for, load_device_key
+from protocol.record import Sealed, Values
 from tests.agent.mqtt_watch import Watcher
 from tests.agent.responder import RATE, Responder
 from tests.agent.test_service import (
@@ -208,6 +208,42 @@ def test_a_dead_or_hung_local_broker_costs_counters_not_sampling_or_the_fleet_up
         if silent:
             silent.close()
     assert not runner.is_alive()
+
+
+def test_an_owner_pinned_agent_shows_its_sealed_dht22_temperature_and_humidity_locally(
+        tmp_path: Path, gateway_key: str, broker: MosquittoBroker, watcher: Watcher) -> None:
+    """Every stream of an owner-pinned device is sealed to the owner alone: the owner's own
+    readings, so the local broker gets them (before sealing), while the records stay
+    sealed. (Regression: nothing but health reached Home Assistant once an owner was
+    pinned.)"""
+    owner = OwnerKey.generate()
+    cfg = local_config(tmp_path, UNREACHABLE, gateway_key, broker.url,
+                       owner={"public_key": owner.public_key.hex(),
+                              "sealing_key": owner.sealing_public_key.hex()})
+    readings: list[Reading] = []
+    clock = ManualClock(wall_ms=int(evening() * 1000))
+    sim = load_simulated_hardware(1, tmp_path, clock)
+    service = AgentService(cfg, clock, sim=sim, options=ServiceOptions(on_reading=readings.append))
+    service.start()
+    dev = service.identity.device_id.hex()
+    try:
+        for _ in range(6):
+            clock.advance(1000)
+            service.step()
+        climate = [r for r in readings if r.stream == "climate"][-1].values
+        temp, humidity = (str(v.value).encode() for v in climate)
+        assert watcher.wait_for(lambda seen: (
+            seen.get(f"edgeproof/{dev}/climate_temperature"),
+            seen.get(f"edgeproof/{dev}/climate_humidity")) == (temp, humidity))
+        assert all(isinstance(r.body, Sealed) for r in outbox_records(service)
+                   if r.stream == "climate")
+    finally:
+        service.shutdown()
+        sim.close()
+    node = f"edgeproof_{dev[:16]}"
+    configs = set(watcher.latest())
+    assert {f"homeassistant/sensor/{node}/climate_temperature/config",
+            f"homeassistant/sensor/{node}/climate_humidity/config"} <= configs
 
 
 @pytest.mark.parametrize(("section", "named"), [
