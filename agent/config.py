@@ -22,6 +22,7 @@ from agent.local_mqtt.settings import (
     LocalMqttConfig,
     MetricsConfig,
     check_local_streams,
+    check_payout_url,
     check_textfile,
     check_topic_prefix,
 )
@@ -274,9 +275,16 @@ def _local_mqtt(t: Table | None, sensors: tuple[SensorConfig, ...],
         device_name=t.string("device_name", None),
         status_interval_s=t.number("status_interval_s", 30.0, low=0.1, high=86_400.0),
         streams=streams,
+        payout_url=_payout_url(t, owned),
+        payout_interval_s=t.number("payout_interval_s", 600.0, low=5.0, high=86_400.0),
     )
     t.finish()
     return out
+
+
+def _payout_url(t: Table, owned: bool) -> str | None:
+    url = t.string("payout_url", None)
+    return None if url is None else check_payout_url(url, owned, t.name("payout_url"))
 
 
 def _metrics(t: Table | None) -> MetricsConfig | None:

@@ -2,7 +2,8 @@
 
 Home Assistant itself parses the agent's discovery configs (its own voluptuous schemas, its
 own MQTT integration): the device appears with its entities, device classes, units and
-state classes; their values are the ones the device signed, including a DHT22's temperature
+state classes; their values are the ones the device signed (and, for the owner's payout
+figures, the ones of the gateway-signed payout notice), including a DHT22's temperature
 and humidity sealed to the owner (the owner's own readings, shown before sealing; a stream
 sealed for others without an owner is refused, tests/agent/test_local_mqtt.py); and every
 entity goes unavailable when the agent is killed (the last will)
@@ -29,6 +30,8 @@ import pytest
 from agent.identity import create_identity
 from firmware_sim.broker import MosquittoBroker
 from protocol.keys import OwnerKey, RecipientKey, load_device_key
+from protocol.payout_notice import PayoutNotice
+from tests.agent.notice_server import NoticeServer
 from tests.agent.responder import RATE, Responder
 from verifier.client import LoggedRecord
 from verifier.recipient import open_records
@@ -90,7 +93,7 @@ def home_assistant(tmp_path: Path, broker: MosquittoBroker) -> Iterator[HomeAssi
 
 
 def agent_toml(tmp_path: Path, fleet: str, gateway_key: str, local: str,
-               owner: OwnerKey) -> Path:
+               owner: OwnerKey, payout_url: str) -> Path:
     path = tmp_path / "agent.toml"
     path.write_text(f"""
 [agent]
@@ -112,6 +115,7 @@ sealing_key = "{owner.sealing_public_key.hex()}"
 broker = "{local}"
 device_name = "kitchen pi"
 status_interval_s = 0.5
+payout_url = "{payout_url}"
 [[sensors]]
 kind = "cpu_temp"
 stream = "cpu"
@@ -161,7 +165,8 @@ def ours(snap: Snapshot, node: str) -> dict[str, dict[str, Any]]:
 
 
 EXPECTED = {"cpu_temperature", "climate_temperature", "climate_humidity", "tv", "presence",
-            "credit_accrued", "credit_settled", "outbox_depth", "outbox_bytes",
+            "credit_accrued", "credit_settled", "credit_payable", "credit_claimed",
+            "credit_claimable", "outbox_depth", "outbox_bytes",
             "outbox_dropped", "sensor_errors", "uplink", "problem"}
 
 
@@ -209,7 +214,12 @@ def test_home_assistant_shows_the_device_its_values_and_marks_it_unavailable_whe
     device_id = responder.register(public_key)
     node = f"edgeproof_{device_id.hex()[:16]}"
     owner = OwnerKey.generate()
-    config = agent_toml(tmp_path, fleet.url, responder.verifier_key, broker.url, owner)
+    # The gateway's payout notice for the owner, signed with the key the agent pins.
+    payout = NoticeServer()
+    payout.serve(PayoutNotice(owner.owner_id, 2, b"\x11" * 20, 7_500_000, 2_000_000, 1337,
+                              b"\x22" * 20, b"\x33" * 32), responder.key)
+    config = agent_toml(tmp_path, fleet.url, responder.verifier_key, broker.url, owner,
+                        payout.url)
     agent = start_agent(config, tmp_path / "agent.log")
     try:
         snap = home_assistant.wait_for("the agent's entities with values", lambda s: all_states(
@@ -228,6 +238,14 @@ def test_home_assistant_shows_the_device_its_values_and_marks_it_unavailable_whe
         assert attrs["presence"]["device_class"] == "motion"
         assert (attrs["credit_accrued"]["unit_of_measurement"],
                 attrs["credit_accrued"]["state_class"]) == ("credits", "total_increasing")
+        for key, state_class in (("credit_payable", "total_increasing"),
+                                 ("credit_claimed", "total_increasing"),
+                                 ("credit_claimable", "measurement")):
+            assert (attrs[key]["unit_of_measurement"], attrs[key]["state_class"]) == (
+                "credits", state_class)
+        assert {k: mine[k]["state"] for k in ("credit_payable", "credit_claimed",
+                                              "credit_claimable")} == {
+            "credit_payable": "7.5", "credit_claimed": "2", "credit_claimable": "5.5"}
         assert (attrs["outbox_bytes"]["device_class"],
                 attrs["outbox_bytes"]["unit_of_measurement"]) == ("data_size", "B")
         assert attrs["uplink"]["device_class"] == "connectivity"
@@ -269,3 +287,4 @@ def test_home_assistant_shows_the_device_its_values_and_marks_it_unavailable_whe
             agent.wait(30)
         responder.stop()
         fleet.kill()
+        payout.close()
