@@ -95,15 +95,23 @@ class GapSigner(Protocol):
 
 
 Pending = tuple[str, bool, bytes]  # stream, protected, signed bytes
-_INSERT_ROWS = 32  # records per INSERT statement of a group commit
+_INSERT_ROWS = 256  # records per INSERT statement of a group commit (1,024 parameters)
 
 
-@functools.lru_cache(maxsize=_INSERT_ROWS)
+@functools.lru_cache(maxsize=64)
 def _insert_sql(rows: int) -> str:
-    # One statement for many rows: the committing thread gives up the GIL once per
-    # statement (in sqlite3_step), not once per record as executemany does.
+    # One statement for many rows: the committing thread gives up the GIL (and must get it
+    # back from the sampling thread) once per statement, not once per record as
+    # executemany does; on a busy machine each such exchange can cost milliseconds.
     return ("INSERT INTO records(seq, stream, protected, raw) VALUES "  # noqa: S608 - placeholders only
             + ",".join(("(?,?,?,?)",) * rows))
+
+
+@functools.lru_cache(maxsize=16)
+def _meta_sql(rows: int) -> str:
+    return ("INSERT INTO meta(name, value) VALUES "  # noqa: S608 - placeholders only
+            + ",".join(("(?,?)",) * rows)
+            + " ON CONFLICT(name) DO UPDATE SET value = excluded.value")
 
 
 class _Group:
@@ -686,9 +694,10 @@ class Outbox:
                     if not self._conn.in_transaction:
                         self._conn.execute("BEGIN IMMEDIATE")
                     self._insert(group.rows)
-                    self._write_meta(group.meta, autocommit=True)
+                    self._conn.execute(_meta_sql(len(group.meta)),
+                                       [v for item in group.meta.items() for v in item])
                     self._conn.execute("COMMIT")
-            except (StorageError, sqlite3.Error) as exc:  # kept for the next commit, records too
+            except Exception as exc:  # noqa: BLE001 - whatever it is: kept, raised by the next commit, records kept
                 with contextlib.suppress(sqlite3.Error):
                     if self._conn.in_transaction:
                         self._conn.execute("ROLLBACK")
