@@ -26,7 +26,10 @@ changed meanwhile.
 - **Start and stop.** Workers fork from a small server process started with the pool
   (``forkserver``: the gateway's threads are never forked); :meth:`VerifyPool.start` waits
   until every worker answered once. Workers ignore SIGINT and SIGTERM (systemd signals
-  the whole unit): the gateway finishes its batch in progress and then stops them.
+  the whole unit): the gateway finishes its batch in progress and then stops them. A
+  gateway killed with SIGKILL takes them along: the forkserver dies with the gateway
+  (:mod:`gateway.forkserver_init`) and each worker with the forkserver (a parent-death
+  signal), and the resource tracker exits when their pipes close.
 """
 
 from __future__ import annotations
@@ -61,9 +64,9 @@ _limits = Limits()  # set in each worker by _init_worker
 def _init_worker(limits: Limits) -> None:
     global _limits  # noqa: PLW0603 - per-process state of a pool worker
     _limits = limits
-    # The forkserver exits with the gateway, even after a kill -9; a worker waiting for
-    # work would not notice (it waits on a lock a dead sibling may hold), so the kernel
-    # ends it then.
+    # The forkserver dies with the gateway, even after a kill -9 (gateway.forkserver_init);
+    # a worker waiting for work would not notice (it holds the pipes that would tell it),
+    # so the kernel ends it then.
     die_with_parent(signal.SIGKILL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -192,7 +195,9 @@ class VerifyPool:
 
     def _new_executor(self) -> ProcessPoolExecutor:
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["gateway.verify_pool"])
+        # gateway.forkserver_init first: the server dies with this process, even after a
+        # kill -9, and with it the workers and the resource tracker.
+        context.set_forkserver_preload(["gateway.forkserver_init", "gateway.verify_pool"])
         return ProcessPoolExecutor(self.workers, mp_context=context,
                                    initializer=_init_worker, initargs=(self._limits,))
 
