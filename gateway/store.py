@@ -71,6 +71,7 @@ class PendingBatch:
     payload_hash: bytes
     reject: str | None  # the reason code that rejected the whole message, if any
     verdicts: bytes  # per record: what the verifying process found (gateway.cluster)
+    parsed: bytes | None = None  # per record: what it parsed (None: decode again)
 
 
 @dataclass(frozen=True)
