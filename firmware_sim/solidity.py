@@ -21,7 +21,7 @@ from eth_account import Account
 from eth_utils.address import to_checksum_address
 
 from firmware_sim.chain import REPO_ROOT, GanacheNode
-from osutil.jsonrpc import JsonRpc
+from osutil.jsonrpc import JsonRpc, quantity
 from protocol.keys import Secret
 from rewards import distributor
 from rewards.chain import send_and_wait
@@ -81,6 +81,7 @@ class Deployment:
     gateway: Secret
     token: str = ""
     distributor: str = ""
+    distributor_block: int = 0  # the block the distributor was deployed in
 
     @classmethod
     def on(cls, node: GanacheNode, issuer: Secret, gateway: Secret) -> Deployment:
@@ -90,10 +91,11 @@ class Deployment:
                                types=["string", "string", "address", "uint256"],
                                args=["Edgeproof Reward", "EPR", address_of(issuer),
                                      TOKEN_SUPPLY])
-        made.distributor, _ = deploy(made.rpc, issuer, node.chain_id,
+        made.distributor, receipt = deploy(made.rpc, issuer, node.chain_id,
                                      "CumulativeMerkleDistributor",
                                      types=["address", "address"],
                                      args=[made.token, address_of(gateway)])
+        made.distributor_block = quantity(receipt.get("blockNumber"), "block number")
         return made
 
     def send(self, key: Secret, to: str, data: bytes) -> dict[str, Any]:

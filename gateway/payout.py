@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from gateway.config import PayoutConfig
 from gateway.contracts import Logged
 from gateway.payout_book import FAILED, PENDING, POSTED, PayoutBook, StoredEpoch
+from gateway.payout_funding import FundingLedger
 from gateway.payout_gating import log_events, quality_judge
 from gateway.payout_lapse import Shortfall, issue_lapses
 from gateway.store import LogStore, NewDocument
@@ -51,7 +52,7 @@ from rewards.documents import (
 )
 from rewards.epoch import decode_balances, epoch_amounts, gated_amounts
 from rewards.ethkey import load_eth_key
-from rewards.gating import Event, funded_micro, gate
+from rewards.gating import Event, gate, micro_of
 from rewards.tree import DistributionTree
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,11 @@ class _Metrics:
                                 "(latest consent-gated epoch)", registry=r)
         self.posted_epoch = Gauge(f"{PREFIX}_posted_epoch", "Latest epoch on chain",
                                   registry=r)
+        self.funding_block = Gauge(f"{PREFIX}_funding_block", "Block up to which the "
+                                   "distributor's Funded events were read", registry=r)
+        self.funding_rereads = Counter(f"{PREFIX}_funding_rereads", "Funding read again from "
+                                       "the deployment block: the chain changed under it",
+                                       registry=r)
 
 
 class PayoutWorker:
@@ -136,6 +142,10 @@ class PayoutWorker:
         self.book = PayoutBook(data_dir / BOOK_FILE)
         self._rpc = JsonRpc(config.rpc_url, timeout_s=5.0)
         self.metrics = _Metrics(registry)
+        self._funding = FundingLedger(
+            self.book, self._rpc, config.distributor, first_block=config.distributor_block,
+            confirmations=config.funding_confirmations,
+            on_reread=lambda _why: self.metrics.funding_rereads.inc())
         self._next_epoch_at = 0.0
         self._errors = 0
         self._trees: dict[int, DistributionTree] = {}
@@ -258,14 +268,12 @@ class PayoutWorker:
         wallets = self.book.wallets(before_size=checkpoint.size)
         funding_block = None
         if self.config.consent_gated:
-            funding_block = self._rpc.block_number()
-            fundings = [abi.decode_funded(entry) for entry in self._rpc.logs(
-                self.config.distributor, abi.FUNDED, 0, funding_block)]
+            funding_block, funded_base = self._funding.read()
+            self.metrics.funding_block.set(funding_block)
             events = log_events(self._store, checkpoint.size)
             judge = quality_judge(self._store, checkpoint.size,
                                   self.config.quality_validators)
-            gated = gate(events, funded_micro(fundings, BASE_UNITS_PER_MICRO),
-                         judge.withheld)
+            gated = gate(events, micro_of(funded_base, BASE_UNITS_PER_MICRO), judge.withheld)
             self.metrics.withheld.set(gated.withheld_micro)
             amounts = gated_amounts(gated.owners, _settled(checkpoint.balances), wallets)
             self.metrics.short.set(len(gated.short_at))

@@ -35,7 +35,6 @@ from protocol.contract import Consent, Revocation
 from protocol.documents import Document
 from protocol.keys import signer_id
 from protocol.record import Record, Usage
-from rewards.distributor import Funding
 
 
 @dataclass(frozen=True)
@@ -89,12 +88,10 @@ class Gated:
         return sum(self.owners.values())
 
 
-def funded_micro(fundings: Iterable[Funding], rate: int) -> dict[bytes, int]:
-    """Funding per terms (request id) in micro-credits: floor(sum of amounts / rate)."""
-    base: dict[bytes, int] = {}
-    for funding in fundings:
-        base[funding.terms] = base.get(funding.terms, 0) + funding.amount
-    return {terms: amount // rate for terms, amount in base.items()}
+def micro_of(totals: Mapping[bytes, int], rate: int) -> dict[bytes, int]:
+    """Funding per terms (request id) in micro-credits from the sums of its Funded amounts
+    in base units (:mod:`rewards.funding`): floor(sum / rate)."""
+    return {terms: amount // rate for terms, amount in totals.items()}
 
 
 def split(credit: int, requests: list[bytes]) -> list[tuple[bytes, int]]:

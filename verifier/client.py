@@ -153,6 +153,14 @@ class GatewayClient:
     def leaf(self, index: int) -> LoggedRecord:
         return _logged(_json(_get(self.session, f"{self.base}/v1/leaves/{index}")))
 
+    def leaf_bytes(self, index: int) -> bytes:
+        """The signed bytes of any leaf, a record or a document (PROTOCOL.md §8); what the
+        gateway says about them (stream, device) is not returned: the bytes tell."""
+        data = _json(_get(self.session, f"{self.base}/v1/leaves/{index}"))
+        if not isinstance(data, dict) or data.get("index") != index:
+            raise MalformedRecord("bad_response", f"leaf {index}: another index served")
+        return _hex(data.get("record"), "record")
+
     def device_records(self, device_id: bytes, after_seq: int = -1,
                        limit: int = 1000) -> list[LoggedRecord]:
         data = _json(_get(self.session, f"{self.base}/v1/devices/{device_id.hex()}/records",
@@ -189,6 +197,14 @@ class GatewayClient:
         if not isinstance(proof, list) or len(proof) > 64:
             raise MalformedRecord("bad_response", "inclusion proof: no list")
         return [_hex(node, "proof node") for node in proof]
+
+    def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
+        data = _json(_get(self.session, f"{self.base}/v1/proofs/consistency",
+                          old_size=old_size, new_size=new_size))
+        proof = data.get("proof") if isinstance(data, dict) else None
+        if not isinstance(proof, list) or len(proof) > 128:
+            raise MalformedRecord("bad_response", "consistency proof: no list")
+        return [_hex(h, "proof node") for h in proof]
 
     def anchor(self, tree_size: int | None = None) -> dict[str, Any] | None:
         """The anchor of the checkpoint of ``tree_size`` (default: the latest anchored one).
