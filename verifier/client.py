@@ -153,13 +153,18 @@ class GatewayClient:
     def leaf(self, index: int) -> LoggedRecord:
         return _logged(_json(_get(self.session, f"{self.base}/v1/leaves/{index}")))
 
-    def leaf_bytes(self, index: int) -> bytes:
-        """The signed bytes of any leaf, a record or a document (PROTOCOL.md §8); what the
-        gateway says about them (stream, device) is not returned: the bytes tell."""
-        data = _json(_get(self.session, f"{self.base}/v1/leaves/{index}"))
-        if not isinstance(data, dict) or data.get("index") != index:
-            raise MalformedRecord("bad_response", f"leaf {index}: another index served")
-        return _hex(data.get("record"), "record")
+    def leaf_range(self, start: int, limit: int = 1000) -> list[bytes]:
+        """The signed bytes of the leaves ``start, start + 1, ...`` the gateway holds (at
+        most ``limit``; fewer at the end of the log), each checked to be at its index."""
+        data = _json(_get(self.session, f"{self.base}/v1/leaves", start=start, limit=limit))
+        if not isinstance(data, list) or len(data) > limit:
+            raise MalformedRecord("bad_response", "leaves: no list, or too long")
+        out = []
+        for offset, item in enumerate(data):
+            if not isinstance(item, dict) or item.get("index") != start + offset:
+                raise MalformedRecord("bad_response", f"leaves: leaf {start + offset} missing")
+            out.append(_hex(item.get("record"), "record"))
+        return out
 
     def device_records(self, device_id: bytes, after_seq: int = -1,
                        limit: int = 1000) -> list[LoggedRecord]:

@@ -41,7 +41,7 @@ def verify_payout(client: DocumentClient, gateway_key: str, rpc: JsonRpc,
     """Recompute an epoch (None: the latest posted); return what was checked, or raise.
 
     ``scan``: read every leaf below the epoch's checkpoint so that no listing can hide a
-    leaf (one request per leaf); without it each leaf used is still proven included."""
+    leaf (1,000 a request); without it each leaf used is still proven included."""
     verifier = NoteVerifier.from_text(gateway_key)
     raw, leaf_index, note, balances = client.payout_epoch(epoch)
     _, body = verify_payout_epoch(raw, verifier.public_key)

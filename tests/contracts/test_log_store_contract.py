@@ -232,6 +232,7 @@ def test_stream_leaves_are_one_streams_leaves_of_an_index_range_in_index_order(
     assert [x.index for x in store.stream_leaves("usage", 1, 5, 10)] == [2, 3]
     assert [x.index for x in store.stream_leaves("usage", 2, 6, 2)] == [2, 3]
     assert store.stream_leaves("usage", 6, 9, 10) == []
+    assert [x.index for x in store.stream_leaves(None, 1, 6, 3)] == [1, 2, 3]
 
 
 def test_links_show_only_the_devices_own_neighbours_in_range(store: LogStore) -> None:

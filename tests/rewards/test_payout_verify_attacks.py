@@ -54,8 +54,9 @@ class DoctoredGateway(DocumentClient):
         return [dataclasses.replace(r, stream="climate") if r.index in self.relabelled else r
                 for r in super().all_device_records(device_id) if r.index not in self.hidden]
 
-    def leaf_bytes(self, index: int) -> bytes:
-        return self.swapped.get(index) or super().leaf_bytes(index)
+    def leaf_range(self, start: int, limit: int = 1000) -> list[bytes]:
+        return [self.swapped.get(start + i, raw)
+                for i, raw in enumerate(super().leaf_range(start, limit))]
 
 
 @dataclasses.dataclass
