@@ -142,6 +142,7 @@ class GatingState:
     def __init__(self) -> None:
         self.size = 0  # every leaf below it has been fed
         self.in_force: dict[bytes, ConsentLeaf] = {}
+        self._naming: dict[bytes, dict[bytes, ConsentLeaf]] = {}  # device -> its in force
         self.ended: set[bytes] = set()  # consents revoked (or lapsed)
         self.owners: dict[bytes, int] = {}
         self.requests: dict[bytes, _Request] = {}
@@ -161,9 +162,12 @@ class GatingState:
             raise ValueError(f"leaf {ordered[0].leaf} was fed before (state at {self.size})")
         for event in ordered:
             if isinstance(event, ConsentLeaf):
+                self._end(event.consent)  # the same consent logged again: the later leaf
                 self.in_force[event.consent] = event
+                for device in event.devices:
+                    self._naming.setdefault(device, {})[event.consent] = event
             elif isinstance(event, RevocationLeaf):
-                self.in_force.pop(event.consent, None)
+                self._end(event.consent)
                 self.ended.add(event.consent)
             elif withheld(event):
                 self.settled_micro += event.credit_micro
@@ -172,12 +176,19 @@ class GatingState:
                 self._count(event)
             self.size = event.leaf + 1
 
+    def _end(self, consent_id: bytes) -> None:
+        ended = self.in_force.pop(consent_id, None)
+        for device in ended.devices if ended is not None else ():
+            naming = self._naming[device]
+            del naming[consent_id]
+            if not naming:
+                del self._naming[device]
+
     def _count(self, usage: UsageLeaf) -> None:
         self.settled_micro += usage.credit_micro
         covering: dict[bytes, bytes] = {}  # request -> owner
-        for consent in self.in_force.values():
-            if (usage.device in consent.devices
-                    and consent.not_before_ms <= usage.wall_ms < consent.not_after_ms):
+        for consent in self._naming.get(usage.device, {}).values():
+            if consent.not_before_ms <= usage.wall_ms < consent.not_after_ms:
                 covering[consent.request] = consent.owner
         if not covering or usage.credit_micro == 0:
             return
