@@ -126,6 +126,9 @@ class _Metrics:
         self.funding_rereads = Counter(f"{PREFIX}_funding_rereads", "Funding read again from "
                                        "the deployment block: the chain changed under it",
                                        registry=r)
+        self.gating_rebuilds = Counter(f"{PREFIX}_gating_rebuilds", "Consent gating state "
+                                       "built again from the whole log: re-read funding was "
+                                       "lower than what it had paid", registry=r)
 
 
 class PayoutWorker:
@@ -276,6 +279,7 @@ class PayoutWorker:
                 gated = gating.settle(micro_of(funded_base, BASE_UNITS_PER_MICRO))
             except ValueError as exc:  # funding re-read lower than what was paid: rebuild
                 log.warning("payout: gating state rebuilt from the whole log: %s", exc)
+                self.metrics.gating_rebuilds.inc()
                 self._gating = None
                 gating = self._gated_to(checkpoint.size)
                 gated = gating.settle(micro_of(funded_base, BASE_UNITS_PER_MICRO))
