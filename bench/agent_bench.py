@@ -15,6 +15,9 @@ Prints one line per figure and ends with one line of JSON:
                                 Mosquitto (Home Assistant discovery, states every second)
   rss_mib_local_mqtt_metrics    ... and [metrics] writing the node_exporter text file
                                 (prometheus_client imported); goal <= 40 with both on
+  rss_mib_owner_payout          ... and [owner] (every stream sealed to the owner, all of
+                                them published locally) with local_mqtt.payout_url polling
+                                a payout notice every 5 s (urllib imported); goal <= 40
   disk_bytes_per_reading        bytes the agent process wrote to disk (/proc/<pid>/io
                                 write_bytes: outbox, WAL, journal, state, meter, status file)
                                 per reading, default commit window, receipts flowing (goal
@@ -58,8 +61,10 @@ from agent.outbox import DeviceState, Outbox, OutboxSettings
 from agent.outbox.rows import SCHEMA
 from agent.records import EpochPolicy, RecordFactory, RecordWriter
 from firmware_sim.broker import MosquittoBroker
-from protocol.keys import RecipientKey, SigningKey, device_id_for, load_device_key
+from protocol.keys import OwnerKey, RecipientKey, SigningKey, device_id_for, load_device_key
+from protocol.payout_notice import PayoutNotice
 from protocol.record import GENESIS_PREV, Measurement
+from tests.agent.notice_server import NoticeServer
 from tests.agent.responder import Responder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,22 +193,32 @@ def proc_write_bytes(pid: int) -> tuple[int, int]:
 
 
 def running_agent(tmp: Path, commit_window_s: float | None = None, *, local: bool = False,
-                  metrics: bool = False) -> dict[str, float]:
+                  metrics: bool = False, payout: bool = False) -> dict[str, float]:
     """Start a simulated agent as a process and measure it over a steady-state window.
 
-    ``local``: with [local_mqtt] publishing to a second broker; ``metrics``: with [metrics].
+    ``local``: with [local_mqtt] publishing to a second broker; ``metrics``: with [metrics];
+    ``payout``: with [owner] and local_mqtt.payout_url (needs ``local``).
     """
     tmp.mkdir(parents=True, exist_ok=True)
     broker = MosquittoBroker(tmp / "broker")
     broker.start()
+    responder = Responder(broker.url).start()
     local_broker = MosquittoBroker(tmp / "local-broker") if local else None
+    notices = NoticeServer() if payout else None
     extra = ""
     if local_broker is not None:
         local_broker.start()
         extra += f'[local_mqtt]\nbroker = "{local_broker.url}"\nstatus_interval_s = 1\n'
+    if notices is not None:
+        owner = OwnerKey.generate()
+        notices.serve(PayoutNotice(owner.owner_id, 1, bytes(20), 5_000_000, 1_000_000, 1337,
+                                   bytes(20), bytes(32)), responder.key)
+        extra += (f'payout_url = "{notices.url}"\npayout_interval_s = 5\n[owner]\n'
+                  f'public_key = "{owner.public_key.hex()}"\n'
+                  f'sealing_key = "{owner.sealing_public_key.hex()}"\n')
     if metrics:
         extra += f'[metrics]\ntextfile = "{tmp / "edgeproof.prom"}"\n'
-    responder = Responder(broker.url).start()
+
     state = tmp / "state"
     with open(os.devnull, "w") as quiet:
         saved, sys.stdout = sys.stdout, quiet
@@ -233,6 +248,8 @@ def running_agent(tmp: Path, commit_window_s: float | None = None, *, local: boo
         broker.kill()
         if local_broker is not None:
             local_broker.kill()
+        if notices is not None:
+            notices.close()
         log.close()
     readings = max(1, n1 - n0)
     return {"rss_mib": rss, "disk_bytes_per_reading": (io1[0] - io0[0]) / readings,
@@ -259,11 +276,16 @@ def main(argv: list[str] | None = None) -> None:
         live = running_agent(tmp / "bare", args.commit_window_s)
         local = running_agent(tmp / "local", args.commit_window_s, local=True)
         both = running_agent(tmp / "both", args.commit_window_s, local=True, metrics=True)
+        owned = running_agent(tmp / "owned", args.commit_window_s, local=True, metrics=True,
+                              payout=True)
         print(f"rss_mib                       {live['rss_mib']:12.1f}  goal <= 40")
         print(f"rss_mib_local_mqtt            {local['rss_mib']:12.1f}  "
               f"+{local['rss_mib'] - live['rss_mib']:.1f} MiB for [local_mqtt]")
         print(f"rss_mib_local_mqtt_metrics    {both['rss_mib']:12.1f}  "
               f"+{both['rss_mib'] - live['rss_mib']:.1f} MiB for both; goal <= 40")
+        print(f"rss_mib_owner_payout          {owned['rss_mib']:12.1f}  "
+              f"+{owned['rss_mib'] - live['rss_mib']:.1f} MiB with [owner] and payout_url "
+              f"too; goal <= 40")
         print(f"disk_bytes_per_reading        {live['disk_bytes_per_reading']:12.0f}  goal <= 1024"
               f" ({live['records_in_window']:.0f} records in {live['window_s']:.0f} s)")
         print(f"disk_bytes_per_reading_net    {live['disk_bytes_per_reading_net']:12.0f}"
@@ -280,6 +302,7 @@ def main(argv: list[str] | None = None) -> None:
         "rss_mib": round(live["rss_mib"], 1),
         "rss_mib_local_mqtt": round(local["rss_mib"], 1),
         "rss_mib_local_mqtt_metrics": round(both["rss_mib"], 1),
+        "rss_mib_owner_payout": round(owned["rss_mib"], 1),
         "disk_bytes_per_reading": round(live["disk_bytes_per_reading"]),
         "disk_bytes_per_reading_net": round(live["disk_bytes_per_reading_net"]),
         "cpu_percent_at_1hz_4_sensors": round(live["cpu_percent_at_1hz_4_sensors"], 2),

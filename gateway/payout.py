@@ -42,6 +42,7 @@ from osutil.jsonrpc import JsonRpc, RpcError, quantity
 from protocol.documents import Document, parse_document, sign_document
 from protocol.errors import MalformedRecord, StorageError, TransportError, VerificationError
 from protocol.keys import SigningKey
+from protocol.payout_notice import PayoutNotice
 from rewards import distributor as abi
 from rewards.documents import (
     BASE_UNITS_PER_MICRO,
@@ -102,8 +103,11 @@ class _Metrics:
                                     registry=r)
         self.rpc_errors = Counter(f"{PREFIX}_rpc_errors", "Node calls that failed",
                                   ["kind"], registry=r)
-        for kind in ("unreachable", "refused", "internal"):
+        for kind in ("unreachable", "refused", "internal", "notice_claimed"):
             self.rpc_errors.labels(kind=kind)
+        self.notices = Counter(f"{PREFIX}_notices", "Payout notices signed for owners "
+                               "(GET /v1/payouts/notice/{owner}, PROTOCOL.md §19.5)",
+                               registry=r)
         self.locked = Gauge(f"{PREFIX}_locked_micro",
                             "Settled credit of owners with no wallet (latest epoch)", registry=r)
         self.short = Gauge(f"{PREFIX}_requests_short",
@@ -144,6 +148,9 @@ class PayoutWorker:
         self._wall_ms, self._monotonic = wall_ms, monotonic
         self.book = PayoutBook(data_dir / BOOK_FILE)
         self._rpc = JsonRpc(config.rpc_url, timeout_s=5.0)
+        # The API's reads of claimed() (payout notices), apart from the worker's connection.
+        self._api_rpc = JsonRpc(config.rpc_url, timeout_s=5.0)
+        self._api_rpc_lock = threading.Lock()
         self.metrics = _Metrics(registry)
         self._funding = FundingLedger(
             self.book, self._rpc, config.distributor, first_block=config.distributor_block,
@@ -178,6 +185,8 @@ class PayoutWorker:
         if self._thread is not None:
             self._thread.join(timeout=20)
         self._rpc.close()
+        with self._api_rpc_lock:
+            self._api_rpc.close()
         self.book.close()
 
     def _run(self) -> None:
@@ -459,6 +468,45 @@ class PayoutWorker:
             tree = DistributionTree.load(epoch.tree)
             self._trees = {epoch.epoch: tree}
         return epoch, tree
+
+    def notice(self, owner_id: bytes) -> Document | None:
+        """The owner's payout notice (PROTOCOL.md §19.5), signed now: its bound address,
+        that address's cumulative amount in the latest posted root and ``claimed(address)``
+        read from the distributor (left out if the chain does not answer, counted). None
+        before the first posted epoch, without a binding, or with no amount in that root."""
+        found = self.posted_tree()
+        binding_raw = self.book.wallet_of(owner_name(owner_id))
+        if found is None or binding_raw is None:
+            return None
+        stored, tree = found
+        body = _body(stored)
+        _, binding = verify_wallet_binding(binding_raw)
+        try:
+            leaf = tree.leaf(binding.checksum_address)
+        except KeyError:
+            return None
+        claimed = self._claimed_micro(leaf.address, body.rate)
+        notice = PayoutNotice(owner_id, stored.epoch, binding.address, leaf.amount // body.rate,
+                              claimed, body.chain_id, body.distributor, body.root)
+        self.metrics.notices.inc()
+        return sign_document(notice, self._signer, self._wall_ms())
+
+    def _claimed_micro(self, address: str, rate: int) -> int | None:
+        """``claimed(address)`` on the distributor in micro-credits; None (counted, logged)
+        if the node does not answer or answers nonsense."""
+        try:
+            with self._api_rpc_lock:
+                raw = self._api_rpc.eth_call(self.config.distributor,
+                                             abi.view("claimed", address))
+        except (TransportError, RpcError) as exc:
+            self.metrics.rpc_errors.labels(kind="notice_claimed").inc()
+            log.warning("payout: claimed(%s) unreadable for a notice: %s", address, exc)
+            return None
+        if len(raw) != 32:
+            self.metrics.rpc_errors.labels(kind="notice_claimed").inc()
+            log.warning("payout: claimed(%s) answered %d bytes", address, len(raw))
+            return None
+        return abi.uint(raw) // rate
 
 
 def _settled(balances: bytes) -> int:
