@@ -39,16 +39,19 @@ from firmware_sim.solidity import Deployment, address_of
 from firmware_sim.stack import Stack, StackError
 from osutil.jsonrpc import JsonRpc
 from owner.cli import main as owner_main
+from protocol.checkpoint import Checkpoint
 from protocol.contract import Consent, DataRequest, Terms
 from protocol.documents import parse_document, sign_document
 from protocol.errors import EdgeproofError, TransportError
 from protocol.keys import OwnerKey, Secret, SigningKey, save_owner_key, write_secret_file
+from protocol.note import NoteVerifier
 from rewards import wallet
 from rewards.documents import BASE_UNITS_PER_MICRO, PayoutEpoch, owner_name
-from rewards.gating import Gated, funded_micro
-from verifier.client import DocumentClient, GatewayClient
-from verifier.gating import fundings, gated_from_log
+from rewards.gating import Gated
+from verifier.client import DocumentClient
+from verifier.gating import funded_at, gated_from_log
 from verifier.payout import verify_payout
+from verifier.proven import ProvenLog
 
 FUNDING_TOKENS = 1_000  # what the company pays in per request (whole tokens)
 EPOCH_TIMEOUT_S = 60.0
@@ -217,8 +220,9 @@ class PayoutStory:
         bound_at = int(found[1])
         self.note("payout: waiting for the gateway to post an epoch that covers the binding")
         body = self._wait_epoch(stack, bound_at)
+        report = self._verify(stack, body.epoch)
         self._accounts(stack, owner, body, names, settled)
-        self._verify(stack)
+        self.result.verified = report["total_micro"] == self.result.paid_micro
         if not self.result.paid_micro:  # e.g. a run ended before any consented credit
             self.note("payout: no credit was earned under a funded consent: nothing to claim")
             self.result.ok = self.result.verified
@@ -258,13 +262,18 @@ class PayoutStory:
         assert self.node is not None
         if body.funding_block is None:
             raise StackError(f"epoch {body.epoch} is not consent-gated")
+        client = DocumentClient(stack.gateway_url)
+        note = client.payout_epoch(body.epoch)[2]
+        checkpoint = Checkpoint.from_note(note, NoteVerifier.from_text(stack.verifier_key))
         rpc = JsonRpc(self.node.url, timeout_s=wallet.TIMEOUT_S)
         try:
-            funded = funded_micro(fundings(rpc, "0x" + body.distributor.hex(),
-                                           body.funding_block), body.rate)
+            funded = funded_at(rpc, "0x" + body.distributor.hex(), body.funding_block,
+                               body.rate)
         finally:
             rpc.close()
-        gated = gated_from_log(DocumentClient(stack.gateway_url), body.checkpoint_size, funded,
+        # The log was scanned by edgeproof-verify payout just before; each leaf read here is
+        # still proven included in the epoch's checkpoint.
+        gated = gated_from_log(ProvenLog(client, checkpoint, scan=False), funded,
                                trusted=body.validators)
         r = self.result
         r.devices = _per_device(gated, names, settled, set(r.consented))
@@ -285,7 +294,7 @@ class PayoutStory:
         self.note(f"  {'owner':<9} {r.settled_micro:>8} {r.paid_micro:>8} "
                   f"{r.withheld_micro:>9} {r.locked_micro:>8}")
 
-    def _verify(self, stack: Stack) -> None:
+    def _verify(self, stack: Stack, epoch: int) -> dict[str, Any]:
         """``edgeproof-verify payout``: the epoch recomputed from the log and the chain."""
         assert self.node is not None
         rpc = JsonRpc(self.node.url, timeout_s=wallet.TIMEOUT_S)
@@ -294,8 +303,8 @@ class PayoutStory:
             while True:
                 self.check()
                 try:
-                    report = verify_payout(GatewayClient(stack.gateway_url),
-                                           stack.verifier_key, rpc)
+                    report = verify_payout(DocumentClient(stack.gateway_url),
+                                           stack.verifier_key, rpc, epoch)
                     break
                 except TransportError:  # the epoch's leaf is not checkpointed yet
                     if time.monotonic() > deadline:
@@ -303,11 +312,11 @@ class PayoutStory:
                     time.sleep(0.3)
         finally:
             rpc.close()
-        self.result.verified = report["total_micro"] == self.result.paid_micro
         self.note(f"payout: $ edgeproof-verify payout: epoch {report['epoch']} recomputed from "
                   f"the log and the chain, root {str(report['root'])[:18]}.. matches the one "
                   f"on chain; it pays {report['total_micro']} micro-credits, "
                   f"{report['locked_micro']} stay locked or withheld")
+        return report
 
     def _claimable(self, stack: Stack) -> None:
         """What each owner in the epoch's tree can claim (the demo has one owner)."""
