@@ -13,8 +13,10 @@ trusted peers, or too few minutes with a consensus) change nothing, except that
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
+from typing import Any
 
-from validator.model import Reason, State, Thresholds
+from validator.model import STATES, Reason, State, Thresholds
 
 
 class SensorState:
@@ -27,6 +29,22 @@ class SensorState:
         self._good_run = 0
         self._missing_run = 0
         self._on_probation = False
+
+    def snapshot(self) -> dict[str, object]:
+        """The machine's state as JSON values (:meth:`restore` takes it back)."""
+        return {"state": self.state, "recent": list(self._recent), "good_run": self._good_run,
+                "missing_run": self._missing_run, "on_probation": self._on_probation}
+
+    def restore(self, saved: Mapping[str, Any]) -> None:
+        """Take back a :meth:`snapshot`; ValueError if it is not one."""
+        state = saved["state"]
+        if state not in STATES:
+            raise ValueError(f"unknown state {state!r}")
+        self.state = state
+        self._recent.clear()
+        self._recent.extend(bool(x) for x in saved["recent"])
+        self._good_run, self._missing_run = int(saved["good_run"]), int(saved["missing_run"])
+        self._on_probation = bool(saved["on_probation"])
 
     def missing(self) -> list[Reason]:
         """A window without enough readings; returns ["dropout"] once it has lasted."""
