@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import math
 import operator
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Mapping, Sequence
 from statistics import median
 from typing import Any
@@ -126,6 +126,8 @@ class ReplayDetector:
         self._th = th
         self._history: dict[str, dict[int, float]] = {}
         self._last: dict[str, set[tuple[str, int]]] = {}
+        self._grams: dict[tuple[float, float, float], list[tuple[str, int]]] | None = None
+        self._windows = 0  # windows since the index was last rebuilt
 
     def snapshot(self) -> dict[str, object]:
         """The kept values and last matches as JSON values (:meth:`restore`)."""
@@ -137,51 +139,70 @@ class ReplayDetector:
                          for s, kept in saved["history"].items()}
         self._last = {str(s): {(str(o), int(lag)) for o, lag in found}
                       for s, found in saved["last"].items()}
+        self._grams = None  # rebuilt from the history at the next window
 
     def judge(self, buckets: Buckets, first: int, count: int) -> dict[str, str]:
         """Record this window's buckets; return ``{copier: source}`` for replays found."""
         max_lag = self._th.replay_max_lag_buckets
         for sensor, slots in buckets.items():
-            kept = self._history.setdefault(sensor, {})
-            kept.update(slots)
-            for bucket in [b for b in kept if b < first + count - max_lag - count]:
-                del kept[bucket]
-        index = self._index(first - max_lag, first + count)
+            self._history.setdefault(sensor, {}).update(slots)
+        self._windows += 1
+        if self._grams is None or self._windows * count >= max_lag + count:
+            self._rebuild(first + count - max_lag - count)  # also forgets what is too old
+        else:
+            self._add_grams(first - 2, first + count)
         found: dict[str, str] = {}
         for sensor, slots in buckets.items():
-            matches = self._matches(sensor, slots, index)
+            matches = self._matches(sensor, slots)
             previous = self._last.get(sensor, set())
             self._last[sensor] = matches
             for source, _lag in sorted(matches & previous):
                 found.setdefault(sensor, source)
         return found
 
-    def _index(self, low: int, high: int) -> dict[float, list[tuple[str, int]]]:
-        index: dict[float, list[tuple[str, int]]] = {}
-        for sensor, kept in self._history.items():
-            for bucket, value in kept.items():
-                if low <= bucket < high:
-                    index.setdefault(value, []).append((sensor, bucket))
-        return index
+    def _rebuild(self, low: int) -> None:
+        for kept in self._history.values():
+            for bucket in [b for b in kept if b < low]:
+                del kept[bucket]
+        self._grams, self._windows = {}, 0
+        self._add_grams(low, None)
 
-    def _matches(self, sensor: str, slots: Mapping[int, float],
-                 index: Mapping[float, list[tuple[str, int]]]) -> set[tuple[str, int]]:
+    def _add_grams(self, low: int, high: int | None) -> None:
+        """Index every run of three consecutive values starting at ``low`` or after (and
+        before ``high``) by its values: a copy repeats its source's runs."""
+        assert self._grams is not None
+        for sensor, kept in self._history.items():
+            starts = [b for b in kept if b >= low] if high is None else range(low, high)
+            for bucket in starts:
+                value = kept.get(bucket)
+                second, third = kept.get(bucket + 1), kept.get(bucket + 2)
+                if value is not None and second is not None and third is not None:
+                    self._grams.setdefault((value, second, third), []).append((sensor, bucket))
+
+    def _matches(self, sensor: str, slots: Mapping[int, float]) -> set[tuple[str, int]]:
         th = self._th
         if len(slots) < th.min_readings or len(set(slots.values())) < th.replay_min_distinct:
             return set()
-        counts: Counter[tuple[str, int]] = Counter()
+        assert self._grams is not None
+        candidates: set[tuple[str, int]] = set()
         for bucket, value in slots.items():
-            for other, other_bucket in index.get(value, ()):
+            second, third = slots.get(bucket + 1), slots.get(bucket + 2)
+            if second is None or third is None:
+                continue
+            for other, other_bucket in self._grams.get((value, second, third), ()):
                 lag = bucket - other_bucket
                 if other != sensor and 1 <= lag <= th.replay_max_lag_buckets:
-                    counts[other, lag] += 1
+                    candidates.add((other, lag))
         found = set()
-        for (other, lag), n in counts.items():
-            if n < th.min_readings or n < th.replay_match * len(slots) / 2:
-                continue  # cheap bound first: most candidate lags match a handful of values
+        for other, lag in candidates:
             kept = self._history.get(other, {})
-            pairs = sum(1 for b in slots if b - lag in kept)  # both present: comparable
-            if n >= th.replay_match * pairs:
+            n = pairs = 0
+            for bucket, value in slots.items():
+                then = kept.get(bucket - lag)
+                if then is not None:  # both present: comparable
+                    pairs += 1
+                    n += then == value
+            if n >= th.min_readings and n >= th.replay_match * pairs:
                 found.add((other, lag))
         return found
 
@@ -357,7 +378,7 @@ class CopyDetector:
             cov, var, var_ac, n = (sum(x) for x in zip(*kept, strict=True))
             if n >= th.copy_min_n:
                 sums[a, b, c] = cov, var, var_ac, n
-        # q(a|b): a's own noise (the most any reference c shows) in units of a quarter of
+        # q(a|b): a's own noise (the median over the references c) in units of a quarter of
         # var(a - b) + var(a - c): 1 for independent sensors of equal noise, 0 for a source
         copies: dict[str, list[tuple[float, str]]] = {}
         for a in self._names:
@@ -368,8 +389,8 @@ class CopyDetector:
                 var = refs[0][1]
                 if var <= 0:
                     copies.setdefault(a, []).append((0.0, b))  # the same values: a copy
-                elif max(4 * cov / (v_ab + v_ac) for cov, v_ab, v_ac, _ in refs
-                         if v_ab + v_ac > 0) < th.live_max_q:
+                elif median(4 * cov / (v_ab + v_ac) for cov, v_ab, v_ac, _ in refs
+                            if v_ab + v_ac > 0) < th.live_max_q:
                     copies.setdefault(a, []).append((var, b))
         found: dict[str, str] = {}
         for source, candidates in copies.items():

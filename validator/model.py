@@ -68,6 +68,7 @@ class Thresholds:
     noise_k: float = 1.0
     spike_k: float = 1.5
     stuck_min_readings: int = 20
+    stuck_faulty_readings: int = 30
     drift_k_per_day: float = 0.15
     drift_min_windows: int = 144
     drift_t: float = 6.0

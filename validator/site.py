@@ -201,7 +201,9 @@ class SiteValidator:
                 reasons.append("drift")
             if sensor in replays:
                 reasons.append("replay")
-            if reasons or own.residuals >= th.min_readings:
+            if "stuck" in reasons and self._runs[sensor][1] >= th.stuck_faulty_readings:
+                state.proven(reasons)  # the run itself spans the windows a verdict needs
+            elif reasons or own.residuals >= th.min_readings:
                 state.judged(reasons)
             else:
                 state.unjudged()  # too few minutes with a consensus to call the window good

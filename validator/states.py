@@ -7,7 +7,8 @@ One bad window makes a sensor *suspect*, never *faulty*: it turns faulty when
 windows still counted. Windows that could not be judged (too few readings, too few
 trusted peers, or too few minutes with a consensus) change nothing, except that
 ``dropout_windows`` windows running without enough readings make the sensor faulty at once
-("dropout": the silence is the evidence).
+("dropout": the silence is the evidence), and so does one value repeated
+``stuck_faulty_readings`` times running (:meth:`SensorState.proven`).
 """
 
 from __future__ import annotations
@@ -56,6 +57,13 @@ class SensorState:
             self._on_probation = True
             return ["dropout"]
         return []
+
+    def proven(self, reasons: list[Reason]) -> None:
+        """A bad window whose evidence already spans ``faulty_bad`` windows (a value stuck
+        for ``stuck_faulty_readings`` readings): faulty at once, like a long dropout."""
+        self.judged(reasons)
+        self.state = "faulty"
+        self._on_probation = True
 
     def unjudged(self) -> None:
         """A window with readings but no quorum of trusted peers to judge them against."""

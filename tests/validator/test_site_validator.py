@@ -295,3 +295,12 @@ def test_step_in_one_sensor_is_not_read_as_two_others_sharing_noise() -> None:
                                 magnitude=-3.0),), 12)
     assert honest_never_flagged(verdicts)
     assert honest_never_accused_of_copying(verdicts)
+
+
+def test_value_stuck_for_thirty_readings_is_faulty_without_waiting_for_more_windows() -> None:
+    # Stuck from 1 h 05: the run reaches 30 readings in the window ending at 1 h 40 (the
+    # run is the evidence of three windows already, as a long dropout's silence is).
+    verdicts = run((SensorFault("stuck", start_s=H + 300),), 4)
+    assert first_faulty_h(verdicts) < 1.0 + 45 / 60  # was 1 h 50 with three windows
+    assert reasons(verdicts) == {"stuck"}
+    assert honest_never_flagged(verdicts)
