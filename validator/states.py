@@ -33,8 +33,13 @@ class SensorState:
 
     def snapshot(self) -> dict[str, object]:
         """The machine's state as JSON values (:meth:`restore` takes it back)."""
-        return {"state": self.state, "recent": list(self._recent), "good_run": self._good_run,
-                "missing_run": self._missing_run, "on_probation": self._on_probation}
+        return {
+            "state": self.state,
+            "recent": list(self._recent),
+            "good_run": self._good_run,
+            "missing_run": self._missing_run,
+            "on_probation": self._on_probation,
+        }
 
     def restore(self, saved: Mapping[str, Any]) -> None:
         """Take back a :meth:`snapshot`; ValueError if it is not one."""
