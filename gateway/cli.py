@@ -21,13 +21,11 @@ from types import FrameType
 from gateway.config import GatewayConfig, load_config
 from gateway.gatewaykey import GatewayKey, load_gateway_key, save_gateway_key
 from osutil.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_log_level, add_version, run_command
-from osutil.jsonrpc import JsonRpc
 from osutil.lockfile import hold_lock
 from osutil.lograte import limit_repeats
 from protocol.errors import ConfigError, EdgeproofError, MalformedRecord
-from rewards.contracts import TOKEN_SUPPLY, deploy_payout, payout_snippet
-from rewards.ethkey import load_eth_key
-from rewards.tree import checked_address
+
+TOKEN_SUPPLY = 10**9 * 10**18  # rewards.contracts.TOKEN_SUPPLY (checked by a test)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -136,6 +134,14 @@ def _print_key(verifier: str, name: str, as_json: bool) -> None:
 
 
 def _chain_deploy(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: the gateway that `run` starts never loads the
+    # Ethereum libraries unless payouts are configured, and its verify pool's forkserver
+    # imports this module again (as the parent's __main__) before it forks each worker.
+    from osutil.jsonrpc import JsonRpc  # noqa: PLC0415
+    from rewards.contracts import deploy_payout, payout_snippet  # noqa: PLC0415
+    from rewards.ethkey import load_eth_key  # noqa: PLC0415
+    from rewards.tree import checked_address  # noqa: PLC0415
+
     key, address = load_eth_key(args.key)
     try:
         holder = checked_address(args.token_holder or address)
