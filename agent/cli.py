@@ -246,6 +246,9 @@ def _status_text(status: dict[str, object]) -> str:
     local = agent.get("local_mqtt")
     if isinstance(local, dict):
         lines.append(f"local broker  {_local_text(local)}")
+        payout = local.get("payout")
+        if isinstance(payout, dict):
+            lines.append(f"payout        {_payout_text(payout)}")
     notes = status.get("quality")
     for note in notes if isinstance(notes, list) else []:
         if isinstance(note, dict):
@@ -289,6 +292,26 @@ def _local_text(local: dict[str, object]) -> str:
     return (f"{state} {local.get('broker')}: {c.get('published', 0)} published, "
             f"{c.get('superseded', 0)} superseded, "
             f"{c.get('connect_failures', 0) + c.get('connack_timeouts', 0)} failed connects")
+
+
+def _payout_text(payout: dict[str, object]) -> str:
+    """The owner's payout notice as last verified, and what was refused (by reason)."""
+    counters = payout.get("counters")
+    c = counters if isinstance(counters, dict) else {}
+    epoch, entitled = payout.get("epoch"), payout.get("entitled_micro")
+    claimed = payout.get("claimed_micro")
+    if isinstance(epoch, int) and isinstance(entitled, int):
+        text = f"epoch {epoch}: {entitled / 1e6:g} credits payable"
+        if isinstance(claimed, int):
+            text += f", {claimed / 1e6:g} claimed, {max(0, entitled - claimed) / 1e6:g} claimable"
+    else:
+        text = "no verified notice yet"
+    refused = {k: v for k, v in c.items() if k not in ("accepted", "not_yet")}
+    if refused:
+        text += "; REFUSED: " + ", ".join(f"{k} {v}" for k, v in sorted(refused.items()))
+    if payout.get("error"):
+        text += f" ({payout['error']})"
+    return text
 
 
 def _receipts_text(receipts: object) -> str:

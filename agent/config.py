@@ -22,6 +22,7 @@ from agent.local_mqtt.settings import (
     LocalMqttConfig,
     MetricsConfig,
     check_local_streams,
+    check_payout_url,
     check_textfile,
     check_topic_prefix,
 )
@@ -186,6 +187,7 @@ def parse_config(data: Mapping[str, object], base_dir: Path) -> AgentConfig:
     agent.finish()
     recipients = _recipients(root.table("recipients"))
     sensors = _sensors(data.get("sensors", []), recipients)
+    owner = _owner(root.optional_table("owner"))
     config = AgentConfig(
         state_dir=state_dir,
         key_file=key_file,
@@ -203,8 +205,8 @@ def parse_config(data: Mapping[str, object], base_dir: Path) -> AgentConfig:
         sensors=sensors,
         usage=_usage(root.optional_table("usage"), sensors),
         service=_service(root.table("service")),
-        owner=_owner(root.optional_table("owner")),
-        local_mqtt=_local_mqtt(root.optional_table("local_mqtt"), sensors),
+        owner=owner,
+        local_mqtt=_local_mqtt(root.optional_table("local_mqtt"), sensors, owner is not None),
         metrics=_metrics(root.optional_table("metrics")),
     )
     root.finish(allowed=("sensors",))
@@ -252,14 +254,17 @@ def _broker_connection(t: Table, example: str) -> MqttConfig:
                       section=t.name("broker").rsplit(".", 1)[0])
 
 
-def _local_mqtt(t: Table | None, sensors: tuple[SensorConfig, ...]) -> LocalMqttConfig | None:
+def _local_mqtt(t: Table | None, sensors: tuple[SensorConfig, ...],
+                owned: bool) -> LocalMqttConfig | None:
     if t is None:
         return None
     connection = _broker_connection(t, "mqtt://homeassistant.local:1883")
     streams = t.string_list("streams")
     if streams is not None:
-        check_local_streams(streams, {s.stream: bool(s.recipients) for s in sensors},
-                            t.name("streams"))
+        # With a pinned owner every stream is sealed to the owner alone (the configured
+        # recipients are ignored): all of them are the owner's own readings.
+        check_local_streams(streams, {s.stream: bool(s.recipients) and not owned
+                                      for s in sensors}, t.name("streams"))
     out = LocalMqttConfig(
         connection,
         client_id=t.string("client_id", None),
@@ -270,9 +275,16 @@ def _local_mqtt(t: Table | None, sensors: tuple[SensorConfig, ...]) -> LocalMqtt
         device_name=t.string("device_name", None),
         status_interval_s=t.number("status_interval_s", 30.0, low=0.1, high=86_400.0),
         streams=streams,
+        payout_url=_payout_url(t, owned),
+        payout_interval_s=t.number("payout_interval_s", 600.0, low=5.0, high=86_400.0),
     )
     t.finish()
     return out
+
+
+def _payout_url(t: Table, owned: bool) -> str | None:
+    url = t.string("payout_url", None)
+    return None if url is None else check_payout_url(url, owned, t.name("payout_url"))
 
 
 def _metrics(t: Table | None) -> MetricsConfig | None:

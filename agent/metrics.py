@@ -93,6 +93,11 @@ def status_metrics(doc: Mapping[str, object]) -> Iterator[Metric]:
         yield from _gauge("local_mqtt_pending", "Entity states waiting for the local broker",
                           local.get("pending"))
         yield from _counters("local_mqtt", _table(local.get("counters")), "Local broker")
+        payout = _table(local.get("payout"))
+        yield from _counters("local_mqtt_payout", _table(payout.get("counters")),
+                             "Payout notices fetched")
+        yield from _gauge("local_mqtt_payout_epoch", "Epoch of the payout notice shown",
+                          payout.get("epoch"))
 
 
 def _outbox(outbox: Mapping[str, object]) -> Iterator[Metric]:

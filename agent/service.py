@@ -33,6 +33,7 @@ from agent.grants import GRANTS_FILE, GrantBook
 from agent.identity import Identity, KeyFiles, load_identity
 from agent.local_mqtt import DeviceInfo, LocalPublisher, device_entities
 from agent.local_mqtt.discovery import reading_states, status_states
+from agent.local_mqtt.payout import PayoutWatcher
 from agent.outbox import DatabaseCorrupt, DeviceState, Outbox
 from agent.policy import PolicyInbox
 from agent.quality import QUALITY_FILE, QualityNotes
@@ -118,6 +119,7 @@ class AgentService:
         self._overdue_since_ms: int | None = None  # receipts overdue since (mono ms)
         self._unanswered_from_ms = 0
         self.local: LocalPublisher | None = None  # the owner's broker ([local_mqtt])
+        self.payout: PayoutWatcher | None = None  # the owner's payout notice (payout_url)
         self._local_streams: frozenset[str] = frozenset()
         self._next_local_ms = 0
         self._local_interval_ms = 0
@@ -182,20 +184,28 @@ class AgentService:
         local = self.config.local_mqtt
         assert local is not None
         self._local_interval_ms = round(local.status_interval_s * 1000)
-        unsealed = self.plaintext_streams()
-        self._local_streams = frozenset(unsealed if local.streams is None else local.streams)
+        owners = self.owner_streams()
+        self._local_streams = frozenset(owners if local.streams is None else local.streams)
         device_hex = self.identity.device_id.hex()
         device = DeviceInfo(device_hex, local.device_name or f"edgeproof {device_hex[:8]}",
                             package_version(), local.topic_prefix, local.discovery_prefix)
         entities = device_entities(
             [(s.kind, s.stream) for s in self.config.sensors if s.stream in self._local_streams],
-            credit=self.config.usage is not None)
+            credit=self.config.usage is not None, payout=local.payout_url is not None)
         client_id = (local.client_id or local.connection.username
                      or f"edgeproof-{device_hex[:16]}")
         self.local = LocalPublisher(device, entities, broker, client_id)
         log.info("local broker: publishing %d entities (streams: %s) to %s", len(entities),
                  ", ".join(sorted(self._local_streams)) or "none", local.connection.url)
         self.local.start()
+        owner = self.config.owner
+        if local.payout_url is not None and owner is not None:
+            self.payout = PayoutWatcher(local.payout_url, local.payout_interval_s,
+                                        gateway_key=self.config.gateway.public_key,
+                                        owner_key=owner.public_key, offer=self.local.offer)
+            log.info("payout notices: asking %s every %.0f s", self.payout.url,
+                     local.payout_interval_s)
+            self.payout.start()
 
     def _say_what_earns_and_seals(self) -> None:
         """One info line each when nothing earns credit or a stream is not sealed."""
@@ -215,6 +225,15 @@ class AgentService:
             log.info("sealing: stream%s %s sent in plaintext (no recipients); device "
                      "add/enroll --recipient NAME seals them", "s" if len(plain) > 1 else "",
                      ", ".join(plain))
+
+    def owner_streams(self) -> list[str]:
+        """Configured streams that are the owner's alone: every stream when an owner is
+        pinned (each is sealed to the owner's key only; who else reads what goes by derived
+        streams, never these), else the plaintext ones. The local broker gets their values
+        as read, before sealing; a stream sealed for recipients without an owner never."""
+        if self.config.owner is not None:
+            return [s.stream for s in self.config.sensors]
+        return self.plaintext_streams()
 
     def plaintext_streams(self) -> list[str]:
         """Configured streams whose values go unsealed (no recipients)."""
@@ -463,6 +482,8 @@ class AgentService:
                 done = self.uplink.flush(self.config.service.final_flush_s)
                 log.info("final flush %s", "complete" if done else "timed out; records kept")
             self.uplink.stop()
+        if self.payout is not None:
+            self.payout.stop(0.5)  # a daemon thread; a request in flight is abandoned
         if self.local is not None:
             self._guarded(self._offer_local_status)
             self.local.stop()  # "offline" on the availability topic, then DISCONNECT
@@ -502,7 +523,9 @@ class AgentService:
             "rotation": self.rotation.status(),
             "grants": self.grants_status(),
             "service": dict(self.counters),
-            "local_mqtt": self.local.status() if self.local is not None else None,
+            "local_mqtt": None if self.local is None else {
+                **self.local.status(),
+                "payout": self.payout.status() if self.payout is not None else None},
         }
 
     def grants_status(self) -> dict[str, object] | None:

@@ -9,12 +9,20 @@ Prints one line per figure and ends with one line of JSON:
   records_ratio_to_bare_sign    the record path alone (RecordWriter: build + seal + sign, no
                                 outbox) over bare signatures, same rounds: the part of
                                 ratio_to_bare_sign that is not the outbox
+  sampling_cpu_ratio_to_bare_sign  the same rounds in CPU time of the sampling thread
+                                (time.thread_time): bare signing's CPU per signature over
+                                the write path's per reading. Group commits run on another
+                                thread and are not in it; on a busy shared machine it moves
+                                less than the wall-clock ratio
   rss_mib                       resident memory of `edgeproof-agent run --simulate` at steady
                                 state, from /proc/<pid>/status (goal <= 40)
   rss_mib_local_mqtt            the same agent with [local_mqtt] publishing to a second
                                 Mosquitto (Home Assistant discovery, states every second)
   rss_mib_local_mqtt_metrics    ... and [metrics] writing the node_exporter text file
                                 (prometheus_client imported); goal <= 40 with both on
+  rss_mib_owner_payout          ... and [owner] (every stream sealed to the owner, all of
+                                them published locally) with local_mqtt.payout_url polling
+                                a payout notice every 5 s (urllib imported); goal <= 40
   disk_bytes_per_reading        bytes the agent process wrote to disk (/proc/<pid>/io
                                 write_bytes: outbox, WAL, journal, state, meter, status file)
                                 per reading, default commit window, receipts flowing (goal
@@ -58,8 +66,10 @@ from agent.outbox import DeviceState, Outbox, OutboxSettings
 from agent.outbox.rows import SCHEMA
 from agent.records import EpochPolicy, RecordFactory, RecordWriter
 from firmware_sim.broker import MosquittoBroker
-from protocol.keys import RecipientKey, SigningKey, device_id_for, load_device_key
+from protocol.keys import OwnerKey, RecipientKey, SigningKey, device_id_for, load_device_key
+from protocol.payout_notice import PayoutNotice
 from protocol.record import GENESIS_PREV, Measurement
+from tests.agent.notice_server import NoticeServer
 from tests.agent.responder import Responder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,10 +95,11 @@ class _NoStorage:
         return self.seq
 
 
-def write_path_rates(tmp: Path) -> tuple[float, float, float]:
+def write_path_rates(tmp: Path) -> tuple[float, float, float, float]:
     """Best of three rounds, interleaved: readings/s through build + seal + sign + outbox
-    commit (default group commit), bare nacl Ed25519 signatures/s, and readings/s through
-    the record path alone (no outbox)."""
+    commit (default group commit), bare nacl Ed25519 signatures/s, readings/s through
+    the record path alone (no outbox), and the sampling thread's CPU ratio (bare signing
+    CPU per signature over write-path CPU per reading)."""
     clock = SystemClock()
     state = DeviceState.open(tmp / "state.sqlite", clock.wall_ms)
     outbox = Outbox(tmp / "outbox.sqlite", OutboxSettings(max_bytes=1 << 30), state, clock)
@@ -104,18 +115,21 @@ def write_path_rates(tmp: Path) -> tuple[float, float, float]:
                          {"climate": [RecipientKey.generate().public_key]},
                          policy=EpochPolicy(max_records=N_READINGS * 10), clock=clock)
     best_path = best_bare = best_records = 0.0
+    cpu_path = cpu_bare = float("inf")
     for _ in range(3):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         for i in range(N_READINGS):
             values = (Measurement(215 + i % 7, -1, "Cel"), Measurement(480 + i % 11, -1, "%RH"))
             writer.write_values("climate", values, clock.mono_ms())
             outbox.maybe_commit()
         outbox.commit()
         best_path = max(best_path, N_READINGS / (time.perf_counter() - start))
-        start = time.perf_counter()
+        cpu_path = min(cpu_path, (time.thread_time() - cpu) / N_READINGS)
+        start, cpu = time.perf_counter(), time.thread_time()
         for _ in range(N_SIGN):
             bare.sign(message)
         best_bare = max(best_bare, N_SIGN / (time.perf_counter() - start))
+        cpu_bare = min(cpu_bare, (time.thread_time() - cpu) / N_SIGN)
         start = time.perf_counter()
         for i in range(N_READINGS):
             values = (Measurement(215 + i % 7, -1, "Cel"), Measurement(480 + i % 11, -1, "%RH"))
@@ -123,7 +137,7 @@ def write_path_rates(tmp: Path) -> tuple[float, float, float]:
         best_records = max(best_records, N_READINGS / (time.perf_counter() - start))
     outbox.close()
     state.close()
-    return best_path, best_bare, best_records
+    return best_path, best_bare, best_records, cpu_bare / cpu_path
 
 
 def commit_each_wal_bytes(tmp: Path, n: int = 400) -> float:
@@ -188,22 +202,32 @@ def proc_write_bytes(pid: int) -> tuple[int, int]:
 
 
 def running_agent(tmp: Path, commit_window_s: float | None = None, *, local: bool = False,
-                  metrics: bool = False) -> dict[str, float]:
+                  metrics: bool = False, payout: bool = False) -> dict[str, float]:
     """Start a simulated agent as a process and measure it over a steady-state window.
 
-    ``local``: with [local_mqtt] publishing to a second broker; ``metrics``: with [metrics].
+    ``local``: with [local_mqtt] publishing to a second broker; ``metrics``: with [metrics];
+    ``payout``: with [owner] and local_mqtt.payout_url (needs ``local``).
     """
     tmp.mkdir(parents=True, exist_ok=True)
     broker = MosquittoBroker(tmp / "broker")
     broker.start()
+    responder = Responder(broker.url).start()
     local_broker = MosquittoBroker(tmp / "local-broker") if local else None
+    notices = NoticeServer() if payout else None
     extra = ""
     if local_broker is not None:
         local_broker.start()
         extra += f'[local_mqtt]\nbroker = "{local_broker.url}"\nstatus_interval_s = 1\n'
+    if notices is not None:
+        owner = OwnerKey.generate()
+        notices.serve(PayoutNotice(owner.owner_id, 1, bytes(20), 5_000_000, 1_000_000, 1337,
+                                   bytes(20), bytes(32)), responder.key)
+        extra += (f'payout_url = "{notices.url}"\npayout_interval_s = 5\n[owner]\n'
+                  f'public_key = "{owner.public_key.hex()}"\n'
+                  f'sealing_key = "{owner.sealing_public_key.hex()}"\n')
     if metrics:
         extra += f'[metrics]\ntextfile = "{tmp / "edgeproof.prom"}"\n'
-    responder = Responder(broker.url).start()
+
     state = tmp / "state"
     with open(os.devnull, "w") as quiet:
         saved, sys.stdout = sys.stdout, quiet
@@ -233,6 +257,8 @@ def running_agent(tmp: Path, commit_window_s: float | None = None, *, local: boo
         broker.kill()
         if local_broker is not None:
             local_broker.kill()
+        if notices is not None:
+            notices.close()
         log.close()
     readings = max(1, n1 - n0)
     return {"rss_mib": rss, "disk_bytes_per_reading": (io1[0] - io0[0]) / readings,
@@ -250,20 +276,26 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="edgeproof-agent-bench-") as tmp_name:
         tmp = Path(tmp_name)
         (tmp / "write").mkdir()
-        readings, bare, records = write_path_rates(tmp / "write")
+        readings, bare, records, cpu_ratio = write_path_rates(tmp / "write")
         print(f"readings_per_s                {readings:12.0f}  build+seal+sign+outbox commit")
         print(f"bare_sign_per_s               {bare:12.0f}  nacl Ed25519")
         print(f"ratio_to_bare_sign            {readings / bare:12.3f}  goal >= 0.5")
         print(f"records_ratio_to_bare_sign    {records / bare:12.3f}  record path, no outbox")
+        print(f"sampling_cpu_ratio_to_bare_sign {cpu_ratio:10.3f}  CPU of the sampling thread")
         each = commit_each_wal_bytes(tmp / "write")
         live = running_agent(tmp / "bare", args.commit_window_s)
         local = running_agent(tmp / "local", args.commit_window_s, local=True)
         both = running_agent(tmp / "both", args.commit_window_s, local=True, metrics=True)
+        owned = running_agent(tmp / "owned", args.commit_window_s, local=True, metrics=True,
+                              payout=True)
         print(f"rss_mib                       {live['rss_mib']:12.1f}  goal <= 40")
         print(f"rss_mib_local_mqtt            {local['rss_mib']:12.1f}  "
               f"+{local['rss_mib'] - live['rss_mib']:.1f} MiB for [local_mqtt]")
         print(f"rss_mib_local_mqtt_metrics    {both['rss_mib']:12.1f}  "
               f"+{both['rss_mib'] - live['rss_mib']:.1f} MiB for both; goal <= 40")
+        print(f"rss_mib_owner_payout          {owned['rss_mib']:12.1f}  "
+              f"+{owned['rss_mib'] - live['rss_mib']:.1f} MiB with [owner] and payout_url "
+              f"too; goal <= 40")
         print(f"disk_bytes_per_reading        {live['disk_bytes_per_reading']:12.0f}  goal <= 1024"
               f" ({live['records_in_window']:.0f} records in {live['window_s']:.0f} s)")
         print(f"disk_bytes_per_reading_net    {live['disk_bytes_per_reading_net']:12.0f}"
@@ -277,9 +309,11 @@ def main(argv: list[str] | None = None) -> None:
         "bare_sign_per_s": round(bare),
         "ratio_to_bare_sign": round(readings / bare, 3),
         "records_ratio_to_bare_sign": round(records / bare, 3),
+        "sampling_cpu_ratio_to_bare_sign": round(cpu_ratio, 3),
         "rss_mib": round(live["rss_mib"], 1),
         "rss_mib_local_mqtt": round(local["rss_mib"], 1),
         "rss_mib_local_mqtt_metrics": round(both["rss_mib"], 1),
+        "rss_mib_owner_payout": round(owned["rss_mib"], 1),
         "disk_bytes_per_reading": round(live["disk_bytes_per_reading"]),
         "disk_bytes_per_reading_net": round(live["disk_bytes_per_reading_net"]),
         "cpu_percent_at_1hz_4_sensors": round(live["cpu_percent_at_1hz_4_sensors"], 2),

@@ -17,7 +17,8 @@
    is read: ``lost`` = records sent but not logged, ``duplicated`` = leaves holding the
    same record twice.
 
-Prints progress to stderr and ends with ONE line of JSON on stdout. Never asserts.
+Prints progress to stderr and ends with ONE line of JSON on stdout (with the 1-minute load
+average at the start and the end: other work may share the machine). Never asserts.
 Run: ``python bench/scale_bench.py [--records 30000]``.
 """
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import sys
@@ -319,6 +321,7 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=30_000)
     parser.add_argument("--devices", type=int, default=20)
     args = parser.parse_args()
+    load_start = os.getloadavg()[0]  # the machine is shared: the ratios are what compares
     with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp:
         one = drain(Path(tmp) / "one", args.records, args.devices, None)
         result: dict[str, float] = {
@@ -328,6 +331,7 @@ def main() -> int:
         result.update(pg_pair(Path(tmp) / "pg", args.records, args.devices))
     result["pg_sequencer_ratio"] = (result["pg_sequencer_records_per_s"]
                                     / result["pg_bare_verify_per_s"])
+    result["loadavg_1m_start"], result["loadavg_1m_end"] = load_start, os.getloadavg()[0]
     print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v)
                       for k, v in result.items()}, sort_keys=True))
     return 0

@@ -1,6 +1,7 @@
 """``edgeproof-sim``: the one-command demo and the fleet simulator.
 
-    edgeproof-sim demo [--devices N] [--duration SECONDS] [--seed S] [--keep] [--json]
+    edgeproof-sim demo [--devices N] [--duration SECONDS] [--seed S] [--keep] [--local-broker]
+                       [--json]
     edgeproof-sim fleet --fleet FLEET_DIR --devices N [--duration S] [--rate HZ] [--json]
     edgeproof-sim quality [--sites FILE] [--hours H] [--seed S] [--json]
 
@@ -52,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
                       "(fleet, logs, proof bundle)")
     demo.add_argument("--json", action="store_true",
                       help="print one JSON object at the end (progress goes to stderr)")
+    demo.add_argument("--local-broker", action="store_true",
+                      help="also run the owner's home broker and let the devices publish to "
+                      "it with Home Assistant discovery; print what was discovered")
     demo.set_defaults(handler=_cmd_demo)
 
     fleet = sub.add_parser(
@@ -166,7 +170,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     signals = Signals()
     signals.install()
     demo = Demo(DemoOptions(devices=args.devices, duration_s=args.duration, seed=args.seed,
-                            keep=args.keep), view, signals)
+                            keep=args.keep, local_broker=args.local_broker), view, signals)
     code = EXIT_OK
     try:
         summary = demo.run()

@@ -46,6 +46,7 @@ from typing import Any
 from agent.clock import SystemClock
 from firmware_sim.demo_contract import ContractStory, StoryResult
 from firmware_sim.demo_devices import FINAL_FLUSH_S, DemoDevice, write_demo_config
+from firmware_sim.demo_home import HomeBroker
 from firmware_sim.demo_payout import PayoutResult, PayoutStory
 from firmware_sim.demo_quality import QualityResult, QualityStory
 from firmware_sim.demo_verify import Verification, verify
@@ -67,6 +68,7 @@ class DemoOptions:
     duration_s: float = 60.0
     seed: int = 1
     keep: bool = False
+    local_broker: bool = False  # the owner's home broker too (firmware_sim/demo_home.py)
 
 
 class Signals:
@@ -125,6 +127,7 @@ class Demo:
         self.quality_story = QualityStory(self.workdir, view.note)
         self.room: list[DemoDevice] = []  # the quality site's devices (not in the table)
         self.quality = QualityResult()
+        self.home = HomeBroker(self.workdir) if options.local_broker else None
         self.elapsed_s = 0.0
         self.error = ""
 
@@ -142,6 +145,8 @@ class Demo:
             self._run_devices()
             self._wait_for_room()
             self._stop_devices()
+            for line in self.home.notes() if self.home is not None else []:
+                self.view.note(line)
             self._settle()
             if self.signals.finish_early:
                 self.view.note("quality: the run ended early; the room is not judged")
@@ -184,6 +189,9 @@ class Demo:
         self.view.note(f"broker {self.stack.broker_url} (anonymous off, password file, ACL), "
                        f"gateway {self.stack.gateway_url}")
         self.view.note(f"dashboard: {self.dashboard_url}")
+        if self.home is not None:
+            self.home.start()
+            self.view.note(f"the owner's home broker (Home Assistant's): {self.home.url}")
         self.stack.add_recipient(RECIPIENT)
         made = self.stack.add_devices("dev", n, [RECIPIENT],
                                       owner_key=OwnerPublic.of(self.owner).text())
@@ -192,6 +200,8 @@ class Demo:
                        f"the operator, is ignored); starting their agents")
         for index, device in enumerate(made):
             write_demo_config(device)
+            if self.home is not None:
+                self.home.configure(device.config, device.name, self.stack.gateway_url)
             self.devices.append(DemoDevice(device, index))
         unsynced = not SystemClock().wall_synced()
         if unsynced:
@@ -305,6 +315,8 @@ class Demo:
                 self.stack.close()
             finally:
                 self.payout_story.close()
+                if self.home is not None:
+                    self.home.close()
         finally:
             if not self.options.keep:
                 shutil.rmtree(self.workdir, ignore_errors=True)
@@ -343,6 +355,8 @@ class Demo:
             "ports": {"broker": self.stack.broker_port, "gateway": self.stack.gateway_port,
                       "chain": self.payout_story.port},
             "dashboard": self.dashboard_url,
+            "home_broker": None if self.home is None else {
+                "url": self.home.url, "discovered": self.home.discovered()},
             "workdir": str(self.workdir), "kept": self.options.keep,
             "commands": v.commands if self.options.keep else [],
         }

@@ -13,9 +13,12 @@ docs/SCALING.md argues the choice of a lock over a lease row.
   signs checkpoints and publishes every receipt (it has them in hand at the commit).
 - Every other process commits its verified batches to ``pending`` with the verdict of each
   record's signature check, and acknowledges the MQTT message only after that COMMIT; it
-  publishes no receipt. The sequencer decodes the batch again (cheap) but does not verify
-  the signatures again unless the device's key changed in between (rules re-check the key
-  inside the transaction, as for a lone gateway).
+  publishes no receipt, and with it what it parsed of each record (``parsed``: the
+  header fields, see :func:`parsed_records`), so the sequencer neither decodes the records
+  nor verifies the signatures again (it splits the batch into its records and hashes
+  each), unless the device's key changed in between (rules re-check the key inside the
+  transaction, as for a lone gateway). A record rejected by a stateless check, or whose
+  body a stateful rule reads (usage, gap, key rotation), is decoded again there.
 - Every process tries to take the lock every ``ELECT_EVERY_S``; the lock is free as soon as
   the server notices the sequencer's session ended (at once for a killed process on a live
   machine, after the server's TCP keepalive for a dead machine). On taking it, a process
@@ -31,6 +34,7 @@ and runs nothing, so a deposed sequencer that still believes it leads cannot app
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -39,9 +43,19 @@ from gateway.config import Limits
 from gateway.metrics import GatewayMetrics
 from gateway.sequencer import Sequencer, SignedReceipt
 from gateway.store import LogStore, LogTransaction, PendingBatch
-from gateway.verify import KeyLookup, PreparedBatch, PreparedRecord, prepare_batch
-from protocol.errors import ConfigError, StorageError
+from gateway.verify import (
+    Header,
+    KeyLookup,
+    PreparedBatch,
+    PreparedRecord,
+    RuleBody,
+    prepare_batch,
+    prepare_record,
+)
+from protocol.batch import Batch, device_id_from_topic
+from protocol.errors import ConfigError, MalformedRecord, StorageError
 from protocol.reasons import Reason
+from protocol.signed import record_hash
 
 log = logging.getLogger(__name__)
 ELECT_EVERY_S = 0.5  # how often every process tries (or re-checks) the sequencer lock
@@ -95,26 +109,90 @@ def verdicts(batch: PreparedBatch) -> bytes:
     return bytes(out)
 
 
+# ``parsed``, per record: one byte, then for _HEADER the fields of gateway.verify.Header
+# (signer, boot, seq, prev, wall_ms, clock_synced, mono_ms, the stream's UTF-8 length)
+# and the stream; for _AGAIN nothing (the sequencer prepares that record again).
+_AGAIN, _HEADER = 0, 1
+_FIELDS = struct.Struct(">16sqq32sq?qH")
+
+
+def parsed_records(batch: PreparedBatch) -> bytes:
+    """What the verifying process parsed of each record, for the sequencer (no bodies)."""
+    out = bytearray()
+    pack = _FIELDS.pack
+    for item in batch.records:
+        r = item.record
+        if r is None or item.reject is not None or isinstance(r.body, RuleBody):
+            out.append(_AGAIN)
+            continue
+        stream = r.stream.encode()
+        out.append(_HEADER)
+        out += pack(item.signer, r.boot, r.seq, r.prev, r.wall_ms, r.clock_synced, r.mono_ms,
+                    len(stream))
+        out += stream
+    return bytes(out)
+
+
 def pending_batch(batch: PreparedBatch, payload: bytes) -> PendingBatch:
     """What a verifying process hands over for one message (id is the database's)."""
     reject = None if batch.reject is None else batch.reject.value
-    return PendingBatch(0, batch.topic, payload if reject is None else b"",
-                        batch.payload_hash, reject, verdicts(batch))
+    if reject is not None:
+        return PendingBatch(0, batch.topic, b"", batch.payload_hash, reject, verdicts(batch))
+    return PendingBatch(0, batch.topic, payload, batch.payload_hash, reject, verdicts(batch),
+                        parsed_records(batch))
+
+
+def _from_parsed(pending: PendingBatch, arrived: float, limits: Limits) -> PreparedBatch | None:
+    """The batch rebuilt from its payload's records and ``parsed``; None if they disagree."""
+    if pending.parsed is None or len(pending.payload) > limits.max_batch_bytes:
+        return None
+    parsed, unpack, width = pending.parsed, _FIELDS.unpack_from, _FIELDS.size
+    no_keys: KeyLookup = lambda _kid: None  # noqa: E731
+    try:
+        decoded = Batch.from_cbor(pending.payload)
+        topic_device = device_id_from_topic(pending.topic)
+        records: list[PreparedRecord] = []
+        at = 0
+        for raw in decoded.records:
+            kind = parsed[at]
+            at += 1
+            if kind == _AGAIN:
+                records.append(prepare_record(raw, limits, no_keys, {}))
+                continue
+            if kind != _HEADER:
+                return None
+            signer, boot, seq, prev, wall, synced, mono, n = unpack(parsed, at)
+            at += width
+            stream = parsed[at:at + n].decode()
+            at += n
+            if at > len(parsed):
+                return None
+            header = Header(boot, seq, prev, wall, synced, mono, stream, None)
+            records.append(PreparedRecord(raw, record_hash(raw), None, header, None, None,
+                                          None, signer))
+    except (MalformedRecord, ValueError, IndexError, struct.error):
+        return None
+    if at != len(parsed):
+        return None
+    return PreparedBatch(pending.topic, topic_device, arrived, record_hash(pending.payload),
+                         decoded.batch_id, None, records)
 
 
 def reprepare(pending: PendingBatch, arrived: float, limits: Limits,
               keys: KeyLookup) -> PreparedBatch:
-    """The sequencer's PreparedBatch for a handed-over one: decoded again, verdicts applied.
+    """The sequencer's PreparedBatch for a handed-over one: rebuilt, verdicts applied.
 
-    A verdict list that does not match the records (never from our own code) is ignored
-    and every signature verified here instead.
+    Rebuilt from what the verifier parsed (``parsed``), or decoded again when that is
+    missing or does not fit the payload. A verdict list that does not match the records
+    (never from our own code) is ignored and every signature verified here instead.
     """
     if pending.reject is not None:
         batch = prepare_batch(pending.topic, b"", arrived, limits, keys)
         batch.records, batch.payload_hash = [], pending.payload_hash
         batch.reject = Reason(pending.reject)
         return batch
-    batch = prepare_batch(pending.topic, pending.payload, arrived, limits, lambda _kid: None)
+    batch = _from_parsed(pending, arrived, limits) or prepare_batch(
+        pending.topic, pending.payload, arrived, limits, lambda _kid: None)
     width = 1 + KEY_BYTES
     if len(pending.verdicts) != width * len(batch.records):
         return prepare_batch(pending.topic, pending.payload, arrived, limits, keys)

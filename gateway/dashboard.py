@@ -15,6 +15,9 @@
 - ``GET /v1/dashboard/quality``: logged quality attestations (PROTOCOL.md §20) decoded
   for the page, in log order, from the same paged store query as ``/v1/documents``
   (cursor: the last leaf index), each sensor with its registered device name.
+- ``GET /v1/dashboard/lapses``: logged lapse notices (PROTOCOL.md §19.4) decoded the same
+  way: the consent each ends, its request, ``short_at``, ``funding_block`` and the devices
+  the consent named, with their registered names.
 
 Nothing here needs the admin token and nothing here is secret: it is what the public
 endpoints already reveal (device ids and keys, owners and balances, counters), arranged
@@ -34,6 +37,7 @@ from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, Field
 
 from gateway.store import Device, LastRecord, StoredCheckpoint, StoredDocument
+from protocol.contract import Consent, Lapse, body_of
 from protocol.documents import parse_document
 from protocol.quality import attestation_of
 
@@ -61,7 +65,8 @@ MAX_DASHBOARD_PAGE = 200
 # gateway does not serve it.
 SECTIONS: dict[str, str | None] = {"consents": "/v1/documents?type=consent",
                                    "revocations": "/v1/documents?type=revocation",
-                                   "quality": "/v1/dashboard/quality"}
+                                   "quality": "/v1/dashboard/quality",
+                                   "lapses": "/v1/dashboard/lapses"}
 
 
 PageLimit = Annotated[int, Query(ge=1, le=MAX_DASHBOARD_PAGE)]
@@ -121,6 +126,25 @@ class QualityRow(BaseModel):
     consensus: str | None = Field(description="the consensus value with its unit, exact "
                                   "decimal; null if there was none")
     sensors: list[SensorVerdict]
+    received_ms: int
+
+
+class NamedDevice(BaseModel):
+    device_id: str
+    name: str | None = Field(description="its registered name; null if not registered here")
+
+
+class LapseRow(BaseModel):
+    index: int = Field(description="leaf index in the log")
+    id: str = Field(description="document id (hex)")
+    consent: str = Field(description="the document id of the consent it ends (hex)")
+    request: str = Field(description="the document id of that consent's request (hex)")
+    short_at: int = Field(description="the first leaf whose credit the request's funding "
+                          "did not cover")
+    funding_block: int = Field(description="the block up to which Funded events were read")
+    chain_id: int
+    distributor: str = Field(description="the distributor's address (0x hex)")
+    devices: list[NamedDevice] = Field(description="the devices the consent named")
     received_ms: int
 
 
@@ -250,6 +274,14 @@ def device_page(ctx: ApiContext, after: str, limit: int) -> DevicePage:
     return DevicePage(devices=rows, next_after=rows[-1].name if len(rows) == limit else None)
 
 
+def _named(device_id: bytes, names: dict[bytes, str | None], ctx: ApiContext) -> NamedDevice:
+    """A device id with its registered name (looked up once per page via ``names``)."""
+    if device_id not in names:
+        found = ctx.store.device(device_id)
+        names[device_id] = found.name if found else None
+    return NamedDevice(device_id=device_id.hex(), name=names[device_id])
+
+
 def quality_row(d: StoredDocument, names: dict[bytes, str | None],
                 ctx: ApiContext) -> QualityRow:
     """One logged attestation decoded for the page; ``names`` caches device names."""
@@ -257,10 +289,8 @@ def quality_row(d: StoredDocument, names: dict[bytes, str | None],
     body = attestation_of(doc)
     sensors = []
     for s in body.sensors:
-        if s.device_id not in names:
-            found = ctx.store.device(s.device_id)
-            names[s.device_id] = found.name if found else None
-        sensors.append(SensorVerdict(device_id=s.device_id.hex(), name=names[s.device_id],
+        sensors.append(SensorVerdict(device_id=s.device_id.hex(),
+                                     name=_named(s.device_id, names, ctx).name,
                                      state=s.state, reasons=list(s.reasons)))
     c = body.consensus
     return QualityRow(index=d.index, id=d.doc_id.hex(), signer_id=doc.signer_id.hex(),
@@ -274,6 +304,25 @@ def quality_page(ctx: ApiContext, after: int, limit: int) -> list[QualityRow]:
     """At most ``limit`` quality attestations with index > ``after``, in log order."""
     names: dict[bytes, str | None] = {}
     return [quality_row(d, names, ctx) for d in ctx.store.documents("quality", after, limit)]
+
+
+def lapse_row(d: StoredDocument, names: dict[bytes, str | None], ctx: ApiContext) -> LapseRow:
+    """One logged lapse notice decoded for the page; ``names`` caches device names."""
+    # Verified when it was logged; decoded again with size caps.
+    body = body_of(parse_document(d.raw), Lapse)
+    consent = body_of(parse_document(body.consent), Consent)
+    return LapseRow(index=d.index, id=d.doc_id.hex(), consent=body.consent_id.hex(),
+                    request=body.request.hex(), short_at=body.short_at,
+                    funding_block=body.funding_block, chain_id=body.chain_id,
+                    distributor="0x" + body.distributor.hex(),
+                    devices=[_named(dev, names, ctx) for dev in consent.devices],
+                    received_ms=d.received_ms)
+
+
+def lapse_page(ctx: ApiContext, after: int, limit: int) -> list[LapseRow]:
+    """At most ``limit`` lapse notices with index > ``after``, in log order."""
+    names: dict[bytes, str | None] = {}
+    return [lapse_row(d, names, ctx) for d in ctx.store.documents("lapse", after, limit)]
 
 
 def add_dashboard_routes(app: FastAPI, ctx: ApiContext) -> None:
@@ -309,6 +358,12 @@ def add_dashboard_routes(app: FastAPI, ctx: ApiContext) -> None:
     def dashboard_quality(after: LeafCursor = -1,
                           limit: PageLimit = DEFAULT_PAGE) -> list[QualityRow]:
         return quality_page(ctx, after, limit)
+
+    @app.get("/v1/dashboard/lapses", response_model=list[LapseRow], tags=["dashboard"],
+             summary="Logged lapse notices decoded, in log order, a page at a time")
+    def dashboard_lapses(after: LeafCursor = -1,
+                         limit: PageLimit = DEFAULT_PAGE) -> list[LapseRow]:
+        return lapse_page(ctx, after, limit)
 
     @app.get("/v1/owners", response_model=OwnerPage, tags=["log"],
              summary="Settled credit per owner now, by owner (UTF-8 bytes), a page at a time")

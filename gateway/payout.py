@@ -24,7 +24,7 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +34,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from gateway.config import PayoutConfig
 from gateway.contracts import Logged
 from gateway.payout_book import FAILED, PENDING, POSTED, PayoutBook, StoredEpoch
-from gateway.payout_gating import log_events, quality_judge
+from gateway.payout_funding import FundingLedger
+from gateway.payout_gating import IncrementalGating
 from gateway.payout_lapse import Shortfall, issue_lapses
 from gateway.store import LogStore, NewDocument
 from osutil.jsonrpc import JsonRpc, RpcError, quantity
 from protocol.documents import Document, parse_document, sign_document
 from protocol.errors import MalformedRecord, StorageError, TransportError, VerificationError
 from protocol.keys import SigningKey
+from protocol.payout_notice import PayoutNotice
 from rewards import distributor as abi
 from rewards.documents import (
     BASE_UNITS_PER_MICRO,
@@ -51,7 +53,7 @@ from rewards.documents import (
 )
 from rewards.epoch import decode_balances, epoch_amounts, gated_amounts
 from rewards.ethkey import load_eth_key
-from rewards.gating import Event, funded_micro, gate
+from rewards.gating import micro_of
 from rewards.tree import DistributionTree
 
 log = logging.getLogger(__name__)
@@ -101,8 +103,11 @@ class _Metrics:
                                     registry=r)
         self.rpc_errors = Counter(f"{PREFIX}_rpc_errors", "Node calls that failed",
                                   ["kind"], registry=r)
-        for kind in ("unreachable", "refused", "internal"):
+        for kind in ("unreachable", "refused", "internal", "notice_claimed"):
             self.rpc_errors.labels(kind=kind)
+        self.notices = Counter(f"{PREFIX}_notices", "Payout notices signed for owners "
+                               "(GET /v1/payouts/notice/{owner}, PROTOCOL.md §19.5)",
+                               registry=r)
         self.locked = Gauge(f"{PREFIX}_locked_micro",
                             "Settled credit of owners with no wallet (latest epoch)", registry=r)
         self.short = Gauge(f"{PREFIX}_requests_short",
@@ -120,6 +125,14 @@ class _Metrics:
                                 "(latest consent-gated epoch)", registry=r)
         self.posted_epoch = Gauge(f"{PREFIX}_posted_epoch", "Latest epoch on chain",
                                   registry=r)
+        self.funding_block = Gauge(f"{PREFIX}_funding_block", "Block up to which the "
+                                   "distributor's Funded events were read", registry=r)
+        self.funding_rereads = Counter(f"{PREFIX}_funding_rereads", "Funding read again from "
+                                       "the deployment block: the chain changed under it",
+                                       registry=r)
+        self.gating_rebuilds = Counter(f"{PREFIX}_gating_rebuilds", "Consent gating state "
+                                       "built again from the whole log: re-read funding was "
+                                       "lower than what it had paid", registry=r)
 
 
 class PayoutWorker:
@@ -135,10 +148,18 @@ class PayoutWorker:
         self._wall_ms, self._monotonic = wall_ms, monotonic
         self.book = PayoutBook(data_dir / BOOK_FILE)
         self._rpc = JsonRpc(config.rpc_url, timeout_s=5.0)
+        # The API's reads of claimed() (payout notices), apart from the worker's connection.
+        self._api_rpc = JsonRpc(config.rpc_url, timeout_s=5.0)
+        self._api_rpc_lock = threading.Lock()
         self.metrics = _Metrics(registry)
+        self._funding = FundingLedger(
+            self.book, self._rpc, config.distributor, first_block=config.distributor_block,
+            confirmations=config.funding_confirmations,
+            on_reread=lambda _why: self.metrics.funding_rereads.inc())
         self._next_epoch_at = 0.0
         self._errors = 0
         self._trees: dict[int, DistributionTree] = {}
+        self._gating: IncrementalGating | None = None  # consent gating's running state
         self._pending_since: dict[str, float] = {}  # tx hash -> when first seen pending
         self._stop, self._wake = threading.Event(), threading.Event()
         self._thread: threading.Thread | None = None
@@ -164,6 +185,8 @@ class PayoutWorker:
         if self._thread is not None:
             self._thread.join(timeout=20)
         self._rpc.close()
+        with self._api_rpc_lock:
+            self._api_rpc.close()
         self.book.close()
 
     def _run(self) -> None:
@@ -258,19 +281,23 @@ class PayoutWorker:
         wallets = self.book.wallets(before_size=checkpoint.size)
         funding_block = None
         if self.config.consent_gated:
-            funding_block = self._rpc.block_number()
-            fundings = [abi.decode_funded(entry) for entry in self._rpc.logs(
-                self.config.distributor, abi.FUNDED, 0, funding_block)]
-            events = log_events(self._store, checkpoint.size)
-            judge = quality_judge(self._store, checkpoint.size,
-                                  self.config.quality_validators)
-            gated = gate(events, funded_micro(fundings, BASE_UNITS_PER_MICRO),
-                         judge.withheld)
+            funding_block, funded_base = self._funding.read()
+            self.metrics.funding_block.set(funding_block)
+            gating = self._gated_to(checkpoint.size)
+            try:
+                gated = gating.settle(micro_of(funded_base, BASE_UNITS_PER_MICRO))
+            except ValueError as exc:  # funding re-read lower than what was paid: rebuild
+                log.warning("payout: gating state rebuilt from the whole log: %s", exc)
+                self.metrics.gating_rebuilds.inc()
+                self._gating = None
+                gating = self._gated_to(checkpoint.size)
+                gated = gating.settle(micro_of(funded_base, BASE_UNITS_PER_MICRO))
             self.metrics.withheld.set(gated.withheld_micro)
             amounts = gated_amounts(gated.owners, _settled(checkpoint.balances), wallets)
             self.metrics.short.set(len(gated.short_at))
-            self._lapse(events, Shortfall(gated.short_at, funding_block, self.config.chain_id,
-                                          bytes.fromhex(self.config.distributor[2:])),
+            self._lapse(gating.state.ended,
+                        Shortfall(gated.short_at, funding_block, self.config.chain_id,
+                                  bytes.fromhex(self.config.distributor[2:])),
                         checkpoint.size)
         else:
             amounts = epoch_amounts(decode_balances(checkpoint.balances), wallets)
@@ -307,10 +334,19 @@ class PayoutWorker:
                  body.locked_micro)
         self._wake.set()
 
-    def _lapse(self, events: list[Event], shortfall: Shortfall, size: int) -> None:
+    def _gated_to(self, size: int) -> IncrementalGating:
+        """The gating state fed up to ``size``: only the leaves since the last epoch are read
+        (gateway/payout_gating.py); a state that failed midway is built again."""
+        gating = self._gating or IncrementalGating(self.config.quality_validators)
+        self._gating = None
+        gating.advance(self._store, size)
+        self._gating = gating
+        return gating
+
+    def _lapse(self, ended: Set[bytes], shortfall: Shortfall, size: int) -> None:
         """Log (and hand to delivery) a lapse notice per lapsable consent of a short request
         (PROTOCOL.md §19.4, gateway/payout_lapse.py)."""
-        outcome = issue_lapses(self._store, self._signer, events, shortfall, size=size,
+        outcome = issue_lapses(self._store, self._signer, ended, shortfall, size=size,
                                now_ms=self._wall_ms())
         self.metrics.unlapsable.set(outcome.no_term)
         for logged in outcome.logged:
@@ -432,6 +468,45 @@ class PayoutWorker:
             tree = DistributionTree.load(epoch.tree)
             self._trees = {epoch.epoch: tree}
         return epoch, tree
+
+    def notice(self, owner_id: bytes) -> Document | None:
+        """The owner's payout notice (PROTOCOL.md §19.5), signed now: its bound address,
+        that address's cumulative amount in the latest posted root and ``claimed(address)``
+        read from the distributor (left out if the chain does not answer, counted). None
+        before the first posted epoch, without a binding, or with no amount in that root."""
+        found = self.posted_tree()
+        binding_raw = self.book.wallet_of(owner_name(owner_id))
+        if found is None or binding_raw is None:
+            return None
+        stored, tree = found
+        body = _body(stored)
+        _, binding = verify_wallet_binding(binding_raw)
+        try:
+            leaf = tree.leaf(binding.checksum_address)
+        except KeyError:
+            return None
+        claimed = self._claimed_micro(leaf.address, body.rate)
+        notice = PayoutNotice(owner_id, stored.epoch, binding.address, leaf.amount // body.rate,
+                              claimed, body.chain_id, body.distributor, body.root)
+        self.metrics.notices.inc()
+        return sign_document(notice, self._signer, self._wall_ms())
+
+    def _claimed_micro(self, address: str, rate: int) -> int | None:
+        """``claimed(address)`` on the distributor in micro-credits; None (counted, logged)
+        if the node does not answer or answers nonsense."""
+        try:
+            with self._api_rpc_lock:
+                raw = self._api_rpc.eth_call(self.config.distributor,
+                                             abi.view("claimed", address))
+        except (TransportError, RpcError) as exc:
+            self.metrics.rpc_errors.labels(kind="notice_claimed").inc()
+            log.warning("payout: claimed(%s) unreadable for a notice: %s", address, exc)
+            return None
+        if len(raw) != 32:
+            self.metrics.rpc_errors.labels(kind="notice_claimed").inc()
+            log.warning("payout: claimed(%s) answered %d bytes", address, len(raw))
+            return None
+        return abi.uint(raw) // rate
 
 
 def _settled(balances: bytes) -> int:

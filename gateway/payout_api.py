@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable
 from typing import Annotated
 
+from eth_utils.address import to_checksum_address
 from fastapi import FastAPI, HTTPException, Path
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -19,11 +20,13 @@ from pydantic import BaseModel, Field
 from gateway.payout import PayoutWorker, WalletRefused
 from gateway.payout_book import StoredEpoch
 from protocol.documents import parse_document
+from protocol.payout_notice import PayoutNotice
 from rewards.documents import PayoutEpoch, owner_name, verify_wallet_binding
 from rewards.tree import checked_address
 
 MAX_DOCUMENT_HEX = 2 * 8 * 1024
 _ADDRESS = r"^0x[0-9a-fA-F]{40}$"
+_OWNER_ID = r"^[0-9a-f]{32}$"
 
 
 class WalletIn(BaseModel):
@@ -54,6 +57,19 @@ class EpochOut(BaseModel):
     document: str = Field(description="the gateway-signed payout_epoch document, hex")
     checkpoint_note: str = Field(description="the signed checkpoint it was computed at")
     balances: str = Field(description="that checkpoint's canonical balances table, hex")
+
+
+class NoticeOut(BaseModel):
+    owner: str = Field(description="the owner id (hex)")
+    epoch: int
+    address: str
+    entitled_micro: int = Field(description="the address's cumulative amount in the posted "
+                                "root, in micro-credits")
+    claimed_micro: int | None = Field(description="claimed(address) on the distributor when "
+                                      "signed; null if the chain did not answer")
+    claimable_micro: int | None
+    document: str = Field(description="the gateway-signed payout_notice document, hex "
+                          "(PROTOCOL.md §19.5); the rest repeats it for people")
 
 
 class ProofOut(BaseModel):
@@ -144,6 +160,21 @@ def _epoch_routes(app: FastAPI, configured: Callable[[], PayoutWorker]) -> None:
         if stored is None:
             raise HTTPException(404, f"no epoch {epoch}")
         return JSONResponse(json.loads(stored.tree))
+
+    @app.get("/v1/payouts/notice/{owner}", response_model=NoticeOut, tags=["payout"],
+             summary="An owner's signed payout notice: entitled, claimed and claimable in "
+             "the latest posted epoch")
+    def notice(owner: Annotated[str, Path(pattern=_OWNER_ID)]) -> NoticeOut:
+        doc = configured().notice(bytes.fromhex(owner))
+        if doc is None:
+            raise HTTPException(404, f"owner {owner} has no bound wallet with an amount in a "
+                                "posted epoch")
+        body = doc.body
+        assert isinstance(body, PayoutNotice)
+        return NoticeOut(owner=owner, epoch=body.epoch,
+                         address=to_checksum_address(body.address),
+                         entitled_micro=body.entitled_micro, claimed_micro=body.claimed_micro,
+                         claimable_micro=body.claimable_micro, document=doc.raw.hex())
 
     @app.get("/v1/payouts/proof/{address}", response_model=ProofOut, tags=["payout"],
              summary="An address's cumulative amount and proof in the latest posted epoch")

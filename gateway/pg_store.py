@@ -112,7 +112,8 @@ CREATE TABLE IF NOT EXISTS anchors (
 CREATE TABLE IF NOT EXISTS pending (
     id bigserial PRIMARY KEY, topic text NOT NULL, payload bytea NOT NULL,
     payload_hash bytea NOT NULL, reject text, verdicts bytea NOT NULL,
-    queued_ms bigint NOT NULL);
+    queued_ms bigint NOT NULL, parsed bytea);
+ALTER TABLE pending ADD COLUMN IF NOT EXISTS parsed bytea;
 """ + doc_sql.schema("bytea", "bigint")
 _LEAF_COLUMNS = "idx, device_id, seq, hash, raw, stream, received_ms, flags"
 _CHECKPOINT_COLUMNS = "number, size, root, note, issued_ms, balances"
@@ -421,9 +422,9 @@ class PostgresLogStore:
             with conn.transaction(), conn.cursor() as cur:
                 cur.executemany(
                     "INSERT INTO pending (topic, payload, payload_hash, reject, verdicts, "
-                    "queued_ms) VALUES (%s, %s, %s, %s, %s, %s)",
-                    [(b.topic, b.payload, b.payload_hash, b.reject, b.verdicts, now_ms)
-                     for b in batches])
+                    "queued_ms, parsed) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    [(b.topic, b.payload, b.payload_hash, b.reject, b.verdicts, now_ms,
+                      b.parsed) for b in batches])
 
     def pending_depth(self) -> int:
         """About how many batches wait in the queue (id span: two index lookups, any process)."""
@@ -435,10 +436,11 @@ class PostgresLogStore:
         """The oldest ``limit`` queued batches (the sequencer's; NotSequencer otherwise)."""
         with self._write_lock, self._fenced("read queue"):
             rows = self._writer_conn().execute(
-                "SELECT id, topic, payload, payload_hash, reject, verdicts FROM pending "
-                "ORDER BY id LIMIT %s", (limit,)).fetchall()
+                "SELECT id, topic, payload, payload_hash, reject, verdicts, parsed "
+                "FROM pending ORDER BY id LIMIT %s", (limit,)).fetchall()
         return [PendingBatch(int(i), str(t), bytes(p), bytes(h), None if r is None else str(r),
-                             bytes(v)) for i, t, p, h, r, v in rows]
+                             bytes(v), None if x is None else bytes(x))
+                for i, t, p, h, r, v, x in rows]
 
     @contextmanager
     def transaction(self) -> Iterator[PgTransaction]:
@@ -500,6 +502,16 @@ class PostgresLogStore:
         rows = self._read("read records", lambda conn: conn.execute(
             f"SELECT {_LEAF_COLUMNS} FROM leaves WHERE device_id = %s "  # noqa: S608
             "AND seq > %s ORDER BY seq LIMIT %s", (device_id, after_seq, limit)).fetchall())
+        return [_leaf(r) for r in rows]
+
+    def stream_leaves(self, stream: str | None, from_index: int, to_index: int,
+                      limit: int) -> list[Leaf]:
+        """Return the leaves of ``stream`` (None: all) in ``[from_index, to_index)``."""
+        only = "" if stream is None else "AND stream = %s "
+        args = (from_index, to_index, *(() if stream is None else (stream,)), limit)
+        rows = self._read("read leaves", lambda conn: conn.execute(
+            f"SELECT {_LEAF_COLUMNS} FROM leaves WHERE idx >= %s AND idx < %s "  # noqa: S608
+            f"{only}ORDER BY idx LIMIT %s", args).fetchall())
         return [_leaf(r) for r in rows]
 
     def device(self, device_id: bytes) -> Device | None:

@@ -37,19 +37,15 @@ from gateway.store import (
     NewLeaf,
     UsageEntry,
 )
-from gateway.verify import PreparedRecord
+from gateway.verify import ParsedRecord, PreparedRecord
 from protocol import reasons
 from protocol.reasons import Reason
 from protocol.receipt import Status
 from protocol.record import (
     GENESIS_PREV,
     Gap,
-    KeyEpoch,
     KeyRotation,
-    Record,
-    Sealed,
     Usage,
-    Values,
     credit_micro,
 )
 
@@ -84,10 +80,12 @@ class Context:
 
 
 class BatchView:
-    """One batch's cached view of the registry and of its devices' chain neighbours.
+    """A group commit's cached view of the registry and of its devices' chain neighbours.
 
-    Read once per batch and device inside the transaction, then kept current as the
-    batch appends, so a batch of n records costs a few queries rather than 3n.
+    Built from every record of the group's batches; read once per device inside the
+    transaction (neighbours for the range of seqs the group holds), then kept current as
+    the batches append in order, so a group of n records costs a few queries per device
+    rather than 3n.
     """
 
     def __init__(self, tx: LogTransaction, items: list[PreparedRecord]) -> None:
@@ -146,7 +144,7 @@ def decide(view: BatchView, item: PreparedRecord, ctx: Context) -> Decision:
         return Decision.rejected(refused)
     decision = _append(view.tx, device, item, ctx)
     near[record.seq] = LoggedLink(decision.leaf_index or 0, item.hash, record.prev)
-    if not isinstance(record.body, Values | Sealed | KeyEpoch):
+    if isinstance(record.body, Usage | KeyRotation):
         view.refresh(device.device_id)  # usage credit, a new key
     return decision
 
@@ -161,7 +159,8 @@ def _check_identity(device: Device | None, kid: bytes, ctx: Context) -> Reason |
     return None
 
 
-def _check_chain(record: Record, own_hash: bytes, near: dict[int, LoggedLink]) -> Reason | None:
+def _check_chain(record: ParsedRecord, own_hash: bytes,
+                 near: dict[int, LoggedLink]) -> Reason | None:
     if record.seq == 0 and record.prev != GENESIS_PREV:
         return reasons.CHAIN_MISMATCH
     before, after = near.get(record.seq - 1), near.get(record.seq + 1)
@@ -172,13 +171,13 @@ def _check_chain(record: Record, own_hash: bytes, near: dict[int, LoggedLink]) -
     return None
 
 
-def _check_time(record: Record, ctx: Context) -> Reason | None:
+def _check_time(record: ParsedRecord, ctx: Context) -> Reason | None:
     if record.clock_synced and record.wall_ms > ctx.now_ms + ctx.max_future_skew_ms:
         return reasons.FUTURE_TIMESTAMP
     return None
 
 
-def _check_body(tx: LogTransaction, device: Device, record: Record) -> Reason | None:
+def _check_body(tx: LogTransaction, device: Device, record: ParsedRecord) -> Reason | None:
     body = record.body
     if isinstance(body, Usage):
         return _check_usage(tx, device, record, body)
@@ -189,7 +188,8 @@ def _check_body(tx: LogTransaction, device: Device, record: Record) -> Reason | 
     return None
 
 
-def _check_usage(tx: LogTransaction, device: Device, record: Record, usage: Usage) -> Reason | None:
+def _check_usage(tx: LogTransaction, device: Device, record: ParsedRecord,
+                 usage: Usage) -> Reason | None:
     if usage.rate_micro_per_hour != device.rate_micro_per_hour:
         return reasons.RATE_MISMATCH
     if usage.end_mono_ms > record.mono_ms:

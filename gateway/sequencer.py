@@ -89,8 +89,12 @@ class Sequencer:
         now = self._wall_ms()
         results: list[tuple[PreparedBatch, tuple[Outcome, ...], int] | None] = []
         with self._store.transaction() as tx:
+            # One view for the group: each device's registry entry and chain neighbours are
+            # read once per group, however many of its batches the group holds.
+            view = BatchView(tx, [item for batch in batches if batch.reject is None
+                                  for item in batch.records])
             for batch in batches:
-                results.append(self._apply(tx, batch, now, tally))
+                results.append(self._apply(view, batch, now, tally))
             within(tx)
         self._count(tally, len(batches))
         self._report_equivocations(results)
@@ -102,7 +106,7 @@ class Sequencer:
                                                      r[0].batch_id or 0, r[1], r[2])
                 for r in results]
 
-    def _apply(self, tx: LogTransaction, batch: PreparedBatch, now: int,
+    def _apply(self, view: BatchView, batch: PreparedBatch, now: int,
                tally: _Tally) -> tuple[PreparedBatch, tuple[Outcome, ...], int] | None:
         if batch.topic_device is None:
             tally.unreadable[batch.reject or reasons.WRONG_TOPIC] += 1
@@ -115,10 +119,9 @@ class Sequencer:
             outcomes: tuple[Outcome, ...] = (outcome,)
         else:
             ctx = Context(batch.topic_device, now, self._skew_ms, now)
-            view = BatchView(tx, batch.records)
             outcomes = tuple(_outcome(item, decide(view, item, ctx), tally)
                              for item in batch.records)
-        device = tx.device(batch.topic_device)
+        device = view.device(batch.topic_device)  # current: the view re-reads after credit
         return batch, outcomes, device.settled_micro if device is not None else 0
 
     def _count(self, tally: _Tally, batches: int) -> None:

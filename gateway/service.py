@@ -76,7 +76,7 @@ from gateway.sequencer import Sequencer, SignedReceipt
 from gateway.sqlite_store import SQLiteLogStore
 from gateway.store import STATUS_REVOKED, Device, LogStore, NotSequencer
 from gateway.verify import PreparedBatch, oversize_batch
-from gateway.verify_pool import VerifyPool
+from gateway.verify_pool import VerifyPool, settle_heap
 from osutil.sdnotify import Notifier
 from protocol import reasons
 from protocol.batch import device_id_from_topic
@@ -254,6 +254,7 @@ class GatewayService:
         self.http.start()
         self.courier.start()
         self.ingest.start()
+        settle_heap()
         self._notifier.ready(self._status())
         log.info("gateway %s ready: log size %d, API on %s:%d", self.key.name,
                  self.store.size(), self.config.http_host, self.http.port)

@@ -71,6 +71,7 @@ class PendingBatch:
     payload_hash: bytes
     reject: str | None  # the reason code that rejected the whole message, if any
     verdicts: bytes  # per record: what the verifying process found (gateway.cluster)
+    parsed: bytes | None = None  # per record: what it parsed (None: decode again)
 
 
 @dataclass(frozen=True)
@@ -372,6 +373,13 @@ class LogStore(Protocol):
 
     def device_records(self, device_id: bytes, after_seq: int, limit: int) -> list[Leaf]:
         """Return a device's leaves with seq > after_seq in seq order, at most ``limit``."""
+        ...
+
+    def stream_leaves(self, stream: str | None, from_index: int, to_index: int,
+                      limit: int) -> list[Leaf]:
+        """Return the leaves of ``stream`` (None: every leaf) with ``from_index <= index <
+        to_index`` in index order, at most ``limit`` (a range scan: cost bounded by the
+        range)."""
         ...
 
     def device(self, device_id: bytes) -> Device | None:

@@ -35,13 +35,41 @@ from protocol.batch import Batch, device_id_from_topic
 from protocol.cose import Sign1
 from protocol.errors import MalformedRecord, VerificationError
 from protocol.reasons import Reason
-from protocol.record import Gap, Record, Usage
+from protocol.record import Gap, KeyRotation, Record, Usage
 from protocol.signed import parse_signed_record, record_hash
 
 _SIGNED_MAX = (1 << 63) - 1
 _TOO_LARGE_CODES = frozenset({"too_large", "cbor_string_too_long", "cbor_too_many_items"})
 
 KeyLookup = Callable[[bytes], Device | None]
+
+
+# The bodies a stateful rule reads (gateway.rules): usage credit and overlap, gaps, keys.
+RuleBody = Usage | Gap | KeyRotation
+
+
+@dataclass(slots=True)
+class Header:
+    """What the sequencer keeps of a record parsed in a worker process (gateway.verify_pool).
+
+    The record's fields, and its body only when a stateful rule reads it (``RuleBody``);
+    ``body`` is None for values, sealed values and key epochs, which the rules never
+    open: they stay in the worker, which saves building them again in the sequencer's
+    process (docs/GATEWAY.md "Performance"). The exact signed bytes stay in
+    ``PreparedRecord.raw``; nothing is ever encoded from a Header.
+    """
+
+    boot: int
+    seq: int
+    prev: bytes
+    wall_ms: int
+    clock_synced: bool
+    mono_ms: int
+    stream: str
+    body: RuleBody | None
+
+
+ParsedRecord = Record | Header  # what the rules read of a record
 
 
 @dataclass
@@ -51,7 +79,7 @@ class PreparedRecord:
     raw: bytes
     hash: bytes  # protocol.signed.record_hash(raw)
     sign1: Sign1 | None = None
-    record: Record | None = None
+    record: ParsedRecord | None = None  # a Header when parsed in a worker process
     reject: Reason | None = None  # a reason code if a stateless check already failed
     good_key: bytes | None = None  # the key the signature verified under
     bad_key: bytes | None = None  # a key the signature did NOT verify under
@@ -119,7 +147,7 @@ def prepare_batch(topic: str, payload: bytes, arrived: float, limits: Limits,
     prepared.batch_id = batch.batch_id
     devices: dict[bytes, Device | None] = {}
     for raw in batch.records:
-        prepared.records.append(_prepare_record(raw, limits, keys, devices))
+        prepared.records.append(prepare_record(raw, limits, keys, devices))
     return prepared
 
 
@@ -133,8 +161,9 @@ def oversize_batch(topic: str, payload: bytes, arrived: float) -> PreparedBatch:
     return prepared
 
 
-def _prepare_record(raw: bytes, limits: Limits, keys: KeyLookup,
-                    devices: dict[bytes, Device | None]) -> PreparedRecord:
+def prepare_record(raw: bytes, limits: Limits, keys: KeyLookup,
+                   devices: dict[bytes, Device | None]) -> PreparedRecord:
+    """Steps 3 to 5 for one record of a batch (``devices`` caches ``keys`` per batch)."""
     item = PreparedRecord(raw, record_hash(raw))
     if len(raw) > limits.max_record_bytes:
         item.reject = reasons.TOO_LARGE

@@ -26,12 +26,16 @@ changed meanwhile.
 - **Start and stop.** Workers fork from a small server process started with the pool
   (``forkserver``: the gateway's threads are never forked); :meth:`VerifyPool.start` waits
   until every worker answered once. Workers ignore SIGINT and SIGTERM (systemd signals
-  the whole unit): the gateway finishes its batch in progress and then stops them.
+  the whole unit): the gateway finishes its batch in progress and then stops them. A
+  gateway killed with SIGKILL takes them along: the forkserver dies with the gateway
+  (:mod:`gateway.forkserver_init`) and each worker with the forkserver (a parent-death
+  signal), and the resource tracker exits when their pipes close.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import multiprocessing
 import os
@@ -47,26 +51,49 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from gateway.config import Limits
 from gateway.metrics import PREFIX
 from gateway.store import Device
-from gateway.verify import KeyLookup, PreparedBatch, PreparedRecord, prepare_batch
+from gateway.verify import (
+    Header,
+    KeyLookup,
+    PreparedBatch,
+    PreparedRecord,
+    RuleBody,
+    prepare_batch,
+)
 from osutil.deathsig import die_with_parent
 from protocol.reasons import Reason
-from protocol.record import Body, Record
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 2  # a job that broke the pool this often is verified in-process
 _START_TIMEOUT_S = 60.0
 _limits = Limits()  # set in each worker by _init_worker
+# Young-generation collections every GC_THRESHOLD allocations net (CPython's default, 700,
+# runs one every few records here): the per-record objects die by reference count anyway,
+# and a full collection still comes every GC_THRESHOLD * 20 * 100 allocations.
+GC_THRESHOLD = (20_000, 20, 100)
+
+
+def settle_heap() -> None:
+    """After start-up: keep what exists out of every later collection, collect less often.
+
+    Measured on the sequencer's side of a group commit: about 15 % of its CPU time went
+    to the cyclic garbage collector with CPython's default thresholds (docs/GATEWAY.md
+    "Performance"). Called by the gateway once it serves, and by each verify worker.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
 
 
 def _init_worker(limits: Limits) -> None:
     global _limits  # noqa: PLW0603 - per-process state of a pool worker
     _limits = limits
-    # The forkserver exits with the gateway, even after a kill -9; a worker waiting for
-    # work would not notice (it waits on a lock a dead sibling may hold), so the kernel
-    # ends it then.
+    # The forkserver dies with the gateway, even after a kill -9 (gateway.forkserver_init);
+    # a worker waiting for work would not notice (it holds the pipes that would tell it),
+    # so the kernel ends it then.
     die_with_parent(signal.SIGKILL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    settle_heap()
 
 
 def _ping() -> int:
@@ -87,10 +114,11 @@ def _prepare_in_worker(topic: str, payload: bytes, arrived: float,
 
 # A PreparedBatch as plain tuples: pickling the objects themselves costs about four times
 # as much on each side (measured: docs/GATEWAY.md "Performance"), and the parent's side
-# holds the sequencer's GIL. The record's Sign1 stays behind (see signature_valid).
-_Header = tuple[int, int, bytes, int, bool, int, str]
+# holds the sequencer's GIL. The record's Sign1 stays behind (see signature_valid), and so
+# does a body no stateful rule reads (gateway.verify.Header).
+_Header = tuple[int, int, bytes, int, bool, int, str, RuleBody | None]
 _PackedRecord = tuple[bytes, bytes, Reason | None, bytes | None, bytes | None, bytes,
-                      _Header | None, Body | None]
+                      _Header | None]
 _Packed = tuple[bytes | None, bytes, int | None, Reason | None, list[_PackedRecord]]
 
 
@@ -99,30 +127,22 @@ def pack(batch: PreparedBatch) -> _Packed:
     records: list[_PackedRecord] = []
     for item in batch.records:
         header: _Header | None = None
-        body: Body | None = None
         if item.record is not None:
             r = item.record
-            header = (r.boot, r.seq, r.prev, r.wall_ms, r.clock_synced, r.mono_ms, r.stream)
-            body = r.body
+            body = r.body if isinstance(r.body, RuleBody) else None
+            header = (r.boot, r.seq, r.prev, r.wall_ms, r.clock_synced, r.mono_ms, r.stream,
+                      body)
         records.append((item.raw, item.hash, item.reject, item.good_key, item.bad_key,
-                        item.signer, header, body))
+                        item.signer, header))
     return batch.topic_device, batch.payload_hash, batch.batch_id, batch.reject, records
 
 
 def unpack(topic: str, arrived: float, packed: _Packed) -> PreparedBatch:
     """Rebuild what :func:`pack` sent; records were validated in the worker already."""
     topic_device, payload_hash, batch_id, reject, packed_records = packed
-    records = []
-    new = object.__new__
-    for raw, digest, why, good, bad, signer, header, body in packed_records:
-        record: Record | None = None
-        if header is not None:
-            record = new(Record)
-            fields = record.__dict__  # as Record.__init__ does, without validating again
-            (fields["boot"], fields["seq"], fields["prev"], fields["wall_ms"],
-             fields["clock_synced"], fields["mono_ms"], fields["stream"]) = header
-            fields["body"] = body
-        records.append(PreparedRecord(raw, digest, None, record, why, good, bad, signer))
+    records = [PreparedRecord(raw, digest, None, None if header is None else Header(*header),
+                              why, good, bad, signer)
+               for raw, digest, why, good, bad, signer, header in packed_records]
     return PreparedBatch(topic, topic_device, arrived, payload_hash, batch_id, reject, records)
 
 
@@ -192,7 +212,9 @@ class VerifyPool:
 
     def _new_executor(self) -> ProcessPoolExecutor:
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["gateway.verify_pool"])
+        # gateway.forkserver_init first: the server dies with this process, even after a
+        # kill -9, and with it the workers and the resource tracker.
+        context.set_forkserver_preload(["gateway.forkserver_init", "gateway.verify_pool"])
         return ProcessPoolExecutor(self.workers, mp_context=context,
                                    initializer=_init_worker, initargs=(self._limits,))
 

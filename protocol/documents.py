@@ -66,6 +66,7 @@ def _register_known_types() -> None:
     # The body modules register themselves on import; importing them here (not at the top,
     # which would be circular) lets callers import this module alone.
     import protocol.contract  # noqa: PLC0415
+    import protocol.payout_notice  # noqa: PLC0415
     import protocol.quality  # noqa: F401, PLC0415
 
 

@@ -96,6 +96,29 @@ class Outcome:
         return cls(_opt_int(seq), prefix, code, leaf_index=detail)
 
 
+_RECEIPT_MAP_HEAD = cbor.head(5, 7)
+_OUTCOME_HEAD = cbor.head(4, 4)
+_PREFIX_HEAD = cbor.head(2, HASH_PREFIX_BYTES)
+_NULL = cbor.encode(None)
+_STATUS_CBOR = {status: cbor.encode(int(status)) for status in Status}
+
+
+def _outcomes_cbor(outcomes: tuple[Outcome, ...]) -> bytes:
+    """``cbor.encode([o.to_cbor_value() for o in outcomes])``, without the lists."""
+    out = bytearray(cbor.head(4, len(outcomes)))
+    head, encode, rejected = cbor.head, cbor.encode, Status.REJECTED
+    for o in outcomes:
+        seq, status = o.seq, o.status
+        out += _OUTCOME_HEAD
+        out += _NULL if seq is None else head(0, seq) if seq >= 0 else encode(seq)
+        out += _PREFIX_HEAD  # Outcome checked the length
+        out += o.hash_prefix
+        out += _STATUS_CBOR[status]
+        # str(): a reasons.Reason member goes on the wire as its plain text value
+        out += encode(str(o.reason)) if status is rejected else head(0, o.leaf_index or 0)
+    return bytes(out)
+
+
 @dataclass(frozen=True)
 class Receipt:
     """A gateway's signed answer to one batch."""
@@ -108,16 +131,19 @@ class Receipt:
     settled_micro: int = 0
 
     def to_cbor(self) -> bytes:
-        """Return the receipt payload's deterministic CBOR."""
-        return cbor.encode({
-            1: RECEIPT_VERSION,
-            2: self.device_id,
-            3: self.batch_id,
-            4: [o.to_cbor_value() for o in self.outcomes],
-            5: self.checkpoint,
-            6: self.issued_ms,
-            7: self.settled_micro,
-        })
+        """Return the receipt payload's deterministic CBOR.
+
+        Byte for byte ``cbor.encode`` of the map above (keys 1..7 encode as the single
+        bytes 0x01..0x07, already in deterministic order); the outcomes array is framed by
+        hand, since the gateway signs one receipt per batch and a batch holds up to
+        hundreds of records.
+        """
+        encode = cbor.encode
+        return b"".join((_RECEIPT_MAP_HEAD, b"\x01", encode(RECEIPT_VERSION),
+                         b"\x02", encode(self.device_id), b"\x03", encode(self.batch_id),
+                         b"\x04", _outcomes_cbor(self.outcomes),
+                         b"\x05", encode(self.checkpoint), b"\x06", encode(self.issued_ms),
+                         b"\x07", encode(self.settled_micro)))
 
     def sign(self, key: SigningKey, kid: bytes) -> bytes:
         """Return the receipt as COSE_Sign1 bytes signed by the gateway key."""

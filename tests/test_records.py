@@ -349,6 +349,29 @@ def test_receipt_round_trip_and_forgery(device: tuple[SigningKey, bytes]) -> Non
         Receipt.verify(forged, gateway.public_key, b"\x01\x02\x03\x04")
 
 
+_OUTCOMES = st.one_of(
+    st.builds(lambda seq, h, i, dup: Outcome(seq, h, Status.DUPLICATE if dup else
+                                             Status.ACCEPTED, leaf_index=i),
+              st.none() | st.integers(0, 2**64 - 1), st.binary(min_size=16, max_size=16),
+              st.integers(0, 2**64 - 1), st.booleans()),
+    st.builds(lambda seq, h, why: Outcome(seq, h, Status.REJECTED, reason=why),
+              st.none() | st.integers(0, 2**64 - 1), st.binary(min_size=16, max_size=16),
+              st.text(min_size=1, max_size=40)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_OUTCOMES, max_size=30), st.integers(0, 2**64 - 1), st.text(max_size=300),
+       st.integers(0, 2**64 - 1), st.integers(0, 2**63 - 1))
+def test_receipt_framed_by_hand_is_the_generic_deterministic_encoding_byte_for_byte(
+        outcomes: list[Outcome], batch_id: int, note: str, issued: int, settled: int) -> None:
+    receipt = Receipt(bytes(range(16)), batch_id, tuple(outcomes), note, issued, settled)
+    generic = cbor.encode({1: 1, 2: receipt.device_id, 3: batch_id,
+                           4: [o.to_cbor_value() for o in outcomes], 5: note, 6: issued,
+                           7: settled})
+    assert receipt.to_cbor() == generic
+    assert Receipt.from_cbor(generic) == receipt
+
+
 # --- key files --------------------------------------------------------------------------
 
 

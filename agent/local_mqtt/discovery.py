@@ -6,6 +6,8 @@ Pure functions over plain data (no I/O). One device per agent; its entities are
   humidity sensors for a ``dht22``, a temperature sensor for ``cpu_temp``, a binary sensor
   for ``power_sense`` (device class ``power``), ``motion`` (``motion``) and ``button``;
 - the usage meter's credit (accrued, settled) when ``[usage]`` is configured;
+- the owner's payout figures (payable, claimed, claimable) from the gateway's signed payout
+  notice when ``payout_url`` is configured;
 - the outbox (depth, bytes, records dropped) and the device's health (uplink connected,
   a problem, sensor errors), as diagnostic entities.
 
@@ -98,6 +100,12 @@ CREDIT_ENTITIES = (
     Entity("credit_accrued", "sensor", "credit accrued", None, "credits", "total_increasing"),
     Entity("credit_settled", "sensor", "credit settled", None, "credits", "total_increasing"),
 )
+# From the gateway's signed payout notice (agent/local_mqtt/payout.py), with payout_url.
+PAYOUT_ENTITIES = (
+    Entity("credit_payable", "sensor", "credit payable", None, "credits", "total_increasing"),
+    Entity("credit_claimed", "sensor", "credit claimed", None, "credits", "total_increasing"),
+    Entity("credit_claimable", "sensor", "credit claimable", None, "credits", "measurement"),
+)
 HEALTH_ENTITIES = (
     Entity("outbox_depth", "sensor", "outbox depth", None, "records", "measurement"),
     Entity("outbox_bytes", "sensor", "outbox size", "data_size", "B", "measurement",
@@ -111,13 +119,16 @@ HEALTH_ENTITIES = (
 )
 
 
-def device_entities(sensors: Iterable[tuple[str, str]], *, credit: bool) -> tuple[Entity, ...]:
+def device_entities(sensors: Iterable[tuple[str, str]], *, credit: bool,
+                    payout: bool = False) -> tuple[Entity, ...]:
     """Every entity of the device: ``sensors`` are the published (kind, stream) pairs."""
     out: list[Entity] = []
     for kind, stream in sensors:
         out.extend(stream_entities(kind, stream))
     if credit:
         out.extend(CREDIT_ENTITIES)
+    if payout:
+        out.extend(PAYOUT_ENTITIES)
     out.extend(HEALTH_ENTITIES)
     return tuple(out)
 

@@ -29,6 +29,8 @@ class LocalMqttConfig:
     device_name: str | None = None  # default: edgeproof <first 8 hex digits of the id>
     status_interval_s: float = 30.0  # how often usage, credit, outbox and health go out
     streams: tuple[str, ...] | None = None  # None: every stream not sealed for others
+    payout_url: str | None = None  # the gateway's HTTP API, for the owner's payout notice
+    payout_interval_s: float = 600.0  # how often the notice is fetched
 
 
 @dataclass(frozen=True)
@@ -48,13 +50,28 @@ def check_topic_prefix(value: str, name: str) -> str:
 
 
 def check_local_streams(streams: tuple[str, ...], sealed: dict[str, bool], name: str) -> None:
-    """Refuse a stream that is not configured or is sealed for recipients (ConfigError)."""
+    """Refuse a stream that is not configured or is sealed for others (ConfigError).
+
+    ``sealed`` maps each stream to whether it is sealed for recipients other than the
+    device's owner (a stream sealed to the owner alone is the owner's own, and allowed)."""
     for stream in streams:
         if stream not in sealed:
             raise ConfigError(f"{name}: unknown stream {stream!r} (not in [[sensors]])")
         if sealed[stream]:
-            raise ConfigError(f"{name}: stream {stream!r} is sealed for recipients; a "
-                              f"sealed stream is never published to the local broker")
+            raise ConfigError(f"{name}: stream {stream!r} is sealed for recipients "
+                              f"other than the owner; such a stream is never published "
+                              f"to the local broker")
+
+
+def check_payout_url(url: str, owned: bool, name: str) -> str:
+    """An http(s) base URL, and only with a pinned owner (ConfigError)."""
+    if not url.startswith(("http://", "https://")) or any(c.isspace() for c in url):
+        raise ConfigError(f"{name}: must be the gateway's http:// or https:// URL "
+                          f"(got {url!r})")
+    if not owned:
+        raise ConfigError(f"{name}: needs [owner] (the payout notice is the owner's; only a "
+                          f"device that pins its owner can check it is)")
+    return url
 
 
 def check_textfile(path: Path, name: str) -> Path:

@@ -273,6 +273,26 @@ function qualityRow(tr, q) {
 
 const quality = new Pager("quality", "/v1/dashboard/quality", null, qualityRow);
 
+// Lapse notices (GET /v1/dashboard/lapses, decoded by the gateway), in log order: the
+// consent each ends because its request's funding fell short, and the devices it named.
+function lapseRow(tr, l) {
+  cell(tr, fmtInt(l.index), "num");
+  cell(tr, l.id.slice(0, 16) + "…", "id").title = l.id;
+  cell(tr, l.consent.slice(0, 16) + "…", "id").title = l.consent;
+  cell(tr, l.request.slice(0, 16) + "…", "id").title = l.request;
+  cell(tr, fmtInt(l.short_at), "num");
+  cell(tr, fmtInt(l.funding_block), "num");
+  const td = cell(tr, "", "sensors");
+  for (const d of l.devices) {
+    const div = document.createElement("div");
+    div.textContent = `${d.name ?? "?"} · ${d.device_id}`;
+    td.appendChild(div);
+  }
+  cell(tr, fmtTime(l.received_ms));
+}
+
+const lapses = new Pager("lapses", "/v1/dashboard/lapses", null, lapseRow);
+
 async function loadDocuments(pager) {
   try {
     await pager.load();
@@ -305,7 +325,8 @@ async function poll() {
     renderSummary(summary);
     if (polls % TABLE_EVERY === 0) {
       await Promise.all([devices.load(), owners.load(), loadDocuments(consents),
-                         loadDocuments(revocations), loadDocuments(quality)]);
+                         loadDocuments(revocations), loadDocuments(quality),
+                         loadDocuments(lapses)]);
     }
     online();
   } catch (err) {

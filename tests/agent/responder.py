@@ -80,6 +80,11 @@ class Responder:
     def verifier_key(self) -> str:
         return self.signer.verifier_text()
 
+    @property
+    def key(self) -> SigningKey:
+        """The gateway key the agent pins (receipts, lapse and payout notices)."""
+        return self._key
+
     def register(self, public_key: bytes) -> bytes:
         device_id = device_id_for(public_key)
         self.devices[device_id] = public_key

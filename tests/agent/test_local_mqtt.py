@@ -15,14 +15,17 @@ import pytest
 
 from agent.cli import main as agent_main
 from agent.clock import ManualClock, SystemClock
+from agent.local_mqtt.payout import PayoutWatcher
 from agent.sensors import Reading, load_simulated_hardware
 from agent.service import AgentService, ServiceOptions
 from agent.status import collect_status
 from firmware_sim.broker import MosquittoBroker
 from protocol.errors import ConfigError
-from protocol.keys import device_id_for, load_device_key
-from protocol.record import Values
+from protocol.keys import OwnerKey, SigningKey, device_id_for, load_device_key
+from protocol.payout_notice import PayoutNotice
+from protocol.record import Sealed, Values
 from tests.agent.mqtt_watch import Watcher
+from tests.agent.notice_server import NoticeServer
 from tests.agent.responder import RATE, Responder
 from tests.agent.test_service import (
     UNREACHABLE,
@@ -210,6 +213,42 @@ def test_a_dead_or_hung_local_broker_costs_counters_not_sampling_or_the_fleet_up
     assert not runner.is_alive()
 
 
+def test_an_owner_pinned_agent_shows_its_sealed_dht22_temperature_and_humidity_locally(
+        tmp_path: Path, gateway_key: str, broker: MosquittoBroker, watcher: Watcher) -> None:
+    """Every stream of an owner-pinned device is sealed to the owner alone: the owner's own
+    readings, so the local broker gets them (before sealing), while the records stay
+    sealed. (Regression: nothing but health reached Home Assistant once an owner was
+    pinned.)"""
+    owner = OwnerKey.generate()
+    cfg = local_config(tmp_path, UNREACHABLE, gateway_key, broker.url,
+                       owner={"public_key": owner.public_key.hex(),
+                              "sealing_key": owner.sealing_public_key.hex()})
+    readings: list[Reading] = []
+    clock = ManualClock(wall_ms=int(evening() * 1000))
+    sim = load_simulated_hardware(1, tmp_path, clock)
+    service = AgentService(cfg, clock, sim=sim, options=ServiceOptions(on_reading=readings.append))
+    service.start()
+    dev = service.identity.device_id.hex()
+    try:
+        for _ in range(6):
+            clock.advance(1000)
+            service.step()
+        climate = [r for r in readings if r.stream == "climate"][-1].values
+        temp, humidity = (str(v.value).encode() for v in climate)
+        assert watcher.wait_for(lambda seen: (
+            seen.get(f"edgeproof/{dev}/climate_temperature"),
+            seen.get(f"edgeproof/{dev}/climate_humidity")) == (temp, humidity))
+        assert all(isinstance(r.body, Sealed) for r in outbox_records(service)
+                   if r.stream == "climate")
+    finally:
+        service.shutdown()
+        sim.close()
+    node = f"edgeproof_{dev[:16]}"
+    configs = set(watcher.latest())
+    assert {f"homeassistant/sensor/{node}/climate_temperature/config",
+            f"homeassistant/sensor/{node}/climate_humidity/config"} <= configs
+
+
 @pytest.mark.parametrize(("section", "named"), [
     ({"broker": "mqtt://127.0.0.1:1883", "streams": ["climate"]},
      "local_mqtt.streams: stream 'climate' is sealed"),
@@ -231,3 +270,64 @@ def test_a_bad_local_mqtt_section_is_refused_naming_the_key(
 def test_metrics_file_must_be_a_prom_file(tmp_path: Path, gateway_key: str) -> None:
     with pytest.raises(ConfigError, match=r"metrics.textfile: must end in \.prom"):
         config(tmp_path, UNREACHABLE, gateway_key, metrics={"textfile": "m.txt"})
+
+
+def notice(owner: OwnerKey, epoch: int, entitled: int, claimed: int | None) -> PayoutNotice:
+    return PayoutNotice(owner.owner_id, epoch, b"\x11" * 20, entitled, claimed, 1337,
+                        b"\x22" * 20, b"\x33" * 32)
+
+
+def test_payout_notice_is_shown_only_when_the_pinned_gateway_signed_it_for_the_pinned_owner(
+        ) -> None:
+    """Forged, misdirected, rolled-back, oversized and garbage answers are refused and
+    counted by reason; only a verified notice reaches the local publisher's states."""
+    responder, owner = Responder("mqtt://127.0.0.1:1"), OwnerKey.generate()
+    server = NoticeServer()
+    offered: list[dict[str, str]] = []
+    watcher = PayoutWatcher(server.url, 600, gateway_key=responder.key.public_key,
+                            owner_key=owner.public_key, offer=lambda s: offered.append(dict(s)))
+    try:
+        watcher.poll()  # no posted epoch yet: nothing to show, not an error
+        assert (offered, watcher.error, watcher.counters["not_yet"]) == ([], None, 1)
+        assert server.paths == [f"/v1/payouts/notice/{owner.owner_id.hex()}"]
+        server.serve(notice(owner, 3, 5_250_000, 1_000_000), responder.key)
+        watcher.poll()
+        assert offered == [{"credit_payable": "5.25", "credit_claimed": "1",
+                            "credit_claimable": "4.25"}]
+        refused = [
+            ("unverified", lambda: server.serve(notice(owner, 4, 9, 0), SigningKey.generate())),
+            ("unverified", lambda: server.serve(notice(OwnerKey.generate(), 4, 9, 0),
+                                                responder.key)),
+            ("older_epoch", lambda: server.serve(notice(owner, 2, 9, 0), responder.key)),
+            ("malformed", lambda: setattr(server, "answer", (200, b"{\"document\": \"zz\"}"))),
+            ("too_large", lambda: setattr(server, "answer", (200, b" " * (64 * 1024 + 1)))),
+            ("http_500", lambda: setattr(server, "answer", (500, b"{}"))),
+        ]
+        for reason, answer in refused:
+            answer()
+            watcher.poll()
+            assert str(watcher.error).startswith(reason)
+        assert len(offered) == 1  # nothing refused was shown
+        assert watcher.counters == {"not_yet": 1, "accepted": 1, "unverified": 2,
+                                    "older_epoch": 1, "malformed": 1, "too_large": 1,
+                                    "http_500": 1}
+        server.serve(notice(owner, 4, 6_000_000, None), responder.key)  # chain unread
+        watcher.poll()
+        assert offered[-1] == {"credit_payable": "6"}
+        assert watcher.status()["epoch"] == 4
+    finally:
+        server.close()
+    watcher.poll()  # the gateway gone: counted, the last figures stay
+    assert watcher.counters["unreachable"] == 1
+    assert watcher.status()["entitled_micro"] == 6_000_000
+
+
+@pytest.mark.parametrize(("section", "named"), [
+    ({"payout_url": "ftp://gw"}, "local_mqtt.payout_url: must be the gateway's http"),
+    ({"payout_url": "http://gw:8080"}, r"local_mqtt.payout_url: needs \[owner\]"),
+])
+def test_a_bad_payout_url_is_refused_naming_the_key(
+        tmp_path: Path, gateway_key: str, section: dict[str, Any], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        config(tmp_path, UNREACHABLE, gateway_key, sensors=SENSORS, recipients={"acme": ACME},
+               local_mqtt={"broker": "mqtt://127.0.0.1:1883", **section})

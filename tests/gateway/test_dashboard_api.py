@@ -28,7 +28,8 @@ def test_dashboard_json_needs_no_token_and_reveals_no_secret(gateway, devices) -
     assert summary["records"]["accepted"] == 4
     assert summary["sections"] == {"consents": "/v1/documents?type=consent",
                                    "revocations": "/v1/documents?type=revocation",
-                                   "quality": "/v1/dashboard/quality"}
+                                   "quality": "/v1/dashboard/quality",
+                                   "lapses": "/v1/dashboard/lapses"}
     assert [(d["name"], d["owner"], d["last_seq"], d["status"]) for d in page["devices"]] == [
         ("dev-dash", "carol", 3, "active")]
     assert owners == {"owners": [{"owner": "carol", "balance_micro": 0, "devices": 1}],

@@ -4,6 +4,7 @@ not fit the batch, and a message rejected whole keeps its reason."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 from gateway.cluster import pending_batch, reprepare
@@ -12,6 +13,7 @@ from gateway.store import STATUS_ACTIVE, Device, KeyEntry
 from gateway.verify import oversize_batch, prepare_batch
 from protocol import reasons
 from protocol.batch import records_topic
+from protocol.record import Gap, Usage
 from tests.gateway.gwkit import TestDevice, batch_bytes, make_key
 
 LIMITS = Limits()
@@ -78,3 +80,47 @@ def test_message_rejected_whole_keeps_its_reason_and_hash() -> None:
     assert again.reject == reasons.TOO_LARGE
     assert again.payload_hash == rejected.payload_hash
     assert again.topic_device == device.device_id
+
+
+def _fields(record: object) -> tuple[object, ...]:
+    return tuple(getattr(record, name) for name in
+                 ("boot", "seq", "prev", "wall_ms", "clock_synced", "mono_ms", "stream"))
+
+
+def test_sequencer_rebuilds_records_from_what_the_verifier_parsed_and_decodes_rule_bodies(
+        ) -> None:
+    device = TestDevice.create("parsed", 45)
+    raws = [*device.records(3), device.usage(1000, 5000, 4000).raw, device.gap(1, 2).raw]
+    raws.append(b"\xa0")  # a record that is no COSE_Sign1: malformed, prepared again
+    payload = batch_bytes(raws, 8)
+    topic = records_topic(device.device_id)
+    verified = prepare_batch(topic, payload, 0.0, LIMITS, lambda kid: _registered(device))
+    again = reprepare(pending_batch(verified, payload), 1.0, LIMITS, _no_lookup)
+
+    assert [type(r.record).__name__ for r in again.records] == \
+        ["Header"] * 3 + ["Record", "Record", "NoneType"]
+    assert [type(r.record.body) for r in again.records[:5] if r.record is not None] == \
+        [type(None)] * 3 + [Usage, Gap]
+    for mine, theirs in zip(again.records, verified.records, strict=True):
+        assert (mine.raw, mine.hash, mine.reject, mine.signer, mine.good_key) == \
+            (theirs.raw, theirs.hash, theirs.reject, theirs.signer, theirs.good_key)
+        if theirs.record is not None:
+            assert _fields(mine.record) == _fields(theirs.record)
+    assert again.records[-1].reject == reasons.MALFORMED
+    assert (again.batch_id, again.payload_hash) == (8, verified.payload_hash)
+
+
+def test_parsed_list_that_does_not_fit_the_payload_is_ignored_and_decoded_again() -> None:
+    device = TestDevice.create("misparsed", 46)
+    payload = batch_bytes(device.records(2), 1)
+    topic = records_topic(device.device_id)
+    verified = prepare_batch(topic, payload, 0.0, LIMITS, lambda kid: _registered(device))
+    handed = pending_batch(verified, payload)
+    assert handed.parsed is not None
+    for parsed in (handed.parsed[:-1], handed.parsed + b"\x01", b"\x07" + handed.parsed[1:]):
+        broken = dataclasses.replace(handed, parsed=parsed)
+        again = reprepare(broken, 1.0, LIMITS, _no_lookup)
+        assert [type(r.record).__name__ for r in again.records] == ["Record"] * 2
+        assert [_fields(r.record) for r in again.records] == \
+            [_fields(r.record) for r in verified.records]
+        assert [r.good_key for r in again.records] == [device.enrolled_key] * 2

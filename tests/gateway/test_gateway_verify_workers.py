@@ -279,6 +279,47 @@ def test_kill9_of_a_verify_worker_under_load_loses_and_duplicates_nothing(
         gateway.stop(timeout_s=30)
 
 
+def _descendants(pid: int) -> set[int]:
+    found, todo = set(), [pid]
+    while todo:
+        children = _children(todo.pop())
+        found.update(children)
+        todo += children
+    return found
+
+
+def test_kill9_of_the_gateway_leaves_no_forkserver_worker_or_tracker_behind(
+        broker: MosquittoBroker, tmp_path: Path) -> None:
+    http_port = free_port()
+    files = write_gateway_files(tmp_path / "gw", broker.port, http_port=http_port,
+                                verify_workers=2)
+    gateway = GatewayProcess(files.config, f"http://127.0.0.1:{http_port}",
+                             tmp_path / "gateway.log", cwd=REPO)
+    gateway.start()
+    assert gateway.child is not None
+    pid = gateway.child.pid
+    left: set[int] = set()
+    try:
+        workers = eventually(lambda: _verify_workers(pid) if len(_verify_workers(pid)) == 2
+                             else None, "two verify workers")
+        # forkserver, resource tracker, the two workers (recorded before the kill: once
+        # orphaned they are no longer the gateway's descendants)
+        left = eventually(lambda: d if len(d := _descendants(pid)) >= 4 else None,
+                          "the pool's processes")
+        assert workers <= left
+
+        os.kill(pid, signal.SIGKILL)  # the gateway alone, not its process group
+        gateway.child.process.wait(timeout=30)
+
+        eventually(lambda: not [p for p in left if _alive(p)],
+                   "every process the gateway started to have ended")
+    finally:
+        for orphan in left:
+            if _alive(orphan):
+                os.kill(orphan, signal.SIGKILL)
+        gateway.stop(timeout_s=30)
+
+
 def _sample(metrics: str, name: str) -> float:
     for line in metrics.splitlines():
         if line.startswith(name + " "):

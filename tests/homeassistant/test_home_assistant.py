@@ -2,8 +2,11 @@
 
 Home Assistant itself parses the agent's discovery configs (its own voluptuous schemas, its
 own MQTT integration): the device appears with its entities, device classes, units and
-state classes; their values are the ones the device signed; the stream sealed for others
-never appears; and every entity goes unavailable when the agent is killed (the last will)
+state classes; their values are the ones the device signed (and, for the owner's payout
+figures, the ones of the gateway-signed payout notice), including a DHT22's temperature
+and humidity sealed to the owner (the owner's own readings, shown before sealing; a stream
+sealed for others without an owner is refused, tests/agent/test_local_mqtt.py); and every
+entity goes unavailable when the agent is killed (the last will)
 and when it stops cleanly (``offline`` before DISCONNECT). Runs ha_runner.py under Home
 Assistant's Python; installed by ``make deps`` (scripts/ensure-home-assistant.sh).
 """
@@ -25,15 +28,17 @@ import pytest
 
 from agent.identity import create_identity
 from firmware_sim.broker import MosquittoBroker
-from protocol.keys import load_device_key
-from protocol.record import Values
+from protocol.keys import OwnerKey, RecipientKey, load_device_key
+from protocol.payout_notice import PayoutNotice
+from tests.agent.notice_server import NoticeServer
 from tests.agent.responder import RATE, Responder
 from tests.harness.waiting import within
+from verifier.client import LoggedRecord
+from verifier.recipient import open_records
 
 REPO = Path(__file__).resolve().parents[2]
 HA_PYTHON = REPO / ".tools" / "ha-venv" / "bin" / "python"
 RUNNER = Path(__file__).with_name("ha_runner.py")
-ACME = "d11747279eb85fba5db8e28508676c3d5272ac31b7f4fffd47b95657e032e55b"
 Snapshot = dict[str, Any]
 
 
@@ -92,7 +97,8 @@ def home_assistant(tmp_path: Path, broker: MosquittoBroker) -> Iterator[HomeAssi
         ha.stop()
 
 
-def agent_toml(tmp_path: Path, fleet: str, gateway_key: str, local: str) -> Path:
+def agent_toml(tmp_path: Path, fleet: str, gateway_key: str, local: str,
+               owner: OwnerKey, payout_url: str) -> Path:
     path = tmp_path / "agent.toml"
     path.write_text(f"""
 [agent]
@@ -107,12 +113,14 @@ batch_interval_s = 0.2
 commit_window_s = 0.2
 [service]
 status_interval_s = 0.5
-[recipients]
-acme = "{ACME}"
+[owner]
+public_key = "{owner.public_key.hex()}"
+sealing_key = "{owner.sealing_public_key.hex()}"
 [local_mqtt]
 broker = "{local}"
 device_name = "kitchen pi"
 status_interval_s = 0.5
+payout_url = "{payout_url}"
 [[sensors]]
 kind = "cpu_temp"
 stream = "cpu"
@@ -122,7 +130,6 @@ kind = "dht22"
 stream = "climate"
 pin = 4
 interval_s = 2.5
-recipients = ["acme"]
 [[sensors]]
 kind = "power_sense"
 stream = "tv"
@@ -162,8 +169,10 @@ def ours(snap: Snapshot, node: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-EXPECTED = {"cpu_temperature", "tv", "presence", "credit_accrued", "credit_settled", "outbox_depth",
-            "outbox_bytes", "outbox_dropped", "sensor_errors", "uplink", "problem"}
+EXPECTED = {"cpu_temperature", "climate_temperature", "climate_humidity", "tv", "presence",
+            "credit_accrued", "credit_settled", "credit_payable", "credit_claimed",
+            "credit_claimable", "outbox_depth", "outbox_bytes",
+            "outbox_dropped", "sensor_errors", "uplink", "problem"}
 
 
 def all_states(snap: Snapshot, node: str, allowed: Callable[[str], bool]) -> bool:
@@ -171,23 +180,31 @@ def all_states(snap: Snapshot, node: str, allowed: Callable[[str], bool]) -> boo
     return set(mine) == EXPECTED and all(allowed(e["state"]) for e in mine.values())
 
 
-def last_signed(responder: Responder, device_id: bytes, stream: str) -> Decimal | None:
-    """The value of the last record of ``stream`` the gateway logged (plaintext stream)."""
+def last_signed(responder: Responder, device_id: bytes, public_key: bytes, stream: str,
+                owner: RecipientKey) -> tuple[Decimal, ...] | None:
+    """The values of the last record of ``stream`` the gateway logged, opened by the owner
+    (every stream is sealed to the owner's key alone)."""
     logged = responder.logged.get(device_id)
     if logged is None:
         return None
-    records = [r for _, r in sorted(logged.records.items()) if r.record.stream == stream]
-    body = records[-1].record.body if records else None
-    return body.values[0].value if isinstance(body, Values) else None
+    rows = [LoggedRecord(i, device_id, seq, signed.record.stream, signed.raw)
+            for i, (seq, signed) in enumerate(sorted(dict(logged.records).items()))]
+    opened = [o for o in open_records(rows, [(0, public_key)], owner)
+              if o.stream == stream and o.status == "decrypted"]
+    return tuple(m.value for m in opened[-1].values) if opened else None
 
 
-def shows_signed_values(snap: Snapshot, node: str, responder: Responder,
-                        device_id: bytes) -> bool:
+def shows_signed_values(snap: Snapshot, node: str, responder: Responder, device_id: bytes,
+                        public_key: bytes, owner: RecipientKey) -> bool:
     mine = ours(snap, node)
-    cpu = last_signed(responder, device_id, "cpu")
-    tv = last_signed(responder, device_id, "tv")
-    return (cpu is not None and mine["cpu_temperature"]["state"] == str(cpu)
-            and tv is not None and mine["tv"]["state"] == ("on" if tv else "off"))
+    cpu = last_signed(responder, device_id, public_key, "cpu", owner)
+    tv = last_signed(responder, device_id, public_key, "tv", owner)
+    climate = last_signed(responder, device_id, public_key, "climate", owner)
+    return (cpu is not None and mine["cpu_temperature"]["state"] == str(cpu[0])
+            and tv is not None and mine["tv"]["state"] == ("on" if tv[0] else "off")
+            and climate is not None
+            and (mine["climate_temperature"]["state"], mine["climate_humidity"]["state"])
+            == (str(climate[0]), str(climate[1])))
 
 
 @pytest.mark.timeout(240)
@@ -198,9 +215,16 @@ def test_home_assistant_shows_the_device_its_values_and_marks_it_unavailable_whe
     responder = Responder(fleet.url).start()
     state = tmp_path / "state"
     create_identity(state / "device.key")
-    device_id = responder.register(load_device_key(state / "device.key").public_key)
+    public_key = load_device_key(state / "device.key").public_key
+    device_id = responder.register(public_key)
     node = f"edgeproof_{device_id.hex()[:16]}"
-    config = agent_toml(tmp_path, fleet.url, responder.verifier_key, broker.url)
+    owner = OwnerKey.generate()
+    # The gateway's payout notice for the owner, signed with the key the agent pins.
+    payout = NoticeServer()
+    payout.serve(PayoutNotice(owner.owner_id, 2, b"\x11" * 20, 7_500_000, 2_000_000, 1337,
+                              b"\x22" * 20, b"\x33" * 32), responder.key)
+    config = agent_toml(tmp_path, fleet.url, responder.verifier_key, broker.url, owner,
+                        payout.url)
     agent = start_agent(config, tmp_path / "agent.log")
     try:
         snap = home_assistant.wait_for("the agent's entities with values", lambda s: all_states(
@@ -210,10 +234,23 @@ def test_home_assistant_shows_the_device_its_values_and_marks_it_unavailable_whe
         temp = attrs["cpu_temperature"]
         assert (temp["device_class"], temp["unit_of_measurement"], temp["state_class"]) == (
             "temperature", "°C", "measurement")
+        assert attrs["climate_temperature"] == {**attrs["climate_temperature"], **{
+            k: temp[k] for k in ("device_class", "unit_of_measurement", "state_class")}}
+        humidity = attrs["climate_humidity"]
+        assert (humidity["device_class"], humidity["unit_of_measurement"],
+                humidity["state_class"]) == ("humidity", "%", "measurement")
         assert attrs["tv"]["device_class"] == "power"
         assert attrs["presence"]["device_class"] == "motion"
         assert (attrs["credit_accrued"]["unit_of_measurement"],
                 attrs["credit_accrued"]["state_class"]) == ("credits", "total_increasing")
+        for key, state_class in (("credit_payable", "total_increasing"),
+                                 ("credit_claimed", "total_increasing"),
+                                 ("credit_claimable", "measurement")):
+            assert (attrs[key]["unit_of_measurement"], attrs[key]["state_class"]) == (
+                "credits", state_class)
+        assert {k: mine[k]["state"] for k in ("credit_payable", "credit_claimed",
+                                              "credit_claimable")} == {
+            "credit_payable": "7.5", "credit_claimed": "2", "credit_claimable": "5.5"}
         assert (attrs["outbox_bytes"]["device_class"],
                 attrs["outbox_bytes"]["unit_of_measurement"]) == ("data_size", "B")
         assert attrs["uplink"]["device_class"] == "connectivity"
@@ -225,11 +262,11 @@ def test_home_assistant_shows_the_device_its_values_and_marks_it_unavailable_whe
         assert info["name"] == "kitchen pi"
         assert info["manufacturer"] == "edgeproof"
         assert info["identifiers"] == [f"mqtt:edgeproof_{device_id.hex()}"]
-        assert not [e for e in snap["entities"] if "climate" in e]  # sealed for acme
-        # The values Home Assistant shows are the ones the device signed and the gateway
-        # logged; the uplink works and nothing is wrong.
-        home_assistant.wait_for("the last signed cpu temperature and tv state", lambda s:
-                                shows_signed_values(s, node, responder, device_id))
+        # The values Home Assistant shows are the ones the device signed (sealed to the
+        # owner) and the gateway logged; the uplink works and nothing is wrong.
+        home_assistant.wait_for("the last signed cpu and climate values and tv state",
+                                lambda s: shows_signed_values(s, node, responder, device_id,
+                                                              public_key, owner.sealing))
         home_assistant.wait_for("uplink on, no problem", lambda s: (
             ours(s, node)["uplink"]["state"] == "on"
             and ours(s, node)["problem"]["state"] == "off"))
@@ -255,3 +292,4 @@ def test_home_assistant_shows_the_device_its_values_and_marks_it_unavailable_whe
             agent.wait(30)
         responder.stop()
         fleet.kill()
+        payout.close()

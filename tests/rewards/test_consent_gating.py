@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from selenium.webdriver.common.by import By
 
 from agent.policy import PolicyInbox
 from agent.uplink.settings import GatewayKey
@@ -36,6 +37,7 @@ from tests.agent.test_policy import Device as PolicyDevice
 from tests.gateway.conftest import RunningGateway
 from tests.gateway.contractkit import Parties, now_ms, submitted
 from tests.gateway.gwkit import RATE, DeviceClient
+from tests.harness.browser import chromium, console_errors, wait_until
 from tests.rewards.conftest import KEYS
 from tests.rewards.test_payout_end_to_end import wait_for
 from verifier.cli import main as verify_main
@@ -73,11 +75,20 @@ class World:
     def fund(self, request: Document, micro: int) -> None:
         self.deployed.fund(KEYS["company"], micro * BASE_UNITS_PER_MICRO, request.id)
 
-    def recompute(self) -> Gated:
+    def recompute(self, client: DocumentClient | None = None, *, scan: bool = True) -> Gated:
+        """Gate the log up to a checkpoint covering everything logged so far (each leaf
+        proven in it, the log scanned)."""
         size = int(httpx.get(f"{self.base}/v1/stats").json()["log_size"])
-        return recompute(DocumentClient(self.base), self.deployed.rpc,
-                         self.deployed.distributor, size, BASE_UNITS_PER_MICRO,
-                         gateway=GatewayKey.from_text(self.verifier).public_key)
+        reader = client or DocumentClient(self.base)
+
+        def covered() -> Gated | None:
+            at, gated = recompute(reader, self.deployed.rpc, self.deployed.distributor,
+                                  BASE_UNITS_PER_MICRO, gateway_key=self.verifier,
+                                  scan=scan)
+            return gated if at >= size else None
+
+        found: Gated = wait_for("a checkpoint covering the log", covered)
+        return found
 
     @property
     def owner_id(self) -> bytes:
@@ -365,3 +376,54 @@ def test_a_lapse_notice_the_chain_does_not_bear_out_fails_verification(
                   notice(2, short_block, "0x" + "11" * 20)):  # another distributor
         with pytest.raises(VerificationError):
             check_shortfall(events, 3, false, on_chain)
+
+
+def test_dashboard_lists_lapse_notices_a_page_at_a_time_as_the_api_decodes_them(
+        gated_world: World) -> None:
+    world = gated_world
+    poor = world.parties.request()
+    submitted(world.base, poor)
+    lapsable = [world.parties.consent(poor, fields=(f,), lapses=True) for f in ("Cel", "%RH")]
+    for consent in lapsable:
+        submitted(world.base, consent)
+    world.fund(poor, 1)
+    world.use()
+    url = f"{world.base}/v1/dashboard/lapses"
+    rows = wait_for("two lapse notices", lambda: (
+        found if len(found := httpx.get(url).json()) == 2 else None))
+    listed = httpx.get(f"{world.base}/v1/documents", params={"type": "lapse"}).json()
+    assert [(r["index"], r["id"], r["consent"]) for r in rows] == [
+        (d["index"], d["id"], d["ref"]) for d in listed]
+    assert {r["consent"] for r in rows} == {c.id.hex() for c in lapsable}
+    device = world.parties.device
+    for row, doc in zip(rows, listed, strict=True):
+        body = verify_document(bytes.fromhex(doc["document"]),
+                               GatewayKey.from_text(world.verifier).public_key, "lapse").body
+        assert isinstance(body, Lapse)
+        assert (row["request"], row["short_at"], row["funding_block"], row["distributor"]) == (
+            poor.id.hex(), body.short_at, body.funding_block, "0x" + body.distributor.hex())
+        assert [(d["device_id"], d["name"]) for d in row["devices"]] == [
+            (device.device_id.hex(), device.name)]
+    # Paged by leaf index, like /v1/documents: one at a time covers both, once each.
+    first = httpx.get(url, params={"limit": 1}).json()
+    second = httpx.get(url, params={"limit": 1, "after": first[0]["index"]}).json()
+    assert first + second == rows
+    assert httpx.get(url, params={"after": rows[-1]["index"]}).json() == []
+    assert httpx.get(url, params={"limit": 201}).status_code == 400
+    with chromium() as browser:
+        browser.get(f"{world.base}/dashboard")
+        cells = "#lapses-table tbody tr"
+
+        def shown() -> list[list[str]]:
+            return [[c.text for c in tr.find_elements(By.TAG_NAME, "td")]
+                    for tr in browser.find_elements(By.CSS_SELECTOR, cells)]
+        wait_until(lambda: len(shown()) == 2, 30, "the lapse notices table")
+        page = shown()
+        assert [int(r[0].replace(",", "")) for r in page] == [r["index"] for r in rows]
+        assert [(r[1].rstrip("…"), r[2].rstrip("…"), r[3].rstrip("…")) for r in page] == [
+            (r["id"][:16], r["consent"][:16], r["request"][:16]) for r in rows]
+        assert [(int(r[4].replace(",", "")), int(r[5].replace(",", ""))) for r in page] == [
+            (r["short_at"], r["funding_block"]) for r in rows]
+        assert [r[6] for r in page] == [f"{device.name} · {device.device_id.hex()}"] * 2
+        assert browser.find_element(By.ID, "lapses-page").text == "(1–2)"
+        assert console_errors(browser) == []

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
+from agent.uplink.settings import GatewayKey as AgentGatewayKey
 from firmware_sim.broker import MosquittoBroker
 from firmware_sim.chain import GanacheNode
 from firmware_sim.solidity import Deployment, address_of
@@ -36,6 +37,7 @@ from protocol.keys import (
     signer_id,
     write_secret_file,
 )
+from protocol.payout_notice import verify_payout_notice
 from protocol.record import credit_micro
 from rewards import distributor as abi
 from rewards.documents import BASE_UNITS_PER_MICRO, WalletBinding, owner_name
@@ -61,6 +63,20 @@ def binding(key: SigningKey, owner: SigningKey, address: str, chain_id: int) -> 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
     return eventually(check, what, timeout, every_s=0.1)
+
+
+def notice_of(base: str, owner: OwnerKey, verifier: str) -> tuple[int, int | None, int | None]:
+    """(entitled, claimed, claimable) micro-credits from the owner's payout notice, checked
+    as a device checks it: signed by the pinned gateway key, for the pinned owner."""
+    answer = httpx.get(f"{base}/v1/payouts/notice/{owner.owner_id.hex()}")
+    assert answer.status_code == 200, answer.text
+    served = answer.json()
+    body = verify_payout_notice(bytes.fromhex(served["document"]),
+                                AgentGatewayKey.from_text(verifier).public_key,
+                                owner.public_key)
+    assert (served["entitled_micro"], served["claimed_micro"], served["address"]) == (
+        body.entitled_micro, body.claimed_micro, WALLET)
+    return body.entitled_micro, body.claimed_micro, body.claimable_micro
 
 
 def test_credit_mined_by_a_tv_is_claimed_into_its_owners_wallet(
@@ -97,6 +113,11 @@ def test_credit_mined_by_a_tv_is_claimed_into_its_owners_wallet(
                        "--json"]) == 0
     before = json.loads(capsys.readouterr().out)
     assert (before["claimable"], before["claimed"], before["balance"]) == (str(earned), "0", "0")
+    # What a device of this owner shows in Home Assistant: the gateway's signed notice.
+    assert notice_of(base, owner, payout_gateway.verifier) == (
+        earned // BASE_UNITS_PER_MICRO, 0, earned // BASE_UNITS_PER_MICRO)
+    stranger = OwnerKey.generate().owner_id.hex()
+    assert httpx.get(f"{base}/v1/payouts/notice/{stranger}").status_code == 404
 
     assert owner_main(["wallet", "claim", "--wallet-key", str(wallet_key), *endpoints,
                        "--json"]) == 0
@@ -104,6 +125,8 @@ def test_credit_mined_by_a_tv_is_claimed_into_its_owners_wallet(
     assert (after["claimable"], after["claimed"], after["balance"]) == ("0", str(earned),
                                                                        str(earned))
     assert deployed.balance(WALLET) == earned
+    assert notice_of(base, owner, payout_gateway.verifier) == (
+        earned // BASE_UNITS_PER_MICRO, earned // BASE_UNITS_PER_MICRO, 0)
     assert owner_main(["wallet", "claim", "--wallet-key", str(wallet_key), *endpoints]) == 1
     assert "nothing to claim" in capsys.readouterr().err
     assert deployed.balance(WALLET) == earned
