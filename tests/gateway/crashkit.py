@@ -44,8 +44,7 @@ def resend_unanswered(client: DeviceClient, publisher: Publisher) -> int:
     return len(missing)
 
 
-def check_receipts(client: DeviceClient, publisher: Publisher,
-                   notes: set[str]) -> dict[bytes, int]:
+def check_receipts(client: DeviceClient, publisher: Publisher, notes: set[str]) -> dict[bytes, int]:
     """Every receipt accepts (or repeats) each record at one leaf index; return the leaf
     index of every record, and add the receipts' checkpoints to ``notes``."""
     receipts: dict[tuple[bytes, int], list[Receipt]] = {}
