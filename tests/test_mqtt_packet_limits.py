@@ -19,6 +19,7 @@ from gateway.ingest import Message, MqttIngest
 from osutil.mqtt import Connected, Received, SubAck
 from protocol.batch import receipts_topic, records_topic
 from protocol.mqtt_sizes import MAX_RECEIPT_PACKET_BYTES, MAX_RECORDS_PACKET_BYTES
+from tests.harness.waiting import eventually
 
 DEVICE = bytes(range(16))
 TIMEOUT_S = 15.0
@@ -41,10 +42,7 @@ def publish_all(port: int, topic: str, payloads: list[bytes]) -> None:
 
 
 def wait_for(predicate: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + TIMEOUT_S
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
+    eventually(predicate, "the condition", TIMEOUT_S)
 
 
 def test_broker_never_hands_the_gateway_a_batch_larger_than_the_protocol_allows(

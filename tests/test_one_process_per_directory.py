@@ -10,7 +10,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,19 +20,21 @@ from firmware_sim.broker import MosquittoBroker, free_port
 from firmware_sim.procs import Child, spawn
 from tests.agent.responder import Responder
 from tests.gateway.gwkit import write_gateway_files
+from tests.harness.waiting import within
 
 START_S = 60.0  # generous: a loaded CI machine starts Python slowly
 
 
 def wait_for(what: str, predicate: Callable[[], bool], child: Child,
              timeout_s: float = START_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
+    def check() -> bool:
+        if predicate():
+            return True
         if not child.alive():
             pytest.fail(f"{what}: the process exited: {child.log_tail(5)}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout_s} s: {child.log_tail(5)}")
-        time.sleep(0.05)
+        return False
+    if not within(check, timeout_s, every_s=0.05):
+        pytest.fail(f"{what}: not within {timeout_s} s: {child.log_tail(5)}")
 
 
 def holds_lock(lock: Path, child: Child) -> Callable[[], bool]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from osutil.cli import EXIT_FAILED, EXIT_OK, add_version, run_command
@@ -68,12 +69,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run one command; return its exit code (docs/CLI.md)."""
-    return run_command(PROG, lambda: _run(_parser().parse_args(argv)))
+def _system_wall_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
-def _run(args: argparse.Namespace) -> int:
+def main(argv: list[str] | None = None, *,
+         wall_ms: Callable[[], int] = _system_wall_ms) -> int:
+    """Run one command; return its exit code (docs/CLI.md).
+
+    ``wall_ms`` is the clock that says which windows have ended (injected by tests whose
+    devices run on their own clock).
+    """
+    return run_command(PROG, lambda: _run(_parser().parse_args(argv), wall_ms))
+
+
+def _run(args: argparse.Namespace, wall_ms: Callable[[], int]) -> int:
     site = load_site(args.site)
     try:
         th = Thresholds(window_s=args.window_s, bucket_s=args.bucket_s)
@@ -82,7 +92,7 @@ def _run(args: argparse.Namespace) -> int:
     if not (0 <= args.settle_s <= 86_400):
         raise ConfigError(f"--settle-s: {args.settle_s:g} is not between 0 and 86400")
     outcome = run_once(DocumentClient(args.gateway), site, load_signing_key(args.signing_key),
-                       load_recipient_key(args.recipient_key), time.time_ns() // 1_000_000,
+                       load_recipient_key(args.recipient_key), wall_ms(),
                        th=th, state=args.state, settle_s=args.settle_s)
     _print(outcome, as_json=args.json)
     return EXIT_FAILED if outcome.refused else EXIT_OK

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+
+from tests.harness.waiting import within
 
 
 class Watcher:
@@ -39,12 +40,7 @@ class Watcher:
     def wait_for(self, predicate: Callable[[dict[str, bytes]], bool],
                  timeout_s: float = 60.0) -> bool:
         """Poll until ``predicate(latest())`` holds; generous bound for a loaded machine."""
-        deadline = time.monotonic() + timeout_s
-        while not predicate(self.latest()):
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
-        return True
+        return within(lambda: predicate(self.latest()), timeout_s, every_s=0.05)
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         self._client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)

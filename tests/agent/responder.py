@@ -34,6 +34,7 @@ from protocol.receipt import Outcome, Receipt, Status, hash_prefix
 from protocol.record import Usage
 from protocol.signed import SignedRecord, parse_signed_record, verify_signed_record
 from tests.gateway.gwkit import ADMIN_TOKEN, write_gateway_files
+from tests.harness.waiting import within
 
 GATEWAY_SEED = bytes(range(32))
 
@@ -170,12 +171,7 @@ class Responder:
     def wait_for(self, predicate: object, timeout_s: float = 60.0) -> bool:
         """Poll ``predicate()`` until true or the time-out; return its last value."""
         assert callable(predicate)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            time.sleep(0.05)
-        return bool(predicate())
+        return within(predicate, timeout_s, every_s=0.05)
 
 
 RATE = 3_600_000  # micro-credits per hour registered for test devices

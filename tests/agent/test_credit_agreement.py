@@ -28,6 +28,7 @@ from protocol.record import Usage, credit_micro
 from protocol.signed import parse_signed_record
 from tests.agent.responder import RATE, RealGateway
 from tests.agent.test_service import evening
+from tests.harness.waiting import within
 
 
 @pytest.fixture
@@ -68,9 +69,8 @@ def test_tv_usage_credit_matches_between_agent_and_gateway_to_the_micro_credit(
                   for r in gateway.records(device_id) if r["stream"] == "usage"]
         return sum(isinstance(b, Usage) and b.usage_ms > 0 for b in bodies)
     # A condition, not a fixed time: the TV came on and its usage reached the log.
-    deadline = time.monotonic() + 60
-    while usage_with_credit_logged() < 2 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    # (the assertions below say what is missing if it never happens)
+    within(lambda: usage_with_credit_logged() >= 2, 60, every_s=0.1)
     stop.set()
     runner.join(30)
     sim.close()

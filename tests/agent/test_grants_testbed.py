@@ -32,6 +32,7 @@ from provisioning.fleet import GATEWAY_KEY
 from tests.harness.invariants import WireObserver
 from tests.harness.policy import PolicyPusher
 from tests.harness.testbed import AgentProcess, AgentSpec, SensorSpec, Testbed
+from tests.harness.waiting import eventually
 from verifier.client import DocumentClient, GatewayClient, LoggedRecord
 from verifier.recipient import Opened, open_records
 
@@ -110,11 +111,7 @@ class Bed:
 def wait_for(what: str, predicate: Callable[[], bool], timeout_s: float = 90.0) -> None:
     """Poll until ``predicate`` holds; fail naming ``what`` (a generous bound, never a
     measurement)."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.2)
+    eventually(predicate, what, timeout_s, every_s=0.2)
 
 
 def gateway_signing_key(tb: Testbed) -> SigningKey:

@@ -9,7 +9,6 @@ batch leaves, and never reach the gateway.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,10 +17,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.grants import GrantBook
-from agent.outbox import DeviceState, Outbox, OutboxSettings
 from agent.policy import PolicyInbox
-from agent.records import EpochPolicy, RecordFactory, RecordWriter
-from agent.uplink import BrokerSettings, GatewayKey, Uplink, UplinkSettings
+from agent.records import EpochPolicy, RecordWriter
+from agent.uplink import BrokerSettings
 from agent.uplink.uplink import UplinkState
 from firmware_sim.broker import MosquittoBroker
 from firmware_sim.demo_agent import AssumedSyncedClock
@@ -29,43 +27,31 @@ from osutil.brokerurl import parse_broker_url
 from protocol.contract import Consent, Revocation, Terms
 from protocol.delivery import PolicyDelivery, policy_topic
 from protocol.documents import sign_document
-from protocol.keys import OwnerKey, RecipientKey, SigningKey, device_id_for
+from protocol.keys import OwnerKey, RecipientKey
 from protocol.record import Gap, Measurement
 from tests.agent.responder import Responder
+from tests.agent.uplinkkit import FAST, OutboxRig
 
-FAST = UplinkSettings(batch_max_records=20, batch_interval_ms=100, receipt_timeout_ms=1500,
-                      backoff_min_ms=100, backoff_max_ms=500, poll_ms=20)
 HOUR_MS = 3_600_000
 
 
-class OwnedDevice:
+class OwnedDevice(OutboxRig):
     """Outbox, writer, grant book, policy inbox and uplink of a device with an owner."""
 
     def __init__(self, tmp: Path, broker_url: str, gateway_key: str) -> None:
-        self.clock = AssumedSyncedClock()  # grants need a synchronised clock
-        key = SigningKey.generate()
-        self.public_key = key.public_key
-        self.device_id = device_id_for(key.public_key)
+        super().__init__(tmp, AssumedSyncedClock())  # grants need a synchronised clock
         self.owner = OwnerKey.generate()
-        self.state = DeviceState.open(tmp / "state.sqlite", self.clock.wall_ms)
-        self.outbox = Outbox(tmp / "outbox.sqlite",
-                             OutboxSettings(commit_window_ms=50, commit_max_records=10),
-                             self.state, self.clock)
-        factory = RecordFactory(self.device_id, key, self.outbox.boot, self.clock)
-        self.outbox.attach(factory)
         self.book = GrantBook(tmp / "grants.json")
-        self.writer = RecordWriter(factory, self.outbox,
+        self.writer = RecordWriter(self.factory, self.outbox,
                                    {"climate": (self.owner.sealing_public_key,)},
                                    policy=EpochPolicy(), clock=self.clock, grants=self.book)
         self.inbox = PolicyInbox(self.book, self.outbox, device_id=self.device_id,
                                  owner=self.owner.public_key, streams={"climate"},
                                  clock=self.clock)
         host, port, tls = parse_broker_url(broker_url, "broker_url")
-        self.uplink = Uplink(FAST, BrokerSettings(broker_url, host, port, tls,
-                                                  connect_timeout_s=2.0),
-                             GatewayKey.from_text(gateway_key), device_id=self.device_id,
-                             boot=self.outbox.boot, outbox=self.outbox, clock=self.clock,
-                             rng=random.Random(7), policy=self.inbox)
+        self.uplink = self.make_uplink(FAST, BrokerSettings(broker_url, host, port, tls,
+                                                            connect_timeout_s=2.0),
+                                       gateway_key, policy=self.inbox)
 
     def readings(self, n: int) -> None:
         for i in range(n):
@@ -73,18 +59,6 @@ class OwnedDevice:
                                                  Measurement(550, -1, "%RH")),
                                      self.clock.mono_ms())
         self.outbox.commit()
-
-    def close(self) -> None:
-        self.uplink.stop()
-        self.outbox.close()
-        self.state.close()
-
-
-@pytest.fixture
-def responder(broker: MosquittoBroker) -> Iterator[Responder]:
-    r = Responder(broker.url).start()
-    yield r
-    r.stop()
 
 
 @pytest.fixture

@@ -6,25 +6,29 @@ streams); it judges the windows and logs its attestations; the gateway delivers 
 the owner of the miscalibrated sensor sees it FAULTY in ``edgeproof-agent status``.
 
 Windows are 24 s of 6 s buckets here (``--window-s 24 --bucket-s 6``: two readings of a
-3-second sampler in each, so a missed read rarely empties a bucket), so the loop runs in
-about two minutes of real time; the algorithm is the same as with the default 10 minutes.
+3-second sampler in each, so a missed read rarely empties a bucket); the algorithm is the
+same as with the default 10 minutes. The agents run on an injected clock that goes
+``SPEED`` times faster than real time (:class:`FastClock`; the simulated chips and the
+records' timestamps follow it, as they would follow a real clock), so the two minutes of
+readings the loop needs take about half a minute; the validator is told the agents' time,
+so it judges the windows that have ended by their clock.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from agent.clock import SystemClock
 from agent.config import parse_config
 from agent.identity import create_identity
 from agent.sensors import load_simulated_hardware
-from agent.service import AgentService
+from agent.service import IDLE_WAKE_MS, AgentService
 from agent.status import collect_status
 from firmware_sim.broker import MosquittoBroker
 from protocol.keys import OwnerKey, SigningKey, save_recipient_key, save_signing_key
@@ -37,12 +41,40 @@ from validator.cli import main as validator_main
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
-class SyncedClock(SystemClock):
-    """The real clocks, with the wall clock taken as NTP-synchronised (a CI machine may not
-    be; the validator uses only readings made with a synchronised clock)."""
+SPEED = 4  # the agents' clocks run this many times faster than real time
+BEHIND_S = 3600  # their wall clock starts this far back, so it never passes the real one
+
+
+class FastClock:
+    """The agents' clocks (agent.clock.Clock) running ``SPEED`` times faster than the real
+    ones; the wall clock starts ``BEHIND_S`` in the past (the gateway refuses records from
+    the future) and counts as NTP-synchronised (a CI machine may not be; the validator uses
+    only readings made with a synchronised clock)."""
+
+    def __init__(self) -> None:
+        self._mono0_ns = time.monotonic_ns()
+        self._wall0_ms = time.time_ns() // 1_000_000 - BEHIND_S * 1000
+
+    def _elapsed_ms(self) -> int:
+        return (time.monotonic_ns() - self._mono0_ns) * SPEED // 1_000_000
+
+    def wall_ms(self) -> int:
+        return self._wall0_ms + self._elapsed_ms()
+
+    def mono_ms(self) -> int:
+        return 1_000 + self._elapsed_ms()
 
     def wall_synced(self) -> bool:
         return True
+
+
+def run_fast(service: AgentService, clock: FastClock, stop: threading.Event) -> None:
+    """AgentService.run with its waits (clock time) shortened to real time by ``SPEED``."""
+    while not stop.is_set():
+        wake = service.step()
+        delay_ms = max(0, wake - clock.mono_ms())
+        stop.wait(min(delay_ms, IDLE_WAKE_MS) / 1000 / SPEED)
+    service.shutdown()
 
 
 @pytest.fixture
@@ -63,7 +95,7 @@ def test_miscalibrated_agent_is_attested_faulty_and_its_owner_sees_it(
     assert reply.status_code == 201, reply.text
     faults = tmp_path / "faults.toml"
     faults.write_text('[[temperature]]\nkind = "bias"\nmagnitude = 2.0\n')
-    clock, stop = SyncedClock(), threading.Event()
+    clock, stop = FastClock(), threading.Event()
     states, device_ids, running = [], [], []
     for i in range(3):
         state = tmp_path / f"dht-{i}"
@@ -85,13 +117,13 @@ def test_miscalibrated_agent_is_attested_faulty_and_its_owner_sees_it(
         sim = load_simulated_hardware(i + 1, state, clock, sensor_faults_file=cfg.sim_faults)
         service = AgentService(cfg, clock, sim=sim)
         service.start()
-        thread = threading.Thread(target=service.run, args=(stop,))
+        thread = threading.Thread(target=run_fast, args=(service, clock, stop))
         thread.start()
         states.append(state)
         device_ids.append(identity.device_id.hex())
         running.append((thread, sim))
     try:
-        def enough() -> bool:  # a condition: some 110 s of readings from every sensor
+        def enough() -> bool:  # a condition: some 110 s (agent clock) of readings from each
             return all([r["stream"] for r in gateway.records(d)].count("climate") >= 36
                        for d in device_ids)
         assert wait(enough, timeout=180.0)
@@ -104,7 +136,9 @@ def test_miscalibrated_agent_is_attested_faulty_and_its_owner_sees_it(
         assert validator_main(["once", "--site", str(site), "--gateway", gateway.url,
                                "--signing-key", str(tmp_path / "hub.sign"),
                                "--recipient-key", str(tmp_path / "hub.key"),
-                               "--window-s", "24", "--bucket-s", "6", "--json"]) == 0
+                               "--window-s", "24", "--bucket-s", "6", "--settle-s", "6",
+                               "--json"],
+                              wall_ms=clock.wall_ms) == 0
         outcome = json.loads(capsys.readouterr().out)
         assert outcome["logged"] >= 3
         assert outcome["refused"] == {}

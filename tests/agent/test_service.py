@@ -32,6 +32,7 @@ from protocol.keys import SigningKey, device_id_for, load_device_key
 from protocol.record import Gap, Usage, Values
 from protocol.signed import parse_signed_record, record_hash
 from tests.agent.responder import RATE, RealGateway, Responder
+from tests.harness.waiting import within
 
 UNREACHABLE = "mqtt://127.0.0.1:9"  # discard port: nothing listens
 
@@ -188,12 +189,7 @@ def test_wall_clock_jump_backwards_keeps_order_and_usage(
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float = 60.0) -> bool:
     """Poll ``predicate`` until it holds; the bound is generous (a slow, loaded machine)."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+    return within(predicate, timeout_s, every_s=0.05)
 
 
 def create_or_load_public(cfg: AgentConfig) -> bytes:

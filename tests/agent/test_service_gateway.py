@@ -29,7 +29,8 @@ from protocol.sealing import open_values, unwrap_stream_key
 from protocol.signed import parse_signed_record
 from tests.agent.responder import RATE, RealGateway
 from tests.agent.test_service import evening
-from tests.agent.test_uplink import Device
+from tests.agent.uplinkkit import Device
+from tests.harness.waiting import within
 
 
 @pytest.fixture
@@ -40,12 +41,7 @@ def gateway(tmp_path: Path, broker: MosquittoBroker) -> Iterator[RealGateway]:
 
 
 def wait(predicate: Any, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
+    return within(predicate, timeout, every_s=0.05)
 
 
 def test_the_gateway_accepts_sealed_plain_usage_and_key_records_and_receipts_empty_the_outbox(

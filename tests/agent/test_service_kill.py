@@ -27,6 +27,7 @@ from protocol.keys import load_device_key
 from protocol.record import Record, Usage, Values
 from protocol.signed import parse_signed_record, record_hash
 from tests.agent.responder import RealGateway, Responder
+from tests.harness.waiting import within
 
 ROOT = Path(__file__).resolve().parents[2]
 KILLS = 20
@@ -215,12 +216,7 @@ def logged_hashes(records: list[dict[str, object]]) -> dict[int, bytes]:
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
+    return within(predicate, timeout_s, every_s=0.1)
 
 
 def test_laptop_mode_creates_an_identity_says_so_and_stops_cleanly_on_sigterm(

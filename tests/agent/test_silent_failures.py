@@ -142,7 +142,7 @@ def test_wrong_gateway_key_is_said_once_in_log_status_and_systemd_line_and_recov
 def test_broker_that_acknowledges_but_no_gateway_answers_is_named_as_the_likely_cause(
         tmp_path: Path, broker: MosquittoBroker) -> None:
     # The case: a URL reaching some other Mosquitto, which PUBACKs everything.
-    from tests.agent.test_uplink import Device  # noqa: PLC0415 - its outbox+uplink rig
+    from tests.agent.uplinkkit import Device  # noqa: PLC0415 - the outbox+uplink rig
 
     device = Device(tmp_path / "dev", broker.url, Responder(broker.url).verifier_key)
     try:

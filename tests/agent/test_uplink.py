@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import subprocess
 import time
 from collections.abc import Iterator
@@ -10,83 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from agent.clock import SystemClock
-from agent.outbox import DeviceState, Outbox, OutboxSettings
-from agent.records import EpochPolicy, RecordFactory, RecordWriter
 from agent.uplink import (
     BrokerSettings,
-    GatewayKey,
     MqttTransport,
-    Uplink,
     UplinkSettings,
 )
 from firmware_sim.broker import MosquittoBroker, free_port
-from osutil.brokerurl import parse_broker_url
 from protocol import reasons
 from protocol.errors import KeyFileError
-from protocol.keys import Secret, SigningKey, device_id_for
-from protocol.record import Measurement
 from tests.agent.responder import Responder
-
-FAST = UplinkSettings(batch_max_records=20, batch_interval_ms=100, receipt_timeout_ms=1500,
-                      backoff_min_ms=100, backoff_max_ms=500, poll_ms=20)
-
-
-class Device:
-    """An outbox, a record writer and an uplink in this process."""
-
-    def __init__(self, tmp: Path, broker_url: str, gateway_key: str,
-                 settings: UplinkSettings = FAST, username: str | None = None,
-                 password: str | None = None, key: SigningKey | None = None,
-                 tls: tuple[Path, Path, Path] | None = None) -> None:
-        tmp.mkdir(parents=True, exist_ok=True)
-        self.clock = SystemClock()
-        key = key or SigningKey.generate()
-        self.key = key
-        self.public_key = key.public_key
-        self.device_id = device_id_for(key.public_key)
-        self.state = DeviceState.open(tmp / "state.sqlite", self.clock.wall_ms)
-        self.outbox = Outbox(tmp / "outbox.sqlite",
-                             OutboxSettings(commit_window_ms=50, commit_max_records=10),
-                             self.state, self.clock)
-        factory = RecordFactory(self.device_id, key, self.outbox.boot, self.clock)
-        self.outbox.attach(factory)
-        self.writer = RecordWriter(factory, self.outbox, {}, policy=EpochPolicy(),
-                                   clock=self.clock)
-        host, port, use_tls = parse_broker_url(broker_url, "broker_url")
-        ca, cert, client_key = tls if tls else (None, None, None)
-        broker = BrokerSettings(broker_url, host, port, use_tls, ca_file=ca, cert_file=cert,
-                                key_file=client_key, username=username,
-                                password=Secret(password.encode()) if password else None,
-                                connect_timeout_s=2.0)
-        self.uplink = Uplink(settings, broker, GatewayKey.from_text(gateway_key),
-                             device_id=self.device_id, boot=self.outbox.boot,
-                             outbox=self.outbox, clock=self.clock, rng=random.Random(7))
-
-    def write(self, n: int) -> list[int]:
-        seqs = []
-        for i in range(n):
-            seq = self.writer.write_values("cpu", (Measurement(i, -1, "Cel"),),
-                                           self.clock.mono_ms())
-            assert seq is not None
-            seqs.append(seq)
-        self.outbox.commit()
-        return seqs
-
-    def depth(self) -> int:
-        return self.outbox.stats().depth
-
-    def close(self) -> None:
-        self.uplink.stop()
-        self.outbox.close()
-        self.state.close()
-
-
-@pytest.fixture
-def responder(broker: MosquittoBroker) -> Iterator[Responder]:
-    r = Responder(broker.url).start()
-    yield r
-    r.stop()
+from tests.agent.uplinkkit import Device
+from tests.harness.waiting import within
 
 
 @pytest.fixture
@@ -209,9 +142,7 @@ def test_bad_credentials_stop_the_uplink_with_a_clear_error(tmp_path: Path) -> N
                         username="dev", password="wrong")
         device.write(3)
         device.uplink.start()
-        deadline = time.monotonic() + 30
-        while not device.uplink.failed and time.monotonic() < deadline:
-            time.sleep(0.05)
+        within(lambda: device.uplink.failed, 30, every_s=0.05)
         status = device.uplink.status()
         assert status.state == "failed"
         assert status.error is not None

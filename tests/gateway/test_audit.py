@@ -6,7 +6,6 @@ someone else) fails."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from protocol.keys import SigningKey
 from tests.gateway.conftest import RunningGateway
 from tests.gateway.contractkit import Parties, key_epoch, submitted
 from tests.gateway.gwkit import DeviceClient
+from tests.harness.waiting import eventually
 from verifier.audit import build_audit
 from verifier.cli import main as verify_main
 from verifier.client import DocumentClient
@@ -29,10 +29,7 @@ Capture = pytest.CaptureFixture[str]
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
+    eventually(predicate, "the condition", timeout)
 
 
 def _story(gateway: RunningGateway, devices: DeviceClient) -> tuple[Parties, Document, int]:

@@ -4,7 +4,6 @@ expiry, a store from before owners had keys, and the bounds of policy delivery."
 from __future__ import annotations
 
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from protocol.delivery import PolicyDelivery
 from protocol.documents import sign_document
 from protocol.keys import OwnerKey, RecipientKey, SigningKey
 from protocol.reasons import DocumentReason
+from tests.harness.waiting import eventually
 
 HOUR = 3_600_000
 T0 = 1_800_000_000_000
@@ -100,10 +100,7 @@ def test_courier_bounds_pending_syncs_and_answers_a_flood_once(tmp_path: Path) -
     assert dropped == 1
     courier.start()
     try:  # wait until both pending devices are answered
-        end = time.monotonic() + 10
-        while len(sent) < 2:
-            assert time.monotonic() < end, "courier did not answer"
-            time.sleep(0.01)
+        eventually(lambda: len(sent) >= 2, "the courier's answers", 10, every_s=0.01)
     finally:
         courier.stop()
     assert len(sent) == 2

@@ -7,7 +7,6 @@ device drops the grant at once; the audit shows all of it from logged leaves."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from protocol.signed import parse_signed_record
 from tests.gateway.conftest import RunningGateway
 from tests.gateway.contractkit import ADMIN, HOUR_MS, now_ms, submitted
 from tests.gateway.gwkit import RATE
+from tests.harness.waiting import eventually
 from verifier.audit import build_audit
 from verifier.client import DocumentClient
 from verifier.recipient import open_records
@@ -41,10 +41,7 @@ class NtpSyncedClock(SystemClock):
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.05)
+    eventually(predicate, "the condition", timeout, every_s=0.05)
 
 
 def test_company_reads_temperature_only_until_the_owner_revokes_and_the_audit_shows_it(

@@ -10,7 +10,6 @@ transactions from the anchor's sender.
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,6 +31,7 @@ from protocol.keys import write_secret_file
 from tests.checkpoint_notes import Notes, make_notes
 from tests.gateway.conftest import start_gateway
 from tests.gateway.gwkit import DeviceClient, TestDevice, register, write_gateway_files
+from tests.harness.waiting import eventually
 
 CHAIN_ID = 1337
 # Runtime code PUSH1 0 PUSH1 0 REVERT, behind init code that copies and returns it.
@@ -472,15 +472,14 @@ interval_s = 0.2
 
 
 def wait_for_anchor(base_url: str, size: int, timeout: float = 60.0) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def anchor() -> dict[str, object] | None:
         response = httpx.get(f"{base_url}/v1/anchors", params={"size": size})
         if response.status_code == 200:
             body: dict[str, object] = response.json()
             return body
         assert response.status_code == 404, response.text
-        time.sleep(0.1)
-    raise AssertionError(f"no anchor covering size {size} within {timeout} s")
+        return None
+    return eventually(anchor, f"an anchor covering size {size}", timeout, every_s=0.1)
 
 
 def test_gateway_on_the_wrong_chain_exits_with_one_line(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import random
 import signal
 import sqlite3
@@ -14,11 +13,10 @@ import httpx
 from firmware_sim.broker import MosquittoBroker, free_port
 from firmware_sim.procs import GatewayProcess
 from protocol.note import NoteVerifier
-from protocol.receipt import Receipt, Status, hash_prefix
+from tests.gateway.crashkit import Publisher, check_receipts, resend_unanswered
 from tests.gateway.gwkit import (
     DeviceClient,
     TestDevice,
-    batch_bytes,
     check_checkpoints,
     register,
     write_gateway_files,
@@ -26,25 +24,7 @@ from tests.gateway.gwkit import (
 
 REPO = Path(__file__).resolve().parents[2]
 KILLS = 10
-RECORDS_PER_BATCH = 10
 BURST_BATCHES = 20  # per device and kill: 600 records
-
-
-class Publisher:
-    """Devices sending bursts of batches (each device's batches in chain order)."""
-
-    def __init__(self, client: DeviceClient, fleet: list[TestDevice]) -> None:
-        self.client, self.fleet = client, fleet
-        self.sent: dict[tuple[bytes, int], list[bytes]] = {}
-        self._ids = itertools.count(1)
-
-    def burst(self, batches_per_device: int) -> None:
-        for _ in range(batches_per_device):
-            batch_id = next(self._ids)
-            for dev in self.fleet:
-                records = dev.records(RECORDS_PER_BATCH)
-                self.sent[(dev.device_id, batch_id)] = records
-                self.client.send(dev, records, batch_id)
 
 
 def test_kill9_loses_nothing_and_never_forks(broker: MosquittoBroker, tmp_path: Path) -> None:
@@ -74,24 +54,11 @@ def test_kill9_loses_nothing_and_never_forks(broker: MosquittoBroker, tmp_path: 
 
     # Devices resend every batch they have no receipt for (a receipt may die with the
     # gateway); the resend must be answered with the original leaves.
-    answered = {(r.device_id, r.batch_id) for r in list(client.receipts)}
-    for (device_id, batch_id), records in sorted(publisher.sent.items()):
-        if (device_id, batch_id) not in answered:
-            client.publish(device_id, batch_bytes(records, batch_id))
-    print(f"t={time.monotonic() - t0:.1f} resent {len(publisher.sent) - len(answered)}")
+    resent = resend_unanswered(client, publisher)
+    print(f"t={time.monotonic() - t0:.1f} resent {resent}")
     for key in sorted(publisher.sent):
         client.wait_for(*key, timeout=60)
-    receipts: dict[tuple[bytes, int], list[Receipt]] = {}
-    for receipt in list(client.receipts):
-        receipts.setdefault((receipt.device_id, receipt.batch_id), []).append(receipt)
-    leaf_of: dict[bytes, int] = {}
-    for key, records in sorted(publisher.sent.items()):
-        for receipt in receipts[key]:
-            notes.add(receipt.checkpoint)
-            for raw, outcome in zip(records, receipt.outcomes, strict=True):
-                assert outcome.status in (Status.ACCEPTED, Status.DUPLICATE), outcome
-                assert outcome.hash_prefix == hash_prefix(raw)
-                assert leaf_of.setdefault(raw, outcome.leaf_index) == outcome.leaf_index
+    leaf_of = check_receipts(client, publisher, notes)
     print(f"t={time.monotonic() - t0:.1f} receipts checked")
 
     assert gateway.stop(timeout_s=30) == 0  # graceful stop: final checkpoint, exit 0

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,16 +15,15 @@ from firmware_sim.broker import MosquittoBroker, free_port
 from firmware_sim.procs import GatewayProcess
 from gateway.pg_store import PostgresLogStore
 from protocol.note import NoteVerifier
-from protocol.receipt import Receipt, Status, hash_prefix
+from tests.gateway.crashkit import Publisher, answered, check_receipts, resend_unanswered
 from tests.gateway.gwkit import (
     DeviceClient,
     TestDevice,
-    batch_bytes,
     check_checkpoints,
     register,
     write_gateway_files,
 )
-from tests.gateway.test_gateway_crash import Publisher
+from tests.harness.waiting import eventually
 from tests.pg import PostgresCluster
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,10 +33,7 @@ WAIT_S = 60.0  # a bound for a loaded machine; every wait returns as soon as its
 
 
 def _wait(what: str, condition: Callable[[], bool], timeout_s: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+    eventually(condition, what, timeout_s, every_s=0.05)
 
 
 def _role(gateway: GatewayProcess) -> str | None:
@@ -136,9 +131,9 @@ def test_kill9_of_sequencer_or_verifier_forks_nothing_and_loses_nothing(
         signed_before = _checkpoint_size(last)  # nothing larger can come from the others
         sequencer.start()
         publisher.burst(2)  # records that only the last sequencer can log and sign
-        _resend_unanswered(client, publisher)
+        resend_unanswered(client, publisher)
         _wait_all_answered(client, publisher)
-        leaf_of = _check_receipts(client, publisher, notes)
+        leaf_of = check_receipts(client, publisher, notes)
         _wait("a checkpoint of the whole log from the last sequencer",
               lambda: _checkpoint_size(last) >= len(leaf_of) > signed_before)
         notes.update(_notes(last))
@@ -162,38 +157,8 @@ def _notes(gateway: GatewayProcess) -> set[str]:
                                          params={"limit": 1000}).json()}
 
 
-def _answered(client: DeviceClient) -> set[tuple[bytes, int]]:
-    return {(r.device_id, r.batch_id) for r in list(client.receipts)}
-
-
 def _wait_all_answered(client: DeviceClient, publisher: Publisher) -> None:
-    _wait("a receipt for every batch", lambda: set(publisher.sent) <= _answered(client))
-
-
-def _resend_unanswered(client: DeviceClient, publisher: Publisher) -> None:
-    """What a device does for a batch it has no receipt for (the receipt may have died)."""
-    answered = _answered(client)
-    for (device_id, batch_id), records in sorted(publisher.sent.items()):
-        if (device_id, batch_id) not in answered:
-            client.publish(device_id, batch_bytes(records, batch_id))
-
-
-def _check_receipts(client: DeviceClient, publisher: Publisher,
-                    notes: set[str]) -> dict[bytes, int]:
-    """Every receipt accepts (or repeats) each record at one leaf index; return them."""
-    receipts: dict[tuple[bytes, int], list[Receipt]] = {}
-    for receipt in list(client.receipts):
-        receipts.setdefault((receipt.device_id, receipt.batch_id), []).append(receipt)
-    leaf_of: dict[bytes, int] = {}
-    for key, records in sorted(publisher.sent.items()):
-        for receipt in receipts[key]:
-            notes.add(receipt.checkpoint)
-            for raw, outcome in zip(records, receipt.outcomes, strict=True):
-                assert outcome.status in (Status.ACCEPTED, Status.DUPLICATE), outcome
-                assert outcome.hash_prefix == hash_prefix(raw)
-                assert outcome.leaf_index is not None
-                assert leaf_of.setdefault(raw, outcome.leaf_index) == outcome.leaf_index
-    return leaf_of
+    _wait("a receipt for every batch", lambda: set(publisher.sent) <= answered(client))
 
 
 def _check_log(postgres: PostgresCluster, dbname: str,

@@ -37,6 +37,7 @@ from tests.gateway.gwkit import (
     register,
     write_gateway_files,
 )
+from tests.harness.waiting import eventually
 
 FLOOD_RECORDS = 1000  # records per flood batch, as in the measurement
 
@@ -81,10 +82,7 @@ def _dropped(stats: dict[str, object], device: TestDevice) -> dict[str, int]:
 
 
 def _wait(condition: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+    eventually(condition, what, timeout, every_s=0.05)
 
 
 def _receipts_of(devices: DeviceClient, device: TestDevice) -> list[Receipt]:

@@ -4,7 +4,6 @@ are logged in PostgreSQL, survive a kill -9 of the gateway, and the verifier ver
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
 import httpx
@@ -15,6 +14,7 @@ from firmware_sim.procs import GatewayProcess
 from gateway.pg_store import PostgresLogStore
 from protocol.receipt import Status
 from tests.gateway.gwkit import DeviceClient, TestDevice, batch_bytes, register, write_gateway_files
+from tests.harness.waiting import eventually
 from tests.pg import PostgresCluster
 from verifier.cli import main as verify
 
@@ -22,13 +22,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _wait_for_checkpoint(base_url: str, size: int, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def covered() -> bool:
         response = httpx.get(f"{base_url}/v1/checkpoint")
-        if response.status_code == 200 and int(response.text.split("\n")[1]) >= size:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"no checkpoint covering {size} records")
+        return response.status_code == 200 and int(response.text.split("\n")[1]) >= size
+    eventually(covered, f"a checkpoint covering {size} records", timeout_s, every_s=0.1)
 
 
 def test_gateway_on_postgresql_logs_records_across_kill9_and_they_verify(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from gateway.service import open_store
 from gateway.store import NewLeaf
 from protocol import merkle
 from protocol.errors import ConfigError, KeyFileError, StorageError
+from tests.harness.waiting import eventually
 from tests.pg import PostgresCluster
 
 HEAD = '[gateway]\ndata_dir = "d"\nkey_file = "k"\nadmin_token_file = "t"\n' \
@@ -203,12 +203,10 @@ def test_writer_killed_without_closing_releases_the_log_to_the_next_one(
 
     waiter = threading.Thread(target=open_second)
     waiter.start()
-    deadline = time.monotonic() + 60
-    while not postgres.execute_as_admin(
-            "postgres", "SELECT 1 FROM pg_stat_activity WHERE datname = %s "
-            "AND wait_event_type = 'Lock' AND wait_event = 'advisory'", (pg_database,)):
-        assert time.monotonic() < deadline, "the second writer never waited for the lock"
-        time.sleep(0.02)
+    eventually(lambda: postgres.execute_as_admin(
+        "postgres", "SELECT 1 FROM pg_stat_activity WHERE datname = %s "
+        "AND wait_event_type = 'Lock' AND wait_event = 'advisory'", (pg_database,)),
+        "the second writer waiting for the lock", 60)
     # The first process dies (its sessions end without a goodbye): only the lock waiter stays.
     postgres.execute_as_admin(
         "postgres", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "

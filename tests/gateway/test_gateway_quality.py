@@ -7,7 +7,6 @@ attestation for the window, oversized) is refused with a reason, counted, changi
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from provisioning.sites import Site, SiteSensor, render
 from tests.gateway.conftest import RunningGateway
 from tests.gateway.contractkit import ADMIN, PolicyListener, rejections, submit, submitted
 from tests.gateway.gwkit import DeviceClient, TestDevice, register
+from tests.harness.waiting import eventually
 from validator import SensorSpec, SiteSpec, SiteValidator
 from validator.attest import attestation_for, sign_attestation
 from validator.cli import main as validator_main
@@ -256,13 +256,11 @@ def test_state_file_of_other_settings_or_open_to_others_is_refused_and_changes_n
 
 
 def wait_for_checkpoint_over(base_url: str, index: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
+    def covered() -> bool:
         listed = httpx.get(f"{base_url}/v1/checkpoints").json()
-        if listed and max(c["size"] for c in listed) > index:
-            return
-        assert time.monotonic() < deadline, f"no checkpoint covers leaf {index}"
-        time.sleep(0.2)  # polling the condition: the gateway signs on its own interval
+        return bool(listed) and max(c["size"] for c in listed) > index
+    # polling the condition: the gateway signs on its own interval
+    eventually(covered, f"a checkpoint covering leaf {index}", timeout, every_s=0.2)
 
 
 def test_verify_shows_the_verdicts_covering_a_record_with_proofs_offline(

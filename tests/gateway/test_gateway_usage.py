@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import time
+from typing import Any
 
 import httpx
 
@@ -14,6 +14,7 @@ from protocol.note import NoteVerifier
 from protocol.receipt import Status
 from protocol.record import credit_micro
 from tests.gateway.gwkit import RATE, TestDevice, register
+from tests.harness.waiting import eventually
 
 
 def outcome_codes(receipt) -> list[object]:
@@ -64,12 +65,12 @@ def test_balances_per_owner_are_covered_by_the_checkpoint(gateway, devices) -> N
                 "carol": credit_micro(2_700_000, RATE)}
     # wait for a checkpoint that covers all three usage records
     verifier = NoteVerifier.from_text(gateway.verifier)
-    deadline = time.monotonic() + 60  # a bound for a slow machine, not an expected time
-    while True:
-        body = httpx.get(f"{gateway.base_url}/v1/balances").json()
-        if body["checkpoint_size"] == 3 or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+    def balances() -> dict[str, Any] | None:
+        body: dict[str, Any] = httpx.get(f"{gateway.base_url}/v1/balances").json()
+        return body if body["checkpoint_size"] == 3 else None
+    # 60 s: a bound for a slow machine, not an expected time
+    body = eventually(balances, "a checkpoint covering the three usage records", 60,
+                      every_s=0.05)
     assert {b["owner"]: b["balance_micro"] for b in body["checkpointed"]} == expected
     assert {b["owner"]: b["balance_micro"] for b in body["current"]} == expected
     table = bytes.fromhex(body["checkpointed_cbor"])

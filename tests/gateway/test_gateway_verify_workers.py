@@ -32,6 +32,7 @@ from gateway.verify_pool import VerifyPool
 from protocol import reasons
 from protocol.batch import records_topic
 from protocol.receipt import Receipt, Status
+from tests.gateway.crashkit import Publisher
 from tests.gateway.gwkit import (
     RATE,
     START_WALL_MS,
@@ -42,7 +43,7 @@ from tests.gateway.gwkit import (
     register,
     write_gateway_files,
 )
-from tests.gateway.test_gateway_crash import REPO, Publisher
+from tests.gateway.test_gateway_crash import REPO
 from tests.gateway.test_gateway_crash import _check_log as check_log
 from tests.harness.waiting import eventually
 
@@ -227,14 +228,12 @@ def _verify_workers(gateway_pid: int) -> set[int]:
 
 def _wait_for_fresh_workers(gateway_pid: int, seen: set[int]) -> list[int]:
     """Two workers that were not there before (the pool replaced the killed set)."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        fresh = _verify_workers(gateway_pid) - seen
-        if len(fresh) >= 2:
-            seen.update(fresh)
-            return sorted(fresh)
-        time.sleep(0.05)
-    raise AssertionError("the gateway did not start two new verify workers")
+    def fresh() -> set[int] | None:
+        new = _verify_workers(gateway_pid) - seen
+        return new if len(new) >= 2 else None
+    new = eventually(fresh, "the gateway starting two new verify workers", 60, every_s=0.05)
+    seen.update(new)
+    return sorted(new)
 
 
 def test_kill9_of_a_verify_worker_under_load_loses_and_duplicates_nothing(

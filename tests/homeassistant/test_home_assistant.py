@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -33,6 +32,7 @@ from protocol.keys import OwnerKey, RecipientKey, load_device_key
 from protocol.payout_notice import PayoutNotice
 from tests.agent.notice_server import NoticeServer
 from tests.agent.responder import RATE, Responder
+from tests.harness.waiting import within
 from verifier.client import LoggedRecord
 from verifier.recipient import open_records
 
@@ -64,14 +64,19 @@ class HomeAssistant:
 
     def wait_for(self, what: str, predicate: Callable[[Snapshot], bool],
                  timeout_s: float = 90.0) -> Snapshot:
-        deadline = time.monotonic() + timeout_s
-        while True:
+        snap = self.latest
+
+        def shown() -> bool:
+            nonlocal snap
             snap = self.latest
             if "states" in snap and predicate(snap):
-                return snap
-            if self.proc.poll() is not None or time.monotonic() > deadline:
+                return True
+            if self.proc.poll() is not None:
                 pytest.fail(f"Home Assistant never showed {what}; last: {snap}")
-            time.sleep(0.1)
+            return False
+        if not within(shown, timeout_s, every_s=0.1):
+            pytest.fail(f"Home Assistant never showed {what}; last: {snap}")
+        return snap
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)

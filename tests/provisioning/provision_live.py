@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import secrets
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from protocol.note import NoteVerifier
 from provisioning import fleet as fleet_mod
 from provisioning.broker import add_gateway_user
 from provisioning.cli import main
+from tests.harness.waiting import eventually
 from tests.provisioning.provision_probe import Probe, connect
 
 WATCHER_USER = "watcher"
@@ -132,11 +132,10 @@ def gateway_probe(live: LiveFleet, timeout: float = 30.0) -> Probe:
     makes the user name the client id). Retries while the broker applies the reload that
     added the user."""
     user, password = live.watcher_login()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def accepted() -> Probe | None:
         probe = connect(live.broker.port, user, password, client_id=user)
         if probe.connack is not None and not probe.connack.is_failure:
             return probe
         probe.close()
-        time.sleep(0.05)
-    raise AssertionError(f"{user} never accepted by the broker")
+        return None
+    return eventually(accepted, f"the broker accepting {user}", timeout, every_s=0.05)

@@ -18,6 +18,7 @@ from protocol.receipt import Receipt, Status
 from protocol.record import GENESIS_PREV, Measurement, Record, Values
 from protocol.signed import sign_record
 from provisioning.devices_store import BROKER_PASSWORD, DEVICE_KEY, bundle_dir, load_record
+from tests.harness.waiting import within
 from tests.provisioning.provision_live import LiveFleet, gateway_probe, set_fleet_option
 from tests.provisioning.provision_probe import REFUSED, Probe, connect
 
@@ -34,12 +35,7 @@ def add_device(live: LiveFleet, name: str) -> tuple[str, str]:
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = SETTLE_S) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
+    return within(predicate, timeout, every_s=0.05)
 
 
 def connect_when_accepted(live: LiveFleet, user: str, password: str) -> Probe:

@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +21,7 @@ import pytest
 import requests
 
 from provisioning.devices_store import AGENT_CONFIG, BROKER_PASSWORD, ETC, STATE, bundle_dir
+from tests.harness.waiting import within
 from tests.provisioning.provision_live import LiveFleet
 
 RECORDS_WAIT_S = 60.0  # a bound for a slow, loaded machine; waits return at once
@@ -63,14 +63,16 @@ def logged_records(live: LiveFleet, device_id: str) -> int:
 
 def wait_for_records(live: LiveFleet, device_id: str, proc: subprocess.Popen[bytes],
                      log: Path) -> int:
-    deadline = time.monotonic() + RECORDS_WAIT_S
-    while time.monotonic() < deadline:
+    count = 0
+
+    def logged() -> bool:
+        nonlocal count
         assert proc.poll() is None, f"agent exited: {log.read_text()[-3000:]}"
         count = logged_records(live, device_id)
-        if count:
-            return count
-        time.sleep(0.2)
-    raise AssertionError(f"no records logged; agent log: {log.read_text()[-3000:]}")
+        return count > 0
+    assert within(logged, RECORDS_WAIT_S, every_s=0.2), \
+        f"no records logged; agent log: {log.read_text()[-3000:]}"
+    return count
 
 
 @pytest.fixture
@@ -107,9 +109,7 @@ def test_enrolled_device_keeps_its_key_and_is_cut_off_by_revoke(
         assert live_fleet.run("device", "revoke", "e2e-enrolled") == 0
         # The broker drops the connection on reload and refuses the credential from then
         # on; the agent treats that as permanent and stops its uplink (no hammering).
-        deadline = time.monotonic() + RECORDS_WAIT_S
-        while "UPLINK STOPPED" not in log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        within(lambda: "UPLINK STOPPED" in log.read_text(), RECORDS_WAIT_S, every_s=0.1)
         stopped = [line for line in log.read_text().splitlines() if "UPLINK STOPPED" in line]
         assert stopped, log.read_text()[-3000:]
         assert "Not authorized" in stopped[0], log.read_text()[-3000:]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import stat
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ from rewards.documents import BASE_UNITS_PER_MICRO, WalletBinding, owner_name
 from rewards.ethkey import load_eth_key
 from tests.gateway.conftest import RunningGateway
 from tests.gateway.gwkit import RATE, DeviceClient, TestDevice, register
+from tests.harness.waiting import eventually
 from tests.rewards.conftest import KEYS
 from verifier.cli import main as verify_main
 
@@ -62,13 +62,7 @@ def binding(key: SigningKey, owner: SigningKey, address: str, chain_id: int) -> 
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    return eventually(check, what, timeout, every_s=0.1)
 
 
 def notice_of(base: str, owner: OwnerKey, verifier: str) -> tuple[int, int | None, int | None]:

@@ -20,6 +20,7 @@ from protocol.record import Measurement, Record, Values
 from protocol.sealing import new_key_epoch, seal_values
 from tests.gateway.conftest import RunningGateway, start_gateway
 from tests.gateway.gwkit import DeviceClient, TestDevice, register, write_gateway_files
+from tests.harness.waiting import eventually
 from verifier.cli import Waiting
 from verifier.cli import main as verify
 
@@ -75,13 +76,10 @@ def _populate(gateway: RunningGateway, client: DeviceClient, tmp: Path) -> World
 
 
 def _wait_for_checkpoint(base_url: str, size: int) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+    def covered() -> bool:
         response = httpx.get(f"{base_url}/v1/checkpoint")
-        if response.status_code == 200 and int(response.text.split("\n")[1]) >= size:
-            return
-        time.sleep(0.1)
-    raise AssertionError("no checkpoint covering the records")
+        return response.status_code == 200 and int(response.text.split("\n")[1]) >= size
+    eventually(covered, "a checkpoint covering the records", 20, every_s=0.1)
 
 
 def test_logged_record_verifies_and_its_bundle_verifies_offline(
