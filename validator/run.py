@@ -3,8 +3,13 @@ every complete window, sign and submit one attestation per window.
 
 The validator fetches each sensor's records from the gateway, verifies and opens them with
 its X25519 key (the recipient code of :mod:`verifier.recipient`: a record whose signature
-fails is never opened), keeps the readings of the site's field made with a synchronised
-clock, and judges the windows in order with one :class:`~validator.site.SiteValidator`.
+fails is never opened): those of the site's stream (a validator the device seals that stream
+to, e.g. the owner's hub) and of its derived streams ``<stream>~<consent tag>`` under every
+logged consent that names the validator's key, the device and the stream (a company the
+owner consented to, docs/PROTOCOL.md §5.5; found with the device's documents), keeps the
+readings of the site's field made with a synchronised clock (one per reading: a reading on
+two streams counts once), and judges the windows in order with one
+:class:`~validator.site.SiteValidator`.
 An attestation is signed with ``issued_ms`` = its window's end, so judging the same log
 again gives the same bytes and the gateway answers "already logged": a rerun is harmless.
 Everything not used is counted by reason in :class:`Outcome`.
@@ -29,8 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from protocol.documents import Document
-from protocol.errors import ConfigError
+from protocol.contract import CONSENT, Consent
+from protocol.documents import Document, verify_document
+from protocol.errors import ConfigError, EdgeproofError
+from protocol.grants import derived_stream
 from protocol.keys import RecipientKey, SigningKey, read_secret_file, write_secret_file
 from protocol.record import KEYS_STREAM
 from validator.attest import attestation_for, sign_attestation
@@ -68,12 +75,14 @@ def collect(client: DocumentClient, site: SiteFile, key: RecipientKey, out: Outc
         logged = client.all_device_records(device_id)
         last = (after or {}).get(name, -1)
         index = {r.seq: r.index for r in logged}
-        opener = Opener(client.device_keys(device_id), key, {site.stream})
+        streams = {site.stream, *consented_streams(client, device_id, site.stream, key)}
+        opener = Opener(client.device_keys(device_id), key, streams)
         opener.feed([r for r in logged if r.seq <= last and r.stream == KEYS_STREAM])
         mine = readings.setdefault(name, [])
         fetched = seqs.setdefault(name, []) if seqs is not None else []
         new = [r for r in logged if r.seq > last]
         fetched += [(r.seq, -math.inf) for r in new]
+        seen: set[int] = set()
         for opened in opener.feed(new):
             if opened.status not in {"decrypted", "plaintext"}:
                 out.skipped[opened.status] += 1
@@ -82,9 +91,33 @@ def collect(client: DocumentClient, site: SiteFile, key: RecipientKey, out: Outc
             if not values or not opened.clock_synced:
                 out.skipped["no_value" if not values else "clock_unsynced"] += 1
                 continue
+            if opened.wall_ms in seen:  # one reading on two streams (two consents, say)
+                out.skipped["same_reading"] += 1
+                continue
+            seen.add(opened.wall_ms)
             mine.append((opened.wall_ms / 1000, float(values[0].value), index[opened.seq]))
             fetched.append((opened.seq, opened.wall_ms / 1000))
     return readings
+
+
+def consented_streams(client: DocumentClient, device_id: bytes, stream: str,
+                      key: RecipientKey) -> list[str]:
+    """The derived streams of ``stream`` on ``device_id`` the logged consents give ``key``
+    (each consent's signature checked; one that fails is skipped). A derived record opens
+    only if the device applied the consent, whatever is listed here."""
+    out = []
+    for logged in client.device_documents(device_id):
+        try:
+            doc = verify_document(logged.raw)
+        except EdgeproofError:
+            continue
+        body = doc.body
+        if doc.type != CONSENT or not isinstance(body, Consent):
+            continue
+        if body.recipient == key.public_key and device_id in body.devices and \
+                stream in {s for s, _ in body.terms.streams}:
+            out.append(derived_stream(stream, doc.id))
+    return out
 
 
 def judge(site: SiteFile, readings: Readings, now_s: float,
