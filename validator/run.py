@@ -45,7 +45,7 @@ from validator.model import Thresholds, WindowVerdict
 from validator.site import SiteValidator
 from validator.sites import SiteFile
 from verifier.client import DocumentClient, DocumentRefusedByGateway
-from verifier.recipient import Opener
+from verifier.recipient import Opened, Opener
 
 Readings = dict[str, list[tuple[float, float, int]]]  # sensor -> (wall_s, value, leaf index)
 STATE_FORMAT = "edgeproof-validator-state/1"
@@ -83,7 +83,9 @@ def collect(client: DocumentClient, site: SiteFile, key: RecipientKey, out: Outc
         new = [r for r in logged if r.seq > last]
         fetched += [(r.seq, -math.inf) for r in new]
         seen: set[int] = set()
-        for opened in opener.feed(new):
+        batch = opener.feed(new)
+        _require_readable(site, name, batch, consented=len(streams) > 1)
+        for opened in batch:
             if opened.status not in {"decrypted", "plaintext"}:
                 out.skipped[opened.status] += 1
                 continue
@@ -98,6 +100,19 @@ def collect(client: DocumentClient, site: SiteFile, key: RecipientKey, out: Outc
             mine.append((opened.wall_ms / 1000, float(values[0].value), index[opened.seq]))
             fetched.append((opened.seq, opened.wall_ms / 1000))
     return readings
+
+
+def _require_readable(site: SiteFile, name: str, batch: list[Opened], *,
+                      consented: bool) -> None:
+    """ConfigError if none of a sensor's records can be read by this key and no consent
+    gives it a derived stream: judging the sensor would only see a dropout (and soon call
+    it faulty) where the validator is simply not granted the values."""
+    statuses = {o.status for o in batch}
+    if not consented and "not_granted" in statuses and \
+            not statuses & {"decrypted", "plaintext"}:
+        raise ConfigError(f"site {site.spec.name}: device {name} seals its {site.stream} "
+                          "records to other keys and no logged consent gives this key a "
+                          "derived stream of it: the validator cannot read that sensor")
 
 
 def consented_streams(client: DocumentClient, device_id: bytes, stream: str,
