@@ -84,7 +84,7 @@ def collect(client: DocumentClient, site: SiteFile, key: RecipientKey, out: Outc
         fetched += [(r.seq, -math.inf) for r in new]
         seen: set[int] = set()
         batch = opener.feed(new)
-        _require_readable(site, name, batch, consented=len(streams) > 1)
+        _require_readable(site, name, batch)
         for opened in batch:
             if opened.status not in {"decrypted", "plaintext"}:
                 out.skipped[opened.status] += 1
@@ -102,17 +102,16 @@ def collect(client: DocumentClient, site: SiteFile, key: RecipientKey, out: Outc
     return readings
 
 
-def _require_readable(site: SiteFile, name: str, batch: list[Opened], *,
-                      consented: bool) -> None:
-    """ConfigError if none of a sensor's records can be read by this key and no consent
-    gives it a derived stream: judging the sensor would only see a dropout (and soon call
-    it faulty) where the validator is simply not granted the values."""
+def _require_readable(site: SiteFile, name: str, batch: list[Opened]) -> None:
+    """ConfigError if a sensor's new records are sealed to other keys and this key can read
+    none of them (no consent to it, or none the device applies any more): judging the sensor
+    would only see a dropout (and soon call it faulty) where the validator is simply not
+    granted the values."""
     statuses = {o.status for o in batch}
-    if not consented and "not_granted" in statuses and \
-            not statuses & {"decrypted", "plaintext"}:
-        raise ConfigError(f"site {site.spec.name}: device {name} seals its {site.stream} "
-                          "records to other keys and no logged consent gives this key a "
-                          "derived stream of it: the validator cannot read that sensor")
+    if "not_granted" in statuses and not statuses & {"decrypted", "plaintext"}:
+        raise ConfigError(f"site {site.spec.name}: this key can read none of device {name}'s "
+                          f"new {site.stream} records (sealed to other keys, and no consent "
+                          "to it that the device applies): the validator cannot judge it")
 
 
 def consented_streams(client: DocumentClient, device_id: bytes, stream: str,
