@@ -6,7 +6,8 @@ the company's keys finds the derived streams, judges the site and its faulty ver
 logged (and counts in the payout's quality rule when the operator trusts it); without a
 consent for one sensor that sensor's leaves are ``not_readable`` and nothing is logged;
 a leaf of a device outside the site, read under the company's own consent for it, is
-refused under a site sensor's verdict, and the validator never reads such a device."""
+refused under a site sensor's verdict, and the validator never reads such a device; after a
+revocation the validator stops with one line rather than judge the sensor a dropout."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import httpx
 import pytest
 
 from gateway.payout_gating import IncrementalGating
-from protocol.contract import Consent, DataRequest, Terms
+from protocol.contract import Consent, DataRequest, Revocation, Terms
 from protocol.documents import Document, parse_document, sign_document
 from protocol.grants import derived_stream
 from protocol.keys import (
@@ -248,3 +249,27 @@ def test_leaves_of_a_device_outside_the_site_are_refused(
     out = json.loads(capsys.readouterr().out)
     assert outsider.device_id.hex() not in out["states"]
     assert gateway.service.store.size() == size + out["logged"]
+
+
+def test_after_a_revocation_the_validator_stops_rather_than_judge_a_dropout(
+        gateway: RunningGateway, devices: DeviceClient, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    company = make_company(gateway.base_url, devices)
+    argv = [*validator_argv(company, gateway, tmp_path), "--state", str(tmp_path / "s")]
+    assert validator_main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["logged"] == 4
+    revoked = company.devices[2]
+    submitted(gateway.base_url, sign_document(
+        Revocation(company.consents[revoked.device_id].id, 1, "owner"),
+        company.owner.signing, T0_MS))
+    # the device applies it: a new key epoch without the derived stream, base readings only
+    body, keys = new_key_epoch(revoked.device_id, revoked.seq,
+                               {"climate": [company.owner.sealing_public_key]})
+    batch = [revoked.next(body, stream=KEYS_STREAM, advance_ms=0).raw]
+    batch += [reading(revoked, keys, "climate", 230, advance=True) for _ in range(6)]
+    devices.send(revoked, batch, batch_id=3)
+    devices.wait_for(revoked.device_id, 3)
+    size = gateway.service.store.size()
+    assert validator_main(argv) == 2
+    assert f"device {revoked.device_id.hex()}" in capsys.readouterr().err
+    assert gateway.service.store.size() == size
