@@ -104,7 +104,8 @@ def test_miscalibrated_agent_is_attested_faulty_and_its_owner_sees_it(
         assert validator_main(["once", "--site", str(site), "--gateway", gateway.url,
                                "--signing-key", str(tmp_path / "hub.sign"),
                                "--recipient-key", str(tmp_path / "hub.key"),
-                               "--window-s", "24", "--bucket-s", "6", "--json"]) == 0
+                               "--window-s", "24", "--bucket-s", "6", "--settle-s", "0",
+                               "--json"]) == 0
         outcome = json.loads(capsys.readouterr().out)
         assert outcome["logged"] >= 3
         assert outcome["refused"] == {}
