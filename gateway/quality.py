@@ -4,13 +4,16 @@ A validator is a registered recipient (``POST /v1/recipients``): its Ed25519 key
 attestation and its X25519 key is the one the attested records must be sealed to. The
 checks are :func:`protocol.quality.check_attestation`'s; this module supplies what the log
 says of each named leaf (device, stream, wall time, and the recipients of the key epoch a
-sealed record points to) and the attestation already logged for the same window slot.
+sealed record points to, and the consent it names for a derived stream), the logged
+consents a derived leaf is read under, and the attestation already logged for the same
+window slot.
 """
 
 from __future__ import annotations
 
 from gateway.store import LogStore, LogTransaction, NewDocument
-from protocol.documents import Document
+from protocol.contract import CONSENT, Consent
+from protocol.documents import Document, parse_document
 from protocol.errors import MalformedRecord
 from protocol.quality import (
     QUALITY,
@@ -32,7 +35,8 @@ def check_quality(store: LogStore, tx: LogTransaction, doc: Document, now: int
     ref = slot_ref(body.site, body.window_start_ms)
     previous = tx.document_by_ref(doc.signer, QUALITY, ref)
     check_attestation(doc, box_key, lambda index: leaf_facts(store, index),
-                      None if previous is None else previous.doc_id)
+                      None if previous is None else previous.doc_id,
+                      lambda consent_id: logged_consent(tx, consent_id))
     devices = tuple(s.device_id for s in body.sensors)
     return NewDocument(doc.id, doc.type, doc.signer, doc.raw, ref, 0, devices, now)
 
@@ -58,4 +62,14 @@ def leaf_facts(store: LogStore, index: int) -> LeafFacts | None:
     if not isinstance(epoch.body, KeyEpoch):
         return None
     kids = frozenset(g.recipient_kid for g in epoch.body.grants_for(leaf.stream))
-    return LeafFacts(leaf.device_id, leaf.stream, record.wall_ms, kids)
+    return LeafFacts(leaf.device_id, leaf.stream, record.wall_ms, kids,
+                     dict(epoch.body.consents).get(leaf.stream))
+
+
+def logged_consent(tx: LogTransaction, consent_id: bytes) -> Consent | None:
+    """The body of the consent logged as ``consent_id`` (None: no such consent)."""
+    stored = tx.document(consent_id)
+    if stored is None or stored.type != CONSENT:
+        return None
+    body = parse_document(stored.raw).body  # verified when it was logged
+    return body if isinstance(body, Consent) else None

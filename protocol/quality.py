@@ -6,8 +6,9 @@ the consensus value, and per sensor (a device) its state after the window, why t
 was bad, and the log indices of the records the verdict rests on.
 
 :func:`check_attestation` holds the rules a gateway applies against its log (the
-validator is registered, every leaf is a record of the named device and stream inside the
-window, the validator could read it, one attestation per validator, site and window);
+validator is registered, every leaf is a record of the named device and stream, or of a
+derived stream of it under a consent to the validator in force, inside the window, the
+validator could read it, one attestation per validator, site and window);
 they raise :class:`~protocol.errors.RejectedDocument` with a
 :class:`~protocol.reasons.DocumentReason`.
 """
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from protocol import cbor
+from protocol.contract import Consent
 from protocol.documents import (
     Document,
     register_body,
@@ -28,6 +30,7 @@ from protocol.documents import (
     require_uint,
 )
 from protocol.errors import MalformedRecord, RejectedDocument
+from protocol.grants import derived_stream
 from protocol.keys import DEVICE_ID_BYTES, recipient_kid
 from protocol.reasons import DocumentReason
 from protocol.record import MAX_STREAM_CHARS, Measurement
@@ -166,6 +169,7 @@ class LeafFacts:
     stream: str
     wall_ms: int
     sealed_to: frozenset[bytes] | None  # recipient kids of the record's key epoch; None: plain
+    consent: bytes | None = None  # the consent id its key epoch names for a derived stream
 
 
 def attestation_of(doc: Document) -> QualityAttestation:
@@ -184,14 +188,17 @@ def slot_ref(site: str, window_start_ms: int) -> bytes:
 
 def check_attestation(doc: Document, validator_box_key: bytes | None,
                       leaf: Callable[[int], LeafFacts | None],
-                      previous: bytes | None) -> QualityAttestation:
+                      previous: bytes | None,
+                      consent: Callable[[bytes], Consent | None] = lambda _: None
+                      ) -> QualityAttestation:
     """The gateway's rules for a verified quality attestation; return its body.
 
     ``validator_box_key``: the X25519 key registered for the signer as a validator (None:
     not registered). ``leaf(index)``: facts of a logged record, None if no such record.
     ``previous``: the id of the attestation this signer already logged for the same
-    :func:`slot_ref`, or None. Raises RejectedDocument (``unknown_signer``,
-    ``unknown_leaf``, ``not_readable``, ``outside_window``, ``conflicting``, ``duplicate``).
+    :func:`slot_ref`, or None. ``consent(id)``: the body of a logged consent, None if
+    there is none. Raises RejectedDocument (``unknown_signer``, ``unknown_leaf``,
+    ``not_readable``, ``outside_window``, ``conflicting``, ``duplicate``).
     """
     body = attestation_of(doc)
     if validator_box_key is None:
@@ -201,16 +208,45 @@ def check_attestation(doc: Document, validator_box_key: bytes | None,
         raise RejectedDocument(reason, f"{body.site} window {body.window_start_ms}")
     for sensor in body.sensors:
         for index in sensor.leaves:
-            _check_leaf(leaf(index), index, sensor.device_id, body, validator_box_key)
+            _check_leaf(leaf(index), index, sensor.device_id, body, validator_box_key,
+                        consent=consent)
     return body
 
 
 def _check_leaf(facts: LeafFacts | None, index: int, device_id: bytes,
-                body: QualityAttestation, box_key: bytes) -> None:
-    if facts is None or facts.device_id != device_id or facts.stream != body.stream:
+                body: QualityAttestation, box_key: bytes, *,
+                consent: Callable[[bytes], Consent | None]) -> None:
+    derived = facts is not None and facts.consent is not None and \
+        facts.stream == derived_stream(body.stream, facts.consent)
+    if facts is None or facts.device_id != device_id or \
+            not (facts.stream == body.stream or derived):
         raise RejectedDocument(DocumentReason.UNKNOWN_LEAF,
                                f"leaf {index} is no {body.stream} record of {device_id.hex()}")
-    if facts.sealed_to is not None and recipient_kid(box_key) not in facts.sealed_to:
+    if (facts.sealed_to is not None and recipient_kid(box_key) not in facts.sealed_to) or \
+            (derived and facts.sealed_to is None):
         raise RejectedDocument(DocumentReason.NOT_READABLE, f"leaf {index}")
+    if derived:
+        assert facts.consent is not None
+        _check_consent(consent(facts.consent), index, facts, body.stream, box_key)
     if not body.window_start_ms <= facts.wall_ms < body.window_end_ms:
         raise RejectedDocument(DocumentReason.OUTSIDE_WINDOW, f"leaf {index}")
+
+
+def _check_consent(granted: Consent | None, index: int, facts: LeafFacts, stream: str,
+                   box_key: bytes) -> None:
+    """A derived leaf is the validator's to attest only under a logged consent that names
+    the validator's key as recipient, the leaf's device and the base stream, and whose
+    period holds the reading (the key epoch naming it is the device's word that it was
+    applied, i.e. in force and not revoked, when the reading was sealed)."""
+    why = None
+    if granted is None:
+        why = "names no logged consent"
+    elif granted.recipient != box_key:
+        why = "is under a consent to another recipient"
+    elif facts.device_id not in granted.devices or \
+            stream not in {s for s, _ in granted.terms.streams}:
+        why = f"is under a consent not covering this device's {stream}"
+    elif not granted.terms.not_before_ms <= facts.wall_ms < granted.terms.not_after_ms:
+        why = "was read outside its consent's period"
+    if why is not None:
+        raise RejectedDocument(DocumentReason.NOT_READABLE, f"leaf {index} {why}")

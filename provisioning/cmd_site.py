@@ -28,6 +28,9 @@ def add_commands(groups: _Groups) -> None:
     add.add_argument("--field", required=True, help="the value judged, e.g. Cel or %%RH")
     add.add_argument("--validator", required=True, metavar="RECIPIENT",
                      help="the recipient that validates (every device must grant it)")
+    add.add_argument("--by-consent", action="store_true",
+                     help="the validator reads the sensors under their owners' consents "
+                     "(a company): do not require the devices to grant it")
     add.add_argument("--sensor", action="append", required=True, metavar="DEVICE[=ACCURACY]",
                      help="a device of the site (three or more), with its stated accuracy")
     add.add_argument("--accuracy", type=float, metavar="PLUS_MINUS",
@@ -46,7 +49,8 @@ def run_site_add(args: argparse.Namespace) -> int:
     sensors = [sites.parse_sensor(s, args.accuracy) for s in args.sensor]
     with fleet.changing(cfg):
         site = sites.add_site(cfg, args.name, stream=args.stream, field=args.field,
-                              validator=args.validator, sensors=sensors)
+                              validator=args.validator, sensors=sensors,
+                              by_consent=args.by_consent)
     if out.as_json:
         out.json({"name": site.name, "stream": site.stream, "field": site.field,
                   "validator": site.validator,

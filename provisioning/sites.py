@@ -55,10 +55,13 @@ def parse_sensor(text: str, default_accuracy: float | None) -> tuple[str, float]
 
 
 def add_site(fleet: FleetConfig, name: str, *, stream: str, field: str, validator: str,
-             sensors: Sequence[tuple[str, float]]) -> Site:
+             sensors: Sequence[tuple[str, float]], by_consent: bool = False) -> Site:
     """Declare a site; return it. ConfigError for a bad or taken name, an unknown device, a
     device listed twice, fewer than three sensors, or a device that does not grant the
-    validator (which could then not read its values)."""
+    validator (which could then not read its values). ``by_consent``: the validator reads
+    the sensors under their owners' consents (derived streams, docs/PROTOCOL.md §5.5), which
+    the fleet's records do not show, so that check is left to ``edgeproof-validator`` (it
+    refuses a sensor no consent lets it read)."""
     check_name(name, "site")
     check_name(stream, "stream")
     load_recipient(fleet, validator)
@@ -73,7 +76,7 @@ def add_site(fleet: FleetConfig, name: str, *, stream: str, field: str, validato
     out = []
     for device, accuracy in sensors:
         record = load_record(fleet, device)
-        if validator not in record.recipients:
+        if not by_consent and validator not in record.recipients:
             raise ConfigError(f"device {device} does not grant recipient {validator}: the "
                               "validator could not read its values")
         out.append(SiteSensor(device, record.device_id, accuracy))

@@ -15,8 +15,10 @@ from pycose.keys.curves import Ed25519
 from pycose.keys.okp import OKPKey
 
 from protocol import cbor
+from protocol.contract import Consent, Terms
 from protocol.documents import parse_document, sign_document, verify_document
 from protocol.errors import MalformedRecord, RejectedDocument
+from protocol.grants import derived_stream
 from protocol.keys import recipient_kid
 from protocol.quality import (
     LeafFacts,
@@ -112,6 +114,60 @@ def test_attestation_naming_a_record_outside_its_window_is_rejected() -> None:
         return None if facts is None else replace(facts, wall_ms=BODY.window_end_ms)
     with pytest.raises(RejectedDocument, match="outside_window"):
         check_attestation(DOC, BOX, late, nothing_logged)
+
+
+CONSENT_ID = b"\x2c" * 32
+
+
+def consent_to(recipient: bytes = BOX, devices: tuple[bytes, ...] | None = None,
+               stream: str = "climate", not_after_ms: int | None = None) -> Consent:
+    return Consent(b"\x2d" * 32, recipient,
+                   devices or tuple(s.device_id for s in BODY.sensors),
+                   Terms(((stream, ("Cel",)),), 60, 0, not_after_ms or BODY.window_end_ms))
+
+
+def derived(consent_id: bytes = CONSENT_ID, stream: str | None = None):
+    """Every leaf a derived record of the attestation's stream under ``consent_id``."""
+    known = facts_for(BODY)
+
+    def facts(index: int) -> LeafFacts | None:
+        found = known(index)
+        return None if found is None else replace(
+            found, stream=stream or derived_stream(BODY.stream, consent_id), consent=consent_id)
+    return facts
+
+
+def test_derived_records_under_a_consent_to_the_validator_in_force_are_accepted() -> None:
+    logged = {CONSENT_ID: consent_to()}
+    assert check_attestation(DOC, BOX, derived(), nothing_logged, logged.get) == BODY
+
+
+def test_derived_records_under_a_consent_not_logged_or_to_another_recipient_are_not_readable(
+        ) -> None:
+    with pytest.raises(RejectedDocument, match="not_readable"):
+        check_attestation(DOC, BOX, derived(), nothing_logged, {}.get)
+    other = {CONSENT_ID: consent_to(recipient=b"\x09" * 32)}
+    with pytest.raises(RejectedDocument, match="not_readable"):
+        check_attestation(DOC, BOX, derived(), nothing_logged, other.get)
+
+
+def test_derived_records_outside_the_consents_devices_stream_or_period_are_not_readable(
+        ) -> None:
+    for consent in (consent_to(devices=(b"\x00" * 16,)), consent_to(stream="power"),
+                    consent_to(not_after_ms=BODY.window_start_ms + 1)):
+        with pytest.raises(RejectedDocument, match="not_readable"):
+            check_attestation(DOC, BOX, derived(), nothing_logged, {CONSENT_ID: consent}.get)
+
+
+def test_derived_records_of_another_base_stream_or_not_named_by_their_epoch_are_unknown(
+        ) -> None:
+    logged = {CONSENT_ID: consent_to()}
+    with pytest.raises(RejectedDocument, match="unknown_leaf"):  # power~<tag>: not climate
+        check_attestation(DOC, BOX, derived(stream=derived_stream("power", CONSENT_ID)),
+                          nothing_logged, logged.get)
+    with pytest.raises(RejectedDocument, match="unknown_leaf"):  # tag of another consent
+        check_attestation(DOC, BOX, derived(stream=derived_stream("climate", b"\x01" * 32)),
+                          nothing_logged, logged.get)
 
 
 def test_second_different_attestation_for_one_window_is_conflicting_and_same_is_duplicate(

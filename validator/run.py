@@ -3,8 +3,13 @@ every complete window, sign and submit one attestation per window.
 
 The validator fetches each sensor's records from the gateway, verifies and opens them with
 its X25519 key (the recipient code of :mod:`verifier.recipient`: a record whose signature
-fails is never opened), keeps the readings of the site's field made with a synchronised
-clock, and judges the windows in order with one :class:`~validator.site.SiteValidator`.
+fails is never opened): those of the site's stream (a validator the device seals that stream
+to, e.g. the owner's hub) and of its derived streams ``<stream>~<consent tag>`` under every
+logged consent that names the validator's key, the device and the stream (a company the
+owner consented to, docs/PROTOCOL.md §5.5; found with the device's documents), keeps the
+readings of the site's field made with a synchronised clock (one per reading: a reading on
+two streams counts once), and judges the windows in order with one
+:class:`~validator.site.SiteValidator`.
 An attestation is signed with ``issued_ms`` = its window's end, so judging the same log
 again gives the same bytes and the gateway answers "already logged": a rerun is harmless.
 Everything not used is counted by reason in :class:`Outcome`.
@@ -29,8 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from protocol.documents import Document
-from protocol.errors import ConfigError
+from protocol.contract import CONSENT, Consent
+from protocol.documents import Document, verify_document
+from protocol.errors import ConfigError, EdgeproofError
+from protocol.grants import derived_stream
 from protocol.keys import RecipientKey, SigningKey, read_secret_file, write_secret_file
 from protocol.record import KEYS_STREAM
 from validator.attest import attestation_for, sign_attestation
@@ -38,7 +45,7 @@ from validator.model import Thresholds, WindowVerdict
 from validator.site import SiteValidator
 from validator.sites import SiteFile
 from verifier.client import DocumentClient, DocumentRefusedByGateway
-from verifier.recipient import Opener
+from verifier.recipient import Opened, Opener
 
 Readings = dict[str, list[tuple[float, float, int]]]  # sensor -> (wall_s, value, leaf index)
 STATE_FORMAT = "edgeproof-validator-state/1"
@@ -68,13 +75,17 @@ def collect(client: DocumentClient, site: SiteFile, key: RecipientKey, out: Outc
         logged = client.all_device_records(device_id)
         last = (after or {}).get(name, -1)
         index = {r.seq: r.index for r in logged}
-        opener = Opener(client.device_keys(device_id), key, {site.stream})
+        streams = {site.stream, *consented_streams(client, device_id, site.stream, key)}
+        opener = Opener(client.device_keys(device_id), key, streams)
         opener.feed([r for r in logged if r.seq <= last and r.stream == KEYS_STREAM])
         mine = readings.setdefault(name, [])
         fetched = seqs.setdefault(name, []) if seqs is not None else []
         new = [r for r in logged if r.seq > last]
         fetched += [(r.seq, -math.inf) for r in new]
-        for opened in opener.feed(new):
+        seen: set[int] = set()
+        batch = opener.feed(new)
+        _require_readable(site, name, batch)
+        for opened in batch:
             if opened.status not in {"decrypted", "plaintext"}:
                 out.skipped[opened.status] += 1
                 continue
@@ -82,9 +93,45 @@ def collect(client: DocumentClient, site: SiteFile, key: RecipientKey, out: Outc
             if not values or not opened.clock_synced:
                 out.skipped["no_value" if not values else "clock_unsynced"] += 1
                 continue
+            if opened.wall_ms in seen:  # one reading on two streams (two consents, say)
+                out.skipped["same_reading"] += 1
+                continue
+            seen.add(opened.wall_ms)
             mine.append((opened.wall_ms / 1000, float(values[0].value), index[opened.seq]))
             fetched.append((opened.seq, opened.wall_ms / 1000))
     return readings
+
+
+def _require_readable(site: SiteFile, name: str, batch: list[Opened]) -> None:
+    """ConfigError if a sensor's new records are sealed to other keys and this key can read
+    none of them (no consent to it, or none the device applies any more): judging the sensor
+    would only see a dropout (and soon call it faulty) where the validator is simply not
+    granted the values."""
+    statuses = {o.status for o in batch}
+    if "not_granted" in statuses and not statuses & {"decrypted", "plaintext"}:
+        raise ConfigError(f"site {site.spec.name}: this key can read none of device {name}'s "
+                          f"new {site.stream} records (sealed to other keys, and no consent "
+                          "to it that the device applies): the validator cannot judge it")
+
+
+def consented_streams(client: DocumentClient, device_id: bytes, stream: str,
+                      key: RecipientKey) -> list[str]:
+    """The derived streams of ``stream`` on ``device_id`` the logged consents give ``key``
+    (each consent's signature checked; one that fails is skipped). A derived record opens
+    only if the device applied the consent, whatever is listed here."""
+    out = []
+    for logged in client.device_documents(device_id):
+        try:
+            doc = verify_document(logged.raw)
+        except EdgeproofError:
+            continue
+        body = doc.body
+        if doc.type != CONSENT or not isinstance(body, Consent):
+            continue
+        if body.recipient == key.public_key and device_id in body.devices and \
+                stream in {s for s, _ in body.terms.streams}:
+            out.append(derived_stream(stream, doc.id))
+    return out
 
 
 def judge(site: SiteFile, readings: Readings, now_s: float,

@@ -64,3 +64,13 @@ def test_bad_site_is_one_error_and_writes_nothing(room: LiveFleet, capsys: Captu
     assert room.run(*argv) == 2
     assert message in error_line(capsys)
     assert not (room.root / SITES_DIR / "bad-site.toml").exists()
+
+
+def test_site_validated_under_consents_needs_no_grant_in_the_fleet(room: LiveFleet,
+                                                                   capsys: Capture) -> None:
+    capsys.readouterr()
+    assert room.run("site", "add", "office", "--stream", "climate", "--field", "Cel",
+                    "--validator", "hub", "--accuracy", "0.5", "--by-consent",
+                    "--sensor", "dht-a", "--sensor", "dht-b", "--sensor", "dht-private") == 0
+    written = tomllib.loads((room.root / SITES_DIR / "office.toml").read_text())
+    assert [s["device"] for s in written["sensor"]] == ["dht-a", "dht-b", "dht-private"]
