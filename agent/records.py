@@ -40,7 +40,7 @@ from protocol.record import (
     Values,
 )
 from protocol.sealing import EpochKeys, new_key_epoch, seal_record
-from protocol.signed import sign_record
+from protocol.signed import signed_bytes
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class RecordFactory:
 
     def sign(self, record: Record) -> bytes:
         """Return the exact COSE_Sign1 bytes of ``record``."""
-        return sign_record(record, self.device_id, self._key).raw
+        return signed_bytes(record, self.device_id, self._key)
 
     def sign_body(self, seq: int, prev: bytes, stream: str, body: Body, *,
                   mono_ms: int | None = None, boot: int | None = None) -> bytes:

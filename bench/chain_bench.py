@@ -13,6 +13,10 @@ the time to build an epoch's tree for 10,000 owners.
    pays an address that held no token: the expensive case), gas from the receipts.
 4. ``recompute_matches``: the tree rebuilt from the same amounts given in another order has
    the root the contract holds (``merkleRoot()``).
+5. A consent-gated epoch's rule (PROTOCOL.md §19.4) on ``--history`` usage records of 1,000
+   consented devices, timed from scratch (what every epoch cost before the state was
+   carried) and carried (``GatingState``: feed the ``--new`` records of one epoch, settle),
+   with the bare loop over the new records as the baseline. The rule only, not the store.
 
 Goals (issue 15): gas_per_claim <= 90,000, gas_per_root_post <= 60,000,
 epoch_build_s_at_10k_owners <= 2, recompute_matches true.
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import sys
@@ -42,6 +47,7 @@ from protocol import cbor  # noqa: E402
 from protocol.keys import Secret  # noqa: E402
 from rewards import distributor as abi  # noqa: E402
 from rewards.epoch import decode_balances, epoch_amounts  # noqa: E402
+from rewards.gating import ConsentLeaf, Event, GatingState, UsageLeaf, gate  # noqa: E402
 from rewards.tree import DistributionTree, checked_address  # noqa: E402
 
 TERMS = bytes(32)
@@ -76,12 +82,45 @@ def build_epoch(table: bytes, wallets: dict[str, str]) -> tuple[DistributionTree
     return tree, time.perf_counter() - start
 
 
+def gated_epoch(history: int, new: int) -> tuple[float, float, float]:
+    """Seconds for the gating rule: whole log from scratch, one epoch carried, bare loop."""
+    rng = random.Random(19)
+    devices = [rng.randbytes(16) for _ in range(1000)]
+    requests = [rng.randbytes(32) for _ in range(5)]
+    events: list[Event] = [ConsentLeaf(i, rng.randbytes(32), d[:16], requests[i % 5],
+                                       frozenset({d}), 0, 10**15)
+                           for i, d in enumerate(devices)]
+    events += [UsageLeaf(len(devices) + i, rng.choice(devices), 1000, rng.randrange(1, 500))
+               for i in range(history + new)]
+    funded = {r: 10**12 for r in requests}
+    start = time.perf_counter()
+    gate(events, funded)
+    scratch_s = time.perf_counter() - start
+    state = GatingState()
+    state.feed(events[:-new])
+    state.settle(funded)
+    start = time.perf_counter()
+    state.feed(events[-new:])
+    state.settle(funded)
+    carried_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for event in sorted(events[-new:], key=lambda e: e.leaf):
+        _ = event.leaf + 1
+    return scratch_s, carried_s, time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--owners", type=int, default=10_000)
     parser.add_argument("--claims", type=int, default=20)
     parser.add_argument("--posts", type=int, default=3)
+    parser.add_argument("--history", type=int, default=200_000)
+    parser.add_argument("--new", type=int, default=1_000)
     args = parser.parse_args()
+    say(f"load average {os.getloadavg()}")
+    scratch_s, carried_s, loop_s = gated_epoch(args.history, args.new)
+    say(f"gated epoch: from scratch over {args.history} records {scratch_s:.3f} s, carried "
+        f"with {args.new} new {carried_s:.4f} s (bare loop {loop_s:.4f} s)")
     rng = random.Random(15)
     balances = [(rng.randbytes(16).hex(), rng.randrange(1, 10**9)) for _ in range(args.owners)]
     wallets = {owner: checked_address("0x" + rng.randbytes(20).hex()) for owner, _ in balances}
@@ -135,6 +174,13 @@ def main() -> None:
         "bare_keccak_s": round(bare_s, 3),
         "epoch_build_to_bare_keccak_ratio": round(build_s / bare_s, 2),
         "recompute_matches": again.root == on_chain == tree.root,
+        "gated_epoch_s_from_scratch": round(scratch_s, 3),
+        "gated_epoch_s_carried": round(carried_s, 4),
+        "gated_history_records": args.history,
+        "gated_new_records": args.new,
+        "gated_carried_to_bare_loop_ratio": round(carried_s / loop_s, 1),
+        "gated_scratch_to_carried_ratio": round(scratch_s / carried_s, 1),
+        "load_avg": [round(x, 2) for x in os.getloadavg()],
     }))
 
 

@@ -8,6 +8,10 @@ temperature, DHT22 ±0.5 °C; two of humidity, declared ±2.5 %RH) read once a m
 kind, start, duration and size; never two at once, so a majority is always honest), of
 every kind firmware_sim knows: bias, drift, stuck, noise, spike, dropout, replay; and
 every reading of every sensor is missing with probability 5 % (routine read failures).
+A replaying (forged) sensor is one of four forgers, chosen at random: an exact copy 2 to
+45 minutes late, an exact copy 61 to 240 minutes late, a copy 1 to 45 minutes late with
+Gaussian noise of its own added (half to all of an honest unit's noise), and a live copy
+(the source's value of the same minute) with such noise.
 Prints one line per figure and ends with one line of JSON:
 
   detection_rate              faults of at least 1 °C or 5 %RH (and every stuck, dropout and
@@ -18,8 +22,11 @@ Prints one line per figure and ends with one line of JSON:
   false_faulty_rate           the same, counting only faulty
   detection_delay_p95_min     from the fault's start (a drift: from when its error reached the
                               size above) to the end of the window that made it faulty
-                              (goal <= 60)
-  forgery_caught / forgeries  replaying devices caught (goal: all)
+                              (goal <= 60); every fault but the hidden copies below
+  forgery_caught / forgeries  replaying devices caught, of all four forgers (goal: all)
+  hidden_copies_caught / hidden_copies, hidden_copy_delay_p50_min / _max_min
+                              the forgers no exact match finds (noise added, or live):
+                              caught, and the delay (hours: docs/QUALITY.md §3.3)
   validator_cpu_s_per_sensor_day   CPU seconds of the validator per sensor and simulated day
                               (goal <= 0.05), and its ratio to a bare baseline measured in
                               the same run (a plain mean per sensor and window)
@@ -32,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -77,9 +85,13 @@ def random_fault(rng: random.Random, q: Quantity, sensor: str, others: list[str]
         return SensorFault("noise", start_s, end_s, magnitude=size)
     if kind == "spike":
         return SensorFault("spike", start_s, end_s, magnitude=size, rate=0.2)
-    if kind == "replay":
+    if kind == "replay":  # a forger: exact, with noise of its own, live, or an hour+ late
+        forger = rng.choice(FORGERS)
+        delay = {"exact": rng.randint(2, 45), "noisy": rng.randint(1, 45), "live": 0,
+                 "late": rng.randint(61, 240)}[forger]
+        noise = 0.0 if forger in ("exact", "late") else q.noise * rng.uniform(0.5, 1.0)
         return SensorFault("replay", start_s, end_s, source=rng.choice(others),
-                           delay_s=60 * rng.randint(2, 45))
+                           delay_s=60 * delay, magnitude=noise)
     return SensorFault(kind, start_s, end_s)  # stuck, dropout
 
 
@@ -102,6 +114,7 @@ def make_site(index: int, rng: random.Random, days: float) -> SimSite:
     return SimSite(f"site{index}", "temperature" if q is TEMPERATURE else "humidity", sensors)
 
 
+FORGERS = ("exact", "noisy", "live", "late")
 MISSED = 0.05  # routine read failures (a DHT22's checksum errors and timeouts)
 
 
@@ -145,14 +158,22 @@ class Tally:
     caught: int = 0
     forgeries: int = 0
     forgeries_caught: int = 0
+    hidden: int = 0
+    hidden_caught: int = 0
     healthy_windows: int = 0
     flagged: int = 0
     faulty: int = 0
     missed: list[str] | None = None
+    slowest: list[tuple[float, str]] | None = None
+
+
+def hidden_copy(fault: SensorFault) -> bool:
+    """A forger that no exact match finds: one adding noise of its own, or a live copy."""
+    return fault.kind == "replay" and (fault.magnitude > 0 or fault.delay_s == 0)
 
 
 def score(site: SimSite, states: dict[str, list[str]], window_s: int, tally: Tally,
-          delays: list[float]) -> None:
+          delays: list[float], forgery_delays: list[float]) -> None:
     q = TEMPERATURE if site.quantity == "temperature" else HUMIDITY
     for sensor in site.sensors:
         history = states[sensor.name]
@@ -170,6 +191,7 @@ def score(site: SimSite, states: dict[str, list[str]], window_s: int, tally: Tal
             assert fault.end_s is not None
             tally.faults += 1
             tally.forgeries += fault.kind == "replay"
+            tally.hidden += hidden_copy(fault)
             first = int(fault.start_s // window_s)
             last = min(int(fault.end_s // window_s) + 1, len(history) - 1)
             hit = next((w for w in range(first, last + 1) if history[w] == "faulty"), None)
@@ -179,7 +201,11 @@ def score(site: SimSite, states: dict[str, list[str]], window_s: int, tally: Tal
                 continue
             tally.caught += 1
             tally.forgeries_caught += fault.kind == "replay"
-            delays.append(max(0.0, (hit + 1) * window_s - counted_from(fault, q)) / 60)
+            tally.hidden_caught += hidden_copy(fault)
+            delay = max(0.0, (hit + 1) * window_s - counted_from(fault, q)) / 60
+            (forgery_delays if hidden_copy(fault) else delays).append(delay)
+            assert tally.slowest is not None
+            tally.slowest.append((round(delay, 1), f"{site.name}/{sensor.name}:{fault.kind}"))
 
 
 def baseline(windows: list[Readings]) -> None:
@@ -190,8 +216,8 @@ def baseline(windows: list[Readings]) -> None:
                 sum(v for _, v in items) / len(items)
 
 
-def run_week(seed: int, days: float, th: Thresholds, tally: Tally, delays: list[float]
-             ) -> tuple[float, float, float]:
+def run_week(seed: int, days: float, th: Thresholds, tally: Tally, delays: list[float],
+             forgery_delays: list[float]) -> tuple[float, float, float]:
     """One simulated week of five sites; returns (validator CPU s, baseline CPU s, sensor-days)."""
     rng = random.Random(seed)
     cpu = base_cpu = sensor_days = 0.0
@@ -211,10 +237,15 @@ def run_week(seed: int, days: float, th: Thresholds, tally: Tally, delays: list[
         baseline(windows)
         base_cpu += time.process_time() - start
         sensor_days += len(site.sensors) * days
-        score(site, states, th.window_s, tally, delays)
+        score(site, states, th.window_s, tally, delays, forgery_delays)
         print(f"seed {seed} {site.name:<6} {site.quantity:<11} sensors={len(site.sensors)} "
               f"faults={sum(len(s.faults) for s in site.sensors)}")
     return cpu, base_cpu, sensor_days
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(p * len(ordered)) - 1)] if ordered else 0.0
 
 
 def main() -> None:
@@ -225,13 +256,12 @@ def main() -> None:
                         help="independent simulated weeks (seeds seed, seed+1, ...)")
     args = parser.parse_args()
     th = Thresholds()
-    tally, delays = Tally(missed=[]), []
+    tally, delays, forgery_delays = Tally(missed=[], slowest=[]), [], []
     cpu = base_cpu = sensor_days = 0.0
     for week in range(args.weeks):
-        c, b, d = run_week(args.seed + week, args.days, th, tally, delays)
+        c, b, d = run_week(args.seed + week, args.days, th, tally, delays, forgery_delays)
         cpu, base_cpu, sensor_days = cpu + c, base_cpu + b, sensor_days + d
-    delays.sort()
-    p95 = delays[min(len(delays) - 1, math.ceil(0.95 * len(delays)) - 1)] if delays else 0.0
+    p95 = percentile(delays, 0.95)
     result = {
         "detection_rate": round(tally.caught / tally.faults, 4) if tally.faults else None,
         "faults": tally.faults,
@@ -241,13 +271,24 @@ def main() -> None:
         "detection_delay_p95_min": round(p95, 1),
         "forgery_caught": tally.forgeries_caught,
         "forgeries": tally.forgeries,
+        "hidden_copies_caught": tally.hidden_caught,
+        "hidden_copies": tally.hidden,
+        "hidden_copy_delay_p50_min": round(percentile(forgery_delays, 0.5), 1),
+        "hidden_copy_delay_max_min": round(max(forgery_delays, default=0.0), 1),
         "validator_cpu_s_per_sensor_day": round(cpu / sensor_days, 4),
         "validator_vs_bare_mean_ratio": round(cpu / base_cpu, 1) if base_cpu else None,
         "missed": tally.missed,
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
         "seed": args.seed,
         "weeks": args.weeks,
         "days": args.days,
     }
+    assert tally.slowest is not None
+    print("slowest detections (min):", sorted(tally.slowest, reverse=True)[:10])
+    by_kind: dict[str, list[float]] = {}
+    for delay, label in tally.slowest:
+        by_kind.setdefault(label.rsplit(":", 1)[1], []).append(delay)
+    print("delay p95 by kind (min):", {k: percentile(v, 0.95) for k, v in sorted(by_kind.items())})
     for key, value in result.items():
         print(f"{key:<32} {value}")
     print(json.dumps(result))

@@ -71,14 +71,16 @@ class SiteRun:
         like a DHT22. Call with increasing times."""
         truth = self.site.truth(elapsed_s)
         out: dict[str, float | None] = {}
-        for sensor in self.site.sensors:
+        # Copiers last, so that a live copy (delay 0) sees what its source reports now.
+        order = sorted(self.site.sensors, key=lambda s: any(
+            f.kind == "replay" and f.active(elapsed_s) for f in s.faults))
+        for sensor in order:
             honest = truth + sensor.offset + self._noise[sensor.name].gauss(0.0, sensor.noise)
             value = self._faulty[sensor.name].apply(honest, elapsed_s, self._history)
             out[sensor.name] = None if value is None else round(value, 1)
-        for name, value in out.items():
             if value is not None:
-                self._remember(name, elapsed_s, value)
-        return out
+                self._remember(sensor.name, elapsed_s, round(value, 1))
+        return {s.name: out[s.name] for s in self.site.sensors}
 
     def _remember(self, name: str, elapsed_s: float, value: float) -> None:
         times, values = self._times[name], self._values[name]

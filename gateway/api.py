@@ -354,6 +354,12 @@ def _log_routes(app: FastAPI, ctx: ApiContext) -> None:
         return ConsistencyProof(old_size=old_size, new_size=new_size,
                                 proof=[h.hex() for h in proof])
 
+    @app.get("/v1/leaves", response_model=list[LeafOut], tags=["log"],
+             summary="Consecutive leaves from ``start``: records and documents, as stored")
+    def leaves(start: Annotated[int, Query(ge=0, le=MAX_INT)],
+               limit: Annotated[int, Query(ge=1, le=1000)] = 1000) -> list[LeafOut]:
+        return [_leaf_out(x) for x in store.stream_leaves(None, start, start + limit, limit)]
+
     @app.get("/v1/leaves/{index}", response_model=LeafOut, tags=["log"],
              summary="A logged record (or signed document) by leaf index")
     def leaf(index: Annotated[int, Path(ge=0, le=MAX_INT)]) -> LeafOut:

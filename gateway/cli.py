@@ -1,4 +1,5 @@
-"""``edgeproof-gateway``: run the gateway, make its key, print its verifier key, dump OpenAPI.
+"""``edgeproof-gateway``: run the gateway, make its key, print its verifier key, dump OpenAPI,
+deploy the payout contracts (``chain deploy``).
 
 Thin by design: parse arguments, call the library, turn expected errors into one line on
 stderr and an exit code of the shared convention (docs/CLI.md): 0 ok, 1 runtime failure,
@@ -20,9 +21,13 @@ from types import FrameType
 from gateway.config import GatewayConfig, load_config
 from gateway.gatewaykey import GatewayKey, load_gateway_key, save_gateway_key
 from osutil.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_log_level, add_version, run_command
+from osutil.jsonrpc import JsonRpc
 from osutil.lockfile import hold_lock
 from osutil.lograte import limit_repeats
 from protocol.errors import ConfigError, EdgeproofError, MalformedRecord
+from rewards.contracts import TOKEN_SUPPLY, deploy_payout, payout_snippet
+from rewards.ethkey import load_eth_key
+from rewards.tree import checked_address
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,6 +60,28 @@ def _parser() -> argparse.ArgumentParser:
     openapi = sub.add_parser("openapi", help="write the API's OpenAPI description",
                              description="Write the HTTP API's OpenAPI 3 description (JSON).")
     openapi.add_argument("--out", type=Path, help="file to write (default: stdout)")
+    chain = sub.add_parser("chain", help="the payout contracts on an Ethereum node",
+                           description="Deploy the reward token and the distributor the "
+                           "gateway posts payout roots to (docs/OPERATIONS.md §12).")
+    chain_sub = chain.add_subparsers(dest="chain_command", required=True, metavar="COMMAND")
+    deploy = chain_sub.add_parser(
+        "deploy", help="deploy the reward token and the distributor; print the [payout] config",
+        description="Deploy the reward token (its supply minted to --token-holder) and the "
+        "cumulative Merkle distributor, owned by the gateway's chain key (the [payout] "
+        "key_file: the only key that can post roots), both sent from that key; print (or "
+        "write to --out) the [payout] section that names them, with the deployment block.")
+    deploy.add_argument("--rpc", required=True, metavar="URL", help="Ethereum JSON-RPC URL")
+    deploy.add_argument("--key", required=True, type=Path, metavar="FILE",
+                        help="the gateway's chain key file (64 hex digits, mode 0600): pays "
+                        "the gas and owns the distributor")
+    deploy.add_argument("--token-holder", metavar="ADDRESS",
+                        help="who receives the token supply (default: the key's address)")
+    deploy.add_argument("--supply", type=int, default=TOKEN_SUPPLY, metavar="BASE_UNITS",
+                        help=f"token supply in base units (default {TOKEN_SUPPLY})")
+    deploy.add_argument("--out", type=Path, metavar="FILE",
+                        help="write the [payout] snippet here (never overwritten; default: "
+                        "stdout)")
+    deploy.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
@@ -72,6 +99,8 @@ def _main(argv: Sequence[str] | None) -> int:
             return _keygen(args)
         if args.command == "verifier-key":
             return _verifier_key(args)
+        if args.command == "chain":
+            return _chain_deploy(args)
         return _openapi(args)
     except ConfigError as exc:
         print(f"edgeproof-gateway: error: {exc}", file=sys.stderr)
@@ -104,6 +133,44 @@ def _print_key(verifier: str, name: str, as_json: bool) -> None:
         print(json.dumps({"name": name, "verifier_key": verifier}))
     else:
         print(verifier)
+
+
+def _chain_deploy(args: argparse.Namespace) -> int:
+    key, address = load_eth_key(args.key)
+    try:
+        holder = checked_address(args.token_holder or address)
+    except ValueError as exc:
+        raise ConfigError(f"--token-holder: {exc}") from None
+    if not 0 < args.supply < 2**256:
+        raise ConfigError("--supply must be a positive uint256")
+    if args.out is not None and args.out.exists():
+        raise ConfigError(f"--out {args.out}: exists; it is never overwritten")
+    rpc = JsonRpc(args.rpc, timeout_s=30.0)
+    try:
+        deployed = deploy_payout(rpc, key, rpc.chain_id(), holder=holder, owner=address,
+                                 supply=args.supply)
+    except RuntimeError as exc:  # node or solc missing, or the contracts do not compile
+        raise ConfigError(str(exc)) from None
+    finally:
+        rpc.close()
+    snippet = payout_snippet(deployed, args.rpc, args.key.resolve())
+    if args.out is not None:
+        try:
+            with args.out.open("x", encoding="utf-8") as out:
+                out.write(snippet)
+        except OSError as exc:
+            raise ConfigError(f"--out {args.out}: {exc.strerror}") from None
+    if args.json:
+        print(json.dumps({"chain_id": deployed.chain_id, "token": deployed.token,
+                          "distributor": deployed.distributor,
+                          "distributor_block": deployed.distributor_block,
+                          "owner": address, "token_holder": holder}))
+    elif args.out is None:
+        sys.stdout.write(snippet)
+    else:
+        print(f"distributor {deployed.distributor} (block {deployed.distributor_block}), "
+              f"token {deployed.token}; [payout] written to {args.out}")
+    return EXIT_OK
 
 
 def _openapi(args: argparse.Namespace) -> int:

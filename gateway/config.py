@@ -102,6 +102,8 @@ class PayoutConfig:
     consent_gated: bool = False  # pay only consented, funded credit (PROTOCOL.md §19.4)
     # Validators (signer ids) whose faulty verdicts withhold credit (§19.4 rule 5), sorted.
     quality_validators: tuple[bytes, ...] = ()
+    distributor_block: int = 0  # the distributor's deployment block: Funded events start there
+    funding_confirmations: int = 0  # blocks behind the head taken as final for funding
 
 
 @dataclass(frozen=True)
@@ -165,7 +167,8 @@ _SECTIONS: dict[str, frozenset[str]] = {
     "store": frozenset({"backend", "dsn", "password_file", "shared"}),
     "payout": frozenset({"rpc_url", "key_file", "chain_id", "distributor", "interval_s",
                          "resend_after_s", "max_attempts", "consent_gated",
-                         "quality_validators"}),
+                         "quality_validators", "distributor_block",
+                         "funding_confirmations"}),
 }
 _REQUIRED = {"gateway": ("data_dir", "key_file", "admin_token_file"), "broker": ("url",)}
 
@@ -248,6 +251,8 @@ def _payout(payout: Table) -> PayoutConfig:
         max_attempts=payout.integer("max_attempts", 3, low=1, high=100),
         consent_gated=payout.boolean("consent_gated", False),
         quality_validators=_validators(payout),
+        distributor_block=payout.integer("distributor_block", 0, low=0, high=2**63 - 1),
+        funding_confirmations=payout.integer("funding_confirmations", 0, low=0, high=10_000),
     )
 
 

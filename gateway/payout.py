@@ -24,7 +24,7 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from gateway.config import PayoutConfig
 from gateway.contracts import Logged
 from gateway.payout_book import FAILED, PENDING, POSTED, PayoutBook, StoredEpoch
-from gateway.payout_gating import log_events, quality_judge
+from gateway.payout_funding import FundingLedger
+from gateway.payout_gating import IncrementalGating
 from gateway.payout_lapse import Shortfall, issue_lapses
 from gateway.store import LogStore, NewDocument
 from osutil.jsonrpc import JsonRpc, RpcError, quantity
@@ -52,7 +53,7 @@ from rewards.documents import (
 )
 from rewards.epoch import decode_balances, epoch_amounts, gated_amounts
 from rewards.ethkey import load_eth_key
-from rewards.gating import Event, funded_micro, gate
+from rewards.gating import micro_of
 from rewards.tree import DistributionTree
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,14 @@ class _Metrics:
                                 "(latest consent-gated epoch)", registry=r)
         self.posted_epoch = Gauge(f"{PREFIX}_posted_epoch", "Latest epoch on chain",
                                   registry=r)
+        self.funding_block = Gauge(f"{PREFIX}_funding_block", "Block up to which the "
+                                   "distributor's Funded events were read", registry=r)
+        self.funding_rereads = Counter(f"{PREFIX}_funding_rereads", "Funding read again from "
+                                       "the deployment block: the chain changed under it",
+                                       registry=r)
+        self.gating_rebuilds = Counter(f"{PREFIX}_gating_rebuilds", "Consent gating state "
+                                       "built again from the whole log: re-read funding was "
+                                       "lower than what it had paid", registry=r)
 
 
 class PayoutWorker:
@@ -143,9 +152,14 @@ class PayoutWorker:
         self._api_rpc = JsonRpc(config.rpc_url, timeout_s=5.0)
         self._api_rpc_lock = threading.Lock()
         self.metrics = _Metrics(registry)
+        self._funding = FundingLedger(
+            self.book, self._rpc, config.distributor, first_block=config.distributor_block,
+            confirmations=config.funding_confirmations,
+            on_reread=lambda _why: self.metrics.funding_rereads.inc())
         self._next_epoch_at = 0.0
         self._errors = 0
         self._trees: dict[int, DistributionTree] = {}
+        self._gating: IncrementalGating | None = None  # consent gating's running state
         self._pending_since: dict[str, float] = {}  # tx hash -> when first seen pending
         self._stop, self._wake = threading.Event(), threading.Event()
         self._thread: threading.Thread | None = None
@@ -267,19 +281,23 @@ class PayoutWorker:
         wallets = self.book.wallets(before_size=checkpoint.size)
         funding_block = None
         if self.config.consent_gated:
-            funding_block = self._rpc.block_number()
-            fundings = [abi.decode_funded(entry) for entry in self._rpc.logs(
-                self.config.distributor, abi.FUNDED, 0, funding_block)]
-            events = log_events(self._store, checkpoint.size)
-            judge = quality_judge(self._store, checkpoint.size,
-                                  self.config.quality_validators)
-            gated = gate(events, funded_micro(fundings, BASE_UNITS_PER_MICRO),
-                         judge.withheld)
+            funding_block, funded_base = self._funding.read()
+            self.metrics.funding_block.set(funding_block)
+            gating = self._gated_to(checkpoint.size)
+            try:
+                gated = gating.settle(micro_of(funded_base, BASE_UNITS_PER_MICRO))
+            except ValueError as exc:  # funding re-read lower than what was paid: rebuild
+                log.warning("payout: gating state rebuilt from the whole log: %s", exc)
+                self.metrics.gating_rebuilds.inc()
+                self._gating = None
+                gating = self._gated_to(checkpoint.size)
+                gated = gating.settle(micro_of(funded_base, BASE_UNITS_PER_MICRO))
             self.metrics.withheld.set(gated.withheld_micro)
             amounts = gated_amounts(gated.owners, _settled(checkpoint.balances), wallets)
             self.metrics.short.set(len(gated.short_at))
-            self._lapse(events, Shortfall(gated.short_at, funding_block, self.config.chain_id,
-                                          bytes.fromhex(self.config.distributor[2:])),
+            self._lapse(gating.state.ended,
+                        Shortfall(gated.short_at, funding_block, self.config.chain_id,
+                                  bytes.fromhex(self.config.distributor[2:])),
                         checkpoint.size)
         else:
             amounts = epoch_amounts(decode_balances(checkpoint.balances), wallets)
@@ -316,10 +334,19 @@ class PayoutWorker:
                  body.locked_micro)
         self._wake.set()
 
-    def _lapse(self, events: list[Event], shortfall: Shortfall, size: int) -> None:
+    def _gated_to(self, size: int) -> IncrementalGating:
+        """The gating state fed up to ``size``: only the leaves since the last epoch are read
+        (gateway/payout_gating.py); a state that failed midway is built again."""
+        gating = self._gating or IncrementalGating(self.config.quality_validators)
+        self._gating = None
+        gating.advance(self._store, size)
+        self._gating = gating
+        return gating
+
+    def _lapse(self, ended: Set[bytes], shortfall: Shortfall, size: int) -> None:
         """Log (and hand to delivery) a lapse notice per lapsable consent of a short request
         (PROTOCOL.md §19.4, gateway/payout_lapse.py)."""
-        outcome = issue_lapses(self._store, self._signer, events, shortfall, size=size,
+        outcome = issue_lapses(self._store, self._signer, ended, shortfall, size=size,
                                now_ms=self._wall_ms())
         self.metrics.unlapsable.set(outcome.no_term)
         for logged in outcome.logged:

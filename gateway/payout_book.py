@@ -33,6 +33,10 @@ CREATE TABLE IF NOT EXISTS epochs (
     leaf_index INTEGER, attempts INTEGER NOT NULL DEFAULT 0,
     tx_hash TEXT, raw_tx BLOB, nonce INTEGER, block_number INTEGER, detail TEXT,
     created_ms INTEGER NOT NULL, final_ms INTEGER);
+CREATE TABLE IF NOT EXISTS funding_cursor (
+    id INTEGER PRIMARY KEY CHECK (id = 0), distributor TEXT NOT NULL,
+    next_block INTEGER NOT NULL, last_hash TEXT);
+CREATE TABLE IF NOT EXISTS funding (terms BLOB PRIMARY KEY, amount TEXT NOT NULL);
 """
 _EPOCH_COLUMNS = ("epoch, checkpoint_size, document, tree, note, balances, status, leaf_index, "
                   "attempts, tx_hash, raw_tx, nonce, block_number, detail")
@@ -56,6 +60,15 @@ class StoredEpoch:
     nonce: int | None
     block_number: int | None
     detail: str | None
+
+
+@dataclass(frozen=True)
+class FundingState:
+    """How far the distributor's Funded events were read, and their sums (base units)."""
+
+    next_block: int  # the first block not read yet
+    last_hash: str | None  # hash of block next_block - 1 when it was read (None: none read)
+    totals: dict[bytes, int]  # terms -> sum of Funded amounts
 
 
 class WalletTaken(ValueError):
@@ -162,6 +175,35 @@ class PayoutBook:
             row = self._conn.execute(f"SELECT {_EPOCH_COLUMNS} FROM epochs "  # noqa: S608
                                      "WHERE epoch = ?", (epoch,)).fetchone()
         return None if row is None else _epoch(row)
+
+    def funding(self, distributor: str) -> FundingState | None:
+        """What was read of ``distributor``'s Funded events (None: nothing, or another
+        distributor's)."""
+        with self._lock, translated("read funding"):
+            row = self._conn.execute("SELECT distributor, next_block, last_hash FROM "
+                                     "funding_cursor WHERE id = 0").fetchone()
+            if row is None or str(row[0]).lower() != distributor.lower():
+                return None
+            totals = {bytes(t): int(str(a)) for t, a in self._conn.execute(
+                "SELECT terms, amount FROM funding").fetchall()}
+        return FundingState(int(str(row[1])), None if row[2] is None else str(row[2]),
+                            totals)
+
+    def add_funding(self, distributor: str, next_block: int, last_hash: str,
+                    added: dict[bytes, int], *, reset: bool = False) -> None:
+        """Add the sums of a window of Funded events read up to ``next_block - 1`` (whose
+        hash is ``last_hash``); ``reset`` first forgets everything read before."""
+        with self._lock, transaction(self._conn, "add funding"):
+            if reset:
+                self._conn.execute("DELETE FROM funding")
+            for terms, amount in added.items():
+                row = self._conn.execute("SELECT amount FROM funding WHERE terms = ?",
+                                         (terms,)).fetchone()
+                before = 0 if row is None else int(str(row[0]))
+                self._conn.execute("INSERT OR REPLACE INTO funding VALUES (?, ?)",
+                                   (terms, str(before + amount)))
+            self._conn.execute("INSERT OR REPLACE INTO funding_cursor VALUES (0, ?, ?, ?)",
+                               (distributor, next_block, last_hash))
 
     def close(self) -> None:
         """Close the database."""

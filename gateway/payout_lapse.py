@@ -13,7 +13,7 @@ epoch pays that consent nothing after it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Set
 from dataclasses import dataclass
 
 from gateway.contracts import Logged
@@ -21,7 +21,6 @@ from gateway.store import LogStore, NewDocument, StoredDocument
 from protocol.contract import Consent, Lapse
 from protocol.documents import parse_document, sign_document
 from protocol.keys import SigningKey
-from rewards.gating import Event, RevocationLeaf
 
 PAGE = 1000
 
@@ -44,11 +43,10 @@ class LapseOutcome:
     no_term: int = 0
 
 
-def issue_lapses(store: LogStore, signer: SigningKey, events: Iterable[Event],
+def issue_lapses(store: LogStore, signer: SigningKey, ended: Set[bytes],
                  shortfall: Shortfall, *, size: int, now_ms: int) -> LapseOutcome:
     """Sign and log a notice for each lapsable consent of a short request below ``size``
-    that no revocation or notice ended yet. Raises StorageError."""
-    ended = {e.consent for e in events if isinstance(e, RevocationLeaf)}
+    that no revocation or notice ended yet (``ended``: their ids). Raises StorageError."""
     out = LapseOutcome([])
     if not shortfall.short_at:
         return out
@@ -75,16 +73,6 @@ def issue_lapses(store: LogStore, signer: SigningKey, events: Iterable[Event],
                                                 notice.raw, doc.id, 0, now_ms), False,
                                  consent.devices))
     return out
-
-
-def lapse_events(store: LogStore, size: int) -> list[Event]:
-    """The logged lapse notices below ``size`` as revocation events of their consents."""
-    events: list[Event] = []
-    for stored in _documents(store, "lapse", size):
-        body = parse_document(stored.raw).body
-        assert isinstance(body, Lapse)
-        events.append(RevocationLeaf(stored.index, body.consent_id))
-    return events
 
 
 def _documents(store: LogStore, doc_type: str, size: int) -> Iterable[StoredDocument]:

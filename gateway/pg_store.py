@@ -504,6 +504,16 @@ class PostgresLogStore:
             "AND seq > %s ORDER BY seq LIMIT %s", (device_id, after_seq, limit)).fetchall())
         return [_leaf(r) for r in rows]
 
+    def stream_leaves(self, stream: str | None, from_index: int, to_index: int,
+                      limit: int) -> list[Leaf]:
+        """Return the leaves of ``stream`` (None: all) in ``[from_index, to_index)``."""
+        only = "" if stream is None else "AND stream = %s "
+        args = (from_index, to_index, *(() if stream is None else (stream,)), limit)
+        rows = self._read("read leaves", lambda conn: conn.execute(
+            f"SELECT {_LEAF_COLUMNS} FROM leaves WHERE idx >= %s AND idx < %s "  # noqa: S608
+            f"{only}ORDER BY idx LIMIT %s", args).fetchall())
+        return [_leaf(r) for r in rows]
+
     def device(self, device_id: bytes) -> Device | None:
         """Return the registered device, or None."""
         return self._read("read device", lambda conn: _load_device(conn, device_id))

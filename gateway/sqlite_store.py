@@ -266,6 +266,16 @@ class SQLiteLogStore:
                 "ORDER BY seq LIMIT ?", (device_id, after_seq, limit)).fetchall()
         return [_leaf(r) for r in rows]
 
+    def stream_leaves(self, stream: str | None, from_index: int, to_index: int,
+                      limit: int) -> list[Leaf]:
+        """Return the leaves of ``stream`` (None: all) in ``[from_index, to_index)``."""
+        with _storage_errors("read leaves"):
+            rows = self._reader().execute(
+                f"SELECT {_LEAF_COLUMNS} FROM leaves WHERE idx >= ? AND idx < ? "  # noqa: S608
+                "AND (? IS NULL OR stream = ?) ORDER BY idx LIMIT ?",
+                (from_index, to_index, stream, stream, limit)).fetchall()
+        return [_leaf(r) for r in rows]
+
     def device(self, device_id: bytes) -> Device | None:
         """Return the registered device, or None."""
         with _storage_errors("read device"):

@@ -375,6 +375,13 @@ class LogStore(Protocol):
         """Return a device's leaves with seq > after_seq in seq order, at most ``limit``."""
         ...
 
+    def stream_leaves(self, stream: str | None, from_index: int, to_index: int,
+                      limit: int) -> list[Leaf]:
+        """Return the leaves of ``stream`` (None: every leaf) with ``from_index <= index <
+        to_index`` in index order, at most ``limit`` (a range scan: cost bounded by the
+        range)."""
+        ...
+
     def device(self, device_id: bytes) -> Device | None:
         """Return the registered device, or None."""
         ...

@@ -105,6 +105,14 @@ class JsonRpc:
         """eth_blockNumber: the head block."""
         return quantity(self.call("eth_blockNumber"), "block number")
 
+    def block_hash(self, number: int) -> str:
+        """The hash of block ``number`` (eth_getBlockByNumber); TransportError if none."""
+        block = self.call("eth_getBlockByNumber", hex(number), False)
+        found = block.get("hash") if isinstance(block, dict) else None
+        if not isinstance(found, str) or len(found) != 66:
+            raise TransportError(f"eth_getBlockByNumber: no block {number}")
+        return found.lower()
+
     def nonce(self, address: str, block: str) -> int:
         """eth_getTransactionCount at ``block`` ("latest" = mined, "pending")."""
         return quantity(self.call("eth_getTransactionCount", address, block), "nonce")

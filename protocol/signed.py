@@ -46,8 +46,13 @@ class SignedRecord:
 
 def sign_record(record: Record, device_id: bytes, key: SigningKey) -> SignedRecord:
     """Sign ``record`` as ``device_id`` with ``key``; return the signed record."""
-    raw = cose.sign1(record.to_cbor(), device_id, key)
-    return SignedRecord(device_id, record, raw)
+    return SignedRecord(device_id, record, signed_bytes(record, device_id, key))
+
+
+def signed_bytes(record: Record, device_id: bytes, key: SigningKey) -> bytes:
+    """The exact signed bytes :func:`sign_record` returns in ``raw``, without the wrapper
+    object (the device's write path keeps only the bytes)."""
+    return cose.sign1(record.to_cbor(), device_id, key)
 
 
 def parse_signed_record(data: bytes) -> tuple[cose.Sign1, Record]:

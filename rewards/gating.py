@@ -28,6 +28,7 @@ that add up to it, each part paid at most once.
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -35,7 +36,6 @@ from protocol.contract import Consent, Revocation
 from protocol.documents import Document
 from protocol.keys import signer_id
 from protocol.record import Record, Usage
-from rewards.distributor import Funding
 
 
 @dataclass(frozen=True)
@@ -89,12 +89,10 @@ class Gated:
         return sum(self.owners.values())
 
 
-def funded_micro(fundings: Iterable[Funding], rate: int) -> dict[bytes, int]:
-    """Funding per terms (request id) in micro-credits: floor(sum of amounts / rate)."""
-    base: dict[bytes, int] = {}
-    for funding in fundings:
-        base[funding.terms] = base.get(funding.terms, 0) + funding.amount
-    return {terms: amount // rate for terms, amount in base.items()}
+def micro_of(totals: Mapping[bytes, int], rate: int) -> dict[bytes, int]:
+    """Funding per terms (request id) in micro-credits from the sums of its Funded amounts
+    in base units (:mod:`rewards.funding`): floor(sum / rate)."""
+    return {terms: amount // rate for terms, amount in totals.items()}
 
 
 def split(credit: int, requests: list[bytes]) -> list[tuple[bytes, int]]:
@@ -109,46 +107,122 @@ def gate(events: Iterable[Event], funded: Mapping[bytes, int],
     """Apply the rule to ``events`` (any order: sorted by leaf here); raise ValueError if two
     events claim one leaf. ``withheld(usage)``: the record earns nothing (§19.4 rule 5, see
     :class:`rewards.quality.QualityJudge`); its credit is locked and spends no funding."""
-    ordered = sorted(events, key=lambda e: e.leaf)
-    for before, after in itertools.pairwise(ordered):
-        if before.leaf == after.leaf:
-            raise ValueError(f"two events at leaf {after.leaf}")
-    in_force: dict[bytes, ConsentLeaf] = {}
-    out = Gated()
-    for event in ordered:
-        if isinstance(event, ConsentLeaf):
-            in_force[event.consent] = event
-        elif isinstance(event, RevocationLeaf):
-            in_force.pop(event.consent, None)
-        elif withheld(event):
-            out.settled_micro += event.credit_micro
-            out.withheld_micro += event.credit_micro
-        else:
-            _count(out, event, in_force, funded)
-    out.locked_micro = out.settled_micro - out.total_micro
-    return out
+    state = GatingState()
+    state.feed(events, withheld)
+    return state.settle(funded)
 
 
-def _count(out: Gated, usage: UsageLeaf, in_force: Mapping[bytes, ConsentLeaf],
-           funded: Mapping[bytes, int]) -> None:
-    out.settled_micro += usage.credit_micro
-    covering: dict[bytes, bytes] = {}  # request -> owner
-    for consent in in_force.values():
-        if (usage.device in consent.devices
-                and consent.not_before_ms <= usage.wall_ms < consent.not_after_ms):
-            covering[consent.request] = consent.owner
-    if not covering or usage.credit_micro == 0:
-        return
-    for request, share in split(usage.credit_micro, sorted(covering)):
-        earned_before = out.earned.get(request, 0)
-        out.earned[request] = earned_before + share
-        pay = min(share, max(0, funded.get(request, 0) - earned_before))
-        if pay < share:
-            out.short_at.setdefault(request, usage.leaf)
-        if pay:
-            owner = covering[request]
-            out.owners[owner] = out.owners.get(owner, 0) + pay
-            out.paid[request] = out.paid.get(request, 0) + pay
+@dataclass
+class _Share:
+    leaf: int
+    owner: bytes
+    left: int  # micro-credits of the share not paid yet
+
+
+@dataclass
+class _Request:
+    earned: int = 0
+    paid: int = 0
+    waiting: deque[_Share] = field(default_factory=deque)  # not paid in full, in log order
+
+
+class GatingState:
+    """The rule run incrementally: feed the leaves of each epoch's new part of the log, then
+    settle with that epoch's funding; the result equals :func:`gate` of all leaves fed.
+
+    Why this is exact: a request pays its shares in log order while its funding lasts, so
+    with funding that only grows the shares paid in full stay paid, and only the shares not
+    paid in full yet (``waiting``, from the first short one on) can change. Memory: the
+    consents in force, one entry per owner and per request, and the waiting shares of
+    requests whose funding does not cover what they earned (their consents lapse, §19.4);
+    not the history of records. ``settle`` with less funding for a request than it already
+    paid raises ValueError (funding never shrinks on chain; a caller that re-read the chain
+    after a reorganisation starts a new state)."""
+
+    def __init__(self) -> None:
+        self.size = 0  # every leaf below it has been fed
+        self.in_force: dict[bytes, ConsentLeaf] = {}
+        self._naming: dict[bytes, dict[bytes, ConsentLeaf]] = {}  # device -> its in force
+        self.ended: set[bytes] = set()  # consents revoked (or lapsed)
+        self.owners: dict[bytes, int] = {}
+        self.requests: dict[bytes, _Request] = {}
+        self.settled_micro = 0
+        self.withheld_micro = 0
+
+    def feed(self, events: Iterable[Event],
+             withheld: Callable[[UsageLeaf], bool] = lambda _: False) -> None:
+        """Apply the consents, revocations and usage records of ``events`` (leaves at or
+        above :attr:`size`; any order) in leaf order. ValueError: two events at one leaf, or
+        a leaf below :attr:`size`."""
+        ordered = sorted(events, key=lambda e: e.leaf)
+        for before, after in itertools.pairwise(ordered):
+            if before.leaf == after.leaf:
+                raise ValueError(f"two events at leaf {after.leaf}")
+        if ordered and ordered[0].leaf < self.size:
+            raise ValueError(f"leaf {ordered[0].leaf} was fed before (state at {self.size})")
+        for event in ordered:
+            if isinstance(event, ConsentLeaf):
+                self._end(event.consent)  # the same consent logged again: the later leaf
+                self.in_force[event.consent] = event
+                for device in event.devices:
+                    self._naming.setdefault(device, {})[event.consent] = event
+            elif isinstance(event, RevocationLeaf):
+                self._end(event.consent)
+                self.ended.add(event.consent)
+            elif withheld(event):
+                self.settled_micro += event.credit_micro
+                self.withheld_micro += event.credit_micro
+            else:
+                self._count(event)
+            self.size = event.leaf + 1
+
+    def _end(self, consent_id: bytes) -> None:
+        ended = self.in_force.pop(consent_id, None)
+        for device in ended.devices if ended is not None else ():
+            naming = self._naming[device]
+            del naming[consent_id]
+            if not naming:
+                del self._naming[device]
+
+    def _count(self, usage: UsageLeaf) -> None:
+        self.settled_micro += usage.credit_micro
+        covering: dict[bytes, bytes] = {}  # request -> owner
+        for consent in self._naming.get(usage.device, {}).values():
+            if consent.not_before_ms <= usage.wall_ms < consent.not_after_ms:
+                covering[consent.request] = consent.owner
+        if not covering or usage.credit_micro == 0:
+            return
+        for request, share in split(usage.credit_micro, sorted(covering)):
+            state = self.requests.setdefault(request, _Request())
+            state.earned += share
+            if share:
+                state.waiting.append(_Share(usage.leaf, covering[request], share))
+
+    def settle(self, funded: Mapping[bytes, int]) -> Gated:
+        """Pay the waiting shares of each request out of ``funded`` (request id -> micro,
+        cumulative); return what the leaves fed so far pay."""
+        out = Gated(settled_micro=self.settled_micro, withheld_micro=self.withheld_micro)
+        for request, state in self.requests.items():
+            budget = funded.get(request, 0)
+            if budget < state.paid:
+                raise ValueError(f"request {request.hex()[:16]}… funded {budget}, "
+                                 f"already paid {state.paid}")
+            while state.waiting and state.paid < budget:
+                share = state.waiting[0]
+                pay = min(share.left, budget - state.paid)
+                share.left -= pay
+                state.paid += pay
+                self.owners[share.owner] = self.owners.get(share.owner, 0) + pay
+                if share.left == 0:
+                    state.waiting.popleft()
+            out.earned[request] = state.earned
+            if state.paid:
+                out.paid[request] = state.paid
+            if state.waiting:
+                out.short_at[request] = state.waiting[0].leaf
+        out.owners = {owner: paid for owner, paid in self.owners.items() if paid}
+        out.locked_micro = out.settled_micro - out.total_micro
+        return out
 
 
 # --- from logged leaves to events (the gateway and the verifier read the same way) ----------

@@ -59,10 +59,20 @@ class QualityJudge:
     def __init__(self, verdicts: Iterable[VerdictLeaf], trusted: Iterable[bytes]) -> None:
         self.trusted = frozenset(trusted)
         self._by_device: dict[bytes, list[VerdictLeaf]] = {}
+        self._leaves: dict[bytes, list[int]] = {}
+        self.add(verdicts)
+
+    def add(self, verdicts: Iterable[VerdictLeaf]) -> None:
+        """Add verdicts logged after every one added before (a later part of the log);
+        ValueError if one is older."""
         for verdict in sorted(verdicts, key=lambda v: (v.leaf, v.device)):
-            if verdict.validator in self.trusted:
-                self._by_device.setdefault(verdict.device, []).append(verdict)
-        self._leaves = {d: [v.leaf for v in vs] for d, vs in self._by_device.items()}
+            if verdict.validator not in self.trusted:
+                continue
+            leaves = self._leaves.setdefault(verdict.device, [])
+            if leaves and verdict.leaf < leaves[-1]:
+                raise ValueError(f"verdict at leaf {verdict.leaf} added after leaf {leaves[-1]}")
+            leaves.append(verdict.leaf)
+            self._by_device.setdefault(verdict.device, []).append(verdict)
 
     def withheld(self, usage: UsageLeaf) -> bool:
         """True if a trusted verdict logged before ``usage`` excludes it (module docstring)."""

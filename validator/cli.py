@@ -1,11 +1,14 @@
 """``edgeproof-validator``: judge a site's sensors and attest the verdicts on the log.
 
     edgeproof-validator once --site FILE --gateway URL --signing-key FILE
-                             --recipient-key FILE [--window-s S --bucket-s S] [--json]
+                             --recipient-key FILE [--state FILE]
+                             [--window-s S --bucket-s S] [--json]
 
 ``once`` reads the site's streams (as the recipient whose X25519 key file is given),
 judges every complete window, and submits one signed attestation per window; windows
-already attested come back "already logged", so it can run from cron. Exit status
+already attested come back "already logged", so it can run from cron. With ``--state``
+it continues from the state file the last run wrote (mode 0600) and judges only the
+windows after the last one judged, so a run costs the new windows only. Exit status
 (docs/CLI.md): 0 when every attestation was logged or already there, 1 when the gateway
 refused one (the reasons are printed) or could not be reached, 2 for bad usage.
 """
@@ -45,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="the validator's Ed25519 key file (registered as a recipient)")
     once.add_argument("--recipient-key", required=True, type=Path, metavar="FILE",
                       help="the validator's X25519 recipient key file (mode 0600)")
+    once.add_argument("--state", type=Path, metavar="FILE",
+                      help="continue from this state file and update it (created mode "
+                      "0600 if absent); without it every run judges all history")
     once.add_argument("--window-s", type=int, default=Thresholds.window_s, metavar="S",
                       help=f"window length (default {Thresholds.window_s}; a multiple of "
                       "--bucket-s)")
@@ -67,7 +73,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--window-s/--bucket-s: {exc}") from None
     outcome = run_once(DocumentClient(args.gateway), site, load_signing_key(args.signing_key),
                        load_recipient_key(args.recipient_key), time.time_ns() // 1_000_000,
-                       th=th)
+                       th=th, state=args.state)
     _print(outcome, as_json=args.json)
     return EXIT_FAILED if outcome.refused else EXIT_OK
 

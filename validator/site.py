@@ -16,11 +16,19 @@ docs/QUALITY.md describes the algorithm and argues its thresholds.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping
 from statistics import median
+from typing import Any
 
-from validator.detectors import DAY_S, DriftTracker, ReplayDetector, window_reasons
+from validator.detectors import (
+    DAY_S,
+    CopyDetector,
+    DriftTracker,
+    ReplayDetector,
+    window_reasons,
+)
 from validator.model import Reason, SensorVerdict, SiteSpec, State, Thresholds, WindowVerdict
 from validator.states import SensorState
 from validator.window import (
@@ -45,8 +53,56 @@ class SiteValidator:
         self._drift = {(a, b): DriftTracker(self.th)
                        for i, a in enumerate(names) for b in names[i + 1:]}
         self._replay = ReplayDetector(self.th)
+        self._copy = CopyDetector(self.th, names)
         self._runs = {name: (math.nan, 0) for name in names}  # (last value, times in a row)
         self._last_start: int | None = None
+
+    @property
+    def last_start(self) -> int | None:
+        """The start of the last window judged (None: none yet)."""
+        return self._last_start
+
+    def snapshot(self) -> dict[str, object]:
+        """Everything the validator keeps between windows, as JSON values, with the site
+        and settings it belongs to (:meth:`restore` refuses another's)."""
+        return {"site": self.spec.name, "sensors": list(self.spec.names()),
+                "accuracy": [s.accuracy for s in self.spec.sensors],
+                "thresholds": dataclasses.asdict(self.th), "last_start": self._last_start,
+                "states": {n: s.snapshot() for n, s in self._states.items()},
+                "drift": [[a, b, t.snapshot()] for (a, b), t in self._drift.items()],
+                "replay": self._replay.snapshot(), "copy": self._copy.snapshot(),
+                "runs": {n: [None if math.isnan(v) else v, k]
+                         for n, (v, k) in self._runs.items()}}
+
+    @classmethod
+    def restore(cls, spec: SiteSpec, th: Thresholds, saved: Mapping[str, Any]
+                ) -> SiteValidator:
+        """A validator continuing from ``saved`` (a :meth:`snapshot`).
+
+        Raises ValueError if it is of another site, other sensors or other settings, or
+        not a snapshot at all.
+        """
+        validator = cls(spec, th)
+        try:
+            if (saved["site"], saved["sensors"], saved["accuracy"], saved["thresholds"]) != (
+                    spec.name, list(spec.names()), [s.accuracy for s in spec.sensors],
+                    dataclasses.asdict(th)):
+                raise ValueError("it is of another site, other sensors or other settings")
+            last = saved["last_start"]
+            validator._last_start = None if last is None else int(last)
+            for name, state in validator._states.items():
+                state.restore(saved["states"][name])
+            for a, b, points in saved["drift"]:
+                validator._drift[a, b].restore(points)
+            validator._replay.restore(saved["replay"])
+            validator._copy.restore(saved["copy"])
+            validator._runs = {n: (math.nan if v is None else float(v), int(k))
+                               for n, (v, k) in saved["runs"].items()}
+            if set(validator._runs) != set(spec.names()):
+                raise ValueError("sensors differ")
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a validator snapshot ({exc!r})") from None
+        return validator
 
     def state(self, sensor: str) -> State:
         """The current state of ``sensor``; KeyError if the site has no such sensor."""
@@ -71,6 +127,14 @@ class SiteValidator:
         consensus = bucket_consensus(buckets, quorum, first, count)
         stats = {s: window_stats(buckets[s], consensus) for s in self.spec.names()}
         replays = self._replay.judge(buckets, first, count)
+        # Copies are looked for in clean windows only: a step, spike or noise burst shared
+        # through the consensus would read as shared noise (docs/QUALITY.md §3.3).
+        clean = {s for s in self.spec.names() if stats[s].readings >= th.min_readings
+                 and not window_reasons(stats[s], self._accuracy[s], th)}
+        references = [s for s in quorum if s in clean]
+        for copier, source in self._copy.judge(buckets, first, count, references,
+                                               clean).items():
+            replays.setdefault(copier, source)
         for name in self.spec.names():
             self._runs[name] = same_run(self._runs[name], buckets[name])
         drifting = self._track_drift(buckets, start_s / DAY_S)
@@ -137,7 +201,9 @@ class SiteValidator:
                 reasons.append("drift")
             if sensor in replays:
                 reasons.append("replay")
-            if reasons or own.residuals >= th.min_readings:
+            if "stuck" in reasons and self._runs[sensor][1] >= th.stuck_faulty_readings:
+                state.proven(reasons)  # the run itself spans the windows a verdict needs
+            elif reasons or own.residuals >= th.min_readings:
                 state.judged(reasons)
             else:
                 state.unjudged()  # too few minutes with a consensus to call the window good

@@ -7,14 +7,17 @@ One bad window makes a sensor *suspect*, never *faulty*: it turns faulty when
 windows still counted. Windows that could not be judged (too few readings, too few
 trusted peers, or too few minutes with a consensus) change nothing, except that
 ``dropout_windows`` windows running without enough readings make the sensor faulty at once
-("dropout": the silence is the evidence).
+("dropout": the silence is the evidence), and so does one value repeated
+``stuck_faulty_readings`` times running (:meth:`SensorState.proven`).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
+from typing import Any
 
-from validator.model import Reason, State, Thresholds
+from validator.model import STATES, Reason, State, Thresholds
 
 
 class SensorState:
@@ -28,6 +31,27 @@ class SensorState:
         self._missing_run = 0
         self._on_probation = False
 
+    def snapshot(self) -> dict[str, object]:
+        """The machine's state as JSON values (:meth:`restore` takes it back)."""
+        return {
+            "state": self.state,
+            "recent": list(self._recent),
+            "good_run": self._good_run,
+            "missing_run": self._missing_run,
+            "on_probation": self._on_probation,
+        }
+
+    def restore(self, saved: Mapping[str, Any]) -> None:
+        """Take back a :meth:`snapshot`; ValueError if it is not one."""
+        state = saved["state"]
+        if state not in STATES:
+            raise ValueError(f"unknown state {state!r}")
+        self.state = state
+        self._recent.clear()
+        self._recent.extend(bool(x) for x in saved["recent"])
+        self._good_run, self._missing_run = int(saved["good_run"]), int(saved["missing_run"])
+        self._on_probation = bool(saved["on_probation"])
+
     def missing(self) -> list[Reason]:
         """A window without enough readings; returns ["dropout"] once it has lasted."""
         self._missing_run += 1
@@ -38,6 +62,13 @@ class SensorState:
             self._on_probation = True
             return ["dropout"]
         return []
+
+    def proven(self, reasons: list[Reason]) -> None:
+        """A bad window whose evidence already spans ``faulty_bad`` windows (a value stuck
+        for ``stuck_faulty_readings`` readings): faulty at once, like a long dropout."""
+        self.judged(reasons)
+        self.state = "faulty"
+        self._on_probation = True
 
     def unjudged(self) -> None:
         """A window with readings but no quorum of trusted peers to judge them against."""

@@ -6,7 +6,8 @@
     edgeproof-verify records --gateway URL --device ID [--key FILE] [--stream S ...]
                              [--json] [--follow [--interval S]]
     edgeproof-verify decrypt --gateway URL --device ID --key FILE [--stream S ...] [--json]
-    edgeproof-verify payout --gateway URL --rpc URL [--epoch N] [--gateway-key KEY] [--json]
+    edgeproof-verify payout --gateway URL --rpc URL [--epoch N] [--gateway-key KEY]
+                            [--no-scan] [--json]
     edgeproof-verify signing-key | request | document ...   (verifier/contract_cli.py)
 
 Exit status (docs/CLI.md) 0 only when every requested check passed; 1 when a check failed;
@@ -158,13 +159,19 @@ def _parser() -> argparse.ArgumentParser:
         description="Fetch a payout epoch (the gateway-signed document, the checkpoint it "
         "was computed at and its balances table) and the owners' wallet bindings, check every "
         "signature, rebuild the distribution tree and compare its root and total with the "
-        "epoch and with the distributor's RootPosted event on chain.")
+        "epoch and with the distributor's RootPosted event on chain. A consent-gated epoch's "
+        "leaves are each proven in its checkpoint, and the log below it is read leaf by leaf "
+        "so that no listing can hide one.")
     payout.add_argument("--gateway", required=True, metavar="URL", help="http://host:port")
     payout.add_argument("--rpc", required=True, metavar="URL", help="Ethereum JSON-RPC URL")
     payout.add_argument("--epoch", type=int, metavar="N",
                         help="the epoch to check (default: the latest posted)")
     payout.add_argument("--gateway-key", metavar="KEY",
                         help="the gateway verifier key you trust (text, or a file holding it)")
+    payout.add_argument("--no-scan", dest="scan", action="store_false",
+                        help="prove each leaf used by an inclusion proof, without reading "
+                        "the whole log: faster, but a leaf the gateway leaves out of its "
+                        "listings goes unnoticed")
     payout.add_argument("--json", action="store_true", help="machine-readable output")
     contract_cli.add_commands(sub)
     return parser
@@ -232,17 +239,21 @@ def _print_report(passed: list[tuple[str, str]], extra: dict[str, object],
 
 
 def _cmd_payout(args: argparse.Namespace) -> int:
-    client = GatewayClient(args.gateway)
+    client = DocumentClient(args.gateway)
     trusted = contract_cli.gateway_key_arg(args.gateway_key)
     gateway_key = trusted or client.verifier_key()
     rpc = JsonRpc(args.rpc, timeout_s=TIMEOUT_S)
     try:
-        report = verify_payout(client, gateway_key, rpc, args.epoch)
+        report = verify_payout(client, gateway_key, rpc, args.epoch, scan=args.scan)
     finally:
         rpc.close()
     checks = [("epoch document", f"epoch {report['epoch']} signed by the gateway key"),
               ("checkpoint", f"size {report['checkpoint_size']} commits to its balances"),
               ("tree", f"recomputed root {report['root']} ({report['owners']} owners)"),
+              *([("leaves", "every leaf used is in the checkpoint, consistent with the "
+                  "latest" + ("; no listing hides one (log scanned)"
+                              if report["log_scanned"] else " (listings not scanned)"))]
+                if report["consent_gated"] else []),
               ("chain", f"RootPosted of epoch {report['epoch']} on the distributor "
                         f"{report['distributor']} holds the same root and total")]
     _print_report(checks, report, args.json, None if trusted else f"{args.gateway}")

@@ -153,6 +153,19 @@ class GatewayClient:
     def leaf(self, index: int) -> LoggedRecord:
         return _logged(_json(_get(self.session, f"{self.base}/v1/leaves/{index}")))
 
+    def leaf_range(self, start: int, limit: int = 1000) -> list[bytes]:
+        """The signed bytes of the leaves ``start, start + 1, ...`` the gateway holds (at
+        most ``limit``; fewer at the end of the log), each checked to be at its index."""
+        data = _json(_get(self.session, f"{self.base}/v1/leaves", start=start, limit=limit))
+        if not isinstance(data, list) or len(data) > limit:
+            raise MalformedRecord("bad_response", "leaves: no list, or too long")
+        out = []
+        for offset, item in enumerate(data):
+            if not isinstance(item, dict) or item.get("index") != start + offset:
+                raise MalformedRecord("bad_response", f"leaves: leaf {start + offset} missing")
+            out.append(_hex(item.get("record"), "record"))
+        return out
+
     def device_records(self, device_id: bytes, after_seq: int = -1,
                        limit: int = 1000) -> list[LoggedRecord]:
         data = _json(_get(self.session, f"{self.base}/v1/devices/{device_id.hex()}/records",
@@ -189,6 +202,14 @@ class GatewayClient:
         if not isinstance(proof, list) or len(proof) > 64:
             raise MalformedRecord("bad_response", "inclusion proof: no list")
         return [_hex(node, "proof node") for node in proof]
+
+    def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
+        data = _json(_get(self.session, f"{self.base}/v1/proofs/consistency",
+                          old_size=old_size, new_size=new_size))
+        proof = data.get("proof") if isinstance(data, dict) else None
+        if not isinstance(proof, list) or len(proof) > 128:
+            raise MalformedRecord("bad_response", "consistency proof: no list")
+        return [_hex(h, "proof node") for h in proof]
 
     def anchor(self, tree_size: int | None = None) -> dict[str, Any] | None:
         """The anchor of the checkpoint of ``tree_size`` (default: the latest anchored one).

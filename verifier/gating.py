@@ -1,6 +1,6 @@
 """Recompute consent-gated credit (docs/PROTOCOL.md §19.4) from the log and the chain.
 
-From the gateway: every consent and revocation logged below ``size`` (signatures verified;
+From the gateway: every consent and revocation logged below a checkpoint (signatures verified;
 a consent must be signed by the pinned owner of every device it names, a revocation by its
 consent's signer) and every usage record of the devices those consents name (signatures
 verified under the device's key for that sequence number; the credit recomputed with the one
@@ -13,9 +13,10 @@ and names the notice's request, logged after its ``short_at`` leaf, and, with th
 hand, TRUE: at its ``funding_block`` the request's ``Funded`` total does not cover what the
 request earned up to ``short_at`` (the rule run on the leaves up to it).
 
-Not checked here yet: the inclusion of those leaves in a signed checkpoint (``edgeproof-verify
-payout`` does that for wallet bindings), and that the gateway served every leaf (a gateway
-withholding a revocation or a usage record is caught by a full log audit, not by this).
+Every leaf read comes through :class:`verifier.proven.ProvenLog`: proven to be the leaf at
+its index of a verified checkpoint, and (with its scan, the default) every listing checked
+complete against the log itself, so a gateway that serves a consent the log does not hold,
+or hides a revocation, a lapse notice, a verdict or a usage record, is caught.
 """
 
 from __future__ import annotations
@@ -24,43 +25,46 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from osutil.jsonrpc import JsonRpc
+from protocol.checkpoint import Checkpoint
 from protocol.contract import Consent, Lapse, Revocation
 from protocol.documents import verify_document
 from protocol.errors import VerificationError
 from protocol.keys import signer_id
+from protocol.note import NoteVerifier
 from protocol.signed import verify_signed_record
-from rewards import distributor as abi
+from rewards.funding import funded_totals
 from rewards.gating import (
     Event,
     Gated,
     RevocationLeaf,
     UsageLeaf,
     consent_event,
-    funded_micro,
     gate,
+    micro_of,
     revocation_event,
     usage_event,
 )
 from rewards.quality import QualityJudge, VerdictLeaf, verdict_events
 from verifier.client import DocumentClient
 from verifier.documents import lapsed_consent
+from verifier.proven import ProvenLog
 
 
-def fundings(rpc: JsonRpc, distributor: str, block: int) -> list[abi.Funding]:
-    """The distributor's Funded events in blocks 0..``block``."""
-    return [abi.decode_funded(entry) for entry in rpc.logs(distributor, abi.FUNDED, 0, block)]
+def funded_at(rpc: JsonRpc, distributor: str, block: int, rate: int) -> dict[bytes, int]:
+    """Funding per request (micro-credits) from the distributor's Funded events in blocks
+    0..``block`` (read in windows, :mod:`rewards.funding`)."""
+    return micro_of(funded_totals(rpc, distributor, 0, block), rate)
 
 
-def quality_judge(client: DocumentClient, size: int,
-                  trusted: tuple[bytes, ...]) -> QualityJudge:
-    """The verdicts of the ``trusted`` validators logged below ``size`` (signatures verified;
-    an untrusted signer's attestation is skipped: it changes nothing, §19.4 rule 5)."""
+def quality_judge(log: ProvenLog, trusted: tuple[bytes, ...]) -> QualityJudge:
+    """The verdicts of the ``trusted`` validators logged below the checkpoint (signatures
+    verified; an untrusted signer's attestation is skipped: it changes nothing, §19.4
+    rule 5)."""
     verdicts: list[VerdictLeaf] = []
-    for logged in client.all_documents("quality") if trusted else []:
-        if logged.index < size:
-            doc = verify_document(logged.raw, expected_type="quality")
-            if signer_id(doc.signer) in trusted:
-                verdicts.extend(verdict_events(doc, logged.index))
+    for logged in log.documents("quality") if trusted else []:
+        doc = verify_document(logged.raw, expected_type="quality")
+        if signer_id(doc.signer) in trusted:
+            verdicts.extend(verdict_events(doc, logged.index))
     return QualityJudge(verdicts, trusted)
 
 
@@ -74,10 +78,11 @@ class Chain:
     chain_id: int
 
 
-def gated_from_log(client: DocumentClient, size: int, funded: dict[bytes, int], *,
+def gated_from_log(log: ProvenLog, funded: dict[bytes, int], *,
                    gateway: bytes | None = None, chain: Chain | None = None,
                    trusted: tuple[bytes, ...] = ()) -> Gated:
-    """Gate the credit of the leaves below ``size`` with ``funded`` (request id -> micro).
+    """Gate the credit of the leaves below ``log``'s checkpoint with ``funded`` (request id
+    -> micro).
 
     ``gateway`` is the gateway's Ed25519 key (lapse notices without it raise); ``chain``
     checks each notice's shortfall on chain (None: their signatures and consents only); the
@@ -85,9 +90,8 @@ def gated_from_log(client: DocumentClient, size: int, funded: dict[bytes, int], 
     events: list[Event] = []
     signers: dict[bytes, bytes] = {}  # consent id -> owner key
     devices: set[bytes] = set()
-    for logged in client.all_documents("consent"):
-        if logged.index >= size:
-            continue
+    client = log.client
+    for logged in log.documents("consent"):
         doc = verify_document(logged.raw, expected_type="consent")
         body = doc.body
         assert isinstance(body, Consent)
@@ -98,9 +102,7 @@ def gated_from_log(client: DocumentClient, size: int, funded: dict[bytes, int], 
         signers[doc.id] = doc.signer
         devices.update(body.devices)
         events.append(consent_event(doc, logged.index))
-    for logged in client.all_documents("revocation"):
-        if logged.index >= size:
-            continue
+    for logged in log.documents("revocation"):
         doc = verify_document(logged.raw, expected_type="revocation")
         revocation = doc.body
         assert isinstance(revocation, Revocation)
@@ -108,23 +110,21 @@ def gated_from_log(client: DocumentClient, size: int, funded: dict[bytes, int], 
             raise VerificationError(f"revocation {doc.id.hex()} is not signed by its "
                                     "consent's owner")
         events.append(revocation_event(doc, logged.index))
-    notices = _lapses(client, size, gateway, signers)
+    notices = _lapses(log, gateway, signers)
     events.extend(RevocationLeaf(index, lapse.consent_id) for index, lapse in notices)
     for device in sorted(devices):
-        events.extend(_usage(client, device, size))
-    withheld = quality_judge(client, size, trusted).withheld
+        events.extend(_usage(log, device))
+    withheld = quality_judge(log, trusted).withheld
     if chain is not None:
         for index, lapse in notices:
             check_shortfall(events, index, lapse, chain, withheld)
     return gate(events, funded, withheld)
 
 
-def _lapses(client: DocumentClient, size: int, gateway: bytes | None,
+def _lapses(log: ProvenLog, gateway: bytes | None,
             signers: dict[bytes, bytes]) -> list[tuple[int, Lapse]]:
     found = []
-    for logged in client.all_documents("lapse"):
-        if logged.index >= size:
-            continue
+    for logged in log.documents("lapse"):
         if gateway is None:
             raise VerificationError("the log holds lapse notices: give the gateway key")
         lapse = verify_document(logged.raw, gateway, "lapse").body
@@ -149,8 +149,7 @@ def check_shortfall(events: list[Event], index: int, lapse: Lapse, chain: Chain,
     if (lapse.chain_id, "0x" + lapse.distributor.hex()) != (chain.chain_id,
                                                              chain.distributor.lower()):
         raise VerificationError(f"lapse at leaf {index} names another chain or distributor")
-    funded = funded_micro(fundings(chain.rpc, chain.distributor, lapse.funding_block),
-                          chain.rate)
+    funded = funded_at(chain.rpc, chain.distributor, lapse.funding_block, chain.rate)
     before = gate([e for e in events if e.leaf <= lapse.short_at], funded, withheld)
     if before.short_at.get(lapse.request) != lapse.short_at:
         raise VerificationError(f"lapse at leaf {index}: request {lapse.request.hex()[:16]}… "
@@ -158,12 +157,10 @@ def check_shortfall(events: list[Event], index: int, lapse: Lapse, chain: Chain,
                                 f"block {lapse.funding_block}")
 
 
-def _usage(client: DocumentClient, device: bytes, size: int) -> list[UsageLeaf]:
-    keys = client.device_keys(device)
+def _usage(log: ProvenLog, device: bytes) -> list[UsageLeaf]:
+    keys = log.client.device_keys(device)
     found = []
-    for logged in client.all_device_records(device):
-        if logged.index >= size or logged.stream != "usage":
-            continue
+    for logged in log.usage(device):
         key = [k for from_seq, k in keys if from_seq <= logged.seq][-1:]
         if not key:
             raise VerificationError(f"no key of device {device.hex()} for seq {logged.seq}")
@@ -175,10 +172,14 @@ def _usage(client: DocumentClient, device: bytes, size: int) -> list[UsageLeaf]:
     return found
 
 
-def recompute(client: DocumentClient, rpc: JsonRpc, distributor: str, size: int,
-              rate: int, *, gateway: bytes | None = None) -> Gated:
-    """Funding from the chain (latest block) and the log below ``size``, gated; lapse
-    notices checked against the chain."""
-    return gated_from_log(client, size, funded_micro(
-        fundings(rpc, distributor, rpc.block_number()), rate), gateway=gateway,
-        chain=Chain(rpc, distributor, rate, rpc.chain_id()))
+def recompute(client: DocumentClient, rpc: JsonRpc, distributor: str, rate: int, *,
+              gateway_key: str, scan: bool = True) -> tuple[int, Gated]:
+    """Funding from the chain (latest block) and the log below the gateway's latest
+    checkpoint (verified under ``gateway_key``, a note verifier key), gated; lapse notices
+    checked against the chain. Returns (the checkpoint's size, what it gates)."""
+    verifier = NoteVerifier.from_text(gateway_key)
+    checkpoint = Checkpoint.from_note(client.checkpoint(), verifier)
+    return checkpoint.size, gated_from_log(
+        ProvenLog(client, checkpoint, scan=scan),
+        funded_at(rpc, distributor, rpc.block_number(), rate),
+        gateway=verifier.public_key, chain=Chain(rpc, distributor, rate, rpc.chain_id()))

@@ -8,7 +8,12 @@ bind (the first of an owner counts), be leaves of that checkpoint's tree (inclus
 and be ``wallets`` in number. From those alone the tree is rebuilt (:mod:`rewards.epoch`,
 :mod:`rewards.tree`); its root, total and locked credit must be the document's, and the
 distributor's ``RootPosted`` event for that epoch must carry the same root and total.
-A consent-gated epoch's lapse notices are each checked against the chain (verifier/gating.py).
+A consent-gated epoch's consents, revocations, lapse notices, usage records and quality
+verdicts are each proven to be leaves of that checkpoint, every listing is checked complete
+against a scan of the log below it (:mod:`verifier.proven`; ``scan=False`` proves inclusion
+only), and the checkpoint must be consistent with the latest one (a consistency proof: one
+log, not a fork served for the epoch). Lapse notices are checked against the chain
+(verifier/gating.py).
 Every mismatch raises VerificationError; an epoch document no checkpoint covers yet raises
 TransportError (exit 2: try again).
 """
@@ -26,24 +31,28 @@ from protocol.note import NoteVerifier
 from rewards import distributor as abi
 from rewards.documents import owner_name, verify_payout_epoch, verify_wallet_binding
 from rewards.epoch import decode_balances, epoch_amounts, gated_amounts
-from rewards.gating import funded_micro
 from verifier.client import DocumentClient, GatewayClient
-from verifier.gating import Chain, fundings, gated_from_log
+from verifier.gating import Chain, funded_at, gated_from_log
+from verifier.proven import ProvenLog
 
 
-def verify_payout(client: GatewayClient, gateway_key: str, rpc: JsonRpc,
-                  epoch: int | None = None) -> dict[str, object]:
-    """Recompute an epoch (None: the latest posted); return what was checked, or raise."""
+def verify_payout(client: DocumentClient, gateway_key: str, rpc: JsonRpc,
+                  epoch: int | None = None, *, scan: bool = True) -> dict[str, object]:
+    """Recompute an epoch (None: the latest posted); return what was checked, or raise.
+
+    ``scan``: read every leaf below the epoch's checkpoint so that no listing can hide a
+    leaf (1,000 a request); without it each leaf used is still proven included."""
     verifier = NoteVerifier.from_text(gateway_key)
     raw, leaf_index, note, balances = client.payout_epoch(epoch)
     _, body = verify_payout_epoch(raw, verifier.public_key)
-    _check_logged(client, verifier, raw, leaf_index)
+    latest = _check_logged(client, verifier, raw, leaf_index)
     checkpoint = Checkpoint.from_note(note, verifier)
     digest = hashlib.sha256(balances).digest()
     if checkpoint.size != body.checkpoint_size or digest != body.balances_hash:
         raise VerificationError("epoch names another checkpoint than the one served with it")
     if f"balances {base64.b64encode(digest).decode()}" not in checkpoint.extensions:
         raise VerificationError("the checkpoint does not commit to the served balances table")
+    _check_consistent(client, checkpoint, latest)
     wallets: dict[str, str] = {}
     for index, binding_raw in sorted(client.wallet_bindings()):
         if index >= checkpoint.size:
@@ -61,11 +70,10 @@ def verify_payout(client: GatewayClient, gateway_key: str, rpc: JsonRpc,
     if body.funding_block is None:
         amounts = epoch_amounts(decode_balances(balances), wallets)
     else:  # consent-gated (§19.4): from the consents, revocations, usage and Funded events
-        funded = funded_micro(fundings(rpc, "0x" + body.distributor.hex(), body.funding_block),
-                              body.rate)
+        funded = funded_at(rpc, "0x" + body.distributor.hex(), body.funding_block, body.rate)
         chain = Chain(rpc, "0x" + body.distributor.hex(), body.rate, body.chain_id)
-        gated = gated_from_log(DocumentClient(client.base), body.checkpoint_size, funded,
-                               gateway=verifier.public_key, chain=chain,
+        log = ProvenLog(client, checkpoint, scan=scan)
+        gated = gated_from_log(log, funded, gateway=verifier.public_key, chain=chain,
                                trusted=body.validators)
         amounts = gated_amounts(gated.owners, sum(m for _, m in decode_balances(balances)),
                                 wallets)
@@ -86,18 +94,36 @@ def verify_payout(client: GatewayClient, gateway_key: str, rpc: JsonRpc,
             "total_micro": amounts.total_micro, "locked_micro": amounts.locked_micro,
             "distributor": "0x" + body.distributor.hex(), "chain_id": body.chain_id,
             "consent_gated": body.funding_block is not None,
+            "log_scanned": body.funding_block is not None and scan,
             "quality_validators": [v.hex() for v in body.validators]}
 
 
 def _check_logged(client: GatewayClient, verifier: NoteVerifier, raw: bytes,
-                  leaf_index: int | None) -> None:
-    """The epoch document must be a leaf of the gateway's latest checkpoint."""
+                  leaf_index: int | None) -> Checkpoint:
+    """The epoch document must be a leaf of the gateway's latest checkpoint (returned)."""
     latest = Checkpoint.from_note(client.checkpoint(), verifier)
     if leaf_index is None or leaf_index >= latest.size:
         raise TransportError("the epoch document is not covered by a checkpoint yet; "
                              "try again after the next checkpoint")
     merkle.verify_inclusion(merkle.leaf_hash(raw), leaf_index, latest.size,
                             client.inclusion_proof(leaf_index, latest.size), latest.root_hash)
+    return latest
+
+
+def _check_consistent(client: GatewayClient, old: Checkpoint, new: Checkpoint) -> None:
+    """The epoch's checkpoint must be a prefix of the latest one: the epoch was computed on
+    the log whose later leaf holds it, not on a fork served for the purpose."""
+    if old.size > new.size:
+        raise VerificationError(f"the epoch's checkpoint (size {old.size}) is ahead of the "
+                                f"latest one (size {new.size})")
+    if old.size == 0:
+        return
+    try:
+        merkle.verify_consistency(old.size, new.size, old.root_hash, new.root_hash,
+                                  client.consistency_proof(old.size, new.size))
+    except VerificationError as exc:
+        raise VerificationError(f"the epoch's checkpoint (size {old.size}) is not a prefix "
+                                f"of the latest one (size {new.size}): {exc}") from None
 
 
 def _posted_root(rpc: JsonRpc, distributor: str, epoch: int) -> tuple[bytes, int] | None:

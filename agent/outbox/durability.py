@@ -1,4 +1,5 @@
-"""Making the outbox's group commits durable: one fsync of its WAL, off the sampling path.
+"""Making the outbox's group commits durable: one fsync of its WAL, off the sampling path;
+and committing them off it too (:class:`Committer`).
 
 The outbox's SQLite file runs in WAL mode with ``synchronous=NORMAL``: a ``COMMIT`` hands
 the transaction's pages to the kernel (it survives a crash of the process, like the
@@ -24,12 +25,16 @@ known moment); everything else is the same code.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
 from protocol.errors import StorageError
+
+log = logging.getLogger(__name__)
 
 Token = tuple[int, int]
 """What a commit made durable: (file epoch, send limit) as the outbox defines them."""
@@ -128,3 +133,58 @@ class Durability:
         except OSError as exc:
             raise StorageError(f"{self._wal}: fsync failed: {exc.strerror}") from None
         self.fsyncs += 1
+
+
+class Committer:
+    """Runs the outbox's group commits (SQLite INSERT and COMMIT) on their own thread.
+
+    The thread that samples and signs hands a group over and goes on appending to the
+    journal; the outbox's connection lock, taken by the sampling thread and released by
+    the job when its COMMIT is done, keeps one group in flight at a time (the next hand
+    over waits for it) and keeps every other use of the connection out meanwhile. Not on
+    the fsync thread: a slow ``fsync`` must never hold the connection. With
+    ``background=False`` (the power-cut model in the tests) a job runs at once, inline.
+    """
+
+    def __init__(self, *, background: bool = True) -> None:
+        self.background = background
+        self._cond = threading.Condition(threading.Lock())
+        self._jobs: deque[Callable[[], None]] = deque()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Run ``job`` soon (at once when not in the background). The job reports its own
+        failure (the outbox keeps it for its next commit)."""
+        if not self.background:
+            job()
+            return
+        with self._cond:
+            self._jobs.append(job)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="outbox-commit",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Run the jobs handed over, then stop the thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._jobs and not self._stopping:
+                    self._cond.wait()
+                if not self._jobs:
+                    return
+                job = self._jobs.popleft()
+            try:
+                job()
+            except Exception:  # a job keeps its own failure; this thread must go on
+                log.exception("outbox: a group commit failed unexpectedly")

@@ -4,8 +4,16 @@ A process crash is not a power cut: bytes passed to ``write(2)`` live in the ker
 cache and survive the death of the process that wrote them; only ``fsync`` makes them
 survive a power cut. The outbox appends every change it has not yet committed to SQLite
 (each signed record, each drop, each refused number) here with one unbuffered ``write``
-and no fsync, then commits to SQLite (fsync) once per window and starts the journal
-anew. The next start replays it, so a ``kill -9`` loses nothing that was written here.
+and no fsync, then commits to SQLite once per window. The next start replays it, so a
+``kill -9`` loses nothing that was written here.
+
+There are two journal files, used in turn (:class:`Journals`): when a group commit is
+handed to the background thread, appends go on in the other file at once, and the file
+the commit covers is emptied once that commit has reached SQLite. The next start replays
+every file whose generation is not yet committed, oldest first, and stops at the first
+record whose number does not follow the one before (a power cut can empty the older file
+and keep the newer one: nothing after such a hole is replayed, so the loss is a tail and
+is declared as one).
 
 Format: a header ``b"EPJ1"`` + the 8-byte commit generation it follows (big-endian), then
 frames ``length (4) | crc32 (4) | payload``. A payload is an operation byte and its fields:
@@ -179,7 +187,74 @@ class Journal:
         self._pending_header = b""
         self.bytes_written += len(frame)
 
+    def truncate(self) -> None:
+        """Empty the file without starting a generation (its changes are committed).
+
+        Raises StorageError."""
+        if self._fd is None:
+            return
+        try:
+            os.ftruncate(self._fd, 0)
+        except OSError as exc:
+            raise StorageError(f"{self.path}: cannot empty the outbox journal: "
+                               f"{exc.strerror}") from None
+
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+class Journals:
+    """The two journal files used in turn (see the module doc).
+
+    Appends go to the *current* file. :meth:`switch` makes the other one current (a group
+    commit was handed to the background thread; the file it leaves holds that commit's
+    changes until :meth:`truncate_other` empties it); :meth:`start` empties both (every
+    change in them is committed).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.paths = (path, path.with_name(path.name + "2"))
+        self._files = (Journal(self.paths[0]), Journal(self.paths[1]))
+        self._use(0)
+
+    def _use(self, index: int) -> None:
+        self._current = index
+        # The current file's own methods, bound once: append_record is on the hot path.
+        self.append = self._files[index].append
+        self.append_record = self._files[index].append_record
+
+    def start(self, generation: int) -> None:
+        """Empty both files; later changes follow commit ``generation``. Raises
+        StorageError."""
+        self._use(0)
+        self._files[1].start(generation)
+        self._files[0].start(generation)
+
+    def switch(self, generation: int) -> None:
+        """Append to the other file from now on (emptied first), after commit
+        ``generation``; the file left keeps its changes. Raises StorageError."""
+        self._files[1 - self._current].start(generation)
+        self._use(1 - self._current)
+
+    def truncate_other(self) -> None:
+        """Empty the file :meth:`switch` left (its commit is in SQLite). Raises
+        StorageError."""
+        self._files[1 - self._current].truncate()
+
+    def read(self) -> list[tuple[int, list[Op]]]:
+        """Both files' generations and intact operations, oldest generation first.
+
+        Raises StorageError if a file exists but cannot be read."""
+        found = [read_journal(path) for path in self.paths]
+        return sorted(((generation, ops) for generation, ops in found
+                       if generation is not None), key=lambda item: item[0])
+
+    @property
+    def bytes_written(self) -> int:
+        return self._files[0].bytes_written + self._files[1].bytes_written
+
+    def close(self) -> None:
+        for journal in self._files:
+            journal.close()

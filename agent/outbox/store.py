@@ -40,17 +40,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Protocol
 
 from agent.clock import Clock
-from agent.outbox.durability import Durability, Token, fsync_path
-from agent.outbox.journal import Dropped, Journal, Op, Refused, Stored, kernel_boot_id, read_journal
+from agent.outbox.durability import Committer, Durability, Token, fsync_path
+from agent.outbox.journal import Dropped, Journals, Op, Refused, Stored, kernel_boot_id
 from agent.outbox.model import (
     UNCLEAN_REBOOT,
     HeldOutcome,
@@ -94,6 +95,34 @@ class GapSigner(Protocol):
 
 
 Pending = tuple[str, bool, bytes]  # stream, protected, signed bytes
+_INSERT_ROWS = 256  # records per INSERT statement of a group commit (1,024 parameters)
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_sql(rows: int) -> str:
+    # One statement for many rows: the committing thread gives up the GIL (and must get it
+    # back from the sampling thread) once per statement, not once per record as
+    # executemany does; on a busy machine each such exchange can cost milliseconds.
+    return ("INSERT INTO records(seq, stream, protected, raw) VALUES "  # noqa: S608 - placeholders only
+            + ",".join(("(?,?,?,?)",) * rows))
+
+
+@functools.lru_cache(maxsize=16)
+def _meta_sql(rows: int) -> str:
+    return ("INSERT INTO meta(name, value) VALUES "  # noqa: S608 - placeholders only
+            + ",".join(("(?,?)",) * rows)
+            + " ON CONFLICT(name) DO UPDATE SET value = excluded.value")
+
+
+class _Group:
+    """A group commit handed to the committing thread: what it writes, what it proves."""
+
+    def __init__(self, rows: dict[int, Pending], meta: dict[str, object], token: Token,
+                 head: int) -> None:
+        self.rows = rows
+        self.meta = meta
+        self.token = token
+        self.head = head
 
 
 class Outbox:
@@ -119,11 +148,20 @@ class Outbox:
         self._signer: GapSigner | None = None
         self.boot = -1
         self.generation = 0  # bumped when a damaged file is replaced while running
-        self._journal = Journal(path.with_name(path.name + ".journal"))
+        self._journal = Journals(path.with_name(path.name + ".journal"))
         self._send_ahead = max(64, 2 * settings.commit_max_records)
         self._durable_lock = threading.Lock()  # the send limit, raised by the fsync thread
         self._durability = Durability(path, self._made_durable, background=background_fsync,
                                       fsync=fsync)
+        # The connection lock (after self._lock): held by whoever uses the connection, and
+        # by a group commit from the moment it is handed to the committing thread until
+        # its COMMIT is done (released there, so a Lock, with its owner noted by hand).
+        self._db = threading.Lock()
+        self._db_owner: int | None = None
+        self._committer = Committer(background=background_fsync)
+        self._failed: tuple[Exception, dict[int, Pending]] | None = None  # a failed group
+        self._commit_error: Exception | None = None  # raised by the next commit
+        self._other_clean = True  # the journal file not appended to holds nothing uncommitted
         self._file_epoch = 0  # a new file (recover) ignores fsyncs of the one before
         self._undurable: Token | None = None  # the last commit not yet known durable
         self._open_file()
@@ -136,7 +174,10 @@ class Outbox:
         self._undurable = None
         self._conn, replaced = open_or_move_aside(
             self.path, SCHEMA, self._clock.wall_ms, self._report_corrupt, OUTBOX_PRAGMAS)
-        self._txn_open = False
+        self._window_open = False  # changes wait for the next group commit
+        self._failed = None
+        self._commit_error = None
+        self._other_clean = True
         self._txn_started = 0
         self._txn_records = 0
         self._rejected: tuple[int, int, int] | None = None  # (first, last, since mono)
@@ -195,15 +236,32 @@ class Outbox:
         self.commit()
 
     def _replay(self) -> None:
-        """Apply what the journal holds beyond the last commit (a crash of the process)."""
-        generation, ops = read_journal(self._journal.path)
-        if generation != self._generation or not ops:
-            return  # none, or already in SQLite (the commit was durable, the reset was not)
-        for op in ops:
-            self._apply(op)
+        """Apply what the journals hold beyond the last commit (a crash of the process).
+
+        Files of an older generation are already in SQLite (the commit was durable, the
+        reset was not). Replay stops at a record whose number does not follow the one
+        before: a power cut emptied the older file and kept the newer one.
+        """
+        applied = 0
+        for generation, ops in self._journal.read():
+            if generation < self._generation:
+                continue
+            for op in ops:
+                seq = op.seq if isinstance(op, Stored | Refused) else self._head_seq + 1
+                if seq != self._head_seq + 1:
+                    log.error("outbox: the journal skips from seq %d to %d (lost by a power "
+                              "cut); nothing after the hole is replayed", self._head_seq, seq)
+                    break
+                self._apply(op)
+                applied += 1
+            else:
+                continue
+            break
+        if not applied:
+            return  # none, or already in SQLite
         self._bump("journal_replays")
         log.warning("outbox: replayed %d changes a crash left in the journal (through seq "
-                    "%d)", len(ops), self._head_seq)
+                    "%d)", applied, self._head_seq)
 
     def _apply(self, op: Op) -> None:
         self._begin()
@@ -259,7 +317,7 @@ class Outbox:
 
     def attach(self, signer: GapSigner) -> None:
         """Give the outbox its gap signer; declares a lost range found at open, if any."""
-        with self._lock:
+        with self._lock, self._hold_db():
             self._signer = signer
             if self._lost is not None:
                 first, last = self._lost
@@ -281,7 +339,7 @@ class Outbox:
 
         Raises StorageError if no new file can be created.
         """
-        with self._lock:
+        with self._lock, self._hold_db():
             with contextlib.suppress(sqlite3.Error):  # it is damaged; we only let go of it
                 self._conn.close()
             self._journal.close()
@@ -317,7 +375,7 @@ class Outbox:
         duplicate or rejected; see :meth:`held_outcome`). Returns its sequence number.
         Raises StorageError; nothing is stored then.
         """
-        with self._lock:
+        with self._lock, self._hold_db():
             try:
                 self._begin()
                 seq = self._next_seq()
@@ -340,7 +398,7 @@ class Outbox:
         """What the gateway said about held record ``seq``: None while it is still held,
         else its receipt's status and reason, or status None when unknown (the outbox
         holding it was replaced). Raises StorageError."""
-        with self._lock, translated(str(self.path)):
+        with self._lock, self._hold_db(), translated(str(self.path)):
             if self._held == seq:
                 return None
             meta = dict(self._conn.execute(
@@ -354,37 +412,54 @@ class Outbox:
 
     def read_notes(self, names: tuple[str, ...]) -> dict[str, object]:
         """Return the meta values ``names`` that are set. Raises StorageError."""
-        with self._lock, translated(str(self.path)):
+        with self._lock, self._hold_db(), translated(str(self.path)):
             rows = self._conn.execute("SELECT name, value FROM meta").fetchall()
         return {str(k): v for k, v in rows if k in names and v is not None}
 
     def write_notes(self, values: Mapping[str, object]) -> None:
         """Durably set meta values (commits the open group, fsync). Raises StorageError."""
-        with self._lock, translated(str(self.path)):
+        with self._lock, self._hold_db(), translated(str(self.path)):
             self._write_meta(dict(values))
             self.commit()
 
     def _append(self, stream: str, build: Build, protected: bool) -> int | None:
-        seq = self._next_seq()
+        # The hot path touches only the journal and memory; anything that needs the
+        # connection (a new block of numbers, a full outbox) takes its lock first.
+        seq = self._head_seq + 1
+        if seq >= self._reserved:
+            with self._hold_db():
+                self._next_seq()
         raw = build(seq, self._head_hash)
+        if protected or (self._rejected is None
+                         and self._bytes + len(raw) <= self.settings.max_bytes):
+            self._store(seq, stream, protected, raw)
+        else:
+            with self._hold_db():
+                if not self._store_when_full(seq, stream, protected, raw):
+                    return None
+        if self._txn_records >= self.settings.commit_max_records:
+            self._commit(durable=False)
+        return seq
+
+    def _store_when_full(self, seq: int, stream: str, protected: bool, raw: bytes) -> bool:
+        """Store a record the full policy or an open rejected run concerns; return whether
+        it was stored (False: refused and burned)."""
         dropped: list[int] = []
         if not protected and self._bytes + len(raw) > self.settings.max_bytes:
             dropped = self._make_room(len(raw))
             if self._bytes + len(raw) > self.settings.max_bytes:
                 self._refuse(seq)
                 self._declare_dropped(dropped)
-                return None
+                return False
         self._store(seq, stream, protected, raw)
         self._declare_dropped(dropped)
         if not protected and self._rejected is not None:
             self._declare_rejected()
-        if self._txn_records >= self.settings.commit_max_records:
-            self._commit(durable=False)
-        return seq
+        return True
 
     def _next_seq(self) -> int:
         seq = self._head_seq + 1
-        if seq >= self._reserved:
+        if seq >= self._reserved:  # with the connection lock held
             self._reserved = self._state.reserve(seq, self._receipted_through())
             self._write_meta({"seq_reserved": self._reserved})
         return seq
@@ -395,18 +470,49 @@ class Outbox:
             return int(row[0]) - 1
         return next(iter(self._pending)) - 1 if self._pending else self._head_seq
 
-    def _begin(self) -> None:
-        if not self._txn_open:
-            self._conn.execute("BEGIN IMMEDIATE")
-            self._txn_open = True
+    def _window(self) -> None:
+        """A change waits for the next group commit: open its window if none is open."""
+        if not self._window_open:
+            self._window_open = True
             self._txn_started = self._clock.mono_ms()
             self._txn_records = 0
+
+    def _begin(self) -> None:
+        """A change to SQLite (connection lock held): in the open transaction, committed
+        with the next group commit."""
+        self._window()
+        if not self._conn.in_transaction:
+            self._conn.execute("BEGIN IMMEDIATE")
+
+    @contextlib.contextmanager
+    def _hold_db(self) -> Iterator[None]:
+        """Hold the connection lock (waiting for a group commit in flight); nested holds
+        by the same thread pass through. A group that failed on the committing thread
+        comes back here into ``_pending`` (its error is raised by the next commit)."""
+        me = threading.get_ident()
+        if self._db_owner == me:
+            yield
+            return
+        self._db.acquire()
+        self._db_owner = me
+        try:
+            if self._failed is not None:
+                error, rows = self._failed
+                self._failed = None
+                self._commit_error = error
+                self._pending = {**rows, **self._pending}  # the older numbers first
+                self._window()
+                self._txn_records += len(rows)
+            yield
+        finally:
+            self._db_owner = None
+            self._db.release()
 
     def _store(self, seq: int, stream: str, protected: bool, raw: bytes, *,
                journal: bool = True) -> None:
         if journal:
             self._journal.append_record(seq, stream, protected, raw)  # raises before change
-            self._begin()
+            self._window()
             self._pending[seq] = (stream, protected, raw)
         else:
             self._begin()
@@ -525,49 +631,130 @@ class Outbox:
         """Commit the open group, start the journal anew and fsync before returning.
 
         Records still pending go into SQLite (those receipted meanwhile never do), with the
-        deferred deletions and the new ``send_limit``; an earlier group commit whose
-        background fsync is still under way is durable too when this returns. Raises
-        StorageError if the commit or the fsync fails (the journal is kept, so a crash then
-        still replays it).
+        deferred deletions and the new ``send_limit``; an earlier group commit still in
+        flight on the committing thread, or whose background fsync is still under way, is
+        committed and durable too when this returns. Raises StorageError if the commit or
+        the fsync fails, or an earlier group commit failed (its records are pending again;
+        the journal is kept, so a crash then still replays it).
         """
         self._commit(durable=True)
 
     def _commit(self, *, durable: bool) -> None:
-        # A group commit (durable=False) leaves the fsync to the background thread: the
-        # send limit it writes is used only once that fsync has returned (_made_durable).
-        with self._lock, translated(str(self.path)):
-            self._durability.check()
-            committed = False
-            if self._txn_open or self._pending:
-                committed = True
-                self._begin()
-                self._conn.executemany(
-                    "INSERT INTO records(seq, stream, protected, raw) VALUES(?,?,?,?)",
-                    [(s, st, int(p), raw) for s, (st, p, raw) in self._pending.items()])
-                generation = self._generation + 1
-                limit = max(self._send_limit, self._head_seq + self._send_ahead)
-                self._write_meta({"journal_gen": generation, "send_limit": limit,
-                                  "head_seq": self._head_seq, "head_hash": self._head_hash,
-                                  "commit_mono_ms": self._clock.mono_ms()})
+        # A group commit (durable=False) is handed to the committing thread, and its fsync
+        # left to the background fsync thread: the send limit it writes is used only once
+        # that fsync has returned (_made_durable). Every other commit happens here.
+        with self._lock:
+            if (not durable and self._committer.background
+                    and self._db_owner != threading.get_ident()):
+                self._db.acquire()  # one group in flight: wait for the one before
+                self._db_owner = threading.get_ident()
+                group = None
                 try:
+                    if self._failed is None and self._other_clean:
+                        self._durability.check()
+                        group = self._hand_over()
+                finally:
+                    if group is None:
+                        self._db_owner = None
+                        self._db.release()
+                if group is not None:
+                    self._db_owner = None  # the committing thread releases it
+                    self._committer.submit(functools.partial(self._commit_group, group))
+                    return
+            with self._hold_db(), translated(str(self.path)):
+                self._commit_inline(durable=durable)
+
+    def _hand_over(self) -> _Group | None:
+        """Close the window for the committing thread (both locks held): its records move
+        to the group, later changes go to the other journal file. None if nothing waits."""
+        if not (self._window_open or self._pending or self._conn.in_transaction):
+            return None
+        generation = self._generation + 1
+        self._journal.switch(generation)  # raises before anything changed
+        limit = max(self._send_limit, self._head_seq + self._send_ahead)
+        group = _Group(self._pending, {"journal_gen": generation, "send_limit": limit,
+                                       "head_seq": self._head_seq,
+                                       "head_hash": self._head_hash,
+                                       "commit_mono_ms": self._clock.mono_ms()},
+                       (self._file_epoch, limit), self._head_seq)
+        self._pending = {}
+        self._generation = generation
+        self._window_open = False
+        self._txn_records = 0
+        self._other_clean = False
+        return group
+
+    def _commit_group(self, group: _Group) -> None:
+        """On the committing thread, with the connection lock the hand-over took: INSERT,
+        COMMIT, empty the journal file it covers, ask for the fsync, release the lock. A
+        failure is kept with the group's records for the next holder of both locks."""
+        try:
+            try:
+                with translated(str(self.path)):
+                    if not self._conn.in_transaction:
+                        self._conn.execute("BEGIN IMMEDIATE")
+                    self._insert(group.rows)
+                    self._conn.execute(_meta_sql(len(group.meta)),
+                                       [v for item in group.meta.items() for v in item])
                     self._conn.execute("COMMIT")
-                except sqlite3.Error:
+            except Exception as exc:  # noqa: BLE001 - whatever it is: kept, raised by the next commit, records kept
+                with contextlib.suppress(sqlite3.Error):
                     if self._conn.in_transaction:
                         self._conn.execute("ROLLBACK")
-                    self._txn_open = False
-                    raise
-                self._txn_open = False
-                self._pending.clear()
-                self._generation = generation
-                self._undurable = (self._file_epoch, limit)
-                if not durable:
-                    self._durability.request(self._undurable)
-                    self._journal.start(generation)
-            if durable and self._undurable is not None:
-                self._durability.sync_now(self._undurable)
-            if durable and committed:
-                self._journal.start(self._generation)
-            self._committed_through = self._head_seq
+                self._failed = (exc, group.rows)
+                return
+            self._committed_through = max(self._committed_through, group.head)
+            self._undurable = group.token
+            self._other_clean = True  # committed: the file may be emptied and used again
+            with contextlib.suppress(StorageError):  # switch() empties it again, or raises
+                self._journal.truncate_other()
+            with contextlib.suppress(StorageError):  # the fsync thread's failure: kept
+                self._durability.request(group.token)  # there, raised by the next commit
+        finally:
+            self._db.release()
+
+    def _insert(self, rows: dict[int, Pending]) -> None:
+        values = [(s, st, int(p), raw) for s, (st, p, raw) in rows.items()]
+        for at in range(0, len(values), _INSERT_ROWS):
+            chunk = values[at:at + _INSERT_ROWS]
+            self._conn.execute(_insert_sql(len(chunk)), [v for row in chunk for v in row])
+
+    def _commit_inline(self, *, durable: bool) -> None:
+        """Commit on this thread (both locks held); fsync before returning if ``durable``."""
+        error, self._commit_error = self._commit_error, None
+        if error is not None:
+            raise error  # an earlier group commit failed; its records are pending again
+        self._durability.check()
+        committed = False
+        if self._window_open or self._pending or self._conn.in_transaction:
+            committed = True
+            self._begin()
+            self._insert(self._pending)
+            generation = self._generation + 1
+            limit = max(self._send_limit, self._head_seq + self._send_ahead)
+            self._write_meta({"journal_gen": generation, "send_limit": limit,
+                              "head_seq": self._head_seq, "head_hash": self._head_hash,
+                              "commit_mono_ms": self._clock.mono_ms()})
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.Error:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+            self._window_open = False
+            self._pending.clear()
+            self._generation = generation
+            self._undurable = (self._file_epoch, limit)
+            if not durable:
+                self._durability.request(self._undurable)
+                self._journal.start(generation)
+                self._other_clean = True
+        if durable and self._undurable is not None:
+            self._durability.sync_now(self._undurable)
+        if durable and committed:
+            self._journal.start(self._generation)
+            self._other_clean = True
+        self._committed_through = self._head_seq
 
     def _made_durable(self, token: Token) -> None:
         """The fsync of a commit returned (on the committing or the fsync thread)."""
@@ -586,12 +773,16 @@ class Outbox:
 
         Returns whether a commit happened. Raises StorageError like :meth:`commit`.
         """
+        now = self._clock.mono_ms()
+        if (self._window_open and self._rejected is None
+                and now - self._txn_started < self.settings.commit_window_ms):
+            return False  # a young window (read without the lock: called once a reading)
         with self._lock:
-            now = self._clock.mono_ms()
             if self._rejected is not None and now - self._rejected[2] >= _GAP_DECLARE_MS:
-                with translated(str(self.path)):
+                with self._hold_db(), translated(str(self.path)):
                     self._declare_rejected()
-            if ((self._txn_open or self._pending)
+            if ((self._window_open or self._pending or self._commit_error is not None
+                 or self._failed is not None)
                     and now - self._txn_started >= self.settings.commit_window_ms):
                 self._commit(durable=False)
                 return True
@@ -600,14 +791,16 @@ class Outbox:
     def commit_due_ms(self) -> int | None:
         """Monotonic time at which the open group must commit (None: nothing pending)."""
         with self._lock:
-            if not self._txn_open:
+            if not (self._window_open or self._failed is not None):
                 return None
             return self._txn_started + self.settings.commit_window_ms
 
     @property
     def committed_through(self) -> int:
-        """Every record with a sequence number up to this one is committed (or gone)."""
-        return self._committed_through
+        """Every record with a sequence number up to this one is committed (or gone); waits
+        for a group commit in flight."""
+        with self._lock, self._hold_db():
+            return self._committed_through
 
     @property
     def send_limit(self) -> int:
@@ -630,7 +823,7 @@ class Outbox:
 
         At least one record is returned if any is there, however large.
         """
-        with self._lock, translated(str(self.path)):
+        with self._lock, self._hold_db(), translated(str(self.path)):
             limit = self.sendable_through
             rows = [(int(s), bytes(r)) for s, r in self._conn.execute(
                 "SELECT seq, raw FROM records WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
@@ -644,7 +837,7 @@ class Outbox:
 
     def fetch(self, seqs: list[int]) -> list[tuple[int, bytes]]:
         """Return the sendable records among ``seqs`` that are still in the outbox."""
-        with self._lock, translated(str(self.path)):
+        with self._lock, self._hold_db(), translated(str(self.path)):
             out = []
             limit = self.sendable_through
             for seq in sorted(seqs):
@@ -663,7 +856,7 @@ class Outbox:
         """
         if not streams:
             return []
-        with self._lock, translated(str(self.path)):
+        with self._lock, self._hold_db(), translated(str(self.path)):
             marks = ",".join("?" * len(streams))
             stored = [int(s) for (s,) in self._conn.execute(
                 f"SELECT seq FROM records WHERE stream IN ({marks}) AND protected = 0",  # noqa: S608 - placeholders only
@@ -686,7 +879,7 @@ class Outbox:
 
     def records_of_stream(self, stream: str) -> list[tuple[int, bytes]]:
         """Return every stored record of ``stream`` (committed or not), in order."""
-        with self._lock, translated(str(self.path)):
+        with self._lock, self._hold_db(), translated(str(self.path)):
             rows = self._conn.execute("SELECT seq, raw FROM records WHERE stream = ? "
                                       "ORDER BY seq", (stream,)).fetchall()
             pending = [(s, raw) for s, (st, _, raw) in self._pending.items() if st == stream]
@@ -702,7 +895,7 @@ class Outbox:
         numbers. Returns what happened. Raises StorageError.
         """
         result = ReceiptResult()
-        with self._lock, translated(str(self.path)):
+        with self._lock, self._hold_db(), translated(str(self.path)):
             self._begin()
             for outcome in receipt.outcomes:
                 seq = outcome.seq
@@ -726,7 +919,7 @@ class Outbox:
         """Move one record to the dead letters (the gateway refused the batch holding only
         it). Returns whether it was there. Raises StorageError."""
         result = ReceiptResult()
-        with self._lock, translated(str(self.path)):
+        with self._lock, self._hold_db(), translated(str(self.path)):
             self._begin()
             row = self._row(seq)
             if row is None:
@@ -793,7 +986,7 @@ class Outbox:
 
     def stats(self) -> OutboxStats:
         """Return the outbox's depth, size, dead letters and counters."""
-        with self._lock, translated(str(self.path)):
+        with self._lock, self._hold_db(), translated(str(self.path)):
             stats = read_stats(self._conn, self._state.get("corrupt_outboxes"))
             pending = sum(len(raw) for _, _, raw in self._pending.values())
             return dataclasses.replace(stats, depth=stats.depth + len(self._pending),
@@ -809,12 +1002,13 @@ class Outbox:
 
         The final commit also marks the stop as clean (no ``running_kernel``), so the next
         start declares nothing."""
-        with self._lock, translated(str(self.path)):
+        with self._lock, self._hold_db(), translated(str(self.path)):
             if self._rejected is not None and self._signer is not None:
                 self._declare_rejected()
             self._begin()
             self._conn.execute("DELETE FROM meta WHERE name = 'running_kernel'")
             self.commit()
+            self._committer.close()
             self._durability.close()
             self._state.set_many({"receipted_through": self._receipted_through()})
             self._conn.close()

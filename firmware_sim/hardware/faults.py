@@ -11,7 +11,9 @@ A :class:`SensorFault` changes the value a sensor reports during ``[start_s, end
 - ``spike``: with probability ``rate`` per reading, ± ``magnitude`` added;
 - ``dropout``: no value at all;
 - ``replay``: the values of sensor ``source`` from ``delay_s`` earlier (a forged device
-  that copies another's readings instead of measuring).
+  that copies another's readings instead of measuring), plus Gaussian noise of standard
+  deviation ``magnitude`` (0: an exact copy) so that the copy does not match exactly;
+  ``delay_s`` 0 copies the value the source reports at the same moment (a live copy).
 
 The same types are read from config (:func:`faults_from_config`), so the demo, the tests
 and ``bench/quality_bench.py`` inject faults the same way. Randomness comes from the
@@ -56,8 +58,10 @@ class SensorFault:
             raise ValueError("fault end_s must be after start_s")
         if not 0.0 <= self.rate <= 1.0:
             raise ValueError("fault rate must be within 0..1")
-        if self.kind == "replay" and (not self.source or self.delay_s < 0):
-            raise ValueError("a replay fault needs a source sensor and delay_s >= 0")
+        if self.kind == "replay" and (not self.source or self.delay_s < 0
+                                      or self.magnitude < 0):
+            raise ValueError("a replay fault needs a source sensor, delay_s >= 0 and "
+                             "magnitude (its added noise) >= 0")
 
     def active(self, elapsed_s: float) -> bool:
         """Whether the fault acts at ``elapsed_s`` seconds since the epoch."""
@@ -92,7 +96,9 @@ class FaultySensor:
         if fault.kind == "dropout":
             return None
         if fault.kind == "replay":
-            return None if history is None else history(fault.source, elapsed_s - fault.delay_s)
+            copied = None if history is None else history(fault.source,
+                                                          elapsed_s - fault.delay_s)
+            return None if copied is None else copied + fault.magnitude * gauss
         if value is None:
             return None
         if fault.kind == "stuck":

@@ -45,6 +45,7 @@ class Box:
         """kill -9: nothing more is written, the open transaction rolls back; what was
         handed to the kernel (the journal) stays. Private on purpose: no public call may
         close the outbox without committing."""
+        self.outbox._db.acquire()  # noqa: SLF001 - a group commit in flight ends first
         self.outbox._conn.close()  # noqa: SLF001
         self.outbox._journal.close()  # noqa: SLF001
         self.state.close()

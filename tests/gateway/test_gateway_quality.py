@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import httpx
@@ -60,6 +60,7 @@ class Room:
     devices: list[TestDevice]
     leaves: dict[str, list[int]]
     values: dict[str, list[tuple[float, float]]]
+    keys: list[EpochKeys] = field(default_factory=list)
 
     def attestation(self) -> QualityAttestation:
         site = SiteSpec("living-room", "Cel", tuple(
@@ -97,6 +98,7 @@ def make_room(base_url: str, client: DeviceClient, sealed_to: str = "hub") -> Ro
         room.values[name] = [((T0_MS + m * MINUTE_MS) / 1000, (210 + offset + m % 3) / 10)
                              for m in range(10)]
         room.devices.append(dev)
+        room.keys.append(keys)
     return room
 
 
@@ -192,6 +194,65 @@ def test_validator_role_reads_its_granted_streams_attests_each_window_once(
     again = json.loads(capsys.readouterr().out)
     assert (again["logged"], again["already_logged"]) == (0, 1)
     assert gateway.service.store.size() == size
+
+
+def validator_argv(room: Room, gateway: RunningGateway, tmp_path: Path) -> list[str]:
+    site = tmp_path / "living-room.toml"
+    site.write_text(render(Site("living-room", "climate", "Cel", "hub", tuple(
+        SiteSensor(f"dht-{i}", d.device_id.hex(), 0.5) for i, d in enumerate(room.devices)))))
+    save_signing_key(tmp_path / "hub.signing", room.signing)
+    save_recipient_key(tmp_path / "hub.key", room.box)
+    return ["once", "--site", str(site), "--gateway", gateway.base_url,
+            "--signing-key", str(tmp_path / "hub.signing"),
+            "--recipient-key", str(tmp_path / "hub.key"), "--json"]
+
+
+def test_validator_with_a_state_file_judges_each_window_once_across_runs(
+        gateway: RunningGateway, room: Room, devices: DeviceClient, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    state = tmp_path / "living-room.state"
+    argv = [*validator_argv(room, gateway, tmp_path), "--state", str(state)]
+    assert validator_main(argv) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert (first["windows"], first["logged"], first["already_logged"]) == (1, 1, 0)
+    assert state.stat().st_mode & 0o777 == 0o600  # it holds decrypted readings
+    size = gateway.service.store.size()
+    assert validator_main(argv) == 0  # nothing new: nothing judged, nothing submitted
+    again = json.loads(capsys.readouterr().out)
+    assert (again["windows"], again["logged"], again["already_logged"]) == (0, 0, 0)
+    assert gateway.service.store.size() == size
+    for i, (dev, keys) in enumerate(zip(room.devices, room.keys, strict=True)):
+        offset = (0, 1, 20)[i]  # the second window: the third device still 2.0 °C high
+        devices.send(dev, [sealed_reading(dev, keys, 210 + offset + m % 3)
+                           for m in range(10)], batch_id=2)
+        devices.wait_for(dev.device_id, 2)
+    size = gateway.service.store.size()
+    assert validator_main(argv) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert (second["windows"], second["logged"], second["already_logged"]) == (1, 1, 0)
+    # the third device's second bad window in a row, judged on the state the first left
+    assert second["states"][room.devices[2].device_id.hex()] == "suspect"
+    assert gateway.service.store.size() == size + 1
+    listed = httpx.get(f"{gateway.base_url}/v1/documents", params={"type": "quality"}).json()
+    assert len(listed) == 2
+
+
+def test_state_file_of_other_settings_or_open_to_others_is_refused_and_changes_nothing(
+        gateway: RunningGateway, room: Room, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    state = tmp_path / "living-room.state"
+    argv = [*validator_argv(room, gateway, tmp_path), "--state", str(state)]
+    assert validator_main([*argv, "--window-s", "300"]) == 0
+    written = state.read_bytes()
+    capsys.readouterr()
+    size = gateway.service.store.size()
+    assert validator_main(argv) == 2  # judged in 300 s windows: not this run's settings
+    assert "not a validator state file" in capsys.readouterr().err
+    state.chmod(0o644)
+    assert validator_main([*argv, "--window-s", "300"]) == 2
+    assert "must not be accessible" in capsys.readouterr().err
+    assert gateway.service.store.size() == size
+    assert state.read_bytes() == written
 
 
 def wait_for_checkpoint_over(base_url: str, index: int, timeout: float = 60.0) -> None:

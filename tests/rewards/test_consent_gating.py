@@ -75,11 +75,20 @@ class World:
     def fund(self, request: Document, micro: int) -> None:
         self.deployed.fund(KEYS["company"], micro * BASE_UNITS_PER_MICRO, request.id)
 
-    def recompute(self) -> Gated:
+    def recompute(self, client: DocumentClient | None = None, *, scan: bool = True) -> Gated:
+        """Gate the log up to a checkpoint covering everything logged so far (each leaf
+        proven in it, the log scanned)."""
         size = int(httpx.get(f"{self.base}/v1/stats").json()["log_size"])
-        return recompute(DocumentClient(self.base), self.deployed.rpc,
-                         self.deployed.distributor, size, BASE_UNITS_PER_MICRO,
-                         gateway=GatewayKey.from_text(self.verifier).public_key)
+        reader = client or DocumentClient(self.base)
+
+        def covered() -> Gated | None:
+            at, gated = recompute(reader, self.deployed.rpc, self.deployed.distributor,
+                                  BASE_UNITS_PER_MICRO, gateway_key=self.verifier,
+                                  scan=scan)
+            return gated if at >= size else None
+
+        found: Gated = wait_for("a checkpoint covering the log", covered)
+        return found
 
     @property
     def owner_id(self) -> bytes:

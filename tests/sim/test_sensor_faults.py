@@ -81,6 +81,20 @@ def test_forged_sensor_replays_another_sensors_values_with_its_delay() -> None:
     assert values["f"][5:] == values["a"][:-5]
 
 
+def test_forged_sensor_copying_live_reports_its_sources_value_of_the_same_minute() -> None:
+    values = run_site((SensorFault("replay", source="a", delay_s=0),))
+    assert values["f"] == values["a"]
+
+
+def test_forged_sensor_adds_noise_of_its_own_to_what_it_copies() -> None:
+    values = run_site((SensorFault("replay", source="a", delay_s=300, magnitude=0.1),),
+                      minutes=600)
+    copied = [f - a for f, a in zip(values["f"][5:], values["a"][:-5], strict=True)
+              if f is not None and a is not None]
+    assert sum(d == 0 for d in copied) < 0.5 * len(copied)  # no longer an exact copy
+    assert pstdev(copied) == pytest.approx(0.1, abs=0.03)
+
+
 def test_same_seed_replays_the_same_readings() -> None:
     faults = (SensorFault("spike", magnitude=3.0, rate=0.2), SensorFault("noise", magnitude=1))
     assert run_site(faults) == run_site(faults)
@@ -100,6 +114,8 @@ def test_example_sites_config_loads_with_every_fault_kind() -> None:
     ('[[site]]\nname="r"\n' + '[[site.sensor]]\nname="a"\ncolour="red"\n' * 3, "colour"),
     ('[[site]]\nname="r"\n' + '[[site.sensor]]\nname="a"\n[[site.sensor.fault]]\n'
      'kind="replay"\n' * 3, "source"),
+    ('[[site]]\nname="r"\n' + '[[site.sensor]]\nname="a"\n[[site.sensor.fault]]\n'
+     'kind="replay"\nsource="b"\nmagnitude=-0.1\n' * 3, "magnitude"),
 ])
 def test_bad_sites_config_is_one_error_naming_the_key(tmp_path: Path, text: str,
                                                       message: str) -> None:
@@ -141,6 +157,9 @@ def test_sim_quality_demo_catches_the_miscalibrated_sensor_and_only_it(
     assert "living-room/dht-a" not in faulty
     assert "living-room/dht-b" not in faulty
     assert faulty["hall/rh-forged"][0].endswith("replay")
+    assert faulty["office/desk-3"][0].endswith("replay")  # a live copy with noise added
+    assert faulty["office/desk-4"][0].endswith("replay")  # an exact copy 2.5 hours late
+    assert not {f"office/desk-{i}" for i in range(3)} & set(faulty)
 
 
 def test_agent_config_names_the_simulated_sensors_faults_file(tmp_path: Path) -> None:

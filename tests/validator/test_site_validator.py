@@ -226,3 +226,81 @@ def test_window_with_too_few_comparable_minutes_is_not_counted_good() -> None:
     verdicts = [window(w, full_pair=w % 2 == 0) for w in range(6)]
     assert verdicts[1].of("c").reasons == ()
     assert verdicts[4].of("c").state == "faulty"
+
+
+def honest_never_accused_of_copying(verdicts: list[WindowVerdict]) -> bool:
+    return all("replay" not in s.reasons for v in verdicts for s in v.sensors if s.sensor != "x")
+
+
+def test_copy_with_noise_of_its_own_added_is_caught_and_its_source_is_not() -> None:
+    # No value matches exactly: x reports h0's value of 15 minutes ago plus 0.1 °C of noise
+    # (an honest DHT22's own), then rounded. Its residuals still carry h0's noise.
+    verdicts = run((SensorFault("replay", start_s=H, source="h0", delay_s=900,
+                                magnitude=0.1),), 10)
+    assert first_faulty_h(verdicts) <= 7.0
+    assert reasons(verdicts) == {"replay"}
+    assert honest_never_flagged(verdicts)
+
+
+def test_live_copy_with_noise_added_is_caught_and_its_source_is_not() -> None:
+    # Lag 0: x copies what h0 reports in the same minute, plus noise; the three-sensor site
+    # has a single reference, the hardest case (docs/QUALITY.md §3.3).
+    verdicts = run((SensorFault("replay", start_s=H, source="h0", delay_s=0,
+                                magnitude=0.07),), 10, seed=2)
+    assert first_faulty_h(verdicts) <= 7.0
+    assert reasons(verdicts) == {"replay"}
+    assert honest_never_flagged(verdicts)
+
+
+def test_live_copy_in_a_five_sensor_site_is_caught_and_no_honest_sensor_is_accused() -> None:
+    verdicts = run((SensorFault("replay", start_s=H, source="h2", delay_s=0,
+                                magnitude=0.1),), 10, sensors=5, seed=4)
+    assert first_faulty_h(verdicts) <= 7.0
+    assert honest_never_accused_of_copying(verdicts)
+    assert honest_never_flagged(verdicts)
+
+
+def test_live_exact_duplicate_flags_both_sensors_as_copies() -> None:
+    # Identical values minute for minute: one copies the other, the values cannot say which.
+    verdicts = run((SensorFault("replay", start_s=H, source="h0", delay_s=0),), 10,
+                   sensors=4)
+    assert first_faulty_h(verdicts) <= 7.0
+    assert first_faulty_h(verdicts, "h0") <= 7.0
+    assert "replay" in reasons(verdicts, "h0")
+    assert set(states(verdicts, "h1")) == {"healthy"}
+
+
+def test_copy_two_and_a_half_hours_late_is_caught_as_a_replay() -> None:
+    # Starts at 4 h so the forger has 2.5 h of its source to copy from the start.
+    verdicts = run((SensorFault("replay", start_s=4 * H, source="h0", delay_s=9000),), 8,
+                   sensors=4)
+    caught = first_faulty_h(verdicts)
+    assert caught <= 5.0
+    assert "replay" in reasons([v for v in verdicts if v.start_s < caught * H])
+    assert honest_never_accused_of_copying(verdicts)
+
+
+def test_honest_sensors_sharing_a_room_are_not_accused_of_copying_over_two_days() -> None:
+    # The room's real variations are common to all: residuals from the consensus remove
+    # them, and what is left (each unit's own noise) is independent.
+    for sensors, seed in ((3, 5), (5, 6)):
+        verdicts = run((), 48, sensors=sensors, seed=seed, missed=0.05)
+        assert {s.state for v in verdicts for s in v.sensors} == {"healthy"}
+
+
+def test_step_in_one_sensor_is_not_read_as_two_others_sharing_noise() -> None:
+    # A bias starting and ending mid-window puts a step into the consensus the others are
+    # compared against; the window is left out of the copy statistics.
+    verdicts = run((SensorFault("bias", start_s=H + 420, end_s=5 * H + 300,
+                                magnitude=-3.0),), 12)
+    assert honest_never_flagged(verdicts)
+    assert honest_never_accused_of_copying(verdicts)
+
+
+def test_value_stuck_for_thirty_readings_is_faulty_without_waiting_for_more_windows() -> None:
+    # Stuck from 1 h 05: the run reaches 30 readings in the window ending at 1 h 40 (the
+    # run is the evidence of three windows already, as a long dropout's silence is).
+    verdicts = run((SensorFault("stuck", start_s=H + 300),), 4)
+    assert first_faulty_h(verdicts) < 1.0 + 45 / 60  # was 1 h 50 with three windows
+    assert reasons(verdicts) == {"stuck"}
+    assert honest_never_flagged(verdicts)
