@@ -1,7 +1,7 @@
 """``edgeproof-sim``: the one-command demo and the fleet simulator.
 
     edgeproof-sim demo [--devices N] [--duration SECONDS] [--seed S] [--keep] [--local-broker]
-                       [--json]
+                       [--no-quality] [--no-contract] [--json]
     edgeproof-sim fleet --fleet FLEET_DIR --devices N [--duration S] [--rate HZ] [--json]
     edgeproof-sim quality [--sites FILE] [--hours H] [--seed S] [--json]
 
@@ -51,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
                       help="run the devices until Ctrl-C instead of --duration (the "
                       "dashboard stays live meanwhile), and keep the temporary directory "
                       "(fleet, logs, proof bundle)")
+    demo.add_argument("--no-quality", action="store_true",
+                      help="leave out the room of three sensors (one miscalibrated) whose "
+                      "validator's verdicts withhold credit: a shorter run")
+    demo.add_argument("--no-contract", action="store_true",
+                      help="leave out the contract story and the company's paid request: the "
+                      "owner consents to nothing, so nothing is paid (a shorter run)")
     demo.add_argument("--json", action="store_true",
                       help="print one JSON object at the end (progress goes to stderr)")
     demo.add_argument("--local-broker", action="store_true",
@@ -170,7 +176,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     signals = Signals()
     signals.install()
     demo = Demo(DemoOptions(devices=args.devices, duration_s=args.duration, seed=args.seed,
-                            keep=args.keep, local_broker=args.local_broker), view, signals)
+                            keep=args.keep, local_broker=args.local_broker,
+                            quality=not args.no_quality, contract=not args.no_contract),
+                view, signals)
     code = EXIT_OK
     try:
         summary = demo.run()

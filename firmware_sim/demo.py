@@ -15,10 +15,18 @@
    story runs on the first device (:mod:`firmware_sim.demo_contract`): a company requests
    temperature only at one reading a minute, the owner consents, the company reads the
    temperature and not the humidity, the owner revokes, later readings stay closed to it.
+   Then biolab offers a paid request for the other devices but the last (and the quality
+   room), funds the distributor for it, and the owner consents (:mod:`firmware_sim.demo_payout`).
+   The quality room (:mod:`firmware_sim.demo_quality`, unless ``--no-quality``) runs beside
+   them, judged by the owner's hub while it runs, until the miscalibrated sensor is FAULTY
+   on the log and has logged usage after the verdict.
 3. The agents stop (SIGTERM: a final flush), the gateway checkpoints everything, and one
    sealed reading is proved offline and opened by its recipient
    (:mod:`firmware_sim.demo_verify`).
-4. Everything started is stopped, the directory removed (unless ``--keep``), a summary
+4. The owner binds a wallet; the gateway posts a consent-gated epoch; the demo prints per
+   device what was paid, withheld (``quality_faulty``) and locked, checks the epoch with
+   ``edgeproof-verify payout``, and the owner claims (:mod:`firmware_sim.demo_payout`).
+5. Everything started is stopped, the directory removed (unless ``--keep``), a summary
    printed (``--json``: one object).
 
 The gateway's dashboard (``/dashboard``, docs/GATEWAY.md) is live while the devices run;
@@ -44,11 +52,11 @@ from types import FrameType
 from typing import Any
 
 from agent.clock import SystemClock
-from firmware_sim.demo_contract import ContractStory, StoryResult
+from firmware_sim.demo_contract import COMPANY, ContractStory, StoryResult
 from firmware_sim.demo_devices import FINAL_FLUSH_S, DemoDevice, write_demo_config
 from firmware_sim.demo_home import HomeBroker
 from firmware_sim.demo_payout import PayoutResult, PayoutStory
-from firmware_sim.demo_quality import QualityResult, QualityStory
+from firmware_sim.demo_quality import VALIDATOR, QualityResult, QualityStory
 from firmware_sim.demo_verify import Verification, verify
 from firmware_sim.procs import stop_all
 from firmware_sim.stack import Interrupted, Stack, StackError
@@ -60,6 +68,7 @@ RECIPIENT = "acme"  # named by the operator in the devices' configs; granted not
 OWNER_SEALING_KEY = "owner-sealing.key"
 POLL_S = 0.5
 SETTLE_TIMEOUT_S = 15.0
+ROOM_TIMEOUT_S = 300.0  # a bound for a slow, loaded machine; the wait ends on the condition
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,8 @@ class DemoOptions:
     seed: int = 1
     keep: bool = False
     local_broker: bool = False  # the owner's home broker too (firmware_sim/demo_home.py)
+    quality: bool = True  # the room of three sensors, one miscalibrated (--no-quality: none)
+    contract: bool = True  # the contract story and the paid request (--no-contract: none)
 
 
 class Signals:
@@ -137,20 +148,16 @@ class Demo:
         """Run every step and clean up; return the summary. Raises Interrupted on abort."""
         try:
             self._setup()
-            self.contract = ContractStory(self.stack, self.devices[0].device, self.owner,
-                                          self.view.note, self.signals.check).run()
-            self.error = self.contract.error
-            if self.contract.request_id:
-                self.payout_story.fund("biolab", bytes.fromhex(self.contract.request_id))
+            self._contract()
             self._run_devices()
             self._wait_for_room()
             self._stop_devices()
             for line in self.home.notes() if self.home is not None else []:
                 self.view.note(line)
             self._settle()
-            if self.signals.finish_early:
+            if self.signals.finish_early and self.room:
                 self.view.note("quality: the run ended early; the room is not judged")
-            else:
+            elif self.room:
                 self.quality = self.quality_story.judge(self.stack, self.room)
             self.view.note("proving one reading offline and opening it as its owner, and as "
                            f"'{RECIPIENT}' whom only the operator named ...")
@@ -161,8 +168,12 @@ class Demo:
                 covered=self.snapshot.gateway.checkpoint_size, workdir=self.workdir,
                 recipient_key=owner_key, outsider_key=self._key(RECIPIENT))
             self.error = self.error or self.verification.error
-            self.payout = self.payout_story.claim(self.stack, self.owner)
-            self.error = self.error or self.payout.error
+            if self.options.contract:
+                everyone = [*self.devices, *self.room]
+                self.payout = self.payout_story.claim(
+                    self.stack, self.owner, {d.device.device_id: d.name for d in everyone},
+                    {d.name: d.row().settled_micro for d in everyone})
+                self.error = self.error or self.payout.error
         except Interrupted:
             raise
         except (EdgeproofError, OSError) as exc:  # a step failed: say which, clean up
@@ -184,7 +195,8 @@ class Demo:
         n = self.options.devices
         self.view.note(f"edgeproof demo: a private broker, gateway and {n} simulated "
                        f"devices in {self.workdir}")
-        self.stack.extra_gateway_config = self.payout_story.prepare()
+        trusted = (self.quality_story.validator_id,) if self.options.quality else ()
+        self.stack.extra_gateway_config = self.payout_story.prepare(trusted)
         self.stack.start()
         self.view.note(f"broker {self.stack.broker_url} (anonymous off, password file, ACL), "
                        f"gateway {self.stack.gateway_url}")
@@ -208,28 +220,72 @@ class Demo:
             self.view.note("this machine's clock is not NTP-synchronised: the devices are "
                            "told to trust it (--unsafe-assume-clock-synced), or they would "
                            "seal nothing to a grant")
-        self.room = self.quality_story.prepare(self.stack, self.owner, n)
+        if self.options.quality:
+            self.room = self.quality_story.prepare(self.stack, self.owner, n,
+                                                   self.options.seed)
+        self.view.note("payout: the gateway pays only credit earned under an owner's consent "
+                       "to a company that funded it (consent gating, the default)" + (
+                           f", and withholds credit of sensors that validator '{VALIDATOR}' "
+                           "judges faulty ([payout] quality_validators; the demo trusts the "
+                           "owner's hub, in life the operator names an independent validator)"
+                           if self.room else ""))
         for d in [*self.devices, *self.room]:
             self.signals.check()
             d.start(self.workdir / "logs", self.options.seed, assume_clock_synced=unsynced)
+        if self.room:
+            self.quality_story.watch(self.stack)
+
+    def _contract(self) -> None:
+        """The contract story, then the company's funding and paid request."""
+        if not self.options.contract:
+            self.view.note("contract: left out (--no-contract): no company asks and the owner "
+                           "consents to nothing, so nothing is paid")
+            return
+        story = ContractStory(self.stack, self.devices[0].device, self.owner,
+                              self.view.note, self.signals.check)
+        self.contract = story.run()
+        self.error = self.contract.error
+        if self.contract.request_id:
+            self.payout_story.fund(COMPANY, bytes.fromhex(self.contract.request_id))
+            self._reward(story)
+
+    def _reward(self, story: ContractStory) -> None:
+        """The company's paid request: every device but the story's (its consent is revoked)
+        and, to show a locked one, the last of the others."""
+        others = self.devices[1:]
+        left_out = others[-1:] if len(others) >= 2 or (others and self.room) else []
+        paid = [*(d for d in others if d not in left_out), *self.room]
+        if not paid or story.company is None or story.signing is None:
+            return
+        self.payout_story.reward(self.stack, COMPANY, story.company.public_key, story.signing,
+                                 owner=self.owner,
+                                 devices={d.name: d.device.device_id for d in paid},
+                                 left_out=[d.name for d in left_out])
 
     def _wait_for_room(self) -> None:
-        """Let the quality site's agents run long enough for a verdict (a short run only)."""
-        remaining = self.quality_story.remaining_s()
-        if remaining <= 0 or self.signals.finish_early:
+        """Let the room's agents run until the hub judged the miscalibrated sensor faulty
+        and that sensor logged usage after the verdict (credit withheld), if not yet."""
+        if not self.room or self.signals.finish_early or self._room_done():
             return
-        self.view.note(f"quality: the room's sensors run {remaining:.0f} s more for the "
-                       "validator's windows")
-        deadline = time.monotonic() + remaining
+        self.view.note("quality: the room's sensors run on until the hub's verdict is logged "
+                       "and the miscalibrated sensor's credit is withheld")
+        deadline = time.monotonic() + ROOM_TIMEOUT_S
         self.signals.running = True  # a first Ctrl-C ends the wait (and skips the verdict)
         try:
-            while time.monotonic() < deadline and not (self.signals.aborted
-                                                       or self.signals.finish_early):
+            while not (self.signals.aborted or self.signals.finish_early or self._room_done()):
                 self._check_alive()
-                self.signals.wake.wait(min(POLL_S, max(0.0, deadline - time.monotonic())))
+                if time.monotonic() > deadline:
+                    self.view.note(f"quality: no verdict within {ROOM_TIMEOUT_S:.0f} s")
+                    break
+                self.signals.wake.wait(POLL_S)
         finally:
             self.signals.running = False
         self.signals.check()
+
+    def _room_done(self) -> bool:
+        if self.quality_story.watch_error:
+            raise StackError(f"the hub: {self.quality_story.watch_error}")
+        return self.quality_story.withholding(self.stack)
 
     def _run_devices(self) -> None:
         self.signals.check()
@@ -306,6 +362,7 @@ class Demo:
 
     def _cleanup(self) -> None:
         self.view.stop()
+        self.quality_story.stop_watching()
         children = [d.child for d in [*self.devices, *self.room]
                     if d.child is not None and d.child.alive()]
         if children:
@@ -328,10 +385,13 @@ class Demo:
         s, g = self.snapshot, self.snapshot.gateway
         v = self.verification
         return {
-            "ok": (not self.error and v.verified and self.contract.ok and self.payout.ok
-                   and (self.quality.caught or self.signals.finish_early)),
+            "ok": (not self.error and v.verified
+                   and ((self.contract.ok and self.payout.ok) or not self.options.contract)
+                   and (self.quality.caught or self.signals.finish_early
+                        or not self.options.quality)),
             "error": self.error or None,
             "devices": len(self.devices),
+            "room_devices": len(self.room),
             "duration_s": round(self.elapsed_s, 1),
             "ended_early": self.signals.finish_early,
             "readings": s.total("readings"), "committed": s.total("committed"),

@@ -76,6 +76,8 @@ class ContractStory:
         self.gateway = GatewayClient(stack.gateway_url)
         self.documents = DocumentClient(stack.gateway_url)
         self.result = StoryResult()
+        self.company: RecipientKey | None = None  # biolab's keys, once registered
+        self.signing: SigningKey | None = None
 
     def run(self) -> StoryResult:
         """Every act in order; a failure is recorded in ``result.error``, never raised
@@ -102,6 +104,7 @@ class ContractStory:
                              signing.public_key.hex(), "--fleet", str(self.stack.fleet_dir))
         self.note(f"contract: '{COMPANY}' is a registered recipient (X25519 to read, Ed25519 "
                   f"to sign requests)")
+        self.company, self.signing = company, signing
         return company, signing
 
     def _request_and_consent(self, company: RecipientKey, signing: SigningKey) -> Document:

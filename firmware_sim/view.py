@@ -227,8 +227,11 @@ def print_report(console: Console, summary: dict[str, Any], snapshot: Snapshot) 
     payout = summary.get("payout") or {}
     if payout.get("wallet"):
         console.print(f"wallet {payout['wallet']}: claimed {int(payout['claimed']) / 10**18:.6f}"
-                      f" tokens for {credits(payout['settled_micro'])} settled; token balance "
-                      f"{int(payout['balance']) / 10**18:.6f} (distributor "
+                      f" tokens for {credits(payout.get('paid_micro', 0))} paid of "
+                      f"{credits(payout['settled_micro'])} settled "
+                      f"({credits(payout.get('withheld_micro', 0))} withheld: quality_faulty; "
+                      f"{credits(payout.get('locked_micro', 0))} locked: no consent in force); "
+                      f"token balance {int(payout['balance']) / 10**18:.6f} (distributor "
                       f"{payout['distributor']})", markup=False, highlight=False)
     verdict = "VERIFIED" if summary["verified"] else "NOT verified"
     console.print(

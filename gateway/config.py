@@ -99,7 +99,9 @@ class PayoutConfig:
     interval_s: float = 3600.0  # at most one epoch per interval
     resend_after_s: float = 60.0  # a root post the node lost this long ago is re-sent
     max_attempts: int = 3  # reverted root posts per epoch before it is a failure
-    consent_gated: bool = False  # pay only consented, funded credit (PROTOCOL.md §19.4)
+    # Pay only consented, funded credit (PROTOCOL.md §19.4). False only with the explicit
+    # ``unsafe_ungated = true``: every bound owner's whole settled credit, consent or not.
+    consent_gated: bool = True
     # Validators (signer ids) whose faulty verdicts withhold credit (§19.4 rule 5), sorted.
     quality_validators: tuple[bytes, ...] = ()
     distributor_block: int = 0  # the distributor's deployment block: Funded events start there
@@ -167,7 +169,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
     "store": frozenset({"backend", "dsn", "password_file", "shared"}),
     "payout": frozenset({"rpc_url", "key_file", "chain_id", "distributor", "interval_s",
                          "resend_after_s", "max_attempts", "consent_gated",
-                         "quality_validators", "distributor_block",
+                         "unsafe_ungated", "quality_validators", "distributor_block",
                          "funding_confirmations"}),
 }
 _REQUIRED = {"gateway": ("data_dir", "key_file", "admin_token_file"), "broker": ("url",)}
@@ -249,11 +251,20 @@ def _payout(payout: Table) -> PayoutConfig:
         interval_s=payout.number("interval_s", 3600.0, low=0.05),
         resend_after_s=payout.number("resend_after_s", 60.0, low=0.05),
         max_attempts=payout.integer("max_attempts", 3, low=1, high=100),
-        consent_gated=payout.boolean("consent_gated", False),
+        consent_gated=_consent_gated(payout),
         quality_validators=_validators(payout),
         distributor_block=payout.integer("distributor_block", 0, low=0, high=2**63 - 1),
         funding_confirmations=payout.integer("funding_confirmations", 0, low=0, high=10_000),
     )
+
+
+def _consent_gated(payout: Table) -> bool:
+    """Consent gating is the default; only ``unsafe_ungated = true`` turns it off."""
+    if not payout.boolean("consent_gated", True):
+        raise ConfigError("payout.consent_gated = false is not a setting: consent gating is "
+                          "always on; the ungated mode is payout.unsafe_ungated = true "
+                          "(pays credit no owner consented to; OPERATIONS.md §12)")
+    return not payout.boolean("unsafe_ungated", False)
 
 
 def _validators(payout: Table) -> tuple[bytes, ...]:
@@ -265,8 +276,9 @@ def _validators(payout: Table) -> tuple[bytes, ...]:
             raise ConfigError("payout.quality_validators must be validator signer ids "
                               f"(32 hex digits), got {name!r}")
         ids.add(bytes.fromhex(name))
-    if ids and not payout.boolean("consent_gated", False):
-        raise ConfigError("payout.quality_validators needs payout.consent_gated = true")
+    if ids and payout.boolean("unsafe_ungated", False):
+        raise ConfigError("payout.quality_validators needs consent gating: remove "
+                          "payout.unsafe_ungated")
     if len(ids) > 64:
         raise ConfigError("payout.quality_validators: at most 64")
     return tuple(sorted(ids))

@@ -83,6 +83,10 @@ class Gated:
     settled_micro: int = 0
     locked_micro: int = 0
     withheld_micro: int = 0  # credit of records a trusted quality verdict withheld (rule 5)
+    # The same per device (device id -> micro-credits), for owners' and demo views.
+    device_settled: dict[bytes, int] = field(default_factory=dict)
+    device_paid: dict[bytes, int] = field(default_factory=dict)
+    device_withheld: dict[bytes, int] = field(default_factory=dict)
 
     @property
     def total_micro(self) -> int:
@@ -116,6 +120,7 @@ def gate(events: Iterable[Event], funded: Mapping[bytes, int],
 class _Share:
     leaf: int
     owner: bytes
+    device: bytes
     left: int  # micro-credits of the share not paid yet
 
 
@@ -133,7 +138,7 @@ class GatingState:
     Why this is exact: a request pays its shares in log order while its funding lasts, so
     with funding that only grows the shares paid in full stay paid, and only the shares not
     paid in full yet (``waiting``, from the first short one on) can change. Memory: the
-    consents in force, one entry per owner and per request, and the waiting shares of
+    consents in force, one entry per owner, per request and per device, and the waiting shares of
     requests whose funding does not cover what they earned (their consents lapse, §19.4);
     not the history of records. ``settle`` with less funding for a request than it already
     paid raises ValueError (funding never shrinks on chain; a caller that re-read the chain
@@ -148,6 +153,10 @@ class GatingState:
         self.requests: dict[bytes, _Request] = {}
         self.settled_micro = 0
         self.withheld_micro = 0
+        # Per device (one entry per device with usage): settled, withheld, paid.
+        self.device_settled: dict[bytes, int] = {}
+        self.device_withheld: dict[bytes, int] = {}
+        self.device_paid: dict[bytes, int] = {}
 
     def feed(self, events: Iterable[Event],
              withheld: Callable[[UsageLeaf], bool] = lambda _: False) -> None:
@@ -172,6 +181,8 @@ class GatingState:
             elif withheld(event):
                 self.settled_micro += event.credit_micro
                 self.withheld_micro += event.credit_micro
+                _add(self.device_settled, event.device, event.credit_micro)
+                _add(self.device_withheld, event.device, event.credit_micro)
             else:
                 self._count(event)
             self.size = event.leaf + 1
@@ -186,6 +197,7 @@ class GatingState:
 
     def _count(self, usage: UsageLeaf) -> None:
         self.settled_micro += usage.credit_micro
+        _add(self.device_settled, usage.device, usage.credit_micro)
         covering: dict[bytes, bytes] = {}  # request -> owner
         for consent in self._naming.get(usage.device, {}).values():
             if consent.not_before_ms <= usage.wall_ms < consent.not_after_ms:
@@ -196,7 +208,8 @@ class GatingState:
             state = self.requests.setdefault(request, _Request())
             state.earned += share
             if share:
-                state.waiting.append(_Share(usage.leaf, covering[request], share))
+                state.waiting.append(_Share(usage.leaf, covering[request], usage.device,
+                                            share))
 
     def settle(self, funded: Mapping[bytes, int]) -> Gated:
         """Pay the waiting shares of each request out of ``funded`` (request id -> micro,
@@ -213,6 +226,7 @@ class GatingState:
                 share.left -= pay
                 state.paid += pay
                 self.owners[share.owner] = self.owners.get(share.owner, 0) + pay
+                _add(self.device_paid, share.device, pay)
                 if share.left == 0:
                     state.waiting.popleft()
             out.earned[request] = state.earned
@@ -222,7 +236,14 @@ class GatingState:
                 out.short_at[request] = state.waiting[0].leaf
         out.owners = {owner: paid for owner, paid in self.owners.items() if paid}
         out.locked_micro = out.settled_micro - out.total_micro
+        out.device_settled = dict(self.device_settled)
+        out.device_withheld = dict(self.device_withheld)
+        out.device_paid = {device: paid for device, paid in self.device_paid.items() if paid}
         return out
+
+
+def _add(totals: dict[bytes, int], key: bytes, amount: int) -> None:
+    totals[key] = totals.get(key, 0) + amount
 
 
 # --- from logged leaves to events (the gateway and the verifier read the same way) ----------

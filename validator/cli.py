@@ -2,13 +2,15 @@
 
     edgeproof-validator once --site FILE --gateway URL --signing-key FILE
                              --recipient-key FILE [--state FILE]
-                             [--window-s S --bucket-s S] [--json]
+                             [--window-s S --bucket-s S] [--settle-s S] [--json]
 
 ``once`` reads the site's streams (as the recipient whose X25519 key file is given),
 judges every complete window, and submits one signed attestation per window; windows
 already attested come back "already logged", so it can run from cron. With ``--state``
 it continues from the state file the last run wrote (mode 0600) and judges only the
-windows after the last one judged, so a run costs the new windows only. Exit status
+windows after the last one judged, so a run costs the new windows only. A window is
+judged only once it ended ``--settle-s`` seconds ago (default 120), so readings still in
+a device's outbox or in flight reach the log first. Exit status
 (docs/CLI.md): 0 when every attestation was logged or already there, 1 when the gateway
 refused one (the reasons are printed) or could not be reached, 2 for bad usage.
 """
@@ -29,6 +31,9 @@ from validator.sites import load_site
 from verifier.client import DocumentClient
 
 PROG = "edgeproof-validator"
+# An agent holds a reading up to its commit window and batch interval (seconds at the
+# defaults) and longer while its link is down; two minutes covers a healthy fleet.
+SETTLE_S = 120.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
                       "--bucket-s)")
     once.add_argument("--bucket-s", type=int, default=Thresholds.bucket_s, metavar="S",
                       help=f"the readings' period (default {Thresholds.bucket_s})")
+    once.add_argument("--settle-s", type=float, default=SETTLE_S, metavar="S",
+                      help=f"judge a window only once it ended S seconds ago, so readings "
+                      f"still in flight reach the log first (default {SETTLE_S:g})")
     once.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
@@ -71,9 +79,11 @@ def _run(args: argparse.Namespace) -> int:
         th = Thresholds(window_s=args.window_s, bucket_s=args.bucket_s)
     except ValueError as exc:
         raise ConfigError(f"--window-s/--bucket-s: {exc}") from None
+    if not (0 <= args.settle_s <= 86_400):
+        raise ConfigError(f"--settle-s: {args.settle_s:g} is not between 0 and 86400")
     outcome = run_once(DocumentClient(args.gateway), site, load_signing_key(args.signing_key),
                        load_recipient_key(args.recipient_key), time.time_ns() // 1_000_000,
-                       th=th, state=args.state)
+                       th=th, state=args.state, settle_s=args.settle_s)
     _print(outcome, as_json=args.json)
     return EXIT_FAILED if outcome.refused else EXIT_OK
 

@@ -89,10 +89,13 @@ def collect(client: DocumentClient, site: SiteFile, key: RecipientKey, out: Outc
 
 def judge(site: SiteFile, readings: Readings, now_s: float,
           th: Thresholds | None = None, *, validator: SiteValidator | None = None,
-          out: Outcome | None = None) -> list[tuple[WindowVerdict, dict[str, list[int]]]]:
+          out: Outcome | None = None,
+          settle_s: float = 0.0) -> list[tuple[WindowVerdict, dict[str, list[int]]]]:
     """Judge every window from the first reading's (or the one after ``validator``'s last)
-    to the last reading's, if it has ended. Readings before that are counted in ``out``
-    as ``window_judged``."""
+    to the last reading's, if it ended at least ``settle_s`` before ``now_s`` (readings
+    still in a device's outbox or in flight get that long to reach the log before their
+    window is judged once and for all). Readings of a window already judged are counted
+    in ``out`` as ``window_judged``."""
     validator = validator or SiteValidator(site.spec, th)
     w = validator.th.window_s
     times = [t for items in readings.values() for t, _, _ in items]
@@ -105,7 +108,8 @@ def judge(site: SiteFile, readings: Readings, now_s: float,
         if late and out is not None:
             out.skipped["window_judged"] += late
     result = []
-    last = min(int(now_s) // w * w - w, int(max(times)) // w * w)  # ended, and not past data
+    complete_s = int(now_s - settle_s)  # data up to here is taken as all there will be
+    last = min(complete_s // w * w - w, int(max(times)) // w * w)  # ended, not past data
     for start in range(first, last + 1, w):
         inside = {name: [(t, v, i) for t, v, i in items if start <= t < start + w]
                   for name, items in readings.items()}
@@ -117,9 +121,10 @@ def judge(site: SiteFile, readings: Readings, now_s: float,
 
 def run_once(client: DocumentClient, site: SiteFile, signing: SigningKey,
              sealing: RecipientKey, now_ms: int, *, th: Thresholds | None = None,
-             state: Path | None = None) -> Outcome:
+             state: Path | None = None, settle_s: float = 0.0) -> Outcome:
     """Collect, judge, attest and submit every complete window; return what happened.
 
+    A window is judged only once it ended ``settle_s`` before ``now_ms`` (see judge()).
     With ``state``, continue from that file if it exists and write it afterwards (see the
     module's docstring). Raises ConfigError if it is not a state file of this site and
     these settings.
@@ -132,7 +137,7 @@ def run_once(client: DocumentClient, site: SiteFile, signing: SigningKey,
     seqs: dict[str, list[tuple[int, float]]] = {}
     readings = collect(client, site, sealing, out, after=after, seqs=seqs)
     for verdict, leaves in judge(site, readings, now_ms / 1000, th, validator=validator,
-                                 out=out):
+                                 out=out, settle_s=settle_s):
         out.verdicts.append(verdict)
         doc = attest(site, verdict, leaves, signing)
         try:

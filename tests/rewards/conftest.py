@@ -41,9 +41,10 @@ def deployed(chain: GanacheNode) -> Deployment:
 
 def running_payout_gateway(tmp_path: Path, broker: MosquittoBroker, chain: GanacheNode,
                            deployed: Deployment, *,
-                           consent_gated: bool, extra_payout: str = ""
+                           ungated: bool = False, extra_payout: str = ""
                            ) -> Iterator[RunningGateway]:
-    """A gateway with a [payout] section posting to ``deployed`` every 0.2 s."""
+    """A gateway with a [payout] section posting to ``deployed`` every 0.2 s: consent-gated
+    (the default), or with ``ungated`` in the explicit ``unsafe_ungated`` mode."""
     key_file = tmp_path / "payout-eth.key"
     write_secret_file(key_file, KEYS["gateway"].value.hex().encode())
     extra = f"""
@@ -53,7 +54,7 @@ key_file = "{key_file}"
 chain_id = {chain.chain_id}
 distributor = "{deployed.distributor}"
 interval_s = 0.2
-consent_gated = {str(consent_gated).lower()}
+{"unsafe_ungated = true" if ungated else ""}
 {extra_payout}"""
     running = start_gateway(write_gateway_files(tmp_path / "gw", broker.port, extra=extra,
                                                 interval_s=0.2))
@@ -67,10 +68,13 @@ consent_gated = {str(consent_gated).lower()}
 @pytest.fixture
 def payout_gateway(tmp_path: Path, broker: MosquittoBroker, chain: GanacheNode,
                    deployed: Deployment) -> Iterator[RunningGateway]:
-    yield from running_payout_gateway(tmp_path, broker, chain, deployed, consent_gated=False)
+    """Consent-gated payouts: the gateway's default."""
+    yield from running_payout_gateway(tmp_path, broker, chain, deployed)
 
 
 @pytest.fixture
-def gated_gateway(tmp_path: Path, broker: MosquittoBroker, chain: GanacheNode,
-                  deployed: Deployment) -> Iterator[RunningGateway]:
-    yield from running_payout_gateway(tmp_path, broker, chain, deployed, consent_gated=True)
+def ungated_payout_gateway(tmp_path: Path, broker: MosquittoBroker, chain: GanacheNode,
+                           deployed: Deployment) -> Iterator[RunningGateway]:
+    """``unsafe_ungated = true``: every bound owner's settled credit, for the tests of the
+    wallet side that are not about consent (gated payouts end to end: test_consent_gating)."""
+    yield from running_payout_gateway(tmp_path, broker, chain, deployed, ungated=True)

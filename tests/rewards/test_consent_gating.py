@@ -105,19 +105,8 @@ def world(payout_gateway: RunningGateway, broker: MosquittoBroker, chain: Ganach
         made.devices.close()
 
 
-@pytest.fixture
-def gated_world(gated_gateway: RunningGateway, broker: MosquittoBroker, chain: GanacheNode,
-                deployed: Deployment) -> Iterator[World]:
-    made = World(gated_gateway, broker, chain, deployed)
-    try:
-        yield made
-    finally:
-        made.devices.close()
-
-
 def test_gated_epoch_pays_the_wallet_only_consented_funded_credit_and_verify_recomputes_it(
-        gated_world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    world = gated_world
+        world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     request = world.parties.request()
     submitted(world.base, request)
     world.fund(request, 100 * EARNED)
@@ -275,9 +264,8 @@ def lapse_metric(base: str, name: str) -> float:
 
 
 def test_short_requests_lapsable_consent_lapses_once_and_the_device_stops_sealing_to_it(
-        gated_world: World, broker: MosquittoBroker, tmp_path: Path,
+        world: World, broker: MosquittoBroker, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
-    world = gated_world
     watcher = Watcher(f"mqtt://127.0.0.1:{broker.port}",
                       policy_topic(world.parties.device.device_id))
     poor, stingy = world.parties.request(), world.parties.request(hours=25)
@@ -379,8 +367,7 @@ def test_a_lapse_notice_the_chain_does_not_bear_out_fails_verification(
 
 
 def test_dashboard_lists_lapse_notices_a_page_at_a_time_as_the_api_decodes_them(
-        gated_world: World) -> None:
-    world = gated_world
+        world: World) -> None:
     poor = world.parties.request()
     submitted(world.base, poor)
     lapsable = [world.parties.consent(poor, fields=(f,), lapses=True) for f in ("Cel", "%RH")]

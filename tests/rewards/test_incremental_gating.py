@@ -94,11 +94,11 @@ def test_a_state_refuses_leaves_it_has_fed_and_funding_that_shrank() -> None:
 
 
 @pytest.fixture
-def world(gated_gateway: RunningGateway, broker: MosquittoBroker, chain: GanacheNode,
+def world(payout_gateway: RunningGateway, broker: MosquittoBroker, chain: GanacheNode,
           deployed: Deployment) -> Iterator[tuple[World, RunningGateway]]:
-    made = World(gated_gateway, broker, chain, deployed)
+    made = World(payout_gateway, broker, chain, deployed)
     try:
-        yield made, gated_gateway
+        yield made, payout_gateway
     finally:
         made.devices.close()
 

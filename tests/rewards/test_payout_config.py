@@ -46,10 +46,22 @@ def test_good_payout_section_is_read(tmp_path: Path) -> None:
     assert config.payout.chain_id == 1337
 
 
+def test_payouts_are_consent_gated_unless_the_unsafe_ungated_mode_is_named(
+        tmp_path: Path) -> None:
+    default = load(tmp_path, BASE + GOOD).payout
+    assert default is not None
+    assert default.consent_gated
+    ungated = load(tmp_path, BASE + GOOD + "unsafe_ungated = true\n").payout
+    assert ungated is not None
+    assert not ungated.consent_gated
+    with pytest.raises(ConfigError, match=r"payout\.unsafe_ungated = true"):
+        load(tmp_path, BASE + GOOD + "consent_gated = false\n")
+
+
 @pytest.mark.parametrize("extra", [
     'consent_gated = true\nquality_validators = ["xyz"]\n',  # not a signer id
     'consent_gated = true\nquality_validators = ["' + "ab" * 15 + '"]\n',  # too short
-    'quality_validators = ["' + "ab" * 16 + '"]\n',  # without consent gating
+    'unsafe_ungated = true\nquality_validators = ["' + "ab" * 16 + '"]\n',  # ungated
 ])
 def test_bad_quality_validators_are_refused_naming_them(tmp_path: Path, extra: str) -> None:
     with pytest.raises(ConfigError, match=r"payout\.quality_validators"):

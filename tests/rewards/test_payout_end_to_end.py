@@ -86,8 +86,12 @@ def notice_of(base: str, owner: OwnerKey, verifier: str) -> tuple[int, int | Non
 
 
 def test_credit_mined_by_a_tv_is_claimed_into_its_owners_wallet(
-        payout_gateway: RunningGateway, deployed: Deployment, broker: MosquittoBroker,
+        ungated_payout_gateway: RunningGateway, deployed: Deployment, broker: MosquittoBroker,
         chain: GanacheNode, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The wallet side (bind, status, claim, verify) in the explicit ungated mode; the same
+    # under consent gating, with a company's request, funding and the owner's consent:
+    # test_consent_gating.py::test_gated_epoch_pays_the_wallet_only_consented_funded_credit...
+    payout_gateway = ungated_payout_gateway
     base = payout_gateway.base_url
     company = address_of(KEYS["company"])
     deployed.give(company, 10**24)

@@ -67,10 +67,10 @@ class Story:
 
 
 @pytest.fixture
-def story(gated_gateway: RunningGateway, broker: MosquittoBroker, chain: GanacheNode,
+def story(payout_gateway: RunningGateway, broker: MosquittoBroker, chain: GanacheNode,
           deployed: Deployment) -> Iterator[Story]:
     """Funded request; a record before consent, two under it, a revocation, one after."""
-    world = World(gated_gateway, broker, chain, deployed)
+    world = World(payout_gateway, broker, chain, deployed)
     try:
         request = world.parties.request()
         leaves = {"request": submitted(world.base, request)}

@@ -61,8 +61,11 @@ def make_worker(tmp_path: Path, node: GanacheNode, deployed: Deployment, clock: 
                 store: SQLiteLogStore, poster: str = "gateway") -> PayoutWorker:
     key_file = tmp_path / "payout-eth.key"
     write_secret_file(key_file, KEYS[poster].value.hex().encode())
+    # These tests are about posting roots (faults of the node and of transactions), not
+    # about which credit counts: the explicit ungated mode pays the balances table as is.
     config = PayoutConfig(rpc_url=node.url, key_file=key_file, chain_id=node.chain_id,
-                          distributor=deployed.distributor, interval_s=10.0, max_attempts=2)
+                          distributor=deployed.distributor, interval_s=10.0, max_attempts=2,
+                          consent_gated=False)
     registry = CollectorRegistry()
     worker = PayoutWorker(config, store, tmp_path, owner_key(99), wall_ms=clock.wall_ms,
                           monotonic=clock.monotonic, registry=registry)

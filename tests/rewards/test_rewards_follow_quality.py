@@ -107,7 +107,7 @@ def quality_world(tmp_path: Path, broker: MosquittoBroker, chain: GanacheNode,
                   deployed: Deployment) -> Iterator[World]:
     trusted = f'quality_validators = ["{signer_id(TRUSTED.public_key).hex()}"]'
     for gateway in running_payout_gateway(tmp_path, broker, chain, deployed,
-                                          consent_gated=True, extra_payout=trusted):
+                                          extra_payout=trusted):
         world = World(gateway, broker, chain, deployed)
         try:
             for name, key, box in (("validator", TRUSTED, 0x23), ("hub", HUB, 0x24)):

@@ -1,7 +1,13 @@
-"""``edgeproof-sim demo`` as a user runs it: a real broker, gateway and agents come up, a
-sealed reading is proved offline and opened by its recipient only, and nothing the demo
-started survives it, whether it ran to the end, was cut short by Ctrl-C, or was
-terminated."""
+"""``edgeproof-sim demo`` as a user runs it: a real broker, gateway, chain node and agents
+come up, a sealed reading is proved offline and opened by its recipient only, the owner is
+paid only what its consented devices earned (the faulty sensor's credit withheld, a device
+without consent locked), and nothing the demo started survives it, whether it ran to the
+end, was cut short by Ctrl-C, or was terminated.
+
+One whole run (``finished_demo``, module-scoped) serves every test that only reads its
+outcome; the tests of Ctrl-C, SIGTERM and ``--keep`` need runs of their own, made as short
+as their point allows: one device, no quality room, and (SIGTERM, ``--keep``) no contract
+story either; the Ctrl-C run keeps the story so an early end still pays and claims."""
 
 from __future__ import annotations
 
@@ -30,14 +36,15 @@ from firmware_sim.procs import pid_alive
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_TIMEOUT_S = 300  # a bound for a slow, loaded machine; finish() returns at exit
-ROOM_DEVICES = 3  # the quality site's agents (firmware_sim/demo_quality.py)
 STORY_TIMEOUT_S = 180  # set-up and the contract story, before the devices' run begins
 
 
 @dataclass
 class DemoRun:
     process: subprocess.Popen[str]
-    lines: queue.Queue[str]
+    lines: queue.Queue[str]  # stderr lines not yet looked at
+    pump: threading.Thread
+    printed: list[str]  # every stderr line (what a user reads)
 
     def wait_for_line(self, needle: str, timeout_s: float = 60) -> None:
         self.wait_for(lambda line: needle in line, repr(needle), timeout_s)
@@ -56,7 +63,10 @@ class DemoRun:
         raise AssertionError(f"no {what} from the demo within {timeout_s} s")
 
     def finish(self) -> tuple[int, dict[str, Any]]:
-        out, _ = self.process.communicate(timeout=DEMO_TIMEOUT_S)
+        assert self.process.stdout is not None
+        out = self.process.stdout.read()  # until the demo exits (bounded by its own steps)
+        self.process.wait(timeout=DEMO_TIMEOUT_S)
+        self.pump.join(timeout=DEMO_TIMEOUT_S)
         return self.process.returncode, json.loads(out)
 
 
@@ -66,37 +76,66 @@ def receipted_and_checkpointed(line: str) -> bool:
     return found is not None and int(found[1]) > 0 and int(found[2]) > 0
 
 
-@pytest.fixture
-def start_demo() -> Iterator[Any]:
-    runs: list[DemoRun] = []
+def launch(*args: str) -> DemoRun:
+    """Start ``edgeproof-sim demo ARGS --json``; its stderr (progress) is read line by line."""
+    proc = subprocess.Popen([sys.executable, "-m", "firmware_sim.cli", "demo", *args,
+                             "--json"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    lines: queue.Queue[str] = queue.Queue()
+    printed: list[str] = []
 
-    def start(*args: str) -> DemoRun:
-        proc = subprocess.Popen([sys.executable, "-m", "firmware_sim.cli", "demo", *args,
-                                 "--json"], cwd=REPO, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=dict(os.environ))
-        lines: queue.Queue[str] = queue.Queue()
+    def pump() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.put(line)
+            printed.append(line)
 
-        def pump() -> None:
-            assert proc.stderr is not None
-            for line in proc.stderr:
-                lines.put(line)
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    return DemoRun(proc, lines, thread, printed)
 
-        threading.Thread(target=pump, daemon=True).start()
-        run = DemoRun(proc, lines)
-        runs.append(run)
-        return run
 
-    yield start
+def stop(runs: list[DemoRun]) -> None:
     for run in runs:  # a failed assertion must not leave a demo running
         if run.process.poll() is None:
             run.process.kill()
             run.process.wait()
 
 
+@pytest.fixture
+def start_demo() -> Iterator[Any]:
+    runs: list[DemoRun] = []
+
+    def start(*args: str) -> DemoRun:
+        runs.append(launch(*args))
+        return runs[-1]
+
+    yield start
+    stop(runs)
+
+
+@dataclass(frozen=True)
+class Finished:
+    code: int
+    summary: dict[str, Any]
+    output: str  # what the demo printed for its user (stderr with --json)
+
+
+@pytest.fixture(scope="module")
+def finished_demo() -> Iterator[Finished]:
+    """One whole run with the quality room, shared by the tests that read its outcome."""
+    run = launch("--devices", "3", "--duration", "5")
+    try:
+        code, summary = run.finish()
+        yield Finished(code, summary, "".join(run.printed))
+    finally:
+        stop([run])
+
+
 def assert_nothing_survives(summary: dict[str, Any]) -> None:
     procs = summary["processes"]
     pids = [procs["broker"], procs["gateway"], procs["chain"], *procs["agents"]]
-    assert len(pids) == 3 + summary["devices"] + ROOM_DEVICES
+    assert len(pids) == 3 + summary["devices"] + summary["room_devices"]
     assert [p for p in pids if pid_alive(p)] == []
     for port in summary["ports"].values():
         with pytest.raises(ConnectionRefusedError):
@@ -104,25 +143,16 @@ def assert_nothing_survives(summary: dict[str, Any]) -> None:
     assert not Path(summary["workdir"]).exists()
 
 
-def test_demo_proves_a_sealed_reading_and_leaves_nothing_running(start_demo: Any) -> None:
-    code, summary = start_demo("--devices", "2", "--duration", "15").finish()
+def test_demo_proves_a_sealed_reading_and_leaves_nothing_running(
+        finished_demo: Finished) -> None:
+    code, summary = finished_demo.code, finished_demo.summary
     assert code == 0, summary["error"]
     assert summary["ok"]
     assert summary["verified"]
     assert summary["decrypted"]
-    assert summary["devices"] == 2
+    assert summary["devices"] == 3
+    assert summary["room_devices"] == 3
     assert summary["receipted"] > 0
-    # Every committed record reached the log exactly once, nothing is left or rejected; the
-    # contract story's three documents (request, consent, revocation) are leaves too, and
-    # the quality site's records (its attestations are logged after this count).
-    quality = summary["quality"]
-    assert summary["log_size"] == summary["committed"] + 3 + quality["committed"]
-    assert summary["committed"] == summary["receipted"]
-    assert summary["outbox_depth"] == 0
-    assert summary["dead_letters"] == 0
-    assert summary["rejections"] == 0
-    assert summary["duplicates"] == 0
-    assert summary["checkpoint_size"] == summary["log_size"]
     verification = summary["verification"]
     assert verification["record"]["stream"] == "climate"
     checks = {c["check"] for c in verification["offline_checks"]}
@@ -131,19 +161,71 @@ def test_demo_proves_a_sealed_reading_and_leaves_nothing_running(start_demo: Any
     assert verification["decrypted"]["values"]
     assert verification["not_granted"]["status"] == "not_granted"
     assert verification["not_granted"]["values"] == []
-    assert_contract_story_held(summary["contract"])
-    # The miscalibrated sensor of the room is caught by the owner's hub, its neighbours not.
+    assert_nothing_survives(summary)
+
+
+def test_demo_loses_rejects_and_duplicates_nothing(finished_demo: Finished) -> None:
+    summary = finished_demo.summary
+    # Every committed record reached the log exactly once, nothing is left or rejected.
+    # Besides the records: the contract story's request, consent and revocation, the paid
+    # request and its consent, and the hub's attestations logged while the room ran (the
+    # ones logged after the devices stopped, and the wallet binding, come after this count).
+    assert summary["committed"] == summary["receipted"]
+    documents = summary["log_size"] - summary["committed"] - summary["quality"]["committed"]
+    assert 5 <= documents <= 5 + summary["quality"]["attestations_logged"]
+    assert summary["outbox_depth"] == 0
+    assert summary["dead_letters"] == 0
+    assert summary["rejections"] == 0
+    assert summary["duplicates"] == 0
+    assert summary["checkpoint_size"] == summary["log_size"]
+
+
+def test_demo_company_reads_only_what_the_owner_consented_to(finished_demo: Finished) -> None:
+    assert_contract_story_held(finished_demo.summary["contract"])
+
+
+def test_demo_hub_catches_the_miscalibrated_sensor_and_not_its_neighbours(
+        finished_demo: Finished) -> None:
+    quality = finished_demo.summary["quality"]
     assert quality["caught"]
     assert quality["states"]["room-003"] == "faulty"
     assert {quality["states"][n] for n in ("room-001", "room-002")} <= {"healthy", "suspect"}
     assert quality["reasons"]["room-003"] == ["bias"]
     assert quality["refused"] == {}
-    # The owner's wallet holds exactly the credit its devices settled, as tokens.
-    payout = summary["payout"]
+
+
+def test_demo_pays_only_consented_credit_withholds_the_faulty_sensor_locks_the_rest(
+        finished_demo: Finished) -> None:
+    payout = finished_demo.summary["payout"]
     assert payout["ok"], payout["error"]
-    assert payout["settled_micro"] > 0
-    assert int(payout["balance"]) == int(payout["claimed"]) == payout["settled_micro"] * 10**12
-    assert_nothing_survives(summary)
+    assert payout["verified"]  # edgeproof-verify payout recomputed the epoch and agreed
+    devices = payout["devices"]
+    assert payout["consented"] == ["dev-002", "room-001", "room-002", "room-003"]
+    # The device no consent names earned credit that stays settled and locked.
+    assert devices["dev-003"]["settled_micro"] > 0
+    assert devices["dev-003"]["paid_micro"] == 0
+    assert devices["dev-003"]["locked_micro"] == devices["dev-003"]["settled_micro"]
+    # The healthy neighbours are paid and nothing of theirs is withheld; the miscalibrated
+    # sensor's usage logged after the hub's verdict is withheld for quality.
+    for healthy in ("room-001", "room-002", "dev-002"):
+        assert devices[healthy]["paid_micro"] > 0
+        assert devices[healthy]["withheld_micro"] == 0
+    assert devices["room-003"]["withheld_micro"] > 0
+    assert devices["room-003"]["withheld_reason"] == "quality_faulty"
+    for account in devices.values():
+        assert account["paid_micro"] + account["withheld_micro"] + account["locked_micro"] \
+            == account["settled_micro"]
+    assert payout["paid_micro"] == sum(a["paid_micro"] for a in devices.values())
+    # The owner's wallet holds exactly the paid credit, as tokens.
+    assert payout["paid_micro"] > 0
+    assert int(payout["claimable"]) == payout["paid_micro"] * 10**12
+    assert int(payout["balance"]) == int(payout["claimed"]) == payout["paid_micro"] * 10**12
+    assert payout["settled_micro"] > payout["paid_micro"]
+    # ... and the user is told so in words.
+    printed = finished_demo.output
+    assert "quality_faulty" in printed
+    assert "no consent to a paying company" in printed
+    assert "now holds" in printed
 
 
 def assert_contract_story_held(contract: dict[str, Any]) -> None:
@@ -165,7 +247,7 @@ def assert_contract_story_held(contract: dict[str, Any]) -> None:
 
 def test_ctrl_c_mid_run_ends_early_still_verifies_and_stops_everything(
         start_demo: Any) -> None:
-    run = start_demo("--devices", "1", "--duration", "120")
+    run = start_demo("--devices", "1", "--duration", "120", "--no-quality")
     run.wait_for_line("running 1 devices", STORY_TIMEOUT_S)
     # A condition, not a fixed time: readings receipted and covered by a checkpoint.
     run.wait_for(receipted_and_checkpointed, "receipted, checkpointed records")
@@ -181,7 +263,8 @@ def test_ctrl_c_mid_run_ends_early_still_verifies_and_stops_everything(
 
 def test_keep_runs_past_its_duration_until_ctrl_c_with_the_dashboard_live(
         start_demo: Any) -> None:
-    run = start_demo("--devices", "1", "--duration", "1", "--keep")
+    run = start_demo("--devices", "1", "--duration", "1", "--keep", "--no-quality",
+                     "--no-contract")
     urls: list[str] = []
 
     def dashboard_line(line: str) -> bool:
@@ -213,9 +296,10 @@ def test_keep_runs_past_its_duration_until_ctrl_c_with_the_dashboard_live(
 
 
 def test_sigterm_during_the_run_stops_everything_and_exits_143(start_demo: Any) -> None:
-    run = start_demo("--devices", "1", "--duration", "120")
+    run = start_demo("--devices", "1", "--duration", "120", "--no-quality", "--no-contract")
     run.wait_for_line("running 1 devices", STORY_TIMEOUT_S)
-    time.sleep(1)
+    run.wait_for(lambda line: re.match(r"\[\s*\d+s\]", line) is not None,
+                 "a progress line of the run")
     run.process.send_signal(signal.SIGTERM)
     code, summary = run.finish()
     assert code == 128 + signal.SIGTERM
