@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import tempfile
@@ -97,6 +98,41 @@ def bare_verify_rate(records: list[bytes], public_key: bytes, seconds: float = 2
     return count / (time.perf_counter() - start)
 
 
+_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, user + system CPU seconds) of a live process, from /proc."""
+    return _stat_path(Path(f"/proc/{pid}/stat"))
+
+
+def _stat_path(path: Path) -> tuple[int, float] | None:
+    try:
+        fields = path.read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) * _TICK_S
+
+
+def main_thread_seconds(pid: int) -> float:
+    """CPU seconds of the main thread of ``pid`` (the sequencer's loop in a gateway)."""
+    stat = _stat_path(Path(f"/proc/{pid}/task/{pid}/stat"))
+    return 0.0 if stat is None else stat[1]
+
+
+def cpu_seconds(root: int) -> tuple[float, float]:
+    """CPU seconds of process ``root`` itself and of all its live descendants (workers)."""
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None:
+            stats[int(entry.name)] = stat
+    own = stats.get(root, (0, 0.0))[1]
+    tree = {root}
+    while grown := {p for p, (ppid, _) in stats.items() if ppid in tree} - tree:
+        tree |= grown
+    return own, sum(stats[p][1] for p in tree - {root})
+
+
 def drain(workdir: Path, n_records: int, n_devices: int,
           verify_workers: int | None) -> dict[str, float]:
     broker = MosquittoBroker(workdir / "broker", max_queued_messages=1_000_000)
@@ -140,8 +176,20 @@ def drain(workdir: Path, n_records: int, n_devices: int,
         log(f"preloaded {len(payloads)} batches ({total} records); starting the gateway")
         started = time.monotonic()
         gateway.spawn()  # not waiting for /healthz: the backlog is what is measured
+        while counter.first is None and not counter.done.wait(0.005):
+            pass  # CPU from the first receipt on: start-up is not per record
+        assert gateway.pid is not None
+        assert broker.process is not None
+        cpu_start = (*cpu_seconds(gateway.pid), sum(cpu_seconds(broker.process.pid)),
+                     main_thread_seconds(gateway.pid))
         counter.done.wait(600)
         receipts_done = time.monotonic()
+        cpu_end = (*cpu_seconds(gateway.pid), sum(cpu_seconds(broker.process.pid)),
+                   main_thread_seconds(gateway.pid))
+        drained = total - BATCH_RECORDS
+        gateway_us, workers_us, broker_us, main_us = (round((end - begin) * 1e6 / drained, 1)
+                                             for begin, end in zip(cpu_start, cpu_end,
+                                                                   strict=True))
         lag = _checkpoint_lag(gateway, total, receipts_done)
         accepted = sum(1 for p in counter.payloads
                        for o in Receipt.from_cbor(decode_sign1(p).payload).outcomes
@@ -154,7 +202,11 @@ def drain(workdir: Path, n_records: int, n_devices: int,
         counter.client.loop_stop()
         return {"records": total, "accepted": accepted, "records_per_s": rate,
                 "startup_s": first - started, "drain_s": receipts_done - started,
-                "checkpoint_lag_s": lag, "bare_verify_per_s": bare}
+                "checkpoint_lag_s": lag, "bare_verify_per_s": bare,
+                # CPU µs per record from the first receipt to the last (/proc, 10 ms ticks)
+                "gateway_cpu_us": gateway_us, "gateway_main_thread_cpu_us": main_us,
+                "workers_cpu_us": workers_us,
+                "broker_cpu_us": broker_us}
     finally:
         gateway.stop(timeout_s=60)
         broker.kill()

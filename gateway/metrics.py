@@ -140,37 +140,41 @@ class GatewayMetrics:
         """Return the Prometheus text exposition of every collector."""
         return generate_latest(self.registry)
 
-    def _total(self, name: str, **labels: str) -> int:
-        value = self.registry.get_sample_value(f"{PREFIX}_{name}_total", labels or None)
-        return int(value or 0)
-
     def snapshot(self) -> dict[str, object]:
-        """Return the counters as plain JSON-able values (for /v1/stats)."""
+        """Return the counters as plain JSON-able values (for /v1/stats).
+
+        One pass over the registry: ``get_sample_value`` walks every collector for each
+        value, and this runs every second on the sequencer's thread (gateway.history).
+        """
+        samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+        for metric in self.registry.collect():
+            for sample in metric.samples:
+                samples[sample.name, frozenset(sample.labels.items())] = sample.value
+
+        def total(name: str, **labels: str) -> int:
+            return int(samples.get((f"{PREFIX}_{name}_total", frozenset(labels.items())), 0))
+
         names = ("records_accepted", "records_duplicate", "batches", "equivocations",
                  "gaps_declared", "records_clock_unsynced", "receipts_published",
                  "receipt_publish_failures", "checkpoints", "storage_errors")
-        snap: dict[str, object] = {name: self._total(name) for name in names}
-        snap["rejections"] = {code.value: self._total("rejections", reason=code.value)
+        snap: dict[str, object] = {name: total(name) for name in names}
+        snap["rejections"] = {code.value: total("rejections", reason=code.value)
                               for code in sorted(reasons.GATEWAY_REASONS)}
         unreadable: dict[str, int] = {}
-        for metric in self.batches_unreadable.collect():
-            for sample in metric.samples:
-                if sample.name.endswith("_total"):
-                    unreadable[sample.labels["reason"]] = int(sample.value)
-        snap["batches_unreadable"] = unreadable
         dropped: dict[str, dict[str, int]] = {}
-        for metric in self.ingest_dropped.collect():
-            for sample in metric.samples:
-                if sample.name.endswith("_total"):
-                    by_device = dropped.setdefault(sample.labels["reason"], {})
-                    by_device[sample.labels["device"]] = int(sample.value)
+        for (name, labels), value in samples.items():
+            if name == f"{PREFIX}_batches_unreadable_total":
+                unreadable[dict(labels)["reason"]] = int(value)
+            elif name == f"{PREFIX}_ingest_dropped_total":
+                label = dict(labels)
+                dropped.setdefault(label["reason"], {})[label["device"]] = int(value)
+        snap["batches_unreadable"] = unreadable
         snap["ingest_dropped"] = dropped
         snap["ingest_queue"] = {
-            name: int(self.registry.get_sample_value(f"{PREFIX}_ingest_queue_{name}") or 0)
+            name: int(samples.get((f"{PREFIX}_ingest_queue_{name}", frozenset()), 0))
             for name in ("messages", "bytes", "peak_messages", "peak_bytes")}
-        snap["quarantines"] = self._total("quarantines")
-        snap["equivocation_evidence_skipped"] = self._total("equivocation_evidence_skipped")
-        snap["documents_rejected"] = {code.value: self._total("documents_rejected",
-                                                              reason=code.value)
+        snap["quarantines"] = total("quarantines")
+        snap["equivocation_evidence_skipped"] = total("equivocation_evidence_skipped")
+        snap["documents_rejected"] = {code.value: total("documents_rejected", reason=code.value)
                                       for code in DocumentReason}
         return snap

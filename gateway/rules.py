@@ -93,10 +93,13 @@ class BatchView:
         self._devices: dict[bytes, Device | None] = {}
         self._links: dict[bytes, dict[int, LoggedLink]] = {}
         self._ranges: dict[bytes, tuple[int, int]] = {}
+        ranges = self._ranges
         for item in items:
-            if item.record is not None and item.reject is None:
-                low, high = self._ranges.get(item.kid, (item.record.seq, item.record.seq))
-                self._ranges[item.kid] = (min(low, item.record.seq), max(high, item.record.seq))
+            record = item.record
+            if record is not None and item.reject is None:
+                seq, kid = record.seq, item.signer  # signer: PreparedRecord.kid, unchecked
+                low, high = ranges.get(kid, (seq, seq))
+                ranges[kid] = (min(low, seq), max(high, seq))
 
     def device(self, device_id: bytes) -> Device | None:
         if device_id not in self._devices:
@@ -121,8 +124,9 @@ def decide(view: BatchView, item: PreparedRecord, ctx: Context) -> Decision:
         return Decision.rejected(item.reject)
     record = item.record
     assert record is not None
-    device = view.device(item.kid)
-    refused = _check_identity(device, item.kid, ctx)
+    kid = item.signer  # item.kid without its check: the record is there (above)
+    device = view.device(kid)
+    refused = _check_identity(device, kid, ctx)
     if refused:
         return Decision.rejected(refused)
     assert device is not None

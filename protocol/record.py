@@ -389,15 +389,17 @@ def _record_fast(data: bytes) -> Record | None:
     """Parse the header as :meth:`Record.to_cbor` frames it, without the generic decoder.
 
     A shortcut only, as strict as the generic path: the header is read in the one order
-    and form the deterministic encoding allows (keys ascending, shortest heads, exact
-    types checked by Record), a sealed body by hand in its one form, any other body with
-    the strict generic decoder; either must consume the rest exactly. Anything else returns
-    None and goes the generic way, which reports the precise error. A hypothesis test holds
-    the two paths to the same answers.
+    and form the deterministic encoding allows (keys ascending, shortest heads), a values
+    or sealed body by hand in its one form, any other body with the strict generic
+    decoder; either must consume the rest exactly. Values and sealed records are built
+    without Record's checks, which each field passed here already; other bodies go through
+    Record(). Anything else returns None and goes the generic way, which reports the
+    precise error. Hypothesis tests hold the two paths to the same answers.
     """
     read_head = cbor.read_head
     try:
-        if len(data) > MAX_RECORD_BYTES or data[:4] != b"\xa8\x01\x01\x02":
+        if (type(data) is not bytes or len(data) > MAX_RECORD_BYTES
+                or data[:4] != b"\xa8\x01\x01\x02"):
             return None
         boot, pos = data[4], 5  # a boot counter below 24 has a one-byte head
         if boot >= 24:
@@ -429,13 +431,126 @@ def _record_fast(data: bytes) -> Record | None:
         stop = pos + length
         if stop >= len(data):
             return None
-        stream = data[pos:stop].decode("utf-8")
-        body: Body | None = _sealed_fast(data, stop) if data[stop] == K_SEALED else None
-        if body is None:
-            body = _body_from_cbor(data[stop], cbor.decode(data[stop + 1:], _RECORD_LIMITS))
-        return Record(boot, seq, prev, wall, wall_key == K_WALL, mono, stream, body)
+        stream = _checked_text(data[pos:stop], MAX_STREAM_CHARS)
+        body_key = data[stop]
+        body: Body | None = None
+        if body_key == K_VALUES:
+            body = _values_fast(data, stop)
+        elif body_key == K_SEALED:
+            body = _sealed_fast(data, stop)
+            if body is not None:
+                _validate_body(body, seq)  # key_delta and ciphertext bounds
+        if stream is None:
+            return None
+        if body is None:  # another body, or an unusual form: decoded and checked generically
+            body = _body_from_cbor(body_key, cbor.decode(data[stop + 1:], _RECORD_LIMITS))
+            return Record(boot, seq, prev, wall, wall_key == K_WALL, mono, stream, body)
     except (MalformedRecord, IndexError, UnicodeDecodeError, ValueError, TypeError):
         return None
+    # Every field is checked already, as Record() would: the integers come from CBOR heads
+    # of major type 0 (0..2**64-1), prev is 32 bytes (the byte after it was read), the
+    # stream by _checked_text, the body by _values_fast or _validate_body.
+    record = object.__new__(Record)
+    fields = record.__dict__
+    fields["boot"] = boot
+    fields["seq"] = seq
+    fields["prev"] = prev
+    fields["wall_ms"] = wall
+    fields["clock_synced"] = wall_key == K_WALL
+    fields["mono_ms"] = mono
+    fields["stream"] = stream
+    fields["body"] = body
+    return record
+
+
+def _checked_text(raw: bytes, max_chars: int) -> str | None:
+    """``raw`` as text Record accepts in a field of ``max_chars`` (1..max_chars printable
+    characters of valid UTF-8), else None.
+
+    Remembered per byte string (bounded): devices send a handful of stream names and
+    units, over and over.
+    """
+    text = _CHECKED_TEXT.get(raw)
+    if text is None:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        if not text or not text.isprintable():
+            return None
+        if len(_CHECKED_TEXT) >= _TEXT_CACHE_MAX:
+            _CHECKED_TEXT.clear()  # a flood of distinct strings only empties it
+        _CHECKED_TEXT[raw] = text
+    return text if len(text) <= max_chars else None
+
+
+_CHECKED_TEXT: dict[bytes, str] = {}
+
+
+def _values_fast(data: bytes, start: int) -> Values | None:
+    """``9: [[mantissa, exponent, unit], ...]`` at ``start``, filling the rest of ``data``.
+
+    The one deterministic form: 1..MAX_VALUES entries, each an array of three with integer
+    heads of major type 0 or 1 (shortest form, as cbor.read_head checks) and a text unit
+    with a one-byte head. Returns None for anything else (the generic decoder then gives
+    the answer and the precise error). Bodies of a few bytes are remembered (bounded):
+    sensors repeat their readings, and a Values is immutable.
+    """
+    end = len(data)
+    small = end - start <= _SMALL_BODY_BYTES
+    if small:
+        cached = _VALUES_CACHE.get(data[start:])
+        if cached is not None:
+            return cached
+    count = data[start + 1] - 0x80
+    if not 1 <= count <= MAX_VALUES:
+        return None
+    read_head = cbor.read_head
+    pos = start + 2
+    values = []
+    for _ in range(count):
+        if data[pos] != 0x83:
+            return None
+        major, mantissa, pos = read_head(data, pos + 1)
+        if major == 1 and mantissa < 1 << 63:
+            mantissa = -1 - mantissa
+        elif major:
+            return None
+        major, exponent, pos = read_head(data, pos)
+        if major == 1:
+            exponent = -1 - exponent
+        elif major:
+            return None
+        if not -30 <= exponent <= 30:
+            return None
+        length = data[pos] - 0x60
+        if not 0 < length < 24:  # text with a one-byte head
+            return None
+        pos += 1 + length
+        if pos > end:
+            return None
+        unit = _checked_text(data[pos - length:pos], MAX_UNIT_CHARS)
+        if unit is None:
+            return None
+        measurement = object.__new__(Measurement)  # checked above, as __post_init__ does
+        fields = measurement.__dict__
+        fields["mantissa"] = mantissa
+        fields["exponent"] = exponent
+        fields["unit"] = unit
+        values.append(measurement)
+    if pos != end:
+        return None
+    body = Values(tuple(values))
+    if small:
+        if len(_VALUES_CACHE) >= _VALUES_CACHE_MAX:
+            _VALUES_CACHE.clear()
+        _VALUES_CACHE[data[start:]] = body
+    return body
+
+
+_SMALL_BODY_BYTES = 48
+_VALUES_CACHE: dict[bytes, Values] = {}
+_VALUES_CACHE_MAX = 4096
 
 
 def _sealed_fast(data: bytes, pos: int) -> Sealed | None:

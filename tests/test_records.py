@@ -11,7 +11,7 @@ from pathlib import Path
 
 import cbor2
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from pycose.algorithms import EdDSA
 from pycose.headers import KID, Algorithm
@@ -421,6 +421,8 @@ def test_hand_framed_encodings_equal_the_generic_encoder(
 
 _FAST_PATH_BODIES = [
     Values((Measurement(214, -1, "Cel"), Measurement(-553, 2, "%RH"))),
+    Values((Measurement(2**64 - 1, 30, "µS/cm"), Measurement(-(2**63), -30, "x" * 16))),
+    Values(tuple(Measurement(n * 1000 - 8000, n - 8, "Cel") for n in range(16))),
     Sealed(3, bytes(40)),
     Sealed(2, bytes(300)),
     Usage(10, 5000, 4000, 360_000),
@@ -451,6 +453,53 @@ def test_fast_record_decoder_never_accepts_what_the_generic_one_refuses(
         assert fast is not None  # the shortcut takes every record we emit
     if fast is not None:
         assert fast.to_cbor() == bytes(payload)
+
+
+# A values body as an attacker may frame it: any CBOR the generic decoder reads, and bytes.
+_CBOR_ITEMS = st.recursive(
+    st.integers(min_value=-(2**64), max_value=2**64 - 1) | st.sampled_from([-31, -30, 30, 31])
+    | st.text(max_size=20) | st.binary(max_size=4) | st.booleans() | st.none(),
+    lambda children: st.lists(children, max_size=17), max_leaves=40)
+
+
+_MEASUREMENT_LISTS = st.lists(
+    st.tuples(st.integers(min_value=-(2**64), max_value=2**64 - 1),
+              st.integers(min_value=-31, max_value=31),
+              st.sampled_from(["Cel", "%RH", "µS/cm", "x" * 16, "m\x00", "x" * 17, ""])
+              | st.text(max_size=18)).map(list), min_size=1, max_size=17)
+
+
+@settings(max_examples=1000)
+@given(st.one_of(_MEASUREMENT_LISTS.map(cbor.encode), _CBOR_ITEMS.map(cbor.encode),
+                 st.binary(max_size=40)),
+       st.sampled_from([1, 3, 2**64 - 1]),
+       st.sampled_from(["cpu", "é" * 64, "climate", "a\tb", "x" * 65]))
+def test_fast_values_decoder_agrees_with_the_generic_one_on_any_body(
+    body: bytes, seq: int, stream: str
+) -> None:
+    """Type confusion, overlong or negative-overflow integers, bad units, 0 or 17 values,
+    trailing bytes, control characters and overlong streams: the shortcut for values
+    bodies (and its caches, asked twice) gives the generic decoder's answer or none."""
+    from protocol.record import _record_fast  # noqa: PLC0415 - the private shortcut under test
+
+    fields = _record(seq=seq).header_cbor()[1:]
+    assert fields.endswith(b"\x08\x63cpu")
+    payload = b"\xa8" + fields[:-4] + cbor.encode(stream) + b"\x09" + body
+    try:
+        generic: Record | None = Record.from_cbor_strict(payload)
+    except MalformedRecord:
+        generic = None
+    event("valid record" if generic is not None else "invalid record")
+    for _ in range(2):  # the second time from the caches
+        fast = _record_fast(payload)
+        assert fast == generic or fast is None
+        if generic is not None and isinstance(generic.body, Values):
+            assert fast is not None  # every valid values record takes the shortcut
+            assert fast.to_cbor() == payload
+        try:
+            assert Record.from_cbor(payload) == generic
+        except MalformedRecord:
+            assert generic is None
 
 
 def test_seal_record_reuses_the_header_without_changing_a_byte(
