@@ -132,6 +132,8 @@ def _uint(value: int) -> bytes:
 
 
 _SMALL_UINTS = [bytes((n,)) for n in range(24)]
+uint_cbor = _uint  # public: the write path's fast encoder (protocol.sealing) frames with it
+text_cbor = _text_cbor
 
 
 def _int_cbor(value: int) -> bytes:
