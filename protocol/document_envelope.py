@@ -1,4 +1,4 @@
-"""Signed documents: the common envelope of requests, consents, revocations and later kinds.
+"""Signed documents: the common envelope of every document type, and the registry of bodies.
 
 A document is a COSE_Sign1 (:mod:`protocol.cose`) whose ``kid`` is the signer id
 (:func:`protocol.keys.signer_id`, 16 bytes) and whose payload is the deterministic CBOR map
@@ -16,8 +16,11 @@ a registered recipient) is a separate decision taken against the verified key. T
 document's id is ``H(exact signed bytes)``; references between documents use it, and the
 gateway logs those exact bytes as a Merkle leaf.
 
-A body type plugs in by registering a decoder in :data:`BODY_TYPES` (see
-:mod:`protocol.contract`). Verification fails closed: every check raises.
+A body type plugs in by registering a decoder in :data:`BODY_TYPES` when its module is
+imported (see :mod:`protocol.contract`); this module knows no concrete type, so the body
+modules import it and not the other way round. Decode through :mod:`protocol.documents`,
+which imports every body module this protocol defines, so the registry is complete before
+anything is decoded. Verification fails closed: every check raises.
 """
 
 from __future__ import annotations
@@ -60,14 +63,6 @@ def register_body(type_name: str, decoder: BodyDecoder) -> None:
     if type_name in BODY_TYPES and BODY_TYPES[type_name] is not decoder:
         raise ValueError(f"document type {type_name!r} registered twice")
     BODY_TYPES[type_name] = decoder
-
-
-def _register_known_types() -> None:
-    # The body modules register themselves on import; importing them here (not at the top,
-    # which would be circular) lets callers import this module alone.
-    import protocol.contract  # noqa: PLC0415
-    import protocol.payout_notice  # noqa: PLC0415
-    import protocol.quality  # noqa: F401, PLC0415
 
 
 def document_hash(signed_bytes: bytes) -> bytes:
@@ -123,7 +118,6 @@ def parse_document(data: bytes) -> Document:
     if item[K_VERSION] != DOCUMENT_VERSION:
         raise MalformedRecord("bad_version", f"unsupported document version {item[K_VERSION]!r}")
     type_name, signer, issued = item[K_TYPE], item[K_SIGNER], item[K_ISSUED]
-    _register_known_types()
     if not isinstance(type_name, str) or type_name not in BODY_TYPES:
         raise MalformedRecord("unknown_document_type", repr(type_name)[:MAX_TYPE_CHARS + 2])
     if not isinstance(signer, bytes) or len(signer) != 32:
