@@ -30,7 +30,7 @@ from agent.outbox import FULL_POLICIES, OutboxSettings
 from agent.records import EpochPolicy
 from agent.sensors import DEFAULT_PIN_FACTORY, SensorConfig, validate_sensor_configs
 from agent.uplink.settings import GatewayKey, UplinkSettings
-from agent.uplink.transport import BrokerSettings
+from agent.uplink.transport import BrokerSettings, MqttConfig
 from osutil.brokerurl import parse_broker_url
 from osutil.toml_table import Table, read_toml
 from protocol.errors import ConfigError
@@ -51,24 +51,6 @@ PATH_OVERRIDES = frozenset({("agent", "state_dir"), ("agent", "key_file"),
                             ("mqtt", "password_file")})
 LOG_LEVELS = ("debug", "info", "warning", "error")
 USAGE_INPUT_KINDS = ("power_sense", "motion", "button")
-
-
-@dataclass(frozen=True)
-class MqttConfig:
-    """The broker connection as configured (the password stays in its file until start)."""
-
-    url: str
-    host: str
-    port: int
-    tls: bool
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    username: str | None = None
-    password_file: Path | None = None
-    keepalive_s: int = 30
-    session_expiry_s: int = 7 * 24 * 3600
-    section: str = "mqtt"  # the config section, for error messages
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,8 @@ sys.path.insert(0, str(REPO))
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from gateway.api import ApiContext, create_app  # noqa: E402
+from gateway.api import create_app  # noqa: E402
+from gateway.api_context import ApiContext  # noqa: E402
 from gateway.dashboard import summary  # noqa: E402
 from gateway.history import History, Sample  # noqa: E402
 from gateway.metrics import GatewayMetrics  # noqa: E402

@@ -26,7 +26,7 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry
 
 from gateway.config import GatewayConfig
-from protocol.checkpoint import Checkpoint, checkpoint_hash
+from protocol.checkpoint import checkpoint_hash, checkpoint_size
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ class LocalAnchor:
 
         None for the empty checkpoint (size 0): it is the chain's start, not an anchor.
         """
-        if note_size(checkpoint_note) == 0:
+        if checkpoint_size(checkpoint_note) == 0:
             return None
         reference = base64.b64encode(checkpoint_hash(checkpoint_note)).decode("ascii")
         return AnchorResult(self.name, reference, self._wall_ms())
@@ -113,11 +113,6 @@ class LocalAnchor:
     def listing(self, after_size: int, limit: int) -> None:
         """None: the local chain is served by ``GET /v1/checkpoints``."""
         return None
-
-
-def note_size(note: str) -> int:
-    """The tree size a signed checkpoint note names."""
-    return Checkpoint.from_body(note.split("\n\n", 1)[0] + "\n").size
 
 
 def open_anchor(config: GatewayConfig, wall_ms: Callable[[], int],

@@ -11,8 +11,6 @@ before any body is read. Everything else is public and read-only. Bad parameters
 (including integers past 2^63-1, the store's range) answer 400 with a one-line detail.
 """
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response, params
@@ -23,47 +21,21 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
+from gateway.api_context import ApiContext
 from gateway.config import HttpLimits
-from gateway.contracts import DocumentDesk
 from gateway.dashboard import add_dashboard_routes
 from gateway.documents_api import document_routes
-from gateway.history import History
 from gateway.http_guard import RequestGuard, token_matches
-from gateway.metrics import CONTENT_TYPE, GatewayMetrics
-from gateway.payout import PayoutWorker
+from gateway.metrics import CONTENT_TYPE
 from gateway.payout_api import payout_routes
-from gateway.store import MAX_PAGE, Device, DeviceExists, DeviceNotFound, Leaf, LogStore
+from gateway.store import MAX_PAGE, Device, DeviceExists, DeviceNotFound, Leaf
 from protocol import cbor, merkle
-from protocol.keys import Secret
 
 API_VERSION = "1"
 MAX_RATE_MICRO_PER_HOUR = 10**12
 _HEX_ID = r"^[0-9a-f]{32}$"
 MAX_INT = 2**63 - 1  # the store's integers are signed 64-bit (SQLite INTEGER)
 _bearer = HTTPBearer(auto_error=False, description="the admin token")
-
-
-@dataclass(frozen=True)
-class ApiContext:
-    """What the API reads from: the store, the metrics, the keys, a clock."""
-
-    store: LogStore
-    metrics: GatewayMetrics
-    verifier_key: str
-    admin_token: Secret
-    wall_ms: Callable[[], int]
-    health: Callable[[], dict[str, object]]
-    # gateway.anchor.Anchor.lookup: where a checkpoint was anchored on a chain, or None.
-    anchor_lookup: Callable[[int | None], dict[str, object] | None] = lambda size: None
-    # gateway.anchor.Anchor.listing: chain anchors after a tree size, or None (local).
-    anchor_listing: Callable[[int, int], list[dict[str, object]] | None] = \
-        lambda after_size, limit: None
-    # gateway.contracts.DocumentDesk: checks and logs submitted documents (None: refused).
-    desk: DocumentDesk | None = None
-    payout: PayoutWorker | None = None  # [payout] configured: epochs, wallets, proofs
-    # The dashboard's time series (gateway.history), and whether a device is quarantined now.
-    history: History | None = None
-    quarantined: Callable[[bytes], bool] = lambda device_id: False
 
 
 class RegisterDevice(BaseModel):

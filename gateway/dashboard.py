@@ -42,7 +42,7 @@ from protocol.documents import parse_document
 from protocol.quality import attestation_of
 
 if TYPE_CHECKING:
-    from gateway.api import ApiContext
+    from gateway.api_context import ApiContext
 
 STATIC = Path(__file__).resolve().parent / "static"
 # name -> (file under STATIC, content type). Nothing else is served.

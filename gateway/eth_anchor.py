@@ -40,11 +40,10 @@ from eth_account import Account
 from eth_utils.address import is_checksum_address, to_checksum_address
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from gateway.anchor import note_size
 from gateway.config import EthereumAnchorConfig
 from gateway.eth_queue import CONFIRMED, FAILED, QUEUED, SENDING, AnchorQueue, QueuedAnchor, SentTx
 from osutil.jsonrpc import JsonRpc, RpcError, quantity
-from protocol.checkpoint import checkpoint_hash
+from protocol.checkpoint import checkpoint_hash, checkpoint_size
 from protocol.errors import ConfigError, StorageError, TransportError
 from rewards.ethkey import load_eth_key
 
@@ -152,7 +151,7 @@ class EthereumAnchor:
         no record, and ``GET /v1/anchors?size=N`` (N >= 1) could never name it.
         Raises StorageError if the queue cannot be written.
         """
-        size = note_size(checkpoint_note)
+        size = checkpoint_size(checkpoint_note)
         if size == 0:
             return
         digest = checkpoint_hash(checkpoint_note)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any, cast
 
-from gateway.api import ApiContext, create_app
+from gateway.api import create_app
+from gateway.api_context import ApiContext
 from gateway.metrics import GatewayMetrics
 from gateway.store import LogStore
 from protocol.keys import Secret

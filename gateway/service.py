@@ -47,7 +47,8 @@ from typing import TypeVar
 import uvicorn
 
 from gateway.anchor import open_anchor
-from gateway.api import ApiContext, create_app
+from gateway.api import create_app
+from gateway.api_context import ApiContext
 from gateway.checkpoints import Checkpointer
 from gateway.cluster import POLL_S, Role
 from gateway.config import GatewayConfig, HttpLimits

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from protocol.errors import MalformedRecord, VerificationError
 from protocol.note import MAX_NOTE_BYTES, NoteSigner, NoteVerifier, b64decode_strict
 
-__all__ = ["MAX_TREE_SIZE", "ROOT_HASH_BYTES", "Checkpoint", "checkpoint_hash"]
+__all__ = ["MAX_TREE_SIZE", "ROOT_HASH_BYTES", "Checkpoint", "checkpoint_hash", "checkpoint_size"]
 
 MAX_TREE_SIZE = 2**64 - 1
 """Largest tree size accepted (an unsigned 64-bit integer, as in the Go implementations)."""
@@ -176,3 +176,13 @@ def checkpoint_hash(note_text: str) -> bytes:
     except UnicodeEncodeError as exc:
         raise MalformedRecord("not_utf8", "note has unpaired surrogates") from exc
     return hashlib.sha256(data).digest()
+
+
+def checkpoint_size(note_text: str) -> int:
+    """Return the tree size a signed checkpoint note names, WITHOUT verifying it.
+
+    For notes the caller already trusts (the gateway's own, read back from its store): the
+    body is parsed as :meth:`Checkpoint.from_body` does, the signatures are not looked at.
+    Raises :class:`MalformedRecord` if the body is not a well-formed checkpoint.
+    """
+    return Checkpoint.from_body(note_text.split("\n\n", 1)[0] + "\n").size

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from protocol import cbor
-from protocol.documents import (
+from protocol.document_envelope import (
     Document,
     document_hash,
     register_body,

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from protocol import cbor
-from protocol.documents import (
+from protocol.document_envelope import (
     Document,
     register_body,
     require_bytes,

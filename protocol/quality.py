@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from protocol import cbor
 from protocol.contract import Consent
-from protocol.documents import (
+from protocol.document_envelope import (
     Document,
     register_body,
     require_bytes,

@@ -1,6 +1,6 @@
 """The reward documents: an owner's wallet binding and the gateway's payout epoch.
 
-Bodies of :mod:`protocol.documents` (docs/PROTOCOL.md §19), registered on import:
+Bodies of :mod:`protocol.document_envelope` (docs/PROTOCOL.md §19), registered on import:
 
 - :class:`WalletBinding` (type ``"wallet"``), signed by an OWNER key: the Ethereum address
   the owner's payouts go to. The owner it binds is the signer (its owner id); in the
@@ -19,14 +19,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from protocol import cbor
-from protocol.documents import (
+from protocol.document_envelope import (
     Document,
     register_body,
     require_bytes,
     require_map,
     require_uint,
-    verify_document,
 )
+from protocol.documents import verify_document
 from protocol.errors import MalformedRecord, VerificationError
 from protocol.keys import SIGNER_ID_BYTES, signer_id
 

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol.checkpoint import MAX_TREE_SIZE, Checkpoint, checkpoint_hash
+from protocol.checkpoint import MAX_TREE_SIZE, Checkpoint, checkpoint_hash, checkpoint_size
 from protocol.errors import MalformedRecord, VerificationError
 from protocol.note import (
     MAX_NOTE_BYTES,
@@ -875,3 +875,12 @@ def test_vector_prev_extension_commits_to_previous_note() -> None:
     for cp in linked:
         prev = base64.b64decode(cp.extensions[0].removeprefix("prev "), validate=True)
         assert prev in hashes
+
+
+def test_checkpoint_size_reads_the_size_of_a_note_and_refuses_a_malformed_body() -> None:
+    assert checkpoint_size(LOG.sign(CP.to_body())) == 8
+    assert checkpoint_size(LOG.sign(CP_EXT.to_body())) == CP_EXT.size
+    assert checkpoint_size(LOG.sign(Checkpoint(ORIGIN, 0, RFC_ROOT_8).to_body())) == 0
+    for bad in ("", LOG.sign("just one line\n"), LOG.sign(CP.to_body().replace("\n8\n", "\n08\n"))):
+        with pytest.raises(MalformedRecord):
+            checkpoint_size(bad)

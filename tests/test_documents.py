@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import cbor2
@@ -233,6 +235,21 @@ def test_unknown_document_type_and_record_bytes_are_not_documents() -> None:
     record_vector = json.loads((VECTORS.parent / "records.json").read_text())[0]
     with pytest.raises(MalformedRecord):
         parse_document(bytes.fromhex(record_vector["cose_sign1"]))
+
+
+def test_a_decoder_importing_only_protocol_documents_finds_every_protocol_type() -> None:
+    # In a fresh interpreter: importing protocol.documents alone registers every body type
+    # that any protocol module defines (a type left out would decode as unknown).
+    script = (
+        "import importlib, pkgutil, protocol, protocol.documents\n"
+        "from protocol.document_envelope import BODY_TYPES\n"
+        "first = sorted(BODY_TYPES)\n"
+        "for m in pkgutil.iter_modules(protocol.__path__):\n"
+        "    importlib.import_module('protocol.' + m.name)\n"
+        "print(first == sorted(BODY_TYPES), ','.join(first))\n")
+    out = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[1],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "consent,lapse,payout_notice,quality,request,revocation"]
 
 
 # --- consent rules -----------------------------------------------------------------------

@@ -1,19 +1,17 @@
 """The ``[local_mqtt]`` and ``[metrics]`` config sections, as validated frozen dataclasses.
 
-Parsed in :mod:`agent.config` (which owns the broker-connection keys both broker sections
-share); kept here so the local publisher and the metrics writer depend on nothing else.
+Parsed in :mod:`agent.config` (which parses the broker-connection keys both broker sections
+share into :class:`agent.uplink.transport.MqttConfig`); kept here so the local publisher and
+the metrics writer depend on nothing else.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from agent.uplink.transport import MqttConfig
 from protocol.errors import ConfigError
-
-if TYPE_CHECKING:
-    from agent.config import MqttConfig
 
 TOPIC_FORBIDDEN = ("+", "#", "\x00")
 

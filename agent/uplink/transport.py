@@ -1,5 +1,9 @@
 """The uplink's MQTT connection: osutil's one paho wrapper, configured from the agent's config.
 
+The broker connection as configured (:class:`MqttConfig`) and as resolved at start
+(:class:`BrokerSettings`) are defined here, next to the client that uses them; the owner's
+local broker (:mod:`agent.local_mqtt`) is reached with the same two.
+
 :class:`MqttTransport` is :class:`osutil.mqtt.MqttClient` driven by ONE thread (the uplink
 thread), which calls :meth:`~osutil.mqtt.MqttClient.poll` to run the network I/O and gets
 back plain event objects. How paho is used, and why (MQTT v5, persistent session, PUBACK
@@ -38,6 +42,28 @@ class BrokerSettings:
     keepalive_s: int = 30
     session_expiry_s: int = 7 * 24 * 3600
     connect_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    """The broker connection as configured (the password stays in its file until start).
+
+    The connection keys of both broker sections, ``[mqtt]`` (the uplink) and ``[local_mqtt]``
+    (the owner's broker); :func:`agent.config.broker_settings` turns it into
+    :class:`BrokerSettings` when the service starts."""
+
+    url: str
+    host: str
+    port: int
+    tls: bool
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    username: str | None = None
+    password_file: Path | None = None
+    keepalive_s: int = 30
+    session_expiry_s: int = 7 * 24 * 3600
+    section: str = "mqtt"  # the config section, for error messages
 
 
 class MqttTransport(MqttClient):
