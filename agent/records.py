@@ -39,7 +39,7 @@ from protocol.record import (
     Usage,
     Values,
 )
-from protocol.sealing import EpochKeys, new_key_epoch, seal_record
+from protocol.sealing import EpochKeys, StreamSealer, new_key_epoch, seal_record
 from protocol.signed import signed_bytes
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,8 @@ class RecordFactory:
         self.boot = boot
         self._key = key
         self._clock = clock
+        self._sealers: dict[str, StreamSealer] = {}  # for the epoch, boot and id below
+        self._sealers_for: tuple[EpochKeys | None, int, bytes] = (None, -1, b"")
 
     @property
     def public_key(self) -> bytes:
@@ -85,6 +87,34 @@ class RecordFactory:
         """Build and sign a record holding ``body``; ``mono_ms`` defaults to now."""
         mono = self._clock.mono_ms() if mono_ms is None else mono_ms
         return self.sign(self.header(seq, prev, stream, mono, body, boot=boot))
+
+    def sign_sealed(self, seq: int, prev: bytes, stream: str, mono_ms: int, *,
+                    epoch: EpochKeys, values: tuple[Measurement, ...]) -> bytes:
+        """Build, seal (for ``epoch``'s key of ``stream``) and sign a reading's record.
+
+        The bytes of ``sign(seal_record(device_id, header(...), epoch, values))``, made by
+        the stream's :class:`~protocol.sealing.StreamSealer` (kept per epoch); a field it
+        does not take goes the generic way, which raises as it always did.
+        """
+        wall, synced = max(0, self._clock.wall_ms()), self._clock.wall_synced()
+        sealer = self._sealers.get(stream)
+        made_for = self._sealers_for
+        if (sealer is None or made_for[0] is not epoch or made_for[1] != self.boot
+                or made_for[2] != self.device_id):
+            sealer = self._sealer(epoch, stream)
+        raw = sealer.sign(self._key, seq, prev, wall, synced, mono_ms, values)
+        if raw is not None:
+            return raw
+        header = Record(self.boot, seq, prev, wall, synced, mono_ms, stream, Values(values))
+        return self.sign(seal_record(self.device_id, header, epoch, values))
+
+    def _sealer(self, epoch: EpochKeys, stream: str) -> StreamSealer:
+        made_for = self._sealers_for
+        if made_for[0] is not epoch or made_for[1:] != (self.boot, self.device_id):
+            self._sealers = {}
+            self._sealers_for = (epoch, self.boot, self.device_id)
+        sealer = self._sealers[stream] = StreamSealer(self.device_id, self.boot, epoch, stream)
+        return sealer
 
     def sign_gap(self, seq: int, prev: bytes, gap: Gap) -> bytes:
         """The outbox's gap records (see :class:`agent.outbox.GapSigner`)."""
@@ -245,12 +275,10 @@ class RecordWriter:
 
     def _append_sealed(self, stream: str, values: tuple[Measurement, ...], mono_ms: int,
                        epoch: EpochKeys) -> int | None:
-        placeholder = Values(values)
+        sign_sealed = self._factory.sign_sealed
 
         def sealed(seq: int, prev: bytes) -> bytes:
-            header = self._factory.header(seq, prev, stream, mono_ms, placeholder)
-            return self._factory.sign(
-                seal_record(self._factory.device_id, header, epoch, values))
+            return sign_sealed(seq, prev, stream, mono_ms, epoch=epoch, values=values)
 
         seq = self._outbox.append(stream, sealed)
         self._epoch_records += 1

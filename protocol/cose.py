@@ -87,18 +87,27 @@ def _framed_protected(kid: bytes) -> bytes:
     return cbor.head(2, len(protected)) + protected
 
 
+@functools.lru_cache(maxsize=256)
+def sign1_prefixes(kid: bytes) -> tuple[bytes, bytes]:
+    """The bytes before the payload's head of the Sig_structure and of the COSE_Sign1 that
+    :func:`sign1` makes under ``kid``: both constant for a signer.
+
+    Same bytes as the start of ``sig_structure(protected, payload)`` and of
+    ``cbor.encode(Tag(18, [protected, {}, payload, signature]))``: tag 18 (0xd2), array
+    of 4 (0x84), the framed protected header, the empty map (0xa0).
+    """
+    protected = _framed_protected(kid)
+    return _SIG_STRUCTURE_PREFIX + protected + b"\x40", b"\xd2\x84" + protected + b"\xa0"
+
+
 def sign1(payload: bytes, kid: bytes, key: SigningKey) -> bytes:
     """Return the tagged COSE_Sign1 bytes of ``payload`` signed by ``key`` under ``kid``."""
     # The Sig_structure (see sig_structure) and the envelope share the framed protected
-    # header and the payload's head, so each is made once. Same bytes as
-    # cbor.encode(Tag(18, [protected, {}, payload, signature])), framed by hand on the hot
-    # path: tag 18 (0xd2), array of 4 (0x84), empty map (0xa0).
-    protected = _framed_protected(kid)
+    # header and the payload's head, so each is made once; framed by hand on the hot path.
+    to_be_signed, envelope = sign1_prefixes(kid)
     payload_head = cbor.head(2, len(payload))
-    signature = key.sign(b"".join((_SIG_STRUCTURE_PREFIX, protected, b"\x40", payload_head,
-                                   payload)))
-    return b"".join((b"\xd2\x84", protected, b"\xa0", payload_head, payload, b"\x58\x40",
-                     signature))
+    signature = key.sign(b"".join((to_be_signed, payload_head, payload)))
+    return b"".join((envelope, payload_head, payload, b"\x58\x40", signature))
 
 
 def decode_sign1(data: bytes, max_bytes: int = 64 * 1024) -> Sign1:

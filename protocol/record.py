@@ -45,6 +45,8 @@ MAX_VALUES = 16
 MAX_RECIPIENTS = 32
 MAX_REASON_CHARS = 64
 _UINT64_MAX = (1 << 64) - 1
+_INT64_MIN = -(1 << 63)
+_CHECKED_UNITS: set[str] = set()  # units that passed _require_text (bounded)
 _RECORD_LIMITS = cbor.Limits(
     max_bytes=MAX_RECORD_BYTES, max_depth=5, max_items=64, max_string=MAX_RECORD_BYTES
 )
@@ -62,19 +64,34 @@ ROTATION_STREAM = "rotation"
 RESERVED_STREAMS = frozenset({KEYS_STREAM, GAP_STREAM, USAGE_STREAM, ROTATION_STREAM})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Measurement:
-    """One measured value: ``mantissa × 10**exponent`` in ``unit``."""
+    """One measured value: ``mantissa × 10**exponent`` in ``unit``. Validates when built."""
 
     mantissa: int
     exponent: int
     unit: str
 
-    def __post_init__(self) -> None:
+    def __init__(self, mantissa: int, exponent: int, unit: str) -> None:
+        # Every reading builds one per value: the instance dict is written directly, as in
+        # Record.__init__, and the usual case (plain ints, a unit seen before) is checked
+        # in one test; anything else gets the full checks, which name the culprit.
+        fields = self.__dict__
+        fields["mantissa"] = mantissa
+        fields["exponent"] = exponent
+        fields["unit"] = unit
+        if not (type(mantissa) is int and type(exponent) is int and type(unit) is str
+                and -30 <= exponent <= 30 and _INT64_MIN <= mantissa <= _UINT64_MAX
+                and unit in _CHECKED_UNITS):
+            self._validate()
+
+    def _validate(self) -> None:
         _require_int(self.mantissa, "mantissa", signed=True)
         if not -30 <= self.exponent <= 30:
             raise MalformedRecord("bad_value", "exponent out of range")
         _require_text(self.unit, "unit", MAX_UNIT_CHARS)
+        if type(self.unit) is str and len(_CHECKED_UNITS) < _TEXT_CACHE_MAX:
+            _CHECKED_UNITS.add(self.unit)
 
     @property
     def value(self) -> Decimal:
@@ -132,6 +149,8 @@ def _uint(value: int) -> bytes:
 
 
 _SMALL_UINTS = [bytes((n,)) for n in range(24)]
+uint_cbor = _uint  # public: the write path's fast encoder (protocol.sealing) frames with it
+text_cbor = _text_cbor
 
 
 def _int_cbor(value: int) -> bytes:

@@ -36,10 +36,12 @@ import nacl.exceptions
 import nacl.hash
 import nacl.public
 
-from protocol import cbor
+from protocol import cbor, cose
 from protocol.errors import VerificationError
-from protocol.keys import RecipientKey, Secret, recipient_kid
+from protocol.keys import RecipientKey, Secret, SigningKey, recipient_kid
 from protocol.record import (
+    MAX_STREAM_CHARS,
+    MAX_VALUES,
     Grant,
     KeyEpoch,
     Measurement,
@@ -47,6 +49,8 @@ from protocol.record import (
     Sealed,
     decode_values,
     encode_values,
+    text_cbor,
+    uint_cbor,
 )
 from protocol.sodium import ffi as _ffi
 from protocol.sodium import lib as _lib
@@ -178,6 +182,81 @@ def seal_values(
     ciphertext = _seal_fast(encode_values(tuple(values)), aad, value_nonce(header.seq),
                             stream_key)
     return Sealed(key_delta, ciphertext)
+
+
+_UINT64_MAX = (1 << 64) - 1
+_NONCE_PREFIX = bytes(16)
+_MAX_PLAINTEXT = 1024 - _AEAD_TAG_BYTES  # a Sealed ciphertext is at most 1024 bytes
+
+
+class StreamSealer:
+    """The value records of one stream in one key epoch, sealed and signed as one device
+    in one boot: the bytes of ``signed_bytes(seal_record(...), device_id, key)``, built in
+    one pass.
+
+    The write path's shortcut (about 12 µs of Python per reading spread over Record,
+    Values and Sealed objects, their checks and two encodings of the header). Everything
+    constant for the stream is framed once here: the associated data's device id, the
+    header's version and boot, the stream name, the key, the COSE prefixes. :meth:`sign`
+    makes the same checks Record() and seal_values would and returns None where either
+    would raise (or for a field outside the usual form): the caller then takes the generic
+    path, which raises the precise error. Tests hold the two to the same bytes.
+    """
+
+    __slots__ = ("_aad_head", "_boot_fields", "_envelope", "_key_seq", "_stream_field",
+                 "_stream_key", "_to_be_signed", "usable")
+
+    def __init__(self, device_id: bytes, boot: int, epoch: EpochKeys, stream: str) -> None:
+        """Raises KeyError if the epoch has no key for ``stream``, as seal_values."""
+        self._stream_key = epoch.stream_keys[stream].value
+        self._key_seq = epoch.key_seq
+        self.usable = (type(boot) is int and 0 <= boot <= _UINT64_MAX
+                       and type(epoch.key_seq) is int and epoch.key_seq >= 0
+                       and type(stream) is str and 1 <= len(stream) <= MAX_STREAM_CHARS
+                       and stream.isprintable() and len(self._stream_key) == 32
+                       and type(device_id) is bytes and _lib is not None)
+        if not self.usable:
+            return
+        # cbor([device_id, header map, key_delta]) up to the header map's entries.
+        self._aad_head = b"".join((b"\x83", cbor.head(2, len(device_id)), device_id, b"\xa7"))
+        self._boot_fields = b"\x01\x01\x02" + uint_cbor(boot) + b"\x03"  # version, boot, seq key
+        self._stream_field = b"\x08" + text_cbor(stream)
+        self._to_be_signed, self._envelope = cose.sign1_prefixes(device_id)
+
+    def sign(self, key: SigningKey, seq: int, prev: bytes, wall_ms: int, clock_synced: bool,  # noqa: PLR0917 - the header's fields, on the hot path
+             mono_ms: int, values: tuple[Measurement, ...]) -> bytes | None:
+        """The signed bytes of the record ``seq`` sealing ``values``; None if a field is
+        outside what Record() and seal_values accept (take the generic path)."""
+        key_delta = seq - self._key_seq if type(seq) is int else 0
+        if not (self.usable and key_delta >= 1 and seq <= _UINT64_MAX
+                and type(wall_ms) is int and 0 <= wall_ms <= _UINT64_MAX
+                and type(mono_ms) is int and 0 <= mono_ms <= _UINT64_MAX
+                and type(prev) is bytes and len(prev) == 32 and type(clock_synced) is bool
+                and 1 <= len(values) <= MAX_VALUES):
+            return None
+        plaintext = encode_values(values)
+        if len(plaintext) > _MAX_PLAINTEXT:
+            return None
+        uint = uint_cbor
+        # The header's entries (Record._encode_header_fields) and key_delta's head.
+        header = b"".join((self._boot_fields, uint(seq), b"\x04\x58\x20", prev,
+                           b"\x05" if clock_synced else b"\x06", uint(wall_ms), b"\x07",
+                           uint(mono_ms), self._stream_field))
+        delta = uint(key_delta)
+        length = len(plaintext) + _AEAD_TAG_BYTES
+        out = _ffi.new("unsigned char[]", length)
+        aad = b"".join((self._aad_head, header, delta))
+        if _lib.crypto_aead_xchacha20poly1305_ietf_encrypt(
+                out, _ffi.NULL, plaintext, len(plaintext), aad, len(aad), _ffi.NULL,
+                _NONCE_PREFIX + seq.to_bytes(8, "big"), self._stream_key) != 0:
+            return None  # pragma: no cover - libsodium documents no failure here
+        ciphertext = _ffi.buffer(out, length)[:]
+        # The payload as Record.to_cbor frames a Sealed body, then the COSE_Sign1 (sign1).
+        payload = b"".join((b"\xa8", header, b"\x0a\x82", delta, cbor.head(2, length),
+                            ciphertext))
+        payload_head = cbor.head(2, len(payload))
+        signature = key.sign(b"".join((self._to_be_signed, payload_head, payload)))
+        return b"".join((self._envelope, payload_head, payload, b"\x58\x40", signature))
 
 
 def seal_record(device_id: bytes, header: Record, epoch: EpochKeys,

@@ -549,3 +549,39 @@ def test_with_body_refuses_a_body_that_does_not_fit_the_record() -> None:
         header.with_body(Sealed(5, bytes(34)))  # its key epoch would follow the record
     with pytest.raises(MalformedRecord):
         header.with_body(Gap(4, 4, "outbox_full"))  # a gap must lie before the record
+
+
+_U64 = st.integers(0, (1 << 64) - 1)
+_MEASUREMENTS = st.builds(Measurement, st.integers(-(1 << 63), (1 << 64) - 1),
+                          st.integers(-30, 30), st.sampled_from(["Cel", "%RH", "s", "W", "lx"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(boot=_U64, key_seq=st.integers(0, 1 << 40), delta=st.integers(-2, 1 << 20),
+       prev=st.binary(min_size=32, max_size=32) | st.binary(min_size=31, max_size=33),
+       wall=st.integers(-1, (1 << 64)), synced=st.booleans(), mono=_U64,
+       stream=st.sampled_from(["climate", "c", "x" * 23, "y" * 24, "z" * 64, "z" * 65, "bad\n"]),
+       values=st.lists(_MEASUREMENTS, min_size=1, max_size=16).map(tuple)
+       | st.lists(_MEASUREMENTS, min_size=0, max_size=17).map(tuple))
+def test_stream_sealer_shortcut_signs_the_generic_encoders_bytes(
+        boot: int, key_seq: int, delta: int, prev: bytes, wall: int, synced: bool, mono: int,
+        stream: str, values: tuple[Measurement, ...]) -> None:
+    """The write path's StreamSealer gives byte for byte what Record + seal_record +
+    signed_bytes give, and declines (None) exactly where the generic path raises."""
+    from protocol.sealing import EpochKeys, StreamSealer, seal_record  # noqa: PLC0415
+    from protocol.signed import signed_bytes  # noqa: PLC0415
+
+    key = SigningKey(Secret(bytes(range(32))))
+    device_id = device_id_for(key.public_key)
+    epoch = EpochKeys(key_seq, {stream: Secret(bytes(32 - i for i in range(32)))})
+    seq = key_seq + delta
+    sealer = StreamSealer(device_id, boot, epoch, stream)
+    fast = sealer.sign(key, seq, prev, wall, synced, mono, values) if seq >= 0 else None
+    try:
+        header = Record(boot, seq, prev, wall, synced, mono, stream, Values(values))
+        generic: bytes | None = signed_bytes(seal_record(device_id, header, epoch, values),
+                                             device_id, key)
+    except (MalformedRecord, ValueError):
+        generic = None
+    event("sealed" if generic is not None else "refused")
+    assert fast == generic
