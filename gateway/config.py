@@ -291,9 +291,6 @@ def _check_shared(config: GatewayConfig) -> None:
     if not config.broker.shared_group:
         raise ConfigError("store.shared needs broker.shared_group: every gateway process of "
                           "the log subscribes to the same shared subscription")
-    if config.payout is not None:
-        raise ConfigError("store.shared works without [payout] for now (one process must "
-                          "own the payout book and its transactions)")
 
 
 def _broker(broker: Table) -> BrokerConfig:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from gateway.doc_sql import Run
 from gateway.sqlite_store import GATEWAY_PRAGMAS
@@ -104,3 +104,8 @@ class StoreTables:
 
     def close(self) -> None:
         """Nothing: the store is the gateway's, closed with it."""
+
+
+def optional_int(value: Any) -> int | None:
+    """A nullable integer column's value (both databases' rows are untyped)."""
+    return None if value is None else int(value)

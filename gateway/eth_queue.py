@@ -30,7 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from gateway.doc_sql import Run
-from gateway.duty_tables import FileTables, NamespacedStore, StoreTables, Tables
+from gateway.duty_tables import (
+    FileTables,
+    NamespacedStore,
+    StoreTables,
+    Tables,
+    optional_int,
+)
 
 
 @unique
@@ -230,10 +236,6 @@ def _entry(row: Any) -> QueuedAnchor:  # a database row: its values are untyped
     (digest, size, note, queued_ms, state, attempts, nonce, tx_hash, block_number, status,
      chain_id, final_ms, detail) = row
     return QueuedAnchor(bytes(digest), int(size), str(note), int(queued_ms),
-                        AnchorState(state), int(attempts), _int(nonce), tx_hash,
-                        _int(block_number), _int(status), _int(chain_id), _int(final_ms),
-                        detail)
-
-
-def _int(value: Any) -> int | None:
-    return None if value is None else int(value)
+                        AnchorState(state), int(attempts), optional_int(nonce), tx_hash,
+                        optional_int(block_number), optional_int(status),
+                        optional_int(chain_id), optional_int(final_ms), detail)

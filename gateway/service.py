@@ -74,7 +74,7 @@ from gateway.history import History, Sample
 from gateway.http_guard import server_config
 from gateway.ingest import Message, MqttIngest
 from gateway.metrics import GatewayMetrics
-from gateway.payout import PayoutWorker
+from gateway.payout import PayoutWorker, open_book
 from gateway.sequencer import Sequencer, SignedReceipt
 from gateway.sqlite_store import SQLiteLogStore
 from gateway.store import STATUS_REVOKED, Device, LogStore, NotSequencer
@@ -212,19 +212,21 @@ class GatewayService:
         self.sequencer = Sequencer(self.store, self.checkpointer, self.key,
                                    limits=config.limits, metrics=self.metrics,
                                    wall_ms=clock_ms, monotonic=monotonic)
+        self.payout = None if config.payout is None else PayoutWorker(
+            config.payout, self.store,
+            open_book(self.store, config.data_dir, shared=config.store.shared),
+            self.key.signing_key, wall_ms=clock_ms, monotonic=monotonic,
+            registry=self.metrics.registry)
         # Several processes over one database (gateway.cluster); None: this one alone.
         # The chain duties run only in the sequencer: the role starts and stops them.
         self.role = None if not config.store.shared else Role(
             self.store, self.checkpointer, self.sequencer, limits=config.limits,
             metrics=self.metrics, wall_ms=clock_ms, monotonic=monotonic,
-            duties=[self.anchor])
+            duties=[self.anchor, *([] if self.payout is None else [self.payout])])
         if self.role is None:
             self.metrics.sequencer_leading.set(1)
         self._pool = VerifyPool(config.verify_workers, config.verify_threads, config.limits,
                                 self.metrics.registry)
-        self.payout = None if config.payout is None else PayoutWorker(
-            config.payout, self.store, config.data_dir, self.key.signing_key, wall_ms=clock_ms,
-            monotonic=monotonic, registry=self.metrics.registry)
         self.ingest = MqttIngest(config.broker, self._on_message, monotonic)
         self.ingest.on_publish_failure = self.metrics.receipt_failures.inc
         self.history = History(self._sample, monotonic)
@@ -255,9 +257,9 @@ class GatewayService:
             self.checkpointer.latest_note()
             self.checkpointer.issue()  # a crash may have left leaves after the last checkpoint
             self.anchor.start()  # ConfigError if an ethereum node is on another chain
+            if self.payout is not None:
+                self.payout.start()
         self._pool.start()
-        if self.payout is not None:
-            self.payout.start()
         self.http.start()
         self.courier.start()
         self.ingest.start()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.eth_queue import AnchorQueue
+from gateway.payout_book import PayoutBook
 from gateway.pg_store import PostgresLogStore
 from tests.pg import PostgresCluster
 
@@ -42,6 +43,13 @@ class DutyTables:
             return AnchorQueue.in_file(self.workdir / "anchor-ethereum.sqlite")
         self.close()
         return AnchorQueue.in_store(self.sequencer_store())
+
+    def payout_book(self) -> PayoutBook:
+        """The payout book, opened like :meth:`anchor_queue`."""
+        if self.kind == "file":
+            return PayoutBook.in_file(self.workdir / "payout.sqlite")
+        self.close()
+        return PayoutBook.in_store(self.sequencer_store())
 
     def close(self) -> None:
         """Close the stores opened so far (their sessions end, and the lock with them)."""
