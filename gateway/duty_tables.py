@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, ClassVar, Protocol, Self, TypeVar, runtime_checkable
 
 from gateway.doc_sql import Run
 from gateway.sqlite_store import GATEWAY_PRAGMAS
@@ -104,6 +104,37 @@ class StoreTables:
 
     def close(self) -> None:
         """Nothing: the store is the gateway's, closed with it."""
+
+
+class OnTables:
+    """A duty's state (the anchor queue, the payout book) over :class:`Tables`, opened in
+    a file of its own or in the shared store; subclasses name their PostgreSQL schema and
+    give their tables' DDL, with ``{blob}`` and ``{integer}`` for the column types."""
+
+    NAMESPACE: ClassVar[str]
+    DDL: ClassVar[str]
+
+    def __init__(self, tables: Tables) -> None:
+        self._tables = tables
+
+    @classmethod
+    def schema(cls, blob: str, integer: str) -> str:
+        """The tables, with the database's names for byte strings and 64-bit integers."""
+        return cls.DDL.format(blob=blob, integer=integer)
+
+    @classmethod
+    def in_file(cls, path: Path) -> Self:
+        """For a gateway alone: one SQLite file at ``path`` (created if needed)."""
+        return cls(FileTables(path, cls.schema("BLOB", "INTEGER")))
+
+    @classmethod
+    def in_store(cls, store: NamespacedStore) -> Self:
+        """For a shared log: tables of its PostgreSQL database (created if needed)."""
+        return cls(StoreTables(store, cls.NAMESPACE, cls.schema("bytea", "bigint")))
+
+    def close(self) -> None:
+        """Let go of the tables (a file is closed; the shared store stays open)."""
+        self._tables.close()
 
 
 def optional_int(value: Any) -> int | None:

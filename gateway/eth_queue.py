@@ -26,17 +26,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum, unique
-from pathlib import Path
 from typing import Any
 
 from gateway.doc_sql import Run
-from gateway.duty_tables import (
-    FileTables,
-    NamespacedStore,
-    StoreTables,
-    Tables,
-    optional_int,
-)
+from gateway.duty_tables import OnTables, optional_int
 
 
 @unique
@@ -53,12 +46,7 @@ class AnchorState(StrEnum):
 QUEUED, SENDING, CONFIRMED = AnchorState.QUEUED, AnchorState.SENDING, AnchorState.CONFIRMED
 FAILED, SUPERSEDED = AnchorState.FAILED, AnchorState.SUPERSEDED
 
-NAMESPACE = "eth_anchor"  # the PostgreSQL schema of its tables in a shared store
-
-
-def schema(blob: str, integer: str) -> str:
-    """The tables, with the database's names for byte strings and 64-bit integers."""
-    return f"""
+_DDL = """
 CREATE TABLE IF NOT EXISTS anchors (
     checkpoint_hash {blob} PRIMARY KEY, size {integer} NOT NULL, note TEXT NOT NULL,
     queued_ms {integer} NOT NULL, state TEXT NOT NULL, attempts {integer} NOT NULL DEFAULT 0,
@@ -109,22 +97,12 @@ class SentTx:
     created_ms: int
 
 
-class AnchorQueue:
+class AnchorQueue(OnTables):
     """The anchor queue over :class:`gateway.duty_tables.Tables`; every method raises
     StorageError on failure (NotSequencer for a write of a process that does not sequence)."""
 
-    def __init__(self, tables: Tables) -> None:
-        self._tables = tables
-
-    @classmethod
-    def in_file(cls, path: Path) -> AnchorQueue:
-        """The queue of a gateway alone: one SQLite file at ``path`` (created if needed)."""
-        return cls(FileTables(path, schema("BLOB", "INTEGER")))
-
-    @classmethod
-    def in_store(cls, store: NamespacedStore) -> AnchorQueue:
-        """The queue of a shared log: tables of its PostgreSQL database (created if needed)."""
-        return cls(StoreTables(store, NAMESPACE, schema("bytea", "bigint")))
+    NAMESPACE = "eth_anchor"  # the PostgreSQL schema of its tables in a shared store
+    DDL = _DDL
 
     def _one(self, sql: str, params: tuple[object, ...]) -> QueuedAnchor | None:
         rows = self._tables.read("read", lambda run: run(
@@ -226,9 +204,6 @@ class AnchorQueue:
         found = {str(state): int(n) for state, n in rows}
         return {s.value: int(found.get(s.value, 0)) for s in AnchorState}
 
-    def close(self) -> None:
-        """Let go of the tables (a file is closed)."""
-        self._tables.close()
 
 
 def _entry(row: Any) -> QueuedAnchor:  # a database row: its values are untyped

@@ -18,27 +18,15 @@ the raw signed transaction is written BEFORE it is broadcast, so a restart resum
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from gateway.doc_sql import Run
-from gateway.duty_tables import (
-    FileTables,
-    NamespacedStore,
-    StoreTables,
-    Tables,
-    optional_int,
-)
+from gateway.duty_tables import OnTables, optional_int
 from gateway.store import StoredCheckpoint
 
 PENDING, POSTED, FAILED = "pending", "posted", "failed"
 
-NAMESPACE = "payout"  # the PostgreSQL schema of its tables in a shared store
-
-
-def schema(blob: str, integer: str) -> str:
-    """The tables, with the database's names for byte strings and 64-bit integers."""
-    return f"""
+_DDL = """
 CREATE TABLE IF NOT EXISTS wallets (
     owner TEXT PRIMARY KEY, address TEXT NOT NULL, document {blob} NOT NULL,
     leaf_index {integer} NOT NULL, received_ms {integer} NOT NULL);
@@ -92,24 +80,14 @@ class WalletTaken(ValueError):
     """The owner already has a wallet binding."""
 
 
-class PayoutBook:
+class PayoutBook(OnTables):
     """Wallet bindings and epochs; safe to use from the API and the payout worker threads.
 
     Every method raises StorageError (NotSequencer: a write of a process that does not
     sequence a shared log)."""
 
-    def __init__(self, tables: Tables) -> None:
-        self._tables = tables
-
-    @classmethod
-    def in_file(cls, path: Path) -> PayoutBook:
-        """The book of a gateway alone: one SQLite file at ``path`` (created if needed)."""
-        return cls(FileTables(path, schema("BLOB", "INTEGER")))
-
-    @classmethod
-    def in_store(cls, store: NamespacedStore) -> PayoutBook:
-        """The book of a shared log: tables of its PostgreSQL database (created if needed)."""
-        return cls(StoreTables(store, NAMESPACE, schema("bytea", "bigint")))
+    NAMESPACE = "payout"  # the PostgreSQL schema of its tables in a shared store
+    DDL = _DDL
 
     def wallet_of(self, owner: str) -> bytes | None:
         """The signed bytes of the owner's binding, or None."""
@@ -229,9 +207,6 @@ class PayoutBook:
                 "last_hash = excluded.last_hash", (distributor, next_block, last_hash))
         self._tables.write("add funding", change)
 
-    def close(self) -> None:
-        """Let go of the tables (a file is closed)."""
-        self._tables.close()
 
 
 def _epoch(row: tuple[Any, ...]) -> StoredEpoch:  # a database row: its values are untyped

@@ -28,7 +28,7 @@ from typing import Protocol
 
 import pytest
 
-from firmware_sim.chain import ETHER, GanacheNode
+from firmware_sim.chain import GanacheNode
 from gateway.anchor import Anchor, LocalAnchor
 from gateway.config import EthereumAnchorConfig
 from gateway.eth_anchor import ANCHOR_PREFIX, EthereumAnchor, EthTiming
@@ -37,6 +37,7 @@ from protocol.checkpoint import checkpoint_hash
 from protocol.keys import write_secret_file
 from tests.checkpoint_notes import Notes, make_notes
 from tests.duty_tables import DutyTables, duty_tables_for
+from tests.gateway.chainkit import running_chain
 
 CHAIN_ID = 1337
 ETH_KEYS = 32  # funded accounts: one fresh sender per test, so nonces never interfere
@@ -162,13 +163,8 @@ class EthereumRig:
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GanacheNode]:
-    accounts = tuple((_eth_key(n), 100 * ETHER) for n in range(ETH_KEYS))
-    node = GanacheNode(tmp_path_factory.mktemp("chain"), accounts=accounts)
-    node.start()
-    try:
-        yield node
-    finally:
-        node.kill()
+    yield from running_chain(tmp_path_factory.mktemp("chain"),
+                             [_eth_key(n) for n in range(ETH_KEYS)])
 
 
 @pytest.fixture(scope="module")

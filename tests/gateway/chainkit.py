@@ -5,11 +5,13 @@ mined, found by scanning the blocks."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from eth_account import Account
 
-from firmware_sim.chain import GanacheNode
+from firmware_sim.chain import ETHER, GanacheNode
 from gateway.eth_anchor import ANCHOR_PREFIX
 
 
@@ -53,3 +55,13 @@ def nonce(node: GanacheNode, sender: str) -> int:
     """The sender's count of mined transactions (ganache's "pending" count leaves out
     transactions waiting while its miner is stopped: look those up by hash)."""
     return int(node.rpc("eth_getTransactionCount", sender, "latest"), 16)
+
+
+def running_chain(workdir: Path, keys: list[str]) -> Iterator[GanacheNode]:
+    """A ganache node (instamine) with ``keys`` funded, for a fixture to yield from."""
+    node = GanacheNode(workdir, accounts=tuple((key, 100 * ETHER) for key in keys))
+    node.start()
+    try:
+        yield node
+    finally:
+        node.kill()

@@ -29,7 +29,13 @@ from protocol.errors import ConfigError, KeyFileError
 from protocol.keys import write_secret_file
 from tests.checkpoint_notes import Notes, make_notes
 from tests.duty_tables import DutyTables
-from tests.gateway.chainkit import address_of, anchored_hashes, eth_key, sender_txs
+from tests.gateway.chainkit import (
+    address_of,
+    anchored_hashes,
+    eth_key,
+    running_chain,
+    sender_txs,
+)
 from tests.gateway.conftest import start_gateway
 from tests.gateway.gwkit import DeviceClient, TestDevice, register, write_gateway_files
 from tests.harness.waiting import eventually
@@ -59,13 +65,7 @@ KIND_KEYS = {"file": KEYS,
 def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GanacheNode]:
     """One instamine ganache for the module; every test anchors from its own funded key."""
     senders = [key for keys in KIND_KEYS.values() for key in keys.values()]
-    accounts = tuple((key, 100 * ETHER) for key in [DEPLOYER, *senders])
-    node = GanacheNode(tmp_path_factory.mktemp("chain"), accounts=accounts)
-    node.start()
-    try:
-        yield node
-    finally:
-        node.kill()
+    yield from running_chain(tmp_path_factory.mktemp("chain"), [DEPLOYER, *senders])
 
 
 class FakeClock:

@@ -17,10 +17,17 @@ import httpx
 import pytest
 
 from firmware_sim.broker import MosquittoBroker
-from firmware_sim.chain import ETHER, GanacheNode
+from firmware_sim.chain import GanacheNode
 from firmware_sim.procs import GatewayProcess
 from protocol.keys import write_secret_file
-from tests.gateway.chainkit import address_of, anchored_hashes, eth_key, nonce, sender_txs
+from tests.gateway.chainkit import (
+    address_of,
+    anchored_hashes,
+    eth_key,
+    nonce,
+    running_chain,
+    sender_txs,
+)
 from tests.gateway.clusterkit import Cluster, wait
 from tests.gateway.gwkit import DeviceClient, TestDevice, register
 from tests.harness.waiting import within
@@ -33,13 +40,7 @@ WORKER_POLL_S = 1.0  # the anchor worker's poll (gateway.eth_anchor.EthTiming)
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GanacheNode]:
-    accounts = ((FOLLOWER_KEY, 10 * ETHER), (FAILOVER_KEY, 10 * ETHER))
-    node = GanacheNode(tmp_path_factory.mktemp("chain"), accounts=accounts)
-    node.start()
-    try:
-        yield node
-    finally:
-        node.kill()
+    yield from running_chain(tmp_path_factory.mktemp("chain"), [FOLLOWER_KEY, FAILOVER_KEY])
 
 
 def anchored_cluster(tmp_path: Path, broker: MosquittoBroker, postgres: PostgresCluster,
@@ -99,6 +100,18 @@ def log_records(client: DeviceClient, dev: TestDevice, batch_id: int) -> None:
     client.wait_for(dev.device_id, batch_id)
 
 
+def anchor_first_checkpoint(cluster: Cluster, client: DeviceClient, chain: GanacheNode,
+                            sender: str, seed: int) -> tuple[GatewayProcess, TestDevice]:
+    """The sequencer logs a device's first records and anchors them (the key's nonce 0
+    used: ganache 7.9 mines both a nonce-0 transaction and its replacement)."""
+    first = cluster.sequencer()
+    dev = TestDevice.create(f"anchored-{seed}", seed)
+    register(first.url, dev)
+    log_records(client, dev, 1)
+    wait("the first checkpoint anchored", lambda: nonce(chain, sender) == 1)
+    return first, dev
+
+
 def test_followers_never_send_and_the_next_sequencer_takes_the_queue_over(
         broker: MosquittoBroker, postgres: PostgresCluster, pg_database: str,
         chain: GanacheNode, tmp_path: Path) -> None:
@@ -110,12 +123,9 @@ def test_followers_never_send_and_the_next_sequencer_takes_the_queue_over(
     cluster.start()
     client = DeviceClient(broker.port, cluster.key.verifier_text())
     try:
-        first = cluster.sequencer()
-        dev = TestDevice.create("anchored-1", 401)
-        register(first.url, dev)
-        log_records(client, dev, 1)
-        wait("the first checkpoint anchored", lambda: nonce(chain, sender) == 1
-             and any(s == "confirmed" for s, _, _ in anchor_rows(postgres, pg_database).values()))
+        first, dev = anchor_first_checkpoint(cluster, client, chain, sender, 401)
+        wait("its anchor confirmed in the shared queue", lambda: any(
+            s == "confirmed" for s, _, _ in anchor_rows(postgres, pg_database).values()))
         followers = [g for g in cluster.gateways if g is not first]
         # Every process serves the anchor from the shared queue, followers included.
         wait("the anchor served by the followers",
@@ -155,12 +165,7 @@ def test_kill9_of_the_sequencer_with_an_anchor_pending_the_next_one_confirms_tha
     cluster.start()
     client = DeviceClient(broker.port, cluster.key.verifier_text())
     try:
-        first = cluster.sequencer()
-        dev = TestDevice.create("anchored-2", 402)
-        register(first.url, dev)
-        log_records(client, dev, 1)
-        # ganache 7.9 mines both a nonce-0 transaction and its replacement: get past nonce 0.
-        wait("the first checkpoint anchored", lambda: nonce(chain, sender) == 1)
+        first, dev = anchor_first_checkpoint(cluster, client, chain, sender, 402)
         chain.rpc("miner_stop")
         try:
             log_records(client, dev, 2)

@@ -20,14 +20,14 @@ from firmware_sim.broker import MosquittoBroker
 from firmware_sim.chain import GanacheNode
 from firmware_sim.solidity import Deployment, address_of
 from protocol.documents import sign_document
-from protocol.keys import Secret, SigningKey, signer_id, write_secret_file
+from protocol.keys import Secret, SigningKey, signer_id
 from rewards import distributor as abi
 from rewards.documents import WalletBinding, owner_name
 from tests.gateway.chainkit import sender_txs
 from tests.gateway.clusterkit import Cluster, wait
 from tests.gateway.gwkit import DeviceClient, TestDevice, register
 from tests.pg import PostgresCluster
-from tests.rewards.conftest import KEYS
+from tests.rewards.conftest import KEYS, payout_section
 
 POST_ROOT = abi.post_root(1, bytes(32), 0)[:4]  # the selector of postRoot(uint64,bytes32,uint256)
 
@@ -58,18 +58,9 @@ def test_kill9_of_the_sequencer_with_a_root_post_pending_the_next_one_confirms_t
     deployed.give(company, 10**24)
     deployed.fund(KEYS["company"], 10**24, bytes(32))
     poster = address_of(KEYS["gateway"])
-    key_file = tmp_path / "payout-eth.key"
-    write_secret_file(key_file, KEYS["gateway"].value.hex().encode())
-    payout = f"""
-[payout]
-rpc_url = "{chain.url}"
-key_file = "{key_file}"
-chain_id = {chain.chain_id}
-distributor = "{deployed.distributor}"
-interval_s = 0.2
-resend_after_s = 600
-unsafe_ungated = true
-"""
+    # resend_after_s: a pending root post is followed, never replaced, during the test.
+    payout = payout_section(tmp_path, chain, deployed,
+                            "resend_after_s = 600\nunsafe_ungated = true\n")
     cluster = Cluster(tmp_path, broker.port, postgres, pg_database, size=3, extra=payout)
     cluster.start()
     client = DeviceClient(broker.port, cluster.key.verifier_text())
