@@ -28,10 +28,9 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry
 
 from gateway.config import GatewayConfig
-from gateway.duty_tables import NamespacedStore
+from gateway.duty_tables import shared_store
 from gateway.store import LogStore
 from protocol.checkpoint import checkpoint_hash, checkpoint_size
-from protocol.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -142,12 +141,8 @@ def open_anchor(config: GatewayConfig, store: LogStore, wall_ms: Callable[[], in
     from gateway.eth_anchor import QUEUE_FILE, EthereumAnchor  # noqa: PLC0415
     from gateway.eth_queue import AnchorQueue  # noqa: PLC0415
 
-    if not config.store.shared:
-        queue = AnchorQueue.in_file(config.data_dir / QUEUE_FILE)
-    elif isinstance(store, NamespacedStore):
-        queue = AnchorQueue.in_store(store)
-    else:
-        raise ConfigError("store.shared needs backend = \"postgresql\"")
+    queue = AnchorQueue.in_store(shared_store(store)) if config.store.shared else \
+        AnchorQueue.in_file(config.data_dir / QUEUE_FILE)
     try:
         return EthereumAnchor(config.ethereum, queue, wall_ms=wall_ms, monotonic=monotonic,
                               registry=registry)

@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Protocol, Self, TypeVar, runtime_checkable
 from gateway.doc_sql import Run
 from gateway.sqlite_store import GATEWAY_PRAGMAS
 from osutil.sqlite import connect, transaction, translated
-from protocol.errors import StorageError
+from protocol.errors import ConfigError, StorageError
 
 _T = TypeVar("_T")
 
@@ -86,6 +86,14 @@ class NamespacedStore(Protocol):
     def read_in(self, namespace: str, what: str, query: Callable[[Run], _T]) -> _T: ...
 
     def write_in(self, namespace: str, what: str, change: Callable[[Run], _T]) -> _T: ...
+
+
+def shared_store(store: object) -> NamespacedStore:
+    """``store`` as the home of a shared log's duty tables; ConfigError if it cannot be one
+    (only PostgreSQL can, and the configuration refuses ``shared`` with SQLite already)."""
+    if not isinstance(store, NamespacedStore):
+        raise ConfigError("store.shared needs backend = \"postgresql\"")
+    return store
 
 
 class StoreTables:

@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from gateway.config import PayoutConfig
 from gateway.contracts import Logged
-from gateway.duty_tables import NamespacedStore
+from gateway.duty_tables import shared_store
 from gateway.payout_book import FAILED, PENDING, POSTED, PayoutBook, StoredEpoch
 from gateway.payout_funding import FundingLedger
 from gateway.payout_gating import IncrementalGating
@@ -42,7 +42,6 @@ from gateway.store import LogStore, NewDocument, NotSequencer
 from osutil.jsonrpc import JsonRpc, RpcError, quantity
 from protocol.documents import Document, parse_document, sign_document
 from protocol.errors import (
-    ConfigError,
     MalformedRecord,
     StorageError,
     TransportError,
@@ -85,9 +84,7 @@ def open_book(store: LogStore, data_dir: Path, *, shared: bool) -> PayoutBook:
     ``store`` (its PostgreSQL database). Raises StorageError/ConfigError."""
     if not shared:
         return PayoutBook.in_file(data_dir / BOOK_FILE)
-    if not isinstance(store, NamespacedStore):
-        raise ConfigError("store.shared needs backend = \"postgresql\"")
-    return PayoutBook.in_store(store)
+    return PayoutBook.in_store(shared_store(store))
 
 
 def log_document(store: LogStore, doc: Document, now_ms: int) -> int:
