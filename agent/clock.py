@@ -11,10 +11,11 @@ The clock is an object passed in, so tests drive time without patching globals.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
+
+from osutil.libc import LIBC
 
 _TIME_ERROR = 5  # adjtimex(2): "the system clock is not synchronized to a reliable server"
 
@@ -72,14 +73,13 @@ class SystemClock:
 
 
 def _load_adjtimex() -> Callable[[Any], int] | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        func = libc.adjtimex
-    except (OSError, AttributeError):
-        return None  # not Linux/glibc: report "not synced" rather than guess
+    func: Any = getattr(LIBC, "adjtimex", None)
+    if func is None:  # no C library handle, or not Linux/glibc:
+        return None  # report "not synced" rather than guess
     func.argtypes = [ctypes.c_void_p]
     func.restype = ctypes.c_int
-    return func
+    checked: Callable[[Any], int] = func
+    return checked
 
 
 class ManualClock:

@@ -74,21 +74,22 @@ class BenchClock(ManualClock):
 
     def __init__(self, wall_ms: int, mono_ms: int) -> None:
         super().__init__(wall_ms=wall_ms, mono_ms=mono_ms, synced=True)
-        self._live: tuple[int, int, int] | None = None
+        self._live: tuple[int, int] | None = None
+        self._real = SystemClock()  # one, made once: the agent holds one clock too
 
     def go_live(self) -> None:
-        real = SystemClock()
-        self._live = (super().wall_ms() - real.wall_ms(), super().mono_ms() - real.mono_ms(), 0)
+        real = self._real
+        self._live = (super().wall_ms() - real.wall_ms(), super().mono_ms() - real.mono_ms())
 
     def wall_ms(self) -> int:
         if self._live is None:
             return super().wall_ms()
-        return SystemClock().wall_ms() + self._live[0]
+        return self._real.wall_ms() + self._live[0]
 
     def mono_ms(self) -> int:
         if self._live is None:
             return super().mono_ms()
-        return SystemClock().mono_ms() + self._live[1]
+        return self._real.mono_ms() + self._live[1]
 
 
 class Device:

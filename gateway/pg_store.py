@@ -1,7 +1,8 @@
 """The PostgreSQL implementation of :class:`gateway.store.LogStore` (psycopg 3).
 
 It keeps exactly what :mod:`gateway.sqlite_store` keeps, with the same semantics: one
-transaction per MQTT batch in which leaves, the perfect-subtree nodes they complete, the
+transaction per MQTT batch in which leaves, the perfect-subtree nodes above them they
+complete (a leaf's own hash is computed from its bytes, not stored), the
 dedup index ``UNIQUE (device_id, seq)``, usage, gaps, key history and credit change together
 or not at all; the tree frontier is rebuilt at open from the stored nodes; readers see the
 tree size as of the last COMMIT only; a public key belongs for good to the first device that
@@ -481,11 +482,16 @@ class PostgresLogStore:
 
     @staticmethod
     def _node(conn: Conn, level: int, index: int) -> bytes:
-        row = conn.execute("SELECT hash FROM nodes WHERE level = %s AND idx = %s",
-                           (level, index)).fetchone()
-        if row is None:
-            raise StorageError(f"gateway store: tree node ({level}, {index}) is missing")
-        return bytes(row[0])
+        if level == 0:  # a leaf hash is not stored twice: hashed from the leaf's bytes
+            row = conn.execute("SELECT raw FROM leaves WHERE idx = %s", (index,)).fetchone()
+            if row is not None:
+                return merkle.leaf_hash(bytes(row[0]))
+        else:
+            row = conn.execute("SELECT hash FROM nodes WHERE level = %s AND idx = %s",
+                               (level, index)).fetchone()
+            if row is not None:
+                return bytes(row[0])
+        raise StorageError(f"gateway store: tree node ({level}, {index}) is missing")
 
     def get_node(self, level: int, index: int) -> bytes:
         """Return a stored perfect-subtree hash; raise StorageError if it is missing."""
@@ -751,10 +757,11 @@ class PgTransaction(doc_sql.DocumentMethods):
                 copy.set_types(_LEAF_TYPES)
                 for row in self._leaf_rows:
                     copy.write_row(row)
-            with cur.copy("COPY nodes FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types(_NODE_TYPES)
-                for node in self._node_rows:
-                    copy.write_row(node)
+            if self._node_rows:  # one leaf alone completes no stored node
+                with cur.copy("COPY nodes FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.set_types(_NODE_TYPES)
+                    for node in self._node_rows:
+                        copy.write_row(node)
             doc_sql.note_streams(_runner(self._conn), self._leaf_rows)
         self._leaf_rows, self._node_rows = [], []
 
@@ -787,7 +794,8 @@ class PgTransaction(doc_sql.DocumentMethods):
         index = self._tree.size
         self._leaf_rows.append((index, leaf.device_id, leaf.seq, leaf.record_hash, leaf.prev,
                                 leaf.raw, leaf.stream, leaf.received_ms, leaf.flags))
-        self._node_rows += self._tree.append(merkle.leaf_hash(leaf.raw))
+        # [1:]: the leaf's own hash (level 0) is not stored; _node hashes the leaf's bytes
+        self._node_rows += self._tree.append(merkle.leaf_hash(leaf.raw))[1:]
         return index
 
     def consume_pending(self, ids: Sequence[int]) -> None:

@@ -25,6 +25,7 @@ order (the first that fails names the reason; docs/GATEWAY.md has the table):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from gateway.store import (
     FLAG_CLOCK_UNSYNCED,
@@ -52,9 +53,11 @@ from protocol.record import (
 _SIGNED_MAX = (1 << 63) - 1
 
 
-@dataclass(frozen=True)
-class Decision:
-    """What happened to one record: the receipt's status, with its leaf index or reason."""
+class Decision(NamedTuple):
+    """What happened to one record: the receipt's status, with its leaf index or reason.
+
+    A NamedTuple rather than a frozen dataclass: one per record on the sequencer's thread.
+    """
 
     kind: Status
     leaf_index: int | None = None
@@ -92,14 +95,24 @@ class BatchView:
         self.tx = tx
         self._devices: dict[bytes, Device | None] = {}
         self._links: dict[bytes, dict[int, LoggedLink]] = {}
-        self._ranges: dict[bytes, tuple[int, int]] = {}
-        ranges = self._ranges
+        # Each device's seqs in the group as runs [low, high]: a batch is one run, and so
+        # are batches that follow each other; a batch resent from long ago is a run of its
+        # own, so its lookup does not read every logged record in between.
+        self._runs: dict[bytes, list[list[int]]] = {}
+        runs = self._runs
         for item in items:
             record = item.record
             if record is not None and item.reject is None:
                 seq, kid = record.seq, item.signer  # signer: PreparedRecord.kid, unchecked
-                low, high = ranges.get(kid, (seq, seq))
-                ranges[kid] = (min(low, seq), max(high, seq))
+                own = runs.get(kid)
+                if own is None:
+                    runs[kid] = [[seq, seq]]
+                    continue
+                last = own[-1]
+                if last[0] - 1 <= seq <= last[1] + 1:
+                    last[0], last[1] = min(last[0], seq), max(last[1], seq)
+                else:
+                    own.append([seq, seq])
 
     def device(self, device_id: bytes) -> Device | None:
         if device_id not in self._devices:
@@ -111,11 +124,24 @@ class BatchView:
         self._devices.pop(device_id, None)
 
     def links(self, device_id: bytes) -> dict[int, LoggedLink]:
+        """The logged records at the group's seqs of this device and one either side."""
         found = self._links.get(device_id)
         if found is None:
-            low, high = self._ranges[device_id]
-            found = self._links[device_id] = self.tx.links(device_id, low - 1, high + 1)
+            found = self._links[device_id] = {}
+            for low, high in _merged(self._runs[device_id]):
+                found.update(self.tx.links(device_id, low - 1, high + 1))
         return found
+
+
+def _merged(runs: list[list[int]]) -> list[tuple[int, int]]:
+    """``runs`` sorted, those whose lookups ``[low - 1, high + 1]`` would overlap joined."""
+    merged: list[tuple[int, int]] = []
+    for low, high in sorted(runs):
+        if merged and low - 1 <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], high))
+        else:
+            merged.append((low, high))
+    return merged
 
 
 def decide(view: BatchView, item: PreparedRecord, ctx: Context) -> Decision:
@@ -148,7 +174,8 @@ def decide(view: BatchView, item: PreparedRecord, ctx: Context) -> Decision:
         return Decision.rejected(refused)
     decision = _append(view.tx, device, item, ctx)
     near[record.seq] = LoggedLink(decision.leaf_index or 0, item.hash, record.prev)
-    if isinstance(record.body, Usage | KeyRotation):
+    body = record.body
+    if body is not None and isinstance(body, Usage | KeyRotation):
         view.refresh(device.device_id)  # usage credit, a new key
     return decision
 
@@ -183,6 +210,8 @@ def _check_time(record: ParsedRecord, ctx: Context) -> Reason | None:
 
 def _check_body(tx: LogTransaction, device: Device, record: ParsedRecord) -> Reason | None:
     body = record.body
+    if body is None:  # a value or sealed value parsed in a worker (verify.Header)
+        return None
     if isinstance(body, Usage):
         return _check_usage(tx, device, record, body)
     if isinstance(body, KeyRotation):
@@ -215,6 +244,8 @@ def _append(tx: LogTransaction, device: Device, item: PreparedRecord, ctx: Conte
     index = tx.append(NewLeaf(device.device_id, record.seq, item.hash, record.prev, item.raw,
                               record.stream, ctx.received_ms, flags))
     body = record.body
+    if body is None:  # a value or sealed value parsed in a worker (verify.Header)
+        return Decision(Status.ACCEPTED, index, None, bool(flags))
     if isinstance(body, Usage):
         credit = credit_micro(body.usage_ms, device.rate_micro_per_hour)
         tx.add_usage(UsageEntry(device.device_id, record.seq, record.boot, body.start_mono_ms,

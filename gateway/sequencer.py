@@ -97,7 +97,8 @@ class Sequencer:
                 results.append(self._apply(view, batch, now, tally))
             within(tx)
         self._count(tally, len(batches))
-        self._report_equivocations(results)
+        if tally.rejected[reasons.EQUIVOCATION]:  # else no outcome need be looked at again
+            self._report_equivocations(results)
         done = self._monotonic()
         for batch in batches:
             self._metrics.ingest_lag.observe(max(0.0, done - batch.arrived))

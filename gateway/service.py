@@ -281,7 +281,9 @@ class GatewayService:
             self._dispatch()
             drained = self._serve_role()
             if self._inflight:
-                self._process(self._group())
+                group = self._group()
+                self._dispatch()  # keep the workers busy while this group commits
+                self._process(group)
             elif not drained:
                 self._queue.wait(self._idle_timeout())
                 if self.role is None or self.role.leading:

@@ -2,7 +2,8 @@
 
 Durability: WAL journal with ``synchronous=FULL`` (a commit survives a power cut, unlike
 ``NORMAL``), one transaction per MQTT batch. A batch's leaves, the perfect-subtree nodes
-they complete (RFC 9162 §2.1.1 hashes, addressed by ``(level, index)``), the dedup index
+they complete (RFC 9162 §2.1.1 hashes, addressed by ``(level, index)``; level 0, a leaf's
+own hash, is computed from the leaf's bytes when read rather than stored), the dedup index
 ``UNIQUE(device_id, seq)``, usage, gaps, key history and credit change together or not at
 all, so a ``kill -9`` can neither duplicate a leaf nor lose one that a receipt announced
 (receipts go out only after the commit).
@@ -236,11 +237,16 @@ class SQLiteLogStore:
 
     @staticmethod
     def _node(conn: sqlite3.Connection, level: int, index: int) -> bytes:
-        row = conn.execute("SELECT hash FROM nodes WHERE level = ? AND idx = ?",
-                           (level, index)).fetchone()
-        if row is None:
-            raise StorageError(f"gateway store: tree node ({level}, {index}) is missing")
-        return bytes(row[0])
+        if level == 0:  # a leaf hash is not stored twice: hashed from the leaf's bytes
+            row = conn.execute("SELECT raw FROM leaves WHERE idx = ?", (index,)).fetchone()
+            if row is not None:
+                return merkle.leaf_hash(bytes(row[0]))
+        else:
+            row = conn.execute("SELECT hash FROM nodes WHERE level = ? AND idx = ?",
+                               (level, index)).fetchone()
+            if row is not None:
+                return bytes(row[0])
+        raise StorageError(f"gateway store: tree node ({level}, {index}) is missing")
 
     def get_node(self, level: int, index: int) -> bytes:
         """Return a stored perfect-subtree hash; raise StorageError if it is missing."""
@@ -500,7 +506,8 @@ class _Transaction(doc_sql.DocumentMethods):
         index = self._tree.size
         self._leaf_rows.append((index, leaf.device_id, leaf.seq, leaf.record_hash, leaf.prev,
                                 leaf.raw, leaf.stream, leaf.received_ms, leaf.flags))
-        self._node_rows += self._tree.append(merkle.leaf_hash(leaf.raw))
+        # [1:]: the leaf's own hash (level 0) is not stored; _node hashes the leaf's bytes
+        self._node_rows += self._tree.append(merkle.leaf_hash(leaf.raw))[1:]
         return index
 
     def add_usage(self, usage: UsageEntry) -> None:

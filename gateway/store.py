@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum, unique
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from protocol.errors import ConfigError, StorageError
 
@@ -118,9 +118,12 @@ class Device:
         return chosen
 
 
-@dataclass(frozen=True)
-class NewLeaf:
-    """A verified record to append to the log."""
+class NewLeaf(NamedTuple):
+    """A verified record to append to the log.
+
+    A NamedTuple rather than a frozen dataclass: one is built for every logged record on
+    the sequencer's thread, and a tuple is built in a tenth of the time.
+    """
 
     device_id: bytes
     seq: int

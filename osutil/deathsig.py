@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import signal
+
+from osutil.libc import LIBC
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -16,5 +16,5 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
     Safe between fork and exec (only a prctl). Elsewhere than on Linux it does nothing.
     """
     with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+        if LIBC is not None:
+            LIBC.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)

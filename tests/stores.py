@@ -45,6 +45,16 @@ class StoreFactory:
             (value, level, index))
 
 
+    def run(self, query: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        """Run one SQL statement on the store's database behind its back (``?`` placeholders
+        on SQLite, ``%s`` on PostgreSQL: write the query with ``?``); return its rows."""
+        if self.sqlite_path is not None:
+            with sqlite3.connect(self.sqlite_path) as conn:
+                return conn.execute(query, params).fetchall()
+        assert self.cluster is not None
+        return self.cluster.execute_as_admin(self.dbname, query.replace("?", "%s"), params)
+
+
 def store_factory_for(request: pytest.FixtureRequest, kind: str, tmp_path: Path) -> StoreFactory:
     """A factory for ``kind``; PostgreSQL gets a fresh database of the session's cluster."""
     if kind == "sqlite":

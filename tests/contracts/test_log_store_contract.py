@@ -10,7 +10,6 @@ tests/gateway/test_gateway_store.py.
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import threading
 from collections.abc import Callable, Iterator
@@ -226,7 +225,7 @@ def test_device_records_are_paged_in_seq_order_after_the_cursor(store: LogStore)
 
 def test_stream_leaves_are_one_streams_leaves_of_an_index_range_in_index_order(
         store: LogStore) -> None:
-    usage = [dataclasses.replace(leaf(i), stream="usage") for i in (0, 2, 3, 5)]
+    usage = [leaf(i)._replace(stream="usage") for i in (0, 2, 3, 5)]
     append(store, usage[0], leaf(1), usage[1], usage[2], leaf(4), usage[3])
     assert [x.index for x in store.stream_leaves("usage", 0, 6, 10)] == [0, 2, 3, 5]
     assert [x.index for x in store.stream_leaves("usage", 1, 5, 10)] == [2, 3]

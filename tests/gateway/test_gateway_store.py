@@ -15,6 +15,7 @@ from gateway.config import CheckpointConfig
 from gateway.gatewaykey import GatewayKey
 from gateway.metrics import GatewayMetrics
 from gateway.store import LogStore, NewLeaf
+from protocol import merkle
 from protocol.errors import StorageError
 from tests.stores import StoreFactory
 
@@ -45,4 +46,27 @@ def test_gateway_refuses_a_log_that_disagrees_with_its_checkpoint(
     store = store_factory.open()
     with pytest.raises(StorageError, match="does not match"):
         checkpointer(store)
+    store.close()
+
+
+def test_a_leaf_hash_is_not_stored_twice_and_a_log_with_level_0_rows_still_proves(
+        store_factory: StoreFactory) -> None:
+    leaves = [leaf(i) for i in range(5)]
+    store = store_factory.open()
+    with store.transaction() as tx:
+        for item in leaves:
+            tx.append(item)
+    assert store.get_node(0, 3) == merkle.leaf_hash(leaves[3].raw)  # from the leaf's bytes
+    store.close()
+    assert sorted(store_factory.run("SELECT level, idx FROM nodes")) == [(1, 0), (1, 1), (2, 0)]
+    # A log written before level 0 was dropped holds every leaf's hash as a node row too.
+    for i, item in enumerate(leaves):
+        store_factory.run("INSERT INTO nodes VALUES (?, ?, ?)", (0, i, merkle.leaf_hash(item.raw)))
+    store = store_factory.open()
+    with store.transaction() as tx:
+        tx.append(leaf(5))
+    hashes = [merkle.leaf_hash(x.raw) for x in [*leaves, leaf(5)]]
+    assert store.root(6) == merkle.root(hashes)
+    proof = merkle.inclusion_proof_from_nodes(store, 4, 6)
+    merkle.verify_inclusion(hashes[4], 4, 6, proof, merkle.root(hashes))
     store.close()
