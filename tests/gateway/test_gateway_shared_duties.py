@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -43,10 +44,12 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GanacheNode]:
     yield from running_chain(tmp_path_factory.mktemp("chain"), [FOLLOWER_KEY, FAILOVER_KEY])
 
 
-def anchored_cluster(tmp_path: Path, broker: MosquittoBroker, postgres: PostgresCluster,
-                     dbname: str, chain: GanacheNode, key: str, *,
-                     interval_s: float) -> Cluster:
-    """Three processes of one log, each configured to anchor with ``key`` (one file)."""
+@contextmanager
+def anchoring(tmp_path: Path, broker: MosquittoBroker, postgres: PostgresCluster,
+              dbname: str, chain: GanacheNode, key: str, *,
+              interval_s: float) -> Iterator[tuple[Cluster, DeviceClient]]:
+    """Three running processes of one log, each configured to anchor with ``key`` (one
+    file), and a device client; both stopped on leaving."""
     key_file = tmp_path / "anchor-eth.key"
     write_secret_file(key_file, key.encode("ascii") + b"\n")
     # resend_after_s: a pending transaction is followed, never replaced, during a test.
@@ -59,7 +62,14 @@ chain_id = {CHAIN_ID}
 interval_s = {interval_s}
 resend_after_s = 600
 """
-    return Cluster(tmp_path, broker.port, postgres, dbname, size=3, extra=anchor)
+    cluster = Cluster(tmp_path, broker.port, postgres, dbname, size=3, extra=anchor)
+    cluster.start()
+    client = DeviceClient(broker.port, cluster.key.verifier_text())
+    try:
+        yield cluster, client
+    finally:
+        client.close()
+        cluster.stop()
 
 
 def anchor_rows(postgres: PostgresCluster, dbname: str) -> dict[bytes, tuple[str, int | None,
@@ -118,11 +128,8 @@ def test_followers_never_send_and_the_next_sequencer_takes_the_queue_over(
     # interval_s of an hour: after its first anchor the sequencer leaves the next checkpoints
     # queued; a worker that had just started (in any process) would send one at once.
     sender = address_of(FOLLOWER_KEY)
-    cluster = anchored_cluster(tmp_path, broker, postgres, pg_database, chain, FOLLOWER_KEY,
-                               interval_s=3600)
-    cluster.start()
-    client = DeviceClient(broker.port, cluster.key.verifier_text())
-    try:
+    with anchoring(tmp_path, broker, postgres, pg_database, chain, FOLLOWER_KEY,
+                   interval_s=3600) as (cluster, client):
         first, dev = anchor_first_checkpoint(cluster, client, chain, sender, 401)
         wait("its anchor confirmed in the shared queue", lambda: any(
             s == "confirmed" for s, _, _ in anchor_rows(postgres, pg_database).values()))
@@ -147,9 +154,6 @@ def test_followers_never_send_and_the_next_sequencer_takes_the_queue_over(
             s == "confirmed" for s, _, _ in anchor_rows(postgres, pg_database).values()) == 2)
         first.start()  # back as a follower: it sends nothing either
         assert not within(lambda: nonce(chain, sender) > 2, timeout_s=3 * WORKER_POLL_S)
-    finally:
-        client.close()
-        cluster.stop()
     mined = sender_txs(chain, sender)
     assert len(anchored_hashes(mined)) == len(set(anchored_hashes(mined))) == 2
     assert sorted((n, h) for _, n, h in sent_txs(postgres, pg_database)) == sorted(
@@ -160,11 +164,8 @@ def test_kill9_of_the_sequencer_with_an_anchor_pending_the_next_one_confirms_tha
         broker: MosquittoBroker, postgres: PostgresCluster, pg_database: str,
         chain: GanacheNode, tmp_path: Path) -> None:
     sender = address_of(FAILOVER_KEY)
-    cluster = anchored_cluster(tmp_path, broker, postgres, pg_database, chain, FAILOVER_KEY,
-                               interval_s=0.2)
-    cluster.start()
-    client = DeviceClient(broker.port, cluster.key.verifier_text())
-    try:
+    with anchoring(tmp_path, broker, postgres, pg_database, chain, FAILOVER_KEY,
+                   interval_s=0.2) as (cluster, client):
         first, dev = anchor_first_checkpoint(cluster, client, chain, sender, 402)
         chain.rpc("miner_stop")
         try:
@@ -192,9 +193,6 @@ def test_kill9_of_the_sequencer_with_an_anchor_pending_the_next_one_confirms_tha
             s in ("confirmed", "superseded") for s, _, _ in
             anchor_rows(postgres, pg_database).values())
             and not pending_on_node(chain, postgres, pg_database))
-    finally:
-        client.close()
-        cluster.stop()
     mined = sender_txs(chain, sender)
     assert anchored_hashes(mined).count(digest) == 1  # no second transaction for it
     confirmed = [t for s, _, t in anchor_rows(postgres, pg_database).values()
