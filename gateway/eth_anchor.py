@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
-from eth_account import Account
 from eth_utils.address import is_checksum_address, to_checksum_address
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -47,7 +46,7 @@ from gateway.eth_queue import CONFIRMED, FAILED, QUEUED, SENDING, AnchorQueue, Q
 from osutil.jsonrpc import JsonRpc, RpcError, quantity
 from protocol.checkpoint import checkpoint_hash, checkpoint_size
 from protocol.errors import ConfigError, StorageError, TransportError
-from rewards.ethkey import load_eth_key
+from rewards.ethkey import load_eth_key, sign_transaction
 
 log = logging.getLogger(__name__)
 ANCHOR_PREFIX = b"EPv1"  # 4 bytes before the 32-byte checkpoint hash in the input data
@@ -324,9 +323,9 @@ class EthereumAnchor:
                        now: float) -> None:
         tx = {"nonce": nonce, "gasPrice": gas_price, "gas": gas, "to": self.to_address,
               "value": 0, "data": ANCHOR_PREFIX + digest, "chainId": self.config.chain_id}
-        signed = Account.sign_transaction(tx, self._key.value)
-        sent = SentTx("0x" + bytes(signed.hash).hex(), digest, nonce, gas_price, gas,
-                      bytes(signed.raw_transaction), self._wall_ms())
+        signed = sign_transaction(tx, self._key.value)
+        sent = SentTx(signed.tx_hash, digest, nonce, gas_price, gas, signed.raw,
+                      self._wall_ms())
         self._queue.record_tx(sent)  # write-ahead: persisted before the node sees it
         self._unanswered.add(sent.tx_hash)
         self._pending_since[sent.tx_hash] = now

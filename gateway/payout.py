@@ -28,7 +28,6 @@ from collections.abc import Callable, Set
 from pathlib import Path
 from typing import Any
 
-from eth_account import Account
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from gateway.config import PayoutConfig
@@ -58,7 +57,7 @@ from rewards.documents import (
     verify_wallet_binding,
 )
 from rewards.epoch import decode_balances, epoch_amounts, gated_amounts
-from rewards.ethkey import load_eth_key
+from rewards.ethkey import load_eth_key, sign_transaction
 from rewards.gating import micro_of
 from rewards.tree import DistributionTree
 
@@ -465,10 +464,9 @@ class PayoutWorker:
                               "to": self.config.distributor,
                               "gas": estimate + estimate // 5, "value": 0, "data": data,
                               "chainId": self.config.chain_id}
-        signed = Account.sign_transaction(tx, self._key.value)
-        tx_hash = "0x" + bytes(signed.hash).hex()
-        self.book.record_tx(epoch.epoch, tx_hash, bytes(signed.raw_transaction), tx["nonce"])
-        self._broadcast(bytes(signed.raw_transaction))
+        signed = sign_transaction(tx, self._key.value)
+        self.book.record_tx(epoch.epoch, signed.tx_hash, signed.raw, tx["nonce"])
+        self._broadcast(signed.raw)
 
     def _broadcast(self, raw: bytes) -> None:
         self.metrics.transactions.inc()
