@@ -12,8 +12,10 @@ checkpoint carries ``prev <base64(SHA-256 of the previous signed note)>``
 every later one. Its "anchoring" is therefore immediate, and its reference is that hash.
 :class:`gateway.eth_anchor.EthereumAnchor` (``anchor.backend = "ethereum"``) queues each
 checkpoint and anchors the latest one per interval on its own thread; it keeps the
-transaction hash, block number and status in its own queue file and serves them through
-``lookup`` (``GET /v1/anchors``). ``start``/``close`` bracket a backend's background work.
+transaction hash, block number and status in its own queue (a file, or the shared
+PostgreSQL database of a shared log) and serves them through ``lookup``
+(``GET /v1/anchors``). ``start``/``close`` bracket a backend's background work; a shared
+log's sequencer also calls ``stop`` when it loses the lock and ``start`` when it takes over.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry
 
 from gateway.config import GatewayConfig
+from gateway.duty_tables import shared_store
+from gateway.store import LogStore
 from protocol.checkpoint import checkpoint_hash, checkpoint_size
 
 
@@ -60,6 +64,11 @@ class Anchor(Protocol):
         Raises :class:`protocol.errors.ConfigError` if the target is misconfigured (for
         example a chain whose id differs from the configured one).
         """
+        ...
+
+    def stop(self) -> None:
+        """Stop background work for now; :meth:`start` resumes it (a shared log's sequencer
+        that lost the lock, gateway.cluster). Queued work stays persisted."""
         ...
 
     def close(self) -> None:
@@ -103,6 +112,9 @@ class LocalAnchor:
     def start(self) -> None:
         """Nothing runs in the background."""
 
+    def stop(self) -> None:
+        """Nothing to stop."""
+
     def close(self) -> None:
         """Nothing to stop."""
 
@@ -115,16 +127,25 @@ class LocalAnchor:
         return None
 
 
-def open_anchor(config: GatewayConfig, wall_ms: Callable[[], int],
+def open_anchor(config: GatewayConfig, store: LogStore, wall_ms: Callable[[], int],
                 monotonic: Callable[[], float], registry: CollectorRegistry) -> Anchor:
     """Build the configured backend (``anchor.backend``); ``start()`` is the caller's.
 
-    Raises KeyFileError/ConfigError/StorageError when the ethereum backend cannot be set up.
+    The ethereum backend's queue is a file in the data directory, or tables of ``store``
+    when the log is shared (``store.shared``: every process serves it, the sequencer works
+    it). Raises KeyFileError/ConfigError/StorageError when the backend cannot be set up.
     """
     if config.ethereum is None:
         return LocalAnchor(wall_ms)
     # Imported here so a local-anchor gateway never loads eth-account.
     from gateway.eth_anchor import QUEUE_FILE, EthereumAnchor  # noqa: PLC0415
+    from gateway.eth_queue import AnchorQueue  # noqa: PLC0415
 
-    return EthereumAnchor(config.ethereum, config.data_dir / QUEUE_FILE, wall_ms=wall_ms,
-                          monotonic=monotonic, registry=registry)
+    queue = AnchorQueue.in_store(shared_store(store)) if config.store.shared else \
+        AnchorQueue.in_file(config.data_dir / QUEUE_FILE)
+    try:
+        return EthereumAnchor(config.ethereum, queue, wall_ms=wall_ms, monotonic=monotonic,
+                              registry=registry)
+    except BaseException:
+        queue.close()
+        raise

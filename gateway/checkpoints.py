@@ -136,6 +136,9 @@ class Checkpointer:
     def _anchor_checkpoint(self, stored: StoredCheckpoint) -> None:
         try:
             result = self._anchor.anchor(stored.note)
+        except NotSequencer:  # a shared log's queue: the sequencer hands it over (reload)
+            log.debug("anchor of checkpoint %d left to the sequencer", stored.number)
+            return
         except TransportError as exc:
             # The checkpoint is already persisted and the chain of notes anchors it locally;
             # a chain backend owns its retries (issue 6).

@@ -29,6 +29,13 @@ docs/SCALING.md argues the choice of a lock over a lease row.
 The fence: every write of the log runs on the session that holds the lock (the store
 refuses with :class:`NotSequencer` otherwise), and a session that lost its lock has ended
 and runs nothing, so a deposed sequencer that still believes it leads cannot append.
+
+The chain duties (the Ethereum anchor's worker, the payout worker) are the sequencer's
+alone: :class:`Role` starts each :class:`Duty` when this process takes over (after its
+takeover checkpoint) and stops it when an election finds the lock lost, before a new term
+of its own, and when the process stops. Their state is in the shared database, written on
+the same fenced session (gateway.duty_tables), so a worker that has not stopped yet when
+the lock goes can no longer persist, and so never broadcasts, a new transaction.
 """
 
 from __future__ import annotations
@@ -87,6 +94,18 @@ class SharedStore(LogStore, Protocol):
     def pending(self, limit: int) -> list[PendingBatch]: ...
 
     def pending_depth(self) -> int: ...
+
+
+class Duty(Protocol):
+    """Background work only the sequencer does (gateway.eth_anchor, gateway.payout)."""
+
+    def start(self) -> None:
+        """Begin (again), resuming from the shared database; ConfigError if misconfigured."""
+        ...
+
+    def stop(self) -> None:
+        """Stop for now; its state stays in the database for the next sequencer."""
+        ...
 
 
 @runtime_checkable
@@ -214,7 +233,7 @@ class Role:
 
     def __init__(self, store: LogStore, checkpointer: Checkpointer, sequencer: Sequencer, *,
                  limits: Limits, metrics: GatewayMetrics, wall_ms: Callable[[], int],
-                 monotonic: Callable[[], float]) -> None:
+                 monotonic: Callable[[], float], duties: Sequence[Duty] = ()) -> None:
         """Raise ConfigError if ``store`` cannot be shared (only PostgreSQL can)."""
         if not isinstance(store, SharedStore):
             raise ConfigError("store.shared needs backend = \"postgresql\"")
@@ -226,6 +245,8 @@ class Role:
         self._poll_at = 0.0  # when to look at the queue again (at once while it is busy)
         self._depth_at: float | None = None
         self.queue_full = False  # as of the last look (DEPTH_EVERY_S)
+        self._duties = tuple(duties)
+        self._duties_term = 0  # the term whose duties run (0: none run)
         metrics.sequencer_leading.set(0)
 
     @property
@@ -236,8 +257,10 @@ class Role:
     def elect(self, *, now: bool = False) -> bool:
         """Every ELECT_EVERY_S (or ``now``): take or re-check the lock; return whether we lead.
 
-        On a new term it reloads the latest checkpoint and signs one of everything logged
-        before it took over. Raises StorageError if that checkpoint cannot be written.
+        On a new term it reloads the latest checkpoint, signs one of everything logged
+        before it took over, then starts the duties (stopping those of an earlier term
+        first); when the lock is gone it stops them. Raises ConfigError if a duty cannot
+        start (the process then exits and the lock goes to another).
         """
         at = self._monotonic()
         if not now and self._elected_at is not None and at - self._elected_at < ELECT_EVERY_S:
@@ -245,8 +268,10 @@ class Role:
         self._elected_at = at
         if not self._store.lead():
             self._metrics.sequencer_leading.set(0)
+            self.stop_duties()
             return False
         if self._store.term != self._term:
+            self.stop_duties()  # an earlier term's: another process may have led since
             try:
                 self._take_over()
             except StorageError as exc:  # retried at the next election (NotSequencer: the
@@ -254,8 +279,21 @@ class Role:
                 log.warning("taking over as the sequencer failed: %s", exc)
                 self._metrics.sequencer_leading.set(0)
                 return False
+        if self._duties_term != self._term:
+            for duty in self._duties:
+                duty.start()
+            self._duties_term = self._term
         self._metrics.sequencer_leading.set(1)
         return True
+
+    def stop_duties(self) -> None:
+        """Stop the duties if they run (lost lock, new term, or the process stops)."""
+        if self._duties_term == 0:
+            return
+        self._duties_term = 0
+        for duty in self._duties:
+            duty.stop()
+        log.info("this process no longer does the sequencer's chain duties")
 
     def _take_over(self) -> None:
         self._checkpointer.reload()

@@ -285,18 +285,12 @@ def _validators(payout: Table) -> tuple[bytes, ...]:
 
 
 def _check_shared(config: GatewayConfig) -> None:
-    """A shared store needs a shared subscription and the local anchor (SCALING.md)."""
+    """A shared store needs a shared subscription (SCALING.md)."""
     if not config.store.shared:
         return
     if not config.broker.shared_group:
         raise ConfigError("store.shared needs broker.shared_group: every gateway process of "
                           "the log subscribes to the same shared subscription")
-    if config.anchor != "local":
-        raise ConfigError("store.shared works with anchor.backend = \"local\" only for now "
-                          "(one process must own the chain queue)")
-    if config.payout is not None:
-        raise ConfigError("store.shared works without [payout] for now (one process must "
-                          "own the payout book and its transactions)")
 
 
 def _broker(broker: Table) -> BrokerConfig:

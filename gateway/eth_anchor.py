@@ -12,7 +12,10 @@ Transactions are legacy (type 0, EIP-155 chain id), signed locally with eth-acco
 a hex private key in a mode-0600 file; the node never holds the key. The backend talks
 JSON-RPC over ``requests`` (:mod:`osutil.jsonrpc`) on its own worker thread, so the
 sequencer never waits for the chain: :meth:`EthereumAnchor.anchor` only persists the
-checkpoint in the queue (:mod:`gateway.eth_queue`) and returns None.
+checkpoint in the queue (:mod:`gateway.eth_queue`) and returns None. When several gateway
+processes share one log, the queue is in their database and only the sequencer runs the
+worker: :meth:`~EthereumAnchor.start` when it takes over, :meth:`~EthereumAnchor.stop` when
+it loses the lock (gateway.cluster); the next one resumes the same persisted transactions.
 
 Never anchored twice: a transaction is persisted before it is broadcast; one checkpoint is
 in flight at a time and all its transactions share one nonce, so at most one of them can
@@ -32,11 +35,9 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import requests
-from eth_account import Account
 from eth_utils.address import is_checksum_address, to_checksum_address
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -45,7 +46,7 @@ from gateway.eth_queue import CONFIRMED, FAILED, QUEUED, SENDING, AnchorQueue, Q
 from osutil.jsonrpc import JsonRpc, RpcError, quantity
 from protocol.checkpoint import checkpoint_hash, checkpoint_size
 from protocol.errors import ConfigError, StorageError, TransportError
-from rewards.ethkey import load_eth_key
+from rewards.ethkey import load_eth_key, sign_transaction
 
 log = logging.getLogger(__name__)
 ANCHOR_PREFIX = b"EPv1"  # 4 bytes before the 32-byte checkpoint hash in the input data
@@ -102,14 +103,15 @@ class EthereumAnchor:
 
     name = "ethereum"
 
-    def __init__(self, config: EthereumAnchorConfig, queue_path: Path, *,
+    def __init__(self, config: EthereumAnchorConfig, queue: AnchorQueue, *,
                  wall_ms: Callable[[], int], monotonic: Callable[[], float],
                  registry: CollectorRegistry | None = None, timing: EthTiming | None = None,
                  session: requests.Session | None = None) -> None:
-        """Load the key and open the queue; nothing is sent before :meth:`start`.
+        """Load the key; nothing is sent before :meth:`start`. The anchor owns ``queue``
+        (:meth:`close` closes it).
 
         Raises KeyFileError for an unusable key file, ConfigError for a bad to_address and
-        StorageError if the queue cannot be opened.
+        StorageError if the queue cannot be read.
         """
         self.config = config
         self._key, self.address = load_eth_key(config.key_file)
@@ -118,7 +120,7 @@ class EthereumAnchor:
         self._wall_ms, self._monotonic = wall_ms, monotonic
         self._rpc = JsonRpc(config.rpc_url, timeout_s=self._timing.rpc_timeout_s,
                             session=session)
-        self._queue = AnchorQueue(queue_path)
+        self._queue = queue
         self.metrics = _Metrics(registry or CollectorRegistry())
         self.fatal: str | None = None
         self._chain_ok = False
@@ -133,6 +135,12 @@ class EthereumAnchor:
         self._resume_in_flight()
 
     def _resume_in_flight(self) -> None:
+        """Start the worker's memory afresh from the queue (at open, and at each start: a
+        shared log's queue may have been worked by another process in between)."""
+        self._errors, self._retry_at, self._last_send = 0, 0.0, None
+        self._unanswered.clear()
+        self._missing_since.clear()
+        self._pending_since.clear()
         current = self._queue.in_flight()
         if current is not None and current.nonce is not None:
             # After a restart we do not know whether the last broadcast arrived: send it
@@ -160,11 +168,14 @@ class EthereumAnchor:
             self._wake.set()
 
     def start(self) -> None:
-        """Check the node's chain id, then start the worker thread.
+        """Check the node's chain id, then start the worker thread (again after :meth:`stop`).
 
         Raises ConfigError if the node reports another chain id than ``anchor.chain_id``.
         A node that cannot be reached is not an error here: anchors queue until it is back.
+        Raises StorageError if the queue cannot be read.
         """
+        if self._thread is not None:
+            return
         try:
             self._check_chain()
         except (TransportError, RpcError) as exc:
@@ -172,18 +183,32 @@ class EthereumAnchor:
                         "until the node answers", exc)
         if self.fatal:
             raise ConfigError(self.fatal)
+        self._resume_in_flight()
         log.info("ethereum anchor: sender %s, to %s, chain %d, node %s", self.address,
                  self.to_address, self.config.chain_id, self.config.rpc_url)
-        self._thread = threading.Thread(target=self._run, name="gateway-eth-anchor",
-                                        daemon=True)
+        self._stop = threading.Event()  # the worker's own: one that outlives stop() exits
+        self._thread = threading.Thread(target=self._run, args=(self._stop,),
+                                        name="gateway-eth-anchor", daemon=True)
         self._thread.start()
 
-    def close(self) -> None:
-        """Stop the worker (within one RPC time-out); queued anchors stay for the next run."""
+    def stop(self) -> None:
+        """Stop the worker (within one RPC time-out); the queue stays open for reads.
+
+        A shared log's sequencer calls it when another process takes over
+        (gateway.cluster); :meth:`start` resumes from the queue.
+        """
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=self._timing.rpc_timeout_s * 3)
+            if self._thread.is_alive():
+                log.error("ethereum anchor: the worker did not stop within %.0f s; it "
+                          "exits after its current step", self._timing.rpc_timeout_s * 3)
+            self._thread = None
+
+    def close(self) -> None:
+        """Stop the worker; queued anchors stay for the next run (or the next sequencer)."""
+        self.stop()
         self._rpc.close()
         self._queue.close()
 
@@ -209,8 +234,8 @@ class EthereumAnchor:
 
     # --- the worker ----------------------------------------------------------------------------
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
             try:
                 delay = self.step()
             except StorageError as exc:
@@ -298,9 +323,9 @@ class EthereumAnchor:
                        now: float) -> None:
         tx = {"nonce": nonce, "gasPrice": gas_price, "gas": gas, "to": self.to_address,
               "value": 0, "data": ANCHOR_PREFIX + digest, "chainId": self.config.chain_id}
-        signed = Account.sign_transaction(tx, self._key.value)
-        sent = SentTx("0x" + bytes(signed.hash).hex(), digest, nonce, gas_price, gas,
-                      bytes(signed.raw_transaction), self._wall_ms())
+        signed = sign_transaction(tx, self._key.value)
+        sent = SentTx(signed.tx_hash, digest, nonce, gas_price, gas, signed.raw,
+                      self._wall_ms())
         self._queue.record_tx(sent)  # write-ahead: persisted before the node sees it
         self._unanswered.add(sent.tx_hash)
         self._pending_since[sent.tx_hash] = now

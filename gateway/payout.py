@@ -28,19 +28,24 @@ from collections.abc import Callable, Set
 from pathlib import Path
 from typing import Any
 
-from eth_account import Account
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from gateway.config import PayoutConfig
 from gateway.contracts import Logged
+from gateway.duty_tables import shared_store
 from gateway.payout_book import FAILED, PENDING, POSTED, PayoutBook, StoredEpoch
 from gateway.payout_funding import FundingLedger
 from gateway.payout_gating import IncrementalGating
 from gateway.payout_lapse import Shortfall, issue_lapses
-from gateway.store import LogStore, NewDocument
+from gateway.store import LogStore, NewDocument, NotSequencer
 from osutil.jsonrpc import JsonRpc, RpcError, quantity
 from protocol.documents import Document, parse_document, sign_document
-from protocol.errors import MalformedRecord, StorageError, TransportError, VerificationError
+from protocol.errors import (
+    MalformedRecord,
+    StorageError,
+    TransportError,
+    VerificationError,
+)
 from protocol.keys import SigningKey
 from protocol.payout_notice import PayoutNotice
 from rewards import distributor as abi
@@ -52,7 +57,7 @@ from rewards.documents import (
     verify_wallet_binding,
 )
 from rewards.epoch import decode_balances, epoch_amounts, gated_amounts
-from rewards.ethkey import load_eth_key
+from rewards.ethkey import load_eth_key, sign_transaction
 from rewards.gating import micro_of
 from rewards.tree import DistributionTree
 
@@ -61,7 +66,7 @@ BOOK_FILE = "payout.sqlite"
 PREFIX = "edgeproof_gateway_payout"
 EPOCH_OUTCOMES = ("posted", "failed", "underfunded", "unchanged", "no_wallets")
 WALLET_REFUSALS = ("malformed", "bad_signature", "wrong_chain", "unknown_owner",
-                   "wallet_taken")
+                   "wallet_taken", "not_sequencer")
 RETRY_REASONS = ("dropped", "stuck", "reverted", "nonce_taken")
 
 
@@ -71,6 +76,14 @@ class WalletRefused(Exception):
     def __init__(self, reason: str, status: int, detail: str) -> None:
         super().__init__(detail)
         self.reason, self.status, self.detail = reason, status, detail
+
+
+def open_book(store: LogStore, data_dir: Path, *, shared: bool) -> PayoutBook:
+    """The payout book: ``payout.sqlite`` in ``data_dir``, or, for a shared log, tables of
+    ``store`` (its PostgreSQL database). Raises StorageError/ConfigError."""
+    if not shared:
+        return PayoutBook.in_file(data_dir / BOOK_FILE)
+    return PayoutBook.in_store(shared_store(store))
 
 
 def log_document(store: LogStore, doc: Document, now_ms: int) -> int:
@@ -138,15 +151,15 @@ class _Metrics:
 class PayoutWorker:
     """Computes epochs and posts their roots, on its own thread."""
 
-    def __init__(self, config: PayoutConfig, store: LogStore, data_dir: Path,
+    def __init__(self, config: PayoutConfig, store: LogStore, book: PayoutBook,
                  signer: SigningKey, *, wall_ms: Callable[[], int],
                  monotonic: Callable[[], float], registry: CollectorRegistry) -> None:
-        """Load the key and open the book; raise KeyFileError/StorageError."""
+        """Load the key; raise KeyFileError. The worker owns ``book`` (:meth:`close`)."""
         self.config = config
         self._key, self.address = load_eth_key(config.key_file)
         self._store, self._signer = store, signer
         self._wall_ms, self._monotonic = wall_ms, monotonic
-        self.book = PayoutBook(data_dir / BOOK_FILE)
+        self.book = book
         self._rpc = JsonRpc(config.rpc_url, timeout_s=5.0)
         # The API's reads of claimed() (payout notices), apart from the worker's connection.
         self._api_rpc = JsonRpc(config.rpc_url, timeout_s=5.0)
@@ -167,11 +180,32 @@ class PayoutWorker:
         self.on_logged: Callable[[Logged], None] = lambda logged: None  # delivery (§17)
 
     def start(self) -> None:
-        """Start the worker thread."""
+        """Start the worker thread (again after :meth:`stop`), from what the book holds."""
+        if self._thread is not None:
+            return
+        # Its memory starts afresh: a shared log's book may have been worked by another
+        # process since (gateway.cluster); the pending epoch and its transaction are read
+        # from the book at each step.
+        self._next_epoch_at, self._errors = 0.0, 0
+        self._pending_since.clear()
         log.info("payout: distributor %s on chain %d, poster %s", self.config.distributor,
                  self.config.chain_id, self.address)
-        self._thread = threading.Thread(target=self._run, name="gateway-payout", daemon=True)
+        self._stop = threading.Event()  # the worker's own: one that outlives stop() exits
+        self._thread = threading.Thread(target=self._run, args=(self._stop,),
+                                        name="gateway-payout", daemon=True)
         self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the worker (a shared log's sequencer that lost the lock); the book stays
+        open for the API, and :meth:`start` resumes a pending epoch from it."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=20)
+            if self._thread.is_alive():
+                log.error("payout: the worker did not stop within 20 s; it exits after its "
+                          "current step")
+            self._thread = None
 
     def wake(self) -> None:
         """Make the worker look now (an epoch is due at once)."""
@@ -179,18 +213,15 @@ class PayoutWorker:
         self._wake.set()
 
     def close(self) -> None:
-        """Stop the worker; a pending epoch is resumed by the next run."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=20)
+        """Stop the worker; a pending epoch is resumed by the next run (or sequencer)."""
+        self.stop()
         self._rpc.close()
         with self._api_rpc_lock:
             self._api_rpc.close()
         self.book.close()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
             try:
                 delay = self.step()
             except StorageError as exc:
@@ -213,12 +244,22 @@ class PayoutWorker:
         try:
             doc, binding = self._checked_binding(raw)
             with self._binding:
-                index = self._record_binding(doc, binding)
+                index = self._binding_logged(doc, binding)
         except WalletRefused as exc:
             self.metrics.wallets_refused.labels(reason=exc.reason).inc()
             raise
         self.wake()
         return binding, index
+
+    def _binding_logged(self, doc: Document, binding: WalletBinding) -> int:
+        """Log and record a binding; a shared log's follower refuses (only the sequencer
+        appends to the log and writes the book, docs/SCALING.md)."""
+        try:
+            return self._record_binding(doc, binding)
+        except NotSequencer:
+            raise WalletRefused("not_sequencer", 503, "this gateway process does not "
+                                "sequence the log: submit the binding to the one that "
+                                "does (GET /healthz says its role), or retry") from None
 
     def _record_binding(self, doc: Document, binding: WalletBinding) -> int:
         owner = owner_name(binding.owner)
@@ -423,10 +464,9 @@ class PayoutWorker:
                               "to": self.config.distributor,
                               "gas": estimate + estimate // 5, "value": 0, "data": data,
                               "chainId": self.config.chain_id}
-        signed = Account.sign_transaction(tx, self._key.value)
-        tx_hash = "0x" + bytes(signed.hash).hex()
-        self.book.record_tx(epoch.epoch, tx_hash, bytes(signed.raw_transaction), tx["nonce"])
-        self._broadcast(bytes(signed.raw_transaction))
+        signed = sign_transaction(tx, self._key.value)
+        self.book.record_tx(epoch.epoch, signed.tx_hash, signed.raw, tx["nonce"])
+        self._broadcast(signed.raw)
 
     def _broadcast(self, raw: bytes) -> None:
         self.metrics.transactions.inc()

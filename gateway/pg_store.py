@@ -144,6 +144,11 @@ def _runner(conn: Conn) -> doc_sql.Run:
     return run
 
 
+def _within(conn: Conn, namespace: str) -> None:
+    """Resolve table names in ``namespace`` until the end of the open transaction."""
+    conn.execute("SELECT set_config('search_path', %s, true)", (namespace,))
+
+
 def _leaf(row: Sequence[Any]) -> Leaf:
     idx, device_id, seq, hash_, raw, stream, received_ms, flags = row
     return Leaf(int(idx), bytes(device_id), int(seq), bytes(hash_), bytes(raw), str(stream),
@@ -636,6 +641,45 @@ class PostgresLogStore:
             self._writer_conn().execute(
                 "INSERT INTO anchors VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
                 (checkpoint_number, backend, reference, anchored_ms))
+
+    # --- the tables of the sequencer's chain duties (gateway.duty_tables) ----------------
+
+    def create_namespace(self, namespace: str, schema: str) -> None:
+        """Create the PostgreSQL schema ``namespace`` and ``schema``'s tables in it if needed.
+
+        Any process may (it changes no data); ``namespace`` is a name from our code.
+        """
+        if not (namespace.isidentifier() and namespace.islower()):
+            raise ValueError(f"not a schema name: {namespace!r}")
+        with self._registry_lock, _storage_errors(f"create {namespace} tables"):
+            conn = self._registry.get()
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                conn.execute(f"CREATE SCHEMA IF NOT EXISTS {namespace}".encode(), prepare=False)
+                _within(conn, namespace)
+                for statement in schema.split(";"):
+                    if statement.strip():
+                        conn.execute(statement.encode(), prepare=False)
+
+    def read_in(self, namespace: str, what: str, query: Callable[[doc_sql.Run], _T]) -> _T:
+        """Run ``query`` on the tables of ``namespace`` (reads only; any process)."""
+        def run(conn: Conn) -> _T:
+            with conn.transaction():
+                _within(conn, namespace)
+                return query(_runner(conn))
+        return self._read(f"{namespace}: {what}", run)
+
+    def write_in(self, namespace: str, what: str, change: Callable[[doc_sql.Run], _T]) -> _T:
+        """Run ``change`` in one transaction of the writer's session on ``namespace``'s tables.
+
+        Fenced like the log's writes: NotSequencer unless this process holds the writer
+        lock (a shared store), so what a deposed sequencer would write never lands.
+        """
+        with self._write_lock, self._fenced(f"{namespace}: {what}"):
+            conn = self._writer_conn()
+            with conn.transaction():
+                _within(conn, namespace)
+                return change(_runner(conn))
 
     # --- registry (the admin API) --------------------------------------------------------
 

@@ -22,7 +22,9 @@ With ``[store] shared = true`` (several processes over one PostgreSQL database,
 :mod:`gateway.cluster`) the sequencer thread also takes part in the election; when this
 process is not the sequencer it commits its verified batches to the database's hand-over
 queue instead of the log (and publishes no receipt), and when it is, it also sequences the
-batches the others queued and publishes their receipts.
+batches the others queued and publishes their receipts, and runs the chain duties (the
+Ethereum anchor's worker and the payout worker, whose state is in the shared database),
+which the role starts on taking over and stops on losing the lock.
 
 The broker sends unacknowledged QoS 1 messages up to the Receive Maximum the gateway
 announces (MQTT v5; Mosquitto's ``max_inflight_messages`` does not limit it) and QoS 0
@@ -72,7 +74,7 @@ from gateway.history import History, Sample
 from gateway.http_guard import server_config
 from gateway.ingest import Message, MqttIngest
 from gateway.metrics import GatewayMetrics
-from gateway.payout import PayoutWorker
+from gateway.payout import PayoutWorker, open_book
 from gateway.sequencer import Sequencer, SignedReceipt
 from gateway.sqlite_store import SQLiteLogStore
 from gateway.store import STATUS_REVOKED, Device, LogStore, NotSequencer
@@ -202,24 +204,29 @@ class GatewayService:
         self.metrics = GatewayMetrics()
         self._watch_queue()
         self.store = open_store(config)
-        self.anchor = open_anchor(config, clock_ms, monotonic, self.metrics.registry)
+        self.anchor = open_anchor(config, self.store, clock_ms, monotonic,
+                                  self.metrics.registry)
         self.checkpointer = Checkpointer(self.store, self.key, self.anchor,
                                          config=config.checkpoints, metrics=self.metrics,
                                          wall_ms=clock_ms, monotonic=monotonic)
         self.sequencer = Sequencer(self.store, self.checkpointer, self.key,
                                    limits=config.limits, metrics=self.metrics,
                                    wall_ms=clock_ms, monotonic=monotonic)
+        self.payout = None if config.payout is None else PayoutWorker(
+            config.payout, self.store,
+            open_book(self.store, config.data_dir, shared=config.store.shared),
+            self.key.signing_key, wall_ms=clock_ms, monotonic=monotonic,
+            registry=self.metrics.registry)
         # Several processes over one database (gateway.cluster); None: this one alone.
+        # The chain duties run only in the sequencer: the role starts and stops them.
         self.role = None if not config.store.shared else Role(
             self.store, self.checkpointer, self.sequencer, limits=config.limits,
-            metrics=self.metrics, wall_ms=clock_ms, monotonic=monotonic)
+            metrics=self.metrics, wall_ms=clock_ms, monotonic=monotonic,
+            duties=[self.anchor, *([] if self.payout is None else [self.payout])])
         if self.role is None:
             self.metrics.sequencer_leading.set(1)
         self._pool = VerifyPool(config.verify_workers, config.verify_threads, config.limits,
                                 self.metrics.registry)
-        self.payout = None if config.payout is None else PayoutWorker(
-            config.payout, self.store, config.data_dir, self.key.signing_key, wall_ms=clock_ms,
-            monotonic=monotonic, registry=self.metrics.registry)
         self.ingest = MqttIngest(config.broker, self._on_message, monotonic)
         self.ingest.on_publish_failure = self.metrics.receipt_failures.inc
         self.history = History(self._sample, monotonic)
@@ -244,14 +251,15 @@ class GatewayService:
         Raises TransportError/RejectedByPeer if the broker is unreachable or refuses.
         """
         if self.role is not None:
-            self.role.elect(now=True)  # the sequencer signs its takeover checkpoint
+            # The sequencer signs its takeover checkpoint and starts the chain duties.
+            self.role.elect(now=True)
         else:
             self.checkpointer.latest_note()
             self.checkpointer.issue()  # a crash may have left leaves after the last checkpoint
+            self.anchor.start()  # ConfigError if an ethereum node is on another chain
+            if self.payout is not None:
+                self.payout.start()
         self._pool.start()
-        self.anchor.start()  # ConfigError if an ethereum node is on another chain
-        if self.payout is not None:
-            self.payout.start()
         self.http.start()
         self.courier.start()
         self.ingest.start()
@@ -295,7 +303,8 @@ class GatewayService:
             if self.role is None or self.role.leading:
                 self.checkpointer.issue()
         finally:
-            self.anchor.close()  # anchors still queued are persisted for the next run
+            # Anchors still queued are persisted for the next run (or the next sequencer).
+            self.anchor.close()
             self.http.stop()
             if self.payout is not None:  # after HTTP: the API reads its book
                 self.payout.close()  # a pending epoch is persisted for the next run

@@ -3,7 +3,7 @@
 A legacy (type 0, EIP-155) transaction signed locally with eth-account; the node never
 holds the key. The gas limit is the node's estimate plus a fifth (an estimate that reverts
 raises :class:`RpcError` with ``reverted`` set: nothing is sent). The gateway's root
-posting has its own persistent, retrying sender (:mod:`gateway.payout_chain`); this one is
+posting has its own persistent, retrying sender (:mod:`gateway.payout`); this one is
 for a person at a terminal, who sees the error and decides.
 """
 
@@ -12,11 +12,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from eth_account import Account
-
 from osutil.jsonrpc import JsonRpc, quantity
 from protocol.errors import RejectedByPeer, TransportError
 from protocol.keys import Secret
+from rewards.ethkey import address_of, sign_transaction
 
 
 class TransactionReverted(RejectedByPeer):
@@ -30,7 +29,7 @@ def send_and_wait(rpc: JsonRpc, key: Secret, to: str | None, data: bytes, *, cha
     Raises RpcError (refused, or would revert), TransportError (node unreachable, or no
     receipt within ``timeout_s``) or TransactionReverted (mined with status 0).
     """
-    sender = str(Account.from_key(key.value).address)
+    sender = address_of(key.value)
     call: dict[str, Any] = {"from": sender, "value": "0x0", "data": "0x" + data.hex()}
     if to is not None:
         call["to"] = to
@@ -40,8 +39,7 @@ def send_and_wait(rpc: JsonRpc, key: Secret, to: str | None, data: bytes, *, cha
                           "chainId": chain_id}
     if to is not None:
         tx["to"] = to
-    signed = Account.sign_transaction(tx, key.value)
-    tx_hash = rpc.send_raw(bytes(signed.raw_transaction))
+    tx_hash = rpc.send_raw(sign_transaction(tx, key.value).raw)
     deadline = time.monotonic() + timeout_s
     while True:
         receipt = rpc.receipt(tx_hash)

@@ -3,17 +3,51 @@
 A key file holds the private key as 64 hex digits (optionally 0x-prefixed), mode 0600, like
 every edgeproof secret; it is read through :func:`protocol.keys.read_secret_file` (which
 refuses a file open to group or others) and never printed: only its address is shown.
+:func:`sign_transaction` signs with such a key (the gateway's anchor and payout workers).
+
+``eth_account`` is imported on first use: importing it builds py_ecc's curve tables, about
+0.4 s of CPU (``python -X importtime``), which every gateway start paid, with or without a
+chain backend.
 """
 
 from __future__ import annotations
 
 import secrets
 from pathlib import Path
-
-from eth_account import Account
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from protocol.errors import KeyFileError
 from protocol.keys import Secret, read_secret_file, write_secret_file
+
+if TYPE_CHECKING:
+    from eth_account.account import Account as AccountType
+
+
+def _account() -> type[AccountType]:
+    from eth_account import Account  # noqa: PLC0415 - imported on first use (see above)
+
+    return Account
+
+
+def address_of(key: bytes) -> str:
+    """The checksum address of secp256k1 private ``key``; ValueError if it is not one."""
+    try:
+        return str(_account().from_key(key).address)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
+
+
+class SignedTx(NamedTuple):
+    """A signed transaction: its hash (``0x`` hex) and the raw bytes to broadcast."""
+
+    tx_hash: str
+    raw: bytes
+
+
+def sign_transaction(tx: dict[str, Any], key: bytes) -> SignedTx:
+    """Sign ``tx`` (nonce, gasPrice, gas, to, value, data, chainId) with secp256k1 ``key``."""
+    signed = _account().sign_transaction(tx, key)
+    return SignedTx("0x" + bytes(signed.hash).hex(), bytes(signed.raw_transaction))
 
 
 def load_eth_key(path: Path) -> tuple[Secret, str]:
@@ -27,8 +61,8 @@ def load_eth_key(path: Path) -> tuple[Secret, str]:
         raise KeyFileError(f"{path}: not a hex secp256k1 private key (64 hex digits)")
     key = bytes.fromhex(hex_key)
     try:
-        address = str(Account.from_key(key).address)
-    except (ValueError, TypeError):
+        address = address_of(key)
+    except ValueError:
         raise KeyFileError(f"{path}: not a valid secp256k1 private key") from None
     return Secret(key), address
 
@@ -38,8 +72,8 @@ def new_eth_key(path: Path) -> str:
     while True:
         key = secrets.token_bytes(32)
         try:
-            address = str(Account.from_key(key).address)
-        except (ValueError, TypeError):  # outside the curve order: astronomically rare
+            address = address_of(key)
+        except ValueError:  # outside the curve order: astronomically rare
             continue
         write_secret_file(path, key.hex().encode("ascii") + b"\n")
         return address

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from firmware_sim.broker import MosquittoBroker
+from tests.duty_tables import TABLE_KINDS, DutyTables, duty_tables_for
 from tests.pg import PostgresCluster, PostgresMissing, start_cluster
 from tests.stores import STORE_KINDS, StoreFactory, store_factory_for
 
@@ -57,3 +58,13 @@ def pg_database(postgres: PostgresCluster) -> Iterator[str]:
 def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
     """Opens a log store of each kind in turn (SQLite, then PostgreSQL)."""
     return store_factory_for(request, str(request.param), tmp_path)
+
+
+@pytest.fixture(params=TABLE_KINDS)
+def duty_tables(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DutyTables]:
+    """The chain duties' tables of each kind in turn (a SQLite file, then PostgreSQL)."""
+    tables = duty_tables_for(request, str(request.param), tmp_path)
+    try:
+        yield tables
+    finally:
+        tables.close()

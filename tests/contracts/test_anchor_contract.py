@@ -6,6 +6,8 @@ One suite, run against every backend in ``BACKENDS``:
 - ``ethereum``: :class:`gateway.eth_anchor.EthereumAnchor` against a real ganache node
   (firmware_sim.chain), its worker driven through ``step()`` with an injected monotonic
   clock so intervals pass without sleeping. The node starts only when this backend runs.
+- ``ethereum-postgresql``: the same with its queue in the shared PostgreSQL store (a shared
+  log's sequencer; tests/duty_tables.py), reopened through a new session each time.
 
 A rig hands a checkpoint to the backend, drives it until the checkpoint is anchored and
 returns the backend's reference; it reads back, from where the backend anchored, the hash
@@ -26,7 +28,7 @@ from typing import Protocol
 
 import pytest
 
-from firmware_sim.chain import ETHER, GanacheNode
+from firmware_sim.chain import GanacheNode
 from gateway.anchor import Anchor, LocalAnchor
 from gateway.config import EthereumAnchorConfig
 from gateway.eth_anchor import ANCHOR_PREFIX, EthereumAnchor, EthTiming
@@ -34,9 +36,11 @@ from gateway.eth_queue import CONFIRMED
 from protocol.checkpoint import checkpoint_hash
 from protocol.keys import write_secret_file
 from tests.checkpoint_notes import Notes, make_notes
+from tests.duty_tables import DutyTables, duty_tables_for
+from tests.gateway.chainkit import running_chain
 
 CHAIN_ID = 1337
-ETH_KEYS = 16  # funded accounts: one fresh sender per test, so nonces never interfere
+ETH_KEYS = 32  # funded accounts: one fresh sender per test, so nonces never interfere
 
 
 class AnchorRig(Protocol):
@@ -117,18 +121,18 @@ class _Clock:
 class EthereumRig:
     serves_lookup = True
 
-    def __init__(self, node: GanacheNode, key: str, workdir: Path) -> None:
+    def __init__(self, node: GanacheNode, key: str, tables: DutyTables) -> None:
         self.node, self.clock = node, _Clock()
-        key_file = workdir / "eth.key"
+        key_file = tables.workdir / "eth.key"
         write_secret_file(key_file, key.encode("ascii") + b"\n")
         self._config = EthereumAnchorConfig(rpc_url=node.url, key_file=key_file,
                                             chain_id=CHAIN_ID, interval_s=5.0)
-        self._queue = workdir / "anchor-ethereum.sqlite"
+        self._tables = tables  # its queue: a SQLite file, or the shared PostgreSQL store
         self.eth = self._open()
         self.anchor: Anchor = self.eth
 
     def _open(self) -> EthereumAnchor:
-        return EthereumAnchor(self._config, self._queue, wall_ms=lambda: 1,
+        return EthereumAnchor(self._config, self._tables.anchor_queue(), wall_ms=lambda: 1,
                               monotonic=self.clock, timing=EthTiming(rpc_timeout_s=10.0))
 
     def settle(self, note: str) -> str:
@@ -159,13 +163,8 @@ class EthereumRig:
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GanacheNode]:
-    accounts = tuple((_eth_key(n), 100 * ETHER) for n in range(ETH_KEYS))
-    node = GanacheNode(tmp_path_factory.mktemp("chain"), accounts=accounts)
-    node.start()
-    try:
-        yield node
-    finally:
-        node.kill()
+    yield from running_chain(tmp_path_factory.mktemp("chain"),
+                             [_eth_key(n) for n in range(ETH_KEYS)])
 
 
 @pytest.fixture(scope="module")
@@ -177,18 +176,24 @@ def _local(request: pytest.FixtureRequest, tmp_path: Path) -> AnchorRig:
     return LocalRig()
 
 
-def _ethereum(request: pytest.FixtureRequest, tmp_path: Path) -> AnchorRig:
-    keys: Iterator[str] = request.getfixturevalue("eth_keys")
-    key = next(keys)
-    assert key in {_eth_key(n) for n in range(ETH_KEYS)}, "fund more keys (ETH_KEYS)"
-    return EthereumRig(request.getfixturevalue("chain"), key, tmp_path)
+def _ethereum_on(kind: str) -> Callable[[pytest.FixtureRequest, Path], AnchorRig]:
+    """The ethereum backend with its queue in tables of ``kind`` (tests/duty_tables.py)."""
+    def rig(request: pytest.FixtureRequest, tmp_path: Path) -> AnchorRig:
+        keys: Iterator[str] = request.getfixturevalue("eth_keys")
+        key = next(keys)
+        assert key in {_eth_key(n) for n in range(ETH_KEYS)}, "fund more keys (ETH_KEYS)"
+        tables = duty_tables_for(request, kind, tmp_path)
+        request.addfinalizer(tables.close)
+        return EthereumRig(request.getfixturevalue("chain"), key, tables)
+    return rig
 
 
 # One line per backend: a function (request, tmp_path) -> AnchorRig.
-BACKENDS: list[Callable[[pytest.FixtureRequest, Path], AnchorRig]] = [_local, _ethereum]
+BACKENDS: list[Callable[[pytest.FixtureRequest, Path], AnchorRig]] = [
+    _local, _ethereum_on("file"), _ethereum_on("postgresql")]
 
 
-@pytest.fixture(params=BACKENDS, ids=["local", "ethereum"])
+@pytest.fixture(params=BACKENDS, ids=["local", "ethereum", "ethereum-postgresql"])
 def rig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AnchorRig]:
     made: AnchorRig = request.param(request, tmp_path)
     try:

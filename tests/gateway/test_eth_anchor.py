@@ -9,9 +9,8 @@ transactions from the anchor's sender.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -23,12 +22,20 @@ from firmware_sim.broker import MosquittoBroker, free_port
 from firmware_sim.chain import ETHER, GanacheNode
 from gateway.cli import main as gateway_main
 from gateway.config import EthereumAnchorConfig, parse_config
-from gateway.eth_anchor import ANCHOR_PREFIX, EthereumAnchor, EthTiming, anchor_data
+from gateway.eth_anchor import EthereumAnchor, EthTiming, anchor_data
 from gateway.eth_queue import CONFIRMED, FAILED, SUPERSEDED
 from protocol.checkpoint import checkpoint_hash
 from protocol.errors import ConfigError, KeyFileError
 from protocol.keys import write_secret_file
 from tests.checkpoint_notes import Notes, make_notes
+from tests.duty_tables import DutyTables
+from tests.gateway.chainkit import (
+    address_of,
+    anchored_hashes,
+    eth_key,
+    running_chain,
+    sender_txs,
+)
 from tests.gateway.conftest import start_gateway
 from tests.gateway.gwkit import DeviceClient, TestDevice, register, write_gateway_files
 from tests.harness.waiting import eventually
@@ -45,29 +52,20 @@ def counted(counter: Counter) -> float:
                 if sample.name.endswith("_total"))
 
 
-def eth_key(n: int) -> str:
-    return "0x" + hashlib.sha256(f"edgeproof-test-eth-key-{n}".encode()).hexdigest()
-
-
-def address_of(key: str) -> str:
-    return str(Account.from_key(key).address)
-
-
 DEPLOYER = eth_key(0)
-KEYS = {name: eth_key(i) for i, name in enumerate(
-    ["hashes", "latest", "stuck", "revert", "estimate", "taken", "gateway", "restart"], 1)}
+_NAMES = ["hashes", "latest", "stuck", "revert", "estimate", "taken", "gateway", "restart"]
+KEYS = {name: eth_key(i) for i, name in enumerate(_NAMES, 1)}
+# The tests of the queue run on each kind of tables (tests/duty_tables.py), each kind with
+# keys of its own: one chain serves the module, and every test counts its sender's nonces.
+KIND_KEYS = {"file": KEYS,
+             "postgresql": {name: eth_key(100 + i) for i, name in enumerate(_NAMES, 1)}}
 
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GanacheNode]:
     """One instamine ganache for the module; every test anchors from its own funded key."""
-    accounts = tuple((key, 100 * ETHER) for key in [DEPLOYER, *KEYS.values()])
-    node = GanacheNode(tmp_path_factory.mktemp("chain"), accounts=accounts)
-    node.start()
-    try:
-        yield node
-    finally:
-        node.kill()
+    senders = [key for keys in KIND_KEYS.values() for key in keys.values()]
+    yield from running_chain(tmp_path_factory.mktemp("chain"), [DEPLOYER, *senders])
 
 
 class FakeClock:
@@ -88,16 +86,22 @@ def write_key(path: Path, key: str) -> Path:
     return path
 
 
-def make_anchor(tmp_path: Path, node: GanacheNode, key: str, clock: FakeClock,
+def make_anchor(tables: DutyTables, node: GanacheNode, key: str, clock: FakeClock,
                 **overrides: object) -> EthereumAnchor:
-    key_file = tmp_path / "eth.key"
+    """An anchor on ``tables`` (the same queue each time it is made again)."""
+    key_file = tables.workdir / "eth.key"
     if not key_file.exists():
         write_key(key_file, key)
     config = EthereumAnchorConfig(rpc_url=node.url, key_file=key_file, chain_id=CHAIN_ID,
                                   interval_s=5.0, resend_after_s=30.0)
     config = replace(config, **overrides)  # type: ignore[arg-type]
-    return EthereumAnchor(config, tmp_path / "anchor-ethereum.sqlite", wall_ms=lambda: 1,
-                          monotonic=clock, timing=EthTiming(rpc_timeout_s=10.0))
+    queue = tables.anchor_queue()
+    try:
+        return EthereumAnchor(config, queue, wall_ms=lambda: 1, monotonic=clock,
+                              timing=EthTiming(rpc_timeout_s=10.0))
+    except BaseException:
+        queue.close()
+        raise
 
 
 def drive(anchor: EthereumAnchor, clock: FakeClock, done: Callable[[], bool],
@@ -116,34 +120,6 @@ def drive(anchor: EthereumAnchor, clock: FakeClock, done: Callable[[], bool],
 def state(anchor: EthereumAnchor, note: str) -> str | None:
     entry = anchor.entry(note)
     return entry.state if entry else None
-
-
-@dataclass(frozen=True)
-class ChainTx:
-    hash: str
-    nonce: int
-    to: str
-    data: bytes
-    status: int
-    block: int
-
-
-def sender_txs(node: GanacheNode, sender: str) -> list[ChainTx]:
-    """Every mined transaction from ``sender``, scanning all blocks."""
-    found = []
-    for number in range(int(node.rpc("eth_blockNumber"), 16) + 1):
-        block = node.rpc("eth_getBlockByNumber", hex(number), True)
-        for tx in block["transactions"]:
-            if tx["from"].lower() == sender.lower():
-                receipt = node.rpc("eth_getTransactionReceipt", tx["hash"])
-                found.append(ChainTx(tx["hash"], int(tx["nonce"], 16), tx["to"] or "",
-                                     bytes.fromhex(tx["input"][2:]),
-                                     int(receipt["status"], 16), number))
-    return found
-
-
-def anchored_hashes(txs: list[ChainTx]) -> list[bytes]:
-    return [tx.data[4:] for tx in txs if tx.status == 1 and tx.data[:4] == ANCHOR_PREFIX]
 
 
 def deploy_reverting_contract(node: GanacheNode) -> str:
@@ -172,9 +148,9 @@ def warm_up(anchor: EthereumAnchor, clock: FakeClock, notes: Notes) -> None:
 
 
 def test_checkpoint_hashes_appear_in_the_anchoring_transactions_input(
-        chain: GanacheNode, tmp_path: Path, notes: Notes) -> None:
+        chain: GanacheNode, duty_tables: DutyTables, notes: Notes) -> None:
     clock = FakeClock()
-    anchor = make_anchor(tmp_path, chain, KEYS["hashes"], clock)
+    anchor = make_anchor(duty_tables, chain, KIND_KEYS[duty_tables.kind]["hashes"], clock)
     sent = []
     for _ in range(3):
         sent.append(notes.next())
@@ -199,9 +175,9 @@ def test_checkpoint_hashes_appear_in_the_anchoring_transactions_input(
 
 
 def test_checkpoints_queued_within_an_interval_anchor_only_the_latest(
-        chain: GanacheNode, tmp_path: Path, notes: Notes) -> None:
+        chain: GanacheNode, duty_tables: DutyTables, notes: Notes) -> None:
     clock = FakeClock()
-    anchor = make_anchor(tmp_path, chain, KEYS["latest"], clock)
+    anchor = make_anchor(duty_tables, chain, KIND_KEYS[duty_tables.kind]["latest"], clock)
     first = notes.next()
     anchor.anchor(first)
     drive(anchor, clock, lambda: state(anchor, first) == CONFIRMED)
@@ -217,9 +193,9 @@ def test_checkpoints_queued_within_an_interval_anchor_only_the_latest(
 
 
 def test_stuck_transaction_is_replaced_with_the_same_nonce(
-        chain: GanacheNode, tmp_path: Path, notes: Notes) -> None:
+        chain: GanacheNode, duty_tables: DutyTables, notes: Notes) -> None:
     clock = FakeClock()
-    anchor = make_anchor(tmp_path, chain, KEYS["stuck"], clock)
+    anchor = make_anchor(duty_tables, chain, KIND_KEYS[duty_tables.kind]["stuck"], clock)
     warm_up(anchor, clock, notes)
     note = notes.next()
     anchor.anchor(note)
@@ -252,10 +228,10 @@ def test_stuck_transaction_is_replaced_with_the_same_nonce(
 
 
 def test_nonce_used_by_another_transaction_is_not_counted_as_an_anchor(
-        chain: GanacheNode, tmp_path: Path, notes: Notes) -> None:
+        chain: GanacheNode, duty_tables: DutyTables, notes: Notes) -> None:
     clock = FakeClock()
-    key = KEYS["taken"]
-    anchor = make_anchor(tmp_path, chain, key, clock)
+    key = KIND_KEYS[duty_tables.kind]["taken"]
+    anchor = make_anchor(duty_tables, chain, key, clock)
     warm_up(anchor, clock, notes)
     note = notes.next()
     anchor.anchor(note)
@@ -288,12 +264,12 @@ def test_nonce_used_by_another_transaction_is_not_counted_as_an_anchor(
 
 
 def test_reverted_anchor_is_retried_then_reported_as_a_failure(
-        chain: GanacheNode, tmp_path: Path, notes: Notes) -> None:
+        chain: GanacheNode, duty_tables: DutyTables, notes: Notes) -> None:
     contract = deploy_reverting_contract(chain)
     clock = FakeClock()
     # A fixed gas limit: the node cannot refuse up front, the transactions revert on chain.
-    anchor = make_anchor(tmp_path, chain, KEYS["revert"], clock, to_address=contract,
-                         gas_limit=60_000, max_attempts=2)
+    anchor = make_anchor(duty_tables, chain, KIND_KEYS[duty_tables.kind]["revert"], clock,
+                         to_address=contract, gas_limit=60_000, max_attempts=2)
     note = notes.next()
     anchor.anchor(note)
     drive(anchor, clock, lambda: state(anchor, note) == FAILED)
@@ -317,11 +293,11 @@ def test_reverted_anchor_is_retried_then_reported_as_a_failure(
 
 
 def test_target_that_would_revert_is_never_sent(
-        chain: GanacheNode, tmp_path: Path, notes: Notes) -> None:
+        chain: GanacheNode, duty_tables: DutyTables, notes: Notes) -> None:
     contract = deploy_reverting_contract(chain)
     clock = FakeClock()
-    anchor = make_anchor(tmp_path, chain, KEYS["estimate"], clock, to_address=contract,
-                         max_attempts=3)
+    anchor = make_anchor(duty_tables, chain, KIND_KEYS[duty_tables.kind]["estimate"], clock,
+                         to_address=contract, max_attempts=3)
     note = notes.next()
     anchor.anchor(note)
     drive(anchor, clock, lambda: state(anchor, note) == FAILED)
@@ -338,19 +314,20 @@ def test_key_file_readable_by_others_is_refused(chain: GanacheNode, tmp_path: Pa
     key_file = write_key(tmp_path / "eth.key", KEYS["hashes"])
     key_file.chmod(0o644)
     with pytest.raises(KeyFileError, match="chmod 600"):
-        make_anchor(tmp_path, chain, KEYS["hashes"], FakeClock())
+        make_anchor(DutyTables("file", tmp_path), chain, KEYS["hashes"], FakeClock())
 
 
 def test_key_file_that_is_not_a_key_is_refused_without_echoing_it(
         chain: GanacheNode, tmp_path: Path) -> None:
     write_secret_file(tmp_path / "eth.key", b"0x" + b"zz" * 32)
     with pytest.raises(KeyFileError) as err:
-        make_anchor(tmp_path, chain, KEYS["hashes"], FakeClock())
+        make_anchor(DutyTables("file", tmp_path), chain, KEYS["hashes"], FakeClock())
     assert "zz" not in str(err.value)
 
 
 def test_wrong_chain_id_refuses_to_start(chain: GanacheNode, tmp_path: Path) -> None:
-    anchor = make_anchor(tmp_path, chain, KEYS["hashes"], FakeClock(), chain_id=1)
+    anchor = make_anchor(DutyTables("file", tmp_path), chain, KEYS["hashes"], FakeClock(),
+                         chain_id=1)
     with pytest.raises(ConfigError, match=r"anchor.chain_id is 1 but .* reports chain id 1337"):
         anchor.start()
     anchor.close()
@@ -360,13 +337,13 @@ def test_wrong_chain_id_refuses_to_start(chain: GanacheNode, tmp_path: Path) -> 
 
 
 def test_node_restart_mid_run_loses_and_duplicates_no_anchor(
-        tmp_path: Path, notes: Notes) -> None:
-    key = KEYS["restart"]
-    node = GanacheNode(tmp_path / "chain", accounts=((key, 10 * ETHER),))
+        duty_tables: DutyTables, notes: Notes) -> None:
+    key = KIND_KEYS[duty_tables.kind]["restart"]
+    node = GanacheNode(duty_tables.workdir / "chain", accounts=((key, 10 * ETHER),))
     node.start()
     clock = FakeClock()
     try:
-        anchor = make_anchor(tmp_path, node, key, clock)
+        anchor = make_anchor(duty_tables, node, key, clock)
         first = notes.next()
         anchor.anchor(first)
         drive(anchor, clock, lambda: state(anchor, first) == CONFIRMED)
@@ -379,7 +356,7 @@ def test_node_restart_mid_run_loses_and_duplicates_no_anchor(
         anchor.step()
         assert state(anchor, second) == "sending"
         anchor.close()
-        anchor = make_anchor(tmp_path, node, key, clock)
+        anchor = make_anchor(duty_tables, node, key, clock)
         anchor.step()  # resumes tracking the same transaction; sends nothing new
         assert state(anchor, second) == "sending"
 
@@ -564,6 +541,17 @@ def test_bad_anchor_config_is_refused_naming_the_key(anchor: dict[str, object], 
         parse_config(config_with(anchor), tmp_path)
 
 
+def test_ethereum_anchor_of_a_shared_store_is_accepted(tmp_path: Path) -> None:
+    # Once refused ("one process must own the chain queue"): the queue is in the database
+    # and only the sequencer works it (tests/gateway/test_gateway_shared_duties.py).
+    shared = {**config_with(dict(ETH)),
+              "broker": {"url": "mqtt://127.0.0.1:1883", "shared_group": "g"},
+              "store": {"backend": "postgresql", "dsn": "host=x", "shared": True}}
+    config = parse_config(shared, tmp_path)
+    assert config.store.shared
+    assert config.anchor == "ethereum"
+
+
 def test_mixed_case_to_address_with_a_bad_checksum_is_refused(
         chain: GanacheNode, tmp_path: Path) -> None:
     good = address_of(DEPLOYER)
@@ -571,19 +559,20 @@ def test_mixed_case_to_address_with_a_bad_checksum_is_refused(
     if bad[2:] in (bad[2:].lower(), bad[2:].upper()):  # pragma: no cover - digits only
         pytest.skip("address has no letters to mis-case")
     with pytest.raises(ConfigError, match="EIP-55"):
-        make_anchor(tmp_path, chain, KEYS["hashes"], FakeClock(), to_address=bad)
+        make_anchor(DutyTables("file", tmp_path), chain, KEYS["hashes"], FakeClock(),
+                    to_address=bad)
 
 
 def test_anchor_never_blocks_the_caller_when_the_node_is_down(
-        tmp_path: Path, notes: Notes) -> None:
-    dead = GanacheNode(tmp_path / "dead")  # never started: nothing listens on its port
+        duty_tables: DutyTables, notes: Notes) -> None:
+    dead = GanacheNode(duty_tables.workdir / "dead")  # never started: nothing listens on it
     clock = FakeClock()
-    anchor = make_anchor(tmp_path, dead, KEYS["hashes"], clock)
+    anchor = make_anchor(duty_tables, dead, KIND_KEYS[duty_tables.kind]["hashes"], clock)
     anchor.start()  # unreachable is not an error: anchors queue
     note = notes.next()
     anchor.anchor(note)  # returns at once: nothing talks to the node on the caller's thread
     assert state(anchor, note) == "queued"
     anchor.close()
-    reopened = make_anchor(tmp_path, dead, KEYS["hashes"], clock)
+    reopened = make_anchor(duty_tables, dead, KIND_KEYS[duty_tables.kind]["hashes"], clock)
     assert state(reopened, note) == "queued"  # the queue survives a restart
     reopened.close()

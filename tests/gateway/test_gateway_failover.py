@@ -4,91 +4,21 @@ verifying process loses nothing, and every record is logged exactly once."""
 
 from __future__ import annotations
 
-import shutil
 import signal
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
-from firmware_sim.broker import MosquittoBroker, free_port
+from firmware_sim.broker import MosquittoBroker
 from firmware_sim.procs import GatewayProcess
 from gateway.pg_store import PostgresLogStore
 from protocol.note import NoteVerifier
+from tests.gateway.clusterkit import Cluster, checkpoint_size, wait
 from tests.gateway.crashkit import Publisher, answered, check_receipts, resend_unanswered
-from tests.gateway.gwkit import (
-    DeviceClient,
-    TestDevice,
-    check_checkpoints,
-    register,
-    write_gateway_files,
-)
-from tests.harness.waiting import eventually
+from tests.gateway.gwkit import DeviceClient, TestDevice, check_checkpoints, register
 from tests.pg import PostgresCluster
 
-REPO = Path(__file__).resolve().parents[2]
-GROUP = "edgeproof-gateways"
 ROUNDS = 3  # hand-overs by kill -9 (then one by SIGTERM)
-WAIT_S = 60.0  # a bound for a loaded machine; every wait returns as soon as its condition holds
-
-
-def _wait(what: str, condition: Callable[[], bool], timeout_s: float = WAIT_S) -> None:
-    eventually(condition, what, timeout_s, every_s=0.05)
-
-
-def _role(gateway: GatewayProcess) -> str | None:
-    if not gateway.running:
-        return None
-    try:
-        return str(httpx.get(f"{gateway.url}/healthz", timeout=2).json()["role"])
-    except (httpx.HTTPError, ValueError, KeyError):
-        return None
-
-
-def _checkpoint_size(gateway: GatewayProcess) -> int:
-    response = httpx.get(f"{gateway.url}/v1/checkpoint", timeout=5)
-    return int(response.text.split("\n")[1]) if response.status_code == 200 else -1
-
-
-class Cluster:
-    """Gateway processes of one log: own directory, HTTP port and MQTT client id each, the
-    same gateway key (copied, mode 0600), the same database and shared subscription."""
-
-    def __init__(self, root: Path, broker_port: int, postgres: PostgresCluster,
-                 dbname: str, size: int) -> None:
-        store = (f'[store]\nbackend = "postgresql"\ndsn = "{postgres.dsn(dbname)}"\n'
-                 f'password_file = "{postgres.password_file}"\nshared = true\n')
-        self.gateways: list[GatewayProcess] = []
-        key_file: Path | None = None
-        for i in range(size):
-            directory = root / f"gw{i}"
-            if key_file is not None:
-                directory.mkdir(parents=True)
-                shutil.copy2(key_file, directory / "gateway.key")
-            port = free_port()
-            files = write_gateway_files(
-                directory, broker_port, http_port=port, every_leaves=50, interval_s=0.3,
-                extra=store, client_id=f"edgeproof-gateway-{i}",
-                broker_extra=f'shared_group = "{GROUP}"')
-            key_file, self.key = directory / "gateway.key", files.key
-            self.gateways.append(GatewayProcess(files.config, f"http://127.0.0.1:{port}",
-                                                root / f"gateway{i}.log", cwd=REPO))
-
-    def start(self) -> None:
-        for gateway in self.gateways:
-            gateway.start()
-
-    def roles(self) -> list[str | None]:
-        return [_role(g) for g in self.gateways]
-
-    def sequencer(self) -> GatewayProcess:
-        """The one process that says it sequences (waits until exactly one does)."""
-        _wait("exactly one sequencer", lambda: self.roles().count("sequencer") == 1)
-        return self.gateways[self.roles().index("sequencer")]
-
-    def stop(self) -> None:
-        for gateway in self.gateways:
-            gateway.stop(timeout_s=30)
 
 
 def test_kill9_of_sequencer_or_verifier_forks_nothing_and_loses_nothing(
@@ -128,14 +58,14 @@ def test_kill9_of_sequencer_or_verifier_forks_nothing_and_loses_nothing(
         notes.update(_notes(sequencer))
         assert sequencer.stop(timeout_s=30) == 0
         last = cluster.sequencer()
-        signed_before = _checkpoint_size(last)  # nothing larger can come from the others
+        signed_before = checkpoint_size(last)  # nothing larger can come from the others
         sequencer.start()
         publisher.burst(2)  # records that only the last sequencer can log and sign
         resend_unanswered(client, publisher)
         _wait_all_answered(client, publisher)
         leaf_of = check_receipts(client, publisher, notes)
-        _wait("a checkpoint of the whole log from the last sequencer",
-              lambda: _checkpoint_size(last) >= len(leaf_of) > signed_before)
+        wait("a checkpoint of the whole log from the last sequencer",
+              lambda: checkpoint_size(last) >= len(leaf_of) > signed_before)
         notes.update(_notes(last))
         check_checkpoints(last.url, NoteVerifier.from_text(cluster.key.verifier_text()),
                           notes)
@@ -158,7 +88,7 @@ def _notes(gateway: GatewayProcess) -> set[str]:
 
 
 def _wait_all_answered(client: DeviceClient, publisher: Publisher) -> None:
-    _wait("a receipt for every batch", lambda: set(publisher.sent) <= answered(client))
+    wait("a receipt for every batch", lambda: set(publisher.sent) <= answered(client))
 
 
 def _check_log(postgres: PostgresCluster, dbname: str,

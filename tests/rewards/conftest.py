@@ -39,23 +39,30 @@ def deployed(chain: GanacheNode) -> Deployment:
     return Deployment.on(chain, KEYS["issuer"], KEYS["gateway"])
 
 
-def running_payout_gateway(tmp_path: Path, broker: MosquittoBroker, chain: GanacheNode,
-                           deployed: Deployment, *,
-                           ungated: bool = False, extra_payout: str = ""
-                           ) -> Iterator[RunningGateway]:
-    """A gateway with a [payout] section posting to ``deployed`` every 0.2 s: consent-gated
-    (the default), or with ``ungated`` in the explicit ``unsafe_ungated`` mode."""
-    key_file = tmp_path / "payout-eth.key"
+def payout_section(workdir: Path, chain: GanacheNode, deployed: Deployment,
+                   extra: str = "") -> str:
+    """A [payout] section posting to ``deployed`` every 0.2 s with the gateway's key (written
+    to ``workdir``), and ``extra`` lines."""
+    key_file = workdir / "payout-eth.key"
     write_secret_file(key_file, KEYS["gateway"].value.hex().encode())
-    extra = f"""
+    return f"""
 [payout]
 rpc_url = "{chain.url}"
 key_file = "{key_file}"
 chain_id = {chain.chain_id}
 distributor = "{deployed.distributor}"
 interval_s = 0.2
-{"unsafe_ungated = true" if ungated else ""}
-{extra_payout}"""
+{extra}"""
+
+
+def running_payout_gateway(tmp_path: Path, broker: MosquittoBroker, chain: GanacheNode,
+                           deployed: Deployment, *,
+                           ungated: bool = False, extra_payout: str = ""
+                           ) -> Iterator[RunningGateway]:
+    """A gateway with a [payout] section posting to ``deployed`` every 0.2 s: consent-gated
+    (the default), or with ``ungated`` in the explicit ``unsafe_ungated`` mode."""
+    extra = payout_section(tmp_path, chain, deployed,
+                           ("unsafe_ungated = true\n" if ungated else "") + extra_payout)
     running = start_gateway(write_gateway_files(tmp_path / "gw", broker.port, extra=extra,
                                                 interval_s=0.2))
     try:

@@ -4,7 +4,6 @@ evm_snapshot/evm_revert replace blocks already read, as a reorganisation does)."
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from firmware_sim.chain import GanacheNode
@@ -12,6 +11,7 @@ from firmware_sim.solidity import Deployment, address_of
 from gateway.payout_book import PayoutBook
 from gateway.payout_funding import FundingLedger
 from osutil.jsonrpc import JsonRpc
+from tests.duty_tables import DutyTables
 from tests.rewards.conftest import KEYS
 
 TERMS_A, TERMS_B = b"\x0a" * 32, b"\x0b" * 32
@@ -38,12 +38,12 @@ def ledger(book: PayoutBook, rpc: JsonRpc, deployed: Deployment,
 
 
 def test_funding_is_read_from_the_deployment_block_once_then_only_the_new_blocks(
-        chain: GanacheNode, deployed: Deployment, tmp_path: Path) -> None:
+        chain: GanacheNode, deployed: Deployment, duty_tables: DutyTables) -> None:
     company = address_of(KEYS["company"])
     deployed.give(company, 10**24)
     deployed.fund(KEYS["company"], 700, TERMS_A)
     rpc, rereads = WatchedRpc(chain.url), []
-    book = PayoutBook(tmp_path / "payout.sqlite")
+    book = duty_tables.payout_book()
     try:
         block, totals = ledger(book, rpc, deployed, rereads).read()
         assert totals == {TERMS_A: 700}
@@ -66,12 +66,12 @@ def test_funding_is_read_from_the_deployment_block_once_then_only_the_new_blocks
 
 
 def test_a_reorganised_chain_is_read_again_never_summed_across_two_forks(
-        chain: GanacheNode, deployed: Deployment, tmp_path: Path) -> None:
+        chain: GanacheNode, deployed: Deployment, duty_tables: DutyTables) -> None:
     company = address_of(KEYS["company"])
     deployed.give(company, 10**24)
     deployed.fund(KEYS["company"], 100, TERMS_A)
     rpc, rereads = WatchedRpc(chain.url), []
-    book = PayoutBook(tmp_path / "payout.sqlite")
+    book = duty_tables.payout_book()
     try:
         reader = ledger(book, rpc, deployed, rereads)
         snapshot = rpc.call("evm_snapshot")

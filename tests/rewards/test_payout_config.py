@@ -34,10 +34,13 @@ def test_bad_payout_value_is_refused_naming_it(tmp_path: Path, change: tuple[str
         load(tmp_path, BASE + GOOD.replace(*change))
 
 
-def test_payout_on_a_shared_store_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"\[payout\]"):
-        load(tmp_path, BASE + GOOD + '[store]\nbackend = "postgresql"\ndsn = "host=x"\n'
-                                     "shared = true\n")
+def test_payout_on_a_shared_store_is_accepted(tmp_path: Path) -> None:
+    # Once refused ("one process must own the payout book"): the book is in the database
+    # and only the sequencer works it (tests/gateway/test_gateway_shared_duties.py).
+    config = load(tmp_path, BASE + GOOD + '[store]\nbackend = "postgresql"\n'
+                                          'dsn = "host=x"\nshared = true\n')
+    assert config.store.shared
+    assert config.payout is not None
 
 
 def test_good_payout_section_is_read(tmp_path: Path) -> None:

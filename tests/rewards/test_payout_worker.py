@@ -1,4 +1,5 @@
-"""The gateway's payout worker against a real ganache node and a real SQLite log store.
+"""The gateway's payout worker against a real ganache node and a real SQLite log store, its
+book on each kind of tables in turn (a SQLite file; the shared PostgreSQL, tests/duty_tables.py).
 
 The worker is stepped by hand (its thread is not started), so every fault lands exactly
 between two steps: the node down, the node restarted with the root post still pending (it
@@ -27,6 +28,7 @@ from rewards import distributor as abi
 from rewards.documents import BASE_UNITS_PER_MICRO, WalletBinding, owner_name
 from rewards.epoch import decode_balances
 from rewards.tree import verify_claim
+from tests.duty_tables import DutyTables
 from tests.rewards.conftest import KEYS
 
 OWNER_A, OWNER_B = address_of(KEYS["owner_a"]), address_of(KEYS["owner_b"])
@@ -57,9 +59,10 @@ def counted(worker: PayoutWorker, metric: str, suffix: str = "_total", **labels:
     return found or 0.0
 
 
-def make_worker(tmp_path: Path, node: GanacheNode, deployed: Deployment, clock: Clock,
+def make_worker(tables: DutyTables, node: GanacheNode, deployed: Deployment, clock: Clock,
                 store: SQLiteLogStore, poster: str = "gateway") -> PayoutWorker:
-    key_file = tmp_path / "payout-eth.key"
+    """A worker whose book is in ``tables`` (a SQLite file, or the shared PostgreSQL)."""
+    key_file = tables.workdir / "payout-eth.key"
     write_secret_file(key_file, KEYS[poster].value.hex().encode())
     # These tests are about posting roots (faults of the node and of transactions), not
     # about which credit counts: the explicit ungated mode pays the balances table as is.
@@ -67,7 +70,8 @@ def make_worker(tmp_path: Path, node: GanacheNode, deployed: Deployment, clock: 
                           distributor=deployed.distributor, interval_s=10.0, max_attempts=2,
                           consent_gated=False)
     registry = CollectorRegistry()
-    worker = PayoutWorker(config, store, tmp_path, owner_key(99), wall_ms=clock.wall_ms,
+    worker = PayoutWorker(config, store, tables.payout_book(), owner_key(99),
+                          wall_ms=clock.wall_ms,
                           monotonic=clock.monotonic, registry=registry)
     REGISTRIES[id(worker)] = registry
     worker_store[id(worker)] = store
@@ -103,10 +107,11 @@ def funded(deployed: Deployment, amount: int) -> None:
 
 
 def test_epoch_pays_bound_owners_and_locks_the_unbound(
-        tmp_path: Path, chain: GanacheNode, deployed: Deployment, store: SQLiteLogStore) -> None:
+        duty_tables: DutyTables, chain: GanacheNode, deployed: Deployment,
+        store: SQLiteLogStore) -> None:
     clock = Clock()
     funded(deployed, 10**24)
-    worker = make_worker(tmp_path, chain, deployed, clock, store)
+    worker = make_worker(duty_tables, chain, deployed, clock, store)
     alice = bind(worker, owner_key(1), OWNER_A, chain.chain_id)
     checkpoint(store, 10, {alice: 4000, "unbound-owner": 777})
     worker.step()  # computes epoch 1
@@ -125,10 +130,11 @@ def test_epoch_pays_bound_owners_and_locks_the_unbound(
 
 
 def test_node_down_then_restarted_with_the_post_pending_posts_the_root_once(
-        tmp_path: Path, chain: GanacheNode, deployed: Deployment, store: SQLiteLogStore) -> None:
+        duty_tables: DutyTables, chain: GanacheNode, deployed: Deployment,
+        store: SQLiteLogStore) -> None:
     clock = Clock()
     funded(deployed, 10**24)
-    worker = make_worker(tmp_path, chain, deployed, clock, store)
+    worker = make_worker(duty_tables, chain, deployed, clock, store)
     alice = bind(worker, owner_key(2), OWNER_B, chain.chain_id)
     checkpoint(store, 5, {alice: 1234})
     worker.step()  # epoch 1 computed while the node is up
@@ -156,10 +162,11 @@ def test_node_down_then_restarted_with_the_post_pending_posts_the_root_once(
 
 
 def test_root_post_from_a_key_that_does_not_own_the_distributor_fails_counted(
-        tmp_path: Path, chain: GanacheNode, deployed: Deployment, store: SQLiteLogStore) -> None:
+        duty_tables: DutyTables, chain: GanacheNode, deployed: Deployment,
+        store: SQLiteLogStore) -> None:
     clock = Clock()
     funded(deployed, 10**24)
-    worker = make_worker(tmp_path, chain, deployed, clock, store, poster="stranger")
+    worker = make_worker(duty_tables, chain, deployed, clock, store, poster="stranger")
     alice = bind(worker, owner_key(3), OWNER_A, chain.chain_id)
     checkpoint(store, 5, {alice: 10})
     for _ in range(3):
@@ -174,10 +181,11 @@ def test_root_post_from_a_key_that_does_not_own_the_distributor_fails_counted(
 
 
 def test_total_beyond_the_funding_is_not_posted_and_counted(
-        tmp_path: Path, chain: GanacheNode, deployed: Deployment, store: SQLiteLogStore) -> None:
+        duty_tables: DutyTables, chain: GanacheNode, deployed: Deployment,
+        store: SQLiteLogStore) -> None:
     clock = Clock()
     funded(deployed, 5 * BASE_UNITS_PER_MICRO)
-    worker = make_worker(tmp_path, chain, deployed, clock, store)
+    worker = make_worker(duty_tables, chain, deployed, clock, store)
     alice = bind(worker, owner_key(4), OWNER_A, chain.chain_id)
     checkpoint(store, 5, {alice: 6})
     worker.step()
@@ -192,10 +200,11 @@ def test_balances_table_that_is_not_one_is_refused() -> None:
 
 
 def test_root_post_stuck_pending_is_replaced_with_the_same_nonce_and_posted_once(
-        tmp_path: Path, chain: GanacheNode, deployed: Deployment, store: SQLiteLogStore) -> None:
+        duty_tables: DutyTables, chain: GanacheNode, deployed: Deployment,
+        store: SQLiteLogStore) -> None:
     clock = Clock()
     funded(deployed, 10**24)
-    worker = make_worker(tmp_path, chain, deployed, clock, store)
+    worker = make_worker(duty_tables, chain, deployed, clock, store)
     alice = bind(worker, owner_key(5), OWNER_A, chain.chain_id)
     checkpoint(store, 5, {alice: 99})
     worker.step()  # epoch computed
