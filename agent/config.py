@@ -412,7 +412,4 @@ def broker_settings(mqtt: MqttConfig) -> BrokerSettings:
         if not raw:
             raise ConfigError(f"{mqtt.section}.password_file: the file is empty")
         password = Secret(raw.encode("utf-8"))
-    return BrokerSettings(url=mqtt.url, host=mqtt.host, port=mqtt.port, tls=mqtt.tls,
-                          ca_file=mqtt.ca_file, cert_file=mqtt.cert_file,
-                          key_file=mqtt.key_file, username=mqtt.username, password=password,
-                          keepalive_s=mqtt.keepalive_s, session_expiry_s=mqtt.session_expiry_s)
+    return BrokerSettings(mqtt, password)

@@ -51,7 +51,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent.clock import ManualClock, SystemClock
 from agent.outbox import DeviceState, Outbox, OutboxSettings
 from agent.records import EpochPolicy, RecordFactory, RecordWriter
-from agent.uplink import BrokerSettings, GatewayKey, Uplink, UplinkSettings
+from agent.uplink import BrokerSettings, GatewayKey, MqttConfig, Uplink, UplinkSettings
 from firmware_sim.stack import SimDevice
 from protocol.batch import Batch
 from protocol.keys import Secret, SigningKey, load_device_key
@@ -110,9 +110,9 @@ class Device:
         self.uplink: Uplink | None = None
 
     def start_uplink(self, verifier_key: str, settings: UplinkSettings | None = None) -> None:
-        broker = BrokerSettings(url=f"mqtt://127.0.0.1:{self.tb.broker_port}",
-                                host="127.0.0.1", port=self.tb.broker_port, tls=False,
-                                username=self.creds.username,
+        broker = BrokerSettings(MqttConfig(url=f"mqtt://127.0.0.1:{self.tb.broker_port}",
+                                           host="127.0.0.1", port=self.tb.broker_port,
+                                           tls=False, username=self.creds.username),
                                 password=Secret(self.creds.password.encode()))
         self.uplink = Uplink(settings or UplinkSettings(), broker,
                              GatewayKey.from_text(verifier_key), device_id=self.device_id,

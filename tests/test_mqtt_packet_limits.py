@@ -12,7 +12,7 @@ from collections.abc import Callable
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.uplink.transport import BrokerSettings, MqttTransport
+from agent.uplink.transport import BrokerSettings, MqttConfig, MqttTransport
 from firmware_sim.broker import MosquittoBroker
 from gateway.config import BrokerConfig
 from gateway.ingest import Message, MqttIngest
@@ -76,7 +76,8 @@ def test_broker_never_hands_the_gateway_a_batch_larger_than_the_protocol_allows(
 
 def test_broker_never_hands_the_agent_a_receipt_larger_than_the_protocol_allows(
         broker: MosquittoBroker) -> None:
-    settings = BrokerSettings(url=broker.url, host="127.0.0.1", port=broker.port, tls=False)
+    settings = BrokerSettings(MqttConfig(url=broker.url, host="127.0.0.1", port=broker.port,
+                                         tls=False))
     transport = MqttTransport(settings, DEVICE.hex())
     events: list[object] = []
 

@@ -41,7 +41,6 @@ from osutil.mqtt import (
     PubAck,
     Received,
     Refused,
-    TlsFiles,
     Will,
 )
 from protocol.errors import EdgeproofError, TransportError
@@ -56,18 +55,6 @@ BACKOFF_MIN_S, BACKOFF_MAX_S = 1.0, 60.0
 ClientFactory = Callable[[ClientOptions], MqttClient]
 
 
-def client_options(broker: BrokerSettings, client_id: str, will: Will) -> ClientOptions:
-    """The local connection's options: the section's credentials, the availability will."""
-    tls = (TlsFiles(broker.ca_file, broker.cert_file, broker.key_file) if broker.tls
-           else None)
-    return ClientOptions(host=broker.host, port=broker.port, client_id=client_id,
-                         username=broker.username, password=broker.password, tls=tls,
-                         keepalive_s=broker.keepalive_s,
-                         session_expiry_s=broker.session_expiry_s,
-                         connect_timeout_s=broker.connect_timeout_s, label=broker.url,
-                         will=will)
-
-
 class LocalPublisher:
     """Discovery configs and entity states to the owner's broker, from its own thread."""
 
@@ -78,10 +65,10 @@ class LocalPublisher:
         KeyFileError for unusable TLS files."""
         self.device = device
         self.entities = {e.key: e for e in entities}
-        self.broker_text = broker.url
+        self.broker_text = broker.connection.url
         self._monotonic = monotonic
         will = Will(device.availability_topic, OFFLINE, retain=True)
-        self._client = client_factory(client_options(broker, client_id, will))
+        self._client = client_factory(broker.client_options(client_id, will=will))
         self._lock = threading.Lock()
         self._pending: dict[str, bytes] = {}  # state topic -> newest unsent payload
         self._last: dict[str, bytes] = {}  # state topic -> last payload handed to MQTT

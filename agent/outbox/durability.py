@@ -21,6 +21,8 @@ fsync Linux may already have dropped the dirty pages, so the agent must not go o
 the data were safe. Tests replace the background thread by ``background=False`` (the
 power-cut model snapshots the files at each fsync, which needs the fsync to happen at a
 known moment); everything else is the same code.
+
+Both background threads, the fsync thread and the committing thread, are a :class:`Worker`.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from protocol.errors import StorageError
 
@@ -38,6 +41,8 @@ log = logging.getLogger(__name__)
 
 Token = tuple[int, int]
 """What a commit made durable: (file epoch, send limit) as the outbox defines them."""
+
+T = TypeVar("T")
 
 
 def fsync_path(path: Path) -> None:
@@ -52,6 +57,71 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+class Worker(Generic[T]):
+    """A thread, started by the first :meth:`put`, that hands each item put to ``handle``,
+    in order, until :meth:`close` (which lets it finish what was put, then joins it).
+
+    ``latest_only``: an item put replaces one not yet taken (each covers those before it).
+    An exception of a type in ``fatal`` stops the thread, dropping what was still put:
+    :meth:`check` and every later :meth:`put` raise it. Any other exception ends the thread
+    through the threading excepthook, so ``handle`` catches whatever it can go on after.
+    """
+
+    def __init__(self, name: str, handle: Callable[[T], None], *, latest_only: bool = False,
+                 fatal: tuple[type[Exception], ...] = ()) -> None:
+        self._name = name
+        self._handle = handle
+        self._fatal = fatal
+        self._cond = threading.Condition(threading.Lock())
+        self._items: deque[T] = deque(maxlen=1 if latest_only else None)
+        self._error: Exception | None = None
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def check(self) -> None:
+        """Raise the fatal error the thread met, if any."""
+        with self._cond:
+            if self._error is not None:
+                raise self._error
+
+    def put(self, item: T) -> None:
+        """Hand ``item`` to the thread (started now if need be). Raises the fatal error the
+        thread met, if any, and then puts nothing."""
+        with self._cond:
+            if self._error is not None:
+                raise self._error
+            self._items.append(item)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name,
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Let the thread handle what was put, then stop it and wait for it."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._items and not self._stopping:
+                    self._cond.wait()
+                if not self._items:
+                    return
+                item = self._items.popleft()
+            try:
+                self._handle(item)
+            except self._fatal as exc:  # raised (and so logged) by the owner's next call
+                with self._cond:
+                    self._error = exc
+                return
+
+
 class Durability:
     """fsyncs one SQLite file's WAL, inline or on its own thread, and reports the token."""
 
@@ -63,25 +133,21 @@ class Durability:
         self._dir = db_path.parent
         self._on_durable = on_durable
         self._background = background
-        self._cond = threading.Condition(threading.Lock())
-        self._wanted: Token | None = None
-        self._error: StorageError | None = None
-        self._stopping = False
-        self._thread: threading.Thread | None = None
+        # A later commit's fsync covers every earlier one; after a failed fsync nothing
+        # more may be reported durable, so the thread stops there.
+        self._worker: Worker[Token] = Worker("outbox-fsync", self._sync, latest_only=True,
+                                             fatal=(StorageError,))
         self._dir_synced = False
         self.fsyncs = 0
 
     def check(self) -> None:
         """Raise the error a background fsync met, if any (the caller's next commit)."""
-        with self._cond:
-            if self._error is not None:
-                raise self._error
+        self._worker.check()
 
     def sync_now(self, token: Token) -> None:
         """fsync now (the caller waits), then report ``token``. Raises StorageError."""
         self.check()
-        self._fsync()
-        self._on_durable(token)
+        self._sync(token)
 
     def request(self, token: Token) -> None:
         """Make ``token`` durable soon; inline when not in the background. Raises
@@ -89,40 +155,15 @@ class Durability:
         if not self._background:
             self.sync_now(token)
             return
-        with self._cond:
-            if self._error is not None:
-                raise self._error
-            self._wanted = token  # a later commit's fsync covers every earlier one
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="outbox-fsync",
-                                                daemon=True)
-                self._thread.start()
-            self._cond.notify()
+        self._worker.put(token)
 
     def close(self) -> None:
         """Finish a requested fsync and stop the thread."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify()
-            thread = self._thread
-        if thread is not None:
-            thread.join()
+        self._worker.close()
 
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while self._wanted is None and not self._stopping:
-                    self._cond.wait()
-                token, self._wanted = self._wanted, None
-                if token is None:
-                    return
-            try:
-                self._fsync()
-            except StorageError as exc:  # raised (and so logged) by the next commit
-                with self._cond:
-                    self._error = exc
-                return
-            self._on_durable(token)
+    def _sync(self, token: Token) -> None:
+        self._fsync()
+        self._on_durable(token)
 
     def _fsync(self) -> None:
         try:
@@ -148,10 +189,7 @@ class Committer:
 
     def __init__(self, *, background: bool = True) -> None:
         self.background = background
-        self._cond = threading.Condition(threading.Lock())
-        self._jobs: deque[Callable[[], None]] = deque()
-        self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._worker: Worker[Callable[[], None]] = Worker("outbox-commit", _run_job)
 
     def submit(self, job: Callable[[], None]) -> None:
         """Run ``job`` soon (at once when not in the background). The job reports its own
@@ -159,32 +197,15 @@ class Committer:
         if not self.background:
             job()
             return
-        with self._cond:
-            self._jobs.append(job)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="outbox-commit",
-                                                daemon=True)
-                self._thread.start()
-            self._cond.notify()
+        self._worker.put(job)
 
     def close(self) -> None:
         """Run the jobs handed over, then stop the thread."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify()
-            thread = self._thread
-        if thread is not None:
-            thread.join()
+        self._worker.close()
 
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._jobs and not self._stopping:
-                    self._cond.wait()
-                if not self._jobs:
-                    return
-                job = self._jobs.popleft()
-            try:
-                job()
-            except Exception:  # a job keeps its own failure; this thread must go on
-                log.exception("outbox: a group commit failed unexpectedly")
+
+def _run_job(job: Callable[[], None]) -> None:
+    try:
+        job()
+    except Exception:  # a job keeps its own failure; this thread must go on
+        log.exception("outbox: a group commit failed unexpectedly")

@@ -160,7 +160,7 @@ class Uplink:
         self._idle = threading.Event()
         self._thread: threading.Thread | None = None
         self._transport: MqttTransport | None = None
-        self.broker_text = describe_broker_url(broker.url)
+        self.broker_text = describe_broker_url(broker.connection.url)
         self._unanswered_since: int | None = None  # first send not followed by a receipt
         self._last_verified_ms: int | None = None
         self._last_refusal: str | None = None
@@ -331,8 +331,8 @@ class Uplink:
         elif isinstance(event, Refused):
             self.counters[f"connack_{event.code:#04x}"] += 1
             if event.permanent:
-                raise RejectedByPeer(f"broker {self._broker.url} refused the connection: "
-                                     f"{event.reason} (CONNACK {event.code:#04x})")
+                raise RejectedByPeer(f"broker {self._broker.connection.url} refused the "
+                                     f"connection: {event.reason} (CONNACK {event.code:#04x})")
             self._transport.close()
             self._schedule_retry(now, f"broker refused: {event.reason}")
         elif isinstance(event, ConnectionLost):

@@ -15,10 +15,12 @@ import pytest
 
 from agent.cli import main as agent_main
 from agent.clock import ManualClock, SystemClock
+from agent.local_mqtt import DeviceInfo, LocalPublisher, device_entities
 from agent.local_mqtt.payout import PayoutWatcher
 from agent.sensors import Reading, load_simulated_hardware
 from agent.service import AgentService, ServiceOptions
 from agent.status import collect_status
+from agent.uplink import BrokerSettings, MqttConfig
 from firmware_sim.broker import MosquittoBroker
 from protocol.errors import ConfigError
 from protocol.keys import OwnerKey, SigningKey, device_id_for, load_device_key
@@ -34,6 +36,7 @@ from tests.agent.test_service import (
     outbox_records,
     wait_until,
 )
+from tests.harness.netproxy import NetProxy
 
 ACME = "d11747279eb85fba5db8e28508676c3d5272ac31b7f4fffd47b95657e032e55b"
 SENSORS = [{"kind": "cpu_temp", "stream": "cpu", "interval_s": 1.0},
@@ -118,6 +121,28 @@ def test_home_assistant_gets_unsealed_readings_credit_and_health_and_nothing_sea
     assert f"local broker  stopped {broker.url}: " in capsys.readouterr().out
     assert local["counters"]["published"] >= len(configs) + 1
     assert local["counters"].get("ignored_messages", 0) == 0
+
+
+def test_a_device_that_vanishes_from_the_local_broker_is_marked_offline_by_its_last_will(
+        broker: MosquittoBroker, watcher: Watcher) -> None:
+    device = DeviceInfo("ab" * 16, "edgeproof abababab", "test", "edgeproof", "homeassistant")
+    with NetProxy(broker.port) as link:
+        local = BrokerSettings(MqttConfig(link.url, "127.0.0.1", link.port, False))
+        publisher = LocalPublisher(device, device_entities([], credit=False), local, "vanisher")
+        publisher.start()
+        try:
+            assert watcher.wait_for(lambda seen: seen.get(device.availability_topic) == b"online")
+            link.cut()  # the connection ends without DISCONNECT, and no reconnect gets through
+            assert watcher.wait_for(
+                lambda seen: seen.get(device.availability_topic) == b"offline")
+            late = Watcher(broker.url)  # retained: what Home Assistant reads when it starts
+            try:
+                assert late.wait_for(lambda seen: seen.get(device.availability_topic)
+                                     == b"offline")
+            finally:
+                late.stop()
+        finally:
+            publisher.stop()
 
 
 def test_messages_on_the_local_broker_never_reach_what_the_device_signs(

@@ -8,12 +8,14 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
 
 from agent.outbox import DeviceState, Outbox, OutboxSettings
 from agent.outbox import store as outbox_store
+from agent.outbox.durability import Committer
 from agent.outbox.model import UNCLEAN_REBOOT
 from protocol.errors import StorageError
 from protocol.record import Gap
@@ -129,3 +131,41 @@ def test_power_cut_that_kept_only_the_newer_journal_replays_nothing_after_the_ho
     assert gaps_of(records) == [Gap(3, limit + 1, UNCLEAN_REBOOT)]
     box.outbox.close()
     box.state.close()
+
+
+def test_close_with_groups_waiting_commits_them_all_in_order() -> None:
+    committer = Committer()
+    started, gate = threading.Event(), threading.Event()
+    ran: list[int] = []
+
+    def slow_group() -> None:
+        started.set()
+        assert gate.wait(60)
+        ran.append(0)
+
+    committer.submit(slow_group)
+    assert started.wait(60)
+    committer.submit(lambda: ran.append(1))
+    committer.submit(lambda: ran.append(2))
+    closer = threading.Thread(target=committer.close)
+    closer.start()  # while group 0 is on the disk and 1 and 2 wait
+    gate.set()
+    closer.join(60)
+    assert not closer.is_alive()
+    assert ran == [0, 1, 2]
+
+
+def test_a_group_commit_that_raises_unexpectedly_is_logged_and_the_next_still_runs(
+        caplog: pytest.LogCaptureFixture) -> None:
+    committer = Committer()
+    ran: list[int] = []
+
+    def broken_group() -> None:
+        raise RuntimeError("a bug in a group commit")
+
+    committer.submit(broken_group)
+    committer.submit(lambda: ran.append(1))
+    committer.close()
+    assert ran == [1]
+    assert "a group commit failed unexpectedly" in caplog.text
+    assert "a bug in a group commit" in caplog.text

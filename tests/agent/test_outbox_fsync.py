@@ -115,3 +115,23 @@ def test_durability_reports_the_newest_token_once_its_fsync_returned(tmp_path: P
     durability.close()
     assert done[-1] == (1, 30)
     assert len(done) <= 2
+
+
+def test_after_a_failed_background_fsync_nothing_later_is_reported_durable(
+        tmp_path: Path) -> None:
+    fsync = GatedFsync()
+    done: list[tuple[int, int]] = []
+    durability = Durability(tmp_path / "db.sqlite", done.append, fsync=fsync)
+    durability.request((1, 10))
+    assert fsync.entered.wait(60)
+    durability.request((1, 20))  # pending behind the fsync that is about to fail
+    fsync.fail = True
+    fsync.gate.set()
+    durability.close()  # the fsync thread stopped at the failure: (1, 20) is not fsynced
+    assert done == []
+    assert fsync.calls == 1  # no later fsync may vouch for pages the failed one lost
+    with pytest.raises(StorageError, match="fsync failed"):
+        durability.check()
+    with pytest.raises(StorageError, match="fsync failed"):
+        durability.request((1, 30))
+    assert done == []

@@ -19,7 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent.grants import GrantBook
 from agent.policy import PolicyInbox
 from agent.records import EpochPolicy, RecordWriter
-from agent.uplink import BrokerSettings
+from agent.uplink import BrokerSettings, MqttConfig
 from agent.uplink.uplink import UplinkState
 from firmware_sim.broker import MosquittoBroker
 from firmware_sim.demo_agent import AssumedSyncedClock
@@ -49,9 +49,8 @@ class OwnedDevice(OutboxRig):
                                  owner=self.owner.public_key, streams={"climate"},
                                  clock=self.clock)
         host, port, tls = parse_broker_url(broker_url, "broker_url")
-        self.uplink = self.make_uplink(FAST, BrokerSettings(broker_url, host, port, tls,
-                                                            connect_timeout_s=2.0),
-                                       gateway_key, policy=self.inbox)
+        broker = BrokerSettings(MqttConfig(broker_url, host, port, tls), connect_timeout_s=2.0)
+        self.uplink = self.make_uplink(FAST, broker, gateway_key, policy=self.inbox)
 
     def readings(self, n: int) -> None:
         for i in range(n):

@@ -11,6 +11,7 @@ import pytest
 
 from agent.uplink import (
     BrokerSettings,
+    MqttConfig,
     MqttTransport,
     UplinkSettings,
 )
@@ -228,8 +229,8 @@ def test_tls_with_ca_and_client_certificate_delivers(tmp_path: Path) -> None:
 def test_tls_client_key_readable_by_others_is_refused(tmp_path: Path) -> None:
     tls = _tls_files(tmp_path / "tls")
     tls["client.key"].chmod(0o644)
-    broker = BrokerSettings("mqtts://127.0.0.1:8883", "127.0.0.1", 8883, True,
-                            ca_file=tls["ca.crt"], cert_file=tls["client.crt"],
-                            key_file=tls["client.key"])
+    broker = BrokerSettings(MqttConfig("mqtts://127.0.0.1:8883", "127.0.0.1", 8883, True,
+                                       ca_file=tls["ca.crt"], cert_file=tls["client.crt"],
+                                       key_file=tls["client.key"]))
     with pytest.raises(KeyFileError, match="chmod 600"):
         MqttTransport(broker, "x")

@@ -11,7 +11,7 @@ from agent.clock import Clock, SystemClock
 from agent.outbox import DeviceState, Outbox, OutboxSettings
 from agent.policy import PolicyInbox
 from agent.records import EpochPolicy, RecordFactory, RecordWriter
-from agent.uplink import BrokerSettings, GatewayKey, Uplink, UplinkSettings
+from agent.uplink import BrokerSettings, GatewayKey, MqttConfig, Uplink, UplinkSettings
 from osutil.brokerurl import parse_broker_url
 from protocol.keys import Secret, SigningKey, device_id_for
 from protocol.record import Measurement
@@ -98,14 +98,8 @@ class Device(OutboxRig):
         host, port, use_tls = parse_broker_url(broker_url, "broker_url")
         ca, cert, client_key = tls if tls else (None, None, None)
         broker = BrokerSettings(
-            broker_url,
-            host,
-            port,
-            use_tls,
-            ca_file=ca,
-            cert_file=cert,
-            key_file=client_key,
-            username=username,
+            MqttConfig(broker_url, host, port, use_tls, ca_file=ca, cert_file=cert,
+                       key_file=client_key, username=username),
             password=Secret(password.encode()) if password else None,
             connect_timeout_s=2.0,
         )
