@@ -9,19 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from eth_account import Account
-
 from firmware_sim.chain import GanacheNode
 from osutil.jsonrpc import JsonRpc
 from protocol.keys import Secret
-from rewards import distributor
+from rewards import distributor, ethkey
 from rewards.chain import send_and_wait
 from rewards.contracts import deploy_payout
 
 
 def address_of(key: Secret) -> str:
     """The checksum address of a private key."""
-    return str(Account.from_key(key.value).address)
+    return ethkey.address_of(key.value)
 
 
 @dataclass

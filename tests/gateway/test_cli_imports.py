@@ -21,5 +21,13 @@ def test_gateway_command_loads_no_ethereum_library_until_a_chain_command_runs() 
     assert out == "[]"
 
 
+def test_gateway_service_loads_no_eth_account_until_a_transaction_is_signed() -> None:
+    # eth_account builds py_ecc's curve tables at import: about 0.4 s of every start.
+    probe = "import sys, gateway.service; print('eth_account' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
+                         text=True).stdout.strip()
+    assert out == "False"
+
+
 def test_chain_deploy_default_supply_is_the_contracts_supply() -> None:
     assert cli.TOKEN_SUPPLY == TOKEN_SUPPLY
