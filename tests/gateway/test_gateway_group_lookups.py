@@ -10,45 +10,25 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway import sqlite_store
-from gateway.anchor import LocalAnchor
-from gateway.checkpoints import Checkpointer
-from gateway.config import CheckpointConfig, Limits
-from gateway.gatewaykey import GatewayKey
-from gateway.metrics import GatewayMetrics
 from gateway.rules import _merged
 from gateway.sequencer import Sequencer
 from gateway.sqlite_store import SQLiteLogStore
 from gateway.store import LoggedLink
-from gateway.verify import PreparedBatch, prepare_batch
 from protocol import reasons
-from protocol.batch import records_topic
 from protocol.receipt import Status
-from tests.gateway.gwkit import RATE, START_WALL_MS, TestDevice, batch_bytes
+from tests.gateway.gwkit import RATE, TestDevice
+from tests.gateway.seqkit import NOW_MS, prepared, sequencer_for
 
-NOW_MS = START_WALL_MS + 86_400_000
 BATCH = 10
 
 
 @pytest.fixture
 def log(tmp_path: Path) -> Iterator[tuple[SQLiteLogStore, Sequencer]]:
     store = SQLiteLogStore(tmp_path / "log.sqlite")
-    key = GatewayKey.generate("gateway.test/edgeproof")
-    metrics = GatewayMetrics()
-    checkpointer = Checkpointer(store, key, LocalAnchor(lambda: NOW_MS),
-                                config=CheckpointConfig(), metrics=metrics,
-                                wall_ms=lambda: NOW_MS, monotonic=lambda: 0.0)
     try:
-        yield store, Sequencer(store, checkpointer, key, limits=Limits(), metrics=metrics,
-                               wall_ms=lambda: NOW_MS, monotonic=lambda: 0.0)
+        yield store, sequencer_for(store)
     finally:
         store.close()
-
-
-def _prepared(store: SQLiteLogStore, dev: TestDevice, records: list[bytes],
-              batch_id: int) -> PreparedBatch:
-    snapshot = store.device(dev.device_id)
-    return prepare_batch(records_topic(dev.device_id), batch_bytes(records, batch_id), 0.0,
-                         Limits(), lambda kid: snapshot if kid == dev.device_id else None)
 
 
 def test_a_batch_resent_from_long_ago_reads_its_own_neighbours_not_the_log_in_between(
@@ -58,7 +38,7 @@ def test_a_batch_resent_from_long_ago_reads_its_own_neighbours_not_the_log_in_be
     store.register_device(dev.name, dev.enrolled_key, "alice", RATE, NOW_MS)
     batches = [dev.records(BATCH) for _ in range(30)]
     for number, records in enumerate(batches, start=1):
-        sequencer.commit(_prepared(store, dev, records, number))
+        sequencer.commit(prepared(store, dev, records, number))
     newest = dev.records(BATCH)
     lookups: list[tuple[int, int, int]] = []
     transaction = sqlite_store._Transaction  # noqa: SLF001 - spying on the store's lookups
@@ -72,8 +52,8 @@ def test_a_batch_resent_from_long_ago_reads_its_own_neighbours_not_the_log_in_be
 
     monkeypatch.setattr(transaction, "links", counted)
     # One group: batch 2 again (the device never saw its receipt), then the next batch.
-    receipts = sequencer.commit_group([_prepared(store, dev, batches[1], 2),
-                                       _prepared(store, dev, newest, 31)])
+    receipts = sequencer.commit_group([prepared(store, dev, batches[1], 2),
+                                       prepared(store, dev, newest, 31)])
     resent, new = (r.receipt.outcomes for r in receipts if r is not None)
     assert [o.status for o in resent] == [Status.DUPLICATE] * BATCH
     assert [o.leaf_index for o in resent] == list(range(BATCH, 2 * BATCH))
@@ -91,12 +71,12 @@ def test_a_broken_chain_next_to_a_resent_batch_is_still_refused(
     store.register_device(dev.name, dev.enrolled_key, "alice", RATE, NOW_MS)
     batches = [dev.records(BATCH) for _ in range(5)]
     for number in (1, 2, 4, 5):  # batch 3 not logged yet
-        sequencer.commit(_prepared(store, dev, batches[number - 1], number))
+        sequencer.commit(prepared(store, dev, batches[number - 1], number))
     other = TestDevice.create("forker", 2)  # the same key: a second chain of seqs 20..29
     other.seq, other.prev = 2 * BATCH, b"\x07" * 32
     forged = other.records(BATCH)
-    receipts = sequencer.commit_group([_prepared(store, dev, batches[0], 1),
-                                       _prepared(store, dev, forged, 3)])
+    receipts = sequencer.commit_group([prepared(store, dev, batches[0], 1),
+                                       prepared(store, dev, forged, 3)])
     resent, refused = (r.receipt.outcomes for r in receipts if r is not None)
     assert [o.status for o in resent] == [Status.DUPLICATE] * BATCH
     assert refused[0].reason == reasons.CHAIN_MISMATCH  # its prev is not seq 19's hash
