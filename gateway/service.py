@@ -13,7 +13,9 @@ Threads:
   most ``MAX_GROUP_BATCHES`` messages or ``MAX_INFLIGHT_BYTES`` in flight, so a device
   that floods waits behind everyone else's next message, not the other way round; it
   commits the verified batches in order (those ready together, in one group commit;
-  :class:`gateway.sequencer.Sequencer`), publishes each receipt, then acknowledges each
+  :class:`gateway.sequencer.Sequencer`; the next messages go to the pool before that
+  commit, so a group being committed is held besides what is in flight), publishes each
+  receipt, then acknowledges each
   MQTT message; it also issues interval checkpoints and pings the systemd watchdog when
   it made progress;
 - uvicorn serves the API on its own thread.
