@@ -92,6 +92,7 @@ class PayoutResult:
     request_id: str = ""  # the company's paid request (hex)
     consented: list[str] = field(default_factory=list)  # the devices its consent names
     epoch: int = 0
+    distributor_block: int | None = None  # the deployment block the verified epoch states
     settled_micro: int = 0  # the owner's, at the epoch's checkpoint
     paid_micro: int = 0
     withheld_micro: int = 0
@@ -145,11 +146,13 @@ class PayoutStory:
         key_file = chain_dir / "payout-eth.key"
         write_secret_file(key_file, self.keys["gateway"].value.hex().encode())
         self.note(f"chain: ganache {self.node.url} (chain {self.node.chain_id}); reward token "
-                  f"{self.deployed.token} and distributor {self.deployed.distributor} deployed, "
-                  f"the distributor owned by the gateway's payout key")
+                  f"{self.deployed.token} and distributor {self.deployed.distributor} deployed "
+                  f"(block {self.deployed.distributor_block}), the distributor owned by the "
+                  "gateway's payout key")
         trusted = ", ".join(f'"{v.hex()}"' for v in sorted(validators))
         return (f'[payout]\nrpc_url = "{self.node.url}"\nkey_file = "{key_file}"\n'
                 f'chain_id = {self.node.chain_id}\ndistributor = "{self.deployed.distributor}"\n'
+                f"distributor_block = {self.deployed.distributor_block}\n"
                 "interval_s = 1\n" + (f"quality_validators = [{trusted}]\n" if trusted else ""))
 
     def fund(self, company: str, request_id: bytes) -> None:
@@ -312,9 +315,12 @@ class PayoutStory:
                     time.sleep(0.3)
         finally:
             rpc.close()
+        block = report["distributor_block"]
+        self.result.distributor_block = block if isinstance(block, int) else None
         self.note(f"payout: $ edgeproof-verify payout: epoch {report['epoch']} recomputed from "
-                  f"the log and the chain, root {str(report['root'])[:18]}.. matches the one "
-                  f"on chain; it pays {report['total_micro']} micro-credits, "
+                  f"the log and the chain (Funded events read from the deployment block "
+                  f"{block}, which the chain bears out), root {str(report['root'])[:18]}.. "
+                  f"matches the one on chain; it pays {report['total_micro']} micro-credits, "
                   f"{report['locked_micro']} stay locked or withheld")
         return report
 

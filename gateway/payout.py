@@ -16,6 +16,10 @@ if the node loses it (restart, dropped) the same bytes are sent again; one pendi
 reverted post is re-signed up to ``max_attempts`` times, then the epoch fails and the next
 one (cumulative, so nothing is lost) replaces it. A total the distributor's funding cannot
 cover is not posted (``underfunded``). Every outcome is counted in ``/metrics``.
+
+A stated ``payout.distributor_block`` is proven on chain before the first epoch states it
+(:func:`rewards.funding.check_deployed_in`, as every verifier does): a wrong one refuses to
+start the worker (:meth:`PayoutWorker.start`) rather than sign epochs auditors refuse.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from gateway.store import LogStore, NewDocument, NotSequencer
 from osutil.jsonrpc import JsonRpc, RpcError, quantity
 from protocol.documents import Document, parse_document, sign_document
 from protocol.errors import (
+    ConfigError,
     MalformedRecord,
     StorageError,
     TransportError,
@@ -58,6 +63,7 @@ from rewards.documents import (
 )
 from rewards.epoch import decode_balances, epoch_amounts, gated_amounts
 from rewards.ethkey import load_eth_key, sign_transaction
+from rewards.funding import check_deployed_in
 from rewards.gating import micro_of
 from rewards.tree import DistributionTree
 
@@ -169,6 +175,10 @@ class PayoutWorker:
             self.book, self._rpc, config.distributor, first_block=config.distributor_block,
             confirmations=config.funding_confirmations,
             on_reread=lambda _why: self.metrics.funding_rereads.inc())
+        # payout.distributor_block is proven on chain before any epoch states it (0: none
+        # stated, nothing to prove); a block the chain refutes is this worker's fatal error.
+        self._block_checked = config.distributor_block == 0
+        self.fatal: str | None = None
         self._next_epoch_at = 0.0
         self._errors = 0
         self._trees: dict[int, DistributionTree] = {}
@@ -180,9 +190,29 @@ class PayoutWorker:
         self.on_logged: Callable[[Logged], None] = lambda logged: None  # delivery (§17)
 
     def start(self) -> None:
-        """Start the worker thread (again after :meth:`stop`), from what the book holds."""
+        """Check ``payout.distributor_block`` on chain, then start the worker thread (again
+        after :meth:`stop`), from what the book holds.
+
+        Raises ConfigError if no transaction of that block created the distributor: the
+        worker's funding ledger would skip the Funded events before it and every epoch would
+        state a block auditors refuse. A node that cannot be reached (or has not that block
+        yet) is not an error here, as for every other node call: the worker checks it
+        before anything else and signs no epoch until it has.
+        """
         if self._thread is not None:
             return
+        if not self._block_checked:
+            rpc = JsonRpc(self.config.rpc_url, timeout_s=5.0)  # the worker's may be busy still
+            try:
+                self._check_block(rpc)
+            except (TransportError, RpcError) as exc:
+                log.warning("payout: cannot check payout.distributor_block %d yet (%s); no "
+                            "epoch is signed until the node answers",
+                            self.config.distributor_block, exc)
+            finally:
+                rpc.close()
+        if self.fatal:
+            raise ConfigError(self.fatal)
         # Its memory starts afresh: a shared log's book may have been worked by another
         # process since (gateway.cluster); the pending epoch and its transaction are read
         # from the book at each step.
@@ -292,9 +322,30 @@ class PayoutWorker:
 
     # --- one step ------------------------------------------------------------------------------
 
-    def step(self) -> float:
-        """Post the pending epoch or make a due one; return seconds until the next step."""
+    def _check_block(self, rpc: JsonRpc) -> None:
+        """Prove ``payout.distributor_block`` once (rewards.funding.check_deployed_in); set
+        :attr:`fatal` if the chain refutes it. Raises TransportError/RpcError (not checked)."""
+        if self._block_checked or self.fatal:
+            return
+        block, distributor = self.config.distributor_block, self.config.distributor
         try:
+            check_deployed_in(rpc, distributor, block)
+        except VerificationError:
+            self.fatal = (f"payout.distributor_block = {block} is not the deployment block "
+                          f"of the distributor {distributor}: no transaction of that block "
+                          "created it")
+            log.error("payout: %s; no epoch is signed", self.fatal)
+            return
+        self._block_checked = True
+
+    def step(self) -> float:
+        """Post the pending epoch or make a due one; return seconds until the next step.
+
+        Nothing at all while :attr:`fatal` (a deployment block the chain refutes)."""
+        try:
+            self._check_block(self._rpc)
+            if self.fatal:
+                return 60.0
             pending = self.book.latest(PENDING)
             if pending is not None:
                 self._post(pending)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from eth_hash.auto import keccak
@@ -40,11 +41,15 @@ def deployed(chain: GanacheNode) -> Deployment:
 
 
 def payout_section(workdir: Path, chain: GanacheNode, deployed: Deployment,
-                   extra: str = "") -> str:
+                   extra: str = "", *, block: int | Literal["deployment"] | None = "deployment"
+                   ) -> str:
     """A [payout] section posting to ``deployed`` every 0.2 s with the gateway's key (written
-    to ``workdir``), and ``extra`` lines."""
+    to ``workdir``), and ``extra`` lines. Its ``distributor_block`` is ``deployed``'s (as
+    ``edgeproof-gateway chain deploy`` writes it), ``block``, or with None left out (the
+    epochs state none: the old document, read from block 0)."""
     key_file = workdir / "payout-eth.key"
     write_secret_file(key_file, KEYS["gateway"].value.hex().encode())
+    stated = deployed.distributor_block if block == "deployment" else block
     return f"""
 [payout]
 rpc_url = "{chain.url}"
@@ -52,17 +57,21 @@ key_file = "{key_file}"
 chain_id = {chain.chain_id}
 distributor = "{deployed.distributor}"
 interval_s = 0.2
+{"" if stated is None else f"distributor_block = {stated}"}
 {extra}"""
 
 
 def running_payout_gateway(tmp_path: Path, broker: MosquittoBroker, chain: GanacheNode,
                            deployed: Deployment, *,
-                           ungated: bool = False, extra_payout: str = ""
+                           ungated: bool = False, extra_payout: str = "",
+                           block: int | Literal["deployment"] | None = "deployment"
                            ) -> Iterator[RunningGateway]:
     """A gateway with a [payout] section posting to ``deployed`` every 0.2 s: consent-gated
-    (the default), or with ``ungated`` in the explicit ``unsafe_ungated`` mode."""
+    (the default), or with ``ungated`` in the explicit ``unsafe_ungated`` mode; ``block``:
+    its ``distributor_block`` (:func:`payout_section`)."""
     extra = payout_section(tmp_path, chain, deployed,
-                           ("unsafe_ungated = true\n" if ungated else "") + extra_payout)
+                           ("unsafe_ungated = true\n" if ungated else "") + extra_payout,
+                           block=block)
     running = start_gateway(write_gateway_files(tmp_path / "gw", broker.port, extra=extra,
                                                 interval_s=0.2))
     try:

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from firmware_sim.broker import MosquittoBroker
+from firmware_sim.broker import MosquittoBroker, free_port
 from firmware_sim.chain import GanacheNode
 from firmware_sim.solidity import Deployment, address_of
+from gateway import payout as gateway_payout
+from gateway.cli import main as gateway_main
 from osutil.jsonrpc import JsonRpc
 from owner.cli import main as owner_main
 from protocol.errors import TransportError, VerificationError
@@ -25,7 +27,8 @@ from rewards import distributor as abi
 from rewards.documents import PayoutEpoch
 from rewards.funding import check_deployed_in, funded_totals
 from tests.gateway.contractkit import submitted
-from tests.rewards.conftest import KEYS, running_payout_gateway
+from tests.gateway.gwkit import write_gateway_files
+from tests.rewards.conftest import KEYS, payout_section, running_payout_gateway
 from tests.rewards.test_consent_gating import EARNED, World
 from tests.rewards.test_funding_ledger import WatchedRpc
 from tests.rewards.test_payout_end_to_end import wait_for
@@ -77,9 +80,7 @@ def gateway_with(tmp_path: Path, broker: MosquittoBroker, chain: GanacheNode,
                  deployed: Deployment, block: int | None) -> Iterator[World]:
     """A consent-gated gateway whose config names ``block`` (None: no distributor_block),
     with a consented, funded, used device and a bound wallet: an epoch will pay it."""
-    extra = "" if block is None else f"distributor_block = {block}\n"
-    for gateway in running_payout_gateway(tmp_path, broker, chain, deployed,
-                                          extra_payout=extra):
+    for gateway in running_payout_gateway(tmp_path, broker, chain, deployed, block=block):
         world = World(gateway, broker, chain, deployed)
         try:
             request = world.parties.request()
@@ -140,9 +141,12 @@ def test_the_honest_epoch_is_read_from_the_deployment_block_and_an_old_one_from_
 
 
 def test_an_epoch_claiming_a_block_after_the_deployment_is_refused(
-        tmp_path: Path, broker: MosquittoBroker, chain: GanacheNode,
-        deployed: Deployment) -> None:
-    later = deployed.distributor_block + 1  # a misconfigured or lying gateway's word
+        tmp_path: Path, broker: MosquittoBroker, chain: GanacheNode, deployed: Deployment,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    later = deployed.distributor_block + 1  # a lying gateway's word
+    # An honest gateway refuses to start with that block (the test below); a lying one
+    # skips its own check: here, the test's gateway with the check taken out.
+    monkeypatch.setattr(gateway_payout, "check_deployed_in", lambda *_: None)
     with gateway_with(tmp_path, broker, chain, deployed, later) as world:
 
         def refused() -> str | None:
@@ -161,3 +165,21 @@ def test_an_epoch_claiming_a_block_after_the_deployment_is_refused(
         assert reason == (f"no transaction of block {later} created the distributor "
                           f"0x{deployed.distributor[2:].lower()}: it is not its "
                           "deployment block")
+
+
+def test_a_gateway_configured_with_a_wrong_deployment_block_refuses_to_start_its_payouts(
+        tmp_path: Path, chain: GanacheNode, deployed: Deployment,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    deployed.rpc.call("evm_mine")  # a block after the deployment exists
+    for wrong in (deployed.distributor_block + 1,  # its Funded events would be skipped
+                  deployed.distributor_block - 1):  # the token's creation: another contract
+        workdir = tmp_path / f"block-{wrong}"
+        workdir.mkdir()
+        payout = payout_section(workdir, chain, deployed, block=wrong)
+        files = write_gateway_files(workdir / "gw", free_port(), extra=payout)
+        assert gateway_main(["run", "--config", str(files.config), "--log-level",
+                             "ERROR"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"edgeproof-gateway: error: payout.distributor_block = {wrong} is not "
+                       f"the deployment block of the distributor {deployed.distributor}: no "
+                       "transaction of that block created it"]

@@ -115,3 +115,24 @@ def test_kill9_of_the_sequencer_with_a_root_post_pending_the_next_one_confirms_t
     assert [(tx.hash, tx.nonce, tx.status) for tx in for_epoch] == [(tx_hash, tx_nonce, 1)]
     booked = {row[1] for row in epochs(postgres, pg_database).values()}
     assert {tx.hash for tx in posts} <= booked  # every root post sent was persisted first
+
+
+def test_a_sequencer_configured_with_a_wrong_deployment_block_exits_before_its_payouts_start(
+        broker: MosquittoBroker, postgres: PostgresCluster, pg_database: str,
+        chain: GanacheNode, deployed: Deployment, tmp_path: Path) -> None:
+    deployed.rpc.call("evm_mine")  # a block after the deployment exists
+    wrong = deployed.distributor_block + 1
+    cluster = Cluster(tmp_path, broker.port, postgres, pg_database, size=1,
+                      extra=payout_section(tmp_path, chain, deployed, block=wrong))
+    (gateway,) = cluster.gateways
+    gateway.spawn()  # takes the lock at once (alone), so it starts the chain duties
+    try:
+        assert gateway.child is not None
+        code = gateway.child.wait(60)
+    finally:
+        cluster.stop()
+    assert code == 2, gateway.log_tail()
+    assert gateway.log_tail(1) == (
+        f"edgeproof-gateway: error: payout.distributor_block = {wrong} is not the deployment "
+        f"block of the distributor {deployed.distributor}: no transaction of that block "
+        "created it")

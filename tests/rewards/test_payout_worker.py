@@ -23,6 +23,7 @@ from gateway.payout_book import FAILED, POSTED
 from gateway.sqlite_store import SQLiteLogStore
 from protocol import cbor
 from protocol.documents import sign_document
+from protocol.errors import ConfigError
 from protocol.keys import Secret, SigningKey, signer_id, write_secret_file
 from rewards import distributor as abi
 from rewards.documents import BASE_UNITS_PER_MICRO, WalletBinding, owner_name
@@ -60,7 +61,8 @@ def counted(worker: PayoutWorker, metric: str, suffix: str = "_total", **labels:
 
 
 def make_worker(tables: DutyTables, node: GanacheNode, deployed: Deployment, clock: Clock,
-                store: SQLiteLogStore, poster: str = "gateway") -> PayoutWorker:
+                store: SQLiteLogStore, poster: str = "gateway",
+                distributor_block: int = 0) -> PayoutWorker:
     """A worker whose book is in ``tables`` (a SQLite file, or the shared PostgreSQL)."""
     key_file = tables.workdir / "payout-eth.key"
     write_secret_file(key_file, KEYS[poster].value.hex().encode())
@@ -68,7 +70,7 @@ def make_worker(tables: DutyTables, node: GanacheNode, deployed: Deployment, clo
     # about which credit counts: the explicit ungated mode pays the balances table as is.
     config = PayoutConfig(rpc_url=node.url, key_file=key_file, chain_id=node.chain_id,
                           distributor=deployed.distributor, interval_s=10.0, max_attempts=2,
-                          consent_gated=False)
+                          consent_gated=False, distributor_block=distributor_block)
     registry = CollectorRegistry()
     worker = PayoutWorker(config, store, tables.payout_book(), owner_key(99),
                           wall_ms=clock.wall_ms,
@@ -228,4 +230,32 @@ def test_root_post_stuck_pending_is_replaced_with_the_same_nonce_and_posted_once
     assert done is not None
     assert done.status == POSTED
     assert abi.uint(deployed.rpc.eth_call(deployed.distributor, abi.view("epoch"))) == 1
+    worker.close()
+
+
+def test_a_wrong_deployment_block_unchecked_at_start_with_the_node_down_signs_no_epoch(
+        duty_tables: DutyTables, chain: GanacheNode, deployed: Deployment,
+        store: SQLiteLogStore) -> None:
+    clock = Clock()
+    funded(deployed, 10**24)  # mined after the deployment
+    wrong = deployed.distributor_block + 1
+    worker = make_worker(duty_tables, chain, deployed, clock, store, distributor_block=wrong)
+    alice = bind(worker, owner_key(6), OWNER_A, chain.chain_id)
+    checkpoint(store, 5, {alice: 10})
+    chain.stop()
+    try:
+        worker.start()  # a node down at start is not an error, as for every node call
+        worker.stop()
+    finally:
+        chain.start()
+    assert worker.fatal is None
+    refused = (f"payout.distributor_block = {wrong} is not the deployment block of the "
+               f"distributor {deployed.distributor}: no transaction of that block created it")
+    for _ in range(2):
+        assert worker.step() == 60.0  # checked first: refuted, so nothing more
+        assert worker.fatal == refused
+    assert worker.book.latest() is None  # no epoch signed
+    with pytest.raises(ConfigError) as err:
+        worker.start()
+    assert str(err.value) == refused
     worker.close()

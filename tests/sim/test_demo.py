@@ -199,6 +199,10 @@ def test_demo_pays_only_consented_credit_withholds_the_faulty_sensor_locks_the_r
     payout = finished_demo.summary["payout"]
     assert payout["ok"], payout["error"]
     assert payout["verified"]  # edgeproof-verify payout recomputed the epoch and agreed
+    # ... with Funded events read from the deployment block the epoch states, proven on chain
+    # (the gateway checked it at start too); not the old document read from block 0.
+    assert isinstance(payout["distributor_block"], int)
+    assert payout["distributor_block"] > 0
     devices = payout["devices"]
     assert payout["consented"] == ["dev-002", "room-001", "room-002", "room-003"]
     # The device no consent names earned credit that stays settled and locked.
