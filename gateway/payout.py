@@ -364,7 +364,8 @@ class PayoutWorker:
                            tree.root, amounts.total_micro, len(amounts.values),
                            amounts.locked_micro, self.config.chain_id,
                            bytes.fromhex(self.config.distributor[2:]), BASE_UNITS_PER_MICRO,
-                           len(wallets), funding_block, self.config.quality_validators)
+                           len(wallets), funding_block, self.config.quality_validators,
+                           self.config.distributor_block or None)
         doc = sign_document(body, self._signer, self._wall_ms())
         self.book.add_epoch(number, checkpoint, doc.raw, json.dumps(tree.dump()),
                             self._wall_ms())

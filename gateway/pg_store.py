@@ -40,6 +40,7 @@ from gateway.store import (
     MAX_PAGE,
     STATUS_ACTIVE,
     STATUS_REVOKED,
+    STORED_NODE_LEVEL,
     Balance,
     Device,
     DeviceCounts,
@@ -60,6 +61,8 @@ from gateway.store import (
     StoredCheckpoint,
     StoredDocument,
     UsageEntry,
+    low_node_hash,
+    stored_nodes,
 )
 from protocol import merkle
 from protocol.errors import StorageError
@@ -482,10 +485,14 @@ class PostgresLogStore:
 
     @staticmethod
     def _node(conn: Conn, level: int, index: int) -> bytes:
-        if level == 0:  # a leaf hash is not stored twice: hashed from the leaf's bytes
-            row = conn.execute("SELECT raw FROM leaves WHERE idx = %s", (index,)).fetchone()
-            if row is not None:
-                return merkle.leaf_hash(bytes(row[0]))
+        if level < STORED_NODE_LEVEL:  # not stored: hashed from the leaves' bytes
+            first = index << level
+            rows = conn.execute(
+                "SELECT raw FROM leaves WHERE idx >= %s AND idx < %s ORDER BY idx",
+                (first, first + (1 << level))).fetchall()
+            found = low_node_hash(level, [bytes(row[0]) for row in rows])
+            if found is not None:
+                return found
         else:
             row = conn.execute("SELECT hash FROM nodes WHERE level = %s AND idx = %s",
                                (level, index)).fetchone()
@@ -794,8 +801,8 @@ class PgTransaction(doc_sql.DocumentMethods):
         index = self._tree.size
         self._leaf_rows.append((index, leaf.device_id, leaf.seq, leaf.record_hash, leaf.prev,
                                 leaf.raw, leaf.stream, leaf.received_ms, leaf.flags))
-        # [1:]: the leaf's own hash (level 0) is not stored; _node hashes the leaf's bytes
-        self._node_rows += self._tree.append(merkle.leaf_hash(leaf.raw))[1:]
+        # Low levels are not stored (gateway.store.STORED_NODE_LEVEL): _node hashes leaves
+        self._node_rows += stored_nodes(self._tree.append(merkle.leaf_hash(leaf.raw)))
         return index
 
     def consume_pending(self, ids: Sequence[int]) -> None:

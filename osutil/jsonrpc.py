@@ -113,6 +113,15 @@ class JsonRpc:
             raise TransportError(f"eth_getBlockByNumber: no block {number}")
         return found.lower()
 
+    def block_transactions(self, number: int) -> list[dict[str, Any]]:
+        """The transactions of block ``number``, whole (eth_getBlockByNumber with full
+        transaction objects); TransportError if the node has no such block."""
+        block = self.call("eth_getBlockByNumber", hex(number), True)
+        found = block.get("transactions") if isinstance(block, dict) else None
+        if not isinstance(found, list) or not all(isinstance(t, dict) for t in found):
+            raise TransportError(f"eth_getBlockByNumber: no block {number}")
+        return found
+
     def nonce(self, address: str, block: str) -> int:
         """eth_getTransactionCount at ``block`` ("latest" = mined, "pending")."""
         return quantity(self.call("eth_getTransactionCount", address, block), "nonce")

@@ -8,7 +8,8 @@ Bodies of :mod:`protocol.document_envelope` (docs/PROTOCOL.md §19), registered 
   (32 characters), so a binding can only ever name its own signer's balance.
 - :class:`PayoutEpoch` (type ``"payout_epoch"``), signed by the GATEWAY key: epoch number,
   the checkpoint it was computed at (size and SHA-256 of its balances table), the root and
-  total of the cumulative amounts, the chain, the distributor and the rate.
+  total of the cumulative amounts, the chain, the distributor and the rate; optionally (key
+  14) the block the distributor was deployed in, where a verifier starts reading its events.
 
 Amounts in documents are micro-credits (uint64, like the balances table); token base units
 are ``micro x rate`` (:data:`BASE_UNITS_PER_MICRO`), computed where they are needed.
@@ -92,6 +93,9 @@ class PayoutEpoch:
     # Consent-gated epochs that follow quality (§19.4 rule 5): the trusted validators' signer
     # ids, sorted; empty: no verdict counts (key 13 absent).
     validators: tuple[bytes, ...] = ()
+    # The block the distributor was deployed in (key 14; None: not stated, events are read
+    # from block 0). A verifier checks it on chain before reading from it (§19.2).
+    distributor_block: int | None = None
 
     def __post_init__(self) -> None:
         if list(self.validators) != sorted(set(self.validators)) \
@@ -110,18 +114,21 @@ class PayoutEpoch:
             body[12] = self.funding_block
         if self.validators:
             body[13] = list(self.validators)
+        if self.distributor_block is not None:
+            body[14] = self.distributor_block
         return body
 
     @classmethod
     def from_cbor_value(cls, value: cbor.Value) -> PayoutEpoch:
-        body = require_map(value, frozenset(range(1, 12)), optional=frozenset({12, 13}))
+        body = require_map(value, frozenset(range(1, 12)), optional=frozenset({12, 13, 14}))
         validators = body.get(13, [])
         if not isinstance(validators, list) or (13 in body and not validators):
             raise MalformedRecord("bad_document", "validators must be a non-empty array")
         ints = {}
         for key, name in ((1, "epoch"), (2, "checkpoint_size"), (5, "total_micro"),
                           (6, "owners"), (7, "locked_micro"), (8, "chain_id"), (10, "rate"),
-                          (11, "wallets"), *(((12, "funding_block"),) if 12 in body else ())):
+                          (11, "wallets"), *(((12, "funding_block"),) if 12 in body else ()),
+                          *(((14, "distributor_block"),) if 14 in body else ())):
             require_uint(body[key], name)
             number = body[key]
             assert isinstance(number, int)

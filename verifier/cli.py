@@ -255,7 +255,11 @@ def _cmd_payout(args: argparse.Namespace) -> int:
                               if report["log_scanned"] else " (listings not scanned)"))]
                 if report["consent_gated"] else []),
               ("chain", f"RootPosted of epoch {report['epoch']} on the distributor "
-                        f"{report['distributor']} holds the same root and total")]
+                        f"{report['distributor']} holds the same root and total"),
+              ("events", f"read from the distributor's deployment block "
+                         f"{report['distributor_block']} (its creation found there)"
+                         if report["distributor_block"] is not None else
+                         "read from block 0 (the epoch states no deployment block)")]
     _print_report(checks, report, args.json, None if trusted else f"{args.gateway}")
     return EXIT_OK
 

@@ -4,7 +4,8 @@ From the gateway: every consent and revocation logged below a checkpoint (signat
 a consent must be signed by the pinned owner of every device it names, a revocation by its
 consent's signer) and every usage record of the devices those consents name (signatures
 verified under the device's key for that sequence number; the credit recomputed with the one
-rule of §10). From the chain: the distributor's ``Funded`` events up to ``block``. Then
+rule of §10). From the chain: the distributor's ``Funded`` events up to ``block`` (from its
+deployment block when the epoch states one, checked on chain first: §19.2 key 14). Then
 :func:`rewards.gating.gate`. Anything that does not verify raises VerificationError.
 
 Lapse notices (§19.4) count as revocations of their consents, each checked: signed by the
@@ -50,10 +51,13 @@ from verifier.documents import lapsed_consent
 from verifier.proven import ProvenLog
 
 
-def funded_at(rpc: JsonRpc, distributor: str, block: int, rate: int) -> dict[bytes, int]:
+def funded_at(rpc: JsonRpc, distributor: str, block: int, rate: int, *,
+              from_block: int = 0) -> dict[bytes, int]:
     """Funding per request (micro-credits) from the distributor's Funded events in blocks
-    0..``block`` (read in windows, :mod:`rewards.funding`)."""
-    return micro_of(funded_totals(rpc, distributor, 0, block), rate)
+    ``from_block``..``block`` (read in windows, :mod:`rewards.funding`). ``from_block`` must
+    be proven to be no later than the deployment (:func:`rewards.funding.check_deployed_in`):
+    any later one hides funding."""
+    return micro_of(funded_totals(rpc, distributor, from_block, block), rate)
 
 
 def quality_judge(log: ProvenLog, trusted: tuple[bytes, ...]) -> QualityJudge:
@@ -70,12 +74,14 @@ def quality_judge(log: ProvenLog, trusted: tuple[bytes, ...]) -> QualityJudge:
 
 @dataclass(frozen=True)
 class Chain:
-    """Where lapse notices are checked: the node, the distributor, the micro-credit rate."""
+    """Where lapse notices are checked: the node, the distributor, the micro-credit rate,
+    and the block its Funded events are read from (its deployment block, once checked)."""
 
     rpc: JsonRpc
     distributor: str
     rate: int
     chain_id: int
+    first_block: int = 0
 
 
 def gated_from_log(log: ProvenLog, funded: dict[bytes, int], *,
@@ -149,7 +155,8 @@ def check_shortfall(events: list[Event], index: int, lapse: Lapse, chain: Chain,
     if (lapse.chain_id, "0x" + lapse.distributor.hex()) != (chain.chain_id,
                                                              chain.distributor.lower()):
         raise VerificationError(f"lapse at leaf {index} names another chain or distributor")
-    funded = funded_at(chain.rpc, chain.distributor, lapse.funding_block, chain.rate)
+    funded = funded_at(chain.rpc, chain.distributor, lapse.funding_block, chain.rate,
+                       from_block=chain.first_block)
     before = gate([e for e in events if e.leaf <= lapse.short_at], funded, withheld)
     if before.short_at.get(lapse.request) != lapse.short_at:
         raise VerificationError(f"lapse at leaf {index}: request {lapse.request.hex()[:16]}… "

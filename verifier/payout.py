@@ -13,7 +13,9 @@ verdicts are each proven to be leaves of that checkpoint, every listing is check
 against a scan of the log below it (:mod:`verifier.proven`; ``scan=False`` proves inclusion
 only), and the checkpoint must be consistent with the latest one (a consistency proof: one
 log, not a fork served for the epoch). Lapse notices are checked against the chain
-(verifier/gating.py).
+(verifier/gating.py). The distributor's events are read from block 0, or from the deployment
+block the epoch states (key 14) once a transaction of that block is shown to have created
+the distributor (:func:`rewards.funding.check_deployed_in`): a later block would hide events.
 Every mismatch raises VerificationError; an epoch document no checkpoint covers yet raises
 TransportError (exit 2: try again).
 """
@@ -31,6 +33,7 @@ from protocol.note import NoteVerifier
 from rewards import distributor as abi
 from rewards.documents import owner_name, verify_payout_epoch, verify_wallet_binding
 from rewards.epoch import decode_balances, epoch_amounts, gated_amounts
+from rewards.funding import check_deployed_in
 from verifier.client import DocumentClient, GatewayClient
 from verifier.gating import Chain, funded_at, gated_from_log
 from verifier.proven import ProvenLog
@@ -67,11 +70,18 @@ def verify_payout(client: DocumentClient, gateway_key: str, rpc: JsonRpc,
     if len(wallets) != body.wallets:
         raise VerificationError(f"epoch used {body.wallets} wallet bindings, the gateway "
                                 f"serves {len(wallets)} logged below size {checkpoint.size}")
+    if rpc.chain_id() != body.chain_id:
+        raise VerificationError(f"node is on chain {rpc.chain_id()}, epoch on {body.chain_id}")
+    distributor = "0x" + body.distributor.hex()
+    first = 0  # no deployment block stated (a gateway before key 14): from genesis
+    if body.distributor_block is not None:
+        check_deployed_in(rpc, distributor, body.distributor_block)
+        first = body.distributor_block
     if body.funding_block is None:
         amounts = epoch_amounts(decode_balances(balances), wallets)
     else:  # consent-gated (§19.4): from the consents, revocations, usage and Funded events
-        funded = funded_at(rpc, "0x" + body.distributor.hex(), body.funding_block, body.rate)
-        chain = Chain(rpc, "0x" + body.distributor.hex(), body.rate, body.chain_id)
+        funded = funded_at(rpc, distributor, body.funding_block, body.rate, from_block=first)
+        chain = Chain(rpc, distributor, body.rate, body.chain_id, first)
         log = ProvenLog(client, checkpoint, scan=scan)
         gated = gated_from_log(log, funded, gateway=verifier.public_key, chain=chain,
                                trusted=body.validators)
@@ -83,16 +93,15 @@ def verify_payout(client: DocumentClient, gateway_key: str, rpc: JsonRpc,
         raise VerificationError(f"recomputed root 0x{root.hex()} / total {amounts.total_micro} "
                                 f"differ from the epoch's 0x{body.root.hex()} / "
                                 f"{body.total_micro}")
-    if rpc.chain_id() != body.chain_id:
-        raise VerificationError(f"node is on chain {rpc.chain_id()}, epoch on {body.chain_id}")
-    posted = _posted_root(rpc, "0x" + body.distributor.hex(), body.epoch)
+    posted = _posted_root(rpc, distributor, body.epoch, first)
     if posted != (body.root, body.total_base_units):
         raise VerificationError(f"the distributor holds no root {body.root.hex()} with total "
                                 f"{body.total_base_units} for epoch {body.epoch}")
     return {"epoch": body.epoch, "checkpoint_size": body.checkpoint_size,
             "root": "0x" + root.hex(), "owners": len(amounts.values),
             "total_micro": amounts.total_micro, "locked_micro": amounts.locked_micro,
-            "distributor": "0x" + body.distributor.hex(), "chain_id": body.chain_id,
+            "distributor": distributor, "chain_id": body.chain_id,
+            "distributor_block": body.distributor_block,
             "consent_gated": body.funding_block is not None,
             "log_scanned": body.funding_block is not None and scan,
             "quality_validators": [v.hex() for v in body.validators]}
@@ -126,10 +135,12 @@ def _check_consistent(client: GatewayClient, old: Checkpoint, new: Checkpoint) -
                                 f"of the latest one (size {new.size}): {exc}") from None
 
 
-def _posted_root(rpc: JsonRpc, distributor: str, epoch: int) -> tuple[bytes, int] | None:
-    """The (root, total) of the distributor's RootPosted event for ``epoch``, or None."""
+def _posted_root(rpc: JsonRpc, distributor: str, epoch: int,
+                 first: int) -> tuple[bytes, int] | None:
+    """The (root, total) of the distributor's RootPosted event for ``epoch`` in blocks
+    ``first``.. the head, or None."""
     topic = "0x" + epoch.to_bytes(32, "big").hex()
-    for entry in rpc.logs(distributor, abi.ROOT_POSTED, 0, rpc.block_number()):
+    for entry in rpc.logs(distributor, abi.ROOT_POSTED, first, rpc.block_number()):
         topics = entry.get("topics") or []
         if len(topics) == 2 and str(topics[1]).lower() == topic:
             data = bytes.fromhex(str(entry.get("data", ""))[2:])

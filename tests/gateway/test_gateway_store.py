@@ -14,7 +14,7 @@ from gateway.checkpoints import Checkpointer
 from gateway.config import CheckpointConfig
 from gateway.gatewaykey import GatewayKey
 from gateway.metrics import GatewayMetrics
-from gateway.store import LogStore, NewLeaf
+from gateway.store import STORED_NODE_LEVEL, LogStore, NewLeaf
 from protocol import merkle
 from protocol.errors import StorageError
 from tests.stores import StoreFactory
@@ -25,8 +25,9 @@ def leaf(i: int, device: bytes = b"d" * 16) -> NewLeaf:
     return NewLeaf(device, i, bytes(32), bytes(32), raw, "s", 0)
 
 
+@pytest.mark.parametrize("rewrite", ["stored_node", "leaf_bytes"])
 def test_gateway_refuses_a_log_that_disagrees_with_its_checkpoint(
-        store_factory: StoreFactory) -> None:
+        store_factory: StoreFactory, rewrite: str) -> None:
     store = store_factory.open()
     key = GatewayKey.generate("gw.test/log")
 
@@ -36,37 +37,74 @@ def test_gateway_refuses_a_log_that_disagrees_with_its_checkpoint(
                             monotonic=time.monotonic)
 
     with store.transaction() as tx:
-        for i in range(4):
+        for i in range(20):  # peaks: 16 leaves (a stored node) and 4 (hashed from leaves)
             tx.append(leaf(i))
     issued = checkpointer(store).issue()
     assert issued is not None
-    assert issued.size == 4
+    assert issued.size == 20
     store.close()
-    store_factory.set_node_hash(2, 0, bytes(32))  # someone rewrites history under the gateway
+    # Someone rewrites history under the gateway: a stored subtree, or a leaf's bytes
+    # under a subtree too small to be stored.
+    if rewrite == "stored_node":
+        store_factory.set_node_hash(STORED_NODE_LEVEL, 0, bytes(32))
+    else:
+        store_factory.run("UPDATE leaves SET raw = ? WHERE idx = ?", (b"rewritten", 17))
     store = store_factory.open()
     with pytest.raises(StorageError, match="does not match"):
         checkpointer(store)
     store.close()
 
 
-def test_a_leaf_hash_is_not_stored_twice_and_a_log_with_level_0_rows_still_proves(
+def test_only_subtrees_of_16_leaves_are_stored_and_every_proof_still_checks(
         store_factory: StoreFactory) -> None:
-    leaves = [leaf(i) for i in range(5)]
+    leaves = [leaf(i) for i in range(40)]
+    store = store_factory.open()
+    with store.transaction() as tx:
+        for item in leaves[:5]:
+            tx.append(item)
+    assert store_factory.run("SELECT level, idx FROM nodes") == []  # nothing of 16 yet
+    with store.transaction() as tx:
+        for item in leaves[5:]:
+            tx.append(item)
+    assert sorted(store_factory.run("SELECT level, idx FROM nodes")) == [(4, 0), (4, 1), (5, 0)]
+    hashes = [merkle.leaf_hash(x.raw) for x in leaves]
+    assert store.get_node(0, 3) == hashes[3]  # from the leaf's bytes
+    assert store.get_node(3, 4) == merkle.root(hashes[32:40])
+    for size in (1, 7, 16, 23, 40):
+        root = merkle.root(hashes[:size])
+        assert store.root(size) == root
+        for index in range(size):
+            proof = merkle.inclusion_proof_from_nodes(store, index, size)
+            merkle.verify_inclusion(hashes[index], index, size, proof, root)
+        for old in range(1, size):
+            proof = merkle.consistency_proof_from_nodes(store, old, size)
+            merkle.verify_consistency(old, size, merkle.root(hashes[:old]), root, proof)
+    with pytest.raises(StorageError, match="missing"):
+        store.get_node(3, 5)  # leaves 40..47 are not in the log
+    store.close()
+
+
+def test_a_log_written_with_low_node_rows_still_proves_and_grows(
+        store_factory: StoreFactory) -> None:
+    leaves = [leaf(i) for i in range(20)]
     store = store_factory.open()
     with store.transaction() as tx:
         for item in leaves:
             tx.append(item)
-    assert store.get_node(0, 3) == merkle.leaf_hash(leaves[3].raw)  # from the leaf's bytes
     store.close()
-    assert sorted(store_factory.run("SELECT level, idx FROM nodes")) == [(1, 0), (1, 1), (2, 0)]
-    # A log written before level 0 was dropped holds every leaf's hash as a node row too.
-    for i, item in enumerate(leaves):
-        store_factory.run("INSERT INTO nodes VALUES (?, ?, ?)", (0, i, merkle.leaf_hash(item.raw)))
+    # Logs written before 2026-12-06 hold a row for every subtree, leaves included; they
+    # are no longer read (the same hashes come from the leaves' bytes).
+    hashes = [merkle.leaf_hash(x.raw) for x in leaves]
+    for level in range(STORED_NODE_LEVEL):
+        for index in range(len(leaves) >> level):
+            first = index << level
+            store_factory.run("INSERT INTO nodes VALUES (?, ?, ?)",
+                              (level, index, merkle.root(hashes[first:first + (1 << level)])))
     store = store_factory.open()
     with store.transaction() as tx:
-        tx.append(leaf(5))
-    hashes = [merkle.leaf_hash(x.raw) for x in [*leaves, leaf(5)]]
-    assert store.root(6) == merkle.root(hashes)
-    proof = merkle.inclusion_proof_from_nodes(store, 4, 6)
-    merkle.verify_inclusion(hashes[4], 4, 6, proof, merkle.root(hashes))
+        tx.append(leaf(20))
+    hashes.append(merkle.leaf_hash(leaf(20).raw))
+    assert store.root(21) == merkle.root(hashes)
+    proof = merkle.inclusion_proof_from_nodes(store, 19, 21)
+    merkle.verify_inclusion(hashes[19], 19, 21, proof, merkle.root(hashes))
     store.close()

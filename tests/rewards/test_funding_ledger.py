@@ -18,15 +18,18 @@ TERMS_A, TERMS_B = b"\x0a" * 32, b"\x0b" * 32
 
 
 class WatchedRpc(JsonRpc):
-    """The real node, noting which block ranges eth_getLogs was asked for."""
+    """The real node, noting which block ranges eth_getLogs was asked for (and for which
+    event: ``topics``, one per range)."""
 
     def __init__(self, url: str) -> None:
         super().__init__(url, timeout_s=30.0)
         self.ranges: list[tuple[int, int]] = []
+        self.topics: list[str] = []
 
     def logs(self, address: str, topic0: str, from_block: int,
              to_block: int) -> list[dict[str, Any]]:
         self.ranges.append((from_block, to_block))
+        self.topics.append(topic0)
         return super().logs(address, topic0, from_block, to_block)
 
 
