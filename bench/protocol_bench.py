@@ -7,6 +7,13 @@ Prints one line per figure and ends with one line of JSON:
                      second (goal >= 0.85)
   bytes_per_reading  one DHT22 reading (temperature and humidity), one recipient,
                      signature included (goal <= 200)
+  receipt_decode_us  µs to decode a receipt of 100 outcomes (Receipt.from_cbor, the
+                     agent's uplink, once per batch); receipt_decode_generic_us the same
+                     through the generic decoder only (from_cbor_strict), and
+                     receipt_decode_speedup the one over the other
+  batch_decode_us    the same three for a batch of 100 signed records (Batch.from_cbor, the
+                     gateway's verify workers, once per batch): batch_decode_generic_us,
+                     batch_decode_speedup
 Rates are per CPU-second of the bench thread, best of three rounds, each path's rounds
 interleaved with its bare baseline's; the baselines sign and verify distinct messages, as
 the paths do distinct records. Never asserts; run it as `python bench/protocol_bench.py`.
@@ -24,7 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import nacl.signing
 
+from protocol.batch import Batch
 from protocol.keys import RecipientKey, SigningKey, device_id_for
+from protocol.receipt import Outcome, Receipt, Status, hash_prefix
 from protocol.record import GENESIS_PREV, Measurement, Record, Values
 from protocol.sealing import new_key_epoch, seal_record
 from protocol.signed import sign_record, verify_signed_record
@@ -88,6 +97,8 @@ def main() -> None:
     })
     bare_verify, verify_path = verifying.values()
 
+    decoding = decode_us(device_id, signed[:100])
+
     typical = signed[100]  # seq 101, small sequence numbers as on a young device
     print(f"{'bytes per DHT22 reading (seq 101)':<42} {len(typical):>12}")
     print(f"{'bytes of the key-epoch record (1 recipient)':<42} "
@@ -100,7 +111,43 @@ def main() -> None:
         "bare_verify_per_s": round(bare_verify),
         "verify_path_ratio": round(verify_path / bare_verify, 3),
         "bytes_per_reading": len(typical),
+        **decoding,
     }))
+
+
+def decode_us(device_id: bytes, records: list[bytes]) -> dict[str, float]:
+    """µs per decode of a receipt of 100 outcomes and of a batch of 100 records, through
+    the shortcut (from_cbor) and the generic decoder (from_cbor_strict), in the same run."""
+    outcomes = tuple(
+        Outcome(1_000_000 + i, hash_prefix(raw), Status.REJECTED, reason="bad_signature")
+        if i % 50 == 49 else
+        Outcome(1_000_000 + i, hash_prefix(raw), Status.DUPLICATE if i % 25 == 24
+                else Status.ACCEPTED, leaf_index=40_000_000 + i)
+        for i, raw in enumerate(records))
+    note = "gateway.example/log\n40000100\n" + "A" * 44 + "\n\n\u2014 gateway " + "B" * 96 + "\n"
+    receipt = Receipt(device_id, 7, outcomes, note, WALL_MS, 123_456).to_cbor()
+    batch = Batch(7, tuple(records)).to_cbor()
+    assert Receipt.from_cbor(receipt) == Receipt.from_cbor_strict(receipt)
+    assert Batch.from_cbor(batch) == Batch.from_cbor_strict(batch)
+    per_s = rates(2000, {
+        "receipt of 100 outcomes, generic decoder": lambda _: Receipt.from_cbor_strict(receipt),
+        "receipt of 100 outcomes, from_cbor": lambda _: Receipt.from_cbor(receipt),
+        "batch of 100 records, generic decoder": lambda _: Batch.from_cbor_strict(batch),
+        "batch of 100 records, from_cbor": lambda _: Batch.from_cbor(batch),
+    })
+    receipt_generic, receipt_fast, batch_generic, batch_fast = (1e6 / r for r in per_s.values())
+    print(f"{'µs/receipt (100 outcomes): fast, generic':<42} "
+          f"{receipt_fast:>7.1f} {receipt_generic:>7.1f}  x{receipt_generic / receipt_fast:.2f}")
+    print(f"{'µs/batch (100 records): fast, generic':<42} "
+          f"{batch_fast:>7.1f} {batch_generic:>7.1f}  x{batch_generic / batch_fast:.2f}")
+    return {
+        "receipt_decode_us": round(receipt_fast, 1),
+        "receipt_decode_generic_us": round(receipt_generic, 1),
+        "receipt_decode_speedup": round(receipt_generic / receipt_fast, 2),
+        "batch_decode_us": round(batch_fast, 1),
+        "batch_decode_generic_us": round(batch_generic, 1),
+        "batch_decode_speedup": round(batch_generic / batch_fast, 2),
+    }
 
 
 if __name__ == "__main__":

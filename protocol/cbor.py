@@ -238,6 +238,22 @@ def read_head(data: bytes, pos: int) -> tuple[int, int, int]:
 _UNPACK = tuple(struct.Struct(f">{code}").unpack_from for code in "BHIQ")
 
 
+def read_keyed(data: bytes, pos: int, key: int, major: int) -> tuple[int, int]:
+    """Read a map entry's one-byte key ``key`` (0..23) at ``pos`` and the head of its value,
+    which must be of major type ``major``; return (argument, position after the head).
+
+    For hand-written fast paths over known layouts, which give up on any error: raises
+    MalformedRecord("cbor_unexpected") if the key or the major type is another, and as
+    :func:`read_head` does for a truncated or non-shortest head.
+    """
+    if pos >= len(data) or data[pos] != key:
+        raise MalformedRecord("cbor_unexpected", f"key {key} expected at offset {pos}")
+    found, argument, stop = read_head(data, pos + 1)
+    if found != major:
+        raise MalformedRecord("cbor_unexpected", f"major type {major} expected at {pos + 1}")
+    return argument, stop
+
+
 def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Value:
     """Decode exactly one deterministic CBOR item that fills ``data``.
 

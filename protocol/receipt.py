@@ -33,7 +33,10 @@ HASH_PREFIX_BYTES = 16
 MAX_RECEIPT_BYTES = 96 * 1024
 # The COSE_Sign1 around the payload: protected header, kid, 64-byte signature, framing.
 MAX_SIGNED_RECEIPT_BYTES = MAX_RECEIPT_BYTES + 256
-MAX_CHECKPOINT_CHARS = 8192
+MAX_CHECKPOINT_CHARS = 8192  # also the cap on any one string of the payload, in bytes
+MAX_OUTCOMES = 1000
+_RECEIPT_LIMITS = cbor.Limits(max_bytes=MAX_RECEIPT_BYTES, max_depth=3, max_items=MAX_OUTCOMES,
+                              max_string=MAX_CHECKPOINT_CHARS)
 
 
 def hash_prefix(data: bytes | bytearray | memoryview) -> bytes:
@@ -151,10 +154,20 @@ class Receipt:
 
     @classmethod
     def from_cbor(cls, data: bytes) -> Receipt:
-        """Decode a receipt payload; raise MalformedRecord on any error."""
-        limits = cbor.Limits(max_bytes=MAX_RECEIPT_BYTES, max_depth=3, max_items=1000,
-                             max_string=MAX_CHECKPOINT_CHARS)
-        item = cbor.decode(data, limits)
+        """Decode a receipt payload; raise MalformedRecord on any error.
+
+        The agent reads one per batch it sends. A payload framed as :meth:`to_cbor` frames
+        it is read by :func:`_receipt_fast` into the object :meth:`from_cbor_strict` would
+        build; anything else goes the strict way, which decides and names the error. A
+        payload over MAX_RECEIPT_BYTES is refused unread.
+        """
+        fast = _receipt_fast(data)
+        return fast if fast is not None else cls.from_cbor_strict(data)
+
+    @classmethod
+    def from_cbor_strict(cls, data: bytes) -> Receipt:
+        """:meth:`from_cbor` through the generic decoder only (no shortcut); same result."""
+        item = cbor.decode(data, _RECEIPT_LIMITS)
         if not isinstance(item, dict) or set(item.keys()) != set(range(1, 8)):
             raise MalformedRecord("bad_receipt", "receipt map keys must be 1..7")
         if item[1] != RECEIPT_VERSION:
@@ -181,6 +194,97 @@ class Receipt:
             raise MalformedRecord("too_large", f"receipt of {len(data)} bytes")
         message = cose.verify_sign1(data, gateway_public_key, expected_kid=gateway_kid)
         return cls.from_cbor(message.payload)
+
+
+def _receipt_fast(data: bytes) -> Receipt | None:
+    """The payload exactly as :meth:`Receipt.to_cbor` frames it, without the generic decoder.
+
+    A shortcut only, as strict as :meth:`Receipt.from_cbor_strict`: keys 1..7 in ascending
+    order, each value in its one deterministic form (shortest heads, as cbor.read_head
+    checks), the strings within the decoder's caps, every outcome as ``Outcome`` checks it,
+    and nothing after the last value. Returns None for anything else, and the caller takes
+    the generic path, which reports the precise error. Hypothesis tests hold the two paths
+    to the same answers.
+    """
+    read_keyed = cbor.read_keyed
+    try:
+        if (type(data) is not bytes or len(data) > MAX_RECEIPT_BYTES
+                or data[:3] != b"\xa7\x01\x01"):  # map of 7, 1: version 1
+            return None
+        length, pos = read_keyed(data, 3, 2, 2)
+        if length > MAX_CHECKPOINT_CHARS:
+            return None
+        device_id = data[pos:pos + length]
+        batch_id, pos = read_keyed(data, pos + length, 3, 0)
+        count, pos = read_keyed(data, pos, 4, 4)
+        parsed = _outcomes_fast(data, pos, count) if count <= MAX_OUTCOMES else None
+        if parsed is None:
+            return None
+        outcomes, pos = parsed
+        length, pos = read_keyed(data, pos, 5, 3)
+        if length > MAX_CHECKPOINT_CHARS:
+            return None
+        checkpoint = data[pos:pos + length].decode("utf-8")
+        issued, pos = read_keyed(data, pos + length, 6, 0)
+        settled, pos = read_keyed(data, pos, 7, 0)
+        if pos != len(data):
+            return None
+    except (MalformedRecord, IndexError, UnicodeDecodeError):
+        return None
+    return Receipt(device_id, batch_id, outcomes, checkpoint, issued, settled)
+
+
+def _outcomes_fast(data: bytes, pos: int, count: int) -> tuple[tuple[Outcome, ...], int] | None:
+    """``count`` outcomes ``[seq or null, h'16 bytes', status, detail]`` from ``pos``, and
+    the position after them; None if any is not in its one form or not a valid outcome.
+
+    May raise MalformedRecord, IndexError or UnicodeDecodeError (from reading past the
+    end or a bad head), which :func:`_receipt_fast` turns into None. Each Outcome is built
+    without its __post_init__, whose checks every field passed here already: the prefix is
+    16 bytes (the status byte after it was read), a leaf index a uint from a major type 0
+    head, a reason 1..MAX_CHECKPOINT_CHARS bytes of valid UTF-8.
+    """
+    read_head, new, statuses = cbor.read_head, object.__new__, _STATUSES
+    outcomes = []
+    for _ in range(count):
+        if data[pos] != 0x84:
+            return None
+        seq: int | None
+        if data[pos + 1] == 0xF6:
+            seq, pos = None, pos + 2
+        else:
+            major, seq, pos = read_head(data, pos + 1)
+            if major:
+                return None
+        if data[pos] != 0x50:  # a byte string of 16
+            return None
+        prefix = data[pos + 1:pos + 17]
+        status = data[pos + 17]
+        if status > 2:
+            return None
+        major, detail, pos = read_head(data, pos + 18)
+        outcome = new(Outcome)
+        fields = outcome.__dict__
+        fields["seq"] = seq
+        fields["hash_prefix"] = prefix
+        fields["status"] = statuses[status]
+        if status == 2:
+            stop = pos + detail
+            if major != 3 or not 0 < detail <= MAX_CHECKPOINT_CHARS or stop > len(data):
+                return None
+            fields["leaf_index"] = None
+            fields["reason"] = data[pos:stop].decode("utf-8")
+            pos = stop
+        else:
+            if major:
+                return None
+            fields["leaf_index"] = detail
+            fields["reason"] = None
+        outcomes.append(outcome)
+    return tuple(outcomes), pos
+
+
+_STATUSES = (Status.ACCEPTED, Status.DUPLICATE, Status.REJECTED)
 
 
 def _is_uint(x: object) -> bool:

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import cbor2
@@ -20,7 +21,14 @@ from pycose.keys.curves import Ed25519
 from pycose.messages import Sign1Message
 
 from protocol import cbor
-from protocol.batch import Batch, device_id_from_topic, receipts_topic, records_topic
+from protocol.batch import (
+    MAX_BATCH_BYTES,
+    MAX_BATCH_RECORDS,
+    Batch,
+    device_id_from_topic,
+    receipts_topic,
+    records_topic,
+)
 from protocol.cose import sign1, verify_sign1
 from protocol.errors import KeyFileError, MalformedRecord, VerificationError
 from protocol.keys import (
@@ -31,7 +39,14 @@ from protocol.keys import (
     load_device_key,
     save_device_key,
 )
-from protocol.receipt import Outcome, Receipt, Status
+from protocol.receipt import (
+    MAX_CHECKPOINT_CHARS,
+    MAX_OUTCOMES,
+    MAX_RECEIPT_BYTES,
+    Outcome,
+    Receipt,
+    Status,
+)
 from protocol.record import (
     GENESIS_PREV,
     Gap,
@@ -50,7 +65,12 @@ from protocol.sealing import (
     unwrap_stream_key,
     value_nonce,
 )
-from protocol.signed import parse_signed_record, sign_record, verify_signed_record
+from protocol.signed import (
+    MAX_SIGNED_RECORD_BYTES,
+    parse_signed_record,
+    sign_record,
+    verify_signed_record,
+)
 from tests.vectors import make_record_vectors
 
 VECTORS = Path(__file__).parent / "vectors" / "records.json"
@@ -585,3 +605,305 @@ def test_stream_sealer_shortcut_signs_the_generic_encoders_bytes(
         generic = None
     event("sealed" if generic is not None else "refused")
     assert fast == generic
+
+
+# --- the receipt and batch shortcuts -----------------------------------------------------
+# Receipt.from_cbor and Batch.from_cbor read the form their encoders make by hand
+# (_receipt_fast, _batch_fast) and leave anything else to from_cbor_strict. These hold the
+# shortcuts to the strict decoders: never an answer the strict one would not give, the
+# very same objects, and every payload we make takes the shortcut.
+
+_WIDTHS = {1: 24, 2: 25, 4: 26, 8: 27}
+
+
+def _rewritten_head(data: bytes, which: int, new_head: Callable[[int, int], bytes]) -> bytes:
+    """``data`` with one of its heads (``which``, modulo their number; string contents hold
+    none) replaced by ``new_head(major, argument)``; unchanged if ``data`` has no head."""
+    offsets, pos = [], 0
+    with contextlib.suppress(MalformedRecord):
+        while pos < len(data):
+            offsets.append(pos)
+            major, argument, pos = cbor.read_head(data, pos)
+            if major in (2, 3):
+                pos += argument
+    if not offsets:
+        return data
+    start = offsets[which % len(offsets)]
+    try:
+        major, argument, stop = cbor.read_head(data, start)
+    except MalformedRecord:
+        return data
+    return data[:start] + new_head(major, argument) + data[stop:]
+
+
+def _widened(width: int) -> Callable[[int, int], bytes]:
+    """A head with its argument in ``width`` bytes, longer than the shortest form (the
+    same head if the argument does not fit)."""
+    def head(major: int, argument: int) -> bytes:
+        if argument >= 1 << (8 * width):
+            return cbor.head(major, argument)
+        return bytes(((major << 5) | _WIDTHS[width],)) + argument.to_bytes(width, "big")
+    return head
+
+
+# (operation, position, argument): overwrite, insert or delete a byte, cut the payload,
+# append trailing bytes, write a head in a longer form than the shortest, or put a
+# one-byte item (another key, status, small integer, null, true) where a head was.
+# Positions (and heads) among the first and the last few (the map head, keys, ids, the
+# receipt's closing fields) are drawn as often as any other; negative ones count from the
+# end.
+_POSITIONS = st.integers(-12, 12) | st.integers(min_value=0)
+_PAYLOAD_MUTATIONS = st.lists(st.one_of(
+    st.tuples(st.sampled_from(["set", "insert"]), _POSITIONS, st.integers(0, 255)),
+    st.tuples(st.sampled_from(["delete", "truncate"]), _POSITIONS, st.just(0)),
+    st.tuples(st.just("append"), st.integers(1, 3), st.integers(0, 255)),
+    st.tuples(st.just("widen"), _POSITIONS, st.sampled_from(sorted(_WIDTHS))),
+    st.tuples(st.just("replace"), _POSITIONS,
+              st.integers(0, 0x17) | st.integers(0, 255) | st.sampled_from([0xF4, 0xF5, 0xF6]))),
+    max_size=3)
+
+
+def _mutated(data: bytes, mutations: list[tuple[str, int, int]]) -> bytes:
+    for operation, position, argument in mutations:
+        at = position % len(data) if data else 0
+        if operation == "set" and data:
+            data = data[:at] + bytes((argument,)) + data[at + 1:]
+        elif operation == "insert":
+            data = data[:at] + bytes((argument,)) + data[at:]
+        elif operation == "delete":
+            data = data[:at] + data[at + 1:]
+        elif operation == "truncate":
+            data = data[:at]
+        elif operation == "append":
+            data += bytes((argument,)) * position
+        elif operation == "widen":
+            data = _rewritten_head(data, position, _widened(argument))
+        elif operation == "replace":
+            data = _rewritten_head(data, position, lambda _m, _a, b=argument: bytes((b,)))
+    return data
+
+
+# A shortcut, the strict decoder, and the public one that tries the first, then the second.
+_Decoders = tuple[Callable[[bytes], object | None], Callable[[bytes], object],
+                  Callable[[bytes], object]]
+
+
+def _held_to_strict(data: bytes, decoders: _Decoders) -> object | None:
+    """Assert that the shortcut gives the strict decoder's object or nothing, and that the
+    public decoder gives the strict answer; return the strict object (None if refused)."""
+    fast_path, strict, public = decoders
+    try:
+        expected: object | None = strict(data)
+    except MalformedRecord:
+        expected = None
+    fast = fast_path(data)
+    if fast is not None:
+        assert expected is not None, "the shortcut accepted what the strict decoder refuses"
+        assert fast == expected
+        assert repr(fast) == repr(expected)  # the same types too (Status, not 0; bytes)
+    try:
+        answer: object | None = public(data)
+    except MalformedRecord:
+        answer = None
+    assert answer == expected
+    assert repr(answer) == repr(expected)
+    return expected
+
+
+def _judged_alike(data: bytes, decoders: _Decoders) -> None:
+    """:func:`_held_to_strict`, counting the strict decoder's answers (in a Hypothesis test)."""
+    event("accepted" if _held_to_strict(data, decoders) is not None else "refused")
+
+
+def _receipt_fast(data: bytes) -> Receipt | None:
+    from protocol.receipt import _receipt_fast as fast  # noqa: PLC0415 - the private shortcut
+
+    return fast(data)
+
+
+def _batch_fast(data: bytes) -> Batch | None:
+    from protocol.batch import _batch_fast as fast  # noqa: PLC0415 - the private shortcut
+
+    return fast(data)
+
+
+_RECEIPT_DECODERS: _Decoders = (_receipt_fast, Receipt.from_cbor_strict, Receipt.from_cbor)
+_BATCH_DECODERS: _Decoders = (_batch_fast, Batch.from_cbor_strict, Batch.from_cbor)
+
+
+_REASONS = st.text(min_size=1, max_size=40) | st.sampled_from(
+    ["bad_signature", "é", "\x00", "x" * MAX_CHECKPOINT_CHARS, "€" * 2730])
+_ANY_OUTCOME = st.one_of(
+    st.builds(lambda seq, h, i, dup: Outcome(seq, h, Status.DUPLICATE if dup else
+                                             Status.ACCEPTED, leaf_index=i),
+              st.none() | _U64, st.binary(min_size=16, max_size=16), _U64, st.booleans()),
+    st.builds(lambda seq, h, why: Outcome(seq, h, Status.REJECTED, reason=why),
+              st.none() | _U64, st.binary(min_size=16, max_size=16), _REASONS))
+_RECEIPTS = st.builds(
+    Receipt, st.just(bytes(range(16))) | st.binary(max_size=40), _U64,
+    st.lists(_ANY_OUTCOME, max_size=40).map(tuple),
+    st.text(max_size=300) | st.sampled_from(["", "n" * MAX_CHECKPOINT_CHARS]), _U64, _U64)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_RECEIPTS)
+def test_a_receipt_the_gateway_signs_takes_the_fast_path_to_the_strict_decoders_object(
+        receipt: Receipt) -> None:
+    payload = receipt.to_cbor()
+    expected = receipt if len(payload) <= MAX_RECEIPT_BYTES else None
+    assert _held_to_strict(payload, _RECEIPT_DECODERS) == expected
+    # no receipt we make misses the shortcut
+    assert (_receipt_fast(payload) is not None) is (expected is not None)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_RECEIPTS, _PAYLOAD_MUTATIONS)
+def test_a_receipt_fast_path_accepts_nothing_the_strict_decoder_refuses(
+        receipt: Receipt, mutations: list[tuple[str, int, int]]) -> None:
+    """A receipt with overwritten, inserted or deleted bytes, cut short, with bytes after
+    it or a head longer than the shortest form: the shortcut agrees or declines."""
+    _judged_alike(_mutated(receipt.to_cbor(), mutations), _RECEIPT_DECODERS)
+
+
+# Values a decoder could mistake for the right one: booleans for integers, integers just
+# out of range, text for bytes, strings one byte short or long, containers for scalars.
+_CONFUSABLE = st.one_of(st.booleans(), st.none(), st.sampled_from([-1, 0, 3, 2**64 - 1, "", "1"]),
+                        st.binary(min_size=15, max_size=17), _CBOR_ITEMS)
+
+
+def _with_one_changed(fields: st.SearchStrategy[dict[cbor.Value, cbor.Value]],
+                      keys: list[cbor.Value]) -> st.SearchStrategy[dict[cbor.Value, cbor.Value]]:
+    """``fields`` with at most two entries replaced by confusable values, deleted, or one
+    more entry added."""
+    changes = st.dictionaries(st.sampled_from([*keys, len(keys) + 1, "x"]),
+                              _CONFUSABLE | st.just("delete"), max_size=2)
+
+    def apply(pair: tuple[dict[cbor.Value, cbor.Value], dict[cbor.Value, cbor.Value]]
+              ) -> dict[cbor.Value, cbor.Value]:
+        result, change = pair
+        for key, value in change.items():
+            if value == "delete":
+                result.pop(key, None)
+            else:
+                result[key] = value
+        return result
+
+    return st.tuples(fields, changes).map(apply)
+
+
+_OUTCOME_VALUE = _with_one_changed(st.fixed_dictionaries({
+    0: st.none() | _U64, 1: st.binary(min_size=16, max_size=16), 2: st.integers(0, 2),
+    3: _U64 | st.text(max_size=3)}), [0, 1, 2, 3]).map(
+        lambda fields: [fields[k] for k in sorted(k for k in fields if isinstance(k, int))])
+
+
+@settings(max_examples=600, deadline=None)
+@given(_with_one_changed(st.fixed_dictionaries({
+    1: st.just(1), 2: st.binary(max_size=20), 3: _U64,
+    4: st.lists(_OUTCOME_VALUE, max_size=4), 5: st.text(max_size=20), 6: _U64, 7: _U64,
+}), [1, 2, 3, 4, 5, 6, 7]))
+def test_a_receipt_fast_path_confuses_no_type_the_strict_decoder_tells_apart(
+        fields: dict[cbor.Value, cbor.Value]) -> None:
+    """Booleans for integers, negative or too large integers, text for bytes, unknown
+    statuses, details of the wrong kind, outcomes of three or five fields, missing and
+    extra keys, all in deterministic CBOR."""
+    _judged_alike(cbor.encode(fields), _RECEIPT_DECODERS)
+
+
+def _grown_to(size: int, build: Callable[[int], bytes]) -> bytes:
+    """``build(n)`` for the n that makes it exactly ``size`` bytes long."""
+    n = 0
+    for _ in range(8):
+        data = build(n)
+        if len(data) == size:
+            return data
+        n += size - len(data)
+    raise AssertionError(f"no payload of {size} bytes")
+
+
+def _receipt_of(outcomes: int, reason: str = "", checkpoint: str = "",
+                device_id: bytes = bytes(16)) -> bytes:
+    return Receipt(device_id, 1, tuple(
+        Outcome(i, bytes(16), Status.REJECTED, reason=reason) if reason
+        else Outcome(i, bytes(16), Status.ACCEPTED, leaf_index=i) for i in range(outcomes)),
+        checkpoint, 2, 3).to_cbor()
+
+
+@pytest.mark.parametrize(("payload", "accepted"), [
+    (_receipt_of(MAX_OUTCOMES), True),
+    (_receipt_of(MAX_OUTCOMES + 1), False),
+    (_receipt_of(0), True),
+    (cbor.encode({1: 1, 2: bytes(16), 3: 1, 4: [[None, bytes(16), 2, ""]], 5: "", 6: 2, 7: 3}),
+     False),  # a rejection without a reason
+    (_receipt_of(1, reason="r" * MAX_CHECKPOINT_CHARS, checkpoint="c" * MAX_CHECKPOINT_CHARS,
+                 device_id=bytes(MAX_CHECKPOINT_CHARS)), True),
+    (_receipt_of(1, reason="r" * (MAX_CHECKPOINT_CHARS + 1)), False),
+    (_receipt_of(1, checkpoint="€" * 2731), False),  # 8193 bytes of UTF-8
+    (_receipt_of(1, device_id=bytes(MAX_CHECKPOINT_CHARS + 1)), False),
+    (_grown_to(MAX_RECEIPT_BYTES, lambda n: _receipt_of(MAX_OUTCOMES, reason="r" * 70,
+                                                        checkpoint="c" * n)), True),
+    (_grown_to(MAX_RECEIPT_BYTES + 1, lambda n: _receipt_of(MAX_OUTCOMES, reason="r" * 70,
+                                                            checkpoint="c" * n)), False),
+], ids=["1000-outcomes", "1001-outcomes", "no-outcomes", "empty-reason", "strings-at-the-cap",
+        "reason-over-the-cap", "checkpoint-over-the-cap", "device-id-over-the-cap",
+        "payload-at-the-cap", "payload-over-the-cap"])
+def test_a_receipt_over_a_cap_is_refused_on_the_fast_path_as_on_the_strict_one(
+        payload: bytes, accepted: bool) -> None:
+    assert (_held_to_strict(payload, _RECEIPT_DECODERS) is not None) is accepted
+    assert (_receipt_fast(payload) is not None) is accepted
+
+
+_RECORD_BYTES = st.binary(max_size=300) | st.sampled_from(
+    [0, 1, 23, 24, 255, 256, MAX_SIGNED_RECORD_BYTES]).map(lambda n: bytes((n % 251,)) * n)
+_BATCHES = st.builds(Batch, _U64, st.lists(_RECORD_BYTES, min_size=1, max_size=40).map(tuple))
+
+
+@settings(max_examples=400, deadline=None)
+@given(_BATCHES)
+def test_a_batch_a_device_sends_takes_the_fast_path_to_the_strict_decoders_object(
+        batch: Batch) -> None:
+    payload = batch.to_cbor()
+    assert _held_to_strict(payload, _BATCH_DECODERS) == batch
+    assert _batch_fast(payload) is not None  # no batch we make misses the shortcut
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_BATCHES, _PAYLOAD_MUTATIONS)
+def test_a_batch_fast_path_accepts_nothing_the_strict_decoder_refuses(
+        batch: Batch, mutations: list[tuple[str, int, int]]) -> None:
+    """The same for batches: a record's head overwritten or widened, a record cut short,
+    bytes after the last record; the shortcut agrees with the strict decoder or declines."""
+    _judged_alike(_mutated(batch.to_cbor(), mutations), _BATCH_DECODERS)
+
+
+@settings(max_examples=600, deadline=None)
+@given(_with_one_changed(st.fixed_dictionaries({
+    1: st.just(1), 2: _U64, 3: st.lists(st.binary(max_size=30), min_size=1, max_size=4)
+    | st.lists(st.binary(max_size=30) | _CONFUSABLE, max_size=4),
+}), [1, 2, 3]))
+def test_a_batch_fast_path_confuses_no_type_the_strict_decoder_tells_apart(
+        fields: dict[cbor.Value, cbor.Value]) -> None:
+    """Booleans for integers, negative batch ids, records that are not byte strings, no
+    records, missing and extra keys, all in deterministic CBOR."""
+    _judged_alike(cbor.encode(fields), _BATCH_DECODERS)
+
+
+def _batch_of(records: int, size: int = 150, last: int | None = None) -> bytes:
+    sizes = [size] * records + ([] if last is None else [last])
+    return cbor.encode({1: 1, 2: 7, 3: [bytes(n) for n in sizes]})
+
+
+@pytest.mark.parametrize(("payload", "accepted"), [
+    (_batch_of(MAX_BATCH_RECORDS), True),
+    (_batch_of(MAX_BATCH_RECORDS + 1), False),
+    (_batch_of(0), False),
+    (_batch_of(1, MAX_SIGNED_RECORD_BYTES), True),
+    (_batch_of(1, MAX_SIGNED_RECORD_BYTES + 1), False),
+    (_grown_to(MAX_BATCH_BYTES, lambda n: _batch_of(130, 4000, last=n)), True),
+    (_grown_to(MAX_BATCH_BYTES + 1, lambda n: _batch_of(130, 4000, last=n)), False),
+], ids=["1000-records", "1001-records", "no-records", "record-at-the-cap",
+        "record-over-the-cap", "payload-at-the-cap", "payload-over-the-cap"])
+def test_a_batch_over_a_cap_is_refused_on_the_fast_path_as_on_the_strict_one(
+        payload: bytes, accepted: bool) -> None:
+    assert (_held_to_strict(payload, _BATCH_DECODERS) is not None) is accepted
+    assert (_batch_fast(payload) is not None) is accepted
