@@ -80,8 +80,7 @@ class Batch:
         item = cbor.decode(data, _BATCH_LIMITS)
         if not isinstance(item, dict) or set(item.keys()) != {1, 2, 3}:
             raise MalformedRecord("bad_batch", "batch is {1: version, 2: id, 3: records}")
-        if item[1] != BATCH_VERSION:
-            raise MalformedRecord("bad_version", f"unsupported batch version {item[1]!r}")
+        cbor.require_version(item[1], BATCH_VERSION, "batch")
         batch_id, records = item[2], item[3]
         if not isinstance(batch_id, int) or isinstance(batch_id, bool):
             raise MalformedRecord("bad_batch", "batch id must be an integer")

@@ -238,6 +238,14 @@ def read_head(data: bytes, pos: int) -> tuple[int, int, int]:
 _UNPACK = tuple(struct.Struct(f">{code}").unpack_from for code in "BHIQ")
 
 
+def require_version(value: object, expected: int, what: str) -> None:
+    """Raise MalformedRecord ``bad_version`` unless ``value`` is the unsigned integer
+    ``expected``. A decoded ``true`` is not version 1, although Python's ``True == 1``:
+    the deterministic encoding of a message has one version field, an integer."""
+    if type(value) is not int or value != expected:
+        raise MalformedRecord("bad_version", f"unsupported {what} version {value!r}")
+
+
 def read_keyed(data: bytes, pos: int, key: int, major: int) -> tuple[int, int]:
     """Read a map entry's one-byte key ``key`` (0..23) at ``pos`` and the head of its value,
     which must be of major type ``major``; return (argument, position after the head).

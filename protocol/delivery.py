@@ -94,8 +94,7 @@ class PolicyDelivery:
         item = cbor.decode(data, _DELIVERY_LIMITS)
         if not isinstance(item, dict) or set(item.keys()) != {1, 2, 3, 4}:
             raise MalformedRecord("bad_delivery", "delivery is {1: version .. 4: complete}")
-        if item[1] != DELIVERY_VERSION:
-            raise MalformedRecord("bad_version", f"unsupported delivery version {item[1]!r}")
+        cbor.require_version(item[1], DELIVERY_VERSION, "delivery")
         entries = item[2]
         if not isinstance(entries, list):
             raise MalformedRecord("bad_delivery", "documents must be a list")
@@ -147,6 +146,5 @@ class PolicySync:
         item = cbor.decode(data, _SYNC_LIMITS)
         if not isinstance(item, dict) or set(item.keys()) != {1, 2}:
             raise MalformedRecord("bad_delivery", "sync is {1: version, 2: from_index}")
-        if item[1] != DELIVERY_VERSION:
-            raise MalformedRecord("bad_version", f"unsupported sync version {item[1]!r}")
+        cbor.require_version(item[1], DELIVERY_VERSION, "sync")
         return cls(_uint(item[2], "from_index"))

@@ -115,8 +115,7 @@ def parse_document(data: bytes) -> Document:
     item = cbor.decode(message.payload, _PAYLOAD_LIMITS)
     if not isinstance(item, dict) or set(item.keys()) != _ENVELOPE_KEYS:
         raise MalformedRecord("bad_document", "document payload is {1: version .. 5: body}")
-    if item[K_VERSION] != DOCUMENT_VERSION:
-        raise MalformedRecord("bad_version", f"unsupported document version {item[K_VERSION]!r}")
+    cbor.require_version(item[K_VERSION], DOCUMENT_VERSION, "document")
     type_name, signer, issued = item[K_TYPE], item[K_SIGNER], item[K_ISSUED]
     if not isinstance(type_name, str) or type_name not in BODY_TYPES:
         raise MalformedRecord("unknown_document_type", repr(type_name)[:MAX_TYPE_CHARS + 2])

@@ -170,8 +170,7 @@ class Receipt:
         item = cbor.decode(data, _RECEIPT_LIMITS)
         if not isinstance(item, dict) or set(item.keys()) != set(range(1, 8)):
             raise MalformedRecord("bad_receipt", "receipt map keys must be 1..7")
-        if item[1] != RECEIPT_VERSION:
-            raise MalformedRecord("bad_version", f"unsupported receipt version {item[1]!r}")
+        cbor.require_version(item[1], RECEIPT_VERSION, "receipt")
         device_id, batch_id, outcomes = item[2], item[3], item[4]
         checkpoint, issued, settled = item[5], item[6], item[7]
         if not (isinstance(device_id, bytes) and _is_uint(batch_id) and isinstance(outcomes, list)

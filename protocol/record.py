@@ -377,8 +377,7 @@ class Record:
         item = cbor.decode(data, _RECORD_LIMITS)
         if not isinstance(item, dict):
             raise MalformedRecord("bad_record", "record is not a map")
-        if item.get(K_VERSION) != VERSION:
-            raise MalformedRecord("bad_version", f"unsupported version {item.get(K_VERSION)!r}")
+        cbor.require_version(item.get(K_VERSION), VERSION, "record")
         missing = _REQUIRED_KEYS - item.keys()
         if missing:
             raise MalformedRecord("bad_record", f"missing fields {sorted(missing)}")

@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import cbor2
@@ -17,6 +18,7 @@ from pycose.keys.curves import Ed25519
 from pycose.messages import Sign1Message
 
 from protocol import cbor, cose
+from protocol.batch import Batch
 from protocol.contract import (
     Consent,
     DataRequest,
@@ -55,6 +57,9 @@ from protocol.keys import (
     signer_id,
 )
 from protocol.reasons import DocumentReason
+from protocol.receipt import Outcome, Receipt, Status
+from protocol.record import GENESIS_PREV, Measurement, Record, Values
+from protocol.signed import sign_record
 from tests.vectors import make_document_vectors
 from verifier.cli import main as verify_main
 
@@ -418,3 +423,40 @@ def test_verify_document_shows_a_lapse_notice_and_refuses_one_ending_an_unwillin
     path.write_bytes(forged.raw)
     assert verify_main(["document", str(path)]) == 1
     assert "did not allow" in capsys.readouterr().err
+
+
+def _version_as_true(encoded: bytes) -> bytes:
+    """``encoded`` (a map with version 1 under key 1) with the version written as CBOR
+    ``true``: Python's ``True == 1`` must not let it through."""
+    item = cbor.decode(encoded)
+    assert isinstance(item, dict)
+    assert item[1] == 1
+    item[1] = True
+    return cbor.encode(item)
+
+
+def test_a_version_written_as_true_is_refused_by_every_decoder() -> None:
+    key = _key("device")
+    device_id = signer_id(key.public_key)
+    record = Record(boot=1, seq=0, prev=GENESIS_PREV, wall_ms=T0, clock_synced=True,
+                    mono_ms=5_000, stream="cpu", body=Values((Measurement(473, -1, "Cel"),)))
+    signed = sign_record(record, device_id, key).raw
+    receipt = Receipt(device_id, 1, (Outcome(0, bytes(16), Status.ACCEPTED, leaf_index=0),),
+                      "note", 1, 0).to_cbor()
+    document = _request()
+    cases: list[tuple[Callable[[bytes], object], bytes]] = [
+        (Record.from_cbor, _version_as_true(record.to_cbor())),
+        (Record.from_cbor_strict, _version_as_true(record.to_cbor())),
+        (Batch.from_cbor, _version_as_true(Batch(1, (signed,)).to_cbor())),
+        (Batch.from_cbor_strict, _version_as_true(Batch(1, (signed,)).to_cbor())),
+        (Receipt.from_cbor, _version_as_true(receipt)),
+        (Receipt.from_cbor_strict, _version_as_true(receipt)),
+        (PolicyDelivery.from_cbor, _version_as_true(PolicyDelivery((), 0, True).to_cbor())),
+        (PolicySync.from_cbor, _version_as_true(PolicySync(0).to_cbor())),
+        (parse_document, cose.sign1(_version_as_true(cose.decode_sign1(document.raw).payload),
+                                    signer_id(BUYER.public_key), BUYER)),
+    ]
+    for decode, data in cases:
+        with pytest.raises(MalformedRecord) as refused:
+            decode(data)
+        assert refused.value.reason == "bad_version", decode
