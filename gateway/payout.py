@@ -149,6 +149,9 @@ class _Metrics:
         self.funding_rereads = Counter(f"{PREFIX}_funding_rereads", "Funding read again from "
                                        "the deployment block: the chain changed under it",
                                        registry=r)
+        self.stopped = Gauge(f"{PREFIX}_stopped", "1 while the payout worker signs nothing: "
+                             "the chain refutes its payout.distributor_block (see /healthz "
+                             "payout_fatal)", registry=r)
         self.gating_rebuilds = Counter(f"{PREFIX}_gating_rebuilds", "Consent gating state "
                                        "built again from the whole log: re-read funding was "
                                        "lower than what it had paid", registry=r)
@@ -335,6 +338,7 @@ class PayoutWorker:
                           f"of the distributor {distributor}: no transaction of that block "
                           "created it")
             log.error("payout: %s; no epoch is signed", self.fatal)
+            self.metrics.stopped.set(1)
             return
         self._block_checked = True
 

@@ -545,4 +545,6 @@ class GatewayService:
                             "oldest_age_s": round(age, 3), "in_flight": len(self._inflight),
                             "max_messages": b.max_messages, "max_bytes": b.max_bytes,
                             "max_age_s": BACKLOG_MAX_AGE_S},
-                "devices_quarantined": self.breaker.quarantined()}
+                "devices_quarantined": self.breaker.quarantined(),
+                # a payout worker that refuses to work until restarted (None: none or fine)
+                "payout_fatal": None if self.payout is None else self.payout.fatal}

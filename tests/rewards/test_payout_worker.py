@@ -249,12 +249,14 @@ def test_a_wrong_deployment_block_unchecked_at_start_with_the_node_down_signs_no
     finally:
         chain.start()
     assert worker.fatal is None
+    assert counted(worker, "stopped", suffix="") == 0
     refused = (f"payout.distributor_block = {wrong} is not the deployment block of the "
                f"distributor {deployed.distributor}: no transaction of that block created it")
     for _ in range(2):
         assert worker.step() == 60.0  # checked first: refuted, so nothing more
         assert worker.fatal == refused
     assert worker.book.latest() is None  # no epoch signed
+    assert counted(worker, "stopped", suffix="") == 1  # in /metrics, and /healthz says why
     with pytest.raises(ConfigError) as err:
         worker.start()
     assert str(err.value) == refused
