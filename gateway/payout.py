@@ -454,13 +454,12 @@ class PayoutWorker:
         (gateway/payout_gating.py), since the book's snapshot after a start; a state that
         failed midway is built again."""
         gating = self._gating
-        if gating is None and self._restore:
-            self._restore = False
+        if gating is None and self._restore:  # again after a storage error, until it works
             gating = self._restored(size)
         gating = gating or IncrementalGating(self.config.quality_validators)
         self._gating = None
         gating.advance(self._store, size)
-        self._gating = gating
+        self._gating, self._restore = gating, False
         return gating
 
     def _settings(self) -> GatingSettings:
