@@ -39,7 +39,13 @@ from gateway.contracts import Logged
 from gateway.duty_tables import shared_store
 from gateway.payout_book import FAILED, PENDING, POSTED, PayoutBook, StoredEpoch
 from gateway.payout_funding import FundingLedger
-from gateway.payout_gating import IncrementalGating
+from gateway.payout_gating import (
+    IGNORED_REASONS,
+    GatingSettings,
+    IncrementalGating,
+    SnapshotIgnored,
+    restore,
+)
 from gateway.payout_lapse import Shortfall, issue_lapses
 from gateway.store import LogStore, NewDocument, NotSequencer
 from osutil.jsonrpc import JsonRpc, RpcError, quantity
@@ -155,6 +161,12 @@ class _Metrics:
         self.gating_rebuilds = Counter(f"{PREFIX}_gating_rebuilds", "Consent gating state "
                                        "built again from the whole log: re-read funding was "
                                        "lower than what it had paid", registry=r)
+        self.snapshots_ignored = Counter(f"{PREFIX}_gating_snapshots_ignored",
+                                         "Stored consent gating states not used at start, "
+                                         "per reason: the state was built from the whole "
+                                         "log instead", ["reason"], registry=r)
+        for reason in IGNORED_REASONS:
+            self.snapshots_ignored.labels(reason=reason)
 
 
 class PayoutWorker:
@@ -186,6 +198,7 @@ class PayoutWorker:
         self._errors = 0
         self._trees: dict[int, DistributionTree] = {}
         self._gating: IncrementalGating | None = None  # consent gating's running state
+        self._restore = True  # the next epoch starts from the book's snapshot, if it can
         self._pending_since: dict[str, float] = {}  # tx hash -> when first seen pending
         self._stop, self._wake = threading.Event(), threading.Event()
         self._thread: threading.Thread | None = None
@@ -221,6 +234,7 @@ class PayoutWorker:
         # from the book at each step.
         self._next_epoch_at, self._errors = 0.0, 0
         self._pending_since.clear()
+        self._gating, self._restore = None, True  # the book's gating snapshot is read again
         log.info("payout: distributor %s on chain %d, poster %s", self.config.distributor,
                  self.config.chain_id, self.address)
         self._stop = threading.Event()  # the worker's own: one that outlives stop() exits
@@ -386,6 +400,7 @@ class PayoutWorker:
                 log.warning("payout: gating state rebuilt from the whole log: %s", exc)
                 self.metrics.gating_rebuilds.inc()
                 self._gating = None
+                self.book.drop_gating_snapshot()  # a restart must not load it again
                 gating = self._gated_to(checkpoint.size)
                 gated = gating.settle(micro_of(funded_base, BASE_UNITS_PER_MICRO))
             self.metrics.withheld.set(gated.withheld_micro)
@@ -422,8 +437,11 @@ class PayoutWorker:
                            len(wallets), funding_block, self.config.quality_validators,
                            self.config.distributor_block or None)
         doc = sign_document(body, self._signer, self._wall_ms())
+        snapshot = None
+        if self.config.consent_gated and self._gating is not None:  # what this epoch paid
+            snapshot = self._gating.snapshot(self._settings(), self._store)
         self.book.add_epoch(number, checkpoint, doc.raw, json.dumps(tree.dump()),
-                            self._wall_ms())
+                            self._wall_ms(), gating=snapshot)
         posted = last.epoch if last is not None else None
         self._trees = {e: t for e, t in self._trees.items() if e == posted} | {number: tree}
         log.info("payout: epoch %d at checkpoint size %d: %d owners, %d micro-credits "
@@ -433,12 +451,44 @@ class PayoutWorker:
 
     def _gated_to(self, size: int) -> IncrementalGating:
         """The gating state fed up to ``size``: only the leaves since the last epoch are read
-        (gateway/payout_gating.py); a state that failed midway is built again."""
-        gating = self._gating or IncrementalGating(self.config.quality_validators)
+        (gateway/payout_gating.py), since the book's snapshot after a start; a state that
+        failed midway is built again."""
+        gating = self._gating
+        if gating is None and self._restore:  # again after a storage error, until it works
+            gating = self._restored(size)
+        gating = gating or IncrementalGating(self.config.quality_validators)
         self._gating = None
         gating.advance(self._store, size)
-        self._gating = gating
+        self._gating, self._restore = gating, False
         return gating
+
+    def _settings(self) -> GatingSettings:
+        return GatingSettings(self.config.consent_gated, self.config.quality_validators,
+                              bytes.fromhex(self.config.distributor[2:]), self.config.chain_id)
+
+    def _restored(self, size: int) -> IncrementalGating | None:
+        """The book's gating snapshot, if it is this worker's state of this log below
+        ``size``; None (counted per reason, one warning) to build it from the whole log."""
+        stored = self.book.gating_snapshot()
+        if stored is None:
+            return None
+        epoch, _, raw = stored
+        try:
+            gating = restore(raw, self._settings(), self._store, at_most=size)
+        except MalformedRecord as exc:
+            reason = "other_version" if exc.reason == "bad_version" else "malformed"
+            self._ignored(epoch, reason, str(exc))
+            return None
+        except SnapshotIgnored as exc:
+            self._ignored(epoch, exc.reason, exc.detail)
+            return None
+        log.info("payout: gating state of epoch %d loaded (log size %d)", epoch, gating.size)
+        return gating
+
+    def _ignored(self, epoch: int, reason: str, detail: str) -> None:
+        self.metrics.snapshots_ignored.labels(reason=reason).inc()
+        log.warning("payout: gating snapshot of epoch %d ignored (%s: %s); building the "
+                    "state from the whole log", epoch, reason, detail)
 
     def _lapse(self, ended: Set[bytes], shortfall: Shortfall, size: int) -> None:
         """Log (and hand to delivery) a lapse notice per lapsable consent of a short request

@@ -13,6 +13,9 @@ also leaves of the log (the book notes where); an epoch computed at a checkpoint
 uses exactly the bindings logged below N. An epoch is stored with its signed
 document, the JSON dump of its tree, and the state of the transaction that posts its root:
 the raw signed transaction is written BEFORE it is broadcast, so a restart resumes it.
+A consent-gated epoch is stored in one transaction with the snapshot of the gating state it
+was computed from (gateway/payout_gating.py; one row, the latest), so a crash never leaves
+a snapshot of an epoch the book does not hold, nor the other way round.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ CREATE TABLE IF NOT EXISTS funding_cursor (
     id {integer} PRIMARY KEY CHECK (id = 0), distributor TEXT NOT NULL,
     next_block {integer} NOT NULL, last_hash TEXT);
 CREATE TABLE IF NOT EXISTS funding (terms {blob} PRIMARY KEY, amount TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS gating_snapshot (
+    id {integer} PRIMARY KEY CHECK (id = 0), epoch {integer} NOT NULL,
+    checkpoint_size {integer} NOT NULL, snapshot {blob} NOT NULL);
 """
 
 
@@ -123,9 +129,16 @@ class PayoutBook(OnTables):
         return [(int(r[0]), bytes(r[1])) for r in rows]
 
     def add_epoch(self, epoch: int, checkpoint: StoredCheckpoint, document: bytes, tree: str,
-                  now_ms: int) -> None:
-        """Record a new epoch, pending its root post; older pending ones are superseded."""
+                  now_ms: int, *, gating: bytes | None = None) -> None:
+        """Record a new epoch, pending its root post; older pending ones are superseded.
+        ``gating``: the snapshot of the gating state it was computed from, which replaces the
+        one held (None: the one held stays)."""
         def change(run: Run) -> None:
+            if gating is not None:
+                run("INSERT INTO gating_snapshot VALUES (0, ?, ?, ?) ON CONFLICT (id) DO "
+                    "UPDATE SET epoch = excluded.epoch, checkpoint_size = "
+                    "excluded.checkpoint_size, snapshot = excluded.snapshot",
+                    (epoch, checkpoint.size, gating))
             run("UPDATE epochs SET status = ?, detail = 'superseded', final_ms = ? "
                 "WHERE status = ?", (FAILED, now_ms, PENDING))
             run("INSERT INTO epochs (epoch, checkpoint_size, document, tree, note, balances, "
@@ -174,6 +187,20 @@ class PayoutBook(OnTables):
         rows = self._tables.read("read epoch", lambda run: run(
             f"SELECT {_EPOCH_COLUMNS} FROM epochs WHERE epoch = ?", (epoch,)))  # noqa: S608
         return _epoch(rows[0]) if rows else None
+
+    def gating_snapshot(self) -> tuple[int, int, bytes] | None:
+        """(epoch, checkpoint size, snapshot) of the latest gating state stored, or None."""
+        rows = self._tables.read("read gating snapshot", lambda run: run(
+            "SELECT epoch, checkpoint_size, snapshot FROM gating_snapshot WHERE id = 0", ()))
+        if not rows:
+            return None
+        epoch, size, snapshot = rows[0]
+        return int(str(epoch)), int(str(size)), bytes(snapshot)
+
+    def drop_gating_snapshot(self) -> None:
+        """Forget the stored gating state (it cannot go on: built again from the log)."""
+        self._tables.write("drop gating snapshot", lambda run: run(
+            "DELETE FROM gating_snapshot", ()))
 
     def funding(self, distributor: str) -> FundingState | None:
         """What was read of ``distributor``'s Funded events (None: nothing, or another

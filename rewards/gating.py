@@ -32,8 +32,10 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from protocol import cbor
 from protocol.contract import Consent, Revocation
 from protocol.documents import Document
+from protocol.errors import MalformedRecord
 from protocol.keys import signer_id
 from protocol.record import Record, Usage
 
@@ -270,3 +272,110 @@ def usage_event(record: Record, device: bytes, leaf: int) -> UsageLeaf | None:
     if not isinstance(record.body, Usage):
         return None
     return UsageLeaf(leaf, device, record.wall_ms, record.body.credit_micro)
+
+
+# --- the state as a snapshot (gateway/payout_gating.py persists it with each epoch) ---------
+
+MAX_ID = 64  # bytes in an id of a snapshot (device 16, owner 16, request and consent 32)
+
+
+def snapshot_uint(value: object, what: str) -> int:
+    """An unsigned 64-bit integer of a decoded snapshot; MalformedRecord bad_snapshot."""
+    if type(value) is not int or not 0 <= value < 2**64:
+        raise MalformedRecord("bad_snapshot", f"{what} must be an unsigned integer")
+    return value
+
+
+def snapshot_id(value: object, what: str) -> bytes:
+    """An id (1..MAX_ID bytes) of a decoded snapshot; MalformedRecord bad_snapshot."""
+    if not isinstance(value, bytes) or not 1 <= len(value) <= MAX_ID:
+        raise MalformedRecord("bad_snapshot", f"{what} must be an id of 1..{MAX_ID} bytes")
+    return value
+
+
+def snapshot_list(value: object, what: str, length: int | None = None) -> list[cbor.Value]:
+    """An array (of ``length`` items if given) of a decoded snapshot."""
+    if not isinstance(value, list) or (length is not None and len(value) != length):
+        raise MalformedRecord("bad_snapshot", f"{what} must be an array"
+                              + ("" if length is None else f" of {length}"))
+    return value
+
+
+def snapshot_totals(value: object, what: str) -> dict[bytes, int]:
+    """A map id -> unsigned integer of a decoded snapshot."""
+    if not isinstance(value, dict):
+        raise MalformedRecord("bad_snapshot", f"{what} must be a map")
+    return {snapshot_id(k, what): snapshot_uint(v, what) for k, v in value.items()}
+
+
+def _leaf_below(leaf: int, size: int, what: str) -> int:
+    if leaf >= size:
+        raise MalformedRecord("bad_snapshot", f"{what} at leaf {leaf}, not below {size}")
+    return leaf
+
+
+def dump_state(state: GatingState) -> cbor.Value:
+    """``state`` as a deterministic CBOR value (:func:`load_state` reads it back): every map
+    is sorted by the encoder, the consents in force and the waiting shares are arrays in the
+    order the rule reads them (leaf order)."""
+    consents: list[cbor.Value] = [
+        [c.leaf, c.consent, c.owner, c.request, list(sorted(c.devices)), c.not_before_ms,
+         c.not_after_ms] for c in sorted(state.in_force.values(), key=lambda c: c.leaf)]
+    requests: dict[cbor.Value, cbor.Value] = {
+        request: [r.earned, r.paid, [[s.leaf, s.owner, s.device, s.left] for s in r.waiting]]
+        for request, r in state.requests.items()}
+    totals = (state.owners, state.device_settled, state.device_withheld, state.device_paid)
+    return [state.size, consents, list(sorted(state.ended)), requests, state.settled_micro,
+            state.withheld_micro, *[_cbor_map(t) for t in totals]]
+
+
+def _cbor_map(totals: Mapping[bytes, int]) -> cbor.Value:
+    out: dict[cbor.Value, cbor.Value] = {}
+    for key, amount in totals.items():
+        out[key] = amount
+    return out
+
+
+def load_state(value: cbor.Value) -> GatingState:
+    """The state :func:`dump_state` wrote; MalformedRecord bad_snapshot for anything else."""
+    (size, consents, ended, requests, settled, withheld, owners, device_settled,
+     device_withheld, device_paid) = snapshot_list(value, "gating state", 10)
+    state = GatingState()
+    state.size = snapshot_uint(size, "state size")
+    last = -1
+    for item in snapshot_list(consents, "consents in force"):
+        leaf, consent, owner, request_id, devices, not_before, not_after = snapshot_list(
+            item, "consent", 7)
+        event = ConsentLeaf(
+            _leaf_below(snapshot_uint(leaf, "consent leaf"), state.size, "consent"),
+            snapshot_id(consent, "consent id"), snapshot_id(owner, "owner id"),
+            snapshot_id(request_id, "request id"),
+            frozenset(snapshot_id(d, "device id") for d in snapshot_list(devices, "devices")),
+            snapshot_uint(not_before, "not_before_ms"), snapshot_uint(not_after, "not_after_ms"))
+        if event.leaf <= last or event.consent in state.in_force:
+            raise MalformedRecord("bad_snapshot", "consents in force out of leaf order")
+        last = event.leaf
+        state.in_force[event.consent] = event
+        for device in event.devices:
+            state._naming.setdefault(device, {})[event.consent] = event  # noqa: SLF001
+    state.ended = {snapshot_id(c, "ended consent") for c in snapshot_list(ended, "ended")}
+    if not isinstance(requests, dict):
+        raise MalformedRecord("bad_snapshot", "requests must be a map")
+    for request, item in requests.items():
+        earned, paid, waiting = snapshot_list(item, "request", 3)
+        shares: deque[_Share] = deque()
+        for share in snapshot_list(waiting, "waiting shares"):
+            at, by, of, left = snapshot_list(share, "share", 4)
+            shares.append(_Share(_leaf_below(snapshot_uint(at, "share leaf"), state.size,
+                                             "share"),
+                                 snapshot_id(by, "owner id"), snapshot_id(of, "device"),
+                                 snapshot_uint(left, "share left")))
+        state.requests[snapshot_id(request, "request id")] = _Request(
+            snapshot_uint(earned, "earned"), snapshot_uint(paid, "paid"), shares)
+    state.settled_micro = snapshot_uint(settled, "settled")
+    state.withheld_micro = snapshot_uint(withheld, "withheld")
+    state.owners = snapshot_totals(owners, "owners")
+    state.device_settled = snapshot_totals(device_settled, "device settled")
+    state.device_withheld = snapshot_totals(device_withheld, "device withheld")
+    state.device_paid = snapshot_totals(device_paid, "device paid")
+    return state

@@ -19,13 +19,16 @@ cannot be overruled by another one clearing the sensor: any trusted faulty verdi
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from protocol import cbor
 from protocol.documents import Document
+from protocol.errors import MalformedRecord
 from protocol.keys import signer_id
 from protocol.quality import QualityAttestation
-from rewards.gating import UsageLeaf
+from rewards.gating import UsageLeaf, snapshot_id, snapshot_list, snapshot_uint
 
 FAULTY = "faulty"
 
@@ -74,6 +77,17 @@ class QualityJudge:
             leaves.append(verdict.leaf)
             self._by_device.setdefault(verdict.device, []).append(verdict)
 
+    def verdicts(self) -> dict[bytes, list[VerdictLeaf]]:
+        """The trusted verdicts held, per device in the order added."""
+        return {device: list(history) for device, history in self._by_device.items()}
+
+    def restore(self, verdicts: list[VerdictLeaf]) -> None:
+        """Hold one device's verdicts again, in the order :meth:`verdicts` gave them (the
+        order :meth:`add` holds them in, kept as it was: two verdicts of one leaf stay)."""
+        device = verdicts[0].device
+        self._by_device[device] = list(verdicts)
+        self._leaves[device] = [v.leaf for v in verdicts]
+
     def withheld(self, usage: UsageLeaf) -> bool:
         """True if a trusted verdict logged before ``usage`` excludes it (module docstring)."""
         history = self._by_device.get(usage.device)
@@ -87,3 +101,40 @@ class QualityJudge:
                     < verdict.window_end_ms:
                 return True
         return any(latest.values())
+
+
+def dump_judge(judge: QualityJudge) -> cbor.Value:
+    """The trusted verdicts ``judge`` holds, per device in the order added (a deterministic
+    CBOR value; :func:`load_judge` reads it back)."""
+    out: dict[cbor.Value, cbor.Value] = {}
+    for device, verdicts in judge.verdicts().items():
+        out[device] = [[v.leaf, v.validator, v.faulty, v.window_start_ms, v.window_end_ms]
+                       for v in verdicts]
+    return out
+
+
+def load_judge(value: cbor.Value, trusted: Iterable[bytes], size: int) -> QualityJudge:
+    """The judge :func:`dump_judge` wrote, for ``trusted``, of verdicts below ``size``;
+    MalformedRecord bad_snapshot for anything else (a verdict of an untrusted validator too)."""
+    judge = QualityJudge((), trusted)
+    if not isinstance(value, dict):
+        raise MalformedRecord("bad_snapshot", "verdicts must be a map")
+    for device, items in value.items():
+        verdicts = []
+        for item in snapshot_list(items, "verdicts"):
+            leaf, validator, faulty, start, end = snapshot_list(item, "verdict", 5)
+            if not isinstance(faulty, bool):
+                raise MalformedRecord("bad_snapshot", "a verdict's faulty must be a boolean")
+            verdict = VerdictLeaf(snapshot_uint(leaf, "verdict leaf"),
+                                  snapshot_id(validator, "validator"),
+                                  snapshot_id(device, "device id"), faulty,
+                                  snapshot_uint(start, "window start"),
+                                  snapshot_uint(end, "window end"))
+            if verdict.leaf >= size or verdict.validator not in judge.trusted:
+                raise MalformedRecord("bad_snapshot", f"verdict at leaf {verdict.leaf} of "
+                                      "an untrusted validator or beyond the snapshot")
+            verdicts.append(verdict)
+        if not verdicts or any(b.leaf < a.leaf for a, b in itertools.pairwise(verdicts)):
+            raise MalformedRecord("bad_snapshot", "a device's verdicts out of leaf order")
+        judge.restore(verdicts)
+    return judge
