@@ -30,11 +30,14 @@ def logged() -> Iterator[tuple[logging.Logger, io.StringIO, RepeatLimiter, Clock
     logger = logging.getLogger("test.lograte")
     logger.addHandler(handler)
     logger.propagate = False
+    # Its own level: another test (a CLI run in this process) may leave the root at ERROR.
+    logger.setLevel(logging.DEBUG)
     try:
         yield logger, out, limiter, clock
     finally:
         logger.removeHandler(handler)
         logger.propagate = True
+        logger.setLevel(logging.NOTSET)
 
 
 def test_ten_thousand_identical_errors_write_three_lines_and_count_the_rest(logged) -> None:
