@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
 from types import FrameType
 
@@ -20,7 +19,7 @@ from agent.identity import ensure_state_dir, load_identity
 from agent.sensors import load_simulated_hardware
 from agent.service import AgentService, ServiceOptions
 from osutil.lockfile import hold_lock
-from osutil.lograte import limit_repeats
+from osutil.lograte import log_to_stdout
 
 
 def run_agent(config: AgentConfig, clock: Clock, options: ServiceOptions,
@@ -66,6 +65,4 @@ def stop_on_signals(stop: threading.Event, name: str) -> None:
 
 def setup_logging(level: str) -> None:
     """Log to stdout at ``level`` (journald adds timestamps and the unit name)."""
-    logging.basicConfig(stream=sys.stdout, level=level.upper(),
-                        format="%(levelname)s %(name)s: %(message)s", force=True)
-    limit_repeats()  # one repeated failure must not flood the journal (osutil.lograte)
+    log_to_stdout(level)  # one repeated failure must not flood the journal (osutil.lograte)

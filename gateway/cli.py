@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import signal
 import sys
 import threading
@@ -22,7 +21,7 @@ from gateway.config import GatewayConfig, load_config
 from gateway.gatewaykey import GatewayKey, load_gateway_key, save_gateway_key
 from osutil.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_log_level, add_version, run_command
 from osutil.lockfile import hold_lock
-from osutil.lograte import limit_repeats
+from osutil.lograte import service_logging
 from protocol.errors import ConfigError, EdgeproofError, MalformedRecord
 
 TOKEN_SUPPLY = 10**9 * 10**18  # rewards.contracts.TOKEN_SUPPLY (checked by a test)
@@ -191,13 +190,9 @@ def _openapi(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    # force=True: main() may run many times in one process (tests); each run logs to the
-    # sys.stdout of its own time, never to a stream an earlier caller has closed.
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stdout,
-                        format="%(levelname)s %(name)s: %(message)s", force=True)
-    # One failure repeated thousands of times a second must not flood the journal.
-    limiter = limit_repeats()
-    try:
+    # One failure repeated thousands of times a second must not flood the journal; main()
+    # may run many times in one process (tests): the logging set up here ends with the run.
+    with service_logging(args.log_level):
         config = load_config(args.config)
         config.data_dir.mkdir(parents=True, exist_ok=True)
         # One gateway per data dir: two would append to the same log. Held until exit.
@@ -206,8 +201,6 @@ def _run(args: argparse.Namespace) -> int:
             _run_locked(config)
         finally:
             lock.release()
-    finally:
-        limiter.report()
     return EXIT_OK
 
 

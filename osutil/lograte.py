@@ -15,10 +15,12 @@ shutdown). Nothing is dropped without being counted.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 DEFAULT_BURST = 5
@@ -95,3 +97,34 @@ def limit_repeats(logger: logging.Logger | None = None, burst: int = DEFAULT_BUR
     for handler in (logger or logging.getLogger()).handlers:
         handler.addFilter(limiter)
     return limiter
+
+
+def log_to_stdout(level: str) -> RepeatLimiter:
+    """Log to stdout at ``level``, replacing the root's handlers (journald adds timestamps
+    and the unit name), one :class:`RepeatLimiter` on them; return it (report it at exit)."""
+    logging.basicConfig(level=level.upper(), stream=sys.stdout,
+                        format="%(levelname)s %(name)s: %(message)s", force=True)
+    return limit_repeats()
+
+
+@contextlib.contextmanager
+def service_logging(level: str) -> Iterator[RepeatLimiter]:
+    """For one run of a service's ``main()``: log to stdout at ``level`` (journald adds the
+    timestamps and the unit name), repeats limited (:func:`limit_repeats`, reported at the
+    end), and the root logger's handlers and level put back afterwards.
+
+    ``main()`` may run several times in one process (tests): a run must neither log into
+    the ``sys.stdout`` of an earlier one (closed by then) nor leave its level behind.
+    """
+    root = logging.getLogger()
+    handlers, level_before = list(root.handlers), root.level
+    limiter = log_to_stdout(level)
+    try:
+        yield limiter
+    finally:
+        limiter.report()
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level_before)

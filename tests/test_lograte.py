@@ -10,6 +10,7 @@ import pytest
 
 from gateway import cli
 from osutil.lograte import RepeatLimiter
+from protocol.errors import ConfigError
 
 
 class Clock:
@@ -74,8 +75,20 @@ def test_report_at_shutdown_counts_what_is_still_suppressed(logged, caplog) -> N
             in caplog.messages)
 
 
-def test_the_gateway_cli_limits_repeats_on_its_log_handler(tmp_path, capsys) -> None:
-    # The run fails at once (no config), but the limiter is installed first and reported.
-    assert cli.main(["run", "--config", str(tmp_path / "missing.toml")]) == 2  # config error
+def test_the_gateway_cli_limits_repeats_on_its_log_handler_and_leaves_no_logging_behind(
+        tmp_path, capsys, monkeypatch) -> None:
     root = logging.getLogger()
-    assert any(isinstance(f, RepeatLimiter) for h in root.handlers for f in h.filters)
+    before = (list(root.handlers), root.level)
+    seen: list[bool] = []
+
+    def load_config(path: object) -> None:  # the run fails here, with the limiter on
+        seen.append(any(isinstance(f, RepeatLimiter) for h in root.handlers for f in h.filters))
+        raise ConfigError(f"{path}: missing")
+
+    monkeypatch.setattr(cli, "load_config", load_config)
+    assert cli.main(["run", "--config", str(tmp_path / "missing.toml"),
+                     "--log-level", "ERROR"]) == 2  # config error
+    assert seen == [True]
+    # main() may run again in this process (tests): a later run, or a later test, must not
+    # log into this run's stdout (closed by then) or at its level.
+    assert (list(root.handlers), root.level) == before
