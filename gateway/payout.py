@@ -17,9 +17,10 @@ reverted post is re-signed up to ``max_attempts`` times, then the epoch fails an
 one (cumulative, so nothing is lost) replaces it. A total the distributor's funding cannot
 cover is not posted (``underfunded``). Every outcome is counted in ``/metrics``.
 
-A stated ``payout.distributor_block`` is proven on chain before the first epoch states it
-(:func:`rewards.funding.check_deployed_in`, as every verifier does): a wrong one refuses to
-start the worker (:meth:`PayoutWorker.start`) rather than sign epochs auditors refuse.
+The node must report ``payout.chain_id`` (``eth_chainId``), and a stated
+``payout.distributor_block`` is proven on chain (:func:`rewards.funding.check_deployed_in`,
+as every verifier does), before the first epoch states them: a wrong one refuses to start
+the worker (:meth:`PayoutWorker.start`) rather than sign epochs auditors refuse.
 """
 
 from __future__ import annotations
@@ -156,8 +157,8 @@ class _Metrics:
                                        "the deployment block: the chain changed under it",
                                        registry=r)
         self.stopped = Gauge(f"{PREFIX}_stopped", "1 while the payout worker signs nothing: "
-                             "the chain refutes its payout.distributor_block (see /healthz "
-                             "payout_fatal)", registry=r)
+                             "the node refutes its payout.chain_id or distributor_block (see "
+                             "/healthz payout_fatal)", registry=r)
         self.gating_rebuilds = Counter(f"{PREFIX}_gating_rebuilds", "Consent gating state "
                                        "built again from the whole log: re-read funding was "
                                        "lower than what it had paid", registry=r)
@@ -190,8 +191,10 @@ class PayoutWorker:
             self.book, self._rpc, config.distributor, first_block=config.distributor_block,
             confirmations=config.funding_confirmations,
             on_reread=lambda _why: self.metrics.funding_rereads.inc())
-        # payout.distributor_block is proven on chain before any epoch states it (0: none
-        # stated, nothing to prove); a block the chain refutes is this worker's fatal error.
+        # The node is on payout.chain_id, and payout.distributor_block is proven on chain,
+        # before any epoch states them (block 0: none stated, nothing to prove); a chain or
+        # a block the node refutes is this worker's fatal error.
+        self._chain_checked = False
         self._block_checked = config.distributor_block == 0
         self.fatal: str | None = None
         self._next_epoch_at = 0.0
@@ -206,10 +209,12 @@ class PayoutWorker:
         self.on_logged: Callable[[Logged], None] = lambda logged: None  # delivery (§17)
 
     def start(self) -> None:
-        """Check ``payout.distributor_block`` on chain, then start the worker thread (again
-        after :meth:`stop`), from what the book holds.
+        """Check ``payout.chain_id`` and ``payout.distributor_block`` against the node, then
+        start the worker thread (again after :meth:`stop`), from what the book holds.
 
-        Raises ConfigError if no transaction of that block created the distributor: the
+        Raises ConfigError if the node reports another chain id (every epoch would state a
+        chain its funding was not read from, and the poster's transactions would not be
+        valid there) or if no transaction of that block created the distributor: the
         worker's funding ledger would skip the Funded events before it and every epoch would
         state a block auditors refuse. A node that cannot be reached (or has not that block
         yet) is not an error here, as for every other node call: the worker checks it
@@ -217,14 +222,14 @@ class PayoutWorker:
         """
         if self._thread is not None:
             return
-        if not self._block_checked:
+        if not (self._chain_checked and self._block_checked):
             rpc = JsonRpc(self.config.rpc_url, timeout_s=5.0)  # the worker's may be busy still
             try:
-                self._check_block(rpc)
+                self._check_node(rpc)
             except (TransportError, RpcError) as exc:
-                log.warning("payout: cannot check payout.distributor_block %d yet (%s); no "
-                            "epoch is signed until the node answers",
-                            self.config.distributor_block, exc)
+                log.warning("payout: cannot check payout.chain_id %d and distributor_block "
+                            "%d on the node yet (%s); no epoch is signed until it answers",
+                            self.config.chain_id, self.config.distributor_block, exc)
             finally:
                 rpc.close()
         if self.fatal:
@@ -339,29 +344,43 @@ class PayoutWorker:
 
     # --- one step ------------------------------------------------------------------------------
 
-    def _check_block(self, rpc: JsonRpc) -> None:
-        """Prove ``payout.distributor_block`` once (rewards.funding.check_deployed_in); set
-        :attr:`fatal` if the chain refutes it. Raises TransportError/RpcError (not checked)."""
-        if self._block_checked or self.fatal:
+    def _check_node(self, rpc: JsonRpc) -> None:
+        """Check once that the node is on ``payout.chain_id`` and prove
+        ``payout.distributor_block`` (rewards.funding.check_deployed_in); set :attr:`fatal`
+        if the node refutes either. Raises TransportError/RpcError (not checked yet)."""
+        if self.fatal:
+            return
+        if not self._chain_checked:
+            node_chain = rpc.chain_id()
+            if node_chain != self.config.chain_id:
+                self._stop_for(f"payout.chain_id is {self.config.chain_id} but the node at "
+                               f"{self.config.rpc_url} reports chain id {node_chain}")
+                return
+            self._chain_checked = True
+        if self._block_checked:
             return
         block, distributor = self.config.distributor_block, self.config.distributor
         try:
             check_deployed_in(rpc, distributor, block)
         except VerificationError:
-            self.fatal = (f"payout.distributor_block = {block} is not the deployment block "
-                          f"of the distributor {distributor}: no transaction of that block "
-                          "created it")
-            log.error("payout: %s; no epoch is signed", self.fatal)
-            self.metrics.stopped.set(1)
+            self._stop_for(f"payout.distributor_block = {block} is not the deployment block "
+                           f"of the distributor {distributor}: no transaction of that block "
+                           "created it")
             return
         self._block_checked = True
+
+    def _stop_for(self, why: str) -> None:
+        """A configuration the node refutes: no epoch is signed (``payout_stopped``)."""
+        self.fatal = why
+        log.error("payout: %s; no epoch is signed", why)
+        self.metrics.stopped.set(1)
 
     def step(self) -> float:
         """Post the pending epoch or make a due one; return seconds until the next step.
 
         Nothing at all while :attr:`fatal` (a deployment block the chain refutes)."""
         try:
-            self._check_block(self._rpc)
+            self._check_node(self._rpc)
             if self.fatal:
                 return 60.0
             pending = self.book.latest(PENDING)

@@ -183,3 +183,18 @@ def test_a_gateway_configured_with_a_wrong_deployment_block_refuses_to_start_its
         assert err == [f"edgeproof-gateway: error: payout.distributor_block = {wrong} is not "
                        f"the deployment block of the distributor {deployed.distributor}: no "
                        "transaction of that block created it"]
+
+
+def test_a_gateway_whose_payout_chain_id_is_not_the_nodes_refuses_to_start_its_payouts(
+        tmp_path: Path, chain: GanacheNode, deployed: Deployment,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # Epochs would state a chain their funding was not read from, and the poster's
+    # EIP-155 transactions would not be valid on the node's chain.
+    other = chain.chain_id + 1
+    payout = payout_section(tmp_path, chain, deployed).replace(
+        f"chain_id = {chain.chain_id}\n", f"chain_id = {other}\n")
+    files = write_gateway_files(tmp_path / "gw", free_port(), extra=payout)
+    assert gateway_main(["run", "--config", str(files.config), "--log-level", "ERROR"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"edgeproof-gateway: error: payout.chain_id is {other} but the node at "
+                   f"{chain.url} reports chain id {chain.chain_id}"]
