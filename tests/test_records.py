@@ -38,6 +38,7 @@ from protocol.keys import (
     device_id_for,
     load_device_key,
     save_device_key,
+    verify_ed25519,
 )
 from protocol.receipt import (
     MAX_CHECKPOINT_CHARS,
@@ -561,6 +562,72 @@ def test_signing_shortcut_gives_the_public_bindings_signature() -> None:
         expected = nacl.signing.SigningKey(key.seed.value).sign(message).signature
         assert key.sign(message) == expected
         nacl.signing.VerifyKey(key.public_key).verify(message, expected)
+
+
+_L = 2**252 + 27742317777372353535851937790883648493  # the order of Ed25519's base point
+# Encodings of points of small order (the identity, order 2, 4 and 8 points) and a
+# non-canonical y (p + 1): libsodium refuses each as a key and as R.
+_SMALL_ORDER = [bytes([1]) + bytes(31), bytes(32), bytes([0xEC]) + b"\xff" * 30 + b"\x7f",
+                bytes.fromhex("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"),
+                bytes.fromhex("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a"),
+                bytes([0xEE]) + b"\xff" * 30 + b"\x7f"]
+
+
+def _public_binding_accepts(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    import nacl.bindings  # noqa: PLC0415
+    import nacl.exceptions  # noqa: PLC0415
+
+    try:
+        nacl.bindings.crypto_sign_open(signature + message, public_key)
+    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError,
+            nacl.exceptions.TypeError):
+        return False
+    return True
+
+
+def _shortcut_accepts(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    try:
+        verify_ed25519(public_key, message, signature)
+    except VerificationError:
+        return False
+    return True
+
+
+def test_the_verify_shortcut_decides_as_the_public_binding_on_forged_and_edge_inputs() -> None:
+    from protocol import sodium  # noqa: PLC0415
+
+    assert sodium.lib is not None  # the shortcut is in use on this PyNaCl
+    key = SigningKey.generate()
+    message = os.urandom(150)
+    good = key.sign(message)
+    s = int.from_bytes(good[32:], "little")
+    cases = [(key.public_key, message, good),  # honest: both accept
+             (key.public_key, message + b"x", good),  # another message
+             (key.public_key, message, good[:32] + (s + _L).to_bytes(32, "little")),  # S + L
+             (key.public_key, message, good[:63] + bytes([good[63] ^ 0x80])),
+             (key.public_key, message, bytes(64))]
+    cases += [(small, message, good) for small in _SMALL_ORDER]  # a small-order key
+    cases += [(key.public_key, message, small + good[32:]) for small in _SMALL_ORDER]  # R
+    cases += [(small, b"", small + bytes(32)) for small in _SMALL_ORDER]  # 0 = 0 forgeries
+    answers = [_shortcut_accepts(*case) for case in cases]
+    assert answers == [_public_binding_accepts(*case) for case in cases]
+    assert answers[0]
+    assert not any(answers[1:])
+
+
+@settings(max_examples=300, deadline=None)
+@given(message=st.binary(max_size=300), flip=st.integers(0, 64 * 8),
+       key=st.binary(min_size=32, max_size=32))
+def test_the_verify_shortcut_agrees_with_the_public_binding_on_any_bytes(
+        message: bytes, flip: int, key: bytes) -> None:
+    signer = SigningKey(Secret(key))
+    signature = bytearray(signer.sign(message))
+    if flip < 64 * 8:  # one bit of the signature flipped; else the honest signature
+        signature[flip // 8] ^= 1 << (flip % 8)
+    for public_key in (signer.public_key, key):  # its key, and 32 arbitrary bytes as a key
+        accepted = _shortcut_accepts(public_key, message, bytes(signature))
+        assert accepted == _public_binding_accepts(public_key, message, bytes(signature))
+        event(f"accepted={accepted}")
 
 
 def test_with_body_refuses_a_body_that_does_not_fit_the_record() -> None:
