@@ -193,6 +193,37 @@ def test_committed_leaves_survive_a_reopen_unchanged(db: Reopenable) -> None:
                                                 new.received_ms, new.flags)
 
 
+def test_a_transaction_of_many_leaves_is_stored_row_for_row(db: Reopenable) -> None:
+    # More leaves than one multi-row INSERT takes (gateway.sqlite_store: 50), plus a rest,
+    # from three devices interleaved as a group commit writes them.
+    devices = [b"d" * 16, b"e" * 16, b"f" * 16]
+    written = [leaf(i, device=devices[i % 3], seq=i // 3) for i in range(123)]
+    append(db.store, leaf(1000, seq=10_000))
+    assert append(db.store, *written) == list(range(1, 124))
+    store = db.reopen()
+    assert store.size() == 124
+    for index, new in enumerate(written, start=1):
+        got = store.leaf(index)
+        assert got is not None
+        assert (got.device_id, got.seq, got.record_hash, got.raw, got.stream,
+                got.received_ms, got.flags) == (new.device_id, new.seq, new.record_hash,
+                                                new.raw, new.stream, new.received_ms,
+                                                new.flags)
+    assert store.root(124) == merkle.root(leaf_hashes([leaf(1000, seq=10_000), *written]))
+
+
+def test_a_repeated_seq_deep_in_a_large_transaction_is_refused_and_leaves_no_trace(
+        store: LogStore) -> None:
+    append(store, leaf(0))
+    batch = [leaf(i) for i in range(1, 121)]
+    batch[74] = leaf(75, seq=10)  # a second (device, seq) inside the second 50 rows
+    with pytest.raises(StorageError):
+        append(store, *batch)
+    assert store.size() == 1
+    assert store.leaf(1) is None
+    assert append(store, *[leaf(i) for i in range(1, 121)]) == list(range(1, 121))
+
+
 def test_leaf_beyond_the_log_is_not_found(store: LogStore) -> None:
     append(store, leaf(0))
     assert store.leaf(1) is None
