@@ -24,10 +24,11 @@ from pathlib import Path
 from agent.clock import SystemClock
 from agent.config import AgentConfig, env_overrides, load_config
 from agent.identity import create_identity, ensure_state_dir
-from agent.run import run_agent, setup_logging, stop_on_signals
+from agent.run import run_agent, stop_on_signals
 from agent.service import ServiceOptions
 from agent.status import collect_status
 from osutil.cli import add_log_level, add_version, run_command
+from osutil.lograte import service_logging
 from protocol.errors import ConfigError
 
 PROG = "edgeproof-agent"
@@ -164,15 +165,17 @@ def _cmd_run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     stop = threading.Event()
     stop_on_signals(stop, PROG)  # first: a SIGTERM during start-up still ends in a clean shutdown
     config = build_run_config(args, environ)
-    setup_logging(config.log_level)
-    log = logging.getLogger(PROG)
-    ensure_state_dir(config.state_dir)
-    if args.config is None and not config.key_file.exists():
-        identity = create_identity(config.key_file)
-        log.warning("created a new device identity in %s: public key %s (device id %s); "
-                    "enroll it with the gateway", config.key_file, identity.public_key_hex,
-                    identity.device_id.hex())
-    return run_agent(config, SystemClock(), ServiceOptions(environ=dict(environ)), stop)
+    # Logs to stdout, repeats limited; main() may run many times in one process (tests):
+    # the logging set up here ends with the run (osutil.lograte.service_logging).
+    with service_logging(config.log_level):
+        log = logging.getLogger(PROG)
+        ensure_state_dir(config.state_dir)
+        if args.config is None and not config.key_file.exists():
+            identity = create_identity(config.key_file)
+            log.warning("created a new device identity in %s: public key %s (device id %s); "
+                        "enroll it with the gateway", config.key_file,
+                        identity.public_key_hex, identity.device_id.hex())
+        return run_agent(config, SystemClock(), ServiceOptions(environ=dict(environ)), stop)
 
 
 # --- status --------------------------------------------------------------------------------

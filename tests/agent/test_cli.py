@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -241,3 +242,17 @@ def test_relative_override_paths_are_relative_to_the_working_directory(
                               ("agent", "state_dir"): "state"})
     assert overridden.mqtt.password_file == tmp_path / "secrets" / "pw"
     assert overridden.state_dir == tmp_path / "state"
+
+
+def test_a_run_that_fails_after_its_logging_started_leaves_no_logging_behind(
+        tmp_path: Path, capsys: Capture) -> None:
+    # main() may run again in this process (tests): a later run or test must not log into
+    # this run's stdout (pytest's capture, closed by then) or at its level.
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level)
+    path = minimal(tmp_path)
+    assert main(["keygen", "--state-dir", str(tmp_path / "state")]) == 0
+    (tmp_path / "state" / "device.key").chmod(0o604)  # refused once the run has started
+    assert main(["run", "--config", str(path), "--log-level", "DEBUG"]) == 2
+    assert "chmod 600" in capsys.readouterr().err
+    assert (list(root.handlers), root.level) == before
