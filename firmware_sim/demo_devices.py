@@ -38,10 +38,11 @@ TV_ON_FIRST_S = 4  # the first household's TV comes on this many seconds into th
 TV_ON_STEP_S = 3  # and each next one this much later
 
 
-def write_demo_config(device: SimDevice, agent: dict[str, tomlwrite.Scalar] | None = None
-                      ) -> None:
+def write_demo_config(device: SimDevice, agent: dict[str, tomlwrite.Scalar] | None = None,
+                      intervals: dict[str, float] | None = None) -> None:
     """Rewrite the bundle's agent.toml with the demo's short intervals (same keys otherwise)
-    and ``agent`` added to its ``[agent]`` table (e.g. ``sim_faults``).
+    and ``agent`` added to its ``[agent]`` table (e.g. ``sim_faults``); ``intervals`` (by
+    sensor kind) replace :data:`DEMO_INTERVALS`' where given.
 
     Raises StorageError if the file cannot be read or written.
     """
@@ -49,8 +50,9 @@ def write_demo_config(device: SimDevice, agent: dict[str, tomlwrite.Scalar] | No
         data = tomllib.loads(device.config.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise StorageError(f"{device.config}: cannot read: {exc}") from None
+    chosen = {**DEMO_INTERVALS, **(intervals or {})}
     for sensor in data.get("sensors", []):
-        sensor["interval_s"] = DEMO_INTERVALS.get(sensor.get("kind"), sensor["interval_s"])
+        sensor["interval_s"] = chosen.get(sensor.get("kind"), sensor["interval_s"])
     for section, values in DEMO_SECTIONS.items():
         if section != "usage" or "usage" in data:
             data.setdefault(section, {}).update(values)
