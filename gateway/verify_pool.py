@@ -25,11 +25,13 @@ changed meanwhile.
   and the job's result is delivered once, so nothing is committed twice.
 - **Start and stop.** Workers fork from a small server process started with the pool
   (``forkserver``: the gateway's threads are never forked); :meth:`VerifyPool.start` waits
-  until every worker answered once. Workers ignore SIGINT and SIGTERM (systemd signals
-  the whole unit): the gateway finishes its batch in progress and then stops them. A
-  gateway killed with SIGKILL takes them along: the forkserver dies with the gateway
-  (:mod:`gateway.forkserver_init`) and each worker with the forkserver (a parent-death
-  signal), and the resource tracker exits when their pipes close.
+  until every worker answered once, and a pool (first or restarted) starts all its
+  workers however slowly jobs come (each waits for its siblings before it takes one).
+  Workers ignore SIGINT and SIGTERM (systemd signals the whole unit): the gateway
+  finishes its batch in progress and then stops them. A gateway killed with SIGKILL takes
+  them along: the forkserver dies with the gateway (:mod:`gateway.forkserver_init`) and
+  each worker with the forkserver (a parent-death signal), and the resource tracker exits
+  when their pipes close.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import contextlib
 import gc
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import threading
@@ -45,6 +48,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from multiprocessing.synchronize import Barrier as BarrierType
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -65,6 +69,7 @@ from protocol.reasons import Reason
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 2  # a job that broke the pool this often is verified in-process
 _START_TIMEOUT_S = 60.0
+_WATCH_S = 1.0  # how often the watchdog looks for a dead worker its executor missed
 _limits = Limits()  # set in each worker by _init_worker
 # Young-generation collections every GC_THRESHOLD allocations net (CPython's default, 700,
 # runs one every few records here): the per-record objects die by reference count anyway,
@@ -84,7 +89,7 @@ def settle_heap() -> None:
     gc.set_threshold(*GC_THRESHOLD)
 
 
-def _init_worker(limits: Limits) -> None:
+def _init_worker(limits: Limits, started: BarrierType) -> None:
     global _limits  # noqa: PLW0603 - per-process state of a pool worker
     _limits = limits
     # The forkserver dies with the gateway, even after a kill -9 (gateway.forkserver_init);
@@ -94,6 +99,9 @@ def _init_worker(limits: Limits) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     settle_heap()
+    # Idle only once every worker of the pool has started (VerifyPool._new_executor). A
+    # timeout raises here, the executor reports itself broken, and the pool restarts.
+    started.wait(_START_TIMEOUT_S)
 
 
 def _ping() -> int:
@@ -167,12 +175,22 @@ class VerifyPool:
         self._local = ThreadPoolExecutor(max_workers=threads,
                                          thread_name_prefix="gateway-verify")
         self._executor: Executor = self._local
+        # Jobs in a worker process: inner future -> (job, outer future, attempt, generation).
+        # Whoever pops a job's entry delivers or resends it: its own callback, or the
+        # watchdog when the executor stopped reporting (once, either way).
+        self._inflight: dict[Future[_Packed], tuple[_Job, Future[PreparedBatch], int, int]] = {}
+        self._stop = threading.Event()
+        self._watchdog: threading.Thread | None = None
         self.restarts = Counter(f"{PREFIX}_verify_worker_restarts",
                                 "Times the verify worker processes were replaced after one "
                                 "died (their jobs were verified again)", registry=registry)
         self.fallbacks = Counter(f"{PREFIX}_verify_inprocess_fallbacks",
                                  "Batches verified in the gateway process because workers "
                                  "died twice on them", registry=registry)
+        self.unreported = Counter(f"{PREFIX}_verify_worker_unreported_deaths",
+                                  "Worker deaths the executor did not report (a worker killed "
+                                  "while it sent a result stalls it), found by the pool's "
+                                  "watchdog, which restarted the workers", registry=registry)
         Gauge(f"{PREFIX}_verify_workers", "Verify worker processes (0: verifying on threads "
               "in the gateway process)", registry=registry).set(workers)
 
@@ -180,9 +198,12 @@ class VerifyPool:
         """Start the workers and wait until each answered; raise OSError if they cannot."""
         if self.workers:
             with self._lock:
-                self._executor = self._new_executor()
-            for ping in self._warm(self._executor):
+                self._executor, pings = self._new_executor()
+            for ping in pings:
                 ping.result(timeout=_START_TIMEOUT_S)
+            self._watchdog = threading.Thread(target=self._watch, daemon=True,
+                                              name="gateway-verify-watchdog")
+            self._watchdog.start()
 
     def submit(self, topic: str, payload: bytes, arrived: float,
                device: Device | None) -> Future[PreparedBatch]:
@@ -205,22 +226,31 @@ class VerifyPool:
         with self._lock:
             self._closing = True
             executor = self._executor
+        self._stop.set()
+        if self._watchdog is not None:
+            self._watchdog.join()
         executor.shutdown(wait=True, cancel_futures=True)
         self._local.shutdown(wait=True, cancel_futures=True)
 
     # --- internals -----------------------------------------------------------------------
 
-    def _new_executor(self) -> ProcessPoolExecutor:
+    def _new_executor(self) -> tuple[ProcessPoolExecutor, list[Future[int]]]:
+        """A new executor with one trivial job per worker already in (its pings)."""
         context = multiprocessing.get_context("forkserver")
         # gateway.forkserver_init first: the server dies with this process, even after a
         # kill -9, and with it the workers and the resource tracker.
         context.set_forkserver_preload(["gateway.forkserver_init", "gateway.verify_pool"])
-        return ProcessPoolExecutor(self.workers, mp_context=context,
-                                   initializer=_init_worker, initargs=(self._limits,))
-
-    def _warm(self, executor: Executor) -> list[Future[int]]:
-        """One trivial job per worker: the executor starts its processes on demand."""
-        return [executor.submit(_ping) for _ in range(self.workers)]
+        # ProcessPoolExecutor starts a worker for a job only when none is idle: jobs that
+        # come slower than one worker finishes them never start the others, so a pool
+        # restarted under a trickle (or busy with the batches it resent) went on with one
+        # worker. Each worker waits in its initializer until all have started; none is idle
+        # before then, so the first `workers` jobs, the pings submitted here before anyone
+        # else sees the executor, start them all.
+        started = context.Barrier(self.workers)
+        executor = ProcessPoolExecutor(self.workers, mp_context=context,
+                                       initializer=_init_worker,
+                                       initargs=(self._limits, started))
+        return executor, [executor.submit(_ping) for _ in range(self.workers)]
 
     def _in_process(self, job: _Job) -> PreparedBatch:
         return prepare_batch(job.topic, job.payload, job.arrived, self._limits,
@@ -245,11 +275,16 @@ class VerifyPool:
             self._restart(generation)
             self._send(job, outer, attempt + 1)
             return
-        inner.add_done_callback(lambda done: self._finished(
-            done, job, outer, attempt, executor=executor, generation=generation))
+        with self._lock:  # before the callback exists, so it always finds the entry
+            self._inflight[inner] = (job, outer, attempt, generation)
+        inner.add_done_callback(lambda done: self._finished(done, executor=executor))
 
-    def _finished(self, inner: Future[_Packed], job: _Job, outer: Future[PreparedBatch],
-                  attempt: int, *, executor: Executor, generation: int) -> None:
+    def _finished(self, inner: Future[_Packed], *, executor: Executor) -> None:
+        with self._lock:
+            entry = self._inflight.pop(inner, None)
+        if entry is None:
+            return  # the watchdog has sent this job again: its answer comes from there
+        job, outer, attempt, generation = entry
         if inner.cancelled():
             outer.cancel()
             return
@@ -269,13 +304,59 @@ class VerifyPool:
             if self._closing or generation != self._generation:
                 return
             old = self._executor
-            self._executor = self._new_executor()
+            self._executor, _ = self._new_executor()
             self._generation += 1
         self.restarts.inc()
         log.error("a verify worker died; restarted the workers and sent their batches again")
         _kill_workers(old)
         old.shutdown(wait=False)  # its jobs fail as broken and are sent again
-        self._warm(self._executor)
+
+    def _watch(self) -> None:
+        """Restart the workers when one is dead and its executor has not said so by the
+        next look.
+
+        ProcessPoolExecutor reads every worker's results from ONE pipe: a worker killed
+        while it wrote a result leaves half a message there, and the executor's thread
+        waits for the rest for ever, looking at nothing else, so none of its jobs would
+        ever finish (and, the worker having held the pipe's lock, its siblings block too).
+        """
+        suspect = -1  # the generation that had a dead worker at the previous look
+        while not self._stop.wait(_WATCH_S):
+            with self._lock:
+                executor, generation = self._executor, self._generation
+            if not _a_worker_died(executor):
+                suspect = -1
+            elif suspect != generation:
+                suspect = generation  # give the executor one look's time to report it
+            elif getattr(executor, "_broken", False):
+                self._restart(generation)  # reported, but no job has come to hear it
+            else:
+                self._replace_stalled(executor, generation)
+
+    def _replace_stalled(self, executor: Executor, generation: int) -> None:
+        """Restart the workers and send every job ``executor`` held to the new ones."""
+        with self._lock:
+            stranded = [(inner, entry) for inner, entry in self._inflight.items()
+                        if entry[3] == generation]
+            for inner, _ in stranded:
+                del self._inflight[inner]
+        self.unreported.inc()
+        log.error("a verify worker died and its executor did not report it (killed while "
+                  "it sent a result?): restarting the workers, sending %d batches again",
+                  len(stranded))
+        # The executor's thread waits for the rest of a half-written result: with every
+        # worker dead and our copy of the pipe's write end closed, it reads end-of-file,
+        # reports the pool broken (to callbacks that find nothing left to do) and ends;
+        # else it would also hold up the interpreter's exit. (Before the restart, which
+        # shuts the executor down and drops its queue.)
+        writer = getattr(getattr(executor, "_result_queue", None), "_writer", None)
+        _kill_workers(executor)
+        if writer is not None:
+            with contextlib.suppress(OSError):
+                writer.close()
+        self._restart(generation)
+        for _, (job, outer, attempt, _) in stranded:
+            self._send(job, outer, attempt + 1)
 
 
 def _processes(executor: Executor) -> dict[int, multiprocessing.process.BaseProcess]:
@@ -283,6 +364,14 @@ def _processes(executor: Executor) -> dict[int, multiprocessing.process.BaseProc
     if not isinstance(executor, ProcessPoolExecutor):
         return {}
     return dict(executor._processes or {})  # noqa: SLF001
+
+
+def _a_worker_died(executor: Executor) -> bool:
+    sentinels = []
+    for process in _processes(executor).values():
+        with contextlib.suppress(ValueError):  # closed: the executor has reaped it
+            sentinels.append(process.sentinel)
+    return bool(multiprocessing.connection.wait(sentinels, 0))
 
 
 def _kill_workers(executor: Executor) -> None:

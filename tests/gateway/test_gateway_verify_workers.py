@@ -10,6 +10,7 @@ import dataclasses
 import os
 import random
 import signal
+import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +29,7 @@ from gateway.gatewaykey import GatewayKey
 from gateway.metrics import GatewayMetrics
 from gateway.sqlite_store import SQLiteLogStore
 from gateway.verify import PreparedBatch, prepare_batch
-from gateway.verify_pool import VerifyPool
+from gateway.verify_pool import VerifyPool, _processes
 from protocol import reasons
 from protocol.batch import records_topic
 from protocol.receipt import Receipt, Status
@@ -175,6 +176,26 @@ def test_malformed_and_oversized_input_in_a_worker_rejected_with_the_in_process_
         pool.close()
 
 
+def test_a_pool_whose_jobs_come_one_at_a_time_still_runs_every_worker() -> None:
+    """ProcessPoolExecutor starts a worker for a job only when none is idle, so jobs that
+    come slower than one worker finishes them never started the second: seen in the kill
+    test under ``stress-ng --cpu 4``, where a restarted pool, busy first with the batches it
+    resent, stayed at one worker for 60 s. Every executor the pool makes (at start and at
+    each restart) must run all its workers, however its jobs trickle in."""
+    pool = VerifyPool(2, 1, Limits(), CollectorRegistry())
+    executor, pings = pool._new_executor()  # noqa: SLF001 - what start() and restarts make
+    try:
+        for ping in pings:
+            ping.result(timeout=60)
+        answered = {executor.submit(os.getpid).result(timeout=60) for _ in range(20)}
+        assert len(pool_pids := set(executor._processes or {})) == 2  # noqa: SLF001
+        assert answered <= pool_pids
+    finally:
+        for process in (executor._processes or {}).values():  # noqa: SLF001
+            process.kill()
+        executor.shutdown(wait=True)
+
+
 def test_killed_worker_is_replaced_and_its_batches_verified_again(
         log: Log, pool: VerifyPool, registry: CollectorRegistry) -> None:
     dev = TestDevice.create("crash", 41)
@@ -193,7 +214,10 @@ def test_killed_worker_is_replaced_and_its_batches_verified_again(
 
     assert outcomes == [[(Status.ACCEPTED, None)] * 50] * 8 + [[(Status.ACCEPTED, None)]]
     assert log.store.size() == 401
-    restarts = registry.get_sample_value("edgeproof_gateway_verify_worker_restarts_total")
+    # The batches may all be answered before the executor sees the death (a loaded
+    # machine): then the next job, or else the pool's watchdog, has the workers replaced.
+    restarts = eventually(lambda: registry.get_sample_value(
+        "edgeproof_gateway_verify_worker_restarts_total"), "the workers replaced", 60)
     assert restarts == 1
     assert before[0] not in pool.worker_pids()
 
@@ -234,6 +258,39 @@ def _wait_for_fresh_workers(gateway_pid: int, seen: set[int]) -> list[int]:
     new = eventually(fresh, "the gateway starting two new verify workers", 60, every_s=0.05)
     seen.update(new)
     return sorted(new)
+
+
+def test_a_worker_killed_while_it_sends_a_result_stalls_nothing(
+        log: Log, pool: VerifyPool, registry: CollectorRegistry) -> None:
+    """ProcessPoolExecutor reads all workers' results from one pipe: a worker killed while
+    it wrote one leaves half a message there and the result lock taken; the executor's
+    thread waits for the rest for ever and never sees the death, so every job in the pool
+    hung (a bare executor, kill -9 under 4 MB results: 3 hangs in 10). That state is made
+    here by hand: the lock taken and a length prefix with no body on the pipe, then a
+    worker killed while the batches wait. The pool's watchdog must send them again."""
+    dev = TestDevice.create("stalled", 43)
+    enrol(log, dev)
+    snapshot = log.store.device(dev.device_id)
+    topic = records_topic(dev.device_id)
+    stalled = pool._executor  # noqa: SLF001 - its result pipe, below
+    results = stalled._result_queue  # type: ignore[attr-defined]  # noqa: SLF001
+    results._wlock.acquire()  # noqa: SLF001 - as the killed worker left it
+    os.write(results._writer.fileno(), struct.pack("!i", 4096))  # noqa: SLF001
+    futures = [pool.submit(topic, batch_bytes(dev.records(50), i), 0.0, snapshot)
+               for i in range(1, 9)]
+    os.kill(pool.worker_pids()[0], signal.SIGKILL)
+
+    batches = [f.result(timeout=60) for f in futures]  # answered, each once
+    outcomes = log.commit(batches)
+
+    assert outcomes == [[(Status.ACCEPTED, None)] * 50] * 8
+    assert log.store.size() == 400
+    assert registry.get_sample_value(
+        "edgeproof_gateway_verify_worker_unreported_deaths_total") == 1
+    assert registry.get_sample_value("edgeproof_gateway_verify_worker_restarts_total") == 1
+    assert not set(pool.worker_pids()) & set(_processes(stalled))
+    later = pool.submit(topic, batch_bytes(dev.records(1), 9), 0.0, snapshot).result(60)
+    assert log.commit([later]) == [[(Status.ACCEPTED, None)]]
 
 
 def test_kill9_of_a_verify_worker_under_load_loses_and_duplicates_nothing(
