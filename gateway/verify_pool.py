@@ -15,40 +15,50 @@ changed meanwhile.
   (``PreparedRecord.good_key``/``bad_key``); the sequencer compares that with the key its
   own transaction reads and verifies again when they differ, so a rotation or revocation
   that lands while a batch is in a worker never lets a record in under a stale key.
+- **One pipe per worker.** A job goes down its worker's own socket pair at once, to the
+  worker with the fewest jobs outstanding, and the worker answers on the same pair, in
+  order; a single thread in the gateway reads every worker's answers. No queue sits in
+  between and no thread feeds one, and a worker that dies half-way through an answer
+  leaves the broken message on its own pipe only (the reader gets end-of-file there).
 - **Bounded.** The pool holds only what the sequencer hands it, which the service bounds
   (``MAX_GROUP_BATCHES`` messages, ``MAX_INFLIGHT_BYTES``); there is no queue of its own.
-- **A worker dies** (kill -9, out of memory): when the executor reports it (at once for
-  the jobs it held, else at the next job), every job it and its siblings had is sent
-  again to a fresh set of workers (``gateway_verify_worker_restarts_total``). A job that
-  broke the pool twice is verified in the gateway process instead, so a message never
-  loops. Nothing is acknowledged before its records are committed, so nothing is lost,
-  and the job's result is delivered once, so nothing is committed twice.
+- **A worker dies** (kill -9, out of memory): the reader sees its process end (or its pipe
+  close), starts a new worker in its place and sends the jobs the dead one held to the
+  workers left (``gateway_verify_worker_restarts_total``); the other workers' jobs go on
+  untouched. A job that was in a worker when it died twice is verified in the gateway
+  process instead, so a message never loops. A worker that cannot be started is counted
+  (``gateway_verify_worker_start_failures_total``) and tried again every second; with no
+  worker alive, jobs are verified in the gateway process. Nothing is acknowledged before
+  its records are committed, so nothing is lost, and a job's result is delivered once, so
+  nothing is committed twice.
 - **Start and stop.** Workers fork from a small server process started with the pool
   (``forkserver``: the gateway's threads are never forked); :meth:`VerifyPool.start` waits
-  until every worker answered once, and a pool (first or restarted) starts all its
-  workers however slowly jobs come (each waits for its siblings before it takes one).
-  Workers ignore SIGINT and SIGTERM (systemd signals the whole unit): the gateway
-  finishes its batch in progress and then stops them. A gateway killed with SIGKILL takes
-  them along: the forkserver dies with the gateway (:mod:`gateway.forkserver_init`) and
-  each worker with the forkserver (a parent-death signal), and the resource tracker exits
-  when their pipes close.
+  until every worker answered once. Workers ignore SIGINT and SIGTERM (systemd signals the
+  whole unit): the gateway finishes its batch in progress and then closes their pipes, and
+  each worker exits at end-of-file. A gateway killed with SIGKILL takes them along: the
+  forkserver dies with the gateway (:mod:`gateway.forkserver_init`) and each worker with
+  the forkserver (a parent-death signal), and the resource tracker exits when their pipes
+  close.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import gc
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import pickle
 import signal
 import threading
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
-from multiprocessing.synchronize import Barrier as BarrierType
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -67,10 +77,11 @@ from osutil.deathsig import die_with_parent
 from protocol.reasons import Reason
 
 log = logging.getLogger(__name__)
-MAX_ATTEMPTS = 2  # a job that broke the pool this often is verified in-process
+MAX_ATTEMPTS = 2  # a job that was in a dying worker this often is verified in-process
 _START_TIMEOUT_S = 60.0
-_WATCH_S = 1.0  # how often the watchdog looks for a dead worker its executor missed
-_limits = Limits()  # set in each worker by _init_worker
+_RETRY_START_S = 1.0  # how often a pool short of workers tries to start one again
+_STOP_TIMEOUT_S = 10.0
+_PING = b""  # a job of no bytes: the worker answers with its pid
 # Young-generation collections every GC_THRESHOLD allocations net (CPython's default, 700,
 # runs one every few records here): the per-record objects die by reference count anyway,
 # and a full collection still comes every GC_THRESHOLD * 20 * 100 allocations.
@@ -89,23 +100,33 @@ def settle_heap() -> None:
     gc.set_threshold(*GC_THRESHOLD)
 
 
-def _init_worker(limits: Limits, started: BarrierType) -> None:
-    global _limits  # noqa: PLW0603 - per-process state of a pool worker
-    _limits = limits
+def _serve(conn: Connection, limits: Limits) -> None:
+    """A worker's life: answer each job on ``conn``, in order, until end-of-file."""
     # The forkserver dies with the gateway, even after a kill -9 (gateway.forkserver_init);
-    # a worker waiting for work would not notice (it holds the pipes that would tell it),
-    # so the kernel ends it then.
+    # a worker waiting for work might not notice, so the kernel ends it then.
     die_with_parent(signal.SIGKILL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     settle_heap()
-    # Idle only once every worker of the pool has started (VerifyPool._new_executor). A
-    # timeout raises here, the executor reports itself broken, and the pool restarts.
-    started.wait(_START_TIMEOUT_S)
+    while True:
+        try:
+            job = conn.recv_bytes()
+        except (EOFError, OSError):
+            return  # the gateway closed the pool (or is gone)
+        conn.send_bytes(_answer(job, limits))
 
 
-def _ping() -> int:
-    return os.getpid()
+def _answer(job: bytes, limits: Limits) -> bytes:
+    """The pickled answer to one pickled job: (True, packed batch) or (False, error)."""
+    if job == _PING:
+        return pickle.dumps((True, os.getpid()), pickle.HIGHEST_PROTOCOL)
+    try:
+        topic, payload, arrived, device = pickle.loads(job)  # noqa: S301 - from the gateway
+        answer: tuple[bool, object] = (True, pack(prepare_batch(topic, payload, arrived, limits,
+                                                                _lookup(device))))
+    except Exception as exc:  # noqa: BLE001 - a bug: the gateway raises it for the batch
+        answer = (False, f"{type(exc).__name__}: {exc}")
+    return pickle.dumps(answer, pickle.HIGHEST_PROTOCOL)
 
 
 def _lookup(device: Device | None) -> KeyLookup:
@@ -113,11 +134,6 @@ def _lookup(device: Device | None) -> KeyLookup:
     def lookup(kid: bytes) -> Device | None:
         return device if device is not None and kid == device.device_id else None
     return lookup
-
-
-def _prepare_in_worker(topic: str, payload: bytes, arrived: float,
-                       device: Device | None) -> _Packed:
-    return pack(prepare_batch(topic, payload, arrived, _limits, _lookup(device)))
 
 
 # A PreparedBatch as plain tuples: pickling the objects themselves costs about four times
@@ -154,12 +170,29 @@ def unpack(topic: str, arrived: float, packed: _Packed) -> PreparedBatch:
     return PreparedBatch(topic, topic_device, arrived, payload_hash, batch_id, reject, records)
 
 
+class VerifyWorkerError(RuntimeError):
+    """A worker raised while it verified a batch (a bug: bad input is rejected, not raised)."""
+
+
 @dataclass(frozen=True)
 class _Job:
     topic: str
     payload: bytes
     arrived: float
     device: Device | None
+
+
+@dataclass(eq=False)  # compared and hashed by identity
+class _Worker:
+    """One worker process, its end of the pipe, and the jobs it holds, oldest first."""
+
+    process: BaseProcess
+    conn: Connection
+    # (job, outer future, attempt). Appended and sent under send_lock, so the order here
+    # is the order on the pipe, which is the order of the answers.
+    jobs: deque[tuple[_Job, Future[PreparedBatch], int]] = field(default_factory=deque)
+    send_lock: threading.Lock = field(default_factory=threading.Lock)
+    dead: bool = False
 
 
 class VerifyPool:
@@ -169,220 +202,222 @@ class VerifyPool:
                  registry: CollectorRegistry) -> None:
         """Prepare the pool; no process starts before :meth:`start`."""
         self.workers, self._limits = workers, limits
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _workers and the choice of a worker
+        self._workers: list[_Worker] = []
+        self._next = 0  # where the search for the least busy worker starts (round robin)
         self._closing = False
-        self._generation = 0
         self._local = ThreadPoolExecutor(max_workers=threads,
                                          thread_name_prefix="gateway-verify")
-        self._executor: Executor = self._local
-        # Jobs in a worker process: inner future -> (job, outer future, attempt, generation).
-        # Whoever pops a job's entry delivers or resends it: its own callback, or the
-        # watchdog when the executor stopped reporting (once, either way).
-        self._inflight: dict[Future[_Packed], tuple[_Job, Future[PreparedBatch], int, int]] = {}
-        self._stop = threading.Event()
-        self._watchdog: threading.Thread | None = None
+        self._context = multiprocessing.get_context("forkserver")
+        # gateway.forkserver_init first: the server dies with this process, even after a
+        # kill -9, and with it the workers and the resource tracker.
+        self._context.set_forkserver_preload(["gateway.forkserver_init",
+                                              "gateway.verify_pool"])
+        self._wake_r, self._wake_w = self._context.Pipe(duplex=False)
+        self._reader: threading.Thread | None = None
         self.restarts = Counter(f"{PREFIX}_verify_worker_restarts",
-                                "Times the verify worker processes were replaced after one "
-                                "died (their jobs were verified again)", registry=registry)
+                                "Verify worker processes replaced after one died (the jobs "
+                                "it held were verified again)", registry=registry)
+        self.start_failures = Counter(f"{PREFIX}_verify_worker_start_failures",
+                                      "Verify worker processes that could not be started "
+                                      "(tried again every second)", registry=registry)
+        self.reader_errors = Counter(f"{PREFIX}_verify_reader_errors",
+                                     "Errors in the thread that reads the verify workers' "
+                                     "answers (a bug; it logs them and goes on)",
+                                     registry=registry)
         self.fallbacks = Counter(f"{PREFIX}_verify_inprocess_fallbacks",
                                  "Batches verified in the gateway process because workers "
-                                 "died twice on them", registry=registry)
-        self.unreported = Counter(f"{PREFIX}_verify_worker_unreported_deaths",
-                                  "Worker deaths the executor did not report (a worker killed "
-                                  "while it sent a result stalls it), found by the pool's "
-                                  "watchdog, which restarted the workers", registry=registry)
+                                 "died twice on them, or none was running",
+                                 registry=registry)
         Gauge(f"{PREFIX}_verify_workers", "Verify worker processes (0: verifying on threads "
               "in the gateway process)", registry=registry).set(workers)
 
     def start(self) -> None:
         """Start the workers and wait until each answered; raise OSError if they cannot."""
-        if self.workers:
-            with self._lock:
-                self._executor, pings = self._new_executor()
-            for ping in pings:
-                ping.result(timeout=_START_TIMEOUT_S)
-            self._watchdog = threading.Thread(target=self._watch, daemon=True,
-                                              name="gateway-verify-watchdog")
-            self._watchdog.start()
+        if not self.workers:
+            return
+        atexit.register(self.close)  # before multiprocessing's own exit handler joins them
+        for _ in range(self.workers):  # kept at once, so close() stops them whatever fails
+            self._workers.append(self._start_worker())
+        for worker in self._workers:
+            worker.conn.send_bytes(_PING)
+        for worker in self._workers:
+            if not worker.conn.poll(_START_TIMEOUT_S):
+                raise OSError(f"verify worker {worker.process.pid} did not answer in "
+                              f"{_START_TIMEOUT_S:.0f} s")
+            worker.conn.recv_bytes()
+        self._reader = threading.Thread(target=self._read, daemon=True,
+                                        name="gateway-verify-results")
+        self._reader.start()
 
     def submit(self, topic: str, payload: bytes, arrived: float,
                device: Device | None) -> Future[PreparedBatch]:
         """Verify one message against ``device`` (the registry's entry for the topic)."""
         job = _Job(topic, payload, arrived, device)
-        outer: Future[PreparedBatch] = Future()
         if not self.workers:
             return self._local.submit(self._in_process, job)
+        outer: Future[PreparedBatch] = Future()
         self._send(job, outer, 1)
         return outer
 
     def worker_pids(self) -> list[int]:
-        """The worker processes' ids now (empty with 0 workers or before :meth:`start`)."""
+        """The live worker processes' ids (empty with 0 workers or before :meth:`start`)."""
         with self._lock:
-            executor = self._executor
-        return sorted(_processes(executor))
+            return sorted(w.process.pid for w in self._workers
+                          if not w.dead and w.process.pid is not None)
 
     def close(self) -> None:
-        """Stop the workers (jobs not started are cancelled; the messages stay unacked)."""
+        """Stop the workers (jobs they hold are cancelled; the messages stay unacked)."""
         with self._lock:
+            if self._closing:
+                return
             self._closing = True
-            executor = self._executor
-        self._stop.set()
-        if self._watchdog is not None:
-            self._watchdog.join()
-        executor.shutdown(wait=True, cancel_futures=True)
+        atexit.unregister(self.close)
+        with contextlib.suppress(OSError):
+            self._wake_w.send_bytes(b"")
+        if self._reader is not None:
+            self._reader.join()
+        for worker in self._workers:
+            worker.conn.close()  # the worker reads end-of-file and exits
+        for worker in self._workers:
+            worker.process.join(_STOP_TIMEOUT_S)
+            if worker.process.exitcode is None:
+                worker.process.kill()
+                worker.process.join()
+            while worker.jobs:
+                worker.jobs.popleft()[1].cancel()
+        self._workers = []
         self._local.shutdown(wait=True, cancel_futures=True)
 
     # --- internals -----------------------------------------------------------------------
 
-    def _new_executor(self) -> tuple[ProcessPoolExecutor, list[Future[int]]]:
-        """A new executor with one trivial job per worker already in (its pings)."""
-        context = multiprocessing.get_context("forkserver")
-        # gateway.forkserver_init first: the server dies with this process, even after a
-        # kill -9, and with it the workers and the resource tracker.
-        context.set_forkserver_preload(["gateway.forkserver_init", "gateway.verify_pool"])
-        # ProcessPoolExecutor starts a worker for a job only when none is idle: jobs that
-        # come slower than one worker finishes them never start the others, so a pool
-        # restarted under a trickle (or busy with the batches it resent) went on with one
-        # worker. Each worker waits in its initializer until all have started; none is idle
-        # before then, so the first `workers` jobs, the pings submitted here before anyone
-        # else sees the executor, start them all.
-        started = context.Barrier(self.workers)
-        executor = ProcessPoolExecutor(self.workers, mp_context=context,
-                                       initializer=_init_worker,
-                                       initargs=(self._limits, started))
-        return executor, [executor.submit(_ping) for _ in range(self.workers)]
+    def _start_worker(self) -> _Worker:
+        ours, theirs = self._context.Pipe(duplex=True)
+        process = self._context.Process(target=_serve, args=(theirs, self._limits),
+                                        name="gateway-verify", daemon=True)
+        try:
+            process.start()
+        finally:
+            theirs.close()  # the worker's copy only: its death then reads as end-of-file
+        return _Worker(process, ours)
 
     def _in_process(self, job: _Job) -> PreparedBatch:
         return prepare_batch(job.topic, job.payload, job.arrived, self._limits,
                              _lookup(job.device))
 
+    def _fallback(self, job: _Job, outer: Future[PreparedBatch], why: str) -> None:
+        self.fallbacks.inc()
+        log.error("verifying a batch from %s in the gateway process: %s", job.topic, why)
+        self._local.submit(_complete, outer, lambda: self._in_process(job))
+
     def _send(self, job: _Job, outer: Future[PreparedBatch], attempt: int) -> None:
-        with self._lock:
-            executor, generation, closing = self._executor, self._generation, self._closing
-        if closing:
-            outer.cancel()
-            return
         if attempt > MAX_ATTEMPTS:
-            self.fallbacks.inc()
-            log.error("verify workers died twice on a batch from %s: verifying it in the "
-                      "gateway process", job.topic)
-            _complete(outer, lambda: self._in_process(job))
+            self._fallback(job, outer, "workers died twice while they held it")
             return
-        try:
-            inner = executor.submit(_prepare_in_worker, job.topic, job.payload, job.arrived,
-                                    job.device)
-        except (BrokenProcessPool, RuntimeError):  # broken, or shut down by a restart
-            self._restart(generation)
-            self._send(job, outer, attempt + 1)
-            return
-        with self._lock:  # before the callback exists, so it always finds the entry
-            self._inflight[inner] = (job, outer, attempt, generation)
-        inner.add_done_callback(lambda done: self._finished(done, executor=executor))
-
-    def _finished(self, inner: Future[_Packed], *, executor: Executor) -> None:
-        with self._lock:
-            entry = self._inflight.pop(inner, None)
-        if entry is None:
-            return  # the watchdog has sent this job again: its answer comes from there
-        job, outer, attempt, generation = entry
-        if inner.cancelled():
-            outer.cancel()
-            return
-        error = inner.exception()
-        if isinstance(error, BrokenProcessPool):
-            _kill_workers(executor)
-            self._restart(generation)
-            self._send(job, outer, attempt + 1)
-        elif error is not None:
-            outer.set_exception(error)
-        else:
-            outer.set_result(unpack(job.topic, job.arrived, inner.result()))
-
-    def _restart(self, generation: int) -> None:
-        """Replace a broken executor once, however many of its jobs report it."""
-        with self._lock:
-            if self._closing or generation != self._generation:
-                return
-            old = self._executor
-            self._executor, _ = self._new_executor()
-            self._generation += 1
-        self.restarts.inc()
-        log.error("a verify worker died; restarted the workers and sent their batches again")
-        _kill_workers(old)
-        old.shutdown(wait=False)  # its jobs fail as broken and are sent again
-
-    def _watch(self) -> None:
-        """Restart the workers when one is dead and its executor has not said so by the
-        next look.
-
-        ProcessPoolExecutor reads every worker's results from ONE pipe: a worker killed
-        while it wrote a result leaves half a message there, and the executor's thread
-        waits for the rest for ever, looking at nothing else, so none of its jobs would
-        ever finish (and, the worker having held the pipe's lock, its siblings block too).
-        """
-        suspect = -1  # the generation that had a dead worker at the previous look
-        while not self._stop.wait(_WATCH_S):
+        data = pickle.dumps((job.topic, job.payload, job.arrived, job.device),
+                            pickle.HIGHEST_PROTOCOL)
+        while True:
             with self._lock:
-                executor, generation = self._executor, self._generation
-            if not _a_worker_died(executor):
-                suspect = -1
-            elif suspect != generation:
-                suspect = generation  # give the executor one look's time to report it
-            elif getattr(executor, "_broken", False):
-                self._restart(generation)  # reported, but no job has come to hear it
-            else:
-                self._replace_stalled(executor, generation)
+                if self._closing:
+                    outer.cancel()
+                    return
+                live = [w for w in self._workers if not w.dead]
+                if not live:
+                    break
+                self._next += 1
+                worker = min(live[self._next % len(live):] + live[:self._next % len(live)],
+                             key=lambda w: len(w.jobs))
+            with worker.send_lock:
+                if worker.dead:
+                    continue  # the reader took its jobs meanwhile: choose again
+                worker.jobs.append((job, outer, attempt))
+                # If it died, the reader sends what it held again, this job too.
+                with contextlib.suppress(OSError):
+                    worker.conn.send_bytes(data)
+            return
+        self._fallback(job, outer, "no verify worker is running")
 
-    def _replace_stalled(self, executor: Executor, generation: int) -> None:
-        """Restart the workers and send every job ``executor`` held to the new ones."""
+    def _read(self) -> None:
+        """The reader thread: every worker's answers, and their deaths, until close."""
+        while not self._closing:
+            try:
+                self._read_once()
+            except Exception:  # a bug here would stall every batch: say so and go on
+                self.reader_errors.inc()
+                log.exception("verify pool: reading the workers' answers failed")
+                self._wake_r.poll(_RETRY_START_S)
+
+    def _read_once(self) -> None:
         with self._lock:
-            stranded = [(inner, entry) for inner, entry in self._inflight.items()
-                        if entry[3] == generation]
-            for inner, _ in stranded:
-                del self._inflight[inner]
-        self.unreported.inc()
-        log.error("a verify worker died and its executor did not report it (killed while "
-                  "it sent a result?): restarting the workers, sending %d batches again",
-                  len(stranded))
-        # The executor's thread waits for the rest of a half-written result: with every
-        # worker dead and our copy of the pipe's write end closed, it reads end-of-file,
-        # reports the pool broken (to callbacks that find nothing left to do) and ends;
-        # else it would also hold up the interpreter's exit. (Before the restart, which
-        # shuts the executor down and drops its queue.)
-        writer = getattr(getattr(executor, "_result_queue", None), "_writer", None)
-        _kill_workers(executor)
-        if writer is not None:
-            with contextlib.suppress(OSError):
-                writer.close()
-        self._restart(generation)
-        for _, (job, outer, attempt, _) in stranded:
-            self._send(job, outer, attempt + 1)
+            workers = list(self._workers)
+            short = self.workers - len(workers)
+        by_conn = {w.conn: w for w in workers}
+        by_sentinel = {w.process.sentinel: w for w in workers}
+        ready = multiprocessing.connection.wait(
+            [self._wake_r, *by_sentinel, *by_conn], _RETRY_START_S if short else None)
+        if self._closing:
+            return
+        died = {by_sentinel[s] for s in ready if s in by_sentinel}
+        for conn in ready:
+            worker = by_conn.get(conn)  # type: ignore[call-overload]
+            if worker is None or worker in died:
+                continue
+            try:
+                answer = worker.conn.recv_bytes()
+            except (EOFError, OSError):
+                died.add(worker)
+                continue
+            self._deliver(worker, answer)
+        for worker in died:
+            self._bury(worker)
+        if died or short:
+            self._replenish()
 
+    def _deliver(self, worker: _Worker, answer: bytes) -> None:
+        job, outer, _ = worker.jobs.popleft()
 
-def _processes(executor: Executor) -> dict[int, multiprocessing.process.BaseProcess]:
-    """The executor's live worker processes by pid (it has no public view of them)."""
-    if not isinstance(executor, ProcessPoolExecutor):
-        return {}
-    return dict(executor._processes or {})  # noqa: SLF001
+        def result() -> PreparedBatch:
+            ok, value = pickle.loads(answer)  # noqa: S301 - our own worker's answer
+            if not ok:
+                raise VerifyWorkerError(value)
+            return unpack(job.topic, job.arrived, value)
+        _complete(outer, result)
 
-
-def _a_worker_died(executor: Executor) -> bool:
-    sentinels = []
-    for process in _processes(executor).values():
-        with contextlib.suppress(ValueError):  # closed: the executor has reaped it
-            sentinels.append(process.sentinel)
-    return bool(multiprocessing.connection.wait(sentinels, 0))
-
-
-def _kill_workers(executor: Executor) -> None:
-    """SIGKILL what is left of a broken executor's workers.
-
-    The executor ends them with SIGTERM and waits, but workers ignore SIGTERM (see the
-    module docstring), so it would wait for ever.
-    """
-    for process in _processes(executor).values():
+    def _bury(self, worker: _Worker) -> None:
+        """Forget a dead worker and send what it held to the others (on another thread:
+        this one must go on reading, or a worker answering a big batch and the sender
+        could wait for each other)."""
+        with worker.send_lock:
+            worker.dead = True
+            held = list(worker.jobs)
+            worker.jobs.clear()
+        with self._lock:
+            self._workers.remove(worker)
+        worker.conn.close()
         with contextlib.suppress(OSError, ValueError):
-            process.kill()
+            worker.process.kill()
+        worker.process.join(_STOP_TIMEOUT_S)
+        self.restarts.inc()
+        log.error("verify worker %s died (exit %s); sending the %d batches it held again",
+                  worker.process.pid, worker.process.exitcode, len(held))
+        for job, outer, attempt in held:
+            self._local.submit(self._send, job, outer, attempt + 1)
+
+    def _replenish(self) -> None:
+        """Start workers until the pool has its number again (failures retried later)."""
+        while True:
+            with self._lock:
+                if self._closing or len(self._workers) >= self.workers:
+                    return
+            try:
+                worker = self._start_worker()
+            except (OSError, ValueError) as exc:
+                self.start_failures.inc()
+                log.error("could not start a verify worker (trying again in %.0f s): %s",
+                          _RETRY_START_S, exc)
+                return
+            with self._lock:
+                self._workers.append(worker)
 
 
 def _complete(outer: Future[PreparedBatch], work: Callable[[], PreparedBatch]) -> None:
