@@ -287,6 +287,8 @@ class VerifyPool:
             while worker.jobs:
                 worker.jobs.popleft()[1].cancel()
         self._workers = []
+        self._wake_r.close()
+        self._wake_w.close()
         self._local.shutdown(wait=True, cancel_futures=True)
 
     # --- internals -----------------------------------------------------------------------
