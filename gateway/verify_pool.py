@@ -111,9 +111,10 @@ def _serve(conn: Connection, limits: Limits) -> None:
     while True:
         try:
             job = conn.recv_bytes()
+            answer = _answer(job, limits)
+            conn.send_bytes(answer)
         except (EOFError, OSError):
-            return  # the gateway closed the pool (or is gone)
-        conn.send_bytes(_answer(job, limits))
+            return  # the gateway closed the pool (or is gone), maybe while we verified
 
 
 def _answer(job: bytes, limits: Limits) -> bytes:
