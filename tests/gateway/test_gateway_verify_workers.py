@@ -271,13 +271,15 @@ def test_a_worker_killed_while_it_sends_a_result_stalls_nothing(
             go_on.wait()
     monkeypatch.setattr(pool, "_deliver", held_after_the_first)
     futures = [pool.submit(topic, p, 0.0, snapshot) for p in payloads]
-    first.wait(60)
-    # Nobody reads now: bytes on a worker's pipe are the start of an answer it cannot finish.
-    stuck = eventually(lambda: next((w for w in pool._workers  # noqa: SLF001
-                                     if w.conn.poll(0)), None), "an answer half-written", 60)
-    os.kill(stuck.process.pid or 0, signal.SIGKILL)
-    stuck.process.join(60)
-    go_on.set()
+    try:
+        assert first.wait(60), "no answer came"
+        # Nobody reads now: bytes on a worker's pipe start an answer it cannot finish.
+        stuck = eventually(lambda: next((w for w in pool._workers  # noqa: SLF001
+                                         if w.conn.poll(0)), None), "an answer half-written", 60)
+        os.kill(stuck.process.pid or 0, signal.SIGKILL)
+        stuck.process.join(60)
+    finally:
+        go_on.set()  # else the pool's close would wait for its reader for ever
 
     batches = [f.result(timeout=60) for f in futures]  # answered, each once
     outcomes = log.commit(batches)
