@@ -20,6 +20,9 @@ changed meanwhile.
   order; a single thread in the gateway reads every worker's answers. No queue sits in
   between and no thread feeds one, and a worker that dies half-way through an answer
   leaves the broken message on its own pipe only (the reader gets end-of-file there).
+  A job the pipe has no room for (a batch bigger than the socket's buffer, or a busy
+  worker's pipe already full) goes down from a thread of its own, with the worker's jobs
+  after it, so the sequencer never waits for a busy worker to read.
 - **Bounded.** The pool holds only what the sequencer hands it, which the service bounds
   (``MAX_GROUP_BATCHES`` messages, ``MAX_INFLIGHT_BYTES``); there is no queue of its own.
 - **A worker dies** (kill -9, out of memory): the reader sees its process end (or its pipe
@@ -45,6 +48,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import gc
 import logging
 import multiprocessing
@@ -52,6 +56,9 @@ import multiprocessing.connection
 import os
 import pickle
 import signal
+import socket
+import struct
+import termios
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -82,6 +89,9 @@ _START_TIMEOUT_S = 60.0
 _RETRY_START_S = 1.0  # how often a pool short of workers tries to start one again
 _STOP_TIMEOUT_S = 10.0
 _PING = b""  # a job of no bytes: the worker answers with its pid
+# A job goes down its worker's pipe from the sending thread only while the pipe has room
+# for it with this much to spare (the kernel counts each write's bookkeeping too).
+_PIPE_SLACK = 8192
 # Young-generation collections every GC_THRESHOLD allocations net (CPython's default, 700,
 # runs one every few records here): the per-record objects die by reference count anyway,
 # and a full collection still comes every GC_THRESHOLD * 20 * 100 allocations.
@@ -192,7 +202,13 @@ class _Worker:
     # (job, outer future, attempt). Appended and sent under send_lock, so the order here
     # is the order on the pipe, which is the order of the answers.
     jobs: deque[tuple[_Job, Future[PreparedBatch], int]] = field(default_factory=deque)
-    send_lock: threading.Lock = field(default_factory=threading.Lock)
+    # The pipe's room (the socket's send buffer), and the jobs waiting for room, oldest
+    # first, which a thread of their own sends while ``sending`` (VerifyPool._drain).
+    room: int = 0
+    outbox: deque[bytes] = field(default_factory=deque)
+    sending: bool = False
+    send_lock: threading.Lock = field(default_factory=threading.Lock)  # all but the pipe
+    write_lock: threading.Lock = field(default_factory=threading.Lock)  # the pipe itself
     dead: bool = False
 
 
@@ -279,7 +295,14 @@ class VerifyPool:
         if self._reader is not None:
             self._reader.join()
         for worker in self._workers:
+            with worker.send_lock:
+                worker.outbox.clear()
+            # A job half-sent to a worker that reads nothing (hung) holds the pipe: kill it.
+            if not worker.write_lock.acquire(timeout=_STOP_TIMEOUT_S):
+                worker.process.kill()
+                worker.write_lock.acquire()
             worker.conn.close()  # the worker reads end-of-file and exits
+            worker.write_lock.release()
         for worker in self._workers:
             worker.process.join(_STOP_TIMEOUT_S)
             if worker.process.exitcode is None:
@@ -302,7 +325,7 @@ class VerifyPool:
             process.start()
         finally:
             theirs.close()  # the worker's copy only: its death then reads as end-of-file
-        return _Worker(process, ours)
+        return _Worker(process, ours, room=_send_buffer(ours))
 
     def _in_process(self, job: _Job) -> PreparedBatch:
         return prepare_batch(job.topic, job.payload, job.arrived, self._limits,
@@ -335,10 +358,35 @@ class VerifyPool:
                     continue  # the reader took its jobs meanwhile: choose again
                 worker.jobs.append((job, outer, attempt))
                 # If it died, the reader sends what it held again, this job too.
-                with contextlib.suppress(OSError):
-                    worker.conn.send_bytes(data)
+                if not worker.sending and _has_room(worker, len(data)):
+                    with worker.write_lock, contextlib.suppress(OSError):
+                        worker.conn.send_bytes(data)  # all fits in the pipe: no wait
+                else:  # on a thread of its own, or behind the jobs it sends already
+                    worker.outbox.append(data)
+                    if not worker.sending:
+                        worker.sending = True
+                        threading.Thread(target=self._drain, args=(worker,), daemon=True,
+                                         name="gateway-verify-send").start()
             return
         self._fallback(job, outer, "no verify worker is running")
+
+    def _drain(self, worker: _Worker) -> None:
+        """Send ``worker`` the jobs its pipe had no room for, in order, then end.
+
+        A batch bigger than the socket's buffer (batches may be 512 KiB; the buffer is
+        about 200 KiB) would otherwise hold the sequencer thread, which sends, until the
+        worker had finished the jobs before it. While this runs, the worker's later jobs
+        queue behind it (the order on the pipe is the order of the answers).
+        """
+        while True:
+            with worker.send_lock:
+                if worker.dead or not worker.outbox:
+                    worker.outbox.clear()
+                    worker.sending = False  # the next job may go straight down again
+                    return
+                data = worker.outbox.popleft()
+            with worker.write_lock, contextlib.suppress(OSError):
+                worker.conn.send_bytes(data)  # closed meanwhile: the reader resends its jobs
 
     def _read(self) -> None:
         """The reader thread: every worker's answers, and their deaths, until close."""
@@ -394,9 +442,11 @@ class VerifyPool:
             worker.dead = True
             held = list(worker.jobs)
             worker.jobs.clear()
+            worker.outbox.clear()
         with self._lock:
             self._workers.remove(worker)
-        worker.conn.close()
+        with worker.write_lock:  # a write to a dead worker fails at once
+            worker.conn.close()
         with contextlib.suppress(OSError, ValueError):
             worker.process.kill()
         worker.process.join(_STOP_TIMEOUT_S)
@@ -421,6 +471,25 @@ class VerifyPool:
                 return
             with self._lock:
                 self._workers.append(worker)
+
+
+def _send_buffer(conn: Connection) -> int:
+    """How many bytes the kernel lets wait on ``conn``'s socket unread."""
+    sock = socket.socket(fileno=conn.fileno())
+    try:
+        return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
+    finally:
+        sock.detach()  # the Connection keeps its descriptor
+
+
+def _has_room(worker: _Worker, size: int) -> bool:
+    """Whether ``size`` more bytes fit in the worker's pipe, so sending them cannot block."""
+    try:
+        queued = fcntl.ioctl(worker.conn.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except OSError:
+        return False  # closed: the thread that sends will find out
+    (waiting,) = struct.unpack("i", queued)
+    return int(waiting) + size + _PIPE_SLACK <= worker.room
 
 
 def _complete(outer: Future[PreparedBatch], work: Callable[[], PreparedBatch]) -> None:

@@ -6,6 +6,7 @@ sequencer commits what the workers return, as the gateway does.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import random
@@ -13,6 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from firmware_sim.broker import MosquittoBroker, free_port
 from firmware_sim.procs import GatewayProcess
+from gateway import verify_pool
 from gateway.anchor import LocalAnchor
 from gateway.checkpoints import Checkpointer
 from gateway.config import CheckpointConfig, Limits
@@ -292,6 +295,82 @@ def test_a_worker_killed_while_it_sends_a_result_stalls_nothing(
     assert stuck.process.pid not in pids
     later = pool.submit(topic, batch_bytes(dev.records(1), 9), 0.0, snapshot).result(60)
     assert log.commit([later]) == [[(Status.ACCEPTED, None)]]
+
+
+def _big_batch(dev: TestDevice, batch_id: int) -> bytes:
+    """1,000 records of 16 values: more than a socket buffers (a batch may be 512 KiB)."""
+    body = Values(tuple(Measurement(215 + i, -1, "Cel") for i in range(MAX_VALUES)))
+    payload = batch_bytes([dev.next(body).raw for _ in range(1000)], batch_id)
+    assert len(payload) > int(Path("/proc/sys/net/core/wmem_default").read_text())
+    return payload
+
+
+def test_a_batch_bigger_than_the_pipe_never_holds_the_sequencer_while_its_worker_is_busy(
+        log: Log, registry: CollectorRegistry) -> None:
+    """A job went down its worker's pipe from the thread that submits it (the gateway's
+    sequencer), so a batch bigger than the socket's buffer held that thread until the
+    worker had finished the jobs before it: one device sending big batches slowed every
+    other's commits. Here the only worker reads nothing (stopped) while a big batch and a
+    small one are submitted: both calls must return at once, and once the worker goes on,
+    both be answered, in order."""
+    dev = TestDevice.create("busy", 44)
+    enrol(log, dev)
+    snapshot = log.store.device(dev.device_id)
+    topic = records_topic(dev.device_id)
+    payloads = [_big_batch(dev, 1), batch_bytes(dev.records(1), 2)]
+    pool = VerifyPool(1, 1, Limits(), registry)
+    pool.start()
+    try:
+        (pid,) = pool.worker_pids()
+        futures: list[Future[PreparedBatch]] = []
+        submitted = threading.Event()
+
+        def submit_all() -> None:
+            futures.extend(pool.submit(topic, p, 0.0, snapshot) for p in payloads)
+            submitted.set()
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            threading.Thread(target=submit_all, daemon=True).start()
+            assert submitted.wait(60), "submit waited for a worker that reads nothing"
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        batches = [f.result(timeout=60) for f in futures]
+    finally:
+        pool.close()
+
+    assert log.commit(batches) == [[(Status.ACCEPTED, None)] * 1000, [(Status.ACCEPTED, None)]]
+    assert registry.get_sample_value("edgeproof_gateway_verify_worker_restarts_total") == 0
+
+
+def test_closing_the_pool_never_hangs_on_a_worker_that_reads_nothing(
+        log: Log, registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hung worker (stopped here) with half a big batch on its full pipe: the gateway's
+    shutdown must still end (the worker is killed), and what it held be cancelled, not
+    answered (its messages stay unacknowledged; the broker sends them again)."""
+    monkeypatch.setattr(verify_pool, "_STOP_TIMEOUT_S", 0.2)
+    dev = TestDevice.create("hung", 45)
+    enrol(log, dev)
+    pool = VerifyPool(1, 1, Limits(), registry)
+    pool.start()
+    (pid,) = pool.worker_pids()
+    payload, snapshot = _big_batch(dev, 1), log.store.device(dev.device_id)
+    futures: list[Future[PreparedBatch]] = []
+    submitted = threading.Event()
+
+    def submit() -> None:
+        futures.append(pool.submit(records_topic(dev.device_id), payload, 0.0, snapshot))
+        submitted.set()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        threading.Thread(target=submit, daemon=True).start()
+        assert submitted.wait(60), "submit waited for a worker that reads nothing"
+        pool.close()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+    assert futures[0].cancelled()
+    assert not _alive(pid)
 
 
 def test_kill9_of_a_verify_worker_under_load_loses_and_duplicates_nothing(
