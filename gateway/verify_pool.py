@@ -445,10 +445,10 @@ class VerifyPool:
             worker.outbox.clear()
         with self._lock:
             self._workers.remove(worker)
-        with worker.write_lock:  # a write to a dead worker fails at once
-            worker.conn.close()
         with contextlib.suppress(OSError, ValueError):
-            worker.process.kill()
+            worker.process.kill()  # first: a write to its pipe then fails at once
+        with worker.write_lock:
+            worker.conn.close()
         worker.process.join(_STOP_TIMEOUT_S)
         self.restarts.inc()
         log.error("verify worker %s died (exit %s); sending the %d batches it held again",
