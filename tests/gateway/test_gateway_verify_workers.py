@@ -342,6 +342,40 @@ def test_a_batch_bigger_than_the_pipe_never_holds_the_sequencer_while_its_worker
     assert registry.get_sample_value("edgeproof_gateway_verify_worker_restarts_total") == 0
 
 
+def test_a_worker_killed_while_a_big_batch_is_sent_to_it_loses_nothing(
+        log: Log, registry: CollectorRegistry) -> None:
+    """Both workers stopped, each with a big batch half-sent by the pool's sending thread;
+    one is killed. Its write fails, the reader buries it and sends its batch to the
+    other, and every batch is answered once, in full."""
+    dev = TestDevice.create("sent-to-the-dead", 46)
+    enrol(log, dev)
+    snapshot = log.store.device(dev.device_id)
+    topic = records_topic(dev.device_id)
+    payloads = [_big_batch(dev, 1), _big_batch(dev, 2)]
+    pool = VerifyPool(2, 1, Limits(), registry)
+    pool.start()
+    try:
+        victim, survivor = pool.worker_pids()
+        for pid in (victim, survivor):
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            futures = [pool.submit(topic, p, 0.0, snapshot) for p in payloads]
+            os.kill(victim, signal.SIGKILL)
+        finally:
+            os.kill(survivor, signal.SIGCONT)
+        batches = [f.result(timeout=60) for f in futures]
+        pids = eventually(lambda: p if len(p := pool.worker_pids()) == 2 else None,
+                          "the pool to have two workers again", 60)
+    finally:
+        pool.close()
+
+    assert [b.batch_id for b in batches] == [1, 2]
+    assert log.commit(batches) == [[(Status.ACCEPTED, None)] * 1000] * 2
+    assert registry.get_sample_value("edgeproof_gateway_verify_worker_restarts_total") == 1
+    assert victim not in pids
+    assert survivor in pids
+
+
 def test_closing_the_pool_never_hangs_on_a_worker_that_reads_nothing(
         log: Log, registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
     """A hung worker (stopped here) with half a big batch on its full pipe: the gateway's
