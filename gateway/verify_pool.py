@@ -89,8 +89,9 @@ _START_TIMEOUT_S = 60.0
 _RETRY_START_S = 1.0  # how often a pool short of workers tries to start one again
 _STOP_TIMEOUT_S = 10.0
 _PING = b""  # a job of no bytes: the worker answers with its pid
-# A job goes down its worker's pipe from the sending thread only while the pipe has room
-# for it with this much to spare (the kernel counts each write's bookkeeping too).
+# A job goes straight down its worker's pipe, from the thread that submits it, only while
+# the pipe has room for it with this much to spare (the kernel counts each write's
+# bookkeeping too); else a thread of its own sends it (VerifyPool._drain).
 _PIPE_SLACK = 8192
 # Young-generation collections every GC_THRESHOLD allocations net (CPython's default, 700,
 # runs one every few records here): the per-record objects die by reference count anyway,
@@ -199,8 +200,8 @@ class _Worker:
 
     process: BaseProcess
     conn: Connection
-    # (job, outer future, attempt). Appended and sent under send_lock, so the order here
-    # is the order on the pipe, which is the order of the answers.
+    # (job, outer future, attempt). Appended under send_lock in the order they go down the
+    # pipe (straight, or through the outbox), which is the order of the answers.
     jobs: deque[tuple[_Job, Future[PreparedBatch], int]] = field(default_factory=deque)
     # The pipe's room (the socket's send buffer), and the jobs waiting for room, oldest
     # first, which a thread of their own sends while ``sending`` (VerifyPool._drain).
