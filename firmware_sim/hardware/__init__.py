@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +97,8 @@ class SimulatedHardware:
         self._anchor_wall_s = clock.wall_ms() / 1000
         self._anchor_mono_ms = clock.mono_ms()
         self.climate = climate or ClimateModel(epoch_s=self._anchor_wall_s)
+        # A climate made here starts at the world's first step (see advance).
+        self._epoch_pending = climate is None
         self._cpu_rng = random.Random(f"cpu:{seed}")  # noqa: S311 - seeded replayable simulation
         self._factory = MockFactory()
         self._pins: dict[int, Any] = {}
@@ -131,6 +133,15 @@ class SimulatedHardware:
         fire here, in the caller's thread) and rewrites the CPU temperature file (at most
         every ``CPU_FILE_PERIOD_S`` of world time).
         """
+        if self._epoch_pending:
+            # The world may run hours behind or ahead of the real clock (the demo sets it
+            # to an evening: firmware_sim.demo_agent). Seeded faults and calibration drift
+            # count from the world's start, not from the real time this was built at: a
+            # world running behind would otherwise begin before its faults' epoch, and a
+            # bias "from the start" would never act.
+            self._epoch_pending = False
+            self.climate = replace(self.climate, epoch_s=now_wall_s)
+            self._dht.climate = self.climate
         self._anchor_wall_s, self._anchor_mono_ms = now_wall_s, now_mono_ms
         self._drive(self.wiring.power_sense, self.tv.is_on(now_wall_s))
         self._drive(self.wiring.motion, self.presence.is_active(now_wall_s))

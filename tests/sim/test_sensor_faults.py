@@ -137,6 +137,27 @@ def test_simulated_dht22_reports_a_configured_bias(tmp_path: Path) -> None:
     hw.close()
 
 
+@pytest.mark.parametrize("world_ahead_h", [-3.0, 5.0])
+def test_a_bias_from_the_start_acts_though_the_world_runs_behind_or_ahead_of_real_time(
+        tmp_path: Path, world_ahead_h: float) -> None:
+    """The demo sets each device's world to an evening: hours behind real time when it
+    starts after that evening's first TV session (UTC). Faults counted from the real start
+    time, so a world running behind began before their epoch and the demo's miscalibrated
+    sensor read true whenever the demo started after about 19:30 UTC."""
+    clock = ManualClock(wall_ms=1_700_000_000_000, mono_ms=5_000)
+    hw = SimulatedHardware(1, tmp_path, clock, dht_faults=DHTFaults(0, 0, 0),
+                           sensor_faults={"temperature": (SensorFault("bias", magnitude=1.5),
+                                                          SensorFault("stuck", start_s=3600))})
+    world_s = clock.wall_ms() / 1000 + world_ahead_h * 3600
+    hw.advance(world_s, clock.mono_ms())
+    sensor = DHT22Sensor("climate", 30, hw.dht_pin(4), dht_module=hw.dht_module())
+    t, _ = sensor.read(clock.mono_ms()).values
+    true_t, _ = hw.climate.true_values(world_s)
+    assert float(t.value) - true_t == pytest.approx(1.5, abs=0.6)  # noise: 0.15 °C
+    assert hw.climate.epoch_s == world_s  # the stuck fault waits an hour of the world
+    hw.close()
+
+
 def test_simulated_dht22_dropout_fails_like_a_missing_chip(tmp_path: Path) -> None:
     clock = ManualClock(wall_ms=1_700_000_000_000, mono_ms=5_000)
     hw = SimulatedHardware(1, tmp_path, clock, dht_faults=DHTFaults(0, 0, 0),
