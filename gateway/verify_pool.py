@@ -24,7 +24,8 @@ changed meanwhile.
   worker's pipe already full) goes down from a thread of its own, with the worker's jobs
   after it, so the sequencer never waits for a busy worker to read.
 - **Bounded.** The pool holds only what the sequencer hands it, which the service bounds
-  (``MAX_GROUP_BATCHES`` messages, ``MAX_INFLIGHT_BYTES``); there is no queue of its own.
+  (``MAX_GROUP_BATCHES`` messages, ``MAX_INFLIGHT_BYTES``); a worker's outbox holds only
+  some of those, never more.
 - **A worker dies** (kill -9, out of memory): the reader sees its process end (or its pipe
   close), starts a new worker in its place and sends the jobs the dead one held to the
   workers left (``gateway_verify_worker_restarts_total``); the other workers' jobs go on
