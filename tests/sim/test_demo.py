@@ -31,6 +31,7 @@ import httpx
 import pytest
 
 from firmware_sim.demo_agent import world_offset_s
+from firmware_sim.demo_quality import TV_LEAD_S, TV_SPAN_S, shared_evening_offset
 from firmware_sim.hardware import TvSchedule
 from firmware_sim.procs import pid_alive
 
@@ -321,3 +322,23 @@ def test_demo_world_switches_the_tv_on_after_the_lead_time() -> None:
         assert not tv.is_on(world + 3.9)
         assert tv.is_on(world + 4.0)
         assert tv.is_on(world + 60.0)
+
+
+@pytest.mark.parametrize("devices", [3, 5])  # the tests' demo and make demo's
+def test_the_quality_room_shares_an_evening_whatever_the_hour_the_demo_starts(
+        devices: int) -> None:
+    """The room's three TVs must all be on from TV_LEAD_S into the run (their power lines
+    make the hub's windows): at every half hour of two days the offset the demo picks puts
+    them there. The world runs ahead of real time at some hours and behind it at others
+    (test_sensor_faults holds the room's faults to the world's own start either way)."""
+    seeds = [1 + devices + i for i in range(3)]  # the room's seeds (QualityStory.prepare)
+    signs = set()
+    for step in range(96):
+        now = 1_700_000_000.0 + step * 1800
+        start = now + shared_evening_offset(seeds, now)
+        for seed in seeds:
+            tv = TvSchedule(seed)
+            on = tv.on_seconds(start + TV_LEAD_S, start + TV_LEAD_S + TV_SPAN_S)
+            assert on == TV_SPAN_S, f"seed {seed} at {now}: TV on {on} of {TV_SPAN_S} s"
+        signs.add(start > now)
+    assert signs == {True, False}
