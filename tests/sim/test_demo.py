@@ -315,13 +315,15 @@ def test_sigterm_during_the_run_stops_everything_and_exits_143(start_demo: Any) 
 
 def test_demo_world_switches_the_tv_on_after_the_lead_time() -> None:
     # At any real time of day the demo's household is just before its first TV session,
-    # so credit accrues within a one-minute demo.
-    for seed, now in ((1, 1_700_000_000.0), (7, 1_700_040_000.0)):
+    # so credit accrues within a one-minute demo: every half hour of two days, the seeds
+    # of make demo's five devices.
+    for seed in range(1, 6):
         tv = TvSchedule(seed)
-        world = now + world_offset_s(tv, now, 4.0)
-        assert not tv.is_on(world + 3.9)
-        assert tv.is_on(world + 4.0)
-        assert tv.is_on(world + 60.0)
+        for step in range(96):
+            now = 1_700_000_000.0 + step * 1800
+            world = now + world_offset_s(tv, now, 4.0)
+            assert not tv.is_on(world + 3.9), (seed, now)
+            assert tv.on_seconds(world + 4.0, world + 64.0) == 60.0, (seed, now)
 
 
 @pytest.mark.parametrize("devices", [3, 5])  # the tests' demo and make demo's
