@@ -10,7 +10,7 @@ from gateway.history import History, Sample
 from tests.gateway.contractkit import Parties, submitted
 from tests.gateway.gwkit import ADMIN_TOKEN, TestDevice, batch_bytes, register
 from tests.gateway.test_gateway_quality import make_room
-from tests.harness.browser import chromium, console_errors, wait_until
+from tests.harness.browser import chromium, console_errors, table_rows, wait_until
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -145,8 +145,7 @@ def test_dashboard_lists_logged_consents_and_revocations_as_the_api_does(
         browser.get(f"{url}/dashboard")
 
         def rows(name: str) -> list[list[str]]:
-            found = browser.find_elements(By.CSS_SELECTOR, f"#{name}-table tbody tr")
-            return [[c.text for c in r.find_elements(By.TAG_NAME, "td")] for r in found]
+            return table_rows(browser, f"#{name}-table tbody tr")
         wait_until(lambda: rows("consents") and rows("revocations"), 30,
                    "the consent and revocation tables")
         for name, index in (("consent", consent_index), ("revocation", revocation_index)):

@@ -19,7 +19,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from provisioning.fleet import load_fleet
-from tests.harness.browser import chromium, console_errors, wait_until
+from tests.harness.browser import chromium, console_errors, table_rows, wait_until
 from tests.harness.testbed import AgentSpec, Testbed
 
 AGENTS = ("dash-a", "dash-b")
@@ -57,8 +57,7 @@ def micro(text: str) -> int:
 
 
 def table(browser: WebDriver, element_id: str) -> list[list[str]]:
-    rows = browser.find_elements(By.CSS_SELECTOR, f"#{element_id} tbody tr")
-    return [[c.text for c in r.find_elements(By.TAG_NAME, "td")] for r in rows]
+    return table_rows(browser, f"#{element_id} tbody tr")
 
 
 def polls(browser: WebDriver) -> int:

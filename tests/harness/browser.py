@@ -58,6 +58,18 @@ def chromium(width: int = 1280, height: int = 900) -> Iterator[webdriver.Chrome]
         session.quit()
 
 
+def table_rows(browser: webdriver.Remote, rows_selector: str) -> list[list[str]]:
+    """The text of each ``td`` of the rows ``rows_selector`` matches, read in one script.
+
+    The dashboard re-renders its tables on every poll: rows found first and read cell by
+    cell afterwards can be gone by then (a stale element reference, seen under load)."""
+    found = browser.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0]), row => "
+        "Array.from(row.querySelectorAll('td'), cell => cell.innerText.trim()))",
+        rows_selector)
+    return [[str(text) for text in row] for row in found]
+
+
 def console_errors(session: webdriver.Chrome) -> list[str]:
     """The browser console's errors since the last call (CSP violations, failed scripts)."""
     entries = session.get_log("browser")  # type: ignore[no-untyped-call]

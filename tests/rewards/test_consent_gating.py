@@ -37,7 +37,7 @@ from tests.agent.test_policy import Device as PolicyDevice
 from tests.gateway.conftest import RunningGateway
 from tests.gateway.contractkit import Parties, now_ms, submitted
 from tests.gateway.gwkit import RATE, DeviceClient
-from tests.harness.browser import chromium, console_errors, wait_until
+from tests.harness.browser import chromium, console_errors, table_rows, wait_until
 from tests.rewards.conftest import KEYS
 from tests.rewards.test_payout_end_to_end import wait_for
 from verifier.cli import main as verify_main
@@ -402,8 +402,7 @@ def test_dashboard_lists_lapse_notices_a_page_at_a_time_as_the_api_decodes_them(
         cells = "#lapses-table tbody tr"
 
         def shown() -> list[list[str]]:
-            return [[c.text for c in tr.find_elements(By.TAG_NAME, "td")]
-                    for tr in browser.find_elements(By.CSS_SELECTOR, cells)]
+            return table_rows(browser, cells)
         wait_until(lambda: len(shown()) == 2, 30, "the lapse notices table")
         page = shown()
         assert [int(r[0].replace(",", "")) for r in page] == [r["index"] for r in rows]
