@@ -163,7 +163,13 @@ def run_config(argv: list[str], environ: Mapping[str, str]) -> AgentConfig:
 
 def _cmd_run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     stop = threading.Event()
-    stop_on_signals(stop, PROG)  # first: a SIGTERM during start-up still ends in a clean shutdown
+    # First: a SIGTERM during start-up still ends in a clean shutdown.
+    with stop_on_signals(stop, PROG):
+        return _run_until_stopped(args, environ, stop)
+
+
+def _run_until_stopped(args: argparse.Namespace, environ: Mapping[str, str],
+                       stop: threading.Event) -> int:
     config = build_run_config(args, environ)
     # Logs to stdout, repeats limited; main() may run many times in one process (tests):
     # the logging set up here ends with the run (osutil.lograte.service_logging).

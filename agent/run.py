@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from types import FrameType
 
 from agent.clock import Clock
 from agent.config import AgentConfig
@@ -20,6 +19,7 @@ from agent.sensors import load_simulated_hardware
 from agent.service import AgentService, ServiceOptions
 from osutil.lockfile import hold_lock
 from osutil.lograte import log_to_stdout
+from osutil.signals import SignalRelay
 
 
 def run_agent(config: AgentConfig, clock: Clock, options: ServiceOptions,
@@ -54,13 +54,14 @@ def run_agent(config: AgentConfig, clock: Clock, options: ServiceOptions,
     return 0
 
 
-def stop_on_signals(stop: threading.Event, name: str) -> None:
-    """Set ``stop`` on SIGTERM or SIGINT (logged under ``name``): a clean shutdown."""
-    def handler(signum: int, _frame: FrameType | None) -> None:
+def stop_on_signals(stop: threading.Event, name: str) -> SignalRelay:
+    """Set ``stop`` on SIGTERM or SIGINT (logged under ``name``): a clean shutdown. Set by
+    a helper thread, not the handler: the main thread may be inside ``stop.wait()`` holding
+    the Event's lock when the signal lands (osutil.signals)."""
+    def on_signal(signum: int) -> None:
         logging.getLogger(name).info("signal %d: stopping", signum)
         stop.set()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, handler)
+    return SignalRelay((signal.SIGTERM, signal.SIGINT), on_signal, f"{name}-signals").install()
 
 
 def setup_logging(level: str) -> None:

@@ -48,7 +48,6 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from agent.clock import SystemClock
@@ -61,6 +60,7 @@ from firmware_sim.demo_verify import Verification, verify
 from firmware_sim.procs import stop_all
 from firmware_sim.stack import Interrupted, Stack, StackError
 from firmware_sim.view import GatewayRow, Snapshot, View
+from osutil.signals import SignalRelay
 from protocol.errors import EdgeproofError
 from protocol.keys import OwnerKey, OwnerPublic, save_recipient_key
 
@@ -83,25 +83,26 @@ class DemoOptions:
 
 
 class Signals:
-    """SIGINT and SIGTERM turned into two flags the demo checks between steps."""
+    """SIGINT and SIGTERM turned into two flags the demo checks between steps, and a wake-up
+    for its waits. Set on a helper thread (osutil.signals): the main thread spends its time
+    in ``wake.wait()``, and a handler that set the Event there could find its lock held by
+    the very thread it interrupted."""
 
     def __init__(self) -> None:
         self.finish_early = False
         self.abort_signal: int | None = None
         self.running = False  # the devices' run is in progress: a first Ctrl-C ends it
         self.wake = threading.Event()
-        self._saved: dict[int, Any] = {}
+        self._relay = SignalRelay((signal.SIGINT, signal.SIGTERM), self._on_signal,
+                                  "demo-signals")
 
     def install(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._saved[sig] = signal.signal(sig, self._handle)
+        self._relay.install()
 
     def restore(self) -> None:
-        for sig, handler in self._saved.items():
-            signal.signal(sig, handler)
-        self._saved.clear()
+        self._relay.restore()
 
-    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+    def _on_signal(self, signum: int) -> None:
         if signum == signal.SIGINT and self.running and not self.finish_early:
             self.finish_early = True
         elif self.abort_signal is None:

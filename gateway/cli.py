@@ -12,16 +12,15 @@ import argparse
 import json
 import signal
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 
 from gateway.config import GatewayConfig, load_config
 from gateway.gatewaykey import GatewayKey, load_gateway_key, save_gateway_key
 from osutil.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_log_level, add_version, run_command
 from osutil.lockfile import hold_lock
 from osutil.lograte import service_logging
+from osutil.signals import SignalRelay
 from protocol.errors import ConfigError, EdgeproofError, MalformedRecord
 
 TOKEN_SUPPLY = 10**9 * 10**18  # rewards.contracts.TOKEN_SUPPLY (checked by a test)
@@ -210,18 +209,15 @@ def _run_locked(config: GatewayConfig) -> None:
 
     service = GatewayService(config)
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        # Not request_stop() here: the handler runs on the main thread, which may hold the
-        # queue's lock at this very moment; a helper thread can wait for it.
-        threading.Thread(target=service.request_stop, name="gateway-stop").start()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        service.start()
-        service.run()
-    finally:
-        service.close()
+    # request_stop() runs on the relay's thread, not in the handler: the main thread may
+    # hold the queue's lock at the moment the signal lands (osutil.signals).
+    with SignalRelay((signal.SIGTERM, signal.SIGINT), lambda _signum: service.request_stop(),
+                     "gateway-signals"):
+        try:
+            service.start()
+            service.run()
+        finally:
+            service.close()
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
   own :class:`~osutil.sqlite.Pragmas`, an integrity check, moving a damaged file aside,
   explicit transactions);
 - ``osutil.lockfile``: one process at a time per state or data directory;
+- ``osutil.signals``: a signal's work done on a helper thread, never in the handler;
 - ``osutil.sdnotify``: systemd readiness, status and watchdog notifications;
 - ``osutil.toml_table``: reading a TOML config file with errors that name the key;
 - ``osutil.brokerurl``: ``mqtt://`` and ``mqtts://`` URLs to host, port and TLS;

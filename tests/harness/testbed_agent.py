@@ -24,12 +24,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import FrameType
 
 from agent.cli import run_config
 from agent.clock import SystemClock
 from agent.run import run_agent, setup_logging, stop_on_signals
 from agent.service import ServiceOptions
+from osutil.signals import SignalRelay
 from protocol.errors import ConfigError, EdgeproofError
 
 
@@ -77,12 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     stop_on_signals(stop, "testbed-agent")
     clock = ShiftedClock(args.clock_file)
 
-    def on_usr1(_signum: int, _frame: FrameType | None) -> None:
+    def on_usr1(_signum: int) -> None:
         clock.reload()
         logging.getLogger("testbed-agent").warning(
             "wall clock now offset by %d ms (synced: %s)", clock.offset_ms, clock.synced)
 
-    signal.signal(signal.SIGUSR1, on_usr1)
+    SignalRelay((signal.SIGUSR1,), on_usr1, "testbed-clock").install()
     try:
         config = run_config([a for a in args.agent_args if a != "--"], os.environ)
         setup_logging(config.log_level)
