@@ -27,6 +27,7 @@ import requests
 
 from firmware_sim.broker import free_port
 from firmware_sim.procs import signal_and_wait
+from osutil.deathsig import die_with_parent
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHAIN_ID = 1337
@@ -97,7 +98,9 @@ class GanacheNode:
         log = open(self.workdir / "ganache.log", "ab")  # noqa: SIM115 - kept open for the child
         self.process = subprocess.Popen(  # noqa: S603 - the pinned ganache, our arguments
             self.command(), stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-            start_new_session=True)
+            start_new_session=True,
+            # A demo killed with SIGKILL must not leave its node running (as the broker).
+            preexec_fn=die_with_parent)  # noqa: PLW1509 - only prctl, before exec
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

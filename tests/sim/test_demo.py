@@ -46,6 +46,8 @@ class DemoRun:
     lines: queue.Queue[str]  # stderr lines not yet looked at
     pump: threading.Thread
     printed: list[str]  # every stderr line (what a user reads)
+    out_pump: threading.Thread
+    out: list[str]  # stdout: the --json summary, read as it comes so the pipe never fills
 
     def wait_for_line(self, needle: str, timeout_s: float = 60) -> None:
         self.wait_for(lambda line: needle in line, repr(needle), timeout_s)
@@ -64,11 +66,15 @@ class DemoRun:
         raise AssertionError(f"no {what} from the demo within {timeout_s} s")
 
     def finish(self) -> tuple[int, dict[str, Any]]:
-        assert self.process.stdout is not None
-        out = self.process.stdout.read()  # until the demo exits (bounded by its own steps)
-        self.process.wait(timeout=DEMO_TIMEOUT_S)
+        try:
+            self.process.wait(timeout=DEMO_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise AssertionError(f"the demo did not exit within {DEMO_TIMEOUT_S} s; its last "
+                                 f"lines: {''.join(self.printed[-5:])}") from None
         self.pump.join(timeout=DEMO_TIMEOUT_S)
-        return self.process.returncode, json.loads(out)
+        self.out_pump.join(timeout=DEMO_TIMEOUT_S)
+        return self.process.returncode, json.loads("".join(self.out))
 
 
 def receipted_and_checkpointed(line: str) -> bool:
@@ -91,9 +97,16 @@ def launch(*args: str) -> DemoRun:
             lines.put(line)
             printed.append(line)
 
-    thread = threading.Thread(target=pump, daemon=True)
-    thread.start()
-    return DemoRun(proc, lines, thread, printed)
+    out: list[str] = []
+
+    def out_pump() -> None:
+        assert proc.stdout is not None
+        out.extend(proc.stdout)
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (pump, out_pump)]
+    for thread in threads:
+        thread.start()
+    return DemoRun(proc, lines, threads[0], printed, threads[1], out)
 
 
 def stop(runs: list[DemoRun]) -> None:
