@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from selenium.webdriver.common.by import By
 
 from gateway.history import History, Sample
 from tests.gateway.contractkit import Parties, submitted
@@ -178,14 +177,19 @@ def test_dashboard_shows_logged_quality_verdicts_as_the_documents_api_lists_them
     assert httpx.get(f"{url}/v1/dashboard/quality", params={"limit": 201}).status_code == 400
     with chromium() as browser:
         browser.get(f"{url}/dashboard")
-        cells = "#quality-table tbody tr td"
-        wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, cells), 30,
-                   "the quality table")
-        shown = [c.text for c in browser.find_elements(By.CSS_SELECTOR, cells)]
+        # One script reads the row: the page re-renders it on every poll, so elements found
+        # first and read one by one afterwards can be stale (tests.harness.browser.table_rows).
+        found = wait_until(lambda: browser.execute_script(
+            "const row = document.querySelector('#quality-table tbody tr');"
+            "return row && {cells: Array.from(row.querySelectorAll('td'),"
+            "                                 c => c.innerText.trim()),"
+            "               verdicts: Array.from(row.querySelectorAll('td.sensors div'),"
+            "                                    v => [v.innerText.trim(), v.className])};"),
+            30, "the quality table")
+        shown = [str(c) for c in found["cells"]]
         assert int(shown[0].replace(",", "")) == index
         assert shown[2:5] == [body.site, f"{body.stream}/{body.field}", rows[0]["consensus"]]
-        verdicts = browser.find_elements(By.CSS_SELECTOR, cells + ".sensors div")
-        assert [(v.text.split(" · ")[0], v.get_attribute("class")) for v in verdicts] == [
+        assert [(str(text).split(" · ")[0], cls) for text, cls in found["verdicts"]] == [
             (s["name"], f"verdict-{s['state']}") for s in rows[0]["sensors"]]
         assert "suspect" in {s["state"] for s in rows[0]["sensors"]}
         assert console_errors(browser) == []
