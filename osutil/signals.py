@@ -18,12 +18,15 @@ newest: the ones before it are still pending.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import threading
 from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
+
+_log = logging.getLogger(__name__)
 
 
 class SignalRelay:
@@ -85,6 +88,9 @@ class SignalRelay:
         try:
             while data := os.read(read_fd, 64):
                 for signum in data:
-                    self.callback(signum)
+                    try:
+                        self.callback(signum)
+                    except Exception:  # noqa: BLE001 - a bug; the next signal still counts
+                        _log.exception("%s: signal %d: the handler failed", self.name, signum)
         finally:
             os.close(read_fd)

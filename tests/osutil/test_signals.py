@@ -76,3 +76,23 @@ def test_restore_puts_the_previous_handlers_back_and_the_helper_thread_ends(
     helper.join(BOUND_S)
     assert not helper.is_alive()
     relay.handle(signal.SIGUSR1, None)  # a late call after restore changes nothing
+
+
+def test_a_callback_that_raises_is_logged_and_the_next_signal_still_arrives(
+        usr_handlers: None, caplog: pytest.LogCaptureFixture) -> None:
+    seen: list[int] = []
+    arrived = threading.Semaphore(0)
+
+    def callback(signum: int) -> None:
+        seen.append(signum)
+        arrived.release()
+        if len(seen) == 1:
+            raise RuntimeError("a bug in the first handling")
+
+    with SignalRelay((signal.SIGUSR1,), callback, "relay-under-test"):
+        for _ in range(2):
+            os.kill(os.getpid(), signal.SIGUSR1)
+            assert arrived.acquire(timeout=BOUND_S)
+    assert seen == [signal.SIGUSR1, signal.SIGUSR1]
+    assert any("the handler failed" in r.getMessage() and r.exc_info
+               for r in caplog.records)
