@@ -15,7 +15,12 @@
    ``pg_two_process_share_of_two_cores``, by the two-process bare rate measured so).
    Both drains also print ``*_ratio_middle_80``: the same division with the rate between
    the receipts at 10 % and 90 % of the drain, without the pipeline filling and running dry
-   (a large share of a drain that lasts two to four seconds).
+   (a large share of a drain that lasts two to four seconds). Where the pair's CPU goes,
+   in µs a record from the first receipt to the last (/proc, 10 ms ticks), everything on
+   the one machine: ``pg_gateways_cpu_us`` (both gateway processes), ``pg_workers_cpu_us``
+   (their verify workers), ``pg_server_cpu_us`` (every PostgreSQL process) and
+   ``pg_broker_cpu_us``; two cores give 2e6 ÷ ``pg_bare_verify_per_s`` µs a record at
+   a ratio of 1.0.
 3. ``pg_sequencer_records_per_s``: where the single sequencer's limit lies: one process drains
    a hand-over queue of batches already verified (from its first commit to its last).
 4. ``failover_s``: the two processes run under a steady load; the sequencer is killed with
@@ -57,6 +62,7 @@ from bench.gateway_bench import (  # noqa: E402
     backlog_fits,
     bare_verify_rate,
     bare_verify_rate_two_cores,
+    cpu_seconds,
     drain,
     middle_rate,
 )
@@ -155,7 +161,8 @@ def pg_pair(workdir: Path, n_records: int, n_devices: int) -> dict[str, float]:
             register(gateways[0].url, dev)
         for gateway in gateways:
             gateway.stop(timeout_s=60)
-        result = _drain_pair(broker.port, gateways, fleet, n_records)
+        result = _drain_pair(broker.port, gateways, fleet, n_records,
+                             (cluster.server_pid, broker.process.pid if broker.process else None))
         result.update(_failover(broker.port, gateways, fleet, cluster, dbname))
         for gateway in gateways:
             gateway.stop(timeout_s=60)
@@ -168,8 +175,21 @@ def pg_pair(workdir: Path, n_records: int, n_devices: int) -> dict[str, float]:
         cluster.stop()
 
 
+def _cpu(gateways: list[GatewayProcess], others: tuple[int | None, int | None]
+         ) -> tuple[float, float, float, float]:
+    """CPU seconds so far of the gateway processes, their verify workers, the PostgreSQL
+    server (the postmaster and every backend) and the broker."""
+    mains = workers = 0.0
+    for gateway in gateways:
+        assert gateway.pid is not None
+        own, children = cpu_seconds(gateway.pid)
+        mains, workers = mains + own, workers + children
+    server, broker = (sum(cpu_seconds(pid)) if pid is not None else 0.0 for pid in others)
+    return mains, workers, server, broker
+
+
 def _drain_pair(port: int, gateways: list[GatewayProcess], fleet: list[TestDevice],
-                n_records: int) -> dict[str, float]:
+                n_records: int, others: tuple[int | None, int | None]) -> dict[str, float]:
     payloads: list[tuple[bytes, bytes]] = []
     for dev in fleet:
         for batch_id in range(n_records // len(fleet) // BATCH_RECORDS):
@@ -187,7 +207,11 @@ def _drain_pair(port: int, gateways: list[GatewayProcess], fleet: list[TestDevic
     log(f"preloaded {len(payloads)} batches ({total} records); starting two gateways")
     for gateway in gateways:
         gateway.spawn()
+    while counter.first is None and not counter.done.wait(0.005):
+        pass  # CPU from the first receipt on, as bench/gateway_bench.py's drain
+    cpu_start = _cpu(gateways, others)
     counter.done.wait(600)
+    cpu_end = _cpu(gateways, others)
     first = counter.first or counter.last
     rate = (total - BATCH_RECORDS) / max(counter.last - first, 1e-9)
     middle = middle_rate(counter.times, BATCH_RECORDS)
@@ -201,7 +225,16 @@ def _drain_pair(port: int, gateways: list[GatewayProcess], fleet: list[TestDevic
     log(f"two processes: {rate:.0f} records/s, bare verify {bare:.0f}/s, "
         f"{len(counter.payloads)} of {len(payloads)} receipts; batches handed over to the "
         f"sequencer by each: {shares}")
-    return {"pg_two_process_records_per_s": rate, "pg_bare_verify_per_s": bare,
+    drained = total - BATCH_RECORDS
+    mains_us, workers_us, server_us, broker_us = (round((end - begin) * 1e6 / drained, 1)
+                                                  for begin, end in zip(cpu_start, cpu_end,
+                                                                        strict=True))
+    log(f"CPU µs a record (both processes together): gateways {mains_us}, their verify "
+        f"workers {workers_us}, PostgreSQL {server_us}, broker {broker_us}; one bare "
+        f"verify {1e6 / bare:.1f}")
+    return {"pg_gateways_cpu_us": mains_us, "pg_workers_cpu_us": workers_us,
+            "pg_server_cpu_us": server_us, "pg_broker_cpu_us": broker_us,
+            "pg_two_process_records_per_s": rate, "pg_bare_verify_per_s": bare,
             "pg_two_process_ratio": rate / bare, "pg_two_process_ratio_middle_80": middle / bare,
             "pg_records": total, "pg_two_cores_bare_verify_per_s": two_cores,
             "pg_two_process_share_of_two_cores": rate / two_cores}

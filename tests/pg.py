@@ -174,6 +174,11 @@ class PostgresCluster:
         raise RuntimeError(f"PostgreSQL did not accept connections within "
                            f"{_START_TIMEOUT_S} s: {self.log_tail()}")
 
+    @property
+    def server_pid(self) -> int | None:
+        """The postmaster's process id (its children are the server's other processes)."""
+        return None if self._server is None else self._server.pid
+
     def log_tail(self, lines: int = 5) -> str:
         try:
             text = (self.workdir / "server.log").read_text(errors="replace")
