@@ -8,7 +8,9 @@ call the gateway with httpx and to pay through the payout contract (eth-abi), an
 in which a module of any installed distribution outside the sim extra's closure (its
 requirements and theirs, read from the installed metadata: the test tools, the Pi's
 drivers) raises ModuleNotFoundError, as on that venv, and imports every module of every
-package edgeproof ships.
+package edgeproof ships. The same holds for the roles systemd/install.sh installs: a
+device's agent with no extra (a Pi adds ``pi``, whose drivers load only on real hardware)
+and a gateway host with ``gateway`` and ``provision``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -80,9 +83,9 @@ def closure(name: str, extras: set[str]) -> set[str]:
     return {dist for dist, _ in seen}
 
 
-def outside_the_extra(extra: str) -> set[str]:
-    """Top-level modules of installed distributions that ``edgeproof[extra]`` does not need."""
-    needed = closure("edgeproof", {extra})
+def outside_the_extras(extras: set[str]) -> set[str]:
+    """Top-level modules of installed distributions that ``edgeproof[extras]`` does not need."""
+    needed = closure("edgeproof", extras)
     blocked = set()
     for module, dists in metadata.packages_distributions().items():
         if module in OURS or module in sys.stdlib_module_names:
@@ -92,22 +95,34 @@ def outside_the_extra(extra: str) -> set[str]:
     return blocked
 
 
-def test_the_sim_extras_closure_is_read_from_the_metadata() -> None:
+def test_the_extras_closures_are_read_from_the_metadata() -> None:
     needed = closure("edgeproof", {"sim"})
     # what the demo runs on, and what it must not need
     assert {"pynacl", "paho-mqtt", "fastapi", "httpx", "eth-abi", "requests"} <= needed
     assert not {"pytest", "hypothesis", "mypy", "selenium"} & needed
-    blocked = outside_the_extra("sim")
+    blocked = outside_the_extras({"sim"})
     assert {"pytest", "hypothesis", "selenium"} <= blocked
     assert not {"nacl", "paho", "httpx", "eth_abi"} & blocked
+    assert {"fastapi", "requests", "httpx", "pytest"} <= outside_the_extras(set())  # a device
 
 
-def test_every_module_imports_with_only_the_sim_extra_installed() -> None:
-    blocked = outside_the_extra("sim")
+# (extras installed, the packages whose every module must import with just those; what
+# they import of protocol/ and osutil/ comes along)
+INSTALLS = {
+    "make demo": ({"sim"}, OURS),
+    "device (install.sh agent)": (set(), ("agent",)),
+    "gateway host (install.sh gateway)": ({"gateway", "provision"}, ("gateway", "provisioning")),
+}
+
+
+@pytest.mark.parametrize("install", sorted(INSTALLS))
+def test_every_module_imports_with_only_its_extras_installed(install: str) -> None:
+    extras, packages = INSTALLS[install]
+    blocked = outside_the_extras(extras)
     done = subprocess.run([sys.executable, "-c", IMPORT_ALL, ",".join(sorted(blocked)),
-                           ",".join(OURS), *sorted(NOT_IMPORTED)],
+                           ",".join(packages), *sorted(NOT_IMPORTED)],
                           cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["failed"] == {}, "modules that need more than the sim extra"
-    assert result["imported"] > 100
+    assert result["failed"] == {}, f"modules that need more than {install} installs"
+    assert result["imported"] > 10
