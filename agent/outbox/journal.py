@@ -24,7 +24,9 @@ frames ``length (4) | crc32 (4) | payload``. A payload is an operation byte and 
 
 Reading stops at the first frame that is short or fails its CRC: a write torn by a power
 cut (or a kill inside ``write``) is a tail that never returned to the writer, so nothing
-it held was ever sent.
+it held was ever sent. A ``write`` that fails part-way (the disk filled, an I/O error)
+returns to the writer with an error, and the journal cuts off what it left before anything
+else is appended, so a torn frame is only ever the file's last.
 """
 
 from __future__ import annotations
@@ -142,6 +144,10 @@ class Journal:
         self._fd: int | None = None
         self._pending_header = b""  # written with the first operation of a generation
         self.bytes_written = 0
+        self._end = 0  # where the last whole frame ends: the next one is written there
+        # Set when a failed write's partial frame could not be cut off: appending after it
+        # would put operations where no replay reaches them. Cleared by start().
+        self._broken: str | None = None
 
     def start(self, generation: int) -> None:
         """Empty the journal; later operations follow commit ``generation``.
@@ -158,6 +164,8 @@ class Journal:
             raise StorageError(f"{self.path}: cannot reset the outbox journal: "
                                f"{exc.strerror}") from None
         self._pending_header = _HEADER.pack(MAGIC, generation)
+        self._end = 0
+        self._broken = None
 
     def append(self, op: Op) -> None:
         """Hand one operation to the kernel (survives a crash of this process).
@@ -174,6 +182,8 @@ class Journal:
     def _write(self, payload: bytes) -> None:
         if self._fd is None:
             raise StorageError(f"{self.path}: the outbox journal is not open")
+        if self._broken is not None:
+            raise StorageError(self._broken)
         frame = b"".join((self._pending_header, _FRAME.pack(len(payload), zlib.crc32(payload)),
                           payload))
         try:
@@ -181,11 +191,27 @@ class Journal:
             while written < len(frame):
                 written += os.write(self._fd, frame[written:])
         except OSError as exc:
-            # A partial frame may be left; it fails its CRC and ends the replay there.
+            self._cut_partial_frame()
             raise StorageError(f"{self.path}: cannot append to the outbox journal: "
                                f"{exc.strerror}") from None
         self._pending_header = b""
+        self._end += len(frame)
         self.bytes_written += len(frame)
+
+    def _cut_partial_frame(self) -> None:
+        """After a failed write: cut off what it left, so the next frame follows the last
+        whole one. A replay ends at the first damaged frame, so a torn frame left in place
+        would hide every operation appended after it (records already offered to the
+        uplink, their numbers then reused after a crash). Shrinking a file needs no free
+        space; if it still fails, the journal refuses appends until :meth:`start`."""
+        assert self._fd is not None
+        try:
+            os.ftruncate(self._fd, self._end)
+            os.lseek(self._fd, self._end, os.SEEK_SET)
+        except OSError as exc:
+            self._broken = (f"{self.path}: cannot append to the outbox journal: a failed "
+                            f"write left a partial frame that could not be cut off "
+                            f"({exc.strerror})")
 
     def truncate(self) -> None:
         """Empty the file without starting a generation (its changes are committed).

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agent.clock import ManualClock
 from agent.outbox import DeviceState, Outbox, OutboxSettings
+from agent.outbox import journal as journal_module
 from agent.records import EpochPolicy, RecordFactory, RecordWriter
 from protocol import reasons
+from protocol.errors import StorageError
 from protocol.keys import RecipientKey, SigningKey, device_id_for
 from protocol.receipt import Outcome, Receipt, Status, hash_prefix
 from protocol.record import Gap, KeyEpoch, Measurement, Record
@@ -131,6 +136,79 @@ def test_kill_9_inside_the_window_loses_nothing_and_declares_no_gap(tmp_path: Pa
     assert records[5][1].prev == record_hash(sent[4])
     for seq, raw in sent.items():
         assert dict(box.outbox.unsent(-1, 100, 1 << 30))[seq] == raw
+
+
+class DiskFillsMidWrite:
+    """``os`` as the journal sees it: once armed, a write stores part of its bytes and
+    returns short, and the next one fails with ENOSPC, as a filesystem that fills up does."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.full = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def write(self, fd: int, data: bytes) -> int:
+        if self.full:
+            self.full = False
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        if self.armed:
+            self.armed, self.full = False, True
+            return os.write(fd, data[:len(data) // 2])
+        return os.write(fd, data)
+
+
+def test_kill_9_after_a_write_torn_by_a_full_disk_loses_nothing_stored_after_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    box = Box(tmp_path, OutboxSettings(commit_window_ms=60_000, commit_max_records=10_000))
+    disk = DiskFillsMidWrite()
+    monkeypatch.setattr(journal_module, "os", disk)
+    for i in range(3):
+        box.reading(i)
+    disk.armed = True
+    with pytest.raises(StorageError, match="No space left on device"):
+        box.reading(99)  # half a frame reached the file before the disk filled
+    for i in range(3):  # room again (a log rotated away): these are stored and offered
+        box.reading(i)
+    offered = dict(box.outbox.unsent(-1, 100, 1 << 30))
+    assert sorted(offered) == [0, 1, 2, 3, 4, 5]
+    box.crash()
+    box.open()
+    box.reading(7)
+    records = box.stored()
+    # Without cutting the torn frame off, the replay stopped there: 3..5 vanished and
+    # their numbers were given to new records.
+    assert [s for s, _ in records] == [0, 1, 2, 3, 4, 5, 6]
+    after = dict(box.outbox.unsent(-1, 100, 1 << 30))
+    assert all(after[seq] == raw for seq, raw in offered.items())
+    assert gaps_of(records) == []
+
+
+def test_a_torn_frame_that_cannot_be_cut_off_stops_appends_until_the_next_generation(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    disk = DiskFillsMidWrite()
+
+    def ftruncate_fails(fd: int, length: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(journal_module, "os", disk)
+    journal = journal_module.Journal(tmp_path / "journal")
+    journal.start(1)
+    journal.append_record(0, "cpu", False, b"zero")
+    disk.armed = True
+    monkeypatch.setattr(disk, "ftruncate", ftruncate_fails, raising=False)
+    with pytest.raises(StorageError, match="No space left on device"):
+        journal.append_record(1, "cpu", False, b"one")
+    with pytest.raises(StorageError, match="partial frame that could not be cut off"):
+        journal.append_record(1, "cpu", False, b"one")  # would land behind the tear
+    monkeypatch.setattr(disk, "ftruncate", os.ftruncate)
+    journal.start(2)
+    journal.append_record(1, "cpu", False, b"one")
+    journal.close()
+    generation, ops = journal_module.read_journal(tmp_path / "journal")
+    assert generation == 2
+    assert len(ops) == 1
 
 
 def test_kill_9_replays_drops_and_refusals_as_well_as_records(tmp_path: Path) -> None:
