@@ -35,6 +35,7 @@ from agent.local_mqtt import DeviceInfo, LocalPublisher, device_entities
 from agent.local_mqtt.discovery import reading_states, status_states
 from agent.local_mqtt.payout import PayoutWatcher
 from agent.outbox import DatabaseCorrupt, DeviceState, Outbox
+from agent.outbox.durability import DurabilityLost
 from agent.policy import PolicyInbox
 from agent.quality import QUALITY_FILE, QualityNotes
 from agent.records import RecordFactory, RecordWriter
@@ -123,6 +124,9 @@ class AgentService:
         self._local_streams: frozenset[str] = frozenset()
         self._next_local_ms = 0
         self._local_interval_ms = 0
+        # Set when the outbox lost durability (a failed fsync): the loop ends, and run()
+        # raises it after the shutdown, so the process exits 1 and systemd restarts it.
+        self.fatal: DurabilityLost | None = None
 
     # --- start --------------------------------------------------------------------------
 
@@ -317,7 +321,7 @@ class AgentService:
             self._next_local_ms = now + self._local_interval_ms
             self._guarded(self._offer_local_status)
         self.counters["loops"] += 1
-        self.notifier.watchdog(now, progressed=True)
+        self.notifier.watchdog(now, progressed=self.fatal is None)
         return self._next_wake(now)
 
     def _sample(self, now: int) -> None:
@@ -388,6 +392,13 @@ class AgentService:
             except StorageError as again:
                 self.counters["storage_errors"] += 1
                 log.error("cannot replace the usage meter: %s", again)
+        except DurabilityLost as exc:
+            self.counters["durability_lost"] += 1
+            if self.fatal is None:
+                self.fatal = exc
+                log.critical("%s; the outbox cannot vouch for what it stores any more, so "
+                             "the agent stops: its restart (systemd: Restart=on-failure) "
+                             "replays the journal and checks the files", exc)
         except DatabaseCorrupt as exc:
             self.counters["outbox_replaced"] += 1
             log.error("outbox damaged while running (%s); replacing it", exc)
@@ -463,12 +474,16 @@ class AgentService:
     # --- run, stop ----------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        """Loop until ``stop`` is set, then shut down (bounded final flush)."""
-        while not stop.is_set():
+        """Loop until ``stop`` is set, then shut down (bounded final flush).
+
+        Raises DurabilityLost, after the shutdown, if an fsync of the outbox failed."""
+        while not stop.is_set() and self.fatal is None:
             wake = self.step()
             delay_ms = max(0, wake - self.clock.mono_ms())
             stop.wait(min(delay_ms, IDLE_WAKE_MS) / 1000)
         self.shutdown()
+        if self.fatal is not None:
+            raise self.fatal
 
     def shutdown(self) -> None:
         """Stop sampling, emit the usage so far, flush for at most ``final_flush_s``, close."""

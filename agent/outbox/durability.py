@@ -16,11 +16,14 @@ Who waits for it:
 - every **other commit** (start-up, a held rotation record, a usage claim, notes, close)
   is made durable *inline* before it returns, because its caller acts on it at once.
 
-A failed fsync is kept and raised by the next commit (``StorageError``): after a failed
-fsync Linux may already have dropped the dirty pages, so the agent must not go on as if
-the data were safe. Tests replace the background thread by ``background=False`` (the
-power-cut model snapshots the files at each fsync, which needs the fsync to happen at a
-known moment); everything else is the same code.
+A failed fsync is kept and raised by every later commit (:class:`DurabilityLost`): after
+a failed fsync Linux may already have dropped the dirty pages and reports the error only
+once, so no later fsync can vouch for them and the agent must not go on as if the data
+were safe. The service stops on it, with an error, so that systemd starts it again: the
+new process replays the journal and checks the files from what is on the disk. Tests
+replace the background thread by ``background=False`` (the power-cut model snapshots the
+files at each fsync, which needs the fsync to happen at a known moment); everything else
+is the same code.
 
 Both background threads, the fsync thread and the committing thread, are a :class:`Worker`.
 """
@@ -43,6 +46,11 @@ Token = tuple[int, int]
 """What a commit made durable: (file epoch, send limit) as the outbox defines them."""
 
 T = TypeVar("T")
+
+
+class DurabilityLost(StorageError):
+    """An fsync of the outbox failed: nothing committed since the last good one can be
+    reported durable any more, by this process. Raised by every later commit."""
 
 
 def fsync_path(path: Path) -> None:
@@ -136,7 +144,7 @@ class Durability:
         # A later commit's fsync covers every earlier one; after a failed fsync nothing
         # more may be reported durable, so the thread stops there.
         self._worker: Worker[Token] = Worker("outbox-fsync", self._sync, latest_only=True,
-                                             fatal=(StorageError,))
+                                             fatal=(DurabilityLost,))
         self._dir_synced = False
         self.fsyncs = 0
 
@@ -172,7 +180,7 @@ class Durability:
                 self._fsync_path(self._dir)
                 self._dir_synced = True
         except OSError as exc:
-            raise StorageError(f"{self._wal}: fsync failed: {exc.strerror}") from None
+            raise DurabilityLost(f"{self._wal}: fsync failed: {exc.strerror}") from None
         self.fsyncs += 1
 
 

@@ -1003,11 +1003,23 @@ class Outbox:
         The final commit also marks the stop as clean (no ``running_kernel``), so the next
         start declares nothing."""
         with self._lock, self._hold_db(), translated(str(self.path)):
-            if self._rejected is not None and self._signer is not None:
-                self._declare_rejected()
-            self._begin()
-            self._conn.execute("DELETE FROM meta WHERE name = 'running_kernel'")
-            self.commit()
+            try:
+                if self._rejected is not None and self._signer is not None:
+                    self._declare_rejected()
+                self._begin()
+                self._conn.execute("DELETE FROM meta WHERE name = 'running_kernel'")
+                self.commit()
+            except BaseException:
+                # Not a clean stop (an fsync failed, the disk is full): what was not
+                # committed stays in the journal for the next start; close the files.
+                with contextlib.suppress(sqlite3.Error):
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                self._committer.close()
+                self._durability.close()
+                self._conn.close()
+                self._journal.close()
+                raise
             self._committer.close()
             self._durability.close()
             self._state.set_many({"receipted_through": self._receipted_through()})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 import threading
 import time
@@ -18,6 +20,8 @@ from agent.config import AgentConfig, parse_config
 from agent.credits import MeterDamaged, UsageMeter
 from agent.identity import create_identity
 from agent.outbox import DeviceState, Outbox, OutboxSettings
+from agent.outbox import durability as durability_module
+from agent.outbox.durability import DurabilityLost
 from agent.records import EpochPolicy, RecordFactory, RecordWriter
 from agent.sensors import load_simulated_hardware
 from agent.service import AgentService, ServiceOptions
@@ -216,6 +220,64 @@ def test_corrupt_outbox_is_moved_aside_and_the_agent_keeps_running(
         assert service.outbox.stats().corrupt_outboxes == 1
     finally:
         service.shutdown()
+        sim.close()
+
+
+class FsyncFailsOnce:
+    """``os`` as the outbox's fsync sees it: once armed, one fsync fails with EIO (an SD
+    card's transient write error; Linux reports a failed write-back once)."""
+
+    def __init__(self) -> None:
+        self.armed = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def fsync(self, fd: int) -> None:
+        if self.armed:
+            self.armed = False
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        os.fsync(fd)
+
+
+def test_a_failed_fsync_stops_the_agent_with_an_error_and_its_restart_loses_nothing(
+        tmp_path: Path, gateway_key: str, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Before: the outbox failed every commit from then on while the agent sampled on,
+    # fed the watchdog and held records in memory past max_bytes, never restarted.
+    cfg = config(tmp_path, UNREACHABLE, gateway_key)
+    clock = ManualClock()
+    sim = load_simulated_hardware(1, tmp_path, clock)
+    service = AgentService(cfg, clock, sim=sim)
+    disk = FsyncFailsOnce()
+    monkeypatch.setattr(durability_module, "os", disk)
+    service.start()
+    disk.armed = True  # the next fsync, a group commit's in the background, fails
+
+    def stopping() -> bool:
+        clock.advance(1000)
+        service.step()
+        return service.fatal is not None
+
+    try:
+        assert within(stopping), "the agent went on after a failed fsync"
+        assert not disk.armed
+        with pytest.raises(DurabilityLost, match="fsync failed: Input/output error"):
+            service.run(threading.Event())  # ends at once: shuts down, then raises
+        assert service.counters["durability_lost"] >= 1
+        assert "the agent stops" in caplog.text
+        readings = service.counters["readings"]
+        assert readings >= 2
+    finally:
+        sim.close()
+    # What systemd does next (Restart=on-failure): a new process on the same files.
+    again = AgentService(cfg, clock, sim=(sim := load_simulated_hardware(1, tmp_path, clock)))
+    again.start()
+    try:
+        streams = [r.stream for r in outbox_records(again)]
+        assert streams.count("cpu") == readings  # every reading stored before the stop
+    finally:
+        again.shutdown()
         sim.close()
 
 
