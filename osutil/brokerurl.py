@@ -34,29 +34,42 @@ def parse_broker_url(url: str, key: str) -> BrokerAddress:
     bad port, or a path, query, fragment or credentials in the URL (credentials belong in a
     mode-0600 file, never in a URL that ends up in logs).
     """
+    shown = without_credentials(url)
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError:
-        raise ConfigError(f"{key}: not a valid URL or bad port: {url!r}") from None
+        raise ConfigError(f"{key}: not a valid URL or bad port: {shown!r}") from None
     if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
         raise ConfigError(f"{key}: must look like mqtt://host:{MQTT_DEFAULT_PORT} or "
-                          f"mqtts://host:{MQTTS_DEFAULT_PORT}, got {url!r}")
+                          f"mqtts://host:{MQTTS_DEFAULT_PORT}, got {shown!r}")
     if parts.path not in ("", "/") or parts.query or parts.fragment \
             or parts.username is not None or parts.password is not None:
-        raise ConfigError(f"{key}: no path, query or credentials in the URL ({url!r}); "
+        raise ConfigError(f"{key}: no path, query or credentials in the URL ({shown!r}); "
                           f"the user name and password file are settings of their own")
     if port == 0:
-        raise ConfigError(f"{key}: port 0 is not a broker port ({url!r})")
+        raise ConfigError(f"{key}: port 0 is not a broker port ({shown!r})")
     return BrokerAddress(parts.hostname, port or DEFAULT_PORTS[parts.scheme],
                          parts.scheme == "mqtts")
+
+
+def without_credentials(url: str) -> str:
+    """``url`` with whatever stands between ``://`` and the last ``@`` of the authority
+    (a user name and password) replaced by ``***``, for messages and logs. Looser than a
+    URL parser on purpose: a password holding ``/`` or ``#`` must not show either."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    return f"{scheme}://***@{rest.rpartition('@')[2]}"
 
 
 def describe_broker_url(url: str) -> str:
     """``url`` with its port spelled out, for logs and status: a default port is said to be
     one (``mqtt://h:1883 (port 1883: the mqtt:// default)``), so a URL that was meant to
-    name another port shows where it really points. Unparseable URLs come back unchanged.
+    name another port shows where it really points. Unparseable URLs come back unchanged,
+    but never with their credentials.
     """
+    url = without_credentials(url)
     try:
         parts = urlsplit(url)
         port = parts.port
