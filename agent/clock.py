@@ -11,6 +11,8 @@ The clock is an object passed in, so tests drive time without patching globals.
 from __future__ import annotations
 
 import ctypes
+import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -18,6 +20,7 @@ from typing import Any, Protocol
 from osutil.libc import LIBC
 
 _TIME_ERROR = 5  # adjtimex(2): "the system clock is not synchronized to a reliable server"
+log = logging.getLogger(__name__)
 
 
 class Clock(Protocol):
@@ -49,6 +52,7 @@ class SystemClock:
         self._adjtimex = _load_adjtimex()
         self._synced = False
         self._synced_until = 0
+        self.sync_unknown: str | None = None  # why the sync state cannot be read, if so
 
     def wall_ms(self) -> int:
         return time.time_ns() // 1_000_000
@@ -69,7 +73,21 @@ class SystemClock:
         # struct timex with modes = 0 only reads the state; 512 bytes covers every ABI.
         buf = ctypes.create_string_buffer(512)
         state = int(self._adjtimex(buf))
-        return 0 <= state != _TIME_ERROR
+        if state < 0:
+            self._cannot_ask(f"adjtimex: {os.strerror(ctypes.get_errno())}")
+            return False
+        return state != _TIME_ERROR
+
+    def _cannot_ask(self, why: str) -> None:
+        """Said once: every record will say ``clock_synced = false`` and no owner's grant
+        is in force until the clock can be asked (a seccomp filter refusing adjtimex, as
+        systemd's ProtectClock= does, is the usual cause)."""
+        if self.sync_unknown is None:
+            log.error("cannot read whether the clock is synchronised (%s): records say "
+                      "clock_synced=false and grants are not in force; a systemd unit must "
+                      "not set ProtectClock= and must allow adjtimex (docs/OPERATIONS.md)",
+                      why)
+        self.sync_unknown = why
 
 
 def _load_adjtimex() -> Callable[[Any], int] | None:

@@ -521,6 +521,8 @@ class AgentService:
             "device_id": self.identity.device_id.hex(),
             "public_key": self.identity.public_key_hex,
             "boot": self.boot,
+            # Why the clock's sync state cannot be read (records then say unsynchronised).
+            "clock_sync_unknown": getattr(self.clock, "sync_unknown", None),
             "uplink": None if uplink is None or self.uplink is None else {
                 "state": uplink.state.value, "error": uplink.error,
                 "broker": self.uplink.broker_text,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import socket
@@ -238,6 +239,22 @@ class FsyncFailsOnce:
             self.armed = False
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         os.fsync(fd)
+
+
+def test_a_clock_whose_sync_state_cannot_be_read_says_why_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    clock = SystemClock()
+
+    def refused(buf: object) -> int:  # adjtimex under a seccomp filter (ProtectClock=)
+        ctypes.set_errno(errno.EPERM)
+        return -1
+
+    clock._adjtimex = refused  # noqa: SLF001 - below our code: the C library's answer
+    assert clock._ask_kernel() is False  # noqa: SLF001
+    assert clock._ask_kernel() is False  # noqa: SLF001
+    assert clock.sync_unknown == "adjtimex: Operation not permitted"
+    said = [r for r in caplog.records if "cannot read whether the clock" in r.getMessage()]
+    assert len(said) == 1
 
 
 def test_a_failed_fsync_stops_the_agent_with_an_error_and_its_restart_loses_nothing(

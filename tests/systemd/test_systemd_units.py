@@ -76,6 +76,42 @@ def test_unit_exposure_level_is_at_most_2(role: str, tmp_path: Path,
     assert level <= MAX_EXPOSURE, result.stdout
 
 
+def syscalls(name: str, seen: dict[str, frozenset[str]]) -> frozenset[str]:
+    """A system call, or a systemd group (``@...``) expanded by systemd's own list."""
+    if not name.startswith("@"):
+        return frozenset({name})
+    if name not in seen:
+        listed = analyze("syscall-filter", name).stdout.splitlines()
+        calls: set[str] = set()
+        for line in listed[1:]:
+            entry = line.strip()
+            if entry and not entry.startswith("#"):
+                calls |= syscalls(entry, seen)
+        assert calls, f"systemd-analyze knows no {name}"
+        seen[name] = frozenset(calls)
+    return seen[name]
+
+
+def test_agent_unit_lets_the_agent_ask_whether_the_clock_is_synchronised() -> None:
+    # Before: ProtectClock=yes and @system-service refused adjtimex(2), also the read-only
+    # call agent/clock.py makes, so every record said clock_synced=false and no owner's
+    # grant was ever in force on an installed device.
+    d = directives("agent")
+    assert d.get("ProtectClock", ["no"]) == ["no"]
+    seen: dict[str, frozenset[str]] = {}
+    filters = d["SystemCallFilter"]
+    assert not filters[0].startswith("~")  # an allow list, as systemd reads the first line
+    allowed: set[str] = set()
+    for value in filters:
+        names = value.removeprefix("~").split()
+        calls = set().union(*(syscalls(n, seen) for n in names))
+        allowed = allowed - calls if value.startswith("~") else allowed | calls
+    assert "adjtimex" in allowed
+    # ... and nothing else of @clock, and no capability to set the clock with it.
+    assert allowed & syscalls("@clock", seen) == {"adjtimex"}
+    assert d["CapabilityBoundingSet"] == [""]
+
+
 def test_agent_unit_reaches_only_the_named_gpio_chips() -> None:
     d = directives("agent")
     assert d["DevicePolicy"] == ["closed"]
