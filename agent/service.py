@@ -65,7 +65,12 @@ IDLE_WAKE_MS = 1000  # the loop runs at least this often (meter polling, watchdo
 @dataclass
 class _Schedule:
     sensor: Sensor
-    next_ms: int
+    next_ms: int  # the next regular slot (the cadence)
+    retry_ms: int | None = None  # a failed slot's read, tried again when the driver allows
+
+    @property
+    def due_ms(self) -> int:
+        return self.next_ms if self.retry_ms is None else min(self.next_ms, self.retry_ms)
 
 
 @dataclass
@@ -326,16 +331,31 @@ class AgentService:
 
     def _sample(self, now: int) -> None:
         for item in self._schedule:
-            if now < item.next_ms:
+            if now < item.due_ms:
                 continue
-            interval = round(item.sensor.interval_s * 1000)
-            # Keep the cadence; after a long stall, skip missed slots instead of bursting.
-            item.next_ms = max(item.next_ms + interval, now + interval // 2)
+            if now >= item.next_ms:
+                interval = round(item.sensor.interval_s * 1000)
+                # Keep the cadence; after a long stall, skip missed slots, never burst.
+                item.next_ms = max(item.next_ms + interval, now + interval // 2)
+            item.retry_ms = None
             try:
                 reading = item.sensor.read(now)
             except SensorReadError as exc:
                 self._sensor_error(item.sensor, exc)
+                # The slot's read is tried again as soon as the driver allows (a DHT22's
+                # back-off: 2.1 s after a checksum error), not a whole interval later.
+                # A back-off past the next slot moves that slot: never ask too soon.
+                due = item.sensor.next_attempt_mono_ms
+                if due is not None and due < item.next_ms:
+                    item.retry_ms = max(due, now + 1)
+                elif due is not None:
+                    item.next_ms = due
                 continue
+            # Never before the hardware allows: a loop that woke late read the chip late,
+            # and an interval equal to the chip's spacing would otherwise ask too soon.
+            due = item.sensor.next_attempt_mono_ms
+            if due is not None:
+                item.next_ms = max(item.next_ms, due)
             self.counters["readings"] += 1
             if self.options.on_reading is not None:
                 self.options.on_reading(reading)
@@ -463,7 +483,7 @@ class AgentService:
     def _next_wake(self, now: int) -> int:
         wake = now + IDLE_WAKE_MS
         for item in self._schedule:
-            wake = min(wake, item.next_ms)
+            wake = min(wake, item.due_ms)
         if self.reporter is not None:
             wake = min(wake, self._next_usage_ms)
         due = self.outbox.commit_due_ms()

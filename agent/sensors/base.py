@@ -126,6 +126,13 @@ class Sensor(abc.ABC):
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def next_attempt_mono_ms(self) -> int | None:
+        """The earliest monotonic ms at which :meth:`read` may touch the hardware again
+        (None: any time). The sampler never asks sooner, and after a failure asks again
+        then rather than wait for the next interval (the DHT22's back-off)."""
+        return None
+
     def status(self) -> dict[str, object]:
         """A JSON-ready summary: stream, kind, interval, reads_ok and errors by reason."""
         with self._lock:

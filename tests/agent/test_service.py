@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import random
 import socket
 import threading
 import time
@@ -97,6 +98,63 @@ def test_dht22_failures_are_counted_and_produce_no_reading(tmp_path: Path,
         assert service.counters["sensor_errors"] == failures
         assert len({r.mono_ms for r in climate}) == len(climate)  # no value stamped twice
         assert service.status()["sensors"][0]["errors"] == dict(sensor.errors)
+    finally:
+        service.shutdown()
+        sim.close()
+
+
+def run_loop(service: AgentService, clock: ManualClock, minutes: int,
+             late_ms: Callable[[], int] = lambda: 0) -> None:
+    """The service's own loop on a manual clock: wake when ``step`` says (plus ``late_ms``,
+    as a real ``Event.wait`` wakes a little late)."""
+    end = clock.mono_ms() + minutes * 60_000
+    while clock.mono_ms() < end:
+        wake = service.step()
+        clock.advance(max(1, wake - clock.mono_ms()) + late_ms())
+
+
+def test_a_failed_dht22_read_is_retried_at_its_back_off_not_a_whole_interval_later(
+        tmp_path: Path, gateway_key: str) -> None:
+    # Before: the sampler never asked at the driver's back-off time, so each checksum error
+    # (routine on a Pi) cost a whole 30-s slot: 25 readings from 41 attempts in 20 minutes.
+    cfg = config(tmp_path, UNREACHABLE, gateway_key, sensors=[
+        {"kind": "dht22", "stream": "climate", "pin": 4, "interval_s": 30}])
+    clock = ManualClock(wall_ms=int(evening() * 1000))
+    sim = load_simulated_hardware(3, tmp_path, clock,
+                                  dht_faults=DHTFaults(checksum=0.3, full_buffer=0.0))
+    service = AgentService(cfg, clock, sim=sim)
+    service.start()
+    try:
+        run_loop(service, clock, 20)
+        sensor = service.sensors.by_stream("climate")
+        assert sensor.errors["checksum"] > 5
+        assert sensor.errors["too_soon"] == 0
+        assert sensor.reads_ok >= 35  # of 40 slots (25 before): most read after a retry or two
+        climate = [r.mono_ms for r in outbox_records(service) if r.stream == "climate"]
+        assert len(climate) == sensor.reads_ok
+        assert all(b - a >= 2100 for a, b in pairwise(climate))  # the chip's spacing held
+    finally:
+        service.shutdown()
+        sim.close()
+
+
+def test_a_dht22_at_its_minimum_interval_is_never_asked_too_soon_by_a_late_loop(
+        tmp_path: Path, gateway_key: str) -> None:
+    # Before: slots kept their cadence from the schedule, not from when the chip was read,
+    # so a loop waking 0-5 ms late asked 2.1 s after a late read: too_soon, a lost reading.
+    cfg = config(tmp_path, UNREACHABLE, gateway_key, sensors=[
+        {"kind": "dht22", "stream": "climate", "pin": 4, "interval_s": 2.1}])
+    clock = ManualClock(wall_ms=int(evening() * 1000))
+    sim = load_simulated_hardware(3, tmp_path, clock,
+                                  dht_faults=DHTFaults(checksum=0.0, full_buffer=0.0))
+    service = AgentService(cfg, clock, sim=sim)
+    service.start()
+    rng = random.Random(7)
+    try:
+        run_loop(service, clock, 2, late_ms=lambda: rng.randrange(6))
+        sensor = service.sensors.by_stream("climate")
+        assert sensor.errors["too_soon"] == 0
+        assert sensor.reads_ok >= 55  # 120 s at one reading every 2.1 s and a few ms
     finally:
         service.shutdown()
         sim.close()
