@@ -28,20 +28,30 @@ from gateway.documents_api import document_routes
 from gateway.http_guard import RequestGuard, token_matches
 from gateway.metrics import CONTENT_TYPE
 from gateway.payout_api import payout_routes
-from gateway.store import MAX_PAGE, Device, DeviceExists, DeviceNotFound, Leaf
+from gateway.store import (
+    MAX_PAGE,
+    MAX_STORED_INT,
+    NO_CONTROL_CHARACTERS,
+    Device,
+    DeviceExists,
+    DeviceNotFound,
+    Leaf,
+)
 from protocol import cbor, merkle
 
 API_VERSION = "1"
 MAX_RATE_MICRO_PER_HOUR = 10**12
 _HEX_ID = r"^[0-9a-f]{32}$"
-MAX_INT = 2**63 - 1  # the store's integers are signed 64-bit (SQLite INTEGER)
+MAX_INT = MAX_STORED_INT
 _bearer = HTTPBearer(auto_error=False, description="the admin token")
 
 
 class RegisterDevice(BaseModel):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
     public_key: str = Field(pattern=r"^[0-9a-f]{64}$", description="Ed25519 public key, hex")
-    owner: str = Field(min_length=1, max_length=128)
+    # No control characters: PostgreSQL text refuses NUL (a 500 before), and a log line or
+    # a terminal showing an owner must not be driven by one.
+    owner: str = Field(min_length=1, max_length=128, pattern=NO_CONTROL_CHARACTERS)
     rate_micro_per_hour: int = Field(ge=0, le=MAX_RATE_MICRO_PER_HOUR)
     owner_key: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$",
                                   description="the owner's Ed25519 public key, hex: only "
@@ -248,7 +258,7 @@ def _admin_routes(app: FastAPI, ctx: ApiContext, admin: list[params.Depends]) ->
              description="Devices whose name sorts after `after` (by bytes), at most "
              "`limit`; the next page starts after the last name returned. A page shorter "
              "than `limit` is the last.")
-    def list_devices(after: Annotated[str, Query(max_length=64)] = "",
+    def list_devices(after: Annotated[str, Query(max_length=64, pattern=r"^[A-Za-z0-9._-]*$")] = "",
                      limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = MAX_PAGE,
                      ) -> list[DeviceOut]:
         return [_device_out(d) for d in ctx.store.devices(after, limit)]
@@ -330,7 +340,8 @@ def _log_routes(app: FastAPI, ctx: ApiContext) -> None:
              summary="Consecutive leaves from ``start``: records and documents, as stored")
     def leaves(start: Annotated[int, Query(ge=0, le=MAX_INT)],
                limit: Annotated[int, Query(ge=1, le=1000)] = 1000) -> list[LeafOut]:
-        return [_leaf_out(x) for x in store.stream_leaves(None, start, start + limit, limit)]
+        end = min(start + limit, MAX_INT)  # a start near the top must not overflow SQL
+        return [_leaf_out(x) for x in store.stream_leaves(None, start, end, limit)]
 
     @app.get("/v1/leaves/{index}", response_model=LeafOut, tags=["log"],
              summary="A logged record (or signed document) by leaf index")

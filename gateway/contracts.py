@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from gateway.metrics import GatewayMetrics
 from gateway.quality import check_quality
 from gateway.store import (
+    MAX_STORED_INT,
     STATUS_ACTIVE,
     Device,
     LogStore,
@@ -118,8 +119,9 @@ class DocumentDesk:
 
     def _precheck(self, doc: Document) -> None:
         """Who may sign this, from committed state and before the log's write lock: a
-        document from anyone but a registered recipient or a device's owner never takes
-        the lock the sequencer needs (the full checks follow inside the transaction)."""
+        document from anyone but a registered recipient or a device's owner, or of a type
+        not submitted here, never takes the lock the sequencer needs (the full checks
+        follow inside the transaction)."""
         if doc.type == REQUEST:
             request = body_of(doc, DataRequest)
             registered = {r.signing_key: r for r in self._store.recipients()}
@@ -134,12 +136,22 @@ class DocumentDesk:
             devices = body_of(doc, Consent).devices
             check_owner(doc, devices, _owner_keys(self._store.device, devices))
         elif doc.type == REVOCATION:
-            consent = self._store.document(body_of(doc, Revocation).consent)
+            revocation = body_of(doc, Revocation)
+            if revocation.counter > MAX_STORED_INT:  # a uint64 the log's columns cannot hold
+                raise RejectedDocument(DocumentReason.MALFORMED,
+                                       f"revocation counter above {MAX_STORED_INT}")
+            consent = self._store.document(revocation.consent)
             if consent is None or consent.type != CONSENT:
                 raise RejectedDocument(DocumentReason.UNKNOWN_CONSENT, "no such logged consent")
             if consent.signer != doc.signer:
                 raise RejectedDocument(DocumentReason.NOT_OWNER,
                                        "signed by another key than the consent")
+        elif doc.type == QUALITY:
+            if all(r.signing_key != doc.signer for r in self._store.recipients()):
+                raise RejectedDocument(DocumentReason.UNKNOWN_SIGNER,
+                                       "not a registered recipient")
+        else:  # a lapse notice, a payout notice, a wallet, an epoch: not submitted here
+            raise RejectedDocument(DocumentReason.WRONG_TYPE, f"{doc.type} is not logged here")
 
     def _check(self, tx: LogTransaction, doc: Document, now: int) -> NewDocument:
         if doc.type == REQUEST:

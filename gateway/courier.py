@@ -100,6 +100,10 @@ class PolicyCourier:
             except StorageError as exc:
                 self._metrics.policy_syncs_dropped.labels(reason="storage").inc()
                 log.warning("policy sync for %s failed: %s", device_id.hex(), exc)
+            # One thread answers every device: a fault in one answer must not end it.
+            except Exception:
+                self._metrics.policy_syncs_dropped.labels(reason="error").inc()
+                log.exception("policy sync for %s failed", device_id.hex())
 
     def _next_due(self) -> tuple[bytes, int] | None:
         now = self._monotonic()
@@ -124,7 +128,7 @@ class PolicyCourier:
         size = self._store.size()  # read first: later documents are pushed on their own
         found: list[tuple[int, bytes]] = []
         start = from_index
-        while True:
+        while start < size:  # a from_index past the log (up to 2^64 - 1) asks for nothing
             page = [d for d in self._store.device_documents(device_id, start, PAGE)
                     if d.index < size]
             found += [(d.index, d.raw) for d in page]

@@ -36,7 +36,14 @@ from fastapi import FastAPI, HTTPException, Query, Response
 from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, Field
 
-from gateway.store import Device, LastRecord, StoredCheckpoint, StoredDocument
+from gateway.store import (
+    MAX_STORED_INT,
+    NO_CONTROL_CHARACTERS,
+    Device,
+    LastRecord,
+    StoredCheckpoint,
+    StoredDocument,
+)
 from protocol.contract import Consent, Lapse, body_of
 from protocol.documents import parse_document
 from protocol.quality import attestation_of
@@ -70,8 +77,9 @@ SECTIONS: dict[str, str | None] = {"consents": "/v1/documents?type=consent",
 
 
 PageLimit = Annotated[int, Query(ge=1, le=MAX_DASHBOARD_PAGE)]
-Cursor = Annotated[str, Query(max_length=256)]
-LeafCursor = Annotated[int, Query(ge=-1, le=2**63 - 1)]
+# A device or owner name; no control characters (PostgreSQL text refuses NUL: a 500 before).
+Cursor = Annotated[str, Query(max_length=256, pattern=NO_CONTROL_CHARACTERS)]
+LeafCursor = Annotated[int, Query(ge=-1, le=MAX_STORED_INT)]
 
 
 class DashboardDevice(BaseModel):

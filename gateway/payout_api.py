@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from gateway.payout import PayoutWorker, WalletRefused
 from gateway.payout_book import StoredEpoch
+from gateway.store import MAX_STORED_INT
 from protocol.documents import parse_document
 from protocol.payout_notice import PayoutNotice
 from rewards.documents import PayoutEpoch, owner_name, verify_wallet_binding
@@ -147,7 +148,7 @@ def _epoch_routes(app: FastAPI, configured: Callable[[], PayoutWorker]) -> None:
 
     @app.get("/v1/payouts/epochs/{epoch}", response_model=EpochOut, tags=["payout"],
              summary="One epoch: its signed document and the state of its root post")
-    def epoch(epoch: Annotated[int, Path(ge=1, le=2**63 - 1)]) -> EpochOut:
+    def epoch(epoch: Annotated[int, Path(ge=1, le=MAX_STORED_INT)]) -> EpochOut:
         stored = configured().book.get(epoch)
         if stored is None:
             raise HTTPException(404, f"no epoch {epoch}")
@@ -155,7 +156,7 @@ def _epoch_routes(app: FastAPI, configured: Callable[[], PayoutWorker]) -> None:
 
     @app.get("/v1/payouts/epochs/{epoch}/tree", tags=["payout"],
              summary="The epoch's tree as an OpenZeppelin StandardMerkleTree dump")
-    def tree(epoch: Annotated[int, Path(ge=1, le=2**63 - 1)]) -> JSONResponse:
+    def tree(epoch: Annotated[int, Path(ge=1, le=MAX_STORED_INT)]) -> JSONResponse:
         stored = configured().book.get(epoch)
         if stored is None:
             raise HTTPException(404, f"no epoch {epoch}")

@@ -11,7 +11,7 @@ window slot.
 
 from __future__ import annotations
 
-from gateway.store import LogStore, LogTransaction, NewDocument
+from gateway.store import MAX_STORED_INT, LogStore, LogTransaction, NewDocument
 from protocol.contract import CONSENT, Consent
 from protocol.documents import Document, parse_document
 from protocol.errors import MalformedRecord
@@ -43,6 +43,8 @@ def check_quality(store: LogStore, tx: LogTransaction, doc: Document, now: int
 
 def leaf_facts(store: LogStore, index: int) -> LeafFacts | None:
     """What the log says of the reading record at leaf ``index`` (None: no such record)."""
+    if not 0 <= index <= MAX_STORED_INT:  # an attestation's uint64 the log cannot hold
+        return None
     leaf = store.leaf(index)
     if leaf is None or leaf.seq < 0:  # documents sit at negative seqs
         return None

@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 from gateway.store import (
     FLAG_CLOCK_UNSYNCED,
+    MAX_STORED_INT,
     STATUS_REVOKED,
     Device,
     GapEntry,
@@ -49,8 +50,6 @@ from protocol.record import (
     Usage,
     credit_micro,
 )
-
-_SIGNED_MAX = (1 << 63) - 1
 
 
 class Decision(NamedTuple):
@@ -230,7 +229,7 @@ def _check_usage(tx: LogTransaction, device: Device, record: ParsedRecord,
     if usage.usage_ms > usage.end_mono_ms - usage.start_mono_ms:
         return reasons.USAGE_TOO_LONG
     credit = credit_micro(usage.usage_ms, device.rate_micro_per_hour)
-    if device.settled_micro + credit > _SIGNED_MAX:  # would overflow the store's integers
+    if device.settled_micro + credit > MAX_STORED_INT:  # would overflow the store's integers
         return reasons.USAGE_TOO_LONG
     if tx.usage_overlaps(device.device_id, record.boot, usage.start_mono_ms, usage.end_mono_ms):
         return reasons.USAGE_OVERLAP

@@ -295,6 +295,11 @@ class DeviceCounts:
 
 # The most rows one paged read returns (registry listings, owners, activity look-ups).
 MAX_PAGE = 1000
+# The largest integer a store column holds (SQLite INTEGER and PostgreSQL BIGINT are signed
+# 64-bit): integers from outside are checked against it before any SQL sees them.
+MAX_STORED_INT = (1 << 63) - 1
+# Text from outside that a store keeps or compares: no C0 control characters or DEL.
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"
 
 
 class LogTransaction(Protocol):

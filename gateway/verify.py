@@ -12,7 +12,7 @@ order, per message:
 and per record:
 
 3. ``max_record_bytes`` (``too_large``);
-4. decode as a COSE_Sign1 holding a record (``malformed``); integer fields above 2**63-1
+4. decode as a COSE_Sign1 holding a record (``malformed``); integer fields at or above 2**63-1
    are ``malformed`` too (the store's integers are signed 64-bit);
 5. the signature against the key the registry holds for that device and sequence number,
    read from a snapshot (:class:`KeyLookup`); not for an unknown or revoked signer, whose
@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.config import Limits
-from gateway.store import STATUS_REVOKED, Device
+from gateway.store import MAX_STORED_INT, STATUS_REVOKED, Device
 from protocol import reasons
 from protocol.batch import Batch, device_id_from_topic
 from protocol.cose import Sign1
@@ -38,7 +38,6 @@ from protocol.reasons import Reason
 from protocol.record import Gap, KeyRotation, Record, Usage
 from protocol.signed import parse_signed_record, record_hash
 
-_SIGNED_MAX = (1 << 63) - 1
 _TOO_LARGE_CODES = frozenset({"too_large", "cbor_string_too_long", "cbor_too_many_items"})
 
 KeyLookup = Callable[[bytes], Device | None]
@@ -195,5 +194,7 @@ def _require_signed64(record: Record) -> None:
         values += [body.start_mono_ms, body.end_mono_ms, body.usage_ms, body.rate_micro_per_hour]
     elif isinstance(body, Gap):
         values += [body.first_seq, body.last_seq]
-    if max(values) > _SIGNED_MAX:
-        raise MalformedRecord("out_of_range", "integer field above 2**63-1")
+    # One below the store's maximum: the rules look at seq + 1 and start + 1, and a value
+    # at the maximum overflowed there (a sequencer crash, again at every redelivery).
+    if max(values) >= MAX_STORED_INT:
+        raise MalformedRecord("out_of_range", "integer field at or above 2**63-1")

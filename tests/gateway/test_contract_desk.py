@@ -3,6 +3,7 @@ expiry, a store from before owners had keys, and the bounds of policy delivery."
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -12,13 +13,17 @@ from gateway.contracts import DocumentDesk, DocumentRefused
 from gateway.courier import PolicyCourier
 from gateway.metrics import GatewayMetrics
 from gateway.sqlite_store import SQLiteLogStore
-from gateway.store import NewLeaf
-from protocol.contract import Consent, DataRequest, Terms
+from gateway.store import NewLeaf, StoredDocument
+from protocol.contract import Consent, DataRequest, Lapse, Revocation, Terms
 from protocol.delivery import PolicyDelivery
 from protocol.documents import sign_document
 from protocol.keys import OwnerKey, RecipientKey, SigningKey
+from protocol.payout_notice import PayoutNotice
 from protocol.reasons import DocumentReason
+from rewards.documents import PayoutEpoch, WalletBinding
 from tests.harness.waiting import eventually
+
+VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 
 HOUR = 3_600_000
 T0 = 1_800_000_000_000
@@ -108,6 +113,56 @@ def test_courier_bounds_pending_syncs_and_answers_a_flood_once(tmp_path: Path) -
     store.close()
 
 
+def test_a_sync_from_past_the_log_is_answered_and_the_courier_serves_the_next_device(
+        tmp_path: Path) -> None:
+    # Before: PolicySync(2^64 - 1) reached SQLite as an index, raised OverflowError and
+    # ended the courier's thread: no device got its documents until a restart.
+    store, *_, device_id, _ = _setup(tmp_path)
+    metrics = GatewayMetrics()
+    sent: list[tuple[str, bytes]] = []
+    courier = PolicyCourier(store, lambda t, p: sent.append((t, p)) is None, metrics,
+                            lambda: 0.0)
+    courier.start()
+    try:
+        courier.sync(b"z" * 16, 2**64 - 1)
+        eventually(lambda: len(sent) >= 1, "the answer to a sync from past the log", 10,
+                   every_s=0.01)
+        courier.sync(device_id, 0)
+        eventually(lambda: len(sent) >= 2, "the next device's answer", 10, every_s=0.01)
+    finally:
+        courier.stop()
+    assert all(PolicyDelivery.from_cbor(p).complete for _, p in sent)
+    store.close()
+
+
+def test_a_fault_in_one_answer_is_counted_and_the_courier_goes_on(tmp_path: Path) -> None:
+    store, *_, device_id, _ = _setup(tmp_path)
+    metrics = GatewayMetrics()
+    sent: list[tuple[str, bytes]] = []
+    courier = PolicyCourier(store, lambda t, p: sent.append((t, p)) is None, metrics,
+                            lambda: 0.0)
+    real = store.device_documents
+    failing = {b"f" * 16}
+
+    def documents(device: bytes, start: int, limit: int) -> list[StoredDocument]:
+        if device in failing:
+            raise OverflowError("a bug below the courier")
+        return real(device, start, limit)
+
+    store.device_documents = documents  # type: ignore[method-assign]
+    courier.start()
+    try:
+        courier.sync(b"f" * 16, 0)
+        eventually(lambda: metrics.registry.get_sample_value(
+            "edgeproof_gateway_policy_syncs_dropped_total", {"reason": "error"}) == 1,
+            "the fault counted", 10, every_s=0.01)
+        courier.sync(device_id, 0)
+        eventually(lambda: len(sent) >= 1, "the next device's answer", 10, every_s=0.01)
+    finally:
+        courier.stop()
+    store.close()
+
+
 def test_documents_from_strangers_never_take_the_logs_write_lock(tmp_path: Path) -> None:
     store, _, desk, _, buyer, device_id, sealing = _setup(tmp_path)
     opened: list[int] = []
@@ -133,6 +188,52 @@ def test_documents_from_strangers_never_take_the_logs_write_lock(tmp_path: Path)
     assert len(opened) == 1  # refused from committed state, before the write lock
     desk.submit(request.raw)  # the same bytes again: a duplicate, also without the lock
     assert len(opened) == 1
+    store.close()
+
+
+def test_documents_of_types_not_submitted_here_or_from_unknown_validators_never_take_the_lock(
+        tmp_path: Path) -> None:
+    # Before: only requests, consents and revocations were checked before the write lock;
+    # a stranger's quality attestation, lapse, payout notice, wallet or epoch took it.
+    store, _, desk, owner, buyer, device_id, sealing = _setup(tmp_path)
+    terms = Terms((("climate", ("Cel",)),), 60, T0, T0 + HOUR)
+    request = sign_document(DataRequest(sealing, (device_id,), (), terms, "p", 0), buyer, T0)
+    consent = sign_document(Consent(request.id, sealing, (device_id,), terms), owner.signing, T0)
+    desk.submit(request.raw)
+    desk.submit(consent.raw)
+    opened: list[int] = []
+    real = store.transaction
+
+    def counting() -> object:
+        opened.append(1)
+        return real()
+
+    store.transaction = counting  # type: ignore[method-assign]
+    stranger = SigningKey.generate()
+    address = bytes(range(20))
+    quality = json.loads((VECTORS / "quality.json").read_text())["cose_sign1"]
+    cases = [
+        (bytes.fromhex(quality), DocumentReason.UNKNOWN_SIGNER),
+        (sign_document(Lapse(consent.raw, request.id, 41, 7, 1337, address), stranger,
+                       T0).raw, DocumentReason.WRONG_TYPE),
+        (sign_document(PayoutNotice(owner.owner_id, 1, address, 5, None, 1337, address,
+                                    bytes(32)), stranger, T0).raw, DocumentReason.WRONG_TYPE),
+        (sign_document(WalletBinding(owner.owner_id, address, 1337), owner.signing, T0).raw,
+         DocumentReason.WRONG_TYPE),
+        (sign_document(PayoutEpoch(1, 2, bytes(32), bytes(32), 5, 1, 0, 1337, address, 1, 1),
+                       stranger, T0).raw, DocumentReason.WRONG_TYPE),
+        # the owner's own revocation, with a uint64 counter the log's columns cannot hold
+        # (a 500 on SQLite, a 503 on PostgreSQL before)
+        (sign_document(Revocation(consent.id, 2**64 - 1, "owner"), owner.signing, T0).raw,
+         DocumentReason.MALFORMED),
+    ]
+    size = store.size()
+    for raw, reason in cases:
+        with pytest.raises(DocumentRefused) as refused:
+            desk.submit(raw)
+        assert refused.value.reason == reason
+    assert opened == []
+    assert store.size() == size
     store.close()
 
 

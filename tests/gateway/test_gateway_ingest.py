@@ -251,3 +251,24 @@ def test_batch_id_and_checkpoint_note_round_trip(gateway, devices) -> None:
     receipt = devices.wait_for(dev.device_id, 2**40)
     assert receipt.checkpoint.count("\n") >= 5
     assert cbor.decode(receipt.to_cbor())[3] == 2**40
+
+
+def test_integers_at_the_stores_maximum_are_malformed_and_the_sequencer_goes_on(
+        gateway, devices) -> None:
+    # Before: a record at seq 2^63-1, or a usage interval starting there, passed decoding
+    # and overflowed seq + 1 / start + 1 in the rules: the sequencer died, and died again
+    # at every redelivery of the unacknowledged message.
+    top = 2**63 - 1
+    at_top = TestDevice.create("dev-top-seq", 41)
+    usage = TestDevice.create("dev-top-usage", 42)
+    honest = TestDevice.create("dev-next-door", 43)
+    for dev in (at_top, usage, honest):
+        register(gateway.base_url, dev)
+    at_top.seq = top
+    devices.send(at_top, at_top.records(1), 1)
+    usage.mono_ms = top - 1
+    devices.send(usage, [usage.usage(top, top, 0).raw], 1)
+    assert [o.reason for o in devices.wait_for(at_top.device_id, 1).outcomes] == ["malformed"]
+    assert [o.reason for o in devices.wait_for(usage.device_id, 1).outcomes] == ["malformed"]
+    devices.send(honest, honest.records(3), 1)
+    assert statuses(devices.wait_for(honest.device_id, 1)) == [Status.ACCEPTED] * 3

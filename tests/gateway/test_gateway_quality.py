@@ -145,6 +145,9 @@ def test_attestation_naming_leaves_that_do_not_exist_or_are_not_its_devices_is_r
         replace(a, leaves=(*a.leaves, 10_000)), b, c))), "unknown_leaf")
     refused(gateway, room.signed(replace(body, sensors=(
         replace(a, leaves=b.leaves), replace(b, leaves=a.leaves), c))), "unknown_leaf")
+    # A uint64 leaf index past the log's signed 64-bit columns: a 500 on SQLite before.
+    refused(gateway, room.signed(replace(body, sensors=(
+        replace(a, leaves=(*a.leaves, 2**64 - 1)), b, c))), "unknown_leaf")
 
 
 def test_attestation_naming_records_outside_its_window_is_refused(
