@@ -12,9 +12,15 @@ Two layers, both in front of FastAPI (docs/GATEWAY.md, "HTTP limits"):
 - :func:`guarded_protocol`, uvicorn's h11 protocol with a deadline: a request (headers and
   body) must arrive whole within ``request_timeout_s`` of the connection opening or of the
   previous response, however slowly it trickles (uvicorn has no such timeout: its
-  keep-alive timer is cancelled by any byte received); and at most ``max_connections``
-  connections are kept: one more closes the connection that has waited longest for its
-  request, so half-sent requests cannot hold every file handle while honest requests wait.
+  keep-alive timer is cancelled by any byte received); a response the client does not read
+  is cut off the same way: once the socket's buffers are full (asyncio's
+  ``pause_writing``), the client must take at least :data:`MIN_READ_BYTES` of it (or the
+  rest) every ``request_timeout_s``, or the connection is aborted, its unsent output
+  dropped rather than flushed (uvicorn has no such timeout: a client that never reads holds
+  its connection, the response and every pipelined one behind it for ever); and at most
+  ``max_connections`` connections are kept: one more closes the connection that has waited
+  longest for its request or for its client to read, so half-sent requests and unread
+  responses cannot hold every file handle while honest requests wait.
 
 Every refusal is counted in ``edgeproof_gateway_http_rejections_total{reason}``.
 """
@@ -22,9 +28,12 @@ Every refusal is counted in ``edgeproof_gateway_http_rejections_total{reason}``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
+import socket
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -42,11 +51,18 @@ UNAUTHENTICATED = "unauthenticated"
 BODY_TOO_LARGE = "body_too_large"
 REQUEST_TIMEOUT = "request_timeout"
 TOO_MANY_CONNECTIONS = "too_many_connections"
-REJECTION_REASONS = (UNAUTHENTICATED, BODY_TOO_LARGE, REQUEST_TIMEOUT, TOO_MANY_CONNECTIONS)
+RESPONSE_TIMEOUT = "response_timeout"
+REJECTION_REASONS = (UNAUTHENTICATED, BODY_TOO_LARGE, REQUEST_TIMEOUT, TOO_MANY_CONNECTIONS,
+                     RESPONSE_TIMEOUT)
 Reject = Callable[[str], None]
 # Connections accepted per event-loop turn; file handles in use stay below
 # max_connections + ACCEPT_BACKLOG (plus the store's and MQTT's own).
 ACCEPT_BACKLOG = 128
+# While its response waits in the gateway's memory, a client must read this much of it (or
+# the rest) every request_timeout_s: 6.4 KB/s with the default 10 s. The pause itself ends
+# only when the buffer is down to asyncio's low-water mark, and one response (1000 leaves)
+# can be megabytes written at once: a slow honest reader must not be cut off for that.
+MIN_READ_BYTES = 64 * 1024
 
 
 def token_matches(given: bytes, expected: bytes) -> bool:
@@ -163,12 +179,16 @@ class _Counter:
 
 
 class _GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a whole-request deadline and a connection cap."""
+    """uvicorn's h11 protocol with a whole-request deadline, a deadline on reading the
+    response, and a connection cap."""
 
     _limits: ClassVar[HttpLimits]
     _counter: ClassVar[_Counter]
     _deadline: asyncio.TimerHandle | None = None
     _waiting_since = 0.0
+    _stall: asyncio.TimerHandle | None = None  # armed while output waits for the client
+    _stalled_since = 0.0
+    _unsent = 0  # output waiting when _stall was armed
 
     # uvicorn's H11Protocol narrows asyncio's BaseTransport to Transport (and ignores
     # [override] itself); this override keeps uvicorn's signature.
@@ -190,9 +210,22 @@ class _GuardedH11Protocol(H11Protocol):
         if not self.transport.is_closing() and self.conn.their_state in (h11.IDLE,
                                                                            h11.SEND_BODY):
             self._arm()  # the next request on this keep-alive connection
+        elif self.transport.is_closing() and self.transport.get_write_buffer_size():
+            # Closed after this response: close() waits for the client to read the rest,
+            # for ever if it never does (and the connection no longer counts to the cap).
+            self._watch_output()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._watch_output()  # the socket's buffers are full: the client is not reading
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._unwatch_output()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._unwatch_output()
         super().connection_lost(exc)
 
     def _arm(self) -> None:
@@ -207,26 +240,67 @@ class _GuardedH11Protocol(H11Protocol):
 
     def _timed_out(self) -> None:
         self._deadline = None
-        self.drop_connection(REQUEST_TIMEOUT)
+        stalled = self._stall is not None or self.transport.is_closing()
+        self.drop_connection(RESPONSE_TIMEOUT if stalled else REQUEST_TIMEOUT)
 
-    def request_waiting_since(self) -> float | None:
-        """The loop time since which this connection has waited for a request, or None."""
-        return None if self._deadline is None else self._waiting_since
+    def _watch_output(self) -> None:
+        if self._stall is None:
+            self._stalled_since = self.loop.time()
+            self._check_output_later()
+
+    def _check_output_later(self) -> None:
+        self._unsent = self.transport.get_write_buffer_size()
+        self._stall = self.loop.call_later(self._limits.request_timeout_s, self._check_output)
+
+    def _unwatch_output(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+
+    def _check_output(self) -> None:
+        self._stall = None
+        unsent = self.transport.get_write_buffer_size()
+        if unsent and self._unsent - unsent < MIN_READ_BYTES:
+            self.drop_connection(RESPONSE_TIMEOUT)
+        elif unsent:
+            self._check_output_later()  # read, if slowly: the next period starts
+
+    def waiting_since(self) -> float | None:
+        """The loop time since which this connection has waited for a request or for its
+        client to read its response (the earlier if both), or None if neither."""
+        since = [t for t, armed in ((self._waiting_since, self._deadline),
+                                    (self._stalled_since, self._stall)) if armed is not None]
+        return min(since, default=None)
 
     def _make_room(self) -> None:
-        """Close the connection that has waited longest for its request (maybe this one)."""
+        """Close the connection that has waited longest for its request or for its client
+        to read (maybe this one)."""
         waiting = [(since, c) for c in self.connections if isinstance(c, _GuardedH11Protocol)
-                   and (since := c.request_waiting_since()) is not None]
+                   and not c.transport.is_closing()
+                   and (since := c.waiting_since()) is not None]
         victim = min(waiting, key=lambda w: w[0], default=(0.0, self))[1]
         victim.drop_connection(TOO_MANY_CONNECTIONS)
 
     def drop_connection(self, reason: str) -> None:
-        """Close this connection (if still open), counting ``reason``."""
+        """Close this connection (if still open, or still holding output), counting
+        ``reason``. Output the client has not read is dropped, not flushed: close() would
+        wait for it for ever."""
         self._disarm()
-        if not self.transport.is_closing():
-            self._counter.reject(reason)
-            log.debug("HTTP connection from %s closed: %s", self.client, reason)
+        self._unwatch_output()
+        unsent = self.transport.get_write_buffer_size()
+        if self.transport.is_closing() and not unsent:
+            return
+        self._counter.reject(reason)
+        log.debug("HTTP connection from %s closed: %s", self.client, reason)
+        if not unsent:
             self.transport.close()
+            return
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            # A reset, so the kernel drops what it holds for the client too (megabytes).
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
 
 
 def guarded_protocol(limits: HttpLimits, on_reject: Reject) -> type[asyncio.Protocol]:

@@ -22,6 +22,7 @@ import pytest
 from firmware_sim.broker import MosquittoBroker, free_port
 from firmware_sim.procs import GatewayProcess
 from tests.gateway.gwkit import ADMIN_TOKEN, write_gateway_files
+from tests.harness.waiting import eventually
 
 MAX_BODY = 4096
 MAX_CONNECTIONS = 32
@@ -139,6 +140,65 @@ def test_slowloris_connections_are_closed_and_honest_requests_still_succeed(serv
             sock.close()
     counted = served.rejections("request_timeout") + served.rejections("too_many_connections")
     assert counted >= len(slow)
+    assert httpx.get(f"{served.url}/healthz", timeout=WAIT_S).status_code == 200
+
+
+def closed_by_server(sock: socket.socket) -> tuple[bool, int]:
+    """Read ``sock`` until the server's EOF or reset: (whether it came, bytes read)."""
+    received = 0
+    try:
+        while chunk := sock.recv(65536):
+            received += len(chunk)
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        return False, received
+    return True, received
+
+
+def test_clients_that_never_read_their_responses_cannot_hold_every_connection(
+        served) -> None:
+    schema = len(httpx.get(f"{served.url}/openapi.json", timeout=WAIT_S).content)
+    # More than the kernel's socket buffers take in (Linux's tcp_wmem grows to 4 MiB): the
+    # rest waits in the gateway's memory for a client that never reads it.
+    pipelined = -(-16 * 1024 * 1024 // schema)
+    before = {reason: served.rejections(reason)
+              for reason in ("response_timeout", "too_many_connections")}
+    readers_not = []
+    try:
+        for _ in range(MAX_CONNECTIONS):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+            sock.settimeout(WAIT_S)
+            sock.connect(("127.0.0.1", served.port))
+            # Large responses, pipelined, and not one byte of them read (yet).
+            sock.sendall(head("GET", "/openapi.json", {}) * pipelined)
+            readers_not.append(sock)
+
+        def honest_answered() -> bool:
+            try:
+                return httpx.get(f"{served.url}/healthz", timeout=WAIT_S).status_code == 200
+            except httpx.HTTPError:
+                return False  # closed to make room: the gateway may pick the newcomer
+
+        eventually(honest_answered, "an honest /healthz answered while non-readers hold "
+                   "every connection", WAIT_S, every_s=0.1)
+
+        def counted() -> float:
+            return sum(served.rejections(reason) - before[reason] for reason in before)
+
+        eventually(lambda: counted() >= MAX_CONNECTIONS,
+                   "every non-reading connection closed and counted", WAIT_S, every_s=0.1)
+        assert served.rejections("response_timeout") > before["response_timeout"]
+        # Only now read: the server has closed each connection without sending the rest
+        # (what arrives is what the kernels' socket buffers already held).
+        for sock in readers_not:
+            closed, received = closed_by_server(sock)
+            assert closed, "a non-reading connection was left open"
+            assert received < pipelined * schema, "the stalled responses were flushed"
+    finally:
+        for sock in readers_not:
+            sock.close()
     assert httpx.get(f"{served.url}/healthz", timeout=WAIT_S).status_code == 200
 
 
