@@ -11,6 +11,7 @@ before any body is read. Everything else is public and read-only. Bad parameters
 (including integers past 2^63-1, the store's range) answer 400 with a one-line detail.
 """
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response, params
@@ -25,7 +26,7 @@ from gateway.api_context import ApiContext
 from gateway.config import HttpLimits
 from gateway.dashboard import add_dashboard_routes
 from gateway.documents_api import document_routes
-from gateway.http_guard import RequestGuard, token_matches
+from gateway.http_guard import BAD_BODY, BAD_PARAMETER, RequestGuard, token_matches
 from gateway.metrics import CONTENT_TYPE
 from gateway.payout_api import payout_routes
 from gateway.store import (
@@ -185,16 +186,23 @@ def _decode_balances(data: bytes) -> list[BalanceOut]:
     return out
 
 
-async def _parameter_error(request: Request, exc: Exception) -> Response:
-    """A bad path or query parameter: 400 with one line; body errors keep FastAPI's 422."""
-    assert isinstance(exc, RequestValidationError)
-    errors = exc.errors()
-    first = errors[0] if errors else {}
-    where = [str(part) for part in first.get("loc", ())]
-    if not where or where[0] not in ("path", "query"):
-        return await request_validation_exception_handler(request, exc)
-    return JSONResponse({"detail": f"{where[0]} parameter {'.'.join(where[1:])}: "
-                                   f"{first.get('msg', 'invalid')}"}, status_code=400)
+def _parameter_errors(count: Callable[[str], None]
+                      ) -> Callable[[Request, Exception], Awaitable[Response]]:
+    """The answer to a request FastAPI's validation refused, counted (``bad_parameter``,
+    ``bad_body``): a bad path or query parameter is 400 with one line; a bad body keeps
+    FastAPI's 422 (which names every field)."""
+    async def refused(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        where = [str(part) for part in first.get("loc", ())]
+        if not where or where[0] not in ("path", "query"):
+            count(BAD_BODY)
+            return await request_validation_exception_handler(request, exc)
+        count(BAD_PARAMETER)
+        return JSONResponse({"detail": f"{where[0]} parameter {'.'.join(where[1:])}: "
+                                       f"{first.get('msg', 'invalid')}"}, status_code=400)
+    return refused
 
 
 def create_app(ctx: ApiContext, limits: HttpLimits | None = None) -> FastAPI:
@@ -227,7 +235,8 @@ def create_app(ctx: ApiContext, limits: HttpLimits | None = None) -> FastAPI:
     _service_routes(app, ctx)
     payout_routes(app, ctx.payout, ctx.wall_ms)
     add_dashboard_routes(app, ctx)
-    app.add_exception_handler(RequestValidationError, _parameter_error)
+    app.add_exception_handler(RequestValidationError,
+                              _parameter_errors(ctx.metrics.http_rejected))
     app.add_middleware(
         RequestGuard, admin_token=ctx.admin_token.value,
         admin_routes=[r for r in app.routes if isinstance(r, APIRoute) and "admin" in r.tags],

@@ -52,8 +52,10 @@ BODY_TOO_LARGE = "body_too_large"
 REQUEST_TIMEOUT = "request_timeout"
 TOO_MANY_CONNECTIONS = "too_many_connections"
 RESPONSE_TIMEOUT = "response_timeout"
+BAD_PARAMETER = "bad_parameter"  # a path or query parameter FastAPI's validation refused
+BAD_BODY = "bad_body"  # a request body it refused
 REJECTION_REASONS = (UNAUTHENTICATED, BODY_TOO_LARGE, REQUEST_TIMEOUT, TOO_MANY_CONNECTIONS,
-                     RESPONSE_TIMEOUT)
+                     RESPONSE_TIMEOUT, BAD_PARAMETER, BAD_BODY)
 Reject = Callable[[str], None]
 # Connections accepted per event-loop turn; file handles in use stay below
 # max_connections + ACCEPT_BACKLOG (plus the store's and MQTT's own).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -159,6 +160,24 @@ def test_huge_or_bad_integers_get_400_with_one_line_not_a_500(gateway, path) -> 
     assert isinstance(detail, str)
     assert "\n" not in detail
     assert "parameter" in detail
+
+
+def http_rejections(base_url: str) -> dict[str, float]:
+    text = httpx.get(f"{base_url}/metrics").text
+    return {m[1]: float(m[2]) for m in re.finditer(
+        r'^edgeproof_gateway_http_rejections_total\{reason="([a-z_]+)"\} (\S+)$', text, re.M)}
+
+
+def test_requests_refused_by_validation_are_counted_with_their_reason(gateway) -> None:
+    # Before: a bad parameter or body was answered, but no counter said so.
+    url = gateway.base_url
+    before = http_rejections(url)
+    assert httpx.get(f"{url}/v1/leaves", params={"start": -1}).status_code == 400
+    assert httpx.get(f"{url}/v1/leaves/abc").status_code == 400
+    assert httpx.post(f"{url}/v1/wallets", json={"document": "zz"}).status_code == 422
+    after = http_rejections(url)
+    assert after["bad_parameter"] - before["bad_parameter"] == 2
+    assert after["bad_body"] - before["bad_body"] == 1
 
 
 def test_largest_integers_in_range_get_an_answer_not_a_500(gateway) -> None:
