@@ -6,7 +6,8 @@
 - ``GET /v1/documents``, ``GET /v1/documents/{id}``: public, paged, exact bytes in hex.
 - ``GET /v1/devices/{id}/documents``: the consents, revocations and quality attestations
   concerning a device.
-- ``GET /v1/owners/{owner_key}/devices``: the devices pinned to an owner key.
+- ``GET /v1/owners/{owner_key}/devices``: the devices pinned to an owner key, by name, a page
+  at a time (``after``, ``limit``).
 - ``POST /v1/recipients`` (admin), ``GET /v1/recipients/list``: who may submit requests
   (the listing has its own path: the admin guard matches paths, not methods).
 """
@@ -22,13 +23,23 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from gateway.contracts import DocumentDesk, DocumentRefused
-from gateway.store import MAX_PAGE, LogStore, RecipientEntry, RecipientExists, StoredDocument
+from gateway.store import (
+    MAX_PAGE,
+    MAX_STORED_INT,
+    LogStore,
+    RecipientEntry,
+    RecipientExists,
+    StoredDocument,
+)
 from protocol.errors import StorageError
 from protocol.keys import signer_id
 
 _HEX_32 = r"^[0-9a-f]{64}$"
 _HEX_ID = r"^[0-9a-f]{32}$"
-MAX_INT = 2**63 - 1
+# A device name (the alphabet a device is registered with), or "" for the first page: no
+# NUL or other control character reaches SQL (PostgreSQL text refuses NUL).
+_NAME_CURSOR = r"^[A-Za-z0-9._-]*$"
+MAX_INT = MAX_STORED_INT
 DOCUMENT_TYPES = ("request", "consent", "revocation", "quality")
 
 
@@ -142,16 +153,21 @@ def document_routes(app: FastAPI, store: LogStore, desk: DocumentDesk | None,
         return [document_out(d) for d in found]
 
     @app.get("/v1/owners/{owner_key}/devices", response_model=list[OwnedDevice],
-             tags=["documents"], summary="The devices pinned to an owner's Ed25519 key")
-    def owner_devices(owner_key: Annotated[str, Path(pattern=_HEX_32)]) -> list[OwnedDevice]:
-        key = bytes.fromhex(owner_key)
-        owned: list[OwnedDevice] = []
-        after = ""  # the registry is read a page at a time (LogStore.devices)
-        while page := store.devices(after, MAX_PAGE):
-            owned += [OwnedDevice(device_id=d.device_id.hex(), name=d.name,
-                                  status=d.status.value) for d in page if d.owner_key == key]
-            after = page[-1].name
-        return owned
+             tags=["documents"], summary="The devices pinned to an owner's Ed25519 key, "
+             "a page at a time",
+             description="Devices pinned to `owner_key` whose name sorts after `after` (by "
+             "bytes), at most `limit`; the next page starts after the last name returned. A "
+             "page shorter than `limit` is the last.")
+    def owner_devices(owner_key: Annotated[str, Path(pattern=_HEX_32)],
+                      after: Annotated[str, Query(max_length=64, pattern=_NAME_CURSOR)] = "",
+                      limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = MAX_PAGE,
+                      ) -> list[OwnedDevice]:
+        # One index range of that owner's devices (LogStore.owner_devices), never the
+        # registry: the route is public. The default page is the cap, so a client that
+        # does not page still gets every device of an owner with up to MAX_PAGE of them.
+        found = store.owner_devices(bytes.fromhex(owner_key), after, limit)
+        return [OwnedDevice(device_id=d.device_id.hex(), name=d.name, status=d.status.value)
+                for d in found]
 
     @app.post("/v1/recipients", status_code=201, response_model=RecipientOut,
               dependencies=admin, tags=["admin"], summary="Register a data recipient")

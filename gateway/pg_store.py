@@ -91,6 +91,7 @@ CREATE TABLE IF NOT EXISTS devices (
     registered_ms bigint NOT NULL, revoked_ms bigint);
 ALTER TABLE devices ADD COLUMN IF NOT EXISTS owner_key bytea;
 ALTER TABLE devices ADD COLUMN IF NOT EXISTS owner_sealing_key bytea;
+CREATE INDEX IF NOT EXISTS devices_by_owner_key ON devices (owner_key, name COLLATE "C");
 CREATE TABLE IF NOT EXISTS device_keys (
     device_id bytea NOT NULL, from_seq bigint NOT NULL, public_key bytea NOT NULL UNIQUE,
     PRIMARY KEY (device_id, from_seq));
@@ -540,6 +541,19 @@ class PostgresLogStore:
         """Return devices named after ``after_name``, by the names' bytes (COLLATE "C")."""
         return self._read("list devices",
                           lambda conn: _load_devices(conn, after_name, min(limit, MAX_PAGE)))
+
+    def owner_devices(self, owner_key: bytes, after_name: str = "",
+                      limit: int = MAX_PAGE) -> list[Device]:
+        """Return the devices pinned to ``owner_key`` named after ``after_name`` (COLLATE
+        "C": by the names' bytes), a range of the index devices_by_owner_key."""
+        def query(conn: Conn) -> list[Device]:
+            ids = [bytes(r[0]) for r in conn.execute(
+                'SELECT device_id FROM devices WHERE owner_key = %s AND name COLLATE "C" > %s '
+                'ORDER BY name COLLATE "C" LIMIT %s',
+                (owner_key, after_name, min(limit, MAX_PAGE))).fetchall()]
+            found = [_load_device(conn, i) for i in ids]
+            return [d for d in found if d is not None]
+        return self._read("list owner devices", query)
 
     def last_records(self, device_ids: Sequence[bytes]) -> dict[bytes, LastRecord]:
         """Return each device's newest logged record (one index probe per device)."""

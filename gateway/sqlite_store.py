@@ -136,11 +136,14 @@ def _runner(conn: sqlite3.Connection) -> doc_sql.Run:
 
 
 def _add_owner_columns(conn: sqlite3.Connection) -> None:
-    """Give a store made before owners had keys the devices' owner key columns."""
+    """Give a store made before owners had keys the devices' owner key columns, and give
+    every store the index that lists one owner's devices by name (created here, after the
+    columns: a store made before them cannot index them in ``_SCHEMA``)."""
     columns = {str(row[1]) for row in conn.execute("PRAGMA table_info(devices)")}
     for column in ("owner_key", "owner_sealing_key"):
         if column not in columns:
             conn.execute(f"ALTER TABLE devices ADD COLUMN {column} BLOB")
+    conn.execute("CREATE INDEX IF NOT EXISTS devices_by_owner_key ON devices (owner_key, name)")
 
 
 def _storage_errors(what: str) -> AbstractContextManager[None]:
@@ -300,6 +303,18 @@ class SQLiteLogStore:
             ids = [r[0] for r in conn.execute(
                 "SELECT device_id FROM devices WHERE name > ? ORDER BY name LIMIT ?",
                 (after_name, min(limit, MAX_PAGE)))]
+            found = [_load_device(conn, bytes(i)) for i in ids]
+        return [d for d in found if d is not None]
+
+    def owner_devices(self, owner_key: bytes, after_name: str = "",
+                      limit: int = MAX_PAGE) -> list[Device]:
+        """Return the devices pinned to ``owner_key`` named after ``after_name`` (bytewise),
+        a range of the index devices_by_owner_key."""
+        with _storage_errors("list owner devices"):
+            conn = self._reader()
+            ids = [r[0] for r in conn.execute(
+                "SELECT device_id FROM devices WHERE owner_key = ? AND name > ? "
+                "ORDER BY name LIMIT ?", (owner_key, after_name, min(limit, MAX_PAGE)))]
             found = [_load_device(conn, bytes(i)) for i in ids]
         return [d for d in found if d is not None]
 

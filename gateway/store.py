@@ -423,6 +423,16 @@ class LogStore(Protocol):
         """
         ...
 
+    def owner_devices(self, owner_key: bytes, after_name: str = "",
+                      limit: int = MAX_PAGE) -> list[Device]:
+        """Return the devices pinned to ``owner_key`` named after ``after_name``, by name, at
+        most ``limit`` (and MAX_PAGE).
+
+        Names compare by their UTF-8 bytes; the next page starts after the last name. An
+        index range scan on (owner key, name): the cost is the page's, not the registry's.
+        """
+        ...
+
     def last_records(self, device_ids: Sequence[bytes]) -> dict[bytes, LastRecord]:
         """Return the newest logged record of each device that has one (at most MAX_PAGE ids)."""
         ...

@@ -131,6 +131,29 @@ def test_device_pins_its_owner_keys_and_old_style_devices_have_none(db: Reopenab
     assert (old.owner_key, old.owner_sealing_key) == (None, None)
 
 
+def test_owner_devices_are_one_owners_devices_paged_by_name_bytes(db: Reopenable) -> None:
+    other = b"p" * 32
+    names = [f"dev-{i:02d}" for i in range(12)] + ["Zed", "alpha", "zoë"]
+    for i, name in enumerate(names):
+        db.store.register_device(name, bytes([i]) * 32, "olga", 0, 1, owner_key=OWNER,
+                                 owner_sealing_key=b"z" * 32)
+    db.store.register_device("b-other", b"\xf0" * 32, "pat", 0, 1, owner_key=other,
+                             owner_sealing_key=b"z" * 32)
+    db.store.register_device("c-none", b"\xf1" * 32, "legacy", 0, 1)  # no owner key
+    store = db.reopen()
+    seen: list[str] = []
+    after = ""
+    while page := store.owner_devices(OWNER, after, 4):
+        assert len(page) <= 4
+        assert {d.owner_key for d in page} == {OWNER}
+        seen += [d.name for d in page]
+        after = page[-1].name
+    assert seen == sorted(names, key=lambda n: n.encode())
+    assert [d.name for d in store.owner_devices(other)] == ["b-other"]
+    assert store.owner_devices(b"q" * 32) == []
+    assert [d.name for d in store.owner_devices(OWNER, "dev-10", 100)] == ["dev-11", "zoë"]
+
+
 def test_quality_attestation_is_found_by_signer_type_and_window_slot(db: Reopenable) -> None:
     slot, other_slot = b"s" * 32, b"t" * 32
     with db.store.transaction() as tx:

@@ -78,6 +78,7 @@ def test_store_made_before_owners_had_keys_opens_and_keeps_its_devices(tmp_path:
     store.close()
     path = tmp_path / "log.sqlite"
     with sqlite3.connect(path) as conn:  # as the previous version left it
+        conn.execute("DROP INDEX devices_by_owner_key")  # the index came with the column
         conn.execute("ALTER TABLE devices DROP COLUMN owner_key")
         conn.execute("ALTER TABLE devices DROP COLUMN owner_sealing_key")
         conn.execute("DROP TABLE device_streams")
