@@ -38,6 +38,7 @@ from gateway import doc_sql
 from gateway.store import (
     DEVICE_EQUIVOCATED,
     MAX_PAGE,
+    MAX_STORED_INT,
     STATUS_ACTIVE,
     STATUS_REVOKED,
     STORED_NODE_LEVEL,
@@ -806,10 +807,17 @@ class PgTransaction(doc_sql.DocumentMethods):
     def usage_overlaps(self, device_id: bytes, boot: int, start: int, end: int) -> bool:
         with _storage_errors("usage lookup"):
             row = self._conn.execute(
-                "SELECT 1 FROM usage WHERE device_id = %s AND boot = %s "
-                "AND start_mono_ms < %s AND end_mono_ms > %s LIMIT 1",
-                (device_id, boot, max(end, start + 1), start)).fetchone()
-        return row is not None
+                "SELECT end_mono_ms FROM usage WHERE device_id = %s AND boot = %s "
+                "AND start_mono_ms < %s ORDER BY start_mono_ms DESC, end_mono_ms DESC LIMIT 1",
+                (device_id, boot, max(end, start + 1))).fetchone()
+        return row is not None and int(row[0]) > start
+
+    def owner_settled_micro(self, owner: str) -> int:
+        with _storage_errors("owner credit"):
+            row = self._conn.execute('SELECT SUM(settled_micro) FROM devices '
+                                     'WHERE owner COLLATE "C" = %s', (owner,)).fetchone()
+        total = row[0] if row is not None else None
+        return min(int(total or 0), MAX_STORED_INT)  # SUM(bigint) is numeric: exact
 
     def append(self, leaf: NewLeaf) -> int:
         index = self._tree.size

@@ -231,6 +231,10 @@ def _check_usage(tx: LogTransaction, device: Device, record: ParsedRecord,
     credit = credit_micro(usage.usage_ms, device.rate_micro_per_hour)
     if device.settled_micro + credit > MAX_STORED_INT:  # would overflow the store's integers
         return reasons.USAGE_TOO_LONG
+    # ... and so would the owner's balance, a sum over its devices (SQLite's SUM raised
+    # "integer overflow" at every checkpoint from then on: the gateway could not go on).
+    if credit and tx.owner_settled_micro(device.owner) + credit > MAX_STORED_INT:
+        return reasons.USAGE_TOO_LONG
     if tx.usage_overlaps(device.device_id, record.boot, usage.start_mono_ms, usage.end_mono_ms):
         return reasons.USAGE_OVERLAP
     return None

@@ -29,6 +29,7 @@ from gateway import doc_sql
 from gateway.store import (
     DEVICE_EQUIVOCATED,
     MAX_PAGE,
+    MAX_STORED_INT,
     STATUS_ACTIVE,
     STATUS_REVOKED,
     STORED_NODE_LEVEL,
@@ -533,10 +534,19 @@ class _Transaction(doc_sql.DocumentMethods):
     def usage_overlaps(self, device_id: bytes, boot: int, start: int, end: int) -> bool:
         with _storage_errors("usage lookup"):
             row = self._conn.execute(
-                "SELECT 1 FROM usage WHERE device_id = ? AND boot = ? AND start_mono_ms < ? "
-                "AND end_mono_ms > ? LIMIT 1", (device_id, boot, max(end, start + 1),
-                                                start)).fetchone()
-        return row is not None
+                "SELECT end_mono_ms FROM usage WHERE device_id = ? AND boot = ? "
+                "AND start_mono_ms < ? ORDER BY start_mono_ms DESC, end_mono_ms DESC LIMIT 1",
+                (device_id, boot, max(end, start + 1))).fetchone()
+        return row is not None and int(row[0]) > start
+
+    def owner_settled_micro(self, owner: str) -> int:
+        with _storage_errors("owner credit"):
+            # In two halves, each of whose sums fits: exact, and never SQLite's "integer
+            # overflow" (a store written before the owner's total was capped).
+            high, low = self._conn.execute(
+                "SELECT SUM(settled_micro >> 32), SUM(settled_micro & 4294967295) "
+                "FROM devices WHERE owner = ?", (owner,)).fetchone()
+        return min((int(high or 0) << 32) + int(low or 0), MAX_STORED_INT)
 
     def append(self, leaf: NewLeaf) -> int:
         index = self._tree.size

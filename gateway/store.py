@@ -323,7 +323,14 @@ class LogTransaction(Protocol):
         ...
 
     def usage_overlaps(self, device_id: bytes, boot: int, start: int, end: int) -> bool:
-        """Whether an accepted usage interval of that boot intersects ``[start, end)``."""
+        """Whether an accepted usage interval of that boot intersects ``[start, end)``.
+
+        Accepted intervals of a boot never intersect one another, so only the one that
+        starts last before ``end`` can: one index probe, however many a boot holds."""
+        ...
+
+    def owner_settled_micro(self, owner: str) -> int:
+        """The settled credit of every device of ``owner``, as this transaction sees it."""
         ...
 
     def append(self, leaf: NewLeaf) -> int:

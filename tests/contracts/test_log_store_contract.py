@@ -375,6 +375,38 @@ def test_overlapping_usage_of_the_same_boot_is_detected(store: LogStore) -> None
         assert not tx.usage_overlaps(a.device_id, 2, 1500, 2500)  # another boot
 
 
+def test_overlap_is_found_among_many_intervals_by_the_neighbour_alone(store: LogStore) -> None:
+    # The check probes only the interval starting last before the end (the store scanned
+    # every earlier interval of the boot: a device's own history slowed every commit).
+    a = store.register_device("a", b"k" * 32, "alice", 3600, 1)
+    with store.transaction() as tx:
+        for i in range(200):  # [0, 10), [20, 30), ... [3980, 3990), and a zero-length one
+            tx.add_usage(UsageEntry(a.device_id, i, 1, 20 * i, 20 * i + 10, 5, 1))
+        tx.add_usage(UsageEntry(a.device_id, 200, 1, 5000, 5000, 0, 0))
+        assert tx.usage_overlaps(a.device_id, 1, 15, 21)  # reaches into [20, 30)
+        assert tx.usage_overlaps(a.device_id, 1, 9, 11)  # starts inside [0, 10)
+        assert tx.usage_overlaps(a.device_id, 1, 0, 4000)  # covers them all
+        assert tx.usage_overlaps(a.device_id, 1, 3985, 3985)  # a point inside the last
+        assert not tx.usage_overlaps(a.device_id, 1, 10, 20)  # the gap between two
+        assert not tx.usage_overlaps(a.device_id, 1, 3990, 4990)
+        assert tx.usage_overlaps(a.device_id, 1, 4990, 5001)  # holds the zero-length one
+        assert not tx.usage_overlaps(a.device_id, 1, 5000, 5010)  # starts at it
+
+
+def test_an_owners_settled_credit_is_summed_without_overflow(store: LogStore) -> None:
+    a = store.register_device("a", b"k" * 32, "alice", 3600, 1)
+    b = store.register_device("b", b"j" * 32, "alice", 3600, 1)
+    store.register_device("c", b"i" * 32, "bob", 3600, 1)
+    big = 2**62 + 12345
+    with store.transaction() as tx:
+        assert tx.owner_settled_micro("alice") == 0
+        tx.add_usage(UsageEntry(a.device_id, 0, 1, 0, 1000, 1000, big))
+        tx.add_usage(UsageEntry(b.device_id, 0, 1, 0, 1000, 1000, 7))
+        assert tx.owner_settled_micro("alice") == big + 7  # this transaction's own credit
+        assert tx.owner_settled_micro("bob") == 0
+        assert tx.owner_settled_micro("nobody") == 0
+
+
 def test_equivocation_flags_the_device_and_keeps_its_evidence(store: LogStore) -> None:
     a = store.register_device("a", b"k" * 32, "alice", 10, 1)
     with store.transaction() as tx:

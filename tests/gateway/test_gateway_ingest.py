@@ -272,3 +272,28 @@ def test_integers_at_the_stores_maximum_are_malformed_and_the_sequencer_goes_on(
     assert [o.reason for o in devices.wait_for(usage.device_id, 1).outcomes] == ["malformed"]
     devices.send(honest, honest.records(3), 1)
     assert statuses(devices.wait_for(honest.device_id, 1)) == [Status.ACCEPTED] * 3
+
+
+def test_credit_an_owners_balance_cannot_hold_is_refused_and_the_gateway_goes_on(
+        gateway, devices) -> None:
+    # Before: each device's credit was capped at 2^63 - 1, but not its owner's sum over
+    # devices; one more usage record made SQLite's SUM raise at every checkpoint from then
+    # on, and the gateway stopped, for good (the state was committed).
+    big = TestDevice.create("dev-credit-big", 51)
+    small = TestDevice.create("dev-credit-small", 52)
+    honest = TestDevice.create("dev-credit-other", 53)
+    register(gateway.base_url, big, owner="carol")
+    register(gateway.base_url, small, owner="carol")
+    register(gateway.base_url, honest, owner="dave")
+    end = 2**63 - 2  # the longest interval a record may state
+    for boot in range(1, 11):  # ten boots of end // 10 credit: 2^63 - 8 in all
+        big.boot, big.mono_ms = boot, end
+        devices.send(big, [big.usage(0, end, end).raw], boot)
+        assert statuses(devices.wait_for(big.device_id, boot)) == [Status.ACCEPTED]
+    small.mono_ms = 2000
+    devices.send(small, [small.usage(0, 1000, 1000).raw], 1)  # 100 more for carol
+    assert statuses(devices.wait_for(small.device_id, 1)) == ["usage_too_long"]
+    devices.send(honest, honest.records(2), 1)
+    assert statuses(devices.wait_for(honest.device_id, 1)) == [Status.ACCEPTED] * 2
+    balances = httpx.get(f"{gateway.base_url}/v1/balances").json()
+    assert balances  # the balances still add up (a checkpoint's table, and now)
