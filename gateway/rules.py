@@ -51,6 +51,10 @@ from protocol.record import (
     credit_micro,
 )
 
+# The most keys one device may hold over its life (its enrolment key and 63 rotations): a
+# rotation past it is ``bad_rotation``, and the device is enrolled again with a new key.
+MAX_DEVICE_KEYS = 64
+
 
 class Decision(NamedTuple):
     """What happened to one record: the receipt's status, with its leaf index or reason.
@@ -215,8 +219,12 @@ def _check_body(tx: LogTransaction, device: Device, record: ParsedRecord) -> Rea
         return _check_usage(tx, device, record, body)
     if isinstance(body, KeyRotation):
         stale = device.keys[-1].from_seq > record.seq
+        # Every message of a device reads its whole key history (admission, dispatch, the
+        # rules): a device rotating without end would make its own messages, and so the
+        # threads every device shares, ever more costly.
+        spent = len(device.keys) >= MAX_DEVICE_KEYS
         reused = body.new_public_key == device.current_key or tx.key_in_use(body.new_public_key)
-        return reasons.BAD_ROTATION if stale or reused else None
+        return reasons.BAD_ROTATION if stale or spent or reused else None
     return None
 
 

@@ -297,3 +297,19 @@ def test_credit_an_owners_balance_cannot_hold_is_refused_and_the_gateway_goes_on
     assert statuses(devices.wait_for(honest.device_id, 1)) == [Status.ACCEPTED] * 2
     balances = httpx.get(f"{gateway.base_url}/v1/balances").json()
     assert balances  # the balances still add up (a checkpoint's table, and now)
+
+
+def test_a_device_rotating_without_end_is_stopped_at_its_64th_key(gateway, devices) -> None:
+    # Before: rotations were accepted without limit, and every later message of the device
+    # read its whole key history on threads every device shares (12.5 ms a look-up at
+    # 6,001 keys; an honest device's receipts waited 16 s under a flood of tiny messages).
+    dev = TestDevice.create("dev-rotator", 61)
+    register(gateway.base_url, dev)
+    rng = random.Random(6100)  # not 61: its first key is the device's own
+    devices.send(dev, dev.records(1), 1)
+    assert statuses(devices.wait_for(dev.device_id, 1)) == [Status.ACCEPTED]
+    for batch in range(2, 65):  # one rotation a batch, each after the last one's receipt
+        devices.send(dev, [dev.rotate(make_key(rng)).raw], batch)
+        assert statuses(devices.wait_for(dev.device_id, batch)) == [Status.ACCEPTED]
+    devices.send(dev, [dev.rotate(make_key(rng)).raw], 65)
+    assert statuses(devices.wait_for(dev.device_id, 65)) == ["bad_rotation"]
