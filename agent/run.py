@@ -20,17 +20,22 @@ from agent.service import AgentService, ServiceOptions
 from osutil.lockfile import hold_lock
 from osutil.lograte import log_to_stdout
 from osutil.signals import SignalRelay
+from protocol.keys import load_device_key
 
 
 def run_agent(config: AgentConfig, clock: Clock, options: ServiceOptions,
               stop: threading.Event, *, world_clock: Clock | None = None) -> int:
     """Run the agent described by ``config`` until ``stop`` is set; return the exit code (0).
 
-    Checks the state directory and the device key before any hardware is touched. With the
+    Checks the device key, then the state directory, before any hardware is touched (and
+    before the state directory or its lock is created). With the
     ``simulated`` backend the simulated hardware runs on ``world_clock`` (default ``clock``)
     and is released at the end. Raises ConfigError for a bad config or missing simulation,
     and EdgeproofError (KeyFileError, StorageError, ...) when the agent cannot start.
     """
+    # The key first, read only: a missing or unreadable key must leave no state directory
+    # or lock file behind.
+    load_device_key(config.key_file)
     ensure_state_dir(config.state_dir)
     # One agent per state dir: two would sign the same sequence numbers. Held until exit;
     # raises AlreadyRunning naming the other process's pid.

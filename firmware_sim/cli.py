@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import signal
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ from osutil.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_version, run_comman
 from protocol.errors import ConfigError, EdgeproofError
 
 PROG = "edgeproof-sim"
+FLEET_FILE = "fleet.toml"  # provisioning.fleet.FLEET_FILE, not imported: --help stays fast
 OWN_PACKAGES = frozenset({"protocol", "osutil", "agent", "gateway", "provisioning", "verifier",
                           "firmware_sim"})
 
@@ -124,9 +126,27 @@ def _main(argv: list[str] | None) -> int:
                      "install it with: pip install 'edgeproof[sim]'")
 
 
+# Upper bounds of the float options: past these a run is a typo, not a plan (and 1e308
+# overflows the arithmetic behind them).
+MAX_HOURS = 24.0 * 366  # quality --hours: a year of simulated readings
+MAX_DURATION_S = 7 * 86400.0  # demo/fleet --duration: a week
+MAX_RATE_HZ = 1000.0  # fleet --rate, readings per second per device
+MAX_INTERVAL_S = 3600.0  # fleet --batch-interval and --interval
+MIN_REPORT_INTERVAL_S = 0.1  # fleet --interval: more often floods the terminal
+
+
+def check_float(flag: str, value: float, high: float, low: float = 0.0) -> float:
+    """``value`` of option ``flag`` if it is finite, > ``low`` (>= when ``low`` > 0) and <=
+    ``high``; else ConfigError naming the flag (exit 2). NaN and infinities never pass."""
+    ok = math.isfinite(value) and (value >= low if low > 0 else value > 0) and value <= high
+    if not ok:
+        floor = f">= {low:g}" if low > 0 else "> 0"
+        raise ConfigError(f"{flag} must be a number {floor} and <= {high:g}, got {value!r}")
+    return value
+
+
 def _cmd_quality(args: argparse.Namespace) -> int:
-    if args.hours <= 0:
-        return _fail("--hours must be > 0", EXIT_USAGE)
+    check_float("--hours", args.hours, MAX_HOURS)
     from firmware_sim.quality_demo import changes  # noqa: PLC0415
     from firmware_sim.sites import load_sites  # noqa: PLC0415
     caught: dict[str, list[str]] = {}
@@ -155,8 +175,9 @@ def _fail(message: str, code: int = EXIT_FAILED) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    if args.devices < 1 or args.duration <= 0:
-        return _fail("--devices must be >= 1 and --duration > 0", EXIT_USAGE)
+    if args.devices < 1:
+        return _fail("--devices must be >= 1", EXIT_USAGE)
+    check_float("--duration", args.duration, MAX_DURATION_S)
     # The sim extra, imported here so that --help and a missing extra need none of it.
     from firmware_sim.demo import Demo, DemoOptions, Signals  # noqa: PLC0415
     from firmware_sim.stack import Interrupted  # noqa: PLC0415
@@ -203,14 +224,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_fleet(args: argparse.Namespace) -> int:
-    from firmware_sim.fleet import FleetOptions, run_fleet  # noqa: PLC0415 - the sim extra
-
     if args.fleet is None:
         return _fail("fleet: --fleet FLEET_DIR is required", EXIT_USAGE)
-    if args.devices < 1 or args.duration <= 0 or args.rate <= 0 or args.batch_interval <= 0:
-        return _fail("--devices, --duration, --rate and --batch-interval must be > 0",
-                     EXIT_USAGE)
-    config = args.fleet if args.fleet.is_dir() else args.fleet.parent
+    if args.devices < 1:
+        return _fail("--devices must be >= 1", EXIT_USAGE)
+    check_float("--duration", args.duration, MAX_DURATION_S)
+    check_float("--rate", args.rate, MAX_RATE_HZ)
+    check_float("--batch-interval", args.batch_interval, MAX_INTERVAL_S)
+    check_float("--interval", args.interval, MAX_INTERVAL_S, low=MIN_REPORT_INTERVAL_S)
+    config = fleet_dir(args.fleet)
+    from firmware_sim.fleet import FleetOptions, run_fleet  # noqa: PLC0415 - the sim extra
+
     options = FleetOptions(fleet_dir=config, devices=args.devices, duration_s=args.duration,
                            rate_hz=args.rate, prefix=args.prefix,
                            batch_interval_s=args.batch_interval, report_every_s=args.interval)
@@ -224,6 +248,19 @@ def _cmd_fleet(args: argparse.Namespace) -> int:
     print(json.dumps(result, sort_keys=True), flush=True)
     return EXIT_OK if result["unreceipted"] == 0 and result["failed_devices"] == 0 \
         else EXIT_FAILED
+
+
+def fleet_dir(given: Path) -> Path:
+    """The fleet directory ``--fleet`` names: the directory itself, or the directory of a
+    ``fleet.toml`` given instead. Anything else is a ConfigError naming the path (never
+    some other fleet, such as the one in the parent directory)."""
+    if given.is_dir():
+        return given
+    if given.name == FLEET_FILE and given.is_file():
+        return given.parent
+    reason = ("no such directory" if not given.exists()
+              else f"neither a directory nor a {FLEET_FILE}")
+    raise ConfigError(f"--fleet {given}: not a fleet directory ({reason})")
 
 
 if __name__ == "__main__":

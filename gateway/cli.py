@@ -183,8 +183,11 @@ def _openapi(args: argparse.Namespace) -> int:
     text = openapi_text()
     if args.out is None:
         sys.stdout.write(text)
-    else:
+        return EXIT_OK
+    try:
         args.out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"--out {args.out}: cannot write ({exc.strerror})") from None
     return EXIT_OK
 
 
@@ -193,7 +196,7 @@ def _run(args: argparse.Namespace) -> int:
     # may run many times in one process (tests): the logging set up here ends with the run.
     with service_logging(args.log_level):
         config = load_config(args.config)
-        config.data_dir.mkdir(parents=True, exist_ok=True)
+        make_data_dir(config.data_dir)
         # One gateway per data dir: two would append to the same log. Held until exit.
         lock = hold_lock(config.data_dir, "gateway")
         try:
@@ -201,6 +204,21 @@ def _run(args: argparse.Namespace) -> int:
         finally:
             lock.release()
     return EXIT_OK
+
+
+def make_data_dir(data_dir: Path) -> None:
+    """Create ``gateway.data_dir`` if needed; ConfigError naming the key and the reason
+    (a file in the way, a place no directory can be made) instead of a traceback."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"gateway.data_dir: {data_dir} exists and is not a directory"
+                          ) from None
+    except OSError as exc:
+        raise ConfigError(f"gateway.data_dir: cannot create {data_dir} ({exc.strerror})"
+                          ) from None
+    if not data_dir.is_dir():
+        raise ConfigError(f"gateway.data_dir: {data_dir} is not a directory")
 
 
 def _run_locked(config: GatewayConfig) -> None:

@@ -23,8 +23,9 @@ _Choice = TypeVar("_Choice", bound=str)
 def read_toml(path: Path, *, missing: str | None = None) -> dict[str, object]:
     """Parse the TOML file ``path``; return its top-level table.
 
-    Raises ConfigError naming the file if it cannot be read or is not valid TOML; if it
-    does not exist and ``missing`` is given, ConfigError with that message instead.
+    Raises ConfigError naming the file if it cannot be read, is not UTF-8 text or is not
+    valid TOML; if it does not exist and ``missing`` is given, ConfigError with that
+    message instead.
     """
     try:
         with path.open("rb") as f:
@@ -35,6 +36,8 @@ def read_toml(path: Path, *, missing: str | None = None) -> dict[str, object]:
         raise ConfigError(f"{path}: cannot read config (no such file)") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from osutil.cli import EXIT_OK, add_version, run_command
 from owner import actions
+from protocol.errors import ConfigError
 from protocol.keys import OwnerKey, OwnerPublic, load_owner_key, save_owner_key
 from rewards import cli as wallet_cli
 from verifier.client import DocumentClient
@@ -111,6 +112,17 @@ def _gateway(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gateway", required=True, metavar="URL", help="http://host:port")
 
 
+def _check_address(args: argparse.Namespace) -> None:
+    """``wallet status --address``: checked (and checksummed) before any connection is
+    made; ConfigError (exit 2) naming the flag, as ``gateway chain deploy --token-holder``."""
+    from rewards.tree import checked_address  # noqa: PLC0415 - eth_utils only when asked
+
+    try:
+        args.address = checked_address(args.address)
+    except ValueError as exc:
+        raise ConfigError(f"--address: {exc}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     return run_command(PROG, lambda: _main(argv))
@@ -125,6 +137,8 @@ def _main(argv: Sequence[str] | None) -> int:
         print(OwnerPublic.of(key).text())
         return EXIT_OK
     if args.command == "wallet":
+        if getattr(args, "address", None) is not None:
+            _check_address(args)
         return wallet_cli.run(args)
     key = load_owner_key(args.key)
     if args.command == "show":

@@ -9,8 +9,10 @@ therefore always leaves the broker's view equal to the fleet's records.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import pwd
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,46 +143,94 @@ class BrokerConfigRequest:
 def write_broker_config(fleet: FleetConfig, req: BrokerConfigRequest) -> list[Path]:
     """Write mosquitto.conf, passwd and acl into ``req.out``; remember it; return the files.
 
-    Later device changes rewrite passwd and acl there too. Raises ConfigError or
-    StorageError.
+    Later device changes rewrite passwd and acl there too. Every value is checked, and
+    every file rendered, before anything is written: a ConfigError changes nothing. Raises
+    ConfigError or StorageError.
     """
     url_port = parse_broker_url(fleet.broker_url, "fleet.broker_url").port
     out = req.out.absolute()
+    check_broker_request(req, out)
+    owner = _broker_owner(req.run_as)
+    settings = mosquitto.ListenerSettings(
+        port=req.port if req.port is not None else url_port, bind=req.bind,
+        data_dir=req.data_dir.absolute(), password_file=out / PASSWD, acl_file=out / ACL,
+        run_as=req.run_as, max_queued_messages=req.max_queued_messages,
+        max_queued_bytes=req.max_queued_bytes, tls=req.tls,
+    )
+    conf = mosquitto.render_mosquitto_conf(settings, fleet_name=fleet.name)
+    passwd, acl = render_files(fleet)
     try:
         out.mkdir(parents=True, exist_ok=True, mode=0o750)
     except OSError as exc:
         raise StorageError(f"{out}: cannot create: {exc.strerror}") from None
-    settings = mosquitto.ListenerSettings(
-        port=req.port or url_port, bind=req.bind, data_dir=req.data_dir.absolute(),
-        password_file=out / PASSWD, acl_file=out / ACL, run_as=req.run_as,
-        max_queued_messages=req.max_queued_messages, max_queued_bytes=req.max_queued_bytes,
-        tls=req.tls,
-    )
-    passwd, acl = render_files(fleet)
     try:
         mosquitto.write_broker_file(out / PASSWD, passwd)
         mosquitto.write_broker_file(out / ACL, acl)
-        (out / CONF).write_text(mosquitto.render_mosquitto_conf(settings, fleet_name=fleet.name),
-                                encoding="utf-8")
-        _hand_over(out, req.run_as)
+        (out / CONF).write_text(conf, encoding="utf-8")
+        if owner is not None:
+            for path in (out, out / PASSWD, out / ACL):
+                os.chown(path, owner[0], owner[1])
         mosquitto.write_broker_file(fleet.broker_dir / OUT_DIR_MARKER, f"{out}\n")
     except OSError as exc:
         raise StorageError(f"{out}: cannot write broker files: {exc.strerror}") from None
     return [out / CONF, out / PASSWD, out / ACL]
 
 
-def _hand_over(out: Path, user: str) -> None:
-    """As root, give the directory, password file and ACL to the broker's user.
+MAX_PORT = 65535
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def check_broker_request(req: BrokerConfigRequest, out: Path) -> None:
+    """Raise ConfigError naming the flag for any value ``broker-config`` must refuse.
+
+    Ports are 1..65535, ``--bind`` is an IP address or a host name, no path or value that
+    goes into mosquitto.conf holds a control character (a newline would add a line to the
+    config), and the TLS files exist.
+    """
+    ports = [("--port", req.port)] + ([("--tls-port", req.tls.port)] if req.tls else [])
+    for flag, port in ports:
+        if port is not None and not 1 <= port <= MAX_PORT:
+            raise ConfigError(f"{flag} must be 1..{MAX_PORT}, got {port}")
+    if req.bind is not None and not _plain_host(req.bind):
+        raise ConfigError(f"--bind must be an IP address or a host name, got {req.bind!r}")
+    if not req.run_as or not req.run_as.isprintable() or any(c.isspace() for c in req.run_as):
+        raise ConfigError(f"--run-as must be a user name, got {req.run_as!r}")
+    paths = [("--out", out), ("--data-dir", req.data_dir)]
+    if req.tls is not None:
+        paths += [("--cafile", req.tls.cafile), ("--certfile", req.tls.certfile),
+                  ("--keyfile", req.tls.keyfile)]
+        if req.tls.crlfile is not None:
+            paths.append(("--crlfile", req.tls.crlfile))
+    for flag, path in paths:
+        if mosquitto.has_control_character(str(path)):
+            raise ConfigError(f"{flag} {str(path)!r}: a path with a control character "
+                              "(such as a newline) cannot go into mosquitto.conf")
+    for flag, path in paths[2:]:
+        if not path.is_file():
+            raise ConfigError(f"{flag} {path}: no such file")
+
+
+def _plain_host(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        labels = text.removesuffix(".").split(".")
+        return len(text) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)
+    return True
+
+
+def _broker_owner(user: str) -> tuple[int, int] | None:
+    """As root, the (uid, gid) the directory, password file and ACL are given to.
 
     Mosquitto reads them after dropping to that user; later rewrites keep the owner
-    (:func:`mosquitto.write_broker_file`). Not root: the files stay ours, and the broker
-    must run as us (``--run-as``) or the operator hands them over.
+    (:func:`mosquitto.write_broker_file`). Not root: None, the files stay ours, and the
+    broker must run as us (``--run-as``) or the operator hands them over. Looked up before
+    anything is written: an unknown user changes nothing.
     """
     if os.geteuid() != 0 or user == "root":
-        return
+        return None
     try:
         entry = pwd.getpwnam(user)
     except KeyError:
         raise ConfigError(f"--run-as {user!r}: no such user on this machine") from None
-    for path in (out, out / PASSWD, out / ACL):
-        os.chown(path, entry.pw_uid, entry.pw_gid)
+    return entry.pw_uid, entry.pw_gid

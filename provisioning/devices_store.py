@@ -73,7 +73,13 @@ class DeviceRecord:
     def from_json(cls, data: bytes, path: Path) -> DeviceRecord:
         """Parse a record file; raise ConfigError naming the file when it is not one."""
         try:
-            body: dict[str, Any] = json.loads(data)
+            body: Any = json.loads(data)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: not a device record: {exc}") from None
+        if not isinstance(body, dict):
+            raise ConfigError(f"{path}: not a device record: a JSON {type(body).__name__}, "
+                              "not an object")
+        try:
             body["recipients"] = tuple(body.get("recipients", ()))
             return cls(**body)
         except (ValueError, TypeError) as exc:

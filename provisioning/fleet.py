@@ -52,6 +52,7 @@ VERIFIER_KEY_FILE = Path("trusted-gateway.vkey")
 # New devices' credit rate unless init --rate or device add/enroll --rate says otherwise:
 # one credit (10^6 micro-credits) per hour of use, so a fleet made by hand earns something.
 DEFAULT_RATE_MICRO_PER_HOUR = 1_000_000
+MAX_TIMEOUT_S = 3600  # [gateway] timeout_s: an hour at most (a socket timeout must fit)
 
 _SECTIONS: dict[str, frozenset[str]] = {
     "fleet": frozenset({"name", "broker_url", "gateway_url", "gateway_verifier_key"}),
@@ -136,7 +137,7 @@ def _parse(raw: dict[str, object], root: Path) -> FleetConfig:
     except MalformedRecord as exc:
         raise ConfigError(f"fleet.gateway_verifier_key is not a verifier key: {exc}") from None
     pid_file = broker.string("pid_file", "", allow_empty=True)
-    timeout_s = gateway.number("timeout_s", 10.0)
+    timeout_s = gateway.number("timeout_s", 10.0, high=MAX_TIMEOUT_S)
     if timeout_s <= 0:
         raise ConfigError(f"{gateway.name('timeout_s')}: must be a number > 0")
     rate = devices.optional_integer("rate_micro_per_hour", low=0)
@@ -185,6 +186,9 @@ def init_fleet(req: InitRequest, *, token: TokenSource = secrets.token_urlsafe,
     """
     parse_broker_url(req.broker_url, "--broker")
     gw_host, gw_port = check_gateway_url(req.gateway_url, "--gateway")
+    if req.rate_micro_per_hour < 0:
+        raise ConfigError(f"--rate must be >= 0 (micro-credits per hour), "
+                          f"got {req.rate_micro_per_hour}")
     name = req.name or f"{gw_host}/edgeproof"
     try:
         signer = NoteSigner(name, seed(32))
@@ -198,6 +202,7 @@ def init_fleet(req: InitRequest, *, token: TokenSource = secrets.token_urlsafe,
         tmp.mkdir(parents=True, mode=0o700)
         _write_fleet_files(tmp, req, signer, token,
                            http_bind=gateway_config.default_http_bind(gw_host, gw_port))
+        load_fleet(tmp)  # what was written must load: refuse it before it takes the name
         if root.exists():
             root.rmdir()  # empty (checked above); rename cannot replace a directory otherwise
         tmp.rename(root)

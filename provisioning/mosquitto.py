@@ -196,8 +196,32 @@ _TLS_EXAMPLE = """\
 """
 
 
+def has_control_character(text: str) -> bool:
+    """Whether ``text`` holds a control character (a newline would start a new line)."""
+    return any(ord(c) < 0x20 or 0x7f <= ord(c) < 0xa0 for c in text)
+
+
+def _check_values(s: ListenerSettings) -> None:
+    """Raise ConfigError if a value written into mosquitto.conf could break out of its line."""
+    values: dict[str, object] = {"listener": s.bind or "", "user": s.run_as,
+                                 "persistence_location": s.data_dir,
+                                 "password_file": s.password_file, "acl_file": s.acl_file}
+    if s.tls is not None:
+        values |= {"cafile": s.tls.cafile, "certfile": s.tls.certfile,
+                   "keyfile": s.tls.keyfile, "crlfile": s.tls.crlfile or ""}
+    for key, value in values.items():
+        text = str(value)
+        if has_control_character(text) or (key in ("listener", "user") and " " in text):
+            raise ConfigError(f"mosquitto.conf {key}: {text!r} cannot go into the config")
+
+
 def render_mosquitto_conf(s: ListenerSettings, *, fleet_name: str) -> str:
-    """Return mosquitto.conf for one listener with anonymous access off."""
+    """Return mosquitto.conf for one listener with anonymous access off.
+
+    Raises ConfigError if a path or value holds a control character (a newline would add a
+    line of its own to the config) or the bind address or user holds a space.
+    """
+    _check_values(s)
     listener = f"listener {s.port}" + (f" {s.bind}" if s.bind else "")
     lines = [
         f"# Mosquitto configuration for the edgeproof fleet {fleet_name!r},",

@@ -103,10 +103,16 @@ def list_sites(fleet: FleetConfig) -> list[tuple[str, str, str, int]]:
     out = []
     for path in sorted(folder.glob("*.toml")) if folder.is_dir() else []:
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not UTF-8 text") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+        try:
+            data = tomllib.loads(text)
             site, sensors = data["site"], data["sensor"]
             out.append((str(site["name"]), str(site["stream"]), str(site["field"]),
                         len(sensors)))
-        except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError):
+        except (tomllib.TOMLDecodeError, KeyError, TypeError):
             raise ConfigError(f"{path}: not a site file") from None
     return out

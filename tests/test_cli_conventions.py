@@ -9,6 +9,9 @@ description on its own page); ``--log-level`` takes any case; a fleet is always 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,7 +23,7 @@ from firmware_sim.cli import _parser as sim_parser
 from firmware_sim.cli import main as sim_main
 from gateway.cli import _parser as gateway_parser
 from gateway.cli import main as gateway_main
-from osutil.cli import EXIT_USAGE, log_level, package_version
+from osutil.cli import EXIT_BROKEN_PIPE, EXIT_USAGE, log_level, package_version, run_command
 from owner.cli import _parser as owner_parser
 from owner.cli import main as owner_main
 from provisioning.cli import build_parser as provision_parser
@@ -143,3 +146,69 @@ def _required(parser: argparse.ArgumentParser) -> list[str]:
         if action.required and action.option_strings:
             argv += [action.option_strings[0], "x"]
     return argv
+
+
+def test_config_file_not_utf8_is_one_line_exit_2_in_every_cli(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Every command reading TOML ended in a UnicodeDecodeError traceback.
+    bad = tmp_path / "g.toml"
+    bad.write_bytes(b"\xff\xfe[gateway]\n")
+    fleet = tmp_path / "fleet"
+    fleet.mkdir()
+    (fleet / "fleet.toml").write_bytes(b"\xff\xfe[fleet]\n")
+    runs: list[tuple[Callable[..., int], list[str]]] = [
+        (agent_main, ["status", "--config", str(bad)]),
+        (agent_main, ["run", "--config", str(bad)]),
+        (gateway_main, ["verifier-key", "--config", str(bad)]),
+        (gateway_main, ["run", "--config", str(bad)]),
+        (provision_main, ["recipient", "list", "--fleet", str(fleet)]),
+        (validator_main, ["once", "--site", str(bad), "--gateway", "http://127.0.0.1:1",
+                          "--signing-key", "s", "--recipient-key", "r"]),
+        (sim_main, ["quality", "--sites", str(bad)]),
+    ]
+    for command, argv in runs:
+        assert command(argv) == EXIT_USAGE, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, (argv, err)
+        assert "not UTF-8 text" in err, (argv, err)
+
+
+def test_wallet_status_bad_address_is_a_usage_error_not_a_traceback(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert owner_main(["wallet", "status", "--address", "0xzz", "--gateway",
+                       "http://127.0.0.1:1", "--rpc", "http://127.0.0.1:1"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith("edgeproof-owner: error: --address: ")
+
+
+def test_run_command_turns_a_broken_pipe_into_exit_141_without_a_traceback(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    def body() -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+    assert run_command("prog", body) == EXIT_BROKEN_PIPE == 141
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("argv", [["edgeproof-owner", "show", "--key", "{key}"],
+                                  ["edgeproof-owner", "--help"],
+                                  ["edgeproof-owner", "--version"],
+                                  ["edgeproof-provision", "--help"]])
+def test_stdout_closed_early_ends_quietly_with_141(tmp_path: Path, argv: list[str]) -> None:
+    # `edgeproof-owner show --key K | head -0`: every command printed a BrokenPipeError
+    # traceback. The pipe's reading end is closed before the command starts, so its first
+    # write fails for certain.
+    key = tmp_path / "owner.key"
+    assert owner_main(["init", "--key", str(key)]) == 0
+    script = Path(sys.executable).parent / argv[0]
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([str(script), *(a.format(key=key) for a in argv[1:])],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True,
+                              timeout=60, check=False)
+    finally:
+        os.close(write_end)
+    assert done.stderr == ""  # no traceback, no "Exception ignored" at exit
+    # argparse's --help and --version swallow the write error themselves and exit 0.
+    assert done.returncode == (EXIT_BROKEN_PIPE if argv[1] == "show" else 0)

@@ -46,6 +46,9 @@ from protocol.record import MAX_STREAM_CHARS, RESERVED_STREAMS
 KINDS = ("dht22", "cpu_temp", *DIGITAL_KINDS)
 BACKENDS = ("hardware", "simulated")
 BCM_PINS = range(28)  # GPIO0..GPIO27 on the 40-pin header
+# interval_s and min_spacing_s at most a day: a longer one is a typo (and 1e308 s
+# overflows the clock arithmetic of the drivers).
+MAX_INTERVAL_S = 86400
 
 
 @dataclass(frozen=True)
@@ -69,8 +72,9 @@ class SensorConfig:
             "stream", f"{self.stream!r} must be 1..{MAX_STREAM_CHARS} printable characters "
             f"and not one of {sorted(RESERVED_STREAMS)}",
         )
-        _check(_positive_number(self.interval_s), "interval_s", "must be a number > 0")
-        _check(_positive_number(self.min_spacing_s), "min_spacing_s", "must be a number > 0")
+        for key in ("interval_s", "min_spacing_s"):
+            _check(_positive_number(getattr(self, key), MAX_INTERVAL_S), key,
+                   f"must be a number > 0 and <= {MAX_INTERVAL_S} (s)")
         self._check_kind_fields()
         _check(
             isinstance(self.recipients, tuple)
@@ -127,9 +131,9 @@ def _check(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
-def _positive_number(x: object) -> bool:
+def _positive_number(x: object, high: float) -> bool:
     return (isinstance(x, int | float) and not isinstance(x, bool)
-            and math.isfinite(x) and x > 0)
+            and math.isfinite(x) and 0 < x <= high)
 
 
 def validate_sensor_configs(configs: Iterable[SensorConfig]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 from pathlib import Path
 
 import pytest
@@ -12,10 +13,11 @@ import pytest
 from agent.cli import _parser, build_run_config, main, run_cli
 from agent.clock import ManualClock
 from agent.config import load_config
+from agent.run import run_agent
 from agent.sensors import load_simulated_hardware
-from agent.service import AgentService
+from agent.service import AgentService, ServiceOptions
 from protocol import reasons
-from protocol.errors import ConfigError
+from protocol.errors import ConfigError, KeyFileError
 from protocol.keys import load_device_key
 from protocol.note import NoteSigner
 from tests.agent.responder import Responder
@@ -256,3 +258,38 @@ def test_a_run_that_fails_after_its_logging_started_leaves_no_logging_behind(
     assert main(["run", "--config", str(path), "--log-level", "DEBUG"]) == 2
     assert "chmod 600" in capsys.readouterr().err
     assert (list(root.handlers), root.level) == before
+
+
+@pytest.mark.parametrize("key", ["interval_s", "min_spacing_s"])
+def test_sensor_interval_1e308_is_a_config_error_not_an_overflow(
+        tmp_path: Path, capsys: Capture, key: str) -> None:
+    # 1e308 passed the > 0 check and overflowed in the DHT22 driver once the agent ran.
+    values = {"interval_s": "10", "min_spacing_s": "2", key: "1e308"}
+    path = minimal(tmp_path, "[[sensors]]\nkind = \"dht22\"\nstream = \"climate\"\npin = 4\n"
+                   + "".join(f"{k} = {v}\n" for k, v in values.items()))
+    with pytest.raises(ConfigError, match=re.escape(f"sensors[0].{key}")):
+        load_config(path, {})
+    assert main(["run", "--config", str(path), "--simulate"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"sensors[0].{key}: must be a number > 0 and <= 86400" in err
+
+
+def test_run_with_a_missing_device_key_leaves_no_lock_behind(tmp_path: Path,
+                                                             capsys: Capture) -> None:
+    # The state directory and agent.lock were made before the key was looked at.
+    path = minimal(tmp_path)
+    state = tmp_path / "state"
+    assert main(["run", "--config", str(path), "--simulate"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "device.key" in err
+    assert not (state / "agent.lock").exists()
+    assert not state.exists() or list(state.iterdir()) == []
+
+
+def test_run_agent_checks_the_key_before_making_the_state_directory(tmp_path: Path) -> None:
+    config = load_config(minimal(tmp_path), {})
+    with pytest.raises(KeyFileError):
+        run_agent(config, ManualClock(0), ServiceOptions(), threading.Event())
+    assert not config.state_dir.exists()

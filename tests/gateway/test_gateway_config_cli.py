@@ -167,3 +167,38 @@ def test_shared_group_subscribes_to_a_shared_subscription(tmp_path) -> None:
     config = load_config(path)
     assert (subscription_filter(config.broker)
             == "$share/workers/edgeproof/v1/devices/+/records")
+
+
+@pytest.mark.parametrize("where", ["file", "proc"])
+def test_run_with_data_dir_a_file_or_under_proc_names_gateway_data_dir(tmp_path, capsys,
+                                                                        where) -> None:
+    # Was a traceback from mkdir (FileExistsError, FileNotFoundError).
+    files = write_gateway_files(tmp_path, broker_port=1)
+    if where == "file":
+        data_dir = tmp_path / "a-file"
+        data_dir.write_text("not a directory\n")
+    else:
+        data_dir = Path("/proc/edgeproof-no-such/data")
+    text = files.config.read_text()
+    files.config.write_text(text.replace('data_dir = "data"', f'data_dir = "{data_dir}"'))
+    assert main(["run", "--config", str(files.config)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "gateway.data_dir" in err
+    assert str(data_dir) in err
+
+
+@pytest.mark.parametrize("where", ["missing-dir", "a-directory"])
+def test_openapi_out_unwritable_is_one_line_naming_the_file(tmp_path, capsys, where) -> None:
+    out = tmp_path / "nodir" / "api.json" if where == "missing-dir" else tmp_path
+    assert main(["openapi", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"--out {out}" in err
+
+
+def test_verifier_key_config_not_utf8_is_one_line(tmp_path, capsys) -> None:
+    config = tmp_path / "g.toml"
+    config.write_bytes(b"\xff\xfe[gateway]\n")
+    assert main(["verifier-key", "--config", str(config)]) == 2
+    assert capsys.readouterr().err == f"edgeproof-gateway: error: {config}: not UTF-8 text\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,11 @@ def test_unreadable_or_broken_file_names_the_file(tmp_path: Path) -> None:
         good.chmod(0)
         with pytest.raises(ConfigError, match="cannot read config"):
             read_toml(good)
+
+
+def test_read_toml_of_a_file_not_utf8_is_a_config_error_not_unicode_decode_error(
+        tmp_path: Path) -> None:
+    path = tmp_path / "g.toml"
+    path.write_bytes(b"\xff\xfe[gateway]\n")
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}: not UTF-8 text$"):
+        read_toml(path)
