@@ -113,17 +113,24 @@ def run_loop(service: AgentService, clock: ManualClock, minutes: int,
         clock.advance(max(1, wake - clock.mono_ms()) + late_ms())
 
 
+def dht22_service(tmp_path: Path, gateway_key: str, interval_s: float, *, checksum: float
+                  ) -> tuple[AgentService, ManualClock, Any]:
+    """A started agent with one simulated DHT22 that fails ``checksum`` of its reads."""
+    cfg = config(tmp_path, UNREACHABLE, gateway_key, sensors=[
+        {"kind": "dht22", "stream": "climate", "pin": 4, "interval_s": interval_s}])
+    clock = ManualClock(wall_ms=int(evening() * 1000))
+    sim = load_simulated_hardware(3, tmp_path, clock,
+                                  dht_faults=DHTFaults(checksum=checksum, full_buffer=0.0))
+    service = AgentService(cfg, clock, sim=sim)
+    service.start()
+    return service, clock, sim
+
+
 def test_a_failed_dht22_read_is_retried_at_its_back_off_not_a_whole_interval_later(
         tmp_path: Path, gateway_key: str) -> None:
     # Before: the sampler never asked at the driver's back-off time, so each checksum error
     # (routine on a Pi) cost a whole 30-s slot: 25 readings from 41 attempts in 20 minutes.
-    cfg = config(tmp_path, UNREACHABLE, gateway_key, sensors=[
-        {"kind": "dht22", "stream": "climate", "pin": 4, "interval_s": 30}])
-    clock = ManualClock(wall_ms=int(evening() * 1000))
-    sim = load_simulated_hardware(3, tmp_path, clock,
-                                  dht_faults=DHTFaults(checksum=0.3, full_buffer=0.0))
-    service = AgentService(cfg, clock, sim=sim)
-    service.start()
+    service, clock, sim = dht22_service(tmp_path, gateway_key, 30, checksum=0.3)
     try:
         run_loop(service, clock, 20)
         sensor = service.sensors.by_stream("climate")
@@ -142,13 +149,7 @@ def test_a_dht22_at_its_minimum_interval_is_never_asked_too_soon_by_a_late_loop(
         tmp_path: Path, gateway_key: str) -> None:
     # Before: slots kept their cadence from the schedule, not from when the chip was read,
     # so a loop waking 0-5 ms late asked 2.1 s after a late read: too_soon, a lost reading.
-    cfg = config(tmp_path, UNREACHABLE, gateway_key, sensors=[
-        {"kind": "dht22", "stream": "climate", "pin": 4, "interval_s": 2.1}])
-    clock = ManualClock(wall_ms=int(evening() * 1000))
-    sim = load_simulated_hardware(3, tmp_path, clock,
-                                  dht_faults=DHTFaults(checksum=0.0, full_buffer=0.0))
-    service = AgentService(cfg, clock, sim=sim)
-    service.start()
+    service, clock, sim = dht22_service(tmp_path, gateway_key, 2.1, checksum=0.0)
     rng = random.Random(7)
     try:
         run_loop(service, clock, 2, late_ms=lambda: rng.randrange(6))

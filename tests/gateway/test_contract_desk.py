@@ -164,8 +164,8 @@ def test_a_fault_in_one_answer_is_counted_and_the_courier_goes_on(tmp_path: Path
     store.close()
 
 
-def test_documents_from_strangers_never_take_the_logs_write_lock(tmp_path: Path) -> None:
-    store, _, desk, _, buyer, device_id, sealing = _setup(tmp_path)
+def count_write_transactions(store: SQLiteLogStore) -> list[int]:
+    """A list that grows by one each time the store's write transaction is opened."""
     opened: list[int] = []
     real = store.transaction
 
@@ -174,6 +174,12 @@ def test_documents_from_strangers_never_take_the_logs_write_lock(tmp_path: Path)
         return real()
 
     store.transaction = counting  # type: ignore[method-assign]
+    return opened
+
+
+def test_documents_from_strangers_never_take_the_logs_write_lock(tmp_path: Path) -> None:
+    store, _, desk, _, buyer, device_id, sealing = _setup(tmp_path)
+    opened = count_write_transactions(store)
     stranger = SigningKey.generate()
     terms = Terms((("climate", ("Cel",)),), 60, T0, T0 + HOUR)
     request = sign_document(DataRequest(sealing, (device_id,), (), terms, "p", 0), buyer, T0)
@@ -202,14 +208,7 @@ def test_documents_of_types_not_submitted_here_or_from_unknown_validators_never_
     consent = sign_document(Consent(request.id, sealing, (device_id,), terms), owner.signing, T0)
     desk.submit(request.raw)
     desk.submit(consent.raw)
-    opened: list[int] = []
-    real = store.transaction
-
-    def counting() -> object:
-        opened.append(1)
-        return real()
-
-    store.transaction = counting  # type: ignore[method-assign]
+    opened = count_write_transactions(store)
     stranger = SigningKey.generate()
     address = bytes(range(20))
     quality = json.loads((VECTORS / "quality.json").read_text())["cose_sign1"]
