@@ -25,7 +25,7 @@ from typing import Any
 
 from gateway.doc_sql import Run
 from gateway.duty_tables import OnTables, optional_int
-from gateway.store import StoredCheckpoint
+from gateway.store import MAX_PAGE, StoredCheckpoint
 
 PENDING, POSTED, FAILED = "pending", "posted", "failed"
 
@@ -122,10 +122,13 @@ class PayoutBook(OnTables):
             (limit,)))
         return {str(owner): str(address) for owner, address in rows}
 
-    def wallet_documents(self) -> list[tuple[int, bytes]]:
-        """(leaf index, signed bytes) of every binding, in log order."""
+    def wallet_documents(self, after_index: int = -1, limit: int = MAX_PAGE
+                         ) -> list[tuple[int, bytes]]:
+        """(leaf index, signed bytes) of the bindings logged after leaf ``after_index``, in
+        log order, at most ``limit`` (and MAX_PAGE)."""
         rows = self._tables.read("read wallets", lambda run: run(
-            "SELECT leaf_index, document FROM wallets ORDER BY leaf_index", ()))
+            "SELECT leaf_index, document FROM wallets WHERE leaf_index > ? "
+            "ORDER BY leaf_index LIMIT ?", (after_index, min(limit, MAX_PAGE))))
         return [(int(r[0]), bytes(r[1])) for r in rows]
 
     def add_epoch(self, epoch: int, checkpoint: StoredCheckpoint, document: bytes, tree: str,

@@ -88,3 +88,17 @@ def test_a_reorganised_chain_is_read_again_never_summed_across_two_forks(
     finally:
         book.close()
         rpc.close()
+
+
+def test_wallet_bindings_are_read_a_page_at_a_time_in_log_order(
+        duty_tables: DutyTables) -> None:
+    # GET /v1/wallets is public: it read (and verified) every binding for every request.
+    book = duty_tables.payout_book()
+    for i in range(5):
+        book.add_wallet(f"owner-{i}", f"0x{i:040x}", bytes([i]), 10 * i + 3, 0)
+    first = book.wallet_documents(-1, 2)
+    assert first == [(3, b"\x00"), (13, b"\x01")]
+    rest = book.wallet_documents(first[-1][0], 1000)
+    assert [index for index, _ in rest] == [23, 33, 43]
+    assert book.wallet_documents(43, 1000) == []
+    assert len(book.wallet_documents(-1, 10**9)) == 5  # capped at MAX_PAGE, not refused
