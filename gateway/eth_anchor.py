@@ -43,7 +43,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from gateway.config import EthereumAnchorConfig
 from gateway.eth_queue import CONFIRMED, FAILED, QUEUED, SENDING, AnchorQueue, QueuedAnchor, SentTx
-from osutil.jsonrpc import JsonRpc, RpcError, quantity
+from osutil.jsonrpc import JsonRpc, RpcError, node_address, quantity
 from protocol.checkpoint import checkpoint_hash, checkpoint_size
 from protocol.errors import ConfigError, StorageError, TransportError
 from rewards.ethkey import load_eth_key, sign_transaction
@@ -185,7 +185,7 @@ class EthereumAnchor:
             raise ConfigError(self.fatal)
         self._resume_in_flight()
         log.info("ethereum anchor: sender %s, to %s, chain %d, node %s", self.address,
-                 self.to_address, self.config.chain_id, self.config.rpc_url)
+                 self.to_address, self.config.chain_id, node_address(self.config.rpc_url))
         self._stop = threading.Event()  # the worker's own: one that outlives stop() exits
         self._thread = threading.Thread(target=self._run, args=(self._stop,),
                                         name="gateway-eth-anchor", daemon=True)
@@ -282,7 +282,7 @@ class EthereumAnchor:
         node_chain = self._rpc.chain_id()
         if node_chain != self.config.chain_id:
             self.fatal = (f"anchor.chain_id is {self.config.chain_id} but the node at "
-                          f"{self.config.rpc_url} reports chain id {node_chain}")
+                          f"{node_address(self.config.rpc_url)} reports chain id {node_chain}")
             log.error("ethereum anchor: %s; not anchoring", self.fatal)
             return
         self._chain_ok = True

@@ -49,7 +49,7 @@ from gateway.payout_gating import (
 )
 from gateway.payout_lapse import Shortfall, issue_lapses
 from gateway.store import LogStore, NewDocument, NotSequencer
-from osutil.jsonrpc import JsonRpc, RpcError, quantity
+from osutil.jsonrpc import JsonRpc, RpcError, node_address, quantity
 from protocol.documents import Document, parse_document, sign_document
 from protocol.errors import (
     ConfigError,
@@ -354,7 +354,8 @@ class PayoutWorker:
             node_chain = rpc.chain_id()
             if node_chain != self.config.chain_id:
                 self._stop_for(f"payout.chain_id is {self.config.chain_id} but the node at "
-                               f"{self.config.rpc_url} reports chain id {node_chain}")
+                               f"{node_address(self.config.rpc_url)} reports chain id "
+                               f"{node_chain}")
                 return
             self._chain_checked = True
         if self._block_checked:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 import urllib3
@@ -52,6 +53,20 @@ def quantity(value: object, what: str) -> int:
         raise TransportError(f"node answered a malformed {what}: {value!r}") from None
 
 
+def node_address(url: str) -> str:
+    """``scheme://host[:port]`` of a node URL, for logs, errors and status pages: hosted
+    nodes carry their API key in the path (``.../v3/KEY``) or the user info, and neither
+    may be printed."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or "?"
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "the node (a URL that does not parse)"
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}{port}"
+
+
 class JsonRpc:
     """One node's JSON-RPC endpoint."""
 
@@ -73,7 +88,7 @@ class JsonRpc:
                 status = response.status_code
                 content = response.raw.read(MAX_ANSWER_BYTES + 1, decode_content=True)
         except (requests.RequestException, OSError, urllib3.exceptions.HTTPError) as exc:
-            raise TransportError(f"{method}: node unreachable at {self.url}: "
+            raise TransportError(f"{method}: node unreachable at {node_address(self.url)}: "
                                  f"{type(exc).__name__}") from None
         if len(content) > MAX_ANSWER_BYTES:
             raise TransportError(f"{method}: node answer larger than {MAX_ANSWER_BYTES} bytes")

@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from firmware_sim.broker import free_port
-from osutil.jsonrpc import MAX_ANSWER_BYTES, JsonRpc, RpcError, quantity
+from osutil.jsonrpc import MAX_ANSWER_BYTES, JsonRpc, RpcError, node_address, quantity
 from protocol.errors import TransportError
 
 Answer = Callable[[dict[str, object]], tuple[int, bytes]]
@@ -122,3 +122,15 @@ def test_malformed_quantities_and_objects_are_refused(node: Node) -> None:
         JsonRpc(node.url).receipt("0x" + "ab" * 32)
     node.answer = result(None)
     assert JsonRpc(node.url).transaction("0x" + "ab" * 32) is None
+
+
+def test_a_node_urls_api_key_never_reaches_an_error_or_a_log_line() -> None:
+    # Hosted nodes carry the key in the path or the user info; the anchor's and the
+    # payout's messages (the payout's is served on /healthz) printed the whole URL.
+    url = "https://user:pa55@mainnet.node.example:8443/v3/S3CRETKEY?x=1"
+    assert node_address(url) == "https://mainnet.node.example:8443"
+    assert node_address("http://[::1]:8545/KEY") == "http://[::1]:8545"
+    with pytest.raises(TransportError) as refused:
+        JsonRpc("http://127.0.0.1:9/v3/S3CRETKEY", timeout_s=2).chain_id()
+    assert "S3CRETKEY" not in str(refused.value)
+    assert "http://127.0.0.1:9" in str(refused.value)
