@@ -75,6 +75,10 @@ from rewards.gating import micro_of
 from rewards.tree import DistributionTree
 
 log = logging.getLogger(__name__)
+# How long a payout notice reuses the distributor's claimed(address) it read, and for how
+# many addresses at most (the cache is emptied when full).
+CLAIMED_TTL_S = 5.0
+MAX_CLAIMED_CACHE = 10_000
 BOOK_FILE = "payout.sqlite"
 PREFIX = "edgeproof_gateway_payout"
 EPOCH_OUTCOMES = ("posted", "failed", "underfunded", "unchanged", "no_wallets")
@@ -186,6 +190,10 @@ class PayoutWorker:
         # The API's reads of claimed() (payout notices), apart from the worker's connection.
         self._api_rpc = JsonRpc(config.rpc_url, timeout_s=5.0)
         self._api_rpc_lock = threading.Lock()
+        # claimed(address) as last read, by address: (monotonic time, raw answer). A public
+        # route reads it; each address costs the node one call per CLAIMED_TTL_S at most,
+        # however often anyone asks (the operator's node quota, the API's threads).
+        self._claimed_cache: dict[str, tuple[float, bytes]] = {}
         self.metrics = _Metrics(registry)
         self._funding = FundingLedger(
             self.book, self._rpc, config.distributor, first_block=config.distributor_block,
@@ -661,9 +669,16 @@ class PayoutWorker:
         """``claimed(address)`` on the distributor in micro-credits; None (counted, logged)
         if the node does not answer or answers nonsense."""
         try:
-            with self._api_rpc_lock:
-                raw = self._api_rpc.eth_call(self.config.distributor,
-                                             abi.view("claimed", address))
+            with self._api_rpc_lock:  # one call at a time; a cached answer is reused
+                cached = self._claimed_cache.get(address)
+                if cached is not None and self._monotonic() - cached[0] < CLAIMED_TTL_S:
+                    raw = cached[1]
+                else:
+                    raw = self._api_rpc.eth_call(self.config.distributor,
+                                                 abi.view("claimed", address))
+                    if len(self._claimed_cache) >= MAX_CLAIMED_CACHE:
+                        self._claimed_cache.clear()
+                    self._claimed_cache[address] = (self._monotonic(), raw)
         except (TransportError, RpcError) as exc:
             self.metrics.rpc_errors.labels(kind="notice_claimed").inc()
             log.warning("payout: claimed(%s) unreadable for a notice: %s", address, exc)

@@ -10,7 +10,9 @@ is what the worker reads; the distributor is the real contract.
 from __future__ import annotations
 
 import hashlib
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -18,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from firmware_sim.chain import GanacheNode
 from firmware_sim.solidity import Deployment, address_of
 from gateway.config import PayoutConfig
-from gateway.payout import PayoutWorker
+from gateway.payout import CLAIMED_TTL_S, PayoutWorker
 from gateway.payout_book import FAILED, POSTED
 from gateway.sqlite_store import SQLiteLogStore
 from protocol import cbor
@@ -261,3 +263,33 @@ def test_a_wrong_deployment_block_unchecked_at_start_with_the_node_down_signs_no
         worker.start()
     assert str(err.value) == refused
     worker.close()
+
+
+def test_a_payout_notice_asks_the_node_once_per_address_however_often_it_is_requested(
+        ) -> None:
+    # GET /v1/payouts/notice/{owner} is public: each request cost the operator's node one
+    # eth_call, one at a time under a lock with a 5-s time-out.
+    calls: list[str] = []
+    now = [100.0]
+
+    class Node:
+        def eth_call(self, to: str, data: bytes) -> bytes:
+            calls.append(to)
+            return (7_000).to_bytes(32, "big")
+
+    worker = SimpleNamespace(
+        _api_rpc_lock=threading.Lock(), _claimed_cache={}, _monotonic=lambda: now[0],
+        _api_rpc=Node(), config=SimpleNamespace(distributor="0x" + "ab" * 20),
+        metrics=SimpleNamespace())
+    # The worker's own method on a stand-in holding just what it reads (a real worker
+    # needs a chain); the node is faked below our code.
+    claimed_micro = PayoutWorker._claimed_micro  # noqa: SLF001
+    claimed = [claimed_micro(worker, "0x" + "01" * 20, 1000)  # type: ignore[arg-type]
+               for _ in range(50)]
+    assert claimed == [7] * 50
+    assert len(calls) == 1
+    now[0] += CLAIMED_TTL_S  # then it is read again
+    assert claimed_micro(worker, "0x" + "01" * 20, 1000) == 7  # type: ignore[arg-type]
+    assert len(calls) == 2
+    claimed_micro(worker, "0x" + "02" * 20, 1000)  # type: ignore[arg-type]
+    assert len(calls) == 3  # another address: its own answer
