@@ -23,7 +23,7 @@ from pathlib import Path
 
 from agent.clock import SystemClock
 from agent.config import AgentConfig, env_overrides, load_config
-from agent.identity import create_identity, ensure_state_dir
+from agent.identity import create_identity
 from agent.run import run_agent, stop_on_signals
 from agent.service import ServiceOptions
 from agent.status import collect_status
@@ -175,7 +175,8 @@ def _run_until_stopped(args: argparse.Namespace, environ: Mapping[str, str],
     # the logging set up here ends with the run (osutil.lograte.service_logging).
     with service_logging(config.log_level):
         log = logging.getLogger(PROG)
-        ensure_state_dir(config.state_dir)
+        # No state directory yet: run_agent makes it once the key is read, and laptop mode
+        # makes a key (and its directory) first; a missing key must leave nothing behind.
         if args.config is None and not config.key_file.exists():
             identity = create_identity(config.key_file)
             log.warning("created a new device identity in %s: public key %s (device id %s); "
