@@ -17,7 +17,6 @@ Quantities are hex strings on the wire (Ethereum JSON-RPC, "hex value encoding")
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,6 +24,7 @@ import requests
 import urllib3
 
 from protocol.errors import RejectedByPeer, TransportError
+from protocol.jsontext import parse_json
 
 DEFAULT_TIMEOUT_S = 5.0
 MAX_ANSWER_BYTES = 4 * 1024 * 1024
@@ -93,7 +93,7 @@ class JsonRpc:
         if len(content) > MAX_ANSWER_BYTES:
             raise TransportError(f"{method}: node answer larger than {MAX_ANSWER_BYTES} bytes")
         try:
-            answer = json.loads(content)
+            answer = parse_json(content)  # nesting bounded: the node is not trusted
         except ValueError:
             answer = None
         if not isinstance(answer, dict):

@@ -23,7 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protocol import merkle
-from protocol.bundle import json_field, json_hex, json_proof, key_in_force
+from protocol.bundle import (
+    PUBLIC_KEY_BYTES,
+    json_document,
+    json_field,
+    json_hex,
+    json_proof,
+    key_in_force,
+)
 from protocol.checkpoint import Checkpoint
 from protocol.contract import (
     CONSENT,
@@ -38,7 +45,7 @@ from protocol.contract import (
 )
 from protocol.documents import Document, verify_document
 from protocol.errors import MalformedRecord, RejectedDocument, VerificationError
-from protocol.keys import recipient_kid
+from protocol.keys import DEVICE_ID_BYTES, device_id_for, recipient_kid
 from protocol.note import NoteVerifier
 from protocol.record import KeyEpoch, KeyRotation, Record
 from protocol.signed import parse_signed_record, verify_signed_record
@@ -90,18 +97,16 @@ class AuditBundle:
         """Parse audit bundle JSON; MalformedRecord("bad_bundle") naming what is wrong."""
         if len(text) > MAX_AUDIT_BYTES:
             raise MalformedRecord("bad_bundle", f"larger than {MAX_AUDIT_BYTES} bytes")
-        try:
-            data = json.loads(text)
-        except (ValueError, UnicodeDecodeError):
-            raise MalformedRecord("bad_bundle", "not JSON") from None
+        data = json_document(text)
         if not isinstance(data, dict) or data.get("format") != AUDIT_FORMAT:
             raise MalformedRecord("bad_bundle", f"format must be {AUDIT_FORMAT!r}")
         leaves = data.get("leaves")
         if not isinstance(leaves, list) or len(leaves) > MAX_LEAVES:
             raise MalformedRecord("bad_bundle", f"leaves: a list of at most {MAX_LEAVES}")
-        return cls(_hex(data, "device_id"), _hex(data, "device_public_key"),
-                   _hex(data, "owner_key"), _int(data, "from_ms"), _int(data, "to_ms"),
-                   _int(data, "tree_size"), _str(data, "checkpoint"),
+        return cls(_hex(data, "device_id", DEVICE_ID_BYTES),
+                   _hex(data, "device_public_key", PUBLIC_KEY_BYTES),
+                   _hex(data, "owner_key", PUBLIC_KEY_BYTES), _int(data, "from_ms"),
+                   _int(data, "to_ms"), _int(data, "tree_size"), _str(data, "checkpoint"),
                    _str(data, "gateway_key"), tuple(_leaf(x) for x in leaves))
 
 
@@ -112,8 +117,8 @@ def _leaf(item: object) -> ProvedLeaf:
                       json_hex(item.get("bytes"), "bytes"), json_proof(item, "inclusion_proof"))
 
 
-def _hex(data: dict[str, Any], name: str) -> bytes:
-    return json_hex(data.get(name), name)
+def _hex(data: dict[str, Any], name: str, length: int) -> bytes:
+    return json_hex(data.get(name), name, length)
 
 
 def _str(data: dict[str, Any], name: str) -> str:
@@ -174,6 +179,7 @@ class Audit:
 def verify_audit(bundle: AuditBundle, trusted_gateway_key: str | None = None,
                  trusted_owner_key: bytes | None = None) -> Audit:
     """Check an audit bundle offline; return the timeline or raise VerificationError."""
+    _check_identity(bundle)
     passed: list[tuple[str, str]] = []
     if trusted_gateway_key is not None and trusted_gateway_key.strip() != \
             bundle.gateway_key.strip():
@@ -201,6 +207,24 @@ def verify_audit(bundle: AuditBundle, trusted_gateway_key: str | None = None,
     epochs = _epochs(bundle, grants, passed)
     return Audit(bundle.device_id, bundle.from_ms, bundle.to_ms, checkpoint, passed,
                  sorted(grants.values(), key=lambda g: g.consent_leaf), epochs)
+
+
+def _check_identity(bundle: AuditBundle) -> None:
+    """Fail closed unless the bundle's device id, enrolment key and owner key have their
+    lengths and the enrolment key hashes to the device id (docs/PROTOCOL.md §3.3): checked
+    first, whatever leaves the bundle holds (with no key epoch nothing else would)."""
+    if len(bundle.device_id) != DEVICE_ID_BYTES:
+        raise MalformedRecord("bad_bundle", f"device id: {DEVICE_ID_BYTES} bytes expected, "
+                              f"the bundle has {len(bundle.device_id)}")
+    if len(bundle.device_public_key) != PUBLIC_KEY_BYTES:
+        raise MalformedRecord("bad_bundle", f"device key: {PUBLIC_KEY_BYTES} bytes expected, "
+                              f"the bundle has {len(bundle.device_public_key)}")
+    if len(bundle.owner_key) != PUBLIC_KEY_BYTES:
+        raise MalformedRecord("bad_bundle", f"owner key: {PUBLIC_KEY_BYTES} bytes expected, "
+                              f"the bundle has {len(bundle.owner_key)}")
+    if device_id_for(bundle.device_public_key) != bundle.device_id:
+        raise VerificationError("device key: the bundle's device key is not the enrolment key "
+                                "of its device (it hashes to another device id)")
 
 
 def _of_kind(bundle: AuditBundle, kind: str) -> list[ProvedLeaf]:

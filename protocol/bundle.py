@@ -37,7 +37,8 @@ from protocol import merkle
 from protocol.checkpoint import Checkpoint, checkpoint_hash
 from protocol.documents import verify_document
 from protocol.errors import EdgeproofError, MalformedRecord, VerificationError
-from protocol.keys import device_id_for
+from protocol.jsontext import parse_json
+from protocol.keys import DEVICE_ID_BYTES, device_id_for
 from protocol.note import NoteVerifier
 from protocol.quality import QUALITY, QualityAttestation
 from protocol.record import KeyRotation
@@ -50,6 +51,7 @@ MAX_BUNDLE_BYTES = 1024 * 1024
 MAX_PROOF_NODES = 64
 MAX_ROTATIONS = 128
 MAX_ATTESTATIONS = 64
+PUBLIC_KEY_BYTES = 32  # Ed25519
 
 
 @dataclass(frozen=True)
@@ -137,10 +139,7 @@ class ProofBundle:
         """Parse bundle JSON; raise MalformedRecord("bad_bundle") naming what is wrong."""
         if len(text) > MAX_BUNDLE_BYTES:
             raise MalformedRecord("bad_bundle", f"bundle larger than {MAX_BUNDLE_BYTES} bytes")
-        try:
-            data = json.loads(text)
-        except (ValueError, UnicodeDecodeError):
-            raise MalformedRecord("bad_bundle", "not JSON") from None
+        data = json_document(text)
         formats = {BUNDLE_FORMAT: 2, BUNDLE_FORMAT_V1: 1}
         if not isinstance(data, dict) or data.get("format") not in formats:
             raise MalformedRecord("bad_bundle", f"format must be {BUNDLE_FORMAT!r} "
@@ -160,7 +159,7 @@ class ProofBundle:
         return cls(
             record=json_hex(json_field(data, "record", str), "record"),
             device_public_key=json_hex(json_field(data, "device_public_key", str),
-                                       "device_public_key"),
+                                       "device_public_key", PUBLIC_KEY_BYTES),
             leaf_index=json_field(data, "leaf_index", int),
             tree_size=json_field(data, "tree_size", int),
             inclusion_proof=json_proof(data, "inclusion_proof"),
@@ -171,6 +170,15 @@ class ProofBundle:
             version=version,
             attestations=tuple(_attestation_from(item) for item in items),
         )
+
+
+def json_document(text: str | bytes) -> Any:
+    """Parse JSON text; MalformedRecord("bad_bundle", "not JSON") for anything that is not,
+    including hostile input (bytes in no UTF encoding, nesting too deep: :func:`parse_json`)."""
+    try:
+        return parse_json(text)
+    except ValueError:  # also UnicodeDecodeError
+        raise MalformedRecord("bad_bundle", "not JSON") from None
 
 
 def json_proof(data: dict[str, Any], name: str) -> tuple[bytes, ...]:
@@ -206,14 +214,19 @@ def json_field(data: dict[str, Any], name: str, kind: type) -> Any:
     return value
 
 
-def json_hex(value: object, name: str) -> bytes:
-    """Hex text as bytes; MalformedRecord("bad_bundle") naming ``name`` otherwise."""
+def json_hex(value: object, name: str, length: int | None = None) -> bytes:
+    """Hex text as bytes (of exactly ``length`` bytes, if given); MalformedRecord("bad_bundle")
+    naming ``name`` otherwise."""
     if not isinstance(value, str):
         raise MalformedRecord("bad_bundle", f"{name} must be hex text")
     try:
-        return bytes.fromhex(value.removeprefix("0x"))
+        raw = bytes.fromhex(value.removeprefix("0x"))
     except ValueError:
         raise MalformedRecord("bad_bundle", f"{name} is not hex") from None
+    if length is not None and len(raw) != length:
+        raise MalformedRecord("bad_bundle", f"{name} must be {length} bytes ({2 * length} hex "
+                              f"digits), not {len(raw)}")
+    return raw
 
 
 def _anchor_from(data: object) -> EthereumAnchor:
@@ -282,9 +295,16 @@ def key_in_force(enrolment_key: bytes, rotations: Sequence[bytes], device_id: by
     ``rotations`` are the signed bytes of every key-rotation record of the device with a
     seq below ``seq``, in seq order. The enrolment key must hash to ``device_id``; each
     rotation must be the device's, signed by the key in force at its seq; the key a rotation
-    at seq ``r`` names signs every record after ``r``. Raises VerificationError otherwise.
+    at seq ``r`` names signs every record after ``r``. Raises VerificationError otherwise
+    (MalformedRecord ``bad_key`` / ``bad_device_id`` for a key or id of the wrong length).
     A verifier cannot see a rotation the list leaves out; the record's signature then fails.
     """
+    if len(enrolment_key) != PUBLIC_KEY_BYTES:
+        raise MalformedRecord("bad_key", f"the device key must be {PUBLIC_KEY_BYTES} bytes, "
+                              f"not {len(enrolment_key)}")
+    if len(device_id) != DEVICE_ID_BYTES:
+        raise MalformedRecord("bad_device_id", f"the device id must be {DEVICE_ID_BYTES} "
+                              f"bytes, not {len(device_id)}")
     if device_id_for(enrolment_key) != device_id:
         raise VerificationError("the device key in the bundle is not the device's enrolment "
                                 "key (its device id differs)")
@@ -303,6 +323,9 @@ def key_in_force(enrolment_key: bytes, rotations: Sequence[bytes], device_id: by
 
 def _record(bundle: ProofBundle) -> tuple[SignedRecord, str]:
     message, record = parse_signed_record(bundle.record)
+    if len(bundle.device_public_key) != PUBLIC_KEY_BYTES:  # before hashing it (§3.3)
+        raise MalformedRecord("bad_key", f"the bundle's device key is "
+                              f"{len(bundle.device_public_key)} bytes, not {PUBLIC_KEY_BYTES}")
     if bundle.version == 1 and device_id_for(bundle.device_public_key) != message.kid:
         raise VerificationError("version 1 bundle of a record signed with a rotated key: "
                                 "nothing proves the key is the device's; save the bundle "

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from typing import Any
 
 import pytest
 
 from protocol import merkle
-from protocol.bundle import EthereumAnchor, ProofBundle, RotationProof, verify_bundle
+from protocol.bundle import (
+    EthereumAnchor,
+    ProofBundle,
+    RotationProof,
+    key_in_force,
+    verify_bundle,
+)
 from protocol.checkpoint import Checkpoint, checkpoint_hash
 from protocol.errors import MalformedRecord, VerificationError
+from protocol.jsontext import parse_json
 from protocol.keys import Secret, SigningKey, device_id_for
 from protocol.note import NoteSigner
 from protocol.record import (
@@ -213,3 +221,57 @@ def test_version_1_bundles_stay_readable_but_an_unproven_rotated_key_fails() -> 
     rotated = ProofBundle.from_json(_as_version_1(_rotated_bundle(), K1.public_key))
     with pytest.raises(VerificationError, match=r"^record signature: version 1 bundle"):
         verify_bundle(rotated, trusted_gateway_key=GATEWAY.verifier_text())
+
+
+# --- hostile bundle files: a clear MalformedRecord, never a library exception ----------
+
+
+@pytest.mark.parametrize("length", [0, 1, 31, 33])
+def test_bundle_with_a_device_key_of_the_wrong_length_is_malformed_not_a_value_error(
+        length: int) -> None:
+    data = json.loads(_bundle().to_json())
+    data["device_public_key"] = "ab" * length
+    with pytest.raises(MalformedRecord, match="device_public_key must be 32 bytes") as caught:
+        ProofBundle.from_json(json.dumps(data))
+    assert caught.value.reason == "bad_bundle"
+    # A bundle built in code (not read from JSON) fails closed the same way, by check name.
+    for version in (1, 2):
+        short = dataclasses.replace(_bundle(), device_public_key=b"\x11" * length,
+                                    version=version)
+        with pytest.raises(VerificationError, match=r"^record signature: bad_key:"):
+            verify_bundle(short, trusted_gateway_key=GATEWAY.verifier_text())
+
+
+def test_key_in_force_refuses_a_key_or_device_id_of_the_wrong_length() -> None:
+    device_id = device_id_for(K0.public_key)
+    with pytest.raises(MalformedRecord, match="bad_key"):
+        key_in_force(K0.public_key[:31], [], device_id, 1)
+    with pytest.raises(MalformedRecord, match="bad_device_id"):
+        key_in_force(K0.public_key, [], device_id[:5], 1)
+
+
+@pytest.mark.parametrize("text", [
+    "[" * 100_000 + "]" * 100_000,
+    '{"a":' * 100_000 + "1" + "}" * 100_000,
+    b"\xff\xfe\x00\xd8",  # no UTF encoding
+])
+def test_deeply_nested_or_undecodable_bundle_json_is_bad_bundle_not_a_recursion_error(
+        text: str | bytes) -> None:
+    with pytest.raises(MalformedRecord, match=r"^bad_bundle: not JSON$"):
+        ProofBundle.from_json(text)
+
+
+def test_deep_json_is_refused_before_parsing_even_with_a_raised_recursion_limit() -> None:
+    """py_ecc (imported with the chain libraries) raises the limit to 100 000: json's C
+    parser would then overflow the C stack on this text and crash the process, so the
+    depth is bounded before json sees it."""
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(100_000)
+    try:
+        with pytest.raises(ValueError, match="nested deeper"):
+            parse_json("[" * 100_000 + "]" * 100_000)
+        with pytest.raises(MalformedRecord, match=r"^bad_bundle: not JSON$"):
+            ProofBundle.from_json("{" + '"a":[' * 50_000)
+    finally:
+        sys.setrecursionlimit(old)
+    assert parse_json('{"a": ["[[[", {"b": "}}"}]}') == {"a": ["[[[", {"b": "}}"}]}

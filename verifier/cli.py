@@ -10,10 +10,12 @@
                             [--no-scan] [--json]
     edgeproof-verify signing-key | request | document ...   (verifier/contract_cli.py)
 
-Exit status (docs/CLI.md) 0 only when every requested check passed; 1 when a check failed;
-2 for bad usage, when something could not be fetched, or when the record is logged but no
-checkpoint (with ``--rpc``: no anchored checkpoint) covers it yet (``--wait`` waits for
-one); 130 when interrupted (how ``records --follow`` ends).
+Exit status (docs/CLI.md) 0 only when every requested check passed; 1 when a check failed
+(or the gateway refused a submitted document, with its reason code); 2 for bad usage
+(including a ``--gateway``/``--rpc`` that is no http(s) URL and a ``--gateway-key`` that is
+no verifier key nor a file holding one), when something could not be fetched, or when the
+record is logged but no checkpoint (with ``--rpc``: no anchored checkpoint) covers it yet
+(``--wait`` waits for one); 130 when interrupted (how ``records --follow`` ends).
 """
 
 from __future__ import annotations
@@ -31,7 +33,13 @@ from osutil.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, add_v
 from osutil.jsonrpc import JsonRpc
 from protocol.bundle import EthereumAnchor, ProofBundle, RotationProof, verify_bundle
 from protocol.checkpoint import Checkpoint, checkpoint_hash
-from protocol.errors import EdgeproofError, MalformedRecord, VerificationError
+from protocol.errors import (
+    ConfigError,
+    EdgeproofError,
+    MalformedRecord,
+    RejectedByPeer,
+    VerificationError,
+)
 from protocol.keys import RecipientKey, load_recipient_key
 from protocol.note import NoteVerifier
 from protocol.signed import parse_signed_record
@@ -42,6 +50,7 @@ from verifier.client import (
     GatewayClient,
     LoggedRecord,
     anchoring_transaction,
+    check_url,
 )
 from verifier.payout import verify_payout
 from verifier.quality import covering_attestations
@@ -192,6 +201,7 @@ def main(argv: Sequence[str] | None = None, waiting: Waiting | None = None) -> i
 def _main(argv: Sequence[str] | None, waiting: Waiting | None) -> int:
     args = _parser().parse_args(argv)
     try:
+        _check_options(args)
         if args.command == "bundle":
             return _cmd_bundle(args)
         if args.command == "record":
@@ -205,12 +215,56 @@ def _main(argv: Sequence[str] | None, waiting: Waiting | None) -> int:
         if args.command in contract_cli.COMMANDS:
             return contract_cli.run(args)
         return _cmd_decrypt(args)
-    except VerificationError as exc:
+    except (VerificationError, RejectedByPeer) as exc:  # a refusal: the gateway's check failed
         print(f"edgeproof-verify: FAILED: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except (EdgeproofError, OSError) as exc:
         print(f"edgeproof-verify: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Check the URLs and the gateway key given on the command line before anything is
+    fetched: they are the user's input, so a typo is bad usage (ConfigError, exit 2) and
+    never a failed check (exit 1). A bad key inside a bundle stays a failed check.
+
+    ``args.gateway_key`` is replaced by the key text (read from its file if one was named).
+    """
+    for option, what in (("gateway", "--gateway"), ("rpc", "--rpc")):
+        url = getattr(args, option, None)
+        if url is not None:
+            check_url(url, what)
+    if getattr(args, "gateway_key", None) is not None:
+        args.gateway_key = _gateway_key_option(args.gateway_key)
+
+
+def _gateway_key_option(value: str) -> str:
+    """A ``--gateway-key``: verifier key text, or a file holding it (as
+    :func:`verifier.contract_cli.gateway_key_arg` reads it); the key text, once it parses
+    as a gateway verifier key. ConfigError naming the option otherwise."""
+    text = value.strip()
+    path = Path(value)
+    try:
+        is_dir, is_file = path.is_dir(), path.is_file()
+    except (OSError, ValueError):  # a name too long or with a NUL: no file, so key text
+        is_dir = is_file = False
+    if "+" not in value:
+        if is_dir:
+            raise ConfigError(f"--gateway-key {value!r} is a directory, not a key or a file "
+                              "holding one")
+        if is_file:
+            try:
+                text = path.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                raise ConfigError(f"--gateway-key {value!r}: cannot read it: {why}") from None
+    try:
+        NoteVerifier.from_text(text)
+    except MalformedRecord as exc:
+        raise ConfigError(f"--gateway-key {value!r} is not a gateway verifier key "
+                          f"(name+id+base64, from `edgeproof-gateway verifier-key`) nor a "
+                          f"file holding one: {exc.reason}") from None
+    return text
 
 
 def _print_report(passed: list[tuple[str, str]], extra: dict[str, object],

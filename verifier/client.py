@@ -11,17 +11,28 @@ the expected shape becomes :class:`~protocol.errors.MalformedRecord`.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
 from osutil.jsonrpc import JsonRpc, quantity
-from protocol.errors import MalformedRecord, TransportError
+from protocol.errors import (
+    ConfigError,
+    EdgeproofError,
+    MalformedRecord,
+    RejectedByPeer,
+    TransportError,
+)
+from protocol.jsontext import parse_json
 
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 TIMEOUT_S = 10.0
+# Devices asked for per page of GET /v1/owners/{owner_key}/devices (the gateway's cap).
+OWNER_DEVICES_PAGE = 1000
+# Wallet bindings asked for per page of GET /v1/wallets (the gateway's cap).
+WALLETS_PAGE = 1000
 
 
 @dataclass(frozen=True)
@@ -77,15 +88,15 @@ def _post(session: requests.Session, url: str, body: bytes) -> tuple[int, Any]:
     except requests.RequestException as exc:
         raise TransportError(f"cannot reach {url}: {exc.__class__.__name__}") from None
     try:
-        return status, json.loads(answer)
-    except ValueError:
+        return status, parse_json(answer)
+    except ValueError:  # also no UTF encoding, or nested too deep (parse_json)
         raise MalformedRecord("bad_response", f"{url}: HTTP {status}, not JSON") from None
 
 
 def _json(fetched: _Fetched) -> Any:
     try:
-        return json.loads(fetched.body)
-    except ValueError:  # also UnicodeDecodeError: a body in no UTF encoding
+        return parse_json(fetched.body)
+    except ValueError:  # also UnicodeDecodeError, and nesting too deep (parse_json)
         raise MalformedRecord("bad_response", f"{fetched.url}: not JSON") from None
 
 
@@ -115,12 +126,24 @@ class LoggedRecord:
     record: bytes
 
 
+def check_url(url: str, what: str = "--gateway") -> str:
+    """An http(s) URL with a host, as given; ConfigError (bad usage, exit 2) otherwise."""
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and \
+            (parts.port is None or parts.port > 0)
+    except ValueError:  # an unbalanced [ in the host, a port that is not a number
+        ok = False
+    if not ok:
+        raise ConfigError(f"{what} must be an http(s)://host[:port] URL, not {url!r}")
+    return url
+
+
 class GatewayClient:
     """The public, read-only part of a gateway's HTTP API."""
 
     def __init__(self, base_url: str, session: requests.Session | None = None) -> None:
-        if not base_url.startswith(("http://", "https://")):
-            raise MalformedRecord("bad_url", f"gateway URL must be http(s)://...: {base_url}")
+        check_url(base_url)
         self.base = base_url.rstrip("/")
         self.session = session or requests.Session()
 
@@ -143,12 +166,24 @@ class GatewayClient:
                 _hex(data.get("balances"), "balances table"))
 
     def wallet_bindings(self) -> list[tuple[int, bytes]]:
-        """(leaf index, signed bytes) of every wallet binding the gateway logged."""
-        data = _json(_get(self.session, f"{self.base}/v1/wallets"))
-        if not isinstance(data, list) or not all(isinstance(w, dict) for w in data):
-            raise MalformedRecord("bad_response", "wallet list is not a list of objects")
-        return [(_int(w.get("leaf_index"), "leaf index"), _hex(w.get("document"), "binding"))
-                for w in data]
+        """(leaf index, signed bytes) of every wallet binding the gateway logged, every page
+        (in log order: a page that does not move forward is a bad answer, not a loop)."""
+        found: list[tuple[int, bytes]] = []
+        after = -1
+        while True:
+            data = _json(_get(self.session, f"{self.base}/v1/wallets", after=after,
+                              limit=WALLETS_PAGE))
+            if not isinstance(data, list) or not all(isinstance(w, dict) for w in data):
+                raise MalformedRecord("bad_response", "wallet list is not a list of objects")
+            page = [(_int(w.get("leaf_index"), "leaf index"), _hex(w.get("document"),
+                                                                   "binding")) for w in data]
+            if any(index <= last for index, last in zip(
+                    [i for i, _ in page], [after] + [i for i, _ in page], strict=False)):
+                raise MalformedRecord("bad_response", "wallet bindings out of log order")
+            found += page
+            if len(page) < WALLETS_PAGE:
+                return found
+            after = page[-1][0]
 
     def leaf(self, index: int) -> LoggedRecord:
         return _logged(_json(_get(self.session, f"{self.base}/v1/leaves/{index}")))
@@ -191,9 +226,17 @@ class GatewayClient:
         data = _json(_get(self.session, f"{self.base}/v1/devices/{device_id.hex()}/keys"))
         keys = data.get("keys") if isinstance(data, dict) else None
         if not isinstance(keys, list) or not keys:
-            raise MalformedRecord("bad_response", "device keys: no list")
-        return [(_int(k.get("from_seq"), "from_seq"), _hex(k.get("public_key"), "public_key"))
-                for k in keys if isinstance(k, dict)]
+            raise MalformedRecord("bad_response", "device keys: no list, or an empty one")
+        out = []
+        for k in keys:
+            if not isinstance(k, dict):
+                raise MalformedRecord("bad_response", "device keys: an entry is not an object")
+            key = _hex(k.get("public_key"), "public_key")
+            if len(key) != 32:
+                raise MalformedRecord("bad_response", f"device keys: a public key of "
+                                      f"{len(key)} bytes, not 32")
+            out.append((_int(k.get("from_seq"), "from_seq"), key))
+        return out
 
     def inclusion_proof(self, index: int, tree_size: int) -> list[bytes]:
         data = _json(_get(self.session, f"{self.base}/v1/proofs/inclusion", index=index,
@@ -236,12 +279,22 @@ class LoggedDocument:
     received_ms: int
 
 
-class DocumentRefusedByGateway(TransportError):
-    """The gateway refused a submitted document; ``reason`` is its reason code."""
+class DocumentRefusedByGateway(RejectedByPeer):
+    """The gateway refused a submitted document for good; ``reason`` is its reason code.
+
+    A refusal, not a transport failure: the gateway checked the document and it broke a
+    rule (docs/PROTOCOL.md §16.3), so sending it again unchanged cannot help. The message
+    always carries the reason code.
+    """
 
     def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
+        super().__init__(detail if not reason or reason in detail else f"{reason}: {detail}")
         self.reason = reason
+
+
+class NoOwnerKey(EdgeproofError):
+    """The gateway registered no owner key for the device: there is nothing to check its
+    consents against, so an audit cannot be made (could not check, not a failed check)."""
 
 
 class DocumentClient(GatewayClient):
@@ -281,20 +334,43 @@ class DocumentClient(GatewayClient):
         return found[0]
 
     def owner_key(self, device_id: bytes) -> bytes:
-        """The owner key the gateway registered for a device (MalformedRecord if none)."""
+        """The owner key the gateway registered for a device.
+
+        Raises NoOwnerKey if the gateway has none for it (``owner_key`` null or absent: the
+        device was enrolled without one), MalformedRecord if the answer is not a 32-byte key.
+        """
         data = _json(_get(self.session, f"{self.base}/v1/devices/{device_id.hex()}/keys"))
-        key = _hex(data.get("owner_key") if isinstance(data, dict) else None, "owner_key")
+        if not isinstance(data, dict):
+            raise MalformedRecord("bad_response", "device keys: not an object")
+        if data.get("owner_key") is None:
+            raise NoOwnerKey(f"device {device_id.hex()} has no owner key at the gateway "
+                             "(enrolled without --owner-key): an audit needs the owner key "
+                             "to check consents against")
+        key = _hex(data["owner_key"], "owner_key")
         if len(key) != 32:
-            raise MalformedRecord("bad_response", "the device has no owner key")
+            raise MalformedRecord("bad_response", f"owner_key of {len(key)} bytes, not 32")
         return key
 
     def owner_devices(self, owner_key: bytes) -> list[tuple[bytes, str, str]]:
-        """(device id, name, status) of the devices pinned to an owner key."""
-        data = _json(_get(self.session, f"{self.base}/v1/owners/{owner_key.hex()}/devices"))
-        if not isinstance(data, list):
-            raise MalformedRecord("bad_response", "owner devices: no list")
-        return [(_hex(d.get("device_id"), "device id"), str(d.get("name")),
-                 str(d.get("status"))) for d in data if isinstance(d, dict)]
+        """(device id, name, status) of the devices pinned to an owner key, every page.
+
+        The gateway answers a page at a time by name; a device already seen (a gateway that
+        ignores ``after`` repeats its list) ends the walk rather than looping.
+        """
+        url = f"{self.base}/v1/owners/{owner_key.hex()}/devices"
+        found: dict[bytes, tuple[bytes, str, str]] = {}
+        after = ""
+        while True:
+            data = _json(_get(self.session, url, after=after, limit=OWNER_DEVICES_PAGE))
+            if not isinstance(data, list):
+                raise MalformedRecord("bad_response", "owner devices: no list")
+            page = [(_hex(d.get("device_id"), "device id"), str(d.get("name")),
+                     str(d.get("status"))) for d in data if isinstance(d, dict)]
+            new = [row for row in page if row[0] not in found]
+            found.update((row[0], row) for row in new)
+            if len(page) < OWNER_DEVICES_PAGE or len(new) < len(page):
+                return list(found.values())
+            after = page[-1][1]
 
     def submit(self, raw: bytes) -> tuple[int, bool]:
         """Submit a signed document; return (leaf index, already logged).
@@ -306,8 +382,8 @@ class DocumentClient(GatewayClient):
             raise MalformedRecord("bad_response", "submit: not an object")
         if status in (200, 201):
             return _int(answer.get("index"), "index"), bool(answer.get("duplicate"))
-        raise DocumentRefusedByGateway(str(answer.get("reason", "")),
-                                       f"gateway refused it: {answer.get('detail')}")
+        reason = str(answer.get("reason") or "")
+        raise DocumentRefusedByGateway(reason, f"gateway refused it: {answer.get('detail')}")
 
 
 def _documents(data: object) -> list[LoggedDocument]:

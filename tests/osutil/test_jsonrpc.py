@@ -134,3 +134,12 @@ def test_a_node_urls_api_key_never_reaches_an_error_or_a_log_line() -> None:
         JsonRpc("http://127.0.0.1:9/v3/S3CRETKEY", timeout_s=2).chain_id()
     assert "S3CRETKEY" not in str(refused.value)
     assert "http://127.0.0.1:9" in str(refused.value)
+
+
+def test_a_node_answering_deeply_nested_json_is_a_transport_error_not_a_crash(
+        node: Node) -> None:
+    # The anchor and the payout read a node nobody vouches for; in a process that loaded
+    # py_ecc (recursion limit 100,000) json's decoder overflowed the C stack on this.
+    node.answer = lambda req: (200, b"[" * 500_000)
+    with pytest.raises(TransportError, match="without a JSON-RPC object"):
+        JsonRpc(node.url, timeout_s=5).chain_id()
