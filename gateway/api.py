@@ -15,12 +15,16 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response, params
-from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exception_handlers import (
+    http_exception_handler,
+    request_validation_exception_handler,
+)
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.api_context import ApiContext
 from gateway.config import HttpLimits
@@ -205,6 +209,23 @@ def _parameter_errors(count: Callable[[str], None]
     return refused
 
 
+def _body_errors(count: Callable[[str], None]
+                 ) -> Callable[[Request, Exception], Awaitable[Response]]:
+    """FastAPI's own HTTP errors, answered as FastAPI does; a body it could not parse at
+    all (FastAPI answers 400 for any exception json raises: RecursionError for JSON nested
+    deeper than the interpreter's limit, say) is counted ``bad_body`` and says why."""
+    async def answered(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 400 and exc.__cause__ is not None \
+                and exc.detail == "There was an error parsing the body":
+            count(BAD_BODY)
+            why = ("JSON nested too deep" if isinstance(exc.__cause__, RecursionError)
+                   else "not a JSON document")
+            return JSONResponse({"detail": f"request body: {why}"}, status_code=400)
+        return await http_exception_handler(request, exc)
+    return answered
+
+
 def create_app(ctx: ApiContext, limits: HttpLimits | None = None) -> FastAPI:
     """Return the FastAPI application serving ``ctx``, guarded by ``limits``.
 
@@ -237,6 +258,9 @@ def create_app(ctx: ApiContext, limits: HttpLimits | None = None) -> FastAPI:
     add_dashboard_routes(app, ctx)
     app.add_exception_handler(RequestValidationError,
                               _parameter_errors(ctx.metrics.http_rejected))
+    # Starlette's class: FastAPI raises it for a body it cannot parse (its own subclass for
+    # the routes' errors), and a handler of the subclass would miss it.
+    app.add_exception_handler(StarletteHTTPException, _body_errors(ctx.metrics.http_rejected))
     app.add_middleware(
         RequestGuard, admin_token=ctx.admin_token.value,
         admin_routes=[r for r in app.routes if isinstance(r, APIRoute) and "admin" in r.tags],

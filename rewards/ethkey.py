@@ -13,6 +13,7 @@ chain backend.
 from __future__ import annotations
 
 import secrets
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -24,8 +25,14 @@ if TYPE_CHECKING:
 
 
 def _account() -> type[AccountType]:
+    limit = sys.getrecursionlimit()
     from eth_account import Account  # noqa: PLC0415 - imported on first use (see above)
 
+    # py_ecc, which eth_account imports, raises the interpreter's recursion limit to 100,000
+    # for good. With it, json's C decoder given deeply nested input overflows the C stack
+    # instead of raising RecursionError: a 64 KiB body of "[" from anyone killed a gateway
+    # with a chain backend (SIGSEGV). Nothing of eth_account's that we call needs it.
+    sys.setrecursionlimit(limit)
     return Account
 
 

@@ -229,3 +229,16 @@ def test_a_flood_of_invalid_requests_writes_a_few_log_lines_not_one_each(served)
     lines = [line for line in served.log.read_text().splitlines()
              if "Invalid HTTP request received" in line]
     assert 1 <= len(lines) <= 5, lines
+
+
+def test_deeply_nested_json_is_a_counted_400_and_the_gateway_goes_on(served) -> None:
+    # json's decoder recurses per level: 4,000 levels raised RecursionError inside FastAPI
+    # (a 500), and past the recursion limit py_ecc sets it overflowed the C stack (SIGSEGV:
+    # rewards/ethkey.py puts the limit back).
+    before = served.rejections("bad_body")
+    answer = httpx.post(f"{served.url}/v1/wallets", content=b"[" * (MAX_BODY - 10),
+                        headers={"Content-Type": "application/json"}, timeout=WAIT_S)
+    assert answer.status_code == 400, answer.text
+    assert "\n" not in answer.json()["detail"]
+    assert served.rejections("bad_body") == before + 1, answer.text
+    assert httpx.get(f"{served.url}/healthz", timeout=WAIT_S).status_code == 200
