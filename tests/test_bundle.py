@@ -36,19 +36,22 @@ from protocol.signed import parse_signed_record, sign_record
 GATEWAY = NoteSigner("gateway.test/log", bytes(range(32)))
 
 
-def _bundle(index: int = 3, size: int = 7) -> ProofBundle:
-    key = SigningKey(Secret(bytes(range(1, 33))))
+def cpu_log(key: SigningKey, size: int) -> tuple[list[bytes], list[bytes]]:
+    """``size`` chained CPU-temperature records signed by ``key``, and their leaf hashes."""
     device_id = device_id_for(key.public_key)
-    leaves = []
-    records = []
-    prev = GENESIS_PREV
+    records, prev = [], GENESIS_PREV
     for seq in range(size):
         signed = sign_record(Record(1, seq, prev, 1_764_403_200_000 + seq, True, seq, "cpu",
                                     Values((Measurement(400 + seq, -1, "Cel"),))),
                              device_id, key)
         prev = signed.hash
         records.append(signed.raw)
-        leaves.append(merkle.leaf_hash(signed.raw))
+    return records, [merkle.leaf_hash(r) for r in records]
+
+
+def _bundle(index: int = 3, size: int = 7) -> ProofBundle:
+    key = SigningKey(Secret(bytes(range(1, 33))))
+    records, leaves = cpu_log(key, size)
     note = Checkpoint(GATEWAY.name, size, merkle.root(leaves)).sign(GATEWAY)
     return ProofBundle(records[index], key.public_key, index, size,
                        tuple(merkle.inclusion_proof(leaves, index)), note,

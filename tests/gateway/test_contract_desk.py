@@ -91,12 +91,19 @@ def test_store_made_before_owners_had_keys_opens_and_keeps_its_devices(tmp_path:
     reopened.close()
 
 
-def test_courier_bounds_pending_syncs_and_answers_a_flood_once(tmp_path: Path) -> None:
-    store, *_, device_id, _ = _setup(tmp_path)
+def courier_for(store: SQLiteLogStore, **options: int
+                ) -> tuple[PolicyCourier, list[tuple[str, bytes]], GatewayMetrics]:
+    """A courier on ``store`` whose answers land in the list it returns."""
     metrics = GatewayMetrics()
     sent: list[tuple[str, bytes]] = []
     courier = PolicyCourier(store, lambda t, p: sent.append((t, p)) is None, metrics,
-                            lambda: 0.0, max_pending=2)
+                            lambda: 0.0, **options)
+    return courier, sent, metrics
+
+
+def test_courier_bounds_pending_syncs_and_answers_a_flood_once(tmp_path: Path) -> None:
+    store, *_, device_id, _ = _setup(tmp_path)
+    courier, sent, metrics = courier_for(store, max_pending=2)
     for _ in range(100):  # one device asking again and again: one pending answer
         courier.sync(device_id, 0)
     courier.sync(b"x" * 16, 0)
@@ -119,10 +126,7 @@ def test_a_sync_from_past_the_log_is_answered_and_the_courier_serves_the_next_de
     # Before: PolicySync(2^64 - 1) reached SQLite as an index, raised OverflowError and
     # ended the courier's thread: no device got its documents until a restart.
     store, *_, device_id, _ = _setup(tmp_path)
-    metrics = GatewayMetrics()
-    sent: list[tuple[str, bytes]] = []
-    courier = PolicyCourier(store, lambda t, p: sent.append((t, p)) is None, metrics,
-                            lambda: 0.0)
+    courier, sent, _ = courier_for(store)
     courier.start()
     try:
         courier.sync(b"z" * 16, 2**64 - 1)
@@ -138,10 +142,7 @@ def test_a_sync_from_past_the_log_is_answered_and_the_courier_serves_the_next_de
 
 def test_a_fault_in_one_answer_is_counted_and_the_courier_goes_on(tmp_path: Path) -> None:
     store, *_, device_id, _ = _setup(tmp_path)
-    metrics = GatewayMetrics()
-    sent: list[tuple[str, bytes]] = []
-    courier = PolicyCourier(store, lambda t, p: sent.append((t, p)) is None, metrics,
-                            lambda: 0.0)
+    courier, sent, metrics = courier_for(store)
     real = store.device_documents
     failing = {b"f" * 16}
 

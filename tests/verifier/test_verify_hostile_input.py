@@ -32,8 +32,7 @@ from protocol.keys import (
     save_signing_key,
 )
 from protocol.note import NoteSigner
-from protocol.record import GENESIS_PREV, Measurement, Record, Values
-from protocol.signed import sign_record
+from tests.test_bundle import cpu_log
 from verifier.cli import main as verify
 from verifier.client import DocumentClient, DocumentRefusedByGateway, GatewayClient, NoOwnerKey
 
@@ -48,14 +47,7 @@ DEEP = "[" * 100_000 + "]" * 100_000
 
 
 def _log() -> tuple[list[bytes], str]:
-    records, prev = [], GENESIS_PREV
-    for seq in range(SIZE):
-        signed = sign_record(Record(1, seq, prev, 1_764_403_200_000 + seq, True, seq, "cpu",
-                                    Values((Measurement(400 + seq, -1, "Cel"),))),
-                             DEVICE_ID, DEVICE)
-        prev = signed.hash
-        records.append(signed.raw)
-    leaves = [merkle.leaf_hash(r) for r in records]
+    records, leaves = cpu_log(DEVICE, SIZE)
     return records, Checkpoint(GATEWAY.name, SIZE, merkle.root(leaves)).sign(GATEWAY)
 
 
