@@ -64,6 +64,9 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self';
        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 PAGE_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
                 "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
+# On every JSON answer here: its text (owner names, sites, streams) is never sniffed as
+# anything but application/json.
+JSON_HEADERS = {"X-Content-Type-Options": "nosniff"}
 SUMMARY_TTL_S = 1.0
 RECENT_CHECKPOINTS = 10
 DEFAULT_PAGE = 50
@@ -353,29 +356,36 @@ def add_dashboard_routes(app: FastAPI, ctx: ApiContext) -> None:
 
     @app.get("/v1/dashboard/summary", tags=["dashboard"],
              summary="Counters, recent checkpoints with their anchors, and time series")
-    def dashboard_summary() -> dict[str, object]:
+    def dashboard_summary(response: Response) -> dict[str, object]:
+        response.headers.update(JSON_HEADERS)
         return cached.get()
 
     @app.get("/v1/dashboard/devices", response_model=DevicePage, tags=["dashboard"],
              summary="Devices by name with their state, a page at a time")
-    def dashboard_devices(after: Cursor = "", limit: PageLimit = DEFAULT_PAGE) -> DevicePage:
+    def dashboard_devices(response: Response, after: Cursor = "",
+                          limit: PageLimit = DEFAULT_PAGE) -> DevicePage:
+        response.headers.update(JSON_HEADERS)
         return device_page(ctx, after, limit)
 
     @app.get("/v1/dashboard/quality", response_model=list[QualityRow], tags=["dashboard"],
              summary="Logged quality attestations decoded, in log order, a page at a time")
-    def dashboard_quality(after: LeafCursor = -1,
+    def dashboard_quality(response: Response, after: LeafCursor = -1,
                           limit: PageLimit = DEFAULT_PAGE) -> list[QualityRow]:
+        response.headers.update(JSON_HEADERS)
         return quality_page(ctx, after, limit)
 
     @app.get("/v1/dashboard/lapses", response_model=list[LapseRow], tags=["dashboard"],
              summary="Logged lapse notices decoded, in log order, a page at a time")
-    def dashboard_lapses(after: LeafCursor = -1,
+    def dashboard_lapses(response: Response, after: LeafCursor = -1,
                          limit: PageLimit = DEFAULT_PAGE) -> list[LapseRow]:
+        response.headers.update(JSON_HEADERS)
         return lapse_page(ctx, after, limit)
 
     @app.get("/v1/owners", response_model=OwnerPage, tags=["log"],
              summary="Settled credit per owner now, by owner (UTF-8 bytes), a page at a time")
-    def owners(after: Cursor = "", limit: PageLimit = DEFAULT_PAGE) -> OwnerPage:
+    def owners(response: Response, after: Cursor = "",
+               limit: PageLimit = DEFAULT_PAGE) -> OwnerPage:
+        response.headers.update(JSON_HEADERS)
         rows = [OwnerCreditOut(owner=o.owner, balance_micro=o.balance_micro, devices=o.devices)
                 for o in ctx.store.owner_credits(after, limit)]
         return OwnerPage(owners=rows,

@@ -30,6 +30,24 @@ function fmtTime(ms) {
   return ms === null || ms === undefined ? "–" : new Date(ms).toLocaleTimeString("en-GB");
 }
 
+// A signed time as ISO 8601. A value JavaScript cannot hold as a date (a device's clock may
+// sign any uint64; Date stops at year 275760) is shown as the number: toISOString() would
+// throw and take the whole table with it.
+function fmtIso(ms) {
+  const d = new Date(ms);
+  return Number.isNaN(d.getTime()) ? `${fmtInt(ms)} ms` : d.toISOString().replace(".000Z", "Z");
+}
+
+// Text from outside (names, streams, fields) inside a line of other text: in its own
+// bidi-isolated element, so a right-to-left override (U+202E) in it cannot reorder what
+// follows it on the line (the id and state beside a name, the field beside a stream).
+function isolated(parent, text) {
+  const bdi = document.createElement("bdi");
+  bdi.textContent = text;
+  parent.appendChild(bdi);
+  return bdi;
+}
+
 function setText(id, text) {
   const el = $(id);
   if (el.textContent !== text) el.textContent = text;
@@ -43,12 +61,32 @@ function cell(row, text, cls) {
   return td;
 }
 
+// A name from outside (an owner, a site: up to 128 characters of anything printable): cut
+// short with an ellipsis by the style sheet, whole in its tooltip, so one long name cannot
+// push every row's state and credit off the side of the table.
+function textCell(row, text) {
+  const td = cell(row, text, "text");
+  td.title = text;
+  return td;
+}
+
+// An owner as a chart label (drawn on the canvas, so the style sheet cannot cut it).
+function shortLabel(text) {
+  const chars = Array.from(text);
+  return chars.length > 24 ? chars.slice(0, 23).join("") + "…" : text;
+}
+
 function fillTable(id, rows, render) {
   const body = $(id).tBodies[0];
   const fresh = document.createElement("tbody");
   for (const item of rows) {
-    const tr = document.createElement("tr");
-    render(tr, item);
+    let tr = document.createElement("tr");
+    try {
+      render(tr, item);
+    } catch (err) {  // one row the page cannot draw must not blank the rest of the table
+      tr = document.createElement("tr");
+      cell(tr, `(row not shown: ${err})`, "unreadable").colSpan = $(id).tHead.rows[0].cells.length;
+    }
     fresh.appendChild(tr);
   }
   body.replaceWith(fresh);
@@ -129,7 +167,7 @@ function drawOwners(rows) {
                    paths: uPlot.paths.bars({ size: [0.6, 80] }), points: { show: false } }],
     scales: { x: { time: false, range: () => [-0.5, Math.max(ownerNames.length, 1) - 0.5] } },
     axes: [{ splits: () => ownerNames.map((_, i) => i),
-             values: (u, splits) => splits.map((i) => ownerNames[i] ?? "") },
+             values: (u, splits) => splits.map((i) => shortLabel(ownerNames[i] ?? "")) },
            { label: "credits" }],
   };
   charts["chart-owners"] = { plot: new uPlot(opts, data, el), shape: "owners" };
@@ -223,9 +261,9 @@ function deviceState(d) {
 }
 
 const devices = new Pager("devices", "/v1/dashboard/devices", "devices", (tr, d) => {
-  cell(tr, d.name);
+  textCell(tr, d.name);
   cell(tr, d.device_id, "id");
-  cell(tr, d.owner);
+  textCell(tr, d.owner);
   const state = deviceState(d);
   cell(tr, state, `state-${state}`);
   cell(tr, d.last_seq === null ? "–" : fmtInt(d.last_seq), "num");
@@ -234,7 +272,7 @@ const devices = new Pager("devices", "/v1/dashboard/devices", "devices", (tr, d)
 });
 
 const owners = new Pager("owners", "/v1/owners", "owners", (tr, o) => {
-  cell(tr, o.owner);
+  textCell(tr, o.owner);
   cell(tr, fmtInt(o.devices), "num");
   cell(tr, fmtMicro(o.balance_micro), "num");
 }, drawOwners);
@@ -257,15 +295,20 @@ const revocations = new Pager("revocations", "/v1/documents?type=revocation", nu
 // per sensor its name, id and state, suspect and faulty ones highlighted.
 function qualityRow(tr, q) {
   cell(tr, fmtInt(q.index), "num");
-  cell(tr, new Date(q.window_start_ms).toISOString().replace(".000Z", "Z"));
-  cell(tr, q.site);
-  cell(tr, `${q.stream}/${q.field}`);
+  cell(tr, fmtIso(q.window_start_ms));
+  textCell(tr, q.site);
+  const field = textCell(tr, "");
+  field.title = `\u2068${q.stream}\u2069/\u2068${q.field}\u2069`;  // isolated here too
+  isolated(field, q.stream);
+  field.appendChild(document.createTextNode("/"));
+  isolated(field, q.field);
   cell(tr, q.consensus === null ? "–" : q.consensus, "num");
   const td = cell(tr, "", "sensors");
   for (const s of q.sensors) {
     const div = document.createElement("div");
     const why = s.reasons.length ? ` (${s.reasons.join(", ")})` : "";
-    div.textContent = `${s.name ?? "?"} · ${s.device_id}: ${s.state}${why}`;
+    isolated(div, s.name ?? "?");
+    div.appendChild(document.createTextNode(` · ${s.device_id}: ${s.state}${why}`));
     div.className = `verdict-${s.state}`;
     td.appendChild(div);
   }
@@ -285,7 +328,8 @@ function lapseRow(tr, l) {
   const td = cell(tr, "", "sensors");
   for (const d of l.devices) {
     const div = document.createElement("div");
-    div.textContent = `${d.name ?? "?"} · ${d.device_id}`;
+    isolated(div, d.name ?? "?");
+    div.appendChild(document.createTextNode(` · ${d.device_id}`));
     td.appendChild(div);
   }
   cell(tr, fmtTime(l.received_ms));

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from selenium.webdriver.common.by import By
 
 from gateway.history import History, Sample
 from tests.gateway.contractkit import Parties, submitted
@@ -193,3 +194,121 @@ def test_dashboard_shows_logged_quality_verdicts_as_the_documents_api_lists_them
             (s["name"], f"verdict-{s['state']}") for s in rows[0]["sensors"]]
         assert "suspect" in {s["state"] for s in rows[0]["sensors"]}
         assert console_errors(browser) == []
+
+
+HOSTILE_OWNER = '<img src=x onerror="document.body.dataset.pwned=1">"\'&'
+RLO = "\u202e"
+
+
+def test_dashboard_json_is_never_sniffed(gateway) -> None:
+    url = gateway.base_url
+    for path in ("/v1/dashboard/summary", "/v1/dashboard/devices", "/v1/owners",
+                 "/v1/dashboard/quality", "/v1/dashboard/lapses"):
+        answer = httpx.get(f"{url}{path}")
+        assert answer.status_code == 200, path
+        assert answer.headers["content-type"] == "application/json", path
+        assert answer.headers.get("x-content-type-options") == "nosniff", path
+
+
+def test_hostile_owner_names_show_as_text_and_run_nothing(gateway) -> None:
+    url = gateway.base_url
+    register(url, TestDevice.create("dev-html", 90), owner=HOSTILE_OWNER)
+    register(url, TestDevice.create("dev-rlo", 91), owner=f"mallory{RLO}ecila")
+    with chromium() as browser:
+        browser.get(f"{url}/dashboard")
+        wait_until(lambda: len(table_rows(browser, "#owners-table tbody tr")) == 2, 30,
+                   "both owners on the page")
+        owners = [r[0] for r in table_rows(browser, "#owners-table tbody tr")]
+        devices = {r[0]: r[2] for r in table_rows(browser, "#devices-table tbody tr")}
+        assert sorted(owners) == sorted([HOSTILE_OWNER, f"mallory{RLO}ecila"])
+        assert devices["dev-html"] == HOSTILE_OWNER
+        assert browser.execute_script(  # type: ignore[no-untyped-call]
+            "return [document.body.dataset.pwned ?? null,"
+            " document.querySelectorAll('img').length]") == [None, 0]
+        assert browser.find_element(By.ID, "conn").text == "live"
+        assert console_errors(browser) == []
+
+
+# A quality row as /v1/dashboard/quality answers it; the page's own render functions draw it.
+SENSOR = {"device_id": "ef" * 32, "name": "dht-0", "state": "healthy", "reasons": []}
+QUALITY_ROW = {"index": 7, "id": "ab" * 32, "signer_id": "cd" * 32, "site": "lab",
+               "stream": "climate", "field": "temperature", "window_start_ms": 1_700_000_400_000,
+               "window_ms": 600_000, "consensus": "21.5 Cel", "received_ms": 1_700_000_500_000,
+               "sensors": [SENSOR]}
+
+
+def test_one_quality_row_with_a_far_future_window_does_not_blank_the_table(gateway) -> None:
+    # A device may sign any uint64 wall clock and a validator attest a window around it:
+    # past year 275760 (8.64e15 ms) toISOString() threw a RangeError before.
+    bad = {**QUALITY_ROW, "index": 8, "window_start_ms": 9_000_000_000_000_000}
+    with chromium() as browser:
+        browser.get(f"{gateway.base_url}/dashboard")
+        wait_until(lambda: browser.find_element(By.ID, "conn").text == "live", 30, "live")
+        outcome = browser.execute_script(  # type: ignore[no-untyped-call]
+            "try { fillTable('quality-table', arguments[0], qualityRow); }"
+            "catch (err) { return String(err); }"
+            "return Array.from(document.querySelectorAll('#quality-table tbody tr'),"
+            "                  r => r.querySelectorAll('td')[1].innerText);",
+            [bad, QUALITY_ROW])
+        assert outcome == ["9,000,000,000,000,000 ms", "2023-11-14T22:20:00Z"]
+
+
+def test_a_right_to_left_override_cannot_reorder_the_rest_of_a_line(gateway) -> None:
+    # A stream is any text up to 64 characters (an enrolled device names it, a validator
+    # attests it): U+202E in it reversed the field after it on the line, before. A sensor's
+    # name (registered names are [A-Za-z0-9._-] today) is isolated from its id and state
+    # the same way, should that ever be looser.
+    hostile = {**QUALITY_ROW, "stream": f"clim{RLO}ate",
+               "sensors": [{**SENSOR, "name": f"dht{RLO}"}]}
+    with chromium() as browser:
+        browser.get(f"{gateway.base_url}/dashboard")
+        wait_until(lambda: browser.find_element(By.ID, "conn").text == "live", 30, "live")
+        boxes = browser.execute_script(  # type: ignore[no-untyped-call]
+            """
+            const table = document.createElement('table');
+            const tr = table.insertRow();
+            qualityRow(tr, arguments[0]);
+            document.body.appendChild(table);
+            // the left and right edges of the first occurrence of `text` inside `el`
+            function box(el, text) {
+              const walk = document.createTreeWalker(el, NodeFilter.SHOW_TEXT);
+              for (let n = walk.nextNode(); n; n = walk.nextNode()) {
+                const at = n.data.indexOf(text);
+                if (at < 0) continue;
+                const range = document.createRange();
+                range.setStart(n, at);
+                range.setEnd(n, at + text.length);
+                const r = range.getBoundingClientRect();
+                return [r.left, r.right];
+              }
+              return null;
+            }
+            const field = tr.cells[3], verdict = tr.querySelector('td.sensors div');
+            return {stream: box(field, arguments[1]), field: box(field, 'temperature'),
+                    id: box(verdict, arguments[2]), state: box(verdict, 'healthy')};
+            """, hostile, hostile["stream"], SENSOR["device_id"])
+        # Left to right as written: the stream, then the field; a sensor's id, then its state.
+        assert boxes["state"][0] >= boxes["id"][1] - 0.5, boxes
+        assert boxes["field"][0] >= boxes["stream"][1] - 0.5, boxes
+
+
+def test_a_long_owner_name_cannot_push_the_device_states_off_the_table(gateway) -> None:
+    # An owner is up to 128 characters of anything printable; one of wide ones used to
+    # stretch its table far past the panel, every row's state and credit out of sight.
+    url = gateway.base_url
+    owner = "\ufdfd" * 128
+    register(url, TestDevice.create("dev-long", 90), owner=owner)
+    with chromium() as browser:
+        browser.get(f"{url}/dashboard")
+        wait_until(lambda: table_rows(browser, "#owners-table tbody tr"), 30, "the owner")
+        widths = browser.execute_script(  # type: ignore[no-untyped-call]
+            "const panel = t => document.getElementById(t).closest('.panel');"
+            "return ['devices-table', 'owners-table'].map(t => "
+            "  [document.getElementById(t).scrollWidth, panel(t).clientWidth]);")
+        for table_width, panel_width in widths:
+            assert table_width <= panel_width, widths
+        devices = table_rows(browser, "#devices-table tbody tr")
+        assert devices[0][2] == owner  # cut short on screen only; the text is all there
+        assert browser.execute_script(  # type: ignore[no-untyped-call]
+            "return document.querySelector('#devices-table td.text:nth-child(3)').title"
+        ) == owner
