@@ -91,6 +91,7 @@ async def _refuse(send: Send, status: int, detail: str,
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode()),
+                            (b"x-content-type-options", b"nosniff"),
                             (b"connection", b"close"), *headers]})
     await send({"type": "http.response.body", "body": body})
 
@@ -168,10 +169,15 @@ class _CappedBody:
             return  # the 413 is out; what the app says after the cut is dropped
         if message["type"] == "http.response.start":
             self._started = True
+            headers = list(message.get("headers", []))
+            # Every answer is what its Content-Type says: a browser never sniffs a JSON
+            # answer (which may hold text a device or a stranger chose) into a page.
+            if not any(name.lower() == b"x-content-type-options" for name, _ in headers):
+                headers.append((b"x-content-type-options", b"nosniff"))
             if not self._body_done:
                 # Answered before the whole body arrived: close rather than read the rest.
-                message = {**message, "headers": [*message.get("headers", []),
-                                                  (b"connection", b"close")]}
+                headers.append((b"connection", b"close"))
+            message = {**message, "headers": headers}
         await self._send(message)
 
 

@@ -180,6 +180,15 @@ def test_requests_refused_by_validation_are_counted_with_their_reason(gateway) -
     assert after["bad_body"] - before["bad_body"] == 1
 
 
+@pytest.mark.parametrize("path", ["/v1/stats", "/v1/checkpoints", "/v1/documents",
+                                  "/v1/leaves/0", "/healthz", "/v1/devices", "/metrics"])
+def test_no_answer_of_the_api_is_sniffed_into_something_else(gateway, path) -> None:
+    # Only the dashboard's page and JSON said nosniff; the log's and documents' JSON, which
+    # hold text that devices and strangers chose, and the refusals did not.
+    answer = httpx.get(f"{gateway.base_url}{path}")
+    assert answer.headers["x-content-type-options"] == "nosniff"
+
+
 def test_largest_integers_in_range_get_an_answer_not_a_500(gateway) -> None:
     top = 2**63 - 1
     url = gateway.base_url
