@@ -1,8 +1,9 @@
 """Deterministic CBOR (RFC 8949 §4.2.1) for the subset edgeproof uses.
 
 The subset: unsigned and negative integers (64-bit range), byte strings, text strings,
-arrays, maps, the simple values false/true/null, and tags. No floats (values travel as
-scaled integers, which are exact and smaller), no indefinite lengths.
+arrays, maps with integer or string keys, the simple values false/true/null, and tag 18
+(COSE_Sign1) alone. No floats (values travel as scaled integers, which are exact and
+smaller), no indefinite lengths.
 
 Encoding follows the core deterministic encoding requirements of RFC 8949 §4.2.1:
 arguments in their shortest form, definite lengths only, and map keys sorted by the
@@ -28,11 +29,14 @@ from protocol.errors import MalformedRecord
 Value = Union[int, bytes, str, bool, None, list["Value"], dict["Value", "Value"], "Tag"]
 
 _UINT64_MAX = (1 << 64) - 1
+COSE_SIGN1_TAG = 18
+"""The one tag in the subset (RFC 9052 §4.2, COSE_Sign1)."""
 
 
 @dataclass(frozen=True)
 class Tag:
-    """A tagged value (RFC 8949 §3.4); COSE_Sign1 uses tag 18."""
+    """A tagged value (RFC 8949 §3.4). Only tag 18 (COSE_Sign1) is in the subset: the
+    encoder and the decoder refuse every other tag number."""
 
     number: int
     value: Value
@@ -90,8 +94,12 @@ def _encode_key(key: Value) -> bytes:
     cache_key = (type(key), key)
     cached = _KEY_CACHE.get(cache_key)
     if cached is None:
+        # Keys are integers or strings (the decoder refuses any other key, see _KEY_TYPES):
+        # a map with a boolean, null or tagged key is outside the subset.
+        if type(key) not in _KEY_TYPES:
+            raise TypeError(f"map key of type {type(key).__name__} in edgeproof CBOR")
         cached = encode(key)
-        if len(_KEY_CACHE) < _KEY_CACHE_MAX and not isinstance(key, Tag):
+        if len(_KEY_CACHE) < _KEY_CACHE_MAX:
             _KEY_CACHE[cache_key] = cached
     return cached
 
@@ -139,6 +147,10 @@ def _encode_into(out: bytearray, value: Value) -> None:
         out.append(0xF6)
     elif kind is Tag:
         assert isinstance(value, Tag)
+        # Tag 18 (COSE_Sign1) is the only tag in the subset. Checked exactly: a bool or a
+        # negative number would otherwise index the one-byte heads (-1 gave tag 23).
+        if type(value.number) is not int or value.number != COSE_SIGN1_TAG:
+            raise TypeError(f"tag {value.number!r} in edgeproof CBOR (only tag 18)")
         out += _head(6, value.number)
         _encode_into(out, value.value)
     else:
@@ -307,6 +319,12 @@ def _decode_item(r: _Reader, depth: int) -> Value:
     if major == 5:
         return _decode_map(r, arg, depth)
     if major == 6:
+        # Only tag 18 is in the subset. Any other tag is refused: bignums (tags 2 and 3) would
+        # give the integer 1 a second encoding (c2 41 01, not the preferred 01, RFC 8949
+        # §3.4.3), the self-describe tag 55799 a second encoding of every value, and other
+        # tags content this decoder does not check (tag 0 around null).
+        if arg != COSE_SIGN1_TAG:
+            raise MalformedRecord("cbor_unsupported", f"tag {arg}")
         return Tag(arg, _decode_item(r, depth + 1))
     # major 7 with info < 24: simple values.
     if arg == 20:

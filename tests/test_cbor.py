@@ -27,7 +27,7 @@ RFC8949_APPENDIX_A = [
     (list(range(1, 26)), "98190102030405060708090a0b0c0d0e0f101112131415161718181819"),
     ({}, "a0"), ({1: 2, 3: 4}, "a201020304"), ({"a": 1, "b": [2, 3]}, "a26161016162820203"),
     (["a", {"b": "c"}], "826161a161626163"),
-    (cbor.Tag(1, 1363896240), "c11a514b67b0"),
+    (cbor.Tag(18, b""), "d240"),  # not in Appendix A: the one tag of the subset
 ]
 
 
@@ -83,6 +83,7 @@ def test_every_key_mix_sorts_by_encoded_bytes(value: dict[cbor.Value, cbor.Value
     ("", "cbor_truncated"),
     ("a1f500", "cbor_bad_key"),                  # boolean key
     ("a1800000", "cbor_bad_key"),                # array key
+    ("c11a514b67b0", "cbor_unsupported"),        # tag 1 (Appendix A): only tag 18
 ])
 def test_non_deterministic_or_unsupported_input_rejected_with_reason(
     hex_input: str, reason: str
@@ -168,3 +169,47 @@ def test_hand_path_head_reader_refuses_exactly_what_the_decoder_refuses(
     except MalformedRecord as exc:
         got = exc.reason
     assert got == expected
+
+
+# Tags other than 18 are outside the subset (docs/PROTOCOL.md §1). Accepting them broke
+# "one value, one byte string": cbor2 reads the bignum c2 41 01 and the self-described
+# d9d9f7 00 as the integer that 01 and 00 already encode.
+@pytest.mark.parametrize(("hex_input", "other_reading"), [
+    ("c24101", 1),            # bignum 1, not in preferred serialization (RFC 8949 §3.4.3)
+    ("c2420001", 1),          # bignum with a leading zero
+    ("c240", 0),              # bignum 0 as the empty string
+    ("c34100", -1),           # negative bignum -1
+    ("d9d9f700", 0),          # self-describe tag 55799 around 0
+])
+def test_non_preferred_bignum_and_self_describe_tags_rejected(
+    hex_input: str, other_reading: int
+) -> None:
+    data = bytes.fromhex(hex_input)
+    assert cbor2.loads(data) == other_reading  # another decoder: a second encoding of it
+    assert cbor2.dumps(other_reading, canonical=True) != data
+    with pytest.raises(MalformedRecord) as info:
+        cbor.decode(data)
+    assert info.value.reason == "cbor_unsupported"
+
+
+def test_tag_with_content_of_the_wrong_type_rejected() -> None:
+    # Tag 0 (date/time string) around null: cbor2 refuses it as invalid; so must we.
+    with pytest.raises(MalformedRecord) as info:
+        cbor.decode(bytes.fromhex("c0f6"))
+    assert info.value.reason == "cbor_unsupported"
+
+
+@pytest.mark.parametrize("number", [-1, True, 1, 2, 24, 2**64])
+def test_encoder_refuses_tag_numbers_other_than_18_instead_of_wrong_bytes(number: int) -> None:
+    # Tag(-1, 0) used to encode as d7 00 (tag 23: the head table indexed from the end),
+    # Tag(True, 0) as c1 00 (tag 1), and Tag(2**64, 0) raised OverflowError.
+    with pytest.raises(TypeError):
+        cbor.encode(cbor.Tag(number, 0))
+    assert cbor.encode(cbor.Tag(18, 0)) == b"\xd2\x00"
+
+
+@pytest.mark.parametrize("key", [True, False, None, cbor.Tag(18, 0)])
+def test_encoder_refuses_map_keys_the_decoder_refuses(key: cbor.Value) -> None:
+    # {True: 1} used to encode as a1 f5 01, which decode() refuses (cbor_bad_key).
+    with pytest.raises(TypeError):
+        cbor.encode({key: 1})
