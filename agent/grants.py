@@ -29,6 +29,14 @@ log = logging.getLogger(__name__)
 GRANTS_FILE = "grants.json"
 MAX_GRANTS = 64
 MAX_REVOKED = 4096
+# A revocation of a consent the device never applied (its period unknown) is remembered
+# this long after it is applied, measured on a synced wall clock.
+TOMBSTONE_MS = 366 * 86_400_000
+# The "until" of such a revocation applied while the wall clock was not synced: a time
+# read from that clock could already be past (no RTC, before NTP) and forget_ended would
+# drop it as soon as the clock synced, letting a replay of the consent in again. It is
+# stamped TOMBSTONE_MS after the first synced forget_ended instead.
+UNTIL_SYNCED = -1
 
 
 class GrantBook:
@@ -82,7 +90,8 @@ class GrantBook:
     def revoke(self, consent_hash: bytes, not_after_ms: int, counter: int = 0,
                what: str = "revocations") -> tuple[str, ...]:
         """Remove every grant of ``consent_hash`` and remember it as revoked (until its
-        period ends, or ``not_after_ms`` for a consent the device never applied); raise
+        period ends, or ``not_after_ms`` for a consent the device never applied, which may
+        be UNTIL_SYNCED: a year after the wall clock is next known synced); raise
         ``last_counter`` to ``counter``; count it as ``what`` (a lapse: ``lapses``).
 
         Returns the derived streams that ended. Raises StorageError.
@@ -103,9 +112,14 @@ class GrantBook:
         if not synced:
             return
         with self.lock:
+            unstamped = [h for h, until in self._revoked.items() if until == UNTIL_SYNCED]
+            for h in unstamped:
+                self._revoked[h] = wall_ms + TOMBSTONE_MS
             old_revoked = [h for h, until in self._revoked.items() if until <= wall_ms]
             old_grants = [k for k, g in self._grants.items() if g.not_after_ms <= wall_ms]
             if not old_revoked and not old_grants:
+                if unstamped:
+                    self._save()
                 return
             for h in old_revoked:
                 del self._revoked[h]
@@ -131,10 +145,18 @@ class GrantBook:
             return (len(self._grants) + count <= MAX_GRANTS
                     and len(self._revoked) < MAX_REVOKED)
 
-    def refuse(self, reason: str) -> None:
-        """Count one refused document (persisted with the next change, shown in status)."""
+    def refuse(self, reason: str, *, save: bool = True) -> None:
+        """Count one refused document and write the book (status reads it live); with
+        ``save=False`` the count is written by the next :meth:`save_refusals` or change."""
         with self.lock:
             self.refused[reason] += 1
+            if save:
+                self.save_refusals()
+
+    def save_refusals(self) -> None:
+        """Write the book for the refusals counted so far (one write for a whole delivery,
+        not one fsync per refused document). A write error is logged, not raised."""
+        with self.lock:
             try:
                 self._save()
             except StorageError as exc:  # the count stays in memory; status still shows it

@@ -33,7 +33,7 @@ import logging
 from collections.abc import Collection
 
 from agent.clock import Clock
-from agent.grants import GrantBook
+from agent.grants import TOMBSTONE_MS, UNTIL_SYNCED, GrantBook
 from agent.outbox import Outbox
 from agent.quality import QualityNotes
 from protocol import reasons
@@ -47,10 +47,13 @@ from protocol.reasons import DocumentReason
 
 log = logging.getLogger(__name__)
 
-# A revocation of a consent the device never applied is remembered this long (then a replay
-# of that consent would be refused as expired anyway only if its period ended: consents
-# run at most a year in practice; a longer one would need the revocation delivered again).
-_TOMBSTONE_MS = 366 * 86_400_000
+# A revocation of a consent the device never applied is remembered TOMBSTONE_MS (then a
+# replay of that consent would be refused as expired anyway only if its period ended:
+# consents run at most a year in practice; a longer one would need the revocation delivered
+# again), from a synced wall clock: applied before the clock synced, from the first synced
+# housekeeping after (agent/grants.py, UNTIL_SYNCED).
+
+REFUSAL_LOG_MS = 60_000  # a warning per refusal reason at most this often
 
 
 class Refused(Exception):
@@ -79,6 +82,8 @@ class PolicyInbox:
         self._streams = frozenset(streams)
         self._clock = clock
         self._gateway = gateway
+        self._defer_save = False  # inside deliver(): refusals are written once at its end
+        self._warned_ms: dict[DocumentReason, int] = {}  # reason -> last warning (mono ms)
 
     @property
     def must_sync(self) -> bool:
@@ -98,8 +103,15 @@ class PolicyInbox:
         except MalformedRecord as exc:
             self._refused(DocumentReason.MALFORMED, f"delivery: {exc}")
             return False
-        for _index, raw in delivery.documents:
-            self.apply(raw)
+        refused_before = sum(self.book.refused.values())
+        self._defer_save = True  # up to 64 documents: one write of the book, not 64 fsyncs
+        try:
+            for _index, raw in delivery.documents:
+                self.apply(raw)
+        finally:
+            self._defer_save = False
+            if sum(self.book.refused.values()) != refused_before:
+                self.book.save_refusals()
         if delivery.complete:
             self.book.synced_to(delivery.next_index)
         return delivery.complete
@@ -179,12 +191,18 @@ class PolicyInbox:
             raise Refused(DocumentReason.STALE_COUNTER,
                           f"counter {revocation.counter} <= {book.last_counter}")
         with book.lock:  # the writer seals nothing to it between these two steps
-            ended = book.revoke(revocation.consent,
-                                self._clock.wall_ms() + _TOMBSTONE_MS, revocation.counter)
+            ended = book.revoke(revocation.consent, self._tombstone_until(),
+                                revocation.counter)
             gone = self._outbox.withdraw(ended, reasons.REVOKED)
         log.info("revocation of consent %s… applied (%s): ended %s, withdrew %d unsent "
                  "records", revocation.consent.hex()[:16], revocation.reason,
                  ", ".join(ended) or "no grant", len(gone))
+
+    def _tombstone_until(self) -> int:
+        """Until when to remember a revoked consent the device never applied."""
+        if not self._clock.wall_synced():
+            return UNTIL_SYNCED  # this clock's "now" may be long past: stamped once synced
+        return self._clock.wall_ms() + TOMBSTONE_MS
 
     def _lapse(self, doc: Document) -> None:
         assert self._owner is not None
@@ -203,8 +221,7 @@ class PolicyInbox:
             book.duplicate()  # already revoked or lapsed
             return
         with book.lock:  # as a revocation, but the owner's counter stays where it is
-            ended = book.revoke(consent_doc.id, self._clock.wall_ms() + _TOMBSTONE_MS,
-                                what="lapses")
+            ended = book.revoke(consent_doc.id, self._tombstone_until(), what="lapses")
             gone = self._outbox.withdraw(ended, reasons.REVOKED)
         log.warning("consent %s… lapsed (request %s… short at leaf %d, funding block %d): "
                     "ended %s, withdrew %d unsent records", consent_doc.id.hex()[:16],
@@ -225,6 +242,15 @@ class PolicyInbox:
                     doc.signer_id.hex()[:16], state.state, ",".join(state.reasons), body.site)
 
     def _refused(self, reason: DocumentReason, detail: str) -> None:
-        self.book.refuse(reason)
-        log.warning("policy document refused (%s): %s", reason, detail)
+        self.book.refuse(reason, save=not self._defer_save)
+        # Each refusal is counted; a warning per reason at most every REFUSAL_LOG_MS (the
+        # rest at DEBUG): junk on the policy topic must not flood the journal.
+        now = self._clock.mono_ms()
+        last = self._warned_ms.get(reason)
+        quiet = last is not None and now - last < REFUSAL_LOG_MS
+        if not quiet:
+            self._warned_ms[reason] = now
+        log.log(logging.DEBUG if quiet else logging.WARNING,
+                "policy document refused (%s): %s%s", reason, detail,
+                "" if quiet else "; further ones within a minute are only counted")
 

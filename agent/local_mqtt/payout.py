@@ -13,7 +13,7 @@ outbox or anything the device signs.
 
 from __future__ import annotations
 
-import json
+import http.client
 import logging
 import threading
 import urllib.error
@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal
 
 from protocol.errors import EdgeproofError
+from protocol.jsontext import parse_json
 from protocol.keys import signer_id
 from protocol.payout_notice import PayoutNotice, verify_payout_notice
 
@@ -36,7 +37,8 @@ Fetch = Callable[[str], tuple[int, bytes]]
 
 
 def http_get(url: str) -> tuple[int, bytes]:
-    """GET ``url``: (status, at most MAX_ANSWER_BYTES + 1 bytes of the body). Raises OSError."""
+    """GET ``url``: (status, at most MAX_ANSWER_BYTES + 1 bytes of the body). Raises OSError,
+    also for an answer that is not HTTP or is cut short (http.client.HTTPException)."""
     # The URL's scheme is http or https (checked in agent/config.py); S310 is about others.
     request = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310
     try:
@@ -44,6 +46,8 @@ def http_get(url: str) -> tuple[int, bytes]:
             return answer.status, answer.read(MAX_ANSWER_BYTES + 1)
     except urllib.error.HTTPError as exc:
         return exc.code, b""
+    except http.client.HTTPException as exc:  # bad status line, over-long header, cut short
+        raise OSError(f"not an HTTP answer: {type(exc).__name__}: {exc}") from exc
 
 
 def notice_states(notice: PayoutNotice) -> dict[str, str]:
@@ -81,6 +85,10 @@ class PayoutWatcher:
         if self._thread is not None:
             self._thread.join(timeout_s)
 
+    def alive(self) -> bool:
+        """Whether the polling thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
     def status(self) -> dict[str, object]:
         """A JSON-ready summary (``status --json``: ``agent.local_mqtt.payout``)."""
         with self._lock:
@@ -92,7 +100,11 @@ class PayoutWatcher:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.poll()
+            try:
+                self.poll()
+            except Exception as exc:  # a poll's bug must not end the watcher
+                log.exception("payout notice poll failed")
+                self._refuse("internal_error", f"{type(exc).__name__}: {exc}")
             self._stop.wait(self._interval_s)
 
     def poll(self) -> None:
@@ -114,9 +126,9 @@ class PayoutWatcher:
             self._refuse("too_large", f"answer over {MAX_ANSWER_BYTES} bytes")
             return
         try:
-            served = json.loads(body)
+            served = parse_json(body)  # depth-capped: [[[... is refused, not RecursionError
             raw = bytes.fromhex(served["document"])
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
             self._refuse("malformed", f"not a notice answer ({exc})")
             return
         try:

@@ -126,21 +126,37 @@ class LocalPublisher:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                if self.state == "failed":
-                    self._stop.wait(1.0)
-                elif not self._client.up:
-                    self._maybe_connect()
-                else:
-                    self._handle(self._client.poll(POLL_S))
-                    if self._connected:
-                        self._send_pending(MAX_UNACKED)
-                    else:
-                        self._check_connack()
+                try:
+                    self._step()
+                except EdgeproofError:
+                    raise
+                except Exception as exc:  # a library's or our bug: counted, then reconnect
+                    self._count("thread_errors")
+                    log.exception("local broker %s: unexpected error; reconnecting",
+                                  self.broker_text)
+                    self._client.close()
+                    self._disconnected(f"unexpected error: {type(exc).__name__}: {exc}")
             self._goodbye()
         except EdgeproofError as exc:  # never let the owner's broker take the agent down
             self._count("thread_errors")
             self.state, self.error = "failed", str(exc)
             log.error("local broker %s: %s; publisher stopped", self.broker_text, exc)
+        except Exception as exc:  # in the goodbye: the thread ends all the same, said so
+            self._count("thread_errors")
+            self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
+            log.exception("local broker %s: publisher stopped", self.broker_text)
+
+    def _step(self) -> None:
+        if self.state == "failed":
+            self._stop.wait(1.0)
+        elif not self._client.up:
+            self._maybe_connect()
+        else:
+            self._handle(self._client.poll(POLL_S))
+            if self._connected:
+                self._send_pending(MAX_UNACKED)
+            else:
+                self._check_connack()
 
     def _maybe_connect(self) -> None:
         now = self._monotonic()

@@ -66,11 +66,20 @@ from osutil.mqtt import (
 from protocol.batch import Batch, receipts_topic, records_topic
 from protocol.delivery import PolicySync, policy_topic, sync_topic
 from protocol.errors import EdgeproofError, RejectedByPeer, TransportError, VerificationError
+from protocol.reasons import Reason
 from protocol.receipt import Receipt, hash_prefix
 
 log = logging.getLogger(__name__)
 
 TransportFactory = Callable[[BrokerSettings, str], MqttTransport]
+
+
+# Bounds on what receipts can make the uplink remember: the refusal texts logged once (each
+# names sizes and offsets of what arrived, so junk on the receipts topic varies it without
+# end), and the counters of whole-batch refusals (the reason is the gateway's text: a
+# known Reason code keeps its own counter, anything else is counted as "other").
+MAX_REFUSALS_LOGGED = 32
+_REASON_CODES = frozenset(str(r) for r in Reason)
 
 
 @dataclass
@@ -445,8 +454,11 @@ class Uplink:
         self.counters["bad_receipts"] += 1
         reason = f"{exc} (check gateway.key: it must be this fleet's gateway verifier key)"
         self._last_refusal = reason
-        level = logging.DEBUG if reason in self._refusals_logged else logging.WARNING
-        self._refusals_logged.add(reason)
+        known = reason in self._refusals_logged
+        full = len(self._refusals_logged) >= MAX_REFUSALS_LOGGED
+        level = logging.DEBUG if known or full else logging.WARNING
+        if not full:
+            self._refusals_logged.add(reason)
         log.log(level, "uplink: ignored a receipt that does not verify: %s; further ones "
                 "are counted (bad_receipts), not logged", reason)
 
@@ -471,7 +483,8 @@ class Uplink:
 
     def _on_batch_refused(self, batch: _Batch, reason: str) -> None:
         del self._inflight[batch.batch_id]
-        self.counters[f"batches_refused_{reason}"] += 1
+        code = reason if reason in _REASON_CODES else "other"
+        self.counters[f"batches_refused_{code}"] += 1
         if len(batch.seqs) == 1:
             self._outbox.dead_letter(batch.seqs[0], reason)
             log.error("uplink: gateway refused record %d on its own (%s): dead letter",
